@@ -1,0 +1,14 @@
+"""Architecture adapters: the only place that knows how a model family stores its tensors."""
+
+from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
+from modmask_lens.adapters.registry import UnsupportedArchitecture, adapter_for, installed_adapters
+
+__all__ = [
+    "Adapter",
+    "ModelShape",
+    "TensorSpec",
+    "UnsupportedArchitecture",
+    "adapter_for",
+    "installed_adapters",
+    "model_shape",
+]

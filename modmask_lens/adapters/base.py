@@ -1,0 +1,215 @@
+"""What an architecture adapter knows: which tensors a bridge's forward pass reads, and where heads and neurons live.
+
+Everything outside ``modmask_lens.adapters`` speaks only TransformerLens vocabulary: roles (``W_Q``, ``W_in``,
+``ln1.w``), layers, heads and neurons. An adapter turns a ``TransformerBridge`` into a list of :class:`TensorSpec`,
+one per parameter attribute that the forward pass reads.
+
+The generic part lives here: TransformerLens 4.x already names every read tensor canonically in
+``bridge.state_dict()`` (``blocks.0.attn.q.weight``; fused originals such as GPT-2's ``c_attn`` are dropped), so an
+adapter only has to say how a wrapped module stores its matrix (``[out, in]`` like ``nn.Linear`` or ``[in, out]`` like
+GPT-2's ``Conv1D``) and how many key/value heads there are.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+MatrixLayout = Literal["linear", "conv1d"]
+"""``linear``: weight is ``[out_features, in_features]``; ``conv1d``: weight is ``[in_features, out_features]``."""
+
+UnitKind = Literal["head", "kv_head", "neuron"]
+
+# TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
+_ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
+_MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
+_KEY_PATTERN = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$")
+
+ROLE_KINDS = {
+    "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U"),
+    "norm": ("ln1.w", "ln2.w", "ln_final.w"),
+    "embedding": ("W_E", "W_pos"),
+    "bias": ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_gate", "b_out", "b_U", "ln1.b", "ln2.b", "ln_final.b"),
+}
+"""Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor the forward pass reads, described in TransformerLens terms.
+
+    Attributes:
+        key: the ``bridge.state_dict()`` key, e.g. ``blocks.0.attn.q.weight``; masks are keyed by it.
+        role: HookedTransformer name of the tensor, e.g. ``W_Q``, ``b_in``, ``ln1.w``, ``W_U``.
+        layer: block index, or ``None`` for embeddings, the final norm and the unembedding.
+        path: attribute path from the bridge root, e.g. ``blocks.0.attn.q._original_component.weight``; exactly one
+            path per (module, attribute), which is what ``functional_call(..., tie_weights=False)`` needs.
+        shape: shape of the stored tensor.
+        unit: what ``unit_axis`` indexes: ``head`` (query heads), ``kv_head`` (key/value groups), ``neuron`` (MLP
+            hidden units), or ``None``.
+        unit_axis: the axis of the stored tensor along which units are laid out.
+        unit_width: consecutive elements per unit along ``unit_axis`` (``d_head`` for heads, 1 for neurons).
+    """
+
+    key: str
+    role: str
+    layer: int | None
+    path: str
+    shape: tuple[int, ...]
+    unit: UnitKind | None = None
+    unit_axis: int | None = None
+    unit_width: int = 1
+
+    @property
+    def kind(self) -> str:
+        """The parameter kind of :data:`ROLE_KINDS` this tensor belongs to (``other`` if none)."""
+        return next((kind for kind, roles in ROLE_KINDS.items() if self.role in roles), "other")
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions masks need to know about, read from ``bridge.cfg``."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int | None
+    d_vocab: int
+
+    @property
+    def heads_per_kv_head(self) -> int:
+        """Query heads that read one key/value group: query head h reads group ``h // heads_per_kv_head``."""
+        return self.n_heads // self.n_kv_heads
+
+
+def model_shape(bridge: nn.Module) -> ModelShape:
+    """Read the dimensions of a bridge's config."""
+    cfg = bridge.cfg
+    return ModelShape(
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        d_head=int(cfg.d_head),
+        d_mlp=int(cfg.d_mlp) if cfg.d_mlp else None,
+        d_vocab=int(cfg.d_vocab),
+    )
+
+
+def role_of(key: str) -> tuple[str, int | None]:
+    """The HookedTransformer role and layer of a TransformerLens 4.x state_dict key (``other`` if unknown)."""
+    top_level = {
+        "embed.weight": "W_E",
+        "pos_embed.weight": "W_pos",
+        "unembed.weight": "W_U",
+        "unembed.bias": "b_U",
+        "ln_final.weight": "ln_final.w",
+        "ln_final.bias": "ln_final.b",
+    }
+    if key in top_level:
+        return top_level[key], None
+    match = _KEY_PATTERN.match(key)
+    if match is None:
+        return "other", None
+    layer = int(match["layer"])
+    component, sub, attr = match["component"], match["sub"], match["attr"]
+    prefix = "W_" if attr == "weight" else "b_"
+    if component in ("ln1", "ln2") and sub is None:
+        return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
+    if component == "attn" and sub in _ATTENTION_ROLES:
+        return prefix + _ATTENTION_ROLES[sub], layer
+    if component == "mlp" and sub in _MLP_ROLES:
+        return prefix + _MLP_ROLES[sub], layer
+    return "other", layer
+
+
+class Adapter:
+    """Base adapter: resolves a bridge's canonical state_dict keys to the tensors its forward pass reads.
+
+    Subclasses set :attr:`name` and :attr:`architectures` (values of ``bridge.cfg.architecture``) and override
+    :meth:`matrix_layout` when their family stores matrices in another layout than ``nn.Linear``.
+    """
+
+    name: ClassVar[str] = "base"
+    architectures: ClassVar[tuple[str, ...]] = ()
+
+    def matrix_layout(self, module: nn.Module) -> MatrixLayout:
+        """How ``module`` stores its weight matrix."""
+        if isinstance(module, nn.Linear):
+            return "linear"
+        raise TypeError(
+            f"{self.name} adapter: cannot tell the weight layout of {type(module).__name__}; "
+            "override Adapter.matrix_layout for this module type (see CONTRIBUTING.md#adapters)"
+        )
+
+    def tensor_specs(self, bridge: nn.Module) -> list[TensorSpec]:
+        """Every parameter attribute the bridge's forward pass reads, in state_dict order.
+
+        Keys whose tensor is not a real parameter of a wrapped module (TransformerLens adds a synthetic zero
+        ``unembed.bias`` when the model has none) are skipped.
+        """
+        dims = model_shape(bridge)
+        specs = []
+        for key in bridge.state_dict():
+            resolved = _resolve_parameter(bridge, key)
+            if resolved is None:
+                continue
+            path, module, parameter = resolved
+            role, layer = role_of(key)
+            unit, unit_axis, unit_width = self._unit_layout(role, module, parameter, dims)
+            specs.append(TensorSpec(key, role, layer, path, tuple(parameter.shape), unit, unit_axis, unit_width))
+        return specs
+
+    def _unit_layout(
+        self, role: str, module: nn.Module, parameter: torch.Tensor, dims: ModelShape
+    ) -> tuple[UnitKind | None, int | None, int]:
+        """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
+        unit = _UNIT_OF_ROLE.get(role)
+        if unit is None:
+            return None, None, 1
+        reads_units = role in ("W_O", "W_out")  # these read heads / neurons on their input side
+        if parameter.dim() == 1:
+            axis = 0
+        else:
+            # Output features are dim 0 for nn.Linear ([out, in]) and dim 1 for Conv1D ([in, out]).
+            out_axis = 0 if self.matrix_layout(module) == "linear" else 1
+            axis = 1 - out_axis if reads_units else out_axis
+        return unit, axis, dims.d_head if unit in ("head", "kv_head") else 1
+
+
+_UNIT_OF_ROLE: dict[str, UnitKind] = {
+    **{role: "head" for role in ("W_Q", "b_Q", "W_O")},
+    **{role: "kv_head" for role in ("W_K", "W_V", "b_K", "b_V")},
+    **{role: "neuron" for role in ("W_in", "W_gate", "b_in", "b_gate", "W_out")},
+}
+
+
+def _resolve_parameter(bridge: nn.Module, key: str) -> tuple[str, nn.Module, nn.Parameter] | None:
+    """Follow a TransformerLens key to the wrapped module that really holds the parameter.
+
+    ``blocks.0.attn.q.weight`` names the bridge component ``blocks.0.attn.q``; the tensor lives on its
+    ``_original_component`` (the Hugging Face or native module the component wraps).
+    """
+    component_path, _, attribute = key.rpartition(".")
+    try:
+        module = bridge.get_submodule(component_path)
+    except AttributeError:
+        return None
+    path = component_path
+    while "_original_component" in module._modules:
+        module = module._modules["_original_component"]
+        path += "._original_component"
+    parameter = module._parameters.get(attribute)
+    if not isinstance(parameter, nn.Parameter):
+        return None
+    return f"{path}.{attribute}", module, parameter

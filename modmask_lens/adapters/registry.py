@@ -1,0 +1,51 @@
+"""Finding the adapter for a bridge: built-in adapters plus those registered under the ``modmask_lens.adapters``
+entry-point group by installed packages."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from torch import nn
+
+from modmask_lens.adapters.base import Adapter
+from modmask_lens.adapters.gpt2 import Gpt2Adapter
+from modmask_lens.adapters.native import NativeAdapter
+
+ENTRY_POINT_GROUP = "modmask_lens.adapters"
+_BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, NativeAdapter)
+
+
+class UnsupportedArchitecture(LookupError):
+    """No installed adapter handles a model's architecture."""
+
+
+def installed_adapters() -> dict[str, type[Adapter]]:
+    """Adapters by name: the built-in ones, then entry points (an entry point may not shadow a built-in name)."""
+    adapters = {adapter.name: adapter for adapter in _BUILT_IN}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        adapter = entry_point.load()
+        if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
+            raise TypeError(
+                f"entry point {entry_point.name!r} in group {ENTRY_POINT_GROUP!r} gives {adapter!r}, "
+                "not a subclass of modmask_lens.adapters.Adapter"
+            )
+        adapters.setdefault(adapter.name, adapter)
+    return adapters
+
+
+def adapter_for(bridge: nn.Module) -> Adapter:
+    """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``.
+
+    Raises:
+        UnsupportedArchitecture: naming the architecture, the installed adapters, and how to add one.
+    """
+    architecture = getattr(getattr(bridge, "cfg", None), "architecture", None)
+    adapters = installed_adapters()
+    for adapter in adapters.values():
+        if architecture in adapter.architectures:
+            return adapter()
+    raise UnsupportedArchitecture(
+        f"{architecture}: no adapter; installed: {', '.join(sorted(adapters))}. "
+        "Write one (a subclass of modmask_lens.adapters.Adapter) and register it under the "
+        f"'{ENTRY_POINT_GROUP}' entry-point group; see CONTRIBUTING.md#adapters"
+    )

@@ -1,0 +1,125 @@
+"""Running a bridge with masked weights: ``torch.func.functional_call`` with ``weight * mask`` per read tensor.
+
+The model is never modified: ``functional_call`` swaps each module attribute for the duration of one call and
+restores the original ``nn.Parameter`` afterwards, also when the call raises. ``tie_weights=False`` with exactly one
+path per (module, attribute) is essential: with the default ``tie_weights=True`` TransformerLens 4.x bridges (whose
+parameters are reachable through several module paths) are left holding the masked tensor for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.mask_set import MaskSet
+
+MaskLike = Union[MaskSet, BinaryMask, Callable[[], Mapping[str, Tensor]]]
+
+
+class _Entry(nn.Module):
+    """Holds the bridge as a child so that ``functional_call`` can swap its tensors around any bound method."""
+
+    def __init__(self, bridge: nn.Module):
+        super().__init__()
+        self.bridge = bridge
+
+    def forward(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+
+def masked_parameters(bridge: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Every parameter of the bridge, detached, under one path per (module, attribute); masked ones times their mask.
+
+    Passing every parameter detached keeps gradients away from the model's own tensors (its parameters keep
+    ``requires_grad=True``, as TransformerLens leaves them) without touching their flags. The weights are read afresh
+    on every call, so ``enable_compatibility_mode()`` or ``bridge.to()`` never leave a stale copy behind.
+
+    Args:
+        bridge: the model.
+        masks: bridge parameter path -> mask broadcastable to that parameter.
+
+    Returns:
+        path -> tensor, for ``functional_call(..., tie_weights=False)``.
+    """
+    values: dict[tuple[int, str], Tensor] = {}
+    paths: dict[tuple[int, str], str] = {}
+    for module_path, module in bridge.named_modules():
+        for attribute, parameter in module._parameters.items():
+            key = (id(module), attribute)
+            if parameter is not None and key not in paths:
+                paths[key] = f"{module_path}.{attribute}"
+                values[key] = parameter.detach()
+    for path, mask in masks.items():
+        module_path, _, attribute = path.rpartition(".")
+        key = (id(bridge.get_submodule(module_path)), attribute)
+        values[key] = values[key] * mask
+    return {paths[key]: value for key, value in values.items()}
+
+
+def masked_call(bridge: nn.Module, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:
+    """Call ``method`` (a bound method of ``bridge``, e.g. ``bridge.run_with_cache``) with masked weights.
+
+    Args:
+        bridge: the model (left bit-exact).
+        masks: bridge parameter path -> mask broadcastable to that parameter (see :meth:`MaskSet.sample` and
+            :meth:`BinaryMask.weight_masks`).
+        method: what to run; anything that ends up calling the bridge's modules.
+    """
+    parameters = {f"bridge.{path}": value for path, value in masked_parameters(bridge, masks).items()}
+    return torch.func.functional_call(
+        _Entry(bridge), parameters, (method, *args), kwargs, tie_weights=False, strict=False
+    )
+
+
+def _mask_values(mask: MaskLike) -> Callable[[], Mapping[str, Tensor]]:
+    if isinstance(mask, MaskSet):
+        mask = mask.binary()
+    if isinstance(mask, BinaryMask):
+        values = mask.weight_masks()
+        return lambda: values
+    return mask
+
+
+@contextmanager
+def masked(bridge: nn.Module, mask: MaskLike, check_weights: bool = True) -> Iterator[nn.Module]:
+    """Inside the block, the bridge's own entry points run with masked weights.
+
+    ``bridge(tokens)``, ``bridge.run_with_cache``, ``bridge.run_with_hooks`` and ``bridge.generate`` all route
+    through ``bridge.forward``, which this context replaces (on the instance only) by a call that goes through
+    :func:`masked_call`. User hooks keep working. On exit, also after an exception, the instance is as before.
+
+    Args:
+        bridge: a TransformerBridge.
+        mask: a :class:`BinaryMask`; a :class:`MaskSet` (its ``logit > 0`` readout); or a function returning
+            parameter path -> mask tensors, called on every forward (e.g. ``lambda: mask_set.sample()``).
+        check_weights: verify the weights hash of the mask's model (for MaskSet / BinaryMask).
+
+    Example:
+        >>> with masked(bridge, jump_mask):                                    # doctest: +SKIP
+        ...     logits, cache = bridge.run_with_cache(tokens)
+        >>> with masked(bridge, ~jump_mask.binary()):                          # doctest: +SKIP
+        ...     inverse_logits = bridge(tokens)
+    """
+    if isinstance(mask, (MaskSet, BinaryMask)):
+        mask.check_model(bridge, check_weights)
+    if "forward" in bridge.__dict__:
+        raise RuntimeError(
+            "masked() contexts do not nest (the bridge's forward is already replaced); combine masks with & or | "
+            "and enter one context"
+        )
+    values = _mask_values(mask)
+    class_forward = type(bridge).forward.__get__(bridge)
+
+    def forward(*args, **kwargs):
+        return masked_call(bridge, values(), class_forward, *args, **kwargs)
+
+    bridge.forward = forward
+    try:
+        yield bridge
+    finally:
+        del bridge.forward

@@ -1,0 +1,105 @@
+"""Mask structure and training settings, with defaults from Csordás et al. 2021 (code: RobertCsordas/modules)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Granularity = Literal["weight", "neuron", "head", "matrix"]
+GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
+PARAMETER_KINDS: tuple[str, ...] = ("linear", "norm", "embedding", "bias")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Which tensors are masked, and how many elements share one logit.
+
+    Attributes:
+        granularity: ``weight``: one logit per element (default, as Csordás). ``neuron``: one logit per MLP hidden
+            unit, shared by its ``W_in``/``W_gate`` column and ``W_out`` row; only MLP tensors are masked. ``head``:
+            one logit per query head, shared by its ``W_Q``/``W_O`` slices and, without grouped-query attention, its
+            ``W_K``/``W_V`` slices; with grouped-query attention a key/value group is kept while any query head that
+            reads it is kept (mask = max over the group's heads); only attention tensors are masked. ``matrix``: one
+            logit per tensor.
+        kinds: parameter kinds to mask: ``linear`` (W_Q, W_K, W_V, W_O, W_in, W_gate, W_out, W_U), ``norm`` (norm
+            gains), ``embedding`` (W_E, W_pos), ``bias``. Default: linear weights and norm gains, as Csordás
+            (``mask_filter`` skips ``embedding*``; ``bias_no_mask=1`` for SCAN and DM-math).
+        roles: if given, only these roles (e.g. ``("W_Q", "W_K")``) among the selected kinds.
+        layers: if given, only tensors of these blocks (embeddings, final norm and unembedding have no layer and are
+            then left out).
+        init_logit: initial logit of every mask element; 2.0 (sigmoid 0.88, mostly kept) as Csordás ``-mask_init``.
+    """
+
+    granularity: Granularity = "weight"
+    kinds: tuple[str, ...] = ("linear", "norm")
+    roles: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    init_logit: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
+        unknown = set(self.kinds) - set(PARAMETER_KINDS)
+        if unknown:
+            raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How mask logits are trained (defaults: Csordás et al. 2021, ``main.py`` and ``Task.train_step``).
+
+    Attributes:
+        steps: optimiser steps per task.
+        batch_size: examples per step, split into ``n_samples`` contiguous chunks.
+        n_samples: mask samples per step; chunk k of the batch uses sample k (Csordás: 4).
+        temperature: Gumbel-sigmoid temperature tau (Csordás: 1).
+        beta: weight of the logit-sum regulariser, applied as ``(beta / batch_size) * sum(logits)`` (Csordás
+            ``mask_loss_weight`` 1e-4).
+        lr: Adam learning rate of the logits (Csordás ``mask_lr`` 1e-2); a fresh Adam per task, no weight decay.
+        grad_clip: max global norm of one task's mask-logit gradients (Csordás clips at 1.0; we clip the mask
+            gradients only, per task).
+        target_density: if set, replace the logit-sum regulariser by Edge Pruning's Lagrangian
+            ``lambda1 * (d - d*) + lambda2 * (d - d*)**2`` on the expected kept fraction d, with d* ramped linearly
+            from 1 to ``target_density`` over ``density_warmup_steps`` (Bhaskar et al. 2024).
+        density_warmup_steps: length of the d* ramp.
+        lagrangian_lr: learning rate of the multipliers lambda1, lambda2 (trained by gradient ascent).
+        seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
+            task's result does not depend on which other tasks share the run.
+        checkpoint_every: steps between checkpoints when a checkpoint directory is given.
+    """
+
+    steps: int = 2000
+    batch_size: int = 128
+    n_samples: int = 4
+    temperature: float = 1.0
+    beta: float = 1e-4
+    lr: float = 1e-2
+    grad_clip: float = 1.0
+    target_density: float | None = None
+    density_warmup_steps: int = 500
+    lagrangian_lr: float = 1e-2
+    seed: int = 0
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.n_samples < 1:
+            raise ValueError("steps, batch_size and n_samples must be positive")
+        if self.batch_size < self.n_samples:
+            raise ValueError(
+                f"batch_size {self.batch_size} is smaller than n_samples {self.n_samples}: every mask sample needs "
+                "its own slice of the batch; raise batch_size or lower n_samples"
+            )
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"lr {self.lr} is out of range (0, 1]; Csordás use 1e-2")
+        if self.beta < 0:
+            raise ValueError(f"beta {self.beta} must be >= 0 (Csordás use 1e-4)")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature {self.temperature} must be > 0")
+        if self.target_density is not None and not 0 < self.target_density < 1:
+            raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

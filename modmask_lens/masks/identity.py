@@ -1,0 +1,104 @@
+"""A model's identity as masks record it: architecture, shapes, a hash of the weights, and the processing mode."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+
+
+def processing_mode(bridge: nn.Module) -> str:
+    """``raw`` for Hugging Face weights as loaded, ``compat`` after ``enable_compatibility_mode()``.
+
+    Masks learned on compat-processed weights act on folded and centred tensors, so the two are not interchangeable.
+    """
+    processed = bool(getattr(bridge, "_weights_processed", False) or getattr(bridge, "compatibility_mode", False))
+    return "compat" if processed else "raw"
+
+
+def weights_sha256(bridge: nn.Module, specs: list[TensorSpec]) -> str:
+    """SHA-256 over the bytes of every tensor in ``specs`` (in order), read through the bridge."""
+    digest = hashlib.sha256()
+    for spec in specs:
+        tensor = bridge.get_parameter(spec.path).detach()
+        digest.update(spec.key.encode())
+        digest.update(tensor.to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_dimensions(bridge: nn.Module) -> dict:
+    """Architecture name and dimensions of a bridge, as plain JSON values."""
+    dims = model_shape(bridge)
+    return {
+        "architecture": str(getattr(bridge.cfg, "architecture", None)),
+        "n_layers": dims.n_layers,
+        "d_model": dims.d_model,
+        "n_heads": dims.n_heads,
+        "n_kv_heads": dims.n_kv_heads,
+        "d_head": dims.d_head,
+        "d_mlp": dims.d_mlp,
+        "d_vocab": dims.d_vocab,
+    }
+
+
+def fingerprint(bridge: nn.Module, specs: list[TensorSpec]) -> dict:
+    """Everything a mask file checks before it is applied to a model: dimensions and a hash of all read weights."""
+    return model_dimensions(bridge) | {"weights_sha256": weights_sha256(bridge, specs)}
+
+
+class ModelMismatch(ValueError):
+    """A mask was made for another model, another weight processing mode, or another adapter."""
+
+
+@dataclass(frozen=True)
+class MaskOrigin:
+    """The model a mask was made for: adapter name, processing mode, and :func:`fingerprint`."""
+
+    adapter: str
+    mode: str
+    model: dict
+
+    @classmethod
+    def of(cls, bridge: nn.Module) -> MaskOrigin:
+        adapter = adapter_for(bridge)
+        return cls(adapter.name, processing_mode(bridge), fingerprint(bridge, adapter.tensor_specs(bridge)))
+
+    def check(self, bridge: nn.Module, masked: list[TensorSpec], check_weights: bool = True) -> None:
+        """Raise :class:`ModelMismatch`, explaining the first difference, unless ``bridge`` is this model.
+
+        Args:
+            bridge: the model the mask is about to be applied to.
+            masked: the tensors the mask covers; their shapes must match.
+            check_weights: also compare the weights hash (costs one pass over the weights).
+        """
+        current_mode = processing_mode(bridge)
+        if self.mode != current_mode:
+            fix = (
+                "call bridge.enable_compatibility_mode() before applying it"
+                if self.mode == "compat"
+                else "apply it to a bridge booted without enable_compatibility_mode()"
+            )
+            raise ModelMismatch(f"the mask was trained on {self.mode} weights but the bridge has {current_mode}; {fix}")
+        adapter = adapter_for(bridge)
+        if self.adapter != adapter.name:
+            raise ModelMismatch(f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}")
+        specs = adapter.tensor_specs(bridge)
+        shapes = {spec.key: spec.shape for spec in specs}
+        made_for = f"{self.model['architecture']}, {self.model['n_layers']} layers, d_model {self.model['d_model']}"
+        for spec in masked:
+            if shapes.get(spec.key) != spec.shape:
+                raise ModelMismatch(
+                    f"the mask is for another model ({made_for}): {spec.key} is {spec.shape} in the mask but "
+                    f"{shapes.get(spec.key)} here; load it onto the model it was trained on"
+                )
+        current = fingerprint(bridge, specs) if check_weights else self.model | model_dimensions(bridge)
+        differing = [key for key in self.model if self.model[key] != current.get(key)]
+        if differing:
+            raise ModelMismatch(
+                f"the mask is for another model ({made_for}): {', '.join(differing)} differ; load it onto the model "
+                "it was trained on, or retrain it on this one"
+            )

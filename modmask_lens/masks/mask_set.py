@@ -1,0 +1,96 @@
+"""Learnable mask logits for one subtask on one model (Csordás et al. 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.sampling import sample_hard_mask
+from modmask_lens.masks.units import MaskUnit, build_units
+
+
+@dataclass
+class MaskSet:
+    """Mask logits of one subtask: one tensor per :class:`~modmask_lens.masks.units.MaskUnit`.
+
+    Build one with :meth:`for_bridge`; train it with :func:`~modmask_lens.train_masks`; read it out with
+    :meth:`binary` (mask = logit > 0, Csordás's deterministic readout).
+
+    Attributes:
+        name: the subtask this mask is for.
+        config: which tensors are masked and at what granularity.
+        units: the logit groups, in model order.
+        logits: unit name -> logit tensor of ``unit.shape`` (leaf tensors with ``requires_grad``).
+        origin: the model the mask is for (adapter, raw/compat weights, fingerprint).
+        train_config: the training settings, once trained (saved with the mask).
+
+    Example:
+        >>> masks = MaskSet.for_bridge(bridge, name="jump")            # doctest: +SKIP
+        >>> masks.binary().kept_fraction(by="role")                     # doctest: +SKIP
+    """
+
+    name: str
+    config: MaskConfig
+    units: list[MaskUnit]
+    logits: dict[str, Tensor]
+    origin: MaskOrigin
+    train_config: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_bridge(cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask") -> MaskSet:
+        """Fresh logits (all ``config.init_logit``) for every unit of ``bridge`` that ``config`` selects."""
+        specs = adapter_for(bridge).tensor_specs(bridge)
+        units = build_units(specs, config, model_shape(bridge))
+        logits = {unit.name: torch.full(unit.shape, config.init_logit, requires_grad=True) for unit in units}
+        return cls(name, config, units, logits, MaskOrigin.of(bridge))
+
+    @property
+    def members(self) -> list[TensorSpec]:
+        """Every masked tensor, in model order."""
+        return [member for unit in self.units for member in unit.members]
+
+    def parameters(self) -> list[Tensor]:
+        """The logit tensors, for an optimiser."""
+        return list(self.logits.values())
+
+    def to(self, device: torch.device | str) -> MaskSet:
+        """Move the logits (as new leaf tensors) to ``device``; the model is untouched."""
+        self.logits = {name: logit.detach().to(device).requires_grad_(True) for name, logit in self.logits.items()}
+        return self
+
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One straight-through Gumbel-sigmoid sample: bridge parameter path -> mask broadcastable to its weight."""
+        masks = {}
+        for unit in self.units:
+            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, generator)
+            for member in unit.members:
+                masks[member.path] = unit.expand(unit_sample, member)
+        return masks
+
+    def binary(self) -> BinaryMask:
+        """The deterministic readout, mask = logit > 0, expanded to every masked tensor's full shape."""
+        kept = {}
+        for unit in self.units:
+            unit_kept = self.logits[unit.name].detach() > 0
+            for member in unit.members:
+                kept[member.key] = unit.expand(unit_kept, member).expand(member.shape).clone()
+        return BinaryMask(self.members, kept, self.origin, name=self.name)
+
+    def logit_sum(self) -> Tensor:
+        """Sum of all raw logits: Csordás's regulariser, ``(beta / batch_size) * logit_sum()``."""
+        return torch.stack([logit.sum() for logit in self.logits.values()]).sum()
+
+    def expected_density(self) -> Tensor:
+        """Expected kept fraction of the masked weights: each logit keeps its weights with probability sigmoid(l)."""
+        kept = torch.stack([unit.expected_kept(self.logits[unit.name].sigmoid()) for unit in self.units]).sum()
+        return kept / sum(member.numel for member in self.members)
+
+    def check_model(self, bridge: nn.Module, check_weights: bool = True) -> None:
+        """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""
+        self.origin.check(bridge, self.members, check_weights)

@@ -1,0 +1,107 @@
+"""Mask units: which tensor elements share one logit, for each granularity.
+
+A :class:`MaskUnit` owns one logit tensor and maps it onto the tensors it masks (its members). For ``weight``
+granularity a unit is one tensor and its logits have the tensor's shape; for ``neuron`` a unit is one layer's MLP
+(logits ``[d_mlp]``), for ``head`` one layer's attention (logits ``[n_heads]``), for ``matrix`` one tensor
+(a scalar logit). Expanding a unit's mask to a member gives a tensor that broadcasts against the member's weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from modmask_lens.adapters.base import ModelShape, TensorSpec
+from modmask_lens.masks.config import MaskConfig
+
+
+@dataclass(frozen=True)
+class MaskUnit:
+    """One logit tensor and the tensors it masks.
+
+    Attributes:
+        name: ``blocks.0.attn.q.weight`` (weight / matrix granularity), ``blocks.0.attn`` (head),
+            ``blocks.0.mlp`` (neuron).
+        shape: shape of the logit tensor.
+        members: the tensors this unit masks.
+        heads_per_kv_head: query heads per key/value group (head granularity with grouped-query attention).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    members: tuple[TensorSpec, ...]
+    heads_per_kv_head: int = 1
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    def expand(self, unit_mask: Float[Tensor, "*unit_shape"], member: TensorSpec) -> Tensor:
+        """The mask of ``member`` as a tensor that broadcasts against the member's weight.
+
+        Args:
+            unit_mask: values for this unit's logits, shape :attr:`shape`.
+            member: one of :attr:`members`.
+
+        Returns:
+            ``member.shape`` for weight granularity; a tensor of ones except along the unit axis for head and neuron
+            granularity; a scalar for matrix granularity.
+        """
+        if self.shape == member.shape or self.shape == ():
+            return unit_mask
+        if member.unit == "kv_head" and self.heads_per_kv_head > 1:
+            # A key/value group is kept while any query head reading it is kept.
+            unit_mask = unit_mask.view(-1, self.heads_per_kv_head).amax(dim=-1)
+        per_element = unit_mask.repeat_interleave(member.unit_width) if member.unit_width > 1 else unit_mask
+        broadcast_shape = [1] * len(member.shape)
+        broadcast_shape[member.unit_axis] = member.shape[member.unit_axis]
+        return per_element.view(broadcast_shape)
+
+    def expected_kept(self, kept_probability: Float[Tensor, "*unit_shape"]) -> Tensor:
+        """Expected number of kept weights over all members, given each logit's keep probability (a scalar)."""
+        total = kept_probability.new_zeros(())
+        for member in self.members:
+            expanded = self.expand(kept_probability, member)
+            total = total + expanded.sum() * (member.numel // max(expanded.numel(), 1))
+        return total
+
+
+def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -> list[MaskUnit]:
+    """Group the selected tensors into mask units for ``config.granularity``.
+
+    Raises:
+        ValueError: when the configuration selects no tensor at all.
+    """
+    selected = [spec for spec in specs if _is_selected(spec, config)]
+    if config.granularity in ("weight", "matrix"):
+        units = [
+            MaskUnit(spec.key, spec.shape if config.granularity == "weight" else (), (spec,)) for spec in selected
+        ]
+    else:
+        unit_kinds = ("head", "kv_head") if config.granularity == "head" else ("neuron",)
+        component = "attn" if config.granularity == "head" else "mlp"
+        count = dims.n_heads if config.granularity == "head" else dims.d_mlp
+        by_layer: dict[int, list[TensorSpec]] = {}
+        for spec in selected:
+            if spec.unit in unit_kinds and spec.layer is not None:
+                by_layer.setdefault(spec.layer, []).append(spec)
+        units = [
+            MaskUnit(f"blocks.{layer}.{component}", (count,), tuple(members), dims.heads_per_kv_head)
+            for layer, members in sorted(by_layer.items())
+        ]
+    if not units:
+        raise ValueError(
+            f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers"
+        )
+    return units
+
+
+def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:
+    if spec.kind not in config.kinds:
+        return False
+    if config.roles is not None and spec.role not in config.roles:
+        return False
+    return config.layers is None or spec.layer in config.layers
