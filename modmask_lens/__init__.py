@@ -1,3 +1,45 @@
-"""modmask-lens: which weights of a transformer does a subtask use?"""
+"""modmask-lens: which weights of a transformer does a subtask use?
+
+Differentiable weight masks (Csordás et al. 2021, "Are Neural Nets Modular?") learned on a frozen TransformerLens
+4.x ``TransformerBridge`` and applied through ``torch.func.functional_call``.
+
+Example:
+    >>> import modmask_lens as mm                                                       # doctest: +SKIP
+    >>> masks = mm.train_masks(bridge, mm.SubtaskData("jump", input_ids, labels))      # doctest: +SKIP
+    >>> with mm.masked(bridge, masks["jump"]):                                          # doctest: +SKIP
+    ...     logits, cache = bridge.run_with_cache(input_ids)
+"""
 
 __version__ = "0.1.0"
+
+from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
+from modmask_lens.masks.apply import masked, masked_call
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.masks.identity import ModelMismatch
+from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
+
+__all__ = [
+    "Adapter",
+    "BinaryMask",
+    "MaskConfig",
+    "MaskFileError",
+    "MaskSet",
+    "MaskTrainer",
+    "ModelMismatch",
+    "NonFiniteLoss",
+    "SubtaskData",
+    "TensorSpec",
+    "TrainConfig",
+    "UnsupportedArchitecture",
+    "adapter_for",
+    "load_masks",
+    "masked",
+    "masked_call",
+    "save_masks",
+    "score_answers",
+    "train_masks",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from modmask_lens.adapters.base import ModelShape, TensorSpec
@@ -39,7 +39,7 @@ class MaskUnit:
     def numel(self) -> int:
         return int(torch.Size(self.shape).numel())
 
-    def expand(self, unit_mask: Float[Tensor, "*unit_shape"], member: TensorSpec) -> Tensor:
+    def expand(self, unit_mask: Shaped[Tensor, "*unit_shape"], member: TensorSpec) -> Tensor:
         """The mask of ``member`` as a tensor that broadcasts against the member's weight.
 
         Args:

@@ -1,0 +1,87 @@
+"""Tokenized subtask data for mask training, and the answer-token loss and accuracy computed on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+IGNORE_INDEX = -100
+"""Label of positions that are not scored (Hugging Face convention)."""
+
+
+@dataclass(frozen=True)
+class SubtaskData:
+    """A subtask as token ids: the prompt, answer and EOS of each example, right-padded.
+
+    ``labels`` follow the Hugging Face convention: aligned with ``input_ids`` (the model's logits at position t are
+    scored against ``labels[:, t + 1]``) and :data:`IGNORE_INDEX` everywhere except the answer tokens and the EOS.
+    Padding on the right of a causal model needs no attention mask.
+
+    Attributes:
+        name: the subtask's name; masks and results are labelled with it.
+        input_ids: ``[example, pos]`` token ids.
+        labels: ``[example, pos]`` target ids or :data:`IGNORE_INDEX`.
+    """
+
+    name: str
+    input_ids: Int[Tensor, "example pos"]
+    labels: Int[Tensor, "example pos"]
+
+    def __post_init__(self) -> None:
+        if self.input_ids.shape != self.labels.shape:
+            raise ValueError(
+                f"subtask {self.name!r}: input_ids {tuple(self.input_ids.shape)} and labels "
+                f"{tuple(self.labels.shape)} differ in shape; encode prompts and answers together"
+            )
+        if self.input_ids.shape[0] == 0:
+            raise ValueError(f"subtask {self.name!r} is empty; give it at least one example")
+        scored = self.labels[:, 1:] != IGNORE_INDEX
+        if not bool(scored.any(dim=1).all()):
+            raise ValueError(
+                f"subtask {self.name!r}: some examples have no answer token to score (labels all {IGNORE_INDEX} "
+                "after position 0); every example needs a non-empty completion"
+            )
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """The examples at ``indices``, trimmed to the longest scored position among them."""
+        labels = self.labels[indices]
+        length = int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
+        return self.input_ids[indices, :length], labels[:, :length]
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """Summed answer-token cross-entropy and exact-match counts of a batch (sums, so chunks add up)."""
+
+    loss_sum: Tensor
+    n_tokens: int
+    n_correct: int
+    n_examples: int
+
+
+def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> AnswerScore:
+    """Cross-entropy summed over answer tokens, and how many examples have every answer token right.
+
+    Teacher-forced exact match equals greedy exact match: greedy decoding reproduces the answer exactly iff the
+    argmax at every gold prefix is the gold token.
+
+    Args:
+        logits: model output, ``[batch, pos, vocab]``.
+        labels: ``[batch, pos]`` as in :class:`SubtaskData`.
+    """
+    predicted_logits, targets = logits[:, :-1], labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    loss_sum = F.cross_entropy(
+        predicted_logits.reshape(-1, predicted_logits.shape[-1]), targets.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+    right = (predicted_logits.argmax(dim=-1) == targets) | ~scored
+    return AnswerScore(loss_sum, int(scored.sum()), int(right.all(dim=1).sum()), labels.shape[0])
+

@@ -1,0 +1,280 @@
+"""Training mask logits on subtasks while the model stays frozen (Csordás et al. 2021, ``Task.train_step``).
+
+Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
+(straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the answer-token cross-entropy
+(summed over answer tokens, divided by the batch's answer-token count) chunk by chunk, add the regulariser, clip the
+task's mask gradients and take one Adam step. Tasks trained in one run keep their own optimiser, clipping and
+random stream, so the result equals training them one after another.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
+from modmask_lens.masks.io import mask_metadata, mask_set_from, read_safetensors, write_safetensors_atomically
+from modmask_lens.masks.mask_set import MaskSet
+
+CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class _TaskRun:
+    """One task's training state: its data, logits, optimisers and latest metrics."""
+
+    data: SubtaskData
+    masks: MaskSet
+    optimizer: torch.optim.Adam
+    multipliers: Tensor | None = None  # Lagrangian lambda1, lambda2 (target-density mode)
+    multiplier_optimizer: torch.optim.Adam | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode (no dropout) and restore each one's own flag afterwards."""
+    flags = {submodule: submodule.training for submodule in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, flag in flags.items():
+            submodule.training = flag
+
+
+def stream_seed(seed: int, task_name: str, step: int) -> int:
+    """Seed of the random stream of one task's step: independent of the other tasks of the run."""
+    return (seed * 1_000_003 + zlib.crc32(task_name.encode()) * 7_919 + step) % (2**63 - 1)
+
+
+class MaskTrainer:
+    """Trains one :class:`MaskSet` per subtask on a frozen bridge; resumable from a checkpoint directory.
+
+    Args:
+        bridge: the model; its parameters are never modified (only read through ``functional_call``).
+        subtasks: the tokenized subtasks, one mask set each.
+        mask_config: which tensors are masked and how.
+        train_config: sampling and optimisation settings.
+        checkpoint_dir: where to checkpoint every ``train_config.checkpoint_every`` steps; a rerun with the same
+            directory resumes from the last checkpoint and ends with the same result as an uninterrupted run.
+        progress: show a progress bar with loss, exact-match accuracy and kept fraction.
+
+    Example:
+        >>> trainer = MaskTrainer(bridge, [jump, walk], train_config=TrainConfig(steps=500))   # doctest: +SKIP
+        >>> masks = trainer.train()                                                         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bridge: nn.Module,
+        subtasks: Sequence[SubtaskData],
+        mask_config: MaskConfig = MaskConfig(),
+        train_config: TrainConfig = TrainConfig(),
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
+        names = [subtask.name for subtask in subtasks]
+        if not names:
+            raise ValueError("no subtasks given; pass at least one SubtaskData")
+        if len(set(names)) != len(names):
+            raise ValueError(f"subtask names must be unique, got {names}")
+        self.bridge = bridge
+        self.train_config = train_config
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = progress
+        self.step = 0
+        self.runs = [self._new_run(subtask, mask_config) for subtask in subtasks]
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+            self._resume()
+
+    def _new_run(self, data: SubtaskData, mask_config: MaskConfig) -> _TaskRun:
+        vocab = self.bridge.cfg.d_vocab
+        if int(data.input_ids.max()) >= vocab or int(data.input_ids.min()) < 0:
+            raise ValueError(
+                f"subtask {data.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
+                "encode it with the model's own tokenizer"
+            )
+        masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name)
+        masks.train_config = self.train_config.to_dict()
+        optimizer = torch.optim.Adam(masks.parameters(), lr=self.train_config.lr)
+        run = _TaskRun(data, masks, optimizer)
+        if self.train_config.target_density is not None:
+            run.multipliers = torch.zeros(2, requires_grad=True)
+            run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
+                                                        maximize=True)
+        return run
+
+    def train(self) -> dict[str, MaskSet]:
+        """Train every task to ``train_config.steps`` and return its mask set by subtask name."""
+        config = self.train_config
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="masks", unit="step")
+        with eval_mode(self.bridge):
+            while self.step < config.steps:
+                for run in self.runs:
+                    self._train_step(run)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(self._postfix())
+                if self.checkpoint_dir is not None and (
+                    self.step % config.checkpoint_every == 0 or self.step == config.steps
+                ):
+                    self.save_checkpoint()
+        bar.close()
+        return {run.masks.name: run.masks for run in self.runs}
+
+    def _postfix(self) -> dict[str, str]:
+        if len(self.runs) == 1:
+            metrics = self.runs[0].metrics
+            return {key: f"{value:.3g}" for key, value in metrics.items()}
+        return {run.masks.name: f"acc {run.metrics['acc']:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs}
+
+    def _train_step(self, run: _TaskRun) -> None:
+        config = self.train_config
+        generator = torch.Generator().manual_seed(stream_seed(config.seed, run.masks.name, self.step))
+        indices = torch.randint(len(run.data), (config.batch_size,), generator=generator)
+        input_ids, labels = run.data.batch(indices)
+        n_tokens = int((labels[:, 1:] != -100).sum())
+        run.optimizer.zero_grad(set_to_none=True)
+        loss_sum, n_correct = 0.0, 0
+        for chunk_ids, chunk_labels in zip(input_ids.tensor_split(config.n_samples),
+                                           labels.tensor_split(config.n_samples)):
+            sample = run.masks.sample(config.temperature, generator)
+            logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
+            score: AnswerScore = score_answers(logits, chunk_labels)
+            (score.loss_sum / n_tokens).backward()
+            loss_sum += float(score.loss_sum)
+            n_correct += score.n_correct
+        task_loss = loss_sum / n_tokens
+        if not math.isfinite(task_loss):
+            raise NonFiniteLoss(self._non_finite_message(run, task_loss))
+        self._regularise(run)
+        torch.nn.utils.clip_grad_norm_(run.masks.parameters(), config.grad_clip)
+        run.optimizer.step()
+        if run.multiplier_optimizer is not None:
+            run.multiplier_optimizer.step()
+        # The kept fraction is a pass over all logits: refresh it every 10 steps only.
+        kept = self._kept_fraction(run.masks) if self.step % 10 == 0 else run.metrics.get("kept", float("nan"))
+        run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size, "kept": kept}
+
+    def _regularise(self, run: _TaskRun) -> None:
+        """Csordás's ``(beta / B) * sum(logits)``, or Edge Pruning's Lagrangian towards a target density."""
+        config = self.train_config
+        if run.multipliers is None:
+            (config.beta / config.batch_size * run.masks.logit_sum()).backward()
+            return
+        run.multiplier_optimizer.zero_grad(set_to_none=True)
+        ramp = min(1.0, self.step / max(config.density_warmup_steps, 1))
+        target = 1.0 + (config.target_density - 1.0) * ramp
+        gap = run.masks.expected_density() - target
+        (run.multipliers[0] * gap + run.multipliers[1] * gap**2).backward()
+
+    @staticmethod
+    def _kept_fraction(masks: MaskSet) -> float:
+        with torch.no_grad():
+            kept = sum(unit.expected_kept((masks.logits[unit.name] > 0).float()) for unit in masks.units)
+        return float(kept) / sum(member.numel for member in masks.members)
+
+    def _non_finite_message(self, run: _TaskRun, loss: float) -> str:
+        where = (
+            f"the last good checkpoint is {self.checkpoint_dir / CHECKPOINT_FILE}"
+            if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists()
+            else "no checkpoint was written"
+        )
+        return (
+            f"task {run.masks.name!r}: the loss became {loss} at step {self.step}; training stopped and {where}. "
+            "Check the model's outputs on this data for NaN, or lower lr"
+        )
+
+    def save_checkpoint(self) -> Path:
+        """Write logits, optimiser states and the step atomically to ``checkpoint_dir``."""
+        tensors: dict[str, Tensor] = {}
+        tasks = []
+        for index, run in enumerate(self.runs):
+            prefix = f"task{index}"
+            tensors.update({f"{prefix}/logits/{name}": logit for name, logit in run.masks.logits.items()})
+            tensors.update(_optimizer_tensors(run.optimizer, f"{prefix}/adam"))
+            if run.multipliers is not None:
+                tensors[f"{prefix}/multipliers"] = run.multipliers
+                tensors.update(_optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
+            tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks)})
+        metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
+                    "tasks": tasks}
+        path = self.checkpoint_dir / CHECKPOINT_FILE
+        write_safetensors_atomically(path, tensors, metadata)
+        return path
+
+    def _resume(self) -> None:
+        path = self.checkpoint_dir / CHECKPOINT_FILE
+        tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+        if metadata["train_config"] != self.train_config.to_dict():
+            raise ValueError(
+                f"{path} was written with other training settings ({metadata['train_config']}); "
+                "use a fresh checkpoint directory or the same TrainConfig"
+            )
+        names = [task["mask"]["name"] for task in metadata["tasks"]]
+        if names != [run.masks.name for run in self.runs]:
+            raise ValueError(f"{path} holds tasks {names}; this run trains {[r.masks.name for r in self.runs]}")
+        for run, task in zip(self.runs, metadata["tasks"]):
+            prefix = task["prefix"]
+            own = {name[len(prefix) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
+            run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
+            run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
+            _load_optimizer(run.optimizer, own, "adam")
+            if run.multipliers is not None:
+                run.multipliers = own["multipliers"].clone().requires_grad_(True)
+                run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
+                                                            maximize=True)
+                _load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
+        self.step = int(metadata["step"])
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, Tensor]:
+    """An Adam optimiser's per-parameter state as flat named tensors."""
+    state = optimizer.state_dict()["state"]
+    return {f"{prefix}/{index}/{name}": value for index, entries in state.items() for name, value in entries.items()}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith(prefix + "/"):
+            index, entry = name[len(prefix) + 1:].split("/")
+            state.setdefault(int(index), {})[entry] = tensor
+    saved = optimizer.state_dict()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+
+
+def train_masks(
+    bridge: nn.Module,
+    subtasks: SubtaskData | Sequence[SubtaskData],
+    mask_config: MaskConfig = MaskConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, MaskSet]:
+    """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
+
+    Example:
+        >>> masks = train_masks(bridge, jump_data, train_config=TrainConfig(steps=1000))       # doctest: +SKIP
+        >>> masks["jump"].binary().kept_fraction(by="layer_role")                               # doctest: +SKIP
+    """
+    if isinstance(subtasks, SubtaskData):
+        subtasks = [subtasks]
+    return MaskTrainer(bridge, subtasks, mask_config, train_config, checkpoint_dir, progress).train()

@@ -1,0 +1,89 @@
+"""Prompt/completion pairs as the tensors mask training and evaluation consume.
+
+Text format for decoder-only models: ``prompt SEP completion EOS``, right-padded with the pad id. ``labels`` follow
+the Hugging Face convention (aligned with ``input_ids``; the model shifts internally, so ``logits[:, t]`` predicts
+``labels[:, t + 1]``) and are ``IGNORE_INDEX`` everywhere except the completion tokens and the EOS. Padding sits on the
+right of a causal model, so no attention mask is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default ignore_index, which Hugging Face models use
+
+
+@dataclass(frozen=True)
+class TokenizedExamples:
+    """Tokenized (prompt, completion) pairs.
+
+    ``input_ids``: ``prompt [SEP] completion EOS`` right-padded with ``pad_token_id``.
+    ``labels``: the completion and EOS ids at their positions in ``input_ids``, ``IGNORE_INDEX`` elsewhere.
+    ``prompt_lengths``: tokens before the completion (prompt plus SEP); greedy decoding starts there.
+    """
+
+    input_ids: Int[Tensor, "example pos"]
+    labels: Int[Tensor, "example pos"]
+    prompt_lengths: Int[Tensor, " example"]
+    pad_token_id: int
+    eos_token_id: int
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, indices: Int[Tensor, " subset"] | slice) -> TokenizedExamples:
+        """The examples at ``indices`` (a slice or a 1-d index tensor), trimmed to their longest sequence."""
+        input_ids, labels = self.input_ids[indices], self.labels[indices]
+        positions = torch.arange(1, labels.shape[1] + 1)
+        width = int(((labels != IGNORE_INDEX) * positions).max()) if len(labels) else 0
+        return TokenizedExamples(
+            input_ids=input_ids[:, :width].contiguous(),
+            labels=labels[:, :width].contiguous(),
+            prompt_lengths=self.prompt_lengths[indices],
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    max_len: int | None = None,
+) -> TokenizedExamples:
+    """Tokenize pairs as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one).
+
+    ``max_len`` pads every row to that many tokens (and raises if a pair is longer); by default rows are padded to
+    the longest pair. Works with the task tokenizers and with any Hugging Face tokenizer that has an EOS token.
+
+    >>> from modmask_lens.tasks.vocabulary import character_level_tokenizer
+    >>> encode_pairs(character_level_tokenizer("0123456789+"), ["1+2"], ["3"]).input_ids.tolist()
+    [[5, 14, 6, 1, 7, 2]]
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (it ends every completion)")
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    separator = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    sequences = [prompt + separator + completion + [tokenizer.eos_token_id]
+                 for prompt, completion in zip(prompt_ids, completion_ids)]
+    longest = max((len(sequence) for sequence in sequences), default=0)
+    if max_len is not None and longest > max_len:
+        raise ValueError(f"a pair has {longest} tokens but max_len is {max_len}; raise max_len or shorten the pair")
+    width = longest if max_len is None else max_len
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    prompt_lengths = torch.tensor([len(prompt) + len(separator) for prompt in prompt_ids], dtype=torch.long)
+    for row, (sequence, start) in enumerate(zip(sequences, prompt_lengths.tolist())):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        labels[row, start : len(sequence)] = input_ids[row, start : len(sequence)]
+    return TokenizedExamples(input_ids, labels, prompt_lengths, pad_token_id, tokenizer.eos_token_id)

@@ -1,0 +1,60 @@
+"""Training recipes of the shipped zoo models: task, architecture and optimisation, one frozen record per model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A small decoder-only transformer built from a Hugging Face config.
+
+    ``family``: ``"gpt2"`` (GPT2LMHeadModel, learned positions) or ``"llama"`` (LlamaForCausalLM, rotary positions,
+    grouped-query attention when ``n_key_value_heads < n_heads``). Embeddings are tied in both.
+    """
+
+    family: Literal["gpt2", "llama"]
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_key_value_heads: int | None = None  # llama only; None means one key/value head per query head
+    d_mlp: int | None = None  # None: 4 * d_model, GPT-2's ratio
+    n_positions: int = 128  # longest zoo sequence is SCAN's 9 + 1 + 48 + 1 = 59 tokens
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a zoo model is trained. Optimiser defaults follow the offline-models spec's CPU runs: AdamW with
+    betas (0.9, 0.98), weight decay 0.01, 200 warm-up steps then cosine decay, gradient clipping at 1, no dropout."""
+
+    name: str
+    task: str
+    architecture: Architecture
+    steps: int
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    gradient_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 500  # steps between progress evaluations (logged only; they never change training)
+    checkpoint_every: int = 250
+
+
+RECIPES: dict[str, Recipe] = {
+    "scan": Recipe(
+        name="scan",
+        task="scan",
+        architecture=Architecture(family="gpt2", n_layers=3, d_model=128, n_heads=4),
+        steps=4000,
+    ),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The :class:`Recipe` of zoo model ``name``; raises with the known names if there is none."""
+    if name not in RECIPES:
+        raise KeyError(f"no zoo recipe called {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]

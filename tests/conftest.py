@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny bridges of each supported family, built offline in a second."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2Config, GPT2LMHeadModel
+
+torch.set_num_threads(1)
+
+VOCAB = 40
+
+
+def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
+    """A tiny GPT-2 saved to ``directory`` and booted through ``boot_transformers`` (the real HF path)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=16,
+                        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # GPT-2 initialises biases and norm biases to constants; randomise so every tensor matters
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.save_pretrained(directory)
+    return TransformerBridge.boot_transformers(str(directory), device="cpu")
+
+
+def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
+    """A tiny TL-native bridge: LayerNorm + learned positions, or RMSNorm + rotary + gated MLP + GQA."""
+    config = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=VOCAB, seed=seed)
+    if gqa:
+        config |= dict(normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+                       n_key_value_heads=2, act_fn="silu")
+    else:
+        config |= dict(normalization_type="LN", act_fn="gelu")
+    bridge = TransformerBridge.boot_native(config)
+    with torch.no_grad():
+        for parameter in bridge.original_model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return bridge
+
+
+@pytest.fixture
+def gpt2_bridge(tmp_path):
+    return boot_gpt2(tmp_path / "gpt2")
+
+
+@pytest.fixture(params=["gpt2", "native", "native_gqa"])
+def any_bridge(request, tmp_path):
+    if request.param == "gpt2":
+        return boot_gpt2(tmp_path / "gpt2")
+    return boot_native(gqa=request.param == "native_gqa")
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(1))
+
+
+def state_snapshot(bridge) -> dict[str, torch.Tensor]:
+    """Clones of every parameter and buffer, by every module path (catches a swapped tensor under any alias)."""
+    snapshot = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
+    snapshot |= {f"state_dict/{name}": tensor.detach().clone() for name, tensor in bridge.state_dict().items()}
+    return snapshot
+
+
+def assert_unchanged(bridge, snapshot) -> None:
+    now = state_snapshot(bridge)
+    assert now.keys() == snapshot.keys()
+    for name, tensor in snapshot.items():
+        assert torch.equal(now[name], tensor), name
+    assert "forward" not in bridge.__dict__
+    assert all(not isinstance(p, torch.Tensor) or isinstance(p, torch.nn.Parameter)
+               for _, module in bridge.named_modules() for p in module._parameters.values() if p is not None)
