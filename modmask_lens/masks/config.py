@@ -62,8 +62,11 @@ class TrainConfig:
         grad_clip: max global norm of one task's mask-logit gradients (Csordás clips at 1.0; we clip the mask
             gradients only, per task).
         target_density: if set, replace the logit-sum regulariser by Edge Pruning's Lagrangian
-            ``lambda1 * (d - d*) + lambda2 * (d - d*)**2`` on the expected kept fraction d, with d* ramped linearly
-            from 1 to ``target_density`` over ``density_warmup_steps`` (Bhaskar et al. 2024).
+            ``lambda1 * (d - d*) + lambda2 * (d - d*)**2`` on the expected kept fraction d (the mean keep
+            probability sigmoid(l) of a mask sample), with d* ramped linearly from the initial density
+            sigmoid(init_logit) to ``target_density`` over ``density_warmup_steps`` (Bhaskar et al. 2024 ramp from
+            their initial density too). The binary readout (logit > 0) can keep fewer weights than d while logits
+            sit near 0.
         density_warmup_steps: length of the d* ramp.
         lagrangian_lr: learning rate of the multipliers lambda1, lambda2 (trained by gradient ascent).
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a

@@ -158,7 +158,7 @@ class MaskTrainer:
             logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
             score: AnswerScore = score_answers(logits, chunk_labels)
             (score.loss_sum / n_tokens).backward()
-            loss_sum += float(score.loss_sum)
+            loss_sum += float(score.loss_sum.detach())
             n_correct += score.n_correct
         task_loss = loss_sum / n_tokens
         if not math.isfinite(task_loss):
@@ -180,7 +180,8 @@ class MaskTrainer:
             return
         run.multiplier_optimizer.zero_grad(set_to_none=True)
         ramp = min(1.0, self.step / max(config.density_warmup_steps, 1))
-        target = 1.0 + (config.target_density - 1.0) * ramp
+        initial = torch.sigmoid(torch.tensor(run.masks.config.init_logit)).item()
+        target = initial + (config.target_density - initial) * ramp
         gap = run.masks.expected_density() - target
         (run.multipliers[0] * gap + run.multipliers[1] * gap**2).backward()
 

@@ -1,0 +1,90 @@
+"""Mask files round-trip exactly and refuse other models, truncation and tampering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conftest import boot_gpt2, boot_native
+from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
+from modmask_lens.masks.io import METADATA_KEY
+
+
+@pytest.fixture
+def trained_like(gpt2_bridge):
+    masks = MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="weight"), name="jump")
+    generator = torch.Generator().manual_seed(0)
+    for logit in masks.logits.values():
+        logit.data = torch.randn(logit.shape, generator=generator)
+    return masks
+
+
+def test_save_load_round_trip_is_exact(gpt2_bridge, trained_like, tmp_path, tokens):
+    path = save_masks(trained_like, tmp_path / "jump.safetensors")
+    loaded = load_masks(path, gpt2_bridge)
+    assert loaded.name == "jump" and loaded.config == trained_like.config and loaded.origin == trained_like.origin
+    for name, logit in trained_like.logits.items():
+        assert torch.equal(loaded.logits[name], logit)
+    with masked(gpt2_bridge, trained_like):
+        expected = gpt2_bridge(tokens)
+    with masked(gpt2_bridge, loaded):
+        assert torch.equal(gpt2_bridge(tokens), expected)
+
+
+def test_metadata_records_model_adapter_mode_and_version(trained_like, tmp_path):
+    path = save_masks(trained_like, tmp_path / "jump.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = json.loads(handle.metadata()[METADATA_KEY])
+    assert metadata["adapter"] == "gpt2" and metadata["processing_mode"] == "raw"
+    assert metadata["mask_config"]["granularity"] == "weight" and metadata["name"] == "jump"
+    assert len(metadata["model"]["weights_sha256"]) == 64 and metadata["library_version"]
+
+
+@pytest.mark.parametrize("other", ["other_seed", "other_family", "other_shape"])
+def test_loading_onto_another_model_fails_clearly(trained_like, tmp_path, other):
+    path = save_masks(trained_like, tmp_path / "jump.safetensors")
+    bridge = {
+        "other_seed": lambda: boot_gpt2(tmp_path / "seed1", seed=1),
+        "other_family": lambda: boot_native(),
+        "other_shape": lambda: boot_gpt2(tmp_path / "deeper", n_layer=3),
+    }[other]()
+    with pytest.raises(ModelMismatch, match="another model|adapter"):
+        load_masks(path, bridge)
+
+
+def test_truncated_file_fails_clearly(gpt2_bridge, trained_like, tmp_path):
+    path = save_masks(trained_like, tmp_path / "jump.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(MaskFileError, match="truncated"):
+        load_masks(path, gpt2_bridge)
+
+
+def test_tampered_logit_shapes_fail_clearly(gpt2_bridge, trained_like, tmp_path):
+    path = save_masks(trained_like, tmp_path / "jump.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    first = next(iter(tensors))
+    tensors[first] = tensors[first][:1]
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(MaskFileError, match="misshapen"):
+        load_masks(path, gpt2_bridge)
+
+
+def test_a_file_that_is_not_a_mask_file_is_refused(gpt2_bridge, tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(MaskFileError, match="not written by modmask-lens"):
+        load_masks(path, gpt2_bridge)
+
+
+def test_applying_a_mask_after_the_weights_changed_fails(gpt2_bridge, trained_like):
+    with torch.no_grad():
+        gpt2_bridge.get_parameter("blocks.0.attn.q._original_component.weight")[0, 0] += 1.0
+    with pytest.raises(ModelMismatch, match="weights_sha256"):
+        with masked(gpt2_bridge, trained_like):
+            pass

@@ -1,0 +1,154 @@
+"""Mask training: learns what a task needs, touches nothing else, and resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from conftest import assert_unchanged, boot_native, state_snapshot
+from modmask_lens import MaskConfig, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked, score_answers
+from modmask_lens.masks.training import CHECKPOINT_FILE
+
+SEP, EOS = 10, 11
+
+
+def copy_first_token_data(name: str = "copy") -> SubtaskData:
+    """``a b SEP -> a EOS`` for all digit pairs: the answer needs attention to position 0."""
+    pairs = torch.cartesian_prod(torch.arange(10), torch.arange(10))
+    input_ids = torch.stack([pairs[:, 0], pairs[:, 1], torch.full((100,), SEP), pairs[:, 0], torch.full((100,), EOS)], 1)
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    return SubtaskData(name, input_ids, labels)
+
+
+@pytest.fixture(scope="module")
+def one_head_model():
+    """A 1-layer model trained on the copy task with heads 1-3 and the MLP writing nothing, by construction."""
+    torch.manual_seed(0)
+    bridge = TransformerBridge.boot_native(dict(n_layers=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=8,
+                                                d_vocab=12, act_fn="gelu", normalization_type="LN", seed=0))
+    attention_out = bridge.get_parameter("blocks.0.attn.o._original_component.weight")  # [d_model, n_heads * d_head]
+    mlp_out = bridge.get_parameter("blocks.0.mlp.out._original_component.weight")
+    writes_nothing = {attention_out: torch.ones_like(attention_out), mlp_out: torch.zeros_like(mlp_out)}
+    writes_nothing[attention_out][:, 8:] = 0.0
+    with torch.no_grad():
+        for weight, keep in writes_nothing.items():
+            weight.mul_(keep)
+            weight.register_hook(lambda grad, keep=keep: grad * keep)
+    data = copy_first_token_data()
+    optimizer = torch.optim.Adam(bridge.original_model.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        score = score_answers(bridge(data.input_ids), data.labels)
+        (score.loss_sum / score.n_tokens).backward()
+        optimizer.step()
+    for parameter in bridge.original_model.parameters():
+        parameter.grad = None
+        parameter._backward_hooks = None
+    assert score_answers(bridge(data.input_ids), data.labels).n_correct == 100
+    return bridge, data
+
+
+def test_mask_training_removes_unneeded_weights_and_keeps_accuracy(one_head_model):
+    bridge, data = one_head_model
+    snapshot = state_snapshot(bridge)
+    masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=300, batch_size=64), progress=False).train()
+    binary = masks["copy"].binary()
+    assert_unchanged(bridge, snapshot)
+    assert all(parameter.grad is None for parameter in bridge.parameters())
+    heads = binary.kept_fraction(by="head")
+    unneeded_heads = heads[heads["head"] > 0]
+    assert unneeded_heads.kept.sum() / unneeded_heads.total.sum() < 0.1
+    by_role = binary.kept_fraction(by="layer_role").set_index("role")
+    assert by_role.loc[["W_in", "W_out", "ln2.w"], "kept_fraction"].max() < 0.1
+    with masked(bridge, binary):
+        accuracy = score_answers(bridge(data.input_ids), data.labels).n_correct / len(data)
+    assert accuracy >= 0.95
+    assert binary.count / binary.total < 0.6
+
+
+def test_several_tasks_in_one_run_equal_separate_runs(one_head_model):
+    bridge, data = one_head_model
+    other = SubtaskData("copy_low", data.input_ids[:50], data.labels[:50])
+    config = TrainConfig(steps=4, batch_size=16)
+    joint = MaskTrainer(bridge, [data, other], train_config=config, progress=False).train()
+    for subtask in (data, other):
+        alone = MaskTrainer(bridge, [subtask], train_config=config, progress=False).train()[subtask.name]
+        for name, logit in alone.logits.items():
+            assert torch.equal(logit, joint[subtask.name].logits[name])
+    assert not torch.equal(joint["copy"].logits["blocks.0.attn.q.weight"], joint["copy_low"].logits["blocks.0.attn.q.weight"])
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model, tmp_path, monkeypatch):
+    bridge, data = one_head_model
+    config = TrainConfig(steps=6, batch_size=16, checkpoint_every=2)
+    uninterrupted = MaskTrainer(bridge, [data], train_config=config, progress=False).train()["copy"]
+
+    interrupted = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False)
+    original_step = MaskTrainer._train_step
+
+    def step_then_crash(self, run):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        original_step(self, run)
+
+    monkeypatch.setattr(MaskTrainer, "_train_step", step_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    monkeypatch.setattr(MaskTrainer, "_train_step", original_step)
+    resumed = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.step == 2
+    result = resumed.train()["copy"]
+    for name, logit in uninterrupted.logits.items():
+        assert torch.equal(logit, result.logits[name]), name
+    assert (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_resume_refuses_other_training_settings(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
+                checkpoint_dir=tmp_path, progress=False).train()
+    with pytest.raises(ValueError, match="other training settings"):
+        MaskTrainer(bridge, [data], train_config=TrainConfig(steps=3, batch_size=8), checkpoint_dir=tmp_path)
+
+
+def test_target_density_mode_drives_the_expected_density_to_the_target(one_head_model):
+    bridge, data = one_head_model
+    config = TrainConfig(steps=400, batch_size=32, target_density=0.5, density_warmup_steps=100, lagrangian_lr=0.1)
+    masks = MaskTrainer(bridge, [data], train_config=config, progress=False).train()["copy"]
+    assert abs(float(masks.expected_density().detach()) - 0.5) < 0.05
+
+
+def test_nan_loss_stops_training_naming_the_step(tmp_path):
+    bridge = boot_native()
+    with torch.no_grad():
+        bridge.get_parameter("blocks.1.mlp.out._original_component.bias")[0] = float("nan")
+    data = SubtaskData("nan", torch.randint(0, 40, (8, 6)), torch.randint(0, 40, (8, 6)))
+    with pytest.raises(NonFiniteLoss, match="step 0"):
+        MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4), progress=False).train()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SubtaskData("empty", torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)), "empty"),
+        # The shape check is also jaxtyping's (a TypeError) when the annotations are enforced, as in these tests.
+        (lambda: SubtaskData("shape", torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
+         "shape|pos"),
+        (lambda: SubtaskData("unscored", torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), -100)), "no answer"),
+        (lambda: TrainConfig(lr=5.0), "lr"),
+        (lambda: TrainConfig(beta=-1.0), "beta"),
+        (lambda: TrainConfig(batch_size=2, n_samples=4), "n_samples"),
+        (lambda: MaskConfig(granularity="block"), "granularity"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
+
+
+def test_tokens_outside_the_vocabulary_are_refused():
+    data = SubtaskData("big", torch.full((2, 4), 99), torch.full((2, 4), 99))
+    with pytest.raises(ValueError, match="vocabulary"):
+        MaskTrainer(boot_native(), [data])
