@@ -11,7 +11,7 @@ from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.sampling import sample_hard_mask
+from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
 from modmask_lens.masks.units import MaskUnit, build_units
 
 
@@ -43,12 +43,18 @@ class MaskSet:
     train_config: dict = field(default_factory=dict)
 
     @classmethod
-    def for_bridge(cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask") -> MaskSet:
-        """Fresh logits (all ``config.init_logit``) for every unit of ``bridge`` that ``config`` selects."""
+    def for_bridge(
+        cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
+    ) -> MaskSet:
+        """Fresh logits (all ``config.init_logit``) for every unit of ``bridge`` that ``config`` selects.
+
+        ``origin`` may pass the bridge's :class:`MaskOrigin` when it is already known (hashing the weights is a pass
+        over the whole model).
+        """
         specs = adapter_for(bridge).tensor_specs(bridge)
         units = build_units(specs, config, model_shape(bridge))
         logits = {unit.name: torch.full(unit.shape, config.init_logit, requires_grad=True) for unit in units}
-        return cls(name, config, units, logits, MaskOrigin.of(bridge))
+        return cls(name, config, units, logits, origin or MaskOrigin.of(bridge))
 
     @property
     def members(self) -> list[TensorSpec]:
@@ -64,11 +70,11 @@ class MaskSet:
         self.logits = {name: logit.detach().to(device).requires_grad_(True) for name, logit in self.logits.items()}
         return self
 
-    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def sample(self, temperature: float = 1.0, noise: UniformNoise | None = None) -> dict[str, Tensor]:
         """One straight-through Gumbel-sigmoid sample: bridge parameter path -> mask broadcastable to its weight."""
         masks = {}
         for unit in self.units:
-            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, generator)
+            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise)
             for member in unit.members:
                 masks[member.path] = unit.expand(unit_sample, member)
         return masks

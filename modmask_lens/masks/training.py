@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
+from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from, read_safetensors, write_safetensors_atomically
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.sampling import UniformNoise
 
 CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -99,18 +101,19 @@ class MaskTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
         self.step = 0
-        self.runs = [self._new_run(subtask, mask_config) for subtask in subtasks]
+        origin = MaskOrigin.of(bridge)
+        self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
         if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
             self._resume()
 
-    def _new_run(self, data: SubtaskData, mask_config: MaskConfig) -> _TaskRun:
+    def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
         vocab = self.bridge.cfg.d_vocab
         if int(data.input_ids.max()) >= vocab or int(data.input_ids.min()) < 0:
             raise ValueError(
                 f"subtask {data.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
                 "encode it with the model's own tokenizer"
             )
-        masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name)
+        masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
         optimizer = torch.optim.Adam(masks.parameters(), lr=self.train_config.lr)
         run = _TaskRun(data, masks, optimizer)
@@ -146,15 +149,16 @@ class MaskTrainer:
 
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
-        generator = torch.Generator().manual_seed(stream_seed(config.seed, run.masks.name, self.step))
-        indices = torch.randint(len(run.data), (config.batch_size,), generator=generator)
+        seed = stream_seed(config.seed, run.masks.name, self.step)
+        indices = torch.randint(len(run.data), (config.batch_size,), generator=torch.Generator().manual_seed(seed))
+        noise = UniformNoise(seed)
         input_ids, labels = run.data.batch(indices)
         n_tokens = int((labels[:, 1:] != -100).sum())
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_correct = 0.0, 0
         for chunk_ids, chunk_labels in zip(input_ids.tensor_split(config.n_samples),
                                            labels.tensor_split(config.n_samples)):
-            sample = run.masks.sample(config.temperature, generator)
+            sample = run.masks.sample(config.temperature, noise)
             logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
             score: AnswerScore = score_answers(logits, chunk_labels)
             (score.loss_sum / n_tokens).backward()

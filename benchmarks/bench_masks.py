@@ -1,0 +1,159 @@
+"""Mask-training cost against plain fine-tuning, on one thread, printed as ``name: value`` lines.
+
+Model: GPT-2-style bridge (d_model 256, 4 layers, 4 heads, vocab 64) booted through ``boot_transformers``; batch
+64 x 32 tokens; loss: cross-entropy on every next token. Timings are medians of interleaved steps in this process;
+peak memory is the growth of the peak RSS over the ready process, measured in a fresh child process per
+configuration (peak RSS cannot be reset inside one process).
+
+Run: ``make bench`` (or ``python benchmarks/bench_masks.py --steps 15``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modmask_lens import MaskTrainer, SubtaskData, TrainConfig, score_answers
+
+BATCH, POSITIONS, VOCAB, TASKS = 64, 32, 64, 4
+
+
+def build_bridge(directory: str) -> TransformerBridge:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=VOCAB, n_positions=POSITIONS)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    return TransformerBridge.boot_transformers(directory, device="cpu")
+
+
+def subtask(name: str, seed: int) -> SubtaskData:
+    input_ids = torch.randint(0, VOCAB, (BATCH * 4, POSITIONS), generator=torch.Generator().manual_seed(seed))
+    return SubtaskData(name, input_ids, input_ids.clone())
+
+
+class FineTuning:
+    """Plain fine-tuning of every weight through the same bridge, batch and loss."""
+
+    def __init__(self, bridge: TransformerBridge, data: SubtaskData):
+        self.bridge, self.data = bridge, data
+        self.parameters = [p for p in bridge.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=1e-5)
+
+    def step(self, index: int) -> None:
+        rows = torch.arange(index * BATCH, (index + 1) * BATCH) % len(self.data)
+        self.optimizer.zero_grad(set_to_none=True)
+        score = score_answers(self.bridge(self.data.input_ids[rows]), self.data.labels[rows])
+        (score.loss_sum / score.n_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimizer.step()
+
+
+class MaskTraining:
+    """Mask training with the library's defaults (4 mask samples per step, per-weight logits)."""
+
+    def __init__(self, bridge: TransformerBridge, tasks: list[SubtaskData], steps: int):
+        self.trainer = MaskTrainer(bridge, tasks, train_config=TrainConfig(steps=steps, batch_size=BATCH),
+                                   progress=False)
+
+    def step(self, index: int) -> None:
+        for run in self.trainer.runs:
+            self.trainer._train_step(run)
+        self.trainer.step += 1
+
+
+def timed(step, index: int) -> float:
+    start = time.perf_counter()
+    step(index)
+    return time.perf_counter() - start
+
+
+def peak_memory_child(kind: str, steps: int, queue) -> None:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as directory:
+        bridge = build_bridge(directory)
+        if kind == "finetune":
+            runner = FineTuning(bridge, subtask("t0", 0))
+        elif kind == "masks":
+            runner = MaskTraining(bridge, [subtask("t0", 0)], steps)
+        else:
+            runner = MaskTraining(bridge, [subtask(f"t{k}", k) for k in range(TASKS)], steps)
+        ready = _current_rss_kb()
+        for index in range(steps):
+            runner.step(index)
+        queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - ready)
+
+
+def _current_rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def peak_memory_kb(kind: str, steps: int) -> int:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=peak_memory_child, args=(kind, steps, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration (after 3 warm-up)")
+    parser.add_argument("--threads", type=int, default=1)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    warmup, steps = 3, arguments.steps
+
+    with tempfile.TemporaryDirectory() as directory:
+        bridge = build_bridge(directory)
+        finetune = FineTuning(bridge, subtask("t0", 0))
+        # Fine-tuning changes the weights; the mask runs use their own pristine bridge.
+        mask_bridge = build_bridge(directory + "/masks")
+        masks = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps)
+        finetune_times, mask_times = [], []
+        for index in range(warmup + steps):  # interleaved, so drifts in machine load hit both alike
+            finetune_time, mask_time = timed(finetune.step, index), timed(masks.step, index)
+            if index >= warmup:
+                finetune_times.append(finetune_time)
+                mask_times.append(mask_time)
+
+        multi_steps = max(steps // 3, 3)
+        tasks = [subtask(f"t{k}", k) for k in range(TASKS)]
+        start = time.perf_counter()
+        MaskTrainer(mask_bridge, tasks, train_config=TrainConfig(steps=multi_steps, batch_size=BATCH),
+                    progress=False).train()
+        joint_time = time.perf_counter() - start
+        start = time.perf_counter()
+        for task in tasks:
+            MaskTrainer(mask_bridge, [task], train_config=TrainConfig(steps=multi_steps, batch_size=BATCH),
+                        progress=False).train()
+        separate_time = time.perf_counter() - start
+
+    memory_steps = 3
+    finetune_memory = peak_memory_kb("finetune", memory_steps)
+    mask_memory = peak_memory_kb("masks", memory_steps)
+    multi_memory = peak_memory_kb("multi", memory_steps)
+
+    finetune_median, mask_median = statistics.median(finetune_times), statistics.median(mask_times)
+    print(f"threads: {arguments.threads}")
+    print(f"finetune_step_ms: {finetune_median * 1e3:.1f}")
+    print(f"mask_step_ms: {mask_median * 1e3:.1f}")
+    print(f"mask_step_ratio: {mask_median / finetune_median:.3f}")
+    print(f"finetune_peak_mem_mb: {finetune_memory / 1024:.0f}")
+    print(f"mask_peak_mem_mb: {mask_memory / 1024:.0f}")
+    print(f"mask_peak_mem_ratio: {mask_memory / finetune_memory:.3f}")
+    print(f"multi_task_ratio: {joint_time / separate_time:.3f}")
+    print(f"multi_task_mem_ratio: {multi_memory / mask_memory:.3f}")
+
+
+if __name__ == "__main__":
+    main()

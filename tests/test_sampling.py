@@ -1,0 +1,39 @@
+"""The straight-through Gumbel-sigmoid sampler against Csordás's formula, computed independently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modmask_lens.masks.sampling import UniformNoise, _StraightThroughGumbelSigmoid, sample_hard_mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sample_and_gradient_equal_csordas_reference(temperature):
+    logits = torch.linspace(-4, 4, 101)
+    uniform = torch.rand(101, generator=torch.Generator().manual_seed(0)).clamp(1e-6, 1 - 1e-6)
+    ours_logits = logits.clone().requires_grad_(True)
+    ours = _StraightThroughGumbelSigmoid.apply(ours_logits, uniform, temperature)
+    weights = torch.randn(101)
+    (ours * weights).sum().backward()
+
+    reference_logits = logits.clone().requires_grad_(True)
+    noise = torch.log(uniform) - torch.log(1 - uniform)  # Logistic(0, 1)
+    soft = torch.sigmoid((reference_logits + noise) / temperature)
+    reference = (soft > 0.5).float() + soft - soft.detach()
+    (reference * weights).sum().backward()
+
+    assert torch.equal(ours, (soft > 0.5).float())
+    torch.testing.assert_close(ours_logits.grad, reference_logits.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_keep_frequency_is_sigmoid_of_the_logit():
+    logits = torch.tensor([-2.0, 0.0, 2.0]).repeat(20000, 1)
+    kept = sample_hard_mask(logits, noise=UniformNoise(0)).mean(dim=0)
+    torch.testing.assert_close(kept, torch.sigmoid(torch.tensor([-2.0, 0.0, 2.0])), atol=0.01, rtol=0)
+
+
+def test_same_seed_same_sample():
+    logits = torch.zeros(1000)
+    assert torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(5)))
+    assert not torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6)))
