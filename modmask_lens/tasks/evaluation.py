@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from modmask_lens.tasks.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
 
@@ -49,32 +49,42 @@ def teacher_forced_correct(
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
+def _logits_and_cache(
+    model: torch.nn.Module, input_ids: Int[Tensor, "batch new_pos"], cache: object | None
+) -> tuple[Float[Tensor, "batch new_pos vocab"], object]:
+    """One incremental step: logits of the new tokens and the updated Hugging Face KV cache."""
+    if isinstance(model, PreTrainedModel):
+        output = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return output.logits, output.past_key_values
+    # TransformerBridge's manual KV-cache entry point (TransformerLens 4.x).
+    return model(input_ids, return_type="logits_and_cache", past_key_values=cache, use_cache=True)
+
+
 def greedy_complete(
     model: torch.nn.Module, examples: TokenizedExamples, max_new_tokens: int
 ) -> Int[Tensor, "example pos"]:
-    """Greedy continuations of the prompts of ``examples``, batched, stopping each row at its EOS.
+    """Greedy continuations of the prompts of ``examples``, batched with a KV cache.
 
-    Returns ``[example, max(prompt_lengths) + max_new_tokens]`` ids: each prompt, then its generated tokens, then
-    pad. Without a KV cache each step reruns the (short) sequences; right padding keeps every row's positions intact.
+    Returns ``[example, max(prompt_lengths) + max_new_tokens]`` ids: each prompt, then its generated tokens up to
+    and including its EOS, then pad. Rows with the same prompt length decode together, so no row needs padding or
+    an attention mask while it decodes.
     """
-    rows = torch.arange(len(examples))
     width = int(examples.prompt_lengths.max()) + max_new_tokens
     tokens = torch.full((len(examples), width), examples.pad_token_id, dtype=torch.long)
-    copied_width = min(width, examples.input_ids.shape[1])
-    tokens[:, :copied_width] = examples.input_ids[:, :copied_width]
-    tokens[torch.arange(width)[None, :] >= examples.prompt_lengths[:, None]] = examples.pad_token_id
-    next_position = examples.prompt_lengths.clone()
-    finished = torch.zeros(len(examples), dtype=torch.bool)
     with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            logits = next_token_logits(model, tokens[:, : int(next_position.max())])
-            predicted = logits[rows, next_position - 1].argmax(dim=-1)
-            active = ~finished
-            tokens[rows[active], next_position[active]] = predicted[active]
-            finished |= predicted == examples.eos_token_id
-            next_position = torch.where(active, next_position + 1, next_position)
-            if finished.all():
-                break
+        for prompt_length in examples.prompt_lengths.unique().tolist():
+            rows = torch.nonzero(examples.prompt_lengths == prompt_length).squeeze(1)
+            generated = examples.input_ids[rows, :prompt_length]
+            logits, cache = _logits_and_cache(model, generated, None)
+            finished = torch.zeros(len(rows), dtype=torch.bool)
+            for _ in range(max_new_tokens):
+                predicted = torch.where(finished, examples.pad_token_id, logits[:, -1].argmax(dim=-1))
+                generated = torch.cat([generated, predicted[:, None]], dim=1)
+                finished |= predicted == examples.eos_token_id
+                if finished.all():
+                    break
+                logits, cache = _logits_and_cache(model, predicted[:, None], cache)
+            tokens[rows, : generated.shape[1]] = generated
     return tokens
 
 

@@ -27,6 +27,19 @@ from modmask_lens.zoo.recipes import Recipe, recipe
 MODELS_DIR = Path(__file__).parent / "models"
 TORCH_THREADS = 1  # the zoo is trained on one core; two threads on a shared 2-core machine run ~9x slower
 PROGRESS_SAMPLE = 1000  # test examples scored (teacher forcing) at each progress evaluation
+BUCKET_BATCHES = 50  # batches per length bucket: sorting within buckets cuts padding while batches stay random
+
+
+def _epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """One epoch of example indices in batches of similar length, shuffled; a function of (seed, epoch) only,
+    so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=generator)
+    batches = []
+    for bucket in order.split(batch_size * BUCKET_BATCHES):
+        bucket = bucket[torch.argsort(lengths[bucket], stable=True)]
+        batches.extend(bucket.split(batch_size))
+    return [batches[index] for index in torch.randperm(len(batches), generator=generator)]
 
 
 def _learning_rate_factor(step: int, recipe_: Recipe) -> float:
@@ -62,7 +75,9 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.learning_rate, betas=recipe_.betas,
                                   weight_decay=recipe_.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, recipe_))
-    batch_generator = torch.Generator().manual_seed(recipe_.seed)
+    sequence_lengths = (train_examples.input_ids != train_examples.pad_token_id).sum(dim=1)
+    batches_per_epoch = math.ceil(len(train_examples) / recipe_.batch_size)  # the last bucket alone is partial
+    loaded_epoch, epoch_batches = -1, []
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = checkpoint_dir / "last.ckpt"
     step, elapsed_before = 0, 0.0
@@ -71,14 +86,16 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        batch_generator.set_state(state["batch_generator"])
         step, elapsed_before = state["step"], state["elapsed_s"]
         _log(f"resumed {recipe_.name} at step {step} from {checkpoint_path}")
     started = time.perf_counter()
     model.train()
     while step < recipe_.steps:
-        indices = torch.randint(len(train_examples), (recipe_.batch_size,), generator=batch_generator)
-        batch = train_examples.select(indices)
+        epoch, batch_index = divmod(step, batches_per_epoch)
+        if epoch != loaded_epoch:
+            epoch_batches = _epoch_batches(sequence_lengths, recipe_.batch_size, recipe_.seed, epoch)
+            loaded_epoch = epoch
+        batch = train_examples.select(epoch_batches[batch_index])
         loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,8 +112,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         if step % recipe_.checkpoint_every == 0 or step == recipe_.steps:
             _save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "batch_generator": batch_generator.get_state(),
-                "step": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
+                "scheduler": scheduler.state_dict(), "step": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
             })
     wall_time_s = elapsed_before + time.perf_counter() - started
     model.eval()
