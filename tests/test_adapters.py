@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from conftest import boot_native
-from modmask_lens import UnsupportedArchitecture, adapter_for
+from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for
+from modmask_lens.adapters import GenericAdapter
 
 
-def test_unknown_architecture_names_itself_the_installed_adapters_and_the_fix():
-    fake = torch.nn.Module()
-    fake.cfg = SimpleNamespace(architecture="Qwen3ForCausalLM")
-    with pytest.raises(UnsupportedArchitecture, match=r"Qwen3ForCausalLM: no adapter; installed: gpt2, native.*CONTRIBUTING"):
-        adapter_for(fake)
+def test_a_family_without_adapter_gets_the_generic_fallback_and_a_clear_error_for_heads(gpt2_bridge):
+    gpt2_bridge.cfg.architecture = "Qwen3ForCausalLM"
+    assert isinstance(adapter_for(gpt2_bridge), GenericAdapter)
+    assert MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="matrix")).units
+    for granularity in ("head", "neuron"):
+        with pytest.raises(UnsupportedArchitecture,
+                           match=r"Qwen3ForCausalLM: no adapter that locates .*installed: bert, gpt2, gpt_neox, llama, native.*CONTRIBUTING"):
+            MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity=granularity))
+
+
+def test_something_that_is_not_a_bridge_is_refused():
+    with pytest.raises(UnsupportedArchitecture, match="not a TransformerBridge"):
+        adapter_for(torch.nn.Linear(2, 2))
 
 
 def test_gpt2_fused_c_attn_is_not_a_target_and_layouts_follow_conv1d(gpt2_bridge):

@@ -1,14 +1,17 @@
 """Architecture adapters: the only place that knows how a model family stores its tensors."""
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
-from modmask_lens.adapters.registry import UnsupportedArchitecture, adapter_for, installed_adapters
+from modmask_lens.adapters.generic import GenericAdapter
+from modmask_lens.adapters.registry import UnsupportedArchitecture, adapter_for, installed_adapters, unsupported
 
 __all__ = [
     "Adapter",
+    "GenericAdapter",
     "ModelShape",
     "TensorSpec",
     "UnsupportedArchitecture",
     "adapter_for",
     "installed_adapters",
     "model_shape",
+    "unsupported",
 ]

@@ -23,6 +23,7 @@ MatrixLayout = Literal["linear", "conv1d"]
 """``linear``: weight is ``[out_features, in_features]``; ``conv1d``: weight is ``[in_features, out_features]``."""
 
 UnitKind = Literal["head", "kv_head", "neuron"]
+TensorLayout = Literal["linear", "conv1d", "embedding", "vector"]
 
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
@@ -30,10 +31,11 @@ _MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
 _KEY_PATTERN = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$")
 
 ROLE_KINDS = {
-    "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U"),
-    "norm": ("ln1.w", "ln2.w", "ln_final.w"),
-    "embedding": ("W_E", "W_pos"),
-    "bias": ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_gate", "b_out", "b_U", "ln1.b", "ln2.b", "ln_final.b"),
+    "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U", "W_mlm_head"),
+    "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
+    "embedding": ("W_E", "W_pos", "W_token_type"),
+    "bias": ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_gate", "b_out", "b_U", "b_mlm_head",
+             "ln1.b", "ln2.b", "ln_final.b", "ln_embed.b"),
 }
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
@@ -53,6 +55,10 @@ class TensorSpec:
             hidden units), or ``None``.
         unit_axis: the axis of the stored tensor along which units are laid out.
         unit_width: consecutive elements per unit along ``unit_axis`` (``d_head`` for heads, 1 for neurons).
+        layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]) or
+            ``vector`` (norm gains and biases).
+        tied_to: key of another tensor that is the same parameter read through another module (GPT-2's W_E and
+            W_U), or ``None``; each key still gets its own mask.
     """
 
     key: str
@@ -63,6 +69,8 @@ class TensorSpec:
     unit: UnitKind | None = None
     unit_axis: int | None = None
     unit_width: int = 1
+    layout: TensorLayout = "vector"
+    tied_to: str | None = None
 
     @property
     def kind(self) -> str:
@@ -136,12 +144,20 @@ def role_of(key: str) -> tuple[str, int | None]:
 class Adapter:
     """Base adapter: resolves a bridge's canonical state_dict keys to the tensors its forward pass reads.
 
-    Subclasses set :attr:`name` and :attr:`architectures` (values of ``bridge.cfg.architecture``) and override
-    :meth:`matrix_layout` when their family stores matrices in another layout than ``nn.Linear``.
+    Subclasses set :attr:`name` and :attr:`architectures` (values of ``bridge.cfg.architecture``) and override what
+    differs in their family: :meth:`matrix_layout` for matrices not stored like ``nn.Linear``, :attr:`family_roles`
+    for tensors outside TransformerLens's canonical names, :attr:`unread_keys` for state_dict keys the forward pass
+    does not read, and :meth:`fuse_for_export` where the Hugging Face checkpoint stores a fused tensor as copies.
     """
 
     name: ClassVar[str] = "base"
     architectures: ClassVar[tuple[str, ...]] = ()
+    family_roles: ClassVar[dict[str, str]] = {}
+    """state_dict key -> role for family-specific tensors (e.g. BERT's ``token_type_embed.weight``)."""
+    unread_keys: ClassVar[tuple[str, ...]] = ()
+    """state_dict keys whose tensor the forward pass reads through another key (e.g. BERT's decoder bias alias)."""
+    supports_units: ClassVar[bool] = True
+    """Whether heads and neurons can be located (``False`` for the generic fallback)."""
 
     def matrix_layout(self, module: nn.Module) -> MatrixLayout:
         """How ``module`` stores its weight matrix."""
@@ -156,35 +172,60 @@ class Adapter:
         """Every parameter attribute the bridge's forward pass reads, in state_dict order.
 
         Keys whose tensor is not a real parameter of a wrapped module (TransformerLens adds a synthetic zero
-        ``unembed.bias`` when the model has none) are skipped.
+        ``unembed.bias`` when the model has none) and :attr:`unread_keys` are skipped.
         """
         dims = model_shape(bridge)
         specs = []
+        first_key_of: dict[int, str] = {}
         for key in bridge.state_dict():
             resolved = _resolve_parameter(bridge, key)
-            if resolved is None:
+            if resolved is None or key in self.unread_keys:
                 continue
             path, module, parameter = resolved
-            role, layer = role_of(key)
-            unit, unit_axis, unit_width = self._unit_layout(role, module, parameter, dims)
-            specs.append(TensorSpec(key, role, layer, path, tuple(parameter.shape), unit, unit_axis, unit_width))
+            role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
+            layout = self._layout(module, parameter)
+            unit, unit_axis, unit_width = self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
+            tied_to = first_key_of.setdefault(id(parameter), key)
+            specs.append(TensorSpec(key, role, layer, path, tuple(parameter.shape), unit, unit_axis, unit_width,
+                                    layout, None if tied_to == key else tied_to))
         return specs
 
-    def _unit_layout(
-        self, role: str, module: nn.Module, parameter: torch.Tensor, dims: ModelShape
-    ) -> tuple[UnitKind | None, int | None, int]:
+    def _layout(self, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
+        if parameter.dim() == 1:
+            return "vector"
+        if isinstance(module, nn.Embedding):
+            return "embedding"
+        return self.matrix_layout(module)
+
+    def _unit_layout(self, role: str, layout: TensorLayout, dims: ModelShape) -> tuple[UnitKind | None, int | None, int]:
         """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
         unit = _UNIT_OF_ROLE.get(role)
         if unit is None:
             return None, None, 1
-        reads_units = role in ("W_O", "W_out")  # these read heads / neurons on their input side
-        if parameter.dim() == 1:
+        if layout == "vector":
             axis = 0
         else:
-            # Output features are dim 0 for nn.Linear ([out, in]) and dim 1 for Conv1D ([in, out]).
-            out_axis = 0 if self.matrix_layout(module) == "linear" else 1
+            out_axis = 0 if layout == "linear" else 1  # Linear stores [out, in]; Conv1D stores [in, out]
+            reads_units = role in ("W_O", "W_out")  # these read heads / neurons on their input side
             axis = 1 - out_axis if reads_units else out_axis
         return unit, axis, dims.d_head if unit in ("head", "kv_head") else 1
+
+    def fuse_for_export(self, bridge: nn.Module, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]) -> set[str]:
+        """Write masked tensors that the Hugging Face checkpoint stores only inside a fused copy.
+
+        The base export already handles tensors that are the checkpoint's own parameters and views of a fused
+        parameter (GPT-2's q/k/v inside ``c_attn``). Families whose bridge splits a fused tensor into copies
+        (GPT-NeoX ``query_key_value``) override this.
+
+        Args:
+            bridge: the model.
+            hf_state: Hugging Face state_dict being exported (modified in place).
+            masked: state_dict key -> masked tensor, for the keys the generic export could not place.
+
+        Returns:
+            The keys of ``masked`` that were written.
+        """
+        return set()
 
 
 _UNIT_OF_ROLE: dict[str, UnitKind] = {

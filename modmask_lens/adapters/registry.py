@@ -1,5 +1,5 @@
 """Finding the adapter for a bridge: built-in adapters plus those registered under the ``modmask_lens.adapters``
-entry-point group by installed packages."""
+entry-point group by installed packages; the generic fallback for any other family."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ from importlib.metadata import entry_points
 from torch import nn
 
 from modmask_lens.adapters.base import Adapter
+from modmask_lens.adapters.bert import BertAdapter
+from modmask_lens.adapters.generic import GenericAdapter
 from modmask_lens.adapters.gpt2 import Gpt2Adapter
+from modmask_lens.adapters.gpt_neox import GptNeoXAdapter
+from modmask_lens.adapters.llama import LlamaAdapter
 from modmask_lens.adapters.native import NativeAdapter
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, NativeAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, LlamaAdapter, GptNeoXAdapter, BertAdapter, NativeAdapter)
 
 
 class UnsupportedArchitecture(LookupError):
-    """No installed adapter handles a model's architecture."""
+    """No installed adapter handles a model's architecture (for what was asked of it)."""
 
 
 def installed_adapters() -> dict[str, type[Adapter]]:
@@ -33,19 +37,25 @@ def installed_adapters() -> dict[str, type[Adapter]]:
     return adapters
 
 
-def adapter_for(bridge: nn.Module) -> Adapter:
-    """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``.
-
-    Raises:
-        UnsupportedArchitecture: naming the architecture, the installed adapters, and how to add one.
-    """
-    architecture = getattr(getattr(bridge, "cfg", None), "architecture", None)
-    adapters = installed_adapters()
-    for adapter in adapters.values():
-        if architecture in adapter.architectures:
-            return adapter()
-    raise UnsupportedArchitecture(
-        f"{architecture}: no adapter; installed: {', '.join(sorted(adapters))}. "
+def unsupported(architecture: object, what: str) -> UnsupportedArchitecture:
+    """The error for a family without an adapter: names it, the installed adapters, and how to add one."""
+    return UnsupportedArchitecture(
+        f"{architecture}: no adapter{what}; installed: {', '.join(sorted(installed_adapters()))}. "
         "Write one (a subclass of modmask_lens.adapters.Adapter) and register it under the "
         f"'{ENTRY_POINT_GROUP}' entry-point group; see CONTRIBUTING.md#adapters"
     )
+
+
+def adapter_for(bridge: nn.Module) -> Adapter:
+    """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``, else the generic fallback.
+
+    Raises:
+        UnsupportedArchitecture: when ``bridge`` is not a TransformerLens bridge (it has no ``cfg.architecture``).
+    """
+    architecture = getattr(getattr(bridge, "cfg", None), "architecture", None)
+    if architecture is None:
+        raise unsupported(type(bridge).__name__, " (not a TransformerBridge: no cfg.architecture)")
+    for adapter in installed_adapters().values():
+        if architecture in adapter.architectures:
+            return adapter()
+    return GenericAdapter()

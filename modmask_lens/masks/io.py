@@ -17,11 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from modmask_lens.adapters import adapter_for, model_shape
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.units import build_units
+from modmask_lens.masks.mask_set import MaskSet, units_for
 
 FORMAT = "modmask-lens/mask"
 FORMAT_VERSION = 1
@@ -106,7 +104,7 @@ def mask_set_from(bridge: nn.Module, tensors: dict[str, Tensor], metadata: dict,
     config_fields = metadata["mask_config"]
     config = MaskConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in config_fields.items()})
     origin = MaskOrigin(metadata["adapter"], metadata["processing_mode"], metadata["model"])
-    units = build_units(adapter_for(bridge).tensor_specs(bridge), config, model_shape(bridge))
+    units = units_for(bridge, config)
     origin.check(bridge, [member for unit in units for member in unit.members])
     expected = [{"name": unit.name, "shape": list(unit.shape)} for unit in units]
     if metadata["units"] != expected:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsupported
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
@@ -51,8 +51,7 @@ class MaskSet:
         ``origin`` may pass the bridge's :class:`MaskOrigin` when it is already known (hashing the weights is a pass
         over the whole model).
         """
-        specs = adapter_for(bridge).tensor_specs(bridge)
-        units = build_units(specs, config, model_shape(bridge))
+        units = units_for(bridge, config)
         logits = {unit.name: torch.full(unit.shape, config.init_logit, requires_grad=True) for unit in units}
         return cls(name, config, units, logits, origin or MaskOrigin.of(bridge))
 
@@ -100,3 +99,16 @@ class MaskSet:
     def check_model(self, bridge: nn.Module, check_weights: bool = True) -> None:
         """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""
         self.origin.check(bridge, self.members, check_weights)
+
+
+def units_for(bridge: nn.Module, config: MaskConfig) -> list[MaskUnit]:
+    """The mask units ``config`` gives on ``bridge``, through its adapter.
+
+    Raises:
+        UnsupportedArchitecture: head or neuron granularity on a family without an adapter.
+    """
+    adapter = adapter_for(bridge)
+    if config.granularity in ("head", "neuron") and not adapter.supports_units:
+        raise unsupported(bridge.cfg.architecture, f" that locates {config.granularity}s (only weight and matrix "
+                                                   "granularity work from the generic fallback)")
+    return build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))

@@ -1,0 +1,28 @@
+"""BERT adapter (encoder with a masked-LM head): post-LN blocks, token-type embeddings, an MLM transform.
+
+TransformerLens names BERT's extra tensors ``token_type_embed`` (embedding), ``embed_ln`` (the embedding LayerNorm),
+``mlm_head`` (``cls.predictions.transform.dense``); ``ln_final`` is the MLM transform's LayerNorm and ``unembed`` the
+decoder. ``cls.predictions.bias`` is the decoder's bias under another name: only the decoder path is read, so it is
+not a separate target. ``ln1``/``ln2`` are the post-attention and post-MLP LayerNorms.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from modmask_lens.adapters.base import Adapter
+
+
+class BertAdapter(Adapter):
+    """Adapter for ``BertForMaskedLM`` bridges."""
+
+    name: ClassVar[str] = "bert"
+    architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM",)
+    family_roles: ClassVar[dict[str, str]] = {
+        "token_type_embed.weight": "W_token_type",
+        "embed_ln.weight": "ln_embed.w",
+        "embed_ln.bias": "ln_embed.b",
+        "mlm_head.weight": "W_mlm_head",
+        "mlm_head.bias": "b_mlm_head",
+    }
+    unread_keys: ClassVar[tuple[str, ...]] = ("cls.predictions.bias",)
