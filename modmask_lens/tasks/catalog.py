@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerFast
 
-from modmask_lens.tasks import scan
+from modmask_lens.tasks import arithmetic, scan
+from modmask_lens.tasks.deepmind_math import MathConfig, math_task
 from modmask_lens.tasks.vocabulary import character_level_tokenizer, word_level_tokenizer
 
 
@@ -20,16 +21,29 @@ from modmask_lens.tasks.vocabulary import character_level_tokenizer, word_level_
 class TaskSpec:
     """A named task: ``build(seed)`` gives its ``DatasetDict``; ``make_tokenizer()`` its tokenizer.
 
-    ``subtask_column`` names the column of per-example subtask labels used for per-subtask accuracy;
-    ``evaluation_splits`` names the splits a model card reports.
+    ``train_split`` / ``test_split`` name the splits a model trains on and is checked on; ``evaluation_splits`` the
+    splits a model card reports; ``subtask_column`` the column of per-example subtask labels (None: no subtasks).
     """
 
     name: str
     description: str
     build: Callable[[int], DatasetDict]
     make_tokenizer: Callable[[], PreTrainedTokenizerFast]
-    subtask_column: str
+    subtask_column: str | None
     evaluation_splits: tuple[str, ...]
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+# Numbers scaled down from the original entropies (train 3..10 digits) so that a CPU-trained model of a few hundred
+# thousand parameters can learn them; the question templates and the difficulty scheme stay the original's.
+ZOO_MATH_CONFIG = MathConfig(
+    train_entropy=(2.0, 4.0),
+    interpolate_entropy=(3.5, 3.5),
+    extrapolate_entropy=(4.5, 5.5),
+    train_size_per_difficulty=10_000,
+    test_size=500,
+)
 
 
 def _scan_tokenizer() -> PreTrainedTokenizerFast:
@@ -44,6 +58,40 @@ TASKS: dict[str, TaskSpec] = {
         make_tokenizer=_scan_tokenizer,
         subtask_column="primitives",
         evaluation_splits=("train", "test"),
+    ),
+    "addmul": TaskSpec(
+        name="addmul",
+        description="two-digit a+b or a*b mod 100 with an operation token, 80/20 split of all 20,000, characters",
+        build=lambda seed: arithmetic.add_mul_task(seed),
+        make_tokenizer=character_level_tokenizer,
+        subtask_column="operation",
+        evaluation_splits=("train", "test"),
+    ),
+    "double_add": TaskSpec(
+        name="double_add",
+        description="two pairs of two-digit numbers summed at once (mod 100 each), 200k train / 10k test, characters",
+        build=lambda seed: arithmetic.double_addition_task(seed),
+        make_tokenizer=character_level_tokenizer,
+        subtask_column=None,
+        evaluation_splits=("test",),
+    ),
+    "modadd": TaskSpec(
+        name="modadd",
+        description="a+b mod 59, 80/20 split of all 3,481, characters",
+        build=lambda seed: arithmetic.modular_addition_task(seed),
+        make_tokenizer=character_level_tokenizer,
+        subtask_column=None,
+        evaluation_splits=("train", "test"),
+    ),
+    "math": TaskSpec(
+        name="math",
+        description="DeepMind-Mathematics-style modules (own generators), entropy scaled to train 2..4 digits, "
+        "interpolate 3.5, extrapolate 4.5..5.5; characters",
+        build=lambda seed: math_task(ZOO_MATH_CONFIG, seed),
+        make_tokenizer=character_level_tokenizer,
+        subtask_column="module",
+        evaluation_splits=("interpolate", "extrapolate"),
+        test_split="interpolate",
     ),
 }
 

@@ -20,7 +20,7 @@ class Architecture:
     n_heads: int
     n_key_value_heads: int | None = None  # llama only; None means one key/value head per query head
     d_mlp: int | None = None  # None: 4 * d_model, GPT-2's ratio
-    n_positions: int = 128  # longest zoo sequence is SCAN's 9 + 1 + 48 + 1 = 59 tokens
+    n_positions: int = 128  # SCAN's longest sequence is 9 + 1 + 48 + 1 = 59 tokens
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,39 @@ RECIPES: dict[str, Recipe] = {
         task="scan",
         architecture=Architecture(family="gpt2", n_layers=3, d_model=128, n_heads=4),
         steps=4000,
+    ),
+    "math": Recipe(
+        name="math",
+        task="math",
+        architecture=Architecture(family="llama", n_layers=4, d_model=128, n_heads=4, n_key_value_heads=2,
+                                  n_positions=256),
+        steps=4000,
+    ),
+    "addmul": Recipe(
+        name="addmul",
+        task="addmul",
+        architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
+        steps=6000,
+        batch_size=256,
+        learning_rate=1e-3,
+        weight_decay=0.1,  # stronger than the default: held-out table entries need a generalising solution
+    ),
+    "modadd": Recipe(
+        name="modadd",
+        task="modadd",
+        architecture=Architecture(family="llama", n_layers=2, d_model=128, n_heads=4, n_key_value_heads=2),
+        steps=6000,
+        batch_size=256,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+    ),
+    "double-add": Recipe(
+        name="double-add",
+        task="double_add",
+        architecture=Architecture(family="llama", n_layers=2, d_model=128, n_heads=4, n_key_value_heads=2),
+        steps=5000,
+        batch_size=256,
+        learning_rate=1e-3,
     ),
 }
 

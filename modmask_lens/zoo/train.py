@@ -68,9 +68,10 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     tokenizer = task.make_tokenizer()
     torch.manual_seed(recipe_.seed)
     model = build_model(recipe_.architecture, tokenizer)
-    train_examples: TokenizedExamples = encode_pairs(tokenizer, list(data["train"]["question"]),
-                                                     list(data["train"]["answer"]))
-    progress_split = data["test"].shuffle(seed=recipe_.seed).select(range(min(PROGRESS_SAMPLE, data["test"].num_rows)))
+    train_examples: TokenizedExamples = encode_pairs(tokenizer, list(data[task.train_split]["question"]),
+                                                     list(data[task.train_split]["answer"]))
+    test_split = data[task.test_split]
+    progress_split = test_split.shuffle(seed=recipe_.seed).select(range(min(PROGRESS_SAMPLE, test_split.num_rows)))
     progress_examples = encode_pairs(tokenizer, list(progress_split["question"]), list(progress_split["answer"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.learning_rate, betas=recipe_.betas,
                                   weight_decay=recipe_.weight_decay)

@@ -1,0 +1,101 @@
+"""Csordás et al. (2021)'s controlled arithmetic tasks as character-level text, plus modular addition.
+
+- ``addmul``: two-digit operands, addition or multiplication mod 100 chosen by an operation token
+  (``"07+45"`` -> ``"52"``, ``"07*45"`` -> ``"15"``); Csordás's ``dataset/double_op.py``.
+- ``double_add``: two pairs of two-digit numbers summed at once, each mod 100 (``"12+34,56+78"`` -> ``"46,34"``);
+  Csordás's ``dataset/tuple_arithmetic.py``.
+- ``modadd``: addition mod p = 59 (``"17+45"`` -> ``"03"``), the grokking-style table task.
+
+Numbers are zero-padded to two digits so every example of a task has the same layout. The finite tasks (addmul,
+modadd) split their whole table at random into train and held-out test; double addition samples both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+OPERAND_LIMIT = 100  # two-digit operands 0..99 (Csordás et al. 2021)
+RESULT_MODULUS = 100  # results are kept mod 100: two output digits (Csordás et al. 2021)
+MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (issue 3)
+TABLE_TEST_FRACTION = 0.2  # share of a finite table held out for test; our choice, the papers test in-distribution
+DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 questions is plenty for a small model
+DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
+
+
+def _two_digits(values: np.ndarray) -> list[str]:
+    return [f"{value:02d}" for value in values.tolist()]
+
+
+def _split_table(table: dict[str, list], test_fraction: float, seed: int) -> DatasetDict:
+    """Shuffle a finite table of examples with ``seed`` and hold out ``test_fraction`` of it as test."""
+    size = len(table["question"])
+    order = np.random.default_rng(seed).permutation(size)
+    test_size = round(size * test_fraction)
+    full = Dataset.from_dict(table)
+    return DatasetDict({"train": full.select(order[test_size:]), "test": full.select(order[:test_size])})
+
+
+def add_mul_task(seed: int = 0, test_fraction: float = TABLE_TEST_FRACTION) -> DatasetDict:
+    """All 20,000 ``a+b`` / ``a*b`` (mod 100) questions, split at random; subtask column ``operation``.
+
+    >>> add_mul_task()["train"].num_rows
+    16000
+    """
+    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(OPERAND_LIMIT), np.arange(OPERAND_LIMIT)))
+    table: dict[str, list] = {"question": [], "answer": [], "operation": []}
+    for operation, symbol, results in (("add", "+", left + right), ("mul", "*", left * right)):
+        table["question"] += [f"{a}{symbol}{b}" for a, b in zip(_two_digits(left), _two_digits(right))]
+        table["answer"] += _two_digits(results % RESULT_MODULUS)
+        table["operation"] += [operation] * len(results)
+    return _split_table(table, test_fraction, seed)
+
+
+def modular_addition_task(
+    seed: int = 0, prime: int = MODULAR_ADDITION_PRIME, test_fraction: float = TABLE_TEST_FRACTION
+) -> DatasetDict:
+    """All ``prime**2`` questions ``a+b`` with answer ``(a + b) % prime``, split at random.
+
+    >>> modular_addition_task()["test"].num_rows
+    696
+    """
+    if not 2 <= prime <= OPERAND_LIMIT:
+        raise ValueError(f"prime must be in 2..{OPERAND_LIMIT} to keep two-digit operands; got {prime}")
+    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(prime), np.arange(prime)))
+    table = {
+        "question": [f"{a}+{b}" for a, b in zip(_two_digits(left), _two_digits(right))],
+        "answer": _two_digits((left + right) % prime),
+    }
+    return _split_table(table, test_fraction, seed)
+
+
+def _double_add_examples(operands: np.ndarray) -> dict[str, list]:
+    """Rows ``[a, b, c, d]`` of ``operands`` as ``"a+b,c+d"`` -> ``"(a+b)%100,(c+d)%100"``."""
+    texts = [_two_digits(column) for column in operands.T]
+    sums = [_two_digits((operands[:, 0] + operands[:, 1]) % RESULT_MODULUS),
+            _two_digits((operands[:, 2] + operands[:, 3]) % RESULT_MODULUS)]
+    return {
+        "question": [f"{a}+{b},{c}+{d}" for a, b, c, d in zip(*texts)],
+        "answer": [f"{first},{second}" for first, second in zip(*sums)],
+    }
+
+
+def double_addition_task(
+    seed: int = 0, train_size: int = DOUBLE_ADD_TRAIN_SIZE, test_size: int = DOUBLE_ADD_TEST_SIZE
+) -> DatasetDict:
+    """Two pairs summed at once (mod 100 each): distinct questions, test disjoint from train.
+
+    >>> double_addition_task(train_size=10, test_size=5)["test"].num_rows
+    5
+    """
+    rng = np.random.default_rng(seed)
+    # Encode each question as one integer a*10^6 + b*10^4 + c*10^2 + d to draw distinct questions cheaply.
+    codes = np.unique(rng.integers(0, OPERAND_LIMIT**4, size=2 * (train_size + test_size)))
+    codes = rng.permutation(codes)[: train_size + test_size]
+    if len(codes) < train_size + test_size:
+        raise ValueError("asked for more distinct double-addition questions than were drawn; lower the sizes")
+    operands = np.stack([codes // OPERAND_LIMIT ** power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
+    return DatasetDict({
+        "train": Dataset.from_dict(_double_add_examples(operands[:train_size])),
+        "test": Dataset.from_dict(_double_add_examples(operands[train_size:])),
+    })

@@ -1,0 +1,105 @@
+"""Tokenized pairs follow the contract of the mask core, and both exact-match methods score them correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
+from modmask_lens.tasks.evaluation import (
+    accuracy_by_subtask,
+    exact_match_correct,
+    greedy_complete,
+    greedy_correct,
+    teacher_forced_correct,
+)
+from modmask_lens.tasks.vocabulary import character_level_tokenizer, word_level_tokenizer
+
+torch.set_num_threads(1)
+DIGITS = character_level_tokenizer("0123456789+")
+
+
+class BigramOracle(torch.nn.Module):
+    """Predicts the next token from the current one with a fixed table; answers like a TransformerBridge."""
+
+    def __init__(self, next_token: dict[int, int], vocab_size: int):
+        super().__init__()
+        table = torch.full((vocab_size, vocab_size), -10.0)
+        for current, following in next_token.items():
+            table[current, following] = 10.0
+        self.table = table
+
+    def forward(self, input_ids, return_type="logits", past_key_values=None, use_cache=False):
+        logits = self.table[input_ids]
+        return (logits, None) if return_type == "logits_and_cache" else logits
+
+
+def test_pairs_are_prompt_sep_completion_eos_right_padded():
+    examples = encode_pairs(DIGITS, ["1+2", "10+20"], ["3", "30"])
+    one, two, three, zero, plus = (DIGITS.convert_tokens_to_ids(c) for c in "1230+")
+    sep, eos, pad = DIGITS.sep_token_id, DIGITS.eos_token_id, DIGITS.pad_token_id
+    assert examples.input_ids.tolist() == [
+        [one, plus, two, sep, three, eos, pad, pad, pad],
+        [one, zero, plus, two, zero, sep, three, zero, eos],
+    ]
+    ignore = IGNORE_INDEX
+    assert examples.labels.tolist() == [
+        [ignore] * 4 + [three, eos] + [ignore] * 3,
+        [ignore] * 6 + [three, zero, eos],
+    ]
+    assert examples.prompt_lengths.tolist() == [4, 6]
+
+
+def test_max_len_pads_to_width_and_rejects_longer_pairs():
+    assert encode_pairs(DIGITS, ["1+2"], ["3"], max_len=10).input_ids.shape == (1, 10)
+    with pytest.raises(ValueError, match="raise max_len"):
+        encode_pairs(DIGITS, ["11+22"], ["33"], max_len=5)
+
+
+def test_word_level_tokenizer_maps_each_word_to_one_id():
+    tokenizer = word_level_tokenizer(["jump", "twice", "I_JUMP"])
+    examples = encode_pairs(tokenizer, ["jump twice"], ["I_JUMP I_JUMP"])
+    assert examples.input_ids.shape == (1, 6)
+    assert tokenizer.decode(examples.input_ids[0, 3:5]) == "I_JUMP I_JUMP"
+
+
+def test_both_methods_score_an_oracle_exactly():
+    sep, eos = DIGITS.sep_token_id, DIGITS.eos_token_id
+    one, two = DIGITS.convert_tokens_to_ids("1"), DIGITS.convert_tokens_to_ids("2")
+    oracle = BigramOracle({sep: one, one: two, two: eos}, len(DIGITS))  # always answers "12"
+    examples = encode_pairs(DIGITS, ["3", "44", "5", "6"], ["12", "12", "21", "1"])
+    expected = [True, True, False, False]
+    assert greedy_correct(oracle, examples, batch_size=3).tolist() == expected
+    assert teacher_forced_correct(oracle, examples, batch_size=3).tolist() == expected
+    assert exact_match_correct(oracle, examples, "teacher_forcing").tolist() == expected
+
+
+def test_batched_greedy_matches_hugging_face_generate_row_by_row():
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(DIGITS), n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    examples = encode_pairs(DIGITS, ["1+2", "10+20", "3+4", "99+1"], ["3", "30", "7", "100"])
+    generated = greedy_complete(model, examples, max_new_tokens=6)
+    for row in range(len(examples)):
+        prompt = examples.input_ids[row : row + 1, : examples.prompt_lengths[row]]
+        reference = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=DIGITS.eos_token_id,
+                                   pad_token_id=DIGITS.pad_token_id)[0]
+        assert generated[row, : len(reference)].tolist() == reference.tolist()
+
+
+def test_greedy_and_teacher_forcing_agree_on_a_random_model():
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(DIGITS), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    prompts = [f"{a}+{b}" for a in range(10) for b in range(10)]
+    examples = encode_pairs(DIGITS, prompts, [str(a + b) for a in range(10) for b in range(10)])
+    assert torch.equal(greedy_correct(model, examples), teacher_forced_correct(model, examples))
+
+
+def test_accuracy_by_subtask_counts_an_example_in_each_of_its_labels():
+    frame = accuracy_by_subtask(torch.tensor([True, False, True]), [["jump", "walk"], ["jump"], []])
+    rows = frame.set_index("subtask")
+    assert rows.loc["all", "accuracy"] == pytest.approx(2 / 3)
+    assert rows.loc["jump", "examples"] == 2 and rows.loc["jump", "correct"] == 1
+    assert rows.loc["walk", "accuracy"] == 1.0
