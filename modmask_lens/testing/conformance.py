@@ -1,0 +1,240 @@
+"""The conformance checks, each against an independent computation on the model itself.
+
+Every check returns a :class:`CheckResult` instead of raising, so that one run reports all of them. The model is
+never modified: checks that need compatibility mode run on a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from modmask_lens.adapters import TensorSpec, adapter_for
+from modmask_lens.masks.apply import masked, masked_call
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.masks.export import export_masked_model
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.training import MaskTrainer
+
+ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
+_TL_VIEWS = {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W_in": "W_in", "W_out": "W_out"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One named check: passed or not, and what was seen."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}" + (f": {self.detail}" if self.detail else "")
+
+
+def run_conformance(bridge: nn.Module, tokens: Int[Tensor, "batch pos"] | None = None) -> list[CheckResult]:
+    """Run every check on ``bridge`` with its adapter; ``tokens`` defaults to seeded random ids.
+
+    Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
+    ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
+    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads`` (the last only for
+    bridges booted from Hugging Face models).
+    """
+    if tokens is None:
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        ("all_ones_bit_identical", lambda: _all_ones(bridge, tokens)),
+        ("all_zeros_changes_logits", lambda: _all_zeros(bridge, tokens)),
+        ("every_target_matters", lambda: _every_target_matters(bridge, tokens)),
+        ("head_off_equals_zeroed_hook_z", lambda: _unit_off(bridge, tokens, "head")),
+        ("neuron_off_equals_zeroed_hook_post", lambda: _unit_off(bridge, tokens, "neuron")),
+        ("unit_slices_equal_tl_views", lambda: _tl_views(bridge)),
+        ("gradients_reach_only_mask_logits", lambda: _gradients(bridge, tokens)),
+        ("compat_mode_bit_exact", lambda: _compat_mode(bridge, tokens)),
+    ]
+    if hasattr(bridge.original_model, "save_pretrained"):
+        checks.append(("hf_export_reloads", lambda: _hf_export(bridge, tokens)))
+    results = []
+    for name, check in checks:
+        try:
+            failure = check()
+        except Exception as error:  # a crash is a failed check, reported with the others
+            failure = f"raised {type(error).__name__}: {error}"
+        results.append(CheckResult(name, failure is None, failure or ""))
+    return results
+
+
+def check_head_mask(bridge: nn.Module, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
+    """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does)."""
+    binary = mask.binary()
+    dropped: dict[int, list[int]] = {}
+    for row in binary.kept_fraction(by="head").itertuples():
+        if row.role == "W_O" and row.kept == 0:
+            dropped.setdefault(int(row.layer), []).append(int(row.head))
+
+    def zero_heads(heads: list[int]):
+        def hook(z, hook):
+            z[:, :, heads] = 0.0
+            return z
+
+        return hook
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", zero_heads(heads)) for layer, heads in dropped.items()]
+    expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    with masked(bridge, binary):
+        actual = bridge(tokens)
+    return _compare(actual, expected, f"heads {dropped} off")
+
+
+def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
+    difference = (actual - expected).abs().max().item()
+    return None if difference <= 1e-5 else f"{what}: max difference {difference:.3g}"
+
+
+def _constant(bridge: nn.Module, config: MaskConfig, value: bool) -> BinaryMask:
+    binary = MaskSet.for_bridge(bridge, config).binary()
+    return BinaryMask(binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()},
+                      binary.origin)
+
+
+def _all_ones(bridge: nn.Module, tokens: Tensor) -> str | None:
+    reference = bridge(tokens)
+    with masked(bridge, _constant(bridge, ALL_KINDS, True)):
+        output = bridge(tokens)
+    return None if torch.equal(output, reference) else "logits differ under an all-ones mask"
+
+
+def _all_zeros(bridge: nn.Module, tokens: Tensor) -> str | None:
+    reference = bridge(tokens)
+    with masked(bridge, _constant(bridge, MaskConfig(), False)):
+        output = bridge(tokens)
+    return "logits unchanged under an all-zeros mask" if torch.allclose(output, reference) else None
+
+
+def _cancels_exactly(spec: TensorSpec, bridge: nn.Module) -> bool:
+    """b_K shifts every attention score of a query equally, which softmax cancels (without rotary positions)."""
+    return spec.role == "b_K" and bridge.cfg.positional_embedding_type != "rotary"
+
+
+def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
+    reference = bridge(tokens)
+    unread = []
+    for spec in MaskSet.for_bridge(bridge, ALL_KINDS).members:
+        if _cancels_exactly(spec, bridge):
+            continue
+        perturbed = {spec.path: torch.zeros(spec.shape)}
+        if torch.allclose(masked_call(bridge, perturbed, bridge.forward, tokens), reference):
+            unread.append(spec.key)
+    return f"zeroing these alone changed nothing (unread or aliased?): {unread}" if unread else None
+
+
+def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
+    hook_name, count = ("attn.hook_z", bridge.cfg.n_heads) if unit == "head" else ("mlp.hook_post", bridge.cfg.d_mlp)
+    for layer in sorted({0, bridge.cfg.n_layers - 1}):
+        for index in sorted({0, count - 1}):
+            for logits in mask.logits.values():
+                logits.data.fill_(1.0)
+            component = "attn" if unit == "head" else "mlp"
+            mask.logits[f"blocks.{layer}.{component}"].data[index] = -1.0
+            with masked(bridge, mask):
+                actual = bridge(tokens)
+
+            def zero(activation, hook, index=index):
+                if unit == "head":
+                    activation[:, :, index] = 0.0  # hook_z: [batch, pos, head, d_head]
+                else:
+                    activation[..., index] = 0.0  # hook_post: [batch, pos, d_mlp]
+                return activation
+
+            expected = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.{hook_name}", zero)])
+            failure = _compare(actual, expected, f"layer {layer} {unit} {index}")
+            if failure:
+                return failure
+    return None
+
+
+def _tl_views(bridge: nn.Module) -> str | None:
+    """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc."""
+    checked = 0
+    for spec in adapter_for(bridge).tensor_specs(bridge):
+        if spec.role not in _TL_VIEWS or spec.layer is None:
+            continue
+        weight = bridge.get_parameter(spec.path).detach()
+        tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
+
+        def as_tl(piece: Tensor) -> Tensor:
+            return piece.T if spec.layout == "linear" else piece  # TransformerLens stores [in, out]
+
+        if spec.unit in ("head", "kv_head"):
+            for head in range(tl_tensor.shape[0]):
+                piece = as_tl(weight.narrow(spec.unit_axis, head * spec.unit_width, spec.unit_width))
+                if piece.shape != tl_tensor[head].shape or not torch.allclose(piece, tl_tensor[head]):
+                    return f"{spec.key} head {head} differs from bridge.{spec.role}[{spec.layer}, {head}]"
+        elif not torch.allclose(as_tl(weight), tl_tensor):
+            return f"{spec.key} differs from bridge.{spec.role}[{spec.layer}]"
+        checked += 1
+    return None if checked else "no tensor with a TransformerLens view was found"
+
+
+def _gradients(bridge: nn.Module, tokens: Tensor) -> str | None:
+    before = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
+    labels = tokens.clone()
+    labels[:, : tokens.shape[1] // 2] = -100
+    trainer = MaskTrainer(bridge, [SubtaskData("conformance", tokens, labels)],
+                          train_config=TrainConfig(steps=2, batch_size=2, n_samples=2), progress=False)
+    mask = trainer.train()["conformance"]
+    if not all(logit.grad is not None and logit.grad.abs().sum() > 0 for logit in mask.logits.values()):
+        return "some mask logits received no gradient"
+    if any(parameter.grad is not None for parameter in bridge.parameters()):
+        return "a model parameter received a gradient"
+    changed = [name for name, tensor in bridge.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    return f"model parameters changed: {changed}" if changed else None
+
+
+def _deep_copy(bridge: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copes with activations TransformerLens caches on modules (e.g. ``_pattern``),
+    which are not graph leaves and refuse deepcopy: they are copied detached."""
+    memo = {
+        id(value): value.detach().clone()
+        for module in bridge.modules()
+        for value in vars(module).values()
+        if isinstance(value, Tensor) and value.grad_fn is not None
+    }
+    return copy.deepcopy(bridge, memo)
+
+
+def _compat_mode(bridge: nn.Module, tokens: Tensor) -> str | None:
+    processed = _deep_copy(bridge)
+    processed.enable_compatibility_mode(disable_warnings=True)
+    before = {name: tensor.detach().clone() for name, tensor in processed.named_parameters(remove_duplicate=False)}
+    reference = processed(tokens)
+    with masked(processed, _constant(processed, ALL_KINDS, True)):
+        output = processed(tokens)
+    if not torch.equal(output, reference):
+        return "compat mode: logits differ under an all-ones mask"
+    changed = [name for name, tensor in processed.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    return f"compat mode: parameters changed: {changed}" if changed else None
+
+
+def _hf_export(bridge: nn.Module, tokens: Tensor) -> str | None:
+    mask = MaskSet.for_bridge(bridge, ALL_KINDS)
+    generator = torch.Generator().manual_seed(0)
+    for logits in mask.logits.values():
+        logits.data = torch.randn(logits.shape, generator=generator) + 1.0
+    with masked(bridge, mask):
+        expected = bridge(tokens)
+    with tempfile.TemporaryDirectory() as directory:
+        export_masked_model(bridge, mask, directory)
+        reloaded = type(bridge.original_model).from_pretrained(directory)
+        actual = reloaded(tokens).logits
+    return _compare(actual, expected, "exported model")

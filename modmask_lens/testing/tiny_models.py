@@ -1,0 +1,34 @@
+"""Tiny random Hugging Face models for conformance tests, saved with a word-level tokenizer and booted offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = dict(unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                      mask_token="<mask>", cls_token="<bos>", sep_token="<eos>")
+
+
+def word_level_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A whitespace tokenizer over ``<unk> <pad> <eos> <bos> <mask> w5 w6 ...`` (``vocab_size`` tokens)."""
+    words = ["<unk>", "<pad>", "<eos>", "<bos>", "<mask>"] + [f"w{index}" for index in range(5, vocab_size)]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
+
+
+def boot_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05) -> TransformerBridge:
+    """Perturb every parameter of ``model`` (so zero-initialised biases and unit norm gains matter), save it with a
+    word-level tokenizer to ``directory``, and boot it with ``TransformerBridge.boot_transformers``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
+    model.save_pretrained(directory)
+    word_level_tokenizer(model.config.vocab_size).save_pretrained(directory)
+    return TransformerBridge.boot_transformers(str(directory), device="cpu")

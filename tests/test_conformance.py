@@ -1,0 +1,87 @@
+"""The conformance kit passes on every built-in adapter, from Python and from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+from conftest import boot_native
+from modmask_lens.adapters import registry
+from modmask_lens.adapters.llama import LlamaAdapter
+from modmask_lens import MaskConfig, SubtaskData, TrainConfig, adapter_for, train_masks
+from modmask_lens.testing import check_head_mask, run_conformance
+from modmask_lens.testing.tiny_models import boot_tiny
+
+SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=40,
+             max_position_embeddings=32)
+FAMILIES = {
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40, n_positions=32)),
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **SIZES)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **SIZES)),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**SIZES)),
+    "bert": lambda: BertForMaskedLM(BertConfig(**SIZES)),
+}
+EXPECTED_ADAPTER = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama", "gpt_neox": "gpt_neox", "bert": "bert"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_built_in_adapter_passes_every_check(family, tmp_path):
+    bridge = boot_tiny(FAMILIES[family](), tmp_path)
+    assert adapter_for(bridge).name == EXPECTED_ADAPTER[family]
+    results = run_conformance(bridge)
+    assert {result.name for result in results} >= {"every_target_matters", "hf_export_reloads", "compat_mode_bit_exact"}
+    assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_native_models_pass_every_check(gqa):
+    results = run_conformance(boot_native(gqa=gqa))
+    assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
+
+
+def test_command_line_kit_prints_one_line_per_check_and_exits_zero(tmp_path):
+    boot_tiny(FAMILIES["gpt2"](), tmp_path)
+    completed = subprocess.run([sys.executable, "-m", "modmask_lens.testing", str(tmp_path)], capture_output=True,
+                               text=True, timeout=300)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert len(lines) == 9 and all(line.startswith("PASS") for line in lines)
+
+
+class OutputHeadsOnWrongAxis(LlamaAdapter):
+    """A broken adapter: W_O's heads placed on its output features instead of its input features."""
+
+    def _unit_layout(self, role, layout, dims):
+        unit, axis, width = super()._unit_layout(role, layout, dims)
+        return (unit, 1 - axis, width) if role == "W_O" else (unit, axis, width)
+
+
+def test_kit_reports_an_adapter_that_places_heads_wrongly(tmp_path, monkeypatch):
+    bridge = boot_tiny(FAMILIES["llama"](), tmp_path)
+    monkeypatch.setattr(registry, "_BUILT_IN", (OutputHeadsOnWrongAxis,))
+    results = {result.name: result for result in run_conformance(bridge)}
+    assert not results["head_off_equals_zeroed_hook_z"].passed
+    assert not results["unit_slices_equal_tl_views"].passed
+    assert results["all_ones_bit_identical"].passed
+
+
+def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
+    """Task: reproduce the model's own greedy next tokens; the mask keeps the heads that matter for it."""
+    bridge = boot_tiny(FAMILIES["llama"](), tmp_path, noise=0.3)
+    tokens = torch.randint(5, 40, (64, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted = bridge(tokens).argmax(dim=-1)
+    labels = torch.full_like(tokens, -100)
+    labels[:, 1:] = predicted[:, :-1]
+    config = TrainConfig(steps=60, batch_size=16, lr=0.1, beta=0.3)
+    masks = train_masks(bridge, SubtaskData("gqa", tokens, labels), MaskConfig(granularity="head"), config,
+                        progress=False)["gqa"]
+    heads = masks.binary().kept_fraction(by="head")
+    queries = heads[heads.role == "W_Q"]
+    assert 0 < queries.kept.astype(bool).sum() < len(queries), "the test needs some heads kept and some dropped"
+    assert check_head_mask(bridge, masks, tokens[:4]) is None
