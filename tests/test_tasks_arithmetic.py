@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from modmask_lens.tasks.arithmetic import add_mul_task, double_addition_task, modular_addition_task
+from modmask_lens.tasks.arithmetic import (
+    DOUBLE_ADD_PAIR_OFFSETS,
+    add_mul_task,
+    double_addition_task,
+    modular_addition_task,
+)
+from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs, restrict_labels
+from modmask_lens.tasks.vocabulary import character_level_tokenizer
 
 
 def test_add_mul_answers_are_the_result_mod_100_in_two_digits():
@@ -46,3 +53,11 @@ def test_generation_is_deterministic_per_seed():
     assert add_mul_task(seed=5)["test"]["question"] != add_mul_task(seed=6)["test"]["question"]
     first, again = double_addition_task(3, 100, 10), double_addition_task(3, 100, 10)
     assert first["train"]["question"] == again["train"]["question"]
+
+
+def test_pair_offsets_select_each_pairs_digits():
+    tokenizer = character_level_tokenizer()
+    examples = encode_pairs(tokenizer, ["12+34,56+78"], ["46,34"])
+    for pair, digits in (("pair1", "46"), ("pair2", "34")):
+        labels = restrict_labels(examples, DOUBLE_ADD_PAIR_OFFSETS[pair]).labels[0]
+        assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == digits

@@ -21,6 +21,8 @@ MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (issue 3)
 TABLE_TEST_FRACTION = 0.2  # share of a finite table held out for test; our choice, the papers test in-distribution
 DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 questions is plenty for a small model
 DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
+# Offsets of each pair's two answer digits in a double-addition completion "ss,tt", for restrict_labels.
+DOUBLE_ADD_PAIR_OFFSETS = {"pair1": (0, 1), "pair2": (3, 4)}
 
 
 def _two_digits(values: np.ndarray) -> list[str]:

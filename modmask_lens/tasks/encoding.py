@@ -8,6 +8,7 @@ right of a causal model, so no attention mask is needed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,3 +88,15 @@ def encode_pairs(
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         labels[row, start : len(sequence)] = input_ids[row, start : len(sequence)]
     return TokenizedExamples(input_ids, labels, prompt_lengths, pad_token_id, tokenizer.eos_token_id)
+
+
+def restrict_labels(examples: TokenizedExamples, completion_offsets: Sequence[int]) -> TokenizedExamples:
+    """The same examples with labels kept only at ``completion_offsets`` (0 = first completion token).
+
+    Scores part of an answer, e.g. one pair of the double-addition task (Csordás et al. 2021's per-pair stages:
+    the loss falls on that pair's output slot only).
+    """
+    offsets = torch.arange(examples.labels.shape[1])[None, :] - examples.prompt_lengths[:, None]
+    keep = torch.isin(offsets, torch.tensor(list(completion_offsets), dtype=torch.long))
+    labels = torch.where(keep, examples.labels, torch.full_like(examples.labels, IGNORE_INDEX))
+    return dataclasses.replace(examples, labels=labels)
