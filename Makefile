@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned first so that pip takes the local CPU build instead of pulling CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
+PLUGINS := plugins/modmask-lens-opt
 
 .PHONY: demo test bench install install-dev clean
 
@@ -13,15 +14,21 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Dev extras, plus the example adapter plugin so that the suite exercises the entry-point path end to end.
+$(VENV)/.installed-dev: $(VENV)/.installed $(PLUGINS)/pyproject.toml
+	$(BIN)/pip install --quiet -e ".[dev]" $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/modmask-lens demo --out demo-output
 
-test: install
+test: install-dev
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 bench: install

@@ -81,15 +81,16 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
             MaskUnit(spec.key, spec.shape if config.granularity == "weight" else (), (spec,)) for spec in selected
         ]
     else:
-        unit_kinds = ("head", "kv_head") if config.granularity == "head" else ("neuron",)
+        unit_kind = "head" if config.granularity == "head" else "neuron"
+        member_units = ("head", "kv_head") if unit_kind == "head" else ("neuron",)
         component = "attn" if config.granularity == "head" else "mlp"
-        count = dims.n_heads if config.granularity == "head" else dims.d_mlp
         by_layer: dict[int, list[TensorSpec]] = {}
         for spec in selected:
-            if spec.unit in unit_kinds and spec.layer is not None:
+            if spec.unit in member_units and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(spec)
         units = [
-            MaskUnit(f"blocks.{layer}.{component}", (count,), tuple(members), dims.heads_per_kv_head)
+            MaskUnit(f"blocks.{layer}.{component}", (_unit_count(members, unit_kind),), tuple(members),
+                     dims.heads_per_kv_head)
             for layer, members in sorted(by_layer.items())
         ]
     if not units:
@@ -97,6 +98,15 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
             f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers"
         )
     return units
+
+
+def _unit_count(members: list[TensorSpec], unit_kind: str) -> int:
+    """Heads or neurons of a layer, read off its tensors (the config can be wrong: TransformerLens 4.3 reports
+    ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``)."""
+    counts = {member.shape[member.unit_axis] // member.unit_width for member in members if member.unit == unit_kind}
+    if len(counts) != 1:
+        raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
+    return counts.pop()
 
 
 def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:

@@ -139,12 +139,12 @@ def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
 
 def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
-    hook_name, count = ("attn.hook_z", bridge.cfg.n_heads) if unit == "head" else ("mlp.hook_post", bridge.cfg.d_mlp)
+    hook_name, component = ("attn.hook_z", "attn") if unit == "head" else ("mlp.hook_post", "mlp")
     for layer in sorted({0, bridge.cfg.n_layers - 1}):
+        count = mask.logits[f"blocks.{layer}.{component}"].shape[0]
         for index in sorted({0, count - 1}):
             for logits in mask.logits.values():
                 logits.data.fill_(1.0)
-            component = "attn" if unit == "head" else "mlp"
             mask.logits[f"blocks.{layer}.{component}"].data[index] = -1.0
             with masked(bridge, mask):
                 actual = bridge(tokens)
