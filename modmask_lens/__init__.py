@@ -17,6 +17,7 @@ from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
@@ -36,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "UnsupportedArchitecture",
     "adapter_for",
+    "export_masked_model",
     "load_masks",
     "masked",
     "masked_call",
