@@ -33,6 +33,9 @@ def test_gpt2_fused_c_attn_is_not_a_target_and_layouts_follow_conv1d(gpt2_bridge
     assert specs["blocks.0.mlp.out.weight"].unit_axis == 0
     assert specs["blocks.0.attn.o.weight"].unit_axis == 0 and specs["blocks.0.attn.q.weight"].unit_axis == 0
     assert specs["embed.weight"].role == "W_E" and specs["unembed.weight"].role == "W_U"
+    assert specs["unembed.weight"].tied_to == "embed.weight" and specs["embed.weight"].tied_to is None
+    assert specs["blocks.0.mlp.in.weight"].layout == "conv1d" and specs["blocks.0.attn.q.weight"].layout == "linear"
+    assert specs["embed.weight"].layout == "embedding" and specs["blocks.0.ln1.weight"].layout == "vector"
 
 
 def test_head_slices_match_transformer_lens_w_q(gpt2_bridge):
