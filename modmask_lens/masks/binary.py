@@ -11,7 +11,10 @@ from torch import Tensor
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.identity import MaskOrigin
 
-GROUPINGS = ("tensor", "layer", "role", "layer_role", "head", "neuron")
+GROUPINGS = ("all", "tensor", "layer", "role", "layer_role", "head", "neuron")
+"""Groupings of :meth:`BinaryMask.kept_fraction`, and the columns each one adds."""
+GROUP_COLUMNS = {"all": [], "tensor": ["key", "layer", "role"], "layer": ["layer"], "role": ["role"],
+                 "layer_role": ["layer", "role"], "head": ["layer", "role", "head"], "neuron": ["layer", "role", "neuron"]}
 
 
 @dataclass
@@ -77,7 +80,7 @@ class BinaryMask:
         """Kept counts as a tidy DataFrame.
 
         Args:
-            by: ``tensor`` (one row per masked tensor), ``layer``, ``role``, ``layer_role``, ``head`` (one row per
+            by: ``all`` (one row: every masked tensor pooled), ``tensor`` (one row per masked tensor), ``layer``, ``role``, ``layer_role``, ``head`` (one row per
                 head of each attention tensor; for ``W_K``/``W_V`` with grouped-query attention ``head`` is the
                 key/value group) or ``neuron`` (one row per MLP neuron of each MLP tensor).
 
@@ -95,13 +98,15 @@ class BinaryMask:
                 for spec in self.specs
             ]
             frame = pd.DataFrame(rows)
-            if by != "tensor":
-                columns = {"layer": ["layer"], "role": ["role"], "layer_role": ["layer", "role"]}[by]
-                frame = frame.groupby(columns, dropna=False, sort=False)[["kept", "total"]].sum().reset_index()
+            if by == "all":
+                frame = frame[["kept", "total"]].sum().to_frame().T
+            elif by != "tensor":
+                frame = frame.groupby(GROUP_COLUMNS[by], dropna=False, sort=False)[["kept", "total"]].sum().reset_index()
         if frame.empty:
             return frame
         frame.insert(0, "task", self.name)
-        frame["layer"] = frame["layer"].astype("Int64")
+        if "layer" in frame:
+            frame["layer"] = frame["layer"].astype("Int64")
         frame["kept_fraction"] = frame["kept"] / frame["total"]
         return frame
 

@@ -49,6 +49,21 @@ class SubtaskData:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @classmethod
+    def concatenate(cls, name: str, parts: list[SubtaskData]) -> SubtaskData:
+        """All examples of ``parts`` as one subtask (e.g. the control task of a mask set), padded to one width.
+
+        Positions after an example's answer are never scored and, the model being causal, never seen by scored
+        positions, so the added padding only has to be a valid token id: 0.
+        """
+        width = max(part.input_ids.shape[1] for part in parts)
+
+        def pad(tensor: Tensor, value: int) -> Tensor:
+            return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+        return cls(name, torch.cat([pad(part.input_ids, 0) for part in parts]),
+                   torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]))
+
     def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """The examples at ``indices``, trimmed to the longest scored position among them."""
         labels = self.labels[indices]

@@ -1,0 +1,86 @@
+"""What each mask keeps and what its removal breaks: mask-only and inverse-mask accuracy (Csordás et al. 2021,
+``do_inverse_mask_test``; tables of ``paper/plot_addmul_performance.py``).
+
+Accuracy is exact match: an example counts only if every answer token (and the EOS) is the argmax under teacher
+forcing, which equals greedy decoding reproducing the answer exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from modmask_lens.masks.apply import masked
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.data import SubtaskData, score_answers
+
+IO_ROLES = ("W_E", "W_pos", "W_U")
+"""The input and output layers of a transformer, where the paper's ``fullmask`` variant keeps the control mask."""
+
+
+def exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
+    """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model)."""
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            indices = torch.arange(start, min(start + batch_size, len(data)))
+            input_ids, labels = data.batch(indices)
+            if mask is None:
+                logits = bridge(input_ids)
+            else:
+                with masked(bridge, mask, check_weights=False):
+                    logits = bridge(input_ids)
+            correct += score_answers(logits, labels).n_correct
+    return correct / len(data)
+
+
+def inverse_mask(mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES) -> BinaryMask:
+    """``~mask`` on the masked tensors; with ``control``, the control mask on ``io_roles`` instead (``fullmask``)."""
+    inverted = ~mask
+    if control is None:
+        return inverted
+    kept = {spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key]
+            for spec in mask.specs}
+    return BinaryMask(mask.specs, kept, mask.origin, f"~{mask.name} (control on {'/'.join(io_roles)})")
+
+
+def mask_accuracy(
+    bridge: nn.Module,
+    masks: Mapping[str, BinaryMask],
+    data: Mapping[str, SubtaskData],
+    control: BinaryMask | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Accuracy of every subtask's data under the full model, every mask, and every mask's inverse.
+
+    Args:
+        bridge: the model.
+        masks: mask name -> binary mask.
+        data: subtask name -> its evaluation data.
+        control: if given, inverse masks keep the control mask on the input/output layers (the paper's
+            ``fullmask`` variant).
+
+    Returns:
+        Columns ``evaluated_on``, ``mask``, ``condition`` (``full``, ``mask``, ``inverse``), ``accuracy``. The paper's
+        table (Full | task | not-task per task) is ``paper_table(frame)``.
+    """
+    for mask in masks.values():
+        mask.check_model(bridge)
+    rows = []
+    for task, examples in data.items():
+        rows.append({"evaluated_on": task, "mask": "", "condition": "full",
+                     "accuracy": exact_match(bridge, examples, None, batch_size)})
+        for name, mask in masks.items():
+            for condition, applied in (("mask", mask), ("inverse", inverse_mask(mask, control))):
+                rows.append({"evaluated_on": task, "mask": name, "condition": condition,
+                             "accuracy": exact_match(bridge, examples, applied, batch_size)})
+    return pd.DataFrame(rows)
+
+
+def paper_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """One row per subtask: ``full``, ``mask`` (its own mask) and ``inverse`` (its own mask removed) accuracy."""
+    own = accuracy[(accuracy["mask"] == accuracy["evaluated_on"]) | (accuracy["condition"] == "full")]
+    return own.pivot(index="evaluated_on", columns="condition", values="accuracy")[["full", "mask", "inverse"]]

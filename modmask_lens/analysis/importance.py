@@ -1,0 +1,32 @@
+"""Head and neuron importance: the kept fraction of each unit's weights under a mask, ranked."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from modmask_lens.masks.binary import BinaryMask
+
+# Tensors indexed by query head (W_K / W_V are indexed by key/value group, which several heads share under GQA).
+_HEAD_ROLES = ("W_Q", "b_Q", "W_O")
+
+
+def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
+    """Kept fraction of every head (pooled over its ``W_Q`` and ``W_O`` slices) or neuron (``W_in``, ``W_gate``,
+    ``W_out``), ranked, most kept first.
+
+    Returns:
+        Columns ``task``, ``layer``, ``head`` or ``neuron``, ``kept``, ``total``, ``kept_fraction``, ``rank``
+        (1 = most kept).
+    """
+    if unit not in ("head", "neuron"):
+        raise ValueError(f"unit={unit!r}: choose 'head' or 'neuron'")
+    frame = mask.kept_fraction(by=unit)
+    if frame.empty:
+        raise ValueError(f"the mask covers no tensor with {unit}s; train it with kinds that include them")
+    if unit == "head":
+        frame = frame[frame["role"].isin(_HEAD_ROLES)]
+    pooled = frame.groupby(["task", "layer", unit], sort=False)[["kept", "total"]].sum().reset_index()
+    pooled["kept_fraction"] = pooled["kept"] / pooled["total"]
+    pooled = pooled.sort_values(["kept_fraction", "layer", unit], ascending=[False, True, True], kind="stable")
+    pooled["rank"] = range(1, len(pooled) + 1)
+    return pooled.reset_index(drop=True)

@@ -1,0 +1,58 @@
+"""How stable masks are: IoU of masks trained with different seeds, and a sweep of the regulariser weight beta
+(Csordás et al. 2021: CIFAR mask-stability IoU; ``addmul_ff_alpha_analysis`` beta sweep from 1e-5 to 1e-3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pandas as pd
+from torch import nn
+
+from modmask_lens.analysis.accuracy import exact_match
+from modmask_lens.analysis.sharing import pairwise_overlap
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.masks.training import train_masks
+
+
+def seed_stability(
+    bridge: nn.Module,
+    subtask: SubtaskData,
+    seeds: Sequence[int] = (0, 1),
+    mask_config: MaskConfig = MaskConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    by: str = "all",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train one mask per seed on the same data and return their pairwise IoU / IoMin (grouped ``by``)."""
+    masks = {
+        f"run {run} (seed {seed})": train_masks(bridge, subtask, mask_config, dataclasses.replace(train_config, seed=seed),
+                                                progress=progress)[subtask.name].binary()
+        for run, seed in enumerate(seeds)
+    }
+    return pairwise_overlap(masks, by=by)
+
+
+def beta_sweep(
+    bridge: nn.Module,
+    subtask: SubtaskData,
+    betas: Sequence[float] = (1e-5, 1e-4, 1e-3),
+    evaluation: SubtaskData | None = None,
+    mask_config: MaskConfig = MaskConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train one mask per beta; report its kept fraction and its exact-match accuracy on ``evaluation``.
+
+    Returns:
+        Columns ``beta``, ``kept``, ``total``, ``kept_fraction``, ``accuracy`` (on ``evaluation``, default: the
+        training data).
+    """
+    rows = []
+    for beta in betas:
+        config = dataclasses.replace(train_config, beta=beta)
+        mask = train_masks(bridge, subtask, mask_config, config, progress=progress)[subtask.name].binary()
+        rows.append({"beta": beta, "kept": mask.count, "total": mask.total, "kept_fraction": mask.count / mask.total,
+                     "accuracy": exact_match(bridge, evaluation or subtask, mask)})
+    return pd.DataFrame(rows)

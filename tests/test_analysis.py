@@ -1,0 +1,158 @@
+"""Analyses on hand-built masks, checked against brute-force counts and greedy decoding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import boot_native
+from modmask_lens import BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
+from modmask_lens.analysis import (beta_sweep, exact_match, inverse_mask, mask_accuracy, output_row_removal,
+                                   pairwise_overlap, paper_table, seed_stability, shared_fraction, unit_importance)
+from modmask_lens.demo import FIRST, SECOND, build_model, copy_subtask
+
+
+def random_masks(bridge, names, keep=0.6, config=MaskConfig()):
+    template = MaskSet.for_bridge(bridge, config).binary()
+    generator = torch.Generator().manual_seed(0)
+    return {name: BinaryMask(template.specs, {key: torch.rand(kept.shape, generator=generator) < keep
+                                              for key, kept in template.kept.items()}, template.origin, name)
+            for name in names}
+
+
+def brute_force_sets(mask: BinaryMask, keys) -> set:
+    return {(key, index) for key in keys for index in mask.kept[key].flatten().nonzero().flatten().tolist()}
+
+
+@pytest.fixture(scope="module")
+def native_bridge():
+    return boot_native()
+
+
+def test_pairwise_iou_and_iomin_equal_brute_force_set_counts(native_bridge):
+    masks = random_masks(native_bridge, ["a", "b", "c"])
+    table = pairwise_overlap(masks, by="layer_role")
+    assert len(table) == 3 * table.groupby(["layer", "role"], dropna=False).ngroups
+    for row in table.sample(8, random_state=0).itertuples():
+        same_layer = (lambda layer: layer is None) if pd.isna(row.layer) else (lambda layer: layer == row.layer)
+        keys = [spec.key for spec in masks["a"].specs if spec.role == row.role and same_layer(spec.layer)]
+        set_a, set_b = brute_force_sets(masks[row.task_a], keys), brute_force_sets(masks[row.task_b], keys)
+        assert row.intersection == len(set_a & set_b) and row.union == len(set_a | set_b)
+        assert row.iou == pytest.approx(len(set_a & set_b) / len(set_a | set_b))
+        assert row.iomin == pytest.approx(len(set_a & set_b) / min(len(set_a), len(set_b)))
+    pooled = pairwise_overlap(masks, by="all")
+    keys = [spec.key for spec in masks["a"].specs]
+    set_a, set_c = brute_force_sets(masks["a"], keys), brute_force_sets(masks["c"], keys)
+    row = pooled[(pooled.task_a == "a") & (pooled.task_b == "c")].iloc[0]
+    assert row.iou == pytest.approx(len(set_a & set_c) / len(set_a | set_c))
+
+
+def test_shared_fraction_equals_brute_force(native_bridge):
+    masks = random_masks(native_bridge, ["a", "b", "c"], keep=0.3)
+    table = shared_fraction(masks, by="all").set_index("task")
+    keys = [spec.key for spec in masks["a"].specs]
+    sets = {name: brute_force_sets(mask, keys) for name, mask in masks.items()}
+    for name in masks:
+        others = set().union(*[sets[other] for other in masks if other != name])
+        assert table.loc[name, "shared_fraction"] == pytest.approx(len(sets[name] & others) / len(sets[name]))
+
+
+def test_identical_masks_have_iou_one_and_disjoint_masks_zero(native_bridge):
+    mask = random_masks(native_bridge, ["a"])["a"]
+    table = pairwise_overlap({"a": mask, "same": mask, "complement": ~mask}, by="all").set_index(["task_a", "task_b"])
+    assert table.loc[("a", "same"), "iou"] == 1.0 and table.loc[("a", "complement"), "iou"] == 0.0
+
+
+def test_inverse_mask_with_control_keeps_the_control_on_io_layers(native_bridge):
+    masks = random_masks(native_bridge, ["task", "control"])
+    inverted = inverse_mask(masks["task"], masks["control"])
+    for spec in masks["task"].specs:
+        expected = masks["control"].kept[spec.key] if spec.role == "W_U" else ~masks["task"].kept[spec.key]
+        assert torch.equal(inverted.kept[spec.key], expected), spec.key
+
+
+def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):
+    masks = random_masks(native_bridge, ["task", "control"], keep=1.1)  # all kept
+    key = next(spec.key for spec in masks["task"].specs if spec.role == "W_U")
+    masks["task"].kept[key][3] = False  # nn.Linear W_U: row = output token
+    masks["task"].kept[key][5, ::2] = False
+    masks["control"].kept[key][7, :] = False  # the control drops token 7 altogether: undefined, NaN
+    table = output_row_removal(masks["task"], masks["control"])
+    assert table.token_id.tolist()[:2] == [3, 5]
+    assert table.removed_fraction.tolist()[:2] == [1.0, 0.5]
+    assert table.set_index("token_id").removed_fraction.isna()[7]
+    assert (table.set_index("token_id").drop([3, 5, 7]).removed_fraction == 0).all()
+
+
+def test_unit_importance_ranks_a_half_removed_head_below_full_ones(native_bridge):
+    mask = random_masks(native_bridge, ["t"], keep=1.1)["t"]
+    d_head = native_bridge.cfg.d_head
+    mask.kept["blocks.1.attn.q.weight"][2 * d_head:3 * d_head] = False  # head 2's W_Q slice, nn.Linear [out, in]
+    heads = unit_importance(mask, "head")
+    assert heads.iloc[-1][["layer", "head"]].tolist() == [1, 2] and heads.iloc[-1].kept_fraction == 0.5
+    assert heads.iloc[-1]["rank"] == len(heads) == native_bridge.cfg.n_layers * native_bridge.cfg.n_heads
+    neurons = unit_importance(mask, "neuron")
+    assert len(neurons) == native_bridge.cfg.n_layers * native_bridge.cfg.d_mlp and (neurons.kept_fraction == 1).all()
+
+
+@pytest.fixture(scope="module")
+def copy_model(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("copy"), steps=300)
+
+
+def greedy_exact_match(bridge, data: SubtaskData) -> float:
+    """Independent computation: decode every example token by token from its prompt and compare."""
+    correct = 0
+    for input_ids, labels in zip(data.input_ids, data.labels):
+        answer_positions = (labels != -100).nonzero().flatten()
+        sequence = input_ids[: answer_positions[0]].tolist()
+        for position in answer_positions.tolist():
+            with torch.no_grad():
+                sequence.append(int(bridge(torch.tensor([sequence]))[0, -1].argmax()))
+        correct += sequence[answer_positions[0]:] == labels[answer_positions].tolist()
+    return correct / len(data)
+
+
+def test_exact_match_equals_greedy_decoding(copy_model):
+    data = copy_subtask("copy_first", FIRST, 0)
+    subset = SubtaskData("subset", data.input_ids[::7], data.labels[::7])
+    mask = random_masks(copy_model, ["m"], keep=0.8)["m"]
+    assert exact_match(copy_model, subset) == greedy_exact_match(copy_model, subset) == 1.0
+    from modmask_lens import masked
+
+    with masked(copy_model, mask):
+        expected = greedy_exact_match(copy_model, subset)
+    assert exact_match(copy_model, subset, mask) == expected
+
+
+def test_mask_accuracy_table_with_full_and_empty_masks(copy_model):
+    data = {"copy_first": copy_subtask("copy_first", FIRST, 0), "copy_second": copy_subtask("copy_second", SECOND, 1)}
+    everything = random_masks(copy_model, ["copy_first"], keep=1.1)["copy_first"]
+    table = mask_accuracy(copy_model, {"copy_first": everything}, data)
+    assert len(table) == 2 * 3
+    summary = paper_table(table)
+    assert summary.loc["copy_first"].tolist() == [1.0, 1.0, 0.0]
+    assert table.set_index(["evaluated_on", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
+
+
+def test_seed_stability_and_beta_sweep(copy_model):
+    data = copy_subtask("copy_first", FIRST, 0)
+    config = TrainConfig(steps=60, batch_size=32, lr=0.05)
+    same = seed_stability(copy_model, data, seeds=(3, 3), train_config=config)
+    assert same.iou.tolist() == [1.0]
+    different = seed_stability(copy_model, data, seeds=(0, 1), train_config=config, by="layer_role")
+    assert ((different.iou >= 0) & (different.iou <= 1)).all() and (different.iou < 1).any()
+    sweep = beta_sweep(copy_model, data, betas=(0.0, 30.0), train_config=config)
+    assert sweep.kept_fraction.iloc[0] > sweep.kept_fraction.iloc[1]
+    assert sweep.accuracy.between(0, 1).all()
+
+
+def test_concatenated_control_subtask_holds_every_example():
+    first, second = copy_subtask("a", FIRST, 0), copy_subtask("b", SECOND, 1)
+    short = SubtaskData("short", first.input_ids[:5, :4], first.labels[:5, :4])
+    control = SubtaskData.concatenate("control", [first, second, short])
+    assert len(control) == len(first) + len(second) + 5 and control.input_ids.shape[1] == first.input_ids.shape[1]
+    assert torch.equal(control.labels[-5:, 4:], torch.full((5, 1), -100))
