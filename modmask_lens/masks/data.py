@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-IGNORE_INDEX = -100
-"""Label of positions that are not scored (Hugging Face convention)."""
+from modmask_lens.tasks.custom import PairSource, load_pairs
+from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,24 @@ class SubtaskData:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @classmethod
+    def from_pairs(cls, name: str, source: PairSource, tokenizer) -> SubtaskData:
+        """A subtask from (prompt, completion) pairs, a JSONL file or a ``datasets.Dataset``, for any tokenizer.
+
+        Encoded as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one); the completion and the EOS
+        are scored. For BPE tokenizers such as GPT-2's, start completions with the space they need (``" Paris"``).
+
+        Example:
+            >>> capitals = SubtaskData.from_pairs("capitals", [("The capital of France is", " Paris"),
+            ...                                                 ("The capital of Italy is", " Rome")],
+            ...                                   bridge.tokenizer)                                # doctest: +SKIP
+        """
+        if tokenizer is None:
+            raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from")
+        prompts, completions = load_pairs(source)
+        examples = encode_pairs(tokenizer, prompts, completions)
+        return cls(name, examples.input_ids, examples.labels)
 
     @classmethod
     def concatenate(cls, name: str, parts: list[SubtaskData]) -> SubtaskData:

@@ -1,0 +1,80 @@
+"""A user's own subtasks, from pairs, JSONL or a Dataset, run through training and the analyses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modmask_lens import SubtaskData, TrainConfig, train_masks
+from modmask_lens.analysis import mask_accuracy, pairwise_overlap
+from modmask_lens.testing.tiny_models import boot_tiny
+
+PAIRS = [(f"w{a} w{b}", f"w{(a + b) % 20 + 5}") for a in range(5, 15) for b in range(5, 9)]
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40, n_positions=16))
+    return boot_tiny(model, tmp_path_factory.mktemp("gpt2"))
+
+
+def test_pairs_jsonl_and_dataset_give_the_same_subtask(bridge, tmp_path):
+    path = tmp_path / "sums.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in PAIRS) + "\n", encoding="utf-8")
+    from_pairs = SubtaskData.from_pairs("sums", PAIRS, bridge.tokenizer)
+    from_jsonl = SubtaskData.from_pairs("sums", path, bridge.tokenizer)
+    from_dataset = SubtaskData.from_pairs("sums", Dataset.from_dict({"prompt": [p for p, _ in PAIRS],
+                                                                       "completion": [c for _, c in PAIRS]}),
+                                          bridge.tokenizer)
+    for other in (from_jsonl, from_dataset):
+        assert torch.equal(other.input_ids, from_pairs.input_ids) and torch.equal(other.labels, from_pairs.labels)
+    first = bridge.tokenizer.convert_ids_to_tokens(from_pairs.input_ids[0].tolist())
+    assert first == ["w5", "w5", "<eos>", "w15", "<eos>"]  # this tokenizer's SEP token is <eos>
+    assert from_pairs.labels[0].tolist() == [-100, -100, -100, bridge.tokenizer.convert_tokens_to_ids("w15"),
+                                             bridge.tokenizer.eos_token_id]
+
+
+def test_the_analyses_run_on_custom_subtasks(bridge):
+    evens = SubtaskData.from_pairs("evens", PAIRS[::2], bridge.tokenizer)
+    odds = SubtaskData.from_pairs("odds", PAIRS[1::2], bridge.tokenizer)
+    masks = train_masks(bridge, [evens, odds], train_config=TrainConfig(steps=20, batch_size=8, lr=0.1), progress=False)
+    binaries = {name: mask.binary() for name, mask in masks.items()}
+    overlap = pairwise_overlap(binaries, by="layer_role")
+    assert overlap.iou.between(0, 1).all() and set(overlap.role) >= {"W_Q", "W_in", "W_U"}
+    accuracy = mask_accuracy(bridge, binaries, {"evens": evens, "odds": odds})
+    assert len(accuracy) == 2 * (1 + 2 * 2) and accuracy.accuracy.between(0, 1).all()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "w5"}\n{"prompt": "w6", "completion": "w7"}\n', "line 1: 'completion'"),
+        ('{"prompt": "w5", "completion": "w7"}\nnot json\n', "line 2: not valid JSON"),
+        ('{"prompt": "w5", "completion": 7}\n{"prompt": "w6", "completion": "w7"}\n', "non-empty string"),
+        ('{"prompt": "w5", "completion": "w7"}\n', "at least 2 examples"),
+        ("", "at least 2 examples"),
+    ],
+)
+def test_bad_jsonl_gets_a_clear_error(bridge, tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        SubtaskData.from_pairs("bad", path, bridge.tokenizer)
+
+
+def test_jsonl_in_another_encoding_is_refused(bridge, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "caf\u00e9", "completion": "w7"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        SubtaskData.from_pairs("latin", path, bridge.tokenizer)
+
+
+def test_a_model_without_tokenizer_and_a_dataset_without_columns_are_refused(bridge):
+    with pytest.raises(ValueError, match="no tokenizer"):
+        SubtaskData.from_pairs("x", PAIRS, None)
+    with pytest.raises(ValueError, match="'completion'"):
+        SubtaskData.from_pairs("x", Dataset.from_dict({"prompt": ["a", "b"]}), bridge.tokenizer)
