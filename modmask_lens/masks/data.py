@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from modmask_lens.tasks.custom import PairSource, load_pairs
+from modmask_lens.tasks.custom import FIELDS, PairSource, load_pairs
 from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
 
 
@@ -50,11 +50,13 @@ class SubtaskData:
         return self.input_ids.shape[0]
 
     @classmethod
-    def from_pairs(cls, name: str, source: PairSource, tokenizer) -> SubtaskData:
+    def from_pairs(cls, name: str, source: PairSource, tokenizer, fields: tuple[str, str] = FIELDS) -> SubtaskData:
         """A subtask from (prompt, completion) pairs, a JSONL file or a ``datasets.Dataset``, for any tokenizer.
 
         Encoded as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one); the completion and the EOS
         are scored. For BPE tokenizers such as GPT-2's, start completions with the space they need (``" Paris"``).
+        ``fields`` names the prompt and completion fields of JSONL and Dataset sources (the built-in tasks use
+        ``("question", "answer")``).
 
         Example:
             >>> capitals = SubtaskData.from_pairs("capitals", [("The capital of France is", " Paris"),
@@ -63,7 +65,7 @@ class SubtaskData:
         """
         if tokenizer is None:
             raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from")
-        prompts, completions = load_pairs(source)
+        prompts, completions = load_pairs(source, fields)
         examples = encode_pairs(tokenizer, prompts, completions)
         return cls(name, examples.input_ids, examples.labels)
 

@@ -17,34 +17,36 @@ PairSource = Sequence[tuple[str, str]] | str | Path | Dataset
 FIELDS = ("prompt", "completion")
 
 
-def load_pairs(source: PairSource) -> tuple[list[str], list[str]]:
+def load_pairs(source: PairSource, fields: tuple[str, str] = FIELDS) -> tuple[list[str], list[str]]:
     """Prompts and completions of ``source``.
 
     Args:
         source: a list of ``(prompt, completion)`` tuples; a path to a JSONL file with one object per line holding
             ``prompt`` and ``completion`` strings (UTF-8); or a ``datasets.Dataset`` with those two columns.
+        fields: the names of the prompt and completion fields in JSONL and Dataset sources (the built-in tasks'
+            datasets use ``("question", "answer")``).
 
     Raises:
         ValueError: naming the line or row with a missing field, a non-string value, bad JSON or bad encoding, or
             when there are fewer than two examples (a mask needs a subtask, not an example).
     """
     if isinstance(source, (str, Path)):
-        rows = _jsonl_rows(Path(source))
+        rows = ({"prompt": row.get(fields[0]), "completion": row.get(fields[1])} for row in _jsonl_rows(Path(source)))
         where = f"{source}, line"
     elif isinstance(source, Dataset):
-        missing = [name for name in FIELDS if name not in source.column_names]
+        missing = [name for name in fields if name not in source.column_names]
         if missing:
-            raise ValueError(f"the dataset lacks the column(s) {missing}; it needs 'prompt' and 'completion'")
-        rows = ({"prompt": row["prompt"], "completion": row["completion"]} for row in source)
+            raise ValueError(f"the dataset lacks the column(s) {missing}; it needs {fields[0]!r} and {fields[1]!r}")
+        rows = ({"prompt": row[fields[0]], "completion": row[fields[1]]} for row in source.select_columns(list(fields)))
         where = "dataset row"
     else:
         rows = ({"prompt": pair[0], "completion": pair[1]} if len(pair) == 2 else {} for pair in source)
         where = "pair"
     prompts, completions = [], []
     for number, row in enumerate(rows, start=1):
-        for name in FIELDS:
+        for name, field in zip(FIELDS, fields):
             if not isinstance(row.get(name), str) or (name == "completion" and not row[name]):
-                raise ValueError(f"{where} {number}: '{name}' must be a non-empty string, got {row.get(name)!r}")
+                raise ValueError(f"{where} {number}: '{field}' must be a non-empty string, got {row.get(name)!r}")
         prompts.append(row["prompt"])
         completions.append(row["completion"])
     if len(prompts) < 2:
