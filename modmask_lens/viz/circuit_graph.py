@@ -1,0 +1,197 @@
+"""The circuit graph of a binary mask: nodes with their kept weights, and edges that weigh how much kept weight
+connects a writer to a later reader through the residual stream.
+
+Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then ``unembed``):
+
+* ``embed`` writes with ``W_E`` and ``W_pos``;
+* head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
+  key/value group) and writes with its ``W_O`` slice;
+* ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out``;
+* ``unembed`` reads with ``W_U``.
+
+Edge measure (docs/viz.md#edge-measure). A *path* from writer matrix ``M_w`` to reader matrix ``M_r`` is one weight of
+``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (``ln1.w`` for heads,
+``ln2.w`` for MLPs, ``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
+is the fraction of these paths whose weights the mask all keeps, averaged over the node's (writer matrix, reader
+matrix) pairs::
+
+    edge(W -> R) = mean over (M_w, M_r) of  sum_d kept_w(d) * gain(d) * kept_r(d) / sum_d n_w * n_r
+                 = (1 / d_model) * sum_d write(d) * gain(d) * read(d)
+
+where ``kept_w(d)`` counts the kept weights of the writer's slice of ``M_w`` into ``d`` (``n_w`` of them in all),
+``write(d)`` is the kept fraction ``kept_w(d) / n_w`` averaged over the writer's matrices, ``read(d)`` the same for
+the reader, and ``gain(d)`` is 1 if the norm gain of ``d`` is kept, else 0. It is 1 when every path is kept and 0
+when no residual dimension has a kept weight on both sides. Only masked tensors count: a node whose matrices on one
+side are all unmasked has ``write`` or ``read`` 1 there, and an unmasked norm has gain 1. Edges run from every
+writer to every reader later in the forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 MLP ->
+L1 heads -> ... -> unembed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import reduce
+from itertools import combinations
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from modmask_lens.adapters import TensorSpec
+from modmask_lens.masks.binary import BinaryMask
+
+NODE_ROLES = {
+    "embed": ("W_E", "W_pos"),
+    "head": ("W_Q", "W_K", "W_V", "W_O"),
+    "mlp": ("W_in", "W_gate", "W_out"),
+    "unembed": ("W_U",),
+}
+"""The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
+WRITER_ROLES = ("W_E", "W_pos", "W_O", "W_out")
+"""Matrices that write the residual stream."""
+READER_NORMS = {"head": "ln1.w", "mlp": "ln2.w", "unembed": "ln_final.w"}
+"""The norm gain in front of each reader kind (pre-norm blocks)."""
+
+
+@dataclass(frozen=True)
+class CircuitGraph:
+    """Nodes and residual-stream edges of one mask, as tidy DataFrames.
+
+    Attributes:
+        name: the mask's name.
+        nodes: one row per node: ``node`` (``embed``, ``L0H1``, ``L0MLP``, ``unembed``), ``kind`` (``embed``,
+            ``head``, ``mlp``, ``unembed``), ``layer``, ``head``, ``stage`` (0 for ``embed``, ``1 + 2 * layer`` for
+            heads, ``2 + 2 * layer`` for MLPs, ``1 + 2 * n_layers`` for ``unembed``), ``kept`` and ``total`` (masked
+            weights of the node's slices), ``kept_fraction`` (NaN when none of its weights is masked), ``neurons`` and
+            ``kept_neurons`` (MLP nodes: neurons with a kept weight on each masked side).
+        node_roles: one row per (node, masked matrix): ``node``, ``role``, ``kept``, ``total``, ``kept_fraction``.
+        edges: one row per (writer, later reader): ``source``, ``target``, ``weight`` in [0, 1] (module docstring).
+    """
+
+    name: str
+    nodes: pd.DataFrame
+    node_roles: pd.DataFrame
+    edges: pd.DataFrame
+
+
+def node_names(n_layers: int, n_heads: int) -> list[tuple[str, str, int | None, int | None, int]]:
+    """(node, kind, layer, head, stage) for every node of a model, in stage order."""
+    rows: list[tuple[str, str, int | None, int | None, int]] = [("embed", "embed", None, None, 0)]
+    for layer in range(n_layers):
+        rows += [(f"L{layer}H{head}", "head", layer, head, 1 + 2 * layer) for head in range(n_heads)]
+        rows.append((f"L{layer}MLP", "mlp", layer, None, 2 + 2 * layer))
+    rows.append(("unembed", "unembed", None, None, 1 + 2 * n_layers))
+    return rows
+
+
+def circuit_graph(mask: BinaryMask) -> CircuitGraph:
+    """Nodes, per-matrix kept counts and residual-stream edges of ``mask`` (module docstring for the edge measure).
+
+    Example:
+        >>> graph = circuit_graph(mask_set.binary())                                  # doctest: +SKIP
+        >>> graph.edges.sort_values("weight", ascending=False).head()                 # doctest: +SKIP
+    """
+    dims = mask.origin.model
+    n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
+    names = node_names(n_layers, n_heads)
+    slices = [_NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
+              for name, kind, layer, head, _ in names for spec in mask.specs
+              if spec.role in NODE_ROLES[kind] and spec.layer == layer]
+    node_roles = pd.DataFrame(
+        [{"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
+         for part in slices],
+        columns=["node", "role", "kept", "total"],
+    )
+    node_roles["kept_fraction"] = node_roles["kept"] / node_roles["total"]
+    nodes = pd.DataFrame(names, columns=["node", "kind", "layer", "head", "stage"])
+    nodes = nodes.merge(node_roles.groupby("node", sort=False)[["kept", "total"]].sum().reset_index(), on="node",
+                        how="left")
+    nodes[["kept", "total"]] = nodes[["kept", "total"]].fillna(0).astype(int)
+    nodes["kept_fraction"] = nodes["kept"] / nodes["total"].where(nodes["total"] > 0)
+    nodes = nodes.merge(_neuron_counts(slices), on="node", how="left")
+    for column in ("layer", "head", "neurons", "kept_neurons"):
+        nodes[column] = nodes[column].astype("Int64")
+    return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
+
+
+def shared_mask(masks: Mapping[str, BinaryMask]) -> BinaryMask:
+    """The weights that at least two of ``masks`` keep (for two masks, their intersection)."""
+    if len(masks) < 2:
+        raise ValueError("shared_mask needs at least two masks")
+    shared = reduce(lambda left, right: left | right, [a & b for a, b in combinations(masks.values(), 2)])
+    shared.name = "shared"
+    return shared
+
+
+@dataclass(frozen=True)
+class _NodeSlice:
+    """A node's slice of one masked matrix, with the residual axis last."""
+
+    node: str
+    kind: str
+    layer: int | None
+    head: int | None
+    spec: TensorSpec
+    kept: Bool[Tensor, "other d_model"]
+
+
+def residual_axis(spec: TensorSpec) -> int:
+    """The axis of ``spec``'s tensor that indexes residual-stream dimensions."""
+    if spec.layout == "embedding":
+        return 1
+    writes = spec.role in WRITER_ROLES
+    if spec.layout == "linear":  # [out, in]
+        return 0 if writes else 1
+    if spec.layout == "conv1d":  # [in, out]
+        return 1 if writes else 0
+    raise ValueError(f"{spec.key}: a {spec.layout} tensor has no residual axis; only matrices are graph edges")
+
+
+def _node_slice(spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None,
+                n_heads: int) -> Bool[Tensor, "other d_model"]:
+    """The part of ``kept`` that belongs to one node, as [weights per residual dimension, d_model]."""
+    oriented = kept.movedim(residual_axis(spec), -1)
+    if head is None or spec.unit not in ("head", "kv_head"):
+        return oriented.reshape(-1, oriented.shape[-1])
+    units = oriented.shape[0] // spec.unit_width
+    unit = head // (n_heads // units)  # query head -> its key/value group under grouped-query attention
+    return oriented[unit * spec.unit_width:(unit + 1) * spec.unit_width]
+
+
+def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
+    """MLP nodes: neurons, and neurons with a kept weight in every masked matrix of the node."""
+    rows = []
+    for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
+        # A node slice of an MLP matrix is [d_mlp, d_model]: a neuron is alive in it with any kept weight.
+        alive = [part.kept.any(dim=1) for part in slices if part.node == node]
+        rows.append({"node": node, "neurons": alive[0].numel(),
+                     "kept_neurons": int(torch.stack(alive).all(dim=0).sum())})
+    return pd.DataFrame(rows, columns=["node", "neurons", "kept_neurons"])
+
+
+def _profile(parts: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]:
+    """Kept fraction per residual dimension, averaged over the node's masked matrices (1 when none is masked)."""
+    if not parts:
+        return torch.ones(d_model)
+    return torch.stack([part.kept.float().mean(dim=0) for part in parts]).mean(dim=0)
+
+
+def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> pd.DataFrame:
+    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs
+             if spec.role in READER_NORMS.values()}
+    writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
+    readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
+    write = torch.stack([_profile([p for p in slices if p.node == name and p.spec.role in WRITER_ROLES], d_model)
+                         for name, _ in writers])
+    read = torch.stack([
+        _profile([p for p in slices if p.node == name and p.spec.role not in WRITER_ROLES], d_model)
+        * gains.get((READER_NORMS[kind], layer), torch.ones(d_model))
+        for name, kind, layer, _ in readers
+    ])
+    weights = write @ read.T / d_model
+    rows = [{"source": source, "target": target, "weight": float(weights[i, j])}
+            for i, (source, source_stage) in enumerate(writers)
+            for j, (target, _, _, target_stage) in enumerate(readers) if target_stage > source_stage]
+    return pd.DataFrame(rows, columns=["source", "target", "weight"])

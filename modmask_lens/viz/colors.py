@@ -1,0 +1,25 @@
+"""Colours of every view: one categorical colour per subtask and a white-to-blue ramp for fractions in [0, 1]."""
+
+from __future__ import annotations
+
+SUBTASK_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+"""Okabe-Ito colours (distinguishable with colour-vision deficiency), assigned to subtasks in order."""
+SHARED_COLOR = "#1d232a"
+"""Marks what several subtasks share."""
+_LOW, _HIGH = (255, 255, 255), (8, 69, 148)
+
+
+def subtask_color(index: int) -> str:
+    """The colour of the ``index``-th subtask (cycles after eight)."""
+    return SUBTASK_COLORS[index % len(SUBTASK_COLORS)]
+
+
+def sequential(fraction: float) -> str:
+    """``#rrggbb`` from white (0) to dark blue (1); values outside [0, 1] are clipped."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    return "#" + "".join(f"{round(low + (high - low) * fraction):02x}" for low, high in zip(_LOW, _HIGH))
+
+
+def text_on(fraction: float) -> str:
+    """Black or white, whichever reads on :func:`sequential` of ``fraction``."""
+    return "#ffffff" if fraction > 0.55 else "#1d232a"

@@ -1,0 +1,224 @@
+"""Plots of analysis results as inline SVG: kept fraction per layer and role, IoU heat maps, mask-logit histograms and
+accuracy tables. Each takes the tidy DataFrame an analysis returns (or mask logits) and gives a view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from modmask_lens.analysis import paper_table
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.viz.colors import sequential, subtask_color, text_on
+from modmask_lens.viz.html import TableView
+from modmask_lens.viz.svg import SvgView, svg_document, text, tooltip
+
+_MARGIN_LEFT, _MARGIN_TOP = 48, 30
+
+
+def component_label(layer: object, role: str) -> str:
+    """``L0 W_Q`` for a layer's tensor, ``W_U`` for a tensor outside the blocks."""
+    return role if pd.isna(layer) else f"L{int(layer)} {role}"
+
+
+def _legend(names: list[str], x: float, y: float) -> str:
+    items = []
+    for index, name in enumerate(names):
+        items.append(f'<rect x="{x:.1f}" y="{y + 16 * index - 9:.1f}" width="10" height="10" '
+                     f'fill="{subtask_color(index)}"/>' + text(x + 15, y + 16 * index, name, anchor="start"))
+    return "".join(items)
+
+
+def _y_axis(x: float, top: float, height: float, width: float, label: str) -> str:
+    """Gridlines and ticks for values 0..1 over ``height`` px."""
+    parts = []
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        y = top + height * (1 - tick)
+        parts.append(f'<line class="mm-grid" x1="{x:.1f}" x2="{x + width:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(text(x - 5, y + 4, f"{tick:g}", anchor="end", css_class="mm-label-small"))
+    parts.append(text(12, top + height / 2, label, rotate=-90))
+    return "".join(parts)
+
+
+class BarChart(SvgView):
+    """Grouped bars of values in [0, 1]: one group per category, one bar (and colour) per series.
+
+    Args:
+        values: rows = categories (in drawing order), columns = series; NaN draws no bar.
+        title: heading.
+        value_label: y-axis label.
+        caption: a sentence under the heading.
+    """
+
+    def __init__(self, values: pd.DataFrame, title: str, value_label: str, caption: str = ""):
+        self.values, self.title, self.value_label, self.caption = values, title, value_label, caption
+
+    def svg(self) -> str:
+        series = list(self.values.columns)
+        bar, gap, plot_height = 12, 12, 180
+        group_width = bar * len(series) + gap
+        plot_width = group_width * len(self.values)
+        legend_width = 20 + 7 * max(len(name) for name in series)
+        parts = [_y_axis(_MARGIN_LEFT, _MARGIN_TOP, plot_height, plot_width, self.value_label)]
+        for group, (category, row) in enumerate(self.values.iterrows()):
+            x0 = _MARGIN_LEFT + group * group_width + gap / 2
+            for index, name in enumerate(series):
+                value = row[name]
+                if pd.isna(value):
+                    continue
+                height = plot_height * float(value)
+                parts.append(
+                    f'<rect class="mm-bar" x="{x0 + index * bar:.1f}" y="{_MARGIN_TOP + plot_height - height:.1f}" '
+                    f'width="{bar - 1}" height="{height:.1f}" fill="{subtask_color(index)}">'
+                    f"{tooltip(f'{name} · {category}: {float(value):.3f}')}</rect>"
+                )
+            label_x = x0 + bar * len(series) / 2
+            parts.append(text(label_x, _MARGIN_TOP + plot_height + 10, category, anchor="end", rotate=-50,
+                              css_class="mm-label-small"))
+        parts.append(_legend(series, _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
+        width = _MARGIN_LEFT + plot_width + 16 + legend_width
+        return svg_document(width, _MARGIN_TOP + plot_height + 80, "".join(parts))
+
+
+class Heatmap(SvgView):
+    """A matrix of values in [0, 1] as coloured cells with their numbers.
+
+    Args:
+        values: rows and columns as drawn; NaN cells are left grey.
+    """
+
+    def __init__(self, values: pd.DataFrame, title: str, caption: str = ""):
+        self.values, self.title, self.caption = values, title, caption
+
+    def svg(self) -> str:
+        cell_width, cell_height = 46, 24
+        row_label_width = 8 + 7 * max(len(str(label)) for label in self.values.index)
+        top = 80
+        parts = []
+        for column, label in enumerate(self.values.columns):
+            x = row_label_width + column * cell_width + cell_width / 2
+            parts.append(text(x, top - 6, label, anchor="start", rotate=-50, css_class="mm-label-small"))
+        for row, (label, values) in enumerate(self.values.iterrows()):
+            y = top + row * cell_height
+            parts.append(text(row_label_width - 6, y + cell_height / 2 + 4, label, anchor="end"))
+            for column, (name, value) in enumerate(values.items()):
+                x = row_label_width + column * cell_width
+                missing = pd.isna(value)
+                fill = "#eceff2" if missing else sequential(float(value))
+                shown = "–" if missing else f"{float(value):.2f}"
+                parts.append(
+                    f'<g class="mm-cell"><rect x="{x:.1f}" y="{y:.1f}" width="{cell_width - 1}" '
+                    f'height="{cell_height - 1}" fill="{fill}">{tooltip(f"{label} · {name}: {shown}")}</rect>'
+                    f'<text x="{x + cell_width / 2:.1f}" y="{y + cell_height / 2 + 4:.1f}" text-anchor="middle" '
+                    f'style="fill:{"#55606b" if missing else text_on(float(value))}">{shown}</text></g>'
+                )
+        width = row_label_width + cell_width * len(self.values.columns) + 40
+        return svg_document(width, top + cell_height * len(self.values) + 10, "".join(parts))
+
+
+class Histogram(SvgView):
+    """Overlaid step histograms, one colour per series, with a marked threshold.
+
+    Args:
+        samples: series name -> 1-d tensor of values.
+        threshold: x value drawn as a vertical line (the mask readout: kept where logit > 0).
+        value_label: x-axis label.
+        bins: number of equal-width bins over the pooled range of all series.
+    """
+
+    def __init__(self, samples: Mapping[str, Tensor], title: str, value_label: str, threshold: float = 0.0,
+                 bins: int = 40, caption: str = ""):
+        self.samples, self.title, self.value_label = dict(samples), title, value_label
+        self.threshold, self.bins, self.caption = threshold, bins, caption
+
+    def svg(self) -> str:
+        pooled = torch.cat([values.flatten().float() for values in self.samples.values()])
+        low, high = float(pooled.min()), float(pooled.max())
+        low, high = min(low, self.threshold) - 1e-6, max(high, self.threshold) + 1e-6
+        plot_width, plot_height = 420, 180
+        counts = {name: torch.histc(values.flatten().float(), bins=self.bins, min=low, max=high)
+                  for name, values in self.samples.items()}
+        fractions = {name: count / count.sum() for name, count in counts.items()}
+        top_value = max(float(fraction.max()) for fraction in fractions.values())
+
+        def x_of(value: float) -> float:
+            return _MARGIN_LEFT + plot_width * (value - low) / (high - low)
+
+        parts = []
+        for tick in torch.linspace(low, high, 5).tolist():
+            parts.append(text(x_of(tick), _MARGIN_TOP + plot_height + 14, f"{tick:.1f}", css_class="mm-label-small"))
+        parts.append(f'<line class="mm-grid" x1="{_MARGIN_LEFT}" x2="{_MARGIN_LEFT + plot_width}" '
+                     f'y1="{_MARGIN_TOP + plot_height}" y2="{_MARGIN_TOP + plot_height}"/>')
+        parts.append(text(_MARGIN_LEFT + plot_width / 2, _MARGIN_TOP + plot_height + 32, self.value_label))
+        parts.append(text(12, _MARGIN_TOP + plot_height / 2, "fraction of weights", rotate=-90))
+        step = (high - low) / self.bins
+        for index, (name, fraction) in enumerate(fractions.items()):
+            points = [(x_of(low), _MARGIN_TOP + plot_height)]
+            for bin_index, value in enumerate(fraction.tolist()):
+                y = _MARGIN_TOP + plot_height * (1 - value / top_value)
+                points += [(x_of(low + bin_index * step), y), (x_of(low + (bin_index + 1) * step), y)]
+            points.append((x_of(high), _MARGIN_TOP + plot_height))
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            parts.append(f'<polyline class="mm-histogram" points="{path}" fill="none" '
+                         f'stroke="{subtask_color(index)}" stroke-width="1.5">'
+                         f"{tooltip(f'{name}: {int(counts[name].sum())} logits')}</polyline>")
+        x = x_of(self.threshold)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" y2="{_MARGIN_TOP + plot_height}" '
+                     'stroke="#d1495b" stroke-dasharray="4 3"/>')
+        parts.append(text(x + 4, _MARGIN_TOP - 12, "kept →", anchor="start", css_class="mm-label-small"))
+        parts.append(_legend(list(fractions), _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
+        width = _MARGIN_LEFT + plot_width + 36 + 7 * max(len(name) for name in fractions)
+        return svg_document(width, _MARGIN_TOP + plot_height + 44, "".join(parts))
+
+
+def kept_fraction_plot(kept: pd.DataFrame) -> BarChart:
+    """Bars of kept fraction per layer and role, one colour per task.
+
+    Args:
+        kept: ``BinaryMask.kept_fraction(by="layer_role")`` of one or more masks, concatenated.
+    """
+    kept = kept.assign(component=[component_label(layer, role) for layer, role in zip(kept["layer"], kept["role"])])
+    values = kept.pivot_table(index="component", columns="task", values="kept_fraction", sort=False)
+    return BarChart(values, "Kept fraction per layer and role", "kept fraction",
+                    "Fraction of each tensor's weights that the mask keeps (logit > 0).")
+
+
+def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
+    """IoU of every pair of masks per layer and role.
+
+    Args:
+        overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
+    """
+    overlap = overlap.assign(
+        pair=overlap["task_a"] + " ∩ " + overlap["task_b"],
+        component=[component_label(layer, role) for layer, role in zip(overlap["layer"], overlap["role"])],
+    )
+    values = overlap.pivot_table(index="pair", columns="component", values="iou", sort=False, dropna=False)
+    return Heatmap(values, "IoU of masks per layer and role",
+                   "Intersection over union of the kept weights of two masks (Csordás et al. 2021); "
+                   "– where neither keeps anything.")
+
+
+def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
+    """Distribution of the mask logits of each mask set; weights right of 0 are kept by the binary readout."""
+    samples = {name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
+               for name, mask_set in mask_sets.items()}
+    return Histogram(samples, "Mask logits", "logit", threshold=0.0,
+                     caption="Learned logits of every masked weight; the binary mask keeps logit > 0.")
+
+
+def accuracy_table(accuracy: pd.DataFrame) -> TableView:
+    """Full model, mask-only and inverse-mask accuracy per subtask.
+
+    Args:
+        accuracy: ``analysis.mask_accuracy(bridge, masks, data)``.
+    """
+    table = paper_table(accuracy).reset_index().rename(columns={"evaluated_on": "subtask"})
+    table.columns.name = None
+    return TableView(table, "Accuracy: full model, mask, inverse mask",
+                     "Exact-match accuracy on each subtask of the full model, of the subtask's own mask, and of its "
+                     "inverse (every other weight). A modular subtask keeps accuracy under its mask and loses it "
+                     "under the inverse.", shade=["full", "mask", "inverse"])

@@ -1,0 +1,170 @@
+"""One self-contained offline HTML report for a set of masks on a model: summary, circuit and overlap graphs,
+attention through masks, plots, tables, the configuration and the library versions (``modmask-lens report``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.masks.io import library_version, load_masks
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.viz.attention_patterns import FULL, attention_patterns, inverse_label
+from modmask_lens.viz.attention_view import AttentionView
+from modmask_lens.viz.circuit_graph import circuit_graph
+from modmask_lens.viz.graph_view import CircuitView, OverlapView
+from modmask_lens.viz.html import Section, TableView, View, escape, write_page
+from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a report was made with."""
+    return {"modmask-lens": library_version(), "transformer-lens": version("transformer-lens"),
+            "torch": torch.__version__, "circuitsvis": version("circuitsvis")}
+
+
+def report_views(
+    bridge: nn.Module,
+    masks: Mapping[str, MaskSet | BinaryMask],
+    prompt: Int[Tensor, " pos"],
+    data: Mapping[str, SubtaskData] | None = None,
+    token_labels: list[str] | None = None,
+    settings: Mapping[str, object] | None = None,
+    max_edges: int = 60,
+) -> list[View]:
+    """Every view of the report, in order (:func:`write_report` for the arguments)."""
+    if not masks:
+        raise ValueError("a report needs at least one mask; pass {name: mask_set}")
+    binaries = {name: mask.binary() if isinstance(mask, MaskSet) else mask for name, mask in masks.items()}
+    mask_sets = {name: mask for name, mask in masks.items() if isinstance(mask, MaskSet)}
+    patterns = attention_patterns(bridge, prompt, binaries, token_labels)
+    graphs = {name: circuit_graph(binary) for name, binary in binaries.items()}
+    accuracy = mask_accuracy(bridge, binaries, data) if data else None
+    kept = pd.concat([binary.kept_fraction(by="layer_role") for binary in binaries.values()], ignore_index=True)
+
+    views: list[View] = [Section("Summary"), TableView(_summary(binaries, accuracy), "Masks",
+                                                       shade=["kept_fraction", "accuracy full", "accuracy mask",
+                                                              "accuracy inverse"])]
+    views += [Section("Circuits", "One graph per mask, laid out by layer.")]
+    views += [CircuitView(graph, patterns, max_edges) for graph in graphs.values()]
+    if len(binaries) > 1:
+        overlap = pairwise_overlap(binaries, by="layer_role")
+        views += [Section("Overlap", "Which components the subtasks share."), OverlapView.from_masks(binaries)]
+    views += [Section("Attention through masks", "circuitsvis attention of the full model, each mask, and its "
+                                                  "inverse, on the same prompt.")]
+    views += [AttentionView(patterns, [FULL, name, inverse_label(name)], f"Attention through {name}")
+              for name in binaries]
+    views += [Section("Plots"), kept_fraction_plot(kept)]
+    if len(binaries) > 1:
+        views.append(iou_heatmap(overlap))
+    if mask_sets:
+        views.append(logit_histogram(mask_sets))
+    if accuracy is not None:
+        views.append(accuracy_table(accuracy))
+    views += [Section("Configuration"), TableView(_configuration(binaries, mask_sets, settings),
+                                                  "Model, masks and settings")]
+    return views
+
+
+def write_report(
+    path: str | Path,
+    bridge: nn.Module,
+    masks: Mapping[str, MaskSet | BinaryMask],
+    prompt: Int[Tensor, " pos"],
+    data: Mapping[str, SubtaskData] | None = None,
+    token_labels: list[str] | None = None,
+    title: str = "modmask-lens report",
+    settings: Mapping[str, object] | None = None,
+    max_edges: int = 60,
+) -> Path:
+    """Write one self-contained HTML file (no network needed to open it) for a set of masks on a model.
+
+    Args:
+        path: the HTML file to write.
+        bridge: the model the masks were trained on.
+        masks: subtask name -> mask set (adds the logit histogram and training settings) or binary mask.
+        prompt: token ids of the prompt whose attention the report shows (no batch axis).
+        data: subtask name -> evaluation data, for accuracy of the full model, each mask and its inverse.
+        token_labels: display strings of the prompt's tokens (default: the tokenizer's tokens, else the ids).
+        title: page title.
+        settings: anything else to record in the configuration table (e.g. the command that made the masks).
+        max_edges: strongest edges drawn per circuit graph.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> write_report("report.html", bridge, mask_sets, torch.tensor([3, 7, 10]), data=subtasks)  # doctest: +SKIP
+    """
+    views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">Per-weight masks '
+              f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
+              + ", ".join(f"{escape(name)} {escape(number)}" for name, number in versions().items())
+              + ". This file is self-contained and works offline.</p></header>")
+    return write_page(path, title, views, header)
+
+
+def parse_prompt(bridge: nn.Module, prompt: str) -> Int[Tensor, " pos"]:
+    """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer."""
+    words = prompt.split()
+    if words and all(word.lstrip("-").isdigit() for word in words):
+        return torch.tensor([int(word) for word in words])
+    tokenizer = getattr(bridge, "tokenizer", None)
+    if tokenizer is None or len(tokenizer) < 2:
+        raise ValueError(f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
+                         "token ids, e.g. --prompt '3 7 10 3 12'")
+    return torch.tensor(tokenizer(prompt)["input_ids"])
+
+
+def report_from_files(path: str | Path, model: str | Path, mask_files: Sequence[str | Path], prompt: str,
+                      title: str = "modmask-lens report") -> Path:
+    """:func:`write_report` for a Hugging Face model folder and saved mask files (what ``modmask-lens report`` runs).
+
+    Args:
+        path: the HTML file to write.
+        model: a local Hugging Face model folder (booted with ``TransformerBridge.boot_transformers``).
+        mask_files: ``.safetensors`` files written by :func:`~modmask_lens.save_masks` for this model.
+        prompt: space-separated token ids, or text for the model's tokenizer.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(model), device="cpu")
+    mask_sets = [load_masks(file, bridge) for file in mask_files]
+    settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
+    return write_report(path, bridge, {mask_set.name: mask_set for mask_set in mask_sets},
+                        parse_prompt(bridge, prompt), title=title, settings=settings)
+
+
+def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) -> pd.DataFrame:
+    rows = [{"mask": name, "kept": binary.count, "total": binary.total, "kept_fraction": binary.count / binary.total}
+            for name, binary in binaries.items()]
+    summary = pd.DataFrame(rows)
+    if accuracy is None:
+        return summary
+    own = paper_table(accuracy).rename(columns=lambda condition: f"accuracy {condition}")
+    return summary.merge(own, left_on="mask", right_index=True, how="left")
+
+
+def _configuration(binaries: Mapping[str, BinaryMask], mask_sets: Mapping[str, MaskSet],
+                   settings: Mapping[str, object] | None) -> pd.DataFrame:
+    """(scope, setting, value) rows: library versions, the model, each mask's configuration, and ``settings``."""
+    origin = next(iter(binaries.values())).origin
+    rows = [("library", name, number) for name, number in versions().items()]
+    rows += [("model", "adapter", origin.adapter), ("model", "weights", origin.mode)]
+    rows += [("model", key, value) for key, value in origin.model.items()]
+    for name, mask_set in mask_sets.items():
+        rows += [(name, f"mask {key}", json.dumps(value)) for key, value in mask_set.config.to_dict().items()]
+        rows += [(name, f"training {key}", json.dumps(value)) for key, value in mask_set.train_config.items()]
+    rows += [("report", key, str(value)) for key, value in (settings or {}).items()]
+    return pd.DataFrame(rows, columns=["scope", "setting", "value"])
