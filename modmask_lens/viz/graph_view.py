@@ -20,7 +20,7 @@ from modmask_lens.viz.circuit_graph import CircuitGraph, circuit_graph, shared_m
 from modmask_lens.viz.colors import SHARED_COLOR, sequential, subtask_color, text_on
 from modmask_lens.viz.html import TableView, escape, new_view_id, script_json
 from modmask_lens.viz.plots import component_label
-from modmask_lens.viz.svg import SvgView, svg_document, text, tooltip
+from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
 
 STAGE_WIDTH, ROW_HEIGHT, NODE_SIZE, MARGIN = 150, 54, 36, 40
 GRAPH_CSS = """
@@ -102,7 +102,7 @@ _GRAPH_SCRIPT = """
 """
 
 
-def node_positions(nodes: pd.DataFrame) -> dict[str, tuple[float, float]]:
+def node_positions(nodes: pd.DataFrame) -> dict[str, tuple[Pixels, Pixels]]:
     """Centre (x, y) in px of every node: x by stage, heads stacked by index, other nodes centred vertically."""
     n_heads = int(nodes["head"].max()) + 1 if nodes["head"].notna().any() else 1
     middle = MARGIN + 20 + (n_heads - 1) * ROW_HEIGHT / 2
@@ -113,8 +113,8 @@ def node_positions(nodes: pd.DataFrame) -> dict[str, tuple[float, float]]:
     }
 
 
-def _edge_markup(edges: pd.DataFrame, positions: dict[str, tuple[float, float]], color: str, scale: float,
-                 label: str, offset: float = 0.0) -> str:
+def _edge_markup(edges: pd.DataFrame, positions: dict[str, tuple[Pixels, Pixels]], color: str, scale: float,
+                 label: str, offset: Pixels = 0.0) -> str:
     """Curves from writer to reader; width and opacity grow with weight / ``scale``."""
     parts = []
     for edge in edges.sort_values("weight").itertuples():
@@ -131,7 +131,7 @@ def _edge_markup(edges: pd.DataFrame, positions: dict[str, tuple[float, float]],
     return "".join(parts)
 
 
-def _stage_labels(nodes: pd.DataFrame, positions: dict[str, tuple[float, float]]) -> str:
+def _stage_labels(nodes: pd.DataFrame, positions: dict[str, tuple[Pixels, Pixels]]) -> str:
     parts = []
     for stage, group in nodes.groupby("stage"):
         first = group.iloc[0]
@@ -141,7 +141,7 @@ def _stage_labels(nodes: pd.DataFrame, positions: dict[str, tuple[float, float]]
     return "".join(parts)
 
 
-def _node_shape(node: tuple, x: float, y: float, fill: str, dashed: bool) -> str:
+def _node_shape(node: tuple, x: Pixels, y: Pixels, fill: str, dashed: bool) -> str:
     half = NODE_SIZE / 2
     corner = half if node.kind == "head" else 5
     dash = ' stroke-dasharray="3 2"' if dashed else ""
@@ -149,14 +149,14 @@ def _node_shape(node: tuple, x: float, y: float, fill: str, dashed: bool) -> str
             f'height="{NODE_SIZE}" rx="{corner}" fill="{fill}" stroke="#55606b" stroke-width="1.2"{dash}/>')
 
 
-def _node_group(node: tuple, x: float, y: float, inner: str, info: str, extra_class: str = "") -> str:
+def _node_group(node: tuple, x: Pixels, y: Pixels, inner: str, info: str, extra_class: str = "") -> str:
     head = "" if pd.isna(node.head) else f' data-head="{int(node.head)}"'
     layer = "" if pd.isna(node.layer) else f' data-layer="{int(node.layer)}"'
     return (f'<g class="mm-node{extra_class}" data-node="{escape(node.node)}" data-kind="{node.kind}"{layer}{head}>'
             f"{inner}{text(x, y + NODE_SIZE / 2 + 12, node.node, css_class='mm-node-label')}{tooltip(info)}</g>")
 
 
-def _graph_size(positions: dict[str, tuple[float, float]]) -> tuple[float, float]:
+def _graph_size(positions: dict[str, tuple[Pixels, Pixels]]) -> tuple[Pixels, Pixels]:
     return (max(x for x, _ in positions.values()) + NODE_SIZE + MARGIN,
             max(y for _, y in positions.values()) + NODE_SIZE + MARGIN)
 

@@ -14,7 +14,7 @@ from modmask_lens.analysis import paper_table
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.viz.colors import sequential, subtask_color, text_on
 from modmask_lens.viz.html import TableView
-from modmask_lens.viz.svg import SvgView, svg_document, text, tooltip
+from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
 
 _MARGIN_LEFT, _MARGIN_TOP = 48, 30
 
@@ -24,7 +24,7 @@ def component_label(layer: object, role: str) -> str:
     return role if pd.isna(layer) else f"L{int(layer)} {role}"
 
 
-def _legend(names: list[str], x: float, y: float) -> str:
+def _legend(names: list[str], x: Pixels, y: Pixels) -> str:
     items = []
     for index, name in enumerate(names):
         items.append(f'<rect x="{x:.1f}" y="{y + 16 * index - 9:.1f}" width="10" height="10" '
@@ -32,7 +32,7 @@ def _legend(names: list[str], x: float, y: float) -> str:
     return "".join(items)
 
 
-def _y_axis(x: float, top: float, height: float, width: float, label: str) -> str:
+def _y_axis(x: Pixels, top: Pixels, height: Pixels, width: Pixels, label: str) -> str:
     """Gridlines and ticks for values 0..1 over ``height`` px."""
     parts = []
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
@@ -144,7 +144,7 @@ class Histogram(SvgView):
         fractions = {name: count / count.sum() for name, count in counts.items()}
         top_value = max(float(fraction.max()) for fraction in fractions.values())
 
-        def x_of(value: float) -> float:
+        def x_of(value: float) -> Pixels:
             return _MARGIN_LEFT + plot_width * (value - low) / (high - low)
 
         parts = []

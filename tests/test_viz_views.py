@@ -1,0 +1,172 @@
+"""Views: attention patterns through masks, plots, graph views and their offline HTML (no browser needed here)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ElementTree
+
+import pandas as pd
+import pytest
+import torch
+
+from modmask_lens import MaskSet
+from modmask_lens.analysis import pairwise_overlap
+from modmask_lens.viz import (
+    AttentionView,
+    CircuitView,
+    OverlapView,
+    TableView,
+    accuracy_table,
+    attention_patterns,
+    circuit_graph,
+    iou_heatmap,
+    kept_fraction_plot,
+    logit_histogram,
+)
+from modmask_lens.viz.attention_patterns import FULL
+from modmask_lens.viz.html import page_html
+from modmask_lens.viz.report import parse_prompt
+
+SVG_NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xhtml", "http://www.w3.org/1999/xlink",
+                  "http://www.w3.org/XML/1998/namespace", "http://www.w3.org/1998/Math/MathML"}
+
+
+def random_mask_set(bridge, name: str, seed: int) -> MaskSet:
+    """A mask set with standard-normal logits (about half the weights kept), no training needed."""
+    mask_set = MaskSet.for_bridge(bridge, name=name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for logit in mask_set.logits.values():
+            logit.copy_(torch.randn(logit.shape, generator=generator))
+    return mask_set
+
+
+def urls_outside_the_page(html: str) -> set[str]:
+    """Absolute URLs in markup or script that are not XML namespace names (those are never fetched)."""
+    return set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}[^\s\"'<>)]*", html)) - SVG_NAMESPACES
+
+
+@pytest.fixture
+def two_masks(gpt2_bridge):
+    return {name: random_mask_set(gpt2_bridge, name, seed) for seed, name in enumerate(["first", "second"])}
+
+
+def test_all_kept_mask_sees_the_full_models_attention_and_its_inverse_does_not(gpt2_bridge, tokens):
+    all_kept = MaskSet.for_bridge(gpt2_bridge, name="all").binary()  # init logit 2 > 0: every weight kept
+    patterns = attention_patterns(gpt2_bridge, tokens[0], {"all": all_kept})
+    _, cache = gpt2_bridge.run_with_cache(tokens[:1])
+    direct = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(2)])
+    assert list(patterns.patterns) == [FULL, "all", "~all"]
+    torch.testing.assert_close(patterns.patterns[FULL], direct)
+    torch.testing.assert_close(patterns.patterns["all"], direct)
+    assert not torch.allclose(patterns.patterns["~all"], direct)
+    torch.testing.assert_close(patterns.patterns["~all"].sum(-1), torch.ones(2, 4, tokens.shape[1]))
+    assert patterns.tokens == [str(token) for token in tokens[0].tolist()]
+
+
+def test_circuit_view_draws_every_node_and_only_the_strongest_edges(two_masks):
+    graph = circuit_graph(two_masks["first"].binary())
+    svg = CircuitView(graph, max_edges=10).svg()
+    nodes = re.findall(r'class="mm-node[^"]*" data-node="([^"]+)"', svg)
+    assert nodes == ["embed", *[f"L0H{h}" for h in range(4)], "L0MLP", *[f"L1H{h}" for h in range(4)], "L1MLP",
+                     "unembed"]
+    drawn = set(re.findall(r'class="mm-edge" data-source="([^"]+)" data-target="([^"]+)"', svg))
+    strongest = graph.edges.nlargest(10, "weight")
+    assert drawn == set(zip(strongest["source"], strongest["target"]))
+    ElementTree.fromstring(svg)  # well-formed standalone SVG
+
+
+def test_circuit_view_embeds_the_heads_patterns_under_full_mask_and_inverse(gpt2_bridge, two_masks, tokens):
+    binaries = {name: mask.binary() for name, mask in two_masks.items()}
+    patterns = attention_patterns(gpt2_bridge, tokens[0], binaries)
+    html = CircuitView(circuit_graph(binaries["first"]), patterns)._repr_html_()
+    for condition in (FULL, "first", "~first"):
+        assert f'"label":"{condition}"' in html
+    assert '"label":"second"' not in html
+    assert urls_outside_the_page(html) == set()
+
+
+def test_overlap_view_marks_nodes_shared_only_when_masks_share_weights(two_masks):
+    first = two_masks["first"].binary()
+    identical = OverlapView.from_masks({"a": first, "b": first}).svg()
+    disjoint = OverlapView.from_masks({"a": first, "b": ~first}).svg()
+    # every masked node: 8 heads, 2 MLPs and the unembedding (W_E is not masked by default)
+    assert identical.count('class="mm-node mm-shared"') == 11
+    assert disjoint.count("mm-shared") == 0
+    assert identical.count('class="mm-overlap-bar"') == 2 * 12
+
+
+def test_overlap_view_tables_iou_by_layer_and_role(two_masks):
+    binaries = {name: mask.binary() for name, mask in two_masks.items()}
+    view = OverlapView.from_masks(binaries)
+    table = view.iou_table().frame.set_index("component")
+    overlap = pairwise_overlap(binaries, by="layer_role")
+    assert table.loc["L1 W_Q", "first ∩ second"] == pytest.approx(
+        overlap.query("layer == 1 and role == 'W_Q'")["iou"].item())
+    assert "IoU by layer and role" in view.body()
+
+
+def test_kept_fraction_plot_draws_one_bar_per_task_and_tensor(two_masks):
+    kept = pd.concat([mask.binary().kept_fraction(by="layer_role") for mask in two_masks.values()])
+    svg = kept_fraction_plot(kept).svg()
+    assert svg.count('class="mm-bar"') == len(kept)
+    row = kept.iloc[3]
+    assert f"{row.task} · L{row.layer} {row.role}: {row.kept_fraction:.3f}" in svg
+
+
+def test_iou_heatmap_has_a_cell_per_pair_and_component(two_masks):
+    binaries = {name: mask.binary() for name, mask in two_masks.items()}
+    overlap = pairwise_overlap(binaries | {"third": ~binaries["first"]}, by="layer_role")
+    svg = iou_heatmap(overlap).svg()
+    assert svg.count('class="mm-cell"') == len(overlap)
+    assert "first ∩ third · L0 W_Q: 0.00" in svg
+
+
+def test_logit_histogram_has_one_curve_per_mask_counting_every_logit(two_masks):
+    svg = logit_histogram(two_masks).svg()
+    assert svg.count('class="mm-histogram"') == 2
+    total = sum(logit.numel() for logit in two_masks["first"].logits.values())
+    assert f"first: {total} logits" in svg
+
+
+def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
+    accuracy = pd.DataFrame([
+        {"evaluated_on": "a", "mask": "", "condition": "full", "accuracy": 1.0},
+        {"evaluated_on": "a", "mask": "a", "condition": "mask", "accuracy": 0.75},
+        {"evaluated_on": "a", "mask": "a", "condition": "inverse", "accuracy": 0.125},
+    ])
+    table = accuracy_table(accuracy)
+    assert table.frame.to_dict("records") == [{"subtask": "a", "full": 1.0, "mask": 0.75, "inverse": 0.125}]
+    assert "<td" in table.body() and "0.125" in table.body()
+
+
+def test_pages_inline_circuitsvis_once_and_reference_nothing_online(gpt2_bridge, two_masks, tokens, tmp_path):
+    binaries = {name: mask.binary() for name, mask in two_masks.items()}
+    patterns = attention_patterns(gpt2_bridge, tokens[0], binaries)
+    views = [AttentionView(patterns, [FULL, name]) for name in binaries]
+    html = page_html("test", views)
+    assert html.count("var CircuitsVis=") == 1
+    # The bundle mentions URLs in error texts, never loaded (the browser test records every request); what must not
+    # appear is anything that loads: CDN imports, source maps, or elements with src/href.
+    assert "unpkg" not in html and "sourceMappingURL" not in html and not re.search(r"import[^;]*from\s*['\"]http", html)
+    assert not re.search(r"<(?:script|img|link|iframe)[^>]+(?:src|href)=", html)
+    path = AttentionView(patterns).save_html(tmp_path / "attention.html")
+    assert path.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_every_view_renders_in_a_notebook_and_as_a_page(two_masks, tmp_path):
+    first = two_masks["first"].binary()
+    views = [CircuitView(circuit_graph(first)), OverlapView.from_masks({"a": first, "b": ~first}),
+             logit_histogram(two_masks), TableView(pd.DataFrame({"x": [0.5]}), "t", shade=["x"])]
+    for index, view in enumerate(views):
+        assert view.title in view._repr_html_()
+        page = view.save_html(tmp_path / f"view{index}.html").read_text()
+        assert page.startswith("<!DOCTYPE html>") and view.title in page
+    svg_path = views[0].save_svg(tmp_path / "circuit.svg")
+    assert ElementTree.parse(svg_path).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+
+
+def test_prompts_are_token_ids_or_text_for_the_tokenizer(gpt2_bridge):
+    assert parse_prompt(gpt2_bridge, "3 7 10").tolist() == [3, 7, 10]
+    with pytest.raises(ValueError, match="space-separated token ids"):
+        parse_prompt(gpt2_bridge, "hello world")
