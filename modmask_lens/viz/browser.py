@@ -154,7 +154,7 @@ class HeadlessChromium:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def screenshot(self, selector: str | None = None, scale: float = 1.0) -> bytes:
+    def screenshot(self, selector: str | None = None, scale: float | int = 1) -> bytes:
         """PNG bytes of the whole page, or of the first element matching ``selector``."""
         if selector is None:
             box = self.evaluate("({x: 0, y: 0, width: document.documentElement.scrollWidth, "

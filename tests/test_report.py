@@ -1,0 +1,37 @@
+"""The report's content, and the file-based entry point that ``modmask-lens report`` wraps."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from conftest import boot_gpt2
+from modmask_lens import save_masks
+from modmask_lens.viz import report_from_files, write_report
+from modmask_lens.viz.report import versions
+from test_viz_views import random_mask_set
+
+
+def test_report_from_files_reads_a_model_folder_and_mask_files(tmp_path):
+    bridge = boot_gpt2(tmp_path / "model")
+    files = [save_masks(random_mask_set(bridge, name, seed), tmp_path / f"masks-{name}.safetensors")
+             for seed, name in enumerate(["first", "second"])]
+    path = report_from_files(tmp_path / "out" / "report.html", tmp_path / "model", files, "3 7 10 3")
+    html = path.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("var CircuitsVis=") == 1
+    assert {"Circuit of first", "Circuit of second", "Overlap of first, second", "Mask logits",
+            "IoU of masks per layer and role", "Kept fraction per layer and role"} <= set(
+        re.findall(r"<h3>([^<]+)</h3>", html))
+    assert str(files[0]) in html and versions()["transformer-lens"] in html
+
+
+def test_report_of_one_mask_leaves_out_the_overlap_and_records_the_settings(gpt2_bridge, tmp_path):
+    mask = random_mask_set(gpt2_bridge, "only", 0).binary()
+    html = write_report(tmp_path / "report.html", gpt2_bridge, {"only": mask}, torch.tensor([1, 2, 3]),
+                        settings={"command": "modmask-lens demo"}).read_text()
+    headings = re.findall(r"<h3>([^<]+)</h3>", html)
+    assert headings == ["Masks", "Circuit of only", "Attention through only", "Kept fraction per layer and role",
+                        "Model, masks and settings"]
+    assert "modmask-lens demo" in html

@@ -1,0 +1,104 @@
+"""The report in a real browser: headless Chromium with no network opens it, nothing leaves the machine, no console
+error, every view rendered, and a PNG screenshot is saved. Chromium is installed with apt when missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from modmask_lens.demo import FIRST, SECOND, copy_subtask
+from modmask_lens.viz import CircuitView, HeadlessChromium, circuit_graph, write_report
+from modmask_lens.viz.browser import BrowserUnavailable, chromium_path
+from test_viz_views import random_mask_set
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chromium():
+    """Chromium's path, installing the Debian packages first when it is missing (CI starts from a bare machine)."""
+    try:
+        return chromium_path()
+    except BrowserUnavailable:
+        apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "-n", "apt-get"]
+        if shutil.which("apt-get") is None:
+            pytest.fail("Chromium is missing and there is no apt-get; install chromium and set MODMASK_LENS_CHROMIUM")
+        subprocess.run([*apt, "update", "-qq"], check=True)
+        subprocess.run([*apt, "install", "-y", "-qq", "chromium", "chromium-driver"], check=True,
+                       env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"})
+        return chromium_path()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    assert png.startswith(PNG_SIGNATURE)
+    return struct.unpack(">II", png[16:24])
+
+
+def test_network_guard_records_a_page_that_reaches_out(tmp_path):
+    page = tmp_path / "leaky.html"
+    page.write_text('<img src="http://example.com/pixel.png"><script>fetch("https://example.org/x")'
+                    ".catch(() => {});</script>")
+    with HeadlessChromium() as browser:
+        record = browser.open(page)
+    assert set(record.network_requests) == {"http://example.com/pixel.png", "https://example.org/x"}
+    assert record.requests[0] == page.resolve().as_uri()
+
+
+@pytest.fixture
+def report(gpt2_bridge, tmp_path):
+    subtasks = [copy_subtask("copy_first", FIRST, 0), copy_subtask("copy_second", SECOND, 1)]
+    masks = {data.name: random_mask_set(gpt2_bridge, data.name, seed) for seed, data in enumerate(subtasks)}
+    return write_report(tmp_path / "report.html", gpt2_bridge, masks, torch.tensor([3, 7, FIRST, 3]),
+                        data={data.name: data for data in subtasks}, token_labels=["3", "7", "FIRST", "3"])
+
+
+def test_report_renders_offline_with_every_view_and_no_console_error(report, tmp_path):
+    with HeadlessChromium(width=1400) as browser:
+        record = browser.open(report)
+        assert record.network_requests == []
+        assert record.console_errors == []
+        counts = browser.evaluate("""({
+            graphs: document.querySelectorAll('.mm-graph-view').length,
+            nodes: document.querySelectorAll('.mm-graph-view .mm-node').length,
+            edges: document.querySelectorAll('.mm-graph-view .mm-edge').length,
+            attention: [...document.querySelectorAll('.mm-attention')].map(e => e.querySelectorAll('*').length),
+            selectors: [...document.querySelectorAll('.mm-attention')].filter(
+                e => e.innerText.includes('Head Selector')).length,
+            patternCells: document.querySelectorAll('.mm-head-pattern .mm-pattern-cell').length,
+            plots: document.querySelectorAll('.mm-bar, .mm-cell, .mm-histogram').length,
+            tables: document.querySelectorAll('table.mm-table').length,
+        })""")
+        assert counts["graphs"] == 3  # two circuits and the overlap
+        assert counts["nodes"] == 3 * 12 and counts["edges"] > 0
+        assert len(counts["attention"]) == 6 and min(counts["attention"]) > 20  # circuitsvis drew each panel
+        assert counts["selectors"] == 6
+        # Each circuit shows its first head under full model, mask and inverse: 3 patterns of 4 x 4 tokens.
+        assert counts["patternCells"] == 2 * 3 * 16
+        assert counts["plots"] > 0 and counts["tables"] >= 4
+
+        shown = browser.evaluate("""(() => {
+            const view = document.querySelectorAll('.mm-graph-view')[1];
+            view.querySelector('.mm-node[data-node="L1H2"]').dispatchEvent(new MouseEvent('click'));
+            return [view.querySelector('.mm-head-pattern h4').textContent,
+                    view.querySelector('.mm-node.mm-selected').dataset.node];
+        })()""")
+        assert shown == ["Attention of L1H2 on the prompt", "L1H2"]
+        screenshot = browser.screenshot()
+    path = tmp_path / "report.png"
+    path.write_bytes(screenshot)
+    width, height = png_size(path.read_bytes())
+    assert width > 1200 and height > 2000
+
+
+def test_graph_png_export_has_the_svgs_size(gpt2_bridge, tmp_path):
+    view = CircuitView(circuit_graph(random_mask_set(gpt2_bridge, "m", 0).binary()))
+    svg_width, svg_height = map(int, re.match(r'<svg[^>]* width="(\d+)" height="(\d+)"', view.svg()).groups())
+    png = view.save_png(tmp_path / "circuit.png", scale=2).read_bytes()
+    assert png_size(png) == (2 * svg_width, 2 * svg_height)
