@@ -11,6 +11,7 @@ any that would have left the machine.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -79,14 +80,6 @@ class HeadlessChromium:
         self._profile = tempfile.TemporaryDirectory(prefix="modmask-chromium-")
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
-        def place_pipes() -> None:
-            # Chromium reads fd 3 and writes fd 4; move both ends out of the way first so neither overwrites the other.
-            reader, writer = os.dup(to_browser_read) + 100, os.dup(from_browser_write) + 100
-            os.dup2(to_browser_read, reader)
-            os.dup2(from_browser_write, writer)
-            os.dup2(reader, 3)
-            os.dup2(writer, 4)
-
         arguments = [
             chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
             "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
@@ -96,8 +89,17 @@ class HeadlessChromium:
             "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files",
             f"--user-data-dir={self._profile.name}", f"--window-size={self.width},{self.height}", "about:blank",
         ]
+
+        def place_pipes() -> None:
+            # Chromium reads fd 3 and writes fd 4. Copy both ends to fds >= 10 first, so that neither overwrites the
+            # other. (subprocess cannot renumber fds, and /bin/sh redirections stop at fd 9.)
+            reader = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD, 10)
+            writer = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD, 10)
+            os.dup2(reader, 3)
+            os.dup2(writer, 4)
+
         # close_fds=False: the dup2'ed fds 3 and 4 are inheritable; every other fd of ours is not (PEP 446).
-        self._process = subprocess.Popen(arguments, close_fds=False, preexec_fn=place_pipes,
+        self._process = subprocess.Popen(arguments, close_fds=False, preexec_fn=place_pipes,  # noqa: PLW1509
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_read)
         os.close(from_browser_write)
@@ -154,8 +156,8 @@ class HeadlessChromium:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def screenshot(self, selector: str | None = None, scale: float | int = 1) -> bytes:
-        """PNG bytes of the whole page, or of the first element matching ``selector``."""
+    def screenshot(self, selector: str | None = None, scale: float = 1.0, max_height: int | None = None) -> bytes:
+        """PNG bytes of the whole page, or of the first element matching ``selector``, cut at ``max_height`` CSS px."""
         if selector is None:
             box = self.evaluate("({x: 0, y: 0, width: document.documentElement.scrollWidth, "
                                 "height: document.documentElement.scrollHeight})")
@@ -164,6 +166,8 @@ class HeadlessChromium:
                                 ".getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, "
                                 "width: r.width, height: r.height}; })()")
         clip = {key: float(value) for key, value in box.items()} | {"scale": scale}
+        if max_height is not None:
+            clip["height"] = min(clip["height"], float(max_height))
         data = self._call("Page.captureScreenshot", session=True, format="png", clip=clip,
                           captureBeyondViewport=True)["data"]
         return base64.b64decode(data)

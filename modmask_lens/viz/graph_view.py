@@ -22,7 +22,7 @@ from modmask_lens.viz.html import TableView, escape, new_view_id, script_json
 from modmask_lens.viz.plots import component_label
 from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
 
-STAGE_WIDTH, ROW_HEIGHT, NODE_SIZE, MARGIN = 150, 54, 36, 40
+STAGE_WIDTH, ROW_HEIGHT, NODE_SIZE, MARGIN = 150, 64, 36, 40
 GRAPH_CSS = """
 .mm-edge { fill: none; }
 .mm-node-label { font-size: 10px; fill: #55606b; }

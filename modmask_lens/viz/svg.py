@@ -63,7 +63,7 @@ class SvgView(View):
         path.write_text(self.svg(), encoding="utf-8")
         return path
 
-    def save_png(self, path: str | Path, scale: float | int = 2) -> Path:
+    def save_png(self, path: str | Path, scale: float = 2.0) -> Path:
         """Render :meth:`svg` in headless Chromium and write a PNG (``scale`` device pixels per SVG pixel).
 
         Raises:
