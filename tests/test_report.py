@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import torch
-
 from conftest import boot_gpt2
+from test_viz_views import random_mask_set
+
 from modmask_lens import save_masks
 from modmask_lens.viz import report_from_files, write_report
 from modmask_lens.viz.report import versions
-from test_viz_views import random_mask_set
 
 
 def test_report_from_files_reads_a_model_folder_and_mask_files(tmp_path):

@@ -8,15 +8,14 @@ import re
 import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from test_viz_views import random_mask_set
 
 from modmask_lens.demo import FIRST, SECOND, copy_subtask
 from modmask_lens.viz import CircuitView, HeadlessChromium, circuit_graph, write_report
 from modmask_lens.viz.browser import BrowserUnavailable, chromium_path
-from test_viz_views import random_mask_set
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -100,5 +99,5 @@ def test_report_renders_offline_with_every_view_and_no_console_error(report, tmp
 def test_graph_png_export_has_the_svgs_size(gpt2_bridge, tmp_path):
     view = CircuitView(circuit_graph(random_mask_set(gpt2_bridge, "m", 0).binary()))
     svg_width, svg_height = map(int, re.match(r'<svg[^>]* width="(\d+)" height="(\d+)"', view.svg()).groups())
-    png = view.save_png(tmp_path / "circuit.png", scale=2).read_bytes()
+    png = view.save_png(tmp_path / "circuit.png", scale=2.0).read_bytes()
     assert png_size(png) == (2 * svg_width, 2 * svg_height)
