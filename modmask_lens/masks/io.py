@@ -65,6 +65,24 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
     return tensors, metadata
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, Tensor]:
+    """An optimiser's per-parameter state as flat named tensors (``prefix/index/name``), for safetensors."""
+    state = optimizer.state_dict()["state"]
+    return {f"{prefix}/{index}/{name}": value for index, entries in state.items() for name, value in entries.items()}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str) -> None:
+    """Restore what :func:`optimizer_tensors` wrote under ``prefix`` into ``optimizer`` (same parameter order)."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith(prefix + "/"):
+            index, entry = name[len(prefix) + 1:].split("/")
+            state.setdefault(int(index), {})[entry] = tensor
+    saved = optimizer.state_dict()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+
+
 def mask_metadata(masks: MaskSet) -> dict:
     """The JSON header of a mask file."""
     return {

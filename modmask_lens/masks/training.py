@@ -24,7 +24,8 @@ from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.io import mask_metadata, mask_set_from, read_safetensors, write_safetensors_atomically
+from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from, optimizer_tensors, read_safetensors,
+                                   write_safetensors_atomically)
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
 
@@ -213,10 +214,10 @@ class MaskTrainer:
         for index, run in enumerate(self.runs):
             prefix = f"task{index}"
             tensors.update({f"{prefix}/logits/{name}": logit for name, logit in run.masks.logits.items()})
-            tensors.update(_optimizer_tensors(run.optimizer, f"{prefix}/adam"))
+            tensors.update(optimizer_tensors(run.optimizer, f"{prefix}/adam"))
             if run.multipliers is not None:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
-                tensors.update(_optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
+                tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
             tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks)})
         metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
                     "tasks": tasks}
@@ -240,30 +241,13 @@ class MaskTrainer:
             own = {name[len(prefix) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
-            _load_optimizer(run.optimizer, own, "adam")
+            load_optimizer(run.optimizer, own, "adam")
             if run.multipliers is not None:
                 run.multipliers = own["multipliers"].clone().requires_grad_(True)
                 run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
                                                             maximize=True)
-                _load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
+                load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = int(metadata["step"])
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, Tensor]:
-    """An Adam optimiser's per-parameter state as flat named tensors."""
-    state = optimizer.state_dict()["state"]
-    return {f"{prefix}/{index}/{name}": value for index, entries in state.items() for name, value in entries.items()}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, tensor in tensors.items():
-        if name.startswith(prefix + "/"):
-            index, entry = name[len(prefix) + 1:].split("/")
-            state.setdefault(int(index), {})[entry] = tensor
-    saved = optimizer.state_dict()
-    saved["state"] = state
-    optimizer.load_state_dict(saved)
 
 
 def train_masks(

@@ -1,0 +1,27 @@
+"""Gated-module probes: a gate and expert readouts at hook points of a frozen model (Krishnamurthy & Watkins 2021)."""
+
+from modmask_lens.probes.analysis import (ProbeEvaluation, accuracy_by_subtask, error_attribution, evaluate_probe,
+                                          expert_accuracy, expert_ablation, routing_information, routing_table,
+                                          transfer_test)
+from modmask_lens.probes.config import ProbeConfig
+from modmask_lens.probes.data import ProbeData, read_activations
+from modmask_lens.probes.moe import GatedProbe, ProbeOutput
+from modmask_lens.probes.training import ProbeTrainer
+
+__all__ = [
+    "GatedProbe",
+    "ProbeConfig",
+    "ProbeData",
+    "ProbeEvaluation",
+    "ProbeOutput",
+    "ProbeTrainer",
+    "accuracy_by_subtask",
+    "error_attribution",
+    "evaluate_probe",
+    "expert_ablation",
+    "expert_accuracy",
+    "read_activations",
+    "routing_information",
+    "routing_table",
+    "transfer_test",
+]

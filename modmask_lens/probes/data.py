@@ -1,0 +1,89 @@
+"""What a probe reads and predicts: activations of a frozen model at hook points, and a target per example.
+
+Activations are streamed batch by batch with ``run_with_cache(names_filter=...)``: only the probed hooks are cached,
+at the probed position, and nothing else is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData
+
+TARGETS = ("answer", "subtask")
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """Examples for a probe: token ids, the position to read, the target class and the subtask of each example.
+
+    Attributes:
+        input_ids: ``[example, pos]`` right-padded prompts and answers.
+        positions: ``[example]`` the position whose activations are read: the last prompt token (where the model
+            predicts the first answer token).
+        targets: ``[example]`` class ids: the first answer token, or the subtask index.
+        subtasks: ``[example]`` subtask index into ``subtask_names``.
+        subtask_names: the subtasks' names.
+        n_classes: number of target classes (the vocabulary, or the number of subtasks).
+    """
+
+    input_ids: Int[Tensor, "example pos"]
+    positions: Int[Tensor, " example"]
+    targets: Int[Tensor, " example"]
+    subtasks: Int[Tensor, " example"]
+    subtask_names: tuple[str, ...]
+    n_classes: int
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @classmethod
+    def from_subtasks(cls, subtasks: Sequence[SubtaskData], target: str = "answer", vocab_size: int | None = None) -> ProbeData:
+        """Examples of several subtasks, labelled with the subtask they come from.
+
+        Args:
+            subtasks: one :class:`SubtaskData` per subtask.
+            target: ``answer`` (predict the first answer token; needs ``vocab_size``) or ``subtask``.
+            vocab_size: the model's vocabulary size (``bridge.cfg.d_vocab``), for ``answer`` targets.
+        """
+        if target not in TARGETS:
+            raise ValueError(f"target {target!r}: choose one of {TARGETS}")
+        if target == "answer" and vocab_size is None:
+            raise ValueError("answer targets need vocab_size (bridge.cfg.d_vocab)")
+        merged = SubtaskData.concatenate("probe", list(subtasks))
+        scored = merged.labels != IGNORE_INDEX
+        first_answer = scored.int().argmax(dim=1)  # labels[t] is predicted at position t - 1
+        answers = merged.labels.gather(1, first_answer[:, None]).squeeze(1)
+        subtask_index = torch.cat([torch.full((len(part),), index) for index, part in enumerate(subtasks)])
+        return cls(merged.input_ids, first_answer - 1, answers if target == "answer" else subtask_index,
+                   subtask_index, tuple(part.name for part in subtasks),
+                   vocab_size if target == "answer" else len(subtasks))
+
+    def select(self, indices: Int[Tensor, " batch"]) -> ProbeData:
+        """The examples at ``indices``."""
+        return ProbeData(self.input_ids[indices], self.positions[indices], self.targets[indices],
+                         self.subtasks[indices], self.subtask_names, self.n_classes)
+
+
+def read_activations(
+    bridge: nn.Module, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_in"]:
+    """The activations of ``hook_names`` at each example's position, concatenated (no gradient, nothing else kept).
+
+    Raises:
+        KeyError: naming the hook points that do not exist, and some that do.
+    """
+    available = set(bridge.hook_dict)
+    missing = [name for name in hook_names if name not in available]
+    if missing:
+        examples = ", ".join(sorted(name for name in available if name.endswith("hook_resid_post"))[:3])
+        raise KeyError(f"no hook point {missing}; use names such as {examples}")
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names))
+    rows = torch.arange(input_ids.shape[0])
+    return torch.cat([cache[name][rows, positions].reshape(len(rows), -1) for name in hook_names], dim=-1)

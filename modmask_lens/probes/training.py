@@ -1,0 +1,117 @@
+"""Training a gated-module probe on a frozen model's streamed activations (seeded, with progress and checkpoints)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from modmask_lens.masks.io import (load_optimizer, optimizer_tensors, read_safetensors,
+                                   write_safetensors_atomically)
+from modmask_lens.probes.config import ProbeConfig
+from modmask_lens.probes.data import ProbeData, read_activations
+from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss
+
+CHECKPOINT_FORMAT = "modmask-lens/probe-checkpoint"
+CHECKPOINT_FILE = "probe-checkpoint.safetensors"
+
+
+def gate_temperature(config: ProbeConfig, step: int, examples: int) -> float:
+    """The paper's schedule T / (1 + decay * epoch), epochs counted in passes over the training examples."""
+    return config.temperature / (1.0 + config.temperature_decay * step * config.batch_size / examples)
+
+
+class ProbeTrainer:
+    """Fits a :class:`GatedProbe` reading ``hook_names`` of a frozen bridge.
+
+    Args:
+        bridge: the model (only read, under ``torch.no_grad``).
+        hook_names: TransformerLens hook points whose activations at each example's position are concatenated.
+        data: training examples.
+        config: probe settings.
+        checkpoint_dir: checkpoint every ``config.checkpoint_every`` steps; a rerun resumes.
+        progress: show a progress bar with loss and accuracy.
+        frozen_gate: a trained probe whose gate is copied and frozen, with fresh experts (the paper's transfer test).
+
+    Example:
+        >>> trainer = ProbeTrainer(bridge, ["blocks.1.hook_resid_post"], data, ProbeConfig(steps=500))  # doctest: +SKIP
+        >>> probe = trainer.train()                                                                     # doctest: +SKIP
+    """
+
+    def __init__(self, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData, config: ProbeConfig = ProbeConfig(),
+                 checkpoint_dir: str | Path | None = None, progress: bool = True, frozen_gate: GatedProbe | None = None):
+        if len(data) < 2:
+            raise ValueError(f"a probe needs at least 2 examples, got {len(data)}")
+        self.bridge, self.hook_names, self.data, self.config = bridge, list(hook_names), data, config
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = progress
+        d_in = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1]).shape[1]
+        torch.manual_seed(config.seed)
+        self.probe = GatedProbe(d_in, data.n_classes, config)
+        if frozen_gate is not None:
+            self.probe.gate.load_state_dict(frozen_gate.gate.state_dict())
+            self.probe.gate.requires_grad_(False)
+        trainable = [parameter for parameter in self.probe.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.RMSprop(trainable, lr=config.lr, momentum=0.9)
+        self.step = 0
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+            self._resume()
+
+    def train(self) -> GatedProbe:
+        """Train to ``config.steps`` and return the probe (in eval mode)."""
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="probe", unit="step")
+        self.probe.train()
+        while self.step < config.steps:
+            loss, accuracy = self._train_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3g}", acc=f"{accuracy:.2f}")
+            if self.checkpoint_dir is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+                self.save_checkpoint()
+        bar.close()
+        return self.probe.eval()
+
+    def _train_step(self) -> tuple[float, float]:
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.step)
+        batch = self.data.select(torch.randint(len(self.data), (config.batch_size,), generator=generator))
+        activations = read_activations(self.bridge, self.hook_names, batch.input_ids, batch.positions)
+        temperature = gate_temperature(config, self.step, len(self.data))
+        output = self.probe(activations, temperature=1.0 if config.two_temperatures else temperature)
+        expert_gate = self.probe(activations, temperature=temperature).gate if config.two_temperatures else None
+        loss = probe_loss(self.probe, output, batch.targets, expert_gate)
+        if config.regulariser == "importance":
+            loss = loss + config.regulariser_weight * importance_cv2(output.gate)
+        elif config.regulariser == "ideal_gate":
+            loss = loss + config.regulariser_weight * ideal_gate_loss(output, batch.targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"probe loss became {float(loss)} at step {self.step}; lower lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        accuracy = (output.log_probs.argmax(dim=1) == batch.targets).float().mean()
+        return float(loss), float(accuracy)
+
+    def save_checkpoint(self) -> Path:
+        """Write the probe, the optimiser state and the step atomically."""
+        tensors = {f"probe/{name}": value for name, value in self.probe.state_dict().items()}
+        tensors |= optimizer_tensors(self.optimizer, "rmsprop")
+        metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
+                    "hook_names": self.hook_names}
+        path = self.checkpoint_dir / CHECKPOINT_FILE
+        write_safetensors_atomically(path, tensors, metadata)
+        return path
+
+    def _resume(self) -> None:
+        path = self.checkpoint_dir / CHECKPOINT_FILE
+        tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+        if metadata["config"] != self.config.to_dict() or metadata["hook_names"] != self.hook_names:
+            raise ValueError(f"{path} was written for other settings or hooks; use a fresh checkpoint directory")
+        self.probe.load_state_dict({name[len("probe/"):]: value for name, value in tensors.items()
+                                    if name.startswith("probe/")})
+        load_optimizer(self.optimizer, tensors, "rmsprop")
+        self.step = int(metadata["step"])

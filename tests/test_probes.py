@@ -1,0 +1,155 @@
+"""Gated-module probes: losses and analyses against hand-computed values, and probes trained on a real model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modmask_lens.demo import FIRST, SECOND, build_model, copy_subtask
+from modmask_lens.probes import (GatedProbe, ProbeConfig, ProbeData, ProbeEvaluation, ProbeTrainer, error_attribution,
+                                 evaluate_probe, expert_ablation, expert_accuracy, read_activations, routing_information,
+                                 routing_table, transfer_test)
+from modmask_lens.probes.moe import importance_cv2, probe_loss
+from modmask_lens.probes.training import CHECKPOINT_FILE
+
+HOOKS = ["blocks.1.hook_resid_post"]
+
+
+def hand_probe(kind: str) -> tuple[GatedProbe, torch.Tensor, torch.Tensor]:
+    """A 2-expert linear probe on 3 features and 3 classes with fixed weights."""
+    probe = GatedProbe(3, 3, ProbeConfig(n_experts=2, gate=kind))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return probe, torch.randn(4, 3, generator=generator), torch.tensor([0, 2, 1, 2])
+
+
+def test_expectation_loss_is_the_mixture_nll():
+    probe, x, y = hand_probe("expectation")
+    output = probe(x)
+    gate = torch.softmax(probe.gate(x), dim=1)
+    experts = torch.stack([torch.softmax(expert(x), dim=1) for expert in probe.experts], dim=1)
+    expected = -torch.log((gate[:, :, None] * experts).sum(1)[torch.arange(4), y] + 1e-7).mean()
+    torch.testing.assert_close(probe_loss(probe, output, y), expected)
+
+
+def test_pre_softmax_and_stochastic_losses_follow_their_formulas():
+    probe, x, y = hand_probe("pre_softmax")
+    gate = torch.softmax(probe.gate(x), dim=1)
+    logits = torch.stack([expert(x) for expert in probe.experts], dim=1)
+    expected = torch.nn.functional.cross_entropy((gate[:, :, None] * logits).sum(1), y)
+    torch.testing.assert_close(probe_loss(probe, probe(x), y), expected)
+    probe, x, y = hand_probe("stochastic")
+    gate = torch.softmax(probe.gate(x), dim=1)
+    nll = -torch.stack([torch.log_softmax(expert(x), 1)[torch.arange(4), y] for expert in probe.experts], dim=1)
+    expected = -torch.log((gate * torch.exp(-0.5 * nll)).sum(1)).mean()
+    torch.testing.assert_close(probe_loss(probe, probe(x), y), expected)
+
+
+def test_importance_cv2_by_hand():
+    gate = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]])  # importance [2.5, 0.5]: mean 1.5, variance 1.0
+    torch.testing.assert_close(importance_cv2(gate), torch.tensor(1.0 / 1.5**2))
+
+
+def test_a_gate_forced_to_one_expert_routes_everything_there():
+    probe, x, y = hand_probe("expectation")
+    with torch.no_grad():
+        probe.gate.weight.zero_()
+        probe.gate.bias.copy_(torch.tensor([-30.0, 30.0]))
+    output = probe(x)
+    assert torch.equal(output.gate.argmax(1), torch.ones(4, dtype=torch.long))
+    assert torch.equal(output.log_probs.argmax(1), probe.experts[1](x).argmax(1))
+    evaluation = ProbeEvaluation(output.gate, output.expert_logits.argmax(-1) == y[:, None],
+                                 output.log_probs.argmax(-1) == y, torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    table = routing_table(evaluation)
+    assert table[table.expert == 0]["count"].sum() == 0 and table[table.expert == 1]["count"].sum() == 4
+    information = routing_information(evaluation).iloc[0]
+    assert information.mutual_information == pytest.approx(0.0) and information.expert_entropy == pytest.approx(0.0)
+    assert information.usage_entropy == pytest.approx(0.0, abs=1e-6) and information.subtask_entropy == pytest.approx(1.0)
+
+
+def test_routing_that_follows_the_subtasks_carries_one_bit():
+    gate = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    evaluation = ProbeEvaluation(gate, torch.ones(4, 2, dtype=torch.bool), torch.ones(4, dtype=torch.bool),
+                                 torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    information = routing_information(evaluation).iloc[0]
+    assert information.mutual_information == pytest.approx(1.0)
+    per_sample = [-(p * math.log2(p) + (1 - p) * math.log2(1 - p)) for p in (0.9, 0.8, 0.7, 0.9)]
+    assert information.mean_gate_entropy == pytest.approx(sum(per_sample) / 4)
+    mass = routing_table(evaluation).set_index(["subtask", "expert"]).gate_mass
+    assert mass[("a", 0)] == pytest.approx(1.7) and mass[("b", 1)] == pytest.approx(1.6)
+
+
+def test_error_attribution_and_expert_accuracy_on_a_hand_built_case():
+    # Expert 0 is always right. Examples: right; mixing error; gate error (chosen 1 wrong, 0 right); expert error.
+    gate = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    expert_correct = torch.tensor([[True, False], [True, False], [True, False], [False, False]])
+    correct = torch.tensor([True, False, False, False])
+    evaluation = ProbeEvaluation(gate, expert_correct, correct, torch.zeros(4, dtype=torch.long), ("all",))
+    row = error_attribution(evaluation).iloc[0]
+    assert (row.mixing_errors, row.gate_errors, row.expert_errors, row.errors) == (1, 1, 1, 3)
+    assert row.accuracy == 0.25 and row.ideal_gate_accuracy == 0.75 and row.gap == 0.5
+    accuracy = expert_accuracy(evaluation).set_index("expert")
+    assert accuracy.loc[0, "accuracy_all"] == 0.75 and accuracy.loc[0, "own_examples"] == 3
+    assert accuracy.loc[1, "accuracy_own"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def copy_model_and_data(tmp_path_factory):
+    bridge = build_model(tmp_path_factory.mktemp("probe"), steps=300)
+    subtasks = [copy_subtask("copy_first", FIRST, 0), copy_subtask("copy_second", SECOND, 1)]
+    return bridge, subtasks
+
+
+def test_probe_reads_the_answer_from_the_residual_stream(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    data = ProbeData.from_subtasks(subtasks, target="answer", vocab_size=bridge.cfg.d_vocab)
+    assert torch.equal(data.positions, torch.full((200,), 2))
+    assert torch.equal(data.targets[:100], subtasks[0].input_ids[:, 0])  # copy_first answers the first token
+    probe = ProbeTrainer(bridge, HOOKS, data, ProbeConfig(n_experts=2, steps=300, batch_size=32, lr=1e-2),
+                         progress=False).train()
+    evaluation = evaluate_probe(probe, bridge, HOOKS, data)
+    assert evaluation.correct.float().mean() > 0.9
+    assert set(expert_ablation(probe, bridge, HOOKS, data).removed_expert) == {-1, 0, 1}
+
+
+def test_subtask_probe_and_transfer_test(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=200, batch_size=16, lr=1e-2)
+    probe = ProbeTrainer(bridge, HOOKS, data, config, progress=False).train()
+    assert evaluate_probe(probe, bridge, HOOKS, data).correct.float().mean() >= 0.95
+    transfer = transfer_test(probe, bridge, HOOKS, data, data).set_index("variant")
+    assert set(transfer.index) == {"original", "frozen_gate_fresh_experts", "fresh_probe"}
+    assert transfer.loc["original", "accuracy"] >= 0.95 and transfer.accuracy.between(0, 1).all()
+
+
+def test_interrupted_probe_training_resumes_identically(copy_model_and_data, tmp_path, monkeypatch):
+    bridge, subtasks = copy_model_and_data
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=6, batch_size=8, checkpoint_every=2, gate="top1", regulariser="ideal_gate")
+    straight = ProbeTrainer(bridge, HOOKS, data, config, progress=False).train()
+    original_step = ProbeTrainer._train_step
+
+    def crash_at_three(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(ProbeTrainer, "_train_step", crash_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        ProbeTrainer(bridge, HOOKS, data, config, checkpoint_dir=tmp_path, progress=False).train()
+    monkeypatch.setattr(ProbeTrainer, "_train_step", original_step)
+    resumed = ProbeTrainer(bridge, HOOKS, data, config, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.step == 2 and (tmp_path / CHECKPOINT_FILE).exists()
+    for (name, value), other in zip(straight.state_dict().items(), resumed.train().state_dict().values()):
+        assert torch.equal(value, other), name
+
+
+def test_unknown_hook_names_are_refused(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    with pytest.raises(KeyError, match="no hook point"):
+        read_activations(bridge, ["blocks.9.hook_resid_post"], subtasks[0].input_ids[:2], torch.tensor([2, 2]))
