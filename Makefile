@@ -28,7 +28,12 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/modmask-lens demo --out demo-output
 
+# The report's browser test needs Debian's headless Chromium (installed once, from the Debian registry).
+CHROMIUM_PACKAGES := chromium chromium-driver
+
 test: install-dev
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq $(CHROMIUM_PACKAGES)) \
+		|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq $(CHROMIUM_PACKAGES))
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 bench: install

@@ -22,9 +22,13 @@ from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
+from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, circuit_graph, write_report
 
 __all__ = [
     "Adapter",
+    "AttentionView",
+    "CircuitView",
+    "OverlapView",
     "BinaryMask",
     "MaskConfig",
     "MaskFileError",
@@ -37,6 +41,8 @@ __all__ = [
     "TrainConfig",
     "UnsupportedArchitecture",
     "adapter_for",
+    "attention_patterns",
+    "circuit_graph",
     "export_masked_model",
     "load_masks",
     "masked",
@@ -44,4 +50,5 @@ __all__ = [
     "save_masks",
     "score_answers",
     "train_masks",
+    "write_report",
 ]

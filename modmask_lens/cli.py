@@ -29,7 +29,25 @@ def demo(
 
     summary = run_demo(out, mask_steps=mask_steps)
     typer.echo(summary.read_text())
-    typer.echo(f"Summary written to {summary}")
+    typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
+
+
+@app.command()
+def report(
+    model: Path = typer.Option(..., help="local Hugging Face model folder the masks were trained on"),
+    masks: list[Path] = typer.Option(..., "--masks", help="mask file (.safetensors); repeat for several subtasks"),
+    prompt: str = typer.Option(..., help="space-separated token ids, or text for the model's tokenizer"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
+    title: str = typer.Option("modmask-lens report", help="page title"),
+):
+    """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
+
+    Example: modmask-lens report --model demo-output/model --masks demo-output/masks-copy_first.safetensors
+    --masks demo-output/masks-copy_second.safetensors --prompt "3 7 10 3 12" --out report.html
+    """
+    from modmask_lens.viz import report_from_files
+
+    typer.echo(f"Report written to {report_from_files(out, model, masks, prompt, title=title)}")
 
 
 zoo_app = typer.Typer(help="The shipped zoo of small trained transformers.", no_args_is_help=True)

@@ -3,8 +3,8 @@
 Until the shipped zoo lands, the demo builds its model: a 2-layer GPT-2 trained here (seconds on one core) on two
 subtasks that share a format but need different attention, ``copy_first`` (``a b FIRST -> a``) and ``copy_second``
 (``a b SECOND -> b``). It then trains one mask set per subtask on the frozen model, saves them as safetensors, and
-writes a summary: kept fraction per layer and role, weights shared by the two masks, and the accuracy of the full
-model, of each mask and of its inverse.
+writes a summary (kept fraction per layer and role, weights shared by the two masks, the accuracy of the full model,
+of each mask and of its inverse) and an offline HTML report with the circuits, their overlap and attention patterns.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from modmask_lens.masks.config import TrainConfig
 from modmask_lens.masks.data import SubtaskData, score_answers
 from modmask_lens.masks.io import save_masks
 from modmask_lens.masks.training import MaskTrainer
+from modmask_lens.viz import write_report
 
 DIGITS, FIRST, SECOND, EOS = 10, 10, 11, 12
 
@@ -100,6 +101,9 @@ def run_demo(output: Path, mask_steps: int = 300, progress: bool = True) -> Path
         "accuracy": rows,
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(output / "report.html", bridge, mask_sets, torch.tensor([3, 7, FIRST, 3, EOS]),
+                 data={data.name: data for data in subtasks}, token_labels=["3", "7", "FIRST", "3", "EOS"],
+                 title="modmask-lens demo report", settings={"mask_steps": mask_steps})
     path = output / "summary.md"
     path.write_text(
         "# modmask-lens demo\n\n"

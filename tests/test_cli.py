@@ -34,6 +34,6 @@ def test_split_is_refused_for_tasks_other_than_scan():
 
 
 def test_every_command_has_help_with_an_example():
-    for command in (["demo"], ["data"], ["zoo", "list"], ["zoo", "train"]):
+    for command in (["demo"], ["data"], ["report"], ["zoo", "list"], ["zoo", "train"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Example: modmask-lens" in result.output, command

@@ -19,3 +19,5 @@ def test_demo_writes_masks_that_load_onto_its_model_and_a_summary(tmp_path):
     bridge = TransformerBridge.boot_transformers(str(tmp_path / "model"), device="cpu")
     masks = load_masks(tmp_path / "masks-copy_first.safetensors", bridge)
     assert masks.train_config["steps"] == 30
+    report = (tmp_path / "report.html").read_text()
+    assert "<svg" in report and "copy_second" in report and 'src="http' not in report
