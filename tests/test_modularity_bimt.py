@@ -1,0 +1,141 @@
+"""BIMT: swaps keep the function, swap costs equal brute-force recomputation, the optimiser state moves too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modmask_lens.adapters import model_shape
+from modmask_lens.modularity import bridge_graph
+from modmask_lens.modularity.bimt import BimtConfig, train_bimt
+from modmask_lens.modularity.bridge_graph import UnsupportedForModularity, unit_graph_of
+from modmask_lens.modularity.connection_cost import ConnectionCost, ConnectionCostConfig
+from modmask_lens.modularity.mlp import BimtMLP
+from modmask_lens.modularity.swaps import relocate_units, swap_cost_changes
+from modmask_lens.modularity.unit_graph import UnitGraph, permute_units
+
+
+def _swap(graph: UnitGraph, axis_name: str, first: int, second: int, optimizer=None) -> None:
+    axis = graph.axis(axis_name)
+    order = torch.arange(axis.n_units)
+    order[[first, second]] = torch.tensor([second, first])
+    permute_units(axis, order, optimizer)
+
+
+def _mlps() -> list[BimtMLP]:
+    return [BimtMLP((4, 6, 5, 3), seed=0), BimtMLP((5, 7, 11), vocab_size=11, n_tokens=2, seed=1)]
+
+
+def _inputs(mlp: BimtMLP) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    if mlp.embedding is not None:
+        return torch.randint(0, mlp.embedding.num_embeddings, (8, mlp.n_tokens), generator=generator)
+    return torch.randn(8, mlp.widths[0], generator=generator)
+
+
+@pytest.mark.parametrize("mlp", _mlps(), ids=["features", "embedded_tokens"])
+def test_every_swap_of_every_mlp_axis_keeps_the_function(mlp):
+    inputs = _inputs(mlp)
+    expected = mlp(inputs).detach()
+    graph = mlp.unit_graph()
+    for axis in graph.axes:
+        for first in range(axis.n_units):
+            _swap(graph, axis.name, first, (first * 3 + 1) % axis.n_units)
+            torch.testing.assert_close(mlp(inputs), expected, rtol=0, atol=1e-5)
+
+
+def test_every_axis_permutation_of_a_bridge_keeps_the_logits(any_bridge, tokens):
+    any_bridge.eval()
+    with torch.no_grad():
+        expected = any_bridge(tokens)
+    graph = unit_graph_of(any_bridge)
+    generator = torch.Generator().manual_seed(0)
+    for axis in graph.axes:
+        permute_units(axis, torch.randperm(axis.n_units, generator=generator))
+        with torch.no_grad():
+            torch.testing.assert_close(any_bridge(tokens), expected, rtol=0, atol=1e-4)
+    assert [axis.kind for axis in graph.axes[:3]] == ["resid", "head_group", "neuron"]
+    assert graph.axis("blocks.0.attn").n_units == model_shape(any_bridge).n_kv_heads
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_vectorised_swap_cost_equals_brute_force_recomputation(any_bridge, reduction):
+    graph = unit_graph_of(any_bridge.to(torch.float64))  # so the brute-force difference of totals is exact enough
+    cost = ConnectionCost(graph, ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction=reduction))
+    for axis in graph.axes:
+        changes = swap_cost_changes(cost.slot_costs(axis), 0)
+        for other in (1, axis.n_units - 1):
+            with torch.no_grad():
+                before = cost()
+                _swap(graph, axis.name, 0, other)
+                after = cost()
+                _swap(graph, axis.name, 0, other)
+            assert changes[other].item() == pytest.approx((after - before).item(), rel=1e-5, abs=1e-9)
+        assert changes[0].item() == 0
+
+
+def test_vectorised_swap_cost_handles_folded_embedding_inputs():
+    mlp = BimtMLP((5, 7, 11), vocab_size=11, n_tokens=2, seed=1).double()
+    graph = mlp.unit_graph()
+    cost = ConnectionCost(graph)
+    for axis in graph.axes:
+        changes = swap_cost_changes(cost.slot_costs(axis), 1)
+        with torch.no_grad():
+            before = cost()
+            _swap(graph, axis.name, 1, 3)
+            after = cost()
+        assert changes[3].item() == pytest.approx((after - before).item(), rel=1e-5, abs=1e-9)
+
+
+def test_optimiser_moments_are_permuted_with_the_weights():
+    mlp = BimtMLP((4, 6, 3), seed=0)
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=1e-2, weight_decay=0.0)
+    mlp(torch.randn(5, 4)).pow(2).mean().backward()
+    optimizer.step()
+    hidden_in, hidden_out = mlp.linears[0].weight, mlp.linears[1].weight
+    moments_before = {name: (optimizer.state[hidden_in][name].clone(), optimizer.state[hidden_out][name].clone())
+                      for name in ("exp_avg", "exp_avg_sq")}
+    _swap(mlp.unit_graph(), "hidden.0", 1, 4, optimizer)
+    for name, (incoming, outgoing) in moments_before.items():
+        torch.testing.assert_close(optimizer.state[hidden_in][name][[4, 1]], incoming[[1, 4]])
+        torch.testing.assert_close(optimizer.state[hidden_out][name][:, [4, 1]], outgoing[:, [1, 4]])
+        torch.testing.assert_close(optimizer.state[hidden_in][name][0], incoming[0])
+
+
+def test_swap_pass_lowers_the_cost_and_keeps_the_function(any_bridge, tokens):
+    any_bridge.eval()
+    with torch.no_grad():
+        expected = any_bridge(tokens)
+    graph = unit_graph_of(any_bridge)
+    cost = ConnectionCost(graph, ConnectionCostConfig(weight_factor=2.0, reduction="mean"))
+    with torch.no_grad():
+        before = cost().item()
+    assert relocate_units(graph, cost, top_k=8) > 0
+    with torch.no_grad():
+        assert cost().item() < before
+        torch.testing.assert_close(any_bridge(tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_lambda_schedule_multiplies_at_the_given_fractions():
+    config = BimtConfig(steps=100)
+    assert [config.lambda_at(step) for step in (0, 24, 25, 74, 75, 99)] == pytest.approx(
+        [1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-3])
+
+
+def test_train_bimt_fits_and_swaps_on_a_tiny_regression():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(64, 2, generator=generator) * 2 - 1
+    targets = inputs[:, :1] ** 2
+    mlp = BimtMLP((2, 8, 1), seed=0)
+    history = train_bimt(mlp, lambda: ((mlp(inputs) - targets) ** 2).mean(),
+                         BimtConfig(steps=300, swap_every=50, log_every=50))
+    assert list(history.columns) == ["step", "task_loss", "connection_cost", "lambda", "swaps"]
+    assert history["task_loss"].iloc[-1] < history["task_loss"].iloc[0] / 3
+    assert history["swaps"].sum() > 0
+
+
+def test_bridge_with_a_tensor_of_unknown_role_is_refused(gpt2_bridge, monkeypatch):
+    monkeypatch.setattr(bridge_graph, "_RESIDUAL_VECTORS",
+                        tuple(role for role in bridge_graph._RESIDUAL_VECTORS if role != "ln1.w"))
+    with pytest.raises(UnsupportedForModularity, match="ln1.w"):
+        unit_graph_of(gpt2_bridge)

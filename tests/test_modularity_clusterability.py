@@ -1,0 +1,112 @@
+"""Clusterability metric, co-clustering and loss: hand-computed values, the 1/k baseline, and any bridge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modmask_lens.modularity.bridge_graph import unit_graph_of
+from modmask_lens.modularity.clusterability import (
+    block_labels,
+    cluster_units,
+    clusterability,
+    matrix_clusterability,
+)
+from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
+from modmask_lens.modularity.coclustering import kmeans, spectral_cocluster
+from modmask_lens.modularity.mlp import BimtMLP
+
+
+def test_matrix_clusterability_matches_hand_computed_share_of_squared_weight():
+    matrix = torch.tensor([[1.0, 2.0, 0.0],
+                           [0.0, 3.0, 1.0]])
+    out_labels = torch.tensor([0, 1])
+    in_labels = torch.tensor([0, 1, -1])  # the last input belongs to no cluster
+    # inside: W[0,0]^2 (cluster 0) + W[1,1]^2 (cluster 1) = 1 + 9; total 1 + 4 + 9 + 1 = 15
+    assert matrix_clusterability(matrix, out_labels, in_labels, 2).item() == pytest.approx(10 / 15)
+
+
+def test_block_labels_are_contiguous_and_leave_the_remainder_unclustered():
+    assert block_labels(7, 3).tolist() == [0, 0, 1, 1, 2, 2, -1]
+    assert block_labels(2, 4).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_random_weights_in_equal_blocks_give_one_over_k(k):
+    matrix = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
+    value = matrix_clusterability(matrix, block_labels(512, k), block_labels(256, k), k)
+    assert value.item() == pytest.approx(1 / k, rel=0.05)
+
+
+def _block_diagonal(k: int, size: int, noise: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    matrix = torch.block_diag(*[torch.rand(size, size, generator=generator) + 1 for _ in range(k)])
+    return matrix + noise * torch.rand(matrix.shape, generator=generator)
+
+
+def test_spectral_cocluster_pairs_row_and_column_clusters_of_a_shuffled_block_matrix():
+    k, size = 3, 6
+    matrix = _block_diagonal(k, size, noise=0.05)
+    generator = torch.Generator().manual_seed(1)
+    row_order, column_order = torch.randperm(k * size, generator=generator), torch.randperm(k * size, generator=generator)
+    rows, columns = spectral_cocluster(matrix[row_order][:, column_order], k)
+    true_rows, true_columns = row_order // size, column_order // size
+    for cluster in range(k):  # each found row cluster is one true block, paired with that block's columns
+        blocks = set(true_rows[rows == cluster].tolist())
+        assert len(blocks) == 1
+        assert set(true_columns[columns == cluster].tolist()) == blocks
+
+
+def test_kmeans_separates_two_distant_groups_deterministically():
+    points = torch.cat([torch.zeros(5, 2), torch.full((4, 2), 10.0)])
+    labels = kmeans(points, 2, seed=3)
+    assert len(set(labels[:5].tolist())) == 1 and len(set(labels[5:].tolist())) == 1
+    assert labels[0] != labels[-1]
+    assert torch.equal(labels, kmeans(points, 2, seed=3))
+
+
+def test_spectral_clusters_of_a_modular_mlp_find_its_modules():
+    mlp = BimtMLP((4, 8, 4), seed=0)
+    with torch.no_grad():  # two modules: inputs/hidden/outputs 0-1 / 0-3 / 0-1 and the rest
+        for linear in mlp.linears:
+            mask = torch.zeros_like(linear.weight)
+            half_out, half_in = linear.out_features // 2, linear.in_features // 2
+            mask[:half_out, :half_in] = mask[half_out:, half_in:] = 1
+            linear.weight.mul_(mask).add_(mask)
+    frame = clusterability(mlp, n_clusters=[2], methods=["spectral"], baseline=False)
+    assert frame["clusterability"].tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_clusterability_frame_on_a_bridge_has_every_mlp_matrix_and_baselines(any_bridge):
+    frame = clusterability(any_bridge, n_clusters=[2, 4], methods=["blocks", "spectral"])
+    n_layers = any_bridge.cfg.n_layers
+    roles_per_layer = 3 if any_bridge.cfg.gated_mlp else 2
+    assert len(frame) == 2 * 2 * n_layers * roles_per_layer
+    assert set(frame["role"]) <= {"W_in", "W_gate", "W_out"}
+    blocks = frame[frame["method"] == "blocks"]
+    for k in (2, 4):  # i.i.d. weights in equal blocks: about 1/k
+        assert blocks[blocks["k"] == k]["chance"].tolist() == pytest.approx([1 / k] * (len(blocks) // 2))
+        assert blocks[blocks["k"] == k]["random"].mean() == pytest.approx(1 / k, rel=0.15)
+    assert frame["clusterability"].between(0, 1).all()
+
+
+def test_heads_add_attention_matrices_with_whole_head_groups(any_bridge):
+    graph = unit_graph_of(any_bridge)
+    clusters = cluster_units(graph, 2, "spectral", heads=True)
+    n_groups = graph.axis("blocks.0.attn").n_units
+    assert clusters.labels["blocks.0.attn"].shape == (n_groups,)
+    frame = clusterability(graph, n_clusters=[2], methods=["spectral"], heads=True, baseline=False)
+    assert {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"} <= set(frame["role"])
+
+
+def test_clusterability_loss_rewards_weight_inside_the_fixed_clusters():
+    mlp = BimtMLP((8, 8, 8), seed=0)
+    regulariser = ClusterabilityLoss(mlp, ClusterabilityConfig(n_clusters=2))
+    before = regulariser.mean_clusterability().item()
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimizer.zero_grad()
+        regulariser.penalty().backward()
+        optimizer.step()
+    assert regulariser.mean_clusterability().item() > before + 0.3
+    assert regulariser.penalty().item() == pytest.approx(-20 * regulariser.mean_clusterability().item())
