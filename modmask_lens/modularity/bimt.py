@@ -56,6 +56,10 @@ class BimtConfig:
         return strength
 
 
+SYMBOLIC = BimtConfig()
+"""BIMT's symbolic-formula settings (the defaults): sum cost, A = 1, l0 = 0.1, lambda 1e-3 (x10 at 1/4, x0.1 at 3/4),
+lr 2e-3, top_k 5, biases charged from 3/4 of training."""
+
 MODULAR_ADDITION = BimtConfig(learning_rate=1e-3, lambda_initial=0.1, top_k=30, penalize_biases_from=0.0,
                               cost=ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction="mean"))
 """BIMT's modular addition (p = 59) settings: mean cost, A = 2, l0 = 0.5, lambda 0.1 (x10 at 1/4, x0.1 at 3/4),
@@ -63,7 +67,7 @@ lr 1e-3, top_k 30 (BIMT code). Biases are charged throughout (the reference char
 last quarter; its modular-addition setting is not recorded in the spec)."""
 
 
-def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], config: BimtConfig = BimtConfig(),
+def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], config: BimtConfig = SYMBOLIC,
                graph: UnitGraph | None = None,
                callback: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Train ``model`` with BIMT: AdamW on ``task_loss() + lambda * connection cost``, a swap pass every
