@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -11,6 +12,10 @@ from modmask_lens.demo import FIRST, SECOND, build_model, copy_subtask
 from modmask_lens.probes import (GatedProbe, ProbeConfig, ProbeData, ProbeEvaluation, ProbeTrainer, error_attribution,
                                  evaluate_probe, expert_ablation, expert_accuracy, read_activations, routing_information,
                                  routing_table, transfer_test)
+from modmask_lens import TrainConfig, train_masks
+from modmask_lens.analysis import unit_importance
+from modmask_lens.probes.component_gate import (ComponentGateConfig, compare_with_masks, component_usage, gated_logits,
+                                                train_component_gate)
 from modmask_lens.probes.moe import importance_cv2, probe_loss
 from modmask_lens.probes.training import CHECKPOINT_FILE
 
@@ -153,3 +158,33 @@ def test_unknown_hook_names_are_refused(copy_model_and_data):
     bridge, subtasks = copy_model_and_data
     with pytest.raises(KeyError, match="no hook point"):
         read_activations(bridge, ["blocks.9.hook_resid_post"], subtasks[0].input_ids[:2], torch.tensor([2, 2]))
+
+
+def test_a_closed_head_gate_equals_zeroing_its_hook_z(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    input_ids = subtasks[0].input_ids[:4]
+    gates = torch.ones(4, bridge.cfg.n_layers, bridge.cfg.n_heads + 1)
+    gates[:, 1, 2] = 0.0  # layer 1, head 2
+    gates[:, 0, -1] = 0.0  # layer 0's MLP
+
+    def zero_head(z, hook):
+        z[:, :, 2] = 0.0
+        return z
+
+    expected = bridge.run_with_hooks(input_ids, fwd_hooks=[("blocks.1.attn.hook_z", zero_head),
+                                                           ("blocks.0.hook_mlp_out", lambda out, hook: out * 0.0)])
+    torch.testing.assert_close(gated_logits(bridge, gates, input_ids), expected, rtol=0, atol=1e-5)
+
+
+def test_component_gate_trains_keeps_accuracy_and_compares_with_masks(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    gate = train_component_gate(bridge, subtasks, ComponentGateConfig(steps=80, sparsity=0.1), progress=False)
+    assert all(parameter.grad is None for parameter in bridge.parameters())
+    usage = component_usage(gate, bridge, subtasks)
+    assert len(usage) == 2 * bridge.cfg.n_layers * (bridge.cfg.n_heads + 1) and usage.mean_gate.between(0, 1).all()
+    assert usage.mean_gate.mean() < 0.9  # the sparsity penalty closes some gates
+    masks = train_masks(bridge, subtasks, train_config=TrainConfig(steps=20, batch_size=32, lr=0.05), progress=False)
+    importance = pd.concat([unit_importance(mask.binary(), "head") for mask in masks.values()])
+    comparison = compare_with_masks(usage, importance)
+    assert len(comparison) == 2 * bridge.cfg.n_layers * bridge.cfg.n_heads
+    assert comparison.spearman.dropna().between(-1, 1).all()

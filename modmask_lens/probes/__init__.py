@@ -3,12 +3,16 @@
 from modmask_lens.probes.analysis import (ProbeEvaluation, accuracy_by_subtask, error_attribution, evaluate_probe,
                                           expert_accuracy, expert_ablation, routing_information, routing_table,
                                           transfer_test)
+from modmask_lens.probes.component_gate import (ComponentGate, ComponentGateConfig, compare_with_masks, component_usage,
+                                                gated_logits, train_component_gate)
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ProbeOutput
 from modmask_lens.probes.training import ProbeTrainer
 
 __all__ = [
+    "ComponentGate",
+    "ComponentGateConfig",
     "GatedProbe",
     "ProbeConfig",
     "ProbeData",
@@ -16,12 +20,16 @@ __all__ = [
     "ProbeOutput",
     "ProbeTrainer",
     "accuracy_by_subtask",
+    "compare_with_masks",
+    "component_usage",
     "error_attribution",
     "evaluate_probe",
     "expert_ablation",
     "expert_accuracy",
+    "gated_logits",
     "read_activations",
     "routing_information",
     "routing_table",
+    "train_component_gate",
     "transfer_test",
 ]

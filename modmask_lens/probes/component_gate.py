@@ -1,0 +1,128 @@
+"""A component gate: per-example gates on the model's own heads and MLPs, from the residual stream at the input.
+
+A small network reads ``blocks.0.hook_resid_pre`` at the example's last prompt position and outputs one sigmoid gate
+per attention head (scaling ``blocks.{l}.attn.hook_z[:, :, h]``) and per MLP (scaling ``blocks.{l}.hook_mlp_out``),
+applied through hooks on the frozen model. Trained on the answer loss plus a sparsity penalty on the mean gate, it
+shows which of the model's components each subtask is routed through; :func:`compare_with_masks` sets that against
+the weight masks of the same subtasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.probes.data import ProbeData, read_activations
+
+INPUT_HOOK = "blocks.0.hook_resid_pre"
+
+
+@dataclass(frozen=True)
+class ComponentGateConfig:
+    """Training of a component gate. ``sparsity`` weighs the mean gate (an L1 penalty, as the gates are >= 0)."""
+
+    hidden: int = 64
+    sparsity: float = 0.05
+    lr: float = 1e-2
+    steps: int = 300
+    batch_size: int = 32
+    seed: int = 0
+
+
+class ComponentGate(nn.Module):
+    """Residual stream at the input -> gates ``[batch, n_layers, n_heads + 1]`` (heads, then the layer's MLP)."""
+
+    def __init__(self, d_model: int, n_layers: int, n_heads: int, hidden: int = 64):
+        super().__init__()
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.network = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, n_layers * (n_heads + 1)))
+
+    def forward(self, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch n_layers n_gates"]:
+        return self.network(residual).sigmoid().view(-1, self.n_layers, self.n_heads + 1)
+
+
+def gated_logits(bridge: nn.Module, gates: Float[Tensor, "batch n_layers n_gates"],
+                 input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+    """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate.
+
+    The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
+    """
+    def scale_heads(layer: int):
+        def hook(z, hook):
+            return z * gates[:, layer, :-1, None][:, None]  # z: [batch, pos, head, d_head]
+        return hook
+
+    def scale_mlp(layer: int):
+        def hook(mlp_out, hook):
+            return mlp_out * gates[:, layer, -1][:, None, None]  # mlp_out: [batch, pos, d_model]
+        return hook
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", scale_heads(layer)) for layer in range(gates.shape[1])]
+    hooks += [(f"blocks.{layer}.hook_mlp_out", scale_mlp(layer)) for layer in range(gates.shape[1])]
+    return masked_call(bridge, {}, bridge.run_with_hooks, input_ids, fwd_hooks=hooks)
+
+
+def train_component_gate(bridge: nn.Module, subtasks: Sequence[SubtaskData],
+                         config: ComponentGateConfig = ComponentGateConfig(), progress: bool = True) -> ComponentGate:
+    """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty."""
+    merged = SubtaskData.concatenate("all", list(subtasks))
+    positions = ProbeData.from_subtasks(subtasks, target="subtask").positions
+    torch.manual_seed(config.seed)
+    gate = ComponentGate(bridge.cfg.d_model, bridge.cfg.n_layers, bridge.cfg.n_heads, config.hidden)
+    optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
+    for step in tqdm(range(config.steps), disable=not progress, desc="component gate", unit="step"):
+        indices = torch.randint(len(merged), (config.batch_size,), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step))
+        input_ids, labels = merged.batch(indices)
+        gates = gate(read_activations(bridge, [INPUT_HOOK], input_ids, positions[indices]))
+        score = score_answers(gated_logits(bridge, gates, input_ids), labels)
+        loss = score.loss_sum / score.n_tokens + config.sparsity * gates.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return gate.eval()
+
+
+def component_usage(gate: ComponentGate, bridge: nn.Module, subtasks: Sequence[SubtaskData]) -> pd.DataFrame:
+    """Mean gate of every head and MLP per subtask.
+
+    Returns:
+        Columns ``subtask``, ``layer``, ``component`` (``head`` or ``mlp``), ``head`` (-1 for the MLP), ``mean_gate``.
+    """
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    with torch.no_grad():
+        gates = gate(read_activations(bridge, [INPUT_HOOK], data.input_ids, data.positions))
+    rows = []
+    for index, name in enumerate(data.subtask_names):
+        mean = gates[data.subtasks == index].mean(dim=0)
+        for layer in range(gate.n_layers):
+            rows += [{"subtask": name, "layer": layer, "component": "head", "head": head,
+                      "mean_gate": float(mean[layer, head])} for head in range(gate.n_heads)]
+            rows.append({"subtask": name, "layer": layer, "component": "mlp", "head": -1,
+                         "mean_gate": float(mean[layer, -1])})
+    return pd.DataFrame(rows)
+
+
+def compare_with_masks(usage: pd.DataFrame, head_importance: pd.DataFrame) -> pd.DataFrame:
+    """Per subtask: each head's mean gate beside its kept fraction under the subtask's weight mask, and their
+    Spearman rank correlation (column ``spearman``, the same on every row of a subtask).
+
+    Args:
+        usage: :func:`component_usage`.
+        head_importance: :func:`modmask_lens.analysis.unit_importance` of each subtask's mask, concatenated
+            (its ``task`` column names the subtask).
+    """
+    heads = usage[usage.component == "head"][["subtask", "layer", "head", "mean_gate"]]
+    masks = head_importance.rename(columns={"task": "subtask"})[["subtask", "layer", "head", "kept_fraction"]]
+    masks = masks.astype({"layer": int, "head": int})
+    table = heads.merge(masks, on=["subtask", "layer", "head"], how="inner")
+    correlation = table.groupby("subtask")[["mean_gate", "kept_fraction"]].apply(
+        lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank()))
+    return table.assign(spearman=table["subtask"].map(correlation))
