@@ -139,3 +139,17 @@ def test_bridge_with_a_tensor_of_unknown_role_is_refused(gpt2_bridge, monkeypatc
                         tuple(role for role in bridge_graph._RESIDUAL_VECTORS if role != "ln1.w"))
     with pytest.raises(UnsupportedForModularity, match="ln1.w"):
         unit_graph_of(gpt2_bridge)
+
+
+def test_train_bimt_on_a_bridge_swaps_heads_neurons_and_the_residual(gpt2_bridge, tokens):
+    gpt2_bridge.eval()  # no dropout: the loss is a deterministic function of the weights
+
+    def next_token_loss() -> torch.Tensor:
+        logits = gpt2_bridge(tokens)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+    before = next_token_loss().item()
+    history = train_bimt(gpt2_bridge, next_token_loss, BimtConfig(steps=6, swap_every=3, log_every=1, top_k=4,
+                                                                  cost=ConnectionCostConfig(reduction="mean")))
+    assert history["swaps"].sum() > 0
+    assert next_token_loss().item() < before
