@@ -94,7 +94,7 @@ class ProbeTrainer:
         loss.backward()
         self.optimizer.step()
         accuracy = (output.log_probs.argmax(dim=1) == batch.targets).float().mean()
-        return float(loss), float(accuracy)
+        return float(loss.detach()), float(accuracy)
 
     def save_checkpoint(self) -> Path:
         """Write the probe, the optimiser state and the step atomically."""
