@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 import typer
 
@@ -48,6 +49,69 @@ def report(
     from modmask_lens.viz import report_from_files
 
     typer.echo(f"Report written to {report_from_files(out, model, masks, prompt, title=title)}")
+
+
+masks_app = typer.Typer(help="Train weight masks for subtasks of a model.", no_args_is_help=True)
+app.add_typer(masks_app, name="masks")
+
+
+@masks_app.command("train")
+def masks_train(
+    model: str = typer.Option(..., help="zoo model name, local Hugging Face folder, or hub id (online only)"),
+    task: list[str] = typer.Option(..., "--task", help="TASK, TASK/SUBTASK or a .jsonl file; repeat for several"),
+    out: Path = typer.Option(Path("masks-output"), help="folder for the masks and the resumable checkpoint"),
+    steps: int = typer.Option(2000, help="steps per subtask"),
+    batch_size: int = typer.Option(128, help="examples per step"),
+    beta: float = typer.Option(1e-4, help="weight of the logit-sum regulariser (Csordás: 1e-4)"),
+    lr: float = typer.Option(1e-2, help="Adam learning rate of the logits (Csordás: 1e-2)"),
+    granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
+    seed: int = typer.Option(0, help="seed of data order and mask noise"),
+):
+    """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
+
+    Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
+    """
+    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.masks.config import MaskConfig, TrainConfig
+    from modmask_lens.masks.io import save_masks
+    from modmask_lens.masks.training import train_masks
+
+    bridge, tokenizer = load_bridge(model)
+    subtasks = [load_subtask(spec, tokenizer) for spec in task]
+    train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed)
+    masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints")
+    for name, mask in masks.items():
+        binary = mask.binary()
+        path = save_masks(mask, out / f"masks-{name}.safetensors")
+        typer.echo(f"{name}: keeps {binary.count:,} of {binary.total:,} weights -> {path}")
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option(..., help="the model the masks were trained on (zoo name or local folder)"),
+    masks: list[Path] = typer.Option(..., "--masks", help="mask file; repeat for several subtasks"),
+    out: Path = typer.Option(Path("analysis"), help="folder for the CSV tables"),
+    by: str = typer.Option("layer_role", help="grouping: all, tensor, layer, role, layer_role, head, neuron"),
+):
+    """Write tidy CSV tables for saved masks: kept fractions, pairwise IoU / IoMin, shared fractions, head ranking.
+
+    Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors --masks masks/masks-scan-walk.safetensors
+    """
+    from modmask_lens.analysis import pairwise_overlap, shared_fraction, unit_importance
+    from modmask_lens.loading import load_bridge
+    from modmask_lens.masks.io import load_masks
+
+    bridge, _ = load_bridge(model)
+    binaries = {mask.name: mask.binary() for mask in (load_masks(path, bridge) for path in masks)}
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"kept_fraction": pd.concat([binary.kept_fraction(by=by) for binary in binaries.values()])}
+    if len(binaries) > 1:
+        tables |= {"overlap": pairwise_overlap(binaries, by=by), "shared": shared_fraction(binaries, by=by)}
+    if bridge.cfg.n_heads and any(spec.unit == "head" for binary in binaries.values() for spec in binary.specs):
+        tables["head_importance"] = pd.concat([unit_importance(binary, "head") for binary in binaries.values()])
+    for name, table in tables.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+        typer.echo(f"wrote {out / f'{name}.csv'} ({len(table)} rows)")
 
 
 zoo_app = typer.Typer(help="The shipped zoo of small trained transformers.", no_args_is_help=True)
