@@ -35,8 +35,9 @@ def reproduce_independence(config: BimtConfig = SYMBOLIC, seed: int = 0, relativ
 
     Returns:
         The model; a result with ``test_mse``, ``train_mse`` and ``modules`` (per connected component of weights
-        ``>= relative_threshold`` of their matrix's largest: its input features, output formulas and hidden units);
-        the training history.
+        ``>= relative_threshold`` of their matrix's largest: its input features, output formulas, number of hidden
+        units, and the slots it occupies on each axis, which show whether BIMT placed it in one region); the training
+        history.
     """
     data = independence_data(seed=seed)
     mlp = BimtMLP((4, 20, 20, 2), seed=seed)
@@ -53,6 +54,7 @@ def reproduce_independence(config: BimtConfig = SYMBOLIC, seed: int = 0, relativ
             "inputs": sorted(f"x{int(mlp.input_order[slot]) + 1}" for slot in slots.get("input", [])),
             "outputs": sorted(INDEPENDENCE_OUTPUTS[int(mlp.output_order[slot])] for slot in slots.get("output", [])),
             "hidden_units": sum(len(value) for axis, value in slots.items() if axis.startswith("hidden")),
+            "slots": {axis: sorted(value) for axis, value in slots.items()},
         })
     result = {"task": "independence", "seed": seed, "steps": config.steps, "test_mse": test_mse,
               "train_mse": train_mse, "relative_threshold": relative_threshold, "modules": modules,
