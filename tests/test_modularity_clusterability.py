@@ -73,12 +73,12 @@ def test_spectral_clusters_of_a_modular_mlp_find_its_modules():
             half_out, half_in = linear.out_features // 2, linear.in_features // 2
             mask[:half_out, :half_in] = mask[half_out:, half_in:] = 1
             linear.weight.mul_(mask).add_(mask)
-    frame = clusterability(mlp, n_clusters=[2], methods=["spectral"], baseline=False)
+    frame = clusterability(mlp, k=2, methods=["spectral"], baseline=False)
     assert frame["clusterability"].tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_clusterability_frame_on_a_bridge_has_every_mlp_matrix_and_baselines(any_bridge):
-    frame = clusterability(any_bridge, n_clusters=[2, 4], methods=["blocks", "spectral"])
+    frame = clusterability(any_bridge, k=[2, 4], methods=["blocks", "spectral"])
     n_layers = any_bridge.cfg.n_layers
     roles_per_layer = 3 if any_bridge.cfg.gated_mlp else 2
     assert len(frame) == 2 * 2 * n_layers * roles_per_layer
@@ -95,7 +95,7 @@ def test_heads_add_attention_matrices_with_whole_head_groups(any_bridge):
     clusters = cluster_units(graph, 2, "spectral", heads=True)
     n_groups = graph.axis("blocks.0.attn").n_units
     assert clusters.labels["blocks.0.attn"].shape == (n_groups,)
-    frame = clusterability(graph, n_clusters=[2], methods=["spectral"], heads=True, baseline=False)
+    frame = clusterability(graph, k=2, methods=["spectral"], heads=True, baseline=False)
     assert {"W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"} <= set(frame["role"])
 
 

@@ -8,7 +8,7 @@
 
 Example:
     >>> from modmask_lens.modularity import clusterability                       # doctest: +SKIP
-    >>> clusterability(bridge, n_clusters=[4]).groupby(["method", "role"])["clusterability"].mean()  # doctest: +SKIP
+    >>> clusterability(bridge, k=4).groupby(["method", "role"])["clusterability"].mean()  # doctest: +SKIP
 """
 
 from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig, train_bimt

@@ -184,7 +184,7 @@ def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
                                        clusters.entry_labels(edge.in_axis, matrix.shape[1]), clusters.n_clusters))
 
 
-def clusterability(model: nn.Module | UnitGraph, n_clusters: Iterable[int] = range(2, 21),
+def clusterability(model: nn.Module | UnitGraph, k: int | Iterable[int] = range(2, 21),
                    methods: Iterable[ClusterMethod] = ("blocks", "spectral"), heads: bool = False,
                    baseline: bool = True, seed: int = 0) -> pd.DataFrame:
     """Clusterability of every clustered matrix of a model, per layer and role, for several k and both methods.
@@ -192,7 +192,7 @@ def clusterability(model: nn.Module | UnitGraph, n_clusters: Iterable[int] = ran
     Args:
         model: a TransformerBridge (any family with an adapter), a :class:`~modmask_lens.modularity.BimtMLP`, or a
             unit graph.
-        n_clusters: the values of k.
+        k: the number of clusters, or several (the paper measures 2 to 20).
         methods: ``blocks`` and/or ``spectral`` (see the module docstring).
         heads: also assign whole head groups to clusters and measure ``W_Q``, ``W_K``, ``W_V``, ``W_O``.
         baseline: add ``random``: the same measurement (clusters recomputed the same way) on i.i.d. normal weights of
@@ -205,11 +205,11 @@ def clusterability(model: nn.Module | UnitGraph, n_clusters: Iterable[int] = ran
         ``baseline``.
 
     Example:
-        >>> frame = clusterability(bridge, n_clusters=[4], methods=["spectral"])          # doctest: +SKIP
+        >>> frame = clusterability(bridge, k=4, methods=["spectral"])                      # doctest: +SKIP
         >>> frame.groupby("role")["clusterability"].mean()                                # doctest: +SKIP
     """
     graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
-    n_clusters = list(n_clusters)
+    n_clusters = [k] if isinstance(k, int) else list(k)
     measured = _measure(graph, n_clusters, methods, heads, seed)
     if baseline:
         random = _measure(graph.with_random_weights(seed), n_clusters, methods, heads, seed)
