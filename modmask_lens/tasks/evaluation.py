@@ -95,11 +95,10 @@ def greedy_correct(
     correct = []
     for start in range(0, len(examples), batch_size):
         batch = examples.select(slice(start, start + batch_size))
-        completion_lengths = _completion_mask(batch).sum(dim=1)
-        generated = greedy_complete(model, batch, max_new_tokens=int(completion_lengths.max()))
-        width = min(generated.shape[1], batch.input_ids.shape[1])
-        mask = _completion_mask(batch)[:, :width]
-        correct.append(((generated[:, :width] == batch.input_ids[:, :width]) | ~mask).all(dim=1))
+        completion = _completion_mask(batch)
+        generated = greedy_complete(model, batch, max_new_tokens=int(completion.sum(dim=1).max()))
+        width = batch.input_ids.shape[1]  # generated rows are at least this wide: longest prompt + completion
+        correct.append(((generated[:, :width] == batch.input_ids) | ~completion).all(dim=1))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
