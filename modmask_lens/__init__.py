@@ -22,13 +22,16 @@ from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
+from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
 from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, circuit_graph, write_report
 
 __all__ = [
     "Adapter",
     "AttentionView",
     "CircuitView",
+    "ClusterabilityLoss",
     "OverlapView",
+    "BimtMLP",
     "BinaryMask",
     "MaskConfig",
     "MaskFileError",
@@ -43,12 +46,14 @@ __all__ = [
     "adapter_for",
     "attention_patterns",
     "circuit_graph",
+    "clusterability",
     "export_masked_model",
     "load_masks",
     "masked",
     "masked_call",
     "save_masks",
     "score_answers",
+    "train_bimt",
     "train_masks",
     "write_report",
 ]
