@@ -52,3 +52,19 @@ def test_gqa_native_key_value_tensors_are_kv_head_units():
     specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
     assert specs["blocks.0.attn.k.weight"].unit == "kv_head" and specs["blocks.0.attn.k.weight"].shape == (16, 32)
     assert specs["blocks.0.mlp.gate.weight"].role == "W_gate" and specs["blocks.0.mlp.gate.weight"].unit == "neuron"
+
+
+def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monkeypatch):
+    from modmask_lens.adapters import Adapter, register_adapter
+    from modmask_lens.adapters import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED", {})
+
+    @register_adapter
+    class MyGpt2(type(adapter_for(gpt2_bridge))):
+        name = "my_gpt2"
+
+    assert adapter_for(gpt2_bridge).name == "my_gpt2" and "my_gpt2" in registry.installed_adapters()
+    with pytest.raises(TypeError, match="not a subclass|Type-check"):  # beartype checks it first in tests
+        register_adapter(dict)
+    assert issubclass(MyGpt2, Adapter)

@@ -2,7 +2,8 @@
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
 from modmask_lens.adapters.generic import GenericAdapter
-from modmask_lens.adapters.registry import UnsupportedArchitecture, adapter_for, installed_adapters, unsupported
+from modmask_lens.adapters.registry import (UnsupportedArchitecture, adapter_for, installed_adapters, register_adapter,
+                                            unsupported)
 
 __all__ = [
     "Adapter",
@@ -13,5 +14,6 @@ __all__ = [
     "adapter_for",
     "installed_adapters",
     "model_shape",
+    "register_adapter",
     "unsupported",
 ]

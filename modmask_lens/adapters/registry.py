@@ -19,13 +19,27 @@ ENTRY_POINT_GROUP = "modmask_lens.adapters"
 _BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, LlamaAdapter, GptNeoXAdapter, BertAdapter, NativeAdapter)
 
 
+_REGISTERED: dict[str, type[Adapter]] = {}
+
+
 class UnsupportedArchitecture(LookupError):
     """No installed adapter handles a model's architecture (for what was asked of it)."""
 
 
+def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
+    """Use ``adapter`` in this process without packaging it (e.g. while writing it in a notebook); it takes
+    precedence over installed adapters for its architectures. Usable as a class decorator."""
+    if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
+        raise TypeError(f"{adapter!r} is not a subclass of modmask_lens.adapters.Adapter")
+    _REGISTERED[adapter.name] = adapter
+    return adapter
+
+
 def installed_adapters() -> dict[str, type[Adapter]]:
-    """Adapters by name: the built-in ones, then entry points (an entry point may not shadow a built-in name)."""
-    adapters = {adapter.name: adapter for adapter in _BUILT_IN}
+    """Adapters by name: registered in this process, built in, then entry points (later ones never shadow a name)."""
+    adapters = dict(_REGISTERED)
+    for adapter in _BUILT_IN:
+        adapters.setdefault(adapter.name, adapter)
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         adapter = entry_point.load()
         if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
