@@ -78,11 +78,10 @@ RECIPES: dict[str, Recipe] = {
     "double-add": Recipe(
         name="double-add",
         task="double_add",
-        # A Llama 2L d128 (4 query / 2 key-value heads) sat at chance loss for 1,000 steps on this task; GPT-2 learns it.
+        # At lr 1e-3 and batch 256 both a Llama and a GPT-2 2L d128 sat at chance loss for 500-1,000 steps here;
+        # this run uses the spec's defaults (lr 2e-3, batch 128), under which add/sub on fresh problems learns.
         architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
-        steps=2500,
-        batch_size=256,
-        learning_rate=1e-3,
+        steps=4000,
     ),
 }
 
