@@ -188,3 +188,15 @@ def test_component_gate_trains_keeps_accuracy_and_compares_with_masks(copy_model
     comparison = compare_with_masks(usage, importance)
     assert len(comparison) == 2 * bridge.cfg.n_layers * bridge.cfg.n_heads
     assert comparison.spearman.dropna().between(-1, 1).all()
+
+
+def test_routing_heatmap_shows_each_subtasks_share_per_expert():
+    from modmask_lens.viz import routing_heatmap
+
+    gate = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    evaluation = ProbeEvaluation(gate, torch.ones(4, 2, dtype=torch.bool), torch.ones(4, dtype=torch.bool),
+                                 torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    view = routing_heatmap(routing_table(evaluation))
+    assert view.values.loc["a"].tolist() == [1.0, 0.0] and view.values.loc["b"].tolist() == [0.5, 0.5]
+    html = view._repr_html_()
+    assert "<svg" in html and "expert 1" in html and "http" not in html.split("xmlns")[0]

@@ -13,7 +13,7 @@ from modmask_lens.viz.browser import BrowserUnavailable, HeadlessChromium
 from modmask_lens.viz.circuit_graph import CircuitGraph, circuit_graph, shared_mask
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import TableView, View
-from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram
+from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram, routing_heatmap
 from modmask_lens.viz.report import report_from_files, write_report
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "iou_heatmap",
     "kept_fraction_plot",
     "logit_histogram",
+    "routing_heatmap",
     "report_from_files",
     "shared_mask",
     "write_report",

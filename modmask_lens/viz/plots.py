@@ -202,6 +202,20 @@ def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
                    "– where neither keeps anything.")
 
 
+def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
+    """Share of each subtask's examples that a gated-module probe's gate routes to each expert.
+
+    Args:
+        routing: ``probes.routing_table(evaluation)`` (columns ``subtask``, ``expert``, ``count``).
+    """
+    counts = routing.pivot_table(index="subtask", columns="expert", values="count", sort=False)
+    shares = counts.div(counts.sum(axis=1).where(counts.sum(axis=1) > 0), axis=0)
+    shares.columns = [f"expert {expert}" for expert in shares.columns]
+    return Heatmap(shares, "Routing of subtasks to experts",
+                   "Share of each subtask's examples whose argmax gate picks each expert (Krishnamurthy & Watkins "
+                   "2021); a decomposition that follows the subtasks puts one dark cell in each row.")
+
+
 def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
     """Distribution of the mask logits of each mask set; weights right of 0 are kept by the binary readout."""
     samples = {name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
