@@ -1,0 +1,8 @@
+"""Offline tasks: generators (SCAN, arithmetic, DeepMind-style math), tokenizers, the text format, evaluation.
+
+- ``scan``, ``arithmetic``, ``deepmind_math``: each task as a ``datasets.DatasetDict`` (``question`` / ``answer``
+  columns plus subtask columns), deterministic for a seed.
+- ``vocabulary``: word- and character-level tokenizers; ``encoding``: ``question SEP answer EOS`` tensors.
+- ``evaluation``: exact match by greedy decoding or teacher forcing, per subtask; ``views``: subtask views.
+- ``catalog``: the named tasks the zoo models are trained on; ``custom``: a user's own (prompt, completion) pairs.
+"""
