@@ -9,6 +9,8 @@ results); they are not tuned toward the paper's numbers.
   and addprim_turn_left; accuracy on every split's test set (the paper's Fig. 4a) and the share of each output
   token's unembedding row that the jump mask removes (Fig. 4b).
 * ``addmul``: masks for addition and multiplication; sizes, IoU per layer and role, and the inverse-mask table.
+* ``double_add``: masks for each pair of the double addition, scored on its own output slot.
+* ``math``: masks per math module (sharing matrix), and a control mask against an easy-only mask on harder questions.
 * ``scan_probe``: a gated-module probe (Krishnamurthy & Watkins 2021) on the SCAN model's last residual stream:
   routing of the primitives to experts, mutual information, error attribution.
 """
@@ -98,6 +100,64 @@ def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int 
                             {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit})
 
 
+def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
+    """Double addition (the paper's +/+): masks for pair 1 and pair 2, each scored on its own output slot only; do
+    the two pairs use separate weights (low IoU in the blocks) and does removing one pair's mask spare the other?"""
+    from modmask_lens import zoo
+    from modmask_lens.tasks.encoding import encode_pairs, restrict_labels
+
+    model = zoo.load("double-add")
+    data = model.task.build(0)
+    slots = {"pair1": (0, 1), "pair2": (3, 4)}  # completion "ss,tt": characters 0-1 and 3-4
+
+    def pair_subtasks(split, limit: int | None) -> dict[str, SubtaskData]:
+        rows = split if limit is None or len(split) <= limit else split.shuffle(seed=0).select(range(limit))
+        examples = encode_pairs(model.tokenizer, rows["question"], rows["answer"])
+        subtasks = {}
+        for name, offsets in slots.items():
+            scored = restrict_labels(examples, offsets)
+            subtasks[name] = SubtaskData(name, scored.input_ids, scored.labels)
+        return subtasks
+
+    training = pair_subtasks(data["train"], None)
+    control = _subtask("control", data["train"], model.tokenizer)
+    masks = train_masks(model.bridge, [control, *training.values()], MaskConfig(), train_config, progress=False)
+    binaries = {name: mask.binary() for name, mask in masks.items()}
+    accuracy = mask_accuracy(model.bridge, {name: binaries[name] for name in slots}, pair_subtasks(data["test"], eval_limit))
+    table = accuracy.pivot_table(index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+    overlap = pairwise_overlap({name: binaries[name] for name in slots}, by="layer_role")
+    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
+    return ExperimentResult("double addition", {"mask sizes": sizes, "accuracy per output slot": table,
+                                                "IoU of the pair masks per layer and role": overlap},
+                            {"train": train_config.to_dict(), "eval_examples": eval_limit})
+
+
+def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000) -> ExperimentResult:
+    """Math modules: how much the modules' masks share (pairwise IoU over all weights), and the paper's DM-math test:
+    a control mask (all training difficulties) against a mask trained on ``train_easy`` only, both evaluated on the
+    interpolate and the harder extrapolate questions."""
+    from modmask_lens import zoo
+
+    model = zoo.load("math")
+    data = model.task.build(0)
+    modules = sorted(set(data["train"]["module"]))
+    training = [_subtask(name, subtask_view(data["train"], "module", name), model.tokenizer) for name in modules]
+    control = _subtask("control", data["train"], model.tokenizer)
+    easy = _subtask("easy_only", data["train_easy"], model.tokenizer)
+    masks = train_masks(model.bridge, [control, easy, *training], MaskConfig(), train_config, progress=False)
+    binaries = {name: mask.binary() for name, mask in masks.items()}
+    sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
+    matrix = sharing.pivot(index="task_a", columns="task_b", values="iou").reset_index()
+    evaluation = {split: _subtask(split, data[split], model.tokenizer, eval_limit) for split in ("interpolate", "extrapolate")}
+    accuracy = mask_accuracy(model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation)
+    difficulty = accuracy[accuracy.condition != "inverse"].pivot_table(
+        index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
+    return ExperimentResult("math modules", {"mask sizes": sizes, "IoU between the modules' masks": matrix,
+                                             "control vs easy-only mask": difficulty},
+                            {"train": train_config.to_dict(), "eval_examples": eval_limit, "modules": modules})
+
+
 def scan_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000,
                           probe_steps: int = 1500) -> ExperimentResult:
     """Gated-module probe on the zoo ``scan`` model: does the gate split the SCAN primitives, and whose are the
@@ -131,8 +191,10 @@ def scan_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
                              "test_examples": len(test)})
 
 
-EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {"scan": scan_experiment, "addmul": addmul_experiment,
-                                                           "scan_probe": scan_probe_experiment}
+EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
+    "scan": scan_experiment, "addmul": addmul_experiment, "double_add": double_add_experiment, "math": math_experiment,
+    "scan_probe": scan_probe_experiment,
+}
 
 
 def run(names: list[str], train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> list[ExperimentResult]:
