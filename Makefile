@@ -34,6 +34,7 @@ CHROMIUM_PACKAGES := chromium chromium-driver
 test: install-dev
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq $(CHROMIUM_PACKAGES)) \
 		|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq $(CHROMIUM_PACKAGES))
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 bench: install
