@@ -2,18 +2,52 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pandas as pd
 import torch
 import typer
 
-app = typer.Typer(help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
-                       "TransformerLens 4.x bridges.", no_args_is_help=True, add_completion=False)
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FloatingPointError, OSError)
+"""What bad input raises (ModelMismatch, MaskFileError, UnsupportedArchitecture, NonFiniteLoss, a missing file, an
+unknown hook name ...): reported as one ``error: ...`` line and exit code 1; anything else is a bug and keeps its
+traceback."""
+
+
+class _Typer(typer.Typer):
+    """A Typer whose commands report :data:`KNOWN_ERRORS` as one line (a traceback with ``--debug``)."""
+
+    def command(self, *args, **kwargs) -> Callable:
+        register = super().command(*args, **kwargs)
+        return lambda function: register(_reporting_known_errors(function))
+
+
+def _reporting_known_errors(function: Callable) -> Callable:
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KNOWN_ERRORS as error:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            # KeyError's str() is the repr of its message; print the message itself
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1) from error
+
+    return run
+
+
+app = _Typer(help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
+                  "TransformerLens 4.x bridges.", no_args_is_help=True, add_completion=False)
 
 
 @app.callback()
-def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")):
+def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
+                 debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
     torch.set_num_threads(threads)
 
 
@@ -51,7 +85,7 @@ def report(
     typer.echo(f"Report written to {report_from_files(out, model, masks, prompt, title=title)}")
 
 
-masks_app = typer.Typer(help="Train weight masks for subtasks of a model.", no_args_is_help=True)
+masks_app = _Typer(help="Train weight masks for subtasks of a model.", no_args_is_help=True)
 app.add_typer(masks_app, name="masks")
 
 
@@ -114,7 +148,7 @@ def analyze(
         typer.echo(f"wrote {out / f'{name}.csv'} ({len(table)} rows)")
 
 
-zoo_app = typer.Typer(help="The shipped zoo of small trained transformers.", no_args_is_help=True)
+zoo_app = _Typer(help="The shipped zoo of small trained transformers.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 

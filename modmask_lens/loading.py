@@ -11,7 +11,11 @@ from modmask_lens.masks.data import SubtaskData
 def load_bridge(name_or_path: str, device: str = "cpu"):
     """A ``TransformerBridge`` and its tokenizer for a zoo model name, a local Hugging Face folder, or a hub id.
 
-    A hub id only works online (tests and CI run with ``HF_HUB_OFFLINE=1``).
+    A hub id only works online (tests and CI run with ``HF_HUB_OFFLINE=1``). A folder without tokenizer files gives
+    ``None`` as the tokenizer (whatever needs one then says so).
+
+    Raises:
+        ValueError: ``name_or_path`` is neither a zoo model nor a folder holding a model.
     """
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
@@ -21,7 +25,13 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
     if name_or_path in zoo.available_models():
         model = zoo.load(name_or_path, device=device)
         return model.bridge, model.tokenizer
+    folder = Path(name_or_path)
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} holds no model (no config.json); pass a folder written by save_pretrained "
+                         f"or a zoo model ({', '.join(zoo.available_models())})")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.vocab_size == 0:  # transformers falls back to an empty tokenizer when the folder has none
+        tokenizer = None
     return TransformerBridge.boot_transformers(name_or_path, device=device, tokenizer=tokenizer), tokenizer
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from modmask_lens.tasks.custom import FIELDS, PairSource, load_pairs
 from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
@@ -87,8 +87,44 @@ class SubtaskData:
     def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """The examples at ``indices``, trimmed to the longest scored position among them."""
         labels = self.labels[indices]
-        length = int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
+        length = _scored_length(labels)
         return self.input_ids[indices, :length], labels[:, :length]
+
+    def check_fits(self, bridge: nn.Module) -> None:
+        """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, and
+        every scored example within its context length ``cfg.n_ctx``.
+
+        Example:
+            >>> jump_data.check_fits(bridge)                                  # doctest: +SKIP
+        """
+        check_device(bridge, self.input_ids, f"subtask {self.name!r}")
+        vocab = bridge.cfg.d_vocab
+        if int(self.input_ids.max()) >= vocab or int(self.input_ids.min()) < 0:
+            raise ValueError(
+                f"subtask {self.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
+                "encode it with the model's own tokenizer"
+            )
+        length, n_ctx = _scored_length(self.labels), getattr(bridge.cfg, "n_ctx", None)
+        if n_ctx is not None and length > n_ctx:
+            raise ValueError(
+                f"subtask {self.name!r} has examples of {length} positions; the model's context is n_ctx={n_ctx}: "
+                "shorten the prompts or drop the longest examples"
+            )
+
+
+def _scored_length(labels: Int[Tensor, "example pos"]) -> int:
+    """Positions up to and including the last scored label of any example (the rest is padding)."""
+    return int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
+
+
+def check_device(bridge: nn.Module, tensor: Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming both devices unless ``tensor`` is on the device of the model's parameters."""
+    model_device = next(bridge.parameters()).device
+    if tensor.device != model_device:
+        raise ValueError(
+            f"{what} is on device {tensor.device} but the model is on {model_device}; move one to the other "
+            f"(e.g. tensor.to({str(model_device)!r}) or bridge.to({str(tensor.device)!r}))"
+        )
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ class MaskOrigin:
             raise ModelMismatch(f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}")
         specs = adapter.tensor_specs(bridge)
         shapes = {spec.key: spec.shape for spec in specs}
-        made_for = f"{self.model['architecture']}, {self.model['n_layers']} layers, d_model {self.model['d_model']}"
+        made_for = (f"{self.model.get('architecture')}, {self.model.get('n_layers')} layers, "
+                    f"d_model {self.model.get('d_model')}")
         for spec in masked:
             if shapes.get(spec.key) != spec.shape:
                 raise ModelMismatch(
@@ -96,7 +97,8 @@ class MaskOrigin:
                     f"{shapes.get(spec.key)} here; load it onto the model it was trained on"
                 )
         current = fingerprint(bridge, specs) if check_weights else self.model | model_dimensions(bridge)
-        differing = [key for key in self.model if self.model[key] != current.get(key)]
+        # Keys on either side: a record with a fingerprint entry removed must not skip that comparison.
+        differing = sorted(key for key in self.model.keys() | current.keys() if self.model.get(key) != current.get(key))
         if differing:
             raise ModelMismatch(
                 f"the mask is for another model ({made_for}): {', '.join(differing)} differ; load it onto the model "

@@ -20,12 +20,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from modmask_lens.adapters import adapter_for
 from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from, optimizer_tensors, read_safetensors,
-                                   write_safetensors_atomically)
+                                   require_fields, verify_checksum, write_safetensors_atomically)
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
 
@@ -102,18 +103,15 @@ class MaskTrainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
         self.step = 0
+        adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
+        for subtask in subtasks:
+            subtask.check_fits(bridge)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
         if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
             self._resume()
 
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
-        vocab = self.bridge.cfg.d_vocab
-        if int(data.input_ids.max()) >= vocab or int(data.input_ids.min()) < 0:
-            raise ValueError(
-                f"subtask {data.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
-                "encode it with the model's own tokenizer"
-            )
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
         optimizer = torch.optim.Adam(masks.parameters(), lr=self.train_config.lr)
@@ -228,6 +226,10 @@ class MaskTrainer:
     def _resume(self) -> None:
         path = self.checkpoint_dir / CHECKPOINT_FILE
         tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+        require_fields(metadata, {"step": int, "train_config": dict, "tasks": list}, str(path))
+        for task in metadata["tasks"]:
+            require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
+        verify_checksum(path, tensors, metadata)
         if metadata["train_config"] != self.train_config.to_dict():
             raise ValueError(
                 f"{path} was written with other training settings ({metadata['train_config']}); "
@@ -247,7 +249,7 @@ class MaskTrainer:
                 run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
                                                             maximize=True)
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
-        self.step = int(metadata["step"])
+        self.step = metadata["step"]
 
 
 def train_masks(

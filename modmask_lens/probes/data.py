@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData
+from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData, check_device
 
 TARGETS = ("answer", "subtask")
 
@@ -77,12 +77,14 @@ def read_activations(
 
     Raises:
         KeyError: naming the hook points that do not exist, and some that do.
+        ValueError: ``input_ids`` are not on the model's device.
     """
     available = set(bridge.hook_dict)
     missing = [name for name in hook_names if name not in available]
     if missing:
         examples = ", ".join(sorted(name for name in available if name.endswith("hook_resid_post"))[:3])
         raise KeyError(f"no hook point {missing}; use names such as {examples}")
+    check_device(bridge, input_ids, "the probe data")
     with torch.no_grad():
         _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names))
     rows = torch.arange(input_ids.shape[0])

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from modmask_lens.masks.io import (load_optimizer, optimizer_tensors, read_safetensors,
-                                   write_safetensors_atomically)
+from modmask_lens.masks.io import (load_optimizer, optimizer_tensors, read_safetensors, require_fields,
+                                   verify_checksum, write_safetensors_atomically)
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss
@@ -109,6 +109,8 @@ class ProbeTrainer:
     def _resume(self) -> None:
         path = self.checkpoint_dir / CHECKPOINT_FILE
         tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+        require_fields(metadata, {"step": int, "config": dict, "hook_names": list}, str(path))
+        verify_checksum(path, tensors, metadata)
         if metadata["config"] != self.config.to_dict() or metadata["hook_names"] != self.hook_names:
             raise ValueError(f"{path} was written for other settings or hooks; use a fresh checkpoint directory")
         self.probe.load_state_dict({name[len("probe/"):]: value for name, value in tensors.items()
