@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import pandas as pd
 import torch
 import typer
@@ -15,6 +15,8 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, Floati
 """What bad input raises (ModelMismatch, MaskFileError, UnsupportedArchitecture, NonFiniteLoss, a missing file, an
 unknown hook name ...): reported as one ``error: ...`` line and exit code 1; anything else is a bug and keeps its
 traceback."""
+
+_show_tracebacks = {"debug": False}  # set from --debug by main_options at the start of every invocation
 
 
 class _Typer(typer.Typer):
@@ -31,7 +33,7 @@ def _reporting_known_errors(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except KNOWN_ERRORS as error:
-            if click.get_current_context().find_root().params.get("debug"):
+            if _show_tracebacks["debug"]:
                 raise
             # KeyError's str() is the repr of its message; print the message itself
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -49,6 +51,7 @@ app = _Typer(help="Which weights of a transformer does a subtask use? Differenti
 def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
                  debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
     torch.set_num_threads(threads)
+    _show_tracebacks["debug"] = debug
 
 
 @app.command()
@@ -103,6 +106,9 @@ def masks_train(
 ):
     """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
 
+    Under torchrun the batch's mask samples are shared out among the processes and the mask gradients summed
+    (gloo on CPU, NCCL on GPUs): ``torchrun --nproc_per_node 2 $(which modmask-lens) masks train ...``.
+
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
     from modmask_lens.loading import load_bridge, load_subtask
@@ -110,14 +116,21 @@ def masks_train(
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     bridge, tokenizer = load_bridge(model)
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
     train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed)
-    masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints")
-    for name, mask in masks.items():
-        binary = mask.binary()
-        path = save_masks(mask, out / f"masks-{name}.safetensors")
-        typer.echo(f"{name}: keeps {binary.count:,} of {binary.total:,} weights -> {path}")
+    masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
+                        progress=not distributed or torch.distributed.get_rank() == 0)
+    if not distributed or torch.distributed.get_rank() == 0:
+        for name, mask in masks.items():
+            binary = mask.binary()
+            path = save_masks(mask, out / f"masks-{name}.safetensors")
+            typer.echo(f"{name}: keeps {binary.count:,} of {binary.total:,} weights -> {path}")
+    if distributed:
+        torch.distributed.destroy_process_group()
 
 
 @app.command()

@@ -64,7 +64,8 @@ class SubtaskData:
             ...                                   bridge.tokenizer)                                # doctest: +SKIP
         """
         if tokenizer is None:
-            raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from")
+            raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
+                             "(for a model folder: save it there with tokenizer.save_pretrained(folder))")
         prompts, completions = load_pairs(source, fields)
         examples = encode_pairs(tokenizer, prompts, completions)
         return cls(name, examples.input_ids, examples.labels)

@@ -98,11 +98,20 @@ class MaskTrainer:
             raise ValueError("no subtasks given; pass at least one SubtaskData")
         if len(set(names)) != len(names):
             raise ValueError(f"subtask names must be unique, got {names}")
+        single = [subtask.name for subtask in subtasks if len(subtask) < 2]
+        if single:
+            raise ValueError(f"subtask(s) {single} have one example; a mask needs a subtask, not an example: "
+                             "give each at least 2")
         self.bridge = bridge
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
         self.step = 0
+        # Under torchrun (torch.distributed initialised) each process runs every n-th chunk of a batch and the mask
+        # gradients are summed across processes: the result equals one process up to float summation order.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self.world_size = torch.distributed.get_world_size() if distributed else 1
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
         for subtask in subtasks:
             subtask.check_fits(bridge)
@@ -133,7 +142,7 @@ class MaskTrainer:
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(self._postfix())
-                if self.checkpoint_dir is not None and (
+                if self.checkpoint_dir is not None and self.rank == 0 and (
                     self.step % config.checkpoint_every == 0 or self.step == config.steps
                 ):
                     self.save_checkpoint()
@@ -150,19 +159,23 @@ class MaskTrainer:
         config = self.train_config
         seed = stream_seed(config.seed, run.masks.name, self.step)
         indices = torch.randint(len(run.data), (config.batch_size,), generator=torch.Generator().manual_seed(seed))
-        noise = UniformNoise(seed)
         input_ids, labels = run.data.batch(indices)
         n_tokens = int((labels[:, 1:] != -100).sum())
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_correct = 0.0, 0
-        for chunk_ids, chunk_labels in zip(input_ids.tensor_split(config.n_samples),
-                                           labels.tensor_split(config.n_samples)):
-            sample = run.masks.sample(config.temperature, noise)
+        chunks = zip(input_ids.tensor_split(config.n_samples), labels.tensor_split(config.n_samples))
+        for chunk, (chunk_ids, chunk_labels) in enumerate(chunks):
+            if chunk % self.world_size != self.rank:
+                continue  # another process's slice of the batch
+            # Each chunk has its own noise stream, so any process draws the same sample for it.
+            sample = run.masks.sample(config.temperature, UniformNoise(seed * config.n_samples + chunk))
             logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
             score: AnswerScore = score_answers(logits, chunk_labels)
             (score.loss_sum / n_tokens).backward()
             loss_sum += float(score.loss_sum.detach())
             n_correct += score.n_correct
+        if self.world_size > 1:
+            loss_sum, n_correct = _all_reduce_gradients(run.masks.parameters(), loss_sum, n_correct)
         task_loss = loss_sum / n_tokens
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
@@ -250,6 +263,17 @@ class MaskTrainer:
                                                             maximize=True)
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
+
+
+def _all_reduce_gradients(parameters: list[Tensor], loss_sum: float, n_correct: int) -> tuple[float, int]:
+    """Sum the mask gradients and the batch statistics over all processes (in place for the gradients)."""
+    for parameter in parameters:
+        if parameter.grad is None:  # this process ran no chunk of the batch
+            parameter.grad = torch.zeros_like(parameter)
+        torch.distributed.all_reduce(parameter.grad)
+    totals = torch.tensor([loss_sum, float(n_correct)], dtype=torch.float64)
+    torch.distributed.all_reduce(totals)
+    return float(totals[0]), int(totals[1])
 
 
 def train_masks(
