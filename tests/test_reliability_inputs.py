@@ -97,6 +97,9 @@ CASES = {
                             "line 1: expected an object"),
     # A ValueError; under the tests' run-time type checks the Literal annotation refuses it first (a TypeError).
     "unknown_granularity": (lambda b, t: MaskConfig(granularity="block"), (ValueError, TypeError), "granularity"),
+    "combine_masks_of_different_granularity": (lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head")).binary()
+                                               & MaskSet.for_bridge(b, MaskConfig(granularity="neuron")).binary(),
+                                               ValueError, "cannot combine masks.*cover different tensors"),
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
     "lr_too_large": (lambda b, t: TrainConfig(lr=5.0), ValueError, r"lr 5.0 is out of range"),
