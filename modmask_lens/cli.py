@@ -56,16 +56,18 @@ def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fa
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-output"), help="folder for the model, masks and summary"),
-    mask_steps: int = typer.Option(300, help="mask training steps per subtask"),
+    out: Path = typer.Option(Path("demo-output"), help="folder for the masks, tables, summary and report"),
+    mask_steps: int = typer.Option(200, help="mask training steps per subtask"),
 ):
-    """Train per-weight masks for two subtasks of a small model and write masks and a summary.
+    """Find the jump and walk subnetworks of the zoo's SCAN model; write masks, tables and an offline HTML report.
 
     Example: modmask-lens demo --out demo-output
     """
-    from modmask_lens.demo import run_demo
+    import dataclasses
 
-    summary = run_demo(out, mask_steps=mask_steps)
+    from modmask_lens.demo import DEMO_TRAINING, run_demo
+
+    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
     typer.echo(summary.read_text())
     typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
 
@@ -80,8 +82,8 @@ def report(
 ):
     """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
 
-    Example: modmask-lens report --model demo-output/model --masks demo-output/masks-copy_first.safetensors
-    --masks demo-output/masks-copy_second.safetensors --prompt "3 7 10 3 12" --out report.html
+    Example: modmask-lens report --model path/to/scan-model --masks demo-output/masks-scan-jump.safetensors
+    --masks demo-output/masks-scan-walk.safetensors --prompt "jump twice and walk" --out report.html
     """
     from modmask_lens.viz import report_from_files
 

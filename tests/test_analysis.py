@@ -11,7 +11,7 @@ from conftest import boot_native
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
 from modmask_lens.analysis import (beta_sweep, exact_match, inverse_mask, mask_accuracy, output_row_removal,
                                    pairwise_overlap, paper_table, seed_stability, shared_fraction, unit_importance)
-from modmask_lens.demo import FIRST, SECOND, build_model, copy_subtask
+from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
 
 
 def random_masks(bridge, names, keep=0.6, config=MaskConfig()):

@@ -1,23 +1,22 @@
-"""The demo job runs end to end and writes loadable masks and a summary."""
+"""The demo job runs end to end on the zoo's SCAN model and writes loadable masks, a summary and a report."""
 
 from __future__ import annotations
 
 import json
 
-from transformer_lens.model_bridge import TransformerBridge
-
-from modmask_lens import load_masks
+from modmask_lens import load_masks, zoo
 from modmask_lens.demo import run_demo
+from modmask_lens.masks.config import TrainConfig
 
 
-def test_demo_writes_masks_that_load_onto_its_model_and_a_summary(tmp_path):
-    summary = run_demo(tmp_path, mask_steps=30, progress=False)
+def test_demo_writes_masks_that_load_onto_the_zoo_model_a_summary_and_a_report(tmp_path):
+    summary = run_demo(tmp_path, TrainConfig(steps=3, batch_size=8), progress=False)
     assert summary.read_text().startswith("# modmask-lens demo")
     numbers = json.loads((tmp_path / "summary.json").read_text())
-    assert {row["task"] for row in numbers["accuracy"]} == {"copy_first", "copy_second"}
-    assert all(row["full"] == 1.0 for row in numbers["accuracy"])
-    bridge = TransformerBridge.boot_transformers(str(tmp_path / "model"), device="cpu")
-    masks = load_masks(tmp_path / "masks-copy_first.safetensors", bridge)
-    assert masks.train_config["steps"] == 30
+    full = [row for row in numbers["accuracy"] if row["condition"] == "full"]
+    assert {row["evaluated_on"] for row in full} == {"scan-jump", "scan-walk"}
+    assert all(row["accuracy"] > 0.95 for row in full)
+    masks = load_masks(tmp_path / "masks-scan-jump.safetensors", zoo.load("scan").bridge)
+    assert masks.train_config["steps"] == 3
     report = (tmp_path / "report.html").read_text()
-    assert "<svg" in report and "copy_second" in report and 'src="http' not in report
+    assert "<svg" in report and "scan-walk" in report and 'src="http' not in report

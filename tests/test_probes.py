@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from modmask_lens.demo import FIRST, SECOND, build_model, copy_subtask
+from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
 from modmask_lens.probes import (GatedProbe, ProbeConfig, ProbeData, ProbeEvaluation, ProbeTrainer, error_attribution,
                                  evaluate_probe, expert_ablation, expert_accuracy, read_activations, routing_information,
                                  routing_table, transfer_test)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_viz_views import random_mask_set
 
-from modmask_lens.demo import FIRST, SECOND, copy_subtask
+from modmask_lens.testing.copy_task import FIRST, SECOND, copy_subtask
 from modmask_lens.viz import CircuitView, HeadlessChromium, circuit_graph, write_report
 from modmask_lens.viz.browser import BrowserUnavailable, chromium_path
 
