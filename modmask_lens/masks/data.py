@@ -105,17 +105,22 @@ class SubtaskData:
                 f"subtask {self.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
                 "encode it with the model's own tokenizer"
             )
-        length, n_ctx = _scored_length(self.labels), getattr(bridge.cfg, "n_ctx", None)
-        if n_ctx is not None and length > n_ctx:
-            raise ValueError(
-                f"subtask {self.name!r} has examples of {length} positions; the model's context is n_ctx={n_ctx}: "
-                "shorten the prompts or drop the longest examples"
-            )
+        check_context(bridge, _scored_length(self.labels), f"subtask {self.name!r}")
 
 
 def _scored_length(labels: Int[Tensor, "example pos"]) -> int:
     """Positions up to and including the last scored label of any example (the rest is padding)."""
     return int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
+
+
+def check_context(bridge: nn.Module, positions: int, what: str) -> None:
+    """Raise ``ValueError`` naming the limit if ``positions`` exceed the model's context ``cfg.n_ctx``."""
+    n_ctx = getattr(bridge.cfg, "n_ctx", None)
+    if n_ctx is not None and positions > n_ctx:
+        raise ValueError(
+            f"{what} has examples of {positions} positions; the model's context is n_ctx={n_ctx}: "
+            "shorten the prompts or drop the longest examples"
+        )
 
 
 def check_device(bridge: nn.Module, tensor: Tensor, what: str) -> None:

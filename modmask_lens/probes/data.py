@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData, check_device
+from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData, check_context, check_device
 
 TARGETS = ("answer", "subtask")
 
@@ -77,7 +77,7 @@ def read_activations(
 
     Raises:
         KeyError: naming the hook points that do not exist, and some that do.
-        ValueError: ``input_ids`` are not on the model's device.
+        ValueError: ``input_ids`` are not on the model's device, or longer than its context.
     """
     available = set(bridge.hook_dict)
     missing = [name for name in hook_names if name not in available]
@@ -85,6 +85,7 @@ def read_activations(
         examples = ", ".join(sorted(name for name in available if name.endswith("hook_resid_post"))[:3])
         raise KeyError(f"no hook point {missing}; use names such as {examples}")
     check_device(bridge, input_ids, "the probe data")
+    check_context(bridge, input_ids.shape[1], "the probe data")
     with torch.no_grad():
         _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names))
     rows = torch.arange(input_ids.shape[0])
