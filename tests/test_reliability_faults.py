@@ -2,8 +2,9 @@
 running, back-propagating, stepping or checkpointing masks and probes leaves the model bit-exact, its hooks as they
 were, ``bridge.forward`` its class's, and no gradient on its parameters.
 
-Each seed picks a phase (mask training, masked evaluation, probe training), an injection point reached in that
-phase, which of its calls fails (counted in a dry run of the phase), and the fault.
+Each seed picks a phase (mask training, masked evaluation, probe training, component-gate training: hooks on the
+frozen model through ``run_with_hooks``), an injection point reached in that phase, which of its calls fails
+(counted in a dry run of the phase), and the fault.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import modmask_lens.masks.training
 from conftest import VOCAB, boot_native, state_snapshot
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer
+from modmask_lens.probes import (ComponentGate, ComponentGateConfig, ProbeConfig, ProbeData, ProbeTrainer,
+                                 train_component_gate)
 
-N_SEEDS = 120
+N_SEEDS = 160
 HOOK_NAME = "blocks.0.hook_resid_post"
 
 
@@ -66,27 +68,29 @@ def wrap(owner, attribute: str, trigger: Trigger, monkeypatch, after: bool = Fal
 
 
 def hook_in_backward(owner, attribute: str, trigger: Trigger, monkeypatch) -> None:
-    """Make every mask sample ``owner.attribute`` returns pull ``trigger`` when its gradient is computed."""
+    """Make what ``owner.attribute`` returns (a tensor, or a dict of them) pull ``trigger`` when its gradient is
+    computed."""
     original = getattr(owner, attribute)
 
-    def sample(*args, **kwargs):
-        masks = original(*args, **kwargs)
-        for mask in masks.values():
-            mask.register_hook(lambda grad: trigger())
-        return masks
+    def injected(*args, **kwargs):
+        result = original(*args, **kwargs)
+        for tensor in result.values() if isinstance(result, dict) else [result]:
+            tensor.register_hook(lambda grad: trigger())
+        return result
 
-    monkeypatch.setattr(owner, attribute, sample)
+    monkeypatch.setattr(owner, attribute, injected)
 
 
 # Injection point -> how to install it. "attach": building the masked parameters and checking the model on entering
 # masked(); "forward": inside a TransformerLens hook point, while functional_call has the masked tensors swapped in;
-# "backward": in the gradient of a mask sample; "optimiser": the optimiser steps and the gradient clipping;
+# "backward": in the gradient of a mask sample or of a component gate's output; "optimiser": the optimiser steps and the gradient clipping;
 # "checkpoint": after the temporary file is written, before the rename.
 POINTS: dict[str, Callable[[Trigger, pytest.MonkeyPatch], None]] = {
     "attach_parameters": lambda t, mp: wrap(modmask_lens.masks.apply, "masked_parameters", t, mp),
     "attach_check": lambda t, mp: wrap(MaskOrigin, "check", t, mp),
     "forward_hook_point": lambda t, mp: wrap(HookPoint, "forward", t, mp),
     "backward": lambda t, mp: hook_in_backward(MaskSet, "sample", t, mp),
+    "backward_gate": lambda t, mp: hook_in_backward(ComponentGate, "forward", t, mp),
     "optimiser_adam": lambda t, mp: wrap(torch.optim.Adam, "step", t, mp),
     "optimiser_rmsprop": lambda t, mp: wrap(torch.optim.RMSprop, "step", t, mp),
     "gradient_clip": lambda t, mp: wrap(torch.nn.utils, "clip_grad_norm_", t, mp),
@@ -129,12 +133,19 @@ def train_probe_phase(bridge, data, mask_set, trigger, checkpoint_dir) -> None:
     ProbeTrainer(bridge, [HOOK_NAME], probe_data, config, checkpoint_dir=checkpoint_dir, progress=False).train()
 
 
+def train_component_gate_phase(bridge, data, mask_set, trigger, checkpoint_dir) -> None:
+    other = SubtaskData("other", data.input_ids.flip(0), data.labels.flip(0))
+    train_component_gate(bridge, [data, other], ComponentGateConfig(hidden=8, steps=2, batch_size=4), progress=False)
+
+
 PHASES = {
     "train_masks": (train_masks_phase, ["attach_parameters", "forward_hook_point", "backward", "optimiser_adam",
                                         "gradient_clip", "checkpoint_write"]),
     "evaluate_masked": (evaluate_masked_phase, ["attach_check", "attach_parameters", "forward_hook_point", "user_hook",
                                                 "backward"]),
     "train_probe": (train_probe_phase, ["forward_hook_point", "optimiser_rmsprop", "checkpoint_write"]),
+    "train_component_gate": (train_component_gate_phase, ["attach_parameters", "forward_hook_point", "backward_gate",
+                                                           "optimiser_adam"]),
 }
 
 
