@@ -55,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
         task="math",
         architecture=Architecture(family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2,
                                   n_positions=256),
-        steps=3000,
+        steps=5000,
     ),
     "addmul": Recipe(
         name="addmul",
