@@ -132,6 +132,7 @@ def masks_train(
             path = save_masks(mask, out / f"masks-{name}.safetensors")
             typer.echo(f"{name}: keeps {binary.count:,} of {binary.total:,} weights -> {path}")
     if distributed:
+        torch.distributed.barrier()  # let rank 0 finish writing before any process tears the group down
         torch.distributed.destroy_process_group()
 
 
