@@ -83,7 +83,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     checkpoint_path = checkpoint_dir / "last.ckpt"
     step, elapsed_before = 0, 0.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, weights_only=True)  # tensors and plain values only: no pickle code
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
