@@ -87,17 +87,26 @@ def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int 
     operations = ("add", "mul")
     training = [_subtask(name, subtask_view(data["train"], "operation", name), model.tokenizer) for name in operations]
     control = SubtaskData.concatenate("control", training)
-    masks = train_masks(model.bridge, [control, *training], MaskConfig(), train_config, progress=False)
-    binaries = {name: mask.binary() for name, mask in masks.items()}
     evaluation = {name: _subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
                   for name in operations}
-    accuracy = mask_accuracy(model.bridge, {name: binaries[name] for name in operations}, evaluation)
-    table = accuracy.pivot_table(index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
-    overlap = pairwise_overlap({name: binaries[name] for name in operations}, by="layer_role")
-    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
-    return ExperimentResult("addmul", {"mask sizes": sizes, "accuracy (full / mask / inverse mask)": table,
-                                       "IoU of the + and * masks per layer and role": overlap},
-                            {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit})
+    tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, train_config)
+    return ExperimentResult("addmul", tables, {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit})
+
+
+def _control_and_subtask_masks(bridge, control: SubtaskData, training: list[SubtaskData],
+                               evaluation: dict[str, SubtaskData], train_config: TrainConfig) -> dict[str, pd.DataFrame]:
+    """Masks for a control task and each subtask in one run; their sizes, the subtasks' accuracy under each mask and
+    its inverse, and the subtasks' IoU per layer and role."""
+    masks = train_masks(bridge, [control, *training], MaskConfig(), train_config, progress=False)
+    binaries = {name: mask.binary() for name, mask in masks.items()}
+    subtask_masks = {data.name: binaries[data.name] for data in training}
+    accuracy = mask_accuracy(bridge, subtask_masks, evaluation)
+    return {
+        "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
+        "accuracy (full / mask / inverse mask)": accuracy.pivot_table(
+            index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index(),
+        "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
+    }
 
 
 def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
@@ -121,15 +130,9 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
 
     training = pair_subtasks(data["train"], None)
     control = _subtask("control", data["train"], model.tokenizer)
-    masks = train_masks(model.bridge, [control, *training.values()], MaskConfig(), train_config, progress=False)
-    binaries = {name: mask.binary() for name, mask in masks.items()}
-    accuracy = mask_accuracy(model.bridge, {name: binaries[name] for name in slots}, pair_subtasks(data["test"], eval_limit))
-    table = accuracy.pivot_table(index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
-    overlap = pairwise_overlap({name: binaries[name] for name in slots}, by="layer_role")
-    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
-    return ExperimentResult("double addition", {"mask sizes": sizes, "accuracy per output slot": table,
-                                                "IoU of the pair masks per layer and role": overlap},
-                            {"train": train_config.to_dict(), "eval_examples": eval_limit})
+    tables = _control_and_subtask_masks(model.bridge, control, list(training.values()),
+                                        pair_subtasks(data["test"], eval_limit), train_config)
+    return ExperimentResult("double addition", tables, {"train": train_config.to_dict(), "eval_examples": eval_limit})
 
 
 def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000) -> ExperimentResult:

@@ -22,7 +22,7 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
 
 def test_addmul_experiment_compares_the_operations():
     result = addmul_experiment(TINY, eval_limit=16)
-    overlap = result.tables["IoU of the + and * masks per layer and role"]
+    overlap = result.tables["IoU of the subtask masks per layer and role"]
     assert set(overlap.task_a) == {"add"} and set(overlap.task_b) == {"mul"}
     assert set(result.tables["mask sizes"].task) == {"control", "add", "mul"}
 
