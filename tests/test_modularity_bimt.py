@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -100,6 +102,38 @@ def test_optimiser_moments_are_permuted_with_the_weights():
         torch.testing.assert_close(optimizer.state[hidden_in][name][[4, 1]], incoming[[1, 4]])
         torch.testing.assert_close(optimizer.state[hidden_out][name][:, [4, 1]], outgoing[:, [1, 4]])
         torch.testing.assert_close(optimizer.state[hidden_in][name][0], incoming[0])
+
+
+def test_permuting_a_bridge_mid_training_changes_nothing_later(any_bridge, tokens):
+    """Swaps between two AdamW steps leave the next step's result unchanged: the moments moved with the weights,
+    also those of views into fused parameters (GPT-2's c_attn holds every head's Q, K and V)."""
+    # Train the model the bridge wraps, as the zoo trainer does: a Hugging Face GPT-2 updates its fused c_attn,
+    # of which the bridge's per-head W_Q, W_K, W_V (the unit graph's members) are views.
+    model = getattr(any_bridge, "original_model", any_bridge)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        output = model(tokens)
+        logits = output.logits if hasattr(output, "logits") else output
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        optimizer.step()
+
+    step()
+    weights, moments = [parameter.detach().clone() for parameter in parameters], copy.deepcopy(optimizer.state_dict())
+    step()
+    with torch.no_grad():
+        unpermuted = any_bridge(tokens)
+        for parameter, weight in zip(parameters, weights):
+            parameter.copy_(weight)
+    optimizer.load_state_dict(moments)
+    generator = torch.Generator().manual_seed(0)
+    for axis in unit_graph_of(any_bridge).axes:
+        permute_units(axis, torch.randperm(axis.n_units, generator=generator), optimizer)
+    step()
+    with torch.no_grad():
+        torch.testing.assert_close(any_bridge(tokens), unpermuted, rtol=0, atol=1e-4)
 
 
 def test_swap_pass_lowers_the_cost_and_keeps_the_function(any_bridge, tokens):
