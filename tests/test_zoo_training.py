@@ -9,8 +9,18 @@ import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from modmask_lens.modularity import (
+    MODULAR_ADDITION,
+    ClusterabilityConfig,
+    clusterability,
+    permute_units,
+    unit_graph_of,
+)
+from modmask_lens.tasks.catalog import task_spec
+from modmask_lens.zoo.architectures import build_model
 from modmask_lens.zoo.cards import read_card
-from modmask_lens.zoo.recipes import Architecture, recipe
+from modmask_lens.zoo.modular_training import unwrapped_model, wrap_in_bridge
+from modmask_lens.zoo.recipes import Architecture, Recipe, recipe
 from modmask_lens.zoo.train import _epoch_batches, _learning_rate_factor, train
 
 torch.set_num_threads(1)
@@ -42,3 +52,47 @@ def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
     assert bridge.cfg.n_layers == 1
     resumed = train(tiny, tmp_path / "again", tmp_path / "checkpoints", "test run")  # finished checkpoint: no steps
     assert resumed.accuracies == card.accuracies
+
+
+def _tiny_variant(family: str, **regulariser) -> Recipe:
+    architecture = Architecture(family, 1, 32, 4, n_key_value_heads=2 if family == "llama" else None)
+    return dataclasses.replace(recipe("modadd"), name=f"tiny-{family}", architecture=architecture, steps=24,
+                               warmup_steps=4, eval_every=12, checkpoint_every=12, **regulariser)
+
+
+def _mean_block_clusterability(directory) -> float:
+    table = clusterability(TransformerBridge.boot_transformers(str(directory), device="cpu"), k=4, methods=("blocks",))
+    return float(table["clusterability"].mean())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_modular_variants_train_through_a_bridge_and_save_the_plain_layout(tmp_path, family):
+    plain = train(_tiny_variant(family), tmp_path / "plain", tmp_path / "plain-checkpoints", "test run")
+    clustered = train(_tiny_variant(family, clusterability=ClusterabilityConfig(strength=20.0)),
+                      tmp_path / "clustered", tmp_path / "clustered-checkpoints", "test run")
+    bimt = dataclasses.replace(MODULAR_ADDITION, swap_every=6, top_k=8)
+    swapped = train(_tiny_variant(family, bimt=bimt), tmp_path / "bimt", tmp_path / "bimt-checkpoints", "test run")
+    assert clustered.recipe["clusterability"]["strength"] == 20.0 and swapped.recipe["bimt"]["swap_every"] == 6
+    assert set(plain.accuracies) == set(clustered.accuracies) == set(swapped.accuracies)
+    assert _mean_block_clusterability(tmp_path / "clustered") > _mean_block_clusterability(tmp_path / "plain") + 0.02
+    resumed = train(_tiny_variant(family, bimt=bimt), tmp_path / "again", tmp_path / "bimt-checkpoints", "test run")
+    assert resumed.accuracies == swapped.accuracies  # the wrapped model resumes from its own checkpoint
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_unwrapped_model_computes_what_the_wrapped_model_computes(family):
+    variant = _tiny_variant(family)
+    tokenizer = task_spec(variant.task).make_tokenizer()
+    model = build_model(variant.architecture, tokenizer)
+    bridge = wrap_in_bridge(model, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in bridge.parameters():  # through the bridge's names, views into fused tensors included
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+        for axis in unit_graph_of(bridge).axes:
+            permute_units(axis, torch.randperm(axis.n_units, generator=generator))
+    tokens = torch.randint(3, len(tokenizer), (2, 7), generator=generator)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(unwrapped_model(model, variant, tokenizer)(tokens).logits, model(tokens).logits,
+                                   rtol=0, atol=1e-5)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
+
+from modmask_lens.modularity.bimt import MODULAR_ADDITION, BimtConfig
+from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,12 @@ class Architecture:
 @dataclass(frozen=True)
 class Recipe:
     """How a zoo model is trained. Optimiser defaults follow the offline-models spec's CPU runs: AdamW with
-    betas (0.9, 0.98), weight decay 0.01, 200 warm-up steps then cosine decay, gradient clipping at 1, no dropout."""
+    betas (0.9, 0.98), weight decay 0.01, 200 warm-up steps then cosine decay, gradient clipping at 1, no dropout.
+
+    ``bimt`` / ``clusterability`` make a modular-training variant (at most one): the task loss plus BIMT's
+    connection cost and swaps (its ``steps`` becomes the recipe's, its learning rate is unused), or minus the
+    clusterability reward; None for both is plain training.
+    """
 
     name: str
     task: str
@@ -41,6 +49,8 @@ class Recipe:
     seed: int = 0
     eval_every: int = 500  # steps between progress evaluations (logged only; they never change training)
     checkpoint_every: int = 250
+    bimt: BimtConfig | None = None
+    clusterability: ClusterabilityConfig | None = None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -55,7 +65,7 @@ RECIPES: dict[str, Recipe] = {
         task="math",
         architecture=Architecture(family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2,
                                   n_positions=256),
-        steps=5000,
+        steps=8000,
     ),
     "addmul": Recipe(
         name="addmul",
@@ -84,6 +94,15 @@ RECIPES: dict[str, Recipe] = {
         steps=4000,
     ),
 }
+
+
+# Modular-training variants: the same recipe and budget, plus BIMT (the paper code's modular-addition settings, its
+# transformer-sized ones: mean cost per matrix, A = 2, l0 = 0.5, lambda 0.1 with x10 at 1/4 and x0.1 at 3/4, 30
+# units moved per axis every 200 steps) or the clusterability loss (Golechha et al.: k = 4 blocks, lambda 20).
+for _base in ("scan", "math"):
+    RECIPES[f"{_base}-bimt"] = replace(RECIPES[_base], name=f"{_base}-bimt", bimt=MODULAR_ADDITION)
+    RECIPES[f"{_base}-clusterability"] = replace(RECIPES[_base], name=f"{_base}-clusterability",
+                                                 clusterability=ClusterabilityConfig())
 
 
 def recipe(name: str) -> Recipe:

@@ -22,6 +22,7 @@ from modmask_lens.tasks.encoding import TokenizedExamples, encode_pairs
 from modmask_lens.tasks.evaluation import evaluate_exact_match, exact_match_correct
 from modmask_lens.zoo.architectures import build_model
 from modmask_lens.zoo.cards import ModelCard, write_card
+from modmask_lens.zoo.modular_training import regulariser_for, unwrapped_model
 from modmask_lens.zoo.recipes import Recipe, recipe
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -68,6 +69,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     tokenizer = task.make_tokenizer()
     torch.manual_seed(recipe_.seed)
     model = build_model(recipe_.architecture, tokenizer)
+    regulariser = regulariser_for(recipe_, model, tokenizer)  # None for plain training
     train_examples: TokenizedExamples = encode_pairs(tokenizer, list(data[task.train_split]["question"]),
                                                      list(data[task.train_split]["answer"]))
     test_split = data[task.test_split]
@@ -90,6 +92,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         step, elapsed_before = state["step"], state["elapsed_s"]
         _log(f"resumed {recipe_.name} at step {step} from {checkpoint_path}")
     started = time.perf_counter()
+    moved_since_log = 0
     model.train()
     while step < recipe_.steps:
         epoch, batch_index = divmod(step, batches_per_epoch)
@@ -98,17 +101,21 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
             loaded_epoch = epoch
         batch = train_examples.select(epoch_batches[batch_index])
         loss = model(input_ids=batch.input_ids, labels=batch.labels).loss
+        penalty = regulariser.penalty(step) if regulariser is not None else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + penalty).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe_.gradient_clip)
         optimizer.step()
         scheduler.step()
+        moved_since_log += regulariser.after_step(step, optimizer) if regulariser is not None else 0
         step += 1
         if step % recipe_.eval_every == 0 or step == recipe_.steps:
             model.eval()
             accuracy = exact_match_correct(model, progress_examples, "teacher_forcing").float().mean()
             model.train()
-            _log(f"step {step}/{recipe_.steps} loss {loss.item():.4f} test-sample exact match {accuracy:.4f} "
+            extra = f" penalty {penalty.item():+.4f} units moved {moved_since_log}" if regulariser is not None else ""
+            moved_since_log = 0
+            _log(f"step {step}/{recipe_.steps} loss {loss.item():.4f}{extra} test-sample exact match {accuracy:.4f} "
                  f"({elapsed_before + time.perf_counter() - started:.0f} s)")
         if step % recipe_.checkpoint_every == 0 or step == recipe_.steps:
             _save_checkpoint(checkpoint_path, {
@@ -116,6 +123,8 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
                 "scheduler": scheduler.state_dict(), "step": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
             })
     wall_time_s = elapsed_before + time.perf_counter() - started
+    if regulariser is not None:
+        model = unwrapped_model(model, recipe_, tokenizer)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
