@@ -11,8 +11,10 @@ results); they are not tuned toward the paper's numbers.
 * ``addmul``: masks for addition and multiplication; sizes, IoU per layer and role, and the inverse-mask table.
 * ``double_add``: masks for each pair of the double addition, scored on its own output slot.
 * ``math``: masks per math module (sharing matrix), and a control mask against an easy-only mask on harder questions.
-* ``scan_probe``: a gated-module probe (Krishnamurthy & Watkins 2021) on the SCAN model's last residual stream:
-  routing of the primitives to experts, mutual information, error attribution.
+* ``scan_probe`` / ``math_probe``: a gated-module probe (Krishnamurthy & Watkins 2021) on the last residual stream
+  of the SCAN / math model: routing of the primitives / modules to experts, mutual information, error attribution.
+* ``scan_variants`` / ``math_variants``: the zoo model trained plain, with BIMT and with the clusterability loss:
+  accuracy, clusterability, and how separate the subtask masks are (IoU, inverse-mask drops).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -161,42 +164,123 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
                             {"train": train_config.to_dict(), "eval_examples": eval_limit, "modules": modules})
 
 
-def scan_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000,
-                          probe_steps: int = 1500) -> ExperimentResult:
-    """Gated-module probe on the zoo ``scan`` model: does the gate split the SCAN primitives, and whose are the
-    errors? Subtasks: commands with exactly one of jump / walk / run / look; target: the first action token; input:
-    the last block's residual stream at the last command token. ``train_config`` is unused (probes have their own)."""
-    from modmask_lens import zoo
-    from modmask_lens.probes import (ProbeConfig, ProbeData, ProbeTrainer, error_attribution, evaluate_probe,
-                                     routing_information, routing_table)
+def _probe_experiment(name: str, model, train: list[SubtaskData], test: list[SubtaskData],
+                      probe_steps: int) -> ExperimentResult:
+    """Gated-module probe on the last block's residual stream at the last question token, one expert per subtask,
+    target the first answer token: how the gate splits the subtasks, and whose the errors are."""
+    from modmask_lens.probes import (
+        ProbeConfig,
+        ProbeData,
+        ProbeTrainer,
+        error_attribution,
+        evaluate_probe,
+        routing_information,
+        routing_table,
+    )
 
-    model = zoo.load("scan")
-    data = scan.scan_task("simple")
-    primitives = ("jump", "walk", "run", "look")
+    d_vocab = model.bridge.cfg.d_vocab
+    train_data, test_data = (ProbeData.from_subtasks(subtasks, "answer", d_vocab) for subtasks in (train, test))
+    hooks = [f"blocks.{model.bridge.cfg.n_layers - 1}.hook_resid_post"]
+    config = ProbeConfig(n_experts=len(train), steps=probe_steps, batch_size=64, lr=3e-3)
+    probe = ProbeTrainer(model.bridge, hooks, train_data, config, progress=False).train()
+    evaluation = evaluate_probe(probe, model.bridge, hooks, test_data)
+    table = routing_table(evaluation).pivot(index="subtask", columns="expert", values="count").reset_index()
+    return ExperimentResult(name, {"routing information (bits)": routing_information(evaluation),
+                                   "subtask x expert (examples routed by argmax gate)": table,
+                                   "error attribution": error_attribution(evaluation)},
+                            {"probe": config.to_dict(), "hooks": hooks, "train_examples": len(train_data),
+                             "test_examples": len(test_data)})
 
-    def single_primitive(split: str, primitive: str, limit: int | None) -> SubtaskData:
-        rows = data[split].filter(lambda names: list(names) == [primitive], input_columns="primitives")
+
+def _scan_primitive_subtasks(model, split: str, limit: int | None) -> list[SubtaskData]:
+    """Commands of the SCAN simple split with exactly one of jump / walk / run / look, one subtask per primitive."""
+    data = scan.scan_task("simple")[split]
+
+    def single_primitive(primitive: str) -> SubtaskData:
+        rows = data.filter(lambda names: list(names) == [primitive], input_columns="primitives")
         return _subtask(primitive, rows, model.tokenizer, limit)
 
-    train = ProbeData.from_subtasks([single_primitive("train", name, None) for name in primitives], "answer",
-                                    model.bridge.cfg.d_vocab)
-    test = ProbeData.from_subtasks([single_primitive("test", name, eval_limit) for name in primitives], "answer",
-                                   model.bridge.cfg.d_vocab)
-    hooks = [f"blocks.{model.bridge.cfg.n_layers - 1}.hook_resid_post"]
-    config = ProbeConfig(n_experts=len(primitives), steps=probe_steps, batch_size=64, lr=3e-3)
-    probe = ProbeTrainer(model.bridge, hooks, train, config, progress=False).train()
-    evaluation = evaluate_probe(probe, model.bridge, hooks, test)
-    table = routing_table(evaluation).pivot(index="subtask", columns="expert", values="count").reset_index()
-    return ExperimentResult("scan probe", {"routing information (bits)": routing_information(evaluation),
-                                           "primitive x expert (examples routed by argmax gate)": table,
-                                           "error attribution": error_attribution(evaluation)},
-                            {"probe": config.to_dict(), "hooks": hooks, "train_examples": len(train),
-                             "test_examples": len(test)})
+    return [single_primitive(name) for name in ("jump", "walk", "run", "look")]
+
+
+def _math_module_subtasks(model, split: str, limit: int | None) -> list[SubtaskData]:
+    """One subtask per module of the math model's task (``split``: a train split, ``interpolate`` or
+    ``extrapolate``)."""
+    data = model.task.build(model.card.seed)[split]
+    return [_subtask(name, subtask_view(data, "module", name), model.tokenizer, limit)
+            for name in sorted(set(data["module"]))]
+
+
+def scan_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000,
+                          probe_steps: int = 1500) -> ExperimentResult:
+    """Gated-module probe on the zoo ``scan`` model. Subtasks: commands with exactly one of jump / walk / run / look.
+    ``train_config`` is unused (probes have their own)."""
+    from modmask_lens import zoo
+
+    model = zoo.load("scan")
+    return _probe_experiment("scan probe", model, _scan_primitive_subtasks(model, "train", None),
+                             _scan_primitive_subtasks(model, "test", eval_limit), probe_steps)
+
+
+def math_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000,
+                          probe_steps: int = 1500, train_limit: int = 10_000) -> ExperimentResult:
+    """Gated-module probe on the zoo ``math`` model. Subtasks: its modules (train: ``train_limit`` questions each;
+    test: the interpolate split). ``train_config`` is unused (probes have their own)."""
+    from modmask_lens import zoo
+
+    model = zoo.load("math")
+    return _probe_experiment("math probe", model, _math_module_subtasks(model, "train", train_limit),
+                             _math_module_subtasks(model, "interpolate", eval_limit), probe_steps)
+
+
+VARIANT_SUBTASKS = {"scan": (_scan_primitive_subtasks, "test"), "math": (_math_module_subtasks, "interpolate")}
+
+
+def modular_training_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000,
+                                base: str = "scan", train_limit: int | None = 5000) -> ExperimentResult:
+    """Zoo model ``base`` trained plain, with BIMT and with the clusterability loss (same recipe and budget): its
+    accuracy, clusterability (k = 4, mean over the MLP matrices, next to random weights), and how separate its
+    subtasks' weight masks are: mean pairwise IoU, and the inverse-mask accuracy drops on a mask's own subtask and
+    on the other subtasks (full accuracy minus accuracy under ``~mask``)."""
+    from modmask_lens import zoo
+    from modmask_lens.modularity import clusterability
+
+    subtasks, test_split = VARIANT_SUBTASKS[base]
+    rows = []
+    for variant in (base, f"{base}-bimt", f"{base}-clusterability"):
+        model = zoo.load(variant)
+        training = subtasks(model, model.task.train_split, train_limit)
+        evaluation = {data.name: data for data in subtasks(model, test_split, eval_limit)}
+        masks = train_masks(model.bridge, training, MaskConfig(), train_config, progress=False)
+        binaries = {name: mask.binary() for name, mask in masks.items()}
+        accuracy = mask_accuracy(model.bridge, binaries, evaluation)
+        full = accuracy[accuracy.condition == "full"].set_index("evaluated_on")["accuracy"]
+        inverse = accuracy[accuracy.condition == "inverse"]
+        drop = full.loc[inverse.evaluated_on].to_numpy() - inverse.accuracy.to_numpy()
+        own = inverse.mask.to_numpy() == inverse.evaluated_on.to_numpy()
+        measured = clusterability(model.bridge, k=4)
+        mean_clusterability = measured.groupby("method")["clusterability"].mean()
+        rows.append({
+            "model": variant, "test accuracy": model.card.accuracies[f"{test_split}/all"],
+            "clusterability (blocks)": mean_clusterability["blocks"],
+            "clusterability (spectral)": mean_clusterability["spectral"],
+            "random (spectral)": float(measured[measured.method == "spectral"]["random"].mean()),
+            "mask kept": float(pd.Series([binary.count / binary.total for binary in binaries.values()]).mean()),
+            "mask IoU": float(pairwise_overlap(binaries, by="all")["iou"].mean()),
+            "inverse drop, own subtask": float(drop[own].mean()),
+            "inverse drop, other subtasks": float(drop[~own].mean()),
+        })
+    return ExperimentResult(f"modular training ({base})", {"plain vs BIMT vs clusterability loss": pd.DataFrame(rows)},
+                            {"train": train_config.to_dict(), "eval_examples_per_subtask": eval_limit,
+                             "train_examples_per_subtask": train_limit,
+                             "subtasks": [data.name for data in training]})
 
 
 EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "scan": scan_experiment, "addmul": addmul_experiment, "double_add": double_add_experiment, "math": math_experiment,
-    "scan_probe": scan_probe_experiment,
+    "scan_probe": scan_probe_experiment, "math_probe": math_probe_experiment,
+    "scan_variants": partial(modular_training_experiment, base="scan"),
+    "math_variants": partial(modular_training_experiment, base="math"),
 }
 
 

@@ -31,4 +31,4 @@ def test_scan_probe_experiment_reports_routing_and_errors():
     result = scan_probe_experiment(eval_limit=16, probe_steps=3)
     information = result.tables["routing information (bits)"].iloc[0]
     assert 0 <= information.mutual_information <= information.subtask_entropy <= 2.0 + 1e-9
-    assert set(result.tables["primitive x expert (examples routed by argmax gate)"].subtask) == {"jump", "walk", "run", "look"}
+    assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {"jump", "walk", "run", "look"}
