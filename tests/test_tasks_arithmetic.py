@@ -61,3 +61,15 @@ def test_pair_offsets_select_each_pairs_digits():
     for pair, digits in (("pair1", "46"), ("pair2", "34")):
         labels = restrict_labels(examples, DOUBLE_ADD_PAIR_OFFSETS[pair]).labels[0]
         assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == digits
+
+
+def test_double_addition_zeroes_train_operands_only_at_the_given_rate():
+    data = double_addition_task(seed=0, train_size=20_000, test_size=2_000, zero_operand_probability=0.1)
+
+    def zero_rate(split: str) -> float:
+        operands = [part for question in data[split]["question"] for part in question.replace(",", "+").split("+")]
+        return sum(operand == "00" for operand in operands) / len(operands)
+
+    assert abs(zero_rate("train") - (0.1 + 0.9 / 100)) < 0.01  # zeroed, or 00 by chance (repeats dropped)
+    assert zero_rate("test") < 0.02
+    assert len(set(data["train"]["question"])) == 20_000

@@ -21,6 +21,11 @@ MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (issue 3)
 TABLE_TEST_FRACTION = 0.2  # share of a finite table held out for test; our choice, the papers test in-distribution
 DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 questions is plenty for a small model
 DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
+# Share of train operands set to 00. Each answer digit is a sum mod 10 of two input digits, uniform given either one,
+# so a transformer trained on uniform questions gets no gradient toward the operand positions: 2-layer GPT-2 and
+# Llama models stayed at chance loss (1.536 nats/token) for 1,500 steps at four settings here. With 10% zero operands
+# (an answer digit then copies an input digit) the GPT-2 recipe reached 97% after 250 steps. Test questions stay uniform.
+DOUBLE_ADD_ZERO_OPERAND_PROBABILITY = 0.1
 # Offsets of each pair's two answer digits in a double-addition completion "ss,tt", for restrict_labels.
 DOUBLE_ADD_PAIR_OFFSETS = {"pair1": (0, 1), "pair2": (3, 4)}
 
@@ -82,22 +87,38 @@ def _double_add_examples(operands: np.ndarray) -> dict[str, list]:
     }
 
 
+def _double_add_codes(operands: np.ndarray) -> np.ndarray:
+    """Rows ``[a, b, c, d]`` as one integer ``a*10^6 + b*10^4 + c*10^2 + d`` (to draw distinct questions cheaply)."""
+    return operands @ (OPERAND_LIMIT ** np.arange(3, -1, -1))
+
+
+def _double_add_operands(codes: np.ndarray) -> np.ndarray:
+    return np.stack([codes // OPERAND_LIMIT ** power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
+
+
 def double_addition_task(
-    seed: int = 0, train_size: int = DOUBLE_ADD_TRAIN_SIZE, test_size: int = DOUBLE_ADD_TEST_SIZE
+    seed: int = 0, train_size: int = DOUBLE_ADD_TRAIN_SIZE, test_size: int = DOUBLE_ADD_TEST_SIZE,
+    zero_operand_probability: float = DOUBLE_ADD_ZERO_OPERAND_PROBABILITY,
 ) -> DatasetDict:
-    """Two pairs summed at once (mod 100 each): distinct questions, test disjoint from train.
+    """Two pairs summed at once (mod 100 each): distinct questions, test disjoint from train. Test operands are
+    uniform; each train operand is 00 with probability ``zero_operand_probability`` (else uniform) before repeated
+    questions are dropped (which removes a few zero-heavy ones).
 
     >>> double_addition_task(train_size=10, test_size=5)["test"].num_rows
     5
     """
     rng = np.random.default_rng(seed)
-    # Encode each question as one integer a*10^6 + b*10^4 + c*10^2 + d to draw distinct questions cheaply.
-    codes = np.unique(rng.integers(0, OPERAND_LIMIT**4, size=2 * (train_size + test_size)))
-    codes = rng.permutation(codes)[: train_size + test_size]
-    if len(codes) < train_size + test_size:
+    test_codes = np.unique(rng.integers(0, OPERAND_LIMIT**4, size=2 * test_size))
+    test_codes = rng.permutation(test_codes)[:test_size]
+    operands = rng.integers(0, OPERAND_LIMIT, size=(2 * train_size + 100, 4))
+    operands[rng.random(operands.shape) < zero_operand_probability] = 0
+    codes = _double_add_codes(operands)
+    _, first = np.unique(codes, return_index=True)  # distinct, in the order drawn
+    train_codes = codes[np.sort(first)]
+    train_codes = train_codes[~np.isin(train_codes, test_codes)][:train_size]
+    if len(test_codes) < test_size or len(train_codes) < train_size:
         raise ValueError("asked for more distinct double-addition questions than were drawn; lower the sizes")
-    operands = np.stack([codes // OPERAND_LIMIT ** power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
     return DatasetDict({
-        "train": Dataset.from_dict(_double_add_examples(operands[:train_size])),
-        "test": Dataset.from_dict(_double_add_examples(operands[train_size:])),
+        "train": Dataset.from_dict(_double_add_examples(_double_add_operands(train_codes))),
+        "test": Dataset.from_dict(_double_add_examples(_double_add_operands(test_codes))),
     })
