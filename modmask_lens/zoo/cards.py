@@ -39,11 +39,20 @@ class ModelCard:
             f"- Architecture: {architecture}\n"
             f"- Parameters: {self.parameter_count:,}\n"
             f"- Training command: `{self.training_command}`\n"
+            f"- Objective: {self.objective()}\n"
             f"- Seed: {self.seed}; torch threads: {self.torch_threads}; "
             f"wall time: {self.wall_time_s:.0f} s ({self.wall_time_s / 60:.1f} min)\n\n"
             "## Greedy exact-match accuracy\n\n| split/subtask | accuracy |\n| --- | --- |\n"
             f"{rows}\n"
         )
+
+    def objective(self) -> str:
+        """What the training minimised: the task loss alone, or with a modular-training term."""
+        if self.recipe.get("bimt"):
+            return "task loss + BIMT connection cost, with neuron/head/residual swaps (settings: card.json `recipe.bimt`)"
+        if self.recipe.get("clusterability"):
+            return "task loss - clusterability reward (settings: card.json `recipe.clusterability`)"
+        return "task loss (cross-entropy on answer tokens and EOS)"
 
 
 def write_card(card: ModelCard, folder: Path) -> None:
