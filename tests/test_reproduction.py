@@ -4,7 +4,17 @@ docs/results.md)."""
 from __future__ import annotations
 
 from modmask_lens.masks.config import TrainConfig
-from modmask_lens.reproduction import addmul_experiment, scan_experiment, scan_probe_experiment, write_results
+from modmask_lens import zoo
+from modmask_lens.reproduction import (
+    addmul_experiment,
+    double_add_experiment,
+    math_experiment,
+    math_probe_experiment,
+    modular_training_experiment,
+    scan_experiment,
+    scan_probe_experiment,
+    write_results,
+)
 
 TINY = TrainConfig(steps=2, batch_size=8)
 
@@ -32,3 +42,34 @@ def test_scan_probe_experiment_reports_routing_and_errors():
     information = result.tables["routing information (bits)"].iloc[0]
     assert 0 <= information.mutual_information <= information.subtask_entropy <= 2.0 + 1e-9
     assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {"jump", "walk", "run", "look"}
+
+
+def test_double_add_experiment_scores_each_pair_on_its_own_slot():
+    result = double_add_experiment(TINY, eval_limit=16)
+    assert set(result.tables["mask sizes"].task) == {"control", "pair1", "pair2"}
+    accuracy = result.tables["accuracy (full / mask / inverse mask)"]
+    assert (accuracy[accuracy.condition == "full"][["pair1", "pair2"]] > 0.9).all(axis=None)
+    assert set(result.tables["IoU of the subtask masks per layer and role"].task_a) == {"pair1"}
+
+
+def test_math_experiment_has_a_sharing_matrix_and_the_difficulty_test():
+    result = math_experiment(TINY, eval_limit=16)
+    modules = result.settings["modules"]
+    assert len(modules) >= 3 and set(result.tables["IoU between the modules' masks"].task_a) <= set(modules)
+    difficulty = result.tables["control vs easy-only mask"]
+    assert {"interpolate", "extrapolate"} <= set(difficulty.columns)
+    assert set(difficulty[difficulty.condition == "mask"]["mask"]) == {"control", "easy_only"}
+
+
+def test_math_probe_experiment_routes_the_modules():
+    result = math_probe_experiment(eval_limit=16, probe_steps=3, train_limit=64)
+    table = result.tables["subtask x expert (examples routed by argmax gate)"]
+    assert len(table) == len(zoo.load("math").task.build(0)["interpolate"].unique("module"))
+
+
+def test_modular_training_experiment_compares_the_three_scan_variants():
+    result = modular_training_experiment(TINY, eval_limit=16, base="scan", train_limit=64)
+    table = result.tables["plain vs BIMT vs clusterability loss"]
+    assert list(table.model) == ["scan", "scan-bimt", "scan-clusterability"]
+    assert ((table["mask IoU"] >= 0) & (table["mask IoU"] <= 1)).all()
+    assert (table["test accuracy"] > 0.9).all()
