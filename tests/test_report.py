@@ -9,6 +9,7 @@ from conftest import boot_gpt2
 from test_viz_views import random_mask_set
 
 from modmask_lens import save_masks
+from modmask_lens.probes import ProbeEvaluation
 from modmask_lens.viz import report_from_files, write_report
 from modmask_lens.viz.report import versions
 
@@ -35,3 +36,16 @@ def test_report_of_one_mask_leaves_out_the_overlap_and_records_the_settings(gpt2
     assert headings == ["Masks", "Circuit of only", "Attention through only", "Kept fraction per layer and role",
                         "Model, masks and settings"]
     assert "modmask-lens demo" in html
+
+
+def test_report_with_a_probe_shows_its_routing_table_and_error_attribution(gpt2_bridge, tmp_path):
+    gate = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    evaluation = ProbeEvaluation(gate, torch.ones(4, 2, dtype=torch.bool), torch.ones(4, dtype=torch.bool),
+                                 torch.tensor([0, 0, 1, 1]), ("jump", "walk"))
+    mask = random_mask_set(gpt2_bridge, "only", 0).binary()
+    html = write_report(tmp_path / "report.html", gpt2_bridge, {"only": mask}, torch.tensor([1, 2, 3]),
+                        probe=evaluation).read_text()
+    headings = re.findall(r"<h3>([^<]+)</h3>", html)
+    assert headings[-4:] == ["Routing of subtasks to experts", "Routing information (bits)", "Error attribution",
+                             "Model, masks and settings"]
+    assert "Gated-module probe" in html and "walk" in html

@@ -19,12 +19,24 @@ from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.io import library_version, load_masks
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.probes.analysis import (
+    ProbeEvaluation,
+    error_attribution,
+    routing_information,
+    routing_table,
+)
 from modmask_lens.viz.attention_patterns import FULL, attention_patterns, inverse_label
 from modmask_lens.viz.attention_view import AttentionView
 from modmask_lens.viz.circuit_graph import circuit_graph
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import Section, TableView, View, escape, write_page
-from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram
+from modmask_lens.viz.plots import (
+    accuracy_table,
+    iou_heatmap,
+    kept_fraction_plot,
+    logit_histogram,
+    routing_heatmap,
+)
 
 
 def versions() -> dict[str, str]:
@@ -41,6 +53,7 @@ def report_views(
     token_labels: list[str] | None = None,
     settings: Mapping[str, object] | None = None,
     max_edges: int = 60,
+    probe: ProbeEvaluation | None = None,
 ) -> list[View]:
     """Every view of the report, in order (:func:`write_report` for the arguments)."""
     if not masks:
@@ -71,6 +84,13 @@ def report_views(
         views.append(logit_histogram(mask_sets))
     if accuracy is not None:
         views.append(accuracy_table(accuracy))
+    if probe is not None:
+        views += [Section("Gated-module probe", "Which expert the probe's gate picks for each subtask (argmax "
+                                                "gate), how much that routing tells about the subtask, and whose "
+                                                "the probe's errors are."),
+                  routing_heatmap(routing_table(probe)),
+                  TableView(routing_information(probe), "Routing information (bits)"),
+                  TableView(error_attribution(probe), "Error attribution")]
     views += [Section("Configuration"), TableView(_configuration(binaries, mask_sets, settings),
                                                   "Model, masks and settings")]
     return views
@@ -86,6 +106,7 @@ def write_report(
     title: str = "modmask-lens report",
     settings: Mapping[str, object] | None = None,
     max_edges: int = 60,
+    probe: ProbeEvaluation | None = None,
 ) -> Path:
     """Write one self-contained HTML file (no network needed to open it) for a set of masks on a model.
 
@@ -99,6 +120,8 @@ def write_report(
         title: page title.
         settings: anything else to record in the configuration table (e.g. the command that made the masks).
         max_edges: strongest edges drawn per circuit graph.
+        probe: a gated-module probe's :func:`~modmask_lens.probes.evaluate_probe` result on the same model, for
+            its routing table (subtask x expert), routing information and error attribution.
 
     Returns:
         ``path``.
@@ -106,7 +129,7 @@ def write_report(
     Example:
         >>> write_report("report.html", bridge, mask_sets, torch.tensor([3, 7, 10]), data=subtasks)  # doctest: +SKIP
     """
-    views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges)
+    views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges, probe)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">Per-weight masks '
               f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
