@@ -105,10 +105,9 @@ def test_optimiser_moments_are_permuted_with_the_weights():
 
 
 def test_permuting_a_bridge_mid_training_changes_nothing_later(any_bridge, tokens):
-    """Swaps between two AdamW steps leave the next step's result unchanged: the moments moved with the weights,
-    also those of views into fused parameters (GPT-2's c_attn holds every head's Q, K and V)."""
-    # Train the model the bridge wraps, as the zoo trainer does: a Hugging Face GPT-2 updates its fused c_attn,
-    # of which the bridge's per-head W_Q, W_K, W_V (the unit graph's members) are views.
+    """Swaps between two AdamW steps leave the next step's result unchanged: the moments moved with the weights.
+    Trains the model the bridge wraps, as the zoo trainer does; in a wrapped GPT-2 the forward reads the bridge's
+    W_Q, W_K, W_V parameters (views into c_attn), so those carry the moments."""
     model = getattr(any_bridge, "original_model", any_bridge)
     parameters = list(model.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.01)

@@ -155,31 +155,16 @@ def permute_units(axis: UnitAxis, order: Int[Tensor, " n_units"], optimizer: tor
     per-parameter state (Adam's ``exp_avg`` and ``exp_avg_sq``, any state tensor shaped like the parameter).
 
     The reference BIMT code does not move the optimiser state, so the moments of a swapped weight stay at its old
-    place; here they travel with it, also where the member is a view into a fused parameter (GPT-2's ``c_attn``).
+    place; here they travel with it.
     """
     if sorted(order.tolist()) != list(range(axis.n_units)):
         raise ValueError(f"order must be a permutation of range({axis.n_units}) for axis {axis.name}")
     for member in axis.members:
         width = member.tensor.shape[member.dim] // axis.n_units
         index = member_index(order, width).to(member.tensor.device)
-        tensors = [member.tensor, *(optimizer_state_views(member.tensor, optimizer) if optimizer is not None else [])]
+        tensors = [member.tensor]
+        if optimizer is not None and member.tensor in optimizer.state:
+            tensors += [value for value in optimizer.state[member.tensor].values()
+                        if isinstance(value, Tensor) and value.shape == member.tensor.shape]
         for tensor in tensors:
             tensor.copy_(tensor.index_select(member.dim, index))
-
-
-def optimizer_state_views(tensor: Tensor, optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """The optimiser's per-parameter state tensors (Adam's moments) seen through the same window as ``tensor``.
-
-    ``tensor`` is a parameter or a strided view into one (e.g. the query block of a fused QKV weight, whose owner is
-    the largest optimised parameter on the same storage); each state tensor shaped like that parameter is viewed with ``tensor``'s sizes, strides and offset, so writing to the
-    returned views moves the state entries that belong to ``tensor``'s entries. Empty before the first step.
-    """
-    sharing = [parameter for group in optimizer.param_groups for parameter in group["params"]
-               if parameter.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()]
-    if not sharing:
-        return []
-    owner = next((parameter for parameter in sharing if parameter is tensor), max(sharing, key=Tensor.numel))
-    offset = tensor.storage_offset() - owner.storage_offset()
-    return [value.as_strided(tensor.shape, tensor.stride(), value.storage_offset() + offset)
-            for value in optimizer.state.get(owner, {}).values()
-            if isinstance(value, Tensor) and value.shape == owner.shape and value.stride() == owner.stride()]
