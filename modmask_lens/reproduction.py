@@ -256,8 +256,8 @@ def modular_training_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_l
         accuracy = mask_accuracy(model.bridge, binaries, evaluation)
         full = accuracy[accuracy.condition == "full"].set_index("evaluated_on")["accuracy"]
         inverse = accuracy[accuracy.condition == "inverse"]
-        drop = full.loc[inverse.evaluated_on].to_numpy() - inverse.accuracy.to_numpy()
-        own = inverse.mask.to_numpy() == inverse.evaluated_on.to_numpy()
+        drop = full.loc[inverse["evaluated_on"]].to_numpy() - inverse["accuracy"].to_numpy()
+        own = inverse["mask"].to_numpy() == inverse["evaluated_on"].to_numpy()
         measured = clusterability(model.bridge, k=4)
         mean_clusterability = measured.groupby("method")["clusterability"].mean()
         rows.append({
