@@ -8,6 +8,7 @@ from modmask_lens import zoo
 from modmask_lens.reproduction import (
     addmul_experiment,
     double_add_experiment,
+    main,
     math_experiment,
     math_probe_experiment,
     modular_training_experiment,
@@ -73,3 +74,10 @@ def test_modular_training_experiment_compares_the_three_scan_variants():
     assert list(table.model) == ["scan", "scan-bimt", "scan-clusterability"]
     assert ((table["mask IoU"] >= 0) & (table["mask IoU"] <= 1)).all()
     assert (table["test accuracy"] > 0.9).all()
+
+
+def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tmp_path):
+    main(["addmul", "double_add", "--steps", "2", "--eval-limit", "16", "--jobs", "2", "--out", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    assert text.index("## addmul") < text.index("## double addition")
+    assert "--jobs 2" in text and "Total wall time:" in text
