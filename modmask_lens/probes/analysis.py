@@ -71,8 +71,7 @@ def routing_table(evaluation: ProbeEvaluation) -> pd.DataFrame:
     n_experts = evaluation.gate.shape[1]
     counts = torch.bincount(evaluation.subtasks * n_experts + evaluation.chosen_expert,
                             minlength=len(evaluation.subtask_names) * n_experts).view(-1, n_experts)
-    mass = torch.zeros(len(evaluation.subtask_names), n_experts).index_add_(0, evaluation.subtasks,
-                                                                         evaluation.gate.detach())
+    mass = torch.zeros(len(evaluation.subtask_names), n_experts).index_add_(0, evaluation.subtasks, evaluation.gate)
     return pd.DataFrame([{"subtask": name, "expert": expert, "count": int(counts[index, expert]),
                           "gate_mass": float(mass[index, expert])}
                          for index, name in enumerate(evaluation.subtask_names) for expert in range(n_experts)])
