@@ -67,7 +67,7 @@ def test_a_gate_forced_to_one_expert_routes_everything_there():
     output = probe(x)
     assert torch.equal(output.gate.argmax(1), torch.ones(4, dtype=torch.long))
     assert torch.equal(output.log_probs.argmax(1), probe.experts[1](x).argmax(1))
-    evaluation = ProbeEvaluation(output.gate, output.expert_logits.argmax(-1) == y[:, None],
+    evaluation = ProbeEvaluation(output.gate.detach(), output.expert_logits.argmax(-1) == y[:, None],
                                  output.log_probs.argmax(-1) == y, torch.tensor([0, 0, 1, 1]), ("a", "b"))
     table = routing_table(evaluation)
     assert table[table.expert == 0]["count"].sum() == 0 and table[table.expert == 1]["count"].sum() == 4
