@@ -105,11 +105,16 @@ def masks_train(
     lr: float = typer.Option(1e-2, help="Adam learning rate of the logits (Csordás: 1e-2)"),
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
+    n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
+    fully_shard: bool = typer.Option(False, "--fully-shard", help="under torchrun, shard weights, masks and Adam "
+                                     "state over the processes (for models that do not fit one device)"),
 ):
     """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
 
     Under torchrun the batch's mask samples are shared out among the processes and the mask gradients summed
-    (gloo on CPU, NCCL on GPUs): ``torchrun --nproc_per_node 2 $(which modmask-lens) masks train ...``.
+    (gloo on CPU, NCCL on GPUs): ``torchrun --nproc_per_node 2 $(which modmask-lens) masks train ...``. With
+    --fully-shard each process holds 1/N of the weights, mask logits and Adam state on its GPU (the model itself
+    stays in host memory) and gathers one block at a time.
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
@@ -121,11 +126,14 @@ def masks_train(
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    bridge, tokenizer = load_bridge(model)
+    # Each process of a GPU run works on its own GPU; a fully sharded one keeps the model itself in host memory.
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    bridge, tokenizer = load_bridge(model, device="cpu" if fully_shard else device)
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
-    train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed)
+    train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
     masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
-                        progress=not distributed or torch.distributed.get_rank() == 0)
+                        progress=not distributed or torch.distributed.get_rank() == 0, fully_shard=fully_shard,
+                        device=device)
     if not distributed or torch.distributed.get_rank() == 0:
         for name, mask in masks.items():
             binary = mask.binary()

@@ -70,10 +70,14 @@ class MaskSet:
         return self
 
     def sample(self, temperature: float = 1.0, noise: UniformNoise | None = None) -> dict[str, Tensor]:
-        """One straight-through Gumbel-sigmoid sample: bridge parameter path -> mask broadcastable to its weight."""
+        """One straight-through Gumbel-sigmoid sample: bridge parameter path -> mask broadcastable to its weight.
+
+        Unit i draws its noise from ``noise.substream(i)`` (default: a fresh random seed), so one unit's sample can be
+        drawn on its own, as fully sharded training does block by block."""
+        noise = noise or UniformNoise(int(torch.randint(2**62, ())))
         masks = {}
-        for unit in self.units:
-            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise)
+        for index, unit in enumerate(self.units):
+            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise.substream(index))
             for member in unit.members:
                 masks[member.path] = unit.expand(unit_sample, member)
         return masks

@@ -20,6 +20,12 @@ class UniformNoise:
         self._numpy = np.random.default_rng(seed)
         self._torch: torch.Generator | None = None
 
+    def substream(self, index: int) -> UniformNoise:
+        """An independent stream, the ``index``-th child of this one (e.g. one per mask unit, so that any unit's
+        noise can be drawn on its own, in any order)."""
+        words = np.random.SeedSequence((self.seed, index)).generate_state(2, dtype=np.uint32)
+        return UniformNoise((int(words[0]) << 31) ^ int(words[1]))
+
     def like(self, tensor: Tensor) -> Tensor:
         """Noise of ``tensor``'s shape, dtype and device."""
         if tensor.device.type == "cpu":

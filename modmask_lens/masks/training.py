@@ -29,6 +29,7 @@ from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from,
                                    require_fields, verify_checksum, write_safetensors_atomically)
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
 CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -47,7 +48,12 @@ class _TaskRun:
     optimizer: torch.optim.Adam
     multipliers: Tensor | None = None  # Lagrangian lambda1, lambda2 (target-density mode)
     multiplier_optimizer: torch.optim.Adam | None = None
+    shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
+
+    def parameters(self) -> list[Tensor]:
+        """What the optimiser trains: the logits, or this process's slices of them."""
+        return self.shards.parameters() if self.shards is not None else self.masks.parameters()
 
 
 @contextmanager
@@ -78,6 +84,10 @@ class MaskTrainer:
         checkpoint_dir: where to checkpoint every ``train_config.checkpoint_every`` steps; a rerun with the same
             directory resumes from the last checkpoint and ends with the same result as an uninterrupted run.
         progress: show a progress bar with loss, exact-match accuracy and kept fraction.
+        fully_shard: under torchrun, keep 1/N of the weights, mask logits and Adam state on each process and gather
+            one block at a time (:mod:`modmask_lens.masks.sharding`), for models that do not fit one device.
+            Otherwise every process holds the whole model and masks (data parallel).
+        device: where the shards live and run when ``fully_shard`` (default: the bridge's device).
 
     Example:
         >>> trainer = MaskTrainer(bridge, [jump, walk], train_config=TrainConfig(steps=500))   # doctest: +SKIP
@@ -92,6 +102,8 @@ class MaskTrainer:
         train_config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None,
         progress: bool = True,
+        fully_shard: bool = False,
+        device: torch.device | str | None = None,
     ):
         names = [subtask.name for subtask in subtasks]
         if not names:
@@ -113,6 +125,15 @@ class MaskTrainer:
         self.rank = torch.distributed.get_rank() if distributed else 0
         self.world_size = torch.distributed.get_world_size() if distributed else 1
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
+        if fully_shard:
+            if train_config.n_samples % self.world_size:
+                raise ValueError(f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
+                                 f"lock-step on {self.world_size} processes; make n_samples a multiple of "
+                                 f"{self.world_size}")
+            if train_config.target_density is not None:
+                raise ValueError("fully sharded training supports the logit-sum regulariser (beta) only; set "
+                                 "target_density=None or train without fully_shard")
+        self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
         origin = MaskOrigin.of(bridge)
@@ -123,8 +144,9 @@ class MaskTrainer:
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
-        optimizer = torch.optim.Adam(masks.parameters(), lr=self.train_config.lr)
-        run = _TaskRun(data, masks, optimizer)
+        shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
+        trained = shards.parameters() if shards is not None else masks.parameters()
+        run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
         if self.train_config.target_density is not None:
             run.multipliers = torch.zeros(2, requires_grad=True)
             run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
@@ -142,12 +164,17 @@ class MaskTrainer:
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(self._postfix())
-                if self.checkpoint_dir is not None and self.rank == 0 and (
+                if self.checkpoint_dir is not None and (
                     self.step % config.checkpoint_every == 0 or self.step == config.steps
                 ):
                     self.save_checkpoint()
         bar.close()
-        return {run.masks.name: run.masks for run in self.runs}
+        return {run.masks.name: self._full_masks(run) for run in self.runs}
+
+    @staticmethod
+    def _full_masks(run: _TaskRun) -> MaskSet:
+        """The run's mask set with its current logits (gathered from all processes when sharded: a collective)."""
+        return run.shards.full() if run.shards is not None else run.masks
 
     def _postfix(self) -> dict[str, str]:
         if len(self.runs) == 1:
@@ -168,31 +195,43 @@ class MaskTrainer:
             if chunk % self.world_size != self.rank:
                 continue  # another process's slice of the batch
             # Each chunk has its own noise stream, so any process draws the same sample for it.
-            sample = run.masks.sample(config.temperature, UniformNoise(seed * config.n_samples + chunk))
-            logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
-            score: AnswerScore = score_answers(logits, chunk_labels)
+            noise = UniformNoise(seed * config.n_samples + chunk)
+            if run.shards is not None:
+                logits = self.sharded_bridge(run.shards, config.temperature, noise, chunk_ids)
+            else:
+                sample = run.masks.sample(config.temperature, noise)
+                logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
+            score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
             (score.loss_sum / n_tokens).backward()
             loss_sum += float(score.loss_sum.detach())
             n_correct += score.n_correct
         if self.world_size > 1:
-            loss_sum, n_correct = _all_reduce_gradients(run.masks.parameters(), loss_sum, n_correct)
+            # Sharded gradients are already summed over processes by the gathers' backward.
+            loss_sum, n_correct = _all_reduce_statistics(loss_sum, n_correct, run.parameters()[0].device)
+            if run.shards is None:
+                _all_reduce_gradients(run.masks.parameters())
         task_loss = loss_sum / n_tokens
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
         self._regularise(run)
-        torch.nn.utils.clip_grad_norm_(run.masks.parameters(), config.grad_clip)
+        if run.shards is not None:
+            run.shards.clip_grad_norm_(config.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(run.masks.parameters(), config.grad_clip)
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
             run.multiplier_optimizer.step()
         # The kept fraction is a pass over all logits: refresh it every 10 steps only.
-        kept = self._kept_fraction(run.masks) if self.step % 10 == 0 else run.metrics.get("kept", float("nan"))
+        kept = (self._kept_fraction(self._full_masks(run)) if self.step % 10 == 0
+                else run.metrics.get("kept", float("nan")))
         run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size, "kept": kept}
 
     def _regularise(self, run: _TaskRun) -> None:
         """Csordás's ``(beta / B) * sum(logits)``, or Edge Pruning's Lagrangian towards a target density."""
         config = self.train_config
         if run.multipliers is None:
-            (config.beta / config.batch_size * run.masks.logit_sum()).backward()
+            logit_sum = run.shards.logit_sum() if run.shards is not None else run.masks.logit_sum()
+            (config.beta / config.batch_size * logit_sum).backward()
             return
         run.multiplier_optimizer.zero_grad(set_to_none=True)
         ramp = min(1.0, self.step / max(config.density_warmup_steps, 1))
@@ -219,13 +258,15 @@ class MaskTrainer:
         )
 
     def save_checkpoint(self) -> Path:
-        """Write logits, optimiser states and the step atomically to ``checkpoint_dir``."""
+        """Write logits, optimiser states and the step atomically to ``checkpoint_dir`` (from process 0; every
+        process calls it, since sharded state is gathered first). The file is the same with or without sharding."""
         tensors: dict[str, Tensor] = {}
         tasks = []
         for index, run in enumerate(self.runs):
             prefix = f"task{index}"
+            optimizer = run.shards.gathered_optimizer(run.optimizer) if run.shards is not None else run.optimizer
             tensors.update({f"{prefix}/logits/{name}": logit for name, logit in run.masks.logits.items()})
-            tensors.update(optimizer_tensors(run.optimizer, f"{prefix}/adam"))
+            tensors.update(optimizer_tensors(optimizer, f"{prefix}/adam"))
             if run.multipliers is not None:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
@@ -233,7 +274,8 @@ class MaskTrainer:
         metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
                     "tasks": tasks}
         path = self.checkpoint_dir / CHECKPOINT_FILE
-        write_safetensors_atomically(path, tensors, metadata)
+        if self.rank == 0:
+            write_safetensors_atomically(path, tensors, metadata)
         return path
 
     def _resume(self) -> None:
@@ -257,6 +299,11 @@ class MaskTrainer:
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
+            if self.sharded_bridge is not None:
+                run.shards = ShardedLogits(run.masks, self.sharded_bridge.device)
+                full_optimizer, run.optimizer = run.optimizer, torch.optim.Adam(run.shards.parameters(),
+                                                                                lr=self.train_config.lr)
+                run.shards.load_optimizer_state(run.optimizer, full_optimizer)
             if run.multipliers is not None:
                 run.multipliers = own["multipliers"].clone().requires_grad_(True)
                 run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
@@ -265,13 +312,17 @@ class MaskTrainer:
         self.step = metadata["step"]
 
 
-def _all_reduce_gradients(parameters: list[Tensor], loss_sum: float, n_correct: int) -> tuple[float, int]:
-    """Sum the mask gradients and the batch statistics over all processes (in place for the gradients)."""
+def _all_reduce_gradients(parameters: list[Tensor]) -> None:
+    """Sum the mask gradients over all processes, in place."""
     for parameter in parameters:
         if parameter.grad is None:  # this process ran no chunk of the batch
             parameter.grad = torch.zeros_like(parameter)
         torch.distributed.all_reduce(parameter.grad)
-    totals = torch.tensor([loss_sum, float(n_correct)], dtype=torch.float64)
+
+
+def _all_reduce_statistics(loss_sum: float, n_correct: int, device: torch.device) -> tuple[float, int]:
+    """The batch's loss sum and correct count summed over all processes (``device``: where the backend reduces)."""
+    totals = torch.tensor([loss_sum, float(n_correct)], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(totals)
     return float(totals[0]), int(totals[1])
 
@@ -283,6 +334,8 @@ def train_masks(
     train_config: TrainConfig = TrainConfig(),
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    fully_shard: bool = False,
+    device: torch.device | str | None = None,
 ) -> dict[str, MaskSet]:
     """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
 
@@ -292,4 +345,5 @@ def train_masks(
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
-    return MaskTrainer(bridge, subtasks, mask_config, train_config, checkpoint_dir, progress).train()
+    return MaskTrainer(bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard,
+                       device).train()
