@@ -1,0 +1,117 @@
+"""Fully sharded mask training in one process: the block-by-block sharded forward equals the plain masked forward,
+checkpoints move between sharded and plain runs, and the model is untouched. (Two processes: test_distributed.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import VOCAB, assert_unchanged, state_snapshot
+from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig
+from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits, shard_bounds
+
+CONFIG = TrainConfig(steps=4, batch_size=16, n_samples=4, lr=0.05, checkpoint_every=2)
+
+
+def subtask(name: str = "copy") -> SubtaskData:
+    input_ids = torch.randint(0, VOCAB, (32, 6), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 4:] = input_ids[:, 4:]
+    return SubtaskData(name, input_ids, labels)
+
+
+@pytest.mark.parametrize("numel", [1, 2, 7, 64, 65])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_shard_bounds_tile_the_tensor_once(numel, world_size):
+    covered = []
+    for rank in range(world_size):
+        start, end = shard_bounds(numel, rank, world_size)
+        assert 0 <= end - start <= -(-numel // world_size)
+        covered += range(start, end)
+    assert covered == list(range(numel))
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron", "head"])
+def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, tokens, granularity):
+    snapshot = state_snapshot(any_bridge)
+    masks = MaskSet.for_bridge(any_bridge, MaskConfig(granularity=granularity))
+    with torch.no_grad():  # logits near 0, so the sample keeps about half of each unit
+        for logit in masks.logits.values():
+            logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))
+    any_bridge.eval()
+    expected = masked_call(any_bridge, masks.sample(1.0, UniformNoise(3)), type(any_bridge).forward.__get__(any_bridge),
+                           tokens)
+    expected.square().mean().backward()
+    shards = ShardedLogits(masks, "cpu")
+    sharded = ShardedBridge(any_bridge)(shards, 1.0, UniformNoise(3), tokens)
+    sharded.square().mean().backward()
+    torch.testing.assert_close(sharded, expected, rtol=0, atol=1e-6)
+    for name, logit in masks.logits.items():
+        assert logit.grad.abs().sum() > 0, name
+        torch.testing.assert_close(shards.shards[name].grad.view(logit.shape), logit.grad, rtol=1e-5, atol=1e-8)
+    assert_unchanged(any_bridge, snapshot)
+    assert all("forward" not in block.module.__dict__ for block in ShardedBridge(any_bridge).blocks)
+
+
+def test_sharded_training_equals_plain_training(any_bridge):
+    snapshot = state_snapshot(any_bridge)
+    plain = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
+    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False, fully_shard=True).train()["copy"]
+    for name, logit in plain.logits.items():
+        assert not torch.equal(logit, torch.full_like(logit, plain.config.init_logit)), name
+        torch.testing.assert_close(sharded.logits[name], logit, rtol=0, atol=1e-6)
+    assert_unchanged(any_bridge, snapshot)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_after_checkpoint(bridge, tmp_path, fully_shard: bool) -> None:
+    """Train until the step after the first checkpoint, then fail while drawing that step's batch."""
+    data = subtask()
+    batch = data.batch
+
+    def batch_or_interrupt(indices):
+        if trainer.step == CONFIG.checkpoint_every:
+            raise Interrupted
+        return batch(indices)
+
+    object.__setattr__(data, "batch", batch_or_interrupt)  # SubtaskData is frozen
+    trainer = MaskTrainer(bridge, [data], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False,
+                          fully_shard=fully_shard)
+    with pytest.raises(Interrupted):
+        trainer.train()
+
+
+@pytest.mark.parametrize(("first", "resumed"), [(True, False), (False, True)], ids=["sharded-then-plain",
+                                                                                    "plain-then-sharded"])
+def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resumed):
+    snapshot = state_snapshot(gpt2_bridge)
+    uninterrupted = MaskTrainer(gpt2_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
+    interrupted_after_checkpoint(gpt2_bridge, tmp_path, fully_shard=first)
+    trainer = MaskTrainer(gpt2_bridge, [subtask()], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False,
+                          fully_shard=resumed)
+    assert trainer.step == CONFIG.checkpoint_every
+    finished = trainer.train()["copy"]
+    for name, logit in uninterrupted.logits.items():
+        torch.testing.assert_close(finished.logits[name], logit, rtol=0, atol=1e-6)
+    assert_unchanged(gpt2_bridge, snapshot)
+
+
+def test_sharded_training_rejects_the_density_target(gpt2_bridge):
+    config = TrainConfig(steps=2, batch_size=8, n_samples=2, target_density=0.1)
+    with pytest.raises(ValueError, match="target_density=None or train without fully_shard"):
+        MaskTrainer(gpt2_bridge, [subtask()], train_config=config, fully_shard=True)
+
+
+def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridge, tokens):
+    snapshot = state_snapshot(gpt2_bridge)
+    sharded = ShardedBridge(gpt2_bridge)
+    shards = ShardedLogits(MaskSet.for_bridge(gpt2_bridge), "cpu")
+    with pytest.raises(IndexError):
+        sharded(shards, 1.0, UniformNoise(0), tokens + VOCAB)  # token ids past the vocabulary
+    assert all("forward" not in block.module.__dict__ for block in sharded.blocks)
+    assert_unchanged(gpt2_bridge, snapshot)
