@@ -56,11 +56,12 @@ class FineTuning:
 
 
 class MaskTraining:
-    """Mask training with the library's defaults (4 mask samples per step, per-weight logits)."""
+    """Mask training with the library's defaults (4 mask samples per step, per-weight logits); ``fully_shard``: the
+    sharded path in one process (block-by-block gathers and the recomputing backward, without the communication)."""
 
-    def __init__(self, bridge: TransformerBridge, tasks: list[SubtaskData], steps: int):
+    def __init__(self, bridge: TransformerBridge, tasks: list[SubtaskData], steps: int, fully_shard: bool = False):
         self.trainer = MaskTrainer(bridge, tasks, train_config=TrainConfig(steps=steps, batch_size=BATCH),
-                                   progress=False)
+                                   progress=False, fully_shard=fully_shard)
 
     def step(self, index: int) -> None:
         for run in self.trainer.runs:
@@ -119,12 +120,13 @@ def main() -> None:
         # Fine-tuning changes the weights; the mask runs use their own pristine bridge.
         mask_bridge = build_bridge(directory + "/masks")
         masks = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps)
-        finetune_times, mask_times = [], []
-        for index in range(warmup + steps):  # interleaved, so drifts in machine load hit both alike
-            finetune_time, mask_time = timed(finetune.step, index), timed(masks.step, index)
+        sharded = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps, fully_shard=True)
+        finetune_times, mask_times, sharded_times = [], [], []
+        for index in range(warmup + steps):  # interleaved, so drifts in machine load hit all alike
+            times = timed(finetune.step, index), timed(masks.step, index), timed(sharded.step, index)
             if index >= warmup:
-                finetune_times.append(finetune_time)
-                mask_times.append(mask_time)
+                for series, time_s in zip((finetune_times, mask_times, sharded_times), times):
+                    series.append(time_s)
 
         multi_steps = max(steps // 3, 3)
         tasks = [subtask(f"t{k}", k) for k in range(TASKS)]
@@ -148,6 +150,7 @@ def main() -> None:
     print(f"finetune_step_ms: {finetune_median * 1e3:.1f}")
     print(f"mask_step_ms: {mask_median * 1e3:.1f}")
     print(f"mask_step_ratio: {mask_median / finetune_median:.3f}")
+    print(f"sharded_step_ratio: {statistics.median(sharded_times) / mask_median:.3f}")
     print(f"finetune_peak_mem_mb: {finetune_memory / 1024:.0f}")
     print(f"mask_peak_mem_mb: {mask_memory / 1024:.0f}")
     print(f"mask_peak_mem_ratio: {mask_memory / finetune_memory:.3f}")
