@@ -55,6 +55,14 @@ class BimtConfig:
                 strength *= factor
         return strength
 
+    def charges_biases_at(self, step: int) -> bool:
+        """Whether the connection cost charges biases at ``step``."""
+        return step >= self.penalize_biases_from * self.steps
+
+    def swaps_after(self, step: int) -> bool:
+        """Whether a swap pass follows the optimiser step of ``step``."""
+        return (step + 1) % self.swap_every == 0
+
 
 SYMBOLIC = BimtConfig()
 """BIMT's symbolic-formula settings (the defaults): sum cost, A = 1, l0 = 0.1, lambda 1e-3 (x10 at 1/4, x0.1 at 3/4),
@@ -94,11 +102,11 @@ def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], con
     for step in range(config.steps):
         strength = config.lambda_at(step)
         task = task_loss()
-        connection = cost(include_biases=step >= config.penalize_biases_from * config.steps)
+        connection = cost(include_biases=config.charges_biases_at(step))
         optimizer.zero_grad()
         (task + strength * connection).backward()
         optimizer.step()
-        if (step + 1) % config.swap_every == 0:
+        if config.swaps_after(step):
             swaps_since_log += relocate_units(graph, cost, config.top_k, optimizer)
         if step % config.log_every == 0 or step == config.steps - 1:
             history.append(dict(step=step, task_loss=float(task.detach()), connection_cost=float(connection.detach()),

@@ -50,11 +50,10 @@ class BimtRegulariser:
         self.cost = ConnectionCost(self.graph, config.cost)
 
     def penalty(self, step: int) -> Float[Tensor, ""]:
-        include_biases = step >= self.config.penalize_biases_from * self.config.steps
-        return self.config.lambda_at(step) * self.cost(include_biases=include_biases)
+        return self.config.lambda_at(step) * self.cost(include_biases=self.config.charges_biases_at(step))
 
     def after_step(self, step: int, optimizer: optim.Optimizer) -> int:
-        if (step + 1) % self.config.swap_every:
+        if not self.config.swaps_after(step):
             return 0
         return relocate_units(self.graph, self.cost, self.config.top_k, optimizer)
 
