@@ -89,7 +89,7 @@ def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int 
     from modmask_lens import zoo
 
     model = zoo.load("addmul")
-    data = model.task.build(0)
+    data = model.task.build(model.card.seed)
     operations = ("add", "mul")
     training = [_subtask(name, subtask_view(data["train"], "operation", name), model.tokenizer) for name in operations]
     control = SubtaskData.concatenate("control", training)
@@ -122,7 +122,7 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
     from modmask_lens.tasks.encoding import encode_pairs, restrict_labels
 
     model = zoo.load("double-add")
-    data = model.task.build(0)
+    data = model.task.build(model.card.seed)
     slots = {"pair1": (0, 1), "pair2": (3, 4)}  # completion "ss,tt": characters 0-1 and 3-4
 
     def pair_subtasks(split, limit: int | None) -> dict[str, SubtaskData]:
@@ -148,7 +148,7 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     from modmask_lens import zoo
 
     model = zoo.load("math")
-    data = model.task.build(0)
+    data = model.task.build(model.card.seed)
     modules = sorted(set(data["train"]["module"]))
     training = [_subtask(name, subtask_view(data["train"], "module", name), model.tokenizer) for name in modules]
     control = _subtask("control", data["train"], model.tokenizer)
