@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import VOCAB, assert_unchanged, state_snapshot
+
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig
 from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.sampling import UniformNoise

@@ -32,6 +32,27 @@ class _Entry(nn.Module):
         return method(*args, **kwargs)
 
 
+TensorKey = tuple[int, str]
+"""(id of the owning module, attribute name): one tensor slot, however many module paths reach it."""
+
+
+def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey, tuple[str, Tensor]]:
+    """Every parameter (or buffer: ``kind="_buffers"``) slot of ``module`` with the first path that reaches it."""
+    slots = {}
+    for module_path, submodule in module.named_modules():
+        for attribute, tensor in getattr(submodule, kind).items():
+            if tensor is not None and (id(submodule), attribute) not in slots:
+                slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute,
+                                                     tensor)
+    return slots
+
+
+def slot_of(module: nn.Module, path: str) -> TensorKey:
+    """The slot of the tensor at ``path`` (e.g. ``blocks.0.attn.q.weight``) under ``module``."""
+    module_path, _, attribute = path.rpartition(".")
+    return id(module.get_submodule(module_path)), attribute
+
+
 def masked_parameters(bridge: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Every parameter of the bridge, detached, under one path per (module, attribute); masked ones times their mask.
 
@@ -46,19 +67,12 @@ def masked_parameters(bridge: nn.Module, masks: Mapping[str, Tensor]) -> dict[st
     Returns:
         path -> tensor, for ``functional_call(..., tie_weights=False)``.
     """
-    values: dict[tuple[int, str], Tensor] = {}
-    paths: dict[tuple[int, str], str] = {}
-    for module_path, module in bridge.named_modules():
-        for attribute, parameter in module._parameters.items():
-            key = (id(module), attribute)
-            if parameter is not None and key not in paths:
-                paths[key] = f"{module_path}.{attribute}"
-                values[key] = parameter.detach()
+    slots = tensor_slots(bridge)
+    values = {key: parameter.detach() for key, (_, parameter) in slots.items()}
     for path, mask in masks.items():
-        module_path, _, attribute = path.rpartition(".")
-        key = (id(bridge.get_submodule(module_path)), attribute)
+        key = slot_of(bridge, path)
         values[key] = values[key] * mask
-    return {paths[key]: value for key, value in values.items()}
+    return {slots[key][0]: value for key, value in values.items()}
 
 
 def masked_call(bridge: nn.Module, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:

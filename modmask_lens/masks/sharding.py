@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from modmask_lens.masks.apply import _Entry
+from modmask_lens.masks.apply import TensorKey, _Entry, slot_of, tensor_slots
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
 from modmask_lens.masks.units import MaskUnit
@@ -50,7 +50,7 @@ def shard_bounds(numel: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def _gather(shard: Float[Tensor, " shard"], numel: int) -> Float[Tensor, " numel"]:
     """All processes' shards of a flat tensor of ``numel`` elements, concatenated (not differentiable)."""
-    rank, world_size = _world()
+    _, world_size = _world()
     if world_size == 1:
         return shard
     size = math.ceil(numel / world_size)
@@ -71,7 +71,7 @@ class _DifferentiableGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_full: Tensor) -> tuple[Tensor, None]:
-        rank, world_size = _world()
+        _, world_size = _world()
         if world_size == 1:
             return grad_full, None
         size = math.ceil(ctx.numel / world_size)
@@ -88,8 +88,8 @@ class _Block:
 
     path: str
     module: nn.Module
-    entries: list[tuple[str, torch.Size]]  # parameter path relative to the block, shape, in flat order
-    keys: list[tuple[int, str]]  # (id(owning module), attribute) of each entry
+    entries: list[tuple[str, torch.Size, torch.dtype]]  # parameter path relative to the block, shape, dtype; flat order
+    keys: list[TensorKey]  # the slot of each entry
     weight_shard: Tensor
     numel: int
 
@@ -98,7 +98,7 @@ class ShardedLogits:
     """This process's slices of one mask set's logits (leaf tensors for the optimiser) and their readouts.
 
     Args:
-        masks: the full mask set (its logits are read once, then left alone).
+        masks: the full mask set: its logits are sliced once; :meth:`full` later puts the gathered logits back.
         device: where the shards live.
     """
 
@@ -191,18 +191,16 @@ class ShardedBridge:
         self.rank, self.world_size = _world()
         self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
         covered = {key for block in self.blocks for key in block.keys}
-        outside = [f"{path}.{name}" for path, module in bridge.named_modules()
-                   for name, parameter in module._parameters.items()
-                   if parameter is not None and (id(module), name) not in covered]
+        outside = [path for key, (path, _) in tensor_slots(bridge).items() if key not in covered]
         if outside:
             raise ValueError(f"parameters {outside[:3]} lie outside the model's blocks, which sharding runs one at a "
                              "time; train this model without fully_shard")
         self.buffers = {f"bridge.{path}": buffer.to(self.device)
-                        for path, buffer in _unique_tensors(bridge, "_buffers").items()}
+                        for path, buffer in tensor_slots(bridge, "_buffers").values()}
 
     def _shard(self, path: str, module: nn.Module) -> _Block:
-        parameters = _unique_tensors(module, "_parameters")
-        keys = [(id(module.get_submodule(name.rpartition(".")[0])), name.rpartition(".")[2]) for name in parameters]
+        slots = tensor_slots(module)
+        keys, parameters = list(slots), dict(slots.values())
         numel = sum(parameter.numel() for parameter in parameters.values())
         start, end = shard_bounds(numel, self.rank, self.world_size)
         # Slice parameter by parameter, so no flat copy of the whole block is ever made.
@@ -214,11 +212,11 @@ class ShardedBridge:
             offset += parameter.numel()
         first = next(iter(parameters.values()))
         shard = torch.cat(pieces) if pieces else torch.empty(0, dtype=first.dtype, device=self.device)
-        entries = [(name, parameter.shape) for name, parameter in parameters.items()]
+        entries = [(name, parameter.shape, parameter.dtype) for name, parameter in parameters.items()]
         return _Block(path, module, entries, keys, shard, numel)
 
-    def __call__(self, logits: ShardedLogits, temperature: float, noise: UniformNoise, input_ids: Tensor,
-                 **kwargs) -> Tensor:
+    def __call__(self, logits: ShardedLogits, temperature: float, noise: UniformNoise,
+                 input_ids: Int[Tensor, "batch pos"], **kwargs) -> Tensor:
         """The bridge's forward on ``input_ids`` with every masked weight times a mask sample.
 
         The sample equals :meth:`MaskSet.sample` with the same ``noise``: each block gathers its units' logits and
@@ -258,7 +256,7 @@ class ShardedBridge:
 
     def _owner(self, unit: MaskUnit) -> _Block:
         owners = {block.path for block in self.blocks for member in unit.members
-                  if _member_key(self.bridge, member.path) in block.keys}
+                  if slot_of(self.bridge, member.path) in block.keys}
         if len(owners) != 1:
             raise ValueError(f"mask unit {unit.name!r} masks tensors of {sorted(owners) or 'no'} block(s); sharded "
                              "training needs each unit inside one block")
@@ -279,16 +277,16 @@ class ShardedBridge:
         logit_shards, args = args[:n_shards], args[n_shards:]
         flat = _gather(block.weight_shard, block.numel)
         values, offset = {}, 0
-        for key, (_, shape) in zip(block.keys, block.entries):
-            values[key] = flat[offset: offset + shape.numel()].view(shape)
+        for key, (_, shape, dtype) in zip(block.keys, block.entries):
+            values[key] = flat[offset: offset + shape.numel()].view(shape).to(dtype)  # a block may mix dtypes
             offset += shape.numel()
         for (index, unit), shard in zip(sampler.units, logit_shards):
             unit_logits = _DifferentiableGather.apply(shard, unit.numel).view(unit.shape)
             unit_sample = sample_hard_mask(unit_logits, sampler.temperature, sampler.noise.substream(index))
             for member in unit.members:
-                key = _member_key(self.bridge, member.path)
+                key = slot_of(self.bridge, member.path)
                 values[key] = values[key] * unit.expand(unit_sample, member)
-        parameters = {f"bridge.{name}": values[key] for key, (name, _) in zip(block.keys, block.entries)}
+        parameters = {f"bridge.{name}": values[key] for key, (name, _, _) in zip(block.keys, block.entries)}
         method = type(block.module).forward.__get__(block.module)
         return torch.func.functional_call(_Entry(block.module), parameters, (method, *args), kwargs,
                                           tie_weights=False, strict=False)
@@ -303,11 +301,6 @@ class _BlockSampler:
     noise: UniformNoise
 
 
-def _member_key(bridge: nn.Module, path: str) -> tuple[int, str]:
-    module_path, _, attribute = path.rpartition(".")
-    return id(bridge.get_submodule(module_path)), attribute
-
-
 def _top_level_blocks(bridge: nn.Module) -> list[tuple[str, nn.Module]]:
     """The children of the bridge that hold parameters, with module lists (``blocks``) split into their items."""
     blocks = []
@@ -317,14 +310,3 @@ def _top_level_blocks(bridge: nn.Module) -> list[tuple[str, nn.Module]]:
             if any(True for _ in item.parameters()):
                 blocks.append((f"{name}.{index}" if index else name, item))
     return blocks
-
-
-def _unique_tensors(module: nn.Module, kind: str) -> dict[str, Tensor]:
-    """Parameters or buffers (``kind`` ``"_parameters"`` / ``"_buffers"``) under one path per (module, attribute)."""
-    tensors, seen = {}, set()
-    for module_path, submodule in module.named_modules():
-        for attribute, tensor in getattr(submodule, kind).items():
-            if tensor is not None and (id(submodule), attribute) not in seen:
-                seen.add((id(submodule), attribute))
-                tensors[f"{module_path}.{attribute}" if module_path else attribute] = tensor
-    return tensors
