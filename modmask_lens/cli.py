@@ -120,6 +120,7 @@ def masks_train(
     """
     from modmask_lens.loading import load_bridge, load_subtask
     from modmask_lens.masks.config import MaskConfig, TrainConfig
+    from modmask_lens.masks.data import SubtaskData
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
@@ -130,6 +131,8 @@ def masks_train(
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     bridge, tokenizer = load_bridge(model, device="cpu" if fully_shard else device)
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
+    if not fully_shard:  # the data go where the model runs
+        subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
     train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
     masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
                         progress=not distributed or torch.distributed.get_rank() == 0, fully_shard=fully_shard,

@@ -46,13 +46,16 @@ class MaskSet:
     def for_bridge(
         cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
     ) -> MaskSet:
-        """Fresh logits (all ``config.init_logit``) for every unit of ``bridge`` that ``config`` selects.
+        """Fresh logits (all ``config.init_logit``, on the bridge's device) for every unit of ``bridge`` that ``config``
+        selects.
 
         ``origin`` may pass the bridge's :class:`MaskOrigin` when it is already known (hashing the weights is a pass
         over the whole model).
         """
         units = units_for(bridge, config)
-        logits = {unit.name: torch.full(unit.shape, config.init_logit, requires_grad=True) for unit in units}
+        device = next(bridge.parameters()).device
+        logits = {unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True)
+                  for unit in units}
         return cls(name, config, units, logits, origin or MaskOrigin.of(bridge))
 
     @property
