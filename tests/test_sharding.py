@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, assert_unchanged, state_snapshot
+from conftest import VOCAB, assert_unchanged, boot_native, state_snapshot
 
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig
 from modmask_lens.masks.apply import masked_call
@@ -115,3 +115,36 @@ def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridg
         sharded(shards, 1.0, UniformNoise(0), tokens + VOCAB)  # token ids past the vocabulary
     assert all("forward" not in block.module.__dict__ for block in sharded.blocks)
     assert_unchanged(gpt2_bridge, snapshot)
+
+
+def _report_state_sizes(rank: int, store: str, out: str) -> None:
+    """One of two gloo processes: train sharded for 2 steps, write how many elements this process holds."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    bridge = boot_native(gqa=True)
+    trainer = MaskTrainer(bridge, [subtask()], train_config=TrainConfig(steps=2, batch_size=8, n_samples=2),
+                          progress=False, fully_shard=True)
+    trainer.train()
+    run = trainer.runs[0]
+    held = {
+        "weights": [(block.numel, block.weight_shard.numel()) for block in trainer.sharded_bridge.blocks],
+        "logits": [(unit.numel, run.shards.shards[unit.name].numel()) for unit in run.masks.units],
+        "adam": [(unit.numel, sum(run.optimizer.state[shard][moment].numel() for moment in ("exp_avg", "exp_avg_sq")))
+                 for unit, shard in zip(run.masks.units, run.parameters())],
+    }
+    torch.save(held, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_each_of_two_processes_holds_half_the_weights_logits_and_adam_state(tmp_path):
+    torch.multiprocessing.spawn(_report_state_sizes, args=(str(tmp_path / "store"), str(tmp_path / "held")),
+                                nprocs=2)
+    held = [torch.load(tmp_path / f"held.{rank}") for rank in range(2)]
+    for rank, sizes in enumerate(held):
+        for kind, per_tensor in sizes.items():
+            for numel, kept in per_tensor:
+                start, end = shard_bounds(numel, rank, 2)
+                assert kept == (end - start) * (2 if kind == "adam" else 1), kind
+    for kind in held[0]:  # the two halves make the whole
+        assert [a + b for (_, a), (_, b) in zip(held[0][kind], held[1][kind])] == \
+               [numel * (2 if kind == "adam" else 1) for numel, _ in held[0][kind]]
