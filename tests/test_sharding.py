@@ -58,7 +58,8 @@ def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, toke
 def test_sharded_training_equals_plain_training(any_bridge):
     snapshot = state_snapshot(any_bridge)
     plain = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
-    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False, fully_shard=True).train()["copy"]
+    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False,
+                          fully_shard=True).train()["copy"]
     for name, logit in plain.logits.items():
         assert not torch.equal(logit, torch.full_like(logit, plain.config.init_logit)), name
         torch.testing.assert_close(sharded.logits[name], logit, rtol=0, atol=1e-6)
