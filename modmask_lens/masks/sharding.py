@@ -10,9 +10,8 @@ differentiable and its backward reduce-scatters the mask gradients, summed over 
 the shards that own them.
 
 The model itself is only read: its parameters are sliced once into the shards and never written (the bridge may live
-in host memory, e.g. memory-mapped from safetensors, while the shards live on an accelerator). Mask samples use the
-same noise as one process (unit i from ``noise.substream(i)``), so sharded training gives the same logits as one
-process up to float summation order.
+in host memory while the shards live on an accelerator). Mask samples use the same noise as one process (unit i from
+``noise.substream(i)``), so sharded training gives the same logits as one process up to float summation order.
 """
 
 from __future__ import annotations
