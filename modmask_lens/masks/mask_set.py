@@ -77,7 +77,7 @@ class MaskSet:
 
         Unit i draws its noise from ``noise.substream(i)`` (default: a fresh random seed), so one unit's sample can be
         drawn on its own, as fully sharded training does block by block."""
-        noise = noise or UniformNoise(int(torch.randint(2**62, ())))
+        noise = noise or UniformNoise.fresh()
         masks = {}
         for index, unit in enumerate(self.units):
             unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise.substream(index))

@@ -20,6 +20,11 @@ class UniformNoise:
         self._numpy = np.random.default_rng(seed)
         self._torch: torch.Generator | None = None
 
+    @classmethod
+    def fresh(cls) -> UniformNoise:
+        """A stream with a random seed (from torch's global generator, so ``torch.manual_seed`` fixes it)."""
+        return cls(int(torch.randint(2**62, ())))
+
     def substream(self, index: int) -> UniformNoise:
         """An independent stream, the ``index``-th child of this one (e.g. one per mask unit, so that any unit's
         noise can be drawn on its own, in any order)."""
@@ -78,5 +83,5 @@ def sample_hard_mask(
         >>> sample_hard_mask(logits, noise=UniformNoise(0)).shape
         torch.Size([3])
     """
-    uniform = (noise or UniformNoise(int(torch.randint(2**62, ())))).like(logits)
+    uniform = (noise or UniformNoise.fresh()).like(logits)
     return _StraightThroughGumbelSigmoid.apply(logits, uniform, temperature)

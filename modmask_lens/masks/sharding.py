@@ -87,8 +87,7 @@ class _Block:
 
     path: str
     module: nn.Module
-    entries: list[tuple[str, torch.Size, torch.dtype]]  # parameter path relative to the block, shape, dtype; flat order
-    keys: list[TensorKey]  # the slot of each entry
+    entries: list[tuple[TensorKey, str, torch.Size, torch.dtype]]  # slot, path in the block, shape, dtype; flat order
     weight_shard: Tensor
     numel: int
 
@@ -118,14 +117,11 @@ class ShardedLogits:
         """Sum of this process's logits (summed over processes, the mask set's :meth:`MaskSet.logit_sum`)."""
         return torch.stack([shard.sum() for shard in self.shards.values()]).sum()
 
-    def gathered(self, per_unit: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Full unit-shaped tensors, on the CPU, from per-unit flat shards (a collective: every process calls it)."""
-        return {unit.name: _gather(per_unit[unit.name].detach(), unit.numel).view(unit.shape).cpu().clone()
-                for unit in self.masks.units}
-
     def full(self) -> MaskSet:
-        """The mask set with the current logits gathered from all processes (a collective)."""
-        self.masks.logits = {name: logit.requires_grad_(True) for name, logit in self.gathered(self.shards).items()}
+        """The mask set with the current logits gathered from all processes, on the CPU (a collective)."""
+        self.masks.logits = {
+            unit.name: _gather(self.shards[unit.name].detach(), unit.numel).view(unit.shape).cpu().clone()
+            .requires_grad_(True) for unit in self.masks.units}
         return self.masks
 
     def gathered_optimizer(self, optimizer: torch.optim.Adam) -> torch.optim.Adam:
@@ -189,8 +185,9 @@ class ShardedBridge:
         self.device = torch.device(device) if device is not None else next(bridge.parameters()).device
         self.rank, self.world_size = _world()
         self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
-        covered = {key for block in self.blocks for key in block.keys}
-        outside = [path for key, (path, _) in tensor_slots(bridge).items() if key not in covered]
+        self._block_of_slot = {entry[0]: block for block in self.blocks for entry in block.entries}
+        self._unit_plans: dict[str, tuple[_Block, list[TensorKey]]] = {}  # unit name -> its block, its members' slots
+        outside = [path for key, (path, _) in tensor_slots(bridge).items() if key not in self._block_of_slot]
         if outside:
             raise ValueError(f"parameters {outside[:3]} lie outside the model's blocks, which sharding runs one at a "
                              "time; train this model without fully_shard")
@@ -199,20 +196,19 @@ class ShardedBridge:
 
     def _shard(self, path: str, module: nn.Module) -> _Block:
         slots = tensor_slots(module)
-        keys, parameters = list(slots), dict(slots.values())
-        numel = sum(parameter.numel() for parameter in parameters.values())
+        parameters = [parameter for _, parameter in slots.values()]
+        numel = sum(parameter.numel() for parameter in parameters)
         start, end = shard_bounds(numel, self.rank, self.world_size)
         # Slice parameter by parameter, so no flat copy of the whole block is ever made.
         pieces, offset = [], 0
-        for parameter in parameters.values():
+        for parameter in parameters:
             low, high = max(start - offset, 0), min(end - offset, parameter.numel())
             if low < high:
                 pieces.append(parameter.detach().reshape(-1)[low:high].to(self.device, copy=True))
             offset += parameter.numel()
-        first = next(iter(parameters.values()))
-        shard = torch.cat(pieces) if pieces else torch.empty(0, dtype=first.dtype, device=self.device)
-        entries = [(name, parameter.shape, parameter.dtype) for name, parameter in parameters.items()]
-        return _Block(path, module, entries, keys, shard, numel)
+        shard = torch.cat(pieces) if pieces else torch.empty(0, dtype=parameters[0].dtype, device=self.device)
+        entries = [(key, name, parameter.shape, parameter.dtype) for key, (name, parameter) in slots.items()]
+        return _Block(path, module, entries, shard, numel)
 
     def __call__(self, logits: ShardedLogits, temperature: float, noise: UniformNoise,
                  input_ids: Int[Tensor, "batch pos"], **kwargs) -> Tensor:
@@ -240,7 +236,7 @@ class ShardedBridge:
         """Each block's instance ``forward`` runs it from its shards (removed again on exit, also after errors)."""
         by_block: dict[str, list[tuple[int, MaskUnit]]] = {block.path: [] for block in self.blocks}
         for index, unit in enumerate(logits.masks.units):
-            by_block[self._owner(unit).path].append((index, unit))
+            by_block[self._unit_plan(unit)[0].path].append((index, unit))
         replaced = []
         try:
             for block in self.blocks:
@@ -253,13 +249,16 @@ class ShardedBridge:
             for module in replaced:
                 del module.__dict__["forward"]
 
-    def _owner(self, unit: MaskUnit) -> _Block:
-        owners = {block.path for block in self.blocks for member in unit.members
-                  if slot_of(self.bridge, member.path) in block.keys}
-        if len(owners) != 1:
-            raise ValueError(f"mask unit {unit.name!r} masks tensors of {sorted(owners) or 'no'} block(s); sharded "
-                             "training needs each unit inside one block")
-        return next(block for block in self.blocks if block.path in owners)
+    def _unit_plan(self, unit: MaskUnit) -> tuple[_Block, list[TensorKey]]:
+        """The block that holds every tensor ``unit`` masks, and those tensors' slots (worked out once per unit)."""
+        if unit.name not in self._unit_plans:
+            slots = [slot_of(self.bridge, member.path) for member in unit.members]
+            owners = {self._block_of_slot[slot].path for slot in slots if slot in self._block_of_slot}
+            if len(owners) != 1:
+                raise ValueError(f"mask unit {unit.name!r} masks tensors of {sorted(owners) or 'no'} block(s); "
+                                 "sharded training needs each unit inside one block")
+            self._unit_plans[unit.name] = (self._block_of_slot[slots[0]], slots)
+        return self._unit_plans[unit.name]
 
     def _runner(self, block: _Block, sampler: _BlockSampler, logits: ShardedLogits) -> Callable[..., object]:
         shards = [logits.shards[unit.name] for _, unit in sampler.units]
@@ -276,16 +275,15 @@ class ShardedBridge:
         logit_shards, args = args[:n_shards], args[n_shards:]
         flat = _gather(block.weight_shard, block.numel)
         values, offset = {}, 0
-        for key, (_, shape, dtype) in zip(block.keys, block.entries):
+        for key, _, shape, dtype in block.entries:
             values[key] = flat[offset: offset + shape.numel()].view(shape).to(dtype)  # a block may mix dtypes
             offset += shape.numel()
         for (index, unit), shard in zip(sampler.units, logit_shards):
             unit_logits = _DifferentiableGather.apply(shard, unit.numel).view(unit.shape)
             unit_sample = sample_hard_mask(unit_logits, sampler.temperature, sampler.noise.substream(index))
-            for member in unit.members:
-                key = slot_of(self.bridge, member.path)
+            for member, key in zip(unit.members, self._unit_plan(unit)[1]):
                 values[key] = values[key] * unit.expand(unit_sample, member)
-        parameters = {f"bridge.{name}": values[key] for key, (name, _, _) in zip(block.keys, block.entries)}
+        parameters = {f"bridge.{name}": values[key] for key, name, _, _ in block.entries}
         method = type(block.module).forward.__get__(block.module)
         return torch.func.functional_call(_Entry(block.module), parameters, (method, *args), kwargs,
                                           tie_weights=False, strict=False)

@@ -55,6 +55,17 @@ class _TaskRun:
         """What the optimiser trains: the logits, or this process's slices of them."""
         return self.shards.parameters() if self.shards is not None else self.masks.parameters()
 
+    def logit_sum(self) -> Tensor:
+        """Sum of the trained logits (this process's share when sharded)."""
+        return self.shards.logit_sum() if self.shards is not None else self.masks.logit_sum()
+
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """Clip the logits' gradient to ``max_norm`` (the norm over all processes' shards when sharded)."""
+        if self.shards is not None:
+            self.shards.clip_grad_norm_(max_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.masks.parameters(), max_norm)
+
 
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
@@ -214,10 +225,7 @@ class MaskTrainer:
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
         self._regularise(run)
-        if run.shards is not None:
-            run.shards.clip_grad_norm_(config.grad_clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(run.masks.parameters(), config.grad_clip)
+        run.clip_grad_norm_(config.grad_clip)
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
             run.multiplier_optimizer.step()
@@ -230,8 +238,7 @@ class MaskTrainer:
         """Csordás's ``(beta / B) * sum(logits)``, or Edge Pruning's Lagrangian towards a target density."""
         config = self.train_config
         if run.multipliers is None:
-            logit_sum = run.shards.logit_sum() if run.shards is not None else run.masks.logit_sum()
-            (config.beta / config.batch_size * logit_sum).backward()
+            (config.beta / config.batch_size * run.logit_sum()).backward()
             return
         run.multiplier_optimizer.zero_grad(set_to_none=True)
         ramp = min(1.0, self.step / max(config.density_warmup_steps, 1))
