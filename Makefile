@@ -5,21 +5,27 @@ BIN := $(VENV)/bin
 # torch is pinned first so that pip takes the local CPU build instead of pulling CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
 PLUGINS := plugins/modmask-lens-opt
+# The locked set: exact versions of the whole dependency tree, used as pip constraints by `make demo` and
+# `make test`. `make lock` regenerates it from pyproject.toml's ranges and lock-constraints.txt.
+LOCK := requirements.lock
+UV_PIN := uv==0.13.9
+# The canary: a separate venv with the newest releases that pyproject.toml allows (no lock); see docs/versions.md.
+LATEST_VENV := .venv-latest
 
-.PHONY: demo test bench install install-dev clean
+.PHONY: demo test test-latest bench install install-dev lock chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install --quiet -c $(LOCK) "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
 # Dev extras, plus the example adapter plugin so that the suite exercises the entry-point path end to end.
 $(VENV)/.installed-dev: $(VENV)/.installed $(PLUGINS)/pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev]" $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,14 +37,32 @@ demo: install
 # The report's browser test needs Debian's headless Chromium (installed once, from the Debian registry).
 CHROMIUM_PACKAGES := chromium chromium-driver
 
-test: install-dev
+chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq $(CHROMIUM_PACKAGES)) \
 		|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq $(CHROMIUM_PACKAGES))
+
+test: install-dev chromium
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+# Not part of CI: builds $(LATEST_VENV) afresh from the newest allowed releases (torch stays at TORCH_PIN, the
+# local CPU build) and runs the suite, to learn that a release broke us before users do.
+test-latest: chromium
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH_PIN)" -e ".[dev]" \
+		$(addprefix -e ,$(PLUGINS))
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(torch|transformers|transformer-lens|datasets)=='
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -p no:cacheprovider
+
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet "$(UV_PIN)"
+	$(BIN)/uv pip compile pyproject.toml --extra dev --constraint lock-constraints.txt --universal \
+		--python-version 3.10 --custom-compile-command "make lock" --quiet --output-file $(LOCK)
 
 bench: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_masks.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(LATEST_VENV) demo-output
