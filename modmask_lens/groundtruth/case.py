@@ -1,0 +1,44 @@
+"""A ground-truth case: a model whose subtasks' weights are known, and that known answer per mask unit.
+
+Every case of the ground-truth suite (planted subnetworks, compiled tracr programs) is one :class:`GroundTruthCase`.
+The answer is given per mask unit, in the shapes of :attr:`modmask_lens.MaskSet.logits`, so a trained mask's
+logits and the answer line up element by element at the granularity they were trained at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from modmask_lens.masks.data import SubtaskData
+
+UnitTruth = dict[str, Tensor]
+"""Mask unit name (as in ``MaskSet.units``) -> bool tensor of the unit's logit shape: True where the subtask uses
+the element. Units absent from the dict are not scored (e.g. norm gains that every subtask needs)."""
+
+
+@dataclass
+class GroundTruthCase:
+    """A model, its subtasks, and which units each subtask uses, at each granularity the case answers.
+
+    Attributes:
+        name: unique case name, e.g. ``"disconnected/seed0"`` or ``"tracr/reverse"``.
+        family: ``"disconnected"``, ``"entangled-neuron"``, ``"entangled-head"``, ``"partly-shared"``,
+            ``"per-weight"`` or ``"tracr"``.
+        bridge: the model, a ``TransformerBridge``.
+        train: subtask name -> data the mask trains on.
+        test: subtask name -> held-out data (the same examples as ``train`` where the task has no more).
+        truth: subtask name -> granularity (``"weight"``, ``"neuron"``, ``"head"``) -> :data:`UnitTruth`.
+        unique: whether the known answer is the only sufficient one (measured; see the case's card).
+        card: measurements that back the answer (necessity and sufficiency of each planted set), free-form.
+    """
+
+    name: str
+    family: str
+    bridge: nn.Module
+    train: dict[str, SubtaskData]
+    test: dict[str, SubtaskData]
+    truth: dict[str, dict[str, UnitTruth]]
+    unique: bool
+    card: dict = field(default_factory=dict)
