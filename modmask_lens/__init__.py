@@ -23,7 +23,10 @@ from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
+from modmask_lens.versions import warn_about_known_breaks
 from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, circuit_graph, write_report
+
+warn_about_known_breaks()
 
 __all__ = [
     "Adapter",

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modmask_lens.tasks import evaluation
 from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.tasks.evaluation import (
     accuracy_by_subtask,
@@ -103,3 +104,57 @@ def test_accuracy_by_subtask_counts_an_example_in_each_of_its_labels():
     assert rows.loc["all", "accuracy"] == pytest.approx(2 / 3)
     assert rows.loc["jump", "examples"] == 2 and rows.loc["jump", "correct"] == 1
     assert rows.loc["walk", "accuracy"] == 1.0
+
+
+def _tiny_gpt2(seed: int) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(DIGITS), n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _uncached_reference(model, examples, max_new_tokens):
+    """Greedy decoding written out independently: one full forward per new token, one row at a time."""
+    rows = []
+    for row in range(len(examples)):
+        generated = examples.input_ids[row, : examples.prompt_lengths[row]].tolist()
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                generated.append(int(model(torch.tensor([generated])).logits[0, -1].argmax()))
+            if generated[-1] == DIGITS.eos_token_id:
+                break
+        rows.append(generated)
+    return rows
+
+
+def test_greedy_decoding_stays_right_when_the_kv_cache_is_ignored(monkeypatch):
+    # What TransformerLens 4.3's bridge does under transformers 5.24: the cache is dropped, so each step sees only
+    # the newest token. The cached result must be caught and decoded again without the cache.
+    model = _tiny_gpt2(seed=3)
+    examples = encode_pairs(DIGITS, ["1+2", "10+20", "3+4", "99+1"], ["3", "30", "7", "100"])
+    expected = _uncached_reference(model, examples, max_new_tokens=6)
+
+    def cache_dropped(model, input_ids, cache):
+        return model(input_ids=input_ids).logits, None
+
+    monkeypatch.setattr(evaluation, "step_with_cache", cache_dropped)
+    with pytest.warns(evaluation.KvCacheMismatch, match="transformers .* transformer-lens"):
+        generated = greedy_complete(model, examples, max_new_tokens=6)
+    assert [generated[row, : len(reference)].tolist() for row, reference in enumerate(expected)] == expected
+
+
+def test_a_working_cache_passes_its_check_without_a_warning(recwarn):
+    model = _tiny_gpt2(seed=4)
+    examples = encode_pairs(DIGITS, ["1+2", "10+20", "3+4"], ["3", "30", "7"])
+    generated = greedy_complete(model, examples, max_new_tokens=6)
+    assert evaluation.is_greedy_continuation(model, examples, generated)
+    assert not [warning for warning in recwarn if issubclass(warning.category, evaluation.KvCacheMismatch)]
+
+
+def test_the_check_rejects_a_continuation_with_one_wrong_token():
+    model = _tiny_gpt2(seed=5)
+    examples = encode_pairs(DIGITS, ["1+2", "10+20"], ["3", "30"])
+    generated = greedy_complete(model, examples, max_new_tokens=4)
+    position = int(examples.prompt_lengths[1])  # the first generated token of row 1
+    wrong = generated.clone()
+    wrong[1, position] = (wrong[1, position] + 1) % len(DIGITS)
+    assert not evaluation.is_greedy_continuation(model, examples, wrong)

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from modmask_lens import zoo
 from modmask_lens.tasks.encoding import encode_pairs
-from modmask_lens.tasks.evaluation import exact_match_correct
+from modmask_lens.tasks.evaluation import exact_match_correct, next_token_logits, step_with_cache
+from modmask_lens.versions import describe_installed
 from modmask_lens.zoo.recipes import RECIPES
 
 torch.set_num_threads(1)
@@ -42,6 +43,31 @@ def test_shipped_model_reproduces_its_card_accuracy_on_a_sample(name):
     assert abs(bridge_correct.float().mean().item() - claimed) <= tolerance
     hugging_face_model = AutoModelForCausalLM.from_pretrained(zoo.model_dir(name)).eval()
     assert torch.equal(exact_match_correct(hugging_face_model, examples, "teacher_forcing"), bridge_correct)
+
+
+@pytest.mark.parametrize("name", ["scan", "math"])  # the zoo's two families: GPT-2 and Llama with GQA
+@pytest.mark.parametrize("model_kind", ["bridge", "hugging_face"])
+def test_kv_cache_steps_give_the_logits_of_an_uncached_forward(name, model_kind):
+    # Fails on any release where incremental decoding through the cache is wrong (transformers 5.24+ with
+    # TransformerLens 4.3.0's bridge): greedy decoding then falls back to the uncached path, see docs/versions.md.
+    bridge, tokenizer, task, card = zoo.load(name)
+    model = bridge if model_kind == "bridge" else AutoModelForCausalLM.from_pretrained(zoo.model_dir(name)).eval()
+    sample = task.build(card.seed)[task.test_split].select(range(8))
+    examples = encode_pairs(tokenizer, list(sample["question"]), list(sample["answer"]))
+    width = int(examples.prompt_lengths.min()) + 4
+    input_ids = examples.input_ids[:, :width]
+    prefix = width - 4
+    with torch.inference_mode():
+        expected = next_token_logits(model, input_ids)
+        logits, cache = step_with_cache(model, input_ids[:, :prefix], None)
+        steps = [logits[:, -1]]
+        for position in range(prefix, width - 1):
+            logits, cache = step_with_cache(model, input_ids[:, position : position + 1], cache)
+            steps.append(logits[:, -1])
+    cached = torch.stack(steps, dim=1)
+    assert torch.allclose(cached, expected[:, prefix - 1 : width - 1], atol=1e-4), (
+        f"cached and uncached decoding disagree under {describe_installed()}"
+    )
 
 
 def test_list_models_has_one_row_per_card_accuracy():

@@ -7,6 +7,7 @@ returns logits) and on a plain Hugging Face causal LM (whose call returns an out
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from modmask_lens.tasks.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
+from modmask_lens.versions import describe_installed
 
 DEFAULT_BATCH_SIZE = 512  # examples per forward pass; the zoo models fit this easily in CPU memory
 
@@ -49,7 +51,7 @@ def teacher_forced_correct(
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
-def _logits_and_cache(
+def step_with_cache(
     model: torch.nn.Module, input_ids: Int[Tensor, "batch new_pos"], cache: object | None
 ) -> tuple[Float[Tensor, "batch new_pos vocab"], object]:
     """One incremental step: logits of the new tokens and the updated Hugging Face KV cache."""
@@ -60,22 +62,18 @@ def _logits_and_cache(
     return model(input_ids, return_type="logits_and_cache", past_key_values=cache, use_cache=True)
 
 
-def greedy_complete(
-    model: torch.nn.Module, examples: TokenizedExamples, max_new_tokens: int
+def _decode(
+    model: torch.nn.Module, examples: TokenizedExamples, max_new_tokens: int, use_cache: bool
 ) -> Int[Tensor, "example pos"]:
-    """Greedy continuations of the prompts of ``examples``, batched with a KV cache.
-
-    Returns ``[example, max(prompt_lengths) + max_new_tokens]`` ids: each prompt, then its generated tokens up to
-    and including its EOS, then pad. Rows with the same prompt length decode together, so no row needs padding or
-    an attention mask while it decodes.
-    """
+    """Greedy continuations, each step from the KV cache (``use_cache``) or from a forward over the whole prefix."""
     width = int(examples.prompt_lengths.max()) + max_new_tokens
     tokens = torch.full((len(examples), width), examples.pad_token_id, dtype=torch.long)
     with torch.inference_mode():
         for prompt_length in examples.prompt_lengths.unique().tolist():
             rows = torch.nonzero(examples.prompt_lengths == prompt_length).squeeze(1)
             generated = examples.input_ids[rows, :prompt_length]
-            logits, cache = _logits_and_cache(model, generated, None)
+            logits, cache = step_with_cache(model, generated, None) if use_cache else (
+                next_token_logits(model, generated), None)
             finished = torch.zeros(len(rows), dtype=torch.bool)
             for _ in range(max_new_tokens):
                 predicted = torch.where(finished, examples.pad_token_id, logits[:, -1].argmax(dim=-1))
@@ -83,9 +81,74 @@ def greedy_complete(
                 finished |= predicted == examples.eos_token_id
                 if finished.all():
                     break
-                logits, cache = _logits_and_cache(model, predicted[:, None], cache)
+                if use_cache:
+                    logits, cache = step_with_cache(model, predicted[:, None], cache)
+                else:
+                    logits = next_token_logits(model, generated)
             tokens[rows, : generated.shape[1]] = generated
     return tokens
+
+
+def _generated_positions(examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]) -> Bool[Tensor, "example pos"]:
+    """Positions holding a generated token: from the prompt's end up to and including the first EOS, at most
+    ``width - max(prompt_lengths)`` of them (the layout of :func:`greedy_complete`)."""
+    positions = torch.arange(tokens.shape[1])
+    max_new_tokens = tokens.shape[1] - int(examples.prompt_lengths.max())
+    starts = examples.prompt_lengths[:, None]
+    after_prompt = (positions[None, :] >= starts) & (positions[None, :] < starts + max_new_tokens)
+    eos_so_far = torch.cumsum((tokens == examples.eos_token_id) & after_prompt, dim=1)
+    return after_prompt & ((eos_so_far == 0) | ((eos_so_far == 1) & (tokens == examples.eos_token_id)))
+
+
+def is_greedy_continuation(
+    model: torch.nn.Module, examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]
+) -> bool:
+    """Does every generated token of ``tokens`` equal the argmax of one uncached forward over ``tokens``?
+
+    ``tokens`` is laid out as :func:`greedy_complete` returns it.
+
+    A token counts as the argmax when its logit is within float tolerance of the maximum (``sqrt(eps)`` of the
+    logits' dtype, relative to the largest logit), so rounding differences between the cached and the uncached path
+    do not count as disagreement, while a broken cache (which changes the tokens outright) does.
+    """
+    with torch.inference_mode():
+        logits = next_token_logits(model, tokens)[:, :-1]
+    generated = _generated_positions(examples, tokens)[:, 1:]
+    chosen = logits.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    best = logits.max(dim=-1).values
+    tolerance = torch.finfo(logits.dtype).eps ** 0.5 * best.abs().clamp(min=1.0)
+    return bool(((chosen >= best - tolerance) | ~generated).all())
+
+
+class KvCacheMismatch(UserWarning):
+    """Cached greedy decoding disagreed with an uncached forward; decoding fell back to the uncached path."""
+
+
+def greedy_complete(
+    model: torch.nn.Module, examples: TokenizedExamples, max_new_tokens: int
+) -> Int[Tensor, "example pos"]:
+    """Greedy continuations of the prompts of ``examples``, batched with a KV cache that is checked, not trusted.
+
+    Returns ``[example, max(prompt_lengths) + max_new_tokens]`` ids: each prompt, then its generated tokens up to
+    and including its EOS, then pad. Rows with the same prompt length decode together, so no row needs padding or
+    an attention mask while it decodes.
+
+    The cached result is checked with one uncached forward (:func:`is_greedy_continuation`, about the cost of
+    teacher forcing). If the cache gave other tokens, as TransformerLens 4.3's bridge does under transformers 5.24+,
+    a :class:`KvCacheMismatch` warning names the installed versions and the batch decodes again without the cache
+    (about 10x slower on the zoo's SCAN model), so the result is right under every version.
+    """
+    tokens = _decode(model, examples, max_new_tokens, use_cache=True)
+    if is_greedy_continuation(model, examples, tokens):
+        return tokens
+    warnings.warn(
+        f"cached greedy decoding of {type(model).__name__} disagrees with an uncached forward under "
+        f"{describe_installed()}; decoding without the KV cache instead (slower, same answers). "
+        'Fix: pip install "transformers<5.24", or `make install`, which installs requirements.lock',
+        KvCacheMismatch,
+        stacklevel=2,
+    )
+    return _decode(model, examples, max_new_tokens, use_cache=False)
 
 
 def greedy_correct(
