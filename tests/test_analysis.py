@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +10,7 @@ from conftest import boot_native
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
 from modmask_lens.analysis import (beta_sweep, exact_match, inverse_mask, mask_accuracy, output_row_removal,
                                    pairwise_overlap, paper_table, seed_stability, shared_fraction, unit_importance)
+from modmask_lens.masks.config import PARAMETER_KINDS
 from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
 
 
@@ -61,7 +61,9 @@ def test_shared_fraction_equals_brute_force(native_bridge):
 
 def test_identical_masks_have_iou_one_and_disjoint_masks_zero(native_bridge):
     mask = random_masks(native_bridge, ["a"])["a"]
-    table = pairwise_overlap({"a": mask, "same": mask, "complement": ~mask}, by="all").set_index(["task_a", "task_b"])
+    complement = mask.inverse(kinds=PARAMETER_KINDS)
+    table = pairwise_overlap({"a": mask, "same": mask, "complement": complement}, by="all").set_index(
+        ["task_a", "task_b"])
     assert table.loc[("a", "same"), "iou"] == 1.0 and table.loc[("a", "complement"), "iou"] == 0.0
 
 
@@ -69,8 +71,43 @@ def test_inverse_mask_with_control_keeps_the_control_on_io_layers(native_bridge)
     masks = random_masks(native_bridge, ["task", "control"])
     inverted = inverse_mask(masks["task"], masks["control"])
     for spec in masks["task"].specs:
-        expected = masks["control"].kept[spec.key] if spec.role == "W_U" else ~masks["task"].kept[spec.key]
+        task_kept = masks["task"].kept[spec.key]
+        if spec.role == "W_U":
+            expected = masks["control"].kept[spec.key]
+        else:
+            expected = ~task_kept if spec.kind == "linear" else torch.ones_like(task_kept)
         assert torch.equal(inverted.kept[spec.key], expected), spec.key
+
+
+def test_the_inverse_removes_linear_weights_and_keeps_norm_gains_by_default(native_bridge):
+    mask = random_masks(native_bridge, ["task"])["task"]
+    kinds = {spec.kind for spec in mask.specs}
+    assert {"linear", "norm"} <= kinds
+    for inverse in (~mask, mask.inverse()):
+        for spec in mask.specs:
+            kept = mask.kept[spec.key]
+            expected = ~kept if spec.kind == "linear" else torch.ones_like(kept)
+            assert torch.equal(inverse.kept[spec.key], expected), spec.key
+    complement = mask.inverse(kinds=PARAMETER_KINDS)
+    assert all(torch.equal(complement.kept[spec.key], ~mask.kept[spec.key]) for spec in mask.specs)
+
+
+def test_the_inverse_beyond_a_control_removes_only_what_the_control_does_not_keep(native_bridge):
+    masks = random_masks(native_bridge, ["task", "control"])
+    inverse = masks["task"].inverse(beyond=masks["control"])
+    for spec in masks["task"].specs:
+        task_kept, control_kept = masks["task"].kept[spec.key], masks["control"].kept[spec.key]
+        removed = [(index, bool(t and not c)) for index, (t, c) in
+                   enumerate(zip(task_kept.flatten().tolist(), control_kept.flatten().tolist()))]
+        for index, is_removed in removed:
+            expected = not is_removed if spec.kind == "linear" else True
+            assert bool(inverse.kept[spec.key].flatten()[index]) == expected, (spec.key, index)
+
+
+def test_the_inverse_names_unknown_kinds(native_bridge):
+    mask = random_masks(native_bridge, ["task"])["task"]
+    with pytest.raises(ValueError, match="unknown kinds.*choose from"):
+        mask.inverse(kinds=("weights",))
 
 
 def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):

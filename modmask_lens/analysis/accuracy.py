@@ -38,7 +38,8 @@ def exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None = 
 
 
 def inverse_mask(mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES) -> BinaryMask:
-    """``~mask`` on the masked tensors; with ``control``, the control mask on ``io_roles`` instead (``fullmask``)."""
+    """``~mask`` (the mask's linear weights removed, norm gains kept: :meth:`BinaryMask.inverse`); with
+    ``control``, the control mask on ``io_roles`` instead (the paper's ``fullmask``)."""
     inverted = ~mask
     if control is None:
         return inverted

@@ -9,7 +9,11 @@ import torch
 from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec
+from modmask_lens.masks.config import PARAMETER_KINDS
 from modmask_lens.masks.identity import MaskOrigin
+
+INVERTED_KINDS = ("linear",)
+"""Kinds :meth:`BinaryMask.inverse` (and ``~``) removes by default: weights, not the norm gains every mask keeps."""
 
 GROUPINGS = ("all", "tensor", "layer", "role", "layer_role", "head", "neuron")
 """Groupings of :meth:`BinaryMask.kept_fraction`, and the columns each one adds."""
@@ -21,7 +25,8 @@ GROUP_COLUMNS = {"all": [], "tensor": ["key", "layer", "role"], "layer": ["layer
 class BinaryMask:
     """Kept (True) / removed (False) for every element of every masked tensor.
 
-    ``a & b``, ``a | b`` and ``~a`` act on the masked tensors only (unmasked tensors are always kept), which is
+    ``a & b`` and ``a | b`` act on the masked tensors only (unmasked tensors are always kept). ``~a`` is
+    :meth:`inverse` with its defaults: the subtask's linear weights removed, everything else kept, which is
     Csordás's inverse-mask test when applied with :func:`~modmask_lens.masked`.
 
     Attributes:
@@ -47,7 +52,32 @@ class BinaryMask:
         return self._combine(other, torch.logical_or, "|")
 
     def __invert__(self) -> BinaryMask:
-        return BinaryMask(self.specs, {key: ~kept for key, kept in self.kept.items()}, self.origin, f"~{self.name}")
+        return self.inverse()
+
+    def inverse(self, kinds: tuple[str, ...] = INVERTED_KINDS, beyond: BinaryMask | None = None) -> BinaryMask:
+        """The model without what this mask keeps: removes this mask's kept elements of tensors of ``kinds``.
+
+        Tensors of other kinds are kept whole. By default only ``linear`` weights are inverted: norm gains are kept
+        by nearly every mask (every subtask needs them), so inverting them removes all of them and breaks every
+        subtask alike, whatever the masks found. ``kinds=PARAMETER_KINDS`` gives the plain complement.
+
+        Args:
+            kinds: parameter kinds (``linear``, ``norm``, ``embedding``, ``bias``) whose kept elements are removed.
+            beyond: a control mask (e.g. another subtask's mask, or what every mask keeps); only what this mask
+                keeps and ``beyond`` does not is removed, so elements every mask needs do not decide the result.
+
+        Example:
+            >>> with masked(bridge, jump.inverse(beyond=walk)):                  # doctest: +SKIP
+            ...     logits = bridge(walk_ids)   # walk without what only jump uses
+        """
+        unknown = set(kinds) - set(PARAMETER_KINDS)
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
+        removed = self if beyond is None else self & beyond.inverse(PARAMETER_KINDS)
+        kept = {spec.key: ~removed.kept[spec.key] if spec.kind in kinds else torch.ones_like(self.kept[spec.key])
+                for spec in self.specs}
+        name = f"~{self.name}" if beyond is None else f"~({self.name} - {beyond.name})"
+        return BinaryMask(self.specs, kept, self.origin, name)
 
     def _combine(self, other: BinaryMask, operation, symbol: str) -> BinaryMask:
         if [spec.key for spec in self.specs] != [spec.key for spec in other.specs] or self.origin != other.origin:

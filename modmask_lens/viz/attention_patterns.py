@@ -62,7 +62,8 @@ def attention_patterns(
         input_ids: the prompt's token ids (no batch axis), as the model reads them (add any BOS yourself).
         masks: mask name -> binary mask.
         token_labels: display strings of the tokens; default :func:`token_strings`.
-        inverse: also run every mask's inverse ``~mask`` (Csordás's test of what the rest of the model does).
+        inverse: also run every mask's inverse ``~mask`` (its linear weights removed, norm gains kept: Csordás's
+            test of what the rest of the model does).
 
     Example:
         >>> patterns = attention_patterns(bridge, torch.tensor([3, 7, 10]), {"copy_first": mask})  # doctest: +SKIP
