@@ -57,7 +57,7 @@ def resume_with_other_settings(bridge, tmp_path: Path) -> None:
     data = subtask()
     MaskTrainer(bridge, [data], train_config=TrainConfig(steps=1, batch_size=4, n_samples=2), checkpoint_dir=tmp_path,
                 progress=False).train()
-    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4, n_samples=2), checkpoint_dir=tmp_path)
+    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4, n_samples=4), checkpoint_dir=tmp_path)
 
 
 def on_meta_device(make):
@@ -107,7 +107,18 @@ CASES = {
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
     "lr_too_large": (lambda b, t: TrainConfig(lr=5.0), ValueError, r"lr 5.0 is out of range"),
-    "beta_negative": (lambda b, t: TrainConfig(beta=-1e-4), ValueError, "beta -0.0001 must be >= 0"),
+    "beta_negative": (lambda b, t: TrainConfig(beta=-1e-4), ValueError, "beta -0.0001 must be a finite number >= 0"),
+    "beta_nan": (lambda b, t: TrainConfig(beta=float("nan")), ValueError, "beta nan must be a finite number"),
+    "beta_inf": (lambda b, t: TrainConfig(beta=float("inf")), ValueError, "beta inf must be a finite number"),
+    "temperature_nan": (lambda b, t: TrainConfig(temperature=float("nan")), ValueError,
+                        "temperature nan must be a finite number > 0"),
+    "init_logit_nan": (lambda b, t: MaskConfig(init_logit=float("nan")), ValueError,
+                       "init_logit nan must be a finite number"),
+    "grad_clip_zero": (lambda b, t: TrainConfig(grad_clip=0.0), ValueError, "grad_clip 0.0 must be a finite number > 0"),
+    "grad_clip_negative": (lambda b, t: TrainConfig(grad_clip=-1.0), ValueError, "grad_clip -1.0 must be"),
+    "checkpoint_every_zero": (lambda b, t: TrainConfig(checkpoint_every=0), ValueError, "checkpoint_every must be >= 1"),
+    "lagrangian_lr_nan": (lambda b, t: TrainConfig(lagrangian_lr=float("nan")), ValueError,
+                          "lagrangian_lr nan is out of range"),
     "target_density_out_of_range": (lambda b, t: TrainConfig(target_density=1.5), ValueError, "must lie in \\(0, 1\\)"),
     "batch_smaller_than_samples": (lambda b, t: TrainConfig(batch_size=2, n_samples=4), ValueError,
                                    "raise batch_size or lower n_samples"),
@@ -125,7 +136,7 @@ CASES = {
                                                                             torch.zeros(1, dtype=torch.long))),
                               ValueError, "the probe data is on device cpu but the model is on meta"),
     "nested_masked_contexts": (lambda b, t: nested_masked(b), RuntimeError, "do not nest"),
-    "resume_with_other_settings": (resume_with_other_settings, ValueError, "other training settings"),
+    "resume_with_other_settings": (resume_with_other_settings, ValueError, "trained with n_samples=2"),
     "unknown_task": (lambda b, t: load_subtask("scna/jump", None), KeyError, "unknown task 'scna'; known tasks"),
     "folder_without_a_model": (lambda b, t: load_bridge(str(t)), ValueError, "holds no model \\(no config.json\\)"),
 }
@@ -193,7 +204,7 @@ def cli_cases(folders, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "lr_out_of_range": (train + ["--model", str(with_tokenizer), "--task", str(good), "--lr", "5"],
                             "lr 5.0 is out of range"),
         "beta_negative": (train + ["--model", str(with_tokenizer), "--task", str(good), "--beta", "-1"],
-                          "beta -1.0 must be >= 0"),
+                          "beta -1.0 must be a finite number >= 0"),
         "unknown_task": (train + ["--model", str(with_tokenizer), "--task", "scna"], "unknown task 'scna'"),
         "not_a_mask_file": (["analyze", "--model", str(with_tokenizer), "--masks", str(not_a_mask), "--out",
                              str(tmp_path / "a")], "not a readable safetensors file"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from conftest import assert_unchanged, boot_native, state_snapshot
 from modmask_lens import MaskConfig, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked, score_answers
+from modmask_lens.analysis import exact_match
+from modmask_lens.masks.io import load_masks, save_masks
 from modmask_lens.masks.training import CHECKPOINT_FILE
 
 SEP, EOS = 10, 11
@@ -109,8 +112,34 @@ def test_resume_refuses_other_training_settings(one_head_model, tmp_path):
     bridge, data = one_head_model
     MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
                 checkpoint_dir=tmp_path, progress=False).train()
-    with pytest.raises(ValueError, match="other training settings"):
-        MaskTrainer(bridge, [data], train_config=TrainConfig(steps=3, batch_size=8), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="trained with batch_size=8, this run has batch_size=16"):
+        MaskTrainer(bridge, [data], train_config=TrainConfig(steps=3, batch_size=16), checkpoint_dir=tmp_path)
+
+
+def test_a_finished_run_extends_to_more_steps_as_if_it_had_run_them_at_once(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    short, long = TrainConfig(steps=2, batch_size=8), TrainConfig(steps=4, batch_size=8, checkpoint_every=3)
+    MaskTrainer(bridge, [data], train_config=short, checkpoint_dir=tmp_path, progress=False).train()
+    extended_trainer = MaskTrainer(bridge, [data], train_config=long, checkpoint_dir=tmp_path, progress=False)
+    assert extended_trainer.step == 2
+    extended = extended_trainer.train()["copy"]
+    at_once = MaskTrainer(bridge, [data], train_config=long, progress=False).train()["copy"]
+    for name, logit in at_once.logits.items():
+        assert torch.equal(logit, extended.logits[name]), name
+    assert extended.train_config["steps"] == 4
+
+
+def test_resume_refuses_another_granularity_other_data_and_fewer_steps(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    config = TrainConfig(steps=2, batch_size=8)
+    MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False).train()
+    with pytest.raises(ValueError, match="'copy' was trained with mask config"):
+        MaskTrainer(bridge, [data], MaskConfig(granularity="head"), config, checkpoint_dir=tmp_path)
+    other_data = SubtaskData(data.name, data.input_ids.flip(0), data.labels.flip(0))
+    with pytest.raises(ValueError, match="'copy' was trained on other data"):
+        MaskTrainer(bridge, [other_data], train_config=config, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="at step 2, past this run's steps=1; raise steps"):
+        MaskTrainer(bridge, [data], train_config=TrainConfig(steps=1, batch_size=8), checkpoint_dir=tmp_path)
 
 
 def test_target_density_mode_drives_the_expected_density_to_the_target(one_head_model):
@@ -152,3 +181,31 @@ def test_tokens_outside_the_vocabulary_are_refused():
     data = SubtaskData("big", torch.full((2, 4), 99), torch.full((2, 4), 99))
     with pytest.raises(ValueError, match="vocabulary"):
         MaskTrainer(boot_native(), [data])
+
+
+def test_training_history_logs_every_ten_steps_and_faithfulness_against_an_independent_count(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    config = TrainConfig(steps=105, batch_size=8, checkpoint_every=50)
+    masks = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False).train()["copy"]
+    history = pd.DataFrame(masks.history)
+    assert history.step.tolist() == [*range(10, 101, 10), 105]
+    assert history.faithfulness.notna().tolist() == [step in (100, 105) for step in history.step]
+    assert history.kept.iloc[-1] == pytest.approx(masks.binary().count / masks.binary().total)
+    assert history.expected_density.iloc[-1] == pytest.approx(float(masks.expected_density().detach()))
+    examples = min(len(data), 256)
+    subset = SubtaskData("first", data.input_ids[:examples], data.labels[:examples])
+    expected = exact_match(bridge, subset, masks.binary()) / exact_match(bridge, subset)
+    assert history.faithfulness.iloc[-1] == pytest.approx(expected)
+    assert load_masks(save_masks(masks, tmp_path / "copy.safetensors"), bridge).history == masks.history
+
+
+def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    short, long = TrainConfig(steps=20, batch_size=8), TrainConfig(steps=40, batch_size=8)
+    MaskTrainer(bridge, [data], train_config=short, checkpoint_dir=tmp_path, progress=False).train()
+    resumed = MaskTrainer(bridge, [data], train_config=long, checkpoint_dir=tmp_path, progress=False).train()
+    at_once = MaskTrainer(bridge, [data], train_config=long, progress=False).train()
+    def without_faithfulness(history):  # the short run measured it at its last step, 20, as every run does
+        return [{key: value for key, value in row.items() if key != "faithfulness"} for row in history]
+
+    assert without_faithfulness(resumed["copy"].history) == without_faithfulness(at_once["copy"].history)

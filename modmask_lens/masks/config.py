@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -42,9 +43,20 @@ class MaskConfig:
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
+        if not math.isfinite(self.init_logit):
+            raise ValueError(f"init_logit {self.init_logit} must be a finite number (Csordás use 2.0)")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def deciding_fields(self) -> dict:
+        """The settings that decide the result: all but :data:`RESUMABLE_FIELDS`."""
+        return {key: value for key, value in self.to_dict().items() if key not in RESUMABLE_FIELDS}
+
+
+RESUMABLE_FIELDS = ("steps", "checkpoint_every")
+""":class:`TrainConfig` fields a checkpoint may be resumed under with other values: the logits after step n do
+not depend on them."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,9 @@ class TrainConfig:
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
             task's result does not depend on which other tasks share the run.
         checkpoint_every: steps between checkpoints when a checkpoint directory is given.
+
+    Every setting except ``steps`` and ``checkpoint_every`` decides the result: a checkpoint resumes only under
+    the same values of those (:data:`RESUMABLE_FIELDS`), so a finished run can be extended by raising ``steps``.
     """
 
     steps: int = 2000
@@ -95,14 +110,24 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is smaller than n_samples {self.n_samples}: every mask sample needs "
                 "its own slice of the batch; raise batch_size or lower n_samples"
             )
+        if self.checkpoint_every < 1 or self.density_warmup_steps < 0:
+            raise ValueError("checkpoint_every must be >= 1 and density_warmup_steps >= 0")
         if not 0 < self.lr <= 1:
             raise ValueError(f"lr {self.lr} is out of range (0, 1]; Csordás use 1e-2")
-        if self.beta < 0:
-            raise ValueError(f"beta {self.beta} must be >= 0 (Csordás use 1e-4)")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature {self.temperature} must be > 0")
+        if not 0 < self.lagrangian_lr <= 1:
+            raise ValueError(f"lagrangian_lr {self.lagrangian_lr} is out of range (0, 1]; the default is 1e-2")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta {self.beta} must be a finite number >= 0 (Csordás use 1e-4)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature {self.temperature} must be a finite number > 0 (Csordás use 1)")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def deciding_fields(self) -> dict:
+        """The settings that decide the result: all but :data:`RESUMABLE_FIELDS`."""
+        return {key: value for key, value in self.to_dict().items() if key not in RESUMABLE_FIELDS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,14 @@ class SubtaskData:
 
         return cls(name, torch.cat([pad(part.input_ids, 0) for part in parts]),
                    torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the token ids and labels (shapes included): what a checkpoint records of its data."""
+        digest = hashlib.sha256()
+        for tensor in (self.input_ids, self.labels):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """The examples at ``indices``, trimmed to the longest scored position among them."""

@@ -146,6 +146,7 @@ def mask_metadata(masks: MaskSet) -> dict:
         "processing_mode": masks.origin.mode,
         "model": masks.origin.model,
         "units": [{"name": unit.name, "shape": list(unit.shape)} for unit in masks.units],
+        "history": masks.history,
     }
 
 
@@ -189,7 +190,10 @@ def mask_set_from(bridge: nn.Module, tensors: dict[str, Tensor], metadata: dict,
         if logit is None or tuple(logit.shape) != unit.shape or not torch.isfinite(logit).all():
             raise MaskFileError(f"{source}: logits of {unit.name} are missing, misshapen or not finite")
         logits[unit.name] = logit.to(torch.float32).requires_grad_(True)
-    return MaskSet(metadata["name"], config, units, logits, origin, metadata.get("train_config", {}))
+    history = metadata.get("history", [])
+    if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
+        raise MaskFileError(f"{source}: its training history is not a list of rows; re-export the file")
+    return MaskSet(metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history)
 
 
 def load_masks(path: str | Path, bridge: nn.Module) -> MaskSet:

@@ -29,6 +29,11 @@ class MaskSet:
         logits: unit name -> logit tensor of ``unit.shape`` (leaf tensors with ``requires_grad``).
         origin: the model the mask is for (adapter, raw/compat weights, fingerprint).
         train_config: the training settings, once trained (saved with the mask).
+        history: one row per logged training step (saved with the mask): ``step``, ``loss`` (answer-token
+            cross-entropy of the step's sampled masks, nats per token), ``accuracy`` (their exact match on the
+            step's batch), ``kept`` (fraction kept by the binary readout, logit > 0), ``expected_density`` (mean keep
+            probability), and every 100 steps ``faithfulness`` (binary-mask exact match over the full model's, on
+            the subtask's first examples). ``pandas.DataFrame(masks.history)`` tabulates it.
 
     Example:
         >>> masks = MaskSet.for_bridge(bridge, name="jump")            # doctest: +SKIP
@@ -41,6 +46,7 @@ class MaskSet:
     logits: dict[str, Tensor]
     origin: MaskOrigin
     train_config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
 
     @classmethod
     def for_bridge(

@@ -9,6 +9,7 @@ random stream, so the result equals training them one after another.
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from collections.abc import Iterator, Sequence
@@ -21,8 +22,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.masks.apply import masked_call
-from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.apply import masked, masked_call
+from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
 from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from, optimizer_tensors, read_safetensors,
@@ -31,6 +32,9 @@ from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
+HISTORY_EVERY = 10  # steps between rows of MaskSet.history (and refreshes of the progress bar's kept fraction)
+FAITHFULNESS_EVERY = 100  # steps between faithfulness measurements (one forward over FAITHFULNESS_EXAMPLES)
+FAITHFULNESS_EXAMPLES = 256  # the subtask's first examples, on which faithfulness is measured
 CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -50,6 +54,7 @@ class _TaskRun:
     multiplier_optimizer: torch.optim.Adam | None = None
     shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
+    full_accuracy: float | None = None  # the full model's exact match on the faithfulness examples, once measured
 
     def parameters(self) -> list[Tensor]:
         """What the optimiser trains: the logits, or this process's slices of them."""
@@ -173,6 +178,9 @@ class MaskTrainer:
                 for run in self.runs:
                     self._train_step(run)
                 self.step += 1
+                if self.step % HISTORY_EVERY == 0 or self.step == config.steps:
+                    for run in self.runs:
+                        self._log(run)
                 bar.update(1)
                 bar.set_postfix(self._postfix())
                 if self.checkpoint_dir is not None and (
@@ -229,10 +237,33 @@ class MaskTrainer:
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
             run.multiplier_optimizer.step()
-        # The kept fraction is a pass over all logits: refresh it every 10 steps only.
-        kept = (self._kept_fraction(self._full_masks(run)) if self.step % 10 == 0
-                else run.metrics.get("kept", float("nan")))
-        run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size, "kept": kept}
+        run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size,
+                       "kept": run.metrics.get("kept", float("nan"))}
+
+    def _log(self, run: _TaskRun) -> None:
+        """Append a row to the run's history (after step ``self.step``) and refresh the bar's kept fraction.
+
+        Faithfulness needs the whole model in one process, so fully sharded runs leave it out.
+        """
+        masks = self._full_masks(run)
+        run.metrics["kept"] = self._kept_fraction(masks)
+        row = {"step": self.step, "loss": run.metrics["loss"], "accuracy": run.metrics["acc"],
+               "kept": run.metrics["kept"], "expected_density": float(masks.expected_density().detach())}
+        if run.shards is None and (self.step % FAITHFULNESS_EVERY == 0 or self.step == self.train_config.steps):
+            row["faithfulness"] = self._faithfulness(run)
+        masks.history.append(row)
+
+    def _faithfulness(self, run: _TaskRun) -> float | None:
+        """Exact match of the binary mask (logit > 0) over the full model's, on the subtask's first examples
+        (``None`` if the full model gets none of them right)."""
+        indices = torch.arange(min(len(run.data), FAITHFULNESS_EXAMPLES))
+        input_ids, labels = run.data.batch(indices)
+        with torch.no_grad():
+            if run.full_accuracy is None:
+                run.full_accuracy = score_answers(self.bridge(input_ids), labels).n_correct / len(indices)
+            with masked(self.bridge, run.masks.binary(), check_weights=False):
+                mask_accuracy = score_answers(self.bridge(input_ids), labels).n_correct / len(indices)
+        return mask_accuracy / run.full_accuracy if run.full_accuracy > 0 else None
 
     def _regularise(self, run: _TaskRun) -> None:
         """Csordás's ``(beta / B) * sum(logits)``, or Edge Pruning's Lagrangian towards a target density."""
@@ -277,7 +308,7 @@ class MaskTrainer:
             if run.multipliers is not None:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
-            tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks)})
+            tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
         metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
                     "tasks": tasks}
         path = self.checkpoint_dir / CHECKPOINT_FILE
@@ -292,18 +323,12 @@ class MaskTrainer:
         for task in metadata["tasks"]:
             require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
         verify_checksum(path, tensors, metadata)
-        if metadata["train_config"] != self.train_config.to_dict():
-            raise ValueError(
-                f"{path} was written with other training settings ({metadata['train_config']}); "
-                "use a fresh checkpoint directory or the same TrainConfig"
-            )
-        names = [task["mask"]["name"] for task in metadata["tasks"]]
-        if names != [run.masks.name for run in self.runs]:
-            raise ValueError(f"{path} holds tasks {names}; this run trains {[r.masks.name for r in self.runs]}")
+        self._check_resumable(path, metadata)
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
             own = {name[len(prefix) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
+            run.masks.train_config = self.train_config.to_dict()
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
@@ -317,6 +342,38 @@ class MaskTrainer:
                                                             maximize=True)
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
+
+
+    def _check_resumable(self, path: Path, metadata: dict) -> None:
+        """Raise ``ValueError`` naming the first difference between the checkpoint's run and this one: the
+        settings that decide the result, the subtasks, each one's mask config and data, and the step."""
+        fresh = "use a fresh checkpoint directory (or delete the checkpoint) to start over"
+        saved_config = {key: value for key, value in metadata["train_config"].items() if key not in RESUMABLE_FIELDS}
+        for key, value in self.train_config.deciding_fields().items():
+            if _as_json(saved_config.get(key)) != _as_json(value):
+                raise ValueError(f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
+                                 f"{value!r}; set it back to resume, or {fresh}")
+        names = [task["mask"].get("name") for task in metadata["tasks"]]
+        if names != [run.masks.name for run in self.runs]:
+            raise ValueError(f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: "
+                             f"{fresh}")
+        for run, task in zip(self.runs, metadata["tasks"]):
+            saved_mask_config = task["mask"].get("mask_config")
+            if _as_json(saved_mask_config) != _as_json(run.masks.config.to_dict()):
+                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained with mask config "
+                                 f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}")
+            if task.get("data_sha256") != run.data.fingerprint():
+                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
+                                 f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
+                                 f"{fresh}")
+        if metadata["step"] > self.train_config.steps:
+            raise ValueError(f"{path} is at step {metadata['step']}, past this run's steps="
+                             f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}")
+
+
+def _as_json(value: object) -> str:
+    """``value`` as canonical JSON, so that tuples and the lists they become in a file compare equal."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _all_reduce_gradients(parameters: list[Tensor]) -> None:
