@@ -1,0 +1,167 @@
+"""Compiled tracr programs as ground-truth cases: shipped TransformerLens weights, their data and the used units.
+
+Each program under ``modmask_lens/groundtruth/tracr/<program>/`` was compiled with tracr and converted by
+:mod:`modmask_lens.groundtruth.tracr_build` (run in a separate venv with jax; this module needs neither). A folder
+holds ``weights.safetensors`` (the bridge's parameters under their ``bridge.state_dict()`` keys),
+``reference.safetensors`` (every input and tracr's own outputs on it) and ``card.json`` (the TransformerLens config,
+token maps, the program's spaces, the used heads, MLPs and neurons, and the measurements behind them).
+
+Sequence-to-sequence outputs are scored as next-token answers: the input is ``BOS x_1 .. x_n PAD``, and tracr's
+output at position ``t`` (for ``t = 1 .. n``) is the label at ``t + 1``, so that ``score_answers`` compares the
+logits at position ``t`` with it. Output ids index the output vocabulary (``cfg.d_vocab_out``), as tracr's unembedding
+does; input ids index the input vocabulary (``cfg.d_vocab``), whose id 0 is ``PAD``.
+
+Example:
+    >>> case = load_tracr_case("reverse")
+    >>> sorted(case.truth["reverse"])
+    ['head', 'neuron', 'weight']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from transformer_lens.model_bridge import TransformerBridge
+
+from modmask_lens.adapters import adapter_for
+from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.masks.mask_set import MaskSet, units_for
+from modmask_lens.tasks.encoding import IGNORE_INDEX
+
+TRACR_DIR = Path(__file__).parent / "tracr"
+"""Folder of the shipped programs, one subfolder per program."""
+
+TRUTH_GRANULARITIES = ("head", "neuron", "weight")
+
+
+def tracr_program_names() -> list[str]:
+    """Names of the shipped programs (the subfolders of :data:`TRACR_DIR`), sorted."""
+    return sorted(path.name for path in TRACR_DIR.iterdir() if (path / "card.json").is_file())
+
+
+def tracr_cases() -> list[GroundTruthCase]:
+    """Every shipped tracr program as a :class:`GroundTruthCase` (see :func:`load_tracr_case`)."""
+    return [load_tracr_case(name) for name in tracr_program_names()]
+
+
+def load_tracr_case(name: str) -> GroundTruthCase:
+    """One shipped tracr program: its bridge, data and used units.
+
+    The case has one subtask, named after the program. ``train`` and ``test`` hold the same examples: every input
+    up to the program's ``max_seq_len`` (the task has no more). ``truth[name]`` answers at ``head``, ``neuron`` and
+    ``weight`` granularity for the default mask kinds; the unembedding is not scored.
+
+    Raises:
+        ValueError: when no program of that name is shipped.
+    """
+    folder = TRACR_DIR / name
+    if not (folder / "card.json").is_file():
+        raise ValueError(f"no tracr program {name!r}; shipped: {tracr_program_names()}. Build more with "
+                         "`python -m modmask_lens.groundtruth.tracr_build` in the tracr venv (docs/tracr.md)")
+    card = json.loads((folder / "card.json").read_text())
+    bridge = boot_tracr_bridge(card["tl_config"], load_file(folder / "weights.safetensors"))
+    reference = load_file(folder / "reference.safetensors")
+    data = subtask_data(name, reference["input_ids"], reference["output_ids"])
+    truth = {granularity: truth_units(bridge, card["truth"], granularity) for granularity in TRUTH_GRANULARITIES}
+    return GroundTruthCase(name=f"tracr/{name}", family="tracr", bridge=bridge, train={name: data},
+                           test={name: data}, truth={name: truth}, unique=card["unique"], card=card)
+
+
+def boot_tracr_bridge(tl_config: dict, weights: dict[str, Tensor]) -> nn.Module:
+    """A ``boot_native`` bridge holding ``weights`` (``bridge.state_dict()`` key -> tensor, every read tensor).
+
+    Raises:
+        ValueError: when ``weights`` misses a tensor the bridge reads, or names one it does not have.
+    """
+    bridge = TransformerBridge.boot_native(tl_config)
+    specs = adapter_for(bridge).tensor_specs(bridge)
+    missing = sorted({spec.key for spec in specs} - weights.keys())
+    unknown = sorted(weights.keys() - {spec.key for spec in specs})
+    if missing or unknown:
+        raise ValueError(f"tracr weights do not fit the bridge: missing {missing}, unknown {unknown}; rebuild them "
+                         "with `python -m modmask_lens.groundtruth.tracr_build`")
+    with torch.no_grad():
+        for spec in specs:
+            bridge.get_parameter(spec.path).copy_(weights[spec.key])
+    return bridge.eval()
+
+
+def subtask_data(name: str, input_ids: Int[Tensor, "example pos"],
+                 output_ids: Int[Tensor, "example pos"]) -> SubtaskData:
+    """The program's outputs as answers: the output at position ``t`` becomes the label at ``t + 1``.
+
+    Args:
+        name: subtask name.
+        input_ids: ``BOS x_1 .. x_n PAD ..`` per example, right-padded with ``PAD`` (id 0).
+        output_ids: tracr's output (output-vocabulary id) at each position ``1 .. n``, :data:`IGNORE_INDEX`
+            elsewhere; the last position is always padding.
+    """
+    if bool((output_ids[:, -1] != IGNORE_INDEX).any()):
+        raise ValueError(f"subtask {name!r}: the last position holds an output, which no next position can score; "
+                         "end every example with PAD")
+    labels = torch.full_like(output_ids, IGNORE_INDEX)
+    labels[:, 1:] = output_ids[:, :-1]
+    return SubtaskData(name, input_ids, labels)
+
+
+def truth_units(bridge: nn.Module, truth: dict, granularity: str) -> UnitTruth:
+    """The card's used units in the shapes of ``units_for(bridge, MaskConfig(granularity=granularity))``.
+
+    ``head``: ``blocks.{layer}.attn`` -> ``[n_heads]``; ``neuron``: ``blocks.{layer}.mlp`` -> ``[d_mlp]``; ``weight``:
+    each attention and MLP weight -> its shape, True on the nonzero elements of used heads and neurons (a zero weight
+    is the same whether masked or not, so no mask can tell). The unembedding is left out.
+
+    Args:
+        bridge: the program's bridge.
+        truth: the card's ``truth`` record: ``heads`` ([layer, head] pairs) and ``neurons`` (layer -> indices).
+        granularity: ``head``, ``neuron`` or ``weight``.
+    """
+    if granularity not in TRUTH_GRANULARITIES:
+        raise ValueError(f"tracr cases answer at {TRUTH_GRANULARITIES}, not {granularity!r}")
+    if granularity == "weight":
+        return _weight_truth(bridge, truth)
+    used = [tuple(pair) for pair in truth["heads"]] if granularity == "head" else [
+        (int(layer), index) for layer, indices in truth["neurons"].items() for index in indices]
+    units = {}
+    for unit in units_for(bridge, MaskConfig(granularity=granularity)):
+        layer = int(unit.name.split(".")[1])
+        units[unit.name] = torch.zeros(unit.shape, dtype=torch.bool)
+        used_here = [index for used_layer, index in used if used_layer == layer]
+        units[unit.name][torch.tensor(used_here, dtype=torch.long)] = True
+    return units
+
+
+def _weight_truth(bridge: nn.Module, truth: dict) -> UnitTruth:
+    """Nonzero elements of used heads and neurons, per attention and MLP weight."""
+    units = {}
+    for granularity in ("head", "neuron"):
+        unit_truth = truth_units(bridge, truth, granularity)
+        for unit in units_for(bridge, MaskConfig(granularity=granularity)):
+            for member in unit.members:
+                used = unit.expand(unit_truth[unit.name], member).expand(member.shape)
+                units[member.key] = used & (bridge.get_parameter(member.path).detach() != 0)
+    return units
+
+
+def truth_mask(bridge: nn.Module, truth: UnitTruth, granularity: str) -> BinaryMask:
+    """A binary mask keeping exactly the units ``truth`` marks used (units absent from it are kept whole).
+
+    Example:
+        >>> case = load_tracr_case("hist")
+        >>> mask = truth_mask(case.bridge, case.truth["hist"]["head"], "head")
+        >>> mask.count > 0
+        True
+    """
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity))
+    for unit_name, logit in masks.logits.items():
+        kept = truth.get(unit_name, torch.ones(logit.shape, dtype=torch.bool))
+        masks.logits[unit_name] = torch.where(kept, 1.0, -1.0)
+    return masks.binary()

@@ -1,0 +1,160 @@
+"""The shipped tracr programs (Lindner et al. 2023): they load without jax, reproduce tracr's outputs, and their
+ground truth (used heads, MLPs, neurons) is sufficient, necessary where the card says so, and shaped as ``units_for``."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modmask_lens.analysis.accuracy import exact_match
+from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.tracr_cases import (
+    TRACR_DIR,
+    TRUTH_GRANULARITIES,
+    load_tracr_case,
+    tracr_cases,
+    tracr_program_names,
+    truth_mask,
+    truth_units,
+)
+from modmask_lens.masks.apply import masked
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.mask_set import units_for
+from modmask_lens.tasks.encoding import IGNORE_INDEX
+
+NAMES = tracr_program_names()
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def case(request) -> GroundTruthCase:
+    return load_tracr_case(request.param)
+
+
+def program(case: GroundTruthCase) -> str:
+    return case.name.removeprefix("tracr/")
+
+
+def without(case: GroundTruthCase, granularity: str, removed: list[tuple[str, int | None]]):
+    """A binary mask keeping every unit of ``granularity`` except ``removed`` ((unit name, index or None = all))."""
+    kept = {unit.name: torch.ones(unit.shape, dtype=torch.bool)
+            for unit in units_for(case.bridge, MaskConfig(granularity=granularity))}
+    for unit_name, index in removed:
+        kept[unit_name][slice(None) if index is None else index] = False
+    return truth_mask(case.bridge, kept, granularity)
+
+
+def test_ships_reverse_hist_and_sort_unique():
+    assert {"reverse", "hist", "sort_unique"} <= set(NAMES)
+    assert [case.name for case in tracr_cases()] == [f"tracr/{name}" for name in NAMES]
+
+
+def test_loading_imports_neither_jax_nor_tracr():
+    assert "jax" not in sys.modules and "tracr" not in sys.modules
+
+
+def test_unknown_program_names_the_shipped_ones():
+    with pytest.raises(ValueError, match="reverse"):
+        load_tracr_case("no_such_program")
+
+
+def test_bridge_reproduces_tracr_reference_outputs(case):
+    reference = load_file(TRACR_DIR / program(case) / "reference.safetensors")
+    with torch.no_grad():
+        logits = case.bridge(reference["input_ids"])
+    scored = reference["output_ids"] != IGNORE_INDEX
+    assert torch.equal(logits.argmax(-1)[scored], reference["output_ids"][scored])
+    torch.testing.assert_close(logits[scored], reference["output_logits"][scored], atol=1e-5, rtol=0)
+
+
+def test_pad_keys_get_no_attention(case):
+    """Outputs at BOS x_1 .. x_n are the same whether or not PADs follow (the PAD mask of every used head)."""
+    data = case.test[program(case)]
+    longest = data.input_ids[-1:]
+    length = int((longest != 0).sum())
+    with torch.no_grad():
+        padded = case.bridge(longest)[:, :length]
+        unpadded = case.bridge(longest[:, :length])
+    torch.testing.assert_close(padded, unpadded, atol=1e-6, rtol=0)
+
+
+def test_labels_are_outputs_shifted_one_position(case):
+    reference = load_file(TRACR_DIR / program(case) / "reference.safetensors")
+    data = case.train[program(case)]
+    assert torch.equal(data.input_ids, reference["input_ids"])
+    assert torch.equal(data.labels[:, 1:], reference["output_ids"][:, :-1])
+    assert bool((data.labels[:, :2] == IGNORE_INDEX).all())
+
+
+def test_full_model_scores_every_example(case):
+    assert exact_match(case.bridge, case.train[program(case)]) == 1.0
+    assert exact_match(case.bridge, case.test[program(case)]) == 1.0
+
+
+@pytest.mark.parametrize("granularity", TRUTH_GRANULARITIES)
+def test_truth_alone_scores_every_example(case, granularity):
+    truth = case.truth[program(case)][granularity]
+    assert exact_match(case.bridge, case.test[program(case)], truth_mask(case.bridge, truth, granularity)) == 1.0
+
+
+def test_each_used_head_is_necessary(case):
+    truth = case.truth[program(case)]["head"]
+    used = [(name, int(index)) for name, heads in truth.items() for index in heads.nonzero().flatten()]
+    assert used
+    for unit_name, head in used:
+        accuracy = exact_match(case.bridge, case.test[program(case)], without(case, "head", [(unit_name, head)]))
+        assert accuracy < 1.0, (unit_name, head)
+
+
+def test_each_used_mlp_layer_is_necessary(case):
+    truth = case.truth[program(case)]["neuron"]
+    used = [name for name, neurons in truth.items() if bool(neurons.any())]
+    assert used == [f"blocks.{layer}.mlp" for layer in case.card["truth"]["mlp_layers"]]
+    for unit_name in used:
+        accuracy = exact_match(case.bridge, case.test[program(case)], without(case, "neuron", [(unit_name, None)]))
+        assert accuracy < 1.0, unit_name
+
+
+@pytest.mark.parametrize("granularity", ["head", "neuron"])
+def test_removing_every_unused_unit_changes_no_logit(case, granularity):
+    truth = case.truth[program(case)][granularity]
+    unused = [(name, int(index)) for name, units in truth.items() for index in (~units).nonzero().flatten()]
+    input_ids = case.test[program(case)].input_ids
+    with torch.no_grad():
+        full = case.bridge(input_ids)
+        with masked(case.bridge, without(case, granularity, unused)):
+            ablated = case.bridge(input_ids)
+    assert torch.equal(full, ablated)
+
+
+def test_card_records_which_neurons_are_individually_necessary(case):
+    """Neuron truth is structural (nonzero in and out weights); the card says whether each neuron is needed."""
+    measured = case.card["ablations"]["neurons"]
+    truth = case.truth[program(case)]["neuron"]
+    assert len(measured) == sum(int(neurons.sum()) for neurons in truth.values())
+    assert case.card["each_used_unit_necessary"]["neuron"] == all(n["exact_match_without"] < 1 for n in measured)
+    assert case.unique == all(case.card["each_used_unit_necessary"].values())
+
+
+@pytest.mark.parametrize("granularity", TRUTH_GRANULARITIES)
+def test_truth_has_the_names_and_shapes_of_units_for(case, granularity):
+    truth = case.truth[program(case)][granularity]
+    units = {unit.name: unit.shape for unit in units_for(case.bridge, MaskConfig(granularity=granularity))}
+    expected = {name: shape for name, shape in units.items() if name != "unembed.weight"}
+    assert {name: tuple(value.shape) for name, value in truth.items()} == expected
+    assert all(value.dtype == torch.bool for value in truth.values())
+
+
+def test_weight_truth_is_the_nonzero_weights_of_used_heads_and_neurons(case):
+    weight_truth = case.truth[program(case)]["weight"]
+    head_truth = truth_units(case.bridge, case.card["truth"], "head")
+    for layer in range(case.bridge.cfg.n_layers):
+        query = weight_truth[f"blocks.{layer}.attn.q.weight"].view(case.bridge.cfg.n_heads, -1)
+        assert torch.equal(query.any(dim=1), head_truth[f"blocks.{layer}.attn"])
+    kept = sum(int(value.sum()) for value in weight_truth.values())
+    nonzero = sum(int((case.bridge.get_parameter(spec.path) != 0).sum())
+                  for unit in units_for(case.bridge, MaskConfig(granularity="weight")) for spec in unit.members
+                  if spec.key != "unembed.weight")
+    assert kept == nonzero  # every nonzero block weight belongs to a used head or neuron
