@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modmask_lens.masks.sampling import UniformNoise, _StraightThroughGumbelSigmoid, sample_hard_mask
+from modmask_lens.masks.sampling import (UniformNoise, _StraightThroughGumbelSigmoid, keep_probability,
+                                         sample_hard_concrete, sample_hard_mask)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
@@ -37,3 +38,25 @@ def test_same_seed_same_sample():
     logits = torch.zeros(1000)
     assert torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(5)))
     assert not torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6)))
+
+
+def test_hard_concrete_keep_and_full_probabilities_match_louizos_closed_forms():
+    # z > 0 iff sigmoid((logit(u) + l) / beta) > -gamma / (zeta - gamma); z = 1 iff it is >= (1 - gamma) / (zeta - gamma).
+    beta, gamma, zeta = 2 / 3, -0.1, 1.1
+    values = torch.tensor([-2.0, 0.0, 2.0])
+    samples = sample_hard_concrete(values.repeat(40000, 1), noise=UniformNoise(3))
+    nonzero = torch.sigmoid(values - beta * torch.logit(torch.tensor(-gamma / (zeta - gamma))))
+    one = torch.sigmoid(values - beta * torch.logit(torch.tensor((1 - gamma) / (zeta - gamma))))
+    torch.testing.assert_close((samples > 0).float().mean(dim=0), nonzero, atol=0.01, rtol=0)
+    torch.testing.assert_close((samples == 1).float().mean(dim=0), one, atol=0.01, rtol=0)
+    torch.testing.assert_close(keep_probability(values, "hard-concrete"), nonzero)
+    assert bool(((samples >= 0) & (samples <= 1)).all())
+
+
+def test_hard_concrete_passes_gradient_where_the_sample_lies_inside_zero_one():
+    logits = torch.zeros(2000, requires_grad=True)
+    samples = sample_hard_concrete(logits, noise=UniformNoise(4))
+    samples.sum().backward()
+    inside = (samples > 0) & (samples < 1)
+    assert bool((logits.grad[inside] > 0).all()) and bool((logits.grad[~inside] == 0).all())
+    assert inside.float().mean() > 0.5

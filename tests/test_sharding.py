@@ -102,10 +102,17 @@ def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resu
     assert_unchanged(gpt2_bridge, snapshot)
 
 
-def test_sharded_training_rejects_the_density_target(gpt2_bridge):
-    config = TrainConfig(steps=2, batch_size=8, n_samples=2, target_density=0.1)
-    with pytest.raises(ValueError, match="target_density=None or train without fully_shard"):
+@pytest.mark.parametrize("settings", [dict(target_density=0.1), dict(max_loss_increase=0.02)])
+def test_sharded_training_rejects_the_density_target_and_the_loss_constraint(gpt2_bridge, settings):
+    config = TrainConfig(steps=2, batch_size=8, n_samples=2, **settings)
+    with pytest.raises(ValueError, match="max_loss_increase=None, or train without fully_shard"):
         MaskTrainer(gpt2_bridge, [subtask()], train_config=config, fully_shard=True)
+
+
+def test_sharded_training_rejects_hard_concrete_masks(gpt2_bridge):
+    config = TrainConfig(steps=2, batch_size=8, n_samples=2)
+    with pytest.raises(ValueError, match="samples Gumbel-sigmoid masks only, not 'hard-concrete'"):
+        MaskTrainer(gpt2_bridge, [subtask()], MaskConfig(sampler="hard-concrete"), config, fully_shard=True)
 
 
 def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridge, tokens):

@@ -209,3 +209,50 @@ def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_mo
         return [{key: value for key, value in row.items() if key != "faithfulness"} for row in history]
 
     assert without_faithfulness(resumed["copy"].history) == without_faithfulness(at_once["copy"].history)
+
+
+FAITHFUL_MASKS = MaskConfig(sampler="hard-concrete", init_logit=3.0)
+
+
+def test_the_loss_constraint_prunes_what_the_task_does_not_need_and_stays_faithful(one_head_model):
+    bridge, data = one_head_model
+    config = TrainConfig(steps=300, batch_size=64, lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05)
+    masks = MaskTrainer(bridge, [data], FAITHFUL_MASKS, config, progress=False).train()["copy"]
+    binary = masks.binary()
+    heads = binary.kept_fraction(by="head")
+    assert heads[heads["head"] > 0].kept.sum() / heads[heads["head"] > 0].total.sum() < 0.1
+    assert binary.kept_fraction(by="all").kept_fraction.iloc[0] < 0.5
+    assert exact_match(bridge, data, binary) == exact_match(bridge, data) == 1.0
+    assert masks.history[-1]["faithfulness"] == 1.0
+
+
+def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_result(one_head_model, tmp_path):
+    bridge, data = one_head_model
+    mask_config = MaskConfig(sampler="hard-concrete", init_logit=0.0)  # half the heads off: the constraint binds
+    config = TrainConfig(steps=6, batch_size=8, lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05,
+                         checkpoint_every=3)
+    at_once = MaskTrainer(bridge, [data], mask_config, config, progress=False).train()["copy"]
+    first = MaskTrainer(bridge, [data], mask_config, TrainConfig(**{**config.to_dict(), "steps": 3}),
+                        checkpoint_dir=tmp_path, progress=False)
+    first.train()
+    assert float(first.runs[0].multipliers[0]) > 0  # the constraint was violated early on and lambda rose
+    resumed = MaskTrainer(bridge, [data], mask_config, config, checkpoint_dir=tmp_path, progress=False)
+    assert torch.equal(resumed.runs[0].multipliers, first.runs[0].multipliers)
+    result = resumed.train()["copy"]
+    for name, logit in at_once.logits.items():
+        assert torch.equal(logit, result.logits[name]), name
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (dict(max_loss_increase=-0.1), "max_loss_increase -0.1 must be a finite number >= 0"),
+    (dict(max_loss_increase=float("nan")), "max_loss_increase nan must be"),
+    (dict(max_loss_increase=0.02, target_density=0.1), "set either target_density or max_loss_increase"),
+])
+def test_bad_constraint_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
+
+
+def test_an_unknown_sampler_is_refused():
+    with pytest.raises((ValueError, TypeError), match="sampler"):
+        MaskConfig(sampler="bernoulli")

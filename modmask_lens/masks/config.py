@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 Granularity = Literal["weight", "neuron", "head", "matrix"]
+Sampler = Literal["gumbel-sigmoid", "hard-concrete"]
+SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete")
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
 PARAMETER_KINDS: tuple[str, ...] = ("linear", "norm", "embedding", "bias")
 
@@ -29,6 +31,9 @@ class MaskConfig:
         layers: if given, only tensors of these blocks (embeddings, final norm and unembedding have no layer and are
             then left out).
         init_logit: initial logit of every mask element; 2.0 (sigmoid 0.88, mostly kept) as Csordás ``-mask_init``.
+        sampler: how training samples masks from logits: ``gumbel-sigmoid`` (straight-through, Csordás; the
+            sample is 0 or 1 and ``TrainConfig.temperature`` is its tau) or ``hard-concrete`` (Louizos et al.'s L0
+            relaxation with beta 2/3, as Edge Pruning; samples in [0, 1]). The readout is ``logit > 0`` for both.
     """
 
     granularity: Granularity = "weight"
@@ -36,8 +41,11 @@ class MaskConfig:
     roles: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
     init_logit: float = 2.0
+    sampler: Sampler = "gumbel-sigmoid"
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
@@ -80,7 +88,14 @@ class TrainConfig:
             their initial density too). The binary readout (logit > 0) can keep fewer weights than d while logits
             sit near 0.
         density_warmup_steps: length of the d* ramp.
-        lagrangian_lr: learning rate of the multipliers lambda1, lambda2 (trained by gradient ascent).
+        max_loss_increase: if set, the faithfulness constraint replaces both regularisers: minimise the expected
+            density subject to the task loss staying within this many nats per answer token of the full model's on
+            the same batch, with a Lagrange multiplier (Edge Pruning constrains density; this constrains
+            faithfulness, so the mask cannot trade the subtask for sparsity). Measured on the ground-truth suite with
+            ``MaskConfig(sampler="hard-concrete", init_logit=3.0)``, ``lr=0.05``, ``max_loss_increase=0.02``,
+            ``lagrangian_lr=0.05`` (docs/finder-study.md).
+        lagrangian_lr: learning rate of the multipliers: lambda1, lambda2 of the target density (Adam ascent), or
+            the loss constraint's lambda (projected gradient ascent).
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
             task's result does not depend on which other tasks share the run.
         checkpoint_every: steps between checkpoints when a checkpoint directory is given.
@@ -99,6 +114,7 @@ class TrainConfig:
     target_density: float | None = None
     density_warmup_steps: int = 500
     lagrangian_lr: float = 1e-2
+    max_loss_increase: float | None = None
     seed: int = 0
     checkpoint_every: int = 200
 
@@ -122,6 +138,13 @@ class TrainConfig:
             raise ValueError(f"temperature {self.temperature} must be a finite number > 0 (Csordás use 1)")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
+        if self.max_loss_increase is not None:
+            if not (math.isfinite(self.max_loss_increase) and self.max_loss_increase >= 0):
+                raise ValueError(f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats "
+                                 "per answer token; 0.02 was measured to work)")
+            if self.target_density is not None:
+                raise ValueError("set either target_density or max_loss_increase: one constrains the density, "
+                                 "the other the loss")
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")
 

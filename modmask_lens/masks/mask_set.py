@@ -11,7 +11,7 @@ from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsuppor
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
+from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_hard_concrete, sample_hard_mask
 from modmask_lens.masks.units import MaskUnit, build_units
 
 
@@ -79,14 +79,18 @@ class MaskSet:
         return self
 
     def sample(self, temperature: float = 1.0, noise: UniformNoise | None = None) -> dict[str, Tensor]:
-        """One straight-through Gumbel-sigmoid sample: bridge parameter path -> mask broadcastable to its weight.
+        """One sample by ``config.sampler``: bridge parameter path -> mask broadcastable to its weight.
 
-        Unit i draws its noise from ``noise.substream(i)`` (default: a fresh random seed), so one unit's sample can be
-        drawn on its own, as fully sharded training does block by block."""
+        ``temperature`` is the Gumbel-sigmoid's tau (hard concrete uses its own beta, 2/3). Unit i draws its noise
+        from ``noise.substream(i)`` (default: a fresh random seed), so one unit's sample can be drawn on its own, as
+        fully sharded training does block by block."""
         noise = noise or UniformNoise.fresh()
         masks = {}
         for index, unit in enumerate(self.units):
-            unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise.substream(index))
+            if self.config.sampler == "hard-concrete":
+                unit_sample = sample_hard_concrete(self.logits[unit.name], noise.substream(index))
+            else:
+                unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise.substream(index))
             for member in unit.members:
                 masks[member.path] = unit.expand(unit_sample, member)
         return masks
@@ -105,8 +109,10 @@ class MaskSet:
         return torch.stack([logit.sum() for logit in self.logits.values()]).sum()
 
     def expected_density(self) -> Tensor:
-        """Expected kept fraction of the masked weights: each logit keeps its weights with probability sigmoid(l)."""
-        kept = torch.stack([unit.expected_kept(self.logits[unit.name].sigmoid()) for unit in self.units]).sum()
+        """Expected kept fraction of the masked weights: each logit keeps its weights with the sampler's keep
+        probability (sigmoid(l) for Gumbel-sigmoid)."""
+        kept = torch.stack([unit.expected_kept(keep_probability(self.logits[unit.name], self.config.sampler))
+                            for unit in self.units]).sum()
         return kept / sum(member.numel for member in self.members)
 
     def check_model(self, bridge: nn.Module, check_weights: bool = True) -> None:

@@ -1,6 +1,16 @@
-"""Straight-through Gumbel-sigmoid mask samples (Csordás et al. 2021, ``framework/layers/gumbel_sigmoid.py``)."""
+"""Mask samples from logits: straight-through Gumbel-sigmoid (Csordás et al. 2021,
+``framework/layers/gumbel_sigmoid.py``) and hard concrete (Louizos, Welling & Kingma 2018, the L0 relaxation that
+Edge Pruning uses).
+
+Both keep an element with a probability that grows with its logit, and both read out deterministically as
+``logit > 0``. They differ in the gradient: straight-through passes the soft sigmoid's derivative through a hard 0/1
+sample, while hard concrete samples values in [0, 1] (exactly 0 or 1 with positive probability) and differentiates
+through them, so a pruned unit whose removal hurts still receives a gradient back towards being kept.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -85,3 +95,36 @@ def sample_hard_mask(
     """
     uniform = (noise or UniformNoise.fresh()).like(logits)
     return _StraightThroughGumbelSigmoid.apply(logits, uniform, temperature)
+
+
+HARD_CONCRETE_STRETCH = (-0.1, 1.1)
+"""(gamma, zeta) of Louizos et al.: the sigmoid is stretched to this interval, then clipped to [0, 1]."""
+HARD_CONCRETE_TEMPERATURE = 2 / 3
+"""beta of Louizos et al. (their default), used when a mask config's sampler is ``hard-concrete``."""
+
+
+def sample_hard_concrete(
+    logits: Float[Tensor, "*shape"], noise: UniformNoise | None = None
+) -> Float[Tensor, "*shape"]:
+    """One hard-concrete sample in [0, 1] with ``logits`` as log-alpha (Louizos et al. 2018, eq. 10), differentiable.
+
+    ``min(1, max(0, sigmoid((logit(u) + log_alpha) / beta) * (zeta - gamma) + gamma))`` for u ~ U(0, 1).
+
+    Example:
+        >>> sample = sample_hard_concrete(torch.full((3,), 2.0), noise=UniformNoise(0))
+        >>> bool(((sample >= 0) & (sample <= 1)).all())
+        True
+    """
+    gamma, zeta = HARD_CONCRETE_STRETCH
+    uniform = (noise or UniformNoise.fresh()).like(logits)
+    soft = torch.sigmoid((torch.logit(uniform) + logits) / HARD_CONCRETE_TEMPERATURE)
+    return (soft * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+
+def keep_probability(logits: Float[Tensor, "*shape"], sampler: str) -> Float[Tensor, "*shape"]:
+    """Probability that a sample keeps each element (is nonzero): ``sigmoid(l)`` for Gumbel-sigmoid,
+    ``sigmoid(l - beta * log(-gamma / zeta))`` for hard concrete (Louizos et al. 2018, eq. 12)."""
+    if sampler == "hard-concrete":
+        gamma, zeta = HARD_CONCRETE_STRETCH
+        return torch.sigmoid(logits - HARD_CONCRETE_TEMPERATURE * math.log(-gamma / zeta))
+    return torch.sigmoid(logits)

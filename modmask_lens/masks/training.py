@@ -26,10 +26,18 @@ from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
 from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from, optimizer_tensors, read_safetensors,
-                                   require_fields, verify_checksum, write_safetensors_atomically)
+from modmask_lens.masks.io import (
+    load_optimizer,
+    mask_metadata,
+    mask_set_from,
+    optimizer_tensors,
+    read_safetensors,
+    require_fields,
+    verify_checksum,
+    write_safetensors_atomically,
+)
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
 HISTORY_EVERY = 10  # steps between rows of MaskSet.history (and refreshes of the progress bar's kept fraction)
@@ -50,7 +58,7 @@ class _TaskRun:
     data: SubtaskData
     masks: MaskSet
     optimizer: torch.optim.Adam
-    multipliers: Tensor | None = None  # Lagrangian lambda1, lambda2 (target-density mode)
+    multipliers: Tensor | None = None  # lambda1, lambda2 (target density) or lambda (loss constraint)
     multiplier_optimizer: torch.optim.Adam | None = None
     shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
@@ -146,9 +154,12 @@ class MaskTrainer:
                 raise ValueError(f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
                                  f"lock-step on {self.world_size} processes; make n_samples a multiple of "
                                  f"{self.world_size}")
-            if train_config.target_density is not None:
+            if train_config.target_density is not None or train_config.max_loss_increase is not None:
                 raise ValueError("fully sharded training supports the logit-sum regulariser (beta) only; set "
-                                 "target_density=None or train without fully_shard")
+                                 "target_density=None and max_loss_increase=None, or train without fully_shard")
+            if mask_config.sampler != "gumbel-sigmoid":
+                raise ValueError(f"fully sharded training samples Gumbel-sigmoid masks only, not {mask_config.sampler!r}; "
+                                 "use MaskConfig(sampler='gumbel-sigmoid') or train without fully_shard")
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
@@ -163,7 +174,9 @@ class MaskTrainer:
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
-        if self.train_config.target_density is not None:
+        if self.train_config.max_loss_increase is not None:
+            run.multipliers = torch.zeros(1)  # lambda, raised by projected gradient ascent in _regularise
+        elif self.train_config.target_density is not None:
             run.multipliers = torch.zeros(2, requires_grad=True)
             run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
                                                         maximize=True)
@@ -209,6 +222,10 @@ class MaskTrainer:
         n_tokens = int((labels[:, 1:] != -100).sum())
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_correct = 0.0, 0
+        constrained = config.max_loss_increase is not None
+        # Under the loss constraint the task loss enters weighted by its multiplier lambda (the density is the
+        # objective); otherwise it is the objective itself.
+        task_weight = float(run.multipliers[0]) if constrained else 1.0
         chunks = zip(input_ids.tensor_split(config.n_samples), labels.tensor_split(config.n_samples))
         for chunk, (chunk_ids, chunk_labels) in enumerate(chunks):
             if chunk % self.world_size != self.rank:
@@ -221,7 +238,7 @@ class MaskTrainer:
                 sample = run.masks.sample(config.temperature, noise)
                 logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
             score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
-            (score.loss_sum / n_tokens).backward()
+            (task_weight * score.loss_sum / n_tokens).backward()
             loss_sum += float(score.loss_sum.detach())
             n_correct += score.n_correct
         if self.world_size > 1:
@@ -232,7 +249,12 @@ class MaskTrainer:
         task_loss = loss_sum / n_tokens
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
-        self._regularise(run)
+        if constrained:
+            with torch.no_grad():
+                full_loss = float(score_answers(self.bridge(input_ids), labels).loss_sum) / n_tokens
+            self._constrain(run, task_loss - full_loss)
+        else:
+            self._regularise(run)
         run.clip_grad_norm_(config.grad_clip)
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
@@ -273,10 +295,23 @@ class MaskTrainer:
             return
         run.multiplier_optimizer.zero_grad(set_to_none=True)
         ramp = min(1.0, self.step / max(config.density_warmup_steps, 1))
-        initial = torch.sigmoid(torch.tensor(run.masks.config.init_logit)).item()
+        initial = keep_probability(torch.tensor(run.masks.config.init_logit), run.masks.config.sampler).item()
         target = initial + (config.target_density - initial) * ramp
         gap = run.masks.expected_density() - target
         (run.multipliers[0] * gap + run.multipliers[1] * gap**2).backward()
+
+    def _constrain(self, run: _TaskRun, loss_increase: float) -> None:
+        """The faithfulness constraint: minimise the expected density subject to the task loss staying within
+        ``max_loss_increase`` (nats per answer token) of the full model's on the same batch.
+
+        The density's gradient is added here (the task's, weighted by lambda, in the step); lambda then takes one
+        projected gradient-ascent step, ``lambda <- max(0, lambda + lagrangian_lr * (increase - max_increase))``,
+        so it grows while the masked model is less faithful than allowed and decays once it is.
+        """
+        config = self.train_config
+        run.masks.expected_density().backward()
+        gap = loss_increase - config.max_loss_increase
+        run.multipliers.add_(config.lagrangian_lr * gap).clamp_(min=0.0)
 
     @staticmethod
     def _kept_fraction(masks: MaskSet) -> float:
@@ -307,6 +342,7 @@ class MaskTrainer:
             tensors.update(optimizer_tensors(optimizer, f"{prefix}/adam"))
             if run.multipliers is not None:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
+            if run.multiplier_optimizer is not None:
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
             tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
         metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
@@ -336,7 +372,9 @@ class MaskTrainer:
                 full_optimizer, run.optimizer = run.optimizer, torch.optim.Adam(run.shards.parameters(),
                                                                                 lr=self.train_config.lr)
                 run.shards.load_optimizer_state(run.optimizer, full_optimizer)
-            if run.multipliers is not None:
+            if run.multipliers is not None and run.multiplier_optimizer is None:
+                run.multipliers = own["multipliers"].clone()
+            elif run.multipliers is not None:
                 run.multipliers = own["multipliers"].clone().requires_grad_(True)
                 run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
                                                             maximize=True)
