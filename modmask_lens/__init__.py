@@ -21,6 +21,7 @@ from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.readout import faithful_binary
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
 from modmask_lens.versions import warn_about_known_breaks
@@ -51,6 +52,7 @@ __all__ = [
     "circuit_graph",
     "clusterability",
     "export_masked_model",
+    "faithful_binary",
     "load_masks",
     "masked",
     "masked_call",

@@ -8,8 +8,10 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from conftest import assert_unchanged, boot_native, state_snapshot
-from modmask_lens import MaskConfig, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked, score_answers
+from modmask_lens import (MaskConfig, MaskSet, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked,
+                          score_answers)
 from modmask_lens.analysis import exact_match
+from modmask_lens.masks import readout
 from modmask_lens.masks.io import load_masks, save_masks
 from modmask_lens.masks.training import CHECKPOINT_FILE
 
@@ -256,3 +258,19 @@ def test_bad_constraint_settings_are_refused(settings, message):
 def test_an_unknown_sampler_is_refused():
     with pytest.raises((ValueError, TypeError), match="sampler"):
         MaskConfig(sampler="bernoulli")
+
+
+def test_the_faithful_readout_keeps_the_fewest_top_units_that_keep_accuracy(one_head_model):
+    bridge, data = one_head_model
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"), name="copy")
+    masks.logits["blocks.0.attn"] = torch.tensor([-1.0, 3.0, 2.0, 1.0])  # the needed head 0 ranks last, below zero
+    full = exact_match(bridge, data)
+    by_count = [exact_match(bridge, data, masks.binary_from(readout._top_units(masks, count))) for count in range(5)]
+    expected_count = next(count for count, accuracy in enumerate(by_count) if accuracy >= 0.99 * full)
+    kept = readout.faithful_binary(bridge, masks, data)
+    assert expected_count == 4 and kept.count == masks.binary_from(readout._top_units(masks, 4)).count
+    assert exact_match(bridge, data, masks.binary()) < 0.5 <= exact_match(bridge, data, kept)
+    masks.logits["blocks.0.attn"] = torch.tensor([3.0, -1.0, -2.0, -3.0])
+    head_zero_only = masks.binary_from({"blocks.0.attn": torch.tensor([True, False, False, False])})
+    chosen = readout.faithful_binary(bridge, masks, data)
+    assert all(torch.equal(chosen.kept[key], kept) for key, kept in head_zero_only.kept.items())

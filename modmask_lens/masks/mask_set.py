@@ -97,11 +97,15 @@ class MaskSet:
 
     def binary(self) -> BinaryMask:
         """The deterministic readout, mask = logit > 0, expanded to every masked tensor's full shape."""
+        return self.binary_from({unit.name: self.logits[unit.name].detach() > 0 for unit in self.units})
+
+    def binary_from(self, unit_kept: dict[str, Tensor]) -> BinaryMask:
+        """A binary mask from a kept flag per logit (unit name -> bool of the unit's logit shape), expanded to every
+        masked tensor's full shape; e.g. the top-k units of :func:`~modmask_lens.masks.readout.faithful_binary`."""
         kept = {}
         for unit in self.units:
-            unit_kept = self.logits[unit.name].detach() > 0
             for member in unit.members:
-                kept[member.key] = unit.expand(unit_kept, member).expand(member.shape).clone()
+                kept[member.key] = unit.expand(unit_kept[unit.name], member).expand(member.shape).clone()
         return BinaryMask(self.members, kept, self.origin, name=self.name)
 
     def logit_sum(self) -> Tensor:
