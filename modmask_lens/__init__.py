@@ -21,7 +21,7 @@ from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.readout import faithful_binary
+from modmask_lens.masks.readout import faithful_binary, faithful_threshold
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
 from modmask_lens.versions import warn_about_known_breaks
@@ -53,6 +53,7 @@ __all__ = [
     "clusterability",
     "export_masked_model",
     "faithful_binary",
+    "faithful_threshold",
     "load_masks",
     "masked",
     "masked_call",

@@ -265,10 +265,15 @@ def test_the_faithful_readout_keeps_the_fewest_top_units_that_keep_accuracy(one_
     masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"), name="copy")
     masks.logits["blocks.0.attn"] = torch.tensor([-1.0, 3.0, 2.0, 1.0])  # the needed head 0 ranks last, below zero
     full = exact_match(bridge, data)
-    by_count = [exact_match(bridge, data, masks.binary_from(readout._top_units(masks, count))) for count in range(5)]
+    def top(count):  # the count highest logits, by brute force
+        order = masks.logits["blocks.0.attn"].argsort(descending=True)[:count]
+        return masks.binary_from({"blocks.0.attn": torch.isin(torch.arange(4), order)})
+
+    by_count = [exact_match(bridge, data, top(count)) for count in range(5)]
     expected_count = next(count for count, accuracy in enumerate(by_count) if accuracy >= 0.99 * full)
     kept = readout.faithful_binary(bridge, masks, data)
-    assert expected_count == 4 and kept.count == masks.binary_from(readout._top_units(masks, 4)).count
+    assert expected_count == 4 and kept.count == top(4).count
+    assert readout.faithful_threshold(bridge, masks, data) == pytest.approx(-2.0)
     assert exact_match(bridge, data, masks.binary()) < 0.5 <= exact_match(bridge, data, kept)
     masks.logits["blocks.0.attn"] = torch.tensor([3.0, -1.0, -2.0, -3.0])
     head_zero_only = masks.binary_from({"blocks.0.attn": torch.tensor([True, False, False, False])})

@@ -101,7 +101,7 @@ class MaskSet:
 
     def binary_from(self, unit_kept: dict[str, Tensor]) -> BinaryMask:
         """A binary mask from a kept flag per logit (unit name -> bool of the unit's logit shape), expanded to every
-        masked tensor's full shape; e.g. the top-k units of :func:`~modmask_lens.masks.readout.faithful_binary`."""
+        masked tensor's full shape; e.g. the units above :func:`~modmask_lens.masks.readout.faithful_threshold`."""
         kept = {}
         for unit in self.units:
             for member in unit.members:

@@ -36,46 +36,57 @@ def _exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None) 
     return correct / len(data)
 
 
-def _top_units(masks: MaskSet, count: int) -> dict[str, Tensor]:
-    """Unit name -> kept flags of the ``count`` highest logits over all units (ties broken by position)."""
-    flat = torch.cat([masks.logits[unit.name].detach().flatten() for unit in masks.units])
-    kept_flat = torch.zeros(flat.numel(), dtype=torch.bool)
-    kept_flat[flat.argsort(descending=True, stable=True)[:count]] = True
-    kept, start = {}, 0
-    for unit in masks.units:
-        kept[unit.name] = kept_flat[start : start + unit.numel].view(unit.shape)
-        start += unit.numel
-    return kept
+def _kept_above(masks: MaskSet, threshold: float) -> dict[str, Tensor]:
+    """Unit name -> kept flags of the logits above ``threshold``."""
+    return {unit.name: masks.logits[unit.name].detach() > threshold for unit in masks.units}
 
 
-def faithful_binary(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> BinaryMask:
-    """The binary mask keeping the fewest highest-logit units whose exact match on ``data`` is at least
-    ``(1 - tolerance)`` times the full model's.
+def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> float:
+    """The logit threshold keeping the fewest highest-logit units whose exact match on ``data`` is at least
+    ``(1 - tolerance)`` times the full model's: midway between the last kept and the first removed logit.
 
     The count is found by bisection over ``0 .. number of logits`` (about ``log2(n)`` evaluations of ``data``).
-    Bisection assumes that keeping more top units does not lower accuracy, so where that fails it may return more
+    Bisection assumes that keeping more top units does not lower accuracy, so where that fails it may keep more
     units than the fewest faithful count; it only settles on a count that passed, or on every unit, so the result
-    is always faithful on ``data``. Pass held-out data to choose the size on examples the mask did not train on.
+    is faithful on ``data`` (logits tied at the threshold are kept together). Pass held-out data to choose the size
+    on examples the mask did not train on.
 
     Args:
         bridge: the model the mask is for.
         masks: trained logits; only their order matters.
         data: the subtask's examples.
         tolerance: accuracy that may be lost, as a fraction of the full model's (0.01: keep 99% of it).
+    """
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance {tolerance} must lie in [0, 1): the fraction of full accuracy that may be lost")
+    masks.check_model(bridge, check_weights=False)
+    descending = torch.cat([logit.detach().flatten() for logit in masks.logits.values()]).sort(descending=True).values
+
+    def threshold_keeping(count: int) -> float:
+        if count == 0:
+            return float(descending[0]) + 1.0
+        if count == descending.numel():
+            return float(descending[-1]) - 1.0
+        return float(descending[count - 1] + descending[count]) / 2
+
+    required = (1 - tolerance) * _exact_match(bridge, data, None)
+    low, high = 0, descending.numel()
+    while low < high:
+        middle = (low + high) // 2
+        kept = masks.binary_from(_kept_above(masks, threshold_keeping(middle)))
+        if _exact_match(bridge, data, kept) >= required:
+            high = middle
+        else:
+            low = middle + 1
+    return threshold_keeping(low)
+
+
+def faithful_binary(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> BinaryMask:
+    """The binary mask of :func:`faithful_threshold`: the fewest highest-logit units that keep at least
+    ``(1 - tolerance)`` of the full model's exact match on ``data``.
 
     Example:
         >>> kept = faithful_binary(bridge, masks["jump"], jump_test)              # doctest: +SKIP
         >>> kept.kept_fraction(by="all")                                            # doctest: +SKIP
     """
-    if not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance {tolerance} must lie in [0, 1): the fraction of full accuracy that may be lost")
-    masks.check_model(bridge, check_weights=False)
-    required = (1 - tolerance) * _exact_match(bridge, data, None)
-    low, high = 0, sum(unit.numel for unit in masks.units)
-    while low < high:
-        middle = (low + high) // 2
-        if _exact_match(bridge, data, masks.binary_from(_top_units(masks, middle))) >= required:
-            high = middle
-        else:
-            low = middle + 1
-    return masks.binary_from(_top_units(masks, low))
+    return masks.binary_from(_kept_above(masks, faithful_threshold(bridge, masks, data, tolerance)))
