@@ -17,6 +17,7 @@ from modmask_lens.groundtruth.metrics import (
     unit_scores,
 )
 from modmask_lens.groundtruth.plants import PLANTS, available_plants, load_plant, plant_cases
+from modmask_lens.groundtruth.probe_check import probe_check
 from modmask_lens.groundtruth.registry import CasesUnavailable, all_cases, tracr_cases
 from modmask_lens.groundtruth.suite import run_suite
 
@@ -39,6 +40,7 @@ __all__ = [
     "mask_faithfulness",
     "measured_sharing",
     "plant_cases",
+    "probe_check",
     "random_init_bridge",
     "run_suite",
     "shuffled_answers",
