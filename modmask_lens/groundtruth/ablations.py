@@ -16,7 +16,7 @@ from modmask_lens.groundtruth.plan import PlantPlan, element_use
 WeightMasks = dict[str, Tensor]
 
 
-def _planted_elements(bridge: nn.Module, plan: PlantPlan, subtask: str) -> dict[str, tuple[str, Tensor]]:
+def planted_elements(bridge: nn.Module, plan: PlantPlan, subtask: str) -> dict[str, tuple[str, Tensor]]:
     """state_dict key -> (bridge path, the subtask's elements of that split tensor)."""
     dims = model_shape(bridge)
     use = plan.uses[subtask]
@@ -29,12 +29,12 @@ def _planted_elements(bridge: nn.Module, plan: PlantPlan, subtask: str) -> dict[
 
 def keep_only(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
     """Keep the subtask's planted set and every shared tensor; zero the rest of the split tensors."""
-    return {path: elements.float() for path, elements in _planted_elements(bridge, plan, subtask).values()}
+    return {path: elements.float() for path, elements in planted_elements(bridge, plan, subtask).values()}
 
 
 def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
     """Zero the subtask's planted set (shared elements of a partly shared plant included); keep all else."""
-    return {path: (~elements).float() for path, elements in _planted_elements(bridge, plan, subtask).values()}
+    return {path: (~elements).float() for path, elements in planted_elements(bridge, plan, subtask).values()}
 
 
 def remove_random_part(
@@ -49,7 +49,7 @@ def remove_random_part(
     owned = use.neurons if plan.ablation_unit == "neuron" else use.heads
     removed_units = _random_subset(owned, fraction, generator) if unit_kinds else None
     masks = {}
-    for key, (path, elements) in _planted_elements(bridge, plan, subtask).items():
+    for key, (path, elements) in planted_elements(bridge, plan, subtask).items():
         spec = specs[key]
         if unit_kinds is None:
             removed = _random_subset(elements, fraction, generator)

@@ -27,10 +27,10 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.adapters.base import model_shape
+from modmask_lens.groundtruth.ablations import planted_elements
 from modmask_lens.groundtruth.digits import answer_token_ids, digit_tokenizer
 from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_plant
-from modmask_lens.groundtruth.plan import PlantPlan, element_use
+from modmask_lens.groundtruth.plan import PlantPlan
 from modmask_lens.groundtruth.plants import (
     ARCHITECTURE,
     CARD_FILE,
@@ -70,16 +70,18 @@ def _hf_names(bridge: nn.Module, model: nn.Module) -> dict[str, str]:
 def _plan_masks(bridge: nn.Module, plan: PlantPlan, names: dict[str, str]) -> tuple[dict, dict, dict]:
     """Hugging Face name -> float mask: the structure (union of all sets), and per subtask its kept-only and
     removed masks (split tensors only)."""
-    dims = model_shape(bridge)
-    structure, own, removed = {}, {name: {} for name in plan.uses}, {name: {} for name in plan.uses}
-    for spec in adapter_for(bridge).tensor_specs(bridge):
-        if not plan.is_split(spec):
-            continue
-        uses = {name: element_use(spec, use, dims) for name, use in plan.uses.items()}
-        hf_name = names[spec.key]
-        structure[hf_name] = torch.stack(list(uses.values())).any(dim=0).float()
-        for name, elements in uses.items():
-            own[name][hf_name], removed[name][hf_name] = elements.float(), (~elements).float()
+    own = {
+        subtask: {
+            names[key]: elements.float()
+            for key, (_, elements) in planted_elements(bridge, plan, subtask).items()
+        }
+        for subtask in plan.uses
+    }
+    removed = {subtask: {name: 1 - mask for name, mask in masks.items()} for subtask, masks in own.items()}
+    structure = {
+        name: torch.stack([masks[name] for masks in own.values()]).amax(dim=0)
+        for name in next(iter(own.values()))
+    }
     return structure, own, removed
 
 
