@@ -110,6 +110,17 @@ def test_random_init_control_has_the_shapes_but_not_the_weights(case):
     assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
 
 
+def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeypatch):
+    def no_random_init(case, control, seed):
+        raise ValueError("this bridge wraps no Hugging Face model")
+
+    monkeypatch.setattr("modmask_lens.groundtruth.suite.control_case", no_random_init)
+    tables = run_suite({"tiny": TINY}, [case], granularities=["head"], controls=["random-init"])
+    assert tables["summary"].empty
+    assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
+    assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
+
+
 def test_tracr_cases_say_why_they_are_missing():
     if importlib.util.find_spec("modmask_lens.groundtruth.tracr_cases") is not None:
         pytest.skip("the tracr module is present; its own tests cover it")

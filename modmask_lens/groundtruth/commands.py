@@ -112,6 +112,8 @@ def run(
     ):
         for table, columns in SHOWN.items():
             typer.echo(f"\n{table}:\n{tables[table][columns].to_string(index=False)}")
+    for row in tables["skipped"].itertuples():
+        typer.echo(f"skipped {row.case} control={row.control}: {row.reason}")
     typer.echo(f"\nwall time {wall_s:.0f} s")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Sequence
 
@@ -21,13 +22,19 @@ def tracr_cases() -> list[GroundTruthCase]:
         CasesUnavailable: when ``modmask_lens.groundtruth.tracr_cases`` or its dependencies do not import.
     """
     try:
-        from modmask_lens.groundtruth.tracr_cases import tracr_cases as build_tracr_cases
+        module = importlib.import_module("modmask_lens.groundtruth.tracr_cases")
     except ImportError as error:
         raise CasesUnavailable(
             f"tracr cases skipped: {error} (they need modmask_lens.groundtruth.tracr_cases and "
             "its dependencies, e.g. pip install tracr-pypi)"
         ) from error
-    return list(build_tracr_cases())
+    build = getattr(module, "tracr_cases", None)
+    if build is None:
+        raise CasesUnavailable(
+            "tracr cases skipped: modmask_lens.groundtruth.tracr_cases has no function tracr_cases() "
+            "returning the cases; add one"
+        )
+    return list(build())
 
 
 def _matches(selector: str, name: str, family: str) -> bool:

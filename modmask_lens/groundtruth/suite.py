@@ -22,7 +22,7 @@ from modmask_lens.groundtruth.metrics import (
 )
 from modmask_lens.masks.config import MaskConfig
 
-TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "summary", "runs")
+TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "summary", "runs", "skipped")
 
 
 def case_granularities(case: GroundTruthCase) -> list[str]:
@@ -59,7 +59,8 @@ def run_suite(
         (:func:`~modmask_lens.groundtruth.metrics.mask_faithfulness`), ``curves`` and ``areas`` (density curves and
         CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
         recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
-        CMD of its keep curve) and ``runs`` (wall time of each).
+        CMD of its keep curve), ``runs`` (wall time of each) and ``skipped`` (controls that could not be built for
+        a case, with the reason).
 
     Example:
         >>> from modmask_lens.groundtruth import all_cases, baseline_methods            # doctest: +SKIP
@@ -74,7 +75,13 @@ def run_suite(
     for case in cases:
         wanted = [g for g in case_granularities(case) if granularities is None or g in granularities]
         for control in controls:
-            variant = control_case(case, control, seed)
+            try:
+                variant = control_case(case, control, seed)
+            except ValueError as reason:  # e.g. no Hugging Face model to re-initialise
+                frames["skipped"].append(
+                    pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}])
+                )
+                continue
             full = full_logits(variant.bridge, variant.test)
             for granularity in wanted:
                 for method_name, finder in methods.items():
