@@ -202,6 +202,11 @@ def zoo_train(name: str = typer.Argument(..., help="zoo model to reproduce, e.g.
     train_main([name] + (["--out", str(out)] if out else []))
 
 
+from modmask_lens.groundtruth.commands import groundtruth_app  # it builds on _Typer, defined above
+
+app.add_typer(groundtruth_app, name="groundtruth")
+
+
 @app.command()
 def data(
     name: str = typer.Argument(..., help="task: scan, addmul, double_add, modadd or math"),

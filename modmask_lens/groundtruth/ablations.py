@@ -1,0 +1,76 @@
+"""Weight masks that keep or remove a plant's planted sets, for measuring sufficiency and necessity.
+
+All masks are bridge parameter path -> float mask of the tensor's shape, as :func:`~modmask_lens.masked_call` takes
+them; they cover every tensor the bridge reads (embeddings included), since a planted set can own embedding rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Generator, Tensor, nn
+
+from modmask_lens.adapters import adapter_for
+from modmask_lens.adapters.base import model_shape
+from modmask_lens.groundtruth.plan import PlantPlan, element_use
+
+WeightMasks = dict[str, Tensor]
+
+
+def planted_elements(bridge: nn.Module, plan: PlantPlan, subtask: str) -> dict[str, tuple[str, Tensor]]:
+    """state_dict key -> (bridge path, the subtask's elements of that split tensor)."""
+    dims = model_shape(bridge)
+    use = plan.uses[subtask]
+    return {
+        spec.key: (spec.path, element_use(spec, use, dims))
+        for spec in adapter_for(bridge).tensor_specs(bridge)
+        if plan.is_split(spec)
+    }
+
+
+def keep_only(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
+    """Keep the subtask's planted set and every shared tensor; zero the rest of the split tensors."""
+    return {path: elements.float() for path, elements in planted_elements(bridge, plan, subtask).values()}
+
+
+def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
+    """Zero the subtask's planted set (shared elements of a partly shared plant included); keep all else."""
+    return {path: (~elements).float() for path, elements in planted_elements(bridge, plan, subtask).values()}
+
+
+def remove_random_part(
+    bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int
+) -> WeightMasks:
+    """Zero a random ``fraction`` of the subtask's planted units (``plan.ablation_unit``: neurons, heads, or single
+    weights), drawn with ``seed``; keep all else."""
+    generator = Generator().manual_seed(seed)
+    specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
+    unit_kinds = {"neuron": ("neuron",), "head": ("head", "kv_head")}.get(plan.ablation_unit)
+    use = plan.uses[subtask]
+    owned = use.neurons if plan.ablation_unit == "neuron" else use.heads
+    removed_units = _random_subset(owned, fraction, generator) if unit_kinds else None
+    masks = {}
+    for key, (path, elements) in planted_elements(bridge, plan, subtask).items():
+        spec = specs[key]
+        if unit_kinds is None:
+            removed = _random_subset(elements, fraction, generator)
+        elif spec.unit in unit_kinds and spec.layer is not None:
+            units = removed_units[spec.layer]
+            if spec.unit == "kv_head" and model_shape(bridge).heads_per_kv_head > 1:
+                units = units.view(-1, model_shape(bridge).heads_per_kv_head).any(dim=-1)
+            view = [1] * len(spec.shape)
+            view[spec.unit_axis] = spec.shape[spec.unit_axis]
+            removed = elements & units.repeat_interleave(spec.unit_width).view(view)
+        else:
+            continue
+        masks[path] = (~removed).float()
+    return masks
+
+
+def _random_subset(members: Tensor, fraction: float, generator: Generator) -> Tensor:
+    """A random ``fraction`` (rounded) of the True entries of ``members``, as a bool of its shape."""
+    flat = members.flatten()
+    chosen = flat.nonzero().squeeze(1)
+    chosen = chosen[torch.randperm(len(chosen), generator=generator)[: round(fraction * len(chosen))]]
+    subset = torch.zeros_like(flat)
+    subset[chosen] = True
+    return subset.view_as(members)

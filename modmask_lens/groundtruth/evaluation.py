@@ -1,0 +1,44 @@
+"""Answer-position outputs of a bridge under weight masks: exact-match accuracy and KL(full || masked)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.tasks.encoding import IGNORE_INDEX
+
+
+def masked_logits(
+    bridge: nn.Module, data: SubtaskData, weight_masks: Mapping[str, Tensor] | None = None
+) -> Float[Tensor, "example pos vocab"]:
+    """The bridge's logits on all of ``data`` with ``weight_masks`` (bridge path -> mask) applied; the model itself
+    is never modified."""
+    with torch.no_grad():
+        forward = type(bridge).forward.__get__(bridge)
+        return masked_call(bridge, dict(weight_masks or {}), forward, data.input_ids)
+
+
+def exact_match(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> float:
+    """Fraction of examples whose every answer token is the argmax."""
+    return score_answers(logits, data.labels).n_correct / len(data)
+
+
+def answer_log_probs(
+    logits: Float[Tensor, "example pos vocab"], data: SubtaskData
+) -> Float[Tensor, "answer vocab"]:
+    """Log-probabilities at the positions that predict an answer token, one row per answer token."""
+    scored = data.labels[:, 1:] != IGNORE_INDEX
+    return logits[:, :-1][scored].log_softmax(dim=-1)
+
+
+def kl_divergence(
+    full: Float[Tensor, "example pos vocab"], masked: Float[Tensor, "example pos vocab"], data: SubtaskData
+) -> float:
+    """KL(full || masked) in nats, averaged over answer tokens."""
+    full_log_probs, masked_log_probs = answer_log_probs(full, data), answer_log_probs(masked, data)
+    return float((full_log_probs.exp() * (full_log_probs - masked_log_probs)).sum(dim=-1).mean())

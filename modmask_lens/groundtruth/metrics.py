@@ -1,0 +1,358 @@
+"""Scoring masks against a ground-truth case, as tidy DataFrames.
+
+- :func:`unit_scores`: precision and recall of the binary readout (logit > 0) and AUROC of the logits, against the
+  answer key, over the scored units only.
+- :func:`mask_faithfulness`: accuracy and KL(full || masked) on the answer tokens under the mask, its plain inverse,
+  and its inverse beyond a control mask.
+- :func:`density_curves` / :func:`curve_areas`: faithfulness as units are kept in order of their **signed** logits
+  (top k % of the units, and logit thresholds), with CPR (area under the curve) and CMD (area between the curve and
+  1) over the top-k points (MIB circuit track, Mueller et al. 2025).
+
+A *unit* is one element of ``MaskSet.logits``: a weight, a neuron or a head. Densities count units, not weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
+from modmask_lens.groundtruth.evaluation import exact_match, kl_divergence, masked_logits
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.masks.mask_set import MaskSet
+
+DENSITIES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Fractions of units kept on the top-k curve (MIB's 0.1 %, 1 %, 5 %, 10 %, 20 %, 50 %, 100 %)."""
+THRESHOLDS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+"""Logit thresholds of the per-threshold curve (a unit is kept when its logit exceeds the threshold)."""
+RANKING = "signed logits"
+INVERSE_CONTROLS = ("other", "intersection")
+"""What an inverse keeps although the subtask's mask keeps it too: ``other`` the union of the other subtasks' binary
+masks, ``intersection`` the units every subtask's binary mask keeps (norm gains, embeddings...)."""
+
+UnitSelection = dict[str, Tensor]
+"""Unit name -> ``bool`` of the unit's logit shape: which units are kept."""
+
+
+def flat_scores(logits: Mapping[str, Tensor], truth: UnitTruth) -> tuple[np.ndarray, np.ndarray]:
+    """The scored units' logits and truth, flattened in the truth's unit order."""
+    missing = sorted(set(truth) - set(logits))
+    if missing:
+        raise ValueError(
+            f"the mask has no logits for scored units {missing[:3]}...; train it at the granularity "
+            "and with the MaskConfig kinds the truth was built for"
+        )
+    scores = torch.cat([logits[name].detach().flatten().float() for name in truth]).numpy()
+    labels = torch.cat([truth[name].flatten() for name in truth]).numpy()
+    return scores, labels
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the rank statistic (Mann-Whitney U), ties given their average rank; NaN when
+    one class is empty."""
+    positives, negatives = int(labels.sum()), int((~labels.astype(bool)).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float(
+        (ranks[labels.astype(bool)].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def unit_scores(
+    case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
+) -> pd.DataFrame:
+    """Precision, recall (binary readout logit > 0) and AUROC (logits) of each subtask's mask against the truth.
+
+    Args:
+        case: the case whose truth scores the masks.
+        mask_logits: subtask -> unit name -> logits (``MaskSet.logits``; any method's unit scores will do).
+        granularity: which of the truth's answer keys to score against.
+
+    Returns:
+        Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``kept_fraction``
+        (kept share of the scored units), ``true_fraction`` and ``scored_units``.
+    """
+    rows = []
+    for subtask, logits in mask_logits.items():
+        scores, labels = flat_scores(logits, case.truth[subtask][granularity])
+        kept, labels = scores > 0, labels.astype(bool)
+        true_positives = int((kept & labels).sum())
+        rows.append(
+            {
+                "case": case.name,
+                "subtask": subtask,
+                "granularity": granularity,
+                "precision": true_positives / kept.sum() if kept.any() else math.nan,
+                "recall": true_positives / labels.sum() if labels.any() else math.nan,
+                "auroc": auroc(scores, labels),
+                "kept_fraction": float(kept.mean()),
+                "true_fraction": float(labels.mean()),
+                "scored_units": len(labels),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def measured_sharing(
+    case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
+) -> pd.DataFrame:
+    """Shared fraction |m_s & m_others| / |m_s| over the scored units, measured (binary readouts) and known (truth).
+
+    Returns:
+        Columns ``case``, ``subtask``, ``granularity``, ``known_shared``, ``measured_shared``.
+    """
+    kept, known = {}, {}
+    for subtask, logits in mask_logits.items():
+        scores, labels = flat_scores(logits, case.truth[subtask][granularity])
+        kept[subtask], known[subtask] = scores > 0, labels.astype(bool)
+
+    def shared(sets: dict[str, np.ndarray], subtask: str) -> float:
+        others = np.any([sets[other] for other in sets if other != subtask], axis=0)
+        return (
+            float((sets[subtask] & others).sum() / sets[subtask].sum()) if sets[subtask].any() else math.nan
+        )
+
+    return pd.DataFrame(
+        [
+            {
+                "case": case.name,
+                "subtask": subtask,
+                "granularity": granularity,
+                "known_shared": shared(known, subtask),
+                "measured_shared": shared(kept, subtask),
+            }
+            for subtask in mask_logits
+        ]
+    )
+
+
+def unit_weight_masks(mask: MaskSet, kept: UnitSelection) -> dict[str, Float[Tensor, ...]]:
+    """Bridge path -> float mask broadcastable to the tensor, keeping the units of ``kept``."""
+    return {
+        member.path: unit.expand(kept[unit.name].float(), member)
+        for unit in mask.units
+        for member in unit.members
+    }
+
+
+def binary_readout(logits: Mapping[str, Tensor]) -> UnitSelection:
+    """Csordás's deterministic readout: a unit is kept when its logit is > 0."""
+    return {name: logit.detach() > 0 for name, logit in logits.items()}
+
+
+def top_fraction(logits: Mapping[str, Tensor], fraction: float) -> UnitSelection:
+    """The ``round(fraction * units)`` units (halves rounded up) with the largest signed logits; ties go to the
+    earlier unit in model order (a stable sort)."""
+    flat = torch.cat([logit.detach().flatten() for logit in logits.values()])
+    count = math.floor(fraction * len(flat) + 0.5)
+    kept_flat = torch.zeros(len(flat), dtype=torch.bool)
+    kept_flat[torch.sort(flat, descending=True, stable=True).indices[:count]] = True
+    return _unflatten(logits, kept_flat)
+
+
+def _unflatten(logits: Mapping[str, Tensor], flat: Bool[Tensor, " units"]) -> UnitSelection:
+    selection, start = {}, 0
+    for name, logit in logits.items():
+        selection[name] = flat[start : start + logit.numel()].view(logit.shape)
+        start += logit.numel()
+    return selection
+
+
+def _combine(selections: list[UnitSelection], reduction: str) -> UnitSelection:
+    """Unit-wise ``all`` (intersection) or ``any`` (union) of selections."""
+    return {
+        name: getattr(torch.stack([selection[name] for selection in selections]), reduction)(dim=0)
+        for name in selections[0]
+    }
+
+
+def inverse_beyond(kept: UnitSelection, control: UnitSelection | None) -> UnitSelection:
+    """Everything except what ``kept`` keeps beyond ``control`` (units ``control`` keeps are never removed)."""
+    return {
+        name: ~(selected & ~control[name]) if control is not None else ~selected
+        for name, selected in kept.items()
+    }
+
+
+def control_selections(masks: Mapping[str, MaskSet]) -> dict[str, dict[str, UnitSelection]]:
+    """Control kind -> subtask -> the control mask its inverse leaves alone (see :data:`INVERSE_CONTROLS`)."""
+    readouts = {subtask: binary_readout(mask.logits) for subtask, mask in masks.items()}
+    intersection = _combine(list(readouts.values()), "all")
+    controls: dict[str, dict[str, UnitSelection]] = {"other": {}, "intersection": {}}
+    for subtask in masks:
+        others = [readout for other, readout in readouts.items() if other != subtask]
+        controls["other"][subtask] = _combine(others, "any") if others else intersection
+        controls["intersection"][subtask] = intersection
+    return controls
+
+
+def _evaluate(
+    case_name: str,
+    bridge,
+    subtask: str,
+    data: Mapping[str, SubtaskData],
+    full: Mapping[str, Tensor],
+    mask: MaskSet,
+    kept: UnitSelection,
+    evaluated_on: list[str],
+    labels: dict,
+) -> list[dict]:
+    """One row per evaluated subtask: accuracy, faithfulness (masked / full accuracy) and KL under ``kept``."""
+    weight_masks = unit_weight_masks(mask, kept)
+    density = float(
+        sum(int(selected.sum()) for selected in kept.values()) / sum(s.numel() for s in kept.values())
+    )
+    rows = []
+    for target in evaluated_on:
+        logits = masked_logits(bridge, data[target], weight_masks)
+        full_accuracy = exact_match(full[target], data[target])
+        accuracy = exact_match(logits, data[target])
+        rows.append(
+            {
+                "case": case_name,
+                "subtask": subtask,
+                "granularity": mask.config.granularity,
+                **labels,
+                "evaluated_on": target,
+                "density": density,
+                "accuracy_full": full_accuracy,
+                "accuracy": accuracy,
+                "faithfulness": accuracy / full_accuracy if full_accuracy > 0 else math.nan,
+                "kl": kl_divergence(full[target], logits, data[target]),
+            }
+        )
+    return rows
+
+
+def full_logits(bridge, data: Mapping[str, SubtaskData]) -> dict[str, Tensor]:
+    """The unmasked model's logits on every subtask's data."""
+    return {name: masked_logits(bridge, examples) for name, examples in data.items()}
+
+
+def mask_faithfulness(
+    case_name: str,
+    bridge,
+    masks: Mapping[str, MaskSet],
+    data: Mapping[str, SubtaskData],
+    full: Mapping[str, Tensor],
+) -> pd.DataFrame:
+    """Each subtask's binary readout, its plain inverse and its inverses beyond each control, evaluated on every
+    subtask.
+
+    Returns:
+        Columns ``case``, ``subtask``, ``granularity``, ``condition`` (``mask``, ``inverse``, ``inverse-other``,
+        ``inverse-intersection``), ``evaluated_on``, ``density``, ``accuracy_full``, ``accuracy``,
+        ``faithfulness`` and ``kl`` (nats per answer token).
+    """
+    controls = control_selections(masks)
+    rows = []
+    for subtask, mask in masks.items():
+        kept = binary_readout(mask.logits)
+        conditions = {"mask": (kept, [subtask]), "inverse": (inverse_beyond(kept, None), list(data))}
+        conditions |= {
+            f"inverse-{kind}": (inverse_beyond(kept, controls[kind][subtask]), list(data))
+            for kind in INVERSE_CONTROLS
+        }
+        for condition, (selection, targets) in conditions.items():
+            rows += _evaluate(
+                case_name, bridge, subtask, data, full, mask, selection, targets, {"condition": condition}
+            )
+    return pd.DataFrame(rows)
+
+
+def density_curves(
+    case_name: str,
+    bridge,
+    masks: Mapping[str, MaskSet],
+    data: Mapping[str, SubtaskData],
+    full: Mapping[str, Tensor],
+    densities=DENSITIES,
+    thresholds=THRESHOLDS,
+) -> pd.DataFrame:
+    """Faithfulness as units are kept by signed logit: ``keep`` (top k % kept, on the subtask) and ``inverse``
+    (the top k % removed beyond each control mask, on every subtask), swept by ``top-k`` and by ``threshold``.
+
+    Returns:
+        Columns ``case``, ``subtask``, ``granularity``, ``curve``, ``control_mask`` (empty for ``keep``),
+        ``sweep``, ``k`` (NaN for thresholds), ``threshold`` (NaN for top-k), ``ranking``, ``evaluated_on``,
+        ``density`` (kept share of the units), ``accuracy_full``, ``accuracy``, ``faithfulness``, ``kl``.
+    """
+    controls = control_selections(masks)
+    rows = []
+    for subtask, mask in masks.items():
+        points = [("top-k", k, math.nan, top_fraction(mask.logits, k)) for k in densities]
+        points += [
+            (
+                "threshold",
+                math.nan,
+                threshold,
+                {name: logit.detach() > threshold for name, logit in mask.logits.items()},
+            )
+            for threshold in thresholds
+        ]
+        for sweep, k, threshold, kept in points:
+            labels = {"sweep": sweep, "k": k, "threshold": threshold, "ranking": RANKING}
+            rows += _evaluate(
+                case_name,
+                bridge,
+                subtask,
+                data,
+                full,
+                mask,
+                kept,
+                [subtask],
+                {"curve": "keep", "control_mask": "", **labels},
+            )
+            for kind in INVERSE_CONTROLS:
+                rows += _evaluate(
+                    case_name,
+                    bridge,
+                    subtask,
+                    data,
+                    full,
+                    mask,
+                    inverse_beyond(kept, controls[kind][subtask]),
+                    list(data),
+                    {"curve": "inverse", "control_mask": kind, **labels},
+                )
+    return pd.DataFrame(rows)
+
+
+def curve_areas(curves: pd.DataFrame) -> pd.DataFrame:
+    """CPR (area under faithfulness against k) and CMD (area of |1 - faithfulness|) of every top-k curve, by the
+    trapezoid rule over its k points. For ``keep`` curves higher CPR and lower CMD are better; for ``inverse`` curves
+    on the subtask itself a low CPR means removing its units breaks it.
+
+    Returns:
+        The curve's identifying columns plus ``cpr`` and ``cmd``.
+    """
+    keys = [
+        column
+        for column in curves.columns
+        if column
+        not in ("sweep", "k", "threshold", "density", "accuracy_full", "accuracy", "faithfulness", "kl")
+    ]
+    top_k = curves[curves["sweep"] == "top-k"]
+    rows = []
+    for key, curve in top_k.groupby(keys, sort=False, dropna=False):
+        curve = curve.sort_values("k")
+        k, faithfulness = curve["k"].to_numpy(), curve["faithfulness"].to_numpy()
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "cpr": _trapezoid(faithfulness, k),
+                "cmd": _trapezoid(np.abs(1 - faithfulness), k),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _trapezoid(values: np.ndarray, positions: np.ndarray) -> float:
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(positions)))

@@ -1,0 +1,199 @@
+"""A plant's plan: which weights each subtask may use, written in TransformerLens coordinates.
+
+A subtask's weights are the elements whose every coordinate belongs to it: the residual dimension (``d_model`` axis),
+the head or neuron (the tensor's unit axis), the token (``W_E`` / ``W_U`` vocabulary axis), and, for per-weight
+plants, an explicit element mask. A disconnected plant gives each subtask its own residual half, heads, neurons and
+tokens; an entangled plant shares the residual stream and the tokens and splits only the heads, the neurons, or the
+elements of the MLP. Because the plan speaks of roles, layers, heads and neurons, the same plan yields the masks that
+train the plant (:mod:`~modmask_lens.groundtruth.plant_training`), its measurements and its answer key
+(:func:`~modmask_lens.groundtruth.truth.plant_truth`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool
+from torch import Generator, Tensor
+
+from modmask_lens.adapters import TensorSpec
+from modmask_lens.adapters.base import ModelShape
+
+MLP_ROLES = ("W_in", "W_gate", "W_out")
+ATTENTION_ROLES = ("W_Q", "W_K", "W_V", "W_O")
+TOKEN_ROLES = ("W_E", "W_U")
+
+
+@dataclass(frozen=True)
+class SubtaskUse:
+    """The coordinates one subtask's weights span.
+
+    Attributes:
+        residual: ``[d_model]`` residual dimensions the subtask reads and writes.
+        tokens: ``[d_vocab]`` tokens whose embedding and unembedding rows it uses.
+        heads: ``[layer, head]`` its attention heads.
+        neurons: ``[layer, neuron]`` its MLP neurons.
+        elements: state_dict key -> ``bool`` of the tensor's shape, for plans that split single weights.
+    """
+
+    residual: Bool[Tensor, " d_model"]
+    tokens: Bool[Tensor, " d_vocab"]
+    heads: Bool[Tensor, "layer head"]
+    neurons: Bool[Tensor, "layer neuron"]
+    elements: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlantPlan:
+    """Which weights each subtask of a plant uses.
+
+    Attributes:
+        family: ``disconnected``, ``entangled-neuron``, ``entangled-head``, ``partly-shared`` or ``per-weight``.
+        uses: subtask name -> its coordinates.
+        split_roles: roles whose elements the subtasks divide (the rest is shared and never removed); ``None``
+            means every role (a disconnected plant).
+        granularities: the granularities at which the plan is an answer key.
+        ablation_unit: what a random-half ablation removes: ``neuron``, ``head`` or ``weight`` (single elements).
+    """
+
+    family: str
+    uses: dict[str, SubtaskUse]
+    split_roles: tuple[str, ...] | None
+    granularities: tuple[str, ...]
+    ablation_unit: str
+
+    def is_split(self, spec: TensorSpec) -> bool:
+        """Whether the subtasks divide ``spec``'s elements (else all of it is shared)."""
+        return self.split_roles is None or spec.role in self.split_roles
+
+
+def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Tensor, ...]:
+    """The elements of ``spec``'s tensor that ``use`` spans, ``bool`` of ``spec.shape``."""
+    kept = torch.ones(spec.shape, dtype=torch.bool)
+    if spec.unit is not None and spec.layer is not None:
+        per_unit = use.neurons[spec.layer] if spec.unit == "neuron" else use.heads[spec.layer]
+        if spec.unit == "kv_head" and dims.heads_per_kv_head > 1:
+            per_unit = per_unit.view(-1, dims.heads_per_kv_head).any(
+                dim=-1
+            )  # a group serves any head reading it
+        kept &= _along(per_unit.repeat_interleave(spec.unit_width), spec.unit_axis, spec.shape)
+    residual_axis = _axis_of_size(spec, dims.d_model, exclude=spec.unit_axis)
+    if residual_axis is not None:
+        kept &= _along(use.residual, residual_axis, spec.shape)
+    if spec.role in TOKEN_ROLES:
+        kept &= _along(use.tokens, _axis_of_size(spec, dims.d_vocab, exclude=residual_axis), spec.shape)
+    if spec.key in use.elements:
+        kept &= use.elements[spec.key]
+    return kept
+
+
+def _axis_of_size(spec: TensorSpec, size: int, exclude: int | None) -> int | None:
+    axes = [axis for axis, length in enumerate(spec.shape) if length == size and axis != exclude]
+    if len(axes) > 1:
+        raise ValueError(
+            f"{spec.key} {spec.shape}: cannot tell which axis has size {size}; give the plant "
+            "distinct d_model, d_vocab and head/neuron widths"
+        )
+    return axes[0] if axes else None
+
+
+def _along(values: Bool[Tensor, " n"], axis: int, shape: tuple[int, ...]) -> Tensor:
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return values.view(view)
+
+
+def _random_split(count: int, sizes: tuple[int, ...], generator: Generator) -> list[Tensor]:
+    """``len(sizes)`` disjoint random bool masks over ``count`` items, of the given sizes."""
+    order = torch.randperm(count, generator=generator)
+    masks, start = [], 0
+    for size in sizes:
+        mask = torch.zeros(count, dtype=torch.bool)
+        mask[order[start : start + size]] = True
+        masks.append(mask)
+        start += size
+    return masks
+
+
+def _per_layer(dims: ModelShape, count: int, sizes: tuple[int, ...], generator: Generator) -> list[Tensor]:
+    """For each of ``sizes``: a ``[layer, count]`` mask, the layers split independently."""
+    layers = [_random_split(count, sizes, generator) for _ in range(dims.n_layers)]
+    return [torch.stack([layer[part] for layer in layers]) for part in range(len(sizes))]
+
+
+def disconnected_plan(dims: ModelShape, tokens: dict[str, Bool[Tensor, " d_vocab"]], seed: int) -> PlantPlan:
+    """Each subtask gets half the residual stream, half of every layer's heads and neurons, and its own tokens."""
+    generator = Generator().manual_seed(seed)
+    names = list(tokens)
+    halves = _random_split(dims.d_model, (dims.d_model // 2,) * 2, generator)
+    heads = _per_layer(dims, dims.n_heads, (dims.n_heads // 2,) * 2, generator)
+    neurons = _per_layer(dims, dims.d_mlp, (dims.d_mlp // 2,) * 2, generator)
+    uses = {
+        name: SubtaskUse(halves[index], tokens[name], heads[index], neurons[index])
+        for index, name in enumerate(names)
+    }
+    return PlantPlan("disconnected", uses, None, ("weight", "neuron", "head"), "neuron")
+
+
+def _everything(dims: ModelShape) -> SubtaskUse:
+    return SubtaskUse(
+        torch.ones(dims.d_model, dtype=torch.bool),
+        torch.ones(dims.d_vocab, dtype=torch.bool),
+        torch.ones(dims.n_layers, dims.n_heads, dtype=torch.bool),
+        torch.ones(dims.n_layers, dims.d_mlp, dtype=torch.bool),
+    )
+
+
+def neuron_split_plan(
+    dims: ModelShape, names: tuple[str, str], seed: int, shared_fraction: float = 0.0
+) -> PlantPlan:
+    """Shared residual stream, tokens and heads; every layer's neurons split between the subtasks.
+
+    With ``shared_fraction`` > 0 that share of each layer's neurons is used by both (the ``partly-shared`` family)
+    and the rest is split evenly.
+    """
+    generator = Generator().manual_seed(seed)
+    shared_count = round(dims.d_mlp * shared_fraction)
+    own_count = (dims.d_mlp - shared_count) // 2
+    shared, first, second = _per_layer(dims, dims.d_mlp, (shared_count, own_count, own_count), generator)
+    everything = _everything(dims)
+    uses = {
+        name: SubtaskUse(everything.residual, everything.tokens, everything.heads, own | shared)
+        for name, own in zip(names, (first, second))
+    }
+    family = "partly-shared" if shared_count else "entangled-neuron"
+    return PlantPlan(family, uses, MLP_ROLES, ("weight", "neuron"), "neuron")
+
+
+def head_split_plan(dims: ModelShape, names: tuple[str, str], seed: int) -> PlantPlan:
+    """Shared residual stream, tokens and MLPs; every layer's heads split between the subtasks."""
+    generator = Generator().manual_seed(seed)
+    heads = _per_layer(dims, dims.n_heads, (dims.n_heads // 2,) * 2, generator)
+    everything = _everything(dims)
+    uses = {
+        name: SubtaskUse(everything.residual, everything.tokens, own, everything.neurons)
+        for name, own in zip(names, heads)
+    }
+    return PlantPlan("entangled-head", uses, ATTENTION_ROLES, ("weight", "head"), "head")
+
+
+def per_weight_plan(
+    dims: ModelShape, specs: list[TensorSpec], names: tuple[str, str], seed: int
+) -> PlantPlan:
+    """Shared everything except the MLP matrices, whose single weights are split at random, half to each subtask
+    (every neuron is used by both)."""
+    generator = Generator().manual_seed(seed)
+    first_elements, second_elements = {}, {}
+    for spec in specs:
+        if spec.role in MLP_ROLES:
+            first = torch.rand(spec.shape, generator=generator) < 0.5
+            first_elements[spec.key], second_elements[spec.key] = first, ~first
+    everything = _everything(dims)
+    uses = {
+        name: SubtaskUse(
+            everything.residual, everything.tokens, everything.heads, everything.neurons, elements
+        )
+        for name, elements in zip(names, (first_elements, second_elements))
+    }
+    return PlantPlan("per-weight", uses, MLP_ROLES, ("weight",), "weight")

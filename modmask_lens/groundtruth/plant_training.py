@@ -1,0 +1,231 @@
+"""Train the planted models on one CPU thread and write them, with their cards, into the package.
+
+Usage: ``python -m modmask_lens.groundtruth.plant_training [NAME ...] [--out DIR]`` (default: every plant, into
+``modmask_lens/groundtruth/plants/``). Deterministic: seeds fix the model, the plan and the (full-batch) training.
+
+Each step, for each subtask, three forward passes of the Hugging Face model through ``functional_call``: the full
+model, the model with only the subtask's planted set (and the shared tensors) kept, and the model with that set
+removed. The loss is cross-entropy on the answer for the first two (sufficiency) plus, for the third, the negative
+mean log-probability of the nine wrong answer digits, lowest when the right one gets no probability (necessity; a
+uniform target instead left the right digit the argmax by a hair on about half of the examples).
+Weights outside every subtask's set (a disconnected plant's cross weights) are zeroed at the start and their
+gradients are zeroed every step, so they stay exactly 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoModelForCausalLM
+
+from modmask_lens.adapters import adapter_for
+from modmask_lens.groundtruth.ablations import planted_elements
+from modmask_lens.groundtruth.digits import answer_token_ids, digit_tokenizer
+from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_plant
+from modmask_lens.groundtruth.plan import PlantPlan
+from modmask_lens.groundtruth.plants import (
+    ARCHITECTURE,
+    CARD_FILE,
+    PLANTS,
+    PLANTS_DIR,
+    PlantSpec,
+    plant_plan,
+    plant_subtasks,
+)
+from modmask_lens.zoo.architectures import build_model
+
+TORCH_THREADS = 1
+LEARNING_RATE = 5e-3
+MAX_STEPS = 8000
+EVAL_EVERY = 100
+NECESSITY_WEIGHT = 0.5
+
+
+def _hf_names(bridge: nn.Module, model: nn.Module) -> dict[str, str]:
+    """Bridge state_dict key -> name of the same tensor in a plain copy of the Hugging Face model (matched by the
+    bridge's own wrapped module tree, where Hugging Face names gain ``._original_component``)."""
+    name_of = {
+        id(parameter): name.replace("._original_component", "")
+        for name, parameter in bridge.original_model.named_parameters()
+    }
+    plain = dict(model.named_parameters())
+    names = {}
+    for spec in adapter_for(bridge).tensor_specs(bridge):
+        module_path, _, attribute = spec.path.rpartition(".")
+        name = name_of[id(getattr(bridge.get_submodule(module_path), attribute))]
+        if name not in plain:
+            raise KeyError(f"{spec.key}: no parameter {name!r} in the plain model")
+        names[spec.key] = name
+    return names
+
+
+def _plan_masks(bridge: nn.Module, plan: PlantPlan, names: dict[str, str]) -> tuple[dict, dict, dict]:
+    """Hugging Face name -> float mask: the structure (union of all sets), and per subtask its kept-only and
+    removed masks (split tensors only)."""
+    own = {
+        subtask: {
+            names[key]: elements.float()
+            for key, (_, elements) in planted_elements(bridge, plan, subtask).items()
+        }
+        for subtask in plan.uses
+    }
+    removed = {subtask: {name: 1 - mask for name, mask in masks.items()} for subtask, masks in own.items()}
+    structure = {
+        name: torch.stack([masks[name] for masks in own.values()]).amax(dim=0)
+        for name in next(iter(own.values()))
+    }
+    return structure, own, removed
+
+
+def _answer_logits(model: nn.Module, masks: dict[str, Tensor], input_ids: Tensor) -> Tensor:
+    parameters = {
+        name: parameter * masks[name] if name in masks else parameter
+        for name, parameter in model.named_parameters()
+    }
+    return torch.func.functional_call(model, parameters, (input_ids,)).logits[:, -2]
+
+
+def train_plant(spec: PlantSpec, out_dir: Path, log=print) -> dict:
+    """Train ``spec`` until every subtask is exact on the full model and on its own set and broken without it (or
+    :data:`MAX_STEPS`), save it to ``out_dir`` and write its card; returns the card."""
+    torch.set_num_threads(TORCH_THREADS)
+    started = time.perf_counter()
+    tokenizer = digit_tokenizer()
+    torch.manual_seed(spec.seed)
+    model = build_model(ARCHITECTURE, tokenizer)
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        bridge = TransformerBridge.boot_transformers(scratch, device="cpu")
+        model = AutoModelForCausalLM.from_pretrained(scratch)
+    plan = plant_plan(spec, bridge)
+    structure, own, removed = _plan_masks(bridge, plan, _hf_names(bridge, model))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in structure.items():
+            parameters[name].mul_(mask)
+    data = plant_subtasks(spec, tokenizer)
+    answers = {name: examples.input_ids[:, -1] for name, examples in data.items()}
+    wrong = {}  # [example, vocab] True at the nine digits that are not the example's answer
+    for name in data:
+        wrong[name] = torch.zeros(len(data[name]), len(tokenizer), dtype=torch.bool)
+        wrong[name][:, answer_token_ids(tokenizer, spec.primed(name))] = True
+        wrong[name][torch.arange(len(data[name])), answers[name]] = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    step = 0
+    while step < MAX_STEPS:
+        loss = torch.zeros(())
+        for name, examples in data.items():
+            loss = loss + F.cross_entropy(_answer_logits(model, {}, examples.input_ids), answers[name])
+            loss = loss + F.cross_entropy(_answer_logits(model, own[name], examples.input_ids), answers[name])
+            broken = _answer_logits(model, removed[name], examples.input_ids).log_softmax(dim=-1)
+            loss = loss - NECESSITY_WEIGHT * broken[wrong[name]].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, mask in structure.items():
+            parameters[name].grad.mul_(mask)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % EVAL_EVERY == 0 and _planted(model, data, answers, own, removed, log, step, loss.detach()):
+            break
+    model.eval()
+    for name, mask in structure.items():
+        if bool((parameters[name].detach() * (1 - mask)).any()):
+            raise AssertionError(f"{name}: a weight outside every planted set is not exactly 0")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    wall_time_s = time.perf_counter() - started
+    bridge = TransformerBridge.boot_transformers(str(out_dir), device="cpu")
+    measurements = measure_plant(bridge, plant_plan(spec, bridge), data)
+    card = {
+        "name": spec.name,
+        "family": spec.family,
+        "pair": spec.pair,
+        "subtasks": list(spec.subtasks),
+        "seed": spec.seed,
+        "architecture": {key: value for key, value in vars(ARCHITECTURE).items()},
+        "training": {
+            "command": f"python -m modmask_lens.groundtruth.plant_training {spec.name}",
+            "steps": step,
+            "learning_rate": LEARNING_RATE,
+            "necessity_weight": NECESSITY_WEIGHT,
+            "torch_threads": TORCH_THREADS,
+            "wall_time_s": round(wall_time_s, 1),
+        },
+        "plan": _plan_summary(plan),
+        "measurements": measurements,
+        "unique": is_unique(measurements),
+        "unique_rule": UNIQUE_RULE,
+    }
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    log(f"{spec.name}: {step} steps, {wall_time_s:.0f} s, unique={card['unique']}")
+    return card
+
+
+def _planted(model, data, answers, own, removed, log, step, loss) -> bool:
+    """Log progress; whether every subtask is exact on the full model and its own set, and broken without it."""
+    done = True
+    report = []
+    with torch.no_grad():
+        for name, examples in data.items():
+            full, kept, without = (
+                float(
+                    (_answer_logits(model, masks, examples.input_ids).argmax(-1) == answers[name])
+                    .float()
+                    .mean()
+                )
+                for masks in ({}, own[name], removed[name])
+            )
+            done &= full == 1.0 and kept == 1.0 and without <= 0.2
+            report.append(f"{name} full {full:.2f} own {kept:.2f} removed {without:.2f}")
+    log(f"step {step} loss {loss.item():.4f} " + "; ".join(report))
+    return done
+
+
+def _plan_summary(plan: PlantPlan) -> dict:
+    """Counts of each subtask's heads, neurons and residual dimensions, and of those it shares."""
+    names = list(plan.uses)
+    first, second = (plan.uses[name] for name in names)
+    return {
+        "family": plan.family,
+        "split_roles": list(plan.split_roles) if plan.split_roles else "all",
+        "granularities": list(plan.granularities),
+        "ablation_unit": plan.ablation_unit,
+        "heads": {name: int(plan.uses[name].heads.sum()) for name in names},
+        "neurons": {name: int(plan.uses[name].neurons.sum()) for name in names},
+        "residual_dims": {name: int(plan.uses[name].residual.sum()) for name in names},
+        "shared_neurons": int((first.neurons & second.neurons).sum()),
+        "shared_heads": int((first.heads & second.heads).sum()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: train the named plants (default: all)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"plants to train (default: all of {', '.join(PLANTS)})")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="parent folder (default: the package's plants)"
+    )
+    arguments = parser.parse_args(argv)
+    for name in arguments.names or list(PLANTS):
+        if name not in PLANTS:
+            raise SystemExit(f"no plant {name!r}; known: {', '.join(PLANTS)}")
+        train_plant(
+            PLANTS[name],
+            (arguments.out or PLANTS_DIR) / name,
+            log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The shipped planted models: what each one is, and loading it as a :class:`GroundTruthCase`.
+
+Every plant is a 2-layer Llama-style model (RMSNorm, rotary positions, gated MLP, no biases; d_model 32, 8 heads of
+width 4, 64 MLP neurons) trained on one subtask pair of :mod:`~modmask_lens.groundtruth.digits` so that each
+subtask's planted set (:mod:`~modmask_lens.groundtruth.plan`) is sufficient and its removal breaks the subtask.
+The weights live in ``plants/<name>/`` with a ``card.json`` of measurements; ``python -m
+modmask_lens.groundtruth.plant_training`` reproduces them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from modmask_lens.adapters import adapter_for
+from modmask_lens.adapters.base import model_shape
+from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.digits import PAIRS, digit_symbols, digit_tokenizer, subtask_data
+from modmask_lens.groundtruth.plan import (
+    PlantPlan,
+    disconnected_plan,
+    head_split_plan,
+    neuron_split_plan,
+    per_weight_plan,
+)
+from modmask_lens.groundtruth.truth import plant_truth
+from modmask_lens.masks.data import SubtaskData
+from modmask_lens.zoo.recipes import Architecture
+
+PLANTS_DIR = Path(__file__).parent / "plants"
+CARD_FILE = "card.json"
+ARCHITECTURE = Architecture("llama", n_layers=2, d_model=32, n_heads=8, d_mlp=64, n_positions=8)
+PARTLY_SHARED_FRACTION = 0.25  # a quarter of every layer's neurons serve both subtasks
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    """One planted model: its family, subtask pair and seed (which also draws the plan)."""
+
+    family: str
+    pair: str
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}-{self.pair}"
+
+    @property
+    def subtasks(self) -> tuple[str, str]:
+        return PAIRS[self.pair]
+
+    def primed(self, subtask: str) -> bool:
+        """Whether ``subtask`` writes its digits primed: the second subtask of a disconnected plant."""
+        return self.family == "disconnected" and subtask == self.subtasks[1]
+
+
+FAMILIES = ("disconnected", "entangled-neuron", "entangled-head", "partly-shared", "per-weight")
+PLANTS = {spec.name: spec for spec in (PlantSpec(family, pair) for family in FAMILIES for pair in PAIRS)}
+
+
+def plant_subtasks(spec: PlantSpec, tokenizer: PreTrainedTokenizerBase) -> dict[str, SubtaskData]:
+    """The plant's two subtasks, all 100 examples each."""
+    return {name: subtask_data(name, tokenizer, spec.primed(name)) for name in spec.subtasks}
+
+
+def plant_plan(spec: PlantSpec, bridge: nn.Module) -> PlantPlan:
+    """The plan of ``spec`` on a bridge of the plant's architecture (drawn from ``spec.seed``)."""
+    dims = model_shape(bridge)
+    names = spec.subtasks
+    if spec.family == "disconnected":
+        tokenizer = digit_tokenizer()
+        tokens = {}
+        for name in names:
+            owned = torch.zeros(dims.d_vocab, dtype=torch.bool)
+            owned[tokenizer.convert_tokens_to_ids([name, *digit_symbols(spec.primed(name))])] = True
+            tokens[name] = owned
+        return disconnected_plan(dims, tokens, spec.seed)
+    if spec.family in ("entangled-neuron", "partly-shared"):
+        shared = PARTLY_SHARED_FRACTION if spec.family == "partly-shared" else 0.0
+        return neuron_split_plan(dims, names, spec.seed, shared)
+    if spec.family == "entangled-head":
+        return head_split_plan(dims, names, spec.seed)
+    if spec.family == "per-weight":
+        return per_weight_plan(dims, adapter_for(bridge).tensor_specs(bridge), names, spec.seed)
+    raise ValueError(f"unknown plant family {spec.family!r}; choose from {FAMILIES}")
+
+
+def available_plants() -> list[str]:
+    """Names of the shipped plants (folders with a card), sorted."""
+    return sorted(path.parent.name for path in PLANTS_DIR.glob(f"*/{CARD_FILE}"))
+
+
+def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
+    """A shipped plant (or one trained into ``directory``) as a ground-truth case, booted offline on CPU.
+
+    Example:
+        >>> case = load_plant("disconnected-add-mul")                                   # doctest: +SKIP
+        >>> case.card["measurements"]["add"]["kept_only_accuracy"]                    # doctest: +SKIP
+        1.0
+    """
+    if name not in PLANTS:
+        raise KeyError(f"no plant {name!r}; known: {', '.join(PLANTS)}")
+    folder = directory or PLANTS_DIR / name
+    if not (folder / CARD_FILE).exists():
+        raise FileNotFoundError(
+            f"{folder} holds no trained plant; train it with "
+            f"python -m modmask_lens.groundtruth.plant_training {name}"
+        )
+    spec = PLANTS[name]
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")
+    card = json.loads((folder / CARD_FILE).read_text())
+    data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))
+    return GroundTruthCase(
+        name=f"{spec.family}/{spec.pair}",
+        family=spec.family,
+        bridge=bridge,
+        train=data,
+        test=data,
+        truth=plant_truth(bridge, plant_plan(spec, bridge)),
+        unique=card["unique"],
+        card=card,
+    )
+
+
+def plant_cases(names: list[str] | None = None) -> list[GroundTruthCase]:
+    """The shipped plants (all, or ``names``) as ground-truth cases."""
+    return [load_plant(name) for name in (names or available_plants())]

@@ -1,0 +1,154 @@
+"""Running mask methods over the ground-truth cases, with null controls, into tidy tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.controls import CONTROLS, control_case
+from modmask_lens.groundtruth.methods import Method
+from modmask_lens.groundtruth.metrics import (
+    RANKING,
+    curve_areas,
+    density_curves,
+    full_logits,
+    mask_faithfulness,
+    measured_sharing,
+    unit_scores,
+)
+from modmask_lens.masks.config import MaskConfig
+
+TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "summary", "runs", "skipped")
+
+
+def case_granularities(case: GroundTruthCase) -> list[str]:
+    """Granularities at which every subtask of ``case`` has an answer key."""
+    per_subtask = [set(truth) for truth in case.truth.values()]
+    return [
+        granularity
+        for granularity in ("weight", "neuron", "head")
+        if all(granularity in g for g in per_subtask)
+    ]
+
+
+def run_suite(
+    method: Method | Mapping[str, Method],
+    cases: Sequence[GroundTruthCase],
+    granularities: Sequence[str] | None = None,
+    controls: Sequence[str] = CONTROLS,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Train each method's masks on every case, granularity and control, and score them.
+
+    Args:
+        method: a method, or name -> method (a bare callable is named ``method``).
+        cases: the ground-truth cases (e.g. :func:`~modmask_lens.groundtruth.all_cases`).
+        granularities: restrict to these (default: every granularity each case answers).
+        controls: subset of :data:`~modmask_lens.groundtruth.controls.CONTROLS`.
+        seed: seed of the controls (random weights, answer permutation).
+        log: called with a line after each run (e.g. ``print``).
+
+    Returns:
+        Table name -> DataFrame, each with columns ``method`` and ``control`` beside the metric's own:
+        ``scores`` (:func:`~modmask_lens.groundtruth.metrics.unit_scores`), ``faithfulness``
+        (:func:`~modmask_lens.groundtruth.metrics.mask_faithfulness`), ``curves`` and ``areas`` (density curves and
+        CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
+        recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
+        CMD of its keep curve), ``runs`` (wall time of each) and ``skipped`` (controls that could not be built for
+        a case, with the reason).
+
+    Example:
+        >>> from modmask_lens.groundtruth import all_cases, baseline_methods            # doctest: +SKIP
+        >>> tables = run_suite(baseline_methods(steps=300), all_cases())              # doctest: +SKIP
+        >>> tables["summary"].groupby(["method", "control"])["auroc"].mean()          # doctest: +SKIP
+    """
+    methods = dict(method) if isinstance(method, Mapping) else {getattr(method, "name", "method"): method}
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise ValueError(f"unknown controls {unknown}; choose from {CONTROLS}")
+    frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES if table != "summary"}
+    for case in cases:
+        wanted = [g for g in case_granularities(case) if granularities is None or g in granularities]
+        for control in controls:
+            try:
+                variant = control_case(case, control, seed)
+            except ValueError as reason:  # e.g. no Hugging Face model to re-initialise
+                frames["skipped"].append(
+                    pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}])
+                )
+                continue
+            full = full_logits(variant.bridge, variant.test)
+            for granularity in wanted:
+                for method_name, finder in methods.items():
+                    started = time.perf_counter()
+                    masks = {
+                        name: finder(variant.bridge, data, MaskConfig(granularity=granularity))
+                        for name, data in variant.train.items()
+                    }
+                    train_s = time.perf_counter() - started
+                    labels = {"method": method_name, "control": control}
+                    logits = {name: mask.logits for name, mask in masks.items()}
+                    tables = {
+                        "scores": unit_scores(variant, logits, granularity),
+                        "faithfulness": mask_faithfulness(
+                            case.name, variant.bridge, masks, variant.test, full
+                        ),
+                        "curves": density_curves(case.name, variant.bridge, masks, variant.test, full),
+                        "sharing": measured_sharing(variant, logits, granularity),
+                    }
+                    tables["areas"] = curve_areas(tables["curves"])
+                    tables["runs"] = pd.DataFrame(
+                        [
+                            {
+                                "case": case.name,
+                                "granularity": granularity,
+                                "train_s": round(train_s, 1),
+                                "total_s": round(time.perf_counter() - started, 1),
+                                "torch_threads": torch.get_num_threads(),
+                            }
+                        ]
+                    )
+                    for table, frame in tables.items():
+                        frames[table].append(frame.assign(**labels))
+                    if log is not None:
+                        log(
+                            f"{case.name} {granularity} {method_name} control={control}: "
+                            f"{tables['runs']['total_s'].iloc[0]} s"
+                        )
+    result = {
+        table: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        for table, parts in frames.items()
+    }
+    result["summary"] = summary_table(result)
+    return result
+
+
+def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (case, subtask, granularity, method, control): precision, recall, AUROC, the mask's faithfulness
+    and KL, the faithfulness of its inverse beyond the other subtask's mask (on itself, and on the other subtasks),
+    and CPR / CMD of its keep curve (ranking: signed logits)."""
+    keys = ["case", "subtask", "granularity", "method", "control"]
+    if tables["scores"].empty:
+        return pd.DataFrame(columns=keys)
+    faithfulness = tables["faithfulness"]
+    own = faithfulness["evaluated_on"] == faithfulness["subtask"]
+    mask = faithfulness[own & (faithfulness["condition"] == "mask")].set_index(keys)[["faithfulness", "kl"]]
+    inverse = faithfulness[faithfulness["condition"] == "inverse-other"]
+    on_itself = inverse["evaluated_on"] == inverse["subtask"]
+    inverse_own = inverse[on_itself].set_index(keys)["faithfulness"].rename("inverse_faithfulness")
+    inverse_others = (
+        inverse[~on_itself].groupby(keys)["faithfulness"].mean().rename("inverse_faithfulness_others")
+    )
+    areas = tables["areas"]
+    keep = areas[areas["curve"] == "keep"].set_index(keys)[["cpr", "cmd"]]
+    scores = tables["scores"].set_index(keys)[
+        ["precision", "recall", "auroc", "kept_fraction", "true_fraction"]
+    ]
+    summary = scores.join(mask).join(inverse_own).join(inverse_others).join(keep).reset_index()
+    summary["ranking"] = RANKING
+    return summary

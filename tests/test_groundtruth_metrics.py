@@ -1,0 +1,138 @@
+"""The ground-truth metrics against hand-built masks whose answers are known, and independent computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.metrics import (
+    auroc,
+    curve_areas,
+    inverse_beyond,
+    measured_sharing,
+    top_fraction,
+    unit_scores,
+)
+
+
+def _case(truth: dict) -> GroundTruthCase:
+    return GroundTruthCase(
+        "hand-built", "test", bridge=torch.nn.Identity(), train={}, test={}, truth=truth, unique=True
+    )
+
+
+def _truth(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "blocks.0.mlp": torch.rand(16, generator=generator) < 0.4,
+        "blocks.1.mlp": torch.rand(16, generator=generator) < 0.6,
+    }
+
+
+def _brute_force_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half: every pair, one at a time."""
+    positives, negatives = scores[labels], scores[~labels]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(positives, negatives))
+    return wins / (len(positives) * len(negatives))
+
+
+def test_logits_of_plus_minus_truth_score_one():
+    truth = _truth(0)
+    logits = {name: torch.where(kept, 3.0, -3.0) for name, kept in truth.items()}
+    scores = unit_scores(_case({"add": {"neuron": truth}}), {"add": logits}, "neuron").iloc[0]
+    assert (scores.precision, scores.recall, scores.auroc) == (1.0, 1.0, 1.0)
+    assert scores.kept_fraction == pytest.approx(scores.true_fraction)
+
+
+def test_inverted_logits_score_zero_and_keeping_everything_has_recall_one():
+    truth = _truth(1)
+    inverted = {name: torch.where(kept, -1.0, 1.0) for name, kept in truth.items()}
+    everything = {name: torch.full((16,), 2.0) for name in truth}
+    case = _case({"add": {"neuron": truth}})
+    assert unit_scores(case, {"add": inverted}, "neuron").iloc[0][
+        ["precision", "recall", "auroc"]
+    ].tolist() == [0, 0, 0]
+    kept_all = unit_scores(case, {"add": everything}, "neuron").iloc[0]
+    assert kept_all.recall == 1.0 and kept_all.auroc == 0.5  # all tied: half of every pair
+    positives = sum(int(kept.sum()) for kept in truth.values())
+    assert kept_all.precision == pytest.approx(positives / 32)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_of_random_scores_matches_a_brute_force_pair_count(seed):
+    generator = np.random.default_rng(seed)
+    labels = generator.random(60) < 0.3
+    scores = np.round(generator.normal(size=60), 1)  # rounded so that ties occur
+    assert auroc(scores, labels) == pytest.approx(_brute_force_auroc(scores, labels), abs=1e-12)
+
+
+def test_auroc_of_a_random_permutation_is_near_one_half():
+    generator = np.random.default_rng(0)
+    labels = np.arange(4000) < 2000
+    assert abs(auroc(generator.permutation(4000).astype(float), labels) - 0.5) < 0.03
+
+
+def test_auroc_is_nan_without_negatives():
+    assert math.isnan(auroc(np.array([1.0, 2.0]), np.array([True, True])))
+
+
+def test_curve_areas_match_a_hand_computed_trapezoid():
+    k = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0]
+    faithfulness = [0.0, 0.1, 0.5, 0.9, 1.0, 1.0, 1.0]
+    curves = pd.DataFrame(
+        {
+            "case": "c",
+            "subtask": "add",
+            "curve": "keep",
+            "sweep": "top-k",
+            "k": k,
+            "threshold": math.nan,
+            "density": k,
+            "accuracy_full": 1.0,
+            "accuracy": faithfulness,
+            "faithfulness": faithfulness,
+            "kl": 0.0,
+        }
+    )
+    # Trapezoids by hand: widths .009 .04 .05 .1 .3 .5, mean heights .05 .3 .7 .95 1 1.
+    expected_cpr = 0.009 * 0.05 + 0.04 * 0.3 + 0.05 * 0.7 + 0.1 * 0.95 + 0.3 * 1 + 0.5 * 1
+    expected_cmd = 0.009 * 0.95 + 0.04 * 0.7 + 0.05 * 0.3 + 0.1 * 0.05
+    areas = curve_areas(curves).iloc[0]
+    assert areas.cpr == pytest.approx(expected_cpr) and areas.cmd == pytest.approx(expected_cmd)
+
+
+def test_top_fraction_keeps_the_largest_signed_logits_and_breaks_ties_in_model_order():
+    mask = {"a": torch.tensor([0.5, -3.0, 2.0]), "b": torch.tensor([2.0, -0.1])}
+    kept = top_fraction(mask, 0.4)  # round(0.4 * 5) = 2 units: both logits 2.0
+    assert kept["a"].tolist() == [False, False, True] and kept["b"].tolist() == [True, False]
+    three = top_fraction(mask, 0.6)
+    assert three["a"].tolist() == [True, False, True]
+
+
+def test_inverse_removes_only_what_the_control_does_not_keep():
+    kept = {"u": torch.tensor([True, True, False, False])}
+    control = {"u": torch.tensor([True, False, True, False])}
+    assert inverse_beyond(kept, control)["u"].tolist() == [True, False, True, True]
+    assert inverse_beyond(kept, None)["u"].tolist() == [False, False, True, True]
+
+
+def test_measured_sharing_of_a_quarter_shared_plan():
+    first = torch.zeros(16, dtype=torch.bool)
+    second = torch.zeros(16, dtype=torch.bool)
+    first[:8], second[4:12] = True, True  # 4 of each subtask's 8 units are shared
+    truth = {"add": {"neuron": {"blocks.0.mlp": first}}, "mul": {"neuron": {"blocks.0.mlp": second}}}
+    masks = {
+        name: {"blocks.0.mlp": torch.where(units["neuron"]["blocks.0.mlp"], 1.0, -1.0)}
+        for name, units in truth.items()
+    }
+    sharing = measured_sharing(_case(truth), masks, "neuron")
+    assert sharing["known_shared"].tolist() == [0.5, 0.5] and sharing["measured_shared"].tolist() == [
+        0.5,
+        0.5,
+    ]

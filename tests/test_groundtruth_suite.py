@@ -1,0 +1,157 @@
+"""The suite end to end on one plant with a few mask steps: its tables, their ranges, its controls, its command, and
+a model left bit-exact."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modmask_lens.cli import app
+from modmask_lens.groundtruth import (
+    CasesUnavailable,
+    FinderMethod,
+    load_plant,
+    random_init_bridge,
+    run_suite,
+    shuffled_answers,
+    tracr_cases,
+)
+from modmask_lens.masks.config import TrainConfig
+
+TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
+
+
+@pytest.fixture(scope="module")
+def case():
+    return load_plant("disconnected-add-mul")
+
+
+@pytest.fixture(scope="module")
+def tables(case):
+    before = {key: value.clone() for key, value in case.bridge.state_dict().items()}
+    result = run_suite(
+        {"tiny": TINY}, [case], granularities=["neuron"], controls=["none", "shuffled-answers"]
+    )
+    after = case.bridge.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before), (
+        "the suite changed the model's weights"
+    )
+    return result
+
+
+def test_tables_have_their_columns_and_one_row_per_mask(tables):
+    summary = tables["summary"]
+    assert len(summary) == 4  # 2 subtasks x 2 controls
+    assert set(summary["control"]) == {"none", "shuffled-answers"} and set(summary["method"]) == {"tiny"}
+    for column in (
+        "precision",
+        "recall",
+        "auroc",
+        "faithfulness",
+        "kl",
+        "inverse_faithfulness",
+        "cpr",
+        "cmd",
+    ):
+        assert column in summary
+    curves = tables["curves"]
+    assert set(curves["curve"]) == {"keep", "inverse"} and set(curves["sweep"]) == {"top-k", "threshold"}
+    assert set(curves["ranking"]) == {"signed logits"}
+    assert set(tables["faithfulness"]["condition"]) == {
+        "mask",
+        "inverse",
+        "inverse-other",
+        "inverse-intersection",
+    }
+
+
+def test_values_lie_in_their_ranges(tables):
+    real = tables["summary"][tables["summary"]["control"] == "none"]
+    for column in ("precision", "recall", "auroc", "kept_fraction"):
+        assert real[column].between(0, 1).all(), column
+    assert (tables["curves"]["kl"] >= -1e-6).all()
+    assert tables["curves"]["density"].between(0, 1).all()
+    keep = tables["areas"][tables["areas"]["curve"] == "keep"]
+    assert ((keep["cpr"] >= 0) & (keep["cmd"] >= 0)).all()
+    # On the real plant the full model is exact, so faithfulness is masked accuracy and at most 1.
+    assert real["faithfulness"].between(0, 1).all()
+    full_curve = tables["curves"][
+        (tables["curves"]["k"] == 1.0)
+        & (tables["curves"]["curve"] == "keep")
+        & (tables["curves"]["control"] == "none")
+    ]
+    assert (full_curve["accuracy"] == 1.0).all() and (full_curve["kl"].abs() < 1e-6).all()
+
+
+def test_neuron_truth_of_a_disconnected_plant_is_half_of_each_layer(tables):
+    assert (tables["scores"]["true_fraction"] == 0.5).all()
+
+
+def test_shuffled_answers_permute_answers_within_a_subtask(case):
+    data = case.train["add"]
+    shuffled = shuffled_answers(data, seed=0)
+    assert torch.equal(shuffled.input_ids[:, :-1], data.input_ids[:, :-1])
+    assert sorted(shuffled.labels[:, -1].tolist()) == sorted(data.labels[:, -1].tolist())
+    assert not torch.equal(shuffled.labels, data.labels)
+    assert torch.equal(shuffled.input_ids[:, -1], shuffled.labels[:, -1])
+
+
+def test_random_init_control_has_the_shapes_but_not_the_weights(case):
+    fresh = random_init_bridge(case.bridge, seed=0)
+    trained, random = case.bridge.state_dict(), fresh.state_dict()
+    assert {key: value.shape for key, value in trained.items()} == {
+        key: value.shape for key, value in random.items()
+    }
+    assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
+
+
+def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeypatch):
+    def no_random_init(case, control, seed):
+        raise ValueError("this bridge wraps no Hugging Face model")
+
+    monkeypatch.setattr("modmask_lens.groundtruth.suite.control_case", no_random_init)
+    tables = run_suite({"tiny": TINY}, [case], granularities=["head"], controls=["random-init"])
+    assert tables["summary"].empty
+    assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
+    assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
+
+
+def test_tracr_cases_say_why_they_are_missing():
+    if importlib.util.find_spec("modmask_lens.groundtruth.tracr_cases") is not None:
+        pytest.skip("the tracr module is present; its own tests cover it")
+    with pytest.raises(CasesUnavailable, match="tracr"):
+        tracr_cases()
+
+
+def test_command_prints_and_writes_the_tables(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "groundtruth",
+            "run",
+            "--case",
+            "disconnected/add-mul",
+            "--granularity",
+            "head",
+            "--fast",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "summary:" in result.output and "auroc" in result.output
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2 and set(summary["granularity"]) == {"head"}
+    assert (tmp_path / "summary.md").read_text().startswith("| case |")
+
+
+def test_command_rejects_an_unknown_case():
+    result = CliRunner().invoke(app, ["groundtruth", "run", "--case", "no-such-case", "--fast"])
+    assert result.exit_code == 1 and "no case matches" in result.output
