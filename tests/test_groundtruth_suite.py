@@ -3,13 +3,14 @@ a model left bit-exact."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from modmask_lens import MaskConfig, faithful_binary, faithful_threshold
 from modmask_lens.cli import app
 from modmask_lens.groundtruth import (
     CasesUnavailable,
@@ -20,6 +21,8 @@ from modmask_lens.groundtruth import (
     shuffled_answers,
     tracr_cases,
 )
+from modmask_lens.groundtruth.methods import study_methods
+from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
 
 TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
@@ -121,11 +124,34 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
 
 
-def test_tracr_cases_say_why_they_are_missing():
-    if importlib.util.find_spec("modmask_lens.groundtruth.tracr_cases") is not None:
-        pytest.skip("the tracr module is present; its own tests cover it")
+def test_tracr_cases_say_why_they_are_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modmask_lens.groundtruth.tracr_cases", None)  # the import now fails
     with pytest.raises(CasesUnavailable, match="tracr"):
         tracr_cases()
+
+
+def test_the_faithful_readout_shifts_logits_to_the_faithful_threshold_and_keeps_their_order():
+    case = load_tracr_case("reverse")
+    data = case.train["reverse"]
+    config = TrainConfig(steps=4, batch_size=8, n_samples=2)
+    plain = FinderMethod(config)(case.bridge, data, MaskConfig(granularity="head"))
+    shifted = FinderMethod(config, faithful_readout=True)(case.bridge, data, MaskConfig(granularity="head"))
+    offsets = {name: (plain.logits[name] - shifted.logits[name]).detach() for name in plain.logits}
+    offset = next(iter(offsets.values())).flatten()[0]
+    assert all(torch.allclose(value, offset.expand_as(value)) for value in offsets.values())
+    assert float(offset) == pytest.approx(faithful_threshold(case.bridge, plain, data))
+    assert all(torch.equal(shifted.binary().kept[key], kept)
+               for key, kept in faithful_binary(case.bridge, plain, data).kept.items())
+
+
+def test_study_methods_differ_from_each_other_by_one_setting():
+    methods = study_methods(steps=10)
+    assert list(methods) == ["library-defaults", "defaults+faithful-readout", "gumbel+constraint",
+                             "hard-concrete+constraint", "faithful"]
+    assert methods["faithful"].mask_settings == {"sampler": "hard-concrete", "init_logit": 3.0}
+    assert methods["gumbel+constraint"].train_config == methods["faithful"].train_config
+    assert methods["faithful"].train_config.max_loss_increase == 0.02
+    assert all(method.train_config.steps == 10 for method in methods.values())
 
 
 def test_command_prints_and_writes_the_tables(tmp_path):

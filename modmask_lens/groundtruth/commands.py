@@ -57,7 +57,9 @@ def run(
     method: Annotated[
         list[str] | None,
         typer.Option(
-            "--method", help="library-defaults, csordas or target-density; repeat; default: all three"
+            "--method",
+            help="library-defaults, csordas, target-density, or a study method (defaults+faithful-readout, "
+            "gumbel+constraint, hard-concrete+constraint, faithful); repeat; default: the three baselines",
         ),
     ] = None,
     control: Annotated[
@@ -80,17 +82,17 @@ def run(
     Example: modmask-lens groundtruth run --case disconnected/add-mul --granularity neuron --steps 300 --out gt
     """
     from modmask_lens.groundtruth.controls import CONTROLS
-    from modmask_lens.groundtruth.methods import baseline_methods
+    from modmask_lens.groundtruth.methods import baseline_methods, study_methods
     from modmask_lens.groundtruth.registry import all_cases
     from modmask_lens.groundtruth.suite import run_suite
 
     if fast:
         steps, method, control = steps or 50, method or ["library-defaults"], control or ["none"]
-    methods = baseline_methods(steps)
+    methods = baseline_methods(steps) | study_methods(steps)
     unknown = sorted(set(method or []) - set(methods))
     if unknown:
         raise typer.BadParameter(f"unknown method(s) {unknown}; choose from {list(methods)}")
-    chosen = {name: methods[name] for name in (method or methods)}
+    chosen = {name: methods[name] for name in (method or baseline_methods(steps))}
     started = time.perf_counter()
     tables = run_suite(
         chosen,
