@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
 from modmask_lens.groundtruth.evaluation import exact_match, kl_divergence, masked_logits
@@ -195,7 +195,7 @@ def control_selections(masks: Mapping[str, MaskSet]) -> dict[str, dict[str, Unit
 
 def _evaluate(
     case_name: str,
-    bridge,
+    bridge: nn.Module,
     subtask: str,
     data: Mapping[str, SubtaskData],
     full: Mapping[str, Tensor],
@@ -231,14 +231,14 @@ def _evaluate(
     return rows
 
 
-def full_logits(bridge, data: Mapping[str, SubtaskData]) -> dict[str, Tensor]:
+def full_logits(bridge: nn.Module, data: Mapping[str, SubtaskData]) -> dict[str, Tensor]:
     """The unmasked model's logits on every subtask's data."""
     return {name: masked_logits(bridge, examples) for name, examples in data.items()}
 
 
 def mask_faithfulness(
     case_name: str,
-    bridge,
+    bridge: nn.Module,
     masks: Mapping[str, MaskSet],
     data: Mapping[str, SubtaskData],
     full: Mapping[str, Tensor],
@@ -269,7 +269,7 @@ def mask_faithfulness(
 
 def density_curves(
     case_name: str,
-    bridge,
+    bridge: nn.Module,
     masks: Mapping[str, MaskSet],
     data: Mapping[str, SubtaskData],
     full: Mapping[str, Tensor],
@@ -299,28 +299,18 @@ def density_curves(
         ]
         for sweep, k, threshold, kept in points:
             labels = {"sweep": sweep, "k": k, "threshold": threshold, "ranking": RANKING}
-            rows += _evaluate(
-                case_name,
-                bridge,
-                subtask,
-                data,
-                full,
-                mask,
-                kept,
-                [subtask],
-                {"curve": "keep", "control_mask": "", **labels},
-            )
-            for kind in INVERSE_CONTROLS:
-                rows += _evaluate(
-                    case_name,
-                    bridge,
-                    subtask,
-                    data,
-                    full,
-                    mask,
+            conditions = [(kept, [subtask], {"curve": "keep", "control_mask": ""})]
+            conditions += [
+                (
                     inverse_beyond(kept, controls[kind][subtask]),
                     list(data),
-                    {"curve": "inverse", "control_mask": kind, **labels},
+                    {"curve": "inverse", "control_mask": kind},
+                )
+                for kind in INVERSE_CONTROLS
+            ]
+            for selection, targets, curve in conditions:
+                rows += _evaluate(
+                    case_name, bridge, subtask, data, full, mask, selection, targets, curve | labels
                 )
     return pd.DataFrame(rows)
 
