@@ -16,7 +16,8 @@ from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, 
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pandas as pd
@@ -55,24 +56,6 @@ def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fa
 
 
 @app.command()
-def demo(
-    out: Path = typer.Option(Path("demo-output"), help="folder for the masks, tables, summary and report"),
-    mask_steps: int = typer.Option(200, help="mask training steps per subtask"),
-):
-    """Find the jump and walk subnetworks of the zoo's SCAN model; write masks, tables and an offline HTML report.
-
-    Example: modmask-lens demo --out demo-output
-    """
-    import dataclasses
-
-    from modmask_lens.demo import DEMO_TRAINING, run_demo
-
-    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
-    typer.echo(summary.read_text())
-    typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
-
-
-@app.command()
 def report(
     model: Path = typer.Option(..., help="local Hugging Face model folder the masks were trained on"),
     masks: list[Path] = typer.Option(..., "--masks", help="mask file (.safetensors); repeat for several subtasks"),
@@ -118,13 +101,14 @@ def masks_train(
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
+    from modmask_lens.core.world import launched_by_torchrun, world
     from modmask_lens.loading import load_bridge, load_subtask
     from modmask_lens.masks.config import MaskConfig, TrainConfig
-    from modmask_lens.masks.data import SubtaskData
+    from modmask_lens.core.data import SubtaskData
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = launched_by_torchrun()
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     # Each process of a GPU run works on its own GPU; a fully sharded one keeps the model itself in host memory.
@@ -135,9 +119,9 @@ def masks_train(
         subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
     train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
     masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
-                        progress=not distributed or torch.distributed.get_rank() == 0, fully_shard=fully_shard,
+                        progress=world()[0] == 0, fully_shard=fully_shard,
                         device=device)
-    if not distributed or torch.distributed.get_rank() == 0:
+    if world()[0] == 0:
         for name, mask in masks.items():
             binary = mask.binary()
             path = save_masks(mask, out / f"masks-{name}.safetensors")
@@ -190,18 +174,6 @@ def zoo_list():
     typer.echo(zoo.describe_models() or "no zoo model is shipped")
 
 
-@zoo_app.command("train")
-def zoo_train(name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
-              out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)")):
-    """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
-
-    Example: modmask-lens zoo train scan --out my-scan
-    """
-    from modmask_lens.zoo.train import main as train_main
-
-    train_main([name] + (["--out", str(out)] if out else []))
-
-
 @app.command()
 def data(
     name: str = typer.Argument(..., help="task: scan, addmul, double_add, modadd or math"),
@@ -232,6 +204,23 @@ def data(
                     record = {"prompt": row["question"], "completion": row["answer"], "part": part}
                     handle.write(json.dumps(record) + "\n")
         typer.echo(f"wrote {export}")
+
+
+COMMAND_ENTRY_POINTS = "modmask_lens.commands"
+"""Entry-point group through which other packages add commands (``NAME`` for a top-level command, ``GROUP.NAME``
+for one in a group such as ``zoo``); the repository's ``experiments`` package adds ``demo``, ``reproduce`` and
+``zoo.train`` this way, so the library never imports it."""
+
+_GROUPS = {"zoo": zoo_app, "masks": masks_app}
+
+
+def _add_entry_point_commands() -> None:
+    for entry in entry_points(group=COMMAND_ENTRY_POINTS):
+        group, _, name = entry.name.rpartition(".")
+        (_GROUPS[group] if group else app).command(name)(entry.load())
+
+
+_add_entry_point_commands()
 
 
 def main() -> None:

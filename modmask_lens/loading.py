@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 
 
 def load_bridge(name_or_path: str, device: str = "cpu"):

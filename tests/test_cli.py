@@ -8,7 +8,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from modmask_lens.cli import app
-from modmask_lens.tasks.custom import load_pairs
+from modmask_lens.core.pairs import load_pairs
 
 runner = CliRunner()
 
@@ -35,7 +35,8 @@ def test_split_is_refused_for_tasks_other_than_scan():
 
 
 def test_every_command_has_help_with_an_example():
-    for command in (["demo"], ["data"], ["report"], ["analyze"], ["masks", "train"], ["zoo", "list"], ["zoo", "train"]):
+    for command in (["demo"], ["data"], ["report"], ["analyze"], ["masks", "train"], ["zoo", "list"], ["zoo", "train"],
+                    ["reproduce"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Example: modmask-lens" in result.output, command
 

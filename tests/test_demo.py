@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from modmask_lens import load_masks, zoo
-from modmask_lens.demo import run_demo
+from experiments.demo import run_demo
 from modmask_lens.masks.config import TrainConfig
 
 

@@ -23,7 +23,7 @@ from modmask_lens.groundtruth.tracr_cases import (
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import units_for
-from modmask_lens.tasks.encoding import IGNORE_INDEX
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 NAMES = tracr_program_names()
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import boot_gpt2, boot_native
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
-from modmask_lens.masks.io import METADATA_KEY
+from modmask_lens.core.checkpoint import METADATA_KEY
 
 
 @pytest.fixture

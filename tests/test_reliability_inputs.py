@@ -19,7 +19,7 @@ from modmask_lens.cli import app
 from modmask_lens.loading import load_bridge, load_subtask
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer, read_activations
-from modmask_lens.tasks.custom import load_pairs
+from modmask_lens.core.pairs import load_pairs
 from modmask_lens.testing.tiny_models import word_level_tokenizer
 
 N_CTX = 16  # boot_native's context

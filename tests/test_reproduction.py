@@ -3,12 +3,11 @@ docs/results.md)."""
 
 from __future__ import annotations
 
-from modmask_lens.masks.config import TrainConfig
-from modmask_lens import zoo
-from modmask_lens.reproduction import (
+from typer.testing import CliRunner
+
+from experiments.csordas import (
     addmul_experiment,
     double_add_experiment,
-    main,
     math_experiment,
     math_probe_experiment,
     modular_training_experiment,
@@ -16,6 +15,9 @@ from modmask_lens.reproduction import (
     scan_probe_experiment,
     write_results,
 )
+from modmask_lens import zoo
+from modmask_lens.cli import app
+from modmask_lens.masks.config import TrainConfig
 
 TINY = TrainConfig(steps=2, batch_size=8)
 
@@ -77,7 +79,9 @@ def test_modular_training_experiment_compares_the_three_scan_variants():
 
 
 def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tmp_path):
-    main(["addmul", "double_add", "--steps", "2", "--eval-limit", "16", "--jobs", "2", "--out", str(tmp_path / "r.md")])
+    result = CliRunner().invoke(app, ["reproduce", "addmul", "double_add", "--steps", "2", "--eval-limit", "16",
+                                      "--jobs", "2", "--out", str(tmp_path / "r.md")])
+    assert result.exit_code == 0, result.output
     text = (tmp_path / "r.md").read_text()
     assert text.index("## addmul") < text.index("## double addition")
-    assert "--jobs 2" in text and "Total wall time:" in text
+    assert "modmask-lens reproduce addmul double_add --steps 2 --eval-limit 16 --jobs 2" in text and "Total wall time:" in text

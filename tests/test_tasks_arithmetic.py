@@ -8,7 +8,7 @@ from modmask_lens.tasks.arithmetic import (
     double_addition_task,
     modular_addition_task,
 )
-from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs, restrict_labels
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs, restrict_labels
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from modmask_lens.tasks import evaluation
-from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.tasks.evaluation import (
     accuracy_by_subtask,
     exact_match_correct,

@@ -7,8 +7,10 @@ import dataclasses
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformer_lens.model_bridge import TransformerBridge
 
+from modmask_lens.core.checkpoint import Checkpointer
 from modmask_lens.modularity import (
     MODULAR_ADDITION,
     ClusterabilityConfig,
@@ -17,11 +19,11 @@ from modmask_lens.modularity import (
     unit_graph_of,
 )
 from modmask_lens.tasks.catalog import task_spec
-from modmask_lens.zoo.architectures import build_model
+from experiments.zoo.architectures import build_model
 from modmask_lens.zoo.cards import read_card
-from modmask_lens.zoo.modular_training import unwrapped_model, wrap_in_bridge
-from modmask_lens.zoo.recipes import Architecture, Recipe, recipe
-from modmask_lens.zoo.train import _epoch_batches, _learning_rate_factor, train
+from experiments.zoo.modular_training import unwrapped_model, wrap_in_bridge
+from experiments.zoo.recipes import Architecture, Recipe, recipe
+from experiments.zoo.train import _epoch_batches, _learning_rate_factor, train
 
 torch.set_num_threads(1)
 
@@ -52,6 +54,31 @@ def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
     assert bridge.cfg.n_layers == 1
     resumed = train(tiny, tmp_path / "again", tmp_path / "checkpoints", "test run")  # finished checkpoint: no steps
     assert resumed.accuracies == card.accuracies
+
+
+class _Killed(Exception):
+    """Stands for the process being killed right after a checkpoint."""
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    tiny = dataclasses.replace(recipe("modadd"), architecture=Architecture("gpt2", 1, 32, 4), steps=12,
+                               warmup_steps=4, eval_every=12, checkpoint_every=6)
+    train(tiny, tmp_path / "uninterrupted", tmp_path / "uninterrupted-checkpoints", "test run")
+    save = Checkpointer.save
+
+    def save_then_die(self, tensors, metadata):
+        save(self, tensors, metadata)
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "save", save_then_die)
+        with pytest.raises(_Killed):
+            train(tiny, tmp_path / "killed", tmp_path / "checkpoints", "test run")
+    train(tiny, tmp_path / "resumed", tmp_path / "checkpoints", "test run")
+    uninterrupted = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted)
 
 
 def _tiny_variant(family: str, **regulariser) -> Recipe:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters.base import Adapter
 
 _WRAPPER = "._original_component"
@@ -31,7 +32,7 @@ def native_state_dict(hf_model: nn.Module) -> tuple[dict[str, Tensor], nn.Module
 
 
 def write_masked_tensors(
-    adapter: Adapter, bridge: nn.Module, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
+    adapter: Adapter, bridge: Bridge, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
 ) -> None:
     """Write each masked tensor into ``state`` (a :func:`native_state_dict`), in place.
 
@@ -73,6 +74,6 @@ def write_masked_tensors(
         )
 
 
-def _original_tensors(bridge: nn.Module) -> list[tuple[str, Tensor]]:
+def _original_tensors(bridge: Bridge) -> list[tuple[str, Tensor]]:
     """Native-named parameters of the Hugging Face model (the tensors whose storage views may share)."""
     return [(name.replace(_WRAPPER, ""), tensor) for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)]

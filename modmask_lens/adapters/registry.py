@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from torch import nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
 from modmask_lens.adapters.generic import GenericAdapter
@@ -60,7 +60,7 @@ def unsupported(architecture: object, what: str) -> UnsupportedArchitecture:
     )
 
 
-def adapter_for(bridge: nn.Module) -> Adapter:
+def adapter_for(bridge: Bridge) -> Adapter:
     """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``, else the generic fallback.
 
     Raises:

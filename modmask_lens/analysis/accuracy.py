@@ -11,17 +11,18 @@ from collections.abc import Mapping
 
 import pandas as pd
 import torch
-from torch import nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
 """The input and output layers of a transformer, where the paper's ``fullmask`` variant keeps the control mask."""
 
 
-def exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
+def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model)."""
     correct = 0
     with torch.no_grad():
@@ -49,7 +50,7 @@ def inverse_mask(mask: BinaryMask, control: BinaryMask | None = None, io_roles: 
 
 
 def mask_accuracy(
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, BinaryMask],
     data: Mapping[str, SubtaskData],
     control: BinaryMask | None = None,

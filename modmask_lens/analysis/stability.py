@@ -7,17 +7,17 @@ import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
-from torch import nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.analysis.sharing import pairwise_overlap
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.training import train_masks
 
 
 def seed_stability(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtask: SubtaskData,
     seeds: Sequence[int] = (0, 1),
     mask_config: MaskConfig = MaskConfig(),
@@ -35,7 +35,7 @@ def seed_stability(
 
 
 def beta_sweep(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtask: SubtaskData,
     betas: Sequence[float] = (1e-5, 1e-4, 1e-3),
     evaluation: SubtaskData | None = None,

@@ -54,8 +54,8 @@ from modmask_lens.groundtruth.tracr_cases import (
     truth_units,
 )
 from modmask_lens.masks.apply import masked
-from modmask_lens.masks.data import SubtaskData
-from modmask_lens.tasks.encoding import IGNORE_INDEX
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 PAD, BOS = "PAD", "BOS"
 PAD_ID, BOS_ID = 0, 1

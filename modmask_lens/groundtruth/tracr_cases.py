@@ -32,9 +32,9 @@ from modmask_lens.adapters import adapter_for
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.mask_set import MaskSet, units_for
-from modmask_lens.tasks.encoding import IGNORE_INDEX
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 TRACR_DIR = Path(__file__).parent / "tracr"
 """Folder of the shipped programs, one subfolder per program."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from torch import nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.export import native_state_dict, write_masked_tensors
 from modmask_lens.masks.binary import BinaryMask
@@ -14,7 +14,7 @@ from modmask_lens.masks.identity import processing_mode
 from modmask_lens.masks.mask_set import MaskSet
 
 
-def export_masked_model(bridge: nn.Module, mask: BinaryMask | MaskSet, directory: str | Path) -> Path:
+def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: str | Path) -> Path:
     """Write ``weights * mask`` in the model's own Hugging Face layout (re-fusing fused tensors) to ``directory``.
 
     Tied embedding and unembedding matrices are untied in the exported config when the mask covers either, since

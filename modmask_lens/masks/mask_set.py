@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsupported
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
@@ -50,7 +51,7 @@ class MaskSet:
 
     @classmethod
     def for_bridge(
-        cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
+        cls, bridge: Bridge, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
     ) -> MaskSet:
         """Fresh logits (all ``config.init_logit``, on the bridge's device) for every unit of ``bridge`` that ``config``
         selects.
@@ -109,12 +110,12 @@ class MaskSet:
         kept = torch.stack([unit.expected_kept(self.logits[unit.name].sigmoid()) for unit in self.units]).sum()
         return kept / sum(member.numel for member in self.members)
 
-    def check_model(self, bridge: nn.Module, check_weights: bool = True) -> None:
+    def check_model(self, bridge: Bridge, check_weights: bool = True) -> None:
         """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""
         self.origin.check(bridge, self.members, check_weights)
 
 
-def units_for(bridge: nn.Module, config: MaskConfig) -> list[MaskUnit]:
+def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """The mask units ``config`` gives on ``bridge``, through its adapter.
 
     Raises:

@@ -27,17 +27,12 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from modmask_lens.masks.apply import TensorKey, _Entry, slot_of, tensor_slots
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.world import world
+from modmask_lens.core.functional import MethodEntry, TensorKey, slot_of, tensor_slots
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
 from modmask_lens.masks.units import MaskUnit
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard_bounds(numel: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -49,7 +44,7 @@ def shard_bounds(numel: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def _gather(shard: Float[Tensor, " shard"], numel: int) -> Float[Tensor, " numel"]:
     """All processes' shards of a flat tensor of ``numel`` elements, concatenated (not differentiable)."""
-    _, world_size = _world()
+    _, world_size = world()
     if world_size == 1:
         return shard
     size = math.ceil(numel / world_size)
@@ -70,7 +65,7 @@ class _DifferentiableGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_full: Tensor) -> tuple[Tensor, None]:
-        _, world_size = _world()
+        _, world_size = world()
         if world_size == 1:
             return grad_full, None
         size = math.ceil(ctx.numel / world_size)
@@ -102,7 +97,7 @@ class ShardedLogits:
 
     def __init__(self, masks: MaskSet, device: torch.device | str):
         self.masks = masks
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = world()
         self.shards: dict[str, Tensor] = {}
         for unit in masks.units:
             start, end = shard_bounds(unit.numel, self.rank, self.world_size)
@@ -180,10 +175,10 @@ class ShardedBridge:
         >>> logits = sharded(ShardedLogits(masks, "cuda"), 1.0, UniformNoise(0), tokens)  # doctest: +SKIP
     """
 
-    def __init__(self, bridge: nn.Module, device: torch.device | str | None = None):
+    def __init__(self, bridge: Bridge, device: torch.device | str | None = None):
         self.bridge = bridge
         self.device = torch.device(device) if device is not None else next(bridge.parameters()).device
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = world()
         self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
         self._block_of_slot = {entry[0]: block for block in self.blocks for entry in block.entries}
         self._unit_plans: dict[str, tuple[_Block, list[TensorKey]]] = {}  # unit name -> its block, its members' slots
@@ -228,7 +223,7 @@ class ShardedBridge:
         """
         with self._blocks_replaced(logits, temperature, noise):
             method = type(self.bridge).forward.__get__(self.bridge)
-            return torch.func.functional_call(_Entry(self.bridge), self.buffers, (method, input_ids.to(self.device)),
+            return torch.func.functional_call(MethodEntry(self.bridge), self.buffers, (method, input_ids.to(self.device)),
                                               {"use_cache": False, **kwargs}, tie_weights=False, strict=False)
 
     @contextmanager
@@ -285,7 +280,7 @@ class ShardedBridge:
                 values[key] = values[key] * unit.expand(unit_sample, member)
         parameters = {f"bridge.{name}": values[key] for key, name, _, _ in block.entries}
         method = type(block.module).forward.__get__(block.module)
-        return torch.func.functional_call(_Entry(block.module), parameters, (method, *args), kwargs,
+        return torch.func.functional_call(MethodEntry(block.module), parameters, (method, *args), kwargs,
                                           tie_weights=False, strict=False)
 
 
@@ -298,7 +293,7 @@ class _BlockSampler:
     noise: UniformNoise
 
 
-def _top_level_blocks(bridge: nn.Module) -> list[tuple[str, nn.Module]]:
+def _top_level_blocks(bridge: Bridge) -> list[tuple[str, nn.Module]]:
     """The children of the bridge that hold parameters, with module lists (``blocks``) split into their items."""
     blocks = []
     for name, child in bridge.named_children():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,12 +21,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from modmask_lens.adapters import adapter_for
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.random import step_generator, stream_seed
+from modmask_lens.core.scoring import AnswerScore, score_answers
+from modmask_lens.core.world import world
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
-from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.io import (load_optimizer, mask_metadata, mask_set_from, optimizer_tensors, read_safetensors,
-                                   require_fields, verify_checksum, write_safetensors_atomically)
+from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
@@ -84,11 +88,6 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             submodule.training = flag
 
 
-def stream_seed(seed: int, task_name: str, step: int) -> int:
-    """Seed of the random stream of one task's step: independent of the other tasks of the run."""
-    return (seed * 1_000_003 + zlib.crc32(task_name.encode()) * 7_919 + step) % (2**63 - 1)
-
-
 class MaskTrainer:
     """Trains one :class:`MaskSet` per subtask on a frozen bridge; resumable from a checkpoint directory.
 
@@ -112,7 +111,7 @@ class MaskTrainer:
 
     def __init__(
         self,
-        bridge: nn.Module,
+        bridge: Bridge,
         subtasks: Sequence[SubtaskData],
         mask_config: MaskConfig = MaskConfig(),
         train_config: TrainConfig = TrainConfig(),
@@ -133,13 +132,13 @@ class MaskTrainer:
         self.bridge = bridge
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpointer = Checkpointer(self.checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT) if (
+            self.checkpoint_dir is not None) else None
         self.progress = progress
         self.step = 0
         # Under torchrun (torch.distributed initialised) each process runs every n-th chunk of a batch and the mask
         # gradients are summed across processes: the result equals one process up to float summation order.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = torch.distributed.get_rank() if distributed else 0
-        self.world_size = torch.distributed.get_world_size() if distributed else 1
+        self.rank, self.world_size = world()
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
         if fully_shard:
             if train_config.n_samples % self.world_size:
@@ -154,7 +153,7 @@ class MaskTrainer:
             subtask.check_fits(bridge)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+        if self.checkpointer is not None and self.checkpointer.exists():
             self._resume()
 
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
@@ -203,10 +202,11 @@ class MaskTrainer:
 
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
-        seed = stream_seed(config.seed, run.masks.name, self.step)
-        indices = torch.randint(len(run.data), (config.batch_size,), generator=torch.Generator().manual_seed(seed))
+        seed = stream_seed(config.seed, self.step, run.masks.name)
+        indices = torch.randint(len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step,
+                                                                                              run.masks.name))
         input_ids, labels = run.data.batch(indices)
-        n_tokens = int((labels[:, 1:] != -100).sum())
+        n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_correct = 0.0, 0
         chunks = zip(input_ids.tensor_split(config.n_samples), labels.tensor_split(config.n_samples))
@@ -286,8 +286,8 @@ class MaskTrainer:
 
     def _non_finite_message(self, run: _TaskRun, loss: float) -> str:
         where = (
-            f"the last good checkpoint is {self.checkpoint_dir / CHECKPOINT_FILE}"
-            if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists()
+            f"the last good checkpoint is {self.checkpointer.path}"
+            if self.checkpointer is not None and self.checkpointer.exists()
             else "no checkpoint was written"
         )
         return (
@@ -309,20 +309,19 @@ class MaskTrainer:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
             tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
-        metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
-                    "tasks": tasks}
-        path = self.checkpoint_dir / CHECKPOINT_FILE
+        metadata = {"step": self.step, "train_config": self.train_config.to_dict(), "tasks": tasks}
         if self.rank == 0:
-            write_safetensors_atomically(path, tensors, metadata)
-        return path
+            self.checkpointer.save(tensors, metadata)
+        return self.checkpointer.path
 
     def _resume(self) -> None:
-        path = self.checkpoint_dir / CHECKPOINT_FILE
-        tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
-        require_fields(metadata, {"step": int, "train_config": dict, "tasks": list}, str(path))
-        for task in metadata["tasks"]:
-            require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
-        verify_checksum(path, tensors, metadata)
+        path = self.checkpointer.path
+
+        def check_tasks(metadata: dict) -> None:
+            for task in metadata["tasks"]:
+                require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
+
+        tensors, metadata = self.checkpointer.load({"step": int, "train_config": dict, "tasks": list}, check_tasks)
         self._check_resumable(path, metadata)
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
@@ -342,7 +341,6 @@ class MaskTrainer:
                                                             maximize=True)
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
-
 
     def _check_resumable(self, path: Path, metadata: dict) -> None:
         """Raise ``ValueError`` naming the first difference between the checkpoint's run and this one: the
@@ -392,7 +390,7 @@ def _all_reduce_statistics(loss_sum: float, n_correct: int, device: torch.device
 
 
 def train_masks(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtasks: SubtaskData | Sequence[SubtaskData],
     mask_config: MaskConfig = MaskConfig(),
     train_config: TrainConfig = TrainConfig(),

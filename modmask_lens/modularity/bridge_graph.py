@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from torch import Tensor, nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
@@ -44,7 +45,7 @@ def unit_graph_of(model: nn.Module) -> UnitGraph:
     return _bridge_graph(model)
 
 
-def _bridge_graph(bridge: nn.Module) -> UnitGraph:
+def _bridge_graph(bridge: Bridge) -> UnitGraph:
     adapter = adapter_for(bridge)
     if not adapter.supports_units:
         raise UnsupportedForModularity(
@@ -67,7 +68,7 @@ def _bridge_graph(bridge: nn.Module) -> UnitGraph:
         elif spec.role in _READERS + _WRITERS + _EMBEDDINGS:
             edge = _edge(spec, tensor)
             edges.append(edge)
-            for side_axis, dim in ((edge.in_axis, _in_dim(spec)), (edge.out_axis, 1 - _in_dim(spec))):
+            for side_axis, dim in ((edge.in_axis, spec.input_axis), (edge.out_axis, spec.output_axis)):
                 if side_axis is not None:
                     members[side_axis].append(AxisMember(tensor, dim))
         elif spec.role not in _UNMOVED_VECTORS:
@@ -88,14 +89,9 @@ def _unit_axis_name(spec: TensorSpec) -> str:
     return f"blocks.{spec.layer}.{'mlp' if spec.unit == 'neuron' else 'attn'}"
 
 
-def _in_dim(spec: TensorSpec) -> int:
-    """The dimension of the stored matrix that indexes its inputs."""
-    return 1 if spec.layout == "linear" else 0  # Linear [out, in]; Conv1D [in, out]; embedding [index, d_model]
-
-
 def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:
-    in_dim = _in_dim(spec)
-    n_in, n_out = spec.shape[in_dim], spec.shape[1 - in_dim]
+    in_dim = spec.input_axis
+    n_in, n_out = spec.shape[in_dim], spec.shape[spec.output_axis]
     if spec.role in _EMBEDDINGS:
         in_axis, out_axis = None, RESIDUAL
     elif spec.role == "W_U":

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from modmask_lens.core.random import seeded
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
 
@@ -36,12 +37,13 @@ class BimtMLP(nn.Module):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"widths={widths}: give at least an input and an output size, e.g. (4, 20, 20, 2)")
-        torch.manual_seed(seed)
         self.widths = tuple(widths)
         self.n_tokens = n_tokens
-        self.embedding = nn.Embedding(vocab_size, widths[0]) if vocab_size is not None else None
         fan_in = widths[0] * (n_tokens if vocab_size is not None else 1)
-        self.linears = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip((fan_in,) + widths[1:-1], widths[1:]))
+        with seeded(seed):
+            self.embedding = nn.Embedding(vocab_size, widths[0]) if vocab_size is not None else None
+            self.linears = nn.ModuleList(nn.Linear(n_in, n_out)
+                                         for n_in, n_out in zip((fan_in,) + widths[1:-1], widths[1:]))
         if vocab_size is None:
             self.register_buffer("input_order", torch.arange(widths[0]))
         self.register_buffer("output_order", torch.arange(widths[-1]))

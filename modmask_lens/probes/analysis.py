@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe
@@ -46,7 +47,7 @@ class ProbeEvaluation:
         return self.gate.argmax(dim=1)
 
 
-def evaluate_probe(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData,
+def evaluate_probe(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str], data: ProbeData,
                    removed_experts: tuple[int, ...] = (), batch_size: int = 256) -> ProbeEvaluation:
     """Run the probe on every example (activations streamed in batches)."""
     gates, expert_correct, correct = [], [], []
@@ -137,7 +138,7 @@ def accuracy_by_subtask(evaluation: ProbeEvaluation) -> pd.DataFrame:
                          for index, name in enumerate(evaluation.subtask_names)])
 
 
-def expert_ablation(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData) -> pd.DataFrame:
+def expert_ablation(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str], data: ProbeData) -> pd.DataFrame:
     """Per-subtask accuracy with each expert removed (its gate set to zero, the rest renormalised).
 
     Returns:
@@ -150,7 +151,7 @@ def expert_ablation(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[s
     return pd.concat(frames, ignore_index=True)[["removed_expert", "subtask", "examples", "accuracy"]]
 
 
-def transfer_test(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], train: ProbeData, test: ProbeData,
+def transfer_test(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str], train: ProbeData, test: ProbeData,
                   config: ProbeConfig | None = None) -> pd.DataFrame:
     """The paper's transfer test: freeze the trained gate, train fresh experts, and compare with the original probe
     and with a fresh probe trained the same number of steps.

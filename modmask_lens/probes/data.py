@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
-from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData, check_context, check_device
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData, check_context, check_device
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 TARGETS = ("answer", "subtask")
 
@@ -71,7 +73,7 @@ class ProbeData:
 
 
 def read_activations(
-    bridge: nn.Module, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+    bridge: Bridge, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_in"]:
     """The activations of ``hook_names`` at each example's position, concatenated (no gradient, nothing else kept).
 

@@ -15,11 +15,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer
@@ -40,7 +41,7 @@ class CheckResult:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name}" + (f": {self.detail}" if self.detail else "")
 
 
-def run_conformance(bridge: nn.Module, tokens: Int[Tensor, "batch pos"] | None = None) -> list[CheckResult]:
+def run_conformance(bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None) -> list[CheckResult]:
     """Run every check on ``bridge`` with its adapter; ``tokens`` defaults to seeded random ids.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
@@ -73,7 +74,7 @@ def run_conformance(bridge: nn.Module, tokens: Int[Tensor, "batch pos"] | None =
     return results
 
 
-def check_head_mask(bridge: nn.Module, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
+def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does)."""
     binary = mask.binary()
     dropped: dict[int, list[int]] = {}
@@ -100,32 +101,32 @@ def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
     return None if difference <= 1e-5 else f"{what}: max difference {difference:.3g}"
 
 
-def _constant(bridge: nn.Module, config: MaskConfig, value: bool) -> BinaryMask:
+def _constant(bridge: Bridge, config: MaskConfig, value: bool) -> BinaryMask:
     binary = MaskSet.for_bridge(bridge, config).binary()
     return BinaryMask(binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()},
                       binary.origin)
 
 
-def _all_ones(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _all_ones(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     with masked(bridge, _constant(bridge, ALL_KINDS, True)):
         output = bridge(tokens)
     return None if torch.equal(output, reference) else "logits differ under an all-ones mask"
 
 
-def _all_zeros(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _all_zeros(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     with masked(bridge, _constant(bridge, MaskConfig(), False)):
         output = bridge(tokens)
     return "logits unchanged under an all-zeros mask" if torch.allclose(output, reference) else None
 
 
-def _cancels_exactly(spec: TensorSpec, bridge: nn.Module) -> bool:
+def _cancels_exactly(spec: TensorSpec, bridge: Bridge) -> bool:
     """b_K shifts every attention score of a query equally, which softmax cancels (without rotary positions)."""
     return spec.role == "b_K" and bridge.cfg.positional_embedding_type != "rotary"
 
 
-def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     unread = []
     for spec in MaskSet.for_bridge(bridge, ALL_KINDS).members:
@@ -137,7 +138,7 @@ def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
     return f"zeroing these alone changed nothing (unread or aliased?): {unread}" if unread else None
 
 
-def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
+def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
     hook_name, component = ("attn.hook_z", "attn") if unit == "head" else ("mlp.hook_post", "mlp")
     for layer in sorted({0, bridge.cfg.n_layers - 1}):
@@ -163,7 +164,7 @@ def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
     return None
 
 
-def _tl_views(bridge: nn.Module) -> str | None:
+def _tl_views(bridge: Bridge) -> str | None:
     """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc."""
     checked = 0
     for spec in adapter_for(bridge).tensor_specs(bridge):
@@ -173,7 +174,7 @@ def _tl_views(bridge: nn.Module) -> str | None:
         tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
 
         def as_tl(piece: Tensor) -> Tensor:
-            return piece.T if spec.layout == "linear" else piece  # TransformerLens stores [in, out]
+            return piece.movedim(spec.input_axis, 0)  # TransformerLens stores [in, out]
 
         if spec.unit in ("head", "kv_head"):
             for head in range(tl_tensor.shape[0]):
@@ -186,7 +187,7 @@ def _tl_views(bridge: nn.Module) -> str | None:
     return None if checked else "no tensor with a TransformerLens view was found"
 
 
-def _gradients(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
     before = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
     labels = tokens.clone()
     labels[:, : tokens.shape[1] // 2] = -100
@@ -201,7 +202,7 @@ def _gradients(bridge: nn.Module, tokens: Tensor) -> str | None:
     return f"model parameters changed: {changed}" if changed else None
 
 
-def _deep_copy(bridge: nn.Module) -> nn.Module:
+def _deep_copy(bridge: Bridge) -> nn.Module:
     """``copy.deepcopy`` that also copes with activations TransformerLens caches on modules (e.g. ``_pattern``),
     which are not graph leaves and refuse deepcopy: they are copied detached."""
     memo = {
@@ -213,7 +214,7 @@ def _deep_copy(bridge: nn.Module) -> nn.Module:
     return copy.deepcopy(bridge, memo)
 
 
-def _compat_mode(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
     processed = _deep_copy(bridge)
     processed.enable_compatibility_mode(disable_warnings=True)
     before = {name: tensor.detach().clone() for name, tensor in processed.named_parameters(remove_duplicate=False)}
@@ -226,7 +227,7 @@ def _compat_mode(bridge: nn.Module, tokens: Tensor) -> str | None:
     return f"compat mode: parameters changed: {changed}" if changed else None
 
 
-def _hf_export(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
     mask = MaskSet.for_bridge(bridge, ALL_KINDS)
     generator = torch.Generator().manual_seed(0)
     for logits in mask.logits.values():

@@ -12,7 +12,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 
 DIGITS, FIRST, SECOND, EOS = 10, 10, 11, 12
 

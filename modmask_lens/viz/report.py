@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from jaxtyping import Int
-from torch import Tensor, nn
+from torch import Tensor
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.io import library_version, load_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.probes.analysis import (
@@ -46,7 +47,7 @@ def versions() -> dict[str, str]:
 
 
 def report_views(
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, MaskSet | BinaryMask],
     prompt: Int[Tensor, " pos"],
     data: Mapping[str, SubtaskData] | None = None,
@@ -98,7 +99,7 @@ def report_views(
 
 def write_report(
     path: str | Path,
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, MaskSet | BinaryMask],
     prompt: Int[Tensor, " pos"],
     data: Mapping[str, SubtaskData] | None = None,
@@ -138,7 +139,7 @@ def write_report(
     return write_page(path, title, views, header)
 
 
-def parse_prompt(bridge: nn.Module, prompt: str) -> Int[Tensor, " pos"]:
+def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
     """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer."""
     words = prompt.split()
     if words and all(word.lstrip("-").isdigit() for word in words):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.tasks.catalog import TaskSpec, task_spec
 from modmask_lens.zoo.cards import CARD_JSON, ModelCard, read_card
 
@@ -22,7 +23,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 class ZooModel(NamedTuple):
     """A loaded zoo model: a TransformerLens ``TransformerBridge``, its tokenizer, its task and its card."""
 
-    bridge: object
+    bridge: Bridge
     tokenizer: PreTrainedTokenizerBase
     task: TaskSpec
     card: ModelCard
@@ -38,7 +39,7 @@ def model_dir(name: str) -> Path:
     path = MODELS_DIR / name
     if not (path / CARD_JSON).exists():
         raise KeyError(f"no zoo model {name!r}; shipped: {', '.join(available_models()) or 'none'}. "
-                       f"Train it with `python -m modmask_lens.zoo.train {name}`")
+                       f"Train it with `modmask-lens zoo train {name}`")
     return path
 
 

@@ -65,5 +65,5 @@ def read_card(folder: Path) -> ModelCard:
     """The :class:`ModelCard` stored in ``folder/card.json``."""
     path = folder / CARD_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; train the model with `python -m modmask_lens.zoo.train NAME`")
+        raise FileNotFoundError(f"{path} is missing; train the model with `modmask-lens zoo train NAME`")
     return ModelCard(**json.loads(path.read_text()))

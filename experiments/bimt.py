@@ -3,15 +3,14 @@ keeps a few embedding dimensions in groups.
 
 Run from the shell (one thread, as long runs should)::
 
-    python -m modmask_lens.modularity.reproduction independence --out runs/independence
-    python -m modmask_lens.modularity.reproduction modular_addition --out runs/modadd
+    modmask-lens reproduce independence --out runs/independence
+    modmask-lens reproduce modular_addition --out runs/modadd
 
 Each writes ``result.json`` (the numbers), ``history.csv`` (the training curve) and ``connectome.svg``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -111,26 +110,17 @@ def _adjacent_runs(slots: list[int]) -> list[list[int]]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["independence", "modular_addition"])
-    parser.add_argument("--out", required=True, help="folder for result.json, history.csv, connectome.svg")
-    parser.add_argument("--steps", type=int, default=20_000, help="optimiser steps (BIMT: 20000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", action="store_true", help="also write a connectome frame per logged step")
-    arguments = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    out = Path(arguments.out)
+TASKS = {"independence": (reproduce_independence, SYMBOLIC), "modular_addition": (reproduce_modular_addition,
+                                                                                MODULAR_ADDITION)}
+
+
+def run_task(task: str, out: Path, steps: int = 20_000, seed: int = 0, frames: bool = False) -> dict:
+    """Run one of :data:`TASKS` and write ``result.json`` (the numbers), ``history.csv`` (the training curve) and
+    ``connectome.svg`` (plus a connectome per logged step in ``frames/`` if ``frames``) to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    run = reproduce_independence if arguments.task == "independence" else reproduce_modular_addition
-    base = SYMBOLIC if arguments.task == "independence" else MODULAR_ADDITION
-    mlp, result, history = run(replace(base, steps=arguments.steps), seed=arguments.seed,
-                               frames=out / "frames" if arguments.frames else None)
+    run, base = TASKS[task]
+    mlp, result, history = run(replace(base, steps=steps), seed=seed, frames=out / "frames" if frames else None)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     history.to_csv(out / "history.csv", index=False)
-    (out / "connectome.svg").write_text(connectome_svg(mlp_connectome(mlp.unit_graph()), title=arguments.task))
-    print(json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    (out / "connectome.svg").write_text(connectome_svg(mlp_connectome(mlp.unit_graph()), title=task))
+    return result

@@ -1,4 +1,4 @@
-"""Fresh Hugging Face causal LMs for the zoo, built from an :class:`~modmask_lens.zoo.recipes.Architecture`."""
+"""Fresh Hugging Face causal LMs for the zoo, built from an :class:`~experiments.zoo.recipes.Architecture`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modmask_lens.zoo.recipes import Architecture
+from experiments.zoo.recipes import Architecture
 
 
 def build_model(architecture: Architecture, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:

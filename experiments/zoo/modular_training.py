@@ -24,8 +24,8 @@ from modmask_lens.modularity.bridge_graph import unit_graph_of
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
 from modmask_lens.modularity.connection_cost import ConnectionCost
 from modmask_lens.modularity.swaps import relocate_units
-from modmask_lens.zoo.architectures import build_model
-from modmask_lens.zoo.recipes import Recipe
+from experiments.zoo.architectures import build_model
+from experiments.zoo.recipes import Recipe
 
 
 @runtime_checkable

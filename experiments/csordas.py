@@ -1,4 +1,4 @@
-"""Reproducing Csordás et al. (2021) on the shipped zoo: ``python -m modmask_lens.reproduction [NAME ...]``.
+"""Reproducing Csordás et al. (2021) on the shipped zoo: ``modmask-lens reproduce [NAME ...]``.
 
 Each experiment trains masks on a zoo model (one run, one mask per subtask plus a control mask on the model's full
 training data), evaluates every mask and its inverse on every evaluation set, measures overlaps, and returns tidy
@@ -19,7 +19,6 @@ results); they are not tuned toward the paper's numbers.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import torch
 
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.training import train_masks
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view
@@ -119,7 +118,7 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
     """Double addition (the paper's +/+): masks for pair 1 and pair 2, each scored on its own output slot only; do
     the two pairs use separate weights (low IoU in the blocks) and does removing one pair's mask spare the other?"""
     from modmask_lens import zoo
-    from modmask_lens.tasks.encoding import encode_pairs, restrict_labels
+    from modmask_lens.core.encoding import encode_pairs, restrict_labels
 
     model = zoo.load("double-add")
     data = model.task.build(model.card.seed)
@@ -321,23 +320,10 @@ def write_results(results: list[ExperimentResult], path: Path, command: str, tot
     path.write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m modmask_lens.reproduction", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--steps", type=int, default=CPU_SETTINGS.steps)
-    parser.add_argument("--eval-limit", type=int, default=2000)
-    parser.add_argument("--jobs", type=int, default=1, help="experiments run in parallel, one process each")
-    arguments = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    config = replace(CPU_SETTINGS, steps=arguments.steps)
+def run_and_write(names: list[str], out: Path, steps: int = CPU_SETTINGS.steps, eval_limit: int | None = 2000,
+                  jobs: int = 1) -> None:
+    """Run the named experiments and write them to ``out`` with the command that regenerates them."""
     start = time.perf_counter()
-    results = run(arguments.names, config, arguments.eval_limit, arguments.jobs)
-    command = ("python -m modmask_lens.reproduction " + " ".join(arguments.names)
-               + f" --steps {arguments.steps} --eval-limit {arguments.eval_limit} --jobs {arguments.jobs}")
-    write_results(results, arguments.out, command, time.perf_counter() - start)
-    print(f"wrote {arguments.out}")
-
-
-if __name__ == "__main__":
-    main()
+    results = run(names, replace(CPU_SETTINGS, steps=steps), eval_limit, jobs)
+    command = (f"modmask-lens reproduce {' '.join(names)} --steps {steps} --eval-limit {eval_limit} --jobs {jobs}")
+    write_results(results, out, command, time.perf_counter() - start)

@@ -18,7 +18,7 @@ from modmask_lens import zoo
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
 from modmask_lens.loading import load_subtask
 from modmask_lens.masks.config import TrainConfig
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.io import save_masks
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.viz import write_report
