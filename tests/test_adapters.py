@@ -68,3 +68,15 @@ def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monk
     with pytest.raises(TypeError, match="not a subclass|Type-check"):  # beartype checks it first in tests
         register_adapter(dict)
     assert issubclass(MyGpt2, Adapter)
+
+
+def test_the_norm_in_front_of_a_reader_follows_the_blocks_norm_placement():
+    from modmask_lens.adapters.bert import BertAdapter
+    from modmask_lens.adapters.gpt2 import Gpt2Adapter
+
+    pre, post = Gpt2Adapter(), BertAdapter()
+    assert [pre.reader_norm(kind, 1) for kind in ("head", "mlp", "unembed")] == [
+        ("ln1.w", 1), ("ln2.w", 1), ("ln_final.w", None)]
+    assert [post.reader_norm(kind, 1) for kind in ("head", "mlp", "unembed")] == [
+        ("ln2.w", 0), ("ln1.w", 1), ("ln_final.w", None)]
+    assert post.reader_norm("head", 0) == ("ln_embed.w", None)

@@ -27,7 +27,7 @@ def output_row_removal(task: BinaryMask, control: BinaryMask, tokenizer=None) ->
     spec = next((spec for spec in task.specs if spec.role == "W_U"), None)
     if spec is None or spec.key not in control.kept:
         raise ValueError("both masks must cover W_U (the default MaskConfig does; embeddings-only configs do not)")
-    vocab_axis = 1 if spec.layout == "conv1d" else 0  # W_U is [vocab, d_model] as nn.Linear, [d_model, vocab] as Conv1D
+    vocab_axis = spec.output_axis  # W_U writes one row per vocabulary entry
     control_rows = control.kept[spec.key].movedim(vocab_axis, 0)
     task_rows = task.kept[spec.key].movedim(vocab_axis, 0)
     kept_by_control = control_rows.sum(dim=1)

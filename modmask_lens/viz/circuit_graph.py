@@ -10,8 +10,9 @@ Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then 
 * ``unembed`` reads with ``W_U``.
 
 Edge measure (docs/viz.md#edge-measure). A *path* from writer matrix ``M_w`` to reader matrix ``M_r`` is one weight of
-``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (``ln1.w`` for heads,
-``ln2.w`` for MLPs, ``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
+``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (the adapter's
+:meth:`~modmask_lens.adapters.Adapter.reader_norm`: in pre-norm blocks ``ln1.w`` for heads, ``ln2.w`` for MLPs,
+``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
 is the fraction of these paths whose weights the mask all keeps, averaged over the node's (writer matrix, reader
 matrix) pairs::
 
@@ -39,7 +40,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from modmask_lens.adapters import TensorSpec
+from modmask_lens.adapters import Adapter, TensorSpec, installed_adapters
 from modmask_lens.masks.binary import BinaryMask
 
 NODE_ROLES = {
@@ -49,10 +50,6 @@ NODE_ROLES = {
     "unembed": ("W_U",),
 }
 """The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
-WRITER_ROLES = ("W_E", "W_pos", "W_O", "W_out")
-"""Matrices that write the residual stream."""
-READER_NORMS = {"head": "ln1.w", "mlp": "ln2.w", "unembed": "ln_final.w"}
-"""The norm gain in front of each reader kind (pre-norm blocks)."""
 
 
 @dataclass(frozen=True)
@@ -137,26 +134,13 @@ class _NodeSlice:
     kept: Bool[Tensor, "other d_model"]
 
 
-def residual_axis(spec: TensorSpec) -> int:
-    """The axis of ``spec``'s tensor that indexes residual-stream dimensions."""
-    if spec.layout == "embedding":
-        return 1
-    writes = spec.role in WRITER_ROLES
-    if spec.layout == "linear":  # [out, in]
-        return 0 if writes else 1
-    if spec.layout == "conv1d":  # [in, out]
-        return 1 if writes else 0
-    raise ValueError(f"{spec.key}: a {spec.layout} tensor has no residual axis; only matrices are graph edges")
-
-
 def _node_slice(spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None,
                 n_heads: int) -> Bool[Tensor, "other d_model"]:
     """The part of ``kept`` that belongs to one node, as [weights per residual dimension, d_model]."""
-    oriented = kept.movedim(residual_axis(spec), -1)
+    oriented = kept.movedim(spec.residual_axis, -1)
     if head is None or spec.unit not in ("head", "kv_head"):
         return oriented.reshape(-1, oriented.shape[-1])
-    units = oriented.shape[0] // spec.unit_width
-    unit = head // (n_heads // units)  # query head -> its key/value group under grouped-query attention
+    unit = spec.unit_read_by(head, n_heads)
     return oriented[unit * spec.unit_width:(unit + 1) * spec.unit_width]
 
 
@@ -179,15 +163,16 @@ def _profile(parts: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]
 
 
 def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> pd.DataFrame:
-    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs
-             if spec.role in READER_NORMS.values()}
+    # The adapter the mask was made with knows where the norms sit; a mask from no installed adapter reads pre-norm.
+    adapter = installed_adapters().get(mask.origin.adapter, Adapter)()
+    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs if spec.kind == "norm"}
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
-    write = torch.stack([_profile([p for p in slices if p.node == name and p.spec.role in WRITER_ROLES], d_model)
+    write = torch.stack([_profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model)
                          for name, _ in writers])
     read = torch.stack([
-        _profile([p for p in slices if p.node == name and p.spec.role not in WRITER_ROLES], d_model)
-        * gains.get((READER_NORMS[kind], layer), torch.ones(d_model))
+        _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
+        * gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
         for name, kind, layer, _ in readers
     ])
     weights = write @ read.T / d_model
