@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig, train_bimt
-from modmask_lens.modularity.connectome import ConnectomeFrames, connectome_svg, mlp_connectome
+from modmask_lens.modularity.connectome import mlp_connectome
 from modmask_lens.modularity.mlp import BimtMLP
 from modmask_lens.modularity.modules import connected_modules
-from modmask_lens.modularity.paper_tasks import independence_data, modular_addition_data
+from modmask_lens.viz.connectome import ConnectomeFrames, connectome_svg
+from modmask_lens.tasks.bimt_tasks import independence_data, modular_addition_data
 
 INDEPENDENCE_OUTPUTS = ("(x1+x3)^3", "x2^2+sin(pi*x4)")
 

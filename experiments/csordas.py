@@ -74,7 +74,7 @@ def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     evaluation = {name: _subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
     accuracy = mask_accuracy(model.bridge, binaries, evaluation)
     fig4a = accuracy[accuracy.condition != "inverse"].pivot_table(
-        index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+        index=["condition", "mask"], columns="subtask", values="accuracy").reset_index()
     removal = output_row_removal(binaries["jump"], binaries["simple"], model.tokenizer)
     action_rows = removal[removal["token"].str.startswith("I_")]
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
@@ -109,7 +109,7 @@ def _control_and_subtask_masks(bridge, control: SubtaskData, training: list[Subt
     return {
         "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
         "accuracy (full / mask / inverse mask)": accuracy.pivot_table(
-            index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index(),
+            index=["condition", "mask"], columns="subtask", values="accuracy").reset_index(),
         "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
     }
 
@@ -155,11 +155,11 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     masks = train_masks(model.bridge, [control, easy, *training], MaskConfig(), train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
     sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
-    matrix = sharing.pivot(index="task_a", columns="task_b", values="iou").reset_index()
+    matrix = sharing.pivot(index="mask_a", columns="mask_b", values="iou").reset_index()
     evaluation = {split: _subtask(split, data[split], model.tokenizer, eval_limit) for split in ("interpolate", "extrapolate")}
     accuracy = mask_accuracy(model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation)
     difficulty = accuracy[accuracy.condition != "inverse"].pivot_table(
-        index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+        index=["condition", "mask"], columns="subtask", values="accuracy").reset_index()
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
     return ExperimentResult("math modules", {"mask sizes": sizes, "IoU between the modules' masks": matrix,
                                              "control vs easy-only mask": difficulty},
@@ -256,10 +256,10 @@ def modular_training_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_l
         masks = train_masks(model.bridge, training, MaskConfig(), train_config, progress=False)
         binaries = {name: mask.binary() for name, mask in masks.items()}
         accuracy = mask_accuracy(model.bridge, binaries, evaluation)
-        full = accuracy[accuracy.condition == "full"].set_index("evaluated_on")["accuracy"]
+        full = accuracy[accuracy.condition == "full"].set_index("subtask")["accuracy"]
         inverse = accuracy[accuracy.condition == "inverse"]
-        drop = full.loc[inverse["evaluated_on"]].to_numpy() - inverse["accuracy"].to_numpy()
-        own = inverse["mask"].to_numpy() == inverse["evaluated_on"].to_numpy()
+        drop = full.loc[inverse["subtask"]].to_numpy() - inverse["accuracy"].to_numpy()
+        own = inverse["mask"].to_numpy() == inverse["subtask"].to_numpy()
         measured = clusterability(model.bridge, k=4)
         mean_clusterability = measured.groupby("method")["clusterability"].mean()
         rows.append({

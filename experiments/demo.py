@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from modmask_lens import zoo
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table

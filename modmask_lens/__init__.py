@@ -25,7 +25,8 @@ from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
 from modmask_lens.versions import warn_about_known_breaks
-from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, circuit_graph, write_report
+from modmask_lens.analysis import circuit_graph
+from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, write_report
 
 warn_about_known_breaks()
 

@@ -38,20 +38,20 @@ def test_pairwise_iou_and_iomin_equal_brute_force_set_counts(native_bridge):
     for row in table.sample(8, random_state=0).itertuples():
         same_layer = (lambda layer: layer is None) if pd.isna(row.layer) else (lambda layer: layer == row.layer)
         keys = [spec.key for spec in masks["a"].specs if spec.role == row.role and same_layer(spec.layer)]
-        set_a, set_b = brute_force_sets(masks[row.task_a], keys), brute_force_sets(masks[row.task_b], keys)
+        set_a, set_b = brute_force_sets(masks[row.mask_a], keys), brute_force_sets(masks[row.mask_b], keys)
         assert row.intersection == len(set_a & set_b) and row.union == len(set_a | set_b)
         assert row.iou == pytest.approx(len(set_a & set_b) / len(set_a | set_b))
         assert row.iomin == pytest.approx(len(set_a & set_b) / min(len(set_a), len(set_b)))
     pooled = pairwise_overlap(masks, by="all")
     keys = [spec.key for spec in masks["a"].specs]
     set_a, set_c = brute_force_sets(masks["a"], keys), brute_force_sets(masks["c"], keys)
-    row = pooled[(pooled.task_a == "a") & (pooled.task_b == "c")].iloc[0]
+    row = pooled[(pooled.mask_a == "a") & (pooled.mask_b == "c")].iloc[0]
     assert row.iou == pytest.approx(len(set_a & set_c) / len(set_a | set_c))
 
 
 def test_shared_fraction_equals_brute_force(native_bridge):
     masks = random_masks(native_bridge, ["a", "b", "c"], keep=0.3)
-    table = shared_fraction(masks, by="all").set_index("task")
+    table = shared_fraction(masks, by="all").set_index("mask")
     keys = [spec.key for spec in masks["a"].specs]
     sets = {name: brute_force_sets(mask, keys) for name, mask in masks.items()}
     for name in masks:
@@ -63,7 +63,7 @@ def test_identical_masks_have_iou_one_and_disjoint_masks_zero(native_bridge):
     mask = random_masks(native_bridge, ["a"])["a"]
     complement = mask.inverse(kinds=PARAMETER_KINDS)
     table = pairwise_overlap({"a": mask, "same": mask, "complement": complement}, by="all").set_index(
-        ["task_a", "task_b"])
+        ["mask_a", "mask_b"])
     assert table.loc[("a", "same"), "iou"] == 1.0 and table.loc[("a", "complement"), "iou"] == 0.0
 
 
@@ -171,7 +171,7 @@ def test_mask_accuracy_table_with_full_and_empty_masks(copy_model):
     assert len(table) == 2 * 3
     summary = paper_table(table)
     assert summary.loc["copy_first"].tolist() == [1.0, 1.0, 0.0]
-    assert table.set_index(["evaluated_on", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
+    assert table.set_index(["subtask", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
 
 
 def test_seed_stability_and_beta_sweep(copy_model):

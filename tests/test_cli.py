@@ -63,5 +63,5 @@ def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
                                  "--masks", str(tmp_path / "m" / "masks-odds.safetensors"), "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     overlap = pd.read_csv(tmp_path / "a" / "overlap.csv")
-    assert set(overlap.task_a) == {"evens"} and overlap.iou.between(0, 1).all()
+    assert set(overlap.mask_a) == {"evens"} and overlap.iou.between(0, 1).all()
     assert (tmp_path / "a" / "kept_fraction.csv").exists() and (tmp_path / "a" / "head_importance.csv").exists()

@@ -16,12 +16,12 @@ from modmask_lens.modularity import (
     BimtConfig,
     BimtMLP,
     connected_modules,
-    connectome_svg,
     mlp_connectome,
     transformer_block_connectome,
     unit_graph_of,
 )
-from modmask_lens.modularity.paper_tasks import independence_data, independence_targets, modular_addition_data
+from modmask_lens.viz import connectome_svg
+from modmask_lens.tasks.bimt_tasks import independence_data, independence_targets, modular_addition_data
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -20,7 +20,7 @@ from modmask_lens.loading import load_bridge, load_subtask
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer, read_activations
 from modmask_lens.core.pairs import load_pairs
-from modmask_lens.testing.tiny_models import word_level_tokenizer
+from modmask_lens.testing.tiny_models import placeholder_word_tokenizer
 
 N_CTX = 16  # boot_native's context
 
@@ -182,7 +182,7 @@ def model_folders(tmp_path_factory):
     """A tiny GPT-2 saved with a tokenizer, and the same without one."""
     with_tokenizer = tmp_path_factory.mktemp("with_tokenizer")
     boot_gpt2(with_tokenizer)
-    word_level_tokenizer(VOCAB).save_pretrained(with_tokenizer)
+    placeholder_word_tokenizer(VOCAB).save_pretrained(with_tokenizer)
     without_tokenizer = tmp_path_factory.mktemp("without_tokenizer")
     boot_gpt2(without_tokenizer)
     return with_tokenizer, without_tokenizer

@@ -14,8 +14,9 @@ import torch
 from test_viz_views import random_mask_set
 
 from modmask_lens.testing.copy_task import FIRST, SECOND, copy_subtask
-from modmask_lens.viz import CircuitView, HeadlessChromium, circuit_graph, write_report
-from modmask_lens.viz.browser import BrowserUnavailable, chromium_path
+from modmask_lens.analysis import circuit_graph
+from modmask_lens.viz import CircuitView, write_report
+from modmask_lens.viz.browser import BrowserUnavailable, HeadlessChromium, chromium_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

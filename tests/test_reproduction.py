@@ -36,8 +36,8 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
 def test_addmul_experiment_compares_the_operations():
     result = addmul_experiment(TINY, eval_limit=16)
     overlap = result.tables["IoU of the subtask masks per layer and role"]
-    assert set(overlap.task_a) == {"add"} and set(overlap.task_b) == {"mul"}
-    assert set(result.tables["mask sizes"].task) == {"control", "add", "mul"}
+    assert set(overlap.mask_a) == {"add"} and set(overlap.mask_b) == {"mul"}
+    assert set(result.tables["mask sizes"]["mask"]) == {"control", "add", "mul"}
 
 
 def test_scan_probe_experiment_reports_routing_and_errors():
@@ -49,16 +49,16 @@ def test_scan_probe_experiment_reports_routing_and_errors():
 
 def test_double_add_experiment_scores_each_pair_on_its_own_slot():
     result = double_add_experiment(TINY, eval_limit=16)
-    assert set(result.tables["mask sizes"].task) == {"control", "pair1", "pair2"}
+    assert set(result.tables["mask sizes"]["mask"]) == {"control", "pair1", "pair2"}
     accuracy = result.tables["accuracy (full / mask / inverse mask)"]
     assert (accuracy[accuracy.condition == "full"][["pair1", "pair2"]] > 0.9).all(axis=None)
-    assert set(result.tables["IoU of the subtask masks per layer and role"].task_a) == {"pair1"}
+    assert set(result.tables["IoU of the subtask masks per layer and role"].mask_a) == {"pair1"}
 
 
 def test_math_experiment_has_a_sharing_matrix_and_the_difficulty_test():
     result = math_experiment(TINY, eval_limit=16)
     modules = result.settings["modules"]
-    assert len(modules) >= 3 and set(result.tables["IoU between the modules' masks"].task_a) <= set(modules)
+    assert len(modules) >= 3 and set(result.tables["IoU between the modules' masks"].mask_a) <= set(modules)
     difficulty = result.tables["control vs easy-only mask"]
     assert {"interpolate", "extrapolate"} <= set(difficulty.columns)
     assert set(difficulty[difficulty.condition == "mask"]["mask"]) == {"control", "easy_only"}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modmask_lens import MaskSet
-from modmask_lens.analysis import pairwise_overlap
+from modmask_lens.analysis import circuit_graph, pairwise_overlap
 from modmask_lens.viz import (
     AttentionView,
     CircuitView,
@@ -18,7 +18,6 @@ from modmask_lens.viz import (
     TableView,
     accuracy_table,
     attention_patterns,
-    circuit_graph,
     iou_heatmap,
     kept_fraction_plot,
     logit_histogram,
@@ -106,12 +105,12 @@ def test_overlap_view_tables_iou_by_layer_and_role(two_masks):
     assert "IoU by layer and role" in view.body()
 
 
-def test_kept_fraction_plot_draws_one_bar_per_task_and_tensor(two_masks):
+def test_kept_fraction_plot_draws_one_bar_per_mask_and_tensor(two_masks):
     kept = pd.concat([mask.binary().kept_fraction(by="layer_role") for mask in two_masks.values()])
     svg = kept_fraction_plot(kept).svg()
     assert svg.count('class="mm-bar"') == len(kept)
     row = kept.iloc[3]
-    assert f"{row.task} · L{row.layer} {row.role}: {row.kept_fraction:.3f}" in svg
+    assert f"{row['mask']} · L{row.layer} {row.role}: {row.kept_fraction:.3f}" in svg
 
 
 def test_iou_heatmap_has_a_cell_per_pair_and_component(two_masks):
@@ -131,9 +130,9 @@ def test_logit_histogram_has_one_curve_per_mask_counting_every_logit(two_masks):
 
 def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
     accuracy = pd.DataFrame([
-        {"evaluated_on": "a", "mask": "", "condition": "full", "accuracy": 1.0},
-        {"evaluated_on": "a", "mask": "a", "condition": "mask", "accuracy": 0.75},
-        {"evaluated_on": "a", "mask": "a", "condition": "inverse", "accuracy": 0.125},
+        {"subtask": "a", "mask": pd.NA, "condition": "full", "accuracy": 1.0},
+        {"subtask": "a", "mask": "a", "condition": "mask", "accuracy": 0.75},
+        {"subtask": "a", "mask": "a", "condition": "inverse", "accuracy": 0.125},
     ])
     table = accuracy_table(accuracy)
     assert table.frame.to_dict("records") == [{"subtask": "a", "full": 1.0, "mask": 0.75, "inverse": 0.125}]

@@ -41,11 +41,11 @@ class Recipe:
     architecture: Architecture
     steps: int
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    lr: float = 2e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
-    gradient_clip: float = 1.0
+    grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 500  # steps between progress evaluations (logged only; they never change training)
     checkpoint_every: int = 250
@@ -73,7 +73,7 @@ RECIPES: dict[str, Recipe] = {
         architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
         steps=6000,
         batch_size=256,
-        learning_rate=1e-3,
+        lr=1e-3,
         weight_decay=0.1,  # stronger than the default: held-out table entries need a generalising solution
     ),
     "modadd": Recipe(
@@ -82,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
         architecture=Architecture(family="llama", n_layers=2, d_model=128, n_heads=4, n_key_value_heads=2),
         steps=2000,
         batch_size=256,
-        learning_rate=1e-3,
+        lr=1e-3,
         weight_decay=0.1,
     ),
     "double-add": Recipe(

@@ -70,7 +70,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     test_split = data[task.test_split]
     progress_split = test_split.shuffle(seed=recipe_.seed).select(range(min(PROGRESS_SAMPLE, test_split.num_rows)))
     progress_examples = encode_pairs(tokenizer, list(progress_split["question"]), list(progress_split["answer"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.learning_rate, betas=recipe_.betas,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.lr, betas=recipe_.betas,
                                   weight_decay=recipe_.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, recipe_))
     sequence_lengths = (train_examples.input_ids != train_examples.pad_token_id).sum(dim=1)
@@ -100,7 +100,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         penalty = regulariser.penalty(step) if regulariser is not None else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe_.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe_.grad_clip)
         optimizer.step()
         scheduler.step()
         moved_since_log += regulariser.after_step(step, optimizer) if regulariser is not None else 0

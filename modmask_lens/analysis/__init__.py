@@ -4,6 +4,7 @@ A mask set is a dict of subtask name -> :class:`~modmask_lens.BinaryMask`; the c
 trained on the model's full training data (``SubtaskData.concatenate("control", subtasks)``).
 """
 
+from modmask_lens.analysis.circuit_graph import CircuitGraph, circuit_graph, node_names, shared_mask
 from modmask_lens.analysis.accuracy import IO_ROLES, exact_match, inverse_mask, mask_accuracy, paper_table
 from modmask_lens.analysis.importance import unit_importance
 from modmask_lens.analysis.output_rows import output_row_removal
@@ -12,6 +13,10 @@ from modmask_lens.analysis.stability import beta_sweep, seed_stability
 
 __all__ = [
     "IO_ROLES",
+    "CircuitGraph",
+    "circuit_graph",
+    "node_names",
+    "shared_mask",
     "beta_sweep",
     "exact_match",
     "inverse_mask",

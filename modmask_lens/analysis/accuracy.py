@@ -66,23 +66,24 @@ def mask_accuracy(
             ``fullmask`` variant).
 
     Returns:
-        Columns ``evaluated_on``, ``mask``, ``condition`` (``full``, ``mask``, ``inverse``), ``accuracy``. The paper's
+        Columns ``subtask`` (the data evaluated), ``mask`` (NA for the full model), ``condition`` (``full``,
+        ``mask``, ``inverse``), ``accuracy``. The paper's
         table (Full | task | not-task per task) is ``paper_table(frame)``.
     """
     for mask in masks.values():
         mask.check_model(bridge)
     rows = []
-    for task, examples in data.items():
-        rows.append({"evaluated_on": task, "mask": "", "condition": "full",
+    for subtask, examples in data.items():
+        rows.append({"subtask": subtask, "mask": pd.NA, "condition": "full",
                      "accuracy": exact_match(bridge, examples, None, batch_size)})
         for name, mask in masks.items():
             for condition, applied in (("mask", mask), ("inverse", inverse_mask(mask, control))):
-                rows.append({"evaluated_on": task, "mask": name, "condition": condition,
+                rows.append({"subtask": subtask, "mask": name, "condition": condition,
                              "accuracy": exact_match(bridge, examples, applied, batch_size)})
     return pd.DataFrame(rows)
 
 
 def paper_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     """One row per subtask: ``full``, ``mask`` (its own mask) and ``inverse`` (its own mask removed) accuracy."""
-    own = accuracy[(accuracy["mask"] == accuracy["evaluated_on"]) | (accuracy["condition"] == "full")]
-    return own.pivot(index="evaluated_on", columns="condition", values="accuracy")[["full", "mask", "inverse"]]
+    own = accuracy[accuracy["mask"].eq(accuracy["subtask"]) | (accuracy["condition"] == "full")]
+    return own.pivot(index="subtask", columns="condition", values="accuracy")[["full", "mask", "inverse"]]

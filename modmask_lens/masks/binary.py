@@ -115,7 +115,7 @@ class BinaryMask:
                 key/value group) or ``neuron`` (one row per MLP neuron of each MLP tensor).
 
         Returns:
-            Columns ``task``, the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
+            Columns ``mask`` (its name), the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
         """
         if by not in GROUPINGS:
             raise ValueError(f"by={by!r}: choose one of {GROUPINGS}")
@@ -134,7 +134,7 @@ class BinaryMask:
                 frame = frame.groupby(GROUP_COLUMNS[by], dropna=False, sort=False)[["kept", "total"]].sum().reset_index()
         if frame.empty:
             return frame
-        frame.insert(0, "task", self.name)
+        frame.insert(0, "mask", self.name)
         if "layer" in frame:
             frame["layer"] = frame["layer"].astype("Int64")
         frame["kept_fraction"] = frame["kept"] / frame["total"]

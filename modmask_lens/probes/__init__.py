@@ -1,6 +1,6 @@
 """Gated-module probes: a gate and expert readouts at hook points of a frozen model (Krishnamurthy & Watkins 2021)."""
 
-from modmask_lens.probes.analysis import (ProbeEvaluation, accuracy_by_subtask, error_attribution, evaluate_probe,
+from modmask_lens.probes.analysis import (ProbeEvaluation, probe_accuracy, error_attribution, evaluate_probe,
                                           expert_accuracy, expert_ablation, routing_information, routing_table,
                                           transfer_test)
 from modmask_lens.probes.component_gate import (ComponentGate, ComponentGateConfig, compare_with_masks, component_usage,
@@ -19,7 +19,7 @@ __all__ = [
     "ProbeEvaluation",
     "ProbeOutput",
     "ProbeTrainer",
-    "accuracy_by_subtask",
+    "probe_accuracy",
     "compare_with_masks",
     "component_usage",
     "error_attribution",

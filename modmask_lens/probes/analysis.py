@@ -131,7 +131,7 @@ def error_attribution(evaluation: ProbeEvaluation) -> pd.DataFrame:
     }])
 
 
-def accuracy_by_subtask(evaluation: ProbeEvaluation) -> pd.DataFrame:
+def probe_accuracy(evaluation: ProbeEvaluation) -> pd.DataFrame:
     """Accuracy per subtask: columns ``subtask``, ``examples``, ``accuracy``."""
     return pd.DataFrame([{"subtask": name, "examples": int((evaluation.subtasks == index).sum()),
                           "accuracy": float(evaluation.correct[evaluation.subtasks == index].float().mean())}
@@ -147,7 +147,7 @@ def expert_ablation(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str]
     frames = []
     for removed in [None, *range(probe.config.n_experts)]:
         evaluation = evaluate_probe(probe, bridge, hook_names, data, () if removed is None else (removed,))
-        frames.append(accuracy_by_subtask(evaluation).assign(removed_expert=-1 if removed is None else removed))
+        frames.append(probe_accuracy(evaluation).assign(removed_expert=-1 if removed is None else removed))
     return pd.concat(frames, ignore_index=True)[["removed_expert", "subtask", "examples", "accuracy"]]
 
 

@@ -120,12 +120,12 @@ def compare_with_masks(usage: pd.DataFrame, head_importance: pd.DataFrame) -> pd
     Args:
         usage: :func:`component_usage`.
         head_importance: :func:`modmask_lens.analysis.unit_importance` of each subtask's mask, concatenated
-            (its ``task`` column names the subtask).
+            (a subtask's mask carries the subtask's name in its ``mask`` column).
     """
     heads = usage[usage.component == "head"][["subtask", "layer", "head", "mean_gate"]]
-    masks = head_importance.rename(columns={"task": "subtask"})[["subtask", "layer", "head", "kept_fraction"]]
-    masks = masks.astype({"layer": int, "head": int})
-    table = heads.merge(masks, on=["subtask", "layer", "head"], how="inner")
+    masks = head_importance[["mask", "layer", "head", "kept_fraction"]].astype({"layer": int, "head": int})
+    table = heads.merge(masks, left_on=["subtask", "layer", "head"], right_on=["mask", "layer", "head"],
+                        how="inner").drop(columns="mask")
     correlation = table.groupby("subtask")[["mean_gate", "kept_fraction"]].apply(
         lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank()))
     return table.assign(spearman=table["subtask"].map(correlation))

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 
 OPERAND_LIMIT = 100  # two-digit operands 0..99 (Csordás et al. 2021)
 RESULT_MODULUS = 100  # results are kept mod 100: two output digits (Csordás et al. 2021)
-MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (issue 3)
+MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (BIMT's modulus, Liu, Gan & Tegmark 2023)
 TABLE_TEST_FRACTION = 0.2  # share of a finite table held out for test; our choice, the papers test in-distribution
 DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 questions is plenty for a small model
 DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
@@ -58,6 +58,13 @@ def add_mul_task(seed: int = 0, test_fraction: float = TABLE_TEST_FRACTION) -> D
     return _split_table(table, test_fraction, seed)
 
 
+def modular_sum_table(modulus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``(a, b)`` of ``0 .. modulus - 1`` (``a`` varying fastest) and ``(a + b) % modulus``: the table of
+    the modular-addition task, as text here and as tokens for BIMT (:mod:`modmask_lens.tasks.bimt_tasks`)."""
+    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(modulus), np.arange(modulus)))
+    return left, right, (left + right) % modulus
+
+
 def modular_addition_task(
     seed: int = 0, prime: int = MODULAR_ADDITION_PRIME, test_fraction: float = TABLE_TEST_FRACTION
 ) -> DatasetDict:
@@ -68,10 +75,10 @@ def modular_addition_task(
     """
     if not 2 <= prime <= OPERAND_LIMIT:
         raise ValueError(f"prime must be in 2..{OPERAND_LIMIT} to keep two-digit operands; got {prime}")
-    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(prime), np.arange(prime)))
+    left, right, sums = modular_sum_table(prime)
     table = {
         "question": [f"{a}+{b}" for a, b in zip(_two_digits(left), _two_digits(right))],
-        "answer": _two_digits((left + right) % prime),
+        "answer": _two_digits(sums),
     }
     return _split_table(table, test_fraction, seed)
 

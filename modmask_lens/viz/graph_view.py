@@ -2,7 +2,7 @@
 JavaScript for tooltips and for showing a clicked head's attention pattern (no library, nothing fetched).
 
 Stages run left to right: embedding, then per layer its heads (stacked) and its MLP, then the unembedding. Edges are
-the residual-stream measure of :mod:`modmask_lens.viz.circuit_graph`.
+the residual-stream measure of :mod:`modmask_lens.analysis.circuit_graph`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pandas as pd
 from modmask_lens.analysis import pairwise_overlap
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.viz.attention_patterns import FULL, AttentionPatterns, inverse_label
-from modmask_lens.viz.circuit_graph import CircuitGraph, circuit_graph, shared_mask
-from modmask_lens.viz.colors import SHARED_COLOR, sequential, subtask_color, text_on
+from modmask_lens.analysis.circuit_graph import CircuitGraph, circuit_graph, shared_mask
+from modmask_lens.viz.colors import RAMP_HIGH, RAMP_LOW, SHARED_COLOR, sequential, subtask_color, text_on
 from modmask_lens.viz.html import TableView, escape, new_view_id, script_json
 from modmask_lens.viz.plots import component_label
 from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
@@ -49,7 +49,7 @@ _GRAPH_SCRIPT = """
   if (!patterns) return;
   const panel = root.querySelector('.mm-head-pattern');
   function shade(value) {
-    const low = [255, 255, 255], high = [8, 69, 148];
+    const low = %(ramp_low)s, high = %(ramp_high)s;
     return 'rgb(' + low.map(function (l, i) { return Math.round(l + (high[i] - l) * value); }).join(',') + ')';
   }
   function heatmap(matrix, tokens) {
@@ -185,7 +185,8 @@ def _interactive(svg: str, title: str, caption: str, patterns: dict | None, sele
     root = new_view_id("graph")
     panel = '<div class="mm-head-pattern"></div>' if patterns else ""
     script = _GRAPH_SCRIPT % {"root": script_json(root), "patterns": script_json(patterns),
-                              "selected": script_json(selected)}
+                              "selected": script_json(selected), "ramp_low": script_json(RAMP_LOW),
+                              "ramp_high": script_json(RAMP_HIGH)}
     return (f'<div class="mm-view mm-graph-view" id="{root}"><h3>{escape(title)}</h3>'
             f'<p class="mm-caption">{escape(caption)}</p><div class="mm-row"><div class="mm-graph">{svg}</div>'
             f'{panel}{aside}</div><div class="mm-tooltip"></div><script>{script}</script></div>')
@@ -199,11 +200,11 @@ class CircuitView(SvgView):
     """Circuit graph of one mask.
 
     Nodes are filled by kept fraction (white 0 to dark blue 1; dashed when not masked); edges are the residual
-    stream measure of :mod:`~modmask_lens.viz.circuit_graph` (width and opacity relative to the strongest edge).
+    stream measure of :mod:`~modmask_lens.analysis.circuit_graph` (width and opacity relative to the strongest edge).
     Hovering shows a node's numbers; clicking a head shows its attention pattern on the prompt of ``patterns``.
 
     Args:
-        graph: :func:`~modmask_lens.viz.circuit_graph` of the mask.
+        graph: :func:`~modmask_lens.analysis.circuit_graph` of the mask.
         patterns: attention patterns including the full model and this mask (and, if computed, its inverse).
         max_edges: draw only the strongest edges.
 
@@ -255,7 +256,7 @@ class OverlapView(SvgView):
     more (marked ``shared``). Edges: each mask's strongest edges in its colour.
 
     Args:
-        graphs: subtask name -> its :func:`~modmask_lens.viz.circuit_graph`.
+        graphs: subtask name -> its :func:`~modmask_lens.analysis.circuit_graph`.
         shared: circuit graph of :func:`~modmask_lens.viz.shared_mask` (weights kept by at least two masks).
         union: circuit graph of the union of all masks (weights kept by any).
         overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
@@ -334,7 +335,7 @@ class OverlapView(SvgView):
     def iou_table(self) -> TableView:
         """IoU per layer and role (rows) for every pair of masks (columns)."""
         frame = self.overlap.assign(
-            pair=self.overlap["task_a"] + " ∩ " + self.overlap["task_b"],
+            pair=self.overlap["mask_a"] + " ∩ " + self.overlap["mask_b"],
             component=[component_label(layer, role) for layer, role in zip(self.overlap["layer"],
                                                                            self.overlap["role"])])
         table = frame.pivot_table(index="component", columns="pair", values="iou", sort=False, dropna=False)

@@ -175,13 +175,13 @@ class Histogram(SvgView):
 
 
 def kept_fraction_plot(kept: pd.DataFrame) -> BarChart:
-    """Bars of kept fraction per layer and role, one colour per task.
+    """Bars of kept fraction per layer and role, one colour per mask.
 
     Args:
         kept: ``BinaryMask.kept_fraction(by="layer_role")`` of one or more masks, concatenated.
     """
     kept = kept.assign(component=[component_label(layer, role) for layer, role in zip(kept["layer"], kept["role"])])
-    values = kept.pivot_table(index="component", columns="task", values="kept_fraction", sort=False)
+    values = kept.pivot_table(index="component", columns="mask", values="kept_fraction", sort=False)
     return BarChart(values, "Kept fraction per layer and role", "kept fraction",
                     "Fraction of each tensor's weights that the mask keeps (logit > 0).")
 
@@ -193,7 +193,7 @@ def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
         overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
     """
     overlap = overlap.assign(
-        pair=overlap["task_a"] + " ∩ " + overlap["task_b"],
+        pair=overlap["mask_a"] + " ∩ " + overlap["mask_b"],
         component=[component_label(layer, role) for layer, role in zip(overlap["layer"], overlap["role"])],
     )
     values = overlap.pivot_table(index="pair", columns="component", values="iou", sort=False, dropna=False)
@@ -230,7 +230,7 @@ def accuracy_table(accuracy: pd.DataFrame) -> TableView:
     Args:
         accuracy: ``analysis.mask_accuracy(bridge, masks, data)``.
     """
-    table = paper_table(accuracy).reset_index().rename(columns={"evaluated_on": "subtask"})
+    table = paper_table(accuracy).reset_index()
     table.columns.name = None
     return TableView(table, "Accuracy: full model, mask, inverse mask",
                      "Exact-match accuracy on each subtask of the full model, of the subtask's own mask, and of its "

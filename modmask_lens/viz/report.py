@@ -28,7 +28,7 @@ from modmask_lens.probes.analysis import (
 )
 from modmask_lens.viz.attention_patterns import FULL, attention_patterns, inverse_label
 from modmask_lens.viz.attention_view import AttentionView
-from modmask_lens.viz.circuit_graph import circuit_graph
+from modmask_lens.analysis.circuit_graph import circuit_graph
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import Section, TableView, View, escape, write_page
 from modmask_lens.viz.plots import (

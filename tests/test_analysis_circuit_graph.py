@@ -10,7 +10,7 @@ import torch
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.viz import circuit_graph, shared_mask
+from modmask_lens.analysis import circuit_graph, shared_mask
 
 N_LAYERS, N_HEADS, D_HEAD, D_MODEL, D_MLP, VOCAB = 2, 2, 2, 4, 3, 5
 
