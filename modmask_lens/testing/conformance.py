@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,33 +41,29 @@ class CheckResult:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name}" + (f": {self.detail}" if self.detail else "")
 
 
-def run_conformance(bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None) -> list[CheckResult]:
-    """Run every check on ``bridge`` with its adapter; ``tokens`` defaults to seeded random ids.
+def applicable_checks(bridge: Bridge) -> list[str]:
+    """The names of :data:`CHECKS` that apply to ``bridge`` (``hf_export_reloads`` only for bridges booted from
+    Hugging Face models)."""
+    exports = hasattr(bridge.original_model, "save_pretrained")
+    return [name for name in CHECKS if name != "hf_export_reloads" or exports]
+
+
+def run_conformance(bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None,
+                    checks: Sequence[str] | None = None) -> list[CheckResult]:
+    """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
+    defaults to seeded random ids. A check that raises is reported as failed, with the others.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads`` (the last only for
-    bridges booted from Hugging Face models).
+    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``.
     """
     if tokens is None:
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
-    checks: list[tuple[str, Callable[[], str | None]]] = [
-        ("all_ones_bit_identical", lambda: _all_ones(bridge, tokens)),
-        ("all_zeros_changes_logits", lambda: _all_zeros(bridge, tokens)),
-        ("every_target_matters", lambda: _every_target_matters(bridge, tokens)),
-        ("head_off_equals_zeroed_hook_z", lambda: _unit_off(bridge, tokens, "head")),
-        ("neuron_off_equals_zeroed_hook_post", lambda: _unit_off(bridge, tokens, "neuron")),
-        ("unit_slices_equal_tl_views", lambda: _tl_views(bridge)),
-        ("gradients_reach_only_mask_logits", lambda: _gradients(bridge, tokens)),
-        ("compat_mode_bit_exact", lambda: _compat_mode(bridge, tokens)),
-    ]
-    if hasattr(bridge.original_model, "save_pretrained"):
-        checks.append(("hf_export_reloads", lambda: _hf_export(bridge, tokens)))
     results = []
-    for name, check in checks:
+    for name in applicable_checks(bridge) if checks is None else checks:
         try:
-            failure = check()
+            failure = CHECKS[name](bridge, tokens)
         except Exception as error:  # a crash is a failed check, reported with the others
             failure = f"raised {type(error).__name__}: {error}"
         results.append(CheckResult(name, failure is None, failure or ""))
@@ -239,3 +235,17 @@ def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
         reloaded = type(bridge.original_model).from_pretrained(directory)
         actual = reloaded(tokens).logits
     return _compare(actual, expected, "exported model")
+
+
+CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {
+    "all_ones_bit_identical": _all_ones,
+    "all_zeros_changes_logits": _all_zeros,
+    "every_target_matters": _every_target_matters,
+    "head_off_equals_zeroed_hook_z": lambda bridge, tokens: _unit_off(bridge, tokens, "head"),
+    "neuron_off_equals_zeroed_hook_post": lambda bridge, tokens: _unit_off(bridge, tokens, "neuron"),
+    "unit_slices_equal_tl_views": lambda bridge, tokens: _tl_views(bridge),
+    "gradients_reach_only_mask_logits": _gradients,
+    "compat_mode_bit_exact": _compat_mode,
+    "hf_export_reloads": _hf_export,
+}
+"""Every check of the kit by name: each takes the bridge and token ids and returns ``None`` or what went wrong."""

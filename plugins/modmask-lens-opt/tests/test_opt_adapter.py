@@ -6,11 +6,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from modmask_lens.adapters import adapter_for, installed_adapters
-from modmask_lens.testing import run_conformance
+from modmask_lens.testing import CHECKS, applicable_checks, run_conformance
 from modmask_lens.testing.tiny_models import boot_tiny
 from modmask_lens_opt import OptAdapter
 
@@ -28,7 +29,13 @@ def test_the_entry_point_registers_the_adapter(tmp_path):
     assert isinstance(adapter_for(tiny_opt(tmp_path)), OptAdapter)
 
 
-def test_opt_passes_the_conformance_kit(tmp_path):
-    results = run_conformance(tiny_opt(tmp_path))
-    assert len(results) == 9
-    assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
+@pytest.fixture(scope="module")
+def opt_bridge(tmp_path_factory):
+    return tiny_opt(tmp_path_factory.mktemp("opt"))
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_opt_passes_the_conformance_check(check, opt_bridge):
+    assert check in applicable_checks(opt_bridge)
+    [result] = run_conformance(opt_bridge, checks=[check])
+    assert result.passed, str(result)
