@@ -17,7 +17,7 @@ from experiments.zoo.recipes import RECIPES
 
 torch.set_num_threads(1)
 SAMPLE_SIZE = 400  # test examples re-measured per model: enough to catch a broken model, fast on one core
-ZOO_SIZE_LIMIT_BYTES = 25 * 2**20  # issue 3: together the models stay under 25 MB
+ZOO_SIZE_LIMIT_BYTES = 25 * 2**20  # the shipped models stay under 25 MB together
 
 
 def test_every_shipped_model_has_a_training_recipe():

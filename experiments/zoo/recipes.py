@@ -28,7 +28,7 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a zoo model is trained. Optimiser defaults follow the offline-models spec's CPU runs: AdamW with
+    """How a zoo model is trained. Optimiser defaults (chosen for short CPU runs): AdamW with
     betas (0.9, 0.98), weight decay 0.01, 200 warm-up steps then cosine decay, gradient clipping at 1, no dropout.
 
     ``bimt`` / ``clusterability`` make a modular-training variant (at most one): the task loss plus BIMT's
@@ -88,7 +88,7 @@ RECIPES: dict[str, Recipe] = {
     "double-add": Recipe(
         name="double-add",
         task="double_add",
-        # The spec's defaults (lr 2e-3, batch 128). Learns within a few hundred steps only because 10% of the
+        # The default settings (lr 2e-3, batch 128). Learns within a few hundred steps only because 10% of the
         # train operands are 00 (arithmetic.DOUBLE_ADD_ZERO_OPERAND_PROBABILITY explains why).
         architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
         steps=4000,

@@ -14,6 +14,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
+from modmask_lens.core.random import seeded
 
 DIGITS, FIRST, SECOND, EOS = 10, 10, 11, 12
 
@@ -32,9 +33,9 @@ def copy_subtask(name: str, marker: int, copied_position: int) -> SubtaskData:
 
 def build_model(directory: Path, steps: int = 400, seed: int = 0) -> TransformerBridge:
     """Train a 2-layer GPT-2 on both copy subtasks, save it in Hugging Face format, and boot it as a bridge."""
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=EOS + 1, n_positions=8,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    with seeded(seed):
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=EOS + 1, n_positions=8,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     subtasks = [copy_subtask("copy_first", FIRST, 0), copy_subtask("copy_second", SECOND, 1)]
     input_ids = torch.cat([subtask.input_ids for subtask in subtasks])
     labels = torch.cat([subtask.labels for subtask in subtasks])
