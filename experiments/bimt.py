@@ -23,14 +23,15 @@ from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig,
 from modmask_lens.modularity.connectome import mlp_connectome
 from modmask_lens.modularity.mlp import BimtMLP
 from modmask_lens.modularity.modules import connected_modules
-from modmask_lens.viz.connectome import ConnectomeFrames, connectome_svg
 from modmask_lens.tasks.bimt_tasks import independence_data, modular_addition_data
+from modmask_lens.viz.connectome import ConnectomeFrames, connectome_svg
 
 INDEPENDENCE_OUTPUTS = ("(x1+x3)^3", "x2^2+sin(pi*x4)")
 
 
-def reproduce_independence(config: BimtConfig = SYMBOLIC, seed: int = 0, relative_threshold: float = 0.05,
-                           frames: str | Path | None = None) -> tuple[BimtMLP, dict, pd.DataFrame]:
+def reproduce_independence(
+    config: BimtConfig = SYMBOLIC, seed: int = 0, relative_threshold: float = 0.05, frames: str | Path | None = None
+) -> tuple[BimtMLP, dict, pd.DataFrame]:
     """Train BIMT's [4, 20, 20, 2] SiLU MLP on the independence task with the paper's symbolic settings.
 
     Returns:
@@ -41,8 +42,12 @@ def reproduce_independence(config: BimtConfig = SYMBOLIC, seed: int = 0, relativ
     """
     data = independence_data(seed=seed)
     mlp = BimtMLP((4, 20, 20, 2), seed=seed)
-    history = train_bimt(mlp, lambda: nn.functional.mse_loss(mlp(data.train_inputs), data.train_targets), config,
-                         callback=ConnectomeFrames(mlp.unit_graph(), frames) if frames else None)
+    history = train_bimt(
+        mlp,
+        lambda: nn.functional.mse_loss(mlp(data.train_inputs), data.train_targets),
+        config,
+        callback=ConnectomeFrames(mlp.unit_graph(), frames) if frames else None,
+    )
     with torch.no_grad():
         test_mse = float(nn.functional.mse_loss(mlp(data.test_inputs), data.test_targets))
         train_mse = float(nn.functional.mse_loss(mlp(data.train_inputs), data.train_targets))
@@ -50,21 +55,36 @@ def reproduce_independence(config: BimtConfig = SYMBOLIC, seed: int = 0, relativ
     modules = []
     for _, members in units.groupby("module"):
         slots = members.groupby("axis")["unit"].apply(list).to_dict()
-        modules.append({
-            "inputs": sorted(f"x{int(mlp.input_order[slot]) + 1}" for slot in slots.get("input", [])),
-            "outputs": sorted(INDEPENDENCE_OUTPUTS[int(mlp.output_order[slot])] for slot in slots.get("output", [])),
-            "hidden_units": sum(len(value) for axis, value in slots.items() if axis.startswith("hidden")),
-            "slots": {axis: sorted(value) for axis, value in slots.items()},
-        })
-    result = {"task": "independence", "seed": seed, "steps": config.steps, "test_mse": test_mse,
-              "train_mse": train_mse, "relative_threshold": relative_threshold, "modules": modules,
-              "modules_with_an_output": sum(bool(module["outputs"]) for module in modules)}
+        modules.append(
+            {
+                "inputs": sorted(f"x{int(mlp.input_order[slot]) + 1}" for slot in slots.get("input", [])),
+                "outputs": sorted(
+                    INDEPENDENCE_OUTPUTS[int(mlp.output_order[slot])] for slot in slots.get("output", [])
+                ),
+                "hidden_units": sum(len(value) for axis, value in slots.items() if axis.startswith("hidden")),
+                "slots": {axis: sorted(value) for axis, value in slots.items()},
+            }
+        )
+    result = {
+        "task": "independence",
+        "seed": seed,
+        "steps": config.steps,
+        "test_mse": test_mse,
+        "train_mse": train_mse,
+        "relative_threshold": relative_threshold,
+        "modules": modules,
+        "modules_with_an_output": sum(bool(module["outputs"]) for module in modules),
+    }
     return mlp, result, history
 
 
-def reproduce_modular_addition(config: BimtConfig = MODULAR_ADDITION, modulus: int = 59, seed: int = 0,
-                               relative_norm: float = 0.1,
-                               frames: str | Path | None = None) -> tuple[BimtMLP, dict, pd.DataFrame]:
+def reproduce_modular_addition(
+    config: BimtConfig = MODULAR_ADDITION,
+    modulus: int = 59,
+    seed: int = 0,
+    relative_norm: float = 0.1,
+    frames: str | Path | None = None,
+) -> tuple[BimtMLP, dict, pd.DataFrame]:
     """Train BIMT's modular-addition network (59 x 32 embedding, two tokens, [64, 50, 50, 59] SiLU MLP) on 80% of
     the pairs.
 
@@ -75,16 +95,23 @@ def reproduce_modular_addition(config: BimtConfig = MODULAR_ADDITION, modulus: i
     """
     data = modular_addition_data(modulus, seed=seed)
     mlp = BimtMLP((32, 50, 50, modulus), vocab_size=modulus, n_tokens=2, seed=seed)
-    history = train_bimt(mlp, lambda: nn.functional.cross_entropy(mlp(data.train_tokens), data.train_labels),
-                         config, callback=ConnectomeFrames(mlp.unit_graph(), frames) if frames else None)
+    history = train_bimt(
+        mlp,
+        lambda: nn.functional.cross_entropy(mlp(data.train_tokens), data.train_labels),
+        config,
+        callback=ConnectomeFrames(mlp.unit_graph(), frames) if frames else None,
+    )
     all_tokens = torch.cat([data.train_tokens, data.test_tokens])
     all_labels = torch.cat([data.train_labels, data.test_labels])
     with torch.no_grad():
+
         def accuracy(tokens: torch.Tensor, labels: torch.Tensor) -> float:
             return float((mlp(tokens).argmax(1) == labels).float().mean())
 
-        train_accuracy, test_accuracy = accuracy(data.train_tokens, data.train_labels), accuracy(data.test_tokens,
-                                                                                                 data.test_labels)
+        train_accuracy, test_accuracy = (
+            accuracy(data.train_tokens, data.train_labels),
+            accuracy(data.test_tokens, data.test_labels),
+        )
         column_norms = mlp.embedding.weight.norm(dim=0)
         used = torch.nonzero(column_norms >= relative_norm * column_norms.max()).flatten().tolist()
         original = mlp.embedding.weight.clone()
@@ -92,11 +119,19 @@ def reproduce_modular_addition(config: BimtConfig = MODULAR_ADDITION, modulus: i
         mlp.embedding.weight[:, unused] = 0.0
         knockout_accuracy = accuracy(all_tokens, all_labels)
         mlp.embedding.weight.copy_(original)
-    result = {"task": "modular_addition", "modulus": modulus, "seed": seed, "steps": config.steps,
-              "train_accuracy": train_accuracy, "test_accuracy": test_accuracy,
-              "used_embedding_slots": used, "used_embedding_groups": _adjacent_runs(used),
-              "relative_norm": relative_norm, "accuracy_with_only_used_dims": knockout_accuracy,
-              "embedding_column_norms": [round(float(norm), 4) for norm in column_norms]}
+    result = {
+        "task": "modular_addition",
+        "modulus": modulus,
+        "seed": seed,
+        "steps": config.steps,
+        "train_accuracy": train_accuracy,
+        "test_accuracy": test_accuracy,
+        "used_embedding_slots": used,
+        "used_embedding_groups": _adjacent_runs(used),
+        "relative_norm": relative_norm,
+        "accuracy_with_only_used_dims": knockout_accuracy,
+        "embedding_column_norms": [round(float(norm), 4) for norm in column_norms],
+    }
     return mlp, result, history
 
 
@@ -111,8 +146,10 @@ def _adjacent_runs(slots: list[int]) -> list[list[int]]:
     return runs
 
 
-TASKS = {"independence": (reproduce_independence, SYMBOLIC), "modular_addition": (reproduce_modular_addition,
-                                                                                MODULAR_ADDITION)}
+TASKS = {
+    "independence": (reproduce_independence, SYMBOLIC),
+    "modular_addition": (reproduce_modular_addition, MODULAR_ADDITION),
+}
 
 
 def run_task(task: str, out: Path, steps: int = 20_000, seed: int = 0, frames: bool = False) -> dict:

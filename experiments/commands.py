@@ -26,11 +26,17 @@ def demo(
 
 
 def reproduce(
-    names: list[str] = typer.Argument(None, help="experiments to run (default: every Csordás experiment): scan, "
-                                      "addmul, double_add, math, scan_probe, math_probe, scan_variants, math_variants; "
-                                      "or one BIMT task: independence, modular_addition"),
-    out: Path | None = typer.Option(None, help="Csordás experiments: the markdown file (default docs/results.md); "
-                                    "a BIMT task: the folder for result.json, history.csv and connectome.svg"),
+    names: list[str] = typer.Argument(
+        None,
+        help="experiments to run (default: every Csordás experiment): scan, "
+        "addmul, double_add, math, scan_probe, math_probe, scan_variants, math_variants; "
+        "or one BIMT task: independence, modular_addition",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="Csordás experiments: the markdown file (default docs/results.md); "
+        "a BIMT task: the folder for result.json, history.csv and connectome.svg",
+    ),
     steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
     eval_limit: int = typer.Option(2000, help="Csordás experiments: evaluation examples per set"),
     jobs: int = typer.Option(1, help="Csordás experiments run in parallel, one process (one thread) each"),
@@ -51,18 +57,22 @@ def reproduce(
         if len(names) != 1 or out is None:
             raise typer.BadParameter("a BIMT task runs alone and needs --out DIR")
         result = bimt.run_task(names[0], out, steps or 20_000, seed, frames)
-        typer.echo(json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"},
-                              indent=2))
+        typer.echo(
+            json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
+        )
         return
     out = out or Path("docs/results.md")
     csordas.run_and_write(names, out, steps or csordas.CPU_SETTINGS.steps, eval_limit, jobs)
     typer.echo(f"wrote {out}")
 
 
-def zoo_train(name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
-              out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)"),
-              checkpoint_dir: Path | None = typer.Option(None, help="where to keep the resumable checkpoint "
-                                                         "(default ~/.cache/modmask-lens/zoo-checkpoints/NAME)")):
+def zoo_train(
+    name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
+    out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)"),
+    checkpoint_dir: Path | None = typer.Option(
+        None, help="where to keep the resumable checkpoint (default ~/.cache/modmask-lens/zoo-checkpoints/NAME)"
+    ),
+):
     """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
 
     Example: modmask-lens zoo train scan --out my-scan

@@ -44,13 +44,19 @@ def _reporting_known_errors(function: Callable) -> Callable:
     return run
 
 
-app = _Typer(help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
-                  "TransformerLens 4.x bridges.", no_args_is_help=True, add_completion=False)
+app = _Typer(
+    help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
+    "TransformerLens 4.x bridges.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()
-def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
-                 debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
+def main_options(
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error"),
+):
     torch.set_num_threads(threads)
     _show_tracebacks["debug"] = debug
 
@@ -89,8 +95,12 @@ def masks_train(
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
-    fully_shard: bool = typer.Option(False, "--fully-shard", help="under torchrun, shard weights, masks and Adam "
-                                     "state over the processes (for models that do not fit one device)"),
+    fully_shard: bool = typer.Option(
+        False,
+        "--fully-shard",
+        help="under torchrun, shard weights, masks and Adam "
+        "state over the processes (for models that do not fit one device)",
+    ),
 ):
     """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
 
@@ -101,10 +111,10 @@ def masks_train(
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
+    from modmask_lens.core.data import SubtaskData
     from modmask_lens.core.world import launched_by_torchrun, world
     from modmask_lens.loading import load_bridge, load_subtask
     from modmask_lens.masks.config import MaskConfig, TrainConfig
-    from modmask_lens.core.data import SubtaskData
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
@@ -118,9 +128,16 @@ def masks_train(
     if not fully_shard:  # the data go where the model runs
         subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
     train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
-    masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
-                        progress=world()[0] == 0, fully_shard=fully_shard,
-                        device=device)
+    masks = train_masks(
+        bridge,
+        subtasks,
+        MaskConfig(granularity=granularity),
+        train_config,
+        out / "checkpoints",
+        progress=world()[0] == 0,
+        fully_shard=fully_shard,
+        device=device,
+    )
     if world()[0] == 0:
         for name, mask in masks.items():
             binary = mask.binary()
@@ -140,7 +157,8 @@ def analyze(
 ):
     """Write tidy CSV tables for saved masks: kept fractions, pairwise IoU / IoMin, shared fractions, head ranking.
 
-    Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors --masks masks/masks-scan-walk.safetensors
+    Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors
+    --masks masks/masks-scan-walk.safetensors
     """
     from modmask_lens.analysis import pairwise_overlap, shared_fraction, unit_importance
     from modmask_lens.loading import load_bridge
@@ -177,7 +195,9 @@ def zoo_list():
 @app.command()
 def data(
     name: str = typer.Argument(..., help="task: scan, addmul, double_add, modadd or math"),
-    split: str | None = typer.Option(None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"),
+    split: str | None = typer.Option(
+        None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"
+    ),
     stats: bool = typer.Option(False, "--stats", help="print the number of examples of each part"),
     export: Path | None = typer.Option(None, help="write every part as JSONL (prompt, completion, part) to this file"),
     seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),

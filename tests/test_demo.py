@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from modmask_lens import load_masks, zoo
 from experiments.demo import run_demo
+from modmask_lens import load_masks, zoo
 from modmask_lens.masks.config import TrainConfig
 
 

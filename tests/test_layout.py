@@ -15,13 +15,19 @@ def library_sources() -> dict[str, str]:
 
 
 def test_the_library_never_imports_an_experiment():
-    importers = sorted(name for name, text in library_sources().items()
-                       if re.search(r"^\s*(from|import) experiments\b", text, flags=re.MULTILINE))
+    importers = sorted(
+        name
+        for name, text in library_sources().items()
+        if re.search(r"^\s*(from|import) experiments\b", text, flags=re.MULTILINE)
+    )
     assert importers == []
 
 
 def test_architecture_knowledge_stays_in_the_adapters():
     family_names = re.compile(r"c_attn|q_proj|query_key_value|\.layout\b")
-    leaks = sorted(name for name, text in library_sources().items()
-                   if not name.startswith("adapters/") and family_names.search(text))
+    leaks = sorted(
+        name
+        for name, text in library_sources().items()
+        if not name.startswith("adapters/") and family_names.search(text)
+    )
     assert leaks == []

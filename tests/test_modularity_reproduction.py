@@ -20,8 +20,8 @@ from modmask_lens.modularity import (
     transformer_block_connectome,
     unit_graph_of,
 )
-from modmask_lens.viz import connectome_svg
 from modmask_lens.tasks.bimt_tasks import independence_data, independence_targets, modular_addition_data
+from modmask_lens.viz import connectome_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -87,8 +87,9 @@ def test_reproduce_independence_reports_error_and_modules():
 
 
 def test_reproduction_command_writes_result_history_and_connectome(tmp_path):
-    result = CliRunner().invoke(app, ["reproduce", "modular_addition", "--steps", "20", "--out", str(tmp_path),
-                                      "--frames"])
+    result = CliRunner().invoke(
+        app, ["reproduce", "modular_addition", "--steps", "20", "--out", str(tmp_path), "--frames"]
+    )
     assert result.exit_code == 0, result.output
     result = json.loads((tmp_path / "result.json").read_text())
     assert 0 <= result["test_accuracy"] <= 1 and len(result["embedding_column_norms"]) == 32

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import VOCAB, boot_native
+
 from modmask_lens import MaskTrainer, SubtaskData, TrainConfig, masked
 from modmask_lens.masks.training import CHECKPOINT_FILE
 
@@ -59,8 +59,13 @@ def run_script(mode: str, checkpoint_dir: Path) -> None:
 
 
 def start(mode: str, checkpoint_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, mode, str(checkpoint_dir)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, __file__, mode, str(checkpoint_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
 
 
 def resume_and_compare(checkpoint_dir: Path, expected_step: int | None = None) -> int:

@@ -44,7 +44,12 @@ def test_scan_probe_experiment_reports_routing_and_errors():
     result = scan_probe_experiment(eval_limit=16, probe_steps=3)
     information = result.tables["routing information (bits)"].iloc[0]
     assert 0 <= information.mutual_information <= information.subtask_entropy <= 2.0 + 1e-9
-    assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {"jump", "walk", "run", "look"}
+    assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {
+        "jump",
+        "walk",
+        "run",
+        "look",
+    }
 
 
 def test_double_add_experiment_scores_each_pair_on_its_own_slot():
@@ -79,9 +84,26 @@ def test_modular_training_experiment_compares_the_three_scan_variants():
 
 
 def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tmp_path):
-    result = CliRunner().invoke(app, ["reproduce", "addmul", "double_add", "--steps", "2", "--eval-limit", "16",
-                                      "--jobs", "2", "--out", str(tmp_path / "r.md")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "reproduce",
+            "addmul",
+            "double_add",
+            "--steps",
+            "2",
+            "--eval-limit",
+            "16",
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path / "r.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = (tmp_path / "r.md").read_text()
     assert text.index("## addmul") < text.index("## double addition")
-    assert "modmask-lens reproduce addmul double_add --steps 2 --eval-limit 16 --jobs 2" in text and "Total wall time:" in text
+    assert (
+        "modmask-lens reproduce addmul double_add --steps 2 --eval-limit 16 --jobs 2" in text
+        and "Total wall time:" in text
+    )

@@ -36,4 +36,6 @@ def test_keep_frequency_is_sigmoid_of_the_logit():
 def test_same_seed_same_sample():
     logits = torch.zeros(1000)
     assert torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(5)))
-    assert not torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6)))
+    assert not torch.equal(
+        sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6))
+    )

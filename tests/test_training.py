@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_unchanged, boot_native, state_snapshot
 from transformer_lens.model_bridge import TransformerBridge
 
-from conftest import assert_unchanged, boot_native, state_snapshot
 from modmask_lens import MaskConfig, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked, score_answers
 from modmask_lens.analysis import exact_match
 from modmask_lens.masks.io import load_masks, save_masks
@@ -19,7 +19,9 @@ SEP, EOS = 10, 11
 def copy_first_token_data(name: str = "copy") -> SubtaskData:
     """``a b SEP -> a EOS`` for all digit pairs: the answer needs attention to position 0."""
     pairs = torch.cartesian_prod(torch.arange(10), torch.arange(10))
-    input_ids = torch.stack([pairs[:, 0], pairs[:, 1], torch.full((100,), SEP), pairs[:, 0], torch.full((100,), EOS)], 1)
+    input_ids = torch.stack(
+        [pairs[:, 0], pairs[:, 1], torch.full((100,), SEP), pairs[:, 0], torch.full((100,), EOS)], 1
+    )
     labels = input_ids.clone()
     labels[:, :3] = -100
     return SubtaskData(name, input_ids, labels)
@@ -29,8 +31,20 @@ def copy_first_token_data(name: str = "copy") -> SubtaskData:
 def one_head_model():
     """A 1-layer model trained on the copy task with heads 1-3 and the MLP writing nothing, by construction."""
     torch.manual_seed(0)
-    bridge = TransformerBridge.boot_native(dict(n_layers=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=8,
-                                                d_vocab=12, act_fn="gelu", normalization_type="LN", seed=0))
+    bridge = TransformerBridge.boot_native(
+        {
+            "n_layers": 1,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_head": 8,
+            "d_mlp": 64,
+            "n_ctx": 8,
+            "d_vocab": 12,
+            "act_fn": "gelu",
+            "normalization_type": "LN",
+            "seed": 0,
+        }
+    )
     attention_out = bridge.get_parameter("blocks.0.attn.o._original_component.weight")  # [d_model, n_heads * d_head]
     mlp_out = bridge.get_parameter("blocks.0.mlp.out._original_component.weight")
     writes_nothing = {attention_out: torch.ones_like(attention_out), mlp_out: torch.zeros_like(mlp_out)}
@@ -80,7 +94,9 @@ def test_several_tasks_in_one_run_equal_separate_runs(one_head_model):
         alone = MaskTrainer(bridge, [subtask], train_config=config, progress=False).train()[subtask.name]
         for name, logit in alone.logits.items():
             assert torch.equal(logit, joint[subtask.name].logits[name])
-    assert not torch.equal(joint["copy"].logits["blocks.0.attn.q.weight"], joint["copy_low"].logits["blocks.0.attn.q.weight"])
+    assert not torch.equal(
+        joint["copy"].logits["blocks.0.attn.q.weight"], joint["copy_low"].logits["blocks.0.attn.q.weight"]
+    )
 
 
 def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model, tmp_path, monkeypatch):
@@ -110,8 +126,13 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model
 
 def test_resume_refuses_other_training_settings(one_head_model, tmp_path):
     bridge, data = one_head_model
-    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
-                checkpoint_dir=tmp_path, progress=False).train()
+    MaskTrainer(
+        bridge,
+        [data],
+        train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    ).train()
     with pytest.raises(ValueError, match="trained with batch_size=8, this run has batch_size=16"):
         MaskTrainer(bridge, [data], train_config=TrainConfig(steps=3, batch_size=16), checkpoint_dir=tmp_path)
 
@@ -161,10 +182,15 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SubtaskData("empty", torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)), "empty"),
+        (
+            lambda: SubtaskData("empty", torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)),
+            "empty",
+        ),
         # The shape check is also jaxtyping's (a TypeError) when the annotations are enforced, as in these tests.
-        (lambda: SubtaskData("shape", torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
-         "shape|pos"),
+        (
+            lambda: SubtaskData("shape", torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
+            "shape|pos",
+        ),
         (lambda: SubtaskData("unscored", torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), -100)), "no answer"),
         (lambda: TrainConfig(lr=5.0), "lr"),
         (lambda: TrainConfig(beta=-1.0), "beta"),
@@ -205,6 +231,7 @@ def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_mo
     MaskTrainer(bridge, [data], train_config=short, checkpoint_dir=tmp_path, progress=False).train()
     resumed = MaskTrainer(bridge, [data], train_config=long, checkpoint_dir=tmp_path, progress=False).train()
     at_once = MaskTrainer(bridge, [data], train_config=long, progress=False).train()
+
     def without_faithfulness(history):  # the short run measured it at its last step, 20, as every run does
         return [{key: value for key, value in row.items() if key != "faithfulness"} for row in history]
 

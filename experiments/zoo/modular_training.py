@@ -18,12 +18,12 @@ from torch import Tensor, optim
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from experiments.zoo.architectures import build_model
+from experiments.zoo.recipes import Recipe
 from modmask_lens.adapters.export import native_state_dict
 from modmask_lens.modularity.bimt import BimtObjective
 from modmask_lens.modularity.bridge_graph import unit_graph_of
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
-from experiments.zoo.architectures import build_model
-from experiments.zoo.recipes import Recipe
 
 
 @runtime_checkable
@@ -58,14 +58,14 @@ def wrap_in_bridge(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         return TransformerBridge.boot_transformers(directory, hf_model=model, tokenizer=tokenizer, device="cpu")
 
 
-def regulariser_for(recipe_: Recipe, model: PreTrainedModel,
-                    tokenizer: PreTrainedTokenizerBase) -> Regulariser | None:
+def regulariser_for(recipe_: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Regulariser | None:
     """The recipe's regulariser on ``model`` (wrapped into a bridge in place), or None for plain training."""
     if recipe_.bimt is not None and recipe_.clusterability is not None:
         raise ValueError(f"recipe {recipe_.name!r} sets both bimt and clusterability; choose one")
     if recipe_.bimt is not None:
-        return BimtObjective(unit_graph_of(wrap_in_bridge(model, tokenizer)),
-                             dataclasses.replace(recipe_.bimt, steps=recipe_.steps))
+        return BimtObjective(
+            unit_graph_of(wrap_in_bridge(model, tokenizer)), dataclasses.replace(recipe_.bimt, steps=recipe_.steps)
+        )
     if recipe_.clusterability is not None:
         return ClusterabilityRegulariser(wrap_in_bridge(model, tokenizer), recipe_.clusterability)
     return None
@@ -79,6 +79,7 @@ def unwrapped_model(model: PreTrainedModel, recipe_: Recipe, tokenizer: PreTrain
     missing, unexpected = plain.load_state_dict(state, strict=False)
     tied = set(getattr(plain, "_tied_weights_keys", None) or {}) | {"lm_head.weight"}
     if unexpected or set(missing) - tied:
-        raise LookupError(f"cannot unwrap the trained model: missing {sorted(set(missing) - tied)}, "
-                          f"unexpected {sorted(unexpected)}")
+        raise LookupError(
+            f"cannot unwrap the trained model: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}"
+        )
     return plain.eval()

@@ -63,8 +63,9 @@ RECIPES: dict[str, Recipe] = {
     "math": Recipe(
         name="math",
         task="math",
-        architecture=Architecture(family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2,
-                                  n_positions=256),
+        architecture=Architecture(
+            family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2, n_positions=256
+        ),
         steps=8000,
     ),
     "addmul": Recipe(
@@ -101,8 +102,9 @@ RECIPES: dict[str, Recipe] = {
 # units moved per axis every 200 steps) or the clusterability loss (Golechha et al.: k = 4 blocks, lambda 20).
 for _base in ("scan", "math"):
     RECIPES[f"{_base}-bimt"] = replace(RECIPES[_base], name=f"{_base}-bimt", bimt=MODULAR_ADDITION)
-    RECIPES[f"{_base}-clusterability"] = replace(RECIPES[_base], name=f"{_base}-clusterability",
-                                                 clusterability=ClusterabilityConfig())
+    RECIPES[f"{_base}-clusterability"] = replace(
+        RECIPES[_base], name=f"{_base}-clusterability", clusterability=ClusterabilityConfig()
+    )
 
 
 def recipe(name: str) -> Recipe:

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from modmask_lens.tasks.catalog import TaskSpec, task_spec
+from experiments.zoo.architectures import build_model
+from experiments.zoo.modular_training import regulariser_for, unwrapped_model
+from experiments.zoo.recipes import Recipe, recipe
 from modmask_lens import zoo
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_groups, optimizer_tensors
 from modmask_lens.core.encoding import TokenizedExamples, encode_pairs
 from modmask_lens.core.random import step_generator
+from modmask_lens.tasks.catalog import TaskSpec, task_spec
 from modmask_lens.tasks.evaluation import evaluate_exact_match, exact_match_correct
-from experiments.zoo.architectures import build_model
 from modmask_lens.zoo.cards import ModelCard, write_card
-from experiments.zoo.modular_training import regulariser_for, unwrapped_model
-from experiments.zoo.recipes import Recipe, recipe
 
 TORCH_THREADS = 1  # the zoo is trained on one core; two threads on a shared 2-core machine run ~9x slower
 PROGRESS_SAMPLE = 1000  # test examples scored (teacher forcing) at each progress evaluation
@@ -65,13 +65,15 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     torch.manual_seed(recipe_.seed)
     model = build_model(recipe_.architecture, tokenizer)
     regulariser = regulariser_for(recipe_, model, tokenizer)  # None for plain training
-    train_examples: TokenizedExamples = encode_pairs(tokenizer, list(data[task.train_split]["question"]),
-                                                     list(data[task.train_split]["answer"]))
+    train_examples: TokenizedExamples = encode_pairs(
+        tokenizer, list(data[task.train_split]["question"]), list(data[task.train_split]["answer"])
+    )
     test_split = data[task.test_split]
     progress_split = test_split.shuffle(seed=recipe_.seed).select(range(min(PROGRESS_SAMPLE, test_split.num_rows)))
     progress_examples = encode_pairs(tokenizer, list(progress_split["question"]), list(progress_split["answer"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.lr, betas=recipe_.betas,
-                                  weight_decay=recipe_.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe_.lr, betas=recipe_.betas, weight_decay=recipe_.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, recipe_))
     sequence_lengths = (train_examples.input_ids != train_examples.pad_token_id).sum(dim=1)
     batches_per_epoch = math.ceil(len(train_examples) / recipe_.batch_size)  # the last bucket alone is partial
@@ -79,10 +81,12 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     checkpointer = Checkpointer(checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
     step, elapsed_before = 0, 0.0
     if checkpointer.exists():
-        tensors, state = checkpointer.load({"step": int, "elapsed_s": float, "optimizer_groups": list,
-                                            "scheduler": dict})
-        model.load_state_dict({name[len("model/"):]: value for name, value in tensors.items()
-                               if name.startswith("model/")})
+        tensors, state = checkpointer.load(
+            {"step": int, "elapsed_s": float, "optimizer_groups": list, "scheduler": dict}
+        )
+        model.load_state_dict(
+            {name[len("model/") :]: value for name, value in tensors.items() if name.startswith("model/")}
+        )
         load_optimizer(optimizer, tensors, "adamw", state["optimizer_groups"])
         scheduler.load_state_dict(state["scheduler"])
         step, elapsed_before = state["step"], state["elapsed_s"]
@@ -111,14 +115,21 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
             model.train()
             extra = f" penalty {penalty.item():+.4f} units moved {moved_since_log}" if regulariser is not None else ""
             moved_since_log = 0
-            _log(f"step {step}/{recipe_.steps} loss {loss.item():.4f}{extra} test-sample exact match {accuracy:.4f} "
-                 f"({elapsed_before + time.perf_counter() - started:.0f} s)")
+            _log(
+                f"step {step}/{recipe_.steps} loss {loss.item():.4f}{extra} test-sample exact match {accuracy:.4f} "
+                f"({elapsed_before + time.perf_counter() - started:.0f} s)"
+            )
         if step % recipe_.checkpoint_every == 0 or step == recipe_.steps:
             tensors = {f"model/{name}": value for name, value in model.state_dict().items()}
-            checkpointer.save(tensors | optimizer_tensors(optimizer, "adamw"), {
-                "step": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
-                "optimizer_groups": optimizer_groups(optimizer), "scheduler": scheduler.state_dict(),
-            })
+            checkpointer.save(
+                tensors | optimizer_tensors(optimizer, "adamw"),
+                {
+                    "step": step,
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
+                    "optimizer_groups": optimizer_groups(optimizer),
+                    "scheduler": scheduler.state_dict(),
+                },
+            )
     wall_time_s = elapsed_before + time.perf_counter() - started
     if regulariser is not None:
         model = unwrapped_model(model, recipe_, tokenizer)

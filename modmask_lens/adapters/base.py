@@ -30,14 +30,29 @@ TensorLayout = Literal["linear", "conv1d", "embedding", "vector"]
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
 _MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
-_KEY_PATTERN = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$")
+_KEY_PATTERN = re.compile(
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
+)
 
 ROLE_KINDS = {
     "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U", "W_mlm_head"),
     "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
-    "bias": ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_gate", "b_out", "b_U", "b_mlm_head",
-             "ln1.b", "ln2.b", "ln_final.b", "ln_embed.b"),
+    "bias": (
+        "b_Q",
+        "b_K",
+        "b_V",
+        "b_O",
+        "b_in",
+        "b_gate",
+        "b_out",
+        "b_U",
+        "b_mlm_head",
+        "ln1.b",
+        "ln2.b",
+        "ln_final.b",
+        "ln_embed.b",
+    ),
 }
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
@@ -248,10 +263,24 @@ class Adapter:
             path, module, parameter = resolved
             role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
             layout = self._layout(module, parameter)
-            unit, unit_axis, unit_width = self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
+            unit, unit_axis, unit_width = (
+                self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
+            )
             tied_to = first_key_of.setdefault(id(parameter), key)
-            specs.append(TensorSpec(key, role, layer, path, tuple(parameter.shape), unit, unit_axis, unit_width,
-                                    layout, None if tied_to == key else tied_to))
+            specs.append(
+                TensorSpec(
+                    key,
+                    role,
+                    layer,
+                    path,
+                    tuple(parameter.shape),
+                    unit,
+                    unit_axis,
+                    unit_width,
+                    layout,
+                    None if tied_to == key else tied_to,
+                )
+            )
         return specs
 
     def _layout(self, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
@@ -261,7 +290,9 @@ class Adapter:
             return "embedding"
         return self.matrix_layout(module)
 
-    def _unit_layout(self, role: str, layout: TensorLayout, dims: ModelShape) -> tuple[UnitKind | None, int | None, int]:
+    def _unit_layout(
+        self, role: str, layout: TensorLayout, dims: ModelShape
+    ) -> tuple[UnitKind | None, int | None, int]:
         """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
         unit = _UNIT_OF_ROLE.get(role)
         if unit is None:
@@ -274,7 +305,9 @@ class Adapter:
             axis = 1 - out_axis if reads_units else out_axis
         return unit, axis, dims.d_head if unit in ("head", "kv_head") else 1
 
-    def fuse_for_export(self, bridge: Bridge, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]) -> set[str]:
+    def fuse_for_export(
+        self, bridge: Bridge, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]
+    ) -> set[str]:
         """Write masked tensors that the Hugging Face checkpoint stores only inside a fused copy.
 
         The base export already handles tensors that are the checkpoint's own parameters and views of a fused

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters.base import Adapter
+from modmask_lens.core.bridge import Bridge
 
 _WRAPPER = "._original_component"
 
@@ -24,7 +24,10 @@ def native_state_dict(hf_model: nn.Module) -> tuple[dict[str, Tensor], nn.Module
         twin = type(hf_model)(hf_model.config)
     native_keys = set(twin.state_dict())
     state = {}
-    for name, tensor in [*hf_model.named_parameters(remove_duplicate=False), *hf_model.named_buffers(remove_duplicate=False)]:
+    for name, tensor in [
+        *hf_model.named_parameters(remove_duplicate=False),
+        *hf_model.named_buffers(remove_duplicate=False),
+    ]:
         native = name.replace(_WRAPPER, "")
         if native in native_keys and native not in state:
             state[native] = tensor.detach().clone()
@@ -76,4 +79,7 @@ def write_masked_tensors(
 
 def _original_tensors(bridge: Bridge) -> list[tuple[str, Tensor]]:
     """Native-named parameters of the Hugging Face model (the tensors whose storage views may share)."""
-    return [(name.replace(_WRAPPER, ""), tensor) for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)]
+    return [
+        (name.replace(_WRAPPER, ""), tensor)
+        for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)
+    ]

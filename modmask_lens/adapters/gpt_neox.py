@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters.base import Adapter, model_shape
+from modmask_lens.core.bridge import Bridge
 
 _SPLIT_KEY = re.compile(r"^blocks\.(?P<layer>\d+)\.attn\.(?P<part>[qkv])\.(?P<attribute>weight|bias)$")
 

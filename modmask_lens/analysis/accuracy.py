@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.masks.apply import masked
-from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
+from modmask_lens.masks.apply import masked
+from modmask_lens.masks.binary import BinaryMask
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
 """The input and output layers of a transformer, where the paper's ``fullmask`` variant keeps the control mask."""
@@ -38,14 +38,17 @@ def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = Non
     return correct / len(data)
 
 
-def inverse_mask(mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES) -> BinaryMask:
+def inverse_mask(
+    mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES
+) -> BinaryMask:
     """``~mask`` (the mask's linear weights removed, norm gains kept: :meth:`BinaryMask.inverse`); with
     ``control``, the control mask on ``io_roles`` instead (the paper's ``fullmask``)."""
     inverted = ~mask
     if control is None:
         return inverted
-    kept = {spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key]
-            for spec in mask.specs}
+    kept = {
+        spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key] for spec in mask.specs
+    }
     return BinaryMask(mask.specs, kept, mask.origin, f"~{mask.name} (control on {'/'.join(io_roles)})")
 
 
@@ -74,12 +77,24 @@ def mask_accuracy(
         mask.check_model(bridge)
     rows = []
     for subtask, examples in data.items():
-        rows.append({"subtask": subtask, "mask": pd.NA, "condition": "full",
-                     "accuracy": exact_match(bridge, examples, None, batch_size)})
+        rows.append(
+            {
+                "subtask": subtask,
+                "mask": pd.NA,
+                "condition": "full",
+                "accuracy": exact_match(bridge, examples, None, batch_size),
+            }
+        )
         for name, mask in masks.items():
             for condition, applied in (("mask", mask), ("inverse", inverse_mask(mask, control))):
-                rows.append({"subtask": subtask, "mask": name, "condition": condition,
-                             "accuracy": exact_match(bridge, examples, applied, batch_size)})
+                rows.append(
+                    {
+                        "subtask": subtask,
+                        "mask": name,
+                        "condition": condition,
+                        "accuracy": exact_match(bridge, examples, applied, batch_size),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

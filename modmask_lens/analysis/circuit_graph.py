@@ -93,18 +93,24 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
     names = node_names(n_layers, n_heads)
-    slices = [_NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
-              for name, kind, layer, head, _ in names for spec in mask.specs
-              if spec.role in NODE_ROLES[kind] and spec.layer == layer]
+    slices = [
+        _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
+        for name, kind, layer, head, _ in names
+        for spec in mask.specs
+        if spec.role in NODE_ROLES[kind] and spec.layer == layer
+    ]
     node_roles = pd.DataFrame(
-        [{"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
-         for part in slices],
+        [
+            {"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
+            for part in slices
+        ],
         columns=["node", "role", "kept", "total"],
     )
     node_roles["kept_fraction"] = node_roles["kept"] / node_roles["total"]
     nodes = pd.DataFrame(names, columns=["node", "kind", "layer", "head", "stage"])
-    nodes = nodes.merge(node_roles.groupby("node", sort=False)[["kept", "total"]].sum().reset_index(), on="node",
-                        how="left")
+    nodes = nodes.merge(
+        node_roles.groupby("node", sort=False)[["kept", "total"]].sum().reset_index(), on="node", how="left"
+    )
     nodes[["kept", "total"]] = nodes[["kept", "total"]].fillna(0).astype(int)
     nodes["kept_fraction"] = nodes["kept"] / nodes["total"].where(nodes["total"] > 0)
     nodes = nodes.merge(_neuron_counts(slices), on="node", how="left")
@@ -134,14 +140,15 @@ class _NodeSlice:
     kept: Bool[Tensor, "other d_model"]
 
 
-def _node_slice(spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None,
-                n_heads: int) -> Bool[Tensor, "other d_model"]:
+def _node_slice(
+    spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None, n_heads: int
+) -> Bool[Tensor, "other d_model"]:
     """The part of ``kept`` that belongs to one node, as [weights per residual dimension, d_model]."""
     oriented = kept.movedim(spec.residual_axis, -1)
     if head is None or spec.unit not in ("head", "kv_head"):
         return oriented.reshape(-1, oriented.shape[-1])
     unit = spec.unit_read_by(head, n_heads)
-    return oriented[unit * spec.unit_width:(unit + 1) * spec.unit_width]
+    return oriented[unit * spec.unit_width : (unit + 1) * spec.unit_width]
 
 
 def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
@@ -150,8 +157,9 @@ def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
     for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
         # A node slice of an MLP matrix is [d_mlp, d_model]: a neuron is alive in it with any kept weight.
         alive = [part.kept.any(dim=1) for part in slices if part.node == node]
-        rows.append({"node": node, "neurons": alive[0].numel(),
-                     "kept_neurons": int(torch.stack(alive).all(dim=0).sum())})
+        rows.append(
+            {"node": node, "neurons": alive[0].numel(), "kept_neurons": int(torch.stack(alive).all(dim=0).sum())}
+        )
     return pd.DataFrame(rows, columns=["node", "neurons", "kept_neurons"])
 
 
@@ -168,15 +176,21 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
     gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs if spec.kind == "norm"}
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
-    write = torch.stack([_profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model)
-                         for name, _ in writers])
-    read = torch.stack([
-        _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
-        * gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
-        for name, kind, layer, _ in readers
-    ])
+    write = torch.stack(
+        [_profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model) for name, _ in writers]
+    )
+    read = torch.stack(
+        [
+            _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
+            * gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
+            for name, kind, layer, _ in readers
+        ]
+    )
     weights = write @ read.T / d_model
-    rows = [{"source": source, "target": target, "weight": float(weights[i, j])}
-            for i, (source, source_stage) in enumerate(writers)
-            for j, (target, _, _, target_stage) in enumerate(readers) if target_stage > source_stage]
+    rows = [
+        {"source": source, "target": target, "weight": float(weights[i, j])}
+        for i, (source, source_stage) in enumerate(writers)
+        for j, (target, _, _, target_stage) in enumerate(readers)
+        if target_stage > source_stage
+    ]
     return pd.DataFrame(rows, columns=["source", "target", "weight"])

@@ -32,8 +32,13 @@ def output_row_removal(task: BinaryMask, control: BinaryMask, tokenizer=None) ->
     task_rows = task.kept[spec.key].movedim(vocab_axis, 0)
     kept_by_control = control_rows.sum(dim=1)
     removed = (control_rows & ~task_rows).sum(dim=1)
-    frame = pd.DataFrame({"token_id": range(control_rows.shape[0]), "kept_by_control": kept_by_control.tolist(),
-                          "removed_by_task": removed.tolist()})
+    frame = pd.DataFrame(
+        {
+            "token_id": range(control_rows.shape[0]),
+            "kept_by_control": kept_by_control.tolist(),
+            "removed_by_task": removed.tolist(),
+        }
+    )
     if tokenizer is not None:
         frame.insert(1, "token", tokenizer.convert_ids_to_tokens(frame["token_id"].tolist()))
     frame["removed_fraction"] = frame["removed_by_task"] / frame["kept_by_control"].where(frame["kept_by_control"] > 0)

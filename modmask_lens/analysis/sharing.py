@@ -50,8 +50,15 @@ def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") ->
     """
     rows = []
     for (name_a, mask_a), (name_b, mask_b) in combinations(masks.items(), 2):
-        frame = _merge([_counts(mask_a & mask_b, by, "intersection"), _counts(mask_a | mask_b, by, "union"),
-                        _counts(mask_a, by, "kept_a"), _counts(mask_b, by, "kept_b")], by)
+        frame = _merge(
+            [
+                _counts(mask_a & mask_b, by, "intersection"),
+                _counts(mask_a | mask_b, by, "union"),
+                _counts(mask_a, by, "kept_a"),
+                _counts(mask_b, by, "kept_b"),
+            ],
+            by,
+        )
         frame.insert(0, "mask_b", name_b)
         frame.insert(0, "mask_a", name_a)
         rows.append(frame)

@@ -63,7 +63,7 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except FileNotFoundError:
         raise
     except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
@@ -73,8 +73,10 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
     except KeyError as error:
         raise MaskFileError(f"{path} has no modmask-lens metadata; it was not written by modmask-lens") from error
     except (json.JSONDecodeError, RecursionError) as error:
-        raise MaskFileError(f"{path}: its modmask-lens metadata is not valid JSON ({type(error).__name__}); "
-                            "the file is damaged or was edited: re-export it") from error
+        raise MaskFileError(
+            f"{path}: its modmask-lens metadata is not valid JSON ({type(error).__name__}); "
+            "the file is damaged or was edited: re-export it"
+        ) from error
     found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
     if found != expected_format:
         raise MaskFileError(f"{path} is not a {expected_format} file (format: {found!r})")
@@ -88,8 +90,10 @@ def verify_checksum(path: Path, tensors: dict[str, Tensor], metadata: dict) -> N
     """
     expected = metadata.get(CHECKSUM_FIELD)
     if expected is not None and expected != tensors_sha256(tensors):
-        raise MaskFileError(f"{path}: its tensors do not match the checksum written with them; the file is "
-                            "corrupted: copy it again or re-export it")
+        raise MaskFileError(
+            f"{path}: its tensors do not match the checksum written with them; the file is "
+            "corrupted: copy it again or re-export it"
+        )
 
 
 def require_fields(metadata: dict, fields: dict[str, type], source: str) -> None:
@@ -98,8 +102,10 @@ def require_fields(metadata: dict, fields: dict[str, type], source: str) -> None
         value = metadata.get(name)
         # bool is an int in Python; no header field is a boolean where an int is expected
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise MaskFileError(f"{source}: header field {name!r} must be a {kind.__name__}, got "
-                                f"{type(value).__name__}; the file is damaged or was edited: re-export it")
+            raise MaskFileError(
+                f"{source}: header field {name!r} must be a {kind.__name__}, got "
+                f"{type(value).__name__}; the file is damaged or was edited: re-export it"
+            )
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, Tensor]:
@@ -108,14 +114,15 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str
     return {f"{prefix}/{index}/{name}": value for index, entries in state.items() for name, value in entries.items()}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str,
-                   groups: list[dict] | None = None) -> None:
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str, groups: list[dict] | None = None
+) -> None:
     """Restore what :func:`optimizer_tensors` wrote under ``prefix`` into ``optimizer`` (same parameter order), and
     the hyperparameters :func:`optimizer_groups` wrote, if given (else the optimiser keeps its own)."""
     state: dict[int, dict[str, Tensor]] = {}
     for name, tensor in tensors.items():
         if name.startswith(prefix + "/"):
-            index, entry = name[len(prefix) + 1:].split("/")
+            index, entry = name[len(prefix) + 1 :].split("/")
             state.setdefault(int(index), {})[entry] = tensor
     saved = optimizer.state_dict()
     saved["state"] = state
@@ -138,8 +145,10 @@ def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     """An optimiser's hyperparameters per parameter group as JSON (a scheduler changes ``lr`` as training goes)."""
-    return [{key: value for key, value in group.items() if key != "params"}
-            for group in optimizer.state_dict()["param_groups"]]
+    return [
+        {key: value for key, value in group.items() if key != "params"}
+        for group in optimizer.state_dict()["param_groups"]
+    ]
 
 
 class Checkpointer:
@@ -171,8 +180,9 @@ class Checkpointer:
         write_safetensors_atomically(self.path, tensors, {"format": self.format} | metadata)
         return self.path
 
-    def load(self, fields: dict[str, type],
-             check: Callable[[dict], None] | None = None) -> tuple[dict[str, Tensor], dict]:
+    def load(
+        self, fields: dict[str, type], check: Callable[[dict], None] | None = None
+    ) -> tuple[dict[str, Tensor], dict]:
         """Tensors and metadata, after checking the format, that ``fields`` have their JSON types, ``check``
         (more header checks) and the checksum.
 

@@ -66,8 +66,10 @@ class SubtaskData:
             ...                                   bridge.tokenizer)                                # doctest: +SKIP
         """
         if tokenizer is None:
-            raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
-                             "(for a model folder: save it there with tokenizer.save_pretrained(folder))")
+            raise ValueError(
+                f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
+                "(for a model folder: save it there with tokenizer.save_pretrained(folder))"
+            )
         prompts, completions = load_pairs(source, fields)
         examples = encode_pairs(tokenizer, prompts, completions)
         return cls(name, examples.input_ids, examples.labels)
@@ -84,8 +86,11 @@ class SubtaskData:
         def pad(tensor: Tensor, value: int) -> Tensor:
             return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
-        return cls(name, torch.cat([pad(part.input_ids, 0) for part in parts]),
-                   torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]))
+        return cls(
+            name,
+            torch.cat([pad(part.input_ids, 0) for part in parts]),
+            torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]),
+        )
 
     def fingerprint(self) -> str:
         """SHA-256 of the token ids and labels (shapes included): what a checkpoint records of its data."""

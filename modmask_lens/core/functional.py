@@ -38,8 +38,7 @@ def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey
     for module_path, submodule in module.named_modules():
         for attribute, tensor in getattr(submodule, kind).items():
             if tensor is not None and (id(submodule), attribute) not in slots:
-                slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute,
-                                                     tensor)
+                slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute, tensor)
     return slots
 
 
@@ -49,13 +48,15 @@ def slot_of(module: nn.Module, path: str) -> TensorKey:
     return id(module.get_submodule(module_path)), attribute
 
 
-def call_with_parameters(bridge: Bridge, parameters: Mapping[str, Tensor], method: Callable[..., Any], *args: Any,
-                         **kwargs: Any) -> Any:
+def call_with_parameters(
+    bridge: Bridge, parameters: Mapping[str, Tensor], method: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
     """Call ``method`` (a bound method of ``bridge``, e.g. ``bridge.run_with_hooks``) with ``parameters`` (bridge
     path -> tensor, one path per slot: :func:`tensor_slots`) in place of the bridge's own."""
     prefixed = {f"bridge.{path}": value for path, value in parameters.items()}
-    return torch.func.functional_call(MethodEntry(bridge), prefixed, (method, *args), kwargs, tie_weights=False,
-                                      strict=False)
+    return torch.func.functional_call(
+        MethodEntry(bridge), prefixed, (method, *args), kwargs, tie_weights=False, strict=False
+    )
 
 
 def frozen_call(bridge: Bridge, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

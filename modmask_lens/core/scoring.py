@@ -16,7 +16,9 @@ from torch import Tensor
 from modmask_lens.core.encoding import IGNORE_INDEX
 
 
-def answer_correct(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> Bool[Tensor, " batch"]:
+def answer_correct(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
+) -> Bool[Tensor, " batch"]:
     """Per example: is the argmax right at every scored position (``labels`` not :data:`IGNORE_INDEX`)?
 
     ``labels`` are aligned with the inputs (Hugging Face convention): ``logits[:, t]`` is scored against
@@ -46,8 +48,9 @@ def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, 
     predicted_logits, targets = logits[:, :-1], labels[:, 1:]
     scored = targets != IGNORE_INDEX
     loss_sum = F.cross_entropy(
-        predicted_logits.reshape(-1, predicted_logits.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
+        predicted_logits.reshape(-1, predicted_logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )
     return AnswerScore(loss_sum, int(scored.sum()), int(answer_correct(logits, labels).sum()), labels.shape[0])
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -19,7 +19,7 @@ from modmask_lens.core.functional import call_with_parameters, slot_of, tensor_s
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
 
-MaskLike = Union[MaskSet, BinaryMask, Callable[[], Mapping[str, Tensor]]]
+MaskLike = MaskSet | BinaryMask | Callable[[], Mapping[str, Tensor]]
 
 
 def masked_parameters(bridge: Bridge, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.core.bridge import Bridge
 
 
 def processing_mode(bridge: Bridge) -> str:
@@ -85,11 +85,15 @@ class MaskOrigin:
             raise ModelMismatch(f"the mask was trained on {self.mode} weights but the bridge has {current_mode}; {fix}")
         adapter = adapter_for(bridge)
         if self.adapter != adapter.name:
-            raise ModelMismatch(f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}")
+            raise ModelMismatch(
+                f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}"
+            )
         specs = adapter.tensor_specs(bridge)
         shapes = {spec.key: spec.shape for spec in specs}
-        made_for = (f"{self.model.get('architecture')}, {self.model.get('n_layers')} layers, "
-                    f"d_model {self.model.get('d_model')}")
+        made_for = (
+            f"{self.model.get('architecture')}, {self.model.get('n_layers')} layers, "
+            f"d_model {self.model.get('d_model')}"
+        )
         for spec in masked:
             if shapes.get(spec.key) != spec.shape:
                 raise ModelMismatch(

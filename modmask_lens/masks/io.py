@@ -14,15 +14,29 @@ import torch
 from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.checkpoint import MaskFileError, read_safetensors, require_fields, verify_checksum, write_safetensors_atomically
+from modmask_lens.core.checkpoint import (
+    MaskFileError,
+    read_safetensors,
+    require_fields,
+    verify_checksum,
+    write_safetensors_atomically,
+)
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.mask_set import MaskSet, units_for
 
 FORMAT = "modmask-lens/mask"
 FORMAT_VERSION = 1
-MASK_FIELDS = {"name": str, "library_version": str, "mask_config": dict, "adapter": str, "processing_mode": str,
-               "model": dict, "units": list, "train_config": dict}
+MASK_FIELDS = {
+    "name": str,
+    "library_version": str,
+    "mask_config": dict,
+    "adapter": str,
+    "processing_mode": str,
+    "model": dict,
+    "units": list,
+    "train_config": dict,
+}
 
 
 def library_version() -> str:
@@ -55,8 +69,9 @@ def save_masks(masks: MaskSet, path: str | Path) -> Path:
         >>> save_masks(jump_masks, "masks/jump.safetensors")                 # doctest: +SKIP
     """
     path = Path(path)
-    write_safetensors_atomically(path, {f"logits/{name}": logit for name, logit in masks.logits.items()},
-                                 mask_metadata(masks))
+    write_safetensors_atomically(
+        path, {f"logits/{name}": logit for name, logit in masks.logits.items()}, mask_metadata(masks)
+    )
     return path
 
 
@@ -69,8 +84,12 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
             f"{library_version()} (another major version): re-export it with a matching version"
         )
     try:
-        config = MaskConfig(**{key: tuple(value) if isinstance(value, list) else value
-                               for key, value in metadata["mask_config"].items()})
+        config = MaskConfig(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in metadata["mask_config"].items()
+            }
+        )
     except (TypeError, ValueError) as error:
         raise MaskFileError(f"{source}: its mask_config is invalid ({error}); re-export the file") from error
     origin = MaskOrigin(metadata["adapter"], metadata["processing_mode"], metadata["model"])

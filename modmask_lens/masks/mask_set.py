@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsupported
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
@@ -61,8 +61,9 @@ class MaskSet:
         """
         units = units_for(bridge, config)
         device = next(bridge.parameters()).device
-        logits = {unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True)
-                  for unit in units}
+        logits = {
+            unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True) for unit in units
+        }
         return cls(name, config, units, logits, origin or MaskOrigin.of(bridge))
 
     @property
@@ -123,6 +124,8 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """
     adapter = adapter_for(bridge)
     if config.granularity in ("head", "neuron") and not adapter.supports_units:
-        raise unsupported(bridge.cfg.architecture, f" that locates {config.granularity}s (only weight and matrix "
-                                                   "granularity work from the generic fallback)")
+        raise unsupported(
+            bridge.cfg.architecture,
+            f" that locates {config.granularity}s (only weight and matrix granularity work from the generic fallback)",
+        )
     return build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))

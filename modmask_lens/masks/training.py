@@ -127,13 +127,17 @@ class MaskTrainer:
             raise ValueError(f"subtask names must be unique, got {names}")
         single = [subtask.name for subtask in subtasks if len(subtask) < 2]
         if single:
-            raise ValueError(f"subtask(s) {single} have one example; a mask needs a subtask, not an example: "
-                             "give each at least 2")
+            raise ValueError(
+                f"subtask(s) {single} have one example; a mask needs a subtask, not an example: give each at least 2"
+            )
         self.bridge = bridge
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.checkpointer = Checkpointer(self.checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT) if (
-            self.checkpoint_dir is not None) else None
+        self.checkpointer = (
+            Checkpointer(self.checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
+            if (self.checkpoint_dir is not None)
+            else None
+        )
         self.progress = progress
         self.step = 0
         # Under torchrun (torch.distributed initialised) each process runs every n-th chunk of a batch and the mask
@@ -142,12 +146,16 @@ class MaskTrainer:
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
         if fully_shard:
             if train_config.n_samples % self.world_size:
-                raise ValueError(f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
-                                 f"lock-step on {self.world_size} processes; make n_samples a multiple of "
-                                 f"{self.world_size}")
+                raise ValueError(
+                    f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
+                    f"lock-step on {self.world_size} processes; make n_samples a multiple of "
+                    f"{self.world_size}"
+                )
             if train_config.target_density is not None:
-                raise ValueError("fully sharded training supports the logit-sum regulariser (beta) only; set "
-                                 "target_density=None or train without fully_shard")
+                raise ValueError(
+                    "fully sharded training supports the logit-sum regulariser (beta) only; set "
+                    "target_density=None or train without fully_shard"
+                )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
@@ -164,8 +172,9 @@ class MaskTrainer:
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
         if self.train_config.target_density is not None:
             run.multipliers = torch.zeros(2, requires_grad=True)
-            run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
-                                                        maximize=True)
+            run.multiplier_optimizer = torch.optim.Adam(
+                [run.multipliers], lr=self.train_config.lagrangian_lr, maximize=True
+            )
         return run
 
     def train(self) -> dict[str, MaskSet]:
@@ -203,8 +212,9 @@ class MaskTrainer:
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
         seed = stream_seed(config.seed, self.step, run.masks.name)
-        indices = torch.randint(len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step,
-                                                                                              run.masks.name))
+        indices = torch.randint(
+            len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step, run.masks.name)
+        )
         input_ids, labels = run.data.batch(indices)
         n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
         run.optimizer.zero_grad(set_to_none=True)
@@ -237,8 +247,11 @@ class MaskTrainer:
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
             run.multiplier_optimizer.step()
-        run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size,
-                       "kept": run.metrics.get("kept", float("nan"))}
+        run.metrics = {
+            "loss": task_loss,
+            "acc": n_correct / config.batch_size,
+            "kept": run.metrics.get("kept", float("nan")),
+        }
 
     def _log(self, run: _TaskRun) -> None:
         """Append a row to the run's history (after step ``self.step``) and refresh the bar's kept fraction.
@@ -247,8 +260,13 @@ class MaskTrainer:
         """
         masks = self._full_masks(run)
         run.metrics["kept"] = self._kept_fraction(masks)
-        row = {"step": self.step, "loss": run.metrics["loss"], "accuracy": run.metrics["acc"],
-               "kept": run.metrics["kept"], "expected_density": float(masks.expected_density().detach())}
+        row = {
+            "step": self.step,
+            "loss": run.metrics["loss"],
+            "accuracy": run.metrics["acc"],
+            "kept": run.metrics["kept"],
+            "expected_density": float(masks.expected_density().detach()),
+        }
         if run.shards is None and (self.step % FAITHFULNESS_EVERY == 0 or self.step == self.train_config.steps):
             row["faithfulness"] = self._faithfulness(run)
         masks.history.append(row)
@@ -319,26 +337,31 @@ class MaskTrainer:
 
         def check_tasks(metadata: dict) -> None:
             for task in metadata["tasks"]:
-                require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
+                require_fields(
+                    task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)"
+                )
 
         tensors, metadata = self.checkpointer.load({"step": int, "train_config": dict, "tasks": list}, check_tasks)
         self._check_resumable(path, metadata)
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
-            own = {name[len(prefix) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
+            own = {name[len(prefix) + 1 :]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.masks.train_config = self.train_config.to_dict()
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
                 run.shards = ShardedLogits(run.masks, self.sharded_bridge.device)
-                full_optimizer, run.optimizer = run.optimizer, torch.optim.Adam(run.shards.parameters(),
-                                                                                lr=self.train_config.lr)
+                full_optimizer, run.optimizer = (
+                    run.optimizer,
+                    torch.optim.Adam(run.shards.parameters(), lr=self.train_config.lr),
+                )
                 run.shards.load_optimizer_state(run.optimizer, full_optimizer)
             if run.multipliers is not None:
                 run.multipliers = own["multipliers"].clone().requires_grad_(True)
-                run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
-                                                            maximize=True)
+                run.multiplier_optimizer = torch.optim.Adam(
+                    [run.multipliers], lr=self.train_config.lagrangian_lr, maximize=True
+                )
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
 
@@ -349,24 +372,33 @@ class MaskTrainer:
         saved_config = {key: value for key, value in metadata["train_config"].items() if key not in RESUMABLE_FIELDS}
         for key, value in self.train_config.deciding_fields().items():
             if _as_json(saved_config.get(key)) != _as_json(value):
-                raise ValueError(f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
-                                 f"{value!r}; set it back to resume, or {fresh}")
+                raise ValueError(
+                    f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
+                    f"{value!r}; set it back to resume, or {fresh}"
+                )
         names = [task["mask"].get("name") for task in metadata["tasks"]]
         if names != [run.masks.name for run in self.runs]:
-            raise ValueError(f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: "
-                             f"{fresh}")
+            raise ValueError(
+                f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: {fresh}"
+            )
         for run, task in zip(self.runs, metadata["tasks"]):
             saved_mask_config = task["mask"].get("mask_config")
             if _as_json(saved_mask_config) != _as_json(run.masks.config.to_dict()):
-                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained with mask config "
-                                 f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}")
+                raise ValueError(
+                    f"{path}: subtask {run.masks.name!r} was trained with mask config "
+                    f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}"
+                )
             if task.get("data_sha256") != run.data.fingerprint():
-                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
-                                 f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
-                                 f"{fresh}")
+                raise ValueError(
+                    f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
+                    f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
+                    f"{fresh}"
+                )
         if metadata["step"] > self.train_config.steps:
-            raise ValueError(f"{path} is at step {metadata['step']}, past this run's steps="
-                             f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}")
+            raise ValueError(
+                f"{path} is at step {metadata['step']}, past this run's steps="
+                f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}"
+            )
 
 
 def _as_json(value: object) -> str:
@@ -407,5 +439,6 @@ def train_masks(
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
-    return MaskTrainer(bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard,
-                       device).train()
+    return MaskTrainer(
+        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device
+    ).train()

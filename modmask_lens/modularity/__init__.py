@@ -4,7 +4,8 @@
   TransformerBridge, with :class:`ConnectionCost` and swaps (:func:`relocate_units`) that keep the function.
 * Clusterability (Golechha, Cope & Schoots 2024/2025): :func:`clusterability` of any bridge or MLP, and
   :class:`ClusterabilityLoss` for training.
-* :func:`mlp_connectome` lays out a network's weights for :func:`modmask_lens.viz.connectome_svg`; :func:`connected_modules` finds its disconnected parts.
+* :func:`mlp_connectome` lays out a network's weights for :func:`modmask_lens.viz.connectome_svg`;
+  :func:`connected_modules` finds its disconnected parts.
 
 Example:
     >>> from modmask_lens.modularity import clusterability                       # doctest: +SKIP

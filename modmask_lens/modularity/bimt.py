@@ -68,8 +68,13 @@ SYMBOLIC = BimtConfig()
 """BIMT's symbolic-formula settings (the defaults): sum cost, A = 1, l0 = 0.1, lambda 1e-3 (x10 at 1/4, x0.1 at 3/4),
 lr 2e-3, top_k 5, biases charged from 3/4 of training."""
 
-MODULAR_ADDITION = BimtConfig(lr=1e-3, lambda_initial=0.1, top_k=30, penalize_biases_from=0.0,
-                              cost=ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction="mean"))
+MODULAR_ADDITION = BimtConfig(
+    lr=1e-3,
+    lambda_initial=0.1,
+    top_k=30,
+    penalize_biases_from=0.0,
+    cost=ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction="mean"),
+)
 """BIMT's modular addition (p = 59) settings: mean cost, A = 2, l0 = 0.5, lambda 0.1 (x10 at 1/4, x0.1 at 3/4),
 lr 1e-3, top_k 30, biases charged throughout (BIMT code, ``modular_addition_3.3``)."""
 
@@ -105,9 +110,13 @@ class BimtObjective:
         return relocate_units(self.graph, self.cost, self.config.top_k, optimizer)
 
 
-def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], config: BimtConfig = SYMBOLIC,
-               graph: UnitGraph | None = None,
-               callback: Callable[[int], None] | None = None) -> pd.DataFrame:
+def train_bimt(
+    model: nn.Module,
+    task_loss: Callable[[], Float[Tensor, ""]],
+    config: BimtConfig = SYMBOLIC,
+    graph: UnitGraph | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
     """Train ``model`` with BIMT: AdamW on ``task_loss() + lambda * connection cost``, a swap pass every
     ``config.swap_every`` steps (optimiser state permuted with the weights).
 
@@ -137,8 +146,15 @@ def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], con
         optimizer.step()
         swaps_since_log += objective.after_step(step, optimizer)
         if step % config.log_every == 0 or step == config.steps - 1:
-            history.append(dict(step=step, task_loss=float(task.detach()), connection_cost=float(connection.detach()),
-                                **{"lambda": strength}, swaps=swaps_since_log))
+            history.append(
+                dict(
+                    step=step,
+                    task_loss=float(task.detach()),
+                    connection_cost=float(connection.detach()),
+                    **{"lambda": strength},
+                    swaps=swaps_since_log,
+                )
+            )
             swaps_since_log = 0
             if callback is not None:
                 callback(step)

@@ -13,16 +13,26 @@ from collections import defaultdict
 
 from torch import Tensor, nn
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
 RESIDUAL = "resid"
 _READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate", "W_U")  # read the residual stream on their input side
 _WRITERS = ("W_O", "W_out")  # write it on their output side
 _EMBEDDINGS = ("W_E", "W_pos", "W_token_type")  # [index, d_model]: write it, and their indices have no place
-_RESIDUAL_VECTORS = ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "ln_final.w", "ln_final.b", "ln_embed.w", "ln_embed.b",
-                     "b_O", "b_out")
+_RESIDUAL_VECTORS = (
+    "ln1.w",
+    "ln1.b",
+    "ln2.w",
+    "ln2.b",
+    "ln_final.w",
+    "ln_final.b",
+    "ln_embed.w",
+    "ln_embed.b",
+    "b_O",
+    "b_out",
+)
 _UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate")
 _UNMOVED_VECTORS = ("b_U",)  # indexed by the vocabulary, which never moves
 
@@ -50,7 +60,8 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
     if not adapter.supports_units:
         raise UnsupportedForModularity(
             f"{adapter.name} adapter cannot locate heads and neurons; modularity needs an adapter for "
-            f"{bridge.cfg.architecture} (see CONTRIBUTING.md#adapters)")
+            f"{bridge.cfg.architecture} (see CONTRIBUTING.md#adapters)"
+        )
     shape = model_shape(bridge)
     members: dict[str, list[AxisMember]] = defaultdict(list)
     edges: list[WeightEdge] = []
@@ -74,7 +85,8 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
         elif spec.role not in _UNMOVED_VECTORS:
             raise UnsupportedForModularity(
                 f"{spec.key} (role {spec.role}): not a known reader or writer of the residual stream, so permuting "
-                f"the residual stream would break the model; teach modmask_lens/modularity/bridge_graph.py its role")
+                f"the residual stream would break the model; teach modmask_lens/modularity/bridge_graph.py its role"
+            )
     axes = [UnitAxis(RESIDUAL, "resid", None, shape.d_model, tuple(members[RESIDUAL]))]
     for layer in range(shape.n_layers):
         for name, kind in ((f"blocks.{layer}.attn", "head_group"), (f"blocks.{layer}.mlp", "neuron")):
@@ -100,6 +112,14 @@ def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:
         in_axis, out_axis = RESIDUAL, _unit_axis_name(spec)
     else:
         in_axis, out_axis = _unit_axis_name(spec), RESIDUAL
-    return WeightEdge(spec.key, spec.role, spec.layer, tensor, stored_in_out=in_dim == 0,
-                      in_axis=in_axis, out_axis=out_axis,
-                      x_in=None if spec.role in _EMBEDDINGS else evenly_placed(n_in), x_out=evenly_placed(n_out))
+    return WeightEdge(
+        spec.key,
+        spec.role,
+        spec.layer,
+        tensor,
+        stored_in_out=in_dim == 0,
+        in_axis=in_axis,
+        out_axis=out_axis,
+        x_in=None if spec.role in _EMBEDDINGS else evenly_placed(n_in),
+        x_out=evenly_placed(n_out),
+    )

@@ -52,20 +52,24 @@ class ComponentGate(nn.Module):
         return self.network(residual).sigmoid().view(-1, self.n_layers, self.n_heads + 1)
 
 
-def gated_logits(bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"],
-                 input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+def gated_logits(
+    bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"], input_ids: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos vocab"]:
     """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate.
 
     The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
     """
+
     def scale_heads(layer: int):
         def hook(z, hook):
             return z * gates[:, layer, :-1, None][:, None]  # z: [batch, pos, head, d_head]
+
         return hook
 
     def scale_mlp(layer: int):
         def hook(mlp_out, hook):
             return mlp_out * gates[:, layer, -1][:, None, None]  # mlp_out: [batch, pos, d_model]
+
         return hook
 
     hooks = [(f"blocks.{layer}.attn.hook_z", scale_heads(layer)) for layer in range(gates.shape[1])]
@@ -73,8 +77,12 @@ def gated_logits(bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"],
     return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks)
 
 
-def train_component_gate(bridge: Bridge, subtasks: Sequence[SubtaskData],
-                         config: ComponentGateConfig = ComponentGateConfig(), progress: bool = True) -> ComponentGate:
+def train_component_gate(
+    bridge: Bridge,
+    subtasks: Sequence[SubtaskData],
+    config: ComponentGateConfig = ComponentGateConfig(),
+    progress: bool = True,
+) -> ComponentGate:
     """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty."""
     merged = SubtaskData.concatenate("all", list(subtasks))
     positions = ProbeData.from_subtasks(subtasks, target="subtask").positions
@@ -106,10 +114,19 @@ def component_usage(gate: ComponentGate, bridge: Bridge, subtasks: Sequence[Subt
     for index, name in enumerate(data.subtask_names):
         mean = gates[data.subtasks == index].mean(dim=0)
         for layer in range(gate.n_layers):
-            rows += [{"subtask": name, "layer": layer, "component": "head", "head": head,
-                      "mean_gate": float(mean[layer, head])} for head in range(gate.n_heads)]
-            rows.append({"subtask": name, "layer": layer, "component": "mlp", "head": -1,
-                         "mean_gate": float(mean[layer, -1])})
+            rows += [
+                {
+                    "subtask": name,
+                    "layer": layer,
+                    "component": "head",
+                    "head": head,
+                    "mean_gate": float(mean[layer, head]),
+                }
+                for head in range(gate.n_heads)
+            ]
+            rows.append(
+                {"subtask": name, "layer": layer, "component": "mlp", "head": -1, "mean_gate": float(mean[layer, -1])}
+            )
     return pd.DataFrame(rows)
 
 
@@ -124,8 +141,10 @@ def compare_with_masks(usage: pd.DataFrame, head_importance: pd.DataFrame) -> pd
     """
     heads = usage[usage.component == "head"][["subtask", "layer", "head", "mean_gate"]]
     masks = head_importance[["mask", "layer", "head", "kept_fraction"]].astype({"layer": int, "head": int})
-    table = heads.merge(masks, left_on=["subtask", "layer", "head"], right_on=["mask", "layer", "head"],
-                        how="inner").drop(columns="mask")
+    table = heads.merge(
+        masks, left_on=["subtask", "layer", "head"], right_on=["mask", "layer", "head"], how="inner"
+    ).drop(columns="mask")
     correlation = table.groupby("subtask")[["mean_gate", "kept_fraction"]].apply(
-        lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank()))
+        lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank())
+    )
     return table.assign(spearman=table["subtask"].map(correlation))

@@ -45,7 +45,9 @@ class ProbeData:
         return self.input_ids.shape[0]
 
     @classmethod
-    def from_subtasks(cls, subtasks: Sequence[SubtaskData], target: str = "answer", vocab_size: int | None = None) -> ProbeData:
+    def from_subtasks(
+        cls, subtasks: Sequence[SubtaskData], target: str = "answer", vocab_size: int | None = None
+    ) -> ProbeData:
         """Examples of several subtasks, labelled with the subtask they come from.
 
         Args:
@@ -62,14 +64,25 @@ class ProbeData:
         first_answer = scored.int().argmax(dim=1)  # labels[t] is predicted at position t - 1
         answers = merged.labels.gather(1, first_answer[:, None]).squeeze(1)
         subtask_index = torch.cat([torch.full((len(part),), index) for index, part in enumerate(subtasks)])
-        return cls(merged.input_ids, first_answer - 1, answers if target == "answer" else subtask_index,
-                   subtask_index, tuple(part.name for part in subtasks),
-                   vocab_size if target == "answer" else len(subtasks))
+        return cls(
+            merged.input_ids,
+            first_answer - 1,
+            answers if target == "answer" else subtask_index,
+            subtask_index,
+            tuple(part.name for part in subtasks),
+            vocab_size if target == "answer" else len(subtasks),
+        )
 
     def select(self, indices: Int[Tensor, " batch"]) -> ProbeData:
         """The examples at ``indices``."""
-        return ProbeData(self.input_ids[indices], self.positions[indices], self.targets[indices],
-                         self.subtasks[indices], self.subtask_names, self.n_classes)
+        return ProbeData(
+            self.input_ids[indices],
+            self.positions[indices],
+            self.targets[indices],
+            self.subtasks[indices],
+            self.subtask_names,
+            self.n_classes,
+        )
 
 
 def read_activations(

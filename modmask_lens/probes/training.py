@@ -41,13 +41,24 @@ class ProbeTrainer:
         >>> probe = trainer.train()                                                                     # doctest: +SKIP
     """
 
-    def __init__(self, bridge: Bridge, hook_names: Sequence[str], data: ProbeData, config: ProbeConfig = ProbeConfig(),
-                 checkpoint_dir: str | Path | None = None, progress: bool = True, frozen_gate: GatedProbe | None = None):
+    def __init__(
+        self,
+        bridge: Bridge,
+        hook_names: Sequence[str],
+        data: ProbeData,
+        config: ProbeConfig = ProbeConfig(),
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        frozen_gate: GatedProbe | None = None,
+    ):
         if len(data) < 2:
             raise ValueError(f"a probe needs at least 2 examples, got {len(data)}")
         self.bridge, self.hook_names, self.data, self.config = bridge, list(hook_names), data, config
-        self.checkpointer = Checkpointer(Path(checkpoint_dir) / CHECKPOINT_FILE, CHECKPOINT_FORMAT) if (
-            checkpoint_dir is not None) else None
+        self.checkpointer = (
+            Checkpointer(Path(checkpoint_dir) / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
+            if (checkpoint_dir is not None)
+            else None
+        )
         self.progress = progress
         d_in = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1]).shape[1]
         with seeded(config.seed):
@@ -71,15 +82,18 @@ class ProbeTrainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3g}", acc=f"{accuracy:.2f}")
-            if self.checkpointer is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+            if self.checkpointer is not None and (
+                self.step % config.checkpoint_every == 0 or self.step == config.steps
+            ):
                 self.save_checkpoint()
         bar.close()
         return self.probe.eval()
 
     def _train_step(self) -> tuple[float, float]:
         config = self.config
-        batch = self.data.select(torch.randint(len(self.data), (config.batch_size,),
-                                               generator=step_generator(config.seed, self.step)))
+        batch = self.data.select(
+            torch.randint(len(self.data), (config.batch_size,), generator=step_generator(config.seed, self.step))
+        )
         activations = read_activations(self.bridge, self.hook_names, batch.input_ids, batch.positions)
         temperature = gate_temperature(config, self.step, len(self.data))
         output = self.probe(activations, temperature=1.0 if config.two_temperatures else temperature)
@@ -101,14 +115,18 @@ class ProbeTrainer:
         """Write the probe, the optimiser state and the step atomically."""
         tensors = {f"probe/{name}": value for name, value in self.probe.state_dict().items()}
         tensors |= optimizer_tensors(self.optimizer, "rmsprop")
-        return self.checkpointer.save(tensors, {"step": self.step, "config": self.config.to_dict(),
-                                                "hook_names": self.hook_names})
+        return self.checkpointer.save(
+            tensors, {"step": self.step, "config": self.config.to_dict(), "hook_names": self.hook_names}
+        )
 
     def _resume(self) -> None:
         tensors, metadata = self.checkpointer.load({"step": int, "config": dict, "hook_names": list})
         if metadata["config"] != self.config.to_dict() or metadata["hook_names"] != self.hook_names:
-            raise ValueError(f"{self.checkpointer.path} was written for other settings or hooks; use a fresh checkpoint directory")
-        self.probe.load_state_dict({name[len("probe/"):]: value for name, value in tensors.items()
-                                    if name.startswith("probe/")})
+            raise ValueError(
+                f"{self.checkpointer.path} was written for other settings or hooks; use a fresh checkpoint directory"
+            )
+        self.probe.load_state_dict(
+            {name[len("probe/") :]: value for name, value in tensors.items() if name.startswith("probe/")}
+        )
         load_optimizer(self.optimizer, tensors, "rmsprop")
         self.step = int(metadata["step"])

@@ -23,8 +23,9 @@ DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 qu
 DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
 # Share of train operands set to 00. Each answer digit is a sum mod 10 of two input digits, uniform given either one,
 # so a transformer trained on uniform questions gets no gradient toward the operand positions: 2-layer GPT-2 and
-# Llama models stayed at chance loss (1.536 nats/token) for 1,500 steps at four settings here. With 10% zero operands
-# (an answer digit then copies an input digit) the GPT-2 recipe reached 97% after 250 steps. Test questions stay uniform.
+# Llama models stayed at chance loss (1.536 nats/token) for 1,500 steps at four settings here. With 10% zero
+# operands (an answer digit then copies an input digit) the GPT-2 recipe reached 97% after 250 steps. Test
+# questions stay uniform.
 DOUBLE_ADD_ZERO_OPERAND_PROBABILITY = 0.1
 # Offsets of each pair's two answer digits in a double-addition completion "ss,tt", for restrict_labels.
 DOUBLE_ADD_PAIR_OFFSETS = {"pair1": (0, 1), "pair2": (3, 4)}
@@ -86,8 +87,10 @@ def modular_addition_task(
 def _double_add_examples(operands: np.ndarray) -> dict[str, list]:
     """Rows ``[a, b, c, d]`` of ``operands`` as ``"a+b,c+d"`` -> ``"(a+b)%100,(c+d)%100"``."""
     texts = [_two_digits(column) for column in operands.T]
-    sums = [_two_digits((operands[:, 0] + operands[:, 1]) % RESULT_MODULUS),
-            _two_digits((operands[:, 2] + operands[:, 3]) % RESULT_MODULUS)]
+    sums = [
+        _two_digits((operands[:, 0] + operands[:, 1]) % RESULT_MODULUS),
+        _two_digits((operands[:, 2] + operands[:, 3]) % RESULT_MODULUS),
+    ]
     return {
         "question": [f"{a}+{b},{c}+{d}" for a, b, c, d in zip(*texts)],
         "answer": [f"{first},{second}" for first, second in zip(*sums)],
@@ -100,11 +103,13 @@ def _double_add_codes(operands: np.ndarray) -> np.ndarray:
 
 
 def _double_add_operands(codes: np.ndarray) -> np.ndarray:
-    return np.stack([codes // OPERAND_LIMIT ** power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
+    return np.stack([codes // OPERAND_LIMIT**power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
 
 
 def double_addition_task(
-    seed: int = 0, train_size: int = DOUBLE_ADD_TRAIN_SIZE, test_size: int = DOUBLE_ADD_TEST_SIZE,
+    seed: int = 0,
+    train_size: int = DOUBLE_ADD_TRAIN_SIZE,
+    test_size: int = DOUBLE_ADD_TEST_SIZE,
     zero_operand_probability: float = DOUBLE_ADD_ZERO_OPERAND_PROBABILITY,
 ) -> DatasetDict:
     """Two pairs summed at once (mod 100 each): distinct questions, test disjoint from train. Test operands are
@@ -125,7 +130,9 @@ def double_addition_task(
     train_codes = train_codes[~np.isin(train_codes, test_codes)][:train_size]
     if len(test_codes) < test_size or len(train_codes) < train_size:
         raise ValueError("asked for more distinct double-addition questions than were drawn; lower the sizes")
-    return DatasetDict({
-        "train": Dataset.from_dict(_double_add_examples(_double_add_operands(train_codes))),
-        "test": Dataset.from_dict(_double_add_examples(_double_add_operands(test_codes))),
-    })
+    return DatasetDict(
+        {
+            "train": Dataset.from_dict(_double_add_examples(_double_add_operands(train_codes))),
+            "test": Dataset.from_dict(_double_add_examples(_double_add_operands(test_codes))),
+        }
+    )

@@ -50,8 +50,9 @@ def independence_data(n_train: int = 100, n_test: int = 100, seed: int = 0) -> R
     generator = torch.Generator().manual_seed(seed)
     train_inputs = torch.rand(n_train, 4, generator=generator) * 2 - 1
     test_inputs = torch.rand(n_test, 4, generator=generator) * 2 - 1
-    return RegressionSplit(train_inputs, independence_targets(train_inputs),
-                           test_inputs, independence_targets(test_inputs))
+    return RegressionSplit(
+        train_inputs, independence_targets(train_inputs), test_inputs, independence_targets(test_inputs)
+    )
 
 
 def modular_addition_data(modulus: int = 59, train_fraction: float = 0.8, seed: int = 0) -> TokenSplit:

@@ -72,8 +72,8 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "double_add": TaskSpec(
         name="double_add",
-        description="two pairs of two-digit numbers summed at once (mod 100 each), 200k train (10% of operands 00) / 10k "
-        "uniform test, characters",
+        description="two pairs of two-digit numbers summed at once (mod 100 each), 200k train (10% of operands 00) "
+        "/ 10k uniform test, characters",
         build=lambda seed: arithmetic.double_addition_task(seed),
         make_tokenizer=character_level_tokenizer,
         subtask_column=None,

@@ -71,8 +71,9 @@ def _decode(
         for prompt_length in examples.prompt_lengths.unique().tolist():
             rows = torch.nonzero(examples.prompt_lengths == prompt_length).squeeze(1)
             generated = examples.input_ids[rows, :prompt_length]
-            logits, cache = step_with_cache(model, generated, None) if use_cache else (
-                next_token_logits(model, generated), None)
+            logits, cache = (
+                step_with_cache(model, generated, None) if use_cache else (next_token_logits(model, generated), None)
+            )
             finished = torch.zeros(len(rows), dtype=torch.bool)
             for _ in range(max_new_tokens):
                 predicted = torch.where(finished, examples.pad_token_id, logits[:, -1].argmax(dim=-1))
@@ -88,7 +89,9 @@ def _decode(
     return tokens
 
 
-def _generated_positions(examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]) -> Bool[Tensor, "example pos"]:
+def _generated_positions(
+    examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]
+) -> Bool[Tensor, "example pos"]:
     """Positions holding a generated token: from the prompt's end up to and including the first EOS, at most
     ``width - max(prompt_lengths)`` of them (the layout of :func:`greedy_complete`)."""
     positions = torch.arange(tokens.shape[1])

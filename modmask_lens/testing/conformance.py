@@ -15,12 +15,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from modmask_lens.core.bridge import Bridge
 from modmask_lens.adapters import TensorSpec, adapter_for
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer
@@ -48,8 +48,9 @@ def applicable_checks(bridge: Bridge) -> list[str]:
     return [name for name in CHECKS if name != "hf_export_reloads" or exports]
 
 
-def run_conformance(bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None,
-                    checks: Sequence[str] | None = None) -> list[CheckResult]:
+def run_conformance(
+    bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None, checks: Sequence[str] | None = None
+) -> list[CheckResult]:
     """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
     defaults to seeded random ids. A check that raises is reported as failed, with the others.
 
@@ -64,7 +65,7 @@ def run_conformance(bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = No
     for name in applicable_checks(bridge) if checks is None else checks:
         try:
             failure = CHECKS[name](bridge, tokens)
-        except Exception as error:  # a crash is a failed check, reported with the others
+        except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
             failure = f"raised {type(error).__name__}: {error}"
         results.append(CheckResult(name, failure is None, failure or ""))
     return results
@@ -99,8 +100,9 @@ def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
 
 def _constant(bridge: Bridge, config: MaskConfig, value: bool) -> BinaryMask:
     binary = MaskSet.for_bridge(bridge, config).binary()
-    return BinaryMask(binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()},
-                      binary.origin)
+    return BinaryMask(
+        binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()}, binary.origin
+    )
 
 
 def _all_ones(bridge: Bridge, tokens: Tensor) -> str | None:
@@ -169,7 +171,7 @@ def _tl_views(bridge: Bridge) -> str | None:
         weight = bridge.get_parameter(spec.path).detach()
         tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
 
-        def as_tl(piece: Tensor) -> Tensor:
+        def as_tl(piece: Tensor, spec: TensorSpec = spec) -> Tensor:
             return piece.movedim(spec.input_axis, 0)  # TransformerLens stores [in, out]
 
         if spec.unit in ("head", "kv_head"):
@@ -187,14 +189,22 @@ def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
     before = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
     labels = tokens.clone()
     labels[:, : tokens.shape[1] // 2] = -100
-    trainer = MaskTrainer(bridge, [SubtaskData("conformance", tokens, labels)],
-                          train_config=TrainConfig(steps=2, batch_size=2, n_samples=2), progress=False)
+    trainer = MaskTrainer(
+        bridge,
+        [SubtaskData("conformance", tokens, labels)],
+        train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
+        progress=False,
+    )
     mask = trainer.train()["conformance"]
     if not all(logit.grad is not None and logit.grad.abs().sum() > 0 for logit in mask.logits.values()):
         return "some mask logits received no gradient"
     if any(parameter.grad is not None for parameter in bridge.parameters()):
         return "a model parameter received a gradient"
-    changed = [name for name, tensor in bridge.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    changed = [
+        name
+        for name, tensor in bridge.named_parameters(remove_duplicate=False)
+        if not torch.equal(tensor, before[name])
+    ]
     return f"model parameters changed: {changed}" if changed else None
 
 
@@ -219,7 +229,11 @@ def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
         output = processed(tokens)
     if not torch.equal(output, reference):
         return "compat mode: logits differ under an all-ones mask"
-    changed = [name for name, tensor in processed.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    changed = [
+        name
+        for name, tensor in processed.named_parameters(remove_duplicate=False)
+        if not torch.equal(tensor, before[name])
+    ]
     return f"compat mode: parameters changed: {changed}" if changed else None
 
 

@@ -10,8 +10,15 @@ from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = dict(unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                      mask_token="<mask>", cls_token="<bos>", sep_token="<eos>")
+SPECIAL_TOKENS = {
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "eos_token": "<eos>",
+    "bos_token": "<bos>",
+    "mask_token": "<mask>",
+    "cls_token": "<bos>",
+    "sep_token": "<eos>",
+}
 
 
 def placeholder_word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:

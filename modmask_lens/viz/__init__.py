@@ -31,7 +31,7 @@ __all__ = [
     "iou_heatmap",
     "kept_fraction_plot",
     "logit_histogram",
-    "routing_heatmap",
     "report_from_files",
+    "routing_heatmap",
     "write_report",
 ]

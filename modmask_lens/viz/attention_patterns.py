@@ -82,8 +82,9 @@ def attention_patterns(
     return AttentionPatterns(labels, {label: _patterns(bridge, input_ids, mask) for label, mask in conditions.items()})
 
 
-def _patterns(bridge: Bridge, input_ids: Int[Tensor, " pos"],
-              mask: BinaryMask | None) -> Float[Tensor, "layer head query_pos key_pos"]:
+def _patterns(
+    bridge: Bridge, input_ids: Int[Tensor, " pos"], mask: BinaryMask | None
+) -> Float[Tensor, "layer head query_pos key_pos"]:
     def run() -> Tensor:
         _, cache = bridge.run_with_cache(input_ids[None], names_filter=lambda name: name.endswith("attn.hook_pattern"))
         return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(bridge.cfg.n_layers)])

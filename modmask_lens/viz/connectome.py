@@ -21,8 +21,14 @@ POSITIVE_COLOUR = "#1f4e9c"  # BIMT: blue for w > 0
 NEGATIVE_COLOUR = "#c0392b"  # BIMT: red for w < 0
 
 
-def connectome_svg(drawn: Sequence[DrawnMatrix], title: str = "", width: int = 640, row_height: int = 120,
-                   max_line_width: float = 3.0, min_relative: float = 0.01) -> str:
+def connectome_svg(
+    drawn: Sequence[DrawnMatrix],
+    title: str = "",
+    width: int = 640,
+    row_height: int = 120,
+    max_line_width: float = 3.0,
+    min_relative: float = 0.01,
+) -> str:
     """An SVG document of the drawn matrices.
 
     Args:
@@ -57,13 +63,19 @@ def connectome_svg(drawn: Sequence[DrawnMatrix], title: str = "", width: int = 6
                 f'<line x1="{x_pixel(x_in[in_index]):.1f}" y1="{y_pixel(item.in_row):.1f}" '
                 f'x2="{x_pixel(x_out[out_index]):.1f}" y2="{y_pixel(item.out_row):.1f}" '
                 f'stroke="{POSITIVE_COLOUR if value > 0 else NEGATIVE_COLOUR}" '
-                f'stroke-width="{max_line_width * abs(value) / float(largest):.2f}"/>')
+                f'stroke-width="{max_line_width * abs(value) / float(largest):.2f}"/>'
+            )
     circles = [f'<circle cx="{x_pixel(x):.1f}" cy="{y_pixel(row):.1f}" r="2.5"/>' for x, row in sorted(dots)]
     heading = f'<text x="{margin}" y="{margin}" font-size="14">{escape(title)}</text>' if title else ""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}">\n<rect width="100%" height="100%" fill="white"/>\n{heading}\n'
-            f'<g stroke-linecap="round">\n' + "\n".join(lines) + '\n</g>\n<g fill="black">\n'
-            + "\n".join(circles) + "\n</g>\n</svg>\n")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">\n<rect width="100%" height="100%" fill="white"/>\n{heading}\n'
+        f'<g stroke-linecap="round">\n'
+        + "\n".join(lines)
+        + '\n</g>\n<g fill="black">\n'
+        + "\n".join(circles)
+        + "\n</g>\n</svg>\n"
+    )
 
 
 class ConnectomeFrames:

@@ -49,7 +49,9 @@ class ModelCard:
     def objective(self) -> str:
         """What the training minimised: the task loss alone, or with a modular-training term."""
         if self.recipe.get("bimt"):
-            return "task loss + BIMT connection cost, with neuron/head/residual swaps (settings: card.json `recipe.bimt`)"
+            return (
+                "task loss + BIMT connection cost, with neuron/head/residual swaps (settings: card.json `recipe.bimt`)"
+            )
         if self.recipe.get("clusterability"):
             return "task loss - clusterability reward (settings: card.json `recipe.clusterability`)"
         return "task loss (cross-entropy on answer tokens and EOS)"

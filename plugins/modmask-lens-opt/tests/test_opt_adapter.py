@@ -8,19 +8,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from modmask_lens_opt import OptAdapter
 from transformers import OPTConfig, OPTForCausalLM
 
 from modmask_lens.adapters import adapter_for, installed_adapters
 from modmask_lens.testing import CHECKS, applicable_checks, run_conformance
 from modmask_lens.testing.tiny_models import boot_tiny
-from modmask_lens_opt import OptAdapter
 
 torch.set_num_threads(1)
 
 
 def tiny_opt(directory):
-    config = OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=40,
-                       max_position_embeddings=32, word_embed_proj_dim=32)
+    config = OPTConfig(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=40,
+        max_position_embeddings=32,
+        word_embed_proj_dim=32,
+    )
     return boot_tiny(OPTForCausalLM(config), directory)
 
 
