@@ -60,8 +60,13 @@ class MaskTraining:
     sharded path in one process (block-by-block gathers and the recomputing backward, without the communication)."""
 
     def __init__(self, bridge: TransformerBridge, tasks: list[SubtaskData], steps: int, fully_shard: bool = False):
-        self.trainer = MaskTrainer(bridge, tasks, train_config=TrainConfig(steps=steps, batch_size=BATCH),
-                                   progress=False, fully_shard=fully_shard)
+        self.trainer = MaskTrainer(
+            bridge,
+            tasks,
+            train_config=TrainConfig(steps=steps, batch_size=BATCH),
+            progress=False,
+            fully_shard=fully_shard,
+        )
 
     def step(self, index: int) -> None:
         for run in self.trainer.runs:
@@ -131,13 +136,15 @@ def main() -> None:
         multi_steps = max(steps // 3, 3)
         tasks = [subtask(f"t{k}", k) for k in range(TASKS)]
         start = time.perf_counter()
-        MaskTrainer(mask_bridge, tasks, train_config=TrainConfig(steps=multi_steps, batch_size=BATCH),
-                    progress=False).train()
+        MaskTrainer(
+            mask_bridge, tasks, train_config=TrainConfig(steps=multi_steps, batch_size=BATCH), progress=False
+        ).train()
         joint_time = time.perf_counter() - start
         start = time.perf_counter()
         for task in tasks:
-            MaskTrainer(mask_bridge, [task], train_config=TrainConfig(steps=multi_steps, batch_size=BATCH),
-                        progress=False).train()
+            MaskTrainer(
+                mask_bridge, [task], train_config=TrainConfig(steps=multi_steps, batch_size=BATCH), progress=False
+            ).train()
         separate_time = time.perf_counter() - start
 
     memory_steps = 3

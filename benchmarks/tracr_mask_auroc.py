@@ -41,17 +41,25 @@ def main() -> None:
         data = case.train[name]
         for granularity in ("head", "neuron"):
             started = time.perf_counter()
-            masks = train_masks(case.bridge, data, mask_config=MaskConfig(granularity=granularity),
-                                train_config=TrainConfig(steps=arguments.steps), progress=False)[name]
+            masks = train_masks(
+                case.bridge,
+                data,
+                mask_config=MaskConfig(granularity=granularity),
+                train_config=TrainConfig(steps=arguments.steps),
+                progress=False,
+            )[name]
             seconds = time.perf_counter() - started
             truth = case.truth[name][granularity]
             scores = torch.cat([masks.logits[unit].detach().flatten() for unit in truth])
             used = torch.cat([truth[unit].flatten() for unit in truth])
             binary = masks.binary()
             kept = int(sum((masks.logits[unit].detach() > 0).sum() for unit in truth))
-            print(f"{name} {granularity}: auroc {auroc(scores, used):.3f}, used {int(used.sum())}/{used.numel()}, "
-                  f"kept {kept}, exact_match {exact_match(case.bridge, case.test[name], binary):.3f}, "
-                  f"steps {arguments.steps}, wall {seconds:.0f} s", flush=True)
+            print(
+                f"{name} {granularity}: auroc {auroc(scores, used):.3f}, used {int(used.sum())}/{used.numel()}, "
+                f"kept {kept}, exact_match {exact_match(case.bridge, case.test[name], binary):.3f}, "
+                f"steps {arguments.steps}, wall {seconds:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

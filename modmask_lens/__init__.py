@@ -13,10 +13,12 @@ Example:
 __version__ = "0.1.0"
 
 from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
+from modmask_lens.analysis import circuit_graph
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData, score_answers
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
@@ -25,24 +27,24 @@ from modmask_lens.masks.readout import faithful_binary, faithful_threshold
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
 from modmask_lens.versions import warn_about_known_breaks
-from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, circuit_graph, write_report
+from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, write_report
 
 warn_about_known_breaks()
 
 __all__ = [
     "Adapter",
     "AttentionView",
-    "CircuitView",
-    "ClusterabilityLoss",
-    "OverlapView",
     "BimtMLP",
     "BinaryMask",
+    "CircuitView",
+    "ClusterabilityLoss",
     "MaskConfig",
     "MaskFileError",
     "MaskSet",
     "MaskTrainer",
     "ModelMismatch",
     "NonFiniteLoss",
+    "OverlapView",
     "SubtaskData",
     "TensorSpec",
     "TrainConfig",

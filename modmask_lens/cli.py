@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pandas as pd
@@ -43,33 +44,21 @@ def _reporting_known_errors(function: Callable) -> Callable:
     return run
 
 
-app = _Typer(help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
-                  "TransformerLens 4.x bridges.", no_args_is_help=True, add_completion=False)
+app = _Typer(
+    help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
+    "TransformerLens 4.x bridges.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()
-def main_options(threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
-                 debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
+def main_options(
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error"),
+):
     torch.set_num_threads(threads)
     _show_tracebacks["debug"] = debug
-
-
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("demo-output"), help="folder for the masks, tables, summary and report"),
-    mask_steps: int = typer.Option(200, help="mask training steps per subtask"),
-):
-    """Find the jump and walk subnetworks of the zoo's SCAN model; write masks, tables and an offline HTML report.
-
-    Example: modmask-lens demo --out demo-output
-    """
-    import dataclasses
-
-    from modmask_lens.demo import DEMO_TRAINING, run_demo
-
-    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
-    typer.echo(summary.read_text())
-    typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
 
 
 @app.command()
@@ -106,8 +95,12 @@ def masks_train(
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
-    fully_shard: bool = typer.Option(False, "--fully-shard", help="under torchrun, shard weights, masks and Adam "
-                                     "state over the processes (for models that do not fit one device)"),
+    fully_shard: bool = typer.Option(
+        False,
+        "--fully-shard",
+        help="under torchrun, shard weights, masks and Adam "
+        "state over the processes (for models that do not fit one device)",
+    ),
 ):
     """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
 
@@ -118,13 +111,14 @@ def masks_train(
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.core.world import launched_by_torchrun, world
     from modmask_lens.loading import load_bridge, load_subtask
     from modmask_lens.masks.config import MaskConfig, TrainConfig
-    from modmask_lens.masks.data import SubtaskData
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = launched_by_torchrun()
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     # Each process of a GPU run works on its own GPU; a fully sharded one keeps the model itself in host memory.
@@ -134,10 +128,17 @@ def masks_train(
     if not fully_shard:  # the data go where the model runs
         subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
     train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
-    masks = train_masks(bridge, subtasks, MaskConfig(granularity=granularity), train_config, out / "checkpoints",
-                        progress=not distributed or torch.distributed.get_rank() == 0, fully_shard=fully_shard,
-                        device=device)
-    if not distributed or torch.distributed.get_rank() == 0:
+    masks = train_masks(
+        bridge,
+        subtasks,
+        MaskConfig(granularity=granularity),
+        train_config,
+        out / "checkpoints",
+        progress=world()[0] == 0,
+        fully_shard=fully_shard,
+        device=device,
+    )
+    if world()[0] == 0:
         for name, mask in masks.items():
             binary = mask.binary()
             path = save_masks(mask, out / f"masks-{name}.safetensors")
@@ -156,7 +157,8 @@ def analyze(
 ):
     """Write tidy CSV tables for saved masks: kept fractions, pairwise IoU / IoMin, shared fractions, head ranking.
 
-    Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors --masks masks/masks-scan-walk.safetensors
+    Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors
+    --masks masks/masks-scan-walk.safetensors
     """
     from modmask_lens.analysis import pairwise_overlap, shared_fraction, unit_importance
     from modmask_lens.loading import load_bridge
@@ -190,19 +192,7 @@ def zoo_list():
     typer.echo(zoo.describe_models() or "no zoo model is shipped")
 
 
-@zoo_app.command("train")
-def zoo_train(name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
-              out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)")):
-    """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
-
-    Example: modmask-lens zoo train scan --out my-scan
-    """
-    from modmask_lens.zoo.train import main as train_main
-
-    train_main([name] + (["--out", str(out)] if out else []))
-
-
-from modmask_lens.groundtruth.commands import groundtruth_app  # it builds on _Typer, defined above
+from modmask_lens.groundtruth.commands import groundtruth_app
 
 app.add_typer(groundtruth_app, name="groundtruth")
 
@@ -210,7 +200,9 @@ app.add_typer(groundtruth_app, name="groundtruth")
 @app.command()
 def data(
     name: str = typer.Argument(..., help="task: scan, addmul, double_add, modadd or math"),
-    split: str | None = typer.Option(None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"),
+    split: str | None = typer.Option(
+        None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"
+    ),
     stats: bool = typer.Option(False, "--stats", help="print the number of examples of each part"),
     export: Path | None = typer.Option(None, help="write every part as JSONL (prompt, completion, part) to this file"),
     seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),
@@ -237,6 +229,23 @@ def data(
                     record = {"prompt": row["question"], "completion": row["answer"], "part": part}
                     handle.write(json.dumps(record) + "\n")
         typer.echo(f"wrote {export}")
+
+
+COMMAND_ENTRY_POINTS = "modmask_lens.commands"
+"""Entry-point group through which other packages add commands (``NAME`` for a top-level command, ``GROUP.NAME``
+for one in a group such as ``zoo``); the repository's ``experiments`` package adds ``demo``, ``reproduce`` and
+``zoo.train`` this way, so the library never imports it."""
+
+_GROUPS = {"zoo": zoo_app, "masks": masks_app}
+
+
+def _add_entry_point_commands() -> None:
+    for entry in entry_points(group=COMMAND_ENTRY_POINTS):
+        group, _, name = entry.name.rpartition(".")
+        (_GROUPS[group] if group else app).command(name)(entry.load())
+
+
+_add_entry_point_commands()
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 
 
 def load_bridge(name_or_path: str, device: str = "cpu"):
@@ -27,8 +27,10 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
         return model.bridge, model.tokenizer
     folder = Path(name_or_path)
     if folder.exists() and not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} holds no model (no config.json); pass a folder written by save_pretrained "
-                         f"or a zoo model ({', '.join(zoo.available_models())})")
+        raise ValueError(
+            f"{folder} holds no model (no config.json); pass a folder written by save_pretrained "
+            f"or a zoo model ({', '.join(zoo.available_models())})"
+        )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.vocab_size == 0:  # transformers falls back to an empty tokenizer when the folder has none
         tokenizer = None

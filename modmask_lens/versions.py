@@ -35,12 +35,15 @@ class KnownBreak:
         package_version, partner_version = installed.get(self.package), installed.get(self.partner)
         if package_version is None or partner_version is None:
             return False
-        return (Version(package_version) >= Version(self.broken_from)
-                and Version(partner_version) <= Version(self.partner_up_to))
+        return Version(package_version) >= Version(self.broken_from) and Version(partner_version) <= Version(
+            self.partner_up_to
+        )
 
     def message(self, installed: dict[str, str | None]) -> str:
-        return (f"{self.package} {installed[self.package]} with {self.partner} {installed[self.partner]} is a known "
-                f"break: {self.consequence}. Fix: {self.fix}")
+        return (
+            f"{self.package} {installed[self.package]} with {self.partner} {installed[self.partner]} is a known "
+            f"break: {self.consequence}. Fix: {self.fix}"
+        )
 
 
 KNOWN_BREAKS = (
@@ -49,9 +52,11 @@ KNOWN_BREAKS = (
         broken_from="5.24.0",
         partner="transformer-lens",
         partner_up_to="4.3.0",
-        consequence=("the bridge's KV cache is ignored (transformers renamed past_key_values to cache), so "
-                     "TransformerBridge.generate(use_past_kv_cache=True) returns wrong tokens; modmask-lens "
-                     "decodes without the cache, about 10x slower"),
+        consequence=(
+            "the bridge's KV cache is ignored (transformers renamed past_key_values to cache), so "
+            "TransformerBridge.generate(use_past_kv_cache=True) returns wrong tokens; modmask-lens "
+            "decodes without the cache, about 10x slower"
+        ),
         fix='pip install "transformers<5.24" (or `make install`, which installs requirements.lock)',
     ),
 )

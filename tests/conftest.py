@@ -19,8 +19,16 @@ VOCAB = 40
 def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
     """A tiny GPT-2 saved to ``directory`` and booted through ``boot_transformers`` (the real HF path)."""
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=16,
-                        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=16,
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
+    )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():  # GPT-2 initialises biases and norm biases to constants; randomise so every tensor matters
         for name, parameter in model.named_parameters():
@@ -32,12 +40,26 @@ def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
 
 def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
     """A tiny TL-native bridge: LayerNorm + learned positions, or RMSNorm + rotary + gated MLP + GQA."""
-    config = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=VOCAB, seed=seed)
+    config = {
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 4,
+        "d_head": 8,
+        "d_mlp": 64,
+        "n_ctx": 16,
+        "d_vocab": VOCAB,
+        "seed": seed,
+    }
     if gqa:
-        config |= dict(normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
-                       n_key_value_heads=2, act_fn="silu")
+        config |= {
+            "normalization_type": "RMS",
+            "positional_embedding_type": "rotary",
+            "gated_mlp": True,
+            "n_key_value_heads": 2,
+            "act_fn": "silu",
+        }
     else:
-        config |= dict(normalization_type="LN", act_fn="gelu")
+        config |= {"normalization_type": "LN", "act_fn": "gelu"}
     bridge = TransformerBridge.boot_native(config)
     with torch.no_grad():
         for parameter in bridge.original_model.parameters():
@@ -75,5 +97,9 @@ def assert_unchanged(bridge, snapshot) -> None:
     for name, tensor in snapshot.items():
         assert torch.equal(now[name], tensor), name
     assert "forward" not in bridge.__dict__
-    assert all(not isinstance(p, torch.Tensor) or isinstance(p, torch.nn.Parameter)
-               for _, module in bridge.named_modules() for p in module._parameters.values() if p is not None)
+    assert all(
+        not isinstance(p, torch.Tensor) or isinstance(p, torch.nn.Parameter)
+        for _, module in bridge.named_modules()
+        for p in module._parameters.values()
+        if p is not None
+    )

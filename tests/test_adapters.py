@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import boot_native
+
 from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for
 from modmask_lens.adapters import GenericAdapter
 
@@ -15,8 +15,11 @@ def test_a_family_without_adapter_gets_the_generic_fallback_and_a_clear_error_fo
     assert isinstance(adapter_for(gpt2_bridge), GenericAdapter)
     assert MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="matrix")).units
     for granularity in ("head", "neuron"):
-        with pytest.raises(UnsupportedArchitecture,
-                           match=r"Qwen3ForCausalLM: no adapter that locates .*installed: bert, gpt2, gpt_neox, llama, native.*CONTRIBUTING"):
+        with pytest.raises(
+            UnsupportedArchitecture,
+            match=r"Qwen3ForCausalLM: no adapter that locates .*"
+            r"installed: bert, gpt2, gpt_neox, llama, native.*CONTRIBUTING",
+        ):
             MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity=granularity))
 
 
@@ -55,8 +58,7 @@ def test_gqa_native_key_value_tensors_are_kv_head_units():
 
 
 def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monkeypatch):
-    from modmask_lens.adapters import Adapter, register_adapter
-    from modmask_lens.adapters import registry
+    from modmask_lens.adapters import Adapter, register_adapter, registry
 
     monkeypatch.setattr(registry, "_REGISTERED", {})
 
@@ -68,3 +70,21 @@ def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monk
     with pytest.raises(TypeError, match="not a subclass|Type-check"):  # beartype checks it first in tests
         register_adapter(dict)
     assert issubclass(MyGpt2, Adapter)
+
+
+def test_the_norm_in_front_of_a_reader_follows_the_blocks_norm_placement():
+    from modmask_lens.adapters.bert import BertAdapter
+    from modmask_lens.adapters.gpt2 import Gpt2Adapter
+
+    pre, post = Gpt2Adapter(), BertAdapter()
+    assert [pre.reader_norm(kind, 1) for kind in ("head", "mlp", "unembed")] == [
+        ("ln1.w", 1),
+        ("ln2.w", 1),
+        ("ln_final.w", None),
+    ]
+    assert [post.reader_norm(kind, 1) for kind in ("head", "mlp", "unembed")] == [
+        ("ln2.w", 0),
+        ("ln1.w", 1),
+        ("ln_final.w", None),
+    ]
+    assert post.reader_norm("head", 0) == ("ln_embed.w", None)

@@ -5,11 +5,21 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from conftest import boot_native
+
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
-from modmask_lens.analysis import (beta_sweep, exact_match, inverse_mask, mask_accuracy, output_row_removal,
-                                   pairwise_overlap, paper_table, seed_stability, shared_fraction, unit_importance)
+from modmask_lens.analysis import (
+    beta_sweep,
+    exact_match,
+    inverse_mask,
+    mask_accuracy,
+    output_row_removal,
+    pairwise_overlap,
+    paper_table,
+    seed_stability,
+    shared_fraction,
+    unit_importance,
+)
 from modmask_lens.masks.config import PARAMETER_KINDS
 from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
 
@@ -17,9 +27,15 @@ from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subt
 def random_masks(bridge, names, keep=0.6, config=MaskConfig()):
     template = MaskSet.for_bridge(bridge, config).binary()
     generator = torch.Generator().manual_seed(0)
-    return {name: BinaryMask(template.specs, {key: torch.rand(kept.shape, generator=generator) < keep
-                                              for key, kept in template.kept.items()}, template.origin, name)
-            for name in names}
+    return {
+        name: BinaryMask(
+            template.specs,
+            {key: torch.rand(kept.shape, generator=generator) < keep for key, kept in template.kept.items()},
+            template.origin,
+            name,
+        )
+        for name in names
+    }
 
 
 def brute_force_sets(mask: BinaryMask, keys) -> set:
@@ -36,22 +52,24 @@ def test_pairwise_iou_and_iomin_equal_brute_force_set_counts(native_bridge):
     table = pairwise_overlap(masks, by="layer_role")
     assert len(table) == 3 * table.groupby(["layer", "role"], dropna=False).ngroups
     for row in table.sample(8, random_state=0).itertuples():
-        same_layer = (lambda layer: layer is None) if pd.isna(row.layer) else (lambda layer: layer == row.layer)
+        same_layer = (
+            (lambda layer: layer is None) if pd.isna(row.layer) else (lambda layer, row=row: layer == row.layer)
+        )
         keys = [spec.key for spec in masks["a"].specs if spec.role == row.role and same_layer(spec.layer)]
-        set_a, set_b = brute_force_sets(masks[row.task_a], keys), brute_force_sets(masks[row.task_b], keys)
+        set_a, set_b = brute_force_sets(masks[row.mask_a], keys), brute_force_sets(masks[row.mask_b], keys)
         assert row.intersection == len(set_a & set_b) and row.union == len(set_a | set_b)
         assert row.iou == pytest.approx(len(set_a & set_b) / len(set_a | set_b))
         assert row.iomin == pytest.approx(len(set_a & set_b) / min(len(set_a), len(set_b)))
     pooled = pairwise_overlap(masks, by="all")
     keys = [spec.key for spec in masks["a"].specs]
     set_a, set_c = brute_force_sets(masks["a"], keys), brute_force_sets(masks["c"], keys)
-    row = pooled[(pooled.task_a == "a") & (pooled.task_b == "c")].iloc[0]
+    row = pooled[(pooled.mask_a == "a") & (pooled.mask_b == "c")].iloc[0]
     assert row.iou == pytest.approx(len(set_a & set_c) / len(set_a | set_c))
 
 
 def test_shared_fraction_equals_brute_force(native_bridge):
     masks = random_masks(native_bridge, ["a", "b", "c"], keep=0.3)
-    table = shared_fraction(masks, by="all").set_index("task")
+    table = shared_fraction(masks, by="all").set_index("mask")
     keys = [spec.key for spec in masks["a"].specs]
     sets = {name: brute_force_sets(mask, keys) for name, mask in masks.items()}
     for name in masks:
@@ -63,7 +81,8 @@ def test_identical_masks_have_iou_one_and_disjoint_masks_zero(native_bridge):
     mask = random_masks(native_bridge, ["a"])["a"]
     complement = mask.inverse(kinds=PARAMETER_KINDS)
     table = pairwise_overlap({"a": mask, "same": mask, "complement": complement}, by="all").set_index(
-        ["task_a", "task_b"])
+        ["mask_a", "mask_b"]
+    )
     assert table.loc[("a", "same"), "iou"] == 1.0 and table.loc[("a", "complement"), "iou"] == 0.0
 
 
@@ -97,8 +116,10 @@ def test_the_inverse_beyond_a_control_removes_only_what_the_control_does_not_kee
     inverse = masks["task"].inverse(beyond=masks["control"])
     for spec in masks["task"].specs:
         task_kept, control_kept = masks["task"].kept[spec.key], masks["control"].kept[spec.key]
-        removed = [(index, bool(t and not c)) for index, (t, c) in
-                   enumerate(zip(task_kept.flatten().tolist(), control_kept.flatten().tolist()))]
+        removed = [
+            (index, bool(t and not c))
+            for index, (t, c) in enumerate(zip(task_kept.flatten().tolist(), control_kept.flatten().tolist()))
+        ]
         for index, is_removed in removed:
             expected = not is_removed if spec.kind == "linear" else True
             assert bool(inverse.kept[spec.key].flatten()[index]) == expected, (spec.key, index)
@@ -126,7 +147,7 @@ def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):
 def test_unit_importance_ranks_a_half_removed_head_below_full_ones(native_bridge):
     mask = random_masks(native_bridge, ["t"], keep=1.1)["t"]
     d_head = native_bridge.cfg.d_head
-    mask.kept["blocks.1.attn.q.weight"][2 * d_head:3 * d_head] = False  # head 2's W_Q slice, nn.Linear [out, in]
+    mask.kept["blocks.1.attn.q.weight"][2 * d_head : 3 * d_head] = False  # head 2's W_Q slice, nn.Linear [out, in]
     heads = unit_importance(mask, "head")
     assert heads.iloc[-1][["layer", "head"]].tolist() == [1, 2] and heads.iloc[-1].kept_fraction == 0.5
     assert heads.iloc[-1]["rank"] == len(heads) == native_bridge.cfg.n_layers * native_bridge.cfg.n_heads
@@ -148,7 +169,7 @@ def greedy_exact_match(bridge, data: SubtaskData) -> float:
         for position in answer_positions.tolist():
             with torch.no_grad():
                 sequence.append(int(bridge(torch.tensor([sequence]))[0, -1].argmax()))
-        correct += sequence[answer_positions[0]:] == labels[answer_positions].tolist()
+        correct += sequence[answer_positions[0] :] == labels[answer_positions].tolist()
     return correct / len(data)
 
 
@@ -171,7 +192,7 @@ def test_mask_accuracy_table_with_full_and_empty_masks(copy_model):
     assert len(table) == 2 * 3
     summary = paper_table(table)
     assert summary.loc["copy_first"].tolist() == [1.0, 1.0, 0.0]
-    assert table.set_index(["evaluated_on", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
+    assert table.set_index(["subtask", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
 
 
 def test_seed_stability_and_beta_sweep(copy_model):

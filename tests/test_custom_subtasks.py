@@ -27,15 +27,22 @@ def test_pairs_jsonl_and_dataset_give_the_same_subtask(bridge, tmp_path):
     path.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in PAIRS) + "\n", encoding="utf-8")
     from_pairs = SubtaskData.from_pairs("sums", PAIRS, bridge.tokenizer)
     from_jsonl = SubtaskData.from_pairs("sums", path, bridge.tokenizer)
-    from_dataset = SubtaskData.from_pairs("sums", Dataset.from_dict({"prompt": [p for p, _ in PAIRS],
-                                                                       "completion": [c for _, c in PAIRS]}),
-                                          bridge.tokenizer)
+    from_dataset = SubtaskData.from_pairs(
+        "sums",
+        Dataset.from_dict({"prompt": [p for p, _ in PAIRS], "completion": [c for _, c in PAIRS]}),
+        bridge.tokenizer,
+    )
     for other in (from_jsonl, from_dataset):
         assert torch.equal(other.input_ids, from_pairs.input_ids) and torch.equal(other.labels, from_pairs.labels)
     first = bridge.tokenizer.convert_ids_to_tokens(from_pairs.input_ids[0].tolist())
     assert first == ["w5", "w5", "<eos>", "w15", "<eos>"]  # this tokenizer's SEP token is <eos>
-    assert from_pairs.labels[0].tolist() == [-100, -100, -100, bridge.tokenizer.convert_tokens_to_ids("w15"),
-                                             bridge.tokenizer.eos_token_id]
+    assert from_pairs.labels[0].tolist() == [
+        -100,
+        -100,
+        -100,
+        bridge.tokenizer.convert_tokens_to_ids("w15"),
+        bridge.tokenizer.eos_token_id,
+    ]
 
 
 def test_the_analyses_run_on_custom_subtasks(bridge):

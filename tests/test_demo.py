@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from experiments.demo import run_demo
 from modmask_lens import load_masks, zoo
-from modmask_lens.demo import run_demo
 from modmask_lens.masks.config import TrainConfig
 
 
@@ -14,7 +14,7 @@ def test_demo_writes_masks_that_load_onto_the_zoo_model_a_summary_and_a_report(t
     assert summary.read_text().startswith("# modmask-lens demo")
     numbers = json.loads((tmp_path / "summary.json").read_text())
     full = [row for row in numbers["accuracy"] if row["condition"] == "full"]
-    assert {row["evaluated_on"] for row in full} == {"scan-jump", "scan-walk"}
+    assert {row["subtask"] for row in full} == {"scan-jump", "scan-walk"}
     assert all(row["accuracy"] > 0.95 for row in full)
     masks = load_masks(tmp_path / "masks-scan-jump.safetensors", zoo.load("scan").bridge)
     assert masks.train_config["steps"] == 3

@@ -55,9 +55,11 @@ def test_inverted_logits_score_zero_and_keeping_everything_has_recall_one():
     inverted = {name: torch.where(kept, -1.0, 1.0) for name, kept in truth.items()}
     everything = {name: torch.full((16,), 2.0) for name in truth}
     case = _case({"add": {"neuron": truth}})
-    assert unit_scores(case, {"add": inverted}, "neuron").iloc[0][
-        ["precision", "recall", "auroc"]
-    ].tolist() == [0, 0, 0]
+    assert unit_scores(case, {"add": inverted}, "neuron").iloc[0][["precision", "recall", "auroc"]].tolist() == [
+        0,
+        0,
+        0,
+    ]
     kept_all = unit_scores(case, {"add": everything}, "neuron").iloc[0]
     assert kept_all.recall == 1.0 and kept_all.auroc == 0.5  # all tied: half of every pair
     positives = sum(int(kept.sum()) for kept in truth.values())
@@ -128,8 +130,7 @@ def test_measured_sharing_of_a_quarter_shared_plan():
     first[:8], second[4:12] = True, True  # 4 of each subtask's 8 units are shared
     truth = {"add": {"neuron": {"blocks.0.mlp": first}}, "mul": {"neuron": {"blocks.0.mlp": second}}}
     masks = {
-        name: {"blocks.0.mlp": torch.where(units["neuron"]["blocks.0.mlp"], 1.0, -1.0)}
-        for name, units in truth.items()
+        name: {"blocks.0.mlp": torch.where(units["neuron"]["blocks.0.mlp"], 1.0, -1.0)} for name, units in truth.items()
     }
     sharing = measured_sharing(_case(truth), masks, "neuron")
     assert sharing["known_shared"].tolist() == [0.5, 0.5] and sharing["measured_shared"].tolist() == [

@@ -47,9 +47,7 @@ def test_card_measurements_hold_when_measured_again(plant):
     for subtask, data in plant.test.items():
         card = plant.card["measurements"][subtask]
         assert exact_match(masked_logits(plant.bridge, data), data) == card["full_accuracy"] == 1.0
-        kept_only = exact_match(
-            masked_logits(plant.bridge, data, keep_only(plant.bridge, plan, subtask)), data
-        )
+        kept_only = exact_match(masked_logits(plant.bridge, data, keep_only(plant.bridge, plan, subtask)), data)
         removed = exact_match(masked_logits(plant.bridge, data, remove(plant.bridge, plan, subtask)), data)
         half = exact_match(
             masked_logits(plant.bridge, data, remove_random_part(plant.bridge, plan, subtask, 0.5, 0)), data

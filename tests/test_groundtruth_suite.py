@@ -36,14 +36,10 @@ def case():
 @pytest.fixture(scope="module")
 def tables(case):
     before = {key: value.clone() for key, value in case.bridge.state_dict().items()}
-    result = run_suite(
-        {"tiny": TINY}, [case], granularities=["neuron"], controls=["none", "shuffled-answers"]
-    )
+    result = run_suite({"tiny": TINY}, [case], granularities=["neuron"], controls=["none", "shuffled-answers"])
     after = case.bridge.state_dict()
     assert before.keys() == after.keys()
-    assert all(torch.equal(before[key], after[key]) for key in before), (
-        "the suite changed the model's weights"
-    )
+    assert all(torch.equal(before[key], after[key]) for key in before), "the suite changed the model's weights"
     return result
 
 
@@ -84,9 +80,7 @@ def test_values_lie_in_their_ranges(tables):
     # On the real plant the full model is exact, so faithfulness is masked accuracy and at most 1.
     assert real["faithfulness"].between(0, 1).all()
     full_curve = tables["curves"][
-        (tables["curves"]["k"] == 1.0)
-        & (tables["curves"]["curve"] == "keep")
-        & (tables["curves"]["control"] == "none")
+        (tables["curves"]["k"] == 1.0) & (tables["curves"]["curve"] == "keep") & (tables["curves"]["control"] == "none")
     ]
     assert (full_curve["accuracy"] == 1.0).all() and (full_curve["kl"].abs() < 1e-6).all()
 
@@ -107,9 +101,7 @@ def test_shuffled_answers_permute_answers_within_a_subtask(case):
 def test_random_init_control_has_the_shapes_but_not_the_weights(case):
     fresh = random_init_bridge(case.bridge, seed=0)
     trained, random = case.bridge.state_dict(), fresh.state_dict()
-    assert {key: value.shape for key, value in trained.items()} == {
-        key: value.shape for key, value in random.items()
-    }
+    assert {key: value.shape for key, value in trained.items()} == {key: value.shape for key, value in random.items()}
     assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
 
 
@@ -140,14 +132,21 @@ def test_the_faithful_readout_shifts_logits_to_the_faithful_threshold_and_keeps_
     offset = next(iter(offsets.values())).flatten()[0]
     assert all(torch.allclose(value, offset.expand_as(value)) for value in offsets.values())
     assert float(offset) == pytest.approx(faithful_threshold(case.bridge, plain, data))
-    assert all(torch.equal(shifted.binary().kept[key], kept)
-               for key, kept in faithful_binary(case.bridge, plain, data).kept.items())
+    assert all(
+        torch.equal(shifted.binary().kept[key], kept)
+        for key, kept in faithful_binary(case.bridge, plain, data).kept.items()
+    )
 
 
 def test_study_methods_differ_from_each_other_by_one_setting():
     methods = study_methods(steps=10)
-    assert list(methods) == ["library-defaults", "defaults+faithful-readout", "gumbel+constraint",
-                             "hard-concrete+constraint", "faithful"]
+    assert list(methods) == [
+        "library-defaults",
+        "defaults+faithful-readout",
+        "gumbel+constraint",
+        "hard-concrete+constraint",
+        "faithful",
+    ]
     assert methods["faithful"].mask_settings == {"sampler": "hard-concrete", "init_logit": 3.0}
     assert methods["gumbel+constraint"].train_config == methods["faithful"].train_config
     assert methods["faithful"].train_config.max_loss_increase == 0.02

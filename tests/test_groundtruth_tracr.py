@@ -1,5 +1,6 @@
 """The shipped tracr programs (Lindner et al. 2023): they load without jax, reproduce tracr's outputs, and their
-ground truth (used heads, MLPs, neurons) is sufficient, necessary where the card says so, and shaped as ``units_for``."""
+ground truth (used heads, MLPs, neurons) is sufficient, necessary where the card says so, and shaped as
+``units_for``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from modmask_lens.analysis.accuracy import exact_match
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase
 from modmask_lens.groundtruth.tracr_cases import (
     TRACR_DIR,
@@ -23,7 +25,6 @@ from modmask_lens.groundtruth.tracr_cases import (
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import units_for
-from modmask_lens.tasks.encoding import IGNORE_INDEX
 
 NAMES = tracr_program_names()
 
@@ -39,8 +40,10 @@ def program(case: GroundTruthCase) -> str:
 
 def without(case: GroundTruthCase, granularity: str, removed: list[tuple[str, int | None]]):
     """A binary mask keeping every unit of ``granularity`` except ``removed`` ((unit name, index or None = all))."""
-    kept = {unit.name: torch.ones(unit.shape, dtype=torch.bool)
-            for unit in units_for(case.bridge, MaskConfig(granularity=granularity))}
+    kept = {
+        unit.name: torch.ones(unit.shape, dtype=torch.bool)
+        for unit in units_for(case.bridge, MaskConfig(granularity=granularity))
+    }
     for unit_name, index in removed:
         kept[unit_name][slice(None) if index is None else index] = False
     return truth_mask(case.bridge, kept, granularity)
@@ -154,7 +157,10 @@ def test_weight_truth_is_the_nonzero_weights_of_used_heads_and_neurons(case):
         query = weight_truth[f"blocks.{layer}.attn.q.weight"].view(case.bridge.cfg.n_heads, -1)
         assert torch.equal(query.any(dim=1), head_truth[f"blocks.{layer}.attn"])
     kept = sum(int(value.sum()) for value in weight_truth.values())
-    nonzero = sum(int((case.bridge.get_parameter(spec.path) != 0).sum())
-                  for unit in units_for(case.bridge, MaskConfig(granularity="weight")) for spec in unit.members
-                  if spec.key != "unembed.weight")
+    nonzero = sum(
+        int((case.bridge.get_parameter(spec.path) != 0).sum())
+        for unit in units_for(case.bridge, MaskConfig(granularity="weight"))
+        for spec in unit.members
+        if spec.key != "unembed.weight"
+    )
     assert kept == nonzero  # every nonzero block weight belongs to a used head or neuron

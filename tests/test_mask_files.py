@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import boot_gpt2, boot_native
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import boot_gpt2, boot_native
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
-from modmask_lens.masks.io import METADATA_KEY
+from modmask_lens.core.checkpoint import METADATA_KEY
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_tampered_logit_shapes_fail_clearly(gpt2_bridge, trained_like, tmp_path)
     path = save_masks(trained_like, tmp_path / "jump.safetensors")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     first = next(iter(tensors))
     tensors[first] = tensors[first][:1]
     save_file(tensors, str(path), metadata=metadata)
@@ -85,6 +85,5 @@ def test_a_file_that_is_not_a_mask_file_is_refused(gpt2_bridge, tmp_path):
 def test_applying_a_mask_after_the_weights_changed_fails(gpt2_bridge, trained_like):
     with torch.no_grad():
         gpt2_bridge.get_parameter("blocks.0.attn.q._original_component.weight")[0, 0] += 1.0
-    with pytest.raises(ModelMismatch, match="weights_sha256"):
-        with masked(gpt2_bridge, trained_like):
-            pass
+    with pytest.raises(ModelMismatch, match="weights_sha256"), masked(gpt2_bridge, trained_like):
+        pass

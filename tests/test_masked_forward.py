@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import assert_unchanged, boot_native, state_snapshot
+
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, masked, masked_call
 
 ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
@@ -140,7 +140,7 @@ def test_entry_points_run_masked_with_user_hooks(any_bridge, tokens):
 
 
 def test_generate_under_all_ones_mask_matches_plain_generation(any_bridge, tokens):
-    kwargs = dict(max_new_tokens=4, do_sample=False, verbose=False, stop_at_eos=False)
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "verbose": False, "stop_at_eos": False}
     plain = any_bridge.generate(tokens[:1, :5], **kwargs)
     with masked(any_bridge, constant_mask(MaskSet.for_bridge(any_bridge), True)):
         assert torch.equal(any_bridge.generate(tokens[:1, :5], **kwargs), plain)
@@ -157,9 +157,8 @@ def test_model_is_bit_exact_after_an_exception_inside_a_masked_call(any_bridge, 
         raise KeyboardInterrupt
 
     masks = MaskSet.for_bridge(any_bridge, ALL_KINDS)
-    with pytest.raises(KeyboardInterrupt):
-        with masked(any_bridge, constant_mask(masks, False)):
-            any_bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", explode)])
+    with pytest.raises(KeyboardInterrupt), masked(any_bridge, constant_mask(masks, False)):
+        any_bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", explode)])
     assert_unchanged(any_bridge, snapshot)
     assert torch.equal(any_bridge(tokens), reference)
 
@@ -178,15 +177,12 @@ def test_masks_in_compatibility_mode_resolve_the_processed_weights(gpt2_bridge, 
     assert_unchanged(gpt2_bridge, snapshot)
     from modmask_lens import ModelMismatch
 
-    with pytest.raises(ModelMismatch, match="raw weights"):
-        with masked(gpt2_bridge, raw_masks):
-            pass
+    with pytest.raises(ModelMismatch, match="raw weights"), masked(gpt2_bridge, raw_masks):
+        pass
 
 
 def test_masked_contexts_do_not_nest(gpt2_bridge):
     masks = MaskSet.for_bridge(gpt2_bridge)
-    with masked(gpt2_bridge, masks):
-        with pytest.raises(RuntimeError, match="do not nest"):
-            with masked(gpt2_bridge, masks):
-                pass
+    with masked(gpt2_bridge, masks), pytest.raises(RuntimeError, match="do not nest"), masked(gpt2_bridge, masks):
+        pass
     assert "forward" not in gpt2_bridge.__dict__

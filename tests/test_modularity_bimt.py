@@ -95,8 +95,10 @@ def test_optimiser_moments_are_permuted_with_the_weights():
     mlp(torch.randn(5, 4)).pow(2).mean().backward()
     optimizer.step()
     hidden_in, hidden_out = mlp.linears[0].weight, mlp.linears[1].weight
-    moments_before = {name: (optimizer.state[hidden_in][name].clone(), optimizer.state[hidden_out][name].clone())
-                      for name in ("exp_avg", "exp_avg_sq")}
+    moments_before = {
+        name: (optimizer.state[hidden_in][name].clone(), optimizer.state[hidden_out][name].clone())
+        for name in ("exp_avg", "exp_avg_sq")
+    }
     _swap(mlp.unit_graph(), "hidden.0", 1, 4, optimizer)
     for name, (incoming, outgoing) in moments_before.items():
         torch.testing.assert_close(optimizer.state[hidden_in][name][[4, 1]], incoming[[1, 4]])
@@ -152,7 +154,8 @@ def test_swap_pass_lowers_the_cost_and_keeps_the_function(any_bridge, tokens):
 def test_lambda_schedule_multiplies_at_the_given_fractions():
     config = BimtConfig(steps=100)
     assert [config.lambda_at(step) for step in (0, 24, 25, 74, 75, 99)] == pytest.approx(
-        [1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-3])
+        [1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-3]
+    )
 
 
 def test_train_bimt_fits_and_swaps_on_a_tiny_regression():
@@ -160,16 +163,18 @@ def test_train_bimt_fits_and_swaps_on_a_tiny_regression():
     inputs = torch.rand(64, 2, generator=generator) * 2 - 1
     targets = inputs[:, :1] ** 2
     mlp = BimtMLP((2, 8, 1), seed=0)
-    history = train_bimt(mlp, lambda: ((mlp(inputs) - targets) ** 2).mean(),
-                         BimtConfig(steps=300, swap_every=50, log_every=50))
+    history = train_bimt(
+        mlp, lambda: ((mlp(inputs) - targets) ** 2).mean(), BimtConfig(steps=300, swap_every=50, log_every=50)
+    )
     assert list(history.columns) == ["step", "task_loss", "connection_cost", "lambda", "swaps"]
     assert history["task_loss"].iloc[-1] < history["task_loss"].iloc[0] / 3
     assert history["swaps"].sum() > 0
 
 
 def test_bridge_with_a_tensor_of_unknown_role_is_refused(gpt2_bridge, monkeypatch):
-    monkeypatch.setattr(bridge_graph, "_RESIDUAL_VECTORS",
-                        tuple(role for role in bridge_graph._RESIDUAL_VECTORS if role != "ln1.w"))
+    monkeypatch.setattr(
+        bridge_graph, "_RESIDUAL_VECTORS", tuple(role for role in bridge_graph._RESIDUAL_VECTORS if role != "ln1.w")
+    )
     with pytest.raises(UnsupportedForModularity, match="ln1.w"):
         unit_graph_of(gpt2_bridge)
 
@@ -182,7 +187,10 @@ def test_train_bimt_on_a_bridge_swaps_heads_neurons_and_the_residual(gpt2_bridge
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
     before = next_token_loss().item()
-    history = train_bimt(gpt2_bridge, next_token_loss, BimtConfig(steps=6, swap_every=3, log_every=1, top_k=4,
-                                                                  cost=ConnectionCostConfig(reduction="mean")))
+    history = train_bimt(
+        gpt2_bridge,
+        next_token_loss,
+        BimtConfig(steps=6, swap_every=3, log_every=1, top_k=4, cost=ConnectionCostConfig(reduction="mean")),
+    )
     assert history["swaps"].sum() > 0
     assert next_token_loss().item() < before

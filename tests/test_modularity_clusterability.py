@@ -18,8 +18,7 @@ from modmask_lens.modularity.mlp import BimtMLP
 
 
 def test_matrix_clusterability_matches_hand_computed_share_of_squared_weight():
-    matrix = torch.tensor([[1.0, 2.0, 0.0],
-                           [0.0, 3.0, 1.0]])
+    matrix = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]])
     out_labels = torch.tensor([0, 1])
     in_labels = torch.tensor([0, 1, -1])  # the last input belongs to no cluster
     # inside: W[0,0]^2 (cluster 0) + W[1,1]^2 (cluster 1) = 1 + 9; total 1 + 4 + 9 + 1 = 15
@@ -48,7 +47,10 @@ def test_spectral_cocluster_pairs_row_and_column_clusters_of_a_shuffled_block_ma
     k, size = 3, 6
     matrix = _block_diagonal(k, size, noise=0.05)
     generator = torch.Generator().manual_seed(1)
-    row_order, column_order = torch.randperm(k * size, generator=generator), torch.randperm(k * size, generator=generator)
+    row_order, column_order = (
+        torch.randperm(k * size, generator=generator),
+        torch.randperm(k * size, generator=generator),
+    )
     rows, columns = spectral_cocluster(matrix[row_order][:, column_order], k)
     true_rows, true_columns = row_order // size, column_order // size
     for cluster in range(k):  # each found row cluster is one true block, paired with that block's columns

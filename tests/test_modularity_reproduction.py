@@ -8,18 +8,20 @@ from xml.etree import ElementTree
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from experiments.bimt import reproduce_independence
+from modmask_lens.cli import app
 from modmask_lens.modularity import (
     BimtConfig,
     BimtMLP,
     connected_modules,
-    connectome_svg,
     mlp_connectome,
     transformer_block_connectome,
     unit_graph_of,
 )
-from modmask_lens.modularity.paper_tasks import independence_data, independence_targets, modular_addition_data
-from modmask_lens.modularity.reproduction import main, reproduce_independence
+from modmask_lens.tasks.bimt_tasks import independence_data, independence_targets, modular_addition_data
+from modmask_lens.viz import connectome_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -85,7 +87,10 @@ def test_reproduce_independence_reports_error_and_modules():
 
 
 def test_reproduction_command_writes_result_history_and_connectome(tmp_path):
-    main(["modular_addition", "--steps", "20", "--out", str(tmp_path), "--frames"])
+    result = CliRunner().invoke(
+        app, ["reproduce", "modular_addition", "--steps", "20", "--out", str(tmp_path), "--frames"]
+    )
+    assert result.exit_code == 0, result.output
     result = json.loads((tmp_path / "result.json").read_text())
     assert 0 <= result["test_accuracy"] <= 1 and len(result["embedding_column_norms"]) == 32
     assert (tmp_path / "history.csv").read_text().startswith("step,task_loss")

@@ -8,16 +8,33 @@ import pandas as pd
 import pytest
 import torch
 
-from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
-from modmask_lens.probes import (GatedProbe, ProbeConfig, ProbeData, ProbeEvaluation, ProbeTrainer, error_attribution,
-                                 evaluate_probe, expert_ablation, expert_accuracy, read_activations, routing_information,
-                                 routing_table, transfer_test)
 from modmask_lens import TrainConfig, train_masks
 from modmask_lens.analysis import unit_importance
-from modmask_lens.probes.component_gate import (ComponentGateConfig, compare_with_masks, component_usage, gated_logits,
-                                                train_component_gate)
+from modmask_lens.probes import (
+    GatedProbe,
+    ProbeConfig,
+    ProbeData,
+    ProbeEvaluation,
+    ProbeTrainer,
+    error_attribution,
+    evaluate_probe,
+    expert_ablation,
+    expert_accuracy,
+    read_activations,
+    routing_information,
+    routing_table,
+    transfer_test,
+)
+from modmask_lens.probes.component_gate import (
+    ComponentGateConfig,
+    compare_with_masks,
+    component_usage,
+    gated_logits,
+    train_component_gate,
+)
 from modmask_lens.probes.moe import importance_cv2, probe_loss
 from modmask_lens.probes.training import CHECKPOINT_FILE
+from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
 
 HOOKS = ["blocks.1.hook_resid_post"]
 
@@ -67,19 +84,31 @@ def test_a_gate_forced_to_one_expert_routes_everything_there():
     output = probe(x)
     assert torch.equal(output.gate.argmax(1), torch.ones(4, dtype=torch.long))
     assert torch.equal(output.log_probs.argmax(1), probe.experts[1](x).argmax(1))
-    evaluation = ProbeEvaluation(output.gate.detach(), output.expert_logits.argmax(-1) == y[:, None],
-                                 output.log_probs.argmax(-1) == y, torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    evaluation = ProbeEvaluation(
+        output.gate.detach(),
+        output.expert_logits.argmax(-1) == y[:, None],
+        output.log_probs.argmax(-1) == y,
+        torch.tensor([0, 0, 1, 1]),
+        ("a", "b"),
+    )
     table = routing_table(evaluation)
     assert table[table.expert == 0]["count"].sum() == 0 and table[table.expert == 1]["count"].sum() == 4
     information = routing_information(evaluation).iloc[0]
     assert information.mutual_information == pytest.approx(0.0) and information.expert_entropy == pytest.approx(0.0)
-    assert information.usage_entropy == pytest.approx(0.0, abs=1e-6) and information.subtask_entropy == pytest.approx(1.0)
+    assert information.usage_entropy == pytest.approx(0.0, abs=1e-6) and information.subtask_entropy == pytest.approx(
+        1.0
+    )
 
 
 def test_routing_that_follows_the_subtasks_carries_one_bit():
     gate = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
-    evaluation = ProbeEvaluation(gate, torch.ones(4, 2, dtype=torch.bool), torch.ones(4, dtype=torch.bool),
-                                 torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    evaluation = ProbeEvaluation(
+        gate,
+        torch.ones(4, 2, dtype=torch.bool),
+        torch.ones(4, dtype=torch.bool),
+        torch.tensor([0, 0, 1, 1]),
+        ("a", "b"),
+    )
     information = routing_information(evaluation).iloc[0]
     assert information.mutual_information == pytest.approx(1.0)
     per_sample = [-(p * math.log2(p) + (1 - p) * math.log2(1 - p)) for p in (0.9, 0.8, 0.7, 0.9)]
@@ -114,8 +143,9 @@ def test_probe_reads_the_answer_from_the_residual_stream(copy_model_and_data):
     data = ProbeData.from_subtasks(subtasks, target="answer", vocab_size=bridge.cfg.d_vocab)
     assert torch.equal(data.positions, torch.full((200,), 2))
     assert torch.equal(data.targets[:100], subtasks[0].input_ids[:, 0])  # copy_first answers the first token
-    probe = ProbeTrainer(bridge, HOOKS, data, ProbeConfig(n_experts=2, steps=300, batch_size=32, lr=1e-2),
-                         progress=False).train()
+    probe = ProbeTrainer(
+        bridge, HOOKS, data, ProbeConfig(n_experts=2, steps=300, batch_size=32, lr=1e-2), progress=False
+    ).train()
     evaluation = evaluate_probe(probe, bridge, HOOKS, data)
     assert evaluation.correct.float().mean() > 0.9
     assert set(expert_ablation(probe, bridge, HOOKS, data).removed_expert) == {-1, 0, 1}
@@ -171,8 +201,10 @@ def test_a_closed_head_gate_equals_zeroing_its_hook_z(copy_model_and_data):
         z[:, :, 2] = 0.0
         return z
 
-    expected = bridge.run_with_hooks(input_ids, fwd_hooks=[("blocks.1.attn.hook_z", zero_head),
-                                                           ("blocks.0.hook_mlp_out", lambda out, hook: out * 0.0)])
+    expected = bridge.run_with_hooks(
+        input_ids,
+        fwd_hooks=[("blocks.1.attn.hook_z", zero_head), ("blocks.0.hook_mlp_out", lambda out, hook: out * 0.0)],
+    )
     torch.testing.assert_close(gated_logits(bridge, gates, input_ids), expected, rtol=0, atol=1e-5)
 
 
@@ -194,8 +226,13 @@ def test_routing_heatmap_shows_each_subtasks_share_per_expert():
     from modmask_lens.viz import routing_heatmap
 
     gate = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
-    evaluation = ProbeEvaluation(gate, torch.ones(4, 2, dtype=torch.bool), torch.ones(4, dtype=torch.bool),
-                                 torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    evaluation = ProbeEvaluation(
+        gate,
+        torch.ones(4, 2, dtype=torch.bool),
+        torch.ones(4, dtype=torch.bool),
+        torch.tensor([0, 0, 1, 1]),
+        ("a", "b"),
+    )
     view = routing_heatmap(routing_table(evaluation))
     assert view.values.loc["a"].tolist() == [1.0, 0.0] and view.values.loc["b"].tolist() == [0.5, 0.5]
     html = view._repr_html_()

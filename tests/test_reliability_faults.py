@@ -14,16 +14,23 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import VOCAB, boot_native, state_snapshot
 from transformer_lens.hook_points import HookPoint
 
+import modmask_lens.core.checkpoint
+import modmask_lens.core.functional
 import modmask_lens.masks.apply
-import modmask_lens.masks.io
 import modmask_lens.masks.training
-from conftest import VOCAB, boot_native, state_snapshot
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.probes import (ComponentGate, ComponentGateConfig, ProbeConfig, ProbeData, ProbeTrainer,
-                                 train_component_gate)
+from modmask_lens.probes import (
+    ComponentGate,
+    ComponentGateConfig,
+    ProbeConfig,
+    ProbeData,
+    ProbeTrainer,
+    train_component_gate,
+)
 
 N_SEEDS = 160
 HOOK_NAME = "blocks.0.hook_resid_post"
@@ -81,12 +88,13 @@ def hook_in_backward(owner, attribute: str, trigger: Trigger, monkeypatch) -> No
     monkeypatch.setattr(owner, attribute, injected)
 
 
-# Injection point -> how to install it. "attach": building the masked parameters and checking the model on entering
-# masked(); "forward": inside a TransformerLens hook point, while functional_call has the masked tensors swapped in;
-# "backward": in the gradient of a mask sample or of a component gate's output; "optimiser": the optimiser steps and the gradient clipping;
-# "checkpoint": after the temporary file is written, before the rename.
+# Injection point -> how to install it. "attach": building the masked (or detached) parameters and checking the
+# model on entering masked(); "forward": inside a TransformerLens hook point, while functional_call has the masked
+# tensors swapped in; "backward": in the gradient of a mask sample or of a component gate's output; "optimiser": the
+# optimiser steps and the gradient clipping; "checkpoint": after the temporary file is written, before the rename.
 POINTS: dict[str, Callable[[Trigger, pytest.MonkeyPatch], None]] = {
     "attach_parameters": lambda t, mp: wrap(modmask_lens.masks.apply, "masked_parameters", t, mp),
+    "attach_detached": lambda t, mp: wrap(modmask_lens.core.functional, "tensor_slots", t, mp),
     "attach_check": lambda t, mp: wrap(MaskOrigin, "check", t, mp),
     "forward_hook_point": lambda t, mp: wrap(HookPoint, "forward", t, mp),
     "backward": lambda t, mp: hook_in_backward(MaskSet, "sample", t, mp),
@@ -94,7 +102,7 @@ POINTS: dict[str, Callable[[Trigger, pytest.MonkeyPatch], None]] = {
     "optimiser_adam": lambda t, mp: wrap(torch.optim.Adam, "step", t, mp),
     "optimiser_rmsprop": lambda t, mp: wrap(torch.optim.RMSprop, "step", t, mp),
     "gradient_clip": lambda t, mp: wrap(torch.nn.utils, "clip_grad_norm_", t, mp),
-    "checkpoint_write": lambda t, mp: wrap(modmask_lens.masks.io, "save_file", t, mp, after=True),
+    "checkpoint_write": lambda t, mp: wrap(modmask_lens.core.checkpoint, "save_file", t, mp, after=True),
     "user_hook": lambda t, mp: None,  # the evaluation's own hook pulls the trigger
 }
 
@@ -139,28 +147,44 @@ def train_component_gate_phase(bridge, data, mask_set, trigger, checkpoint_dir) 
 
 
 PHASES = {
-    "train_masks": (train_masks_phase, ["attach_parameters", "forward_hook_point", "backward", "optimiser_adam",
-                                        "gradient_clip", "checkpoint_write"]),
-    "evaluate_masked": (evaluate_masked_phase, ["attach_check", "attach_parameters", "forward_hook_point", "user_hook",
-                                                "backward"]),
+    "train_masks": (
+        train_masks_phase,
+        ["attach_parameters", "forward_hook_point", "backward", "optimiser_adam", "gradient_clip", "checkpoint_write"],
+    ),
+    "evaluate_masked": (
+        evaluate_masked_phase,
+        ["attach_check", "attach_parameters", "forward_hook_point", "user_hook", "backward"],
+    ),
     "train_probe": (train_probe_phase, ["forward_hook_point", "optimiser_rmsprop", "checkpoint_write"]),
-    "train_component_gate": (train_component_gate_phase, ["attach_parameters", "forward_hook_point", "backward_gate",
-                                                           "optimiser_adam"]),
+    "train_component_gate": (
+        train_component_gate_phase,
+        ["attach_detached", "forward_hook_point", "backward_gate", "optimiser_adam"],
+    ),
 }
 
 
 def hook_state(bridge) -> dict:
     """Every hook registration, training flag and gradient slot of the model, by every module and parameter path."""
     state = {
-        path: (tuple(module._forward_hooks), tuple(module._forward_pre_hooks), tuple(module._backward_hooks),
-               tuple(module._backward_pre_hooks), tuple(getattr(module, "fwd_hooks", ())),
-               tuple(getattr(module, "bwd_hooks", ())), module.training)
+        path: (
+            tuple(module._forward_hooks),
+            tuple(module._forward_pre_hooks),
+            tuple(module._backward_hooks),
+            tuple(module._backward_pre_hooks),
+            tuple(getattr(module, "fwd_hooks", ())),
+            tuple(getattr(module, "bwd_hooks", ())),
+            module.training,
+        )
         for path, module in bridge.named_modules(remove_duplicate=False)
     }
-    state["parameters"] = [(name, parameter.requires_grad, parameter.grad is None, parameter._backward_hooks)
-                           for name, parameter in bridge.named_parameters(remove_duplicate=False)]
-    state["global_hooks"] = (tuple(torch.nn.modules.module._global_forward_hooks),
-                             tuple(torch.nn.modules.module._global_backward_hooks))
+    state["parameters"] = [
+        (name, parameter.requires_grad, parameter.grad is None, parameter._backward_hooks)
+        for name, parameter in bridge.named_parameters(remove_duplicate=False)
+    ]
+    state["global_hooks"] = (
+        tuple(torch.nn.modules.module._global_forward_hooks),
+        tuple(torch.nn.modules.module._global_backward_hooks),
+    )
     state["instance_forward"] = bridge.__dict__.get("forward")
     return state
 

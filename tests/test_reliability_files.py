@@ -10,14 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOCAB, boot_native
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import modmask_lens
-from conftest import VOCAB, boot_native
-from modmask_lens import MaskConfig, MaskFileError, MaskSet, MaskTrainer, ModelMismatch, SubtaskData, TrainConfig
-from modmask_lens import load_masks, save_masks
-from modmask_lens.masks.io import METADATA_KEY, tensors_sha256
+from modmask_lens import (
+    MaskConfig,
+    MaskFileError,
+    MaskSet,
+    MaskTrainer,
+    ModelMismatch,
+    SubtaskData,
+    TrainConfig,
+    load_masks,
+    save_masks,
+)
+from modmask_lens.core.checkpoint import METADATA_KEY, tensors_sha256
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer
 from modmask_lens.probes.training import CHECKPOINT_FILE as PROBE_CHECKPOINT_FILE
@@ -41,7 +50,7 @@ def data():
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}, json.loads(handle.metadata()[METADATA_KEY])
+        return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable), json.loads(handle.metadata()[METADATA_KEY])
 
 
 def rewrite(path: Path, header: str, tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -51,27 +60,31 @@ def rewrite(path: Path, header: str, tensors: dict[str, torch.Tensor] | None = N
 
 def edited(change: Callable[[dict], None]) -> Callable[[Path], None]:
     """A tampering that edits the decoded header with ``change`` and writes it back (keeping the tensors)."""
+
     def tamper(path: Path) -> None:
         tensors, metadata = read(path)
         change(metadata)
         rewrite(path, json.dumps(metadata), tensors)
+
     return tamper
 
 
 def flip_byte(index: int) -> Callable[[Path], None]:
     """A tampering that inverts the file's byte at ``index``: 3 lies in the header length, -8 in the low mantissa
     byte of the last-but-one float32 (the value stays finite)."""
+
     def tamper(path: Path) -> None:
         content = bytearray(path.read_bytes())
         content[index] ^= 0xFF
         path.write_bytes(bytes(content))
+
     return tamper
 
 
 def non_finite_logit(path: Path) -> None:
     """A NaN logit with a recomputed checksum: a deliberate edit, not line noise."""
     tensors, metadata = read(path)
-    first = sorted(tensors)[0]
+    first = min(tensors)
     tensors[first] = tensors[first].clone()
     tensors[first].view(-1)[0] = float("nan")
     rewrite(path, json.dumps(metadata | {"tensors_sha256": tensors_sha256(tensors)}), tensors)
@@ -81,30 +94,53 @@ MASK_FILE_CASES = {
     "header_is_a_list": (lambda path: rewrite(path, "[1, 2]"), MaskFileError, "not a modmask-lens/mask file"),
     "header_is_a_string": (lambda path: rewrite(path, '"mask"'), MaskFileError, "not a modmask-lens/mask file"),
     "header_is_not_json": (lambda path: rewrite(path, '{"format": '), MaskFileError, "not valid JSON"),
-    "header_nested_100000_deep": (lambda path: rewrite(path, "[" * 100_000 + "]" * 100_000), MaskFileError,
-                                  "not valid JSON"),
+    "header_nested_100000_deep": (
+        lambda path: rewrite(path, "[" * 100_000 + "]" * 100_000),
+        MaskFileError,
+        "not valid JSON",
+    ),
     "format_missing": (edited(lambda m: m.pop("format")), MaskFileError, "not a modmask-lens/mask file"),
     "name_is_a_number": (edited(lambda m: m.update(name=7)), MaskFileError, "'name' must be a str"),
-    "mask_config_is_a_list": (edited(lambda m: m.update(mask_config=[1])), MaskFileError,
-                              "'mask_config' must be a dict"),
-    "mask_config_has_unknown_keys": (edited(lambda m: m["mask_config"].update(evil="__import__('os')")),
-                                     MaskFileError, "mask_config is invalid"),
+    "mask_config_is_a_list": (
+        edited(lambda m: m.update(mask_config=[1])),
+        MaskFileError,
+        "'mask_config' must be a dict",
+    ),
+    "mask_config_has_unknown_keys": (
+        edited(lambda m: m["mask_config"].update(evil="__import__('os')")),
+        MaskFileError,
+        "mask_config is invalid",
+    ),
     "units_is_an_object": (edited(lambda m: m.update(units={})), MaskFileError, "'units' must be a list"),
     "model_is_a_string": (edited(lambda m: m.update(model="gpt2")), MaskFileError, "'model' must be a dict"),
-    "library_version_is_a_number": (edited(lambda m: m.update(library_version=1)), MaskFileError,
-                                    "'library_version' must be a str"),
-    "other_major_version": (edited(lambda m: m.update(library_version="99.0.0")), MaskFileError,
-                            "another major version"),
-    "wrong_fingerprint": (edited(lambda m: m["model"].update(weights_sha256="0" * 64)), ModelMismatch,
-                          "weights_sha256 differ"),
-    "fingerprint_removed": (edited(lambda m: m["model"].pop("weights_sha256")), ModelMismatch,
-                            "weights_sha256 differ"),
-    "other_granularity_same_logits": (edited(lambda m: m["mask_config"].update(granularity="head")), MaskFileError,
-                                      "wrong granularity"),
+    "library_version_is_a_number": (
+        edited(lambda m: m.update(library_version=1)),
+        MaskFileError,
+        "'library_version' must be a str",
+    ),
+    "other_major_version": (
+        edited(lambda m: m.update(library_version="99.0.0")),
+        MaskFileError,
+        "another major version",
+    ),
+    "wrong_fingerprint": (
+        edited(lambda m: m["model"].update(weights_sha256="0" * 64)),
+        ModelMismatch,
+        "weights_sha256 differ",
+    ),
+    "fingerprint_removed": (edited(lambda m: m["model"].pop("weights_sha256")), ModelMismatch, "weights_sha256 differ"),
+    "other_granularity_same_logits": (
+        edited(lambda m: m["mask_config"].update(granularity="head")),
+        MaskFileError,
+        "wrong granularity",
+    ),
     "corrupted_tensor_bytes": (flip_byte(-8), MaskFileError, "checksum"),
     "corrupted_header_length": (flip_byte(3), MaskFileError, "not a readable safetensors file"),
-    "truncated": (lambda path: path.write_bytes(path.read_bytes()[:-7]), MaskFileError,
-                  "not a readable safetensors file"),
+    "truncated": (
+        lambda path: path.write_bytes(path.read_bytes()[:-7]),
+        MaskFileError,
+        "not a readable safetensors file",
+    ),
     "non_finite_logit": (non_finite_logit, MaskFileError, "not finite"),
 }
 
@@ -141,11 +177,15 @@ def test_a_tampered_mask_checkpoint_is_refused_before_anything_resumes(case, bri
         MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (edited(lambda m: m.update(hook_names=HOOK_NAME)), "'hook_names' must be a list"),
-    (lambda path: rewrite(path, "{" * 50_000), "not valid JSON"),
-    (flip_byte(-8), "checksum"),
-], ids=["hook_names_is_a_string", "header_nested_deep", "corrupted_bytes"])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (edited(lambda m: m.update(hook_names=HOOK_NAME)), "'hook_names' must be a list"),
+        (lambda path: rewrite(path, "{" * 50_000), "not valid JSON"),
+        (flip_byte(-8), "checksum"),
+    ],
+    ids=["hook_names_is_a_string", "header_nested_deep", "corrupted_bytes"],
+)
 def test_a_tampered_probe_checkpoint_is_refused(tamper, message, bridge, data, tmp_path):
     probe_data = ProbeData.from_subtasks([data], vocab_size=VOCAB)
     config = ProbeConfig(steps=1, batch_size=4, checkpoint_every=1, n_experts=2)
@@ -156,13 +196,20 @@ def test_a_tampered_probe_checkpoint_is_refused(tamper, message, bridge, data, t
 
 
 def test_no_user_file_is_read_with_pickle():
-    """Mask, probe and checkpoint files, and everything else a user passes in, are safetensors and JSON; the zoo's
-    own training state (zoo/train.py) is read with ``torch.load(weights_only=True)``, which runs no pickle code."""
+    """Mask, probe and checkpoint files (the zoo trainer's included), and everything else a user passes in, are
+    safetensors and JSON: nothing in the package reads or writes a pickle."""
     package = Path(modmask_lens.__file__).parent
     pickle_readers = re.compile(r"import (c?pickle|dill|joblib)|pickle\.loads?\(|allow_pickle=True|weights_only=False")
-    readers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
-                     if pickle_readers.search(path.read_text(encoding="utf-8")))
+    readers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if pickle_readers.search(path.read_text(encoding="utf-8"))
+    )
     assert readers == []
-    torch_loads = [line for path in package.rglob("*.py") for line in path.read_text(encoding="utf-8").splitlines()
-                   if "torch.load(" in line]
-    assert torch_loads and all("weights_only=True" in line for line in torch_loads)
+    torch_pickles = [
+        line
+        for path in package.rglob("*.py")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "torch.load(" in line or "torch.save(" in line
+    ]
+    assert torch_pickles == []

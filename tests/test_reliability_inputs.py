@@ -3,24 +3,23 @@ turns the same errors into one ``error: ...`` line and exit code 1 (a traceback 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOCAB, boot_gpt2, boot_native
 from transformers import GPT2Config, GPT2LMHeadModel
 from typer.testing import CliRunner
 
 import modmask_lens.masks.training
-from conftest import VOCAB, boot_gpt2, boot_native
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked
 from modmask_lens.adapters import UnsupportedArchitecture
 from modmask_lens.cli import app
+from modmask_lens.core.pairs import load_pairs
 from modmask_lens.loading import load_bridge, load_subtask
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer, read_activations
-from modmask_lens.tasks.custom import load_pairs
-from modmask_lens.testing.tiny_models import word_level_tokenizer
+from modmask_lens.testing.tiny_models import placeholder_word_tokenizer
 
 N_CTX = 16  # boot_native's context
 
@@ -55,8 +54,13 @@ def nested_masked(bridge) -> None:
 
 def resume_with_other_settings(bridge, tmp_path: Path) -> None:
     data = subtask()
-    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=1, batch_size=4, n_samples=2), checkpoint_dir=tmp_path,
-                progress=False).train()
+    MaskTrainer(
+        bridge,
+        [data],
+        train_config=TrainConfig(steps=1, batch_size=4, n_samples=2),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    ).train()
     MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4, n_samples=4), checkpoint_dir=tmp_path)
 
 
@@ -69,72 +73,149 @@ GOOD_PAIRS = b'{"prompt": "w5", "completion": "w6"}\n{"prompt": "w7", "completio
 
 # case -> (action(bridge, tmp_path), error type, what the message must say)
 CASES = {
-    "not_a_transformer_bridge": (lambda b, t: MaskTrainer(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)),
-                                                          [subtask()]),
-                                 UnsupportedArchitecture, "not a TransformerBridge.*installed: .*CONTRIBUTING"),
-    "no_tokenizer": (lambda b, t: SubtaskData.from_pairs("capitals", [("a", "b"), ("c", "d")], None), ValueError,
-                     "has no tokenizer; pass the tokenizer"),
+    "not_a_transformer_bridge": (
+        lambda b, t: MaskTrainer(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)), [subtask()]),
+        UnsupportedArchitecture,
+        "not a TransformerBridge.*installed: .*CONTRIBUTING",
+    ),
+    "no_tokenizer": (
+        lambda b, t: SubtaskData.from_pairs("capitals", [("a", "b"), ("c", "d")], None),
+        ValueError,
+        "has no tokenizer; pass the tokenizer",
+    ),
     "no_subtasks": (lambda b, t: MaskTrainer(b, []), ValueError, "no subtasks given"),
     "duplicate_subtask_names": (lambda b, t: MaskTrainer(b, [subtask("a"), subtask("a")]), ValueError, "unique"),
     "empty_subtask": (lambda b, t: subtask(examples=0), ValueError, "is empty; give it at least one example"),
-    "one_example_subtask": (lambda b, t: MaskTrainer(b, [subtask(examples=1)]), ValueError,
-                            "one example.*at least 2"),
+    "one_example_subtask": (lambda b, t: MaskTrainer(b, [subtask(examples=1)]), ValueError, "one example.*at least 2"),
     "one_example_pairs": (lambda b, t: load_pairs([("w5", "w6")]), ValueError, "at least 2 examples, got 1"),
-    "prompt_longer_than_context": (lambda b, t: MaskTrainer(b, [subtask(positions=N_CTX + 4)]), ValueError,
-                                   f"20 positions; the model's context is n_ctx={N_CTX}: shorten"),
-    "probe_data_longer_than_context": (lambda b, t: read_activations(b, ["blocks.0.hook_resid_post"],
-                                                                     torch.zeros(1, N_CTX + 1, dtype=torch.long),
-                                                                     torch.zeros(1, dtype=torch.long)),
-                                       ValueError, f"the probe data has examples of 17 positions; .*n_ctx={N_CTX}"),
-    "token_above_vocabulary": (lambda b, t: MaskTrainer(b, [subtask(token=VOCAB)]), ValueError,
-                               f"outside the model's vocabulary \\[0, {VOCAB}\\)"),
+    "prompt_longer_than_context": (
+        lambda b, t: MaskTrainer(b, [subtask(positions=N_CTX + 4)]),
+        ValueError,
+        f"20 positions; the model's context is n_ctx={N_CTX}: shorten",
+    ),
+    "probe_data_longer_than_context": (
+        lambda b, t: read_activations(
+            b,
+            ["blocks.0.hook_resid_post"],
+            torch.zeros(1, N_CTX + 1, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long),
+        ),
+        ValueError,
+        f"the probe data has examples of 17 positions; .*n_ctx={N_CTX}",
+    ),
+    "token_above_vocabulary": (
+        lambda b, t: MaskTrainer(b, [subtask(token=VOCAB)]),
+        ValueError,
+        f"outside the model's vocabulary \\[0, {VOCAB}\\)",
+    ),
     "negative_token": (lambda b, t: MaskTrainer(b, [subtask(token=-1)]), ValueError, "outside the model's vocabulary"),
-    "jsonl_missing_completion": (lambda b, t: load_pairs(jsonl(t, b'{"prompt": "w5"}\n' + GOOD_PAIRS)), ValueError,
-                                 "line 1: 'completion' must be a non-empty string, got None"),
-    "jsonl_empty_completion": (lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + b'{"prompt": "w5", "completion": ""}')),
-                               ValueError, "line 3: 'completion' must be a non-empty string"),
-    "jsonl_bad_encoding": (lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + '{"prompt": "caf\u00e9"}'.encode("latin-1"))),
-                           ValueError, "not UTF-8 text.*save it as UTF-8"),
-    "jsonl_bad_json": (lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + b'{"prompt": w5}')), ValueError,
-                       "line 3: not valid JSON"),
-    "jsonl_not_an_object": (lambda b, t: load_pairs(jsonl(t, b'["w5", "w6"]\n' + GOOD_PAIRS)), ValueError,
-                            "line 1: expected an object"),
+    "jsonl_missing_completion": (
+        lambda b, t: load_pairs(jsonl(t, b'{"prompt": "w5"}\n' + GOOD_PAIRS)),
+        ValueError,
+        "line 1: 'completion' must be a non-empty string, got None",
+    ),
+    "jsonl_empty_completion": (
+        lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + b'{"prompt": "w5", "completion": ""}')),
+        ValueError,
+        "line 3: 'completion' must be a non-empty string",
+    ),
+    "jsonl_bad_encoding": (
+        lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + '{"prompt": "caf\u00e9"}'.encode("latin-1"))),
+        ValueError,
+        "not UTF-8 text.*save it as UTF-8",
+    ),
+    "jsonl_bad_json": (
+        lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + b'{"prompt": w5}')),
+        ValueError,
+        "line 3: not valid JSON",
+    ),
+    "jsonl_not_an_object": (
+        lambda b, t: load_pairs(jsonl(t, b'["w5", "w6"]\n' + GOOD_PAIRS)),
+        ValueError,
+        "line 1: expected an object",
+    ),
     # A ValueError; under the tests' run-time type checks the Literal annotation refuses it first (a TypeError).
     "unknown_granularity": (lambda b, t: MaskConfig(granularity="block"), (ValueError, TypeError), "granularity"),
-    "combine_masks_of_different_granularity": (lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head")).binary()
-                                               & MaskSet.for_bridge(b, MaskConfig(granularity="neuron")).binary(),
-                                               ValueError, "cannot combine masks.*cover different tensors"),
+    "combine_masks_of_different_granularity": (
+        lambda b, t: (
+            MaskSet.for_bridge(b, MaskConfig(granularity="head")).binary()
+            & MaskSet.for_bridge(b, MaskConfig(granularity="neuron")).binary()
+        ),
+        ValueError,
+        "cannot combine masks.*cover different tensors",
+    ),
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
     "lr_too_large": (lambda b, t: TrainConfig(lr=5.0), ValueError, r"lr 5.0 is out of range"),
     "beta_negative": (lambda b, t: TrainConfig(beta=-1e-4), ValueError, "beta -0.0001 must be a finite number >= 0"),
     "beta_nan": (lambda b, t: TrainConfig(beta=float("nan")), ValueError, "beta nan must be a finite number"),
     "beta_inf": (lambda b, t: TrainConfig(beta=float("inf")), ValueError, "beta inf must be a finite number"),
-    "temperature_nan": (lambda b, t: TrainConfig(temperature=float("nan")), ValueError,
-                        "temperature nan must be a finite number > 0"),
-    "init_logit_nan": (lambda b, t: MaskConfig(init_logit=float("nan")), ValueError,
-                       "init_logit nan must be a finite number"),
-    "grad_clip_zero": (lambda b, t: TrainConfig(grad_clip=0.0), ValueError, "grad_clip 0.0 must be a finite number > 0"),
+    "temperature_nan": (
+        lambda b, t: TrainConfig(temperature=float("nan")),
+        ValueError,
+        "temperature nan must be a finite number > 0",
+    ),
+    "init_logit_nan": (
+        lambda b, t: MaskConfig(init_logit=float("nan")),
+        ValueError,
+        "init_logit nan must be a finite number",
+    ),
+    "grad_clip_zero": (
+        lambda b, t: TrainConfig(grad_clip=0.0),
+        ValueError,
+        "grad_clip 0.0 must be a finite number > 0",
+    ),
     "grad_clip_negative": (lambda b, t: TrainConfig(grad_clip=-1.0), ValueError, "grad_clip -1.0 must be"),
-    "checkpoint_every_zero": (lambda b, t: TrainConfig(checkpoint_every=0), ValueError, "checkpoint_every must be >= 1"),
-    "lagrangian_lr_nan": (lambda b, t: TrainConfig(lagrangian_lr=float("nan")), ValueError,
-                          "lagrangian_lr nan is out of range"),
+    "checkpoint_every_zero": (
+        lambda b, t: TrainConfig(checkpoint_every=0),
+        ValueError,
+        "checkpoint_every must be >= 1",
+    ),
+    "lagrangian_lr_nan": (
+        lambda b, t: TrainConfig(lagrangian_lr=float("nan")),
+        ValueError,
+        "lagrangian_lr nan is out of range",
+    ),
     "target_density_out_of_range": (lambda b, t: TrainConfig(target_density=1.5), ValueError, "must lie in \\(0, 1\\)"),
-    "batch_smaller_than_samples": (lambda b, t: TrainConfig(batch_size=2, n_samples=4), ValueError,
-                                   "raise batch_size or lower n_samples"),
-    "unknown_hook_name": (lambda b, t: read_activations(b, ["blocks.0.hook_nonexistent"], torch.zeros(1, 4, dtype=torch.long),
-                                                        torch.zeros(1, dtype=torch.long)),
-                          KeyError, "no hook point.*use names such as blocks.0.hook_resid_post"),
-    "probe_with_one_example": (lambda b, t: ProbeTrainer(b, ["blocks.0.hook_resid_post"],
-                                                         ProbeData.from_subtasks([subtask(examples=1)], vocab_size=VOCAB),
-                                                         ProbeConfig()),
-                               ValueError, "at least 2 examples"),
-    "masks_device_mismatch": (on_meta_device(lambda model: MaskTrainer(model, [subtask()])), ValueError,
-                              "subtask 'bad' is on device cpu but the model is on meta; move one"),
-    "probe_device_mismatch": (on_meta_device(lambda model: read_activations(model, ["blocks.0.hook_resid_post"],
-                                                                            torch.zeros(1, 4, dtype=torch.long),
-                                                                            torch.zeros(1, dtype=torch.long))),
-                              ValueError, "the probe data is on device cpu but the model is on meta"),
+    "batch_smaller_than_samples": (
+        lambda b, t: TrainConfig(batch_size=2, n_samples=4),
+        ValueError,
+        "raise batch_size or lower n_samples",
+    ),
+    "unknown_hook_name": (
+        lambda b, t: read_activations(
+            b, ["blocks.0.hook_nonexistent"], torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        ),
+        KeyError,
+        "no hook point.*use names such as blocks.0.hook_resid_post",
+    ),
+    "probe_with_one_example": (
+        lambda b, t: ProbeTrainer(
+            b,
+            ["blocks.0.hook_resid_post"],
+            ProbeData.from_subtasks([subtask(examples=1)], vocab_size=VOCAB),
+            ProbeConfig(),
+        ),
+        ValueError,
+        "at least 2 examples",
+    ),
+    "masks_device_mismatch": (
+        on_meta_device(lambda model: MaskTrainer(model, [subtask()])),
+        ValueError,
+        "subtask 'bad' is on device cpu but the model is on meta; move one",
+    ),
+    "probe_device_mismatch": (
+        on_meta_device(
+            lambda model: read_activations(
+                model,
+                ["blocks.0.hook_resid_post"],
+                torch.zeros(1, 4, dtype=torch.long),
+                torch.zeros(1, dtype=torch.long),
+            )
+        ),
+        ValueError,
+        "the probe data is on device cpu but the model is on meta",
+    ),
     "nested_masked_contexts": (lambda b, t: nested_masked(b), RuntimeError, "do not nest"),
     "resume_with_other_settings": (resume_with_other_settings, ValueError, "trained with n_samples=2"),
     "unknown_task": (lambda b, t: load_subtask("scna/jump", None), KeyError, "unknown task 'scna'; known tasks"),
@@ -150,8 +231,9 @@ def test_bad_input_gets_an_early_clear_error(case, bridge, tmp_path):
 
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
-def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_checkpoint(bad_value, bridge, tmp_path,
-                                                                                        monkeypatch):
+def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_checkpoint(
+    bad_value, bridge, tmp_path, monkeypatch
+):
     data, config = subtask(), TrainConfig(steps=5, batch_size=4, n_samples=2, checkpoint_every=1)
     trainer = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False)
     score_answers = modmask_lens.masks.training.score_answers
@@ -163,8 +245,11 @@ def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_chec
         return score
 
     monkeypatch.setattr(modmask_lens.masks.training, "score_answers", diverging_at_step_2)
-    with pytest.raises(NonFiniteLoss, match=f"became {bad_value} at step 2; training stopped and the last good "
-                                            f"checkpoint is {tmp_path / CHECKPOINT_FILE}"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=f"became {bad_value} at step 2; training stopped and the last good "
+        f"checkpoint is {tmp_path / CHECKPOINT_FILE}",
+    ):
         trainer.train()
     monkeypatch.undo()
     assert MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False).step == 2
@@ -182,7 +267,7 @@ def model_folders(tmp_path_factory):
     """A tiny GPT-2 saved with a tokenizer, and the same without one."""
     with_tokenizer = tmp_path_factory.mktemp("with_tokenizer")
     boot_gpt2(with_tokenizer)
-    word_level_tokenizer(VOCAB).save_pretrained(with_tokenizer)
+    placeholder_word_tokenizer(VOCAB).save_pretrained(with_tokenizer)
     without_tokenizer = tmp_path_factory.mktemp("without_tokenizer")
     boot_gpt2(without_tokenizer)
     return with_tokenizer, without_tokenizer
@@ -199,22 +284,48 @@ def cli_cases(folders, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "no_model_in_folder": (train + ["--model", str(tmp_path), "--task", str(good)], "holds no model"),
         "no_tokenizer": (train + ["--model", str(without_tokenizer), "--task", str(good)], "has no tokenizer"),
-        "jsonl_missing_field": (train + ["--model", str(with_tokenizer), "--task", str(bad)],
-                                "line 3: 'completion' must be a non-empty string"),
-        "lr_out_of_range": (train + ["--model", str(with_tokenizer), "--task", str(good), "--lr", "5"],
-                            "lr 5.0 is out of range"),
-        "beta_negative": (train + ["--model", str(with_tokenizer), "--task", str(good), "--beta", "-1"],
-                          "beta -1.0 must be a finite number >= 0"),
+        "jsonl_missing_field": (
+            train + ["--model", str(with_tokenizer), "--task", str(bad)],
+            "line 3: 'completion' must be a non-empty string",
+        ),
+        "lr_out_of_range": (
+            train + ["--model", str(with_tokenizer), "--task", str(good), "--lr", "5"],
+            "lr 5.0 is out of range",
+        ),
+        "beta_negative": (
+            train + ["--model", str(with_tokenizer), "--task", str(good), "--beta", "-1"],
+            "beta -1.0 must be a finite number >= 0",
+        ),
         "unknown_task": (train + ["--model", str(with_tokenizer), "--task", "scna"], "unknown task 'scna'"),
-        "not_a_mask_file": (["analyze", "--model", str(with_tokenizer), "--masks", str(not_a_mask), "--out",
-                             str(tmp_path / "a")], "not a readable safetensors file"),
-        "missing_mask_file": (["analyze", "--model", str(with_tokenizer), "--masks", str(tmp_path / "absent.safetensors"),
-                               "--out", str(tmp_path / "a")], "No such file"),
+        "not_a_mask_file": (
+            ["analyze", "--model", str(with_tokenizer), "--masks", str(not_a_mask), "--out", str(tmp_path / "a")],
+            "not a readable safetensors file",
+        ),
+        "missing_mask_file": (
+            [
+                "analyze",
+                "--model",
+                str(with_tokenizer),
+                "--masks",
+                str(tmp_path / "absent.safetensors"),
+                "--out",
+                str(tmp_path / "a"),
+            ],
+            "No such file",
+        ),
     }
 
 
-CLI_CASES = ["no_model_in_folder", "no_tokenizer", "jsonl_missing_field", "lr_out_of_range", "beta_negative",
-             "unknown_task", "not_a_mask_file", "missing_mask_file"]
+CLI_CASES = [
+    "no_model_in_folder",
+    "no_tokenizer",
+    "jsonl_missing_field",
+    "lr_out_of_range",
+    "beta_negative",
+    "unknown_task",
+    "not_a_mask_file",
+    "missing_mask_file",
+]
 
 
 @pytest.mark.parametrize("case", CLI_CASES)

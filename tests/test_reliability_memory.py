@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import VOCAB, boot_native
+
 from modmask_lens import SubtaskData
 from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.probes import GatedProbe, ProbeConfig, ProbeData, evaluate_probe
@@ -43,8 +43,11 @@ def build():
 
 def evaluations(bridge, data, probe_data, probe) -> dict:
     evaluation = evaluate_probe(probe, bridge, HOOK_NAMES, probe_data)
-    return {"probe_correct": evaluation.correct.tolist(), "chosen_expert": evaluation.chosen_expert.tolist(),
-            "exact_match": exact_match(bridge, data)}
+    return {
+        "probe_correct": evaluation.correct.tolist(),
+        "chosen_expert": evaluation.chosen_expert.tolist(),
+        "exact_match": exact_match(bridge, data),
+    }
 
 
 def address_space_bytes() -> int:
@@ -67,13 +70,24 @@ def capped_run() -> None:
         full_cache = "fitted"
     except (MemoryError, RuntimeError) as error:  # torch's CPU allocator raises RuntimeError when malloc fails
         full_cache = f"refused: {type(error).__name__}"
-    print(json.dumps({"full_cache_bytes": full_cache_bytes, "full_cache": full_cache}
-                     | evaluations(bridge, data, probe_data, probe)))
+    print(
+        json.dumps(
+            {"full_cache_bytes": full_cache_bytes, "full_cache": full_cache}
+            | evaluations(bridge, data, probe_data, probe)
+        )
+    )
 
 
 def test_probe_and_exact_match_evaluation_run_in_bounded_memory():
-    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600,
-                            cwd=Path(__file__).parent, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, __file__],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     capped = json.loads(result.stdout.strip().splitlines()[-1])
     assert capped["full_cache_bytes"] > 2 * CAP_BYTES

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import VOCAB, boot_native
+
 from modmask_lens import MaskTrainer, SubtaskData, TrainConfig, masked
 from modmask_lens.masks.training import CHECKPOINT_FILE
 
@@ -35,18 +35,18 @@ def build() -> tuple[torch.nn.Module, SubtaskData]:
 def run_script(mode: str, checkpoint_dir: Path) -> None:
     """``announce``: print a line after every checkpoint. ``kill_in_write``: SIGKILL this process once the temporary
     file of step ``KILLED_WRITE_STEP``'s checkpoint is written, before its rename."""
-    import modmask_lens.masks.io
+    import modmask_lens.core.checkpoint
 
     bridge, data = build()
     trainer = MaskTrainer(bridge, [data], train_config=CONFIG, checkpoint_dir=checkpoint_dir, progress=False)
-    save_file = modmask_lens.masks.io.save_file
+    save_file = modmask_lens.core.checkpoint.save_file
 
     def save_then_maybe_die(tensors, filename, metadata):
         save_file(tensors, filename, metadata=metadata)
         if mode == "kill_in_write" and trainer.step == KILLED_WRITE_STEP:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    modmask_lens.masks.io.save_file = save_then_maybe_die
+    modmask_lens.core.checkpoint.save_file = save_then_maybe_die
     original_save = trainer.save_checkpoint
 
     def save_and_announce():
@@ -59,8 +59,13 @@ def run_script(mode: str, checkpoint_dir: Path) -> None:
 
 
 def start(mode: str, checkpoint_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, mode, str(checkpoint_dir)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, __file__, mode, str(checkpoint_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
 
 
 def resume_and_compare(checkpoint_dir: Path, expected_step: int | None = None) -> int:

@@ -13,9 +13,10 @@ import pytest
 import torch
 from test_viz_views import random_mask_set
 
+from modmask_lens.analysis import circuit_graph
 from modmask_lens.testing.copy_task import FIRST, SECOND, copy_subtask
-from modmask_lens.viz import CircuitView, HeadlessChromium, circuit_graph, write_report
-from modmask_lens.viz.browser import BrowserUnavailable, chromium_path
+from modmask_lens.viz import CircuitView, write_report
+from modmask_lens.viz.browser import BrowserUnavailable, HeadlessChromium, chromium_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,8 +31,11 @@ def chromium():
         if shutil.which("apt-get") is None:
             pytest.fail("Chromium is missing and there is no apt-get; install chromium and set MODMASK_LENS_CHROMIUM")
         subprocess.run([*apt, "update", "-qq"], check=True)
-        subprocess.run([*apt, "install", "-y", "-qq", "chromium", "chromium-driver"], check=True,
-                       env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            [*apt, "install", "-y", "-qq", "chromium", "chromium-driver"],
+            check=True,
+            env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"},
+        )
         return chromium_path()
 
 
@@ -42,8 +46,9 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def test_network_guard_records_a_page_that_reaches_out(tmp_path):
     page = tmp_path / "leaky.html"
-    page.write_text('<img src="http://example.com/pixel.png"><script>fetch("https://example.org/x")'
-                    ".catch(() => {});</script>")
+    page.write_text(
+        '<img src="http://example.com/pixel.png"><script>fetch("https://example.org/x").catch(() => {});</script>'
+    )
     with HeadlessChromium() as browser:
         record = browser.open(page)
     assert set(record.network_requests) == {"http://example.com/pixel.png", "https://example.org/x"}
@@ -54,8 +59,14 @@ def test_network_guard_records_a_page_that_reaches_out(tmp_path):
 def report(gpt2_bridge, tmp_path):
     subtasks = [copy_subtask("copy_first", FIRST, 0), copy_subtask("copy_second", SECOND, 1)]
     masks = {data.name: random_mask_set(gpt2_bridge, data.name, seed) for seed, data in enumerate(subtasks)}
-    return write_report(tmp_path / "report.html", gpt2_bridge, masks, torch.tensor([3, 7, FIRST, 3]),
-                        data={data.name: data for data in subtasks}, token_labels=["3", "7", "FIRST", "3"])
+    return write_report(
+        tmp_path / "report.html",
+        gpt2_bridge,
+        masks,
+        torch.tensor([3, 7, FIRST, 3]),
+        data={data.name: data for data in subtasks},
+        token_labels=["3", "7", "FIRST", "3"],
+    )
 
 
 def test_report_renders_offline_with_every_view_and_no_console_error(report, tmp_path):

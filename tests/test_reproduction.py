@@ -3,12 +3,11 @@ docs/results.md)."""
 
 from __future__ import annotations
 
-from modmask_lens.masks.config import TrainConfig
-from modmask_lens import zoo
-from modmask_lens.reproduction import (
+from typer.testing import CliRunner
+
+from experiments.csordas import (
     addmul_experiment,
     double_add_experiment,
-    main,
     math_experiment,
     math_probe_experiment,
     modular_training_experiment,
@@ -16,6 +15,9 @@ from modmask_lens.reproduction import (
     scan_probe_experiment,
     write_results,
 )
+from modmask_lens import zoo
+from modmask_lens.cli import app
+from modmask_lens.masks.config import TrainConfig
 
 TINY = TrainConfig(steps=2, batch_size=8)
 
@@ -34,29 +36,34 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
 def test_addmul_experiment_compares_the_operations():
     result = addmul_experiment(TINY, eval_limit=16)
     overlap = result.tables["IoU of the subtask masks per layer and role"]
-    assert set(overlap.task_a) == {"add"} and set(overlap.task_b) == {"mul"}
-    assert set(result.tables["mask sizes"].task) == {"control", "add", "mul"}
+    assert set(overlap.mask_a) == {"add"} and set(overlap.mask_b) == {"mul"}
+    assert set(result.tables["mask sizes"]["mask"]) == {"control", "add", "mul"}
 
 
 def test_scan_probe_experiment_reports_routing_and_errors():
     result = scan_probe_experiment(eval_limit=16, probe_steps=3)
     information = result.tables["routing information (bits)"].iloc[0]
     assert 0 <= information.mutual_information <= information.subtask_entropy <= 2.0 + 1e-9
-    assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {"jump", "walk", "run", "look"}
+    assert set(result.tables["subtask x expert (examples routed by argmax gate)"].subtask) == {
+        "jump",
+        "walk",
+        "run",
+        "look",
+    }
 
 
 def test_double_add_experiment_scores_each_pair_on_its_own_slot():
     result = double_add_experiment(TINY, eval_limit=16)
-    assert set(result.tables["mask sizes"].task) == {"control", "pair1", "pair2"}
+    assert set(result.tables["mask sizes"]["mask"]) == {"control", "pair1", "pair2"}
     accuracy = result.tables["accuracy (full / mask / inverse mask)"]
     assert (accuracy[accuracy.condition == "full"][["pair1", "pair2"]] > 0.9).all(axis=None)
-    assert set(result.tables["IoU of the subtask masks per layer and role"].task_a) == {"pair1"}
+    assert set(result.tables["IoU of the subtask masks per layer and role"].mask_a) == {"pair1"}
 
 
 def test_math_experiment_has_a_sharing_matrix_and_the_difficulty_test():
     result = math_experiment(TINY, eval_limit=16)
     modules = result.settings["modules"]
-    assert len(modules) >= 3 and set(result.tables["IoU between the modules' masks"].task_a) <= set(modules)
+    assert len(modules) >= 3 and set(result.tables["IoU between the modules' masks"].mask_a) <= set(modules)
     difficulty = result.tables["control vs easy-only mask"]
     assert {"interpolate", "extrapolate"} <= set(difficulty.columns)
     assert set(difficulty[difficulty.condition == "mask"]["mask"]) == {"control", "easy_only"}
@@ -77,7 +84,26 @@ def test_modular_training_experiment_compares_the_three_scan_variants():
 
 
 def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tmp_path):
-    main(["addmul", "double_add", "--steps", "2", "--eval-limit", "16", "--jobs", "2", "--out", str(tmp_path / "r.md")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "reproduce",
+            "addmul",
+            "double_add",
+            "--steps",
+            "2",
+            "--eval-limit",
+            "16",
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path / "r.md"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
     text = (tmp_path / "r.md").read_text()
     assert text.index("## addmul") < text.index("## double addition")
-    assert "--jobs 2" in text and "Total wall time:" in text
+    assert (
+        "modmask-lens reproduce addmul double_add --steps 2 --eval-limit 16 --jobs 2" in text
+        and "Total wall time:" in text
+    )

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modmask_lens.masks.sampling import (UniformNoise, _StraightThroughGumbelSigmoid, keep_probability,
-                                         sample_hard_concrete, sample_hard_mask)
+from modmask_lens.masks.sampling import (
+    UniformNoise,
+    _StraightThroughGumbelSigmoid,
+    keep_probability,
+    sample_hard_concrete,
+    sample_hard_mask,
+)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
@@ -37,11 +42,14 @@ def test_keep_frequency_is_sigmoid_of_the_logit():
 def test_same_seed_same_sample():
     logits = torch.zeros(1000)
     assert torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(5)))
-    assert not torch.equal(sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6)))
+    assert not torch.equal(
+        sample_hard_mask(logits, noise=UniformNoise(5)), sample_hard_mask(logits, noise=UniformNoise(6))
+    )
 
 
 def test_hard_concrete_keep_and_full_probabilities_match_louizos_closed_forms():
-    # z > 0 iff sigmoid((logit(u) + l) / beta) > -gamma / (zeta - gamma); z = 1 iff it is >= (1 - gamma) / (zeta - gamma).
+    # z > 0 iff sigmoid((logit(u) + l) / beta) > -gamma / (zeta - gamma);
+    # z = 1 iff it is >= (1 - gamma) / (zeta - gamma).
     beta, gamma, zeta = 2 / 3, -0.1, 1.1
     values = torch.tensor([-2.0, 0.0, 2.0])
     samples = sample_hard_concrete(values.repeat(40000, 1), noise=UniformNoise(3))

@@ -41,8 +41,9 @@ def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, toke
         for logit in masks.logits.values():
             logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))
     any_bridge.eval()
-    expected = masked_call(any_bridge, masks.sample(1.0, UniformNoise(3)), type(any_bridge).forward.__get__(any_bridge),
-                           tokens)
+    expected = masked_call(
+        any_bridge, masks.sample(1.0, UniformNoise(3)), type(any_bridge).forward.__get__(any_bridge), tokens
+    )
     expected.square().mean().backward()
     shards = ShardedLogits(masks, "cpu")
     sharded = ShardedBridge(any_bridge)(shards, 1.0, UniformNoise(3), tokens)
@@ -58,8 +59,9 @@ def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, toke
 def test_sharded_training_equals_plain_training(any_bridge):
     snapshot = state_snapshot(any_bridge)
     plain = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
-    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False,
-                          fully_shard=True).train()["copy"]
+    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False, fully_shard=True).train()[
+        "copy"
+    ]
     for name, logit in plain.logits.items():
         assert not torch.equal(logit, torch.full_like(logit, plain.config.init_logit)), name
         torch.testing.assert_close(sharded.logits[name], logit, rtol=0, atol=1e-6)
@@ -81,20 +83,23 @@ def interrupted_after_checkpoint(bridge, tmp_path, fully_shard: bool) -> None:
         return batch(indices)
 
     object.__setattr__(data, "batch", batch_or_interrupt)  # SubtaskData is frozen
-    trainer = MaskTrainer(bridge, [data], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False,
-                          fully_shard=fully_shard)
+    trainer = MaskTrainer(
+        bridge, [data], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=fully_shard
+    )
     with pytest.raises(Interrupted):
         trainer.train()
 
 
-@pytest.mark.parametrize(("first", "resumed"), [(True, False), (False, True)], ids=["sharded-then-plain",
-                                                                                    "plain-then-sharded"])
+@pytest.mark.parametrize(
+    ("first", "resumed"), [(True, False), (False, True)], ids=["sharded-then-plain", "plain-then-sharded"]
+)
 def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resumed):
     snapshot = state_snapshot(gpt2_bridge)
     uninterrupted = MaskTrainer(gpt2_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
     interrupted_after_checkpoint(gpt2_bridge, tmp_path, fully_shard=first)
-    trainer = MaskTrainer(gpt2_bridge, [subtask()], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False,
-                          fully_shard=resumed)
+    trainer = MaskTrainer(
+        gpt2_bridge, [subtask()], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=resumed
+    )
     assert trainer.step == CONFIG.checkpoint_every
     finished = trainer.train()["copy"]
     for name, logit in uninterrupted.logits.items():
@@ -102,7 +107,7 @@ def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resu
     assert_unchanged(gpt2_bridge, snapshot)
 
 
-@pytest.mark.parametrize("settings", [dict(target_density=0.1), dict(max_loss_increase=0.02)])
+@pytest.mark.parametrize("settings", [{"target_density": 0.1}, {"max_loss_increase": 0.02}])
 def test_sharded_training_rejects_the_density_target_and_the_loss_constraint(gpt2_bridge, settings):
     config = TrainConfig(steps=2, batch_size=8, n_samples=2, **settings)
     with pytest.raises(ValueError, match="max_loss_increase=None, or train without fully_shard"):
@@ -130,23 +135,29 @@ def _report_state_sizes(rank: int, store: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     bridge = boot_native(gqa=True)
-    trainer = MaskTrainer(bridge, [subtask()], train_config=TrainConfig(steps=2, batch_size=8, n_samples=2),
-                          progress=False, fully_shard=True)
+    trainer = MaskTrainer(
+        bridge,
+        [subtask()],
+        train_config=TrainConfig(steps=2, batch_size=8, n_samples=2),
+        progress=False,
+        fully_shard=True,
+    )
     trainer.train()
     run = trainer.runs[0]
     held = {
         "weights": [(block.numel, block.weight_shard.numel()) for block in trainer.sharded_bridge.blocks],
         "logits": [(unit.numel, run.shards.shards[unit.name].numel()) for unit in run.masks.units],
-        "adam": [(unit.numel, sum(run.optimizer.state[shard][moment].numel() for moment in ("exp_avg", "exp_avg_sq")))
-                 for unit, shard in zip(run.masks.units, run.parameters())],
+        "adam": [
+            (unit.numel, sum(run.optimizer.state[shard][moment].numel() for moment in ("exp_avg", "exp_avg_sq")))
+            for unit, shard in zip(run.masks.units, run.parameters())
+        ],
     }
     torch.save(held, f"{out}.{rank}")
     torch.distributed.destroy_process_group()
 
 
 def test_each_of_two_processes_holds_half_the_weights_logits_and_adam_state(tmp_path):
-    torch.multiprocessing.spawn(_report_state_sizes, args=(str(tmp_path / "store"), str(tmp_path / "held")),
-                                nprocs=2)
+    torch.multiprocessing.spawn(_report_state_sizes, args=(str(tmp_path / "store"), str(tmp_path / "held")), nprocs=2)
     held = [torch.load(tmp_path / f"held.{rank}") for rank in range(2)]
     for rank, sizes in enumerate(held):
         for kind, per_tensor in sizes.items():
@@ -154,5 +165,6 @@ def test_each_of_two_processes_holds_half_the_weights_logits_and_adam_state(tmp_
                 start, end = shard_bounds(numel, rank, 2)
                 assert kept == (end - start) * (2 if kind == "adam" else 1), kind
     for kind in held[0]:  # the two halves make the whole
-        assert [a + b for (_, a), (_, b) in zip(held[0][kind], held[1][kind])] == \
-               [numel * (2 if kind == "adam" else 1) for numel, _ in held[0][kind]]
+        assert [a + b for (_, a), (_, b) in zip(held[0][kind], held[1][kind])] == [
+            numel * (2 if kind == "adam" else 1) for numel, _ in held[0][kind]
+        ]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs, restrict_labels
 from modmask_lens.tasks.arithmetic import (
     DOUBLE_ADD_PAIR_OFFSETS,
     add_mul_task,
     double_addition_task,
     modular_addition_task,
 )
-from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs, restrict_labels
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
 
 

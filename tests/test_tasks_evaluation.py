@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.tasks import evaluation
-from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.tasks.evaluation import (
     accuracy_by_subtask,
     exact_match_correct,
@@ -84,8 +84,13 @@ def test_batched_greedy_matches_hugging_face_generate_row_by_row():
     generated = greedy_complete(model, examples, max_new_tokens=6)
     for row in range(len(examples)):
         prompt = examples.input_ids[row : row + 1, : examples.prompt_lengths[row]]
-        reference = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=DIGITS.eos_token_id,
-                                   pad_token_id=DIGITS.pad_token_id)[0]
+        reference = model.generate(
+            prompt,
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=DIGITS.eos_token_id,
+            pad_token_id=DIGITS.pad_token_id,
+        )[0]
         assert generated[row, : len(reference)].tolist() == reference.tolist()
 
 

@@ -11,8 +11,13 @@ from modmask_lens.tasks import deepmind_math
 from modmask_lens.tasks.deepmind_math import MathConfig, math_task
 
 NUMBER = r"-?\d+(?:\.\d+)?"
-SMALL = MathConfig(train_entropy=(2.0, 4.0), interpolate_entropy=(3.5, 3.5), extrapolate_entropy=(4.5, 5.5),
-                   train_size_per_difficulty=200, test_size=100)
+SMALL = MathConfig(
+    train_entropy=(2.0, 4.0),
+    interpolate_entropy=(3.5, 3.5),
+    extrapolate_entropy=(4.5, 5.5),
+    train_size_per_difficulty=200,
+    test_size=100,
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +81,20 @@ def round_half_away(value: Fraction, unit: Fraction) -> Fraction:
 
 
 def test_round_number_answers_round_half_away_from_zero(data):
-    to_power = re.compile(rf"^(?:Round (?P<a>{NUMBER}) to the nearest (?P<an>[a-z ]+)\.|What is (?P<b>{NUMBER}) "
-                          rf"rounded to the nearest (?P<bn>[a-z ]+)\?)$")
-    to_places = re.compile(rf"^(?:Round|What is) (?P<x>{NUMBER})(?: rounded)? to (?P<dp>\d) (?:decimal places|dps)"
-                           r"[.?]$")
+    to_power = re.compile(
+        rf"^(?:Round (?P<a>{NUMBER}) to the nearest (?P<an>[a-z ]+)\.|What is (?P<b>{NUMBER}) "
+        rf"rounded to the nearest (?P<bn>[a-z ]+)\?)$"
+    )
+    to_places = re.compile(
+        rf"^(?:Round|What is) (?P<x>{NUMBER})(?: rounded)? to (?P<dp>\d) (?:decimal places|dps)"
+        r"[.?]$"
+    )
     for row in rows_of(data, "numbers__round_number"):
         if match := to_power.match(row["question"]):
             name = match["an"] or match["bn"]
-            unit = Fraction(1) if name == "integer" else Fraction(10) ** (
-                deepmind_math.POWER_OF_TEN_NAMES.index(name) + 1)
+            unit = (
+                Fraction(1) if name == "integer" else Fraction(10) ** (deepmind_math.POWER_OF_TEN_NAMES.index(name) + 1)
+            )
             value = Fraction(match["a"] or match["b"])
         else:
             match = to_places.match(row["question"])

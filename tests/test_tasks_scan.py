@@ -66,8 +66,13 @@ def test_simple_split_is_deterministic_per_seed():
 
 @pytest.mark.parametrize(
     ("split", "train_size", "test_size"),
-    [("simple", 16_728, 4_182), ("addprim_jump", 14_670, 7_706), ("addprim_turn_left", 21_890, 1_208),
-     ("length", 16_990, 3_920), ("template_around_right", 15_225, 4_476)],
+    [
+        ("simple", 16_728, 4_182),
+        ("addprim_jump", 14_670, 7_706),
+        ("addprim_turn_left", 21_890, 1_208),
+        ("length", 16_990, 3_920),
+        ("template_around_right", 15_225, 4_476),
+    ],
 )
 def test_split_sizes_are_the_published_ones(split, train_size, test_size):
     assert scan.split_sizes(split) == {"train": train_size, "test": test_size}
@@ -81,7 +86,7 @@ def test_unknown_split_names_the_choices():
 def test_dataset_columns_label_primitives_and_modifiers():
     test = scan.scan_task("addprim_jump")["test"]
     assert test.column_names == ["question", "answer", "primitives", "modifiers"]
-    row = test[[i for i, q in enumerate(test["question"]) if q == "jump twice after turn left"][0]]
+    row = test[next(i for i, q in enumerate(test["question"]) if q == "jump twice after turn left")]
     assert row["answer"] == "I_TURN_LEFT I_JUMP I_JUMP"
     assert row["primitives"] == ["jump", "turn left"]
     assert row["modifiers"] == ["twice", "after"]

@@ -5,11 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_unchanged, boot_native, state_snapshot
 from transformer_lens.model_bridge import TransformerBridge
 
-from conftest import assert_unchanged, boot_native, state_snapshot
-from modmask_lens import (MaskConfig, MaskSet, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked,
-                          score_answers)
+from modmask_lens import (
+    MaskConfig,
+    MaskSet,
+    MaskTrainer,
+    NonFiniteLoss,
+    SubtaskData,
+    TrainConfig,
+    masked,
+    score_answers,
+)
 from modmask_lens.analysis import exact_match
 from modmask_lens.masks import readout
 from modmask_lens.masks.io import load_masks, save_masks
@@ -21,7 +29,9 @@ SEP, EOS = 10, 11
 def copy_first_token_data(name: str = "copy") -> SubtaskData:
     """``a b SEP -> a EOS`` for all digit pairs: the answer needs attention to position 0."""
     pairs = torch.cartesian_prod(torch.arange(10), torch.arange(10))
-    input_ids = torch.stack([pairs[:, 0], pairs[:, 1], torch.full((100,), SEP), pairs[:, 0], torch.full((100,), EOS)], 1)
+    input_ids = torch.stack(
+        [pairs[:, 0], pairs[:, 1], torch.full((100,), SEP), pairs[:, 0], torch.full((100,), EOS)], 1
+    )
     labels = input_ids.clone()
     labels[:, :3] = -100
     return SubtaskData(name, input_ids, labels)
@@ -31,8 +41,20 @@ def copy_first_token_data(name: str = "copy") -> SubtaskData:
 def one_head_model():
     """A 1-layer model trained on the copy task with heads 1-3 and the MLP writing nothing, by construction."""
     torch.manual_seed(0)
-    bridge = TransformerBridge.boot_native(dict(n_layers=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=8,
-                                                d_vocab=12, act_fn="gelu", normalization_type="LN", seed=0))
+    bridge = TransformerBridge.boot_native(
+        {
+            "n_layers": 1,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_head": 8,
+            "d_mlp": 64,
+            "n_ctx": 8,
+            "d_vocab": 12,
+            "act_fn": "gelu",
+            "normalization_type": "LN",
+            "seed": 0,
+        }
+    )
     attention_out = bridge.get_parameter("blocks.0.attn.o._original_component.weight")  # [d_model, n_heads * d_head]
     mlp_out = bridge.get_parameter("blocks.0.mlp.out._original_component.weight")
     writes_nothing = {attention_out: torch.ones_like(attention_out), mlp_out: torch.zeros_like(mlp_out)}
@@ -82,7 +104,9 @@ def test_several_tasks_in_one_run_equal_separate_runs(one_head_model):
         alone = MaskTrainer(bridge, [subtask], train_config=config, progress=False).train()[subtask.name]
         for name, logit in alone.logits.items():
             assert torch.equal(logit, joint[subtask.name].logits[name])
-    assert not torch.equal(joint["copy"].logits["blocks.0.attn.q.weight"], joint["copy_low"].logits["blocks.0.attn.q.weight"])
+    assert not torch.equal(
+        joint["copy"].logits["blocks.0.attn.q.weight"], joint["copy_low"].logits["blocks.0.attn.q.weight"]
+    )
 
 
 def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model, tmp_path, monkeypatch):
@@ -112,8 +136,13 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model
 
 def test_resume_refuses_other_training_settings(one_head_model, tmp_path):
     bridge, data = one_head_model
-    MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
-                checkpoint_dir=tmp_path, progress=False).train()
+    MaskTrainer(
+        bridge,
+        [data],
+        train_config=TrainConfig(steps=2, batch_size=8, checkpoint_every=1),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    ).train()
     with pytest.raises(ValueError, match="trained with batch_size=8, this run has batch_size=16"):
         MaskTrainer(bridge, [data], train_config=TrainConfig(steps=3, batch_size=16), checkpoint_dir=tmp_path)
 
@@ -163,10 +192,15 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SubtaskData("empty", torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)), "empty"),
+        (
+            lambda: SubtaskData("empty", torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)),
+            "empty",
+        ),
         # The shape check is also jaxtyping's (a TypeError) when the annotations are enforced, as in these tests.
-        (lambda: SubtaskData("shape", torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
-         "shape|pos"),
+        (
+            lambda: SubtaskData("shape", torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
+            "shape|pos",
+        ),
         (lambda: SubtaskData("unscored", torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), -100)), "no answer"),
         (lambda: TrainConfig(lr=5.0), "lr"),
         (lambda: TrainConfig(beta=-1.0), "beta"),
@@ -207,6 +241,7 @@ def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_mo
     MaskTrainer(bridge, [data], train_config=short, checkpoint_dir=tmp_path, progress=False).train()
     resumed = MaskTrainer(bridge, [data], train_config=long, checkpoint_dir=tmp_path, progress=False).train()
     at_once = MaskTrainer(bridge, [data], train_config=long, progress=False).train()
+
     def without_faithfulness(history):  # the short run measured it at its last step, 20, as every run does
         return [{key: value for key, value in row.items() if key != "faithfulness"} for row in history]
 
@@ -231,11 +266,16 @@ def test_the_loss_constraint_prunes_what_the_task_does_not_need_and_stays_faithf
 def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_result(one_head_model, tmp_path):
     bridge, data = one_head_model
     mask_config = MaskConfig(sampler="hard-concrete", init_logit=0.0)  # half the heads off: the constraint binds
-    config = TrainConfig(steps=6, batch_size=8, lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05,
-                         checkpoint_every=3)
+    config = TrainConfig(steps=6, batch_size=8, lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05, checkpoint_every=3)
     at_once = MaskTrainer(bridge, [data], mask_config, config, progress=False).train()["copy"]
-    first = MaskTrainer(bridge, [data], mask_config, TrainConfig(**{**config.to_dict(), "steps": 3}),
-                        checkpoint_dir=tmp_path, progress=False)
+    first = MaskTrainer(
+        bridge,
+        [data],
+        mask_config,
+        TrainConfig(**{**config.to_dict(), "steps": 3}),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     first.train()
     assert float(first.runs[0].multipliers[0]) > 0  # the constraint was violated early on and lambda rose
     resumed = MaskTrainer(bridge, [data], mask_config, config, checkpoint_dir=tmp_path, progress=False)
@@ -245,11 +285,14 @@ def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_resu
         assert torch.equal(logit, result.logits[name]), name
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    (dict(max_loss_increase=-0.1), "max_loss_increase -0.1 must be a finite number >= 0"),
-    (dict(max_loss_increase=float("nan")), "max_loss_increase nan must be"),
-    (dict(max_loss_increase=0.02, target_density=0.1), "set either target_density or max_loss_increase"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_loss_increase": -0.1}, "max_loss_increase -0.1 must be a finite number >= 0"),
+        ({"max_loss_increase": float("nan")}, "max_loss_increase nan must be"),
+        ({"max_loss_increase": 0.02, "target_density": 0.1}, "set either target_density or max_loss_increase"),
+    ],
+)
 def test_bad_constraint_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
@@ -265,6 +308,7 @@ def test_the_faithful_readout_keeps_the_fewest_top_units_that_keep_accuracy(one_
     masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"), name="copy")
     masks.logits["blocks.0.attn"] = torch.tensor([-1.0, 3.0, 2.0, 1.0])  # the needed head 0 ranks last, below zero
     full = exact_match(bridge, data)
+
     def top(count):  # the count highest logits, by brute force
         order = masks.logits["blocks.0.attn"].argsort(descending=True)[:count]
         return masks.binary_from({"blocks.0.attn": torch.isin(torch.arange(4), order)})

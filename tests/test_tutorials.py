@@ -17,7 +17,9 @@ def test_tutorial_runs_without_error(notebook_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(notebook_path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook_path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook_path.parent)}}
+    ).execute()
     assert any(output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
 
 

@@ -16,8 +16,14 @@ def _installed(transformers: str, transformer_lens: str) -> dict[str, str | None
 
 @pytest.mark.parametrize(
     ("transformers", "transformer_lens", "broken"),
-    [("5.23.0", "4.3.0", False), ("5.24.0", "4.3.0", True), ("5.25.0", "4.3.0", True), ("5.24.0", "4.4.0", False),
-     ("5.24.0", "4.2.0", True), ("4.57.6", "4.3.0", False)],
+    [
+        ("5.23.0", "4.3.0", False),
+        ("5.24.0", "4.3.0", True),
+        ("5.25.0", "4.3.0", True),
+        ("5.24.0", "4.4.0", False),
+        ("5.24.0", "4.2.0", True),
+        ("4.57.6", "4.3.0", False),
+    ],
 )
 def test_the_kv_cache_break_applies_to_transformers_5_24_with_transformer_lens_4_3(
     transformers, transformer_lens, broken
@@ -46,6 +52,8 @@ def test_importing_the_locked_set_warns_nothing():
     # this test fails exactly when the newest releases are a known break.
     completed = subprocess.run(
         [sys.executable, "-W", "error::UserWarning", "-c", "import modmask_lens"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]

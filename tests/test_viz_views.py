@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modmask_lens import MaskSet
-from modmask_lens.analysis import pairwise_overlap
+from modmask_lens.analysis import circuit_graph, pairwise_overlap
 from modmask_lens.viz import (
     AttentionView,
     CircuitView,
@@ -18,7 +18,6 @@ from modmask_lens.viz import (
     TableView,
     accuracy_table,
     attention_patterns,
-    circuit_graph,
     iou_heatmap,
     kept_fraction_plot,
     logit_histogram,
@@ -27,8 +26,13 @@ from modmask_lens.viz.attention_patterns import FULL
 from modmask_lens.viz.html import page_html
 from modmask_lens.viz.report import parse_prompt
 
-SVG_NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xhtml", "http://www.w3.org/1999/xlink",
-                  "http://www.w3.org/XML/1998/namespace", "http://www.w3.org/1998/Math/MathML"}
+SVG_NAMESPACES = {
+    "http://www.w3.org/2000/svg",
+    "http://www.w3.org/1999/xhtml",
+    "http://www.w3.org/1999/xlink",
+    "http://www.w3.org/XML/1998/namespace",
+    "http://www.w3.org/1998/Math/MathML",
+}
 
 
 def random_mask_set(bridge, name: str, seed: int) -> MaskSet:
@@ -68,8 +72,14 @@ def test_circuit_view_draws_every_node_and_only_the_strongest_edges(two_masks):
     graph = circuit_graph(two_masks["first"].binary())
     svg = CircuitView(graph, max_edges=10).svg()
     nodes = re.findall(r'class="mm-node[^"]*" data-node="([^"]+)"', svg)
-    assert nodes == ["embed", *[f"L0H{h}" for h in range(4)], "L0MLP", *[f"L1H{h}" for h in range(4)], "L1MLP",
-                     "unembed"]
+    assert nodes == [
+        "embed",
+        *[f"L0H{h}" for h in range(4)],
+        "L0MLP",
+        *[f"L1H{h}" for h in range(4)],
+        "L1MLP",
+        "unembed",
+    ]
     drawn = set(re.findall(r'class="mm-edge" data-source="([^"]+)" data-target="([^"]+)"', svg))
     strongest = graph.edges.nlargest(10, "weight")
     assert drawn == set(zip(strongest["source"], strongest["target"]))
@@ -102,16 +112,17 @@ def test_overlap_view_tables_iou_by_layer_and_role(two_masks):
     table = view.iou_table().frame.set_index("component")
     overlap = pairwise_overlap(binaries, by="layer_role")
     assert table.loc["L1 W_Q", "first ∩ second"] == pytest.approx(
-        overlap.query("layer == 1 and role == 'W_Q'")["iou"].item())
+        overlap.query("layer == 1 and role == 'W_Q'")["iou"].item()
+    )
     assert "IoU by layer and role" in view.body()
 
 
-def test_kept_fraction_plot_draws_one_bar_per_task_and_tensor(two_masks):
+def test_kept_fraction_plot_draws_one_bar_per_mask_and_tensor(two_masks):
     kept = pd.concat([mask.binary().kept_fraction(by="layer_role") for mask in two_masks.values()])
     svg = kept_fraction_plot(kept).svg()
     assert svg.count('class="mm-bar"') == len(kept)
     row = kept.iloc[3]
-    assert f"{row.task} · L{row.layer} {row.role}: {row.kept_fraction:.3f}" in svg
+    assert f"{row['mask']} · L{row.layer} {row.role}: {row.kept_fraction:.3f}" in svg
 
 
 def test_iou_heatmap_has_a_cell_per_pair_and_component(two_masks):
@@ -130,11 +141,13 @@ def test_logit_histogram_has_one_curve_per_mask_counting_every_logit(two_masks):
 
 
 def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
-    accuracy = pd.DataFrame([
-        {"evaluated_on": "a", "mask": "", "condition": "full", "accuracy": 1.0},
-        {"evaluated_on": "a", "mask": "a", "condition": "mask", "accuracy": 0.75},
-        {"evaluated_on": "a", "mask": "a", "condition": "inverse", "accuracy": 0.125},
-    ])
+    accuracy = pd.DataFrame(
+        [
+            {"subtask": "a", "mask": pd.NA, "condition": "full", "accuracy": 1.0},
+            {"subtask": "a", "mask": "a", "condition": "mask", "accuracy": 0.75},
+            {"subtask": "a", "mask": "a", "condition": "inverse", "accuracy": 0.125},
+        ]
+    )
     table = accuracy_table(accuracy)
     assert table.frame.to_dict("records") == [{"subtask": "a", "full": 1.0, "mask": 0.75, "inverse": 0.125}]
     assert "<td" in table.body() and "0.125" in table.body()
@@ -148,7 +161,9 @@ def test_pages_inline_circuitsvis_once_and_reference_nothing_online(gpt2_bridge,
     assert html.count("var CircuitsVis=") == 1
     # The bundle mentions URLs in error texts, never loaded (the browser test records every request); what must not
     # appear is anything that loads: CDN imports, source maps, or elements with src/href.
-    assert "unpkg" not in html and "sourceMappingURL" not in html and not re.search(r"import[^;]*from\s*['\"]http", html)
+    assert (
+        "unpkg" not in html and "sourceMappingURL" not in html and not re.search(r"import[^;]*from\s*['\"]http", html)
+    )
     assert not re.search(r"<(?:script|img|link|iframe)[^>]+(?:src|href)=", html)
     path = AttentionView(patterns).save_html(tmp_path / "attention.html")
     assert path.read_text().startswith("<!DOCTYPE html>")
@@ -156,8 +171,12 @@ def test_pages_inline_circuitsvis_once_and_reference_nothing_online(gpt2_bridge,
 
 def test_every_view_renders_in_a_notebook_and_as_a_page(two_masks, tmp_path):
     first = two_masks["first"].binary()
-    views = [CircuitView(circuit_graph(first)), OverlapView.from_masks({"a": first, "b": ~first}),
-             logit_histogram(two_masks), TableView(pd.DataFrame({"x": [0.5]}), "t", shade=["x"])]
+    views = [
+        CircuitView(circuit_graph(first)),
+        OverlapView.from_masks({"a": first, "b": ~first}),
+        logit_histogram(two_masks),
+        TableView(pd.DataFrame({"x": [0.5]}), "t", shade=["x"]),
+    ]
     for index, view in enumerate(views):
         assert view.title in view._repr_html_()
         page = view.save_html(tmp_path / f"view{index}.html").read_text()

@@ -7,8 +7,14 @@ import dataclasses
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformer_lens.model_bridge import TransformerBridge
 
+from experiments.zoo.architectures import build_model
+from experiments.zoo.modular_training import unwrapped_model, wrap_in_bridge
+from experiments.zoo.recipes import Architecture, Recipe, recipe
+from experiments.zoo.train import _epoch_batches, _learning_rate_factor, train
+from modmask_lens.core.checkpoint import Checkpointer
 from modmask_lens.modularity import (
     MODULAR_ADDITION,
     ClusterabilityConfig,
@@ -17,11 +23,7 @@ from modmask_lens.modularity import (
     unit_graph_of,
 )
 from modmask_lens.tasks.catalog import task_spec
-from modmask_lens.zoo.architectures import build_model
 from modmask_lens.zoo.cards import read_card
-from modmask_lens.zoo.modular_training import unwrapped_model, wrap_in_bridge
-from modmask_lens.zoo.recipes import Architecture, Recipe, recipe
-from modmask_lens.zoo.train import _epoch_batches, _learning_rate_factor, train
 
 torch.set_num_threads(1)
 
@@ -42,8 +44,14 @@ def test_learning_rate_warms_up_linearly_then_decays_to_zero():
 
 
 def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
-    tiny = dataclasses.replace(recipe("modadd"), architecture=Architecture("llama", 1, 32, 4, n_key_value_heads=2),
-                               steps=12, warmup_steps=4, eval_every=6, checkpoint_every=6)
+    tiny = dataclasses.replace(
+        recipe("modadd"),
+        architecture=Architecture("llama", 1, 32, 4, n_key_value_heads=2),
+        steps=12,
+        warmup_steps=4,
+        eval_every=6,
+        checkpoint_every=6,
+    )
     card = train(tiny, tmp_path / "model", tmp_path / "checkpoints", "test run")
     assert read_card(tmp_path / "model").to_markdown() == card.to_markdown()
     assert set(card.accuracies) == {"train/all", "test/all"}
@@ -54,10 +62,49 @@ def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
     assert resumed.accuracies == card.accuracies
 
 
+class _Killed(Exception):
+    """Stands for the process being killed right after a checkpoint."""
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    tiny = dataclasses.replace(
+        recipe("modadd"),
+        architecture=Architecture("gpt2", 1, 32, 4),
+        steps=12,
+        warmup_steps=4,
+        eval_every=12,
+        checkpoint_every=6,
+    )
+    train(tiny, tmp_path / "uninterrupted", tmp_path / "uninterrupted-checkpoints", "test run")
+    save = Checkpointer.save
+
+    def save_then_die(self, tensors, metadata):
+        save(self, tensors, metadata)
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "save", save_then_die)
+        with pytest.raises(_Killed):
+            train(tiny, tmp_path / "killed", tmp_path / "checkpoints", "test run")
+    train(tiny, tmp_path / "resumed", tmp_path / "checkpoints", "test run")
+    uninterrupted = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted)
+
+
 def _tiny_variant(family: str, **regulariser) -> Recipe:
     architecture = Architecture(family, 1, 32, 4, n_key_value_heads=2 if family == "llama" else None)
-    return dataclasses.replace(recipe("modadd"), name=f"tiny-{family}", architecture=architecture, steps=24,
-                               warmup_steps=4, eval_every=12, checkpoint_every=12, **regulariser)
+    return dataclasses.replace(
+        recipe("modadd"),
+        name=f"tiny-{family}",
+        architecture=architecture,
+        steps=24,
+        warmup_steps=4,
+        eval_every=12,
+        checkpoint_every=12,
+        **regulariser,
+    )
 
 
 def _mean_block_clusterability(directory) -> float:
@@ -68,8 +115,12 @@ def _mean_block_clusterability(directory) -> float:
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_modular_variants_train_through_a_bridge_and_save_the_plain_layout(tmp_path, family):
     plain = train(_tiny_variant(family), tmp_path / "plain", tmp_path / "plain-checkpoints", "test run")
-    clustered = train(_tiny_variant(family, clusterability=ClusterabilityConfig(strength=20.0)),
-                      tmp_path / "clustered", tmp_path / "clustered-checkpoints", "test run")
+    clustered = train(
+        _tiny_variant(family, clusterability=ClusterabilityConfig(strength=20.0)),
+        tmp_path / "clustered",
+        tmp_path / "clustered-checkpoints",
+        "test run",
+    )
     bimt = dataclasses.replace(MODULAR_ADDITION, swap_every=6, top_k=8)
     swapped = train(_tiny_variant(family, bimt=bimt), tmp_path / "bimt", tmp_path / "bimt-checkpoints", "test run")
     assert clustered.recipe["clusterability"]["strength"] == 20.0 and swapped.recipe["bimt"]["swap_every"] == 6
@@ -94,5 +145,6 @@ def test_unwrapped_model_computes_what_the_wrapped_model_computes(family):
     tokens = torch.randint(3, len(tokenizer), (2, 7), generator=generator)
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(unwrapped_model(model, variant, tokenizer)(tokens).logits, model(tokens).logits,
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            unwrapped_model(model, variant, tokenizer)(tokens).logits, model(tokens).logits, rtol=0, atol=1e-5
+        )

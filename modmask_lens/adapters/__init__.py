@@ -2,8 +2,13 @@
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
 from modmask_lens.adapters.generic import GenericAdapter
-from modmask_lens.adapters.registry import (UnsupportedArchitecture, adapter_for, installed_adapters, register_adapter,
-                                            unsupported)
+from modmask_lens.adapters.registry import (
+    UnsupportedArchitecture,
+    adapter_for,
+    installed_adapters,
+    register_adapter,
+    unsupported,
+)
 
 __all__ = [
     "Adapter",

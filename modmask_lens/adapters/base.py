@@ -19,6 +19,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from modmask_lens.core.bridge import Bridge
+
 MatrixLayout = Literal["linear", "conv1d"]
 """``linear``: weight is ``[out_features, in_features]``; ``conv1d``: weight is ``[in_features, out_features]``."""
 
@@ -28,16 +30,39 @@ TensorLayout = Literal["linear", "conv1d", "embedding", "vector"]
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
 _MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
-_KEY_PATTERN = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$")
+_KEY_PATTERN = re.compile(
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
+)
 
 ROLE_KINDS = {
     "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U", "W_mlm_head"),
     "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
-    "bias": ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_gate", "b_out", "b_U", "b_mlm_head",
-             "ln1.b", "ln2.b", "ln_final.b", "ln_embed.b"),
+    "bias": (
+        "b_Q",
+        "b_K",
+        "b_V",
+        "b_O",
+        "b_in",
+        "b_gate",
+        "b_out",
+        "b_U",
+        "b_mlm_head",
+        "ln1.b",
+        "ln2.b",
+        "ln_final.b",
+        "ln_embed.b",
+    ),
 }
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
+
+
+RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out")
+"""Matrices that write the residual stream; every other matrix reads it."""
+_INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
+
+NormPlacement = Literal["pre", "post"]
+ReaderKind = Literal["head", "mlp", "unembed"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,41 @@ class TensorSpec:
     tied_to: str | None = None
 
     @property
+    def input_axis(self) -> int | None:
+        """The axis of the stored matrix that indexes its inputs: 1 for ``linear`` ([out, in]), 0 for ``conv1d``
+        ([in, out]) and ``embedding`` ([index, d_model]); ``None`` for vectors."""
+        return _INPUT_AXIS.get(self.layout)
+
+    @property
+    def output_axis(self) -> int | None:
+        """The axis of the stored matrix that indexes its outputs (``d_model`` for embeddings, the vocabulary for
+        ``W_U``); ``None`` for vectors."""
+        return None if self.input_axis is None else 1 - self.input_axis
+
+    @property
+    def writes_residual(self) -> bool:
+        """Does this matrix write the residual stream (embeddings, ``W_O``, ``W_out``) rather than read it?"""
+        return self.role in RESIDUAL_WRITERS
+
+    @property
+    def residual_axis(self) -> int:
+        """The axis indexing residual-stream dimensions: the output side of writers, the input side of readers.
+
+        Raises:
+            ValueError: for vectors (norm gains and biases have no reader/writer side).
+        """
+        axis = self.output_axis if self.writes_residual else self.input_axis
+        if axis is None:
+            raise ValueError(f"{self.key}: a {self.layout} tensor has no residual axis; only matrices have one")
+        return axis
+
+    def unit_read_by(self, head: int, n_heads: int) -> int:
+        """The unit along :attr:`unit_axis` that query head ``head`` reads: the head itself, or under grouped-query
+        attention its key/value group (``head // (n_heads / n_kv_heads)``, as :class:`ModelShape` says)."""
+        n_units = self.shape[self.unit_axis] // self.unit_width
+        return head // (n_heads // n_units)
+
+    @property
     def kind(self) -> str:
         """The parameter kind of :data:`ROLE_KINDS` this tensor belongs to (``other`` if none)."""
         return next((kind for kind, roles in ROLE_KINDS.items() if self.role in roles), "other")
@@ -100,7 +160,7 @@ class ModelShape:
         return self.n_heads // self.n_kv_heads
 
 
-def model_shape(bridge: nn.Module) -> ModelShape:
+def model_shape(bridge: Bridge) -> ModelShape:
     """Read the dimensions of a bridge's config."""
     cfg = bridge.cfg
     return ModelShape(
@@ -158,6 +218,25 @@ class Adapter:
     """state_dict keys whose tensor the forward pass reads through another key (e.g. BERT's decoder bias alias)."""
     supports_units: ClassVar[bool] = True
     """Whether heads and neurons can be located (``False`` for the generic fallback)."""
+    norm_placement: ClassVar[NormPlacement] = "pre"
+    """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
+    sub-layer's output is added to the residual stream and then normalised (BERT)."""
+
+    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
+        """(role, layer) of the norm gain on the residual stream in front of a reader of block ``layer``: the
+        heads' (``W_Q``, ``W_K``, ``W_V``), the MLP's (``W_in``, ``W_gate``) or the unembedding's; ``None`` if none.
+
+        Pre-norm: ``ln1`` before the heads, ``ln2`` before the MLP, ``ln_final`` before the unembedding. Post-norm:
+        the heads read the previous block's ``ln2`` output (block 0: ``ln_embed``), the MLP reads ``ln1``'s, and
+        the unembedding reads through the head's ``ln_final``.
+        """
+        if reader == "unembed":
+            return "ln_final.w", None
+        if self.norm_placement == "pre":
+            return ("ln1.w" if reader == "head" else "ln2.w"), layer
+        if reader == "mlp":
+            return "ln1.w", layer
+        return ("ln2.w", layer - 1) if layer else ("ln_embed.w", None)
 
     def matrix_layout(self, module: nn.Module) -> MatrixLayout:
         """How ``module`` stores its weight matrix."""
@@ -168,7 +247,7 @@ class Adapter:
             "override Adapter.matrix_layout for this module type (see CONTRIBUTING.md#adapters)"
         )
 
-    def tensor_specs(self, bridge: nn.Module) -> list[TensorSpec]:
+    def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
         """Every parameter attribute the bridge's forward pass reads, in state_dict order.
 
         Keys whose tensor is not a real parameter of a wrapped module (TransformerLens adds a synthetic zero
@@ -184,10 +263,24 @@ class Adapter:
             path, module, parameter = resolved
             role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
             layout = self._layout(module, parameter)
-            unit, unit_axis, unit_width = self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
+            unit, unit_axis, unit_width = (
+                self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
+            )
             tied_to = first_key_of.setdefault(id(parameter), key)
-            specs.append(TensorSpec(key, role, layer, path, tuple(parameter.shape), unit, unit_axis, unit_width,
-                                    layout, None if tied_to == key else tied_to))
+            specs.append(
+                TensorSpec(
+                    key,
+                    role,
+                    layer,
+                    path,
+                    tuple(parameter.shape),
+                    unit,
+                    unit_axis,
+                    unit_width,
+                    layout,
+                    None if tied_to == key else tied_to,
+                )
+            )
         return specs
 
     def _layout(self, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
@@ -197,7 +290,9 @@ class Adapter:
             return "embedding"
         return self.matrix_layout(module)
 
-    def _unit_layout(self, role: str, layout: TensorLayout, dims: ModelShape) -> tuple[UnitKind | None, int | None, int]:
+    def _unit_layout(
+        self, role: str, layout: TensorLayout, dims: ModelShape
+    ) -> tuple[UnitKind | None, int | None, int]:
         """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
         unit = _UNIT_OF_ROLE.get(role)
         if unit is None:
@@ -210,7 +305,9 @@ class Adapter:
             axis = 1 - out_axis if reads_units else out_axis
         return unit, axis, dims.d_head if unit in ("head", "kv_head") else 1
 
-    def fuse_for_export(self, bridge: nn.Module, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]) -> set[str]:
+    def fuse_for_export(
+        self, bridge: Bridge, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]
+    ) -> set[str]:
         """Write masked tensors that the Hugging Face checkpoint stores only inside a fused copy.
 
         The base export already handles tensors that are the checkpoint's own parameters and views of a fused
@@ -235,7 +332,7 @@ _UNIT_OF_ROLE: dict[str, UnitKind] = {
 }
 
 
-def _resolve_parameter(bridge: nn.Module, key: str) -> tuple[str, nn.Module, nn.Parameter] | None:
+def _resolve_parameter(bridge: Bridge, key: str) -> tuple[str, nn.Module, nn.Parameter] | None:
     """Follow a TransformerLens key to the wrapped module that really holds the parameter.
 
     ``blocks.0.attn.q.weight`` names the bridge component ``blocks.0.attn.q``; the tensor lives on its

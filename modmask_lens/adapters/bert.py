@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from modmask_lens.adapters.base import Adapter
+from modmask_lens.adapters.base import Adapter, NormPlacement
 
 
 class BertAdapter(Adapter):
@@ -18,6 +18,7 @@ class BertAdapter(Adapter):
 
     name: ClassVar[str] = "bert"
     architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM",)
+    norm_placement: ClassVar[NormPlacement] = "post"
     family_roles: ClassVar[dict[str, str]] = {
         "token_type_embed.weight": "W_token_type",
         "embed_ln.weight": "ln_embed.w",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from modmask_lens.adapters.base import Adapter
+from modmask_lens.core.bridge import Bridge
 
 _WRAPPER = "._original_component"
 
@@ -23,7 +24,10 @@ def native_state_dict(hf_model: nn.Module) -> tuple[dict[str, Tensor], nn.Module
         twin = type(hf_model)(hf_model.config)
     native_keys = set(twin.state_dict())
     state = {}
-    for name, tensor in [*hf_model.named_parameters(remove_duplicate=False), *hf_model.named_buffers(remove_duplicate=False)]:
+    for name, tensor in [
+        *hf_model.named_parameters(remove_duplicate=False),
+        *hf_model.named_buffers(remove_duplicate=False),
+    ]:
         native = name.replace(_WRAPPER, "")
         if native in native_keys and native not in state:
             state[native] = tensor.detach().clone()
@@ -31,7 +35,7 @@ def native_state_dict(hf_model: nn.Module) -> tuple[dict[str, Tensor], nn.Module
 
 
 def write_masked_tensors(
-    adapter: Adapter, bridge: nn.Module, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
+    adapter: Adapter, bridge: Bridge, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
 ) -> None:
     """Write each masked tensor into ``state`` (a :func:`native_state_dict`), in place.
 
@@ -73,6 +77,9 @@ def write_masked_tensors(
         )
 
 
-def _original_tensors(bridge: nn.Module) -> list[tuple[str, Tensor]]:
+def _original_tensors(bridge: Bridge) -> list[tuple[str, Tensor]]:
     """Native-named parameters of the Hugging Face model (the tensors whose storage views may share)."""
-    return [(name.replace(_WRAPPER, ""), tensor) for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)]
+    return [
+        (name.replace(_WRAPPER, ""), tensor)
+        for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)
+    ]

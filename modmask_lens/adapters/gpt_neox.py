@@ -11,9 +11,10 @@ import re
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from modmask_lens.adapters.base import Adapter, model_shape
+from modmask_lens.core.bridge import Bridge
 
 _SPLIT_KEY = re.compile(r"^blocks\.(?P<layer>\d+)\.attn\.(?P<part>[qkv])\.(?P<attribute>weight|bias)$")
 
@@ -24,7 +25,7 @@ class GptNeoXAdapter(Adapter):
     name: ClassVar[str] = "gpt_neox"
     architectures: ClassVar[tuple[str, ...]] = ("GPTNeoXForCausalLM",)
 
-    def fuse_for_export(self, bridge: nn.Module, hf_state: dict[str, Tensor], masked: dict[str, Tensor]) -> set[str]:
+    def fuse_for_export(self, bridge: Bridge, hf_state: dict[str, Tensor], masked: dict[str, Tensor]) -> set[str]:
         dims = model_shape(bridge)
         written = set()
         for key, value in masked.items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from torch import nn
-
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
 from modmask_lens.adapters.generic import GenericAdapter
@@ -14,6 +12,7 @@ from modmask_lens.adapters.gpt2 import Gpt2Adapter
 from modmask_lens.adapters.gpt_neox import GptNeoXAdapter
 from modmask_lens.adapters.llama import LlamaAdapter
 from modmask_lens.adapters.native import NativeAdapter
+from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
 _BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, LlamaAdapter, GptNeoXAdapter, BertAdapter, NativeAdapter)
@@ -60,7 +59,7 @@ def unsupported(architecture: object, what: str) -> UnsupportedArchitecture:
     )
 
 
-def adapter_for(bridge: nn.Module) -> Adapter:
+def adapter_for(bridge: Bridge) -> Adapter:
     """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``, else the generic fallback.
 
     Raises:

@@ -11,17 +11,18 @@ from collections.abc import Mapping
 
 import pandas as pd
 import torch
-from torch import nn
 
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.data import SubtaskData, score_answers
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
 """The input and output layers of a transformer, where the paper's ``fullmask`` variant keeps the control mask."""
 
 
-def exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
+def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model)."""
     correct = 0
     with torch.no_grad():
@@ -37,19 +38,22 @@ def exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None = 
     return correct / len(data)
 
 
-def inverse_mask(mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES) -> BinaryMask:
+def inverse_mask(
+    mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES
+) -> BinaryMask:
     """``~mask`` (the mask's linear weights removed, norm gains kept: :meth:`BinaryMask.inverse`); with
     ``control``, the control mask on ``io_roles`` instead (the paper's ``fullmask``)."""
     inverted = ~mask
     if control is None:
         return inverted
-    kept = {spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key]
-            for spec in mask.specs}
+    kept = {
+        spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key] for spec in mask.specs
+    }
     return BinaryMask(mask.specs, kept, mask.origin, f"~{mask.name} (control on {'/'.join(io_roles)})")
 
 
 def mask_accuracy(
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, BinaryMask],
     data: Mapping[str, SubtaskData],
     control: BinaryMask | None = None,
@@ -65,23 +69,36 @@ def mask_accuracy(
             ``fullmask`` variant).
 
     Returns:
-        Columns ``evaluated_on``, ``mask``, ``condition`` (``full``, ``mask``, ``inverse``), ``accuracy``. The paper's
+        Columns ``subtask`` (the data evaluated), ``mask`` (NA for the full model), ``condition`` (``full``,
+        ``mask``, ``inverse``), ``accuracy``. The paper's
         table (Full | task | not-task per task) is ``paper_table(frame)``.
     """
     for mask in masks.values():
         mask.check_model(bridge)
     rows = []
-    for task, examples in data.items():
-        rows.append({"evaluated_on": task, "mask": "", "condition": "full",
-                     "accuracy": exact_match(bridge, examples, None, batch_size)})
+    for subtask, examples in data.items():
+        rows.append(
+            {
+                "subtask": subtask,
+                "mask": pd.NA,
+                "condition": "full",
+                "accuracy": exact_match(bridge, examples, None, batch_size),
+            }
+        )
         for name, mask in masks.items():
             for condition, applied in (("mask", mask), ("inverse", inverse_mask(mask, control))):
-                rows.append({"evaluated_on": task, "mask": name, "condition": condition,
-                             "accuracy": exact_match(bridge, examples, applied, batch_size)})
+                rows.append(
+                    {
+                        "subtask": subtask,
+                        "mask": name,
+                        "condition": condition,
+                        "accuracy": exact_match(bridge, examples, applied, batch_size),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def paper_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     """One row per subtask: ``full``, ``mask`` (its own mask) and ``inverse`` (its own mask removed) accuracy."""
-    own = accuracy[(accuracy["mask"] == accuracy["evaluated_on"]) | (accuracy["condition"] == "full")]
-    return own.pivot(index="evaluated_on", columns="condition", values="accuracy")[["full", "mask", "inverse"]]
+    own = accuracy[accuracy["mask"].eq(accuracy["subtask"]) | (accuracy["condition"] == "full")]
+    return own.pivot(index="subtask", columns="condition", values="accuracy")[["full", "mask", "inverse"]]

@@ -15,7 +15,7 @@ def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
     ``W_out``), ranked, most kept first.
 
     Returns:
-        Columns ``task``, ``layer``, ``head`` or ``neuron``, ``kept``, ``total``, ``kept_fraction``, ``rank``
+        Columns ``mask``, ``layer``, ``head`` or ``neuron``, ``kept``, ``total``, ``kept_fraction``, ``rank``
         (1 = most kept).
     """
     if unit not in ("head", "neuron"):
@@ -25,7 +25,7 @@ def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
         raise ValueError(f"the mask covers no tensor with {unit}s; train it with kinds that include them")
     if unit == "head":
         frame = frame[frame["role"].isin(_HEAD_ROLES)]
-    pooled = frame.groupby(["task", "layer", unit], sort=False)[["kept", "total"]].sum().reset_index()
+    pooled = frame.groupby(["mask", "layer", unit], sort=False)[["kept", "total"]].sum().reset_index()
     pooled["kept_fraction"] = pooled["kept"] / pooled["total"]
     pooled = pooled.sort_values(["kept_fraction", "layer", unit], ascending=[False, True, True], kind="stable")
     pooled["rank"] = range(1, len(pooled) + 1)

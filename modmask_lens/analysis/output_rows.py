@@ -27,13 +27,18 @@ def output_row_removal(task: BinaryMask, control: BinaryMask, tokenizer=None) ->
     spec = next((spec for spec in task.specs if spec.role == "W_U"), None)
     if spec is None or spec.key not in control.kept:
         raise ValueError("both masks must cover W_U (the default MaskConfig does; embeddings-only configs do not)")
-    vocab_axis = 1 if spec.layout == "conv1d" else 0  # W_U is [vocab, d_model] as nn.Linear, [d_model, vocab] as Conv1D
+    vocab_axis = spec.output_axis  # W_U writes one row per vocabulary entry
     control_rows = control.kept[spec.key].movedim(vocab_axis, 0)
     task_rows = task.kept[spec.key].movedim(vocab_axis, 0)
     kept_by_control = control_rows.sum(dim=1)
     removed = (control_rows & ~task_rows).sum(dim=1)
-    frame = pd.DataFrame({"token_id": range(control_rows.shape[0]), "kept_by_control": kept_by_control.tolist(),
-                          "removed_by_task": removed.tolist()})
+    frame = pd.DataFrame(
+        {
+            "token_id": range(control_rows.shape[0]),
+            "kept_by_control": kept_by_control.tolist(),
+            "removed_by_task": removed.tolist(),
+        }
+    )
     if tokenizer is not None:
         frame.insert(1, "token", tokenizer.convert_ids_to_tokens(frame["token_id"].tolist()))
     frame["removed_fraction"] = frame["removed_by_task"] / frame["kept_by_control"].where(frame["kept_by_control"] > 0)

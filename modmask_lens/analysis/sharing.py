@@ -42,7 +42,7 @@ def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") ->
         by: grouping, as in :meth:`BinaryMask.kept_fraction`.
 
     Returns:
-        Columns ``task_a``, ``task_b``, the grouping columns, ``intersection``, ``union``, ``kept_a``, ``kept_b``,
+        Columns ``mask_a``, ``mask_b``, the grouping columns, ``intersection``, ``union``, ``kept_a``, ``kept_b``,
         ``iou``, ``iomin``.
 
     Example:
@@ -50,10 +50,17 @@ def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") ->
     """
     rows = []
     for (name_a, mask_a), (name_b, mask_b) in combinations(masks.items(), 2):
-        frame = _merge([_counts(mask_a & mask_b, by, "intersection"), _counts(mask_a | mask_b, by, "union"),
-                        _counts(mask_a, by, "kept_a"), _counts(mask_b, by, "kept_b")], by)
-        frame.insert(0, "task_b", name_b)
-        frame.insert(0, "task_a", name_a)
+        frame = _merge(
+            [
+                _counts(mask_a & mask_b, by, "intersection"),
+                _counts(mask_a | mask_b, by, "union"),
+                _counts(mask_a, by, "kept_a"),
+                _counts(mask_b, by, "kept_b"),
+            ],
+            by,
+        )
+        frame.insert(0, "mask_b", name_b)
+        frame.insert(0, "mask_a", name_a)
         rows.append(frame)
     if not rows:
         raise ValueError("pairwise_overlap needs at least two masks")
@@ -67,7 +74,7 @@ def shared_fraction(masks: Mapping[str, BinaryMask], by: str = "layer_role") -> 
     """shared_i = |m_i and (m_j for any j != i)| / |m_i| for every mask i.
 
     Returns:
-        Columns ``task``, the grouping columns, ``kept``, ``shared``, ``shared_fraction``.
+        Columns ``mask``, the grouping columns, ``kept``, ``shared``, ``shared_fraction``.
     """
     if len(masks) < 2:
         raise ValueError("shared_fraction needs at least two masks")
@@ -75,7 +82,7 @@ def shared_fraction(masks: Mapping[str, BinaryMask], by: str = "layer_role") -> 
     for name, mask in masks.items():
         others = reduce(lambda left, right: left | right, [other for key, other in masks.items() if key != name])
         frame = _merge([_counts(mask, by, "kept"), _counts(mask & others, by, "shared")], by)
-        frame.insert(0, "task", name)
+        frame.insert(0, "mask", name)
         rows.append(frame)
     table = pd.concat(rows, ignore_index=True)
     table["shared_fraction"] = _ratio(table["shared"], table["kept"])

@@ -7,17 +7,17 @@ import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
-from torch import nn
 
 from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.analysis.sharing import pairwise_overlap
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.training import train_masks
 
 
 def seed_stability(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtask: SubtaskData,
     seeds: Sequence[int] = (0, 1),
     mask_config: MaskConfig = MaskConfig(),
@@ -27,15 +27,16 @@ def seed_stability(
 ) -> pd.DataFrame:
     """Train one mask per seed on the same data and return their pairwise IoU / IoMin (grouped ``by``)."""
     masks = {
-        f"run {run} (seed {seed})": train_masks(bridge, subtask, mask_config, dataclasses.replace(train_config, seed=seed),
-                                                progress=progress)[subtask.name].binary()
+        f"run {run} (seed {seed})": train_masks(
+            bridge, subtask, mask_config, dataclasses.replace(train_config, seed=seed), progress=progress
+        )[subtask.name].binary()
         for run, seed in enumerate(seeds)
     }
     return pairwise_overlap(masks, by=by)
 
 
 def beta_sweep(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtask: SubtaskData,
     betas: Sequence[float] = (1e-5, 1e-4, 1e-3),
     evaluation: SubtaskData | None = None,
@@ -53,6 +54,13 @@ def beta_sweep(
     for beta in betas:
         config = dataclasses.replace(train_config, beta=beta)
         mask = train_masks(bridge, subtask, mask_config, config, progress=progress)[subtask.name].binary()
-        rows.append({"beta": beta, "kept": mask.count, "total": mask.total, "kept_fraction": mask.count / mask.total,
-                     "accuracy": exact_match(bridge, evaluation or subtask, mask)})
+        rows.append(
+            {
+                "beta": beta,
+                "kept": mask.count,
+                "total": mask.total,
+                "kept_fraction": mask.count / mask.total,
+                "accuracy": exact_match(bridge, evaluation or subtask, mask),
+            }
+        )
     return pd.DataFrame(rows)

@@ -37,9 +37,7 @@ def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
     return {path: (~elements).float() for path, elements in planted_elements(bridge, plan, subtask).values()}
 
 
-def remove_random_part(
-    bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int
-) -> WeightMasks:
+def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int) -> WeightMasks:
     """Zero a random ``fraction`` of the subtask's planted units (``plan.ablation_unit``: neurons, heads, or single
     weights), drawn with ``seed``; keep all else."""
     generator = Generator().manual_seed(seed)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from modmask_lens.masks.data import SubtaskData
+from modmask_lens.core.data import SubtaskData
 
 UnitTruth = dict[str, Tensor]
 """Mask unit name (as in ``MaskSet.units``) -> bool tensor of the unit's logit shape: True where the subtask uses

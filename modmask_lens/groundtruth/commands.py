@@ -11,9 +11,7 @@ import typer
 
 from modmask_lens.cli import _Typer
 
-groundtruth_app = _Typer(
-    help="Score mask methods on models whose subtasks' weights are known.", no_args_is_help=True
-)
+groundtruth_app = _Typer(help="Score mask methods on models whose subtasks' weights are known.", no_args_is_help=True)
 
 SHOWN = {
     "summary": [
@@ -50,9 +48,7 @@ def run(
     ] = None,
     granularity: Annotated[
         list[str] | None,
-        typer.Option(
-            "--granularity", help="weight, neuron or head; repeat; default: every granularity a case answers"
-        ),
+        typer.Option("--granularity", help="weight, neuron or head; repeat; default: every granularity a case answers"),
     ] = None,
     method: Annotated[
         list[str] | None,
@@ -69,9 +65,7 @@ def run(
     steps: Annotated[
         int | None, typer.Option(help="mask training steps per subtask (default: each method's own)")
     ] = None,
-    fast: Annotated[
-        bool, typer.Option("--fast", help="a smoke run: 50 steps, library defaults, no controls")
-    ] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="a smoke run: 50 steps, library defaults, no controls")] = False,
     out: Annotated[
         Path | None, typer.Option(help="folder to write every table as CSV and the summary as Markdown")
     ] = None,

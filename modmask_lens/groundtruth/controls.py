@@ -12,9 +12,9 @@ from torch import Generator, nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase
-from modmask_lens.masks.data import SubtaskData
-from modmask_lens.tasks.encoding import IGNORE_INDEX
 
 CONTROLS = ("none", "random-init", "shuffled-answers")
 """``none``: the case itself; ``random-init``: a fresh model of the case's configuration; ``shuffled-answers``: the

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from modmask_lens.masks.data import SubtaskData
-from modmask_lens.tasks.encoding import IGNORE_INDEX
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.tasks.vocabulary import word_level_tokenizer
 
 DIGITS = tuple(str(digit) for digit in range(10))

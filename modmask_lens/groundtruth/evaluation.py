@@ -8,9 +8,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked_call
-from modmask_lens.masks.data import SubtaskData, score_answers
-from modmask_lens.tasks.encoding import IGNORE_INDEX
 
 
 def masked_logits(
@@ -28,9 +29,7 @@ def exact_match(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -
     return score_answers(logits, data.labels).n_correct / len(data)
 
 
-def answer_log_probs(
-    logits: Float[Tensor, "example pos vocab"], data: SubtaskData
-) -> Float[Tensor, "answer vocab"]:
+def answer_log_probs(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> Float[Tensor, "answer vocab"]:
     """Log-probabilities at the positions that predict an answer token, one row per answer token."""
     scored = data.labels[:, 1:] != IGNORE_INDEX
     return logits[:, :-1][scored].log_softmax(dim=-1)

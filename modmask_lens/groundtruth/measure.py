@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.ablations import keep_only, remove, remove_random_part
 from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
 from modmask_lens.groundtruth.plan import PlantPlan
-from modmask_lens.masks.data import SubtaskData
 
 HALF_DRAWS = 8  # random halves removed per subtask
 SUFFICIENT = 0.99  # accuracy a kept-only set must reach
@@ -28,17 +28,13 @@ def measure_plant(
     """Subtask -> exact-match accuracies: ``full_accuracy``, ``kept_only_accuracy`` (only its planted set and the
     shared tensors), ``removed_accuracy`` (its set removed), ``others_after_removal`` (each other subtask with this
     set removed) and ``half_removed_accuracy`` (one per random half of its units removed)."""
-    accuracy = {
-        name: exact_match(masked_logits(bridge, examples), examples) for name, examples in data.items()
-    }
+    accuracy = {name: exact_match(masked_logits(bridge, examples), examples) for name, examples in data.items()}
     results = {}
     for name, examples in data.items():
         removal = remove(bridge, plan, name)
         results[name] = {
             "full_accuracy": accuracy[name],
-            "kept_only_accuracy": exact_match(
-                masked_logits(bridge, examples, keep_only(bridge, plan, name)), examples
-            ),
+            "kept_only_accuracy": exact_match(masked_logits(bridge, examples, keep_only(bridge, plan, name)), examples),
             "removed_accuracy": exact_match(masked_logits(bridge, examples, removal), examples),
             "others_after_removal": {
                 other: exact_match(masked_logits(bridge, data[other], removal), data[other])

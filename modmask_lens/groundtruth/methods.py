@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.readout import faithful_threshold
 from modmask_lens.masks.training import train_masks
@@ -22,9 +22,7 @@ Method = Callable[[nn.Module, SubtaskData, MaskConfig], MaskSet]
 CSORDAS_TRANSFORMER = TrainConfig(steps=25_000, beta=6e-4)
 """Csordás et al. 2021's only Transformer mask setting (SCAN Transformer sweep: beta 6e-4, lr 1e-2, 25k steps, 4
 samples, tau 1, init 2.0); everything else as :class:`TrainConfig`, whose defaults are their +/* settings."""
-TARGET_DENSITY = (
-    0.1  # the target-density baseline keeps 10 % of the masked weights (Edge Pruning's Lagrangian)
-)
+TARGET_DENSITY = 0.1  # the target-density baseline keeps 10 % of the masked weights (Edge Pruning's Lagrangian)
 
 
 FAITHFUL_TRAINING = TrainConfig(lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05)
@@ -55,8 +53,9 @@ class FinderMethod:
         masks = train_masks(bridge, train, config, self.train_config, progress=False)[train.name]
         if self.faithful_readout:
             threshold = faithful_threshold(bridge, masks, train)
-            masks.logits = {name: (logit.detach() - threshold).requires_grad_(True)
-                            for name, logit in masks.logits.items()}
+            masks.logits = {
+                name: (logit.detach() - threshold).requires_grad_(True) for name, logit in masks.logits.items()
+            }
         return masks
 
 
@@ -91,5 +90,6 @@ def _with_steps(config: TrainConfig, steps: int | None) -> TrainConfig:
     """``config`` with ``steps`` (if given), its density warm-up capped at a quarter of them."""
     if steps is None:
         return config
-    return dataclasses.replace(config, steps=steps,
-                               density_warmup_steps=min(config.density_warmup_steps, max(steps // 4, 1)))
+    return dataclasses.replace(
+        config, steps=steps, density_warmup_steps=min(config.density_warmup_steps, max(steps // 4, 1))
+    )

@@ -22,9 +22,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
 from modmask_lens.groundtruth.evaluation import exact_match, kl_divergence, masked_logits
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.mask_set import MaskSet
 
 DENSITIES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -60,9 +60,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     if positives == 0 or negatives == 0:
         return math.nan
     ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float(
-        (ranks[labels.astype(bool)].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    )
+    return float((ranks[labels.astype(bool)].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def unit_scores(
@@ -115,9 +113,7 @@ def measured_sharing(
 
     def shared(sets: dict[str, np.ndarray], subtask: str) -> float:
         others = np.any([sets[other] for other in sets if other != subtask], axis=0)
-        return (
-            float((sets[subtask] & others).sum() / sets[subtask].sum()) if sets[subtask].any() else math.nan
-        )
+        return float((sets[subtask] & others).sum() / sets[subtask].sum()) if sets[subtask].any() else math.nan
 
     return pd.DataFrame(
         [
@@ -135,11 +131,7 @@ def measured_sharing(
 
 def unit_weight_masks(mask: MaskSet, kept: UnitSelection) -> dict[str, Float[Tensor, ...]]:
     """Bridge path -> float mask broadcastable to the tensor, keeping the units of ``kept``."""
-    return {
-        member.path: unit.expand(kept[unit.name].float(), member)
-        for unit in mask.units
-        for member in unit.members
-    }
+    return {member.path: unit.expand(kept[unit.name].float(), member) for unit in mask.units for member in unit.members}
 
 
 def binary_readout(logits: Mapping[str, Tensor]) -> UnitSelection:
@@ -175,10 +167,7 @@ def _combine(selections: list[UnitSelection], reduction: str) -> UnitSelection:
 
 def inverse_beyond(kept: UnitSelection, control: UnitSelection | None) -> UnitSelection:
     """Everything except what ``kept`` keeps beyond ``control`` (units ``control`` keeps are never removed)."""
-    return {
-        name: ~(selected & ~control[name]) if control is not None else ~selected
-        for name, selected in kept.items()
-    }
+    return {name: ~(selected & ~control[name]) if control is not None else ~selected for name, selected in kept.items()}
 
 
 def control_selections(masks: Mapping[str, MaskSet]) -> dict[str, dict[str, UnitSelection]]:
@@ -206,9 +195,7 @@ def _evaluate(
 ) -> list[dict]:
     """One row per evaluated subtask: accuracy, faithfulness (masked / full accuracy) and KL under ``kept``."""
     weight_masks = unit_weight_masks(mask, kept)
-    density = float(
-        sum(int(selected.sum()) for selected in kept.values()) / sum(s.numel() for s in kept.values())
-    )
+    density = float(sum(int(selected.sum()) for selected in kept.values()) / sum(s.numel() for s in kept.values()))
     rows = []
     for target in evaluated_on:
         logits = masked_logits(bridge, data[target], weight_masks)
@@ -257,8 +244,7 @@ def mask_faithfulness(
         kept = binary_readout(mask.logits)
         conditions = {"mask": (kept, [subtask]), "inverse": (inverse_beyond(kept, None), list(data))}
         conditions |= {
-            f"inverse-{kind}": (inverse_beyond(kept, controls[kind][subtask]), list(data))
-            for kind in INVERSE_CONTROLS
+            f"inverse-{kind}": (inverse_beyond(kept, controls[kind][subtask]), list(data)) for kind in INVERSE_CONTROLS
         }
         for condition, (selection, targets) in conditions.items():
             rows += _evaluate(
@@ -309,9 +295,7 @@ def density_curves(
                 for kind in INVERSE_CONTROLS
             ]
             for selection, targets, curve in conditions:
-                rows += _evaluate(
-                    case_name, bridge, subtask, data, full, mask, selection, targets, curve | labels
-                )
+                rows += _evaluate(case_name, bridge, subtask, data, full, mask, selection, targets, curve | labels)
     return pd.DataFrame(rows)
 
 
@@ -326,8 +310,7 @@ def curve_areas(curves: pd.DataFrame) -> pd.DataFrame:
     keys = [
         column
         for column in curves.columns
-        if column
-        not in ("sweep", "k", "threshold", "density", "accuracy_full", "accuracy", "faithfulness", "kl")
+        if column not in ("sweep", "k", "threshold", "density", "accuracy_full", "accuracy", "faithfulness", "kl")
     ]
     top_k = curves[curves["sweep"] == "top-k"]
     rows = []

@@ -5,7 +5,7 @@ the head or neuron (the tensor's unit axis), the token (``W_E`` / ``W_U`` vocabu
 plants, an explicit element mask. A disconnected plant gives each subtask its own residual half, heads, neurons and
 tokens; an entangled plant shares the residual stream and the tokens and splits only the heads, the neurons, or the
 elements of the MLP. Because the plan speaks of roles, layers, heads and neurons, the same plan yields the masks that
-train the plant (:mod:`~modmask_lens.groundtruth.plant_training`), its measurements and its answer key
+train the plant (:mod:`~experiments.groundtruth.plant_training`), its measurements and its answer key
 (:func:`~modmask_lens.groundtruth.truth.plant_truth`).
 """
 
@@ -74,9 +74,7 @@ def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Ten
     if spec.unit is not None and spec.layer is not None:
         per_unit = use.neurons[spec.layer] if spec.unit == "neuron" else use.heads[spec.layer]
         if spec.unit == "kv_head" and dims.heads_per_kv_head > 1:
-            per_unit = per_unit.view(-1, dims.heads_per_kv_head).any(
-                dim=-1
-            )  # a group serves any head reading it
+            per_unit = per_unit.view(-1, dims.heads_per_kv_head).any(dim=-1)  # a group serves any head reading it
         kept &= _along(per_unit.repeat_interleave(spec.unit_width), spec.unit_axis, spec.shape)
     residual_axis = _axis_of_size(spec, dims.d_model, exclude=spec.unit_axis)
     if residual_axis is not None:
@@ -130,8 +128,7 @@ def disconnected_plan(dims: ModelShape, tokens: dict[str, Bool[Tensor, " d_vocab
     heads = _per_layer(dims, dims.n_heads, (dims.n_heads // 2,) * 2, generator)
     neurons = _per_layer(dims, dims.d_mlp, (dims.d_mlp // 2,) * 2, generator)
     uses = {
-        name: SubtaskUse(halves[index], tokens[name], heads[index], neurons[index])
-        for index, name in enumerate(names)
+        name: SubtaskUse(halves[index], tokens[name], heads[index], neurons[index]) for index, name in enumerate(names)
     }
     return PlantPlan("disconnected", uses, None, ("weight", "neuron", "head"), "neuron")
 
@@ -145,9 +142,7 @@ def _everything(dims: ModelShape) -> SubtaskUse:
     )
 
 
-def neuron_split_plan(
-    dims: ModelShape, names: tuple[str, str], seed: int, shared_fraction: float = 0.0
-) -> PlantPlan:
+def neuron_split_plan(dims: ModelShape, names: tuple[str, str], seed: int, shared_fraction: float = 0.0) -> PlantPlan:
     """Shared residual stream, tokens and heads; every layer's neurons split between the subtasks.
 
     With ``shared_fraction`` > 0 that share of each layer's neurons is used by both (the ``partly-shared`` family)
@@ -178,9 +173,7 @@ def head_split_plan(dims: ModelShape, names: tuple[str, str], seed: int) -> Plan
     return PlantPlan("entangled-head", uses, ATTENTION_ROLES, ("weight", "head"), "head")
 
 
-def per_weight_plan(
-    dims: ModelShape, specs: list[TensorSpec], names: tuple[str, str], seed: int
-) -> PlantPlan:
+def per_weight_plan(dims: ModelShape, specs: list[TensorSpec], names: tuple[str, str], seed: int) -> PlantPlan:
     """Shared everything except the MLP matrices, whose single weights are split at random, half to each subtask
     (every neuron is used by both)."""
     generator = Generator().manual_seed(seed)
@@ -191,9 +184,7 @@ def per_weight_plan(
             first_elements[spec.key], second_elements[spec.key] = first, ~first
     everything = _everything(dims)
     uses = {
-        name: SubtaskUse(
-            everything.residual, everything.tokens, everything.heads, everything.neurons, elements
-        )
+        name: SubtaskUse(everything.residual, everything.tokens, everything.heads, everything.neurons, elements)
         for name, elements in zip(names, (first_elements, second_elements))
     }
     return PlantPlan("per-weight", uses, MLP_ROLES, ("weight",), "weight")

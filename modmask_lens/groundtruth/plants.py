@@ -4,7 +4,7 @@ Every plant is a 2-layer Llama-style model (RMSNorm, rotary positions, gated MLP
 width 4, 64 MLP neurons) trained on one subtask pair of :mod:`~modmask_lens.groundtruth.digits` so that each
 subtask's planted set (:mod:`~modmask_lens.groundtruth.plan`) is sufficient and its removal breaks the subtask.
 The weights live in ``plants/<name>/`` with a ``card.json`` of measurements; ``python -m
-modmask_lens.groundtruth.plant_training`` reproduces them.
+experiments.groundtruth.plant_training`` reproduces them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase
 from modmask_lens.groundtruth.digits import PAIRS, digit_symbols, digit_tokenizer, subtask_data
 from modmask_lens.groundtruth.plan import (
@@ -30,12 +31,9 @@ from modmask_lens.groundtruth.plan import (
     per_weight_plan,
 )
 from modmask_lens.groundtruth.truth import plant_truth
-from modmask_lens.masks.data import SubtaskData
-from modmask_lens.zoo.recipes import Architecture
 
 PLANTS_DIR = Path(__file__).parent / "plants"
 CARD_FILE = "card.json"
-ARCHITECTURE = Architecture("llama", n_layers=2, d_model=32, n_heads=8, d_mlp=64, n_positions=8)
 PARTLY_SHARED_FRACTION = 0.25  # a quarter of every layer's neurons serve both subtasks
 
 
@@ -109,8 +107,7 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
     folder = directory or PLANTS_DIR / name
     if not (folder / CARD_FILE).exists():
         raise FileNotFoundError(
-            f"{folder} holds no trained plant; train it with "
-            f"python -m modmask_lens.groundtruth.plant_training {name}"
+            f"{folder} holds no trained plant; train it with python -m experiments.groundtruth.plant_training {name}"
         )
     spec = PLANTS[name]
     bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")

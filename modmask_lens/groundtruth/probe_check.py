@@ -11,9 +11,9 @@ from modmask_lens.probes import (
     ProbeConfig,
     ProbeData,
     ProbeTrainer,
-    accuracy_by_subtask,
     error_attribution,
     evaluate_probe,
+    probe_accuracy,
     routing_information,
     routing_table,
 )
@@ -56,7 +56,7 @@ def probe_check(
         ),
         "accuracy": pd.concat(
             [
-                accuracy_by_subtask(evaluation).assign(condition=condition, case=case.name)
+                probe_accuracy(evaluation).assign(condition=condition, case=case.name)
                 for condition, evaluation in conditions.items()
             ],
             ignore_index=True,

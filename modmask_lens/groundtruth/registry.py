@@ -55,13 +55,9 @@ def all_cases(selectors: Sequence[str] | None = None, include_tracr: bool = True
         load_plant(name)
         for name in available_plants()
         if selectors is None
-        or any(
-            _matches(s, f"{PLANTS[name].family}/{PLANTS[name].pair}", PLANTS[name].family) for s in selectors
-        )
+        or any(_matches(s, f"{PLANTS[name].family}/{PLANTS[name].pair}", PLANTS[name].family) for s in selectors)
     ]
-    if include_tracr and (
-        selectors is None or any(s == "tracr" or s.startswith("tracr/") for s in selectors)
-    ):
+    if include_tracr and (selectors is None or any(s == "tracr" or s.startswith("tracr/") for s in selectors)):
         try:
             cases += [
                 case
@@ -72,7 +68,6 @@ def all_cases(selectors: Sequence[str] | None = None, include_tracr: bool = True
             warnings.warn(str(reason), stacklevel=2)
     if selectors and not cases:
         raise ValueError(
-            f"no case matches {list(selectors)}; plants: {', '.join(available_plants())} "
-            "(or their families), or tracr"
+            f"no case matches {list(selectors)}; plants: {', '.join(available_plants())} (or their families), or tracr"
         )
     return cases

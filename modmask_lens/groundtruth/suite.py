@@ -28,11 +28,7 @@ TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "summary", "ru
 def case_granularities(case: GroundTruthCase) -> list[str]:
     """Granularities at which every subtask of ``case`` has an answer key."""
     per_subtask = [set(truth) for truth in case.truth.values()]
-    return [
-        granularity
-        for granularity in ("weight", "neuron", "head")
-        if all(granularity in g for g in per_subtask)
-    ]
+    return [granularity for granularity in ("weight", "neuron", "head") if all(granularity in g for g in per_subtask)]
 
 
 def run_suite(
@@ -78,9 +74,7 @@ def run_suite(
             try:
                 variant = control_case(case, control, seed)
             except ValueError as reason:  # e.g. no Hugging Face model to re-initialise
-                frames["skipped"].append(
-                    pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}])
-                )
+                frames["skipped"].append(pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}]))
                 continue
             full = full_logits(variant.bridge, variant.test)
             for granularity in wanted:
@@ -95,9 +89,7 @@ def run_suite(
                     logits = {name: mask.logits for name, mask in masks.items()}
                     tables = {
                         "scores": unit_scores(variant, logits, granularity),
-                        "faithfulness": mask_faithfulness(
-                            case.name, variant.bridge, masks, variant.test, full
-                        ),
+                        "faithfulness": mask_faithfulness(case.name, variant.bridge, masks, variant.test, full),
                         "curves": density_curves(case.name, variant.bridge, masks, variant.test, full),
                         "sharing": measured_sharing(variant, logits, granularity),
                     }
@@ -121,8 +113,7 @@ def run_suite(
                             f"{tables['runs']['total_s'].iloc[0]} s"
                         )
     result = {
-        table: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        for table, parts in frames.items()
+        table: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame() for table, parts in frames.items()
     }
     result["summary"] = summary_table(result)
     return result
@@ -141,14 +132,10 @@ def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     inverse = faithfulness[faithfulness["condition"] == "inverse-other"]
     on_itself = inverse["evaluated_on"] == inverse["subtask"]
     inverse_own = inverse[on_itself].set_index(keys)["faithfulness"].rename("inverse_faithfulness")
-    inverse_others = (
-        inverse[~on_itself].groupby(keys)["faithfulness"].mean().rename("inverse_faithfulness_others")
-    )
+    inverse_others = inverse[~on_itself].groupby(keys)["faithfulness"].mean().rename("inverse_faithfulness_others")
     areas = tables["areas"]
     keep = areas[areas["curve"] == "keep"].set_index(keys)[["cpr", "cmd"]]
-    scores = tables["scores"].set_index(keys)[
-        ["precision", "recall", "auroc", "kept_fraction", "true_fraction"]
-    ]
+    scores = tables["scores"].set_index(keys)[["precision", "recall", "auroc", "kept_fraction", "true_fraction"]]
     summary = scores.join(mask).join(inverse_own).join(inverse_others).join(keep).reset_index()
     summary["ranking"] = RANKING
     return summary

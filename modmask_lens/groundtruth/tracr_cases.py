@@ -1,7 +1,7 @@
 """Compiled tracr programs as ground-truth cases: shipped TransformerLens weights, their data and the used units.
 
 Each program under ``modmask_lens/groundtruth/tracr/<program>/`` was compiled with tracr and converted by
-:mod:`modmask_lens.groundtruth.tracr_build` (run in a separate venv with jax; this module needs neither). A folder
+:mod:`experiments.groundtruth.tracr_build` (run in a separate venv with jax; this module needs neither). A folder
 holds ``weights.safetensors`` (the bridge's parameters under their ``bridge.state_dict()`` keys),
 ``reference.safetensors`` (every input and tracr's own outputs on it) and ``card.json`` (the TransformerLens config,
 token maps, the program's spaces, the used heads, MLPs and neurons, and the measurements behind them).
@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
 from modmask_lens.adapters import adapter_for
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.mask_set import MaskSet, units_for
-from modmask_lens.tasks.encoding import IGNORE_INDEX
 
 TRACR_DIR = Path(__file__).parent / "tracr"
 """Folder of the shipped programs, one subfolder per program."""
@@ -64,15 +64,25 @@ def load_tracr_case(name: str) -> GroundTruthCase:
     """
     folder = TRACR_DIR / name
     if not (folder / "card.json").is_file():
-        raise ValueError(f"no tracr program {name!r}; shipped: {tracr_program_names()}. Build more with "
-                         "`python -m modmask_lens.groundtruth.tracr_build` in the tracr venv (docs/tracr.md)")
+        raise ValueError(
+            f"no tracr program {name!r}; shipped: {tracr_program_names()}. Build more with "
+            "`python -m experiments.groundtruth.tracr_build` in the tracr venv (docs/tracr.md)"
+        )
     card = json.loads((folder / "card.json").read_text())
     bridge = boot_tracr_bridge(card["tl_config"], load_file(folder / "weights.safetensors"))
     reference = load_file(folder / "reference.safetensors")
     data = subtask_data(name, reference["input_ids"], reference["output_ids"])
     truth = {granularity: truth_units(bridge, card["truth"], granularity) for granularity in TRUTH_GRANULARITIES}
-    return GroundTruthCase(name=f"tracr/{name}", family="tracr", bridge=bridge, train={name: data},
-                           test={name: data}, truth={name: truth}, unique=card["unique"], card=card)
+    return GroundTruthCase(
+        name=f"tracr/{name}",
+        family="tracr",
+        bridge=bridge,
+        train={name: data},
+        test={name: data},
+        truth={name: truth},
+        unique=card["unique"],
+        card=card,
+    )
 
 
 def boot_tracr_bridge(tl_config: dict, weights: dict[str, Tensor]) -> nn.Module:
@@ -86,16 +96,19 @@ def boot_tracr_bridge(tl_config: dict, weights: dict[str, Tensor]) -> nn.Module:
     missing = sorted({spec.key for spec in specs} - weights.keys())
     unknown = sorted(weights.keys() - {spec.key for spec in specs})
     if missing or unknown:
-        raise ValueError(f"tracr weights do not fit the bridge: missing {missing}, unknown {unknown}; rebuild them "
-                         "with `python -m modmask_lens.groundtruth.tracr_build`")
+        raise ValueError(
+            f"tracr weights do not fit the bridge: missing {missing}, unknown {unknown}; rebuild them "
+            "with `python -m experiments.groundtruth.tracr_build`"
+        )
     with torch.no_grad():
         for spec in specs:
             bridge.get_parameter(spec.path).copy_(weights[spec.key])
     return bridge.eval()
 
 
-def subtask_data(name: str, input_ids: Int[Tensor, "example pos"],
-                 output_ids: Int[Tensor, "example pos"]) -> SubtaskData:
+def subtask_data(
+    name: str, input_ids: Int[Tensor, "example pos"], output_ids: Int[Tensor, "example pos"]
+) -> SubtaskData:
     """The program's outputs as answers: the output at position ``t`` becomes the label at ``t + 1``.
 
     Args:
@@ -105,8 +118,10 @@ def subtask_data(name: str, input_ids: Int[Tensor, "example pos"],
             elsewhere; the last position is always padding.
     """
     if bool((output_ids[:, -1] != IGNORE_INDEX).any()):
-        raise ValueError(f"subtask {name!r}: the last position holds an output, which no next position can score; "
-                         "end every example with PAD")
+        raise ValueError(
+            f"subtask {name!r}: the last position holds an output, which no next position can score; "
+            "end every example with PAD"
+        )
     labels = torch.full_like(output_ids, IGNORE_INDEX)
     labels[:, 1:] = output_ids[:, :-1]
     return SubtaskData(name, input_ids, labels)
@@ -128,8 +143,11 @@ def truth_units(bridge: nn.Module, truth: dict, granularity: str) -> UnitTruth:
         raise ValueError(f"tracr cases answer at {TRUTH_GRANULARITIES}, not {granularity!r}")
     if granularity == "weight":
         return _weight_truth(bridge, truth)
-    used = [tuple(pair) for pair in truth["heads"]] if granularity == "head" else [
-        (int(layer), index) for layer, indices in truth["neurons"].items() for index in indices]
+    used = (
+        [tuple(pair) for pair in truth["heads"]]
+        if granularity == "head"
+        else [(int(layer), index) for layer, indices in truth["neurons"].items() for index in indices]
+    )
     units = {}
     for unit in units_for(bridge, MaskConfig(granularity=granularity)):
         layer = int(unit.name.split(".")[1])

@@ -31,7 +31,5 @@ def plant_truth(bridge: nn.Module, plan: PlantPlan) -> dict[str, dict[str, UnitT
                 }
             else:
                 per_layer = use.neurons if granularity == "neuron" else use.heads
-                truth[name][granularity] = {
-                    unit.name: per_layer[unit.members[0].layer].clone() for unit in units
-                }
+                truth[name][granularity] = {unit.name: per_layer[unit.members[0].layer].clone() for unit in units}
     return truth

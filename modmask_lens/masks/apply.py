@@ -10,55 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import call_with_parameters, slot_of, tensor_slots
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
 
-MaskLike = Union[MaskSet, BinaryMask, Callable[[], Mapping[str, Tensor]]]
+MaskLike = MaskSet | BinaryMask | Callable[[], Mapping[str, Tensor]]
 
 
-class _Entry(nn.Module):
-    """Holds the bridge as a child so that ``functional_call`` can swap its tensors around any bound method."""
-
-    def __init__(self, bridge: nn.Module):
-        super().__init__()
-        self.bridge = bridge
-
-    def forward(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return method(*args, **kwargs)
-
-
-TensorKey = tuple[int, str]
-"""(id of the owning module, attribute name): one tensor slot, however many module paths reach it."""
-
-
-def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey, tuple[str, Tensor]]:
-    """Every parameter (or buffer: ``kind="_buffers"``) slot of ``module`` with the first path that reaches it."""
-    slots = {}
-    for module_path, submodule in module.named_modules():
-        for attribute, tensor in getattr(submodule, kind).items():
-            if tensor is not None and (id(submodule), attribute) not in slots:
-                slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute,
-                                                     tensor)
-    return slots
-
-
-def slot_of(module: nn.Module, path: str) -> TensorKey:
-    """The slot of the tensor at ``path`` (e.g. ``blocks.0.attn.q.weight``) under ``module``."""
-    module_path, _, attribute = path.rpartition(".")
-    return id(module.get_submodule(module_path)), attribute
-
-
-def masked_parameters(bridge: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def masked_parameters(bridge: Bridge, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Every parameter of the bridge, detached, under one path per (module, attribute); masked ones times their mask.
 
-    Passing every parameter detached keeps gradients away from the model's own tensors (its parameters keep
-    ``requires_grad=True``, as TransformerLens leaves them) without touching their flags. The weights are read afresh
-    on every call, so ``enable_compatibility_mode()`` or ``bridge.to()`` never leave a stale copy behind.
+    Every parameter is detached, as in :func:`modmask_lens.core.functional.frozen_call`.
 
     Args:
         bridge: the model.
@@ -75,7 +42,7 @@ def masked_parameters(bridge: nn.Module, masks: Mapping[str, Tensor]) -> dict[st
     return {slots[key][0]: value for key, value in values.items()}
 
 
-def masked_call(bridge: nn.Module, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:
+def masked_call(bridge: Bridge, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:
     """Call ``method`` (a bound method of ``bridge``, e.g. ``bridge.run_with_cache``) with masked weights.
 
     Args:
@@ -84,10 +51,7 @@ def masked_call(bridge: nn.Module, masks: Mapping[str, Tensor], method: Callable
             :meth:`BinaryMask.weight_masks`).
         method: what to run; anything that ends up calling the bridge's modules.
     """
-    parameters = {f"bridge.{path}": value for path, value in masked_parameters(bridge, masks).items()}
-    return torch.func.functional_call(
-        _Entry(bridge), parameters, (method, *args), kwargs, tie_weights=False, strict=False
-    )
+    return call_with_parameters(bridge, masked_parameters(bridge, masks), method, *args, **kwargs)
 
 
 def _mask_values(mask: MaskLike) -> Callable[[], Mapping[str, Tensor]]:
@@ -100,7 +64,7 @@ def _mask_values(mask: MaskLike) -> Callable[[], Mapping[str, Tensor]]:
 
 
 @contextmanager
-def masked(bridge: nn.Module, mask: MaskLike, check_weights: bool = True) -> Iterator[nn.Module]:
+def masked(bridge: Bridge, mask: MaskLike, check_weights: bool = True) -> Iterator[nn.Module]:
     """Inside the block, the bridge's own entry points run with masked weights.
 
     ``bridge(tokens)``, ``bridge.run_with_cache``, ``bridge.run_with_hooks`` and ``bridge.generate`` all route

@@ -17,8 +17,15 @@ INVERTED_KINDS = ("linear",)
 
 GROUPINGS = ("all", "tensor", "layer", "role", "layer_role", "head", "neuron")
 """Groupings of :meth:`BinaryMask.kept_fraction`, and the columns each one adds."""
-GROUP_COLUMNS = {"all": [], "tensor": ["key", "layer", "role"], "layer": ["layer"], "role": ["role"],
-                 "layer_role": ["layer", "role"], "head": ["layer", "role", "head"], "neuron": ["layer", "role", "neuron"]}
+GROUP_COLUMNS = {
+    "all": [],
+    "tensor": ["key", "layer", "role"],
+    "layer": ["layer"],
+    "role": ["role"],
+    "layer_role": ["layer", "role"],
+    "head": ["layer", "role", "head"],
+    "neuron": ["layer", "role", "neuron"],
+}
 
 
 @dataclass
@@ -74,8 +81,10 @@ class BinaryMask:
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
         removed = self if beyond is None else self & beyond.inverse(PARAMETER_KINDS)
-        kept = {spec.key: ~removed.kept[spec.key] if spec.kind in kinds else torch.ones_like(self.kept[spec.key])
-                for spec in self.specs}
+        kept = {
+            spec.key: ~removed.kept[spec.key] if spec.kind in kinds else torch.ones_like(self.kept[spec.key])
+            for spec in self.specs
+        }
         name = f"~{self.name}" if beyond is None else f"~({self.name} - {beyond.name})"
         return BinaryMask(self.specs, kept, self.origin, name)
 
@@ -110,12 +119,13 @@ class BinaryMask:
         """Kept counts as a tidy DataFrame.
 
         Args:
-            by: ``all`` (one row: every masked tensor pooled), ``tensor`` (one row per masked tensor), ``layer``, ``role``, ``layer_role``, ``head`` (one row per
-                head of each attention tensor; for ``W_K``/``W_V`` with grouped-query attention ``head`` is the
-                key/value group) or ``neuron`` (one row per MLP neuron of each MLP tensor).
+            by: ``all`` (one row: every masked tensor pooled), ``tensor`` (one row per masked tensor), ``layer``,
+                ``role``, ``layer_role``, ``head`` (one row per head of each attention tensor; for ``W_K``/``W_V``
+                with grouped-query attention ``head`` is the key/value group) or ``neuron`` (one row per MLP neuron
+                of each MLP tensor).
 
         Returns:
-            Columns ``task``, the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
+            Columns ``mask`` (its name), the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
         """
         if by not in GROUPINGS:
             raise ValueError(f"by={by!r}: choose one of {GROUPINGS}")
@@ -123,18 +133,25 @@ class BinaryMask:
             frame = pd.DataFrame(self._unit_rows(("neuron",) if by == "neuron" else ("head", "kv_head"), by))
         else:
             rows = [
-                {"key": spec.key, "layer": spec.layer, "role": spec.role, "kept": int(self.kept[spec.key].sum()),
-                 "total": spec.numel}
+                {
+                    "key": spec.key,
+                    "layer": spec.layer,
+                    "role": spec.role,
+                    "kept": int(self.kept[spec.key].sum()),
+                    "total": spec.numel,
+                }
                 for spec in self.specs
             ]
             frame = pd.DataFrame(rows)
             if by == "all":
                 frame = frame[["kept", "total"]].sum().to_frame().T
             elif by != "tensor":
-                frame = frame.groupby(GROUP_COLUMNS[by], dropna=False, sort=False)[["kept", "total"]].sum().reset_index()
+                frame = (
+                    frame.groupby(GROUP_COLUMNS[by], dropna=False, sort=False)[["kept", "total"]].sum().reset_index()
+                )
         if frame.empty:
             return frame
-        frame.insert(0, "task", self.name)
+        frame.insert(0, "mask", self.name)
         if "layer" in frame:
             frame["layer"] = frame["layer"].astype("Int64")
         frame["kept_fraction"] = frame["kept"] / frame["total"]

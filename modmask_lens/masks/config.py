@@ -140,11 +140,14 @@ class TrainConfig:
             raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
         if self.max_loss_increase is not None:
             if not (math.isfinite(self.max_loss_increase) and self.max_loss_increase >= 0):
-                raise ValueError(f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats "
-                                 "per answer token; 0.02 was measured to work)")
+                raise ValueError(
+                    f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats "
+                    "per answer token; 0.02 was measured to work)"
+                )
             if self.target_density is not None:
-                raise ValueError("set either target_density or max_loss_increase: one constrains the density, "
-                                 "the other the loss")
+                raise ValueError(
+                    "set either target_density or max_loss_increase: one constrains the density, the other the loss"
+                )
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")
 

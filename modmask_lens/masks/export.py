@@ -5,16 +5,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from torch import nn
-
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.export import native_state_dict, write_masked_tensors
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import processing_mode
 from modmask_lens.masks.mask_set import MaskSet
 
 
-def export_masked_model(bridge: nn.Module, mask: BinaryMask | MaskSet, directory: str | Path) -> Path:
+def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: str | Path) -> Path:
     """Write ``weights * mask`` in the model's own Hugging Face layout (re-fusing fused tensors) to ``directory``.
 
     Tied embedding and unembedding matrices are untied in the exported config when the mask covers either, since
@@ -36,8 +35,9 @@ def export_masked_model(bridge: nn.Module, mask: BinaryMask | MaskSet, directory
     binary.check_model(bridge)
     hf_model = bridge.original_model
     state, _ = native_state_dict(hf_model)
-    masked = {spec.key: (spec.path, bridge.get_parameter(spec.path).detach() * binary.kept[spec.key])
-              for spec in binary.specs}
+    masked = {
+        spec.key: (spec.path, bridge.get_parameter(spec.path).detach() * binary.kept[spec.key]) for spec in binary.specs
+    }
     write_masked_tensors(adapter_for(bridge), bridge, state, masked)
     config = copy.deepcopy(hf_model.config)
     if getattr(config, "tie_word_embeddings", False) and any(spec.role in ("W_E", "W_U") for spec in binary.specs):
@@ -45,8 +45,10 @@ def export_masked_model(bridge: nn.Module, mask: BinaryMask | MaskSet, directory
     exported = type(hf_model)(config)
     missing, unexpected = exported.load_state_dict(state, strict=False)
     if unexpected or [key for key in missing if key in exported.state_dict()]:
-        raise LookupError(f"export produced a state_dict that does not fit {type(hf_model).__name__}: "
-                          f"missing {missing}, unexpected {unexpected}")
+        raise LookupError(
+            f"export produced a state_dict that does not fit {type(hf_model).__name__}: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
     directory = Path(directory)
     exported.save_pretrained(directory)
     if getattr(bridge, "tokenizer", None) is not None:

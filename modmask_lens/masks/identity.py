@@ -6,12 +6,12 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.core.bridge import Bridge
 
 
-def processing_mode(bridge: nn.Module) -> str:
+def processing_mode(bridge: Bridge) -> str:
     """``raw`` for Hugging Face weights as loaded, ``compat`` after ``enable_compatibility_mode()``.
 
     Masks learned on compat-processed weights act on folded and centred tensors, so the two are not interchangeable.
@@ -20,7 +20,7 @@ def processing_mode(bridge: nn.Module) -> str:
     return "compat" if processed else "raw"
 
 
-def weights_sha256(bridge: nn.Module, specs: list[TensorSpec]) -> str:
+def weights_sha256(bridge: Bridge, specs: list[TensorSpec]) -> str:
     """SHA-256 over the bytes of every tensor in ``specs`` (in order), read through the bridge."""
     digest = hashlib.sha256()
     for spec in specs:
@@ -30,7 +30,7 @@ def weights_sha256(bridge: nn.Module, specs: list[TensorSpec]) -> str:
     return digest.hexdigest()
 
 
-def model_dimensions(bridge: nn.Module) -> dict:
+def model_dimensions(bridge: Bridge) -> dict:
     """Architecture name and dimensions of a bridge, as plain JSON values."""
     dims = model_shape(bridge)
     return {
@@ -45,7 +45,7 @@ def model_dimensions(bridge: nn.Module) -> dict:
     }
 
 
-def fingerprint(bridge: nn.Module, specs: list[TensorSpec]) -> dict:
+def fingerprint(bridge: Bridge, specs: list[TensorSpec]) -> dict:
     """Everything a mask file checks before it is applied to a model: dimensions and a hash of all read weights."""
     return model_dimensions(bridge) | {"weights_sha256": weights_sha256(bridge, specs)}
 
@@ -63,11 +63,11 @@ class MaskOrigin:
     model: dict
 
     @classmethod
-    def of(cls, bridge: nn.Module) -> MaskOrigin:
+    def of(cls, bridge: Bridge) -> MaskOrigin:
         adapter = adapter_for(bridge)
         return cls(adapter.name, processing_mode(bridge), fingerprint(bridge, adapter.tensor_specs(bridge)))
 
-    def check(self, bridge: nn.Module, masked: list[TensorSpec], check_weights: bool = True) -> None:
+    def check(self, bridge: Bridge, masked: list[TensorSpec], check_weights: bool = True) -> None:
         """Raise :class:`ModelMismatch`, explaining the first difference, unless ``bridge`` is this model.
 
         Args:
@@ -85,11 +85,15 @@ class MaskOrigin:
             raise ModelMismatch(f"the mask was trained on {self.mode} weights but the bridge has {current_mode}; {fix}")
         adapter = adapter_for(bridge)
         if self.adapter != adapter.name:
-            raise ModelMismatch(f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}")
+            raise ModelMismatch(
+                f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}"
+            )
         specs = adapter.tensor_specs(bridge)
         shapes = {spec.key: spec.shape for spec in specs}
-        made_for = (f"{self.model.get('architecture')}, {self.model.get('n_layers')} layers, "
-                    f"d_model {self.model.get('d_model')}")
+        made_for = (
+            f"{self.model.get('architecture')}, {self.model.get('n_layers')} layers, "
+            f"d_model {self.model.get('d_model')}"
+        )
         for spec in masked:
             if shapes.get(spec.key) != spec.shape:
                 raise ModelMismatch(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsupported
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
@@ -50,7 +51,7 @@ class MaskSet:
 
     @classmethod
     def for_bridge(
-        cls, bridge: nn.Module, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
+        cls, bridge: Bridge, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
     ) -> MaskSet:
         """Fresh logits (all ``config.init_logit``, on the bridge's device) for every unit of ``bridge`` that ``config``
         selects.
@@ -60,8 +61,9 @@ class MaskSet:
         """
         units = units_for(bridge, config)
         device = next(bridge.parameters()).device
-        logits = {unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True)
-                  for unit in units}
+        logits = {
+            unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True) for unit in units
+        }
         return cls(name, config, units, logits, origin or MaskOrigin.of(bridge))
 
     @property
@@ -115,16 +117,17 @@ class MaskSet:
     def expected_density(self) -> Tensor:
         """Expected kept fraction of the masked weights: each logit keeps its weights with the sampler's keep
         probability (sigmoid(l) for Gumbel-sigmoid)."""
-        kept = torch.stack([unit.expected_kept(keep_probability(self.logits[unit.name], self.config.sampler))
-                            for unit in self.units]).sum()
+        kept = torch.stack(
+            [unit.expected_kept(keep_probability(self.logits[unit.name], self.config.sampler)) for unit in self.units]
+        ).sum()
         return kept / sum(member.numel for member in self.members)
 
-    def check_model(self, bridge: nn.Module, check_weights: bool = True) -> None:
+    def check_model(self, bridge: Bridge, check_weights: bool = True) -> None:
         """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""
         self.origin.check(bridge, self.members, check_weights)
 
 
-def units_for(bridge: nn.Module, config: MaskConfig) -> list[MaskUnit]:
+def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """The mask units ``config`` gives on ``bridge``, through its adapter.
 
     Raises:
@@ -132,6 +135,8 @@ def units_for(bridge: nn.Module, config: MaskConfig) -> list[MaskUnit]:
     """
     adapter = adapter_for(bridge)
     if config.granularity in ("head", "neuron") and not adapter.supports_units:
-        raise unsupported(bridge.cfg.architecture, f" that locates {config.granularity}s (only weight and matrix "
-                                                   "granularity work from the generic fallback)")
+        raise unsupported(
+            bridge.cfg.architecture,
+            f" that locates {config.granularity}s (only weight and matrix granularity work from the generic fallback)",
+        )
     return build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))

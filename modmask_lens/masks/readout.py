@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.data import SubtaskData, score_answers
 from modmask_lens.masks.mask_set import MaskSet
 
 EVALUATION_BATCH = 256  # examples per forward pass while searching

@@ -103,9 +103,7 @@ HARD_CONCRETE_TEMPERATURE = 2 / 3
 """beta of Louizos et al. (their default), used when a mask config's sampler is ``hard-concrete``."""
 
 
-def sample_hard_concrete(
-    logits: Float[Tensor, "*shape"], noise: UniformNoise | None = None
-) -> Float[Tensor, "*shape"]:
+def sample_hard_concrete(logits: Float[Tensor, "*shape"], noise: UniformNoise | None = None) -> Float[Tensor, "*shape"]:
     """One hard-concrete sample in [0, 1] with ``logits`` as log-alpha (Louizos et al. 2018, eq. 10), differentiable.
 
     ``min(1, max(0, sigmoid((logit(u) + log_alpha) / beta) * (zeta - gamma) + gamma))`` for u ~ U(0, 1).

@@ -27,17 +27,12 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from modmask_lens.masks.apply import TensorKey, _Entry, slot_of, tensor_slots
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import MethodEntry, TensorKey, slot_of, tensor_slots
+from modmask_lens.core.world import world
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
 from modmask_lens.masks.units import MaskUnit
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard_bounds(numel: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -49,7 +44,7 @@ def shard_bounds(numel: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def _gather(shard: Float[Tensor, " shard"], numel: int) -> Float[Tensor, " numel"]:
     """All processes' shards of a flat tensor of ``numel`` elements, concatenated (not differentiable)."""
-    _, world_size = _world()
+    _, world_size = world()
     if world_size == 1:
         return shard
     size = math.ceil(numel / world_size)
@@ -70,7 +65,7 @@ class _DifferentiableGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_full: Tensor) -> tuple[Tensor, None]:
-        _, world_size = _world()
+        _, world_size = world()
         if world_size == 1:
             return grad_full, None
         size = math.ceil(ctx.numel / world_size)
@@ -102,7 +97,7 @@ class ShardedLogits:
 
     def __init__(self, masks: MaskSet, device: torch.device | str):
         self.masks = masks
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = world()
         self.shards: dict[str, Tensor] = {}
         for unit in masks.units:
             start, end = shard_bounds(unit.numel, self.rank, self.world_size)
@@ -120,8 +115,13 @@ class ShardedLogits:
     def full(self) -> MaskSet:
         """The mask set with the current logits gathered from all processes, on the CPU (a collective)."""
         self.masks.logits = {
-            unit.name: _gather(self.shards[unit.name].detach(), unit.numel).view(unit.shape).cpu().clone()
-            .requires_grad_(True) for unit in self.masks.units}
+            unit.name: _gather(self.shards[unit.name].detach(), unit.numel)
+            .view(unit.shape)
+            .cpu()
+            .clone()
+            .requires_grad_(True)
+            for unit in self.masks.units
+        }
         return self.masks
 
     def gathered_optimizer(self, optimizer: torch.optim.Adam) -> torch.optim.Adam:
@@ -132,9 +132,10 @@ class ShardedLogits:
         full_state = {}
         for index, entries in state["state"].items():
             unit = self.masks.units[index]
-            full_state[index] = {name: value if name == "step" else
-                                 _gather(value, unit.numel).view(unit.shape).cpu().clone()
-                                 for name, value in entries.items()}
+            full_state[index] = {
+                name: value if name == "step" else _gather(value, unit.numel).view(unit.shape).cpu().clone()
+                for name, value in entries.items()
+            }
         gathered = torch.optim.Adam(full_logits, lr=state["param_groups"][0]["lr"])
         gathered.load_state_dict({"state": full_state, "param_groups": state["param_groups"]})
         return gathered
@@ -146,16 +147,19 @@ class ShardedLogits:
         for index, entries in state["state"].items():
             start, end = shard_bounds(self.masks.units[index].numel, self.rank, self.world_size)
             device = self.parameters()[index].device
-            sliced[index] = {name: value if name == "step" else value.reshape(-1)[start:end].to(device, copy=True)
-                             for name, value in entries.items()}
+            sliced[index] = {
+                name: value if name == "step" else value.reshape(-1)[start:end].to(device, copy=True)
+                for name, value in entries.items()
+            }
         optimizer.load_state_dict({"state": sliced, "param_groups": state["param_groups"]})
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """``torch.nn.utils.clip_grad_norm_`` over the full logits: the norm is summed over processes."""
         grads = [shard.grad for shard in self.shards.values() if shard.grad is not None]
         device = self.parameters()[0].device
-        squared = sum((grad.double().pow(2).sum() for grad in grads), torch.zeros((), dtype=torch.float64,
-                                                                                     device=device))
+        squared = sum(
+            (grad.double().pow(2).sum() for grad in grads), torch.zeros((), dtype=torch.float64, device=device)
+        )
         if self.world_size > 1:
             dist.all_reduce(squared)
         total_norm = squared.sqrt()
@@ -180,19 +184,22 @@ class ShardedBridge:
         >>> logits = sharded(ShardedLogits(masks, "cuda"), 1.0, UniformNoise(0), tokens)  # doctest: +SKIP
     """
 
-    def __init__(self, bridge: nn.Module, device: torch.device | str | None = None):
+    def __init__(self, bridge: Bridge, device: torch.device | str | None = None):
         self.bridge = bridge
         self.device = torch.device(device) if device is not None else next(bridge.parameters()).device
-        self.rank, self.world_size = _world()
+        self.rank, self.world_size = world()
         self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
         self._block_of_slot = {entry[0]: block for block in self.blocks for entry in block.entries}
         self._unit_plans: dict[str, tuple[_Block, list[TensorKey]]] = {}  # unit name -> its block, its members' slots
         outside = [path for key, (path, _) in tensor_slots(bridge).items() if key not in self._block_of_slot]
         if outside:
-            raise ValueError(f"parameters {outside[:3]} lie outside the model's blocks, which sharding runs one at a "
-                             "time; train this model without fully_shard")
-        self.buffers = {f"bridge.{path}": buffer.to(self.device)
-                        for path, buffer in tensor_slots(bridge, "_buffers").values()}
+            raise ValueError(
+                f"parameters {outside[:3]} lie outside the model's blocks, which sharding runs one at a "
+                "time; train this model without fully_shard"
+            )
+        self.buffers = {
+            f"bridge.{path}": buffer.to(self.device) for path, buffer in tensor_slots(bridge, "_buffers").values()
+        }
 
     def _shard(self, path: str, module: nn.Module) -> _Block:
         slots = tensor_slots(module)
@@ -210,8 +217,14 @@ class ShardedBridge:
         entries = [(key, name, parameter.shape, parameter.dtype) for key, (name, parameter) in slots.items()]
         return _Block(path, module, entries, shard, numel)
 
-    def __call__(self, logits: ShardedLogits, temperature: float, noise: UniformNoise,
-                 input_ids: Int[Tensor, "batch pos"], **kwargs) -> Tensor:
+    def __call__(
+        self,
+        logits: ShardedLogits,
+        temperature: float,
+        noise: UniformNoise,
+        input_ids: Int[Tensor, "batch pos"],
+        **kwargs,
+    ) -> Tensor:
         """The bridge's forward on ``input_ids`` with every masked weight times a mask sample.
 
         The sample equals :meth:`MaskSet.sample` with the same ``noise``: each block gathers its units' logits and
@@ -228,8 +241,14 @@ class ShardedBridge:
         """
         with self._blocks_replaced(logits, temperature, noise):
             method = type(self.bridge).forward.__get__(self.bridge)
-            return torch.func.functional_call(_Entry(self.bridge), self.buffers, (method, input_ids.to(self.device)),
-                                              {"use_cache": False, **kwargs}, tie_weights=False, strict=False)
+            return torch.func.functional_call(
+                MethodEntry(self.bridge),
+                self.buffers,
+                (method, input_ids.to(self.device)),
+                {"use_cache": False, **kwargs},
+                tie_weights=False,
+                strict=False,
+            )
 
     @contextmanager
     def _blocks_replaced(self, logits: ShardedLogits, temperature: float, noise: UniformNoise) -> Iterator[None]:
@@ -255,8 +274,10 @@ class ShardedBridge:
             slots = [slot_of(self.bridge, member.path) for member in unit.members]
             owners = {self._block_of_slot[slot].path for slot in slots if slot in self._block_of_slot}
             if len(owners) != 1:
-                raise ValueError(f"mask unit {unit.name!r} masks tensors of {sorted(owners) or 'no'} block(s); "
-                                 "sharded training needs each unit inside one block")
+                raise ValueError(
+                    f"mask unit {unit.name!r} masks tensors of {sorted(owners) or 'no'} block(s); "
+                    "sharded training needs each unit inside one block"
+                )
             self._unit_plans[unit.name] = (self._block_of_slot[slots[0]], slots)
         return self._unit_plans[unit.name]
 
@@ -266,8 +287,9 @@ class ShardedBridge:
         def run(*args, **kwargs):
             # Checkpointed: the gathered weights and masks are dropped after the forward and gathered again for the
             # backward; the logit shards are inputs so that their gradients flow.
-            return checkpoint(self._run_block, block, sampler, len(shards), *shards, *args, use_reentrant=False,
-                              **kwargs)
+            return checkpoint(
+                self._run_block, block, sampler, len(shards), *shards, *args, use_reentrant=False, **kwargs
+            )
 
         return run
 
@@ -276,7 +298,7 @@ class ShardedBridge:
         flat = _gather(block.weight_shard, block.numel)
         values, offset = {}, 0
         for key, _, shape, dtype in block.entries:
-            values[key] = flat[offset: offset + shape.numel()].view(shape).to(dtype)  # a block may mix dtypes
+            values[key] = flat[offset : offset + shape.numel()].view(shape).to(dtype)  # a block may mix dtypes
             offset += shape.numel()
         for (index, unit), shard in zip(sampler.units, logit_shards):
             unit_logits = _DifferentiableGather.apply(shard, unit.numel).view(unit.shape)
@@ -285,8 +307,9 @@ class ShardedBridge:
                 values[key] = values[key] * unit.expand(unit_sample, member)
         parameters = {f"bridge.{name}": values[key] for key, name, _, _ in block.entries}
         method = type(block.module).forward.__get__(block.module)
-        return torch.func.functional_call(_Entry(block.module), parameters, (method, *args), kwargs,
-                                          tie_weights=False, strict=False)
+        return torch.func.functional_call(
+            MethodEntry(block.module), parameters, (method, *args), kwargs, tie_weights=False, strict=False
+        )
 
 
 @dataclass(frozen=True)
@@ -298,7 +321,7 @@ class _BlockSampler:
     noise: UniformNoise
 
 
-def _top_level_blocks(bridge: nn.Module) -> list[tuple[str, nn.Module]]:
+def _top_level_blocks(bridge: Bridge) -> list[tuple[str, nn.Module]]:
     """The children of the bridge that hold parameters, with module lists (``blocks``) split into their items."""
     blocks = []
     for name, child in bridge.named_children():

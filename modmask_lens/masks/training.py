@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,20 +21,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from modmask_lens.adapters import adapter_for
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.random import step_generator, stream_seed
+from modmask_lens.core.scoring import AnswerScore, score_answers
+from modmask_lens.core.world import world
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
-from modmask_lens.masks.data import AnswerScore, SubtaskData, score_answers
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.io import (
-    load_optimizer,
-    mask_metadata,
-    mask_set_from,
-    optimizer_tensors,
-    read_safetensors,
-    require_fields,
-    verify_checksum,
-    write_safetensors_atomically,
-)
+from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
@@ -92,11 +88,6 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             submodule.training = flag
 
 
-def stream_seed(seed: int, task_name: str, step: int) -> int:
-    """Seed of the random stream of one task's step: independent of the other tasks of the run."""
-    return (seed * 1_000_003 + zlib.crc32(task_name.encode()) * 7_919 + step) % (2**63 - 1)
-
-
 class MaskTrainer:
     """Trains one :class:`MaskSet` per subtask on a frozen bridge; resumable from a checkpoint directory.
 
@@ -120,7 +111,7 @@ class MaskTrainer:
 
     def __init__(
         self,
-        bridge: nn.Module,
+        bridge: Bridge,
         subtasks: Sequence[SubtaskData],
         mask_config: MaskConfig = MaskConfig(),
         train_config: TrainConfig = TrainConfig(),
@@ -136,36 +127,46 @@ class MaskTrainer:
             raise ValueError(f"subtask names must be unique, got {names}")
         single = [subtask.name for subtask in subtasks if len(subtask) < 2]
         if single:
-            raise ValueError(f"subtask(s) {single} have one example; a mask needs a subtask, not an example: "
-                             "give each at least 2")
+            raise ValueError(
+                f"subtask(s) {single} have one example; a mask needs a subtask, not an example: give each at least 2"
+            )
         self.bridge = bridge
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpointer = (
+            Checkpointer(self.checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
+            if (self.checkpoint_dir is not None)
+            else None
+        )
         self.progress = progress
         self.step = 0
         # Under torchrun (torch.distributed initialised) each process runs every n-th chunk of a batch and the mask
         # gradients are summed across processes: the result equals one process up to float summation order.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = torch.distributed.get_rank() if distributed else 0
-        self.world_size = torch.distributed.get_world_size() if distributed else 1
+        self.rank, self.world_size = world()
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
         if fully_shard:
             if train_config.n_samples % self.world_size:
-                raise ValueError(f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
-                                 f"lock-step on {self.world_size} processes; make n_samples a multiple of "
-                                 f"{self.world_size}")
+                raise ValueError(
+                    f"fully sharded training runs the batch's {train_config.n_samples} mask samples in "
+                    f"lock-step on {self.world_size} processes; make n_samples a multiple of "
+                    f"{self.world_size}"
+                )
             if train_config.target_density is not None or train_config.max_loss_increase is not None:
-                raise ValueError("fully sharded training supports the logit-sum regulariser (beta) only; set "
-                                 "target_density=None and max_loss_increase=None, or train without fully_shard")
+                raise ValueError(
+                    "fully sharded training supports the logit-sum regulariser (beta) only; set "
+                    "target_density=None and max_loss_increase=None, or train without fully_shard"
+                )
             if mask_config.sampler != "gumbel-sigmoid":
-                raise ValueError(f"fully sharded training samples Gumbel-sigmoid masks only, not {mask_config.sampler!r}; "
-                                 "use MaskConfig(sampler='gumbel-sigmoid') or train without fully_shard")
+                raise ValueError(
+                    f"fully sharded training samples Gumbel-sigmoid masks only, not {mask_config.sampler!r}; "
+                    "use MaskConfig(sampler='gumbel-sigmoid') or train without fully_shard"
+                )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+        if self.checkpointer is not None and self.checkpointer.exists():
             self._resume()
 
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
@@ -178,8 +179,9 @@ class MaskTrainer:
             run.multipliers = torch.zeros(1)  # lambda, raised by projected gradient ascent in _regularise
         elif self.train_config.target_density is not None:
             run.multipliers = torch.zeros(2, requires_grad=True)
-            run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
-                                                        maximize=True)
+            run.multiplier_optimizer = torch.optim.Adam(
+                [run.multipliers], lr=self.train_config.lagrangian_lr, maximize=True
+            )
         return run
 
     def train(self) -> dict[str, MaskSet]:
@@ -216,10 +218,12 @@ class MaskTrainer:
 
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
-        seed = stream_seed(config.seed, run.masks.name, self.step)
-        indices = torch.randint(len(run.data), (config.batch_size,), generator=torch.Generator().manual_seed(seed))
+        seed = stream_seed(config.seed, self.step, run.masks.name)
+        indices = torch.randint(
+            len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step, run.masks.name)
+        )
         input_ids, labels = run.data.batch(indices)
-        n_tokens = int((labels[:, 1:] != -100).sum())
+        n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, n_correct = 0.0, 0
         constrained = config.max_loss_increase is not None
@@ -259,8 +263,11 @@ class MaskTrainer:
         run.optimizer.step()
         if run.multiplier_optimizer is not None:
             run.multiplier_optimizer.step()
-        run.metrics = {"loss": task_loss, "acc": n_correct / config.batch_size,
-                       "kept": run.metrics.get("kept", float("nan"))}
+        run.metrics = {
+            "loss": task_loss,
+            "acc": n_correct / config.batch_size,
+            "kept": run.metrics.get("kept", float("nan")),
+        }
 
     def _log(self, run: _TaskRun) -> None:
         """Append a row to the run's history (after step ``self.step``) and refresh the bar's kept fraction.
@@ -269,8 +276,13 @@ class MaskTrainer:
         """
         masks = self._full_masks(run)
         run.metrics["kept"] = self._kept_fraction(masks)
-        row = {"step": self.step, "loss": run.metrics["loss"], "accuracy": run.metrics["acc"],
-               "kept": run.metrics["kept"], "expected_density": float(masks.expected_density().detach())}
+        row = {
+            "step": self.step,
+            "loss": run.metrics["loss"],
+            "accuracy": run.metrics["acc"],
+            "kept": run.metrics["kept"],
+            "expected_density": float(masks.expected_density().detach()),
+        }
         if run.shards is None and (self.step % FAITHFULNESS_EVERY == 0 or self.step == self.train_config.steps):
             row["faithfulness"] = self._faithfulness(run)
         masks.history.append(row)
@@ -321,8 +333,8 @@ class MaskTrainer:
 
     def _non_finite_message(self, run: _TaskRun, loss: float) -> str:
         where = (
-            f"the last good checkpoint is {self.checkpoint_dir / CHECKPOINT_FILE}"
-            if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists()
+            f"the last good checkpoint is {self.checkpointer.path}"
+            if self.checkpointer is not None and self.checkpointer.exists()
             else "no checkpoint was written"
         )
         return (
@@ -345,42 +357,45 @@ class MaskTrainer:
             if run.multiplier_optimizer is not None:
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
             tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
-        metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "train_config": self.train_config.to_dict(),
-                    "tasks": tasks}
-        path = self.checkpoint_dir / CHECKPOINT_FILE
+        metadata = {"step": self.step, "train_config": self.train_config.to_dict(), "tasks": tasks}
         if self.rank == 0:
-            write_safetensors_atomically(path, tensors, metadata)
-        return path
+            self.checkpointer.save(tensors, metadata)
+        return self.checkpointer.path
 
     def _resume(self) -> None:
-        path = self.checkpoint_dir / CHECKPOINT_FILE
-        tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
-        require_fields(metadata, {"step": int, "train_config": dict, "tasks": list}, str(path))
-        for task in metadata["tasks"]:
-            require_fields(task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)")
-        verify_checksum(path, tensors, metadata)
+        path = self.checkpointer.path
+
+        def check_tasks(metadata: dict) -> None:
+            for task in metadata["tasks"]:
+                require_fields(
+                    task if isinstance(task, dict) else {}, {"prefix": str, "mask": dict}, f"{path} (a task)"
+                )
+
+        tensors, metadata = self.checkpointer.load({"step": int, "train_config": dict, "tasks": list}, check_tasks)
         self._check_resumable(path, metadata)
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
-            own = {name[len(prefix) + 1:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
+            own = {name[len(prefix) + 1 :]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.masks.train_config = self.train_config.to_dict()
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
                 run.shards = ShardedLogits(run.masks, self.sharded_bridge.device)
-                full_optimizer, run.optimizer = run.optimizer, torch.optim.Adam(run.shards.parameters(),
-                                                                                lr=self.train_config.lr)
+                full_optimizer, run.optimizer = (
+                    run.optimizer,
+                    torch.optim.Adam(run.shards.parameters(), lr=self.train_config.lr),
+                )
                 run.shards.load_optimizer_state(run.optimizer, full_optimizer)
             if run.multipliers is not None and run.multiplier_optimizer is None:
                 run.multipliers = own["multipliers"].clone()
             elif run.multipliers is not None:
                 run.multipliers = own["multipliers"].clone().requires_grad_(True)
-                run.multiplier_optimizer = torch.optim.Adam([run.multipliers], lr=self.train_config.lagrangian_lr,
-                                                            maximize=True)
+                run.multiplier_optimizer = torch.optim.Adam(
+                    [run.multipliers], lr=self.train_config.lagrangian_lr, maximize=True
+                )
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
-
 
     def _check_resumable(self, path: Path, metadata: dict) -> None:
         """Raise ``ValueError`` naming the first difference between the checkpoint's run and this one: the
@@ -389,24 +404,33 @@ class MaskTrainer:
         saved_config = {key: value for key, value in metadata["train_config"].items() if key not in RESUMABLE_FIELDS}
         for key, value in self.train_config.deciding_fields().items():
             if _as_json(saved_config.get(key)) != _as_json(value):
-                raise ValueError(f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
-                                 f"{value!r}; set it back to resume, or {fresh}")
+                raise ValueError(
+                    f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
+                    f"{value!r}; set it back to resume, or {fresh}"
+                )
         names = [task["mask"].get("name") for task in metadata["tasks"]]
         if names != [run.masks.name for run in self.runs]:
-            raise ValueError(f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: "
-                             f"{fresh}")
+            raise ValueError(
+                f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: {fresh}"
+            )
         for run, task in zip(self.runs, metadata["tasks"]):
             saved_mask_config = task["mask"].get("mask_config")
             if _as_json(saved_mask_config) != _as_json(run.masks.config.to_dict()):
-                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained with mask config "
-                                 f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}")
+                raise ValueError(
+                    f"{path}: subtask {run.masks.name!r} was trained with mask config "
+                    f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}"
+                )
             if task.get("data_sha256") != run.data.fingerprint():
-                raise ValueError(f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
-                                 f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
-                                 f"{fresh}")
+                raise ValueError(
+                    f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
+                    f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
+                    f"{fresh}"
+                )
         if metadata["step"] > self.train_config.steps:
-            raise ValueError(f"{path} is at step {metadata['step']}, past this run's steps="
-                             f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}")
+            raise ValueError(
+                f"{path} is at step {metadata['step']}, past this run's steps="
+                f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}"
+            )
 
 
 def _as_json(value: object) -> str:
@@ -430,7 +454,7 @@ def _all_reduce_statistics(loss_sum: float, n_correct: int, device: torch.device
 
 
 def train_masks(
-    bridge: nn.Module,
+    bridge: Bridge,
     subtasks: SubtaskData | Sequence[SubtaskData],
     mask_config: MaskConfig = MaskConfig(),
     train_config: TrainConfig = TrainConfig(),
@@ -447,5 +471,6 @@ def train_masks(
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
-    return MaskTrainer(bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard,
-                       device).train()
+    return MaskTrainer(
+        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device
+    ).train()

@@ -77,9 +77,7 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
     """
     selected = [spec for spec in specs if _is_selected(spec, config)]
     if config.granularity in ("weight", "matrix"):
-        units = [
-            MaskUnit(spec.key, spec.shape if config.granularity == "weight" else (), (spec,)) for spec in selected
-        ]
+        units = [MaskUnit(spec.key, spec.shape if config.granularity == "weight" else (), (spec,)) for spec in selected]
     else:
         unit_kind = "head" if config.granularity == "head" else "neuron"
         member_units = ("head", "kv_head") if unit_kind == "head" else ("neuron",)
@@ -89,14 +87,16 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
             if spec.unit in member_units and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(spec)
         units = [
-            MaskUnit(f"blocks.{layer}.{component}", (_unit_count(members, unit_kind),), tuple(members),
-                     dims.heads_per_kv_head)
+            MaskUnit(
+                f"blocks.{layer}.{component}",
+                (_unit_count(members, unit_kind),),
+                tuple(members),
+                dims.heads_per_kv_head,
+            )
             for layer, members in sorted(by_layer.items())
         ]
     if not units:
-        raise ValueError(
-            f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers"
-        )
+        raise ValueError(f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers")
     return units
 
 

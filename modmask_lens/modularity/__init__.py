@@ -4,14 +4,15 @@
   TransformerBridge, with :class:`ConnectionCost` and swaps (:func:`relocate_units`) that keep the function.
 * Clusterability (Golechha, Cope & Schoots 2024/2025): :func:`clusterability` of any bridge or MLP, and
   :class:`ClusterabilityLoss` for training.
-* :func:`connectome_svg` draws a network's weights; :func:`connected_modules` finds its disconnected parts.
+* :func:`mlp_connectome` lays out a network's weights for :func:`modmask_lens.viz.connectome_svg`;
+  :func:`connected_modules` finds its disconnected parts.
 
 Example:
     >>> from modmask_lens.modularity import clusterability                       # doctest: +SKIP
     >>> clusterability(bridge, k=4).groupby(["method", "role"])["clusterability"].mean()  # doctest: +SKIP
 """
 
-from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig, train_bimt
+from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig, BimtObjective, train_bimt
 from modmask_lens.modularity.bridge_graph import UnsupportedForModularity, unit_graph_of
 from modmask_lens.modularity.clusterability import (
     UnitClusters,
@@ -22,12 +23,7 @@ from modmask_lens.modularity.clusterability import (
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
 from modmask_lens.modularity.coclustering import spectral_cocluster
 from modmask_lens.modularity.connection_cost import ConnectionCost, ConnectionCostConfig
-from modmask_lens.modularity.connectome import (
-    ConnectomeFrames,
-    connectome_svg,
-    mlp_connectome,
-    transformer_block_connectome,
-)
+from modmask_lens.modularity.connectome import mlp_connectome, transformer_block_connectome
 from modmask_lens.modularity.mlp import BimtMLP
 from modmask_lens.modularity.modules import connected_modules
 from modmask_lens.modularity.swaps import relocate_units
@@ -38,11 +34,11 @@ __all__ = [
     "SYMBOLIC",
     "BimtConfig",
     "BimtMLP",
+    "BimtObjective",
     "ClusterabilityConfig",
     "ClusterabilityLoss",
     "ConnectionCost",
     "ConnectionCostConfig",
-    "ConnectomeFrames",
     "UnitAxis",
     "UnitClusters",
     "UnitGraph",
@@ -51,7 +47,6 @@ __all__ = [
     "cluster_units",
     "clusterability",
     "connected_modules",
-    "connectome_svg",
     "matrix_clusterability",
     "mlp_connectome",
     "permute_units",

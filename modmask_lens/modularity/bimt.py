@@ -26,7 +26,7 @@ class BimtConfig:
 
     Attributes:
         steps: optimiser steps, full batch (20k, symbolic and modular addition).
-        learning_rate: AdamW learning rate, weight decay 0 (2e-3 symbolic, 1e-3 modular addition).
+        lr: AdamW learning rate, weight decay 0 (2e-3 symbolic, 1e-3 modular addition).
         lambda_initial: strength of the connection cost at step 0 (1e-3 symbolic, 0.1 modular addition).
         lambda_changes: ``(fraction of steps, factor)``: from that step on lambda is multiplied by the factor
             (symbolic and modular addition: x10 at 1/4, x0.1 at 3/4).
@@ -38,7 +38,7 @@ class BimtConfig:
     """
 
     steps: int = 20_000  # BIMT code, symbolic
-    learning_rate: float = 2e-3  # BIMT code, symbolic
+    lr: float = 2e-3  # BIMT code, symbolic
     lambda_initial: float = 1e-3  # BIMT code, symbolic
     lambda_changes: tuple[tuple[float, float], ...] = ((0.25, 10.0), (0.75, 0.1))  # BIMT code, symbolic
     swap_every: int = 200  # BIMT code, swap_log
@@ -68,15 +68,55 @@ SYMBOLIC = BimtConfig()
 """BIMT's symbolic-formula settings (the defaults): sum cost, A = 1, l0 = 0.1, lambda 1e-3 (x10 at 1/4, x0.1 at 3/4),
 lr 2e-3, top_k 5, biases charged from 3/4 of training."""
 
-MODULAR_ADDITION = BimtConfig(learning_rate=1e-3, lambda_initial=0.1, top_k=30, penalize_biases_from=0.0,
-                              cost=ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction="mean"))
+MODULAR_ADDITION = BimtConfig(
+    lr=1e-3,
+    lambda_initial=0.1,
+    top_k=30,
+    penalize_biases_from=0.0,
+    cost=ConnectionCostConfig(weight_factor=2.0, hop_length=0.5, reduction="mean"),
+)
 """BIMT's modular addition (p = 59) settings: mean cost, A = 2, l0 = 0.5, lambda 0.1 (x10 at 1/4, x0.1 at 3/4),
 lr 1e-3, top_k 30, biases charged throughout (BIMT code, ``modular_addition_3.3``)."""
 
 
-def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], config: BimtConfig = SYMBOLIC,
-               graph: UnitGraph | None = None,
-               callback: Callable[[int], None] | None = None) -> pd.DataFrame:
+class BimtObjective:
+    """What BIMT adds to a model's own training: ``lambda(step) * connection cost`` on the loss, and a swap pass every
+    ``swap_every`` steps that moves the optimiser's moments with the weights. :func:`train_bimt` trains with it; the
+    zoo's BIMT variants add it to their recipes' training (``config.lr`` is then not used).
+
+    Args:
+        graph: the model's unit graph (:func:`unit_graph_of`).
+        config: schedule and geometry.
+    """
+
+    def __init__(self, graph: UnitGraph, config: BimtConfig):
+        self.config = config
+        self.graph = graph
+        self.cost = ConnectionCost(graph, config.cost)
+
+    def terms(self, step: int) -> tuple[float, Float[Tensor, ""]]:
+        """lambda at ``step`` and the connection cost (biases charged from ``penalize_biases_from`` on)."""
+        return self.config.lambda_at(step), self.cost(include_biases=self.config.charges_biases_at(step))
+
+    def penalty(self, step: int) -> Float[Tensor, ""]:
+        """The term added to the task loss at ``step`` (0-based, before the optimiser step)."""
+        strength, connection = self.terms(step)
+        return strength * connection
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> int:
+        """The swap pass after optimiser step ``step``, if one is due; returns how many units moved."""
+        if not self.config.swaps_after(step):
+            return 0
+        return relocate_units(self.graph, self.cost, self.config.top_k, optimizer)
+
+
+def train_bimt(
+    model: nn.Module,
+    task_loss: Callable[[], Float[Tensor, ""]],
+    config: BimtConfig = SYMBOLIC,
+    graph: UnitGraph | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
     """Train ``model`` with BIMT: AdamW on ``task_loss() + lambda * connection cost``, a swap pass every
     ``config.swap_every`` steps (optimiser state permuted with the weights).
 
@@ -94,23 +134,27 @@ def train_bimt(model: nn.Module, task_loss: Callable[[], Float[Tensor, ""]], con
     Example:
         >>> history = train_bimt(mlp, lambda: ((mlp(x) - y) ** 2).mean())      # doctest: +SKIP
     """
-    graph = graph if graph is not None else unit_graph_of(model)
-    cost = ConnectionCost(graph, config.cost)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    objective = BimtObjective(graph if graph is not None else unit_graph_of(model), config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     history = []
     swaps_since_log = 0
     for step in range(config.steps):
-        strength = config.lambda_at(step)
         task = task_loss()
-        connection = cost(include_biases=config.charges_biases_at(step))
+        strength, connection = objective.terms(step)
         optimizer.zero_grad()
         (task + strength * connection).backward()
         optimizer.step()
-        if config.swaps_after(step):
-            swaps_since_log += relocate_units(graph, cost, config.top_k, optimizer)
+        swaps_since_log += objective.after_step(step, optimizer)
         if step % config.log_every == 0 or step == config.steps - 1:
-            history.append(dict(step=step, task_loss=float(task.detach()), connection_cost=float(connection.detach()),
-                                **{"lambda": strength}, swaps=swaps_since_log))
+            history.append(
+                dict(
+                    step=step,
+                    task_loss=float(task.detach()),
+                    connection_cost=float(connection.detach()),
+                    **{"lambda": strength},
+                    swaps=swaps_since_log,
+                )
+            )
             swaps_since_log = 0
             if callback is not None:
                 callback(step)

@@ -14,14 +14,25 @@ from collections import defaultdict
 from torch import Tensor, nn
 
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
 RESIDUAL = "resid"
 _READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate", "W_U")  # read the residual stream on their input side
 _WRITERS = ("W_O", "W_out")  # write it on their output side
 _EMBEDDINGS = ("W_E", "W_pos", "W_token_type")  # [index, d_model]: write it, and their indices have no place
-_RESIDUAL_VECTORS = ("ln1.w", "ln1.b", "ln2.w", "ln2.b", "ln_final.w", "ln_final.b", "ln_embed.w", "ln_embed.b",
-                     "b_O", "b_out")
+_RESIDUAL_VECTORS = (
+    "ln1.w",
+    "ln1.b",
+    "ln2.w",
+    "ln2.b",
+    "ln_final.w",
+    "ln_final.b",
+    "ln_embed.w",
+    "ln_embed.b",
+    "b_O",
+    "b_out",
+)
 _UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate")
 _UNMOVED_VECTORS = ("b_U",)  # indexed by the vocabulary, which never moves
 
@@ -44,12 +55,13 @@ def unit_graph_of(model: nn.Module) -> UnitGraph:
     return _bridge_graph(model)
 
 
-def _bridge_graph(bridge: nn.Module) -> UnitGraph:
+def _bridge_graph(bridge: Bridge) -> UnitGraph:
     adapter = adapter_for(bridge)
     if not adapter.supports_units:
         raise UnsupportedForModularity(
             f"{adapter.name} adapter cannot locate heads and neurons; modularity needs an adapter for "
-            f"{bridge.cfg.architecture} (see CONTRIBUTING.md#adapters)")
+            f"{bridge.cfg.architecture} (see CONTRIBUTING.md#adapters)"
+        )
     shape = model_shape(bridge)
     members: dict[str, list[AxisMember]] = defaultdict(list)
     edges: list[WeightEdge] = []
@@ -67,13 +79,14 @@ def _bridge_graph(bridge: nn.Module) -> UnitGraph:
         elif spec.role in _READERS + _WRITERS + _EMBEDDINGS:
             edge = _edge(spec, tensor)
             edges.append(edge)
-            for side_axis, dim in ((edge.in_axis, _in_dim(spec)), (edge.out_axis, 1 - _in_dim(spec))):
+            for side_axis, dim in ((edge.in_axis, spec.input_axis), (edge.out_axis, spec.output_axis)):
                 if side_axis is not None:
                     members[side_axis].append(AxisMember(tensor, dim))
         elif spec.role not in _UNMOVED_VECTORS:
             raise UnsupportedForModularity(
                 f"{spec.key} (role {spec.role}): not a known reader or writer of the residual stream, so permuting "
-                f"the residual stream would break the model; teach modmask_lens/modularity/bridge_graph.py its role")
+                f"the residual stream would break the model; teach modmask_lens/modularity/bridge_graph.py its role"
+            )
     axes = [UnitAxis(RESIDUAL, "resid", None, shape.d_model, tuple(members[RESIDUAL]))]
     for layer in range(shape.n_layers):
         for name, kind in ((f"blocks.{layer}.attn", "head_group"), (f"blocks.{layer}.mlp", "neuron")):
@@ -88,14 +101,9 @@ def _unit_axis_name(spec: TensorSpec) -> str:
     return f"blocks.{spec.layer}.{'mlp' if spec.unit == 'neuron' else 'attn'}"
 
 
-def _in_dim(spec: TensorSpec) -> int:
-    """The dimension of the stored matrix that indexes its inputs."""
-    return 1 if spec.layout == "linear" else 0  # Linear [out, in]; Conv1D [in, out]; embedding [index, d_model]
-
-
 def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:
-    in_dim = _in_dim(spec)
-    n_in, n_out = spec.shape[in_dim], spec.shape[1 - in_dim]
+    in_dim = spec.input_axis
+    n_in, n_out = spec.shape[in_dim], spec.shape[spec.output_axis]
     if spec.role in _EMBEDDINGS:
         in_axis, out_axis = None, RESIDUAL
     elif spec.role == "W_U":
@@ -104,6 +112,14 @@ def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:
         in_axis, out_axis = RESIDUAL, _unit_axis_name(spec)
     else:
         in_axis, out_axis = _unit_axis_name(spec), RESIDUAL
-    return WeightEdge(spec.key, spec.role, spec.layer, tensor, stored_in_out=in_dim == 0,
-                      in_axis=in_axis, out_axis=out_axis,
-                      x_in=None if spec.role in _EMBEDDINGS else evenly_placed(n_in), x_out=evenly_placed(n_out))
+    return WeightEdge(
+        spec.key,
+        spec.role,
+        spec.layer,
+        tensor,
+        stored_in_out=in_dim == 0,
+        in_axis=in_axis,
+        out_axis=out_axis,
+        x_in=None if spec.role in _EMBEDDINGS else evenly_placed(n_in),
+        x_out=evenly_placed(n_out),
+    )

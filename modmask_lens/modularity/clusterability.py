@@ -62,8 +62,12 @@ def block_labels(n_units: int, n_clusters: int) -> Int[Tensor, " n_units"]:
     return labels
 
 
-def matrix_clusterability(matrix: Float[Tensor, "n_out n_in"], out_labels: Int[Tensor, " n_out"],
-                          in_labels: Int[Tensor, " n_in"], n_clusters: int) -> Float[Tensor, ""]:
+def matrix_clusterability(
+    matrix: Float[Tensor, "n_out n_in"],
+    out_labels: Int[Tensor, " n_out"],
+    in_labels: Int[Tensor, " n_in"],
+    n_clusters: int,
+) -> Float[Tensor, ""]:
     """``sum_c sum_{u in U_c, v in V_c} W_vu^2 / sum W^2`` as ``trace(P_V^T (W*W) P_U) / ||W||^2`` with one-hot
     cluster indicators P (units labelled -1 count in no cluster). Golechha, Cope & Schoots 2025, eq. for C(W).
 
@@ -72,7 +76,9 @@ def matrix_clusterability(matrix: Float[Tensor, "n_out n_in"], out_labels: Int[T
         tensor(1.)
     """
     squared = matrix**2
-    inside = (_indicator(out_labels, n_clusters, squared) * (squared @ _indicator(in_labels, n_clusters, squared))).sum()
+    inside = (
+        _indicator(out_labels, n_clusters, squared) * (squared @ _indicator(in_labels, n_clusters, squared))
+    ).sum()
     return inside / squared.sum()
 
 
@@ -93,8 +99,14 @@ def clustered_edges(graph: UnitGraph, axis_names: Iterable[str]) -> list[WeightE
     return [edge for edge in graph.edges if edge.in_axis in names and edge.out_axis in names]
 
 
-def cluster_units(graph: UnitGraph, n_clusters: int = 4, method: ClusterMethod = "blocks", heads: bool = False,
-                  seed: int = 0, embedding: BipartiteSpectralEmbedding | None = None) -> UnitClusters:
+def cluster_units(
+    graph: UnitGraph,
+    n_clusters: int = 4,
+    method: ClusterMethod = "blocks",
+    heads: bool = False,
+    seed: int = 0,
+    embedding: BipartiteSpectralEmbedding | None = None,
+) -> UnitClusters:
     """Clusters of every clustered unit of ``graph`` (see the module docstring for the two methods).
 
     Args:
@@ -107,8 +119,9 @@ def cluster_units(graph: UnitGraph, n_clusters: int = 4, method: ClusterMethod =
     """
     axis_names = clustered_axis_names(graph, heads)
     if method == "blocks":
-        return UnitClusters(n_clusters, method, {name: block_labels(graph.axis(name).n_units, n_clusters)
-                                                 for name in axis_names})
+        return UnitClusters(
+            n_clusters, method, {name: block_labels(graph.axis(name).n_units, n_clusters) for name in axis_names}
+        )
     if method != "spectral":
         raise ValueError(f"method={method!r}: choose 'blocks' or 'spectral'")
     sides = _two_sides(graph, axis_names)
@@ -118,7 +131,7 @@ def cluster_units(graph: UnitGraph, n_clusters: int = 4, method: ClusterMethod =
     for side_names, side_labels in zip(sides, (row_labels, column_labels)):
         start = 0
         for name in side_names:
-            labels[name] = side_labels[start: start + graph.axis(name).n_units]
+            labels[name] = side_labels[start : start + graph.axis(name).n_units]
             start += graph.axis(name).n_units
     return UnitClusters(n_clusters, method, labels)
 
@@ -142,8 +155,10 @@ def unit_spectral_embedding(graph: UnitGraph, max_clusters: int, heads: bool = F
         per_unit = squared.view(out_axis.n_units, -1, in_axis.n_units, squared.shape[1] // in_axis.n_units).sum((1, 3))
         if side_of[edge.out_axis] == 1:
             per_unit, out_axis, in_axis = per_unit.T, in_axis, out_axis
-        squared_mass[offsets[out_axis.name]: offsets[out_axis.name] + out_axis.n_units,
-                     offsets[in_axis.name]: offsets[in_axis.name] + in_axis.n_units] += per_unit
+        squared_mass[
+            offsets[out_axis.name] : offsets[out_axis.name] + out_axis.n_units,
+            offsets[in_axis.name] : offsets[in_axis.name] + in_axis.n_units,
+        ] += per_unit
     return BipartiteSpectralEmbedding.of(squared_mass.sqrt(), max_clusters)
 
 
@@ -160,8 +175,10 @@ def _two_sides(graph: UnitGraph, axis_names: list[str]) -> tuple[list[str], list
                     side_of[other] = 1 - side_of[this]
                     changed = True
                 elif this in side_of and side_of[other] == side_of[this]:
-                    raise ValueError(f"the unit graph is not bipartite ({edge.key} joins two axes of one side); "
-                                     "spectral co-clustering needs two sides, use method='blocks'")
+                    raise ValueError(
+                        f"the unit graph is not bipartite ({edge.key} joins two axes of one side); "
+                        "spectral co-clustering needs two sides, use method='blocks'"
+                    )
     missing = [name for name in axis_names if name not in side_of]
     if missing:
         raise ValueError(f"axes {missing} are not joined to {axis_names[0]} by any clustered matrix")
@@ -171,22 +188,36 @@ def _two_sides(graph: UnitGraph, axis_names: list[str]) -> tuple[list[str], list
 def edge_clusterability(edge: WeightEdge, clusters: UnitClusters) -> Float[Tensor, ""]:
     """Clusterability of one matrix under the network's clusters (differentiable in the weight)."""
     matrix = edge.matrix()
-    return matrix_clusterability(matrix, clusters.entry_labels(edge.out_axis, matrix.shape[0]).to(matrix.device),
-                                 clusters.entry_labels(edge.in_axis, matrix.shape[1]).to(matrix.device),
-                                 clusters.n_clusters)
+    return matrix_clusterability(
+        matrix,
+        clusters.entry_labels(edge.out_axis, matrix.shape[0]).to(matrix.device),
+        clusters.entry_labels(edge.in_axis, matrix.shape[1]).to(matrix.device),
+        clusters.n_clusters,
+    )
 
 
 def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
     """Expected clusterability of i.i.d. weights under these clusters: ``sum_c |V_c| |U_c| / (n_out n_in)``
     (1/k for equal blocks that cover the matrix)."""
     matrix = edge.matrix()
-    return float(matrix_clusterability(torch.ones(matrix.shape), clusters.entry_labels(edge.out_axis, matrix.shape[0]),
-                                       clusters.entry_labels(edge.in_axis, matrix.shape[1]), clusters.n_clusters))
+    return float(
+        matrix_clusterability(
+            torch.ones(matrix.shape),
+            clusters.entry_labels(edge.out_axis, matrix.shape[0]),
+            clusters.entry_labels(edge.in_axis, matrix.shape[1]),
+            clusters.n_clusters,
+        )
+    )
 
 
-def clusterability(model: nn.Module | UnitGraph, k: int | Iterable[int] = range(2, 21),
-                   methods: Iterable[ClusterMethod] = ("blocks", "spectral"), heads: bool = False,
-                   baseline: bool = True, seed: int = 0) -> pd.DataFrame:
+def clusterability(
+    model: nn.Module | UnitGraph,
+    k: int | Iterable[int] = range(2, 21),
+    methods: Iterable[ClusterMethod] = ("blocks", "spectral"),
+    heads: bool = False,
+    baseline: bool = True,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Clusterability of every clustered matrix of a model, per layer and role, for several k and both methods.
 
     Args:
@@ -217,8 +248,9 @@ def clusterability(model: nn.Module | UnitGraph, k: int | Iterable[int] = range(
     return measured
 
 
-def _measure(graph: UnitGraph, n_clusters: list[int], methods: Iterable[ClusterMethod], heads: bool,
-             seed: int) -> pd.DataFrame:
+def _measure(
+    graph: UnitGraph, n_clusters: list[int], methods: Iterable[ClusterMethod], heads: bool, seed: int
+) -> pd.DataFrame:
     rows = []
     edges = clustered_edges(graph, clustered_axis_names(graph, heads))
     for method in methods:
@@ -226,7 +258,16 @@ def _measure(graph: UnitGraph, n_clusters: list[int], methods: Iterable[ClusterM
         for k in n_clusters:
             clusters = cluster_units(graph, k, method, heads, seed, embedding)
             with torch.no_grad():
-                rows += [{"method": method, "k": k, "layer": edge.layer, "role": edge.role, "key": edge.key,
-                              "clusterability": float(edge_clusterability(edge, clusters)),
-                              "chance": chance_clusterability(edge, clusters)} for edge in edges]
+                rows += [
+                    {
+                        "method": method,
+                        "k": k,
+                        "layer": edge.layer,
+                        "role": edge.role,
+                        "key": edge.key,
+                        "clusterability": float(edge_clusterability(edge, clusters)),
+                        "chance": chance_clusterability(edge, clusters),
+                    }
+                    for edge in edges
+                ]
     return pd.DataFrame(rows)

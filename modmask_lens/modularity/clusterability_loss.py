@@ -28,12 +28,12 @@ from modmask_lens.modularity.unit_graph import UnitGraph
 @dataclass(frozen=True)
 class ClusterabilityConfig:
     """Attributes:
-        n_clusters: k (4 throughout Golechha et al.).
-        strength: lambda (20: the CIFAR notebook and the default of ``gpt2-small.py``; 40 in the Pythia trainer).
-        method: how the fixed clusters are found: ``blocks`` (the reference's default) or ``spectral``.
-        heads: also cluster whole head groups and the attention matrices (an extension; the reference clusters MLP
-            matrices only).
-        seed: k-means seed for ``spectral``.
+    n_clusters: k (4 throughout Golechha et al.).
+    strength: lambda (20: the CIFAR notebook and the default of ``gpt2-small.py``; 40 in the Pythia trainer).
+    method: how the fixed clusters are found: ``blocks`` (the reference's default) or ``spectral``.
+    heads: also cluster whole head groups and the attention matrices (an extension; the reference clusters MLP
+        matrices only).
+    seed: k-means seed for ``spectral``.
     """
 
     n_clusters: int = 4  # Golechha et al., k = 4 throughout
@@ -57,8 +57,10 @@ class ClusterabilityLoss:
         self.clusters = cluster_units(self.graph, config.n_clusters, config.method, config.heads, config.seed)
         self.edges = clustered_edges(self.graph, clustered_axis_names(self.graph, config.heads))
         if not self.edges:
-            raise ValueError("the model has no matrix with clustered units on both sides (MLP matrices, or attention "
-                             "with heads=True); check that its adapter locates neurons")
+            raise ValueError(
+                "the model has no matrix with clustered units on both sides (MLP matrices, or attention "
+                "with heads=True); check that its adapter locates neurons"
+            )
 
     def mean_clusterability(self) -> Float[Tensor, ""]:
         """Mean over the clustered matrices of their clusterability (differentiable)."""

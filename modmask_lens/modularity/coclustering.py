@@ -18,8 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 
-def kmeans(points: Float[Tensor, "n dim"], k: int, seed: int = 0, n_init: int = 10,
-           max_iter: int = 300) -> Int[Tensor, " n"]:
+def kmeans(
+    points: Float[Tensor, "n dim"], k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300
+) -> Int[Tensor, " n"]:
     """Lloyd's k-means with k-means++ seeding; the labelling with the lowest inertia over ``n_init`` restarts.
 
     Deterministic for a given ``seed``. Defaults as scikit-learn's ``KMeans`` (``n_init=10``, ``max_iter=300``).
@@ -82,13 +83,15 @@ class BipartiteSpectralEmbedding:
         column_scale = affinity.sum(0).clamp_min(1e-12).rsqrt()
         left, _, right_t = torch.linalg.svd(row_scale[:, None] * affinity * column_scale[None, :], full_matrices=False)
         n_vectors = min(1 + _n_vectors(max_k), left.shape[1])
-        return cls(rows=row_scale[:, None] * left[:, 1:n_vectors], columns=column_scale[:, None] * right_t[1:n_vectors].T)
+        return cls(
+            rows=row_scale[:, None] * left[:, 1:n_vectors], columns=column_scale[:, None] * right_t[1:n_vectors].T
+        )
 
     def cocluster(self, k: int, seed: int = 0) -> tuple[Int[Tensor, " n_rows"], Int[Tensor, " n_columns"]]:
         """Cluster labels in ``0 .. k-1`` of every row and column: one k-means on the stacked points."""
-        points = torch.cat([self.rows, self.columns])[:, :_n_vectors(k)]
+        points = torch.cat([self.rows, self.columns])[:, : _n_vectors(k)]
         labels = kmeans(points, k, seed=seed)
-        return labels[: self.rows.shape[0]], labels[self.rows.shape[0]:]
+        return labels[: self.rows.shape[0]], labels[self.rows.shape[0] :]
 
 
 def _n_vectors(k: int) -> int:
@@ -96,8 +99,9 @@ def _n_vectors(k: int) -> int:
     return max(1, math.ceil(math.log2(k)))
 
 
-def spectral_cocluster(affinity: Float[Tensor, "n_rows n_columns"], k: int,
-                       seed: int = 0) -> tuple[Int[Tensor, " n_rows"], Int[Tensor, " n_columns"]]:
+def spectral_cocluster(
+    affinity: Float[Tensor, "n_rows n_columns"], k: int, seed: int = 0
+) -> tuple[Int[Tensor, " n_rows"], Int[Tensor, " n_columns"]]:
     """Dhillon's spectral co-clustering of a non-negative matrix into ``k`` paired row/column clusters.
 
     Example:

@@ -21,11 +21,11 @@ from modmask_lens.modularity.unit_graph import UnitAxis, UnitGraph, WeightEdge
 @dataclass(frozen=True)
 class ConnectionCostConfig:
     """Attributes:
-        weight_factor: ``A``, the weight of the distance along a layer; 1 for BIMT's symbolic tasks, 2 for modular
-            addition and MNIST (BIMT code ``weight_factor``). ``A = 0`` is plain L1.
-        hop_length: ``l0``, the distance between adjacent layers; 0.1 symbolic, 0.5 modular addition (BIMT code).
-        reduction: ``sum`` over all weights (BIMT symbolic tasks) or the ``mean`` of each matrix, summed over
-            matrices (modular addition, MNIST, transformers); changes the scale of lambda.
+    weight_factor: ``A``, the weight of the distance along a layer; 1 for BIMT's symbolic tasks, 2 for modular
+        addition and MNIST (BIMT code ``weight_factor``). ``A = 0`` is plain L1.
+    hop_length: ``l0``, the distance between adjacent layers; 0.1 symbolic, 0.5 modular addition (BIMT code).
+    reduction: ``sum`` over all weights (BIMT symbolic tasks) or the ``mean`` of each matrix, summed over
+        matrices (modular addition, MNIST, transformers); changes the scale of lambda.
     """
 
     weight_factor: float = 1.0  # BIMT code, symbolic tasks
@@ -60,11 +60,14 @@ class ConnectionCost:
     def __call__(self, include_biases: bool = True) -> Float[Tensor, ""]:
         """The total cost: every matrix's ``sum(|W| * D)`` (or mean), plus ``l0 * |b|`` for the biases if asked
         (BIMT's ``bias_penalize``, off until 3/4 of training on the symbolic tasks)."""
-        total = sum((edge.matrix().abs() * distance).sum() * self._scale(edge.weight)
-                    for edge, distance in zip(self.graph.edges, self._distances))
+        total = sum(
+            (edge.matrix().abs() * distance).sum() * self._scale(edge.weight)
+            for edge, distance in zip(self.graph.edges, self._distances)
+        )
         if include_biases:
-            total = total + sum(self.config.hop_length * bias.abs().sum() * self._scale(bias)
-                                for bias in self.graph.biases)
+            total = total + sum(
+                self.config.hop_length * bias.abs().sum() * self._scale(bias) for bias in self.graph.biases
+            )
         return total
 
     @torch.no_grad()
@@ -84,13 +87,15 @@ class ConnectionCost:
             if side == "in":
                 places = edge.x_in.double().view(axis.n_units, -1)  # [slot, width]
                 along_layer = (edge.x_out.double()[:, None, None] - places[None]).abs()  # [out, slot, width]
-                contribution = torch.einsum("oud,opd->up", magnitude.view(magnitude.shape[0], axis.n_units, -1),
-                                            along_layer)
+                contribution = torch.einsum(
+                    "oud,opd->up", magnitude.view(magnitude.shape[0], axis.n_units, -1), along_layer
+                )
             else:
                 places = edge.x_out.double().view(axis.n_units, -1)  # [slot, width]
                 along_layer = (places[:, :, None] - edge.x_in.double()[None, None, :]).abs()  # [slot, width, in]
-                contribution = torch.einsum("udi,pdi->up", magnitude.view(axis.n_units, -1, magnitude.shape[1]),
-                                            along_layer)
+                contribution = torch.einsum(
+                    "udi,pdi->up", magnitude.view(axis.n_units, -1, magnitude.shape[1]), along_layer
+                )
             slot_costs += self.config.weight_factor * self._scale(edge.weight) * contribution
         return slot_costs
 

@@ -1,23 +1,11 @@
-"""Connectome plots as standalone SVG: neurons as dots, weights as lines (width ``|w| / max |W|``, blue > 0, red < 0).
-
-BIMT's drawing (Liu, Gan & Tegmark 2023, code ``BioMLP.plot``): each neuron sits at its coordinate along its layer,
-layers are stacked bottom (input) to top (output), and every weight of a matrix is a line whose width is its magnitude
-relative to the largest of that matrix. Weights below ``min_relative`` of the largest are not drawn (invisible anyway),
-which keeps files small. No script, font or network access: the SVG opens anywhere.
-"""
+"""What a connectome plot draws: which weight matrices of a unit graph go between which rows (BIMT's drawing,
+Liu, Gan & Tegmark 2023). :mod:`modmask_lens.viz.connectome` renders them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from modmask_lens.modularity.unit_graph import UnitGraph, WeightEdge
-
-POSITIVE_COLOUR = "#1f4e9c"  # BIMT: blue for w > 0
-NEGATIVE_COLOUR = "#c0392b"  # BIMT: red for w < 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,88 +20,36 @@ class DrawnMatrix:
 def mlp_connectome(graph: UnitGraph) -> list[DrawnMatrix]:
     """Every matrix between two axes of an MLP's graph, one row per axis in order."""
     row_of = {axis.name: row for row, axis in enumerate(graph.axes)}
-    return [DrawnMatrix(edge, row_of[edge.in_axis], row_of[edge.out_axis]) for edge in graph.edges
-            if edge.in_axis in row_of and edge.out_axis in row_of]
+    return [
+        DrawnMatrix(edge, row_of[edge.in_axis], row_of[edge.out_axis])
+        for edge in graph.edges
+        if edge.in_axis in row_of and edge.out_axis in row_of
+    ]
 
 
-_BLOCK_ROWS = {"W_Q": (0, 1), "W_K": (0, 1), "W_V": (0, 1), "W_O": (1, 2), "W_in": (2, 3), "W_gate": (2, 3),
-               "W_out": (3, 4)}
+_BLOCK_ROWS = {
+    "W_Q": (0, 1),
+    "W_K": (0, 1),
+    "W_V": (0, 1),
+    "W_O": (1, 2),
+    "W_in": (2, 3),
+    "W_gate": (2, 3),
+    "W_out": (3, 4),
+}
 """Rows of one transformer block: residual in (0), head dimensions (1), residual after attention (2), MLP neurons (3),
 residual out (4)."""
 
 
 def transformer_block_connectome(graph: UnitGraph, layer: int) -> list[DrawnMatrix]:
     """The matrices of block ``layer`` of a bridge's graph: residual -> heads -> residual -> neurons -> residual."""
-    drawn = [DrawnMatrix(edge, *_BLOCK_ROWS[edge.role]) for edge in graph.edges
-             if edge.layer == layer and edge.role in _BLOCK_ROWS]
+    drawn = [
+        DrawnMatrix(edge, *_BLOCK_ROWS[edge.role])
+        for edge in graph.edges
+        if edge.layer == layer and edge.role in _BLOCK_ROWS
+    ]
     if not drawn:
-        raise ValueError(f"no attention or MLP matrix in block {layer}; blocks are 0 .. "
-                         f"{max(edge.layer for edge in graph.edges if edge.layer is not None)}")
+        raise ValueError(
+            f"no attention or MLP matrix in block {layer}; blocks are 0 .. "
+            f"{max(edge.layer for edge in graph.edges if edge.layer is not None)}"
+        )
     return drawn
-
-
-def connectome_svg(drawn: Sequence[DrawnMatrix], title: str = "", width: int = 640, row_height: int = 120,
-                   max_line_width: float = 3.0, min_relative: float = 0.01) -> str:
-    """An SVG document of the drawn matrices.
-
-    Args:
-        drawn: matrices and their rows (:func:`mlp_connectome`, :func:`transformer_block_connectome`).
-        title: text above the plot.
-        width: width in pixels; neuron coordinates in [0, 1] span it less a margin.
-        row_height: pixels between rows.
-        max_line_width: stroke width (pixels) of each matrix's largest weight.
-        min_relative: weights below this fraction of their matrix's largest magnitude are not drawn.
-    """
-    margin = 20
-    n_rows = 1 + max(max(item.in_row, item.out_row) for item in drawn)
-    height = 2 * margin + 20 + (n_rows - 1) * row_height
-
-    def x_pixel(coordinate: float) -> float:
-        return margin + coordinate * (width - 2 * margin)
-
-    def y_pixel(row: int) -> float:
-        return float(height - margin - row * row_height)
-
-    lines, dots = [], set()
-    for item in drawn:
-        if not item.edge.placed:
-            continue
-        matrix = item.edge.matrix().detach().float().cpu()
-        largest = matrix.abs().max().clamp_min(1e-30)
-        x_in, x_out = item.edge.x_in.tolist(), item.edge.x_out.tolist()
-        dots |= {(round(x, 6), item.in_row) for x in x_in} | {(round(x, 6), item.out_row) for x in x_out}
-        for out_index, in_index in torch.nonzero(matrix.abs() >= min_relative * largest).tolist():
-            value = float(matrix[out_index, in_index])
-            lines.append(
-                f'<line x1="{x_pixel(x_in[in_index]):.1f}" y1="{y_pixel(item.in_row):.1f}" '
-                f'x2="{x_pixel(x_out[out_index]):.1f}" y2="{y_pixel(item.out_row):.1f}" '
-                f'stroke="{POSITIVE_COLOUR if value > 0 else NEGATIVE_COLOUR}" '
-                f'stroke-width="{max_line_width * abs(value) / float(largest):.2f}"/>')
-    circles = [f'<circle cx="{x_pixel(x):.1f}" cy="{y_pixel(row):.1f}" r="2.5"/>' for x, row in sorted(dots)]
-    heading = f'<text x="{margin}" y="{margin}" font-size="14">{_escape(title)}</text>' if title else ""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}">\n<rect width="100%" height="100%" fill="white"/>\n{heading}\n'
-            f'<g stroke-linecap="round">\n' + "\n".join(lines) + '\n</g>\n<g fill="black">\n'
-            + "\n".join(circles) + "\n</g>\n</svg>\n")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-class ConnectomeFrames:
-    """A :func:`~modmask_lens.modularity.train_bimt` callback that writes a connectome frame
-    ``{directory}/frame_{step:06d}.svg`` at every logged step (frames of BIMT's training videos).
-
-    Example:
-        >>> train_bimt(mlp, loss, callback=ConnectomeFrames(mlp.unit_graph(), "frames"))     # doctest: +SKIP
-    """
-
-    def __init__(self, graph: UnitGraph, directory: str | Path, drawn: Sequence[DrawnMatrix] | None = None):
-        self.drawn = list(drawn) if drawn is not None else mlp_connectome(graph)
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, step: int) -> None:
-        path = self.directory / f"frame_{step:06d}.svg"
-        path.write_text(connectome_svg(self.drawn, title=f"step {step}"))

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from modmask_lens.core.random import seeded
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
 
@@ -36,17 +37,21 @@ class BimtMLP(nn.Module):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"widths={widths}: give at least an input and an output size, e.g. (4, 20, 20, 2)")
-        torch.manual_seed(seed)
         self.widths = tuple(widths)
         self.n_tokens = n_tokens
-        self.embedding = nn.Embedding(vocab_size, widths[0]) if vocab_size is not None else None
         fan_in = widths[0] * (n_tokens if vocab_size is not None else 1)
-        self.linears = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip((fan_in,) + widths[1:-1], widths[1:]))
+        with seeded(seed):
+            self.embedding = nn.Embedding(vocab_size, widths[0]) if vocab_size is not None else None
+            self.linears = nn.ModuleList(
+                nn.Linear(n_in, n_out) for n_in, n_out in zip((fan_in,) + widths[1:-1], widths[1:])
+            )
         if vocab_size is None:
             self.register_buffer("input_order", torch.arange(widths[0]))
         self.register_buffer("output_order", torch.arange(widths[-1]))
 
-    def forward(self, inputs: Float[Tensor, "batch n_in"] | Int[Tensor, "batch n_tokens"]) -> Float[Tensor, "batch n_out"]:
+    def forward(
+        self, inputs: Float[Tensor, "batch n_in"] | Int[Tensor, "batch n_tokens"]
+    ) -> Float[Tensor, "batch n_out"]:
         if self.embedding is not None:
             # [batch, token, dim] -> [batch, dim, token] -> flat: the n_tokens entries of dimension j are adjacent
             hidden = self.embedding(inputs).transpose(1, 2).reshape(inputs.shape[0], -1)
@@ -69,17 +74,40 @@ class BimtMLP(nn.Module):
             members["input"].append(AxisMember(self.input_order, 0))
         else:
             members["input"].append(AxisMember(self.embedding.weight, 1))
-            edges.append(WeightEdge("embedding.weight", "W_E", None, self.embedding.weight, stored_in_out=True,
-                                    in_axis=None, out_axis="input", x_in=None, x_out=evenly_placed(self.widths[0])))
+            edges.append(
+                WeightEdge(
+                    "embedding.weight",
+                    "W_E",
+                    None,
+                    self.embedding.weight,
+                    stored_in_out=True,
+                    in_axis=None,
+                    out_axis="input",
+                    x_in=None,
+                    x_out=evenly_placed(self.widths[0]),
+                )
+            )
         for index, linear in enumerate(self.linears):
             in_name, out_name = names[index], names[index + 1]
             fold = self.n_tokens if (index == 0 and self.embedding is not None) else 1
             members[in_name].append(AxisMember(linear.weight, 1))
             members[out_name] += [AxisMember(linear.weight, 0), AxisMember(linear.bias, 0)]
-            edges.append(WeightEdge(f"linears.{index}.weight", "W", index, linear.weight, stored_in_out=False,
-                                    in_axis=in_name, out_axis=out_name,
-                                    x_in=evenly_placed(linear.in_features, fold), x_out=evenly_placed(linear.out_features)))
+            edges.append(
+                WeightEdge(
+                    f"linears.{index}.weight",
+                    "W",
+                    index,
+                    linear.weight,
+                    stored_in_out=False,
+                    in_axis=in_name,
+                    out_axis=out_name,
+                    x_in=evenly_placed(linear.in_features, fold),
+                    x_out=evenly_placed(linear.out_features),
+                )
+            )
         kinds = ["input"] + ["hidden"] * (len(self.widths) - 2) + ["output"]
-        axes = tuple(UnitAxis(name, kind, index, width, tuple(members[name]))
-                     for index, (name, kind, width) in enumerate(zip(names, kinds, self.widths)))
+        axes = tuple(
+            UnitAxis(name, kind, index, width, tuple(members[name]))
+            for index, (name, kind, width) in enumerate(zip(names, kinds, self.widths))
+        )
         return UnitGraph(axes, tuple(edges), tuple(linear.bias for linear in self.linears))

@@ -45,6 +45,8 @@ def connected_modules(graph: UnitGraph, relative_threshold: float = 0.05) -> pd.
     order = {axis.name: position for position, axis in enumerate(graph.axes)}
     nodes = sorted(parent, key=lambda node: (order[node[0]], node[1]))
     module_of_root: dict[tuple[str, int], int] = {}
-    rows = [{"module": module_of_root.setdefault(root(node), len(module_of_root)), "axis": node[0], "unit": node[1]}
-            for node in nodes]
+    rows = [
+        {"module": module_of_root.setdefault(root(node), len(module_of_root)), "axis": node[0], "unit": node[1]}
+        for node in nodes
+    ]
     return pd.DataFrame(rows, columns=["module", "axis", "unit"])

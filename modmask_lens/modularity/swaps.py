@@ -24,8 +24,9 @@ def swap_cost_changes(slot_costs: Float[Tensor, "unit slot"], unit: int) -> Floa
 
 
 @torch.no_grad()
-def relocate_axis(axis: UnitAxis, cost: ConnectionCost, top_k: int,
-                  optimizer: torch.optim.Optimizer | None = None) -> int:
+def relocate_axis(
+    axis: UnitAxis, cost: ConnectionCost, top_k: int, optimizer: torch.optim.Optimizer | None = None
+) -> int:
     """Greedy BIMT relocation of one axis: the ``top_k`` most important units, most important first, each swapped
     with the unit whose exchange lowers the cost most (if any does). Returns the number of swaps made."""
     slot_costs = cost.slot_costs(axis)
@@ -48,7 +49,8 @@ def relocate_axis(axis: UnitAxis, cost: ConnectionCost, top_k: int,
     return n_swaps
 
 
-def relocate_units(graph: UnitGraph, cost: ConnectionCost, top_k: int,
-                   optimizer: torch.optim.Optimizer | None = None) -> int:
+def relocate_units(
+    graph: UnitGraph, cost: ConnectionCost, top_k: int, optimizer: torch.optim.Optimizer | None = None
+) -> int:
     """One BIMT swap step over every axis of ``graph``, from input to output. Returns the number of swaps made."""
     return sum(relocate_axis(axis, cost, top_k, optimizer) for axis in graph.axes)

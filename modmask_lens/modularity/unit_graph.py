@@ -52,9 +52,11 @@ class UnitAxis:
     def __post_init__(self) -> None:
         for member in self.members:
             if member.tensor.shape[member.dim] % self.n_units:
-                raise ValueError(f"axis {self.name}: a tensor of shape {tuple(member.tensor.shape)} has "
-                                 f"{member.tensor.shape[member.dim]} entries along dim {member.dim}, not a multiple "
-                                 f"of the {self.n_units} units")
+                raise ValueError(
+                    f"axis {self.name}: a tensor of shape {tuple(member.tensor.shape)} has "
+                    f"{member.tensor.shape[member.dim]} entries along dim {member.dim}, not a multiple "
+                    f"of the {self.n_units} units"
+                )
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,8 +132,10 @@ class UnitGraph:
         The random-weights baseline of clusterability (Golechha et al. 2025: about 1/k for equal blocks).
         """
         generator = torch.Generator().manual_seed(seed)
-        edges = tuple(replace(edge, weight=torch.randn(edge.weight.shape, generator=generator,
-                                                       dtype=edge.weight.dtype)) for edge in self.edges)
+        edges = tuple(
+            replace(edge, weight=torch.randn(edge.weight.shape, generator=generator, dtype=edge.weight.dtype))
+            for edge in self.edges
+        )
         return replace(self, edges=edges)
 
 
@@ -150,7 +154,9 @@ def member_index(order: Int[Tensor, " n_units"], width: int) -> Int[Tensor, " n_
 
 
 @torch.no_grad()
-def permute_units(axis: UnitAxis, order: Int[Tensor, " n_units"], optimizer: torch.optim.Optimizer | None = None) -> None:
+def permute_units(
+    axis: UnitAxis, order: Int[Tensor, " n_units"], optimizer: torch.optim.Optimizer | None = None
+) -> None:
     """Move unit ``order[s]`` of ``axis`` into slot ``s``, in place, in every member tensor and in the optimiser's
     per-parameter state (Adam's ``exp_avg`` and ``exp_avg_sq``, any state tensor shaped like the parameter).
 
@@ -164,7 +170,10 @@ def permute_units(axis: UnitAxis, order: Int[Tensor, " n_units"], optimizer: tor
         index = member_index(order, width).to(member.tensor.device)
         tensors = [member.tensor]
         if optimizer is not None and member.tensor in optimizer.state:
-            tensors += [value for value in optimizer.state[member.tensor].values()
-                        if isinstance(value, Tensor) and value.shape == member.tensor.shape]
+            tensors += [
+                value
+                for value in optimizer.state[member.tensor].values()
+                if isinstance(value, Tensor) and value.shape == member.tensor.shape
+            ]
         for tensor in tensors:
             tensor.copy_(tensor.index_select(member.dim, index))

@@ -1,10 +1,24 @@
 """Gated-module probes: a gate and expert readouts at hook points of a frozen model (Krishnamurthy & Watkins 2021)."""
 
-from modmask_lens.probes.analysis import (ProbeEvaluation, accuracy_by_subtask, error_attribution, evaluate_probe,
-                                          expert_accuracy, expert_ablation, routing_information, routing_table,
-                                          transfer_test)
-from modmask_lens.probes.component_gate import (ComponentGate, ComponentGateConfig, compare_with_masks, component_usage,
-                                                gated_logits, train_component_gate)
+from modmask_lens.probes.analysis import (
+    ProbeEvaluation,
+    error_attribution,
+    evaluate_probe,
+    expert_ablation,
+    expert_accuracy,
+    probe_accuracy,
+    routing_information,
+    routing_table,
+    transfer_test,
+)
+from modmask_lens.probes.component_gate import (
+    ComponentGate,
+    ComponentGateConfig,
+    compare_with_masks,
+    component_usage,
+    gated_logits,
+    train_component_gate,
+)
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ProbeOutput
@@ -19,7 +33,6 @@ __all__ = [
     "ProbeEvaluation",
     "ProbeOutput",
     "ProbeTrainer",
-    "accuracy_by_subtask",
     "compare_with_masks",
     "component_usage",
     "error_attribution",
@@ -27,6 +40,7 @@ __all__ = [
     "expert_ablation",
     "expert_accuracy",
     "gated_logits",
+    "probe_accuracy",
     "read_activations",
     "routing_information",
     "routing_table",

@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe
@@ -46,20 +47,28 @@ class ProbeEvaluation:
         return self.gate.argmax(dim=1)
 
 
-def evaluate_probe(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData,
-                   removed_experts: tuple[int, ...] = (), batch_size: int = 256) -> ProbeEvaluation:
+def evaluate_probe(
+    probe: GatedProbe,
+    bridge: Bridge,
+    hook_names: Sequence[str],
+    data: ProbeData,
+    removed_experts: tuple[int, ...] = (),
+    batch_size: int = 256,
+) -> ProbeEvaluation:
     """Run the probe on every example (activations streamed in batches)."""
     gates, expert_correct, correct = [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = data.select(torch.arange(start, min(start + batch_size, len(data))))
-            output = probe(read_activations(bridge, hook_names, batch.input_ids, batch.positions),
-                           removed_experts=removed_experts)
+            output = probe(
+                read_activations(bridge, hook_names, batch.input_ids, batch.positions), removed_experts=removed_experts
+            )
             gates.append(output.gate)
             expert_correct.append(output.expert_logits.argmax(dim=-1) == batch.targets[:, None])
             correct.append(output.log_probs.argmax(dim=-1) == batch.targets)
-    return ProbeEvaluation(torch.cat(gates), torch.cat(expert_correct), torch.cat(correct), data.subtasks,
-                           data.subtask_names)
+    return ProbeEvaluation(
+        torch.cat(gates), torch.cat(expert_correct), torch.cat(correct), data.subtasks, data.subtask_names
+    )
 
 
 def routing_table(evaluation: ProbeEvaluation) -> pd.DataFrame:
@@ -69,12 +78,22 @@ def routing_table(evaluation: ProbeEvaluation) -> pd.DataFrame:
         Columns ``subtask``, ``expert``, ``count``, ``gate_mass``.
     """
     n_experts = evaluation.gate.shape[1]
-    counts = torch.bincount(evaluation.subtasks * n_experts + evaluation.chosen_expert,
-                            minlength=len(evaluation.subtask_names) * n_experts).view(-1, n_experts)
+    counts = torch.bincount(
+        evaluation.subtasks * n_experts + evaluation.chosen_expert, minlength=len(evaluation.subtask_names) * n_experts
+    ).view(-1, n_experts)
     mass = torch.zeros(len(evaluation.subtask_names), n_experts).index_add_(0, evaluation.subtasks, evaluation.gate)
-    return pd.DataFrame([{"subtask": name, "expert": expert, "count": int(counts[index, expert]),
-                          "gate_mass": float(mass[index, expert])}
-                         for index, name in enumerate(evaluation.subtask_names) for expert in range(n_experts)])
+    return pd.DataFrame(
+        [
+            {
+                "subtask": name,
+                "expert": expert,
+                "count": int(counts[index, expert]),
+                "gate_mass": float(mass[index, expert]),
+            }
+            for index, name in enumerate(evaluation.subtask_names)
+            for expert in range(n_experts)
+        ]
+    )
 
 
 def _entropy_bits(probabilities: Tensor) -> float:
@@ -91,15 +110,19 @@ def routing_information(evaluation: ProbeEvaluation) -> pd.DataFrame:
     entropy_experts, entropy_subtasks = _entropy_bits(joint.sum(dim=0)), _entropy_bits(joint.sum(dim=1))
     gate = evaluation.gate.double()
     per_sample = -(gate * gate.clamp_min(1e-30).log2()).sum(dim=1)
-    return pd.DataFrame([{
-        "mutual_information": entropy_experts + entropy_subtasks - _entropy_bits(joint.flatten()),
-        "expert_entropy": entropy_experts,
-        "subtask_entropy": entropy_subtasks,
-        "usage_entropy": _entropy_bits(gate.mean(dim=0)),
-        "mean_gate_entropy": float(per_sample.mean()),
-        "max_entropy": math.log2(gate.shape[1]),
-        "accuracy": float(evaluation.correct.float().mean()),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "mutual_information": entropy_experts + entropy_subtasks - _entropy_bits(joint.flatten()),
+                "expert_entropy": entropy_experts,
+                "subtask_entropy": entropy_subtasks,
+                "usage_entropy": _entropy_bits(gate.mean(dim=0)),
+                "mean_gate_entropy": float(per_sample.mean()),
+                "max_entropy": math.log2(gate.shape[1]),
+                "accuracy": float(evaluation.correct.float().mean()),
+            }
+        ]
+    )
 
 
 def expert_accuracy(evaluation: ProbeEvaluation) -> pd.DataFrame:
@@ -107,9 +130,14 @@ def expert_accuracy(evaluation: ProbeEvaluation) -> pd.DataFrame:
     rows = []
     for expert in range(evaluation.gate.shape[1]):
         own = evaluation.chosen_expert == expert
-        rows.append({"expert": expert, "accuracy_all": float(evaluation.expert_correct[:, expert].float().mean()),
-                     "own_examples": int(own.sum()),
-                     "accuracy_own": float(evaluation.expert_correct[own, expert].float().mean()) if own.any() else math.nan})
+        rows.append(
+            {
+                "expert": expert,
+                "accuracy_all": float(evaluation.expert_correct[:, expert].float().mean()),
+                "own_examples": int(own.sum()),
+                "accuracy_own": float(evaluation.expert_correct[own, expert].float().mean()) if own.any() else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -123,21 +151,37 @@ def error_attribution(evaluation: ProbeEvaluation) -> pd.DataFrame:
     expert = wrong & ~any_right
     accuracy, ideal = float(evaluation.correct.float().mean()), float(any_right.float().mean())
     errors = int(wrong.sum())
-    return pd.DataFrame([{
-        "accuracy": accuracy, "ideal_gate_accuracy": ideal, "gap": ideal - accuracy, "errors": errors,
-        "gate_errors": int(gate.sum()), "expert_errors": int(expert.sum()), "mixing_errors": int(mixing.sum()),
-        "gate_error_share": int(gate.sum()) / errors if errors else math.nan,
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "accuracy": accuracy,
+                "ideal_gate_accuracy": ideal,
+                "gap": ideal - accuracy,
+                "errors": errors,
+                "gate_errors": int(gate.sum()),
+                "expert_errors": int(expert.sum()),
+                "mixing_errors": int(mixing.sum()),
+                "gate_error_share": int(gate.sum()) / errors if errors else math.nan,
+            }
+        ]
+    )
 
 
-def accuracy_by_subtask(evaluation: ProbeEvaluation) -> pd.DataFrame:
+def probe_accuracy(evaluation: ProbeEvaluation) -> pd.DataFrame:
     """Accuracy per subtask: columns ``subtask``, ``examples``, ``accuracy``."""
-    return pd.DataFrame([{"subtask": name, "examples": int((evaluation.subtasks == index).sum()),
-                          "accuracy": float(evaluation.correct[evaluation.subtasks == index].float().mean())}
-                         for index, name in enumerate(evaluation.subtask_names)])
+    return pd.DataFrame(
+        [
+            {
+                "subtask": name,
+                "examples": int((evaluation.subtasks == index).sum()),
+                "accuracy": float(evaluation.correct[evaluation.subtasks == index].float().mean()),
+            }
+            for index, name in enumerate(evaluation.subtask_names)
+        ]
+    )
 
 
-def expert_ablation(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData) -> pd.DataFrame:
+def expert_ablation(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str], data: ProbeData) -> pd.DataFrame:
     """Per-subtask accuracy with each expert removed (its gate set to zero, the rest renormalised).
 
     Returns:
@@ -146,12 +190,18 @@ def expert_ablation(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[s
     frames = []
     for removed in [None, *range(probe.config.n_experts)]:
         evaluation = evaluate_probe(probe, bridge, hook_names, data, () if removed is None else (removed,))
-        frames.append(accuracy_by_subtask(evaluation).assign(removed_expert=-1 if removed is None else removed))
+        frames.append(probe_accuracy(evaluation).assign(removed_expert=-1 if removed is None else removed))
     return pd.concat(frames, ignore_index=True)[["removed_expert", "subtask", "examples", "accuracy"]]
 
 
-def transfer_test(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str], train: ProbeData, test: ProbeData,
-                  config: ProbeConfig | None = None) -> pd.DataFrame:
+def transfer_test(
+    probe: GatedProbe,
+    bridge: Bridge,
+    hook_names: Sequence[str],
+    train: ProbeData,
+    test: ProbeData,
+    config: ProbeConfig | None = None,
+) -> pd.DataFrame:
     """The paper's transfer test: freeze the trained gate, train fresh experts, and compare with the original probe
     and with a fresh probe trained the same number of steps.
 
@@ -161,9 +211,14 @@ def transfer_test(probe: GatedProbe, bridge: nn.Module, hook_names: Sequence[str
     fresh = replace(config or probe.config, seed=(config or probe.config).seed + 1)  # a new initialisation
     variants = {
         "original": probe,
-        "frozen_gate_fresh_experts": ProbeTrainer(bridge, hook_names, train, fresh, progress=False,
-                                                  frozen_gate=probe).train(),
+        "frozen_gate_fresh_experts": ProbeTrainer(
+            bridge, hook_names, train, fresh, progress=False, frozen_gate=probe
+        ).train(),
         "fresh_probe": ProbeTrainer(bridge, hook_names, train, fresh, progress=False).train(),
     }
-    return pd.DataFrame([{"variant": name, "accuracy": float(evaluate_probe(model, bridge, hook_names, test).correct.float().mean())}
-                         for name, model in variants.items()])
+    return pd.DataFrame(
+        [
+            {"variant": name, "accuracy": float(evaluate_probe(model, bridge, hook_names, test).correct.float().mean())}
+            for name, model in variants.items()
+        ]
+    )

@@ -18,8 +18,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from modmask_lens.masks.apply import masked_call
-from modmask_lens.masks.data import SubtaskData, score_answers
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.functional import frozen_call
+from modmask_lens.core.random import seeded, step_generator
+from modmask_lens.core.scoring import score_answers
 from modmask_lens.probes.data import ProbeData, read_activations
 
 INPUT_HOOK = "blocks.0.hook_resid_pre"
@@ -49,37 +52,45 @@ class ComponentGate(nn.Module):
         return self.network(residual).sigmoid().view(-1, self.n_layers, self.n_heads + 1)
 
 
-def gated_logits(bridge: nn.Module, gates: Float[Tensor, "batch n_layers n_gates"],
-                 input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+def gated_logits(
+    bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"], input_ids: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos vocab"]:
     """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate.
 
     The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
     """
+
     def scale_heads(layer: int):
         def hook(z, hook):
             return z * gates[:, layer, :-1, None][:, None]  # z: [batch, pos, head, d_head]
+
         return hook
 
     def scale_mlp(layer: int):
         def hook(mlp_out, hook):
             return mlp_out * gates[:, layer, -1][:, None, None]  # mlp_out: [batch, pos, d_model]
+
         return hook
 
     hooks = [(f"blocks.{layer}.attn.hook_z", scale_heads(layer)) for layer in range(gates.shape[1])]
     hooks += [(f"blocks.{layer}.hook_mlp_out", scale_mlp(layer)) for layer in range(gates.shape[1])]
-    return masked_call(bridge, {}, bridge.run_with_hooks, input_ids, fwd_hooks=hooks)
+    return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks)
 
 
-def train_component_gate(bridge: nn.Module, subtasks: Sequence[SubtaskData],
-                         config: ComponentGateConfig = ComponentGateConfig(), progress: bool = True) -> ComponentGate:
+def train_component_gate(
+    bridge: Bridge,
+    subtasks: Sequence[SubtaskData],
+    config: ComponentGateConfig = ComponentGateConfig(),
+    progress: bool = True,
+) -> ComponentGate:
     """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty."""
     merged = SubtaskData.concatenate("all", list(subtasks))
     positions = ProbeData.from_subtasks(subtasks, target="subtask").positions
-    torch.manual_seed(config.seed)
-    gate = ComponentGate(bridge.cfg.d_model, bridge.cfg.n_layers, bridge.cfg.n_heads, config.hidden)
+    with seeded(config.seed):
+        gate = ComponentGate(bridge.cfg.d_model, bridge.cfg.n_layers, bridge.cfg.n_heads, config.hidden)
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
     for step in tqdm(range(config.steps), disable=not progress, desc="component gate", unit="step"):
-        indices = torch.randint(len(merged), (config.batch_size,), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + step))
+        indices = torch.randint(len(merged), (config.batch_size,), generator=step_generator(config.seed, step))
         input_ids, labels = merged.batch(indices)
         gates = gate(read_activations(bridge, [INPUT_HOOK], input_ids, positions[indices]))
         score = score_answers(gated_logits(bridge, gates, input_ids), labels)
@@ -90,7 +101,7 @@ def train_component_gate(bridge: nn.Module, subtasks: Sequence[SubtaskData],
     return gate.eval()
 
 
-def component_usage(gate: ComponentGate, bridge: nn.Module, subtasks: Sequence[SubtaskData]) -> pd.DataFrame:
+def component_usage(gate: ComponentGate, bridge: Bridge, subtasks: Sequence[SubtaskData]) -> pd.DataFrame:
     """Mean gate of every head and MLP per subtask.
 
     Returns:
@@ -103,10 +114,19 @@ def component_usage(gate: ComponentGate, bridge: nn.Module, subtasks: Sequence[S
     for index, name in enumerate(data.subtask_names):
         mean = gates[data.subtasks == index].mean(dim=0)
         for layer in range(gate.n_layers):
-            rows += [{"subtask": name, "layer": layer, "component": "head", "head": head,
-                      "mean_gate": float(mean[layer, head])} for head in range(gate.n_heads)]
-            rows.append({"subtask": name, "layer": layer, "component": "mlp", "head": -1,
-                         "mean_gate": float(mean[layer, -1])})
+            rows += [
+                {
+                    "subtask": name,
+                    "layer": layer,
+                    "component": "head",
+                    "head": head,
+                    "mean_gate": float(mean[layer, head]),
+                }
+                for head in range(gate.n_heads)
+            ]
+            rows.append(
+                {"subtask": name, "layer": layer, "component": "mlp", "head": -1, "mean_gate": float(mean[layer, -1])}
+            )
     return pd.DataFrame(rows)
 
 
@@ -117,12 +137,14 @@ def compare_with_masks(usage: pd.DataFrame, head_importance: pd.DataFrame) -> pd
     Args:
         usage: :func:`component_usage`.
         head_importance: :func:`modmask_lens.analysis.unit_importance` of each subtask's mask, concatenated
-            (its ``task`` column names the subtask).
+            (a subtask's mask carries the subtask's name in its ``mask`` column).
     """
     heads = usage[usage.component == "head"][["subtask", "layer", "head", "mean_gate"]]
-    masks = head_importance.rename(columns={"task": "subtask"})[["subtask", "layer", "head", "kept_fraction"]]
-    masks = masks.astype({"layer": int, "head": int})
-    table = heads.merge(masks, on=["subtask", "layer", "head"], how="inner")
+    masks = head_importance[["mask", "layer", "head", "kept_fraction"]].astype({"layer": int, "head": int})
+    table = heads.merge(
+        masks, left_on=["subtask", "layer", "head"], right_on=["mask", "layer", "head"], how="inner"
+    ).drop(columns="mask")
     correlation = table.groupby("subtask")[["mean_gate", "kept_fraction"]].apply(
-        lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank()))
+        lambda group: group["mean_gate"].rank().corr(group["kept_fraction"].rank())
+    )
     return table.assign(spearman=table["subtask"].map(correlation))

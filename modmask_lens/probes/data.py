@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
-from modmask_lens.masks.data import IGNORE_INDEX, SubtaskData, check_context, check_device
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData, check_context, check_device
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 TARGETS = ("answer", "subtask")
 
@@ -43,7 +45,9 @@ class ProbeData:
         return self.input_ids.shape[0]
 
     @classmethod
-    def from_subtasks(cls, subtasks: Sequence[SubtaskData], target: str = "answer", vocab_size: int | None = None) -> ProbeData:
+    def from_subtasks(
+        cls, subtasks: Sequence[SubtaskData], target: str = "answer", vocab_size: int | None = None
+    ) -> ProbeData:
         """Examples of several subtasks, labelled with the subtask they come from.
 
         Args:
@@ -60,18 +64,29 @@ class ProbeData:
         first_answer = scored.int().argmax(dim=1)  # labels[t] is predicted at position t - 1
         answers = merged.labels.gather(1, first_answer[:, None]).squeeze(1)
         subtask_index = torch.cat([torch.full((len(part),), index) for index, part in enumerate(subtasks)])
-        return cls(merged.input_ids, first_answer - 1, answers if target == "answer" else subtask_index,
-                   subtask_index, tuple(part.name for part in subtasks),
-                   vocab_size if target == "answer" else len(subtasks))
+        return cls(
+            merged.input_ids,
+            first_answer - 1,
+            answers if target == "answer" else subtask_index,
+            subtask_index,
+            tuple(part.name for part in subtasks),
+            vocab_size if target == "answer" else len(subtasks),
+        )
 
     def select(self, indices: Int[Tensor, " batch"]) -> ProbeData:
         """The examples at ``indices``."""
-        return ProbeData(self.input_ids[indices], self.positions[indices], self.targets[indices],
-                         self.subtasks[indices], self.subtask_names, self.n_classes)
+        return ProbeData(
+            self.input_ids[indices],
+            self.positions[indices],
+            self.targets[indices],
+            self.subtasks[indices],
+            self.subtask_names,
+            self.n_classes,
+        )
 
 
 def read_activations(
-    bridge: nn.Module, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+    bridge: Bridge, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_in"]:
     """The activations of ``hook_names`` at each example's position, concatenated (no gradient, nothing else kept).
 

@@ -62,7 +62,9 @@ class GatedProbe(nn.Module):
         self.gate = _readout(d_in, config.n_experts, config.gate_hidden)
 
     def forward(
-        self, activations: Float[Tensor, "batch d_in"], temperature: float | None = None,
+        self,
+        activations: Float[Tensor, "batch d_in"],
+        temperature: float | None = None,
         removed_experts: tuple[int, ...] = (),
     ) -> ProbeOutput:
         """Gate and expert outputs; ``removed_experts`` get zero gate (the others renormalised), for ablations."""
@@ -84,8 +86,12 @@ class GatedProbe(nn.Module):
         return expert_logits[torch.arange(len(chosen)), chosen].log_softmax(dim=-1)
 
 
-def probe_loss(probe: GatedProbe, output: ProbeOutput, targets: Int[Tensor, " batch"],
-               expert_gate: Float[Tensor, "batch expert"] | None = None) -> Tensor:
+def probe_loss(
+    probe: GatedProbe,
+    output: ProbeOutput,
+    targets: Int[Tensor, " batch"],
+    expert_gate: Float[Tensor, "batch expert"] | None = None,
+) -> Tensor:
     """The task loss of ``output`` for the probe's gate kind (mean over the batch).
 
     ``expert_gate``, when given, is the gate the experts learn against (two-temperature training: the gate at
@@ -99,8 +105,9 @@ def probe_loss(probe: GatedProbe, output: ProbeOutput, targets: Int[Tensor, " ba
         return expert_nll.gather(1, assignment[:, None]).mean() + F.cross_entropy(output.gate_logits, assignment)
     if expert_gate is None:
         return _mixture_nll(kind, output.gate, expert_nll, output.expert_logits, targets)
-    return (_mixture_nll(kind, expert_gate.detach(), expert_nll, output.expert_logits, targets)
-            + _mixture_nll(kind, output.gate, expert_nll.detach(), output.expert_logits.detach(), targets))
+    return _mixture_nll(kind, expert_gate.detach(), expert_nll, output.expert_logits, targets) + _mixture_nll(
+        kind, output.gate, expert_nll.detach(), output.expert_logits.detach(), targets
+    )
 
 
 def _mixture_nll(kind: str, gate: Tensor, expert_nll: Tensor, expert_logits: Tensor, targets: Tensor) -> Tensor:

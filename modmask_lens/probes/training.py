@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from modmask_lens.masks.io import (load_optimizer, optimizer_tensors, read_safetensors, require_fields,
-                                   verify_checksum, write_safetensors_atomically)
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors
+from modmask_lens.core.random import seeded, step_generator
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss
@@ -41,23 +41,35 @@ class ProbeTrainer:
         >>> probe = trainer.train()                                                                     # doctest: +SKIP
     """
 
-    def __init__(self, bridge: nn.Module, hook_names: Sequence[str], data: ProbeData, config: ProbeConfig = ProbeConfig(),
-                 checkpoint_dir: str | Path | None = None, progress: bool = True, frozen_gate: GatedProbe | None = None):
+    def __init__(
+        self,
+        bridge: Bridge,
+        hook_names: Sequence[str],
+        data: ProbeData,
+        config: ProbeConfig = ProbeConfig(),
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        frozen_gate: GatedProbe | None = None,
+    ):
         if len(data) < 2:
             raise ValueError(f"a probe needs at least 2 examples, got {len(data)}")
         self.bridge, self.hook_names, self.data, self.config = bridge, list(hook_names), data, config
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpointer = (
+            Checkpointer(Path(checkpoint_dir) / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
+            if (checkpoint_dir is not None)
+            else None
+        )
         self.progress = progress
         d_in = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1]).shape[1]
-        torch.manual_seed(config.seed)
-        self.probe = GatedProbe(d_in, data.n_classes, config)
+        with seeded(config.seed):
+            self.probe = GatedProbe(d_in, data.n_classes, config)
         if frozen_gate is not None:
             self.probe.gate.load_state_dict(frozen_gate.gate.state_dict())
             self.probe.gate.requires_grad_(False)
         trainable = [parameter for parameter in self.probe.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.RMSprop(trainable, lr=config.lr, momentum=0.9)
         self.step = 0
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+        if self.checkpointer is not None and self.checkpointer.exists():
             self._resume()
 
     def train(self) -> GatedProbe:
@@ -70,15 +82,18 @@ class ProbeTrainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3g}", acc=f"{accuracy:.2f}")
-            if self.checkpoint_dir is not None and (self.step % config.checkpoint_every == 0 or self.step == config.steps):
+            if self.checkpointer is not None and (
+                self.step % config.checkpoint_every == 0 or self.step == config.steps
+            ):
                 self.save_checkpoint()
         bar.close()
         return self.probe.eval()
 
     def _train_step(self) -> tuple[float, float]:
         config = self.config
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.step)
-        batch = self.data.select(torch.randint(len(self.data), (config.batch_size,), generator=generator))
+        batch = self.data.select(
+            torch.randint(len(self.data), (config.batch_size,), generator=step_generator(config.seed, self.step))
+        )
         activations = read_activations(self.bridge, self.hook_names, batch.input_ids, batch.positions)
         temperature = gate_temperature(config, self.step, len(self.data))
         output = self.probe(activations, temperature=1.0 if config.two_temperatures else temperature)
@@ -100,20 +115,18 @@ class ProbeTrainer:
         """Write the probe, the optimiser state and the step atomically."""
         tensors = {f"probe/{name}": value for name, value in self.probe.state_dict().items()}
         tensors |= optimizer_tensors(self.optimizer, "rmsprop")
-        metadata = {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_dict(),
-                    "hook_names": self.hook_names}
-        path = self.checkpoint_dir / CHECKPOINT_FILE
-        write_safetensors_atomically(path, tensors, metadata)
-        return path
+        return self.checkpointer.save(
+            tensors, {"step": self.step, "config": self.config.to_dict(), "hook_names": self.hook_names}
+        )
 
     def _resume(self) -> None:
-        path = self.checkpoint_dir / CHECKPOINT_FILE
-        tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
-        require_fields(metadata, {"step": int, "config": dict, "hook_names": list}, str(path))
-        verify_checksum(path, tensors, metadata)
+        tensors, metadata = self.checkpointer.load({"step": int, "config": dict, "hook_names": list})
         if metadata["config"] != self.config.to_dict() or metadata["hook_names"] != self.hook_names:
-            raise ValueError(f"{path} was written for other settings or hooks; use a fresh checkpoint directory")
-        self.probe.load_state_dict({name[len("probe/"):]: value for name, value in tensors.items()
-                                    if name.startswith("probe/")})
+            raise ValueError(
+                f"{self.checkpointer.path} was written for other settings or hooks; use a fresh checkpoint directory"
+            )
+        self.probe.load_state_dict(
+            {name[len("probe/") :]: value for name, value in tensors.items() if name.startswith("probe/")}
+        )
         load_optimizer(self.optimizer, tensors, "rmsprop")
         self.step = int(metadata["step"])

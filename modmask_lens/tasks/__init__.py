@@ -2,7 +2,8 @@
 
 - ``scan``, ``arithmetic``, ``deepmind_math``: each task as a ``datasets.DatasetDict`` (``question`` / ``answer``
   columns plus subtask columns), deterministic for a seed.
-- ``vocabulary``: word- and character-level tokenizers; ``encoding``: ``question SEP answer EOS`` tensors.
+- ``vocabulary``: word- and character-level tokenizers (the ``question SEP answer EOS`` tensors are
+  :mod:`modmask_lens.core.encoding`).
 - ``evaluation``: exact match by greedy decoding or teacher forcing, per subtask; ``views``: subtask views.
-- ``catalog``: the named tasks the zoo models are trained on; ``custom``: a user's own (prompt, completion) pairs.
+- ``catalog``: the named tasks the zoo models are trained on.
 """

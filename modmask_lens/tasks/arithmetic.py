@@ -17,14 +17,15 @@ from datasets import Dataset, DatasetDict
 
 OPERAND_LIMIT = 100  # two-digit operands 0..99 (Csordás et al. 2021)
 RESULT_MODULUS = 100  # results are kept mod 100: two output digits (Csordás et al. 2021)
-MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (issue 3)
+MODULAR_ADDITION_PRIME = 59  # p of the modular addition task (BIMT's modulus, Liu, Gan & Tegmark 2023)
 TABLE_TEST_FRACTION = 0.2  # share of a finite table held out for test; our choice, the papers test in-distribution
 DOUBLE_ADD_TRAIN_SIZE = 200_000  # Csordás samples 1M; 200k distinct of 10^8 questions is plenty for a small model
 DOUBLE_ADD_TEST_SIZE = 10_000  # Csordás's validation size
 # Share of train operands set to 00. Each answer digit is a sum mod 10 of two input digits, uniform given either one,
 # so a transformer trained on uniform questions gets no gradient toward the operand positions: 2-layer GPT-2 and
-# Llama models stayed at chance loss (1.536 nats/token) for 1,500 steps at four settings here. With 10% zero operands
-# (an answer digit then copies an input digit) the GPT-2 recipe reached 97% after 250 steps. Test questions stay uniform.
+# Llama models stayed at chance loss (1.536 nats/token) for 1,500 steps at four settings here. With 10% zero
+# operands (an answer digit then copies an input digit) the GPT-2 recipe reached 97% after 250 steps. Test
+# questions stay uniform.
 DOUBLE_ADD_ZERO_OPERAND_PROBABILITY = 0.1
 # Offsets of each pair's two answer digits in a double-addition completion "ss,tt", for restrict_labels.
 DOUBLE_ADD_PAIR_OFFSETS = {"pair1": (0, 1), "pair2": (3, 4)}
@@ -58,6 +59,13 @@ def add_mul_task(seed: int = 0, test_fraction: float = TABLE_TEST_FRACTION) -> D
     return _split_table(table, test_fraction, seed)
 
 
+def modular_sum_table(modulus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``(a, b)`` of ``0 .. modulus - 1`` (``a`` varying fastest) and ``(a + b) % modulus``: the table of
+    the modular-addition task, as text here and as tokens for BIMT (:mod:`modmask_lens.tasks.bimt_tasks`)."""
+    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(modulus), np.arange(modulus)))
+    return left, right, (left + right) % modulus
+
+
 def modular_addition_task(
     seed: int = 0, prime: int = MODULAR_ADDITION_PRIME, test_fraction: float = TABLE_TEST_FRACTION
 ) -> DatasetDict:
@@ -68,10 +76,10 @@ def modular_addition_task(
     """
     if not 2 <= prime <= OPERAND_LIMIT:
         raise ValueError(f"prime must be in 2..{OPERAND_LIMIT} to keep two-digit operands; got {prime}")
-    left, right = (grid.ravel() for grid in np.meshgrid(np.arange(prime), np.arange(prime)))
+    left, right, sums = modular_sum_table(prime)
     table = {
         "question": [f"{a}+{b}" for a, b in zip(_two_digits(left), _two_digits(right))],
-        "answer": _two_digits((left + right) % prime),
+        "answer": _two_digits(sums),
     }
     return _split_table(table, test_fraction, seed)
 
@@ -79,8 +87,10 @@ def modular_addition_task(
 def _double_add_examples(operands: np.ndarray) -> dict[str, list]:
     """Rows ``[a, b, c, d]`` of ``operands`` as ``"a+b,c+d"`` -> ``"(a+b)%100,(c+d)%100"``."""
     texts = [_two_digits(column) for column in operands.T]
-    sums = [_two_digits((operands[:, 0] + operands[:, 1]) % RESULT_MODULUS),
-            _two_digits((operands[:, 2] + operands[:, 3]) % RESULT_MODULUS)]
+    sums = [
+        _two_digits((operands[:, 0] + operands[:, 1]) % RESULT_MODULUS),
+        _two_digits((operands[:, 2] + operands[:, 3]) % RESULT_MODULUS),
+    ]
     return {
         "question": [f"{a}+{b},{c}+{d}" for a, b, c, d in zip(*texts)],
         "answer": [f"{first},{second}" for first, second in zip(*sums)],
@@ -93,11 +103,13 @@ def _double_add_codes(operands: np.ndarray) -> np.ndarray:
 
 
 def _double_add_operands(codes: np.ndarray) -> np.ndarray:
-    return np.stack([codes // OPERAND_LIMIT ** power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
+    return np.stack([codes // OPERAND_LIMIT**power % OPERAND_LIMIT for power in (3, 2, 1, 0)], axis=1)
 
 
 def double_addition_task(
-    seed: int = 0, train_size: int = DOUBLE_ADD_TRAIN_SIZE, test_size: int = DOUBLE_ADD_TEST_SIZE,
+    seed: int = 0,
+    train_size: int = DOUBLE_ADD_TRAIN_SIZE,
+    test_size: int = DOUBLE_ADD_TEST_SIZE,
     zero_operand_probability: float = DOUBLE_ADD_ZERO_OPERAND_PROBABILITY,
 ) -> DatasetDict:
     """Two pairs summed at once (mod 100 each): distinct questions, test disjoint from train. Test operands are
@@ -118,7 +130,9 @@ def double_addition_task(
     train_codes = train_codes[~np.isin(train_codes, test_codes)][:train_size]
     if len(test_codes) < test_size or len(train_codes) < train_size:
         raise ValueError("asked for more distinct double-addition questions than were drawn; lower the sizes")
-    return DatasetDict({
-        "train": Dataset.from_dict(_double_add_examples(_double_add_operands(train_codes))),
-        "test": Dataset.from_dict(_double_add_examples(_double_add_operands(test_codes))),
-    })
+    return DatasetDict(
+        {
+            "train": Dataset.from_dict(_double_add_examples(_double_add_operands(train_codes))),
+            "test": Dataset.from_dict(_double_add_examples(_double_add_operands(test_codes))),
+        }
+    )

@@ -37,7 +37,7 @@ class TaskSpec:
 
 # Numbers scaled down from the original entropies (train 3..10 digits) so that a CPU-trained model of a few hundred
 # thousand parameters can learn them; the question templates and the difficulty scheme stay the original's.
-# Session-1 runs at train entropy 2..4 / interpolate 3.5 reached 36.4% on add_or_sub and 23.8% on sort (3,000 steps);
+# Earlier runs at train entropy 2..4 / interpolate 3.5 reached 36.4% on add_or_sub and 23.8% on sort (3,000 steps);
 # this config lowers the numbers to train 1..3.5 / interpolate 2.5 and keeps the three modules the analyses compare.
 ZOO_MATH_CONFIG = MathConfig(
     modules=("arithmetic__add_or_sub", "arithmetic__mul", "numbers__place_value"),
@@ -72,8 +72,8 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "double_add": TaskSpec(
         name="double_add",
-        description="two pairs of two-digit numbers summed at once (mod 100 each), 200k train (10% of operands 00) / 10k "
-        "uniform test, characters",
+        description="two pairs of two-digit numbers summed at once (mod 100 each), 200k train (10% of operands 00) "
+        "/ 10k uniform test, characters",
         build=lambda seed: arithmetic.double_addition_task(seed),
         make_tokenizer=character_level_tokenizer,
         subtask_column=None,

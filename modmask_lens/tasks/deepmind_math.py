@@ -24,22 +24,60 @@ Number = int | Decimal
 ModuleSampler = Callable[[random.Random, float, bool], tuple[str, str]]
 
 ADD_TEMPLATES = (
-    "{p} + {q}", "{p}+{q}", "Work out {p} + {q}.", "Add {p} and {q}.", "Put together {p} and {q}.",
-    "Sum {p} and {q}.", "Total of {p} and {q}.", "Add together {p} and {q}.", "What is {p} plus {q}?",
-    "Calculate {p} + {q}.", "What is {p} + {q}?",
+    "{p} + {q}",
+    "{p}+{q}",
+    "Work out {p} + {q}.",
+    "Add {p} and {q}.",
+    "Put together {p} and {q}.",
+    "Sum {p} and {q}.",
+    "Total of {p} and {q}.",
+    "Add together {p} and {q}.",
+    "What is {p} plus {q}?",
+    "Calculate {p} + {q}.",
+    "What is {p} + {q}?",
 )
 SUB_TEMPLATES = (
-    "{p} - {q}", "Work out {p} - {q}.", "What is {p} minus {q}?", "What is {p} take away {q}?",
-    "What is {q} less than {p}?", "Subtract {q} from {p}.", "Calculate {p} - {q}.", "What is {p} - {q}?",
+    "{p} - {q}",
+    "Work out {p} - {q}.",
+    "What is {p} minus {q}?",
+    "What is {p} take away {q}?",
+    "What is {q} less than {p}?",
+    "Subtract {q} from {p}.",
+    "Calculate {p} - {q}.",
+    "What is {p} - {q}?",
 )
 MUL_TEMPLATES = (
-    "{p}*{q}", "{p} * {q}", "Calculate {p}*{q}.", "Work out {p} * {q}.", "Multiply {p} and {q}.",
-    "Product of {p} and {q}.", "What is the product of {p} and {q}?", "{p} times {q}", "What is {p} times {q}?",
+    "{p}*{q}",
+    "{p} * {q}",
+    "Calculate {p}*{q}.",
+    "Work out {p} * {q}.",
+    "Multiply {p} and {q}.",
+    "Product of {p} and {q}.",
+    "What is the product of {p} and {q}?",
+    "{p} times {q}",
+    "What is {p} times {q}?",
 )
-DIV_TEMPLATES = ("Divide {p} by {q}.", "{p} divided by {q}", "What is {p} divided by {q}?",
-                 "Calculate {p} divided by {q}.")
-PLACE_NAMES = ("units", "tens", "hundreds", "thousands", "ten thousands", "hundred thousands", "millions",
-               "ten millions", "hundred millions", "billions", "ten billions", "hundred billions", "trillions")
+DIV_TEMPLATES = (
+    "Divide {p} by {q}.",
+    "{p} divided by {q}",
+    "What is {p} divided by {q}?",
+    "Calculate {p} divided by {q}.",
+)
+PLACE_NAMES = (
+    "units",
+    "tens",
+    "hundreds",
+    "thousands",
+    "ten thousands",
+    "hundred thousands",
+    "millions",
+    "ten millions",
+    "hundred millions",
+    "billions",
+    "ten billions",
+    "hundred billions",
+    "trillions",
+)
 POWER_OF_TEN_NAMES = ("ten", "one hundred", "one thousand", "ten thousand", "one hundred thousand", "one million")
 SORT_ASCENDING_WORDS, SORT_DESCENDING_WORDS = ("increasing", "ascending"), ("decreasing", "descending")
 SORT_COUNTS = (3, 5)  # items per sort question in train and interpolate; extrapolate ("sort_more") uses more
@@ -137,8 +175,14 @@ def round_number(rng: random.Random, entropy: float, extrapolate: bool) -> tuple
     if places == 0:
         template = rng.choice(("Round {x} to the nearest integer.", "What is {x} rounded to the nearest integer?"))
     else:
-        template = rng.choice(("Round {x} to {dp} decimal places.", "What is {x} rounded to {dp} decimal places?",
-                               "Round {x} to {dp} dps.", "What is {x} rounded to {dp} dps?"))
+        template = rng.choice(
+            (
+                "Round {x} to {dp} decimal places.",
+                "What is {x} rounded to {dp} decimal places?",
+                "Round {x} to {dp} dps.",
+                "What is {x} rounded to {dp} dps?",
+            )
+        )
     return template.format(x=_show(value), dp=places), _show(rounded)
 
 
@@ -157,7 +201,8 @@ def sort(rng: random.Random, entropy: float, extrapolate: bool) -> tuple[str, st
     else:
         direction = rng.choice(SORT_ASCENDING_WORDS if ascending else SORT_DESCENDING_WORDS)
         question = rng.choice(("Sort {values} in {direction} order.", "Put {values} in {direction} order.")).format(
-            values=listed, direction=direction)
+            values=listed, direction=direction
+        )
     return question, ", ".join(map(str, sorted(values, reverse=not ascending)))
 
 
@@ -187,8 +232,13 @@ class MathConfig:
 
 
 def _sample_split(
-    module: str, rng: random.Random, entropy_range: tuple[float, float], extrapolate: bool, size: int,
-    excluded: set[str], distinct: bool,
+    module: str,
+    rng: random.Random,
+    entropy_range: tuple[float, float],
+    extrapolate: bool,
+    size: int,
+    excluded: set[str],
+    distinct: bool,
 ) -> dict[str, list[str]]:
     """``size`` questions of ``module`` that avoid ``excluded``; ``distinct`` also forbids repeats (tests), while
     train splits may repeat a question, as the original's do."""
@@ -203,8 +253,10 @@ def _sample_split(
             questions.append(question)
             answers.append(answer)
     if len(questions) < size:
-        raise ValueError(f"{module}: could not draw {size} new questions at entropy {entropy_range}; "
-                         "lower the size or raise the entropy")
+        raise ValueError(
+            f"{module}: could not draw {size} new questions at entropy {entropy_range}; "
+            "lower the size or raise the entropy"
+        )
     return {"question": questions, "answer": answers, "module": [module] * size}
 
 
@@ -219,7 +271,8 @@ def math_task(config: MathConfig = MathConfig(), seed: int = 0) -> DatasetDict:
     ``train`` (the three together), ``interpolate`` and ``extrapolate``; columns ``question``, ``answer``,
     ``module`` (the subtask column). Tests are drawn first (distinct questions) and kept out of every train split.
 
-    >>> math_task(MathConfig(modules=("numbers__place_value",), train_size_per_difficulty=5, test_size=2))["train"].num_rows
+    >>> config = MathConfig(modules=("numbers__place_value",), train_size_per_difficulty=5, test_size=2)
+    >>> math_task(config)["train"].num_rows
     15
     """
     unknown = set(config.modules) - set(MODULES)
@@ -234,10 +287,12 @@ def math_task(config: MathConfig = MathConfig(), seed: int = 0) -> DatasetDict:
         splits["interpolate"].append(interpolate)
         splits["extrapolate"].append(extrapolate)
         for level, difficulty in enumerate(DIFFICULTIES):
-            train = _sample_split(module, rng, _difficulty_range(config, level), False,
-                                  config.train_size_per_difficulty, held_out, False)
+            train = _sample_split(
+                module, rng, _difficulty_range(config, level), False, config.train_size_per_difficulty, held_out, False
+            )
             splits[difficulty].append(train)
-    datasets = {name: concatenate_datasets([Dataset.from_dict(part) for part in parts])
-                for name, parts in splits.items()}
+    datasets = {
+        name: concatenate_datasets([Dataset.from_dict(part) for part in parts]) for name, parts in splits.items()
+    }
     datasets["train"] = concatenate_datasets([datasets[name] for name in DIFFICULTIES])
     return DatasetDict(datasets)

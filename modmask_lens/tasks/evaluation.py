@@ -1,7 +1,7 @@
 """Exact-match accuracy of a causal model on tokenized pairs, by batched greedy decoding or by teacher forcing.
 
-An example counts as correct only if every completion token and the EOS are right (Csordás et al. 2021: "an item
-counts as correct only if every digit/token is right"). Works on a TransformerLens ``TransformerBridge`` (whose call
+An example counts as correct only if every completion token and the EOS are right
+(:mod:`modmask_lens.core.scoring`). Works on a TransformerLens ``TransformerBridge`` (whose call
 returns logits) and on a plain Hugging Face causal LM (whose call returns an output with ``.logits``).
 """
 
@@ -18,7 +18,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from modmask_lens.tasks.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
+from modmask_lens.core.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
+from modmask_lens.core.scoring import answer_correct
 from modmask_lens.versions import describe_installed
 
 DEFAULT_BATCH_SIZE = 512  # examples per forward pass; the zoo models fit this easily in CPU memory
@@ -45,9 +46,7 @@ def teacher_forced_correct(
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
             batch = examples.select(slice(start, start + batch_size))
-            predictions = next_token_logits(model, batch.input_ids)[:, :-1].argmax(dim=-1)
-            targets = batch.labels[:, 1:]
-            correct.append(((predictions == targets) | (targets == IGNORE_INDEX)).all(dim=1))
+            correct.append(answer_correct(next_token_logits(model, batch.input_ids), batch.labels))
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
@@ -72,8 +71,9 @@ def _decode(
         for prompt_length in examples.prompt_lengths.unique().tolist():
             rows = torch.nonzero(examples.prompt_lengths == prompt_length).squeeze(1)
             generated = examples.input_ids[rows, :prompt_length]
-            logits, cache = step_with_cache(model, generated, None) if use_cache else (
-                next_token_logits(model, generated), None)
+            logits, cache = (
+                step_with_cache(model, generated, None) if use_cache else (next_token_logits(model, generated), None)
+            )
             finished = torch.zeros(len(rows), dtype=torch.bool)
             for _ in range(max_new_tokens):
                 predicted = torch.where(finished, examples.pad_token_id, logits[:, -1].argmax(dim=-1))
@@ -89,7 +89,9 @@ def _decode(
     return tokens
 
 
-def _generated_positions(examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]) -> Bool[Tensor, "example pos"]:
+def _generated_positions(
+    examples: TokenizedExamples, tokens: Int[Tensor, "example pos"]
+) -> Bool[Tensor, "example pos"]:
     """Positions holding a generated token: from the prompt's end up to and including the first EOS, at most
     ``width - max(prompt_lengths)`` of them (the layout of :func:`greedy_complete`)."""
     positions = torch.arange(tokens.shape[1])

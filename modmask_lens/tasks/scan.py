@@ -55,9 +55,7 @@ def _verb_phrases() -> list[tuple[str, list[str]]]:
 def all_examples() -> list[ScanExample]:
     """All 20,910 SCAN commands with their actions, in a fixed generation order."""
     repeats = (("", 1), (" twice", 2), (" thrice", 3))
-    sentences = [
-        (phrase + suffix, actions * count) for phrase, actions in _verb_phrases() for suffix, count in repeats
-    ]
+    sentences = [(phrase + suffix, actions * count) for phrase, actions in _verb_phrases() for suffix, count in repeats]
     examples = [ScanExample(command, " ".join(actions)) for command, actions in sentences]
     for first_command, first_actions in sentences:
         for second_command, second_actions in sentences:
@@ -81,9 +79,7 @@ def _simple_split(examples: list[ScanExample], seed: int) -> tuple[list[ScanExam
     return shuffled[:SIMPLE_TRAIN_SIZE], shuffled[SIMPLE_TRAIN_SIZE:]
 
 
-def _add_primitive_split(
-    examples: list[ScanExample], primitive: str
-) -> tuple[list[ScanExample], list[ScanExample]]:
+def _add_primitive_split(examples: list[ScanExample], primitive: str) -> tuple[list[ScanExample], list[ScanExample]]:
     """Test: every composed command using ``primitive``; train: the rest plus the bare primitive, repeated."""
     bare = next(example for example in examples if example.command == primitive)
     test = [ex for ex in examples if _contains(ex.command, primitive) and ex.command != primitive]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +16,11 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from modmask_lens.adapters import TensorSpec, adapter_for
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer
@@ -40,40 +41,37 @@ class CheckResult:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name}" + (f": {self.detail}" if self.detail else "")
 
 
-def run_conformance(bridge: nn.Module, tokens: Int[Tensor, "batch pos"] | None = None) -> list[CheckResult]:
-    """Run every check on ``bridge`` with its adapter; ``tokens`` defaults to seeded random ids.
+def applicable_checks(bridge: Bridge) -> list[str]:
+    """The names of :data:`CHECKS` that apply to ``bridge`` (``hf_export_reloads`` only for bridges booted from
+    Hugging Face models)."""
+    exports = hasattr(bridge.original_model, "save_pretrained")
+    return [name for name in CHECKS if name != "hf_export_reloads" or exports]
+
+
+def run_conformance(
+    bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None, checks: Sequence[str] | None = None
+) -> list[CheckResult]:
+    """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
+    defaults to seeded random ids. A check that raises is reported as failed, with the others.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads`` (the last only for
-    bridges booted from Hugging Face models).
+    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``.
     """
     if tokens is None:
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
-    checks: list[tuple[str, Callable[[], str | None]]] = [
-        ("all_ones_bit_identical", lambda: _all_ones(bridge, tokens)),
-        ("all_zeros_changes_logits", lambda: _all_zeros(bridge, tokens)),
-        ("every_target_matters", lambda: _every_target_matters(bridge, tokens)),
-        ("head_off_equals_zeroed_hook_z", lambda: _unit_off(bridge, tokens, "head")),
-        ("neuron_off_equals_zeroed_hook_post", lambda: _unit_off(bridge, tokens, "neuron")),
-        ("unit_slices_equal_tl_views", lambda: _tl_views(bridge)),
-        ("gradients_reach_only_mask_logits", lambda: _gradients(bridge, tokens)),
-        ("compat_mode_bit_exact", lambda: _compat_mode(bridge, tokens)),
-    ]
-    if hasattr(bridge.original_model, "save_pretrained"):
-        checks.append(("hf_export_reloads", lambda: _hf_export(bridge, tokens)))
     results = []
-    for name, check in checks:
+    for name in applicable_checks(bridge) if checks is None else checks:
         try:
-            failure = check()
-        except Exception as error:  # a crash is a failed check, reported with the others
+            failure = CHECKS[name](bridge, tokens)
+        except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
             failure = f"raised {type(error).__name__}: {error}"
         results.append(CheckResult(name, failure is None, failure or ""))
     return results
 
 
-def check_head_mask(bridge: nn.Module, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
+def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does)."""
     binary = mask.binary()
     dropped: dict[int, list[int]] = {}
@@ -100,32 +98,33 @@ def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
     return None if difference <= 1e-5 else f"{what}: max difference {difference:.3g}"
 
 
-def _constant(bridge: nn.Module, config: MaskConfig, value: bool) -> BinaryMask:
+def _constant(bridge: Bridge, config: MaskConfig, value: bool) -> BinaryMask:
     binary = MaskSet.for_bridge(bridge, config).binary()
-    return BinaryMask(binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()},
-                      binary.origin)
+    return BinaryMask(
+        binary.specs, {key: torch.full_like(kept, value) for key, kept in binary.kept.items()}, binary.origin
+    )
 
 
-def _all_ones(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _all_ones(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     with masked(bridge, _constant(bridge, ALL_KINDS, True)):
         output = bridge(tokens)
     return None if torch.equal(output, reference) else "logits differ under an all-ones mask"
 
 
-def _all_zeros(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _all_zeros(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     with masked(bridge, _constant(bridge, MaskConfig(), False)):
         output = bridge(tokens)
     return "logits unchanged under an all-zeros mask" if torch.allclose(output, reference) else None
 
 
-def _cancels_exactly(spec: TensorSpec, bridge: nn.Module) -> bool:
+def _cancels_exactly(spec: TensorSpec, bridge: Bridge) -> bool:
     """b_K shifts every attention score of a query equally, which softmax cancels (without rotary positions)."""
     return spec.role == "b_K" and bridge.cfg.positional_embedding_type != "rotary"
 
 
-def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
     reference = bridge(tokens)
     unread = []
     for spec in MaskSet.for_bridge(bridge, ALL_KINDS).members:
@@ -137,7 +136,7 @@ def _every_target_matters(bridge: nn.Module, tokens: Tensor) -> str | None:
     return f"zeroing these alone changed nothing (unread or aliased?): {unread}" if unread else None
 
 
-def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
+def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
     hook_name, component = ("attn.hook_z", "attn") if unit == "head" else ("mlp.hook_post", "mlp")
     for layer in sorted({0, bridge.cfg.n_layers - 1}):
@@ -163,7 +162,7 @@ def _unit_off(bridge: nn.Module, tokens: Tensor, unit: str) -> str | None:
     return None
 
 
-def _tl_views(bridge: nn.Module) -> str | None:
+def _tl_views(bridge: Bridge) -> str | None:
     """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc."""
     checked = 0
     for spec in adapter_for(bridge).tensor_specs(bridge):
@@ -172,8 +171,8 @@ def _tl_views(bridge: nn.Module) -> str | None:
         weight = bridge.get_parameter(spec.path).detach()
         tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
 
-        def as_tl(piece: Tensor) -> Tensor:
-            return piece.T if spec.layout == "linear" else piece  # TransformerLens stores [in, out]
+        def as_tl(piece: Tensor, spec: TensorSpec = spec) -> Tensor:
+            return piece.movedim(spec.input_axis, 0)  # TransformerLens stores [in, out]
 
         if spec.unit in ("head", "kv_head"):
             for head in range(tl_tensor.shape[0]):
@@ -186,22 +185,30 @@ def _tl_views(bridge: nn.Module) -> str | None:
     return None if checked else "no tensor with a TransformerLens view was found"
 
 
-def _gradients(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
     before = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
     labels = tokens.clone()
     labels[:, : tokens.shape[1] // 2] = -100
-    trainer = MaskTrainer(bridge, [SubtaskData("conformance", tokens, labels)],
-                          train_config=TrainConfig(steps=2, batch_size=2, n_samples=2), progress=False)
+    trainer = MaskTrainer(
+        bridge,
+        [SubtaskData("conformance", tokens, labels)],
+        train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
+        progress=False,
+    )
     mask = trainer.train()["conformance"]
     if not all(logit.grad is not None and logit.grad.abs().sum() > 0 for logit in mask.logits.values()):
         return "some mask logits received no gradient"
     if any(parameter.grad is not None for parameter in bridge.parameters()):
         return "a model parameter received a gradient"
-    changed = [name for name, tensor in bridge.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    changed = [
+        name
+        for name, tensor in bridge.named_parameters(remove_duplicate=False)
+        if not torch.equal(tensor, before[name])
+    ]
     return f"model parameters changed: {changed}" if changed else None
 
 
-def _deep_copy(bridge: nn.Module) -> nn.Module:
+def _deep_copy(bridge: Bridge) -> nn.Module:
     """``copy.deepcopy`` that also copes with activations TransformerLens caches on modules (e.g. ``_pattern``),
     which are not graph leaves and refuse deepcopy: they are copied detached."""
     memo = {
@@ -213,7 +220,7 @@ def _deep_copy(bridge: nn.Module) -> nn.Module:
     return copy.deepcopy(bridge, memo)
 
 
-def _compat_mode(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
     processed = _deep_copy(bridge)
     processed.enable_compatibility_mode(disable_warnings=True)
     before = {name: tensor.detach().clone() for name, tensor in processed.named_parameters(remove_duplicate=False)}
@@ -222,11 +229,15 @@ def _compat_mode(bridge: nn.Module, tokens: Tensor) -> str | None:
         output = processed(tokens)
     if not torch.equal(output, reference):
         return "compat mode: logits differ under an all-ones mask"
-    changed = [name for name, tensor in processed.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])]
+    changed = [
+        name
+        for name, tensor in processed.named_parameters(remove_duplicate=False)
+        if not torch.equal(tensor, before[name])
+    ]
     return f"compat mode: parameters changed: {changed}" if changed else None
 
 
-def _hf_export(bridge: nn.Module, tokens: Tensor) -> str | None:
+def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
     mask = MaskSet.for_bridge(bridge, ALL_KINDS)
     generator = torch.Generator().manual_seed(0)
     for logits in mask.logits.values():
@@ -238,3 +249,17 @@ def _hf_export(bridge: nn.Module, tokens: Tensor) -> str | None:
         reloaded = type(bridge.original_model).from_pretrained(directory)
         actual = reloaded(tokens).logits
     return _compare(actual, expected, "exported model")
+
+
+CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {
+    "all_ones_bit_identical": _all_ones,
+    "all_zeros_changes_logits": _all_zeros,
+    "every_target_matters": _every_target_matters,
+    "head_off_equals_zeroed_hook_z": lambda bridge, tokens: _unit_off(bridge, tokens, "head"),
+    "neuron_off_equals_zeroed_hook_post": lambda bridge, tokens: _unit_off(bridge, tokens, "neuron"),
+    "unit_slices_equal_tl_views": lambda bridge, tokens: _tl_views(bridge),
+    "gradients_reach_only_mask_logits": _gradients,
+    "compat_mode_bit_exact": _compat_mode,
+    "hf_export_reloads": _hf_export,
+}
+"""Every check of the kit by name: each takes the bridge and token ids and returns ``None`` or what went wrong."""

@@ -10,11 +10,18 @@ from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = dict(unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                      mask_token="<mask>", cls_token="<bos>", sep_token="<eos>")
+SPECIAL_TOKENS = {
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "eos_token": "<eos>",
+    "bos_token": "<bos>",
+    "mask_token": "<mask>",
+    "cls_token": "<bos>",
+    "sep_token": "<eos>",
+}
 
 
-def word_level_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+def placeholder_word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A whitespace tokenizer over ``<unk> <pad> <eos> <bos> <mask> w5 w6 ...`` (``vocab_size`` tokens)."""
     words = ["<unk>", "<pad>", "<eos>", "<bos>", "<mask>"] + [f"w{index}" for index in range(5, vocab_size)]
     backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
@@ -30,5 +37,5 @@ def boot_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: flo
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
     model.save_pretrained(directory)
-    word_level_tokenizer(model.config.vocab_size).save_pretrained(directory)
+    placeholder_word_tokenizer(model.config.vocab_size).save_pretrained(directory)
     return TransformerBridge.boot_transformers(str(directory), device="cpu")

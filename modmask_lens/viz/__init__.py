@@ -9,8 +9,8 @@ Example:
 
 from modmask_lens.viz.attention_patterns import AttentionPatterns, attention_patterns
 from modmask_lens.viz.attention_view import AttentionView
-from modmask_lens.viz.browser import BrowserUnavailable, HeadlessChromium
-from modmask_lens.viz.circuit_graph import CircuitGraph, circuit_graph, shared_mask
+from modmask_lens.viz.browser import BrowserUnavailable
+from modmask_lens.viz.connectome import ConnectomeFrames, connectome_svg
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import TableView, View
 from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram, routing_heatmap
@@ -20,20 +20,18 @@ __all__ = [
     "AttentionPatterns",
     "AttentionView",
     "BrowserUnavailable",
-    "CircuitGraph",
     "CircuitView",
-    "HeadlessChromium",
+    "ConnectomeFrames",
     "OverlapView",
     "TableView",
     "View",
     "accuracy_table",
     "attention_patterns",
-    "circuit_graph",
+    "connectome_svg",
     "iou_heatmap",
     "kept_fraction_plot",
     "logit_histogram",
-    "routing_heatmap",
     "report_from_files",
-    "shared_mask",
+    "routing_heatmap",
     "write_report",
 ]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
 
@@ -40,7 +41,7 @@ class AttentionPatterns:
         return self.patterns[condition][layer, head]
 
 
-def token_strings(bridge: nn.Module, input_ids: Int[Tensor, " pos"]) -> list[str]:
+def token_strings(bridge: Bridge, input_ids: Int[Tensor, " pos"]) -> list[str]:
     """Display strings of the prompt's tokens: the tokenizer's tokens when it knows every id, else the ids."""
     tokenizer = getattr(bridge, "tokenizer", None)
     if tokenizer is not None and len(tokenizer) > int(input_ids.max()):
@@ -49,7 +50,7 @@ def token_strings(bridge: nn.Module, input_ids: Int[Tensor, " pos"]) -> list[str
 
 
 def attention_patterns(
-    bridge: nn.Module,
+    bridge: Bridge,
     input_ids: Int[Tensor, " pos"],
     masks: Mapping[str, BinaryMask],
     token_labels: list[str] | None = None,
@@ -81,8 +82,9 @@ def attention_patterns(
     return AttentionPatterns(labels, {label: _patterns(bridge, input_ids, mask) for label, mask in conditions.items()})
 
 
-def _patterns(bridge: nn.Module, input_ids: Int[Tensor, " pos"],
-              mask: BinaryMask | None) -> Float[Tensor, "layer head query_pos key_pos"]:
+def _patterns(
+    bridge: Bridge, input_ids: Int[Tensor, " pos"], mask: BinaryMask | None
+) -> Float[Tensor, "layer head query_pos key_pos"]:
     def run() -> Tensor:
         _, cache = bridge.run_with_cache(input_ids[None], names_filter=lambda name: name.endswith("attn.hook_pattern"))
         return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(bridge.cfg.n_layers)])

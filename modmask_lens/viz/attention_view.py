@@ -33,11 +33,13 @@ class AttentionView(View):
         title: heading.
 
     Example:
-        >>> AttentionView(patterns, ["full model", "copy_first", "~copy_first"]).save_html("attention.html")  # doctest: +SKIP
+        >>> view = AttentionView(patterns, ["full model", "copy_first", "~copy_first"])  # doctest: +SKIP
+        >>> view.save_html("attention.html")  # doctest: +SKIP
     """
 
-    def __init__(self, patterns: AttentionPatterns, conditions: list[str] | None = None,
-                 title: str = "Attention through masks"):
+    def __init__(
+        self, patterns: AttentionPatterns, conditions: list[str] | None = None, title: str = "Attention through masks"
+    ):
         self.patterns, self.title = patterns, title
         self.conditions = conditions if conditions is not None else list(patterns.patterns)
         unknown = [condition for condition in self.conditions if condition not in patterns.patterns]
@@ -61,16 +63,21 @@ class AttentionView(View):
                 "minValue": 0.0,
                 "maskUpperTri": True,
             }
-            panels.append(f'<div class="mm-attention-panel" data-condition="{escape(condition)}" '
-                          f'style="flex: 1 1 340px; min-width: 340px"><h4>{escape(_describe(condition))}</h4>'
-                          f'<div id="{element_id}" class="mm-attention"></div></div>')
-            calls.append(f"CircuitsVis.render({script_json(element_id)}, CircuitsVis.AttentionHeads, "
-                         f"{script_json(props)});")
+            panels.append(
+                f'<div class="mm-attention-panel" data-condition="{escape(condition)}" '
+                f'style="flex: 1 1 340px; min-width: 340px"><h4>{escape(_describe(condition))}</h4>'
+                f'<div id="{element_id}" class="mm-attention"></div></div>'
+            )
+            calls.append(
+                f"CircuitsVis.render({script_json(element_id)}, CircuitsVis.AttentionHeads, {script_json(props)});"
+            )
         tokens = " ".join(self.patterns.tokens)
-        return (f'<div class="mm-view mm-attention-view"><h3>{escape(self.title)}</h3>'
-                f'<p class="mm-caption">Prompt: <code>{escape(tokens)}</code>. Every head of every layer; pick a '
-                f'head to enlarge it.</p><div class="mm-row">{"".join(panels)}</div>'
-                f"<script>{''.join(calls)}</script></div>")
+        return (
+            f'<div class="mm-view mm-attention-view"><h3>{escape(self.title)}</h3>'
+            f'<p class="mm-caption">Prompt: <code>{escape(tokens)}</code>. Every head of every layer; pick a '
+            f'head to enlarge it.</p><div class="mm-row">{"".join(panels)}</div>'
+            f"<script>{''.join(calls)}</script></div>"
+        )
 
 
 def _describe(condition: str) -> str:

@@ -76,18 +76,32 @@ class HeadlessChromium:
         self._buffer = b""
         self._events: list[dict] = []
 
-    def __enter__(self) -> HeadlessChromium:
+    def __enter__(self) -> HeadlessChromium:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self._profile = tempfile.TemporaryDirectory(prefix="modmask-chromium-")
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
         arguments = [
-            chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-            "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
-            "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
-            "--metrics-recording-only", "--disable-features=MediaRouter,OptimizationHints,Translate",
-            "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-            "--host-resolver-rules=MAP * ~NOTFOUND", "--allow-file-access-from-files",
-            f"--user-data-dir={self._profile.name}", f"--window-size={self.width},{self.height}", "about:blank",
+            chromium_path(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-default-apps",
+            "--metrics-recording-only",
+            "--disable-features=MediaRouter,OptimizationHints,Translate",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={self._profile.name}",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
         ]
 
         def place_pipes() -> None:
@@ -99,17 +113,29 @@ class HeadlessChromium:
             os.dup2(writer, 4)
 
         # close_fds=False: the dup2'ed fds 3 and 4 are inheritable; every other fd of ours is not (PEP 446).
-        self._process = subprocess.Popen(arguments, close_fds=False, preexec_fn=place_pipes,  # noqa: PLW1509
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            arguments,
+            close_fds=False,
+            preexec_fn=place_pipes,  # noqa: PLW1509
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
-        target = next(info["targetId"] for info in self._call("Target.getTargets")["targetInfos"]
-                      if info["type"] == "page")
+        target = next(
+            info["targetId"] for info in self._call("Target.getTargets")["targetInfos"] if info["type"] == "page"
+        )
         self._session = self._call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Network", "Log"):
             self._call(f"{domain}.enable", session=True)
-        self._call("Emulation.setDeviceMetricsOverride", session=True, width=self.width, height=self.height,
-                   deviceScaleFactor=1, mobile=False)
+        self._call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -142,16 +168,18 @@ class HeadlessChromium:
                 details = params["exceptionDetails"]
                 record.console_errors.append(details.get("exception", {}).get("description") or details["text"])
             elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-                record.console_errors.append(" ".join(str(arg.get("value", arg.get("description")))
-                                                      for arg in params["args"]))
+                record.console_errors.append(
+                    " ".join(str(arg.get("value", arg.get("description"))) for arg in params["args"])
+                )
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
                 record.console_errors.append(f"{params['entry']['text']} ({params['entry'].get('url', '')})")
         return record
 
     def evaluate(self, expression: str, await_promise: bool = False) -> Any:
         """The JSON value of a JavaScript expression in the page; raises if it throws."""
-        result = self._call("Runtime.evaluate", session=True, expression=expression, returnByValue=True,
-                            awaitPromise=await_promise)
+        result = self._call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=await_promise
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -159,17 +187,22 @@ class HeadlessChromium:
     def screenshot(self, selector: str | None = None, scale: float = 1.0, max_height: int | None = None) -> bytes:
         """PNG bytes of the whole page, or of the first element matching ``selector``, cut at ``max_height`` CSS px."""
         if selector is None:
-            box = self.evaluate("({x: 0, y: 0, width: document.documentElement.scrollWidth, "
-                                "height: document.documentElement.scrollHeight})")
+            box = self.evaluate(
+                "({x: 0, y: 0, width: document.documentElement.scrollWidth, "
+                "height: document.documentElement.scrollHeight})"
+            )
         else:
-            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-                                ".getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, "
-                                "width: r.width, height: r.height}; })()")
+            box = self.evaluate(
+                f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                ".getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, "
+                "width: r.width, height: r.height}; })()"
+            )
         clip = {key: float(value) for key, value in box.items()} | {"scale": scale}
         if max_height is not None:
             clip["height"] = min(clip["height"], float(max_height))
-        data = self._call("Page.captureScreenshot", session=True, format="png", clip=clip,
-                          captureBeyondViewport=True)["data"]
+        data = self._call("Page.captureScreenshot", session=True, format="png", clip=clip, captureBeyondViewport=True)[
+            "data"
+        ]
         return base64.b64decode(data)
 
     def _call(self, method: str, session: bool = False, **params: Any) -> dict:

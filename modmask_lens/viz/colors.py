@@ -6,7 +6,8 @@ SUBTASK_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E0
 """Okabe-Ito colours (distinguishable with colour-vision deficiency), assigned to subtasks in order."""
 SHARED_COLOR = "#1d232a"
 """Marks what several subtasks share."""
-_LOW, _HIGH = (255, 255, 255), (8, 69, 148)
+RAMP_LOW, RAMP_HIGH = (255, 255, 255), (8, 69, 148)
+"""The sequential ramp's ends as RGB: white for 0, dark blue for 1 (the report's JavaScript draws with them too)."""
 
 
 def subtask_color(index: int) -> str:
@@ -17,7 +18,7 @@ def subtask_color(index: int) -> str:
 def sequential(fraction: float) -> str:
     """``#rrggbb`` from white (0) to dark blue (1); values outside [0, 1] are clipped."""
     fraction = min(max(fraction, 0.0), 1.0)
-    return "#" + "".join(f"{round(low + (high - low) * fraction):02x}" for low, high in zip(_LOW, _HIGH))
+    return "#" + "".join(f"{round(low + (high - low) * fraction):02x}" for low, high in zip(RAMP_LOW, RAMP_HIGH))
 
 
 def text_on(fraction: float) -> str:

@@ -2,7 +2,7 @@
 JavaScript for tooltips and for showing a clicked head's attention pattern (no library, nothing fetched).
 
 Stages run left to right: embedding, then per layer its heads (stacked) and its MLP, then the unembedding. Edges are
-the residual-stream measure of :mod:`modmask_lens.viz.circuit_graph`.
+the residual-stream measure of :mod:`modmask_lens.analysis.circuit_graph`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from functools import reduce
 import pandas as pd
 
 from modmask_lens.analysis import pairwise_overlap
+from modmask_lens.analysis.circuit_graph import CircuitGraph, circuit_graph, shared_mask
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.viz.attention_patterns import FULL, AttentionPatterns, inverse_label
-from modmask_lens.viz.circuit_graph import CircuitGraph, circuit_graph, shared_mask
-from modmask_lens.viz.colors import SHARED_COLOR, sequential, subtask_color, text_on
+from modmask_lens.viz.colors import RAMP_HIGH, RAMP_LOW, SHARED_COLOR, sequential, subtask_color, text_on
 from modmask_lens.viz.html import TableView, escape, new_view_id, script_json
 from modmask_lens.viz.plots import component_label
 from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
@@ -49,13 +49,13 @@ _GRAPH_SCRIPT = """
   if (!patterns) return;
   const panel = root.querySelector('.mm-head-pattern');
   function shade(value) {
-    const low = [255, 255, 255], high = [8, 69, 148];
+    const low = %(ramp_low)s, high = %(ramp_high)s;
     return 'rgb(' + low.map(function (l, i) { return Math.round(l + (high[i] - l) * value); }).join(',') + ')';
   }
   function heatmap(matrix, tokens) {
     const cell = 22, left = 8 + 7 * Math.max.apply(null, tokens.map(function (t) { return t.length; })), top = 40;
-    let svg = '<svg xmlns="http://www.w3.org/2000/svg" class="mm-pattern" width="' + (left + cell * tokens.length + 10) +
-      '" height="' + (top + cell * tokens.length + 6) + '">';
+    let svg = '<svg xmlns="http://www.w3.org/2000/svg" class="mm-pattern" width="' +
+      (left + cell * tokens.length + 10) + '" height="' + (top + cell * tokens.length + 6) + '">';
     tokens.forEach(function (token, k) {
       svg += '<text font-size="10" text-anchor="start" transform="rotate(-50 ' + (left + k * cell + 11) + ' ' +
         (top - 4) + ')" x="' + (left + k * cell + 11) + '" y="' + (top - 4) + '"></text>';
@@ -72,7 +72,9 @@ _GRAPH_SCRIPT = """
     const holder = document.createElement('div');
     holder.innerHTML = svg;
     const labels = holder.querySelectorAll('text');
-    tokens.forEach(function (token, k) { labels[k].textContent = token; labels[tokens.length + k].textContent = token; });
+    tokens.forEach(function (token, k) {
+      labels[k].textContent = token; labels[tokens.length + k].textContent = token;
+    });
     return holder.firstChild;
   }
   function show(node) {
@@ -107,14 +109,22 @@ def node_positions(nodes: pd.DataFrame) -> dict[str, tuple[Pixels, Pixels]]:
     n_heads = int(nodes["head"].max()) + 1 if nodes["head"].notna().any() else 1
     middle = MARGIN + 20 + (n_heads - 1) * ROW_HEIGHT / 2
     return {
-        row.node: (MARGIN + NODE_SIZE + row.stage * STAGE_WIDTH,
-                   middle if pd.isna(row.head) else MARGIN + 20 + int(row.head) * ROW_HEIGHT)
+        row.node: (
+            MARGIN + NODE_SIZE + row.stage * STAGE_WIDTH,
+            middle if pd.isna(row.head) else MARGIN + 20 + int(row.head) * ROW_HEIGHT,
+        )
         for row in nodes.itertuples()
     }
 
 
-def _edge_markup(edges: pd.DataFrame, positions: dict[str, tuple[Pixels, Pixels]], color: str, scale: float,
-                 label: str, offset: Pixels = 0.0) -> str:
+def _edge_markup(
+    edges: pd.DataFrame,
+    positions: dict[str, tuple[Pixels, Pixels]],
+    color: str,
+    scale: float,
+    label: str,
+    offset: Pixels = 0.0,
+) -> str:
     """Curves from writer to reader; width and opacity grow with weight / ``scale``."""
     parts = []
     for edge in edges.sort_values("weight").itertuples():
@@ -136,7 +146,8 @@ def _stage_labels(nodes: pd.DataFrame, positions: dict[str, tuple[Pixels, Pixels
     for stage, group in nodes.groupby("stage"):
         first = group.iloc[0]
         label = {"embed": "embedding", "unembed": "unembedding"}.get(first.kind) or (
-            f"layer {first.layer} {'heads' if first.kind == 'head' else 'MLP'}")
+            f"layer {first.layer} {'heads' if first.kind == 'head' else 'MLP'}"
+        )
         parts.append(text(positions[first.node][0], 18, label, css_class="mm-stage-label"))
     return "".join(parts)
 
@@ -145,20 +156,26 @@ def _node_shape(node: tuple, x: Pixels, y: Pixels, fill: str, dashed: bool) -> s
     half = NODE_SIZE / 2
     corner = half if node.kind == "head" else 5
     dash = ' stroke-dasharray="3 2"' if dashed else ""
-    return (f'<rect class="mm-outline" x="{x - half:.1f}" y="{y - half:.1f}" width="{NODE_SIZE}" '
-            f'height="{NODE_SIZE}" rx="{corner}" fill="{fill}" stroke="#55606b" stroke-width="1.2"{dash}/>')
+    return (
+        f'<rect class="mm-outline" x="{x - half:.1f}" y="{y - half:.1f}" width="{NODE_SIZE}" '
+        f'height="{NODE_SIZE}" rx="{corner}" fill="{fill}" stroke="#55606b" stroke-width="1.2"{dash}/>'
+    )
 
 
 def _node_group(node: tuple, x: Pixels, y: Pixels, inner: str, info: str, extra_class: str = "") -> str:
     head = "" if pd.isna(node.head) else f' data-head="{int(node.head)}"'
     layer = "" if pd.isna(node.layer) else f' data-layer="{int(node.layer)}"'
-    return (f'<g class="mm-node{extra_class}" data-node="{escape(node.node)}" data-kind="{node.kind}"{layer}{head}>'
-            f"{inner}{text(x, y + NODE_SIZE / 2 + 12, node.node, css_class='mm-node-label')}{tooltip(info)}</g>")
+    return (
+        f'<g class="mm-node{extra_class}" data-node="{escape(node.node)}" data-kind="{node.kind}"{layer}{head}>'
+        f"{inner}{text(x, y + NODE_SIZE / 2 + 12, node.node, css_class='mm-node-label')}{tooltip(info)}</g>"
+    )
 
 
 def _graph_size(positions: dict[str, tuple[Pixels, Pixels]]) -> tuple[Pixels, Pixels]:
-    return (max(x for x, _ in positions.values()) + NODE_SIZE + MARGIN,
-            max(y for _, y in positions.values()) + NODE_SIZE + MARGIN)
+    return (
+        max(x for x, _ in positions.values()) + NODE_SIZE + MARGIN,
+        max(y for _, y in positions.values()) + NODE_SIZE + MARGIN,
+    )
 
 
 def _node_info(graph: CircuitGraph, node: tuple) -> str:
@@ -175,8 +192,9 @@ def _node_info(graph: CircuitGraph, node: tuple) -> str:
     for column, other, arrow in (("target", "source", "from"), ("source", "target", "to")):
         linked = graph.edges[graph.edges[column] == node.node].nlargest(3, "weight")
         if len(linked):
-            lines.append(f"strongest {arrow}: " + ", ".join(f"{row[other]} {row['weight']:.2f}"
-                                                          for _, row in linked.iterrows()))
+            lines.append(
+                f"strongest {arrow}: " + ", ".join(f"{row[other]} {row['weight']:.2f}" for _, row in linked.iterrows())
+            )
     return "\n".join(lines)
 
 
@@ -184,11 +202,18 @@ def _interactive(svg: str, title: str, caption: str, patterns: dict | None, sele
     """The SVG with its tooltip, attention panel and script, wrapped as a view body."""
     root = new_view_id("graph")
     panel = '<div class="mm-head-pattern"></div>' if patterns else ""
-    script = _GRAPH_SCRIPT % {"root": script_json(root), "patterns": script_json(patterns),
-                              "selected": script_json(selected)}
-    return (f'<div class="mm-view mm-graph-view" id="{root}"><h3>{escape(title)}</h3>'
-            f'<p class="mm-caption">{escape(caption)}</p><div class="mm-row"><div class="mm-graph">{svg}</div>'
-            f'{panel}{aside}</div><div class="mm-tooltip"></div><script>{script}</script></div>')
+    script = _GRAPH_SCRIPT % {
+        "root": script_json(root),
+        "patterns": script_json(patterns),
+        "selected": script_json(selected),
+        "ramp_low": script_json(RAMP_LOW),
+        "ramp_high": script_json(RAMP_HIGH),
+    }
+    return (
+        f'<div class="mm-view mm-graph-view" id="{root}"><h3>{escape(title)}</h3>'
+        f'<p class="mm-caption">{escape(caption)}</p><div class="mm-row"><div class="mm-graph">{svg}</div>'
+        f'{panel}{aside}</div><div class="mm-tooltip"></div><script>{script}</script></div>'
+    )
 
 
 def _keep_strongest(edges: pd.DataFrame, max_edges: int) -> pd.DataFrame:
@@ -199,11 +224,11 @@ class CircuitView(SvgView):
     """Circuit graph of one mask.
 
     Nodes are filled by kept fraction (white 0 to dark blue 1; dashed when not masked); edges are the residual
-    stream measure of :mod:`~modmask_lens.viz.circuit_graph` (width and opacity relative to the strongest edge).
+    stream measure of :mod:`~modmask_lens.analysis.circuit_graph` (width and opacity relative to the strongest edge).
     Hovering shows a node's numbers; clicking a head shows its attention pattern on the prompt of ``patterns``.
 
     Args:
-        graph: :func:`~modmask_lens.viz.circuit_graph` of the mask.
+        graph: :func:`~modmask_lens.analysis.circuit_graph` of the mask.
         patterns: attention patterns including the full model and this mask (and, if computed, its inverse).
         max_edges: draw only the strongest edges.
 
@@ -214,23 +239,29 @@ class CircuitView(SvgView):
     def __init__(self, graph: CircuitGraph, patterns: AttentionPatterns | None = None, max_edges: int = 60):
         self.graph, self.patterns, self.max_edges = graph, patterns, max_edges
         self.title = f"Circuit of {graph.name}"
-        self.caption = (f"Node fill: kept fraction of the node's masked weights. Edges: fraction of the residual "
-                        f"paths writer → dimension → reader whose weights are all kept (strongest {max_edges}). "
-                        "Hover for numbers; click a head for its attention pattern.")
+        self.caption = (
+            f"Node fill: kept fraction of the node's masked weights. Edges: fraction of the residual "
+            f"paths writer → dimension → reader whose weights are all kept (strongest {max_edges}). "
+            "Hover for numbers; click a head for its attention pattern."
+        )
 
     def svg(self) -> str:
         nodes, positions = self.graph.nodes, node_positions(self.graph.nodes)
         edges = _keep_strongest(self.graph.edges, self.max_edges)
-        parts = [_stage_labels(nodes, positions),
-                 _edge_markup(edges, positions, "#3b4b5a", float(edges["weight"].max()) if len(edges) else 1.0, "")]
+        parts = [
+            _stage_labels(nodes, positions),
+            _edge_markup(edges, positions, "#3b4b5a", float(edges["weight"].max()) if len(edges) else 1.0, ""),
+        ]
         for node in nodes.itertuples():
             x, y = positions[node.node]
             masked = not pd.isna(node.kept_fraction)
             fraction = float(node.kept_fraction) if masked else 0.0
             label = f"{fraction:.0%}" if masked else "–"
-            inner = (_node_shape(node, x, y, sequential(fraction) if masked else "#ffffff", not masked)
-                     + f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" '
-                     f'style="fill:{text_on(fraction)};font-size:10px">{label}</text>')
+            inner = (
+                _node_shape(node, x, y, sequential(fraction) if masked else "#ffffff", not masked)
+                + f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" '
+                f'style="fill:{text_on(fraction)};font-size:10px">{label}</text>'
+            )
             parts.append(_node_group(node, x, y, inner, _node_info(self.graph, node)))
         width, height = _graph_size(positions)
         return svg_document(width, height, "".join(parts), GRAPH_CSS)
@@ -239,9 +270,14 @@ class CircuitView(SvgView):
         patterns = None
         if self.patterns is not None:
             wanted = [FULL, self.graph.name, inverse_label(self.graph.name)]
-            patterns = {"tokens": self.patterns.tokens, "conditions": [
-                {"label": condition, "pattern": self.patterns.patterns[condition].round(decimals=3).tolist()}
-                for condition in wanted if condition in self.patterns.patterns]}
+            patterns = {
+                "tokens": self.patterns.tokens,
+                "conditions": [
+                    {"label": condition, "pattern": self.patterns.patterns[condition].round(decimals=3).tolist()}
+                    for condition in wanted
+                    if condition in self.patterns.patterns
+                ],
+            }
         heads = self.graph.nodes[self.graph.nodes["kind"] == "head"]
         selected = heads.loc[heads["kept_fraction"].fillna(1.0).idxmax(), "node"] if len(heads) else ""
         return _interactive(self.svg(), self.title, self.caption, patterns, selected)
@@ -255,7 +291,7 @@ class OverlapView(SvgView):
     more (marked ``shared``). Edges: each mask's strongest edges in its colour.
 
     Args:
-        graphs: subtask name -> its :func:`~modmask_lens.viz.circuit_graph`.
+        graphs: subtask name -> its :func:`~modmask_lens.analysis.circuit_graph`.
         shared: circuit graph of :func:`~modmask_lens.viz.shared_mask` (weights kept by at least two masks).
         union: circuit graph of the union of all masks (weights kept by any).
         overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
@@ -263,26 +299,43 @@ class OverlapView(SvgView):
         shared_threshold: shared weights / weights kept by any mask, at or above which a node is marked shared.
     """
 
-    def __init__(self, graphs: Mapping[str, CircuitGraph], shared: CircuitGraph, union: CircuitGraph,
-                 overlap: pd.DataFrame, max_edges: int = 25, shared_threshold: float = 0.5):
+    def __init__(
+        self,
+        graphs: Mapping[str, CircuitGraph],
+        shared: CircuitGraph,
+        union: CircuitGraph,
+        overlap: pd.DataFrame,
+        max_edges: int = 25,
+        shared_threshold: float = 0.5,
+    ):
         self.graphs, self.shared, self.union, self.overlap = dict(graphs), shared, union, overlap
         self.max_edges, self.shared_threshold = max_edges, shared_threshold
         self.title = "Overlap of " + ", ".join(self.graphs)
-        self.caption = (f"Bars: kept fraction of each node under each mask. Thick dark outline (shared): at least "
-                        f"{shared_threshold:.0%} of the node's weights kept by any mask are kept by two or more. "
-                        f"Edges: each mask's {max_edges} strongest residual-stream edges in its colour.")
+        self.caption = (
+            f"Bars: kept fraction of each node under each mask. Thick dark outline (shared): at least "
+            f"{shared_threshold:.0%} of the node's weights kept by any mask are kept by two or more. "
+            f"Edges: each mask's {max_edges} strongest residual-stream edges in its colour."
+        )
 
     @classmethod
-    def from_masks(cls, masks: Mapping[str, BinaryMask], max_edges: int = 25,
-                   shared_threshold: float = 0.5) -> OverlapView:
+    def from_masks(
+        cls, masks: Mapping[str, BinaryMask], max_edges: int = 25, shared_threshold: float = 0.5
+    ) -> OverlapView:
         """The overlap view of binary masks of one model (subtask name -> mask).
 
         Example:
-            >>> OverlapView.from_masks({"add": add.binary(), "mul": mul.binary()}).save_html("overlap.html")  # doctest: +SKIP
+            >>> view = OverlapView.from_masks({"add": add.binary(), "mul": mul.binary()})  # doctest: +SKIP
+            >>> view.save_html("overlap.html")  # doctest: +SKIP
         """
         union = reduce(operator.or_, masks.values())
-        return cls({name: circuit_graph(mask) for name, mask in masks.items()}, circuit_graph(shared_mask(masks)),
-                   circuit_graph(union), pairwise_overlap(masks, by="layer_role"), max_edges, shared_threshold)
+        return cls(
+            {name: circuit_graph(mask) for name, mask in masks.items()},
+            circuit_graph(shared_mask(masks)),
+            circuit_graph(union),
+            pairwise_overlap(masks, by="layer_role"),
+            max_edges,
+            shared_threshold,
+        )
 
     def shared_fraction(self) -> pd.Series:
         """Node -> weights kept by at least two masks / weights kept by any (NaN where none is kept)."""
@@ -311,37 +364,47 @@ class OverlapView(SvgView):
             for index, (name, fractions) in enumerate(kept.items()):
                 fraction = fractions[node.node]
                 height = 0.0 if pd.isna(fraction) else (NODE_SIZE - 12) * float(fraction)
-                inner += (f'<rect class="mm-overlap-bar" x="{x - NODE_SIZE / 2 + 5 + index * bar_width:.1f}" '
-                          f'y="{y + NODE_SIZE / 2 - 6 - height:.1f}" width="{bar_width - 1:.1f}" '
-                          f'height="{height:.1f}" fill="{subtask_color(index)}"/>')
+                inner += (
+                    f'<rect class="mm-overlap-bar" x="{x - NODE_SIZE / 2 + 5 + index * bar_width:.1f}" '
+                    f'y="{y + NODE_SIZE / 2 - 6 - height:.1f}" width="{bar_width - 1:.1f}" '
+                    f'height="{height:.1f}" fill="{subtask_color(index)}"/>'
+                )
                 lines.append(f"{name}: kept {'not masked' if pd.isna(fraction) else f'{fraction:.1%}'}")
             if not pd.isna(fraction_shared):
-                lines.append(f"kept by 2+ masks: {fraction_shared:.1%} of the weights kept by any"
-                             + (" (shared)" if is_shared else ""))
+                lines.append(
+                    f"kept by 2+ masks: {fraction_shared:.1%} of the weights kept by any"
+                    + (" (shared)" if is_shared else "")
+                )
             if is_shared:
                 half = NODE_SIZE / 2 + 3
-                inner = (f'<rect class="mm-shared-mark" x="{x - half:.1f}" y="{y - half:.1f}" width="{2 * half}" '
-                         f'height="{2 * half}" rx="{half if node.kind == "head" else 7}" fill="none" '
-                         f'stroke="{SHARED_COLOR}" stroke-width="3"/>' + inner)
+                inner = (
+                    f'<rect class="mm-shared-mark" x="{x - half:.1f}" y="{y - half:.1f}" width="{2 * half}" '
+                    f'height="{2 * half}" rx="{half if node.kind == "head" else 7}" fill="none" '
+                    f'stroke="{SHARED_COLOR}" stroke-width="3"/>' + inner
+                )
             parts.append(_node_group(node, x, y, inner, "\n".join(lines), " mm-shared" if is_shared else ""))
         width, height = _graph_size(positions)
         legend = "".join(
             f'<rect x="{MARGIN + 150 * index}" y="{height - 4}" width="10" height="10" fill="{subtask_color(index)}"/>'
             + text(MARGIN + 150 * index + 15, height + 5, name, anchor="start")
-            for index, name in enumerate(self.graphs))
+            for index, name in enumerate(self.graphs)
+        )
         return svg_document(width, height + 16, "".join(parts) + legend, GRAPH_CSS)
 
     def iou_table(self) -> TableView:
         """IoU per layer and role (rows) for every pair of masks (columns)."""
         frame = self.overlap.assign(
-            pair=self.overlap["task_a"] + " ∩ " + self.overlap["task_b"],
-            component=[component_label(layer, role) for layer, role in zip(self.overlap["layer"],
-                                                                           self.overlap["role"])])
+            pair=self.overlap["mask_a"] + " ∩ " + self.overlap["mask_b"],
+            component=[
+                component_label(layer, role) for layer, role in zip(self.overlap["layer"], self.overlap["role"])
+            ],
+        )
         table = frame.pivot_table(index="component", columns="pair", values="iou", sort=False, dropna=False)
         table = table.reset_index()
         table.columns.name = None
-        return TableView(table, "IoU by layer and role", shade=[column for column in table.columns
-                                                                 if column != "component"])
+        return TableView(
+            table, "IoU by layer and role", shade=[column for column in table.columns if column != "component"]
+        )
 
     def body(self) -> str:
         return _interactive(self.svg(), self.title, self.caption, None, "", self.iou_table().body())

@@ -110,8 +110,9 @@ class TableView(View):
         >>> TableView(paper_table(accuracy), "Accuracy", shade=["full", "mask", "inverse"])   # doctest: +SKIP
     """
 
-    def __init__(self, frame: pd.DataFrame, title: str, caption: str = "", shade: list[str] | None = None,
-                 digits: int = 3):
+    def __init__(
+        self, frame: pd.DataFrame, title: str, caption: str = "", shade: list[str] | None = None, digits: int = 3
+    ):
         self.frame, self.title, self.caption, self.shade, self.digits = frame, title, caption, shade or [], digits
 
     def body(self) -> str:
@@ -122,13 +123,18 @@ class TableView(View):
             for column, value in row.items():
                 numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
                 text = "" if pd.isna(value) else (f"{value:.{self.digits}f}" if isinstance(value, float) else value)
-                style = (f' style="background:{sequential(float(value))}"'
-                         if column in self.shade and numeric and not pd.isna(value) else "")
-                cells.append(f'<td{style}{"" if numeric else " class=mm-text"}>{escape(text)}</td>')
+                style = (
+                    f' style="background:{sequential(float(value))}"'
+                    if column in self.shade and numeric and not pd.isna(value)
+                    else ""
+                )
+                cells.append(f"<td{style}{'' if numeric else ' class=mm-text'}>{escape(text)}</td>")
             rows.append(f"<tr>{''.join(cells)}</tr>")
         caption = f'<p class="mm-caption">{escape(self.caption)}</p>' if self.caption else ""
-        return (f'<div class="mm-view mm-table-view"><h3>{escape(self.title)}</h3>{caption}'
-                f'<table class="mm-table"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+        return (
+            f'<div class="mm-view mm-table-view"><h3>{escape(self.title)}</h3>{caption}'
+            f'<table class="mm-table"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        )
 
 
 class Section(View):

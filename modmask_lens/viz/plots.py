@@ -27,8 +27,10 @@ def component_label(layer: object, role: str) -> str:
 def _legend(names: list[str], x: Pixels, y: Pixels) -> str:
     items = []
     for index, name in enumerate(names):
-        items.append(f'<rect x="{x:.1f}" y="{y + 16 * index - 9:.1f}" width="10" height="10" '
-                     f'fill="{subtask_color(index)}"/>' + text(x + 15, y + 16 * index, name, anchor="start"))
+        items.append(
+            f'<rect x="{x:.1f}" y="{y + 16 * index - 9:.1f}" width="10" height="10" '
+            f'fill="{subtask_color(index)}"/>' + text(x + 15, y + 16 * index, name, anchor="start")
+        )
     return "".join(items)
 
 
@@ -76,8 +78,16 @@ class BarChart(SvgView):
                     f"{tooltip(f'{name} · {category}: {float(value):.3f}')}</rect>"
                 )
             label_x = x0 + bar * len(series) / 2
-            parts.append(text(label_x, _MARGIN_TOP + plot_height + 10, category, anchor="end", rotate=-50,
-                              css_class="mm-label-small"))
+            parts.append(
+                text(
+                    label_x,
+                    _MARGIN_TOP + plot_height + 10,
+                    category,
+                    anchor="end",
+                    rotate=-50,
+                    css_class="mm-label-small",
+                )
+            )
         parts.append(_legend(series, _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
         width = _MARGIN_LEFT + plot_width + 16 + legend_width
         return svg_document(width, _MARGIN_TOP + plot_height + 80, "".join(parts))
@@ -129,8 +139,15 @@ class Histogram(SvgView):
         bins: number of equal-width bins over the pooled range of all series.
     """
 
-    def __init__(self, samples: Mapping[str, Tensor], title: str, value_label: str, threshold: float = 0.0,
-                 bins: int = 40, caption: str = ""):
+    def __init__(
+        self,
+        samples: Mapping[str, Tensor],
+        title: str,
+        value_label: str,
+        threshold: float = 0.0,
+        bins: int = 40,
+        caption: str = "",
+    ):
         self.samples, self.title, self.value_label = dict(samples), title, value_label
         self.threshold, self.bins, self.caption = threshold, bins, caption
 
@@ -139,8 +156,10 @@ class Histogram(SvgView):
         low, high = float(pooled.min()), float(pooled.max())
         low, high = min(low, self.threshold) - 1e-6, max(high, self.threshold) + 1e-6
         plot_width, plot_height = 420, 180
-        counts = {name: torch.histc(values.flatten().float(), bins=self.bins, min=low, max=high)
-                  for name, values in self.samples.items()}
+        counts = {
+            name: torch.histc(values.flatten().float(), bins=self.bins, min=low, max=high)
+            for name, values in self.samples.items()
+        }
         fractions = {name: count / count.sum() for name, count in counts.items()}
         top_value = max(float(fraction.max()) for fraction in fractions.values())
 
@@ -150,8 +169,10 @@ class Histogram(SvgView):
         parts = []
         for tick in torch.linspace(low, high, 5).tolist():
             parts.append(text(x_of(tick), _MARGIN_TOP + plot_height + 14, f"{tick:.1f}", css_class="mm-label-small"))
-        parts.append(f'<line class="mm-grid" x1="{_MARGIN_LEFT}" x2="{_MARGIN_LEFT + plot_width}" '
-                     f'y1="{_MARGIN_TOP + plot_height}" y2="{_MARGIN_TOP + plot_height}"/>')
+        parts.append(
+            f'<line class="mm-grid" x1="{_MARGIN_LEFT}" x2="{_MARGIN_LEFT + plot_width}" '
+            f'y1="{_MARGIN_TOP + plot_height}" y2="{_MARGIN_TOP + plot_height}"/>'
+        )
         parts.append(text(_MARGIN_LEFT + plot_width / 2, _MARGIN_TOP + plot_height + 32, self.value_label))
         parts.append(text(12, _MARGIN_TOP + plot_height / 2, "fraction of weights", rotate=-90))
         step = (high - low) / self.bins
@@ -162,12 +183,16 @@ class Histogram(SvgView):
                 points += [(x_of(low + bin_index * step), y), (x_of(low + (bin_index + 1) * step), y)]
             points.append((x_of(high), _MARGIN_TOP + plot_height))
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-            parts.append(f'<polyline class="mm-histogram" points="{path}" fill="none" '
-                         f'stroke="{subtask_color(index)}" stroke-width="1.5">'
-                         f"{tooltip(f'{name}: {int(counts[name].sum())} logits')}</polyline>")
+            parts.append(
+                f'<polyline class="mm-histogram" points="{path}" fill="none" '
+                f'stroke="{subtask_color(index)}" stroke-width="1.5">'
+                f"{tooltip(f'{name}: {int(counts[name].sum())} logits')}</polyline>"
+            )
         x = x_of(self.threshold)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" y2="{_MARGIN_TOP + plot_height}" '
-                     'stroke="#d1495b" stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" y2="{_MARGIN_TOP + plot_height}" '
+            'stroke="#d1495b" stroke-dasharray="4 3"/>'
+        )
         parts.append(text(x + 4, _MARGIN_TOP - 12, "kept →", anchor="start", css_class="mm-label-small"))
         parts.append(_legend(list(fractions), _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
         width = _MARGIN_LEFT + plot_width + 36 + 7 * max(len(name) for name in fractions)
@@ -175,15 +200,19 @@ class Histogram(SvgView):
 
 
 def kept_fraction_plot(kept: pd.DataFrame) -> BarChart:
-    """Bars of kept fraction per layer and role, one colour per task.
+    """Bars of kept fraction per layer and role, one colour per mask.
 
     Args:
         kept: ``BinaryMask.kept_fraction(by="layer_role")`` of one or more masks, concatenated.
     """
     kept = kept.assign(component=[component_label(layer, role) for layer, role in zip(kept["layer"], kept["role"])])
-    values = kept.pivot_table(index="component", columns="task", values="kept_fraction", sort=False)
-    return BarChart(values, "Kept fraction per layer and role", "kept fraction",
-                    "Fraction of each tensor's weights that the mask keeps (logit > 0).")
+    values = kept.pivot_table(index="component", columns="mask", values="kept_fraction", sort=False)
+    return BarChart(
+        values,
+        "Kept fraction per layer and role",
+        "kept fraction",
+        "Fraction of each tensor's weights that the mask keeps (logit > 0).",
+    )
 
 
 def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
@@ -193,13 +222,16 @@ def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
         overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
     """
     overlap = overlap.assign(
-        pair=overlap["task_a"] + " ∩ " + overlap["task_b"],
+        pair=overlap["mask_a"] + " ∩ " + overlap["mask_b"],
         component=[component_label(layer, role) for layer, role in zip(overlap["layer"], overlap["role"])],
     )
     values = overlap.pivot_table(index="pair", columns="component", values="iou", sort=False, dropna=False)
-    return Heatmap(values, "IoU of masks per layer and role",
-                   "Intersection over union of the kept weights of two masks (Csordás et al. 2021); "
-                   "– where neither keeps anything.")
+    return Heatmap(
+        values,
+        "IoU of masks per layer and role",
+        "Intersection over union of the kept weights of two masks (Csordás et al. 2021); "
+        "– where neither keeps anything.",
+    )
 
 
 def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
@@ -211,17 +243,27 @@ def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
     counts = routing.pivot_table(index="subtask", columns="expert", values="count", sort=False)
     shares = counts.div(counts.sum(axis=1).where(counts.sum(axis=1) > 0), axis=0)
     shares.columns = [f"expert {expert}" for expert in shares.columns]
-    return Heatmap(shares, "Routing of subtasks to experts",
-                   "Share of each subtask's examples whose argmax gate picks each expert (Krishnamurthy & Watkins "
-                   "2021); a decomposition that follows the subtasks puts one dark cell in each row.")
+    return Heatmap(
+        shares,
+        "Routing of subtasks to experts",
+        "Share of each subtask's examples whose argmax gate picks each expert (Krishnamurthy & Watkins "
+        "2021); a decomposition that follows the subtasks puts one dark cell in each row.",
+    )
 
 
 def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
     """Distribution of the mask logits of each mask set; weights right of 0 are kept by the binary readout."""
-    samples = {name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
-               for name, mask_set in mask_sets.items()}
-    return Histogram(samples, "Mask logits", "logit", threshold=0.0,
-                     caption="Learned logits of every masked weight; the binary mask keeps logit > 0.")
+    samples = {
+        name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
+        for name, mask_set in mask_sets.items()
+    }
+    return Histogram(
+        samples,
+        "Mask logits",
+        "logit",
+        threshold=0.0,
+        caption="Learned logits of every masked weight; the binary mask keeps logit > 0.",
+    )
 
 
 def accuracy_table(accuracy: pd.DataFrame) -> TableView:
@@ -230,9 +272,13 @@ def accuracy_table(accuracy: pd.DataFrame) -> TableView:
     Args:
         accuracy: ``analysis.mask_accuracy(bridge, masks, data)``.
     """
-    table = paper_table(accuracy).reset_index().rename(columns={"evaluated_on": "subtask"})
+    table = paper_table(accuracy).reset_index()
     table.columns.name = None
-    return TableView(table, "Accuracy: full model, mask, inverse mask",
-                     "Exact-match accuracy on each subtask of the full model, of the subtask's own mask, and of its "
-                     "inverse (every other weight). A modular subtask keeps accuracy under its mask and loses it "
-                     "under the inverse.", shade=["full", "mask", "inverse"])
+    return TableView(
+        table,
+        "Accuracy: full model, mask, inverse mask",
+        "Exact-match accuracy on each subtask of the full model, of the subtask's own mask, and of its "
+        "inverse (every other weight). A modular subtask keeps accuracy under its mask and loses it "
+        "under the inverse.",
+        shade=["full", "mask", "inverse"],
+    )

@@ -12,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 from jaxtyping import Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
+from modmask_lens.analysis.circuit_graph import circuit_graph
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.io import library_version, load_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.probes.analysis import (
@@ -27,7 +29,6 @@ from modmask_lens.probes.analysis import (
 )
 from modmask_lens.viz.attention_patterns import FULL, attention_patterns, inverse_label
 from modmask_lens.viz.attention_view import AttentionView
-from modmask_lens.viz.circuit_graph import circuit_graph
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import Section, TableView, View, escape, write_page
 from modmask_lens.viz.plots import (
@@ -41,12 +42,16 @@ from modmask_lens.viz.plots import (
 
 def versions() -> dict[str, str]:
     """Versions of the libraries a report was made with."""
-    return {"modmask-lens": library_version(), "transformer-lens": version("transformer-lens"),
-            "torch": torch.__version__, "circuitsvis": version("circuitsvis")}
+    return {
+        "modmask-lens": library_version(),
+        "transformer-lens": version("transformer-lens"),
+        "torch": torch.__version__,
+        "circuitsvis": version("circuitsvis"),
+    }
 
 
 def report_views(
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, MaskSet | BinaryMask],
     prompt: Int[Tensor, " pos"],
     data: Mapping[str, SubtaskData] | None = None,
@@ -65,18 +70,28 @@ def report_views(
     accuracy = mask_accuracy(bridge, binaries, data) if data else None
     kept = pd.concat([binary.kept_fraction(by="layer_role") for binary in binaries.values()], ignore_index=True)
 
-    views: list[View] = [Section("Summary"), TableView(_summary(binaries, accuracy), "Masks",
-                                                       shade=["kept_fraction", "accuracy full", "accuracy mask",
-                                                              "accuracy inverse"])]
+    views: list[View] = [
+        Section("Summary"),
+        TableView(
+            _summary(binaries, accuracy),
+            "Masks",
+            shade=["kept_fraction", "accuracy full", "accuracy mask", "accuracy inverse"],
+        ),
+    ]
     views += [Section("Circuits", "One graph per mask, laid out by layer.")]
     views += [CircuitView(graph, patterns, max_edges) for graph in graphs.values()]
     if len(binaries) > 1:
         overlap = pairwise_overlap(binaries, by="layer_role")
         views += [Section("Overlap", "Which components the subtasks share."), OverlapView.from_masks(binaries)]
-    views += [Section("Attention through masks", "circuitsvis attention of the full model, each mask, and its "
-                                                  "inverse, on the same prompt.")]
-    views += [AttentionView(patterns, [FULL, name, inverse_label(name)], f"Attention through {name}")
-              for name in binaries]
+    views += [
+        Section(
+            "Attention through masks",
+            "circuitsvis attention of the full model, each mask, and its inverse, on the same prompt.",
+        )
+    ]
+    views += [
+        AttentionView(patterns, [FULL, name, inverse_label(name)], f"Attention through {name}") for name in binaries
+    ]
     views += [Section("Plots"), kept_fraction_plot(kept)]
     if len(binaries) > 1:
         views.append(iou_heatmap(overlap))
@@ -85,20 +100,27 @@ def report_views(
     if accuracy is not None:
         views.append(accuracy_table(accuracy))
     if probe is not None:
-        views += [Section("Gated-module probe", "Which expert the probe's gate picks for each subtask (argmax "
-                                                "gate), how much that routing tells about the subtask, and whose "
-                                                "the probe's errors are."),
-                  routing_heatmap(routing_table(probe)),
-                  TableView(routing_information(probe), "Routing information (bits)"),
-                  TableView(error_attribution(probe), "Error attribution")]
-    views += [Section("Configuration"), TableView(_configuration(binaries, mask_sets, settings),
-                                                  "Model, masks and settings")]
+        views += [
+            Section(
+                "Gated-module probe",
+                "Which expert the probe's gate picks for each subtask (argmax "
+                "gate), how much that routing tells about the subtask, and whose "
+                "the probe's errors are.",
+            ),
+            routing_heatmap(routing_table(probe)),
+            TableView(routing_information(probe), "Routing information (bits)"),
+            TableView(error_attribution(probe), "Error attribution"),
+        ]
+    views += [
+        Section("Configuration"),
+        TableView(_configuration(binaries, mask_sets, settings), "Model, masks and settings"),
+    ]
     return views
 
 
 def write_report(
     path: str | Path,
-    bridge: nn.Module,
+    bridge: Bridge,
     masks: Mapping[str, MaskSet | BinaryMask],
     prompt: Int[Tensor, " pos"],
     data: Mapping[str, SubtaskData] | None = None,
@@ -131,27 +153,36 @@ def write_report(
     """
     views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges, probe)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">Per-weight masks '
-              f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
-              + ", ".join(f"{escape(name)} {escape(number)}" for name, number in versions().items())
-              + ". This file is self-contained and works offline.</p></header>")
+    header = (
+        f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">Per-weight masks '
+        f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
+        + ", ".join(f"{escape(name)} {escape(number)}" for name, number in versions().items())
+        + ". This file is self-contained and works offline.</p></header>"
+    )
     return write_page(path, title, views, header)
 
 
-def parse_prompt(bridge: nn.Module, prompt: str) -> Int[Tensor, " pos"]:
+def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
     """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer."""
     words = prompt.split()
     if words and all(word.lstrip("-").isdigit() for word in words):
         return torch.tensor([int(word) for word in words])
     tokenizer = getattr(bridge, "tokenizer", None)
     if tokenizer is None or len(tokenizer) < 2:
-        raise ValueError(f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
-                         "token ids, e.g. --prompt '3 7 10 3 12'")
+        raise ValueError(
+            f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
+            "token ids, e.g. --prompt '3 7 10 3 12'"
+        )
     return torch.tensor(tokenizer(prompt)["input_ids"])
 
 
-def report_from_files(path: str | Path, model: str | Path, mask_files: Sequence[str | Path], prompt: str,
-                      title: str = "modmask-lens report") -> Path:
+def report_from_files(
+    path: str | Path,
+    model: str | Path,
+    mask_files: Sequence[str | Path],
+    prompt: str,
+    title: str = "modmask-lens report",
+) -> Path:
     """:func:`write_report` for a Hugging Face model folder and saved mask files (what ``modmask-lens report`` runs).
 
     Args:
@@ -165,13 +196,21 @@ def report_from_files(path: str | Path, model: str | Path, mask_files: Sequence[
     bridge = TransformerBridge.boot_transformers(str(model), device="cpu")
     mask_sets = [load_masks(file, bridge) for file in mask_files]
     settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
-    return write_report(path, bridge, {mask_set.name: mask_set for mask_set in mask_sets},
-                        parse_prompt(bridge, prompt), title=title, settings=settings)
+    return write_report(
+        path,
+        bridge,
+        {mask_set.name: mask_set for mask_set in mask_sets},
+        parse_prompt(bridge, prompt),
+        title=title,
+        settings=settings,
+    )
 
 
 def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) -> pd.DataFrame:
-    rows = [{"mask": name, "kept": binary.count, "total": binary.total, "kept_fraction": binary.count / binary.total}
-            for name, binary in binaries.items()]
+    rows = [
+        {"mask": name, "kept": binary.count, "total": binary.total, "kept_fraction": binary.count / binary.total}
+        for name, binary in binaries.items()
+    ]
     summary = pd.DataFrame(rows)
     if accuracy is None:
         return summary
@@ -179,8 +218,9 @@ def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) 
     return summary.merge(own, left_on="mask", right_index=True, how="left")
 
 
-def _configuration(binaries: Mapping[str, BinaryMask], mask_sets: Mapping[str, MaskSet],
-                   settings: Mapping[str, object] | None) -> pd.DataFrame:
+def _configuration(
+    binaries: Mapping[str, BinaryMask], mask_sets: Mapping[str, MaskSet], settings: Mapping[str, object] | None
+) -> pd.DataFrame:
     """(scope, setting, value) rows: library versions, the model, each mask's configuration, and ``settings``."""
     origin = next(iter(binaries.values())).origin
     rows = [("library", name, number) for name, number in versions().items()]

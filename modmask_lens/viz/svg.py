@@ -25,13 +25,16 @@ text { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 
 def svg_document(width: Pixels, height: Pixels, content: str, css: str = "") -> str:
     """A standalone ``<svg>`` element of the given size in pixels, with :data:`SVG_CSS` plus ``css`` inline."""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-            f'viewBox="0 0 {width:.0f} {height:.0f}"><style>{SVG_CSS}{css}</style>'
-            f'<rect width="100%" height="100%" fill="#ffffff"/>{content}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}"><style>{SVG_CSS}{css}</style>'
+        f'<rect width="100%" height="100%" fill="#ffffff"/>{content}</svg>'
+    )
 
 
-def text(x: Pixels, y: Pixels, content: object, anchor: str = "middle", css_class: str = "",
-         rotate: Pixels | None = None) -> str:
+def text(
+    x: Pixels, y: Pixels, content: object, anchor: str = "middle", css_class: str = "", rotate: Pixels | None = None
+) -> str:
     """An SVG ``<text>`` at (x, y) px."""
     transform = f' transform="rotate({rotate:.0f} {x:.1f} {y:.1f})"' if rotate is not None else ""
     css = f' class="{css_class}"' if css_class else ""

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from modmask_lens.core.bridge import Bridge
 from modmask_lens.tasks.catalog import TaskSpec, task_spec
 from modmask_lens.zoo.cards import CARD_JSON, ModelCard, read_card
 
@@ -22,7 +23,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 class ZooModel(NamedTuple):
     """A loaded zoo model: a TransformerLens ``TransformerBridge``, its tokenizer, its task and its card."""
 
-    bridge: object
+    bridge: Bridge
     tokenizer: PreTrainedTokenizerBase
     task: TaskSpec
     card: ModelCard
@@ -37,8 +38,10 @@ def model_dir(name: str) -> Path:
     """The Hugging Face folder (config, safetensors, tokenizer, card) of zoo model ``name``."""
     path = MODELS_DIR / name
     if not (path / CARD_JSON).exists():
-        raise KeyError(f"no zoo model {name!r}; shipped: {', '.join(available_models()) or 'none'}. "
-                       f"Train it with `python -m modmask_lens.zoo.train {name}`")
+        raise KeyError(
+            f"no zoo model {name!r}; shipped: {', '.join(available_models()) or 'none'}. "
+            f"Train it with `modmask-lens zoo train {name}`"
+        )
     return path
 
 
@@ -50,11 +53,21 @@ def list_models() -> pd.DataFrame:
         card = read_card(MODELS_DIR / name)
         for key, accuracy in card.accuracies.items():
             split, subtask = key.split("/", 1)
-            rows.append({"model": name, "task": card.task, "family": card.architecture["family"],
-                         "parameters": card.parameter_count, "training_s": card.wall_time_s,
-                         "split": split, "subtask": subtask, "accuracy": accuracy})
-    return pd.DataFrame(rows, columns=["model", "task", "family", "parameters", "training_s", "split", "subtask",
-                                       "accuracy"])
+            rows.append(
+                {
+                    "model": name,
+                    "task": card.task,
+                    "family": card.architecture["family"],
+                    "parameters": card.parameter_count,
+                    "training_s": card.wall_time_s,
+                    "split": split,
+                    "subtask": subtask,
+                    "accuracy": accuracy,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["model", "task", "family", "parameters", "training_s", "split", "subtask", "accuracy"]
+    )
 
 
 def describe_models() -> str:
@@ -66,8 +79,9 @@ def describe_models() -> str:
     for name in available_models():
         card = read_card(MODELS_DIR / name)
         shape = f"{card.architecture['family']} {card.architecture['n_layers']}L d{card.architecture['d_model']}"
-        overall = "  ".join(f"{key.split('/')[0]} {100 * value:.2f}%"
-                            for key, value in card.accuracies.items() if key.endswith("/all"))
+        overall = "  ".join(
+            f"{key.split('/')[0]} {100 * value:.2f}%" for key, value in card.accuracies.items() if key.endswith("/all")
+        )
         lines.append(f"{name}  {shape}  {card.parameter_count:,} params  {overall}")
     return "\n".join(lines)
 

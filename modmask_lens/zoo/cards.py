@@ -49,7 +49,9 @@ class ModelCard:
     def objective(self) -> str:
         """What the training minimised: the task loss alone, or with a modular-training term."""
         if self.recipe.get("bimt"):
-            return "task loss + BIMT connection cost, with neuron/head/residual swaps (settings: card.json `recipe.bimt`)"
+            return (
+                "task loss + BIMT connection cost, with neuron/head/residual swaps (settings: card.json `recipe.bimt`)"
+            )
         if self.recipe.get("clusterability"):
             return "task loss - clusterability reward (settings: card.json `recipe.clusterability`)"
         return "task loss (cross-entropy on answer tokens and EOS)"
@@ -65,5 +67,5 @@ def read_card(folder: Path) -> ModelCard:
     """The :class:`ModelCard` stored in ``folder/card.json``."""
     path = folder / CARD_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; train the model with `python -m modmask_lens.zoo.train NAME`")
+        raise FileNotFoundError(f"{path} is missing; train the model with `modmask-lens zoo train NAME`")
     return ModelCard(**json.loads(path.read_text()))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from modmask_lens.adapters import TensorSpec
+from modmask_lens.analysis import circuit_graph, shared_mask
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.viz import circuit_graph, shared_mask
 
 N_LAYERS, N_HEADS, D_HEAD, D_MODEL, D_MLP, VOCAB = 2, 2, 2, 4, 3, 5
 
@@ -23,24 +23,48 @@ def hand_built_mask(n_kv_heads: int = N_HEADS, seed: int = 0, unmasked: tuple[st
         block = f"blocks.{layer}"
         specs += [
             TensorSpec(f"{block}.ln1.weight", "ln1.w", layer, "", (D_MODEL,)),
-            TensorSpec(f"{block}.attn.q.weight", "W_Q", layer, "", (N_HEADS * D_HEAD, D_MODEL), "head", 0, D_HEAD,
-                       "linear"),
-            TensorSpec(f"{block}.attn.k.weight", "W_K", layer, "", (D_MODEL, n_kv_heads * D_HEAD), "kv_head", 1,
-                       D_HEAD, "conv1d"),
-            TensorSpec(f"{block}.attn.v.weight", "W_V", layer, "", (n_kv_heads * D_HEAD, D_MODEL), "kv_head", 0,
-                       D_HEAD, "linear"),
-            TensorSpec(f"{block}.attn.o.weight", "W_O", layer, "", (N_HEADS * D_HEAD, D_MODEL), "head", 0, D_HEAD,
-                       "conv1d"),
+            TensorSpec(
+                f"{block}.attn.q.weight", "W_Q", layer, "", (N_HEADS * D_HEAD, D_MODEL), "head", 0, D_HEAD, "linear"
+            ),
+            TensorSpec(
+                f"{block}.attn.k.weight",
+                "W_K",
+                layer,
+                "",
+                (D_MODEL, n_kv_heads * D_HEAD),
+                "kv_head",
+                1,
+                D_HEAD,
+                "conv1d",
+            ),
+            TensorSpec(
+                f"{block}.attn.v.weight",
+                "W_V",
+                layer,
+                "",
+                (n_kv_heads * D_HEAD, D_MODEL),
+                "kv_head",
+                0,
+                D_HEAD,
+                "linear",
+            ),
+            TensorSpec(
+                f"{block}.attn.o.weight", "W_O", layer, "", (N_HEADS * D_HEAD, D_MODEL), "head", 0, D_HEAD, "conv1d"
+            ),
             TensorSpec(f"{block}.ln2.weight", "ln2.w", layer, "", (D_MODEL,)),
             TensorSpec(f"{block}.mlp.in.weight", "W_in", layer, "", (D_MLP, D_MODEL), "neuron", 0, 1, "linear"),
             TensorSpec(f"{block}.mlp.out.weight", "W_out", layer, "", (D_MLP, D_MODEL), "neuron", 0, 1, "conv1d"),
         ]
-    specs += [TensorSpec("ln_final.weight", "ln_final.w", None, "", (D_MODEL,)),
-              TensorSpec("unembed.weight", "W_U", None, "", (VOCAB, D_MODEL), layout="linear")]
+    specs += [
+        TensorSpec("ln_final.weight", "ln_final.w", None, "", (D_MODEL,)),
+        TensorSpec("unembed.weight", "W_U", None, "", (VOCAB, D_MODEL), layout="linear"),
+    ]
     specs = [spec for spec in specs if spec.role not in unmasked]
     # Norm gains are mostly kept, so that most edges are non-zero; matrices keep about 60 %.
-    kept = {spec.key: torch.rand(spec.shape, generator=generator) < (0.8 if spec.layout == "vector" else 0.6)
-            for spec in specs}
+    kept = {
+        spec.key: torch.rand(spec.shape, generator=generator) < (0.8 if spec.layout == "vector" else 0.6)
+        for spec in specs
+    }
     dims = {"n_layers": N_LAYERS, "n_heads": N_HEADS, "d_model": D_MODEL}
     return BinaryMask(specs, kept, MaskOrigin("hand-built", "raw", dims), "hand")
 
@@ -70,8 +94,14 @@ def element_owner(spec: TensorSpec, index: tuple[int, int]) -> tuple[int | None,
 def node_weights(mask: BinaryMask, node: str, writing: bool) -> list[list[tuple[int, bool]]]:
     """Per matrix of ``node`` on one side: every (residual dimension, kept) of the node's weights."""
     kind, layer, head = parse_node(node)
-    roles = {("embed", True): ("W_E",), ("head", True): ("W_O",), ("mlp", True): ("W_out",),
-             ("head", False): ("W_Q", "W_K", "W_V"), ("mlp", False): ("W_in",), ("unembed", False): ("W_U",)}
+    roles = {
+        ("embed", True): ("W_E",),
+        ("head", True): ("W_O",),
+        ("mlp", True): ("W_out",),
+        ("head", False): ("W_Q", "W_K", "W_V"),
+        ("mlp", False): ("W_in",),
+        ("unembed", False): ("W_U",),
+    }
     matrices = []
     for spec in mask.specs:
         if spec.role not in roles.get((kind, writing), ()) or spec.layer != layer:
@@ -97,8 +127,9 @@ def parse_node(node: str) -> tuple[str, int | None, int | None]:
 def brute_force_edge(mask: BinaryMask, source: str, target: str) -> float:
     """Mean over (writer matrix, reader matrix) of kept paths / all paths, counting every path one by one."""
     kind, layer, _ = parse_node(target)
-    norm = {"head": f"blocks.{layer}.ln1.weight", "mlp": f"blocks.{layer}.ln2.weight",
-            "unembed": "ln_final.weight"}[kind]
+    norm = {"head": f"blocks.{layer}.ln1.weight", "mlp": f"blocks.{layer}.ln2.weight", "unembed": "ln_final.weight"}[
+        kind
+    ]
     gain = mask.kept.get(norm, torch.ones(D_MODEL, dtype=torch.bool))
     writers = node_weights(mask, source, writing=True) or [[(d, True) for d in range(D_MODEL)]]
     readers = node_weights(mask, target, writing=False) or [[(d, True) for d in range(D_MODEL)]]
@@ -140,7 +171,9 @@ def test_edges_run_forward_only_through_sequential_blocks():
     assert ("L1H0", "L0MLP") not in pairs and ("L0H0", "L0H1") not in pairs and ("L1MLP", "L1H0") not in pairs
     writer_stages = [0, 1, 1, 2, 3, 3, 4]  # embed, L0H0, L0H1, L0MLP, L1H0, L1H1, L1MLP
     reader_stages = [1, 1, 2, 3, 3, 4, 5]  # L0H0, L0H1, L0MLP, L1H0, L1H1, L1MLP, unembed
-    assert len(graph.edges) == len(pairs) == sum(reader > writer for writer in writer_stages for reader in reader_stages)
+    assert (
+        len(graph.edges) == len(pairs) == sum(reader > writer for writer in writer_stages for reader in reader_stages)
+    )
 
 
 def test_nodes_count_kept_weights_and_neurons_by_hand():

@@ -1,40 +1,41 @@
 """Train a zoo model from scratch on one CPU thread and write it, with its card, into the package.
 
-Usage: ``python -m modmask_lens.zoo.train NAME [--out DIR] [--checkpoint-dir DIR]``. Training resumes from the
+Run with ``modmask-lens zoo train NAME [--out DIR] [--checkpoint-dir DIR]``. Training resumes from the
 newest checkpoint in ``--checkpoint-dir`` (default ``~/.cache/modmask-lens/zoo-checkpoints/NAME``), so a killed run
 continues where it stopped and ends with the same weights.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from experiments.zoo.architectures import build_model
+from experiments.zoo.modular_training import regulariser_for, unwrapped_model
+from experiments.zoo.recipes import Recipe, recipe
+from modmask_lens import zoo
+from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_groups, optimizer_tensors
+from modmask_lens.core.encoding import TokenizedExamples, encode_pairs
+from modmask_lens.core.random import step_generator
 from modmask_lens.tasks.catalog import TaskSpec, task_spec
-from modmask_lens.tasks.encoding import TokenizedExamples, encode_pairs
 from modmask_lens.tasks.evaluation import evaluate_exact_match, exact_match_correct
-from modmask_lens.zoo.architectures import build_model
 from modmask_lens.zoo.cards import ModelCard, write_card
-from modmask_lens.zoo.modular_training import regulariser_for, unwrapped_model
-from modmask_lens.zoo.recipes import Recipe, recipe
 
-MODELS_DIR = Path(__file__).parent / "models"
 TORCH_THREADS = 1  # the zoo is trained on one core; two threads on a shared 2-core machine run ~9x slower
 PROGRESS_SAMPLE = 1000  # test examples scored (teacher forcing) at each progress evaluation
+CHECKPOINT_FORMAT = "modmask-lens/zoo-training-checkpoint"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 BUCKET_BATCHES = 50  # batches per length bucket: sorting within buckets cuts padding while batches stay random
 
 
 def _epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """One epoch of example indices in batches of similar length, shuffled; a function of (seed, epoch) only,
     so a resumed run sees the same batches."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = step_generator(seed, epoch)
     order = torch.randperm(len(lengths), generator=generator)
     batches = []
     for bucket in order.split(batch_size * BUCKET_BATCHES):
@@ -55,12 +56,6 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    temporary = path.with_suffix(".ckpt.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
 def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) -> ModelCard:
     """Train ``recipe_`` (resuming from ``checkpoint_dir``), save the model to ``out_dir`` and write its card."""
     torch.set_num_threads(TORCH_THREADS)
@@ -70,27 +65,32 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     torch.manual_seed(recipe_.seed)
     model = build_model(recipe_.architecture, tokenizer)
     regulariser = regulariser_for(recipe_, model, tokenizer)  # None for plain training
-    train_examples: TokenizedExamples = encode_pairs(tokenizer, list(data[task.train_split]["question"]),
-                                                     list(data[task.train_split]["answer"]))
+    train_examples: TokenizedExamples = encode_pairs(
+        tokenizer, list(data[task.train_split]["question"]), list(data[task.train_split]["answer"])
+    )
     test_split = data[task.test_split]
     progress_split = test_split.shuffle(seed=recipe_.seed).select(range(min(PROGRESS_SAMPLE, test_split.num_rows)))
     progress_examples = encode_pairs(tokenizer, list(progress_split["question"]), list(progress_split["answer"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe_.learning_rate, betas=recipe_.betas,
-                                  weight_decay=recipe_.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe_.lr, betas=recipe_.betas, weight_decay=recipe_.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, recipe_))
     sequence_lengths = (train_examples.input_ids != train_examples.pad_token_id).sum(dim=1)
     batches_per_epoch = math.ceil(len(train_examples) / recipe_.batch_size)  # the last bucket alone is partial
     loaded_epoch, epoch_batches = -1, []
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = checkpoint_dir / "last.ckpt"
+    checkpointer = Checkpointer(checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
     step, elapsed_before = 0, 0.0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)  # tensors and plain values only: no pickle code
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    if checkpointer.exists():
+        tensors, state = checkpointer.load(
+            {"step": int, "elapsed_s": float, "optimizer_groups": list, "scheduler": dict}
+        )
+        model.load_state_dict(
+            {name[len("model/") :]: value for name, value in tensors.items() if name.startswith("model/")}
+        )
+        load_optimizer(optimizer, tensors, "adamw", state["optimizer_groups"])
         scheduler.load_state_dict(state["scheduler"])
         step, elapsed_before = state["step"], state["elapsed_s"]
-        _log(f"resumed {recipe_.name} at step {step} from {checkpoint_path}")
+        _log(f"resumed {recipe_.name} at step {step} from {checkpointer.path}")
     started = time.perf_counter()
     moved_since_log = 0
     model.train()
@@ -104,7 +104,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         penalty = regulariser.penalty(step) if regulariser is not None else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe_.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe_.grad_clip)
         optimizer.step()
         scheduler.step()
         moved_since_log += regulariser.after_step(step, optimizer) if regulariser is not None else 0
@@ -115,13 +115,21 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
             model.train()
             extra = f" penalty {penalty.item():+.4f} units moved {moved_since_log}" if regulariser is not None else ""
             moved_since_log = 0
-            _log(f"step {step}/{recipe_.steps} loss {loss.item():.4f}{extra} test-sample exact match {accuracy:.4f} "
-                 f"({elapsed_before + time.perf_counter() - started:.0f} s)")
+            _log(
+                f"step {step}/{recipe_.steps} loss {loss.item():.4f}{extra} test-sample exact match {accuracy:.4f} "
+                f"({elapsed_before + time.perf_counter() - started:.0f} s)"
+            )
         if step % recipe_.checkpoint_every == 0 or step == recipe_.steps:
-            _save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "elapsed_s": elapsed_before + time.perf_counter() - started,
-            })
+            tensors = {f"model/{name}": value for name, value in model.state_dict().items()}
+            checkpointer.save(
+                tensors | optimizer_tensors(optimizer, "adamw"),
+                {
+                    "step": step,
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
+                    "optimizer_groups": optimizer_groups(optimizer),
+                    "scheduler": scheduler.state_dict(),
+                },
+            )
     wall_time_s = elapsed_before + time.perf_counter() - started
     if regulariser is not None:
         model = unwrapped_model(model, recipe_, tokenizer)
@@ -151,19 +159,12 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     return card
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: train the named zoo model."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="zoo model to train, e.g. scan")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's zoo)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="where to keep resumable checkpoints")
-    arguments = parser.parse_args(argv)
-    recipe_ = recipe(arguments.name)
-    out_dir = arguments.out or MODELS_DIR / recipe_.name
-    checkpoint_dir = arguments.checkpoint_dir or Path.home() / ".cache" / "modmask-lens" / "zoo-checkpoints" / recipe_.name
-    card = train(recipe_, out_dir, checkpoint_dir, f"python -m modmask_lens.zoo.train {recipe_.name}")
+def train_named(name: str, out_dir: Path | None = None, checkpoint_dir: Path | None = None) -> tuple[Path, ModelCard]:
+    """Train the zoo model ``name`` into ``out_dir`` (default: the package's zoo), resuming from ``checkpoint_dir``
+    (default ``~/.cache/modmask-lens/zoo-checkpoints/NAME``)."""
+    recipe_ = recipe(name)
+    out_dir = out_dir or zoo.MODELS_DIR / recipe_.name
+    checkpoint_dir = checkpoint_dir or Path.home() / ".cache" / "modmask-lens" / "zoo-checkpoints" / recipe_.name
+    card = train(recipe_, out_dir, checkpoint_dir, f"modmask-lens zoo train {recipe_.name}")
     _log(f"wrote {out_dir} ({card.parameter_count:,} parameters, {card.wall_time_s:.0f} s)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return out_dir, card

@@ -18,14 +18,12 @@ from torch import Tensor, optim
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from experiments.zoo.architectures import build_model
+from experiments.zoo.recipes import Recipe
 from modmask_lens.adapters.export import native_state_dict
-from modmask_lens.modularity.bimt import BimtConfig
+from modmask_lens.modularity.bimt import BimtObjective
 from modmask_lens.modularity.bridge_graph import unit_graph_of
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
-from modmask_lens.modularity.connection_cost import ConnectionCost
-from modmask_lens.modularity.swaps import relocate_units
-from modmask_lens.zoo.architectures import build_model
-from modmask_lens.zoo.recipes import Recipe
 
 
 @runtime_checkable
@@ -37,25 +35,6 @@ class Regulariser(Protocol):
 
     def after_step(self, step: int, optimizer: optim.Optimizer) -> int:
         """Work after the optimiser step ``step``; returns the number of units moved (BIMT swaps)."""
-
-
-class BimtRegulariser:
-    """BIMT: ``lambda(step) * connection cost``, and a swap pass every ``swap_every`` steps that moves the optimiser's
-    moments with the weights. ``config.steps`` is the recipe's; ``config.learning_rate`` is not used (the recipe's
-    optimiser trains)."""
-
-    def __init__(self, bridge: TransformerBridge, config: BimtConfig):
-        self.config = config
-        self.graph = unit_graph_of(bridge)
-        self.cost = ConnectionCost(self.graph, config.cost)
-
-    def penalty(self, step: int) -> Float[Tensor, ""]:
-        return self.config.lambda_at(step) * self.cost(include_biases=self.config.charges_biases_at(step))
-
-    def after_step(self, step: int, optimizer: optim.Optimizer) -> int:
-        if not self.config.swaps_after(step):
-            return 0
-        return relocate_units(self.graph, self.cost, self.config.top_k, optimizer)
 
 
 class ClusterabilityRegulariser:
@@ -79,13 +58,14 @@ def wrap_in_bridge(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         return TransformerBridge.boot_transformers(directory, hf_model=model, tokenizer=tokenizer, device="cpu")
 
 
-def regulariser_for(recipe_: Recipe, model: PreTrainedModel,
-                    tokenizer: PreTrainedTokenizerBase) -> Regulariser | None:
+def regulariser_for(recipe_: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Regulariser | None:
     """The recipe's regulariser on ``model`` (wrapped into a bridge in place), or None for plain training."""
     if recipe_.bimt is not None and recipe_.clusterability is not None:
         raise ValueError(f"recipe {recipe_.name!r} sets both bimt and clusterability; choose one")
     if recipe_.bimt is not None:
-        return BimtRegulariser(wrap_in_bridge(model, tokenizer), dataclasses.replace(recipe_.bimt, steps=recipe_.steps))
+        return BimtObjective(
+            unit_graph_of(wrap_in_bridge(model, tokenizer)), dataclasses.replace(recipe_.bimt, steps=recipe_.steps)
+        )
     if recipe_.clusterability is not None:
         return ClusterabilityRegulariser(wrap_in_bridge(model, tokenizer), recipe_.clusterability)
     return None
@@ -99,6 +79,7 @@ def unwrapped_model(model: PreTrainedModel, recipe_: Recipe, tokenizer: PreTrain
     missing, unexpected = plain.load_state_dict(state, strict=False)
     tied = set(getattr(plain, "_tied_weights_keys", None) or {}) | {"lm_head.weight"}
     if unexpected or set(missing) - tied:
-        raise LookupError(f"cannot unwrap the trained model: missing {sorted(set(missing) - tied)}, "
-                          f"unexpected {sorted(unexpected)}")
+        raise LookupError(
+            f"cannot unwrap the trained model: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}"
+        )
     return plain.eval()

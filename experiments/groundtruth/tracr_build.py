@@ -2,7 +2,7 @@
 
 Run it in a venv that has tracr (``pip install -e ".[tracr]"``); the package never imports this module::
 
-    .venv-tracr/bin/python -m modmask_lens.groundtruth.tracr_build [--out DIR] [--programs reverse hist]
+    .venv-tracr/bin/python -m experiments.groundtruth.tracr_build [--out DIR] [--programs reverse hist]
 
 For each program it compiles the RASP program (Weiss et al. 2021) with tracr (Lindner et al. 2023), copies the
 weights into a ``TransformerBridge.boot_native`` config, checks that the bridge reproduces tracr's outputs on every
@@ -46,6 +46,8 @@ from tracr.craft import bases
 from tracr.rasp import rasp
 
 from modmask_lens.analysis.accuracy import exact_match
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.tracr_cases import (
     TRACR_DIR,
     boot_tracr_bridge,
@@ -54,8 +56,6 @@ from modmask_lens.groundtruth.tracr_cases import (
     truth_units,
 )
 from modmask_lens.masks.apply import masked
-from modmask_lens.masks.data import SubtaskData
-from modmask_lens.tasks.encoding import IGNORE_INDEX
 
 PAD, BOS = "PAD", "BOS"
 PAD_ID, BOS_ID = 0, 1
@@ -100,16 +100,36 @@ class TracrProgram:
 PROGRAMS = {
     program.name: program
     for program in [
-        TracrProgram("reverse", "reverse the input: out[i] = tokens[length - 1 - i] (tracr lib.make_reverse)",
-                     lambda: lib.make_reverse(rasp.tokens).named("reverse"), ("a", "b", "c"), 5),
-        TracrProgram("hist", "histogram: out[i] = number of positions holding tokens[i] (tracr lib.make_hist)",
-                     lambda: lib.make_hist().named("hist"), ("a", "b", "c"), 5),
-        TracrProgram("sort_unique", "sort distinct tokens ascending (tracr lib.make_sort_unique(tokens, tokens))",
-                     lambda: lib.make_sort_unique(rasp.tokens, rasp.tokens).named("sort_unique"), (1, 2, 3, 4, 5), 5,
-                     distinct_tokens=True),
-        TracrProgram("reverse_hist", "the histogram, reversed: out[i] = hist[length - 1 - i] "
-                     "(lib.make_reverse(lib.make_hist())); two heads in layer 0, one used head of two in layer 3",
-                     lambda: lib.make_reverse(lib.make_hist()).named("reverse_hist"), ("a", "b", "c"), 5),
+        TracrProgram(
+            "reverse",
+            "reverse the input: out[i] = tokens[length - 1 - i] (tracr lib.make_reverse)",
+            lambda: lib.make_reverse(rasp.tokens).named("reverse"),
+            ("a", "b", "c"),
+            5,
+        ),
+        TracrProgram(
+            "hist",
+            "histogram: out[i] = number of positions holding tokens[i] (tracr lib.make_hist)",
+            lambda: lib.make_hist().named("hist"),
+            ("a", "b", "c"),
+            5,
+        ),
+        TracrProgram(
+            "sort_unique",
+            "sort distinct tokens ascending (tracr lib.make_sort_unique(tokens, tokens))",
+            lambda: lib.make_sort_unique(rasp.tokens, rasp.tokens).named("sort_unique"),
+            (1, 2, 3, 4, 5),
+            5,
+            distinct_tokens=True,
+        ),
+        TracrProgram(
+            "reverse_hist",
+            "the histogram, reversed: out[i] = hist[length - 1 - i] "
+            "(lib.make_reverse(lib.make_hist())); two heads in layer 0, one used head of two in layer 3",
+            lambda: lib.make_reverse(lib.make_hist()).named("reverse_hist"),
+            ("a", "b", "c"),
+            5,
+        ),
     ]
 }
 
@@ -138,27 +158,41 @@ class Conversion:
 def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
     """Copy a tracr ``AssembledTransformerModel`` into bridge weights (see the module docstring)."""
     config = assembled.model_config
-    params = {name: {key: np.asarray(value, dtype=np.float32) for key, value in group.items()}
-              for name, group in assembled.params.items()}
+    params = {
+        name: {key: np.asarray(value, dtype=np.float32) for key, value in group.items()}
+        for name, group in assembled.params.items()
+    }
     nonzero_biases = [f"{name}/b" for name, group in params.items() if "b" in group and np.any(group["b"])]
     if nonzero_biases:
-        raise NotImplementedError(f"{program.name}: tracr biases {nonzero_biases} are nonzero; the converter assumes "
-                                  "tracr's zero biases")
+        raise NotImplementedError(
+            f"{program.name}: tracr biases {nonzero_biases} are nonzero; the converter assumes tracr's zero biases"
+        )
     labels = list(assembled.residual_labels)
     for needed in ("one", f"tokens:{PAD}"):
         if needed not in labels:
-            raise NotImplementedError(f"{program.name}: the residual stream has no {needed!r} direction, which the "
-                                      "PAD mask reads")
+            raise NotImplementedError(
+                f"{program.name}: the residual stream has no {needed!r} direction, which the PAD mask reads"
+            )
     d_model, n_heads, key_size = len(labels), config.num_heads, config.key_size
     d_head, attn_scale = key_size + 1, math.sqrt(key_size)
     input_tokens = [PAD, BOS, *sorted(program.vocab)]
     output_tokens = sorted(assembled.output_encoder.encoding_map, key=assembled.output_encoder.encoding_map.get)
     tl_config = {
-        "n_layers": config.num_layers, "d_model": d_model, "n_heads": n_heads, "d_head": d_head,
-        "d_mlp": config.mlp_hidden_size, "n_ctx": program.max_seq_len + 2, "d_vocab": len(input_tokens),
-        "d_vocab_out": len(output_tokens), "act_fn": "relu", "normalization_type": None,
-        "attention_dir": "bidirectional", "positional_embedding_type": "standard", "use_attn_scale": True,
-        "attn_scale": attn_scale, "seed": 0,
+        "n_layers": config.num_layers,
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "d_head": d_head,
+        "d_mlp": config.mlp_hidden_size,
+        "n_ctx": program.max_seq_len + 2,
+        "d_vocab": len(input_tokens),
+        "d_vocab_out": len(output_tokens),
+        "act_fn": "relu",
+        "normalization_type": None,
+        "attention_dir": "bidirectional",
+        "positional_embedding_type": "standard",
+        "use_attn_scale": True,
+        "attn_scale": attn_scale,
+        "seed": 0,
     }
 
     token_rows = [assembled.input_encoder.encoding_map[token] for token in input_tokens]
@@ -169,14 +203,19 @@ def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
     }
     truth = {"heads": [], "mlp_layers": [], "neurons": {}}
     for layer in range(config.num_layers):
-        attention = {role: params[f"transformer/layer_{layer}/attn/{name}"]["w"]
-                     for role, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "linear"))}
-        per_head = {role: attention[role].reshape(d_model, n_heads, key_size).transpose(1, 2, 0)
-                    for role in ("q", "k", "v")}  # [head, key_size, d_model] each
+        attention = {
+            role: params[f"transformer/layer_{layer}/attn/{name}"]["w"]
+            for role, name in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "linear"))
+        }
+        per_head = {
+            role: attention[role].reshape(d_model, n_heads, key_size).transpose(1, 2, 0) for role in ("q", "k", "v")
+        }  # [head, key_size, d_model] each
         per_head["o"] = attention["o"].reshape(n_heads, key_size, d_model).transpose(2, 0, 1)  # [d_model, head, k]
-        used_heads = [head for head in range(n_heads)
-                      if any(np.any(per_head[role][head]) for role in ("q", "k", "v"))
-                      or np.any(per_head["o"][:, head])]
+        used_heads = [
+            head
+            for head in range(n_heads)
+            if any(np.any(per_head[role][head]) for role in ("q", "k", "v")) or np.any(per_head["o"][:, head])
+        ]
         padded = {role: np.zeros((n_heads, d_head, d_model), np.float32) for role in ("q", "k", "v")}
         for role in ("q", "k", "v"):
             padded[role][:, :key_size] = per_head[role]
@@ -248,8 +287,9 @@ def run_tracr(assembled, program: TracrProgram, conversion: Conversion) -> Tracr
         tokens = jnp.array([[tracr_ids[BOS], *(tracr_ids[token] for token in example)] for example in group])
         output = assembled.forward(assembled.params, tokens)
         final = np.asarray(output.transformer_output.output)
-        input_ids[rows, : length + 1] = torch.tensor([[BOS_ID, *(tl_ids[token] for token in example)]
-                                                      for example in group])
+        input_ids[rows, : length + 1] = torch.tensor(
+            [[BOS_ID, *(tl_ids[token] for token in example)] for example in group]
+        )
         output_ids[rows, 1 : length + 1] = torch.from_numpy(np.asarray(output.unembedded_output)[:, 1:].copy())
         output_logits[rows, 1 : length + 1] = torch.from_numpy(final[:, 1:] @ unembed.T)
         residual[rows, : length + 1] = torch.from_numpy(final.copy())
@@ -298,24 +338,43 @@ def ablations(bridge: nn.Module, data: SubtaskData, truth: dict) -> dict:
         return exact_match(bridge, data, mask), change
 
     record: dict = {"full": exact_match(bridge, data)}
-    record["truth_only"] = {granularity: exact_match(bridge, data, truth_mask(
-        bridge, truth_units(bridge, truth, granularity), granularity)) for granularity in ("head", "neuron", "weight")}
+    record["truth_only"] = {
+        granularity: exact_match(bridge, data, truth_mask(bridge, truth_units(bridge, truth, granularity), granularity))
+        for granularity in ("head", "neuron", "weight")
+    }
     used_heads = {tuple(pair) for pair in truth["heads"]}
     record["heads"] = []
     for layer in range(bridge.cfg.n_layers):
         for head in range(bridge.cfg.n_heads):
             accuracy, change = without("head", f"blocks.{layer}.attn", head)
-            record["heads"].append({"layer": layer, "head": head, "used": (layer, head) in used_heads,
-                                    "exact_match_without": accuracy, "max_abs_logit_change": change})
+            record["heads"].append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "used": (layer, head) in used_heads,
+                    "exact_match_without": accuracy,
+                    "max_abs_logit_change": change,
+                }
+            )
     record["mlp_layers"] = []
     for layer in range(bridge.cfg.n_layers):
         accuracy, change = without("neuron", f"blocks.{layer}.mlp", None)
-        record["mlp_layers"].append({"layer": layer, "used": layer in truth["mlp_layers"],
-                                     "exact_match_without": accuracy, "max_abs_logit_change": change})
+        record["mlp_layers"].append(
+            {
+                "layer": layer,
+                "used": layer in truth["mlp_layers"],
+                "exact_match_without": accuracy,
+                "max_abs_logit_change": change,
+            }
+        )
     record["neurons"] = [
-        {"layer": int(layer), "neuron": neuron,
-         "exact_match_without": without("neuron", f"blocks.{layer}.mlp", neuron)[0]}
-        for layer, neurons in truth["neurons"].items() for neuron in neurons
+        {
+            "layer": int(layer),
+            "neuron": neuron,
+            "exact_match_without": without("neuron", f"blocks.{layer}.mlp", neuron)[0],
+        }
+        for layer, neurons in truth["neurons"].items()
+        for neuron in neurons
     ]
     return record
 
@@ -323,8 +382,9 @@ def ablations(bridge: nn.Module, data: SubtaskData, truth: dict) -> dict:
 def build(program: TracrProgram, out_dir: Path) -> dict:
     """Compile, convert, verify and write one program; returns its card."""
     sop = program.make()
-    assembled = compiling.compile_rasp_to_model(sop, vocab=set(program.vocab), max_seq_len=program.max_seq_len,
-                                                compiler_bos=BOS, compiler_pad=PAD)
+    assembled = compiling.compile_rasp_to_model(
+        sop, vocab=set(program.vocab), max_seq_len=program.max_seq_len, compiler_bos=BOS, compiler_pad=PAD
+    )
     conversion = convert(assembled, program, sop.label)
     reference = run_tracr(assembled, program, conversion)
     bridge = boot_tracr_bridge(conversion.tl_config, conversion.weights)
@@ -333,8 +393,9 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
     measured = ablations(bridge, data, conversion.truth)
     if measured["full"] != 1.0 or any(value != 1.0 for value in measured["truth_only"].values()):
         raise AssertionError(f"{program.name}: the full model or its truth misses examples: {measured}")
-    unused_changes = [unit["max_abs_logit_change"] for unit in measured["heads"] + measured["mlp_layers"]
-                      if not unit["used"]]
+    unused_changes = [
+        unit["max_abs_logit_change"] for unit in measured["heads"] + measured["mlp_layers"] if not unit["used"]
+    ]
     if any(unused_changes):
         raise AssertionError(f"{program.name}: removing an unused head or MLP changed the logits: {measured}")
     necessary = {
@@ -345,11 +406,19 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
     card = {
         "name": program.name,
         "description": program.description,
-        "tracr": {"package": f"tracr-pypi {version('tracr-pypi')}", "vocab": sorted(program.vocab),
-                  "max_seq_len": program.max_seq_len, "distinct_tokens": program.distinct_tokens,
-                  "compiler_bos": BOS, "compiler_pad": PAD, "mlp_exactness": 100, "output_label": sop.label,
-                  "layers": conversion.tl_config["n_layers"], "heads_per_layer": conversion.tl_config["n_heads"],
-                  "key_size": conversion.tl_config["d_head"] - 1},
+        "tracr": {
+            "package": f"tracr-pypi {version('tracr-pypi')}",
+            "vocab": sorted(program.vocab),
+            "max_seq_len": program.max_seq_len,
+            "distinct_tokens": program.distinct_tokens,
+            "compiler_bos": BOS,
+            "compiler_pad": PAD,
+            "mlp_exactness": 100,
+            "output_label": sop.label,
+            "layers": conversion.tl_config["n_layers"],
+            "heads_per_layer": conversion.tl_config["n_heads"],
+            "key_size": conversion.tl_config["d_head"] - 1,
+        },
         "tl_config": conversion.tl_config,
         "input_tokens": conversion.input_tokens,
         "output_tokens": conversion.output_tokens,
@@ -365,8 +434,14 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
     folder = out_dir / program.name
     folder.mkdir(parents=True, exist_ok=True)
     save_file(conversion.weights, folder / "weights.safetensors")
-    save_file({"input_ids": reference.input_ids, "output_ids": reference.output_ids,
-               "output_logits": reference.output_logits}, folder / "reference.safetensors")
+    save_file(
+        {
+            "input_ids": reference.input_ids,
+            "output_ids": reference.output_ids,
+            "output_logits": reference.output_logits,
+        },
+        folder / "reference.safetensors",
+    )
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
 
@@ -379,9 +454,11 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in arguments.programs:
         card = build(PROGRAMS[name], arguments.out)
-        print(f"{name}: heads {card['truth']['heads']}, MLP layers {card['truth']['mlp_layers']}, "
-              f"neurons {sum(len(n) for n in card['truth']['neurons'].values())}, unique {card['unique']}, "
-              f"{card['verification']}")
+        print(
+            f"{name}: heads {card['truth']['heads']}, MLP layers {card['truth']['mlp_layers']}, "
+            f"neurons {sum(len(n) for n in card['truth']['neurons'].values())}, unique {card['unique']}, "
+            f"{card['verification']}"
+        )
 
 
 if __name__ == "__main__":

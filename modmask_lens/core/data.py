@@ -1,4 +1,5 @@
-"""Tokenized subtask data for mask training, and the answer-token loss and accuracy computed on it."""
+"""A subtask as token ids (what masks, probes and ground-truth cases train and score on), and the checks that a
+model can run it."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
-from torch import Tensor, nn
+from jaxtyping import Int
+from torch import Tensor
 
-from modmask_lens.tasks.custom import FIELDS, PairSource, load_pairs
-from modmask_lens.tasks.encoding import IGNORE_INDEX, encode_pairs
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
+from modmask_lens.core.pairs import FIELDS, PairSource, load_pairs
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ class SubtaskData:
             ...                                   bridge.tokenizer)                                # doctest: +SKIP
         """
         if tokenizer is None:
-            raise ValueError(f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
-                             "(for a model folder: save it there with tokenizer.save_pretrained(folder))")
+            raise ValueError(
+                f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
+                "(for a model folder: save it there with tokenizer.save_pretrained(folder))"
+            )
         prompts, completions = load_pairs(source, fields)
         examples = encode_pairs(tokenizer, prompts, completions)
         return cls(name, examples.input_ids, examples.labels)
@@ -83,8 +86,11 @@ class SubtaskData:
         def pad(tensor: Tensor, value: int) -> Tensor:
             return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
-        return cls(name, torch.cat([pad(part.input_ids, 0) for part in parts]),
-                   torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]))
+        return cls(
+            name,
+            torch.cat([pad(part.input_ids, 0) for part in parts]),
+            torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]),
+        )
 
     def fingerprint(self) -> str:
         """SHA-256 of the token ids and labels (shapes included): what a checkpoint records of its data."""
@@ -100,7 +106,7 @@ class SubtaskData:
         length = _scored_length(labels)
         return self.input_ids[indices, :length], labels[:, :length]
 
-    def check_fits(self, bridge: nn.Module) -> None:
+    def check_fits(self, bridge: Bridge) -> None:
         """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, and
         every scored example within its context length ``cfg.n_ctx``.
 
@@ -122,7 +128,7 @@ def _scored_length(labels: Int[Tensor, "example pos"]) -> int:
     return int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
 
 
-def check_context(bridge: nn.Module, positions: int, what: str) -> None:
+def check_context(bridge: Bridge, positions: int, what: str) -> None:
     """Raise ``ValueError`` naming the limit if ``positions`` exceed the model's context ``cfg.n_ctx``."""
     n_ctx = getattr(bridge.cfg, "n_ctx", None)
     if n_ctx is not None and positions > n_ctx:
@@ -132,7 +138,7 @@ def check_context(bridge: nn.Module, positions: int, what: str) -> None:
         )
 
 
-def check_device(bridge: nn.Module, tensor: Tensor, what: str) -> None:
+def check_device(bridge: Bridge, tensor: Tensor, what: str) -> None:
     """Raise ``ValueError`` naming both devices unless ``tensor`` is on the device of the model's parameters."""
     model_device = next(bridge.parameters()).device
     if tensor.device != model_device:
@@ -140,34 +146,3 @@ def check_device(bridge: nn.Module, tensor: Tensor, what: str) -> None:
             f"{what} is on device {tensor.device} but the model is on {model_device}; move one to the other "
             f"(e.g. tensor.to({str(model_device)!r}) or bridge.to({str(tensor.device)!r}))"
         )
-
-
-@dataclass(frozen=True)
-class AnswerScore:
-    """Summed answer-token cross-entropy and exact-match counts of a batch (sums, so chunks add up)."""
-
-    loss_sum: Tensor
-    n_tokens: int
-    n_correct: int
-    n_examples: int
-
-
-def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> AnswerScore:
-    """Cross-entropy summed over answer tokens, and how many examples have every answer token right.
-
-    Teacher-forced exact match equals greedy exact match: greedy decoding reproduces the answer exactly iff the
-    argmax at every gold prefix is the gold token.
-
-    Args:
-        logits: model output, ``[batch, pos, vocab]``.
-        labels: ``[batch, pos]`` as in :class:`SubtaskData`.
-    """
-    predicted_logits, targets = logits[:, :-1], labels[:, 1:]
-    scored = targets != IGNORE_INDEX
-    loss_sum = F.cross_entropy(
-        predicted_logits.reshape(-1, predicted_logits.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
-    )
-    right = (predicted_logits.argmax(dim=-1) == targets) | ~scored
-    return AnswerScore(loss_sum, int(scored.sum()), int(right.all(dim=1).sum()), labels.shape[0])
-

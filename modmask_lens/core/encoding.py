@@ -75,8 +75,10 @@ def encode_pairs(
     separator = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-    sequences = [prompt + separator + completion + [tokenizer.eos_token_id]
-                 for prompt, completion in zip(prompt_ids, completion_ids)]
+    sequences = [
+        prompt + separator + completion + [tokenizer.eos_token_id]
+        for prompt, completion in zip(prompt_ids, completion_ids)
+    ]
     longest = max((len(sequence) for sequence in sequences), default=0)
     if max_len is not None and longest > max_len:
         raise ValueError(f"a pair has {longest} tokens but max_len is {max_len}; raise max_len or shorten the pair")

@@ -50,7 +50,9 @@ def load_pairs(source: PairSource, fields: tuple[str, str] = FIELDS) -> tuple[li
         prompts.append(row["prompt"])
         completions.append(row["completion"])
     if len(prompts) < 2:
-        raise ValueError(f"a subtask needs at least 2 examples, got {len(prompts)}; add more (prompt, completion) pairs")
+        raise ValueError(
+            f"a subtask needs at least 2 examples, got {len(prompts)}; add more (prompt, completion) pairs"
+        )
     return prompts, completions
 
 
@@ -67,5 +69,7 @@ def _jsonl_rows(path: Path) -> Iterable[dict]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}); one object per line") from error
         if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {number}: expected an object with 'prompt' and 'completion'")
+            raise ValueError(  # noqa: TRY004 (bad input is a ValueError everywhere, see cli.KNOWN_ERRORS)
+                f"{path}, line {number}: expected an object with 'prompt' and 'completion'"
+            )
         yield row

@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from modmask_lens import zoo
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.loading import load_subtask
 from modmask_lens.masks.config import TrainConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.io import save_masks
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.viz import write_report
@@ -38,10 +37,12 @@ def run_demo(output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: 
     evaluation = {}
     for name in SUBTASKS:
         test = load_subtask(f"scan/{name}", tokenizer, split="test")
-        evaluation[test.name] = SubtaskData(test.name, test.input_ids[:EVALUATION_EXAMPLES],
-                                            test.labels[:EVALUATION_EXAMPLES])
-    trainer = MaskTrainer(bridge, training, train_config=train_config, checkpoint_dir=output / "checkpoints",
-                          progress=progress)
+        evaluation[test.name] = SubtaskData(
+            test.name, test.input_ids[:EVALUATION_EXAMPLES], test.labels[:EVALUATION_EXAMPLES]
+        )
+    trainer = MaskTrainer(
+        bridge, training, train_config=train_config, checkpoint_dir=output / "checkpoints", progress=progress
+    )
     mask_sets = trainer.train()
     binaries = {name: mask_set.binary() for name, mask_set in mask_sets.items()}
     for name, mask_set in mask_sets.items():
@@ -52,14 +53,23 @@ def run_demo(output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: 
     accuracy = mask_accuracy(bridge, binaries, evaluation)
     table = paper_table(accuracy)
     prompt = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    write_report(output / "report.html", bridge, mask_sets, prompt, data=evaluation,
-                 token_labels=tokenizer.convert_ids_to_tokens(prompt.tolist()),
-                 title="modmask-lens demo: SCAN subnetworks of the zoo model", settings=train_config.to_dict())
+    write_report(
+        output / "report.html",
+        bridge,
+        mask_sets,
+        prompt,
+        data=evaluation,
+        token_labels=tokenizer.convert_ids_to_tokens(prompt.tolist()),
+        title="modmask-lens demo: SCAN subnetworks of the zoo model",
+        settings=train_config.to_dict(),
+    )
     for name, frame in (("kept_fraction", kept), ("overlap", overlap), ("accuracy", accuracy)):
         frame.to_csv(output / f"{name}.csv", index=False)
     summary = {
-        "model": "zoo/scan", "model_test_exact_match": card.accuracies.get("test/all"),
-        "subtasks": [data.name for data in training], "train_config": train_config.to_dict(),
+        "model": "zoo/scan",
+        "model_test_exact_match": card.accuracies.get("test/all"),
+        "subtasks": [data.name for data in training],
+        "train_config": train_config.to_dict(),
         "kept_fraction": {name: binary.count / binary.total for name, binary in binaries.items()},
         "accuracy": accuracy.to_dict(orient="records"),
     }

@@ -1,4 +1,4 @@
-"""Fresh Hugging Face causal LMs for the zoo, built from an :class:`~modmask_lens.zoo.recipes.Architecture`."""
+"""Fresh Hugging Face causal LMs for the zoo, built from an :class:`~experiments.zoo.recipes.Architecture`."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modmask_lens.zoo.recipes import Architecture
+from experiments.zoo.recipes import Architecture
 
 
 def build_model(architecture: Architecture, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """A randomly initialised model of ``architecture`` whose vocabulary and special ids match ``tokenizer``."""
-    special_ids = dict(
-        bos_token_id=tokenizer.sep_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    special_ids = {
+        "bos_token_id": tokenizer.sep_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     d_mlp = architecture.d_mlp or 4 * architecture.d_model
     if architecture.family == "gpt2":
         config = GPT2Config(

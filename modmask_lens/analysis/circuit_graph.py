@@ -10,8 +10,9 @@ Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then 
 * ``unembed`` reads with ``W_U``.
 
 Edge measure (docs/viz.md#edge-measure). A *path* from writer matrix ``M_w`` to reader matrix ``M_r`` is one weight of
-``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (``ln1.w`` for heads,
-``ln2.w`` for MLPs, ``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
+``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (the adapter's
+:meth:`~modmask_lens.adapters.Adapter.reader_norm`: in pre-norm blocks ``ln1.w`` for heads, ``ln2.w`` for MLPs,
+``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
 is the fraction of these paths whose weights the mask all keeps, averaged over the node's (writer matrix, reader
 matrix) pairs::
 
@@ -39,7 +40,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from modmask_lens.adapters import TensorSpec
+from modmask_lens.adapters import Adapter, TensorSpec, installed_adapters
 from modmask_lens.masks.binary import BinaryMask
 
 NODE_ROLES = {
@@ -49,10 +50,6 @@ NODE_ROLES = {
     "unembed": ("W_U",),
 }
 """The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
-WRITER_ROLES = ("W_E", "W_pos", "W_O", "W_out")
-"""Matrices that write the residual stream."""
-READER_NORMS = {"head": "ln1.w", "mlp": "ln2.w", "unembed": "ln_final.w"}
-"""The norm gain in front of each reader kind (pre-norm blocks)."""
 
 
 @dataclass(frozen=True)
@@ -96,18 +93,24 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
     names = node_names(n_layers, n_heads)
-    slices = [_NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
-              for name, kind, layer, head, _ in names for spec in mask.specs
-              if spec.role in NODE_ROLES[kind] and spec.layer == layer]
+    slices = [
+        _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
+        for name, kind, layer, head, _ in names
+        for spec in mask.specs
+        if spec.role in NODE_ROLES[kind] and spec.layer == layer
+    ]
     node_roles = pd.DataFrame(
-        [{"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
-         for part in slices],
+        [
+            {"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
+            for part in slices
+        ],
         columns=["node", "role", "kept", "total"],
     )
     node_roles["kept_fraction"] = node_roles["kept"] / node_roles["total"]
     nodes = pd.DataFrame(names, columns=["node", "kind", "layer", "head", "stage"])
-    nodes = nodes.merge(node_roles.groupby("node", sort=False)[["kept", "total"]].sum().reset_index(), on="node",
-                        how="left")
+    nodes = nodes.merge(
+        node_roles.groupby("node", sort=False)[["kept", "total"]].sum().reset_index(), on="node", how="left"
+    )
     nodes[["kept", "total"]] = nodes[["kept", "total"]].fillna(0).astype(int)
     nodes["kept_fraction"] = nodes["kept"] / nodes["total"].where(nodes["total"] > 0)
     nodes = nodes.merge(_neuron_counts(slices), on="node", how="left")
@@ -137,27 +140,15 @@ class _NodeSlice:
     kept: Bool[Tensor, "other d_model"]
 
 
-def residual_axis(spec: TensorSpec) -> int:
-    """The axis of ``spec``'s tensor that indexes residual-stream dimensions."""
-    if spec.layout == "embedding":
-        return 1
-    writes = spec.role in WRITER_ROLES
-    if spec.layout == "linear":  # [out, in]
-        return 0 if writes else 1
-    if spec.layout == "conv1d":  # [in, out]
-        return 1 if writes else 0
-    raise ValueError(f"{spec.key}: a {spec.layout} tensor has no residual axis; only matrices are graph edges")
-
-
-def _node_slice(spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None,
-                n_heads: int) -> Bool[Tensor, "other d_model"]:
+def _node_slice(
+    spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None, n_heads: int
+) -> Bool[Tensor, "other d_model"]:
     """The part of ``kept`` that belongs to one node, as [weights per residual dimension, d_model]."""
-    oriented = kept.movedim(residual_axis(spec), -1)
+    oriented = kept.movedim(spec.residual_axis, -1)
     if head is None or spec.unit not in ("head", "kv_head"):
         return oriented.reshape(-1, oriented.shape[-1])
-    units = oriented.shape[0] // spec.unit_width
-    unit = head // (n_heads // units)  # query head -> its key/value group under grouped-query attention
-    return oriented[unit * spec.unit_width:(unit + 1) * spec.unit_width]
+    unit = spec.unit_read_by(head, n_heads)
+    return oriented[unit * spec.unit_width : (unit + 1) * spec.unit_width]
 
 
 def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
@@ -166,8 +157,9 @@ def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
     for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
         # A node slice of an MLP matrix is [d_mlp, d_model]: a neuron is alive in it with any kept weight.
         alive = [part.kept.any(dim=1) for part in slices if part.node == node]
-        rows.append({"node": node, "neurons": alive[0].numel(),
-                     "kept_neurons": int(torch.stack(alive).all(dim=0).sum())})
+        rows.append(
+            {"node": node, "neurons": alive[0].numel(), "kept_neurons": int(torch.stack(alive).all(dim=0).sum())}
+        )
     return pd.DataFrame(rows, columns=["node", "neurons", "kept_neurons"])
 
 
@@ -179,19 +171,26 @@ def _profile(parts: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]
 
 
 def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> pd.DataFrame:
-    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs
-             if spec.role in READER_NORMS.values()}
+    # The adapter the mask was made with knows where the norms sit; a mask from no installed adapter reads pre-norm.
+    adapter = installed_adapters().get(mask.origin.adapter, Adapter)()
+    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs if spec.kind == "norm"}
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
-    write = torch.stack([_profile([p for p in slices if p.node == name and p.spec.role in WRITER_ROLES], d_model)
-                         for name, _ in writers])
-    read = torch.stack([
-        _profile([p for p in slices if p.node == name and p.spec.role not in WRITER_ROLES], d_model)
-        * gains.get((READER_NORMS[kind], layer), torch.ones(d_model))
-        for name, kind, layer, _ in readers
-    ])
+    write = torch.stack(
+        [_profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model) for name, _ in writers]
+    )
+    read = torch.stack(
+        [
+            _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
+            * gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
+            for name, kind, layer, _ in readers
+        ]
+    )
     weights = write @ read.T / d_model
-    rows = [{"source": source, "target": target, "weight": float(weights[i, j])}
-            for i, (source, source_stage) in enumerate(writers)
-            for j, (target, _, _, target_stage) in enumerate(readers) if target_stage > source_stage]
+    rows = [
+        {"source": source, "target": target, "weight": float(weights[i, j])}
+        for i, (source, source_stage) in enumerate(writers)
+        for j, (target, _, _, target_stage) in enumerate(readers)
+        if target_stage > source_stage
+    ]
     return pd.DataFrame(rows, columns=["source", "target", "weight"])

@@ -28,7 +28,7 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a zoo model is trained. Optimiser defaults follow the offline-models spec's CPU runs: AdamW with
+    """How a zoo model is trained. Optimiser defaults (chosen for short CPU runs): AdamW with
     betas (0.9, 0.98), weight decay 0.01, 200 warm-up steps then cosine decay, gradient clipping at 1, no dropout.
 
     ``bimt`` / ``clusterability`` make a modular-training variant (at most one): the task loss plus BIMT's
@@ -41,11 +41,11 @@ class Recipe:
     architecture: Architecture
     steps: int
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    lr: float = 2e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
-    gradient_clip: float = 1.0
+    grad_clip: float = 1.0
     seed: int = 0
     eval_every: int = 500  # steps between progress evaluations (logged only; they never change training)
     checkpoint_every: int = 250
@@ -63,8 +63,9 @@ RECIPES: dict[str, Recipe] = {
     "math": Recipe(
         name="math",
         task="math",
-        architecture=Architecture(family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2,
-                                  n_positions=256),
+        architecture=Architecture(
+            family="llama", n_layers=3, d_model=128, n_heads=4, n_key_value_heads=2, n_positions=256
+        ),
         steps=8000,
     ),
     "addmul": Recipe(
@@ -73,7 +74,7 @@ RECIPES: dict[str, Recipe] = {
         architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
         steps=6000,
         batch_size=256,
-        learning_rate=1e-3,
+        lr=1e-3,
         weight_decay=0.1,  # stronger than the default: held-out table entries need a generalising solution
     ),
     "modadd": Recipe(
@@ -82,13 +83,13 @@ RECIPES: dict[str, Recipe] = {
         architecture=Architecture(family="llama", n_layers=2, d_model=128, n_heads=4, n_key_value_heads=2),
         steps=2000,
         batch_size=256,
-        learning_rate=1e-3,
+        lr=1e-3,
         weight_decay=0.1,
     ),
     "double-add": Recipe(
         name="double-add",
         task="double_add",
-        # The spec's defaults (lr 2e-3, batch 128). Learns within a few hundred steps only because 10% of the
+        # The default settings (lr 2e-3, batch 128). Learns within a few hundred steps only because 10% of the
         # train operands are 00 (arithmetic.DOUBLE_ADD_ZERO_OPERAND_PROBABILITY explains why).
         architecture=Architecture(family="gpt2", n_layers=2, d_model=128, n_heads=4),
         steps=4000,
@@ -101,8 +102,9 @@ RECIPES: dict[str, Recipe] = {
 # units moved per axis every 200 steps) or the clusterability loss (Golechha et al.: k = 4 blocks, lambda 20).
 for _base in ("scan", "math"):
     RECIPES[f"{_base}-bimt"] = replace(RECIPES[_base], name=f"{_base}-bimt", bimt=MODULAR_ADDITION)
-    RECIPES[f"{_base}-clusterability"] = replace(RECIPES[_base], name=f"{_base}-clusterability",
-                                                 clusterability=ClusterabilityConfig())
+    RECIPES[f"{_base}-clusterability"] = replace(
+        RECIPES[_base], name=f"{_base}-clusterability", clusterability=ClusterabilityConfig()
+    )
 
 
 def recipe(name: str) -> Recipe:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from modmask_lens.tasks.arithmetic import modular_sum_table
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,15 +50,17 @@ def independence_data(n_train: int = 100, n_test: int = 100, seed: int = 0) -> R
     generator = torch.Generator().manual_seed(seed)
     train_inputs = torch.rand(n_train, 4, generator=generator) * 2 - 1
     test_inputs = torch.rand(n_test, 4, generator=generator) * 2 - 1
-    return RegressionSplit(train_inputs, independence_targets(train_inputs),
-                           test_inputs, independence_targets(test_inputs))
+    return RegressionSplit(
+        train_inputs, independence_targets(train_inputs), test_inputs, independence_targets(test_inputs)
+    )
 
 
 def modular_addition_data(modulus: int = 59, train_fraction: float = 0.8, seed: int = 0) -> TokenSplit:
     """Every pair (a, b) with label ``(a + b) mod modulus``, a random ``train_fraction`` for training (BIMT: 59,
     0.8)."""
-    pairs = torch.cartesian_prod(torch.arange(modulus), torch.arange(modulus))
-    labels = pairs.sum(1) % modulus
+    first, second, sums = modular_sum_table(modulus)
+    pairs = torch.from_numpy(np.stack([second, first], axis=1))  # the second operand varying fastest
+    labels = torch.from_numpy(sums)
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
     n_train = int(len(pairs) * train_fraction)
     train, test = order[:n_train], order[n_train:]

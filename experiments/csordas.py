@@ -1,4 +1,4 @@
-"""Reproducing Csordás et al. (2021) on the shipped zoo: ``python -m modmask_lens.reproduction [NAME ...]``.
+"""Reproducing Csordás et al. (2021) on the shipped zoo: ``modmask-lens reproduce [NAME ...]``.
 
 Each experiment trains masks on a zoo model (one run, one mask per subtask plus a control mask on the model's full
 training data), evaluates every mask and its inverse on every evaluation set, measures overlaps, and returns tidy
@@ -19,7 +19,6 @@ results); they are not tuned toward the paper's numbers.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -33,8 +32,8 @@ import pandas as pd
 import torch
 
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.data import SubtaskData
 from modmask_lens.masks.training import train_masks
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view
@@ -74,14 +73,23 @@ def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     binaries = {name: mask.binary() for name, mask in masks.items()}
     evaluation = {name: _subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
     accuracy = mask_accuracy(model.bridge, binaries, evaluation)
-    fig4a = accuracy[accuracy.condition != "inverse"].pivot_table(
-        index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+    fig4a = (
+        accuracy[accuracy.condition != "inverse"]
+        .pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy")
+        .reset_index()
+    )
     removal = output_row_removal(binaries["jump"], binaries["simple"], model.tokenizer)
     action_rows = removal[removal["token"].str.startswith("I_")]
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
-    return ExperimentResult("scan", {"mask sizes": sizes, "accuracy on each split's test set (Fig. 4a)": fig4a,
-                                     "output rows removed by the jump mask (Fig. 4b)": action_rows},
-                            {"train": train_config.to_dict(), "eval_examples_per_split": eval_limit})
+    return ExperimentResult(
+        "scan",
+        {
+            "mask sizes": sizes,
+            "accuracy on each split's test set (Fig. 4a)": fig4a,
+            "output rows removed by the jump mask (Fig. 4b)": action_rows,
+        },
+        {"train": train_config.to_dict(), "eval_examples_per_split": eval_limit},
+    )
 
 
 def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
@@ -93,14 +101,23 @@ def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int 
     operations = ("add", "mul")
     training = [_subtask(name, subtask_view(data["train"], "operation", name), model.tokenizer) for name in operations]
     control = SubtaskData.concatenate("control", training)
-    evaluation = {name: _subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
-                  for name in operations}
+    evaluation = {
+        name: _subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
+        for name in operations
+    }
     tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, train_config)
-    return ExperimentResult("addmul", tables, {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit})
+    return ExperimentResult(
+        "addmul", tables, {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit}
+    )
 
 
-def _control_and_subtask_masks(bridge, control: SubtaskData, training: list[SubtaskData],
-                               evaluation: dict[str, SubtaskData], train_config: TrainConfig) -> dict[str, pd.DataFrame]:
+def _control_and_subtask_masks(
+    bridge,
+    control: SubtaskData,
+    training: list[SubtaskData],
+    evaluation: dict[str, SubtaskData],
+    train_config: TrainConfig,
+) -> dict[str, pd.DataFrame]:
     """Masks for a control task and each subtask in one run; their sizes, the subtasks' accuracy under each mask and
     its inverse, and the subtasks' IoU per layer and role."""
     masks = train_masks(bridge, [control, *training], MaskConfig(), train_config, progress=False)
@@ -110,7 +127,8 @@ def _control_and_subtask_masks(bridge, control: SubtaskData, training: list[Subt
     return {
         "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
         "accuracy (full / mask / inverse mask)": accuracy.pivot_table(
-            index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index(),
+            index=["condition", "mask"], columns="subtask", values="accuracy"
+        ).reset_index(),
         "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
     }
 
@@ -119,7 +137,7 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
     """Double addition (the paper's +/+): masks for pair 1 and pair 2, each scored on its own output slot only; do
     the two pairs use separate weights (low IoU in the blocks) and does removing one pair's mask spare the other?"""
     from modmask_lens import zoo
-    from modmask_lens.tasks.encoding import encode_pairs, restrict_labels
+    from modmask_lens.core.encoding import encode_pairs, restrict_labels
 
     model = zoo.load("double-add")
     data = model.task.build(model.card.seed)
@@ -136,8 +154,9 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
 
     training = pair_subtasks(data["train"], None)
     control = _subtask("control", data["train"], model.tokenizer)
-    tables = _control_and_subtask_masks(model.bridge, control, list(training.values()),
-                                        pair_subtasks(data["test"], eval_limit), train_config)
+    tables = _control_and_subtask_masks(
+        model.bridge, control, list(training.values()), pair_subtasks(data["test"], eval_limit), train_config
+    )
     return ExperimentResult("double addition", tables, {"train": train_config.to_dict(), "eval_examples": eval_limit})
 
 
@@ -156,19 +175,29 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     masks = train_masks(model.bridge, [control, easy, *training], MaskConfig(), train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
     sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
-    matrix = sharing.pivot(index="task_a", columns="task_b", values="iou").reset_index()
-    evaluation = {split: _subtask(split, data[split], model.tokenizer, eval_limit) for split in ("interpolate", "extrapolate")}
-    accuracy = mask_accuracy(model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation)
-    difficulty = accuracy[accuracy.condition != "inverse"].pivot_table(
-        index=["condition", "mask"], columns="evaluated_on", values="accuracy").reset_index()
+    matrix = sharing.pivot(index="mask_a", columns="mask_b", values="iou").reset_index()
+    evaluation = {
+        split: _subtask(split, data[split], model.tokenizer, eval_limit) for split in ("interpolate", "extrapolate")
+    }
+    accuracy = mask_accuracy(
+        model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation
+    )
+    difficulty = (
+        accuracy[accuracy.condition != "inverse"]
+        .pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy")
+        .reset_index()
+    )
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
-    return ExperimentResult("math modules", {"mask sizes": sizes, "IoU between the modules' masks": matrix,
-                                             "control vs easy-only mask": difficulty},
-                            {"train": train_config.to_dict(), "eval_examples": eval_limit, "modules": modules})
+    return ExperimentResult(
+        "math modules",
+        {"mask sizes": sizes, "IoU between the modules' masks": matrix, "control vs easy-only mask": difficulty},
+        {"train": train_config.to_dict(), "eval_examples": eval_limit, "modules": modules},
+    )
 
 
-def _probe_experiment(name: str, model, train: list[SubtaskData], test: list[SubtaskData],
-                      probe_steps: int) -> ExperimentResult:
+def _probe_experiment(
+    name: str, model, train: list[SubtaskData], test: list[SubtaskData], probe_steps: int
+) -> ExperimentResult:
     """Gated-module probe on the last block's residual stream at the last question token, one expert per subtask,
     target the first answer token: how the gate splits the subtasks, and whose the errors are."""
     from modmask_lens.probes import (
@@ -188,11 +217,15 @@ def _probe_experiment(name: str, model, train: list[SubtaskData], test: list[Sub
     probe = ProbeTrainer(model.bridge, hooks, train_data, config, progress=False).train()
     evaluation = evaluate_probe(probe, model.bridge, hooks, test_data)
     table = routing_table(evaluation).pivot(index="subtask", columns="expert", values="count").reset_index()
-    return ExperimentResult(name, {"routing information (bits)": routing_information(evaluation),
-                                   "subtask x expert (examples routed by argmax gate)": table,
-                                   "error attribution": error_attribution(evaluation)},
-                            {"probe": config.to_dict(), "hooks": hooks, "train_examples": len(train_data),
-                             "test_examples": len(test_data)})
+    return ExperimentResult(
+        name,
+        {
+            "routing information (bits)": routing_information(evaluation),
+            "subtask x expert (examples routed by argmax gate)": table,
+            "error attribution": error_attribution(evaluation),
+        },
+        {"probe": config.to_dict(), "hooks": hooks, "train_examples": len(train_data), "test_examples": len(test_data)},
+    )
 
 
 def _scan_primitive_subtasks(model, split: str, limit: int | None) -> list[SubtaskData]:
@@ -210,37 +243,58 @@ def _math_module_subtasks(model, split: str, limit: int | None) -> list[SubtaskD
     """One subtask per module of the math model's task (``split``: a train split, ``interpolate`` or
     ``extrapolate``)."""
     data = model.task.build(model.card.seed)[split]
-    return [_subtask(name, subtask_view(data, "module", name), model.tokenizer, limit)
-            for name in sorted(set(data["module"]))]
+    return [
+        _subtask(name, subtask_view(data, "module", name), model.tokenizer, limit)
+        for name in sorted(set(data["module"]))
+    ]
 
 
-def scan_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000,
-                          probe_steps: int = 1500) -> ExperimentResult:
+def scan_probe_experiment(
+    train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000, probe_steps: int = 1500
+) -> ExperimentResult:
     """Gated-module probe on the zoo ``scan`` model. Subtasks: commands with exactly one of jump / walk / run / look.
     ``train_config`` is unused (probes have their own)."""
     from modmask_lens import zoo
 
     model = zoo.load("scan")
-    return _probe_experiment("scan probe", model, _scan_primitive_subtasks(model, "train", None),
-                             _scan_primitive_subtasks(model, "test", eval_limit), probe_steps)
+    return _probe_experiment(
+        "scan probe",
+        model,
+        _scan_primitive_subtasks(model, "train", None),
+        _scan_primitive_subtasks(model, "test", eval_limit),
+        probe_steps,
+    )
 
 
-def math_probe_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000,
-                          probe_steps: int = 1500, train_limit: int = 10_000) -> ExperimentResult:
+def math_probe_experiment(
+    train_config: TrainConfig = CPU_SETTINGS,
+    eval_limit: int | None = 1000,
+    probe_steps: int = 1500,
+    train_limit: int = 10_000,
+) -> ExperimentResult:
     """Gated-module probe on the zoo ``math`` model. Subtasks: its modules (train: ``train_limit`` questions each;
     test: the interpolate split). ``train_config`` is unused (probes have their own)."""
     from modmask_lens import zoo
 
     model = zoo.load("math")
-    return _probe_experiment("math probe", model, _math_module_subtasks(model, "train", train_limit),
-                             _math_module_subtasks(model, "interpolate", eval_limit), probe_steps)
+    return _probe_experiment(
+        "math probe",
+        model,
+        _math_module_subtasks(model, "train", train_limit),
+        _math_module_subtasks(model, "interpolate", eval_limit),
+        probe_steps,
+    )
 
 
 VARIANT_SUBTASKS = {"scan": (_scan_primitive_subtasks, "test"), "math": (_math_module_subtasks, "interpolate")}
 
 
-def modular_training_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000,
-                                base: str = "scan", train_limit: int | None = 5000) -> ExperimentResult:
+def modular_training_experiment(
+    train_config: TrainConfig = CPU_SETTINGS,
+    eval_limit: int | None = 1000,
+    base: str = "scan",
+    train_limit: int | None = 5000,
+) -> ExperimentResult:
     """Zoo model ``base`` trained plain, with BIMT and with the clusterability loss (same recipe and budget): its
     accuracy, clusterability (k = 4, mean over the MLP matrices, next to random weights), and how separate its
     subtasks' weight masks are: mean pairwise IoU, and the inverse-mask accuracy drops on a mask's own subtask and
@@ -257,31 +311,44 @@ def modular_training_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_l
         masks = train_masks(model.bridge, training, MaskConfig(), train_config, progress=False)
         binaries = {name: mask.binary() for name, mask in masks.items()}
         accuracy = mask_accuracy(model.bridge, binaries, evaluation)
-        full = accuracy[accuracy.condition == "full"].set_index("evaluated_on")["accuracy"]
+        full = accuracy[accuracy.condition == "full"].set_index("subtask")["accuracy"]
         inverse = accuracy[accuracy.condition == "inverse"]
-        drop = full.loc[inverse["evaluated_on"]].to_numpy() - inverse["accuracy"].to_numpy()
-        own = inverse["mask"].to_numpy() == inverse["evaluated_on"].to_numpy()
+        drop = full.loc[inverse["subtask"]].to_numpy() - inverse["accuracy"].to_numpy()
+        own = inverse["mask"].to_numpy() == inverse["subtask"].to_numpy()
         measured = clusterability(model.bridge, k=4)
         mean_clusterability = measured.groupby("method")["clusterability"].mean()
-        rows.append({
-            "model": variant, "test accuracy": model.card.accuracies[f"{test_split}/all"],
-            "clusterability (blocks)": mean_clusterability["blocks"],
-            "clusterability (spectral)": mean_clusterability["spectral"],
-            "random (spectral)": float(measured[measured.method == "spectral"]["random"].mean()),
-            "mask kept": float(pd.Series([binary.count / binary.total for binary in binaries.values()]).mean()),
-            "mask IoU": float(pairwise_overlap(binaries, by="all")["iou"].mean()),
-            "inverse drop, own subtask": float(drop[own].mean()),
-            "inverse drop, other subtasks": float(drop[~own].mean()),
-        })
-    return ExperimentResult(f"modular training ({base})", {"plain vs BIMT vs clusterability loss": pd.DataFrame(rows)},
-                            {"train": train_config.to_dict(), "eval_examples_per_subtask": eval_limit,
-                             "train_examples_per_subtask": train_limit,
-                             "subtasks": [data.name for data in training]})
+        rows.append(
+            {
+                "model": variant,
+                "test accuracy": model.card.accuracies[f"{test_split}/all"],
+                "clusterability (blocks)": mean_clusterability["blocks"],
+                "clusterability (spectral)": mean_clusterability["spectral"],
+                "random (spectral)": float(measured[measured.method == "spectral"]["random"].mean()),
+                "mask kept": float(pd.Series([binary.count / binary.total for binary in binaries.values()]).mean()),
+                "mask IoU": float(pairwise_overlap(binaries, by="all")["iou"].mean()),
+                "inverse drop, own subtask": float(drop[own].mean()),
+                "inverse drop, other subtasks": float(drop[~own].mean()),
+            }
+        )
+    return ExperimentResult(
+        f"modular training ({base})",
+        {"plain vs BIMT vs clusterability loss": pd.DataFrame(rows)},
+        {
+            "train": train_config.to_dict(),
+            "eval_examples_per_subtask": eval_limit,
+            "train_examples_per_subtask": train_limit,
+            "subtasks": [data.name for data in training],
+        },
+    )
 
 
 EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
-    "scan": scan_experiment, "addmul": addmul_experiment, "double_add": double_add_experiment, "math": math_experiment,
-    "scan_probe": scan_probe_experiment, "math_probe": math_probe_experiment,
+    "scan": scan_experiment,
+    "addmul": addmul_experiment,
+    "double_add": double_add_experiment,
+    "math": math_experiment,
+    "scan_probe": scan_probe_experiment,
+    "math_probe": math_probe_experiment,
     "scan_variants": partial(modular_training_experiment, base="scan"),
     "math_variants": partial(modular_training_experiment, base="math"),
 }
@@ -295,8 +362,9 @@ def _timed(name: str, train_config: TrainConfig, eval_limit: int | None) -> Expe
     return result
 
 
-def run(names: list[str], train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000,
-        jobs: int = 1) -> list[ExperimentResult]:
+def run(
+    names: list[str], train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000, jobs: int = 1
+) -> list[ExperimentResult]:
     """Run the named experiments, timing each; ``jobs`` > 1 runs them in that many processes (one torch thread
     each), taking the next name whenever a process is free, so put the longest first."""
     if jobs == 1:
@@ -305,39 +373,39 @@ def run(names: list[str], train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
         return list(pool.map(_timed, names, repeat(train_config), repeat(eval_limit)))
 
 
-def write_results(results: list[ExperimentResult], path: Path, command: str, total_seconds: float | None = None) -> None:
+def write_results(
+    results: list[ExperimentResult], path: Path, command: str, total_seconds: float | None = None
+) -> None:
     """Render experiments as markdown tables with their settings, timing and the command that regenerates them."""
-    lines = ["# Reproduction of Csordás et al. (2021) on the zoo", "",
-             f"Regenerate with `{command}` (1 torch thread per process).", ""]
+    lines = [
+        "# Reproduction of Csordás et al. (2021) on the zoo",
+        "",
+        f"Regenerate with `{command}` (1 torch thread per process).",
+        "",
+    ]
     if total_seconds is not None:
         lines += [f"Total wall time: {total_seconds:.0f} s.", ""]
     for result in results:
         lines += [f"## {result.name}", "", f"Wall time: {result.seconds:.0f} s. Settings: `{result.settings}`.", ""]
         lines += [f"- {note}" for note in result.notes] + ([""] if result.notes else [])
         for title, table in result.tables.items():
-            lines += [f"### {title}", "", "```", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"),
-                      "```", ""]
+            lines += [
+                f"### {title}",
+                "",
+                "```",
+                table.to_string(index=False, float_format=lambda v: f"{v:.3f}"),
+                "```",
+                "",
+            ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m modmask_lens.reproduction", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--steps", type=int, default=CPU_SETTINGS.steps)
-    parser.add_argument("--eval-limit", type=int, default=2000)
-    parser.add_argument("--jobs", type=int, default=1, help="experiments run in parallel, one process each")
-    arguments = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    config = replace(CPU_SETTINGS, steps=arguments.steps)
+def run_and_write(
+    names: list[str], out: Path, steps: int = CPU_SETTINGS.steps, eval_limit: int | None = 2000, jobs: int = 1
+) -> None:
+    """Run the named experiments and write them to ``out`` with the command that regenerates them."""
     start = time.perf_counter()
-    results = run(arguments.names, config, arguments.eval_limit, arguments.jobs)
-    command = ("python -m modmask_lens.reproduction " + " ".join(arguments.names)
-               + f" --steps {arguments.steps} --eval-limit {arguments.eval_limit} --jobs {arguments.jobs}")
-    write_results(results, arguments.out, command, time.perf_counter() - start)
-    print(f"wrote {arguments.out}")
-
-
-if __name__ == "__main__":
-    main()
+    results = run(names, replace(CPU_SETTINGS, steps=steps), eval_limit, jobs)
+    command = f"modmask-lens reproduce {' '.join(names)} --steps {steps} --eval-limit {eval_limit} --jobs {jobs}"
+    write_results(results, out, command, time.perf_counter() - start)

@@ -1,6 +1,6 @@
 """Train the planted models on one CPU thread and write them, with their cards, into the package.
 
-Usage: ``python -m modmask_lens.groundtruth.plant_training [NAME ...] [--out DIR]`` (default: every plant, into
+Usage: ``python -m experiments.groundtruth.plant_training [NAME ...] [--out DIR]`` (default: every plant, into
 ``modmask_lens/groundtruth/plants/``). Deterministic: seeds fix the model, the plan and the (full-batch) training.
 
 Each step, for each subtask, three forward passes of the Hugging Face model through ``functional_call``: the full
@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
+from experiments.zoo.architectures import build_model
+from experiments.zoo.recipes import Architecture
 from modmask_lens.adapters import adapter_for
 from modmask_lens.groundtruth.ablations import planted_elements
 from modmask_lens.groundtruth.digits import answer_token_ids, digit_tokenizer
 from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_plant
 from modmask_lens.groundtruth.plan import PlantPlan
 from modmask_lens.groundtruth.plants import (
-    ARCHITECTURE,
     CARD_FILE,
     PLANTS,
     PLANTS_DIR,
@@ -40,8 +41,8 @@ from modmask_lens.groundtruth.plants import (
     plant_plan,
     plant_subtasks,
 )
-from modmask_lens.zoo.architectures import build_model
 
+ARCHITECTURE = Architecture("llama", n_layers=2, d_model=32, n_heads=8, d_mlp=64, n_positions=8)
 TORCH_THREADS = 1
 LEARNING_RATE = 5e-3
 MAX_STEPS = 8000
@@ -72,23 +73,20 @@ def _plan_masks(bridge: nn.Module, plan: PlantPlan, names: dict[str, str]) -> tu
     removed masks (split tensors only)."""
     own = {
         subtask: {
-            names[key]: elements.float()
-            for key, (_, elements) in planted_elements(bridge, plan, subtask).items()
+            names[key]: elements.float() for key, (_, elements) in planted_elements(bridge, plan, subtask).items()
         }
         for subtask in plan.uses
     }
     removed = {subtask: {name: 1 - mask for name, mask in masks.items()} for subtask, masks in own.items()}
     structure = {
-        name: torch.stack([masks[name] for masks in own.values()]).amax(dim=0)
-        for name in next(iter(own.values()))
+        name: torch.stack([masks[name] for masks in own.values()]).amax(dim=0) for name in next(iter(own.values()))
     }
     return structure, own, removed
 
 
 def _answer_logits(model: nn.Module, masks: dict[str, Tensor], input_ids: Tensor) -> Tensor:
     parameters = {
-        name: parameter * masks[name] if name in masks else parameter
-        for name, parameter in model.named_parameters()
+        name: parameter * masks[name] if name in masks else parameter for name, parameter in model.named_parameters()
     }
     return torch.func.functional_call(model, parameters, (input_ids,)).logits[:, -2]
 
@@ -155,7 +153,7 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print) -> dict:
         "seed": spec.seed,
         "architecture": {key: value for key, value in vars(ARCHITECTURE).items()},
         "training": {
-            "command": f"python -m modmask_lens.groundtruth.plant_training {spec.name}",
+            "command": f"python -m experiments.groundtruth.plant_training {spec.name}",
             "steps": step,
             "learning_rate": LEARNING_RATE,
             "necessity_weight": NECESSITY_WEIGHT,
@@ -179,11 +177,7 @@ def _planted(model, data, answers, own, removed, log, step, loss) -> bool:
     with torch.no_grad():
         for name, examples in data.items():
             full, kept, without = (
-                float(
-                    (_answer_logits(model, masks, examples.input_ids).argmax(-1) == answers[name])
-                    .float()
-                    .mean()
-                )
+                float((_answer_logits(model, masks, examples.input_ids).argmax(-1) == answers[name]).float().mean())
                 for masks in ({}, own[name], removed[name])
             )
             done &= full == 1.0 and kept == 1.0 and without <= 0.2
@@ -213,9 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry: train the named plants (default: all)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"plants to train (default: all of {', '.join(PLANTS)})")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="parent folder (default: the package's plants)"
-    )
+    parser.add_argument("--out", type=Path, default=None, help="parent folder (default: the package's plants)")
     arguments = parser.parse_args(argv)
     for name in arguments.names or list(PLANTS):
         if name not in PLANTS:

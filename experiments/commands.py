@@ -1,0 +1,82 @@
+"""The experiments' commands of the ``modmask-lens`` command line (registered as ``modmask_lens.commands`` entry
+points; each imports its experiment only when it runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-output"), help="folder for the masks, tables, summary and report"),
+    mask_steps: int = typer.Option(200, help="mask training steps per subtask"),
+):
+    """Find the jump and walk subnetworks of the zoo's SCAN model; write masks, tables and an offline HTML report.
+
+    Example: modmask-lens demo --out demo-output
+    """
+    from experiments.demo import DEMO_TRAINING, run_demo
+
+    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
+    typer.echo(summary.read_text())
+    typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
+
+
+def reproduce(
+    names: list[str] = typer.Argument(
+        None,
+        help="experiments to run (default: every Csordás experiment): scan, "
+        "addmul, double_add, math, scan_probe, math_probe, scan_variants, math_variants; "
+        "or one BIMT task: independence, modular_addition",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="Csordás experiments: the markdown file (default docs/results.md); "
+        "a BIMT task: the folder for result.json, history.csv and connectome.svg",
+    ),
+    steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
+    eval_limit: int = typer.Option(2000, help="Csordás experiments: evaluation examples per set"),
+    jobs: int = typer.Option(1, help="Csordás experiments run in parallel, one process (one thread) each"),
+    seed: int = typer.Option(0, help="BIMT tasks: initialisation and data seed"),
+    frames: bool = typer.Option(False, "--frames", help="BIMT tasks: also write a connectome per logged step"),
+):
+    """Reproduce the papers' experiments: Csordás et al. (2021) on the zoo, or BIMT's MLP tasks.
+
+    Example: modmask-lens reproduce scan addmul --steps 800 --eval-limit 2000 --out results.md
+    """
+    from experiments import bimt, csordas
+
+    names = names or list(csordas.EXPERIMENTS)
+    unknown = [name for name in names if name not in csordas.EXPERIMENTS and name not in bimt.TASKS]
+    if unknown:
+        raise typer.BadParameter(f"no experiment {unknown}; choose from {[*csordas.EXPERIMENTS, *bimt.TASKS]}")
+    if any(name in bimt.TASKS for name in names):
+        if len(names) != 1 or out is None:
+            raise typer.BadParameter("a BIMT task runs alone and needs --out DIR")
+        result = bimt.run_task(names[0], out, steps or 20_000, seed, frames)
+        typer.echo(
+            json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
+        )
+        return
+    out = out or Path("docs/results.md")
+    csordas.run_and_write(names, out, steps or csordas.CPU_SETTINGS.steps, eval_limit, jobs)
+    typer.echo(f"wrote {out}")
+
+
+def zoo_train(
+    name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
+    out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)"),
+    checkpoint_dir: Path | None = typer.Option(
+        None, help="where to keep the resumable checkpoint (default ~/.cache/modmask-lens/zoo-checkpoints/NAME)"
+    ),
+):
+    """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
+
+    Example: modmask-lens zoo train scan --out my-scan
+    """
+    from experiments.zoo.train import train_named
+
+    train_named(name, out, checkpoint_dir)

@@ -1,0 +1,68 @@
+"""A model as a function of its parameters: call any bound method of a bridge with other tensors in place of its
+parameters (``torch.func.functional_call``), leaving the model untouched.
+
+``tie_weights=False`` with exactly one path per (module, attribute) is essential: with the default
+``tie_weights=True`` TransformerLens 4.x bridges (whose parameters are reachable through several module paths) are
+left holding the replacement tensor for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modmask_lens.core.bridge import Bridge
+
+
+class MethodEntry(nn.Module):
+    """Holds the bridge as a child so that ``functional_call`` can swap its tensors around any bound method."""
+
+    def __init__(self, bridge: nn.Module):
+        super().__init__()
+        self.bridge = bridge
+
+    def forward(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+
+TensorKey = tuple[int, str]
+"""(id of the owning module, attribute name): one tensor slot, however many module paths reach it."""
+
+
+def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey, tuple[str, Tensor]]:
+    """Every parameter (or buffer: ``kind="_buffers"``) slot of ``module`` with the first path that reaches it."""
+    slots = {}
+    for module_path, submodule in module.named_modules():
+        for attribute, tensor in getattr(submodule, kind).items():
+            if tensor is not None and (id(submodule), attribute) not in slots:
+                slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute, tensor)
+    return slots
+
+
+def slot_of(module: nn.Module, path: str) -> TensorKey:
+    """The slot of the tensor at ``path`` (e.g. ``blocks.0.attn.q.weight``) under ``module``."""
+    module_path, _, attribute = path.rpartition(".")
+    return id(module.get_submodule(module_path)), attribute
+
+
+def call_with_parameters(
+    bridge: Bridge, parameters: Mapping[str, Tensor], method: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """Call ``method`` (a bound method of ``bridge``, e.g. ``bridge.run_with_hooks``) with ``parameters`` (bridge
+    path -> tensor, one path per slot: :func:`tensor_slots`) in place of the bridge's own."""
+    prefixed = {f"bridge.{path}": value for path, value in parameters.items()}
+    return torch.func.functional_call(
+        MethodEntry(bridge), prefixed, (method, *args), kwargs, tie_weights=False, strict=False
+    )
+
+
+def frozen_call(bridge: Bridge, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``method`` with every parameter of ``bridge`` detached: gradients reach the inputs (and hooks) but never
+    the model's own tensors, whose ``requires_grad=True`` (as TransformerLens leaves them) stays untouched. The
+    weights are read afresh on every call, so ``enable_compatibility_mode()`` or ``bridge.to()`` never leave a stale
+    copy behind."""
+    detached = {path: parameter.detach() for path, parameter in tensor_slots(bridge).values()}
+    return call_with_parameters(bridge, detached, method, *args, **kwargs)

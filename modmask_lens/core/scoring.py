@@ -1,0 +1,56 @@
+"""Scoring answers: the answer-token cross-entropy and exact match, the one implementation every method uses.
+
+An example counts as correct only if every answer token and the EOS are the argmax at their gold prefix
+(Csordás et al. 2021: "an item counts as correct only if every digit/token is right"). Teacher-forced exact match
+equals greedy exact match: greedy decoding reproduces the answer exactly iff the argmax at every gold prefix is gold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from modmask_lens.core.encoding import IGNORE_INDEX
+
+
+def answer_correct(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
+) -> Bool[Tensor, " batch"]:
+    """Per example: is the argmax right at every scored position (``labels`` not :data:`IGNORE_INDEX`)?
+
+    ``labels`` are aligned with the inputs (Hugging Face convention): ``logits[:, t]`` is scored against
+    ``labels[:, t + 1]``.
+    """
+    targets = labels[:, 1:]
+    return ((logits[:, :-1].argmax(dim=-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """Summed answer-token cross-entropy and exact-match counts of a batch (sums, so chunks add up)."""
+
+    loss_sum: Tensor
+    n_tokens: int
+    n_correct: int
+    n_examples: int
+
+
+def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> AnswerScore:
+    """Cross-entropy summed over answer tokens, and how many examples have every answer token right.
+
+    Args:
+        logits: model output, ``[batch, pos, vocab]``.
+        labels: ``[batch, pos]`` as in :class:`SubtaskData`.
+    """
+    predicted_logits, targets = logits[:, :-1], labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    loss_sum = F.cross_entropy(
+        predicted_logits.reshape(-1, predicted_logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return AnswerScore(loss_sum, int(scored.sum()), int(answer_correct(logits, labels).sum()), labels.shape[0])
