@@ -3,11 +3,19 @@
 Differentiable weight masks (Csordás et al. 2021, "Are Neural Nets Modular?") learned on a frozen TransformerLens
 4.x ``TransformerBridge`` and applied through ``torch.func.functional_call``.
 
-Example:
-    >>> import modmask_lens as mm                                                       # doctest: +SKIP
-    >>> masks = mm.train_masks(bridge, mm.SubtaskData("jump", input_ids, labels))      # doctest: +SKIP
-    >>> with mm.masked(bridge, masks["jump"]):                                          # doctest: +SKIP
+Example (a tiny random model; labels score the last two tokens of each example):
+    >>> import torch
+    >>> import modmask_lens as mm
+    >>> from modmask_lens.testing.tiny_models import tiny_bridge
+    >>> bridge = tiny_bridge()
+    >>> input_ids = torch.randint(0, 40, (8, 6), generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.where(torch.arange(6) >= 4, input_ids, -100)
+    >>> masks = mm.train_masks(bridge, mm.SubtaskData("jump", input_ids, labels),
+    ...                        train_config=mm.TrainConfig(steps=2, batch_size=4), progress=False)
+    >>> with mm.masked(bridge, masks["jump"]):
     ...     logits, cache = bridge.run_with_cache(input_ids)
+    >>> logits.shape
+    torch.Size([8, 6, 40])
 """
 
 __version__ = "0.1.0"

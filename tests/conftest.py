@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny bridges of each supported family, built offline in a second."""
+"""Shared fixtures and helpers of every tier (tests/unit, tests/integration, tests/acceptance): tiny bridges of each
+supported family, built offline in a second. Each test is marked with its tier."""
 
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
         for parameter in bridge.original_model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     return bridge
+
+
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        tier = next((part for part in item.path.parts if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(tier)
 
 
 @pytest.fixture

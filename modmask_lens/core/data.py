@@ -111,7 +111,15 @@ class SubtaskData:
         every scored example within its context length ``cfg.n_ctx``.
 
         Example:
-            >>> jump_data.check_fits(bridge)                                  # doctest: +SKIP
+            >>> import torch
+            >>> from modmask_lens.testing.tiny_models import tiny_bridge
+            >>> bridge = tiny_bridge()  # vocabulary 40, context 16
+            >>> SubtaskData("small", torch.tensor([[1, 2, 3]]), torch.tensor([[-100, -100, 3]])).check_fits(bridge)
+            >>> wide = SubtaskData("wide", torch.tensor([[1, 2, 99]]), torch.tensor([[-100, -100, 99]]))
+            >>> wide.check_fits(bridge)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: subtask 'wide' has token ids outside the model's vocabulary [0, 40); encode it ...
         """
         check_device(bridge, self.input_ids, f"subtask {self.name!r}")
         vocab = bridge.cfg.d_vocab

@@ -77,11 +77,20 @@ def masked(bridge: Bridge, mask: MaskLike, check_weights: bool = True) -> Iterat
             parameter path -> mask tensors, called on every forward (e.g. ``lambda: mask_set.sample()``).
         check_weights: verify the weights hash of the mask's model (for MaskSet / BinaryMask).
 
-    Example:
-        >>> with masked(bridge, jump_mask):                                    # doctest: +SKIP
+    Example (a fresh mask set keeps every weight; its inverse keeps only the norm gains):
+        >>> import torch
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> bridge = tiny_bridge()
+        >>> tokens = torch.tensor([[1, 2, 3, 4]])
+        >>> mask = MaskSet.for_bridge(bridge, name="all").binary()
+        >>> with masked(bridge, mask):
         ...     logits, cache = bridge.run_with_cache(tokens)
-        >>> with masked(bridge, ~jump_mask.binary()):                          # doctest: +SKIP
+        >>> torch.equal(logits, bridge(tokens))
+        True
+        >>> with masked(bridge, ~mask):
         ...     inverse_logits = bridge(tokens)
+        >>> torch.equal(inverse_logits, logits)
+        False
     """
     if isinstance(mask, (MaskSet, BinaryMask)):
         mask.check_model(bridge, check_weights)

@@ -65,8 +65,15 @@ def mask_metadata(masks: MaskSet) -> dict:
 def save_masks(masks: MaskSet, path: str | Path) -> Path:
     """Save a mask set's logits and identity to ``path`` (a ``.safetensors`` file).
 
-    Example:
-        >>> save_masks(jump_masks, "masks/jump.safetensors")                 # doctest: +SKIP
+    Example (with :func:`load_masks`, on a tiny random model):
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from modmask_lens import MaskSet
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> bridge = tiny_bridge()
+        >>> path = save_masks(MaskSet.for_bridge(bridge, name="jump"), Path(tempfile.mkdtemp()) / "jump.safetensors")
+        >>> load_masks(path, bridge).name
+        'jump'
     """
     path = Path(path)
     write_safetensors_atomically(
@@ -121,8 +128,7 @@ def load_masks(path: str | Path, bridge: Bridge) -> MaskSet:
         MaskFileError: the file is truncated, corrupt (checksum), not a mask file, has a malformed header, or is
             from another major version.
 
-    Example:
-        >>> jump_masks = load_masks("masks/jump.safetensors", bridge)          # doctest: +SKIP
+    Example: see :func:`save_masks`.
     """
     tensors, metadata = read_safetensors(Path(path), FORMAT)
     masks = mask_set_from(bridge, tensors, metadata, str(path))

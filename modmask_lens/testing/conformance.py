@@ -186,7 +186,7 @@ def _tl_views(bridge: Bridge) -> str | None:
 
 
 def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
-    before = {name: tensor.detach().clone() for name, tensor in bridge.named_parameters(remove_duplicate=False)}
+    before = _parameter_snapshot(bridge)
     labels = tokens.clone()
     labels[:, : tokens.shape[1] // 2] = -100
     trainer = MaskTrainer(
@@ -200,12 +200,20 @@ def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
         return "some mask logits received no gradient"
     if any(parameter.grad is not None for parameter in bridge.parameters()):
         return "a model parameter received a gradient"
-    changed = [
-        name
-        for name, tensor in bridge.named_parameters(remove_duplicate=False)
-        if not torch.equal(tensor, before[name])
-    ]
+    changed = _changed_parameters(bridge, before)
     return f"model parameters changed: {changed}" if changed else None
+
+
+def _parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """Clones of every parameter, by every module path."""
+    return {name: tensor.detach().clone() for name, tensor in model.named_parameters(remove_duplicate=False)}
+
+
+def _changed_parameters(model: nn.Module, before: dict[str, Tensor]) -> list[str]:
+    """The paths whose parameter differs from :func:`_parameter_snapshot`'s ``before``."""
+    return [
+        name for name, tensor in model.named_parameters(remove_duplicate=False) if not torch.equal(tensor, before[name])
+    ]
 
 
 def _deep_copy(bridge: Bridge) -> nn.Module:
@@ -223,17 +231,13 @@ def _deep_copy(bridge: Bridge) -> nn.Module:
 def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
     processed = _deep_copy(bridge)
     processed.enable_compatibility_mode(disable_warnings=True)
-    before = {name: tensor.detach().clone() for name, tensor in processed.named_parameters(remove_duplicate=False)}
+    before = _parameter_snapshot(processed)
     reference = processed(tokens)
     with masked(processed, _constant(processed, ALL_KINDS, True)):
         output = processed(tokens)
     if not torch.equal(output, reference):
         return "compat mode: logits differ under an all-ones mask"
-    changed = [
-        name
-        for name, tensor in processed.named_parameters(remove_duplicate=False)
-        if not torch.equal(tensor, before[name])
-    ]
+    changed = _changed_parameters(processed, before)
     return f"compat mode: parameters changed: {changed}" if changed else None
 
 

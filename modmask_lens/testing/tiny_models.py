@@ -1,4 +1,5 @@
-"""Tiny random Hugging Face models for conformance tests, saved with a word-level tokenizer and booted offline."""
+"""Tiny random models for examples and conformance tests: a TransformerLens-native bridge, or a Hugging Face model
+saved with a word-level tokenizer and booted offline."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
+
+from modmask_lens.core.random import seeded
 
 SPECIAL_TOKENS = {
     "unk_token": "<unk>",
@@ -39,3 +42,26 @@ def boot_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: flo
     model.save_pretrained(directory)
     placeholder_word_tokenizer(model.config.vocab_size).save_pretrained(directory)
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
+
+
+def tiny_bridge(seed: int = 0) -> TransformerBridge:
+    """A 2-layer TransformerLens-native bridge (``d_model`` 32, 4 heads, ``d_mlp`` 64, vocabulary 40, context 16),
+    initialised from ``seed`` without touching torch's global generator: the model of the docstring examples.
+
+    >>> bridge = tiny_bridge()
+    >>> bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_vocab
+    (2, 4, 40)
+    """
+    config = {
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 4,
+        "d_head": 8,
+        "d_mlp": 64,
+        "n_ctx": 16,
+        "d_vocab": 40,
+        "act_fn": "gelu",
+        "normalization_type": "LN",
+    }
+    with seeded(seed):
+        return TransformerBridge.boot_native(config)

@@ -50,7 +50,8 @@ def data():
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable), json.loads(handle.metadata()[METADATA_KEY])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        return tensors, json.loads(handle.metadata()[METADATA_KEY])
 
 
 def rewrite(path: Path, header: str, tensors: dict[str, torch.Tensor] | None = None) -> None:

@@ -11,7 +11,7 @@ import pytest
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view, subtask_views
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scan"
+PUBLISHED_DIR = Path(__file__).resolve().parents[3] / "shared" / "scan"  # ../shared/scan from the repository
 DETERMINISTIC_SPLITS = [split for split in scan.SPLITS if split != "simple"]
 needs_published_files = pytest.mark.skipif(
     not PUBLISHED_DIR.is_dir(), reason=f"published SCAN files not found at {PUBLISHED_DIR} (../shared/scan/)"

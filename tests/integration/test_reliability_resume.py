@@ -64,7 +64,8 @@ def start(mode: str, checkpoint_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        # run as a script, it imports the shared helpers from tests/ (tests/conftest.py)
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
 
 

@@ -85,7 +85,8 @@ def test_probe_and_exact_match_evaluation_run_in_bounded_memory():
         text=True,
         timeout=600,
         cwd=Path(__file__).parent,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        # run as a script, it imports the shared helpers from tests/ (tests/conftest.py)
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
