@@ -45,7 +45,6 @@ from tracr.compiler import compiling, lib
 from tracr.craft import bases
 from tracr.rasp import rasp
 
-from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.tracr_cases import (
@@ -56,6 +55,7 @@ from modmask_lens.groundtruth.tracr_cases import (
     truth_units,
 )
 from modmask_lens.masks.apply import masked
+from modmask_lens.masks.evaluation import exact_match
 
 PAD, BOS = "PAD", "BOS"
 PAD_ID, BOS_ID = 0, 1

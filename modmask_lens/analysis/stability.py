@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.analysis.sharing import pairwise_overlap
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.training import train_masks
 
 

@@ -15,26 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.scoring import score_answers
-from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.mask_set import MaskSet
-
-EVALUATION_BATCH = 256  # examples per forward pass while searching
-
-
-def _exact_match(bridge: nn.Module, data: SubtaskData, mask: BinaryMask | None) -> float:
-    """Exact-match accuracy of ``data`` under ``mask`` (or the full model)."""
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(data), EVALUATION_BATCH):
-            input_ids, labels = data.batch(torch.arange(start, min(start + EVALUATION_BATCH, len(data))))
-            if mask is None:
-                correct += score_answers(bridge(input_ids), labels).n_correct
-            else:
-                with masked(bridge, mask, check_weights=False):
-                    correct += score_answers(bridge(input_ids), labels).n_correct
-    return correct / len(data)
 
 
 def _kept_above(masks: MaskSet, threshold: float) -> dict[str, Tensor]:
@@ -70,12 +53,12 @@ def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tol
             return float(descending[-1]) - 1.0
         return float(descending[count - 1] + descending[count]) / 2
 
-    required = (1 - tolerance) * _exact_match(bridge, data, None)
+    required = (1 - tolerance) * exact_match(bridge, data, None)
     low, high = 0, descending.numel()
     while low < high:
         middle = (low + high) // 2
         kept = masks.binary_from(_kept_above(masks, threshold_keeping(middle)))
-        if _exact_match(bridge, data, kept) >= required:
+        if exact_match(bridge, data, kept) >= required:
             high = middle
         else:
             low = middle + 1

@@ -28,8 +28,9 @@ from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.core.random import step_generator, stream_seed
 from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
-from modmask_lens.masks.apply import masked, masked_call
+from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
+from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
@@ -290,13 +291,12 @@ class MaskTrainer:
     def _faithfulness(self, run: _TaskRun) -> float | None:
         """Exact match of the binary mask (logit > 0) over the full model's, on the subtask's first examples
         (``None`` if the full model gets none of them right)."""
-        indices = torch.arange(min(len(run.data), FAITHFULNESS_EXAMPLES))
-        input_ids, labels = run.data.batch(indices)
-        with torch.no_grad():
-            if run.full_accuracy is None:
-                run.full_accuracy = score_answers(self.bridge(input_ids), labels).n_correct / len(indices)
-            with masked(self.bridge, run.masks.binary(), check_weights=False):
-                mask_accuracy = score_answers(self.bridge(input_ids), labels).n_correct / len(indices)
+        first = SubtaskData(
+            run.data.name, run.data.input_ids[:FAITHFULNESS_EXAMPLES], run.data.labels[:FAITHFULNESS_EXAMPLES]
+        )
+        if run.full_accuracy is None:
+            run.full_accuracy = exact_match(self.bridge, first)
+        mask_accuracy = exact_match(self.bridge, first, run.masks.binary())
         return mask_accuracy / run.full_accuracy if run.full_accuracy > 0 else None
 
     def _regularise(self, run: _TaskRun) -> None:
