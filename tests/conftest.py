@@ -12,9 +12,11 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modmask_lens.testing.tiny_models import TINY_NATIVE_CONFIG
+
 torch.set_num_threads(1)
 
-VOCAB = 40
+VOCAB = TINY_NATIVE_CONFIG["d_vocab"]
 
 
 def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
@@ -41,16 +43,7 @@ def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
 
 def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
     """A tiny TL-native bridge: LayerNorm + learned positions, or RMSNorm + rotary + gated MLP + GQA."""
-    config = {
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 4,
-        "d_head": 8,
-        "d_mlp": 64,
-        "n_ctx": 16,
-        "d_vocab": VOCAB,
-        "seed": seed,
-    }
+    config = TINY_NATIVE_CONFIG | {"seed": seed}
     if gqa:
         config |= {
             "normalization_type": "RMS",

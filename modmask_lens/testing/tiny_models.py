@@ -44,6 +44,10 @@ def boot_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: flo
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
 
 
+TINY_NATIVE_CONFIG = {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64, "n_ctx": 16, "d_vocab": 40}
+"""The dimensions of the tiny TransformerLens-native models of the examples and tests."""
+
+
 def tiny_bridge(seed: int = 0) -> TransformerBridge:
     """A 2-layer TransformerLens-native bridge (``d_model`` 32, 4 heads, ``d_mlp`` 64, vocabulary 40, context 16),
     initialised from ``seed`` without touching torch's global generator: the model of the docstring examples.
@@ -52,16 +56,5 @@ def tiny_bridge(seed: int = 0) -> TransformerBridge:
     >>> bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_vocab
     (2, 4, 40)
     """
-    config = {
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 4,
-        "d_head": 8,
-        "d_mlp": 64,
-        "n_ctx": 16,
-        "d_vocab": 40,
-        "act_fn": "gelu",
-        "normalization_type": "LN",
-    }
     with seeded(seed):
-        return TransformerBridge.boot_native(config)
+        return TransformerBridge.boot_native(TINY_NATIVE_CONFIG | {"normalization_type": "LN", "act_fn": "gelu"})
