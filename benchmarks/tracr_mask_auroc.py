@@ -53,7 +53,7 @@ def main() -> None:
             scores = torch.cat([masks.logits[unit].detach().flatten() for unit in truth])
             used = torch.cat([truth[unit].flatten() for unit in truth])
             binary = masks.binary()
-            kept = int(sum((masks.logits[unit].detach() > 0).sum() for unit in truth))
+            kept = int(sum((masks.logits[unit].detach() > masks.threshold).sum() for unit in truth))
             print(
                 f"{name} {granularity}: auroc {auroc(scores, used):.3f}, used {int(used.sum())}/{used.numel()}, "
                 f"kept {kept}, exact_match {exact_match(case.bridge, case.test[name], binary):.3f}, "

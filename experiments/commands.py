@@ -38,6 +38,9 @@ def reproduce(
         "a BIMT task: the folder for result.json, history.csv and connectome.svg",
     ),
     steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
+    method: str = typer.Option(
+        "faithful", help="Csordás experiments: faithful (the library's default finder) or csordas (the paper's)"
+    ),
     eval_limit: int = typer.Option(2000, help="Csordás experiments: evaluation examples per set"),
     jobs: int = typer.Option(1, help="Csordás experiments run in parallel, one process (one thread) each"),
     seed: int = typer.Option(0, help="BIMT tasks: initialisation and data seed"),
@@ -62,7 +65,11 @@ def reproduce(
         )
         return
     out = out or Path("docs/results.md")
-    csordas.run_and_write(names, out, steps or csordas.CPU_SETTINGS.steps, eval_limit, jobs)
+    if method not in csordas.METHODS:
+        raise typer.BadParameter(
+            f"unknown method {method!r}; choose from {list(csordas.METHODS)}", param_hint="--method"
+        )
+    csordas.run_and_write(names, out, steps or csordas.DEFAULT_METHOD.train_config.steps, eval_limit, jobs, method)
     typer.echo(f"wrote {out}")
 
 

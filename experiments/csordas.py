@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -33,15 +34,35 @@ import torch
 
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.training import train_masks
+from modmask_lens.groundtruth.controls import random_init_bridge
+from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.training import UnfaithfulReadout, train_masks
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view
 
 QUESTION_ANSWER = ("question", "answer")
-CPU_SETTINGS = TrainConfig(steps=800, batch_size=64, lr=0.03, beta=1e-4)
-"""Mask training for the reproductions: the paper trains 20k-25k steps at lr 1e-2; on 2 CPU cores within an hour
-for all experiments we train 800 steps at lr 3e-2 (Adam moves each logit at most about lr per step)."""
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """How an experiment's masks are found: which tensors and sampler, and how they are trained and read out."""
+
+    mask_config: MaskConfig
+    train_config: TrainConfig
+
+    def with_steps(self, steps: int) -> MaskMethod:
+        return MaskMethod(self.mask_config, replace(self.train_config, steps=steps))
+
+
+METHODS = {
+    "faithful": MaskMethod(MaskConfig(), TrainConfig(steps=800, batch_size=64)),
+    "csordas": MaskMethod(CSORDAS_MASKS, replace(CSORDAS_TRAINING, steps=800, batch_size=64, lr=0.03)),
+}
+"""The reproductions' methods: the library's default finder, and Csordás et al.'s. The paper trains 20k-25k steps at
+lr 1e-2; on 2 CPU cores within an hour for all experiments we train 800 steps, Csordás's method at lr 3e-2 (Adam moves
+each logit at most about lr per step)."""
+DEFAULT_METHOD = METHODS["faithful"]
 
 
 @dataclass
@@ -61,7 +82,7 @@ def _subtask(name: str, dataset, tokenizer, limit: int | None = None) -> Subtask
     return SubtaskData.from_pairs(name, dataset, tokenizer, fields=QUESTION_ANSWER)
 
 
-def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
+def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000) -> ExperimentResult:
     """SCAN (Fig. 4): full-problem vs split masks on the zoo ``scan`` model."""
     from modmask_lens import zoo
 
@@ -69,7 +90,7 @@ def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     splits = {"simple": "simple", "jump": "addprim_jump", "length": "length", "turn_left": "addprim_turn_left"}
     data = {name: scan.scan_task(split) for name, split in splits.items()}
     training = [_subtask(name, data[name]["train"], model.tokenizer) for name in splits]
-    masks = train_masks(model.bridge, training, MaskConfig(), train_config, progress=False)
+    masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
     evaluation = {name: _subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
     accuracy = mask_accuracy(model.bridge, binaries, evaluation)
@@ -78,6 +99,7 @@ def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
         .pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy")
         .reset_index()
     )
+    control = random_init_control(model.bridge, training[0], evaluation["simple"], method)
     removal = output_row_removal(binaries["jump"], binaries["simple"], model.tokenizer)
     action_rows = removal[removal["token"].str.startswith("I_")]
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
@@ -87,12 +109,39 @@ def scan_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
             "mask sizes": sizes,
             "accuracy on each split's test set (Fig. 4a)": fig4a,
             "output rows removed by the jump mask (Fig. 4b)": action_rows,
+            "null control: the simple mask on a randomly initialised model": control,
         },
-        {"train": train_config.to_dict(), "eval_examples_per_split": eval_limit},
+        {
+            "masks": method.mask_config.to_dict(),
+            "train": method.train_config.to_dict(),
+            "eval_examples_per_split": eval_limit,
+        },
     )
 
 
-def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
+def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, method: MaskMethod) -> pd.DataFrame:
+    """The null control beside a mask: the same method trained on the same data on a randomly initialised model of
+    the same configuration (a mask can create behaviour out of random weights). Returns one row per model
+    (``trained``, ``random-init``): full and mask accuracy on ``evaluation``, and the mask's kept fraction."""
+    rows = []
+    for model_name, model_bridge in (("trained", bridge), ("random-init", random_init_bridge(bridge, seed=0))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnfaithfulReadout)  # random weights solve nothing: read out at 0
+            mask = train_masks(model_bridge, training, method.mask_config, method.train_config, progress=False)
+        binary = mask[training.name].binary()
+        rows.append(
+            {
+                "model": model_name,
+                "subtask": training.name,
+                "full accuracy": exact_match(model_bridge, evaluation),
+                "mask accuracy": exact_match(model_bridge, evaluation, binary),
+                "mask kept": binary.count / binary.total,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def addmul_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000) -> ExperimentResult:
     """Addition / multiplication: mask sizes, IoU per layer and role, and the inverse-mask table."""
     from modmask_lens import zoo
 
@@ -105,9 +154,18 @@ def addmul_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int 
         name: _subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
         for name in operations
     }
-    tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, train_config)
+    tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, method)
+    tables["null control: the add mask on a randomly initialised model"] = random_init_control(
+        model.bridge, training[0], evaluation["add"], method
+    )
     return ExperimentResult(
-        "addmul", tables, {"train": train_config.to_dict(), "eval_examples_per_operation": eval_limit}
+        "addmul",
+        tables,
+        {
+            "masks": method.mask_config.to_dict(),
+            "train": method.train_config.to_dict(),
+            "eval_examples_per_operation": eval_limit,
+        },
     )
 
 
@@ -116,11 +174,11 @@ def _control_and_subtask_masks(
     control: SubtaskData,
     training: list[SubtaskData],
     evaluation: dict[str, SubtaskData],
-    train_config: TrainConfig,
+    method: MaskMethod,
 ) -> dict[str, pd.DataFrame]:
     """Masks for a control task and each subtask in one run; their sizes, the subtasks' accuracy under each mask and
     its inverse, and the subtasks' IoU per layer and role."""
-    masks = train_masks(bridge, [control, *training], MaskConfig(), train_config, progress=False)
+    masks = train_masks(bridge, [control, *training], method.mask_config, method.train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
     subtask_masks = {data.name: binaries[data.name] for data in training}
     accuracy = mask_accuracy(bridge, subtask_masks, evaluation)
@@ -133,7 +191,7 @@ def _control_and_subtask_masks(
     }
 
 
-def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000) -> ExperimentResult:
+def double_add_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000) -> ExperimentResult:
     """Double addition (the paper's +/+): masks for pair 1 and pair 2, each scored on its own output slot only; do
     the two pairs use separate weights (low IoU in the blocks) and does removing one pair's mask spare the other?"""
     from modmask_lens import zoo
@@ -155,12 +213,16 @@ def double_add_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: 
     training = pair_subtasks(data["train"], None)
     control = _subtask("control", data["train"], model.tokenizer)
     tables = _control_and_subtask_masks(
-        model.bridge, control, list(training.values()), pair_subtasks(data["test"], eval_limit), train_config
+        model.bridge, control, list(training.values()), pair_subtasks(data["test"], eval_limit), method
     )
-    return ExperimentResult("double addition", tables, {"train": train_config.to_dict(), "eval_examples": eval_limit})
+    return ExperimentResult(
+        "double addition",
+        tables,
+        {"masks": method.mask_config.to_dict(), "train": method.train_config.to_dict(), "eval_examples": eval_limit},
+    )
 
 
-def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 1000) -> ExperimentResult:
+def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 1000) -> ExperimentResult:
     """Math modules: how much the modules' masks share (pairwise IoU over all weights), and the paper's DM-math test:
     a control mask (all training difficulties) against a mask trained on ``train_easy`` only, both evaluated on the
     interpolate and the harder extrapolate questions."""
@@ -172,7 +234,9 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     training = [_subtask(name, subtask_view(data["train"], "module", name), model.tokenizer) for name in modules]
     control = _subtask("control", data["train"], model.tokenizer)
     easy = _subtask("easy_only", data["train_easy"], model.tokenizer)
-    masks = train_masks(model.bridge, [control, easy, *training], MaskConfig(), train_config, progress=False)
+    masks = train_masks(
+        model.bridge, [control, easy, *training], method.mask_config, method.train_config, progress=False
+    )
     binaries = {name: mask.binary() for name, mask in masks.items()}
     sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
     matrix = sharing.pivot(index="mask_a", columns="mask_b", values="iou").reset_index()
@@ -191,7 +255,12 @@ def math_experiment(train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | 
     return ExperimentResult(
         "math modules",
         {"mask sizes": sizes, "IoU between the modules' masks": matrix, "control vs easy-only mask": difficulty},
-        {"train": train_config.to_dict(), "eval_examples": eval_limit, "modules": modules},
+        {
+            "masks": method.mask_config.to_dict(),
+            "train": method.train_config.to_dict(),
+            "eval_examples": eval_limit,
+            "modules": modules,
+        },
     )
 
 
@@ -250,10 +319,10 @@ def _math_module_subtasks(model, split: str, limit: int | None) -> list[SubtaskD
 
 
 def scan_probe_experiment(
-    train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000, probe_steps: int = 1500
+    method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000, probe_steps: int = 1500
 ) -> ExperimentResult:
     """Gated-module probe on the zoo ``scan`` model. Subtasks: commands with exactly one of jump / walk / run / look.
-    ``train_config`` is unused (probes have their own)."""
+    ``method`` is unused (probes have their own)."""
     from modmask_lens import zoo
 
     model = zoo.load("scan")
@@ -267,13 +336,13 @@ def scan_probe_experiment(
 
 
 def math_probe_experiment(
-    train_config: TrainConfig = CPU_SETTINGS,
+    method: MaskMethod = DEFAULT_METHOD,
     eval_limit: int | None = 1000,
     probe_steps: int = 1500,
     train_limit: int = 10_000,
 ) -> ExperimentResult:
     """Gated-module probe on the zoo ``math`` model. Subtasks: its modules (train: ``train_limit`` questions each;
-    test: the interpolate split). ``train_config`` is unused (probes have their own)."""
+    test: the interpolate split). ``method`` is unused (probes have their own)."""
     from modmask_lens import zoo
 
     model = zoo.load("math")
@@ -290,7 +359,7 @@ VARIANT_SUBTASKS = {"scan": (_scan_primitive_subtasks, "test"), "math": (_math_m
 
 
 def modular_training_experiment(
-    train_config: TrainConfig = CPU_SETTINGS,
+    method: MaskMethod = DEFAULT_METHOD,
     eval_limit: int | None = 1000,
     base: str = "scan",
     train_limit: int | None = 5000,
@@ -308,7 +377,7 @@ def modular_training_experiment(
         model = zoo.load(variant)
         training = subtasks(model, model.task.train_split, train_limit)
         evaluation = {data.name: data for data in subtasks(model, test_split, eval_limit)}
-        masks = train_masks(model.bridge, training, MaskConfig(), train_config, progress=False)
+        masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
         binaries = {name: mask.binary() for name, mask in masks.items()}
         accuracy = mask_accuracy(model.bridge, binaries, evaluation)
         full = accuracy[accuracy.condition == "full"].set_index("subtask")["accuracy"]
@@ -334,7 +403,8 @@ def modular_training_experiment(
         f"modular training ({base})",
         {"plain vs BIMT vs clusterability loss": pd.DataFrame(rows)},
         {
-            "train": train_config.to_dict(),
+            "masks": method.mask_config.to_dict(),
+            "train": method.train_config.to_dict(),
             "eval_examples_per_subtask": eval_limit,
             "train_examples_per_subtask": train_limit,
             "subtasks": [data.name for data in training],
@@ -354,23 +424,23 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 }
 
 
-def _timed(name: str, train_config: TrainConfig, eval_limit: int | None) -> ExperimentResult:
+def _timed(name: str, method: MaskMethod, eval_limit: int | None) -> ExperimentResult:
     torch.set_num_threads(1)
     start = time.perf_counter()
-    result = EXPERIMENTS[name](train_config, eval_limit)
+    result = EXPERIMENTS[name](method, eval_limit)
     result.seconds = time.perf_counter() - start
     return result
 
 
 def run(
-    names: list[str], train_config: TrainConfig = CPU_SETTINGS, eval_limit: int | None = 2000, jobs: int = 1
+    names: list[str], method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000, jobs: int = 1
 ) -> list[ExperimentResult]:
     """Run the named experiments, timing each; ``jobs`` > 1 runs them in that many processes (one torch thread
     each), taking the next name whenever a process is free, so put the longest first."""
     if jobs == 1:
-        return [_timed(name, train_config, eval_limit) for name in names]
+        return [_timed(name, method, eval_limit) for name in names]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_timed, names, repeat(train_config), repeat(eval_limit)))
+        return list(pool.map(_timed, names, repeat(method), repeat(eval_limit)))
 
 
 def write_results(
@@ -402,10 +472,19 @@ def write_results(
 
 
 def run_and_write(
-    names: list[str], out: Path, steps: int = CPU_SETTINGS.steps, eval_limit: int | None = 2000, jobs: int = 1
+    names: list[str],
+    out: Path,
+    steps: int = DEFAULT_METHOD.train_config.steps,
+    eval_limit: int | None = 2000,
+    jobs: int = 1,
+    method: str = "faithful",
 ) -> None:
-    """Run the named experiments and write them to ``out`` with the command that regenerates them."""
+    """Run the named experiments with one of :data:`METHODS` and write them to ``out`` with the command that
+    regenerates them."""
     start = time.perf_counter()
-    results = run(names, replace(CPU_SETTINGS, steps=steps), eval_limit, jobs)
-    command = f"modmask-lens reproduce {' '.join(names)} --steps {steps} --eval-limit {eval_limit} --jobs {jobs}"
+    results = run(names, METHODS[method].with_steps(steps), eval_limit, jobs)
+    command = (
+        f"modmask-lens reproduce {' '.join(names)} --method {method} --steps {steps} --eval-limit {eval_limit} "
+        f"--jobs {jobs}"
+    )
     write_results(results, out, command, time.perf_counter() - start)

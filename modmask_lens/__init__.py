@@ -1,7 +1,8 @@
 """modmask-lens: which weights of a transformer does a subtask use?
 
 Differentiable weight masks (Csordás et al. 2021, "Are Neural Nets Modular?") learned on a frozen TransformerLens
-4.x ``TransformerBridge`` and applied through ``torch.func.functional_call``.
+4.x ``TransformerBridge`` and applied through ``torch.func.functional_call``. The default finder keeps the fewest
+units that keep the subtask (docs/finder-study.md); Csordás's own is ``CSORDAS_MASKS`` with ``CSORDAS_TRAINING``.
 
 Example (a tiny random model; labels score the last two tokens of each example):
     >>> import torch
@@ -26,7 +27,7 @@ from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
@@ -40,6 +41,8 @@ from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_
 warn_about_known_breaks()
 
 __all__ = [
+    "CSORDAS_MASKS",
+    "CSORDAS_TRAINING",
     "Adapter",
     "AttentionView",
     "BimtMLP",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -90,8 +91,18 @@ def masks_train(
     out: Path = typer.Option(Path("masks-output"), help="folder for the masks and the resumable checkpoint"),
     steps: int = typer.Option(2000, help="steps per subtask"),
     batch_size: int = typer.Option(128, help="examples per step"),
-    beta: float = typer.Option(1e-4, help="weight of the logit-sum regulariser (Csordás: 1e-4)"),
-    lr: float = typer.Option(1e-2, help="Adam learning rate of the logits (Csordás: 1e-2)"),
+    method: str = typer.Option(
+        "faithful",
+        help="faithful: the fewest units that keep the subtask (the library's default, docs/finder-study.md); "
+        "csordas: Csordás et al. 2021's masks and regulariser",
+    ),
+    beta: float | None = typer.Option(None, help="csordas only: weight of the logit-sum regulariser (default 1e-4)"),
+    max_loss_increase: float | None = typer.Option(
+        None, help="faithful only: task loss the mask may add, nats per answer token (default 0.02)"
+    ),
+    lr: float | None = typer.Option(
+        None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"
+    ),
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
@@ -114,10 +125,26 @@ def masks_train(
     from modmask_lens.core.data import SubtaskData
     from modmask_lens.core.world import launched_by_torchrun, world
     from modmask_lens.loading import load_bridge, load_subtask
-    from modmask_lens.masks.config import MaskConfig, TrainConfig
+    from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
     from modmask_lens.masks.io import save_masks
     from modmask_lens.masks.training import train_masks
 
+    methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
+    if method not in methods:
+        raise typer.BadParameter(f"unknown method {method!r}; choose from {list(methods)}", param_hint="--method")
+    wrong = {"faithful": ("--beta", beta), "csordas": ("--max-loss-increase", max_loss_increase)}[method]
+    if wrong[1] is not None:
+        raise typer.BadParameter(f"{wrong[0]} does not apply to --method {method}", param_hint=wrong[0])
+    base_masks, base_training = methods[method]
+    settings = {"beta": beta, "max_loss_increase": max_loss_increase, "lr": lr}
+    train_config = dataclasses.replace(
+        base_training,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        n_samples=n_samples,
+        **{key: value for key, value in settings.items() if value is not None},
+    )
     distributed = launched_by_torchrun()
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -127,11 +154,10 @@ def masks_train(
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
     if not fully_shard:  # the data go where the model runs
         subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
-    train_config = TrainConfig(steps=steps, batch_size=batch_size, beta=beta, lr=lr, seed=seed, n_samples=n_samples)
     masks = train_masks(
         bridge,
         subtasks,
-        MaskConfig(granularity=granularity),
+        dataclasses.replace(base_masks, granularity=granularity),
         train_config,
         out / "checkpoints",
         progress=world()[0] == 0,

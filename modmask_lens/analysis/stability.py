@@ -11,7 +11,7 @@ import pandas as pd
 from modmask_lens.analysis.sharing import pairwise_overlap
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.training import train_masks
 
@@ -40,11 +40,12 @@ def beta_sweep(
     subtask: SubtaskData,
     betas: Sequence[float] = (1e-5, 1e-4, 1e-3),
     evaluation: SubtaskData | None = None,
-    mask_config: MaskConfig = MaskConfig(),
-    train_config: TrainConfig = TrainConfig(),
+    mask_config: MaskConfig = CSORDAS_MASKS,
+    train_config: TrainConfig = CSORDAS_TRAINING,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Train one mask per beta; report its kept fraction and its exact-match accuracy on ``evaluation``.
+    """Train one mask per beta of Csordás's logit-sum regulariser (their method by default); report its kept
+    fraction and its exact-match accuracy on ``evaluation``.
 
     Returns:
         Columns ``beta``, ``kept``, ``total``, ``kept_fraction``, ``accuracy`` (on ``evaluation``, default: the
@@ -52,7 +53,7 @@ def beta_sweep(
     """
     rows = []
     for beta in betas:
-        config = dataclasses.replace(train_config, beta=beta)
+        config = dataclasses.replace(train_config, beta=beta, max_loss_increase=None, target_density=None)
         mask = train_masks(bridge, subtask, mask_config, config, progress=progress)[subtask.name].binary()
         rows.append(
             {

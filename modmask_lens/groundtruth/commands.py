@@ -20,11 +20,14 @@ SHOWN = {
         "granularity",
         "method",
         "control",
+        "seed",
         "precision",
         "recall",
         "auroc",
         "kept_fraction",
         "true_fraction",
+        "inside_others",
+        "seed_iou",
         "faithfulness",
         "kl",
         "inverse_faithfulness",
@@ -32,7 +35,7 @@ SHOWN = {
         "cpr",
         "cmd",
     ],
-    "sharing": ["case", "subtask", "granularity", "method", "control", "known_shared", "measured_shared"],
+    "sharing": ["case", "subtask", "granularity", "method", "control", "seed", "known_shared", "measured_shared"],
 }
 
 
@@ -54,8 +57,9 @@ def run(
         list[str] | None,
         typer.Option(
             "--method",
-            help="library-defaults, csordas, target-density, or a study method (defaults+faithful-readout, "
-            "gumbel+constraint, hard-concrete+constraint, faithful); repeat; default: the three baselines",
+            help="faithful (the library's defaults), csordas, csordas-transformer, target-density, or a study "
+            "method (csordas+faithful-readout, gumbel+constraint, hard-concrete+constraint); repeat; default: "
+            "the four baselines",
         ),
     ] = None,
     control: Annotated[
@@ -65,7 +69,13 @@ def run(
     steps: Annotated[
         int | None, typer.Option(help="mask training steps per subtask (default: each method's own)")
     ] = None,
-    fast: Annotated[bool, typer.Option("--fast", help="a smoke run: 50 steps, library defaults, no controls")] = False,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option("--seed", help="train each method once per seed; repeat (two or more add seed_iou); default: 0"),
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="a smoke run: 50 steps, the library's defaults, no controls")
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="folder to write every table as CSV and the summary as Markdown")
     ] = None,
@@ -81,7 +91,7 @@ def run(
     from modmask_lens.groundtruth.suite import run_suite
 
     if fast:
-        steps, method, control = steps or 50, method or ["library-defaults"], control or ["none"]
+        steps, method, control = steps or 50, method or ["faithful"], control or ["none"]
     methods = baseline_methods(steps) | study_methods(steps)
     unknown = sorted(set(method or []) - set(methods))
     if unknown:
@@ -93,6 +103,7 @@ def run(
         all_cases(case or None),
         granularity or None,
         control or CONTROLS,
+        method_seeds=seed or (0,),
         log=lambda line: typer.echo(line, err=True),
     )
     wall_s = time.perf_counter() - started

@@ -63,24 +63,40 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels.astype(bool)].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def readout_scores(mask: MaskSet) -> dict[str, Tensor]:
+    """Unit name -> the mask's logits minus its readout threshold: > 0 exactly where the binary mask keeps the unit,
+    in the logits' order (the scores :func:`unit_scores` and :func:`measured_sharing` read)."""
+    return {name: logit.detach() - mask.threshold for name, logit in mask.logits.items()}
+
+
 def unit_scores(
     case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
 ) -> pd.DataFrame:
-    """Precision, recall (binary readout logit > 0) and AUROC (logits) of each subtask's mask against the truth.
+    """Precision, recall (binary readout: score > 0) and AUROC (scores) of each subtask's mask against the truth,
+    and where the kept units lie.
 
     Args:
         case: the case whose truth scores the masks.
-        mask_logits: subtask -> unit name -> logits (``MaskSet.logits``; any method's unit scores will do).
+        mask_logits: subtask -> unit name -> scores, kept where > 0 (:func:`readout_scores` of a mask; any
+            method's unit scores will do).
         granularity: which of the truth's answer keys to score against.
 
     Returns:
         Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``kept_fraction``
-        (kept share of the scored units), ``true_fraction`` and ``scored_units``.
+        (kept share of the scored units), ``true_fraction``, ``scored_units``, and ``inside_others`` (share of the
+        kept units that only the case's other subtasks use: where a mask of a plant with many sufficient answers
+        lands in another subtask's set, this says so).
     """
     rows = []
     for subtask, logits in mask_logits.items():
         scores, labels = flat_scores(logits, case.truth[subtask][granularity])
         kept, labels = scores > 0, labels.astype(bool)
+        others = [
+            flat_scores(logits, case.truth[other][granularity])[1].astype(bool)
+            for other in case.truth
+            if other != subtask and case.truth[other][granularity].keys() == case.truth[subtask][granularity].keys()
+        ]
+        others_only = np.any(others, axis=0) & ~labels if others else np.zeros_like(labels)
         true_positives = int((kept & labels).sum())
         rows.append(
             {
@@ -93,9 +109,25 @@ def unit_scores(
                 "kept_fraction": float(kept.mean()),
                 "true_fraction": float(labels.mean()),
                 "scored_units": len(labels),
+                "inside_others": float((kept & others_only).sum() / kept.sum()) if kept.any() else math.nan,
             }
         )
     return pd.DataFrame(rows)
+
+
+def seed_agreement(readouts: Mapping[int, Mapping[str, Tensor]]) -> float:
+    """Mean pairwise IoU of the kept units of masks trained with different seeds (NaN with fewer than two seeds,
+    1.0 when two masks keep nothing).
+
+    Args:
+        readouts: seed -> unit name -> scores, kept where > 0 (:func:`readout_scores`).
+    """
+    kept = [torch.cat([score.flatten() > 0 for score in scores.values()]) for scores in readouts.values()]
+    pairs = [(a, b) for i, a in enumerate(kept) for b in kept[i + 1 :]]
+    if not pairs:
+        return math.nan
+    ious = [float((a & b).sum() / (a | b).sum()) if (a | b).any() else 1.0 for a, b in pairs]
+    return float(np.mean(ious))
 
 
 def measured_sharing(
@@ -134,11 +166,6 @@ def unit_weight_masks(mask: MaskSet, kept: UnitSelection) -> dict[str, Float[Ten
     return {member.path: unit.expand(kept[unit.name].float(), member) for unit in mask.units for member in unit.members}
 
 
-def binary_readout(logits: Mapping[str, Tensor]) -> UnitSelection:
-    """Csordás's deterministic readout: a unit is kept when its logit is > 0."""
-    return {name: logit.detach() > 0 for name, logit in logits.items()}
-
-
 def top_fraction(logits: Mapping[str, Tensor], fraction: float) -> UnitSelection:
     """The ``round(fraction * units)`` units (halves rounded up) with the largest signed logits; ties go to the
     earlier unit in model order (a stable sort)."""
@@ -172,7 +199,7 @@ def inverse_beyond(kept: UnitSelection, control: UnitSelection | None) -> UnitSe
 
 def control_selections(masks: Mapping[str, MaskSet]) -> dict[str, dict[str, UnitSelection]]:
     """Control kind -> subtask -> the control mask its inverse leaves alone (see :data:`INVERSE_CONTROLS`)."""
-    readouts = {subtask: binary_readout(mask.logits) for subtask, mask in masks.items()}
+    readouts = {subtask: mask.kept_above(mask.threshold) for subtask, mask in masks.items()}
     intersection = _combine(list(readouts.values()), "all")
     controls: dict[str, dict[str, UnitSelection]] = {"other": {}, "intersection": {}}
     for subtask in masks:
@@ -241,7 +268,7 @@ def mask_faithfulness(
     controls = control_selections(masks)
     rows = []
     for subtask, mask in masks.items():
-        kept = binary_readout(mask.logits)
+        kept = mask.kept_above(mask.threshold)
         conditions = {"mask": (kept, [subtask]), "inverse": (inverse_beyond(kept, None), list(data))}
         conditions |= {
             f"inverse-{kind}": (inverse_beyond(kept, controls[kind][subtask]), list(data)) for kind in INVERSE_CONTROLS

@@ -18,11 +18,13 @@ from modmask_lens.groundtruth.metrics import (
     full_logits,
     mask_faithfulness,
     measured_sharing,
+    readout_scores,
+    seed_agreement,
     unit_scores,
 )
 from modmask_lens.masks.config import MaskConfig
 
-TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "summary", "runs", "skipped")
+TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "stability", "summary", "runs", "skipped")
 
 
 def case_granularities(case: GroundTruthCase) -> list[str]:
@@ -37,6 +39,7 @@ def run_suite(
     granularities: Sequence[str] | None = None,
     controls: Sequence[str] = CONTROLS,
     seed: int = 0,
+    method_seeds: Sequence[int] = (0,),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Train each method's masks on every case, granularity and control, and score them.
@@ -47,6 +50,8 @@ def run_suite(
         granularities: restrict to these (default: every granularity each case answers).
         controls: subset of :data:`~modmask_lens.groundtruth.controls.CONTROLS`.
         seed: seed of the controls (random weights, answer permutation).
+        method_seeds: each method trains once per seed (data order, mask noise); with two or more, ``stability``
+            says how much the seeds' masks agree.
         log: called with a line after each run (e.g. ``print``).
 
     Returns:
@@ -55,8 +60,9 @@ def run_suite(
         (:func:`~modmask_lens.groundtruth.metrics.mask_faithfulness`), ``curves`` and ``areas`` (density curves and
         CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
         recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
-        CMD of its keep curve), ``runs`` (wall time of each) and ``skipped`` (controls that could not be built for
-        a case, with the reason).
+        CMD of its keep curve), ``stability`` (mean pairwise IoU of the seeds' binary masks, ``seed_iou``), ``runs``
+        (wall time of each) and ``skipped`` (controls that could not be built for a case, with the reason). Every
+        table but ``stability`` and ``skipped`` has a ``seed`` column.
 
     Example:
         >>> from modmask_lens.groundtruth import all_cases, baseline_methods            # doctest: +SKIP
@@ -79,39 +85,33 @@ def run_suite(
             full = full_logits(variant.bridge, variant.test)
             for granularity in wanted:
                 for method_name, finder in methods.items():
-                    started = time.perf_counter()
-                    masks = {
-                        name: finder(variant.bridge, data, MaskConfig(granularity=granularity))
-                        for name, data in variant.train.items()
-                    }
-                    train_s = time.perf_counter() - started
-                    labels = {"method": method_name, "control": control}
-                    logits = {name: mask.logits for name, mask in masks.items()}
-                    tables = {
-                        "scores": unit_scores(variant, logits, granularity),
-                        "faithfulness": mask_faithfulness(case.name, variant.bridge, masks, variant.test, full),
-                        "curves": density_curves(case.name, variant.bridge, masks, variant.test, full),
-                        "sharing": measured_sharing(variant, logits, granularity),
-                    }
-                    tables["areas"] = curve_areas(tables["curves"])
-                    tables["runs"] = pd.DataFrame(
-                        [
-                            {
-                                "case": case.name,
-                                "granularity": granularity,
-                                "train_s": round(train_s, 1),
-                                "total_s": round(time.perf_counter() - started, 1),
-                                "torch_threads": torch.get_num_threads(),
-                            }
-                        ]
-                    )
-                    for table, frame in tables.items():
-                        frames[table].append(frame.assign(**labels))
-                    if log is not None:
-                        log(
-                            f"{case.name} {granularity} {method_name} control={control}: "
-                            f"{tables['runs']['total_s'].iloc[0]} s"
+                    readouts: dict[str, dict[int, dict]] = {name: {} for name in variant.train}
+                    for method_seed in method_seeds:
+                        labels = {"method": method_name, "control": control, "seed": method_seed}
+                        masks = _score_run(frames, variant, case.name, granularity, finder, method_seed, full, labels)
+                        for name, mask in masks.items():
+                            readouts[name][method_seed] = readout_scores(mask)
+                        if log is not None:
+                            log(
+                                f"{case.name} {granularity} {method_name} control={control} seed={method_seed}: "
+                                f"{frames['runs'][-1]['total_s'].iloc[0]} s"
+                            )
+                    frames["stability"].append(
+                        pd.DataFrame(
+                            [
+                                {
+                                    "case": case.name,
+                                    "subtask": name,
+                                    "granularity": granularity,
+                                    "method": method_name,
+                                    "control": control,
+                                    "seeds": len(method_seeds),
+                                    "seed_iou": seed_agreement(by_seed),
+                                }
+                                for name, by_seed in readouts.items()
+                            ]
                         )
+                    )
     result = {
         table: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame() for table, parts in frames.items()
     }
@@ -119,11 +119,53 @@ def run_suite(
     return result
 
 
+def _score_run(
+    frames: dict[str, list[pd.DataFrame]],
+    variant: GroundTruthCase,
+    case_name: str,
+    granularity: str,
+    finder: Method,
+    method_seed: int,
+    full: Mapping[str, torch.Tensor],
+    labels: dict,
+) -> dict:
+    """Train one method's masks on every subtask of ``variant`` with one seed, score them into ``frames`` (each row
+    labelled with ``labels``) and return them by subtask."""
+    started = time.perf_counter()
+    masks = {
+        name: finder(variant.bridge, data, MaskConfig(granularity=granularity), method_seed)
+        for name, data in variant.train.items()
+    }
+    train_s = time.perf_counter() - started
+    scores = {name: readout_scores(mask) for name, mask in masks.items()}
+    tables = {
+        "scores": unit_scores(variant, scores, granularity),
+        "faithfulness": mask_faithfulness(case_name, variant.bridge, masks, variant.test, full),
+        "curves": density_curves(case_name, variant.bridge, masks, variant.test, full),
+        "sharing": measured_sharing(variant, scores, granularity),
+    }
+    tables["areas"] = curve_areas(tables["curves"])
+    tables["runs"] = pd.DataFrame(
+        [
+            {
+                "case": case_name,
+                "granularity": granularity,
+                "train_s": round(train_s, 1),
+                "total_s": round(time.perf_counter() - started, 1),
+                "torch_threads": torch.get_num_threads(),
+            }
+        ]
+    )
+    for table, frame in tables.items():
+        frames[table].append(frame.assign(**labels))
+    return masks
+
+
 def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per (case, subtask, granularity, method, control): precision, recall, AUROC, the mask's faithfulness
     and KL, the faithfulness of its inverse beyond the other subtask's mask (on itself, and on the other subtasks),
     and CPR / CMD of its keep curve (ranking: signed logits)."""
-    keys = ["case", "subtask", "granularity", "method", "control"]
+    keys = ["case", "subtask", "granularity", "method", "control", "seed"]
     if tables["scores"].empty:
         return pd.DataFrame(columns=keys)
     faithfulness = tables["faithfulness"]
@@ -135,7 +177,11 @@ def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     inverse_others = inverse[~on_itself].groupby(keys)["faithfulness"].mean().rename("inverse_faithfulness_others")
     areas = tables["areas"]
     keep = areas[areas["curve"] == "keep"].set_index(keys)[["cpr", "cmd"]]
-    scores = tables["scores"].set_index(keys)[["precision", "recall", "auroc", "kept_fraction", "true_fraction"]]
+    scores = tables["scores"].set_index(keys)[
+        ["precision", "recall", "auroc", "kept_fraction", "true_fraction", "inside_others"]
+    ]
     summary = scores.join(mask).join(inverse_own).join(inverse_others).join(keep).reset_index()
+    stability = tables["stability"][[*keys[:-1], "seed_iou"]]
+    summary = summary.merge(stability, on=keys[:-1], how="left")
     summary["ranking"] = RANKING
     return summary

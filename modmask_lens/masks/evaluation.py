@@ -6,6 +6,8 @@ decoding reproducing the answer exactly. Analyses, the faithful readout and the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from modmask_lens.core.bridge import Bridge
@@ -17,7 +19,24 @@ from modmask_lens.masks.binary import BinaryMask
 
 def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model)."""
+    return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
+
+
+def reaches_exact_match(
+    bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, target: float, batch_size: int = 256
+) -> bool:
+    """Whether :func:`exact_match` is at least ``target``; stops at the first batch after which it cannot be."""
     correct = 0
+    for start, batch_correct in zip(range(0, len(data), batch_size), _correct_by_batch(bridge, data, mask, batch_size)):
+        correct += batch_correct
+        unseen = len(data) - min(start + batch_size, len(data))
+        if (correct + unseen) / len(data) < target:  # even if every unseen example were right
+            return False
+    return correct / len(data) >= target
+
+
+def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, batch_size: int) -> Iterator[int]:
+    """The count of exactly right examples in each batch of ``data``, in order."""
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             indices = torch.arange(start, min(start + batch_size, len(data)))
@@ -27,5 +46,4 @@ def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = Non
             else:
                 with masked(bridge, mask, check_weights=False):
                     logits = bridge(input_ids)
-            correct += score_answers(logits, labels).n_correct
-    return correct / len(data)
+            yield score_answers(logits, labels).n_correct

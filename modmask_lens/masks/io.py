@@ -8,6 +8,7 @@ granularity, processing mode, subtask name, training settings and library versio
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ def mask_metadata(masks: MaskSet) -> dict:
         "model": masks.origin.model,
         "units": [{"name": unit.name, "shape": list(unit.shape)} for unit in masks.units],
         "history": masks.history,
+        "threshold": masks.threshold,
     }
 
 
@@ -90,12 +92,11 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
             f"{source} was written by modmask-lens {metadata['library_version']}; this is "
             f"{library_version()} (another major version): re-export it with a matching version"
         )
+    # Files written before the sampler field existed were all trained with Gumbel-sigmoid samples.
+    written = {"sampler": "gumbel-sigmoid", **metadata["mask_config"]}
     try:
         config = MaskConfig(
-            **{
-                key: tuple(value) if isinstance(value, list) else value
-                for key, value in metadata["mask_config"].items()
-            }
+            **{key: tuple(value) if isinstance(value, list) else value for key, value in written.items()}
         )
     except (TypeError, ValueError) as error:
         raise MaskFileError(f"{source}: its mask_config is invalid ({error}); re-export the file") from error
@@ -117,7 +118,12 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
     history = metadata.get("history", [])
     if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
         raise MaskFileError(f"{source}: its training history is not a list of rows; re-export the file")
-    return MaskSet(metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history)
+    threshold = metadata.get("threshold", 0.0)  # files written before the faithful readout were read out at 0
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise MaskFileError(f"{source}: its readout threshold {threshold!r} is not a finite number; re-export the file")
+    return MaskSet(
+        metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history, float(threshold)
+    )
 
 
 def load_masks(path: str | Path, bridge: Bridge) -> MaskSet:

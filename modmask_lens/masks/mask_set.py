@@ -21,7 +21,7 @@ class MaskSet:
     """Mask logits of one subtask: one tensor per :class:`~modmask_lens.masks.units.MaskUnit`.
 
     Build one with :meth:`for_bridge`; train it with :func:`~modmask_lens.train_masks`; read it out with
-    :meth:`binary` (mask = logit > 0, Csordás's deterministic readout).
+    :meth:`binary` (mask = logit > threshold).
 
     Attributes:
         name: the subtask this mask is for.
@@ -35,6 +35,9 @@ class MaskSet:
             step's batch), ``kept`` (fraction kept by the binary readout, logit > 0), ``expected_density`` (mean keep
             probability), and every 100 steps ``faithfulness`` (binary-mask exact match over the full model's, on
             the subtask's first examples). ``pandas.DataFrame(masks.history)`` tabulates it.
+        threshold: the readout: a unit is kept when its logit is above it (saved with the mask). 0 is Csordás's
+            readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it to
+            :func:`~modmask_lens.faithful_threshold` on the subtask's training examples.
 
     Example:
         >>> masks = MaskSet.for_bridge(bridge, name="jump")            # doctest: +SKIP
@@ -48,6 +51,7 @@ class MaskSet:
     origin: MaskOrigin
     train_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    threshold: float = 0.0
 
     @classmethod
     def for_bridge(
@@ -98,8 +102,13 @@ class MaskSet:
         return masks
 
     def binary(self) -> BinaryMask:
-        """The deterministic readout, mask = logit > 0, expanded to every masked tensor's full shape."""
-        return self.binary_from({unit.name: self.logits[unit.name].detach() > 0 for unit in self.units})
+        """The deterministic readout, mask = logit > :attr:`threshold`, expanded to every masked tensor's full
+        shape."""
+        return self.binary_from(self.kept_above(self.threshold))
+
+    def kept_above(self, threshold: float) -> dict[str, Tensor]:
+        """Unit name -> kept flags (bool, the unit's logit shape) of the logits above ``threshold``."""
+        return {unit.name: self.logits[unit.name].detach() > threshold for unit in self.units}
 
     def binary_from(self, unit_kept: dict[str, Tensor]) -> BinaryMask:
         """A binary mask from a kept flag per logit (unit name -> bool of the unit's logit shape), expanded to every

@@ -1,7 +1,7 @@
 """Reading a binary mask out of trained logits so that it stays faithful: the fewest top-scoring units that keep the
 subtask's exact match.
 
-``logit > 0`` (:meth:`MaskSet.binary`) is Csordás's readout. Measured on planted models and compiled tracr programs
+``logit > 0`` is Csordás's readout. Measured on planted models and compiled tracr programs
 (docs/finder-study.md), it can drop units a subtask needs together: trained logits rank the units well (AUROC 1.0 on
 a disconnected plant's heads) while the threshold at 0 keeps half of the needed heads and the masked model scores
 0.11. Ranking by logit and keeping the smallest top-k that stays faithful recovered all of them. This is the readout
@@ -12,17 +12,12 @@ faithfulness instead of fixed.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.evaluation import exact_match, reaches_exact_match
 from modmask_lens.masks.mask_set import MaskSet
-
-
-def _kept_above(masks: MaskSet, threshold: float) -> dict[str, Tensor]:
-    """Unit name -> kept flags of the logits above ``threshold``."""
-    return {unit.name: masks.logits[unit.name].detach() > threshold for unit in masks.units}
 
 
 def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> float:
@@ -53,12 +48,18 @@ def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tol
             return float(descending[-1]) - 1.0
         return float(descending[count - 1] + descending[count]) / 2
 
-    required = (1 - tolerance) * exact_match(bridge, data, None)
+    full = exact_match(bridge, data, None)
+    if full == 0:
+        raise ValueError(
+            f"the full model answers none of {len(data)} examples of {data.name!r} exactly, so no mask size keeps "
+            "its accuracy: check the data (answers, tokenizer), or read the mask out at logit > 0"
+        )
+    required = (1 - tolerance) * full
     low, high = 0, descending.numel()
     while low < high:
         middle = (low + high) // 2
-        kept = masks.binary_from(_kept_above(masks, threshold_keeping(middle)))
-        if exact_match(bridge, data, kept) >= required:
+        kept = masks.binary_from(masks.kept_above(threshold_keeping(middle)))
+        if reaches_exact_match(bridge, data, kept, required):
             high = middle
         else:
             low = middle + 1
@@ -73,4 +74,4 @@ def faithful_binary(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolera
         >>> kept = faithful_binary(bridge, masks["jump"], jump_test)              # doctest: +SKIP
         >>> kept.kept_fraction(by="all")                                            # doctest: +SKIP
     """
-    return masks.binary_from(_kept_above(masks, faithful_threshold(bridge, masks, data, tolerance)))
+    return masks.binary_from(masks.kept_above(faithful_threshold(bridge, masks, data, tolerance)))

@@ -1,16 +1,19 @@
-"""Training mask logits on subtasks while the model stays frozen (Csordás et al. 2021, ``Task.train_step``).
+"""Training mask logits on subtasks while the model stays frozen (after Csordás et al. 2021, ``Task.train_step``).
 
 Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
-(straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the answer-token cross-entropy
-(summed over answer tokens, divided by the batch's answer-token count) chunk by chunk, add the regulariser, clip the
-task's mask gradients and take one Adam step. Tasks trained in one run keep their own optimiser, clipping and
-random stream, so the result equals training them one after another.
+(hard concrete by default, or straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the
+answer-token cross-entropy (summed over answer tokens, divided by the batch's answer-token count) chunk by chunk, add
+the sparsity term (the density under the loss constraint, Csordás's logit sum, or a target density's Lagrangian),
+clip the task's mask gradients and take one Adam step. Tasks trained in one run keep their own optimiser, clipping
+and random stream, so the result equals training them one after another. After the last step the readout sets each
+mask's threshold (:attr:`MaskSet.threshold`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,14 +37,20 @@ from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.readout import faithful_threshold
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
 HISTORY_EVERY = 10  # steps between rows of MaskSet.history (and refreshes of the progress bar's kept fraction)
 FAITHFULNESS_EVERY = 100  # steps between faithfulness measurements (one forward over FAITHFULNESS_EXAMPLES)
 FAITHFULNESS_EXAMPLES = 256  # the subtask's first examples, on which faithfulness is measured
+READOUT_EXAMPLES = 256  # the subtask's first examples, on which the faithful readout chooses the mask's size
 CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class UnfaithfulReadout(UserWarning):
+    """The faithful readout could not be applied (the full model solves none of the examples)."""
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -152,15 +161,11 @@ class MaskTrainer:
                     f"lock-step on {self.world_size} processes; make n_samples a multiple of "
                     f"{self.world_size}"
                 )
-            if train_config.target_density is not None or train_config.max_loss_increase is not None:
+            if train_config.beta is None or train_config.readout != "zero" or mask_config.sampler != "gumbel-sigmoid":
                 raise ValueError(
-                    "fully sharded training supports the logit-sum regulariser (beta) only; set "
-                    "target_density=None and max_loss_increase=None, or train without fully_shard"
-                )
-            if mask_config.sampler != "gumbel-sigmoid":
-                raise ValueError(
-                    f"fully sharded training samples Gumbel-sigmoid masks only, not {mask_config.sampler!r}; "
-                    "use MaskConfig(sampler='gumbel-sigmoid') or train without fully_shard"
+                    "fully sharded training runs Csordás's method only (Gumbel-sigmoid samples, the logit-sum "
+                    "regulariser beta, the logit > 0 readout); pass CSORDAS_MASKS and CSORDAS_TRAINING (with your "
+                    "granularity and steps), or train without fully_shard"
                 )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
@@ -203,8 +208,26 @@ class MaskTrainer:
                     self.step % config.checkpoint_every == 0 or self.step == config.steps
                 ):
                     self.save_checkpoint()
-        bar.close()
-        return {run.masks.name: self._full_masks(run) for run in self.runs}
+            bar.close()
+            masks = {run.masks.name: self._full_masks(run) for run in self.runs}
+            if config.readout == "faithful":
+                for run in self.runs:
+                    self._faithful_readout(run)
+        return masks
+
+    def _faithful_readout(self, run: _TaskRun) -> None:
+        """Set the run's threshold to the fewest highest-logit units that keep ``1 - readout_tolerance`` of the
+        full model's exact match on the subtask's first :data:`READOUT_EXAMPLES` examples."""
+        first = SubtaskData(run.data.name, run.data.input_ids[:READOUT_EXAMPLES], run.data.labels[:READOUT_EXAMPLES])
+        if exact_match(self.bridge, first) == 0:
+            warnings.warn(
+                f"subtask {run.data.name!r}: the full model answers none of its first {len(first)} examples exactly, "
+                "so the faithful readout cannot choose the mask's size; it is read out at logit > 0",
+                UnfaithfulReadout,
+                stacklevel=3,
+            )
+            return
+        run.masks.threshold = faithful_threshold(self.bridge, run.masks, first, self.train_config.readout_tolerance)
 
     @staticmethod
     def _full_masks(run: _TaskRun) -> MaskSet:
@@ -289,8 +312,8 @@ class MaskTrainer:
         masks.history.append(row)
 
     def _faithfulness(self, run: _TaskRun) -> float | None:
-        """Exact match of the binary mask (logit > 0) over the full model's, on the subtask's first examples
-        (``None`` if the full model gets none of them right)."""
+        """Exact match of the binary mask (logit > 0: the readout is chosen after training) over the full model's,
+        on the subtask's first examples (``None`` if the full model gets none of them right)."""
         first = SubtaskData(
             run.data.name, run.data.input_ids[:FAITHFULNESS_EXAMPLES], run.data.labels[:FAITHFULNESS_EXAMPLES]
         )
@@ -302,7 +325,7 @@ class MaskTrainer:
     def _regularise(self, run: _TaskRun) -> None:
         """Csordás's ``(beta / B) * sum(logits)``, or Edge Pruning's Lagrangian towards a target density."""
         config = self.train_config
-        if run.multipliers is None:
+        if config.beta is not None:
             (config.beta / config.batch_size * run.logit_sum()).backward()
             return
         run.multiplier_optimizer.zero_grad(set_to_none=True)

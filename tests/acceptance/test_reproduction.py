@@ -6,6 +6,8 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from experiments.csordas import (
+    METHODS,
+    MaskMethod,
     addmul_experiment,
     double_add_experiment,
     math_experiment,
@@ -17,9 +19,9 @@ from experiments.csordas import (
 )
 from modmask_lens import zoo
 from modmask_lens.cli import app
-from modmask_lens.masks.config import TrainConfig
+from modmask_lens.masks.config import MaskConfig, TrainConfig
 
-TINY = TrainConfig(steps=2, batch_size=8)
+TINY = MaskMethod(MaskConfig(), TrainConfig(steps=2, batch_size=8))
 
 
 def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
@@ -29,12 +31,17 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
     assert (accuracy[accuracy.condition == "full"][["jump", "simple"]] > 0.9).all(axis=None)
     rows = result.tables["output rows removed by the jump mask (Fig. 4b)"]
     assert set(rows.token) == {"I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "I_TURN_LEFT", "I_TURN_RIGHT"}
+    control = result.tables["null control: the simple mask on a randomly initialised model"].set_index("model")
+    assert control.loc["trained", "full accuracy"] > 0.9 and control.loc["random-init", "full accuracy"] < 0.05
+    assert control["mask kept"].between(0, 1).all()
     write_results([result], tmp_path / "results.md", "test")
     assert "Fig. 4a" in (tmp_path / "results.md").read_text()
 
 
 def test_addmul_experiment_compares_the_operations():
-    result = addmul_experiment(TINY, eval_limit=16)
+    csordas = METHODS["csordas"].with_steps(2)
+    result = addmul_experiment(csordas, eval_limit=16)
+    assert result.settings["masks"]["sampler"] == "gumbel-sigmoid" and result.settings["train"]["beta"] == 1e-4
     overlap = result.tables["IoU of the subtask masks per layer and role"]
     assert set(overlap.mask_a) == {"add"} and set(overlap.mask_b) == {"mul"}
     assert set(result.tables["mask sizes"]["mask"]) == {"control", "add", "mul"}
@@ -104,6 +111,6 @@ def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tm
     text = (tmp_path / "r.md").read_text()
     assert text.index("## addmul") < text.index("## double addition")
     assert (
-        "modmask-lens reproduce addmul double_add --steps 2 --eval-limit 16 --jobs 2" in text
+        "modmask-lens reproduce addmul double_add --method faithful --steps 2 --eval-limit 16 --jobs 2" in text
         and "Total wall time:" in text
     )

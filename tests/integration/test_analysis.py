@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
 from conftest import boot_native
 
-from modmask_lens import BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
+from modmask_lens import CSORDAS_TRAINING, BinaryMask, MaskConfig, MaskSet, SubtaskData, TrainConfig
 from modmask_lens.analysis import (
     beta_sweep,
     exact_match,
@@ -202,7 +204,8 @@ def test_seed_stability_and_beta_sweep(copy_model):
     assert same.iou.tolist() == [1.0]
     different = seed_stability(copy_model, data, seeds=(0, 1), train_config=config, by="layer_role")
     assert ((different.iou >= 0) & (different.iou <= 1)).all() and (different.iou < 1).any()
-    sweep = beta_sweep(copy_model, data, betas=(0.0, 30.0), train_config=config)
+    csordas = dataclasses.replace(CSORDAS_TRAINING, steps=60, batch_size=32, lr=0.05)
+    sweep = beta_sweep(copy_model, data, betas=(0.0, 30.0), train_config=csordas)
     assert sweep.kept_fraction.iloc[0] > sweep.kept_fraction.iloc[1]
     assert sweep.accuracy.between(0, 1).all()
 

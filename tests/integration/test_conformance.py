@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from modmask_lens import MaskConfig, SubtaskData, TrainConfig, adapter_for, train_masks
+from modmask_lens import CSORDAS_MASKS, CSORDAS_TRAINING, SubtaskData, adapter_for, train_masks
 from modmask_lens.adapters import registry
 from modmask_lens.adapters.llama import LlamaAdapter
 from modmask_lens.testing import CHECKS, applicable_checks, check_head_mask, run_conformance
@@ -124,9 +125,13 @@ def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
         predicted = bridge(tokens).argmax(dim=-1)
     labels = torch.full_like(tokens, -100)
     labels[:, 1:] = predicted[:, :-1]
-    config = TrainConfig(steps=60, batch_size=16, lr=0.1, beta=0.3)
+    config = dataclasses.replace(CSORDAS_TRAINING, steps=60, batch_size=16, lr=0.1, beta=0.3)
     masks = train_masks(
-        bridge, SubtaskData("gqa", tokens, labels), MaskConfig(granularity="head"), config, progress=False
+        bridge,
+        SubtaskData("gqa", tokens, labels),
+        dataclasses.replace(CSORDAS_MASKS, granularity="head"),
+        config,
+        progress=False,
     )["gqa"]
     heads = masks.binary().kept_fraction(by="head")
     queries = heads[heads.role == "W_Q"]

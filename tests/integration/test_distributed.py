@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from modmask_lens import CSORDAS_MASKS, MaskConfig
 from modmask_lens.testing.tiny_models import boot_tiny
 
 
@@ -69,8 +70,8 @@ MODELS = {
     ("model", "options"),
     [
         ("gpt2", []),  # data parallel
-        ("gpt2", ["--fully-shard"]),
-        ("llama-gqa", ["--fully-shard", "--granularity", "head", "--n-samples", "2"]),
+        ("gpt2", ["--fully-shard", "--method", "csordas"]),
+        ("llama-gqa", ["--fully-shard", "--method", "csordas", "--granularity", "head", "--n-samples", "2"]),
     ],
     ids=["ddp-gpt2-weights", "fsdp-gpt2-weights", "fsdp-llama-gqa-heads"],
 )
@@ -108,7 +109,8 @@ def test_two_process_mask_training_equals_one_process(tmp_path, model, options):
         assert one.keys() == two.keys()
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
-        assert any(not torch.equal(value, torch.full_like(value, 2.0)) for value in one.values())
+        init_logit = CSORDAS_MASKS.init_logit if "csordas" in options else MaskConfig().init_logit
+        assert any(not torch.equal(value, torch.full_like(value, init_logit)) for value in one.values())
     one = load_file(tmp_path / "single" / "checkpoints" / "checkpoint.safetensors")
     two = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint.safetensors")
     assert one.keys() == two.keys() and any("/adam/" in key for key in one)

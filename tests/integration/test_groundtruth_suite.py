@@ -3,6 +3,7 @@ a model left bit-exact."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pandas as pd
@@ -22,6 +23,7 @@ from modmask_lens.groundtruth import (
     tracr_cases,
 )
 from modmask_lens.groundtruth.methods import study_methods
+from modmask_lens.groundtruth.metrics import readout_scores, seed_agreement, unit_scores
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
 
@@ -36,7 +38,9 @@ def case():
 @pytest.fixture(scope="module")
 def tables(case):
     before = {key: value.clone() for key, value in case.bridge.state_dict().items()}
-    result = run_suite({"tiny": TINY}, [case], granularities=["neuron"], controls=["none", "shuffled-answers"])
+    result = run_suite(
+        {"tiny": TINY}, [case], granularities=["neuron"], controls=["none", "shuffled-answers"], method_seeds=(0, 1)
+    )
     after = case.bridge.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[key], after[key]) for key in before), "the suite changed the model's weights"
@@ -45,7 +49,8 @@ def tables(case):
 
 def test_tables_have_their_columns_and_one_row_per_mask(tables):
     summary = tables["summary"]
-    assert len(summary) == 4  # 2 subtasks x 2 controls
+    assert len(summary) == 8  # 2 subtasks x 2 controls x 2 seeds
+    assert set(summary["seed"]) == {0, 1}
     assert set(summary["control"]) == {"none", "shuffled-answers"} and set(summary["method"]) == {"tiny"}
     for column in (
         "precision",
@@ -56,6 +61,8 @@ def test_tables_have_their_columns_and_one_row_per_mask(tables):
         "inverse_faithfulness",
         "cpr",
         "cmd",
+        "inside_others",
+        "seed_iou",
     ):
         assert column in summary
     curves = tables["curves"]
@@ -122,34 +129,57 @@ def test_tracr_cases_say_why_they_are_missing(monkeypatch):
         tracr_cases()
 
 
-def test_the_faithful_readout_shifts_logits_to_the_faithful_threshold_and_keeps_their_order():
+def test_the_suite_scores_the_mask_the_method_reads_out():
     case = load_tracr_case("reverse")
     data = case.train["reverse"]
-    config = TrainConfig(steps=4, batch_size=8, n_samples=2)
-    plain = FinderMethod(config)(case.bridge, data, MaskConfig(granularity="head"))
-    shifted = FinderMethod(config, faithful_readout=True)(case.bridge, data, MaskConfig(granularity="head"))
-    offsets = {name: (plain.logits[name] - shifted.logits[name]).detach() for name in plain.logits}
-    offset = next(iter(offsets.values())).flatten()[0]
-    assert all(torch.allclose(value, offset.expand_as(value)) for value in offsets.values())
-    assert float(offset) == pytest.approx(faithful_threshold(case.bridge, plain, data))
+    mask = TINY(case.bridge, data, MaskConfig(granularity="head"), 0)
+    assert mask.threshold == faithful_threshold(case.bridge, mask, data)  # the default readout
+    scores = readout_scores(mask)
+    assert all(torch.equal(scores[name] > 0, kept) for name, kept in mask.kept_above(mask.threshold).items())
     assert all(
-        torch.equal(shifted.binary().kept[key], kept)
-        for key, kept in faithful_binary(case.bridge, plain, data).kept.items()
+        torch.equal(mask.binary().kept[key], kept)
+        for key, kept in faithful_binary(case.bridge, mask, data).kept.items()
     )
+
+
+def test_seed_agreement_is_the_mean_pairwise_iou_of_the_seeds_masks(tables, case):
+    stability = tables["stability"]
+    assert set(stability["seeds"]) == {2} and stability["seed_iou"].between(0, 1).all()
+    retrained = {seed: TINY(case.bridge, case.train["add"], MaskConfig(granularity="neuron"), seed) for seed in (0, 1)}
+    kept = [torch.cat([k.flatten() for k in mask.kept_above(mask.threshold).values()]) for mask in retrained.values()]
+    expected = float((kept[0] & kept[1]).sum() / (kept[0] | kept[1]).sum())
+    real = stability[(stability["control"] == "none") & (stability["subtask"] == "add")]
+    assert real["seed_iou"].iloc[0] == pytest.approx(expected)
+    assert seed_agreement({0: {"u": torch.tensor([1.0, -1.0])}, 1: {"u": torch.tensor([1.0, 1.0])}}) == 0.5
+
+
+def test_inside_others_counts_kept_units_only_another_subtask_uses(case):
+    truth = case.truth
+    names = list(truth)
+    own, other = names
+    scores = {
+        name: {unit: torch.where(used, 1.0, -1.0) for unit, used in truth[other]["neuron"].items()} for name in names
+    }
+    table = unit_scores(case, scores, "neuron").set_index("subtask")
+    assert table.loc[own, "inside_others"] == 1.0 and table.loc[own, "precision"] == 0.0
+    assert table.loc[other, "inside_others"] == 0.0 and table.loc[other, "precision"] == 1.0
 
 
 def test_study_methods_differ_from_each_other_by_one_setting():
     methods = study_methods(steps=10)
     assert list(methods) == [
-        "library-defaults",
-        "defaults+faithful-readout",
+        "csordas",
+        "csordas+faithful-readout",
         "gumbel+constraint",
         "hard-concrete+constraint",
         "faithful",
     ]
-    assert methods["faithful"].mask_settings == {"sampler": "hard-concrete", "init_logit": 3.0}
-    assert methods["gumbel+constraint"].train_config == methods["faithful"].train_config
-    assert methods["faithful"].train_config.max_loss_increase == 0.02
+    faithful = dataclasses.replace(TrainConfig(), steps=10, density_warmup_steps=2)  # the warm-up capped at steps / 4
+    assert methods["faithful"].train_config == faithful and methods["faithful"].mask_settings == {}
+    assert methods["hard-concrete+constraint"].train_config.readout == "zero"
+    assert methods["gumbel+constraint"].mask_settings == {"sampler": "gumbel-sigmoid"}
+    assert methods["csordas+faithful-readout"].train_config.readout == "faithful"
+    assert methods["csordas"].mask_settings == {"sampler": "gumbel-sigmoid", "init_logit": 2.0}
     assert all(method.train_config.steps == 10 for method in methods.values())
 
 

@@ -147,9 +147,21 @@ CASES = {
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
     "lr_too_large": (lambda b, t: TrainConfig(lr=5.0), ValueError, r"lr 5.0 is out of range"),
-    "beta_negative": (lambda b, t: TrainConfig(beta=-1e-4), ValueError, "beta -0.0001 must be a finite number >= 0"),
-    "beta_nan": (lambda b, t: TrainConfig(beta=float("nan")), ValueError, "beta nan must be a finite number"),
-    "beta_inf": (lambda b, t: TrainConfig(beta=float("inf")), ValueError, "beta inf must be a finite number"),
+    "beta_negative": (
+        lambda b, t: TrainConfig(beta=-1e-4, max_loss_increase=None),
+        ValueError,
+        "beta -0.0001 must be a finite number >= 0",
+    ),
+    "beta_nan": (
+        lambda b, t: TrainConfig(beta=float("nan"), max_loss_increase=None),
+        ValueError,
+        "beta nan must be a finite number",
+    ),
+    "beta_inf": (
+        lambda b, t: TrainConfig(beta=float("inf"), max_loss_increase=None),
+        ValueError,
+        "beta inf must be a finite number",
+    ),
     "temperature_nan": (
         lambda b, t: TrainConfig(temperature=float("nan")),
         ValueError,
@@ -176,7 +188,11 @@ CASES = {
         ValueError,
         "lagrangian_lr nan is out of range",
     ),
-    "target_density_out_of_range": (lambda b, t: TrainConfig(target_density=1.5), ValueError, "must lie in \\(0, 1\\)"),
+    "target_density_out_of_range": (
+        lambda b, t: TrainConfig(target_density=1.5, max_loss_increase=None),
+        ValueError,
+        "must lie in \\(0, 1\\)",
+    ),
     "batch_smaller_than_samples": (
         lambda b, t: TrainConfig(batch_size=2, n_samples=4),
         ValueError,
@@ -293,7 +309,7 @@ def cli_cases(folders, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             "lr 5.0 is out of range",
         ),
         "beta_negative": (
-            train + ["--model", str(with_tokenizer), "--task", str(good), "--beta", "-1"],
+            train + ["--model", str(with_tokenizer), "--task", str(good), "--method", "csordas", "--beta", "-1"],
             "beta -1.0 must be a finite number >= 0",
         ),
         "unknown_task": (train + ["--model", str(with_tokenizer), "--task", "scna"], "unknown task 'scna'"),

@@ -3,16 +3,19 @@ checkpoints move between sharded and plain runs, and the model is untouched. (Tw
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import VOCAB, assert_unchanged, boot_native, state_snapshot
 
-from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig
+from modmask_lens import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, MaskSet, MaskTrainer, SubtaskData
 from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits, shard_bounds
 
-CONFIG = TrainConfig(steps=4, batch_size=16, n_samples=4, lr=0.05, checkpoint_every=2)
+# Fully sharded training runs Csordás's method only.
+CONFIG = dataclasses.replace(CSORDAS_TRAINING, steps=4, batch_size=16, n_samples=4, lr=0.05, checkpoint_every=2)
 
 
 def subtask(name: str = "copy") -> SubtaskData:
@@ -36,7 +39,7 @@ def test_shard_bounds_tile_the_tensor_once(numel, world_size):
 @pytest.mark.parametrize("granularity", ["weight", "neuron", "head"])
 def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, tokens, granularity):
     snapshot = state_snapshot(any_bridge)
-    masks = MaskSet.for_bridge(any_bridge, MaskConfig(granularity=granularity))
+    masks = MaskSet.for_bridge(any_bridge, dataclasses.replace(CSORDAS_MASKS, granularity=granularity))
     with torch.no_grad():  # logits near 0, so the sample keeps about half of each unit
         for logit in masks.logits.values():
             logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))
@@ -58,8 +61,8 @@ def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, toke
 
 def test_sharded_training_equals_plain_training(any_bridge):
     snapshot = state_snapshot(any_bridge)
-    plain = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
-    sharded = MaskTrainer(any_bridge, [subtask()], train_config=CONFIG, progress=False, fully_shard=True).train()[
+    plain = MaskTrainer(any_bridge, [subtask()], CSORDAS_MASKS, CONFIG, progress=False).train()["copy"]
+    sharded = MaskTrainer(any_bridge, [subtask()], CSORDAS_MASKS, CONFIG, progress=False, fully_shard=True).train()[
         "copy"
     ]
     for name, logit in plain.logits.items():
@@ -84,7 +87,7 @@ def interrupted_after_checkpoint(bridge, tmp_path, fully_shard: bool) -> None:
 
     object.__setattr__(data, "batch", batch_or_interrupt)  # SubtaskData is frozen
     trainer = MaskTrainer(
-        bridge, [data], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=fully_shard
+        bridge, [data], CSORDAS_MASKS, CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=fully_shard
     )
     with pytest.raises(Interrupted):
         trainer.train()
@@ -95,10 +98,10 @@ def interrupted_after_checkpoint(bridge, tmp_path, fully_shard: bool) -> None:
 )
 def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resumed):
     snapshot = state_snapshot(gpt2_bridge)
-    uninterrupted = MaskTrainer(gpt2_bridge, [subtask()], train_config=CONFIG, progress=False).train()["copy"]
+    uninterrupted = MaskTrainer(gpt2_bridge, [subtask()], CSORDAS_MASKS, CONFIG, progress=False).train()["copy"]
     interrupted_after_checkpoint(gpt2_bridge, tmp_path, fully_shard=first)
     trainer = MaskTrainer(
-        gpt2_bridge, [subtask()], train_config=CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=resumed
+        gpt2_bridge, [subtask()], CSORDAS_MASKS, CONFIG, checkpoint_dir=tmp_path, progress=False, fully_shard=resumed
     )
     assert trainer.step == CONFIG.checkpoint_every
     finished = trainer.train()["copy"]
@@ -107,17 +110,20 @@ def test_a_checkpoint_resumes_across_sharding(gpt2_bridge, tmp_path, first, resu
     assert_unchanged(gpt2_bridge, snapshot)
 
 
-@pytest.mark.parametrize("settings", [{"target_density": 0.1}, {"max_loss_increase": 0.02}])
-def test_sharded_training_rejects_the_density_target_and_the_loss_constraint(gpt2_bridge, settings):
-    config = TrainConfig(steps=2, batch_size=8, n_samples=2, **settings)
-    with pytest.raises(ValueError, match="max_loss_increase=None, or train without fully_shard"):
-        MaskTrainer(gpt2_bridge, [subtask()], train_config=config, fully_shard=True)
-
-
-def test_sharded_training_rejects_hard_concrete_masks(gpt2_bridge):
-    config = TrainConfig(steps=2, batch_size=8, n_samples=2)
-    with pytest.raises(ValueError, match="samples Gumbel-sigmoid masks only, not 'hard-concrete'"):
-        MaskTrainer(gpt2_bridge, [subtask()], MaskConfig(sampler="hard-concrete"), config, fully_shard=True)
+@pytest.mark.parametrize(
+    ("masks", "training"),
+    [
+        (CSORDAS_MASKS, {"beta": None, "target_density": 0.1}),
+        (CSORDAS_MASKS, {"beta": None, "max_loss_increase": 0.02}),
+        (CSORDAS_MASKS, {"readout": "faithful"}),
+        (MaskConfig(sampler="hard-concrete"), {}),
+    ],
+    ids=["target-density", "loss-constraint", "faithful-readout", "hard-concrete"],
+)
+def test_sharded_training_runs_csordas_method_only(gpt2_bridge, masks, training):
+    config = dataclasses.replace(CSORDAS_TRAINING, steps=2, batch_size=8, n_samples=2, **training)
+    with pytest.raises(ValueError, match="runs Csordás's method only.*pass CSORDAS_MASKS and CSORDAS_TRAINING"):
+        MaskTrainer(gpt2_bridge, [subtask()], masks, config, fully_shard=True)
 
 
 def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridge, tokens):
@@ -138,7 +144,8 @@ def _report_state_sizes(rank: int, store: str, out: str) -> None:
     trainer = MaskTrainer(
         bridge,
         [subtask()],
-        train_config=TrainConfig(steps=2, batch_size=8, n_samples=2),
+        CSORDAS_MASKS,
+        dataclasses.replace(CSORDAS_TRAINING, steps=2, batch_size=8, n_samples=2),
         progress=False,
         fully_shard=True,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +11,8 @@ from conftest import assert_unchanged, boot_native, state_snapshot
 from transformer_lens.model_bridge import TransformerBridge
 
 from modmask_lens import (
+    CSORDAS_MASKS,
+    CSORDAS_TRAINING,
     MaskConfig,
     MaskSet,
     MaskTrainer,
@@ -21,7 +25,7 @@ from modmask_lens import (
 from modmask_lens.analysis import exact_match
 from modmask_lens.masks import readout
 from modmask_lens.masks.io import load_masks, save_masks
-from modmask_lens.masks.training import CHECKPOINT_FILE
+from modmask_lens.masks.training import CHECKPOINT_FILE, UnfaithfulReadout
 
 SEP, EOS = 10, 11
 
@@ -77,10 +81,16 @@ def one_head_model():
     return bridge, data
 
 
-def test_mask_training_removes_unneeded_weights_and_keeps_accuracy(one_head_model):
+@pytest.mark.parametrize(
+    ("mask_config", "train_config"),
+    [(MaskConfig(), TrainConfig()), (CSORDAS_MASKS, CSORDAS_TRAINING)],
+    ids=["default", "csordas"],
+)
+def test_mask_training_removes_unneeded_weights_and_keeps_accuracy(one_head_model, mask_config, train_config):
     bridge, data = one_head_model
     snapshot = state_snapshot(bridge)
-    masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=300, batch_size=64), progress=False).train()
+    settings = dataclasses.replace(train_config, steps=300, batch_size=64)
+    masks = MaskTrainer(bridge, [data], mask_config, settings, progress=False).train()
     binary = masks["copy"].binary()
     assert_unchanged(bridge, snapshot)
     assert all(parameter.grad is None for parameter in bridge.parameters())
@@ -99,9 +109,10 @@ def test_several_tasks_in_one_run_equal_separate_runs(one_head_model):
     bridge, data = one_head_model
     other = SubtaskData("copy_low", data.input_ids[:50], data.labels[:50])
     config = TrainConfig(steps=4, batch_size=16)
-    joint = MaskTrainer(bridge, [data, other], train_config=config, progress=False).train()
+    undecided = MaskConfig(init_logit=0.0)  # samples inside (0, 1), so each task's gradient reaches its logits at once
+    joint = MaskTrainer(bridge, [data, other], undecided, config, progress=False).train()
     for subtask in (data, other):
-        alone = MaskTrainer(bridge, [subtask], train_config=config, progress=False).train()[subtask.name]
+        alone = MaskTrainer(bridge, [subtask], undecided, config, progress=False).train()[subtask.name]
         for name, logit in alone.logits.items():
             assert torch.equal(logit, joint[subtask.name].logits[name])
     assert not torch.equal(
@@ -175,7 +186,14 @@ def test_resume_refuses_another_granularity_other_data_and_fewer_steps(one_head_
 
 def test_target_density_mode_drives_the_expected_density_to_the_target(one_head_model):
     bridge, data = one_head_model
-    config = TrainConfig(steps=400, batch_size=32, target_density=0.5, density_warmup_steps=100, lagrangian_lr=0.1)
+    config = TrainConfig(
+        steps=400,
+        batch_size=32,
+        max_loss_increase=None,
+        target_density=0.5,
+        density_warmup_steps=100,
+        lagrangian_lr=0.1,
+    )
     masks = MaskTrainer(bridge, [data], train_config=config, progress=False).train()["copy"]
     assert abs(float(masks.expected_density().detach()) - 0.5) < 0.05
 
@@ -203,7 +221,8 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path):
         ),
         (lambda: SubtaskData("unscored", torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), -100)), "no answer"),
         (lambda: TrainConfig(lr=5.0), "lr"),
-        (lambda: TrainConfig(beta=-1.0), "beta"),
+        (lambda: TrainConfig(beta=-1.0, max_loss_increase=None), "beta"),
+        (lambda: TrainConfig(beta=1e-4), "set exactly one sparsity term.*max_loss_increase=None"),
         (lambda: TrainConfig(batch_size=2, n_samples=4), "n_samples"),
         (lambda: MaskConfig(granularity="block"), "granularity"),
     ],
@@ -221,7 +240,8 @@ def test_tokens_outside_the_vocabulary_are_refused():
 
 def test_training_history_logs_every_ten_steps_and_faithfulness_against_an_independent_count(one_head_model, tmp_path):
     bridge, data = one_head_model
-    config = TrainConfig(steps=105, batch_size=8, checkpoint_every=50)
+    # The history logs the logit > 0 readout during training; the faithful readout is chosen after the last step.
+    config = TrainConfig(steps=105, batch_size=8, checkpoint_every=50, readout="zero")
     masks = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False).train()["copy"]
     history = pd.DataFrame(masks.history)
     assert history.step.tolist() == [*range(10, 101, 10), 105]
@@ -248,19 +268,23 @@ def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_mo
     assert without_faithfulness(resumed["copy"].history) == without_faithfulness(at_once["copy"].history)
 
 
-FAITHFUL_MASKS = MaskConfig(sampler="hard-concrete", init_logit=3.0)
-
-
-def test_the_loss_constraint_prunes_what_the_task_does_not_need_and_stays_faithful(one_head_model):
+def test_the_default_readout_is_the_faithful_threshold_on_the_training_examples(one_head_model, tmp_path):
     bridge, data = one_head_model
-    config = TrainConfig(steps=300, batch_size=64, lr=0.05, max_loss_increase=0.02, lagrangian_lr=0.05)
-    masks = MaskTrainer(bridge, [data], FAITHFUL_MASKS, config, progress=False).train()["copy"]
-    binary = masks.binary()
-    heads = binary.kept_fraction(by="head")
-    assert heads[heads["head"] > 0].kept.sum() / heads[heads["head"] > 0].total.sum() < 0.1
-    assert binary.kept_fraction(by="all").kept_fraction.iloc[0] < 0.5
-    assert exact_match(bridge, data, binary) == exact_match(bridge, data) == 1.0
-    assert masks.history[-1]["faithfulness"] == 1.0
+    masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=100, batch_size=64), progress=False).train()
+    trained = masks["copy"]
+    assert trained.threshold == readout.faithful_threshold(bridge, trained, data)
+    assert exact_match(bridge, data, trained.binary()) >= 0.99 * exact_match(bridge, data)
+    assert load_masks(save_masks(trained, tmp_path / "copy.safetensors"), bridge).threshold == trained.threshold
+
+
+def test_a_model_that_solves_no_example_is_read_out_at_zero_with_a_warning():
+    bridge = boot_native()
+    generator = torch.Generator().manual_seed(0)
+    data = SubtaskData("noise", *torch.randint(0, 40, (2, 8, 6), generator=generator))
+    assert exact_match(bridge, data) == 0  # random answers to a random model (seeded)
+    with pytest.warns(UnfaithfulReadout, match="answers none of its first 8 examples"):
+        masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4), progress=False).train()
+    assert masks["noise"].threshold == 0.0
 
 
 def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_result(one_head_model, tmp_path):
@@ -290,7 +314,8 @@ def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_resu
     [
         ({"max_loss_increase": -0.1}, "max_loss_increase -0.1 must be a finite number >= 0"),
         ({"max_loss_increase": float("nan")}, "max_loss_increase nan must be"),
-        ({"max_loss_increase": 0.02, "target_density": 0.1}, "set either target_density or max_loss_increase"),
+        ({"target_density": 0.1}, "set exactly one sparsity term"),
+        ({"max_loss_increase": None}, "got none"),
     ],
 )
 def test_bad_constraint_settings_are_refused(settings, message):
