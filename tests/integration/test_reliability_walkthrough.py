@@ -99,6 +99,8 @@ def resume_after(change: str):
             data = copy_task(seed=1)
         elif change == "settings":
             train_config = TrainConfig(steps=3, batch_size=4, n_samples=2, beta=1e-3)
+        elif change == "subtasks":
+            data = copy_task("walk")
         MaskTrainer(bridge, [data], mask_config, train_config, checkpoint_dir=folder)
 
     return resume
@@ -207,6 +209,16 @@ CASES = {
         lambda b, t, p: resume_after("data")(boot_native(), p),
         RunMismatch,
         "'copy' was trained on other data \\(token ids or labels differ\\); .*--restart",
+    ),
+    "resume_with_other_subtasks": (
+        lambda b, t, p: resume_after("subtasks")(boot_native(), p),
+        ValueError,
+        r"holds subtasks \['copy'\]; this run trains \['walk'\]: start over with --restart",
+    ),
+    "steps_zero": (
+        lambda b, t, p: TrainConfig(steps=0),
+        ValueError,
+        "steps, batch_size and n_samples must be positive",
     ),
     "resume_with_another_setting": (
         lambda b, t, p: resume_after("settings")(boot_native(), p),
@@ -525,3 +537,13 @@ def test_commands_show_no_third_party_progress_bars_but_their_own(folder, tmp_pa
     assert process.stdout.splitlines()[-1] == "False"
     assert "Loading weights" not in process.stderr, process.stderr
     assert "masks: 100%" in process.stderr  # ours
+
+
+def test_zoo_train_writes_into_the_package_only_when_asked():
+    from experiments.commands import zoo_output_folder
+
+    assert zoo_output_folder("scan", None, in_place=False) == Path("zoo-models") / "scan"
+    assert zoo_output_folder("scan", Path("mine"), in_place=False) == Path("mine")
+    assert zoo_output_folder("scan", None, in_place=True) is None  # train_named's default: the package's zoo
+    with pytest.raises(Exception, match="give --out or --in-place, not both"):
+        zoo_output_folder("scan", Path("mine"), in_place=True)
