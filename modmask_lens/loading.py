@@ -25,7 +25,8 @@ def zoo_name(name: str) -> str | None:
 
 
 def check_model_name(name_or_path: str) -> None:
-    """Raise ``ValueError`` unless ``name_or_path`` is a zoo model, a folder holding a model, or (online) a hub id.
+    """Raise ``ValueError`` unless ``name_or_path`` is a zoo model, a folder holding a model, or a hub id (online, or
+    in the local Hugging Face cache when ``HF_HUB_OFFLINE`` is set).
 
     Runs before any model loads, so a typo costs nothing.
     """
@@ -44,12 +45,26 @@ def check_model_name(name_or_path: str) -> None:
         return
     path_like = folder.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if path_like or offline:
-        reason = "the hub cannot be reached (HF_HUB_OFFLINE is set)" if offline and not path_like else "no such folder"
+    if path_like or (offline and not _in_hub_cache(name_or_path)):
+        reason = (
+            "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+            if offline and not path_like
+            else "no such folder"
+        )
         raise ValueError(
             f"{name_or_path!r} is neither a zoo model nor a model folder ({reason}); {known}; or pass a folder "
             "written by save_pretrained"
         )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Is the hub model ``repo_id`` in the local Hugging Face cache (loadable offline)?"""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def load_bridge(name_or_path: str, device: str = "cpu"):
