@@ -12,7 +12,7 @@ UV_PIN := uv==0.13.9
 # The canary: a separate venv with the newest releases that pyproject.toml allows (no lock); see docs/versions.md.
 LATEST_VENV := .venv-latest
 
-.PHONY: demo test test-latest bench install install-dev lock chromium clean
+.PHONY: demo test test-latest bench tutorials install install-dev lock chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ lock: $(BIN)/python
 
 bench: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_masks.py
+
+# Re-execute the tutorials at full settings and keep their outputs in the notebooks (commit the result).
+tutorials: install-dev
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python tutorials/execute.py
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) demo-output

@@ -75,15 +75,30 @@ def reproduce(
 
 def zoo_train(
     name: str = typer.Argument(..., help="zoo model to reproduce, e.g. scan"),
-    out: Path | None = typer.Option(None, help="output folder (default: the package's zoo)"),
+    out: Path | None = typer.Option(None, help="output folder (default: zoo-models/NAME in the current folder)"),
+    in_place: bool = typer.Option(
+        False, "--in-place", help="overwrite the zoo model inside the installed package (instead of --out)"
+    ),
     checkpoint_dir: Path | None = typer.Option(
         None, help="where to keep the resumable checkpoint (default ~/.cache/modmask-lens/zoo-checkpoints/NAME)"
     ),
 ):
     """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
 
+    Writes into the installed package only with --in-place.
+
     Example: modmask-lens zoo train scan --out my-scan
     """
     from experiments.zoo.train import train_named
 
-    train_named(name, out, checkpoint_dir)
+    train_named(name, zoo_output_folder(name, out, in_place), checkpoint_dir)
+
+
+def zoo_output_folder(name: str, out: Path | None, in_place: bool) -> Path | None:
+    """Where ``zoo train`` writes: ``out``; the installed package's zoo (``None``) only with ``in_place``; else
+    ``zoo-models/NAME`` in the current folder."""
+    if in_place and out is not None:
+        raise typer.BadParameter("give --out or --in-place, not both")
+    if in_place:
+        return None
+    return out if out is not None else Path("zoo-models") / name

@@ -21,22 +21,66 @@ Example (a tiny random model; labels score the last two tokens of each example):
 
 __version__ = "0.1.0"
 
-from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
-from modmask_lens.analysis import circuit_graph
-from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.scoring import score_answers
-from modmask_lens.masks.apply import masked, masked_call
-from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
-from modmask_lens.masks.export import export_masked_model
-from modmask_lens.masks.identity import ModelMismatch
-from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
-from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.readout import faithful_binary, faithful_threshold
-from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
-from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
+from typing import TYPE_CHECKING
+
+from modmask_lens.lazy import lazy_exports
 from modmask_lens.versions import warn_about_known_breaks
-from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, write_report
+
+if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs; imported on first use
+    from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
+    from modmask_lens.analysis import circuit_graph
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.core.scoring import score_answers
+    from modmask_lens.masks.apply import masked, masked_call
+    from modmask_lens.masks.binary import BinaryMask
+    from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+    from modmask_lens.masks.export import export_masked_model
+    from modmask_lens.masks.identity import ModelMismatch
+    from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
+    from modmask_lens.masks.mask_set import MaskSet
+    from modmask_lens.masks.readout import faithful_binary, faithful_threshold
+    from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
+    from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
+    from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, write_report
+
+# name -> module: ``import modmask_lens`` (and ``modmask-lens --help``) stays light until a name is used.
+EXPORTS = {
+    "Adapter": "modmask_lens.adapters",
+    "TensorSpec": "modmask_lens.adapters",
+    "UnsupportedArchitecture": "modmask_lens.adapters",
+    "adapter_for": "modmask_lens.adapters",
+    "circuit_graph": "modmask_lens.analysis",
+    "SubtaskData": "modmask_lens.core.data",
+    "score_answers": "modmask_lens.core.scoring",
+    "masked": "modmask_lens.masks.apply",
+    "masked_call": "modmask_lens.masks.apply",
+    "BinaryMask": "modmask_lens.masks.binary",
+    "CSORDAS_MASKS": "modmask_lens.masks.config",
+    "CSORDAS_TRAINING": "modmask_lens.masks.config",
+    "MaskConfig": "modmask_lens.masks.config",
+    "TrainConfig": "modmask_lens.masks.config",
+    "export_masked_model": "modmask_lens.masks.export",
+    "ModelMismatch": "modmask_lens.masks.identity",
+    "MaskFileError": "modmask_lens.masks.io",
+    "load_masks": "modmask_lens.masks.io",
+    "save_masks": "modmask_lens.masks.io",
+    "MaskSet": "modmask_lens.masks.mask_set",
+    "faithful_binary": "modmask_lens.masks.readout",
+    "faithful_threshold": "modmask_lens.masks.readout",
+    "MaskTrainer": "modmask_lens.masks.training",
+    "NonFiniteLoss": "modmask_lens.masks.training",
+    "train_masks": "modmask_lens.masks.training",
+    "BimtMLP": "modmask_lens.modularity",
+    "ClusterabilityLoss": "modmask_lens.modularity",
+    "clusterability": "modmask_lens.modularity",
+    "train_bimt": "modmask_lens.modularity",
+    "AttentionView": "modmask_lens.viz",
+    "CircuitView": "modmask_lens.viz",
+    "OverlapView": "modmask_lens.viz",
+    "attention_patterns": "modmask_lens.viz",
+    "write_report": "modmask_lens.viz",
+}
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 
 warn_about_known_breaks()
 

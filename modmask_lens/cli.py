@@ -1,16 +1,20 @@
-"""The ``modmask-lens`` command line."""
+"""The ``modmask-lens`` command line.
+
+Nothing heavy is imported at the top of this module: ``modmask-lens --help`` must not wait for torch and transformers,
+so each command imports what it needs when it runs. Each command checks what is cheap to check (settings, names,
+files, output folders) before a model loads.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
+import tempfile
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pandas as pd
-import torch
 import typer
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FloatingPointError, OSError)
@@ -18,7 +22,9 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, Floati
 unknown hook name ...): reported as one ``error: ...`` line and exit code 1; anything else is a bug and keeps its
 traceback."""
 
-_show_tracebacks = {"debug": False}  # set from --debug by main_options at the start of every invocation
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process stopped by SIGINT
+
+_options = {"debug": False, "threads": 1}  # set from the global options by main_options at every invocation
 
 
 class _Typer(typer.Typer):
@@ -32,10 +38,26 @@ class _Typer(typer.Typer):
 def _reporting_known_errors(function: Callable) -> Callable:
     @functools.wraps(function)
     def run(*args, **kwargs):
+        _prepare_run()
         try:
             return function(*args, **kwargs)
+        except KeyboardInterrupt as interrupt:
+            if _options["debug"]:
+                raise
+            typer.echo(f"error: {interrupt or 'interrupted'}", err=True)
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from interrupt
+        except (MemoryError, RuntimeError) as error:
+            if _options["debug"] or not _out_of_memory(error):
+                raise
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            typer.echo(
+                f"error: out of memory ({first_line}); lower --batch-size (examples per step) or raise --n-samples "
+                "(the batch runs in n-samples slices)",
+                err=True,
+            )
+            raise typer.Exit(1) from error
         except KNOWN_ERRORS as error:
-            if _show_tracebacks["debug"]:
+            if _options["debug"]:
                 raise
             # KeyError's str() is the repr of its message; print the message itself
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -43,6 +65,48 @@ def _reporting_known_errors(function: Callable) -> Callable:
             raise typer.Exit(1) from error
 
     return run
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Is ``error`` a failed allocation (torch's CPU or CUDA allocator, or Python's)?"""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _prepare_run() -> None:
+    """What every command does first: the thread count, and no third-party progress bars (ours stay)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub and transformers
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import torch
+    import transformers
+
+    torch.set_num_threads(_options["threads"])
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("0", "false", "False"):
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" (set before the import above or not)
+    if os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] not in ("0", "false", "False"):
+        datasets.disable_progress_bars()  # "Filter", "Map"
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Raise ``OSError`` naming ``option`` unless ``folder`` exists or can be made, and takes a new file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to {folder} ({error.strerror or error}); choose another {option}") from error
+
+
+def check_files(paths: list[Path], option: str) -> None:
+    """Raise ``OSError`` / ``ValueError`` unless every path is an existing file (not a folder)."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(
+                f"{option} {path} is a folder; pass the files in it, e.g. {option} {path}/NAME.safetensors"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(f"{option} {path}: no such file")
 
 
 app = _Typer(
@@ -55,29 +119,42 @@ app = _Typer(
 
 @app.callback()
 def main_options(
-    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
+    threads: int = typer.Option(1, min=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)"),
     debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error"),
 ):
-    torch.set_num_threads(threads)
-    _show_tracebacks["debug"] = debug
+    _options.update(threads=threads, debug=debug)
+
+
+LABEL_HELP = (
+    "label of the mask file at the same position (default: its subtask, plus the file name where two share one)"
+)
 
 
 @app.command()
 def report(
-    model: Path = typer.Option(..., help="local Hugging Face model folder the masks were trained on"),
+    model: str = typer.Option(..., help="the model the masks were trained on: zoo name, local folder or hub id"),
     masks: list[Path] = typer.Option(..., "--masks", help="mask file (.safetensors); repeat for several subtasks"),
     prompt: str = typer.Option(..., help="space-separated token ids, or text for the model's tokenizer"),
     out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
     title: str = typer.Option("modmask-lens report", help="page title"),
+    label: list[str] | None = typer.Option(None, "--label", help=LABEL_HELP),
 ):
     """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
 
-    Example: modmask-lens report --model path/to/scan-model --masks demo-output/masks-scan-jump.safetensors
+    Example: modmask-lens report --model scan --masks demo-output/masks-scan-jump.safetensors
     --masks demo-output/masks-scan-walk.safetensors --prompt "jump twice and walk" --out report.html
     """
+    from modmask_lens.loading import check_model_name
+
+    if not prompt.split():
+        raise ValueError("--prompt is empty; give text for the model's tokenizer or token ids, e.g. --prompt '3 7 10'")
+    check_model_name(model)
+    check_files(masks, "--masks")
+    check_writable(out.parent, "--out")
     from modmask_lens.viz import report_from_files
 
-    typer.echo(f"Report written to {report_from_files(out, model, masks, prompt, title=title)}")
+    path = report_from_files(out, model, masks, prompt, title=title, labels=label or None)
+    typer.echo(f"Report written to {path}")
 
 
 masks_app = _Typer(help="Train weight masks for subtasks of a model.", no_args_is_help=True)
@@ -87,7 +164,9 @@ app.add_typer(masks_app, name="masks")
 @masks_app.command("train")
 def masks_train(
     model: str = typer.Option(..., help="zoo model name, local Hugging Face folder, or hub id (online only)"),
-    task: list[str] = typer.Option(..., "--task", help="TASK, TASK/SUBTASK or a .jsonl file; repeat for several"),
+    task: list[str] = typer.Option(
+        ..., "--task", help="TASK, TASK/SUBTASK or a .jsonl file (FILE.jsonl:PART for one part); repeat for several"
+    ),
     out: Path = typer.Option(Path("masks-output"), help="folder for the masks and the resumable checkpoint"),
     steps: int = typer.Option(2000, help="steps per subtask"),
     batch_size: int = typer.Option(128, help="examples per step"),
@@ -106,6 +185,10 @@ def masks_train(
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
+    checkpoint_every: int = typer.Option(200, help="steps between checkpoints in OUT/checkpoints"),
+    restart: bool = typer.Option(
+        False, "--restart", help="ignore a checkpoint in OUT/checkpoints and start from step 0"
+    ),
     fully_shard: bool = typer.Option(
         False,
         "--fully-shard",
@@ -115,6 +198,10 @@ def masks_train(
 ):
     """Train one mask per subtask on a frozen model; rerunning with the same --out resumes from the checkpoint.
 
+    A resume checks that the model, the data and every setting that decides the result are the checkpoint's, and
+    names the first that is not (--restart starts over). Ctrl-C finishes the step, saves a checkpoint and says how
+    to resume.
+
     Under torchrun the batch's mask samples are shared out among the processes and the mask gradients summed
     (gloo on CPU, NCCL on GPUs): ``torchrun --nproc_per_node 2 $(which modmask-lens) masks train ...``. With
     --fully-shard each process holds 1/N of the weights, mask logits and Adam state on its GPU (the model itself
@@ -122,12 +209,8 @@ def masks_train(
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
-    from modmask_lens.core.data import SubtaskData
-    from modmask_lens.core.world import launched_by_torchrun, world
-    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.loading import check_model_name, check_subtask_spec
     from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
-    from modmask_lens.masks.io import save_masks
-    from modmask_lens.masks.training import train_masks
 
     methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
     if method not in methods:
@@ -136,6 +219,7 @@ def masks_train(
     if wrong[1] is not None:
         raise typer.BadParameter(f"{wrong[0]} does not apply to --method {method}", param_hint=wrong[0])
     base_masks, base_training = methods[method]
+    mask_config = dataclasses.replace(base_masks, granularity=granularity)
     settings = {"beta": beta, "max_loss_increase": max_loss_increase, "lr": lr}
     train_config = dataclasses.replace(
         base_training,
@@ -143,8 +227,22 @@ def masks_train(
         batch_size=batch_size,
         seed=seed,
         n_samples=n_samples,
+        checkpoint_every=checkpoint_every,
         **{key: value for key, value in settings.items() if value is not None},
     )
+    check_model_name(model)
+    for spec in task:
+        check_subtask_spec(spec)
+    check_writable(out / "checkpoints", "--out")
+
+    import torch
+
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.core.world import launched_by_torchrun, world
+    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.masks.io import save_masks
+    from modmask_lens.masks.training import train_masks
+
     distributed = launched_by_torchrun()
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -152,17 +250,19 @@ def masks_train(
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     bridge, tokenizer = load_bridge(model, device="cpu" if fully_shard else device)
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
+    check_batch_memory(train_config, bridge.cfg.d_vocab, max(subtask.input_ids.shape[1] for subtask in subtasks))
     if not fully_shard:  # the data go where the model runs
         subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
     masks = train_masks(
         bridge,
         subtasks,
-        dataclasses.replace(base_masks, granularity=granularity),
+        mask_config,
         train_config,
         out / "checkpoints",
         progress=world()[0] == 0,
         fully_shard=fully_shard,
         device=device,
+        restart=restart,
     )
     if world()[0] == 0:
         for name, mask in masks.items():
@@ -174,25 +274,54 @@ def masks_train(
         torch.distributed.destroy_process_group()
 
 
+LOGIT_COPIES = 3  # float32 copies of a chunk's logits alive at once: the logits, the log-softmax and its gradient
+
+
+def check_batch_memory(train_config, d_vocab: int, positions: int) -> None:
+    """Raise ``ValueError`` if one slice of the batch's logits alone (``batch_size / n_samples`` examples x
+    ``positions`` x ``d_vocab`` floats, :data:`LOGIT_COPIES` copies) exceeds this machine's memory; a lower bound on
+    what a step needs, so a batch that passes may still fail, but an absurd one fails here and not inside torch."""
+    chunk = -(-train_config.batch_size // train_config.n_samples)
+    needed = chunk * positions * d_vocab * 4 * LOGIT_COPIES
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"--batch-size {train_config.batch_size:,} with --n-samples {train_config.n_samples} needs at least "
+            f"{needed / 2**30:,.1f} GiB for one slice's logits ({chunk:,} examples x {positions} positions x "
+            f"{d_vocab:,} tokens); this machine has {available / 2**30:,.1f} GiB: lower --batch-size"
+        )
+
+
 @app.command()
 def analyze(
-    model: str = typer.Option(..., help="the model the masks were trained on (zoo name or local folder)"),
+    model: str = typer.Option(..., help="the model the masks were trained on (zoo name, local folder or hub id)"),
     masks: list[Path] = typer.Option(..., "--masks", help="mask file; repeat for several subtasks"),
     out: Path = typer.Option(Path("analysis"), help="folder for the CSV tables"),
     by: str = typer.Option("layer_role", help="grouping: all, tensor, layer, role, layer_role, head, neuron"),
+    label: list[str] | None = typer.Option(None, "--label", help=LABEL_HELP),
 ):
     """Write tidy CSV tables for saved masks: kept fractions, pairwise IoU / IoMin, shared fractions, head ranking.
+
+    Two masks of one subtask (two seeds or granularities) stay apart: each is labelled by its subtask and file name,
+    or by --label.
 
     Example: modmask-lens analyze --model scan --masks masks/masks-scan-jump.safetensors
     --masks masks/masks-scan-walk.safetensors
     """
+    from modmask_lens.loading import check_model_name
+
+    check_model_name(model)
+    check_files(masks, "--masks")
+    check_writable(out, "--out")
+
+    import pandas as pd
+
     from modmask_lens.analysis import pairwise_overlap, shared_fraction, unit_importance
     from modmask_lens.loading import load_bridge
-    from modmask_lens.masks.io import load_masks
+    from modmask_lens.masks.io import load_labelled_masks
 
     bridge, _ = load_bridge(model)
-    binaries = {mask.name: mask.binary() for mask in (load_masks(path, bridge) for path in masks)}
-    out.mkdir(parents=True, exist_ok=True)
+    binaries = {key: mask.binary() for key, mask in load_labelled_masks(masks, bridge, label or None).items()}
     tables = {"kept_fraction": pd.concat([binary.kept_fraction(by=by) for binary in binaries.values()])}
     if len(binaries) > 1:
         tables |= {"overlap": pairwise_overlap(binaries, by=by), "shared": shared_fraction(binaries, by=by)}
@@ -218,22 +347,26 @@ def zoo_list():
     typer.echo(zoo.describe_models() or "no zoo model is shipped")
 
 
-from modmask_lens.groundtruth.commands import groundtruth_app
+from modmask_lens.cli_groundtruth import groundtruth_app
 
 app.add_typer(groundtruth_app, name="groundtruth")
 
 
 @app.command()
 def data(
-    name: str = typer.Argument(..., help="task: scan, addmul, double_add, modadd or math"),
+    name: str = typer.Argument(..., help="task: scan, addmul, double_add (or double-add), modadd or math"),
     split: str | None = typer.Option(
         None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"
     ),
     stats: bool = typer.Option(False, "--stats", help="print the number of examples of each part"),
-    export: Path | None = typer.Option(None, help="write every part as JSONL (prompt, completion, part) to this file"),
+    export: Path | None = typer.Option(
+        None,
+        help="write each part as JSONL (prompt, completion, part) to its own file: --export DIR/scan.jsonl writes "
+        "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...",
+    ),
     seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),
 ):
-    """Generate a task offline; print its sizes or export it as JSONL.
+    """Generate a task offline; print its sizes or export it as JSONL, one file per part (train and test apart).
 
     Example: modmask-lens data scan --split addprim_jump --stats
     """
@@ -242,25 +375,30 @@ def data(
     from modmask_lens.tasks import scan
     from modmask_lens.tasks.catalog import task_spec
 
-    if split is not None and name != "scan":
+    spec = task_spec(name)
+    if split is not None and spec.name != "scan":
         raise typer.BadParameter("--split only applies to scan")
-    dataset = scan.scan_task(split or "simple", seed) if name == "scan" else task_spec(name).build(seed)
+    if export is not None:
+        check_writable(export.parent, "--export")
+    dataset = scan.scan_task(split or "simple", seed) if spec.name == "scan" else spec.build(seed)
     if stats or export is None:
         for part, rows in dataset.items():
             typer.echo(f"{part}: {rows.num_rows}")
     if export is not None:
-        with export.open("w", encoding="utf-8") as handle:
-            for part, rows in dataset.items():
+        for part, rows in dataset.items():
+            path = export.with_name(f"{export.stem}.{part}{export.suffix or '.jsonl'}")
+            with path.open("w", encoding="utf-8") as handle:
                 for row in rows:
                     record = {"prompt": row["question"], "completion": row["answer"], "part": part}
                     handle.write(json.dumps(record) + "\n")
-        typer.echo(f"wrote {export}")
+            typer.echo(f"wrote {path} ({rows.num_rows} rows)")
 
 
 COMMAND_ENTRY_POINTS = "modmask_lens.commands"
 """Entry-point group through which other packages add commands (``NAME`` for a top-level command, ``GROUP.NAME``
 for one in a group such as ``zoo``); the repository's ``experiments`` package adds ``demo``, ``reproduce`` and
-``zoo.train`` this way, so the library never imports it."""
+``zoo.train`` this way, so the library never imports it. An entry point's module should import its heavy
+dependencies inside the command, so that ``--help`` stays fast."""
 
 _GROUPS = {"zoo": zoo_app, "masks": masks_app}
 

@@ -1,11 +1,70 @@
 """Finding what a user names on the command line: a model (zoo name, local folder or hub id) and a subtask (a task,
-a task's subtask view, or a JSONL file of prompt/completion pairs)."""
+a task's subtask view, or a JSONL file of prompt/completion pairs).
+
+Every command resolves names here, so a name means the same everywhere: zoo names and task names accept ``-`` and
+``_`` alike (``double-add`` is ``double_add``). The checks that need no model (:func:`check_model_name`,
+:func:`check_subtask_spec`) run before the slow loading starts.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from modmask_lens.core.data import SubtaskData
+
+PART_SEPARATOR = ":"  # ``pairs.jsonl:test`` picks the rows of one part of an exported file
+
+
+def zoo_name(name: str) -> str | None:
+    """The shipped zoo model called ``name`` (``-`` and ``_`` alike), or ``None``."""
+    from modmask_lens import zoo
+
+    wanted = name.replace("_", "-")
+    return next((model for model in zoo.available_models() if model.replace("_", "-") == wanted), None)
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Raise ``ValueError`` unless ``name_or_path`` is a zoo model, a folder holding a model, or a hub id (online, or
+    in the local Hugging Face cache when ``HF_HUB_OFFLINE`` is set).
+
+    Runs before any model loads, so a typo costs nothing.
+    """
+    from modmask_lens import zoo
+
+    if zoo_name(name_or_path) is not None:
+        return
+    folder = Path(name_or_path).expanduser()
+    known = f"zoo models: {', '.join(zoo.available_models())}"
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"{folder} holds no model (no config.json); pass a folder written by save_pretrained or a zoo model "
+                f"({', '.join(zoo.available_models())})"
+            )
+        return
+    path_like = folder.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if path_like or (offline and not _in_hub_cache(name_or_path)):
+        reason = (
+            "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+            if offline and not path_like
+            else "no such folder"
+        )
+        raise ValueError(
+            f"{name_or_path!r} is neither a zoo model nor a model folder ({reason}); {known}; or pass a folder "
+            "written by save_pretrained"
+        )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Is the hub model ``repo_id`` in the local Hugging Face cache (loadable offline)?"""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def load_bridge(name_or_path: str, device: str = "cpu"):
@@ -15,35 +74,65 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
     ``None`` as the tokenizer (whatever needs one then says so).
 
     Raises:
-        ValueError: ``name_or_path`` is neither a zoo model nor a folder holding a model.
+        ValueError: ``name_or_path`` is neither a zoo model nor a folder holding a model (nor, online, a hub id).
     """
+    check_model_name(name_or_path)
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
     from modmask_lens import zoo
 
-    if name_or_path in zoo.available_models():
-        model = zoo.load(name_or_path, device=device)
+    shipped = zoo_name(name_or_path)
+    if shipped is not None:
+        model = zoo.load(shipped, device=device)
         return model.bridge, model.tokenizer
-    folder = Path(name_or_path)
-    if folder.exists() and not (folder / "config.json").is_file():
-        raise ValueError(
-            f"{folder} holds no model (no config.json); pass a folder written by save_pretrained "
-            f"or a zoo model ({', '.join(zoo.available_models())})"
-        )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.vocab_size == 0:  # transformers falls back to an empty tokenizer when the folder has none
         tokenizer = None
     return TransformerBridge.boot_transformers(name_or_path, device=device, tokenizer=tokenizer), tokenizer
 
 
+def check_subtask_spec(spec: str) -> None:
+    """Raise ``ValueError`` / ``KeyError`` / ``FileNotFoundError`` unless ``spec`` names a subtask
+    :func:`load_subtask` can load: an existing ``.jsonl`` file (any case, optionally ``:PART``) or a known task.
+
+    Runs before any model loads.
+    """
+    from modmask_lens.tasks.catalog import task_spec
+
+    file, _ = _file_and_part(spec)
+    if file is not None:
+        if not file.is_file():
+            raise FileNotFoundError(f"no task file {file} ({'a folder' if file.is_dir() else 'not found'})")
+        return
+    if Path(spec).is_file() or Path(spec).suffix.lower() in (".json", ".txt", ".csv", ".tsv"):
+        raise ValueError(
+            f"{spec!r} looks like a file but not a .jsonl one; task files are JSON Lines (one "
+            '{"prompt": ..., "completion": ...} object per line) named *.jsonl: rename it'
+        )
+    task_spec(spec.partition("/")[0])
+
+
+def _file_and_part(spec: str) -> tuple[Path | None, str | None]:
+    """(JSONL file, part or None) if ``spec`` names a JSONL file (``pairs.jsonl`` or ``pairs.jsonl:test``), else
+    (None, None)."""
+    file, separator, part = spec.rpartition(PART_SEPARATOR)
+    if separator and file.lower().endswith(".jsonl") and part and "/" not in part:
+        return Path(file), part
+    if spec.lower().endswith(".jsonl"):
+        return Path(spec), None
+    return None, None
+
+
 def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) -> SubtaskData:
     """The subtask named by ``spec``.
 
     Args:
-        spec: ``path/to/file.jsonl`` (prompt/completion pairs; the subtask is named after the file), ``TASK`` (a
-            built-in task's training split, e.g. ``scan``) or ``TASK/SUBTASK`` (one subtask view of it, e.g.
-            ``scan/jump`` or ``addmul/add``).
+        spec: ``path/to/file.jsonl`` (prompt/completion pairs; the subtask is named after the file; if its rows
+            carry a ``part`` field, as ``modmask-lens data --export`` writes, only the ``train`` rows, or the rows of
+            ``path/to/file.jsonl:PART``), ``TASK`` (a built-in task's training split, e.g. ``scan``) or
+            ``TASK/SUBTASK`` (one subtask view of it, e.g. ``scan/jump`` or ``addmul/add``). Task names take ``-``
+            or ``_`` alike.
         tokenizer: the model's tokenizer.
         split: which split of a built-in task (default: the task's training split).
         seed: seed of the task's random parts.
@@ -51,8 +140,10 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     from modmask_lens.tasks.catalog import task_spec
     from modmask_lens.tasks.views import subtask_view
 
-    if spec.endswith(".jsonl"):
-        return SubtaskData.from_pairs(Path(spec).stem, Path(spec), tokenizer)
+    check_subtask_spec(spec)
+    file, part = _file_and_part(spec)
+    if file is not None:
+        return SubtaskData.from_pairs(file.stem, file, tokenizer, part=part)
     task_name, _, subtask = spec.partition("/")
     task = task_spec(task_name)
     rows = task.build(seed)[split or task.train_split]

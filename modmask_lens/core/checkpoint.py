@@ -1,16 +1,19 @@
 """Files of modmask-lens: safetensors for tensors, JSON in the header for everything else; never pickle.
 
 Every trainer (masks, probes, the zoo) checkpoints through :class:`Checkpointer`; mask files
-(:mod:`modmask_lens.masks.io`) use the same writer and reader. Writes are atomic (temporary file, then rename) and
-carry a SHA-256 of their tensors, checked on reading.
+(:mod:`modmask_lens.masks.io`) use the same writer and reader. Writes are atomic (a temporary file of the writing
+process, then a rename) and carry a SHA-256 of their tensors and their header, checked on reading: an edited header
+field is refused like a flipped tensor byte. A :class:`Checkpointer` locks its folder while a run writes to it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,7 +22,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 METADATA_KEY = "modmask_lens"
-CHECKSUM_FIELD = "tensors_sha256"
+CHECKSUM_FIELD = "content_sha256"
+LOCK_FILE = ".lock"
+
+
+class CheckpointInUse(OSError):
+    """Another run is writing checkpoints to the same folder."""
 
 
 class MaskFileError(ValueError):
@@ -37,18 +45,47 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def content_sha256(tensors: dict[str, Tensor], metadata: dict) -> str:
+    """SHA-256 over :func:`tensors_sha256` and the header as canonical JSON (every field but this checksum): catches
+    flipped bytes, and header fields edited or deleted after the file was written."""
+    header = {key: value for key, value in metadata.items() if key != CHECKSUM_FIELD}
+    digest = hashlib.sha256(tensors_sha256(tensors).encode())
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def write_safetensors_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
     """Write tensors plus a JSON header to ``path`` via a temporary file and a rename (readers never see half).
 
-    A process killed during the write leaves ``path`` as it was (plus a stray ``.tmp`` that readers ignore).
+    A process killed during the write leaves ``path`` as it was (plus a stray ``.PID.tmp`` that readers ignore). The
+    temporary file is named after the writing process, so two writers never share one. The file gets the permissions
+    of any file the process creates (``0o666`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     contiguous = _unshared({name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()})
-    header = json.dumps(metadata | {CHECKSUM_FIELD: tensors_sha256(contiguous)})
+    header = json.dumps(metadata | {CHECKSUM_FIELD: content_sha256(contiguous, metadata)})
     save_file(contiguous, str(temporary), metadata={METADATA_KEY: header})
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A ``json.loads`` ``object_pairs_hook``: the object, or ``ValueError`` naming a key given twice (plain JSON
+    keeps the last value silently)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key(s) {repeated} appear twice in one object; keep one of each")
+    return dict(pairs)
 
 
 def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor], dict]:
@@ -60,6 +97,9 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
     Raises:
         MaskFileError: the file is truncated, corrupt, or not a modmask-lens file of ``expected_format``.
     """
+    if Path(path).is_dir():
+        files = ", ".join(sorted(file.name for file in Path(path).glob("*.safetensors"))[:5]) or "none"
+        raise MaskFileError(f"{path} is a folder, not a file; pass a file in it (.safetensors there: {files})")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
@@ -69,10 +109,10 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
     except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
         raise MaskFileError(f"{path} is not a readable safetensors file ({error}); was it truncated?") from error
     try:
-        metadata = json.loads(header[METADATA_KEY])
+        metadata = json.loads(header[METADATA_KEY], object_pairs_hook=refuse_duplicate_keys)
     except KeyError as error:
         raise MaskFileError(f"{path} has no modmask-lens metadata; it was not written by modmask-lens") from error
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError, as is a duplicate key
         raise MaskFileError(
             f"{path}: its modmask-lens metadata is not valid JSON ({type(error).__name__}); "
             "the file is damaged or was edited: re-export it"
@@ -84,15 +124,22 @@ def read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, Tensor
 
 
 def verify_checksum(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
-    """Raise :class:`MaskFileError` if ``tensors`` differ from the checksum in ``metadata`` (both read from ``path``).
+    """Raise :class:`MaskFileError` unless ``metadata`` carries the :func:`content_sha256` of ``tensors`` and itself
+    (both read from ``path``).
 
-    Files written before checksums were added carry none and pass.
+    A file without the checksum (deleted from the header, or written before headers were covered) is refused: a
+    check that a deleted field skips would check nothing.
     """
     expected = metadata.get(CHECKSUM_FIELD)
-    if expected is not None and expected != tensors_sha256(tensors):
+    if expected is None:
         raise MaskFileError(
-            f"{path}: its tensors do not match the checksum written with them; the file is "
-            "corrupted: copy it again or re-export it"
+            f"{path} carries no {CHECKSUM_FIELD} (it was removed, or the file predates checksummed headers); "
+            "its contents cannot be verified: re-export it, or retrain"
+        )
+    if expected != content_sha256(tensors, metadata):
+        raise MaskFileError(
+            f"{path}: its tensors or header do not match the checksum written with them; the file is "
+            "corrupted or was edited: copy it again or re-export it"
         )
 
 
@@ -174,6 +221,36 @@ class Checkpointer:
     def exists(self) -> bool:
         """Is there a checkpoint to resume from?"""
         return self.path.exists()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the checkpoint's folder (``.lock`` there) while a run writes to it; the lock
+        goes with the process, also when it is killed.
+
+        Raises:
+            CheckpointInUse: another run (in this or another process) holds it.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.parent / LOCK_FILE
+        handle = lock_path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise CheckpointInUse(
+                f"another run (process {holder}) is writing checkpoints to {self.path.parent}; wait for it to "
+                "finish, or give this run another output folder"
+            ) from error
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing the file releases the lock
 
     def save(self, tensors: dict[str, Tensor], metadata: dict) -> Path:
         """Write ``tensors`` and ``metadata`` atomically: a killed process leaves the previous checkpoint."""

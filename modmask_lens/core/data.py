@@ -52,13 +52,17 @@ class SubtaskData:
         return self.input_ids.shape[0]
 
     @classmethod
-    def from_pairs(cls, name: str, source: PairSource, tokenizer, fields: tuple[str, str] = FIELDS) -> SubtaskData:
+    def from_pairs(
+        cls, name: str, source: PairSource, tokenizer, fields: tuple[str, str] = FIELDS, part: str | None = None
+    ) -> SubtaskData:
         """A subtask from (prompt, completion) pairs, a JSONL file or a ``datasets.Dataset``, for any tokenizer.
 
         Encoded as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one); the completion and the EOS
         are scored. For BPE tokenizers such as GPT-2's, start completions with the space they need (``" Paris"``).
         ``fields`` names the prompt and completion fields of JSONL and Dataset sources (the built-in tasks use
-        ``("question", "answer")``).
+        ``("question", "answer")``). ``part`` picks the rows of one part of an exported JSONL file
+        (:func:`~modmask_lens.core.pairs.load_pairs`). Words the tokenizer does not know are refused, not read as
+        ``<unk>``.
 
         Example:
             >>> capitals = SubtaskData.from_pairs("capitals", [("The capital of France is", " Paris"),
@@ -70,7 +74,7 @@ class SubtaskData:
                 f"subtask {name!r}: the model has no tokenizer; pass the tokenizer its ids come from "
                 "(for a model folder: save it there with tokenizer.save_pretrained(folder))"
             )
-        prompts, completions = load_pairs(source, fields)
+        prompts, completions = load_pairs(source, fields, part)
         examples = encode_pairs(tokenizer, prompts, completions)
         return cls(name, examples.input_ids, examples.labels)
 

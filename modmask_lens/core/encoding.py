@@ -75,6 +75,7 @@ def encode_pairs(
     separator = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    check_known_words(tokenizer, [*prompts, *completions], [*prompt_ids, *completion_ids])
     sequences = [
         prompt + separator + completion + [tokenizer.eos_token_id]
         for prompt, completion in zip(prompt_ids, completion_ids)
@@ -90,6 +91,35 @@ def encode_pairs(
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         labels[row, start : len(sequence)] = input_ids[row, start : len(sequence)]
     return TokenizedExamples(input_ids, labels, prompt_lengths, pad_token_id, tokenizer.eos_token_id)
+
+
+def check_known_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], ids: Sequence[list[int]]) -> None:
+    """Raise ``ValueError`` naming the words of ``texts`` that the tokenizer maps to its unknown token (a word-level
+    or character-level vocabulary would read them all as the same ``<unk>``). ``ids``: each text's token ids.
+
+    >>> from modmask_lens.tasks.vocabulary import character_level_tokenizer
+    >>> tokenizer = character_level_tokenizer("0123456789+")
+    >>> check_known_words(tokenizer, ["1+x"], [tokenizer("1+x", add_special_tokens=False)["input_ids"]])
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 text(s) hold words the tokenizer does not know: ['1+x'] (each would read as '<unk>'); ...
+    """
+    unknown_id = tokenizer.unk_token_id
+    if unknown_id is None:
+        return
+    unknown_texts = [text for text, text_ids in zip(texts, ids) if unknown_id in text_ids]
+    unknown_texts = [text for text in unknown_texts if tokenizer.unk_token not in text]  # a literal <unk> is meant
+    if not unknown_texts:
+        return
+    words: dict[str, None] = {}
+    for text in unknown_texts:
+        for word in text.split():
+            if unknown_id in tokenizer(word, add_special_tokens=False)["input_ids"]:
+                words[word] = None
+    raise ValueError(
+        f"{len(unknown_texts)} text(s) hold words the tokenizer does not know: {list(words)[:10]} (each would read "
+        f"as {tokenizer.unk_token!r}); write them in the model's vocabulary (tokenizer.get_vocab())"
+    )
 
 
 def restrict_labels(examples: TokenizedExamples, completion_offsets: Sequence[int]) -> TokenizedExamples:

@@ -19,7 +19,7 @@ from modmask_lens.core.functional import call_with_parameters, slot_of, tensor_s
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
 
-MaskLike = MaskSet | BinaryMask | Callable[[], Mapping[str, Tensor]]
+MaskLike = MaskSet | BinaryMask | Mapping[str, object] | Callable[[], Mapping[str, Tensor]]
 
 
 def masked_parameters(bridge: Bridge, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -60,6 +60,20 @@ def _mask_values(mask: MaskLike) -> Callable[[], Mapping[str, Tensor]]:
     if isinstance(mask, BinaryMask):
         values = mask.weight_masks()
         return lambda: values
+    if isinstance(mask, Mapping):
+        named_masks = [name for name, value in mask.items() if isinstance(value, (MaskSet, BinaryMask))]
+        if named_masks:
+            raise ValueError(
+                f"masked() applies one mask; got a dict of masks {named_masks}: enter one, e.g. "
+                f"masked(bridge, masks[{named_masks[0]!r}]), or combine binary masks with & or | first"
+            )
+        fixed = dict(mask)
+        return lambda: fixed
+    if not callable(mask):
+        raise TypeError(
+            f"masked() takes a MaskSet, a BinaryMask, a dict of parameter path -> mask tensor, or a function "
+            f"returning one; got {type(mask).__name__}"
+        )
     return mask
 
 
@@ -73,8 +87,10 @@ def masked(bridge: Bridge, mask: MaskLike, check_weights: bool = True) -> Iterat
 
     Args:
         bridge: a TransformerBridge.
-        mask: a :class:`BinaryMask`; a :class:`MaskSet` (its ``logit > 0`` readout); or a function returning
-            parameter path -> mask tensors, called on every forward (e.g. ``lambda: mask_set.sample()``).
+        mask: a :class:`BinaryMask`; a :class:`MaskSet` (its ``logit > 0`` readout); a dict of parameter path ->
+            mask tensor (as :func:`masked_call` takes); or a function returning one, called on every forward (e.g.
+            ``lambda: mask_set.sample()``). A dict of several mask sets (``train_masks``' result) is refused with a
+            message: enter one of them.
         check_weights: verify the weights hash of the mask's model (for MaskSet / BinaryMask).
 
     Example (a fresh mask set keeps every weight; its inverse keeps only the norm gains):

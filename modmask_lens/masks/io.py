@@ -8,7 +8,9 @@ granularity, processing mode, subtask name, training settings and library versio
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,6 +63,7 @@ def mask_metadata(masks: MaskSet) -> dict:
         "units": [{"name": unit.name, "shape": list(unit.shape)} for unit in masks.units],
         "history": masks.history,
         "threshold": masks.threshold,
+        "fingerprint": masks.fingerprint,
     }
 
 
@@ -121,8 +124,19 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
     threshold = metadata.get("threshold", 0.0)  # files written before the faithful readout were read out at 0
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise MaskFileError(f"{source}: its readout threshold {threshold!r} is not a finite number; re-export the file")
+    fingerprint = metadata.get("fingerprint", {})
+    if not isinstance(fingerprint, dict):
+        raise MaskFileError(f"{source}: its run fingerprint is not an object; re-export the file")
     return MaskSet(
-        metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history, float(threshold)
+        metadata["name"],
+        config,
+        units,
+        logits,
+        origin,
+        metadata.get("train_config", {}),
+        history,
+        fingerprint=fingerprint,
+        threshold=float(threshold),
     )
 
 
@@ -140,3 +154,46 @@ def load_masks(path: str | Path, bridge: Bridge) -> MaskSet:
     masks = mask_set_from(bridge, tensors, metadata, str(path))
     verify_checksum(Path(path), tensors, metadata)
     return masks
+
+
+def mask_labels(names: Sequence[str], paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """One distinct label per mask file: ``labels`` if given (one per file), else each mask's subtask name, with
+    the file's name added where two masks share a subtask (two seeds or granularities of one subtask), and its whole
+    path where even that repeats.
+
+    Example:
+        >>> mask_labels(["jump", "jump", "walk"], ["seed0/jump.safetensors", "seed1/jump-head.safetensors", "w"])
+        ['jump (jump)', 'jump (jump-head)', 'walk']
+        >>> mask_labels(["jump", "jump"], ["seed0/jump.safetensors", "seed1/jump.safetensors"])
+        ['jump (seed0/jump.safetensors)', 'jump (seed1/jump.safetensors)']
+    """
+    if labels:
+        if len(labels) != len(paths) or len(set(labels)) != len(labels):
+            raise ValueError(f"give one distinct --label per mask file: {len(paths)} files, labels {list(labels)}")
+        return list(labels)
+    result = list(names)
+    for refine in (lambda path: Path(path).stem, str):
+        repeated = {label for label in result if result.count(label) > 1}
+        result = [
+            f"{name} ({refine(path)})" if label in repeated else label
+            for name, path, label in zip(names, paths, result)
+        ]
+    repeated = sorted({label for label in result if result.count(label) > 1})
+    if repeated:
+        raise ValueError(f"the mask files {repeated} are given twice; pass each file once")
+    return result
+
+
+def load_labelled_masks(
+    paths: Sequence[str | Path], bridge: Bridge, labels: Sequence[str] | None = None
+) -> dict[str, MaskSet]:
+    """Load mask files for ``bridge``, keyed by :func:`mask_labels` (each mask set renamed to its label, so tables
+    and reports keep two masks of one subtask apart).
+
+    Raises:
+        FileNotFoundError / MaskFileError / ModelMismatch: as :func:`load_masks`.
+        ValueError: ``labels`` are not one distinct label per file, or a file is given twice.
+    """
+    mask_sets = [load_masks(path, bridge) for path in paths]
+    keys = mask_labels([mask_set.name for mask_set in mask_sets], paths, labels)
+    return {key: dataclasses.replace(mask_set, name=key) for key, mask_set in zip(keys, mask_sets)}

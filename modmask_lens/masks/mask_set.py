@@ -38,6 +38,8 @@ class MaskSet:
         threshold: the readout: a unit is kept when its logit is above it (saved with the mask). 0 is Csordás's
             readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it to
             :func:`~modmask_lens.faithful_threshold` on the subtask's training examples.
+        fingerprint: what the run that trained it was (model, data, mask and train settings; see
+            :func:`~modmask_lens.masks.run_fingerprint.run_fingerprint`), saved with the mask; empty if untrained.
 
     Example:
         >>> masks = MaskSet.for_bridge(bridge, name="jump")            # doctest: +SKIP
@@ -52,6 +54,7 @@ class MaskSet:
     train_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     threshold: float = 0.0
+    fingerprint: dict = field(default_factory=dict)
 
     @classmethod
     def for_bridge(
@@ -148,4 +151,28 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
             bridge.cfg.architecture,
             f" that locates {config.granularity}s (only weight and matrix granularity work from the generic fallback)",
         )
-    return build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))
+    units = build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))
+    if not adapter.supports_units and config.roles is None and config.layers is None:
+        _check_generic_coverage(bridge, units)
+    return units
+
+
+MIN_GENERIC_COVERAGE = 0.25
+"""Below this fraction of the model's parameters, masks from the generic fallback would say almost nothing about the
+model (a T5 bridge: only ``W_U``, 14% of a tiny model), so they are refused rather than trained."""
+
+
+def _check_generic_coverage(bridge: Bridge, units: list[MaskUnit]) -> None:
+    """Raise ``UnsupportedArchitecture`` if the generic fallback's tensors cover under :data:`MIN_GENERIC_COVERAGE`
+    of the model's parameters (each shared tensor counted once)."""
+    members = [member for unit in units for member in unit.members]
+    covered = sum(member.numel for member in members)
+    total = sum(parameter.numel() for parameter in bridge.parameters())
+    if total and covered / total < MIN_GENERIC_COVERAGE:
+        roles = sorted({member.role for member in members}) or "nothing"
+        raise unsupported(
+            bridge.cfg.architecture,
+            f" that maps its weights: the generic fallback finds only {roles} ({covered:,} of the model's "
+            f"{total:,} parameters, {covered / total:.0%}), so a mask would say almost nothing. To mask just those "
+            "tensors knowingly, name them: MaskConfig(roles=...)",
+        )

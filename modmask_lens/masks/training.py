@@ -11,11 +11,11 @@ mask's threshold (:attr:`MaskSet.threshold`).
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,16 +28,18 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.interrupt import TrainingInterrupted, interrupt_between_steps
 from modmask_lens.core.random import step_generator, stream_seed
 from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
 from modmask_lens.masks.apply import masked_call
-from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
+from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.readout import faithful_threshold
+from modmask_lens.masks.run_fingerprint import RESTART_HINT, check_same_run, run_fingerprint
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
@@ -113,6 +115,14 @@ class MaskTrainer:
             one block at a time (:mod:`modmask_lens.masks.sharding`), for models that do not fit one device.
             Otherwise every process holds the whole model and masks (data parallel).
         device: where the shards live and run when ``fully_shard`` (default: the bridge's device).
+        restart: ignore a checkpoint in ``checkpoint_dir`` and start from step 0 (its next save overwrites it).
+            Otherwise a checkpoint resumes only if its run fingerprint (model, data, mask and train settings:
+            :mod:`~modmask_lens.masks.run_fingerprint`) equals this run's; else a ``RunMismatch`` names the field.
+
+    A ``SIGINT`` (Ctrl-C) during training lets the current step finish, saves a checkpoint (with a
+    ``checkpoint_dir``) and raises :class:`~modmask_lens.core.interrupt.TrainingInterrupted` saying how to resume;
+    a second Ctrl-C stops at once. Two runs never write one ``checkpoint_dir`` at once: the second gets
+    :class:`~modmask_lens.core.checkpoint.CheckpointInUse`.
 
     Example:
         >>> trainer = MaskTrainer(bridge, [jump, walk], train_config=TrainConfig(steps=500))   # doctest: +SKIP
@@ -129,6 +139,7 @@ class MaskTrainer:
         progress: bool = True,
         fully_shard: bool = False,
         device: torch.device | str | None = None,
+        restart: bool = False,
     ):
         names = [subtask.name for subtask in subtasks]
         if not names:
@@ -172,12 +183,13 @@ class MaskTrainer:
             subtask.check_fits(bridge)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
-        if self.checkpointer is not None and self.checkpointer.exists():
+        if self.checkpointer is not None and self.checkpointer.exists() and not restart:
             self._resume()
 
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
+        masks.fingerprint = run_fingerprint(origin, data, mask_config, self.train_config)
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
@@ -194,7 +206,10 @@ class MaskTrainer:
         """Train every task to ``train_config.steps`` and return its mask set by subtask name."""
         config = self.train_config
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="masks", unit="step")
-        with eval_mode(self.bridge):
+        writes = self.checkpointer is not None and self.rank == 0
+        # Sharded processes save together (a collective), so only a lone process defers Ctrl-C to a step's end.
+        deferring = interrupt_between_steps() if self.world_size == 1 else nullcontext(None)
+        with self.checkpointer.locked() if writes else nullcontext(), deferring as interrupt, eval_mode(self.bridge):
             while self.step < config.steps:
                 for run in self.runs:
                     self._train_step(run)
@@ -204,10 +219,12 @@ class MaskTrainer:
                         self._log(run)
                 bar.update(1)
                 bar.set_postfix(self._postfix())
-                if self.checkpoint_dir is not None and (
-                    self.step % config.checkpoint_every == 0 or self.step == config.steps
-                ):
+                due = self.step % config.checkpoint_every == 0 or self.step == config.steps
+                if self.checkpoint_dir is not None and (due or (interrupt is not None and interrupt.requested)):
                     self.save_checkpoint()
+                if interrupt is not None and interrupt.requested:
+                    bar.close()
+                    raise TrainingInterrupted(self._interrupted_message())
             bar.close()
             masks = {run.masks.name: self._full_masks(run) for run in self.runs}
             if config.readout == "faithful":
@@ -365,6 +382,15 @@ class MaskTrainer:
             "Check the model's outputs on this data for NaN, or lower lr"
         )
 
+    def _interrupted_message(self) -> str:
+        where = f"interrupted after step {self.step} of {self.train_config.steps}"
+        if self.checkpointer is None:
+            return f"{where}; nothing was saved (no checkpoint_dir)"
+        return (
+            f"{where}; checkpoint saved to {self.checkpointer.path}: rerun the same command (the same "
+            "checkpoint_dir) to resume"
+        )
+
     def save_checkpoint(self) -> Path:
         """Write logits, optimiser states and the step atomically to ``checkpoint_dir`` (from process 0; every
         process calls it, since sharded state is gathered first). The file is the same with or without sharding."""
@@ -379,7 +405,7 @@ class MaskTrainer:
                 tensors[f"{prefix}/multipliers"] = run.multipliers
             if run.multiplier_optimizer is not None:
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
-            tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
+            tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "fingerprint": run.masks.fingerprint})
         metadata = {"step": self.step, "train_config": self.train_config.to_dict(), "tasks": tasks}
         if self.rank == 0:
             self.checkpointer.save(tensors, metadata)
@@ -399,8 +425,10 @@ class MaskTrainer:
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
             own = {name[len(prefix) + 1 :]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
+            fingerprint = run.masks.fingerprint
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.masks.train_config = self.train_config.to_dict()
+            run.masks.fingerprint = fingerprint
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
@@ -419,46 +447,25 @@ class MaskTrainer:
                 )
                 load_optimizer(run.multiplier_optimizer, own, "multiplier_adam")
         self.step = metadata["step"]
+        if self.progress and self.rank == 0:
+            print(f"resumed from step {self.step} of {self.train_config.steps} ({path})", file=sys.stderr)
 
     def _check_resumable(self, path: Path, metadata: dict) -> None:
         """Raise ``ValueError`` naming the first difference between the checkpoint's run and this one: the
-        settings that decide the result, the subtasks, each one's mask config and data, and the step."""
-        fresh = "use a fresh checkpoint directory (or delete the checkpoint) to start over"
-        saved_config = {key: value for key, value in metadata["train_config"].items() if key not in RESUMABLE_FIELDS}
-        for key, value in self.train_config.deciding_fields().items():
-            if _as_json(saved_config.get(key)) != _as_json(value):
-                raise ValueError(
-                    f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
-                    f"{value!r}; set it back to resume, or {fresh}"
-                )
+        subtasks, then each one's run fingerprint (model, data, mask and train settings), then the step."""
         names = [task["mask"].get("name") for task in metadata["tasks"]]
         if names != [run.masks.name for run in self.runs]:
             raise ValueError(
-                f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: {fresh}"
+                f"{path} holds subtasks {names}; this run trains {[r.masks.name for r in self.runs]}: start over "
+                "with --restart (restart=True in Python), or use another checkpoint directory"
             )
         for run, task in zip(self.runs, metadata["tasks"]):
-            saved_mask_config = task["mask"].get("mask_config")
-            if _as_json(saved_mask_config) != _as_json(run.masks.config.to_dict()):
-                raise ValueError(
-                    f"{path}: subtask {run.masks.name!r} was trained with mask config "
-                    f"{saved_mask_config}, this run has {run.masks.config.to_dict()}; {fresh}"
-                )
-            if task.get("data_sha256") != run.data.fingerprint():
-                raise ValueError(
-                    f"{path}: subtask {run.masks.name!r} was trained on other data (token ids differ"
-                    f"{'' if 'data_sha256' in task else ', or the checkpoint predates data checks'}); "
-                    f"{fresh}"
-                )
+            check_same_run(task.get("fingerprint"), run.masks.fingerprint, str(path), run.masks.name)
         if metadata["step"] > self.train_config.steps:
             raise ValueError(
                 f"{path} is at step {metadata['step']}, past this run's steps="
-                f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {fresh}"
+                f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {RESTART_HINT}"
             )
-
-
-def _as_json(value: object) -> str:
-    """``value`` as canonical JSON, so that tuples and the lists they become in a file compare equal."""
-    return json.dumps(value, sort_keys=True)
 
 
 def _all_reduce_gradients(parameters: list[Tensor]) -> None:
@@ -485,6 +492,7 @@ def train_masks(
     progress: bool = True,
     fully_shard: bool = False,
     device: torch.device | str | None = None,
+    restart: bool = False,
 ) -> dict[str, MaskSet]:
     """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
 
@@ -495,5 +503,5 @@ def train_masks(
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
     return MaskTrainer(
-        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device
+        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, restart
     ).train()

@@ -101,7 +101,13 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def task_spec(name: str) -> TaskSpec:
-    """The :class:`TaskSpec` called ``name``; raises with the known names if there is none."""
-    if name not in TASKS:
+    """The :class:`TaskSpec` called ``name`` (``-`` and ``_`` alike: ``double-add`` is ``double_add``, as the zoo
+    model is called); raises with the known names if there is none.
+
+    >>> task_spec("double-add").name
+    'double_add'
+    """
+    canonical = name.replace("-", "_")
+    if canonical not in TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS[canonical]

@@ -17,9 +17,10 @@ from torch import Tensor
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
 from modmask_lens.analysis.circuit_graph import circuit_graph
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.data import SubtaskData, check_context
+from modmask_lens.core.encoding import check_known_words
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.io import library_version, load_masks
+from modmask_lens.masks.io import library_version, load_labelled_masks
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.probes.analysis import (
     ProbeEvaluation,
@@ -163,17 +164,35 @@ def write_report(
 
 
 def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
-    """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer."""
+    """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer.
+
+    Raises:
+        ValueError: the prompt is empty, holds ids outside the model's vocabulary or words its tokenizer does not
+            know, or is longer than the model's context.
+    """
     words = prompt.split()
-    if words and all(word.lstrip("-").isdigit() for word in words):
-        return torch.tensor([int(word) for word in words])
-    tokenizer = getattr(bridge, "tokenizer", None)
-    if tokenizer is None or len(tokenizer) < 2:
+    if not words:
         raise ValueError(
-            f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
-            "token ids, e.g. --prompt '3 7 10 3 12'"
+            "the prompt is empty; give text for the model's tokenizer or token ids, e.g. --prompt '3 7 10'"
         )
-    return torch.tensor(tokenizer(prompt)["input_ids"])
+    if all(word.lstrip("-").isdigit() for word in words):
+        ids = [int(word) for word in words]
+        outside = [token for token in ids if not 0 <= token < bridge.cfg.d_vocab]
+        if outside:
+            raise ValueError(
+                f"the prompt's token ids {outside} are outside the model's vocabulary [0, {bridge.cfg.d_vocab})"
+            )
+    else:
+        tokenizer = getattr(bridge, "tokenizer", None)
+        if tokenizer is None or len(tokenizer) < 2:
+            raise ValueError(
+                f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
+                "token ids, e.g. --prompt '3 7 10 3 12'"
+            )
+        ids = tokenizer(prompt)["input_ids"]
+        check_known_words(tokenizer, [prompt], [ids])
+    check_context(bridge, len(ids), "the prompt")
+    return torch.tensor(ids)
 
 
 def report_from_files(
@@ -182,28 +201,24 @@ def report_from_files(
     mask_files: Sequence[str | Path],
     prompt: str,
     title: str = "modmask-lens report",
+    labels: Sequence[str] | None = None,
 ) -> Path:
-    """:func:`write_report` for a Hugging Face model folder and saved mask files (what ``modmask-lens report`` runs).
+    """:func:`write_report` for a model and saved mask files (what ``modmask-lens report`` runs).
 
     Args:
         path: the HTML file to write.
-        model: a local Hugging Face model folder (booted with ``TransformerBridge.boot_transformers``).
+        model: a zoo model name, a local Hugging Face model folder, or (online) a hub id, as every command takes.
         mask_files: ``.safetensors`` files written by :func:`~modmask_lens.save_masks` for this model.
         prompt: space-separated token ids, or text for the model's tokenizer.
+        labels: one label per mask file (default: the subtask names, with the file's name where two masks share
+            one; :func:`~modmask_lens.masks.io.mask_labels`).
     """
-    from transformer_lens.model_bridge import TransformerBridge
+    from modmask_lens.loading import load_bridge
 
-    bridge = TransformerBridge.boot_transformers(str(model), device="cpu")
-    mask_sets = [load_masks(file, bridge) for file in mask_files]
+    bridge, _ = load_bridge(str(model))
+    mask_sets = load_labelled_masks(mask_files, bridge, labels)
     settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
-    return write_report(
-        path,
-        bridge,
-        {mask_set.name: mask_set for mask_set in mask_sets},
-        parse_prompt(bridge, prompt),
-        title=title,
-        settings=settings,
-    )
+    return write_report(path, bridge, mask_sets, parse_prompt(bridge, prompt), title=title, settings=settings)
 
 
 def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) -> pd.DataFrame:

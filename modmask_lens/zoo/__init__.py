@@ -35,8 +35,9 @@ def available_models() -> list[str]:
 
 
 def model_dir(name: str) -> Path:
-    """The Hugging Face folder (config, safetensors, tokenizer, card) of zoo model ``name``."""
-    path = MODELS_DIR / name
+    """The Hugging Face folder (config, safetensors, tokenizer, card) of zoo model ``name`` (``-`` and ``_`` alike:
+    ``double_add`` is ``double-add``, as the task is called)."""
+    path = MODELS_DIR / name.replace("_", "-")
     if not (path / CARD_JSON).exists():
         raise KeyError(
             f"no zoo model {name!r}; shipped: {', '.join(available_models()) or 'none'}. "

@@ -26,7 +26,7 @@ from modmask_lens import (
     load_masks,
     save_masks,
 )
-from modmask_lens.core.checkpoint import METADATA_KEY, tensors_sha256
+from modmask_lens.core.checkpoint import CHECKSUM_FIELD, METADATA_KEY, content_sha256
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer
 from modmask_lens.probes.training import CHECKPOINT_FILE as PROBE_CHECKPOINT_FILE
@@ -88,7 +88,18 @@ def non_finite_logit(path: Path) -> None:
     first = min(tensors)
     tensors[first] = tensors[first].clone()
     tensors[first].view(-1)[0] = float("nan")
-    rewrite(path, json.dumps(metadata | {"tensors_sha256": tensors_sha256(tensors)}), tensors)
+    rewrite(path, json.dumps(metadata | {CHECKSUM_FIELD: content_sha256(tensors, metadata)}), tensors)
+
+
+def duplicate_name_key(path: Path) -> None:
+    """The header with a second ``name`` key appended: plain JSON would keep the last one."""
+    tensors, metadata = read(path)
+    rewrite(path, json.dumps(metadata)[:-1] + ', "name": "walk"}', tensors)
+
+
+def replaced_by_a_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
 
 
 MASK_FILE_CASES = {
@@ -143,6 +154,26 @@ MASK_FILE_CASES = {
         "not a readable safetensors file",
     ),
     "non_finite_logit": (non_finite_logit, MaskFileError, "not finite"),
+    # Once accepted (issue #20): the checksum covered the tensors only, and a deleted checksum skipped the check.
+    "checksum_removed": (edited(lambda m: m.pop(CHECKSUM_FIELD)), MaskFileError, "carries no content_sha256"),
+    "checksum_removed_and_logits_flipped": (
+        lambda path: (flip_byte(-8)(path), edited(lambda m: m.pop(CHECKSUM_FIELD))(path)),
+        MaskFileError,
+        "carries no content_sha256",
+    ),
+    "name_edited": (edited(lambda m: m.update(name="walk")), MaskFileError, "tensors or header do not match"),
+    "train_config_edited": (
+        edited(lambda m: m["train_config"].update(steps=99)),
+        MaskFileError,
+        "tensors or header do not match",
+    ),
+    "history_edited": (
+        edited(lambda m: m.update(history=[{"step": 1}])),
+        MaskFileError,
+        "tensors or header do not match",
+    ),
+    "duplicate_header_key": (duplicate_name_key, MaskFileError, "not valid JSON"),
+    "a_folder_instead_of_the_file": (replaced_by_a_folder, MaskFileError, "is a folder, not a file"),
 }
 
 
@@ -163,8 +194,16 @@ CHECKPOINT_CASES = {
     "step_is_a_string": (edited(lambda m: m.update(step="3")), "'step' must be a int"),
     "step_is_a_boolean": (edited(lambda m: m.update(step=True)), "'step' must be a int"),
     "tasks_hold_a_number": (edited(lambda m: m.update(tasks=[3])), r"\(a task\): header field 'prefix'"),
-    "task_mask_header_tampered": (edited(lambda m: m["tasks"][0]["mask"].update(units=None)), "'units' must be a list"),
+    # The checksum covers the header, so an edit inside a task's mask header is refused before it is read.
+    "task_mask_header_tampered": (
+        edited(lambda m: m["tasks"][0]["mask"].update(units=None)),
+        "tensors or header do not match",
+    ),
     "corrupted_optimiser_state": (flip_byte(-8), "checksum"),
+    "run_fingerprint_edited": (
+        edited(lambda m: m["tasks"][0]["fingerprint"].update(data="0" * 64)),
+        "tensors or header do not match",
+    ),
 }
 
 

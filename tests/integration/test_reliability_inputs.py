@@ -327,7 +327,7 @@ def cli_cases(folders, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                 "--out",
                 str(tmp_path / "a"),
             ],
-            "No such file",
+            "no such file",
         ),
     }
 

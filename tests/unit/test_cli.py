@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from modmask_lens.cli import app
@@ -19,14 +20,29 @@ def test_data_stats_print_the_published_split_sizes():
     assert result.output.splitlines() == ["train: 14670", "test: 7706"]
 
 
-def test_data_export_writes_jsonl_that_loads_as_a_custom_subtask(tmp_path):
-    path = tmp_path / "modadd.jsonl"
-    result = runner.invoke(app, ["data", "modadd", "--export", str(path)])
+def test_data_export_keeps_train_and_test_apart_and_loads_as_a_custom_subtask(tmp_path):
+    result = runner.invoke(app, ["data", "modadd", "--export", str(tmp_path / "modadd.jsonl")])
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert {record["part"] for record in records} == {"train", "test"} and len(records) == 59 * 59
-    prompts, completions = load_pairs(path)
-    assert len(prompts) == 59 * 59 and all(completions)
+    parts = {
+        part: [json.loads(line) for line in (tmp_path / f"modadd.{part}.jsonl").read_text().splitlines()]
+        for part in ("train", "test")
+    }
+    assert {record["part"] for record in parts["train"]} == {"train"}
+    assert {record["part"] for record in parts["test"]} == {"test"}
+    assert len(parts["train"]) + len(parts["test"]) == 59 * 59
+    prompts = {part: load_pairs(tmp_path / f"modadd.{part}.jsonl")[0] for part in parts}
+    assert prompts["train"] == [record["prompt"] for record in parts["train"]]
+    assert not set(prompts["train"]) & set(prompts["test"])  # modadd's prompts are all distinct
+
+
+def test_a_jsonl_of_several_parts_trains_on_its_train_rows_unless_a_part_is_named(tmp_path):
+    rows = [("1+1", "2", "train"), ("2+2", "4", "test"), ("3+3", "6", "train"), ("4+4", "8", "test")]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c, "part": part}) + "\n" for p, c, part in rows))
+    assert load_pairs(path) == (["1+1", "3+3"], ["2", "6"])
+    assert load_pairs(path, part="test") == (["2+2", "4+4"], ["4", "8"])
+    with pytest.raises(ValueError, match="has no rows of part 'valid'"):
+        load_pairs(path, part="valid")
 
 
 def test_split_is_refused_for_tasks_other_than_scan():

@@ -1,15 +1,19 @@
-"""``modmask-lens groundtruth``: run mask methods over the ground-truth suite and print or write its tables."""
+"""``modmask-lens groundtruth``: run mask methods over the ground-truth suite and print or write its tables.
+
+Outside the ``groundtruth`` package, whose import loads TransformerLens: ``modmask-lens --help`` imports this module."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
 from modmask_lens.cli import _Typer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 groundtruth_app = _Typer(help="Score mask methods on models whose subtasks' weights are known.", no_args_is_help=True)
 
@@ -85,6 +89,8 @@ def run(
 
     Example: modmask-lens groundtruth run --case disconnected/add-mul --granularity neuron --steps 300 --out gt
     """
+    import pandas as pd
+
     from modmask_lens.groundtruth.controls import CONTROLS
     from modmask_lens.groundtruth.methods import baseline_methods, study_methods
     from modmask_lens.groundtruth.registry import all_cases

@@ -1,0 +1,87 @@
+"""What a mask training run is: the fingerprint its checkpoint and its mask files carry, and the comparison a resume
+makes.
+
+A fingerprint is a dict of named fields, each a plain JSON value: ``model`` (adapter, processing mode, dimensions and
+SHA-256 of the weights), ``data`` (SHA-256 of the subtask's token ids and labels), ``mask_config`` and
+``train_config`` (the settings that decide the result, :meth:`TrainConfig.deciding_fields`). A new ingredient of a
+run (an objective, say) is one more key here; resumes then compare it too.
+"""
+
+from __future__ import annotations
+
+import json
+
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.identity import MaskOrigin
+
+RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
+
+
+class RunMismatch(ValueError):
+    """A checkpoint was written by another run than the one resuming it (another model, data or settings)."""
+
+
+def run_fingerprint(
+    origin: MaskOrigin, data: SubtaskData, mask_config: MaskConfig, train_config: TrainConfig
+) -> dict[str, object]:
+    """The fingerprint of training one subtask's mask: field name -> JSON value (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
+        >>> fields = run_fingerprint(MaskOrigin.of(tiny_bridge()), data, MaskConfig(), TrainConfig())
+        >>> sorted(fields)
+        ['data', 'mask_config', 'model', 'train_config']
+    """
+    return {
+        "model": {"adapter": origin.adapter, "processing_mode": origin.mode} | origin.model,
+        "data": data.fingerprint(),
+        "mask_config": mask_config.to_dict(),
+        "train_config": train_config.deciding_fields(),
+    }
+
+
+def check_same_run(saved: object, current: dict[str, object], source: str, subtask: str) -> None:
+    """Raise :class:`RunMismatch` naming the first field (and the first setting inside it) in which the
+    checkpoint's run ``saved`` differs from this run's ``current``, with the fix.
+
+    Example:
+        >>> check_same_run({"data": "ab"}, {"data": "cd"}, "ckpt", "copy")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        modmask_lens.masks.run_fingerprint.RunMismatch: ckpt: subtask 'copy' was trained on other data ...
+    """
+    if not isinstance(saved, dict):
+        raise RunMismatch(
+            f"{source}: subtask {subtask!r} has no run fingerprint (the checkpoint predates them), so it cannot be "
+            "checked against this run; start over with --restart (restart=True in Python)"
+        )
+    for field in [*current, *sorted(saved.keys() - current.keys())]:
+        before, now = saved.get(field), current.get(field)
+        if _as_json(before) != _as_json(now):
+            raise RunMismatch(f"{source}: subtask {subtask!r} {_difference(field, before, now)}; {RESTART_HINT}")
+
+
+def _difference(field: str, before: object, now: object) -> str:
+    """How the checkpoint's ``field`` differs from this run's, in words."""
+    if field == "data":
+        return "was trained on other data (token ids or labels differ)"
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [
+            key
+            for key in [*now, *sorted(before.keys() - now.keys())]
+            if _as_json(before.get(key)) != _as_json(now.get(key))
+        ]
+        if field == "model":
+            return f"was trained on another model ({', '.join(keys)} differ)"
+        setting = "" if field == "train_config" else "mask config "
+        key = keys[0]
+        return f"was trained with {setting}{key}={before.get(key)!r}, this run has {key}={now.get(key)!r} ({field})"
+    return f"was trained with another {field} ({before!r}, this run has {now!r})"
+
+
+def _as_json(value: object) -> str:
+    """``value`` as canonical JSON, so that tuples and the lists they become in a file compare equal."""
+    return json.dumps(value, sort_keys=True)
