@@ -21,7 +21,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modmask_lens import MaskTrainer, SubtaskData, TrainConfig, score_answers
+from modmask_lens import MaskConfig, MaskTrainer, SubtaskData, TrainConfig, score_answers
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 BATCH, POSITIONS, VOCAB, TASKS = 64, 32, 64, 4
 
@@ -39,31 +40,44 @@ def subtask(name: str, seed: int) -> SubtaskData:
 
 
 class FineTuning:
-    """Plain fine-tuning of every weight through the same bridge, batch and loss."""
+    """Plain fine-tuning of every weight through the same bridge, batch and loss; ``chunks`` > 1 accumulates the
+    gradient over that many slices of the batch, as mask training runs one slice per mask sample."""
 
-    def __init__(self, bridge: TransformerBridge, data: SubtaskData):
-        self.bridge, self.data = bridge, data
+    def __init__(self, bridge: TransformerBridge, data: SubtaskData, batch: int = BATCH, chunks: int = 1):
+        self.bridge, self.data, self.batch, self.chunks = bridge, data, batch, chunks
         self.parameters = [p for p in bridge.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=1e-5)
 
     def step(self, index: int) -> None:
-        rows = torch.arange(index * BATCH, (index + 1) * BATCH) % len(self.data)
+        rows = torch.arange(index * self.batch, (index + 1) * self.batch) % len(self.data)
         self.optimizer.zero_grad(set_to_none=True)
-        score = score_answers(self.bridge(self.data.input_ids[rows]), self.data.labels[rows])
-        (score.loss_sum / score.n_tokens).backward()
+        n_tokens = int((self.data.labels[rows][:, 1:] != IGNORE_INDEX).sum())
+        for chunk in rows.tensor_split(self.chunks):
+            score = score_answers(self.bridge(self.data.input_ids[chunk]), self.data.labels[chunk])
+            (score.loss_sum / n_tokens).backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
         self.optimizer.step()
 
 
 class MaskTraining:
-    """Mask training with the library's defaults (4 mask samples per step, per-weight logits); ``fully_shard``: the
-    sharded path in one process (block-by-block gathers and the recomputing backward, without the communication)."""
+    """Mask training with the library's defaults (4 mask samples per step, per-weight logits) unless ``mask_config``
+    says otherwise; ``fully_shard``: the sharded path in one process (block-by-block gathers and the recomputing
+    backward, without the communication)."""
 
-    def __init__(self, bridge: TransformerBridge, tasks: list[SubtaskData], steps: int, fully_shard: bool = False):
+    def __init__(
+        self,
+        bridge: TransformerBridge,
+        tasks: list[SubtaskData],
+        steps: int,
+        fully_shard: bool = False,
+        batch: int = BATCH,
+        mask_config: MaskConfig = MaskConfig(),
+    ):
         self.trainer = MaskTrainer(
             bridge,
             tasks,
-            train_config=TrainConfig(steps=steps, batch_size=BATCH),
+            mask_config,
+            train_config=TrainConfig(steps=steps, batch_size=batch),
             progress=False,
             fully_shard=fully_shard,
         )

@@ -25,10 +25,11 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.functional import call_with_parameters
 from modmask_lens.core.random import step_generator, stream_seed
 from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
-from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.apply import sampled_parameters
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
@@ -240,8 +241,11 @@ class MaskTrainer:
             if run.shards is not None:
                 logits = self.sharded_bridge(run.shards, config.temperature, noise, chunk_ids)
             else:
-                sample = run.masks.sample(config.temperature, noise)
-                logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
+                masked = sampled_parameters(self.bridge, run.masks, config.temperature, noise)
+                logits = call_with_parameters(
+                    self.bridge, masked, type(self.bridge).forward.__get__(self.bridge), chunk_ids
+                )
+                del masked  # the matmuls keep what the backward needs
             score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
             (task_weight * score.loss_sum / n_tokens).backward()
             loss_sum += float(score.loss_sum.detach())
