@@ -36,6 +36,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from modmask_lens import MaskConfig, SubtaskData, TrainConfig
+from modmask_lens.masks import training
+from modmask_lens.masks.apply import masked_parameters
 
 BATCH, POSITIONS, VOCAB = 8, 64, 512
 SIZES: dict[str, tuple[int, int, int]] = {  # name: (layers, d_model, heads); d_mlp = 4 d_model
@@ -46,8 +48,10 @@ SIZES: dict[str, tuple[int, int, int]] = {  # name: (layers, d_model, heads); d_
 }
 GRANULARITIES = ("weight", "neuron", "head")
 # finetune-chunked: fine-tuning with the batch run in one slice per mask sample (the price of the slicing alone);
+# weight-unfused: weight granularity with the sample drawn first and multiplied through autograd (MaskSet.sample and
+# masked_parameters, the path before masks/products.py), for a side-by-side comparison;
 # sharded: weight granularity through the fully sharded path.
-KINDS = ("finetune", "finetune-chunked", *GRANULARITIES, "sharded")
+KINDS = ("finetune", "finetune-chunked", *GRANULARITIES, "weight-unfused", "sharded")
 
 
 def build_bridge(directory: str, size: str) -> TransformerBridge:
@@ -75,10 +79,28 @@ def runner(kind: str, bridge: TransformerBridge, steps: int, sampler: str | None
     """The step function of one kind: ``finetune``, a granularity, or ``sharded``."""
     if kind.startswith("finetune"):
         return FineTuning(bridge, subtask(), BATCH, TrainConfig().n_samples if kind == "finetune-chunked" else 1).step
-    overrides = {"granularity": "weight" if kind == "sharded" else kind} | ({"sampler": sampler} if sampler else {})
+    overrides = {"granularity": kind if kind in GRANULARITIES else "weight"} | ({"sampler": sampler} if sampler else {})
     mask_config = dataclasses.replace(MaskConfig(), **overrides)
     sharded = kind == "sharded"
-    return MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config).step
+    step = MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config).step
+    return unfused(step) if kind == "weight-unfused" else step
+
+
+def unfused(step: Callable[[int], None]) -> Callable[[int], None]:
+    """``step`` with the trainer's fused products replaced by a sample multiplied through autograd."""
+
+    def sample_then_multiply(bridge, mask_set, temperature, noise):
+        return masked_parameters(bridge, mask_set.sample(temperature, noise))
+
+    def unfused_step(index: int) -> None:
+        fused = training.sampled_parameters
+        training.sampled_parameters = sample_then_multiply
+        try:
+            step(index)
+        finally:
+            training.sampled_parameters = fused
+
+    return unfused_step
 
 
 def peak_memory_child(size: str, kind: str, steps: int, sampler: str | None, threads: int, queue) -> None:
@@ -130,7 +152,7 @@ _SCOPES = {  # profiler event name (prefix) -> category of its whole subtree
     "aten::_foreach_norm": "optimiser",  # gradient clipping
 }
 _BACKWARD_NODES = {  # autograd node (in "autograd::engine::evaluate_function: <node>") -> category
-    "MaskedWeight": "products",
+    "ProductBackward": "products",
     "StraightThrough": "sampler",
     "HardConcrete": "sampler",
     "MulBackward": "products",
@@ -191,7 +213,8 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_xscale("log")
         axis.set_xlabel("parameters (millions)")
         axis.set_ylabel(f"mask training / fine-tuning, {title}")
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
     figure.tight_layout()
     figure.savefig(path)
 
@@ -201,6 +224,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
     parser.add_argument("--fully-shard", action="store_true", help="also time the fully sharded path (one process)")
+    parser.add_argument("--unfused", action="store_true", help="also time weight masks without the fused products")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps in each memory child (0: skip memory)")
@@ -211,7 +235,8 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     transformers.utils.logging.disable_progress_bar()
-    kinds = ["finetune", "finetune-chunked", *arguments.granularities] + (["sharded"] if arguments.fully_shard else [])
+    kinds = ["finetune", "finetune-chunked", *arguments.granularities]
+    kinds += (["weight-unfused"] if arguments.unfused else []) + (["sharded"] if arguments.fully_shard else [])
     start = time.perf_counter()
 
     rows = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.memory import estimate_memory
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
@@ -467,7 +469,8 @@ def train_masks(
     fully_shard: bool = False,
     device: torch.device | str | None = None,
 ) -> dict[str, MaskSet]:
-    """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
+    """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`. With ``progress``, first prints
+    the estimated memory per device (:func:`~modmask_lens.masks.memory.estimate_memory`).
 
     Example:
         >>> masks = train_masks(bridge, jump_data, train_config=TrainConfig(steps=1000))       # doctest: +SKIP
@@ -475,6 +478,11 @@ def train_masks(
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
+    if progress and subtasks:
+        positions = max(subtask.input_ids.shape[1] for subtask in subtasks)
+        shards = world()[1] if fully_shard else 1
+        estimate = estimate_memory(bridge, mask_config, train_config, positions, len(subtasks), shards)
+        tqdm.write(str(estimate), file=sys.stderr)
     return MaskTrainer(
         bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device
     ).train()
