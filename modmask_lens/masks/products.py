@@ -55,8 +55,8 @@ class _GumbelSigmoidProduct(torch.autograd.Function):
         weight, soft = ctx.saved_tensors
         with profiled("modmask.product"):
             grad_sample = (grad_masked * weight).to(soft.dtype)
-        with profiled("modmask.sampler"):
-            grad_logits = torch.ops.aten.sigmoid_backward(grad_sample, soft)
+        with profiled("modmask.sampler"):  # in place: grad * s * (1 - s)
+            grad_logits = torch.ops.aten.sigmoid_backward.grad_input(grad_sample, soft, grad_input=grad_sample)
             if ctx.temperature != 1.0:
                 grad_logits.div_(ctx.temperature)
         return grad_logits, None, None, None
@@ -86,7 +86,7 @@ class _HardConcreteProduct(torch.autograd.Function):
             stretched = _stretched(soft)
             outside = (stretched < 0.0).logical_or_(stretched > 1.0)
             gamma, zeta = HARD_CONCRETE_STRETCH
-            grad_logits = torch.ops.aten.sigmoid_backward(grad_sample, soft)
+            grad_logits = torch.ops.aten.sigmoid_backward.grad_input(grad_sample, soft, grad_input=grad_sample)
             grad_logits.mul_((zeta - gamma) / HARD_CONCRETE_TEMPERATURE)
             grad_logits.masked_fill_(outside, 0.0)
         return grad_logits, None, None

@@ -57,9 +57,9 @@ class UniformNoise:
 def logistic_scores(logits: Float[Tensor, "*shape"], noise: UniformNoise) -> Float[Tensor, "*shape"]:
     """``logits + logit(u)`` for u ~ U(0, 1) drawn from ``noise``: Logistic(0, 1) noise, the difference of two
     Gumbels, added to the logits (a fresh tensor, not part of any autograd graph)."""
-    uniform = noise.like(logits)
+    uniform = noise.like(logits)  # a fresh tensor: turned into the scores in place
     with profiled("modmask.noise"):
-        return torch.logit(uniform).add_(logits.detach())
+        return uniform.logit_().add_(logits.detach())
 
 
 class _StraightThroughGumbelSigmoid(torch.autograd.Function):
