@@ -149,7 +149,8 @@ _SCOPES = {  # profiler event name (prefix) -> category of its whole subtree
     "modmask.sampler": "sampler",
     "modmask.product": "products",
     "Optimizer.": "optimiser",
-    "aten::_foreach_norm": "optimiser",  # gradient clipping
+    "aten::_foreach_norm": "optimiser",  # gradient clipping (foreach on accelerators, per tensor on CPU)
+    "aten::linalg_vector_norm": "optimiser",
 }
 _BACKWARD_NODES = {  # autograd node (in "autograd::engine::evaluate_function: <node>") -> category
     "ProductBackward": "products",

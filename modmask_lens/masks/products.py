@@ -44,7 +44,7 @@ class _GumbelSigmoidProduct(torch.autograd.Function):
                 scores.div_(temperature)
             kept = scores > 0
         with profiled("modmask.product"):
-            masked = torch.where(kept, weight, torch.zeros((), dtype=weight.dtype))
+            masked = weight * kept  # several times faster than torch.where on CPU; the weight's dtype
         with profiled("modmask.sampler"):
             ctx.save_for_backward(weight, scores.sigmoid_())
         ctx.temperature = temperature
