@@ -12,7 +12,9 @@ the peak RSS over the ready process, measured in a fresh child process per confi
 inside one process). ``--profile SIZE`` adds the torch profiler's breakdown of one size's weight-granularity mask step
 and fine-tuning step into noise, sampler, products, matmuls, optimiser and the rest.
 
-Run: ``python benchmarks/bench_scaling.py`` (all sizes; about 25 minutes on one idle core), or reduced, e.g.
+Run: ``python benchmarks/bench_scaling.py`` (all sizes; the parts measured on the shared 2-core sandbox at load 8-12
+took 9 minutes for 4M and 24M, 6 for 107M weight masks, 5 for 107M neuron and head masks: about 30-40 minutes in all,
+and up to 6 GB of memory per process at 107M), or reduced, e.g.
 ``python benchmarks/bench_scaling.py --sizes 4M 24M --steps 3 --granularities weight``.
 """
 
