@@ -31,6 +31,7 @@ from modmask_lens import (
     TrainConfig,
     score_answers,
 )
+from modmask_lens.core.encoding import IGNORE_INDEX
 
 BATCH, POSITIONS, VOCAB, TASKS = 64, 32, 64, 4
 
@@ -48,41 +49,49 @@ def subtask(name: str, seed: int) -> SubtaskData:
 
 
 class FineTuning:
-    """Plain fine-tuning of every weight through the same bridge, batch and loss."""
+    """Plain fine-tuning of every weight through the same bridge, batch and loss; ``chunks`` > 1 accumulates the
+    gradient over that many slices of the batch, as mask training runs one slice per mask sample."""
 
-    def __init__(self, bridge: TransformerBridge, data: SubtaskData):
-        self.bridge, self.data = bridge, data
+    def __init__(self, bridge: TransformerBridge, data: SubtaskData, batch: int = BATCH, chunks: int = 1):
+        self.bridge, self.data, self.batch, self.chunks = bridge, data, batch, chunks
         self.parameters = [p for p in bridge.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=1e-5)
 
     def step(self, index: int) -> None:
-        rows = torch.arange(index * BATCH, (index + 1) * BATCH) % len(self.data)
+        rows = torch.arange(index * self.batch, (index + 1) * self.batch) % len(self.data)
         self.optimizer.zero_grad(set_to_none=True)
-        score = score_answers(self.bridge(self.data.input_ids[rows]), self.data.labels[rows])
-        (score.loss_sum / score.n_tokens).backward()
+        n_tokens = int((self.data.labels[rows][:, 1:] != IGNORE_INDEX).sum())
+        for chunk in rows.tensor_split(self.chunks):
+            score = score_answers(self.bridge(self.data.input_ids[chunk]), self.data.labels[chunk])
+            (score.loss_sum / n_tokens).backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
         self.optimizer.step()
 
 
 class MaskTraining:
-    """Mask training with the library's defaults (4 mask samples per step, per-weight logits), or with ``csordas``
-    Csordás's method; ``fully_shard`` (Csordás's method only): the sharded path in one process (block-by-block
-    gathers and the recomputing backward, without the communication)."""
+    """Mask training with the library's defaults (4 mask samples per step, per-weight logits) unless ``mask_config``
+    says otherwise, or with Csordás's method (``csordas``); ``fully_shard`` (Csordás's method, the one it runs): the
+    sharded path in one process (block-by-block gathers and the recomputing backward, without the communication)."""
 
     def __init__(
         self,
         bridge: TransformerBridge,
         tasks: list[SubtaskData],
         steps: int,
-        csordas: bool = False,
         fully_shard: bool = False,
+        batch: int = BATCH,
+        mask_config: MaskConfig = MaskConfig(),
+        csordas: bool = False,
     ):
-        mask_config, train_config = (CSORDAS_MASKS, CSORDAS_TRAINING) if csordas else (MaskConfig(), TrainConfig())
+        train_config = TrainConfig()
+        if csordas or fully_shard:
+            mask_config = dataclasses.replace(CSORDAS_MASKS, granularity=mask_config.granularity)
+            train_config = CSORDAS_TRAINING
         self.trainer = MaskTrainer(
             bridge,
             tasks,
             mask_config,
-            dataclasses.replace(train_config, steps=steps, batch_size=BATCH),
+            dataclasses.replace(train_config, steps=steps, batch_size=batch),
             progress=False,
             fully_shard=fully_shard,
         )
@@ -145,7 +154,7 @@ def main() -> None:
         mask_bridge = build_bridge(directory + "/masks")
         masks = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps)
         csordas = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps, csordas=True)
-        sharded = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps, csordas=True, fully_shard=True)
+        sharded = MaskTraining(mask_bridge, [subtask("t0", 0)], warmup + steps, fully_shard=True)
         runs = (finetune, masks, csordas, sharded)
         finetune_times, mask_times, csordas_times, sharded_times = series = [], [], [], []
         for index in range(warmup + steps):  # interleaved, so drifts in machine load hit all alike

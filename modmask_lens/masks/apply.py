@@ -18,6 +18,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import call_with_parameters, slot_of, tensor_slots
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.sampling import UniformNoise
 
 MaskLike = MaskSet | BinaryMask | Mapping[str, object] | Callable[[], Mapping[str, Tensor]]
 
@@ -34,12 +35,38 @@ def masked_parameters(bridge: Bridge, masks: Mapping[str, Tensor]) -> dict[str, 
     Returns:
         path -> tensor, for ``functional_call(..., tie_weights=False)``.
     """
+    return _parameters_with(
+        bridge,
+        list(masks),
+        lambda weights: {path: weights[path] * _in_dtype(mask, weights[path]) for path, mask in masks.items()},
+    )
+
+
+def sampled_parameters(
+    bridge: Bridge, mask_set: MaskSet, temperature: float = 1.0, noise: UniformNoise | None = None
+) -> dict[str, Tensor]:
+    """Like :func:`masked_parameters` with one fresh sample of ``mask_set`` (:meth:`MaskSet.sample_products`: the
+    lean training path, equal to ``masked_parameters(bridge, mask_set.sample(temperature, noise))``)."""
+    paths = [member.path for member in mask_set.members]
+    return _parameters_with(bridge, paths, lambda weights: mask_set.sample_products(weights, temperature, noise))
+
+
+def _parameters_with(
+    bridge: Bridge, paths: list[str], products: Callable[[dict[str, Tensor]], Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """Every parameter detached, with ``products(weights of paths)`` in place of the weights at ``paths``."""
     slots = tensor_slots(bridge)
     values = {key: parameter.detach() for key, (_, parameter) in slots.items()}
-    for path, mask in masks.items():
-        key = slot_of(bridge, path)
-        values[key] = values[key] * mask
+    keys = {path: slot_of(bridge, path) for path in paths}
+    for path, product in products({path: values[key] for path, key in keys.items()}).items():
+        values[keys[path]] = product
     return {slots[key][0]: value for key, value in values.items()}
+
+
+def _in_dtype(mask: Tensor, weight: Tensor) -> Tensor:
+    """A float mask in the weight's dtype (products in the model's dtype; the mask's gradient still reaches float32
+    logits through the cast); boolean masks as they are."""
+    return mask.to(weight.dtype) if mask.is_floating_point() else mask
 
 
 def masked_call(bridge: Bridge, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:

@@ -31,10 +31,11 @@ def weights_sha256(bridge: Bridge, specs: list[TensorSpec]) -> str:
 
 
 def model_dimensions(bridge: Bridge) -> dict:
-    """Architecture name and dimensions of a bridge, as plain JSON values."""
+    """Architecture name, dimensions and weight dtype of a bridge, as plain JSON values."""
     dims = model_shape(bridge)
     return {
         "architecture": str(getattr(bridge.cfg, "architecture", None)),
+        "dtype": str(next(bridge.parameters()).dtype).removeprefix("torch."),
         "n_layers": dims.n_layers,
         "d_model": dims.d_model,
         "n_heads": dims.n_heads,
@@ -101,8 +102,19 @@ class MaskOrigin:
                     f"{shapes.get(spec.key)} here; load it onto the model it was trained on"
                 )
         current = fingerprint(bridge, specs) if check_weights else self.model | model_dimensions(bridge)
-        # Keys on either side: a record with a fingerprint entry removed must not skip that comparison.
-        differing = sorted(key for key in self.model.keys() | current.keys() if self.model.get(key) != current.get(key))
+        if self.model.get("dtype", current["dtype"]) != current["dtype"]:
+            raise ModelMismatch(
+                f"the mask was trained on the {self.model['dtype']} model ({made_for}) but this bridge holds "
+                f"{current['dtype']} weights; rounding to another dtype changes every weight, so apply it to the "
+                f"{self.model['dtype']} model (e.g. bridge.to(torch.{self.model['dtype']})) or retrain it on this one"
+            )
+        # Keys on either side: a record with a fingerprint entry removed must not skip that comparison. The dtype
+        # is the one exception: files written before it was recorded lack it (the weights hash still covers it).
+        differing = sorted(
+            key
+            for key in self.model.keys() | current.keys()
+            if self.model.get(key) != current.get(key) and (key != "dtype" or key in self.model)
+        )
         if differing:
             raise ModelMismatch(
                 f"the mask is for another model ({made_for}): {', '.join(differing)} differ; load it onto the model "

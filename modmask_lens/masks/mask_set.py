@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +13,8 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
-from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_hard_concrete, sample_hard_mask
+from modmask_lens.masks.products import unit_products
+from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_mask
 from modmask_lens.masks.units import MaskUnit, build_units
 
 
@@ -96,13 +98,31 @@ class MaskSet:
         noise = noise or UniformNoise.fresh()
         masks = {}
         for index, unit in enumerate(self.units):
-            if self.config.sampler == "hard-concrete":
-                unit_sample = sample_hard_concrete(self.logits[unit.name], noise.substream(index))
-            else:
-                unit_sample = sample_hard_mask(self.logits[unit.name], temperature, noise.substream(index))
+            unit_sample = sample_mask(self.logits[unit.name], self.config.sampler, temperature, noise.substream(index))
             for member in unit.members:
                 masks[member.path] = unit.expand(unit_sample, member)
         return masks
+
+    def sample_products(
+        self, weights: Mapping[str, Tensor], temperature: float = 1.0, noise: UniformNoise | None = None
+    ) -> dict[str, Tensor]:
+        """One sample applied: bridge parameter path -> ``weight * mask`` for every masked tensor, in the weight's
+        dtype, differentiable in the logits.
+
+        Equals ``weights[path] * self.sample(temperature, noise)[path]`` (the same sample for the same ``noise``),
+        but a per-element unit draws and multiplies in one autograd function that keeps one tensor for the backward
+        (:mod:`modmask_lens.masks.products`): the training path.
+
+        Args:
+            weights: bridge parameter path -> the frozen (detached) weight, for every member of every unit.
+        """
+        noise = noise or UniformNoise.fresh()
+        products = {}
+        for index, unit in enumerate(self.units):
+            products |= unit_products(
+                unit, self.logits[unit.name], weights, self.config.sampler, temperature, noise.substream(index)
+            )
+        return products
 
     def binary(self) -> BinaryMask:
         """The deterministic readout, mask = logit > :attr:`threshold`, expanded to every masked tensor's full

@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from modmask_lens.core.profiling import profiled
+
 
 class UniformNoise:
     """Seeded U(0, 1) noise for mask samples.
@@ -43,12 +45,21 @@ class UniformNoise:
 
     def like(self, tensor: Tensor) -> Tensor:
         """Noise of ``tensor``'s shape, dtype and device."""
-        if tensor.device.type == "cpu":
-            drawn = np.asarray(self._numpy.random(tuple(tensor.shape), dtype=np.float32))
-            return torch.from_numpy(drawn).to(tensor.dtype)
-        if self._torch is None:
-            self._torch = torch.Generator(device=tensor.device).manual_seed(self.seed)
-        return torch.rand(tensor.shape, generator=self._torch, device=tensor.device, dtype=tensor.dtype)
+        with profiled("modmask.noise"):
+            if tensor.device.type == "cpu":
+                drawn = np.asarray(self._numpy.random(tuple(tensor.shape), dtype=np.float32))
+                return torch.from_numpy(drawn).to(tensor.dtype)
+            if self._torch is None:
+                self._torch = torch.Generator(device=tensor.device).manual_seed(self.seed)
+            return torch.rand(tensor.shape, generator=self._torch, device=tensor.device, dtype=tensor.dtype)
+
+
+def logistic_scores(logits: Float[Tensor, "*shape"], noise: UniformNoise) -> Float[Tensor, "*shape"]:
+    """``logits + logit(u)`` for u ~ U(0, 1) drawn from ``noise``: Logistic(0, 1) noise, the difference of two
+    Gumbels, added to the logits (a fresh tensor, not part of any autograd graph)."""
+    uniform = noise.like(logits)  # a fresh tensor: turned into the scores in place
+    with profiled("modmask.noise"):
+        return uniform.logit_().add_(logits.detach())
 
 
 class _StraightThroughGumbelSigmoid(torch.autograd.Function):
@@ -115,8 +126,19 @@ def sample_hard_concrete(logits: Float[Tensor, "*shape"], noise: UniformNoise | 
     """
     gamma, zeta = HARD_CONCRETE_STRETCH
     uniform = (noise or UniformNoise.fresh()).like(logits)
+    # Autograd through every op: the reference the fused training path (masks/products.py) is tested against.
     soft = torch.sigmoid((torch.logit(uniform) + logits) / HARD_CONCRETE_TEMPERATURE)
     return (soft * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+
+def sample_mask(
+    logits: Float[Tensor, "*shape"], sampler: str, temperature: float = 1.0, noise: UniformNoise | None = None
+) -> Float[Tensor, "*shape"]:
+    """One sample by ``sampler``: :func:`sample_hard_concrete` or :func:`sample_hard_mask` (``temperature`` is the
+    Gumbel-sigmoid's tau; hard concrete uses its own beta)."""
+    if sampler == "hard-concrete":
+        return sample_hard_concrete(logits, noise)
+    return sample_hard_mask(logits, temperature, noise)
 
 
 def keep_probability(logits: Float[Tensor, "*shape"], sampler: str) -> Float[Tensor, "*shape"]:

@@ -31,7 +31,8 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import MethodEntry, TensorKey, slot_of, tensor_slots
 from modmask_lens.core.world import world
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.sampling import UniformNoise, sample_hard_mask
+from modmask_lens.masks.products import unit_products
+from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.units import MaskUnit
 
 
@@ -302,9 +303,13 @@ class ShardedBridge:
             offset += shape.numel()
         for (index, unit), shard in zip(sampler.units, logit_shards):
             unit_logits = _DifferentiableGather.apply(shard, unit.numel).view(unit.shape)
-            unit_sample = sample_hard_mask(unit_logits, sampler.temperature, sampler.noise.substream(index))
-            for member, key in zip(unit.members, self._unit_plan(unit)[1]):
-                values[key] = values[key] * unit.expand(unit_sample, member)
+            keys = dict(zip((member.path for member in unit.members), self._unit_plan(unit)[1]))
+            weights = {path: values[key] for path, key in keys.items()}
+            noise = sampler.noise.substream(index)
+            for path, product in unit_products(
+                unit, unit_logits, weights, "gumbel-sigmoid", sampler.temperature, noise
+            ).items():
+                values[keys[path]] = product
         parameters = {f"bridge.{name}": values[key] for key, name, _, _ in block.entries}
         method = type(block.module).forward.__get__(block.module)
         return torch.func.functional_call(

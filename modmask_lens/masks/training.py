@@ -28,16 +28,18 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.functional import call_with_parameters
 from modmask_lens.core.interrupt import TrainingInterrupted, interrupt_between_steps
 from modmask_lens.core.random import step_generator, stream_seed
 from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
-from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.apply import sampled_parameters
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.memory import estimate_memory
 from modmask_lens.masks.readout import faithful_threshold
 from modmask_lens.masks.run_fingerprint import RESTART_HINT, check_same_run, run_fingerprint
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
@@ -280,8 +282,11 @@ class MaskTrainer:
             if run.shards is not None:
                 logits = self.sharded_bridge(run.shards, config.temperature, noise, chunk_ids)
             else:
-                sample = run.masks.sample(config.temperature, noise)
-                logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
+                masked = sampled_parameters(self.bridge, run.masks, config.temperature, noise)
+                logits = call_with_parameters(
+                    self.bridge, masked, type(self.bridge).forward.__get__(self.bridge), chunk_ids
+                )
+                del masked  # the matmuls keep what the backward needs
             score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
             (task_weight * score.loss_sum / n_tokens).backward()
             loss_sum += float(score.loss_sum.detach())
@@ -494,7 +499,8 @@ def train_masks(
     device: torch.device | str | None = None,
     restart: bool = False,
 ) -> dict[str, MaskSet]:
-    """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
+    """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`. With ``progress``, first prints
+    the estimated memory per device (:func:`~modmask_lens.masks.memory.estimate_memory`).
 
     Example:
         >>> masks = train_masks(bridge, jump_data, train_config=TrainConfig(steps=1000))       # doctest: +SKIP
@@ -502,6 +508,11 @@ def train_masks(
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
+    if progress and subtasks:
+        positions = max(subtask.input_ids.shape[1] for subtask in subtasks)
+        shards = world()[1] if fully_shard else 1
+        estimate = estimate_memory(bridge, mask_config, train_config, positions, len(subtasks), shards)
+        tqdm.write(str(estimate), file=sys.stderr)
     return MaskTrainer(
         bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, restart
     ).train()

@@ -1,0 +1,129 @@
+"""How much memory mask training needs on each device, estimated before it starts.
+
+Mask training holds, per device: the frozen weights; per task, float32 logits, their gradient and Adam's two moments
+(16 bytes per logit); for the mask sample being back-propagated, the products ``weight * mask`` the matmuls keep
+and, for per-element logits, the sampler's soft value (:mod:`modmask_lens.masks.products`); and the activations of
+one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so only one sample's tensors
+are alive at a time. Fully sharded training divides weights, logits, gradients and Adam state by the number of
+processes and holds one gathered block (its weights, products and soft values) at a time.
+
+The activation term is a rough count (the tensors a GPT-style block keeps for its backward); the rest is exact up to
+allocator overhead. ``benchmarks/bench_scaling.py`` measures the real peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from modmask_lens.adapters import model_shape
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.mask_set import units_for
+
+LOGIT_BYTES = 4  # logits, their gradient and Adam's moments are float32
+ADAM_MOMENTS = 2
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device, by part.
+
+    Attributes:
+        weights: the frozen model's parameters (1/N of them plus one gathered block when fully sharded).
+        logits: mask logits of every task.
+        gradients: their gradients.
+        optimiser: Adam's two moments per logit.
+        samples: what one mask sample keeps for its backward (products in the model's dtype, float32 soft values).
+        activations: what one batch slice's forward keeps for the backward (rough).
+        devices: processes the state is spread over (1 unless fully sharded).
+    """
+
+    weights: int
+    logits: int
+    gradients: int
+    optimiser: int
+    samples: int
+    activations: int
+    devices: int = 1
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.logits + self.gradients + self.optimiser + self.samples + self.activations
+
+    def __str__(self) -> str:
+        parts = ("weights", "logits", "gradients", "optimiser", "samples", "activations")
+        terms = " + ".join(f"{part} {_gib(getattr(self, part))}" for part in parts)
+        where = f"each of {self.devices} devices" if self.devices > 1 else "the device"
+        return f"mask training needs about {_gib(self.total)} on {where}: {terms}"
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def estimate_memory(
+    bridge: Bridge,
+    mask_config: MaskConfig,
+    train_config: TrainConfig,
+    positions: int,
+    n_tasks: int = 1,
+    shards: int = 1,
+) -> MemoryEstimate:
+    """Estimate the peak memory of mask training per device (see the module docstring for what is counted).
+
+    Args:
+        bridge: the model.
+        mask_config, train_config: the training settings.
+        positions: tokens per example (the longest subtask's).
+        n_tasks: subtasks trained in one run (each has its own logits and Adam state).
+        shards: processes of a fully sharded run (1: every process holds everything).
+
+    Example:
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> estimate = estimate_memory(tiny_bridge(), MaskConfig(), TrainConfig(batch_size=8), positions=6)
+        >>> estimate.logits == 4 * sum(unit.numel for unit in units_for(tiny_bridge(), MaskConfig()))
+        True
+        >>> print(estimate)  # doctest: +ELLIPSIS
+        mask training needs about 0.00 GiB on the device: weights 0.00 GiB + logits ...
+    """
+    units = units_for(bridge, mask_config)
+    parameters = {id(parameter): parameter for parameter in bridge.parameters()}.values()
+    weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
+    model_dtype = next(iter(parameters)).dtype
+    dtype_bytes = torch.empty((), dtype=model_dtype).element_size()
+    n_logits = sum(unit.numel for unit in units)
+
+    # One sample's products (every masked element, model dtype) and soft values (per-element units, float32), by
+    # block (layer; None: embeddings, final norm, unembedding).
+    sample_bytes: dict[int | None, int] = {}
+    for unit in units:
+        per_element = unit.numel > 1 and unit.shape == unit.members[0].shape
+        unit_bytes = sum(member.numel for member in unit.members) * dtype_bytes + per_element * unit.numel * LOGIT_BYTES
+        layer = unit.members[0].layer
+        sample_bytes[layer] = sample_bytes.get(layer, 0) + unit_bytes
+    dims = model_shape(bridge)
+    tokens = -(-train_config.batch_size // train_config.n_samples) * positions
+    per_layer = tokens * (16 * dims.d_model + 2 * (dims.d_mlp or 4 * dims.d_model) + 3 * dims.n_heads * positions)
+    activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
+
+    if shards > 1:
+        largest_block = max(sample_bytes.values())  # one gathered block at a time: its weights, products, soft values
+        return MemoryEstimate(
+            weights=weight_bytes // shards + largest_block,
+            logits=n_tasks * n_logits * LOGIT_BYTES // shards,
+            gradients=n_tasks * n_logits * LOGIT_BYTES // shards,
+            optimiser=n_tasks * ADAM_MOMENTS * n_logits * LOGIT_BYTES // shards,
+            samples=largest_block,
+            activations=activations,
+            devices=shards,
+        )
+    return MemoryEstimate(
+        weights=weight_bytes,
+        logits=n_tasks * n_logits * LOGIT_BYTES,
+        gradients=n_tasks * n_logits * LOGIT_BYTES,
+        optimiser=n_tasks * ADAM_MOMENTS * n_logits * LOGIT_BYTES,
+        samples=sum(sample_bytes.values()),
+        activations=activations,
+    )

@@ -1,0 +1,52 @@
+"""The memory estimate printed before mask training, against counts made by hand from the tiny model's tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from modmask_lens import MaskConfig, SubtaskData, TrainConfig, train_masks
+from modmask_lens.masks.mask_set import units_for
+from modmask_lens.masks.memory import estimate_memory
+from modmask_lens.testing.tiny_models import tiny_bridge
+
+
+def masked_elements(bridge, config: MaskConfig) -> int:
+    return sum(member.numel for unit in units_for(bridge, config) for member in unit.members)
+
+
+def test_weight_granularity_counts_logits_adam_and_one_samples_tensors():
+    bridge = tiny_bridge()
+    n_masked = masked_elements(bridge, MaskConfig())
+    estimate = estimate_memory(bridge, MaskConfig(), TrainConfig(batch_size=8), positions=6, n_tasks=2)
+    assert estimate.weights == 4 * sum(parameter.numel() for parameter in bridge.parameters())
+    assert estimate.logits == estimate.gradients == 2 * 4 * n_masked  # two tasks, one float32 logit per element
+    assert estimate.optimiser == 2 * estimate.logits
+    assert estimate.samples == 4 * n_masked + 4 * n_masked  # product + soft value, for one sample at a time
+    assert estimate.total == sum(
+        getattr(estimate, part) for part in ("weights", "logits", "gradients", "optimiser", "samples", "activations")
+    )
+
+
+def test_bfloat16_products_and_neuron_logits():
+    bridge = tiny_bridge().to(torch.bfloat16)
+    config = MaskConfig(granularity="neuron")
+    estimate = estimate_memory(bridge, config, TrainConfig(batch_size=8), positions=6)
+    n_logits = sum(unit.numel for unit in units_for(bridge, config))
+    assert estimate.logits == 4 * n_logits == 4 * 2 * 64  # two layers' MLP neurons
+    assert estimate.samples == 2 * masked_elements(bridge, config)  # bf16 products, no per-element soft values
+
+
+def test_fully_sharded_divides_the_state():
+    bridge = tiny_bridge()
+    whole = estimate_memory(bridge, MaskConfig(), TrainConfig(batch_size=8), positions=6)
+    sharded = estimate_memory(bridge, MaskConfig(), TrainConfig(batch_size=8), positions=6, shards=4)
+    assert sharded.logits == whole.logits // 4 and sharded.optimiser == whole.optimiser // 4
+    assert sharded.samples < whole.samples and sharded.devices == 4
+
+
+def test_train_masks_prints_the_estimate_first(capsys):
+    input_ids = torch.randint(0, 40, (8, 6), generator=torch.Generator().manual_seed(0))
+    train_masks(
+        tiny_bridge(), SubtaskData("t", input_ids, input_ids.clone()), train_config=TrainConfig(steps=1, batch_size=4)
+    )
+    assert "mask training needs about" in capsys.readouterr().err
