@@ -131,12 +131,16 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """The mask units ``config`` gives on ``bridge``, through its adapter.
 
     Raises:
-        UnsupportedArchitecture: head or neuron granularity on a family without an adapter.
+        UnsupportedArchitecture: head or neuron granularity on a family whose adapter locates no head or neuron in
+            any matrix.
     """
     adapter = adapter_for(bridge)
-    if config.granularity in ("head", "neuron") and not adapter.supports_units:
+    specs = adapter.tensor_specs(bridge)
+    unit_kinds = {"head": ("head", "kv_head"), "neuron": ("neuron",)}.get(config.granularity)
+    if unit_kinds and not any(spec.unit in unit_kinds and spec.input_axis is not None for spec in specs):
         raise unsupported(
             bridge.cfg.architecture,
-            f" that locates {config.granularity}s (only weight and matrix granularity work from the generic fallback)",
+            f" that locates {config.granularity}s ({adapter.name} adapter: TransformerLens's map of this family "
+            "declares no head or neuron layout; weight and matrix granularity work)",
         )
-    return build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))
+    return build_units(specs, config, model_shape(bridge))
