@@ -10,6 +10,10 @@ Granularity = Literal["weight", "neuron", "head", "matrix"]
 Sampler = Literal["gumbel-sigmoid", "hard-concrete"]
 SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete")
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
+HeadMask = Literal["qkvo", "output"]
+HEAD_MASKS: tuple[str, ...] = ("qkvo", "output")
+HEAD_MASK_OF_OLD_FILES: HeadMask = "qkvo"
+"""What a head logit masked before :attr:`MaskConfig.head_mask` existed (mask files without the field)."""
 PARAMETER_KINDS: tuple[str, ...] = ("linear", "norm", "embedding", "bias")
 
 
@@ -20,9 +24,10 @@ class MaskConfig:
     Attributes:
         granularity: ``weight``: one logit per element (default, as Csordás). ``neuron``: one logit per MLP hidden
             unit, shared by its ``W_in``/``W_gate`` column and ``W_out`` row; only MLP tensors are masked. ``head``:
-            one logit per query head, shared by its ``W_Q``/``W_O`` slices and, without grouped-query attention, its
-            ``W_K``/``W_V`` slices; with grouped-query attention a key/value group is kept while any query head that
-            reads it is kept (mask = max over the group's heads); only attention tensors are masked. ``matrix``: one
+            one logit per query head, on the slices :attr:`head_mask` names: with ``qkvo`` its ``W_Q``/``W_O``
+            slices and, without grouped-query attention, its ``W_K``/``W_V`` slices (with grouped-query attention a
+            key/value group is kept while any query head that reads it is kept: mask = max over the group's heads);
+            only attention tensors are masked. ``matrix``: one
             logit per tensor.
         kinds: parameter kinds to mask: ``linear`` (W_Q, W_K, W_V, W_O, W_in, W_gate, W_out, W_U), ``norm`` (norm
             gains), ``embedding`` (W_E, W_pos), ``bias``. Default: linear weights and norm gains, as Csordás
@@ -31,6 +36,11 @@ class MaskConfig:
         layers: if given, only tensors of these blocks (embeddings, final norm and unembedding have no layer and are
             then left out).
         init_logit: initial logit of every mask element; 2.0 (sigmoid 0.88, mostly kept) as Csordás ``-mask_init``.
+        head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
+            (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
+            on the head's output, identical to scaling its ``hook_z``). Measured in docs/architectures.md#heads: the
+            ``output`` logit's gradient at initialisation ranks heads by what removing them costs, the shared one's
+            does not. ``roles``, when given, decides instead.
         sampler: how training samples masks from logits: ``gumbel-sigmoid`` (straight-through, Csordás; the
             sample is 0 or 1 and ``TrainConfig.temperature`` is its tau) or ``hard-concrete`` (Louizos et al.'s L0
             relaxation with beta 2/3, as Edge Pruning; samples in [0, 1]). The readout is ``logit > 0`` for both.
@@ -42,8 +52,11 @@ class MaskConfig:
     layers: tuple[int, ...] | None = None
     init_logit: float = 2.0
     sampler: Sampler = "gumbel-sigmoid"
+    head_mask: HeadMask = "qkvo"
 
     def __post_init__(self) -> None:
+        if self.head_mask not in HEAD_MASKS:
+            raise ValueError(f"head_mask {self.head_mask!r} is not one of {HEAD_MASKS}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.granularity not in GRANULARITIES:

@@ -21,7 +21,7 @@ from modmask_lens.core.checkpoint import (
     verify_checksum,
     write_safetensors_atomically,
 )
-from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.config import HEAD_MASK_OF_OLD_FILES, MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.mask_set import MaskSet, units_for
 
@@ -92,7 +92,8 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         )
     try:
         config = MaskConfig(
-            **{
+            **{"head_mask": HEAD_MASK_OF_OLD_FILES}
+            | {
                 key: tuple(value) if isinstance(value, list) else value
                 for key, value in metadata["mask_config"].items()
             }
