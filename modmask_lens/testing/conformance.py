@@ -63,14 +63,27 @@ def run_conformance(
     if tokens is None:
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
+    family = str(bridge.cfg.architecture)
+    try:
+        with torch.no_grad():
+            bridge(tokens)
+        unmasked_failure = None
+    except Exception as error:  # noqa: BLE001 (the model itself failing is reported as every check's cause)
+        unmasked_failure = f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
-        try:
-            failure = CHECKS[name](bridge, tokens)
-        except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
-            failure = f"raised {type(error).__name__}: {' '.join(str(error).split())}"
-        results.append(CheckResult(name, failure is None, failure or "", str(bridge.cfg.architecture)))
+        failure = unmasked_failure
+        if failure is None:
+            try:
+                failure = CHECKS[name](bridge, tokens)
+            except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
+                failure = f"raised {_one_line(error)}"
+        results.append(CheckResult(name, failure is None, failure or "", family))
     return results
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:

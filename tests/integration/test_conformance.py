@@ -203,3 +203,22 @@ def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
     queries = heads[heads.role == "W_Q"]
     assert 0 < queries.kept.astype(bool).sum() < len(queries), "the test needs some heads kept and some dropped"
     assert check_head_mask(bridge, masks, tokens[:4]) is None
+
+
+def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_bridge):
+    """A tiny DeepSeek-V3 fails in its own forward (docs/architectures.md); the kit says so, not blaming a check."""
+    bridge = family_bridge("gpt2")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("The size of tensor a (32) must match the size of tensor b (4)")
+
+    bridge.forward = broken  # on the instance only, removed below
+    try:
+        results = run_conformance(bridge, checks=["all_ones_bit_identical", "head_off_equals_zeroed_hook_z"])
+    finally:
+        del bridge.forward
+    assert [str(result) for result in results] == [
+        f"FAIL GPT2LMHeadModel {name}: the unmasked model itself fails on these tokens (RuntimeError: The size of "
+        "tensor a (32) must match the size of tensor b (4)); no mask is involved"
+        for name in ("all_ones_bit_identical", "head_off_equals_zeroed_hook_z")
+    ]
