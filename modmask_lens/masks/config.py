@@ -38,9 +38,10 @@ class MaskConfig:
         init_logit: initial logit of every mask element; 2.0 (sigmoid 0.88, mostly kept) as Csordás ``-mask_init``.
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
-            on the head's output, identical to scaling its ``hook_z``). Measured in docs/architectures.md#heads: the
-            ``output`` logit's gradient at initialisation ranks heads by what removing them costs, the shared one's
-            does not. ``roles``, when given, decides instead.
+            on the head's output, identical to scaling its ``hook_z``). ``roles``, when given, decides instead.
+            Measured in docs/concepts.md#head-masks: under training's sampling the ``output`` logit's gradient at
+            initialisation ranks heads by what removing them costs (Spearman 0.60 on all-MiniLM-L6-v2, 0.45 on the
+            zoo scan model), the shared one's hardly (0.22, -0.13).
         sampler: how training samples masks from logits: ``gumbel-sigmoid`` (straight-through, Csordás; the
             sample is 0 or 1 and ``TrainConfig.temperature`` is its tau) or ``hard-concrete`` (Louizos et al.'s L0
             relaxation with beta 2/3, as Edge Pruning; samples in [0, 1]). The readout is ``logit > 0`` for both.
