@@ -76,7 +76,7 @@ GRANULARITY_CHECKS = {
 """The kit's checks that concern each granularity; every granularity also runs :func:`check_gradients`."""
 
 SECONDS_PER_ARCHITECTURE = 120
-MEMORY_LIMIT_BYTES = 12 * 2**30
+MEMORY_LIMIT_BYTES = 6 * 2**30
 """Address-space limit of the run: families whose default config builds a huge model (vision towers) fail to boot
 with a MemoryError instead of taking the machine."""
 

@@ -19,10 +19,10 @@ from modmask_lens.adapters.base import Adapter, NormPlacement
 
 
 class BertAdapter(Adapter):
-    """Adapter for ``BertForMaskedLM`` bridges."""
+    """Adapter for ``BertForMaskedLM`` and ``BertLMHeadModel`` bridges (the same modules under TransformerLens)."""
 
     name: ClassVar[str] = "bert"
-    architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM",)
+    architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM", "BertLMHeadModel")
     norm_placement: ClassVar[NormPlacement] = "post"
     family_roles: ClassVar[dict[str, str]] = {
         "token_type_embed.weight": "W_token_type",

@@ -11,6 +11,7 @@ from conftest import boot_native
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    BertLMHeadModel,
     GemmaConfig,
     GemmaForCausalLM,
     GPT2Config,
@@ -58,9 +59,10 @@ FAMILIES = {
         OPTConfig(ffn_dim=64, word_embed_proj_dim=32, **{k: v for k, v in SIZES.items() if k != "intermediate_size"})
     ),
     "bert": lambda: BertForMaskedLM(BertConfig(**SIZES)),
+    "bert_lm_head": lambda: BertLMHeadModel(BertConfig(is_decoder=True, **SIZES)),
 }
 """Tiny random models of the families the issue names; Gemma has multi-query attention (one key/value head)."""
-HAND_WRITTEN = {"gpt_neox": "gpt_neox", "bert": "bert", "opt": "opt"}
+HAND_WRITTEN = {"gpt_neox": "gpt_neox", "bert": "bert", "bert_lm_head": "bert", "opt": "opt"}
 """Families with a hand-written adapter (OPT's is the example plugin, when installed); the rest are derived."""
 
 
