@@ -224,3 +224,18 @@ def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_b
         "tensor a (32) must match the size of tensor b (4)); no mask is involved"
         for name in ("all_ones_bit_identical", "head_off_equals_zeroed_hook_z")
     ]
+
+
+def test_compatibility_mode_failing_by_itself_is_reported_as_transformer_lens_own(family_bridge, monkeypatch):
+    """TransformerLens 4.3's weight processing fails on a tiny Phi with grouped-query attention (see the table)."""
+    bridge = family_bridge("gpt2")
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (8)")
+
+    monkeypatch.setattr(type(bridge), "enable_compatibility_mode", broken)
+    [result] = run_conformance(bridge, checks=["compat_mode_bit_exact"])
+    assert str(result) == (
+        "FAIL GPT2LMHeadModel compat_mode_bit_exact: TransformerLens's compatibility mode itself fails here "
+        "(RuntimeError: The size of tensor a (4) must match the size of tensor b (8)); no mask is involved"
+    )
