@@ -7,8 +7,8 @@ mask logit at initialisation (``init_logit`` 2.0, the default Gumbel-sigmoid sam
 mask samples drawn with the same noise for every parameterisation): a head the loss needs gets a large score.
 Parameterisations:
 
-- ``shared``: one logit per head for its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices (``MaskConfig(granularity=
-  "head")`` before this measurement);
+- ``shared``: one logit per head for its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices (``roles`` all four: the
+  same units as ``head_mask="qkvo"``, the head default before this measurement);
 - ``output``: one logit per head on its ``W_O`` slice only (``roles=("W_O",)``);
 - ``gate``: a sampled gate multiplying the head's output ``hook_z`` (mathematically the ``output`` mask; measured
   separately as a check);
@@ -158,7 +158,7 @@ def ablation_costs(bridge: Bridge, loss: Loss) -> Tensor:
     return costs
 
 
-def mask_set_scores(bridge: Bridge, loss: Loss, role_groups: list[tuple[str, ...] | None], samples: int) -> Tensor:
+def mask_set_scores(bridge: Bridge, loss: Loss, role_groups: list[tuple[str, ...]], samples: int) -> Tensor:
     """``[role group, layer, head]``: minus the mean gradient of the loss on each head logit, one head-granularity
     mask set per role group, sampled with the same noise as :func:`gate_scores`."""
     mask_sets = [MaskSet.for_bridge(bridge, MaskConfig(granularity="head", roles=roles)) for roles in role_groups]
@@ -201,7 +201,7 @@ def gate_scores(bridge: Bridge, loss: Loss, samples: int) -> Tensor:
 def measure(name: str, bridge: Bridge, loss: Loss, samples: int) -> list[dict]:
     started = time.perf_counter()
     costs = ablation_costs(bridge, loss)
-    shared = mask_set_scores(bridge, loss, [None], samples)[0]
+    shared = mask_set_scores(bridge, loss, [ROLES], samples)[0]
     output = mask_set_scores(bridge, loss, [("W_O",)], samples)[0]
     separate = mask_set_scores(bridge, loss, [(role,) for role in ROLES], samples)
     gate = gate_scores(bridge, loss, samples)
