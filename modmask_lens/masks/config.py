@@ -38,7 +38,8 @@ class MaskConfig:
         init_logit: initial logit of every mask element; 2.0 (sigmoid 0.88, mostly kept) as Csordás ``-mask_init``.
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
-            on the head's output, identical to scaling its ``hook_z``). ``roles``, when given, decides instead.
+            on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
+            instead.
             Measured in docs/concepts.md#head-masks: under training's sampling the ``output`` logit's gradient at
             initialisation ranks heads by what removing them costs (Spearman 0.60 on all-MiniLM-L6-v2, 0.45 on the
             zoo scan model), the shared one's hardly (0.22, -0.13).
@@ -53,7 +54,7 @@ class MaskConfig:
     layers: tuple[int, ...] | None = None
     init_logit: float = 2.0
     sampler: Sampler = "gumbel-sigmoid"
-    head_mask: HeadMask = "qkvo"
+    head_mask: HeadMask = "output"  # measured: docs/concepts.md#head-masks (Csordás share one logit per head)
 
     def __post_init__(self) -> None:
         if self.head_mask not in HEAD_MASKS:

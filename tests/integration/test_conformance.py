@@ -199,7 +199,11 @@ def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
     labels[:, 1:] = predicted[:, :-1]
     config = TrainConfig(steps=60, batch_size=16, lr=0.1, beta=0.3)
     masks = train_masks(
-        bridge, SubtaskData("gqa", tokens, labels), MaskConfig(granularity="head"), config, progress=False
+        bridge,
+        SubtaskData("gqa", tokens, labels),
+        MaskConfig(granularity="head", head_mask="qkvo"),  # key/value groups kept while a reader is kept
+        config,
+        progress=False,
     )["gqa"]
     heads = masks.binary().kept_fraction(by="head")
     queries = heads[heads.role == "W_Q"]
