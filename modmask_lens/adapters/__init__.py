@@ -1,7 +1,7 @@
 """Architecture adapters: the only place that knows how a model family stores its tensors."""
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
-from modmask_lens.adapters.generic import GenericAdapter
+from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.adapters.registry import (
     UnsupportedArchitecture,
     adapter_for,
@@ -12,7 +12,7 @@ from modmask_lens.adapters.registry import (
 
 __all__ = [
     "Adapter",
-    "GenericAdapter",
+    "DerivedAdapter",
     "ModelShape",
     "TensorSpec",
     "UnsupportedArchitecture",

@@ -25,7 +25,7 @@ MatrixLayout = Literal["linear", "conv1d"]
 """``linear``: weight is ``[out_features, in_features]``; ``conv1d``: weight is ``[in_features, out_features]``."""
 
 UnitKind = Literal["head", "kv_head", "neuron"]
-TensorLayout = Literal["linear", "conv1d", "embedding", "vector"]
+TensorLayout = Literal["linear", "conv1d", "embedding", "vector", "unknown"]
 
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
@@ -80,8 +80,9 @@ class TensorSpec:
             hidden units), or ``None``.
         unit_axis: the axis of the stored tensor along which units are laid out.
         unit_width: consecutive elements per unit along ``unit_axis`` (``d_head`` for heads, 1 for neurons).
-        layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]) or
-            ``vector`` (norm gains and biases).
+        layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]),
+            ``vector`` (norm gains and biases) or ``unknown`` (a matrix whose storage its adapter cannot tell: it is
+            masked per weight or as a whole, never by heads or neurons).
         tied_to: key of another tensor that is the same parameter read through another module (GPT-2's W_E and
             W_U), or ``None``; each key still gets its own mask.
     """
@@ -216,8 +217,8 @@ class Adapter:
     """state_dict key -> role for family-specific tensors (e.g. BERT's ``token_type_embed.weight``)."""
     unread_keys: ClassVar[tuple[str, ...]] = ()
     """state_dict keys whose tensor the forward pass reads through another key (e.g. BERT's decoder bias alias)."""
-    supports_units: ClassVar[bool] = True
-    """Whether heads and neurons can be located (``False`` for the generic fallback)."""
+    former_names: ClassVar[tuple[str, ...]] = ()
+    """Names this adapter had in earlier releases: masks saved under them still load (their weights hash decides)."""
     norm_placement: ClassVar[NormPlacement] = "pre"
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
@@ -237,6 +238,11 @@ class Adapter:
         if reader == "mlp":
             return "ln1.w", layer
         return ("ln2.w", layer - 1) if layer else ("ln_embed.w", None)
+
+    def stored_layout(self, key: str, module: nn.Module) -> MatrixLayout | Literal["unknown"]:
+        """How the matrix under state_dict ``key`` is stored; by default, as its module's type says
+        (:meth:`matrix_layout`)."""
+        return self.matrix_layout(module)
 
     def matrix_layout(self, module: nn.Module) -> MatrixLayout:
         """How ``module`` stores its weight matrix."""
@@ -262,10 +268,8 @@ class Adapter:
                 continue
             path, module, parameter = resolved
             role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
-            layout = self._layout(module, parameter)
-            unit, unit_axis, unit_width = (
-                self._unit_layout(role, layout, dims) if self.supports_units else (None, None, 1)
-            )
+            layout = self._layout(key, module, parameter)
+            unit, unit_axis, unit_width = self._unit_layout(role, layout, dims)
             tied_to = first_key_of.setdefault(id(parameter), key)
             specs.append(
                 TensorSpec(
@@ -283,19 +287,19 @@ class Adapter:
             )
         return specs
 
-    def _layout(self, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
+    def _layout(self, key: str, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
         if parameter.dim() == 1:
             return "vector"
         if isinstance(module, nn.Embedding):
             return "embedding"
-        return self.matrix_layout(module)
+        return self.stored_layout(key, module)
 
     def _unit_layout(
         self, role: str, layout: TensorLayout, dims: ModelShape
     ) -> tuple[UnitKind | None, int | None, int]:
         """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
         unit = _UNIT_OF_ROLE.get(role)
-        if unit is None:
+        if unit is None or layout == "unknown":
             return None, None, 1
         if layout == "vector":
             axis = 0

@@ -4,6 +4,11 @@ TransformerLens names BERT's extra tensors ``token_type_embed`` (embedding), ``e
 ``mlm_head`` (``cls.predictions.transform.dense``); ``ln_final`` is the MLM transform's LayerNorm and ``unembed`` the
 decoder. ``cls.predictions.bias`` is the decoder's bias under another name: only the decoder path is read, so it is
 not a separate target. ``ln1``/``ln2`` are the post-attention and post-MLP LayerNorms.
+
+Why hand-written (TransformerLens's map is not enough): it puts BERT's post-norms in the ``ln1``/``ln2`` slots its
+own guide reserves for the norms in front of attention and MLP, with nothing in the map saying so, so a derived
+adapter would place the norm in front of each reader wrongly; and the token-type embedding, the embedding LayerNorm,
+the MLM transform and the decoder-bias alias have no HookedTransformer role in the map.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from modmask_lens.adapters.base import Adapter, NormPlacement
 
 
 class BertAdapter(Adapter):
-    """Adapter for ``BertForMaskedLM`` bridges."""
+    """Adapter for ``BertForMaskedLM`` and ``BertLMHeadModel`` bridges (the same modules under TransformerLens)."""
 
     name: ClassVar[str] = "bert"
-    architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM",)
+    architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM", "BertLMHeadModel")
     norm_placement: ClassVar[NormPlacement] = "post"
     family_roles: ClassVar[dict[str, str]] = {
         "token_type_embed.weight": "W_token_type",

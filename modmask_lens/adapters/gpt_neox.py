@@ -3,6 +3,9 @@
 The forward pass reads the split copies, never the fused tensor, so masks act on q/k/v. Exporting a baked mask must
 re-fuse them: ``query_key_value.weight`` is ``[n_heads * 3 * d_head, d_model]`` interleaved per head, i.e.
 ``view(n_heads, 3, d_head, d_model)[h, i]`` is head h's query (i=0), key (1) or value (2) rows.
+
+Why hand-written (TransformerLens's map is not enough): the map declares how to split ``query_key_value`` into q/k/v,
+not how to write masked copies back into it; everything else is what the derived adapter would give.
 """
 
 from __future__ import annotations

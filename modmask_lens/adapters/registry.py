@@ -1,5 +1,6 @@
-"""Finding the adapter for a bridge: built-in adapters plus those registered under the ``modmask_lens.adapters``
-entry-point group by installed packages; the generic fallback for any other family."""
+"""Finding the adapter for a bridge: hand-written adapters (built in, or registered under the ``modmask_lens.adapters``
+entry-point group by installed packages) where a family needs one; for every other family, the adapter derived from
+TransformerLens's own architecture map."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ from importlib.metadata import entry_points
 
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
-from modmask_lens.adapters.generic import GenericAdapter
-from modmask_lens.adapters.gpt2 import Gpt2Adapter
+from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.adapters.gpt_neox import GptNeoXAdapter
-from modmask_lens.adapters.llama import LlamaAdapter
-from modmask_lens.adapters.native import NativeAdapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (Gpt2Adapter, LlamaAdapter, GptNeoXAdapter, BertAdapter, NativeAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (GptNeoXAdapter, BertAdapter, DerivedAdapter)
 
 
 _REGISTERED: dict[str, type[Adapter]] = {}
@@ -60,7 +58,8 @@ def unsupported(architecture: object, what: str) -> UnsupportedArchitecture:
 
 
 def adapter_for(bridge: Bridge) -> Adapter:
-    """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``, else the generic fallback.
+    """The adapter whose ``architectures`` contains ``bridge.cfg.architecture``, else the one derived from the
+    TransformerLens architecture adapter that booted ``bridge`` (:class:`~modmask_lens.adapters.DerivedAdapter`).
 
     Raises:
         UnsupportedArchitecture: when ``bridge`` is not a TransformerLens bridge (it has no ``cfg.architecture``).
@@ -71,4 +70,4 @@ def adapter_for(bridge: Bridge) -> Adapter:
     for adapter in installed_adapters().values():
         if architecture in adapter.architectures:
             return adapter()
-    return GenericAdapter()
+    return DerivedAdapter.for_bridge(bridge)

@@ -85,7 +85,7 @@ class MaskOrigin:
             )
             raise ModelMismatch(f"the mask was trained on {self.mode} weights but the bridge has {current_mode}; {fix}")
         adapter = adapter_for(bridge)
-        if self.adapter != adapter.name:
+        if self.adapter not in (adapter.name, *adapter.former_names):
             raise ModelMismatch(
                 f"the mask was made with the {self.adapter!r} adapter; this model uses {adapter.name!r}"
             )

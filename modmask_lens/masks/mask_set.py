@@ -163,36 +163,42 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """The mask units ``config`` gives on ``bridge``, through its adapter.
 
     Raises:
-        UnsupportedArchitecture: head or neuron granularity on a family without an adapter.
+        UnsupportedArchitecture: head or neuron granularity on a family whose adapter locates no head or neuron in
+            any matrix.
     """
     adapter = adapter_for(bridge)
-    if config.granularity in ("head", "neuron") and not adapter.supports_units:
+    specs = adapter.tensor_specs(bridge)
+    unit_kinds = {"head": ("head", "kv_head"), "neuron": ("neuron",)}.get(config.granularity)
+    if unit_kinds and not any(spec.unit in unit_kinds and spec.input_axis is not None for spec in specs):
         raise unsupported(
             bridge.cfg.architecture,
-            f" that locates {config.granularity}s (only weight and matrix granularity work from the generic fallback)",
+            f" that locates {config.granularity}s ({adapter.name} adapter: TransformerLens's map of this family "
+            "declares no head or neuron layout; weight and matrix granularity work)",
         )
-    units = build_units(adapter.tensor_specs(bridge), config, model_shape(bridge))
-    if not adapter.supports_units and config.roles is None and config.layers is None:
-        _check_generic_coverage(bridge, units)
+    units = build_units(specs, config, model_shape(bridge))
+    locates_units = any(spec.unit in ("head", "kv_head", "neuron") and spec.input_axis is not None for spec in specs)
+    if not locates_units and config.roles is None and config.layers is None:
+        _check_coverage(bridge, adapter.name, units)
     return units
 
 
-MIN_GENERIC_COVERAGE = 0.25
-"""Below this fraction of the model's parameters, masks from the generic fallback would say almost nothing about the
-model (a T5 bridge: only ``W_U``, 14% of a tiny model), so they are refused rather than trained."""
+MIN_COVERAGE = 0.25
+"""Below this fraction of the model's parameters, masks from an adapter that finds no heads or neurons (a family
+TransformerLens maps outside ``attn``/``mlp``, such as T5: only ``W_U``, 14% of a tiny model) would say almost
+nothing about the model, so they are refused rather than trained."""
 
 
-def _check_generic_coverage(bridge: Bridge, units: list[MaskUnit]) -> None:
-    """Raise ``UnsupportedArchitecture`` if the generic fallback's tensors cover under :data:`MIN_GENERIC_COVERAGE`
-    of the model's parameters (each shared tensor counted once)."""
+def _check_coverage(bridge: Bridge, adapter_name: str, units: list[MaskUnit]) -> None:
+    """Raise ``UnsupportedArchitecture`` if the masked tensors cover under :data:`MIN_COVERAGE` of the model's
+    parameters (each shared tensor counted once)."""
     members = [member for unit in units for member in unit.members]
     covered = sum(member.numel for member in members)
     total = sum(parameter.numel() for parameter in bridge.parameters())
-    if total and covered / total < MIN_GENERIC_COVERAGE:
+    if total and covered / total < MIN_COVERAGE:
         roles = sorted({member.role for member in members}) or "nothing"
         raise unsupported(
             bridge.cfg.architecture,
-            f" that maps its weights: the generic fallback finds only {roles} ({covered:,} of the model's "
+            f" that maps its weights: the {adapter_name} adapter finds only {roles} ({covered:,} of the model's "
             f"{total:,} parameters, {covered / total:.0%}), so a mask would say almost nothing. To mask just those "
             "tensors knowingly, name them: MaskConfig(roles=...)",
         )

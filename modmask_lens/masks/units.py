@@ -89,7 +89,7 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
         units = [
             MaskUnit(
                 f"blocks.{layer}.{component}",
-                (_unit_count(members, unit_kind),),
+                (_unit_count(members, unit_kind, dims),),
                 tuple(members),
                 dims.heads_per_kv_head,
             )
@@ -100,10 +100,13 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
     return units
 
 
-def _unit_count(members: list[TensorSpec], unit_kind: str) -> int:
+def _unit_count(members: list[TensorSpec], unit_kind: str, dims: ModelShape) -> int:
     """Heads or neurons of a layer, read off its tensors (the config can be wrong: TransformerLens 4.3 reports
-    ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``)."""
+    ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``); query heads from key/value tensors when only those
+    are masked (``roles=("W_K",)``)."""
     counts = {member.shape[member.unit_axis] // member.unit_width for member in members if member.unit == unit_kind}
+    if not counts and unit_kind == "head":
+        counts = {member.shape[member.unit_axis] // member.unit_width * dims.heads_per_kv_head for member in members}
     if len(counts) != 1:
         raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
     return counts.pop()
@@ -113,5 +116,7 @@ def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:
     if spec.kind not in config.kinds:
         return False
     if config.roles is not None and spec.role not in config.roles:
+        return False
+    if config.roles is None and config.granularity == "head" and config.head_mask == "output" and spec.role != "W_O":
         return False
     return config.layers is None or spec.layer in config.layers

@@ -57,7 +57,8 @@ def unit_graph_of(model: nn.Module) -> UnitGraph:
 
 def _bridge_graph(bridge: Bridge) -> UnitGraph:
     adapter = adapter_for(bridge)
-    if not adapter.supports_units:
+    specs = adapter.tensor_specs(bridge)
+    if not any(spec.unit is not None for spec in specs):
         raise UnsupportedForModularity(
             f"{adapter.name} adapter cannot locate heads and neurons; modularity needs an adapter for "
             f"{bridge.cfg.architecture} (see CONTRIBUTING.md#adapters)"
@@ -66,7 +67,7 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
     members: dict[str, list[AxisMember]] = defaultdict(list)
     edges: list[WeightEdge] = []
     biases: list[Tensor] = []
-    for spec in adapter.tensor_specs(bridge):
+    for spec in specs:
         if spec.tied_to is not None:  # the same parameter read again (GPT-2's W_U is W_E): move it once
             continue
         tensor = bridge.get_parameter(spec.path)

@@ -20,7 +20,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer
@@ -31,14 +31,16 @@ _TL_VIEWS = {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W_in": "W_
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One named check: passed or not, and what was seen."""
+    """One named check on one model family: passed or not, and what was seen (one line)."""
 
     name: str
     passed: bool
     detail: str = ""
+    family: str = ""
 
     def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} {self.name}" + (f": {self.detail}" if self.detail else "")
+        subject = f"{self.family} {self.name}" if self.family else self.name
+        return f"{'PASS' if self.passed else 'FAIL'} {subject}" + (f": {self.detail}" if self.detail else "")
 
 
 def applicable_checks(bridge: Bridge) -> list[str]:
@@ -61,14 +63,27 @@ def run_conformance(
     if tokens is None:
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
+    family = str(bridge.cfg.architecture)
+    try:
+        with torch.no_grad():
+            bridge(tokens)
+        unmasked_failure = None
+    except Exception as error:  # noqa: BLE001 (the model itself failing is reported as every check's cause)
+        unmasked_failure = f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
-        try:
-            failure = CHECKS[name](bridge, tokens)
-        except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
-            failure = f"raised {type(error).__name__}: {error}"
-        results.append(CheckResult(name, failure is None, failure or ""))
+        failure = unmasked_failure
+        if failure is None:
+            try:
+                failure = CHECKS[name](bridge, tokens)
+            except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
+                failure = f"raised {_one_line(error)}"
+        results.append(CheckResult(name, failure is None, failure or "", family))
     return results
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
@@ -170,6 +185,9 @@ def _tl_views(bridge: Bridge) -> str | None:
             continue
         weight = bridge.get_parameter(spec.path).detach()
         tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
+        view = f"bridge.{spec.role}[{spec.layer}] {tuple(tl_tensor.shape)}"
+        if spec.input_axis is None:
+            return f"{spec.key} {spec.shape}: its adapter cannot tell how the matrix is stored, so {view} is unplaced"
 
         def as_tl(piece: Tensor, spec: TensorSpec = spec) -> Tensor:
             return piece.movedim(spec.input_axis, 0)  # TransformerLens stores [in, out]
@@ -178,30 +196,44 @@ def _tl_views(bridge: Bridge) -> str | None:
             for head in range(tl_tensor.shape[0]):
                 piece = as_tl(weight.narrow(spec.unit_axis, head * spec.unit_width, spec.unit_width))
                 if piece.shape != tl_tensor[head].shape or not torch.allclose(piece, tl_tensor[head]):
-                    return f"{spec.key} head {head} differs from bridge.{spec.role}[{spec.layer}, {head}]"
-        elif not torch.allclose(as_tl(weight), tl_tensor):
-            return f"{spec.key} differs from bridge.{spec.role}[{spec.layer}]"
+                    return (
+                        f"{spec.key} {spec.shape} head {head} (heads on axis {spec.unit_axis}) is "
+                        f"{tuple(piece.shape)} and differs from {view}[{head}]"
+                    )
+        elif tl_tensor.dim() != weight.dim():
+            return f"{spec.key} {spec.shape} has no {spec.unit or 'head'} layout, but {view} is split by heads"
+        elif as_tl(weight).shape != tl_tensor.shape or not torch.allclose(as_tl(weight), tl_tensor):
+            return f"{spec.key} {spec.shape} with inputs on axis {spec.input_axis} differs from {view}"
         checked += 1
     return None if checked else "no tensor with a TransformerLens view was found"
 
 
-def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
+def check_gradients(bridge: Bridge, tokens: Int[Tensor, "batch pos"], granularity: Granularity) -> str | None:
+    """Two training steps at ``granularity`` give every mask logit a gradient, no model parameter one, and leave the
+    model bit-exact (None when they do)."""
     before = _parameter_snapshot(bridge)
     labels = tokens.clone()
     labels[:, : tokens.shape[1] // 2] = -100
     trainer = MaskTrainer(
         bridge,
         [SubtaskData("conformance", tokens, labels)],
+        mask_config=MaskConfig(granularity=granularity),
         train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
         progress=False,
     )
     mask = trainer.train()["conformance"]
-    if not all(logit.grad is not None and logit.grad.abs().sum() > 0 for logit in mask.logits.values()):
-        return "some mask logits received no gradient"
+    silent = [name for name, logit in mask.logits.items() if logit.grad is None or not logit.grad.abs().sum() > 0]
+    if silent:
+        return f"{granularity} granularity: mask logits {silent} received no gradient"
     if any(parameter.grad is not None for parameter in bridge.parameters()):
-        return "a model parameter received a gradient"
+        return f"{granularity} granularity: a model parameter received a gradient"
     changed = _changed_parameters(bridge, before)
-    return f"model parameters changed: {changed}" if changed else None
+    return f"{granularity} granularity: model parameters changed: {changed}" if changed else None
+
+
+def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
+    failures = [check_gradients(bridge, tokens, granularity) for granularity in GRANULARITIES]
+    return "; ".join(failure for failure in failures if failure) or None
 
 
 def _parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -230,9 +262,12 @@ def _deep_copy(bridge: Bridge) -> nn.Module:
 
 def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
     processed = _deep_copy(bridge)
-    processed.enable_compatibility_mode(disable_warnings=True)
+    try:
+        processed.enable_compatibility_mode(disable_warnings=True)
+        reference = processed(tokens)
+    except Exception as error:  # noqa: BLE001 (TransformerLens's own weight processing failing is not a mask's fault)
+        return f"TransformerLens's compatibility mode itself fails here ({_one_line(error)}); no mask is involved"
     before = _parameter_snapshot(processed)
-    reference = processed(tokens)
     with masked(processed, _constant(processed, ALL_KINDS, True)):
         output = processed(tokens)
     if not torch.equal(output, reference):

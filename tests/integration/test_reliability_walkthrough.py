@@ -183,7 +183,7 @@ CASES = {
         lambda b, t, p: MaskSet.for_bridge(tiny_t5(p)),
         UnsupportedArchitecture,
         (
-            r"T5ForConditionalGeneration: no adapter that maps its weights: the generic fallback finds only "
+            r"T5ForConditionalGeneration: no adapter that maps its weights: the derived adapter finds only "
             r"\['W_U'\] \(640 of the model's .* parameters, \d+%\)"
         ),
     ),

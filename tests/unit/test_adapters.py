@@ -7,18 +7,32 @@ import torch
 from conftest import boot_native
 
 from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for
-from modmask_lens.adapters import GenericAdapter
+from modmask_lens.adapters import DerivedAdapter
 
 
-def test_a_family_without_adapter_gets_the_generic_fallback_and_a_clear_error_for_heads(gpt2_bridge):
-    gpt2_bridge.cfg.architecture = "Qwen3ForCausalLM"
-    assert isinstance(adapter_for(gpt2_bridge), GenericAdapter)
+def test_a_family_without_hand_written_adapter_gets_the_one_derived_from_transformer_lens(gpt2_bridge):
+    adapter = adapter_for(gpt2_bridge)
+    assert isinstance(adapter, DerivedAdapter) and adapter.name == "transformer_lens"
+    for granularity in ("weight", "neuron", "head", "matrix"):
+        assert MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity=granularity)).units
+
+
+def test_head_granularity_refuses_clearly_where_no_unit_is_located(gpt2_bridge, monkeypatch):
+    from modmask_lens.adapters import registry
+
+    class NoLayouts(DerivedAdapter):
+        name = "no_layouts"
+        architectures = ("GPT2LMHeadModel",)
+
+        def stored_layout(self, key, module):
+            return "unknown"
+
+    monkeypatch.setattr(registry, "_BUILT_IN", (NoLayouts,))
     assert MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="matrix")).units
     for granularity in ("head", "neuron"):
         with pytest.raises(
             UnsupportedArchitecture,
-            match=r"Qwen3ForCausalLM: no adapter that locates .*"
-            r"installed: bert, gpt2, gpt_neox, llama, native.*CONTRIBUTING",
+            match=rf"GPT2LMHeadModel: no adapter that locates {granularity}s \(no_layouts adapter: .*CONTRIBUTING",
         ):
             MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity=granularity))
 
@@ -65,6 +79,7 @@ def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monk
     @register_adapter
     class MyGpt2(type(adapter_for(gpt2_bridge))):
         name = "my_gpt2"
+        architectures = ("GPT2LMHeadModel",)
 
     assert adapter_for(gpt2_bridge).name == "my_gpt2" and "my_gpt2" in registry.installed_adapters()
     with pytest.raises(TypeError, match="not a subclass|Type-check"):  # beartype checks it first in tests
@@ -74,9 +89,8 @@ def test_a_registered_adapter_takes_precedence_in_this_process(gpt2_bridge, monk
 
 def test_the_norm_in_front_of_a_reader_follows_the_blocks_norm_placement():
     from modmask_lens.adapters.bert import BertAdapter
-    from modmask_lens.adapters.gpt2 import Gpt2Adapter
 
-    pre, post = Gpt2Adapter(), BertAdapter()
+    pre, post = DerivedAdapter(), BertAdapter()
     assert [pre.reader_norm(kind, 1) for kind in ("head", "mlp", "unembed")] == [
         ("ln1.w", 1),
         ("ln2.w", 1),

@@ -39,7 +39,7 @@ def test_metadata_records_model_adapter_mode_and_version(trained_like, tmp_path)
     path = save_masks(trained_like, tmp_path / "jump.safetensors")
     with safe_open(str(path), framework="pt") as handle:
         metadata = json.loads(handle.metadata()[METADATA_KEY])
-    assert metadata["adapter"] == "gpt2" and metadata["processing_mode"] == "raw"
+    assert metadata["adapter"] == "transformer_lens" and metadata["processing_mode"] == "raw"
     assert metadata["mask_config"]["granularity"] == "weight" and metadata["name"] == "jump"
     assert len(metadata["model"]["weights_sha256"]) == 64 and metadata["library_version"]
 
@@ -87,3 +87,12 @@ def test_applying_a_mask_after_the_weights_changed_fails(gpt2_bridge, trained_li
         gpt2_bridge.get_parameter("blocks.0.attn.q._original_component.weight")[0, 0] += 1.0
     with pytest.raises(ModelMismatch, match="weights_sha256"), masked(gpt2_bridge, trained_like):
         pass
+
+
+def test_a_mask_made_with_a_replaced_hand_written_adapter_still_loads(trained_like, gpt2_bridge):
+    """GPT-2 had a hand-written ``gpt2`` adapter before adapters were derived from TransformerLens's map."""
+    import dataclasses
+
+    dataclasses.replace(trained_like.origin, adapter="gpt2").check(gpt2_bridge, trained_like.members)
+    with pytest.raises(ModelMismatch, match="made with the 'bert' adapter"):
+        dataclasses.replace(trained_like.origin, adapter="bert").check(gpt2_bridge, trained_like.members)

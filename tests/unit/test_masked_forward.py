@@ -109,7 +109,7 @@ def test_neuron_off_equals_zeroing_hook_post(any_bridge, tokens, neuron):
 
 def test_gqa_head_granularity_keeps_a_kv_group_while_one_of_its_heads_is_kept():
     bridge = boot_native(gqa=True)
-    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"))
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo"))
     masks.logits["blocks.0.attn"].data[:] = torch.tensor([-1.0, 1.0, -1.0, -1.0])
     kept = masks.binary().kept_fraction(by="head")
     keys = kept[(kept.layer == 0) & (kept.role == "W_K")]
