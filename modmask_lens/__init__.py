@@ -22,15 +22,26 @@ __version__ = "0.1.0"
 
 from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
 from modmask_lens.analysis import circuit_graph
-from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.evaluation import objective_metric
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import (
+    AnswerCrossEntropy,
+    CustomObjective,
+    HiddenState,
+    KLDivergence,
+    LinearProbe,
+    LogitDifference,
+    Objective,
+    Outputs,
+)
 from modmask_lens.masks.readout import faithful_binary, faithful_threshold
 from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
 from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
@@ -41,17 +52,26 @@ warn_about_known_breaks()
 
 __all__ = [
     "Adapter",
+    "AnswerCrossEntropy",
     "AttentionView",
+    "Batch",
     "BimtMLP",
     "BinaryMask",
     "CircuitView",
     "ClusterabilityLoss",
+    "CustomObjective",
+    "HiddenState",
+    "KLDivergence",
+    "LinearProbe",
+    "LogitDifference",
     "MaskConfig",
     "MaskFileError",
     "MaskSet",
     "MaskTrainer",
     "ModelMismatch",
     "NonFiniteLoss",
+    "Objective",
+    "Outputs",
     "OverlapView",
     "SubtaskData",
     "TensorSpec",
@@ -67,6 +87,7 @@ __all__ = [
     "load_masks",
     "masked",
     "masked_call",
+    "objective_metric",
     "save_masks",
     "score_answers",
     "train_bimt",

@@ -59,6 +59,7 @@ def mask_metadata(masks: MaskSet) -> dict:
         "model": masks.origin.model,
         "units": [{"name": unit.name, "shape": list(unit.shape)} for unit in masks.units],
         "history": masks.history,
+        "objective": masks.objective,
     }
 
 
@@ -117,7 +118,12 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
     history = metadata.get("history", [])
     if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
         raise MaskFileError(f"{source}: its training history is not a list of rows; re-export the file")
-    return MaskSet(metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history)
+    objective = metadata.get("objective", {"name": "answer_cross_entropy"})  # files before objectives: the default
+    if not (isinstance(objective, dict) and isinstance(objective.get("name"), str)):
+        raise MaskFileError(f"{source}: its objective is not a named record; re-export the file")
+    return MaskSet(
+        metadata["name"], config, units, logits, origin, metadata.get("train_config", {}), history, objective
+    )
 
 
 def load_masks(path: str | Path, bridge: Bridge) -> MaskSet:

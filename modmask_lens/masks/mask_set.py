@@ -30,11 +30,14 @@ class MaskSet:
         logits: unit name -> logit tensor of ``unit.shape`` (leaf tensors with ``requires_grad``).
         origin: the model the mask is for (adapter, raw/compat weights, fingerprint).
         train_config: the training settings, once trained (saved with the mask).
-        history: one row per logged training step (saved with the mask): ``step``, ``loss`` (answer-token
-            cross-entropy of the step's sampled masks, nats per token), ``accuracy`` (their exact match on the
-            step's batch), ``kept`` (fraction kept by the binary readout, logit > 0), ``expected_density`` (mean keep
-            probability), and every 100 steps ``faithfulness`` (binary-mask exact match over the full model's, on
-            the subtask's first examples). ``pandas.DataFrame(masks.history)`` tabulates it.
+        history: one row per logged training step (saved with the mask): ``step``, ``loss`` (the objective's loss
+            of the step's sampled masks; by default answer-token cross-entropy, nats per token), the objective's
+            metric on the step's batch under its own name (``accuracy``: exact match by default; ``cosine``,
+            ``agreement``, ``probe_accuracy``), ``kept`` (fraction kept by the binary readout, logit > 0),
+            ``expected_density`` (mean keep probability), and every 100 steps ``faithfulness`` (the binary mask's
+            metric over the full model's, on the subtask's first examples). ``pandas.DataFrame(masks.history)``
+            tabulates it.
+        objective: what the mask was trained to keep (:meth:`Objective.to_dict`; saved with the mask).
 
     Example:
         >>> masks = MaskSet.for_bridge(bridge, name="jump")            # doctest: +SKIP
@@ -48,6 +51,7 @@ class MaskSet:
     origin: MaskOrigin
     train_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    objective: dict = field(default_factory=lambda: {"name": "answer_cross_entropy"})
 
     @classmethod
     def for_bridge(

@@ -1,10 +1,13 @@
 """Training mask logits on subtasks while the model stays frozen (Csordás et al. 2021, ``Task.train_step``).
 
 Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
-(straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the answer-token cross-entropy
-(summed over answer tokens, divided by the batch's answer-token count) chunk by chunk, add the regulariser, clip the
-task's mask gradients and take one Adam step. Tasks trained in one run keep their own optimiser, clipping and
-random stream, so the result equals training them one after another.
+(straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the objective (by default the
+answer-token cross-entropy, summed over answer tokens and divided by the batch's answer-token count; see
+:mod:`modmask_lens.masks.objectives`) chunk by chunk, add the regulariser, clip the task's mask gradients and take one
+Adam step. The full model's outputs an objective (or the loss constraint) needs are computed once per batch under
+``no_grad``, and for objectives whose reference is per example, once per example (:class:`ReferenceCache`). Tasks
+trained in one run keep their own optimiser, clipping and random stream, so the result equals training them one after
+another.
 """
 
 from __future__ import annotations
@@ -23,17 +26,24 @@ from tqdm.auto import tqdm
 from modmask_lens.adapters import adapter_for
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
-from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.random import step_generator, stream_seed
-from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
 from modmask_lens.masks.apply import masked_call
 from modmask_lens.masks.config import RESUMABLE_FIELDS, MaskConfig, TrainConfig
-from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.evaluation import objective_metric
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import (
+    AnswerCrossEntropy,
+    Objective,
+    Outputs,
+    Reference,
+    model_outputs,
+    reference_loss_sum,
+)
+from modmask_lens.masks.reference_cache import ReferenceCache
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
@@ -59,7 +69,8 @@ class _TaskRun:
     multiplier_optimizer: torch.optim.Adam | None = None
     shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
-    full_accuracy: float | None = None  # the full model's exact match on the faithfulness examples, once measured
+    full_accuracy: float | None = None  # the full model's metric on the faithfulness examples, once measured
+    references: ReferenceCache | None = None  # the full model's per-example reference, when the objective allows
 
     def parameters(self) -> list[Tensor]:
         """What the optimiser trains: the logits, or this process's slices of them."""
@@ -99,11 +110,13 @@ class MaskTrainer:
         train_config: sampling and optimisation settings.
         checkpoint_dir: where to checkpoint every ``train_config.checkpoint_every`` steps; a rerun with the same
             directory resumes from the last checkpoint and ends with the same result as an uninterrupted run.
-        progress: show a progress bar with loss, exact-match accuracy and kept fraction.
+        progress: show a progress bar with loss, the objective's metric (exact match by default) and kept fraction.
         fully_shard: under torchrun, keep 1/N of the weights, mask logits and Adam state on each process and gather
             one block at a time (:mod:`modmask_lens.masks.sharding`), for models that do not fit one device.
             Otherwise every process holds the whole model and masks (data parallel).
         device: where the shards live and run when ``fully_shard`` (default: the bridge's device).
+        objective: what the masks keep (:mod:`modmask_lens.masks.objectives`; default answer cross-entropy). It is
+            part of the run's fingerprint: a checkpoint resumes only under the same objective.
 
     Example:
         >>> trainer = MaskTrainer(bridge, [jump, walk], train_config=TrainConfig(steps=500))   # doctest: +SKIP
@@ -120,6 +133,7 @@ class MaskTrainer:
         progress: bool = True,
         fully_shard: bool = False,
         device: torch.device | str | None = None,
+        objective: Objective = AnswerCrossEntropy(),
     ):
         names = [subtask.name for subtask in subtasks]
         if not names:
@@ -132,6 +146,7 @@ class MaskTrainer:
                 f"subtask(s) {single} have one example; a mask needs a subtask, not an example: give each at least 2"
             )
         self.bridge = bridge
+        self.objective = objective
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpointer = (
@@ -157,6 +172,13 @@ class MaskTrainer:
                     "fully sharded training supports the logit-sum regulariser (beta) only; set "
                     "target_density=None and max_loss_increase=None, or train without fully_shard"
                 )
+            if type(objective) is not AnswerCrossEntropy or any(
+                subtask.attention_mask is not None or subtask.label_shift != 1 for subtask in subtasks
+            ):
+                raise ValueError(
+                    "fully sharded training supports the answer cross-entropy objective on causal data only; "
+                    "train without fully_shard"
+                )
             if mask_config.sampler != "gumbel-sigmoid":
                 raise ValueError(
                     f"fully sharded training samples Gumbel-sigmoid masks only, not {mask_config.sampler!r}; "
@@ -165,6 +187,7 @@ class MaskTrainer:
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
+            objective.check(subtask)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
         if self.checkpointer is not None and self.checkpointer.exists():
@@ -173,9 +196,12 @@ class MaskTrainer:
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
+        masks.objective = self.objective.to_dict()
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
+        if self.objective.cacheable:
+            run.references = ReferenceCache(len(data))
         if self.train_config.max_loss_increase is not None:
             run.multipliers = torch.zeros(1)  # lambda, raised by projected gradient ascent in _regularise
         elif self.train_config.target_density is not None:
@@ -215,7 +241,10 @@ class MaskTrainer:
         if len(self.runs) == 1:
             metrics = self.runs[0].metrics
             return {key: f"{value:.3g}" for key, value in metrics.items()}
-        return {run.masks.name: f"acc {run.metrics['acc']:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs}
+        metric = self.objective.metric
+        return {
+            run.masks.name: f"{metric} {run.metrics[metric]:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs
+        }
 
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
@@ -223,40 +252,42 @@ class MaskTrainer:
         indices = torch.randint(
             len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step, run.masks.name)
         )
-        input_ids, labels = run.data.batch(indices)
-        n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        batch = run.data.examples(indices)
+        normaliser = self.objective.normaliser(batch)
         run.optimizer.zero_grad(set_to_none=True)
-        loss_sum, n_correct = 0.0, 0
+        loss_sum, metric_sum = 0.0, 0.0
         constrained = config.max_loss_increase is not None
         # Under the loss constraint the task loss enters weighted by its multiplier lambda (the density is the
         # objective); otherwise it is the objective itself.
         task_weight = float(run.multipliers[0]) if constrained else 1.0
-        chunks = zip(input_ids.tensor_split(config.n_samples), labels.tensor_split(config.n_samples))
-        for chunk, (chunk_ids, chunk_labels) in enumerate(chunks):
+        reference = self._reference(run, batch, indices) if constrained or self.objective.compares else None
+        chunk_references = _split_reference(reference, config.n_samples)
+        for chunk, chunk_batch in enumerate(batch.split(config.n_samples)):
             if chunk % self.world_size != self.rank:
                 continue  # another process's slice of the batch
             # Each chunk has its own noise stream, so any process draws the same sample for it.
             noise = UniformNoise(seed * config.n_samples + chunk)
             if run.shards is not None:
-                logits = self.sharded_bridge(run.shards, config.temperature, noise, chunk_ids)
+                outputs = Outputs(self.sharded_bridge(run.shards, config.temperature, noise, chunk_batch.input_ids))
             else:
                 sample = run.masks.sample(config.temperature, noise)
-                logits = masked_call(self.bridge, sample, type(self.bridge).forward.__get__(self.bridge), chunk_ids)
-            score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
-            (task_weight * score.loss_sum / n_tokens).backward()
+                outputs = masked_call(
+                    self.bridge, sample, model_outputs, self.bridge, chunk_batch, self.objective.hook_names
+                )
+            score = self.objective.score(outputs, chunk_references[chunk], chunk_batch)
+            (task_weight * score.loss_sum / normaliser).backward()
             loss_sum += float(score.loss_sum.detach())
-            n_correct += score.n_correct
+            metric_sum += score.metric_sum
         if self.world_size > 1:
             # Sharded gradients are already summed over processes by the gathers' backward.
-            loss_sum, n_correct = _all_reduce_statistics(loss_sum, n_correct, run.parameters()[0].device)
+            loss_sum, metric_sum = _all_reduce_statistics(loss_sum, metric_sum, run.parameters()[0].device)
             if run.shards is None:
                 _all_reduce_gradients(run.masks.parameters())
-        task_loss = loss_sum / n_tokens
+        task_loss = loss_sum / normaliser
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
         if constrained:
-            with torch.no_grad():
-                full_loss = float(score_answers(self.bridge(input_ids), labels).loss_sum) / n_tokens
+            full_loss = float(reference_loss_sum(reference)) / normaliser
             self._constrain(run, task_loss - full_loss)
         else:
             self._regularise(run)
@@ -266,9 +297,21 @@ class MaskTrainer:
             run.multiplier_optimizer.step()
         run.metrics = {
             "loss": task_loss,
-            "acc": n_correct / config.batch_size,
+            self.objective.metric: metric_sum / config.batch_size,
             "kept": run.metrics.get("kept", float("nan")),
         }
+
+    def _reference(self, run: _TaskRun, batch: Batch, indices: Tensor) -> Reference:
+        """The full model's reference on ``batch`` (under ``no_grad``): one forward over the batch, or, when the
+        objective's reference is per example, only over the examples not yet cached."""
+
+        def compute(part: Batch) -> Reference:
+            with torch.no_grad():
+                return self.objective.reference(model_outputs(self.bridge, part, self.objective.hook_names), part)
+
+        if run.references is None:
+            return compute(batch)
+        return run.references.get(indices, lambda missing: compute(run.data.examples(missing)))
 
     def _log(self, run: _TaskRun) -> None:
         """Append a row to the run's history (after step ``self.step``) and refresh the bar's kept fraction.
@@ -280,7 +323,7 @@ class MaskTrainer:
         row = {
             "step": self.step,
             "loss": run.metrics["loss"],
-            "accuracy": run.metrics["acc"],
+            self.objective.metric: run.metrics[self.objective.metric],
             "kept": run.metrics["kept"],
             "expected_density": float(masks.expected_density().detach()),
         }
@@ -289,14 +332,12 @@ class MaskTrainer:
         masks.history.append(row)
 
     def _faithfulness(self, run: _TaskRun) -> float | None:
-        """Exact match of the binary mask (logit > 0) over the full model's, on the subtask's first examples
-        (``None`` if the full model gets none of them right)."""
-        first = SubtaskData(
-            run.data.name, run.data.input_ids[:FAITHFULNESS_EXAMPLES], run.data.labels[:FAITHFULNESS_EXAMPLES]
-        )
+        """The objective's metric (exact match by default) of the binary mask (logit > 0) over the full model's, on
+        the subtask's first examples (``None`` if the full model's metric is 0)."""
+        first = run.data.head(FAITHFULNESS_EXAMPLES)
         if run.full_accuracy is None:
-            run.full_accuracy = exact_match(self.bridge, first)
-        mask_accuracy = exact_match(self.bridge, first, run.masks.binary())
+            run.full_accuracy = objective_metric(self.bridge, first, self.objective)
+        mask_accuracy = objective_metric(self.bridge, first, self.objective, run.masks.binary())
         return mask_accuracy / run.full_accuracy if run.full_accuracy > 0 else None
 
     def _regularise(self, run: _TaskRun) -> None:
@@ -357,7 +398,12 @@ class MaskTrainer:
             if run.multiplier_optimizer is not None:
                 tensors.update(optimizer_tensors(run.multiplier_optimizer, f"{prefix}/multiplier_adam"))
             tasks.append({"prefix": prefix, "mask": mask_metadata(run.masks), "data_sha256": run.data.fingerprint()})
-        metadata = {"step": self.step, "train_config": self.train_config.to_dict(), "tasks": tasks}
+        metadata = {
+            "step": self.step,
+            "train_config": self.train_config.to_dict(),
+            "objective": self.objective.to_dict(),
+            "tasks": tasks,
+        }
         if self.rank == 0:
             self.checkpointer.save(tensors, metadata)
         return self.checkpointer.path
@@ -378,6 +424,7 @@ class MaskTrainer:
             own = {name[len(prefix) + 1 :]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.masks.train_config = self.train_config.to_dict()
+            run.masks.objective = self.objective.to_dict()
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
@@ -408,6 +455,12 @@ class MaskTrainer:
                     f"{path} was trained with {key}={saved_config.get(key)!r}, this run has {key}="
                     f"{value!r}; set it back to resume, or {fresh}"
                 )
+        saved_objective = metadata.get("objective", AnswerCrossEntropy().to_dict())  # before objectives: the default
+        if _as_json(saved_objective) != _as_json(self.objective.to_dict()):
+            raise ValueError(
+                f"{path} was trained with objective {saved_objective}, this run has {self.objective.to_dict()}; "
+                f"pass the same objective to resume, or {fresh}"
+            )
         names = [task["mask"].get("name") for task in metadata["tasks"]]
         if names != [run.masks.name for run in self.runs]:
             raise ValueError(
@@ -446,11 +499,19 @@ def _all_reduce_gradients(parameters: list[Tensor]) -> None:
         torch.distributed.all_reduce(parameter.grad)
 
 
-def _all_reduce_statistics(loss_sum: float, n_correct: int, device: torch.device) -> tuple[float, int]:
-    """The batch's loss sum and correct count summed over all processes (``device``: where the backend reduces)."""
-    totals = torch.tensor([loss_sum, float(n_correct)], dtype=torch.float64, device=device)
+def _all_reduce_statistics(loss_sum: float, metric_sum: float, device: torch.device) -> tuple[float, float]:
+    """The batch's loss and metric sums over all processes (``device``: where the backend reduces)."""
+    totals = torch.tensor([loss_sum, metric_sum], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(totals)
-    return float(totals[0]), int(totals[1])
+    return float(totals[0]), float(totals[1])
+
+
+def _split_reference(reference: Reference | None, sections: int) -> list[Reference | None]:
+    """The reference's per-example rows in the same contiguous chunks as :meth:`Batch.split`."""
+    if reference is None:
+        return [None] * sections
+    parts = {name: value.tensor_split(sections) for name, value in reference.items()}
+    return [{name: chunks[index] for name, chunks in parts.items()} for index in range(sections)]
 
 
 def train_masks(
@@ -462,15 +523,17 @@ def train_masks(
     progress: bool = True,
     fully_shard: bool = False,
     device: torch.device | str | None = None,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> dict[str, MaskSet]:
     """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`.
 
     Example:
         >>> masks = train_masks(bridge, jump_data, train_config=TrainConfig(steps=1000))       # doctest: +SKIP
         >>> masks["jump"].binary().kept_fraction(by="layer_role")                               # doctest: +SKIP
+        >>> kl = train_masks(bridge, jump_data, objective=KLDivergence())                      # doctest: +SKIP
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
     return MaskTrainer(
-        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device
+        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, objective
     ).train()
