@@ -247,18 +247,18 @@ class SubtaskData:
         return digest.hexdigest()
 
     def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        """The examples at ``indices``, trimmed to the longest scored position among them."""
-        labels = self.labels[indices]
-        length = _scored_length(labels)
-        return self.input_ids[indices, :length], labels[:, :length]
+        """Token ids and labels of the examples at ``indices``, trimmed to their width: the last scored position, or
+        the last attended one when there is an attention mask (an encoder reads to the end)."""
+        length = self._width(indices)
+        return self.input_ids[indices, :length], self.labels[indices, :length]
 
     def examples(self, indices: Int[Tensor, " batch"]) -> Batch:
-        """The examples at ``indices`` with everything they carry, trimmed to their width: the last scored
-        position, or the last attended one when there is an attention mask (an encoder reads to the end)."""
-        length = self._width(indices)
+        """The examples at ``indices`` with everything they carry, trimmed as :meth:`batch`."""
+        input_ids, labels = self.batch(indices)
+        length = input_ids.shape[1]
         return Batch(
-            self.input_ids[indices, :length],
-            self.labels[indices, :length],
+            input_ids,
+            labels,
             None if self.attention_mask is None else self.attention_mask[indices, :length],
             None if self.foils is None else self.foils[indices, :length],
             None if self.classes is None else self.classes[indices],
