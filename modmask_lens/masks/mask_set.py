@@ -114,6 +114,30 @@ class MaskSet:
                 kept[member.key] = unit.expand(unit_kept[unit.name], member).expand(member.shape).clone()
         return BinaryMask(self.members, kept, self.origin, name=self.name)
 
+    def random_binary(self, n_kept: int | None = None, seed: int = 0) -> BinaryMask:
+        """A null control: ``n_kept`` logits chosen uniformly at random (default: as many as :meth:`binary` keeps,
+        e.g. the same number of heads) kept, the rest dropped.
+
+        Example:
+            >>> from modmask_lens.testing.tiny_models import tiny_bridge
+            >>> heads = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="head", roles=("W_O",)))
+            >>> heads.random_binary(3, seed=1).kept_fraction(by="head").kept.gt(0).sum()
+            np.int64(3)
+        """
+        sizes = [self.logits[unit.name].numel() for unit in self.units]
+        if n_kept is None:
+            n_kept = sum(int((logit > 0).sum()) for logit in self.logits.values())
+        if not 0 <= n_kept <= sum(sizes):
+            raise ValueError(f"n_kept {n_kept} must lie in [0, {sum(sizes)}] (the mask's logits)")
+        flags = torch.zeros(sum(sizes), dtype=torch.bool)
+        flags[torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(seed))[:n_kept]] = True
+        return self.binary_from(
+            {
+                unit.name: part.reshape(self.logits[unit.name].shape).to(self.logits[unit.name].device)
+                for unit, part in zip(self.units, flags.split(sizes))
+            }
+        )
+
     def logit_sum(self) -> Tensor:
         """Sum of all raw logits: Csordás's regulariser, ``(beta / batch_size) * logit_sum()``."""
         return torch.stack([logit.sum() for logit in self.logits.values()]).sum()

