@@ -43,28 +43,28 @@ def checkpoint_tensor_names(bridge: Bridge) -> set[str] | None:
 
 
 def fresh_tensors(bridge: Bridge, specs: list[TensorSpec]) -> list[str]:
-    """Keys of the tensors in ``specs`` that the bridge's checkpoint did not contain: initialised at load time, they
-    differ from one load of the same model to the next."""
+    """Keys of the tensors in ``specs`` that belong to a part of the model its checkpoint lacks entirely (a head the
+    checkpoint does not hold, such as an encoder-only checkpoint's masked-LM head): initialised at load time, they
+    differ from one load of the same model to the next.
+
+    A part is a top-level submodule of the Hugging Face model (``cls``, ``encoder``; the base model's prefix such as
+    ``bert.`` removed on both sides). Parts the checkpoint holds count whole, also where the bridge renames or splits
+    their tensors (GPT-2's ``c_attn`` into ``q``, ``k``, ``v``): a missing tensor inside a stored part still counts.
+    """
     stored = checkpoint_tensor_names(bridge)
     if stored is None:
         return []
     model = bridge.original_model
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    # The model's own parameter names (tied tensors under their first name), without the bridge's wrapper level.
-    own_names = {
-        id(parameter): name.replace("._original_component", "") for name, parameter in model.named_parameters()
-    }
+    prefix = f"{getattr(model, 'base_model_prefix', '') or ''}."
 
-    def in_checkpoint(name: str) -> bool:
-        candidates = {name, name.removeprefix(f"{prefix}."), f"{prefix}.{name}"}
-        return bool(candidates & stored)
+    def part(name: str) -> str:
+        return name.replace("._original_component", "").removeprefix(prefix).split(".")[0]
 
-    fresh = []
-    for spec in specs:
-        name = own_names.get(id(bridge.get_parameter(spec.path)))
-        if name is not None and not in_checkpoint(name):
-            fresh.append(spec.key)
-    return fresh
+    stored_parts = {part(name) for name in stored}
+    # Tied tensors are listed once, under their first name (the embedding, for a tied unembedding).
+    parts = {id(parameter): part(name) for name, parameter in model.named_parameters()}
+    owners = [parts.get(id(bridge.get_parameter(spec.path))) for spec in specs]  # None: not a model parameter
+    return [spec.key for spec, owner in zip(specs, owners) if owner is not None and owner not in stored_parts]
 
 
 def weights_sha256(bridge: Bridge, specs: list[TensorSpec], skip: frozenset[str] = frozenset()) -> str:
