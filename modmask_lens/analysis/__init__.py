@@ -4,13 +4,12 @@ A mask set is a dict of subtask name -> :class:`~modmask_lens.BinaryMask`; the c
 trained on the model's full training data (``SubtaskData.concatenate("control", subtasks)``).
 """
 
-from modmask_lens.analysis.accuracy import IO_ROLES, inverse_mask, mask_accuracy, paper_table
+from modmask_lens.analysis.accuracy import IO_ROLES, exact_match, inverse_mask, mask_accuracy, paper_table
 from modmask_lens.analysis.circuit_graph import CircuitGraph, circuit_graph, node_names, shared_mask
 from modmask_lens.analysis.importance import unit_importance
 from modmask_lens.analysis.output_rows import output_row_removal
 from modmask_lens.analysis.sharing import pairwise_overlap, shared_fraction
 from modmask_lens.analysis.stability import beta_sweep, seed_stability
-from modmask_lens.masks.evaluation import exact_match
 
 __all__ = [
     "IO_ROLES",

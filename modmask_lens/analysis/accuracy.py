@@ -15,7 +15,7 @@ import pandas as pd
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.evaluation import objective_metric
+from modmask_lens.masks.evaluation import exact_match, objective_metric  # noqa: F401 (exact_match: re-exported)
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
