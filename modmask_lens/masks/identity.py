@@ -1,7 +1,8 @@
 """A model's identity as masks record it: architecture, shapes, a hash of the weights, and the processing mode.
 
-Tensors of a part the model's checkpoint lacks entirely (a head, such as all-MiniLM-L6-v2's masked-LM head) are initialised afresh, from a new random draw, at every load: the hash leaves them out and the fingerprint
-lists them under ``fresh_tensors``, so that a mask made in one process still loads in the next.
+Tensors of a part the model's checkpoint lacks entirely (a head, such as all-MiniLM-L6-v2's masked-LM head) are
+initialised afresh, from a new random draw, at every load: the hash leaves them out and the fingerprint lists them
+under ``fresh_tensors``, so that a mask made in one process still loads in the next.
 """
 
 from __future__ import annotations
