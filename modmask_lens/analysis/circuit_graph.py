@@ -177,6 +177,10 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
     # The adapter the mask was made with knows where the norms sit; a mask from no installed adapter reads pre-norm.
     adapter = installed_adapters().get(mask.origin.adapter, Adapter)()
     gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs if spec.kind == "norm"}
+
+    def gain(kind: str, layer: int | None) -> Float[Tensor, " d_model"]:
+        return gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
+
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
     write = torch.stack(
@@ -185,11 +189,17 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
     read = torch.stack(
         [
             _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
-            * gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
-            for name, kind, layer, _ in readers
+            for name, *_ in readers
         ]
     )
-    weights = write @ read.T / d_model
+    # gains[i, j]: which residual dimensions reach reader j from writer i through the norms between them.
+    if adapter.norm_placement == "post":
+        path_gains = _post_norm_path_gains(writers, readers, gain, d_model)
+    else:
+        path_gains = torch.stack([gain(kind, layer) for _, kind, layer, _ in readers])[None].expand(
+            len(writers), -1, -1
+        )
+    weights = torch.einsum("wd,wrd,rd->wr", write, path_gains, read) / d_model
     rows = [
         {"source": source, "target": target, "weight": float(weights[i, j])}
         for i, (source, source_stage) in enumerate(writers)
@@ -197,3 +207,28 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
         if target_stage > source_stage
     ]
     return pd.DataFrame(rows, columns=["source", "target", "weight"])
+
+
+def _post_norm_path_gains(writers, readers, gain, d_model: int) -> Float[Tensor, "writer reader d_model"]:
+    """Post-norm blocks normalise the residual stream itself after every sublayer, so a writer's dimension reaches a
+    later reader only if every norm in between keeps its gain (and, for the unembedding, its head's own norm).
+
+    The norm after stage k is the one the reader at stage k + 1 reads through (the adapter's ``reader_norm``); after
+    the last MLP it is the norm a head one block further would read through.
+    """
+    n_stages = max(stage for *_, stage in readers)  # the unembedding's stage
+    layer_of = {stage: layer for _, _, layer, stage in readers}
+    after = [
+        gain("head", (stage + 1) // 2) if (stage + 1) % 2 else gain("mlp", layer_of[stage + 1])
+        for stage in range(n_stages)
+    ]
+    path = torch.zeros(len(writers), len(readers), d_model)
+    for i, (_, writer_stage) in enumerate(writers):
+        reaching, reaching_stage = {}, torch.ones(d_model)
+        for stage in range(writer_stage, n_stages):
+            reaching_stage = reaching_stage * after[stage]
+            reaching[stage + 1] = reaching_stage
+        for j, (_, kind, layer, stage) in enumerate(readers):
+            if stage > writer_stage:
+                path[i, j] = reaching[stage] * (gain(kind, layer) if kind == "unembed" else 1.0)
+    return path

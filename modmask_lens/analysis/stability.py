@@ -12,7 +12,8 @@ from modmask_lens.analysis.sharing import pairwise_overlap
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
-from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.evaluation import objective_metric
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 from modmask_lens.masks.training import train_masks
 
 
@@ -24,11 +25,18 @@ def seed_stability(
     train_config: TrainConfig = TrainConfig(),
     by: str = "all",
     progress: bool = False,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> pd.DataFrame:
-    """Train one mask per seed on the same data and return their pairwise IoU / IoMin (grouped ``by``)."""
+    """Train one mask per seed on the same data (and ``objective``) and return their pairwise IoU / IoMin (grouped
+    ``by``)."""
     masks = {
         f"run {run} (seed {seed})": train_masks(
-            bridge, subtask, mask_config, dataclasses.replace(train_config, seed=seed), progress=progress
+            bridge,
+            subtask,
+            mask_config,
+            dataclasses.replace(train_config, seed=seed),
+            progress=progress,
+            objective=objective,
         )[subtask.name].binary()
         for run, seed in enumerate(seeds)
     }
@@ -43,9 +51,10 @@ def beta_sweep(
     mask_config: MaskConfig = CSORDAS_MASKS,
     train_config: TrainConfig = CSORDAS_TRAINING,
     progress: bool = False,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> pd.DataFrame:
     """Train one mask per beta of Csordás's logit-sum regulariser (their method by default); report its kept
-    fraction and its exact-match accuracy on ``evaluation``.
+    fraction and its accuracy on ``evaluation`` (the objective's metric: exact match by default).
 
     Returns:
         Columns ``beta``, ``kept``, ``total``, ``kept_fraction``, ``accuracy`` (on ``evaluation``, default: the
@@ -54,14 +63,15 @@ def beta_sweep(
     rows = []
     for beta in betas:
         config = dataclasses.replace(train_config, beta=beta, max_loss_increase=None, target_density=None)
-        mask = train_masks(bridge, subtask, mask_config, config, progress=progress)[subtask.name].binary()
+        trained = train_masks(bridge, subtask, mask_config, config, progress=progress, objective=objective)
+        mask = trained[subtask.name].binary()
         rows.append(
             {
                 "beta": beta,
                 "kept": mask.count,
                 "total": mask.total,
                 "kept_fraction": mask.count / mask.total,
-                "accuracy": exact_match(bridge, evaluation or subtask, mask),
+                "accuracy": objective_metric(bridge, evaluation or subtask, objective, mask),
             }
         )
     return pd.DataFrame(rows)

@@ -3,7 +3,9 @@ model can run it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +13,47 @@ from jaxtyping import Int
 from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_masked_sentences, encode_pairs, encode_texts
 from modmask_lens.core.pairs import FIELDS, PairSource, load_pairs
+
+OPTIONAL_FIELDS = ("attention_mask", "foils", "classes")
+"""Per-example tensors a subtask carries when its objective needs them (see :mod:`modmask_lens.masks.objectives`)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Some examples of a subtask, trimmed to their width: what one training step or evaluation reads.
+
+    Attributes:
+        input_ids: ``[batch, pos]`` token ids.
+        labels: ``[batch, pos]`` answer ids or :data:`IGNORE_INDEX` (scored at ``logits[:, t - label_shift]``).
+        attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding; ``None`` for right-padded causal data.
+        foils: ``[batch, pos]`` the wrong token a logit difference compares each answer with, or IGNORE_INDEX.
+        classes: ``[batch]`` class of each example, for a probe.
+        label_shift: 1 for next-token labels (causal), 0 for masked-LM labels (scored at their own position).
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    labels: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"] | None = None
+    foils: Int[Tensor, "batch pos"] | None = None
+    classes: Int[Tensor, " batch"] | None = None
+    label_shift: int = 1
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def split(self, sections: int) -> list[Batch]:
+        """``sections`` contiguous chunks (``Tensor.tensor_split``), as the mask samples of a step use them."""
+        parts = {name: value.tensor_split(sections) for name, value in vars(self).items() if isinstance(value, Tensor)}
+        return [
+            dataclasses.replace(self, **{name: chunks[index] for name, chunks in parts.items()})
+            for index in range(sections)
+        ]
+
+    def forward_kwargs(self) -> dict:
+        """Keyword arguments of the model's forward: the attention mask, when there is one."""
+        return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
 
 
 @dataclass(frozen=True)
@@ -21,31 +62,58 @@ class SubtaskData:
 
     ``labels`` follow the Hugging Face convention: aligned with ``input_ids`` (the model's logits at position t are
     scored against ``labels[:, t + 1]``) and :data:`IGNORE_INDEX` everywhere except the answer tokens and the EOS.
-    Padding on the right of a causal model needs no attention mask.
+    Padding on the right of a causal model needs no attention mask; an encoder (BERT) sees the padding on both
+    sides of every token, so encoder data carries ``attention_mask`` and the model is run with it.
 
     Attributes:
         name: the subtask's name; masks and results are labelled with it.
         input_ids: ``[example, pos]`` token ids.
-        labels: ``[example, pos]`` target ids or :data:`IGNORE_INDEX`.
+        labels: ``[example, pos]`` target ids or :data:`IGNORE_INDEX`. Sentences without answers (for the
+            hidden-state and probe objectives) have none scored; otherwise every example needs one.
+        attention_mask: ``[example, pos]`` 1 for real tokens, 0 for padding (``None``: right-padded causal data).
+        foils: ``[example, pos]`` for a logit difference: the wrong token each answer token is compared with, at the
+            answer's position in ``labels``, :data:`IGNORE_INDEX` elsewhere.
+        classes: ``[example]`` class ids, for a linear probe's objective.
+        label_shift: 1 (causal: ``logits[:, t]`` predicts ``labels[:, t + 1]``) or 0 (masked LM:
+            ``logits[:, t]`` predicts ``labels[:, t]``, the answers sit at the ``[MASK]`` positions).
     """
 
     name: str
     input_ids: Int[Tensor, "example pos"]
     labels: Int[Tensor, "example pos"]
+    attention_mask: Int[Tensor, "example pos"] | None = None
+    foils: Int[Tensor, "example pos"] | None = None
+    classes: Int[Tensor, " example"] | None = None
+    label_shift: int = 1
 
     def __post_init__(self) -> None:
-        if self.input_ids.shape != self.labels.shape:
-            raise ValueError(
-                f"subtask {self.name!r}: input_ids {tuple(self.input_ids.shape)} and labels "
-                f"{tuple(self.labels.shape)} differ in shape; encode prompts and answers together"
-            )
+        for field_name in ("labels", "attention_mask", "foils"):
+            value = getattr(self, field_name)
+            if value is not None and value.shape != self.input_ids.shape:
+                raise ValueError(
+                    f"subtask {self.name!r}: input_ids {tuple(self.input_ids.shape)} and {field_name} "
+                    f"{tuple(value.shape)} differ in shape; encode prompts and answers together"
+                )
         if self.input_ids.shape[0] == 0:
             raise ValueError(f"subtask {self.name!r} is empty; give it at least one example")
-        scored = self.labels[:, 1:] != IGNORE_INDEX
-        if not bool(scored.any(dim=1).all()):
+        if self.classes is not None and self.classes.shape != self.input_ids.shape[:1]:
+            raise ValueError(
+                f"subtask {self.name!r}: classes {tuple(self.classes.shape)} must hold one class per example "
+                f"({self.input_ids.shape[0]})"
+            )
+        if self.label_shift not in (0, 1):
+            raise ValueError(f"label_shift {self.label_shift} must be 1 (causal) or 0 (masked LM)")
+        scored = self.labels[:, self.label_shift :] != IGNORE_INDEX
+        if bool(scored.any()) and not bool(scored.any(dim=1).all()):
             raise ValueError(
                 f"subtask {self.name!r}: some examples have no answer token to score (labels all {IGNORE_INDEX} "
-                "after position 0); every example needs a non-empty completion"
+                f"after position {self.label_shift - 1 if self.label_shift else 'none'}); every example needs a "
+                "non-empty completion"
+            )
+        if not bool(scored.any()) and self.attention_mask is None:
+            raise ValueError(
+                f"subtask {self.name!r} has no answer token to score (labels all {IGNORE_INDEX}); "
+                "give completions, or for sentences without answers build it with SubtaskData.from_texts"
             )
 
     def __len__(self) -> int:
@@ -76,7 +144,60 @@ class SubtaskData:
             )
         prompts, completions = load_pairs(source, fields, part)
         examples = encode_pairs(tokenizer, prompts, completions)
-        return cls(name, examples.input_ids, examples.labels)
+        return cls(name, examples.input_ids, examples.labels, examples.attention_mask)
+
+    @classmethod
+    def from_texts(
+        cls, name: str, texts: Sequence[str], tokenizer, classes: Sequence[int] | None = None
+    ) -> SubtaskData:
+        """Sentences without answers, for the hidden-state and probe objectives (e.g. sentence embeddings).
+
+        Each text is encoded with the tokenizer's own special tokens (``[CLS] text [SEP]`` for BERT) and
+        right-padded, with an attention mask. ``classes`` gives a probe's class id per text.
+
+        Example:
+            >>> sports = SubtaskData.from_texts("sports", ["The match went to extra time.",
+            ...                                            "She won the race."], bridge.tokenizer)   # doctest: +SKIP
+        """
+        if len(texts) < 2:
+            raise ValueError(f"subtask {name!r} needs at least 2 texts, got {len(texts)}")
+        input_ids, attention_mask = encode_texts(tokenizer, texts)
+        return cls(
+            name,
+            input_ids,
+            torch.full_like(input_ids, IGNORE_INDEX),
+            attention_mask,
+            classes=None if classes is None else torch.tensor(list(classes), dtype=torch.long),
+        )
+
+    @classmethod
+    def from_masked_sentences(cls, name: str, source: PairSource, tokenizer) -> SubtaskData:
+        """A masked-LM subtask: (sentence with the tokenizer's mask token, answer) pairs; the answer's tokens are
+        scored at the mask positions (``label_shift=0``), as a BERT-family model is trained.
+
+        Example:
+            >>> capitals = SubtaskData.from_masked_sentences("capitals", [("Paris is the capital of [MASK].",
+            ...     "france"), ("Rome is the capital of [MASK].", "italy")], bridge.tokenizer)   # doctest: +SKIP
+        """
+        sentences, answers = load_pairs(source)
+        input_ids, labels, attention_mask = encode_masked_sentences(tokenizer, sentences, answers)
+        return cls(name, input_ids, labels, attention_mask, label_shift=0)
+
+    def with_foils(self, foils: Sequence[str], tokenizer) -> SubtaskData:
+        """The same subtask with one foil per example for a logit difference: the foil's first token is compared
+        with the answer's first token (e.g. answer ``" Mary"``, foil ``" John"`` in IOI)."""
+        if len(foils) != len(self):
+            raise ValueError(f"got {len(foils)} foils for {len(self)} examples; give one per example")
+        foil_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in foils]
+        empty = [index for index, ids in enumerate(foil_ids) if not ids]
+        if empty:
+            raise ValueError(f"foils {empty} encode to no token; give non-empty foils")
+        scored = self.labels != IGNORE_INDEX
+        scored[:, : self.label_shift] = False
+        first = scored.int().argmax(dim=1)
+        grid = torch.full_like(self.labels, IGNORE_INDEX)
+        grid[torch.arange(len(self)), first] = torch.tensor([ids[0] for ids in foil_ids])
+        return dataclasses.replace(self, foils=grid)
 
     @classmethod
     def concatenate(cls, name: str, parts: list[SubtaskData]) -> SubtaskData:
@@ -90,25 +211,68 @@ class SubtaskData:
         def pad(tensor: Tensor, value: int) -> Tensor:
             return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
+        shared = {}
+        for field_name, padding in (("attention_mask", 0), ("foils", IGNORE_INDEX), ("classes", None)):
+            present = [getattr(part, field_name) is not None for part in parts]
+            if any(present) and not all(present):
+                raise ValueError(f"some parts of {name!r} have {field_name} and some not; give it to all or none")
+            if all(present):
+                values = [getattr(part, field_name) for part in parts]
+                shared[field_name] = torch.cat(values if padding is None else [pad(value, padding) for value in values])
+        shifts = {part.label_shift for part in parts}
+        if len(shifts) > 1:
+            raise ValueError(f"parts of {name!r} mix causal and masked-LM labels; concatenate one kind only")
         return cls(
             name,
             torch.cat([pad(part.input_ids, 0) for part in parts]),
             torch.cat([pad(part.labels, IGNORE_INDEX) for part in parts]),
+            label_shift=shifts.pop(),
+            **shared,
+        )
+
+    def head(self, count: int) -> SubtaskData:
+        """The first ``count`` examples, with everything they carry."""
+        return dataclasses.replace(
+            self, **{name: value[:count] for name, value in vars(self).items() if isinstance(value, Tensor)}
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 of the token ids and labels (shapes included): what a checkpoint records of its data."""
+        """SHA-256 of the token ids and labels (shapes included), and of the attention mask, foils and classes
+        when present: what a checkpoint records of its data."""
         digest = hashlib.sha256()
-        for tensor in (self.input_ids, self.labels):
+        tensors = [self.input_ids, self.labels] + [
+            getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None
+        ]
+        for tensor in tensors:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        if self.label_shift != 1:
+            digest.update(f"label_shift={self.label_shift}".encode())
         return digest.hexdigest()
 
     def batch(self, indices: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        """The examples at ``indices``, trimmed to the longest scored position among them."""
-        labels = self.labels[indices]
-        length = _scored_length(labels)
-        return self.input_ids[indices, :length], labels[:, :length]
+        """Token ids and labels of the examples at ``indices``, trimmed to their width: the last scored position, or
+        the last attended one when there is an attention mask (an encoder reads to the end)."""
+        length = self._width(indices)
+        return self.input_ids[indices, :length], self.labels[indices, :length]
+
+    def examples(self, indices: Int[Tensor, " batch"]) -> Batch:
+        """The examples at ``indices`` with everything they carry, trimmed as :meth:`batch`."""
+        input_ids, labels = self.batch(indices)
+        length = input_ids.shape[1]
+        return Batch(
+            input_ids,
+            labels,
+            None if self.attention_mask is None else self.attention_mask[indices, :length],
+            None if self.foils is None else self.foils[indices, :length],
+            None if self.classes is None else self.classes[indices],
+            self.label_shift,
+        )
+
+    def _width(self, indices: Int[Tensor, " batch"] | slice = slice(None)) -> int:
+        if self.attention_mask is not None:
+            return int(self.attention_mask[indices].any(dim=0).nonzero().max()) + 1
+        return _scored_length(self.labels[indices])
 
     def check_fits(self, bridge: Bridge) -> None:
         """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, and
@@ -132,7 +296,7 @@ class SubtaskData:
                 f"subtask {self.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
                 "encode it with the model's own tokenizer"
             )
-        check_context(bridge, _scored_length(self.labels), f"subtask {self.name!r}")
+        check_context(bridge, self._width(), f"subtask {self.name!r}")
 
 
 def _scored_length(labels: Int[Tensor, "example pos"]) -> int:

@@ -4,6 +4,10 @@ Text format for decoder-only models: ``prompt SEP completion EOS``, right-padded
 the Hugging Face convention (aligned with ``input_ids``; the model shifts internally, so ``logits[:, t]`` predicts
 ``labels[:, t + 1]``) and are ``IGNORE_INDEX`` everywhere except the completion tokens and the EOS. Padding sits on the
 right of a causal model, so no attention mask is needed.
+
+Tokenizers with a ``[CLS]`` token (the BERT family) wrap text in their own special-token template instead
+(``[CLS] prompt [SEP] completion [SEP]``, the final ``[SEP]`` ending the completion), and every encoding for them
+carries an attention mask: an encoder attends in both directions, so padding without one changes real tokens' states.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class TokenizedExamples:
     ``input_ids``: ``prompt [SEP] completion EOS`` right-padded with ``pad_token_id``.
     ``labels``: the completion and EOS ids at their positions in ``input_ids``, ``IGNORE_INDEX`` elsewhere.
     ``prompt_lengths``: tokens before the completion (prompt plus SEP); greedy decoding starts there.
+    ``attention_mask``: 1 on real tokens, 0 on padding, for tokenizers with a ``[CLS]`` template; else ``None``.
     """
 
     input_ids: Int[Tensor, "example pos"]
@@ -34,6 +39,7 @@ class TokenizedExamples:
     prompt_lengths: Int[Tensor, " example"]
     pad_token_id: int
     eos_token_id: int
+    attention_mask: Int[Tensor, "example pos"] | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -49,6 +55,7 @@ class TokenizedExamples:
             prompt_lengths=self.prompt_lengths[indices],
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
+            attention_mask=None if self.attention_mask is None else self.attention_mask[indices, :width].contiguous(),
         )
 
 
@@ -69,6 +76,8 @@ def encode_pairs(
     """
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair")
+    if uses_cls_template(tokenizer):
+        return _encode_cls_pairs(tokenizer, prompts, completions, max_len)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (it ends every completion)")
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -120,6 +129,89 @@ def check_known_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], 
         f"{len(unknown_texts)} text(s) hold words the tokenizer does not know: {list(words)[:10]} (each would read "
         f"as {tokenizer.unk_token!r}); write them in the model's vocabulary (tokenizer.get_vocab())"
     )
+
+
+def uses_cls_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer wraps text as ``[CLS] ... [SEP]`` (the BERT family's template)."""
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        return False
+    wrapped = tokenizer("", add_special_tokens=True)["input_ids"]
+    return (
+        wrapped == [tokenizer.cls_token_id, tokenizer.sep_token_id] and tokenizer.cls_token_id != tokenizer.sep_token_id
+    )
+
+
+def _pad_rows(sequences: Sequence[list[int]], pad_token_id: int, width: int) -> tuple[Tensor, Tensor]:
+    """Right-padded ``[example, width]`` ids and their attention mask."""
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _encode_cls_pairs(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str], max_len: int | None
+) -> TokenizedExamples:
+    """Pairs in the tokenizer's own pair template (``[CLS] prompt [SEP] completion [SEP]``); the completion and the
+    template's closing tokens are scored, as the completion and EOS are for causal tokenizers."""
+    sequences = tokenizer(list(prompts), list(completions), add_special_tokens=True)["input_ids"]
+    # Where the completion starts: after the template's tokens around the prompt alone ([CLS] prompt [SEP]).
+    prompt_lengths = torch.tensor(
+        [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]], dtype=torch.long
+    )
+    longest = max((len(sequence) for sequence in sequences), default=0)
+    if max_len is not None and longest > max_len:
+        raise ValueError(f"a pair has {longest} tokens but max_len is {max_len}; raise max_len or shorten the pair")
+    input_ids, attention_mask = _pad_rows(sequences, _pad_id(tokenizer), longest if max_len is None else max_len)
+    labels = torch.where(
+        (torch.arange(input_ids.shape[1])[None, :] >= prompt_lengths[:, None]) & attention_mask.bool(),
+        input_ids,
+        IGNORE_INDEX,
+    )
+    return TokenizedExamples(
+        input_ids, labels, prompt_lengths, _pad_id(tokenizer), tokenizer.sep_token_id, attention_mask
+    )
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> tuple[Int[Tensor, "example pos"], Int[Tensor, "example pos"]]:
+    """Texts in the tokenizer's own template (``[CLS] text [SEP]`` for BERT; as they are for GPT-2), right-padded,
+    with their attention mask."""
+    sequences = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    return _pad_rows(sequences, _pad_id(tokenizer), max(len(sequence) for sequence in sequences))
+
+
+def encode_masked_sentences(
+    tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], answers: Sequence[str]
+) -> tuple[Int[Tensor, "example pos"], Int[Tensor, "example pos"], Int[Tensor, "example pos"]]:
+    """Masked-LM examples: ``input_ids`` and ``attention_mask`` of each sentence in the tokenizer's template, and
+    ``labels`` holding the answer's tokens at the sentence's mask-token positions (in order), IGNORE elsewhere.
+
+    Raises:
+        ValueError: naming the sentence whose mask-token count differs from its answer's token count.
+    """
+    if tokenizer.mask_token_id is None:
+        raise ValueError("the tokenizer has no mask token; masked-LM subtasks need a BERT-family tokenizer")
+    sequences = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    input_ids, attention_mask = _pad_rows(sequences, _pad_id(tokenizer), max(len(sequence) for sequence in sequences))
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, answer in enumerate(answer_ids):
+        positions = (input_ids[row] == tokenizer.mask_token_id).nonzero().flatten()
+        if len(positions) != len(answer) or not answer:
+            raise ValueError(
+                f"sentence {row + 1} has {len(positions)} {tokenizer.mask_token} token(s) but its answer "
+                f"{answers[row]!r} has {len(answer)} token(s); give one {tokenizer.mask_token} per answer token"
+            )
+        labels[row, positions] = torch.tensor(answer, dtype=torch.long)
+    return input_ids, labels, attention_mask
 
 
 def restrict_labels(examples: TokenizedExamples, completion_offsets: Sequence[int]) -> TokenizedExamples:

@@ -16,16 +16,26 @@ from torch import Tensor
 from modmask_lens.core.encoding import IGNORE_INDEX
 
 
+def aligned(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"], label_shift: int = 1
+) -> tuple[Float[Tensor, "batch scored_pos vocab"], Int[Tensor, "batch scored_pos"]]:
+    """Logits and the labels they are scored against: ``logits[:, t]`` with ``labels[:, t + label_shift]`` (1 for
+    causal next-token labels, 0 for masked-LM labels at their own position)."""
+    if label_shift == 0:
+        return logits, labels
+    return logits[:, :-label_shift], labels[:, label_shift:]
+
+
 def answer_correct(
-    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"], label_shift: int = 1
 ) -> Bool[Tensor, " batch"]:
     """Per example: is the argmax right at every scored position (``labels`` not :data:`IGNORE_INDEX`)?
 
     ``labels`` are aligned with the inputs (Hugging Face convention): ``logits[:, t]`` is scored against
-    ``labels[:, t + 1]``.
+    ``labels[:, t + 1]`` (``labels[:, t]`` with ``label_shift=0``, for masked-LM subtasks).
     """
-    targets = labels[:, 1:]
-    return ((logits[:, :-1].argmax(dim=-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
+    predicted_logits, targets = aligned(logits, labels, label_shift)
+    return ((predicted_logits.argmax(dim=-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
 
 
 @dataclass(frozen=True)
@@ -38,14 +48,17 @@ class AnswerScore:
     n_examples: int
 
 
-def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> AnswerScore:
+def score_answers(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"], label_shift: int = 1
+) -> AnswerScore:
     """Cross-entropy summed over answer tokens, and how many examples have every answer token right.
 
     Args:
         logits: model output, ``[batch, pos, vocab]``.
         labels: ``[batch, pos]`` as in :class:`SubtaskData`.
+        label_shift: 1 for causal labels, 0 for masked-LM labels (:attr:`SubtaskData.label_shift`).
     """
-    predicted_logits, targets = logits[:, :-1], labels[:, 1:]
+    predicted_logits, targets = aligned(logits, labels, label_shift)
     scored = targets != IGNORE_INDEX
     loss_sum = F.cross_entropy(
         predicted_logits.reshape(-1, predicted_logits.shape[-1]),
@@ -53,4 +66,16 @@ def score_answers(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, 
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return AnswerScore(loss_sum, int(scored.sum()), int(answer_correct(logits, labels).sum()), labels.shape[0])
+    correct = answer_correct(logits, labels, label_shift)
+    return AnswerScore(loss_sum, int(scored.sum()), int(correct.sum()), labels.shape[0])
+
+
+def answer_losses(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"], label_shift: int = 1
+) -> Float[Tensor, " batch"]:
+    """Each example's answer-token cross-entropy, summed over its answer tokens (nats)."""
+    predicted_logits, targets = aligned(logits, labels, label_shift)
+    token_losses = F.cross_entropy(
+        predicted_logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return token_losses.sum(dim=1)

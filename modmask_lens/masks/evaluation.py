@@ -1,4 +1,5 @@
-"""Exact match of a model on a subtask, with a binary mask applied or without one.
+"""A model's metric on a subtask, with a binary mask applied or without one: exact match, or the metric of any
+objective (:mod:`modmask_lens.masks.objectives`).
 
 An example counts only if every answer token (and the EOS) is the argmax under teacher forcing, which equals greedy
 decoding reproducing the answer exactly. Analyses, the faithful readout and the training history all measure it here.
@@ -13,8 +14,9 @@ import torch
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
-from modmask_lens.masks.apply import masked
+from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, model_outputs
 
 
 def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
@@ -47,3 +49,51 @@ def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None
                 with masked(bridge, mask, check_weights=False):
                     logits = bridge(input_ids)
             yield score_answers(logits, labels).n_correct
+
+
+def objective_metric(
+    bridge: Bridge,
+    data: SubtaskData,
+    objective: Objective,
+    mask: BinaryMask | None = None,
+    batch_size: int = 256,
+) -> float:
+    """Mean of ``objective``'s metric over ``data``'s examples with ``mask`` applied (or the full model): exact
+    match for :class:`AnswerCrossEntropy`, cosine for :class:`HiddenState`, probe accuracy for
+    :class:`LinearProbe`, top-1 agreement for :class:`KLDivergence`.
+
+    Example:
+        >>> objective_metric(bridge, sports, HiddenState("blocks.5.hook_resid_post"), heads)  # doctest: +SKIP
+        0.97
+    """
+    if _is_exact_match(objective, data):
+        return exact_match(bridge, data, mask, batch_size)
+    objective.check(data)
+    metric_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data.examples(torch.arange(start, min(start + batch_size, len(data))))
+            full = model_outputs(bridge, batch, objective.hook_names) if objective.compares or mask is None else None
+            reference = objective.reference(full, batch) if objective.compares else None
+            outputs = (
+                full
+                if mask is None
+                else masked_call(bridge, mask.weight_masks(), model_outputs, bridge, batch, objective.hook_names)
+            )
+            metric_sum += objective.score(outputs, reference, batch).metric_sum
+    return metric_sum / len(data)
+
+
+def reaches_metric(
+    bridge: Bridge, data: SubtaskData, objective: Objective, mask: BinaryMask | None, target: float
+) -> bool:
+    """Whether :func:`objective_metric` is at least ``target`` (for exact match, stopping at the first batch after
+    which it cannot be)."""
+    if _is_exact_match(objective, data):
+        return reaches_exact_match(bridge, data, mask, target)
+    return objective_metric(bridge, data, objective, mask) >= target
+
+
+def _is_exact_match(objective: Objective, data: SubtaskData) -> bool:
+    """Whether ``objective``'s metric on ``data`` is plain exact match of causal answers (the fast path)."""
+    return type(objective) is AnswerCrossEntropy and data.label_shift == 1 and data.attention_mask is None

@@ -1,11 +1,18 @@
-"""A model's identity as masks record it: architecture, shapes, a hash of the weights, and the processing mode."""
+"""A model's identity as masks record it: architecture, shapes, a hash of the weights, and the processing mode.
+
+Tensors of a part the model's checkpoint lacks entirely (a head, such as all-MiniLM-L6-v2's masked-LM head) are
+initialised afresh, from a new random draw, at every load: the hash leaves them out and the fingerprint lists them
+under ``fresh_tensors``, so that a mask made in one process still loads in the next.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
 from modmask_lens.core.bridge import Bridge
@@ -20,10 +27,53 @@ def processing_mode(bridge: Bridge) -> str:
     return "compat" if processed else "raw"
 
 
-def weights_sha256(bridge: Bridge, specs: list[TensorSpec]) -> str:
-    """SHA-256 over the bytes of every tensor in ``specs`` (in order), read through the bridge."""
+def checkpoint_tensor_names(bridge: Bridge) -> set[str] | None:
+    """Names of the tensors in the safetensors checkpoint the bridge was loaded from (read from the files' headers),
+    or ``None`` when that is unknown (a native bridge, a hub name, a ``.bin`` checkpoint)."""
+    config = getattr(getattr(bridge, "original_model", None), "config", None)
+    folder = Path(str(getattr(config, "_name_or_path", "") or ""))
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def fresh_tensors(bridge: Bridge, specs: list[TensorSpec]) -> list[str]:
+    """Keys of the tensors in ``specs`` that belong to a part of the model its checkpoint lacks entirely (a head the
+    checkpoint does not hold, such as an encoder-only checkpoint's masked-LM head): initialised at load time, they
+    differ from one load of the same model to the next.
+
+    A part is a top-level submodule of the Hugging Face model (``cls``, ``encoder``; the base model's prefix such as
+    ``bert.`` removed on both sides). Parts the checkpoint holds count whole, also where the bridge renames or splits
+    their tensors (GPT-2's ``c_attn`` into ``q``, ``k``, ``v``): a missing tensor inside a stored part still counts.
+    """
+    stored = checkpoint_tensor_names(bridge)
+    if stored is None:
+        return []
+    model = bridge.original_model
+    prefix = f"{getattr(model, 'base_model_prefix', '') or ''}."
+
+    def part(name: str) -> str:
+        return name.replace("._original_component", "").removeprefix(prefix).split(".")[0]
+
+    stored_parts = {part(name) for name in stored}
+    # Tied tensors are listed once, under their first name (the embedding, for a tied unembedding).
+    parts = {id(parameter): part(name) for name, parameter in model.named_parameters()}
+    owners = [parts.get(id(bridge.get_parameter(spec.path))) for spec in specs]  # None: not a model parameter
+    return [spec.key for spec, owner in zip(specs, owners) if owner is not None and owner not in stored_parts]
+
+
+def weights_sha256(bridge: Bridge, specs: list[TensorSpec], skip: frozenset[str] = frozenset()) -> str:
+    """SHA-256 over the bytes of every tensor in ``specs`` (in order) but those keyed in ``skip``, read through the
+    bridge."""
     digest = hashlib.sha256()
     for spec in specs:
+        if spec.key in skip:
+            continue
         tensor = bridge.get_parameter(spec.path).detach()
         digest.update(spec.key.encode())
         digest.update(tensor.to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -47,8 +97,11 @@ def model_dimensions(bridge: Bridge) -> dict:
 
 
 def fingerprint(bridge: Bridge, specs: list[TensorSpec]) -> dict:
-    """Everything a mask file checks before it is applied to a model: dimensions and a hash of all read weights."""
-    return model_dimensions(bridge) | {"weights_sha256": weights_sha256(bridge, specs)}
+    """Everything a mask file checks before it is applied to a model: dimensions and a hash of all read weights but
+    those the checkpoint did not contain (listed under ``fresh_tensors`` when there are any)."""
+    fresh = fresh_tensors(bridge, specs)
+    hashed = {"weights_sha256": weights_sha256(bridge, specs, frozenset(fresh))}
+    return model_dimensions(bridge) | hashed | ({"fresh_tensors": fresh} if fresh else {})
 
 
 class ModelMismatch(ValueError):

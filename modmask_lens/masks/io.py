@@ -62,6 +62,7 @@ def mask_metadata(masks: MaskSet) -> dict:
         "model": masks.origin.model,
         "units": [{"name": unit.name, "shape": list(unit.shape)} for unit in masks.units],
         "history": masks.history,
+        "objective": masks.objective,
         "threshold": masks.threshold,
         "fingerprint": masks.fingerprint,
     }
@@ -127,6 +128,9 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
     fingerprint = metadata.get("fingerprint", {})
     if not isinstance(fingerprint, dict):
         raise MaskFileError(f"{source}: its run fingerprint is not an object; re-export the file")
+    objective = metadata.get("objective", {"name": "answer_cross_entropy"})  # files before objectives: the default
+    if not (isinstance(objective, dict) and isinstance(objective.get("name"), str)):
+        raise MaskFileError(f"{source}: its objective is not a named record; re-export the file")
     return MaskSet(
         metadata["name"],
         config,
@@ -135,6 +139,7 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         origin,
         metadata.get("train_config", {}),
         history,
+        objective=objective,
         fingerprint=fingerprint,
         threshold=float(threshold),
     )

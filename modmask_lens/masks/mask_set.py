@@ -32,11 +32,14 @@ class MaskSet:
         logits: unit name -> logit tensor of ``unit.shape`` (leaf tensors with ``requires_grad``).
         origin: the model the mask is for (adapter, raw/compat weights, fingerprint).
         train_config: the training settings, once trained (saved with the mask).
-        history: one row per logged training step (saved with the mask): ``step``, ``loss`` (answer-token
-            cross-entropy of the step's sampled masks, nats per token), ``accuracy`` (their exact match on the
-            step's batch), ``kept`` (fraction kept by the binary readout, logit > 0), ``expected_density`` (mean keep
-            probability), and every 100 steps ``faithfulness`` (binary-mask exact match over the full model's, on
-            the subtask's first examples). ``pandas.DataFrame(masks.history)`` tabulates it.
+        history: one row per logged training step (saved with the mask): ``step``, ``loss`` (the objective's loss
+            of the step's sampled masks; by default answer-token cross-entropy, nats per token), the objective's
+            metric on the step's batch under its own name (``accuracy``: exact match by default; ``cosine``,
+            ``agreement``, ``probe_accuracy``), ``kept`` (fraction kept by the binary readout, logit > 0),
+            ``expected_density`` (mean keep probability), and every 100 steps ``faithfulness`` (the binary mask's
+            metric over the full model's, on the subtask's first examples). ``pandas.DataFrame(masks.history)``
+            tabulates it.
+        objective: what the mask was trained to keep (:meth:`Objective.to_dict`; saved with the mask).
         threshold: the readout: a unit is kept when its logit is above it (saved with the mask). 0 is Csordás's
             readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it to
             :func:`~modmask_lens.faithful_threshold` on the subtask's training examples.
@@ -55,6 +58,7 @@ class MaskSet:
     origin: MaskOrigin
     train_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    objective: dict = field(default_factory=lambda: {"name": "answer_cross_entropy"})
     threshold: float = 0.0
     fingerprint: dict = field(default_factory=dict)
 
@@ -141,6 +145,30 @@ class MaskSet:
             for member in unit.members:
                 kept[member.key] = unit.expand(unit_kept[unit.name], member).expand(member.shape).clone()
         return BinaryMask(self.members, kept, self.origin, name=self.name)
+
+    def random_binary(self, n_kept: int | None = None, seed: int = 0) -> BinaryMask:
+        """A null control: ``n_kept`` logits chosen uniformly at random (default: as many as :meth:`binary` keeps,
+        e.g. the same number of heads) kept, the rest dropped.
+
+        Example:
+            >>> from modmask_lens.testing.tiny_models import tiny_bridge
+            >>> heads = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="head", roles=("W_O",)))
+            >>> heads.random_binary(3, seed=1).kept_fraction(by="head").kept.gt(0).sum()
+            np.int64(3)
+        """
+        sizes = [self.logits[unit.name].numel() for unit in self.units]
+        if n_kept is None:
+            n_kept = sum(int((logit > 0).sum()) for logit in self.logits.values())
+        if not 0 <= n_kept <= sum(sizes):
+            raise ValueError(f"n_kept {n_kept} must lie in [0, {sum(sizes)}] (the mask's logits)")
+        flags = torch.zeros(sum(sizes), dtype=torch.bool)
+        flags[torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(seed))[:n_kept]] = True
+        return self.binary_from(
+            {
+                unit.name: part.reshape(self.logits[unit.name].shape).to(self.logits[unit.name].device)
+                for unit, part in zip(self.units, flags.split(sizes))
+            }
+        )
 
     def logit_sum(self) -> Tensor:
         """Sum of all raw logits: Csordás's regulariser, ``(beta / batch_size) * logit_sum()``."""

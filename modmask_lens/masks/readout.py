@@ -16,11 +16,18 @@ from torch import nn
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.evaluation import exact_match, reaches_exact_match
+from modmask_lens.masks.evaluation import objective_metric, reaches_metric
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 
-def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> float:
+def faithful_threshold(
+    bridge: nn.Module,
+    masks: MaskSet,
+    data: SubtaskData,
+    tolerance: float = 0.01,
+    objective: Objective = AnswerCrossEntropy(),
+) -> float:
     """The logit threshold keeping the fewest highest-logit units whose exact match on ``data`` is at least
     ``(1 - tolerance)`` times the full model's: midway between the last kept and the first removed logit.
 
@@ -35,6 +42,7 @@ def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tol
         masks: trained logits; only their order matters.
         data: the subtask's examples.
         tolerance: accuracy that may be lost, as a fraction of the full model's (0.01: keep 99% of it).
+        objective: whose metric is kept (:func:`~modmask_lens.objective_metric`; default: exact match).
     """
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance {tolerance} must lie in [0, 1): the fraction of full accuracy that may be lost")
@@ -48,25 +56,31 @@ def faithful_threshold(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tol
             return float(descending[-1]) - 1.0
         return float(descending[count - 1] + descending[count]) / 2
 
-    full = exact_match(bridge, data, None)
-    if full == 0:
+    full = objective_metric(bridge, data, objective)
+    if full <= 0:
         raise ValueError(
-            f"the full model answers none of {len(data)} examples of {data.name!r} exactly, so no mask size keeps "
-            "its accuracy: check the data (answers, tokenizer), or read the mask out at logit > 0"
+            f"the full model's {objective.metric} on the {len(data)} examples of {data.name!r} is {full}, so no mask "
+            "size keeps it: check the data (answers, tokenizer), or read the mask out at logit > 0"
         )
     required = (1 - tolerance) * full
     low, high = 0, descending.numel()
     while low < high:
         middle = (low + high) // 2
         kept = masks.binary_from(masks.kept_above(threshold_keeping(middle)))
-        if reaches_exact_match(bridge, data, kept, required):
+        if reaches_metric(bridge, data, objective, kept, required):
             high = middle
         else:
             low = middle + 1
     return threshold_keeping(low)
 
 
-def faithful_binary(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolerance: float = 0.01) -> BinaryMask:
+def faithful_binary(
+    bridge: nn.Module,
+    masks: MaskSet,
+    data: SubtaskData,
+    tolerance: float = 0.01,
+    objective: Objective = AnswerCrossEntropy(),
+) -> BinaryMask:
     """The binary mask of :func:`faithful_threshold`: the fewest highest-logit units that keep at least
     ``(1 - tolerance)`` of the full model's exact match on ``data``.
 
@@ -74,4 +88,4 @@ def faithful_binary(bridge: nn.Module, masks: MaskSet, data: SubtaskData, tolera
         >>> kept = faithful_binary(bridge, masks["jump"], jump_test)              # doctest: +SKIP
         >>> kept.kept_fraction(by="all")                                            # doctest: +SKIP
     """
-    return masks.binary_from(masks.kept_above(faithful_threshold(bridge, masks, data, tolerance)))
+    return masks.binary_from(masks.kept_above(faithful_threshold(bridge, masks, data, tolerance, objective)))

@@ -3,8 +3,8 @@ makes.
 
 A fingerprint is a dict of named fields, each a plain JSON value: ``model`` (adapter, processing mode, dimensions and
 SHA-256 of the weights), ``data`` (SHA-256 of the subtask's token ids and labels), ``mask_config`` and
-``train_config`` (the settings that decide the result, :meth:`TrainConfig.deciding_fields`). A new ingredient of a
-run (an objective, say) is one more key here; resumes then compare it too.
+``train_config`` (the settings that decide the result, :meth:`TrainConfig.deciding_fields`) and ``objective`` (what
+the masks keep). A new ingredient of a run is one more key here; resumes then compare it too.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
 
@@ -23,7 +24,11 @@ class RunMismatch(ValueError):
 
 
 def run_fingerprint(
-    origin: MaskOrigin, data: SubtaskData, mask_config: MaskConfig, train_config: TrainConfig
+    origin: MaskOrigin,
+    data: SubtaskData,
+    mask_config: MaskConfig,
+    train_config: TrainConfig,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> dict[str, object]:
     """The fingerprint of training one subtask's mask: field name -> JSON value (see the module docstring).
 
@@ -33,13 +38,14 @@ def run_fingerprint(
         >>> data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
         >>> fields = run_fingerprint(MaskOrigin.of(tiny_bridge()), data, MaskConfig(), TrainConfig())
         >>> sorted(fields)
-        ['data', 'mask_config', 'model', 'train_config']
+        ['data', 'mask_config', 'model', 'objective', 'train_config']
     """
     return {
         "model": {"adapter": origin.adapter, "processing_mode": origin.mode} | origin.model,
         "data": data.fingerprint(),
         "mask_config": mask_config.to_dict(),
         "train_config": train_config.deciding_fields(),
+        "objective": objective.to_dict(),
     }
 
 

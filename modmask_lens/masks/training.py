@@ -2,11 +2,13 @@
 
 Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
 (hard concrete by default, or straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the
-answer-token cross-entropy (summed over answer tokens, divided by the batch's answer-token count) chunk by chunk, add
-the sparsity term (the density under the loss constraint, Csordás's logit sum, or a target density's Lagrangian),
-clip the task's mask gradients and take one Adam step. Tasks trained in one run keep their own optimiser, clipping
-and random stream, so the result equals training them one after another. After the last step the readout sets each
-mask's threshold (:attr:`MaskSet.threshold`).
+objective (by default the answer-token cross-entropy, summed over answer tokens and divided by the batch's
+answer-token count; see :mod:`modmask_lens.masks.objectives`) chunk by chunk, add the sparsity term (the density under
+the loss constraint, Csordás's logit sum, or a target density's Lagrangian), clip the task's mask gradients and take
+one Adam step. The full model's outputs an objective (or the loss constraint) needs are computed once per batch under
+``no_grad``, and for objectives whose reference is per example, once per example (:class:`ReferenceCache`). Tasks
+trained in one run keep their own optimiser, clipping and random stream, so the result equals training them one after
+another. After the last step the readout sets each mask's threshold (:attr:`MaskSet.threshold`).
 """
 
 from __future__ import annotations
@@ -26,21 +28,28 @@ from tqdm.auto import tqdm
 from modmask_lens.adapters import adapter_for
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
-from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.functional import call_with_parameters
 from modmask_lens.core.interrupt import TrainingInterrupted, interrupt_between_steps
 from modmask_lens.core.random import step_generator, stream_seed
-from modmask_lens.core.scoring import AnswerScore, score_answers
 from modmask_lens.core.world import world
 from modmask_lens.masks.apply import sampled_parameters
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.evaluation import objective_metric
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.memory import estimate_memory
+from modmask_lens.masks.objectives import (
+    AnswerCrossEntropy,
+    Objective,
+    Outputs,
+    Reference,
+    model_outputs,
+    reference_loss_sum,
+)
 from modmask_lens.masks.readout import faithful_threshold
+from modmask_lens.masks.reference_cache import ReferenceCache
 from modmask_lens.masks.run_fingerprint import RESTART_HINT, check_same_run, run_fingerprint
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
 from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
@@ -72,7 +81,8 @@ class _TaskRun:
     multiplier_optimizer: torch.optim.Adam | None = None
     shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
-    full_accuracy: float | None = None  # the full model's exact match on the faithfulness examples, once measured
+    full_accuracy: float | None = None  # the full model's metric on the faithfulness examples, once measured
+    references: ReferenceCache | None = None  # the full model's per-example reference, when the objective allows
 
     def parameters(self) -> list[Tensor]:
         """What the optimiser trains: the logits, or this process's slices of them."""
@@ -112,7 +122,7 @@ class MaskTrainer:
         train_config: sampling and optimisation settings.
         checkpoint_dir: where to checkpoint every ``train_config.checkpoint_every`` steps; a rerun with the same
             directory resumes from the last checkpoint and ends with the same result as an uninterrupted run.
-        progress: show a progress bar with loss, exact-match accuracy and kept fraction.
+        progress: show a progress bar with loss, the objective's metric (exact match by default) and kept fraction.
         fully_shard: under torchrun, keep 1/N of the weights, mask logits and Adam state on each process and gather
             one block at a time (:mod:`modmask_lens.masks.sharding`), for models that do not fit one device.
             Otherwise every process holds the whole model and masks (data parallel).
@@ -125,6 +135,8 @@ class MaskTrainer:
     ``checkpoint_dir``) and raises :class:`~modmask_lens.core.interrupt.TrainingInterrupted` saying how to resume;
     a second Ctrl-C stops at once. Two runs never write one ``checkpoint_dir`` at once: the second gets
     :class:`~modmask_lens.core.checkpoint.CheckpointInUse`.
+        objective: what the masks keep (:mod:`modmask_lens.masks.objectives`; default answer cross-entropy). It is
+            part of the run's fingerprint: a checkpoint resumes only under the same objective.
 
     Example:
         >>> trainer = MaskTrainer(bridge, [jump, walk], train_config=TrainConfig(steps=500))   # doctest: +SKIP
@@ -142,6 +154,7 @@ class MaskTrainer:
         fully_shard: bool = False,
         device: torch.device | str | None = None,
         restart: bool = False,
+        objective: Objective = AnswerCrossEntropy(),
     ):
         names = [subtask.name for subtask in subtasks]
         if not names:
@@ -154,6 +167,7 @@ class MaskTrainer:
                 f"subtask(s) {single} have one example; a mask needs a subtask, not an example: give each at least 2"
             )
         self.bridge = bridge
+        self.objective = objective
         self.train_config = train_config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpointer = (
@@ -180,9 +194,17 @@ class MaskTrainer:
                     "regulariser beta, the logit > 0 readout); pass CSORDAS_MASKS and CSORDAS_TRAINING (with your "
                     "granularity and steps), or train without fully_shard"
                 )
+            if type(objective) is not AnswerCrossEntropy or any(
+                subtask.attention_mask is not None or subtask.label_shift != 1 for subtask in subtasks
+            ):
+                raise ValueError(
+                    "fully sharded training supports the answer cross-entropy objective on causal data only; "
+                    "train without fully_shard"
+                )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         for subtask in subtasks:
             subtask.check_fits(bridge)
+            objective.check(subtask)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]
         if self.checkpointer is not None and self.checkpointer.exists() and not restart:
@@ -191,10 +213,13 @@ class MaskTrainer:
     def _new_run(self, data: SubtaskData, mask_config: MaskConfig, origin: MaskOrigin) -> _TaskRun:
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
-        masks.fingerprint = run_fingerprint(origin, data, mask_config, self.train_config)
+        masks.objective = self.objective.to_dict()
+        masks.fingerprint = run_fingerprint(origin, data, mask_config, self.train_config, self.objective)
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
+        if self.objective.cacheable:
+            run.references = ReferenceCache(len(data))
         if self.train_config.max_loss_increase is not None:
             run.multipliers = torch.zeros(1)  # lambda, raised by projected gradient ascent in _regularise
         elif self.train_config.target_density is not None:
@@ -236,17 +261,22 @@ class MaskTrainer:
 
     def _faithful_readout(self, run: _TaskRun) -> None:
         """Set the run's threshold to the fewest highest-logit units that keep ``1 - readout_tolerance`` of the
-        full model's exact match on the subtask's first :data:`READOUT_EXAMPLES` examples."""
-        first = SubtaskData(run.data.name, run.data.input_ids[:READOUT_EXAMPLES], run.data.labels[:READOUT_EXAMPLES])
-        if exact_match(self.bridge, first) == 0:
+        full model's metric (the objective's: exact match by default) on the subtask's first
+        :data:`READOUT_EXAMPLES` examples."""
+        first = run.data.head(READOUT_EXAMPLES)
+        full = objective_metric(self.bridge, first, self.objective)
+        if full <= 0:
             warnings.warn(
-                f"subtask {run.data.name!r}: the full model answers none of its first {len(first)} examples exactly, "
-                "so the faithful readout cannot choose the mask's size; it is read out at logit > 0",
+                f"subtask {run.data.name!r}: the full model's {self.objective.metric} on its first {len(first)} "
+                f"examples is {full}, so the faithful readout cannot choose the mask's size; it is read out at "
+                "logit > 0",
                 UnfaithfulReadout,
                 stacklevel=3,
             )
             return
-        run.masks.threshold = faithful_threshold(self.bridge, run.masks, first, self.train_config.readout_tolerance)
+        run.masks.threshold = faithful_threshold(
+            self.bridge, run.masks, first, self.train_config.readout_tolerance, self.objective
+        )
 
     @staticmethod
     def _full_masks(run: _TaskRun) -> MaskSet:
@@ -257,7 +287,10 @@ class MaskTrainer:
         if len(self.runs) == 1:
             metrics = self.runs[0].metrics
             return {key: f"{value:.3g}" for key, value in metrics.items()}
-        return {run.masks.name: f"acc {run.metrics['acc']:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs}
+        metric = self.objective.metric
+        return {
+            run.masks.name: f"{metric} {run.metrics[metric]:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs
+        }
 
     def _train_step(self, run: _TaskRun) -> None:
         config = self.train_config
@@ -265,43 +298,43 @@ class MaskTrainer:
         indices = torch.randint(
             len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step, run.masks.name)
         )
-        input_ids, labels = run.data.batch(indices)
-        n_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        batch = run.data.examples(indices)
+        normaliser = self.objective.normaliser(batch)
         run.optimizer.zero_grad(set_to_none=True)
-        loss_sum, n_correct = 0.0, 0
+        loss_sum, metric_sum = 0.0, 0.0
         constrained = config.max_loss_increase is not None
         # Under the loss constraint the task loss enters weighted by its multiplier lambda (the density is the
         # objective); otherwise it is the objective itself.
         task_weight = float(run.multipliers[0]) if constrained else 1.0
-        chunks = zip(input_ids.tensor_split(config.n_samples), labels.tensor_split(config.n_samples))
-        for chunk, (chunk_ids, chunk_labels) in enumerate(chunks):
+        reference = self._reference(run, batch, indices) if constrained or self.objective.compares else None
+        chunk_references = _split_reference(reference, config.n_samples)
+        for chunk, chunk_batch in enumerate(batch.split(config.n_samples)):
             if chunk % self.world_size != self.rank:
                 continue  # another process's slice of the batch
             # Each chunk has its own noise stream, so any process draws the same sample for it.
             noise = UniformNoise(seed * config.n_samples + chunk)
             if run.shards is not None:
-                logits = self.sharded_bridge(run.shards, config.temperature, noise, chunk_ids)
+                outputs = Outputs(self.sharded_bridge(run.shards, config.temperature, noise, chunk_batch.input_ids))
             else:
                 masked = sampled_parameters(self.bridge, run.masks, config.temperature, noise)
-                logits = call_with_parameters(
-                    self.bridge, masked, type(self.bridge).forward.__get__(self.bridge), chunk_ids
+                outputs = call_with_parameters(
+                    self.bridge, masked, model_outputs, self.bridge, chunk_batch, self.objective.hook_names
                 )
                 del masked  # the matmuls keep what the backward needs
-            score: AnswerScore = score_answers(logits, chunk_labels.to(logits.device))
-            (task_weight * score.loss_sum / n_tokens).backward()
+            score = self.objective.score(outputs, chunk_references[chunk], chunk_batch)
+            (task_weight * score.loss_sum / normaliser).backward()
             loss_sum += float(score.loss_sum.detach())
-            n_correct += score.n_correct
+            metric_sum += score.metric_sum
         if self.world_size > 1:
             # Sharded gradients are already summed over processes by the gathers' backward.
-            loss_sum, n_correct = _all_reduce_statistics(loss_sum, n_correct, run.parameters()[0].device)
+            loss_sum, metric_sum = _all_reduce_statistics(loss_sum, metric_sum, run.parameters()[0].device)
             if run.shards is None:
                 _all_reduce_gradients(run.masks.parameters())
-        task_loss = loss_sum / n_tokens
+        task_loss = loss_sum / normaliser
         if not math.isfinite(task_loss):
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
         if constrained:
-            with torch.no_grad():
-                full_loss = float(score_answers(self.bridge(input_ids), labels).loss_sum) / n_tokens
+            full_loss = float(reference_loss_sum(reference)) / normaliser
             self._constrain(run, task_loss - full_loss)
         else:
             self._regularise(run)
@@ -311,9 +344,21 @@ class MaskTrainer:
             run.multiplier_optimizer.step()
         run.metrics = {
             "loss": task_loss,
-            "acc": n_correct / config.batch_size,
+            self.objective.metric: metric_sum / config.batch_size,
             "kept": run.metrics.get("kept", float("nan")),
         }
+
+    def _reference(self, run: _TaskRun, batch: Batch, indices: Tensor) -> Reference:
+        """The full model's reference on ``batch`` (under ``no_grad``): one forward over the batch, or, when the
+        objective's reference is per example, only over the examples not yet cached."""
+
+        def compute(part: Batch) -> Reference:
+            with torch.no_grad():
+                return self.objective.reference(model_outputs(self.bridge, part, self.objective.hook_names), part)
+
+        if run.references is None:
+            return compute(batch)
+        return run.references.get(indices, lambda missing: compute(run.data.examples(missing)))
 
     def _log(self, run: _TaskRun) -> None:
         """Append a row to the run's history (after step ``self.step``) and refresh the bar's kept fraction.
@@ -325,7 +370,7 @@ class MaskTrainer:
         row = {
             "step": self.step,
             "loss": run.metrics["loss"],
-            "accuracy": run.metrics["acc"],
+            self.objective.metric: run.metrics[self.objective.metric],
             "kept": run.metrics["kept"],
             "expected_density": float(masks.expected_density().detach()),
         }
@@ -334,14 +379,12 @@ class MaskTrainer:
         masks.history.append(row)
 
     def _faithfulness(self, run: _TaskRun) -> float | None:
-        """Exact match of the binary mask (logit > 0: the readout is chosen after training) over the full model's,
-        on the subtask's first examples (``None`` if the full model gets none of them right)."""
-        first = SubtaskData(
-            run.data.name, run.data.input_ids[:FAITHFULNESS_EXAMPLES], run.data.labels[:FAITHFULNESS_EXAMPLES]
-        )
+        """The objective's metric (exact match by default) of the binary mask (logit > 0: the readout is chosen after
+        training) over the full model's, on the subtask's first examples (``None`` if the full model's metric is 0)."""
+        first = run.data.head(FAITHFULNESS_EXAMPLES)
         if run.full_accuracy is None:
-            run.full_accuracy = exact_match(self.bridge, first)
-        mask_accuracy = exact_match(self.bridge, first, run.masks.binary())
+            run.full_accuracy = objective_metric(self.bridge, first, self.objective)
+        mask_accuracy = objective_metric(self.bridge, first, self.objective, run.masks.binary())
         return mask_accuracy / run.full_accuracy if run.full_accuracy > 0 else None
 
     def _regularise(self, run: _TaskRun) -> None:
@@ -434,6 +477,7 @@ class MaskTrainer:
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
             run.masks.train_config = self.train_config.to_dict()
             run.masks.fingerprint = fingerprint
+            run.masks.objective = self.objective.to_dict()
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
@@ -481,11 +525,19 @@ def _all_reduce_gradients(parameters: list[Tensor]) -> None:
         torch.distributed.all_reduce(parameter.grad)
 
 
-def _all_reduce_statistics(loss_sum: float, n_correct: int, device: torch.device) -> tuple[float, int]:
-    """The batch's loss sum and correct count summed over all processes (``device``: where the backend reduces)."""
-    totals = torch.tensor([loss_sum, float(n_correct)], dtype=torch.float64, device=device)
+def _all_reduce_statistics(loss_sum: float, metric_sum: float, device: torch.device) -> tuple[float, float]:
+    """The batch's loss and metric sums over all processes (``device``: where the backend reduces)."""
+    totals = torch.tensor([loss_sum, metric_sum], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(totals)
-    return float(totals[0]), int(totals[1])
+    return float(totals[0]), float(totals[1])
+
+
+def _split_reference(reference: Reference | None, sections: int) -> list[Reference | None]:
+    """The reference's per-example rows in the same contiguous chunks as :meth:`Batch.split`."""
+    if reference is None:
+        return [None] * sections
+    parts = {name: value.tensor_split(sections) for name, value in reference.items()}
+    return [{name: chunks[index] for name, chunks in parts.items()} for index in range(sections)]
 
 
 def train_masks(
@@ -498,6 +550,7 @@ def train_masks(
     fully_shard: bool = False,
     device: torch.device | str | None = None,
     restart: bool = False,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> dict[str, MaskSet]:
     """Train one mask set per subtask on a frozen bridge; see :class:`MaskTrainer`. With ``progress``, first prints
     the estimated memory per device (:func:`~modmask_lens.masks.memory.estimate_memory`).
@@ -505,6 +558,7 @@ def train_masks(
     Example:
         >>> masks = train_masks(bridge, jump_data, train_config=TrainConfig(steps=1000))       # doctest: +SKIP
         >>> masks["jump"].binary().kept_fraction(by="layer_role")                               # doctest: +SKIP
+        >>> kl = train_masks(bridge, jump_data, objective=KLDivergence())                      # doctest: +SKIP
     """
     if isinstance(subtasks, SubtaskData):
         subtasks = [subtasks]
@@ -514,5 +568,5 @@ def train_masks(
         estimate = estimate_memory(bridge, mask_config, train_config, positions, len(subtasks), shards)
         tqdm.write(str(estimate), file=sys.stderr)
     return MaskTrainer(
-        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, restart
+        bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, restart, objective
     ).train()

@@ -140,10 +140,12 @@ def _cancels_exactly(spec: TensorSpec, bridge: Bridge) -> bool:
 
 
 def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
+    """Zeroing each mask target alone changes the logits. Tensors that are zero already (biases a checkpoint keeps at
+    their zero initialisation, such as an absent masked-LM head's) are left out: no mask can change them."""
     reference = bridge(tokens)
     unread = []
     for spec in MaskSet.for_bridge(bridge, ALL_KINDS).members:
-        if _cancels_exactly(spec, bridge):
+        if _cancels_exactly(spec, bridge) or not bool(bridge.get_parameter(spec.path).detach().any()):
             continue
         perturbed = {spec.path: torch.zeros(spec.shape)}
         if torch.allclose(masked_call(bridge, perturbed, bridge.forward, tokens), reference):

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import PreTrainedTokenizerFast
+from transformers import BertTokenizer, PreTrainedTokenizerFast
 
 from modmask_lens.core.random import seeded
 
@@ -32,15 +32,32 @@ def placeholder_word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
 
 
-def boot_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05) -> TransformerBridge:
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def placeholder_bert_tokenizer(vocab_size: int) -> BertTokenizer:
+    """A BERT tokenizer over ``[PAD] [UNK] [CLS] [SEP] [MASK] w5 w6 ...`` (``vocab_size`` tokens), with BERT's own
+    special-token template (``[CLS] text [SEP]``, pairs ``[CLS] a [SEP] b [SEP]``).
+
+    >>> placeholder_bert_tokenizer(40)("w5 w6")["input_ids"]
+    [2, 5, 6, 3]
+    """
+    words = BERT_SPECIAL_TOKENS + [f"w{index}" for index in range(5, vocab_size)]
+    return BertTokenizer(vocab={word: index for index, word in enumerate(words)}, do_lower_case=False)
+
+
+def boot_tiny(
+    model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05, tokenizer=None
+) -> TransformerBridge:
     """Perturb every parameter of ``model`` (so zero-initialised biases and unit norm gains matter), save it with a
-    word-level tokenizer to ``directory``, and boot it with ``TransformerBridge.boot_transformers``."""
+    word-level tokenizer (or ``tokenizer``) to ``directory``, and boot it with
+    ``TransformerBridge.boot_transformers``."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
     model.save_pretrained(directory)
-    placeholder_word_tokenizer(model.config.vocab_size).save_pretrained(directory)
+    (tokenizer or placeholder_word_tokenizer(model.config.vocab_size)).save_pretrained(directory)
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
 
 

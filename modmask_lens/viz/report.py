@@ -22,6 +22,7 @@ from modmask_lens.core.encoding import check_known_words
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.io import library_version, load_labelled_masks
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, describe_objective
 from modmask_lens.probes.analysis import (
     ProbeEvaluation,
     error_attribution,
@@ -60,6 +61,7 @@ def report_views(
     settings: Mapping[str, object] | None = None,
     max_edges: int = 60,
     probe: ProbeEvaluation | None = None,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> list[View]:
     """Every view of the report, in order (:func:`write_report` for the arguments)."""
     if not masks:
@@ -68,7 +70,7 @@ def report_views(
     mask_sets = {name: mask for name, mask in masks.items() if isinstance(mask, MaskSet)}
     patterns = attention_patterns(bridge, prompt, binaries, token_labels)
     graphs = {name: circuit_graph(binary) for name, binary in binaries.items()}
-    accuracy = mask_accuracy(bridge, binaries, data) if data else None
+    accuracy = mask_accuracy(bridge, binaries, data, objective=objective) if data else None
     kept = pd.concat([binary.kept_fraction(by="layer_role") for binary in binaries.values()], ignore_index=True)
 
     views: list[View] = [
@@ -130,6 +132,7 @@ def write_report(
     settings: Mapping[str, object] | None = None,
     max_edges: int = 60,
     probe: ProbeEvaluation | None = None,
+    objective: Objective = AnswerCrossEntropy(),
 ) -> Path:
     """Write one self-contained HTML file (no network needed to open it) for a set of masks on a model.
 
@@ -145,6 +148,8 @@ def write_report(
         max_edges: strongest edges drawn per circuit graph.
         probe: a gated-module probe's :func:`~modmask_lens.probes.evaluate_probe` result on the same model, for
             its routing table (subtask x expert), routing information and error attribution.
+        objective: what the masks were trained to keep; the accuracy columns hold its metric on ``data`` (exact
+            match by default; cosine for :class:`~modmask_lens.HiddenState`).
 
     Returns:
         ``path``.
@@ -152,15 +157,32 @@ def write_report(
     Example:
         >>> write_report("report.html", bridge, mask_sets, torch.tensor([3, 7, 10]), data=subtasks)  # doctest: +SKIP
     """
-    views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges, probe)
+    views = report_views(bridge, masks, prompt, data, token_labels, settings, max_edges, probe, objective)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
-        f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">Per-weight masks '
+        f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">{escape(mask_kind(masks))} '
         f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
         + ", ".join(f"{escape(name)} {escape(number)}" for name, number in versions().items())
         + ". This file is self-contained and works offline.</p></header>"
     )
     return write_page(path, title, views, header)
+
+
+GRANULARITY_NAMES = {"weight": "Per-weight", "neuron": "Neuron", "head": "Head", "matrix": "Per-matrix"}
+
+
+def mask_kind(masks: Mapping[str, MaskSet | BinaryMask]) -> str:
+    """What the report's header calls its masks: their granularity and, if not the default, their objective
+    (``"Head masks trained on hidden_state (hook_name=...)"``); binary masks alone do not record either."""
+    mask_sets = [mask for mask in masks.values() if isinstance(mask, MaskSet)]
+    if len(mask_sets) < len(masks):
+        return "Binary masks"
+    granularities = sorted({mask.config.granularity for mask in mask_sets})
+    kind = " and ".join(GRANULARITY_NAMES[granularity] for granularity in granularities) + " masks"
+    objectives = sorted({describe_objective(mask.objective) for mask in mask_sets})
+    if objectives != [describe_objective(None)]:
+        kind += " trained on " + "; ".join(objectives)
+    return kind
 
 
 def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
@@ -240,9 +262,13 @@ def _configuration(
     origin = next(iter(binaries.values())).origin
     rows = [("library", name, number) for name, number in versions().items()]
     rows += [("model", "adapter", origin.adapter), ("model", "weights", origin.mode)]
-    rows += [("model", key, value) for key, value in origin.model.items()]
+    rows += [
+        ("model", key, value if isinstance(value, str | int) else json.dumps(value))
+        for key, value in origin.model.items()
+    ]
     for name, mask_set in mask_sets.items():
         rows += [(name, f"mask {key}", json.dumps(value)) for key, value in mask_set.config.to_dict().items()]
+        rows.append((name, "objective", json.dumps(mask_set.objective)))
         rows += [(name, f"training {key}", json.dumps(value)) for key, value in mask_set.train_config.items()]
     rows += [("report", key, str(value)) for key, value in (settings or {}).items()]
     return pd.DataFrame(rows, columns=["scope", "setting", "value"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,12 @@ def test_tutorial_runs_without_error(notebook_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(notebook_path, as_version=4)
+    needs = notebook.metadata.get("modmask_lens", {})
+    for module in needs.get("requires", []):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(
+                f"{notebook_path.name} needs {module}: pip install 'modmask-lens[{needs.get('extra', module)}]'"
+            )
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook_path.parent)}}
     ).execute()

@@ -11,6 +11,7 @@ from conftest import VOCAB, boot_gpt2, boot_native
 from transformers import GPT2Config, GPT2LMHeadModel
 from typer.testing import CliRunner
 
+import modmask_lens.masks.objectives
 import modmask_lens.masks.training
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked
 from modmask_lens.adapters import UnsupportedArchitecture
@@ -252,15 +253,15 @@ def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_chec
 ):
     data, config = subtask(), TrainConfig(steps=5, batch_size=4, n_samples=2, checkpoint_every=1)
     trainer = MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False)
-    score_answers = modmask_lens.masks.training.score_answers
+    score_answers = modmask_lens.masks.objectives.score_answers  # what the default objective scores with
 
-    def diverging_at_step_2(logits, labels):
-        score = score_answers(logits, labels)
+    def diverging_at_step_2(logits, labels, label_shift=1):
+        score = score_answers(logits, labels, label_shift)
         if trainer.step == 2:
             score = type(score)(score.loss_sum * bad_value, score.n_tokens, score.n_correct, score.n_examples)
         return score
 
-    monkeypatch.setattr(modmask_lens.masks.training, "score_answers", diverging_at_step_2)
+    monkeypatch.setattr(modmask_lens.masks.objectives, "score_answers", diverging_at_step_2)
     with pytest.raises(
         NonFiniteLoss,
         match=f"became {bad_value} at step 2; training stopped and the last good "

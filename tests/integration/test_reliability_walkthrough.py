@@ -98,7 +98,7 @@ def resume_after(change: str):
         elif change == "data":
             data = copy_task(seed=1)
         elif change == "settings":
-            train_config = TrainConfig(steps=3, batch_size=4, n_samples=2, beta=1e-3)
+            train_config = TrainConfig(steps=3, batch_size=4, n_samples=2, lr=1e-2)
         elif change == "subtasks":
             data = copy_task("walk")
         MaskTrainer(bridge, [data], mask_config, train_config, checkpoint_dir=folder)
@@ -223,7 +223,7 @@ CASES = {
     "resume_with_another_setting": (
         lambda b, t, p: resume_after("settings")(boot_native(), p),
         RunMismatch,
-        "trained with beta=0.0001, this run has beta=0.001 \\(train_config\\)",
+        "trained with lr=0.05, this run has lr=0.01 \\(train_config\\)",
     ),
 }
 

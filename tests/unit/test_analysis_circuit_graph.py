@@ -15,10 +15,15 @@ from modmask_lens.masks.identity import MaskOrigin
 N_LAYERS, N_HEADS, D_HEAD, D_MODEL, D_MLP, VOCAB = 2, 2, 2, 4, 3, 5
 
 
-def hand_built_mask(n_kv_heads: int = N_HEADS, seed: int = 0, unmasked: tuple[str, ...] = ()) -> BinaryMask:
-    """A random mask over a 2-layer model whose matrices mix nn.Linear ([out, in]) and Conv1D ([in, out]) layouts."""
+def hand_built_mask(
+    n_kv_heads: int = N_HEADS, seed: int = 0, unmasked: tuple[str, ...] = (), adapter: str = "hand-built"
+) -> BinaryMask:
+    """A random mask over a 2-layer model whose matrices mix nn.Linear ([out, in]) and Conv1D ([in, out]) layouts;
+    with ``adapter="bert"`` a post-norm model, with a norm after the embeddings."""
     generator = torch.Generator().manual_seed(seed)
     specs = [TensorSpec("embed.weight", "W_E", None, "embed.weight", (VOCAB, D_MODEL), layout="embedding")]
+    if adapter == "bert":
+        specs.append(TensorSpec("embed_ln.weight", "ln_embed.w", None, "", (D_MODEL,)))
     for layer in range(N_LAYERS):
         block = f"blocks.{layer}"
         specs += [
@@ -66,7 +71,7 @@ def hand_built_mask(n_kv_heads: int = N_HEADS, seed: int = 0, unmasked: tuple[st
         for spec in specs
     }
     dims = {"n_layers": N_LAYERS, "n_heads": N_HEADS, "d_model": D_MODEL}
-    return BinaryMask(specs, kept, MaskOrigin("hand-built", "raw", dims), "hand")
+    return BinaryMask(specs, kept, MaskOrigin(adapter, "raw", dims), "hand")
 
 
 def element_owner(spec: TensorSpec, index: tuple[int, int]) -> tuple[int | None, int]:
@@ -124,13 +129,41 @@ def parse_node(node: str) -> tuple[str, int | None, int | None]:
     return ("head", int(layer), int(rest)) if rest is not None else ("mlp", int(layer), None)
 
 
+POST_NORM_ORDER = (
+    ["embed", "embed_ln.weight"]
+    + [
+        part
+        for layer in range(N_LAYERS)
+        for part in (f"L{layer}H", f"blocks.{layer}.ln1.weight", f"L{layer}MLP", f"blocks.{layer}.ln2.weight")
+    ]
+    + ["ln_final.weight", "unembed"]
+)
+"""A post-norm forward pass in order: writers and readers (by node name prefix) and the norms between them."""
+
+
+def post_norm_gain(mask: BinaryMask, source: str, target: str) -> torch.Tensor:
+    """Post-norm: the residual stream goes through every norm between the writer and the reader."""
+
+    def place(node: str) -> int:
+        return next(index for index, part in enumerate(POST_NORM_ORDER) if node.startswith(part))
+
+    gain = torch.ones(D_MODEL, dtype=torch.bool)
+    for norm in POST_NORM_ORDER[place(source) + 1 : place(target)]:
+        if norm.endswith(".weight"):
+            gain &= mask.kept.get(norm, torch.ones(D_MODEL, dtype=torch.bool))
+    return gain
+
+
 def brute_force_edge(mask: BinaryMask, source: str, target: str) -> float:
     """Mean over (writer matrix, reader matrix) of kept paths / all paths, counting every path one by one."""
     kind, layer, _ = parse_node(target)
     norm = {"head": f"blocks.{layer}.ln1.weight", "mlp": f"blocks.{layer}.ln2.weight", "unembed": "ln_final.weight"}[
         kind
     ]
-    gain = mask.kept.get(norm, torch.ones(D_MODEL, dtype=torch.bool))
+    if mask.origin.adapter == "bert":
+        gain = post_norm_gain(mask, source, target)
+    else:
+        gain = mask.kept.get(norm, torch.ones(D_MODEL, dtype=torch.bool))
     writers = node_weights(mask, source, writing=True) or [[(d, True) for d in range(D_MODEL)]]
     readers = node_weights(mask, target, writing=False) or [[(d, True) for d in range(D_MODEL)]]
     fractions = []
@@ -151,6 +184,15 @@ def test_edge_weights_equal_brute_force_fraction_of_kept_paths(n_kv_heads):
     assert len(graph.edges) > 0
     for edge in graph.edges.itertuples():
         assert edge.weight == pytest.approx(brute_force_edge(mask, edge.source, edge.target), abs=1e-6), edge
+
+
+def test_post_norm_edges_pass_through_every_norm_between_writer_and_reader():
+    mask = hand_built_mask(adapter="bert", seed=3)
+    graph = circuit_graph(mask)
+    for edge in graph.edges.itertuples():
+        assert edge.weight == pytest.approx(brute_force_edge(mask, edge.source, edge.target), abs=1e-6), edge
+    pre_norm = circuit_graph(BinaryMask(mask.specs, mask.kept, MaskOrigin("hand-built", "raw", mask.origin.model)))
+    assert not graph.edges.weight.equals(pre_norm.edges.weight)  # the two placements read through other gains
 
 
 def test_unmasked_side_counts_as_fully_kept():
