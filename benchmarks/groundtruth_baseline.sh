@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The ground-truth baseline of docs/ground-truth.md: the baseline methods (`baseline_methods`) on every plant of one pair at
-# every granularity it answers, and Csordás's method under the two null controls; one torch thread, 300 mask
+# The ground-truth baseline of docs/ground-truth.md: the baseline methods (`baseline_methods`) on every plant of one
+# pair at every granularity it answers, and Csordás's method under the two null controls; one torch thread, 300 mask
 # steps (STEPS overrides). Usage: benchmarks/groundtruth_baseline.sh OUT_DIR [PAIR]   (PAIR: add-mul or sub-max)
 # Writes one folder of CSV tables per case and control set.
 set -euo pipefail
