@@ -76,7 +76,7 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _subtask(name: str, dataset, tokenizer, limit: int | None = None) -> SubtaskData:
+def limited_subtask(name: str, dataset, tokenizer, limit: int | None = None) -> SubtaskData:
     if limit is not None and len(dataset) > limit:
         dataset = dataset.shuffle(seed=0).select(range(limit))
     return SubtaskData.from_pairs(name, dataset, tokenizer, fields=QUESTION_ANSWER)
@@ -89,10 +89,10 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     model = zoo.load("scan")
     splits = {"simple": "simple", "jump": "addprim_jump", "length": "length", "turn_left": "addprim_turn_left"}
     data = {name: scan.scan_task(split) for name, split in splits.items()}
-    training = [_subtask(name, data[name]["train"], model.tokenizer) for name in splits]
+    training = [limited_subtask(name, data[name]["train"], model.tokenizer) for name in splits]
     masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
-    evaluation = {name: _subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
+    evaluation = {name: limited_subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
     accuracy = mask_accuracy(model.bridge, binaries, evaluation)
     fig4a = (
         accuracy[accuracy.condition != "inverse"]
@@ -148,10 +148,12 @@ def addmul_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | Non
     model = zoo.load("addmul")
     data = model.task.build(model.card.seed)
     operations = ("add", "mul")
-    training = [_subtask(name, subtask_view(data["train"], "operation", name), model.tokenizer) for name in operations]
+    training = [
+        limited_subtask(name, subtask_view(data["train"], "operation", name), model.tokenizer) for name in operations
+    ]
     control = SubtaskData.concatenate("control", training)
     evaluation = {
-        name: _subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
+        name: limited_subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
         for name in operations
     }
     tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, method)
@@ -211,7 +213,7 @@ def double_add_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int |
         return subtasks
 
     training = pair_subtasks(data["train"], None)
-    control = _subtask("control", data["train"], model.tokenizer)
+    control = limited_subtask("control", data["train"], model.tokenizer)
     tables = _control_and_subtask_masks(
         model.bridge, control, list(training.values()), pair_subtasks(data["test"], eval_limit), method
     )
@@ -231,9 +233,9 @@ def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     model = zoo.load("math")
     data = model.task.build(model.card.seed)
     modules = sorted(set(data["train"]["module"]))
-    training = [_subtask(name, subtask_view(data["train"], "module", name), model.tokenizer) for name in modules]
-    control = _subtask("control", data["train"], model.tokenizer)
-    easy = _subtask("easy_only", data["train_easy"], model.tokenizer)
+    training = [limited_subtask(name, subtask_view(data["train"], "module", name), model.tokenizer) for name in modules]
+    control = limited_subtask("control", data["train"], model.tokenizer)
+    easy = limited_subtask("easy_only", data["train_easy"], model.tokenizer)
     masks = train_masks(
         model.bridge, [control, easy, *training], method.mask_config, method.train_config, progress=False
     )
@@ -241,7 +243,8 @@ def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
     matrix = sharing.pivot(index="mask_a", columns="mask_b", values="iou").reset_index()
     evaluation = {
-        split: _subtask(split, data[split], model.tokenizer, eval_limit) for split in ("interpolate", "extrapolate")
+        split: limited_subtask(split, data[split], model.tokenizer, eval_limit)
+        for split in ("interpolate", "extrapolate")
     }
     accuracy = mask_accuracy(
         model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation
@@ -303,7 +306,7 @@ def _scan_primitive_subtasks(model, split: str, limit: int | None) -> list[Subta
 
     def single_primitive(primitive: str) -> SubtaskData:
         rows = data.filter(lambda names: list(names) == [primitive], input_columns="primitives")
-        return _subtask(primitive, rows, model.tokenizer, limit)
+        return limited_subtask(primitive, rows, model.tokenizer, limit)
 
     return [single_primitive(name) for name in ("jump", "walk", "run", "look")]
 
@@ -313,7 +316,7 @@ def _math_module_subtasks(model, split: str, limit: int | None) -> list[SubtaskD
     ``extrapolate``)."""
     data = model.task.build(model.card.seed)[split]
     return [
-        _subtask(name, subtask_view(data, "module", name), model.tokenizer, limit)
+        limited_subtask(name, subtask_view(data, "module", name), model.tokenizer, limit)
         for name in sorted(set(data["module"]))
     ]
 
