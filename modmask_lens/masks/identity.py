@@ -49,7 +49,8 @@ def fresh_tensors(bridge: Bridge, specs: list[TensorSpec]) -> list[str]:
 
     A part is a top-level submodule of the Hugging Face model (``cls``, ``encoder``; the base model's prefix such as
     ``bert.`` removed on both sides). Parts the checkpoint holds count whole, also where the bridge renames or splits
-    their tensors (GPT-2's ``c_attn`` into ``q``, ``k``, ``v``): a missing tensor inside a stored part still counts.
+    their tensors (a fused attention matrix into ``q``, ``k``, ``v``): a missing tensor inside a stored part still
+    counts.
     """
     stored = checkpoint_tensor_names(bridge)
     if stored is None:

@@ -393,20 +393,29 @@ class CustomObjective(Objective):
         return self.metric_name
 
     def reference(self, full: Outputs, batch: Batch) -> Reference:
-        return {"logits": full.logits} | {f"activation/{name}": value for name, value in full.activations.items()}
+        # The full model's own loss under the function (what the loss constraint compares the masked model's with).
+        full_losses, _ = self._per_example(full, full, batch)
+        return {"logits": full.logits, "loss": full_losses.detach()} | {
+            f"activation/{name}": value for name, value in full.activations.items()
+        }
 
     def score(self, masked: Outputs, reference: Reference | None, batch: Batch) -> Score:
         full = Outputs(
             reference["logits"],
             {name.split("/", 1)[1]: value for name, value in reference.items() if name.startswith("activation/")},
         )
+        losses, metrics = self._per_example(masked, full, batch)
+        return Score(losses.sum(), float(metrics.detach().sum()))
+
+    def _per_example(self, masked: Outputs, full: Outputs, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The function's losses and metrics, checked to be one of each per example."""
         losses, metrics = self.function(masked, full, batch)
         if losses.shape != (len(batch),) or metrics.shape != (len(batch),):
             raise ValueError(
                 f"the objective {self.to_dict()['label']!r} returned losses {tuple(losses.shape)} and metrics "
                 f"{tuple(metrics.shape)}; return one of each per example ([{len(batch)}])"
             )
-        return Score(losses.sum(), float(metrics.detach().sum()))
+        return losses, metrics
 
     def to_dict(self) -> dict:
         label = self.label or getattr(self.function, "__qualname__", repr(self.function))

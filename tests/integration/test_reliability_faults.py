@@ -90,14 +90,16 @@ def hook_in_backward(owner, attribute: str, trigger: Trigger, monkeypatch) -> No
 
 # Injection point -> how to install it. "attach": building the masked (or detached) parameters and checking the
 # model on entering masked(); "forward": inside a TransformerLens hook point, while functional_call has the masked
-# tensors swapped in; "backward": in the gradient of a mask sample or of a component gate's output; "optimiser": the
-# optimiser steps and the gradient clipping; "checkpoint": after the temporary file is written, before the rename.
+# tensors swapped in; "backward": in the gradient of a mask sample (the training path: its products) or of a component
+# gate's output; "optimiser": the optimiser steps and the gradient clipping; "checkpoint": after the temporary file is
+# written, before the rename.
 POINTS: dict[str, Callable[[Trigger, pytest.MonkeyPatch], None]] = {
     "attach_parameters": lambda t, mp: wrap(modmask_lens.masks.apply, "masked_parameters", t, mp),
     "attach_detached": lambda t, mp: wrap(modmask_lens.core.functional, "tensor_slots", t, mp),
     "attach_check": lambda t, mp: wrap(MaskOrigin, "check", t, mp),
     "forward_hook_point": lambda t, mp: wrap(HookPoint, "forward", t, mp),
     "backward": lambda t, mp: hook_in_backward(MaskSet, "sample", t, mp),
+    "backward_products": lambda t, mp: hook_in_backward(MaskSet, "sample_products", t, mp),
     "backward_gate": lambda t, mp: hook_in_backward(ComponentGate, "forward", t, mp),
     "optimiser_adam": lambda t, mp: wrap(torch.optim.Adam, "step", t, mp),
     "optimiser_rmsprop": lambda t, mp: wrap(torch.optim.RMSprop, "step", t, mp),
@@ -149,7 +151,14 @@ def train_component_gate_phase(bridge, data, mask_set, trigger, checkpoint_dir) 
 PHASES = {
     "train_masks": (
         train_masks_phase,
-        ["attach_parameters", "forward_hook_point", "backward", "optimiser_adam", "gradient_clip", "checkpoint_write"],
+        [
+            "attach_parameters",
+            "forward_hook_point",
+            "backward_products",
+            "optimiser_adam",
+            "gradient_clip",
+            "checkpoint_write",
+        ],
     ),
     "evaluate_masked": (
         evaluate_masked_phase,

@@ -282,7 +282,7 @@ def test_a_model_that_solves_no_example_is_read_out_at_zero_with_a_warning():
     generator = torch.Generator().manual_seed(0)
     data = SubtaskData("noise", *torch.randint(0, 40, (2, 8, 6), generator=generator))
     assert exact_match(bridge, data) == 0  # random answers to a random model (seeded)
-    with pytest.warns(UnfaithfulReadout, match="answers none of its first 8 examples"):
+    with pytest.warns(UnfaithfulReadout, match="accuracy on its first 8 examples is 0.0"):
         masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4), progress=False).train()
     assert masks["noise"].threshold == 0.0
 
