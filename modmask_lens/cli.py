@@ -183,6 +183,11 @@ def masks_train(
         None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"
     ),
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
+    objective: str = typer.Option(
+        "answer-ce",
+        help="what the mask keeps: answer-ce (exact match), kl or kl:all (the full model's next-token "
+        "distributions), logit-diff (JSONL rows with a 'foil'), hidden-state:HOOK[:cosine|mse] (docs/objectives.md)",
+    ),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
     checkpoint_every: int = typer.Option(200, help="steps between checkpoints in OUT/checkpoints"),
@@ -211,6 +216,7 @@ def masks_train(
     """
     from modmask_lens.loading import check_model_name, check_subtask_spec
     from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+    from modmask_lens.masks.objectives import objective_from_spec
 
     methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
     if method not in methods:
@@ -230,6 +236,10 @@ def masks_train(
         checkpoint_every=checkpoint_every,
         **{key: value for key, value in settings.items() if value is not None},
     )
+    try:
+        trained_objective = objective_from_spec(objective)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--objective") from error
     check_model_name(model)
     for spec in task:
         check_subtask_spec(spec)
@@ -237,7 +247,6 @@ def masks_train(
 
     import torch
 
-    from modmask_lens.core.data import SubtaskData
     from modmask_lens.core.world import launched_by_torchrun, world
     from modmask_lens.loading import load_bridge, load_subtask
     from modmask_lens.masks.io import save_masks
@@ -252,7 +261,7 @@ def masks_train(
     subtasks = [load_subtask(spec, tokenizer) for spec in task]
     check_batch_memory(train_config, bridge.cfg.d_vocab, max(subtask.input_ids.shape[1] for subtask in subtasks))
     if not fully_shard:  # the data go where the model runs
-        subtasks = [SubtaskData(s.name, s.input_ids.to(device), s.labels.to(device)) for s in subtasks]
+        subtasks = [subtask.to(device) for subtask in subtasks]
     masks = train_masks(
         bridge,
         subtasks,
@@ -263,6 +272,7 @@ def masks_train(
         fully_shard=fully_shard,
         device=device,
         restart=restart,
+        objective=trained_objective,
     )
     if world()[0] == 0:
         for name, mask in masks.items():

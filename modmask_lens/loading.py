@@ -130,20 +130,24 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     Args:
         spec: ``path/to/file.jsonl`` (prompt/completion pairs; the subtask is named after the file; if its rows
             carry a ``part`` field, as ``modmask-lens data --export`` writes, only the ``train`` rows, or the rows of
-            ``path/to/file.jsonl:PART``), ``TASK`` (a built-in task's training split, e.g. ``scan``) or
+            ``path/to/file.jsonl:PART``; rows with a ``foil`` field give the logit-difference objective its
+            foils), ``TASK`` (a built-in task's training split, e.g. ``scan``) or
             ``TASK/SUBTASK`` (one subtask view of it, e.g. ``scan/jump`` or ``addmul/add``). Task names take ``-``
             or ``_`` alike.
         tokenizer: the model's tokenizer.
         split: which split of a built-in task (default: the task's training split).
         seed: seed of the task's random parts.
     """
+    from modmask_lens.core.pairs import load_foils
     from modmask_lens.tasks.catalog import task_spec
     from modmask_lens.tasks.views import subtask_view
 
     check_subtask_spec(spec)
     file, part = _file_and_part(spec)
     if file is not None:
-        return SubtaskData.from_pairs(file.stem, file, tokenizer, part=part)
+        data = SubtaskData.from_pairs(file.stem, file, tokenizer, part=part)
+        foils = load_foils(file, part)
+        return data if foils is None else data.with_foils(foils, tokenizer)
     task_name, _, subtask = spec.partition("/")
     task = task_spec(task_name)
     rows = task.build(seed)[split or task.train_split]

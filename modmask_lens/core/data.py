@@ -119,6 +119,15 @@ class SubtaskData:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: torch.device | str) -> SubtaskData:
+        """The same subtask with every tensor (ids, labels, attention mask, foils, classes) on ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("input_ids", "labels", *OPTIONAL_FIELDS)
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(self, **moved)
+
     @classmethod
     def from_pairs(
         cls, name: str, source: PairSource, tokenizer, fields: tuple[str, str] = FIELDS, part: str | None = None

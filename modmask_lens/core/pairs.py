@@ -19,6 +19,7 @@ PairSource = Sequence[tuple[str, str]] | str | Path | Dataset
 FIELDS = ("prompt", "completion")
 PART_FIELD = "part"  # which part (train, test, ...) a row of an exported task belongs to
 DEFAULT_PART = "train"
+FOIL_FIELD = "foil"  # the wrong answer a logit difference compares the completion with (optional)
 
 
 def load_pairs(
@@ -72,6 +73,25 @@ def load_pairs(
             f"a subtask needs at least 2 examples, got {len(prompts)}; add more (prompt, completion) pairs"
         )
     return prompts, completions
+
+
+def load_foils(path: Path, part: str | None = None) -> list[str] | None:
+    """The ``foil`` field of every row of a JSONL file's ``part`` (as :func:`load_pairs` picks the rows), for a
+    logit-difference objective; ``None`` when no row has one.
+
+    Raises:
+        ValueError: naming the first line whose foil is missing or not a non-empty string, when some rows have one.
+    """
+    numbered = _rows_of_part(path, list(_jsonl_rows(path)), part)
+    if not any(FOIL_FIELD in row for _, row in numbered):
+        return None
+    for number, row in numbered:
+        if not isinstance(row.get(FOIL_FIELD), str) or not row[FOIL_FIELD].strip():
+            raise ValueError(
+                f"{path}, line {number}: '{FOIL_FIELD}' must be a non-empty string in every row once one row has "
+                f"it, got {row.get(FOIL_FIELD)!r}"
+            )
+    return [row[FOIL_FIELD] for _, row in numbered]
 
 
 def _rows_of_part(path: Path, numbered: list[tuple[int, dict]], part: str | None) -> list[tuple[int, dict]]:

@@ -85,6 +85,16 @@ class Objective:
     def check(self, data: SubtaskData) -> None:
         """Raise ``ValueError`` naming the fix unless ``data`` carries what this objective needs."""
 
+    def check_model(self, bridge: Bridge) -> None:
+        """Raise ``ValueError`` naming the fix if the objective reads a hook point ``bridge`` does not have."""
+        unknown = [name for name in self.hook_names if name not in bridge.hook_dict]
+        if unknown:
+            examples = ", ".join(sorted(name for name in bridge.hook_dict if name.endswith("hook_resid_post"))[:3])
+            raise ValueError(
+                f"the objective reads hook point(s) {unknown}, which this model does not have; valid names are "
+                f"bridge.hook_dict's keys, e.g. {examples}"
+            )
+
     def normaliser(self, batch: Batch) -> int:
         """What the batch's loss sum is divided by (default: the number of examples)."""
         return len(batch)
@@ -193,7 +203,7 @@ class LogitDifference(Objective):
         if data.foils is None:
             raise ValueError(
                 f"subtask {data.name!r} has no foils; the logit difference compares each answer with one: "
-                "use data.with_foils(foils, tokenizer)"
+                "use data.with_foils(foils, tokenizer), or give every row of the JSONL file a 'foil' field"
             )
 
     def normaliser(self, batch: Batch) -> int:
@@ -492,6 +502,45 @@ def _require_answers(data: SubtaskData, what: str) -> None:
             f"subtask {data.name!r} has no answer tokens to score, which {what} needs; give answers, or train with "
             "an objective that reads no answers (HiddenState, LinearProbe, KLDivergence(positions='all'))"
         )
+
+
+OBJECTIVE_SPECS = {
+    "answer-ce": "answer cross-entropy, metric exact match (the default)",
+    "kl": "KL(full || masked) at the answer positions; kl:all at every real token",
+    "logit-diff": "answer minus foil logit (each JSONL row needs a 'foil')",
+    "hidden-state": "hidden-state:HOOK[:cosine|mse], the activation at HOOK mean-pooled, e.g. "
+    "hidden-state:blocks.1.hook_resid_post",
+}
+"""The objectives a command line names (:func:`objective_from_spec`), with what each keeps."""
+
+
+def objective_from_spec(spec: str) -> Objective:
+    """The objective a command-line ``spec`` names: ``answer-ce``, ``kl``, ``kl:all``, ``logit-diff``,
+    ``hidden-state:HOOK`` or ``hidden-state:HOOK:mse`` (:data:`OBJECTIVE_SPECS`). Probes and custom objectives
+    take Python objects and are built in Python.
+
+    Example:
+        >>> objective_from_spec("hidden-state:blocks.1.hook_resid_post:mse").to_dict()
+        {'name': 'hidden_state', 'hook_name': 'blocks.1.hook_resid_post', 'distance': 'mse', 'pool': 'mean'}
+        >>> objective_from_spec("kl:all").to_dict()
+        {'name': 'kl_divergence', 'positions': 'all'}
+    """
+    kind, *arguments = spec.split(":")
+    if kind == "answer-ce" and not arguments:
+        return AnswerCrossEntropy()
+    if kind == "logit-diff" and not arguments:
+        return LogitDifference()
+    if kind == "kl" and arguments in ([], ["answers"], ["all"]):
+        return KLDivergence(*arguments)
+    if (
+        kind == "hidden-state"
+        and len(arguments) in (1, 2)
+        and arguments[0]
+        and arguments[1:] in ([], ["cosine"], ["mse"])
+    ):
+        return HiddenState(*arguments)
+    choices = "; ".join(f"{name}: {meaning}" for name, meaning in OBJECTIVE_SPECS.items())
+    raise ValueError(f"unknown objective {spec!r}; choose one of {choices}")
 
 
 def describe_objective(description: dict | None) -> str:

@@ -202,6 +202,7 @@ class MaskTrainer:
                     "train without fully_shard"
                 )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
+        objective.check_model(bridge)
         for subtask in subtasks:
             subtask.check_fits(bridge)
             objective.check(subtask)

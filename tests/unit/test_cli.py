@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -65,7 +66,8 @@ def test_every_command_has_help_with_an_example():
         assert result.exit_code == 0 and "Example: modmask-lens" in result.output, command
 
 
-def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
+def _tiny_model_and_tasks(tmp_path):
+    """A tiny GPT-2 folder and two JSONL subtasks (sums of even and of odd parity) whose rows carry a foil."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from modmask_lens.testing.tiny_models import boot_tiny
@@ -74,12 +76,17 @@ def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
     boot_tiny(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40, n_positions=16)), folder)
     for name, offset in (("evens", 0), ("odds", 1)):
         rows = [
-            {"prompt": f"w{a} w{b}", "completion": f"w{(a + b) % 20 + 5}"}
+            {"prompt": f"w{a} w{b}", "completion": f"w{(a + b) % 20 + 5}", "foil": f"w{(a + b + 1) % 20 + 5}"}
             for a in range(5, 15)
             for b in range(5, 9)
             if (a + b) % 2 == offset
         ]
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    return folder
+
+
+def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
+    folder = _tiny_model_and_tasks(tmp_path)
     arguments = [
         "masks",
         "train",
@@ -119,3 +126,62 @@ def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
     overlap = pd.read_csv(tmp_path / "a" / "overlap.csv")
     assert set(overlap.mask_a) == {"evens"} and overlap.iou.between(0, 1).all()
     assert (tmp_path / "a" / "kept_fraction.csv").exists() and (tmp_path / "a" / "head_importance.csv").exists()
+
+
+def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path):
+    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.masks.io import load_masks
+
+    folder = _tiny_model_and_tasks(tmp_path)
+    bridge, tokenizer = load_bridge(str(folder))
+    evens = load_subtask(str(tmp_path / "evens.jsonl"), tokenizer)
+    # The foil sits where the answer's first token is scored: "w5 w5" -> answer w15, foil w16.
+    answer_position = int((evens.labels[0] != -100).nonzero()[0])
+    assert tokenizer.decode(evens.foils[0, answer_position]) == "w16"
+    assert tokenizer.decode(evens.labels[0, answer_position]) == "w15"
+    for spec, recorded in (
+        ("logit-diff", {"name": "logit_difference"}),
+        ("hidden-state:blocks.1.hook_resid_post", {"name": "hidden_state", "hook_name": "blocks.1.hook_resid_post"}),
+    ):
+        out = tmp_path / spec.split(":")[0]
+        result = runner.invoke(
+            app,
+            ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--steps", "2"]
+            + ["--batch-size", "8", "--objective", spec, "--out", str(out)],
+        )
+        assert result.exit_code == 0, result.output
+        mask = load_masks(out / "masks-evens.safetensors", bridge)
+        assert recorded.items() <= mask.objective.items()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nonsense", "unknown objective 'nonsense'; choose one of answer-ce"),
+        ("kl:some", "unknown objective 'kl:some'"),
+        ("hidden-state", "unknown objective 'hidden-state'"),
+        ("hidden-state:blocks.7.hook_resid_post", "does not have; valid names are bridge.hook_dict's keys"),
+    ],
+)
+def test_a_bad_objective_is_refused_before_training(tmp_path, spec, message):
+    folder = _tiny_model_and_tasks(tmp_path)
+    result = runner.invoke(
+        app,
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--objective", spec]
+        + ["--out", str(tmp_path / "m")],
+    )
+    assert result.exit_code != 0
+    assert message in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+    assert not list((tmp_path / "m").glob("**/*.safetensors"))
+
+
+def test_foils_must_be_in_every_row_once_one_row_has_one(tmp_path):
+    from modmask_lens.core.pairs import load_foils
+
+    path = tmp_path / "partial.jsonl"
+    rows = [{"prompt": "1+1", "completion": "2", "foil": "3"}, {"prompt": "2+2", "completion": "4"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match="line 2: 'foil' must be a non-empty string in every row"):
+        load_foils(path)
+    path.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "foil"}) + "\n" for row in rows))
+    assert load_foils(path) is None
