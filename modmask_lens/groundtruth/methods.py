@@ -15,6 +15,7 @@ from torch import nn
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import AnswerCrossEntropy, KLDivergence, Objective
 from modmask_lens.masks.training import train_masks
 
 Method = Callable[[nn.Module, SubtaskData, MaskConfig, int], MaskSet]
@@ -35,15 +36,17 @@ class FinderMethod:
     Attributes:
         train_config: the training settings (its ``readout`` reads the mask out).
         mask_settings: :class:`MaskConfig` fields set on top of the suite's (which gives the granularity).
+        objective: what the mask keeps (default: the answers' cross-entropy).
     """
 
     train_config: TrainConfig
     mask_settings: dict = dataclasses.field(default_factory=dict)
+    objective: Objective = AnswerCrossEntropy()
 
     def __call__(self, bridge: nn.Module, train: SubtaskData, mask_config: MaskConfig, seed: int = 0) -> MaskSet:
         config = dataclasses.replace(mask_config, **self.mask_settings)
         training = dataclasses.replace(self.train_config, seed=seed)
-        return train_masks(bridge, train, config, training, progress=False)[train.name]
+        return train_masks(bridge, train, config, training, progress=False, objective=self.objective)[train.name]
 
 
 def baseline_methods(steps: int | None = None) -> dict[str, FinderMethod]:
@@ -63,8 +66,9 @@ def baseline_methods(steps: int | None = None) -> dict[str, FinderMethod]:
 def study_methods(steps: int | None = None) -> dict[str, FinderMethod]:
     """The methods of docs/finder-study.md, each one change away from the next: ``csordas``,
     ``csordas+faithful-readout``, ``gumbel+constraint`` (the loss constraint with Gumbel-sigmoid samples, init 3.0),
-    ``hard-concrete+constraint`` (read out at 0) and ``faithful`` (hard concrete, the constraint and the faithful
-    readout: the library's defaults)."""
+    ``hard-concrete+constraint`` (read out at 0), ``faithful`` (hard concrete, the constraint and the faithful
+    readout: the library's defaults) and ``faithful+kl`` (the same, keeping the full model's output distributions at
+    the answer positions, KL within 0.02 nats, instead of the answers)."""
     csordas = _with_steps(CSORDAS_TRAINING, steps)
     faithful = _with_steps(TrainConfig(), steps)
     at_zero = dataclasses.replace(faithful, readout="zero")
@@ -74,6 +78,7 @@ def study_methods(steps: int | None = None) -> dict[str, FinderMethod]:
         "gumbel+constraint": FinderMethod(at_zero, {"sampler": "gumbel-sigmoid"}),
         "hard-concrete+constraint": FinderMethod(at_zero),
         "faithful": FinderMethod(faithful),
+        "faithful+kl": FinderMethod(faithful, objective=KLDivergence()),
     }
 
 
