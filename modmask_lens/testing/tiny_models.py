@@ -61,6 +61,17 @@ def boot_tiny(
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
 
 
+TINY_HF_SIZES = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 40,
+    "max_position_embeddings": 32,
+}
+"""Hugging Face config fields of the tiny models of the conformance, encoder and objective tests (most families'
+config classes take these names), e.g. ``BertConfig(**TINY_HF_SIZES)``."""
+
 TINY_NATIVE_CONFIG = {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64, "n_ctx": 16, "d_vocab": 40}
 """The dimensions of the tiny TransformerLens-native models of the examples and tests."""
 

@@ -36,31 +36,25 @@ from transformers import (
 from modmask_lens import CSORDAS_MASKS, CSORDAS_TRAINING, SubtaskData, adapter_for, train_masks
 from modmask_lens.adapters import DerivedAdapter, registry
 from modmask_lens.testing import CHECKS, applicable_checks, check_head_mask, run_conformance
-from modmask_lens.testing.tiny_models import boot_tiny
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
-SIZES = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "vocab_size": 40,
-    "max_position_embeddings": 32,
-}
 GPT_STYLE = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 40, "n_positions": 32}
 FAMILIES = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(**GPT_STYLE)),
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **SIZES)),
-    "mistral": lambda: MistralForCausalLM(MistralConfig(num_key_value_heads=2, **SIZES)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **SIZES)),
-    "gemma": lambda: GemmaForCausalLM(GemmaConfig(num_key_value_heads=1, head_dim=8, **SIZES)),
-    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**SIZES)),
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **TINY_HF_SIZES)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(num_key_value_heads=2, **TINY_HF_SIZES)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **TINY_HF_SIZES)),
+    "gemma": lambda: GemmaForCausalLM(GemmaConfig(num_key_value_heads=1, head_dim=8, **TINY_HF_SIZES)),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**TINY_HF_SIZES)),
     "gptj": lambda: GPTJForCausalLM(GPTJConfig(rotary_dim=4, n_inner=64, **GPT_STYLE)),
-    "phi": lambda: PhiForCausalLM(PhiConfig(**SIZES)),
+    "phi": lambda: PhiForCausalLM(PhiConfig(**TINY_HF_SIZES)),
     "opt": lambda: OPTForCausalLM(
-        OPTConfig(ffn_dim=64, word_embed_proj_dim=32, **{k: v for k, v in SIZES.items() if k != "intermediate_size"})
+        OPTConfig(
+            ffn_dim=64, word_embed_proj_dim=32, **{k: v for k, v in TINY_HF_SIZES.items() if k != "intermediate_size"}
+        )
     ),
-    "bert": lambda: BertForMaskedLM(BertConfig(**SIZES)),
-    "bert_lm_head": lambda: BertLMHeadModel(BertConfig(is_decoder=True, **SIZES)),
+    "bert": lambda: BertForMaskedLM(BertConfig(**TINY_HF_SIZES)),
+    "bert_lm_head": lambda: BertLMHeadModel(BertConfig(is_decoder=True, **TINY_HF_SIZES)),
 }
 """Tiny random models of the families the issue names; Gemma has multi-query attention (one key/value head)."""
 HAND_WRITTEN = {"gpt_neox": "gpt_neox", "bert": "bert", "bert_lm_head": "bert", "opt": "opt"}

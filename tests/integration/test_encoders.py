@@ -15,16 +15,8 @@ from transformers import BertConfig, BertModel
 import modmask_lens as mm
 from modmask_lens.masks.identity import fresh_tensors
 from modmask_lens.testing import run_conformance
-from modmask_lens.testing.tiny_models import placeholder_bert_tokenizer
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, placeholder_bert_tokenizer
 
-SIZES = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "vocab_size": 40,
-    "max_position_embeddings": 32,
-}
 HEADLESS = ["mlm_head.weight", "mlm_head.bias", "ln_final.weight", "ln_final.bias", "unembed.bias"]
 
 
@@ -33,8 +25,8 @@ def headless_folder(tmp_path_factory):
     """A tiny BERT saved as sentence-transformers save theirs: the encoder only (``BertModel``), no masked-LM head."""
     folder = tmp_path_factory.mktemp("headless-bert")
     torch.manual_seed(0)
-    BertModel(BertConfig(**SIZES), add_pooling_layer=False).save_pretrained(folder)
-    placeholder_bert_tokenizer(SIZES["vocab_size"]).save_pretrained(folder)
+    BertModel(BertConfig(**TINY_HF_SIZES), add_pooling_layer=False).save_pretrained(folder)
+    placeholder_bert_tokenizer(TINY_HF_SIZES["vocab_size"]).save_pretrained(folder)
     return folder
 
 

@@ -11,6 +11,7 @@ import modmask_lens as mm
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.masks.objectives import model_outputs
 from modmask_lens.testing.tiny_models import (
+    TINY_HF_SIZES,
     boot_tiny,
     placeholder_bert_tokenizer,
     placeholder_word_tokenizer,
@@ -32,16 +33,7 @@ def causal():
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    model = BertForMaskedLM(
-        BertConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=40,
-            max_position_embeddings=32,
-        )
-    )
+    model = BertForMaskedLM(BertConfig(**TINY_HF_SIZES))
     return boot_tiny(model, tmp_path_factory.mktemp("bert"), tokenizer=placeholder_bert_tokenizer(40))
 
 
