@@ -31,11 +31,18 @@ def faithful_threshold(
     """The logit threshold keeping the fewest highest-logit units whose exact match on ``data`` is at least
     ``(1 - tolerance)`` times the full model's: midway between the last kept and the first removed logit.
 
-    The count is found by bisection over ``0 .. number of logits`` (about ``log2(n)`` evaluations of ``data``).
-    Bisection assumes that keeping more top units does not lower accuracy, so where that fails it may keep more
-    units than the fewest faithful count; it only settles on a count that passed, or on every unit, so the result
-    is faithful on ``data`` (logits tied at the threshold are kept together). Pass held-out data to choose the size
-    on examples the mask did not train on.
+    The search starts from the mask's own readout, the units with logit > 0. Accuracy is not monotone in the count
+    beyond it: training removed the low-logit units, and the kept ones came to work without them, so adding some of
+    them back can break the subtask (measured: the double-addition control mask scored 1.00 with its 5.1% of
+    weights above 0 and 0.86 with 6.6%). So the search never assumes monotonicity across that point:
+
+    - if the units above 0 pass, it bisects between no unit and them (about ``log2(n)`` evaluations);
+    - otherwise it adds units in steps of 1/64 of them all, doubling each time, until a count passes (every unit
+      always does), then bisects between the last count that failed and that one.
+
+    It only settles on a count that passed, so the result is faithful on ``data`` (logits tied at the threshold are
+    kept together); where accuracy is not monotone within a bisected range it may keep more units than the fewest
+    faithful count. Pass held-out data to choose the size on examples the mask did not train on.
 
     Args:
         bridge: the model the mask is for.
@@ -63,15 +70,29 @@ def faithful_threshold(
             "size keeps it: check the data (answers, tokenizer), or read the mask out at logit > 0"
         )
     required = (1 - tolerance) * full
-    low, high = 0, descending.numel()
-    while low < high:
+
+    def passes(count: int) -> bool:
+        kept = masks.binary_from(masks.kept_above(threshold_keeping(count)))
+        return reaches_metric(bridge, data, objective, kept, required)
+
+    total = descending.numel()
+    above_zero = int((descending > 0).sum())
+    if passes(above_zero):
+        low, high = 0, above_zero
+    else:
+        failed, step = above_zero, -(-total // 64)
+        high = min(total, above_zero + step)
+        while high < total and not passes(high):
+            failed, step = high, 2 * step
+            high = min(total, high + step)
+        low = failed + 1
+    while low < high:  # ``high`` passes (or keeps every unit)
         middle = (low + high) // 2
-        kept = masks.binary_from(masks.kept_above(threshold_keeping(middle)))
-        if reaches_metric(bridge, data, objective, kept, required):
+        if passes(middle):
             high = middle
         else:
             low = middle + 1
-    return threshold_keeping(low)
+    return threshold_keeping(high)
 
 
 def faithful_binary(
