@@ -314,9 +314,10 @@ class Adapter:
     ) -> set[str]:
         """Write masked tensors that the Hugging Face checkpoint stores only inside a fused copy.
 
-        The base export already handles tensors that are the checkpoint's own parameters and views of a fused
-        parameter (GPT-2's q/k/v inside ``c_attn``). Families whose bridge splits a fused tensor into copies
-        (GPT-NeoX ``query_key_value``) override this.
+        The base export already handles tensors that are the checkpoint's own parameters, views of a fused
+        parameter (GPT-2's q/k/v inside ``c_attn``) and copies made by TransformerLens's declared
+        ``split_qkv_matrix`` (GPT-NeoX's ``query_key_value``). Families whose bridge splits a fused tensor into
+        copies in a way TransformerLens does not declare override this.
 
         Args:
             bridge: the model.

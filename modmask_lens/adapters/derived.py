@@ -40,7 +40,7 @@ class DerivedAdapter(Adapter):
     """
 
     name: ClassVar[str] = "transformer_lens"
-    former_names: ClassVar[tuple[str, ...]] = ("gpt2", "llama", "native", "generic")
+    former_names: ClassVar[tuple[str, ...]] = ("gpt2", "llama", "native", "generic", "gpt_neox")
     """The hand-written adapters this one replaced (they said nothing TransformerLens's map does not)."""
 
     def __init__(self, head_axes: dict[str, int] | None = None, parallel_blocks: bool = False) -> None:
