@@ -10,8 +10,11 @@ Its ``component_mapping`` gives each tensor its canonical key (``blocks.0.attn.q
 for ``W_O`` (heads on axis 0, its input side: GPT-2's ``Conv1D`` ``[in, out]``). Where TransformerLens declares no
 such pattern (MLP matrices, GPT-2's q/k/v split off ``c_attn``), the wrapped module's type says how it stores its
 matrix. Grouped-query attention comes from ``cfg.n_key_value_heads``, parallel attention/MLP blocks (GPT-J, Phi)
-from the block mapping having no ``ln2``. Everything a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2,
-OPT and TransformerLens-native models is read from there.
+from the block mapping having no ``ln2``. Whether blocks are pre- or post-norm the map does not say (BERT's and
+RoBERTa's post-attention norms sit in the ``ln1`` slot that pre-norm families use for the norm in front of attention),
+so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. Everything
+a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
+from there.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Literal
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from modmask_lens.adapters.base import Adapter, MatrixLayout, ReaderKind
+from modmask_lens.adapters.base import Adapter, MatrixLayout, NormPlacement, ReaderKind
 from modmask_lens.core.bridge import Bridge
 
 _GROUP = re.compile(r"\((?P<outer>\w+)\s+(?P<inner>\w+)\)")
@@ -37,15 +41,23 @@ class DerivedAdapter(Adapter):
         head_axes: canonical key pattern (``blocks.{i}.attn.q.weight``) -> the stored axis that holds heads, as
             TransformerLens's rearrange pattern for that key declares it.
         parallel_blocks: attention and MLP read the same norm (no ``ln2`` in the block mapping).
+        norm_placement: ``post`` when each block's attention runs before its ``ln1`` (BERT, RoBERTa, GPT-1, OPT with
+            ``do_layer_norm_before=False``), else ``pre``.
     """
 
     name: ClassVar[str] = "transformer_lens"
     former_names: ClassVar[tuple[str, ...]] = ("gpt2", "llama", "native", "generic", "gpt_neox")
     """The hand-written adapters this one replaced (they said nothing TransformerLens's map does not)."""
 
-    def __init__(self, head_axes: dict[str, int] | None = None, parallel_blocks: bool = False) -> None:
+    def __init__(
+        self,
+        head_axes: dict[str, int] | None = None,
+        parallel_blocks: bool = False,
+        norm_placement: NormPlacement = "pre",
+    ) -> None:
         self.head_axes = head_axes or {}
         self.parallel_blocks = parallel_blocks
+        self.norm_placement = norm_placement  # type: ignore[misc] (read from the model, not fixed per class)
 
     @classmethod
     def for_bridge(cls, bridge: Bridge) -> DerivedAdapter:
@@ -60,7 +72,8 @@ class DerivedAdapter(Adapter):
                 head_axes[key] = axis
         blocks = mapping.get("blocks") if hasattr(mapping, "get") else None
         block_parts = set(getattr(blocks, "submodules", None) or {})
-        return cls(head_axes, parallel_blocks=bool(block_parts) and "ln2" not in block_parts)
+        parallel = bool(block_parts) and "ln2" not in block_parts
+        return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -105,3 +118,43 @@ def _head_axis(key: str, conversion: object, bridge: Bridge) -> int | None:
             outer_length = lengths.get(group["outer"])
             return axis if outer_length in head_counts else None
     return None
+
+
+class _Entered(Exception):
+    """Raised by a forward pre-hook to stop the probe of :func:`_norm_placement` before any module runs."""
+
+
+def _norm_placement(bridge: Bridge) -> NormPlacement:
+    """``post`` when the bridge's forward pass enters block 0's ``attn`` before its ``ln1``, else ``pre``.
+
+    A two-token forward pass is stopped by a pre-hook at whichever of the two is entered first, before that module
+    computes anything; the hooks are removed afterwards. Pre-norm blocks (GPT-2, Llama) and parallel blocks (GPT-J)
+    enter ``ln1`` first. Post-norm blocks enter ``attn`` first: ``ln1`` normalises the residual stream after the
+    attention output is added (BERT and RoBERTa, where it even sits inside the attention module; GPT-1). A bridge
+    without both components in block 0, or whose forward pass fails before reaching them, reads as ``pre``, what
+    adapters assumed before.
+    """
+    try:
+        block = bridge.get_submodule("blocks.0")
+        watched = {name: block.get_submodule(name) for name in ("ln1", "attn")}
+    except AttributeError:
+        return "pre"
+
+    def stop(name: str):
+        def hook(module, args, kwargs=None):
+            raise _Entered(name)
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(stop(name)) for name, module in watched.items()]
+    try:
+        with torch.no_grad():
+            bridge(torch.zeros((1, 2), dtype=torch.long, device=bridge.cfg.device))
+    except _Entered as entered:
+        return "post" if str(entered) == "attn" else "pre"
+    except Exception:  # noqa: BLE001 (a model that fails unmasked is reported by the kit, not here)
+        return "pre"
+    finally:
+        for handle in handles:
+            handle.remove()
+    return "pre"
