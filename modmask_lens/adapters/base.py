@@ -35,7 +35,19 @@ _KEY_PATTERN = re.compile(
 )
 
 ROLE_KINDS = {
-    "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U", "W_mlm_head"),
+    "linear": (
+        "W_Q",
+        "W_K",
+        "W_V",
+        "W_O",
+        "W_in",
+        "W_gate",
+        "W_out",
+        "W_U",
+        "W_mlm_head",
+        "W_experts_in",
+        "W_experts_out",
+    ),
     "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (

@@ -12,7 +12,10 @@ such pattern (MLP matrices, GPT-2's q/k/v split off ``c_attn``), the wrapped mod
 matrix. Grouped-query attention comes from ``cfg.n_key_value_heads``, parallel attention/MLP blocks (GPT-J, Phi)
 from the block mapping having no ``ln2``. Whether blocks are pre- or post-norm the map does not say (BERT's and
 RoBERTa's post-attention norms sit in the ``ln1`` slot that pre-norm families use for the norm in front of attention),
-so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. Everything
+so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. A
+mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
+``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
+``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``, masked per weight or as a whole). Everything
 a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
 from there.
 """
@@ -24,9 +27,10 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import nn
+from transformer_lens.model_bridge.generalized_components import moe
 from transformers.pytorch_utils import Conv1D
 
-from modmask_lens.adapters.base import Adapter, MatrixLayout, NormPlacement, ReaderKind
+from modmask_lens.adapters.base import Adapter, MatrixLayout, NormPlacement, ReaderKind, TensorSpec
 from modmask_lens.core.bridge import Bridge
 
 _GROUP = re.compile(r"\((?P<outer>\w+)\s+(?P<inner>\w+)\)")
@@ -74,6 +78,15 @@ class DerivedAdapter(Adapter):
         block_parts = set(getattr(blocks, "submodules", None) or {})
         parallel = bool(block_parts) and "ln2" not in block_parts
         return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
+
+    def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
+        """As :meth:`Adapter.tensor_specs`, then the batched expert matrices of each mixture-of-experts block, which
+        ``bridge.state_dict()`` leaves out (TransformerLens's ``has_batched_experts``)."""
+        specs = super().tensor_specs(bridge)
+        known = {id(bridge.get_parameter(spec.path)) for spec in specs}
+        for layer in range(int(bridge.cfg.n_layers)):
+            specs.extend(_expert_specs(bridge, layer, known))
+        return specs
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -158,3 +171,30 @@ def _norm_placement(bridge: Bridge) -> NormPlacement:
         for handle in handles:
             handle.remove()
     return "pre"
+
+
+_EXPERT_OUTPUTS = getattr(moe, "_BATCHED_OUTPUT_PROJECTIONS", frozenset({"down_proj"}))
+_EXPERT_INPUTS = getattr(moe, "_BATCHED_INPUT_PROJECTIONS", frozenset({"gate_up_proj", "gate_proj", "up_proj"}))
+"""transformers' names of batched expert matrices, as TransformerLens's MoE bridge lists them: inputs (gate and up
+projections, fused or not) and the output (down) projection."""
+
+
+def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
+    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers."""
+    component_path = f"blocks.{layer}.mlp._original_component"
+    try:
+        block = bridge.get_submodule(component_path)
+    except AttributeError:
+        return []
+    if not moe.has_batched_experts(block):
+        return []
+    specs = []
+    for name, parameter in block.named_parameters(remove_duplicate=False):
+        leaf = name.rpartition(".")[2]
+        if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
+            continue
+        known.add(id(parameter))
+        role = "W_experts_out" if leaf in _EXPERT_OUTPUTS else "W_experts_in"
+        key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}"
+        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), layout="unknown"))
+    return specs
