@@ -23,6 +23,7 @@ from there.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import ClassVar, Literal
 
 import torch
@@ -137,16 +138,28 @@ class _Entered(Exception):
     """Raised by a forward pre-hook to stop the probe of :func:`_norm_placement` before any module runs."""
 
 
+_NORM_PLACEMENTS: weakref.WeakKeyDictionary[nn.Module, NormPlacement] = weakref.WeakKeyDictionary()
+"""Each bridge's probed norm placement, so that the probe's forward pass runs once per model."""
+
+
 def _norm_placement(bridge: Bridge) -> NormPlacement:
-    """``post`` when the bridge's forward pass enters block 0's ``attn`` before its ``ln1``, else ``pre``.
+    """``post`` when the bridge's forward pass enters block 0's ``attn`` before its ``ln1``, else ``pre`` (probed once
+    per bridge, then remembered while it lives).
 
     A two-token forward pass is stopped by a pre-hook at whichever of the two is entered first, before that module
     computes anything; the hooks are removed afterwards. Pre-norm blocks (GPT-2, Llama) and parallel blocks (GPT-J)
     enter ``ln1`` first. Post-norm blocks enter ``attn`` first: ``ln1`` normalises the residual stream after the
     attention output is added (BERT and RoBERTa, where it even sits inside the attention module; GPT-1). A bridge
     without both components in block 0, or whose forward pass fails before reaching them, reads as ``pre``, what
-    adapters assumed before.
+    adapters assumed before. Hooks a user has added to the embedding see this one probe.
     """
+    if bridge in _NORM_PLACEMENTS:
+        return _NORM_PLACEMENTS[bridge]
+    placement = _NORM_PLACEMENTS[bridge] = _probe_norm_placement(bridge)
+    return placement
+
+
+def _probe_norm_placement(bridge: Bridge) -> NormPlacement:
     try:
         block = bridge.get_submodule("blocks.0")
         watched = {name: block.get_submodule(name) for name in ("ln1", "attn")}
