@@ -238,16 +238,17 @@ def _write_split_copy(
     flat = value.detach().reshape(-1)
     for source in sources:
         fused = state[source.name] = state[source.name].contiguous()
-        new = flat[source.positions].to(fused.dtype)
-        done = written.setdefault(source.name, torch.zeros(fused.numel(), dtype=torch.bool))
-        previous = fused.view(-1)[source.indices]
-        fused.view(-1)[source.indices] = new
-        again = done[source.indices] | _repeated(source.indices)
-        if not torch.equal(previous[done[source.indices]], new[done[source.indices]]) or not torch.equal(
-            fused.view(-1)[source.indices][again], new[again]
+        indices = source.indices.to(fused.device)
+        new = flat[source.positions.to(flat.device)].to(fused)
+        done = written.setdefault(source.name, torch.zeros(fused.numel(), dtype=torch.bool, device=fused.device))
+        earlier, previous = done[indices], fused.view(-1)[indices]
+        fused.view(-1)[indices] = new
+        shared = earlier | _repeated(indices)
+        if not (
+            torch.equal(previous[earlier], new[earlier]) and torch.equal(fused.view(-1)[indices][shared], new[shared])
         ):
             raise LookupError(f"{key}: masked copies disagree on an element of {source.name} that several copies read")
-        done[source.indices] = True
+        done[indices] = True
 
 
 def _repeated(indices: Int[Tensor, " n"]) -> Tensor:
