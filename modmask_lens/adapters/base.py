@@ -35,7 +35,19 @@ _KEY_PATTERN = re.compile(
 )
 
 ROLE_KINDS = {
-    "linear": ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_U", "W_mlm_head"),
+    "linear": (
+        "W_Q",
+        "W_K",
+        "W_V",
+        "W_O",
+        "W_in",
+        "W_gate",
+        "W_out",
+        "W_U",
+        "W_mlm_head",
+        "W_experts_in",
+        "W_experts_out",
+    ),
     "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
@@ -314,9 +326,10 @@ class Adapter:
     ) -> set[str]:
         """Write masked tensors that the Hugging Face checkpoint stores only inside a fused copy.
 
-        The base export already handles tensors that are the checkpoint's own parameters and views of a fused
-        parameter (GPT-2's q/k/v inside ``c_attn``). Families whose bridge splits a fused tensor into copies
-        (GPT-NeoX ``query_key_value``) override this.
+        The base export already handles tensors that are the checkpoint's own parameters, views of a fused
+        parameter (GPT-2's q/k/v inside ``c_attn``) and copies made by TransformerLens's declared
+        ``split_qkv_matrix`` (GPT-NeoX's ``query_key_value``). Families whose bridge splits a fused tensor into
+        copies in a way TransformerLens does not declare override this.
 
         Args:
             bridge: the model.

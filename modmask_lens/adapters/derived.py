@@ -10,19 +10,28 @@ Its ``component_mapping`` gives each tensor its canonical key (``blocks.0.attn.q
 for ``W_O`` (heads on axis 0, its input side: GPT-2's ``Conv1D`` ``[in, out]``). Where TransformerLens declares no
 such pattern (MLP matrices, GPT-2's q/k/v split off ``c_attn``), the wrapped module's type says how it stores its
 matrix. Grouped-query attention comes from ``cfg.n_key_value_heads``, parallel attention/MLP blocks (GPT-J, Phi)
-from the block mapping having no ``ln2``. Everything a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2,
-OPT and TransformerLens-native models is read from there.
+from the block mapping having no ``ln2``. Whether blocks are pre- or post-norm the map does not say (BERT's and
+RoBERTa's post-attention norms sit in the ``ln1`` slot that pre-norm families use for the norm in front of attention),
+so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. A
+mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
+``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
+``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``, masked per weight or as a whole). Everything
+a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
+from there.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import ClassVar, Literal
 
+import torch
 from torch import nn
+from transformer_lens.model_bridge.generalized_components import moe
 from transformers.pytorch_utils import Conv1D
 
-from modmask_lens.adapters.base import Adapter, MatrixLayout, ReaderKind
+from modmask_lens.adapters.base import Adapter, MatrixLayout, NormPlacement, ReaderKind, TensorSpec
 from modmask_lens.core.bridge import Bridge
 
 _GROUP = re.compile(r"\((?P<outer>\w+)\s+(?P<inner>\w+)\)")
@@ -37,15 +46,23 @@ class DerivedAdapter(Adapter):
         head_axes: canonical key pattern (``blocks.{i}.attn.q.weight``) -> the stored axis that holds heads, as
             TransformerLens's rearrange pattern for that key declares it.
         parallel_blocks: attention and MLP read the same norm (no ``ln2`` in the block mapping).
+        norm_placement: ``post`` when each block's attention runs before its ``ln1`` (BERT, RoBERTa, GPT-1, OPT with
+            ``do_layer_norm_before=False``), else ``pre``.
     """
 
     name: ClassVar[str] = "transformer_lens"
-    former_names: ClassVar[tuple[str, ...]] = ("gpt2", "llama", "native", "generic")
+    former_names: ClassVar[tuple[str, ...]] = ("gpt2", "llama", "native", "generic", "gpt_neox")
     """The hand-written adapters this one replaced (they said nothing TransformerLens's map does not)."""
 
-    def __init__(self, head_axes: dict[str, int] | None = None, parallel_blocks: bool = False) -> None:
+    def __init__(
+        self,
+        head_axes: dict[str, int] | None = None,
+        parallel_blocks: bool = False,
+        norm_placement: NormPlacement = "pre",
+    ) -> None:
         self.head_axes = head_axes or {}
         self.parallel_blocks = parallel_blocks
+        self.norm_placement = norm_placement  # type: ignore[misc] (read from the model, not fixed per class)
 
     @classmethod
     def for_bridge(cls, bridge: Bridge) -> DerivedAdapter:
@@ -60,7 +77,17 @@ class DerivedAdapter(Adapter):
                 head_axes[key] = axis
         blocks = mapping.get("blocks") if hasattr(mapping, "get") else None
         block_parts = set(getattr(blocks, "submodules", None) or {})
-        return cls(head_axes, parallel_blocks=bool(block_parts) and "ln2" not in block_parts)
+        parallel = bool(block_parts) and "ln2" not in block_parts
+        return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
+
+    def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
+        """As :meth:`Adapter.tensor_specs`, then the batched expert matrices of each mixture-of-experts block, which
+        ``bridge.state_dict()`` leaves out (TransformerLens's ``has_batched_experts``)."""
+        specs = super().tensor_specs(bridge)
+        known = {id(bridge.get_parameter(spec.path)) for spec in specs}
+        for layer in range(int(bridge.cfg.n_layers)):
+            specs.extend(_expert_specs(bridge, layer, known))
+        return specs
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -105,3 +132,82 @@ def _head_axis(key: str, conversion: object, bridge: Bridge) -> int | None:
             outer_length = lengths.get(group["outer"])
             return axis if outer_length in head_counts else None
     return None
+
+
+class _Entered(Exception):
+    """Raised by a forward pre-hook to stop the probe of :func:`_norm_placement` before any module runs."""
+
+
+_NORM_PLACEMENTS: weakref.WeakKeyDictionary[nn.Module, NormPlacement] = weakref.WeakKeyDictionary()
+"""Each bridge's probed norm placement, so that the probe's forward pass runs once per model."""
+
+
+def _norm_placement(bridge: Bridge) -> NormPlacement:
+    """``post`` when the bridge's forward pass enters block 0's ``attn`` before its ``ln1``, else ``pre`` (probed once
+    per bridge, then remembered while it lives).
+
+    A two-token forward pass is stopped by a pre-hook at whichever of the two is entered first, before that module
+    computes anything; the hooks are removed afterwards. Pre-norm blocks (GPT-2, Llama) and parallel blocks (GPT-J)
+    enter ``ln1`` first. Post-norm blocks enter ``attn`` first: ``ln1`` normalises the residual stream after the
+    attention output is added (BERT and RoBERTa, where it even sits inside the attention module; GPT-1). A bridge
+    without both components in block 0, or whose forward pass fails before reaching them, reads as ``pre``, what
+    adapters assumed before. Hooks a user has added to the embedding see this one probe.
+    """
+    if bridge in _NORM_PLACEMENTS:
+        return _NORM_PLACEMENTS[bridge]
+    placement = _NORM_PLACEMENTS[bridge] = _probe_norm_placement(bridge)
+    return placement
+
+
+def _probe_norm_placement(bridge: Bridge) -> NormPlacement:
+    try:
+        block = bridge.get_submodule("blocks.0")
+        watched = {name: block.get_submodule(name) for name in ("ln1", "attn")}
+    except AttributeError:
+        return "pre"
+
+    def stop(name: str):
+        def hook(module, args, kwargs=None):
+            raise _Entered(name)
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(stop(name)) for name, module in watched.items()]
+    try:
+        with torch.no_grad():
+            bridge(torch.zeros((1, 2), dtype=torch.long, device=bridge.cfg.device))
+    except _Entered as entered:
+        return "post" if str(entered) == "attn" else "pre"
+    except Exception:  # noqa: BLE001 (a model that fails unmasked is reported by the kit, not here)
+        return "pre"
+    finally:
+        for handle in handles:
+            handle.remove()
+    return "pre"
+
+
+_EXPERT_OUTPUTS = getattr(moe, "_BATCHED_OUTPUT_PROJECTIONS", frozenset({"down_proj"}))
+_EXPERT_INPUTS = getattr(moe, "_BATCHED_INPUT_PROJECTIONS", frozenset({"gate_up_proj", "gate_proj", "up_proj"}))
+"""transformers' names of batched expert matrices, as TransformerLens's MoE bridge lists them: inputs (gate and up
+projections, fused or not) and the output (down) projection."""
+
+
+def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
+    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers."""
+    component_path = f"blocks.{layer}.mlp._original_component"
+    try:
+        block = bridge.get_submodule(component_path)
+    except AttributeError:
+        return []
+    if not moe.has_batched_experts(block):
+        return []
+    specs = []
+    for name, parameter in block.named_parameters(remove_duplicate=False):
+        leaf = name.rpartition(".")[2]
+        if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
+            continue
+        known.add(id(parameter))
+        role = "W_experts_out" if leaf in _EXPERT_OUTPUTS else "W_experts_in"
+        key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}"
+        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), layout="unknown"))
+    return specs

@@ -2,14 +2,20 @@
 
 TransformerLens wraps every Hugging Face module of ``bridge.original_model`` (names gain ``._original_component``)
 and adds split modules of its own (GPT-2's ``attn.q``). A bridge tensor reaches the Hugging Face state_dict in one of
-three ways: it is a parameter of a Hugging Face module (its name is the module's name without the wrapper segments);
+four ways: it is a parameter of a Hugging Face module (its name is the module's name without the wrapper segments);
 it is a view into a fused Hugging Face parameter (GPT-2's q/k/v inside ``c_attn``: written through the same strides);
-or it is a copy of a slice of one, which only the family's adapter can place (:meth:`Adapter.fuse_for_export`).
+it is a copy that TransformerLens's own declared split made of a fused parameter (the ``split_qkv_matrix`` of a joint
+q/k/v attention component: BLOOM, Falcon, CodeGen, MPT, GPT-NeoX), placed by tracing that split (:func:`split_sources`);
+or it is a copy nothing declares, which only the family's adapter can place (:meth:`Adapter.fuse_for_export`).
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import torch
+from jaxtyping import Int
 from torch import Tensor, nn
 
 from modmask_lens.adapters.base import Adapter
@@ -34,6 +40,17 @@ def native_state_dict(hf_model: nn.Module) -> tuple[dict[str, Tensor], nn.Module
     return state, twin
 
 
+def native_config(hf_model: nn.Module):
+    """A copy of the Hugging Face model's config as its checkpoint would have it, without what TransformerLens sets
+    when it boots: ``output_attentions=True`` (so that hooks see attention patterns) is reset to the default
+    ``False``. Saved with it, a reloaded model would return attentions on every call, and some families change their
+    forward pass with it: Falcon's SDPA path then computes attention without its causal mask (the exported tiny Falcon
+    differed from the masked bridge by 0.6 in the logits)."""
+    config = copy.deepcopy(hf_model.config)
+    config.output_attentions = False
+    return config
+
+
 def write_masked_tensors(
     adapter: Adapter, bridge: Bridge, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
 ) -> None:
@@ -54,6 +71,8 @@ def write_masked_tensors(
     originals = {name: tensor for name, tensor in _original_tensors(bridge) if name in state}
     storage_owner = {tensor.untyped_storage().data_ptr(): name for name, tensor in originals.items()}
     unplaced = {}
+    split_copies: dict[str, dict[str, list[SplitSource]]] = {}
+    written: dict[str, Tensor] = {}
     for key, (path, value) in masked.items():
         module_path, _, attribute = path.rpartition(".")
         module = bridge.get_submodule(module_path)
@@ -66,6 +85,8 @@ def write_masked_tensors(
         elif owner is not None:  # a view into a fused parameter: write through the same geometry
             offset = parameter.storage_offset() - originals[owner].storage_offset()
             state[owner].as_strided(parameter.shape, parameter.stride(), offset).copy_(value.detach())
+        elif (sources := _split_copy_sources(bridge, path, module_names, state, split_copies)) is not None:
+            _write_split_copy(key, value, sources, state, written)
         else:
             unplaced[key] = value
     placed = adapter.fuse_for_export(bridge, state, unplaced)
@@ -83,3 +104,154 @@ def _original_tensors(bridge: Bridge) -> list[tuple[str, Tensor]]:
         (name.replace(_WRAPPER, ""), tensor)
         for name, tensor in bridge.original_model.named_parameters(remove_duplicate=False)
     ]
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where the elements of a split copy come from in one Hugging Face parameter.
+
+    Attributes:
+        name: the Hugging Face state_dict name of the fused parameter, e.g.
+            ``transformer.h.0.self_attention.query_key_value.weight``.
+        positions: flat positions in the copy whose elements come from this parameter.
+        indices: the flat index in the fused parameter of each of those elements (same length as ``positions``).
+    """
+
+    name: str
+    positions: Int[Tensor, " n"]
+    indices: Int[Tensor, " n"]
+
+
+def split_sources(bridge: Bridge, component_path: str, native_name: str) -> dict[str, list[SplitSource]]:
+    """Trace TransformerLens's declared split of a joint q/k/v attention component back to the fused parameters.
+
+    The component's ``split_qkv_matrix`` (the architecture adapter's own function that built the q/k/v copies at boot)
+    is run again on a stand-in for the wrapped Hugging Face module whose every parameter holds its elements' own flat
+    indices (float64, exact below 2**53). What comes out in each copy says, element by element, which fused element it
+    was read from, whatever the family's layout (BLOOM and Falcon interleave per head, CodeGen per partition, MPT and
+    multi-query Falcon concatenate). The trace is then checked against the real copies: the fused parameters' values at
+    the traced indices must equal the bridge's q/k/v tensors exactly.
+
+    Args:
+        bridge: the model.
+        component_path: the joint attention component, e.g. ``blocks.0.attn``.
+        native_name: the Hugging Face name of the module it wraps (``transformer.h.0.self_attention``).
+
+    Returns:
+        ``q.weight``, ``k.bias``, ... -> the sources of that copy's elements.
+
+    Raises:
+        LookupError: when the split is not a pure selection of fused elements, or the trace does not reproduce the
+            bridge's copies; the export would otherwise be silently wrong.
+    """
+    component = bridge.get_submodule(component_path)
+    original = component._modules["_original_component"]
+    named = [
+        (f"{native_name}.{name.replace(_WRAPPER, '')}", parameter)
+        for name, parameter in original.named_parameters(remove_duplicate=False)
+    ]
+    starts = torch.tensor([0, *torch.tensor([p.numel() for _, p in named]).cumsum(0).tolist()], dtype=torch.float64)
+    if starts[-1] >= 2**53:
+        raise LookupError(f"{component_path}: too many elements to trace its q/k/v split exactly in float64")
+    with torch.no_grad():
+        stand_in = _indexed_stand_in(original, iter(starts[:-1].tolist()))
+        copies = component.split_qkv_matrix(stand_in)
+    sources = {}
+    for part, copy_module in zip("qkv", copies, strict=True):
+        for attribute, traced in copy_module.named_parameters():
+            real = component.get_submodule(part).get_submodule("_original_component").get_parameter(attribute)
+            sources[f"{part}.{attribute}"] = _sources_of(traced.detach(), real.detach(), named, starts, component_path)
+    return sources
+
+
+def _indexed_stand_in(module: nn.Module, next_start) -> nn.Module:
+    """A shallow copy of ``module`` (and its children) whose parameters hold consecutive float64 indices from
+    ``next_start``; buffers and attributes are shared, the original is not touched."""
+    stand_in = copy.copy(module)
+    parameters = {}
+    for name, parameter in module._parameters.items():
+        if parameter is None:
+            parameters[name] = None
+            continue
+        start = next(next_start)
+        indices = torch.arange(start, start + parameter.numel(), dtype=torch.float64).view(parameter.shape)
+        parameters[name] = nn.Parameter(indices, requires_grad=False)
+    stand_in.__dict__["_parameters"] = parameters
+    stand_in.__dict__["_modules"] = {
+        name: None if child is None else _indexed_stand_in(child, next_start) for name, child in module._modules.items()
+    }
+    return stand_in
+
+
+def _sources_of(
+    traced: Tensor, real: Tensor, named: list[tuple[str, Tensor]], starts: Tensor, component_path: str
+) -> list[SplitSource]:
+    flat = traced.reshape(-1)
+    if flat.dtype != torch.float64 or not torch.equal(flat, flat.round()) or flat.min() < 0 or flat.max() >= starts[-1]:
+        raise LookupError(
+            f"{component_path}: TransformerLens's split_qkv_matrix does not just select fused elements (it computes "
+            "or casts), so masked q/k/v copies cannot be written back; override Adapter.fuse_for_export"
+        )
+    owner = torch.bucketize(flat, starts, right=True) - 1
+    sources = []
+    for index in owner.unique().tolist():
+        positions = (owner == index).nonzero().squeeze(1)
+        name, parameter = named[index]
+        indices = (flat[positions] - starts[index]).long()
+        if not torch.equal(parameter.detach().reshape(-1)[indices], real.reshape(-1)[positions]):
+            raise LookupError(f"{component_path}: the traced q/k/v split does not reproduce the bridge's copies")
+        sources.append(SplitSource(name, positions, indices))
+    return sources
+
+
+def _split_copy_sources(
+    bridge: Bridge,
+    path: str,
+    module_names: dict[int, list[str]],
+    state: dict[str, Tensor],
+    traced: dict[str, dict[str, list[SplitSource]]],
+) -> list[SplitSource] | None:
+    """The sources of the bridge tensor at ``path`` when it is a q/k/v copy made by a joint attention component's
+    declared split (``blocks.0.attn.q._original_component.weight``), else ``None``; traces are kept in ``traced``."""
+    component_path, _, rest = path.partition(f"{_WRAPPER}.")
+    attention_path, _, part = component_path.rpartition(".")
+    if not rest or part not in ("q", "k", "v") or not attention_path:
+        return None
+    attention = bridge.get_submodule(attention_path)
+    original = attention._modules.get("_original_component")
+    if not callable(getattr(attention, "split_qkv_matrix", None)) or original is None:
+        return None
+    if attention_path not in traced:
+        first_parameter = next(name for name, _ in original.named_parameters()).replace(_WRAPPER, "")
+        native_names = [name for name in module_names.get(id(original), []) if f"{name}.{first_parameter}" in state]
+        if not native_names:
+            return None
+        traced[attention_path] = split_sources(bridge, attention_path, native_names[0])
+    return traced[attention_path].get(f"{part}.{rest}")
+
+
+def _write_split_copy(
+    key: str, value: Tensor, sources: list[SplitSource], state: dict[str, Tensor], written: dict[str, Tensor]
+) -> None:
+    """Write a masked split copy into the fused parameters it was read from. A fused element that the split copied
+    to several places (``written`` marks what earlier copies wrote) must get the same masked value from each."""
+    flat = value.detach().reshape(-1)
+    for source in sources:
+        fused = state[source.name] = state[source.name].contiguous()
+        indices = source.indices.to(fused.device)
+        new = flat[source.positions.to(flat.device)].to(fused)
+        done = written.setdefault(source.name, torch.zeros(fused.numel(), dtype=torch.bool, device=fused.device))
+        earlier, previous = done[indices], fused.view(-1)[indices]
+        fused.view(-1)[indices] = new
+        shared = earlier | _repeated(indices)
+        if not (
+            torch.equal(previous[earlier], new[earlier]) and torch.equal(fused.view(-1)[indices][shared], new[shared])
+        ):
+            raise LookupError(f"{key}: masked copies disagree on an element of {source.name} that several copies read")
+        done[indices] = True
+
+
+def _repeated(indices: Int[Tensor, " n"]) -> Tensor:
+    """Which entries of ``indices`` occur more than once."""
+    _, inverse, counts = indices.unique(return_inverse=True, return_counts=True)
+    return counts[inverse] > 1

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.adapters.export import native_state_dict, write_masked_tensors
+from modmask_lens.adapters.export import native_config, native_state_dict, write_masked_tensors
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import processing_mode
@@ -39,7 +38,7 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
         spec.key: (spec.path, bridge.get_parameter(spec.path).detach() * binary.kept[spec.key]) for spec in binary.specs
     }
     write_masked_tensors(adapter_for(bridge), bridge, state, masked)
-    config = copy.deepcopy(hf_model.config)
+    config = native_config(hf_model)
     if getattr(config, "tie_word_embeddings", False) and any(spec.role in ("W_E", "W_U") for spec in binary.specs):
         config.tie_word_embeddings = False
     exported = type(hf_model)(config)

@@ -57,7 +57,7 @@ FAMILIES = {
     "bert_lm_head": lambda: BertLMHeadModel(BertConfig(is_decoder=True, **TINY_HF_SIZES)),
 }
 """Tiny random models of the families the issue names; Gemma has multi-query attention (one key/value head)."""
-HAND_WRITTEN = {"gpt_neox": "gpt_neox", "bert": "bert", "bert_lm_head": "bert", "opt": "opt"}
+HAND_WRITTEN = {"bert": "bert", "bert_lm_head": "bert", "opt": "opt"}
 """Families with a hand-written adapter (OPT's is the example plugin, when installed); the rest are derived."""
 
 
