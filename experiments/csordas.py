@@ -65,6 +65,13 @@ each logit at most about lr per step)."""
 DEFAULT_METHOD = METHODS["faithful"]
 
 
+def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """:func:`~modmask_lens.analysis.mask_accuracy`'s rows as one row per condition and mask, one column per subtask;
+    the full model's row (mask NA) is kept, with an empty mask name."""
+    named = accuracy.assign(mask=accuracy["mask"].fillna(""))
+    return named.pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy").reset_index()
+
+
 @dataclass
 class ExperimentResult:
     """Tables of one experiment, its settings and how long it took."""
@@ -94,11 +101,7 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     binaries = {name: mask.binary() for name, mask in masks.items()}
     evaluation = {name: limited_subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
     accuracy = mask_accuracy(model.bridge, binaries, evaluation)
-    fig4a = (
-        accuracy[accuracy.condition != "inverse"]
-        .pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy")
-        .reset_index()
-    )
+    fig4a = accuracy_table(accuracy[accuracy.condition != "inverse"])
     control = random_init_control(model.bridge, training[0], evaluation["simple"], method)
     removal = output_row_removal(binaries["jump"], binaries["simple"], model.tokenizer)
     action_rows = removal[removal["token"].str.startswith("I_")]
@@ -186,9 +189,7 @@ def _control_and_subtask_masks(
     accuracy = mask_accuracy(bridge, subtask_masks, evaluation)
     return {
         "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
-        "accuracy (full / mask / inverse mask)": accuracy.pivot_table(
-            index=["condition", "mask"], columns="subtask", values="accuracy"
-        ).reset_index(),
+        "accuracy (full / mask / inverse mask)": accuracy_table(accuracy),
         "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
     }
 
@@ -249,11 +250,7 @@ def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     accuracy = mask_accuracy(
         model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation
     )
-    difficulty = (
-        accuracy[accuracy.condition != "inverse"]
-        .pivot_table(index=["condition", "mask"], columns="subtask", values="accuracy")
-        .reset_index()
-    )
+    difficulty = accuracy_table(accuracy[accuracy.condition != "inverse"])
     sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
     return ExperimentResult(
         "math modules",

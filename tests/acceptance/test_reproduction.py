@@ -28,7 +28,8 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
     result = scan_experiment(TINY, eval_limit=16)
     accuracy = result.tables["accuracy on each split's test set (Fig. 4a)"]
     assert {"jump", "length", "simple", "turn_left"} <= set(accuracy.columns)
-    assert (accuracy[accuracy.condition == "full"][["jump", "simple"]] > 0.9).all(axis=None)
+    full = accuracy[accuracy.condition == "full"]
+    assert len(full) == 1 and (full[["jump", "simple"]] > 0.9).all(axis=None)
     rows = result.tables["output rows removed by the jump mask (Fig. 4b)"]
     assert set(rows.token) == {"I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "I_TURN_LEFT", "I_TURN_RIGHT"}
     control = result.tables["null control: the simple mask on a randomly initialised model"].set_index("model")
@@ -63,7 +64,8 @@ def test_double_add_experiment_scores_each_pair_on_its_own_slot():
     result = double_add_experiment(TINY, eval_limit=16)
     assert set(result.tables["mask sizes"]["mask"]) == {"control", "pair1", "pair2"}
     accuracy = result.tables["accuracy (full / mask / inverse mask)"]
-    assert (accuracy[accuracy.condition == "full"][["pair1", "pair2"]] > 0.9).all(axis=None)
+    full = accuracy[accuracy.condition == "full"]
+    assert len(full) == 1 and (full[["pair1", "pair2"]] > 0.9).all(axis=None)
     assert set(result.tables["IoU of the subtask masks per layer and role"].mask_a) == {"pair1"}
 
 
