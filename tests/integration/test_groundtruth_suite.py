@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from modmask_lens import MaskConfig, faithful_binary, faithful_threshold
+from modmask_lens import AnswerCrossEntropy, KLDivergence, MaskConfig, faithful_binary, faithful_threshold
 from modmask_lens.cli import app
 from modmask_lens.groundtruth import (
     CasesUnavailable,
@@ -173,9 +173,12 @@ def test_study_methods_differ_from_each_other_by_one_setting():
         "gumbel+constraint",
         "hard-concrete+constraint",
         "faithful",
+        "faithful+kl",
     ]
     faithful = dataclasses.replace(TrainConfig(), steps=10, density_warmup_steps=2)  # the warm-up capped at steps / 4
     assert methods["faithful"].train_config == faithful and methods["faithful"].mask_settings == {}
+    assert methods["faithful"].objective == AnswerCrossEntropy()
+    assert methods["faithful+kl"].train_config == faithful and methods["faithful+kl"].objective == KLDivergence()
     assert methods["hard-concrete+constraint"].train_config.readout == "zero"
     assert methods["gumbel+constraint"].mask_settings == {"sampler": "gumbel-sigmoid"}
     assert methods["csordas+faithful-readout"].train_config.readout == "faithful"
