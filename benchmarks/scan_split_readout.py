@@ -1,0 +1,58 @@
+"""How the faithful readout sizes a SCAN split mask: the mask as trained (logit > 0) against the top-logit masks the
+readout searches, on the split's first 256 training commands and on its held-out test commands.
+
+Trains the addprim_jump mask of ``modmask-lens reproduce scan`` (the default finder, 800 steps, batch 64) on the zoo
+``scan`` model, one torch thread, and prints exact match per kept fraction (docs/results.md, SCAN section).
+
+Run: ``python benchmarks/scan_split_readout.py [--split addprim_jump] [--test-limit 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import modmask_lens as mm
+from experiments.csordas import METHODS, limited_subtask
+from modmask_lens import zoo
+from modmask_lens.tasks import scan
+
+KEPT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+READOUT_EXAMPLES = 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="addprim_jump")
+    parser.add_argument("--test-limit", type=int, default=500)
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    model = zoo.load("scan")
+    data = scan.scan_task(arguments.split)
+    train = limited_subtask(arguments.split, data["train"], model.tokenizer)
+    test = limited_subtask(f"{arguments.split}-test", data["test"], model.tokenizer, arguments.test_limit)
+    method = METHODS["faithful"]
+    masks = mm.train_masks(model.bridge, train, method.mask_config, method.train_config, progress=False)[train.name]
+    first = train.head(READOUT_EXAMPLES)
+
+    def accuracies(mask: mm.BinaryMask | None) -> str:
+        return f"train {mm.objective_metric(model.bridge, first, mm.AnswerCrossEntropy(), mask):.3f} " + (
+            f"test {mm.objective_metric(model.bridge, test, mm.AnswerCrossEntropy(), mask):.3f}"
+        )
+
+    print(f"threads: 1; full model: {accuracies(None)}")
+    readout = masks.binary()
+    print(f"readout (threshold {masks.threshold:.2f}): kept {readout.count / readout.total:.3f}, {accuracies(readout)}")
+    trained = masks.binary_from(masks.kept_above(0.0))
+    print(f"as trained (logit > 0): kept {trained.count / trained.total:.3f}, {accuracies(trained)}")
+    descending = torch.cat([logit.detach().flatten() for logit in masks.logits.values()]).sort(descending=True).values
+    for fraction in KEPT_FRACTIONS:
+        count = int(fraction * descending.numel())
+        threshold = float(descending[count - 1] + descending[count]) / 2
+        top = masks.binary_from(masks.kept_above(threshold))
+        print(f"top {fraction:.0%} (threshold {threshold:.2f}): kept {top.count / top.total:.3f}, {accuracies(top)}")
+
+
+if __name__ == "__main__":
+    main()
