@@ -66,6 +66,11 @@ class UnfaithfulReadout(UserWarning):
     """The faithful readout could not be applied (the full model solves none of the examples)."""
 
 
+class PaddedReadout(UserWarning):
+    """The faithful readout kept units that training had removed (logit <= 0): the mask as trained was not faithful,
+    and the units added back are ordered by logits that training pushed to one floor, not chosen."""
+
+
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -278,6 +283,18 @@ class MaskTrainer:
         run.masks.threshold = faithful_threshold(
             self.bridge, run.masks, first, self.train_config.readout_tolerance, self.objective
         )
+        trained = sum(int((logit > 0).sum()) for logit in run.masks.logits.values())
+        padded = sum(int((logit > run.masks.threshold).sum()) for logit in run.masks.logits.values())
+        if padded > trained:
+            warnings.warn(
+                f"subtask {run.data.name!r}: the mask as trained (logit > 0) keeps {trained:,} units and falls short "
+                f"of {1 - self.train_config.readout_tolerance:.0%} of the full model's {self.objective.metric}; the "
+                f"faithful readout keeps {padded:,}, adding back units that training removed, in the order of "
+                "logits that training pushed down together. Those units pad the mask more than they are chosen: "
+                "train longer or lower max_loss_increase (docs/finder-study.md)",
+                PaddedReadout,
+                stacklevel=3,
+            )
 
     @staticmethod
     def _full_masks(run: _TaskRun) -> MaskSet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pandas as pd
 import pytest
@@ -23,9 +24,9 @@ from modmask_lens import (
     score_answers,
 )
 from modmask_lens.analysis import exact_match
-from modmask_lens.masks import readout
+from modmask_lens.masks import readout, training
 from modmask_lens.masks.io import load_masks, save_masks
-from modmask_lens.masks.training import CHECKPOINT_FILE, UnfaithfulReadout
+from modmask_lens.masks.training import CHECKPOINT_FILE, PaddedReadout, UnfaithfulReadout
 
 SEP, EOS = 10, 11
 
@@ -285,6 +286,30 @@ def test_a_model_that_solves_no_example_is_read_out_at_zero_with_a_warning():
     with pytest.warns(UnfaithfulReadout, match="accuracy on its first 8 examples is 0.0"):
         masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4), progress=False).train()
     assert masks["noise"].threshold == 0.0
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_readout_that_keeps_units_training_removed_says_so(one_head_model, monkeypatch, padded):
+    bridge, data = one_head_model
+    head_logits = torch.tensor([2.0, -1.0, -3.0, -5.0])  # head 0 kept by training, the others removed
+    chosen = -4.0 if padded else 0.5  # the readout keeps heads 0-2, or head 0 alone
+
+    def trained(_bridge, masks, *_):
+        masks.logits["blocks.0.attn"] = head_logits.clone().requires_grad_()
+        return chosen
+
+    monkeypatch.setattr(training, "faithful_threshold", trained)
+    trainer = MaskTrainer(
+        bridge, [data], MaskConfig(granularity="head"), TrainConfig(steps=1, batch_size=8), progress=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    messages = [str(warning.message) for warning in caught if warning.category is PaddedReadout]
+    if padded:
+        assert len(messages) == 1 and "keeps 1 units" in messages[0] and "readout keeps 3" in messages[0]
+    else:
+        assert not messages
 
 
 def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_result(one_head_model, tmp_path):
