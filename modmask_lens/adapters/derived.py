@@ -15,7 +15,8 @@ RoBERTa's post-attention norms sit in the ``ln1`` slot that pre-norm families us
 so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. A
 mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
 ``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
-``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``, masked per weight or as a whole). Everything
+``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``), and their neurons (hidden unit i of expert
+e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack. Everything
 a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
 from there.
 """
@@ -193,7 +194,8 @@ projections, fused or not) and the output (down) projection."""
 
 
 def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
-    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers."""
+    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers, with
+    their neurons located (:func:`_expert_layout`) where the stack's layout can be told."""
     component_path = f"blocks.{layer}.mlp._original_component"
     try:
         block = bridge.get_submodule(component_path)
@@ -203,11 +205,43 @@ def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpe
         return []
     specs = []
     for name, parameter in block.named_parameters(remove_duplicate=False):
-        leaf = name.rpartition(".")[2]
+        owner_name, _, leaf = name.rpartition(".")
         if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
             continue
         known.add(id(parameter))
         role = "W_experts_out" if leaf in _EXPERT_OUTPUTS else "W_experts_in"
         key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}"
-        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), layout="unknown"))
+        layout = _expert_layout(block.get_submodule(owner_name), leaf, tuple(parameter.shape), int(bridge.cfg.d_model))
+        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), **layout))
     return specs
+
+
+def _expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d_model: int) -> dict:
+    """Where the neurons of one batched expert stack live, as :class:`TensorSpec` fields.
+
+    transformers stores every stack expert-major (``[n_experts, ...]``) and declares the rest on the experts module
+    (``transformers.integrations.moe.use_experts_implementation``): ``is_transposed`` (``[n_experts, in, out]``
+    instead of ``nn.Linear``'s ``[n_experts, out, in]``) and ``is_concatenated`` (a fused ``gate_up_proj`` holds all
+    gate rows, then all up rows; otherwise each hidden unit's gate and up rows alternate, as in GPT-OSS). An experts
+    class that predates the flags (Llama 4's) is read from which axis has ``d_model`` (TransformerLens's MoE bridge
+    does the same) and is taken as concatenated, the decorator's default. A stack whose layout neither says is
+    returned as ``unknown``: masked per weight or as a whole, never by neurons.
+    """
+    reads_model = leaf not in _EXPERT_OUTPUTS
+    transposed = getattr(experts, "is_transposed", None)
+    model_axes = [axis for axis in (1, 2) if shape[axis] == d_model]
+    if transposed is None and len(model_axes) == 1:
+        transposed = model_axes[0] == (1 if reads_model else 2)  # [n_experts, in, out] reads on axis 1
+    hidden_axis = 2 if transposed == reads_model else 1
+    if transposed is None or shape[3 - hidden_axis] != d_model:
+        return {"layout": "unknown"}
+    fused = leaf == "gate_up_proj"
+    concatenated = getattr(experts, "is_concatenated", True)
+    return {
+        "layout": "conv1d" if transposed else "linear",
+        "unit": "neuron",
+        "unit_axis": hidden_axis,
+        "unit_width": 2 if fused and not concatenated else 1,
+        "unit_repeats": 2 if fused and concatenated else 1,
+        "expert_axis": 0,
+    }

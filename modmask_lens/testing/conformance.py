@@ -154,29 +154,94 @@ def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
 
 
 def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
+    """Turning one head or neuron off (mask logit -1, every other +1) in the first and last masked layers equals an
+    independent computation of the same ablation: zeroing its ``hook_z`` / ``hook_post`` slice, or for a
+    mixture-of-experts layer (:func:`_expert_neuron_ablations`) zeroing what reads the neuron."""
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
-    hook_name, component = ("attn.hook_z", "attn") if unit == "head" else ("mlp.hook_post", "mlp")
-    for layer in sorted({0, bridge.cfg.n_layers - 1}):
-        count = mask.logits[f"blocks.{layer}.{component}"].shape[0]
-        for index in sorted({0, count - 1}):
+    for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
+        layer = int(mask_unit.name.split(".")[1])
+        if any(member.expert_axis is not None for member in mask_unit.members):
+            ablations = _expert_neuron_ablations(bridge, tokens, layer)
+            if isinstance(ablations, str):
+                return ablations
+        else:
+            indices = {0, mask_unit.numel - 1}
+            ablations = {index: _hooked_ablation(bridge, tokens, unit, layer, index) for index in indices}
+        for index, expected in ablations.items():
             for logits in mask.logits.values():
                 logits.data.fill_(1.0)
-            mask.logits[f"blocks.{layer}.{component}"].data[index] = -1.0
+            mask.logits[mask_unit.name].data[index] = -1.0
             with masked(bridge, mask):
                 actual = bridge(tokens)
-
-            def zero(activation, hook, index=index):
-                if unit == "head":
-                    activation[:, :, index] = 0.0  # hook_z: [batch, pos, head, d_head]
-                else:
-                    activation[..., index] = 0.0  # hook_post: [batch, pos, d_mlp]
-                return activation
-
-            expected = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.{hook_name}", zero)])
             failure = _compare(actual, expected, f"layer {layer} {unit} {index}")
             if failure:
                 return failure
     return None
+
+
+def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, layer: int, index: int) -> Tensor:
+    """Logits with head ``index``'s ``hook_z`` or neuron ``index``'s ``hook_post`` zeroed in ``layer``."""
+
+    def zero(activation, hook):
+        if unit == "head":
+            activation[:, :, index] = 0.0  # hook_z: [batch, pos, head, d_head]
+        else:
+            activation[..., index] = 0.0  # hook_post: [batch, pos, d_mlp]
+        return activation
+
+    hook_name = "attn.hook_z" if unit == "head" else "mlp.hook_post"
+    return bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.{hook_name}", zero)])
+
+
+def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, layer: int) -> dict[int, Tensor] | str:
+    """Logits with one neuron of a mixture-of-experts layer removed, computed without masks: neuron ``e * d_expert +
+    i`` is hidden unit i of expert e, and its only reader is column i of expert e's down projection (TransformerLens
+    has no per-expert ``hook_post``). The column is zeroed in a clone of the stack passed to
+    ``torch.func.functional_call``, so the model is never written; the check also asserts that it is bit-exact after.
+
+    The stack is found as the model stores it (``down_proj``, ``[n_experts, ...]``, expert-major as transformers keeps
+    every batched stack) and its hidden axis as the one that is not ``d_model``. Two neurons are returned: unit 0 of
+    the first expert and the last unit of the last expert whose removal changes the logits on ``tokens`` (an expert
+    that the router never picks for these tokens would make the comparison vacuous).
+
+    Returns:
+        neuron index -> expected logits, or what went wrong.
+    """
+    block = bridge.get_submodule(f"blocks.{layer}.mlp")
+    stacks = [
+        (name, parameter)
+        for name, parameter in block.named_parameters()
+        if parameter.ndim == 3 and name.rpartition(".")[2] == "down_proj"
+    ]
+    if len(stacks) != 1:
+        return f"layer {layer}: expected one batched down_proj expert stack, found {[name for name, _ in stacks]}"
+    name, down = stacks[0]
+    path = f"blocks.{layer}.mlp.{name}"
+    hidden_axes = [axis for axis in (1, 2) if down.shape[axis] != bridge.cfg.d_model]
+    if len(hidden_axes) != 1:
+        return f"{path} {tuple(down.shape)}: cannot tell its hidden axis from d_model={bridge.cfg.d_model}"
+    hidden_axis, n_experts = hidden_axes[0], down.shape[0]
+    d_expert = down.shape[hidden_axis]
+    before = down.detach().clone()
+    reference = bridge(tokens)
+
+    def without(expert: int, hidden_unit: int) -> Tensor:
+        zeroed = down.detach().clone()
+        zeroed[expert].narrow(hidden_axis - 1, hidden_unit, 1).zero_()
+        return torch.func.functional_call(bridge, {path: zeroed}, (tokens,), tie_weights=False, strict=False)
+
+    ablations = {}
+    for experts, hidden_unit in ((range(n_experts), 0), (reversed(range(n_experts)), d_expert - 1)):
+        for expert in experts:
+            logits = without(expert, hidden_unit)
+            if not torch.allclose(logits, reference):
+                ablations[expert * d_expert + hidden_unit] = logits
+                break
+    if not torch.equal(down, before):
+        return f"{path}: the model changed while computing the ablations"
+    if len(ablations) < 2:
+        return f"layer {layer}: no routed expert's neuron changes the logits on these tokens (try other tokens)"
+    return ablations
 
 
 def _tl_views(bridge: Bridge) -> str | None:
