@@ -29,9 +29,11 @@ TensorLayout = Literal["linear", "conv1d", "embedding", "vector", "unknown"]
 
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
-_MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
+# Dense layers of an interleaved mixture-of-experts stack name their MLP dense_in/dense_gate/dense_out.
+_MLP_ROLES = {"in": "in", "gate": "gate", "out": "out", "dense_in": "in", "dense_gate": "gate", "dense_out": "out"}
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<shared>shared_experts?)\.)?"
+    r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
 
 ROLE_KINDS = {
@@ -98,6 +100,8 @@ class TensorSpec:
         expert_axis: for a mixture-of-experts stack of expert matrices (``[n_experts, ...]``), the axis indexing the
             expert; its neurons are then (expert, hidden unit) pairs, numbered expert-major
             (``expert * d_expert + unit``). ``None`` for every other tensor.
+        unit_offset: the number of this tensor's first unit among its layer's: a mixture-of-experts layer numbers its
+            routed experts' neurons first (``n_experts * d_expert``), then its shared expert's; else 0.
         layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]),
             ``vector`` (norm gains and biases) or ``unknown`` (a matrix whose storage its adapter cannot tell: it is
             masked per weight or as a whole, never by heads or neurons).
@@ -117,6 +121,7 @@ class TensorSpec:
     tied_to: str | None = None
     unit_repeats: int = 1
     expert_axis: int | None = None
+    unit_offset: int = 0
 
     @property
     def input_axis(self) -> int | None:
@@ -232,6 +237,8 @@ def role_of(key: str) -> tuple[str, int | None]:
     layer = int(match["layer"])
     component, sub, attr = match["component"], match["sub"], match["attr"]
     prefix = "W_" if attr == "weight" else "b_"
+    if match["shared"] and component != "mlp":
+        return "other", layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:

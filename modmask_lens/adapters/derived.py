@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
@@ -82,13 +83,15 @@ class DerivedAdapter(Adapter):
         return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
 
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
-        """As :meth:`Adapter.tensor_specs`, then the batched expert matrices of each mixture-of-experts block, which
-        ``bridge.state_dict()`` leaves out (TransformerLens's ``has_batched_experts``)."""
+        """As :meth:`Adapter.tensor_specs`, then what ``bridge.state_dict()`` leaves out of each mixture-of-experts
+        block (TransformerLens's ``has_batched_experts``): the batched expert matrices, and a shared expert's
+        matrices where TransformerLens does not wrap them (GLM-4-MoE). In such a block the router is no neuron
+        tensor, and the shared expert's neurons are numbered after the routed experts' (:func:`_number_moe_neurons`)."""
         specs = super().tensor_specs(bridge)
         known = {id(bridge.get_parameter(spec.path)) for spec in specs}
         for layer in range(int(bridge.cfg.n_layers)):
             specs.extend(_expert_specs(bridge, layer, known))
-        return specs
+        return _number_moe_neurons(bridge, specs)
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -203,7 +206,7 @@ def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpe
         return []
     if not moe.has_batched_experts(block):
         return []
-    specs = []
+    specs = _unwrapped_shared_expert_specs(block, component_path, layer, known)
     for name, parameter in block.named_parameters(remove_duplicate=False):
         owner_name, _, leaf = name.rpartition(".")
         if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
@@ -245,3 +248,45 @@ def _expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d
         "unit_repeats": 2 if fused and concatenated else 1,
         "expert_axis": 0,
     }
+
+
+_SHARED_EXPERT_ROLES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}
+"""transformers' names of a gated MLP's projections: a shared expert that TransformerLens leaves unwrapped."""
+
+
+def _unwrapped_shared_expert_specs(
+    block: nn.Module, component_path: str, layer: int, known: set[int]
+) -> list[TensorSpec]:
+    """Specs of the ``nn.Linear`` projections of a shared expert inside an MoE block that no state_dict key covers
+    (GLM-4-MoE's ``shared_experts``), keyed ``blocks.{layer}.mlp.shared_experts.gate_proj.weight`` etc."""
+    specs = []
+    for name, module in block.named_modules():
+        role = _SHARED_EXPERT_ROLES.get(name.rpartition(".")[2])
+        if role is None or not isinstance(module, nn.Linear) or ".shared_expert" not in f".{name}":
+            continue
+        if id(module.weight) in known:
+            continue
+        known.add(id(module.weight))
+        key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}.weight"
+        shape = tuple(module.weight.shape)
+        unit_axis = 1 if role == "W_out" else 0  # nn.Linear: [out, in]; the down projection reads the neurons
+        specs.append(
+            TensorSpec(key, role, layer, f"{component_path}.{name}.weight", shape, "neuron", unit_axis, 1, "linear")
+        )
+    return specs
+
+
+def _number_moe_neurons(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """In each layer whose routed experts have located neurons, number the shared expert's neurons after them
+    (``unit_offset = n_experts * d_expert``) and take the neuron layout off the router (its rows are experts, not
+    neurons; TransformerLens maps it as ``blocks.{i}.mlp.gate``)."""
+    routed = {spec.layer: spec.unit_count for spec in specs if spec.expert_axis is not None and spec.unit == "neuron"}
+    numbered = []
+    for spec in specs:
+        if spec.layer in routed and spec.unit == "neuron" and spec.expert_axis is None:
+            if ".mlp.shared_expert" in spec.key:
+                spec = replace(spec, unit_offset=routed[spec.layer])
+            elif isinstance(bridge.get_submodule(spec.key.rpartition(".")[0]), moe.MoERouterBridge):
+                spec = replace(spec, unit=None, unit_axis=None)
+        numbered.append(spec)
+    return numbered

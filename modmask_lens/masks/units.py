@@ -10,6 +10,7 @@ member gives a tensor that broadcasts against the member's weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from jaxtyping import Float, Shaped
@@ -64,6 +65,8 @@ class MaskUnit:
         if member.unit == "kv_head" and self.heads_per_kv_head > 1:
             # A key/value group is kept while any query head reading it is kept.
             unit_mask = unit_mask.view(-1, self.heads_per_kv_head).amax(dim=-1)
+        if member.unit == "neuron":  # a layer's neurons may span several tensors (routed and shared experts)
+            unit_mask = unit_mask.narrow(-1, member.unit_offset, member.unit_count)
         broadcast_shape = [1] * len(member.shape)
         if member.expert_axis is not None:
             broadcast_shape[member.expert_axis] = member.shape[member.expert_axis]
@@ -120,12 +123,24 @@ def _unit_count(members: list[TensorSpec], unit_kind: str, dims: ModelShape) -> 
     """Heads or neurons of a layer, read off its tensors (the config can be wrong: TransformerLens 4.3 reports
     ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``); query heads from key/value tensors when only those
     are masked (``roles=("W_K",)``)."""
+    if unit_kind == "neuron":
+        return _neuron_count(members)
     counts = {member.unit_count for member in members if member.unit == unit_kind}
     if not counts and unit_kind == "head":
         counts = {member.unit_count * dims.heads_per_kv_head for member in members}
     if len(counts) != 1:
         raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
     return counts.pop()
+
+
+def _neuron_count(members: list[TensorSpec]) -> int:
+    """A layer's neurons: the end of the last of its tensors' neuron ranges (``unit_offset`` on, ``unit_count``
+    long; a mixture-of-experts layer's routed experts, then its shared expert). Ranges that differ must not overlap."""
+    ranges = sorted({(member.unit_offset, member.unit_offset + member.unit_count) for member in members})
+    for (_, end), (start, _) in pairwise(ranges):
+        if start < end:
+            raise ValueError(f"the neuron tensors of {[m.key for m in members]} disagree on the neuron count")
+    return ranges[-1][1]
 
 
 def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:

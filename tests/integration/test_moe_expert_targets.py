@@ -7,21 +7,25 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
     GptOssConfig,
     GptOssForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
 )
 
 from modmask_lens import MaskConfig, MaskSet
-from modmask_lens.adapters import adapter_for
-from modmask_lens.testing import run_conformance
+from modmask_lens.adapters import adapter_for, derived
+from modmask_lens.testing import conformance, run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
-N_EXPERTS, D_EXPERT = 4, 64
+N_EXPERTS, D_EXPERT, D_SHARED = 4, 64, 48
 MOE = {
     "mixtral": lambda: MixtralForCausalLM(
         MixtralConfig(num_key_value_heads=2, num_local_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)
@@ -37,6 +41,29 @@ MOE = {
             num_experts_per_tok=2,
             head_dim=8,
             layer_types=["full_attention", "full_attention"],
+            **TINY_HF_SIZES,
+        )
+    ),
+    # a shared expert beside the routed ones, wrapped by TransformerLens (blocks.{i}.mlp.shared_expert)
+    "qwen2_moe": lambda: Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            num_key_value_heads=2,
+            num_experts=N_EXPERTS,
+            num_experts_per_tok=2,
+            moe_intermediate_size=D_EXPERT,
+            shared_expert_intermediate_size=D_SHARED,
+            **TINY_HF_SIZES,
+        )
+    ),
+    # layer 0 dense (dense_in/dense_gate/dense_out), layer 1 routed experts plus an unwrapped shared expert
+    "glm4_moe": lambda: Glm4MoeForCausalLM(
+        Glm4MoeConfig(
+            num_key_value_heads=2,
+            n_routed_experts=N_EXPERTS,
+            num_experts_per_tok=2,
+            moe_intermediate_size=D_EXPERT,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
             **TINY_HF_SIZES,
         )
     ),
@@ -79,6 +106,37 @@ def test_one_expert_neuron_off_removes_its_gate_and_up_rows_and_its_down_column(
     assert kept["blocks.0.mlp.experts.gate_up_proj"].all() and kept["blocks.0.mlp.experts.down_proj"].all()
 
 
+def test_a_shared_expert_s_neurons_follow_the_routed_experts_and_a_dense_layer_has_its_own(tmp_path):
+    """GLM-4-MoE: layer 0 is a dense MLP (neurons ``[d_mlp]``); layer 1's neurons are the routed experts'
+    (``n_experts * d_expert``) then its shared expert's (``d_expert`` more, ``n_shared_experts=1``): turning shared
+    neuron 3 off removes exactly row 3 of its gate and up projections and column 3 of its down projection."""
+    bridge = boot_tiny(MOE["glm4_moe"](), tmp_path)
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    assert {name: tuple(logits.shape) for name, logits in mask.logits.items()} == {
+        "blocks.0.mlp": (64,),
+        "blocks.1.mlp": (N_EXPERTS * D_EXPERT + D_EXPERT,),
+    }
+    assert {member.key for member in mask.units[0].members} == {
+        f"blocks.0.mlp.dense_{part}.weight" for part in ("gate", "in", "out")
+    }
+    unit_kept = {name: torch.ones(logits.shape, dtype=torch.bool) for name, logits in mask.logits.items()}
+    unit_kept["blocks.1.mlp"][N_EXPERTS * D_EXPERT + 3] = False
+    kept = mask.binary_from(unit_kept).kept
+    shared = "blocks.1.mlp.shared_experts"
+    for part, rows_removed in (("gate_proj", True), ("up_proj", True), ("down_proj", False)):
+        expected = torch.ones(bridge.get_parameter(_path(mask, f"{shared}.{part}.weight")).shape, dtype=torch.bool)
+        if rows_removed:
+            expected[3, :] = False
+        else:
+            expected[:, 3] = False
+        assert torch.equal(kept[f"{shared}.{part}.weight"], expected), part
+    assert kept["blocks.1.mlp.experts.gate_up_proj"].all() and kept["blocks.1.mlp.experts.down_proj"].all()
+
+
+def _path(mask: MaskSet, key: str) -> str:
+    return next(member.path for member in mask.members if member.key == key)
+
+
 @pytest.mark.parametrize("family", MOE)
 def test_an_expert_neuron_off_equals_zeroing_its_down_projection_column(family, tmp_path):
     """The kit's check: the mask of neuron (e, i) gives the logits of the model with column i of expert e's down
@@ -103,3 +161,34 @@ def test_masks_on_the_experts_act_as_the_forward_pass_reads_them(check, mixtral)
     exported to the Hugging Face layout, reload with the masked bridge's logits."""
     [result] = run_conformance(mixtral, checks=[check])
     assert result.passed, str(result)
+
+
+def test_the_kit_catches_fused_halves_placed_as_interleaved(mixtral, monkeypatch):
+    """Not vacuous: an adapter that read Mixtral's concatenated gate/up rows as interleaved fails the check."""
+    correct = derived._expert_layout
+
+    def interleaved(*args):
+        layout = correct(*args)
+        if layout.get("unit_repeats") == 2:
+            layout.update(unit_repeats=1, unit_width=2)
+        return layout
+
+    monkeypatch.setattr(derived, "_expert_layout", interleaved)
+    [result] = run_conformance(mixtral, checks=["neuron_off_equals_zeroed_hook_post"])
+    assert not result.passed and "max difference" in result.detail
+
+
+def test_the_kit_ablates_routed_and_shared_expert_neurons(tmp_path):
+    """Qwen2-MoE's check covers a routed neuron of the first and of the last routed expert whose removal changes the
+    logits, and the first and last neuron of the shared expert (numbered after the routed ones)."""
+    bridge = boot_tiny(MOE["qwen2_moe"](), tmp_path)
+    tokens = torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    [unit] = [
+        unit
+        for unit in MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron")).units
+        if unit.name == "blocks.1.mlp"
+    ]
+    ablations = conformance._expert_neuron_ablations(bridge, tokens, unit)
+    routed = N_EXPERTS * D_EXPERT
+    assert len(ablations) == 4 and {routed, routed + D_SHARED - 1} < set(ablations)
+    assert min(ablations) % D_EXPERT == 0 and max(key for key in ablations if key < routed) % D_EXPERT == D_EXPERT - 1
