@@ -62,6 +62,8 @@ ROLE_KINDS = {
         "b_out",
         "b_U",
         "b_mlm_head",
+        "b_experts_in",
+        "b_experts_out",
         "ln1.b",
         "ln2.b",
         "ln_final.b",

@@ -197,8 +197,10 @@ projections, fused or not) and the output (down) projection."""
 
 
 def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
-    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers, with
-    their neurons located (:func:`_expert_layout`) where the stack's layout can be told."""
+    """Specs of the batched expert tensors inside ``blocks.{layer}.mlp`` that no state_dict key covers: the 3-D
+    matrices, with their neurons located (:func:`_expert_layout`) where the stack's layout can be told, and the 2-D
+    ``[n_experts, ...]`` biases of families that have them (GPT-OSS's ``gate_up_proj_bias``, whose entries are
+    neurons like the matching rows, and ``down_proj_bias``, one ``d_model`` bias per expert)."""
     component_path = f"blocks.{layer}.mlp._original_component"
     try:
         block = bridge.get_submodule(component_path)
@@ -207,16 +209,39 @@ def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpe
     if not moe.has_batched_experts(block):
         return []
     specs = _unwrapped_shared_expert_specs(block, component_path, layer, known)
+    d_model = int(bridge.cfg.d_model)
     for name, parameter in block.named_parameters(remove_duplicate=False):
         owner_name, _, leaf = name.rpartition(".")
-        if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
+        projection = leaf.removesuffix("_bias")
+        is_bias = projection != leaf
+        if (
+            projection not in _EXPERT_INPUTS | _EXPERT_OUTPUTS
+            or parameter.ndim != (2 if is_bias else 3)
+            or id(parameter) in known
+        ):
             continue
         known.add(id(parameter))
-        role = "W_experts_out" if leaf in _EXPERT_OUTPUTS else "W_experts_in"
+        role = ("b_" if is_bias else "W_") + ("experts_out" if projection in _EXPERT_OUTPUTS else "experts_in")
         key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}"
-        layout = _expert_layout(block.get_submodule(owner_name), leaf, tuple(parameter.shape), int(bridge.cfg.d_model))
+        experts = block.get_submodule(owner_name)
+        if is_bias:
+            weight = getattr(experts, projection, None)
+            layout = _expert_bias_layout(experts, projection, weight, d_model)
+        else:
+            layout = _expert_layout(experts, leaf, tuple(parameter.shape), d_model)
         specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), **layout))
     return specs
+
+
+def _expert_bias_layout(experts: nn.Module, projection: str, weight: torch.Tensor | None, d_model: int) -> dict:
+    """An expert bias ``[n_experts, out]`` has its matrix's neurons (one per hidden unit, twice for fused gate/up)
+    when it belongs to an input projection whose neurons are located; otherwise it is a plain vector per expert."""
+    if projection in _EXPERT_OUTPUTS or weight is None or weight.ndim != 3:
+        return {"layout": "vector"}
+    matrix = _expert_layout(experts, projection, tuple(weight.shape), d_model)
+    if matrix.get("unit") is None:
+        return {"layout": "vector"}
+    return {**matrix, "layout": "vector", "unit_axis": 1}
 
 
 def _expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d_model: int) -> dict:

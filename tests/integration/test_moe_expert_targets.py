@@ -192,3 +192,23 @@ def test_the_kit_ablates_routed_and_shared_expert_neurons(tmp_path):
     routed = N_EXPERTS * D_EXPERT
     assert len(ablations) == 4 and {routed, routed + D_SHARED - 1} < set(ablations)
     assert min(ablations) % D_EXPERT == 0 and max(key for key in ablations if key < routed) % D_EXPERT == D_EXPERT - 1
+
+
+def test_gpt_oss_expert_biases_are_targets_and_share_their_neurons(tmp_path):
+    """GPT-OSS interleaves each hidden unit's gate and up rows (``[n_experts, d_model, 2 * d_expert]``) and has
+    per-expert biases: neuron (expert 1, unit 5) off removes gate_up_proj_bias entries 10 and 11 of expert 1, and
+    down_proj_bias (per expert and ``d_model``, no neuron of its own) is masked only per weight or as a whole."""
+    bridge = boot_tiny(MOE["gpt_oss"](), tmp_path)
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", kinds=("linear", "bias")))
+    unit_kept = {name: torch.ones(logits.shape, dtype=torch.bool) for name, logits in mask.logits.items()}
+    unit_kept["blocks.1.mlp"][D_EXPERT + 5] = False
+    kept = mask.binary_from(unit_kept).kept
+    expected_bias = torch.ones(N_EXPERTS, 2 * D_EXPERT, dtype=torch.bool)
+    expected_bias[1, [10, 11]] = False
+    assert torch.equal(kept["blocks.1.mlp.experts.gate_up_proj_bias"], expected_bias)
+    expected_gate_up = torch.ones(N_EXPERTS, 32, 2 * D_EXPERT, dtype=torch.bool)
+    expected_gate_up[1, :, [10, 11]] = False
+    assert torch.equal(kept["blocks.1.mlp.experts.gate_up_proj"], expected_gate_up)
+    assert "blocks.1.mlp.experts.down_proj_bias" not in kept
+    weight_mask = MaskSet.for_bridge(bridge, MaskConfig(kinds=("bias",)))
+    assert {"blocks.1.mlp.experts.gate_up_proj_bias", "blocks.1.mlp.experts.down_proj_bias"} <= set(weight_mask.logits)
