@@ -293,7 +293,7 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
         except AttributeError:
             return None
     having = [
-        layer for layer in range(bridge.cfg.n_layers) if hasattr(bridge.blocks[layer].get_submodule(block_part), name)
+        layer for layer in range(bridge.cfg.n_layers) if hasattr(getattr(bridge.blocks[layer], block_part, None), name)
     ]
     return getattr(bridge, name)[having.index(spec.layer)] if spec.layer in having else None
 
