@@ -212,3 +212,29 @@ def test_gpt_oss_expert_biases_are_targets_and_share_their_neurons(tmp_path):
     assert "blocks.1.mlp.experts.down_proj_bias" not in kept
     weight_mask = MaskSet.for_bridge(bridge, MaskConfig(kinds=("bias",)))
     assert {"blocks.1.mlp.experts.gate_up_proj_bias", "blocks.1.mlp.experts.down_proj_bias"} <= set(weight_mask.logits)
+
+
+def test_a_dense_layer_after_a_sparse_one_is_a_neuron_layer_checked_against_its_own_view(tmp_path):
+    """Qwen2-MoE with layer 1 dense (``mlp_only_layers=[1]``): its ``dense_*`` projections are ``W_gate``/``W_in``/
+    ``W_out`` neuron tensors, and the kit compares them with TransformerLens's ``W_in``/``W_out``, which stack only
+    the dense layers (one entry, which belongs to layer 1)."""
+    config = Qwen2MoeConfig(
+        num_key_value_heads=2,
+        num_experts=N_EXPERTS,
+        num_experts_per_tok=2,
+        moe_intermediate_size=D_EXPERT,
+        shared_expert_intermediate_size=D_SHARED,
+        mlp_only_layers=[1],
+        **TINY_HF_SIZES,
+    )
+    bridge = boot_tiny(Qwen2MoeForCausalLM(config), tmp_path)
+    dense = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge) if spec.key.startswith("blocks.1.mlp")}
+    assert {key: (spec.role, spec.unit) for key, spec in dense.items()} == {
+        "blocks.1.mlp.dense_gate.weight": ("W_gate", "neuron"),
+        "blocks.1.mlp.dense_in.weight": ("W_in", "neuron"),
+        "blocks.1.mlp.dense_out.weight": ("W_out", "neuron"),
+    }
+    assert bridge.W_in.shape[0] == 1
+    checks = ["unit_slices_equal_tl_views", "neuron_off_equals_zeroed_hook_post"]
+    results = run_conformance(bridge, checks=checks)
+    assert all(result.passed for result in results), [str(result) for result in results]

@@ -3,15 +3,18 @@ fused gate/up stack holds each hidden unit twice): :meth:`MaskUnit.expand` again
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from modmask_lens.adapters import TensorSpec
-from modmask_lens.masks.units import MaskUnit
+from modmask_lens.adapters import ModelShape, TensorSpec
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.units import MaskUnit, build_units
 
 N_EXPERTS, D_EXPERT, D_MODEL = 3, 4, 5
+DIMS = ModelShape(n_layers=1, d_model=D_MODEL, n_heads=1, n_kv_heads=1, d_head=D_MODEL, d_mlp=None, d_vocab=7)
 
 
 def stack(shape, unit_axis, layout="linear", unit_width=1, unit_repeats=1, expert_axis=0) -> TensorSpec:
@@ -82,3 +85,24 @@ def test_matrix_axes_of_an_expert_stack_skip_its_expert_axis():
     linear, conv1d = CASES["concatenated_gate_up"][0], CASES["interleaved_transposed_gate_up"][0]
     assert (linear.input_axis, linear.output_axis) == (2, 1)
     assert (conv1d.input_axis, conv1d.output_axis) == (1, 2)
+
+
+def test_a_shared_expert_reads_its_slice_of_the_layer_s_neurons():
+    """Routed experts own neurons 0..11, the shared expert's 6 hidden units (``unit_offset=12``) neurons 12..17."""
+    routed = CASES["down"][0]
+    shared = TensorSpec(
+        "blocks.0.mlp.shared_expert.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear"
+    )
+    shared = dataclasses.replace(shared, unit_offset=N_EXPERTS * D_EXPERT)
+    [unit] = build_units([routed, shared], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+    assert unit.shape == (N_EXPERTS * D_EXPERT + 6,)
+    unit_mask = torch.arange(float(unit.numel))
+    torch.testing.assert_close(unit.expand(unit_mask, shared), torch.arange(12.0, 18.0).view(1, 6))
+    torch.testing.assert_close(unit.expand(unit_mask, routed).expand(routed.shape)[2, 0], torch.arange(8.0, 12.0))
+
+
+def test_neuron_tensors_whose_ranges_overlap_are_refused():
+    routed = CASES["down"][0]
+    clash = TensorSpec("blocks.0.mlp.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear")
+    with pytest.raises(ValueError, match="disagree on the neuron count"):
+        build_units([routed, clash], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
