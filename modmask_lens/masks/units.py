@@ -3,9 +3,9 @@
 A :class:`MaskUnit` owns one logit tensor and maps it onto the tensors it masks (its members). For ``weight``
 granularity a unit is one tensor and its logits have the tensor's shape; for ``neuron`` a unit is one layer's MLP
 (logits ``[d_mlp]``; for a mixture-of-experts layer ``[n_experts * d_expert]``, expert-major, then its shared
-expert's hidden units if it has one), for ``head`` one
-layer's attention (logits ``[n_heads]``), for ``matrix`` one tensor (a scalar logit). Expanding a unit's mask to a
-member gives a tensor that broadcasts against the member's weight.
+expert's hidden units if it has one), for ``head`` one layer's attention (logits ``[n_heads]``), for ``matrix`` one
+tensor (a scalar logit). Expanding a unit's mask to a member gives a tensor that broadcasts against the member's
+weight.
 """
 
 from __future__ import annotations
