@@ -29,9 +29,11 @@ TensorLayout = Literal["linear", "conv1d", "embedding", "vector", "unknown"]
 
 # TransformerLens canonical component names -> role prefixes (HookedTransformer's parameter names).
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
-_MLP_ROLES = {"in": "in", "gate": "gate", "out": "out"}
+# Dense layers of an interleaved mixture-of-experts stack name their MLP dense_in/dense_gate/dense_out.
+_MLP_ROLES = {"in": "in", "gate": "gate", "out": "out", "dense_in": "in", "dense_gate": "gate", "dense_out": "out"}
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<shared>shared_experts?)\.)?"
+    r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
 
 ROLE_KINDS = {
@@ -60,6 +62,8 @@ ROLE_KINDS = {
         "b_out",
         "b_U",
         "b_mlm_head",
+        "b_experts_in",
+        "b_experts_out",
         "ln1.b",
         "ln2.b",
         "ln_final.b",
@@ -69,7 +73,7 @@ ROLE_KINDS = {
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
 
-RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out")
+RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out")
 """Matrices that write the residual stream; every other matrix reads it."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
@@ -91,7 +95,15 @@ class TensorSpec:
         unit: what ``unit_axis`` indexes: ``head`` (query heads), ``kv_head`` (key/value groups), ``neuron`` (MLP
             hidden units), or ``None``.
         unit_axis: the axis of the stored tensor along which units are laid out.
-        unit_width: consecutive elements per unit along ``unit_axis`` (``d_head`` for heads, 1 for neurons).
+        unit_width: consecutive elements per unit along ``unit_axis`` (``d_head`` for heads, 1 for neurons, 2 for a
+            mixture-of-experts input stack that interleaves each hidden unit's gate and up rows, as GPT-OSS does).
+        unit_repeats: how many times the whole sequence of units repeats along ``unit_axis``: 2 for a fused gate/up
+            projection that concatenates all gate rows, then all up rows (Mixtral's ``gate_up_proj``), else 1.
+        expert_axis: for a mixture-of-experts stack of expert matrices (``[n_experts, ...]``), the axis indexing the
+            expert; its neurons are then (expert, hidden unit) pairs, numbered expert-major
+            (``expert * d_expert + unit``). ``None`` for every other tensor.
+        unit_offset: the number of this tensor's first unit among its layer's: a mixture-of-experts layer numbers its
+            routed experts' neurons first (``n_experts * d_expert``), then its shared expert's; else 0.
         layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]),
             ``vector`` (norm gains and biases) or ``unknown`` (a matrix whose storage its adapter cannot tell: it is
             masked per weight or as a whole, never by heads or neurons).
@@ -109,18 +121,41 @@ class TensorSpec:
     unit_width: int = 1
     layout: TensorLayout = "vector"
     tied_to: str | None = None
+    unit_repeats: int = 1
+    expert_axis: int | None = None
+    unit_offset: int = 0
 
     @property
     def input_axis(self) -> int | None:
         """The axis of the stored matrix that indexes its inputs: 1 for ``linear`` ([out, in]), 0 for ``conv1d``
-        ([in, out]) and ``embedding`` ([index, d_model]); ``None`` for vectors."""
-        return _INPUT_AXIS.get(self.layout)
+        ([in, out]) and ``embedding`` ([index, d_model]), counted among the axes other than :attr:`expert_axis`
+        (an expert stack ``[n_experts, out, in]`` has inputs on axis 2); ``None`` for vectors."""
+        axis = _INPUT_AXIS.get(self.layout)
+        return None if axis is None else self._matrix_axes[axis]
 
     @property
     def output_axis(self) -> int | None:
         """The axis of the stored matrix that indexes its outputs (``d_model`` for embeddings, the vocabulary for
         ``W_U``); ``None`` for vectors."""
-        return None if self.input_axis is None else 1 - self.input_axis
+        axis = _INPUT_AXIS.get(self.layout)
+        return None if axis is None else self._matrix_axes[1 - axis]
+
+    @property
+    def _matrix_axes(self) -> tuple[int, ...]:
+        return tuple(axis for axis in range(len(self.shape)) if axis != self.expert_axis)
+
+    @property
+    def unit_count(self) -> int:
+        """How many units (heads, key/value groups or neurons) this tensor holds: those along :attr:`unit_axis`
+        (less :attr:`unit_width` and :attr:`unit_repeats`), times the experts of an expert stack.
+
+        Raises:
+            ValueError: for a tensor without units.
+        """
+        if self.unit_axis is None:
+            raise ValueError(f"{self.key}: holds no heads or neurons")
+        per_expert = self.shape[self.unit_axis] // (self.unit_width * self.unit_repeats)
+        return per_expert * (1 if self.expert_axis is None else self.shape[self.expert_axis])
 
     @property
     def writes_residual(self) -> bool:
@@ -142,8 +177,7 @@ class TensorSpec:
     def unit_read_by(self, head: int, n_heads: int) -> int:
         """The unit along :attr:`unit_axis` that query head ``head`` reads: the head itself, or under grouped-query
         attention its key/value group (``head // (n_heads / n_kv_heads)``, as :class:`ModelShape` says)."""
-        n_units = self.shape[self.unit_axis] // self.unit_width
-        return head // (n_heads // n_units)
+        return head // (n_heads // self.unit_count)
 
     @property
     def kind(self) -> str:
@@ -205,6 +239,8 @@ def role_of(key: str) -> tuple[str, int | None]:
     layer = int(match["layer"])
     component, sub, attr = match["component"], match["sub"], match["attr"]
     prefix = "W_" if attr == "weight" else "b_"
+    if match["shared"] and component != "mlp":
+        return "other", layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:

@@ -15,7 +15,8 @@ RoBERTa's post-attention norms sit in the ``ln1`` slot that pre-norm families us
 so it is read from the order in which the bridge's own forward pass enters block 0's ``ln1`` and ``attn``. A
 mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
 ``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
-``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``, masked per weight or as a whole). Everything
+``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``), and their neurons (hidden unit i of expert
+e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack. Everything
 a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
 from there.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
@@ -81,13 +83,15 @@ class DerivedAdapter(Adapter):
         return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
 
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
-        """As :meth:`Adapter.tensor_specs`, then the batched expert matrices of each mixture-of-experts block, which
-        ``bridge.state_dict()`` leaves out (TransformerLens's ``has_batched_experts``)."""
+        """As :meth:`Adapter.tensor_specs`, then what ``bridge.state_dict()`` leaves out of each mixture-of-experts
+        block (TransformerLens's ``has_batched_experts``): the batched expert matrices, and a shared expert's
+        matrices where TransformerLens does not wrap them (GLM-4-MoE). In such a block the router is no neuron
+        tensor, and the shared expert's neurons are numbered after the routed experts' (:func:`_number_moe_neurons`)."""
         specs = super().tensor_specs(bridge)
         known = {id(bridge.get_parameter(spec.path)) for spec in specs}
         for layer in range(int(bridge.cfg.n_layers)):
             specs.extend(_expert_specs(bridge, layer, known))
-        return specs
+        return _number_moe_neurons(bridge, specs)
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -193,7 +197,10 @@ projections, fused or not) and the output (down) projection."""
 
 
 def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
-    """Specs of the batched 3-D expert matrices inside ``blocks.{layer}.mlp`` that no state_dict key covers."""
+    """Specs of the batched expert tensors inside ``blocks.{layer}.mlp`` that no state_dict key covers: the 3-D
+    matrices, with their neurons located (:func:`_expert_layout`) where the stack's layout can be told, and the 2-D
+    ``[n_experts, ...]`` biases of families that have them (GPT-OSS's ``gate_up_proj_bias``, whose entries are
+    neurons like the matching rows, and ``down_proj_bias``, one ``d_model`` bias per expert)."""
     component_path = f"blocks.{layer}.mlp._original_component"
     try:
         block = bridge.get_submodule(component_path)
@@ -201,13 +208,110 @@ def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpe
         return []
     if not moe.has_batched_experts(block):
         return []
-    specs = []
+    specs = _unwrapped_shared_expert_specs(block, component_path, layer, known)
+    d_model = int(bridge.cfg.d_model)
     for name, parameter in block.named_parameters(remove_duplicate=False):
-        leaf = name.rpartition(".")[2]
-        if parameter.ndim != 3 or id(parameter) in known or leaf not in _EXPERT_INPUTS | _EXPERT_OUTPUTS:
+        owner_name, _, leaf = name.rpartition(".")
+        projection = leaf.removesuffix("_bias")
+        is_bias = projection != leaf
+        if (
+            projection not in _EXPERT_INPUTS | _EXPERT_OUTPUTS
+            or parameter.ndim != (2 if is_bias else 3)
+            or id(parameter) in known
+        ):
             continue
         known.add(id(parameter))
-        role = "W_experts_out" if leaf in _EXPERT_OUTPUTS else "W_experts_in"
+        role = ("b_" if is_bias else "W_") + ("experts_out" if projection in _EXPERT_OUTPUTS else "experts_in")
         key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}"
-        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), layout="unknown"))
+        experts = block.get_submodule(owner_name)
+        if is_bias:
+            weight = getattr(experts, projection, None)
+            layout = _expert_bias_layout(experts, projection, weight, d_model)
+        else:
+            layout = _expert_layout(experts, leaf, tuple(parameter.shape), d_model)
+        specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), **layout))
     return specs
+
+
+def _expert_bias_layout(experts: nn.Module, projection: str, weight: torch.Tensor | None, d_model: int) -> dict:
+    """An expert bias ``[n_experts, out]`` has its matrix's neurons (one per hidden unit, twice for fused gate/up)
+    when it belongs to an input projection whose neurons are located; otherwise it is a plain vector per expert."""
+    if projection in _EXPERT_OUTPUTS or weight is None or weight.ndim != 3:
+        return {"layout": "vector"}
+    matrix = _expert_layout(experts, projection, tuple(weight.shape), d_model)
+    if matrix.get("unit") is None:
+        return {"layout": "vector"}
+    return {**matrix, "layout": "vector", "unit_axis": 1}
+
+
+def _expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d_model: int) -> dict:
+    """Where the neurons of one batched expert stack live, as :class:`TensorSpec` fields.
+
+    transformers stores every stack expert-major (``[n_experts, ...]``) and declares the rest on the experts module
+    (``transformers.integrations.moe.use_experts_implementation``): ``is_transposed`` (``[n_experts, in, out]``
+    instead of ``nn.Linear``'s ``[n_experts, out, in]``) and ``is_concatenated`` (a fused ``gate_up_proj`` holds all
+    gate rows, then all up rows; otherwise each hidden unit's gate and up rows alternate, as in GPT-OSS). An experts
+    class that predates the flags (Llama 4's) is read from which axis has ``d_model`` (TransformerLens's MoE bridge
+    does the same) and is taken as concatenated, the decorator's default. A stack whose layout neither says is
+    returned as ``unknown``: masked per weight or as a whole, never by neurons.
+    """
+    reads_model = leaf not in _EXPERT_OUTPUTS
+    transposed = getattr(experts, "is_transposed", None)
+    model_axes = [axis for axis in (1, 2) if shape[axis] == d_model]
+    if transposed is None and len(model_axes) == 1:
+        transposed = model_axes[0] == (1 if reads_model else 2)  # [n_experts, in, out] reads on axis 1
+    hidden_axis = 2 if transposed == reads_model else 1
+    if transposed is None or shape[3 - hidden_axis] != d_model:
+        return {"layout": "unknown"}
+    fused = leaf == "gate_up_proj"
+    concatenated = getattr(experts, "is_concatenated", True)
+    return {
+        "layout": "conv1d" if transposed else "linear",
+        "unit": "neuron",
+        "unit_axis": hidden_axis,
+        "unit_width": 2 if fused and not concatenated else 1,
+        "unit_repeats": 2 if fused and concatenated else 1,
+        "expert_axis": 0,
+    }
+
+
+_SHARED_EXPERT_ROLES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}
+"""transformers' names of a gated MLP's projections: a shared expert that TransformerLens leaves unwrapped."""
+
+
+def _unwrapped_shared_expert_specs(
+    block: nn.Module, component_path: str, layer: int, known: set[int]
+) -> list[TensorSpec]:
+    """Specs of the ``nn.Linear`` projections of a shared expert inside an MoE block that no state_dict key covers
+    (GLM-4-MoE's ``shared_experts``), keyed ``blocks.{layer}.mlp.shared_experts.gate_proj.weight`` etc."""
+    specs = []
+    for name, module in block.named_modules():
+        role = _SHARED_EXPERT_ROLES.get(name.rpartition(".")[2])
+        if role is None or not isinstance(module, nn.Linear) or ".shared_expert" not in f".{name}":
+            continue
+        if id(module.weight) in known:
+            continue
+        known.add(id(module.weight))
+        key = f"blocks.{layer}.mlp.{name.replace('._original_component', '')}.weight"
+        shape = tuple(module.weight.shape)
+        unit_axis = 1 if role == "W_out" else 0  # nn.Linear: [out, in]; the down projection reads the neurons
+        specs.append(
+            TensorSpec(key, role, layer, f"{component_path}.{name}.weight", shape, "neuron", unit_axis, 1, "linear")
+        )
+    return specs
+
+
+def _number_moe_neurons(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """In each layer whose routed experts have located neurons, number the shared expert's neurons after them
+    (``unit_offset = n_experts * d_expert``) and take the neuron layout off the router (its rows are experts, not
+    neurons; TransformerLens maps it as ``blocks.{i}.mlp.gate``)."""
+    routed = {spec.layer: spec.unit_count for spec in specs if spec.expert_axis is not None and spec.unit == "neuron"}
+    numbered = []
+    for spec in specs:
+        if spec.layer in routed and spec.unit == "neuron" and spec.expert_axis is None:
+            if ".mlp.shared_expert" in spec.key:
+                spec = replace(spec, unit_offset=routed[spec.layer])
+            elif isinstance(bridge.get_submodule(spec.key.rpartition(".")[0]), moe.MoERouterBridge):
+                spec = replace(spec, unit=None, unit_axis=None)
+        numbered.append(spec)
+    return numbered

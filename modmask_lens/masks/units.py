@@ -2,13 +2,16 @@
 
 A :class:`MaskUnit` owns one logit tensor and maps it onto the tensors it masks (its members). For ``weight``
 granularity a unit is one tensor and its logits have the tensor's shape; for ``neuron`` a unit is one layer's MLP
-(logits ``[d_mlp]``), for ``head`` one layer's attention (logits ``[n_heads]``), for ``matrix`` one tensor
-(a scalar logit). Expanding a unit's mask to a member gives a tensor that broadcasts against the member's weight.
+(logits ``[d_mlp]``; for a mixture-of-experts layer ``[n_experts * d_expert]``, expert-major, then its shared
+expert's hidden units if it has one), for ``head`` one layer's attention (logits ``[n_heads]``), for ``matrix`` one
+tensor (a scalar logit). Expanding a unit's mask to a member gives a tensor that broadcasts against the member's
+weight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from jaxtyping import Float, Shaped
@@ -47,18 +50,35 @@ class MaskUnit:
             member: one of :attr:`members`.
 
         Returns:
-            ``member.shape`` for weight granularity; a tensor of ones except along the unit axis for head and neuron
-            granularity; a scalar for matrix granularity.
+            ``member.shape`` for weight granularity; a tensor of ones except along the unit axis (and the expert axis
+            of an expert stack) for head and neuron granularity; a scalar for matrix granularity.
+
+        >>> from modmask_lens.adapters import TensorSpec
+        >>> gate_up = TensorSpec("experts.gate_up_proj", "W_experts_in", 0, "p", (2, 6, 4), "neuron", 1, 1, "linear",
+        ...                      unit_repeats=2, expert_axis=0)  # 2 experts x 3 hidden units, gate rows then up rows
+        >>> unit = MaskUnit("blocks.0.mlp", (6,), (gate_up,))
+        >>> unit.expand(torch.arange(6.0), gate_up)[..., 0]
+        tensor([[0., 1., 2., 0., 1., 2.],
+                [3., 4., 5., 3., 4., 5.]])
         """
         if self.shape == member.shape or self.shape == ():
             return unit_mask
         if member.unit == "kv_head" and self.heads_per_kv_head > 1:
             # A key/value group is kept while any query head reading it is kept.
             unit_mask = unit_mask.view(-1, self.heads_per_kv_head).amax(dim=-1)
-        per_element = unit_mask.repeat_interleave(member.unit_width) if member.unit_width > 1 else unit_mask
+        if member.unit == "neuron":  # a layer's neurons may span several tensors (routed and shared experts)
+            unit_mask = unit_mask.narrow(-1, member.unit_offset, member.unit_count)
         broadcast_shape = [1] * len(member.shape)
+        if member.expert_axis is not None:
+            broadcast_shape[member.expert_axis] = member.shape[member.expert_axis]
+            unit_mask = unit_mask.reshape(member.shape[member.expert_axis], -1)  # [expert, hidden unit]
+        per_element = unit_mask.repeat_interleave(member.unit_width, dim=-1) if member.unit_width > 1 else unit_mask
+        if member.unit_repeats > 1:
+            per_element = per_element.repeat(*[1] * (per_element.dim() - 1), member.unit_repeats)
+        if member.expert_axis is not None and member.expert_axis > member.unit_axis:
+            per_element = per_element.T
         broadcast_shape[member.unit_axis] = member.shape[member.unit_axis]
-        return per_element.view(broadcast_shape)
+        return per_element.reshape(broadcast_shape)
 
     def expected_kept(self, kept_probability: Float[Tensor, "*unit_shape"]) -> Tensor:
         """Expected number of kept weights over all members, given each logit's keep probability (a scalar)."""
@@ -104,12 +124,24 @@ def _unit_count(members: list[TensorSpec], unit_kind: str, dims: ModelShape) -> 
     """Heads or neurons of a layer, read off its tensors (the config can be wrong: TransformerLens 4.3 reports
     ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``); query heads from key/value tensors when only those
     are masked (``roles=("W_K",)``)."""
-    counts = {member.shape[member.unit_axis] // member.unit_width for member in members if member.unit == unit_kind}
+    if unit_kind == "neuron":
+        return _neuron_count(members)
+    counts = {member.unit_count for member in members if member.unit == unit_kind}
     if not counts and unit_kind == "head":
-        counts = {member.shape[member.unit_axis] // member.unit_width * dims.heads_per_kv_head for member in members}
+        counts = {member.unit_count * dims.heads_per_kv_head for member in members}
     if len(counts) != 1:
         raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
     return counts.pop()
+
+
+def _neuron_count(members: list[TensorSpec]) -> int:
+    """A layer's neurons: the end of the last of its tensors' neuron ranges (``unit_offset`` on, ``unit_count``
+    long; a mixture-of-experts layer's routed experts, then its shared expert). Ranges that differ must not overlap."""
+    ranges = sorted({(member.unit_offset, member.unit_offset + member.unit_count) for member in members})
+    for (_, end), (start, _) in pairwise(ranges):
+        if start < end:
+            raise ValueError(f"the neuron tensors of {[m.key for m in members]} disagree on the neuron count")
+    return ranges[-1][1]
 
 
 def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:

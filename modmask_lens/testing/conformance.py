@@ -24,6 +24,7 @@ from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, Tr
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import MaskTrainer
+from modmask_lens.masks.units import MaskUnit
 
 ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
 _TL_VIEWS = {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W_in": "W_in", "W_out": "W_out"}
@@ -154,39 +155,109 @@ def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
 
 
 def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
+    """Turning one head or neuron off (mask logit -1, every other +1) in the first and last masked layers equals an
+    independent computation of the same ablation: zeroing its ``hook_z`` / ``hook_post`` slice, or for a
+    mixture-of-experts layer (:func:`_expert_neuron_ablations`) zeroing what reads the neuron."""
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
-    hook_name, component = ("attn.hook_z", "attn") if unit == "head" else ("mlp.hook_post", "mlp")
-    for layer in sorted({0, bridge.cfg.n_layers - 1}):
-        count = mask.logits[f"blocks.{layer}.{component}"].shape[0]
-        for index in sorted({0, count - 1}):
+    for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
+        layer = int(mask_unit.name.split(".")[1])
+        if any(member.expert_axis is not None for member in mask_unit.members):
+            ablations = _expert_neuron_ablations(bridge, tokens, mask_unit)
+            if isinstance(ablations, str):
+                return ablations
+        else:
+            indices = {0, mask_unit.numel - 1}
+            ablations = {index: _hooked_ablation(bridge, tokens, unit, layer, index) for index in indices}
+        for index, expected in ablations.items():
             for logits in mask.logits.values():
                 logits.data.fill_(1.0)
-            mask.logits[f"blocks.{layer}.{component}"].data[index] = -1.0
+            mask.logits[mask_unit.name].data[index] = -1.0
             with masked(bridge, mask):
                 actual = bridge(tokens)
-
-            def zero(activation, hook, index=index):
-                if unit == "head":
-                    activation[:, :, index] = 0.0  # hook_z: [batch, pos, head, d_head]
-                else:
-                    activation[..., index] = 0.0  # hook_post: [batch, pos, d_mlp]
-                return activation
-
-            expected = bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.{hook_name}", zero)])
             failure = _compare(actual, expected, f"layer {layer} {unit} {index}")
             if failure:
                 return failure
     return None
 
 
+def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, layer: int, index: int) -> Tensor:
+    """Logits with head ``index``'s ``hook_z`` or neuron ``index``'s ``hook_post`` zeroed in ``layer``."""
+
+    def zero(activation, hook):
+        if unit == "head":
+            activation[:, :, index] = 0.0  # hook_z: [batch, pos, head, d_head]
+        else:
+            activation[..., index] = 0.0  # hook_post: [batch, pos, d_mlp]
+        return activation
+
+    hook_name = "attn.hook_z" if unit == "head" else "mlp.hook_post"
+    return bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.{hook_name}", zero)])
+
+
+def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> dict[int, Tensor] | str:
+    """Logits with one neuron of a mixture-of-experts layer removed, computed without masks. TransformerLens has no
+    per-expert ``hook_post``, so a neuron is removed by zeroing what alone reads it: neuron ``e * d_expert + i`` is
+    hidden unit i of expert e, read by column i of expert e in the down-projection stack (``W_experts_out``); the
+    shared expert's hidden unit j (if the layer has one) is neuron ``n_experts * d_expert + j``, read by column j of
+    its ``W_out``. The column is zeroed in a clone passed to ``torch.func.functional_call``, so the model is never
+    written (asserted bit-exact after).
+
+    Only which tensor is the down projection comes from the adapter; the rest is read off the tensor: the expert axis
+    is 0 (transformers keeps every batched stack expert-major) and the hidden axis is the one that is not
+    ``d_model``. Routed neurons: unit 0 of the first expert and the last unit of the last expert whose removal
+    changes the logits on ``tokens`` (an expert the router never picks would make the comparison vacuous).
+
+    Returns:
+        neuron index -> expected logits, or what went wrong.
+    """
+    stacks = [member for member in unit.members if member.role == "W_experts_out"]
+    shared = [member for member in unit.members if member.role == "W_out" and member.expert_axis is None]
+    if len(stacks) != 1 or len(shared) > 1:
+        return f"{unit.name}: expected one expert down projection and at most one shared one, got {unit.members}"
+    down = bridge.get_parameter(stacks[0].path)
+    hidden_axes = [axis for axis in (1, 2) if down.shape[axis] != bridge.cfg.d_model]
+    if len(hidden_axes) != 1:
+        return f"{stacks[0].key} {tuple(down.shape)}: cannot tell its hidden axis from d_model={bridge.cfg.d_model}"
+    n_experts, d_expert = down.shape[0], down.shape[hidden_axes[0]]
+    before = {member.path: bridge.get_parameter(member.path).detach().clone() for member in stacks + shared}
+    reference = bridge(tokens)
+
+    def without(path: str, expert: int | None, axis: int, hidden_unit: int) -> Tensor:
+        zeroed = bridge.get_parameter(path).detach().clone()
+        (zeroed if expert is None else zeroed[expert]).narrow(axis, hidden_unit, 1).zero_()
+        return torch.func.functional_call(bridge, {path: zeroed}, (tokens,), tie_weights=False, strict=False)
+
+    ablations = {}
+    for experts, hidden_unit in ((range(n_experts), 0), (reversed(range(n_experts)), d_expert - 1)):
+        for expert in experts:
+            logits = without(stacks[0].path, expert, hidden_axes[0] - 1, hidden_unit)
+            if not torch.allclose(logits, reference):
+                ablations[expert * d_expert + hidden_unit] = logits
+                break
+    if len(ablations) < 2:
+        return f"{unit.name}: no routed expert's neuron changes the logits on these tokens (try other tokens)"
+    for member in shared:
+        shared_down = bridge.get_parameter(member.path)
+        hidden_axis = 1 if shared_down.shape[0] == bridge.cfg.d_model else 0
+        for hidden_unit in (0, shared_down.shape[hidden_axis] - 1):
+            ablations[n_experts * d_expert + hidden_unit] = without(member.path, None, hidden_axis, hidden_unit)
+    changed = [path for path, tensor in before.items() if not torch.equal(bridge.get_parameter(path), tensor)]
+    return f"{changed}: the model changed while computing the ablations" if changed else ablations
+
+
 def _tl_views(bridge: Bridge) -> str | None:
-    """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc."""
+    """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc.
+    (a shared expert's: its own component's ``W_in`` / ``W_out``; tensors without a TransformerLens view, such as an
+    unwrapped shared expert's, are skipped)."""
     checked = 0
     for spec in adapter_for(bridge).tensor_specs(bridge):
         if spec.role not in _TL_VIEWS or spec.layer is None:
             continue
         weight = bridge.get_parameter(spec.path).detach()
-        tl_tensor = getattr(bridge, _TL_VIEWS[spec.role])[spec.layer].detach()
+        tl_view = _tl_view(bridge, spec)
+        if tl_view is None:
+            continue
+        tl_tensor = tl_view.detach()
         view = f"bridge.{spec.role}[{spec.layer}] {tuple(tl_tensor.shape)}"
         if spec.input_axis is None:
             return f"{spec.key} {spec.shape}: its adapter cannot tell how the matrix is stored, so {view} is unplaced"
@@ -208,6 +279,23 @@ def _tl_views(bridge: Bridge) -> str | None:
             return f"{spec.key} {spec.shape} with inputs on axis {spec.input_axis} differs from {view}"
         checked += 1
     return None if checked else "no tensor with a TransformerLens view was found"
+
+
+def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
+    """TransformerLens's view of ``spec``'s tensor: ``bridge.W_Q[layer]`` etc., counting only the layers that have
+    one (the dense layers of an interleaved mixture-of-experts stack have ``W_in``, its sparse layers none), or the
+    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``); ``None`` where there is none."""
+    name, component = _TL_VIEWS[spec.role], spec.key.rsplit(".", 2)[0]
+    block_part = component.split(".")[2]
+    if component != f"blocks.{spec.layer}.{block_part}":
+        try:
+            return getattr(bridge.get_submodule(component), name, None)
+        except AttributeError:
+            return None
+    having = [
+        layer for layer in range(bridge.cfg.n_layers) if hasattr(getattr(bridge.blocks[layer], block_part, None), name)
+    ]
+    return getattr(bridge, name)[having.index(spec.layer)] if spec.layer in having else None
 
 
 def check_gradients(bridge: Bridge, tokens: Int[Tensor, "batch pos"], granularity: Granularity) -> str | None:
