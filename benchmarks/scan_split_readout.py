@@ -4,7 +4,8 @@ readout searches, on the split's first 256 training commands and on its held-out
 Trains the addprim_jump mask of ``modmask-lens reproduce scan`` (the default finder, 800 steps, batch 64) on the zoo
 ``scan`` model, one torch thread, and prints exact match per kept fraction (docs/results.md, SCAN section).
 
-Run: ``python benchmarks/scan_split_readout.py [--split addprim_jump] [--test-limit 500]``
+Run: ``python benchmarks/scan_split_readout.py [--split addprim_jump] [--test-limit 500]``; ``--steps``,
+``--max-loss-increase`` and ``--loss-increase-per`` change the default finder's settings for a sweep.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import modmask_lens as mm
 from experiments.csordas import METHODS, limited_subtask
 from modmask_lens import zoo
+from modmask_lens.masks.config import LOSS_UNITS
 from modmask_lens.tasks import scan
 
 KEPT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -30,13 +32,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="addprim_jump", choices=sorted(MASK_NAMES))
     parser.add_argument("--test-limit", type=int, default=500)
+    method = METHODS["faithful"]
+    parser.add_argument("--steps", type=int, default=method.train_config.steps)
+    parser.add_argument("--max-loss-increase", type=float, default=method.train_config.max_loss_increase)
+    parser.add_argument("--loss-increase-per", default=method.train_config.loss_increase_per, choices=LOSS_UNITS)
     arguments = parser.parse_args()
+    method = method.with_steps(arguments.steps)
+    method = method.with_constraint(arguments.max_loss_increase, arguments.loss_increase_per)
     torch.set_num_threads(1)
     model = zoo.load("scan")
     data = scan.scan_task(arguments.split)
     train = limited_subtask(MASK_NAMES[arguments.split], data["train"], model.tokenizer)
     test = limited_subtask(f"{arguments.split}-test", data["test"], model.tokenizer, arguments.test_limit)
-    method = METHODS["faithful"]
     masks = mm.train_masks(model.bridge, train, method.mask_config, method.train_config, progress=False)[train.name]
     first = train.head(READOUT_EXAMPLES)
 
@@ -45,7 +52,7 @@ def main() -> None:
             f"test {mm.objective_metric(model.bridge, test, mm.AnswerCrossEntropy(), mask):.3f}"
         )
 
-    print(f"threads: 1; full model: {accuracies(None)}")
+    print(f"threads: 1; {method.train_config}; full model: {accuracies(None)}")
     readout = masks.binary()
     print(f"readout (threshold {masks.threshold:.2f}): kept {readout.count / readout.total:.3f}, {accuracies(readout)}")
     trained = masks.binary_from(masks.kept_above(0.0))

@@ -35,7 +35,7 @@ import torch
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.controls import random_init_bridge
-from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, LossUnit, MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
 from modmask_lens.masks.training import UnfaithfulReadout, train_masks
 from modmask_lens.tasks import scan
@@ -53,6 +53,13 @@ class MaskMethod:
 
     def with_steps(self, steps: int) -> MaskMethod:
         return MaskMethod(self.mask_config, replace(self.train_config, steps=steps))
+
+    def with_constraint(self, max_loss_increase: float, loss_increase_per: LossUnit) -> MaskMethod:
+        """The method with the loss constraint's bound and unit changed (a sweep of the default finder)."""
+        return MaskMethod(
+            self.mask_config,
+            replace(self.train_config, max_loss_increase=max_loss_increase, loss_increase_per=loss_increase_per),
+        )
 
 
 METHODS = {
@@ -125,13 +132,15 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
 def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, method: MaskMethod) -> pd.DataFrame:
     """The null control beside a mask: the same method trained on the same data on a randomly initialised model of
     the same configuration (a mask can create behaviour out of random weights). Returns one row per model
-    (``trained``, ``random-init``): full and mask accuracy on ``evaluation``, and the mask's kept fraction."""
+    (``trained``, ``random-init``): full and mask accuracy on ``evaluation`` and the mask's kept fraction, as read
+    out and as trained (``logit > 0``; the two differ where the readout padded the mask)."""
     rows = []
     for model_name, model_bridge in (("trained", bridge), ("random-init", random_init_bridge(bridge, seed=0))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnfaithfulReadout)  # random weights solve nothing: read out at 0
             mask = train_masks(model_bridge, training, method.mask_config, method.train_config, progress=False)
         binary = mask[training.name].binary()
+        as_trained = mask[training.name].binary_from(mask[training.name].kept_above(0.0))
         rows.append(
             {
                 "model": model_name,
@@ -139,6 +148,8 @@ def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, 
                 "full accuracy": exact_match(model_bridge, evaluation),
                 "mask accuracy": exact_match(model_bridge, evaluation, binary),
                 "mask kept": binary.count / binary.total,
+                "as trained accuracy": exact_match(model_bridge, evaluation, as_trained),
+                "as trained kept": as_trained.count / as_trained.total,
             }
         )
     return pd.DataFrame(rows)

@@ -177,7 +177,11 @@ def masks_train(
     ),
     beta: float | None = typer.Option(None, help="csordas only: weight of the logit-sum regulariser (default 1e-4)"),
     max_loss_increase: float | None = typer.Option(
-        None, help="faithful only: task loss the mask may add, nats per answer token (default 0.02)"
+        None, help="faithful only: task loss the mask may add, nats per --loss-increase-per (default 0.02)"
+    ),
+    loss_increase_per: str | None = typer.Option(
+        None,
+        help="faithful only: example (default: each example's whole answer) or token (the mean answer token)",
     ),
     lr: float | None = typer.Option(
         None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"
@@ -215,18 +219,29 @@ def masks_train(
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
     from modmask_lens.loading import check_model_name, check_subtask_spec
-    from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, MaskConfig, TrainConfig
+    from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, LOSS_UNITS, MaskConfig, TrainConfig
     from modmask_lens.masks.objectives import objective_from_spec
 
     methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
     if method not in methods:
         raise typer.BadParameter(f"unknown method {method!r}; choose from {list(methods)}", param_hint="--method")
-    wrong = {"faithful": ("--beta", beta), "csordas": ("--max-loss-increase", max_loss_increase)}[method]
-    if wrong[1] is not None:
-        raise typer.BadParameter(f"{wrong[0]} does not apply to --method {method}", param_hint=wrong[0])
+    wrong = {
+        "faithful": [("--beta", beta)],
+        "csordas": [("--max-loss-increase", max_loss_increase), ("--loss-increase-per", loss_increase_per)],
+    }[method]
+    for option, value in wrong:
+        if value is not None:
+            raise typer.BadParameter(f"{option} does not apply to --method {method}", param_hint=option)
+    if loss_increase_per not in (None, *LOSS_UNITS):
+        raise typer.BadParameter(f"choose one of {list(LOSS_UNITS)}", param_hint="--loss-increase-per")
     base_masks, base_training = methods[method]
     mask_config = dataclasses.replace(base_masks, granularity=granularity)
-    settings = {"beta": beta, "max_loss_increase": max_loss_increase, "lr": lr}
+    settings = {
+        "beta": beta,
+        "max_loss_increase": max_loss_increase,
+        "loss_increase_per": loss_increase_per,
+        "lr": lr,
+    }
     train_config = dataclasses.replace(
         base_training,
         steps=steps,

@@ -1,9 +1,10 @@
 """Mask structure and training settings.
 
 The defaults are the method that recovered the known answers of the ground-truth suite (docs/finder-study.md):
-hard-concrete masks, the smallest expected density subject to the task loss staying within 0.02 nats per answer token
-of the full model's, and a faithful readout. Csordás et al. 2021's algorithm (code: RobertCsordas/modules) stays
-available as :data:`CSORDAS_MASKS` and :data:`CSORDAS_TRAINING`, which the reproductions use.
+hard-concrete masks, the smallest expected density subject to each example's task loss (the whole answer's) staying
+within 0.02 nats of the full model's on average, and a faithful readout. Csordás et al. 2021's algorithm (code:
+RobertCsordas/modules) stays available as :data:`CSORDAS_MASKS` and :data:`CSORDAS_TRAINING`, which the
+reproductions use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ Sampler = Literal["gumbel-sigmoid", "hard-concrete"]
 SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete")
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
+LossUnit = Literal["example", "token"]
+LOSS_UNITS: tuple[str, ...] = ("example", "token")
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
 HeadMask = Literal["qkvo", "output"]
 HEAD_MASKS: tuple[str, ...] = ("qkvo", "output")
@@ -119,9 +122,13 @@ class TrainConfig:
             over ``density_warmup_steps`` (Bhaskar et al. 2024 ramp from their initial density too).
         density_warmup_steps: length of the d* ramp.
         max_loss_increase: if set (default 0.02), the faithfulness constraint: minimise the expected density
-            subject to the task loss staying within this many nats per answer token of the full model's on the
-            same batch, with a Lagrange multiplier (Edge Pruning constrains density; this constrains faithfulness,
-            so the mask cannot trade the subtask for sparsity).
+            subject to the task loss staying within this many nats (per ``loss_increase_per``) of the full model's
+            on the same batch, with a Lagrange multiplier (Edge Pruning constrains density; this constrains
+            faithfulness, so the mask cannot trade the subtask for sparsity).
+        loss_increase_per: the constraint's unit: ``example`` (default) bounds the mean over examples of each
+            example's summed loss (for answer cross-entropy, minus the log-probability of the whole answer, which
+            exact match needs right); ``token`` bounds the objective's own mean (per answer token for answer
+            cross-entropy), which let long SCAN answers lose a token each and still pass (docs/finder-study.md).
         lagrangian_lr: learning rate of the multipliers: lambda1, lambda2 of the target density (Adam ascent), or
             the loss constraint's lambda (projected gradient ascent); default 0.05.
         readout: how the trained logits become a binary mask (:attr:`MaskSet.threshold`): ``faithful`` (default)
@@ -148,6 +155,7 @@ class TrainConfig:
     density_warmup_steps: int = 500
     lagrangian_lr: float = 0.05
     max_loss_increase: float | None = 0.02
+    loss_increase_per: LossUnit = "example"
     readout: Readout = "faithful"
     readout_tolerance: float = 0.01
     seed: int = 0
@@ -171,6 +179,8 @@ class TrainConfig:
             raise ValueError(f"temperature {self.temperature} must be a finite number > 0 (Csordás use 1)")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
+        if self.loss_increase_per not in LOSS_UNITS:
+            raise ValueError(f"loss_increase_per {self.loss_increase_per!r} is not one of {LOSS_UNITS}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}")
         if not 0 <= self.readout_tolerance < 1:
@@ -197,8 +207,8 @@ class TrainConfig:
             math.isfinite(self.max_loss_increase) and self.max_loss_increase >= 0
         ):
             raise ValueError(
-                f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats per answer token; "
-                "the default 0.02 was measured to work)"
+                f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats per "
+                f"{self.loss_increase_per}; the default 0.02 was measured to work)"
             )
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")

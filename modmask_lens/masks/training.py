@@ -317,7 +317,7 @@ class MaskTrainer:
             len(run.data), (config.batch_size,), generator=step_generator(config.seed, self.step, run.masks.name)
         )
         batch = run.data.examples(indices)
-        normaliser = self.objective.normaliser(batch)
+        normaliser = self._normaliser(batch)
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, metric_sum = 0.0, 0.0
         constrained = config.max_loss_increase is not None
@@ -365,6 +365,15 @@ class MaskTrainer:
             self.objective.metric: metric_sum / config.batch_size,
             "kept": run.metrics.get("kept", float("nan")),
         }
+
+    def _normaliser(self, batch: Batch) -> int:
+        """What the step's loss sums are divided by: the number of examples under the loss constraint per example
+        (the constraint then bounds each example's whole loss), else the objective's own normaliser (answer tokens
+        for answer cross-entropy)."""
+        config = self.train_config
+        if config.max_loss_increase is not None and config.loss_increase_per == "example":
+            return len(batch)
+        return self.objective.normaliser(batch)
 
     def _reference(self, run: _TaskRun, batch: Batch, indices: Tensor) -> Reference:
         """The full model's reference on ``batch`` (under ``no_grad``): one forward over the batch, or, when the
@@ -420,7 +429,7 @@ class MaskTrainer:
 
     def _constrain(self, run: _TaskRun, loss_increase: float) -> None:
         """The faithfulness constraint: minimise the expected density subject to the task loss staying within
-        ``max_loss_increase`` (nats per answer token) of the full model's on the same batch.
+        ``max_loss_increase`` of the full model's on the same batch (nats per ``loss_increase_per``).
 
         The density's gradient is added here (the task's, weighted by lambda, in the step); lambda then takes one
         projected gradient-ascent step, ``lambda <- max(0, lambda + lagrangian_lr * (increase - max_increase))``,

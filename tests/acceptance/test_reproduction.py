@@ -35,6 +35,9 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
     control = result.tables["null control: the simple mask on a randomly initialised model"].set_index("model")
     assert control.loc["trained", "full accuracy"] > 0.9 and control.loc["random-init", "full accuracy"] < 0.05
     assert control["mask kept"].between(0, 1).all()
+    # Two steps from logits at 3.0 leave every logit above 0: the mask as trained is the whole model.
+    trained = control.loc["trained"]
+    assert trained["as trained kept"] == 1.0 and trained["as trained accuracy"] == trained["full accuracy"]
     write_results([result], tmp_path / "results.md", "test")
     assert "Fig. 4a" in (tmp_path / "results.md").read_text()
 

@@ -334,6 +334,21 @@ def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_resu
         assert torch.equal(logit, result.logits[name]), name
 
 
+def test_the_loss_constraint_bounds_each_example_s_whole_answer_or_its_mean_token(one_head_model):
+    """Step 1 is the same in both units (lambda starts at 0), so the same loss increase enters the multiplier divided by
+    the examples or by the answer tokens; every answer here has 2 tokens (``a EOS``)."""
+    bridge, data = one_head_model
+    mask_config = MaskConfig(sampler="hard-concrete", init_logit=0.0)  # half the heads off: the constraint binds
+    increases = {}
+    for unit in ("example", "token"):
+        config = TrainConfig(steps=1, batch_size=8, max_loss_increase=0.02, loss_increase_per=unit, readout="zero")
+        trainer = MaskTrainer(bridge, [data], mask_config, config, progress=False)
+        trainer.train()
+        increases[unit] = float(trainer.runs[0].multipliers[0]) / config.lagrangian_lr + 0.02
+    assert increases["token"] > 0.02  # lambda was not clamped at 0
+    assert increases["example"] == pytest.approx(2 * increases["token"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -346,6 +361,11 @@ def test_a_constrained_run_resumes_with_its_multiplier_to_the_uninterrupted_resu
 def test_bad_constraint_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+def test_an_unknown_loss_unit_is_refused():
+    with pytest.raises((ValueError, TypeError), match="loss_increase_per"):
+        TrainConfig(loss_increase_per="batch")
 
 
 def test_an_unknown_sampler_is_refused():

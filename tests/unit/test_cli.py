@@ -155,19 +155,27 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
 
 
 @pytest.mark.parametrize(
-    "spec, message",
+    "options, message",
     [
-        ("nonsense", "unknown objective 'nonsense'; choose one of answer-ce"),
-        ("kl:some", "unknown objective 'kl:some'"),
-        ("hidden-state", "unknown objective 'hidden-state'"),
-        ("hidden-state:blocks.7.hook_resid_post", "does not have; valid names are bridge.hook_dict's keys"),
+        (["--objective", "nonsense"], "unknown objective 'nonsense'; choose one of answer-ce"),
+        (["--objective", "kl:some"], "unknown objective 'kl:some'"),
+        (["--objective", "hidden-state"], "unknown objective 'hidden-state'"),
+        (
+            ["--objective", "hidden-state:blocks.7.hook_resid_post"],
+            "does not have; valid names are bridge.hook_dict's keys",
+        ),
+        (["--loss-increase-per", "batch"], "choose one of ['example', 'token']"),
+        (
+            ["--method", "csordas", "--loss-increase-per", "token"],
+            "--loss-increase-per does not apply to --method csordas",
+        ),
     ],
 )
-def test_a_bad_objective_is_refused_before_training(tmp_path, spec, message):
+def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):
     folder = _tiny_model_and_tasks(tmp_path)
     result = runner.invoke(
         app,
-        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--objective", spec]
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), *options]
         + ["--out", str(tmp_path / "m")],
     )
     assert result.exit_code != 0
