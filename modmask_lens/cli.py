@@ -181,7 +181,7 @@ def masks_train(
     ),
     loss_increase_per: str | None = typer.Option(
         None,
-        help="faithful only: example (default: each example's whole answer) or token (the mean answer token)",
+        help="faithful only: token (default: the mean answer token) or example (each example's whole answer)",
     ),
     lr: float | None = typer.Option(
         None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"

@@ -164,7 +164,7 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
             ["--objective", "hidden-state:blocks.7.hook_resid_post"],
             "does not have; valid names are bridge.hook_dict's keys",
         ),
-        (["--loss-increase-per", "batch"], "choose one of ['example', 'token']"),
+        (["--loss-increase-per", "batch"], "choose one of ['token', 'example']"),
         (
             ["--method", "csordas", "--loss-increase-per", "token"],
             "--loss-increase-per does not apply to --method csordas",
