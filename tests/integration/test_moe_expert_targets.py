@@ -6,68 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    Glm4MoeConfig,
-    Glm4MoeForCausalLM,
-    GptOssConfig,
-    GptOssForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-    OlmoeConfig,
-    OlmoeForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-)
+from conftest import D_EXPERT, D_SHARED, MOE, N_EXPERTS
+from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
 from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import adapter_for, derived
 from modmask_lens.testing import conformance, run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
-N_EXPERTS, D_EXPERT, D_SHARED = 4, 64, 48
-MOE = {
-    "mixtral": lambda: MixtralForCausalLM(
-        MixtralConfig(num_key_value_heads=2, num_local_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)
-    ),
-    "olmoe": lambda: OlmoeForCausalLM(
-        OlmoeConfig(num_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)  # intermediate_size per expert
-    ),
-    # gate and up rows interleaved, stacks stored [n_experts, in, out]
-    "gpt_oss": lambda: GptOssForCausalLM(
-        GptOssConfig(
-            num_key_value_heads=2,
-            num_local_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            head_dim=8,
-            layer_types=["full_attention", "full_attention"],
-            **TINY_HF_SIZES,
-        )
-    ),
-    # a shared expert beside the routed ones, wrapped by TransformerLens (blocks.{i}.mlp.shared_expert)
-    "qwen2_moe": lambda: Qwen2MoeForCausalLM(
-        Qwen2MoeConfig(
-            num_key_value_heads=2,
-            num_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            moe_intermediate_size=D_EXPERT,
-            shared_expert_intermediate_size=D_SHARED,
-            **TINY_HF_SIZES,
-        )
-    ),
-    # layer 0 dense (dense_in/dense_gate/dense_out), layer 1 routed experts plus an unwrapped shared expert
-    "glm4_moe": lambda: Glm4MoeForCausalLM(
-        Glm4MoeConfig(
-            num_key_value_heads=2,
-            n_routed_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            moe_intermediate_size=D_EXPERT,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            **TINY_HF_SIZES,
-        )
-    ),
-}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,92 @@
+"""Analyses and report views of masks on mixture-of-experts models, against counts made by hand from each family's
+storage layout: one row per neuron (hidden unit i of expert e is neuron ``e * d_expert + i``, a shared expert's
+units follow), fused gate/up halves counted for their one neuron."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import D_EXPERT, D_SHARED, MOE, N_EXPERTS
+
+from modmask_lens import BinaryMask, MaskConfig, MaskSet
+from modmask_lens.analysis import unit_importance
+from modmask_lens.testing.tiny_models import boot_tiny
+
+D_MODEL = 32
+ROUTED = N_EXPERTS * D_EXPERT
+
+
+def random_mask(bridge, kinds=("linear", "norm"), keep=0.6, seed=0) -> BinaryMask:
+    template = MaskSet.for_bridge(bridge, MaskConfig(kinds=kinds)).binary()
+    generator = torch.Generator().manual_seed(seed)
+    kept = {key: torch.rand(kept.shape, generator=generator) < keep for key, kept in template.kept.items()}
+    return BinaryMask(template.specs, kept, template.origin, "random")
+
+
+@pytest.fixture(scope="module")
+def qwen2_moe(tmp_path_factory):
+    return boot_tiny(MOE["qwen2_moe"](), tmp_path_factory.mktemp("qwen2_moe"))
+
+
+def by_neuron(mask: BinaryMask, layer: int) -> dict[tuple[str, int], tuple[int, int]]:
+    frame = mask.kept_fraction(by="neuron")
+    frame = frame[frame.layer == layer]
+    return {(row.role, row.neuron): (row.kept, row.total) for row in frame.itertuples()}
+
+
+def test_neuron_rows_of_routed_and_shared_experts_count_each_neuron_s_weights(qwen2_moe):
+    """Qwen2-MoE: ``gate_up_proj[e]`` holds unit i's gate row i and up row ``D_EXPERT + i``, ``down_proj[e]`` its
+    column i; the shared expert's units are neurons ``ROUTED + j``. The router and the shared expert's gate are no
+    neuron tensors."""
+    mask = random_mask(qwen2_moe)
+    gate_up, down = (mask.kept[f"blocks.1.mlp.experts.{name}"] for name in ("gate_up_proj", "down_proj"))
+    expected = {}
+    for expert in range(N_EXPERTS):
+        for unit in range(D_EXPERT):
+            neuron = expert * D_EXPERT + unit
+            halves = int(gate_up[expert, unit].sum()) + int(gate_up[expert, D_EXPERT + unit].sum())
+            expected["W_experts_in", neuron] = (halves, 2 * D_MODEL)
+            expected["W_experts_out", neuron] = (int(down[expert, :, unit].sum()), D_MODEL)
+    shared = {role: mask.kept[f"blocks.1.mlp.shared_expert.{part}.weight"] for role, part in _SHARED_PARTS.items()}
+    for unit in range(D_SHARED):
+        expected["W_gate", ROUTED + unit] = (int(shared["W_gate"][unit].sum()), D_MODEL)
+        expected["W_in", ROUTED + unit] = (int(shared["W_in"][unit].sum()), D_MODEL)
+        expected["W_out", ROUTED + unit] = (int(shared["W_out"][:, unit].sum()), D_MODEL)
+    assert by_neuron(mask, 1) == expected
+
+
+_SHARED_PARTS = {"W_gate": "gate", "W_in": "in", "W_out": "out"}
+
+
+def test_interleaved_transposed_stacks_and_their_biases_count_per_neuron(tmp_path):
+    """GPT-OSS: ``gate_up_proj[e]`` is ``[d_model, 2 * D_EXPERT]`` with unit i's gate and up columns 2i and 2i + 1
+    (its bias ``[e, 2 * D_EXPERT]`` alike), ``down_proj[e]`` is ``[D_EXPERT, d_model]``; ``down_proj_bias`` has no
+    neurons."""
+    bridge = boot_tiny(MOE["gpt_oss"](), tmp_path)
+    mask = random_mask(bridge, kinds=("linear", "bias"))
+    experts = "blocks.1.mlp.experts"
+    gate_up, bias, down = (
+        mask.kept[f"{experts}.{name}"] for name in ("gate_up_proj", "gate_up_proj_bias", "down_proj")
+    )
+    expected = {}
+    for expert in range(N_EXPERTS):
+        for unit in range(D_EXPERT):
+            neuron, pair = expert * D_EXPERT + unit, [2 * unit, 2 * unit + 1]
+            expected["W_experts_in", neuron] = (int(gate_up[expert][:, pair].sum()), 2 * D_MODEL)
+            expected["b_experts_in", neuron] = (int(bias[expert, pair].sum()), 2)
+            expected["W_experts_out", neuron] = (int(down[expert, unit].sum()), D_MODEL)
+    assert by_neuron(mask, 1) == expected
+
+
+def test_unit_importance_pools_a_neuron_over_its_expert_stacks(qwen2_moe):
+    mask = random_mask(qwen2_moe)
+    ranked = unit_importance(mask, "neuron")
+    layer_1 = ranked[ranked.layer == 1].set_index("neuron")
+    assert len(layer_1) == ROUTED + D_SHARED
+    gate_up, down = (mask.kept[f"blocks.1.mlp.experts.{name}"] for name in ("gate_up_proj", "down_proj"))
+    expert, unit = 3, D_EXPERT - 1
+    kept = int(gate_up[expert, unit].sum() + gate_up[expert, D_EXPERT + unit].sum() + down[expert, :, unit].sum())
+    assert (layer_1.loc[expert * D_EXPERT + unit, "kept"], layer_1.loc[expert * D_EXPERT + unit, "total"]) == (
+        kept,
+        3 * D_MODEL,
+    )
