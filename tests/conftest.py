@@ -17,6 +17,8 @@ from transformers import (
     GPT2LMHeadModel,
     GptOssConfig,
     GptOssForCausalLM,
+    Llama4ForCausalLM,
+    Llama4TextConfig,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -104,6 +106,18 @@ MOE = {
             **TINY_HF_SIZES,
         )
     ),
+    # experts stored [n_experts, in, out] without transformers' layout flags, an nn.Linear router, a shared expert
+    "llama4": lambda: Llama4ForCausalLM(
+        Llama4TextConfig(
+            num_key_value_heads=2,
+            num_local_experts=N_EXPERTS,
+            num_experts_per_tok=1,
+            head_dim=8,
+            intermediate_size_mlp=D_EXPERT,
+            interleave_moe_layer_step=1,
+            **TINY_HF_SIZES,
+        )
+    ),
     # layer 0 dense (dense_in/dense_gate/dense_out), layer 1 routed experts plus an unwrapped shared expert
     "glm4_moe": lambda: Glm4MoeForCausalLM(
         Glm4MoeConfig(
@@ -117,7 +131,7 @@ MOE = {
         )
     ),
 }
-"""Tiny mixture-of-experts models of five families, each a factory (``boot_tiny(MOE["mixtral"](), path)``): fused
+"""Tiny mixture-of-experts models of six families, each a factory (``boot_tiny(MOE["mixtral"](), path)``): fused
 and interleaved gate/up stacks, a shared expert beside the routed ones, a dense layer before a sparse one."""
 
 

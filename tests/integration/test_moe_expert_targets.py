@@ -184,3 +184,37 @@ def test_a_dense_layer_after_a_sparse_one_is_a_neuron_layer_checked_against_its_
     checks = ["unit_slices_equal_tl_views", "neuron_off_equals_zeroed_hook_post"]
     results = run_conformance(bridge, checks=checks)
     assert all(result.passed for result in results), [str(result) for result in results]
+
+
+ROUTERS = {
+    "mixtral": ("gate.weight",),
+    "gpt_oss": ("router.weight", "router.bias"),
+    "llama4": ("router.weight",),
+    "qwen2_moe": ("gate.weight", "shared_expert_gate.weight"),
+}
+"""Each family's routing tensors under ``blocks.{i}.mlp``: the router, whatever TransformerLens names it, and
+Qwen2-MoE's sigmoid gate on its shared expert."""
+
+
+@pytest.mark.parametrize("family", ROUTERS)
+def test_routers_are_masked_per_weight_and_per_matrix_and_are_no_neurons(family, tmp_path):
+    """Every layer's router is ``W_router`` (``b_router``): a ``[n_experts, d_model]`` reader of the residual stream
+    that weight and matrix masks cover, whose zeroing alone changes the logits and whose matrix logit gets a gradient,
+    and that no neuron unit holds."""
+    bridge = boot_tiny(MOE[family](), tmp_path)
+    routers = {f"blocks.{layer}.mlp.{name}" for layer in (0, 1) for name in ROUTERS[family]}
+    specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
+    assert {(specs[key].role, specs[key].kind) for key in routers} <= {("W_router", "linear"), ("b_router", "bias")}
+    for key in routers:
+        if specs[key].role == "W_router":
+            assert (specs[key].input_axis, specs[key].shape[1]) == (1, 32)
+            assert specs[key].shape[0] == (1 if "shared_expert_gate" in key else N_EXPERTS)
+    kinds = ("linear", "bias")
+    for granularity in ("weight", "matrix"):
+        assert routers <= set(MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity, kinds=kinds)).logits)
+    neuron_units = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", kinds=kinds)).units
+    assert not routers & {member.key for unit in neuron_units for member in unit.members}
+    [matters] = run_conformance(bridge, checks=["every_target_matters"])
+    assert matters.passed, str(matters)
+    tokens = torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert check_gradients(bridge, tokens, "matrix") is None
