@@ -9,8 +9,9 @@ import torch
 from conftest import D_EXPERT, D_SHARED, MOE, N_EXPERTS
 
 from modmask_lens import BinaryMask, MaskConfig, MaskSet
-from modmask_lens.analysis import unit_importance
+from modmask_lens.analysis import circuit_graph, unit_importance
 from modmask_lens.testing.tiny_models import boot_tiny
+from modmask_lens.viz import write_report
 
 D_MODEL = 32
 ROUTED = N_EXPERTS * D_EXPERT
@@ -90,3 +91,41 @@ def test_unit_importance_pools_a_neuron_over_its_expert_stacks(qwen2_moe):
         kept,
         3 * D_MODEL,
     )
+
+
+def test_the_circuit_view_s_moe_mlp_node_holds_its_experts_router_and_shared_expert(qwen2_moe):
+    """Layer 1's MLP node: kept weights of its expert stacks, routers (router and shared-expert gate) and shared
+    expert; its neurons are the routed and shared ones, alive when every masked matrix holding them keeps a weight;
+    the embed -> L1MLP edge averages the kept fraction of every MLP reader per residual dimension, gated by ln2."""
+    mask = random_mask(qwen2_moe, keep=0.02, seed=1)
+    kept = {key.removeprefix("blocks.1.mlp."): tensor for key, tensor in mask.kept.items()}
+    gate_up, down = kept["experts.gate_up_proj"], kept["experts.down_proj"]
+    shared = {role: kept[f"shared_expert.{part}.weight"] for role, part in _SHARED_PARTS.items()}
+    routers = [kept["gate.weight"], kept["shared_expert_gate.weight"]]
+    graph = circuit_graph(mask)
+    node = graph.nodes.set_index("node").loc["L1MLP"]
+    matrices = [gate_up, down, *shared.values(), *routers]
+    assert (node.kept, node.total) == (sum(int(m.sum()) for m in matrices), sum(m.numel() for m in matrices))
+    routed_alive = (gate_up[:, :D_EXPERT].any(dim=2) | gate_up[:, D_EXPERT:].any(dim=2)) & down.any(dim=1)
+    shared_alive = shared["W_gate"].any(dim=1) & shared["W_in"].any(dim=1) & shared["W_out"].any(dim=0)
+    assert (node.neurons, node.kept_neurons) == (ROUTED + D_SHARED, int(routed_alive.sum() + shared_alive.sum()))
+    assert 0 < node.kept_neurons < node.neurons
+    readers = [gate_up.flatten(0, 1), shared["W_gate"], shared["W_in"], *routers]  # each [rows, d_model]
+    read = torch.stack([reader.float().mean(dim=0) for reader in readers]).mean(dim=0)
+    gain = mask.kept["blocks.1.ln2.weight"].float()
+    edges = graph.edges.set_index(["source", "target"]).weight
+    torch.testing.assert_close(edges["embed", "L1MLP"], float((gain * read).mean()))
+    writers = [down.transpose(1, 2).flatten(0, 1), shared["W_out"].T]  # each [rows, d_model]
+    write = torch.stack([writer.float().mean(dim=0) for writer in writers]).mean(dim=0)
+    unembed = mask.kept["unembed.weight"].float().mean(dim=0)  # W_U is [vocab, d_model]
+    final_gain = mask.kept["ln_final.weight"].float()
+    torch.testing.assert_close(edges["L1MLP", "unembed"], float((write * final_gain * unembed).mean()))
+
+
+def test_the_report_of_moe_masks_shows_each_mlp_node_s_experts_and_neurons(qwen2_moe, tmp_path):
+    masks = {name: random_mask(qwen2_moe, keep=0.02, seed=seed) for seed, name in enumerate(["first", "second"])}
+    html = write_report(tmp_path / "report.html", qwen2_moe, masks, torch.tensor([3, 7, 10])).read_text()
+    for name, mask in masks.items():
+        node = circuit_graph(mask).nodes.set_index("node").loc["L1MLP"]
+        assert f"kept neurons {node.kept_neurons} / {ROUTED + D_SHARED}" in html, name
+    assert "W_experts_in" in html and "W_router" in html
