@@ -9,8 +9,10 @@ import torch
 from conftest import D_EXPERT, D_SHARED, MOE, N_EXPERTS
 from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-from modmask_lens import MaskConfig, MaskSet
+from modmask_lens import MaskConfig, MaskSet, load_masks, save_masks
 from modmask_lens.adapters import adapter_for, derived
+from modmask_lens.masks.identity import ModelMismatch
+from modmask_lens.masks.io import MaskFileError
 from modmask_lens.testing import conformance, run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
@@ -218,3 +220,38 @@ def test_routers_are_masked_per_weight_and_per_matrix_and_are_no_neurons(family,
     assert matters.passed, str(matters)
     tokens = torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(0))
     assert check_gradients(bridge, tokens, "matrix") is None
+
+
+def test_a_mask_saved_before_the_routers_were_targets_fails_to_load_with_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """Qwen2-MoE: a weight mask saved while routing tensors were not told apart (its ``shared_expert_gate`` had
+    role ``other``, which no mask selects) covers one tensor fewer per layer than this version's mask."""
+    bridge = boot_tiny(MOE["qwen2_moe"](), tmp_path / "model")
+    with monkeypatch.context() as earlier:
+        earlier.setattr(derived, "_is_routing", lambda spec: False)
+        path = save_masks(MaskSet.for_bridge(bridge, MaskConfig()), tmp_path / "earlier.safetensors")
+    with pytest.raises(MaskFileError) as raised:
+        load_masks(path, bridge)
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith("retrain the mask with this version")
+    assert "this model has blocks.0.mlp.shared_expert_gate.weight [1, 32], blocks.1.mlp" in message
+
+
+def test_a_mask_saved_before_the_expert_biases_were_targets_fails_to_load_with_one_line_naming_the_fix(
+    tmp_path, monkeypatch
+):
+    """GPT-OSS: a mask saved while its per-expert biases were not read has another weights hash (it covers every
+    tensor the adapter reads); the error names that cause beside another model's weights."""
+    bridge = boot_tiny(MOE["gpt_oss"](), tmp_path / "model")
+    current = derived._expert_specs
+
+    def without_biases(*args):
+        return [spec for spec in current(*args) if not spec.key.endswith("_bias")]
+
+    with monkeypatch.context() as earlier:
+        earlier.setattr(derived, "_expert_specs", without_biases)
+        path = save_masks(MaskSet.for_bridge(bridge, MaskConfig(granularity="head")), tmp_path / "earlier.safetensors")
+    with pytest.raises(ModelMismatch) as raised:
+        load_masks(path, bridge)
+    message = str(raised.value)
+    assert "\n" not in message and "weights_sha256 differ" in message
+    assert message.endswith("retrain it with this version)")
