@@ -124,7 +124,9 @@ class BinaryMask:
             by: ``all`` (one row: every masked tensor pooled), ``tensor`` (one row per masked tensor), ``layer``,
                 ``role``, ``layer_role``, ``head`` (one row per head of each attention tensor; for ``W_K``/``W_V``
                 with grouped-query attention ``head`` is the key/value group) or ``neuron`` (one row per MLP neuron
-                of each MLP tensor).
+                of each MLP tensor; in a mixture-of-experts layer neuron ``e * d_expert + i`` is hidden unit i of
+                expert e, its gate and up halves pooled, and the shared expert's neurons follow, as
+                :func:`kept_per_unit` counts them).
 
         Returns:
             Columns ``mask`` (its name), the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
