@@ -16,7 +16,8 @@ so it is read from the order in which the bridge's own forward pass enters block
 mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
 ``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
 ``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``), and their neurons (hidden unit i of expert
-e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack. Everything
+e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack; the block's router,
+whatever TransformerLens names it, is ``W_router``. Everything
 a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
 from there.
 """
