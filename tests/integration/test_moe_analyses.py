@@ -128,4 +128,7 @@ def test_the_report_of_moe_masks_shows_each_mlp_node_s_experts_and_neurons(qwen2
     for name, mask in masks.items():
         node = circuit_graph(mask).nodes.set_index("node").loc["L1MLP"]
         assert f"kept neurons {node.kept_neurons} / {ROUTED + D_SHARED}" in html, name
-    assert "W_experts_in" in html and "W_router" in html
+    graph = circuit_graph(masks["first"])
+    routers = graph.node_roles[(graph.node_roles.node == "L1MLP") & (graph.node_roles.role == "W_router")]
+    assert len(routers) == 2  # the router and the shared expert's gate, shown as one role
+    assert f"W_router {routers.kept.sum() / routers.total.sum():.1%}" in html and "W_experts_in" in html
