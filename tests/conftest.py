@@ -10,9 +10,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import (
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GptOssConfig,
+    GptOssForCausalLM,
+    Llama4ForCausalLM,
+    Llama4TextConfig,
+    MixtralConfig,
+    MixtralForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+)
 
-from modmask_lens.testing.tiny_models import TINY_NATIVE_CONFIG
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG
 
 torch.set_num_threads(1)
 
@@ -59,6 +74,65 @@ def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
         for parameter in bridge.original_model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     return bridge
+
+
+N_EXPERTS, D_EXPERT, D_SHARED = 4, 64, 48
+MOE = {
+    "mixtral": lambda: MixtralForCausalLM(
+        MixtralConfig(num_key_value_heads=2, num_local_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)
+    ),
+    "olmoe": lambda: OlmoeForCausalLM(
+        OlmoeConfig(num_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)  # intermediate_size per expert
+    ),
+    # gate and up rows interleaved, stacks stored [n_experts, in, out]
+    "gpt_oss": lambda: GptOssForCausalLM(
+        GptOssConfig(
+            num_key_value_heads=2,
+            num_local_experts=N_EXPERTS,
+            num_experts_per_tok=2,
+            head_dim=8,
+            layer_types=["full_attention", "full_attention"],
+            **TINY_HF_SIZES,
+        )
+    ),
+    # a shared expert beside the routed ones, wrapped by TransformerLens (blocks.{i}.mlp.shared_expert)
+    "qwen2_moe": lambda: Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            num_key_value_heads=2,
+            num_experts=N_EXPERTS,
+            num_experts_per_tok=2,
+            moe_intermediate_size=D_EXPERT,
+            shared_expert_intermediate_size=D_SHARED,
+            **TINY_HF_SIZES,
+        )
+    ),
+    # experts stored [n_experts, in, out] without transformers' layout flags, an nn.Linear router, a shared expert
+    "llama4": lambda: Llama4ForCausalLM(
+        Llama4TextConfig(
+            num_key_value_heads=2,
+            num_local_experts=N_EXPERTS,
+            num_experts_per_tok=1,
+            head_dim=8,
+            intermediate_size_mlp=D_EXPERT,
+            interleave_moe_layer_step=1,
+            **TINY_HF_SIZES,
+        )
+    ),
+    # layer 0 dense (dense_in/dense_gate/dense_out), layer 1 routed experts plus an unwrapped shared expert
+    "glm4_moe": lambda: Glm4MoeForCausalLM(
+        Glm4MoeConfig(
+            num_key_value_heads=2,
+            n_routed_experts=N_EXPERTS,
+            num_experts_per_tok=2,
+            moe_intermediate_size=D_EXPERT,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            **TINY_HF_SIZES,
+        )
+    ),
+}
+"""Tiny mixture-of-experts models of six families, each a factory (``boot_tiny(MOE["mixtral"](), path)``): fused
+and interleaved gate/up stacks, a shared expert beside the routed ones, a dense layer before a sparse one."""
 
 
 TIERS = ("unit", "integration", "acceptance")

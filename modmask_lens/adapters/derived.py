@@ -16,7 +16,8 @@ so it is read from the order in which the bridge's own forward pass enters block
 mixture-of-experts block that stores its experts as batched 3-D parameters (``experts.gate_up_proj``,
 ``experts.down_proj``) is missing from ``bridge.state_dict()``; its expert matrices are added as targets under
 ``blocks.{i}.mlp.experts.*`` (roles ``W_experts_in`` / ``W_experts_out``), and their neurons (hidden unit i of expert
-e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack. Everything
+e, numbered ``e * d_expert + i``) are located on the expert and hidden-unit axes of each stack; the block's router,
+whatever TransformerLens names it, is ``W_router``. Everything
 a hand-written adapter said for Llama, Mistral, Qwen2, GPT-2, OPT, GPT-NeoX and TransformerLens-native models is read
 from there.
 """
@@ -85,13 +86,13 @@ class DerivedAdapter(Adapter):
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
         """As :meth:`Adapter.tensor_specs`, then what ``bridge.state_dict()`` leaves out of each mixture-of-experts
         block (TransformerLens's ``has_batched_experts``): the batched expert matrices, and a shared expert's
-        matrices where TransformerLens does not wrap them (GLM-4-MoE). In such a block the router is no neuron
-        tensor, and the shared expert's neurons are numbered after the routed experts' (:func:`_number_moe_neurons`)."""
+        matrices where TransformerLens does not wrap them (GLM-4-MoE). In such a block the router is ``W_router``,
+        no neuron tensor, and the shared expert's neurons follow the routed experts' (:func:`_moe_roles`)."""
         specs = super().tensor_specs(bridge)
         known = {id(bridge.get_parameter(spec.path)) for spec in specs}
         for layer in range(int(bridge.cfg.n_layers)):
             specs.extend(_expert_specs(bridge, layer, known))
-        return _number_moe_neurons(bridge, specs)
+        return _moe_roles(bridge, specs)
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -301,17 +302,44 @@ def _unwrapped_shared_expert_specs(
     return specs
 
 
-def _number_moe_neurons(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
-    """In each layer whose routed experts have located neurons, number the shared expert's neurons after them
-    (``unit_offset = n_experts * d_expert``) and take the neuron layout off the router (its rows are experts, not
-    neurons; TransformerLens maps it as ``blocks.{i}.mlp.gate``)."""
+def _moe_roles(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """Finish the tensors of each layer that has batched experts: the routing tensors become ``W_router`` /
+    ``b_router`` (:func:`_routing_spec`), and where the routed experts' neurons are located, the shared expert's
+    neurons are numbered after them (``unit_offset = n_experts * d_expert``)."""
+    expert_layers = {spec.layer for spec in specs if spec.role in ("W_experts_in", "W_experts_out")}
     routed = {spec.layer: spec.unit_count for spec in specs if spec.expert_axis is not None and spec.unit == "neuron"}
-    numbered = []
+    d_model = int(bridge.cfg.d_model)
+    finished = []
     for spec in specs:
-        if spec.layer in routed and spec.unit == "neuron" and spec.expert_axis is None:
-            if ".mlp.shared_expert" in spec.key:
-                spec = replace(spec, unit_offset=routed[spec.layer])
-            elif isinstance(bridge.get_submodule(spec.key.rpartition(".")[0]), moe.MoERouterBridge):
-                spec = replace(spec, unit=None, unit_axis=None)
-        numbered.append(spec)
-    return numbered
+        if spec.layer in expert_layers and _is_routing(spec):
+            spec = _routing_spec(spec, d_model)
+        elif spec.layer in routed and spec.unit == "neuron" and ".mlp.shared_expert" in spec.key:
+            spec = replace(spec, unit_offset=routed[spec.layer])
+        finished.append(spec)
+    return finished
+
+
+_ROUTING_KEY = re.compile(r"^blocks\.\d+\.mlp\.(?P<module>\w+)\.(?:weight|bias)$")
+_NOT_ROUTING = re.compile(r"experts|shared_experts?|dense_\w+")
+
+
+def _is_routing(spec: TensorSpec) -> bool:
+    """A tensor of a module directly inside a mixture-of-experts block that is neither the experts, a shared expert
+    nor a dense projection: the router, whatever TransformerLens maps it as (``gate`` with the role ``W_gate`` in
+    Mixtral, Qwen, OLMoE and most others; ``router`` in GPT-OSS and Llama 4; ``router_gate`` in AFMoE) and whatever
+    bridge class wraps it, or Qwen2-MoE's ``shared_expert_gate``, which weighs the shared expert per token."""
+    match = _ROUTING_KEY.match(spec.key)
+    return match is not None and _NOT_ROUTING.fullmatch(match["module"]) is None
+
+
+def _routing_spec(spec: TensorSpec, d_model: int) -> TensorSpec:
+    """A routing tensor as a mask target of weight and matrix granularity: role ``W_router`` (its rows weigh experts,
+    so it is no neuron tensor, unlike an MLP's ``W_gate``) or ``b_router``. A router whose module is no
+    ``nn.Linear`` holds a bare ``[n_experts, d_model]`` parameter that it reads through ``F.linear``, which
+    TransformerLens's MoE bridge reads from the axis of ``d_model`` too; a square or other one is ``unknown``."""
+    if spec.key.endswith(".bias"):
+        return replace(spec, role="b_router", unit=None, unit_axis=None, layout="vector")
+    layout = spec.layout
+    if layout == "unknown" and len(spec.shape) == 2 and spec.shape[1] == d_model != spec.shape[0]:
+        layout = "linear"
+    return replace(spec, role="W_router", unit=None, unit_axis=None, layout=layout)

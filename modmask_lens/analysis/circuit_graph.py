@@ -6,7 +6,9 @@ Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then 
 * ``embed`` writes with ``W_E`` and ``W_pos``;
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
   key/value group) and writes with its ``W_O`` slice;
-* ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out``;
+* ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out``; a mixture-of-experts MLP reads with its
+  expert stacks ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
+  ``W_experts_out`` and the shared expert's ``W_out``;
 * ``unembed`` reads with ``W_U``.
 
 Edge measure (docs/viz.md#edge-measure). A *path* from writer matrix ``M_w`` to reader matrix ``M_r`` is one weight of
@@ -41,12 +43,12 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from modmask_lens.adapters import Adapter, TensorSpec, installed_adapters
-from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 
 NODE_ROLES = {
     "embed": ("W_E", "W_pos"),
     "head": ("W_Q", "W_K", "W_V", "W_O"),
-    "mlp": ("W_in", "W_gate", "W_out"),
+    "mlp": ("W_in", "W_gate", "W_out", "W_experts_in", "W_experts_out", "W_router"),
     "unembed": ("W_U",),
 }
 """The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
@@ -62,7 +64,9 @@ class CircuitGraph:
             ``head``, ``mlp``, ``unembed``), ``layer``, ``head``, ``stage`` (0 for ``embed``, ``1 + 2 * layer`` for
             heads, ``2 + 2 * layer`` for MLPs, ``1 + 2 * n_layers`` for ``unembed``), ``kept`` and ``total`` (masked
             weights of the node's slices), ``kept_fraction`` (NaN when none of its weights is masked), ``neurons`` and
-            ``kept_neurons`` (MLP nodes: neurons with a kept weight on each masked side).
+            ``kept_neurons`` (MLP nodes: the neurons its masked matrices hold, a mixture-of-experts layer's
+            ``n_experts * d_expert`` routed ones and its shared expert's, and those with a kept weight in every
+            masked matrix that holds them).
         node_roles: one row per (node, masked matrix): ``node``, ``role``, ``kept``, ``total``, ``kept_fraction``.
         edges: one row per (writer, later reader): ``source``, ``target``, ``weight`` in [0, 1] (module docstring).
     """
@@ -116,7 +120,7 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     )
     nodes[["kept", "total"]] = nodes[["kept", "total"]].fillna(0).astype(int)
     nodes["kept_fraction"] = nodes["kept"] / nodes["total"].where(nodes["total"] > 0)
-    nodes = nodes.merge(_neuron_counts(slices), on="node", how="left")
+    nodes = nodes.merge(_neuron_counts(mask, slices), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
     return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
@@ -144,7 +148,7 @@ class _NodeSlice:
 
 
 def _node_slice(
-    spec: TensorSpec, kept: Bool[Tensor, "rows cols"], head: int | None, n_heads: int
+    spec: TensorSpec, kept: Bool[Tensor, "*stored"], head: int | None, n_heads: int
 ) -> Bool[Tensor, "other d_model"]:
     """The part of ``kept`` that belongs to one node, as [weights per residual dimension, d_model]."""
     oriented = kept.movedim(spec.residual_axis, -1)
@@ -154,15 +158,24 @@ def _node_slice(
     return oriented[unit * spec.unit_width : (unit + 1) * spec.unit_width]
 
 
-def _neuron_counts(slices: list[_NodeSlice]) -> pd.DataFrame:
-    """MLP nodes: neurons, and neurons with a kept weight in every masked matrix of the node."""
+def _neuron_counts(mask: BinaryMask, slices: list[_NodeSlice]) -> pd.DataFrame:
+    """MLP nodes: the neurons their masked matrices hold, and those with a kept weight in every masked matrix that
+    holds them (:func:`~modmask_lens.masks.binary.kept_per_unit` says which weights are a neuron's)."""
     rows = []
     for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
-        # A node slice of an MLP matrix is [d_mlp, d_model]: a neuron is alive in it with any kept weight.
-        alive = [part.kept.any(dim=1) for part in slices if part.node == node]
-        rows.append(
-            {"node": node, "neurons": alive[0].numel(), "kept_neurons": int(torch.stack(alive).all(dim=0).sum())}
-        )
+        counts = [
+            kept_per_unit(part.spec, mask.kept[part.spec.key])
+            for part in slices
+            if part.node == node and part.spec.unit == "neuron"
+        ]
+        if not counts:
+            continue
+        n_neurons = max(len(total) for _, total in counts)
+        held, lost = torch.zeros(n_neurons, dtype=torch.bool), torch.zeros(n_neurons, dtype=torch.bool)
+        for kept, total in counts:
+            held[: len(total)] |= total > 0
+            lost[: len(total)] |= (total > 0) & (kept == 0)
+        rows.append({"node": node, "neurons": int(held.sum()), "kept_neurons": int((held & ~lost).sum())})
     return pd.DataFrame(rows, columns=["node", "neurons", "kept_neurons"])
 
 

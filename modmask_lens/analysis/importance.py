@@ -12,7 +12,8 @@ _HEAD_ROLES = ("W_Q", "b_Q", "W_O")
 
 def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
     """Kept fraction of every head (pooled over its ``W_Q`` and ``W_O`` slices) or neuron (``W_in``, ``W_gate``,
-    ``W_out``), ranked, most kept first.
+    ``W_out``; in a mixture-of-experts layer its slices of the expert stacks, numbered as
+    :meth:`~modmask_lens.masks.binary.BinaryMask.kept_fraction` numbers them), ranked, most kept first.
 
     Returns:
         Columns ``mask``, ``layer``, ``head`` or ``neuron``, ``kept``, ``total``, ``kept_fraction``, ``rank``

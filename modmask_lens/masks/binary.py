@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.config import PARAMETER_KINDS
 from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.units import MaskUnit
 
 INVERTED_KINDS = ("linear",)
 """Kinds :meth:`BinaryMask.inverse` (and ``~``) removes by default: weights, not the norm gains every mask keeps."""
@@ -122,7 +124,9 @@ class BinaryMask:
             by: ``all`` (one row: every masked tensor pooled), ``tensor`` (one row per masked tensor), ``layer``,
                 ``role``, ``layer_role``, ``head`` (one row per head of each attention tensor; for ``W_K``/``W_V``
                 with grouped-query attention ``head`` is the key/value group) or ``neuron`` (one row per MLP neuron
-                of each MLP tensor).
+                of each MLP tensor; in a mixture-of-experts layer neuron ``e * d_expert + i`` is hidden unit i of
+                expert e, its gate and up halves pooled, and the shared expert's neurons follow, as
+                :func:`kept_per_unit` counts them).
 
         Returns:
             Columns ``mask`` (its name), the grouping columns, ``kept``, ``total`` and ``kept_fraction``.
@@ -162,11 +166,45 @@ class BinaryMask:
         for spec in self.specs:
             if spec.unit not in units:
                 continue
-            kept = self.kept[spec.key].movedim(spec.unit_axis, 0)
-            per_unit = kept.reshape(-1, spec.unit_width * kept[0].numel()).sum(dim=1)
-            total = spec.numel // per_unit.numel()
+            kept, total = kept_per_unit(spec, self.kept[spec.key])
             rows += [
-                {"layer": spec.layer, "role": spec.role, column: index, "kept": int(count), "total": total}
-                for index, count in enumerate(per_unit.tolist())
+                {"layer": spec.layer, "role": spec.role, column: index, "kept": int(kept[index]), "total": int(count)}
+                for index, count in enumerate(total.tolist())
+                if count
             ]
         return rows
+
+
+def kept_per_unit(spec: TensorSpec, kept: Bool[Tensor, "*shape"]) -> tuple[Int[Tensor, " unit"], Int[Tensor, " unit"]]:
+    """Kept and total elements of each head, key/value group or neuron in one tensor, indexed by the unit's number
+    in its layer (a mixture-of-experts layer numbers hidden unit i of expert e ``e * d_expert + i``, then its shared
+    expert's units; units this tensor does not hold have total 0).
+
+    Which unit an element belongs to is what :meth:`~modmask_lens.masks.units.MaskUnit.expand` says: expanding the
+    unit numbers ``0, 1, ...`` onto the tensor gives each element's unit, so counts follow the mask's own layout
+    (fused gate/up halves count for one neuron, the expert axis separates experts).
+
+    Args:
+        spec: a tensor with units (``spec.unit`` set).
+        kept: its boolean mask, ``spec.shape``.
+
+    Returns:
+        ``(kept, total)``, each ``[spec.unit_offset + spec.unit_count]``.
+
+    >>> from modmask_lens.adapters import TensorSpec
+    >>> gate_up = TensorSpec("experts.gate_up_proj", "W_experts_in", 0, "p", (2, 6, 4), "neuron", 1, 1, "linear",
+    ...                      unit_repeats=2, expert_axis=0)  # 2 experts x 3 hidden units, gate rows then up rows
+    >>> kept = torch.ones(2, 6, 4, dtype=torch.bool)
+    >>> kept[1, 4, :2] = False  # up row of expert 1's hidden unit 1: neuron 4
+    >>> kept_per_unit(gate_up, kept)
+    (tensor([8, 8, 8, 8, 6, 8]), tensor([8, 8, 8, 8, 8, 8]))
+    """
+    n_units = spec.unit_offset + spec.unit_count
+    unit_of = MaskUnit(spec.key, (n_units,), (spec,)).expand(torch.arange(n_units), spec)
+    # Sum over the axes the unit numbers broadcast along, then add each position's count to its unit.
+    pooled_axes = [axis for axis, size in enumerate(unit_of.shape) if size == 1 and spec.shape[axis] > 1]
+    kept_here = kept.sum(dim=pooled_axes, keepdim=True) if pooled_axes else kept.long()
+    unit_of = unit_of.expand(kept_here.shape).reshape(-1)
+    kept_counts = torch.zeros(n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
+    total = torch.bincount(unit_of, minlength=n_units) * (spec.numel // kept_here.numel())
+    return kept_counts, total

@@ -172,5 +172,17 @@ class MaskOrigin:
         if differing:
             raise ModelMismatch(
                 f"the mask is for another model ({made_for}): {', '.join(differing)} differ; load it onto the model "
-                "it was trained on, or retrain it on this one"
+                f"it was trained on, or retrain it on this one{_added_tensors_hint(differing, specs, bridge)}"
             )
+
+
+def _added_tensors_hint(differing: list[str], specs: list[TensorSpec], bridge: Bridge) -> str:
+    """The other cause of a differing weights hash on a model whose adapter reads tensors beyond
+    ``bridge.state_dict()`` (a mixture-of-experts model's batched experts): the hash covers every tensor the adapter
+    reads, and earlier versions read fewer of them."""
+    if differing != ["weights_sha256"] or {spec.key for spec in specs} <= bridge.state_dict().keys():
+        return ""
+    return (
+        " (a mask saved by an earlier modmask-lens that masked fewer of this mixture-of-experts model's tensors, "
+        "such as its expert stacks and their biases, fails here too: retrain it with this version)"
+    )

@@ -110,8 +110,10 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
     expected = [{"name": unit.name, "shape": list(unit.shape)} for unit in units]
     if metadata["units"] != expected:
         raise MaskFileError(
-            f"{source}: its mask units do not match what {config} gives on this model (wrong granularity or "
-            "layers for this model); load it onto the model and version it was trained with"
+            f"{source}: its mask units do not match what {config} gives on this model "
+            f"({_unit_difference(metadata['units'], expected)}): wrong granularity or layers for this model, or "
+            "saved by an earlier modmask-lens whose adapter masked other tensors of it (such as "
+            "mixture-of-experts routers and shared experts, masked since); retrain the mask with this version"
         )
     logits = {}
     for unit in units:
@@ -143,6 +145,23 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         fingerprint=fingerprint,
         threshold=float(threshold),
     )
+
+
+def _unit_difference(recorded: list, expected: list[dict]) -> str:
+    """The first units that a file records and this model lacks, and the other way round."""
+
+    def described(units) -> list[str]:
+        return [f"{unit.get('name')} {unit.get('shape')}" if isinstance(unit, dict) else repr(unit) for unit in units]
+
+    recorded_units, expected_units = described(recorded), described(expected)
+    only_recorded = [unit for unit in recorded_units if unit not in expected_units]
+    only_here = [unit for unit in expected_units if unit not in recorded_units]
+    parts = [
+        f"{label} {', '.join(units[:3])}{f' and {len(units) - 3} more' if len(units) > 3 else ''}"
+        for label, units in (("the file has", only_recorded), ("this model has", only_here))
+        if units
+    ]
+    return "; ".join(parts) or "the same units in another order"
 
 
 def load_masks(path: str | Path, bridge: Bridge) -> MaskSet:

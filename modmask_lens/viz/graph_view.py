@@ -183,8 +183,10 @@ def _node_info(graph: CircuitGraph, node: tuple) -> str:
     lines = [str(node.node)]
     if node.total:
         lines.append(f"kept {node.kept} / {node.total} weights ({node.kept_fraction:.1%})")
-        roles = graph.node_roles[graph.node_roles["node"] == node.node]
-        lines.append("  ".join(f"{row.role} {row.kept_fraction:.1%}" for row in roles.itertuples()))
+        # A role can name several matrices of one node (a mixture-of-experts layer's router and shared-expert gate).
+        matrices = graph.node_roles[graph.node_roles["node"] == node.node]
+        roles = matrices.groupby("role", sort=False)[["kept", "total"]].sum()
+        lines.append("  ".join(f"{role} {row.kept / row.total:.1%}" for role, row in roles.iterrows()))
     else:
         lines.append("not masked (all weights kept)")
     if not pd.isna(node.neurons):

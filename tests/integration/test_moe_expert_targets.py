@@ -6,68 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    Glm4MoeConfig,
-    Glm4MoeForCausalLM,
-    GptOssConfig,
-    GptOssForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-    OlmoeConfig,
-    OlmoeForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-)
+from conftest import D_EXPERT, D_SHARED, MOE, N_EXPERTS
+from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-from modmask_lens import MaskConfig, MaskSet
+from modmask_lens import MaskConfig, MaskSet, load_masks, save_masks
 from modmask_lens.adapters import adapter_for, derived
+from modmask_lens.masks.identity import ModelMismatch
+from modmask_lens.masks.io import MaskFileError
 from modmask_lens.testing import conformance, run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
-N_EXPERTS, D_EXPERT, D_SHARED = 4, 64, 48
-MOE = {
-    "mixtral": lambda: MixtralForCausalLM(
-        MixtralConfig(num_key_value_heads=2, num_local_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)
-    ),
-    "olmoe": lambda: OlmoeForCausalLM(
-        OlmoeConfig(num_experts=N_EXPERTS, num_experts_per_tok=2, **TINY_HF_SIZES)  # intermediate_size per expert
-    ),
-    # gate and up rows interleaved, stacks stored [n_experts, in, out]
-    "gpt_oss": lambda: GptOssForCausalLM(
-        GptOssConfig(
-            num_key_value_heads=2,
-            num_local_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            head_dim=8,
-            layer_types=["full_attention", "full_attention"],
-            **TINY_HF_SIZES,
-        )
-    ),
-    # a shared expert beside the routed ones, wrapped by TransformerLens (blocks.{i}.mlp.shared_expert)
-    "qwen2_moe": lambda: Qwen2MoeForCausalLM(
-        Qwen2MoeConfig(
-            num_key_value_heads=2,
-            num_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            moe_intermediate_size=D_EXPERT,
-            shared_expert_intermediate_size=D_SHARED,
-            **TINY_HF_SIZES,
-        )
-    ),
-    # layer 0 dense (dense_in/dense_gate/dense_out), layer 1 routed experts plus an unwrapped shared expert
-    "glm4_moe": lambda: Glm4MoeForCausalLM(
-        Glm4MoeConfig(
-            num_key_value_heads=2,
-            n_routed_experts=N_EXPERTS,
-            num_experts_per_tok=2,
-            moe_intermediate_size=D_EXPERT,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            **TINY_HF_SIZES,
-        )
-    ),
-}
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +186,72 @@ def test_a_dense_layer_after_a_sparse_one_is_a_neuron_layer_checked_against_its_
     checks = ["unit_slices_equal_tl_views", "neuron_off_equals_zeroed_hook_post"]
     results = run_conformance(bridge, checks=checks)
     assert all(result.passed for result in results), [str(result) for result in results]
+
+
+ROUTERS = {
+    "mixtral": ("gate.weight",),
+    "gpt_oss": ("router.weight", "router.bias"),
+    "llama4": ("router.weight",),
+    "qwen2_moe": ("gate.weight", "shared_expert_gate.weight"),
+}
+"""Each family's routing tensors under ``blocks.{i}.mlp``: the router, whatever TransformerLens names it, and
+Qwen2-MoE's sigmoid gate on its shared expert."""
+
+
+@pytest.mark.parametrize("family", ROUTERS)
+def test_routers_are_masked_per_weight_and_per_matrix_and_are_no_neurons(family, tmp_path):
+    """Every layer's router is ``W_router`` (``b_router``): a ``[n_experts, d_model]`` reader of the residual stream
+    that weight and matrix masks cover, whose zeroing alone changes the logits and whose matrix logit gets a gradient,
+    and that no neuron unit holds."""
+    bridge = boot_tiny(MOE[family](), tmp_path)
+    routers = {f"blocks.{layer}.mlp.{name}" for layer in (0, 1) for name in ROUTERS[family]}
+    specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
+    assert {(specs[key].role, specs[key].kind) for key in routers} <= {("W_router", "linear"), ("b_router", "bias")}
+    for key in routers:
+        if specs[key].role == "W_router":
+            assert (specs[key].input_axis, specs[key].shape[1]) == (1, 32)
+            assert specs[key].shape[0] == (1 if "shared_expert_gate" in key else N_EXPERTS)
+    kinds = ("linear", "bias")
+    for granularity in ("weight", "matrix"):
+        assert routers <= set(MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity, kinds=kinds)).logits)
+    neuron_units = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", kinds=kinds)).units
+    assert not routers & {member.key for unit in neuron_units for member in unit.members}
+    [matters] = run_conformance(bridge, checks=["every_target_matters"])
+    assert matters.passed, str(matters)
+    tokens = torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert check_gradients(bridge, tokens, "matrix") is None
+
+
+def test_a_mask_saved_before_the_routers_were_targets_fails_to_load_with_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """Qwen2-MoE: a weight mask saved while routing tensors were not told apart (its ``shared_expert_gate`` had
+    role ``other``, which no mask selects) covers one tensor fewer per layer than this version's mask."""
+    bridge = boot_tiny(MOE["qwen2_moe"](), tmp_path / "model")
+    with monkeypatch.context() as earlier:
+        earlier.setattr(derived, "_is_routing", lambda spec: False)
+        path = save_masks(MaskSet.for_bridge(bridge, MaskConfig()), tmp_path / "earlier.safetensors")
+    with pytest.raises(MaskFileError) as raised:
+        load_masks(path, bridge)
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith("retrain the mask with this version")
+    assert "this model has blocks.0.mlp.shared_expert_gate.weight [1, 32], blocks.1.mlp" in message
+
+
+def test_a_mask_saved_before_the_expert_biases_were_targets_fails_to_load_with_one_line_naming_the_fix(
+    tmp_path, monkeypatch
+):
+    """GPT-OSS: a mask saved while its per-expert biases were not read has another weights hash (it covers every
+    tensor the adapter reads); the error names that cause beside another model's weights."""
+    bridge = boot_tiny(MOE["gpt_oss"](), tmp_path / "model")
+    current = derived._expert_specs
+
+    def without_biases(*args):
+        return [spec for spec in current(*args) if not spec.key.endswith("_bias")]
+
+    with monkeypatch.context() as earlier:
+        earlier.setattr(derived, "_expert_specs", without_biases)
+        path = save_masks(MaskSet.for_bridge(bridge, MaskConfig(granularity="head")), tmp_path / "earlier.safetensors")
+    with pytest.raises(ModelMismatch) as raised:
+        load_masks(path, bridge)
+    message = str(raised.value)
+    assert "\n" not in message and "weights_sha256 differ" in message
+    assert message.endswith("retrain it with this version)")
