@@ -17,6 +17,9 @@ from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
+TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"loss_increase_per": "token"}
+"""Train settings added after checkpoints were first written, with the value that reproduces a run written before
+them: a checkpoint without the setting resumes under that value (and only under it)."""
 
 
 class RunMismatch(ValueError):
@@ -64,6 +67,8 @@ def check_same_run(saved: object, current: dict[str, object], source: str, subta
             f"{source}: subtask {subtask!r} has no run fingerprint (the checkpoint predates them), so it cannot be "
             "checked against this run; start over with --restart (restart=True in Python)"
         )
+    if isinstance(saved.get("train_config"), dict):
+        saved = saved | {"train_config": TRAIN_SETTINGS_OF_OLD_RUNS | saved["train_config"]}
     for field in [*current, *sorted(saved.keys() - current.keys())]:
         before, now = saved.get(field), current.get(field)
         if _as_json(before) != _as_json(now):
