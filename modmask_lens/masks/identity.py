@@ -31,8 +31,10 @@ def checkpoint_tensor_names(bridge: Bridge) -> set[str] | None:
     """Names of the tensors in the safetensors checkpoint the bridge was loaded from (read from the files' headers),
     or ``None`` when that is unknown (a native bridge, a hub name, a ``.bin`` checkpoint)."""
     config = getattr(getattr(bridge, "original_model", None), "config", None)
-    folder = Path(str(getattr(config, "_name_or_path", "") or ""))
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    name_or_path = str(getattr(config, "_name_or_path", "") or "")
+    # An empty name (a native bridge, a model built from its config) is no folder: Path("") is the working directory.
+    folder = Path(name_or_path) if name_or_path else None
+    files = sorted(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
     if not files:
         return None
     names: set[str] = set()

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
 from modmask_lens.core.checkpoint import METADATA_KEY
+from modmask_lens.testing.tiny_models import tiny_bridge
 
 
 @pytest.fixture
@@ -96,3 +97,14 @@ def test_a_mask_made_with_a_replaced_hand_written_adapter_still_loads(trained_li
     dataclasses.replace(trained_like.origin, adapter="gpt2").check(gpt2_bridge, trained_like.members)
     with pytest.raises(ModelMismatch, match="made with the 'bert' adapter"):
         dataclasses.replace(trained_like.origin, adapter="bert").check(gpt2_bridge, trained_like.members)
+
+
+def test_a_model_without_a_checkpoint_folder_hashes_its_weights_whatever_the_working_directory(tmp_path, monkeypatch):
+    """A native bridge has no checkpoint folder: a ``.safetensors`` file in the working directory is not its
+    checkpoint, so every tensor stays in the weights hash and a model with other weights is refused."""
+    monkeypatch.chdir(tmp_path)
+    save_file({"x": torch.zeros(1)}, "unrelated.safetensors")
+    path = save_masks(MaskSet.for_bridge(tiny_bridge(seed=0), name="x"), tmp_path / "x.safetensors")
+    assert "fresh_tensors" not in load_masks(path, tiny_bridge(seed=0)).origin.model
+    with pytest.raises(ModelMismatch, match="weights_sha256"):
+        load_masks(path, tiny_bridge(seed=1))
