@@ -30,8 +30,11 @@ def main() -> None:
     parser.add_argument("--loss-increase-per", default=default.loss_increase_per, choices=LOSS_UNITS)
     arguments = parser.parse_args()
     method = METHODS[arguments.method].with_steps(arguments.steps)
+    constraint = (arguments.max_loss_increase, arguments.loss_increase_per)
     if arguments.method == "faithful":
-        method = method.with_constraint(arguments.max_loss_increase, arguments.loss_increase_per)
+        method = method.with_constraint(*constraint)
+    elif constraint != (default.max_loss_increase, default.loss_increase_per):
+        parser.error("--max-loss-increase and --loss-increase-per apply to --method faithful only")
     torch.set_num_threads(1)
     model = zoo.load("scan")
     data = scan.scan_task("simple")

@@ -62,7 +62,9 @@ def beta_sweep(
     """
     rows = []
     for beta in betas:
-        config = dataclasses.replace(train_config, beta=beta, max_loss_increase=None, target_density=None)
+        config = dataclasses.replace(
+            train_config, beta=beta, max_loss_increase=None, loss_increase_per="token", target_density=None
+        )
         trained = train_masks(bridge, subtask, mask_config, config, progress=progress, objective=objective)
         mask = trained[subtask.name].binary()
         rows.append(

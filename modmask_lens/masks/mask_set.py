@@ -33,7 +33,8 @@ class MaskSet:
         origin: the model the mask is for (adapter, raw/compat weights, fingerprint).
         train_config: the training settings, once trained (saved with the mask).
         history: one row per logged training step (saved with the mask): ``step``, ``loss`` (the objective's loss
-            of the step's sampled masks; by default answer-token cross-entropy, nats per token), the objective's
+            of the step's sampled masks; by default answer-token cross-entropy, nats per token, or per example
+            under ``TrainConfig(loss_increase_per="example")``), the objective's
             metric on the step's batch under its own name (``accuracy``: exact match by default; ``cosine``,
             ``agreement``, ``probe_accuracy``), ``kept`` (fraction kept by the binary readout, logit > 0),
             ``expected_density`` (mean keep probability), and every 100 steps ``faithfulness`` (the binary mask's

@@ -291,7 +291,8 @@ class MaskTrainer:
                 f"of {1 - self.train_config.readout_tolerance:.0%} of the full model's {self.objective.metric}; the "
                 f"faithful readout keeps {padded:,}, adding back units that training removed, in the order of "
                 "logits that training pushed down together. Those units pad the mask more than they are chosen: "
-                "train longer or lower max_loss_increase (docs/finder-study.md)",
+                "train longer, or bound each example's whole loss with loss_increase_per='example' (masks faithful "
+                "as trained, denser; docs/finder-study.md)",
                 PaddedReadout,
                 stacklevel=3,
             )

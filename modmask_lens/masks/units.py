@@ -141,6 +141,13 @@ def _neuron_count(members: list[TensorSpec]) -> int:
     for (_, end), (start, _) in pairwise(ranges):
         if start < end:
             raise ValueError(f"the neuron tensors of {[m.key for m in members]} disagree on the neuron count")
+    covered = [0] + [end for _, end in ranges]
+    if any(start != end for (start, _), end in zip(ranges, covered, strict=False)):
+        raise ValueError(
+            f"the selected neuron tensors {[m.key for m in members]} leave some of their layer's neurons (routed "
+            "experts, then a shared expert) without any tensor, so those logits would mask nothing; select every "
+            "expert's neuron tensors of the role (e.g. roles=('W_in', 'W_experts_in')) or mask by weight"
+        )
     return ranges[-1][1]
 
 

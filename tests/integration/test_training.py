@@ -356,6 +356,10 @@ def test_the_loss_constraint_bounds_each_example_s_whole_answer_or_its_mean_toke
         ({"max_loss_increase": float("nan")}, "max_loss_increase nan must be"),
         ({"target_density": 0.1}, "set exactly one sparsity term"),
         ({"max_loss_increase": None}, "got none"),
+        (
+            {"max_loss_increase": None, "beta": 1e-4, "loss_increase_per": "example"},
+            "loss_increase_per='example' is the unit of the loss constraint and applies only with max_loss_increase",
+        ),
     ],
 )
 def test_bad_constraint_settings_are_refused(settings, message):

@@ -106,3 +106,13 @@ def test_neuron_tensors_whose_ranges_overlap_are_refused():
     clash = TensorSpec("blocks.0.mlp.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear")
     with pytest.raises(ValueError, match="disagree on the neuron count"):
         build_units([routed, clash], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+
+
+def test_a_shared_expert_selected_without_the_routed_experts_is_refused():
+    """Neurons 0..11 (the routed experts) would have logits that mask no tensor."""
+    shared = TensorSpec(
+        "blocks.0.mlp.shared_expert.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear"
+    )
+    shared = dataclasses.replace(shared, unit_offset=N_EXPERTS * D_EXPERT)
+    with pytest.raises(ValueError, match="leave some of their layer's neurons .* without any tensor"):
+        build_units([shared], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
