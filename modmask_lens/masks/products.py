@@ -1,11 +1,17 @@
-"""Masked weights for training: ``weight * mask sample`` drawn and multiplied in one autograd function per tensor.
+"""Masked weights for training: ``weight * mask sample`` drawn and multiplied in one fused kernel per tensor.
 
 Per-weight masks are as large as the model and a training step draws several samples. Through separate autograd
 ops (noise, sampler, product) each sample keeps the 0/1 sample, the sampler's derivative and the product alive for
-the backward, and costs about a dozen passes over model-sized tensors. The functions here draw the sample and
-multiply in one forward, keep only the sampler's soft value for the backward (the product itself is kept by the
-matmul that reads it, as before), and compute the logit gradient directly:
-``d loss / d logit = (d loss / d masked weight) * weight * d sample / d logit``.
+the backward, and costs about a dozen passes over model-sized tensors. Here one autograd function per tensor and
+sample draws the uniform noise, then runs one elementwise kernel that computes the sample, the product and the
+sample's derivative times the weight in a single pass (it keeps only that for the backward; the product itself is
+kept by the matmul that reads it), and its backward is a second one-pass kernel:
+``d loss / d logit = (d loss / d masked weight) * (weight * d sample / d logit)``.
+
+The kernels are compiled with ``torch.compile`` (on CPU inductor writes one vectorised C++ loop for each; about
+20 s the first time in a process, then cached on disk). Where compiling fails (no C++ compiler, an unsupported
+platform) they run eagerly, with the same results up to float rounding, and warn once; ``TORCH_COMPILE_DISABLE=1``
+chooses that path. ``benchmarks/bench_scaling.py`` measures both.
 
 Samples equal :func:`~modmask_lens.masks.sampling.sample_hard_mask` and
 :func:`~modmask_lens.masks.sampling.sample_hard_concrete` given the same noise, and so do the gradients up to float
@@ -15,7 +21,8 @@ models), the sample and the logit gradient in the logits' (float32).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 
 import torch
 from jaxtyping import Float
@@ -26,71 +33,113 @@ from modmask_lens.masks.sampling import (
     HARD_CONCRETE_STRETCH,
     HARD_CONCRETE_TEMPERATURE,
     UniformNoise,
-    logistic_scores,
     sample_mask,
+    uniform_from_bits,
 )
 from modmask_lens.masks.units import MaskUnit
 
 
-class _GumbelSigmoidProduct(torch.autograd.Function):
-    """Forward: ``weight`` where ``(logits + logistic noise) / tau > 0``, else 0. Backward: straight through the
-    soft sigmoid, ``grad * weight * s (1 - s) / tau`` with ``s = sigmoid((logits + noise) / tau)``."""
+class _FusedKernel:
+    """An elementwise function of tensors of one shape, compiled on first use (with dynamic sizes: one compiled
+    kernel serves every tensor of a rank and layout); run eagerly (warning once) where compiling fails.
+
+    The kernels below take and return tensors of one shape (``*shape``, the masked weight's) and are annotated
+    ``Tensor``, not with jaxtyping shapes: the runtime shape checks that the tests install cannot trace symbolic
+    sizes, so a shape-annotated kernel would never compile under test."""
+
+    def __init__(self, function: Callable[..., tuple[Tensor, ...] | Tensor]):
+        self.function = function
+        self.compiled = torch.compile(function, dynamic=True)
+        self.compiles = True
+
+    def __call__(self, *arguments):
+        if self.compiles:
+            try:
+                return self.compiled(*arguments)
+            except Exception as error:  # noqa: BLE001 - any compiler failure; the eager run below re-raises real ones
+                self.compiles = False
+                warnings.warn(
+                    f"mask sampling runs unfused and slower: torch.compile failed ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}); install a C++ compiler to fuse it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.function(*arguments)
+
+
+def _noise_odds(bits: Tensor, logits: Tensor, temperature: float) -> Tensor:
+    """``exp(-(logits + logit(u)) / tau)`` for the uniform noise ``u`` in ``bits``: the soft sample is
+    ``1 / (1 + odds)``, and it is kept where ``odds < 1``. Written without a logarithm or a division by tau (about
+    twice as fast in the kernel as ``sigmoid((logits + logit(u)) / tau)``, equal up to float rounding).
+
+    The logits enter clamped to ``|logits / tau| <= 50`` so that ``odds`` is never ``0 * inf``; beyond that the
+    sample is the same (every noise value but ``u = 0`` keeps or drops the element alike)."""
+    uniform = uniform_from_bits(bits)
+    ratio = (1 - uniform) / uniform  # exp(-logit(u)); inf where u = 0 (then the sample is 0, as with logit(0))
+    exponent = 1 / temperature
+    if exponent == 1.0:
+        ratio_power = ratio
+    elif exponent == 1.5:  # hard concrete's beta = 2/3
+        ratio_power = ratio * torch.sqrt(ratio)
+    else:
+        ratio_power = ratio**exponent
+    return torch.exp(-(logits / temperature).clamp(-50.0, 50.0)) * ratio_power
+
+
+def _gumbel_sigmoid_forward(logits: Tensor, weight: Tensor, bits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``weight`` where ``(logits + logit(u)) / tau > 0`` else 0, and ``weight * d soft / d logits`` (float32) with
+    ``d soft / d logits = s (1 - s) / tau`` of the soft sample ``s = sigmoid((logits + logit(u)) / tau)`` that the
+    straight-through backward uses."""
+    odds = _noise_odds(bits, logits, temperature)
+    soft = 1 / (1 + odds)
+    return weight * (odds < 1).to(weight.dtype), weight.to(soft.dtype) * (soft * (1 - soft) / temperature)
+
+
+def _hard_concrete_forward(logits: Tensor, weight: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
+    """``weight * clamp(sigmoid((logits + logit(u)) / beta) * (zeta - gamma) + gamma, 0, 1)`` and ``weight`` times
+    the sample's derivative in the logits (float32): ``s (1 - s) (zeta - gamma) / beta`` inside [0, 1], 0 where the
+    clamp cuts."""
+    gamma, zeta = HARD_CONCRETE_STRETCH
+    soft = 1 / (1 + _noise_odds(bits, logits, HARD_CONCRETE_TEMPERATURE))
+    stretched = soft * (zeta - gamma) + gamma
+    sample = stretched.clamp(0.0, 1.0)
+    derivative = torch.where(stretched == sample, soft * (1 - soft) * ((zeta - gamma) / HARD_CONCRETE_TEMPERATURE), 0.0)
+    return weight * sample.to(weight.dtype), weight.to(derivative.dtype) * derivative
+
+
+def _logit_gradient(grad_masked: Tensor, weighted_derivative: Tensor) -> Tensor:
+    """``(d loss / d masked weight) * weight * d sample / d logits``, in the weighted derivative's dtype (float32)."""
+    return grad_masked.to(weighted_derivative.dtype) * weighted_derivative
+
+
+_FORWARDS = {
+    "gumbel-sigmoid": _FusedKernel(_gumbel_sigmoid_forward),
+    "hard-concrete": _FusedKernel(_hard_concrete_forward),
+}
+_BACKWARD = _FusedKernel(_logit_gradient)
+
+
+class _SampledProduct(torch.autograd.Function):
+    """Forward: ``weight * sample`` of one mask sample (either sampler), by one fused kernel. Backward: the logit
+    gradient by a second one (straight through the soft sigmoid for Gumbel-sigmoid, through the clamp, stretch and
+    sigmoid for hard concrete)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, weight: Tensor, noise: UniformNoise, temperature: float) -> Tensor:
-        scores = logistic_scores(logits, noise)
+    def forward(ctx, logits: Tensor, weight: Tensor, noise: UniformNoise, sampler: str, temperature: float) -> Tensor:
+        arguments = (logits, weight, noise.bits_like(logits))
+        if sampler == "gumbel-sigmoid":
+            arguments += (temperature,)
         with profiled("modmask.sampler"):
-            if temperature != 1.0:
-                scores.div_(temperature)
-            kept = scores > 0
-        with profiled("modmask.product"):
-            masked = weight * kept  # several times faster than torch.where on CPU; the weight's dtype
-        with profiled("modmask.sampler"):
-            ctx.save_for_backward(weight, scores.sigmoid_())
-        ctx.temperature = temperature
+            masked, weighted_derivative = _FORWARDS[sampler](*arguments)
+        ctx.save_for_backward(weighted_derivative)
         return masked
 
     @staticmethod
-    def backward(ctx, grad_masked: Tensor) -> tuple[Tensor, None, None, None]:
-        weight, soft = ctx.saved_tensors
-        with profiled("modmask.product"):
-            grad_sample = (grad_masked * weight).to(soft.dtype)
-        with profiled("modmask.sampler"):  # in place: grad * s * (1 - s)
-            grad_logits = torch.ops.aten.sigmoid_backward.grad_input(grad_sample, soft, grad_input=grad_sample)
-            if ctx.temperature != 1.0:
-                grad_logits.div_(ctx.temperature)
-        return grad_logits, None, None, None
-
-
-class _HardConcreteProduct(torch.autograd.Function):
-    """Forward: ``weight * clamp(sigmoid((logits + noise) / beta) * (zeta - gamma) + gamma, 0, 1)``. Backward:
-    ``grad * weight * d sample / d logits``, where the derivative (through the clamp, the stretch and the sigmoid)
-    is computed in the forward and kept instead of the soft sample: it costs the same memory and makes the backward
-    two passes instead of eight."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, weight: Tensor, noise: UniformNoise) -> Tensor:
-        scores = logistic_scores(logits, noise)
-        gamma, zeta = HARD_CONCRETE_STRETCH
+    def backward(ctx, grad_masked: Tensor) -> tuple[Tensor, None, None, None, None]:
+        (weighted_derivative,) = ctx.saved_tensors
         with profiled("modmask.sampler"):
-            soft = scores.div_(HARD_CONCRETE_TEMPERATURE).sigmoid_()
-            stretched = soft.mul(zeta - gamma).add_(gamma)
-            sample = stretched.clamp(0.0, 1.0)
-            # d sample / d logits = s (1 - s) (zeta - gamma) / beta inside [0, 1], 0 where the clamp cuts.
-            inside = (stretched == sample).to(soft.dtype).mul_((zeta - gamma) / HARD_CONCRETE_TEMPERATURE)
-            sample_derivative = torch.ops.aten.sigmoid_backward(inside, soft)
-        with profiled("modmask.product"):
-            masked = weight * sample.to(weight.dtype)
-        ctx.save_for_backward(weight, sample_derivative)
-        return masked
-
-    @staticmethod
-    def backward(ctx, grad_masked: Tensor) -> tuple[Tensor, None, None]:
-        weight, sample_derivative = ctx.saved_tensors
-        with profiled("modmask.product"):
-            grad_sample = (grad_masked * weight).to(sample_derivative.dtype)
-        with profiled("modmask.sampler"):
-            return grad_sample.mul_(sample_derivative), None, None
+            grad_logits = _BACKWARD(grad_masked, weighted_derivative)
+        return grad_logits, None, None, None, None
 
 
 def sample_product(
@@ -115,9 +164,7 @@ def sample_product(
         >>> sample_product(logits, torch.ones(2, 3), "gumbel-sigmoid", 1.0, UniformNoise(0)).shape
         torch.Size([2, 3])
     """
-    if sampler == "hard-concrete":
-        return _HardConcreteProduct.apply(logits, weight, noise)
-    return _GumbelSigmoidProduct.apply(logits, weight, noise, temperature)
+    return _SampledProduct.apply(logits, weight, noise, sampler, temperature)
 
 
 def unit_products(

@@ -14,17 +14,19 @@ import math
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from modmask_lens.core.profiling import profiled
 
 
 class UniformNoise:
-    """Seeded U(0, 1) noise for mask samples.
+    """Seeded U(0, 1) noise for mask samples, drawn as random 32-bit words whose top 24 bits are the uniform value
+    (:func:`uniform_from_bits`), so that a fused kernel can read 4 bytes per element and turn them into noise itself.
 
-    On CPU it draws from numpy's PCG64, about twice as fast as torch's mt19937 (the noise is as large as the model,
-    so this is a visible share of a mask step); on other devices it uses ``torch.rand`` with a generator seeded alike.
+    On CPU the words are numpy's PCG64 output (about twice as fast as torch's mt19937; the noise is as large as the
+    model, so this is a visible share of a mask step), and the uniform values equal numpy's own float32 draws from
+    the same seed bit for bit; on other devices the words come from ``torch.randint`` with a generator seeded alike.
     """
 
     def __init__(self, seed: int):
@@ -43,23 +45,29 @@ class UniformNoise:
         words = np.random.SeedSequence((self.seed, index)).generate_state(2, dtype=np.uint32)
         return UniformNoise((int(words[0]) << 31) ^ int(words[1]))
 
-    def like(self, tensor: Tensor) -> Tensor:
-        """Noise of ``tensor``'s shape, dtype and device."""
+    def bits_like(self, tensor: Tensor) -> Int[Tensor, "*shape"]:
+        """Random 32-bit words (int32) of ``tensor``'s shape, on its device."""
         with profiled("modmask.noise"):
             if tensor.device.type == "cpu":
-                drawn = np.asarray(self._numpy.random(tuple(tensor.shape), dtype=np.float32))
-                return torch.from_numpy(drawn).to(tensor.dtype)
+                count = tensor.numel()
+                words = self._numpy.bit_generator.random_raw((count + 1) // 2).view(np.int32)[:count]
+                return torch.from_numpy(words).view(tensor.shape)
             if self._torch is None:
                 self._torch = torch.Generator(device=tensor.device).manual_seed(self.seed)
-            return torch.rand(tensor.shape, generator=self._torch, device=tensor.device, dtype=tensor.dtype)
+            drawn = torch.randint(2**24, tensor.shape, generator=self._torch, device=tensor.device, dtype=torch.int32)
+            return drawn << 8
+
+    def like(self, tensor: Tensor) -> Tensor:
+        """Noise of ``tensor``'s shape, dtype and device (:meth:`bits_like` as uniform values)."""
+        uniform = uniform_from_bits(self.bits_like(tensor))
+        return uniform.to(tensor.dtype)
 
 
-def logistic_scores(logits: Float[Tensor, "*shape"], noise: UniformNoise) -> Float[Tensor, "*shape"]:
-    """``logits + logit(u)`` for u ~ U(0, 1) drawn from ``noise``: Logistic(0, 1) noise, the difference of two
-    Gumbels, added to the logits (a fresh tensor, not part of any autograd graph)."""
-    uniform = noise.like(logits)  # a fresh tensor: turned into the scores in place
-    with profiled("modmask.noise"):
-        return uniform.logit_().add_(logits.detach())
+def uniform_from_bits(bits: Tensor) -> Tensor:
+    """U(0, 1) values (float32, multiples of 2^-24 in [0, 1)) from the top 24 bits of random int32 words, as numpy
+    makes its float32 draws. Takes and returns tensors of any one shape; annotated ``Tensor`` because the fused
+    kernels (masks/products.py) call it while being compiled, where the tests' runtime shape checks cannot follow."""
+    return ((bits >> 8) & 0xFFFFFF).to(torch.float32) * 2.0**-24
 
 
 class _StraightThroughGumbelSigmoid(torch.autograd.Function):

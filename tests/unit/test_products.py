@@ -3,13 +3,16 @@ same logit gradients as autograd through the formulas, for both samplers, also o
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.products import sample_product
-from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.masks.products import _FORWARDS, _FusedKernel, sample_product
+from modmask_lens.masks.sampling import UniformNoise, uniform_from_bits
 from modmask_lens.testing.tiny_models import tiny_bridge
 
 
@@ -92,3 +95,37 @@ def test_mask_set_products_equal_weights_times_the_sample(granularity, sampler):
         torch.testing.assert_close(products[path], (weight * sample[path]).detach())
     for name in ours.logits:
         torch.testing.assert_close(ours.logits[name].grad, reference.logits[name].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_noise_is_numpys_float32_stream():
+    drawn = UniformNoise(3).like(torch.empty(5, 7))
+    expected = torch.from_numpy(np.random.default_rng(3).random((5, 7), dtype=np.float32))
+    assert torch.equal(drawn, expected)
+
+
+@pytest.mark.parametrize("sampler", ["gumbel-sigmoid", "hard-concrete"])
+def test_extreme_logits_and_noise_give_finite_samples_and_gradients(sampler):
+    """u = 0 (all-zero words), the largest u, and logits far beyond the kernels' clamp: the sample is the
+    reference's and nothing is NaN."""
+    bits = torch.tensor([0, -1, 0, -1, 1 << 8, -256], dtype=torch.int32)
+    logits = torch.tensor([200.0, -200.0, -200.0, 200.0, 0.0, 0.0])
+    arguments = (logits, torch.ones(6), bits) + ((1.0,) if sampler == "gumbel-sigmoid" else ())
+    product, derivative = _FORWARDS[sampler](*arguments)
+    uniform = uniform_from_bits(bits)
+    expected = reference_sample(logits, uniform, sampler, 1.0).detach()
+    torch.testing.assert_close(product, expected)
+    assert torch.isfinite(derivative).all()
+
+
+def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once():
+    kernel = _FusedKernel(lambda x: x * 2)
+
+    def failing_compile(x):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    kernel.compiled = failing_compile
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler\)"):
+        assert torch.equal(kernel(torch.ones(3)), torch.full((3,), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
