@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing
 import resource
 import statistics
@@ -199,27 +200,58 @@ def profile(step, warmup: int, steps: int) -> dict[str, float]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """Two panels, step time and peak memory growth (mask training / fine-tuning) against the parameter count (log
+    scale), one line per kind, the targets dashed; written as a standalone SVG (no plotting dependency)."""
+    kinds = sorted({row["kind"] for row in rows})
+    millions = [row["parameters"] / 1e6 for row in rows]
+    low, high = math.log10(min(millions)), math.log10(max(millions)) + 1e-9
+    panel_width, panel_height, margin = 360, 240, 50
+    parts = []
+    for panel, (key, title, target) in enumerate(
+        (("time_ratio", "step time", 1.10), ("memory_ratio", "peak memory", 1.3))
+    ):
+        left = margin + panel * (panel_width + margin)
+        ratios = [row[key] for row in rows if row.get(key) is not None] + [target]
+        top_ratio = max(ratios) * 1.1
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        def point(parameters: float, ratio: float, left: float = left, top_ratio: float = top_ratio) -> str:
+            share = (math.log10(parameters / 1e6) - low) / (high - low) if high > low else 0.5
+            return f"{left + share * panel_width:.1f},{margin + panel_height * (1 - ratio / top_ratio):.1f}"
 
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind in sorted({row["kind"] for row in rows}):
-        chosen = sorted((row for row in rows if row["kind"] == kind), key=lambda row: row["parameters"])
-        parameters = [row["parameters"] / 1e6 for row in chosen]
-        time_axis.plot(parameters, [row["time_ratio"] for row in chosen], marker="o", label=kind)
-        if all(row.get("memory_ratio") is not None for row in chosen):
-            memory_axis.plot(parameters, [row["memory_ratio"] for row in chosen], marker="o", label=kind)
-    for axis, title, target in ((time_axis, "step time", 1.10), (memory_axis, "peak memory growth", 1.3)):
-        axis.axhline(target, color="grey", linestyle="--", linewidth=1)
-        axis.set_xscale("log")
-        axis.set_xlabel("parameters (millions)")
-        axis.set_ylabel(f"mask training / fine-tuning, {title}")
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
+        parts.append(
+            f'<rect x="{left}" y="{margin}" width="{panel_width}" height="{panel_height}" fill="none" stroke="black"/>'
+        )
+        parts.append(
+            f'<text x="{left}" y="{margin - 8}">{title}: mask training / fine-tuning (0 to '
+            f"{top_ratio:.2f}; dashed: target {target})</text>"
+        )
+        target_y = margin + panel_height * (1 - target / top_ratio)
+        parts.append(
+            f'<line x1="{left}" x2="{left + panel_width}" y1="{target_y:.1f}" y2="{target_y:.1f}" '
+            'stroke="grey" stroke-dasharray="4"/>'
+        )
+        for index, kind in enumerate(kinds):
+            chosen = sorted(
+                (row for row in rows if row["kind"] == kind and row.get(key) is not None),
+                key=lambda row: row["parameters"],
+            )
+            if not chosen:
+                continue
+            colour = f"hsl({index * 360 // len(kinds)}, 70%, 40%)"
+            points = " ".join(point(row["parameters"], row[key]) for row in chosen)
+            parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            last = point(chosen[-1]["parameters"], chosen[-1][key]).split(",")
+            parts.append(f'<text x="{float(last[0]) + 4}" y="{last[1]}" fill="{colour}" font-size="11">{kind}</text>')
+        parts.append(
+            f'<text x="{left}" y="{margin + panel_height + 18}" font-size="11">parameters (log scale): '
+            f"{min(millions):.1f}M to {max(millions):.1f}M</text>"
+        )
+    width = 2 * (panel_width + margin) + 120
+    path.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{panel_height + 2 * margin + 20}" '
+        f'font-family="sans-serif" font-size="12">{"".join(parts)}</svg>',
+        encoding="utf-8",
+    )
 
 
 def main() -> None:
@@ -233,7 +265,7 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=2, help="steps in each memory child (0: skip memory)")
     parser.add_argument("--sampler", choices=("gumbel-sigmoid", "hard-concrete"), help="default: MaskConfig()'s")
     parser.add_argument("--profile", choices=list(SIZES), help="profile this size's weight-granularity mask step")
-    parser.add_argument("--plot", type=Path, default=Path("bench_scaling.png"), help="where to write the plot")
+    parser.add_argument("--plot", type=Path, default=Path("bench_scaling.svg"), help="where to write the plot")
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)

@@ -2,10 +2,11 @@
 
 Mask training holds, per device: the frozen weights; per task, float32 logits, their gradient and Adam's two moments
 (16 bytes per logit); for the mask sample being back-propagated, the products ``weight * mask`` the matmuls keep
-and, for per-element logits, the sampler's soft value (:mod:`modmask_lens.masks.products`); and the activations of
-one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so only one sample's tensors
-are alive at a time. Fully sharded training divides weights, logits, gradients and Adam state by the number of
-processes and holds one gathered block (its weights, products and soft values) at a time.
+and, for per-element logits, the weight times the sample's derivative (float32, :mod:`modmask_lens.masks.products`);
+and the activations of one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so
+only one sample's tensors are alive at a time. Fully sharded training divides weights, logits, gradients and Adam
+state by the number of processes and holds one gathered block (its weights, products and weighted derivatives)
+at a time.
 
 The activation term is a rough count (the tensors a GPT-style block keeps for its backward); the rest is exact up to
 allocator overhead. ``benchmarks/bench_scaling.py`` measures the real peak.
@@ -35,7 +36,8 @@ class MemoryEstimate:
         logits: mask logits of every task.
         gradients: their gradients.
         optimiser: Adam's two moments per logit.
-        samples: what one mask sample keeps for its backward (products in the model's dtype, float32 soft values).
+        samples: what one mask sample keeps for its backward (products in the model's dtype, float32 weighted
+            derivatives).
         activations: what one batch slice's forward keeps for the backward (rough).
         devices: processes the state is spread over (1 unless fully sharded).
     """
@@ -95,8 +97,8 @@ def estimate_memory(
     dtype_bytes = torch.empty((), dtype=model_dtype).element_size()
     n_logits = sum(unit.numel for unit in units)
 
-    # One sample's products (every masked element, model dtype) and soft values (per-element units, float32), by
-    # block (layer; None: embeddings, final norm, unembedding).
+    # One sample's products (every masked element, model dtype) and weighted derivatives (per-element units,
+    # float32), by block (layer; None: embeddings, final norm, unembedding).
     sample_bytes: dict[int | None, int] = {}
     for unit in units:
         per_element = unit.numel > 1 and unit.shape == unit.members[0].shape
@@ -109,7 +111,8 @@ def estimate_memory(
     activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 
     if shards > 1:
-        largest_block = max(sample_bytes.values())  # one gathered block at a time: its weights, products, soft values
+        # One gathered block at a time: its weights, products and weighted derivatives.
+        largest_block = max(sample_bytes.values())
         return MemoryEstimate(
             weights=weight_bytes // shards + largest_block,
             logits=n_tasks * n_logits * LOGIT_BYTES // shards,
