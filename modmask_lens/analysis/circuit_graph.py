@@ -160,21 +160,23 @@ def _node_slice(
 
 def _neuron_counts(mask: BinaryMask, slices: list[_NodeSlice]) -> pd.DataFrame:
     """MLP nodes: the neurons their masked matrices hold, and those with a kept weight in every masked matrix that
-    holds them (:func:`~modmask_lens.masks.binary.kept_per_unit` says which weights are a neuron's)."""
+    holds them, counting a fused gate/up matrix's halves as two matrices, as a dense MLP's gate and up are
+    (:func:`~modmask_lens.masks.binary.kept_per_unit` says which weights are a neuron's)."""
     rows = []
     for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
         counts = [
-            kept_per_unit(part.spec, mask.kept[part.spec.key])
+            kept_per_unit(part.spec, mask.kept[part.spec.key], halves_apart=True)
             for part in slices
             if part.node == node and part.spec.unit == "neuron"
         ]
         if not counts:
             continue
-        n_neurons = max(len(total) for _, total in counts)
+        n_neurons = max(total.shape[-1] for _, total in counts)
         held, lost = torch.zeros(n_neurons, dtype=torch.bool), torch.zeros(n_neurons, dtype=torch.bool)
         for kept, total in counts:
-            held[: len(total)] |= total > 0
-            lost[: len(total)] |= (total > 0) & (kept == 0)
+            n_held = total.shape[-1]
+            held[:n_held] |= (total > 0).reshape(-1, n_held).any(dim=0)
+            lost[:n_held] |= ((total > 0) & (kept == 0)).reshape(-1, n_held).any(dim=0)
         rows.append({"node": node, "neurons": int(held.sum()), "kept_neurons": int((held & ~lost).sum())})
     return pd.DataFrame(rows, columns=["node", "neurons", "kept_neurons"])
 

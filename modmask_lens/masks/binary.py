@@ -175,10 +175,16 @@ class BinaryMask:
         return rows
 
 
-def kept_per_unit(spec: TensorSpec, kept: Bool[Tensor, "*shape"]) -> tuple[Int[Tensor, " unit"], Int[Tensor, " unit"]]:
+def kept_per_unit(
+    spec: TensorSpec, kept: Bool[Tensor, "*shape"], halves_apart: bool = False
+) -> tuple[Int[Tensor, "*repeat unit"], Int[Tensor, "*repeat unit"]]:
     """Kept and total elements of each head, key/value group or neuron in one tensor, indexed by the unit's number
     in its layer (a mixture-of-experts layer numbers hidden unit i of expert e ``e * d_expert + i``, then its shared
     expert's units; units this tensor does not hold have total 0).
+
+    With ``halves_apart``, a tensor that holds each unit ``spec.unit_repeats`` times (a fused gate/up projection: the
+    gate rows, then the up rows, along the unit axis) is counted per repeat: ``[unit_repeats, units]``, so that a
+    neuron whose up half lost every weight can be told from one whose halves both keep some.
 
     Which unit an element belongs to is what :meth:`~modmask_lens.masks.units.MaskUnit.expand` says: expanding the
     unit numbers ``0, 1, ...`` onto the tensor gives each element's unit, so counts follow the mask's own layout
@@ -189,7 +195,8 @@ def kept_per_unit(spec: TensorSpec, kept: Bool[Tensor, "*shape"]) -> tuple[Int[T
         kept: its boolean mask, ``spec.shape``.
 
     Returns:
-        ``(kept, total)``, each ``[spec.unit_offset + spec.unit_count]``.
+        ``(kept, total)``, each ``[spec.unit_offset + spec.unit_count]`` (``[spec.unit_repeats, ...]`` with
+        ``halves_apart``).
 
     >>> from modmask_lens.adapters import TensorSpec
     >>> gate_up = TensorSpec("experts.gate_up_proj", "W_experts_in", 0, "p", (2, 6, 4), "neuron", 1, 1, "linear",
@@ -198,13 +205,24 @@ def kept_per_unit(spec: TensorSpec, kept: Bool[Tensor, "*shape"]) -> tuple[Int[T
     >>> kept[1, 4, :2] = False  # up row of expert 1's hidden unit 1: neuron 4
     >>> kept_per_unit(gate_up, kept)
     (tensor([8, 8, 8, 8, 6, 8]), tensor([8, 8, 8, 8, 8, 8]))
+    >>> kept_per_unit(gate_up, kept, halves_apart=True)[0]
+    tensor([[4, 4, 4, 4, 4, 4],
+            [4, 4, 4, 4, 2, 4]])
     """
     n_units = spec.unit_offset + spec.unit_count
     unit_of = MaskUnit(spec.key, (n_units,), (spec,)).expand(torch.arange(n_units), spec)
+    repeats = spec.unit_repeats if halves_apart else 1
+    if repeats > 1:  # the repeats lie one after another along the unit axis: number them apart
+        along_unit_axis = [1] * len(spec.shape)
+        along_unit_axis[spec.unit_axis] = spec.shape[spec.unit_axis]
+        repeat_of = torch.arange(spec.shape[spec.unit_axis]) // (spec.shape[spec.unit_axis] // repeats)
+        unit_of = unit_of + n_units * repeat_of.view(along_unit_axis)
     # Sum over the axes the unit numbers broadcast along, then add each position's count to its unit.
     pooled_axes = [axis for axis, size in enumerate(unit_of.shape) if size == 1 and spec.shape[axis] > 1]
     kept_here = kept.sum(dim=pooled_axes, keepdim=True) if pooled_axes else kept.long()
     unit_of = unit_of.expand(kept_here.shape).reshape(-1)
-    kept_counts = torch.zeros(n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
-    total = torch.bincount(unit_of, minlength=n_units) * (spec.numel // kept_here.numel())
+    kept_counts = torch.zeros(repeats * n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
+    total = torch.bincount(unit_of, minlength=repeats * n_units) * (spec.numel // kept_here.numel())
+    if repeats > 1:
+        return kept_counts.view(repeats, n_units), total.view(repeats, n_units)
     return kept_counts, total

@@ -106,7 +106,8 @@ def test_the_circuit_view_s_moe_mlp_node_holds_its_experts_router_and_shared_exp
     node = graph.nodes.set_index("node").loc["L1MLP"]
     matrices = [gate_up, down, *shared.values(), *routers]
     assert (node.kept, node.total) == (sum(int(m.sum()) for m in matrices), sum(m.numel() for m in matrices))
-    routed_alive = (gate_up[:, :D_EXPERT].any(dim=2) | gate_up[:, D_EXPERT:].any(dim=2)) & down.any(dim=1)
+    # Like a dense MLP's separate gate and up matrices, each half of the fused gate/up must keep a weight.
+    routed_alive = gate_up[:, :D_EXPERT].any(dim=2) & gate_up[:, D_EXPERT:].any(dim=2) & down.any(dim=1)
     shared_alive = shared["W_gate"].any(dim=1) & shared["W_in"].any(dim=1) & shared["W_out"].any(dim=0)
     assert (node.neurons, node.kept_neurons) == (ROUTED + D_SHARED, int(routed_alive.sum() + shared_alive.sum()))
     assert 0 < node.kept_neurons < node.neurons
