@@ -149,8 +149,7 @@ def step_times(size: str, kinds: list[str], warmup: int, steps: int, sampler: st
 CATEGORIES = ("noise", "sampler", "products", "matmuls", "optimiser", "other")
 _SCOPES = {  # profiler event name (prefix) -> category of its whole subtree
     "modmask.noise": "noise",
-    "modmask.sampler": "sampler",
-    "modmask.product": "products",
+    "modmask.sampler": "sampler",  # the fused kernels (masks/products.py): sample and product in one pass
     "Optimizer.": "optimiser",
     "aten::_foreach_norm": "optimiser",  # gradient clipping (foreach on accelerators, per tensor on CPU)
     "aten::linalg_vector_norm": "optimiser",
@@ -158,7 +157,6 @@ _SCOPES = {  # profiler event name (prefix) -> category of its whole subtree
 _BACKWARD_NODES = {  # autograd node (in "autograd::engine::evaluate_function: <node>") -> category
     "ProductBackward": "products",
     "StraightThrough": "sampler",
-    "HardConcrete": "sampler",
     "MulBackward": "products",
     "MmBackward": "matmuls",
     "AddmmBackward": "matmuls",
