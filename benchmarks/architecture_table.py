@@ -63,6 +63,8 @@ TINY_SIZES = {
     "embed_dim": 32,
     "out_hidden_size": 32,
     "projection_dim": 32,
+    "attention_window": 4,
+    "decoder_start_token_id": 2,
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 2,

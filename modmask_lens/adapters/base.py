@@ -251,11 +251,27 @@ class ModelShape:
         return self.n_heads // self.n_kv_heads
 
 
+STACK_SUFFIX = "blocks"
+"""TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks`` (``encoder_blocks``)."""
+
+
+def stack_names(mapping: object) -> tuple[str, ...]:
+    """The stacks of blocks in TransformerLens's component mapping, in its order (``("blocks",)`` for a decoder-only
+    model, ``("encoder_blocks", "decoder_blocks")`` for an encoder-decoder)."""
+    names = list(mapping) if hasattr(mapping, "keys") else []
+    return tuple(name for name in names if name == STACK_SUFFIX or name.endswith(f"_{STACK_SUFFIX}"))
+
+
 def model_shape(bridge: Bridge) -> ModelShape:
-    """Read the dimensions of a bridge's config."""
+    """Read the dimensions of a bridge's config; the layers of an encoder-decoder are its blocks over both stacks
+    (``cfg.n_layers`` counts one stack)."""
     cfg = bridge.cfg
+    stacks = stack_names(getattr(getattr(bridge, "adapter", None), "component_mapping", None) or {})
+    n_layers = int(cfg.n_layers)
+    if stacks and stacks != (STACK_SUFFIX,):
+        n_layers = sum(len(bridge.get_submodule(stack)) for stack in stacks)
     return ModelShape(
-        n_layers=int(cfg.n_layers),
+        n_layers=n_layers,
         d_model=int(cfg.d_model),
         n_heads=int(cfg.n_heads),
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
@@ -321,19 +337,28 @@ class Adapter:
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
 
-    def inapplicable(self, granularity: str, specs: list[TensorSpec]) -> str | None:
-        """Why ``granularity`` has no meaning for the model of ``specs``, or ``None`` where it has one: heads need
-        attention (a tensor of role ``W_Q``/``W_K``/``W_V``/``W_O``), neurons an MLP (``W_in``/``W_gate``/``W_out``
-        or an expert stack). A state-space model such as Mamba, whose blocks hold only a mixer, has neither."""
+    def inapplicable(self, bridge: Bridge, granularity: str, specs: list[TensorSpec]) -> str | None:
+        """Why ``granularity`` has no meaning for ``bridge`` (whose tensors are ``specs``), or ``None`` where it has
+        one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
+        component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
+        of the Hugging Face model is one either (its class name, by transformers' convention, holds ``Attention``;
+        ``MLP``, ``FeedForward``, ``FFN``, ``Expert`` or ``MoE``). The second test keeps models whose attention
+        or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent attention, NemotronH's hybrid
+        layers, JetMoE) failing rather than "not applicable". A state-space model such as Mamba, whose blocks hold
+        a norm and a mixer, has neither heads nor neurons."""
         needed = _GRANULARITY_ROLES.get(granularity)
         if needed is None or any(spec.role in needed for spec in specs):
+            return None
+        markers = _COMPONENT_CLASS_MARKERS[granularity]
+        original = getattr(bridge, "original_model", bridge)
+        if any(marker in type(module).__name__ for module in original.modules() for marker in markers):
             return None
         component = "attention" if granularity == "head" else "MLP"
         present = sorted({spec.role for spec in specs if spec.layer is not None})
         return (
-            f"{granularity} granularity does not apply: no block of this model has {component} (TransformerLens "
-            f"maps no {'/'.join(needed[:4])} tensor; its blocks hold {present}), so it has no {granularity}s; "
-            "mask it by weight or matrix"
+            f"{granularity} granularity does not apply: no block of this model has {component} (no "
+            f"{'/'.join(needed[:4])} tensor, no module named like {'/'.join(markers)}; its blocks hold {present}), "
+            f"so it has no {granularity}s; mask it by weight or matrix"
         )
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
@@ -457,6 +482,11 @@ _GRANULARITY_ROLES = {
     "neuron": ("W_in", "W_gate", "W_out", "W_experts_in", "W_experts_out"),
 }
 """The roles whose presence gives a model heads or neurons at all."""
+_COMPONENT_CLASS_MARKERS = {
+    "head": ("Attention", "DeltaNet"),
+    "neuron": ("MLP", "FeedForward", "FFN", "Expert", "MoE"),
+}
+"""Parts of transformers' class names that mark an attention or MLP module (``LlamaAttention``, ``NemotronHMLP``)."""
 
 _UNIT_OF_ROLE: dict[str, UnitKind] = {
     **{role: "head" for role in ("W_Q", "b_Q", "W_O")},

@@ -41,8 +41,9 @@ from modmask_lens.adapters.base import (
     NormPlacement,
     ReaderKind,
     TensorSpec,
+    stack_names,
 )
-from modmask_lens.adapters.stacks import stack_names, stacked_parameters
+from modmask_lens.adapters.stacks import stacked_parameters
 from modmask_lens.core.bridge import Bridge
 
 _GROUP = re.compile(r"\((?P<outer>\w+)\s+(?P<inner>\w+)\)")
@@ -115,7 +116,7 @@ class DerivedAdapter(Adapter):
         for layer in range(int(bridge.cfg.n_layers)):
             specs.extend(_expert_specs(bridge, layer, known))
             specs.extend(_mixer_specs(bridge, layer, known))
-        return _moe_roles(bridge, specs)
+        return _fused_input_halves(_moe_roles(bridge, specs))
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -212,6 +213,24 @@ def _probe_norm_placement(bridge: Bridge) -> NormPlacement:
         for handle in handles:
             handle.remove()
     return "pre"
+
+
+def _fused_input_halves(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """An MLP whose ``in`` matrix has twice the hidden units that its ``out`` matrix reads holds two concatenated
+    halves per neuron (ModernBERT's ``Wi``, split by ``chunk(2)`` into the input and the gate, which TransformerLens
+    maps as a plain ``in``): neuron i is rows i and ``d_mlp + i`` (``unit_repeats=2``), one logit for both."""
+    widths = {spec.layer: spec.unit_count for spec in specs if spec.role == "W_out" and spec.unit == "neuron"}
+    fused = []
+    for spec in specs:
+        if (
+            spec.role in ("W_in", "b_in")
+            and spec.unit == "neuron"
+            and spec.expert_axis is None
+            and spec.unit_count == 2 * widths.get(spec.layer, -1)
+        ):
+            spec = replace(spec, unit_repeats=2)
+        fused.append(spec)
+    return fused
 
 
 _MIXER_OWN_ROLES = {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"}

@@ -28,9 +28,6 @@ from torch import nn
 from modmask_lens.adapters.base import LocatedParameter, model_shape
 from modmask_lens.core.bridge import Bridge
 
-STACK_SUFFIX = "blocks"
-"""TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks``."""
-
 _TOP_LEVEL_ROLES = {
     "embed.weight": "W_E",
     "pos_embed.weight": "W_pos",
@@ -44,12 +41,6 @@ _TOP_LEVEL_ROLES = {
 _SIDE_PREFIXES = ("encoder_", "decoder_")
 _ATTENTION_PARTS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
 _MLP_PARTS = {"in": "in", "gate": "gate", "out": "out"}
-
-
-def stack_names(mapping: object) -> tuple[str, ...]:
-    """The stacks of blocks in TransformerLens's component mapping, in its order (``("blocks",)`` for a decoder)."""
-    names = list(mapping) if hasattr(mapping, "keys") else []
-    return tuple(name for name in names if name == STACK_SUFFIX or name.endswith(f"_{STACK_SUFFIX}"))
 
 
 def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedParameter]:
@@ -128,11 +119,6 @@ def _read_where_called(bridge: Bridge, located: list[LocatedParameter]) -> list[
                 replace(entry, key=f"{native}.{attribute}", path=f"original_model.{name}.{attribute}", module=module)
             )
     return moved
-
-
-def stacked_layer_count(bridge: Bridge, stacks: tuple[str, ...]) -> int:
-    """Blocks over all stacks: the layers of :func:`stacked_parameters`."""
-    return sum(len(bridge.get_submodule(stack)) for stack in stacks)
 
 
 def _top_level_role(key: str) -> str:

@@ -199,7 +199,7 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """
     adapter = adapter_for(bridge)
     specs = adapter.tensor_specs(bridge)
-    reason = adapter.inapplicable(config.granularity, specs)
+    reason = adapter.inapplicable(bridge, config.granularity, specs)
     if reason is not None:
         raise GranularityNotApplicable(f"{bridge.cfg.architecture}: {reason}")
     unit_kinds = {"head": ("head", "kv_head"), "neuron": ("neuron",)}.get(config.granularity)

@@ -282,7 +282,7 @@ def _tl_views(bridge: Bridge) -> str | None:
     checked = 0
     adapter = adapter_for(bridge)
     specs = adapter.tensor_specs(bridge)
-    reasons = [adapter.inapplicable(granularity, specs) for granularity in ("head", "neuron")]
+    reasons = [adapter.inapplicable(bridge, granularity, specs) for granularity in ("head", "neuron")]
     if all(reasons):
         raise GranularityNotApplicable(f"{bridge.cfg.architecture}: {reasons[0]}; {reasons[1]}")
     for spec in specs:

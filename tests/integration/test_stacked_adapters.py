@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from modmask_lens import MaskConfig, MaskSet
-from modmask_lens.adapters import GranularityNotApplicable, adapter_for
+from modmask_lens.adapters import GranularityNotApplicable, adapter_for, model_shape
 from modmask_lens.masks.apply import masked
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.tiny_models import boot_tiny
@@ -34,13 +34,15 @@ FAMILIES = {
     "BlenderbotForConditionalGeneration": ("BlenderbotConfig", BART_STYLE),
     "PegasusForConditionalGeneration": ("PegasusConfig", BART_STYLE),
     "M2M100ForConditionalGeneration": ("M2M100Config", BART_STYLE),
+    "LEDForConditionalGeneration": ("LEDConfig", {**BART_STYLE, "attention_window": 4}),
     "T5ForConditionalGeneration": ("T5Config", T5_STYLE),
     "MT5ForConditionalGeneration": ("MT5Config", T5_STYLE),
     "LongT5ForConditionalGeneration": ("LongT5Config", T5_STYLE),
     "MambaForCausalLM": ("MambaConfig", MAMBA_STYLE),
+    "FalconMambaForCausalLM": ("FalconMambaConfig", MAMBA_STYLE),
 }
 """Tiny random models (2 layers per stack, d_model 32, 4 heads) of each family this adapter enables."""
-STATE_SPACE = {"MambaForCausalLM"}
+STATE_SPACE = {"MambaForCausalLM", "FalconMambaForCausalLM"}
 
 
 def tiny(architecture: str, tmp_path) -> torch.nn.Module:
@@ -69,6 +71,7 @@ def test_layers_number_encoder_blocks_then_decoder_blocks_and_cross_attention_he
     assert specs["decoder_blocks.1.mlp.in.weight"].layer == 3
     assert specs["decoder_blocks.0.cross_attn.o.weight"].unit_offset == 4
     assert specs["decoder_blocks.0.ln3.weight"].role == "ln3.w"
+    assert model_shape(bridge).n_layers == 4
     every_parameter = {id(parameter) for parameter in bridge.original_model.parameters()}
     assert every_parameter == {id(bridge.get_parameter(spec.path)) for spec in specs.values()}
 
