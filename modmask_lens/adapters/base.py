@@ -58,6 +58,7 @@ ROLE_KINDS = {
         "W_experts_in",
         "W_experts_out",
         "W_router",
+        "W_attn_gate",
         "W_ssm_in",
         "W_ssm_conv",
         "W_ssm_x",
@@ -80,6 +81,7 @@ ROLE_KINDS = {
         "b_experts_in",
         "b_experts_out",
         "b_router",
+        "b_attn_gate",
         "b_ssm_conv",
         "b_ssm_dt",
         "ssm_D",
@@ -341,17 +343,17 @@ class Adapter:
         """Why ``granularity`` has no meaning for ``bridge`` (whose tensors are ``specs``), or ``None`` where it has
         one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
         component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
-        of the Hugging Face model is one either (its class name, by transformers' convention, holds ``Attention``;
-        ``MLP``, ``FeedForward``, ``FFN``, ``Expert`` or ``MoE``). The second test keeps models whose attention
-        or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent attention, NemotronH's hybrid
-        layers, JetMoE) failing rather than "not applicable". A state-space model such as Mamba, whose blocks hold
-        a norm and a mixer, has neither heads nor neurons."""
+        of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
+        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent
+        attention, NemotronH's hybrid layers, JetMoE) failing rather than "not applicable". A state-space model such
+        as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
+        whose two layers are both recurrent has no attention module, so no heads."""
         needed = _GRANULARITY_ROLES.get(granularity)
         if needed is None or any(spec.role in needed for spec in specs):
             return None
         markers = _COMPONENT_CLASS_MARKERS[granularity]
         original = getattr(bridge, "original_model", bridge)
-        if any(marker in type(module).__name__ for module in original.modules() for marker in markers):
+        if any(marker in type(module).__name__.lower() for module in original.modules() for marker in markers):
             return None
         component = "attention" if granularity == "head" else "MLP"
         present = sorted({spec.role for spec in specs if spec.layer is not None})
@@ -483,10 +485,11 @@ _GRANULARITY_ROLES = {
 }
 """The roles whose presence gives a model heads or neurons at all."""
 _COMPONENT_CLASS_MARKERS = {
-    "head": ("Attention", "DeltaNet"),
-    "neuron": ("MLP", "FeedForward", "FFN", "Expert", "MoE"),
+    "head": ("attention", "deltanet"),
+    "neuron": ("mlp", "feedforward", "ffn", "expert", "moe"),
 }
-"""Parts of transformers' class names that mark an attention or MLP module (``LlamaAttention``, ``NemotronHMLP``)."""
+"""Parts of transformers' class names (in lower case) that mark an attention or MLP module (``LlamaAttention``,
+``NemotronHMLP``, ``RecurrentGemmaMlp``)."""
 
 _UNIT_OF_ROLE: dict[str, UnitKind] = {
     **{role: "head" for role in ("W_Q", "b_Q", "W_O")},

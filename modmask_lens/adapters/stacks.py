@@ -65,6 +65,8 @@ def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedP
                     for child, letter in _ATTENTION_PARTS.items():
                         role = _prefixed(letter)
                         located.extend(_parameters_of(bridge, f"{path}.{child}", role, layer, heads_before))
+                    if "gate" in children:  # an output gate inside attention (HRM's gate_proj)
+                        located.extend(_parameters_of(bridge, f"{path}.gate", _prefixed("attn_gate"), layer))
                     heads_before += n_heads
                 elif any(child in children for child in _MLP_PARTS):
                     for child, suffix in _MLP_PARTS.items():

@@ -27,6 +27,17 @@ BART_STYLE = {
     "max_position_embeddings": 32,
 }
 T5_STYLE = {"vocab_size": 40, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4}
+HRM_STYLE = {
+    "vocab_size": 40,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "head_dim": 8,
+    "num_layers_per_stack": 2,
+    "H_cycles": 1,
+    "L_cycles": 1,
+    "max_position_embeddings": 32,
+}
 MAMBA_STYLE = {"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4, "intermediate_size": 64}
 FAMILIES = {
     "BartForConditionalGeneration": ("BartConfig", BART_STYLE),
@@ -38,10 +49,12 @@ FAMILIES = {
     "T5ForConditionalGeneration": ("T5Config", T5_STYLE),
     "MT5ForConditionalGeneration": ("MT5Config", T5_STYLE),
     "LongT5ForConditionalGeneration": ("LongT5Config", T5_STYLE),
+    "HrmTextForCausalLM": ("HrmTextConfig", HRM_STYLE),
     "MambaForCausalLM": ("MambaConfig", MAMBA_STYLE),
     "FalconMambaForCausalLM": ("FalconMambaConfig", MAMBA_STYLE),
 }
-"""Tiny random models (2 layers per stack, d_model 32, 4 heads) of each family this adapter enables."""
+"""Tiny random models (2 layers per stack, d_model 32, 4 heads) of each family this adapter enables; HRM-Text has
+two decoder stacks (``L_blocks``, ``H_blocks``) with a gate inside each attention."""
 STATE_SPACE = {"MambaForCausalLM", "FalconMambaForCausalLM"}
 
 
