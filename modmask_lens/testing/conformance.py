@@ -20,7 +20,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.functional import frozen_call
 from modmask_lens.masks.apply import masked, masked_call
-from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
@@ -95,12 +95,17 @@ def _one_line(error: Exception) -> str:
 
 
 def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
-    """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does)."""
+    """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does); each head is
+    zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``)."""
     binary = mask.binary()
-    dropped: dict[int, list[int]] = {}
-    for row in binary.kept_fraction(by="head").itertuples():
-        if row.role == "W_O" and row.kept == 0:
-            dropped.setdefault(int(row.layer), []).append(int(row.head))
+    dropped: dict[str, list[int]] = {}
+    for spec in binary.specs:
+        if spec.role != "W_O" or spec.unit != "head":
+            continue
+        kept, _ = kept_per_unit(spec, binary.kept[spec.key])
+        heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
+        if heads:
+            dropped[spec.key.rsplit(".", 2)[0]] = heads
 
     def zero_heads(heads: list[int]):
         def hook(z, hook):
@@ -109,7 +114,7 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch po
 
         return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", zero_heads(heads)) for layer, heads in dropped.items()]
+    hooks = [(f"{component}.hook_z", zero_heads(heads)) for component, heads in dropped.items()]
     expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     with masked(bridge, binary):
         actual = bridge(tokens)

@@ -12,7 +12,7 @@ import transformers
 from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for, model_shape
 from modmask_lens.masks.apply import masked
-from modmask_lens.testing import run_conformance
+from modmask_lens.testing import check_head_mask, run_conformance
 from modmask_lens.testing.tiny_models import boot_tiny
 
 BART_STYLE = {
@@ -109,6 +109,11 @@ def test_layers_number_encoder_blocks_then_decoder_blocks_and_cross_attention_he
         with masked(bridge, mask):
             actual = bridge(tokens)
         assert torch.allclose(actual, expected, atol=1e-6), (head, (actual - expected).abs().max())
+    for logits in mask.logits.values():
+        logits.data.fill_(1.0)
+    mask.logits["blocks.2.attn"].data[[0, 5]] = -1.0  # decoder block 0: self-attention head 0, cross-attention head 1
+    mask.logits["blocks.3.attn"].data[7] = -1.0
+    assert check_head_mask(bridge, mask, tokens) is None
 
 
 def test_t5_masks_its_embedding_where_the_forward_pass_reads_it(tmp_path):
