@@ -14,6 +14,7 @@ Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/architecture_table.p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -27,8 +28,11 @@ from pathlib import Path
 import torch
 import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+from transformer_lens.model_bridge.sources import transformers as transformers_source
 
-from modmask_lens.adapters import adapter_for
+from modmask_lens.adapters import GranularityNotApplicable, adapter_for
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.conformance import applicable_checks, check_gradients
 from modmask_lens.testing.tiny_models import boot_tiny
@@ -54,6 +58,13 @@ TINY_SIZES = {
     "decoder_ffn_dim": 64,
     "num_layers": 2,
     "n_ctx": 64,
+    "depth": 2,
+    "num_heads": 4,
+    "embed_dim": 32,
+    "out_hidden_size": 32,
+    "projection_dim": 32,
+    "attention_window": 4,
+    "decoder_start_token_id": 2,
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 2,
@@ -87,11 +98,21 @@ def tiny_model(architecture: str) -> torch.nn.Module:
     model_class = getattr(transformers, architecture, None)
     if model_class is None:
         raise LookupError("no transformers class of this name (remote code or another library)")
-    defaults = model_class.config_class()
+    return model_class(tiny_config(model_class.config_class))
+
+
+def tiny_config(config_class: type[transformers.PretrainedConfig]) -> transformers.PretrainedConfig:
+    """``config_class``'s defaults with :data:`TINY_SIZES` where it has the field, and the same for each nested
+    config (a multimodal model's ``text_config`` and ``vision_config``): without that, their default sizes make a
+    multimodal model billions of parameters, which the run's memory limit refuses."""
+    defaults = config_class()
     settable = {name for name in TINY_SIZES if hasattr(defaults, name)}
     read_only = {name for name in settable if isinstance(getattr(type(defaults), name, None), property)}
-    sizes = {name: TINY_SIZES[name] for name in settable - read_only}  # e.g. Falcon derives head_dim
-    return model_class(model_class.config_class(**sizes))
+    sizes: dict[str, object] = {name: TINY_SIZES[name] for name in settable - read_only}  # Falcon derives head_dim
+    for name, value in vars(defaults).items():
+        if isinstance(value, transformers.PretrainedConfig):
+            sizes[name] = tiny_config(type(value)).to_dict()
+    return config_class(**sizes)
 
 
 def row(architecture: str) -> dict[str, str]:
@@ -103,8 +124,13 @@ def row(architecture: str) -> dict[str, str]:
     present = [name for name in applicable_checks(bridge) if name != "gradients_reach_only_mask_logits"]
     results = {result.name: result for result in run_conformance(bridge, checks=present)}
     cells = {"boots": "yes", "adapter": adapter_for(bridge).name}
-    failures = []
+    failures, inapplicable = [], []
     for granularity, names in GRANULARITY_CHECKS.items():
+        reason = _inapplicable(bridge, granularity)
+        if reason is not None:
+            cells[granularity] = "n/a"
+            inapplicable.append(reason)
+            continue
         failed = [str(results[name]) for name in names if name in present and not results[name].passed]
         gradient_failure = _guarded(
             lambda granularity=granularity: check_gradients(bridge, _tokens(bridge), granularity)
@@ -113,8 +139,19 @@ def row(architecture: str) -> dict[str, str]:
             failed.append(f"FAIL {architecture} gradients: {gradient_failure}")
         cells[granularity] = "FAIL" if failed else "PASS"
         failures.extend(failed)
-    cells["note"] = failures[0][:200] if failures else ""
+    cells["note"] = failures[0][:200] if failures else inapplicable[0][:200] if inapplicable else ""
     return cells
+
+
+def _inapplicable(bridge, granularity: str) -> str | None:
+    """The adapter's reason why ``granularity`` has no meaning for this model, or ``None``."""
+    try:
+        MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity))
+    except GranularityNotApplicable as error:
+        return f"n/a {granularity}: {' '.join(str(error).split())}"
+    except Exception:  # noqa: BLE001 (any other refusal is a failure, which the checks report)
+        return None
+    return None
 
 
 def _tokens(bridge) -> torch.Tensor:
@@ -127,6 +164,14 @@ def _guarded(check: Callable[[], str | None]) -> str | None:
         return check()
     except Exception as error:  # noqa: BLE001 (a crash is a failed check)
         return f"raised {type(error).__name__}: {' '.join(str(error).split())[:140]}"
+
+
+def _torchvision_importable() -> bool:
+    """Stands in for TransformerLens 4.3's ``_ensure_torchvision``, which runs ``pip install torchvision`` when it
+    boots a multimodal model without it: in one run of this script that replaced the locked CPU torch 2.13.0 with
+    torch 2.14.1+cu130. The table must not change the environment it measures, so here a missing torchvision stays
+    missing (TransformerLens then boots without the model's image processor, which text-only checks never use)."""
+    return importlib.util.find_spec("torchvision") is not None
 
 
 class _TimedOut(Exception):
@@ -149,9 +194,11 @@ def markdown(rows: dict[str, dict[str, str]]) -> str:
         )
     booted = [cells for cells in rows.values() if cells["boots"] == "yes"]
     passing = [cells for cells in booted if all(cells[g] == "PASS" for g in GRANULARITY_CHECKS)]
+    applicable = [cells for cells in booted if all(cells[g] in ("PASS", "n/a") for g in GRANULARITY_CHECKS)]
     summary = (
         f"{len(rows)} architectures in TransformerLens's list; {len(booted)} boot offline from a tiny config; "
-        f"{len(passing)} of those pass the kit at all four granularities."
+        f"{len(passing)} of those pass the kit at all four granularities, and {len(applicable) - len(passing)} more "
+        "at every granularity that applies to them (n/a: the model has no attention or no MLP)."
     )
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
@@ -179,6 +226,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
     signal.signal(signal.SIGALRM, _on_alarm)
+    transformers_source.helpers._ensure_torchvision = _torchvision_importable
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))  # MemoryError, not the OOM killer
     done = {}
     if arguments.rows and arguments.rows.exists():

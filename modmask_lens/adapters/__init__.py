@@ -3,6 +3,7 @@
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
 from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.adapters.registry import (
+    GranularityNotApplicable,
     UnsupportedArchitecture,
     adapter_for,
     installed_adapters,
@@ -13,6 +14,7 @@ from modmask_lens.adapters.registry import (
 __all__ = [
     "Adapter",
     "DerivedAdapter",
+    "GranularityNotApplicable",
     "ModelShape",
     "TensorSpec",
     "UnsupportedArchitecture",

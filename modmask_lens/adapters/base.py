@@ -31,8 +31,16 @@ TensorLayout = Literal["linear", "conv1d", "embedding", "vector", "unknown"]
 _ATTENTION_ROLES = {"q": "Q", "k": "K", "v": "V", "o": "O"}
 # Dense layers of an interleaved mixture-of-experts stack name their MLP dense_in/dense_gate/dense_out.
 _MLP_ROLES = {"in": "in", "gate": "gate", "out": "out", "dense_in": "in", "dense_gate": "gate", "dense_out": "out"}
+# The components of a state-space block (TransformerLens's SSMMixerBridge / SSM2MixerBridge) -> role suffixes.
+_MIXER_ROLES = {
+    "in_proj": "ssm_in",
+    "conv1d": "ssm_conv",
+    "x_proj": "ssm_x",
+    "dt_proj": "ssm_dt",
+    "out_proj": "ssm_out",
+}
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2)\.(?:(?P<shared>shared_experts?)\.)?"
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer)\.(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
 
@@ -50,8 +58,15 @@ ROLE_KINDS = {
         "W_experts_in",
         "W_experts_out",
         "W_router",
+        "W_attn_gate",
+        "W_ssm_in",
+        "W_ssm_conv",
+        "W_ssm_x",
+        "W_ssm_dt",
+        "W_ssm_out",
+        "ssm_A_log",
     ),
-    "norm": ("ln1.w", "ln2.w", "ln_final.w", "ln_embed.w"),
+    "norm": ("ln1.w", "ln2.w", "ln3.w", "ln_final.w", "ln_embed.w", "ssm_norm.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
         "b_Q",
@@ -66,8 +81,13 @@ ROLE_KINDS = {
         "b_experts_in",
         "b_experts_out",
         "b_router",
+        "b_attn_gate",
+        "b_ssm_conv",
+        "b_ssm_dt",
+        "ssm_D",
         "ln1.b",
         "ln2.b",
+        "ln3.b",
         "ln_final.b",
         "ln_embed.b",
     ),
@@ -192,6 +212,30 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class LocatedParameter:
+    """A parameter the forward pass reads, where it lives and what it is, before its layout is read.
+
+    Attributes:
+        key: the mask key (see :attr:`TensorSpec.key`).
+        role: the HookedTransformer role.
+        layer: the block index, or ``None``.
+        path: attribute path from the bridge root.
+        module: the module that holds the parameter.
+        parameter: the parameter.
+        unit_offset: the number of this tensor's first head or neuron among its layer's (a decoder block's
+            cross-attention heads follow its self-attention heads); 0 for most tensors.
+    """
+
+    key: str
+    role: str
+    layer: int | None
+    path: str
+    module: nn.Module
+    parameter: nn.Parameter
+    unit_offset: int = 0
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """The dimensions masks need to know about, read from ``bridge.cfg``."""
 
@@ -209,11 +253,27 @@ class ModelShape:
         return self.n_heads // self.n_kv_heads
 
 
+STACK_SUFFIX = "blocks"
+"""TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks`` (``encoder_blocks``)."""
+
+
+def stack_names(mapping: object) -> tuple[str, ...]:
+    """The stacks of blocks in TransformerLens's component mapping, in its order (``("blocks",)`` for a decoder-only
+    model, ``("encoder_blocks", "decoder_blocks")`` for an encoder-decoder)."""
+    names = list(mapping) if hasattr(mapping, "keys") else []
+    return tuple(name for name in names if name == STACK_SUFFIX or name.endswith(f"_{STACK_SUFFIX}"))
+
+
 def model_shape(bridge: Bridge) -> ModelShape:
-    """Read the dimensions of a bridge's config."""
+    """Read the dimensions of a bridge's config; the layers of an encoder-decoder are its blocks over both stacks
+    (``cfg.n_layers`` counts one stack)."""
     cfg = bridge.cfg
+    stacks = stack_names(getattr(getattr(bridge, "adapter", None), "component_mapping", None) or {})
+    n_layers = int(cfg.n_layers)
+    if stacks and stacks != (STACK_SUFFIX,):
+        n_layers = sum(len(bridge.get_submodule(stack)) for stack in stacks)
     return ModelShape(
-        n_layers=int(cfg.n_layers),
+        n_layers=n_layers,
         d_model=int(cfg.d_model),
         n_heads=int(cfg.n_heads),
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
@@ -245,6 +305,12 @@ def role_of(key: str) -> tuple[str, int | None]:
         return "other", layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
+    if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer
+        return f"ln1.{'w' if attr == 'weight' else 'b'}", layer
+    if component == "mixer" and sub in _MIXER_ROLES:
+        return prefix + _MIXER_ROLES[sub], layer
+    if component == "mixer" and sub == "inner_norm":
+        return f"ssm_norm.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:
         return prefix + _ATTENTION_ROLES[sub], layer
     if component == "mlp" and sub in _MLP_ROLES:
@@ -272,6 +338,30 @@ class Adapter:
     norm_placement: ClassVar[NormPlacement] = "pre"
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
+
+    def inapplicable(self, bridge: Bridge, granularity: str, specs: list[TensorSpec]) -> str | None:
+        """Why ``granularity`` has no meaning for ``bridge`` (whose tensors are ``specs``), or ``None`` where it has
+        one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
+        component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
+        of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
+        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent
+        attention, NemotronH's hybrid layers, JetMoE) failing rather than "not applicable". A state-space model such
+        as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
+        whose two layers are both recurrent has no attention module, so no heads."""
+        needed = _GRANULARITY_ROLES.get(granularity)
+        if needed is None or any(spec.role in needed for spec in specs):
+            return None
+        markers = _COMPONENT_CLASS_MARKERS[granularity]
+        original = getattr(bridge, "original_model", bridge)
+        if any(marker in type(module).__name__.lower() for module in original.modules() for marker in markers):
+            return None
+        component = "attention" if granularity == "head" else "MLP"
+        present = sorted({spec.role for spec in specs if spec.layer is not None})
+        return (
+            f"{granularity} granularity does not apply: no block of this model has {component} (no "
+            f"{'/'.join(needed[:4])} tensor, no module named like {'/'.join(markers)}; its blocks hold {present}), "
+            f"so it has no {granularity}s; mask it by weight or matrix"
+        )
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """(role, layer) of the norm gain on the residual stream in front of a reader of block ``layer``: the
@@ -304,38 +394,47 @@ class Adapter:
         )
 
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
-        """Every parameter attribute the bridge's forward pass reads, in state_dict order.
+        """Every parameter attribute the bridge's forward pass reads (:meth:`located_parameters`), with its role,
+        layout and head or neuron layout."""
+        dims = model_shape(bridge)
+        specs = []
+        first_key_of: dict[int, str] = {}
+        for located in self.located_parameters(bridge):
+            layout = self._layout(located.key, located.module, located.parameter)
+            unit, unit_axis, unit_width = self._unit_layout(located.role, layout, dims)
+            tied_to = first_key_of.setdefault(id(located.parameter), located.key)
+            specs.append(
+                TensorSpec(
+                    located.key,
+                    located.role,
+                    located.layer,
+                    located.path,
+                    tuple(located.parameter.shape),
+                    unit,
+                    unit_axis,
+                    unit_width,
+                    layout,
+                    None if tied_to == located.key else tied_to,
+                    unit_offset=located.unit_offset if unit is not None else 0,
+                )
+            )
+        return specs
+
+    def located_parameters(self, bridge: Bridge) -> list[LocatedParameter]:
+        """The parameters the forward pass reads, in ``bridge.state_dict()`` order, with their roles.
 
         Keys whose tensor is not a real parameter of a wrapped module (TransformerLens adds a synthetic zero
         ``unembed.bias`` when the model has none) and :attr:`unread_keys` are skipped.
         """
-        dims = model_shape(bridge)
-        specs = []
-        first_key_of: dict[int, str] = {}
+        located = []
         for key in bridge.state_dict():
             resolved = _resolve_parameter(bridge, key)
             if resolved is None or key in self.unread_keys:
                 continue
             path, module, parameter = resolved
             role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
-            layout = self._layout(key, module, parameter)
-            unit, unit_axis, unit_width = self._unit_layout(role, layout, dims)
-            tied_to = first_key_of.setdefault(id(parameter), key)
-            specs.append(
-                TensorSpec(
-                    key,
-                    role,
-                    layer,
-                    path,
-                    tuple(parameter.shape),
-                    unit,
-                    unit_axis,
-                    unit_width,
-                    layout,
-                    None if tied_to == key else tied_to,
-                )
-            )
-        return specs
+            located.append(LocatedParameter(key, role, layer, path, module, parameter))
+        return located
 
     def _layout(self, key: str, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
         if parameter.dim() == 1:
@@ -379,6 +478,18 @@ class Adapter:
         """
         return set()
 
+
+_GRANULARITY_ROLES = {
+    "head": ("W_Q", "W_K", "W_V", "W_O"),
+    "neuron": ("W_in", "W_gate", "W_out", "W_experts_in", "W_experts_out"),
+}
+"""The roles whose presence gives a model heads or neurons at all."""
+_COMPONENT_CLASS_MARKERS = {
+    "head": ("attention", "deltanet"),
+    "neuron": ("mlp", "feedforward", "ffn", "expert", "moe"),
+}
+"""Parts of transformers' class names (in lower case) that mark an attention or MLP module (``LlamaAttention``,
+``NemotronHMLP``, ``RecurrentGemmaMlp``)."""
 
 _UNIT_OF_ROLE: dict[str, UnitKind] = {
     **{role: "head" for role in ("W_Q", "b_Q", "W_O")},

@@ -34,7 +34,16 @@ from torch import nn
 from transformer_lens.model_bridge.generalized_components import moe
 from transformers.pytorch_utils import Conv1D
 
-from modmask_lens.adapters.base import Adapter, MatrixLayout, NormPlacement, ReaderKind, TensorSpec
+from modmask_lens.adapters.base import (
+    Adapter,
+    LocatedParameter,
+    MatrixLayout,
+    NormPlacement,
+    ReaderKind,
+    TensorSpec,
+    stack_names,
+)
+from modmask_lens.adapters.stacks import stacked_parameters
 from modmask_lens.core.bridge import Bridge
 
 _GROUP = re.compile(r"\((?P<outer>\w+)\s+(?P<inner>\w+)\)")
@@ -49,6 +58,8 @@ class DerivedAdapter(Adapter):
         head_axes: canonical key pattern (``blocks.{i}.attn.q.weight``) -> the stored axis that holds heads, as
             TransformerLens's rearrange pattern for that key declares it.
         parallel_blocks: attention and MLP read the same norm (no ``ln2`` in the block mapping).
+        stacks: the stacks of blocks in the mapping: ``("blocks",)``, or an encoder-decoder's
+            ``("encoder_blocks", "decoder_blocks")``.
         norm_placement: ``post`` when each block's attention runs before its ``ln1`` (BERT, RoBERTa, GPT-1, OPT with
             ``do_layer_norm_before=False``), else ``pre``.
     """
@@ -62,9 +73,11 @@ class DerivedAdapter(Adapter):
         head_axes: dict[str, int] | None = None,
         parallel_blocks: bool = False,
         norm_placement: NormPlacement = "pre",
+        stacks: tuple[str, ...] = ("blocks",),
     ) -> None:
         self.head_axes = head_axes or {}
         self.parallel_blocks = parallel_blocks
+        self.stacks = stacks
         self.norm_placement = norm_placement  # type: ignore[misc] (read from the model, not fixed per class)
 
     @classmethod
@@ -81,18 +94,29 @@ class DerivedAdapter(Adapter):
         blocks = mapping.get("blocks") if hasattr(mapping, "get") else None
         block_parts = set(getattr(blocks, "submodules", None) or {})
         parallel = bool(block_parts) and "ln2" not in block_parts
-        return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge))
+        stacks = stack_names(mapping) or ("blocks",)
+        return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge), stacks=stacks)
+
+    def located_parameters(self, bridge: Bridge) -> list[LocatedParameter]:
+        """As :meth:`Adapter.located_parameters`; for a model with several stacks of blocks (an encoder-decoder),
+        the components of TransformerLens's mapping, layers numbered over the stacks
+        (:func:`~modmask_lens.adapters.stacks.stacked_parameters`)."""
+        if self.stacks == ("blocks",):
+            return super().located_parameters(bridge)
+        return stacked_parameters(bridge, self.stacks)
 
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
         """As :meth:`Adapter.tensor_specs`, then what ``bridge.state_dict()`` leaves out of each mixture-of-experts
         block (TransformerLens's ``has_batched_experts``): the batched expert matrices, and a shared expert's
         matrices where TransformerLens does not wrap them (GLM-4-MoE). In such a block the router is ``W_router``,
-        no neuron tensor, and the shared expert's neurons follow the routed experts' (:func:`_moe_roles`)."""
+        no neuron tensor, and the shared expert's neurons follow the routed experts' (:func:`_moe_roles`). A
+        state-space mixer's own parameters (:func:`_mixer_specs`) are added too."""
         specs = super().tensor_specs(bridge)
         known = {id(bridge.get_parameter(spec.path)) for spec in specs}
         for layer in range(int(bridge.cfg.n_layers)):
             specs.extend(_expert_specs(bridge, layer, known))
-        return _moe_roles(bridge, specs)
+            specs.extend(_mixer_specs(bridge, layer, known))
+        return _fused_input_halves(_moe_roles(bridge, specs))
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -189,6 +213,59 @@ def _probe_norm_placement(bridge: Bridge) -> NormPlacement:
         for handle in handles:
             handle.remove()
     return "pre"
+
+
+def _fused_input_halves(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """An MLP whose ``in`` matrix has twice the hidden units that its ``out`` matrix reads holds two concatenated
+    halves per neuron (ModernBERT's ``Wi``, split by ``chunk(2)`` into the input and the gate, which TransformerLens
+    maps as a plain ``in``): neuron i is rows i and ``d_mlp + i`` (``unit_repeats=2``), one logit for both."""
+    widths = {spec.layer: spec.unit_count for spec in specs if spec.role == "W_out" and spec.unit == "neuron"}
+    fused = []
+    for spec in specs:
+        if (
+            spec.role in ("W_in", "b_in")
+            and spec.unit == "neuron"
+            and spec.expert_axis is None
+            and spec.unit_count == 2 * widths.get(spec.layer, -1)
+        ):
+            spec = replace(spec, unit_repeats=2)
+        fused.append(spec)
+    return fused
+
+
+_MIXER_OWN_ROLES = {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"}
+"""The parameters a state-space mixer (transformers' Mamba and Mamba-2 mixers) holds itself rather than in a
+submodule: the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per head in Mamba-2), the skip gain D
+and Mamba-2's time-step bias. TransformerLens wraps the mixer's projections and convolution (``in_proj``,
+``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, ``inner_norm``), so ``bridge.state_dict()`` has those but not
+these."""
+
+
+def _mixer_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
+    """Specs of the parameters held directly by ``blocks.{layer}.mixer``'s wrapped module that no state_dict key
+    covers, keyed ``blocks.{layer}.mixer.A_log`` etc.: vectors, or ``unknown`` matrices (masked per weight or as a
+    whole)."""
+    try:
+        module = bridge.get_submodule(f"blocks.{layer}.mixer")
+    except AttributeError:
+        return []
+    path = f"blocks.{layer}.mixer"
+    while "_original_component" in module._modules:
+        module = module._modules["_original_component"]
+        path += "._original_component"
+    specs = []
+    for name, parameter in module._parameters.items():
+        if parameter is None or id(parameter) in known:
+            continue
+        known.add(id(parameter))
+        layout = "vector" if parameter.dim() == 1 else "unknown"
+        role = _MIXER_OWN_ROLES.get(name, "other")
+        specs.append(
+            TensorSpec(
+                f"blocks.{layer}.mixer.{name}", role, layer, f"{path}.{name}", tuple(parameter.shape), layout=layout
+            )
+        )
+    return specs
 
 
 _EXPERT_OUTPUTS = getattr(moe, "_BATCHED_OUTPUT_PROJECTIONS", frozenset({"down_proj"}))

@@ -22,6 +22,11 @@ class UnsupportedArchitecture(LookupError):
     """No installed adapter handles a model's architecture (for what was asked of it)."""
 
 
+class GranularityNotApplicable(UnsupportedArchitecture):
+    """A granularity has no meaning for a model (heads of a model without attention, neurons of one without MLPs);
+    no adapter could add it."""
+
+
 def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
     """Use ``adapter`` in this process without packaging it (e.g. while writing it in a notebook); it takes
     precedence over installed adapters for its architectures. Usable as a class decorator."""

@@ -33,9 +33,16 @@ TensorKey = tuple[int, str]
 
 
 def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey, tuple[str, Tensor]]:
-    """Every parameter (or buffer: ``kind="_buffers"``) slot of ``module`` with the first path that reaches it."""
+    """Every parameter (or buffer: ``kind="_buffers"``) slot of ``module`` with the first path that reaches it.
+
+    A bridge's wrapped Hugging Face model (``original_model``, not registered as a child) is walked after the
+    bridge's own modules: most of its modules are reached through the bridge already, but not the ones
+    TransformerLens does not wrap, such as T5's ``encoder.embed_tokens``, which its forward pass calls.
+    """
     slots = {}
-    for module_path, submodule in module.named_modules():
+    original = getattr(module, "original_model", None)
+    extra = original.named_modules(prefix="original_model") if isinstance(original, nn.Module) else ()
+    for module_path, submodule in [*module.named_modules(), *extra]:
         for attribute, tensor in getattr(submodule, kind).items():
             if tensor is not None and (id(submodule), attribute) not in slots:
                 slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute, tensor)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.export import native_config, native_state_dict, write_masked_tensors
 from modmask_lens.core.bridge import Bridge
@@ -47,6 +49,18 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
         raise LookupError(
             f"export produced a state_dict that does not fit {type(hf_model).__name__}: "
             f"missing {missing}, unexpected {unexpected}"
+        )
+    exported_state = exported.state_dict()
+    collapsed = sorted(
+        name
+        for name, tensor in state.items()
+        if name in exported_state and not torch.equal(exported_state[name], tensor)
+    )
+    if collapsed:
+        raise LookupError(
+            f"{type(hf_model).__name__} ties {collapsed} to one tensor (its config shares them), but the mask keeps "
+            "different weights in them, so no checkpoint of this family can hold the masked model; mask them alike "
+            "or leave them out of the mask (MaskConfig(roles=...))"
         )
     directory = Path(directory)
     exported.save_pretrained(directory)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from modmask_lens.adapters import TensorSpec, adapter_for, model_shape, unsupported
+from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for, model_shape, unsupported
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import MaskConfig
@@ -192,11 +192,16 @@ def units_for(bridge: Bridge, config: MaskConfig) -> list[MaskUnit]:
     """The mask units ``config`` gives on ``bridge``, through its adapter.
 
     Raises:
+        GranularityNotApplicable: head granularity on a model without attention, neuron granularity on one without
+            MLPs.
         UnsupportedArchitecture: head or neuron granularity on a family whose adapter locates no head or neuron in
             any matrix.
     """
     adapter = adapter_for(bridge)
     specs = adapter.tensor_specs(bridge)
+    reason = adapter.inapplicable(bridge, config.granularity, specs)
+    if reason is not None:
+        raise GranularityNotApplicable(f"{bridge.cfg.architecture}: {reason}")
     unit_kinds = {"head": ("head", "kv_head"), "neuron": ("neuron",)}.get(config.granularity)
     if unit_kinds and not any(spec.unit in unit_kinds and spec.input_axis is not None for spec in specs):
         raise unsupported(

@@ -63,11 +63,12 @@ class MaskUnit:
         """
         if self.shape == member.shape or self.shape == ():
             return unit_mask
+        # A layer's units may span several tensors: routed and shared experts' neurons, a decoder block's
+        # self-attention and cross-attention heads.
+        unit_mask = unit_mask.narrow(-1, member.unit_offset, _query_units(member, self.heads_per_kv_head))
         if member.unit == "kv_head" and self.heads_per_kv_head > 1:
             # A key/value group is kept while any query head reading it is kept.
             unit_mask = unit_mask.view(-1, self.heads_per_kv_head).amax(dim=-1)
-        if member.unit == "neuron":  # a layer's neurons may span several tensors (routed and shared experts)
-            unit_mask = unit_mask.narrow(-1, member.unit_offset, member.unit_count)
         broadcast_shape = [1] * len(member.shape)
         if member.expert_axis is not None:
             broadcast_shape[member.expert_axis] = member.shape[member.expert_axis]
@@ -123,32 +124,33 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
 def _unit_count(members: list[TensorSpec], unit_kind: str, dims: ModelShape) -> int:
     """Heads or neurons of a layer, read off its tensors (the config can be wrong: TransformerLens 4.3 reports
     ``d_mlp = 4 * d_model`` for OPT whatever its ``ffn_dim``); query heads from key/value tensors when only those
-    are masked (``roles=("W_K",)``)."""
-    if unit_kind == "neuron":
-        return _neuron_count(members)
-    counts = {member.unit_count for member in members if member.unit == unit_kind}
-    if not counts and unit_kind == "head":
-        counts = {member.unit_count * dims.heads_per_kv_head for member in members}
-    if len(counts) != 1:
-        raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
-    return counts.pop()
+    are masked (``roles=("W_K",)``).
 
-
-def _neuron_count(members: list[TensorSpec]) -> int:
-    """A layer's neurons: the end of the last of its tensors' neuron ranges (``unit_offset`` on, ``unit_count``
-    long; a mixture-of-experts layer's routed experts, then its shared expert). Ranges that differ must not overlap."""
-    ranges = sorted({(member.unit_offset, member.unit_offset + member.unit_count) for member in members})
+    A layer's units may span several tensors, each covering the range ``unit_offset`` on (``unit_count`` long, in
+    query heads): a mixture-of-experts layer's routed experts, then its shared expert; a decoder block's
+    self-attention heads, then its cross-attention heads. Ranges that differ must not overlap, and together they
+    must cover the layer from unit 0.
+    """
+    ranges = sorted(
+        {(member.unit_offset, member.unit_offset + _query_units(member, dims.heads_per_kv_head)) for member in members}
+    )
     for (_, end), (start, _) in pairwise(ranges):
         if start < end:
-            raise ValueError(f"the neuron tensors of {[m.key for m in members]} disagree on the neuron count")
+            raise ValueError(f"the {unit_kind} tensors of {[m.key for m in members]} disagree on the {unit_kind} count")
     covered = [0] + [end for _, end in ranges]
     if any(start != end for (start, _), end in zip(ranges, covered, strict=False)):
         raise ValueError(
-            f"the selected neuron tensors {[m.key for m in members]} leave some of their layer's neurons (routed "
-            "experts, then a shared expert) without any tensor, so those logits would mask nothing; select every "
-            "expert's neuron tensors of the role (e.g. roles=('W_in', 'W_experts_in')) or mask by weight"
+            f"the selected {unit_kind} tensors {[m.key for m in members]} leave some of their layer's {unit_kind}s "
+            "(routed experts then a shared expert; self-attention then cross-attention) without any tensor, so "
+            "those logits would mask nothing; select every tensor of the role (e.g. roles=('W_in', "
+            "'W_experts_in')) or mask by weight"
         )
     return ranges[-1][1]
+
+
+def _query_units(member: TensorSpec, heads_per_kv_head: int) -> int:
+    """The units of a layer that ``member`` covers: its own, or for a key/value tensor the query heads reading it."""
+    return member.unit_count * (heads_per_kv_head if member.unit == "kv_head" else 1)
 
 
 def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:

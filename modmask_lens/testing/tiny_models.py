@@ -57,7 +57,8 @@ def boot_tiny(
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
     model.save_pretrained(directory)
-    (tokenizer or placeholder_word_tokenizer(model.config.vocab_size)).save_pretrained(directory)
+    vocab_size = model.config.get_text_config().vocab_size  # a multimodal config keeps it in its text config
+    (tokenizer or placeholder_word_tokenizer(vocab_size)).save_pretrained(directory)
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
 
 

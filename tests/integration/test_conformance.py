@@ -25,6 +25,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    ModernBertDecoderConfig,
+    ModernBertDecoderForCausalLM,
     OPTConfig,
     OPTForCausalLM,
     PhiConfig,
@@ -53,10 +55,16 @@ FAMILIES = {
             ffn_dim=64, word_embed_proj_dim=32, **{k: v for k, v in TINY_HF_SIZES.items() if k != "intermediate_size"}
         )
     ),
+    "modernbert_decoder": lambda: ModernBertDecoderForCausalLM(
+        ModernBertDecoderConfig(
+            pad_token_id=1, bos_token_id=3, eos_token_id=2, cls_token_id=3, sep_token_id=2, **TINY_HF_SIZES
+        )
+    ),
     "bert": lambda: BertForMaskedLM(BertConfig(**TINY_HF_SIZES)),
     "bert_lm_head": lambda: BertLMHeadModel(BertConfig(is_decoder=True, **TINY_HF_SIZES)),
 }
-"""Tiny random models of the families the issue names; Gemma has multi-query attention (one key/value head)."""
+"""Tiny random models of the families the issue names; Gemma has multi-query attention (one key/value head);
+ModernBERT-decoder's ``Wi`` holds each neuron's input and gate rows in two concatenated halves."""
 HAND_WRITTEN = {"bert": "bert", "bert_lm_head": "bert", "opt": "opt"}
 """Families with a hand-written adapter (OPT's is the example plugin, when installed); the rest are derived."""
 

@@ -1,0 +1,165 @@
+"""Models with more than one stack of blocks (encoder-decoders), read from TransformerLens's component mapping.
+
+TransformerLens maps an encoder-decoder (BART, mBART, Pegasus, Blenderbot, M2M100, T5, mT5, LongT5, LED) as two
+stacks, ``encoder_blocks`` and ``decoder_blocks``, with top-level components for each side (``embed`` and
+``decoder_embed``, ``embed_ln`` and ``decoder_embed_ln``, ``encoder_ln_final`` and ``decoder_ln_final``). An encoder
+block has ``attn``, ``mlp`` and the norms ``ln1``/``ln2``; a decoder block has ``self_attn``, ``cross_attn``,
+``mlp`` and ``ln1``/``ln2``/``ln3``, each attention with ``q``/``k``/``v``/``o`` and each MLP with ``in``/``out``
+(and ``gate`` where gated). ``bridge.state_dict()`` names these tensors after the Hugging Face modules and drops some
+of them (two tensors that convert to the same key keep only the first), so they are read here from the mapping and
+keyed by the bridge's own component paths (``decoder_blocks.0.cross_attn.q.weight``).
+
+Layer numbering: the stacks in the mapping's order, encoder blocks first, then decoder blocks: with ``E`` encoder
+blocks, decoder block ``j`` is layer ``E + j``. Heads of a layer: the attentions of the block in the mapping's order,
+self-attention heads ``0 .. n_heads - 1``, then a decoder block's cross-attention heads ``n_heads .. 2 n_heads - 1``
+(``TensorSpec.unit_offset``). Neurons: the block's one MLP. Roles are HookedTransformer's (``W_Q`` for both
+attentions' queries, ``ln3.w`` for the decoder's norm before its MLP); top-level tensors of the decoder side take
+the role of their encoder-side twin (``decoder_embed.weight`` is ``W_E``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from modmask_lens.adapters.base import LocatedParameter, model_shape
+from modmask_lens.core.bridge import Bridge
+
+_TOP_LEVEL_ROLES = {
+    "embed.weight": "W_E",
+    "pos_embed.weight": "W_pos",
+    "embed_ln.weight": "ln_embed.w",
+    "embed_ln.bias": "ln_embed.b",
+    "ln_final.weight": "ln_final.w",
+    "ln_final.bias": "ln_final.b",
+    "unembed.weight": "W_U",
+    "unembed.bias": "b_U",
+}
+_SIDE_PREFIXES = ("encoder_", "decoder_")
+_ATTENTION_PARTS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
+_MLP_PARTS = {"in": "in", "gate": "gate", "out": "out"}
+
+
+def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedParameter]:
+    """Every parameter of the components that TransformerLens's mapping names, with its role, layer and head
+    offset (numbering in the module docstring); parameters of modules the mapping does not name are not read."""
+    mapping = bridge.adapter.component_mapping
+    n_heads = model_shape(bridge).n_heads
+    located = []
+    for name in mapping:
+        if name not in stacks:
+            located.extend(_parameters_of(bridge, name, _top_level_role, None))
+    first_layer = 0
+    for stack in stacks:
+        parts = list(getattr(mapping[stack], "submodules", None) or {})
+        blocks = bridge.get_submodule(stack)
+        for index in range(len(blocks)):
+            layer, heads_before = first_layer + index, 0
+            for part in parts:
+                path = f"{stack}.{index}.{part}"
+                children = bridge.get_submodule(path)._modules
+                if all(child in children for child in _ATTENTION_PARTS):
+                    for child, letter in _ATTENTION_PARTS.items():
+                        role = _prefixed(letter)
+                        located.extend(_parameters_of(bridge, f"{path}.{child}", role, layer, heads_before))
+                    if "gate" in children:  # an output gate inside attention (HRM's gate_proj)
+                        located.extend(_parameters_of(bridge, f"{path}.gate", _prefixed("attn_gate"), layer))
+                    heads_before += n_heads
+                elif any(child in children for child in _MLP_PARTS):
+                    for child, suffix in _MLP_PARTS.items():
+                        if child in children:
+                            located.extend(_parameters_of(bridge, f"{path}.{child}", _prefixed(suffix), layer))
+                else:
+                    located.extend(_parameters_of(bridge, path, _norm_role(part), layer))
+        first_layer += len(blocks)
+    return _read_where_called(bridge, located)
+
+
+def _read_where_called(bridge: Bridge, located: list[LocatedParameter]) -> list[LocatedParameter]:
+    """Move each parameter whose module the forward pass never calls to the tied twins that it does call.
+
+    T5 ties one embedding matrix to four modules: TransformerLens maps ``embed`` to ``shared``, which T5's forward
+    pass never calls, while it reads the same parameter through ``encoder.embed_tokens`` and
+    ``decoder.embed_tokens``. A mask keyed by ``shared`` would mask nothing, so such a parameter is read through
+    the twins the forward pass enters (probed once with a two-token input, no gradients, hooks removed after),
+    keyed by their Hugging Face names (``encoder.embed_tokens.weight``) with the same role. A parameter with no
+    called twin is kept where it is (the conformance kit reports it as unread).
+    """
+    parameters = {id(entry.parameter) for entry in located}
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for name, module in bridge.original_model.named_modules(remove_duplicate=False):
+        for attribute, parameter in module._parameters.items():
+            if parameter is not None and id(parameter) in parameters:
+                holders.setdefault(id(parameter), []).append((name, module, attribute))
+    entered: set[int] = set()
+    modules = {id(module): module for twins in holders.values() for _, module, _ in twins}
+    handles = [module.register_forward_pre_hook(lambda m, args: entered.add(id(m))) for module in modules.values()]
+    try:
+        with torch.no_grad():
+            bridge(torch.zeros((1, 2), dtype=torch.long, device=bridge.cfg.device))
+    except Exception:  # noqa: BLE001 (a model that fails unmasked is reported by the kit, not here)
+        return located
+    finally:
+        for handle in handles:
+            handle.remove()
+    read_modules = {id(entry.module) for entry in located}
+    moved = []
+    for entry in located:
+        twins: dict[int, tuple[str, nn.Module, str]] = {}
+        for name, module, attribute in holders.get(id(entry.parameter), []):
+            if id(module) in entered and id(module) not in read_modules:
+                twins.setdefault(id(module), (name, module, attribute))
+        if id(entry.module) in entered or not twins:
+            moved.append(entry)
+            continue
+        for name, module, attribute in twins.values():
+            native = name.replace("._original_component", "")
+            moved.append(
+                replace(entry, key=f"{native}.{attribute}", path=f"original_model.{name}.{attribute}", module=module)
+            )
+    return moved
+
+
+def _top_level_role(key: str) -> str:
+    side_free = next((key.removeprefix(prefix) for prefix in _SIDE_PREFIXES if key.startswith(prefix)), key)
+    return _TOP_LEVEL_ROLES.get(side_free, "other")
+
+
+def _prefixed(suffix: str) -> Callable[[str], str]:
+    """Role of ``<path>.weight`` / ``<path>.bias``: ``W_<suffix>`` / ``b_<suffix>``."""
+    return lambda key: ("b_" if key.endswith(".bias") else "W_") + suffix
+
+
+def _norm_role(part: str) -> Callable[[str], str]:
+    """Role of a block norm's gain and bias (``ln3.w``); ``other`` for a part that is no norm."""
+    if not part.startswith("ln"):
+        return lambda key: "other"
+    return lambda key: f"{part}.{'b' if key.endswith('.bias') else 'w'}"
+
+
+def _parameters_of(
+    bridge: Bridge, component_path: str, role_of_key: Callable[[str], str], layer: int | None, unit_offset: int = 0
+) -> list[LocatedParameter]:
+    """The parameters held directly by the module a bridge component wraps (its ``_original_component`` chain),
+    keyed ``<component_path>.<attribute>``."""
+    module = bridge.get_submodule(component_path)
+    path = component_path
+    while "_original_component" in module._modules:
+        module = module._modules["_original_component"]
+        path += "._original_component"
+    return [
+        LocatedParameter(
+            f"{component_path}.{name}",
+            role_of_key(f"{component_path}.{name}"),
+            layer,
+            f"{path}.{name}",
+            module,
+            parameter,
+            unit_offset,
+        )
+        for name, parameter in module._parameters.items()
+        if isinstance(parameter, nn.Parameter)
+    ]
