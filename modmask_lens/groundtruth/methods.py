@@ -27,6 +27,7 @@ CSORDAS_TRANSFORMER = dataclasses.replace(CSORDAS_TRAINING, steps=25_000, beta=6
 """Csordás et al. 2021's only Transformer mask setting (SCAN Transformer sweep: beta 6e-4, lr 1e-2, 25k steps, 4
 samples, tau 1, init 2.0); everything else as :data:`~modmask_lens.CSORDAS_TRAINING`."""
 TARGET_DENSITY = 0.1  # the target-density baseline keeps 10 % of the masked weights (Edge Pruning's Lagrangian)
+NECESSITY = 0.9  # faithful+necessity: the complement must lose 90 % of what removing every masked unit loses
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def study_methods(steps: int | None = None) -> dict[str, FinderMethod]:
         "hard-concrete+constraint": FinderMethod(at_zero),
         "faithful": FinderMethod(faithful),
         "faithful+kl": FinderMethod(faithful, objective=KLDivergence()),
+        "faithful+necessity": FinderMethod(dataclasses.replace(faithful, complement_loss_fraction=NECESSITY)),
     }
 
 
