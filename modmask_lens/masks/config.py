@@ -134,7 +134,8 @@ class TrainConfig:
             (:mod:`modmask_lens.masks.necessity`): the model under the complement of each mask sample (its linear
             weights times ``1 - m``) must lose at least this fraction of what the subtask loses with every masked
             unit removed, each example's loss counted only up to that; a second Lagrange multiplier enforces it. Off by
-            default (docs/finder-study.md measures it). Answer cross-entropy only.
+            default: on the entangled plants it did not single out the planted sets and on heads it made masks take
+            the other subtask's units (docs/finder-study.md). Answer cross-entropy only.
         lagrangian_lr: learning rate of the multipliers: lambda1, lambda2 of the target density (Adam ascent), or
             the loss constraint's lambda (projected gradient ascent); default 0.05.
         readout: how the trained logits become a binary mask (:attr:`MaskSet.threshold`): ``faithful`` (default)
