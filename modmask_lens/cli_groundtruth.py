@@ -62,7 +62,8 @@ def run(
         typer.Option(
             "--method",
             help="faithful (the library's defaults), csordas, csordas-transformer, target-density, or a study "
-            "method (csordas+faithful-readout, gumbel+constraint, hard-concrete+constraint, faithful+kl); repeat; "
+            "method (csordas+faithful-readout, gumbel+constraint, hard-concrete+constraint, faithful+kl, "
+            "faithful+necessity); repeat; "
             "default: the four baselines",
         ),
     ] = None,

@@ -130,6 +130,12 @@ class TrainConfig:
             answers are faithful as trained, but on SCAN's full problem twice as dense at 800 steps (80.6% against
             40.0% read out; docs/finder-study.md); per token they are sparser and the faithful readout pads them
             (the training warning ``PaddedReadout``).
+        complement_loss_fraction: if set (with ``max_loss_increase``), the necessity constraint
+            (:mod:`modmask_lens.masks.necessity`): the model under the complement of each mask sample (its linear
+            weights times ``1 - m``) must lose at least this fraction of what the subtask loses with every masked
+            unit removed, each example's loss counted only up to that; a second Lagrange multiplier enforces it. Off by
+            default: on the entangled plants it did not single out the planted sets and on heads it made masks take
+            the other subtask's units (docs/finder-study.md). Answer cross-entropy only.
         lagrangian_lr: learning rate of the multipliers: lambda1, lambda2 of the target density (Adam ascent), or
             the loss constraint's lambda (projected gradient ascent); default 0.05.
         readout: how the trained logits become a binary mask (:attr:`MaskSet.threshold`): ``faithful`` (default)
@@ -157,6 +163,7 @@ class TrainConfig:
     lagrangian_lr: float = 0.05
     max_loss_increase: float | None = 0.02
     loss_increase_per: LossUnit = "token"
+    complement_loss_fraction: float | None = None
     readout: Readout = "faithful"
     readout_tolerance: float = 0.01
     seed: int = 0
@@ -187,6 +194,17 @@ class TrainConfig:
                 f"loss_increase_per={self.loss_increase_per!r} is the unit of the loss constraint and applies only "
                 "with max_loss_increase set; leave it at 'token' for beta or target_density"
             )
+        if self.complement_loss_fraction is not None:
+            if self.max_loss_increase is None:
+                raise ValueError(
+                    "complement_loss_fraction is a second constraint beside the loss constraint and applies only with "
+                    "max_loss_increase set (the default 0.02); leave it at None for beta or target_density"
+                )
+            if not (math.isfinite(self.complement_loss_fraction) and 0 < self.complement_loss_fraction <= 1):
+                raise ValueError(
+                    f"complement_loss_fraction {self.complement_loss_fraction} must lie in (0, 1]: the share of what "
+                    "removing every masked unit loses that removing the mask's units must lose"
+                )
         if self.readout not in READOUTS:
             raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}")
         if not 0 <= self.readout_tolerance < 1:

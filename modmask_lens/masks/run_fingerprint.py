@@ -17,7 +17,7 @@ from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
-TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"loss_increase_per": "token"}
+TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"loss_increase_per": "token", "complement_loss_fraction": None}
 """Train settings added after checkpoints were first written, with the value that reproduces a run written before
 them: a checkpoint without the setting resumes under that value (and only under it)."""
 

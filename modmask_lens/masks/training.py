@@ -40,6 +40,13 @@ from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.memory import estimate_memory
+from modmask_lens.masks.necessity import (
+    capped_loss_sum,
+    complement_caps,
+    complement_losses,
+    empty_losses,
+    necessity_target_sum,
+)
 from modmask_lens.masks.objectives import (
     AnswerCrossEntropy,
     Objective,
@@ -82,7 +89,8 @@ class _TaskRun:
     data: SubtaskData
     masks: MaskSet
     optimizer: torch.optim.Adam
-    multipliers: Tensor | None = None  # lambda1, lambda2 (target density) or lambda (loss constraint)
+    # lambda1, lambda2 (target density), or lambda (loss constraint) and mu (its necessity constraint, if set)
+    multipliers: Tensor | None = None
     multiplier_optimizer: torch.optim.Adam | None = None
     shards: ShardedLogits | None = None  # this process's logit slices (fully sharded training), which Adam trains
     metrics: dict = field(default_factory=dict)
@@ -208,6 +216,17 @@ class MaskTrainer:
                 )
         self.sharded_bridge = ShardedBridge(bridge, device) if fully_shard else None
         objective.check_model(bridge)
+        if train_config.complement_loss_fraction is not None:
+            if type(objective) is not AnswerCrossEntropy:
+                raise ValueError(
+                    f"complement_loss_fraction caps each example's answer cross-entropy; the objective "
+                    f"{objective.name!r} has no per-example answer loss: train it without complement_loss_fraction"
+                )
+            if self.world_size > 1:
+                raise ValueError(
+                    "complement_loss_fraction is not supported under torchrun yet (its constraint is not reduced "
+                    "over processes); train it in one process"
+                )
         for subtask in subtasks:
             subtask.check_fits(bridge)
             objective.check(subtask)
@@ -227,7 +246,8 @@ class MaskTrainer:
         if self.objective.cacheable:
             run.references = ReferenceCache(len(data))
         if self.train_config.max_loss_increase is not None:
-            run.multipliers = torch.zeros(1)  # lambda, raised by projected gradient ascent in _regularise
+            # lambda (and mu), raised by projected gradient ascent in _constrain
+            run.multipliers = torch.zeros(1 if self.train_config.complement_loss_fraction is None else 2)
         elif self.train_config.target_density is not None:
             run.multipliers = torch.zeros(2, requires_grad=True)
             run.multiplier_optimizer = torch.optim.Adam(
@@ -322,6 +342,8 @@ class MaskTrainer:
         run.optimizer.zero_grad(set_to_none=True)
         loss_sum, metric_sum = 0.0, 0.0
         constrained = config.max_loss_increase is not None
+        necessary = config.complement_loss_fraction is not None
+        complement_sum = 0.0
         # Under the loss constraint the task loss enters weighted by its multiplier lambda (the density is the
         # objective); otherwise it is the objective itself.
         task_weight = float(run.multipliers[0]) if constrained else 1.0
@@ -344,6 +366,8 @@ class MaskTrainer:
             (task_weight * score.loss_sum / normaliser).backward()
             loss_sum += float(score.loss_sum.detach())
             metric_sum += score.metric_sum
+            if necessary:
+                complement_sum += self._complement_step(run, chunk_batch, chunk_references[chunk], noise, normaliser)
         if self.world_size > 1:
             # Sharded gradients are already summed over processes by the gathers' backward.
             loss_sum, metric_sum = _all_reduce_statistics(loss_sum, metric_sum, run.parameters()[0].device)
@@ -354,7 +378,13 @@ class MaskTrainer:
             raise NonFiniteLoss(self._non_finite_message(run, task_loss))
         if constrained:
             full_loss = float(reference_loss_sum(reference)) / normaliser
-            self._constrain(run, task_loss - full_loss)
+            shortfall = None
+            if necessary:
+                target = necessity_target_sum(
+                    reference["loss"], reference["complement_cap"], config.complement_loss_fraction
+                )
+                shortfall = (float(target) - complement_sum) / normaliser
+            self._constrain(run, task_loss - full_loss, shortfall)
         else:
             self._regularise(run)
         run.clip_grad_norm_(config.grad_clip)
@@ -366,6 +396,19 @@ class MaskTrainer:
             self.objective.metric: metric_sum / config.batch_size,
             "kept": run.metrics.get("kept", float("nan")),
         }
+        if necessary:
+            run.metrics["complement_loss"] = complement_sum / normaliser
+
+    def _complement_step(
+        self, run: _TaskRun, batch: Batch, reference: Reference, noise: UniformNoise, normaliser: int
+    ) -> float:
+        """Back-propagate the necessity term on one chunk: ``-mu * sum_i min(l_i, c_i) / normaliser`` of the model
+        under the complement of the chunk's mask sample (the same sample: ``noise`` reseeded), and return the capped
+        sum (:mod:`modmask_lens.masks.necessity`)."""
+        sample = run.masks.sample(self.train_config.temperature, UniformNoise(noise.seed))
+        capped = capped_loss_sum(complement_losses(self.bridge, run.masks, sample, batch), reference["complement_cap"])
+        (-float(run.multipliers[1]) * capped / normaliser).backward()
+        return float(capped.detach())
 
     def _normaliser(self, batch: Batch) -> int:
         """What the step's loss sums are divided by: the number of examples under the loss constraint per example
@@ -382,7 +425,11 @@ class MaskTrainer:
 
         def compute(part: Batch) -> Reference:
             with torch.no_grad():
-                return self.objective.reference(model_outputs(self.bridge, part, self.objective.hook_names), part)
+                reference = self.objective.reference(model_outputs(self.bridge, part, self.objective.hook_names), part)
+                if self.train_config.complement_loss_fraction is not None:
+                    empty = empty_losses(self.bridge, run.masks, part)
+                    reference["complement_cap"] = complement_caps(reference["loss"], empty)
+                return reference
 
         if run.references is None:
             return compute(batch)
@@ -402,6 +449,8 @@ class MaskTrainer:
             "kept": run.metrics["kept"],
             "expected_density": float(masks.expected_density().detach()),
         }
+        if "complement_loss" in run.metrics:
+            row["complement_loss"] = run.metrics["complement_loss"]
         if run.shards is None and (self.step % FAITHFULNESS_EVERY == 0 or self.step == self.train_config.steps):
             row["faithfulness"] = self._faithfulness(run)
         masks.history.append(row)
@@ -428,18 +477,24 @@ class MaskTrainer:
         gap = run.masks.expected_density() - target
         (run.multipliers[0] * gap + run.multipliers[1] * gap**2).backward()
 
-    def _constrain(self, run: _TaskRun, loss_increase: float) -> None:
+    def _constrain(self, run: _TaskRun, loss_increase: float, complement_shortfall: float | None = None) -> None:
         """The faithfulness constraint: minimise the expected density subject to the task loss staying within
-        ``max_loss_increase`` of the full model's on the same batch (nats per ``loss_increase_per``).
+        ``max_loss_increase`` of the full model's on the same batch (nats per ``loss_increase_per``), and, with
+        ``complement_loss_fraction``, the complement's capped loss reaching its target (``complement_shortfall``:
+        target minus capped loss, same unit).
 
-        The density's gradient is added here (the task's, weighted by lambda, in the step); lambda then takes one
-        projected gradient-ascent step, ``lambda <- max(0, lambda + lagrangian_lr * (increase - max_increase))``,
-        so it grows while the masked model is less faithful than allowed and decays once it is.
+        The density's gradient is added here (the task's, weighted by lambda, and the complement's, by -mu, in the
+        step); each multiplier then takes one projected gradient-ascent step,
+        ``lambda <- max(0, lambda + lagrangian_lr * (increase - max_increase))`` and
+        ``mu <- max(0, mu + lagrangian_lr * shortfall)``, so it grows while its constraint is violated and decays
+        once it is met.
         """
         config = self.train_config
         run.masks.expected_density().backward()
-        gap = loss_increase - config.max_loss_increase
-        run.multipliers.add_(config.lagrangian_lr * gap).clamp_(min=0.0)
+        gaps = [loss_increase - config.max_loss_increase]
+        if complement_shortfall is not None:
+            gaps.append(complement_shortfall)
+        run.multipliers.add_(config.lagrangian_lr * torch.tensor(gaps)).clamp_(min=0.0)
 
     @staticmethod
     def _kept_fraction(masks: MaskSet) -> float:

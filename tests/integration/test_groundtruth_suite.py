@@ -22,7 +22,7 @@ from modmask_lens.groundtruth import (
     shuffled_answers,
     tracr_cases,
 )
-from modmask_lens.groundtruth.methods import study_methods
+from modmask_lens.groundtruth.methods import NECESSITY, study_methods
 from modmask_lens.groundtruth.metrics import readout_scores, seed_agreement, unit_scores
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
@@ -174,11 +174,14 @@ def test_study_methods_differ_from_each_other_by_one_setting():
         "hard-concrete+constraint",
         "faithful",
         "faithful+kl",
+        "faithful+necessity",
     ]
     faithful = dataclasses.replace(TrainConfig(), steps=10, density_warmup_steps=2)  # the warm-up capped at steps / 4
     assert methods["faithful"].train_config == faithful and methods["faithful"].mask_settings == {}
     assert methods["faithful"].objective == AnswerCrossEntropy()
     assert methods["faithful+kl"].train_config == faithful and methods["faithful+kl"].objective == KLDivergence()
+    necessity = methods["faithful+necessity"].train_config
+    assert necessity == dataclasses.replace(faithful, complement_loss_fraction=NECESSITY)
     assert methods["hard-concrete+constraint"].train_config.readout == "zero"
     assert methods["gumbel+constraint"].mask_settings == {"sampler": "gumbel-sigmoid"}
     assert methods["csordas+faithful-readout"].train_config.readout == "faithful"
