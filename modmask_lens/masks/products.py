@@ -47,6 +47,9 @@ class _FusedKernel:
     ``Tensor``, not with jaxtyping shapes: the runtime shape checks that the tests install cannot trace symbolic
     sizes, so a shape-annotated kernel would never compile under test."""
 
+    warned = False
+    """Whether a kernel of this process has warned (the forward and backward kernels fail alike: one warning)."""
+
     def __init__(self, function: Callable[..., tuple[Tensor, ...] | Tensor]):
         self.function = function
         self.compiled = torch.compile(function, dynamic=True)
@@ -60,14 +63,21 @@ class _FusedKernel:
                 # computes wrong odds.
                 with torch._dynamo.config.patch(specialize_float=True):
                     return self.compiled(*arguments)
-            except Exception as error:  # noqa: BLE001 - any compiler failure; the eager run below re-raises real ones
+            except Exception as error:  # noqa: BLE001 - told from an error of the inputs by the eager run below
+                # An error the eager run raises too (bad inputs, out of memory) is raised from there and leaves the
+                # kernel compiled; only what fails compiled alone switches to eager, for good and with a warning.
+                result = self.function(*arguments)
                 self.compiles = False
-                warnings.warn(
-                    f"mask sampling runs unfused and slower: torch.compile failed ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0] if str(error) else ''}); install a C++ compiler to fuse it",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                if not _FusedKernel.warned:
+                    _FusedKernel.warned = True
+                    warnings.warn(
+                        f"mask sampling runs unfused and slower: torch.compile failed ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); install a C++ compiler to fuse it, "
+                        "or set TORCH_COMPILE_DISABLE=1 to run unfused without this warning",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                return result
         return self.function(*arguments)
 
 

@@ -137,7 +137,8 @@ def test_extreme_logits_and_noise_give_finite_samples_and_gradients(sampler):
     assert torch.isfinite(derivative).all()
 
 
-def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once():
+def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once(monkeypatch):
+    monkeypatch.setattr(_FusedKernel, "warned", False)
     kernel = _FusedKernel(lambda x: x * 2)
 
     def failing_compile(x):
@@ -149,3 +150,21 @@ def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+        other_kernel = _FusedKernel(lambda x: x * 3)  # a second kernel failing alike (the backward) stays quiet
+        other_kernel.compiled = failing_compile
+        assert torch.equal(other_kernel(torch.ones(2)), torch.full((2,), 3.0))
+
+
+def test_an_error_the_eager_kernel_raises_too_is_raised_and_the_kernel_stays_compiled(monkeypatch):
+    monkeypatch.setattr(_FusedKernel, "warned", False)
+    kernel = _FusedKernel(lambda x, y: x + y)
+
+    def failing_compile(x, y):
+        raise RuntimeError("compiled run failed")
+
+    kernel.compiled = failing_compile
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="must match the size"):
+            kernel(torch.ones(3), torch.ones(2))
+    assert kernel.compiles
