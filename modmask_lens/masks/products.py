@@ -46,7 +46,8 @@ from modmask_lens.masks.units import MaskUnit
 
 class _FusedKernel:
     """An elementwise function of tensors of one shape, compiled on first use (with dynamic sizes: one compiled
-    kernel serves every tensor of a rank and layout); run eagerly (warning once) where compiling fails.
+    kernel serves every tensor of a rank, dtype and layout, at one temperature); run eagerly (warning once) where
+    compiling fails.
 
     The kernels below take and return tensors of one shape (``*shape``, the masked weight's) and are annotated
     ``Tensor``, not with jaxtyping shapes: the runtime shape checks that the tests install cannot trace symbolic

@@ -57,7 +57,7 @@ def test_each_call_samples_at_its_own_temperature():
     logits = torch.randn(4096, generator=generator) * 8
     weight = torch.randn(4096, generator=generator)
     upstream = torch.randn(4096, generator=generator)
-    for temperature in (1.0, 0.5, 1 / 3, 2.0, 0.05, 1.0):
+    for temperature in (1.0, 0.5, 1 / 3, 0.05, 1.0):
         ours_logits = logits.clone().requires_grad_(True)
         ours = sample_product(ours_logits, weight, "gumbel-sigmoid", temperature, UniformNoise(3))
         (ours * upstream).sum().backward()
