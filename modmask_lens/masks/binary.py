@@ -177,14 +177,15 @@ class BinaryMask:
 
 def kept_per_unit(
     spec: TensorSpec, kept: Bool[Tensor, "*shape"], halves_apart: bool = False
-) -> tuple[Int[Tensor, "*repeat unit"], Int[Tensor, "*repeat unit"]]:
+) -> tuple[Int[Tensor, "*half unit"], Int[Tensor, "*half unit"]]:
     """Kept and total elements of each head, key/value group or neuron in one tensor, indexed by the unit's number
     in its layer (a mixture-of-experts layer numbers hidden unit i of expert e ``e * d_expert + i``, then its shared
     expert's units; units this tensor does not hold have total 0).
 
-    With ``halves_apart``, a tensor that holds each unit ``spec.unit_repeats`` times (a fused gate/up projection: the
-    gate rows, then the up rows, along the unit axis) is counted per repeat: ``[unit_repeats, units]``, so that a
-    neuron whose up half lost every weight can be told from one whose halves both keep some.
+    With ``halves_apart``, a fused gate/up projection, which holds each neuron twice along the unit axis (all gate
+    rows, then all up rows: ``spec.unit_repeats`` 2; or each neuron's gate and up rows side by side, as GPT-OSS does:
+    a neuron tensor's ``spec.unit_width`` 2), is counted per half: ``[2, units]``, so that a neuron whose up half
+    lost every weight can be told from one whose halves both keep some.
 
     Which unit an element belongs to is what :meth:`~modmask_lens.masks.units.MaskUnit.expand` says: expanding the
     unit numbers ``0, 1, ...`` onto the tensor gives each element's unit, so counts follow the mask's own layout
@@ -195,8 +196,8 @@ def kept_per_unit(
         kept: its boolean mask, ``spec.shape``.
 
     Returns:
-        ``(kept, total)``, each ``[spec.unit_offset + spec.unit_count]`` (``[spec.unit_repeats, ...]`` with
-        ``halves_apart``).
+        ``(kept, total)``, each ``[spec.unit_offset + spec.unit_count]`` (``[2, ...]`` for a fused gate/up
+        projection with ``halves_apart``).
 
     >>> from modmask_lens.adapters import TensorSpec
     >>> gate_up = TensorSpec("experts.gate_up_proj", "W_experts_in", 0, "p", (2, 6, 4), "neuron", 1, 1, "linear",
@@ -208,21 +209,31 @@ def kept_per_unit(
     >>> kept_per_unit(gate_up, kept, halves_apart=True)[0]
     tensor([[4, 4, 4, 4, 4, 4],
             [4, 4, 4, 4, 2, 4]])
+    >>> interleaved = TensorSpec("experts.gate_up_proj", "W_experts_in", 0, "p", (2, 4, 6), "neuron", 2, 2,
+    ...                          "linear", expert_axis=0)  # [expert, d_model, (gate, up) of each hidden unit]
+    >>> kept = torch.ones(2, 4, 6, dtype=torch.bool)
+    >>> kept[0, :, 3] = False  # up column of expert 0's hidden unit 1: neuron 1
+    >>> kept_per_unit(interleaved, kept, halves_apart=True)[0]
+    tensor([[4, 4, 4, 4, 4, 4],
+            [4, 0, 4, 4, 4, 4]])
     """
     n_units = spec.unit_offset + spec.unit_count
     unit_of = MaskUnit(spec.key, (n_units,), (spec,)).expand(torch.arange(n_units), spec)
-    repeats = spec.unit_repeats if halves_apart else 1
-    if repeats > 1:  # the repeats lie one after another along the unit axis: number them apart
+    interleaved = spec.unit == "neuron" and spec.unit_width > 1
+    halves = (spec.unit_width if interleaved else spec.unit_repeats) if halves_apart else 1
+    if halves > 1:  # number the gate half 0 and the up half 1, apart
+        size = spec.shape[spec.unit_axis]
         along_unit_axis = [1] * len(spec.shape)
-        along_unit_axis[spec.unit_axis] = spec.shape[spec.unit_axis]
-        repeat_of = torch.arange(spec.shape[spec.unit_axis]) // (spec.shape[spec.unit_axis] // repeats)
-        unit_of = unit_of + n_units * repeat_of.view(along_unit_axis)
+        along_unit_axis[spec.unit_axis] = size
+        position = torch.arange(size)
+        half_of = position % halves if interleaved else position // (size // halves)
+        unit_of = unit_of + n_units * half_of.view(along_unit_axis)
     # Sum over the axes the unit numbers broadcast along, then add each position's count to its unit.
     pooled_axes = [axis for axis, size in enumerate(unit_of.shape) if size == 1 and spec.shape[axis] > 1]
     kept_here = kept.sum(dim=pooled_axes, keepdim=True) if pooled_axes else kept.long()
     unit_of = unit_of.expand(kept_here.shape).reshape(-1)
-    kept_counts = torch.zeros(repeats * n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
-    total = torch.bincount(unit_of, minlength=repeats * n_units) * (spec.numel // kept_here.numel())
-    if repeats > 1:
-        return kept_counts.view(repeats, n_units), total.view(repeats, n_units)
+    kept_counts = torch.zeros(halves * n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
+    total = torch.bincount(unit_of, minlength=halves * n_units) * (spec.numel // kept_here.numel())
+    if halves > 1:
+        return kept_counts.view(halves, n_units), total.view(halves, n_units)
     return kept_counts, total

@@ -26,7 +26,9 @@ class UniformNoise:
 
     On CPU the words are numpy's PCG64 output (about twice as fast as torch's mt19937; the noise is as large as the
     model, so this is a visible share of a mask step), and the uniform values equal numpy's own float32 draws from
-    the same seed bit for bit; on other devices the words come from ``torch.randint`` with a generator seeded alike.
+    the same seed bit for bit (the first draw of a stream; after a draw of odd size numpy would use the unused half
+    of its last 64-bit word, which this drops); on other devices the words come from ``torch.randint`` with a
+    generator seeded alike.
     """
 
     def __init__(self, seed: int):

@@ -233,7 +233,7 @@ class ShardedBridge:
 
         Args:
             logits: this process's logit shards.
-            temperature: Gumbel-sigmoid temperature.
+            temperature: Gumbel-sigmoid temperature (the masks' config names the sampler).
             noise: this sample's noise (the same on every process that runs this batch chunk).
             input_ids: ``[batch, pos]`` token ids.
 
@@ -260,7 +260,7 @@ class ShardedBridge:
         replaced = []
         try:
             for block in self.blocks:
-                sampler = _BlockSampler(by_block[block.path], temperature, noise)
+                sampler = _BlockSampler(by_block[block.path], logits.masks.config.sampler, temperature, noise)
                 # Through __dict__: bridge components forward attribute writes to the module they wrap.
                 block.module.__dict__["forward"] = self._runner(block, sampler, logits)
                 replaced.append(block.module)
@@ -307,7 +307,7 @@ class ShardedBridge:
             weights = {path: values[key] for path, key in keys.items()}
             noise = sampler.noise.substream(index)
             for path, product in unit_products(
-                unit, unit_logits, weights, "gumbel-sigmoid", sampler.temperature, noise
+                unit, unit_logits, weights, sampler.sampler_name, sampler.temperature, noise
             ).items():
                 values[keys[path]] = product
         parameters = {f"bridge.{name}": values[key] for key, name, _, _ in block.entries}
@@ -322,6 +322,7 @@ class _BlockSampler:
     """The mask units one block samples (with their index in the mask set) and the sample's settings."""
 
     units: list[tuple[int, MaskUnit]]
+    sampler_name: str  # the masks' config's: gumbel-sigmoid or hard-concrete
     temperature: float
     noise: UniformNoise
 

@@ -123,6 +123,19 @@ def test_the_circuit_view_s_moe_mlp_node_holds_its_experts_router_and_shared_exp
     torch.testing.assert_close(edges["L1MLP", "unembed"], float((write * final_gain * unembed).mean()))
 
 
+def test_a_gpt_oss_neuron_is_alive_only_while_both_interleaved_halves_keep_a_weight(tmp_path):
+    """GPT-OSS's ``gate_up_proj[e]`` is ``[d_model, 2 * d_expert]`` with unit i's gate column ``2i`` and up column
+    ``2i + 1``; ``down_proj[e]`` is ``[d_expert, d_model]``. The circuit view counted a neuron whose up column lost
+    every weight as kept."""
+    mask = random_mask(boot_tiny(MOE["gpt_oss"](), tmp_path), keep=0.05, seed=1)
+    gate_up, down = mask.kept["blocks.1.mlp.experts.gate_up_proj"], mask.kept["blocks.1.mlp.experts.down_proj"]
+    gate, up = gate_up[..., 0::2].any(dim=1), gate_up[..., 1::2].any(dim=1)
+    alive = gate & up & down.any(dim=2)
+    assert int(((gate | up) & down.any(dim=2)).sum()) > int(alive.sum())  # the mask tells the two rules apart
+    node = circuit_graph(mask).nodes.set_index("node").loc["L1MLP"]
+    assert (node.neurons, node.kept_neurons) == (alive.numel(), int(alive.sum()))
+
+
 def test_the_report_of_moe_masks_shows_each_mlp_node_s_experts_and_neurons(qwen2_moe, tmp_path):
     masks = {name: random_mask(qwen2_moe, keep=0.02, seed=seed) for seed, name in enumerate(["first", "second"])}
     html = write_report(tmp_path / "report.html", qwen2_moe, masks, torch.tensor([3, 7, 10])).read_text()

@@ -36,10 +36,20 @@ def test_shard_bounds_tile_the_tensor_once(numel, world_size):
     assert covered == list(range(numel))
 
 
-@pytest.mark.parametrize("granularity", ["weight", "neuron", "head"])
-def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, tokens, granularity):
+@pytest.mark.parametrize(
+    ("granularity", "sampler"),
+    [
+        ("weight", "gumbel-sigmoid"),
+        ("neuron", "gumbel-sigmoid"),
+        ("head", "gumbel-sigmoid"),
+        ("weight", "hard-concrete"),
+    ],
+)
+def test_sharded_forward_and_gradients_equal_the_masked_forward(any_bridge, tokens, granularity, sampler):
+    """Also with hard-concrete masks, which the sharded forward once sampled as Gumbel-sigmoid."""
     snapshot = state_snapshot(any_bridge)
-    masks = MaskSet.for_bridge(any_bridge, dataclasses.replace(CSORDAS_MASKS, granularity=granularity))
+    config = dataclasses.replace(CSORDAS_MASKS, granularity=granularity, sampler=sampler)
+    masks = MaskSet.for_bridge(any_bridge, config)
     with torch.no_grad():  # logits near 0, so the sample keeps about half of each unit
         for logit in masks.logits.values():
             logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))

@@ -21,7 +21,7 @@ def test_weight_granularity_counts_logits_adam_and_one_samples_tensors():
     assert estimate.weights == 4 * sum(parameter.numel() for parameter in bridge.parameters())
     assert estimate.logits == estimate.gradients == 2 * 4 * n_masked  # two tasks, one float32 logit per element
     assert estimate.optimiser == 2 * estimate.logits
-    assert estimate.samples == 4 * n_masked + 4 * n_masked  # product + soft value, for one sample at a time
+    assert estimate.samples == 4 * n_masked + 4 * n_masked  # product + weighted derivative, for one sample at a time
     assert estimate.total == sum(
         getattr(estimate, part) for part in ("weights", "logits", "gradients", "optimiser", "samples", "activations")
     )
@@ -33,7 +33,7 @@ def test_bfloat16_products_and_neuron_logits():
     estimate = estimate_memory(bridge, config, TrainConfig(batch_size=8), positions=6)
     n_logits = sum(unit.numel for unit in units_for(bridge, config))
     assert estimate.logits == 4 * n_logits == 4 * 2 * 64  # two layers' MLP neurons
-    assert estimate.samples == 2 * masked_elements(bridge, config)  # bf16 products, no per-element soft values
+    assert estimate.samples == 2 * masked_elements(bridge, config)  # bf16 products, no per-element weighted derivatives
 
 
 def test_fully_sharded_divides_the_state():

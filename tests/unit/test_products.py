@@ -49,6 +49,26 @@ def test_product_and_logit_gradient_equal_the_reference(sampler, temperature):
     assert ours_logits.grad.abs().sum() > 0
 
 
+def test_each_call_samples_at_its_own_temperature():
+    """Temperatures one after another in one process, each call against the reference at its own: a kernel compiled
+    at one temperature once computed wrong odds at the next (the float left symbolic), and below tau = 1/3 the
+    clamped product form flipped samples."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4096, generator=generator) * 8
+    weight = torch.randn(4096, generator=generator)
+    upstream = torch.randn(4096, generator=generator)
+    for temperature in (1.0, 0.5, 1 / 3, 0.05, 1.0):
+        ours_logits = logits.clone().requires_grad_(True)
+        ours = sample_product(ours_logits, weight, "gumbel-sigmoid", temperature, UniformNoise(3))
+        (ours * upstream).sum().backward()
+        reference_logits = logits.clone().requires_grad_(True)
+        uniform = UniformNoise(3).like(logits)
+        reference = weight * reference_sample(reference_logits, uniform, "gumbel-sigmoid", temperature)
+        (reference * upstream).sum().backward()
+        torch.testing.assert_close(ours, reference.detach(), rtol=1e-6, atol=1e-6, msg=f"tau {temperature}")
+        torch.testing.assert_close(ours_logits.grad, reference_logits.grad, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("sampler", ["gumbel-sigmoid", "hard-concrete"])
 def test_keep_frequency_of_the_product_is_the_samplers(sampler):
     logits = torch.tensor([-2.0, 0.0, 2.0]).repeat(20000, 1)
@@ -117,7 +137,8 @@ def test_extreme_logits_and_noise_give_finite_samples_and_gradients(sampler):
     assert torch.isfinite(derivative).all()
 
 
-def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once():
+def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once(monkeypatch):
+    monkeypatch.setattr(_FusedKernel, "warned", False)
     kernel = _FusedKernel(lambda x: x * 2)
 
     def failing_compile(x):
@@ -129,3 +150,21 @@ def test_a_kernel_that_does_not_compile_runs_eagerly_and_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+        other_kernel = _FusedKernel(lambda x: x * 3)  # a second kernel failing alike (the backward) stays quiet
+        other_kernel.compiled = failing_compile
+        assert torch.equal(other_kernel(torch.ones(2)), torch.full((2,), 3.0))
+
+
+def test_an_error_the_eager_kernel_raises_too_is_raised_and_the_kernel_stays_compiled(monkeypatch):
+    monkeypatch.setattr(_FusedKernel, "warned", False)
+    kernel = _FusedKernel(lambda x, y: x + y)
+
+    def failing_compile(x, y):
+        raise RuntimeError("compiled run failed")
+
+    kernel.compiled = failing_compile
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="must match the size"):
+            kernel(torch.ones(3), torch.ones(2))
+    assert kernel.compiles
