@@ -66,8 +66,9 @@ class _FusedKernel:
             try:
                 # Float arguments (the temperature) are compiled in as constants, one kernel per value: left
                 # symbolic, torch 2.13's inductor reuses a kernel compiled for one temperature at another and
-                # computes wrong odds.
-                with torch._dynamo.config.patch(specialize_float=True):
+                # computes wrong odds. Each rank, dtype, layout and temperature is a kernel of its own, more than
+                # dynamo's default limit of 8 in a process that trains several (past it, calls run eagerly).
+                with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
                     return self.compiled(*arguments)
             except Exception as error:  # noqa: BLE001 - told from an error of the inputs by the eager run below
                 # An error the eager run raises too (bad inputs, out of memory) is raised from there and leaves the
