@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 Granularity = Literal["weight", "neuron", "head", "matrix"]
-Sampler = Literal["gumbel-sigmoid", "hard-concrete"]
-SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete")
+Sampler = Literal["gumbel-sigmoid", "hard-concrete", "bernoulli"]
+SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete", "bernoulli")
+FEW_UNIT_GRANULARITIES: tuple[str, ...] = ("head", "matrix")
+"""Granularities with few enough logits for the ``bernoulli`` sampler's one forward per logit."""
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
 LossUnit = Literal["token", "example"]
@@ -51,7 +53,12 @@ class MaskConfig:
             relaxation with beta 2/3, as Edge Pruning; samples in [0, 1]) or ``gumbel-sigmoid`` (straight-through,
             Csordás; the sample is 0 or 1 and ``TrainConfig.temperature`` is its tau). On compiled tracr programs,
             with the same loss constraint, Gumbel-sigmoid masks collapsed (kept 0-14% of the needed heads) while
-            hard-concrete masks kept exactly the used heads (docs/finder-study.md).
+            hard-concrete masks kept exactly the used heads (docs/finder-study.md). ``bernoulli``: 0/1 samples
+            (those of the Gumbel-sigmoid) with the exact gradient of the expected loss, per logit
+            ``p (1 - p) E[L(unit off) - L(unit on)]`` (the local-expectation estimator,
+            :mod:`modmask_lens.masks.local_expectation`); one extra forward per logit and mask sample, so only at
+            ``head`` or ``matrix`` granularity. At head granularity its gradient at initialisation ranks heads by what
+            removing them costs (docs/concepts.md#head-masks).
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
@@ -76,6 +83,11 @@ class MaskConfig:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
+        if self.sampler == "bernoulli" and self.granularity not in FEW_UNIT_GRANULARITIES:
+            raise ValueError(
+                f"sampler 'bernoulli' runs one forward per logit and mask sample, too many at {self.granularity!r} "
+                f"granularity; use it at {FEW_UNIT_GRANULARITIES}, or sampler='hard-concrete'"
+            )
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
