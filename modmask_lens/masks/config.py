@@ -63,9 +63,11 @@ class MaskConfig:
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
             instead. Both remove the same heads once read out (a head without ``W_O`` writes nothing); they differ
-            in training's gradient. Measured in docs/concepts.md#head-masks: under training's sampling the
-            ``output`` logit's gradient at initialisation ranks heads by what removing them costs (Spearman 0.60 on
-            all-MiniLM-L6-v2, 0.45 on the zoo scan model), the shared one's hardly (0.22, -0.13).
+            in training's gradient. Measured in docs/concepts.md#head-masks (hard concrete at init logit 3): the
+            ``output`` logit's gradient at initialisation ranks heads by what removing them costs with Spearman 0.61
+            on all-MiniLM-L6-v2 and 0.43 on the zoo scan model, the shared one's with 0.61 and 0.76; under the
+            Gumbel-sigmoid at 2.0, 0.60 and 0.45 against 0.22 and -0.13, which chose ``output``. With
+            ``sampler="bernoulli"`` the two give the same gradient (0.97 and 0.91): it only compares heads on and off.
     """
 
     granularity: Granularity = "weight"

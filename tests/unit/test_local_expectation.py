@@ -84,3 +84,16 @@ def test_training_with_bernoulli_head_masks_moves_logits_and_leaves_the_model_un
 def test_bernoulli_masks_are_refused_where_units_are_many(granularity):
     with pytest.raises(ValueError, match="one forward per logit"):
         MaskConfig(granularity=granularity, sampler="bernoulli")
+
+
+def test_a_shared_head_logit_gets_the_same_bernoulli_gradient_as_an_output_one():
+    """A head whose W_O slice is zero writes nothing, whatever its W_Q, W_K and W_V: removal is removal."""
+    bridge = tiny_bridge()
+    batch = answer_data(bridge).examples(torch.arange(6))
+    gradients = []
+    for head_mask in ("qkvo", "output"):
+        mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", head_mask=head_mask))
+        local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, UniformNoise(2), 1.0)
+        gradients.append(torch.cat([logit.grad for logit in mask.logits.values()]))
+    assert gradients[0].abs().sum() > 0
+    torch.testing.assert_close(gradients[0], gradients[1])
