@@ -97,3 +97,21 @@ def test_a_shared_head_logit_gets_the_same_bernoulli_gradient_as_an_output_one()
         gradients.append(torch.cat([logit.grad for logit in mask.logits.values()]))
     assert gradients[0].abs().sum() > 0
     torch.testing.assert_close(gradients[0], gradients[1])
+
+
+def test_the_trainer_estimates_each_chunk_of_a_step_with_its_own_share_of_the_heads(monkeypatch):
+    from modmask_lens.masks import training
+
+    calls = []
+
+    def recording(*args):
+        calls.append(args[-2:])  # (chunk, n_chunks)
+        return local_expectation_step(*args)
+
+    monkeypatch.setattr(training, "local_expectation_step", recording)
+    bridge = tiny_bridge()
+    config = TrainConfig(steps=2, batch_size=6, n_samples=3, beta=0.0, max_loss_increase=None, readout="zero")
+    train_masks(
+        bridge, answer_data(bridge), MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False
+    )
+    assert calls == [(0, 3), (1, 3), (2, 3)] * 2
