@@ -15,8 +15,6 @@ from typing import Literal
 Granularity = Literal["weight", "neuron", "head", "matrix"]
 Sampler = Literal["gumbel-sigmoid", "hard-concrete", "bernoulli"]
 SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete", "bernoulli")
-FEW_UNIT_GRANULARITIES: tuple[str, ...] = ("head", "matrix")
-"""Granularities with few enough logits for the ``bernoulli`` sampler's one forward per logit."""
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
 LossUnit = Literal["token", "example"]
@@ -56,9 +54,9 @@ class MaskConfig:
             hard-concrete masks kept exactly the used heads (docs/finder-study.md). ``bernoulli``: 0/1 samples
             (those of the Gumbel-sigmoid) with the exact gradient of the expected loss, per logit
             ``p (1 - p) E[L(unit off) - L(unit on)]`` (the local-expectation estimator,
-            :mod:`modmask_lens.masks.local_expectation`); one extra forward per logit and mask sample, so only at
-            ``head`` or ``matrix`` granularity. At head granularity its gradient at initialisation ranks heads by what
-            removing them costs (docs/concepts.md#head-masks).
+            :mod:`modmask_lens.masks.local_expectation`); one extra copy of the examples per head, so only at
+            ``head`` granularity (a head is removed by zeroing its output). Its gradient at initialisation ranks
+            heads by what removing them costs (docs/concepts.md#head-masks).
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
@@ -85,10 +83,13 @@ class MaskConfig:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
-        if self.sampler == "bernoulli" and self.granularity not in FEW_UNIT_GRANULARITIES:
+        if self.sampler == "bernoulli" and (
+            self.granularity != "head" or (self.roles is not None and "W_O" not in self.roles)
+        ):
             raise ValueError(
-                f"sampler 'bernoulli' runs one forward per logit and mask sample, too many at {self.granularity!r} "
-                f"granularity; use it at {FEW_UNIT_GRANULARITIES}, or sampler='hard-concrete'"
+                f"sampler 'bernoulli' removes heads by zeroing their output, one copy of the examples per head: it "
+                f"trains head masks on W_O (granularity='head', roles None or with 'W_O'), not {self.granularity!r} "
+                f"granularity with roles {self.roles}; use sampler='hard-concrete' there"
             )
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:

@@ -36,12 +36,14 @@ def answer_loss_sum(bridge, data: SubtaskData, head_gates: torch.Tensor) -> floa
 
 
 @pytest.mark.parametrize(("chunk", "n_chunks"), [(0, 1), (1, 3)])
-def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_sample(chunk, n_chunks):
-    """With ``n_chunks`` chunks, this chunk estimates every ``n_chunks``-th head (model order), scaled up."""
-    bridge = tiny_bridge()
+def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_sample(any_bridge, chunk, n_chunks):
+    """With ``n_chunks`` chunks, this chunk estimates every ``n_chunks``-th head (model order), scaled up; on GPT-2,
+    a native model and one with grouped-query attention."""
+    bridge = any_bridge
     data = answer_data(bridge)
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", init_logit=0.5))
-    mask.logits["blocks.1.attn"].data = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    mask.logits[f"blocks.{n_layers - 1}.attn"].data = torch.linspace(-1.0, 2.0, n_heads)
     noise = UniformNoise(7)
     drawn = torch.stack(  # the Gumbel-sigmoid's 0/1 samples, unit i from noise.substream(i) as MaskSet.sample
         [sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index))
@@ -56,13 +58,13 @@ def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_samp
     assert score.loss_sum.item() == pytest.approx(answer_loss_sum(bridge, data, drawn), rel=1e-5)
     logits = torch.stack([mask.logits[unit.name] for unit in mask.units]).detach()
     expected = torch.zeros_like(logits)
-    for layer in range(2):
-        for head in range(4):
+    for layer in range(n_layers):
+        for head in range(n_heads):
             on, off = drawn.clone(), drawn.clone()
             on[layer, head], off[layer, head] = 1.0, 0.0
             removal_cost = answer_loss_sum(bridge, data, off) - answer_loss_sum(bridge, data, on)
             keep = torch.sigmoid(logits[layer, head])
-            estimated = (layer * 4 + head) % n_chunks == chunk
+            estimated = (layer * n_heads + head) % n_chunks == chunk
             expected[layer, head] = -weight * n_chunks * keep * (1 - keep) * removal_cost * estimated
     gradients = torch.stack([mask.logits[unit.name].grad for unit in mask.units])
     torch.testing.assert_close(gradients, expected, rtol=1e-4, atol=1e-6)
@@ -80,10 +82,12 @@ def test_training_with_bernoulli_head_masks_moves_logits_and_leaves_the_model_un
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-@pytest.mark.parametrize("granularity", ["weight", "neuron"])
-def test_bernoulli_masks_are_refused_where_units_are_many(granularity):
-    with pytest.raises(ValueError, match="one forward per logit"):
-        MaskConfig(granularity=granularity, sampler="bernoulli")
+@pytest.mark.parametrize(
+    ("granularity", "roles"), [("weight", None), ("neuron", None), ("matrix", None), ("head", ("W_Q", "W_K"))]
+)
+def test_bernoulli_masks_are_refused_except_on_heads_w_o(granularity, roles):
+    with pytest.raises(ValueError, match="trains head masks on W_O"):
+        MaskConfig(granularity=granularity, sampler="bernoulli", roles=roles)
 
 
 def test_a_shared_head_logit_gets_the_same_bernoulli_gradient_as_an_output_one():
