@@ -106,6 +106,12 @@ def _variant_losses(
 ) -> tuple[Score, Float[Tensor, " variant"]]:
     """The objective's score of the first variant and the loss sum of every variant: ``batch`` run once per variant
     with each head's ``hook_z`` times its gate (heads in model order: the mask units' logits, concatenated)."""
+    missing = [f"{unit.name}.hook_z" for unit in mask_set.units if f"{unit.name}.hook_z" not in bridge.hook_dict]
+    if missing:
+        raise ValueError(
+            f"sampler 'bernoulli' removes heads at their hook_z, which this model does not have ({missing[0]}); "
+            "train its head masks with sampler='hard-concrete'"
+        )
     per_forward = max(1, VARIANT_EXAMPLES // len(batch))
     losses, first = [], None
     with torch.no_grad():
