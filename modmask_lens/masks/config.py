@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 Granularity = Literal["weight", "neuron", "head", "matrix"]
-Sampler = Literal["gumbel-sigmoid", "hard-concrete"]
-SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete")
+Sampler = Literal["gumbel-sigmoid", "hard-concrete", "bernoulli"]
+SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete", "bernoulli")
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
 LossUnit = Literal["token", "example"]
@@ -51,14 +51,21 @@ class MaskConfig:
             relaxation with beta 2/3, as Edge Pruning; samples in [0, 1]) or ``gumbel-sigmoid`` (straight-through,
             Csordás; the sample is 0 or 1 and ``TrainConfig.temperature`` is its tau). On compiled tracr programs,
             with the same loss constraint, Gumbel-sigmoid masks collapsed (kept 0-14% of the needed heads) while
-            hard-concrete masks kept exactly the used heads (docs/finder-study.md).
+            hard-concrete masks kept exactly the used heads (docs/finder-study.md). ``bernoulli``: 0/1 samples
+            (those of the Gumbel-sigmoid) with the exact gradient of the expected loss, per logit
+            ``p (1 - p) E[L(unit off) - L(unit on)]`` (the local-expectation estimator,
+            :mod:`modmask_lens.masks.local_expectation`); one extra copy of the examples per head, so only at
+            ``head`` granularity (a head is removed by zeroing its output). Its gradient at initialisation ranks
+            heads by what removing them costs (docs/concepts.md#head-masks).
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
             instead. Both remove the same heads once read out (a head without ``W_O`` writes nothing); they differ
-            in training's gradient. Measured in docs/concepts.md#head-masks: under training's sampling the
-            ``output`` logit's gradient at initialisation ranks heads by what removing them costs (Spearman 0.60 on
-            all-MiniLM-L6-v2, 0.45 on the zoo scan model), the shared one's hardly (0.22, -0.13).
+            in training's gradient. Measured in docs/concepts.md#head-masks (hard concrete at init logit 3): the
+            ``output`` logit's gradient at initialisation ranks heads by what removing them costs with Spearman 0.61
+            on all-MiniLM-L6-v2 and 0.43 on the zoo scan model, the shared one's with 0.61 and 0.76; under the
+            Gumbel-sigmoid at 2.0, 0.60 and 0.45 against 0.22 and -0.13, which chose ``output``. With
+            ``sampler="bernoulli"`` the two give the same gradient (0.97 and 0.91): it only compares heads on and off.
     """
 
     granularity: Granularity = "weight"
@@ -76,6 +83,14 @@ class MaskConfig:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
+        if self.sampler == "bernoulli" and (
+            self.granularity != "head" or (self.roles is not None and "W_O" not in self.roles)
+        ):
+            raise ValueError(
+                f"sampler 'bernoulli' removes heads by zeroing their output, one copy of the examples per head: it "
+                f"trains head masks on W_O (granularity='head', roles None or with 'W_O'), not {self.granularity!r} "
+                f"granularity with roles {self.roles}; use sampler='hard-concrete' there"
+            )
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")

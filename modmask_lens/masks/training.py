@@ -38,6 +38,7 @@ from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import objective_metric
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
+from modmask_lens.masks.local_expectation import local_expectation_step
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.memory import estimate_memory
 from modmask_lens.masks.necessity import (
@@ -52,6 +53,7 @@ from modmask_lens.masks.objectives import (
     Objective,
     Outputs,
     Reference,
+    Score,
     model_outputs,
     reference_loss_sum,
 )
@@ -354,16 +356,14 @@ class MaskTrainer:
                 continue  # another process's slice of the batch
             # Each chunk has its own noise stream, so any process draws the same sample for it.
             noise = UniformNoise(seed * config.n_samples + chunk)
-            if run.shards is not None:
-                outputs = Outputs(self.sharded_bridge(run.shards, config.temperature, noise, chunk_batch.input_ids))
+            if run.masks.config.sampler == "bernoulli":  # writes the logits' gradients itself, without a backward
+                score = local_expectation_step(
+                    self.bridge, run.masks, self.objective, chunk_batch, chunk_references[chunk], noise,
+                    task_weight / normaliser, chunk, config.n_samples,
+                )  # fmt: skip
             else:
-                masked = sampled_parameters(self.bridge, run.masks, config.temperature, noise)
-                outputs = call_with_parameters(
-                    self.bridge, masked, model_outputs, self.bridge, chunk_batch, self.objective.hook_names
-                )
-                del masked  # the matmuls keep what the backward needs
-            score = self.objective.score(outputs, chunk_references[chunk], chunk_batch)
-            (task_weight * score.loss_sum / normaliser).backward()
+                score = self._pathwise_chunk(run, chunk_batch, chunk_references[chunk], noise)
+                (task_weight * score.loss_sum / normaliser).backward()
             loss_sum += float(score.loss_sum.detach())
             metric_sum += score.metric_sum
             if necessary:
@@ -409,6 +409,22 @@ class MaskTrainer:
         capped = capped_loss_sum(complement_losses(self.bridge, run.masks, sample, batch), reference["complement_cap"])
         (-float(run.multipliers[1]) * capped / normaliser).backward()
         return float(capped.detach())
+
+    def _pathwise_chunk(
+        self, run: _TaskRun, chunk_batch: Batch, reference: Reference | None, noise: UniformNoise
+    ) -> Score:
+        """The objective's score of one differentiable mask sample (hard concrete or straight-through) on a chunk."""
+        if run.shards is not None:
+            outputs = Outputs(
+                self.sharded_bridge(run.shards, self.train_config.temperature, noise, chunk_batch.input_ids)
+            )
+        else:
+            masked = sampled_parameters(self.bridge, run.masks, self.train_config.temperature, noise)
+            outputs = call_with_parameters(
+                self.bridge, masked, model_outputs, self.bridge, chunk_batch, self.objective.hook_names
+            )
+            del masked  # the matmuls keep what the backward needs
+        return self.objective.score(outputs, reference, chunk_batch)
 
     def _normaliser(self, batch: Batch) -> int:
         """What the step's loss sums are divided by: the number of examples under the loss constraint per example

@@ -1,0 +1,147 @@
+"""The exact gradient of Bernoulli masks, unit by unit: the local-expectation estimator (Titsias & Lázaro-Gredilla
+2015, "Local Expectation Gradients for Black Box Variational Inference").
+
+A mask whose units are kept independently with probability ``p_i = sigmoid(logit_i)`` has the expected loss
+``E[L(z)]``, whose gradient is, for each unit i,
+
+    d E[L] / d logit_i = p_i (1 - p_i) E_z[L(z with z_i = 1) - L(z with z_i = 0)],
+
+the cost of removing unit i from the sampled rest of the mask, times the sigmoid's derivative. One sample z of the
+other units gives an unbiased estimate of it, at the price of one extra copy of the examples per unit (each unit
+flipped in turn), run as one batch, and no backward. That is affordable when the units are few (the heads of a
+model: tens to a few hundred), never for neurons or weights.
+
+Straight-through Gumbel-sigmoid and hard-concrete gradients are the loss's slope at the sample instead. At
+initialisation nearly every head is kept, so they measure each head's slope at "fully on", which on a model near its
+loss floor says little about what removing the head costs (docs/concepts.md#head-masks measures both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.data import Batch
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.objectives import Objective, Outputs, Reference, Score, model_outputs
+from modmask_lens.masks.sampling import UniformNoise, sample_mask
+
+VARIANT_EXAMPLES = 1024
+"""At most this many examples (mask variants times the chunk's examples) per forward of the flipped variants."""
+
+
+def local_expectation_step(
+    bridge: Bridge,
+    mask_set: MaskSet,
+    objective: Objective,
+    batch: Batch,
+    reference: Reference | None,
+    noise: UniformNoise,
+    weight: float,
+    chunk: int = 0,
+    n_chunks: int = 1,
+) -> Score:
+    """Score one Bernoulli head-mask sample on ``batch`` and add ``weight`` times each logit's local-expectation
+    gradient of the objective's loss sum to the logit's ``.grad``.
+
+    The sample is the one :meth:`MaskSet.sample` draws from ``noise`` (a Gumbel-sigmoid sample is 0 or 1, kept with
+    probability ``sigmoid(logit)``). When a training step splits its batch into ``n_chunks`` chunks of random
+    examples, each with its own sample, chunk ``chunk`` estimates only the logits whose index (in model order) is
+    ``chunk`` modulo ``n_chunks``, scaled by ``n_chunks``: unbiased for the whole batch's gradient, at ``1 /
+    n_chunks`` of the cost. A head is removed by zeroing its ``hook_z`` (the same as zeroing its ``W_O`` slice, and
+    with it its ``W_Q``/``W_K``/``W_V`` slices: a head that writes nothing), so the sample and all its flipped
+    variants run as one batch of ``1 + number of logits / n_chunks`` copies of ``batch`` (in forwards of at most
+    :data:`VARIANT_EXAMPLES` examples), under ``no_grad``.
+
+    Args:
+        bridge: the frozen model.
+        mask_set: a head mask (``granularity="head"``) whose logits receive the gradient.
+        objective: scores the masked model's outputs (its loss sum is the L above).
+        batch: the examples the sample runs on.
+        reference: the full model's reference on ``batch``, when the objective compares with it.
+        noise: the sample's noise (unit i reads ``noise.substream(i)``, as :meth:`MaskSet.sample`).
+        weight: the factor of the loss sum in the trained loss (e.g. ``1 / answer tokens``).
+        chunk: this batch's index among the step's chunks.
+        n_chunks: the step's chunks (mask samples).
+
+    Returns:
+        The sampled mask's score (no autograd graph).
+    """
+    logits = torch.cat([mask_set.logits[unit.name].detach().flatten() for unit in mask_set.units])
+    drawn = torch.cat(
+        [
+            sample_mask(mask_set.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index)).flatten()
+            for index, unit in enumerate(mask_set.units)
+        ]
+    )
+    estimated = torch.arange(chunk, logits.numel(), n_chunks, device=logits.device)
+    variants = drawn.expand(1 + estimated.numel(), -1).clone()  # the sample, then each estimated head flipped
+    variants[torch.arange(1, variants.shape[0]), estimated] = 1.0 - drawn[estimated]
+    sampled, losses = _variant_losses(bridge, mask_set, objective, batch, reference, variants)
+    flipped = losses[1:]
+    removal_cost = torch.where(drawn[estimated] > 0, flipped - losses[0], losses[0] - flipped)
+    keep = torch.sigmoid(logits[estimated])
+    gradient = torch.zeros_like(logits)
+    gradient[estimated] = -weight * n_chunks * keep * (1 - keep) * removal_cost
+    offset = 0
+    for unit in mask_set.units:
+        own = mask_set.logits[unit.name]
+        part = gradient[offset : offset + own.numel()].view_as(own)
+        own.grad = part if own.grad is None else own.grad + part
+        offset += own.numel()
+    return sampled
+
+
+def _variant_losses(
+    bridge: Bridge,
+    mask_set: MaskSet,
+    objective: Objective,
+    batch: Batch,
+    reference: Reference | None,
+    variants: Float[Tensor, "variant head"],
+) -> tuple[Score, Float[Tensor, " variant"]]:
+    """The objective's score of the first variant and the loss sum of every variant: ``batch`` run once per variant
+    with each head's ``hook_z`` times its gate (heads in model order: the mask units' logits, concatenated)."""
+    missing = [f"{unit.name}.hook_z" for unit in mask_set.units if f"{unit.name}.hook_z" not in bridge.hook_dict]
+    if missing:
+        raise ValueError(
+            f"sampler 'bernoulli' removes heads at their hook_z, which this model does not have ({missing[0]}); "
+            "train its head masks with sampler='hard-concrete'"
+        )
+    per_forward = max(1, VARIANT_EXAMPLES // len(batch))
+    losses, first = [], None
+    with torch.no_grad():
+        for group in variants.split(per_forward):
+            copies = group.shape[0]
+            repeated = _repeat(batch, copies)
+            gates = group.repeat_interleave(len(batch), dim=0)  # [copy * example, head]
+            hooks, offset = [], 0
+            for unit in mask_set.units:
+                unit_gates = gates[:, offset : offset + unit.numel]
+                hooks.append((f"{unit.name}.hook_z", lambda z, hook, gate=unit_gates: z * gate[:, None, :, None]))
+                offset += unit.numel
+            with bridge.hooks(fwd_hooks=hooks):  # the model's own weights, read under no_grad: never changed
+                outputs = model_outputs(bridge, repeated, objective.hook_names)
+            for copy in range(copies):
+                rows = slice(copy * len(batch), (copy + 1) * len(batch))
+                part = Outputs(outputs.logits[rows], {name: value[rows] for name, value in outputs.activations.items()})
+                score = objective.score(part, reference, batch)
+                first = score if first is None else first
+                losses.append(score.loss_sum)
+    return first, torch.stack(losses)
+
+
+def _repeat(batch: Batch, copies: int) -> Batch:
+    """``copies`` copies of ``batch``, one after another along the example axis."""
+    return dataclasses.replace(
+        batch,
+        **{
+            name: value.repeat(copies, *[1] * (value.dim() - 1))
+            for name, value in vars(batch).items()
+            if isinstance(value, Tensor)
+        },
+    )

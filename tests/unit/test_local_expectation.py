@@ -1,0 +1,121 @@
+"""The ``bernoulli`` sampler's local-expectation gradient, checked against head removals computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import state_snapshot
+
+from modmask_lens import MaskConfig, MaskSet, SubtaskData, TrainConfig, train_masks
+from modmask_lens.masks.local_expectation import local_expectation_step
+from modmask_lens.masks.objectives import AnswerCrossEntropy
+from modmask_lens.masks.sampling import UniformNoise, sample_mask
+from modmask_lens.testing.tiny_models import tiny_bridge
+
+
+def answer_data(bridge, examples: int = 6) -> SubtaskData:
+    """Random token sequences whose last three positions are the answer."""
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(0, bridge.cfg.d_vocab, (examples, 8), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -3:] = input_ids[:, -3:]
+    return SubtaskData("answers", input_ids, labels)
+
+
+def answer_loss_sum(bridge, data: SubtaskData, head_gates: torch.Tensor) -> float:
+    """Answer-token cross-entropy summed over answer tokens, with ``hook_z`` of head [layer, head] times its gate:
+    written out with hooks and ``F.cross_entropy``, not the library's masks or scoring."""
+    hooks = [
+        (f"blocks.{layer}.attn.hook_z", lambda z, hook, gate=gate: z * gate[None, None, :, None])
+        for layer, gate in enumerate(head_gates)
+    ]
+    with torch.no_grad():
+        logits = bridge.run_with_hooks(data.input_ids, fwd_hooks=hooks)
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), data.labels[:, 1:].flatten(), reduction="sum"))
+
+
+@pytest.mark.parametrize(("chunk", "n_chunks"), [(0, 1), (1, 3)])
+def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_sample(any_bridge, chunk, n_chunks):
+    """With ``n_chunks`` chunks, this chunk estimates every ``n_chunks``-th head (model order), scaled up; on GPT-2,
+    a native model and one with grouped-query attention."""
+    bridge = any_bridge
+    data = answer_data(bridge)
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", init_logit=0.5))
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    mask.logits[f"blocks.{n_layers - 1}.attn"].data = torch.linspace(-1.0, 2.0, n_heads)
+    noise = UniformNoise(7)
+    drawn = torch.stack(  # the Gumbel-sigmoid's 0/1 samples, unit i from noise.substream(i) as MaskSet.sample
+        [sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index))
+         for index, unit in enumerate(mask.units)]
+    )  # fmt: skip
+    assert set(drawn.unique().tolist()) == {0.0, 1.0}  # both kept and removed heads are exercised
+    weight = 0.25
+
+    batch = data.examples(torch.arange(6))
+    score = local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, weight, chunk, n_chunks)
+
+    assert score.loss_sum.item() == pytest.approx(answer_loss_sum(bridge, data, drawn), rel=1e-5)
+    logits = torch.stack([mask.logits[unit.name] for unit in mask.units]).detach()
+    expected = torch.zeros_like(logits)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            on, off = drawn.clone(), drawn.clone()
+            on[layer, head], off[layer, head] = 1.0, 0.0
+            removal_cost = answer_loss_sum(bridge, data, off) - answer_loss_sum(bridge, data, on)
+            keep = torch.sigmoid(logits[layer, head])
+            estimated = (layer * n_heads + head) % n_chunks == chunk
+            expected[layer, head] = -weight * n_chunks * keep * (1 - keep) * removal_cost * estimated
+    gradients = torch.stack([mask.logits[unit.name].grad for unit in mask.units])
+    torch.testing.assert_close(gradients, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_bernoulli_head_masks_moves_logits_and_leaves_the_model_unchanged():
+    bridge = tiny_bridge()
+    data = answer_data(bridge, examples=8)
+    before = state_snapshot(bridge)
+    config = TrainConfig(steps=3, batch_size=8, n_samples=2, readout="zero")
+    masks = train_masks(bridge, data, MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False)
+    logits = torch.cat([logit.detach() for logit in masks["answers"].logits.values()])
+    assert not torch.equal(logits, torch.full_like(logits, MaskConfig().init_logit))
+    after = state_snapshot(bridge)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.mark.parametrize(
+    ("granularity", "roles"), [("weight", None), ("neuron", None), ("matrix", None), ("head", ("W_Q", "W_K"))]
+)
+def test_bernoulli_masks_are_refused_except_on_heads_w_o(granularity, roles):
+    with pytest.raises(ValueError, match="trains head masks on W_O"):
+        MaskConfig(granularity=granularity, sampler="bernoulli", roles=roles)
+
+
+def test_a_shared_head_logit_gets_the_same_bernoulli_gradient_as_an_output_one():
+    """A head whose W_O slice is zero writes nothing, whatever its W_Q, W_K and W_V: removal is removal."""
+    bridge = tiny_bridge()
+    batch = answer_data(bridge).examples(torch.arange(6))
+    gradients = []
+    for head_mask in ("qkvo", "output"):
+        mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", head_mask=head_mask))
+        local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, UniformNoise(2), 1.0)
+        gradients.append(torch.cat([logit.grad for logit in mask.logits.values()]))
+    assert gradients[0].abs().sum() > 0
+    torch.testing.assert_close(gradients[0], gradients[1])
+
+
+def test_the_trainer_estimates_each_chunk_of_a_step_with_its_own_share_of_the_heads(monkeypatch):
+    from modmask_lens.masks import training
+
+    calls = []
+
+    def recording(*args):
+        calls.append(args[-2:])  # (chunk, n_chunks)
+        return local_expectation_step(*args)
+
+    monkeypatch.setattr(training, "local_expectation_step", recording)
+    bridge = tiny_bridge()
+    config = TrainConfig(steps=2, batch_size=6, n_samples=3, beta=0.0, max_loss_increase=None, readout="zero")
+    train_masks(
+        bridge, answer_data(bridge), MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False
+    )
+    assert calls == [(0, 3), (1, 3), (2, 3)] * 2
