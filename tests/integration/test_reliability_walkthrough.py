@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import VOCAB, boot_gpt2, boot_native
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import RwkvConfig, RwkvForCausalLM
 from typer.testing import CliRunner
 
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked, masked_call, save_masks
@@ -69,9 +69,12 @@ def copy_task(name: str = "copy", seed: int = 0) -> SubtaskData:
     return SubtaskData(name, input_ids, torch.where(torch.arange(6) >= 4, input_ids, -100))
 
 
-def tiny_t5(folder: Path):
-    config = T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
-    return boot_tiny(T5ForConditionalGeneration(config), folder)
+def tiny_rwkv(folder: Path):
+    """A family whose weights no adapter reads (TransformerLens maps only its norms and unembedding)."""
+    config = RwkvConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32
+    )
+    return boot_tiny(RwkvForCausalLM(config), folder)
 
 
 def dict_of_masks(bridge) -> None:
@@ -179,12 +182,12 @@ CASES = {
         ValueError,
         r"masked\(\) applies one mask; got a dict of masks \['jump'\]: enter one, e\.g\. masked\(bridge, masks\[",
     ),
-    "t5_folder_gets_the_generic_adapter": (
-        lambda b, t, p: MaskSet.for_bridge(tiny_t5(p)),
+    "rwkv_folder_gets_no_adapter": (
+        lambda b, t, p: MaskSet.for_bridge(tiny_rwkv(p)),
         UnsupportedArchitecture,
         (
-            r"T5ForConditionalGeneration: no adapter that maps its weights: the \w+ adapter finds only "
-            r"\['W_U'\] \(640 of the model's .* parameters, \d+%\)"
+            r"RwkvForCausalLM: no adapter that maps its weights: the \w+ adapter finds only "
+            r"\['W_U', 'ln1\.w', 'ln2\.w', 'ln_final\.w'\] \(\d+ of the model's .* parameters, \d+%\)"
         ),
     ),
     "two_runs_write_one_checkpoint_folder": (
