@@ -6,11 +6,12 @@ Models: random GPT-2 configurations (vocabulary 512, 64 positions) saved and boo
 thread by default. Mask training uses the library's defaults (``MaskConfig()``, ``TrainConfig()``: 4 mask samples per
 step) at weight, neuron and head granularity; fine-tuning is plain Adam on every weight through the same bridge.
 
-All figures of a run come from this one invocation: step times are medians of interleaved steps (fine-tuning and
-every granularity in turn, warm-up excluded, so drifts in machine load hit all alike); peak memory is the growth of
-the peak RSS over the ready process, measured in a fresh child process per configuration (peak RSS cannot be reset
-inside one process). ``--profile SIZE`` adds the torch profiler's breakdown of one size's weight-granularity mask step
-and fine-tuning step into noise, sampler, products, matmuls, optimiser and the rest.
+All figures of a run come from this one invocation: step times are medians of the CPU time of interleaved steps
+(``bench_masks.timed``; fine-tuning and every granularity in turn, warm-up excluded, so drifts in machine load hit all
+alike); peak memory is the growth of the peak RSS over the ready process, measured in a fresh child process per
+configuration (peak RSS cannot be reset inside one process). ``--profile SIZE`` adds the torch profiler's breakdown
+of one size's weight-granularity mask step and fine-tuning step into noise, sampler, products, matmuls, optimiser and
+the rest.
 
 Run: ``python benchmarks/bench_scaling.py`` (all sizes; the parts measured on the shared 2-core sandbox at load 8-12
 took 9 minutes for 4M and 24M, 6 for 107M weight masks, 5 for 107M neuron and head masks: about 30-40 minutes in all,
