@@ -156,8 +156,8 @@ class OutputHeadsOnWrongAxis(DerivedAdapter):
 
     architectures = ("LlamaForCausalLM",)
 
-    def _unit_layout(self, role, layout, dims):
-        unit, axis, width = super()._unit_layout(role, layout, dims)
+    def _unit_layout(self, role, layout, dims, shape):
+        unit, axis, width = super()._unit_layout(role, layout, dims, shape)
         return (unit, 1 - axis, width) if role == "W_O" else (unit, axis, width)
 
 
