@@ -16,6 +16,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for, query_rows_per_head
+from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.functional import frozen_call
@@ -75,7 +76,10 @@ def run_conformance(
             bridge(tokens)
         unmasked_failure = None
     except Exception as error:  # noqa: BLE001 (the model itself failing is reported as every check's cause)
-        unmasked_failure = f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
+        unmasked_failure = (
+            f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
+            + _whose_failure(bridge, tokens)
+        )
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
         failure, applies = unmasked_failure, True
@@ -456,19 +460,60 @@ def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
 
 
 def _transformers_own_failure(bridge: Bridge, tokens: Tensor, decoder_inputs: dict[str, Tensor]) -> str | None:
-    """One line saying that ``transformers``' own model class fails on ``tokens`` with this config, unmasked and
-    outside TransformerLens (a fresh model from the same config), or ``None`` when it runs. TransformerLens runs some
-    attention itself (latent attention), so the bridge can run a config that ``transformers`` cannot."""
-    model_class = type(bridge.original_model)
+    """One line saying that ``transformers``' own model class fails on ``tokens``, unmasked and outside
+    TransformerLens with the bridge's weights (:func:`_outside_transformer_lens`), or ``None`` when it runs them.
+    TransformerLens runs some attention itself (latent attention), so the bridge can run a config that
+    ``transformers`` cannot."""
+    model = _outside_transformer_lens(bridge)
     try:
         with torch.no_grad():
-            model_class(bridge.original_model.config).eval()(tokens, **decoder_inputs)
+            model(tokens, **decoder_inputs)
     except Exception as error:  # noqa: BLE001 (any failure of transformers' own forward pass is the finding)
         return (
-            f"transformers' own {model_class.__name__} fails on these tokens with this config, unmasked and outside "
+            f"transformers' own {type(model).__name__} fails on these tokens with this config, unmasked and outside "
             f"TransformerLens ({_one_line(error)}); no mask is involved"
         )
     return None
+
+
+ATTRIBUTION_MAX_PARAMETERS = 500_000_000
+"""Largest model whose failing unmasked forward pass the kit runs again outside TransformerLens to say whose failure
+it is (that needs a second copy of the weights)."""
+
+
+def _whose_failure(bridge: Bridge, tokens: Tensor) -> str:
+    """For a bridge whose unmasked forward pass fails: whether ``transformers``' own model fails the same way outside
+    TransformerLens with the same weights, or runs (then the failure is TransformerLens's); empty where that cannot
+    be tried (no Hugging Face model, an encoder-decoder, which needs the bridge's decoder inputs, or a model over
+    :data:`ATTRIBUTION_MAX_PARAMETERS`)."""
+    model = bridge.original_model
+    config = getattr(model, "config", None)
+    if (
+        not hasattr(model, "save_pretrained")
+        or getattr(config, "is_encoder_decoder", False)
+        or sum(parameter.numel() for parameter in model.parameters()) > ATTRIBUTION_MAX_PARAMETERS
+    ):
+        return ""
+    try:
+        own_failure = _transformers_own_failure(bridge, tokens, {})
+    except Exception:  # noqa: BLE001 (a model that cannot even be built outside TransformerLens says nothing here)
+        return ""
+    name = type(model).__name__
+    if own_failure is not None:
+        return f"; transformers' own {name} fails the same way outside TransformerLens"
+    return (
+        f"; transformers' own {name} runs them outside TransformerLens with the same weights: TransformerLens's failure"
+    )
+
+
+def _outside_transformer_lens(bridge: Bridge) -> nn.Module:
+    """A fresh ``transformers`` model of the bridge's class and config holding the bridge's weights, with none of
+    TransformerLens's components inside, in evaluation mode."""
+    hf_model = bridge.original_model
+    state, _ = native_state_dict(hf_model)
+    model = type(hf_model)(native_config(hf_model)).eval()
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {

@@ -1,7 +1,9 @@
-"""Heads whose stored width is not ``cfg.d_head``: latent attention (DeepSeek V2), whose output projection reads
-``v_head_dim`` per head while ``cfg.d_head`` is the rotary width, and a gated query projection (Qwen3-Next), which
-holds each head's query rows then its gate rows. A head mask drops exactly that head's slice, checked against zeroing
-the same slice of the Hugging Face weight directly (no TransformerLens hook involved)."""
+"""Families whose tiny models failed in their own forward pass. Heads whose stored width is not ``cfg.d_head``:
+latent attention (DeepSeek V2), whose output projection reads ``v_head_dim`` per head while ``cfg.d_head`` is the
+rotary width, and a gated query projection (Qwen3-Next), which holds each head's query rows then its gate rows. A head
+mask drops exactly that head's slice, checked against zeroing the same slice of the Hugging Face weight directly (no
+TransformerLens hook involved). A config that transformers itself cannot run is reported as failing outside
+TransformerLens, in one line."""
 
 from __future__ import annotations
 
@@ -110,3 +112,17 @@ def test_an_export_that_transformers_itself_cannot_run_is_reported_as_transforme
     assert not result.passed
     assert result.detail.startswith("transformers' own DeepseekV2ForCausalLM fails on these tokens with this config")
     assert "no mask is involved" in result.detail and "\n" not in result.detail
+
+
+def test_a_model_that_transformers_itself_cannot_run_is_reported_as_failing_outside_transformer_lens(tmp_path):
+    """DeepSeek V2's default ``num_experts_per_tok`` is ``None``: its routing fails in transformers' own code, in the
+    bridge and outside it alike, and every check says so in one line."""
+    torch.manual_seed(0)
+    config = DeepseekV2Config(**(LATENT.to_dict() | {"num_experts_per_tok": None}))
+    bridge = boot_tiny(DeepseekV2ForCausalLM(config), tmp_path)
+    for result in run_conformance(bridge, checks=["all_ones_bit_identical", "head_off_equals_zeroed_hook_z"]):
+        assert not result.passed and "\n" not in result.detail
+        assert result.detail.startswith("the unmasked model itself fails on these tokens (TypeError: topk()")
+        assert result.detail.endswith(
+            "; transformers' own DeepseekV2ForCausalLM fails the same way outside TransformerLens"
+        )
