@@ -77,8 +77,8 @@ def run_conformance(
         unmasked_failure = None
     except Exception as error:  # noqa: BLE001 (the model itself failing is reported as every check's cause)
         unmasked_failure = (
-            f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
-            + _whose_failure(bridge, tokens)
+            f"the unmasked model itself fails on these tokens{_whose_failure(bridge, tokens)} ({_one_line(error)}); "
+            "no mask is involved"
         )
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
@@ -482,9 +482,9 @@ it is (that needs a second copy of the weights)."""
 
 
 def _whose_failure(bridge: Bridge, tokens: Tensor) -> str:
-    """For a bridge whose unmasked forward pass fails: whether ``transformers``' own model fails the same way outside
-    TransformerLens with the same weights, or runs (then the failure is TransformerLens's); empty where that cannot
-    be tried (no Hugging Face model, an encoder-decoder, which needs the bridge's decoder inputs, or a model over
+    """For a bridge whose unmasked forward pass fails, a clause saying whether ``transformers``' own model fails too
+    outside TransformerLens with the same weights, or runs (then the failure is TransformerLens's); empty where that
+    cannot be tried (no Hugging Face model, an encoder-decoder, which needs the bridge's decoder inputs, or a model over
     :data:`ATTRIBUTION_MAX_PARAMETERS`)."""
     model = bridge.original_model
     config = getattr(model, "config", None)
@@ -500,9 +500,9 @@ def _whose_failure(bridge: Bridge, tokens: Tensor) -> str:
         return ""
     name = type(model).__name__
     if own_failure is not None:
-        return f"; transformers' own {name} fails the same way outside TransformerLens"
+        return f", and so does transformers' own {name} outside TransformerLens"
     return (
-        f"; transformers' own {name} runs them outside TransformerLens with the same weights: TransformerLens's failure"
+        f", while transformers' own {name} runs them outside TransformerLens with the same weights: TransformerLens's"
     )
 
 

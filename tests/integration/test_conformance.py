@@ -227,9 +227,9 @@ def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_b
     finally:
         del bridge.forward
     assert [str(result) for result in results] == [
-        f"FAIL GPT2LMHeadModel {name}: the unmasked model itself fails on these tokens (RuntimeError: The size of "
-        "tensor a (32) must match the size of tensor b (4)); no mask is involved; transformers' own GPT2LMHeadModel "
-        "runs them outside TransformerLens with the same weights: TransformerLens's failure"
+        f"FAIL GPT2LMHeadModel {name}: the unmasked model itself fails on these tokens, while transformers' own "
+        "GPT2LMHeadModel runs them outside TransformerLens with the same weights: TransformerLens's (RuntimeError: "
+        "The size of tensor a (32) must match the size of tensor b (4)); no mask is involved"
         for name in ("all_ones_bit_identical", "head_off_equals_zeroed_hook_z")
     ]
 
