@@ -215,7 +215,8 @@ def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
 
 
 def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_bridge):
-    """A tiny DeepSeek-V3 fails in its own forward (docs/architectures.md); the kit says so, not blaming a check."""
+    """A model that fails in its own forward (as the tiny DeepSeek-V3 did with the generic sizes) is reported as such,
+    not blaming a check; a GPT-2 that transformers runs outside TransformerLens makes it TransformerLens's."""
     bridge = family_bridge("gpt2")
 
     def broken(*args, **kwargs):
