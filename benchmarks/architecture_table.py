@@ -133,8 +133,8 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
 """Per-architecture fields over :data:`TINY_SIZES` (set where the config has them) for families whose released
 models interleave layer kinds or tie sizes together that the generic sizes break: without them the tiny model
 failed in its own forward pass. Jamba's default puts attention in layer 4 of every 8 and RecurrentGemma's in layer
-3 of every 3, so two layers held none and ``transformers`` cannot start their cache; here layer 0 is Jamba's
-attention layer (dense MLP) and layer 1 its Mamba layer (experts), as in the released Jamba."""
+2 of every 3 (from 0), so layers 0 and 1 held none and ``transformers`` cannot start their cache; here layer 0 is
+Jamba's attention layer (dense MLP) and layer 1 its Mamba layer (experts), as in the released Jamba."""
 
 GRANULARITY_CHECKS = {
     "weight": (
