@@ -72,6 +72,70 @@ TINY_SIZES = {
 """Config fields set where the family's config has them (aliases such as GPT-2's ``n_embd`` follow
 ``attribute_map``)."""
 
+_LATENT_ATTENTION_SIZES = {
+    "num_key_value_heads": 4,
+    "head_dim": 4,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 24,
+    "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 4,
+    "v_head_dim": 8,
+    "n_routed_experts": 4,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 16,
+    "first_k_dense_replace": 1,
+    "n_group": 2,
+    "topk_group": 1,
+    "index_n_heads": 2,
+    "index_head_dim": 8,
+    "index_topk": 4,
+}
+"""Multi-head latent attention (DeepSeek V2/V3 and the families built on it): one key/value head per query head, as
+in every released checkpoint (the generic 2 key/value heads break its attention), ``head_dim`` equal to
+``qk_rope_head_dim`` as transformers derives it (DeepSeek V3 and Youtu keep a ``head_dim`` passed in, and their
+rotary tables then mismatch the rotary half of each query), small latent ranks, 4 routed
+experts with 2 per token (DeepSeek V2's default of ``None`` per token cannot run), layer 0 dense and layer 1 routed,
+and a sparse-attention indexer that keeps 4 of the 8 tokens."""
+
+_HYBRID_SIZES = {
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16,
+}
+"""Qwen3-Next and Qwen3.5: one linear-attention layer, then one full-attention layer (their default puts attention
+in every 4th layer, so two layers had none)."""
+
+TINY_OVERRIDES: dict[str, dict[str, object]] = {
+    "DeepseekV2ForCausalLM": _LATENT_ATTENTION_SIZES,
+    "DeepseekV3ForCausalLM": _LATENT_ATTENTION_SIZES,
+    "GlmMoeDsaForCausalLM": _LATENT_ATTENTION_SIZES,
+    "Glm4MoeLiteForCausalLM": _LATENT_ATTENTION_SIZES,
+    "YoutuForCausalLM": _LATENT_ATTENTION_SIZES,
+    "Qwen3NextForCausalLM": _HYBRID_SIZES,
+    "Qwen3_5ForCausalLM": _HYBRID_SIZES,
+    "Qwen3_5MoeForCausalLM": _HYBRID_SIZES,
+    "JambaForCausalLM": {
+        "attn_layer_period": 2,
+        "attn_layer_offset": 0,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "num_experts": 4,
+    },
+    "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
+}
+"""Per-architecture fields over :data:`TINY_SIZES` (set where the config has them) for families whose released
+models interleave layer kinds or tie sizes together that the generic sizes break: without them the tiny model
+failed in its own forward pass. Jamba's default puts attention in layer 4 of every 8 and RecurrentGemma's in layer
+2 of every 3 (from 0), so layers 0 and 1 held none and ``transformers`` cannot start their cache; here layer 0 is
+Jamba's attention layer (dense MLP) and layer 1 its Mamba layer (experts), as in the released Jamba."""
+
 GRANULARITY_CHECKS = {
     "weight": (
         "all_ones_bit_identical",
@@ -98,17 +162,20 @@ def tiny_model(architecture: str) -> torch.nn.Module:
     model_class = getattr(transformers, architecture, None)
     if model_class is None:
         raise LookupError("no transformers class of this name (remote code or another library)")
-    return model_class(tiny_config(model_class.config_class))
+    return model_class(tiny_config(model_class.config_class, TINY_OVERRIDES.get(architecture, {})))
 
 
-def tiny_config(config_class: type[transformers.PretrainedConfig]) -> transformers.PretrainedConfig:
-    """``config_class``'s defaults with :data:`TINY_SIZES` where it has the field, and the same for each nested
-    config (a multimodal model's ``text_config`` and ``vision_config``): without that, their default sizes make a
-    multimodal model billions of parameters, which the run's memory limit refuses."""
+def tiny_config(
+    config_class: type[transformers.PretrainedConfig], overrides: dict[str, object] | None = None
+) -> transformers.PretrainedConfig:
+    """``config_class``'s defaults with :data:`TINY_SIZES`, then ``overrides``, where it has the field, and the same
+    for each nested config (a multimodal model's ``text_config`` and ``vision_config``): without that, their default
+    sizes make a multimodal model billions of parameters, which the run's memory limit refuses."""
     defaults = config_class()
-    settable = {name for name in TINY_SIZES if hasattr(defaults, name)}
+    wanted = TINY_SIZES | (overrides or {})
+    settable = {name for name in wanted if hasattr(defaults, name)}
     read_only = {name for name in settable if isinstance(getattr(type(defaults), name, None), property)}
-    sizes: dict[str, object] = {name: TINY_SIZES[name] for name in settable - read_only}  # Falcon derives head_dim
+    sizes: dict[str, object] = {name: wanted[name] for name in settable - read_only}  # Falcon derives head_dim
     for name, value in vars(defaults).items():
         if isinstance(value, transformers.PretrainedConfig):
             sizes[name] = tiny_config(type(value)).to_dict()

@@ -1,6 +1,6 @@
 """Architecture adapters: the only place that knows how a model family stores its tensors."""
 
-from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
+from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape, query_rows_per_head
 from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.adapters.registry import (
     GranularityNotApplicable,
@@ -21,6 +21,7 @@ __all__ = [
     "adapter_for",
     "installed_adapters",
     "model_shape",
+    "query_rows_per_head",
     "register_adapter",
     "unsupported",
 ]

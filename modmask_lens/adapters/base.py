@@ -257,6 +257,29 @@ STACK_SUFFIX = "blocks"
 """TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks`` (``encoder_blocks``)."""
 
 
+def head_width(length: int, n_units: int, d_head: int) -> int:
+    """Elements per head along a head axis of ``length`` holding ``n_units`` heads: ``d_head`` where the axis is
+    exactly ``n_units * d_head`` long, else the axis's own share per head. Latent attention's output projection reads
+    ``v_head_dim`` per head while ``cfg.d_head`` is its rotary width (DeepSeek V2/V3), and a gated query projection
+    holds each head's query rows then its gate rows, ``2 * d_head`` (Qwen3-Next, Qwen3.5).
+
+    >>> head_width(32, 4, 8), head_width(32, 4, 4), head_width(64, 4, 8)
+    (8, 8, 16)
+    """
+    if length == n_units * d_head or length % n_units:
+        return d_head
+    return length // n_units
+
+
+def query_rows_per_head(bridge: Bridge, spec: TensorSpec) -> int:
+    """How many of each head's :attr:`TensorSpec.unit_width` rows of a ``W_Q`` tensor are its query, which
+    TransformerLens's ``W_Q[h]`` shows: ``d_head`` where TransformerLens declares a gated query projection
+    (``cfg.gated_q_proj``: each head's query rows, then its output-gate rows; Qwen3-Next, Qwen3.5), else all."""
+    if spec.role == "W_Q" and getattr(bridge.cfg, "gated_q_proj", False):
+        return int(bridge.cfg.d_head)
+    return spec.unit_width
+
+
 def stack_names(mapping: object) -> tuple[str, ...]:
     """The stacks of blocks in TransformerLens's component mapping, in its order (``("blocks",)`` for a decoder-only
     model, ``("encoder_blocks", "decoder_blocks")`` for an encoder-decoder)."""
@@ -401,7 +424,7 @@ class Adapter:
         first_key_of: dict[int, str] = {}
         for located in self.located_parameters(bridge):
             layout = self._layout(located.key, located.module, located.parameter)
-            unit, unit_axis, unit_width = self._unit_layout(located.role, layout, dims)
+            unit, unit_axis, unit_width = self._unit_layout(located.role, layout, dims, located.parameter.shape)
             tied_to = first_key_of.setdefault(id(located.parameter), located.key)
             specs.append(
                 TensorSpec(
@@ -444,9 +467,10 @@ class Adapter:
         return self.stored_layout(key, module)
 
     def _unit_layout(
-        self, role: str, layout: TensorLayout, dims: ModelShape
+        self, role: str, layout: TensorLayout, dims: ModelShape, shape: tuple[int, ...]
     ) -> tuple[UnitKind | None, int | None, int]:
-        """Where heads or neurons live in a tensor of ``role`` (TransformerLens's head/neuron conventions)."""
+        """Where heads or neurons live in a tensor of ``role`` and ``shape`` (TransformerLens's head/neuron
+        conventions), and how wide a head is (:func:`head_width`)."""
         unit = _UNIT_OF_ROLE.get(role)
         if unit is None or layout == "unknown":
             return None, None, 1
@@ -456,7 +480,9 @@ class Adapter:
             out_axis = 0 if layout == "linear" else 1  # Linear stores [out, in]; Conv1D stores [in, out]
             reads_units = role in ("W_O", "W_out")  # these read heads / neurons on their input side
             axis = 1 - out_axis if reads_units else out_axis
-        return unit, axis, dims.d_head if unit in ("head", "kv_head") else 1
+        if unit == "neuron":
+            return unit, axis, 1
+        return unit, axis, head_width(shape[axis], dims.n_heads if unit == "head" else dims.n_kv_heads, dims.d_head)
 
     def fuse_for_export(
         self, bridge: Bridge, hf_state: dict[str, torch.Tensor], masked: dict[str, torch.Tensor]

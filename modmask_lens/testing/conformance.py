@@ -15,7 +15,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for
+from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for, query_rows_per_head
+from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.functional import frozen_call
@@ -75,7 +76,10 @@ def run_conformance(
             bridge(tokens)
         unmasked_failure = None
     except Exception as error:  # noqa: BLE001 (the model itself failing is reported as every check's cause)
-        unmasked_failure = f"the unmasked model itself fails on these tokens ({_one_line(error)}); no mask is involved"
+        unmasked_failure = (
+            f"the unmasked model itself fails on these tokens{_whose_failure(bridge, tokens)} ({_one_line(error)}); "
+            "no mask is involved"
+        )
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
         failure, applies = unmasked_failure, True
@@ -98,27 +102,37 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch po
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does); each head is
     zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``)."""
     binary = mask.binary()
-    dropped: dict[str, list[int]] = {}
+    dropped: dict[str, tuple[list[int], int]] = {}
     for spec in binary.specs:
         if spec.role != "W_O" or spec.unit != "head":
             continue
         kept, _ = kept_per_unit(spec, binary.kept[spec.key])
         heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
         if heads:
-            dropped[spec.key.rsplit(".", 2)[0]] = heads
+            dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_width)
 
-    def zero_heads(heads: list[int]):
+    def zero_heads(heads: list[int], width: int):
         def hook(z, hook):
-            z[:, :, heads] = 0.0
-            return z
+            return _zero_heads(z, heads, width)
 
         return hook
 
-    hooks = [(f"{component}.hook_z", zero_heads(heads)) for component, heads in dropped.items()]
+    hooks = [(f"{component}.hook_z", zero_heads(*dropped_heads)) for component, dropped_heads in dropped.items()]
     expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     with masked(bridge, binary):
         actual = bridge(tokens)
     return _compare(actual, expected, f"heads {dropped} off")
+
+
+def _zero_heads(z: Tensor, heads: list[int], width: int) -> Tensor:
+    """``hook_z`` with ``heads`` zeroed: each head's ``width`` consecutive entries of the flattened per-position
+    input of ``W_O`` (head-major), whatever head split TransformerLens gives the hook. Usually ``[batch, pos, head,
+    d_head]``; on latent attention TransformerLens splits it by ``cfg.d_head`` (the rotary width), not by the
+    ``v_head_dim`` that ``W_O`` reads per head, so there ``hook_z[:, :, h]`` is not head h."""
+    flat = z.reshape(*z.shape[:2], -1).clone()
+    for head in heads:
+        flat[..., head * width : (head + 1) * width] = 0.0
+    return flat.reshape(z.shape)
 
 
 def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
@@ -220,9 +234,8 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
 
     def zero(activation, hook):
         if unit == "head":
-            activation[:, :, local] = 0.0  # hook_z: [batch, pos, head, d_head]
-        else:
-            activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
+            return _zero_heads(activation, [local], writer.unit_width)
+        activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 
     hook_name = "hook_z" if unit == "head" else "hook_post"
@@ -283,7 +296,8 @@ def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> 
 def _tl_views(bridge: Bridge) -> str | None:
     """Head h / neuron slices of each tensor, in TransformerLens orientation ([in, out]), equal ``bridge.W_Q`` etc.
     (a shared expert's: its own component's ``W_in`` / ``W_out``; tensors without a TransformerLens view, such as an
-    unwrapped shared expert's, are skipped)."""
+    unwrapped shared expert's, are skipped). ``W_Q[h]`` is compared with head h's query rows
+    (:func:`~modmask_lens.adapters.base.query_rows_per_head`: a gated query's head also holds its gate rows)."""
     checked = 0
     adapter = adapter_for(bridge)
     specs = adapter.tensor_specs(bridge)
@@ -308,6 +322,8 @@ def _tl_views(bridge: Bridge) -> str | None:
         if spec.unit in ("head", "kv_head"):
             for head in range(tl_tensor.shape[0]):
                 piece = as_tl(weight.narrow(spec.unit_axis, head * spec.unit_width, spec.unit_width))
+                if spec.role == "W_Q":
+                    piece = piece[..., : query_rows_per_head(bridge, spec)]  # [d_model, rows]
                 if piece.shape != tl_tensor[head].shape or not torch.allclose(piece, tl_tensor[head]):
                     return (
                         f"{spec.key} {spec.shape} head {head} (heads on axis {spec.unit_axis}) is "
@@ -433,8 +449,71 @@ def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
     with tempfile.TemporaryDirectory() as directory:
         export_masked_model(bridge, mask, directory)
         reloaded = type(bridge.original_model).from_pretrained(directory)
-        actual = reloaded(tokens, **decoder_inputs).logits  # an encoder-decoder gets the bridge's decoder inputs
+        try:
+            actual = reloaded(tokens, **decoder_inputs).logits  # an encoder-decoder gets the bridge's decoder inputs
+        except Exception:  # told apart from transformers' own failure below, else re-raised
+            own_failure = _transformers_own_failure(bridge, tokens, decoder_inputs)
+            if own_failure is None:
+                raise
+            return own_failure
     return _compare(actual, expected, "exported model")
+
+
+def _transformers_own_failure(bridge: Bridge, tokens: Tensor, decoder_inputs: dict[str, Tensor]) -> str | None:
+    """One line saying that ``transformers``' own model class fails on ``tokens``, unmasked and outside
+    TransformerLens with the bridge's weights (:func:`_outside_transformer_lens`), or ``None`` when it runs them.
+    TransformerLens runs some attention itself (latent attention), so the bridge can run a config that
+    ``transformers`` cannot."""
+    model = _outside_transformer_lens(bridge)
+    try:
+        with torch.no_grad():
+            model(tokens, **decoder_inputs)
+    except Exception as error:  # noqa: BLE001 (any failure of transformers' own forward pass is the finding)
+        return (
+            f"transformers' own {type(model).__name__} fails on these tokens with this config, unmasked and outside "
+            f"TransformerLens ({_one_line(error)}); no mask is involved"
+        )
+    return None
+
+
+ATTRIBUTION_MAX_PARAMETERS = 500_000_000
+"""Largest model whose failing unmasked forward pass the kit runs again outside TransformerLens to say whose failure
+it is (that needs a second copy of the weights)."""
+
+
+def _whose_failure(bridge: Bridge, tokens: Tensor) -> str:
+    """For a bridge whose unmasked forward pass fails, a clause saying whether ``transformers``' own model fails too
+    outside TransformerLens with the same weights, or runs (then the failure is TransformerLens's); empty where that
+    cannot be tried (no Hugging Face model, an encoder-decoder, which needs the bridge's decoder inputs, or a model over
+    :data:`ATTRIBUTION_MAX_PARAMETERS`)."""
+    model = bridge.original_model
+    config = getattr(model, "config", None)
+    if (
+        not hasattr(model, "save_pretrained")
+        or getattr(config, "is_encoder_decoder", False)
+        or sum(parameter.numel() for parameter in model.parameters()) > ATTRIBUTION_MAX_PARAMETERS
+    ):
+        return ""
+    try:
+        own_failure = _transformers_own_failure(bridge, tokens, {})
+    except Exception:  # noqa: BLE001 (a model that cannot even be built outside TransformerLens says nothing here)
+        return ""
+    name = type(model).__name__
+    if own_failure is not None:
+        return f", and so does transformers' own {name} outside TransformerLens"
+    return (
+        f", while transformers' own {name} runs them outside TransformerLens with the same weights: TransformerLens's"
+    )
+
+
+def _outside_transformer_lens(bridge: Bridge) -> nn.Module:
+    """A fresh ``transformers`` model of the bridge's class and config holding the bridge's weights, with none of
+    TransformerLens's components inside, in evaluation mode."""
+    hf_model = bridge.original_model
+    state, _ = native_state_dict(hf_model)
+    model = type(hf_model)(native_config(hf_model)).eval()
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {

@@ -156,8 +156,8 @@ class OutputHeadsOnWrongAxis(DerivedAdapter):
 
     architectures = ("LlamaForCausalLM",)
 
-    def _unit_layout(self, role, layout, dims):
-        unit, axis, width = super()._unit_layout(role, layout, dims)
+    def _unit_layout(self, role, layout, dims, shape):
+        unit, axis, width = super()._unit_layout(role, layout, dims, shape)
         return (unit, 1 - axis, width) if role == "W_O" else (unit, axis, width)
 
 
@@ -215,7 +215,8 @@ def test_trained_gqa_head_mask_matches_zeroing_its_dropped_heads(tmp_path):
 
 
 def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_bridge):
-    """A tiny DeepSeek-V3 fails in its own forward (docs/architectures.md); the kit says so, not blaming a check."""
+    """A model that fails in its own forward (as the tiny DeepSeek-V3 did with the generic sizes) is reported as such,
+    not blaming a check; a GPT-2 that transformers runs outside TransformerLens makes it TransformerLens's."""
     bridge = family_bridge("gpt2")
 
     def broken(*args, **kwargs):
@@ -227,8 +228,9 @@ def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_b
     finally:
         del bridge.forward
     assert [str(result) for result in results] == [
-        f"FAIL GPT2LMHeadModel {name}: the unmasked model itself fails on these tokens (RuntimeError: The size of "
-        "tensor a (32) must match the size of tensor b (4)); no mask is involved"
+        f"FAIL GPT2LMHeadModel {name}: the unmasked model itself fails on these tokens, while transformers' own "
+        "GPT2LMHeadModel runs them outside TransformerLens with the same weights: TransformerLens's (RuntimeError: "
+        "The size of tensor a (32) must match the size of tensor b (4)); no mask is involved"
         for name in ("all_ones_bit_identical", "head_off_equals_zeroed_hook_z")
     ]
 
