@@ -2,10 +2,14 @@
 conformance kit at each mask granularity; writes the table of docs/architectures.md.
 
 For every entry of TransformerLens's ``SUPPORTED_ARCHITECTURES`` that names a ``transformers`` model class, a tiny
-config (2 layers, d_model 32, 4 heads, 2 key/value heads where the family has them, vocabulary 64) is built from the
-class's own config class, the model is saved with a word-level tokenizer and booted with
-``TransformerBridge.boot_transformers`` (``modmask_lens.testing.tiny_models.boot_tiny``). A granularity passes when
-every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`).
+config (2 layers, d_model 32, 4 heads, 2 key/value heads where the family has them and its real checkpoints use
+them (:data:`TINY_OVERRIDES`), vocabulary 64) is built from the class's own config class, the model is saved with a
+word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
+(``modmask_lens.testing.tiny_models.boot_tiny``). A granularity passes when
+every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
+(compatibility mode where TransformerLens refuses it) is shown in the note as N/A and neither passes nor fails it.
+Audio encoders run on a waveform long enough for their feature extractor
+(:func:`modmask_lens.testing.conformance.conformance_inputs`).
 
 Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/architecture_table.py --write docs/architectures.md``
 (about 10 minutes on one thread); ``--only GPTJForCausalLM PhiForCausalLM`` checks a few.
@@ -34,7 +38,7 @@ from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.testing import run_conformance
-from modmask_lens.testing.conformance import applicable_checks, check_gradients
+from modmask_lens.testing.conformance import applicable_checks, check_gradients, conformance_inputs
 from modmask_lens.testing.tiny_models import boot_tiny
 
 TINY_SIZES = {
@@ -68,9 +72,17 @@ TINY_SIZES = {
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 2,
+    "conv_dim": (32,) * 7,
 }
 """Config fields set where the family's config has them (aliases such as GPT-2's ``n_embd`` follow
-``attribute_map``)."""
+``attribute_map``; ``conv_dim``: the channels of an audio encoder's 7 feature-extractor convolutions, 512 each by
+default)."""
+
+TINY_OVERRIDES: dict[str, dict[str, object]] = {"PhiForCausalLM": {"num_key_value_heads": None}}
+"""Fields of :data:`TINY_SIZES` that a family's tiny config leaves at its default, because setting them would build
+a layout no real checkpoint of the family has. Phi (phi-1, phi-1.5, phi-2) has no grouped-query attention
+(``num_key_value_heads`` null or equal to ``num_attention_heads``); with 2 key/value heads, TransformerLens's Phi
+weight conversions, which split k and v into ``n_heads`` heads, fail in compatibility mode."""
 
 GRANULARITY_CHECKS = {
     "weight": (
@@ -98,17 +110,20 @@ def tiny_model(architecture: str) -> torch.nn.Module:
     model_class = getattr(transformers, architecture, None)
     if model_class is None:
         raise LookupError("no transformers class of this name (remote code or another library)")
-    return model_class(tiny_config(model_class.config_class))
+    return model_class(tiny_config(model_class.config_class, TINY_OVERRIDES.get(architecture, {})))
 
 
-def tiny_config(config_class: type[transformers.PretrainedConfig]) -> transformers.PretrainedConfig:
-    """``config_class``'s defaults with :data:`TINY_SIZES` where it has the field, and the same for each nested
-    config (a multimodal model's ``text_config`` and ``vision_config``): without that, their default sizes make a
-    multimodal model billions of parameters, which the run's memory limit refuses."""
+def tiny_config(
+    config_class: type[transformers.PretrainedConfig], overrides: dict[str, object] | None = None
+) -> transformers.PretrainedConfig:
+    """``config_class``'s defaults with :data:`TINY_SIZES` (and ``overrides`` over them) where it has the field, and
+    the same for each nested config (a multimodal model's ``text_config`` and ``vision_config``): without that,
+    their default sizes make a multimodal model billions of parameters, which the run's memory limit refuses."""
     defaults = config_class()
-    settable = {name for name in TINY_SIZES if hasattr(defaults, name)}
+    tiny_sizes = TINY_SIZES | (overrides or {})
+    settable = {name for name in tiny_sizes if hasattr(defaults, name)}
     read_only = {name for name in settable if isinstance(getattr(type(defaults), name, None), property)}
-    sizes: dict[str, object] = {name: TINY_SIZES[name] for name in settable - read_only}  # Falcon derives head_dim
+    sizes: dict[str, object] = {name: tiny_sizes[name] for name in settable - read_only}  # Falcon derives head_dim
     for name, value in vars(defaults).items():
         if isinstance(value, transformers.PretrainedConfig):
             sizes[name] = tiny_config(type(value)).to_dict()
@@ -131,9 +146,11 @@ def row(architecture: str) -> dict[str, str]:
             cells[granularity] = "n/a"
             inapplicable.append(reason)
             continue
-        failed = [str(results[name]) for name in names if name in present and not results[name].passed]
+        checked = [results[name] for name in names if name in present]
+        failed = [str(result) for result in checked if result.applies and not result.passed]
+        inapplicable.extend(str(result) for result in checked if not result.applies)
         gradient_failure = _guarded(
-            lambda granularity=granularity: check_gradients(bridge, _tokens(bridge), granularity)
+            lambda granularity=granularity: check_gradients(bridge, conformance_inputs(bridge), granularity)
         )
         if gradient_failure:
             failed.append(f"FAIL {architecture} gradients: {gradient_failure}")
@@ -152,11 +169,6 @@ def _inapplicable(bridge, granularity: str) -> str | None:
     except Exception:  # noqa: BLE001 (any other refusal is a failure, which the checks report)
         return None
     return None
-
-
-def _tokens(bridge) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
 
 
 def _guarded(check: Callable[[], str | None]) -> str | None:

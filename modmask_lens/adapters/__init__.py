@@ -2,6 +2,7 @@
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape
 from modmask_lens.adapters.derived import DerivedAdapter
+from modmask_lens.adapters.inputs import reads_waveform, waveform_samples
 from modmask_lens.adapters.registry import (
     GranularityNotApplicable,
     UnsupportedArchitecture,
@@ -21,6 +22,8 @@ __all__ = [
     "adapter_for",
     "installed_adapters",
     "model_shape",
+    "reads_waveform",
     "register_adapter",
     "unsupported",
+    "waveform_samples",
 ]
