@@ -78,11 +78,25 @@ TINY_SIZES = {
 ``attribute_map``; ``conv_dim``: the channels of an audio encoder's 7 feature-extractor convolutions, 512 each by
 default)."""
 
-TINY_OVERRIDES: dict[str, dict[str, object]] = {"PhiForCausalLM": {"num_key_value_heads": None}}
-"""Fields of :data:`TINY_SIZES` that a family's tiny config leaves at its default, because setting them would build
-a layout no real checkpoint of the family has. Phi (phi-1, phi-1.5, phi-2) has no grouped-query attention
-(``num_key_value_heads`` null or equal to ``num_attention_heads``); with 2 key/value heads, TransformerLens's Phi
-weight conversions, which split k and v into ``n_heads`` heads, fail in compatibility mode."""
+TINY_OVERRIDES: dict[str, dict[str, object]] = {
+    "PhiForCausalLM": {"num_key_value_heads": None},
+    "FalconH1ForCausalLM": {
+        "mamba_n_heads": 4,
+        "mamba_d_head": 8,
+        "mamba_d_ssm": 32,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+    },
+}
+"""Per-family departures from :data:`TINY_SIZES` (``None``: the family's default).
+
+- Phi (phi-1, phi-1.5, phi-2) has no grouped-query attention (as many key/value heads as query heads); with 2
+  key/value heads, TransformerLens's Phi weight conversions, which split k and v into ``n_heads`` heads, fail in
+  compatibility mode, on a layout no real checkpoint has.
+- Falcon-H1's default Mamba-2 mixer is not tiny (128 heads, state 256, chunks of 256 positions: 64 MiB intermediates
+  per forward on the 8-token inputs), and under :data:`MEMORY_LIMIT_BYTES` its head and neuron checks failed with
+  "can't allocate memory"; 4 heads of 8, state 16, chunks of 16 (``mamba_d_ssm`` = heads x head size, as its
+  checkpoints have it)."""
 
 GRANULARITY_CHECKS = {
     "weight": (
