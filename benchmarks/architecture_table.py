@@ -171,6 +171,7 @@ def row(architecture: str) -> dict[str, str]:
         cells[granularity] = "FAIL" if failed else "PASS"
         failures.extend(failed)
     cells["note"] = failures[0][:200] if failures else inapplicable[0][:200] if inapplicable else ""
+    cells["checks_not_applicable"] = ", ".join(sorted({name for name in present if not results[name].applies}))
     return cells
 
 
@@ -221,10 +222,13 @@ def markdown(rows: dict[str, dict[str, str]]) -> str:
     booted = [cells for cells in rows.values() if cells["boots"] == "yes"]
     passing = [cells for cells in booted if all(cells[g] == "PASS" for g in GRANULARITY_CHECKS)]
     applicable = [cells for cells in booted if all(cells[g] in ("PASS", "n/a") for g in GRANULARITY_CHECKS)]
+    with_checks_not_applicable = [cells for cells in passing if cells.get("checks_not_applicable")]
     summary = (
         f"{len(rows)} architectures in TransformerLens's list; {len(booted)} boot offline from a tiny config; "
-        f"{len(passing)} of those pass the kit at all four granularities, and {len(applicable) - len(passing)} more "
-        "at every granularity that applies to them (n/a: the model has no attention or no MLP)."
+        f"{len(passing)} of those pass the kit at all four granularities ({len(with_checks_not_applicable)} of them "
+        "on every check that applies to them: a check shown N/A in the note, compatibility mode where TransformerLens "
+        f"refuses it, is not counted), and {len(applicable) - len(passing)} more at every granularity that applies to "
+        "them (n/a: the model has no attention or no MLP)."
     )
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
