@@ -2,6 +2,7 @@
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape, query_rows_per_head
 from modmask_lens.adapters.derived import DerivedAdapter
+from modmask_lens.adapters.inputs import reads_waveform, waveform_samples
 from modmask_lens.adapters.registry import (
     GranularityNotApplicable,
     UnsupportedArchitecture,
@@ -22,6 +23,8 @@ __all__ = [
     "installed_adapters",
     "model_shape",
     "query_rows_per_head",
+    "reads_waveform",
     "register_adapter",
     "unsupported",
+    "waveform_samples",
 ]

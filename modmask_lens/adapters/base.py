@@ -418,11 +418,14 @@ class Adapter:
 
     def tensor_specs(self, bridge: Bridge) -> list[TensorSpec]:
         """Every parameter attribute the bridge's forward pass reads (:meth:`located_parameters`), with its role,
-        layout and head or neuron layout."""
+        layout and head or neuron layout; less those its checkpoint does not store (:func:`unstored_parameters`)."""
         dims = model_shape(bridge)
         specs = []
         first_key_of: dict[int, str] = {}
+        unstored = unstored_parameters(bridge)
         for located in self.located_parameters(bridge):
+            if id(located.parameter) in unstored:
+                continue
             layout = self._layout(located.key, located.module, located.parameter)
             unit, unit_axis, unit_width = self._unit_layout(located.role, layout, dims, located.parameter.shape)
             tied_to = first_key_of.setdefault(id(located.parameter), located.key)
@@ -522,6 +525,22 @@ _UNIT_OF_ROLE: dict[str, UnitKind] = {
     **{role: "kv_head" for role in ("W_K", "W_V", "b_K", "b_V")},
     **{role: "neuron" for role in ("W_in", "W_gate", "b_in", "b_gate", "W_out")},
 }
+
+
+def unstored_parameters(bridge: Bridge) -> set[int]:
+    """The ids of the parameters that the model's Hugging Face checkpoint does not store (transformers'
+    ``_keys_to_ignore_on_save``) and that ``from_pretrained`` rebuilds at every load: Marian's sinusoidal position
+    tables, a fixed function of the position (frozen, ``_freeze=True``), not a learned weight. No mask targets them:
+    a mask asks which learned weights a subtask uses, and a masked copy of such a tensor could be neither exported
+    nor reloaded (the loaded model would read the rebuilt table)."""
+    original = getattr(bridge, "original_model", None)
+    unstored = set()
+    for name in getattr(original, "_keys_to_ignore_on_save", None) or ():
+        try:
+            unstored.add(id(original.get_parameter(name)))
+        except AttributeError:  # a buffer, or a name this configuration does not build
+            continue
+    return unstored
 
 
 def _resolve_parameter(bridge: Bridge, key: str) -> tuple[str, nn.Module, nn.Parameter] | None:

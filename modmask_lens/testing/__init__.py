@@ -6,6 +6,13 @@
 From the command line, on a local Hugging Face model folder: ``python -m modmask_lens.testing PATH``.
 """
 
-from modmask_lens.testing.conformance import CHECKS, CheckResult, applicable_checks, check_head_mask, run_conformance
+from modmask_lens.testing.conformance import (
+    CHECKS,
+    CheckResult,
+    applicable_checks,
+    check_head_mask,
+    conformance_inputs,
+    run_conformance,
+)
 
-__all__ = ["CHECKS", "CheckResult", "applicable_checks", "check_head_mask", "run_conformance"]
+__all__ = ["CHECKS", "CheckResult", "applicable_checks", "check_head_mask", "conformance_inputs", "run_conformance"]

@@ -12,10 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for, query_rows_per_head
+from modmask_lens.adapters import (
+    GranularityNotApplicable,
+    TensorSpec,
+    adapter_for,
+    query_rows_per_head,
+    reads_waveform,
+    waveform_samples,
+)
 from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
@@ -25,10 +33,13 @@ from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.masks.units import MaskUnit
 
 ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
+ModelInput = Int[Tensor, "batch pos"] | Float[Tensor, "batch samples"]
+"""What the kit runs a model on: token ids, or for an audio encoder a raw waveform (:func:`conformance_inputs`)."""
 _TL_VIEWS = {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W_in": "W_in", "W_out": "W_out"}
 
 
@@ -57,19 +68,36 @@ def applicable_checks(bridge: Bridge) -> list[str]:
     return [name for name in CHECKS if name != "hf_export_reloads" or exports]
 
 
+def conformance_inputs(bridge: Bridge, batch: int = 2, positions: int = 8, seed: int = 0) -> ModelInput:
+    """Seeded inputs of ``batch`` examples and ``positions`` positions (at most the model's context): random token
+    ids, or for a model that reads a waveform (:func:`~modmask_lens.adapters.reads_waveform`) standard-normal samples,
+    as many as its feature extractor turns into ``positions`` frames
+    (:func:`~modmask_lens.adapters.waveform_samples`).
+
+    >>> from modmask_lens.testing.tiny_models import tiny_bridge
+    >>> conformance_inputs(tiny_bridge()).shape
+    torch.Size([2, 8])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if reads_waveform(bridge):
+        return torch.randn(batch, waveform_samples(bridge, positions), generator=generator)
+    return torch.randint(0, bridge.cfg.d_vocab, (batch, min(positions, bridge.cfg.n_ctx)), generator=generator)
+
+
 def run_conformance(
-    bridge: Bridge, tokens: Int[Tensor, "batch pos"] | None = None, checks: Sequence[str] | None = None
+    bridge: Bridge, tokens: ModelInput | None = None, checks: Sequence[str] | None = None
 ) -> list[CheckResult]:
     """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
-    defaults to seeded random ids. A check that raises is reported as failed, with the others.
+    defaults to :func:`conformance_inputs` (seeded random ids, or a waveform for an audio encoder). A check that
+    raises is reported as failed, with the others; one that has no meaning for the model (head checks without
+    attention, compatibility mode where TransformerLens declares it unsupported) is reported as not applicable.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
     ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``.
     """
     if tokens is None:
-        generator = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, bridge.cfg.d_vocab, (2, min(8, bridge.cfg.n_ctx)), generator=generator)
+        tokens = conformance_inputs(bridge)
     family = str(bridge.cfg.architecture)
     try:
         with torch.no_grad():
@@ -98,7 +126,7 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
+def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | None:
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does); each head is
     zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``)."""
     binary = mask.binary()
@@ -354,20 +382,24 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     return getattr(bridge, name)[having.index(spec.layer)] if spec.layer in having else None
 
 
-def check_gradients(bridge: Bridge, tokens: Int[Tensor, "batch pos"], granularity: Granularity) -> str | None:
+def check_gradients(bridge: Bridge, tokens: ModelInput, granularity: Granularity) -> str | None:
     """Two training steps at ``granularity`` give every mask logit a gradient, no model parameter one, and leave the
-    model bit-exact (None when they do)."""
+    model bit-exact (None when they do). On token ids the steps are :class:`MaskTrainer`'s; a waveform is no
+    :class:`SubtaskData` (which holds token ids), so on one they are :func:`_waveform_steps`."""
     before = _parameter_snapshot(bridge)
-    labels = tokens.clone()
-    labels[:, : tokens.shape[1] // 2] = -100
-    trainer = MaskTrainer(
-        bridge,
-        [SubtaskData("conformance", tokens, labels)],
-        mask_config=MaskConfig(granularity=granularity),
-        train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
-        progress=False,
-    )
-    mask = trainer.train()["conformance"]
+    if tokens.is_floating_point():
+        mask = _waveform_steps(bridge, tokens, granularity)
+    else:
+        labels = tokens.clone()
+        labels[:, : tokens.shape[1] // 2] = -100
+        trainer = MaskTrainer(
+            bridge,
+            [SubtaskData("conformance", tokens, labels)],
+            mask_config=MaskConfig(granularity=granularity),
+            train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
+            progress=False,
+        )
+        mask = trainer.train()["conformance"]
     silent = [name for name, logit in mask.logits.items() if logit.grad is None or not logit.grad.abs().sum() > 0]
     if silent:
         return f"{granularity} granularity: mask logits {silent} received no gradient"
@@ -375,6 +407,26 @@ def check_gradients(bridge: Bridge, tokens: Int[Tensor, "batch pos"], granularit
         return f"{granularity} granularity: a model parameter received a gradient"
     changed = _changed_parameters(bridge, before)
     return f"{granularity} granularity: model parameters changed: {changed}" if changed else None
+
+
+def _waveform_steps(bridge: Bridge, waveform: Float[Tensor, "batch samples"], granularity: Granularity) -> MaskSet:
+    """Two Adam steps on fresh mask logits at ``granularity``, as a user's own loop around :func:`masked_call` runs
+    them on an audio encoder: the task term is the mean squared distance of the masked output (frames' logits or
+    hidden states) to the full model's, the sparsity term the expected kept fraction (what the trainer's default
+    Lagrangian pulls on); learning rate, temperature and sampler are the trainer's defaults. The logits keep the
+    last step's gradients."""
+    train_config = TrainConfig()
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity))
+    optimizer = torch.optim.Adam(mask.parameters(), lr=train_config.lr)
+    with torch.no_grad():
+        full = bridge(waveform)
+    for step in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        sample = mask.sample(train_config.temperature, UniformNoise(step))
+        masked_output = masked_call(bridge, sample, bridge.forward, waveform)
+        (F.mse_loss(masked_output, full) + mask.expected_density()).backward()
+        optimizer.step()
+    return mask
 
 
 def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
@@ -413,11 +465,29 @@ def _deep_copy(bridge: Bridge) -> nn.Module:
 
 
 def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
+    """An all-ones mask on a copy of the bridge in TransformerLens's compatibility mode (folded norms, centred
+    weights: another set of parameters, read through the same paths) reproduces that copy's output bit for bit and
+    leaves its parameters unchanged.
+
+    Where TransformerLens itself declares compatibility mode unsupported (an architecture adapter's
+    ``supports_compatibility_mode = False``, or any audio encoder: ``enable_compatibility_mode`` refuses both),
+    the check has no meaning and is reported not applicable with TransformerLens's reason. Compatibility mode
+    failing anywhere else is a failure, and says that TransformerLens failed.
+
+    Raises:
+        GranularityNotApplicable: where TransformerLens declares compatibility mode unsupported.
+    """
+    declared_unsupported = not getattr(bridge.adapter, "supports_compatibility_mode", True) or reads_waveform(bridge)
     processed = _deep_copy(bridge)
     try:
         processed.enable_compatibility_mode(disable_warnings=True)
         reference = processed(tokens)
-    except Exception as error:  # noqa: BLE001 (TransformerLens's own weight processing failing is not a mask's fault)
+    except Exception as error:  # TransformerLens failing (or refusing) is not a mask's fault
+        if declared_unsupported:
+            raise GranularityNotApplicable(
+                f"{bridge.cfg.architecture}: TransformerLens does not support compatibility mode here "
+                f"({_one_line(error)}); masks apply to the bridge's default forward"
+            ) from error
         return f"TransformerLens's compatibility mode itself fails here ({_one_line(error)}); no mask is involved"
     before = _parameter_snapshot(processed)
     with masked(processed, _constant(processed, ALL_KINDS, True)):
@@ -450,12 +520,14 @@ def _hf_export(bridge: Bridge, tokens: Tensor) -> str | None:
         export_masked_model(bridge, mask, directory)
         reloaded = type(bridge.original_model).from_pretrained(directory)
         try:
-            actual = reloaded(tokens, **decoder_inputs).logits  # an encoder-decoder gets the bridge's decoder inputs
+            output = reloaded(tokens, **decoder_inputs)  # an encoder-decoder gets the bridge's decoder inputs
         except Exception:  # told apart from transformers' own failure below, else re-raised
             own_failure = _transformers_own_failure(bridge, tokens, decoder_inputs)
             if own_failure is None:
                 raise
             return own_failure
+    # What the bridge returns: the logits, or an encoder without a head's last hidden state (TransformerLens's driver)
+    actual = output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
     return _compare(actual, expected, "exported model")
 
 

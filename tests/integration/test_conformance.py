@@ -236,7 +236,8 @@ def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_b
 
 
 def test_compatibility_mode_failing_by_itself_is_reported_as_transformer_lens_own(family_bridge, monkeypatch):
-    """TransformerLens 4.3's weight processing fails on a tiny Phi with grouped-query attention (see the table)."""
+    """TransformerLens 4.3's weight processing fails on a tiny Falcon-H1 with grouped-query attention (see the
+    table)."""
     bridge = family_bridge("gpt2")
 
     def broken(self, *args, **kwargs):
@@ -248,3 +249,17 @@ def test_compatibility_mode_failing_by_itself_is_reported_as_transformer_lens_ow
         "FAIL GPT2LMHeadModel compat_mode_bit_exact: TransformerLens's compatibility mode itself fails here "
         "(RuntimeError: The size of tensor a (4) must match the size of tensor b (8)); no mask is involved"
     )
+
+
+def test_compatibility_mode_that_transformer_lens_declares_unsupported_is_not_applicable(family_bridge, monkeypatch):
+    """VaultGemma's TransformerLens adapter sets ``supports_compatibility_mode = False`` (as audio encoders are
+    refused): the check is reported N/A with TransformerLens's own reason, never as passed."""
+    bridge = family_bridge("gpt2")
+    monkeypatch.setattr(bridge.adapter, "supports_compatibility_mode", False)
+    [result] = run_conformance(bridge, checks=["compat_mode_bit_exact"])
+    assert not result.applies and not result.passed
+    assert str(result).startswith(
+        "N/A GPT2LMHeadModel compat_mode_bit_exact: GPT2LMHeadModel: TransformerLens does not support compatibility "
+        "mode here (RuntimeError: GPT2ArchitectureAdapter does not support compatibility mode: "
+    )
+    assert not bridge.compatibility_mode  # refused on a copy; the bridge itself is untouched

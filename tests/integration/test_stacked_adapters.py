@@ -45,6 +45,7 @@ FAMILIES = {
     "BlenderbotForConditionalGeneration": ("BlenderbotConfig", BART_STYLE),
     "PegasusForConditionalGeneration": ("PegasusConfig", BART_STYLE),
     "M2M100ForConditionalGeneration": ("M2M100Config", BART_STYLE),
+    "MarianMTModel": ("MarianConfig", {**BART_STYLE, "pad_token_id": 1, "decoder_start_token_id": 1}),
     "LEDForConditionalGeneration": ("LEDConfig", {**BART_STYLE, "attention_window": 4}),
     "T5ForConditionalGeneration": ("T5Config", T5_STYLE),
     "MT5ForConditionalGeneration": ("MT5Config", T5_STYLE),
@@ -54,7 +55,8 @@ FAMILIES = {
     "FalconMambaForCausalLM": ("FalconMambaConfig", MAMBA_STYLE),
 }
 """Tiny random models (2 layers per stack, d_model 32, 4 heads) of each family this adapter enables; HRM-Text has
-two decoder stacks (``L_blocks``, ``H_blocks``) with a gate inside each attention."""
+two decoder stacks (``L_blocks``, ``H_blocks``) with a gate inside each attention; Marian's position tables are fixed
+sinusoids that its checkpoint does not store."""
 STATE_SPACE = {"MambaForCausalLM", "FalconMambaForCausalLM"}
 
 
@@ -128,6 +130,20 @@ def test_t5_masks_its_embedding_where_the_forward_pass_reads_it(tmp_path):
     with masked(bridge, mask.binary()):
         encoder_embedding_off = bridge(tokens)
     assert not torch.allclose(encoder_embedding_off, reference)
+
+
+def test_marian_masks_no_position_table_its_checkpoint_does_not_store_and_mbart_masks_its_learned_one(tmp_path):
+    """Marian rebuilds its sinusoidal position tables at every load (``_keys_to_ignore_on_save``): a mask on them
+    could not be exported, so they are no mask targets; every other parameter is. MBart's positions are learned."""
+    marian = tiny("MarianMTModel", tmp_path / "marian")
+    specs = adapter_for(marian).tensor_specs(marian)
+    targets = {id(marian.get_parameter(spec.path)) for spec in specs}
+    original = marian.original_model
+    tables = {id(original.get_parameter(f"model.{side}.embed_positions.weight")) for side in ("encoder", "decoder")}
+    assert {id(parameter) for parameter in original.parameters()} - targets == tables
+    assert not any(spec.role == "W_pos" for spec in specs)
+    mbart = tiny("MBartForConditionalGeneration", tmp_path / "mbart")
+    assert sum(spec.role == "W_pos" for spec in adapter_for(mbart).tensor_specs(mbart)) == 2
 
 
 @pytest.mark.parametrize("granularity", ["head", "neuron"])
