@@ -13,6 +13,7 @@ from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for, model_shape
 from modmask_lens.masks.apply import masked
 from modmask_lens.testing import check_head_mask, run_conformance
+from modmask_lens.testing.__main__ import main
 from modmask_lens.testing.tiny_models import boot_tiny
 
 BART_STYLE = {
@@ -157,3 +158,10 @@ def test_a_state_space_model_refuses_heads_and_neurons_in_one_line_saying_why(gr
     assert ("attention" if granularity == "head" else "MLP") in message
     assert "W_ssm_in" in message
     MaskSet.for_bridge(bridge, MaskConfig(granularity="weight"))  # weight and matrix masks still work
+
+
+def test_the_command_line_kit_exits_0_when_its_only_non_passes_are_checks_that_do_not_apply(tmp_path, capsys):
+    tiny("MambaForCausalLM", tmp_path)  # saved with its tokenizer in tmp_path; heads and neurons N/A
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "N/A" in printed and "FAIL" not in printed
