@@ -100,9 +100,11 @@ def _one_line(error: Exception) -> str:
 
 def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch pos"]) -> str | None:
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does); each head is
-    zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``)."""
+    zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``), or where
+    the bridge has no ``hook_z`` there, in the input of its ``W_O`` (:func:`_run_zeroed`)."""
     binary = mask.binary()
     dropped: dict[str, tuple[list[int], int]] = {}
+    writers: dict[str, str] = {}
     for spec in binary.specs:
         if spec.role != "W_O" or spec.unit != "head":
             continue
@@ -110,15 +112,16 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: Int[Tensor, "batch po
         heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
         if heads:
             dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_width)
+            writers[spec.key.rsplit(".", 2)[0]] = spec.path
 
-    def zero_heads(heads: list[int], width: int):
-        def hook(z, hook):
-            return _zero_heads(z, heads, width)
+    def zero_heads(heads: list[int], width: int) -> Callable[[Tensor], Tensor]:
+        return lambda z: _zero_heads(z, heads, width)
 
-        return hook
-
-    hooks = [(f"{component}.hook_z", zero_heads(*dropped_heads)) for component, dropped_heads in dropped.items()]
-    expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    zeroings = [
+        (f"{component}.hook_z", writers[component], zero_heads(*dropped_heads))
+        for component, dropped_heads in dropped.items()
+    ]
+    expected = _run_zeroed(bridge, tokens, zeroings)
     with masked(bridge, binary):
         actual = bridge(tokens)
     return _compare(actual, expected, f"heads {dropped} off")
@@ -222,7 +225,7 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
     a neuron's ``hook_post`` slice, on the component that holds it (where the bridge has no such hook, the same
-    slice of the writer's input: :func:`_with_input_zeroed`). The component is read off the key of the
+    slice of the writer's input: :func:`_run_zeroed`). The component is read off the key of the
     member that writes the unit out (``W_O`` / ``W_out``), whose ``unit_offset`` says where its units start in the
     layer: a decoder block's cross-attention heads follow its self-attention heads."""
     writer_role = "W_O" if unit == "head" else "W_out"
@@ -233,28 +236,39 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
     )
     component, local = writer.key.rsplit(".", 2)[0], index - writer.unit_offset
 
-    def zero(activation, hook):
+    def zero(activation: Tensor) -> Tensor:
         if unit == "head":
             return _zero_heads(activation, [local], writer.unit_width)
         activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 
     hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
-    if hook_name in bridge.hook_dict:
-        return bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
-    return _with_input_zeroed(bridge, tokens, writer.path, lambda activation: zero(activation.clone(), None))
+    return _run_zeroed(bridge, tokens, [(hook_name, writer.path, zero)])
 
 
-def _with_input_zeroed(bridge: Bridge, tokens: Tensor, parameter_path: str, zero: Callable[[Tensor], Tensor]) -> Tensor:
-    """Logits with ``zero`` applied to the input of the module that holds ``parameter_path`` (a forward pre-hook,
-    removed after): the activation ``hook_z`` / ``hook_post`` would show, the flattened per-position input of
-    ``W_O`` / ``W_out``, where TransformerLens's bridge has no such hook (RecurrentGemma's wraps each layer whole)."""
-    module = bridge.get_submodule(parameter_path.rpartition(".")[0])
-    handle = module.register_forward_pre_hook(lambda module, args: (zero(args[0]), *args[1:]))
+def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, str, Callable[[Tensor], Tensor]]]) -> Tensor:
+    """Logits with each ``(hook name, writer's parameter path, zero)`` of ``zeroings`` applied: at the
+    TransformerLens hook where the bridge has it, else to a copy of the input of the module that holds the writer's
+    parameter (a forward pre-hook, removed after). Both are the same activation, the flattened per-position input of
+    ``W_O`` / ``W_out``; RecurrentGemma's bridge wraps each layer whole and has neither ``hook_z`` nor
+    ``hook_post``."""
+    fwd_hooks = [
+        (name, lambda activation, hook, zero=zero: zero(activation))
+        for name, _, zero in zeroings
+        if name in bridge.hook_dict
+    ]
+    handles = [
+        bridge.get_submodule(path.rpartition(".")[0]).register_forward_pre_hook(
+            lambda module, args, zero=zero: (zero(args[0].clone()), *args[1:])
+        )
+        for name, path, zero in zeroings
+        if name not in bridge.hook_dict
+    ]
     try:
-        return bridge(tokens)
+        return bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> dict[int, Tensor] | str:

@@ -10,7 +10,7 @@ from modmask_lens import MaskConfig, MaskSet, adapter_for
 from modmask_lens.adapters import registry
 from modmask_lens.adapters.recurrent_gemma import RecurrentGemmaAdapter
 from modmask_lens.masks.apply import masked
-from modmask_lens.testing import run_conformance
+from modmask_lens.testing import check_head_mask, run_conformance
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 
@@ -44,7 +44,7 @@ def test_kit_passes_every_check(bridge):
 
 def test_a_head_off_equals_zeroing_its_slice_of_o_proj_input(bridge):
     """Independently of the kit: head 2 off equals zeroing entries 16..23 of ``o_proj``'s input, which changes the
-    logits (so the comparison is not vacuous)."""
+    logits (so the comparison is not vacuous); the kit's ``check_head_mask`` agrees."""
     tokens = torch.randint(0, bridge.cfg.d_vocab, (2, 8), generator=torch.Generator().manual_seed(1))
     o_proj = bridge.original_model.model.layers[1].temporal_block.o_proj
     handle = o_proj.register_forward_pre_hook(lambda module, args: (args[0].index_fill(-1, torch.arange(16, 24), 0),))
@@ -58,6 +58,7 @@ def test_a_head_off_equals_zeroing_its_slice_of_o_proj_input(bridge):
         actual = bridge(tokens)
     assert not torch.allclose(expected, bridge(tokens))
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    assert check_head_mask(bridge, mask, tokens) is None
 
 
 class KeyHeadsTooWide(RecurrentGemmaAdapter):
