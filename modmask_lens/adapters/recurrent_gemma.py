@@ -72,7 +72,7 @@ class RecurrentGemmaAdapter(Adapter):
                 layout), so that no tensor the forward pass reads goes unmasked silently.
         """
         located = [entry for entry in super().located_parameters(bridge) if entry.role != "other"]
-        for layer, block in enumerate(bridge.blocks):
+        for layer in range(len(bridge.blocks)):
             layer_path = f"blocks.{layer}._original_component"
             decoder_layer = bridge.get_submodule(layer_path)
             for name, parameter in decoder_layer.named_parameters():
