@@ -9,10 +9,11 @@ from importlib.metadata import entry_points
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
 from modmask_lens.adapters.derived import DerivedAdapter
+from modmask_lens.adapters.recurrent_gemma import RecurrentGemmaAdapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, DerivedAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, RecurrentGemmaAdapter, DerivedAdapter)
 
 
 _REGISTERED: dict[str, type[Adapter]] = {}

@@ -128,9 +128,11 @@ def _one_line(error: Exception) -> str:
 
 def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | None:
     """A head-granularity mask equals zeroing ``hook_z`` of every head it drops (None when it does); each head is
-    zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``)."""
+    zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``), or where
+    the bridge has no ``hook_z`` there, in the input of its ``W_O`` (:func:`_run_zeroed`)."""
     binary = mask.binary()
     dropped: dict[str, tuple[list[int], int]] = {}
+    writers: dict[str, str] = {}
     for spec in binary.specs:
         if spec.role != "W_O" or spec.unit != "head":
             continue
@@ -138,15 +140,16 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | 
         heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
         if heads:
             dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_width)
+            writers[spec.key.rsplit(".", 2)[0]] = spec.path
 
-    def zero_heads(heads: list[int], width: int):
-        def hook(z, hook):
-            return _zero_heads(z, heads, width)
+    def zero_heads(heads: list[int], width: int) -> Callable[[Tensor], Tensor]:
+        return lambda z: _zero_heads(z, heads, width)
 
-        return hook
-
-    hooks = [(f"{component}.hook_z", zero_heads(*dropped_heads)) for component, dropped_heads in dropped.items()]
-    expected = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    zeroings = [
+        (f"{component}.hook_z", writers[component], zero_heads(*dropped_heads))
+        for component, dropped_heads in dropped.items()
+    ]
+    expected = _run_zeroed(bridge, tokens, zeroings)
     with masked(bridge, binary):
         actual = bridge(tokens)
     return _compare(actual, expected, f"heads {dropped} off")
@@ -249,7 +252,8 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
-    a neuron's ``hook_post`` slice, on the component that holds it. The component is read off the key of the
+    a neuron's ``hook_post`` slice, on the component that holds it (where the bridge has no such hook, the same
+    slice of the writer's input: :func:`_run_zeroed`). The component is read off the key of the
     member that writes the unit out (``W_O`` / ``W_out``), whose ``unit_offset`` says where its units start in the
     layer: a decoder block's cross-attention heads follow its self-attention heads."""
     writer_role = "W_O" if unit == "head" else "W_out"
@@ -260,14 +264,39 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
     )
     component, local = writer.key.rsplit(".", 2)[0], index - writer.unit_offset
 
-    def zero(activation, hook):
+    def zero(activation: Tensor) -> Tensor:
         if unit == "head":
             return _zero_heads(activation, [local], writer.unit_width)
         activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 
-    hook_name = "hook_z" if unit == "head" else "hook_post"
-    return bridge.run_with_hooks(tokens, fwd_hooks=[(f"{component}.{hook_name}", zero)])
+    hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
+    return _run_zeroed(bridge, tokens, [(hook_name, writer.path, zero)])
+
+
+def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, str, Callable[[Tensor], Tensor]]]) -> Tensor:
+    """Logits with each ``(hook name, writer's parameter path, zero)`` of ``zeroings`` applied: at the
+    TransformerLens hook where the bridge has it, else to a copy of the input of the module that holds the writer's
+    parameter (a forward pre-hook, removed after). Both are the same activation, the flattened per-position input of
+    ``W_O`` / ``W_out``; RecurrentGemma's bridge wraps each layer whole and has neither ``hook_z`` nor
+    ``hook_post``."""
+    fwd_hooks = [
+        (name, lambda activation, hook, zero=zero: zero(activation))
+        for name, _, zero in zeroings
+        if name in bridge.hook_dict
+    ]
+    handles = [
+        bridge.get_submodule(path.rpartition(".")[0]).register_forward_pre_hook(
+            lambda module, args, zero=zero: (zero(args[0].clone()), *args[1:])
+        )
+        for name, path, zero in zeroings
+        if name not in bridge.hook_dict
+    ]
+    try:
+        return bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> dict[int, Tensor] | str:
@@ -368,7 +397,9 @@ def _tl_views(bridge: Bridge) -> str | None:
 def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     """TransformerLens's view of ``spec``'s tensor: ``bridge.W_Q[layer]`` etc., counting only the layers that have
     one (the dense layers of an interleaved mixture-of-experts stack have ``W_in``, its sparse layers none), or the
-    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``); ``None`` where there is none."""
+    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``); ``None`` where there is none.
+    Where no block of the bridge has the component at all (RecurrentGemma's bridge wraps each layer whole), the view
+    TransformerLens's conventions give the map the wrapped module computes (:func:`_probed_view`)."""
     name, component = _TL_VIEWS[spec.role], spec.key.rsplit(".", 2)[0]
     block_part = component.split(".")[2]
     if component != f"blocks.{spec.layer}.{block_part}":
@@ -376,10 +407,32 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
             return getattr(bridge.get_submodule(component), name, None)
         except AttributeError:
             return None
+    if all(getattr(block, block_part, None) is None for block in bridge.blocks):
+        return _probed_view(bridge, spec)
     having = [
         layer for layer in range(bridge.cfg.n_layers) if hasattr(getattr(bridge.blocks[layer], block_part, None), name)
     ]
     return getattr(bridge, name)[having.index(spec.layer)] if spec.layer in having else None
+
+
+def _probed_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
+    """The view TransformerLens would give ``spec``'s tensor, built from the module that holds it rather than from
+    the adapter's layout: the Jacobian of the module's map (``[in, out]``, TransformerLens's orientation), split as
+    TransformerLens splits attention matrices, heads outermost on the head side: ``W_Q``/``W_K``/``W_V`` to ``[n,
+    d_model, d_head]`` (``n`` = ``cfg.n_heads`` for queries, ``cfg.n_key_value_heads`` for keys and values), ``W_O`` to
+    ``[n_heads, d_head, d_model]``; ``W_in``/``W_out`` whole. ``None`` for a module that is no ``nn.Linear``."""
+    module = bridge.get_submodule(spec.path.rpartition(".")[0])
+    if not isinstance(module, nn.Linear):
+        return None
+    probe = torch.zeros(module.in_features, dtype=module.weight.dtype, device=module.weight.device)
+    in_out = torch.autograd.functional.jacobian(module, probe).T
+    n_kv_heads = int(getattr(bridge.cfg, "n_key_value_heads", None) or bridge.cfg.n_heads)
+    n_units = {"W_Q": bridge.cfg.n_heads, "W_K": n_kv_heads, "W_V": n_kv_heads, "W_O": bridge.cfg.n_heads}
+    if spec.role == "W_O":
+        return in_out.reshape(n_units["W_O"], -1, in_out.shape[1])
+    if spec.role in n_units:
+        return in_out.reshape(in_out.shape[0], n_units[spec.role], -1).transpose(0, 1)
+    return in_out
 
 
 def check_gradients(bridge: Bridge, tokens: ModelInput, granularity: Granularity) -> str | None:
