@@ -66,7 +66,7 @@ ROLE_KINDS = {
         "W_ssm_out",
         "ssm_A_log",
     ),
-    "norm": ("ln1.w", "ln2.w", "ln3.w", "ln_final.w", "ln_embed.w", "ssm_norm.w"),
+    "norm": ("ln1.w", "ln2.w", "ln3.w", "ln_final.w", "ln_embed.w", "ssm_norm.w", "attn_sub_norm.w", "mlp_sub_norm.w"),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
         "b_Q",
@@ -361,6 +361,12 @@ class Adapter:
     norm_placement: ClassVar[NormPlacement] = "pre"
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
+
+    @classmethod
+    def for_bridge(cls, bridge: Bridge) -> Adapter:
+        """The adapter for ``bridge``: a plain instance; adapters that read the model override this
+        (:meth:`DerivedAdapter.for_bridge <modmask_lens.adapters.DerivedAdapter.for_bridge>`)."""
+        return cls()
 
     def inapplicable(self, bridge: Bridge, granularity: str, specs: list[TensorSpec]) -> str | None:
         """Why ``granularity`` has no meaning for ``bridge`` (whose tensors are ``specs``), or ``None`` where it has

@@ -8,11 +8,12 @@ from importlib.metadata import entry_points
 
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
+from modmask_lens.adapters.bitnet import BitNetAdapter
 from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, DerivedAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, BitNetAdapter, DerivedAdapter)
 
 
 _REGISTERED: dict[str, type[Adapter]] = {}
@@ -73,5 +74,5 @@ def adapter_for(bridge: Bridge) -> Adapter:
         raise unsupported(type(bridge).__name__, " (not a TransformerBridge: no cfg.architecture)")
     for adapter in installed_adapters().values():
         if architecture in adapter.architectures:
-            return adapter()
+            return adapter.for_bridge(bridge)
     return DerivedAdapter.for_bridge(bridge)
