@@ -39,8 +39,14 @@ _MIXER_ROLES = {
     "dt_proj": "ssm_dt",
     "out_proj": "ssm_out",
 }
+# RWKV's blocks as TransformerLens maps them: a time mix (per-channel linear recurrence, no heads) with key, value,
+# receptance and output projections, and a channel mix (an MLP: squared-ReLU hidden units between ``in`` and ``out``,
+# gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
+_TIME_MIX_ROLES = {"key": "time_K", "value": "time_V", "receptance": "time_R", "output": "time_O"}
+_CHANNEL_MIX_ROLES = {"in": "in", "out": "out", "receptance": "channel_R"}
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer)\.(?:(?P<shared>shared_experts?)\.)?"
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln)\."
+    r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
 
@@ -65,8 +71,29 @@ ROLE_KINDS = {
         "W_ssm_dt",
         "W_ssm_out",
         "ssm_A_log",
+        "W_time_K",
+        "W_time_V",
+        "W_time_R",
+        "W_time_O",
+        "W_channel_R",
+        "time_decay",
+        "time_first",
     ),
-    "norm": ("ln1.w", "ln2.w", "ln3.w", "ln_final.w", "ln_embed.w", "ssm_norm.w", "attn_sub_norm.w", "mlp_sub_norm.w"),
+    "norm": (
+        "ln1.w",
+        "ln2.w",
+        "ln3.w",
+        "ln_final.w",
+        "ln_embed.w",
+        "ssm_norm.w",
+        "attn_sub_norm.w",
+        "mlp_sub_norm.w",
+        "time_mix_K",
+        "time_mix_V",
+        "time_mix_R",
+        "channel_mix_K",
+        "channel_mix_R",
+    ),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
         "b_Q",
@@ -95,7 +122,7 @@ ROLE_KINDS = {
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
 
-RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out")
+RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out", "W_time_O")
 """Matrices that write the residual stream; every other matrix reads it."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
@@ -326,6 +353,12 @@ def role_of(key: str) -> tuple[str, int | None]:
     prefix = "W_" if attr == "weight" else "b_"
     if match["shared"] and component != "mlp":
         return "other", layer
+    if component == "pre_ln" and sub is None:  # RWKV's norm of the embeddings, inside block 0
+        return f"ln_embed.{'w' if attr == 'weight' else 'b'}", None
+    if component == "time_mix" and sub in _TIME_MIX_ROLES:
+        return prefix + _TIME_MIX_ROLES[sub], layer
+    if component == "channel_mix" and sub in _CHANNEL_MIX_ROLES:
+        return prefix + _CHANNEL_MIX_ROLES[sub], layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer

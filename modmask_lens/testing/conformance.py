@@ -368,10 +368,12 @@ def _tl_views(bridge: Bridge) -> str | None:
 def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     """TransformerLens's view of ``spec``'s tensor: ``bridge.W_Q[layer]`` etc., counting only the layers that have
     one (the dense layers of an interleaved mixture-of-experts stack have ``W_in``, its sparse layers none), or the
-    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``); ``None`` where there is none."""
+    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``) or named other than the
+    ``attn``/``mlp`` that the bridge's stacked views read (RWKV's ``blocks.0.channel_mix.W_in``); ``None`` where there
+    is none."""
     name, component = _TL_VIEWS[spec.role], spec.key.rsplit(".", 2)[0]
     block_part = component.split(".")[2]
-    if component != f"blocks.{spec.layer}.{block_part}":
+    if component != f"blocks.{spec.layer}.{block_part}" or block_part not in ("attn", "mlp"):
         try:
             return getattr(bridge.get_submodule(component), name, None)
         except AttributeError:

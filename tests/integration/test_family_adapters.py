@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BitNetConfig, BitNetForCausalLM
+from transformers import BitNetConfig, BitNetForCausalLM, RwkvConfig, RwkvForCausalLM
 
 from modmask_lens import MaskConfig, MaskSet
-from modmask_lens.adapters import adapter_for
+from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
@@ -59,3 +59,27 @@ def test_a_bitnet_neuron_is_its_ffn_sub_norm_gain_and_w_out_column_not_the_rows_
         weight[3] = 0.0
     rows_zeroed = torch.func.functional_call(bitnet, rows, (tokens,), tie_weights=False, strict=False)
     assert (rows_zeroed - expected).abs().max() > 1e-5
+
+
+@pytest.fixture(scope="module")
+def rwkv(tmp_path_factory):
+    torch.manual_seed(0)
+    config = RwkvConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, intermediate_size=64, context_length=32)
+    return boot_tiny(RwkvForCausalLM(config), tmp_path_factory.mktemp("rwkv"))
+
+
+def test_rwkv_masks_every_parameter_and_its_channel_mix_units_are_neurons(rwkv):
+    checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
+    assert not _failures(rwkv, [*checks, "unit_slices_equal_tl_views", "hf_export_reloads"])
+    targets = {id(rwkv.get_parameter(spec.path)) for spec in adapter_for(rwkv).tensor_specs(rwkv)}
+    unmasked = [name for name, parameter in rwkv.original_model.named_parameters() if id(parameter) not in targets]
+    assert not unmasked
+    units = MaskSet.for_bridge(rwkv, MaskConfig(granularity="neuron")).units
+    assert [(unit.shape, sorted(member.role for member in unit.members)) for unit in units] == [
+        ((64,), ["W_in", "W_out"])
+    ] * 2
+
+
+def test_rwkv_refuses_head_masks_with_one_line_saying_it_has_no_attention(rwkv):
+    with pytest.raises(GranularityNotApplicable, match="time_mix.*no attention component"):
+        MaskSet.for_bridge(rwkv, MaskConfig(granularity="head"))

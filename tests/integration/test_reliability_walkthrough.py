@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import VOCAB, boot_gpt2, boot_native
-from transformers import RwkvConfig, RwkvForCausalLM
+from transformers import NemotronHConfig, NemotronHForCausalLM
 from typer.testing import CliRunner
 
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked, masked_call, save_masks
@@ -69,12 +69,29 @@ def copy_task(name: str = "copy", seed: int = 0) -> SubtaskData:
     return SubtaskData(name, input_ids, torch.where(torch.arange(6) >= 4, input_ids, -100))
 
 
-def tiny_rwkv(folder: Path):
-    """A family whose weights no adapter reads (TransformerLens maps only its norms and unembedding)."""
-    config = RwkvConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32
+def tiny_nemotron_h(folder: Path):
+    """A family whose weights no adapter reads in the main (TransformerLens maps only its Mamba-2 mixers; its MoE,
+    attention and MLP layers are not mapped), one layer of each kind."""
+    config = NemotronHConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=128,
+        ssm_state_size=4,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        n_groups=1,
+        chunk_size=8,
+        n_routed_experts=4,
+        moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=32,
+        max_position_embeddings=32,
+        use_mamba_kernels=False,
     )
-    return boot_tiny(RwkvForCausalLM(config), folder)
+    return boot_tiny(NemotronHForCausalLM(config), folder)
 
 
 def dict_of_masks(bridge) -> None:
@@ -182,12 +199,13 @@ CASES = {
         ValueError,
         r"masked\(\) applies one mask; got a dict of masks \['jump'\]: enter one, e\.g\. masked\(bridge, masks\[",
     ),
-    "rwkv_folder_gets_no_adapter": (
-        lambda b, t, p: MaskSet.for_bridge(tiny_rwkv(p)),
+    "nemotron_h_folder_gets_no_adapter": (
+        lambda b, t, p: MaskSet.for_bridge(tiny_nemotron_h(p)),
         UnsupportedArchitecture,
         (
-            r"RwkvForCausalLM: no adapter that maps its weights: the \w+ adapter finds only "
-            r"\['W_U', 'ln1\.w', 'ln2\.w', 'ln_final\.w'\] \(\d+ of the model's .* parameters, \d+%\)"
+            r"NemotronHForCausalLM: no adapter that maps its weights: the \w+ adapter finds only "
+            r"\['W_U', 'W_ssm_conv', 'W_ssm_in', 'W_ssm_out', 'ln1\.w', 'ln_final\.w', 'ssm_A_log', 'ssm_norm\.w'\] "
+            r"\([\d,]+ of the model's .* parameters, \d+%\)"
         ),
     ),
     "two_runs_write_one_checkpoint_folder": (
