@@ -78,6 +78,8 @@ ROLE_KINDS = {
         "W_channel_R",
         "time_decay",
         "time_first",
+        "W_KV",
+        "W_attn_router",
     ),
     "norm": (
         "ln1.w",
@@ -407,7 +409,7 @@ class Adapter:
         component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
         of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
         keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent
-        attention, NemotronH's hybrid layers, JetMoE) failing rather than "not applicable". A state-space model such
+        attention, NemotronH's hybrid layers) failing rather than "not applicable". A state-space model such
         as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
         whose two layers are both recurrent has no attention module, so no heads."""
         needed = _GRANULARITY_ROLES.get(granularity)

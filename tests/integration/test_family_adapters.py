@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BitNetConfig, BitNetForCausalLM, RwkvConfig, RwkvForCausalLM
+from transformers import (
+    BitNetConfig,
+    BitNetForCausalLM,
+    JetMoeConfig,
+    JetMoeForCausalLM,
+    RwkvConfig,
+    RwkvForCausalLM,
+)
 
 from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
+from modmask_lens.masks.apply import masked
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
@@ -83,3 +91,52 @@ def test_rwkv_masks_every_parameter_and_its_channel_mix_units_are_neurons(rwkv):
 def test_rwkv_refuses_head_masks_with_one_line_saying_it_has_no_attention(rwkv):
     with pytest.raises(GranularityNotApplicable, match="time_mix.*no attention component"):
         MaskSet.for_bridge(rwkv, MaskConfig(granularity="head"))
+
+
+@pytest.fixture(scope="module")
+def jetmoe(tmp_path_factory):
+    torch.manual_seed(0)
+    config = JetMoeConfig(
+        num_key_value_heads=2, kv_channels=8, num_local_experts=4, num_experts_per_tok=2, **TINY_HF_SIZES
+    )
+    return boot_tiny(JetMoeForCausalLM(config), tmp_path_factory.mktemp("jetmoe"))
+
+
+def test_jetmoe_masks_every_parameter_and_passes_the_checks_that_apply(jetmoe):
+    checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
+    results = run_conformance(jetmoe, checks=[*checks, "head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"])
+    assert [str(result) for result in results if result.applies and not result.passed] == []
+    assert [result.name for result in results if not result.applies] == ["unit_slices_equal_tl_views"]
+    targets = {id(jetmoe.get_parameter(spec.path)) for spec in adapter_for(jetmoe).tensor_specs(jetmoe)}
+    assert [name for name, parameter in jetmoe.original_model.named_parameters() if id(parameter) not in targets] == []
+
+
+def test_a_jetmoe_head_off_equals_zeroing_its_slice_of_its_experts_attention_output(jetmoe):
+    """Head e * n_kv_heads + j off equals zeroing, for the tokens routed to attention expert e, features
+    j * d_head .. (j + 1) * d_head of what the expert's output projection reads (a pre-hook on that projection,
+    which transformers calls with its inputs sorted by expert and the size of each expert's share)."""
+    tokens = _tokens(jetmoe)
+    mask = MaskSet.for_bridge(jetmoe, MaskConfig(granularity="head"))
+    assert [unit.shape for unit in mask.units] == [(8,), (8,)]  # 4 experts x 2 heads
+    expert, head, d_head = 2, 1, 8
+    projection = jetmoe.original_model.model.layers[1].self_attention.experts.output_linear
+
+    def zero_head(module, args):
+        inputs, expert_size = args
+        start = sum(expert_size[:expert])
+        inputs = inputs.clone()
+        inputs[start : start + expert_size[expert], head * d_head : (head + 1) * d_head] = 0.0
+        return inputs, expert_size
+
+    handle = projection.register_forward_pre_hook(zero_head)
+    try:
+        expected = jetmoe(tokens)
+    finally:
+        handle.remove()
+    for logits in mask.logits.values():
+        logits.data.fill_(1.0)
+    mask.logits["blocks.1.attn"].data[expert * 2 + head] = -1.0
+    with masked(jetmoe, mask):
+        actual = jetmoe(tokens)
+    assert (actual - jetmoe(tokens)).abs().max() > 1e-4  # the head was routed to and mattered
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
