@@ -155,6 +155,9 @@ class TensorSpec:
             (``expert * d_expert + unit``). ``None`` for every other tensor.
         unit_offset: the number of this tensor's first unit among its layer's: a mixture-of-experts layer numbers its
             routed experts' neurons first (``n_experts * d_expert``), then its shared expert's; else 0.
+        expert_width: consecutive positions along :attr:`expert_axis` per expert (1 for a stack of experts); a
+            grouped projection that stores group g's rows ``g * rows .. (g + 1) * rows`` of one matrix and its units
+            along the other axis (DeepSeek V4's ``o_a_proj``: heads by group, then by columns) has ``rows``.
         layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]),
             ``vector`` (norm gains and biases) or ``unknown`` (a matrix whose storage its adapter cannot tell: it is
             masked per weight or as a whole, never by heads or neurons).
@@ -175,6 +178,7 @@ class TensorSpec:
     unit_repeats: int = 1
     expert_axis: int | None = None
     unit_offset: int = 0
+    expert_width: int = 1
 
     @property
     def input_axis(self) -> int | None:
@@ -193,7 +197,9 @@ class TensorSpec:
 
     @property
     def _matrix_axes(self) -> tuple[int, ...]:
-        return tuple(axis for axis in range(len(self.shape)) if axis != self.expert_axis)
+        """The axes of the matrix: all but the expert axis of a stack; a grouped projection's group axis is one of
+        its matrix's own (its rows)."""
+        return tuple(axis for axis in range(len(self.shape)) if axis != self.expert_axis or self.expert_width > 1)
 
     @property
     def unit_count(self) -> int:
@@ -206,7 +212,7 @@ class TensorSpec:
         if self.unit_axis is None:
             raise ValueError(f"{self.key}: holds no heads or neurons")
         per_expert = self.shape[self.unit_axis] // (self.unit_width * self.unit_repeats)
-        return per_expert * (1 if self.expert_axis is None else self.shape[self.expert_axis])
+        return per_expert * (1 if self.expert_axis is None else self.shape[self.expert_axis] // self.expert_width)
 
     @property
     def writes_residual(self) -> bool:
@@ -408,8 +414,8 @@ class Adapter:
         one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
         component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
         of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
-        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent
-        attention, NemotronH's hybrid layers) failing rather than "not applicable". A state-space model such
+        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (NemotronH's hybrid
+        layers) failing rather than "not applicable". A state-space model such
         as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
         whose two layers are both recurrent has no attention module, so no heads."""
         needed = _GRANULARITY_ROLES.get(granularity)

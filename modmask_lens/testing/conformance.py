@@ -239,7 +239,7 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
     for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
         layer = int(mask_unit.name.split(".")[1])
-        if any(member.expert_axis is not None for member in mask_unit.members):
+        if any(member.expert_axis is not None and member.expert_width == 1 for member in mask_unit.members):
             ablations = _expert_neuron_ablations(bridge, tokens, mask_unit, unit)
             if isinstance(ablations, str):
                 return ablations
@@ -260,9 +260,11 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
-    a neuron's ``hook_post`` slice, on the component that holds it. The component is read off the key of the
-    member that writes the unit out (``W_O`` / ``W_out``), whose ``unit_offset`` says where its units start in the
-    layer: a decoder block's cross-attention heads follow its self-attention heads."""
+    a neuron's ``hook_post`` slice, on the component that holds it (an attention without ``hook_z``, as DeepSeek V4's:
+    the head's slice of ``hook_in`` of the module holding ``W_O``, flattened to ``n_heads * d_head`` features). The
+    component is read off the key of the member that writes the unit out (``W_O`` / ``W_out``), whose
+    ``unit_offset`` says where its units start in the layer: a decoder block's cross-attention heads follow its
+    self-attention heads."""
     writer_role = "W_O" if unit == "head" else "W_out"
     writer = next(
         member
@@ -277,8 +279,17 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
         activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 
-    hook_name = "hook_z" if unit == "head" else "hook_post"
-    return bridge.run_with_hooks(tokens, fwd_hooks=[(f"{component}.{hook_name}", zero)])
+    def zero_flat(activation, hook):
+        flat = activation.reshape(*activation.shape[:2], -1).clone()  # [batch, pos, n_heads * d_head]
+        width = flat.shape[-1] // int(bridge.cfg.n_heads)
+        flat[..., local * width : (local + 1) * width] = 0.0
+        return flat.view(activation.shape)
+
+    hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
+    if unit == "head" and hook_name not in bridge.hook_dict:
+        # No hook_z (DeepSeek V4's attention): what the W_O module reads, its heads' outputs concatenated head-major.
+        return bridge.run_with_hooks(tokens, fwd_hooks=[(f"{writer.key.rsplit('.', 1)[0]}.hook_in", zero_flat)])
+    return bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
 
 
 def _expert_neuron_ablations(

@@ -9,6 +9,8 @@ import torch
 from transformers import (
     BitNetConfig,
     BitNetForCausalLM,
+    DeepseekV4Config,
+    DeepseekV4ForCausalLM,
     JetMoeConfig,
     JetMoeForCausalLM,
     RwkvConfig,
@@ -19,6 +21,7 @@ from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.masks.apply import masked
 from modmask_lens.testing import run_conformance
+from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 pytestmark = pytest.mark.integration
@@ -140,3 +143,49 @@ def test_a_jetmoe_head_off_equals_zeroing_its_slice_of_its_experts_attention_out
         actual = jetmoe(tokens)
     assert (actual - jetmoe(tokens)).abs().max() > 1e-4  # the head was routed to and mattered
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def tiny_deepseek_v4(folder, o_groups: int):
+    torch.manual_seed(0)
+    config = DeepseekV4Config(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        head_dim=8,
+        q_lora_rank=16,
+        o_lora_rank=4,
+        o_groups=o_groups,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        index_n_heads=2,
+        index_head_dim=8,
+        qk_rope_head_dim=4,
+        sliding_window=4,
+        max_position_embeddings=32,
+    )
+    return boot_tiny(DeepseekV4ForCausalLM(config), folder)
+
+
+@pytest.mark.parametrize("o_groups", [2, 8])
+def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_projection(o_groups, tmp_path):
+    """2 groups of 2 heads (as V4-Flash's 8 groups of 8: a head is its group's rows and its columns) and 8 groups
+    for 4 heads (a head is the rows of its two groups)."""
+    bridge = tiny_deepseek_v4(tmp_path, o_groups)
+    checks = ["head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "all_ones_bit_identical"]
+    assert not _failures(bridge, checks)
+    (writer,) = [
+        spec for spec in adapter_for(bridge).tensor_specs(bridge) if spec.key == "blocks.0.attn.o_a_proj.weight"
+    ]
+    assert writer.role == "W_O" and writer.unit_count == 4
+    assert (writer.unit_axis, writer.expert_width) == ((1, 4) if o_groups == 2 else (0, 1))
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"))
+    for logits in mask.logits.values():
+        logits.data.fill_(1.0)
+    mask.logits["blocks.0.attn"].data[3] = -1.0
+    tokens = _tokens(bridge)
+    unmasked = bridge(tokens)
+    with masked(bridge, mask):
+        assert (bridge(tokens) - unmasked).abs().max() > 1e-4  # the check above compared a real change
+    assert check_gradients(bridge, tokens, "head") is None
