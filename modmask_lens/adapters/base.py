@@ -414,8 +414,8 @@ class Adapter:
         one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
         component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
         of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
-        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (NemotronH's hybrid
-        layers) failing rather than "not applicable". A state-space model such
+        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads failing rather than "not
+        applicable" (NemotronH's attention and MoE layers, before its adapter). A state-space model such
         as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
         whose two layers are both recurrent has no attention module, so no heads."""
         needed = _GRANULARITY_ROLES.get(granularity)

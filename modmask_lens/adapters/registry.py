@@ -12,10 +12,18 @@ from modmask_lens.adapters.bitnet import BitNetAdapter
 from modmask_lens.adapters.deepseek_v4 import DeepseekV4Adapter
 from modmask_lens.adapters.derived import DerivedAdapter
 from modmask_lens.adapters.jetmoe import JetMoeAdapter
+from modmask_lens.adapters.nemotron_h import NemotronHAdapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, BitNetAdapter, DeepseekV4Adapter, JetMoeAdapter, DerivedAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (
+    BertAdapter,
+    BitNetAdapter,
+    DeepseekV4Adapter,
+    JetMoeAdapter,
+    NemotronHAdapter,
+    DerivedAdapter,
+)
 
 
 _REGISTERED: dict[str, type[Adapter]] = {}

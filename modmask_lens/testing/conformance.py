@@ -260,8 +260,9 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
-    a neuron's ``hook_post`` slice, on the component that holds it (an attention without ``hook_z``, as DeepSeek V4's:
-    the head's slice of ``hook_in`` of the module holding ``W_O``, flattened to ``n_heads * d_head`` features). The
+    a neuron's ``hook_post`` slice, on the component that holds it (a component without that hook, as DeepSeek V4's
+    attention or NemotronH's attention and MLP layers: the unit's slice of the input of the module holding ``W_O`` /
+    ``W_out``, flattened to ``n_heads * d_head`` or ``d_mlp`` features, by a forward pre-hook). The
     component is read off the key of the member that writes the unit out (``W_O`` / ``W_out``), whose
     ``unit_offset`` says where its units start in the layer: a decoder block's cross-attention heads follow its
     self-attention heads."""
@@ -279,17 +280,24 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
         activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 
-    def zero_flat(activation, hook):
-        flat = activation.reshape(*activation.shape[:2], -1).clone()  # [batch, pos, n_heads * d_head]
-        width = flat.shape[-1] // int(bridge.cfg.n_heads)
-        flat[..., local * width : (local + 1) * width] = 0.0
-        return flat.view(activation.shape)
-
     hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
-    if unit == "head" and hook_name not in bridge.hook_dict:
-        # No hook_z (DeepSeek V4's attention): what the W_O module reads, its heads' outputs concatenated head-major.
-        return bridge.run_with_hooks(tokens, fwd_hooks=[(f"{writer.key.rsplit('.', 1)[0]}.hook_in", zero_flat)])
-    return bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
+    if hook_name in bridge.hook_dict:
+        return bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)])
+    # No such hook (DeepSeek V4's attention, NemotronH's attention and MLP layers): zero the unit's slice of what
+    # the module holding the writer reads, its heads' outputs concatenated head-major or its hidden units.
+    n_units = int(bridge.cfg.n_heads) if unit == "head" else writer.unit_count
+
+    def zero_input(module, args):
+        flat = args[0].reshape(*args[0].shape[:2], -1).clone()  # [batch, pos, n_units * width]
+        width = flat.shape[-1] // n_units
+        flat[..., local * width : (local + 1) * width] = 0.0
+        return (flat.view(args[0].shape), *args[1:])
+
+    handle = bridge.get_submodule(writer.path.rsplit(".", 1)[0]).register_forward_pre_hook(zero_input)
+    try:
+        return bridge(tokens)
+    finally:
+        handle.remove()
 
 
 def _expert_neuron_ablations(

@@ -13,6 +13,8 @@ from transformers import (
     DeepseekV4ForCausalLM,
     JetMoeConfig,
     JetMoeForCausalLM,
+    NemotronHConfig,
+    NemotronHForCausalLM,
     RwkvConfig,
     RwkvForCausalLM,
 )
@@ -189,3 +191,40 @@ def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_pro
     with masked(bridge, mask):
         assert (bridge(tokens) - unmasked).abs().max() > 1e-4  # the check above compared a real change
     assert check_gradients(bridge, tokens, "head") is None
+
+
+def test_nemotron_h_reads_every_mixer_kind_and_passes_the_checks_that_apply(tmp_path):
+    """One layer of each kind: Mamba-2, mixture of experts (its shared expert's neurons after the routed ones),
+    attention, MLP. TransformerLens has no hook_z / hook_post in them: the kit zeroes a unit's slice of what
+    ``o_proj`` / ``down_proj`` reads instead."""
+    torch.manual_seed(0)
+    config = NemotronHConfig(
+        vocab_size=40,
+        hidden_size=32,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        ssm_state_size=4,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        n_groups=1,
+        chunk_size=8,
+        n_routed_experts=4,
+        moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=16,
+        max_position_embeddings=32,
+        use_mamba_kernels=False,
+    )
+    bridge = boot_tiny(NemotronHForCausalLM(config), tmp_path)
+    checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
+    results = run_conformance(bridge, checks=[*checks, "head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"])
+    assert [str(result) for result in results if result.applies and not result.passed] == []
+    assert [result.name for result in results if not result.applies] == ["unit_slices_equal_tl_views"]
+    targets = {id(bridge.get_parameter(spec.path)) for spec in adapter_for(bridge).tensor_specs(bridge)}
+    assert [name for name, parameter in bridge.original_model.named_parameters() if id(parameter) not in targets] == []
+    neurons = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron")).units
+    heads = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo")).units
+    assert [(unit.name, unit.shape) for unit in neurons] == [("blocks.1.mlp", (4 * 16 + 16,)), ("blocks.3.mlp", (64,))]
+    assert [(unit.name, unit.shape, len(unit.members)) for unit in heads] == [("blocks.2.attn", (4,), 4)]
