@@ -21,6 +21,7 @@ from transformers import (
 
 from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
+from modmask_lens.analysis.circuit_graph import circuit_graph
 from modmask_lens.masks.apply import masked
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.conformance import check_gradients
@@ -114,6 +115,12 @@ def test_jetmoe_masks_every_parameter_and_passes_the_checks_that_apply(jetmoe):
     assert [result.name for result in results if not result.applies] == ["unit_slices_equal_tl_views"]
     targets = {id(jetmoe.get_parameter(spec.path)) for spec in adapter_for(jetmoe).tensor_specs(jetmoe)}
     assert [name for name, parameter in jetmoe.original_model.named_parameters() if id(parameter) not in targets] == []
+
+
+def test_the_circuit_graph_refuses_heads_of_attention_experts_in_one_line(jetmoe):
+    mask = MaskSet.for_bridge(jetmoe, MaskConfig(granularity="head")).binary()
+    with pytest.raises(ValueError, match=r"cannot draw blocks\.0\.attn\.experts\.output_linear\.weight .* 8 heads"):
+        circuit_graph(mask)
 
 
 def test_a_jetmoe_head_off_equals_zeroing_its_slice_of_its_experts_attention_output(jetmoe):
