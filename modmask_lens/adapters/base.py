@@ -39,8 +39,14 @@ _MIXER_ROLES = {
     "dt_proj": "ssm_dt",
     "out_proj": "ssm_out",
 }
+# RWKV's blocks as TransformerLens maps them: a time mix (per-channel linear recurrence, no heads) with key, value,
+# receptance and output projections, and a channel mix (an MLP: squared-ReLU hidden units between ``in`` and ``out``,
+# gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
+_TIME_MIX_ROLES = {"key": "time_K", "value": "time_V", "receptance": "time_R", "output": "time_O"}
+_CHANNEL_MIX_ROLES = {"in": "in", "out": "out", "receptance": "channel_R"}
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer)\.(?:(?P<shared>shared_experts?)\.)?"
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln)\."
+    r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
 
@@ -66,8 +72,31 @@ ROLE_KINDS = {
         "W_ssm_out",
         "ssm_A_log",
         *("W_rec_x", "W_rec_y", "W_rec_conv", "W_rec_out", "W_rec_input_gate", "W_rec_a_gate", "rec_a_param"),
+        "W_time_K",
+        "W_time_V",
+        "W_time_R",
+        "W_time_O",
+        "W_channel_R",
+        "time_decay",
+        "time_first",
+        "W_KV",
+        "W_attn_router",
     ),
-    "norm": ("ln1.w", "ln2.w", "ln3.w", "ln_final.w", "ln_embed.w", "ssm_norm.w"),
+    "norm": (
+        "ln1.w",
+        "ln2.w",
+        "ln3.w",
+        "ln_final.w",
+        "ln_embed.w",
+        "ssm_norm.w",
+        "attn_sub_norm.w",
+        "mlp_sub_norm.w",
+        "time_mix_K",
+        "time_mix_V",
+        "time_mix_R",
+        "channel_mix_K",
+        "channel_mix_R",
+    ),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
         "b_Q",
@@ -97,7 +126,7 @@ ROLE_KINDS = {
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
 
-RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out")
+RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out", "W_time_O")
 """Matrices that write the residual stream; every other matrix reads it."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
@@ -128,6 +157,9 @@ class TensorSpec:
             (``expert * d_expert + unit``). ``None`` for every other tensor.
         unit_offset: the number of this tensor's first unit among its layer's: a mixture-of-experts layer numbers its
             routed experts' neurons first (``n_experts * d_expert``), then its shared expert's; else 0.
+        expert_width: consecutive positions along :attr:`expert_axis` per expert (1 for a stack of experts); a
+            grouped projection that stores group g's rows ``g * rows .. (g + 1) * rows`` of one matrix and its units
+            along the other axis (DeepSeek V4's ``o_a_proj``: heads by group, then by columns) has ``rows``.
         layout: ``linear`` ([out, in]), ``conv1d`` ([in, out]), ``embedding`` ([vocab or pos, d_model]),
             ``vector`` (norm gains and biases) or ``unknown`` (a matrix whose storage its adapter cannot tell: it is
             masked per weight or as a whole, never by heads or neurons).
@@ -148,6 +180,7 @@ class TensorSpec:
     unit_repeats: int = 1
     expert_axis: int | None = None
     unit_offset: int = 0
+    expert_width: int = 1
 
     @property
     def input_axis(self) -> int | None:
@@ -166,7 +199,9 @@ class TensorSpec:
 
     @property
     def _matrix_axes(self) -> tuple[int, ...]:
-        return tuple(axis for axis in range(len(self.shape)) if axis != self.expert_axis)
+        """The axes of the matrix: all but the expert axis of a stack; a grouped projection's group axis is one of
+        its matrix's own (its rows)."""
+        return tuple(axis for axis in range(len(self.shape)) if axis != self.expert_axis or self.expert_width > 1)
 
     @property
     def unit_count(self) -> int:
@@ -179,7 +214,7 @@ class TensorSpec:
         if self.unit_axis is None:
             raise ValueError(f"{self.key}: holds no heads or neurons")
         per_expert = self.shape[self.unit_axis] // (self.unit_width * self.unit_repeats)
-        return per_expert * (1 if self.expert_axis is None else self.shape[self.expert_axis])
+        return per_expert * (1 if self.expert_axis is None else self.shape[self.expert_axis] // self.expert_width)
 
     @property
     def writes_residual(self) -> bool:
@@ -328,6 +363,12 @@ def role_of(key: str) -> tuple[str, int | None]:
     prefix = "W_" if attr == "weight" else "b_"
     if match["shared"] and component != "mlp":
         return "other", layer
+    if component == "pre_ln" and sub is None:  # RWKV's norm of the embeddings, inside block 0
+        return f"ln_embed.{'w' if attr == 'weight' else 'b'}", None
+    if component == "time_mix" and sub in _TIME_MIX_ROLES:
+        return prefix + _TIME_MIX_ROLES[sub], layer
+    if component == "channel_mix" and sub in _CHANNEL_MIX_ROLES:
+        return prefix + _CHANNEL_MIX_ROLES[sub], layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer
@@ -364,13 +405,19 @@ class Adapter:
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
 
+    @classmethod
+    def for_bridge(cls, bridge: Bridge) -> Adapter:
+        """The adapter for ``bridge``: a plain instance; adapters that read the model override this
+        (:meth:`DerivedAdapter.for_bridge <modmask_lens.adapters.DerivedAdapter.for_bridge>`)."""
+        return cls()
+
     def inapplicable(self, bridge: Bridge, granularity: str, specs: list[TensorSpec]) -> str | None:
         """Why ``granularity`` has no meaning for ``bridge`` (whose tensors are ``specs``), or ``None`` where it has
         one. Heads need attention, neurons an MLP: a granularity does not apply when no tensor has a role of that
         component (``W_Q``/``W_K``/``W_V``/``W_O``; ``W_in``/``W_gate``/``W_out`` or an expert stack) and no module
         of the Hugging Face model is one either (:data:`_COMPONENT_CLASS_MARKERS` in its class name). The second test
-        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads (DeepSeek's latent
-        attention, NemotronH's hybrid layers, JetMoE) failing rather than "not applicable". A state-space model such
+        keeps models whose attention or MLP TransformerLens maps in a way no adapter reads failing rather than "not
+        applicable" (NemotronH's attention and MoE layers, before its adapter). A state-space model such
         as Mamba, whose blocks hold a norm and a mixer, has neither heads nor neurons; a tiny Jamba or RecurrentGemma
         whose two layers are both recurrent has no attention module, so no heads."""
         needed = _GRANULARITY_ROLES.get(granularity)

@@ -62,6 +62,8 @@ class DerivedAdapter(Adapter):
             ``("encoder_blocks", "decoder_blocks")``.
         norm_placement: ``post`` when each block's attention runs before its ``ln1`` (BERT, RoBERTa, GPT-1, OPT with
             ``do_layer_norm_before=False``), else ``pre``.
+        block_parts: the parts of each stack's block in TransformerLens's mapping (``ln1``, ``attn``, ``mlp``, ...;
+            RWKV's ``time_mix`` and ``channel_mix``); empty when built without a bridge.
     """
 
     name: ClassVar[str] = "transformer_lens"
@@ -76,6 +78,7 @@ class DerivedAdapter(Adapter):
         stacks: tuple[str, ...] = ("blocks",),
     ) -> None:
         self.head_axes = head_axes or {}
+        self.block_parts: tuple[str, ...] = ()
         self.parallel_blocks = parallel_blocks
         self.stacks = stacks
         self.norm_placement = norm_placement  # type: ignore[misc] (read from the model, not fixed per class)
@@ -95,7 +98,11 @@ class DerivedAdapter(Adapter):
         block_parts = set(getattr(blocks, "submodules", None) or {})
         parallel = bool(block_parts) and "ln2" not in block_parts
         stacks = stack_names(mapping) or ("blocks",)
-        return cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge), stacks=stacks)
+        adapter = cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge), stacks=stacks)
+        adapter.block_parts = tuple(
+            part for stack in stacks for part in (getattr(mapping.get(stack), "submodules", None) or {})
+        )
+        return adapter
 
     def located_parameters(self, bridge: Bridge) -> list[LocatedParameter]:
         """As :meth:`Adapter.located_parameters`; for a model with several stacks of blocks (an encoder-decoder),
@@ -117,6 +124,27 @@ class DerivedAdapter(Adapter):
             specs.extend(_expert_specs(bridge, layer, known))
             specs.extend(_mixer_specs(bridge, layer, known))
         return _fused_input_halves(_moe_roles(bridge, specs))
+
+    def inapplicable(self, bridge: Bridge, granularity: str, specs: list[TensorSpec]) -> str | None:
+        """As :meth:`Adapter.inapplicable`; besides, heads do not apply where no tensor is a head tensor and
+        TransformerLens's block mapping has no attention component (no part named like ``attn``): RWKV, whose
+        ``time_mix`` is a per-channel linear recurrence without heads, though transformers names its module
+        ``RwkvSelfAttention``."""
+        reason = super().inapplicable(bridge, granularity, specs)
+        head_roles = ("W_Q", "W_K", "W_V", "W_O")
+        if (
+            reason is not None
+            or granularity != "head"
+            or not self.block_parts
+            or any("attn" in part or "attention" in part for part in self.block_parts)
+            or any(spec.role in head_roles for spec in specs)
+        ):
+            return reason
+        return (
+            f"head granularity does not apply: TransformerLens maps this model's blocks as {list(self.block_parts)}, "
+            "with no attention component and no W_Q/W_K/W_V/W_O tensor, so it has no heads; mask it by weight, "
+            "neuron or matrix"
+        )
 
     def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
         """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
@@ -233,38 +261,50 @@ def _fused_input_halves(specs: list[TensorSpec]) -> list[TensorSpec]:
     return fused
 
 
-_MIXER_OWN_ROLES = {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"}
-"""The parameters a state-space mixer (transformers' Mamba and Mamba-2 mixers) holds itself rather than in a
-submodule: the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per head in Mamba-2), the skip gain D
-and Mamba-2's time-step bias. TransformerLens wraps the mixer's projections and convolution (``in_proj``,
-``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, ``inner_norm``), so ``bridge.state_dict()`` has those but not
-these."""
+_MIXER_OWN_ROLES = {
+    "mixer": {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"},
+    "time_mix": {
+        "time_decay": "time_decay",
+        "time_first": "time_first",
+        "time_mix_key": "time_mix_K",
+        "time_mix_value": "time_mix_V",
+        "time_mix_receptance": "time_mix_R",
+    },
+    "channel_mix": {"time_mix_key": "channel_mix_K", "time_mix_receptance": "channel_mix_R"},
+}
+"""The parameters a recurrent mixer holds itself rather than in a submodule, by block component, which
+TransformerLens wraps only for their projections (so ``bridge.state_dict()`` lacks them). A state-space ``mixer``
+(transformers' Mamba and Mamba-2): the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per head in
+Mamba-2), the skip gain D and Mamba-2's time-step bias. RWKV's ``time_mix``: the per-channel decay ``w`` and bonus
+``u`` of its WKV recurrence, and the token-shift interpolation gains (``[1, 1, d_model]``) in front of its key,
+value and receptance; its ``channel_mix``: the token-shift gains in front of its key (``in``) and receptance."""
 
 
 def _mixer_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
-    """Specs of the parameters held directly by ``blocks.{layer}.mixer``'s wrapped module that no state_dict key
-    covers, keyed ``blocks.{layer}.mixer.A_log`` etc.: vectors, or ``unknown`` matrices (masked per weight or as a
-    whole)."""
-    try:
-        module = bridge.get_submodule(f"blocks.{layer}.mixer")
-    except AttributeError:
-        return []
-    path = f"blocks.{layer}.mixer"
-    while "_original_component" in module._modules:
-        module = module._modules["_original_component"]
-        path += "._original_component"
+    """Specs of the parameters held directly by the wrapped module of ``blocks.{layer}.mixer`` (and of RWKV's
+    ``time_mix`` and ``channel_mix``) that no state_dict key covers, keyed ``blocks.{layer}.mixer.A_log`` etc.:
+    vectors, or ``unknown`` tensors (masked per weight or as a whole)."""
     specs = []
-    for name, parameter in module._parameters.items():
-        if parameter is None or id(parameter) in known:
+    for component, roles in _MIXER_OWN_ROLES.items():
+        try:
+            module = bridge.get_submodule(f"blocks.{layer}.{component}")
+        except AttributeError:
             continue
-        known.add(id(parameter))
-        layout = "vector" if parameter.dim() == 1 else "unknown"
-        role = _MIXER_OWN_ROLES.get(name, "other")
-        specs.append(
-            TensorSpec(
-                f"blocks.{layer}.mixer.{name}", role, layer, f"{path}.{name}", tuple(parameter.shape), layout=layout
+        path = f"blocks.{layer}.{component}"
+        while "_original_component" in module._modules:
+            module = module._modules["_original_component"]
+            path += "._original_component"
+        for name, parameter in module._parameters.items():
+            if parameter is None or id(parameter) in known:
+                continue
+            known.add(id(parameter))
+            layout = "vector" if parameter.dim() == 1 else "unknown"
+            key = f"blocks.{layer}.{component}.{name}"
+            specs.append(
+                TensorSpec(
+                    key, roles.get(name, "other"), layer, f"{path}.{name}", tuple(parameter.shape), layout=layout
+                )
             )
-        )
     return specs
 
 

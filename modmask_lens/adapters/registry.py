@@ -8,12 +8,24 @@ from importlib.metadata import entry_points
 
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.adapters.bert import BertAdapter
+from modmask_lens.adapters.bitnet import BitNetAdapter
+from modmask_lens.adapters.deepseek_v4 import DeepseekV4Adapter
 from modmask_lens.adapters.derived import DerivedAdapter
+from modmask_lens.adapters.jetmoe import JetMoeAdapter
+from modmask_lens.adapters.nemotron_h import NemotronHAdapter
 from modmask_lens.adapters.recurrent_gemma import RecurrentGemmaAdapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
-_BUILT_IN: tuple[type[Adapter], ...] = (BertAdapter, RecurrentGemmaAdapter, DerivedAdapter)
+_BUILT_IN: tuple[type[Adapter], ...] = (
+    BertAdapter,
+    BitNetAdapter,
+    DeepseekV4Adapter,
+    JetMoeAdapter,
+    NemotronHAdapter,
+    RecurrentGemmaAdapter,
+    DerivedAdapter,
+)
 
 
 _REGISTERED: dict[str, type[Adapter]] = {}
@@ -74,5 +86,5 @@ def adapter_for(bridge: Bridge) -> Adapter:
         raise unsupported(type(bridge).__name__, " (not a TransformerBridge: no cfg.architecture)")
     for adapter in installed_adapters().values():
         if architecture in adapter.architectures:
-            return adapter()
+            return adapter.for_bridge(bridge)
     return DerivedAdapter.for_bridge(bridge)

@@ -100,6 +100,7 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
     names = node_names(n_layers, n_heads)
+    _check_placeable(mask, n_heads, d_model)
     slices = [
         _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
         for name, kind, layer, head, _ in names
@@ -124,6 +125,30 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
     return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
+
+
+def _check_placeable(mask: BinaryMask, n_heads: int, d_model: int) -> None:
+    """Raise ``ValueError`` when a node's matrix cannot be drawn as the graph draws nodes: a head or MLP matrix that
+    does not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank ``q_b_proj`` and grouped
+    ``o_a_proj``), or heads that are not the model's ``n_heads`` query heads of one attention (JetMoE's heads of
+    attention experts)."""
+    for spec in mask.specs:
+        if (
+            spec.layer is None
+            or spec.input_axis is None
+            or not any(spec.role in NODE_ROLES[k] for k in ("head", "mlp"))
+        ):
+            continue
+        if spec.shape[spec.residual_axis] != d_model:
+            reason = f"its residual axis has {spec.shape[spec.residual_axis]} entries, not d_model={d_model}"
+        elif spec.unit in ("head", "kv_head") and (spec.expert_axis is not None or n_heads % spec.unit_count):
+            reason = f"its {spec.unit_count} heads are not the model's {n_heads} query heads of one attention"
+        else:
+            continue
+        raise ValueError(
+            f"circuit_graph: cannot draw {spec.key} ({spec.role} {spec.shape}) as a node of the residual stream: "
+            f"{reason}; read this model's masks with BinaryMask.kept_fraction instead"
+        )
 
 
 def shared_mask(masks: Mapping[str, BinaryMask]) -> BinaryMask:

@@ -72,7 +72,9 @@ class MaskUnit:
         broadcast_shape = [1] * len(member.shape)
         if member.expert_axis is not None:
             broadcast_shape[member.expert_axis] = member.shape[member.expert_axis]
-            unit_mask = unit_mask.reshape(member.shape[member.expert_axis], -1)  # [expert, hidden unit]
+            unit_mask = unit_mask.reshape(member.shape[member.expert_axis] // member.expert_width, -1)
+            if member.expert_width > 1:  # a grouped projection: each group's rows share its units' values
+                unit_mask = unit_mask.repeat_interleave(member.expert_width, dim=0)
         per_element = unit_mask.repeat_interleave(member.unit_width, dim=-1) if member.unit_width > 1 else unit_mask
         if member.unit_repeats > 1:
             per_element = per_element.repeat(*[1] * (per_element.dim() - 1), member.unit_repeats)

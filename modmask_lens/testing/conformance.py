@@ -27,7 +27,7 @@ from modmask_lens.adapters import (
 from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.functional import frozen_call
+from modmask_lens.core.functional import call_with_parameters, frozen_call, slot_of, tensor_slots
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, TrainConfig
@@ -187,13 +187,23 @@ def _all_ones(bridge: Bridge, tokens: Tensor) -> str | None:
 
 def _all_ones_difference(bridge: Bridge, tokens: Tensor, output: Tensor, reference: Tensor) -> str | None:
     """``None`` when the all-ones-masked ``output`` equals, bit for bit, the unmasked ``reference`` or the unmasked
-    model run with its parameters detached, as every masked call runs them (:func:`frozen_call`). The two references
-    differ on some families with no mask involved: Mamba's and FalconMamba's kernels take another path for
-    parameters that require gradients (about 1e-6 apart on tiny models)."""
+    model run with its parameters detached, as every masked call runs them (:func:`frozen_call`), or with the masked
+    parameters copied to fresh memory, as every masked call reads them (the product of weight and mask is a new
+    tensor). The references differ on some families with no mask involved: Mamba's and FalconMamba's kernels take
+    another path for parameters that require gradients (about 1e-6 apart on tiny models); the batched matrix products
+    of JetMoE's experts take another path for a weight whose address is not 64-byte aligned, as a checkpoint loaded
+    from safetensors can leave one (its tiny model's expert stacks, cloned unmasked: 1.8e-7 apart)."""
     if torch.equal(output, reference):
         return None
     detached = frozen_call(bridge, bridge.forward, tokens)
     if torch.equal(output, detached):
+        return None
+    slots = tensor_slots(bridge)
+    parameters = {path: parameter.detach() for path, parameter in slots.values()}
+    for member in MaskSet.for_bridge(bridge, ALL_KINDS).members:
+        path = slots[slot_of(bridge, member.path)][0]
+        parameters[path] = parameters[path].clone()
+    if torch.equal(output, call_with_parameters(bridge, parameters, bridge.forward, tokens)):
         return None
     return f"logits differ under an all-ones mask (max {(output - detached).abs().max().item():.3g} from the model)"
 
@@ -227,12 +237,13 @@ def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
 def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     """Turning one head or neuron off (mask logit -1, every other +1) in the first and last masked layers equals an
     independent computation of the same ablation: zeroing its ``hook_z`` / ``hook_post`` slice, or for a
-    mixture-of-experts layer (:func:`_expert_neuron_ablations`) zeroing what reads the neuron."""
+    mixture-of-experts layer (:func:`_expert_neuron_ablations`) zeroing what reads the neuron, and for a mixture of
+    attention heads (JetMoE) the columns of the expert output projection that read the head."""
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
     for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
         layer = int(mask_unit.name.split(".")[1])
-        if any(member.expert_axis is not None for member in mask_unit.members):
-            ablations = _expert_neuron_ablations(bridge, tokens, mask_unit)
+        if any(member.expert_axis is not None and member.expert_width == 1 for member in mask_unit.members):
+            ablations = _expert_neuron_ablations(bridge, tokens, mask_unit, unit)
             if isinstance(ablations, str):
                 return ablations
         else:
@@ -252,8 +263,9 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
-    a neuron's ``hook_post`` slice, on the component that holds it (where the bridge has no such hook, the same
-    slice of the writer's input: :func:`_run_zeroed`). The component is read off the key of the
+    a neuron's ``hook_post`` slice, on the component that holds it (where the bridge has no such hook, as
+    RecurrentGemma's layers, DeepSeek V4's attention or NemotronH's attention and MLP layers, the same slice of the
+    writer's input: :func:`_run_zeroed`). The component is read off the key of the
     member that writes the unit out (``W_O`` / ``W_out``), whose ``unit_offset`` says where its units start in the
     layer: a decoder block's cross-attention heads follow its self-attention heads."""
     writer_role = "W_O" if unit == "head" else "W_out"
@@ -299,23 +311,30 @@ def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, str, C
             handle.remove()
 
 
-def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> dict[int, Tensor] | str:
-    """Logits with one neuron of a mixture-of-experts layer removed, computed without masks. TransformerLens has no
-    per-expert ``hook_post``, so a neuron is removed by zeroing what alone reads it: neuron ``e * d_expert + i`` is
-    hidden unit i of expert e, read by column i of expert e in the down-projection stack (``W_experts_out``); the
-    shared expert's hidden unit j (if the layer has one) is neuron ``n_experts * d_expert + j``, read by column j of
-    its ``W_out``. The column is zeroed in a clone passed to ``torch.func.functional_call``, so the model is never
-    written (asserted bit-exact after).
+def _expert_neuron_ablations(
+    bridge: Bridge, tokens: Tensor, unit: MaskUnit, kind: str = "neuron"
+) -> dict[int, Tensor] | str:
+    """Logits with one neuron of a mixture-of-experts layer (or one head of a mixture of attention heads, ``kind``
+    ``head``) removed, computed without masks. TransformerLens has no per-expert ``hook_post`` or ``hook_z``, so a
+    unit is removed by zeroing what alone reads it: neuron ``e * d_expert + i`` is hidden unit i of expert e, read by
+    column i of expert e in the down-projection stack (``W_experts_out``); the shared expert's hidden unit j (if the
+    layer has one) is neuron ``n_experts * d_expert + j``, read by column j of its ``W_out``. Head
+    ``e * heads_per_expert + j`` is read by expert e's output-projection columns ``j * d_head .. (j + 1) * d_head``
+    (``W_O`` with an expert axis), ``d_head`` being the hidden width over the heads per expert. The columns are
+    zeroed in a clone passed to ``torch.func.functional_call``, so the model is never written (asserted bit-exact
+    after).
 
-    Only which tensor is the down projection comes from the adapter; the rest is read off the tensor: the expert axis
-    is 0 (transformers keeps every batched stack expert-major) and the hidden axis is the one that is not
-    ``d_model``. Routed neurons: unit 0 of the first expert and the last unit of the last expert whose removal
-    changes the logits on ``tokens`` (an expert the router never picks would make the comparison vacuous).
+    Only which tensor is the down projection (and, for heads, how many the layer has) comes from the adapter; the
+    rest is read off the tensor: the expert axis is 0 (transformers keeps every batched stack expert-major) and the
+    hidden axis is the one that is not ``d_model``. Routed units: unit 0 of the first expert and the last unit of the
+    last expert whose removal changes the logits on ``tokens`` (an expert the router never picks would make the
+    comparison vacuous).
 
     Returns:
-        neuron index -> expected logits, or what went wrong.
+        unit index -> expected logits, or what went wrong.
     """
-    stacks = [member for member in unit.members if member.role == "W_experts_out"]
+    writer_role = "W_experts_out" if kind == "neuron" else "W_O"
+    stacks = [member for member in unit.members if member.role == writer_role and member.expert_axis is not None]
     shared = [member for member in unit.members if member.role == "W_out" and member.expert_axis is None]
     if len(stacks) != 1 or len(shared) > 1:
         return f"{unit.name}: expected one expert down projection and at most one shared one, got {unit.members}"
@@ -323,29 +342,31 @@ def _expert_neuron_ablations(bridge: Bridge, tokens: Tensor, unit: MaskUnit) -> 
     hidden_axes = [axis for axis in (1, 2) if down.shape[axis] != bridge.cfg.d_model]
     if len(hidden_axes) != 1:
         return f"{stacks[0].key} {tuple(down.shape)}: cannot tell its hidden axis from d_model={bridge.cfg.d_model}"
-    n_experts, d_expert = down.shape[0], down.shape[hidden_axes[0]]
+    n_experts, d_hidden = down.shape[0], down.shape[hidden_axes[0]]
+    units_per_expert = d_hidden if kind == "neuron" else stacks[0].unit_count // n_experts
+    width = d_hidden // units_per_expert
     before = {member.path: bridge.get_parameter(member.path).detach().clone() for member in stacks + shared}
     reference = bridge(tokens)
 
-    def without(path: str, expert: int | None, axis: int, hidden_unit: int) -> Tensor:
+    def without(path: str, expert: int | None, axis: int, start: int, length: int = 1) -> Tensor:
         zeroed = bridge.get_parameter(path).detach().clone()
-        (zeroed if expert is None else zeroed[expert]).narrow(axis, hidden_unit, 1).zero_()
+        (zeroed if expert is None else zeroed[expert]).narrow(axis, start, length).zero_()
         return torch.func.functional_call(bridge, {path: zeroed}, (tokens,), tie_weights=False, strict=False)
 
     ablations = {}
-    for experts, hidden_unit in ((range(n_experts), 0), (reversed(range(n_experts)), d_expert - 1)):
+    for experts, local in ((range(n_experts), 0), (reversed(range(n_experts)), units_per_expert - 1)):
         for expert in experts:
-            logits = without(stacks[0].path, expert, hidden_axes[0] - 1, hidden_unit)
+            logits = without(stacks[0].path, expert, hidden_axes[0] - 1, local * width, width)
             if not torch.allclose(logits, reference):
-                ablations[expert * d_expert + hidden_unit] = logits
+                ablations[expert * units_per_expert + local] = logits
                 break
     if len(ablations) < 2:
-        return f"{unit.name}: no routed expert's neuron changes the logits on these tokens (try other tokens)"
+        return f"{unit.name}: no routed expert's {kind} changes the logits on these tokens (try other tokens)"
     for member in shared:
         shared_down = bridge.get_parameter(member.path)
         hidden_axis = 1 if shared_down.shape[0] == bridge.cfg.d_model else 0
         for hidden_unit in (0, shared_down.shape[hidden_axis] - 1):
-            ablations[n_experts * d_expert + hidden_unit] = without(member.path, None, hidden_axis, hidden_unit)
+            ablations[n_experts * d_hidden + hidden_unit] = without(member.path, None, hidden_axis, hidden_unit)
     changed = [path for path, tensor in before.items() if not torch.equal(bridge.get_parameter(path), tensor)]
     return f"{changed}: the model changed while computing the ablations" if changed else ablations
 
@@ -391,18 +412,28 @@ def _tl_views(bridge: Bridge) -> str | None:
         elif as_tl(weight).shape != tl_tensor.shape or not torch.allclose(as_tl(weight), tl_tensor):
             return f"{spec.key} {spec.shape} with inputs on axis {spec.input_axis} differs from {view}"
         checked += 1
-    return None if checked else "no tensor with a TransformerLens view was found"
+    if checked:
+        return None
+    roles = sorted({spec.role for spec in specs if spec.role in _TL_VIEWS and spec.unit is not None})
+    if roles:  # JetMoE: TransformerLens delegates its attention and MLP experts and exposes none of these views
+        raise GranularityNotApplicable(
+            f"{bridge.cfg.architecture}: TransformerLens exposes no view (bridge.W_Q, component.W_in, ...) of this "
+            f"model's head and neuron tensors {roles}, so there is nothing to compare their slices with; the head- "
+            "and neuron-off checks test their layout"
+        )
+    return "no tensor with a TransformerLens view was found"
 
 
 def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     """TransformerLens's view of ``spec``'s tensor: ``bridge.W_Q[layer]`` etc., counting only the layers that have
     one (the dense layers of an interleaved mixture-of-experts stack have ``W_in``, its sparse layers none), or the
-    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``); ``None`` where there is none.
-    Where no block of the bridge has the component at all (RecurrentGemma's bridge wraps each layer whole), the view
-    TransformerLens's conventions give the map the wrapped module computes (:func:`_probed_view`)."""
+    property of a component nested in the block (``blocks.1.mlp.shared_expert.W_in``) or named other than the
+    ``attn``/``mlp`` that the bridge's stacked views read (RWKV's ``blocks.0.channel_mix.W_in``); ``None`` where there
+    is none. Where no block of the bridge has the component at all (RecurrentGemma's bridge wraps each layer whole),
+    the view TransformerLens's conventions give the map the wrapped module computes (:func:`_probed_view`)."""
     name, component = _TL_VIEWS[spec.role], spec.key.rsplit(".", 2)[0]
     block_part = component.split(".")[2]
-    if component != f"blocks.{spec.layer}.{block_part}":
+    if component != f"blocks.{spec.layer}.{block_part}" or block_part not in ("attn", "mlp"):
         try:
             return getattr(bridge.get_submodule(component), name, None)
         except AttributeError:

@@ -14,16 +14,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
 import torch
 from conftest import VOCAB, boot_gpt2, boot_native
-from transformers import RwkvConfig, RwkvForCausalLM
+from transformers import NemotronHConfig, NemotronHForCausalLM
 from typer.testing import CliRunner
 
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked, masked_call, save_masks
-from modmask_lens.adapters import UnsupportedArchitecture, adapter_for
+from modmask_lens.adapters import UnsupportedArchitecture, adapter_for, registry
+from modmask_lens.adapters.nemotron_h import NemotronHAdapter
 from modmask_lens.cli import app
 from modmask_lens.core.checkpoint import Checkpointer, CheckpointInUse
 from modmask_lens.core.interrupt import TrainingInterrupted
@@ -69,12 +71,39 @@ def copy_task(name: str = "copy", seed: int = 0) -> SubtaskData:
     return SubtaskData(name, input_ids, torch.where(torch.arange(6) >= 4, input_ids, -100))
 
 
-def tiny_rwkv(folder: Path):
-    """A family whose weights no adapter reads (TransformerLens maps only its norms and unembedding)."""
-    config = RwkvConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32
+def masks_without_its_adapter(folder: Path) -> MaskSet:
+    """Masks for a tiny NemotronH as a family without a hand-written adapter would get them: TransformerLens maps
+    only its Mamba-2 mixers (its MoE, attention and MLP layers pass through unread), so the derived adapter alone
+    reads few of its weights. Since every family TransformerLens boots has an adapter, the built-in NemotronH one is
+    set aside for this case (restored after)."""
+    bridge = tiny_nemotron_h(folder)
+    without = tuple(adapter for adapter in registry._BUILT_IN if adapter is not NemotronHAdapter)
+    with mock.patch.object(registry, "_BUILT_IN", without):
+        return MaskSet.for_bridge(bridge)
+
+
+def tiny_nemotron_h(folder: Path):
+    """A tiny NemotronH, one layer of each kind (Mamba-2, mixture of experts, attention, MLP)."""
+    config = NemotronHConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=128,
+        ssm_state_size=4,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        n_groups=1,
+        chunk_size=8,
+        n_routed_experts=4,
+        moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=32,
+        max_position_embeddings=32,
+        use_mamba_kernels=False,
     )
-    return boot_tiny(RwkvForCausalLM(config), folder)
+    return boot_tiny(NemotronHForCausalLM(config), folder)
 
 
 def dict_of_masks(bridge) -> None:
@@ -182,12 +211,13 @@ CASES = {
         ValueError,
         r"masked\(\) applies one mask; got a dict of masks \['jump'\]: enter one, e\.g\. masked\(bridge, masks\[",
     ),
-    "rwkv_folder_gets_no_adapter": (
-        lambda b, t, p: MaskSet.for_bridge(tiny_rwkv(p)),
+    "nemotron_h_without_its_adapter_maps_too_little": (
+        lambda b, t, p: masks_without_its_adapter(p),
         UnsupportedArchitecture,
         (
-            r"RwkvForCausalLM: no adapter that maps its weights: the \w+ adapter finds only "
-            r"\['W_U', 'ln1\.w', 'ln2\.w', 'ln_final\.w'\] \(\d+ of the model's .* parameters, \d+%\)"
+            r"NemotronHForCausalLM: no adapter that maps its weights: the \w+ adapter finds only "
+            r"\['W_U', 'W_ssm_conv', 'W_ssm_in', 'W_ssm_out', 'ln1\.w', 'ln_final\.w', 'ssm_A_log', 'ssm_norm\.w'\] "
+            r"\([\d,]+ of the model's .* parameters, \d+%\)"
         ),
     ),
     "two_runs_write_one_checkpoint_folder": (

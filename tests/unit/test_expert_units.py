@@ -116,3 +116,29 @@ def test_a_shared_expert_selected_without_the_routed_experts_is_refused():
     shared = dataclasses.replace(shared, unit_offset=N_EXPERTS * D_EXPERT)
     with pytest.raises(ValueError, match="leave some of their layer's neurons .* without any tensor"):
         build_units([shared], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+
+
+def test_a_grouped_projection_gives_each_head_its_groups_rows_and_its_columns():
+    """DeepSeek V4's ``o_a_proj``: 3 groups of 4 rows, each reading 2 heads of width 5 (columns 0-4 and 5-9); head
+    ``group * 2 + j`` owns rows ``group * 4 ..`` and columns ``j * 5 ..``."""
+    rows, heads_per_group, d_head, n_groups = 4, 2, 5, 3
+    spec = TensorSpec(
+        "blocks.0.attn.o_a_proj.weight",
+        "W_O",
+        0,
+        "path",
+        (n_groups * rows, heads_per_group * d_head),
+        "head",
+        1,
+        d_head,
+        "linear",
+        expert_axis=0,
+        expert_width=rows,
+    )
+    assert spec.unit_count == n_groups * heads_per_group and spec.input_axis == 1 and spec.output_axis == 0
+    head_values = torch.arange(6.0) + 10
+    expected = torch.tensor(
+        [[10 + (row // rows) * heads_per_group + column // d_head for column in range(10)] for row in range(12)]
+    )
+    unit = MaskUnit("blocks.0.attn", (6,), (spec,))
+    torch.testing.assert_close(unit.expand(head_values, spec).expand(spec.shape), expected.float())
