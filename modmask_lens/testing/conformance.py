@@ -139,11 +139,11 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | 
         kept, _ = kept_per_unit(spec, binary.kept[spec.key])
         heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
         if heads:
-            dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_width)
+            dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_count)
             writers[spec.key.rsplit(".", 2)[0]] = spec.path
 
-    def zero_heads(heads: list[int], width: int) -> Callable[[Tensor], Tensor]:
-        return lambda z: _zero_heads(z, heads, width)
+    def zero_heads(heads: list[int], n_heads: int) -> Callable[[Tensor], Tensor]:
+        return lambda z: _zero_heads(z, heads, n_heads)
 
     zeroings = [
         (f"{component}.hook_z", writers[component], zero_heads(*dropped_heads))
@@ -155,12 +155,17 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | 
     return _compare(actual, expected, f"heads {dropped} off")
 
 
-def _zero_heads(z: Tensor, heads: list[int], width: int) -> Tensor:
-    """``hook_z`` with ``heads`` zeroed: each head's ``width`` consecutive entries of the flattened per-position
-    input of ``W_O`` (head-major), whatever head split TransformerLens gives the hook. Usually ``[batch, pos, head,
-    d_head]``; on latent attention TransformerLens splits it by ``cfg.d_head`` (the rotary width), not by the
-    ``v_head_dim`` that ``W_O`` reads per head, so there ``hook_z[:, :, h]`` is not head h."""
+def _zero_heads(z: Tensor, heads: list[int], n_heads: int) -> Tensor:
+    """``hook_z`` with ``heads`` zeroed: each head's share (``1 / n_heads``) of the flattened per-position input of
+    ``W_O`` (head-major), whatever head split TransformerLens gives the hook or the writer's weight. Usually
+    ``[batch, pos, head, d_head]``; on latent attention TransformerLens splits it by ``cfg.d_head`` (the rotary
+    width), not by the ``v_head_dim`` that ``W_O`` reads per head, so there ``hook_z[:, :, h]`` is not head h; and a
+    writer whose heads lie on its output rows (DeepSeek V4's ``o_a_proj`` with several groups per head) holds no
+    head's input width at all."""
     flat = z.reshape(*z.shape[:2], -1).clone()
+    if flat.shape[-1] % n_heads:
+        raise ValueError(f"the input of W_O, {flat.shape[-1]} per position, does not split into {n_heads} heads")
+    width = flat.shape[-1] // n_heads
     for head in heads:
         flat[..., head * width : (head + 1) * width] = 0.0
     return flat.reshape(z.shape)
@@ -278,7 +283,7 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
 
     def zero(activation: Tensor) -> Tensor:
         if unit == "head":
-            return _zero_heads(activation, [local], writer.unit_width)
+            return _zero_heads(activation, [local], writer.unit_count)
         activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
         return activation
 

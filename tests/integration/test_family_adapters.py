@@ -154,7 +154,7 @@ def test_a_jetmoe_head_off_equals_zeroing_its_slice_of_its_experts_attention_out
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
 
 
-def tiny_deepseek_v4(folder, o_groups: int):
+def tiny_deepseek_v4(folder, o_groups: int, o_lora_rank: int = 4):
     torch.manual_seed(0)
     config = DeepseekV4Config(
         vocab_size=40,
@@ -163,7 +163,7 @@ def tiny_deepseek_v4(folder, o_groups: int):
         num_attention_heads=4,
         head_dim=8,
         q_lora_rank=16,
-        o_lora_rank=4,
+        o_lora_rank=o_lora_rank,
         o_groups=o_groups,
         n_routed_experts=4,
         num_experts_per_tok=2,
@@ -177,18 +177,21 @@ def tiny_deepseek_v4(folder, o_groups: int):
     return boot_tiny(DeepseekV4ForCausalLM(config), folder)
 
 
-@pytest.mark.parametrize("o_groups", [2, 8])
-def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_projection(o_groups, tmp_path):
+@pytest.mark.parametrize(("o_groups", "o_lora_rank"), [(2, 4), (8, 4), (8, 16)])
+def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_projection(
+    o_groups, o_lora_rank, tmp_path
+):
     """2 groups of 2 heads (as V4-Flash's 8 groups of 8: a head is its group's rows and its columns) and 8 groups
-    for 4 heads (a head is the rows of its two groups)."""
-    bridge = tiny_deepseek_v4(tmp_path, o_groups)
+    for 4 heads (a head is the rows of its two groups); with rank 16 a head's rows of the output projection (32)
+    outnumber its entries of the projection's input (8), which the check must not confuse."""
+    bridge = tiny_deepseek_v4(tmp_path, o_groups, o_lora_rank)
     checks = ["head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "all_ones_bit_identical"]
     assert not _failures(bridge, checks)
     (writer,) = [
         spec for spec in adapter_for(bridge).tensor_specs(bridge) if spec.key == "blocks.0.attn.o_a_proj.weight"
     ]
     assert writer.role == "W_O" and writer.unit_count == 4
-    assert (writer.unit_axis, writer.expert_width) == ((1, 4) if o_groups == 2 else (0, 1))
+    assert (writer.unit_axis, writer.expert_width) == ((1, o_lora_rank) if o_groups == 2 else (0, 1))
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"))
     for logits in mask.logits.values():
         logits.data.fill_(1.0)
