@@ -185,7 +185,23 @@ def tiny_model(architecture: str) -> torch.nn.Module:
     model_class = getattr(transformers, architecture, None)
     if model_class is None:
         raise LookupError("no transformers class of this name (remote code or another library)")
-    return model_class(tiny_config(model_class.config_class, TINY_OVERRIDES.get(architecture, {})))
+    model = model_class(tiny_config(model_class.config_class, TINY_OVERRIDES.get(architecture, {})))
+    _fill_hash_routing_tables(model)
+    return model
+
+
+def _fill_hash_routing_tables(model: torch.nn.Module) -> None:
+    """Give every hash router (DeepSeek V4's first MoE layers) a table of distinct experts per token, as a released
+    checkpoint stores it. A freshly built model's ``tid2eid`` buffer is all zeros: every token goes to expert 0 in
+    each of its ``top_k`` slots, the normalised routing weights are then ``1 / top_k`` whatever the router computes,
+    and the router's weight is never read (the kit's ``every_target_matters`` rightly failed on it)."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        table = getattr(module, "tid2eid", None)
+        if isinstance(table, torch.Tensor):
+            n_tokens, top_k = table.shape
+            experts = torch.rand(n_tokens, module.num_experts, generator=generator).argsort(dim=1)[:, :top_k]
+            table.copy_(experts)
 
 
 def tiny_config(
