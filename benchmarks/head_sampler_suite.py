@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_num_threads(1)
     training = dataclasses.replace(TrainConfig(), steps=arguments.steps)
     methods = {sampler: FinderMethod(training, {"sampler": sampler}) for sampler in ("hard-concrete", "bernoulli")}
-    for case in all_cases(arguments.case, include_tracr=False):
+    for case in all_cases(arguments.case):
         for control in arguments.control or ["none"]:
             folder = arguments.out / f"{case.name.replace('/', '-')}-{control}"
             if (folder / "summary.csv").exists():

@@ -79,7 +79,7 @@ def local_expectation_step(
             for index, unit in enumerate(mask_set.units)
         ]
     )
-    estimated = torch.arange(chunk, logits.numel(), n_chunks, device=logits.device)
+    estimated = torch.arange(logits.numel(), device=logits.device)[chunk::n_chunks]  # none when chunk >= heads
     variants = drawn.expand(1 + estimated.numel(), -1).clone()  # the sample, then each estimated head flipped
     variants[torch.arange(1, variants.shape[0]), estimated] = 1.0 - drawn[estimated]
     sampled, losses = _variant_losses(bridge, mask_set, objective, batch, reference, variants)
