@@ -3,8 +3,8 @@ costs? Prints the Spearman rank correlation per model and parameterisation, on o
 
 For every head, the *ablation cost* is the loss increase when the head is removed (its ``hook_z`` zeroed: no output
 reaches the residual stream). The *gradient score* is minus the gradient of the same loss with respect to the head's
-mask logit at initialisation (the library's ``MaskConfig()`` sampler and ``init_logit``, or ``--sampler`` and
-``--init-logit``, averaged over ``--samples`` mask samples drawn with the same noise for every parameterisation): a
+mask logit at initialisation (hard concrete, the library's pathwise sampler, and its ``init_logit``, or ``--sampler``
+and ``--init-logit``, averaged over ``--samples`` mask samples drawn with the same noise for every parameterisation): a
 head the loss needs gets a large score. Parameterisations (``--estimators`` picks some by their first word):
 
 - ``shared``: one logit per head for its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices (``roles`` all four: the
@@ -398,7 +398,11 @@ def main() -> None:
         default=16,
         help="mask samples per gradient (default 16); 0: no noise, every mask at its keep probability sigmoid(logit)",
     )
-    parser.add_argument("--sampler", default=MaskConfig().sampler, help="mask sampler (default: the library's)")
+    parser.add_argument(
+        "--sampler",
+        default="hard-concrete",
+        help="the pathwise estimators' sampler (default hard-concrete: the library's outside head granularity)",
+    )
     parser.add_argument("--init-logit", type=float, default=MaskConfig().init_logit, help="default: the library's")
     parser.add_argument("--scan-examples", type=int, default=256)
     parser.add_argument(

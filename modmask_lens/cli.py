@@ -187,6 +187,11 @@ def masks_train(
         None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"
     ),
     granularity: str = typer.Option("weight", help="weight, neuron, head or matrix"),
+    sampler: str | None = typer.Option(
+        None,
+        help="faithful only: auto (default: bernoulli for head masks where every head has a hook_z, else "
+        "hard-concrete; docs/concepts.md#head-masks), hard-concrete, gumbel-sigmoid or bernoulli (head masks only)",
+    ),
     objective: str = typer.Option(
         "answer-ce",
         help="what the mask keeps: answer-ce (exact match), kl or kl:all (the full model's next-token "
@@ -219,7 +224,15 @@ def masks_train(
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
     from modmask_lens.loading import check_model_name, check_subtask_spec
-    from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, LOSS_UNITS, MaskConfig, TrainConfig
+    from modmask_lens.masks.config import (
+        AUTO_SAMPLER,
+        CSORDAS_MASKS,
+        CSORDAS_TRAINING,
+        LOSS_UNITS,
+        SAMPLERS,
+        MaskConfig,
+        TrainConfig,
+    )
     from modmask_lens.masks.objectives import objective_from_spec
 
     methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
@@ -227,15 +240,26 @@ def masks_train(
         raise typer.BadParameter(f"unknown method {method!r}; choose from {list(methods)}", param_hint="--method")
     wrong = {
         "faithful": [("--beta", beta)],
-        "csordas": [("--max-loss-increase", max_loss_increase), ("--loss-increase-per", loss_increase_per)],
+        "csordas": [
+            ("--max-loss-increase", max_loss_increase),
+            ("--loss-increase-per", loss_increase_per),
+            ("--sampler", sampler),
+        ],
     }[method]
     for option, value in wrong:
         if value is not None:
             raise typer.BadParameter(f"{option} does not apply to --method {method}", param_hint=option)
     if loss_increase_per not in (None, *LOSS_UNITS):
         raise typer.BadParameter(f"choose one of {list(LOSS_UNITS)}", param_hint="--loss-increase-per")
+    if sampler not in (None, AUTO_SAMPLER, *SAMPLERS):
+        raise typer.BadParameter(f"choose one of {[AUTO_SAMPLER, *SAMPLERS]}", param_hint="--sampler")
     base_masks, base_training = methods[method]
-    mask_config = dataclasses.replace(base_masks, granularity=granularity)
+    try:
+        mask_config = dataclasses.replace(
+            base_masks, granularity=granularity, **({} if sampler is None else {"sampler": sampler})
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--sampler" if sampler else "--granularity") from error
     settings = {
         "beta": beta,
         "max_loss_increase": max_loss_increase,

@@ -78,7 +78,7 @@ def study_methods(steps: int | None = None) -> dict[str, FinderMethod]:
         "csordas": FinderMethod(csordas, CSORDAS_GUMBEL),
         "csordas+faithful-readout": FinderMethod(dataclasses.replace(csordas, readout="faithful"), CSORDAS_GUMBEL),
         "gumbel+constraint": FinderMethod(at_zero, {"sampler": "gumbel-sigmoid"}),
-        "hard-concrete+constraint": FinderMethod(at_zero),
+        "hard-concrete+constraint": FinderMethod(at_zero, {"sampler": "hard-concrete"}),
         "faithful": FinderMethod(faithful),
         "faithful+kl": FinderMethod(faithful, objective=KLDivergence()),
         "faithful+necessity": FinderMethod(dataclasses.replace(faithful, complement_loss_fraction=NECESSITY)),

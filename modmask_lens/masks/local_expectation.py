@@ -26,6 +26,7 @@ from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import Batch
+from modmask_lens.masks.head_outputs import head_outputs
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import Objective, Outputs, Reference, Score, model_outputs
 from modmask_lens.masks.sampling import UniformNoise, sample_mask
@@ -78,7 +79,7 @@ def local_expectation_step(
             for index, unit in enumerate(mask_set.units)
         ]
     )
-    estimated = torch.arange(chunk, logits.numel(), n_chunks, device=logits.device)
+    estimated = torch.arange(logits.numel(), device=logits.device)[chunk::n_chunks]  # none when chunk >= heads
     variants = drawn.expand(1 + estimated.numel(), -1).clone()  # the sample, then each estimated head flipped
     variants[torch.arange(1, variants.shape[0]), estimated] = 1.0 - drawn[estimated]
     sampled, losses = _variant_losses(bridge, mask_set, objective, batch, reference, variants)
@@ -105,13 +106,9 @@ def _variant_losses(
     variants: Float[Tensor, "variant head"],
 ) -> tuple[Score, Float[Tensor, " variant"]]:
     """The objective's score of the first variant and the loss sum of every variant: ``batch`` run once per variant
-    with each head's ``hook_z`` times its gate (heads in model order: the mask units' logits, concatenated)."""
-    missing = [f"{unit.name}.hook_z" for unit in mask_set.units if f"{unit.name}.hook_z" not in bridge.hook_dict]
-    if missing:
-        raise ValueError(
-            f"sampler 'bernoulli' removes heads at their hook_z, which this model does not have ({missing[0]}); "
-            "train its head masks with sampler='hard-concrete'"
-        )
+    with each head's ``hook_z`` slice times its gate (heads in model order: the mask units' logits, concatenated;
+    located by :func:`~modmask_lens.masks.head_outputs.head_outputs`)."""
+    heads = head_outputs(bridge, mask_set.units)
     per_forward = max(1, VARIANT_EXAMPLES // len(batch))
     losses, first = [], None
     with torch.no_grad():
@@ -119,11 +116,10 @@ def _variant_losses(
             copies = group.shape[0]
             repeated = _repeat(batch, copies)
             gates = group.repeat_interleave(len(batch), dim=0)  # [copy * example, head]
-            hooks, offset = [], 0
-            for unit in mask_set.units:
-                unit_gates = gates[:, offset : offset + unit.numel]
-                hooks.append((f"{unit.name}.hook_z", lambda z, hook, gate=unit_gates: z * gate[:, None, :, None]))
-                offset += unit.numel
+            hooks = [
+                (head.hook, _gate_hook(gates[:, head.first_logit : head.first_logit + head.heads], head.hook))
+                for head in heads
+            ]
             with bridge.hooks(fwd_hooks=hooks):  # the model's own weights, read under no_grad: never changed
                 outputs = model_outputs(bridge, repeated, objective.hook_names)
             for copy in range(copies):
@@ -133,6 +129,20 @@ def _variant_losses(
                 first = score if first is None else first
                 losses.append(score.loss_sum)
     return first, torch.stack(losses)
+
+
+def _gate_hook(gate: Float[Tensor, "example head"], hook_name: str):
+    """A forward hook that multiplies ``hook_z`` (``[example, pos, head, d_head]``) by ``gate`` per example and head."""
+
+    def hook(z: Tensor, hook) -> Tensor:
+        if z.shape[2] != gate.shape[1]:
+            raise ValueError(
+                f"{hook_name} has {z.shape[2]} heads where the mask's W_O has {gate.shape[1]}: this family's heads "
+                "are not laid out as its adapter says; train its head masks with sampler='hard-concrete'"
+            )
+        return z * gate[:, None, :, None]
+
+    return hook
 
 
 def _repeat(batch: Batch, copies: int) -> Batch:

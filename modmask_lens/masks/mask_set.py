@@ -11,7 +11,8 @@ from torch import Tensor
 from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_for, model_shape, unsupported
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.config import AUTO_SAMPLER, MaskConfig
+from modmask_lens.masks.head_outputs import resolved_sampler
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.products import unit_products
 from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_mask
@@ -63,17 +64,27 @@ class MaskSet:
     threshold: float = 0.0
     fingerprint: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.config.sampler == AUTO_SAMPLER:
+            raise ValueError(
+                "a MaskSet holds the sampler it trains with, not 'auto' (which depends on the model): build it "
+                "with MaskSet.for_bridge(bridge, config), or name the sampler in its MaskConfig"
+            )
+
     @classmethod
     def for_bridge(
         cls, bridge: Bridge, config: MaskConfig = MaskConfig(), name: str = "mask", origin: MaskOrigin | None = None
     ) -> MaskSet:
         """Fresh logits (all ``config.init_logit``, on the bridge's device) for every unit of ``bridge`` that ``config``
-        selects.
+        selects, under ``config`` with its sampler resolved for ``bridge``
+        (:func:`~modmask_lens.masks.head_outputs.resolved_sampler`: ``auto`` is ``bernoulli`` on heads with a
+        ``hook_z``, else ``hard-concrete``).
 
         ``origin`` may pass the bridge's :class:`MaskOrigin` when it is already known (hashing the weights is a pass
         over the whole model).
         """
         units = units_for(bridge, config)
+        config = resolved_sampler(bridge, config, units)
         device = next(bridge.parameters()).device
         logits = {
             unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True) for unit in units

@@ -241,7 +241,7 @@ class MaskTrainer:
         masks = MaskSet.for_bridge(self.bridge, mask_config, name=data.name, origin=origin)
         masks.train_config = self.train_config.to_dict()
         masks.objective = self.objective.to_dict()
-        masks.fingerprint = run_fingerprint(origin, data, mask_config, self.train_config, self.objective)
+        masks.fingerprint = run_fingerprint(origin, data, masks.config, self.train_config, self.objective)
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)

@@ -169,6 +169,9 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
             ["--method", "csordas", "--loss-increase-per", "token"],
             "--loss-increase-per does not apply to --method csordas",
         ),
+        (["--method", "csordas", "--sampler", "bernoulli"], "--sampler does not apply to --method csordas"),
+        (["--sampler", "bogus"], "choose one of ['auto', 'gumbel-sigmoid', 'hard-concrete', 'bernoulli']"),
+        (["--sampler", "bernoulli", "--granularity", "neuron"], "trains head masks on W_O"),
     ],
 )
 def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):

@@ -119,3 +119,20 @@ def test_the_trainer_estimates_each_chunk_of_a_step_with_its_own_share_of_the_he
         bridge, answer_data(bridge), MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False
     )
     assert calls == [(0, 3), (1, 3), (2, 3)] * 2
+
+
+def test_a_chunk_beyond_the_last_head_estimates_none_and_scores_its_sample():
+    """More mask samples per step than heads (a compiled tracr program has one or two): the extra chunks only score."""
+    bridge = tiny_bridge()
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli"))
+    heads = sum(unit.numel for unit in mask.units)
+    batch = answer_data(bridge).examples(torch.arange(6))
+    score = local_expectation_step(
+        bridge, mask, AnswerCrossEntropy(), batch, None, UniformNoise(1), 1.0, heads + 1, heads + 2
+    )
+    assert all(torch.equal(logit.grad, torch.zeros_like(logit)) for logit in mask.logits.values())
+    drawn = torch.stack(
+        [sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, UniformNoise(1).substream(index))
+         for index, unit in enumerate(mask.units)]
+    )  # fmt: skip
+    assert score.loss_sum.item() == pytest.approx(answer_loss_sum(bridge, answer_data(bridge), drawn), rel=1e-5)

@@ -100,7 +100,8 @@ def test_step_adds_minus_mu_times_the_capped_complement_loss_and_raises_mu_by_it
     config = TrainConfig(
         steps=1, batch_size=8, n_samples=1, complement_loss_fraction=0.9, grad_clip=1e9, lagrangian_lr=0.1
     )
-    trainer = MaskTrainer(bridge, [data], MaskConfig(granularity="head"), config, progress=False)
+    head_masks = MaskConfig(granularity="head", sampler="hard-concrete")  # the pathwise gradient computed here
+    trainer = MaskTrainer(bridge, [data], head_masks, config, progress=False)
     run = trainer.runs[0]
     with torch.no_grad():
         for logit in run.masks.logits.values():
