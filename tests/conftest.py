@@ -181,3 +181,41 @@ def assert_unchanged(bridge, snapshot) -> None:
         for p in module._parameters.values()
         if p is not None
     )
+
+
+def assert_local_expectation_is_removal_cost(bridge, unit_name: str, heads: tuple[int, ...]) -> None:
+    """The default head sampler resolves to ``bernoulli`` on ``bridge`` and its local-expectation gradient on each of
+    ``heads`` of the logit unit ``unit_name`` equals ``-p (1 - p)`` times the loss change of removing the head from the
+    step's sample, measured with the binary mask on the weights (the kit checks that equals zeroing the head's output)
+    instead of the sampler's own ``hook_z`` gates."""
+    from modmask_lens import MaskConfig, MaskSet, SubtaskData
+    from modmask_lens.masks.apply import masked
+    from modmask_lens.masks.local_expectation import local_expectation_step
+    from modmask_lens.masks.objectives import AnswerCrossEntropy, Outputs
+    from modmask_lens.masks.sampling import UniformNoise, sample_mask
+
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", init_logit=0.5))
+    assert mask.config.sampler == "bernoulli"
+    vocab = bridge.cfg.d_vocab
+    input_ids = torch.randint(5, min(vocab, 40), (4, 6), generator=torch.Generator().manual_seed(2))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -2:] = input_ids[:, -2:]
+    batch = SubtaskData("answers", input_ids, labels).examples(torch.arange(4))
+    noise = UniformNoise(5)
+    drawn = {
+        unit.name: sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index)) > 0
+        for index, unit in enumerate(mask.units)
+    }
+    local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, 1.0)
+
+    def loss_sum(kept: dict[str, torch.Tensor]) -> float:
+        with masked(bridge, mask.binary_from(kept)), torch.no_grad():
+            return AnswerCrossEntropy().score(Outputs(bridge(batch.input_ids)), None, batch).loss_sum.item()
+
+    keep = torch.sigmoid(torch.tensor(0.5)).item()
+    for head in heads:
+        on, off = ({**drawn, unit_name: drawn[unit_name].clone()} for _ in range(2))
+        on[unit_name][head], off[unit_name][head] = True, False
+        expected = -keep * (1 - keep) * (loss_sum(off) - loss_sum(on))
+        assert abs(expected) > 1e-6  # the head matters on these examples, so the comparison says something
+        assert mask.logits[unit_name].grad[head].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)

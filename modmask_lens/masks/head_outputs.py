@@ -1,7 +1,9 @@
 """Where each masked head writes its output, and the sampler a head mask trains with when its config leaves the
 choice to the library (``MaskConfig(sampler="auto")``, the default).
 
-A head is removed at its ``hook_z`` slice (``[batch, pos, head, d_head]``) on the attention component that holds it:
+A head is removed at its ``hook_z`` slice on the attention component that holds it (its ``width`` consecutive entries
+of the hook's flattened per-position features, head-major: ``[batch, pos, head, d_head]`` on most families; on
+latent attention TransformerLens splits ``hook_z`` by the rotary width, not the ``v_head_dim`` that ``W_O`` reads):
 the component of the ``W_O`` tensor that writes it out, whose ``unit_offset`` says where its heads start among the
 layer's logits (a decoder block's cross-attention heads follow its self-attention heads). The conformance kit checks
 on every family that turning a head's logit off equals zeroing that slice (``modmask_lens.testing.conformance``).
@@ -24,12 +26,15 @@ class HeadOutput:
     Attributes:
         hook: the component's ``hook_z`` (``blocks.0.attn.hook_z``, ``decoder_blocks.0.cross_attn.hook_z``).
         first_logit: position of its head 0 among the mask's head logits, concatenated in model order.
-        heads: how many heads it holds (the size of the hook's head axis).
+        heads: how many heads it holds.
+        width: entries of the hook's flattened per-position features per head (``W_O``'s
+            :attr:`~modmask_lens.adapters.TensorSpec.unit_width`).
     """
 
     hook: str
     first_logit: int
     heads: int
+    width: int
 
 
 def head_outputs(bridge: Bridge, units: list[MaskUnit]) -> list[HeadOutput]:
@@ -44,24 +49,24 @@ def head_outputs(bridge: Bridge, units: list[MaskUnit]) -> list[HeadOutput]:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
         >>> bridge = tiny_bridge()
         >>> head_outputs(bridge, units_for(bridge, MaskConfig(granularity="head")))[1]
-        HeadOutput(hook='blocks.1.attn.hook_z', first_logit=4, heads=4)
+        HeadOutput(hook='blocks.1.attn.hook_z', first_logit=4, heads=4, width=8)
     """
     outputs: list[HeadOutput] = []
     offset = 0
     for unit in units:
         writers = {
-            (member.key.rsplit(".", 2)[0], member.unit_offset): member.unit_count
+            (member.key.rsplit(".", 2)[0], member.unit_offset): (member.unit_count, member.unit_width)
             for member in unit.members
             if member.role == "W_O" and member.unit == "head"
         }
-        covered = sum(writers.values())
+        covered = sum(heads for heads, _ in writers.values())
         if covered != unit.numel:
             raise _no_hook_z(f"{covered} of the {unit.numel} heads of {unit.name} have a W_O among the masked tensors")
-        for (component, unit_offset), heads in sorted(writers.items(), key=lambda item: item[0][1]):
+        for (component, unit_offset), (heads, width) in sorted(writers.items(), key=lambda item: item[0][1]):
             hook = f"{component}.hook_z"
             if hook not in bridge.hook_dict:
                 raise _no_hook_z(f"{component} has no hook_z")
-            outputs.append(HeadOutput(hook, offset + unit_offset, heads))
+            outputs.append(HeadOutput(hook, offset + unit_offset, heads, width))
         offset += unit.numel
     return outputs
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import Batch
-from modmask_lens.masks.head_outputs import head_outputs
+from modmask_lens.masks.head_outputs import HeadOutput, head_outputs
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import Objective, Outputs, Reference, Score, model_outputs
 from modmask_lens.masks.sampling import UniformNoise, sample_mask
@@ -117,7 +117,7 @@ def _variant_losses(
             repeated = _repeat(batch, copies)
             gates = group.repeat_interleave(len(batch), dim=0)  # [copy * example, head]
             hooks = [
-                (head.hook, _gate_hook(gates[:, head.first_logit : head.first_logit + head.heads], head.hook))
+                (head.hook, _gate_hook(gates[:, head.first_logit : head.first_logit + head.heads], head))
                 for head in heads
             ]
             with bridge.hooks(fwd_hooks=hooks):  # the model's own weights, read under no_grad: never changed
@@ -131,16 +131,20 @@ def _variant_losses(
     return first, torch.stack(losses)
 
 
-def _gate_hook(gate: Float[Tensor, "example head"], hook_name: str):
-    """A forward hook that multiplies ``hook_z`` (``[example, pos, head, d_head]``) by ``gate`` per example and head."""
+def _gate_hook(gate: Float[Tensor, "example head"], head: HeadOutput):
+    """A forward hook that multiplies each head's slice of ``hook_z`` (its :attr:`HeadOutput.width` entries of the
+    flattened per-position features, whatever head split TransformerLens gives the hook) by ``gate`` per example."""
 
     def hook(z: Tensor, hook) -> Tensor:
-        if z.shape[2] != gate.shape[1]:
+        features = z[0, 0].numel()
+        if features != head.heads * head.width:
             raise ValueError(
-                f"{hook_name} has {z.shape[2]} heads where the mask's W_O has {gate.shape[1]}: this family's heads "
-                "are not laid out as its adapter says; train its head masks with sampler='hard-concrete'"
+                f"{head.hook} has {features} features per position where the mask's W_O reads {head.heads} heads of "
+                f"{head.width}: this family's heads are not laid out as its adapter says; train its head masks with "
+                "sampler='hard-concrete'"
             )
-        return z * gate[:, None, :, None]
+        per_feature = gate.repeat_interleave(head.width, dim=1)  # [example, heads * width]
+        return (z.reshape(*z.shape[:2], -1) * per_feature[:, None, :]).reshape(z.shape)
 
     return hook
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_local_expectation_is_removal_cost
 from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, Qwen3NextConfig, Qwen3NextForCausalLM
 
 from modmask_lens import MaskConfig, MaskSet, adapter_for
@@ -126,3 +127,9 @@ def test_a_model_that_transformers_itself_cannot_run_is_reported_as_failing_outs
             "the unmasked model itself fails on these tokens, and so does transformers' own DeepseekV2ForCausalLM "
             "outside TransformerLens (TypeError: topk()"
         )
+
+
+def test_the_default_head_sampler_removes_a_latent_attention_head_at_its_v_head_dim_slice(latent_bridge):
+    """TransformerLens splits latent attention's ``hook_z`` by the rotary width; the Bernoulli sampler's gates must
+    cover each head's ``v_head_dim`` entries (its gradient is the head's removal cost, not another slice's)."""
+    assert_local_expectation_is_removal_cost(latent_bridge, "blocks.0.attn", (0, 3))

@@ -8,13 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from conftest import assert_local_expectation_is_removal_cost
 
-from modmask_lens import MaskConfig, MaskSet, SubtaskData
+from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for, model_shape
 from modmask_lens.masks.apply import masked
-from modmask_lens.masks.local_expectation import local_expectation_step
-from modmask_lens.masks.objectives import AnswerCrossEntropy, Outputs
-from modmask_lens.masks.sampling import UniformNoise, sample_mask
 from modmask_lens.testing import check_head_mask, run_conformance
 from modmask_lens.testing.__main__ import main
 from modmask_lens.testing.tiny_models import boot_tiny
@@ -172,29 +170,6 @@ def test_the_command_line_kit_exits_0_when_its_only_non_passes_are_checks_that_d
 
 def test_bernoulli_head_masks_remove_each_head_at_the_attention_that_writes_it(tmp_path):
     """The default head sampler (``bernoulli`` here: every head has a ``hook_z``) removes a decoder block's
-    cross-attention heads at its ``cross_attn``: each head's local-expectation gradient equals ``-p (1 - p)`` times
-    the loss change of removing it from the sample, measured with the binary mask on the weights instead of hooks."""
+    cross-attention heads at its ``cross_attn``."""
     bridge = tiny("BartForConditionalGeneration", tmp_path)
-    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", init_logit=0.5))
-    assert mask.config.sampler == "bernoulli"
-    input_ids = torch.randint(5, 40, (4, 6), generator=torch.Generator().manual_seed(2))
-    labels = torch.full_like(input_ids, -100)
-    labels[:, -2:] = input_ids[:, -2:]
-    batch = SubtaskData("answers", input_ids, labels).examples(torch.arange(4))
-    noise = UniformNoise(5)
-    drawn = {
-        unit.name: sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index)) > 0
-        for index, unit in enumerate(mask.units)
-    }
-    local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, 1.0)
-
-    def loss_sum(kept: dict[str, torch.Tensor]) -> float:
-        with masked(bridge, mask.binary_from(kept)), torch.no_grad():
-            return AnswerCrossEntropy().score(Outputs(bridge(batch.input_ids)), None, batch).loss_sum.item()
-
-    keep = torch.sigmoid(torch.tensor(0.5)).item()
-    for head in (1, 6):  # decoder block 1: self-attention head 1, cross-attention head 2
-        on, off = ({**drawn, "blocks.3.attn": drawn["blocks.3.attn"].clone()} for _ in range(2))
-        on["blocks.3.attn"][head], off["blocks.3.attn"][head] = True, False
-        expected = -keep * (1 - keep) * (loss_sum(off) - loss_sum(on))
-        assert mask.logits["blocks.3.attn"].grad[head].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert_local_expectation_is_removal_cost(bridge, "blocks.3.attn", (1, 6))  # self head 1, cross head 2
