@@ -42,7 +42,8 @@ def test_every_head_is_found_at_the_hook_z_of_the_layer_that_writes_it():
     units = units_for(bridge, MaskConfig(granularity="head"))
     n_heads = bridge.cfg.n_heads
     assert head_outputs(bridge, units) == [
-        HeadOutput(f"blocks.{layer}.attn.hook_z", layer * n_heads, n_heads) for layer in range(bridge.cfg.n_layers)
+        HeadOutput(f"blocks.{layer}.attn.hook_z", layer * n_heads, n_heads, bridge.cfg.d_head)
+        for layer in range(bridge.cfg.n_layers)
     ]
 
 
