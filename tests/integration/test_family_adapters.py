@@ -177,13 +177,14 @@ def tiny_deepseek_v4(folder, o_groups: int, o_lora_rank: int = 4):
     return boot_tiny(DeepseekV4ForCausalLM(config), folder)
 
 
-@pytest.mark.parametrize(("o_groups", "o_lora_rank"), [(2, 4), (8, 4), (8, 16)])
+@pytest.mark.parametrize(("o_groups", "o_lora_rank"), [(2, 4), (8, 4), (8, 16), (8, 2)])
 def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_projection(
     o_groups, o_lora_rank, tmp_path
 ):
     """2 groups of 2 heads (as V4-Flash's 8 groups of 8: a head is its group's rows and its columns) and 8 groups
     for 4 heads (a head is the rows of its two groups); with rank 16 a head's rows of the output projection (32)
-    outnumber its entries of the projection's input (8), which the check must not confuse."""
+    outnumber its entries of the projection's input (8), with rank 2 they are fewer (4), which the check must not
+    confuse."""
     bridge = tiny_deepseek_v4(tmp_path, o_groups, o_lora_rank)
     checks = ["head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "all_ones_bit_identical"]
     assert not _failures(bridge, checks)
