@@ -408,13 +408,36 @@ def _tl_views(bridge: Bridge) -> str | None:
     if checked:
         return None
     roles = sorted({spec.role for spec in specs if spec.role in _TL_VIEWS and spec.unit is not None})
-    if roles:  # JetMoE: TransformerLens delegates its attention and MLP experts and exposes none of these views
+    exposed = _components_with_views(bridge)
+    if roles and exposed:
+        return (
+            f"TransformerLens exposes views at {exposed[:3]}, but none belongs to a tensor of the adapter's head and "
+            f"neuron roles {roles}: their keys do not name the components that hold them"
+        )
+    if roles:  # JetMoE, NemotronH: TransformerLens delegates their attention and MLPs and exposes none of these views
         raise GranularityNotApplicable(
             f"{bridge.cfg.architecture}: TransformerLens exposes no view (bridge.W_Q, component.W_in, ...) of this "
             f"model's head and neuron tensors {roles}, so there is nothing to compare their slices with; the head- "
             "and neuron-off checks test their layout"
         )
     return "no tensor with a TransformerLens view was found"
+
+
+def _components_with_views(bridge: Bridge) -> list[str]:
+    """``component.view`` for each module under ``bridge.blocks`` that TransformerLens gives a ``W_Q`` ... ``W_out``
+    view, read off the bridge alone (no adapter), so that a check finding no view to compare with can tell a model
+    without views from an adapter whose keys miss them."""
+    exposed = []
+    for name, module in bridge.blocks.named_modules(remove_duplicate=False):
+        if "_original_component" in name:  # the same components again, under the wrapped model's names
+            continue
+        for view in _TL_VIEWS:
+            try:
+                if getattr(module, view, None) is not None:
+                    exposed.append(f"blocks.{name}.{view}")
+            except Exception:  # noqa: BLE001, S112 (a view whose property fails here is no view to compare with)
+                continue
+    return exposed
 
 
 def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
