@@ -405,6 +405,14 @@ class Adapter:
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's :attr:`former_names` are only those it declares: an adapter built on another (BitNet's on
+        the derived one) reads other units than the adapters its parent replaced, so their masks must not load
+        onto it as if they meant the same."""
+        super().__init_subclass__(**kwargs)
+        if "former_names" not in cls.__dict__:
+            cls.former_names = ()
+
     @classmethod
     def for_bridge(cls, bridge: Bridge) -> Adapter:
         """The adapter for ``bridge``: a plain instance; adapters that read the model override this

@@ -4,6 +4,8 @@ its adapter says they are."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import (
@@ -23,6 +25,7 @@ from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.analysis.circuit_graph import circuit_graph
 from modmask_lens.masks.apply import masked
+from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
@@ -239,3 +242,14 @@ def test_nemotron_h_reads_every_mixer_kind_and_passes_the_checks_that_apply(tmp_
     heads = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo")).units
     assert [(unit.name, unit.shape) for unit in neurons] == [("blocks.1.mlp", (4 * 16 + 16,)), ("blocks.3.mlp", (64,))]
     assert [(unit.name, unit.shape, len(unit.members)) for unit in heads] == [("blocks.2.attn", (4,), 4)]
+
+
+@pytest.mark.parametrize("former", ["generic", "native", "llama"])
+def test_a_bitnet_mask_file_of_an_adapter_bitnet_never_replaced_is_refused(bitnet, former):
+    """The derived adapter accepts the names of the adapters it replaced; BitNet's adapter is new and reads another
+    neuron (its sub-norm gain and W_out column, not the W_in/W_gate rows those masked), so a file they made must not
+    load onto it as if it meant the same units."""
+    mask = MaskSet.for_bridge(bitnet, MaskConfig(granularity="neuron"))
+    made_by_former = dataclasses.replace(mask.origin, adapter=former)
+    with pytest.raises(ModelMismatch, match=f"made with the '{former}' adapter; this model uses 'bitnet'"):
+        made_by_former.check(bitnet, mask.members)
