@@ -21,13 +21,15 @@ from transformers import (
     Llama4TextConfig,
     MixtralConfig,
     MixtralForCausalLM,
+    NemotronHConfig,
+    NemotronHForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
 )
 
-from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG, boot_tiny
 
 torch.set_num_threads(1)
 
@@ -181,3 +183,28 @@ def assert_unchanged(bridge, snapshot) -> None:
         for p in module._parameters.values()
         if p is not None
     )
+
+
+def tiny_nemotron_h(folder, vocab_size: int = 40, d_mlp: int = 64, d_expert: int = 16) -> TransformerBridge:
+    """A tiny NemotronH, one layer of each kind (Mamba-2, mixture of experts with a shared expert, attention, MLP);
+    ``d_mlp`` is the MLP layer's hidden width, ``d_expert`` each expert's and the shared expert's."""
+    config = NemotronHConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=d_mlp,
+        ssm_state_size=4,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        n_groups=1,
+        chunk_size=8,
+        n_routed_experts=4,
+        moe_intermediate_size=d_expert,
+        moe_shared_expert_intermediate_size=d_expert,
+        max_position_embeddings=32,
+        use_mamba_kernels=False,
+    )
+    return boot_tiny(NemotronHForCausalLM(config), folder)

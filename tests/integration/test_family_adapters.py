@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_nemotron_h
 from transformers import (
     BitNetConfig,
     BitNetForCausalLM,
@@ -15,8 +16,6 @@ from transformers import (
     DeepseekV4ForCausalLM,
     JetMoeConfig,
     JetMoeForCausalLM,
-    NemotronHConfig,
-    NemotronHForCausalLM,
     RwkvConfig,
     RwkvForCausalLM,
 )
@@ -212,26 +211,7 @@ def test_nemotron_h_reads_every_mixer_kind_and_passes_the_checks_that_apply(tmp_
     attention, MLP. TransformerLens has no hook_z / hook_post in them: the kit zeroes a unit's slice of what
     ``o_proj`` / ``down_proj`` reads instead."""
     torch.manual_seed(0)
-    config = NemotronHConfig(
-        vocab_size=40,
-        hidden_size=32,
-        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        ssm_state_size=4,
-        mamba_num_heads=4,
-        mamba_head_dim=8,
-        n_groups=1,
-        chunk_size=8,
-        n_routed_experts=4,
-        moe_intermediate_size=16,
-        moe_shared_expert_intermediate_size=16,
-        max_position_embeddings=32,
-        use_mamba_kernels=False,
-    )
-    bridge = boot_tiny(NemotronHForCausalLM(config), tmp_path)
+    bridge = tiny_nemotron_h(tmp_path)
     checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
     results = run_conformance(bridge, checks=[*checks, "head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"])
     assert [str(result) for result in results if result.applies and not result.passed] == []
