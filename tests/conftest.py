@@ -21,13 +21,15 @@ from transformers import (
     Llama4TextConfig,
     MixtralConfig,
     MixtralForCausalLM,
+    NemotronHConfig,
+    NemotronHForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
 )
 
-from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG, boot_tiny
 
 torch.set_num_threads(1)
 
@@ -219,3 +221,28 @@ def assert_local_expectation_is_removal_cost(bridge, unit_name: str, heads: tupl
         expected = -keep * (1 - keep) * (loss_sum(off) - loss_sum(on))
         assert abs(expected) > 1e-6  # the head matters on these examples, so the comparison says something
         assert mask.logits[unit_name].grad[head].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def tiny_nemotron_h(folder, vocab_size: int = 40, d_mlp: int = 64, d_expert: int = 16) -> TransformerBridge:
+    """A tiny NemotronH, one layer of each kind (Mamba-2, mixture of experts with a shared expert, attention, MLP);
+    ``d_mlp`` is the MLP layer's hidden width, ``d_expert`` each expert's and the shared expert's."""
+    config = NemotronHConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=d_mlp,
+        ssm_state_size=4,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        n_groups=1,
+        chunk_size=8,
+        n_routed_experts=4,
+        moe_intermediate_size=d_expert,
+        moe_shared_expert_intermediate_size=d_expert,
+        max_position_embeddings=32,
+        use_mamba_kernels=False,
+    )
+    return boot_tiny(NemotronHForCausalLM(config), folder)

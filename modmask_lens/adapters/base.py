@@ -44,6 +44,26 @@ _MIXER_ROLES = {
 # gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
 _TIME_MIX_ROLES = {"key": "time_K", "value": "time_V", "receptance": "time_R", "output": "time_O"}
 _CHANNEL_MIX_ROLES = {"in": "in", "out": "out", "receptance": "channel_R"}
+# Low-rank (latent) attention's projections and norms beside TransformerLens's q/k/v/o (DeepSeek V2/V3 and the
+# families built on them; DeepSeek V4's own names second): the query down-projection, its norm and up-projection, the
+# joint key/value down-projection (with the rotary key) and its norm and up-projection, V4's one shared key/value
+# projection and its norm, and V4's second output projection, which mixes the output groups into the residual stream.
+# Without a role they were no mask target of any kind. None holds whole heads of its own alone, except the up
+# projections, whose head layouts the adapters that know them set (DeepSeek V4's ``q_b_proj``).
+_LATENT_ATTENTION_ROLES = {
+    "q_a_proj": "Q_a",
+    "q_b_proj": "Q_b",
+    "kv_a_proj_with_mqa": "KV_a",
+    "kv_b_proj": "KV_b",
+    "kv_proj": "KV",
+    "o_b_proj": "O_b",
+}
+_LATENT_ATTENTION_NORMS = {
+    "q_a_layernorm": "q_a_norm",
+    "q_a_norm": "q_a_norm",
+    "kv_a_layernorm": "kv_norm",
+    "kv_norm": "kv_norm",
+}
 _KEY_PATTERN = re.compile(
     r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln)\."
     r"(?:(?P<shared>shared_experts?)\.)?"
@@ -81,6 +101,7 @@ ROLE_KINDS = {
         "time_first",
         "W_KV",
         "W_attn_router",
+        *("W_Q_a", "W_Q_b", "W_KV_a", "W_KV_b", "W_O_b"),
     ),
     "norm": (
         "ln1.w",
@@ -96,6 +117,8 @@ ROLE_KINDS = {
         "time_mix_R",
         "channel_mix_K",
         "channel_mix_R",
+        "q_a_norm.w",
+        "kv_norm.w",
     ),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (
@@ -116,6 +139,7 @@ ROLE_KINDS = {
         "b_ssm_dt",
         "ssm_D",
         *("b_rec_x", "b_rec_y", "b_rec_conv", "b_rec_out", "b_rec_input_gate", "b_rec_a_gate"),
+        *("b_Q_a", "b_Q_b", "b_KV_a", "b_KV_b", "b_KV", "b_O_b", "q_a_norm.b", "kv_norm.b"),
         "ln1.b",
         "ln2.b",
         "ln3.b",
@@ -126,7 +150,7 @@ ROLE_KINDS = {
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
 
-RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out", "W_time_O")
+RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out", "W_time_O", "W_O_b")
 """Matrices that write the residual stream; every other matrix reads it."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
@@ -379,6 +403,10 @@ def role_of(key: str) -> tuple[str, int | None]:
         return f"ssm_norm.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:
         return prefix + _ATTENTION_ROLES[sub], layer
+    if component == "attn" and sub in _LATENT_ATTENTION_ROLES:
+        return prefix + _LATENT_ATTENTION_ROLES[sub], layer
+    if component == "attn" and sub in _LATENT_ATTENTION_NORMS:
+        return f"{_LATENT_ATTENTION_NORMS[sub]}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "mlp" and sub in _MLP_ROLES:
         return prefix + _MLP_ROLES[sub], layer
     return "other", layer
@@ -404,6 +432,14 @@ class Adapter:
     norm_placement: ClassVar[NormPlacement] = "pre"
     """``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``: each
     sub-layer's output is added to the residual stream and then normalised (BERT)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's :attr:`former_names` are only those it declares: an adapter built on another (BitNet's on
+        the derived one) reads other units than the adapters its parent replaced, so their masks must not load
+        onto it as if they meant the same."""
+        super().__init_subclass__(**kwargs)
+        if "former_names" not in cls.__dict__:
+            cls.former_names = ()
 
     @classmethod
     def for_bridge(cls, bridge: Bridge) -> Adapter:

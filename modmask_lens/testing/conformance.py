@@ -131,44 +131,31 @@ def check_head_mask(bridge: Bridge, mask: MaskSet, tokens: ModelInput) -> str | 
     zeroed on the attention that holds it (a decoder block's cross-attention heads on its ``cross_attn``), or where
     the bridge has no ``hook_z`` there, in the input of its ``W_O`` (:func:`_run_zeroed`)."""
     binary = mask.binary()
-    dropped: dict[str, tuple[list[int], int]] = {}
-    writers: dict[str, str] = {}
+    zeroings: list[tuple[str, TensorSpec, list[int]]] = []
     for spec in binary.specs:
         if spec.role != "W_O" or spec.unit != "head":
             continue
         kept, _ = kept_per_unit(spec, binary.kept[spec.key])
         heads = [head - spec.unit_offset for head in range(spec.unit_offset, len(kept)) if kept[head] == 0]
         if heads:
-            dropped[spec.key.rsplit(".", 2)[0]] = (heads, spec.unit_count)
-            writers[spec.key.rsplit(".", 2)[0]] = spec.path
-
-    def zero_heads(heads: list[int], n_heads: int) -> Callable[[Tensor], Tensor]:
-        return lambda z: _zero_heads(z, heads, n_heads)
-
-    zeroings = [
-        (f"{component}.hook_z", writers[component], zero_heads(*dropped_heads))
-        for component, dropped_heads in dropped.items()
-    ]
+            zeroings.append((f"{spec.key.rsplit('.', 2)[0]}.hook_z", spec, heads))
+    dropped = {name.rsplit(".", 1)[0]: heads for name, _, heads in zeroings}
     expected = _run_zeroed(bridge, tokens, zeroings)
     with masked(bridge, binary):
         actual = bridge(tokens)
     return _compare(actual, expected, f"heads {dropped} off")
 
 
-def _zero_heads(z: Tensor, heads: list[int], n_heads: int) -> Tensor:
-    """``hook_z`` with ``heads`` zeroed: each head's share (``1 / n_heads``) of the flattened per-position input of
-    ``W_O`` (head-major), whatever head split TransformerLens gives the hook or the writer's weight. Usually
-    ``[batch, pos, head, d_head]``; on latent attention TransformerLens splits it by ``cfg.d_head`` (the rotary
-    width), not by the ``v_head_dim`` that ``W_O`` reads per head, so there ``hook_z[:, :, h]`` is not head h; and a
-    writer whose heads lie on its output rows (DeepSeek V4's ``o_a_proj`` with several groups per head) holds no
-    head's input width at all."""
-    flat = z.reshape(*z.shape[:2], -1).clone()
-    if flat.shape[-1] % n_heads:
-        raise ValueError(f"the input of W_O, {flat.shape[-1]} per position, does not split into {n_heads} heads")
-    width = flat.shape[-1] // n_heads
-    for head in heads:
-        flat[..., head * width : (head + 1) * width] = 0.0
-    return flat.reshape(z.shape)
+def _zero_slices(activation: Tensor, units: list[int], width: int) -> Tensor:
+    """``activation`` (``[batch, pos, ...]``) with each of ``units`` zeroed: its ``width`` consecutive entries of the
+    flattened per-position features (head-major ``hook_z`` or a writer's input; ``hook_post`` with width 1), whatever
+    head split TransformerLens gives the hook. On latent attention TransformerLens splits ``hook_z`` by
+    ``cfg.d_head`` (the rotary width), not by the ``v_head_dim`` that ``W_O`` reads per head, so there
+    ``hook_z[:, :, h]`` is not head h."""
+    flat = activation.reshape(*activation.shape[:2], -1).clone()
+    for unit in units:
+        flat[..., unit * width : (unit + 1) * width] = 0.0
+    return flat.reshape(activation.shape)
 
 
 def _compare(actual: Tensor, expected: Tensor, what: str) -> str | None:
@@ -280,33 +267,34 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
         if member.role == writer_role and member.unit_offset <= index < member.unit_offset + member.unit_count
     )
     component, local = writer.key.rsplit(".", 2)[0], index - writer.unit_offset
-
-    def zero(activation: Tensor) -> Tensor:
-        if unit == "head":
-            return _zero_heads(activation, [local], writer.unit_count)
-        activation[..., local] = 0.0  # hook_post: [batch, pos, d_mlp]
-        return activation
-
     hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
-    return _run_zeroed(bridge, tokens, [(hook_name, writer.path, zero)])
+    return _run_zeroed(bridge, tokens, [(hook_name, writer, [local])])
 
 
-def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, str, Callable[[Tensor], Tensor]]]) -> Tensor:
-    """Logits with each ``(hook name, writer's parameter path, zero)`` of ``zeroings`` applied: at the
-    TransformerLens hook where the bridge has it, else to a copy of the input of the module that holds the writer's
-    parameter (a forward pre-hook, removed after). Both are the same activation, the flattened per-position input of
-    ``W_O`` / ``W_out``; RecurrentGemma's bridge wraps each layer whole and has neither ``hook_z`` nor
-    ``hook_post``."""
-    fwd_hooks = [
-        (name, lambda activation, hook, zero=zero: zero(activation))
-        for name, _, zero in zeroings
-        if name in bridge.hook_dict
-    ]
+def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, TensorSpec, list[int]]]) -> Tensor:
+    """Logits with the units of each ``(hook name, writer, local units)`` of ``zeroings`` zeroed: at the
+    TransformerLens hook (``hook_z``: :attr:`TensorSpec.unit_width` entries per head; ``hook_post``: one per neuron)
+    where the bridge has it, else in a copy of the input of the module that holds the writer (``W_O`` / ``W_out``; a
+    forward pre-hook, removed after), each of the writer's :attr:`TensorSpec.unit_count` units an equal share of the
+    flattened features. Both are the same activation; RecurrentGemma's layers, DeepSeek V4's attention (whose
+    grouped output projection stores a head as a group's rows, so ``unit_width`` describes the weight, not the
+    input) and NemotronH's attention and MLP layers have neither hook."""
+
+    def at_hook(writer: TensorSpec, units: list[int]):
+        width = writer.unit_width if writer.unit == "head" else 1
+        return lambda activation, hook: _zero_slices(activation, units, width)
+
+    def at_input(writer: TensorSpec, units: list[int]):
+        def pre_hook(module, args):
+            features = args[0].reshape(*args[0].shape[:2], -1).shape[-1]
+            return (_zero_slices(args[0], units, features // writer.unit_count), *args[1:])
+
+        return pre_hook
+
+    fwd_hooks = [(name, at_hook(writer, units)) for name, writer, units in zeroings if name in bridge.hook_dict]
     handles = [
-        bridge.get_submodule(path.rpartition(".")[0]).register_forward_pre_hook(
-            lambda module, args, zero=zero: (zero(args[0].clone()), *args[1:])
-        )
-        for name, path, zero in zeroings
+        bridge.get_submodule(writer.path.rpartition(".")[0]).register_forward_pre_hook(at_input(writer, units))
+        for name, writer, units in zeroings
         if name not in bridge.hook_dict
     ]
     try:
@@ -420,13 +408,36 @@ def _tl_views(bridge: Bridge) -> str | None:
     if checked:
         return None
     roles = sorted({spec.role for spec in specs if spec.role in _TL_VIEWS and spec.unit is not None})
-    if roles:  # JetMoE: TransformerLens delegates its attention and MLP experts and exposes none of these views
+    exposed = _components_with_views(bridge)
+    if roles and exposed:
+        return (
+            f"TransformerLens exposes views at {exposed[:3]}, but none belongs to a tensor of the adapter's head and "
+            f"neuron roles {roles}: their keys do not name the components that hold them"
+        )
+    if roles:  # JetMoE, NemotronH: TransformerLens delegates their attention and MLPs and exposes none of these views
         raise GranularityNotApplicable(
             f"{bridge.cfg.architecture}: TransformerLens exposes no view (bridge.W_Q, component.W_in, ...) of this "
             f"model's head and neuron tensors {roles}, so there is nothing to compare their slices with; the head- "
             "and neuron-off checks test their layout"
         )
     return "no tensor with a TransformerLens view was found"
+
+
+def _components_with_views(bridge: Bridge) -> list[str]:
+    """``component.view`` for each module under ``bridge.blocks`` that TransformerLens gives a ``W_Q`` ... ``W_out``
+    view, read off the bridge alone (no adapter), so that a check finding no view to compare with can tell a model
+    without views from an adapter whose keys miss them."""
+    exposed = []
+    for name, module in bridge.blocks.named_modules(remove_duplicate=False):
+        if "_original_component" in name:  # the same components again, under the wrapped model's names
+            continue
+        for view in _TL_VIEWS:
+            try:
+                if getattr(module, view, None) is not None:
+                    exposed.append(f"blocks.{name}.{view}")
+            except Exception:  # noqa: BLE001, S112 (a view whose property fails here is no view to compare with)
+                continue
+    return exposed
 
 
 def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:

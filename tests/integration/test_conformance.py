@@ -263,3 +263,25 @@ def test_compatibility_mode_that_transformer_lens_declares_unsupported_is_not_ap
         "mode here (RuntimeError: GPT2ArchitectureAdapter does not support compatibility mode: "
     )
     assert not bridge.compatibility_mode  # refused on a copy; the bridge itself is untouched
+
+
+class KeysMissingTheirComponents(DerivedAdapter):
+    """A broken adapter: every tensor keyed one level below the component that holds it, so that no key names a
+    component with a TransformerLens view."""
+
+    architectures = ("LlamaForCausalLM",)
+
+    def tensor_specs(self, bridge):
+        return [
+            dataclasses.replace(spec, key=spec.key.replace(".attn.", ".attn.moved.").replace(".mlp.", ".mlp.moved."))
+            for spec in super().tensor_specs(bridge)
+        ]
+
+
+def test_views_no_tensor_reaches_fail_where_transformer_lens_exposes_views(family_bridge, monkeypatch):
+    """The view check is N/A only for a model whose bridge exposes no ``W_Q`` ... ``W_out`` (JetMoE, NemotronH), not
+    for an adapter whose keys miss the views TransformerLens has."""
+    monkeypatch.setattr(registry, "_BUILT_IN", (KeysMissingTheirComponents,))
+    [result] = run_conformance(family_bridge("llama"), checks=["unit_slices_equal_tl_views"])
+    assert result.applies and not result.passed
+    assert "TransformerLens exposes views at ['blocks.0.attn.W_Q'" in str(result)

@@ -4,8 +4,11 @@ its adapter says they are."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from conftest import tiny_nemotron_h
 from transformers import (
     BitNetConfig,
     BitNetForCausalLM,
@@ -13,8 +16,6 @@ from transformers import (
     DeepseekV4ForCausalLM,
     JetMoeConfig,
     JetMoeForCausalLM,
-    NemotronHConfig,
-    NemotronHForCausalLM,
     RwkvConfig,
     RwkvForCausalLM,
 )
@@ -23,6 +24,7 @@ from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.analysis.circuit_graph import circuit_graph
 from modmask_lens.masks.apply import masked
+from modmask_lens.masks.identity import ModelMismatch
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.conformance import check_gradients
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
@@ -177,13 +179,14 @@ def tiny_deepseek_v4(folder, o_groups: int, o_lora_rank: int = 4):
     return boot_tiny(DeepseekV4ForCausalLM(config), folder)
 
 
-@pytest.mark.parametrize(("o_groups", "o_lora_rank"), [(2, 4), (8, 4), (8, 16)])
+@pytest.mark.parametrize(("o_groups", "o_lora_rank"), [(2, 4), (8, 4), (8, 16), (8, 2)])
 def test_deepseek_v4_head_off_equals_zeroing_its_slice_of_the_grouped_output_projection(
     o_groups, o_lora_rank, tmp_path
 ):
     """2 groups of 2 heads (as V4-Flash's 8 groups of 8: a head is its group's rows and its columns) and 8 groups
     for 4 heads (a head is the rows of its two groups); with rank 16 a head's rows of the output projection (32)
-    outnumber its entries of the projection's input (8), which the check must not confuse."""
+    outnumber its entries of the projection's input (8), with rank 2 they are fewer (4), which the check must not
+    confuse."""
     bridge = tiny_deepseek_v4(tmp_path, o_groups, o_lora_rank)
     checks = ["head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "all_ones_bit_identical"]
     assert not _failures(bridge, checks)
@@ -208,26 +211,7 @@ def test_nemotron_h_reads_every_mixer_kind_and_passes_the_checks_that_apply(tmp_
     attention, MLP. TransformerLens has no hook_z / hook_post in them: the kit zeroes a unit's slice of what
     ``o_proj`` / ``down_proj`` reads instead."""
     torch.manual_seed(0)
-    config = NemotronHConfig(
-        vocab_size=40,
-        hidden_size=32,
-        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        ssm_state_size=4,
-        mamba_num_heads=4,
-        mamba_head_dim=8,
-        n_groups=1,
-        chunk_size=8,
-        n_routed_experts=4,
-        moe_intermediate_size=16,
-        moe_shared_expert_intermediate_size=16,
-        max_position_embeddings=32,
-        use_mamba_kernels=False,
-    )
-    bridge = boot_tiny(NemotronHForCausalLM(config), tmp_path)
+    bridge = tiny_nemotron_h(tmp_path)
     checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
     results = run_conformance(bridge, checks=[*checks, "head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"])
     assert [str(result) for result in results if result.applies and not result.passed] == []
@@ -238,3 +222,14 @@ def test_nemotron_h_reads_every_mixer_kind_and_passes_the_checks_that_apply(tmp_
     heads = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo")).units
     assert [(unit.name, unit.shape) for unit in neurons] == [("blocks.1.mlp", (4 * 16 + 16,)), ("blocks.3.mlp", (64,))]
     assert [(unit.name, unit.shape, len(unit.members)) for unit in heads] == [("blocks.2.attn", (4,), 4)]
+
+
+@pytest.mark.parametrize("former", ["generic", "native", "llama"])
+def test_a_bitnet_mask_file_of_an_adapter_bitnet_never_replaced_is_refused(bitnet, former):
+    """The derived adapter accepts the names of the adapters it replaced; BitNet's adapter is new and reads another
+    neuron (its sub-norm gain and W_out column, not the W_in/W_gate rows those masked), so a file they made must not
+    load onto it as if it meant the same units."""
+    mask = MaskSet.for_bridge(bitnet, MaskConfig(granularity="neuron"))
+    made_by_former = dataclasses.replace(mask.origin, adapter=former)
+    with pytest.raises(ModelMismatch, match=f"made with the '{former}' adapter; this model uses 'bitnet'"):
+        made_by_former.check(bitnet, mask.members)

@@ -133,3 +133,25 @@ def test_the_default_head_sampler_removes_a_latent_attention_head_at_its_v_head_
     """TransformerLens splits latent attention's ``hook_z`` by the rotary width; the Bernoulli sampler's gates must
     cover each head's ``v_head_dim`` entries (its gradient is the head's removal cost, not another slice's)."""
     assert_local_expectation_is_removal_cost(latent_bridge, "blocks.0.attn", (0, 3))
+
+
+def test_every_latent_attention_tensor_is_a_mask_target_that_matters(latent_bridge):
+    """The low-rank query and key/value projections and their norms had the role ``other``, which no
+    ``MaskConfig.kinds`` selects: a mask of any kind and granularity left 26% of the tiny model's parameters (every
+    attention matrix but ``o_proj``) untouched while the kit passed. Each is now a target, and zeroing it alone
+    changes the logits; the all-ones mask still reproduces them and the exported masked model reloads."""
+    specs = adapter_for(latent_bridge).tensor_specs(latent_bridge)
+    assert [spec.key for spec in specs if spec.kind == "other"] == []
+    roles = {spec.key.split(".", 2)[2]: spec.role for spec in specs if spec.layer == 0 and ".attn." in spec.key}
+    assert roles == {
+        "attn.q_a_proj.weight": "W_Q_a",
+        "attn.q_a_layernorm.weight": "q_a_norm.w",
+        "attn.q_b_proj.weight": "W_Q_b",
+        "attn.kv_a_proj_with_mqa.weight": "W_KV_a",
+        "attn.kv_a_layernorm.weight": "kv_norm.w",
+        "attn.kv_b_proj.weight": "W_KV_b",
+        "attn.o.weight": "W_O",
+    }
+    checks = ["all_ones_bit_identical", "every_target_matters", "hf_export_reloads"]
+    for result in run_conformance(latent_bridge, checks=checks):
+        assert result.passed, str(result)

@@ -19,8 +19,7 @@ from unittest import mock
 import pandas as pd
 import pytest
 import torch
-from conftest import VOCAB, boot_gpt2, boot_native
-from transformers import NemotronHConfig, NemotronHForCausalLM
+from conftest import VOCAB, boot_gpt2, boot_native, tiny_nemotron_h
 from typer.testing import CliRunner
 
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, SubtaskData, TrainConfig, masked, masked_call, save_masks
@@ -35,7 +34,7 @@ from modmask_lens.masks.io import load_labelled_masks, load_masks
 from modmask_lens.masks.run_fingerprint import RunMismatch
 from modmask_lens.masks.training import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 from modmask_lens.tasks.catalog import task_spec
-from modmask_lens.testing.tiny_models import boot_tiny, placeholder_word_tokenizer
+from modmask_lens.testing.tiny_models import placeholder_word_tokenizer
 from modmask_lens.viz.report import parse_prompt
 
 N_CTX = 16  # boot_gpt2's n_positions
@@ -76,34 +75,10 @@ def masks_without_its_adapter(folder: Path) -> MaskSet:
     only its Mamba-2 mixers (its MoE, attention and MLP layers pass through unread), so the derived adapter alone
     reads few of its weights. Since every family TransformerLens boots has an adapter, the built-in NemotronH one is
     set aside for this case (restored after)."""
-    bridge = tiny_nemotron_h(folder)
+    bridge = tiny_nemotron_h(folder, vocab_size=VOCAB, d_mlp=128, d_expert=32)
     without = tuple(adapter for adapter in registry._BUILT_IN if adapter is not NemotronHAdapter)
     with mock.patch.object(registry, "_BUILT_IN", without):
         return MaskSet.for_bridge(bridge)
-
-
-def tiny_nemotron_h(folder: Path):
-    """A tiny NemotronH, one layer of each kind (Mamba-2, mixture of experts, attention, MLP)."""
-    config = NemotronHConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=128,
-        ssm_state_size=4,
-        mamba_num_heads=4,
-        mamba_head_dim=8,
-        n_groups=1,
-        chunk_size=8,
-        n_routed_experts=4,
-        moe_intermediate_size=32,
-        moe_shared_expert_intermediate_size=32,
-        max_position_embeddings=32,
-        use_mamba_kernels=False,
-    )
-    return boot_tiny(NemotronHForCausalLM(config), folder)
 
 
 def dict_of_masks(bridge) -> None:
