@@ -135,6 +135,7 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_experts": 4,
     },
     "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
+    "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
         "mamba_n_heads": 4,
@@ -157,7 +158,10 @@ stands for the family's default:
 - Falcon-H1's default Mamba-2 mixer is not tiny (128 heads, state 256, chunks of 256 positions: 64 MiB intermediates
   per forward on the 8-token inputs), and under :data:`MEMORY_LIMIT_BYTES` its head and neuron checks failed with
   "can't allocate memory"; 4 heads of 8, state 16, chunks of 16 (``mamba_d_ssm`` = heads x head size, as its
-  checkpoints have it)."""
+  checkpoints have it).
+- GPT-Neo's config rejects an ``attention_types`` that does not expand to ``num_layers`` (default: 24 layers); one
+  global then one local layer, as the released models alternate, with a local window of 4 (256 in the released
+  models) so the 8-token inputs reach past it."""
 
 GRANULARITY_CHECKS = {
     "weight": (
