@@ -135,6 +135,20 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_experts": 4,
     },
     "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
+    "Mamba2ForCausalLM": {"num_heads": 8, "n_groups": 1, "state_size": 16, "chunk_size": 16},
+    "BambaForCausalLM": {
+        "attn_layer_indices": [1],
+        "mamba_n_heads": 8,
+        "mamba_d_head": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+    },
+    "Zamba2ForCausalLM": {
+        "layers_block_type": ["linear_attention", "hybrid"],
+        "num_key_value_heads": 4,
+        "mamba_d_state": 16,
+        "chunk_size": 16,
+    },
     "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
@@ -161,7 +175,10 @@ stands for the family's default:
   checkpoints have it).
 - GPT-Neo's config rejects an ``attention_types`` that does not expand to ``num_layers`` (default: 24 layers); one
   global then one local layer, as the released models alternate, with a local window of 4 (256 in the released
-  models) so the 8-token inputs reach past it."""
+  models) so the 8-token inputs reach past it.
+- Mamba-2, Bamba and Zamba2 tie the Mamba heads to ``expand * hidden_size`` (64 channels: 8 heads of 8) and take
+  one entry per layer in their layer list: a Mamba layer, then an attention (Zamba2: shared-attention hybrid) layer,
+  as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1."""
 
 GRANULARITY_CHECKS = {
     "weight": (
