@@ -145,6 +145,7 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
     },
     "Zamba2ForCausalLM": {
         "layers_block_type": ["linear_attention", "hybrid"],
+        "head_dim": 16,
         "num_key_value_heads": 4,
         "mamba_d_state": 16,
         "chunk_size": 16,
@@ -178,7 +179,9 @@ stands for the family's default:
   models) so the 8-token inputs reach past it.
 - Mamba-2, Bamba and Zamba2 tie the Mamba heads to ``expand * hidden_size`` (64 channels: 8 heads of 8) and take
   one entry per layer in their layer list: a Mamba layer, then an attention (Zamba2: shared-attention hybrid) layer,
-  as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1."""
+  as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
+  Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
+  over the doubled width its shared block reads, with no grouping, as released."""
 
 GRANULARITY_CHECKS = {
     "weight": (
