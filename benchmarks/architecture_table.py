@@ -150,6 +150,14 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "mamba_d_state": 16,
         "chunk_size": 16,
     },
+    "SwitchTransformersForConditionalGeneration": {
+        "d_ff": 64,
+        "d_kv": 8,
+        "num_decoder_layers": 2,
+        "num_experts": 4,
+        "num_sparse_encoder_layers": 1,
+        "num_sparse_decoder_layers": 1,
+    },
     "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
@@ -182,6 +190,11 @@ stands for the family's default:
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
   over the doubled width its shared block reads, with no grouping, as released."""
+
+PYTORCH_BIN_CHECKPOINTS = {"SwitchTransformersForConditionalGeneration"}
+"""Families saved as ``pytorch_model.bin``: the released google/switch-base-* repositories ship only that file, so
+TransformerLens's Switch Transformers adapter loads with ``use_safetensors=False`` and found no weights in a
+checkpoint saved as ``model.safetensors`` (the row's "Error no file named ... pytorch_model.bin")."""
 
 GRANULARITY_CHECKS = {
     "weight": (
@@ -248,7 +261,9 @@ def tiny_config(
 def row(architecture: str) -> dict[str, str]:
     """One table row: whether the family boots, its adapter, and PASS/FAIL per granularity with the first failure."""
     try:
-        bridge = boot_tiny(tiny_model(architecture), tempfile.mkdtemp())
+        bridge = boot_tiny(
+            tiny_model(architecture), tempfile.mkdtemp(), pytorch_bin=architecture in PYTORCH_BIN_CHECKPOINTS
+        )
     except Exception as error:  # noqa: BLE001 (any failure to build or boot is what the table reports)
         return {"boots": "no", "note": f"{type(error).__name__}: {' '.join(str(error).split())[:140]}"}
     present = [name for name in applicable_checks(bridge) if name != "gradients_reach_only_mask_logits"]
