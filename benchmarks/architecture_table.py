@@ -33,6 +33,7 @@ import torch
 import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 from transformer_lens.model_bridge.sources import transformers as transformers_source
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.masks.config import MaskConfig
@@ -158,6 +159,7 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_sparse_encoder_layers": 1,
         "num_sparse_decoder_layers": 1,
     },
+    "Gemma4ForCausalLM": {"vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 8},
     "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
@@ -189,7 +191,13 @@ stands for the family's default:
   one entry per layer in their layer list: a Mamba layer, then an attention (Zamba2: shared-attention hybrid) layer,
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
-  over the doubled width its shared block reads, with no grouping, as released."""
+  over the doubled width its shared block reads, with no grouping, as released.
+- Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here."""
+
+TINY_INIT_ARGUMENTS: dict[str, dict[str, object]] = {"Gemma4TextConfig": {"global_head_dim": 16}}
+"""Per config class, constructor arguments that the config consumes without keeping them as a field (so
+:func:`tiny_config` cannot find them on the defaults): Gemma 4's full-attention layers take ``global_head_dim``
+(default 512, twice the sliding layers' 256 in the released models; here 16, twice the tiny 8)."""
 
 PYTORCH_BIN_CHECKPOINTS = {"SwitchTransformersForConditionalGeneration"}
 """Families saved as ``pytorch_model.bin``: the released google/switch-base-* repositories ship only that file, so
@@ -249,13 +257,25 @@ def tiny_config(
     sizes make a multimodal model billions of parameters, which the run's memory limit refuses."""
     defaults = config_class()
     wanted = TINY_SIZES | (overrides or {})
-    settable = {name for name in wanted if hasattr(defaults, name)}
+    settable = {name for name in wanted if _has_field(defaults, name)}
     read_only = {name for name in settable if isinstance(getattr(type(defaults), name, None), property)}
     sizes: dict[str, object] = {name: wanted[name] for name in settable - read_only}  # Falcon derives head_dim
     for name, value in vars(defaults).items():
         if isinstance(value, transformers.PretrainedConfig):
             sizes[name] = tiny_config(type(value)).to_dict()
-    return config_class(**sizes)
+    return config_class(**sizes, **TINY_INIT_ARGUMENTS.get(config_class.__name__, {}))
+
+
+def _has_field(config: transformers.PretrainedConfig, name: str) -> bool:
+    """Whether ``config`` has the field ``name`` (an alias of ``attribute_map`` counts). A heterogeneous config
+    (Gemma 4) refuses to read a per-layer field such as ``head_dim`` globally, which still means it has it."""
+    try:
+        getattr(config, name)
+    except AmbiguousGlobalPerLayerAttributeError:
+        return True
+    except AttributeError:
+        return False
+    return True
 
 
 def row(architecture: str) -> dict[str, str]:
