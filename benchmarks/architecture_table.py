@@ -160,6 +160,11 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_sparse_decoder_layers": 1,
     },
     "Gemma4ForCausalLM": {"vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 8},
+    "Emu3ForConditionalGeneration": {
+        "vocabulary_map": {"<image>": 63, "<|extra_200|>": 62}
+        | {f"<|visual token {index:06d}|>": 46 + index for index in range(16)},
+        "vq_config": {"codebook_size": 16, "base_channels": 32, "channel_multiplier": [1, 1, 1, 1]},
+    },
     "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
@@ -192,7 +197,10 @@ stands for the family's default:
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
   over the doubled width its shared block reads, with no grouping, as released.
-- Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here."""
+- Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
+- Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
+  end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16
+  codes and 32 channels at every level (243 million parameters at the defaults)."""
 
 TINY_INIT_ARGUMENTS: dict[str, dict[str, object]] = {"Gemma4TextConfig": {"global_head_dim": 16}}
 """Per config class, constructor arguments that the config consumes without keeping them as a field (so
@@ -262,7 +270,7 @@ def tiny_config(
     sizes: dict[str, object] = {name: wanted[name] for name in settable - read_only}  # Falcon derives head_dim
     for name, value in vars(defaults).items():
         if isinstance(value, transformers.PretrainedConfig):
-            sizes[name] = tiny_config(type(value)).to_dict()
+            sizes[name] = tiny_config(type(value), (overrides or {}).get(name)).to_dict()
     return config_class(**sizes, **TINY_INIT_ARGUMENTS.get(config_class.__name__, {}))
 
 
