@@ -165,6 +165,16 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         | {f"<|visual token {index:06d}|>": 46 + index for index in range(16)},
         "vq_config": {"codebook_size": 16, "base_channels": 32, "channel_multiplier": [1, 1, 1, 1]},
     },
+    "Florence2ForConditionalGeneration": {
+        "image_token_id": 63,
+        "vision_config": {
+            "depths": [1, 1, 1, 1],
+            "embed_dim": [8, 8, 16, 32],
+            "num_heads": [1, 1, 2, 4],
+            "num_groups": [1, 1, 2, 4],
+            "window_size": 2,
+        },
+    },
     "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
@@ -200,7 +210,9 @@ stands for the family's default:
 - Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
 - Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
   end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16
-  codes and 32 channels at every level (243 million parameters at the defaults)."""
+  codes and 32 channels at every level (243 million parameters at the defaults).
+- Florence-2's DaViT vision tower takes its sizes per stage (lists; the generic scalars are refused): 4 stages of one
+  block, widths 8 to 32; its image token must lie in the 64-token vocabulary."""
 
 TINY_INIT_ARGUMENTS: dict[str, dict[str, object]] = {"Gemma4TextConfig": {"global_head_dim": 16}}
 """Per config class, constructor arguments that the config consumes without keeping them as a field (so
