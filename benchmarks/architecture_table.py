@@ -33,6 +33,7 @@ import torch
 import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 from transformer_lens.model_bridge.sources import transformers as transformers_source
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
 from modmask_lens.masks.config import MaskConfig
@@ -135,6 +136,46 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_experts": 4,
     },
     "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"]},
+    "Mamba2ForCausalLM": {"num_heads": 8, "n_groups": 1, "state_size": 16, "chunk_size": 16},
+    "BambaForCausalLM": {
+        "attn_layer_indices": [1],
+        "mamba_n_heads": 8,
+        "mamba_d_head": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+    },
+    "Zamba2ForCausalLM": {
+        "layers_block_type": ["linear_attention", "hybrid"],
+        "head_dim": 16,
+        "num_key_value_heads": 4,
+        "mamba_d_state": 16,
+        "chunk_size": 16,
+    },
+    "SwitchTransformersForConditionalGeneration": {
+        "d_ff": 64,
+        "d_kv": 8,
+        "num_decoder_layers": 2,
+        "num_experts": 4,
+        "num_sparse_encoder_layers": 1,
+        "num_sparse_decoder_layers": 1,
+    },
+    "Gemma4ForCausalLM": {"vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 8},
+    "Emu3ForConditionalGeneration": {
+        "vocabulary_map": {"<image>": 63, "<|extra_200|>": 62}
+        | {f"<|visual token {index:06d}|>": 46 + index for index in range(16)},
+        "vq_config": {"codebook_size": 16, "base_channels": 32, "channel_multiplier": [1, 1, 1, 1]},
+    },
+    "Florence2ForConditionalGeneration": {
+        "image_token_id": 63,
+        "vision_config": {
+            "depths": [1, 1, 1, 1],
+            "embed_dim": [8, 8, 16, 32],
+            "num_heads": [1, 1, 2, 4],
+            "num_groups": [1, 1, 2, 4],
+            "window_size": 2,
+        },
+    },
+    "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
     "PhiForCausalLM": {"num_key_value_heads": None},
     "FalconH1ForCausalLM": {
         "mamba_n_heads": 4,
@@ -157,7 +198,31 @@ stands for the family's default:
 - Falcon-H1's default Mamba-2 mixer is not tiny (128 heads, state 256, chunks of 256 positions: 64 MiB intermediates
   per forward on the 8-token inputs), and under :data:`MEMORY_LIMIT_BYTES` its head and neuron checks failed with
   "can't allocate memory"; 4 heads of 8, state 16, chunks of 16 (``mamba_d_ssm`` = heads x head size, as its
-  checkpoints have it)."""
+  checkpoints have it).
+- GPT-Neo's config rejects an ``attention_types`` that does not expand to ``num_layers`` (default: 24 layers); one
+  global then one local layer, as the released models alternate, with a local window of 4 (256 in the released
+  models) so the 8-token inputs reach past it.
+- Mamba-2, Bamba and Zamba2 tie the Mamba heads to ``expand * hidden_size`` (64 channels: 8 heads of 8) and take
+  one entry per layer in their layer list: a Mamba layer, then an attention (Zamba2: shared-attention hybrid) layer,
+  as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
+  Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
+  over the doubled width its shared block reads, with no grouping, as released.
+- Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
+- Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
+  end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16
+  codes and 32 channels at every level (243 million parameters at the defaults).
+- Florence-2's DaViT vision tower takes its sizes per stage (lists; the generic scalars are refused): 4 stages of one
+  block, widths 8 to 32; its image token must lie in the 64-token vocabulary."""
+
+TINY_INIT_ARGUMENTS: dict[str, dict[str, object]] = {"Gemma4TextConfig": {"global_head_dim": 16}}
+"""Per config class, constructor arguments that the config consumes without keeping them as a field (so
+:func:`tiny_config` cannot find them on the defaults): Gemma 4's full-attention layers take ``global_head_dim``
+(default 512, twice the sliding layers' 256 in the released models; here 16, twice the tiny 8)."""
+
+PYTORCH_BIN_CHECKPOINTS = {"SwitchTransformersForConditionalGeneration"}
+"""Families saved as ``pytorch_model.bin``: the released google/switch-base-* repositories ship only that file, so
+TransformerLens's Switch Transformers adapter loads with ``use_safetensors=False`` and found no weights in a
+checkpoint saved as ``model.safetensors`` (the row's "Error no file named ... pytorch_model.bin")."""
 
 GRANULARITY_CHECKS = {
     "weight": (
@@ -212,19 +277,33 @@ def tiny_config(
     sizes make a multimodal model billions of parameters, which the run's memory limit refuses."""
     defaults = config_class()
     wanted = TINY_SIZES | (overrides or {})
-    settable = {name for name in wanted if hasattr(defaults, name)}
+    settable = {name for name in wanted if _has_field(defaults, name)}
     read_only = {name for name in settable if isinstance(getattr(type(defaults), name, None), property)}
     sizes: dict[str, object] = {name: wanted[name] for name in settable - read_only}  # Falcon derives head_dim
     for name, value in vars(defaults).items():
         if isinstance(value, transformers.PretrainedConfig):
-            sizes[name] = tiny_config(type(value)).to_dict()
-    return config_class(**sizes)
+            sizes[name] = tiny_config(type(value), (overrides or {}).get(name)).to_dict()
+    return config_class(**sizes, **TINY_INIT_ARGUMENTS.get(config_class.__name__, {}))
+
+
+def _has_field(config: transformers.PretrainedConfig, name: str) -> bool:
+    """Whether ``config`` has the field ``name`` (an alias of ``attribute_map`` counts). A heterogeneous config
+    (Gemma 4) refuses to read a per-layer field such as ``head_dim`` globally, which still means it has it."""
+    try:
+        getattr(config, name)
+    except AmbiguousGlobalPerLayerAttributeError:
+        return True
+    except AttributeError:
+        return False
+    return True
 
 
 def row(architecture: str) -> dict[str, str]:
     """One table row: whether the family boots, its adapter, and PASS/FAIL per granularity with the first failure."""
     try:
-        bridge = boot_tiny(tiny_model(architecture), tempfile.mkdtemp())
+        bridge = boot_tiny(
+            tiny_model(architecture), tempfile.mkdtemp(), pytorch_bin=architecture in PYTORCH_BIN_CHECKPOINTS
+        )
     except Exception as error:  # noqa: BLE001 (any failure to build or boot is what the table reports)
         return {"boots": "no", "note": f"{type(error).__name__}: {' '.join(str(error).split())[:140]}"}
     present = [name for name in applicable_checks(bridge) if name != "gradients_reach_only_mask_logits"]

@@ -51,6 +51,21 @@ def native_config(hf_model: nn.Module):
     return config
 
 
+OUTPUT_SCALE_TIED_TO_EMBEDDINGS = {"SwitchTransformersForConditionalGeneration"}
+"""Families whose forward pass multiplies the decoder output by ``d_model ** -0.5`` before the unembedding only while
+``tie_word_embeddings`` is set (Mesh TensorFlow's convention; T5 keeps that scale in its own
+``scale_decoder_outputs``, so untying its embeddings does not drop it)."""
+
+
+def untie_word_embeddings(hf_model: nn.Module, config, state: dict[str, Tensor]) -> None:
+    """Set ``tie_word_embeddings=False`` in ``config`` (a :func:`native_config`), and for the families of
+    :data:`OUTPUT_SCALE_TIED_TO_EMBEDDINGS` fold the output scale their untied forward pass drops into
+    ``state["lm_head.weight"]`` (in place), so the untied model computes the same logits."""
+    config.tie_word_embeddings = False
+    if type(hf_model).__name__ in OUTPUT_SCALE_TIED_TO_EMBEDDINGS:
+        state["lm_head.weight"] = state["lm_head.weight"] * config.d_model**-0.5
+
+
 def write_masked_tensors(
     adapter: Adapter, bridge: Bridge, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
 ) -> None:

@@ -7,7 +7,12 @@ from pathlib import Path
 import torch
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.adapters.export import native_config, native_state_dict, write_masked_tensors
+from modmask_lens.adapters.export import (
+    native_config,
+    native_state_dict,
+    untie_word_embeddings,
+    write_masked_tensors,
+)
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import processing_mode
@@ -42,7 +47,7 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
     write_masked_tensors(adapter_for(bridge), bridge, state, masked)
     config = native_config(hf_model)
     if getattr(config, "tie_word_embeddings", False) and any(spec.role in ("W_E", "W_U") for spec in binary.specs):
-        config.tie_word_embeddings = False
+        untie_word_embeddings(hf_model, config, state)
     exported = type(hf_model)(config)
     missing, unexpected = exported.load_state_dict(state, strict=False)
     if unexpected or [key for key in missing if key in exported.state_dict()]:

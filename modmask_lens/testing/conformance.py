@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from transformer_lens.model_bridge.generalized_components.attention import PerLayerGeometryError
 
 from modmask_lens.adapters import (
     GranularityNotApplicable,
@@ -457,9 +458,29 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     if all(getattr(block, block_part, None) is None for block in bridge.blocks):
         return _probed_view(bridge, spec)
     having = [
-        layer for layer in range(bridge.cfg.n_layers) if hasattr(getattr(bridge.blocks[layer], block_part, None), name)
+        layer
+        for layer in range(bridge.cfg.n_layers)
+        if _has_view(getattr(bridge.blocks[layer], block_part, None), name)
     ]
-    return getattr(bridge, name)[having.index(spec.layer)] if spec.layer in having else None
+    if spec.layer not in having:
+        return None
+    try:
+        return getattr(bridge, name)[having.index(spec.layer)]
+    except PerLayerGeometryError:  # one layer's heads differ from the config's (Gemma 4): read layer by layer
+        try:
+            return getattr(getattr(bridge.blocks[spec.layer], block_part), name)
+        except PerLayerGeometryError:  # TransformerLens gives this layer no per-head view
+            return None
+
+
+def _has_view(component: nn.Module | None, name: str) -> bool:
+    """Whether ``component`` has TransformerLens's view ``name``; a view TransformerLens refuses to split by heads
+    because the layer's geometry differs from the config's (Gemma 4's full-attention layers, ``head_dim`` 512 against
+    256) is still there."""
+    try:
+        return hasattr(component, name)
+    except PerLayerGeometryError:
+        return True
 
 
 def _probed_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
