@@ -5,7 +5,7 @@ For every entry of TransformerLens's ``SUPPORTED_ARCHITECTURES`` that names a ``
 config (2 layers, d_model 32, 4 heads, 2 key/value heads where the family has them and its real checkpoints use
 them (:data:`TINY_OVERRIDES`), vocabulary 64) is built from the class's own config class, the model is saved with a
 word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
-(``modmask_lens.testing.tiny_models.boot_tiny``). A granularity passes when
+(``modmask_lens.testing.tiny_models.save_tiny``, :func:`boot_tiny_row`). A granularity passes when
 every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
 (compatibility mode where TransformerLens refuses it) is shown in the note as N/A and neither passes nor fails it.
 Audio encoders run on a waveform long enough for their feature extractor
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import transformers as transformers_source
 from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
@@ -40,7 +41,7 @@ from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.testing import run_conformance
 from modmask_lens.testing.conformance import applicable_checks, check_gradients, conformance_inputs
-from modmask_lens.testing.tiny_models import boot_tiny
+from modmask_lens.testing.tiny_models import save_tiny
 
 TINY_SIZES = {
     "hidden_size": 32,
@@ -298,12 +299,22 @@ def _has_field(config: transformers.PretrainedConfig, name: str) -> bool:
     return True
 
 
+def boot_tiny_row(architecture: str, directory: str) -> TransformerBridge:
+    """The tiny model of ``architecture`` saved to ``directory`` and booted; a family of
+    :data:`PYTORCH_BIN_CHECKPOINTS` gets its weights as ``pytorch_model.bin`` (a pickle, written here and never by
+    the package, which reads and writes none)."""
+    model = tiny_model(architecture)
+    save_tiny(model, directory)
+    if architecture in PYTORCH_BIN_CHECKPOINTS:
+        torch.save(model.state_dict(), Path(directory) / "pytorch_model.bin")
+        (Path(directory) / "model.safetensors").unlink()
+    return TransformerBridge.boot_transformers(directory, device="cpu")
+
+
 def row(architecture: str) -> dict[str, str]:
     """One table row: whether the family boots, its adapter, and PASS/FAIL per granularity with the first failure."""
     try:
-        bridge = boot_tiny(
-            tiny_model(architecture), tempfile.mkdtemp(), pytorch_bin=architecture in PYTORCH_BIN_CHECKPOINTS
-        )
+        bridge = boot_tiny_row(architecture, tempfile.mkdtemp())
     except Exception as error:  # noqa: BLE001 (any failure to build or boot is what the table reports)
         return {"boots": "no", "note": f"{type(error).__name__}: {' '.join(str(error).split())[:140]}"}
     present = [name for name in applicable_checks(bridge) if name != "gradients_reach_only_mask_logits"]

@@ -46,29 +46,23 @@ def placeholder_bert_tokenizer(vocab_size: int) -> BertTokenizer:
     return BertTokenizer(vocab={word: index for index, word in enumerate(words)}, do_lower_case=False)
 
 
-def boot_tiny(
-    model: nn.Module,
-    directory: str | Path,
-    seed: int = 0,
-    noise: float = 0.05,
-    tokenizer=None,
-    pytorch_bin: bool = False,
-) -> TransformerBridge:
-    """Perturb every parameter of ``model`` (so zero-initialised biases and unit norm gains matter), save it with a
-    word-level tokenizer (or ``tokenizer``) to ``directory``, and boot it with
-    ``TransformerBridge.boot_transformers``. ``pytorch_bin`` saves the weights as ``pytorch_model.bin`` instead of
-    ``model.safetensors``, for families whose released checkpoints ship only that file and whose TransformerLens
-    adapter therefore loads only that file (Switch Transformers)."""
+def save_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05, tokenizer=None) -> None:
+    """Perturb every parameter of ``model`` (so zero-initialised biases and unit norm gains matter) and save it as
+    safetensors with a word-level tokenizer (or ``tokenizer``) to ``directory``."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
     model.save_pretrained(directory)
-    if pytorch_bin:
-        torch.save(model.state_dict(), Path(directory) / "pytorch_model.bin")
-        (Path(directory) / "model.safetensors").unlink()
     vocab_size = model.config.get_text_config().vocab_size  # a multimodal config keeps it in its text config
     (tokenizer or placeholder_word_tokenizer(vocab_size)).save_pretrained(directory)
+
+
+def boot_tiny(
+    model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05, tokenizer=None
+) -> TransformerBridge:
+    """:func:`save_tiny`, then boot ``directory`` with ``TransformerBridge.boot_transformers``."""
+    save_tiny(model, directory, seed, noise, tokenizer)
     return TransformerBridge.boot_transformers(str(directory), device="cpu")
 
 
