@@ -7,7 +7,8 @@ them (:data:`TINY_OVERRIDES`), vocabulary 64) is built from the class's own conf
 word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
 (``modmask_lens.testing.tiny_models.save_tiny``, :func:`boot_tiny_row`). A granularity passes when
 every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
-(compatibility mode where TransformerLens refuses it) is shown in the note as N/A and neither passes nor fails it.
+(compatibility mode where TransformerLens refuses it or fails without a mask) is shown in the note as N/A and
+neither passes nor fails it.
 Audio encoders run on a waveform long enough for their feature extractor
 (:func:`modmask_lens.testing.conformance.conformance_inputs`).
 
@@ -394,9 +395,9 @@ def markdown(rows: dict[str, dict[str, str]]) -> str:
     summary = (
         f"{len(rows)} architectures in TransformerLens's list; {len(booted)} boot offline from a tiny config; "
         f"{len(passing)} of those pass the kit at all four granularities ({len(with_checks_not_applicable)} of them "
-        "on every check that applies to them: a check shown N/A in the note, compatibility mode where TransformerLens "
-        f"refuses it, is not counted), and {len(applicable) - len(passing)} more at every granularity that applies to "
-        "them (n/a: the model has no attention or no MLP)."
+        "on every check that applies to them: a check shown N/A in the note, compatibility mode that TransformerLens "
+        f"refuses or fails unmasked, is not counted), and {len(applicable) - len(passing)} more at every granularity "
+        "that applies to them (n/a: the model has no attention or no MLP)."
     )
     return summary + "\n\n" + "\n".join(lines) + "\n"
 

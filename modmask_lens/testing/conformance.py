@@ -91,7 +91,8 @@ def run_conformance(
     """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
     defaults to :func:`conformance_inputs` (seeded random ids, or a waveform for an audio encoder). A check that
     raises is reported as failed, with the others; one that has no meaning for the model (head checks without
-    attention, compatibility mode where TransformerLens declares it unsupported) is reported as not applicable.
+    attention, compatibility mode where TransformerLens declares it unsupported or fails unmasked) is reported as
+    not applicable.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
@@ -592,24 +593,54 @@ def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
 
     Where TransformerLens itself declares compatibility mode unsupported (an architecture adapter's
     ``supports_compatibility_mode = False``, or any audio encoder: ``enable_compatibility_mode`` refuses both),
-    the check has no meaning and is reported not applicable with TransformerLens's reason. Compatibility mode
-    failing anywhere else is a failure, and says that TransformerLens failed.
+    the check has no meaning and is reported not applicable with TransformerLens's reason. Where TransformerLens's
+    compatibility mode fails with no mask attached (Falcon-H1: ``fold_layer_norm`` on grouped key/value weights),
+    the check runs in compatibility mode without folding the norms (``fold_ln=False``) instead: a mask failing
+    there fails the check; passing there, the check is still reported not applicable (the full compatibility mode,
+    the check's subject, cannot run), with both facts in its line.
 
     Raises:
-        GranularityNotApplicable: where TransformerLens declares compatibility mode unsupported.
+        GranularityNotApplicable: where TransformerLens declares compatibility mode unsupported, or where it fails
+            with no mask attached and an all-ones mask passes in its compatibility mode without folded norms.
     """
     declared_unsupported = not getattr(bridge.adapter, "supports_compatibility_mode", True) or reads_waveform(bridge)
-    processed = _deep_copy(bridge)
     try:
-        processed.enable_compatibility_mode(disable_warnings=True)
-        reference = processed(tokens)
-    except Exception as error:  # TransformerLens failing (or refusing) is not a mask's fault
+        return _all_ones_in_compat_mode(bridge, tokens)
+    except _CompatModeFails as failure:  # TransformerLens failing (or refusing) is not a mask's fault
+        error = failure.__cause__
         if declared_unsupported:
             raise GranularityNotApplicable(
                 f"{bridge.cfg.architecture}: TransformerLens does not support compatibility mode here "
                 f"({_one_line(error)}); masks apply to the bridge's default forward"
             ) from error
-        return f"TransformerLens's compatibility mode itself fails here ({_one_line(error)}); no mask is involved"
+    try:
+        unfolded = _all_ones_in_compat_mode(bridge, tokens, fold_ln=False)
+    except _CompatModeFails as failure:
+        return (
+            f"TransformerLens's compatibility mode itself fails here ({_one_line(error)}), and also without folded "
+            f"norms ({_one_line(failure.__cause__)}); no mask is involved"
+        )
+    if unfolded is not None:
+        return f"{unfolded} (with fold_ln=False: TransformerLens's full compatibility mode fails here unmasked)"
+    raise GranularityNotApplicable(
+        f"{bridge.cfg.architecture}: TransformerLens's compatibility mode fails here with no mask attached "
+        f"({_one_line(error)}); without folded norms (fold_ln=False) an all-ones mask is bit-exact"
+    ) from error
+
+
+class _CompatModeFails(Exception):
+    """TransformerLens's compatibility mode failed on the unmasked copy (the cause is its error)."""
+
+
+def _all_ones_in_compat_mode(bridge: Bridge, tokens: Tensor, **processing: bool) -> str | None:
+    """The compatibility-mode check's body on a deep copy of ``bridge`` with
+    ``enable_compatibility_mode(**processing)``; raises :class:`_CompatModeFails` where that copy fails unmasked."""
+    processed = _deep_copy(bridge)
+    try:
+        processed.enable_compatibility_mode(disable_warnings=True, **processing)
+        reference = processed(tokens)
+    except Exception as error:
+        raise _CompatModeFails from error
     before = _parameter_snapshot(processed)
     with masked(processed, _constant(processed, ALL_KINDS, True)):
         output = processed(tokens)

@@ -37,7 +37,7 @@ from transformers import (
 
 from modmask_lens import CSORDAS_MASKS, CSORDAS_TRAINING, SubtaskData, adapter_for, train_masks
 from modmask_lens.adapters import DerivedAdapter, registry
-from modmask_lens.testing import CHECKS, applicable_checks, check_head_mask, run_conformance
+from modmask_lens.testing import CHECKS, applicable_checks, check_head_mask, conformance, run_conformance
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 GPT_STYLE = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 40, "n_positions": 32}
@@ -247,7 +247,45 @@ def test_compatibility_mode_failing_by_itself_is_reported_as_transformer_lens_ow
     [result] = run_conformance(bridge, checks=["compat_mode_bit_exact"])
     assert str(result) == (
         "FAIL GPT2LMHeadModel compat_mode_bit_exact: TransformerLens's compatibility mode itself fails here "
+        "(RuntimeError: The size of tensor a (4) must match the size of tensor b (8)), and also without folded norms "
         "(RuntimeError: The size of tensor a (4) must match the size of tensor b (8)); no mask is involved"
+    )
+
+
+def _folding_fails(monkeypatch, bridge) -> None:
+    """TransformerLens's compatibility mode failing in ``fold_layer_norm`` only, as it does on Falcon-H1."""
+    enable = type(bridge).enable_compatibility_mode
+
+    def folding_fails(self, *args, fold_ln: bool = True, **kwargs):
+        if fold_ln:
+            raise RuntimeError("The size of tensor a (16) must match the size of tensor b (32)")
+        enable(self, *args, fold_ln=fold_ln, **kwargs)
+
+    monkeypatch.setattr(type(bridge), "enable_compatibility_mode", folding_fails)
+
+
+def test_compatibility_mode_failing_only_to_fold_norms_is_checked_without_folding(family_bridge, monkeypatch):
+    """Where only the norm folding fails unmasked, the check runs without it; passing there is still N/A (the full
+    mode cannot run), never a pass."""
+    bridge = family_bridge("gpt2")
+    _folding_fails(monkeypatch, bridge)
+    [result] = run_conformance(bridge, checks=["compat_mode_bit_exact"])
+    assert not result.applies and not result.passed
+    assert result.detail == (
+        "GPT2LMHeadModel: TransformerLens's compatibility mode fails here with no mask attached (RuntimeError: The "
+        "size of tensor a (16) must match the size of tensor b (32)); without folded norms (fold_ln=False) an "
+        "all-ones mask is bit-exact"
+    )
+
+
+def test_a_mask_failing_in_compatibility_mode_without_folding_fails_the_check(family_bridge, monkeypatch):
+    bridge = family_bridge("gpt2")
+    _folding_fails(monkeypatch, bridge)
+    monkeypatch.setattr(conformance, "_all_ones_difference", lambda *args: "max difference 0.5")
+    [result] = run_conformance(bridge, checks=["compat_mode_bit_exact"])
+    assert str(result) == (
+        "FAIL GPT2LMHeadModel compat_mode_bit_exact: compat mode: max difference 0.5 (with fold_ln=False: "
+        "TransformerLens's full compatibility mode fails here unmasked)"
     )
 
 
