@@ -1,10 +1,12 @@
 """Head-granularity sampler on the ground-truth suite: the library's finder (``TrainConfig()``, the faithful readout)
-with ``sampler="hard-concrete"`` and with ``sampler="bernoulli"`` (the local expectation), side by side in one
-process on one torch thread, per case, control and seed. Writes ``OUT/<case>-<control>/{summary,runs}.csv`` (a case
-already written is skipped, so a stopped run keeps what it finished) and prints the summary rows and wall times.
+with ``sampler="hard-concrete"`` and with ``sampler="bernoulli"`` (the local expectation, estimating the default
+``TrainConfig.heads_estimated_per_step`` heads per step; ``--heads-per-step N`` adds ``bernoulli-heads-N``, 0 for
+every head every step), side by side in one process on one torch thread, per case, control and seed (``--method``
+picks some). Writes ``OUT/<case>-<control>/{summary,runs}.csv`` (a case already written is skipped, so a stopped run
+keeps what it finished) and prints the summary rows and wall times.
 
-Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/head_sampler_suite.py OUT --case entangled-head
---control none --seed 0 --seed 1 --seed 2`` (tables of docs/concepts.md#head-masks).
+Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/head_sampler_suite.py OUT --case entangled-head --control
+none --seed 0 --seed 1 --seed 2`` (tables of docs/concepts.md#head-masks).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from modmask_lens.groundtruth import all_cases, run_suite
 from modmask_lens.groundtruth.methods import FinderMethod
 from modmask_lens.masks.config import TrainConfig
 
+METHODS = ("hard-concrete", "bernoulli")
 COLUMNS = ["case", "subtask", "method", "control", "seed", "precision", "recall", "auroc", "faithfulness"]
 
 
@@ -30,10 +33,26 @@ def main() -> None:
     parser.add_argument("--control", action="append", default=None, help="none, random-init (repeats)")
     parser.add_argument("--seed", action="append", type=int, default=None, help="method seeds (repeats)")
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument(
+        "--method", action="append", choices=METHODS, help="methods (repeats; default both, none with --heads-per-step)"
+    )
+    parser.add_argument(
+        "--heads-per-step",
+        action="append",
+        type=int,
+        default=[],
+        help="also bernoulli-heads-N: bernoulli estimating N heads per step (0: every head; repeats)",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     training = dataclasses.replace(TrainConfig(), steps=arguments.steps)
-    methods = {sampler: FinderMethod(training, {"sampler": sampler}) for sampler in ("hard-concrete", "bernoulli")}
+    named = arguments.method if arguments.method is not None else [] if arguments.heads_per_step else METHODS
+    methods = {name: FinderMethod(training, {"sampler": name}) for name in named} | {
+        f"bernoulli-heads-{count}": FinderMethod(
+            dataclasses.replace(training, heads_estimated_per_step=count or None), {"sampler": "bernoulli"}
+        )
+        for count in arguments.heads_per_step
+    }
     for case in all_cases(arguments.case):
         for control in arguments.control or ["none"]:
             folder = arguments.out / f"{case.name.replace('/', '-')}-{control}"

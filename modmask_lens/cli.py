@@ -199,6 +199,11 @@ def masks_train(
     ),
     seed: int = typer.Option(0, help="seed of data order and mask noise"),
     n_samples: int = typer.Option(4, help="mask samples per batch (each on its own slice of the batch)"),
+    heads_per_step: int | None = typer.Option(
+        None,
+        help="bernoulli head masks: heads given a local-expectation gradient per step, at random, unbiased "
+        "(default 8; 0: every head every step, at 1 + heads / n-samples forwards per step)",
+    ),
     checkpoint_every: int = typer.Option(200, help="steps between checkpoints in OUT/checkpoints"),
     restart: bool = typer.Option(
         False, "--restart", help="ignore a checkpoint in OUT/checkpoints and start from step 0"
@@ -274,6 +279,7 @@ def masks_train(
         n_samples=n_samples,
         checkpoint_every=checkpoint_every,
         **{key: value for key, value in settings.items() if value is not None},
+        **({} if heads_per_step is None else {"heads_estimated_per_step": heads_per_step or None}),
     )
     try:
         trained_objective = objective_from_spec(objective)

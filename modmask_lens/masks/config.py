@@ -170,6 +170,13 @@ class TrainConfig:
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
             task's result does not depend on which other tasks share the run.
         checkpoint_every: steps between checkpoints when a checkpoint directory is given.
+        heads_estimated_per_step: Bernoulli head masks (``sampler="bernoulli"``, the head default) only: how many
+            heads get a local-expectation gradient per step, drawn at random each step and scaled up so that the
+            gradient stays unbiased (:func:`~modmask_lens.masks.local_expectation.heads_to_estimate`); ``None``:
+            every head every step. A step costs about ``1 + heads_estimated_per_step / n_samples`` forwards of its
+            batch, against about three (a forward and a backward) for fine-tuning, whatever the model's number of
+            heads; the default 8 was measured on the ground-truth suite and the scaling benchmark
+            (docs/concepts.md#head-masks).
 
     Every setting except :data:`RESUMABLE_FIELDS` decides the result: a checkpoint resumes only under the same
     values of those, so a finished run can be extended by raising ``steps``.
@@ -192,6 +199,7 @@ class TrainConfig:
     readout_tolerance: float = 0.01
     seed: int = 0
     checkpoint_every: int = 200
+    heads_estimated_per_step: int | None = 8
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.n_samples < 1:
@@ -200,6 +208,11 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} is smaller than n_samples {self.n_samples}: every mask sample needs "
                 "its own slice of the batch; raise batch_size or lower n_samples"
+            )
+        if self.heads_estimated_per_step is not None and self.heads_estimated_per_step < 1:
+            raise ValueError(
+                f"heads_estimated_per_step {self.heads_estimated_per_step} must be >= 1, or None (--heads-per-step 0) "
+                "to estimate every head every step"
             )
         if self.checkpoint_every < 1 or self.density_warmup_steps < 0:
             raise ValueError("checkpoint_every must be >= 1 and density_warmup_steps >= 0")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
@@ -43,20 +43,20 @@ def local_expectation_step(
     reference: Reference | None,
     noise: UniformNoise,
     weight: float,
-    chunk: int = 0,
-    n_chunks: int = 1,
+    estimated: Int[Tensor, " estimated"] | None = None,
+    scale: float = 1.0,
 ) -> Score:
     """Score one Bernoulli head-mask sample on ``batch`` and add ``weight`` times each logit's local-expectation
     gradient of the objective's loss sum to the logit's ``.grad``.
 
     The sample is the one :meth:`MaskSet.sample` draws from ``noise`` (a Gumbel-sigmoid sample is 0 or 1, kept with
-    probability ``sigmoid(logit)``). When a training step splits its batch into ``n_chunks`` chunks of random
-    examples, each with its own sample, chunk ``chunk`` estimates only the logits whose index (in model order) is
-    ``chunk`` modulo ``n_chunks``, scaled by ``n_chunks``: unbiased for the whole batch's gradient, at ``1 /
-    n_chunks`` of the cost. A head is removed by zeroing its ``hook_z`` (the same as zeroing its ``W_O`` slice, and
-    with it its ``W_Q``/``W_K``/``W_V`` slices: a head that writes nothing), so the sample and all its flipped
-    variants run as one batch of ``1 + number of logits / n_chunks`` copies of ``batch`` (in forwards of at most
-    :data:`VARIANT_EXAMPLES` examples), under ``no_grad``.
+    probability ``sigmoid(logit)``). Only the logits ``estimated`` (indices in model order; default all) get a
+    gradient, each scaled by ``scale``: a training step that estimates a random share of the heads, split among its
+    chunks (:func:`heads_to_estimate`), stays unbiased for the whole batch's gradient at that share of the cost. A
+    head is removed by zeroing its ``hook_z`` (the same as zeroing its ``W_O`` slice, and with it its
+    ``W_Q``/``W_K``/``W_V`` slices: a head that writes nothing), so the sample and its flipped variants run as one
+    batch of ``1 + len(estimated)`` copies of ``batch`` (in forwards of at most :data:`VARIANT_EXAMPLES` examples),
+    under ``no_grad``.
 
     Args:
         bridge: the frozen model.
@@ -66,8 +66,8 @@ def local_expectation_step(
         reference: the full model's reference on ``batch``, when the objective compares with it.
         noise: the sample's noise (unit i reads ``noise.substream(i)``, as :meth:`MaskSet.sample`).
         weight: the factor of the loss sum in the trained loss (e.g. ``1 / answer tokens``).
-        chunk: this batch's index among the step's chunks.
-        n_chunks: the step's chunks (mask samples).
+        estimated: the logits (indices in model order) this call estimates; ``None``: all of them.
+        scale: each estimate's factor (1 / the probability that the step estimates a given logit on this batch).
 
     Returns:
         The sampled mask's score (no autograd graph).
@@ -79,7 +79,9 @@ def local_expectation_step(
             for index, unit in enumerate(mask_set.units)
         ]
     )
-    estimated = torch.arange(logits.numel(), device=logits.device)[chunk::n_chunks]  # none when chunk >= heads
+    if estimated is None:
+        estimated = torch.arange(logits.numel())
+    estimated = estimated.to(logits.device)
     variants = drawn.expand(1 + estimated.numel(), -1).clone()  # the sample, then each estimated head flipped
     variants[torch.arange(1, variants.shape[0]), estimated] = 1.0 - drawn[estimated]
     sampled, losses = _variant_losses(bridge, mask_set, objective, batch, reference, variants)
@@ -87,7 +89,7 @@ def local_expectation_step(
     removal_cost = torch.where(drawn[estimated] > 0, flipped - losses[0], losses[0] - flipped)
     keep = torch.sigmoid(logits[estimated])
     gradient = torch.zeros_like(logits)
-    gradient[estimated] = -weight * n_chunks * keep * (1 - keep) * removal_cost
+    gradient[estimated] = -weight * scale * keep * (1 - keep) * removal_cost
     offset = 0
     for unit in mask_set.units:
         own = mask_set.logits[unit.name]
@@ -95,6 +97,28 @@ def local_expectation_step(
         own.grad = part if own.grad is None else own.grad + part
         offset += own.numel()
     return sampled
+
+
+def heads_to_estimate(
+    n_heads: int, per_step: int | None, n_chunks: int, generator: torch.Generator
+) -> tuple[list[Int[Tensor, " estimated"]], float]:
+    """Which heads each of a step's ``n_chunks`` chunks estimates, and the factor that keeps the estimates unbiased.
+
+    ``min(per_step, n_heads)`` heads (every head when ``per_step`` is ``None``) are drawn without replacement from
+    ``generator`` (random order, so every head is estimated as often in the long run) and dealt to the chunks in
+    turn, so a chunk estimates about ``per_step / n_chunks`` heads on its own examples and sample. A head is then
+    estimated in a step with probability ``drawn / n_heads``, on one chunk: ``1 / n_chunks`` of the batch's random
+    examples, exchangeable with the others. The factor ``n_chunks * n_heads / drawn`` is the inverse of both. A step
+    of a Bernoulli head mask costs about ``1 + drawn / n_chunks`` forwards of its batch (no backward), so bounding
+    ``per_step`` bounds the cost whatever the number of heads.
+
+    >>> chunks, scale = heads_to_estimate(6, 4, 2, torch.Generator().manual_seed(0))
+    >>> sorted(torch.cat(chunks).tolist()) == sorted(set(torch.cat(chunks).tolist())), len(torch.cat(chunks)), scale
+    (True, 4, 3.0)
+    """
+    drawn = n_heads if per_step is None else min(per_step, n_heads)
+    order = torch.randperm(n_heads, generator=generator)[:drawn]
+    return [order[chunk::n_chunks] for chunk in range(n_chunks)], n_chunks * n_heads / max(drawn, 1)
 
 
 def _variant_losses(

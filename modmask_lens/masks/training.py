@@ -38,7 +38,7 @@ from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import objective_metric
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.io import mask_metadata, mask_set_from
-from modmask_lens.masks.local_expectation import local_expectation_step
+from modmask_lens.masks.local_expectation import heads_to_estimate, local_expectation_step
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.memory import estimate_memory
 from modmask_lens.masks.necessity import (
@@ -351,6 +351,11 @@ class MaskTrainer:
         task_weight = float(run.multipliers[0]) if constrained else 1.0
         reference = self._reference(run, batch, indices) if constrained or self.objective.compares else None
         chunk_references = _split_reference(reference, config.n_samples)
+        if run.masks.config.sampler == "bernoulli":  # the same heads on every process: drawn from the step's seed
+            n_heads = sum(logit.numel() for logit in run.masks.logits.values())
+            estimated, scale = heads_to_estimate(
+                n_heads, config.heads_estimated_per_step, config.n_samples, step_generator(seed, 0, "heads")
+            )
         for chunk, chunk_batch in enumerate(batch.split(config.n_samples)):
             if chunk % self.world_size != self.rank:
                 continue  # another process's slice of the batch
@@ -359,7 +364,7 @@ class MaskTrainer:
             if run.masks.config.sampler == "bernoulli":  # writes the logits' gradients itself, without a backward
                 score = local_expectation_step(
                     self.bridge, run.masks, self.objective, chunk_batch, chunk_references[chunk], noise,
-                    task_weight / normaliser, chunk, config.n_samples,
+                    task_weight / normaliser, estimated[chunk], scale,
                 )  # fmt: skip
             else:
                 score = self._pathwise_chunk(run, chunk_batch, chunk_references[chunk], noise)

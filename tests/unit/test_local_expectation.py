@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import state_snapshot
 
 from modmask_lens import MaskConfig, MaskSet, SubtaskData, TrainConfig, train_masks
-from modmask_lens.masks.local_expectation import local_expectation_step
+from modmask_lens.masks.local_expectation import heads_to_estimate, local_expectation_step
 from modmask_lens.masks.objectives import AnswerCrossEntropy
 from modmask_lens.masks.sampling import UniformNoise, sample_mask
 from modmask_lens.testing.tiny_models import tiny_bridge
@@ -35,10 +35,10 @@ def answer_loss_sum(bridge, data: SubtaskData, head_gates: torch.Tensor) -> floa
     return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), data.labels[:, 1:].flatten(), reduction="sum"))
 
 
-@pytest.mark.parametrize(("chunk", "n_chunks"), [(0, 1), (1, 3)])
-def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_sample(any_bridge, chunk, n_chunks):
-    """With ``n_chunks`` chunks, this chunk estimates every ``n_chunks``-th head (model order), scaled up; on GPT-2,
-    a native model and one with grouped-query attention."""
+@pytest.mark.parametrize(("estimated", "scale"), [(None, 1.0), ((1, 4), 3.0)])
+def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_sample(any_bridge, estimated, scale):
+    """Every head, or only the ``estimated`` ones (model order), scaled by ``scale``; on GPT-2, a native model and
+    one with grouped-query attention."""
     bridge = any_bridge
     data = answer_data(bridge)
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", init_logit=0.5))
@@ -53,7 +53,8 @@ def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_samp
     weight = 0.25
 
     batch = data.examples(torch.arange(6))
-    score = local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, weight, chunk, n_chunks)
+    chosen = None if estimated is None else torch.tensor(estimated)
+    score = local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, weight, chosen, scale)
 
     assert score.loss_sum.item() == pytest.approx(answer_loss_sum(bridge, data, drawn), rel=1e-5)
     logits = torch.stack([mask.logits[unit.name] for unit in mask.units]).detach()
@@ -64,8 +65,8 @@ def test_the_gradient_is_p_1_minus_p_times_each_heads_removal_cost_from_the_samp
             on[layer, head], off[layer, head] = 1.0, 0.0
             removal_cost = answer_loss_sum(bridge, data, off) - answer_loss_sum(bridge, data, on)
             keep = torch.sigmoid(logits[layer, head])
-            estimated = (layer * n_heads + head) % n_chunks == chunk
-            expected[layer, head] = -weight * n_chunks * keep * (1 - keep) * removal_cost * estimated
+            chosen_here = estimated is None or layer * n_heads + head in estimated
+            expected[layer, head] = -weight * scale * keep * (1 - keep) * removal_cost * chosen_here
     gradients = torch.stack([mask.logits[unit.name].grad for unit in mask.units])
     torch.testing.assert_close(gradients, expected, rtol=1e-4, atol=1e-6)
 
@@ -103,22 +104,49 @@ def test_a_shared_head_logit_gets_the_same_bernoulli_gradient_as_an_output_one()
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
-def test_the_trainer_estimates_each_chunk_of_a_step_with_its_own_share_of_the_heads(monkeypatch):
+@pytest.mark.parametrize("per_step", [None, 4, 50])
+def test_the_trainer_deals_each_step_a_random_share_of_the_heads_to_its_chunks(monkeypatch, per_step):
+    """Each step estimates ``min(per_step, heads)`` distinct heads, dealt to its chunks, each scaled by chunks *
+    heads / drawn; the share differs from step to step."""
     from modmask_lens.masks import training
 
     calls = []
 
     def recording(*args):
-        calls.append(args[-2:])  # (chunk, n_chunks)
+        calls.append(args[-2:])  # (estimated, scale)
         return local_expectation_step(*args)
 
     monkeypatch.setattr(training, "local_expectation_step", recording)
     bridge = tiny_bridge()
-    config = TrainConfig(steps=2, batch_size=6, n_samples=3, beta=0.0, max_loss_increase=None, readout="zero")
+    config = TrainConfig(
+        steps=2, batch_size=6, n_samples=3, beta=0.0, max_loss_increase=None, readout="zero",
+        heads_estimated_per_step=per_step,
+    )  # fmt: skip
     train_masks(
         bridge, answer_data(bridge), MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False
     )
-    assert calls == [(0, 3), (1, 3), (2, 3)] * 2
+    heads = bridge.cfg.n_layers * bridge.cfg.n_heads
+    drawn = heads if per_step is None else min(per_step, heads)
+    assert len(calls) == 6 and {scale for _, scale in calls} == {3 * heads / drawn}
+    steps = [torch.cat([estimated for estimated, _ in calls[start : start + 3]]) for start in (0, 3)]
+    for estimated in steps:
+        assert len(estimated) == drawn and len(set(estimated.tolist())) == drawn and max(estimated) < heads
+    if per_step == 4:
+        assert not torch.equal(steps[0], steps[1])
+
+
+def test_estimating_a_random_share_of_the_heads_is_unbiased():
+    """Averaged over many draws, each head's scaled estimates sum to the chunks' count: a head is estimated in a step
+    with probability drawn / heads, on one of the (exchangeable) chunks, and the scale is the inverse of both."""
+
+    generator = torch.Generator().manual_seed(0)
+    n_heads, n_chunks, per_step, draws = 10, 4, 3, 20_000
+    weight = torch.zeros(n_heads)
+    for _ in range(draws):
+        chunks, scale = heads_to_estimate(n_heads, per_step, n_chunks, generator)
+        for heads in chunks:
+            weight[heads] += scale / n_chunks  # a chunk's loss is 1 / n_chunks of the batch's, in expectation
+    torch.testing.assert_close(weight / draws, torch.ones(n_heads), atol=0.05, rtol=0)
 
 
 def test_a_chunk_beyond_the_last_head_estimates_none_and_scores_its_sample():
@@ -127,8 +155,10 @@ def test_a_chunk_beyond_the_last_head_estimates_none_and_scores_its_sample():
     mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli"))
     heads = sum(unit.numel for unit in mask.units)
     batch = answer_data(bridge).examples(torch.arange(6))
+    chunks, scale = heads_to_estimate(heads, None, heads + 2, torch.Generator().manual_seed(0))
+    assert chunks[heads + 1].numel() == 0
     score = local_expectation_step(
-        bridge, mask, AnswerCrossEntropy(), batch, None, UniformNoise(1), 1.0, heads + 1, heads + 2
+        bridge, mask, AnswerCrossEntropy(), batch, None, UniformNoise(1), 1.0, chunks[heads + 1], scale
     )
     assert all(torch.equal(logit.grad, torch.zeros_like(logit)) for logit in mask.logits.values())
     drawn = torch.stack(
