@@ -732,11 +732,24 @@ def _whose_failure(bridge: Bridge, tokens: Tensor) -> str:
 
 def _outside_transformer_lens(bridge: Bridge) -> nn.Module:
     """A fresh ``transformers`` model of the bridge's class and config holding the bridge's weights, with none of
-    TransformerLens's components inside, in evaluation mode."""
+    TransformerLens's components inside, in evaluation mode.
+
+    Raises:
+        LookupError: where a tensor of the fresh model is neither loaded from the bridge's weights nor tied to one
+            that is, or a bridge weight has no place in it: then it would not hold the same weights.
+    """
     hf_model = bridge.original_model
     state, _ = native_state_dict(hf_model)
     model = type(hf_model)(native_config(hf_model)).eval()
-    model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(state, strict=False)
+    fresh = model.state_dict()
+    loaded = {fresh[key].data_ptr() for key in state if key in fresh}
+    unloaded = [key for key in result.missing_keys if fresh[key].data_ptr() not in loaded]
+    if unloaded or result.unexpected_keys:
+        raise LookupError(
+            f"{type(hf_model).__name__} rebuilt outside TransformerLens does not take the bridge's weights: "
+            f"not loaded {unloaded[:3]}, no place for {result.unexpected_keys[:3]}"
+        )
     return model
 
 
