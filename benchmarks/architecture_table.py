@@ -146,6 +146,21 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "mamba_d_state": 16,
         "mamba_chunk_size": 16,
     },
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": ["linear_attention", "full_attention"],
+        "mamba_n_heads": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+        "shared_intermediate_size": 64,
+        "position_embedding_type": "nope",
+    },
+    "Lfm2MoeForCausalLM": {
+        "layer_types": ["conv", "full_attention"],
+        "num_dense_layers": 1,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+    },
     "Zamba2ForCausalLM": {
         "layers_block_type": ["linear_attention", "hybrid"],
         "head_dim": 16,
@@ -209,6 +224,16 @@ stands for the family's default:
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
   over the doubled width its shared block reads, with no grouping, as released.
+- Granite 4.0 hybrid (GraniteMoeHybrid) ties its Mamba heads to ``mamba_expand * hidden_size`` as Bamba does
+  (default 128 heads against 64 channels: "mamba_n_heads must divide mamba_expand * hidden_size"), and its default
+  ``layer_types`` makes every layer Mamba; here a Mamba layer then an attention layer, state 16, chunks of 16, and a
+  shared MLP of 64 (default 1024). Its position embedding is ``"nope"``, as in the released Granite 4.0-H models:
+  at the config's default ``None`` transformers builds no rotary embedding while TransformerLens, which reads a
+  missing value as ``"rope"``, maps one, and the bridge failed on its first forward pass.
+- LFM2-MoE's config leaves ``layer_types`` at ``None`` (``'NoneType' object is not subscriptable``: its model reads
+  one entry per layer); here a short-convolution layer then an attention layer, as the released LFM2-8B-A1B
+  interleaves them, layer 0 dense and layer 1 routed (default: the first 2 dense, so the tiny model had no experts),
+  and 4 experts of 16 with 2 per token (default 32 of 1792 with 4).
 - Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
 - Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
   end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16
