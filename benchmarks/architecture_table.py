@@ -121,6 +121,9 @@ _HYBRID_SIZES = {
 """Qwen3-Next and Qwen3.5: one linear-attention layer, then one full-attention layer (their default puts attention
 in every 4th layer, so two layers had none)."""
 
+_TINY_IMAGE = {"image_size": 32, "patch_size": 16}
+"""ViT and DeiT: 32 by 32 pixels in patches of 16, 4 patches (default 224 pixels: 196 patches)."""
+
 TINY_OVERRIDES: dict[str, dict[str, object]] = {
     "DeepseekV2ForCausalLM": _LATENT_ATTENTION_SIZES,
     "DeepseekV3ForCausalLM": _LATENT_ATTENTION_SIZES,
@@ -161,6 +164,11 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "num_experts_per_tok": 2,
         "moe_intermediate_size": 16,
     },
+    "DeiTModel": _TINY_IMAGE,
+    "DeiTForImageClassification": _TINY_IMAGE,
+    "ViTModel": _TINY_IMAGE,
+    "ViTForImageClassification": _TINY_IMAGE,
+    "ASTForAudioClassification": {"max_length": 36, "num_mel_bins": 26},
     "Zamba2ForCausalLM": {
         "layers_block_type": ["linear_attention", "hybrid"],
         "head_dim": 16,
