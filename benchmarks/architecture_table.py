@@ -242,6 +242,9 @@ stands for the family's default:
   one entry per layer); here a short-convolution layer then an attention layer, as the released LFM2-8B-A1B
   interleaves them, layer 0 dense and layer 1 routed (default: the first 2 dense, so the tiny model had no experts),
   and 4 experts of 16 with 2 per token (default 32 of 1792 with 4).
+- ViT and DeiT read an image of the size their position table fixes (:data:`_TINY_IMAGE`), and the Audio
+  Spectrogram Transformer a spectrogram of ``max_length`` frames by ``num_mel_bins`` in patches of 16 every 10
+  (default 1,024 by 128: 1,212 patches); 36 by 26 here, 3 by 2 patches.
 - Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
 - Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
   end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16
