@@ -9,8 +9,10 @@ word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
 every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
 (compatibility mode where TransformerLens refuses it or fails without a mask) is shown in the note as N/A and
 neither passes nor fails it.
-Audio encoders run on a waveform long enough for their feature extractor
-(:func:`modmask_lens.testing.conformance.conformance_inputs`).
+Audio encoders run on a waveform long enough for their feature extractor, vision encoders on an image and the Audio
+Spectrogram Transformer on a spectrogram of the shape their config fixes
+(:func:`modmask_lens.testing.conformance.conformance_inputs`); a model without a vocabulary is saved without a
+tokenizer.
 
 Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/architecture_table.py --write docs/architectures.md``
 (about 10 minutes on one thread); ``--only GPTJForCausalLM PhiForCausalLM`` checks a few.
