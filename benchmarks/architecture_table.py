@@ -9,8 +9,10 @@ word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
 every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
 (compatibility mode where TransformerLens refuses it or fails without a mask) is shown in the note as N/A and
 neither passes nor fails it.
-Audio encoders run on a waveform long enough for their feature extractor
-(:func:`modmask_lens.testing.conformance.conformance_inputs`).
+Audio encoders run on a waveform long enough for their feature extractor, vision encoders on an image and the Audio
+Spectrogram Transformer on a spectrogram of the shape their config fixes
+(:func:`modmask_lens.testing.conformance.conformance_inputs`); a model without a vocabulary is saved without a
+tokenizer.
 
 Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/architecture_table.py --write docs/architectures.md``
 (about 10 minutes on one thread); ``--only GPTJForCausalLM PhiForCausalLM`` checks a few.
@@ -121,6 +123,9 @@ _HYBRID_SIZES = {
 """Qwen3-Next and Qwen3.5: one linear-attention layer, then one full-attention layer (their default puts attention
 in every 4th layer, so two layers had none)."""
 
+_TINY_IMAGE = {"image_size": 32, "patch_size": 16}
+"""ViT and DeiT: 32 by 32 pixels in patches of 16, 4 patches (default 224 pixels: 196 patches)."""
+
 TINY_OVERRIDES: dict[str, dict[str, object]] = {
     "DeepseekV2ForCausalLM": _LATENT_ATTENTION_SIZES,
     "DeepseekV3ForCausalLM": _LATENT_ATTENTION_SIZES,
@@ -146,6 +151,26 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
         "mamba_d_state": 16,
         "mamba_chunk_size": 16,
     },
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": ["linear_attention", "full_attention"],
+        "mamba_n_heads": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 16,
+        "shared_intermediate_size": 64,
+        "position_embedding_type": "nope",
+    },
+    "Lfm2MoeForCausalLM": {
+        "layer_types": ["conv", "full_attention"],
+        "num_dense_layers": 1,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+    },
+    "DeiTModel": _TINY_IMAGE,
+    "DeiTForImageClassification": _TINY_IMAGE,
+    "ViTModel": _TINY_IMAGE,
+    "ViTForImageClassification": _TINY_IMAGE,
+    "ASTForAudioClassification": {"max_length": 36, "num_mel_bins": 26},
     "Zamba2ForCausalLM": {
         "layers_block_type": ["linear_attention", "hybrid"],
         "head_dim": 16,
@@ -209,6 +234,19 @@ stands for the family's default:
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
   over the doubled width its shared block reads, with no grouping, as released.
+- Granite 4.0 hybrid (GraniteMoeHybrid) ties its Mamba heads to ``mamba_expand * hidden_size`` as Bamba does
+  (default 128 heads against 64 channels: "mamba_n_heads must divide mamba_expand * hidden_size"), and its default
+  ``layer_types`` makes every layer Mamba; here a Mamba layer then an attention layer, state 16, chunks of 16, and a
+  shared MLP of 64 (default 1024). Its position embedding is ``"nope"``, as in the released Granite 4.0-H models:
+  at the config's default ``None`` transformers builds no rotary embedding while TransformerLens, which reads a
+  missing value as ``"rope"``, maps one, and the bridge failed on its first forward pass.
+- LFM2-MoE's config leaves ``layer_types`` at ``None`` (``'NoneType' object is not subscriptable``: its model reads
+  one entry per layer); here a short-convolution layer then an attention layer, as the released LFM2-8B-A1B
+  interleaves them, layer 0 dense and layer 1 routed (default: the first 2 dense, so the tiny model had no experts),
+  and 4 experts of 16 with 2 per token (default 32 of 1792 with 4).
+- ViT and DeiT read an image of the size their position table fixes (:data:`_TINY_IMAGE`), and the Audio
+  Spectrogram Transformer a spectrogram of ``max_length`` frames by ``num_mel_bins`` in patches of 16 every 10
+  (default 1,024 by 128: 1,212 patches); 36 by 26 here, 3 by 2 patches.
 - Gemma 4's per-layer input embeddings default to 262,144 tokens by 256 (134 million parameters); 64 by 8 here.
 - Emu3's model reads the tokenizer's ``vocabulary_map`` when built (default ``None`` fails): 16 visual tokens and its
   end-of-line and image tokens; its VQ-VAE (a nested config, whose overrides are a dict under its field name) has 16

@@ -2,7 +2,7 @@
 
 from modmask_lens.adapters.base import Adapter, ModelShape, TensorSpec, model_shape, query_rows_per_head
 from modmask_lens.adapters.derived import DerivedAdapter
-from modmask_lens.adapters.inputs import reads_waveform, waveform_samples
+from modmask_lens.adapters.inputs import feature_shape, reads_image, reads_spectrogram, reads_waveform, waveform_samples
 from modmask_lens.adapters.registry import (
     GranularityNotApplicable,
     UnsupportedArchitecture,
@@ -20,9 +20,12 @@ __all__ = [
     "TensorSpec",
     "UnsupportedArchitecture",
     "adapter_for",
+    "feature_shape",
     "installed_adapters",
     "model_shape",
     "query_rows_per_head",
+    "reads_image",
+    "reads_spectrogram",
     "reads_waveform",
     "register_adapter",
     "unsupported",

@@ -1,5 +1,6 @@
-"""What a bridge's forward pass reads as input: token ids, or for an audio encoder a raw waveform, whose length its
-convolutional feature extractor turns into positions (frames)."""
+"""What a bridge's forward pass reads as input: token ids; for an audio encoder a raw waveform, whose length its
+convolutional feature extractor turns into positions (frames), or a spectrogram (AST); for a vision encoder an image
+(ViT, DeiT)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,44 @@ from modmask_lens.core.bridge import Bridge
 
 def reads_waveform(bridge: Bridge) -> bool:
     """Does ``bridge`` read a float waveform ``[batch, samples]`` rather than token ids (TransformerLens's
-    ``cfg.is_audio_model``: HuBERT, Wav2Vec2)?"""
-    return bool(getattr(bridge.cfg, "is_audio_model", False))
+    ``cfg.is_audio_model``: HuBERT, Wav2Vec2), and not a spectrogram (:func:`reads_spectrogram`)?"""
+    return bool(getattr(bridge.cfg, "is_audio_model", False)) and not reads_spectrogram(bridge)
+
+
+def reads_spectrogram(bridge: Bridge) -> bool:
+    """Does ``bridge`` read a log-mel spectrogram ``[batch, frames, mel_bins]`` (an audio encoder whose config has
+    ``max_length`` frames and ``num_mel_bins``: the Audio Spectrogram Transformer)?"""
+    config = getattr(getattr(bridge, "original_model", None), "config", None)
+    return bool(getattr(bridge.cfg, "is_audio_model", False)) and hasattr(config, "num_mel_bins")
+
+
+def reads_image(bridge: Bridge) -> bool:
+    """Does ``bridge`` read an image ``[batch, channels, height, width]`` (TransformerLens's ``cfg.is_visual_model``:
+    ViT, DeiT)?"""
+    return bool(getattr(bridge.cfg, "is_visual_model", False))
+
+
+def feature_shape(bridge: Bridge, positions: int) -> tuple[int, ...] | None:
+    """The shape of one example of the float input ``bridge`` reads, or ``None`` for token ids: a waveform of
+    :func:`waveform_samples` samples (``positions`` frames); a spectrogram of the config's ``max_length`` frames by
+    ``num_mel_bins`` (AST's position table has one entry per patch of exactly that size); an image of the config's
+    ``num_channels`` by ``image_size`` (a ViT's position table fixes it). The last two make as many positions as the
+    config says, whatever ``positions`` is.
+
+    >>> from modmask_lens.testing.tiny_models import tiny_bridge
+    >>> feature_shape(tiny_bridge(), 8) is None
+    True
+    """
+    config = getattr(getattr(bridge, "original_model", None), "config", None)
+    if reads_spectrogram(bridge):
+        return (int(config.max_length), int(config.num_mel_bins))
+    if reads_image(bridge):
+        size = config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (int(config.num_channels), int(height), int(width))
+    if reads_waveform(bridge):
+        return (waveform_samples(bridge, positions),)
+    return None
 
 
 def waveform_samples(bridge: Bridge, frames: int) -> int:

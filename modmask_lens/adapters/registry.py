@@ -11,6 +11,7 @@ from modmask_lens.adapters.bert import BertAdapter
 from modmask_lens.adapters.bitnet import BitNetAdapter
 from modmask_lens.adapters.deepseek_v4 import DeepseekV4Adapter
 from modmask_lens.adapters.derived import DerivedAdapter
+from modmask_lens.adapters.granite_moe_hybrid import GraniteMoeHybridAdapter
 from modmask_lens.adapters.jetmoe import JetMoeAdapter
 from modmask_lens.adapters.nemotron_h import NemotronHAdapter
 from modmask_lens.adapters.recurrent_gemma import RecurrentGemmaAdapter
@@ -21,6 +22,7 @@ _BUILT_IN: tuple[type[Adapter], ...] = (
     BertAdapter,
     BitNetAdapter,
     DeepseekV4Adapter,
+    GraniteMoeHybridAdapter,
     JetMoeAdapter,
     NemotronHAdapter,
     RecurrentGemmaAdapter,

@@ -21,9 +21,8 @@ from modmask_lens.adapters import (
     GranularityNotApplicable,
     TensorSpec,
     adapter_for,
+    feature_shape,
     query_rows_per_head,
-    reads_waveform,
-    waveform_samples,
 )
 from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
@@ -39,8 +38,9 @@ from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.masks.units import MaskUnit
 
 ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
-ModelInput = Int[Tensor, "batch pos"] | Float[Tensor, "batch samples"]
-"""What the kit runs a model on: token ids, or for an audio encoder a raw waveform (:func:`conformance_inputs`)."""
+ModelInput = Int[Tensor, "batch pos"] | Float[Tensor, "batch ..."]
+"""What the kit runs a model on: token ids, or for an audio or vision encoder its float input (a raw waveform, a
+spectrogram, an image: :func:`conformance_inputs`)."""
 _TL_VIEWS = {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W_in": "W_in", "W_out": "W_out"}
 
 
@@ -73,15 +73,17 @@ def conformance_inputs(bridge: Bridge, batch: int = 2, positions: int = 8, seed:
     """Seeded inputs of ``batch`` examples and ``positions`` positions (at most the model's context): random token
     ids, or for a model that reads a waveform (:func:`~modmask_lens.adapters.reads_waveform`) standard-normal samples,
     as many as its feature extractor turns into ``positions`` frames
-    (:func:`~modmask_lens.adapters.waveform_samples`).
+    (:func:`~modmask_lens.adapters.waveform_samples`), and for one that reads a spectrogram or an image
+    standard-normal values of the shape its config fixes (:func:`~modmask_lens.adapters.feature_shape`).
 
     >>> from modmask_lens.testing.tiny_models import tiny_bridge
     >>> conformance_inputs(tiny_bridge()).shape
     torch.Size([2, 8])
     """
     generator = torch.Generator().manual_seed(seed)
-    if reads_waveform(bridge):
-        return torch.randn(batch, waveform_samples(bridge, positions), generator=generator)
+    features = feature_shape(bridge, positions)
+    if features is not None:
+        return torch.randn(batch, *features, generator=generator)
     return torch.randint(0, bridge.cfg.d_vocab, (batch, min(positions, bridge.cfg.n_ctx)), generator=generator)
 
 
@@ -89,7 +91,8 @@ def run_conformance(
     bridge: Bridge, tokens: ModelInput | None = None, checks: Sequence[str] | None = None
 ) -> list[CheckResult]:
     """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
-    defaults to :func:`conformance_inputs` (seeded random ids, or a waveform for an audio encoder). A check that
+    defaults to :func:`conformance_inputs` (seeded random ids, or a waveform, spectrogram or image for an audio or
+    vision encoder). A check that
     raises is reported as failed, with the others; one that has no meaning for the model (head checks without
     attention, compatibility mode where TransformerLens declares it unsupported or fails unmasked) is reported as
     not applicable.
@@ -506,8 +509,8 @@ def _probed_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
 
 def check_gradients(bridge: Bridge, tokens: ModelInput, granularity: Granularity) -> str | None:
     """Two training steps at ``granularity`` give every mask logit a gradient, no model parameter one, and leave the
-    model bit-exact (None when they do). On token ids the steps are :class:`MaskTrainer`'s; a waveform is no
-    :class:`SubtaskData` (which holds token ids), so on one they are :func:`_waveform_steps`."""
+    model bit-exact (None when they do). On token ids the steps are :class:`MaskTrainer`'s; a waveform, spectrogram or
+    image is no :class:`SubtaskData` (which holds token ids), so on one they are :func:`_waveform_steps`."""
     before = _parameter_snapshot(bridge)
     if tokens.is_floating_point():
         mask = _waveform_steps(bridge, tokens, granularity)
@@ -531,7 +534,7 @@ def check_gradients(bridge: Bridge, tokens: ModelInput, granularity: Granularity
     return f"{granularity} granularity: model parameters changed: {changed}" if changed else None
 
 
-def _waveform_steps(bridge: Bridge, waveform: Float[Tensor, "batch samples"], granularity: Granularity) -> MaskSet:
+def _waveform_steps(bridge: Bridge, waveform: Float[Tensor, "batch ..."], granularity: Granularity) -> MaskSet:
     """Two Adam steps on fresh mask logits at ``granularity``, as a user's own loop around :func:`masked_call` runs
     them on an audio encoder: the task term is the mean squared distance of the masked output (frames' logits or
     hidden states) to the full model's, the sparsity term the expected kept fraction (what the trainer's default
@@ -592,8 +595,10 @@ def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
     leaves its parameters unchanged.
 
     Where TransformerLens itself declares compatibility mode unsupported (an architecture adapter's
-    ``supports_compatibility_mode = False``, or any audio encoder: ``enable_compatibility_mode`` refuses both),
-    the check has no meaning and is reported not applicable with TransformerLens's reason. Where TransformerLens's
+    ``supports_compatibility_mode = False``, or any audio encoder: ``enable_compatibility_mode`` refuses both), or
+    the model reads no token ids (a vision encoder: the weight processing then fails looking for the text embedding
+    and unembedding it assumes, TransformerLens's own reason for refusing audio encoders), the check has no meaning
+    and is reported not applicable with TransformerLens's message. Where TransformerLens's
     compatibility mode fails with no mask attached (Falcon-H1: ``fold_layer_norm`` on grouped key/value weights),
     the check runs in compatibility mode without folding the norms (``fold_ln=False``) instead: a mask failing
     there fails the check; passing there, the check is still reported not applicable (the full compatibility mode,
@@ -603,7 +608,9 @@ def _compat_mode(bridge: Bridge, tokens: Tensor) -> str | None:
         GranularityNotApplicable: where TransformerLens declares compatibility mode unsupported, or where it fails
             with no mask attached and an all-ones mask passes in its compatibility mode without folded norms.
     """
-    declared_unsupported = not getattr(bridge.adapter, "supports_compatibility_mode", True) or reads_waveform(bridge)
+    declared_unsupported = (
+        not getattr(bridge.adapter, "supports_compatibility_mode", True) or feature_shape(bridge, 1) is not None
+    )
     try:
         return _all_ones_in_compat_mode(bridge, tokens)
     except _CompatModeFails as failure:  # TransformerLens failing (or refusing) is not a mask's fault

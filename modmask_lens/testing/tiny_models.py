@@ -48,13 +48,16 @@ def placeholder_bert_tokenizer(vocab_size: int) -> BertTokenizer:
 
 def save_tiny(model: nn.Module, directory: str | Path, seed: int = 0, noise: float = 0.05, tokenizer=None) -> None:
     """Perturb every parameter of ``model`` (so zero-initialised biases and unit norm gains matter) and save it as
-    safetensors with a word-level tokenizer (or ``tokenizer``) to ``directory``."""
+    safetensors with a word-level tokenizer (or ``tokenizer``) to ``directory``; a model without a vocabulary (a
+    vision or spectrogram encoder, which TransformerLens boots without a tokenizer) gets none."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
     model.save_pretrained(directory)
-    vocab_size = model.config.get_text_config().vocab_size  # a multimodal config keeps it in its text config
+    vocab_size = getattr(model.config.get_text_config(), "vocab_size", None)  # a multimodal one: its text config's
+    if tokenizer is None and vocab_size is None:
+        return
     (tokenizer or placeholder_word_tokenizer(vocab_size)).save_pretrained(directory)
 
 

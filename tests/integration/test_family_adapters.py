@@ -14,6 +14,8 @@ from transformers import (
     BitNetForCausalLM,
     DeepseekV4Config,
     DeepseekV4ForCausalLM,
+    GraniteMoeHybridConfig,
+    GraniteMoeHybridForCausalLM,
     JetMoeConfig,
     JetMoeForCausalLM,
     RwkvConfig,
@@ -233,3 +235,41 @@ def test_a_bitnet_mask_file_of_an_adapter_bitnet_never_replaced_is_refused(bitne
     made_by_former = dataclasses.replace(mask.origin, adapter=former)
     with pytest.raises(ModelMismatch, match=f"made with the '{former}' adapter; this model uses 'bitnet'"):
         made_by_former.check(bitnet, mask.members)
+
+
+@pytest.mark.parametrize("n_experts", [4, 0])
+def test_granite_moe_hybrid_masks_every_parameter_and_its_shared_mlp_neurons_follow_the_experts(tmp_path, n_experts):
+    """A Mamba-2 layer then an attention layer, each with a mixture of experts beside the shared MLP (Granite 4.0-H
+    Tiny) or the shared MLP alone (``num_local_experts=0``, Granite 4.0-H Micro). Every parameter is a target: the
+    shared MLP's ``input_linear`` through its split views ``gate``/``in`` (which share its storage)."""
+    torch.manual_seed(0)
+    config = GraniteMoeHybridConfig(
+        **{**TINY_HF_SIZES, "intermediate_size": 16},
+        layer_types=["linear_attention", "full_attention"],
+        num_key_value_heads=2,
+        num_local_experts=n_experts,
+        shared_intermediate_size=24,
+        mamba_n_heads=8,
+        mamba_d_state=16,
+        mamba_chunk_size=16,
+        position_embedding_type="nope",
+    )
+    bridge = boot_tiny(GraniteMoeHybridForCausalLM(config), tmp_path)
+    checks = ["all_ones_bit_identical", "every_target_matters", "neuron_off_equals_zeroed_hook_post"]
+    assert _failures(bridge, [*checks, "head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"]) == []
+    targets = {
+        bridge.get_parameter(spec.path).untyped_storage().data_ptr()
+        for spec in adapter_for(bridge).tensor_specs(bridge)
+    }
+    unread = [
+        name
+        for name, parameter in bridge.original_model.named_parameters()
+        if parameter.untyped_storage().data_ptr() not in targets
+    ]
+    assert unread == []
+    neurons = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron")).units
+    assert [(unit.name, unit.shape) for unit in neurons] == [
+        (f"blocks.{layer}.mlp", (n_experts * 16 + 24,)) for layer in (0, 1)
+    ]
+    for granularity in ("weight", "neuron", "head", "matrix"):
+        assert check_gradients(bridge, _tokens(bridge), granularity) is None
