@@ -92,10 +92,9 @@ def run_conformance(
 ) -> list[CheckResult]:
     """Run ``checks`` (default: every applicable one of :data:`CHECKS`) on ``bridge`` with its adapter; ``tokens``
     defaults to :func:`conformance_inputs` (seeded random ids, or a waveform, spectrogram or image for an audio or
-    vision encoder). A check that
-    raises is reported as failed, with the others; one that has no meaning for the model (head checks without
-    attention, compatibility mode where TransformerLens declares it unsupported or fails unmasked) is reported as
-    not applicable.
+    vision encoder). A check that raises is reported as failed, with the others; one that has no meaning for the
+    model (head checks without attention, compatibility mode where TransformerLens declares it unsupported or fails
+    unmasked) is reported as not applicable.
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
