@@ -172,7 +172,10 @@ TINY_OVERRIDES: dict[str, dict[str, object]] = {
     "ViTForImageClassification": _TINY_IMAGE,
     "ASTForAudioClassification": {"max_length": 36, "num_mel_bins": 26},
     "Zamba2ForCausalLM": {
-        "layers_block_type": ["linear_attention", "hybrid"],
+        "num_hidden_layers": 3,
+        "layers_block_type": ["linear_attention", "hybrid", "hybrid"],
+        "use_shared_attention_adapter": True,
+        "adapter_rank": 8,
         "head_dim": 16,
         "num_key_value_heads": 4,
         "mamba_d_state": 16,
@@ -233,7 +236,10 @@ stands for the family's default:
   one entry per layer in their layer list: a Mamba layer, then an attention (Zamba2: shared-attention hybrid) layer,
   as their released models interleave them; state 16 and chunks of 16 keep the mixer tiny, as for Falcon-H1.
   Zamba2's attention heads are ``2 * hidden_size / num_attention_heads`` wide (16), as its config derives them,
-  over the doubled width its shared block reads, with no grouping, as released.
+  over the doubled width its shared block reads, with no grouping, as released. Zamba2 has a third layer, a second
+  hybrid one, so that its shared transformer block runs at two depths (as in every released model, which reuses it
+  every few layers) and the check that one mask applies at each use means something; its per-layer adapters on the
+  shared attention are on (``use_shared_attention_adapter``) with rank 8 (default 128, wider than the tiny model).
 - Granite 4.0 hybrid (GraniteMoeHybrid) ties its Mamba heads to ``mamba_expand * hidden_size`` as Bamba does
   (default 128 heads against 64 channels: "mamba_n_heads must divide mamba_expand * hidden_size"), and its default
   ``layer_types`` makes every layer Mamba; here a Mamba layer then an attention layer, state 16, chunks of 16, and a

@@ -102,6 +102,8 @@ ROLE_KINDS = {
         "W_KV",
         "W_attn_router",
         *("W_Q_a", "W_Q_b", "W_KV_a", "W_KV_b", "W_O_b"),
+        *("W_Q_lora_A", "W_Q_lora_B", "W_K_lora_A", "W_K_lora_B", "W_V_lora_A", "W_V_lora_B"),
+        *("W_in_lora_A", "W_in_lora_B", "W_hybrid"),
     ),
     "norm": (
         "ln1.w",
@@ -119,6 +121,8 @@ ROLE_KINDS = {
         "channel_mix_R",
         "q_a_norm.w",
         "kv_norm.w",
+        "attn_in_norm.w",
+        "mlp_in_norm.w",
     ),
     "embedding": ("W_E", "W_pos", "W_token_type"),
     "bias": (

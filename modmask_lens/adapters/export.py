@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import without_indices
 
 _WRAPPER = "._original_component"
 
@@ -69,7 +70,9 @@ def untie_word_embeddings(hf_model: nn.Module, config, state: dict[str, Tensor])
 def write_masked_tensors(
     adapter: Adapter, bridge: Bridge, state: dict[str, Tensor], masked: dict[str, tuple[str, Tensor]]
 ) -> None:
-    """Write each masked tensor into ``state`` (a :func:`native_state_dict`), in place.
+    """Write each masked tensor into ``state`` (a :func:`native_state_dict`), in place; a tensor that a block shared
+    across depths holds at the same place of several blocks (Zamba2's shared transformer, which its checkpoint ties)
+    is written under each of its names, as its one mask applies at each depth.
 
     Args:
         adapter: the bridge's adapter (for fused copies).
@@ -81,8 +84,12 @@ def write_masked_tensors(
         LookupError: when a masked tensor has no place in the Hugging Face layout.
     """
     module_names: dict[int, list[str]] = {}
+    holders: dict[int, set[str]] = {}  # parameter id -> the native names of every module attribute holding it
     for name, module in bridge.original_model.named_modules(remove_duplicate=False):
         module_names.setdefault(id(module), []).append(name.replace(_WRAPPER, ""))
+        for attribute, parameter in module._parameters.items():
+            if parameter is not None:
+                holders.setdefault(id(parameter), set()).add(f"{name.replace(_WRAPPER, '')}.{attribute}")
     originals = {name: tensor for name, tensor in _original_tensors(bridge) if name in state}
     storage_owner = {tensor.untyped_storage().data_ptr(): name for name, tensor in originals.items()}
     unplaced = {}
@@ -93,6 +100,12 @@ def write_masked_tensors(
         module = bridge.get_submodule(module_path)
         targets = [f"{name}.{attribute}" for name in module_names.get(id(module), []) if f"{name}.{attribute}" in state]
         parameter = getattr(module, attribute)
+        places = {without_indices(target) for target in targets}
+        targets += sorted(  # the same tensor at the same place of other blocks: its masked value there too
+            name
+            for name in holders.get(id(parameter), ())
+            if name in state and name not in targets and without_indices(name) in places
+        )
         owner = storage_owner.get(parameter.untyped_storage().data_ptr())
         if targets:
             for target in targets:

@@ -15,6 +15,7 @@ from modmask_lens.adapters.granite_moe_hybrid import GraniteMoeHybridAdapter
 from modmask_lens.adapters.jetmoe import JetMoeAdapter
 from modmask_lens.adapters.nemotron_h import NemotronHAdapter
 from modmask_lens.adapters.recurrent_gemma import RecurrentGemmaAdapter
+from modmask_lens.adapters.zamba2 import Zamba2Adapter
 from modmask_lens.core.bridge import Bridge
 
 ENTRY_POINT_GROUP = "modmask_lens.adapters"
@@ -26,6 +27,7 @@ _BUILT_IN: tuple[type[Adapter], ...] = (
     JetMoeAdapter,
     NemotronHAdapter,
     RecurrentGemmaAdapter,
+    Zamba2Adapter,
     DerivedAdapter,
 )
 

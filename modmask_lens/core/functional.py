@@ -8,6 +8,7 @@ left holding the replacement tensor for good.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +48,34 @@ def tensor_slots(module: nn.Module, kind: str = "_parameters") -> dict[TensorKey
             if tensor is not None and (id(submodule), attribute) not in slots:
                 slots[(id(submodule), attribute)] = (f"{module_path}.{attribute}" if module_path else attribute, tensor)
     return slots
+
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.)")
+
+
+def without_indices(path: str) -> str:
+    """``path`` with every numeric segment but the last replaced by ``#``: the place of a tensor within its block,
+    whichever block it is.
+
+    >>> without_indices("blocks.12._original_component.shared_transformer.feed_forward.experts.3.weight")
+    'blocks.#._original_component.shared_transformer.feed_forward.experts.#.weight'
+    """
+    return _INDEX.sub("#", path)
+
+
+def depth_twins(slots: Mapping[TensorKey, tuple[str, Tensor]]) -> dict[TensorKey, tuple[TensorKey, ...]]:
+    """For each slot of ``slots`` (:func:`tensor_slots`) whose tensor other slots hold too at the same place of
+    other blocks (paths equal but for their indices: :func:`without_indices`), those other slots.
+
+    Such a tensor is one tensor read at several depths, through modules of its own at each: a block shared across
+    layers whose Hugging Face model ties every copy's parameters to the first's (Zamba2's shared transformer block).
+    A mask of it applies at each depth (:mod:`modmask_lens.masks.apply`). Tied tensors at different places
+    (GPT-2's embedding and unembedding) are no twins: each place keeps its own mask."""
+    groups: dict[tuple[int, str], list[TensorKey]] = {}
+    for key, (path, tensor) in slots.items():
+        groups.setdefault((id(tensor), without_indices(path)), []).append(key)
+    shared = [group for group in groups.values() if len(group) > 1]
+    return {key: tuple(other for other in group if other != key) for group in shared for key in group}
 
 
 def slot_of(module: nn.Module, path: str) -> TensorKey:

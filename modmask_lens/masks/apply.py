@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.functional import call_with_parameters, slot_of, tensor_slots
+from modmask_lens.core.functional import call_with_parameters, depth_twins, slot_of, tensor_slots
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
@@ -54,12 +54,20 @@ def sampled_parameters(
 def _parameters_with(
     bridge: Bridge, paths: list[str], products: Callable[[dict[str, Tensor]], Mapping[str, Tensor]]
 ) -> dict[str, Tensor]:
-    """Every parameter detached, with ``products(weights of paths)`` in place of the weights at ``paths``."""
+    """Every parameter detached, with ``products(weights of paths)`` in place of the weights at ``paths``; a tensor
+    that a block shared across depths reads again through modules of its own at other depths
+    (:func:`~modmask_lens.core.functional.depth_twins`: Zamba2's shared transformer block) gets the same product
+    at each of them, unless ``paths`` masks that depth's slot itself: one mask per tensor, applied at each use."""
     slots = tensor_slots(bridge)
     values = {key: parameter.detach() for key, (_, parameter) in slots.items()}
     keys = {path: slot_of(bridge, path) for path in paths}
+    twins = depth_twins(slots)
+    masked_slots = set(keys.values())
     for path, product in products({path: values[key] for path, key in keys.items()}).items():
         values[keys[path]] = product
+        for twin in twins.get(keys[path], ()):
+            if twin not in masked_slots:
+                values[twin] = product
     return {slots[key][0]: value for key, value in values.items()}
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.functional import MethodEntry, TensorKey, slot_of, tensor_slots
+from modmask_lens.core.functional import MethodEntry, TensorKey, depth_twins, slot_of, tensor_slots
 from modmask_lens.core.world import world
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.products import unit_products
@@ -178,7 +178,8 @@ class ShardedBridge:
         device: where shards and computation live (default: the device of the bridge's first parameter).
 
     Raises:
-        ValueError: the bridge holds parameters outside its top-level blocks.
+        ValueError: the bridge holds parameters outside its top-level blocks, or a tensor that several blocks read
+            (:func:`~modmask_lens.core.functional.depth_twins`).
 
     Example:
         >>> sharded = ShardedBridge(bridge, device="cuda")                              # doctest: +SKIP
@@ -192,11 +193,19 @@ class ShardedBridge:
         self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
         self._block_of_slot = {entry[0]: block for block in self.blocks for entry in block.entries}
         self._unit_plans: dict[str, tuple[_Block, list[TensorKey]]] = {}  # unit name -> its block, its members' slots
-        outside = [path for key, (path, _) in tensor_slots(bridge).items() if key not in self._block_of_slot]
+        slots = tensor_slots(bridge)
+        outside = [path for key, (path, _) in slots.items() if key not in self._block_of_slot]
         if outside:
             raise ValueError(
                 f"parameters {outside[:3]} lie outside the model's blocks, which sharding runs one at a "
                 "time; train this model without fully_shard"
+            )
+        shared = sorted(slots[key][0] for key in depth_twins(slots))
+        if shared:
+            raise ValueError(
+                f"parameters {shared[:2]} are one tensor read at several depths (a block shared across layers), "
+                "whose one mask applies at each; sharding runs one block at a time and would mask one depth only; "
+                "train this model without fully_shard"
             )
         self.buffers = {
             f"bridge.{path}": buffer.to(self.device) for path, buffer in tensor_slots(bridge, "_buffers").values()

@@ -280,9 +280,10 @@ def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, Tensor
     TransformerLens hook (``hook_z``: :attr:`TensorSpec.unit_width` entries per head; ``hook_post``: one per neuron)
     where the bridge has it, else in a copy of the input of the module that holds the writer (``W_O`` / ``W_out``; a
     forward pre-hook, removed after), each of the writer's :attr:`TensorSpec.unit_count` units an equal share of the
-    flattened features. Both are the same activation; RecurrentGemma's layers, DeepSeek V4's attention (whose
-    grouped output projection stores a head as a group's rows, so ``unit_width`` describes the weight, not the
-    input) and NemotronH's attention and MLP layers have neither hook."""
+    flattened features (at every module that holds the writer: :func:`_modules_holding`). Both are the same
+    activation; RecurrentGemma's layers, DeepSeek V4's attention (whose grouped output projection stores a head as a
+    group's rows, so ``unit_width`` describes the weight, not the input), NemotronH's attention and MLP layers and
+    Zamba2's shared transformer block have neither hook."""
 
     def at_hook(writer: TensorSpec, units: list[int]):
         width = writer.unit_width if writer.unit == "head" else 1
@@ -297,15 +298,26 @@ def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, Tensor
 
     fwd_hooks = [(name, at_hook(writer, units)) for name, writer, units in zeroings if name in bridge.hook_dict]
     handles = [
-        bridge.get_submodule(writer.path.rpartition(".")[0]).register_forward_pre_hook(at_input(writer, units))
+        module.register_forward_pre_hook(at_input(writer, units))
         for name, writer, units in zeroings
         if name not in bridge.hook_dict
+        for module in _modules_holding(bridge, writer.path)
     ]
     try:
         return bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _modules_holding(bridge: Bridge, path: str) -> list[nn.Module]:
+    """The module at ``path`` and every other module of the bridge (or of its wrapped model) that holds the same
+    parameter: a block shared across depths runs it through a module of its own at each depth (Zamba2's shared
+    transformer), and a unit of it is removed at every one."""
+    attribute, parameter = path.rpartition(".")[2], bridge.get_parameter(path)
+    original = getattr(bridge, "original_model", None)
+    modules = [*bridge.modules(), *(original.modules() if isinstance(original, nn.Module) else ())]
+    return list({id(module): module for module in modules if module._parameters.get(attribute) is parameter}.values())
 
 
 def _expert_neuron_ablations(
