@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import assert_unchanged, boot_native, state_snapshot
+from torch import nn
 
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, masked, masked_call
 
@@ -74,6 +75,42 @@ def test_tied_embedding_and_unembedding_take_separate_masks(gpt2_bridge, tokens)
         with masked(gpt2_bridge, constant_mask(mask_set, False)):
             assert not torch.allclose(gpt2_bridge(tokens), reference)
     assert torch.equal(gpt2_bridge(tokens), reference)
+
+
+class SharedAcrossDepths(nn.Module):
+    """Two blocks whose modules of their own hold one weight (as Hugging Face ties Zamba2's shared transformer block
+    at each depth), and an embedding tied to the unembedding (as GPT-2's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.blocks = nn.ModuleList([nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)])
+        self.blocks[1].weight = self.blocks[0].weight
+        self.unembed = nn.Linear(4, 5, bias=False)
+        self.unembed.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        residual = self.embed(ids)
+        for block in self.blocks:
+            residual = residual + torch.tanh(block(residual))
+        return self.unembed(residual)
+
+
+def test_a_mask_of_a_tensor_shared_across_depths_applies_at_each_but_tied_places_keep_their_own():
+    torch.manual_seed(0)
+    model, ids = SharedAcrossDepths(), torch.tensor([[0, 3, 1, 4]])
+    mask = (torch.rand(4, 4) > 0.5).float()
+
+    def by_hand(masked_paths: list[str], weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        masked_weights = {path: weight.detach() * mask for path in masked_paths}
+        return torch.func.functional_call(model, masked_weights, (ids,), tie_weights=False)
+
+    shared = by_hand(["blocks.0.weight", "blocks.1.weight"], model.blocks[0].weight, mask)
+    assert not torch.allclose(shared, by_hand(["blocks.0.weight"], model.blocks[0].weight, mask))
+    torch.testing.assert_close(masked_call(model, {"blocks.0.weight": mask}, model.forward, ids), shared)
+    vocab_mask = (torch.rand(5, 4) > 0.5).float()
+    unembed_only = by_hand(["unembed.weight"], model.unembed.weight, vocab_mask)
+    torch.testing.assert_close(masked_call(model, {"unembed.weight": vocab_mask}, model.forward, ids), unembed_only)
 
 
 @pytest.mark.parametrize("head", [0, 2])
