@@ -61,7 +61,7 @@ from modmask_lens.adapters.base import ReaderKind, TensorSpec, model_shape, role
 from modmask_lens.adapters.derived import _MIXER_OWN_ROLES, DerivedAdapter
 from modmask_lens.core.bridge import Bridge
 
-_SHARED_PARTS = {
+_NAMED_PARTS = {
     "shared_transformer.self_attn.q_proj": "attn.q",
     "shared_transformer.self_attn.k_proj": "attn.k",
     "shared_transformer.self_attn.v_proj": "attn.v",
@@ -130,8 +130,8 @@ class Zamba2Adapter(DerivedAdapter):
         """(key, role) of parameter ``name`` of hybrid layer ``layer`` (whose adapter slot is ``slot``), or ``None``
         for an adapter of another slot."""
         module_name, _, attribute = name.rpartition(".")
-        if module_name in _SHARED_PARTS:
-            key = f"blocks.{layer}.{_SHARED_PARTS[module_name]}.{attribute}"
+        if module_name in _NAMED_PARTS:
+            key = f"blocks.{layer}.{_NAMED_PARTS[module_name]}.{attribute}"
             return key, role_of(key)[0]
         if name in _OWN_ROLES:
             rest, role = _OWN_ROLES[name]
