@@ -6,42 +6,16 @@ decoder's ``embed_tokens`` to ``shared`` by its own (nested) config, so the expo
 from __future__ import annotations
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
-from transformers import (
-    Florence2Config,
-    Florence2ForConditionalGeneration,
-    SwitchTransformersConfig,
-    SwitchTransformersForConditionalGeneration,
-)
+from conftest import tiny_switch
+from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from modmask_lens.testing import run_conformance
-from modmask_lens.testing.tiny_models import boot_tiny, save_tiny
-
-TINY_SWITCH = SwitchTransformersConfig(
-    vocab_size=40,
-    d_model=32,
-    d_ff=64,
-    d_kv=8,
-    num_heads=4,
-    num_layers=2,
-    num_decoder_layers=2,
-    num_experts=4,
-    num_sparse_encoder_layers=1,
-    num_sparse_decoder_layers=1,
-    decoder_start_token_id=2,
-    pad_token_id=0,
-    eos_token_id=2,
-)
+from modmask_lens.testing.tiny_models import boot_tiny
 
 
 def test_a_masked_switch_transformer_exports_untied_and_reloads_with_the_masked_logits(tmp_path):
-    torch.manual_seed(0)
-    model = SwitchTransformersForConditionalGeneration(TINY_SWITCH)
-    assert model.config.tie_word_embeddings
-    save_tiny(model, tmp_path)
-    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # Switch's TransformerLens adapter reads only this
-    (tmp_path / "model.safetensors").unlink()
-    bridge = TransformerBridge.boot_transformers(str(tmp_path), device="cpu")
+    bridge = tiny_switch(tmp_path)
+    assert bridge.original_model.config.tie_word_embeddings
     (result,) = run_conformance(bridge, checks=["hf_export_reloads"])
     assert result.passed, str(result)
 
