@@ -51,3 +51,24 @@ def test_the_kit_passes_at_neuron_granularity_and_every_target_matters(switch):
         switch, checks=["neuron_off_equals_zeroed_hook_post", "unit_slices_equal_tl_views", "every_target_matters"]
     )
     assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
+
+
+def test_an_expert_the_router_never_picks_is_excused_and_its_neurons_are_not_the_ones_checked(tmp_path):
+    """With expert 3's router row a copy of expert 0's in the decoder's sparse layer, every token that would pick
+    3 picks 0 (``argmax`` takes the first of tied maxima), so expert 3's module is never called: zeroing its weights
+    changes nothing on any input, which ``every_target_matters`` must not call unread, and the neuron-off check must
+    test neurons that some token activates."""
+    bridge = tiny_switch(tmp_path)
+    router = bridge.original_model.decoder.block[1].layer[2].mlp.router.classifier.weight
+    with torch.no_grad():
+        router[3] = router[0]
+    called = []
+    expert = bridge.original_model.decoder.block[1].layer[2].mlp.experts.expert_3
+    handle = expert.register_forward_pre_hook(lambda module, args: called.append(True))
+    try:
+        bridge(torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(1)))
+    finally:
+        handle.remove()
+    assert not called
+    results = run_conformance(bridge, checks=["every_target_matters", "neuron_off_equals_zeroed_hook_post"])
+    assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
