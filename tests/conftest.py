@@ -27,9 +27,11 @@ from transformers import (
     OlmoeForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
+    SwitchTransformersConfig,
+    SwitchTransformersForConditionalGeneration,
 )
 
-from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG, boot_tiny
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG, boot_tiny, save_tiny
 
 torch.set_num_threads(1)
 
@@ -246,3 +248,34 @@ def tiny_nemotron_h(folder, vocab_size: int = 40, d_mlp: int = 64, d_expert: int
         use_mamba_kernels=False,
     )
     return boot_tiny(NemotronHForCausalLM(config), folder)
+
+
+SWITCH_EXPERTS, SWITCH_D_FF = 4, 64
+"""Experts per sparse layer and hidden units per expert (and per dense MLP) of :func:`tiny_switch`."""
+
+
+def tiny_switch(folder) -> TransformerBridge:
+    """A tiny Switch Transformer (seeded): 2 encoder and 2 decoder layers, each stack a dense MLP layer then a sparse
+    one of :data:`SWITCH_EXPERTS` experts (as switch-base-8 alternates them), saved as ``pytorch_model.bin``, the only
+    checkpoint TransformerLens's Switch adapter loads (the test writes the pickle, the package never does)."""
+    config = SwitchTransformersConfig(
+        vocab_size=40,
+        d_model=32,
+        d_ff=SWITCH_D_FF,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_experts=SWITCH_EXPERTS,
+        num_sparse_encoder_layers=1,
+        num_sparse_decoder_layers=1,
+        decoder_start_token_id=2,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = SwitchTransformersForConditionalGeneration(config)
+    save_tiny(model, folder)
+    torch.save(model.state_dict(), f"{folder}/pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return TransformerBridge.boot_transformers(str(folder), device="cpu")

@@ -570,7 +570,7 @@ class Adapter:
             axis = 0
         else:
             out_axis = 0 if layout == "linear" else 1  # Linear stores [out, in]; Conv1D stores [in, out]
-            reads_units = role in ("W_O", "W_out")  # these read heads / neurons on their input side
+            reads_units = role in ("W_O", "W_out", "W_experts_out")  # these read heads / neurons on their input side
             axis = 1 - out_axis if reads_units else out_axis
         if unit == "neuron":
             return unit, axis, 1
@@ -613,6 +613,9 @@ _UNIT_OF_ROLE: dict[str, UnitKind] = {
     **{role: "head" for role in ("W_Q", "b_Q", "W_O")},
     **{role: "kv_head" for role in ("W_K", "W_V", "b_K", "b_V")},
     **{role: "neuron" for role in ("W_in", "W_gate", "b_in", "b_gate", "W_out")},
+    # One expert's projections held as its own module (Switch Transformers' experts.expert_{e}.wi / .wo), which
+    # reads and writes its hidden units like an MLP; a batched stack of experts gets its layout from its adapter.
+    **{role: "neuron" for role in ("W_experts_in", "b_experts_in", "W_experts_out")},
 }
 
 

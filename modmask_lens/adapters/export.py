@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from modmask_lens.adapters.base import Adapter
 from modmask_lens.core.bridge import Bridge
@@ -59,12 +60,37 @@ OUTPUT_SCALE_TIED_TO_EMBEDDINGS = {"SwitchTransformersForConditionalGeneration"}
 
 
 def untie_word_embeddings(hf_model: nn.Module, config, state: dict[str, Tensor]) -> None:
-    """Set ``tie_word_embeddings=False`` in ``config`` (a :func:`native_config`), and for the families of
-    :data:`OUTPUT_SCALE_TIED_TO_EMBEDDINGS` fold the output scale their untied forward pass drops into
-    ``state["lm_head.weight"]`` (in place), so the untied model computes the same logits."""
-    config.tie_word_embeddings = False
-    if type(hf_model).__name__ in OUTPUT_SCALE_TIED_TO_EMBEDDINGS:
+    """Set ``tie_word_embeddings=False`` in ``config`` (a :func:`native_config`) and in every config nested in it
+    (:func:`nested_configs`), and for the families of :data:`OUTPUT_SCALE_TIED_TO_EMBEDDINGS` fold the output scale
+    their untied forward pass drops into ``state["lm_head.weight"]`` (in place), so the untied model computes the same
+    logits.
+
+    A nested config ties by its own flag: Florence-2's language model (built from ``text_config``) ties its
+    encoder's and decoder's ``embed_tokens`` to its ``shared`` embedding whatever the outer config says, so untying
+    only the outer config left those three one tensor in the reloaded model."""
+    family = type(hf_model).__name__
+    scaled = getattr(config, "tie_word_embeddings", False) and family in OUTPUT_SCALE_TIED_TO_EMBEDDINGS
+    for nested in nested_configs(config):
+        if getattr(nested, "tie_word_embeddings", False):
+            nested.tie_word_embeddings = False
+    if scaled:
         state["lm_head.weight"] = state["lm_head.weight"] * config.d_model**-0.5
+
+
+def nested_configs(config: PretrainedConfig) -> list[PretrainedConfig]:
+    """``config`` and the configs of its submodels (transformers' ``sub_configs``: a multimodal model's
+    ``text_config`` and ``vision_config``), depth first.
+
+    >>> from transformers import Florence2Config
+    >>> [type(nested).__name__ for nested in nested_configs(Florence2Config())]
+    ['Florence2Config', 'Florence2VisionConfig', 'BartConfig']
+    """
+    found = [config]
+    for name in getattr(config, "sub_configs", None) or {}:
+        nested = getattr(config, name, None)
+        if isinstance(nested, PretrainedConfig):
+            found.extend(nested_configs(nested))
+    return found
 
 
 def write_masked_tensors(

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from transformer_lens.model_bridge.generalized_components import moe
 
 from modmask_lens.adapters.base import LocatedParameter, model_shape
 from modmask_lens.core.bridge import Bridge
@@ -39,8 +40,12 @@ _TOP_LEVEL_ROLES = {
     "unembed.bias": "b_U",
 }
 _SIDE_PREFIXES = ("encoder_", "decoder_")
+_WRAPPER = "._original_component"
 _ATTENTION_PARTS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
-_MLP_PARTS = {"in": "in", "gate": "gate", "out": "out"}
+_MLP_PARTS = {"in": "in", "gate": "gate", "out": "out", "dense_in": "in", "dense_gate": "gate", "dense_out": "out"}
+_EXPERT_ROLES = {"in": "experts_in", "gate": "experts_in", "out": "experts_out"}
+"""A per-expert module's projections, named as the dense MLP's in TransformerLens's map -> role suffixes (a gate
+reads the residual stream per hidden unit like ``in``, as in a fused ``gate_up_proj`` stack)."""
 
 
 def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedParameter]:
@@ -68,6 +73,8 @@ def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedP
                     if "gate" in children:  # an output gate inside attention (HRM's gate_proj)
                         located.extend(_parameters_of(bridge, f"{path}.gate", _prefixed("attn_gate"), layer))
                     heads_before += n_heads
+                elif isinstance(bridge.get_submodule(path), moe.MoEBridge):
+                    located.extend(_mixture_of_experts_parameters(bridge, path, mapping[stack].submodules[part], layer))
                 elif any(child in children for child in _MLP_PARTS):
                     for child, suffix in _MLP_PARTS.items():
                         if child in children:
@@ -76,6 +83,54 @@ def stacked_parameters(bridge: Bridge, stacks: tuple[str, ...]) -> list[LocatedP
                     located.extend(_parameters_of(bridge, path, _norm_role(part), layer))
         first_layer += len(blocks)
     return _read_where_called(bridge, located)
+
+
+def _mixture_of_experts_parameters(
+    bridge: Bridge, path: str, component_mapping: object, layer: int
+) -> list[LocatedParameter]:
+    """The parameters of a mixture-of-experts feed-forward that TransformerLens maps as one ``MoEBridge`` whose
+    layers are dense or sparse (Switch Transformers alternates them).
+
+    A dense layer binds the map's ``dense_in``/``dense_out`` (and ``dense_gate``): an MLP, roles ``W_in``/``W_out``.
+    On a sparse layer the map's ``gate`` is the router (TransformerLens: "``gate`` is the ROUTER on sparse layers"),
+    role ``W_router``, whatever module inside it holds the weight (Switch's ``router.classifier``). Its experts are not
+    mapped: they are found as the modules inside the wrapped block that hold every projection the map names for the
+    dense MLP (``wi`` and ``wo``), expert e's hidden units numbered ``e * d_expert`` on (expert-major, as a batched
+    stack's), roles ``W_experts_in``/``W_experts_out``. A stack of batched expert tensors is the derived adapter's
+    (:func:`~modmask_lens.adapters.derived._expert_specs`)."""
+    component = bridge.get_submodule(path)
+    parts = getattr(component_mapping, "submodules", None) or {}
+    located = []
+    for child, suffix in _MLP_PARTS.items():
+        if child in component._modules:
+            role = _router_role if child == "gate" and "dense_in" in parts else _prefixed(suffix)
+            located.extend(_parameters_of(bridge, f"{path}.{child}", role, layer, recurse=child == "gate"))
+    projections = {
+        getattr(parts[child], "name", None): _EXPERT_ROLES[_MLP_PARTS[child]]
+        for child in ("dense_in", "dense_gate", "dense_out")
+        if child in parts
+    }
+    if not projections or "dense_in" in component._modules:
+        return located
+    wrapped_path, wrapped = _unwrapped(component, path)
+    offset = 0
+    for name, expert in wrapped.named_modules():
+        if not name or not all(projection in expert._modules for projection in projections):
+            continue
+        native, hidden_units = name.replace(_WRAPPER, ""), 0
+        for projection, suffix in projections.items():
+            entries = _parameters_of(bridge, f"{wrapped_path}.{name}.{projection}", _prefixed(suffix), layer, offset)
+            for entry in entries:
+                attribute = entry.key.rpartition(".")[2]
+                located.append(replace(entry, key=f"{path}.{native}.{projection}.{attribute}"))
+                if suffix == "experts_in" and entry.parameter.dim() == 2:
+                    hidden_units = entry.parameter.shape[0]
+        offset += hidden_units
+    return located
+
+
+def _router_role(key: str) -> str:
+    return "b_router" if key.endswith(".bias") else "W_router"
 
 
 def _read_where_called(bridge: Bridge, located: list[LocatedParameter]) -> list[LocatedParameter]:
@@ -141,25 +196,40 @@ def _norm_role(part: str) -> Callable[[str], str]:
 
 
 def _parameters_of(
-    bridge: Bridge, component_path: str, role_of_key: Callable[[str], str], layer: int | None, unit_offset: int = 0
+    bridge: Bridge,
+    component_path: str,
+    role_of_key: Callable[[str], str],
+    layer: int | None,
+    unit_offset: int = 0,
+    recurse: bool = False,
 ) -> list[LocatedParameter]:
-    """The parameters held directly by the module a bridge component wraps (its ``_original_component`` chain),
-    keyed ``<component_path>.<attribute>``."""
-    module = bridge.get_submodule(component_path)
-    path = component_path
+    """The parameters held directly by the module a bridge component wraps (its ``_original_component`` chain), or
+    with ``recurse`` by it and its submodules (a router that keeps its weight in a ``classifier``), keyed
+    ``<component_path>.<name>``."""
+    path, module = _unwrapped(bridge.get_submodule(component_path), component_path)
+    held = module.named_parameters() if recurse else module._parameters.items()
+    located = []
+    for name, parameter in held:
+        if not isinstance(parameter, nn.Parameter):
+            continue
+        owner_path = f"{path}.{name}".rpartition(".")[0]
+        located.append(
+            LocatedParameter(
+                f"{component_path}.{name.replace(_WRAPPER, '')}",
+                role_of_key(f"{component_path}.{name}"),
+                layer,
+                f"{path}.{name}",
+                bridge.get_submodule(owner_path),
+                parameter,
+                unit_offset,
+            )
+        )
+    return located
+
+
+def _unwrapped(module: nn.Module, path: str) -> tuple[str, nn.Module]:
+    """The module a bridge component wraps (following its ``_original_component`` chain), and its path."""
     while "_original_component" in module._modules:
         module = module._modules["_original_component"]
-        path += "._original_component"
-    return [
-        LocatedParameter(
-            f"{component_path}.{name}",
-            role_of_key(f"{component_path}.{name}"),
-            layer,
-            f"{path}.{name}",
-            module,
-            parameter,
-            unit_offset,
-        )
-        for name, parameter in module._parameters.items()
-        if isinstance(parameter, nn.Parameter)
-    ]
+        path += _WRAPPER
+    return path, module

@@ -22,8 +22,9 @@ from modmask_lens.masks.mask_set import MaskSet
 def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: str | Path) -> Path:
     """Write ``weights * mask`` in the model's own Hugging Face layout (re-fusing fused tensors) to ``directory``.
 
-    Tied embedding and unembedding matrices are untied in the exported config when the mask covers either, since
-    the two may keep different weights. The tokenizer is saved alongside when the bridge has one.
+    Tied embedding and unembedding matrices are untied in the exported config, and in every config nested in it,
+    when the mask covers either, since the two may keep different weights. The tokenizer is saved alongside when
+    the bridge has one.
 
     Args:
         bridge: a bridge booted with ``boot_transformers`` (raw weights; compatibility mode rewrites weights that
@@ -46,7 +47,7 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
     }
     write_masked_tensors(adapter_for(bridge), bridge, state, masked)
     config = native_config(hf_model)
-    if getattr(config, "tie_word_embeddings", False) and any(spec.role in ("W_E", "W_U") for spec in binary.specs):
+    if any(spec.role in ("W_E", "W_U") for spec in binary.specs):
         untie_word_embeddings(hf_model, config, state)
     exported = type(hf_model)(config)
     missing, unexpected = exported.load_state_dict(state, strict=False)

@@ -218,11 +218,27 @@ def _cancels_exactly(spec: TensorSpec, bridge: Bridge) -> bool:
 
 def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
     """Zeroing each mask target alone changes the logits. Tensors that are zero already (biases a checkpoint keeps at
-    their zero initialisation, such as an absent masked-LM head's) are left out: no mask can change them."""
-    reference = bridge(tokens)
+    their zero initialisation, such as an absent masked-LM head's) are left out: no mask can change them. So are
+    the tensors of a routed expert held as its own module (Switch Transformers' ``experts.expert_{e}``) whose module
+    the forward pass did not call: the router sent it none of these tokens (with 16 tokens and 4 experts, 2 of 3
+    seeded tiny Switch models left an expert unpicked in some layer)."""
+    specs = MaskSet.for_bridge(bridge, ALL_KINDS).members
+    experts = {spec.path.rpartition(".")[0] for spec in specs if spec.role in ("W_experts_in", "W_experts_out")}
+    called: set[str] = set()
+    handles = [
+        bridge.get_submodule(path).register_forward_pre_hook(lambda module, args, path=path: called.add(path))
+        for path in experts
+    ]
+    try:
+        reference = bridge(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
     unread = []
-    for spec in MaskSet.for_bridge(bridge, ALL_KINDS).members:
+    for spec in specs:
         if _cancels_exactly(spec, bridge) or not bool(bridge.get_parameter(spec.path).detach().any()):
+            continue
+        if spec.path.rpartition(".")[0] in experts - called:
             continue
         perturbed = {spec.path: torch.zeros(spec.shape)}
         if torch.allclose(masked_call(bridge, perturbed, bridge.forward, tokens), reference):
@@ -243,8 +259,9 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
             if isinstance(ablations, str):
                 return ablations
         else:
-            indices = {0, mask_unit.numel - 1}
-            ablations = {index: _hooked_ablation(bridge, tokens, unit, mask_unit, index) for index in indices}
+            ablations = _hooked_ablations(bridge, tokens, unit, mask_unit)
+            if isinstance(ablations, str):
+                return ablations
         for index, expected in ablations.items():
             for logits in mask.logits.values():
                 logits.data.fill_(1.0)
@@ -257,18 +274,57 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     return None
 
 
+def _hooked_ablations(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit) -> dict[int, Tensor] | str:
+    """Logits with the first and the last unit of ``mask_unit`` removed (:func:`_hooked_ablation`). Where the layer's
+    neurons are routed experts held one module each (Switch Transformers: ``W_experts_out`` without an expert axis),
+    the first and the last neuron that is non-zero on some token of ``tokens`` (read at each expert's ``W_experts_out``
+    input in one forward pass): an expert the router sends no token, or a ReLU unit that no routed token activates,
+    would make the comparison vacuous.
+
+    Returns:
+        unit index -> expected logits, or what went wrong.
+    """
+    experts = [member for member in mask_unit.members if member.role == "W_experts_out"]
+    if not experts:
+        indices = {0, mask_unit.numel - 1}
+        return {index: _hooked_ablation(bridge, tokens, unit, mask_unit, index) for index in indices}
+    active: dict[int, Tensor] = {}
+
+    def record(expert: TensorSpec):
+        def pre_hook(module, args):
+            hidden = args[0].detach().reshape(-1, args[0].shape[-1])
+            active[expert.unit_offset] = (hidden != 0).any(dim=0)
+
+        return pre_hook
+
+    handles = [
+        bridge.get_submodule(expert.path.rpartition(".")[0]).register_forward_pre_hook(record(expert))
+        for expert in experts
+    ]
+    try:
+        bridge(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    indices = [offset + int(local) for offset, used in sorted(active.items()) for local in used.nonzero().flatten()]
+    if not indices:
+        return f"{mask_unit.name}: no routed expert's {unit} is non-zero on these tokens (try other tokens)"
+    return {index: _hooked_ablation(bridge, tokens, unit, mask_unit, index) for index in {indices[0], indices[-1]}}
+
+
 def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskUnit, index: int) -> Tensor:
     """Logits with unit ``index`` of ``mask_unit`` zeroed at its TransformerLens hook: a head's ``hook_z`` slice or
     a neuron's ``hook_post`` slice, on the component that holds it (where the bridge has no such hook, as
-    RecurrentGemma's layers, DeepSeek V4's attention or NemotronH's attention and MLP layers, the same slice of the
-    writer's input: :func:`_run_zeroed`). The component is read off the key of the
-    member that writes the unit out (``W_O`` / ``W_out``), whose ``unit_offset`` says where its units start in the
-    layer: a decoder block's cross-attention heads follow its self-attention heads."""
-    writer_role = "W_O" if unit == "head" else "W_out"
+    RecurrentGemma's layers, DeepSeek V4's attention, NemotronH's attention and MLP layers or Switch Transformers'
+    experts, the same slice of the writer's input: :func:`_run_zeroed`). The component is read off the key of the
+    member that writes the unit out (``W_O`` / ``W_out``, or an expert module's ``W_experts_out``), whose
+    ``unit_offset`` says where its units start in the layer: a decoder block's cross-attention heads follow its
+    self-attention heads, expert e's neurons follow expert e - 1's."""
+    writer_roles = ("W_O",) if unit == "head" else ("W_out", "W_experts_out")
     writer = next(
         member
         for member in mask_unit.members
-        if member.role == writer_role and member.unit_offset <= index < member.unit_offset + member.unit_count
+        if member.role in writer_roles and member.unit_offset <= index < member.unit_offset + member.unit_count
     )
     component, local = writer.key.rsplit(".", 2)[0], index - writer.unit_offset
     hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"
@@ -291,8 +347,11 @@ def _run_zeroed(bridge: Bridge, tokens: Tensor, zeroings: list[tuple[str, Tensor
 
     def at_input(writer: TensorSpec, units: list[int]):
         def pre_hook(module, args):
-            features = args[0].reshape(*args[0].shape[:2], -1).shape[-1]
-            return (_zero_slices(args[0], units, features // writer.unit_count), *args[1:])
+            # [batch, pos, ...], or [tokens, features] where an expert module reads only the tokens routed to it
+            activation = args[0] if args[0].dim() > 2 else args[0].unsqueeze(0)
+            features = activation.reshape(*activation.shape[:2], -1).shape[-1]
+            zeroed = _zero_slices(activation, units, features // writer.unit_count)
+            return (zeroed.reshape(args[0].shape), *args[1:])
 
         return pre_hook
 
