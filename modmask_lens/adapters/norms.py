@@ -71,7 +71,7 @@ def gain_is_offset(bridge: nn.Module, path: str) -> bool:
     ``cfg.rmsnorm_uses_offset`` says the same for most families, but not everywhere: it is set for Gemma 3n, whose
     ``Gemma3nRMSNorm`` multiplies by ``w``, and the bridge runs that module as it is. A norm that cannot run on the
     residual stream alone (a gated norm that also takes its gate) reads as multiplying, the plain convention. Probed
-    once per module, then remembered while it lives.
+    once per module, then remembered while it lives; the model's parameters and buffers are left as they were.
     """
     module = bridge.get_submodule(_WRAPPED.sub("", path.rpartition(".")[0]))
     if module not in _OFFSET_GAINS:
@@ -81,6 +81,8 @@ def gain_is_offset(bridge: nn.Module, path: str) -> bool:
 
 def _probe_offset(module: nn.Module, gain: nn.Parameter) -> bool:
     zeros = {name: torch.zeros_like(parameter) for name, parameter in module.named_parameters()}
+    # Copies of the buffers: a norm that updates running statistics as it runs updates these, not the model's.
+    zeros |= {name: buffer.clone() for name, buffer in module.named_buffers()}
     residual = torch.randn((1, 2, gain.shape[-1]), generator=torch.Generator().manual_seed(0)).to(gain)
     try:
         with torch.no_grad():

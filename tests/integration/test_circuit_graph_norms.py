@@ -108,7 +108,11 @@ def test_a_dropped_offset_gain_leaves_scale_one_and_no_cut_in_the_graph(family, 
     build, offset = FAMILIES[family]
     torch.manual_seed(0)
     bridge = boot_tiny(build(), tmp_path)
-    mask = dropping(MaskSet.for_bridge(bridge).binary(), {"blocks.0.ln1.weight": [3]})
+    state_before = {key: value.clone() for key, value in bridge.state_dict().items()}
+    mask = dropping(MaskSet.for_bridge(bridge).binary(), {"blocks.0.ln1.weight": [3]})  # probes each norm
+    state_after = bridge.state_dict()
+    assert state_after.keys() == state_before.keys()
+    assert all(torch.equal(state_after[key], value) for key, value in state_before.items())
     # What the masked model computes: ln1's output at the dropped dimension is the normalised input (scale 1) when
     # the gain is an offset from 1, and 0 when it multiplies.
     tokens = torch.randint(5, 40, (1, 6), generator=torch.Generator().manual_seed(0))
