@@ -69,9 +69,11 @@ def gain_is_offset(bridge: nn.Module, path: str) -> bool:
     outermost component wrapping the gain's module) runs once on a random input with all its parameters zero, which
     gives 0 where the gain multiplies and the normalised input where it is an offset from 1. TransformerLens's
     ``cfg.rmsnorm_uses_offset`` says the same for most families, but not everywhere: it is set for Gemma 3n, whose
-    ``Gemma3nRMSNorm`` multiplies by ``w``, and the bridge runs that module as it is. A norm that cannot run on the
-    residual stream alone (a gated norm that also takes its gate) reads as multiplying, the plain convention. Probed
-    once per module, then remembered while it lives; the model's parameters and buffers are left as they were.
+    ``Gemma3nRMSNorm`` multiplies by ``w`` (the bridge runs that module as it is), and unset for MuseGlimmer, whose
+    block norms scale by ``1 + w`` and whose final norm by ``w``; one flag per model cannot say that. A norm that
+    cannot run on the residual stream alone (a gated norm that also takes its gate) reads as multiplying, the plain
+    convention. Probed once per module, then remembered while it lives; the model's parameters and buffers are left
+    as they were.
     """
     module = bridge.get_submodule(_WRAPPED.sub("", path.rpartition(".")[0]))
     if module not in _OFFSET_GAINS:

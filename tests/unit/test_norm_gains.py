@@ -11,6 +11,7 @@ from torch import nn
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.gemma3n.modeling_gemma3n import Gemma3nRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.muse_glimmer.modeling_muse_glimmer import MuseGlimmerRMSNorm, MuseGlimmerTextCenteredRMSNorm
 from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextRMSNorm
 
@@ -21,6 +22,8 @@ NORMS = {
     "qwen3_next": (lambda: Qwen3NextRMSNorm(8), True),
     "nemotron_layernorm1p": (lambda: NemotronLayerNorm1P(8), True),
     "gemma3n": (lambda: Gemma3nRMSNorm(8), False),  # TransformerLens's cfg.rmsnorm_uses_offset says True
+    "muse_glimmer_block": (lambda: MuseGlimmerTextCenteredRMSNorm(8), True),  # ... and False for these two
+    "muse_glimmer_final": (lambda: MuseGlimmerRMSNorm(8), False),
     "llama": (lambda: LlamaRMSNorm(8), False),
     "layernorm": (lambda: nn.LayerNorm(8), False),
 }
