@@ -131,6 +131,26 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
 
 
+def norm_reading(mask: BinaryMask) -> str:
+    """How the edge measure reads ``mask``'s norms, in words: the blocks' norm placement, whether the mask recorded
+    it, and which masked gains the model reads as ``1 + w`` (the report's configuration table shows it).
+
+    Example:
+        >>> from modmask_lens import MaskSet
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> norm_reading(MaskSet.for_bridge(tiny_bridge()).binary())
+        'pre-norm blocks; every masked norm gain multiplies its dimension (a dropped entry cuts it)'
+    """
+    layout = mask.origin.norm_layout()
+    blocks = f"{layout.placement}-norm {'parallel ' if layout.parallel_blocks else ''}blocks"
+    if mask.origin.norms is None:
+        blocks += f" (not recorded with the mask: the {mask.origin.adapter!r} adapter's default)"
+    offset = sorted({spec.role for spec in mask.specs if spec.kind == "norm" and spec.gain_offset})
+    if not offset:
+        return f"{blocks}; every masked norm gain multiplies its dimension (a dropped entry cuts it)"
+    return f"{blocks}; gains read as 1 + w, whose dropped entries leave scale 1 and cut nothing: {', '.join(offset)}"
+
+
 def _check_placeable(mask: BinaryMask, n_heads: int, d_model: int) -> None:
     """Raise ``ValueError`` when a node's matrix cannot be drawn as the graph draws nodes: a head or MLP matrix that
     does not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank ``q_b_proj`` and grouped

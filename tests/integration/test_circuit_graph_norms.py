@@ -19,6 +19,7 @@ from transformers import (
 
 from modmask_lens import MaskSet, load_masks, masked, save_masks
 from modmask_lens.analysis import circuit_graph
+from modmask_lens.analysis.circuit_graph import norm_reading
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
@@ -82,6 +83,8 @@ def test_post_norm_edges_of_a_derived_adapter_pass_through_every_norm_on_the_way
     # Read as pre-norm (what the graph drew before), the dropped ln1 entry would cut only the edges into L0's heads.
     assert graph_edges[("embed", "L0H0")] == 1.0 and graph_edges[("L0H0", "L1H0")] == (D_MODEL - 1) / D_MODEL
 
+    assert norm_reading(mask).startswith("post-norm blocks; every masked norm gain multiplies")
+
     loaded = load_masks(save_masks(mask_set, tmp_path / "roberta.safetensors"), roberta)
     assert edges(dropping(loaded.binary(), DROPPED)) == graph_edges
 
@@ -94,6 +97,7 @@ def test_a_mask_made_without_a_recorded_norm_layout_keeps_the_adapters_default_r
     graph_edges = edges(BinaryMask(mask.specs, mask.kept, bare, mask.name))
     assert graph_edges[("embed", "L0H0")] == (D_MODEL - 1) / D_MODEL  # ln1 in front of L0's heads
     assert graph_edges[("L0H0", "L1H0")] == 1.0
+    assert "pre-norm blocks (not recorded with the mask" in norm_reading(BinaryMask(mask.specs, mask.kept, bare))
 
 
 FAMILIES = {
@@ -132,3 +136,4 @@ def test_a_dropped_offset_gain_leaves_scale_one_and_no_cut_in_the_graph(family, 
         weight == (1.0 if offset else (D_MODEL - 1) / D_MODEL) for weight in into_layer0_heads.values()
     )
     assert all(weight == 1.0 for key, weight in graph_edges.items() if key not in into_layer0_heads)
+    assert ("ln1.w, ln2.w, ln_final.w" in norm_reading(mask)) == offset
