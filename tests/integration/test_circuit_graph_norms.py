@@ -11,8 +11,12 @@ import torch
 from transformers import (
     GemmaConfig,
     GemmaForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    OpenAIGPTConfig,
+    OpenAIGPTLMHeadModel,
     RobertaConfig,
     RobertaForMaskedLM,
 )
@@ -34,11 +38,22 @@ POST_NORM_FORWARD = ["embed", "L0H", "blocks.0.ln1.weight", "L0MLP", "blocks.0.l
     "ln_final.weight",
     "unembed",
 ]
-"""RoBERTa's forward pass in order (two layers): writers and readers by node name prefix, and the gains of the norms
-the residual stream itself passes through (``ln_final`` is the masked-LM head's norm in front of the decoder)."""
+"""A two-layer post-norm forward pass in order: writers and readers by node name prefix, and the gains of the norms
+the residual stream itself passes through (``ln_final``: RoBERTa's masked-LM head's norm in front of the decoder;
+GPT-1 has none)."""
 
-DROPPED = {"blocks.0.ln1.weight": [3], "blocks.1.ln2.weight": [5, 7], "ln_final.weight": [0]}
-"""Gain entries the test masks drop; every other weight is kept."""
+POST_NORM_FAMILIES = {
+    "roberta": (
+        lambda: RobertaForMaskedLM(RobertaConfig(**TINY_HF_SIZES)),
+        {"blocks.0.ln1.weight": [3], "blocks.1.ln2.weight": [5, 7], "ln_final.weight": [0]},
+    ),
+    "gpt1": (
+        lambda: OpenAIGPTLMHeadModel(OpenAIGPTConfig(n_embd=D_MODEL, n_layer=2, n_head=4, vocab_size=40)),
+        {"blocks.0.ln1.weight": [3], "blocks.1.ln2.weight": [5, 7]},
+    ),
+}
+"""Post-norm families the derived adapter serves, and the gain entries the test masks drop (every other weight is
+kept)."""
 
 
 def dropping(mask: BinaryMask, dropped: dict[str, list[int]]) -> BinaryMask:
@@ -49,14 +64,14 @@ def dropping(mask: BinaryMask, dropped: dict[str, list[int]]) -> BinaryMask:
     return BinaryMask(mask.specs, kept, mask.origin, "dropped gains")
 
 
-def post_norm_expectation(source: str, target: str) -> float:
+def post_norm_expectation(source: str, target: str, dropped: dict[str, list[int]]) -> float:
     """Kept fraction of the residual dimensions that pass every dropped gain between writer and reader."""
 
     def place(node: str) -> int:
         return next(index for index, part in enumerate(POST_NORM_FORWARD) if node.startswith(part))
 
     between = POST_NORM_FORWARD[place(source) + 1 : place(target)]
-    cut = {dimension for norm in between for dimension in DROPPED.get(norm, [])}
+    cut = {dimension for norm in between for dimension in dropped.get(norm, [])}
     return (D_MODEL - len(cut)) / D_MODEL
 
 
@@ -65,39 +80,54 @@ def edges(mask: BinaryMask) -> dict[tuple[str, str], float]:
     return {(row.source, row.target): row.weight for row in graph.edges.itertuples()}
 
 
-@pytest.fixture(scope="module")
-def roberta(tmp_path_factory):
+@pytest.mark.parametrize("family", sorted(POST_NORM_FAMILIES))
+def test_post_norm_edges_of_a_derived_adapter_pass_through_every_norm_on_the_way(family, tmp_path):
+    build, dropped = POST_NORM_FAMILIES[family]
     torch.manual_seed(0)
-    return boot_tiny(RobertaForMaskedLM(RobertaConfig(**TINY_HF_SIZES)), tmp_path_factory.mktemp("roberta"))
-
-
-def test_post_norm_edges_of_a_derived_adapter_pass_through_every_norm_on_the_way(roberta, tmp_path):
-    mask_set = MaskSet.for_bridge(roberta)
+    bridge = boot_tiny(build(), tmp_path / "model")
+    mask_set = MaskSet.for_bridge(bridge)
     assert mask_set.origin.adapter == "transformer_lens"
-    mask = dropping(mask_set.binary(), DROPPED)
+    mask = dropping(mask_set.binary(), dropped)
     graph_edges = edges(mask)
     # Every later reader: 11 edges from embed, 7 from each head of L0, 6 from L0MLP, 2 from each head of L1, 1.
     assert len(graph_edges) == 11 + 7 * N_HEADS + 6 + 2 * N_HEADS + 1
     for (source, target), weight in graph_edges.items():
-        assert weight == pytest.approx(post_norm_expectation(source, target), abs=1e-6), (source, target)
+        assert weight == pytest.approx(post_norm_expectation(source, target, dropped), abs=1e-6), (source, target)
     # Read as pre-norm (what the graph drew before), the dropped ln1 entry would cut only the edges into L0's heads.
     assert graph_edges[("embed", "L0H0")] == 1.0 and graph_edges[("L0H0", "L1H0")] == (D_MODEL - 1) / D_MODEL
-
     assert norm_reading(mask).startswith("post-norm blocks; every masked norm gain multiplies")
 
-    loaded = load_masks(save_masks(mask_set, tmp_path / "roberta.safetensors"), roberta)
-    assert edges(dropping(loaded.binary(), DROPPED)) == graph_edges
+    loaded = load_masks(save_masks(mask_set, tmp_path / "mask.safetensors"), bridge)
+    assert edges(dropping(loaded.binary(), dropped)) == graph_edges
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory):
+    torch.manual_seed(0)
+    return boot_tiny(POST_NORM_FAMILIES["roberta"][0](), tmp_path_factory.mktemp("roberta"))
 
 
 def test_a_mask_made_without_a_recorded_norm_layout_keeps_the_adapters_default_reading(roberta):
     """A mask origin built by hand, with no norm layout, reads its adapter's class default: pre-norm for the
     derived adapter, whose placement is read from a model."""
-    mask = dropping(MaskSet.for_bridge(roberta).binary(), DROPPED)
+    mask = dropping(MaskSet.for_bridge(roberta).binary(), POST_NORM_FAMILIES["roberta"][1])
     bare = MaskOrigin(mask.origin.adapter, mask.origin.mode, mask.origin.model)
     graph_edges = edges(BinaryMask(mask.specs, mask.kept, bare, mask.name))
     assert graph_edges[("embed", "L0H0")] == (D_MODEL - 1) / D_MODEL  # ln1 in front of L0's heads
     assert graph_edges[("L0H0", "L1H0")] == 1.0
     assert "pre-norm blocks (not recorded with the mask" in norm_reading(BinaryMask(mask.specs, mask.kept, bare))
+
+
+def test_the_mlp_of_a_parallel_block_reads_through_the_norm_its_heads_read(tmp_path):
+    """GPT-J's attention and MLP both read ``ln_1``'s output (TransformerLens maps no ``ln2``): a dropped ``ln1``
+    entry cuts the edges into the block's heads and into its MLP, and no other."""
+    torch.manual_seed(0)
+    config = GPTJConfig(n_embd=D_MODEL, n_layer=2, n_head=4, vocab_size=40, rotary_dim=4, n_inner=64)
+    bridge = boot_tiny(GPTJForCausalLM(config), tmp_path)
+    mask = dropping(MaskSet.for_bridge(bridge).binary(), {"blocks.0.ln1.weight": [3]})
+    assert mask.origin.norms.parallel_blocks
+    for (source, target), weight in edges(mask).items():
+        assert weight == ((D_MODEL - 1) / D_MODEL if target.startswith("L0") else 1.0), (source, target)
 
 
 FAMILIES = {
