@@ -19,6 +19,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from modmask_lens.adapters.norms import NormLayout, NormPlacement, ReaderKind, gain_is_offset
 from modmask_lens.core.bridge import Bridge
 
 MatrixLayout = Literal["linear", "conv1d"]
@@ -158,9 +159,6 @@ RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_o
 """Matrices that write the residual stream; every other matrix reads it."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
-NormPlacement = Literal["pre", "post"]
-ReaderKind = Literal["head", "mlp", "unembed"]
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -193,6 +191,9 @@ class TensorSpec:
             masked per weight or as a whole, never by heads or neurons).
         tied_to: key of another tensor that is the same parameter read through another module (GPT-2's W_E and
             W_U), or ``None``; each key still gets its own mask.
+        gain_offset: a norm gain ``w`` that the forward pass reads as ``1 + w`` (Gemma's RMSNorm;
+            :func:`~modmask_lens.adapters.norms.gain_is_offset`): a mask that drops an entry leaves that dimension at
+            scale 1, so it cuts nothing. ``False`` for every other tensor.
     """
 
     key: str
@@ -209,6 +210,7 @@ class TensorSpec:
     expert_axis: int | None = None
     unit_offset: int = 0
     expert_width: int = 1
+    gain_offset: bool = False
 
     @property
     def input_axis(self) -> int | None:
@@ -475,21 +477,16 @@ class Adapter:
             f"so it has no {granularity}s; mask it by weight or matrix"
         )
 
-    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
-        """(role, layer) of the norm gain on the residual stream in front of a reader of block ``layer``: the
-        heads' (``W_Q``, ``W_K``, ``W_V``), the MLP's (``W_in``, ``W_gate``) or the unembedding's; ``None`` if none.
+    def norm_layout(self) -> NormLayout:
+        """Where this adapter's model keeps the norms in front of its readers: :attr:`norm_placement`, sequential
+        blocks. Masks record it when they are made (:class:`~modmask_lens.masks.identity.MaskOrigin`)."""
+        return NormLayout(self.norm_placement)
 
-        Pre-norm: ``ln1`` before the heads, ``ln2`` before the MLP, ``ln_final`` before the unembedding. Post-norm:
-        the heads read the previous block's ``ln2`` output (block 0: ``ln_embed``), the MLP reads ``ln1``'s, and
-        the unembedding reads through the head's ``ln_final``.
-        """
-        if reader == "unembed":
-            return "ln_final.w", None
-        if self.norm_placement == "pre":
-            return ("ln1.w" if reader == "head" else "ln2.w"), layer
-        if reader == "mlp":
-            return "ln1.w", layer
-        return ("ln2.w", layer - 1) if layer else ("ln_embed.w", None)
+    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None]:
+        """(role, layer) of the norm gain in front of a reader of block ``layer``
+        (:meth:`NormLayout.reader_norm <modmask_lens.adapters.norms.NormLayout.reader_norm>` of
+        :meth:`norm_layout`)."""
+        return self.norm_layout().reader_norm(reader, layer)
 
     def stored_layout(self, key: str, module: nn.Module) -> MatrixLayout | Literal["unknown"]:
         """How the matrix under state_dict ``key`` is stored; by default, as its module's type says
@@ -531,6 +528,7 @@ class Adapter:
                     layout,
                     None if tied_to == located.key else tied_to,
                     unit_offset=located.unit_offset if unit is not None else 0,
+                    gain_offset=located.role.endswith(".w") and gain_is_offset(bridge, located.path),
                 )
             )
         return specs

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from modmask_lens.adapters.base import Adapter, NormPlacement
+from modmask_lens.adapters.base import Adapter
+from modmask_lens.adapters.norms import NormPlacement
 
 
 class BertAdapter(Adapter):

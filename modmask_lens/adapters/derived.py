@@ -38,11 +38,10 @@ from modmask_lens.adapters.base import (
     Adapter,
     LocatedParameter,
     MatrixLayout,
-    NormPlacement,
-    ReaderKind,
     TensorSpec,
     stack_names,
 )
+from modmask_lens.adapters.norms import NormLayout, NormPlacement
 from modmask_lens.adapters.stacks import stacked_parameters
 from modmask_lens.core.bridge import Bridge
 
@@ -146,11 +145,10 @@ class DerivedAdapter(Adapter):
             "neuron or matrix"
         )
 
-    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
-        """As :meth:`Adapter.reader_norm`; in a parallel block (GPT-J, Phi) the MLP reads ``ln1`` like the heads."""
-        if reader == "mlp" and self.parallel_blocks:
-            return "ln1.w", layer
-        return super().reader_norm(reader, layer)
+    def norm_layout(self) -> NormLayout:
+        """As :meth:`Adapter.norm_layout`, with the placement read from the model and, in a parallel block (GPT-J,
+        Phi), the MLP reading ``ln1`` like the heads."""
+        return NormLayout(self.norm_placement, self.parallel_blocks)
 
     def stored_layout(self, key: str, module: nn.Module) -> MatrixLayout | Literal["unknown"]:
         """TransformerLens's rearrange pattern for ``key`` when it declares one, else the module's type; ``unknown``

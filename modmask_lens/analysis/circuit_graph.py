@@ -12,11 +12,12 @@ Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then 
 * ``unembed`` reads with ``W_U``.
 
 Edge measure (docs/viz.md#edge-measure). A *path* from writer matrix ``M_w`` to reader matrix ``M_r`` is one weight of
-``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader (the adapter's
-:meth:`~modmask_lens.adapters.Adapter.reader_norm`: in pre-norm blocks ``ln1.w`` for heads, ``ln2.w`` for MLPs,
-``ln_final.w`` for the unembedding), and one weight of ``M_r`` that reads ``d``. The edge weight
-is the fraction of these paths whose weights the mask all keeps, averaged over the node's (writer matrix, reader
-matrix) pairs::
+``M_w`` that writes residual dimension ``d``, the norm gain of ``d`` in front of the reader, and one weight of ``M_r``
+that reads ``d``. Which gain that is the mask recorded when it was made (``mask.origin.norms``, its adapter's
+:class:`~modmask_lens.adapters.norms.NormLayout`): in pre-norm blocks ``ln1.w`` for heads, ``ln2.w`` for MLPs (``ln1.w``
+in a parallel block), ``ln_final.w`` for the unembedding; in post-norm blocks every norm between writer and reader
+(:func:`_post_norm_path_gains`). The edge weight is the fraction of these paths whose weights the mask all keeps,
+averaged over the node's (writer matrix, reader matrix) pairs::
 
     edge(W -> R) = mean over (M_w, M_r) of  sum_d kept_w(d) * gain(d) * kept_r(d) / sum_d n_w * n_r
                  = (1 / d_model) * sum_d write(d) * gain(d) * read(d)
@@ -25,9 +26,12 @@ where ``kept_w(d)`` counts the kept weights of the writer's slice of ``M_w`` int
 ``write(d)`` is the kept fraction ``kept_w(d) / n_w`` averaged over the writer's matrices, ``read(d)`` the same for
 the reader, and ``gain(d)`` is 1 if the norm gain of ``d`` is kept, else 0. It is 1 when every path is kept and 0
 when no residual dimension has a kept weight on both sides. Only masked tensors count: a node whose matrices on one
-side are all unmasked has ``write`` or ``read`` 1 there, and an unmasked norm has gain 1. Edges run from every
-writer to every reader later in the forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 MLP ->
-L1 heads -> ... -> unembed.
+side are all unmasked has ``write`` or ``read`` 1 there, and an unmasked norm has gain 1. So has a gain the model
+reads as ``1 + w`` (Gemma's RMSNorm; :attr:`~modmask_lens.adapters.TensorSpec.gain_offset`): the mask multiplies the
+stored ``w``, so a dropped entry leaves its dimension at scale 1, which cuts nothing. A mask origin without a recorded
+layout (built by hand) reads as its adapter class's default
+(:meth:`~modmask_lens.masks.identity.MaskOrigin.norm_layout`). Edges run from every writer to every reader later in
+the forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 MLP -> L1 heads -> ... -> unembed.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from modmask_lens.adapters import Adapter, TensorSpec, installed_adapters
+from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 
 NODE_ROLES = {
@@ -125,6 +129,26 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
     return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
+
+
+def norm_reading(mask: BinaryMask) -> str:
+    """How the edge measure reads ``mask``'s norms, in words: the blocks' norm placement, whether the mask recorded
+    it, and which masked gains the model reads as ``1 + w`` (the report's configuration table shows it).
+
+    Example:
+        >>> from modmask_lens import MaskSet
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> norm_reading(MaskSet.for_bridge(tiny_bridge()).binary())
+        'pre-norm blocks; every masked norm gain multiplies its dimension (a dropped entry cuts it)'
+    """
+    layout = mask.origin.norm_layout()
+    blocks = f"{layout.placement}-norm {'parallel ' if layout.parallel_blocks else ''}blocks"
+    if mask.origin.norms is None:
+        blocks += f" (not recorded with the mask: the {mask.origin.adapter!r} adapter's default)"
+    offset = sorted({spec.role for spec in mask.specs if spec.kind == "norm" and spec.gain_offset})
+    if not offset:
+        return f"{blocks}; every masked norm gain multiplies its dimension (a dropped entry cuts it)"
+    return f"{blocks}; gains read as 1 + w, whose dropped entries leave scale 1 and cut nothing: {', '.join(offset)}"
 
 
 def _check_placeable(mask: BinaryMask, n_heads: int, d_model: int) -> None:
@@ -214,12 +238,16 @@ def _profile(parts: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]
 
 
 def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> pd.DataFrame:
-    # The adapter the mask was made with knows where the norms sit; a mask from no installed adapter reads pre-norm.
-    adapter = installed_adapters().get(mask.origin.adapter, Adapter)()
-    gains = {(spec.role, spec.layer): mask.kept[spec.key].float() for spec in mask.specs if spec.kind == "norm"}
+    norms = mask.origin.norm_layout()
+    # A dropped entry of a gain read as 1 + w leaves its dimension at scale 1: such a gain cuts nothing.
+    gains = {
+        (spec.role, spec.layer): mask.kept[spec.key].float()
+        for spec in mask.specs
+        if spec.kind == "norm" and not spec.gain_offset
+    }
 
     def gain(kind: str, layer: int | None) -> Float[Tensor, " d_model"]:
-        return gains.get(adapter.reader_norm(kind, layer), torch.ones(d_model))
+        return gains.get(norms.reader_norm(kind, layer), torch.ones(d_model))
 
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
@@ -233,7 +261,7 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
         ]
     )
     # gains[i, j]: which residual dimensions reach reader j from writer i through the norms between them.
-    if adapter.norm_placement == "post":
+    if norms.placement == "post":
         path_gains = _post_norm_path_gains(writers, readers, gain, d_model)
     else:
         path_gains = torch.stack([gain(kind, layer) for _, kind, layer, _ in readers])[None].expand(
@@ -253,7 +281,7 @@ def _post_norm_path_gains(writers, readers, gain, d_model: int) -> Float[Tensor,
     """Post-norm blocks normalise the residual stream itself after every sublayer, so a writer's dimension reaches a
     later reader only if every norm in between keeps its gain (and, for the unembedding, its head's own norm).
 
-    The norm after stage k is the one the reader at stage k + 1 reads through (the adapter's ``reader_norm``); after
+    The norm after stage k is the one the reader at stage k + 1 reads through (the layout's ``reader_norm``); after
     the last MLP it is the norm a head one block further would read through.
     """
     n_stages = max(stage for *_, stage in readers)  # the unembedding's stage

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from modmask_lens.adapters import TensorSpec, adapter_for, model_shape
+from modmask_lens.adapters import Adapter, TensorSpec, adapter_for, installed_adapters, model_shape
+from modmask_lens.adapters.norms import NormLayout
 from modmask_lens.core.bridge import Bridge
 
 
@@ -113,16 +114,33 @@ class ModelMismatch(ValueError):
 
 @dataclass(frozen=True)
 class MaskOrigin:
-    """The model a mask was made for: adapter name, processing mode, and :func:`fingerprint`."""
+    """The model a mask was made for: adapter name, processing mode, :func:`fingerprint`, and where the model's
+    norms sit in front of its readers (``norms``, from its adapter; ``None`` in an origin built by hand without it,
+    which analyses read as the adapter class's default, :meth:`norm_layout`).
+
+    Mask files do not store ``norms``: like the tensors' specs, it is read again from the bridge a file is loaded
+    onto, which :meth:`check` has proved to be the model the mask was made for; files saved before it existed
+    load with it too.
+    """
 
     adapter: str
     mode: str
     model: dict
+    norms: NormLayout | None = None
 
     @classmethod
     def of(cls, bridge: Bridge) -> MaskOrigin:
         adapter = adapter_for(bridge)
-        return cls(adapter.name, processing_mode(bridge), fingerprint(bridge, adapter.tensor_specs(bridge)))
+        specs = adapter.tensor_specs(bridge)
+        return cls(adapter.name, processing_mode(bridge), fingerprint(bridge, specs), adapter.norm_layout())
+
+    def norm_layout(self) -> NormLayout:
+        """The recorded :attr:`norms`, or where none was recorded, the default of the adapter class named
+        :attr:`adapter` (pre-norm for the derived adapter, whose placement is read from a model; pre-norm for an
+        adapter not installed here)."""
+        if self.norms is not None:
+            return self.norms
+        return installed_adapters().get(self.adapter, Adapter)().norm_layout()
 
     def check(self, bridge: Bridge, masked: list[TensorSpec], check_weights: bool = True) -> None:
         """Raise :class:`ModelMismatch`, explaining the first difference, unless ``bridge`` is this model.

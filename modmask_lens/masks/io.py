@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from modmask_lens.adapters import adapter_for
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import (
     MaskFileError,
@@ -104,7 +105,9 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         )
     except (TypeError, ValueError) as error:
         raise MaskFileError(f"{source}: its mask_config is invalid ({error}); re-export the file") from error
-    origin = MaskOrigin(metadata["adapter"], metadata["processing_mode"], metadata["model"])
+    # The norm layout, like the tensors' specs, is the loading bridge's (check() proves it is the mask's model).
+    norms = adapter_for(bridge).norm_layout()
+    origin = MaskOrigin(metadata["adapter"], metadata["processing_mode"], metadata["model"], norms)
     units = units_for(bridge, config)
     origin.check(bridge, [member for unit in units for member in unit.members])
     expected = [{"name": unit.name, "shape": list(unit.shape)} for unit in units]

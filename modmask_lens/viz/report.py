@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
-from modmask_lens.analysis.circuit_graph import circuit_graph
+from modmask_lens.analysis.circuit_graph import circuit_graph, norm_reading
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData, check_context
 from modmask_lens.core.encoding import check_known_words
@@ -262,6 +262,7 @@ def _configuration(
     origin = next(iter(binaries.values())).origin
     rows = [("library", name, number) for name, number in versions().items()]
     rows += [("model", "adapter", origin.adapter), ("model", "weights", origin.mode)]
+    rows.append(("model", "norms in the circuit view", norm_reading(next(iter(binaries.values())))))
     rows += [
         ("model", key, value if isinstance(value, str | int) else json.dumps(value))
         for key, value in origin.model.items()

@@ -1,0 +1,94 @@
+"""How a model's norms act on the residual stream: where they sit relative to its readers, and whether a gain is read
+as ``w`` or as ``1 + w``.
+
+Both are facts about the model that a mask's analyses need without the model at hand (the circuit graph's edge
+measure, docs/viz.md#edge-measure): adapters supply them (:meth:`~modmask_lens.adapters.Adapter.norm_layout`, and
+:attr:`~modmask_lens.adapters.TensorSpec.gain_offset` per norm gain) and masks record them when they are made.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+NormPlacement = Literal["pre", "post"]
+ReaderKind = Literal["head", "mlp", "unembed"]
+
+_WRAPPED = re.compile(r"(\._original_component)+$")
+_OFFSET_GAINS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Each norm module's probed reading (:func:`gain_is_offset`), so that the probe runs once per module."""
+
+
+@dataclass(frozen=True)
+class NormLayout:
+    """Where the norm gains sit that the residual stream passes on its way to each reader.
+
+    Attributes:
+        placement: ``pre``: each block normalises what its attention and MLP read (GPT-2, Llama, NeoX); ``post``:
+            each sub-layer's output is added to the residual stream, which is then normalised (BERT, RoBERTa, GPT-1).
+        parallel_blocks: attention and MLP read the same norm, ``ln1`` (GPT-J, Phi).
+
+    Example:
+        >>> NormLayout("post").reader_norm("head", 1), NormLayout(parallel_blocks=True).reader_norm("mlp", 1)
+        (('ln2.w', 0), ('ln1.w', 1))
+    """
+
+    placement: NormPlacement = "pre"
+    parallel_blocks: bool = False
+
+    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None]:
+        """(role, layer) of the norm gain on the residual stream in front of a reader of block ``layer``: the
+        heads' (``W_Q``, ``W_K``, ``W_V``), the MLP's (``W_in``, ``W_gate``) or the unembedding's.
+
+        Pre-norm: ``ln1`` before the heads, ``ln2`` before the MLP (``ln1`` in a parallel block), ``ln_final``
+        before the unembedding. Post-norm: the heads read the previous block's ``ln2`` output (block 0:
+        ``ln_embed``), the MLP reads ``ln1``'s, and the unembedding reads through the head's ``ln_final``.
+        """
+        if reader == "unembed":
+            return "ln_final.w", None
+        if reader == "mlp" and self.parallel_blocks:
+            return "ln1.w", layer
+        if self.placement == "pre":
+            return ("ln1.w" if reader == "head" else "ln2.w"), layer
+        if reader == "mlp":
+            return "ln1.w", layer
+        return ("ln2.w", layer - 1) if layer else ("ln_embed.w", None)
+
+
+def gain_is_offset(bridge: nn.Module, path: str) -> bool:
+    """Does the forward pass scale by ``1 + w`` for the norm gain ``w`` at parameter ``path`` (Gemma's RMSNorm,
+    Qwen3-Next's and Qwen3.5's, Nemotron's ``LayerNorm1P``), rather than by ``w``?
+
+    A mask multiplies the stored ``w``, so a dropped entry of such a gain leaves its dimension at scale 1 instead of
+    cutting it. Read from what the model computes, not from a flag: the module the bridge calls for this norm (the
+    outermost component wrapping the gain's module) runs once on a random input with all its parameters zero, which
+    gives 0 where the gain multiplies and the normalised input where it is an offset from 1. TransformerLens's
+    ``cfg.rmsnorm_uses_offset`` says the same for most families, but not everywhere: it is set for Gemma 3n, whose
+    ``Gemma3nRMSNorm`` multiplies by ``w`` (the bridge runs that module as it is), and unset for MuseGlimmer, whose
+    block norms scale by ``1 + w`` and whose final norm by ``w``; one flag per model cannot say that. A norm that
+    cannot run on the residual stream alone (a gated norm that also takes its gate) reads as multiplying, the plain
+    convention. Probed once per module, then remembered while it lives; the model's parameters and buffers are left
+    as they were.
+    """
+    module = bridge.get_submodule(_WRAPPED.sub("", path.rpartition(".")[0]))
+    if module not in _OFFSET_GAINS:
+        _OFFSET_GAINS[module] = _probe_offset(module, bridge.get_parameter(path))
+    return _OFFSET_GAINS[module]
+
+
+def _probe_offset(module: nn.Module, gain: nn.Parameter) -> bool:
+    zeros = {name: torch.zeros_like(parameter) for name, parameter in module.named_parameters()}
+    # Copies of the buffers: a norm that updates running statistics as it runs updates these, not the model's.
+    zeros |= {name: buffer.clone() for name, buffer in module.named_buffers()}
+    residual = torch.randn((1, 2, gain.shape[-1]), generator=torch.Generator().manual_seed(0)).to(gain)
+    try:
+        with torch.no_grad():
+            output = torch.func.functional_call(module, zeros, (residual,))
+    except Exception:  # noqa: BLE001 (a module that needs more than the residual stream: the plain reading)
+        return False
+    return isinstance(output, torch.Tensor) and bool(output.abs().amax() > 0)

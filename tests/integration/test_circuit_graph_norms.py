@@ -1,0 +1,169 @@
+"""The circuit graph reads a model's norms as its forward pass does, on tiny models served by the derived adapter:
+post-norm blocks (RoBERTa) put every norm between a writer and a reader on the path, and a Gemma-style gain that
+the model multiplies as ``1 + w`` leaves its dimension at scale 1 when the mask drops it (not a cut).
+
+The expectations are written out by hand from the models' forward order, never read from an adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OpenAIGPTConfig,
+    OpenAIGPTLMHeadModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from modmask_lens import MaskSet, load_masks, masked, save_masks
+from modmask_lens.analysis import circuit_graph
+from modmask_lens.analysis.circuit_graph import norm_reading
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+D_MODEL, N_LAYERS, N_HEADS = TINY_HF_SIZES["hidden_size"], TINY_HF_SIZES["num_hidden_layers"], 4
+
+POST_NORM_FORWARD = ["embed", "L0H", "blocks.0.ln1.weight", "L0MLP", "blocks.0.ln2.weight"] + [
+    "L1H",
+    "blocks.1.ln1.weight",
+    "L1MLP",
+    "blocks.1.ln2.weight",
+    "ln_final.weight",
+    "unembed",
+]
+"""A two-layer post-norm forward pass in order: writers and readers by node name prefix, and the gains of the norms
+the residual stream itself passes through (``ln_final``: RoBERTa's masked-LM head's norm in front of the decoder;
+GPT-1 has none)."""
+
+POST_NORM_FAMILIES = {
+    "roberta": (
+        lambda: RobertaForMaskedLM(RobertaConfig(**TINY_HF_SIZES)),
+        {"blocks.0.ln1.weight": [3], "blocks.1.ln2.weight": [5, 7], "ln_final.weight": [0]},
+    ),
+    "gpt1": (
+        lambda: OpenAIGPTLMHeadModel(OpenAIGPTConfig(n_embd=D_MODEL, n_layer=2, n_head=4, vocab_size=40)),
+        {"blocks.0.ln1.weight": [3], "blocks.1.ln2.weight": [5, 7]},
+    ),
+}
+"""Post-norm families the derived adapter serves, and the gain entries the test masks drop (every other weight is
+kept)."""
+
+
+def dropping(mask: BinaryMask, dropped: dict[str, list[int]]) -> BinaryMask:
+    """``mask`` with the given gain entries removed."""
+    kept = {key: value.clone() for key, value in mask.kept.items()}
+    for key, dimensions in dropped.items():
+        kept[key][dimensions] = False
+    return BinaryMask(mask.specs, kept, mask.origin, "dropped gains")
+
+
+def post_norm_expectation(source: str, target: str, dropped: dict[str, list[int]]) -> float:
+    """Kept fraction of the residual dimensions that pass every dropped gain between writer and reader."""
+
+    def place(node: str) -> int:
+        return next(index for index, part in enumerate(POST_NORM_FORWARD) if node.startswith(part))
+
+    between = POST_NORM_FORWARD[place(source) + 1 : place(target)]
+    cut = {dimension for norm in between for dimension in dropped.get(norm, [])}
+    return (D_MODEL - len(cut)) / D_MODEL
+
+
+def edges(mask: BinaryMask) -> dict[tuple[str, str], float]:
+    graph = circuit_graph(mask)
+    return {(row.source, row.target): row.weight for row in graph.edges.itertuples()}
+
+
+@pytest.mark.parametrize("family", sorted(POST_NORM_FAMILIES))
+def test_post_norm_edges_of_a_derived_adapter_pass_through_every_norm_on_the_way(family, tmp_path):
+    build, dropped = POST_NORM_FAMILIES[family]
+    torch.manual_seed(0)
+    bridge = boot_tiny(build(), tmp_path / "model")
+    mask_set = MaskSet.for_bridge(bridge)
+    assert mask_set.origin.adapter == "transformer_lens"
+    mask = dropping(mask_set.binary(), dropped)
+    graph_edges = edges(mask)
+    # Every later reader: 11 edges from embed, 7 from each head of L0, 6 from L0MLP, 2 from each head of L1, 1.
+    assert len(graph_edges) == 11 + 7 * N_HEADS + 6 + 2 * N_HEADS + 1
+    for (source, target), weight in graph_edges.items():
+        assert weight == pytest.approx(post_norm_expectation(source, target, dropped), abs=1e-6), (source, target)
+    # Read as pre-norm (what the graph drew before), the dropped ln1 entry would cut only the edges into L0's heads.
+    assert graph_edges[("embed", "L0H0")] == 1.0 and graph_edges[("L0H0", "L1H0")] == (D_MODEL - 1) / D_MODEL
+    assert norm_reading(mask).startswith("post-norm blocks; every masked norm gain multiplies")
+
+    loaded = load_masks(save_masks(mask_set, tmp_path / "mask.safetensors"), bridge)
+    assert edges(dropping(loaded.binary(), dropped)) == graph_edges
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory):
+    torch.manual_seed(0)
+    return boot_tiny(POST_NORM_FAMILIES["roberta"][0](), tmp_path_factory.mktemp("roberta"))
+
+
+def test_a_mask_made_without_a_recorded_norm_layout_keeps_the_adapters_default_reading(roberta):
+    """A mask origin built by hand, with no norm layout, reads its adapter's class default: pre-norm for the
+    derived adapter, whose placement is read from a model."""
+    mask = dropping(MaskSet.for_bridge(roberta).binary(), POST_NORM_FAMILIES["roberta"][1])
+    bare = MaskOrigin(mask.origin.adapter, mask.origin.mode, mask.origin.model)
+    graph_edges = edges(BinaryMask(mask.specs, mask.kept, bare, mask.name))
+    assert graph_edges[("embed", "L0H0")] == (D_MODEL - 1) / D_MODEL  # ln1 in front of L0's heads
+    assert graph_edges[("L0H0", "L1H0")] == 1.0
+    assert "pre-norm blocks (not recorded with the mask" in norm_reading(BinaryMask(mask.specs, mask.kept, bare))
+
+
+def test_the_mlp_of_a_parallel_block_reads_through_the_norm_its_heads_read(tmp_path):
+    """GPT-J's attention and MLP both read ``ln_1``'s output (TransformerLens maps no ``ln2``): a dropped ``ln1``
+    entry cuts the edges into the block's heads and into its MLP, and no other."""
+    torch.manual_seed(0)
+    config = GPTJConfig(n_embd=D_MODEL, n_layer=2, n_head=4, vocab_size=40, rotary_dim=4, n_inner=64)
+    bridge = boot_tiny(GPTJForCausalLM(config), tmp_path)
+    mask = dropping(MaskSet.for_bridge(bridge).binary(), {"blocks.0.ln1.weight": [3]})
+    assert mask.origin.norms.parallel_blocks
+    for (source, target), weight in edges(mask).items():
+        assert weight == ((D_MODEL - 1) / D_MODEL if target.startswith("L0") else 1.0), (source, target)
+
+
+FAMILIES = {
+    "gemma": (lambda: GemmaForCausalLM(GemmaConfig(head_dim=8, num_key_value_heads=2, **TINY_HF_SIZES)), True),
+    "llama": (lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **TINY_HF_SIZES)), False),
+}
+"""Pre-norm families whose RMSNorm multiplies by ``1 + w`` (Gemma) or by ``w`` (Llama)."""
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_dropped_offset_gain_leaves_scale_one_and_no_cut_in_the_graph(family, tmp_path):
+    build, offset = FAMILIES[family]
+    torch.manual_seed(0)
+    bridge = boot_tiny(build(), tmp_path)
+    state_before = {key: value.clone() for key, value in bridge.state_dict().items()}
+    mask = dropping(MaskSet.for_bridge(bridge).binary(), {"blocks.0.ln1.weight": [3]})  # probes each norm
+    state_after = bridge.state_dict()
+    assert state_after.keys() == state_before.keys()
+    assert all(torch.equal(state_after[key], value) for key, value in state_before.items())
+    # What the masked model computes: ln1's output at the dropped dimension is the normalised input (scale 1) when
+    # the gain is an offset from 1, and 0 when it multiplies.
+    tokens = torch.randint(5, 40, (1, 6), generator=torch.Generator().manual_seed(0))
+    with masked(bridge, mask), torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.0.ln1.hook_"))
+    residual, output = cache["blocks.0.ln1.hook_in"], cache["blocks.0.ln1.hook_out"]
+    normalised = residual / residual.pow(2).mean(-1, keepdim=True).add(bridge.cfg.eps).sqrt()
+    expected = normalised[..., 3] if offset else torch.zeros_like(output[..., 3])
+    torch.testing.assert_close(output[..., 3], expected, rtol=1e-4, atol=1e-5)
+    assert expected.abs().max() > 0.1 or not offset
+
+    norm_specs = [spec for spec in mask.specs if spec.kind == "norm"]
+    assert norm_specs and all(spec.gain_offset == offset for spec in norm_specs)
+    graph_edges = edges(mask)
+    into_layer0_heads = {key: weight for key, weight in graph_edges.items() if key[1].startswith("L0H")}
+    assert into_layer0_heads and all(
+        weight == (1.0 if offset else (D_MODEL - 1) / D_MODEL) for weight in into_layer0_heads.values()
+    )
+    assert all(weight == 1.0 for key, weight in graph_edges.items() if key not in into_layer0_heads)
+    assert ("ln1.w, ln2.w, ln_final.w" in norm_reading(mask)) == offset
