@@ -314,7 +314,7 @@ projections, fused or not) and the output (down) projection."""
 
 def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:
     """Specs of the batched expert tensors inside ``blocks.{layer}.mlp`` that no state_dict key covers: the 3-D
-    matrices, with their neurons located (:func:`_expert_layout`) where the stack's layout can be told, and the 2-D
+    matrices, with their neurons located (:func:`expert_layout`) where the stack's layout can be told, and the 2-D
     ``[n_experts, ...]`` biases of families that have them (GPT-OSS's ``gate_up_proj_bias``, whose entries are
     neurons like the matching rows, and ``down_proj_bias``, one ``d_model`` bias per expert)."""
     component_path = f"blocks.{layer}.mlp._original_component"
@@ -344,7 +344,7 @@ def _expert_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpe
             weight = getattr(experts, projection, None)
             layout = _expert_bias_layout(experts, projection, weight, d_model)
         else:
-            layout = _expert_layout(experts, leaf, tuple(parameter.shape), d_model)
+            layout = expert_layout(experts, leaf, tuple(parameter.shape), d_model)
         specs.append(TensorSpec(key, role, layer, f"{component_path}.{name}", tuple(parameter.shape), **layout))
     return specs
 
@@ -354,13 +354,13 @@ def _expert_bias_layout(experts: nn.Module, projection: str, weight: torch.Tenso
     when it belongs to an input projection whose neurons are located; otherwise it is a plain vector per expert."""
     if projection in _EXPERT_OUTPUTS or weight is None or weight.ndim != 3:
         return {"layout": "vector"}
-    matrix = _expert_layout(experts, projection, tuple(weight.shape), d_model)
+    matrix = expert_layout(experts, projection, tuple(weight.shape), d_model)
     if matrix.get("unit") is None:
         return {"layout": "vector"}
     return {**matrix, "layout": "vector", "unit_axis": 1}
 
 
-def _expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d_model: int) -> dict:
+def expert_layout(experts: nn.Module, leaf: str, shape: tuple[int, int, int], d_model: int) -> dict:
     """Where the neurons of one batched expert stack live, as :class:`TensorSpec` fields.
 
     transformers stores every stack expert-major (``[n_experts, ...]``) and declares the rest on the experts module
@@ -419,7 +419,7 @@ def _unwrapped_shared_expert_specs(
 
 def _moe_roles(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
     """Finish the tensors of each layer that has batched experts: the routing tensors become ``W_router`` /
-    ``b_router`` (:func:`_routing_spec`), and where the routed experts' neurons are located, the shared expert's
+    ``b_router`` (:func:`routing_spec`), and where the routed experts' neurons are located, the shared expert's
     neurons are numbered after them (``unit_offset = n_experts * d_expert``)."""
     expert_layers = {spec.layer for spec in specs if spec.role in ("W_experts_in", "W_experts_out")}
     routed = {spec.layer: spec.unit_count for spec in specs if spec.expert_axis is not None and spec.unit == "neuron"}
@@ -427,7 +427,7 @@ def _moe_roles(bridge: Bridge, specs: list[TensorSpec]) -> list[TensorSpec]:
     finished = []
     for spec in specs:
         if spec.layer in expert_layers and _is_routing(spec):
-            spec = _routing_spec(spec, d_model)
+            spec = routing_spec(spec, d_model)
         elif spec.layer in routed and spec.unit == "neuron" and ".mlp.shared_expert" in spec.key:
             spec = replace(spec, unit_offset=routed[spec.layer])
         finished.append(spec)
@@ -447,7 +447,7 @@ def _is_routing(spec: TensorSpec) -> bool:
     return match is not None and _NOT_ROUTING.fullmatch(match["module"]) is None
 
 
-def _routing_spec(spec: TensorSpec, d_model: int) -> TensorSpec:
+def routing_spec(spec: TensorSpec, d_model: int) -> TensorSpec:
     """A routing tensor as a mask target of weight and matrix granularity: role ``W_router`` (its rows weigh experts,
     so it is no neuron tensor, unlike an MLP's ``W_gate``) or ``b_router``. A router whose module is no
     ``nn.Linear`` holds a bare ``[n_experts, d_model]`` parameter that it reads through ``F.linear``, which

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from modmask_lens.adapters.base import TensorSpec
-from modmask_lens.adapters.derived import DerivedAdapter, _expert_layout, _routing_spec
+from modmask_lens.adapters.derived import DerivedAdapter, expert_layout, routing_spec
 from modmask_lens.core.bridge import Bridge
 
 _SHARED_MLP_ROLES = {"gate": ("W_gate", 0), "in": ("W_in", 0), "out": ("W_out", 1)}
@@ -56,7 +56,7 @@ def _with_role(spec: TensorSpec, routed: dict[int, int], d_model: int) -> Tensor
         return spec
     layer = int(parts[1])
     if parts[2] == "moe" and parts[3] == "gate":
-        return _routing_spec(replace(spec, layer=layer), d_model)
+        return routing_spec(replace(spec, layer=layer), d_model)
     if parts[2] == "shared_mlp" and parts[3] in _SHARED_MLP_ROLES:
         role, axis = _SHARED_MLP_ROLES[parts[3]]
         return replace(
@@ -80,7 +80,7 @@ def _unmapped_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorS
         if parameter is None or id(parameter) in known:
             continue
         shape = tuple(parameter.shape)
-        layout = _expert_layout(experts, leaf, shape, d_model)
+        layout = expert_layout(experts, leaf, shape, d_model)
         key, path = f"blocks.{layer}.moe.experts.{leaf}", f"{moe_path}.experts.{leaf}"
         specs.append(TensorSpec(key, role, layer, path, shape, **layout))
     try:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from modmask_lens.adapters.base import TensorSpec, UnitKind
-from modmask_lens.adapters.derived import DerivedAdapter, _expert_layout
+from modmask_lens.adapters.derived import DerivedAdapter, expert_layout
 from modmask_lens.core.bridge import Bridge
 
 _PROJECTIONS: dict[str, tuple[str, UnitKind | None, int]] = {
@@ -66,7 +66,7 @@ def _mixer_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec
         key, path, shape = f"blocks.{layer}.mixer.{name}", f"{mixer_path}.{name}", tuple(parameter.shape)
         if owner == "experts":
             role = "W_experts_in" if leaf == "up_proj" else "W_experts_out"
-            layout = _expert_layout(mixer.experts, leaf, shape, int(bridge.cfg.d_model))
+            layout = expert_layout(mixer.experts, leaf, shape, int(bridge.cfg.d_model))
             specs.append(TensorSpec(key, role, layer, path, shape, **layout))
             continue
         suffix, unit, axis = _PROJECTIONS.get(owner.rpartition(".")[2], ("", None, 0))

@@ -113,7 +113,7 @@ def test_masks_on_the_experts_act_as_the_forward_pass_reads_them(check, mixtral)
 
 def test_the_kit_catches_fused_halves_placed_as_interleaved(mixtral, monkeypatch):
     """Not vacuous: an adapter that read Mixtral's concatenated gate/up rows as interleaved fails the check."""
-    correct = derived._expert_layout
+    correct = derived.expert_layout
 
     def interleaved(*args):
         layout = correct(*args)
@@ -121,7 +121,7 @@ def test_the_kit_catches_fused_halves_placed_as_interleaved(mixtral, monkeypatch
             layout.update(unit_repeats=1, unit_width=2)
         return layout
 
-    monkeypatch.setattr(derived, "_expert_layout", interleaved)
+    monkeypatch.setattr(derived, "expert_layout", interleaved)
     [result] = run_conformance(mixtral, checks=["neuron_off_equals_zeroed_hook_post"])
     assert not result.passed and "max difference" in result.detail
 
