@@ -101,3 +101,12 @@ def test_conformance_passes_on_an_encoder_whose_biases_are_zero(headless_folder)
     assert "unembed.bias" in zero and len(zero) > 5
     results = {result.name: result for result in run_conformance(bridge, checks=["every_target_matters"])}
     assert results["every_target_matters"].passed, results["every_target_matters"].detail
+
+
+def test_the_kit_passes_on_all_minilm_l6_v2_at_every_granularity():
+    """Issue #19: the conformance kit on the one real pretrained encoder that installs offline (about 25 s of CPU on
+    one thread): every check passes, its training check at weight, neuron, head and matrix granularity."""
+    bridge = boot(minilm_folder())
+    results = run_conformance(bridge)
+    assert [str(result) for result in results if not result.passed] == []
+    assert len(results) == 9
