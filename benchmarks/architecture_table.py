@@ -4,7 +4,8 @@ conformance kit at each mask granularity; writes the table of docs/architectures
 For every entry of TransformerLens's ``SUPPORTED_ARCHITECTURES`` that names a ``transformers`` model class, a tiny
 config (2 layers, d_model 32, 4 heads, 2 key/value heads where the family has them and its real checkpoints use
 them (:data:`TINY_OVERRIDES`), vocabulary 64) is built from the class's own config class, the model is saved with a
-word-level tokenizer and booted with ``TransformerBridge.boot_transformers``
+word-level tokenizer and booted with ``TransformerBridge.boot_transformers`` (through
+:func:`modmask_lens.core.booting.boot_transformers`, which refuses TransformerLens's on-the-fly torchvision install)
 (``modmask_lens.testing.tiny_models.save_tiny``, :func:`boot_tiny_row`). A granularity passes when
 every check of the kit that concerns it passes (:data:`GRANULARITY_CHECKS`); a check that has no meaning for the model
 (compatibility mode where TransformerLens refuses it or fails without a mask) is shown in the note as N/A and
@@ -21,7 +22,6 @@ Run: ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/architecture_table.p
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -36,10 +36,10 @@ import torch
 import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources import transformers as transformers_source
 from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 from modmask_lens.adapters import GranularityNotApplicable, adapter_for
+from modmask_lens.core.booting import boot_transformers
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.testing import run_conformance
@@ -353,7 +353,7 @@ def boot_tiny_row(architecture: str, directory: str) -> TransformerBridge:
     if architecture in PYTORCH_BIN_CHECKPOINTS:
         torch.save(model.state_dict(), Path(directory) / "pytorch_model.bin")
         (Path(directory) / "model.safetensors").unlink()
-    return TransformerBridge.boot_transformers(directory, device="cpu")
+    return boot_transformers(directory, device="cpu")  # never pip-installs torchvision (modmask_lens.core.booting)
 
 
 def row(architecture: str) -> dict[str, str]:
@@ -403,14 +403,6 @@ def _guarded(check: Callable[[], str | None]) -> str | None:
         return check()
     except Exception as error:  # noqa: BLE001 (a crash is a failed check)
         return f"raised {type(error).__name__}: {' '.join(str(error).split())[:140]}"
-
-
-def _torchvision_importable() -> bool:
-    """Stands in for TransformerLens 4.3's ``_ensure_torchvision``, which runs ``pip install torchvision`` when it
-    boots a multimodal model without it: in one run of this script that replaced the locked CPU torch 2.13.0 with
-    torch 2.14.1+cu130. The table must not change the environment it measures, so here a missing torchvision stays
-    missing (TransformerLens then boots without the model's image processor, which text-only checks never use)."""
-    return importlib.util.find_spec("torchvision") is not None
 
 
 class _TimedOut(BaseException):
@@ -469,7 +461,6 @@ def main() -> None:
     logging.disable(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
     signal.signal(signal.SIGALRM, _on_alarm)
-    transformers_source.helpers._ensure_torchvision = _torchvision_importable
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))  # MemoryError, not the OOM killer
     done = {}
     if arguments.rows and arguments.rows.exists():

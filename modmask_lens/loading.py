@@ -77,10 +77,10 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
         ValueError: ``name_or_path`` is neither a zoo model nor a folder holding a model (nor, online, a hub id).
     """
     check_model_name(name_or_path)
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
     from modmask_lens import zoo
+    from modmask_lens.core.booting import boot_transformers
 
     shipped = zoo_name(name_or_path)
     if shipped is not None:
@@ -89,7 +89,7 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.vocab_size == 0:  # transformers falls back to an empty tokenizer when the folder has none
         tokenizer = None
-    return TransformerBridge.boot_transformers(name_or_path, device=device, tokenizer=tokenizer), tokenizer
+    return boot_transformers(name_or_path, device=device, tokenizer=tokenizer), tokenizer
 
 
 def check_subtask_spec(spec: str) -> None:

@@ -9,9 +9,9 @@ import tempfile
 
 import torch
 from torch import Generator, nn
-from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
+from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase
@@ -38,7 +38,7 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
     with tempfile.TemporaryDirectory() as folder:
         fresh.save_pretrained(folder)
         bridge.tokenizer.save_pretrained(folder)
-        return TransformerBridge.boot_transformers(folder, device="cpu")
+        return boot_transformers(folder, device="cpu")
 
 
 def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:

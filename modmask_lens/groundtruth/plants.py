@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
+from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase
 from modmask_lens.groundtruth.digits import PAIRS, digit_symbols, digit_tokenizer, subtask_data
@@ -110,7 +110,7 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
             f"{folder} holds no trained plant; train it with python -m experiments.groundtruth.plant_training {name}"
         )
     spec = PLANTS[name]
-    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")
+    bridge = boot_transformers(str(folder), device="cpu")
     card = json.loads((folder / CARD_FILE).read_text())
     data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))
     return GroundTruthCase(

@@ -16,11 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    from transformer_lens.model_bridge import TransformerBridge
-
+    from modmask_lens.core.booting import boot_transformers
     from modmask_lens.testing.conformance import run_conformance
 
-    bridge = TransformerBridge.boot_transformers(arguments.path, device="cpu")
+    bridge = boot_transformers(arguments.path, device="cpu")
     results = run_conformance(bridge)
     for result in results:
         print(result)

@@ -12,6 +12,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.random import seeded
 from modmask_lens.core.scoring import score_answers
@@ -57,4 +58,4 @@ def build_model(directory: Path, steps: int = 400, seed: int = 0) -> Transformer
         (score.loss_sum / score.n_tokens).backward()
         optimizer.step()
     model.save_pretrained(directory)
-    return TransformerBridge.boot_transformers(str(directory), device="cpu")
+    return boot_transformers(str(directory), device="cpu")

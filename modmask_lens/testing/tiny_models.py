@@ -11,6 +11,7 @@ from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import BertTokenizer, PreTrainedTokenizerFast
 
+from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.random import seeded
 
 SPECIAL_TOKENS = {
@@ -66,7 +67,7 @@ def boot_tiny(
 ) -> TransformerBridge:
     """:func:`save_tiny`, then boot ``directory`` with ``TransformerBridge.boot_transformers``."""
     save_tiny(model, directory, seed, noise, tokenizer)
-    return TransformerBridge.boot_transformers(str(directory), device="cpu")
+    return boot_transformers(str(directory), device="cpu")
 
 
 TINY_HF_SIZES = {

@@ -89,10 +89,10 @@ def describe_models() -> str:
 
 def load(name: str, device: str = "cpu") -> ZooModel:
     """Boot zoo model ``name`` as a ``TransformerBridge`` offline, with its tokenizer, task and card."""
-    from transformer_lens.model_bridge import TransformerBridge
+    from modmask_lens.core.booting import boot_transformers
 
     path = model_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    bridge = TransformerBridge.boot_transformers(str(path), device=device, tokenizer=tokenizer)
+    bridge = boot_transformers(str(path), device=device, tokenizer=tokenizer)
     card = read_card(path)
     return ZooModel(bridge=bridge, tokenizer=tokenizer, task=task_spec(card.task), card=card)
