@@ -28,9 +28,10 @@ def inverse_label(name: str) -> str:
 NO_ATTENTION = "no attention there"
 """Why a block has no pattern when its adapter finds no attention heads in it (a recurrent, state-space or
 convolution block: :meth:`~modmask_lens.adapters.Adapter.head_layers`)."""
-NO_PATTERN_HOOK = "attention, but TransformerLens exposes no hook_pattern for it"
-"""Why a block with attention heads has no pattern: the bridge maps its attention without a ``hook_pattern`` (it runs
-the block whole)."""
+NO_PATTERN_HOOK = "attention, but no blocks.{l}.attn.hook_pattern in the bridge"
+"""Why a block with attention heads has no pattern: the bridge maps its attention without that hook (it runs the
+block whole; an encoder-decoder model's stacks are ``encoder_blocks`` and ``decoder_blocks``, which the views do not
+read)."""
 
 
 @dataclass(frozen=True)

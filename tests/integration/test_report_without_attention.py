@@ -122,8 +122,8 @@ def test_zamba2_names_its_hybrid_layers_as_attention_without_a_pattern_hook(tmp_
     masks = {name: random_mask_set(bridge, name, seed) for seed, name in enumerate(["first", "second"])}
     html = write_report(tmp_path / "report.html", bridge, masks, PROMPT).read_text()
     assert section_caption(html, "Attention through masks") == (
-        "No attention pattern in layer 0 (no attention there) or layers 1, 2 (attention, but TransformerLens "
-        "exposes no hook_pattern for it)."
+        "No attention pattern in layer 0 (no attention there) or layers 1, 2 (attention, but no "
+        "blocks.{l}.attn.hook_pattern in the bridge)."
     )
     assert section_caption(html, "Circuits").startswith(
         "No circuit graph: the graph cannot draw blocks.1.attn.q.weight (W_Q (64, 64)) as a node of the residual "
