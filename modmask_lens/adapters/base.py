@@ -21,6 +21,7 @@ from torch import nn
 
 from modmask_lens.adapters.norms import NormLayout, NormPlacement, ReaderKind, gain_is_offset
 from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import depth_twins, slot_of, tensor_slots
 
 MatrixLayout = Literal["linear", "conv1d"]
 """``linear``: weight is ``[out_features, in_features]``; ``conv1d``: weight is ``[in_features, out_features]``."""
@@ -477,6 +478,24 @@ class Adapter:
             f"so it has no {granularity}s; mask it by weight or matrix"
         )
 
+    def head_layers(self, bridge: Bridge) -> set[int]:
+        """The blocks whose forward pass runs attention heads: each block holding a tensor with heads
+        (:meth:`tensor_specs`), and each block that reads such a tensor again through a module of its own (a block
+        shared across depths, whose heads are keyed at its first depth only: Zamba2's shared transformer block;
+        :func:`~modmask_lens.core.functional.depth_twins`). Recurrent, state-space and convolution blocks hold none."""
+        slots = tensor_slots(bridge)
+        twins = depth_twins(slots)
+        layers = set()
+        for spec in self.tensor_specs(bridge):
+            if spec.unit not in ("head", "kv_head") or spec.layer is None:
+                continue
+            layers.add(spec.layer)
+            for twin in twins.get(slot_of(bridge, spec.path), ()):
+                block = _BLOCK_INDEX.match(slots[twin][0])
+                if block is not None:
+                    layers.add(int(block["layer"]))
+        return layers
+
     def norm_layout(self) -> NormLayout:
         """Where this adapter's model keeps the norms in front of its readers: :attr:`norm_placement`, sequential
         blocks. Masks record it when they are made (:class:`~modmask_lens.masks.identity.MaskOrigin`)."""
@@ -595,6 +614,8 @@ class Adapter:
         return set()
 
 
+_BLOCK_INDEX = re.compile(rf"^{STACK_SUFFIX}\.(?P<layer>\d+)\.")
+"""The block of a bridge path (``blocks.2._original_component.shared_transformer.self_attn.q_proj.weight``: 2)."""
 _GRANULARITY_ROLES = {
     "head": ("W_Q", "W_K", "W_V", "W_O"),
     "neuron": ("W_in", "W_gate", "W_out", "W_experts_in", "W_experts_out"),

@@ -94,6 +94,9 @@ def node_names(n_layers: int, n_heads: int) -> list[tuple[str, str, int | None, 
 def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     """Nodes, per-matrix kept counts and residual-stream edges of ``mask`` (module docstring for the edge measure).
 
+    Raises:
+        ValueError: when the mask's model does not fit the graph's nodes (:func:`undrawable_reason` says why).
+
     Example (a fresh mask set keeps every weight, so every edge has weight 1):
         >>> from modmask_lens import MaskSet
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -104,7 +107,9 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
     names = node_names(n_layers, n_heads)
-    _check_placeable(mask, n_heads, d_model)
+    undrawable = undrawable_reason(mask)
+    if undrawable is not None:
+        raise ValueError(f"circuit_graph: {undrawable}; read this model's masks with BinaryMask.kept_fraction instead")
     slices = [
         _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
         for name, kind, layer, head, _ in names
@@ -151,11 +156,19 @@ def norm_reading(mask: BinaryMask) -> str:
     return f"{blocks}; gains read as 1 + w, whose dropped entries leave scale 1 and cut nothing: {', '.join(offset)}"
 
 
-def _check_placeable(mask: BinaryMask, n_heads: int, d_model: int) -> None:
-    """Raise ``ValueError`` when a node's matrix cannot be drawn as the graph draws nodes: a head or MLP matrix that
-    does not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank ``q_b_proj`` and grouped
-    ``o_a_proj``), or heads that are not the model's ``n_heads`` query heads of one attention (JetMoE's heads of
-    attention experts)."""
+def undrawable_reason(mask: BinaryMask) -> str | None:
+    """Why ``mask`` cannot be drawn as the graph draws nodes, or ``None`` when it can: a head or MLP matrix that does
+    not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank ``q_b_proj`` and grouped ``o_a_proj``;
+    a shared block that reads the residual stream concatenated with the embeddings), or heads that are not the
+    model's ``n_heads`` query heads of one attention (JetMoE's heads of attention experts).
+
+    Example:
+        >>> from modmask_lens import MaskSet
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> undrawable_reason(MaskSet.for_bridge(tiny_bridge()).binary()) is None
+        True
+    """
+    n_heads, d_model = int(mask.origin.model["n_heads"]), int(mask.origin.model["d_model"])
     for spec in mask.specs:
         if (
             spec.layer is None
@@ -169,10 +182,8 @@ def _check_placeable(mask: BinaryMask, n_heads: int, d_model: int) -> None:
             reason = f"its {spec.unit_count} heads are not the model's {n_heads} query heads of one attention"
         else:
             continue
-        raise ValueError(
-            f"circuit_graph: cannot draw {spec.key} ({spec.role} {spec.shape}) as a node of the residual stream: "
-            f"{reason}; read this model's masks with BinaryMask.kept_fraction instead"
-        )
+        return f"cannot draw {spec.key} ({spec.role} {spec.shape}) as a node of the residual stream: {reason}"
+    return None
 
 
 def shared_mask(masks: Mapping[str, BinaryMask]) -> BinaryMask:

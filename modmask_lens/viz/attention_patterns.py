@@ -3,6 +3,7 @@ views (which embed them: a saved page needs no model to show them)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from modmask_lens.adapters import adapter_for
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
@@ -23,22 +25,59 @@ def inverse_label(name: str) -> str:
     return f"~{name}"
 
 
+NO_ATTENTION = "no attention there"
+"""Why a block has no pattern when its adapter finds no attention heads in it (a recurrent, state-space or
+convolution block: :meth:`~modmask_lens.adapters.Adapter.head_layers`)."""
+NO_PATTERN_HOOK = "attention, but no blocks.{l}.attn.hook_pattern in the bridge"
+"""Why a block with attention heads has no pattern: the bridge maps its attention without that hook (it runs the
+block whole; an encoder-decoder model's stacks are ``encoder_blocks`` and ``decoder_blocks``, which the views do not
+read)."""
+
+
 @dataclass(frozen=True)
 class AttentionPatterns:
-    """Attention probabilities of one prompt, per condition.
+    """Attention probabilities of one prompt, per condition, in the blocks that expose them.
 
     Attributes:
         tokens: the prompt's tokens as display strings, one per position.
         patterns: condition (``full model``, a mask name, ``~`` + a mask name) -> probabilities
-            ``[layer, head, query_pos, key_pos]`` (each query row sums to 1 over key positions <= query).
+            ``[pattern_layer, head, query_pos, key_pos]`` of the blocks in :attr:`layers`, in that order (each query
+            row sums to 1 over key positions <= query).
+        layers: the blocks with a pattern (a ``blocks.{layer}.attn.hook_pattern``), ascending.
+        without_pattern: every other block -> why it has none (:data:`NO_ATTENTION` or :data:`NO_PATTERN_HOOK`).
     """
 
     tokens: list[str]
-    patterns: dict[str, Float[Tensor, "layer head query_pos key_pos"]]
+    patterns: dict[str, Float[Tensor, "pattern_layer head query_pos key_pos"]]
+    layers: tuple[int, ...]
+    without_pattern: dict[int, str]
 
     def head(self, condition: str, layer: int, head: int) -> Float[Tensor, "query_pos key_pos"]:
-        """One head's pattern under one condition."""
-        return self.patterns[condition][layer, head]
+        """One head's pattern under one condition.
+
+        Raises:
+            KeyError: ``layer`` has no pattern (it says why).
+        """
+        if layer not in self.layers:
+            raise KeyError(
+                f"layer {layer} has no attention pattern: {self.without_pattern.get(layer, 'no such layer')}"
+            )
+        return self.patterns[condition][self.layers.index(layer), head]
+
+    def missing_note(self) -> str:
+        """One line naming the blocks without a pattern and why (``""`` when every block has one), e.g.
+        ``"No attention pattern in layer 0 (no attention there) or layer 2 (attention, but ...)."``"""
+        by_reason: dict[str, list[int]] = {}
+        for layer, reason in sorted(self.without_pattern.items()):
+            by_reason.setdefault(reason, []).append(layer)
+        if not by_reason:
+            return ""
+        groups = [f"{_layer_list(layers)} ({reason})" for reason, layers in by_reason.items()]
+        return f"No attention pattern in {' or '.join(groups)}."
+
+
+def _layer_list(layers: list[int]) -> str:
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(str(layer) for layer in layers)}"
 
 
 def token_strings(bridge: Bridge, input_ids: Int[Tensor, " pos"]) -> list[str]:
@@ -56,7 +95,9 @@ def attention_patterns(
     token_labels: list[str] | None = None,
     inverse: bool = True,
 ) -> AttentionPatterns:
-    """Run one prompt through the full model and through each mask (and its inverse) and keep every attention pattern.
+    """Run one prompt through the full model and through each mask (and its inverse) and keep the attention pattern
+    of every block that exposes one; the others are named with the reason (:meth:`AttentionPatterns.missing_note`).
+    When no block has a pattern (a state-space model), the masked forward passes are not run.
 
     Args:
         bridge: the model.
@@ -79,15 +120,37 @@ def attention_patterns(
         conditions[name] = mask
         if inverse:
             conditions[inverse_label(name)] = ~mask
-    return AttentionPatterns(labels, {label: _patterns(bridge, input_ids, mask) for label, mask in conditions.items()})
+    full = _patterns(bridge, input_ids, None)
+    layers = tuple(sorted(full))
+    without_pattern = {}
+    if len(layers) < bridge.cfg.n_layers:
+        head_layers = adapter_for(bridge).head_layers(bridge)
+        without_pattern = {
+            layer: NO_PATTERN_HOOK if layer in head_layers else NO_ATTENTION
+            for layer in range(bridge.cfg.n_layers)
+            if layer not in full
+        }
+    if not layers:  # nothing to show under any condition: the masked forward passes are not run
+        empty = torch.empty(0, 0, len(labels), len(labels))
+        return AttentionPatterns(labels, dict.fromkeys(conditions, empty), layers, without_pattern)
+    by_condition = {
+        label: full if mask is None else _patterns(bridge, input_ids, mask) for label, mask in conditions.items()
+    }
+    patterns = {label: torch.stack([by_layer[layer] for layer in layers]) for label, by_layer in by_condition.items()}
+    return AttentionPatterns(labels, patterns, layers, without_pattern)
+
+
+_PATTERN_HOOK = re.compile(r"^blocks\.(?P<layer>\d+)\.attn\.hook_pattern$")
 
 
 def _patterns(
     bridge: Bridge, input_ids: Int[Tensor, " pos"], mask: BinaryMask | None
-) -> Float[Tensor, "layer head query_pos key_pos"]:
-    def run() -> Tensor:
-        _, cache = bridge.run_with_cache(input_ids[None], names_filter=lambda name: name.endswith("attn.hook_pattern"))
-        return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(bridge.cfg.n_layers)])
+) -> dict[int, Float[Tensor, "head query_pos key_pos"]]:
+    """Block -> its pattern on the prompt, for every block whose ``hook_pattern`` fires."""
+
+    def run() -> dict[int, Tensor]:
+        _, cache = bridge.run_with_cache(input_ids[None], names_filter=lambda name: bool(_PATTERN_HOOK.match(name)))
+        return {int(_PATTERN_HOOK.match(name)["layer"]): pattern[0] for name, pattern in cache.items()}
 
     with torch.no_grad():
         if mask is None:

@@ -25,7 +25,9 @@ def circuitsvis_bundle() -> str:
 
 
 class AttentionView(View):
-    """Side-by-side circuitsvis ``AttentionHeads`` of every head, one panel per condition.
+    """Side-by-side circuitsvis ``AttentionHeads`` of every head, one panel per condition, with one line naming the
+    layers that have no pattern and why (:meth:`~modmask_lens.viz.attention_patterns.AttentionPatterns.missing_note`;
+    that line alone when no layer has one).
 
     Args:
         patterns: precomputed patterns (:func:`~modmask_lens.viz.attention_patterns`).
@@ -50,15 +52,15 @@ class AttentionView(View):
         return {"circuitsvis": circuitsvis_bundle()}
 
     def body(self) -> str:
+        layers = self.patterns.layers
         panels, calls = [], []
-        for condition in self.conditions:
+        for condition in self.conditions if layers else ():
             pattern = self.patterns.patterns[condition]
-            n_layers, n_heads = pattern.shape[:2]
             element_id = new_view_id("attention")
             props = {
                 "attention": pattern.flatten(0, 1).round(decimals=4).tolist(),
                 "tokens": self.patterns.tokens,
-                "attentionHeadNames": [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)],
+                "attentionHeadNames": [f"L{layer}H{head}" for layer in layers for head in range(pattern.shape[1])],
                 "maxValue": 1.0,
                 "minValue": 0.0,
                 "maskUpperTri": True,
@@ -72,11 +74,13 @@ class AttentionView(View):
                 f"CircuitsVis.render({script_json(element_id)}, CircuitsVis.AttentionHeads, {script_json(props)});"
             )
         tokens = " ".join(self.patterns.tokens)
+        note = self.patterns.missing_note()
+        shown = f"Every head of {'the layers with a pattern' if note else 'every layer'}; pick a head to enlarge it."
         return (
             f'<div class="mm-view mm-attention-view"><h3>{escape(self.title)}</h3>'
-            f'<p class="mm-caption">Prompt: <code>{escape(tokens)}</code>. Every head of every layer; pick a '
-            f'head to enlarge it.</p><div class="mm-row">{"".join(panels)}</div>'
-            f"<script>{''.join(calls)}</script></div>"
+            f'<p class="mm-caption">Prompt: <code>{escape(tokens)}</code>.{" " + escape(shown) if layers else ""}</p>'
+            + (f'<p class="mm-caption mm-no-pattern">{escape(note)}</p>' if note else "")
+            + f'<div class="mm-row">{"".join(panels)}</div><script>{"".join(calls)}</script></div>'
         )
 
 

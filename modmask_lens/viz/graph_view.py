@@ -80,18 +80,25 @@ _GRAPH_SCRIPT = """
   function show(node) {
     root.querySelectorAll('.mm-node.mm-selected').forEach(function (n) { n.classList.remove('mm-selected'); });
     node.classList.add('mm-selected');
-    const layer = +node.dataset.layer, head = +node.dataset.head;
+    const layer = +node.dataset.layer, head = +node.dataset.head, index = patterns.layers.indexOf(layer);
     panel.innerHTML = '';
     const heading = document.createElement('h4');
     heading.textContent = 'Attention of ' + node.dataset.node + ' on the prompt';
     panel.appendChild(heading);
+    if (index < 0) {
+      const reason = document.createElement('p');
+      reason.className = 'mm-caption';
+      reason.textContent = 'No attention pattern in layer ' + layer + ': ' + patterns.without_pattern[layer] + '.';
+      panel.appendChild(reason);
+      return;
+    }
     patterns.conditions.forEach(function (condition) {
       const block = document.createElement('div');
       block.className = 'mm-pattern-block';
       const label = document.createElement('div');
       label.textContent = condition.label;
       block.appendChild(label);
-      block.appendChild(heatmap(condition.pattern[layer][head], patterns.tokens));
+      block.appendChild(heatmap(condition.pattern[index][head], patterns.tokens));
       panel.appendChild(block);
     });
   }
@@ -244,7 +251,11 @@ class CircuitView(SvgView):
         self.caption = (
             f"Node fill: kept fraction of the node's masked weights. Edges: fraction of the residual "
             f"paths writer → dimension → reader whose weights are all kept (strongest {max_edges}). "
-            "Hover for numbers; click a head for its attention pattern."
+            + (
+                "Hover for numbers; click a head for its attention pattern."
+                if patterns is not None and patterns.layers
+                else "Hover for numbers."
+            )
         )
 
     def svg(self) -> str:
@@ -270,10 +281,12 @@ class CircuitView(SvgView):
 
     def body(self) -> str:
         patterns = None
-        if self.patterns is not None:
+        if self.patterns is not None and self.patterns.layers:
             wanted = [FULL, self.graph.name, inverse_label(self.graph.name)]
             patterns = {
                 "tokens": self.patterns.tokens,
+                "layers": list(self.patterns.layers),
+                "without_pattern": self.patterns.without_pattern,
                 "conditions": [
                     {"label": condition, "pattern": self.patterns.patterns[condition].round(decimals=3).tolist()}
                     for condition in wanted
@@ -281,6 +294,8 @@ class CircuitView(SvgView):
                 ],
             }
         heads = self.graph.nodes[self.graph.nodes["kind"] == "head"]
+        if patterns is not None:
+            heads = heads[heads["layer"].isin(self.patterns.layers)]
         selected = heads.loc[heads["kept_fraction"].fillna(1.0).idxmax(), "node"] if len(heads) else ""
         return _interactive(self.svg(), self.title, self.caption, patterns, selected)
 

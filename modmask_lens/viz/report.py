@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
-from modmask_lens.analysis.circuit_graph import circuit_graph, norm_reading
+from modmask_lens.analysis.circuit_graph import circuit_graph, norm_reading, undrawable_reason
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData, check_context
 from modmask_lens.core.encoding import check_known_words
@@ -69,7 +69,7 @@ def report_views(
     binaries = {name: mask.binary() if isinstance(mask, MaskSet) else mask for name, mask in masks.items()}
     mask_sets = {name: mask for name, mask in masks.items() if isinstance(mask, MaskSet)}
     patterns = attention_patterns(bridge, prompt, binaries, token_labels)
-    graphs = {name: circuit_graph(binary) for name, binary in binaries.items()}
+    undrawable = undrawable_reason(next(iter(binaries.values())))  # one model, so one answer for every mask
     accuracy = mask_accuracy(bridge, binaries, data, objective=objective) if data else None
     kept = pd.concat([binary.kept_fraction(by="layer_role") for binary in binaries.values()], ignore_index=True)
 
@@ -81,20 +81,29 @@ def report_views(
             shade=["kept_fraction", "accuracy full", "accuracy mask", "accuracy inverse"],
         ),
     ]
-    views += [Section("Circuits", "One graph per mask, laid out by layer.")]
-    views += [CircuitView(graph, patterns, max_edges) for graph in graphs.values()]
+    if undrawable is None:
+        views += [Section("Circuits", "One graph per mask, laid out by layer.")]
+        views += [CircuitView(circuit_graph(binary), patterns, max_edges) for binary in binaries.values()]
+    else:
+        views += [Section("Circuits", f"No circuit graph: the graph {undrawable}. The plots show each layer and role.")]
     if len(binaries) > 1:
         overlap = pairwise_overlap(binaries, by="layer_role")
-        views += [Section("Overlap", "Which components the subtasks share."), OverlapView.from_masks(binaries)]
-    views += [
-        Section(
-            "Attention through masks",
-            "circuitsvis attention of the full model, each mask, and its inverse, on the same prompt.",
+        views.append(Section("Overlap", "Which components the subtasks share."))
+        views.append(
+            OverlapView.from_masks(binaries) if undrawable is None else TableView(overlap, "IoU per layer and role")
         )
-    ]
-    views += [
-        AttentionView(patterns, [FULL, name, inverse_label(name)], f"Attention through {name}") for name in binaries
-    ]
+    if patterns.layers:
+        views += [
+            Section(
+                "Attention through masks",
+                "circuitsvis attention of the full model, each mask, and its inverse, on the same prompt.",
+            )
+        ]
+        views += [
+            AttentionView(patterns, [FULL, name, inverse_label(name)], f"Attention through {name}") for name in binaries
+        ]
+    else:
+        views += [Section("Attention through masks", patterns.missing_note())]
     views += [Section("Plots"), kept_fraction_plot(kept)]
     if len(binaries) > 1:
         views.append(iou_heatmap(overlap))

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 import torch
+from test_report_without_attention import boot_jamba
 from test_viz_views import random_mask_set
 
 from modmask_lens.analysis import circuit_graph
@@ -112,3 +113,25 @@ def test_graph_png_export_has_the_svgs_size(gpt2_bridge, tmp_path):
     svg_width, svg_height = map(int, re.match(r'<svg[^>]* width="(\d+)" height="(\d+)"', view.svg()).groups())
     png = view.save_png(tmp_path / "circuit.png", scale=2.0).read_bytes()
     assert png_size(png) == (2 * svg_width, 2 * svg_height)
+
+
+def test_clicking_a_head_of_a_layer_without_attention_says_why(tmp_path):
+    """On a hybrid (Jamba: attention in layer 0, Mamba in layer 1) the circuit view opens on a head of layer 0 and a
+    click on a node of layer 1 shows the reason instead of a pattern, with no console error."""
+    bridge = boot_jamba(tmp_path / "jamba")
+    report = write_report(
+        tmp_path / "report.html", bridge, {"m": random_mask_set(bridge, "m", 0)}, torch.tensor([5, 6, 7, 8])
+    )
+    with HeadlessChromium() as browser:
+        record = browser.open(report)
+        assert record.network_requests == [] and record.console_errors == []
+        first = browser.evaluate("""[document.querySelector('.mm-node.mm-selected').dataset.layer,
+            document.querySelectorAll('.mm-head-pattern .mm-pattern-cell').length]""")
+        assert first == ["0", 3 * 16]  # full model, mask and inverse: 4 x 4 tokens each
+        shown = browser.evaluate("""(() => {
+            const view = document.querySelector('.mm-graph-view');
+            view.querySelector('.mm-node[data-node="L1H0"]').dispatchEvent(new MouseEvent('click'));
+            const panel = view.querySelector('.mm-head-pattern');
+            return [panel.querySelector('p').textContent, panel.querySelectorAll('.mm-pattern-cell').length];
+        })()""")
+        assert shown == ["No attention pattern in layer 1: no attention there.", 0]
