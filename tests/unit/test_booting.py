@@ -15,15 +15,19 @@ def test_the_torchvision_install_is_refused_inside_and_restored_after(monkeypatc
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed here: nothing would be installed")
 
-    def no_installs(*args, **kwargs):
-        raise AssertionError(f"tried to run {args}")
+    commands = []
 
-    monkeypatch.setattr(subprocess, "check_call", no_installs)
+    def recorded(command, *args, **kwargs):
+        commands.append(command)
+        raise OSError("not run in this test")
+
+    monkeypatch.setattr(subprocess, "check_call", recorded)
     installing = transformers_source.helpers._ensure_torchvision
     with pytest.raises(RuntimeError, match="boot failed"), installs_refused():
         with pytest.warns(UserWarning, match="does not let TransformerLens pip-install it"):
             assert transformers_source.helpers._ensure_torchvision() is False
         raise RuntimeError("boot failed")
+    assert commands == []
     assert transformers_source.helpers._ensure_torchvision is installing
-    with pytest.raises(AssertionError, match="pip"):  # outside the block TransformerLens's own helper installs
-        installing()
+    installing()  # outside the block TransformerLens's own helper tries to install (here the install fails)
+    assert "install" in commands[0] and "torchvision" in commands[0]
