@@ -6,7 +6,8 @@
 - ``scoring``: answer-token cross-entropy and exact match (:func:`score_answers`, :func:`answer_correct`).
 - ``checkpoint``: atomic safetensors files with a JSON header and a checksum; :class:`Checkpointer` for trainers.
 - ``random``: local random streams (:func:`stream_seed`); ``world``: the distributed rank and world size.
-- ``bridge``: :class:`Bridge`, the model type every method accepts.
+- ``bridge``: :class:`Bridge`, the model type every method accepts; ``booting``: :func:`boot_transformers`, booting
+  a model folder without TransformerLens installing packages.
 """
 
 from modmask_lens.core.bridge import Bridge
