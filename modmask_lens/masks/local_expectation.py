@@ -100,25 +100,32 @@ def local_expectation_step(
 
 
 def heads_to_estimate(
-    n_heads: int, per_step: int | None, n_chunks: int, generator: torch.Generator
-) -> tuple[list[Int[Tensor, " estimated"]], float]:
-    """Which heads each of a step's ``n_chunks`` chunks estimates, and the factor that keeps the estimates unbiased.
+    n_heads: int, per_step: int | None, chunk_sizes: list[int], generator: torch.Generator
+) -> tuple[list[Int[Tensor, " estimated"]], list[float]]:
+    """Which heads each chunk of a step estimates (chunk k holds ``chunk_sizes[k]`` of the batch's examples), and each
+    chunk's factor that keeps the estimates unbiased for the whole batch's gradient.
 
-    ``min(per_step, n_heads)`` heads (every head when ``per_step`` is ``None``) are drawn without replacement from
-    ``generator`` (random order, so every head is estimated as often in the long run) and dealt to the chunks in
-    turn, so a chunk estimates about ``per_step / n_chunks`` heads on its own examples and sample. A head is then
-    estimated in a step with probability ``drawn / n_heads``, on one chunk: ``1 / n_chunks`` of the batch's random
-    examples, exchangeable with the others. The factor ``n_chunks * n_heads / drawn`` is the inverse of both. A step
-    of a Bernoulli head mask costs about ``1 + drawn / n_chunks`` forwards of its batch (no backward), so bounding
-    ``per_step`` bounds the cost whatever the number of heads.
+    ``drawn = min(per_step, n_heads)`` heads (every head when ``per_step`` is ``None``) are drawn without replacement
+    from ``generator`` and dealt to the chunks in a random order of the chunks, so each chunk estimates about
+    ``drawn / n_chunks`` heads on its own examples and sample, and no chunk is favoured when ``drawn`` is not a
+    multiple of the chunks. A head is then estimated in chunk k with probability ``drawn / (n_heads * n_chunks)``,
+    and chunk k's examples are ``chunk_sizes[k] / batch`` of the batch's (random examples); chunk k's factor is the
+    inverse of both: ``n_chunks * n_heads / drawn * batch / (n_chunks * chunk_sizes[k])``. A step of a Bernoulli
+    head mask costs about ``1 + drawn / n_chunks`` forwards of its batch (no backward), so bounding ``per_step``
+    bounds the cost whatever the number of heads.
 
-    >>> chunks, scale = heads_to_estimate(6, 4, 2, torch.Generator().manual_seed(0))
-    >>> sorted(torch.cat(chunks).tolist()) == sorted(set(torch.cat(chunks).tolist())), len(torch.cat(chunks)), scale
-    (True, 4, 3.0)
+    >>> chunks, scales = heads_to_estimate(6, 4, [2, 2], torch.Generator().manual_seed(0))
+    >>> sorted(torch.cat(chunks).tolist()) == sorted(set(torch.cat(chunks).tolist())), len(torch.cat(chunks)), scales
+    (True, 4, [3.0, 3.0])
     """
+    n_chunks, batch = len(chunk_sizes), sum(chunk_sizes)
     drawn = n_heads if per_step is None else min(per_step, n_heads)
     order = torch.randperm(n_heads, generator=generator)[:drawn]
-    return [order[chunk::n_chunks] for chunk in range(n_chunks)], n_chunks * n_heads / max(drawn, 1)
+    chunk_order = torch.randperm(n_chunks, generator=generator)
+    dealt = [order[position::n_chunks] for position in range(n_chunks)]  # the k-th chunk in chunk_order gets dealt[k]
+    chunks = [dealt[int(position)] for position in torch.argsort(chunk_order)]
+    share = n_heads / max(drawn, 1)
+    return chunks, [share * batch / size for size in chunk_sizes]
 
 
 def _variant_losses(

@@ -17,9 +17,18 @@ from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
-TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"loss_increase_per": "token", "complement_loss_fraction": None}
+TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {
+    "loss_increase_per": "token",
+    "complement_loss_fraction": None,
+    "heads_estimated_per_step": "every head, each chunk a fixed share by model order (before session 10)",
+}
 """Train settings added after checkpoints were first written, with the value that reproduces a run written before
-them: a checkpoint without the setting resumes under that value (and only under it)."""
+them: a checkpoint without the setting resumes under that value (and only under it). A value no setting can take
+(Bernoulli head runs before the share of heads per step: no current setting deals the heads as they did) names what
+the old run did, so that the refusal says why."""
+BERNOULLI_ONLY_SETTINGS = ("heads_estimated_per_step",)
+"""Train settings that only Bernoulli head masks read: left out of the fingerprint of every other run, so that a
+run they do not change resumes whatever their value."""
 
 
 class RunMismatch(ValueError):
@@ -43,11 +52,14 @@ def run_fingerprint(
         >>> sorted(fields)
         ['data', 'mask_config', 'model', 'objective', 'train_config']
     """
+    deciding = train_config.deciding_fields()
+    if mask_config.sampler != "bernoulli":
+        deciding = {key: value for key, value in deciding.items() if key not in BERNOULLI_ONLY_SETTINGS}
     return {
         "model": {"adapter": origin.adapter, "processing_mode": origin.mode} | origin.model,
         "data": data.fingerprint(),
         "mask_config": mask_config.to_dict(),
-        "train_config": train_config.deciding_fields(),
+        "train_config": deciding,
         "objective": objective.to_dict(),
     }
 
@@ -67,8 +79,11 @@ def check_same_run(saved: object, current: dict[str, object], source: str, subta
             f"{source}: subtask {subtask!r} has no run fingerprint (the checkpoint predates them), so it cannot be "
             "checked against this run; start over with --restart (restart=True in Python)"
         )
-    if isinstance(saved.get("train_config"), dict):
-        saved = saved | {"train_config": TRAIN_SETTINGS_OF_OLD_RUNS | saved["train_config"]}
+    if isinstance(saved.get("train_config"), dict) and isinstance(current.get("train_config"), dict):
+        old_defaults = {
+            key: value for key, value in TRAIN_SETTINGS_OF_OLD_RUNS.items() if key in current["train_config"]
+        }
+        saved = saved | {"train_config": old_defaults | saved["train_config"]}
     for field in [*current, *sorted(saved.keys() - current.keys())]:
         before, now = saved.get(field), current.get(field)
         if _as_json(before) != _as_json(now):
@@ -80,17 +95,21 @@ def _difference(field: str, before: object, now: object) -> str:
     if field == "data":
         return "was trained on other data (token ids or labels differ)"
     if isinstance(before, dict) and isinstance(now, dict):
-        keys = [
-            key
-            for key in [*now, *sorted(before.keys() - now.keys())]
-            if _as_json(before.get(key)) != _as_json(now.get(key))
-        ]
+        keys = [key for key in [*now, *sorted(before.keys() - now.keys())] if _entry(before, key) != _entry(now, key)]
         if field == "model":
             return f"was trained on another model ({', '.join(keys)} differ)"
         setting = "" if field == "train_config" else "mask config "
         key = keys[0]
-        return f"was trained with {setting}{key}={before.get(key)!r}, this run has {key}={now.get(key)!r} ({field})"
+        return (
+            f"was trained with {setting}{key}={before.get(key, '(not set)')!r}, this run has "
+            f"{key}={now.get(key, '(not set)')!r} ({field})"
+        )
     return f"was trained with another {field} ({before!r}, this run has {now!r})"
+
+
+def _entry(fields: dict, key: str) -> str | None:
+    """``fields[key]`` as canonical JSON, ``None`` when the key is absent (absent and ``null`` differ)."""
+    return _as_json(fields[key]) if key in fields else None
 
 
 def _as_json(value: object) -> str:

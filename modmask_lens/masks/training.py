@@ -351,12 +351,16 @@ class MaskTrainer:
         task_weight = float(run.multipliers[0]) if constrained else 1.0
         reference = self._reference(run, batch, indices) if constrained or self.objective.compares else None
         chunk_references = _split_reference(reference, config.n_samples)
+        chunk_batches = batch.split(config.n_samples)
         if run.masks.config.sampler == "bernoulli":  # the same heads on every process: drawn from the step's seed
             n_heads = sum(logit.numel() for logit in run.masks.logits.values())
-            estimated, scale = heads_to_estimate(
-                n_heads, config.heads_estimated_per_step, config.n_samples, step_generator(seed, 0, "heads")
+            estimated, scales = heads_to_estimate(
+                n_heads,
+                config.heads_estimated_per_step,
+                [len(chunk_batch) for chunk_batch in chunk_batches],
+                step_generator(seed, 0, "heads"),
             )
-        for chunk, chunk_batch in enumerate(batch.split(config.n_samples)):
+        for chunk, chunk_batch in enumerate(chunk_batches):
             if chunk % self.world_size != self.rank:
                 continue  # another process's slice of the batch
             # Each chunk has its own noise stream, so any process draws the same sample for it.
@@ -364,7 +368,7 @@ class MaskTrainer:
             if run.masks.config.sampler == "bernoulli":  # writes the logits' gradients itself, without a backward
                 score = local_expectation_step(
                     self.bridge, run.masks, self.objective, chunk_batch, chunk_references[chunk], noise,
-                    task_weight / normaliser, estimated[chunk], scale,
+                    task_weight / normaliser, estimated[chunk], scales[chunk],
                 )  # fmt: skip
             else:
                 score = self._pathwise_chunk(run, chunk_batch, chunk_references[chunk], noise)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
+import torch
 
-from modmask_lens.masks.config import TrainConfig
-from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run, run_fingerprint
+from modmask_lens.testing.tiny_models import tiny_bridge
 
 
 def fingerprint(config: TrainConfig, drop: tuple[str, ...] = ()) -> dict[str, object]:
@@ -26,3 +31,37 @@ def test_any_other_setting_still_has_to_match():
     saved = fingerprint(TrainConfig())
     with pytest.raises(RunMismatch, match="trained with lr=0.05, this run has lr=0.01"):
         check_same_run(saved, fingerprint(dataclasses.replace(TrainConfig(), lr=0.01)), "ckpt", "copy")
+
+
+def written_before_the_head_share(mask_config: MaskConfig) -> tuple[dict[str, object], dict[str, object]]:
+    """A run's fingerprint as a checkpoint written before ``heads_estimated_per_step`` existed holds it, and the
+    same run's fingerprint now."""
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
+    origin = MaskOrigin.of(tiny_bridge())
+    now = run_fingerprint(origin, data, mask_config, TrainConfig())
+    saved = copy.deepcopy(now)
+    saved["train_config"].pop("heads_estimated_per_step", None)
+    return saved, now
+
+
+@pytest.mark.parametrize("sampler", ["hard-concrete", "gumbel-sigmoid"])
+def test_a_pathwise_run_resumes_whatever_its_share_of_heads(sampler):
+    """The share of heads per step changes nothing but Bernoulli head runs: older checkpoints of others resume."""
+    saved, now = written_before_the_head_share(MaskConfig(granularity="head", sampler=sampler))
+    assert "heads_estimated_per_step" not in now["train_config"]
+    check_same_run(saved, now, "ckpt", "copy")
+
+
+@pytest.mark.parametrize("share", [8, None])
+def test_a_bernoulli_run_from_before_the_share_of_heads_is_refused_by_name(share):
+    """No setting deals the heads as those runs did (every head, a fixed share per chunk), so none resumes them; the
+    refusal names the setting and what the old run did (it raised an IndexError when the setting was None)."""
+    saved, now = written_before_the_head_share(MaskConfig(granularity="head", sampler="bernoulli"))
+    now["train_config"]["heads_estimated_per_step"] = share
+    with pytest.raises(RunMismatch, match=r"heads_estimated_per_step='every head, each chunk a fixed share"):
+        check_same_run(saved, now, "ckpt", "copy")
+
+
+def test_a_setting_absent_from_one_side_is_named_even_when_the_other_holds_null():
+    with pytest.raises(RunMismatch, match=r"trained with extra='\(not set\)', this run has extra=None"):
+        check_same_run({"train_config": {"lr": 0.05}}, {"train_config": {"lr": 0.05, "extra": None}}, "ckpt", "copy")
