@@ -42,7 +42,9 @@ What this adapter decides:
   ``blocks.{i}.mlp.in_lora_B.weight``; roles ``W_Q_lora_A`` ... ``W_in_lora_B``) and hold no heads or neurons: a
   unit is removed by its ``W_O``/``W_out`` columns whatever an adapter adds to its inputs, so they are masked by
   weight or matrix. A hybrid layer's ``linear`` is ``W_hybrid``; the shared block's norms are ``attn_in_norm.w`` and
-  ``mlp_in_norm.w``, and neither normalises the residual stream (:meth:`Zamba2Adapter.reader_norm`). A hybrid layer's
+  ``mlp_in_norm.w``, and neither normalises the residual stream (the shared attention reads the residual stream
+  joined to the embeddings, its MLP the attention's output, so the circuit graph, whose nodes read and write one
+  residual stream, refuses this model in one line: ``undrawable_reason``). A hybrid layer's
   Mamba-2 layer is keyed and named as a Mamba layer's is (``blocks.{i}.norm.weight``: ``ln1.w``;
   ``blocks.{i}.mixer.in_proj.weight``: ``W_ssm_in``, ...).
 
@@ -57,7 +59,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from modmask_lens.adapters.base import ReaderKind, TensorSpec, model_shape, role_of
+from modmask_lens.adapters.base import TensorSpec, model_shape, role_of
 from modmask_lens.adapters.derived import _MIXER_OWN_ROLES, DerivedAdapter
 from modmask_lens.core.bridge import Bridge
 
@@ -163,9 +165,3 @@ class Zamba2Adapter(DerivedAdapter):
             unit_width = d_head
         repeats = 2 if role in ("W_in", "b_in") else 1
         return TensorSpec(key, role, layer, path, shape, unit, unit_axis, unit_width, layout, unit_repeats=repeats)
-
-    def reader_norm(self, reader: ReaderKind, layer: int | None) -> tuple[str, int | None] | None:
-        """The final norm before the unembedding; none for heads and MLPs, which read no normalised residual stream
-        (the shared block's attention reads the residual stream concatenated with the embeddings, its MLP the
-        attention's output)."""
-        return super().reader_norm(reader, layer) if reader == "unembed" else None

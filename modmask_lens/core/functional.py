@@ -57,8 +57,8 @@ def without_indices(path: str) -> str:
     """``path`` with every numeric segment but the last replaced by ``#``: the place of a tensor within its block,
     whichever block it is.
 
-    >>> without_indices("blocks.12._original_component.shared_transformer.feed_forward.experts.3.weight")
-    'blocks.#._original_component.shared_transformer.feed_forward.experts.#.weight'
+    >>> without_indices("blocks.12.mlp.experts.3.weight")
+    'blocks.#.mlp.experts.#.weight'
     """
     return _INDEX.sub("#", path)
 

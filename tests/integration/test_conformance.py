@@ -235,6 +235,36 @@ def test_a_model_that_fails_unmasked_is_reported_as_such_by_every_check(family_b
     ]
 
 
+def test_the_whose_failure_clause_is_left_out_when_the_rebuilt_model_would_not_hold_the_same_weights(
+    family_bridge, monkeypatch
+):
+    """The clause says "with the same weights" only when every tensor of the model rebuilt outside TransformerLens
+    was loaded from the bridge's: here one is left out of the weights handed over, so the clause says nothing."""
+    bridge = family_bridge("gpt2")
+    handed_over = conformance.native_state_dict
+
+    def one_tensor_short(model):
+        state, extra = handed_over(model)
+        state.pop("transformer.h.0.mlp.c_fc.weight")
+        return state, extra
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("The size of tensor a (32) must match the size of tensor b (4)")
+
+    monkeypatch.setattr(conformance, "native_state_dict", one_tensor_short)
+    bridge.forward = broken  # on the instance only, removed below
+    try:
+        [result] = run_conformance(bridge, checks=["all_ones_bit_identical"])
+    finally:
+        del bridge.forward
+    assert str(result) == (
+        "FAIL GPT2LMHeadModel all_ones_bit_identical: the unmasked model itself fails on these tokens (RuntimeError: "
+        "The size of tensor a (32) must match the size of tensor b (4)); no mask is involved"
+    )
+    with pytest.raises(LookupError, match=r"not loaded \['transformer.h.0.mlp.c_fc.weight'\]"):
+        conformance._outside_transformer_lens(bridge)
+
+
 def test_compatibility_mode_failing_by_itself_is_reported_as_transformer_lens_own(family_bridge, monkeypatch):
     """TransformerLens 4.3's weight processing fails on a tiny Falcon-H1 with grouped-query attention (see the
     table)."""
