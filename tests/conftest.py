@@ -31,6 +31,7 @@ from transformers import (
     SwitchTransformersForConditionalGeneration,
 )
 
+from modmask_lens.core.random import step_generator
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, TINY_NATIVE_CONFIG, boot_tiny, save_tiny
 
 torch.set_num_threads(1)
@@ -61,7 +62,9 @@ def boot_gpt2(directory, seed: int = 0, n_layer: int = 2) -> TransformerBridge:
 
 
 def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
-    """A tiny TL-native bridge: LayerNorm + learned positions, or RMSNorm + rotary + gated MLP + GQA."""
+    """A tiny TL-native bridge: LayerNorm + learned positions, or RMSNorm + rotary + gated MLP + GQA; its weights
+    depend on ``seed`` alone (the initialisation and the noise added to it draw from generators seeded by it, never
+    from torch's global one, so the model is the same whichever tests ran before)."""
     config = TINY_NATIVE_CONFIG | {"seed": seed}
     if gqa:
         config |= {
@@ -74,9 +77,10 @@ def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
     else:
         config |= {"normalization_type": "LN", "act_fn": "gelu"}
     bridge = TransformerBridge.boot_native(config)
+    generator = step_generator(seed, 0, "boot_native noise")
     with torch.no_grad():
         for parameter in bridge.original_model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
     return bridge
 
 

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.random import seeded
 from modmask_lens.groundtruth.case import GroundTruthCase
 
 CONTROLS = ("none", "random-init", "shuffled-answers")
@@ -22,7 +23,8 @@ case's model, each subtask's answers permuted across its examples."""
 
 
 def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
-    """A bridge of the same Hugging Face configuration and tokenizer with freshly initialised weights (seeded).
+    """A bridge of the same Hugging Face configuration and tokenizer with freshly initialised weights, drawn from
+    ``seed`` (torch's global generator is left as it was).
 
     Raises:
         ValueError: when the bridge does not wrap a Hugging Face model (no ``original_model.config``).
@@ -33,8 +35,8 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
             "the random-init control rebuilds the bridge's Hugging Face model from its config; this "
             "bridge wraps no Hugging Face model or has no tokenizer: skip the control for it"
         )
-    torch.manual_seed(seed)
-    fresh = AutoModelForCausalLM.from_config(config)
+    with seeded(seed):  # the caller's global generator is left as it was
+        fresh = AutoModelForCausalLM.from_config(config)
     with tempfile.TemporaryDirectory() as folder:
         fresh.save_pretrained(folder)
         bridge.tokenizer.save_pretrained(folder)

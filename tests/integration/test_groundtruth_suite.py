@@ -112,6 +112,17 @@ def test_random_init_control_has_the_shapes_but_not_the_weights(case):
     assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
 
 
+def test_random_init_control_leaves_the_global_generator_as_it_was_and_depends_on_its_seed_alone(case):
+    with torch.random.fork_rng(devices=[]):  # this test's own seed and draws do not reach the tests after it
+        torch.manual_seed(12345)  # the caller's seed (not the control's, so that a reseed shows)
+        state = torch.get_rng_state()
+        first = random_init_bridge(case.bridge, seed=0).state_dict()
+        assert torch.equal(torch.get_rng_state(), state), "building the control reseeded torch's global generator"
+        torch.rand(7)  # the caller draws between two builds
+        second = random_init_bridge(case.bridge, seed=0).state_dict()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
 def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeypatch):
     def no_random_init(case, control, seed):
         raise ValueError("this bridge wraps no Hugging Face model")
