@@ -103,7 +103,9 @@ def run_conformance(
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``.
+    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``. A passing result's
+    detail says what the check left out, where it left something out (``every_target_matters``: the routed experts
+    that their router selects for none of the tokens).
     """
     if tokens is None:
         tokens = conformance_inputs(bridge)
