@@ -8,6 +8,7 @@ measure, docs/viz.md#edge-measure): adapters supply them (:meth:`~modmask_lens.a
 
 from __future__ import annotations
 
+import copy
 import re
 import weakref
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ def gain_is_offset(bridge: nn.Module, path: str) -> bool:
     ``Gemma3nRMSNorm`` multiplies by ``w`` (the bridge runs that module as it is), and unset for MuseGlimmer, whose
     block norms scale by ``1 + w`` and whose final norm by ``w``; one flag per model cannot say that. A norm that
     cannot run on the residual stream alone (a gated norm that also takes its gate) reads as multiplying, the plain
-    convention. Probed once per module, then remembered while it lives; the model's parameters and buffers are left
-    as they were.
+    convention. The probe runs a copy of the module without hooks (:func:`_unhooked_copy`): the model itself, its
+    parameters, buffers and hooks are left as they were, and no hook of the user's fires or sways the reading. Probed
+    once per module, then remembered while it lives.
     """
     module = bridge.get_submodule(_WRAPPED.sub("", path.rpartition(".")[0]))
     if module not in _OFFSET_GAINS:
@@ -82,13 +84,41 @@ def gain_is_offset(bridge: nn.Module, path: str) -> bool:
 
 
 def _probe_offset(module: nn.Module, gain: nn.Parameter) -> bool:
-    zeros = {name: torch.zeros_like(parameter) for name, parameter in module.named_parameters()}
-    # Copies of the buffers: a norm that updates running statistics as it runs updates these, not the model's.
-    zeros |= {name: buffer.clone() for name, buffer in module.named_buffers()}
+    probe = _unhooked_copy(module)
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            parameter.zero_()
     residual = torch.randn((1, 2, gain.shape[-1]), generator=torch.Generator().manual_seed(0)).to(gain)
     try:
         with torch.no_grad():
-            output = torch.func.functional_call(module, zeros, (residual,))
+            output = probe(residual)
     except Exception:  # noqa: BLE001 (a module that needs more than the residual stream: the plain reading)
         return False
     return isinstance(output, torch.Tensor) and bool(output.abs().amax() > 0)
+
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_HOOK_POINT_LISTS = ("fwd_hooks", "bwd_hooks")
+"""Where a module keeps its hooks: torch's dictionaries, and the handles a TransformerLens ``HookPoint`` lists."""
+
+
+def _unhooked_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` (one norm: cheap) with no hooks on it or any submodule: neither a user's hook on the
+    live model (a steering hook on ``ln1.hook_out``) nor one that raises on a probe's input changes what the probe
+    reads, and none of them fires. The hooks are left out of the copy, not copied and removed, so that nothing a hook
+    holds (a tensor, the model) is copied; the live module is never touched."""
+    memo: dict[int, object] = {}
+    for submodule in module.modules():
+        for name in _HOOK_DICTS + _HOOK_POINT_LISTS:
+            hooks = getattr(submodule, name, None)
+            if isinstance(hooks, (dict, list)):
+                memo[id(hooks)] = type(hooks)()
+    return copy.deepcopy(module, memo)

@@ -9,10 +9,19 @@ From the command line, on a local Hugging Face model folder: ``python -m modmask
 from modmask_lens.testing.conformance import (
     CHECKS,
     CheckResult,
+    Passed,
     applicable_checks,
     check_head_mask,
     conformance_inputs,
     run_conformance,
 )
 
-__all__ = ["CHECKS", "CheckResult", "applicable_checks", "check_head_mask", "conformance_inputs", "run_conformance"]
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "Passed",
+    "applicable_checks",
+    "check_head_mask",
+    "conformance_inputs",
+    "run_conformance",
+]

@@ -62,6 +62,11 @@ class CheckResult:
         return f"{verdict} {subject}" + (f": {self.detail}" if self.detail else "")
 
 
+class Passed(str):
+    """What a check returns to pass with a remark (:attr:`CheckResult.detail`), such as what it left out and why;
+    any other string it returns says what failed."""
+
+
 def applicable_checks(bridge: Bridge) -> list[str]:
     """The names of :data:`CHECKS` that apply to ``bridge`` (``hf_export_reloads`` only for bridges booted from
     Hugging Face models)."""
@@ -98,7 +103,9 @@ def run_conformance(
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``.
+    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``. A passing result's
+    detail says what the check left out, where it left something out (``every_target_matters``: the routed experts
+    that their router selects for none of the tokens).
     """
     if tokens is None:
         tokens = conformance_inputs(bridge)
@@ -114,15 +121,16 @@ def run_conformance(
         )
     results = []
     for name in applicable_checks(bridge) if checks is None else checks:
-        failure, applies = unmasked_failure, True
-        if failure is None:
+        outcome, applies = unmasked_failure, True
+        if outcome is None:
             try:
-                failure = CHECKS[name](bridge, tokens)
+                outcome = CHECKS[name](bridge, tokens)
             except GranularityNotApplicable as error:
-                failure, applies = str(error), False
+                outcome, applies = str(error), False
             except Exception as error:  # noqa: BLE001 (a crash is a failed check, reported with the others)
-                failure = f"raised {_one_line(error)}"
-        results.append(CheckResult(name, failure is None, failure or "", family, applies))
+                outcome = f"raised {_one_line(error)}"
+        passed = applies and (outcome is None or isinstance(outcome, Passed))
+        results.append(CheckResult(name, passed, outcome or "", family, applies))
     return results
 
 
@@ -216,34 +224,82 @@ def _cancels_exactly(spec: TensorSpec, bridge: Bridge) -> bool:
     return spec.role == "b_K" and bridge.cfg.positional_embedding_type != "rotary"
 
 
-def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | None:
+def _every_target_matters(bridge: Bridge, tokens: Tensor) -> str | Passed | None:
     """Zeroing each mask target alone changes the logits. Tensors that are zero already (biases a checkpoint keeps at
     their zero initialisation, such as an absent masked-LM head's) are left out: no mask can change them. So are
-    the tensors of a routed expert held as its own module (Switch Transformers' ``experts.expert_{e}``) whose module
-    the forward pass did not call: the router sent it none of these tokens (with 16 tokens and 4 experts, 2 of 3
-    seeded tiny Switch models left an expert unpicked in some layer)."""
+    the tensors of a routed expert held as its own module (Switch Transformers' ``experts.expert_{e}``) that its
+    layer's router selects for none of these tokens (:func:`_unpicked_experts`; with 16 tokens and 4 experts, 2 of 3
+    seeded tiny Switch models left an expert unpicked in some layer); a passing result names them. An expert the
+    router selects is checked like any tensor, so one whose module the forward pass does not run (the model runs
+    another copy) fails as unread."""
     specs = MaskSet.for_bridge(bridge, ALL_KINDS).members
-    experts = {spec.path.rpartition(".")[0] for spec in specs if spec.role in ("W_experts_in", "W_experts_out")}
-    called: set[str] = set()
-    handles = [
-        bridge.get_submodule(path).register_forward_pre_hook(lambda module, args, path=path: called.add(path))
-        for path in experts
-    ]
-    try:
-        reference = bridge(tokens)
-    finally:
-        for handle in handles:
-            handle.remove()
+    unpicked = _unpicked_experts(bridge, tokens, specs)
+    reference = bridge(tokens)
     unread = []
     for spec in specs:
         if _cancels_exactly(spec, bridge) or not bool(bridge.get_parameter(spec.path).detach().any()):
             continue
-        if spec.path.rpartition(".")[0] in experts - called:
+        if _expert_name(spec) in unpicked:
             continue
         perturbed = {spec.path: torch.zeros(spec.shape)}
         if torch.allclose(masked_call(bridge, perturbed, bridge.forward, tokens), reference):
             unread.append(spec.key)
-    return f"zeroing these alone changed nothing (unread or aliased?): {unread}" if unread else None
+    excused = f"excused, selected by their router for none of these tokens: {sorted(unpicked)}" if unpicked else ""
+    if unread:
+        failure = f"zeroing these alone changed nothing (unread or aliased?): {unread}"
+        return f"{failure}; {excused}" if excused else failure
+    return Passed(excused) if excused else None
+
+
+def _expert_name(spec: TensorSpec) -> str:
+    """The module name of the routed expert that holds ``spec`` (``decoder_blocks.1.mlp.experts.expert_3`` for its
+    ``wi.weight``)."""
+    return spec.key.rsplit(".", 2)[0]
+
+
+def _unpicked_experts(bridge: Bridge, tokens: Tensor, specs: list[TensorSpec]) -> set[str]:
+    """The routed experts held one module each (``W_experts_in``/``W_experts_out`` without an expert axis) whose
+    layer's router selects them for none of ``tokens``, read at the router itself: the output of the module holding
+    the layer's ``W_router`` (its logits, ``[..., n_experts]``, column e for the layer's e-th expert in unit order) in
+    one forward pass, each token's ``cfg.experts_per_token`` largest (1 where unset: Switch routing sends each token to
+    one expert). A layer without such a router, or whose router's width is not its number of experts, excuses
+    nothing."""
+    experts: dict[int, dict[int, str]] = {}
+    for spec in specs:
+        if spec.role in ("W_experts_in", "W_experts_out") and spec.expert_axis is None:
+            experts.setdefault(spec.layer, {})[spec.unit_offset] = _expert_name(spec)
+    routers = {spec.layer: spec for spec in specs if spec.role == "W_router" and spec.layer in experts}
+    if not routers:
+        return set()
+    picked: dict[int, set[int]] = {}
+    per_token = int(getattr(bridge.cfg, "experts_per_token", None) or 1)
+
+    def record(layer: int):
+        def hook(module, args, output):
+            picked.setdefault(layer, set())
+            if isinstance(output, Tensor) and output.shape[-1] == len(experts[layer]):
+                top = output.detach().reshape(-1, output.shape[-1]).topk(min(per_token, output.shape[-1]), dim=-1)
+                picked[layer].update(top.indices.unique().tolist())
+            else:
+                picked[layer].update(range(len(experts[layer])))  # not the logits this reads: excuse nothing
+
+        return hook
+
+    handles = [
+        bridge.get_submodule(spec.path.rpartition(".")[0]).register_forward_hook(record(layer))
+        for layer, spec in routers.items()
+    ]
+    try:
+        with torch.no_grad():
+            bridge(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unpicked = set()
+    for layer, indices in picked.items():  # a router the forward pass never ran excuses nothing
+        names = [experts[layer][offset] for offset in sorted(experts[layer])]
+        unpicked.update(name for index, name in enumerate(names) if index not in indices)
+    return unpicked
 
 
 def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
@@ -830,7 +886,7 @@ def _outside_transformer_lens(bridge: Bridge) -> nn.Module:
     return model
 
 
-CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {
+CHECKS: dict[str, Callable[[Bridge, Tensor], str | Passed | None]] = {
     "all_ones_bit_identical": _all_ones,
     "all_zeros_changes_logits": _all_zeros,
     "every_target_matters": _every_target_matters,
@@ -841,4 +897,5 @@ CHECKS: dict[str, Callable[[Bridge, Tensor], str | None]] = {
     "compat_mode_bit_exact": _compat_mode,
     "hf_export_reloads": _hf_export,
 }
-"""Every check of the kit by name: each takes the bridge and token ids and returns ``None`` or what went wrong."""
+"""Every check of the kit by name: each takes the bridge and token ids and returns ``None`` or a :class:`Passed`
+remark when it passes, else what went wrong."""

@@ -21,7 +21,7 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from modmask_lens import MaskSet, load_masks, masked, save_masks
+from modmask_lens import MaskConfig, MaskSet, load_masks, masked, save_masks
 from modmask_lens.analysis import circuit_graph
 from modmask_lens.analysis.circuit_graph import norm_reading
 from modmask_lens.masks.binary import BinaryMask
@@ -167,3 +167,41 @@ def test_a_dropped_offset_gain_leaves_scale_one_and_no_cut_in_the_graph(family, 
     )
     assert all(weight == 1.0 for key, weight in graph_edges.items() if key not in into_layer0_heads)
     assert ("ln1.w, ln2.w, ln_final.w" in norm_reading(mask)) == offset
+
+
+def steer(activation: torch.Tensor, hook) -> torch.Tensor:
+    """A steering hook: adds 1 to every entry of the norm's output."""
+    return activation + 1.0
+
+
+def refuse(activation: torch.Tensor, hook) -> torch.Tensor:
+    raise RuntimeError("a hook that only runs on the model's own activations")
+
+
+@pytest.mark.parametrize("users_hook", [steer, refuse], ids=["steering", "raising"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_users_hook_on_a_norm_neither_fires_nor_sways_the_gain_reading(family, users_hook, tmp_path):
+    """A hook left on ``ln1``/``ln2.hook_out`` does not run while a mask is made, and the gains read as the model
+    multiplies them: a steering hook made Llama's gains read ``1 + w`` (its output is non-zero with every gain at 0),
+    and a raising one made Gemma's read ``w``."""
+    build, offset = FAMILIES[family]
+    torch.manual_seed(0)
+    bridge = boot_tiny(build(), tmp_path)
+    fired = []
+
+    def recorded(activation, hook):
+        fired.append(hook.name)
+        return users_hook(activation, hook)
+
+    for layer in range(N_LAYERS):
+        for norm in ("ln1", "ln2"):
+            bridge.get_submodule(f"blocks.{layer}.{norm}.hook_out").add_hook(recorded)
+    norm_specs = MaskSet.for_bridge(bridge, MaskConfig(kinds=("norm",))).members
+    assert len(norm_specs) == 2 * N_LAYERS + 1
+    assert all(spec.gain_offset == offset for spec in norm_specs), [(s.key, s.gain_offset) for s in norm_specs]
+    assert fired == []
+    if users_hook is steer:  # the user's hooks are still on the model
+        bridge(torch.tensor([[5, 6]]))
+        assert sorted(fired) == sorted(
+            f"blocks.{layer}.{norm}.hook_out" for layer in range(N_LAYERS) for norm in ("ln1", "ln2")
+        )

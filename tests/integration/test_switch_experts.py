@@ -5,13 +5,16 @@ as ``W_router``, and expert e's hidden unit i as neuron ``e * d_ff + i`` of its 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import SWITCH_D_FF, SWITCH_EXPERTS, tiny_switch
+from torch import nn
 
 from modmask_lens import MaskConfig, MaskSet
 from modmask_lens.adapters import adapter_for
-from modmask_lens.testing import run_conformance
+from modmask_lens.testing import conformance_inputs, run_conformance
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +75,31 @@ def test_an_expert_the_router_never_picks_is_excused_and_its_neurons_are_not_the
     assert not called
     results = run_conformance(bridge, checks=["every_target_matters", "neuron_off_equals_zeroed_hook_post"])
     assert all(result.passed for result in results), [str(result) for result in results if not result.passed]
+    assert "'decoder_blocks.1.mlp.experts.expert_3'" in results[0].detail, results[0].detail
+
+
+def test_an_expert_the_router_picks_but_whose_module_the_model_does_not_run_fails_as_unread(tmp_path):
+    """The reviewer's stale copy: the decoder's sparse layer runs a copy of ``expert_3`` in place of the module the
+    adapter maps, which the forward pass then never calls although the router picks expert 3 for some token. Its
+    tensors are unread, not excused."""
+    bridge = tiny_switch(tmp_path)
+    experts = bridge.original_model.decoder.block[1].layer[2].mlp.experts
+    stale = copy.deepcopy(experts.expert_3)  # held by the closure, not registered: the adapter cannot find it
+
+    class RunsAStaleCopy(type(experts)):
+        def __getitem__(self, name: str) -> nn.Module:
+            return stale if name == "expert_3" else super().__getitem__(name)
+
+    experts.__class__ = RunsAStaleCopy
+    router = bridge.original_model.decoder.block[1].layer[2].mlp.router.classifier
+    picked = []
+    handle = router.register_forward_hook(lambda module, args, logits: picked.append(logits.argmax(-1).unique()))
+    try:
+        bridge(conformance_inputs(bridge))
+    finally:
+        handle.remove()
+    assert 3 in torch.cat(picked).tolist()
+    [result] = run_conformance(bridge, checks=["every_target_matters"])
+    assert not result.passed, str(result)
+    assert "decoder_blocks.1.mlp.experts.expert_3.wi.weight" in result.detail, result.detail
+    assert "decoder_blocks.1.mlp.experts.expert_3.wo.weight" in result.detail, result.detail

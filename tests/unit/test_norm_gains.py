@@ -49,3 +49,31 @@ def test_a_gain_reads_as_offset_exactly_where_the_module_scales_by_one_plus_w(fa
     assert silenced_by_minus_one(norm) == offset
     assert gain_is_offset(model, "0.0.weight") == offset
     assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+
+
+@pytest.mark.parametrize("family", sorted(NORMS))
+def test_hooks_on_the_norm_neither_fire_during_the_probe_nor_sway_it(family):
+    """A forward hook that shifts the norm's output (read as ``1 + w`` by a probe that ran it) and a pre-hook that
+    refuses the probe's input (read as ``w``) stay on the module, unrun."""
+    build, offset = NORMS[family]
+    norm = build()
+    model = nn.Sequential(nn.Sequential(norm))
+    calls = []
+
+    def shift(module, args, output):
+        calls.append("shift")
+        return output + 1.0
+
+    def refuse(module, args):
+        calls.append("refuse")
+        raise RuntimeError("not the model's own input")
+
+    shifting = norm.register_forward_hook(shift)
+    assert gain_is_offset(model, "0.0.weight") == offset
+    shifting.remove()
+    refusing = norm.register_forward_pre_hook(refuse)
+    assert gain_is_offset(nn.Sequential(nn.Sequential(copy.deepcopy(norm))), "0.0.weight") == offset
+    assert calls == []
+    with pytest.raises(RuntimeError, match="not the model's own input"):
+        norm(torch.zeros(1, 2, 8))
+    refusing.remove()
