@@ -29,6 +29,8 @@ from transformers import (
     Qwen2MoeForCausalLM,
     SwitchTransformersConfig,
     SwitchTransformersForConditionalGeneration,
+    Zamba2Config,
+    Zamba2ForCausalLM,
 )
 
 from modmask_lens.core.random import step_generator
@@ -283,3 +285,20 @@ def tiny_switch(folder) -> TransformerBridge:
     torch.save(model.state_dict(), f"{folder}/pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     return TransformerBridge.boot_transformers(str(folder), device="cpu")
+
+
+def tiny_zamba2(folder, attention_adapters: bool = False) -> TransformerBridge:
+    """A tiny Zamba2 (seeded): a Mamba layer, then two hybrid layers that run one shared transformer block (so the
+    block runs at two depths), optionally with its per-layer attention adapters (rank 8)."""
+    adapters = {"use_shared_attention_adapter": True, "adapter_rank": 8} if attention_adapters else {}
+    config = Zamba2Config(
+        **(TINY_HF_SIZES | {"num_hidden_layers": 3}),
+        layers_block_type=["mamba", "hybrid", "hybrid"],
+        num_key_value_heads=4,
+        mamba_d_state=16,
+        mamba_headdim=8,
+        chunk_size=16,
+        **adapters,
+    )
+    torch.manual_seed(0)
+    return boot_tiny(Zamba2ForCausalLM(config), folder)

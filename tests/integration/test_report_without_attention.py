@@ -8,14 +8,13 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_zamba2
 from test_viz_views import random_mask_set
 from transformers import (
     JambaConfig,
     JambaForCausalLM,
     MambaConfig,
     MambaForCausalLM,
-    Zamba2Config,
-    Zamba2ForCausalLM,
 )
 
 from modmask_lens import adapter_for
@@ -46,21 +45,6 @@ def boot_jamba(directory):
         num_experts=4,
     )
     return boot_tiny(JambaForCausalLM(config), directory)
-
-
-def boot_zamba2(directory):
-    """A Mamba layer, then two hybrid layers that run one shared transformer block (as tests/integration/
-    test_zamba2.py builds it)."""
-    torch.manual_seed(0)
-    config = Zamba2Config(
-        **(TINY_HF_SIZES | {"num_hidden_layers": 3}),
-        layers_block_type=["mamba", "hybrid", "hybrid"],
-        num_key_value_heads=4,
-        mamba_d_state=16,
-        mamba_headdim=8,
-        chunk_size=16,
-    )
-    return boot_tiny(Zamba2ForCausalLM(config), directory)
 
 
 def headings(html: str, level: int) -> list[str]:
@@ -117,7 +101,7 @@ def test_zamba2_names_its_hybrid_layers_as_attention_without_a_pattern_hook(tmp_
     """Zamba2's shared block is keyed at layer 1 and runs at layers 1 and 2; TransformerLens runs both layers whole,
     with no hook_pattern. Its shared block reads the residual stream concatenated with the embeddings, which the
     circuit graph cannot draw: the report says so and renders the rest, the overlap as its IoU table."""
-    bridge = boot_zamba2(tmp_path / "zamba2")
+    bridge = tiny_zamba2(tmp_path / "zamba2")
     assert adapter_for(bridge).head_layers(bridge) == {1, 2}
     masks = {name: random_mask_set(bridge, name, seed) for seed, name in enumerate(["first", "second"])}
     html = write_report(tmp_path / "report.html", bridge, masks, PROMPT).read_text()

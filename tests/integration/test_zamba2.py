@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Zamba2Config, Zamba2ForCausalLM
+from conftest import tiny_zamba2
 
 from modmask_lens import MaskConfig, MaskSet, adapter_for
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.sharding import ShardedBridge
 from modmask_lens.testing import check_head_mask, run_conformance
-from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    torch.manual_seed(0)
-    config = Zamba2Config(
-        **(TINY_HF_SIZES | {"num_hidden_layers": 3}),
-        layers_block_type=["mamba", "hybrid", "hybrid"],
-        num_key_value_heads=4,
-        mamba_d_state=16,
-        mamba_headdim=8,
-        chunk_size=16,
-        use_shared_attention_adapter=True,
-        adapter_rank=8,
-    )
-    return boot_tiny(Zamba2ForCausalLM(config), tmp_path_factory.mktemp("zamba2"))
+    return tiny_zamba2(tmp_path_factory.mktemp("zamba2"), attention_adapters=True)
 
 
 def _tokens(bridge) -> torch.Tensor:
