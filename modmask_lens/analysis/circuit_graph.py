@@ -1,7 +1,11 @@
 """The circuit graph of a binary mask: nodes with their kept weights, and edges that weigh how much kept weight
 connects a writer to a later reader through the residual stream.
 
-Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then ``unembed``):
+Nodes, laid out by stage (``embed``, then per layer its heads and its MLP, then ``unembed``). A layer has head nodes
+only if it runs attention heads and an MLP node only if it runs an MLP, as the mask recorded when it was made
+(``mask.origin.components``, its adapter's :class:`~modmask_lens.adapters.components.BlockComponents`): a Mamba
+block has neither, a hybrid's recurrent block no heads, NemotronH's attention block no MLP. A mask origin without the
+record (built by hand) draws heads and an MLP in every layer.
 
 * ``embed`` writes with ``W_E`` and ``W_pos``;
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
@@ -47,6 +51,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec
+from modmask_lens.adapters.components import BlockComponents
 from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 
 NODE_ROLES = {
@@ -66,7 +71,8 @@ class CircuitGraph:
         name: the mask's name.
         nodes: one row per node: ``node`` (``embed``, ``L0H1``, ``L0MLP``, ``unembed``), ``kind`` (``embed``,
             ``head``, ``mlp``, ``unembed``), ``layer``, ``head``, ``stage`` (0 for ``embed``, ``1 + 2 * layer`` for
-            heads, ``2 + 2 * layer`` for MLPs, ``1 + 2 * n_layers`` for ``unembed``), ``kept`` and ``total`` (masked
+            heads, ``2 + 2 * layer`` for MLPs, ``1 + 2 * n_layers`` for ``unembed``; a layer without heads or MLP
+            has no node at its stage: :func:`node_names`), ``kept`` and ``total`` (masked
             weights of the node's slices), ``kept_fraction`` (NaN when none of its weights is masked), ``neurons`` and
             ``kept_neurons`` (MLP nodes: the neurons its masked matrices hold, a mixture-of-experts layer's
             ``n_experts * d_expert`` routed ones and its shared expert's, and those with a kept weight in every
@@ -81,12 +87,26 @@ class CircuitGraph:
     edges: pd.DataFrame
 
 
-def node_names(n_layers: int, n_heads: int) -> list[tuple[str, str, int | None, int | None, int]]:
-    """(node, kind, layer, head, stage) for every node of a model, in stage order."""
+def node_names(
+    n_layers: int, n_heads: int, components: BlockComponents | None = None
+) -> list[tuple[str, str, int | None, int | None, int]]:
+    """(node, kind, layer, head, stage) for every node of a model, in stage order: heads in the blocks of
+    ``components.head_layers``, an MLP in those of ``components.mlp_layers`` (without ``components``: in every block).
+
+    Example (a Jamba-like hybrid: attention in block 0 only):
+        >>> from modmask_lens.adapters.components import BlockComponents
+        >>> [row[0] for row in node_names(2, 2, BlockComponents(frozenset({0}), frozenset({0, 1})))]
+        ['embed', 'L0H0', 'L0H1', 'L0MLP', 'L1MLP', 'unembed']
+    """
+    every_block = frozenset(range(n_layers))
+    head_layers = every_block if components is None else components.head_layers
+    mlp_layers = every_block if components is None else components.mlp_layers
     rows: list[tuple[str, str, int | None, int | None, int]] = [("embed", "embed", None, None, 0)]
     for layer in range(n_layers):
-        rows += [(f"L{layer}H{head}", "head", layer, head, 1 + 2 * layer) for head in range(n_heads)]
-        rows.append((f"L{layer}MLP", "mlp", layer, None, 2 + 2 * layer))
+        if layer in head_layers:
+            rows += [(f"L{layer}H{head}", "head", layer, head, 1 + 2 * layer) for head in range(n_heads)]
+        if layer in mlp_layers:
+            rows.append((f"L{layer}MLP", "mlp", layer, None, 2 + 2 * layer))
     rows.append(("unembed", "unembed", None, None, 1 + 2 * n_layers))
     return rows
 
@@ -106,7 +126,7 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     """
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
-    names = node_names(n_layers, n_heads)
+    names = node_names(n_layers, n_heads, mask.origin.components)
     undrawable = undrawable_reason(mask)
     if undrawable is not None:
         raise ValueError(f"circuit_graph: {undrawable}; read this model's masks with BinaryMask.kept_fraction instead")
@@ -296,10 +316,10 @@ def _post_norm_path_gains(writers, readers, gain, d_model: int) -> Float[Tensor,
     the last MLP it is the norm a head one block further would read through.
     """
     n_stages = max(stage for *_, stage in readers)  # the unembedding's stage
-    layer_of = {stage: layer for _, _, layer, stage in readers}
+    # Stage 1 + 2 * l holds block l's heads, stage 2 + 2 * l its MLP, drawn or not (a block without them still has
+    # its norms).
     after = [
-        gain("head", (stage + 1) // 2) if (stage + 1) % 2 else gain("mlp", layer_of[stage + 1])
-        for stage in range(n_stages)
+        gain("head", stage // 2) if (stage + 1) % 2 else gain("mlp", (stage - 1) // 2) for stage in range(n_stages)
     ]
     path = torch.zeros(len(writers), len(readers), d_model)
     for i, (_, writer_stage) in enumerate(writers):

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from modmask_lens.adapters import Adapter, TensorSpec, adapter_for, installed_adapters, model_shape
+from modmask_lens.adapters.components import BlockComponents
 from modmask_lens.adapters.norms import NormLayout
 from modmask_lens.core.bridge import Bridge
 
@@ -114,25 +115,34 @@ class ModelMismatch(ValueError):
 
 @dataclass(frozen=True)
 class MaskOrigin:
-    """The model a mask was made for: adapter name, processing mode, :func:`fingerprint`, and where the model's
-    norms sit in front of its readers (``norms``, from its adapter; ``None`` in an origin built by hand without it,
-    which analyses read as the adapter class's default, :meth:`norm_layout`).
+    """The model a mask was made for: adapter name, processing mode, :func:`fingerprint`, where the model's norms
+    sit in front of its readers (``norms``, from its adapter; ``None`` in an origin built by hand without it, which
+    analyses read as the adapter class's default, :meth:`norm_layout`), and which blocks run attention heads and which
+    an MLP (``components``, from its adapter; ``None`` in an origin built by hand without it, which the circuit graph
+    reads as heads and an MLP in every block).
 
-    Mask files do not store ``norms``: like the tensors' specs, it is read again from the bridge a file is loaded
-    onto, which :meth:`check` has proved to be the model the mask was made for; files saved before it existed
-    load with it too.
+    Mask files store neither ``norms`` nor ``components``: like the tensors' specs, they are read again from the
+    bridge a file is loaded onto, which :meth:`check` has proved to be the model the mask was made for; files saved
+    before they existed load with them too.
     """
 
     adapter: str
     mode: str
     model: dict
     norms: NormLayout | None = None
+    components: BlockComponents | None = None
 
     @classmethod
     def of(cls, bridge: Bridge) -> MaskOrigin:
         adapter = adapter_for(bridge)
         specs = adapter.tensor_specs(bridge)
-        return cls(adapter.name, processing_mode(bridge), fingerprint(bridge, specs), adapter.norm_layout())
+        return cls(
+            adapter.name,
+            processing_mode(bridge),
+            fingerprint(bridge, specs),
+            adapter.norm_layout(),
+            adapter.block_components(bridge),
+        )
 
     def norm_layout(self) -> NormLayout:
         """The recorded :attr:`norms`, or where none was recorded, the default of the adapter class named

@@ -105,9 +105,16 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         )
     except (TypeError, ValueError) as error:
         raise MaskFileError(f"{source}: its mask_config is invalid ({error}); re-export the file") from error
-    # The norm layout, like the tensors' specs, is the loading bridge's (check() proves it is the mask's model).
-    norms = adapter_for(bridge).norm_layout()
-    origin = MaskOrigin(metadata["adapter"], metadata["processing_mode"], metadata["model"], norms)
+    # The norm layout and the blocks' components, like the tensors' specs, are the loading bridge's (check() proves
+    # it is the mask's model).
+    adapter = adapter_for(bridge)
+    origin = MaskOrigin(
+        metadata["adapter"],
+        metadata["processing_mode"],
+        metadata["model"],
+        adapter.norm_layout(),
+        adapter.block_components(bridge),
+    )
     units = units_for(bridge, config)
     origin.check(bridge, [member for unit in units for member in unit.members])
     expected = [{"name": unit.name, "shape": list(unit.shape)} for unit in units]

@@ -112,16 +112,29 @@ _GRAPH_SCRIPT = """
 
 
 def node_positions(nodes: pd.DataFrame) -> dict[str, tuple[Pixels, Pixels]]:
-    """Centre (x, y) in px of every node: x by stage, heads stacked by index, other nodes centred vertically."""
+    """Centre (x, y) in px of every node: one column per stage that has nodes (a block without heads or an MLP
+    takes no room), heads stacked by index, other nodes centred vertically."""
     n_heads = int(nodes["head"].max()) + 1 if nodes["head"].notna().any() else 1
     middle = MARGIN + 20 + (n_heads - 1) * ROW_HEIGHT / 2
+    column = {stage: index for index, stage in enumerate(sorted(nodes["stage"].unique()))}
     return {
         row.node: (
-            MARGIN + NODE_SIZE + row.stage * STAGE_WIDTH,
+            MARGIN + NODE_SIZE + column[row.stage] * STAGE_WIDTH,
             middle if pd.isna(row.head) else MARGIN + 20 + int(row.head) * ROW_HEIGHT,
         )
         for row in nodes.itertuples()
     }
+
+
+def _empty_blocks_note(nodes: pd.DataFrame) -> str:
+    """A sentence naming the blocks that have no node (neither heads nor an MLP: recurrent, state-space or
+    convolution blocks, as the mask recorded), or ``""`` when every block has one."""
+    n_layers = (int(nodes.loc[nodes["kind"] == "unembed", "stage"].iloc[0]) - 1) // 2
+    empty = sorted(set(range(n_layers)) - set(nodes["layer"].dropna().astype(int)))
+    if not empty:
+        return ""
+    which = f"Layers {', '.join(map(str, empty))} run" if len(empty) > 1 else f"Layer {empty[0]} runs"
+    return f" {which} neither attention heads nor an MLP (recurrent, state-space or convolution blocks): no node there."
 
 
 def _edge_markup(
@@ -256,6 +269,7 @@ class CircuitView(SvgView):
                 if patterns is not None and patterns.layers
                 else "Hover for numbers."
             )
+            + _empty_blocks_note(graph.nodes)
         )
 
     def svg(self) -> str:

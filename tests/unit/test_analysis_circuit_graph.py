@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modmask_lens.adapters import TensorSpec
+from modmask_lens.adapters.components import BlockComponents
 from modmask_lens.analysis import circuit_graph, shared_mask
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
@@ -72,6 +73,18 @@ def hand_built_mask(
     }
     dims = {"n_layers": N_LAYERS, "n_heads": N_HEADS, "d_model": D_MODEL}
     return BinaryMask(specs, kept, MaskOrigin(adapter, "raw", dims), "hand")
+
+
+def without_blocks_parts(mask: BinaryMask, components: BlockComponents) -> BinaryMask:
+    """``mask`` on a model whose blocks run heads and MLPs only where ``components`` says, as its origin records."""
+    absent = {(role, layer) for layer in range(N_LAYERS) if layer not in components.head_layers for role in HEAD_ROLES}
+    absent |= {(role, layer) for layer in range(N_LAYERS) if layer not in components.mlp_layers for role in MLP_ROLES}
+    specs = [spec for spec in mask.specs if (spec.role, spec.layer) not in absent]
+    origin = MaskOrigin(mask.origin.adapter, mask.origin.mode, mask.origin.model, components=components)
+    return BinaryMask(specs, {spec.key: mask.kept[spec.key] for spec in specs}, origin, mask.name)
+
+
+HEAD_ROLES, MLP_ROLES = ("W_Q", "W_K", "W_V", "W_O"), ("W_in", "W_out")
 
 
 def element_owner(spec: TensorSpec, index: tuple[int, int]) -> tuple[int | None, int]:
@@ -193,6 +206,23 @@ def test_post_norm_edges_pass_through_every_norm_between_writer_and_reader():
         assert edge.weight == pytest.approx(brute_force_edge(mask, edge.source, edge.target), abs=1e-6), edge
     pre_norm = circuit_graph(BinaryMask(mask.specs, mask.kept, MaskOrigin("hand-built", "raw", mask.origin.model)))
     assert not graph.edges.weight.equals(pre_norm.edges.weight)  # the two placements read through other gains
+
+
+@pytest.mark.parametrize("adapter", ["hand-built", "bert"], ids=["pre-norm", "post-norm"])
+def test_blocks_without_heads_or_mlp_have_no_nodes_and_the_rest_keep_their_edges(adapter):
+    """Heads in block 1 only, an MLP in block 0 only: those nodes alone are drawn, and every edge between them is
+    still the brute-force fraction of kept paths (the norms of a block without heads or MLP stay on the path)."""
+    mask = without_blocks_parts(
+        hand_built_mask(adapter=adapter, seed=5), BlockComponents(frozenset({1}), frozenset({0}))
+    )
+    graph = circuit_graph(mask)
+    assert list(graph.nodes.node) == ["embed", "L0MLP", "L1H0", "L1H1", "unembed"]
+    assert list(graph.nodes.stage) == [0, 2, 3, 3, 5]
+    nodes = list(graph.nodes.node)
+    assert len(graph.edges) == 9  # embed -> 4 readers, L0MLP -> 3, each L1 head -> unembed
+    for edge in graph.edges.itertuples():
+        assert nodes.index(edge.target) > nodes.index(edge.source)
+        assert edge.weight == pytest.approx(brute_force_edge(mask, edge.source, edge.target), abs=1e-6), edge
 
 
 def test_unmasked_side_counts_as_fully_kept():
