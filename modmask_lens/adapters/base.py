@@ -485,35 +485,38 @@ class Adapter:
         (:meth:`tensor_specs`), and each block that reads such a tensor again through a module of its own (a block
         shared across depths, whose heads are keyed at its first depth only: Zamba2's shared transformer block;
         :func:`~modmask_lens.core.functional.depth_twins`). Recurrent, state-space and convolution blocks hold none."""
-        return self._blocks_reading(bridge, lambda spec: spec.unit in ("head", "kv_head"))
+        return set(self.block_components(bridge).head_layers)
 
     def mlp_layers(self, bridge: Bridge) -> set[int]:
         """The blocks whose forward pass runs an MLP: each block holding a tensor of an MLP or mixture-of-experts role
         (``W_in``, ``W_gate``, ``W_out``, ``W_experts_in``, ``W_experts_out``), and, as for :meth:`head_layers`,
         each further depth of a shared block. A state-space block (Mamba's mixer) and an attention-only block
         (NemotronH's) hold none."""
-        return self._blocks_reading(bridge, lambda spec: spec.role in _GRANULARITY_ROLES["neuron"])
+        return set(self.block_components(bridge).mlp_layers)
 
     def block_components(self, bridge: Bridge) -> BlockComponents:
         """:meth:`head_layers` and :meth:`mlp_layers` as one record, which masks keep with them
         (:class:`~modmask_lens.masks.identity.MaskOrigin`)."""
-        return BlockComponents(frozenset(self.head_layers(bridge)), frozenset(self.mlp_layers(bridge)))
-
-    def _blocks_reading(self, bridge: Bridge, holds: Callable[[TensorSpec], bool]) -> set[int]:
-        """The blocks holding a tensor for which ``holds`` is true, and the blocks that read such a tensor again
-        through a module of their own (:func:`~modmask_lens.core.functional.depth_twins`)."""
+        specs = self.tensor_specs(bridge)
         slots = tensor_slots(bridge)
         twins = depth_twins(slots)
-        layers = set()
-        for spec in self.tensor_specs(bridge):
-            if spec.layer is None or not holds(spec):
-                continue
-            layers.add(spec.layer)
-            for twin in twins.get(slot_of(bridge, spec.path), ()):
-                block = _BLOCK_INDEX.match(slots[twin][0])
-                if block is not None:
-                    layers.add(int(block["layer"]))
-        return layers
+
+        def blocks_reading(holds: Callable[[TensorSpec], bool]) -> frozenset[int]:
+            layers = set()
+            for spec in specs:
+                if spec.layer is None or not holds(spec):
+                    continue
+                layers.add(spec.layer)
+                for twin in twins.get(slot_of(bridge, spec.path), ()):
+                    block = _BLOCK_INDEX.match(slots[twin][0])
+                    if block is not None:
+                        layers.add(int(block["layer"]))
+            return frozenset(layers)
+
+        return BlockComponents(
+            blocks_reading(lambda spec: spec.unit in ("head", "kv_head")),
+            blocks_reading(lambda spec: spec.role in _GRANULARITY_ROLES["neuron"]),
+        )
 
     def norm_layout(self) -> NormLayout:
         """Where this adapter's model keeps the norms in front of its readers: :attr:`norm_placement`, sequential

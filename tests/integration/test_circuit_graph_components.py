@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import boot_gpt2, tiny_nemotron_h
+from conftest import boot_gpt2, tiny_nemotron_h, tiny_zamba2
 from test_report_without_attention import PROMPT, boot_jamba, boot_mamba
 from test_viz_views import random_mask_set
 
@@ -99,3 +99,11 @@ def test_a_saved_mask_comes_back_with_its_blocks_components(tmp_path):
     assert loaded.origin.components == mask_set.origin.components == BlockComponents(frozenset({0}), frozenset({0, 1}))
     assert circuit_graph(loaded.binary()).edges.equals(circuit_graph(mask_set.binary()).edges)
     assert all(torch.equal(loaded.logits[name], logit) for name, logit in mask_set.logits.items())
+
+
+def test_a_shared_block_counts_at_every_depth_it_runs(tmp_path):
+    """Zamba2's shared transformer block (attention and MLP), keyed at layer 1, runs at layers 1 and 2; layer 0 is a
+    Mamba block."""
+    bridge = tiny_zamba2(tmp_path / "zamba2")
+    mask = random_mask_set(bridge, "m", 5).binary()
+    assert mask.origin.components == BlockComponents(frozenset({1, 2}), frozenset({1, 2}))
