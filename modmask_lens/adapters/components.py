@@ -19,16 +19,11 @@ class BlockComponents:
         head_layers: blocks that run attention heads (a block shared across depths counts at every depth it runs).
         mlp_layers: blocks that run an MLP, dense or a mixture of experts.
 
-    Example (a Jamba-like hybrid: attention in block 0, an MLP in both):
+    Example (a hybrid of three blocks: attention in block 0, an MLP in blocks 0 and 1, block 2 a Mamba block):
         >>> components = BlockComponents(frozenset({0}), frozenset({0, 1}))
-        >>> components.without_either(n_layers=3)
-        [2]
+        >>> [layer for layer in range(3) if layer in components.head_layers | components.mlp_layers]
+        [0, 1]
     """
 
     head_layers: frozenset[int] = frozenset()
     mlp_layers: frozenset[int] = frozenset()
-
-    def without_either(self, n_layers: int) -> list[int]:
-        """The blocks of an ``n_layers``-block model that run neither heads nor an MLP (recurrent, state-space or
-        convolution blocks), in order."""
-        return [layer for layer in range(n_layers) if layer not in self.head_layers | self.mlp_layers]

@@ -19,6 +19,7 @@ from modmask_lens.analysis import circuit_graph
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.viz import CircuitView, write_report
+from modmask_lens.viz.graph_view import STAGE_WIDTH, node_positions
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,8 @@ def test_state_space_model_draws_only_embed_to_unembed_and_says_why(tmp_path):
     assert edges(graph) == {("embed", "unembed"): pytest.approx(expected, abs=1e-6)}
 
     assert "Layers 0, 1 run neither attention heads nor an MLP" in CircuitView(graph).caption
+    positions = node_positions(graph.nodes)  # the empty blocks take no column
+    assert positions["unembed"][0] - positions["embed"][0] == STAGE_WIDTH
     html = write_report(tmp_path / "report.html", bridge, {"m": mask}, PROMPT).read_text()
     assert "<h3>Circuit of m</h3>" in html and 'data-node="L0H0"' not in html and 'data-node="L0MLP"' not in html
     assert "Layers 0, 1 run neither attention heads nor an MLP (recurrent, state-space or convolution blocks)" in html
