@@ -11,10 +11,12 @@ import subprocess
 
 import pytest
 import torch
-from test_report_without_attention import boot_jamba
+from test_report_without_attention import PROMPT, boot_jamba
 from test_viz_views import random_mask_set
 
 from modmask_lens.analysis import circuit_graph
+from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.testing.copy_task import FIRST, SECOND, copy_subtask
 from modmask_lens.viz import CircuitView, write_report
 from modmask_lens.viz.browser import BrowserUnavailable, HeadlessChromium, chromium_path
@@ -116,12 +118,16 @@ def test_graph_png_export_has_the_svgs_size(gpt2_bridge, tmp_path):
 
 
 def test_clicking_a_head_of_a_layer_without_attention_says_why(tmp_path):
-    """On a hybrid (Jamba: attention in layer 0, Mamba in layer 1) the circuit view opens on a head of layer 0 and a
-    click on a node of layer 1 shows the reason instead of a pattern, with no console error."""
+    """On a hybrid (Jamba: attention in layer 0, Mamba in layer 1) the circuit view opens on a head of layer 0. A
+    mask that records which blocks run heads has none in layer 1; one whose origin was built by hand without that
+    record draws heads in every layer, and a click on a head of layer 1 shows the reason instead of a pattern, with
+    no console error."""
     bridge = boot_jamba(tmp_path / "jamba")
-    report = write_report(
-        tmp_path / "report.html", bridge, {"m": random_mask_set(bridge, "m", 0)}, torch.tensor([5, 6, 7, 8])
-    )
+    mask = random_mask_set(bridge, "m", 0).binary()
+    assert 'data-node="L1H0"' not in write_report(tmp_path / "r.html", bridge, {"m": mask}, PROMPT).read_text()
+    bare = MaskOrigin(mask.origin.adapter, mask.origin.mode, mask.origin.model, mask.origin.norms)
+    unrecorded = BinaryMask(mask.specs, mask.kept, bare, mask.name)
+    report = write_report(tmp_path / "report.html", bridge, {"m": unrecorded}, PROMPT)
     with HeadlessChromium() as browser:
         record = browser.open(report)
         assert record.network_requests == [] and record.console_errors == []
