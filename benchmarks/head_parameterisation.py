@@ -62,6 +62,7 @@ from modmask_lens import (
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked_call
+from modmask_lens.masks.config import PATHWISE_INIT_LOGIT
 from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_mask
 
 ROLES = ("W_Q", "W_K", "W_V", "W_O")
@@ -403,7 +404,12 @@ def main() -> None:
         default="hard-concrete",
         help="the pathwise estimators' sampler (default hard-concrete: the library's outside head granularity)",
     )
-    parser.add_argument("--init-logit", type=float, default=MaskConfig().init_logit, help="default: the library's")
+    parser.add_argument(
+        "--init-logit",
+        type=float,
+        default=PATHWISE_INIT_LOGIT,
+        help="default: the pathwise samplers' (the library's Bernoulli heads start at 0.0)",
+    )
     parser.add_argument("--scan-examples", type=int, default=256)
     parser.add_argument(
         "--estimators", nargs="*", help="only these (first words: shared, output, gate, separate, local); default all"

@@ -18,12 +18,20 @@ SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete", "bernoulli")
 AUTO_SAMPLER = "auto"
 """The default :attr:`MaskConfig.sampler`: a mask built on a model resolves it to ``bernoulli`` at head granularity
 where every masked head's output has a ``hook_z``, and to ``hard-concrete`` everywhere else
-(:func:`~modmask_lens.masks.head_outputs.resolved_sampler`; measured in docs/concepts.md#head-masks)."""
+(:func:`~modmask_lens.masks.head_outputs.resolved_config`; measured in docs/concepts.md#head-masks)."""
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
 LossUnit = Literal["token", "example"]
 LOSS_UNITS: tuple[str, ...] = ("token", "example")
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
+PATHWISE_INIT_LOGIT = 3.0
+"""``MaskConfig(init_logit=None)`` under the hard-concrete and Gumbel-sigmoid samplers: nearly every unit kept at the
+start, as the paper starts (its 2.0), so the first gradients are the loss's slope at the full model."""
+BERNOULLI_INIT_LOGIT = 0.0
+"""``MaskConfig(init_logit=None)`` under the Bernoulli sampler: each head kept with probability 1/2 at the start.
+From 3.0 (95% kept) the first estimates measure each head's removal from the nearly full model, where a plant's
+heads back each other up; training then dropped one needed head early on 6 of 9 seeds of an entangled plant and could
+not bring it back once others compensated (docs/concepts.md#head-masks)."""
 HeadMask = Literal["qkvo", "output"]
 HEAD_MASKS: tuple[str, ...] = ("qkvo", "output")
 HEAD_MASK_OF_OLD_FILES: HeadMask = "qkvo"
@@ -49,8 +57,11 @@ class MaskConfig:
         roles: if given, only these roles (e.g. ``("W_Q", "W_K")``) among the selected kinds.
         layers: if given, only tensors of these blocks (embeddings, final norm and unembedding have no layer and are
             then left out).
-        init_logit: initial logit of every mask element: 3.0 (hard-concrete keep probability 0.99, Bernoulli
-            0.95); Csordás ``-mask_init`` 2.0 (sigmoid 0.88).
+        init_logit: initial logit of every mask element. ``None`` (default): by sampler, resolved with it when the
+            mask is built (:func:`~modmask_lens.masks.head_outputs.resolved_config`): 0.0 for ``bernoulli`` (every
+            head kept with probability 1/2, so each head's removal cost is first measured among random halves of
+            the others: :data:`BERNOULLI_INIT_LOGIT`), 3.0 for the pathwise samplers (hard-concrete keep probability
+            0.99, Gumbel-sigmoid 0.95: :data:`PATHWISE_INIT_LOGIT`). Csordás ``-mask_init`` 2.0 (sigmoid 0.88).
         sampler: how training samples masks from logits. ``auto`` (default): ``bernoulli`` at head granularity
             where every masked head's output has a ``hook_z`` (and ``W_O`` is among the masked roles), else
             ``hard-concrete``; a mask built on a model (:meth:`MaskSet.for_bridge`) holds the resolved value, which
@@ -81,7 +92,7 @@ class MaskConfig:
     kinds: tuple[str, ...] = ("linear", "norm")
     roles: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
-    init_logit: float = 3.0
+    init_logit: float | None = None  # measured: docs/concepts.md#head-masks
     sampler: Sampler | Literal["auto"] = AUTO_SAMPLER  # measured: docs/concepts.md#head-masks
     head_mask: HeadMask = "output"  # measured: docs/concepts.md#head-masks
 
@@ -103,8 +114,10 @@ class MaskConfig:
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
-        if not math.isfinite(self.init_logit):
-            raise ValueError(f"init_logit {self.init_logit} must be a finite number (default 3.0; Csordás use 2.0)")
+        if self.init_logit is not None and not math.isfinite(self.init_logit):
+            raise ValueError(
+                f"init_logit {self.init_logit} must be a finite number or None (the sampler's default; Csordás use 2.0)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

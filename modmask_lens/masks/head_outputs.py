@@ -1,5 +1,5 @@
-"""Where each masked head writes its output, and the sampler a head mask trains with when its config leaves the
-choice to the library (``MaskConfig(sampler="auto")``, the default).
+"""Where each masked head writes its output, and the sampler and initial logit a mask trains with when its config
+leaves the choice to the library (``MaskConfig(sampler="auto", init_logit=None)``, the defaults).
 
 A head is removed at its ``hook_z`` slice on the attention component that holds it (its ``width`` consecutive entries
 of the hook's flattened per-position features, head-major: ``[batch, pos, head, d_head]`` on most families; on
@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.masks.config import AUTO_SAMPLER, MaskConfig
+from modmask_lens.masks.config import AUTO_SAMPLER, BERNOULLI_INIT_LOGIT, PATHWISE_INIT_LOGIT, MaskConfig
 from modmask_lens.masks.units import MaskUnit
 
 
@@ -71,10 +71,11 @@ def head_outputs(bridge: Bridge, units: list[MaskUnit]) -> list[HeadOutput]:
     return outputs
 
 
-def resolved_sampler(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -> MaskConfig:
-    """``config`` with a concrete sampler for ``units`` on ``bridge``: ``auto`` becomes ``bernoulli`` at head
-    granularity where :func:`head_outputs` finds every head's ``hook_z``, and ``hard-concrete`` otherwise; any other
-    sampler stays.
+def resolved_config(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -> MaskConfig:
+    """``config`` with a concrete sampler and initial logit for ``units`` on ``bridge``: ``auto`` becomes
+    ``bernoulli`` at head granularity where :func:`head_outputs` finds every head's ``hook_z``, and ``hard-concrete``
+    otherwise; any other sampler stays. ``init_logit=None`` becomes the sampler's own
+    (:data:`~modmask_lens.masks.config.BERNOULLI_INIT_LOGIT` or :data:`~modmask_lens.masks.config.PATHWISE_INIT_LOGIT`).
 
     Raises:
         ValueError: ``sampler="bernoulli"`` on heads without a ``hook_z`` (before training starts).
@@ -83,22 +84,30 @@ def resolved_sampler(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) 
         >>> from modmask_lens.masks.mask_set import units_for
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
         >>> bridge = tiny_bridge()
-        >>> [resolved_sampler(bridge, MaskConfig(granularity=g), units_for(bridge, MaskConfig(granularity=g))).sampler
-        ...  for g in ("head", "neuron")]
-        ['bernoulli', 'hard-concrete']
+        >>> configs = [MaskConfig(granularity=granularity) for granularity in ("head", "neuron")]
+        >>> [(resolved.sampler, resolved.init_logit)
+        ...  for resolved in (resolved_config(bridge, config, units_for(bridge, config)) for config in configs)]
+        [('bernoulli', 0.0), ('hard-concrete', 3.0)]
     """
-    if config.sampler not in (AUTO_SAMPLER, "bernoulli"):
-        return config
+    config = dataclasses.replace(config, sampler=_resolved_sampler(bridge, config, units))
+    if config.init_logit is None:
+        init_logit = BERNOULLI_INIT_LOGIT if config.sampler == "bernoulli" else PATHWISE_INIT_LOGIT
+        config = dataclasses.replace(config, init_logit=init_logit)
+    return config
+
+
+def _resolved_sampler(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -> str:
     if config.sampler == "bernoulli":
         head_outputs(bridge, units)  # raises, before training starts, where a head has no hook_z
-        return config
+    if config.sampler != AUTO_SAMPLER:
+        return config.sampler
     if config.granularity != "head":
-        return dataclasses.replace(config, sampler="hard-concrete")
+        return "hard-concrete"
     try:
         head_outputs(bridge, units)
     except ValueError:
-        return dataclasses.replace(config, sampler="hard-concrete")
-    return dataclasses.replace(config, sampler="bernoulli")
+        return "hard-concrete"
+    return "bernoulli"
 
 
 def _no_hook_z(reason: str) -> ValueError:

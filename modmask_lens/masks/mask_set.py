@@ -12,7 +12,7 @@ from modmask_lens.adapters import GranularityNotApplicable, TensorSpec, adapter_
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import AUTO_SAMPLER, MaskConfig
-from modmask_lens.masks.head_outputs import resolved_sampler
+from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.products import unit_products
 from modmask_lens.masks.sampling import UniformNoise, keep_probability, sample_mask
@@ -70,6 +70,11 @@ class MaskSet:
                 "a MaskSet holds the sampler it trains with, not 'auto' (which depends on the model): build it "
                 "with MaskSet.for_bridge(bridge, config), or name the sampler in its MaskConfig"
             )
+        if self.config.init_logit is None:
+            raise ValueError(
+                "a MaskSet holds the initial logit it trained from, not None (which depends on the sampler): build "
+                "it with MaskSet.for_bridge(bridge, config), or set init_logit in its MaskConfig"
+            )
 
     @classmethod
     def for_bridge(
@@ -77,14 +82,14 @@ class MaskSet:
     ) -> MaskSet:
         """Fresh logits (all ``config.init_logit``, on the bridge's device) for every unit of ``bridge`` that ``config``
         selects, under ``config`` with its sampler resolved for ``bridge``
-        (:func:`~modmask_lens.masks.head_outputs.resolved_sampler`: ``auto`` is ``bernoulli`` on heads with a
-        ``hook_z``, else ``hard-concrete``).
+        (:func:`~modmask_lens.masks.head_outputs.resolved_config`: ``auto`` is ``bernoulli`` on heads with a
+        ``hook_z``, else ``hard-concrete``), and its initial logit (``None``: the sampler's).
 
         ``origin`` may pass the bridge's :class:`MaskOrigin` when it is already known (hashing the weights is a pass
         over the whole model).
         """
         units = units_for(bridge, config)
-        config = resolved_sampler(bridge, config, units)
+        config = resolved_config(bridge, config, units)
         device = next(bridge.parameters()).device
         logits = {
             unit.name: torch.full(unit.shape, config.init_logit, device=device, requires_grad=True) for unit in units

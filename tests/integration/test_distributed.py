@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from modmask_lens import CSORDAS_MASKS, MaskConfig
+from modmask_lens import CSORDAS_MASKS
+from modmask_lens.masks.config import PATHWISE_INIT_LOGIT
 from modmask_lens.testing.tiny_models import boot_tiny
 
 
@@ -109,7 +110,7 @@ def test_two_process_mask_training_equals_one_process(tmp_path, model, options):
         assert one.keys() == two.keys()
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
-        init_logit = CSORDAS_MASKS.init_logit if "csordas" in options else MaskConfig().init_logit
+        init_logit = CSORDAS_MASKS.init_logit if "csordas" in options else PATHWISE_INIT_LOGIT
         assert any(not torch.equal(value, torch.full_like(value, init_logit)) for value in one.values())
     one = load_file(tmp_path / "single" / "checkpoints" / "checkpoint.safetensors")
     two = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint.safetensors")

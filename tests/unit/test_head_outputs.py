@@ -32,9 +32,21 @@ from modmask_lens.testing.tiny_models import tiny_bridge
     ],
 )
 def test_the_default_sampler_resolves_per_granularity_and_a_named_one_stays(settings, sampler):
+    """And the default initial logit with it: 0.0 for Bernoulli heads, 3.0 for the pathwise samplers."""
     config = MaskConfig(**settings)
     mask = MaskSet.for_bridge(tiny_bridge(), config)
-    assert mask.config == dataclasses.replace(config, sampler=sampler)
+    init_logit = 0.0 if sampler == "bernoulli" else 3.0
+    assert mask.config == dataclasses.replace(config, sampler=sampler, init_logit=init_logit)
+    assert all(torch.equal(logit, torch.full_like(logit, init_logit)) for logit in mask.logits.values())
+    named = MaskSet.for_bridge(tiny_bridge(), dataclasses.replace(config, init_logit=1.5))
+    assert named.config.init_logit == 1.5
+
+
+def test_a_mask_set_holds_a_resolved_initial_logit_never_none():
+    bridge = tiny_bridge()
+    config = MaskConfig(granularity="neuron", sampler="hard-concrete")
+    with pytest.raises(ValueError, match="MaskSet.for_bridge"):
+        MaskSet("mask", config, units_for(bridge, config), {}, MaskOrigin.of(bridge))
 
 
 def test_every_head_is_found_at_the_hook_z_of_the_layer_that_writes_it():

@@ -78,7 +78,7 @@ def test_training_with_bernoulli_head_masks_moves_logits_and_leaves_the_model_un
     config = TrainConfig(steps=3, batch_size=8, n_samples=2, readout="zero")
     masks = train_masks(bridge, data, MaskConfig(granularity="head", sampler="bernoulli"), config, progress=False)
     logits = torch.cat([logit.detach() for logit in masks["answers"].logits.values()])
-    assert not torch.equal(logits, torch.full_like(logits, MaskConfig().init_logit))
+    assert not torch.equal(logits, torch.full_like(logits, masks["answers"].config.init_logit))
     after = state_snapshot(bridge)
     assert all(torch.equal(before[name], after[name]) for name in before)
 

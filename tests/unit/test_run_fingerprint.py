@@ -12,6 +12,7 @@ from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run, run_fingerprint
+from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.testing.tiny_models import tiny_bridge
 
 
@@ -65,3 +66,19 @@ def test_a_bernoulli_run_from_before_the_share_of_heads_is_refused_by_name(share
 def test_a_setting_absent_from_one_side_is_named_even_when_the_other_holds_null():
     with pytest.raises(RunMismatch, match=r"trained with extra='\(not set\)', this run has extra=None"):
         check_same_run({"train_config": {"lr": 0.05}}, {"train_config": {"lr": 0.05, "extra": None}}, "ckpt", "copy")
+
+
+def test_a_bernoulli_head_run_started_at_the_old_logit_is_refused_by_name():
+    """Bernoulli head masks start at logit 0.0 since session 11; a checkpoint of a run that started at 3.0 (the
+    earlier default) resumes only with ``init_logit=3.0`` named."""
+    bridge = tiny_bridge()
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2], [3, 4, 4]]), torch.tensor([[-100, -100, 2], [-100, -100, 4]]))
+
+    def saved_fingerprint(mask_config: MaskConfig) -> dict[str, object]:
+        trainer = MaskTrainer(bridge, [data], mask_config, TrainConfig(steps=1), progress=False)
+        return trainer.runs[0].masks.fingerprint
+
+    old = saved_fingerprint(MaskConfig(granularity="head", init_logit=3.0))
+    with pytest.raises(RunMismatch, match="trained with mask config init_logit=3.0, this run has init_logit=0.0"):
+        check_same_run(old, saved_fingerprint(MaskConfig(granularity="head")), "ckpt", "copy")
+    check_same_run(old, saved_fingerprint(MaskConfig(granularity="head", init_logit=3.0)), "ckpt", "copy")
