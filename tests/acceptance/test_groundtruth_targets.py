@@ -33,3 +33,18 @@ def test_the_default_finder_recovers_each_subtasks_own_units(tables, granularity
         & (faithfulness["evaluated_on"] != faithfulness["subtask"])
     ]
     assert len(removed) == 2 and (removed["faithfulness"] >= 0.9).all(), removed  # the other subtask still works
+
+
+def test_the_default_head_finder_recovers_an_entangled_plants_heads():
+    """On a plant whose two subtasks share every input token and whose heads were trained split (each subtask on its
+    own 8 of the 16 heads alone, both on all), each default head mask keeps its subtask's heads and ranks them above
+    the other's (issue targets: precision >= 0.95, AUROC >= 0.98, faithful). From logit 3.0, the start before
+    session 11, the `mul` mask here was padded with `add`'s heads on 2 of 3 seeds (docs/concepts.md#head-masks)."""
+    case = load_plant("entangled-head-add-mul")
+    tables = run_suite(
+        {"faithful": FinderMethod(TrainConfig(steps=STEPS))}, [case], granularities=["head"], controls=["none"]
+    )
+    summary = tables["summary"].set_index("subtask")
+    assert (summary["precision"] >= 0.95).all(), summary["precision"]
+    assert (summary["auroc"] >= 0.98).all(), summary["auroc"]
+    assert (summary["faithfulness"] >= 0.95).all(), summary["faithfulness"]
