@@ -27,8 +27,9 @@ GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
 PATHWISE_INIT_LOGIT = 3.0
 """``MaskConfig(init_logit=None)`` under the hard-concrete and Gumbel-sigmoid samplers: nearly every unit kept at the
 start, as the paper starts (its 2.0), so the first gradients are the loss's slope at the full model."""
-BERNOULLI_INIT_LOGIT = 0.0
-"""``MaskConfig(init_logit=None)`` under the Bernoulli sampler: each head kept with probability 1/2 at the start.
+BERNOULLI_INIT_LOGIT = 0.01
+"""``MaskConfig(init_logit=None)`` under the Bernoulli sampler: each head kept with probability about 1/2 (0.5025) at
+the start, just above 0 so that a fresh mask's readout (logit > 0) keeps every head, as every fresh mask does.
 From 3.0 (95% kept) the first estimates measure each head's removal from the nearly full model, where a plant's
 heads back each other up; training then dropped one needed head early on 6 of 9 seeds of an entangled plant and could
 not bring it back once others compensated (docs/concepts.md#head-masks)."""
@@ -58,8 +59,8 @@ class MaskConfig:
         layers: if given, only tensors of these blocks (embeddings, final norm and unembedding have no layer and are
             then left out).
         init_logit: initial logit of every mask element. ``None`` (default): by sampler, resolved with it when the
-            mask is built (:func:`~modmask_lens.masks.head_outputs.resolved_config`): 0.0 for ``bernoulli`` (every
-            head kept with probability 1/2, so each head's removal cost is first measured among random halves of
+            mask is built (:func:`~modmask_lens.masks.head_outputs.resolved_config`): 0.01 for ``bernoulli`` (every
+            head kept with probability about 1/2, so each head's removal cost is first measured among random halves of
             the others: :data:`BERNOULLI_INIT_LOGIT`), 3.0 for the pathwise samplers (hard-concrete keep probability
             0.99, Gumbel-sigmoid 0.95: :data:`PATHWISE_INIT_LOGIT`). Csordás ``-mask_init`` 2.0 (sigmoid 0.88).
         sampler: how training samples masks from logits. ``auto`` (default): ``bernoulli`` at head granularity

@@ -87,7 +87,7 @@ def resolved_config(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -
         >>> configs = [MaskConfig(granularity=granularity) for granularity in ("head", "neuron")]
         >>> [(resolved.sampler, resolved.init_logit)
         ...  for resolved in (resolved_config(bridge, config, units_for(bridge, config)) for config in configs)]
-        [('bernoulli', 0.0), ('hard-concrete', 3.0)]
+        [('bernoulli', 0.01), ('hard-concrete', 3.0)]
     """
     config = dataclasses.replace(config, sampler=_resolved_sampler(bridge, config, units))
     if config.init_logit is None:

@@ -32,12 +32,14 @@ from modmask_lens.testing.tiny_models import tiny_bridge
     ],
 )
 def test_the_default_sampler_resolves_per_granularity_and_a_named_one_stays(settings, sampler):
-    """And the default initial logit with it: 0.0 for Bernoulli heads, 3.0 for the pathwise samplers."""
+    """And the default initial logit with it: 0.01 for Bernoulli heads, 3.0 for the pathwise samplers; either way a
+    fresh mask's readout keeps every unit."""
     config = MaskConfig(**settings)
     mask = MaskSet.for_bridge(tiny_bridge(), config)
-    init_logit = 0.0 if sampler == "bernoulli" else 3.0
+    init_logit = 0.01 if sampler == "bernoulli" else 3.0
     assert mask.config == dataclasses.replace(config, sampler=sampler, init_logit=init_logit)
     assert all(torch.equal(logit, torch.full_like(logit, init_logit)) for logit in mask.logits.values())
+    assert (mask.binary().kept_fraction(by="all")["kept_fraction"] == 1.0).all()
     named = MaskSet.for_bridge(tiny_bridge(), dataclasses.replace(config, init_logit=1.5))
     assert named.config.init_logit == 1.5
 

@@ -69,7 +69,7 @@ def test_a_setting_absent_from_one_side_is_named_even_when_the_other_holds_null(
 
 
 def test_a_bernoulli_head_run_started_at_the_old_logit_is_refused_by_name():
-    """Bernoulli head masks start at logit 0.0 since session 11; a checkpoint of a run that started at 3.0 (the
+    """Bernoulli head masks start at logit 0.01 since session 11; a checkpoint of a run that started at 3.0 (the
     earlier default) resumes only with ``init_logit=3.0`` named."""
     bridge = tiny_bridge()
     data = SubtaskData("copy", torch.tensor([[1, 2, 2], [3, 4, 4]]), torch.tensor([[-100, -100, 2], [-100, -100, 4]]))
@@ -79,6 +79,6 @@ def test_a_bernoulli_head_run_started_at_the_old_logit_is_refused_by_name():
         return trainer.runs[0].masks.fingerprint
 
     old = saved_fingerprint(MaskConfig(granularity="head", init_logit=3.0))
-    with pytest.raises(RunMismatch, match="trained with mask config init_logit=3.0, this run has init_logit=0.0"):
+    with pytest.raises(RunMismatch, match="trained with mask config init_logit=3.0, this run has init_logit=0.01"):
         check_same_run(old, saved_fingerprint(MaskConfig(granularity="head")), "ckpt", "copy")
     check_same_run(old, saved_fingerprint(MaskConfig(granularity="head", init_logit=3.0)), "ckpt", "copy")
