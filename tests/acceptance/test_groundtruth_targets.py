@@ -39,10 +39,15 @@ def test_the_default_head_finder_recovers_an_entangled_plants_heads():
     """On a plant whose two subtasks share every input token and whose heads were trained split (each subtask on its
     own 8 of the 16 heads alone, both on all), each default head mask keeps its subtask's heads and ranks them above
     the other's (issue targets: precision >= 0.95, AUROC >= 0.98, faithful). From logit 3.0, the start before
-    session 11, the `mul` mask here was padded with `add`'s heads on 2 of 3 seeds (docs/concepts.md#head-masks)."""
+    session 11, the `mul` mask here was padded with `add`'s heads on seeds 1 and 2 (precision 0.583,
+    docs/concepts.md#head-masks)."""
     case = load_plant("entangled-head-add-mul")
     tables = run_suite(
-        {"faithful": FinderMethod(TrainConfig(steps=STEPS))}, [case], granularities=["head"], controls=["none"]
+        {"faithful": FinderMethod(TrainConfig(steps=STEPS))},
+        [case],
+        granularities=["head"],
+        controls=["none"],
+        method_seeds=(1,),  # one where the start before session 11 failed
     )
     summary = tables["summary"].set_index("subtask")
     assert (summary["precision"] >= 0.95).all(), summary["precision"]
