@@ -408,7 +408,7 @@ def main() -> None:
         "--init-logit",
         type=float,
         default=PATHWISE_INIT_LOGIT,
-        help="default: the pathwise samplers' (the library's Bernoulli heads start at 0.0)",
+        help="default: the pathwise samplers' 3.0 (the library's Bernoulli heads start at 0.01)",
     )
     parser.add_argument("--scan-examples", type=int, default=256)
     parser.add_argument(

@@ -192,6 +192,11 @@ def masks_train(
         help="faithful only: auto (default: bernoulli for head masks where every head has a hook_z, else "
         "hard-concrete; docs/concepts.md#head-masks), hard-concrete, gumbel-sigmoid or bernoulli (head masks only)",
     ),
+    init_logit: float | None = typer.Option(
+        None,
+        help="initial logit of every mask unit (default: faithful 0.01 for bernoulli head masks, 3.0 otherwise; "
+        "csordas 2.0; docs/concepts.md#head-masks); name 3.0 to resume a head run started before session 11",
+    ),
     objective: str = typer.Option(
         "answer-ce",
         help="what the mask keeps: answer-ce (exact match), kl or kl:all (the full model's next-token "
@@ -260,11 +265,13 @@ def masks_train(
         raise typer.BadParameter(f"choose one of {[AUTO_SAMPLER, *SAMPLERS]}", param_hint="--sampler")
     base_masks, base_training = methods[method]
     try:
+        named = {"sampler": sampler, "init_logit": init_logit}
         mask_config = dataclasses.replace(
-            base_masks, granularity=granularity, **({} if sampler is None else {"sampler": sampler})
+            base_masks, granularity=granularity, **{key: value for key, value in named.items() if value is not None}
         )
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--sampler" if sampler else "--granularity") from error
+        hint = "--init-logit" if "init_logit" in str(error) else "--sampler" if sampler else "--granularity"
+        raise typer.BadParameter(str(error), param_hint=hint) from error
     settings = {
         "beta": beta,
         "max_loss_increase": max_loss_increase,

@@ -74,10 +74,10 @@ class MaskConfig:
             the exact gradient of the expected loss, per logit ``p (1 - p) E[L(unit off) - L(unit on)]`` (the
             local-expectation estimator, :mod:`modmask_lens.masks.local_expectation`); one extra copy of the
             examples per head and mask sample, so only at ``head`` granularity (a head is removed by zeroing its
-            ``hook_z``). Its gradient at initialisation ranks heads by what removing them costs (Spearman 0.97 on
-            all-MiniLM-L6-v2, 0.91 on the zoo scan model, against 0.61 and 0.43 for hard concrete), and on the
-            ground-truth head plants it matched or beat hard concrete (docs/concepts.md#head-masks), which made it
-            the head default.
+            ``hook_z``). Its gradient at logit 3.0 ranks heads by what removing them costs (Spearman 0.97 on
+            all-MiniLM-L6-v2, 0.91 on the zoo scan model, against 0.61 and 0.43 for hard concrete; 0.74 and 0.73
+            from its default start at 0.01), and on the ground-truth head plants it matched or beat hard concrete
+            (docs/concepts.md#head-masks), which made it the head default.
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
@@ -86,7 +86,8 @@ class MaskConfig:
             ``output`` logit's gradient at initialisation ranks heads by what removing them costs with Spearman 0.61
             on all-MiniLM-L6-v2 and 0.43 on the zoo scan model, the shared one's with 0.61 and 0.76; under the
             Gumbel-sigmoid at 2.0, 0.60 and 0.45 against 0.22 and -0.13, which chose ``output``. With
-            ``sampler="bernoulli"`` the two give the same gradient (0.97 and 0.91): it only compares heads on and off.
+            ``sampler="bernoulli"`` the two give the same gradient (0.97 and 0.91 at logit 3.0): it only compares
+            heads on and off.
     """
 
     granularity: Granularity = "weight"

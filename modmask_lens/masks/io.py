@@ -25,7 +25,7 @@ from modmask_lens.core.checkpoint import (
     verify_checksum,
     write_safetensors_atomically,
 )
-from modmask_lens.masks.config import HEAD_MASK_OF_OLD_FILES, MaskConfig
+from modmask_lens.masks.config import AUTO_SAMPLER, HEAD_MASK_OF_OLD_FILES, MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.mask_set import MaskSet, units_for
 
@@ -105,6 +105,16 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
         )
     except (TypeError, ValueError) as error:
         raise MaskFileError(f"{source}: its mask_config is invalid ({error}); re-export the file") from error
+    unresolved = [
+        name
+        for name, value in (("sampler", config.sampler), ("init_logit", config.init_logit))
+        if value in (AUTO_SAMPLER, None)
+    ]
+    if unresolved:
+        raise MaskFileError(
+            f"{source}: its mask_config leaves {' and '.join(unresolved)} to the library, where a mask file holds "
+            "the values it trained with; re-export the file"
+        )
     # The norm layout and the blocks' components, like the tensors' specs, are the loading bridge's (check() proves
     # it is the mask's model).
     adapter = adapter_for(bridge)

@@ -123,6 +123,11 @@ MASK_FILE_CASES = {
         MaskFileError,
         "mask_config is invalid",
     ),
+    "init_logit_left_to_the_library": (
+        edited(lambda m: m["mask_config"].update(init_logit=None)),
+        MaskFileError,
+        "leaves init_logit to the library",
+    ),
     "units_is_an_object": (edited(lambda m: m.update(units={})), MaskFileError, "'units' must be a list"),
     "model_is_a_string": (edited(lambda m: m.update(model="gpt2")), MaskFileError, "'model' must be a dict"),
     "library_version_is_a_number": (

@@ -154,6 +154,25 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
         assert recorded.items() <= mask.objective.items()
 
 
+@pytest.mark.parametrize(("options", "recorded"), [([], 0.01), (["--init-logit", "3.0"], 3.0)])
+def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logit(tmp_path, options, recorded):
+    """The default head mask starts at 0.01; --init-logit 3.0 starts it where head runs started before session 11,
+    so their checkpoints resume from the command line."""
+    from modmask_lens.loading import load_bridge
+    from modmask_lens.masks.io import load_masks
+
+    folder = _tiny_model_and_tasks(tmp_path)
+    out = tmp_path / "heads"
+    result = runner.invoke(
+        app,
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--steps", "1"]
+        + ["--batch-size", "8", "--granularity", "head", "--out", str(out), *options],
+    )
+    assert result.exit_code == 0, result.output
+    mask = load_masks(out / "masks-evens.safetensors", load_bridge(str(folder))[0])
+    assert (mask.config.sampler, mask.config.init_logit) == ("bernoulli", recorded)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -172,6 +191,7 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
         (["--method", "csordas", "--sampler", "bernoulli"], "--sampler does not apply to --method csordas"),
         (["--sampler", "bogus"], "choose one of ['auto', 'gumbel-sigmoid', 'hard-concrete', 'bernoulli']"),
         (["--sampler", "bernoulli", "--granularity", "neuron"], "trains head masks on W_O"),
+        (["--init-logit", "nan"], "init_logit nan must be a finite number"),
     ],
 )
 def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):
