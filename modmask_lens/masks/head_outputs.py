@@ -97,6 +97,7 @@ def resolved_config(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -
 
 
 def _resolved_sampler(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -> str:
+    """The sampler :func:`resolved_config` gives ``config`` on ``bridge`` (raises as it does)."""
     if config.sampler == "bernoulli":
         head_outputs(bridge, units)  # raises, before training starts, where a head has no hook_z
     if config.sampler != AUTO_SAMPLER:
