@@ -278,7 +278,11 @@ GRANULARITY_CHECKS = {
         "compat_mode_bit_exact",
         "hf_export_reloads",
     ),
-    "neuron": ("neuron_off_equals_zeroed_hook_post", "unit_slices_equal_tl_views"),
+    "neuron": (
+        "neuron_off_equals_zeroed_hook_post",
+        "unit_slices_equal_tl_views",
+        "neuron_gates_equal_weight_products",
+    ),
     "head": ("head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"),
     "matrix": (),
 }

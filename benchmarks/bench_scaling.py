@@ -54,8 +54,10 @@ GRANULARITIES = ("weight", "neuron", "head")
 # finetune-chunked: fine-tuning with the batch run in one slice per mask sample (the price of the slicing alone);
 # weight-unfused: weight granularity with the sample drawn first and multiplied through autograd (MaskSet.sample and
 # masked_parameters, the path before masks/products.py), for a side-by-side comparison;
-# sharded: weight granularity through the fully sharded path.
-KINDS = ("finetune", "finetune-chunked", *GRANULARITIES, "weight-unfused", "sharded")
+# sharded: weight granularity through the fully sharded path;
+# neuron-in-out: neuron masks on each neuron's W_in column and W_out row (neuron_mask="in-out": one weight product and
+# one backward per mask sample), beside the default neuron masks gated on the activations in one pass.
+KINDS = ("finetune", "finetune-chunked", *GRANULARITIES, "weight-unfused", "sharded", "neuron-in-out")
 
 
 def build_bridge(directory: str, size: str) -> TransformerBridge:
@@ -83,7 +85,10 @@ def runner(kind: str, bridge: TransformerBridge, steps: int, sampler: str | None
     """The step function of one kind: ``finetune``, a granularity, or ``sharded``."""
     if kind.startswith("finetune"):
         return FineTuning(bridge, subtask(), BATCH, TrainConfig().n_samples if kind == "finetune-chunked" else 1).step
-    overrides = {"granularity": kind if kind in GRANULARITIES else "weight"} | ({"sampler": sampler} if sampler else {})
+    overrides = {"granularity": kind.split("-")[0] if kind.split("-")[0] in GRANULARITIES else "weight"}
+    overrides |= ({"sampler": sampler} if sampler else {}) | (
+        {"neuron_mask": "in-out"} if kind == "neuron-in-out" else {}
+    )
     mask_config = dataclasses.replace(MaskConfig(), **overrides)
     sharded = kind == "sharded"
     step = MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config).step
@@ -259,6 +264,7 @@ def main() -> None:
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
     parser.add_argument("--fully-shard", action="store_true", help="also time the fully sharded path (one process)")
     parser.add_argument("--unfused", action="store_true", help="also time weight masks without the fused products")
+    parser.add_argument("--in-out", action="store_true", help="also time neuron masks with neuron_mask='in-out'")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps in each memory child (0: skip memory)")
@@ -271,6 +277,7 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     kinds = ["finetune", "finetune-chunked", *arguments.granularities]
     kinds += (["weight-unfused"] if arguments.unfused else []) + (["sharded"] if arguments.fully_shard else [])
+    kinds += ["neuron-in-out"] if arguments.in_out else []
     start = time.perf_counter()
 
     rows = []

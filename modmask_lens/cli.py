@@ -197,6 +197,12 @@ def masks_train(
         help="initial logit of every mask unit (default: faithful 0.01 for bernoulli head masks, 3.0 otherwise; "
         "csordas 2.0; docs/concepts.md#head-masks); name 3.0 to resume a head run started before session 11",
     ),
+    neuron_mask: str | None = typer.Option(
+        None,
+        help="neuron masks: output (default: each neuron's W_out row, trained as a gate on its activation in one "
+        "pass) or in-out (its W_in/W_gate column too, one weight product per sample; runs started before session "
+        "12); docs/concepts.md#neuron-masks",
+    ),
     objective: str = typer.Option(
         "answer-ce",
         help="what the mask keeps: answer-ce (exact match), kl or kl:all (the full model's next-token "
@@ -265,12 +271,15 @@ def masks_train(
         raise typer.BadParameter(f"choose one of {[AUTO_SAMPLER, *SAMPLERS]}", param_hint="--sampler")
     base_masks, base_training = methods[method]
     try:
-        named = {"sampler": sampler, "init_logit": init_logit}
+        named = {"sampler": sampler, "init_logit": init_logit, "neuron_mask": neuron_mask}
         mask_config = dataclasses.replace(
             base_masks, granularity=granularity, **{key: value for key, value in named.items() if value is not None}
         )
     except ValueError as error:
-        hint = "--init-logit" if "init_logit" in str(error) else "--sampler" if sampler else "--granularity"
+        hint = next(
+            (f"--{name.replace('_', '-')}" for name in ("init_logit", "neuron_mask") if name in str(error)),
+            "--sampler" if sampler else "--granularity",
+        )
         raise typer.BadParameter(str(error), param_hint=hint) from error
     settings = {
         "beta": beta,

@@ -4,6 +4,7 @@ Outside the ``groundtruth`` package, whose import loads TransformerLens: ``modma
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -78,6 +79,13 @@ def run(
         list[int] | None,
         typer.Option("--seed", help="train each method once per seed; repeat (two or more add seed_iou); default: 0"),
     ] = None,
+    neuron_mask: Annotated[
+        str | None,
+        typer.Option(
+            help="neuron masks of every method: output (the default) or in-out (each neuron's W_in/W_gate column "
+            "too; docs/finder-study.md compares them)"
+        ),
+    ] = None,
     fast: Annotated[
         bool, typer.Option("--fast", help="a smoke run: 50 steps, the library's defaults, no controls")
     ] = False,
@@ -96,6 +104,7 @@ def run(
     from modmask_lens.groundtruth.methods import baseline_methods, study_methods
     from modmask_lens.groundtruth.registry import all_cases
     from modmask_lens.groundtruth.suite import run_suite
+    from modmask_lens.masks.config import NEURON_MASKS
 
     if fast:
         steps, method, control = steps or 50, method or ["faithful"], control or ["none"]
@@ -104,6 +113,13 @@ def run(
     if unknown:
         raise typer.BadParameter(f"unknown method(s) {unknown}; choose from {list(methods)}")
     chosen = {name: methods[name] for name in (method or baseline_methods(steps))}
+    if neuron_mask is not None:
+        if neuron_mask not in NEURON_MASKS:
+            raise typer.BadParameter(f"choose one of {list(NEURON_MASKS)}", param_hint="--neuron-mask")
+        chosen = {
+            name: dataclasses.replace(finder, mask_settings=finder.mask_settings | {"neuron_mask": neuron_mask})
+            for name, finder in chosen.items()
+        }
     started = time.perf_counter()
     tables = run_suite(
         chosen,

@@ -51,6 +51,21 @@ class Batch:
             for index in range(sections)
         ]
 
+    @staticmethod
+    def joined(batches: Sequence[Batch]) -> Batch:
+        """``batches`` (of one width, as :meth:`split` gives them) one after another along the example axis."""
+        first = batches[0]
+        if len(batches) == 1:
+            return first
+        return dataclasses.replace(
+            first,
+            **{
+                name: torch.cat([getattr(batch, name) for batch in batches])
+                for name, value in vars(first).items()
+                if isinstance(value, Tensor)
+            },
+        )
+
     def forward_kwargs(self) -> dict:
         """Keyword arguments of the model's forward: the attention mask, when there is one."""
         return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}

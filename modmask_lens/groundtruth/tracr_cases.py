@@ -163,7 +163,7 @@ def _weight_truth(bridge: nn.Module, truth: dict) -> UnitTruth:
     for granularity in ("head", "neuron"):
         unit_truth = truth_units(bridge, truth, granularity)
         # every weight of a used head is used, whatever a head mask's logit covers
-        for unit in units_for(bridge, MaskConfig(granularity=granularity, head_mask="qkvo")):
+        for unit in units_for(bridge, MaskConfig(granularity=granularity, head_mask="qkvo", neuron_mask="in-out")):
             for member in unit.members:
                 used = unit.expand(unit_truth[unit.name], member).expand(member.shape)
                 units[member.key] = used & (bridge.get_parameter(member.path).detach() != 0)

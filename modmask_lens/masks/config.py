@@ -37,6 +37,12 @@ HeadMask = Literal["qkvo", "output"]
 HEAD_MASKS: tuple[str, ...] = ("qkvo", "output")
 HEAD_MASK_OF_OLD_FILES: HeadMask = "qkvo"
 """What a head logit masked before :attr:`MaskConfig.head_mask` existed (mask files without the field)."""
+NeuronMask = Literal["in-out", "output"]
+NEURON_MASKS: tuple[str, ...] = ("in-out", "output")
+NEURON_MASK_OF_OLD_FILES: NeuronMask = "in-out"
+"""What a neuron logit masked before :attr:`MaskConfig.neuron_mask` existed (mask files without the field)."""
+NEURON_WRITERS: tuple[str, ...] = ("W_out", "W_experts_out")
+"""The roles that write a neuron out: what a neuron logit masks under ``neuron_mask="output"``."""
 PARAMETER_KINDS: tuple[str, ...] = ("linear", "norm", "embedding", "bias")
 
 
@@ -46,7 +52,7 @@ class MaskConfig:
 
     Attributes:
         granularity: ``weight``: one logit per element (default, as Csordás). ``neuron``: one logit per MLP hidden
-            unit, shared by its ``W_in``/``W_gate`` column and ``W_out`` row; only MLP tensors are masked. ``head``:
+            unit, on the slices :attr:`neuron_mask` names; only MLP tensors are masked. ``head``:
             one logit per query head, on the slices :attr:`head_mask` names: with ``qkvo`` its ``W_Q``/``W_O``
             slices and, without grouped-query attention, its ``W_K``/``W_V`` slices (with grouped-query attention a
             key/value group is kept while any query head that reads it is kept: mask = max over the group's heads);
@@ -88,6 +94,15 @@ class MaskConfig:
             Gumbel-sigmoid at 2.0, 0.60 and 0.45 against 0.22 and -0.13, which chose ``output``. With
             ``sampler="bernoulli"`` the two give the same gradient (0.97 and 0.91 at logit 3.0): it only compares
             heads on and off.
+        neuron_mask: at neuron granularity without ``roles``, which of a neuron's slices its logit masks: ``in-out``
+            (its ``W_in``/``W_gate`` column and ``W_out`` row share it, as before this field existed) or ``output``
+            (its ``W_out`` row only, a gate on the neuron's activation; the default). ``roles``, when given, decides
+            instead. Both remove the same neurons once read out (a neuron without its ``W_out`` row writes nothing);
+            they differ in training: a soft hard-concrete sample ``m`` scales the neuron's output by ``m`` under
+            ``output`` and by ``m`` twice (``m * act(m * pre)``) under ``in-out``. Under ``output`` training gates
+            the activations of the whole batch in one pass (:mod:`modmask_lens.masks.neuron_gates`) instead of one
+            weight product and one backward per mask sample: 0.6x the time of a fine-tuning step where ``in-out``
+            takes 1.1-1.2x (benchmarks/README.md). Measured on the ground-truth suite in docs/finder-study.md.
     """
 
     granularity: Granularity = "weight"
@@ -97,10 +112,13 @@ class MaskConfig:
     init_logit: float | None = None  # measured: docs/concepts.md#head-masks
     sampler: Sampler | Literal["auto"] = AUTO_SAMPLER  # measured: docs/concepts.md#head-masks
     head_mask: HeadMask = "output"  # measured: docs/concepts.md#head-masks
+    neuron_mask: NeuronMask = "output"  # measured: docs/finder-study.md
 
     def __post_init__(self) -> None:
         if self.head_mask not in HEAD_MASKS:
             raise ValueError(f"head_mask {self.head_mask!r} is not one of {HEAD_MASKS}")
+        if self.neuron_mask not in NEURON_MASKS:
+            raise ValueError(f"neuron_mask {self.neuron_mask!r} is not one of {NEURON_MASKS}")
         if self.sampler not in (AUTO_SAMPLER, *SAMPLERS):
             raise ValueError(f"sampler {self.sampler!r} is not one of {(AUTO_SAMPLER, *SAMPLERS)}")
         if self.granularity not in GRANULARITIES:

@@ -25,7 +25,7 @@ from modmask_lens.core.checkpoint import (
     verify_checksum,
     write_safetensors_atomically,
 )
-from modmask_lens.masks.config import AUTO_SAMPLER, HEAD_MASK_OF_OLD_FILES, MaskConfig
+from modmask_lens.masks.config import AUTO_SAMPLER, HEAD_MASK_OF_OLD_FILES, NEURON_MASK_OF_OLD_FILES, MaskConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.mask_set import MaskSet, units_for
 
@@ -97,8 +97,14 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
             f"{source} was written by modmask-lens {metadata['library_version']}; this is "
             f"{library_version()} (another major version): re-export it with a matching version"
         )
-    # Files written before the sampler and head_mask fields existed: Gumbel-sigmoid samples, shared head logits.
-    written = {"sampler": "gumbel-sigmoid", "head_mask": HEAD_MASK_OF_OLD_FILES, **metadata["mask_config"]}
+    # Files written before the sampler, head_mask and neuron_mask fields existed: Gumbel-sigmoid samples, shared
+    # head and neuron logits.
+    written = {
+        "sampler": "gumbel-sigmoid",
+        "head_mask": HEAD_MASK_OF_OLD_FILES,
+        "neuron_mask": NEURON_MASK_OF_OLD_FILES,
+        **metadata["mask_config"],
+    }
     try:
         config = MaskConfig(
             **{key: tuple(value) if isinstance(value, list) else value for key, value in written.items()}

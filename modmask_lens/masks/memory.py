@@ -4,7 +4,9 @@ Mask training holds, per device: the frozen weights; per task, float32 logits, t
 (16 bytes per logit); for the mask sample being back-propagated, the products ``weight * mask`` the matmuls keep
 and, for per-element logits, the weight times the sample's derivative (float32, :mod:`modmask_lens.masks.products`);
 and the activations of one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so
-only one sample's tensors are alive at a time. Fully sharded training divides weights, logits, gradients and Adam
+only one sample's tensors are alive at a time. A neuron mask gated on the activations
+(:mod:`modmask_lens.masks.neuron_gates`) keeps no product, and the whole batch's activations, as it runs every
+sample in one pass (unless fully sharded). Fully sharded training divides weights, logits, gradients and Adam
 state by the number of processes and holds one gathered block (its weights, products and weighted derivatives)
 at a time.
 
@@ -21,7 +23,9 @@ import torch
 from modmask_lens.adapters import model_shape
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.mask_set import units_for
+from modmask_lens.masks.neuron_gates import neuron_gates
 
 LOGIT_BYTES = 4  # logits, their gradient and Adam's moments are float32
 ADAM_MOMENTS = 2
@@ -91,6 +95,10 @@ def estimate_memory(
         mask training needs about 0.00 GiB on the device: weights 0.00 GiB + logits ...
     """
     units = units_for(bridge, mask_config)
+    # Fully sharded training multiplies gathered weights block by block, never gates.
+    gated_in_one_pass = (
+        shards == 1 and neuron_gates(bridge, resolved_config(bridge, mask_config, units), units) is not None
+    )
     parameters = {id(parameter): parameter for parameter in bridge.parameters()}.values()
     weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
     model_dtype = next(iter(parameters)).dtype
@@ -105,8 +113,13 @@ def estimate_memory(
         unit_bytes = sum(member.numel for member in unit.members) * dtype_bytes + per_element * unit.numel * LOGIT_BYTES
         layer = unit.members[0].layer
         sample_bytes[layer] = sample_bytes.get(layer, 0) + unit_bytes
+    if gated_in_one_pass:
+        sample_bytes = {layer: 0 for layer in sample_bytes}
     dims = model_shape(bridge)
-    tokens = -(-train_config.batch_size // train_config.n_samples) * positions
+    examples_per_pass = (
+        train_config.batch_size if gated_in_one_pass else -(-train_config.batch_size // train_config.n_samples)
+    )
+    tokens = examples_per_pass * positions
     per_layer = tokens * (16 * dims.d_model + 2 * (dims.d_mlp or 4 * dims.d_model) + 3 * dims.n_heads * positions)
     activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 

@@ -26,6 +26,11 @@ TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {
 them: a checkpoint without the setting resumes under that value (and only under it). A value no setting can take
 (Bernoulli head runs before the share of heads per step: no current setting deals the heads as they did) names what
 the old run did, so that the refusal says why."""
+MASK_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"neuron_mask": "in-out"}
+"""Mask settings added after checkpoints were first written, with the value of the runs written before them (as
+:data:`TRAIN_SETTINGS_OF_OLD_RUNS`): a neuron mask masked each neuron's ``W_in``/``W_gate`` column and ``W_out`` row."""
+NEURON_ONLY_MASK_SETTINGS = ("neuron_mask",)
+"""Mask settings that only neuron masks read: left out of the fingerprint of every other run."""
 BERNOULLI_ONLY_SETTINGS = ("heads_estimated_per_step",)
 """Train settings that only Bernoulli head masks read: left out of the fingerprint of every other run, so that a
 run they do not change resumes whatever their value."""
@@ -55,10 +60,13 @@ def run_fingerprint(
     deciding = train_config.deciding_fields()
     if mask_config.sampler != "bernoulli":
         deciding = {key: value for key, value in deciding.items() if key not in BERNOULLI_ONLY_SETTINGS}
+    mask_settings = mask_config.to_dict()
+    if mask_config.granularity != "neuron":
+        mask_settings = {key: value for key, value in mask_settings.items() if key not in NEURON_ONLY_MASK_SETTINGS}
     return {
         "model": {"adapter": origin.adapter, "processing_mode": origin.mode} | origin.model,
         "data": data.fingerprint(),
-        "mask_config": mask_config.to_dict(),
+        "mask_config": mask_settings,
         "train_config": deciding,
         "objective": objective.to_dict(),
     }
@@ -79,11 +87,13 @@ def check_same_run(saved: object, current: dict[str, object], source: str, subta
             f"{source}: subtask {subtask!r} has no run fingerprint (the checkpoint predates them), so it cannot be "
             "checked against this run; start over with --restart (restart=True in Python)"
         )
-    if isinstance(saved.get("train_config"), dict) and isinstance(current.get("train_config"), dict):
-        old_defaults = {
-            key: value for key, value in TRAIN_SETTINGS_OF_OLD_RUNS.items() if key in current["train_config"]
-        }
-        saved = saved | {"train_config": old_defaults | saved["train_config"]}
+    for field, old_settings in (
+        ("train_config", TRAIN_SETTINGS_OF_OLD_RUNS),
+        ("mask_config", MASK_SETTINGS_OF_OLD_RUNS),
+    ):
+        if isinstance(saved.get(field), dict) and isinstance(current.get(field), dict):
+            old_defaults = {key: value for key, value in old_settings.items() if key in current[field]}
+            saved = saved | {field: old_defaults | saved[field]}
     for field in [*current, *sorted(saved.keys() - current.keys())]:
         before, now = saved.get(field), current.get(field)
         if _as_json(before) != _as_json(now):

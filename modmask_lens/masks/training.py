@@ -3,7 +3,9 @@
 Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
 (hard concrete by default, or straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the
 objective (by default the answer-token cross-entropy, summed over answer tokens and divided by the batch's
-answer-token count; see :mod:`modmask_lens.masks.objectives`) chunk by chunk, add the sparsity term (the density under
+answer-token count; see :mod:`modmask_lens.masks.objectives`) chunk by chunk (a neuron mask on the neurons' outputs
+runs every chunk in one pass with its activations gated per example, :mod:`modmask_lens.masks.neuron_gates`, which
+gives the same gradients), add the sparsity term (the density under
 the loss constraint, Csordás's logit sum, or a target density's Lagrangian), clip the task's mask gradients and take
 one Adam step. The full model's outputs an objective (or the loss constraint) needs are computed once per batch under
 ``no_grad``, and for objectives whose reference is per example, once per example (:class:`ReferenceCache`). Tasks
@@ -29,7 +31,7 @@ from modmask_lens.adapters import adapter_for
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
 from modmask_lens.core.data import Batch, SubtaskData
-from modmask_lens.core.functional import call_with_parameters
+from modmask_lens.core.functional import call_with_parameters, frozen_call
 from modmask_lens.core.interrupt import TrainingInterrupted, interrupt_between_steps
 from modmask_lens.core.random import step_generator, stream_seed
 from modmask_lens.core.world import world
@@ -48,6 +50,7 @@ from modmask_lens.masks.necessity import (
     empty_losses,
     necessity_target_sum,
 )
+from modmask_lens.masks.neuron_gates import NeuronGate, chunk_samples, gated, neuron_gates
 from modmask_lens.masks.objectives import (
     AnswerCrossEntropy,
     Objective,
@@ -98,6 +101,7 @@ class _TaskRun:
     metrics: dict = field(default_factory=dict)
     full_accuracy: float | None = None  # the full model's metric on the faithfulness examples, once measured
     references: ReferenceCache | None = None  # the full model's per-example reference, when the objective allows
+    gates: list[NeuronGate] | None = None  # where a neuron mask gates activations in one pass (neuron_gates)
 
     def parameters(self) -> list[Tensor]:
         """What the optimiser trains: the logits, or this process's slices of them."""
@@ -245,6 +249,7 @@ class MaskTrainer:
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
+        run.gates = neuron_gates(self.bridge, masks.config, masks.units)
         if self.objective.cacheable:
             run.references = ReferenceCache(len(data))
         if self.train_config.max_loss_increase is not None:
@@ -360,12 +365,21 @@ class MaskTrainer:
                 [len(chunk_batch) for chunk_batch in chunk_batches],
                 step_generator(seed, 0, "heads"),
             )
-        for chunk, chunk_batch in enumerate(chunk_batches):
-            if chunk % self.world_size != self.rank:
-                continue  # another process's slice of the batch
-            # Each chunk has its own noise stream, so any process draws the same sample for it.
-            noise = UniformNoise(seed * config.n_samples + chunk)
-            if run.masks.config.sampler == "bernoulli":  # writes the logits' gradients itself, without a backward
+        # Each chunk has its own noise stream, so any process draws the same sample for it.
+        owned = {
+            chunk: UniformNoise(seed * config.n_samples + chunk)
+            for chunk in range(len(chunk_batches))
+            if chunk % self.world_size == self.rank  # else another process's slice of the batch
+        }
+        scores: dict[int, Score] = {}
+        if run.gates is not None and run.shards is None and owned:  # every owned chunk in one pass, one backward
+            scores = self._gated_scores(run, chunk_batches, chunk_references, owned)
+            (task_weight * torch.stack([score.loss_sum for score in scores.values()]).sum() / normaliser).backward()
+        for chunk, noise in owned.items():
+            chunk_batch = chunk_batches[chunk]
+            if chunk in scores:
+                score = scores[chunk]
+            elif run.masks.config.sampler == "bernoulli":  # writes the logits' gradients itself, without a backward
                 score = local_expectation_step(
                     self.bridge, run.masks, self.objective, chunk_batch, chunk_references[chunk], noise,
                     task_weight / normaliser, estimated[chunk], scales[chunk],
@@ -434,6 +448,28 @@ class MaskTrainer:
             )
             del masked  # the matmuls keep what the backward needs
         return self.objective.score(outputs, reference, chunk_batch)
+
+    def _gated_scores(
+        self,
+        run: _TaskRun,
+        chunk_batches: list[Batch],
+        chunk_references: list[Reference | None],
+        owned: dict[int, UniformNoise],
+    ) -> dict[int, Score]:
+        """The objective's score of each owned chunk (chunk -> its noise) under its own mask sample, from one pass
+        over the owned chunks with the neurons gated per example (:mod:`modmask_lens.masks.neuron_gates`): the
+        scores and gradients of :meth:`_pathwise_chunk` on each, up to float rounding."""
+        chunks = list(owned)
+        samples = chunk_samples(run.masks, self.train_config.temperature, list(owned.values()))
+        sizes = [len(chunk_batches[chunk]) for chunk in chunks]
+        joined = Batch.joined([chunk_batches[chunk] for chunk in chunks])
+        with gated(self.bridge, run.gates, samples, sizes):
+            outputs = frozen_call(self.bridge, model_outputs, self.bridge, joined, self.objective.hook_names)
+        scores = {}
+        for chunk, rows in zip(chunks, torch.arange(len(joined)).split(sizes), strict=True):
+            part = Outputs(outputs.logits[rows], {name: value[rows] for name, value in outputs.activations.items()})
+            scores[chunk] = self.objective.score(part, chunk_references[chunk], chunk_batches[chunk])
+        return scores
 
     def _normaliser(self, batch: Batch) -> int:
         """What the step's loss sums are divided by: the number of examples under the loss constraint per example

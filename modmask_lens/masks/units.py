@@ -18,7 +18,7 @@ from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from modmask_lens.adapters.base import ModelShape, TensorSpec
-from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.config import NEURON_WRITERS, MaskConfig
 
 
 @dataclass(frozen=True)
@@ -161,5 +161,12 @@ def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:
     if config.roles is not None and spec.role not in config.roles:
         return False
     if config.roles is None and config.granularity == "head" and config.head_mask == "output" and spec.role != "W_O":
+        return False
+    if (
+        config.roles is None
+        and config.granularity == "neuron"
+        and config.neuron_mask == "output"
+        and spec.role not in NEURON_WRITERS
+    ):
         return False
     return config.layers is None or spec.layer in config.layers

@@ -28,11 +28,12 @@ from modmask_lens.adapters.export import native_config, native_state_dict
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.functional import call_with_parameters, frozen_call, slot_of, tensor_slots
-from modmask_lens.masks.apply import masked, masked_call
+from modmask_lens.masks.apply import masked, masked_call, sampled_parameters
 from modmask_lens.masks.binary import BinaryMask, kept_per_unit
-from modmask_lens.masks.config import GRANULARITIES, Granularity, MaskConfig, TrainConfig
+from modmask_lens.masks.config import GRANULARITIES, NEURON_MASKS, Granularity, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.neuron_gates import chunk_samples, gated, neuron_gates
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.masks.units import MaskUnit
@@ -103,7 +104,8 @@ def run_conformance(
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``compat_mode_bit_exact``, ``hf_export_reloads``. A passing result's
+    ``gradients_reach_only_mask_logits``, ``neuron_gates_equal_weight_products``, ``compat_mode_bit_exact``,
+    ``hf_export_reloads``. A passing result's
     detail says what the check left out, where it left something out (``every_target_matters``: the routed experts
     that their router selects for none of the tokens).
     """
@@ -306,8 +308,22 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     """Turning one head or neuron off (mask logit -1, every other +1) in the first and last masked layers equals an
     independent computation of the same ablation: zeroing its ``hook_z`` / ``hook_post`` slice, or for a
     mixture-of-experts layer (:func:`_expert_neuron_ablations`) zeroing what reads the neuron, and for a mixture of
-    attention heads (JetMoE) the columns of the expert output projection that read the head."""
-    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=unit))
+    attention heads (JetMoE) the columns of the expert output projection that read the head. Neurons are turned off
+    both ways a neuron mask can mask them (``neuron_mask`` ``output``, the default, and ``in-out``)."""
+    configs = (
+        [MaskConfig(granularity=unit, neuron_mask=neuron_mask) for neuron_mask in NEURON_MASKS]
+        if unit == "neuron"
+        else [MaskConfig(granularity=unit)]
+    )
+    for config in configs:
+        failure = _unit_off_under(bridge, tokens, unit, MaskSet.for_bridge(bridge, config))
+        if failure:
+            return f"neuron_mask={config.neuron_mask!r}: {failure}" if unit == "neuron" else failure
+    return None
+
+
+def _unit_off_under(bridge: Bridge, tokens: Tensor, unit: str, mask: MaskSet) -> str | None:
+    """:func:`_unit_off` for one mask of ``unit`` granularity."""
     for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
         layer = int(mask_unit.name.split(".")[1])
         if any(member.expert_axis is not None and member.expert_width == 1 for member in mask_unit.members):
@@ -691,6 +707,44 @@ def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
     return "; ".join(failure for failure in failures if failure) or None
 
 
+def _gated_neurons(bridge: Bridge, tokens: ModelInput) -> str | None:
+    """Neuron masks gated on the activations in one pass (:mod:`~modmask_lens.masks.neuron_gates`, how training
+    runs the default neuron masks) give the output and the logit gradients of a weight product per mask sample: each
+    example of ``tokens`` its own sample, soft hard-concrete values included (logits drawn in [-2, 3]); the loss is
+    the output's dot product with a fixed random tensor. Not applicable where neuron masks train through weight
+    products (:func:`~modmask_lens.masks.neuron_gates.neuron_gates` returns ``None``)."""
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    gates = neuron_gates(bridge, mask.config, mask.units)
+    if gates is None:
+        raise GranularityNotApplicable(
+            f"{bridge.cfg.architecture}: its neuron masks train through a weight product per sample (an expert stack, "
+            "a block shared across depths or a W_out whose neurons are not its input features), never gated"
+        )
+    generator = torch.Generator().manual_seed(0)
+    for logits in mask.logits.values():
+        logits.data.uniform_(-2.0, 3.0, generator=generator)
+    noises = [UniformNoise(example) for example in range(len(tokens))]
+    outputs = [
+        call_with_parameters(bridge, sampled_parameters(bridge, mask, 1.0, noise), bridge.forward, tokens[[example]])
+        for example, noise in enumerate(noises)
+    ]
+    projection = torch.randn(torch.cat(outputs).shape, generator=generator)
+    sum(((output.float() * part).sum() for output, part in zip(outputs, projection, strict=True))).backward()
+    product_grads = {name: logits.grad.clone() for name, logits in mask.logits.items()}
+    for logits in mask.logits.values():
+        logits.grad = None
+    with gated(bridge, gates, chunk_samples(mask, 1.0, noises), [1] * len(tokens)):
+        gated_output = frozen_call(bridge, bridge.forward, tokens)
+    (gated_output.float() * projection).sum().backward()
+    failure = _compare(gated_output.detach(), torch.cat(outputs).detach(), "gated output against weight products")
+    for name, logits in mask.logits.items():
+        difference = (logits.grad - product_grads[name]).abs().max().item()
+        scale = product_grads[name].abs().max().item()
+        if failure is None and difference > 1e-4 * max(scale, 1.0):
+            failure = f"{name}: logit gradients differ by {difference:.3g} (largest {scale:.3g})"
+    return failure
+
+
 def _parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
     """Clones of every parameter, by every module path."""
     return {name: tensor.detach().clone() for name, tensor in model.named_parameters(remove_duplicate=False)}
@@ -894,6 +948,7 @@ CHECKS: dict[str, Callable[[Bridge, Tensor], str | Passed | None]] = {
     "neuron_off_equals_zeroed_hook_post": lambda bridge, tokens: _unit_off(bridge, tokens, "neuron"),
     "unit_slices_equal_tl_views": lambda bridge, tokens: _tl_views(bridge),
     "gradients_reach_only_mask_logits": _gradients,
+    "neuron_gates_equal_weight_products": _gated_neurons,
     "compat_mode_bit_exact": _compat_mode,
     "hf_export_reloads": _hf_export,
 }

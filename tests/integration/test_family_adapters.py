@@ -57,7 +57,7 @@ def test_bitnet_neuron_off_equals_zeroed_hook_post_and_sub_norm_gains_are_read(b
 
 
 def test_a_bitnet_neuron_is_its_ffn_sub_norm_gain_and_w_out_column_not_the_rows_the_norm_reads(bitnet):
-    units = MaskSet.for_bridge(bitnet, MaskConfig(granularity="neuron")).units
+    units = MaskSet.for_bridge(bitnet, MaskConfig(granularity="neuron", neuron_mask="in-out")).units
     assert [sorted(member.role for member in unit.members) for unit in units] == [["W_out", "mlp_sub_norm.w"]] * 2
     # Why the rows are not part of a neuron: zeroing neuron 3's W_in and W_gate rows rescales every other unit
     # through the norm, so it is not zeroing hook_post[..., 3].
@@ -92,7 +92,7 @@ def test_rwkv_masks_every_parameter_and_its_channel_mix_units_are_neurons(rwkv):
     targets = {id(rwkv.get_parameter(spec.path)) for spec in adapter_for(rwkv).tensor_specs(rwkv)}
     unmasked = [name for name, parameter in rwkv.original_model.named_parameters() if id(parameter) not in targets]
     assert not unmasked
-    units = MaskSet.for_bridge(rwkv, MaskConfig(granularity="neuron")).units
+    units = MaskSet.for_bridge(rwkv, MaskConfig(granularity="neuron", neuron_mask="in-out")).units
     assert [(unit.shape, sorted(member.role for member in unit.members)) for unit in units] == [
         ((64,), ["W_in", "W_out"])
     ] * 2

@@ -40,7 +40,7 @@ def test_the_batched_expert_matrices_are_mask_targets_with_neurons_on_two_axes(m
 
 def test_one_expert_neuron_off_removes_its_gate_and_up_rows_and_its_down_column(mixtral):
     """Neuron (expert 2, unit 5) of layer 1 off: exactly gate row 5, up row 64 + 5 and down column 5 of expert 2."""
-    mask = MaskSet.for_bridge(mixtral, MaskConfig(granularity="neuron"))
+    mask = MaskSet.for_bridge(mixtral, MaskConfig(granularity="neuron", neuron_mask="in-out"))
     assert mask.logits["blocks.1.mlp"].shape == (N_EXPERTS * D_EXPERT,)
     unit_kept = {name: torch.ones(logits.shape, dtype=torch.bool) for name, logits in mask.logits.items()}
     unit_kept["blocks.1.mlp"][2 * D_EXPERT + 5] = False
@@ -59,7 +59,7 @@ def test_a_shared_expert_s_neurons_follow_the_routed_experts_and_a_dense_layer_h
     (``n_experts * d_expert``) then its shared expert's (``d_expert`` more, ``n_shared_experts=1``): turning shared
     neuron 3 off removes exactly row 3 of its gate and up projections and column 3 of its down projection."""
     bridge = boot_tiny(MOE["glm4_moe"](), tmp_path)
-    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"))
     assert {name: tuple(logits.shape) for name, logits in mask.logits.items()} == {
         "blocks.0.mlp": (64,),
         "blocks.1.mlp": (N_EXPERTS * D_EXPERT + D_EXPERT,),
@@ -147,7 +147,7 @@ def test_gpt_oss_expert_biases_are_targets_and_share_their_neurons(tmp_path):
     per-expert biases: neuron (expert 1, unit 5) off removes gate_up_proj_bias entries 10 and 11 of expert 1, and
     down_proj_bias (per expert and ``d_model``, no neuron of its own) is masked only per weight or as a whole."""
     bridge = boot_tiny(MOE["gpt_oss"](), tmp_path)
-    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", kinds=("linear", "bias")))
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out", kinds=("linear", "bias")))
     unit_kept = {name: torch.ones(logits.shape, dtype=torch.bool) for name, logits in mask.logits.items()}
     unit_kept["blocks.1.mlp"][D_EXPERT + 5] = False
     kept = mask.binary_from(unit_kept).kept

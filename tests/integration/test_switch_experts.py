@@ -36,7 +36,7 @@ def test_every_parameter_of_the_dense_and_sparse_layers_is_a_mask_target(switch)
 def test_one_expert_neuron_off_removes_its_wi_row_and_wo_column_and_nothing_else(switch):
     """Neuron (expert 2, unit 5) of the decoder's sparse layer (layer 3) off: row 5 of expert 2's ``wi`` and column
     5 of its ``wo``; the other experts, the router and the dense layers keep everything."""
-    mask = MaskSet.for_bridge(switch, MaskConfig(granularity="neuron"))
+    mask = MaskSet.for_bridge(switch, MaskConfig(granularity="neuron", neuron_mask="in-out"))
     assert mask.logits["blocks.0.mlp"].shape == (SWITCH_D_FF,)
     assert mask.logits["blocks.3.mlp"].shape == (SWITCH_EXPERTS * SWITCH_D_FF,)
     unit_kept = {name: torch.ones(logits.shape, dtype=torch.bool) for name, logits in mask.logits.items()}

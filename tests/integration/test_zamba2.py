@@ -44,7 +44,7 @@ def test_every_parameter_is_a_target_and_a_shared_tensor_is_one_target(bridge):
 
 def test_units_are_the_shared_blocks_heads_and_gated_neurons(bridge):
     heads = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo"))
-    neurons = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    neurons = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"))
     assert {name: tuple(logits.shape) for name, logits in heads.logits.items()} == {"blocks.1.attn": (4,)}
     assert {name: tuple(logits.shape) for name, logits in neurons.logits.items()} == {"blocks.1.mlp": (64,)}
     assert sorted(member.role for member in neurons.units[0].members) == ["W_in", "W_out"]

@@ -94,7 +94,9 @@ def test_a_shared_expert_reads_its_slice_of_the_layer_s_neurons():
         "blocks.0.mlp.shared_expert.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear"
     )
     shared = dataclasses.replace(shared, unit_offset=N_EXPERTS * D_EXPERT)
-    [unit] = build_units([routed, shared], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+    [unit] = build_units(
+        [routed, shared], MaskConfig(granularity="neuron", kinds=("linear",), neuron_mask="in-out"), DIMS
+    )
     assert unit.shape == (N_EXPERTS * D_EXPERT + 6,)
     unit_mask = torch.arange(float(unit.numel))
     torch.testing.assert_close(unit.expand(unit_mask, shared), torch.arange(12.0, 18.0).view(1, 6))
@@ -105,7 +107,7 @@ def test_neuron_tensors_whose_ranges_overlap_are_refused():
     routed = CASES["down"][0]
     clash = TensorSpec("blocks.0.mlp.out.weight", "W_out", 0, "p", (D_MODEL, 6), "neuron", 1, 1, "linear")
     with pytest.raises(ValueError, match="disagree on the neuron count"):
-        build_units([routed, clash], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+        build_units([routed, clash], MaskConfig(granularity="neuron", kinds=("linear",), neuron_mask="in-out"), DIMS)
 
 
 def test_a_shared_expert_selected_without_the_routed_experts_is_refused():
@@ -115,7 +117,7 @@ def test_a_shared_expert_selected_without_the_routed_experts_is_refused():
     )
     shared = dataclasses.replace(shared, unit_offset=N_EXPERTS * D_EXPERT)
     with pytest.raises(ValueError, match="leave some of their layer's neurons .* without any tensor"):
-        build_units([shared], MaskConfig(granularity="neuron", kinds=("linear",)), DIMS)
+        build_units([shared], MaskConfig(granularity="neuron", kinds=("linear",), neuron_mask="in-out"), DIMS)
 
 
 def test_a_grouped_projection_gives_each_head_its_groups_rows_and_its_columns():

@@ -128,10 +128,12 @@ def test_head_off_equals_zeroing_hook_z(any_bridge, tokens, head):
     torch.testing.assert_close(output, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(("neuron_mask", "roles"), [("output", {"W_out"}), ("in-out", {"W_in", "W_out"})])
 @pytest.mark.parametrize("neuron", [0, 17])
-def test_neuron_off_equals_zeroing_hook_post(any_bridge, tokens, neuron):
-    masks = MaskSet.for_bridge(any_bridge, MaskConfig(granularity="neuron"))
-    assert {spec.role for spec in masks.members} >= {"W_in", "W_out"}
+def test_neuron_off_equals_zeroing_hook_post(any_bridge, tokens, neuron, neuron_mask, roles):
+    masks = MaskSet.for_bridge(any_bridge, MaskConfig(granularity="neuron", neuron_mask=neuron_mask))
+    found = {spec.role for spec in masks.members}
+    assert found == roles if neuron_mask == "output" else found >= roles  # and W_gate where the MLP is gated
     masks.logits["blocks.0.mlp"].data[neuron] = -1.0
     with masked(any_bridge, masks):
         output = any_bridge(tokens)

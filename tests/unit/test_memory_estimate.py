@@ -29,11 +29,21 @@ def test_weight_granularity_counts_logits_adam_and_one_samples_tensors():
 
 def test_bfloat16_products_and_neuron_logits():
     bridge = tiny_bridge().to(torch.bfloat16)
-    config = MaskConfig(granularity="neuron")
+    config = MaskConfig(granularity="neuron", neuron_mask="in-out")
     estimate = estimate_memory(bridge, config, TrainConfig(batch_size=8), positions=6)
     n_logits = sum(unit.numel for unit in units_for(bridge, config))
     assert estimate.logits == 4 * n_logits == 4 * 2 * 64  # two layers' MLP neurons
     assert estimate.samples == 2 * masked_elements(bridge, config)  # bf16 products, no per-element weighted derivatives
+
+
+def test_neurons_gated_in_one_pass_keep_no_products_and_the_whole_batchs_activations():
+    bridge = tiny_bridge()
+    train_config = TrainConfig(batch_size=8, n_samples=4)
+    gated = estimate_memory(bridge, MaskConfig(granularity="neuron"), train_config, positions=6)
+    in_out = estimate_memory(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"), train_config, positions=6)
+    assert gated.logits == in_out.logits == 4 * 2 * 64
+    assert gated.samples == 0 and in_out.samples > 0
+    assert gated.activations == 4 * in_out.activations  # 8 examples in one pass against 2 per sample
 
 
 def test_fully_sharded_divides_the_state():

@@ -32,7 +32,7 @@ def with_metric(monkeypatch, metric_of_count):
 
     def reaches_by_count(bridge, data, objective, kept, target):
         by_neuron = kept.kept_fraction(by="neuron")
-        count = int(by_neuron[by_neuron.role == "W_in"].kept.gt(0).sum())
+        count = int(by_neuron[by_neuron.role == "W_out"].kept.gt(0).sum())
         evaluated.append(count)
         return metric_of_count(count) >= target
 

@@ -82,3 +82,29 @@ def test_a_bernoulli_head_run_started_at_the_old_logit_is_refused_by_name():
     with pytest.raises(RunMismatch, match="trained with mask config init_logit=3.0, this run has init_logit=0.01"):
         check_same_run(old, saved_fingerprint(MaskConfig(granularity="head")), "ckpt", "copy")
     check_same_run(old, saved_fingerprint(MaskConfig(granularity="head", init_logit=3.0)), "ckpt", "copy")
+
+
+def written_before_the_neuron_mask(mask_config: MaskConfig) -> tuple[dict[str, object], dict[str, object]]:
+    """A run's fingerprint as a checkpoint written before ``neuron_mask`` existed holds it, and the same run's
+    fingerprint now."""
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
+    now = run_fingerprint(MaskOrigin.of(tiny_bridge()), data, mask_config, TrainConfig())
+    saved = copy.deepcopy(now)
+    saved["mask_config"].pop("neuron_mask", None)
+    return saved, now
+
+
+@pytest.mark.parametrize("granularity", ["weight", "head"])
+def test_runs_of_other_granularities_resume_whatever_their_neuron_mask(granularity):
+    for neuron_mask in ("output", "in-out"):
+        saved, now = written_before_the_neuron_mask(MaskConfig(granularity=granularity, neuron_mask=neuron_mask))
+        assert "neuron_mask" not in now["mask_config"]
+        check_same_run(saved, now, "ckpt", "copy")
+
+
+def test_a_neuron_run_from_before_neuron_mask_resumes_in_out_only():
+    saved, now = written_before_the_neuron_mask(MaskConfig(granularity="neuron", neuron_mask="in-out"))
+    check_same_run(saved, now, "ckpt", "copy")
+    _, default = written_before_the_neuron_mask(MaskConfig(granularity="neuron"))
+    with pytest.raises(RunMismatch, match="neuron_mask='in-out', this run has neuron_mask='output'"):
+        check_same_run(saved, default, "ckpt", "copy")

@@ -1,0 +1,159 @@
+"""Neuron masks trained as gates on the activations: the whole batch in one pass, each example gated by its chunk's
+mask sample.
+
+A neuron mask that masks only the tensor writing each neuron out (its ``W_out`` row: ``MaskConfig(granularity=
+"neuron")``, whose default ``neuron_mask="output"`` selects it) scales the neuron's row of a matrix that the model
+multiplies with the neuron's activations. Scaling that row by the sample ``m`` is the same as scaling the neuron's
+input to that matrix by ``m``: ``x @ (W * m[:, None]) == (x * m) @ W``. So instead of one product ``W_out * m`` per
+sample and one forward and backward per chunk of the batch (:func:`~modmask_lens.masks.apply.sampled_parameters`),
+the model runs once on the whole batch with the weights untouched, and a forward pre-hook on each module that reads a
+masked ``W_out`` multiplies its input by each example's chunk's sample. The samples, the loss and the logits'
+gradient are those of the per-chunk products up to float rounding (tests/unit/test_neuron_gates.py compares them);
+the backward computes no weight-sized gradient (the weights are detached) and no product, only the activations'.
+
+It applies where every unit of the mask is one such matrix whose neurons lie along its input axis
+(:attr:`~modmask_lens.adapters.TensorSpec.input_axis`; not an expert stack, and not a tensor a block shared across
+depths reads again); elsewhere
+training multiplies the weights per chunk as before (:func:`neuron_gates` returns ``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import depth_twins, slot_of, tensor_slots
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.sampling import UniformNoise, sample_mask
+from modmask_lens.masks.units import MaskUnit
+
+
+@dataclass(frozen=True)
+class NeuronGate:
+    """Where one mask unit's neurons are gated.
+
+    Attributes:
+        unit: the unit's name (``blocks.0.mlp``), the key of its logits.
+        module: the path of the module that reads the unit's ``W_out`` (its input's last axis holds the neurons).
+        neurons: how many neurons the unit holds (the module's input features).
+    """
+
+    unit: str
+    module: str
+    neurons: int
+
+
+def neuron_gates(bridge: Bridge, config: MaskConfig, units: list[MaskUnit]) -> list[NeuronGate] | None:
+    """One :class:`NeuronGate` per unit of a mask of ``units`` under ``config`` (resolved: a concrete sampler), in
+    unit order, or ``None`` where some unit cannot be gated on its activations (not a neuron mask, a sampler other
+    than hard concrete or Gumbel-sigmoid, a unit that masks more than its ``W_out``, or a ``W_out`` that is an expert
+    stack, shared across depths or not a plain matrix).
+
+    Example:
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> bridge = tiny_bridge()
+        >>> masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+        >>> neuron_gates(bridge, masks.config, masks.units)[0]
+        NeuronGate(unit='blocks.0.mlp', module='blocks.0.mlp.out._original_component', neurons=64)
+        >>> masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"))
+        >>> neuron_gates(bridge, masks.config, masks.units) is None
+        True
+    """
+    if config.granularity != "neuron" or config.sampler not in ("hard-concrete", "gumbel-sigmoid"):
+        return None
+    twins = depth_twins(tensor_slots(bridge))
+    gates = [_gate_of(bridge, unit, twins) for unit in units]
+    return None if any(gate is None for gate in gates) else gates
+
+
+def _gate_of(bridge: Bridge, unit: MaskUnit, twins: dict) -> NeuronGate | None:
+    """The unit's gate, where its only member is a plain matrix whose input axis holds its neurons."""
+    if len(unit.members) != 1:
+        return None
+    (member,) = unit.members
+    plain = (
+        member.role == "W_out"
+        and member.unit == "neuron"
+        and member.expert_axis is None
+        and member.input_axis is not None
+        and member.unit_axis == member.input_axis
+        and member.unit_width == 1
+        and member.unit_repeats == 1
+        and member.unit_offset == 0
+        and member.unit_count == unit.numel
+    )
+    if not plain or slot_of(bridge, member.path) in twins:
+        return None
+    return NeuronGate(unit.name, member.path.rpartition(".")[0], unit.numel)
+
+
+def chunk_samples(
+    mask_set: MaskSet, temperature: float, noises: Sequence[UniformNoise]
+) -> dict[str, Float[Tensor, "chunk neuron"]]:
+    """Unit name -> one sample per chunk, stacked: chunk k's is :meth:`MaskSet.sample`'s for ``noises[k]`` (unit i
+    reads ``noises[k].substream(i)``), differentiable in the logits."""
+    return {
+        unit.name: torch.stack(
+            [
+                sample_mask(mask_set.logits[unit.name], mask_set.config.sampler, temperature, noise.substream(index))
+                for noise in noises
+            ]
+        )
+        for index, unit in enumerate(mask_set.units)
+    }
+
+
+@contextmanager
+def gated(
+    bridge: Bridge,
+    gates: list[NeuronGate],
+    samples: dict[str, Float[Tensor, "chunk neuron"]],
+    chunk_sizes: Sequence[int],
+) -> Iterator[None]:
+    """Within the block, each gated module's input is multiplied, example by example, by the sample of the example's
+    chunk (chunk k holds the next ``chunk_sizes[k]`` examples of the batch the bridge runs on); the hooks are removed
+    afterwards, also when the block raises.
+
+    Raises:
+        ValueError: (inside the block) a gated module read an input whose examples or features are not the batch's
+            and the unit's.
+    """
+    repeats = torch.tensor(list(chunk_sizes))
+    handles = []
+    try:
+        for gate in gates:
+            per_example = samples[gate.unit].repeat_interleave(repeats.to(samples[gate.unit].device), dim=0)
+            module = bridge.get_submodule(gate.module)
+            handles.append(module.register_forward_pre_hook(_scaling(gate, per_example)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _scaling(gate: NeuronGate, per_example: Float[Tensor, "example neuron"]):
+    """A forward pre-hook multiplying the module's input by ``per_example``: an input ``[example, ..., neuron]``, or
+    one whose examples' positions are flattened into its first axis, example-major (``[example * pos, neuron]``,
+    as OPT's MLP reads them)."""
+    examples = per_example.shape[0]
+
+    def pre_hook(module: nn.Module, args: tuple) -> tuple:
+        activation = args[0]
+        rows = activation.shape[0]
+        if activation.shape[-1] != gate.neurons or rows % examples:
+            raise ValueError(
+                f"{gate.module} read an input of shape {tuple(activation.shape)}, not [{examples} examples, ..., "
+                f"{gate.neurons} neurons]: train this neuron mask with neuron_mask='in-out'"
+            )
+        per_row = per_example if rows == examples else per_example.repeat_interleave(rows // examples, dim=0)
+        scale = per_row.to(activation.dtype).reshape(rows, *[1] * (activation.dim() - 2), gate.neurons)
+        return (activation * scale, *args[1:])
+
+    return pre_hook

@@ -1,0 +1,145 @@
+"""Neuron masks gated on the activations in one pass (masks/neuron_gates.py) against the per-chunk weight products
+they replace: the same loss and the same logit gradients, on a plain MLP (GPT-2 through Hugging Face, Conv1D
+weights), a gated one (Llama), one that flattens positions into the examples' axis (OPT) and TransformerLens's native
+blocks; and where gating does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import boot_gpt2
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+from modmask_lens.core.data import Batch, SubtaskData
+from modmask_lens.core.functional import call_with_parameters, frozen_call
+from modmask_lens.masks import training
+from modmask_lens.masks.apply import sampled_parameters
+from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.neuron_gates import chunk_samples, gated, neuron_gates
+from modmask_lens.masks.objectives import model_outputs
+from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.masks.training import train_masks
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
+
+
+def _bridge(family: str, tmp_path):
+    if family == "gpt2":
+        return boot_gpt2(tmp_path / "gpt2")
+    if family == "llama":
+        return boot_tiny(LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path / "llama")
+    if family == "opt":  # its MLP reads the positions flattened into the examples' axis
+        config = OPTConfig(
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=40,
+            word_embed_proj_dim=32,
+        )
+        return boot_tiny(OPTForCausalLM(config), tmp_path / "opt")
+    return tiny_bridge()
+
+
+def _loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy summed over every position: an objective independent of the library's."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch.input_ids[:, 1:].flatten(), reduction="sum"
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "opt", "native"])
+@pytest.mark.parametrize("sampler", ["hard-concrete", "gumbel-sigmoid"])
+def test_one_gated_pass_equals_a_weight_product_per_chunk(family, sampler, tmp_path):
+    bridge = _bridge(family, tmp_path)
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", sampler=sampler))
+    assert {member.role for member in masks.members} == {"W_out"}
+    gates = neuron_gates(bridge, masks.config, masks.units)
+    assert gates is not None and len(gates) == bridge.cfg.n_layers
+    generator = torch.Generator().manual_seed(0)
+    for logits in masks.logits.values():  # soft hard-concrete samples and both kept and dropped units
+        logits.data.uniform_(-2.0, 3.0, generator=generator)
+    vocab = min(bridge.cfg.d_vocab, 40)
+    batch = Batch(torch.randint(vocab, (6, 7), generator=generator), torch.zeros(6, 7, dtype=torch.long))
+    chunks, noises = batch.split(3), [UniformNoise(seed) for seed in (11, 12, 13)]
+
+    product_loss = torch.zeros(())
+    for chunk, noise in zip(chunks, noises, strict=True):
+        weights = sampled_parameters(bridge, masks, temperature=0.7, noise=noise)
+        outputs = call_with_parameters(bridge, weights, model_outputs, bridge, chunk)
+        product_loss = product_loss + _loss(outputs.logits, chunk)
+    product_loss.backward()
+    product_grads = {name: logit.grad.clone() for name, logit in masks.logits.items()}
+    for logit in masks.logits.values():
+        logit.grad = None
+
+    samples = chunk_samples(masks, 0.7, noises)
+    with gated(bridge, gates, samples, [len(chunk) for chunk in chunks]):
+        outputs = frozen_call(bridge, model_outputs, bridge, batch)
+    gated_loss = _loss(outputs.logits, batch)
+    gated_loss.backward()
+
+    torch.testing.assert_close(gated_loss, product_loss.detach(), rtol=1e-5, atol=1e-4)
+    for name, logit in masks.logits.items():
+        assert product_grads[name].abs().sum() > 0
+        torch.testing.assert_close(logit.grad, product_grads[name], rtol=1e-4, atol=1e-5)
+    assert all(parameter.grad is None for parameter in bridge.parameters())  # the weights got no gradient
+    unhooked = bridge(batch.input_ids)  # the hooks are gone
+    with torch.no_grad():
+        torch.testing.assert_close(unhooked, frozen_call(bridge, model_outputs, bridge, batch).logits)
+
+
+def _gates(bridge, config: MaskConfig):
+    masks = MaskSet.for_bridge(bridge, config)
+    return neuron_gates(bridge, masks.config, masks.units)
+
+
+def test_gating_applies_only_to_masks_of_the_neurons_output():
+    bridge = tiny_bridge()
+    applies = {
+        "in-out neurons": MaskConfig(granularity="neuron", neuron_mask="in-out"),
+        "W_in only": MaskConfig(granularity="neuron", roles=("W_in",)),
+        "weights": MaskConfig(granularity="weight", roles=("W_out",)),
+        "heads": MaskConfig(granularity="head", sampler="hard-concrete"),
+        "W_out only": MaskConfig(granularity="neuron", roles=("W_out",)),
+    }
+    assert {name: _gates(bridge, config) is not None for name, config in applies.items()} == {
+        "in-out neurons": False,
+        "W_in only": False,
+        "weights": False,
+        "heads": False,
+        "W_out only": True,
+    }
+
+
+def test_a_gated_module_reading_another_batch_names_the_fix():
+    bridge = tiny_bridge()
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    gates = neuron_gates(bridge, masks.config, masks.units)
+    samples = chunk_samples(masks, 1.0, [UniformNoise(0)])
+    hooks_before = sum(len(module._forward_pre_hooks) for module in bridge.modules())
+    with pytest.raises(ValueError, match="neuron_mask='in-out'"), gated(bridge, gates, samples, [2]):
+        bridge(torch.zeros(3, 4, dtype=torch.long))
+    assert sum(len(module._forward_pre_hooks) for module in bridge.modules()) == hooks_before  # removed after it
+
+
+@pytest.mark.parametrize("n_samples", [4, 3])
+def test_training_through_gates_equals_training_through_weight_products(n_samples, monkeypatch):
+    bridge = tiny_bridge()
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(40, (32, 6), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -2:] = input_ids[:, -2:]
+    data = SubtaskData("copy", input_ids, labels)
+    config = TrainConfig(steps=3, batch_size=10, n_samples=n_samples, readout="zero")
+
+    def trained() -> dict[str, torch.Tensor]:
+        masks = train_masks(bridge, data, MaskConfig(granularity="neuron"), config, progress=False)["copy"]
+        return {name: logit.detach() for name, logit in masks.logits.items()}
+
+    gated_logits = trained()
+    monkeypatch.setattr(training, "neuron_gates", lambda bridge, config, units: None)  # the per-chunk products
+    product_logits = trained()
+    for name, logit in gated_logits.items():
+        assert not torch.equal(logit, torch.full_like(logit, 3.0))  # trained
+        torch.testing.assert_close(logit, product_logits[name], rtol=0, atol=1e-5)
