@@ -101,6 +101,13 @@ class MaskTraining:
             self.trainer._train_step(run)
         self.trainer.step += 1
 
+    def cache_references(self) -> None:
+        """Compute the full model's reference of every example now, as a run has cached them once past its first
+        pass over the data (objectives with a per-example reference; others compute it every step anyway)."""
+        for run in self.trainer.runs:
+            every = torch.arange(len(run.data))
+            self.trainer._reference(run, run.data.examples(every), every)
+
 
 def timed(step, index: int) -> float:
     """The CPU time (seconds, all of this process's threads) of one step: on a machine shared with other jobs the

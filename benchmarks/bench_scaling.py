@@ -11,7 +11,10 @@ All figures of a run come from this one invocation: step times are medians of th
 alike); peak memory is the growth of the peak RSS over the ready process, measured in a fresh child process per
 configuration (peak RSS cannot be reset inside one process). ``--profile SIZE`` adds the torch profiler's breakdown
 of one size's weight-granularity mask step and fine-tuning step into noise, sampler, products, matmuls, optimiser and
-the rest.
+the rest. By default the loss constraint's full-model reference is computed for the examples each step draws first,
+as in a run's first pass over its data (64 examples here, so a few warm-up steps already cache most of them);
+``--cached-references`` caches every example's before timing, the steady state of a longer run (memory children
+always start cold).
 
 Run: ``python benchmarks/bench_scaling.py`` (all sizes; the parts measured on the shared 2-core sandbox at load 8-12
 took 9 minutes for 4M and 24M, 6 for 107M weight masks, 5 for 107M neuron and head masks: about 30-40 minutes in all,
@@ -31,6 +34,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,18 +85,29 @@ def subtask() -> SubtaskData:
     return SubtaskData("t0", input_ids, input_ids.clone())
 
 
-def runner(kind: str, bridge: TransformerBridge, steps: int, sampler: str | None) -> Callable[[int], None]:
+@dataclass(frozen=True)
+class MaskRunSettings:
+    """How the mask kinds run: the sampler (``None``: ``MaskConfig()``'s), and whether the full model's reference
+    of every example is cached before the first step (the steady state of a run past its first pass over the data)."""
+
+    sampler: str | None = None
+    cached_references: bool = False
+
+
+def runner(kind: str, bridge: TransformerBridge, steps: int, settings: MaskRunSettings) -> Callable[[int], None]:
     """The step function of one kind: ``finetune``, a granularity, or ``sharded``."""
     if kind.startswith("finetune"):
         return FineTuning(bridge, subtask(), BATCH, TrainConfig().n_samples if kind == "finetune-chunked" else 1).step
     overrides = {"granularity": kind.split("-")[0] if kind.split("-")[0] in GRANULARITIES else "weight"}
-    overrides |= ({"sampler": sampler} if sampler else {}) | (
+    overrides |= ({"sampler": settings.sampler} if settings.sampler else {}) | (
         {"neuron_mask": "in-out"} if kind == "neuron-in-out" else {}
     )
     mask_config = dataclasses.replace(MaskConfig(), **overrides)
     sharded = kind == "sharded"
-    step = MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config).step
-    return unfused(step) if kind == "weight-unfused" else step
+    training_run = MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config)
+    if settings.cached_references:
+        training_run.cache_references()
+    return unfused(training_run.step) if kind == "weight-unfused" else training_run.step
 
 
 def unfused(step: Callable[[int], None]) -> Callable[[int], None]:
@@ -112,35 +127,39 @@ def unfused(step: Callable[[int], None]) -> Callable[[int], None]:
     return unfused_step
 
 
-def peak_memory_child(size: str, kind: str, steps: int, sampler: str | None, threads: int, queue) -> None:
+def peak_memory_child(size: str, kind: str, steps: int, settings: MaskRunSettings, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as directory:
         bridge = build_bridge(directory, size)
-        step = runner(kind, bridge, steps, sampler)
+        step = runner(kind, bridge, steps, settings)
         ready = _current_rss_kb()
         for index in range(steps):
             step(index)
         queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - ready)
 
 
-def peak_memory_kb(size: str, kind: str, steps: int, sampler: str | None, threads: int) -> int:
+def peak_memory_kb(size: str, kind: str, steps: int, settings: MaskRunSettings, threads: int) -> int:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=peak_memory_child, args=(size, kind, steps, sampler, threads, queue))
+    process = context.Process(target=peak_memory_child, args=(size, kind, steps, settings, threads, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
 
 
-def step_times(size: str, kinds: list[str], warmup: int, steps: int, sampler: str | None) -> dict[str, list[float]]:
+def step_times(
+    size: str, kinds: list[str], warmup: int, steps: int, settings: MaskRunSettings
+) -> dict[str, list[float]]:
     """Interleaved step times (seconds) of every kind at one size, warm-up excluded."""
     with tempfile.TemporaryDirectory() as directory:
         # Fine-tuning changes its weights; the mask runs share their own pristine bridge.
         bridges = {"finetune": build_bridge(directory + "/finetune", size), "masks": build_bridge(directory, size)}
         steppers = {
-            kind: runner(kind, bridges["finetune" if kind.startswith("finetune") else "masks"], warmup + steps, sampler)
+            kind: runner(
+                kind, bridges["finetune" if kind.startswith("finetune") else "masks"], warmup + steps, settings
+            )
             for kind in kinds
         }
         times: dict[str, list[float]] = defaultdict(list)
@@ -272,8 +291,15 @@ def main() -> None:
     parser.add_argument("--profile", choices=list(SIZES), help="profile this size's weight-granularity mask step")
     parser.add_argument("--plot", type=Path, default=Path("bench_scaling.svg"), help="where to write the plot")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cached-references",
+        action="store_true",
+        help="cache the full model's reference of every example before timing (a run past its first pass over the "
+        "data); default: computed for the examples each step draws first, as in a run's first pass",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
+    settings = MaskRunSettings(arguments.sampler, arguments.cached_references)
     transformers.utils.logging.disable_progress_bar()
     kinds = ["finetune", "finetune-chunked", *arguments.granularities]
     kinds += (["weight-unfused"] if arguments.unfused else []) + (["sharded"] if arguments.fully_shard else [])
@@ -282,9 +308,17 @@ def main() -> None:
 
     rows = []
     for size in arguments.sizes:
-        times = step_times(size, kinds, arguments.warmup, arguments.steps, arguments.sampler)
+        times = step_times(size, kinds, arguments.warmup, arguments.steps, settings)
         memory = {
-            kind: peak_memory_kb(size, kind, arguments.memory_steps, arguments.sampler, arguments.threads)
+            # From a cold cache: filling it before the child's baseline would put the reference forward's peak
+            # before the measurement, and the growth would read near zero.
+            kind: peak_memory_kb(
+                size,
+                kind,
+                arguments.memory_steps,
+                dataclasses.replace(settings, cached_references=False),
+                arguments.threads,
+            )
             for kind in kinds
             if arguments.memory_steps > 0 and kind != "finetune-chunked"
         }
@@ -309,8 +343,8 @@ def main() -> None:
         print(f"\nprofile of one step at {arguments.profile}, ms per step (self CPU time by enclosing scope)")
         with tempfile.TemporaryDirectory() as directory:
             bridge = build_bridge(directory, arguments.profile)
-            mask_profile = profile(runner("weight", bridge, 4, arguments.sampler), 1, 2)
-            finetune_profile = profile(runner("finetune", bridge, 4, arguments.sampler), 1, 2)
+            mask_profile = profile(runner("weight", bridge, 4, settings), 1, 2)
+            finetune_profile = profile(runner("finetune", bridge, 4, settings), 1, 2)
         print("| category | mask step | fine-tuning step |\n|---|---|---|")
         for category in CATEGORIES:
             print(f"| {category} | {mask_profile[category]:.0f} | {finetune_profile[category]:.0f} |")

@@ -315,10 +315,10 @@ class TrainConfig:
         return {key: value for key, value in self.to_dict().items() if key not in RESUMABLE_FIELDS}
 
 
-CSORDAS_MASKS = MaskConfig(sampler="gumbel-sigmoid", init_logit=2.0, head_mask="qkvo")
+CSORDAS_MASKS = MaskConfig(sampler="gumbel-sigmoid", init_logit=2.0, head_mask="qkvo", neuron_mask="in-out")
 """Csordás et al. 2021's masks: straight-through Gumbel-sigmoid samples, logits starting at 2.0 (weight granularity;
-``dataclasses.replace(CSORDAS_MASKS, granularity="head")`` for others, a head's logit shared by its four slices as
-this library did before ``head_mask``)."""
+``dataclasses.replace(CSORDAS_MASKS, granularity="head")`` for others, a head's logit shared by its four slices and a
+neuron's by its ``W_in`` column and ``W_out`` row, as this library did before ``head_mask`` and ``neuron_mask``)."""
 
 CSORDAS_TRAINING = TrainConfig(beta=1e-4, lr=1e-2, lagrangian_lr=1e-2, max_loss_increase=None, readout="zero")
 """Csordás et al. 2021's training (``main.py`` and ``Task.train_step`` of RobertCsordas/modules, their +/* settings):
