@@ -29,8 +29,13 @@ averaged over the node's (writer matrix, reader matrix) pairs::
 where ``kept_w(d)`` counts the kept weights of the writer's slice of ``M_w`` into ``d`` (``n_w`` of them in all),
 ``write(d)`` is the kept fraction ``kept_w(d) / n_w`` averaged over the writer's matrices, ``read(d)`` the same for
 the reader, and ``gain(d)`` is 1 if the norm gain of ``d`` is kept, else 0. It is 1 when every path is kept and 0
-when no residual dimension has a kept weight on both sides. Only masked tensors count: a node whose matrices on one
-side are all unmasked has ``write`` or ``read`` 1 there, and an unmasked norm has gain 1. So has a gain the model
+when no residual dimension has a kept weight on both sides. Only masked tensors count: a node whose writing
+matrices are all unmasked has ``write`` 1, and an unmasked norm has gain 1. A node whose reading matrices are all
+unmasked reads through the units that still write: ``read`` is the fraction of its writing rows (a head's features,
+an MLP's neurons) with a kept weight, the same for every ``d`` (1 when its writing side is unmasked too). So a head
+or an MLP that a head or neuron mask removes (``head_mask="output"``, ``neuron_mask="output"``: only ``W_O`` and
+``W_out`` masked) has no edge in, as it has none out, and an MLP that keeps a quarter of its neurons reads with
+weight 1/4. So has a gain the model
 reads as ``1 + w`` (Gemma's RMSNorm; :attr:`~modmask_lens.adapters.TensorSpec.gain_offset`): the mask multiplies the
 stored ``w``, so a dropped entry leaves its dimension at scale 1, which cuts nothing. A mask origin without a recorded
 layout (built by hand) reads as its adapter class's default
@@ -268,6 +273,16 @@ def _profile(parts: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]
     return torch.stack([part.kept.float().mean(dim=0) for part in parts]).mean(dim=0)
 
 
+def _read_profile(reading: list[_NodeSlice], writing: list[_NodeSlice], d_model: int) -> Float[Tensor, " d_model"]:
+    """A node's read profile: :func:`_profile` of its masked reading matrices, or where none of them is masked, the
+    fraction of its writing rows (a head's features, an MLP's neurons: the axis other than the residual one) that
+    keep a weight, averaged over its masked writing matrices, for every dimension alike."""
+    if reading or not writing:
+        return _profile(reading, d_model)
+    writing_rows = torch.stack([part.kept.any(dim=-1).float().mean() for part in writing]).mean()
+    return torch.full((d_model,), float(writing_rows))
+
+
 def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> pd.DataFrame:
     norms = mask.origin.norm_layout()
     # A dropped entry of a gain read as 1 + w leaves its dimension at scale 1: such a gain cuts nothing.
@@ -287,7 +302,11 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
     )
     read = torch.stack(
         [
-            _profile([p for p in slices if p.node == name and not p.spec.writes_residual], d_model)
+            _read_profile(
+                [p for p in slices if p.node == name and not p.spec.writes_residual],
+                [p for p in slices if p.node == name and p.spec.writes_residual],
+                d_model,
+            )
             for name, *_ in readers
         ]
     )

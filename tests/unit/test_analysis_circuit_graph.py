@@ -236,6 +236,23 @@ def test_unmasked_side_counts_as_fully_kept():
     assert nodes.loc["embed", "total"] == 0 and nodes["kept_fraction"].isna()["embed"]
 
 
+def test_a_unit_masked_on_its_output_only_reads_through_its_kept_units():
+    """Output-only masks (``W_O`` and ``W_out``, as the default head and neuron masks): a head that writes nothing has
+    no edge in; an MLP with 1 of its 3 neurons writing reads with weight 1/3 (every path from a writer into a kept
+    neuron's unmasked reading weights, times the norm gain, counted by hand)."""
+    mask = hand_built_mask(unmasked=("W_Q", "W_K", "W_V", "W_in", "W_E", "W_U"), seed=2)
+    for norm in ("blocks.1.ln1.weight", "blocks.1.ln2.weight"):
+        mask.kept[norm] = torch.ones_like(mask.kept[norm])
+    output = mask.kept["blocks.1.attn.o.weight"]  # conv1d [heads * d_head, d_model]: head h's rows
+    output[:D_HEAD] = False  # head 0 of layer 1 writes nothing
+    output[D_HEAD:] = torch.tensor([[True, False, False, False], [False, False, False, False]])  # one row of two
+    mask.kept["blocks.1.mlp.out.weight"][:] = torch.tensor([[True], [False], [False]])  # neuron 0 alone writes
+    edges = circuit_graph(mask).edges.set_index(["source", "target"])["weight"]
+    assert all(edges[(source, "L1H0")] == 0.0 for source in ("embed", "L0H0", "L0H1", "L0MLP"))
+    assert edges[("embed", "L1H1")] == pytest.approx(1 / 2)  # the embedding unmasked, every gain kept
+    assert edges[("embed", "L1MLP")] == pytest.approx(1 / 3)
+
+
 def test_edges_run_forward_only_through_sequential_blocks():
     graph = circuit_graph(hand_built_mask())
     pairs = set(zip(graph.edges["source"], graph.edges["target"]))
