@@ -83,7 +83,7 @@ def run(
         str | None,
         typer.Option(
             help="neuron masks of every method: output (the default) or in-out (each neuron's W_in/W_gate column "
-            "too; docs/finder-study.md compares them)"
+            "too; docs/finder-study.md compares them); the tables name the method METHOD+neuron-NEURON_MASK"
         ),
     ] = None,
     fast: Annotated[
@@ -116,8 +116,10 @@ def run(
     if neuron_mask is not None:
         if neuron_mask not in NEURON_MASKS:
             raise typer.BadParameter(f"choose one of {list(NEURON_MASKS)}", param_hint="--neuron-mask")
-        chosen = {
-            name: dataclasses.replace(finder, mask_settings=finder.mask_settings | {"neuron_mask": neuron_mask})
+        chosen = {  # named apart, so that the tables of both kinds of neuron mask can sit in one folder
+            f"{name}+neuron-{neuron_mask}": dataclasses.replace(
+                finder, mask_settings=finder.mask_settings | {"neuron_mask": neuron_mask}
+            )
             for name, finder in chosen.items()
         }
     started = time.perf_counter()

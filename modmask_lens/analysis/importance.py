@@ -11,8 +11,9 @@ _HEAD_ROLES = ("W_Q", "b_Q", "W_O")
 
 
 def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
-    """Kept fraction of every head (pooled over its ``W_Q`` and ``W_O`` slices) or neuron (``W_in``, ``W_gate``,
-    ``W_out``; in a mixture-of-experts layer its slices of the expert stacks, numbered as
+    """Kept fraction of every head (pooled over its masked ``W_Q`` and ``W_O`` slices) or neuron (its masked slices:
+    ``W_out``, and ``W_in``/``W_gate`` too under ``neuron_mask="in-out"``; in a mixture-of-experts layer its slices of
+    the expert stacks, numbered as
     :meth:`~modmask_lens.masks.binary.BinaryMask.kept_fraction` numbers them), ranked, most kept first.
 
     Returns:

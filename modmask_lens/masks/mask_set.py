@@ -116,13 +116,18 @@ class MaskSet:
         ``temperature`` is the Gumbel-sigmoid's tau (hard concrete uses its own beta, 2/3). Unit i draws its noise
         from ``noise.substream(i)`` (default: a fresh random seed), so one unit's sample can be drawn on its own, as
         fully sharded training does block by block."""
-        noise = noise or UniformNoise.fresh()
-        masks = {}
-        for index, unit in enumerate(self.units):
-            unit_sample = sample_mask(self.logits[unit.name], self.config.sampler, temperature, noise.substream(index))
-            for member in unit.members:
-                masks[member.path] = unit.expand(unit_sample, member)
-        return masks
+        unit_samples = self.unit_samples(temperature, noise or UniformNoise.fresh())
+        return {
+            member.path: unit.expand(unit_samples[unit.name], member) for unit in self.units for member in unit.members
+        }
+
+    def unit_samples(self, temperature: float, noise: UniformNoise) -> dict[str, Tensor]:
+        """One sample of every unit's logits, by unit name (each of its logits' shape), as :meth:`sample` draws it
+        before expanding it onto the unit's tensors: unit i from ``noise.substream(i)``."""
+        return {
+            unit.name: sample_mask(self.logits[unit.name], self.config.sampler, temperature, noise.substream(index))
+            for index, unit in enumerate(self.units)
+        }
 
     def sample_products(
         self, weights: Mapping[str, Tensor], temperature: float = 1.0, noise: UniformNoise | None = None

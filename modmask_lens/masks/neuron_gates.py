@@ -31,7 +31,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import depth_twins, slot_of, tensor_slots
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.sampling import UniformNoise, sample_mask
+from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.units import MaskUnit
 
 
@@ -97,17 +97,10 @@ def _gate_of(bridge: Bridge, unit: MaskUnit, twins: dict) -> NeuronGate | None:
 def chunk_samples(
     mask_set: MaskSet, temperature: float, noises: Sequence[UniformNoise]
 ) -> dict[str, Float[Tensor, "chunk neuron"]]:
-    """Unit name -> one sample per chunk, stacked: chunk k's is :meth:`MaskSet.sample`'s for ``noises[k]`` (unit i
-    reads ``noises[k].substream(i)``), differentiable in the logits."""
-    return {
-        unit.name: torch.stack(
-            [
-                sample_mask(mask_set.logits[unit.name], mask_set.config.sampler, temperature, noise.substream(index))
-                for noise in noises
-            ]
-        )
-        for index, unit in enumerate(mask_set.units)
-    }
+    """Unit name -> one sample per chunk, stacked: chunk k's is :meth:`MaskSet.unit_samples`'s for ``noises[k]``
+    (what :meth:`MaskSet.sample` expands), differentiable in the logits."""
+    per_chunk = [mask_set.unit_samples(temperature, noise) for noise in noises]
+    return {unit.name: torch.stack([samples[unit.name] for samples in per_chunk]) for unit in mask_set.units}
 
 
 @contextmanager
@@ -123,25 +116,36 @@ def gated(
 
     Raises:
         ValueError: (inside the block) a gated module read an input whose examples or features are not the batch's
-            and the unit's.
+            and the unit's; (on leaving it) a gated module never ran its ``forward``, so its neurons were never gated
+            (a model that reads the weight some other way): the mask would learn nothing about them.
     """
     repeats = torch.tensor(list(chunk_sizes))
+    ran: set[str] = set()
     handles = []
     try:
         for gate in gates:
             per_example = samples[gate.unit].repeat_interleave(repeats.to(samples[gate.unit].device), dim=0)
             module = bridge.get_submodule(gate.module)
-            handles.append(module.register_forward_pre_hook(_scaling(gate, per_example)))
+            handles.append(module.register_forward_pre_hook(_scaling(gate, per_example, ran)))
         yield
+        silent = [gate.module for gate in gates if gate.module not in ran]
+        if silent:
+            raise ValueError(f"{silent[:3]} never ran their forward, so the neurons they read were never gated: {_FIX}")
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _scaling(gate: NeuronGate, per_example: Float[Tensor, "example neuron"]):
-    """A forward pre-hook multiplying the module's input by ``per_example``: an input ``[example, ..., neuron]``, or
-    one whose examples' positions are flattened into its first axis, example-major (``[example * pos, neuron]``,
-    as OPT's MLP reads them)."""
+_FIX = (
+    "this model reads its neurons' W_out some other way; train its neuron masks with neuron_mask='in-out' (or roles "
+    "that include W_in), which multiplies the weights instead"
+)
+
+
+def _scaling(gate: NeuronGate, per_example: Float[Tensor, "example neuron"], ran: set[str]):
+    """A forward pre-hook multiplying the module's input by ``per_example`` (and adding the module to ``ran``): an
+    input ``[example, ..., neuron]``, or one whose examples' positions are flattened into its first axis,
+    example-major (``[example * pos, neuron]``, as OPT's MLP reads them)."""
     examples = per_example.shape[0]
 
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
@@ -150,8 +154,9 @@ def _scaling(gate: NeuronGate, per_example: Float[Tensor, "example neuron"]):
         if activation.shape[-1] != gate.neurons or rows % examples:
             raise ValueError(
                 f"{gate.module} read an input of shape {tuple(activation.shape)}, not [{examples} examples, ..., "
-                f"{gate.neurons} neurons]: train this neuron mask with neuron_mask='in-out'"
+                f"{gate.neurons} neurons]: {_FIX}"
             )
+        ran.add(gate.module)
         per_row = per_example if rows == examples else per_example.repeat_interleave(rows // examples, dim=0)
         scale = per_row.to(activation.dtype).reshape(rows, *[1] * (activation.dim() - 2), gate.neurons)
         return (activation * scale, *args[1:])

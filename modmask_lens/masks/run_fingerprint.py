@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.masks.config import MaskConfig, TrainConfig
+from modmask_lens.masks.config import NEURON_MASK_OF_OLD_FILES, MaskConfig, TrainConfig
 from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
@@ -26,11 +26,11 @@ TRAIN_SETTINGS_OF_OLD_RUNS: dict[str, object] = {
 them: a checkpoint without the setting resumes under that value (and only under it). A value no setting can take
 (Bernoulli head runs before the share of heads per step: no current setting deals the heads as they did) names what
 the old run did, so that the refusal says why."""
-MASK_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"neuron_mask": "in-out"}
+MASK_SETTINGS_OF_OLD_RUNS: dict[str, object] = {"neuron_mask": NEURON_MASK_OF_OLD_FILES}
 """Mask settings added after checkpoints were first written, with the value of the runs written before them (as
 :data:`TRAIN_SETTINGS_OF_OLD_RUNS`): a neuron mask masked each neuron's ``W_in``/``W_gate`` column and ``W_out`` row."""
 NEURON_ONLY_MASK_SETTINGS = ("neuron_mask",)
-"""Mask settings that only neuron masks read: left out of the fingerprint of every other run."""
+"""Mask settings that only neuron masks without ``roles`` read: left out of the fingerprint of every other run."""
 BERNOULLI_ONLY_SETTINGS = ("heads_estimated_per_step",)
 """Train settings that only Bernoulli head masks read: left out of the fingerprint of every other run, so that a
 run they do not change resumes whatever their value."""
@@ -61,7 +61,7 @@ def run_fingerprint(
     if mask_config.sampler != "bernoulli":
         deciding = {key: value for key, value in deciding.items() if key not in BERNOULLI_ONLY_SETTINGS}
     mask_settings = mask_config.to_dict()
-    if mask_config.granularity != "neuron":
+    if mask_config.granularity != "neuron" or mask_config.roles is not None:  # then neuron_mask selects nothing
         mask_settings = {key: value for key, value in mask_settings.items() if key not in NEURON_ONLY_MASK_SETTINGS}
     return {
         "model": {"adapter": origin.adapter, "processing_mode": origin.mode} | origin.model,

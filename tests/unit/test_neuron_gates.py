@@ -118,7 +118,10 @@ def test_a_gated_module_reading_another_batch_names_the_fix():
     gates = neuron_gates(bridge, masks.config, masks.units)
     samples = chunk_samples(masks, 1.0, [UniformNoise(0)])
     hooks_before = sum(len(module._forward_pre_hooks) for module in bridge.modules())
-    with pytest.raises(ValueError, match="neuron_mask='in-out'"), gated(bridge, gates, samples, [2]):
+    with (
+        pytest.raises(ValueError, match="read an input of shape .*neuron_mask='in-out'"),
+        gated(bridge, gates, samples, [2]),
+    ):
         bridge(torch.zeros(3, 4, dtype=torch.long))
     assert sum(len(module._forward_pre_hooks) for module in bridge.modules()) == hooks_before  # removed after it
 
@@ -143,3 +146,13 @@ def test_training_through_gates_equals_training_through_weight_products(n_sample
     for name, logit in gated_logits.items():
         assert not torch.equal(logit, torch.full_like(logit, 3.0))  # trained
         torch.testing.assert_close(logit, product_logits[name], rtol=0, atol=1e-5)
+
+
+def test_a_gated_module_that_never_runs_is_named():
+    """A model that read its W_out without calling the module (F.linear on the weight) would train no neuron."""
+    bridge = tiny_bridge()
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
+    gates = neuron_gates(bridge, masks.config, masks.units)
+    samples = chunk_samples(masks, 1.0, [UniformNoise(0)])
+    with pytest.raises(ValueError, match=r"never ran their forward"), gated(bridge, gates, samples, [1]):
+        pass  # no forward at all

@@ -108,3 +108,10 @@ def test_a_neuron_run_from_before_neuron_mask_resumes_in_out_only():
     _, default = written_before_the_neuron_mask(MaskConfig(granularity="neuron"))
     with pytest.raises(RunMismatch, match="neuron_mask='in-out', this run has neuron_mask='output'"):
         check_same_run(saved, default, "ckpt", "copy")
+
+
+def test_a_neuron_run_with_roles_resumes_whatever_its_neuron_mask():
+    """``roles`` decides which tensors a neuron logit masks; ``neuron_mask`` then selects nothing."""
+    saved, now = written_before_the_neuron_mask(MaskConfig(granularity="neuron", roles=("W_out",)))
+    assert "neuron_mask" not in now["mask_config"]
+    check_same_run(saved, now, "ckpt", "copy")
