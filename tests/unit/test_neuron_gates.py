@@ -29,15 +29,8 @@ def _bridge(family: str, tmp_path):
     if family == "llama":
         return boot_tiny(LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path / "llama")
     if family == "opt":  # its MLP reads the positions flattened into the examples' axis
-        config = OPTConfig(
-            hidden_size=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=40,
-            word_embed_proj_dim=32,
-        )
-        return boot_tiny(OPTForCausalLM(config), tmp_path / "opt")
+        sizes = {key: value for key, value in TINY_HF_SIZES.items() if key != "intermediate_size"}
+        return boot_tiny(OPTForCausalLM(OPTConfig(ffn_dim=64, word_embed_proj_dim=32, **sizes)), tmp_path / "opt")
     return tiny_bridge()
 
 
