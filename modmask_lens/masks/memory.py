@@ -76,6 +76,7 @@ def estimate_memory(
     positions: int,
     n_tasks: int = 1,
     shards: int = 1,
+    processes: int = 1,
 ) -> MemoryEstimate:
     """Estimate the peak memory of mask training per device (see the module docstring for what is counted).
 
@@ -85,6 +86,8 @@ def estimate_memory(
         positions: tokens per example (the longest subtask's).
         n_tasks: subtasks trained in one run (each has its own logits and Adam state).
         shards: processes of a fully sharded run (1: every process holds everything).
+        processes: processes that share out each batch's mask samples (``torchrun``, data-parallel or fully
+            sharded): a neuron mask gated in one pass runs only its own samples' examples.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -116,11 +119,12 @@ def estimate_memory(
     if gated_in_one_pass:
         sample_bytes = {layer: 0 for layer in sample_bytes}
     dims = model_shape(bridge)
-    examples_per_pass = (
-        train_config.batch_size if gated_in_one_pass else -(-train_config.batch_size // train_config.n_samples)
-    )
-    tokens = examples_per_pass * positions
-    per_layer = tokens * (16 * dims.d_model + 2 * (dims.d_mlp or 4 * dims.d_model) + 3 * dims.n_heads * positions)
+    chunk = -(-train_config.batch_size // train_config.n_samples)
+    # A gated pass runs every sample this process owns at once, and keeps each gated activation once more.
+    owned_samples = -(-train_config.n_samples // processes)
+    tokens = (chunk * owned_samples if gated_in_one_pass else chunk) * positions
+    d_mlp = dims.d_mlp or 4 * dims.d_model
+    per_layer = tokens * (16 * dims.d_model + (3 if gated_in_one_pass else 2) * d_mlp + 3 * dims.n_heads * positions)
     activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 
     if shards > 1:

@@ -708,8 +708,10 @@ def train_masks(
         subtasks = [subtasks]
     if progress and subtasks:
         positions = max(subtask.input_ids.shape[1] for subtask in subtasks)
-        shards = world()[1] if fully_shard else 1
-        estimate = estimate_memory(bridge, mask_config, train_config, positions, len(subtasks), shards)
+        processes = world()[1]
+        estimate = estimate_memory(
+            bridge, mask_config, train_config, positions, len(subtasks), processes if fully_shard else 1, processes
+        )
         tqdm.write(str(estimate), file=sys.stderr)
     return MaskTrainer(
         bridge, subtasks, mask_config, train_config, checkpoint_dir, progress, fully_shard, device, restart, objective

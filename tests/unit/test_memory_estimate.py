@@ -43,7 +43,13 @@ def test_neurons_gated_in_one_pass_keep_no_products_and_the_whole_batchs_activat
     in_out = estimate_memory(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"), train_config, positions=6)
     assert gated.logits == in_out.logits == 4 * 2 * 64
     assert gated.samples == 0 and in_out.samples > 0
-    assert gated.activations == 4 * in_out.activations  # 8 examples in one pass against 2 per sample
+    # 8 examples in one pass against 2 per sample, each gated activation kept once more (d_mlp 64, d_model 32)
+    per_token = {name: 16 * 32 + mlp * 64 + 3 * 4 * 6 for name, mlp in (("gated", 3), ("in_out", 2))}
+    unembed = 3 * 40  # d_vocab 40
+    assert gated.activations == 4 * 8 * 6 * (2 * per_token["gated"] + unembed)
+    assert in_out.activations == 4 * 2 * 6 * (2 * per_token["in_out"] + unembed)
+    split = estimate_memory(bridge, MaskConfig(granularity="neuron"), train_config, positions=6, processes=2)
+    assert split.activations == gated.activations // 2  # each of 2 processes runs its own 2 of the 4 samples
 
 
 def test_fully_sharded_divides_the_state():
