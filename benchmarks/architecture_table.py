@@ -281,9 +281,9 @@ GRANULARITY_CHECKS = {
     "neuron": (
         "neuron_off_equals_zeroed_hook_post",
         "unit_slices_equal_tl_views",
-        "neuron_gates_equal_weight_products",
+        "output_gates_equal_weight_products",
     ),
-    "head": ("head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views"),
+    "head": ("head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "output_gates_equal_weight_products"),
     "matrix": (),
 }
 """The kit's checks that concern each granularity; every granularity also runs :func:`check_gradients`."""

@@ -100,7 +100,7 @@ class MaskConfig:
             instead. Both remove the same neurons once read out (a neuron without its ``W_out`` row writes nothing);
             they differ in training: a soft hard-concrete sample ``m`` scales the neuron's output by ``m`` under
             ``output`` and by ``m`` twice (``m * act(m * pre)``) under ``in-out``. Under ``output`` training gates
-            the activations of the whole batch in one pass (:mod:`modmask_lens.masks.neuron_gates`) instead of one
+            the activations of the whole batch in one pass (:mod:`modmask_lens.masks.output_gates`) instead of one
             weight product and one backward per mask sample: 0.75-0.97x the time of a fine-tuning step at 4M-107M
             parameters where ``in-out`` takes 1.00-1.21x (0.64-0.74x once the references are cached;
             benchmarks/README.md). Measured on the ground-truth suite in docs/finder-study.md.

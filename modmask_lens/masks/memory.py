@@ -4,8 +4,8 @@ Mask training holds, per device: the frozen weights; per task, float32 logits, t
 (16 bytes per logit); for the mask sample being back-propagated, the products ``weight * mask`` the matmuls keep
 and, for per-element logits, the weight times the sample's derivative (float32, :mod:`modmask_lens.masks.products`);
 and the activations of one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so
-only one sample's tensors are alive at a time. A neuron mask gated on the activations
-(:mod:`modmask_lens.masks.neuron_gates`) keeps no product, and the whole batch's activations, as it runs every
+only one sample's tensors are alive at a time. A head or neuron mask gated on its outputs
+(:mod:`modmask_lens.masks.output_gates`) keeps no product, and the whole batch's activations, as it runs every
 sample in one pass (unless fully sharded). Fully sharded training divides weights, logits, gradients and Adam
 state by the number of processes and holds one gathered block (its weights, products and weighted derivatives)
 at a time.
@@ -25,7 +25,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.mask_set import units_for
-from modmask_lens.masks.neuron_gates import neuron_gates
+from modmask_lens.masks.output_gates import output_gates
 
 LOGIT_BYTES = 4  # logits, their gradient and Adam's moments are float32
 ADAM_MOMENTS = 2
@@ -87,7 +87,7 @@ def estimate_memory(
         n_tasks: subtasks trained in one run (each has its own logits and Adam state).
         shards: processes of a fully sharded run (1: every process holds everything).
         processes: processes that share out each batch's mask samples (``torchrun``, data-parallel or fully
-            sharded): a neuron mask gated in one pass runs only its own samples' examples.
+            sharded): a head or neuron mask gated in one pass runs only its own samples' examples.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -99,9 +99,8 @@ def estimate_memory(
     """
     units = units_for(bridge, mask_config)
     # Fully sharded training multiplies gathered weights block by block, never gates.
-    gated_in_one_pass = (
-        shards == 1 and neuron_gates(bridge, resolved_config(bridge, mask_config, units), units) is not None
-    )
+    gates = output_gates(bridge, resolved_config(bridge, mask_config, units), units) if shards == 1 else None
+    gated_in_one_pass = gates is not None
     parameters = {id(parameter): parameter for parameter in bridge.parameters()}.values()
     weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
     model_dtype = next(iter(parameters)).dtype
@@ -123,8 +122,9 @@ def estimate_memory(
     # A gated pass runs every sample this process owns at once, and keeps each gated activation once more.
     owned_samples = -(-train_config.n_samples // processes)
     tokens = (chunk * owned_samples if gated_in_one_pass else chunk) * positions
+    gated_features = 0 if gates is None else sum(gate.features for gate in gates) // dims.n_layers  # per layer
     d_mlp = dims.d_mlp or 4 * dims.d_model
-    per_layer = tokens * (16 * dims.d_model + (3 if gated_in_one_pass else 2) * d_mlp + 3 * dims.n_heads * positions)
+    per_layer = tokens * (16 * dims.d_model + 2 * d_mlp + gated_features + 3 * dims.n_heads * positions)
     activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 
     if shards > 1:

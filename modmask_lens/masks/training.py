@@ -3,14 +3,15 @@
 Each step of each task: draw a batch, split it into ``n_samples`` contiguous chunks, run chunk k with mask sample k
 (hard concrete by default, or straight-through Gumbel-sigmoid) through ``functional_call``, back-propagate the
 objective (by default the answer-token cross-entropy, summed over answer tokens and divided by the batch's
-answer-token count; see :mod:`modmask_lens.masks.objectives`) chunk by chunk (a neuron mask on the neurons' outputs
-runs every chunk in one pass with its activations gated per example, :mod:`modmask_lens.masks.neuron_gates`, which
-gives the same gradients), add the sparsity term (the density under
-the loss constraint, Csordás's logit sum, or a target density's Lagrangian), clip the task's mask gradients and take
-one Adam step. The full model's outputs an objective (or the loss constraint) needs are computed once per batch under
-``no_grad``, and for objectives whose reference is per example, once per example (:class:`ReferenceCache`). Tasks
-trained in one run keep their own optimiser, clipping and random stream, so the result equals training them one after
-another. After the last step the readout sets each mask's threshold (:attr:`MaskSet.threshold`).
+answer-token count; see :mod:`modmask_lens.masks.objectives`) chunk by chunk (a neuron mask on the neurons'
+outputs, and a hard-concrete or Gumbel-sigmoid head mask on the heads', runs every chunk in one pass with its
+activations gated per example, :mod:`modmask_lens.masks.output_gates`, which gives the same gradients), add the
+sparsity term (the density under the loss constraint, Csordás's logit sum, or a target density's Lagrangian), clip
+the task's mask gradients and take one Adam step. The full model's outputs an objective (or the loss constraint)
+needs are computed once per batch under ``no_grad``, and for objectives whose reference is per example, once per
+example (:class:`ReferenceCache`). Tasks trained in one run keep their own optimiser, clipping and random stream, so
+the result equals training them one after another. After the last step the readout sets each mask's threshold
+(:attr:`MaskSet.threshold`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from modmask_lens.masks.necessity import (
     empty_losses,
     necessity_target_sum,
 )
-from modmask_lens.masks.neuron_gates import NeuronGate, chunk_samples, gated, neuron_gates
 from modmask_lens.masks.objectives import (
     AnswerCrossEntropy,
     Objective,
@@ -60,6 +60,7 @@ from modmask_lens.masks.objectives import (
     model_outputs,
     reference_loss_sum,
 )
+from modmask_lens.masks.output_gates import OutputGate, chunk_samples, gated, output_gates
 from modmask_lens.masks.readout import faithful_threshold
 from modmask_lens.masks.reference_cache import ReferenceCache
 from modmask_lens.masks.run_fingerprint import RESTART_HINT, check_same_run, run_fingerprint
@@ -101,7 +102,7 @@ class _TaskRun:
     metrics: dict = field(default_factory=dict)
     full_accuracy: float | None = None  # the full model's metric on the faithfulness examples, once measured
     references: ReferenceCache | None = None  # the full model's per-example reference, when the objective allows
-    gates: list[NeuronGate] | None = None  # where a neuron mask gates activations in one pass (neuron_gates)
+    gates: list[OutputGate] | None = None  # where a head or neuron mask gates activations in one pass
 
     def parameters(self) -> list[Tensor]:
         """What the optimiser trains: the logits, or this process's slices of them."""
@@ -249,7 +250,7 @@ class MaskTrainer:
         shards = ShardedLogits(masks, self.sharded_bridge.device) if self.sharded_bridge is not None else None
         trained = shards.parameters() if shards is not None else masks.parameters()
         run = _TaskRun(data, masks, torch.optim.Adam(trained, lr=self.train_config.lr), shards=shards)
-        run.gates = neuron_gates(self.bridge, masks.config, masks.units)
+        run.gates = output_gates(self.bridge, masks.config, masks.units)
         if self.objective.cacheable:
             run.references = ReferenceCache(len(data))
         if self.train_config.max_loss_increase is not None:
@@ -457,7 +458,7 @@ class MaskTrainer:
         owned: dict[int, UniformNoise],
     ) -> dict[int, Score]:
         """The objective's score of each owned chunk (chunk -> its noise) under its own mask sample, from one pass
-        over the owned chunks with the neurons gated per example (:mod:`modmask_lens.masks.neuron_gates`): the
+        over the owned chunks with the units' outputs gated per example (:mod:`modmask_lens.masks.output_gates`): the
         scores and gradients of :meth:`_pathwise_chunk` on each, up to float rounding."""
         chunks = list(owned)
         samples = chunk_samples(run.masks, self.train_config.temperature, list(owned.values()))

@@ -33,7 +33,7 @@ from modmask_lens.masks.binary import BinaryMask, kept_per_unit
 from modmask_lens.masks.config import GRANULARITIES, NEURON_MASKS, Granularity, MaskConfig, TrainConfig
 from modmask_lens.masks.export import export_masked_model
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.neuron_gates import chunk_samples, gated, neuron_gates
+from modmask_lens.masks.output_gates import chunk_samples, gated, output_gates
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.masks.units import MaskUnit
@@ -104,7 +104,7 @@ def run_conformance(
 
     Checks: ``all_ones_bit_identical``, ``all_zeros_changes_logits``, ``every_target_matters``,
     ``head_off_equals_zeroed_hook_z``, ``neuron_off_equals_zeroed_hook_post``, ``unit_slices_equal_tl_views``,
-    ``gradients_reach_only_mask_logits``, ``neuron_gates_equal_weight_products``, ``compat_mode_bit_exact``,
+    ``gradients_reach_only_mask_logits``, ``output_gates_equal_weight_products``, ``compat_mode_bit_exact``,
     ``hf_export_reloads``. A passing result's
     detail says what the check left out, where it left something out (``every_target_matters``: the routed experts
     that their router selects for none of the tokens).
@@ -707,19 +707,41 @@ def _gradients(bridge: Bridge, tokens: Tensor) -> str | None:
     return "; ".join(failure for failure in failures if failure) or None
 
 
-def _gated_neurons(bridge: Bridge, tokens: ModelInput) -> str | None:
-    """Neuron masks gated on the activations in one pass (:mod:`~modmask_lens.masks.neuron_gates`, how training
-    runs the default neuron masks) give the output and the logit gradients of a weight product per mask sample: each
-    example of ``tokens`` its own sample, soft hard-concrete values included (logits drawn in [-2, 3]); the loss is
-    the output's dot product with a fixed random tensor. Not applicable where neuron masks train through weight
-    products (:func:`~modmask_lens.masks.neuron_gates.neuron_gates` returns ``None``)."""
-    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
-    gates = neuron_gates(bridge, mask.config, mask.units)
-    if gates is None:
-        raise GranularityNotApplicable(
-            f"{bridge.cfg.architecture}: its neuron masks train through a weight product per sample (an expert stack, "
-            "a block shared across depths or a W_out whose neurons are not its input features), never gated"
-        )
+def _output_gates(bridge: Bridge, tokens: ModelInput) -> str | Passed | None:
+    """Head and neuron masks gated on their writers' inputs in one pass (:mod:`~modmask_lens.masks.output_gates`,
+    how training runs neuron masks and hard-concrete or Gumbel-sigmoid head masks) give the output and the logit
+    gradients of a weight product per mask sample (:func:`_gated_equals_products`), at each of the two granularities
+    where the model's masks are gated. Not applicable where neither is (expert stacks, a block shared across depths,
+    a writer whose units are not its input features: training multiplies the weights there)."""
+    ungated, gated_granularities, failures = [], [], []
+    for granularity in ("neuron", "head"):
+        try:
+            mask = MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity, sampler="hard-concrete"))
+        except GranularityNotApplicable:
+            continue
+        gates = output_gates(bridge, mask.config, mask.units)
+        if gates is None:
+            ungated.append(granularity)
+            continue
+        gated_granularities.append(granularity)
+        failure = _gated_equals_products(bridge, tokens, mask, gates)
+        if failure:
+            failures.append(f"{granularity} masks: {failure}")
+    if failures:
+        return "; ".join(failures)
+    reason = (
+        f"{bridge.cfg.architecture}: its {' and '.join(ungated)} masks train through a weight product per sample (an "
+        "expert stack, a block shared across depths or a writer whose units are not its input features), never gated"
+    )
+    if not gated_granularities:
+        raise GranularityNotApplicable(reason if ungated else f"{bridge.cfg.architecture}: no head or neuron masks")
+    return Passed(reason) if ungated else None
+
+
+def _gated_equals_products(bridge: Bridge, tokens: ModelInput, mask: MaskSet, gates: list) -> str | None:
+    """``None`` when one gated pass over ``tokens``, each example its own sample of ``mask`` (soft hard-concrete values
+    included: logits drawn in [-2, 3]), gives the output and logit gradients of one weight product per example; the
+    loss is the output's dot product with a fixed random tensor."""
     generator = torch.Generator().manual_seed(0)
     for logits in mask.logits.values():
         logits.data.uniform_(-2.0, 3.0, generator=generator)
@@ -952,7 +974,7 @@ CHECKS: dict[str, Callable[[Bridge, Tensor], str | Passed | None]] = {
     "neuron_off_equals_zeroed_hook_post": lambda bridge, tokens: _unit_off(bridge, tokens, "neuron"),
     "unit_slices_equal_tl_views": lambda bridge, tokens: _tl_views(bridge),
     "gradients_reach_only_mask_logits": _gradients,
-    "neuron_gates_equal_weight_products": _gated_neurons,
+    "output_gates_equal_weight_products": _output_gates,
     "compat_mode_bit_exact": _compat_mode,
     "hf_export_reloads": _hf_export,
 }

@@ -52,8 +52,12 @@ def test_units_are_the_shared_blocks_heads_and_gated_neurons(bridge):
 
 def test_kit_passes_every_check(bridge):
     """Every check applies and passes: the view check compares with the map each module computes (TransformerLens
-    exposes no view here), compatibility mode and the export included."""
-    assert [str(result) for result in run_conformance(bridge) if not (result.applies and result.passed)] == []
+    exposes no view here), compatibility mode and the export included; but for the gated pass, which does not apply:
+    the shared block's writers are read again at every depth, so its masks train through weight products."""
+    results = {result.name: result for result in run_conformance(bridge)}
+    gates = results.pop("output_gates_equal_weight_products")
+    assert not gates.applies and "never gated" in gates.detail
+    assert [str(result) for result in results.values() if not (result.applies and result.passed)] == []
 
 
 def _zeroing_inputs(modules, start: int, stop: int):

@@ -1,7 +1,7 @@
-"""Neuron masks gated on the activations in one pass (masks/neuron_gates.py) against the per-chunk weight products
-they replace: the same loss and the same logit gradients, on a plain MLP (GPT-2 through Hugging Face, Conv1D
-weights), a gated one (Llama), one that flattens positions into the examples' axis (OPT) and TransformerLens's native
-blocks; and where gating does not apply."""
+"""Head and neuron masks gated on their writers' inputs in one pass (masks/output_gates.py) against the per-chunk
+weight products they replace: the same loss and the same logit gradients, on a plain MLP and attention (GPT-2
+through Hugging Face, Conv1D weights), a gated MLP and grouped-query attention (Llama), an MLP that flattens positions
+into the examples' axis (OPT) and TransformerLens's native blocks; and where gating does not apply."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from modmask_lens.masks import training
 from modmask_lens.masks.apply import sampled_parameters
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.masks.neuron_gates import chunk_samples, gated, neuron_gates
 from modmask_lens.masks.objectives import model_outputs
+from modmask_lens.masks.output_gates import chunk_samples, gated, output_gates
 from modmask_lens.masks.sampling import UniformNoise
 from modmask_lens.masks.training import train_masks
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
@@ -43,11 +43,12 @@ def _loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "opt", "native"])
 @pytest.mark.parametrize("sampler", ["hard-concrete", "gumbel-sigmoid"])
-def test_one_gated_pass_equals_a_weight_product_per_chunk(family, sampler, tmp_path):
+@pytest.mark.parametrize(("granularity", "writer"), [("neuron", "W_out"), ("head", "W_O")])
+def test_one_gated_pass_equals_a_weight_product_per_chunk(family, sampler, granularity, writer, tmp_path):
     bridge = _bridge(family, tmp_path)
-    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron", sampler=sampler))
-    assert {member.role for member in masks.members} == {"W_out"}
-    gates = neuron_gates(bridge, masks.config, masks.units)
+    masks = MaskSet.for_bridge(bridge, MaskConfig(granularity=granularity, sampler=sampler))
+    assert {member.role for member in masks.members} == {writer}
+    gates = output_gates(bridge, masks.config, masks.units)
     assert gates is not None and len(gates) == bridge.cfg.n_layers
     generator = torch.Generator().manual_seed(0)
     for logits in masks.logits.values():  # soft hard-concrete samples and both kept and dropped units
@@ -84,23 +85,27 @@ def test_one_gated_pass_equals_a_weight_product_per_chunk(family, sampler, tmp_p
 
 def _gates(bridge, config: MaskConfig):
     masks = MaskSet.for_bridge(bridge, config)
-    return neuron_gates(bridge, masks.config, masks.units)
+    return output_gates(bridge, masks.config, masks.units)
 
 
-def test_gating_applies_only_to_masks_of_the_neurons_output():
+def test_gating_applies_only_to_pathwise_masks_of_the_units_outputs():
     bridge = tiny_bridge()
     applies = {
         "in-out neurons": MaskConfig(granularity="neuron", neuron_mask="in-out"),
         "W_in only": MaskConfig(granularity="neuron", roles=("W_in",)),
         "weights": MaskConfig(granularity="weight", roles=("W_out",)),
-        "heads": MaskConfig(granularity="head", sampler="hard-concrete"),
+        "qkvo heads": MaskConfig(granularity="head", sampler="hard-concrete", head_mask="qkvo"),
+        "bernoulli heads": MaskConfig(granularity="head"),  # gated at hook_z without a backward instead
+        "hard-concrete heads": MaskConfig(granularity="head", sampler="hard-concrete"),
         "W_out only": MaskConfig(granularity="neuron", roles=("W_out",)),
     }
     assert {name: _gates(bridge, config) is not None for name, config in applies.items()} == {
         "in-out neurons": False,
         "W_in only": False,
         "weights": False,
-        "heads": False,
+        "qkvo heads": False,
+        "bernoulli heads": False,
+        "hard-concrete heads": True,
         "W_out only": True,
     }
 
@@ -108,7 +113,7 @@ def test_gating_applies_only_to_masks_of_the_neurons_output():
 def test_a_gated_module_reading_another_batch_names_the_fix():
     bridge = tiny_bridge()
     masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
-    gates = neuron_gates(bridge, masks.config, masks.units)
+    gates = output_gates(bridge, masks.config, masks.units)
     samples = chunk_samples(masks, 1.0, [UniformNoise(0)])
     hooks_before = sum(len(module._forward_pre_hooks) for module in bridge.modules())
     with (
@@ -120,7 +125,12 @@ def test_a_gated_module_reading_another_batch_names_the_fix():
 
 
 @pytest.mark.parametrize("n_samples", [4, 3])
-def test_training_through_gates_equals_training_through_weight_products(n_samples, monkeypatch):
+@pytest.mark.parametrize(
+    "mask_config",
+    [MaskConfig(granularity="neuron"), MaskConfig(granularity="head", sampler="hard-concrete")],
+    ids=["neurons", "hard-concrete heads"],
+)
+def test_training_through_gates_equals_training_through_weight_products(n_samples, mask_config, monkeypatch):
     bridge = tiny_bridge()
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(40, (32, 6), generator=generator)
@@ -130,11 +140,11 @@ def test_training_through_gates_equals_training_through_weight_products(n_sample
     config = TrainConfig(steps=3, batch_size=10, n_samples=n_samples, readout="zero")
 
     def trained() -> dict[str, torch.Tensor]:
-        masks = train_masks(bridge, data, MaskConfig(granularity="neuron"), config, progress=False)["copy"]
+        masks = train_masks(bridge, data, mask_config, config, progress=False)["copy"]
         return {name: logit.detach() for name, logit in masks.logits.items()}
 
     gated_logits = trained()
-    monkeypatch.setattr(training, "neuron_gates", lambda bridge, config, units: None)  # the per-chunk products
+    monkeypatch.setattr(training, "output_gates", lambda bridge, config, units: None)  # the per-chunk products
     product_logits = trained()
     for name, logit in gated_logits.items():
         assert not torch.equal(logit, torch.full_like(logit, 3.0))  # trained
@@ -145,7 +155,7 @@ def test_a_gated_module_that_never_runs_is_named():
     """A model that read its W_out without calling the module (F.linear on the weight) would train no neuron."""
     bridge = tiny_bridge()
     masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="neuron"))
-    gates = neuron_gates(bridge, masks.config, masks.units)
+    gates = output_gates(bridge, masks.config, masks.units)
     samples = chunk_samples(masks, 1.0, [UniformNoise(0)])
     with pytest.raises(ValueError, match=r"never ran their forward"), gated(bridge, gates, samples, [1]):
         pass  # no forward at all
