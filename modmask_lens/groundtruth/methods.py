@@ -20,14 +20,11 @@ from modmask_lens.masks.training import train_masks
 
 Method = Callable[[nn.Module, SubtaskData, MaskConfig, int], MaskSet]
 
-CSORDAS_GUMBEL = {
-    "sampler": CSORDAS_MASKS.sampler,
-    "init_logit": CSORDAS_MASKS.init_logit,
-    "neuron_mask": CSORDAS_MASKS.neuron_mask,
-}
-"""The :class:`MaskConfig` settings of Csordás's masks (Gumbel-sigmoid samples, init 2.0, a neuron's logit on its
-``W_in`` column and ``W_out`` row, as the suite's rows of these methods were measured), set on top of the suite's
-granularity; heads keep the library's ``head_mask``."""
+CSORDAS_GUMBEL = {"sampler": CSORDAS_MASKS.sampler, "init_logit": CSORDAS_MASKS.init_logit}
+"""The :class:`MaskConfig` settings of Csordás's masks (Gumbel-sigmoid samples, init 2.0), set on top of the suite's
+granularity. Heads and neurons keep the library's ``head_mask`` and ``neuron_mask`` (``output`` for both since
+session 12; the suite's neuron rows of these methods measured before then masked each neuron's ``W_in`` column too,
+``--neuron-mask in-out`` reruns them so), so that each study method is one change away from the next."""
 CSORDAS_TRANSFORMER = dataclasses.replace(CSORDAS_TRAINING, steps=25_000, beta=6e-4)
 """Csordás et al. 2021's only Transformer mask setting (SCAN Transformer sweep: beta 6e-4, lr 1e-2, 25k steps, 4
 samples, tau 1, init 2.0); everything else as :data:`~modmask_lens.CSORDAS_TRAINING`."""
