@@ -37,6 +37,7 @@ from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.controls import random_init_bridge
 from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, LossUnit, MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
+from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.training import UnfaithfulReadout, train_masks
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view
@@ -121,12 +122,15 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
             "output rows removed by the jump mask (Fig. 4b)": action_rows,
             "null control: the simple mask on a randomly initialised model": control,
         },
-        {
-            "masks": method.mask_config.to_dict(),
-            "train": method.train_config.to_dict(),
-            "eval_examples_per_split": eval_limit,
-        },
+        _settings(method, masks, eval_examples_per_split=eval_limit),
     )
+
+
+def _settings(method: MaskMethod, masks: dict[str, MaskSet], **extra) -> dict:
+    """The settings an experiment ran under: the masks' as training resolved them (sampler and initial logit,
+    which ``MaskConfig()`` leaves to the model), the training's, and ``extra``."""
+    resolved = next(iter(masks.values())).config
+    return {"masks": resolved.to_dict(), "train": method.train_config.to_dict(), **extra}
 
 
 def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, method: MaskMethod) -> pd.DataFrame:
@@ -170,18 +174,14 @@ def addmul_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | Non
         name: limited_subtask(name, subtask_view(data["test"], "operation", name), model.tokenizer, eval_limit)
         for name in operations
     }
-    tables = _control_and_subtask_masks(model.bridge, control, training, evaluation, method)
+    tables, masks = _control_and_subtask_masks(model.bridge, control, training, evaluation, method)
     tables["null control: the add mask on a randomly initialised model"] = random_init_control(
         model.bridge, training[0], evaluation["add"], method
     )
     return ExperimentResult(
         "addmul",
         tables,
-        {
-            "masks": method.mask_config.to_dict(),
-            "train": method.train_config.to_dict(),
-            "eval_examples_per_operation": eval_limit,
-        },
+        _settings(method, masks, eval_examples_per_operation=eval_limit),
     )
 
 
@@ -191,18 +191,19 @@ def _control_and_subtask_masks(
     training: list[SubtaskData],
     evaluation: dict[str, SubtaskData],
     method: MaskMethod,
-) -> dict[str, pd.DataFrame]:
+) -> tuple[dict[str, pd.DataFrame], dict[str, MaskSet]]:
     """Masks for a control task and each subtask in one run; their sizes, the subtasks' accuracy under each mask and
-    its inverse, and the subtasks' IoU per layer and role."""
+    its inverse, and the subtasks' IoU per layer and role (tables by title), and the masks by task name."""
     masks = train_masks(bridge, [control, *training], method.mask_config, method.train_config, progress=False)
     binaries = {name: mask.binary() for name, mask in masks.items()}
     subtask_masks = {data.name: binaries[data.name] for data in training}
     accuracy = mask_accuracy(bridge, subtask_masks, evaluation)
-    return {
+    tables = {
         "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
         "accuracy (full / mask / inverse mask)": accuracy_table(accuracy),
         "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
     }
+    return tables, masks
 
 
 def double_add_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000) -> ExperimentResult:
@@ -226,13 +227,13 @@ def double_add_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int |
 
     training = pair_subtasks(data["train"], None)
     control = limited_subtask("control", data["train"], model.tokenizer)
-    tables = _control_and_subtask_masks(
+    tables, masks = _control_and_subtask_masks(
         model.bridge, control, list(training.values()), pair_subtasks(data["test"], eval_limit), method
     )
     return ExperimentResult(
         "double addition",
         tables,
-        {"masks": method.mask_config.to_dict(), "train": method.train_config.to_dict(), "eval_examples": eval_limit},
+        _settings(method, masks, eval_examples=eval_limit),
     )
 
 
@@ -266,12 +267,7 @@ def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     return ExperimentResult(
         "math modules",
         {"mask sizes": sizes, "IoU between the modules' masks": matrix, "control vs easy-only mask": difficulty},
-        {
-            "masks": method.mask_config.to_dict(),
-            "train": method.train_config.to_dict(),
-            "eval_examples": eval_limit,
-            "modules": modules,
-        },
+        _settings(method, masks, eval_examples=eval_limit, modules=modules),
     )
 
 
@@ -413,13 +409,13 @@ def modular_training_experiment(
     return ExperimentResult(
         f"modular training ({base})",
         {"plain vs BIMT vs clusterability loss": pd.DataFrame(rows)},
-        {
-            "masks": method.mask_config.to_dict(),
-            "train": method.train_config.to_dict(),
-            "eval_examples_per_subtask": eval_limit,
-            "train_examples_per_subtask": train_limit,
-            "subtasks": [data.name for data in training],
-        },
+        _settings(
+            method,
+            masks,
+            eval_examples_per_subtask=eval_limit,
+            train_examples_per_subtask=train_limit,
+            subtasks=[data.name for data in training],
+        ),
     )
 
 

@@ -38,6 +38,8 @@ def test_scan_experiment_reports_every_split_and_the_action_rows(tmp_path):
     # Two steps from logits at 3.0 leave every logit above 0: the mask as trained is the whole model.
     trained = control.loc["trained"]
     assert trained["as trained kept"] == 1.0 and trained["as trained accuracy"] == trained["full accuracy"]
+    # The settings name what the masks were trained with, not MaskConfig()'s "decided by the model".
+    assert (result.settings["masks"]["sampler"], result.settings["masks"]["init_logit"]) == ("hard-concrete", 3.0)
     write_results([result], tmp_path / "results.md", "test")
     assert "Fig. 4a" in (tmp_path / "results.md").read_text()
 
