@@ -70,8 +70,9 @@ class FineTuning:
 
 class MaskTraining:
     """Mask training with the library's defaults (4 mask samples per step, per-weight logits) unless ``mask_config``
-    says otherwise, or with Csordás's method (``csordas``); ``fully_shard`` (Csordás's method, the one it runs): the
-    sharded path in one process (block-by-block gathers and the recomputing backward, without the communication)."""
+    and ``n_samples`` say otherwise, or with Csordás's method (``csordas``); ``fully_shard`` (Csordás's method, the
+    one it runs): the sharded path in one process (block-by-block gathers and the recomputing backward, without the
+    communication)."""
 
     def __init__(
         self,
@@ -82,8 +83,9 @@ class MaskTraining:
         batch: int = BATCH,
         mask_config: MaskConfig = MaskConfig(),
         csordas: bool = False,
+        n_samples: int = TrainConfig().n_samples,
     ):
-        train_config = TrainConfig()
+        train_config = TrainConfig(n_samples=n_samples)
         if csordas or fully_shard:
             mask_config = dataclasses.replace(CSORDAS_MASKS, granularity=mask_config.granularity)
             train_config = CSORDAS_TRAINING

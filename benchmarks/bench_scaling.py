@@ -60,8 +60,17 @@ GRANULARITIES = ("weight", "neuron", "head")
 # masked_parameters, the path before masks/products.py), for a side-by-side comparison;
 # sharded: weight granularity through the fully sharded path;
 # neuron-in-out: neuron masks on each neuron's W_in column and W_out row (neuron_mask="in-out": one weight product and
-# one backward per mask sample), beside the default neuron masks gated on the activations in one pass.
-KINDS = ("finetune", "finetune-chunked", *GRANULARITIES, "weight-unfused", "sharded", "neuron-in-out")
+# one backward per mask sample), beside the default neuron masks gated on the activations in one pass;
+# weight-one-sample: weight granularity with one mask sample per step for the whole batch (TrainConfig(n_samples=1)).
+KINDS = (
+    "finetune",
+    "finetune-chunked",
+    *GRANULARITIES,
+    "weight-unfused",
+    "sharded",
+    "neuron-in-out",
+    "weight-one-sample",
+)
 
 
 def build_bridge(directory: str, size: str) -> TransformerBridge:
@@ -104,7 +113,10 @@ def runner(kind: str, bridge: TransformerBridge, steps: int, settings: MaskRunSe
     )
     mask_config = dataclasses.replace(MaskConfig(), **overrides)
     sharded = kind == "sharded"
-    training_run = MaskTraining(bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config)
+    n_samples = 1 if kind == "weight-one-sample" else TrainConfig().n_samples
+    training_run = MaskTraining(
+        bridge, [subtask()], steps, fully_shard=sharded, batch=BATCH, mask_config=mask_config, n_samples=n_samples
+    )
     if settings.cached_references:
         training_run.cache_references()
     return unfused(training_run.step) if kind == "weight-unfused" else training_run.step
@@ -284,6 +296,7 @@ def main() -> None:
     parser.add_argument("--fully-shard", action="store_true", help="also time the fully sharded path (one process)")
     parser.add_argument("--unfused", action="store_true", help="also time weight masks without the fused products")
     parser.add_argument("--in-out", action="store_true", help="also time neuron masks with neuron_mask='in-out'")
+    parser.add_argument("--one-sample", action="store_true", help="also time weight masks with one sample per step")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps in each memory child (0: skip memory)")
@@ -303,7 +316,7 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     kinds = ["finetune", "finetune-chunked", *arguments.granularities]
     kinds += (["weight-unfused"] if arguments.unfused else []) + (["sharded"] if arguments.fully_shard else [])
-    kinds += ["neuron-in-out"] if arguments.in_out else []
+    kinds += (["neuron-in-out"] if arguments.in_out else []) + (["weight-one-sample"] if arguments.one_sample else [])
     start = time.perf_counter()
 
     rows = []

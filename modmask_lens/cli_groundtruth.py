@@ -64,7 +64,7 @@ def run(
             "--method",
             help="faithful (the library's defaults), csordas, csordas-transformer, target-density, or a study "
             "method (csordas+faithful-readout, gumbel+constraint, hard-concrete+constraint, faithful+kl, "
-            "faithful+necessity); repeat; "
+            "faithful+necessity, faithful+one-sample); repeat; "
             "default: the four baselines",
         ),
     ] = None,

@@ -84,6 +84,7 @@ def study_methods(steps: int | None = None) -> dict[str, FinderMethod]:
         "faithful": FinderMethod(faithful),
         "faithful+kl": FinderMethod(faithful, objective=KLDivergence()),
         "faithful+necessity": FinderMethod(dataclasses.replace(faithful, complement_loss_fraction=NECESSITY)),
+        "faithful+one-sample": FinderMethod(dataclasses.replace(faithful, n_samples=1)),
     }
 
 

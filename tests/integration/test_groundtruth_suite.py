@@ -186,6 +186,7 @@ def test_study_methods_differ_from_each_other_by_one_setting():
         "faithful",
         "faithful+kl",
         "faithful+necessity",
+        "faithful+one-sample",
     ]
     faithful = dataclasses.replace(TrainConfig(), steps=10, density_warmup_steps=2)  # the warm-up capped at steps / 4
     assert methods["faithful"].train_config == faithful and methods["faithful"].mask_settings == {}
@@ -193,6 +194,7 @@ def test_study_methods_differ_from_each_other_by_one_setting():
     assert methods["faithful+kl"].train_config == faithful and methods["faithful+kl"].objective == KLDivergence()
     necessity = methods["faithful+necessity"].train_config
     assert necessity == dataclasses.replace(faithful, complement_loss_fraction=NECESSITY)
+    assert methods["faithful+one-sample"].train_config == dataclasses.replace(faithful, n_samples=1)
     assert methods["hard-concrete+constraint"].train_config.readout == "zero"
     assert methods["gumbel+constraint"].mask_settings == {"sampler": "gumbel-sigmoid"}
     assert methods["csordas+faithful-readout"].train_config.readout == "faithful"
