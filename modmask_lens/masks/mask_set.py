@@ -180,7 +180,7 @@ class MaskSet:
         """
         sizes = [self.logits[unit.name].numel() for unit in self.units]
         if n_kept is None:
-            n_kept = sum(int((logit > 0).sum()) for logit in self.logits.values())
+            n_kept = sum(int(kept.sum()) for kept in self.kept_above(self.threshold).values())
         if not 0 <= n_kept <= sum(sizes):
             raise ValueError(f"n_kept {n_kept} must lie in [0, {sum(sizes)}] (the mask's logits)")
         flags = torch.zeros(sum(sizes), dtype=torch.bool)

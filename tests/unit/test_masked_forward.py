@@ -10,6 +10,7 @@ from conftest import assert_unchanged, boot_native, state_snapshot
 from torch import nn
 
 from modmask_lens import BinaryMask, MaskConfig, MaskSet, masked, masked_call
+from modmask_lens.testing.tiny_models import tiny_bridge
 
 ALL_KINDS = MaskConfig(kinds=("linear", "norm", "embedding", "bias"))
 
@@ -225,3 +226,16 @@ def test_masked_contexts_do_not_nest(gpt2_bridge):
     with masked(gpt2_bridge, masks), pytest.raises(RuntimeError, match="do not nest"), masked(gpt2_bridge, masks):
         pass
     assert "forward" not in gpt2_bridge.__dict__
+
+
+def test_random_control_keeps_as_many_units_as_the_readout_at_its_threshold():
+    masks = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="neuron"))
+    values = torch.arange(sum(logit.numel() for logit in masks.logits.values()), dtype=torch.float32) - 100.0
+    for unit, part in zip(masks.units, values.split([masks.logits[unit.name].numel() for unit in masks.units])):
+        masks.logits[unit.name] = part.reshape(masks.logits[unit.name].shape)
+    masks.threshold = -20.5  # a faithful readout below 0: the logits -20 ... 27 are kept
+    kept_neurons = int((values > -20.5).sum())
+    assert kept_neurons == 48
+    for control in (masks.random_binary(seed=seed) for seed in range(3)):
+        assert control.count == masks.binary().count  # every neuron holds as many weights
+        assert int(control.kept_fraction(by="neuron").kept.gt(0).sum()) == kept_neurons
