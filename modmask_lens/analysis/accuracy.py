@@ -16,6 +16,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.evaluation import exact_match, objective_metric  # noqa: F401 (exact_match: re-exported)
+from modmask_lens.masks.mask_set import MaskSet, binaries
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 IO_ROLES = ("W_E", "W_pos", "W_U")
@@ -38,7 +39,7 @@ def inverse_mask(
 
 def mask_accuracy(
     bridge: Bridge,
-    masks: Mapping[str, BinaryMask],
+    masks: Mapping[str, BinaryMask | MaskSet],
     data: Mapping[str, SubtaskData],
     control: BinaryMask | None = None,
     batch_size: int = 256,
@@ -48,7 +49,7 @@ def mask_accuracy(
 
     Args:
         bridge: the model.
-        masks: mask name -> binary mask.
+        masks: mask name -> binary mask (a :class:`MaskSet` counts as its readout, :meth:`MaskSet.binary`).
         data: subtask name -> its evaluation data.
         control: if given, inverse masks keep the control mask on the input/output layers (the paper's
             ``fullmask`` variant).
@@ -59,6 +60,7 @@ def mask_accuracy(
         ``mask``, ``inverse``), ``accuracy`` (the objective's metric). The paper's
         table (Full | task | not-task per task) is ``paper_table(frame)``.
     """
+    masks = binaries(masks)
     for mask in masks.values():
         mask.check_model(bridge)
     rows = []

@@ -16,6 +16,7 @@ from itertools import combinations
 import pandas as pd
 
 from modmask_lens.masks.binary import GROUP_COLUMNS, BinaryMask
+from modmask_lens.masks.mask_set import MaskSet, binaries
 
 
 def _counts(mask: BinaryMask, by: str, column: str) -> pd.DataFrame:
@@ -34,11 +35,12 @@ def _ratio(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
     return numerator / denominator.where(denominator > 0)
 
 
-def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") -> pd.DataFrame:
+def pairwise_overlap(masks: Mapping[str, BinaryMask | MaskSet], by: str = "layer_role") -> pd.DataFrame:
     """IoU and IoMin of every pair of masks.
 
     Args:
-        masks: subtask name -> binary mask (all of the same model and configuration).
+        masks: subtask name -> binary mask (all of the same model and configuration; a :class:`MaskSet` counts as
+            its readout, :meth:`MaskSet.binary`).
         by: grouping, as in :meth:`BinaryMask.kept_fraction`.
 
     Returns:
@@ -49,7 +51,7 @@ def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") ->
         >>> pairwise_overlap({"add": add.binary(), "mul": mul.binary()}, by="layer")       # doctest: +SKIP
     """
     rows = []
-    for (name_a, mask_a), (name_b, mask_b) in combinations(masks.items(), 2):
+    for (name_a, mask_a), (name_b, mask_b) in combinations(binaries(masks).items(), 2):
         frame = _merge(
             [
                 _counts(mask_a & mask_b, by, "intersection"),
@@ -70,14 +72,16 @@ def pairwise_overlap(masks: Mapping[str, BinaryMask], by: str = "layer_role") ->
     return table
 
 
-def shared_fraction(masks: Mapping[str, BinaryMask], by: str = "layer_role") -> pd.DataFrame:
-    """shared_i = |m_i and (m_j for any j != i)| / |m_i| for every mask i.
+def shared_fraction(masks: Mapping[str, BinaryMask | MaskSet], by: str = "layer_role") -> pd.DataFrame:
+    """shared_i = |m_i and (m_j for any j != i)| / |m_i| for every mask i (a :class:`MaskSet` counts as its
+    readout, :meth:`MaskSet.binary`).
 
     Returns:
         Columns ``mask``, the grouping columns, ``kept``, ``shared``, ``shared_fraction``.
     """
     if len(masks) < 2:
         raise ValueError("shared_fraction needs at least two masks")
+    masks = binaries(masks)
     rows = []
     for name, mask in masks.items():
         others = reduce(lambda left, right: left | right, [other for key, other in masks.items() if key != name])

@@ -130,6 +130,12 @@ class SubtaskData:
                 f"subtask {self.name!r} has no answer token to score (labels all {IGNORE_INDEX}); "
                 "give completions, or for sentences without answers build it with SubtaskData.from_texts"
             )
+        if self.attention_mask is not None and not bool(self.attention_mask.bool().any(dim=1).all()):
+            empty = int((~self.attention_mask.bool().any(dim=1)).nonzero()[0])
+            raise ValueError(
+                f"subtask {self.name!r}: example {empty} attends to no position (its attention_mask row is all 0); "
+                "drop empty examples or encode them with the tokenizer, which marks every real token with 1"
+            )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -299,8 +305,8 @@ class SubtaskData:
         return _scored_length(self.labels[indices])
 
     def check_fits(self, bridge: Bridge) -> None:
-        """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, and
-        every scored example within its context length ``cfg.n_ctx``.
+        """Raise ``ValueError`` unless the model can run this subtask: same device, ids and scored labels in its
+        vocabulary, and every scored example within its context length ``cfg.n_ctx``.
 
         Example:
             >>> import torch
@@ -319,6 +325,12 @@ class SubtaskData:
             raise ValueError(
                 f"subtask {self.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
                 "encode it with the model's own tokenizer"
+            )
+        answers = self.labels[self.labels != IGNORE_INDEX]
+        if answers.numel() and (int(answers.max()) >= vocab or int(answers.min()) < 0):
+            raise ValueError(
+                f"subtask {self.name!r} has labels outside the model's vocabulary [0, {vocab}) other than "
+                f"{IGNORE_INDEX} (not scored); encode the answers with the model's own tokenizer"
             )
         check_context(bridge, self._width(), f"subtask {self.name!r}")
 

@@ -79,7 +79,8 @@ def depth_twins(slots: Mapping[TensorKey, tuple[str, Tensor]]) -> dict[TensorKey
 
 
 def slot_of(module: nn.Module, path: str) -> TensorKey:
-    """The slot of the tensor at ``path`` (e.g. ``blocks.0.attn.q.weight``) under ``module``."""
+    """The slot of the tensor at ``path`` (a parameter path, e.g. ``blocks.0.attn.q._original_component.weight``
+    on a TransformerBridge) under ``module``."""
     module_path, _, attribute = path.rpartition(".")
     return id(module.get_submodule(module_path)), attribute
 

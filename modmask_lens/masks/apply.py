@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.functional import call_with_parameters, depth_twins, slot_of, tensor_slots
+from modmask_lens.core.functional import TensorKey, call_with_parameters, depth_twins, slot_of, tensor_slots
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.sampling import UniformNoise
@@ -60,7 +60,7 @@ def _parameters_with(
     at each of them, unless ``paths`` masks that depth's slot itself: one mask per tensor, applied at each use."""
     slots = tensor_slots(bridge)
     values = {key: parameter.detach() for key, (_, parameter) in slots.items()}
-    keys = {path: slot_of(bridge, path) for path in paths}
+    keys = {path: _parameter_slot(bridge, path, slots) for path in paths}
     twins = depth_twins(slots)
     masked_slots = set(keys.values())
     for path, product in products({path: values[key] for path, key in keys.items()}).items():
@@ -69,6 +69,22 @@ def _parameters_with(
             if twin not in masked_slots:
                 values[twin] = product
     return {slots[key][0]: value for key, value in values.items()}
+
+
+def _parameter_slot(bridge: Bridge, path: str, slots: Mapping[TensorKey, tuple[str, Tensor]]) -> TensorKey:
+    """The slot of the parameter at ``path``, or a ``KeyError`` naming the paths masks take."""
+    try:
+        key = slot_of(bridge, path)
+    except AttributeError:
+        key = None
+    if key not in slots:
+        example = next(iter(slots.values()))[0]
+        raise KeyError(
+            f"{path!r} is not a parameter path of this bridge: masks are keyed by the paths of its parameters "
+            f"(e.g. {example!r}), as BinaryMask.weight_masks() gives them; a state_dict key or a TransformerLens "
+            "alias names no parameter here"
+        )
+    return key
 
 
 def _in_dtype(mask: Tensor, weight: Tensor) -> Tensor:
@@ -122,7 +138,8 @@ def masked(bridge: Bridge, mask: MaskLike, check_weights: bool = True) -> Iterat
 
     Args:
         bridge: a TransformerBridge.
-        mask: a :class:`BinaryMask`; a :class:`MaskSet` (its ``logit > 0`` readout); a dict of parameter path ->
+        mask: a :class:`BinaryMask`; a :class:`MaskSet` (its readout, :meth:`MaskSet.binary`: logit above its
+            ``threshold``); a dict of parameter path ->
             mask tensor (as :func:`masked_call` takes); or a function returning one, called on every forward (e.g.
             ``lambda: mask_set.sample()``). A dict of several mask sets (``train_masks``' result) is refused with a
             message: enter one of them.

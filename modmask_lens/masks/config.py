@@ -132,6 +132,12 @@ class MaskConfig:
                 f"trains head masks on W_O (granularity='head', roles None or with 'W_O'), not {self.granularity!r} "
                 f"granularity with roles {self.roles}; use sampler='hard-concrete' there"
             )
+        for name, example in (("kinds", '"linear"'), ("roles", '"W_Q", "W_K"'), ("layers", "0, 1")):
+            value = getattr(self, name)
+            if isinstance(value, list):  # a list reads as the tuple it holds; the config stays hashable
+                object.__setattr__(self, name, tuple(value))
+            elif value is not None and not isinstance(value, tuple):
+                raise TypeError(f"MaskConfig {name} takes a tuple, e.g. {name}=({example},), not {value!r}")
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
@@ -236,6 +242,11 @@ class TrainConfig:
     heads_estimated_per_step: int | None = 8
 
     def __post_init__(self) -> None:
+        counts = ("steps", "batch_size", "n_samples", "density_warmup_steps", "seed", "checkpoint_every")
+        for name in (*counts, *(("heads_estimated_per_step",) if self.heads_estimated_per_step is not None else ())):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"TrainConfig {name} must be a whole number, not {value!r}")
         if self.steps < 1 or self.batch_size < 1 or self.n_samples < 1:
             raise ValueError("steps, batch_size and n_samples must be positive")
         if self.batch_size < self.n_samples:

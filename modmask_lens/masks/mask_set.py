@@ -257,3 +257,19 @@ def _check_coverage(bridge: Bridge, adapter_name: str, units: list[MaskUnit]) ->
             f"{total:,} parameters, {covered / total:.0%}), so a mask would say almost nothing. To mask just those "
             "tensors knowingly, name them: MaskConfig(roles=...)",
         )
+
+
+def binaries(masks: Mapping[str, MaskSet | BinaryMask]) -> dict[str, BinaryMask]:
+    """Each of ``masks`` as a :class:`BinaryMask`: a :class:`MaskSet` (what ``train_masks`` returns) by its readout
+    :meth:`MaskSet.binary`, a binary mask as it is; anything else is refused with the fix."""
+    converted = {}
+    for name, mask in masks.items():
+        if isinstance(mask, MaskSet):
+            mask = mask.binary()
+        if not isinstance(mask, BinaryMask):
+            raise TypeError(
+                f"mask {name!r} is a {type(mask).__name__}; pass a MaskSet (train_masks' result) or a BinaryMask "
+                "(MaskSet.binary(), load_masks, or masks combined with & | ~)"
+            )
+        converted[name] = mask
+    return converted

@@ -40,9 +40,10 @@ def faithful_threshold(
     - otherwise it adds units in steps of 1/64 of them all, doubling each time, until a count passes (every unit
       always does), then bisects between the last count that failed and that one.
 
-    It only settles on a count that passed, so the result is faithful on ``data`` (logits tied at the threshold are
-    kept together); where accuracy is not monotone within a bisected range it may keep more units than the fewest
-    faithful count. Pass held-out data to choose the size on examples the mask did not train on.
+    It only settles on a count that passed, so the result is faithful on ``data`` (logits tied across a count's
+    threshold are removed together, and each count is judged by the mask it actually keeps); where accuracy is not
+    monotone within a bisected range it may keep more units than the fewest faithful count. Pass held-out data to
+    choose the size on examples the mask did not train on.
 
     Args:
         bridge: the model the mask is for.

@@ -181,6 +181,12 @@ class MaskTrainer:
             raise ValueError("no subtasks given; pass at least one SubtaskData")
         if len(set(names)) != len(names):
             raise ValueError(f"subtask names must be unique, got {names}")
+        if "forward" in bridge.__dict__:  # masked() replaces the instance's forward; training reads the class's
+            raise RuntimeError(
+                "train_masks was called inside a masked() context: training reads the model's own weights and "
+                "would ignore that mask, then fail at the readout; leave the context first (to train on part of "
+                "the model, restrict MaskConfig's kinds, roles or layers)"
+            )
         single = [subtask.name for subtask in subtasks if len(subtask) < 2]
         if single:
             raise ValueError(

@@ -53,6 +53,22 @@ def nested_masked(bridge) -> None:
         pass
 
 
+def training_inside_masked(bridge) -> None:
+    with masked(bridge, MaskSet.for_bridge(bridge).binary()):
+        MaskTrainer(bridge, [subtask()])
+
+
+def masked_by_state_dict_key(bridge) -> None:
+    key = next(iter(MaskSet.for_bridge(bridge).binary().kept))  # a state_dict key, e.g. blocks.0.ln1.weight
+    with masked(bridge, {key: torch.zeros(1)}):
+        bridge(subtask().input_ids)
+
+
+def labels_outside_vocabulary() -> SubtaskData:
+    data = subtask()
+    return SubtaskData(data.name, data.input_ids, torch.where(data.labels == -100, -100, VOCAB + 3))
+
+
 def resume_with_other_settings(bridge, tmp_path: Path) -> None:
     data = subtask()
     MaskTrainer(
@@ -234,6 +250,36 @@ CASES = {
         "the probe data is on device cpu but the model is on meta",
     ),
     "nested_masked_contexts": (lambda b, t: nested_masked(b), RuntimeError, "do not nest"),
+    "training_inside_masked": (lambda b, t: training_inside_masked(b), RuntimeError, "inside a masked\\(\\) context"),
+    "masked_by_state_dict_key": (
+        lambda b, t: masked_by_state_dict_key(b),
+        KeyError,
+        "not a parameter path of this bridge.*BinaryMask.weight_masks",
+    ),
+    "label_outside_vocabulary": (
+        lambda b, t: MaskTrainer(b, [labels_outside_vocabulary()]),
+        ValueError,
+        "labels outside the model's vocabulary",
+    ),
+    "attention_mask_row_empty": (
+        lambda b, t: SubtaskData("bad", *subtask().batch(torch.arange(4)), torch.tensor([[1] * 6, [0] * 6] * 2)),
+        ValueError,
+        "example 1 attends to no position",
+    ),
+    # The test suite checks annotations at run time (beartype), which refuses these first, with its own message;
+    # without it, MaskConfig and TrainConfig refuse them with theirs.
+    "layers_not_a_tuple": (
+        lambda b, t: MaskConfig(layers=1),
+        TypeError,
+        r"(layers takes a tuple, e.g. layers=\(0, 1,\)|parameter 'layers')",
+    ),
+    "roles_a_string": (lambda b, t: MaskConfig(roles="W_Q"), TypeError, "(roles takes a tuple|parameter 'roles')"),
+    "fractional_steps": (
+        lambda b, t: TrainConfig(steps=2.5),
+        TypeError,
+        "(steps must be a whole number|parameter 'steps')",
+    ),
+    "steps_a_bool": (lambda b, t: TrainConfig(steps=True), TypeError, "steps must be a whole number, not True"),
     "resume_with_other_settings": (resume_with_other_settings, ValueError, "trained with n_samples=2"),
     "unknown_task": (lambda b, t: load_subtask("scna/jump", None), KeyError, "unknown task 'scna'; known tasks"),
     "folder_without_a_model": (lambda b, t: load_bridge(str(t)), ValueError, "holds no model \\(no config.json\\)"),
