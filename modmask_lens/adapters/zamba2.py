@@ -48,8 +48,9 @@ What this adapter decides:
   Mamba-2 layer is keyed and named as a Mamba layer's is (``blocks.{i}.norm.weight``: ``ln1.w``;
   ``blocks.{i}.mixer.in_proj.weight``: ``W_ssm_in``, ...).
 
-TransformerLens sets no ``n_key_value_heads`` for this family, so key/value heads are read as query heads; every
-released Zamba2 has as many of each.
+Key/value heads are read as query heads: every released Zamba2 has as many of each, and transformers' own
+``Zamba2ForCausalLM`` (5.x) runs only so (a tiny config with 2 key/value heads for 4 query heads fails in its
+forward, outside TransformerLens: ``The size of tensor a (32) must match the size of tensor b (64)``).
 """
 
 from __future__ import annotations
