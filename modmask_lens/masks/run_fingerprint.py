@@ -108,7 +108,7 @@ def _difference(field: str, before: object, now: object) -> str:
         keys = [key for key in [*now, *sorted(before.keys() - now.keys())] if _entry(before, key) != _entry(now, key)]
         if field == "model":
             return f"was trained on another model ({', '.join(keys)} differ)"
-        setting = "" if field == "train_config" else "mask config "
+        setting = {"train_config": "", "mask_config": "mask config "}.get(field, f"{field} ")
         key = keys[0]
         return (
             f"was trained with {setting}{key}={before.get(key, '(not set)')!r}, this run has "

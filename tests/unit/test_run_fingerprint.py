@@ -115,3 +115,10 @@ def test_a_neuron_run_with_roles_resumes_whatever_its_neuron_mask():
     saved, now = written_before_the_neuron_mask(MaskConfig(granularity="neuron", roles=("W_out",)))
     assert "neuron_mask" not in now["mask_config"]
     check_same_run(saved, now, "ckpt", "copy")
+
+
+def test_another_objective_is_named_as_the_objective():
+    saved = {"objective": {"name": "answer_cross_entropy"}}
+    expected = r"trained with objective name='answer_cross_entropy', this run has name='kl'"
+    with pytest.raises(RunMismatch, match=expected):
+        check_same_run(saved, {"objective": {"name": "kl"}}, "ckpt", "copy")
