@@ -47,6 +47,9 @@ _MIXER_ROLES = {
 # receptance and output projections, and a channel mix (an MLP: squared-ReLU hidden units between ``in`` and ``out``,
 # gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
 _TIME_MIX_ROLES = {"key": "time_K", "value": "time_V", "receptance": "time_R", "output": "time_O"}
+# A gated short-convolution block (LFM2's ``conv``: an input projection to the two gates and the value, a depthwise
+# causal convolution over a few positions, an output projection) -> role suffixes.
+_SHORT_CONV_ROLES = {"in": "conv_in", "conv": "conv", "out": "conv_out"}
 _CHANNEL_MIX_ROLES = {"in": "in", "out": "out", "receptance": "channel_R"}
 # Low-rank (latent) attention's projections and norms beside TransformerLens's q/k/v/o (DeepSeek V2/V3 and the
 # families built on them; DeepSeek V4's own names second): the query down-projection, its norm and up-projection, the
@@ -69,7 +72,7 @@ _LATENT_ATTENTION_NORMS = {
     "kv_norm": "kv_norm",
 }
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln)\."
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln|conv)\."
     r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
@@ -95,6 +98,7 @@ ROLE_KINDS = {
         "W_ssm_dt",
         "W_ssm_out",
         "ssm_A_log",
+        *("W_conv_in", "W_conv", "W_conv_out"),
         *("W_rec_x", "W_rec_y", "W_rec_conv", "W_rec_out", "W_rec_input_gate", "W_rec_a_gate", "rec_a_param"),
         "W_time_K",
         "W_time_V",
@@ -145,6 +149,7 @@ ROLE_KINDS = {
         "b_attn_gate",
         "b_ssm_conv",
         "b_ssm_dt",
+        *("b_conv_in", "b_conv", "b_conv_out"),
         "ssm_D",
         *("b_rec_x", "b_rec_y", "b_rec_conv", "b_rec_out", "b_rec_input_gate", "b_rec_a_gate"),
         *("b_Q_a", "b_Q_b", "b_KV_a", "b_KV_b", "b_KV", "b_O_b", "q_a_norm.b", "kv_norm.b"),
@@ -402,6 +407,8 @@ def role_of(key: str) -> tuple[str, int | None]:
         return prefix + _TIME_MIX_ROLES[sub], layer
     if component == "channel_mix" and sub in _CHANNEL_MIX_ROLES:
         return prefix + _CHANNEL_MIX_ROLES[sub], layer
+    if component == "conv" and sub in _SHORT_CONV_ROLES:
+        return prefix + _SHORT_CONV_ROLES[sub], layer
     if component in ("ln1", "ln2") and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer

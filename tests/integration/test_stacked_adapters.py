@@ -41,6 +41,17 @@ HRM_STYLE = {
     "max_position_embeddings": 32,
 }
 MAMBA_STYLE = {"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4, "intermediate_size": 64}
+LFM2_STYLE = {  # a short-convolution layer, then an attention layer, as LFM2 interleaves them
+    "vocab_size": 40,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32,
+    "layer_types": ["conv", "full_attention"],
+    "block_auto_adjust_ff_dim": False,
+}
 FAMILIES = {
     "BartForConditionalGeneration": ("BartConfig", BART_STYLE),
     "MBartForConditionalGeneration": ("MBartConfig", BART_STYLE),
@@ -55,10 +66,12 @@ FAMILIES = {
     "HrmTextForCausalLM": ("HrmTextConfig", HRM_STYLE),
     "MambaForCausalLM": ("MambaConfig", MAMBA_STYLE),
     "FalconMambaForCausalLM": ("FalconMambaConfig", MAMBA_STYLE),
+    "Lfm2ForCausalLM": ("Lfm2Config", LFM2_STYLE),
 }
 """Tiny random models (2 layers per stack, d_model 32, 4 heads) of each family this adapter enables; HRM-Text has
 two decoder stacks (``L_blocks``, ``H_blocks``) with a gate inside each attention; Marian's position tables are fixed
-sinusoids that its checkpoint does not store."""
+sinusoids that its checkpoint does not store; LFM2 has a gated short-convolution block in place of attention in
+some layers."""
 STATE_SPACE = {"MambaForCausalLM", "FalconMambaForCausalLM"}
 
 
@@ -178,3 +191,15 @@ def test_bernoulli_head_masks_remove_each_head_at_the_attention_that_writes_it(t
     cross-attention heads at its ``cross_attn``."""
     bridge = tiny("BartForConditionalGeneration", tmp_path)
     assert_local_expectation_is_removal_cost(bridge, "blocks.3.attn", (1, 6))  # self head 1, cross head 2
+
+
+def test_a_short_convolution_block_is_masked_whole(tmp_path):
+    """LFM2's short convolution (input projection, depthwise kernel, output projection) has roles, so weight masks
+    cover it: before, it had none and no mask could say anything about it."""
+    bridge = tiny("Lfm2ForCausalLM", tmp_path)
+    specs = adapter_for(bridge).tensor_specs(bridge)
+    conv = {spec.role: tuple(spec.shape) for spec in specs if spec.layer == 0 and spec.role.startswith("W_conv")}
+    assert conv == {"W_conv_in": (3 * 32, 32), "W_conv": (32, 1, 3), "W_conv_out": (32, 32)}
+    masked = {id(bridge.get_parameter(spec.path)) for spec in specs}
+    conv_parameters = [parameter for name, parameter in bridge.named_parameters() if ".conv." in name]
+    assert len(conv_parameters) == 3 and all(id(parameter) in masked for parameter in conv_parameters)
