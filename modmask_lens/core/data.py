@@ -305,8 +305,9 @@ class SubtaskData:
         return _scored_length(self.labels[indices])
 
     def check_fits(self, bridge: Bridge) -> None:
-        """Raise ``ValueError`` unless the model can run this subtask: same device, ids and scored labels in its
-        vocabulary, and every scored example within its context length ``cfg.n_ctx``.
+        """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, scored
+        labels in its output vocabulary (``cfg.d_vocab_out``), and every scored example within its context length
+        ``cfg.n_ctx``.
 
         Example:
             >>> import torch
@@ -326,11 +327,14 @@ class SubtaskData:
                 f"subtask {self.name!r} has token ids outside the model's vocabulary [0, {vocab}); "
                 "encode it with the model's own tokenizer"
             )
+        # Labels index the logits, whose width is the output vocabulary (tracr's differs from its input's).
+        outputs = int(getattr(bridge.cfg, "d_vocab_out", 0) or 0)
+        outputs = outputs if outputs > 0 else vocab
         answers = self.labels[self.labels != IGNORE_INDEX]
-        if answers.numel() and (int(answers.max()) >= vocab or int(answers.min()) < 0):
+        if answers.numel() and (int(answers.max()) >= outputs or int(answers.min()) < 0):
             raise ValueError(
-                f"subtask {self.name!r} has labels outside the model's vocabulary [0, {vocab}) other than "
-                f"{IGNORE_INDEX} (not scored); encode the answers with the model's own tokenizer"
+                f"subtask {self.name!r} has labels outside the model's output vocabulary [0, {outputs}) other "
+                f"than {IGNORE_INDEX} (not scored); encode the answers with the model's own tokenizer"
             )
         check_context(bridge, self._width(), f"subtask {self.name!r}")
 

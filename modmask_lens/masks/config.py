@@ -9,6 +9,7 @@ available as :data:`CSORDAS_MASKS` and :data:`CSORDAS_TRAINING`, which the repro
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -245,8 +246,9 @@ class TrainConfig:
         counts = ("steps", "batch_size", "n_samples", "density_warmup_steps", "seed", "checkpoint_every")
         for name in (*counts, *(("heads_estimated_per_step",) if self.heads_estimated_per_step is not None else ())):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"TrainConfig {name} must be a whole number, not {value!r}")
+            object.__setattr__(self, name, int(value))  # a numpy integer is stored as the int it holds (JSON)
         if self.steps < 1 or self.batch_size < 1 or self.n_samples < 1:
             raise ValueError("steps, batch_size and n_samples must be positive")
         if self.batch_size < self.n_samples:

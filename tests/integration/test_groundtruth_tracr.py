@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from modmask_lens.analysis.accuracy import exact_match
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase
 from modmask_lens.groundtruth.tracr_cases import (
@@ -89,6 +90,17 @@ def test_labels_are_outputs_shifted_one_position(case):
     assert torch.equal(data.input_ids, reference["input_ids"])
     assert torch.equal(data.labels[:, 1:], reference["output_ids"][:, :-1])
     assert bool((data.labels[:, :2] == IGNORE_INDEX).all())
+
+
+def test_labels_fit_the_output_vocabulary_and_no_further(case):
+    """Labels index the logits: ``check_fits`` measures them against ``d_vocab_out``, which is wider than the input
+    vocabulary in ``hist`` and narrower in ``reverse``."""
+    data = case.train[program(case)]
+    data.check_fits(case.bridge)
+    outputs = case.bridge.cfg.d_vocab_out
+    beyond = SubtaskData(data.name, data.input_ids, torch.where(data.labels == IGNORE_INDEX, IGNORE_INDEX, outputs))
+    with pytest.raises(ValueError, match=rf"outside the model's output vocabulary \[0, {outputs}\)"):
+        beyond.check_fits(case.bridge)
 
 
 def test_full_model_scores_every_example(case):
