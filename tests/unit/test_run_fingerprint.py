@@ -122,4 +122,3 @@ def test_another_objective_is_named_as_the_objective():
     expected = r"trained with objective name='answer_cross_entropy', this run has name='kl'"
     with pytest.raises(RunMismatch, match=expected):
         check_same_run(saved, {"objective": {"name": "kl"}}, "ckpt", "copy")
-
