@@ -6,7 +6,9 @@ and, for per-element logits, the weight times the sample's derivative (float32, 
 and the activations of one batch slice (``batch_size / n_samples`` examples). Samples run one after another, so
 only one sample's tensors are alive at a time. A head or neuron mask gated on its outputs
 (:mod:`modmask_lens.masks.output_gates`) keeps no product, and the whole batch's activations, as it runs every
-sample in one pass (unless fully sharded). Fully sharded training divides weights, logits, gradients and Adam
+sample in one pass (unless fully sharded). A Bernoulli head mask (:mod:`modmask_lens.masks.local_expectation`) runs
+forwards without a backward: no products, and one block's activations at a time, for its chunk's copies (the sample
+and each head it estimates flipped). Fully sharded training divides weights, logits, gradients and Adam
 state by the number of processes and holds one gathered block (its weights, products and weighted derivatives)
 at a time.
 
@@ -24,6 +26,7 @@ from modmask_lens.adapters import model_shape
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.head_outputs import resolved_config
+from modmask_lens.masks.local_expectation import VARIANT_EXAMPLES
 from modmask_lens.masks.mask_set import units_for
 from modmask_lens.masks.output_gates import output_gates
 
@@ -98,8 +101,9 @@ def estimate_memory(
         mask training needs about 0.00 GiB on the device: weights 0.00 GiB + logits ...
     """
     units = units_for(bridge, mask_config)
+    resolved = resolved_config(bridge, mask_config, units)
     # Fully sharded training multiplies gathered weights block by block, never gates.
-    gates = output_gates(bridge, resolved_config(bridge, mask_config, units), units) if shards == 1 else None
+    gates = output_gates(bridge, resolved, units) if shards == 1 else None
     gated_in_one_pass = gates is not None
     parameters = {id(parameter): parameter for parameter in bridge.parameters()}.values()
     weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
@@ -115,7 +119,8 @@ def estimate_memory(
         unit_bytes = sum(member.numel for member in unit.members) * dtype_bytes + per_element * unit.numel * LOGIT_BYTES
         layer = unit.members[0].layer
         sample_bytes[layer] = sample_bytes.get(layer, 0) + unit_bytes
-    if gated_in_one_pass:
+    bernoulli = resolved.sampler == "bernoulli"
+    if gated_in_one_pass or bernoulli:
         sample_bytes = {layer: 0 for layer in sample_bytes}
     dims = model_shape(bridge)
     chunk = -(-train_config.batch_size // train_config.n_samples)
@@ -126,6 +131,13 @@ def estimate_memory(
     d_mlp = dims.d_mlp or 4 * dims.d_model
     per_layer = tokens * (16 * dims.d_model + 2 * d_mlp + gated_features + 3 * dims.n_heads * positions)
     activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
+    if bernoulli:  # forwards without a backward: one block's tensors alive at a time, for every copy of the chunk
+        per_step = train_config.heads_estimated_per_step
+        estimated = n_logits if per_step is None else min(per_step, n_logits)  # a head mask's logits are its heads
+        copies = min(1 + -(-estimated // train_config.n_samples), max(1, VARIANT_EXAMPLES // chunk))
+        tokens = copies * chunk * positions
+        per_layer = tokens * (16 * dims.d_model + 2 * d_mlp + 3 * dims.n_heads * positions)
+        activations = (per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 
     if shards > 1:
         # One gathered block at a time: its weights, products and weighted derivatives.

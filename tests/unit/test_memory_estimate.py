@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from modmask_lens import MaskConfig, SubtaskData, TrainConfig, train_masks
+from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.mask_set import units_for
 from modmask_lens.masks.memory import estimate_memory
 from modmask_lens.testing.tiny_models import tiny_bridge
@@ -66,3 +67,17 @@ def test_train_masks_prints_the_estimate_first(capsys):
         tiny_bridge(), SubtaskData("t", input_ids, input_ids.clone()), train_config=TrainConfig(steps=1, batch_size=4)
     )
     assert "mask training needs about" in capsys.readouterr().err
+
+
+def test_bernoulli_heads_keep_no_products_and_one_blocks_activations_for_the_chunks_copies():
+    bridge = tiny_bridge()  # 2 layers x 4 heads, d_model 32, d_mlp 64, vocabulary 40
+    config = MaskConfig(granularity="head")
+    assert resolved_config(bridge, config, units_for(bridge, config)).sampler == "bernoulli"
+    per_token = 16 * 32 + 2 * 64 + 3 * 4 * 6 + 3 * 40  # one block's tensors and the unembedding's, 6 positions
+    for per_step, copies in ((8, 1 + 8 // 4), (4, 1 + 4 // 4), (None, 1 + 8 // 4)):  # the sample, then its flips
+        train_config = TrainConfig(batch_size=8, n_samples=4, heads_estimated_per_step=per_step)
+        estimate = estimate_memory(bridge, config, train_config, positions=6)
+        assert estimate.samples == 0
+        assert estimate.activations == 4 * copies * 2 * 6 * per_token  # float32, copies of a chunk of 2 examples
+    pathwise = estimate_memory(bridge, MaskConfig(granularity="head", sampler="hard-concrete"), train_config, 6)
+    assert pathwise.activations > estimate.activations  # a backward keeps every block's activations
