@@ -259,7 +259,7 @@ CASES = {
     "label_outside_vocabulary": (
         lambda b, t: MaskTrainer(b, [labels_outside_vocabulary()]),
         ValueError,
-        "labels outside the model's vocabulary",
+        "labels outside the model's output vocabulary",
     ),
     "attention_mask_row_empty": (
         lambda b, t: SubtaskData("bad", *subtask().batch(torch.arange(4)), torch.tensor([[1] * 6, [0] * 6] * 2)),
