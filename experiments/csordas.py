@@ -35,9 +35,10 @@ import torch
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.controls import random_init_bridge
+from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.config import CSORDAS_MASKS, CSORDAS_TRAINING, LossUnit, MaskConfig, TrainConfig
 from modmask_lens.masks.evaluation import exact_match
-from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.mask_set import MaskSet, binaries
 from modmask_lens.masks.training import UnfaithfulReadout, train_masks
 from modmask_lens.tasks import scan
 from modmask_lens.tasks.views import subtask_view
@@ -97,6 +98,11 @@ def limited_subtask(name: str, dataset, tokenizer, limit: int | None = None) -> 
     return SubtaskData.from_pairs(name, dataset, tokenizer, fields=QUESTION_ANSWER)
 
 
+def mask_sizes(binary_masks: dict[str, BinaryMask]) -> pd.DataFrame:
+    """One row per mask: its kept fraction over every masked tensor (``BinaryMask.kept_fraction(by="all")``)."""
+    return pd.concat([binary.kept_fraction(by="all") for binary in binary_masks.values()], ignore_index=True)
+
+
 def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000) -> ExperimentResult:
     """SCAN (Fig. 4): full-problem vs split masks on the zoo ``scan`` model."""
     from modmask_lens import zoo
@@ -106,14 +112,14 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     data = {name: scan.scan_task(split) for name, split in splits.items()}
     training = [limited_subtask(name, data[name]["train"], model.tokenizer) for name in splits]
     masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
-    binaries = {name: mask.binary() for name, mask in masks.items()}
+    binary_masks = binaries(masks)
     evaluation = {name: limited_subtask(name, data[name]["test"], model.tokenizer, eval_limit) for name in splits}
-    accuracy = mask_accuracy(model.bridge, binaries, evaluation)
+    accuracy = mask_accuracy(model.bridge, binary_masks, evaluation)
     fig4a = accuracy_table(accuracy[accuracy.condition != "inverse"])
     control = random_init_control(model.bridge, training[0], evaluation["simple"], method)
-    removal = output_row_removal(binaries["jump"], binaries["simple"], model.tokenizer)
+    removal = output_row_removal(binary_masks["jump"], binary_masks["simple"], model.tokenizer)
     action_rows = removal[removal["token"].str.startswith("I_")]
-    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
+    sizes = mask_sizes(binary_masks)
     return ExperimentResult(
         "scan",
         {
@@ -195,11 +201,11 @@ def _control_and_subtask_masks(
     """Masks for a control task and each subtask in one run; their sizes, the subtasks' accuracy under each mask and
     its inverse, and the subtasks' IoU per layer and role (tables by title), and the masks by task name."""
     masks = train_masks(bridge, [control, *training], method.mask_config, method.train_config, progress=False)
-    binaries = {name: mask.binary() for name, mask in masks.items()}
-    subtask_masks = {data.name: binaries[data.name] for data in training}
+    binary_masks = binaries(masks)
+    subtask_masks = {data.name: binary_masks[data.name] for data in training}
     accuracy = mask_accuracy(bridge, subtask_masks, evaluation)
     tables = {
-        "mask sizes": pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True),
+        "mask sizes": mask_sizes(binary_masks),
         "accuracy (full / mask / inverse mask)": accuracy_table(accuracy),
         "IoU of the subtask masks per layer and role": pairwise_overlap(subtask_masks, by="layer_role"),
     }
@@ -252,18 +258,18 @@ def math_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
     masks = train_masks(
         model.bridge, [control, easy, *training], method.mask_config, method.train_config, progress=False
     )
-    binaries = {name: mask.binary() for name, mask in masks.items()}
-    sharing = pairwise_overlap({name: binaries[name] for name in modules}, by="all")
+    binary_masks = binaries(masks)
+    sharing = pairwise_overlap({name: binary_masks[name] for name in modules}, by="all")
     matrix = sharing.pivot(index="mask_a", columns="mask_b", values="iou").reset_index()
     evaluation = {
         split: limited_subtask(split, data[split], model.tokenizer, eval_limit)
         for split in ("interpolate", "extrapolate")
     }
     accuracy = mask_accuracy(
-        model.bridge, {"control": binaries["control"], "easy_only": binaries["easy_only"]}, evaluation
+        model.bridge, {"control": binary_masks["control"], "easy_only": binary_masks["easy_only"]}, evaluation
     )
     difficulty = accuracy_table(accuracy[accuracy.condition != "inverse"])
-    sizes = pd.concat([binary.kept_fraction(by="all") for binary in binaries.values()], ignore_index=True)
+    sizes = mask_sizes(binary_masks)
     return ExperimentResult(
         "math modules",
         {"mask sizes": sizes, "IoU between the modules' masks": matrix, "control vs easy-only mask": difficulty},
@@ -385,8 +391,8 @@ def modular_training_experiment(
         training = subtasks(model, model.task.train_split, train_limit)
         evaluation = {data.name: data for data in subtasks(model, test_split, eval_limit)}
         masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
-        binaries = {name: mask.binary() for name, mask in masks.items()}
-        accuracy = mask_accuracy(model.bridge, binaries, evaluation)
+        binary_masks = binaries(masks)
+        accuracy = mask_accuracy(model.bridge, binary_masks, evaluation)
         full = accuracy[accuracy.condition == "full"].set_index("subtask")["accuracy"]
         inverse = accuracy[accuracy.condition == "inverse"]
         drop = full.loc[inverse["subtask"]].to_numpy() - inverse["accuracy"].to_numpy()
@@ -400,8 +406,8 @@ def modular_training_experiment(
                 "clusterability (blocks)": mean_clusterability["blocks"],
                 "clusterability (spectral)": mean_clusterability["spectral"],
                 "random (spectral)": float(measured[measured.method == "spectral"]["random"].mean()),
-                "mask kept": float(pd.Series([binary.count / binary.total for binary in binaries.values()]).mean()),
-                "mask IoU": float(pairwise_overlap(binaries, by="all")["iou"].mean()),
+                "mask kept": float(pd.Series([binary.count / binary.total for binary in binary_masks.values()]).mean()),
+                "mask IoU": float(pairwise_overlap(binary_masks, by="all")["iou"].mean()),
                 "inverse drop, own subtask": float(drop[own].mean()),
                 "inverse drop, other subtasks": float(drop[~own].mean()),
             }
