@@ -61,7 +61,8 @@ def evaluate_probe(
         for start in range(0, len(data), batch_size):
             batch = data.select(torch.arange(start, min(start + batch_size, len(data))))
             output = probe(
-                read_activations(bridge, hook_names, batch.input_ids, batch.positions), removed_experts=removed_experts
+                read_activations(bridge, hook_names, batch.input_ids, batch.positions, batch.attention_mask),
+                removed_experts=removed_experts,
             )
             gates.append(output.gate)
             expert_correct.append(output.expert_logits.argmax(dim=-1) == batch.targets[:, None])
@@ -182,13 +183,15 @@ def probe_accuracy(evaluation: ProbeEvaluation) -> pd.DataFrame:
 
 
 def expert_ablation(probe: GatedProbe, bridge: Bridge, hook_names: Sequence[str], data: ProbeData) -> pd.DataFrame:
-    """Per-subtask accuracy with each expert removed (its gate set to zero, the rest renormalised).
+    """Per-subtask accuracy with each expert removed (its gate set to zero, the rest renormalised). A probe with
+    one expert has only the row with none removed: removing its expert leaves no prediction.
 
     Returns:
         Columns ``removed_expert`` (-1: none), ``subtask``, ``examples``, ``accuracy``.
     """
     frames = []
-    for removed in [None, *range(probe.config.n_experts)]:
+    removable = range(probe.config.n_experts) if probe.config.n_experts > 1 else range(0)
+    for removed in [None, *removable]:
         evaluation = evaluate_probe(probe, bridge, hook_names, data, () if removed is None else (removed,))
         frames.append(probe_accuracy(evaluation).assign(removed_expert=-1 if removed is None else removed))
     return pd.concat(frames, ignore_index=True)[["removed_expert", "subtask", "examples", "accuracy"]]

@@ -52,10 +52,19 @@ class ComponentGate(nn.Module):
         return self.network(residual).sigmoid().view(-1, self.n_layers, self.n_heads + 1)
 
 
+def mlp_layers(bridge: Bridge) -> list[int]:
+    """The layers whose block has an MLP (a ``blocks.{l}.hook_mlp_out`` hook point): all but attention-only ones."""
+    return [layer for layer in range(bridge.cfg.n_layers) if f"blocks.{layer}.hook_mlp_out" in bridge.hook_dict]
+
+
 def gated_logits(
-    bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"], input_ids: Int[Tensor, "batch pos"]
+    bridge: Bridge,
+    gates: Float[Tensor, "batch n_layers n_gates"],
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos vocab"]:
-    """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate.
+    """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate (layers
+    without an MLP have no MLP gate to apply). ``attention_mask`` is passed to the model where given.
 
     The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
     """
@@ -73,8 +82,9 @@ def gated_logits(
         return hook
 
     hooks = [(f"blocks.{layer}.attn.hook_z", scale_heads(layer)) for layer in range(gates.shape[1])]
-    hooks += [(f"blocks.{layer}.hook_mlp_out", scale_mlp(layer)) for layer in range(gates.shape[1])]
-    return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks)
+    hooks += [(f"blocks.{layer}.hook_mlp_out", scale_mlp(layer)) for layer in mlp_layers(bridge)]
+    padding = {} if attention_mask is None else {"attention_mask": attention_mask}
+    return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks, **padding)
 
 
 def train_component_gate(
@@ -91,9 +101,10 @@ def train_component_gate(
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
     for step in tqdm(range(config.steps), disable=not progress, desc="component gate", unit="step"):
         indices = torch.randint(len(merged), (config.batch_size,), generator=step_generator(config.seed, step))
-        input_ids, labels = merged.batch(indices)
-        gates = gate(read_activations(bridge, [INPUT_HOOK], input_ids, positions[indices]))
-        score = score_answers(gated_logits(bridge, gates, input_ids), labels)
+        batch = merged.examples(indices)
+        gates = gate(read_activations(bridge, [INPUT_HOOK], batch.input_ids, positions[indices], batch.attention_mask))
+        logits = gated_logits(bridge, gates, batch.input_ids, batch.attention_mask)
+        score = score_answers(logits, batch.labels, batch.label_shift)
         loss = score.loss_sum / score.n_tokens + config.sparsity * gates.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,14 +113,15 @@ def train_component_gate(
 
 
 def component_usage(gate: ComponentGate, bridge: Bridge, subtasks: Sequence[SubtaskData]) -> pd.DataFrame:
-    """Mean gate of every head and MLP per subtask.
+    """Mean gate of every head and MLP per subtask (a layer without an MLP has no ``mlp`` row).
 
     Returns:
         Columns ``subtask``, ``layer``, ``component`` (``head`` or ``mlp``), ``head`` (-1 for the MLP), ``mean_gate``.
     """
     data = ProbeData.from_subtasks(subtasks, target="subtask")
     with torch.no_grad():
-        gates = gate(read_activations(bridge, [INPUT_HOOK], data.input_ids, data.positions))
+        gates = gate(read_activations(bridge, [INPUT_HOOK], data.input_ids, data.positions, data.attention_mask))
+    with_mlp = set(mlp_layers(bridge))
     rows = []
     for index, name in enumerate(data.subtask_names):
         mean = gates[data.subtasks == index].mean(dim=0)
@@ -124,9 +136,16 @@ def component_usage(gate: ComponentGate, bridge: Bridge, subtasks: Sequence[Subt
                 }
                 for head in range(gate.n_heads)
             ]
-            rows.append(
-                {"subtask": name, "layer": layer, "component": "mlp", "head": -1, "mean_gate": float(mean[layer, -1])}
-            )
+            if layer in with_mlp:
+                rows.append(
+                    {
+                        "subtask": name,
+                        "layer": layer,
+                        "component": "mlp",
+                        "head": -1,
+                        "mean_gate": float(mean[layer, -1]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

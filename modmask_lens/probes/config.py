@@ -57,6 +57,14 @@ class ProbeConfig:
             raise ValueError(f"regulariser {self.regulariser!r}: choose importance, ideal_gate or none")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("expert_hidden", "gate_hidden", "temperature_decay", "regulariser_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,12 +26,15 @@ class ProbeData:
 
     Attributes:
         input_ids: ``[example, pos]`` right-padded prompts and answers.
-        positions: ``[example]`` the position whose activations are read: the last prompt token (where the model
-            predicts the first answer token).
+        positions: ``[example]`` the position whose activations are read: where the model predicts the first
+            answer token (the last prompt token of causal data, the first ``[MASK]`` of masked-LM data), or, for
+            data without answers (:meth:`SubtaskData.from_texts`), the last real token.
         targets: ``[example]`` class ids: the first answer token, or the subtask index.
         subtasks: ``[example]`` subtask index into ``subtask_names``.
         subtask_names: the subtasks' names.
         n_classes: number of target classes (the vocabulary, or the number of subtasks).
+        attention_mask: ``[example, pos]`` 1 for real tokens, 0 for padding, passed to the model (encoder data);
+            ``None`` for right-padded causal data.
     """
 
     input_ids: Int[Tensor, "example pos"]
@@ -40,6 +43,7 @@ class ProbeData:
     subtasks: Int[Tensor, " example"]
     subtask_names: tuple[str, ...]
     n_classes: int
+    attention_mask: Int[Tensor, "example pos"] | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -59,18 +63,40 @@ class ProbeData:
             raise ValueError(f"target {target!r}: choose one of {TARGETS}")
         if target == "answer" and vocab_size is None:
             raise ValueError("answer targets need vocab_size (bridge.cfg.d_vocab)")
+        names = [part.name for part in subtasks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"subtask names {repeated} repeat; give each subtask its own name")
         merged = SubtaskData.concatenate("probe", list(subtasks))
         scored = merged.labels != IGNORE_INDEX
-        first_answer = scored.int().argmax(dim=1)  # labels[t] is predicted at position t - 1
+        scored[:, : merged.label_shift] = False  # labels[t] is predicted at position t - label_shift
+        answered = scored.any(dim=1)
+        if target == "answer" and not bool(answered.all()):
+            raise ValueError(
+                f"answer targets need an answer in every example; {int((~answered).sum())} have none "
+                "(SubtaskData.from_texts data): use target='subtask'"
+            )
+        first_answer = scored.int().argmax(dim=1)
+        if merged.attention_mask is None:
+            last_token = torch.full_like(first_answer, merged.input_ids.shape[1] - 1)
+        else:
+            last_token = merged.attention_mask.shape[1] - 1 - merged.attention_mask.flip(1).int().argmax(dim=1)
+        positions = torch.where(answered, first_answer - merged.label_shift, last_token)
         answers = merged.labels.gather(1, first_answer[:, None]).squeeze(1)
+        if target == "answer" and int(answers.max()) >= vocab_size:
+            raise ValueError(
+                f"answer token {int(answers.max())} is outside vocab_size {vocab_size}; pass the model's "
+                "bridge.cfg.d_vocab"
+            )
         subtask_index = torch.cat([torch.full((len(part),), index) for index, part in enumerate(subtasks)])
         return cls(
             merged.input_ids,
-            first_answer - 1,
+            positions,
             answers if target == "answer" else subtask_index,
             subtask_index,
-            tuple(part.name for part in subtasks),
+            tuple(names),
             vocab_size if target == "answer" else len(subtasks),
+            merged.attention_mask,
         )
 
     def select(self, indices: Int[Tensor, " batch"]) -> ProbeData:
@@ -82,13 +108,19 @@ class ProbeData:
             self.subtasks[indices],
             self.subtask_names,
             self.n_classes,
+            None if self.attention_mask is None else self.attention_mask[indices],
         )
 
 
 def read_activations(
-    bridge: Bridge, hook_names: Sequence[str], input_ids: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+    bridge: Bridge,
+    hook_names: Sequence[str],
+    input_ids: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, " batch"],
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch d_in"]:
     """The activations of ``hook_names`` at each example's position, concatenated (no gradient, nothing else kept).
+    ``attention_mask`` (:attr:`ProbeData.attention_mask`) is passed to the model where given.
 
     Raises:
         KeyError: naming the hook points that do not exist, and some that do.
@@ -102,6 +134,7 @@ def read_activations(
     check_device(bridge, input_ids, "the probe data")
     check_context(bridge, input_ids.shape[1], "the probe data")
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names))
+        padding = {} if attention_mask is None else {"attention_mask": attention_mask}
+        _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names), **padding)
     rows = torch.arange(input_ids.shape[0])
     return torch.cat([cache[name][rows, positions].reshape(len(rows), -1) for name in hook_names], dim=-1)

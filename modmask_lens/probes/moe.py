@@ -67,7 +67,18 @@ class GatedProbe(nn.Module):
         temperature: float | None = None,
         removed_experts: tuple[int, ...] = (),
     ) -> ProbeOutput:
-        """Gate and expert outputs; ``removed_experts`` get zero gate (the others renormalised), for ablations."""
+        """Gate and expert outputs; ``removed_experts`` get zero gate (the others renormalised), for ablations.
+
+        Raises:
+            ValueError: ``removed_experts`` names an expert the probe does not have, or every expert (no gate is
+                left to renormalise).
+        """
+        n_experts = self.config.n_experts
+        unknown = sorted({index for index in removed_experts if not 0 <= index < n_experts})
+        if unknown:
+            raise ValueError(f"removed_experts {unknown}: the probe's experts are 0..{n_experts - 1}")
+        if len(set(removed_experts)) == n_experts:
+            raise ValueError(f"removed_experts removes all {n_experts} experts; keep at least one")
         gate_logits = self.gate(activations)
         if removed_experts:
             gate_logits = gate_logits.index_fill(1, torch.tensor(removed_experts), float("-inf"))

@@ -17,6 +17,8 @@ from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2,
 
 CHECKPOINT_FORMAT = "modmask-lens/probe-checkpoint"
 CHECKPOINT_FILE = "probe-checkpoint.safetensors"
+RESUMABLE_FIELDS = ("steps", "checkpoint_every")
+"""Settings a resumed run may change: nothing else depends on them (the gate temperature's schedule counts epochs)."""
 
 
 def gate_temperature(config: ProbeConfig, step: int, examples: int) -> float:
@@ -32,7 +34,8 @@ class ProbeTrainer:
         hook_names: TransformerLens hook points whose activations at each example's position are concatenated.
         data: training examples.
         config: probe settings.
-        checkpoint_dir: checkpoint every ``config.checkpoint_every`` steps; a rerun resumes.
+        checkpoint_dir: checkpoint every ``config.checkpoint_every`` steps; a rerun resumes (with more ``steps``, it
+            extends the run).
         progress: show a progress bar with loss and accuracy.
         frozen_gate: a trained probe whose gate is copied and frozen, with fresh experts (the paper's transfer test).
 
@@ -94,7 +97,9 @@ class ProbeTrainer:
         batch = self.data.select(
             torch.randint(len(self.data), (config.batch_size,), generator=step_generator(config.seed, self.step))
         )
-        activations = read_activations(self.bridge, self.hook_names, batch.input_ids, batch.positions)
+        activations = read_activations(
+            self.bridge, self.hook_names, batch.input_ids, batch.positions, batch.attention_mask
+        )
         temperature = gate_temperature(config, self.step, len(self.data))
         output = self.probe(activations, temperature=1.0 if config.two_temperatures else temperature)
         expert_gate = self.probe(activations, temperature=temperature).gate if config.two_temperatures else None
@@ -120,10 +125,21 @@ class ProbeTrainer:
         )
 
     def _resume(self) -> None:
+        """Continue a checkpointed run: the same settings and hooks, except that ``steps`` and ``checkpoint_every``
+        may differ (no other setting depends on them), so a finished run can be extended."""
         tensors, metadata = self.checkpointer.load({"step": int, "config": dict, "hook_names": list})
-        if metadata["config"] != self.config.to_dict() or metadata["hook_names"] != self.hook_names:
+
+        def fixed(config: dict) -> dict:
+            return {name: value for name, value in config.items() if name not in RESUMABLE_FIELDS}
+
+        if fixed(metadata["config"]) != fixed(self.config.to_dict()) or metadata["hook_names"] != self.hook_names:
             raise ValueError(
                 f"{self.checkpointer.path} was written for other settings or hooks; use a fresh checkpoint directory"
+            )
+        if int(metadata["step"]) > self.config.steps:
+            raise ValueError(
+                f"{self.checkpointer.path} has trained {metadata['step']} steps, more than steps={self.config.steps}; "
+                "ask for at least as many steps, or use a fresh checkpoint directory"
             )
         self.probe.load_state_dict(
             {name[len("probe/") :]: value for name, value in tensors.items() if name.startswith("probe/")}

@@ -1,0 +1,167 @@
+"""Gated-module probes on encoder data, on data without answers and on attention-only models, and the inputs they
+refuse: positions, attention masks and label shifts checked against the model run by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.random import seeded
+from modmask_lens.probes import GatedProbe, ProbeConfig, ProbeData, ProbeTrainer, expert_ablation, read_activations
+from modmask_lens.probes.component_gate import (
+    ComponentGateConfig,
+    component_usage,
+    gated_logits,
+    train_component_gate,
+)
+from modmask_lens.testing.tiny_models import (
+    TINY_HF_SIZES,
+    TINY_NATIVE_CONFIG,
+    boot_tiny,
+    placeholder_bert_tokenizer,
+)
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    tokenizer = placeholder_bert_tokenizer(40)
+    bridge = boot_tiny(
+        BertForMaskedLM(BertConfig(**TINY_HF_SIZES)), tmp_path_factory.mktemp("bert"), tokenizer=tokenizer
+    )
+    short = SubtaskData.from_masked_sentences("short", [("w11 [MASK]", "w12"), ("w13 w14 [MASK] w7", "w15")], tokenizer)
+    long = SubtaskData.from_masked_sentences(
+        "long", [("w5 w6 [MASK] w7", "w8"), ("w9 [MASK] w7 w6 w6 w6 w6", "w10")], tokenizer
+    )
+    return bridge, tokenizer, [long, short]
+
+
+def test_masked_lm_probe_reads_each_mask_position_with_the_attention_mask(bert):
+    bridge, tokenizer, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="answer", vocab_size=bridge.cfg.d_vocab)
+    mask_positions = (data.input_ids == tokenizer.mask_token_id).int().argmax(dim=1)
+    assert data.positions.tolist() == mask_positions.tolist() == [3, 2, 2, 3]  # [CLS] first
+    assert data.targets.tolist() == tokenizer.convert_tokens_to_ids(["w8", "w10", "w12", "w15"])
+    attention_mask = (data.input_ids != tokenizer.pad_token_id).long()
+    assert torch.equal(data.attention_mask, attention_mask)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(data.input_ids, attention_mask=attention_mask, names_filter=[HOOK])
+        _, unpadded = bridge.run_with_cache(data.input_ids, names_filter=[HOOK])
+    expected = cache[HOOK][torch.arange(4), mask_positions]
+    read = read_activations(bridge, [HOOK], data.input_ids, data.positions, data.attention_mask)
+    torch.testing.assert_close(read, expected, rtol=0, atol=0)
+    assert not torch.allclose(unpadded[HOOK][torch.arange(4), mask_positions], expected)  # the mask matters here
+    selected = data.select(torch.tensor([2, 0]))
+    assert torch.equal(selected.attention_mask, attention_mask[[2, 0]])
+
+
+def test_probe_trains_on_masked_lm_data(bert):
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    probe = ProbeTrainer(bridge, [HOOK], data, ProbeConfig(n_experts=2, steps=3, batch_size=4), progress=False).train()
+    assert isinstance(probe, GatedProbe)
+
+
+def test_texts_without_answers_are_read_at_their_last_real_token(bert):
+    bridge, tokenizer, _ = bert
+    texts = [
+        SubtaskData.from_texts("a", ["w5 w6 w7", "w8"], tokenizer),
+        SubtaskData.from_texts("b", ["w9 w10", "w11 w12 w13 w14"], tokenizer),
+    ]
+    data = ProbeData.from_subtasks(texts, target="subtask")
+    # [CLS] words [SEP]: the [SEP] of each text
+    assert data.positions.tolist() == [4, 2, 3, 5]
+    assert all(data.input_ids[row, position] == tokenizer.sep_token_id for row, position in enumerate(data.positions))
+    with pytest.raises(ValueError, match="target='subtask'"):
+        ProbeData.from_subtasks(texts, target="answer", vocab_size=bridge.cfg.d_vocab)
+
+
+def test_component_gate_on_masked_lm_data_scores_the_mask_positions(bert, monkeypatch):
+    bridge, _, subtasks = bert
+    merged = SubtaskData.concatenate("all", subtasks)
+    gates = torch.ones(len(merged), bridge.cfg.n_layers, bridge.cfg.n_heads + 1)
+    with torch.no_grad():
+        expected = bridge(merged.input_ids, attention_mask=merged.attention_mask)
+        torch.testing.assert_close(
+            gated_logits(bridge, gates, merged.input_ids, merged.attention_mask), expected, rtol=0, atol=1e-6
+        )
+    from modmask_lens.probes import component_gate
+
+    shifts = []
+    original = component_gate.score_answers
+    monkeypatch.setattr(
+        component_gate,
+        "score_answers",
+        lambda logits, labels, label_shift=1: shifts.append(label_shift) or original(logits, labels, label_shift),
+    )
+    train_component_gate(bridge, subtasks, ComponentGateConfig(steps=2, batch_size=4), progress=False)
+    assert shifts == [0, 0]
+
+
+def test_component_gate_on_an_attention_only_model_gates_heads_only():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with seeded(0):
+        bridge = TransformerBridge.boot_native(TINY_NATIVE_CONFIG | {"normalization_type": "LN", "attn_only": True})
+    input_ids = torch.randint(1, 40, (6, 5), generator=torch.Generator().manual_seed(0))
+    subtasks = [
+        SubtaskData(name, input_ids[rows], torch.where(torch.arange(5) >= 3, input_ids[rows], -100))
+        for name, rows in (("a", slice(0, 3)), ("b", slice(3, 6)))
+    ]
+    gate = train_component_gate(bridge, subtasks, ComponentGateConfig(steps=2, batch_size=4), progress=False)
+    usage = component_usage(gate, bridge, subtasks)
+    assert set(usage.component) == {"head"} and len(usage) == 2 * bridge.cfg.n_layers * bridge.cfg.n_heads
+
+
+def test_bad_probe_settings_and_data_are_refused(bert):
+    _, _, subtasks = bert
+    for settings, message in (
+        ({"batch_size": 0}, "batch_size"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"steps": -5}, "steps"),
+        ({"temperature_decay": -1.0}, "temperature_decay"),
+        ({"lr": 0.0}, "lr"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ProbeConfig(**settings)
+    with pytest.raises(ValueError, match="outside vocab_size 10"):
+        ProbeData.from_subtasks(subtasks, target="answer", vocab_size=10)
+    with pytest.raises(ValueError, match="repeat"):
+        ProbeData.from_subtasks([subtasks[0], subtasks[0]], target="subtask")
+
+
+def test_removing_experts_is_checked_and_a_single_expert_is_not_ablated(bert):
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    activations = read_activations(bridge, [HOOK], data.input_ids, data.positions, data.attention_mask)
+    probe = GatedProbe(activations.shape[1], 2, ProbeConfig(n_experts=2))
+    with pytest.raises(ValueError, match="all 2 experts"):
+        probe(activations, removed_experts=(0, 1))
+    with pytest.raises(ValueError, match=r"removed_experts \[5\]"):
+        probe(activations, removed_experts=(5,))
+    single = ProbeTrainer(bridge, [HOOK], data, ProbeConfig(n_experts=1, steps=2, batch_size=4), progress=False).train()
+    assert set(expert_ablation(single, bridge, [HOOK], data).removed_expert) == {-1}
+
+
+def test_a_finished_probe_run_extends_with_more_steps(bert, tmp_path):
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+
+    def trainer(steps: int) -> ProbeTrainer:
+        config = ProbeConfig(n_experts=2, steps=steps, batch_size=4, checkpoint_every=2)
+        return ProbeTrainer(bridge, [HOOK], data, config, checkpoint_dir=tmp_path, progress=False)
+
+    trainer(2).train()
+    extended = trainer(4)
+    assert extended.step == 2
+    extended_state = extended.train().state_dict()
+    uninterrupted = ProbeTrainer(
+        bridge, [HOOK], data, ProbeConfig(n_experts=2, steps=4, batch_size=4, checkpoint_every=2), progress=False
+    )
+    for name, value in uninterrupted.train().state_dict().items():
+        torch.testing.assert_close(extended_state[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="more than steps=1"):
+        trainer(1)
