@@ -99,6 +99,39 @@ def clustered_edges(graph: UnitGraph, axis_names: Iterable[str]) -> list[WeightE
     return [edge for edge in graph.edges if edge.in_axis in names and edge.out_axis in names]
 
 
+def measured_edges(graph: UnitGraph, heads: bool = False) -> list[WeightEdge]:
+    """:func:`clustered_edges` of the clustered axes, refusing a graph that has none (an attention-only model
+    without ``heads``).
+
+    Raises:
+        ValueError: no matrix has clustered units on both sides.
+    """
+    edges = clustered_edges(graph, clustered_axis_names(graph, heads))
+    if not edges:
+        raise ValueError(
+            "the model has no matrix with clustered units on both sides (MLP matrices, or attention "
+            "with heads=True): pass heads=True for an attention-only model, else check that its adapter locates "
+            "neurons"
+        )
+    return edges
+
+
+def check_cluster_count(graph: UnitGraph, n_clusters: int, heads: bool = False) -> None:
+    """Refuse a number of clusters that is not a positive integer, or that exceeds the units of every clustered axis
+    (then no unit is clustered and every value would read 0). An axis with fewer units than clusters is left
+    unclustered (:func:`block_labels`) while a larger one is clustered.
+
+    Raises:
+        ValueError: naming the valid range.
+    """
+    largest = max(graph.axis(name).n_units for name in clustered_axis_names(graph, heads))
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= largest:
+        raise ValueError(
+            f"k={n_clusters!r} clusters: give an integer from 1 to {largest}, the units of the largest clustered axis "
+            "(the paper measures 2 to 20)"
+        )
+
+
 def cluster_units(
     graph: UnitGraph,
     n_clusters: int = 4,
@@ -117,6 +150,7 @@ def cluster_units(
         seed: k-means seed for ``spectral``.
         embedding: a precomputed :func:`unit_spectral_embedding` of the same graph (to reuse it across k).
     """
+    check_cluster_count(graph, n_clusters, heads)
     axis_names = clustered_axis_names(graph, heads)
     if method == "blocks":
         return UnitClusters(
@@ -241,6 +275,11 @@ def clusterability(
     """
     graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
     n_clusters = [k] if isinstance(k, int) else list(k)
+    measured_edges(graph, heads)
+    if not n_clusters:
+        raise ValueError(f"k={k!r}: give a number of clusters, or several")
+    for count in n_clusters:
+        check_cluster_count(graph, count, heads)
     measured = _measure(graph, n_clusters, methods, heads, seed)
     if baseline:
         random = _measure(graph.with_random_weights(seed), n_clusters, methods, heads, seed)
@@ -252,7 +291,7 @@ def _measure(
     graph: UnitGraph, n_clusters: list[int], methods: Iterable[ClusterMethod], heads: bool, seed: int
 ) -> pd.DataFrame:
     rows = []
-    edges = clustered_edges(graph, clustered_axis_names(graph, heads))
+    edges = measured_edges(graph, heads)
     for method in methods:
         embedding = unit_spectral_embedding(graph, max(n_clusters), heads) if method == "spectral" else None
         for k in n_clusters:

@@ -18,9 +18,8 @@ from modmask_lens.modularity.bridge_graph import unit_graph_of
 from modmask_lens.modularity.clusterability import (
     ClusterMethod,
     cluster_units,
-    clustered_axis_names,
-    clustered_edges,
     edge_clusterability,
+    measured_edges,
 )
 from modmask_lens.modularity.unit_graph import UnitGraph
 
@@ -54,13 +53,8 @@ class ClusterabilityLoss:
     def __init__(self, model: nn.Module | UnitGraph, config: ClusterabilityConfig = ClusterabilityConfig()):
         self.config = config
         self.graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
+        self.edges = measured_edges(self.graph, config.heads)
         self.clusters = cluster_units(self.graph, config.n_clusters, config.method, config.heads, config.seed)
-        self.edges = clustered_edges(self.graph, clustered_axis_names(self.graph, config.heads))
-        if not self.edges:
-            raise ValueError(
-                "the model has no matrix with clustered units on both sides (MLP matrices, or attention "
-                "with heads=True); check that its adapter locates neurons"
-            )
 
     def mean_clusterability(self) -> Float[Tensor, ""]:
         """Mean over the clustered matrices of their clusterability (differentiable)."""

@@ -39,7 +39,8 @@ def connected_modules(graph: UnitGraph, relative_threshold: float = 0.05) -> pd.
         magnitude = edge.matrix().detach().abs()
         out_width = magnitude.shape[0] // graph.axis(edge.out_axis).n_units
         in_width = magnitude.shape[1] // graph.axis(edge.in_axis).n_units
-        for out_index, in_index in torch.nonzero(magnitude >= relative_threshold * magnitude.max()).tolist():
+        strong = (magnitude >= relative_threshold * magnitude.max()) & (magnitude > 0)  # an all-zero matrix joins none
+        for out_index, in_index in torch.nonzero(strong).tolist():
             first, second = root((edge.out_axis, out_index // out_width)), root((edge.in_axis, in_index // in_width))
             parent[first] = second
     order = {axis.name: position for position, axis in enumerate(graph.axes)}

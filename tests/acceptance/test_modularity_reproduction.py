@@ -54,6 +54,15 @@ def test_connected_modules_finds_two_disconnected_blocks():
     ]
 
 
+def test_an_all_zero_matrix_joins_no_units():
+    mlp = BimtMLP((4, 6, 6, 2), seed=0)
+    with torch.no_grad():
+        mlp.linears[1].weight.zero_()  # nothing passes from the first hidden layer to the second
+    modules = connected_modules(mlp.unit_graph())
+    axes_of = {module: set(group["axis"]) for module, group in modules.groupby("module")}
+    assert list(axes_of.values()) == [{"input", "hidden.0"}, {"hidden.1", "output"}]
+
+
 def test_mlp_connectome_is_a_standalone_svg_with_one_line_per_visible_weight():
     mlp = BimtMLP((3, 4, 2), seed=0)
     with torch.no_grad():

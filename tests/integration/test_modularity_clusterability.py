@@ -30,6 +30,28 @@ def test_block_labels_are_contiguous_and_leave_the_remainder_unclustered():
     assert block_labels(2, 4).tolist() == [-1, -1]
 
 
+def test_cluster_counts_and_models_without_clustered_matrices_are_refused():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from modmask_lens.core.random import seeded
+    from modmask_lens.testing.tiny_models import TINY_NATIVE_CONFIG
+
+    mlp = BimtMLP((4, 6, 6, 2), seed=0)  # the widest clustered axes have 6 units
+    for k in (0, -2, 7, [], True):
+        with pytest.raises(ValueError, match="k="):
+            clusterability(mlp, k=k)
+    widest = clusterability(mlp, k=6, methods=["blocks"], baseline=False).set_index("key")
+    assert widest.loc["linears.1.weight", "clusterability"] > 0  # 6 x 6: one unit per cluster on each side
+    assert (widest.drop("linears.1.weight")[["clusterability", "chance"]] == 0).all().all()  # 4 or 2 units: none
+    with pytest.raises(ValueError, match="k="):
+        ClusterabilityLoss(mlp, ClusterabilityConfig(n_clusters=0))
+    with seeded(0):
+        attention_only = TransformerBridge.boot_native(TINY_NATIVE_CONFIG | {"attn_only": True})
+    with pytest.raises(ValueError, match="heads=True"):
+        clusterability(attention_only, k=4)
+    assert len(clusterability(attention_only, k=2, methods=["blocks"], heads=True, baseline=False)) > 0
+
+
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_random_weights_in_equal_blocks_give_one_over_k(k):
     matrix = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
