@@ -87,6 +87,8 @@ def mask_accuracy(
 
 
 def paper_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """One row per subtask: ``full``, ``mask`` (its own mask) and ``inverse`` (its own mask removed) accuracy."""
+    """One row per subtask: ``full``, ``mask`` (its own mask) and ``inverse`` (its own mask removed) accuracy; NaN
+    where no mask carries the subtask's name."""
     own = accuracy[accuracy["mask"].eq(accuracy["subtask"]) | (accuracy["condition"] == "full")]
-    return own.pivot(index="subtask", columns="condition", values="accuracy")[["full", "mask", "inverse"]]
+    table = own.pivot(index="subtask", columns="condition", values="accuracy")
+    return table.reindex(columns=pd.Index(["full", "mask", "inverse"], name=table.columns.name))

@@ -66,6 +66,7 @@ def report_views(
     """Every view of the report, in order (:func:`write_report` for the arguments)."""
     if not masks:
         raise ValueError("a report needs at least one mask; pass {name: mask_set}")
+    check_prompt(bridge, prompt)
     binaries = {name: mask.binary() if isinstance(mask, MaskSet) else mask for name, mask in masks.items()}
     mask_sets = {name: mask for name, mask in masks.items() if isinstance(mask, MaskSet)}
     patterns = attention_patterns(bridge, prompt, binaries, token_labels)
@@ -208,11 +209,6 @@ def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
         )
     if all(word.lstrip("-").isdigit() for word in words):
         ids = [int(word) for word in words]
-        outside = [token for token in ids if not 0 <= token < bridge.cfg.d_vocab]
-        if outside:
-            raise ValueError(
-                f"the prompt's token ids {outside} are outside the model's vocabulary [0, {bridge.cfg.d_vocab})"
-            )
     else:
         tokenizer = getattr(bridge, "tokenizer", None)
         if tokenizer is None or len(tokenizer) < 2:
@@ -222,8 +218,28 @@ def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
             )
         ids = tokenizer(prompt)["input_ids"]
         check_known_words(tokenizer, [prompt], [ids])
-    check_context(bridge, len(ids), "the prompt")
-    return torch.tensor(ids)
+    token_ids = torch.tensor(ids)
+    check_prompt(bridge, token_ids)
+    return token_ids
+
+
+def check_prompt(bridge: Bridge, prompt: Int[Tensor, " pos"]) -> None:
+    """Refuse a prompt that is not a non-empty 1-D tensor of the model's token ids within its context.
+
+    Raises:
+        ValueError: naming what is wrong and the fix.
+    """
+    if prompt.ndim != 1 or prompt.numel() == 0 or prompt.is_floating_point():
+        raise ValueError(
+            f"the prompt must be a non-empty 1-D tensor of token ids (no batch axis), got {prompt.dtype} of shape "
+            f"{tuple(prompt.shape)}; e.g. torch.tensor([3, 7, 10])"
+        )
+    outside = [token for token in prompt.tolist() if not 0 <= token < bridge.cfg.d_vocab]
+    if outside:
+        raise ValueError(
+            f"the prompt's token ids {outside} are outside the model's vocabulary [0, {bridge.cfg.d_vocab})"
+        )
+    check_context(bridge, len(prompt), "the prompt")
 
 
 def report_from_files(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
+import pytest
 import torch
 from conftest import boot_gpt2
 from test_viz_views import random_mask_set
@@ -76,3 +78,31 @@ def test_report_with_a_probe_shows_its_routing_table_and_error_attribution(gpt2_
         "Model, masks and settings",
     ]
     assert "Gated-module probe" in html and "walk" in html
+
+
+def test_report_data_named_after_no_mask_leaves_the_mask_columns_empty(gpt2_bridge, tmp_path):
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.viz.report import _summary, report_views
+
+    input_ids = torch.randint(1, gpt2_bridge.cfg.d_vocab, (4, 6), generator=torch.Generator().manual_seed(0))
+    other = SubtaskData("other", input_ids, torch.where(torch.arange(6) >= 4, input_ids, -100))
+    mask = random_mask_set(gpt2_bridge, "only", 0).binary()
+    views = report_views(gpt2_bridge, {"only": mask}, torch.tensor([1, 2, 3]), data={"other": other})
+    summary = views[1].frame.set_index("mask")
+    assert summary.loc["only", ["accuracy full", "accuracy mask", "accuracy inverse"]].isna().all()
+    assert _summary({"only": mask}, None).columns.tolist() == ["mask", "kept", "total", "kept_fraction"]
+
+
+def test_report_refuses_a_bad_prompt_before_any_work(gpt2_bridge, tmp_path, monkeypatch):
+    report = importlib.import_module("modmask_lens.viz.report")
+
+    monkeypatch.setattr(report, "attention_patterns", lambda *arguments: pytest.fail("ran before the prompt check"))
+    mask = random_mask_set(gpt2_bridge, "only", 0).binary()
+    for prompt, message in (
+        (torch.tensor([[1, 2, 3]]), "1-D tensor|parameter 'prompt'"),  # under the tests, jaxtyping refuses it first
+        (torch.tensor([], dtype=torch.long), "non-empty"),
+        (torch.tensor([1, gpt2_bridge.cfg.d_vocab]), "outside the model's vocabulary"),
+        (torch.ones(gpt2_bridge.cfg.n_ctx + 1, dtype=torch.long), "context"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=message):
+            write_report(tmp_path / "report.html", gpt2_bridge, {"only": mask}, prompt)
