@@ -140,7 +140,7 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     """
     from modmask_lens.core.pairs import load_foils
     from modmask_lens.tasks.catalog import task_spec
-    from modmask_lens.tasks.views import subtask_view
+    from modmask_lens.tasks.views import subtask_names, subtask_view
 
     check_subtask_spec(spec)
     file, part = _file_and_part(spec)
@@ -154,7 +154,11 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     if subtask:
         if task.subtask_column is None:
             raise ValueError(f"task {task_name!r} has no subtasks; use --task {task_name}")
+        names = subtask_names(rows, task.subtask_column)
+        if subtask not in names:
+            raise ValueError(
+                f"task {task_name!r} has no subtask {subtask!r}; its subtasks: {', '.join(names)} "
+                f"(e.g. {task_name}/{names[0]})"
+            )
         rows = subtask_view(rows, task.subtask_column, subtask)
-        if len(rows) == 0:
-            raise ValueError(f"task {task_name!r} has no subtask {subtask!r}")
     return SubtaskData.from_pairs(spec.replace("/", "-"), rows, tokenizer, fields=("question", "answer"))

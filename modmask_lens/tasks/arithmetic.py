@@ -12,6 +12,8 @@ modadd) split their whole table at random into train and held-out test; double a
 
 from __future__ import annotations
 
+from math import isqrt
+
 import numpy as np
 from datasets import Dataset, DatasetDict
 
@@ -36,7 +38,13 @@ def _two_digits(values: np.ndarray) -> list[str]:
 
 
 def _split_table(table: dict[str, list], test_fraction: float, seed: int) -> DatasetDict:
-    """Shuffle a finite table of examples with ``seed`` and hold out ``test_fraction`` of it as test."""
+    """Shuffle a finite table of examples with ``seed`` and hold out ``test_fraction`` of it as test.
+
+    Raises:
+        ValueError: ``test_fraction`` is outside [0, 1) (a split needs training examples).
+    """
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}; e.g. {TABLE_TEST_FRACTION}")
     size = len(table["question"])
     order = np.random.default_rng(seed).permutation(size)
     test_size = round(size * test_fraction)
@@ -74,8 +82,8 @@ def modular_addition_task(
     >>> modular_addition_task()["test"].num_rows
     696
     """
-    if not 2 <= prime <= OPERAND_LIMIT:
-        raise ValueError(f"prime must be in 2..{OPERAND_LIMIT} to keep two-digit operands; got {prime}")
+    if not 2 <= prime <= OPERAND_LIMIT or any(prime % divisor == 0 for divisor in range(2, isqrt(prime) + 1)):
+        raise ValueError(f"prime must be a prime in 2..{OPERAND_LIMIT} (two-digit operands); got {prime}")
     left, right, sums = modular_sum_table(prime)
     table = {
         "question": [f"{a}+{b}" for a, b in zip(_two_digits(left), _two_digits(right))],

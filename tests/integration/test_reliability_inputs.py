@@ -20,6 +20,7 @@ from modmask_lens.core.pairs import load_pairs
 from modmask_lens.loading import load_bridge, load_subtask
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer, read_activations
+from modmask_lens.tasks.arithmetic import add_mul_task, modular_addition_task
 from modmask_lens.testing.tiny_models import placeholder_word_tokenizer
 
 N_CTX = 16  # boot_native's context
@@ -282,6 +283,14 @@ CASES = {
     "steps_a_bool": (lambda b, t: TrainConfig(steps=True), TypeError, "steps must be a whole number, not True"),
     "resume_with_other_settings": (resume_with_other_settings, ValueError, "trained with n_samples=2"),
     "unknown_task": (lambda b, t: load_subtask("scna/jump", None), KeyError, "unknown task 'scna'; known tasks"),
+    "unknown_subtask": (
+        lambda b, t: load_subtask("addmul/pow", None),
+        ValueError,
+        "no subtask 'pow'; its subtasks: add, mul \\(e.g. addmul/add\\)",
+    ),
+    "test_fraction_above_one": (lambda b, t: add_mul_task(test_fraction=1.5), ValueError, "test_fraction must be in"),
+    "negative_test_fraction": (lambda b, t: add_mul_task(test_fraction=-0.1), ValueError, "test_fraction must be in"),
+    "composite_modulus": (lambda b, t: modular_addition_task(prime=4), ValueError, "prime must be a prime"),
     "folder_without_a_model": (lambda b, t: load_bridge(str(t)), ValueError, "holds no model \\(no config.json\\)"),
 }
 
