@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modmask_lens.cli import _Typer
+from modmask_lens.cli import _Typer, check_writable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,6 +106,8 @@ def run(
     from modmask_lens.groundtruth.suite import run_suite
     from modmask_lens.masks.config import NEURON_MASKS
 
+    if out is not None:
+        check_writable(out, "--out")
     if fast:
         steps, method, control = steps or 50, method or ["faithful"], control or ["none"]
     methods = baseline_methods(steps) | study_methods(steps)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from modmask_lens.core.data import SubtaskData
+from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.mask_set import units_for
 
 UnitTruth = dict[str, Tensor]
 """Mask unit name (as in ``MaskSet.units``) -> bool tensor of the unit's logit shape: True where the subtask uses
@@ -42,3 +45,32 @@ class GroundTruthCase:
     truth: dict[str, dict[str, UnitTruth]]
     unique: bool
     card: dict = field(default_factory=dict)
+
+
+def check_truth(case: GroundTruthCase, granularity: str) -> None:
+    """Refuse an answer key that does not line up with the masks the suite trains at ``granularity`` (the units of
+    ``MaskConfig(granularity=granularity)``'s default kinds): a subtask without data, a unit the masks do not have,
+    or an answer whose shape or dtype is not the unit's logits' (bool).
+
+    Raises:
+        ValueError: naming the case, subtask and unit, and the shape expected.
+    """
+    shapes = {unit.name: tuple(unit.shape) for unit in units_for(case.bridge, MaskConfig(granularity=granularity))}
+    for subtask, by_granularity in case.truth.items():
+        if subtask not in case.train or subtask not in case.test:
+            raise ValueError(
+                f"case {case.name!r}: subtask {subtask!r} has a truth but no train or test data; "
+                f"its data names: {sorted(case.train)}"
+            )
+        for unit, answer in by_granularity.get(granularity, {}).items():
+            if unit not in shapes:
+                raise ValueError(
+                    f"case {case.name!r}: the {granularity} truth of {subtask!r} names {unit!r}, which "
+                    f"MaskConfig(granularity={granularity!r}) does not mask; its units begin "
+                    f"{', '.join(list(shapes)[:6])}"
+                )
+            if tuple(answer.shape) != shapes[unit] or answer.dtype != torch.bool:
+                raise ValueError(
+                    f"case {case.name!r}: the {granularity} truth of {subtask!r} for {unit!r} is {answer.dtype} "
+                    f"{tuple(answer.shape)}; give a bool tensor of the unit's logit shape {shapes[unit]}"
+                )

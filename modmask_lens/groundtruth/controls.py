@@ -47,7 +47,8 @@ def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
     """``data`` with every example's answer tokens taken from another example (a seeded permutation).
 
     Needs the examples to share their answer positions (the plants' and tracr's fixed layouts do); the answer
-    tokens move in ``input_ids`` too, so teacher forcing stays consistent.
+    tokens move in ``input_ids`` too, so teacher forcing stays consistent, and foils move with their answers. The
+    attention mask, classes and label shift stay.
     """
     scored = data.labels != IGNORE_INDEX
     if not bool((scored == scored[0]).all()):
@@ -58,7 +59,8 @@ def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
     order = torch.randperm(len(data), generator=Generator().manual_seed(seed))
     labels = torch.where(scored, data.labels[order], data.labels)
     input_ids = torch.where(scored, data.input_ids[order], data.input_ids)
-    return SubtaskData(data.name, input_ids, labels)
+    foils = None if data.foils is None else torch.where(scored, data.foils[order], data.foils)  # paired with answers
+    return dataclasses.replace(data, input_ids=input_ids, labels=labels, foils=foils)
 
 
 def control_case(case: GroundTruthCase, control: str, seed: int = 0) -> GroundTruthCase:

@@ -10,29 +10,31 @@ from torch import Tensor, nn
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
-from modmask_lens.core.scoring import score_answers
+from modmask_lens.core.scoring import aligned, score_answers
 from modmask_lens.masks.apply import masked_call
 
 
 def masked_logits(
     bridge: nn.Module, data: SubtaskData, weight_masks: Mapping[str, Tensor] | None = None
 ) -> Float[Tensor, "example pos vocab"]:
-    """The bridge's logits on all of ``data`` with ``weight_masks`` (bridge path -> mask) applied; the model itself
-    is never modified."""
+    """The bridge's logits on all of ``data`` (with its attention mask, where it has one) with ``weight_masks``
+    (bridge path -> mask) applied; the model itself is never modified."""
+    padding = {} if data.attention_mask is None else {"attention_mask": data.attention_mask}
     with torch.no_grad():
         forward = type(bridge).forward.__get__(bridge)
-        return masked_call(bridge, dict(weight_masks or {}), forward, data.input_ids)
+        return masked_call(bridge, dict(weight_masks or {}), forward, data.input_ids, **padding)
 
 
 def exact_match(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> float:
-    """Fraction of examples whose every answer token is the argmax."""
-    return score_answers(logits, data.labels).n_correct / len(data)
+    """Fraction of examples whose every answer token is the argmax (scored with the data's label shift)."""
+    return score_answers(logits, data.labels, data.label_shift).n_correct / len(data)
 
 
 def answer_log_probs(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> Float[Tensor, "answer vocab"]:
-    """Log-probabilities at the positions that predict an answer token, one row per answer token."""
-    scored = data.labels[:, 1:] != IGNORE_INDEX
-    return logits[:, :-1][scored].log_softmax(dim=-1)
+    """Log-probabilities at the positions that predict an answer token (with the data's label shift), one row per
+    answer token."""
+    predicted, targets = aligned(logits, data.labels, data.label_shift)
+    return predicted[targets != IGNORE_INDEX].log_softmax(dim=-1)
 
 
 def kl_divergence(

@@ -1,7 +1,7 @@
 """Scoring masks against a ground-truth case, as tidy DataFrames.
 
-- :func:`unit_scores`: precision and recall of the binary readout (logit > 0) and AUROC of the logits, against the
-  answer key, over the scored units only.
+- :func:`unit_scores`: precision and recall of the binary readout (the mask's own: logit > ``MaskSet.threshold``,
+  the faithful readout's by default) and AUROC of the logits, against the answer key, over the scored units only.
 - :func:`mask_faithfulness`: accuracy and KL(full || masked) on the answer tokens under the mask, its plain inverse,
   and its inverse beyond a control mask.
 - :func:`density_curves` / :func:`curve_areas`: faithfulness as units are kept in order of their **signed** logits
@@ -133,7 +133,8 @@ def seed_agreement(readouts: Mapping[int, Mapping[str, Tensor]]) -> float:
 def measured_sharing(
     case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
 ) -> pd.DataFrame:
-    """Shared fraction |m_s & m_others| / |m_s| over the scored units, measured (binary readouts) and known (truth).
+    """Shared fraction |m_s & m_others| / |m_s| over the scored units, measured (binary readouts) and known (truth);
+    NaN for a case of one subtask or a mask that keeps nothing.
 
     Returns:
         Columns ``case``, ``subtask``, ``granularity``, ``known_shared``, ``measured_shared``.
@@ -144,8 +145,10 @@ def measured_sharing(
         kept[subtask], known[subtask] = scores > 0, labels.astype(bool)
 
     def shared(sets: dict[str, np.ndarray], subtask: str) -> float:
+        if len(sets) == 1 or not sets[subtask].any():
+            return math.nan  # no other subtask to share with, or nothing kept
         others = np.any([sets[other] for other in sets if other != subtask], axis=0)
-        return float((sets[subtask] & others).sum() / sets[subtask].sum()) if sets[subtask].any() else math.nan
+        return float((sets[subtask] & others).sum() / sets[subtask].sum())
 
     return pd.DataFrame(
         [
@@ -198,13 +201,17 @@ def inverse_beyond(kept: UnitSelection, control: UnitSelection | None) -> UnitSe
 
 
 def control_selections(masks: Mapping[str, MaskSet]) -> dict[str, dict[str, UnitSelection]]:
-    """Control kind -> subtask -> the control mask its inverse leaves alone (see :data:`INVERSE_CONTROLS`)."""
+    """Control kind -> subtask -> the control mask its inverse leaves alone (see :data:`INVERSE_CONTROLS`). With one
+    subtask there is nothing else to keep: both controls are empty, and each inverse removes the whole mask."""
     readouts = {subtask: mask.kept_above(mask.threshold) for subtask, mask in masks.items()}
+    if len(readouts) == 1:
+        empty = {name: torch.zeros_like(selected) for name, selected in next(iter(readouts.values())).items()}
+        return {kind: dict.fromkeys(readouts, empty) for kind in INVERSE_CONTROLS}
     intersection = _combine(list(readouts.values()), "all")
     controls: dict[str, dict[str, UnitSelection]] = {"other": {}, "intersection": {}}
     for subtask in masks:
         others = [readout for other, readout in readouts.items() if other != subtask]
-        controls["other"][subtask] = _combine(others, "any") if others else intersection
+        controls["other"][subtask] = _combine(others, "any")
         controls["intersection"][subtask] = intersection
     return controls
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.case import GroundTruthCase, check_truth
 from modmask_lens.groundtruth.controls import CONTROLS, control_case
 from modmask_lens.groundtruth.methods import Method
 from modmask_lens.groundtruth.metrics import (
@@ -24,13 +24,45 @@ from modmask_lens.groundtruth.metrics import (
 )
 from modmask_lens.masks.config import MaskConfig
 
+SUITE_GRANULARITIES = ("weight", "neuron", "head")
+"""The granularities a case can answer (masks at ``matrix`` granularity are not scored)."""
 TABLES = ("scores", "faithfulness", "curves", "areas", "sharing", "stability", "summary", "runs", "skipped")
 
 
 def case_granularities(case: GroundTruthCase) -> list[str]:
     """Granularities at which every subtask of ``case`` has an answer key."""
     per_subtask = [set(truth) for truth in case.truth.values()]
-    return [granularity for granularity in ("weight", "neuron", "head") if all(granularity in g for g in per_subtask)]
+    return [granularity for granularity in SUITE_GRANULARITIES if all(granularity in g for g in per_subtask)]
+
+
+def _check_plan(
+    cases: Sequence[GroundTruthCase],
+    granularities: Sequence[str] | None,
+    controls: Sequence[str],
+    method_seeds: Sequence[int],
+) -> None:
+    """Refuse, before any training, what would make the tables wrong: unknown or repeated controls, granularities
+    or seeds (repeats multiply the summary's rows), a granularity no case answers, and answer keys that do not line
+    up with the masks (:func:`~modmask_lens.groundtruth.case.check_truth`)."""
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise ValueError(f"unknown controls {unknown}; choose from {CONTROLS}")
+    bad = sorted(set(granularities or ()) - set(SUITE_GRANULARITIES))
+    if bad:
+        raise ValueError(f"unknown granularities {bad}; choose from {SUITE_GRANULARITIES}")
+    for what, values in (("controls", controls), ("granularities", granularities or ()), ("seeds", method_seeds)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{what} {list(values)} repeat; give each once")
+    answered = {case.name: case_granularities(case) for case in cases}
+    if granularities is not None and not any(set(granularities) & set(found) for found in answered.values()):
+        raise ValueError(
+            f"no case answers granularities {list(granularities)}; the cases answer "
+            + "; ".join(f"{name}: {', '.join(found) or 'none'}" for name, found in answered.items())
+        )
+    for case in cases:
+        for granularity in answered[case.name]:
+            if granularities is None or granularity in granularities:
+                check_truth(case, granularity)
 
 
 def run_suite(
@@ -70,9 +102,7 @@ def run_suite(
         >>> tables["summary"].groupby(["method", "control"])["auroc"].mean()          # doctest: +SKIP
     """
     methods = dict(method) if isinstance(method, Mapping) else {getattr(method, "name", "method"): method}
-    unknown = sorted(set(controls) - set(CONTROLS))
-    if unknown:
-        raise ValueError(f"unknown controls {unknown}; choose from {CONTROLS}")
+    _check_plan(cases, granularities, controls, method_seeds)
     frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES if table != "summary"}
     for case in cases:
         wanted = [g for g in case_granularities(case) if granularities is None or g in granularities]

@@ -29,7 +29,7 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
     Args:
         bridge: a bridge booted with ``boot_transformers`` (raw weights; compatibility mode rewrites weights that
             the Hugging Face layout cannot hold).
-        mask: the binary mask to bake (a :class:`MaskSet` is read out as logit > 0).
+        mask: the binary mask to bake (a :class:`MaskSet` is read out by :meth:`MaskSet.binary`, at its threshold).
         directory: output folder.
 
     Example:

@@ -1,0 +1,122 @@
+"""The ground-truth suite on cases users build: masked-LM data scored with its label shift and attention mask, a
+case of one subtask, and the plans and answer keys refused before any training."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+from typer.testing import CliRunner
+
+from modmask_lens.cli import app
+from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.scoring import score_answers
+from modmask_lens.groundtruth import FinderMethod, load_plant, run_suite, shuffled_answers
+from modmask_lens.groundtruth.evaluation import answer_log_probs, exact_match, masked_logits
+from modmask_lens.masks.config import TrainConfig
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, placeholder_bert_tokenizer
+
+TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
+
+
+def untrainable(*arguments):
+    pytest.fail("the suite trained before refusing its plan")
+
+
+@pytest.fixture(scope="module")
+def masked_lm(tmp_path_factory):
+    tokenizer = placeholder_bert_tokenizer(40)
+    bridge = boot_tiny(
+        BertForMaskedLM(BertConfig(**TINY_HF_SIZES)), tmp_path_factory.mktemp("bert"), tokenizer=tokenizer
+    )
+    sentences = [("w5 w6 [MASK] w7", "w8"), ("w9 [MASK] w7 w6 w6 w6 w6", "w10"), ("w11 [MASK]", "w12")]
+    data = SubtaskData.from_masked_sentences("fill", sentences, tokenizer)
+    return bridge, data
+
+
+def test_masked_lm_cases_are_scored_with_their_label_shift_and_attention_mask(masked_lm):
+    bridge, data = masked_lm
+    with torch.no_grad():
+        logits = bridge(data.input_ids, attention_mask=data.attention_mask)
+    # answers = the model's own predictions at the masks: exact match 1 when scored where BERT predicts them
+    labels = torch.where(data.labels != -100, logits.argmax(dim=-1), data.labels)
+    own = dataclasses.replace(data, labels=labels)
+    torch.testing.assert_close(masked_logits(bridge, own), logits, rtol=0, atol=0)
+    assert exact_match(masked_logits(bridge, own), own) == 1.0
+    assert exact_match(logits, own) == score_answers(logits, labels, label_shift=0).n_correct / len(own)
+    rows = answer_log_probs(logits, own)
+    assert rows.shape[0] == int((labels != -100).sum())
+    torch.testing.assert_close(rows, logits[labels != -100].log_softmax(dim=-1))
+
+
+def test_shuffled_answers_keep_the_label_shift_and_attention_mask(masked_lm):
+    _, data = masked_lm
+    layout = SubtaskData(  # one answer position for every example, as the control needs
+        "fill", data.input_ids, torch.where(data.labels != -100, data.labels, -100), data.attention_mask, label_shift=0
+    )
+    same_layout = dataclasses.replace(
+        layout,
+        input_ids=layout.input_ids[[0, 0, 0]],
+        labels=torch.stack([layout.labels[0]] * 3).index_put_(
+            (torch.arange(3), torch.full((3,), 3)), torch.tensor([20, 21, 22])
+        ),
+        attention_mask=layout.attention_mask[[0, 0, 0]],
+    )
+    shuffled = shuffled_answers(same_layout, seed=1)
+    assert shuffled.label_shift == 0 and torch.equal(shuffled.attention_mask, same_layout.attention_mask)
+    assert sorted(shuffled.labels[:, 3].tolist()) == [20, 21, 22]
+
+
+def test_a_case_of_one_subtask_removes_the_whole_mask_in_its_inverse():
+    case = load_plant("entangled-head-add-mul")
+    single = dataclasses.replace(
+        case,
+        name="one-subtask",
+        train={"add": case.train["add"]},
+        test={"add": case.test["add"]},
+        truth={"add": case.truth["add"]},
+    )
+    tables = run_suite({"tiny": TINY}, [single], granularities=["head"], controls=["none"])
+    faithfulness = tables["faithfulness"].set_index("condition")
+    for control in ("inverse-other", "inverse-intersection"):
+        assert faithfulness.loc[control, "density"] == faithfulness.loc["inverse", "density"]
+        assert faithfulness.loc[control, "accuracy"] == faithfulness.loc["inverse", "accuracy"]
+    assert math.isnan(tables["sharing"]["known_shared"].iloc[0])
+    assert math.isnan(tables["sharing"]["measured_shared"].iloc[0])
+
+
+def test_bad_plans_and_answer_keys_are_refused_before_training():
+    case = load_plant("entangled-head-add-mul")
+    for plan, message in (
+        ({"controls": ["none", "none"]}, "controls .* repeat"),
+        ({"method_seeds": (0, 0)}, "seeds .* repeat"),
+        ({"granularities": ["heads"]}, "unknown granularities \\['heads'\\]"),
+        (
+            {"granularities": ["neuron"]},
+            "no case answers granularities \\['neuron'\\]; .*entangled-head/add-mul: weight, head",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_suite({"never": untrainable}, [case], **({"granularities": ["head"]} | plan))
+    unit = next(iter(case.truth["add"]["head"]))
+    cut = dataclasses.replace(
+        case, truth=case.truth | {"add": {"head": case.truth["add"]["head"] | {unit: torch.ones(4, dtype=torch.bool)}}}
+    )
+    with pytest.raises(ValueError, match=f"truth of 'add' for '{unit}' is torch.bool \\(4,\\); .*shape \\(8,\\)"):
+        run_suite({"never": untrainable}, [cut], granularities=["head"], controls=["none"])
+    unknown = dataclasses.replace(case, truth=case.truth | {"add": {"head": {"blocks.9.attn": torch.ones(8) > 0}}})
+    with pytest.raises(ValueError, match="names 'blocks.9.attn', which MaskConfig"):
+        run_suite({"never": untrainable}, [unknown], granularities=["head"], controls=["none"])
+
+
+def test_command_checks_its_output_folder_first(tmp_path, monkeypatch):
+    monkeypatch.setattr("modmask_lens.groundtruth.suite.run_suite", untrainable)
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    result = CliRunner().invoke(
+        app, ["groundtruth", "run", "--fast", "--case", "entangled-head/add-mul", "--out", str(occupied)]
+    )
+    assert result.exit_code == 1 and "choose another --out" in result.output
