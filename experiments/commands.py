@@ -19,7 +19,10 @@ def demo(
     Example: modmask-lens demo --out demo-output
     """
     from experiments.demo import DEMO_TRAINING, run_demo
+    from modmask_lens.cli import check_writable
 
+    _check_positive(mask_steps=mask_steps)
+    check_writable(out, "--out")
     summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
     typer.echo(summary.read_text())
     typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
@@ -51,7 +54,9 @@ def reproduce(
     Example: modmask-lens reproduce scan addmul --steps 800 --eval-limit 2000 --out results.md
     """
     from experiments import bimt, csordas
+    from modmask_lens.cli import check_writable
 
+    _check_positive(steps=steps, eval_limit=eval_limit, jobs=jobs)
     names = names or list(csordas.EXPERIMENTS)
     unknown = [name for name in names if name not in csordas.EXPERIMENTS and name not in bimt.TASKS]
     if unknown:
@@ -59,7 +64,8 @@ def reproduce(
     if any(name in bimt.TASKS for name in names):
         if len(names) != 1 or out is None:
             raise typer.BadParameter("a BIMT task runs alone and needs --out DIR")
-        result = bimt.run_task(names[0], out, steps or 20_000, seed, frames)
+        check_writable(out, "--out")
+        result = bimt.run_task(names[0], out, 20_000 if steps is None else steps, seed, frames)
         typer.echo(
             json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
         )
@@ -69,7 +75,11 @@ def reproduce(
         raise typer.BadParameter(
             f"unknown method {method!r}; choose from {list(csordas.METHODS)}", param_hint="--method"
         )
-    csordas.run_and_write(names, out, steps or csordas.DEFAULT_METHOD.train_config.steps, eval_limit, jobs, method)
+    check_writable(out.parent, "--out")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the markdown file to write, e.g. {out / 'results.md'}")
+    steps = csordas.DEFAULT_METHOD.train_config.steps if steps is None else steps
+    csordas.run_and_write(names, out, steps, eval_limit, jobs, method)
     typer.echo(f"wrote {out}")
 
 
@@ -89,9 +99,15 @@ def zoo_train(
 
     Example: modmask-lens zoo train scan --out my-scan
     """
+    from experiments.zoo.recipes import recipe
     from experiments.zoo.train import train_named
+    from modmask_lens.cli import check_writable
 
-    train_named(name, zoo_output_folder(name, out, in_place), checkpoint_dir)
+    recipe(name)  # an unknown name is refused before any folder is made
+    folder = zoo_output_folder(name, out, in_place)
+    if folder is not None:
+        check_writable(folder, "--out")
+    train_named(name, folder, checkpoint_dir)
 
 
 def zoo_output_folder(name: str, out: Path | None, in_place: bool) -> Path | None:
@@ -102,3 +118,10 @@ def zoo_output_folder(name: str, out: Path | None, in_place: bool) -> Path | Non
     if in_place:
         return None
     return out if out is not None else Path("zoo-models") / name
+
+
+def _check_positive(**options: int | None) -> None:
+    """Refuse an option below 1 (``None``: its default), naming it as the command line spells it."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=f"--{name.replace('_', '-')}")

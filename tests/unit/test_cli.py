@@ -206,6 +206,42 @@ def test_a_bad_training_option_is_refused_before_training(tmp_path, options, mes
     assert not list((tmp_path / "m").glob("**/*.safetensors"))
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["reproduce", "scan", "--steps", "0"], "Invalid value for --steps: must be at least 1, got 0"),
+        (["reproduce", "scan", "--eval-limit", "-1"], "Invalid value for --eval-limit: must be at least 1, got -1"),
+        (["reproduce", "scan", "--jobs", "0"], "Invalid value for --jobs: must be at least 1, got 0"),
+        (["reproduce", "scan", "--out", "{file}/results.md"], "choose another --out"),
+        (["reproduce", "independence", "--out", "{file}"], "choose another --out"),
+        (["zoo", "train", "scan", "--out", "{file}"], "choose another --out"),
+        (["demo", "--out", "{file}"], "choose another --out"),
+        (["demo", "--mask-steps", "0"], "Invalid value for --mask-steps: must be at least 1, got 0"),
+    ],
+)
+def test_experiment_commands_refuse_bad_options_before_any_work(tmp_path, monkeypatch, command, message):
+    import experiments.bimt
+    import experiments.csordas
+    import experiments.demo
+    import experiments.zoo.train
+
+    def never(*arguments, **options):
+        pytest.fail("the command started its work before refusing the option")
+
+    for module, name in (
+        (experiments.csordas, "run_and_write"),
+        (experiments.bimt, "run_task"),
+        (experiments.demo, "run_demo"),
+        (experiments.zoo.train, "train_named"),
+    ):
+        monkeypatch.setattr(module, name, never)
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    result = runner.invoke(app, [part.format(file=occupied) for part in command])
+    assert result.exit_code != 0
+    assert message in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+
+
 def test_foils_must_be_in_every_row_once_one_row_has_one(tmp_path):
     from modmask_lens.core.pairs import load_foils
 
