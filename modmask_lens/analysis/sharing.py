@@ -21,6 +21,12 @@ from modmask_lens.masks.mask_set import MaskSet, binaries
 
 def _counts(mask: BinaryMask, by: str, column: str) -> pd.DataFrame:
     frame = mask.kept_fraction(by=by)
+    if frame.empty:
+        roles = sorted({spec.role for spec in mask.specs})
+        raise ValueError(
+            f"mask {mask.name!r} masks no {by} units (its tensors' roles: {roles}); "
+            "group by layer_role, layer, role or tensor instead"
+        )
     return frame[GROUP_COLUMNS[by] + ["kept"]].rename(columns={"kept": column})
 
 

@@ -88,6 +88,15 @@ def test_identical_masks_have_iou_one_and_disjoint_masks_zero(native_bridge):
     assert table.loc[("a", "same"), "iou"] == 1.0 and table.loc[("a", "complement"), "iou"] == 0.0
 
 
+def test_grouping_head_masks_by_neuron_names_the_groupings_that_apply(native_bridge):
+    masks = random_masks(native_bridge, ["a", "b"], config=MaskConfig(granularity="head"))
+    with pytest.raises(ValueError, match="masks no neuron units .*roles: \\['W_O'\\]\\); group by layer_role"):
+        pairwise_overlap(masks, by="neuron")
+    with pytest.raises(ValueError, match="masks no neuron units"):
+        shared_fraction(masks, by="neuron")
+    assert len(pairwise_overlap(masks, by="head")) > 0
+
+
 def test_inverse_mask_with_control_keeps_the_control_on_io_layers(native_bridge):
     masks = random_masks(native_bridge, ["task", "control"])
     inverted = inverse_mask(masks["task"], masks["control"])
