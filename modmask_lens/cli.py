@@ -181,7 +181,8 @@ def masks_train(
     ),
     loss_increase_per: str | None = typer.Option(
         None,
-        help="faithful only: token (default: the mean answer token) or example (each example's whole answer)",
+        help="faithful only: auto (default: example for head and neuron masks, token for weight masks), token "
+        "(the mean answer token) or example (each example's whole answer)",
     ),
     lr: float | None = typer.Option(
         None, help="Adam learning rate of the logits (default: faithful 0.05, csordas 1e-2)"
@@ -380,7 +381,10 @@ def analyze(
     --masks masks/masks-scan-walk.safetensors
     """
     from modmask_lens.loading import check_model_name
+    from modmask_lens.masks.binary import GROUPINGS
 
+    if by not in GROUPINGS:
+        raise typer.BadParameter(f"choose one of {list(GROUPINGS)}", param_hint="--by")
     check_model_name(model)
     check_files(masks, "--masks")
     check_writable(out, "--out")
@@ -393,7 +397,12 @@ def analyze(
 
     bridge, _ = load_bridge(model)
     binaries = {key: mask.binary() for key, mask in load_labelled_masks(masks, bridge, label or None).items()}
-    tables = {"kept_fraction": pd.concat([binary.kept_fraction(by=by) for binary in binaries.values()])}
+    kept = [binary.kept_fraction(by=by) for binary in binaries.values()]
+    if all(frame.empty for frame in kept):
+        raise typer.BadParameter(
+            f"the masks mask no {by} units; group by layer_role, layer, role or tensor", param_hint="--by"
+        )
+    tables = {"kept_fraction": pd.concat(kept)}
     if len(binaries) > 1:
         tables |= {"overlap": pairwise_overlap(binaries, by=by), "shared": shared_fraction(binaries, by=by)}
     if bridge.cfg.n_heads and any(spec.unit == "head" for binary in binaries.values() for spec in binary.specs):

@@ -22,8 +22,11 @@ where every masked head's output has a ``hook_z``, and to ``hard-concrete`` ever
 (:func:`~modmask_lens.masks.head_outputs.resolved_config`; measured in docs/concepts.md#head-masks)."""
 Readout = Literal["faithful", "zero"]
 READOUTS: tuple[str, ...] = ("faithful", "zero")
-LossUnit = Literal["token", "example"]
-LOSS_UNITS: tuple[str, ...] = ("token", "example")
+LossUnit = Literal["auto", "token", "example"]
+LOSS_UNITS: tuple[str, ...] = ("auto", "token", "example")
+UNIT_MASK_GRANULARITIES = ("neuron", "head")
+"""Granularities whose masks ``loss_increase_per="auto"`` constrains per example (measured on compiled programs:
+docs/finder-study.md, "The constraint's unit for head and neuron masks")."""
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "matrix")
 PATHWISE_INIT_LOGIT = 3.0
 """``MaskConfig(init_logit=None)`` under the hard-concrete and Gumbel-sigmoid samplers: nearly every unit kept at the
@@ -189,12 +192,15 @@ class TrainConfig:
             subject to the task loss staying within this many nats (per ``loss_increase_per``) of the full model's
             on the same batch, with a Lagrange multiplier (Edge Pruning constrains density; this constrains
             faithfulness, so the mask cannot trade the subtask for sparsity).
-        loss_increase_per: the constraint's unit: ``token`` (default) bounds the objective's own mean (per answer
-            token for answer cross-entropy); ``example`` bounds the mean over examples of each example's summed loss
-            (for answer cross-entropy, minus the log-probability of the whole answer). Per example, masks on long
-            answers are faithful as trained, but on SCAN's full problem twice as dense at 800 steps (80.6% against
-            40.0% read out; docs/finder-study.md); per token they are sparser and the faithful readout pads them
-            (the training warning ``PaddedReadout``).
+        loss_increase_per: the constraint's unit: ``token`` bounds the objective's own mean (per answer token for
+            answer cross-entropy); ``example`` bounds the mean over examples of each example's summed loss (for
+            answer cross-entropy, minus the log-probability of the whole answer); ``auto`` (default) is ``example``
+            for head and neuron masks and ``token`` for weight and matrix masks (:meth:`loss_unit`). The two are the
+            same on one-token answers. Per example, masks on long answers are faithful as trained: on compiled
+            programs per token lost every head of one program of nine, which the readout could only pad back to
+            all 12, and per example found each program's heads exactly. Weight masks stay per token: on SCAN's full
+            problem per example was twice as dense at 800 steps (80.6% against 40.0% read out), where per token
+            the faithful readout pads the mask (the training warning ``PaddedReadout``; docs/finder-study.md).
         complement_loss_fraction: if set (with ``max_loss_increase``), the necessity constraint
             (:mod:`modmask_lens.masks.necessity`): the model under the complement of each mask sample (its linear
             weights times ``1 - m``) must lose at least this fraction of what the subtask loses with every masked
@@ -234,7 +240,7 @@ class TrainConfig:
     density_warmup_steps: int = 500
     lagrangian_lr: float = 0.05
     max_loss_increase: float | None = 0.02
-    loss_increase_per: LossUnit = "token"
+    loss_increase_per: LossUnit = "auto"
     complement_loss_fraction: float | None = None
     readout: Readout = "faithful"
     readout_tolerance: float = 0.01
@@ -273,10 +279,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
         if self.loss_increase_per not in LOSS_UNITS:
             raise ValueError(f"loss_increase_per {self.loss_increase_per!r} is not one of {LOSS_UNITS}")
-        if self.loss_increase_per != "token" and self.max_loss_increase is None:
+        if self.loss_increase_per not in ("auto", "token") and self.max_loss_increase is None:
             raise ValueError(
                 f"loss_increase_per={self.loss_increase_per!r} is the unit of the loss constraint and applies only "
-                "with max_loss_increase set; leave it at 'token' for beta or target_density"
+                "with max_loss_increase set; leave it at 'auto' for beta or target_density"
             )
         if self.complement_loss_fraction is not None:
             if self.max_loss_increase is None:
@@ -315,14 +321,25 @@ class TrainConfig:
             math.isfinite(self.max_loss_increase) and self.max_loss_increase >= 0
         ):
             raise ValueError(
-                f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats per "
-                f"{self.loss_increase_per}; the default 0.02 was measured to work)"
+                f"max_loss_increase {self.max_loss_increase} must be a finite number >= 0 (nats per answer token "
+                "or example, as loss_increase_per says; the default 0.02 was measured to work)"
             )
         if self.target_density is not None and not 0 < self.target_density < 1:
             raise ValueError(f"target_density {self.target_density} must lie in (0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def loss_unit(self, granularity: str) -> str:
+        """The loss constraint's unit for masks of ``granularity``: ``loss_increase_per``, with ``auto`` read as
+        ``example`` for head and neuron masks and ``token`` for weight and matrix masks.
+
+        >>> TrainConfig().loss_unit("head"), TrainConfig().loss_unit("weight")
+        ('example', 'token')
+        """
+        if self.loss_increase_per != "auto":
+            return self.loss_increase_per
+        return "example" if granularity in UNIT_MASK_GRANULARITIES else "token"
 
     def deciding_fields(self) -> dict:
         """The settings that decide the result: all but :data:`RESUMABLE_FIELDS`."""

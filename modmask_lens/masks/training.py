@@ -195,6 +195,7 @@ class MaskTrainer:
         self.bridge = bridge
         self.objective = objective
         self.train_config = train_config
+        self.loss_unit = train_config.loss_unit(mask_config.granularity)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpointer = (
             Checkpointer(self.checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
@@ -482,8 +483,7 @@ class MaskTrainer:
         """What the step's loss sums are divided by: the number of examples under the loss constraint per example
         (the constraint then bounds each example's whole loss), else the objective's own normaliser (answer tokens
         for answer cross-entropy)."""
-        config = self.train_config
-        if config.max_loss_increase is not None and config.loss_increase_per == "example":
+        if self.train_config.max_loss_increase is not None and self.loss_unit == "example":
             return len(batch)
         return self.objective.normaliser(batch)
 

@@ -349,6 +349,21 @@ def test_the_loss_constraint_bounds_each_example_s_whole_answer_or_its_mean_toke
     assert increases["example"] == pytest.approx(2 * increases["token"], rel=1e-5)
 
 
+@pytest.mark.parametrize(("granularity", "unit"), [("head", "example"), ("weight", "token")])
+def test_auto_bounds_head_and_neuron_masks_per_example_and_weight_masks_per_token(one_head_model, granularity, unit):
+    bridge, data = one_head_model
+    mask_config = MaskConfig(granularity=granularity, sampler="hard-concrete", init_logit=0.0)
+    multipliers = {}
+    for given in ("auto", unit):
+        config = TrainConfig(steps=1, batch_size=8, loss_increase_per=given, readout="zero")
+        trainer = MaskTrainer(bridge, [data], mask_config, config, progress=False)
+        trainer.train()
+        multipliers[given] = float(trainer.runs[0].multipliers[0])
+    assert multipliers["auto"] > 0 and multipliers["auto"] == multipliers[unit]
+    assert TrainConfig().loss_unit(granularity) == unit
+    assert TrainConfig().loss_unit("neuron") == "example" and TrainConfig().loss_unit("matrix") == "token"
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

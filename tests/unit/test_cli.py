@@ -126,6 +126,11 @@ def test_masks_train_resumes_and_analyze_writes_tables(tmp_path):
     overlap = pd.read_csv(tmp_path / "a" / "overlap.csv")
     assert set(overlap.mask_a) == {"evens"} and overlap.iou.between(0, 1).all()
     assert (tmp_path / "a" / "kept_fraction.csv").exists() and (tmp_path / "a" / "head_importance.csv").exists()
+    typo = runner.invoke(
+        app,
+        ["analyze", "--model", str(folder), "--masks", str(tmp_path / "m" / "masks-evens.safetensors"), "--by", "x"],
+    )
+    assert typo.exit_code != 0 and "choose one of ['all', 'tensor'" in typo.output
 
 
 def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path):
@@ -183,7 +188,7 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
             ["--objective", "hidden-state:blocks.7.hook_resid_post"],
             "does not have; valid names are bridge.hook_dict's keys",
         ),
-        (["--loss-increase-per", "batch"], "choose one of ['token', 'example']"),
+        (["--loss-increase-per", "batch"], "choose one of ['auto', 'token', 'example']"),
         (
             ["--method", "csordas", "--loss-increase-per", "token"],
             "--loss-increase-per does not apply to --method csordas",
