@@ -168,11 +168,11 @@ def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
             f"{program.name}: tracr biases {nonzero_biases} are nonzero; the converter assumes tracr's zero biases"
         )
     labels = list(assembled.residual_labels)
-    for needed in ("one", f"tokens:{PAD}"):
-        if needed not in labels:
-            raise NotImplementedError(
-                f"{program.name}: the residual stream has no {needed!r} direction, which the PAD mask reads"
-            )
+    if not hasattr(assembled.output_encoder, "encoding_map"):
+        raise NotImplementedError(
+            f"{program.name}: the program's output is numerical ({type(assembled.output_encoder).__name__}); only "
+            "categorical outputs, scored by exact match, convert: end the program in a categorical rasp.Map"
+        )
     d_model, n_heads, key_size = len(labels), config.num_heads, config.key_size
     d_head, attn_scale = key_size + 1, math.sqrt(key_size)
     input_tokens = [PAD, BOS, *sorted(program.vocab)]
@@ -190,8 +190,10 @@ def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
         "normalization_type": None,
         "attention_dir": "bidirectional",
         "positional_embedding_type": "standard",
-        "use_attn_scale": True,
-        "attn_scale": attn_scale,
+        # tracr divides by sqrt(key_size); at key_size 1 that is no scaling, which TransformerLens takes only as
+        # use_attn_scale=False (it refuses attn_scale=1 with d_head > 1)
+        "use_attn_scale": key_size > 1,
+        "attn_scale": attn_scale if key_size > 1 else -1.0,
         "seed": 0,
     }
 
@@ -221,6 +223,8 @@ def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
             padded[role][:, :key_size] = per_head[role]
         padded_o = np.zeros((d_model, n_heads, d_head), np.float32)
         padded_o[:, :, :key_size] = per_head["o"]
+        if used_heads:
+            _check_pad_directions(labels, program)
         for head in used_heads:
             padded["q"][head, key_size, labels.index("one")] = 1.0
             padded["k"][head, key_size, labels.index(f"tokens:{PAD}")] = -PAD_SCORE * attn_scale
@@ -249,6 +253,16 @@ def convert(assembled, program: TracrProgram, output_label: str) -> Conversion:
     weights["unembed.weight"] = unembed
     tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in weights.items()}
     return Conversion(tl_config, tensors, input_tokens, output_tokens, labels, truth)
+
+
+def _check_pad_directions(labels: list[str], program: TracrProgram) -> None:
+    """The PAD mask of a used head reads the residual stream's ``one`` and ``tokens:PAD`` directions; refuse a
+    program whose stream lacks either (a program with no used head needs no PAD mask)."""
+    for needed in ("one", f"tokens:{PAD}"):
+        if needed not in labels:
+            raise NotImplementedError(
+                f"{program.name}: the residual stream has no {needed!r} direction, which its heads' PAD mask reads"
+            )
 
 
 @dataclass

@@ -7,6 +7,7 @@ logits and the answer line up element by element at the granularity they were tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -47,15 +48,23 @@ class GroundTruthCase:
     card: dict = field(default_factory=dict)
 
 
-def check_truth(case: GroundTruthCase, granularity: str) -> None:
-    """Refuse an answer key that does not line up with the masks the suite trains at ``granularity`` (the units of
-    ``MaskConfig(granularity=granularity)``'s default kinds): a subtask without data, a unit the masks do not have,
-    or an answer whose shape or dtype is not the unit's logits' (bool).
+def check_truth(case: GroundTruthCase, granularity: str, mask_configs: Sequence[MaskConfig] = ()) -> None:
+    """Refuse an answer key that does not line up with the masks the suite trains at ``granularity``: a subtask
+    without data, a unit none of the masks has, or an answer whose shape or dtype is not the unit's logits' (bool).
+
+    Args:
+        case: the case whose key is checked.
+        granularity: the granularity of the key.
+        mask_configs: the configurations the methods train masks with (default: ``MaskConfig(granularity=...)``).
 
     Raises:
         ValueError: naming the case, subtask and unit, and the shape expected.
     """
-    shapes = {unit.name: tuple(unit.shape) for unit in units_for(case.bridge, MaskConfig(granularity=granularity))}
+    shapes = {
+        unit.name: tuple(unit.shape)
+        for config in mask_configs or (MaskConfig(granularity=granularity),)
+        for unit in units_for(case.bridge, config)
+    }
     for subtask, by_granularity in case.truth.items():
         if subtask not in case.train or subtask not in case.test:
             raise ValueError(
@@ -66,7 +75,7 @@ def check_truth(case: GroundTruthCase, granularity: str) -> None:
             if unit not in shapes:
                 raise ValueError(
                     f"case {case.name!r}: the {granularity} truth of {subtask!r} names {unit!r}, which "
-                    f"MaskConfig(granularity={granularity!r}) does not mask; its units begin "
+                    "no method's masks have; their units begin "
                     f"{', '.join(list(shapes)[:6])}"
                 )
             if tuple(answer.shape) != shapes[unit] or answer.dtype != torch.bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -36,6 +37,7 @@ def case_granularities(case: GroundTruthCase) -> list[str]:
 
 
 def _check_plan(
+    methods: Mapping[str, Method],
     cases: Sequence[GroundTruthCase],
     granularities: Sequence[str] | None,
     controls: Sequence[str],
@@ -62,7 +64,11 @@ def _check_plan(
     for case in cases:
         for granularity in answered[case.name]:
             if granularities is None or granularity in granularities:
-                check_truth(case, granularity)
+                configs = [  # a FinderMethod sets its mask settings on top of the suite's config
+                    dataclasses.replace(MaskConfig(granularity=granularity), **getattr(finder, "mask_settings", {}))
+                    for finder in methods.values()
+                ]
+                check_truth(case, granularity, configs)
 
 
 def run_suite(
@@ -102,7 +108,7 @@ def run_suite(
         >>> tables["summary"].groupby(["method", "control"])["auroc"].mean()          # doctest: +SKIP
     """
     methods = dict(method) if isinstance(method, Mapping) else {getattr(method, "name", "method"): method}
-    _check_plan(cases, granularities, controls, method_seeds)
+    _check_plan(methods, cases, granularities, controls, method_seeds)
     frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES if table != "summary"}
     for case in cases:
         wanted = [g for g in case_granularities(case) if granularities is None or g in granularities]

@@ -1,8 +1,9 @@
 """Mask structure and training settings.
 
 The defaults are the method that recovered the known answers of the ground-truth suite (docs/finder-study.md):
-hard-concrete masks, the smallest expected density subject to the task loss staying within 0.02 nats per answer token
-of the full model's, and a faithful readout. Csordás et al. 2021's algorithm (code: RobertCsordas/modules) stays
+hard-concrete masks (Bernoulli head gates), the smallest expected density subject to the task loss staying within 0.02
+nats of the full model's (per answer token for weight masks, per example for head and neuron masks), and a faithful
+readout. Csordás et al. 2021's algorithm (code: RobertCsordas/modules) stays
 available as :data:`CSORDAS_MASKS` and :data:`CSORDAS_TRAINING`, which the reproductions use.
 """
 

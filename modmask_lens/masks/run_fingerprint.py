@@ -58,6 +58,11 @@ def run_fingerprint(
         ['data', 'mask_config', 'model', 'objective', 'train_config']
     """
     deciding = train_config.deciding_fields()
+    # the unit in effect, not as written: "auto" trains weight masks as "token" did, and without the loss
+    # constraint no unit applies (runs written then recorded "token")
+    deciding["loss_increase_per"] = (
+        train_config.loss_unit(mask_config.granularity) if train_config.max_loss_increase is not None else "token"
+    )
     if mask_config.sampler != "bernoulli":
         deciding = {key: value for key, value in deciding.items() if key not in BERNOULLI_ONLY_SETTINGS}
     mask_settings = mask_config.to_dict()

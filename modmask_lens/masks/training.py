@@ -321,13 +321,18 @@ class MaskTrainer:
         trained = sum(int((logit > 0).sum()) for logit in run.masks.logits.values())
         padded = sum(int((logit > run.masks.threshold).sum()) for logit in run.masks.logits.values())
         if padded > trained:
+            remedy = (
+                "bound each example's whole loss with loss_increase_per='example' (masks faithful as trained, denser; "
+                "docs/finder-study.md)"
+                if self.loss_unit == "token"
+                else "lower max_loss_increase"
+            )
             warnings.warn(
                 f"subtask {run.data.name!r}: the mask as trained (logit > 0) keeps {trained:,} units and falls short "
                 f"of {1 - self.train_config.readout_tolerance:.0%} of the full model's {self.objective.metric}; the "
                 f"faithful readout keeps {padded:,}, adding back units that training removed, in the order of "
                 "logits that training pushed down together. Those units pad the mask more than they are chosen: "
-                "train longer, or bound each example's whole loss with loss_increase_per='example' (masks faithful "
-                "as trained, denser; docs/finder-study.md)",
+                f"train longer, or {remedy}",
                 PaddedReadout,
                 stacklevel=3,
             )

@@ -116,19 +116,22 @@ def measured_edges(graph: UnitGraph, heads: bool = False) -> list[WeightEdge]:
     return edges
 
 
-def check_cluster_count(graph: UnitGraph, n_clusters: int, heads: bool = False) -> None:
-    """Refuse a number of clusters that is not a positive integer, or that exceeds the units of every clustered axis
-    (then no unit is clustered and every value would read 0). An axis with fewer units than clusters is left
-    unclustered (:func:`block_labels`) while a larger one is clustered.
+def check_cluster_count(graph: UnitGraph, n_clusters: int, heads: bool = False, blocks: bool = True) -> None:
+    """Refuse a number of clusters that is not a positive integer, or, for ``blocks``, that exceeds the units of
+    every clustered axis (then no unit is clustered and every value would read 0; an axis with fewer units than
+    clusters is left unclustered, :func:`block_labels`, while a larger one is clustered). Spectral co-clustering
+    clusters the units of all axes together and takes any k up to their number (:func:`kmeans` checks it).
 
     Raises:
         ValueError: naming the valid range.
     """
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
+        raise ValueError(f"k={n_clusters!r} clusters: give a positive integer (the paper measures 2 to 20)")
     largest = max(graph.axis(name).n_units for name in clustered_axis_names(graph, heads))
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or not 1 <= n_clusters <= largest:
+    if blocks and n_clusters > largest:
         raise ValueError(
-            f"k={n_clusters!r} clusters: give an integer from 1 to {largest}, the units of the largest clustered axis "
-            "(the paper measures 2 to 20)"
+            f"k={n_clusters} clusters: blocks need at most {largest}, the units of the largest clustered axis "
+            "(the paper measures 2 to 20); method 'spectral' takes more"
         )
 
 
@@ -150,7 +153,7 @@ def cluster_units(
         seed: k-means seed for ``spectral``.
         embedding: a precomputed :func:`unit_spectral_embedding` of the same graph (to reuse it across k).
     """
-    check_cluster_count(graph, n_clusters, heads)
+    check_cluster_count(graph, n_clusters, heads, blocks=method == "blocks")
     axis_names = clustered_axis_names(graph, heads)
     if method == "blocks":
         return UnitClusters(
@@ -275,11 +278,12 @@ def clusterability(
     """
     graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
     n_clusters = [k] if isinstance(k, int) else list(k)
+    methods = tuple(methods)
     measured_edges(graph, heads)
     if not n_clusters:
         raise ValueError(f"k={k!r}: give a number of clusters, or several")
     for count in n_clusters:
-        check_cluster_count(graph, count, heads)
+        check_cluster_count(graph, count, heads, blocks="blocks" in methods)
     measured = _measure(graph, n_clusters, methods, heads, seed)
     if baseline:
         random = _measure(graph.with_random_weights(seed), n_clusters, methods, heads, seed)

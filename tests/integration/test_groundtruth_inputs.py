@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from modmask_lens.cli import app
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
-from modmask_lens.groundtruth import FinderMethod, load_plant, run_suite, shuffled_answers
+from modmask_lens.groundtruth import FinderMethod, GroundTruthCase, load_plant, run_suite, shuffled_answers
 from modmask_lens.groundtruth.evaluation import answer_log_probs, exact_match, masked_logits
 from modmask_lens.masks.config import TrainConfig
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, placeholder_bert_tokenizer
@@ -108,7 +108,7 @@ def test_bad_plans_and_answer_keys_are_refused_before_training():
     with pytest.raises(ValueError, match=f"truth of 'add' for '{unit}' is torch.bool \\(4,\\); .*shape \\(8,\\)"):
         run_suite({"never": untrainable}, [cut], granularities=["head"], controls=["none"])
     unknown = dataclasses.replace(case, truth=case.truth | {"add": {"head": {"blocks.9.attn": torch.ones(8) > 0}}})
-    with pytest.raises(ValueError, match="names 'blocks.9.attn', which MaskConfig"):
+    with pytest.raises(ValueError, match="names 'blocks.9.attn', which no method's masks have"):
         run_suite({"never": untrainable}, [unknown], granularities=["head"], controls=["none"])
 
 
@@ -120,3 +120,27 @@ def test_command_checks_its_output_folder_first(tmp_path, monkeypatch):
         app, ["groundtruth", "run", "--fast", "--case", "entangled-head/add-mul", "--out", str(occupied)]
     )
     assert result.exit_code == 1 and "choose another --out" in result.output
+
+
+def test_an_answer_key_may_name_units_that_a_method_s_own_mask_settings_add():
+    from modmask_lens.masks.config import MaskConfig
+    from modmask_lens.masks.mask_set import units_for
+    from modmask_lens.testing.tiny_models import tiny_bridge
+
+    bridge = tiny_bridge()
+    input_ids = torch.randint(1, 10, (16, 6), generator=torch.Generator().manual_seed(0))
+    data = SubtaskData("copy", input_ids, torch.where(torch.arange(6) >= 3, input_ids, -100))
+    kinds = {"kinds": ("linear", "norm", "embedding")}
+    truth = {
+        unit.name: torch.zeros(unit.shape, dtype=torch.bool)
+        for unit in units_for(bridge, MaskConfig(granularity="weight", **kinds))
+    }
+    truth["embed.weight"][:5] = True  # masked only with the embedding kind
+    case = GroundTruthCase(
+        "mine/copy", "mine", bridge, {"copy": data}, {"copy": data}, {"copy": {"weight": truth}}, False
+    )
+    with pytest.raises(ValueError, match="names 'embed.weight', which no method's masks have"):
+        run_suite({"never": untrainable}, [case], controls=["none"])
+    method = FinderMethod(TrainConfig(steps=2, batch_size=8, n_samples=2), mask_settings=kinds)
+    scores = run_suite({"embedding": method}, [case], controls=["none"])["scores"]
+    assert len(scores) == 1 and scores["true_fraction"].iloc[0] > 0

@@ -40,6 +40,8 @@ def test_cluster_counts_and_models_without_clustered_matrices_are_refused():
     for k in (0, -2, 7, [], True):
         with pytest.raises(ValueError, match="k="):
             clusterability(mlp, k=k)
+    spectral = clusterability(mlp, k=8, methods=["spectral"], baseline=False)  # co-clusters all 18 units at once
+    assert spectral.clusterability.gt(0).any()
     widest = clusterability(mlp, k=6, methods=["blocks"], baseline=False).set_index("key")
     assert widest.loc["linears.1.weight", "clusterability"] > 0  # 6 x 6: one unit per cluster on each side
     assert (widest.drop("linears.1.weight")[["clusterability", "chance"]] == 0).all().all()  # 4 or 2 units: none

@@ -28,6 +28,27 @@ def test_a_checkpoint_written_before_loss_increase_per_resumes_per_token_only():
         check_same_run(old, fingerprint(TrainConfig(loss_increase_per="example")), "ckpt", "copy")
 
 
+@pytest.mark.parametrize(
+    ("mask_config", "written", "resumes"),
+    [
+        (MaskConfig(), TrainConfig(loss_increase_per="token"), True),  # weight masks: auto is token
+        (MaskConfig(granularity="head"), TrainConfig(loss_increase_per="token"), False),  # heads: auto is example
+        (MaskConfig(granularity="head"), TrainConfig(loss_increase_per="example"), True),
+        (MaskConfig(), TrainConfig(beta=1e-4, max_loss_increase=None, loss_increase_per="token"), True),  # Csordás
+    ],
+)
+def test_a_run_under_auto_resumes_a_checkpoint_of_the_unit_it_trains_with(mask_config, written, resumes):
+    origin = MaskOrigin.of(tiny_bridge())
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
+    now = dataclasses.replace(written, loss_increase_per="auto")
+    saved = run_fingerprint(origin, data, mask_config, written)
+    if resumes:
+        check_same_run(saved, run_fingerprint(origin, data, mask_config, now), "ckpt", "copy")
+    else:
+        with pytest.raises(RunMismatch, match="loss_increase_per='token', this run has loss_increase_per='example'"):
+            check_same_run(saved, run_fingerprint(origin, data, mask_config, now), "ckpt", "copy")
+
+
 def test_any_other_setting_still_has_to_match():
     saved = fingerprint(TrainConfig())
     with pytest.raises(RunMismatch, match="trained with lr=0.05, this run has lr=0.01"):
