@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.core.functional import frozen_call
 from modmask_lens.core.random import seeded, step_generator
 from modmask_lens.core.scoring import score_answers
@@ -93,7 +94,17 @@ def train_component_gate(
     config: ComponentGateConfig = ComponentGateConfig(),
     progress: bool = True,
 ) -> ComponentGate:
-    """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty."""
+    """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty.
+
+    Raises:
+        ValueError: a subtask has examples without answers (:meth:`SubtaskData.from_texts`): nothing to train on.
+    """
+    unanswered = [part.name for part in subtasks if bool((part.labels == IGNORE_INDEX).all())]
+    if unanswered:
+        raise ValueError(
+            f"subtasks {unanswered} have no answers to train the gate on (SubtaskData.from_texts); build them with "
+            "answers, e.g. SubtaskData.from_pairs"
+        )
     merged = SubtaskData.concatenate("all", list(subtasks))
     positions = ProbeData.from_subtasks(subtasks, target="subtask").positions
     with seeded(config.seed):

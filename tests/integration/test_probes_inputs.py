@@ -77,6 +77,8 @@ def test_texts_without_answers_are_read_at_their_last_real_token(bert):
     assert all(data.input_ids[row, position] == tokenizer.sep_token_id for row, position in enumerate(data.positions))
     with pytest.raises(ValueError, match="target='subtask'"):
         ProbeData.from_subtasks(texts, target="answer", vocab_size=bridge.cfg.d_vocab)
+    with pytest.raises(ValueError, match=r"subtasks \['a', 'b'\] have no answers to train the gate on"):
+        train_component_gate(bridge, texts, ComponentGateConfig(steps=1), progress=False)
 
 
 def test_component_gate_on_masked_lm_data_scores_the_mask_positions(bert, monkeypatch):
