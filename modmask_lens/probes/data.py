@@ -6,6 +6,7 @@ at the probed position, and nothing else is kept.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,16 @@ class ProbeData:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything a probe is trained on (ids, read positions, targets, subtasks and their names, the
+        number of classes, the attention mask): what a probe checkpoint records of its data."""
+        digest = hashlib.sha256(f"{self.subtask_names}|{self.n_classes}".encode())
+        tensors = [self.input_ids, self.positions, self.targets, self.subtasks]
+        for tensor in tensors + ([] if self.attention_mask is None else [self.attention_mask]):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def from_subtasks(

@@ -120,9 +120,13 @@ class ProbeTrainer:
         """Write the probe, the optimiser state and the step atomically."""
         tensors = {f"probe/{name}": value for name, value in self.probe.state_dict().items()}
         tensors |= optimizer_tensors(self.optimizer, "rmsprop")
-        return self.checkpointer.save(
-            tensors, {"step": self.step, "config": self.config.to_dict(), "hook_names": self.hook_names}
-        )
+        metadata = {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "hook_names": self.hook_names,
+            "data": self.data.fingerprint(),
+        }
+        return self.checkpointer.save(tensors, metadata)
 
     def _resume(self) -> None:
         """Continue a checkpointed run: the same settings and hooks, except that ``steps`` and ``checkpoint_every``
@@ -135,6 +139,12 @@ class ProbeTrainer:
         if fixed(metadata["config"]) != fixed(self.config.to_dict()) or metadata["hook_names"] != self.hook_names:
             raise ValueError(
                 f"{self.checkpointer.path} was written for other settings or hooks; use a fresh checkpoint directory"
+            )
+        if metadata.get("data") != self.data.fingerprint():
+            raise ValueError(
+                f"{self.checkpointer.path} was written for other probe data (examples, read positions or targets"
+                + (", or before checkpoints recorded them" if "data" not in metadata else "")
+                + "); use a fresh checkpoint directory"
             )
         if int(metadata["step"]) > self.config.steps:
             raise ValueError(

@@ -167,3 +167,8 @@ def test_a_finished_probe_run_extends_with_more_steps(bert, tmp_path):
         torch.testing.assert_close(extended_state[name], value, rtol=0, atol=0)
     with pytest.raises(ValueError, match="more than steps=1"):
         trainer(1)
+    other = ProbeData.from_subtasks(subtasks[::-1], target="subtask")  # the same examples, other targets
+    with pytest.raises(ValueError, match="other probe data"):
+        ProbeTrainer(
+            bridge, [HOOK], other, ProbeConfig(n_experts=2, steps=4, batch_size=4, checkpoint_every=2), tmp_path
+        )
