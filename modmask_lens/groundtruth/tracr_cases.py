@@ -42,31 +42,43 @@ TRACR_DIR = Path(__file__).parent / "tracr"
 TRUTH_GRANULARITIES = ("head", "neuron", "weight")
 
 
-def tracr_program_names() -> list[str]:
-    """Names of the shipped programs (the subfolders of :data:`TRACR_DIR`), sorted."""
-    return sorted(path.name for path in TRACR_DIR.iterdir() if (path / "card.json").is_file())
+def tracr_program_names(directory: Path = TRACR_DIR) -> list[str]:
+    """Names of the programs in ``directory`` (default: the shipped ones, :data:`TRACR_DIR`), sorted.
+
+    Raises:
+        ValueError: ``directory`` is not a folder.
+    """
+    if not Path(directory).is_dir():
+        raise ValueError(f"{directory} is not a folder of tracr programs (the --out of the tracr build)")
+    return sorted(path.name for path in Path(directory).iterdir() if (path / "card.json").is_file())
 
 
-def tracr_cases() -> list[GroundTruthCase]:
-    """Every shipped tracr program as a :class:`GroundTruthCase` (see :func:`load_tracr_case`)."""
-    return [load_tracr_case(name) for name in tracr_program_names()]
+def tracr_cases(directory: Path = TRACR_DIR) -> list[GroundTruthCase]:
+    """Every program in ``directory`` (default: the shipped ones) as a :class:`GroundTruthCase`
+    (see :func:`load_tracr_case`)."""
+    return [load_tracr_case(name, directory) for name in tracr_program_names(directory)]
 
 
-def load_tracr_case(name: str) -> GroundTruthCase:
-    """One shipped tracr program: its bridge, data and used units.
+def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
+    """One compiled tracr program: its bridge, data and used units.
 
     The case has one subtask, named after the program. ``train`` and ``test`` hold the same examples: every input
     up to the program's ``max_seq_len`` (the task has no more). ``truth[name]`` answers at ``head``, ``neuron`` and
     ``weight`` granularity for the default mask kinds; the unembedding is not scored.
 
+    Args:
+        name: the program's folder name.
+        directory: where its folder lies: the shipped programs (default), or the ``--out`` of
+            ``python -m experiments.groundtruth.tracr_build`` for programs built elsewhere.
+
     Raises:
-        ValueError: when no program of that name is shipped.
+        ValueError: when ``directory`` holds no program of that name.
     """
-    folder = TRACR_DIR / name
+    folder = Path(directory) / name
     if not (folder / "card.json").is_file():
         raise ValueError(
-            f"no tracr program {name!r}; shipped: {tracr_program_names()}. Build more with "
-            "`python -m experiments.groundtruth.tracr_build` in the tracr venv (docs/tracr.md)"
+            f"no tracr program {name!r} in {directory}; there: {tracr_program_names(directory)}. Build more with "
+            "`python -m experiments.groundtruth.tracr_build --out DIR` in the tracr venv (docs/tracr.md)"
         )
     card = json.loads((folder / "card.json").read_text())
     bridge = boot_tracr_bridge(card["tl_config"], load_file(folder / "weights.safetensors"))

@@ -176,3 +176,19 @@ def test_weight_truth_is_the_nonzero_weights_of_used_heads_and_neurons(case):
         if spec.key != "unembed.weight"
     )
     assert kept == nonzero  # every nonzero block weight belongs to a used head or neuron
+
+
+def test_programs_built_elsewhere_load_from_their_folder(tmp_path):
+    import shutil
+
+    from modmask_lens.groundtruth.tracr_cases import TRACR_DIR, tracr_cases, tracr_program_names
+
+    shutil.copytree(TRACR_DIR / "hist", tmp_path / "mine")
+    assert tracr_program_names(tmp_path) == ["mine"]
+    (case,) = tracr_cases(tmp_path)
+    shipped = load_tracr_case("hist")
+    assert case.name == "tracr/mine" and torch.equal(case.train["mine"].labels, shipped.train["hist"].labels)
+    with pytest.raises(ValueError, match="no tracr program 'hist' in .*there: \\['mine'\\]"):
+        load_tracr_case("hist", tmp_path)
+    with pytest.raises(ValueError, match="not a folder of tracr programs"):
+        tracr_program_names(tmp_path / "absent")
