@@ -202,6 +202,8 @@ class TrainConfig:
             all 12, and per example found each program's heads exactly. Weight masks stay per token: on SCAN's full
             problem per example was twice as dense at 800 steps (80.6% against 40.0% read out), where per token
             the faithful readout pads the mask (the training warning ``PaddedReadout``; docs/finder-study.md).
+            Per example sums whatever the objective scores in an example: every position for
+            ``KLDivergence(positions="all")`` or ``HiddenState(pool="none")``, so the same bound is tighter there.
         complement_loss_fraction: if set (with ``max_loss_increase``), the necessity constraint
             (:mod:`modmask_lens.masks.necessity`): the model under the complement of each mask sample (its linear
             weights times ``1 - m``) must lose at least this fraction of what the subtask loses with every masked
