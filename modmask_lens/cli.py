@@ -240,7 +240,7 @@ def masks_train(
 
     Example: modmask-lens masks train --model scan --task scan/jump --task scan/walk --steps 500 --out masks
     """
-    from modmask_lens.loading import check_model_name, check_subtask_spec
+    from modmask_lens.loading import check_distinct_names, check_model_name, check_subtask_spec
     from modmask_lens.masks.config import (
         AUTO_SAMPLER,
         CSORDAS_MASKS,
@@ -305,6 +305,7 @@ def masks_train(
     check_model_name(model)
     for spec in task:
         check_subtask_spec(spec)
+    check_distinct_names(task)
     check_writable(out / "checkpoints", "--out")
 
     import torch

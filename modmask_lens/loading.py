@@ -113,6 +113,31 @@ def check_subtask_spec(spec: str) -> None:
     task_spec(spec.partition("/")[0])
 
 
+def subtask_name(spec: str) -> str:
+    """The name :func:`load_subtask` gives the subtask of ``spec``: a file's stem (``add.jsonl:test`` -> ``add``),
+    else the spec with ``/`` as ``-`` (``scan/jump`` -> ``scan-jump``)."""
+    file, _ = _file_and_part(spec)
+    return file.stem if file is not None else spec.replace("/", "-")
+
+
+def check_distinct_names(specs: list[str]) -> None:
+    """Refuse subtask specs that would give two subtasks one name (masks are saved and reported by name).
+
+    Raises:
+        ValueError: naming the specs that clash and the fix.
+    """
+    by_name: dict[str, list[str]] = {}
+    for spec in specs:
+        by_name.setdefault(subtask_name(spec), []).append(spec)
+    clashes = {name: given for name, given in by_name.items() if len(given) > 1}
+    if clashes:
+        name, given = next(iter(clashes.items()))
+        raise ValueError(
+            f"the tasks {given} all name their subtask {name!r} (a file's subtask is named after the file); "
+            "give each its own file name, e.g. copy one part to its own .jsonl"
+        )
+
+
 def _file_and_part(spec: str) -> tuple[Path | None, str | None]:
     """(JSONL file, part or None) if ``spec`` names a JSONL file (``pairs.jsonl`` or ``pairs.jsonl:test``), else
     (None, None)."""
@@ -145,7 +170,7 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     check_subtask_spec(spec)
     file, part = _file_and_part(spec)
     if file is not None:
-        data = SubtaskData.from_pairs(file.stem, file, tokenizer, part=part)
+        data = SubtaskData.from_pairs(subtask_name(spec), file, tokenizer, part=part)
         foils = load_foils(file, part)
         return data if foils is None else data.with_foils(foils, tokenizer)
     task_name, _, subtask = spec.partition("/")
@@ -161,4 +186,4 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
                 f"(e.g. {task_name}/{names[0]})"
             )
         rows = subtask_view(rows, task.subtask_column, subtask)
-    return SubtaskData.from_pairs(spec.replace("/", "-"), rows, tokenizer, fields=("question", "answer"))
+    return SubtaskData.from_pairs(subtask_name(spec), rows, tokenizer, fields=("question", "answer"))

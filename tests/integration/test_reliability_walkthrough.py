@@ -311,6 +311,7 @@ def test_mask_files_and_checkpoints_carry_the_run_fingerprint(tmp_path):
     assert loaded.fingerprint["data"] == data.fingerprint()
     assert loaded.fingerprint["model"]["weights_sha256"] == mask.origin.model["weights_sha256"]
     pathwise = {key: value for key, value in TRAIN.deciding_fields().items() if key not in BERNOULLI_ONLY_SETTINGS}
+    pathwise["loss_increase_per"] = "token"  # the unit in effect: "auto" is per token for a weight mask
     assert loaded.fingerprint["train_config"] == pathwise  # a weight mask: the head share does not decide it
     _, header = Checkpointer(tmp_path / CHECKPOINT_FILE, CHECKPOINT_FORMAT).load({})
     assert json.dumps(header["tasks"][0]["fingerprint"], sort_keys=True) == json.dumps(

@@ -197,13 +197,15 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
         (["--sampler", "bogus"], "choose one of ['auto', 'gumbel-sigmoid', 'hard-concrete', 'bernoulli']"),
         (["--sampler", "bernoulli", "--granularity", "neuron"], "trains head masks on W_O"),
         (["--init-logit", "nan"], "init_logit nan must be a finite number"),
+        (["--task", "{evens}:test"], "all name their subtask 'evens'"),
     ],
 )
 def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):
     folder = _tiny_model_and_tasks(tmp_path)
     result = runner.invoke(
         app,
-        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), *options]
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl")]
+        + [option.format(evens=tmp_path / "evens.jsonl") for option in options]
         + ["--out", str(tmp_path / "m")],
     )
     assert result.exit_code != 0
