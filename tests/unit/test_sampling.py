@@ -20,7 +20,7 @@ def test_sample_and_gradient_equal_csordas_reference(temperature):
     uniform = torch.rand(101, generator=torch.Generator().manual_seed(0)).clamp(1e-6, 1 - 1e-6)
     ours_logits = logits.clone().requires_grad_(True)
     ours = _StraightThroughGumbelSigmoid.apply(ours_logits, uniform, temperature)
-    weights = torch.randn(101)
+    weights = torch.randn(101, generator=torch.Generator().manual_seed(1))  # not the global generator: order-free
     (ours * weights).sum().backward()
 
     reference_logits = logits.clone().requires_grad_(True)
@@ -30,7 +30,7 @@ def test_sample_and_gradient_equal_csordas_reference(temperature):
     (reference * weights).sum().backward()
 
     assert torch.equal(ours, (soft > 0.5).float())
-    torch.testing.assert_close(ours_logits.grad, reference_logits.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours_logits.grad, reference_logits.grad, rtol=1e-5, atol=1e-6)  # float32 rounding
 
 
 def test_keep_frequency_is_sigmoid_of_the_logit():
