@@ -15,6 +15,7 @@ gradients are zeroed every step, so they stay exactly 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -153,7 +154,8 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print) -> dict:
         "seed": spec.seed,
         "architecture": {key: value for key, value in vars(ARCHITECTURE).items()},
         "training": {
-            "command": f"python -m experiments.groundtruth.plant_training {spec.name}",
+            "command": f"python -m experiments.groundtruth.plant_training {spec.name}"
+            + (f" --seed {spec.seed} --out DIR" if spec.seed else ""),
             "steps": step,
             "learning_rate": LEARNING_RATE,
             "necessity_weight": NECESSITY_WEIGHT,
@@ -208,13 +210,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"plants to train (default: all of {', '.join(PLANTS)})")
     parser.add_argument("--out", type=Path, default=None, help="parent folder (default: the package's plants)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the model, plan and training (not 0: written to NAME-seedN)"
+    )
     arguments = parser.parse_args(argv)
+    if arguments.seed and arguments.out is None:
+        raise SystemExit("plants of another seed than 0 are not shipped: give --out DIR")
     for name in arguments.names or list(PLANTS):
         if name not in PLANTS:
             raise SystemExit(f"no plant {name!r}; known: {', '.join(PLANTS)}")
+        spec = dataclasses.replace(PLANTS[name], seed=arguments.seed)
         train_plant(
-            PLANTS[name],
-            (arguments.out or PLANTS_DIR) / name,
+            spec,
+            (arguments.out or PLANTS_DIR) / (name + (f"-seed{spec.seed}" if spec.seed else "")),
             log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
         )
 

@@ -95,26 +95,30 @@ def available_plants() -> list[str]:
 
 
 def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
-    """A shipped plant (or one trained into ``directory``) as a ground-truth case, booted offline on CPU.
+    """A shipped plant (or the plant folder ``directory``, trained elsewhere) as a ground-truth case, booted offline
+    on CPU. The family, pair and seed, and so the plan the answer key is drawn from, are read from the plant's card;
+    a plant of another seed than 0 is named ``family/pair@seedN``.
 
     Example:
         >>> case = load_plant("disconnected-add-mul")                                   # doctest: +SKIP
         >>> case.card["measurements"]["add"]["kept_only_accuracy"]                    # doctest: +SKIP
         1.0
     """
-    if name not in PLANTS:
+    if directory is None and name not in PLANTS:
         raise KeyError(f"no plant {name!r}; known: {', '.join(PLANTS)}")
-    folder = directory or PLANTS_DIR / name
+    folder = Path(directory) if directory is not None else PLANTS_DIR / name
     if not (folder / CARD_FILE).exists():
         raise FileNotFoundError(
             f"{folder} holds no trained plant; train it with python -m experiments.groundtruth.plant_training {name}"
         )
-    spec = PLANTS[name]
-    bridge = boot_transformers(str(folder), device="cpu")
     card = json.loads((folder / CARD_FILE).read_text())
+    if card["family"] not in FAMILIES or card["pair"] not in PAIRS:
+        raise ValueError(f"{folder / CARD_FILE}: family {card['family']!r} / pair {card['pair']!r} is not one we build")
+    spec = PlantSpec(card["family"], card["pair"], int(card["seed"]))
+    bridge = boot_transformers(str(folder), device="cpu")
     data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))
     return GroundTruthCase(
-        name=f"{spec.family}/{spec.pair}",
+        name=f"{spec.family}/{spec.pair}" + (f"@seed{spec.seed}" if spec.seed else ""),
         family=spec.family,
         bridge=bridge,
         train=data,

@@ -55,6 +55,10 @@ def _check_plan(
     for what, values in (("controls", controls), ("granularities", granularities or ()), ("seeds", method_seeds)):
         if len(set(values)) != len(values):
             raise ValueError(f"{what} {list(values)} repeat; give each once")
+    names = [case.name for case in cases]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"cases {repeated} repeat (the tables key rows by case name); give each case once")
     answered = {case.name: case_granularities(case) for case in cases}
     if granularities is not None and not any(set(granularities) & set(found) for found in answered.values()):
         raise ValueError(

@@ -144,3 +144,26 @@ def test_an_answer_key_may_name_units_that_a_method_s_own_mask_settings_add():
     method = FinderMethod(TrainConfig(steps=2, batch_size=8, n_samples=2), mask_settings=kinds)
     scores = run_suite({"embedding": method}, [case], controls=["none"])["scores"]
     assert len(scores) == 1 and scores["true_fraction"].iloc[0] > 0
+
+
+def test_a_plant_trained_elsewhere_takes_its_seed_and_answer_key_from_its_card(tmp_path):
+    import json
+    import shutil
+
+    from modmask_lens.groundtruth.plants import PLANTS_DIR, PlantSpec, plant_plan, plant_truth
+
+    folder = tmp_path / "disconnected-add-mul-seed1"
+    shutil.copytree(PLANTS_DIR / "disconnected-add-mul", folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps(card | {"seed": 1}))
+    case = load_plant("disconnected-add-mul", folder)
+    expected = plant_truth(case.bridge, plant_plan(PlantSpec("disconnected", "add-mul", 1), case.bridge))
+    shipped = load_plant("disconnected-add-mul")
+    assert case.name == "disconnected/add-mul@seed1"
+    for subtask, by_granularity in expected.items():
+        for granularity, truth in by_granularity.items():
+            assert all(torch.equal(case.truth[subtask][granularity][unit], truth[unit]) for unit in truth)
+    heads, shipped_heads = case.truth["add"]["head"], shipped.truth["add"]["head"]
+    assert any(not torch.equal(heads[unit], shipped_heads[unit]) for unit in heads)  # seed 1 drew another plan
+    with pytest.raises(ValueError, match="cases \\['disconnected/add-mul'\\] repeat"):
+        run_suite({"never": untrainable}, [shipped, shipped], granularities=["head"], controls=["none"])
