@@ -273,9 +273,7 @@ class SubtaskData:
         tensors = [self.input_ids, self.labels] + [
             getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None
         ]
-        for tensor in tensors:
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        digest.update(tensor_bytes(tensors))
         if self.label_shift != 1:
             digest.update(f"label_shift={self.label_shift}".encode())
         return digest.hexdigest()
@@ -342,6 +340,14 @@ class SubtaskData:
 def _scored_length(labels: Int[Tensor, "example pos"]) -> int:
     """Positions up to and including the last scored label of any example (the rest is padding)."""
     return int((labels != IGNORE_INDEX).any(dim=0).nonzero().max()) + 1
+
+
+def tensor_bytes(tensors: Sequence[Tensor]) -> bytes:
+    """Each integer tensor's shape and values (as int64, on CPU), concatenated: what data fingerprints hash."""
+    return b"".join(
+        str(tuple(tensor.shape)).encode() + tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+        for tensor in tensors
+    )
 
 
 def check_context(bridge: Bridge, positions: int, what: str) -> None:

@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.data import SubtaskData, check_context, check_device
+from modmask_lens.core.data import SubtaskData, check_context, check_device, tensor_bytes
 from modmask_lens.core.encoding import IGNORE_INDEX
 
 TARGETS = ("answer", "subtask")
@@ -54,9 +54,7 @@ class ProbeData:
         number of classes, the attention mask): what a probe checkpoint records of its data."""
         digest = hashlib.sha256(f"{self.subtask_names}|{self.n_classes}".encode())
         tensors = [self.input_ids, self.positions, self.targets, self.subtasks]
-        for tensor in tensors + ([] if self.attention_mask is None else [self.attention_mask]):
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        digest.update(tensor_bytes(tensors + ([] if self.attention_mask is None else [self.attention_mask])))
         return digest.hexdigest()
 
     @classmethod
