@@ -1,5 +1,6 @@
 """The faithful readout's search over mask sizes, against a metric given as a function of the kept count: it starts
-from the units above logit 0 and never assumes that keeping more units keeps accuracy across that point."""
+from the units above logit 0, never assumes that keeping more units keeps accuracy across that point, and below
+:data:`~modmask_lens.masks.readout.SCANNED_COUNTS` units settles on the fewest count that passes."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ def test_when_nothing_but_every_unit_passes_every_unit_is_kept(monkeypatch, neur
     bridge, masks, data = neurons
     with_metric(monkeypatch, lambda count: 1.0 if count == N_UNITS else 0.0)
     assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == N_UNITS
+
+
+def test_the_fewest_passing_count_is_found_where_accuracy_is_not_monotone_below_the_search(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    # The shape measured on an entangled-head plant: 4 units pass, 5 to 9 fail (the fifth interferes), 10 pass;
+    # bisecting between 0 and the 10 units above logit 0 tries 5, then 8, 9, and settles on 10.
+    evaluated = with_metric(monkeypatch, lambda count: 1.0 if count == 4 or count >= 10 else 0.0)
+    assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 4
+    assert len(evaluated) == len(set(evaluated))  # each count is judged once
+
+
+def test_past_the_scanned_counts_the_search_keeps_its_bisected_count(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    monkeypatch.setattr(readout, "SCANNED_COUNTS", 8)
+    with_metric(monkeypatch, lambda count: 1.0 if count == 4 or count >= 10 else 0.0)
+    assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 10
