@@ -18,13 +18,13 @@ from modmask_lens.groundtruth.metrics import (
 )
 from modmask_lens.groundtruth.plants import PLANTS, available_plants, load_plant, plant_cases
 from modmask_lens.groundtruth.probe_check import probe_check
-from modmask_lens.groundtruth.registry import CasesUnavailable, all_cases, tracr_cases
+from modmask_lens.groundtruth.registry import all_cases
 from modmask_lens.groundtruth.suite import run_suite
+from modmask_lens.groundtruth.tracr_cases import load_tracr_case, tracr_cases
 
 __all__ = [
     "CONTROLS",
     "PLANTS",
-    "CasesUnavailable",
     "FinderMethod",
     "GroundTruthCase",
     "Method",
@@ -37,6 +37,7 @@ __all__ = [
     "curve_areas",
     "density_curves",
     "load_plant",
+    "load_tracr_case",
     "mask_faithfulness",
     "measured_sharing",
     "plant_cases",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 
 from modmask_lens.groundtruth.case import GroundTruthCase, check_truth
 from modmask_lens.groundtruth.controls import CONTROLS, control_case
+from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
 from modmask_lens.groundtruth.methods import Method
 from modmask_lens.groundtruth.metrics import (
     RANKING,
@@ -22,8 +24,10 @@ from modmask_lens.groundtruth.metrics import (
     readout_scores,
     seed_agreement,
     unit_scores,
+    unit_weight_masks,
 )
 from modmask_lens.masks.config import MaskConfig
+from modmask_lens.masks.mask_set import MaskSet
 
 SUITE_GRANULARITIES = ("weight", "neuron", "head")
 """The granularities a case can answer (masks at ``matrix`` granularity are not scored)."""
@@ -44,8 +48,9 @@ def _check_plan(
     method_seeds: Sequence[int],
 ) -> None:
     """Refuse, before any training, what would make the tables wrong: unknown or repeated controls, granularities
-    or seeds (repeats multiply the summary's rows), a granularity no case answers, and answer keys that do not line
-    up with the masks (:func:`~modmask_lens.groundtruth.case.check_truth`)."""
+    or seeds (repeats multiply the summary's rows), a granularity no case answers, answer keys the suite cannot
+    score (:func:`_check_keys`), and keys that do not line up with the masks
+    (:func:`~modmask_lens.groundtruth.case.check_truth`)."""
     unknown = sorted(set(controls) - set(CONTROLS))
     if unknown:
         raise ValueError(f"unknown controls {unknown}; choose from {CONTROLS}")
@@ -59,6 +64,8 @@ def _check_plan(
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"cases {repeated} repeat (the tables key rows by case name); give each case once")
+    for case in cases:
+        _check_keys(case)
     answered = {case.name: case_granularities(case) for case in cases}
     if granularities is not None and not any(set(granularities) & set(found) for found in answered.values()):
         raise ValueError(
@@ -73,6 +80,64 @@ def _check_plan(
                     for finder in methods.values()
                 ]
                 check_truth(case, granularity, configs)
+                _warn_if_insufficient(case, granularity)
+
+
+def _check_keys(case: GroundTruthCase) -> None:
+    """Refuse a case whose answer keys the suite cannot score: a subtask with data but no key (it would fail after
+    training), a granularity the suite does not know (its key would be silently unscored), an empty key, or keys
+    that leave no granularity answered for every subtask (the suite would train nothing)."""
+    keys = "; ".join(f"{subtask}: {sorted(by_granularity)}" for subtask, by_granularity in case.truth.items())
+    unkeyed = sorted(set(case.train) - set(case.truth))
+    if unkeyed:
+        raise ValueError(
+            f"case {case.name!r}: subtasks {unkeyed} have data but no answer key (keys: {keys or 'none'}); give each "
+            "subtask a truth, or drop its data from train and test"
+        )
+    for subtask, by_granularity in case.truth.items():
+        unknown = sorted(set(by_granularity) - set(SUITE_GRANULARITIES))
+        if unknown:
+            raise ValueError(
+                f"case {case.name!r}: the truth of {subtask!r} has granularities {unknown}; the suite scores "
+                f"{list(SUITE_GRANULARITIES)}"
+            )
+        empty = sorted(granularity for granularity, truth in by_granularity.items() if not truth)
+        if empty:
+            raise ValueError(
+                f"case {case.name!r}: the {', '.join(empty)} truth of {subtask!r} names no unit; give unit name -> "
+                "bool tensor (True where the subtask uses the element), or leave the granularity out"
+            )
+    if not case_granularities(case):
+        raise ValueError(
+            f"case {case.name!r}: no granularity has an answer key for every subtask ({keys}), so the suite would "
+            "train nothing; key each subtask at a shared granularity"
+        )
+
+
+KEY_SUFFICIENCY = 0.95
+"""An answer key whose units alone keep less than this share of the full model's exact match is warned about."""
+
+
+def _warn_if_insufficient(case: GroundTruthCase, granularity: str) -> None:
+    """Warn where keeping only a subtask's answer key at ``granularity`` (units the key leaves out kept whole) does
+    not do the subtask on its test data: a key that is not what the subtask uses, most often a weight key written
+    ``[out, in]`` for a tensor stored ``[in, out]``, which :func:`~modmask_lens.groundtruth.case.check_truth` cannot
+    see on a square matrix. Scores against such a key mean little. One forward per subtask."""
+    masks = MaskSet.for_bridge(case.bridge, MaskConfig(granularity=granularity))
+    for subtask, by_granularity in case.truth.items():
+        key = by_granularity[granularity]
+        kept = {unit.name: key.get(unit.name, torch.ones(unit.shape, dtype=torch.bool)) for unit in masks.units}
+        data = case.test[subtask]
+        full = exact_match(masked_logits(case.bridge, data), data)
+        alone = exact_match(masked_logits(case.bridge, data, unit_weight_masks(masks, kept)), data)
+        if alone < KEY_SUFFICIENCY * full:
+            warnings.warn(
+                f"case {case.name!r}: keeping only the {granularity} answer key of {subtask!r} scores {alone:.2f} "
+                f"exact match, the full model {full:.2f}, so the key may not be what the subtask uses and scores "
+                "against it mean little. Check each key tensor against its unit's layout: a weight key has the "
+                "bridge parameter's own shape and orientation (bridge.state_dict(); MaskSet.units)",
+                stacklevel=3,
+            )
 
 
 def run_suite(

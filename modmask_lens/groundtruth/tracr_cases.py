@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,6 +82,14 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
             "`python -m experiments.groundtruth.tracr_build --out DIR` in the tracr venv (docs/tracr.md)"
         )
     card = json.loads((folder / "card.json").read_text())
+    unneeded = [kind for kind in ("head", "mlp_layer") if not card["each_used_unit_necessary"][kind]]
+    if unneeded:
+        warnings.warn(
+            f"tracr program {name!r}: some used {' and '.join(unneeded)} units are not necessary (removing one alone "
+            "keeps exact match 1; card['ablations']), so the truth there is what the weights compute, not what the "
+            "answers need: a faithful mask that drops them scores lower recall and AUROC (docs/tracr.md)",
+            stacklevel=2,
+        )
     bridge = boot_tracr_bridge(card["tl_config"], load_file(folder / "weights.safetensors"))
     reference = load_file(folder / "reference.safetensors")
     data = subtask_data(name, reference["input_ids"], reference["output_ids"])

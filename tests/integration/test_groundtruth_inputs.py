@@ -112,6 +112,42 @@ def test_bad_plans_and_answer_keys_are_refused_before_training():
         run_suite({"never": untrainable}, [unknown], granularities=["head"], controls=["none"])
 
 
+def test_answer_keys_the_suite_cannot_score_are_refused_before_training():
+    case = load_plant("entangled-head-add-mul")
+    add, mul = case.truth["add"], case.truth["mul"]
+    for truth, message in (
+        ({"add": add}, "subtasks \\['mul'\\] have data but no answer key"),  # it failed after training
+        ({"add": add, "mul": {"heads": mul["head"]}}, "truth of 'mul' has granularities \\['heads'\\]"),
+        ({"add": add, "mul": mul | {"neuron": {}}}, "the neuron truth of 'mul' names no unit"),
+        (  # each subtask keyed, at no shared granularity: the suite trained nothing and returned empty tables
+            {"add": {"head": add["head"]}, "mul": {"weight": mul["weight"]}},
+            "no granularity has an answer key for every subtask",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_suite({"never": untrainable}, [dataclasses.replace(case, truth=truth)], controls=["none"])
+
+
+def test_an_answer_key_that_does_not_do_its_subtask_is_warned_about_before_training():
+    case = load_plant("entangled-head-add-mul")
+    alone = masked_logits(case.bridge, case.test["add"], _head_masks(case, case.truth["mul"]["head"]))
+    assert exact_match(alone, case.test["add"]) < 0.5  # add with only mul's heads: the plant's "removed" accuracy
+    swapped = dataclasses.replace(case, truth={"add": case.truth["mul"], "mul": case.truth["add"]})
+    with (
+        pytest.warns(UserWarning, match="only the head answer key of 'add' scores 0.[0-4]"),
+        pytest.raises(pytest.fail.Exception, match="trained before refusing"),
+    ):
+        run_suite({"never": untrainable}, [swapped], granularities=["head"], controls=["none"])
+
+
+def _head_masks(case, head_key):
+    from modmask_lens.groundtruth.metrics import unit_weight_masks
+    from modmask_lens.masks.config import MaskConfig
+    from modmask_lens.masks.mask_set import MaskSet
+
+    return unit_weight_masks(MaskSet.for_bridge(case.bridge, MaskConfig(granularity="head")), head_key)
+
+
 def test_command_checks_its_output_folder_first(tmp_path, monkeypatch):
     monkeypatch.setattr("modmask_lens.groundtruth.suite.run_suite", untrainable)
     occupied = tmp_path / "a-file"

@@ -4,7 +4,6 @@ a model left bit-exact."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import pandas as pd
 import pytest
@@ -14,13 +13,11 @@ from typer.testing import CliRunner
 from modmask_lens import AnswerCrossEntropy, KLDivergence, MaskConfig, faithful_binary, faithful_threshold
 from modmask_lens.cli import app
 from modmask_lens.groundtruth import (
-    CasesUnavailable,
     FinderMethod,
     load_plant,
     random_init_bridge,
     run_suite,
     shuffled_answers,
-    tracr_cases,
 )
 from modmask_lens.groundtruth.methods import NECESSITY, study_methods
 from modmask_lens.groundtruth.metrics import readout_scores, seed_agreement, unit_scores
@@ -132,12 +129,6 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
     assert tables["summary"].empty
     assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
-
-
-def test_tracr_cases_say_why_they_are_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "modmask_lens.groundtruth.tracr_cases", None)  # the import now fails
-    with pytest.raises(CasesUnavailable, match="tracr"):
-        tracr_cases()
 
 
 def test_the_suite_scores_the_mask_the_method_reads_out():

@@ -192,3 +192,21 @@ def test_programs_built_elsewhere_load_from_their_folder(tmp_path):
         load_tracr_case("hist", tmp_path)
     with pytest.raises(ValueError, match="not a folder of tracr programs"):
         tracr_program_names(tmp_path / "absent")
+    from modmask_lens.groundtruth import tracr_cases as exported  # the package's, which may skip with a reason
+
+    assert [case.name for case in exported(tmp_path)] == ["tracr/mine"]
+
+
+def test_a_program_whose_used_head_no_answer_needs_loads_with_a_warning(tmp_path):
+    import json
+    import shutil
+
+    from modmask_lens.groundtruth.tracr_cases import TRACR_DIR
+
+    shutil.copytree(TRACR_DIR / "hist", tmp_path / "ignored")
+    card_path = tmp_path / "ignored" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["each_used_unit_necessary"]["head"] = False  # as the build records for an output that ignores a head
+    card_path.write_text(json.dumps(card))
+    with pytest.warns(UserWarning, match="'ignored': some used head units are not necessary"):
+        load_tracr_case("ignored", tmp_path)
