@@ -66,6 +66,16 @@ def test_every_command_has_help_with_an_example():
         assert result.exit_code == 0 and "Example: modmask-lens" in result.output, command
 
 
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "modmask_lens", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "groundtruth" in result.stdout, result.stderr
+
+
 def _tiny_model_and_tasks(tmp_path):
     """A tiny GPT-2 folder and two JSONL subtasks (sums of even and of odd parity) whose rows carry a foil."""
     from transformers import GPT2Config, GPT2LMHeadModel

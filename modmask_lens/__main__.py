@@ -1,0 +1,6 @@
+"""``python -m modmask_lens``: the ``modmask-lens`` command (``python -m modmask_lens.cli`` cannot run it: the
+command's modules import ``modmask_lens.cli`` by name)."""
+
+from modmask_lens.cli import main
+
+main()
