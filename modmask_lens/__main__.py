@@ -3,4 +3,5 @@ command's modules import ``modmask_lens.cli`` by name)."""
 
 from modmask_lens.cli import main
 
-main()
+if __name__ == "__main__":  # not when pytest's doctest collection imports this module
+    main()
