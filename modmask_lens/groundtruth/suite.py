@@ -122,7 +122,7 @@ def _warn_if_insufficient(case: GroundTruthCase, granularity: str) -> None:
     """Warn where keeping only a subtask's answer key at ``granularity`` (units the key leaves out kept whole) does
     not do the subtask on its test data: a key that is not what the subtask uses, most often a weight key written
     ``[out, in]`` for a tensor stored ``[in, out]``, which :func:`~modmask_lens.groundtruth.case.check_truth` cannot
-    see on a square matrix. Scores against such a key mean little. One forward per subtask."""
+    see on a square matrix. Scores against such a key mean little. Two forwards per subtask."""
     masks = MaskSet.for_bridge(case.bridge, MaskConfig(granularity=granularity))
     for subtask, by_granularity in case.truth.items():
         key = by_granularity[granularity]
@@ -136,7 +136,7 @@ def _warn_if_insufficient(case: GroundTruthCase, granularity: str) -> None:
                 f"exact match, the full model {full:.2f}, so the key may not be what the subtask uses and scores "
                 "against it mean little. Check each key tensor against its unit's layout: a weight key has the "
                 "bridge parameter's own shape and orientation (bridge.state_dict(); MaskSet.units)",
-                stacklevel=3,
+                stacklevel=4,  # run_suite's caller
             )
 
 

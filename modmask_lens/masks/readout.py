@@ -108,8 +108,8 @@ def faithful_threshold(
             high = middle
         else:
             low = middle + 1
-    if high <= SCANNED_COUNTS:
-        high = next(count for count in range(high + 1) if passes(count))
+    if high <= SCANNED_COUNTS:  # ``high`` passed, or is every unit (kept unjudged where no smaller count passes)
+        high = next((count for count in range(high) if passes(count)), high)
     return threshold_keeping(high)
 
 

@@ -192,7 +192,7 @@ def test_programs_built_elsewhere_load_from_their_folder(tmp_path):
         load_tracr_case("hist", tmp_path)
     with pytest.raises(ValueError, match="not a folder of tracr programs"):
         tracr_program_names(tmp_path / "absent")
-    from modmask_lens.groundtruth import tracr_cases as exported  # the package's, which may skip with a reason
+    from modmask_lens.groundtruth import tracr_cases as exported  # the package's function, not the submodule
 
     assert [case.name for case in exported(tmp_path)] == ["tracr/mine"]
 

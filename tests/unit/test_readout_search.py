@@ -80,3 +80,10 @@ def test_past_the_scanned_counts_the_search_keeps_its_bisected_count(monkeypatch
     monkeypatch.setattr(readout, "SCANNED_COUNTS", 8)
     with_metric(monkeypatch, lambda count: 1.0 if count == 4 or count >= 10 else 0.0)
     assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 10
+
+
+def test_where_no_count_passes_every_unit_is_kept(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    # e.g. tolerance 0 with the full mask one example short of the full model (non-deterministic kernels)
+    with_metric(monkeypatch, lambda count: 0.99)
+    assert kept_count(masks, readout.faithful_threshold(bridge, masks, data, tolerance=0.0)) == N_UNITS
