@@ -21,8 +21,8 @@ from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 SCANNED_COUNTS = 256
-"""The faithful readout tries every smaller count when its search keeps at most this many units (one pass over the
-data per count; head masks, and small neuron masks, stay under it)."""
+"""The faithful readout tries every smaller count when its search settles on at most this many units (up to one
+pass over the data per count; head masks and sparse neuron masks settle under it, most weight masks above)."""
 
 
 def faithful_threshold(
@@ -49,8 +49,8 @@ def faithful_threshold(
     kept: the fewest faithful count, exactly. Measured on an entangled-head plant the suite does not ship
     (docs/finder-study.md, "The readout's search skipped the smallest faithful mask"): the 4 highest-logit heads
     passed, 5 to 9 failed (the fifth, another subtask's head, interferes) and 10 passed, so the bisection kept 10.
-    Past that many units (neuron and weight masks) a scan would cost one pass over ``data`` per count, and the
-    result may keep more units than the fewest faithful count.
+    Past that many units (most weight masks) a scan would cost one pass over ``data`` per count, and the result may
+    keep more units than the fewest faithful count.
 
     It only settles on a count that passed, so the result is faithful on ``data`` (logits tied across a count's
     threshold are removed together, and each count is judged by the mask it actually keeps). Pass held-out data to
