@@ -54,6 +54,22 @@ def run(
             "entangled-head, sub-max, tracr); repeat; default: all",
         ),
     ] = None,
+    tracr_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--tracr-dir",
+            help="also score every compiled program in this folder (the --out of python -m "
+            "experiments.groundtruth.tracr_build); repeat; without --case, only these are scored",
+        ),
+    ] = None,
+    plant_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plant-dir",
+            help="also score the plant in this folder (the --out of python -m "
+            "experiments.groundtruth.plant_training); repeat; without --case, only these are scored",
+        ),
+    ] = None,
     granularity: Annotated[
         list[str] | None,
         typer.Option("--granularity", help="weight, neuron or head; repeat; default: every granularity a case answers"),
@@ -97,17 +113,26 @@ def run(
     faithfulness, curve areas and sharing as tidy tables.
 
     Example: modmask-lens groundtruth run --case disconnected/add-mul --granularity neuron --steps 300 --out gt
+
+    Example: modmask-lens groundtruth run --tracr-dir my-programs --granularity head --control none
     """
     import pandas as pd
 
     from modmask_lens.groundtruth.controls import CONTROLS
     from modmask_lens.groundtruth.methods import baseline_methods, study_methods
+    from modmask_lens.groundtruth.plants import load_plant
     from modmask_lens.groundtruth.registry import all_cases
     from modmask_lens.groundtruth.suite import run_suite
+    from modmask_lens.groundtruth.tracr_cases import tracr_cases
     from modmask_lens.masks.config import NEURON_MASKS
 
     if out is not None:
         check_writable(out, "--out")
+    for folder, option in [(folder, "--tracr-dir") for folder in tracr_dir or []] + [
+        (folder, "--plant-dir") for folder in plant_dir or []
+    ]:
+        if not folder.is_dir():
+            raise typer.BadParameter(f"not a folder: {folder}", param_hint=option)
     if fast:
         steps, method, control = steps or 50, method or ["faithful"], control or ["none"]
     methods = baseline_methods(steps) | study_methods(steps)
@@ -125,9 +150,14 @@ def run(
             for name, finder in chosen.items()
         }
     started = time.perf_counter()
+    cases = [
+        *(all_cases(case or None) if case or not (tracr_dir or plant_dir) else []),
+        *(program for folder in tracr_dir or [] for program in tracr_cases(folder)),
+        *(load_plant(folder.name, folder) for folder in plant_dir or []),
+    ]
     tables = run_suite(
         chosen,
-        all_cases(case or None),
+        cases,
         granularity or None,
         control or CONTROLS,
         method_seeds=seed or (0,),

@@ -217,6 +217,24 @@ def test_command_prints_and_writes_the_tables(tmp_path):
     assert (tmp_path / "summary.md").read_text().startswith("| case |")
 
 
+def test_command_scores_programs_and_plants_built_elsewhere(tmp_path):
+    import shutil
+
+    from modmask_lens.groundtruth.plants import PLANTS_DIR
+    from modmask_lens.groundtruth.tracr_cases import TRACR_DIR
+
+    shutil.copytree(TRACR_DIR / "hist", tmp_path / "programs" / "mine")
+    shutil.copytree(PLANTS_DIR / "disconnected-sub-max", tmp_path / "my-plant")
+    arguments = ["groundtruth", "run", "--granularity", "head", "--fast", "--steps", "2", "--out", str(tmp_path / "t")]
+    folders = ["--tracr-dir", str(tmp_path / "programs"), "--plant-dir", str(tmp_path / "my-plant")]
+    result = CliRunner().invoke(app, [*arguments, *folders])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "t" / "summary.csv")
+    assert sorted(set(summary["case"])) == ["disconnected/sub-max", "tracr/mine"]  # only the folders' cases
+    missing = CliRunner().invoke(app, ["groundtruth", "run", "--fast", "--tracr-dir", str(tmp_path / "absent")])
+    assert missing.exit_code != 0 and "not a folder" in missing.output
+
+
 def test_command_rejects_an_unknown_case():
     result = CliRunner().invoke(app, ["groundtruth", "run", "--case", "no-such-case", "--fast"])
     assert result.exit_code == 1 and "no case matches" in result.output
