@@ -20,3 +20,6 @@ run per-weight --case per-weight --granularity weight --control none --seed 0 --
 run disconnected --case disconnected --control none
 run controls --case disconnected/add-mul --case entangled-head/add-mul --granularity head \
   --control random-init --control shuffled-answers
+run tracr-controls --case tracr --granularity head --granularity neuron --control random-init \
+  --control shuffled-answers
+run tracr-controls-weight --case tracr --granularity weight --control random-init --control shuffled-answers

@@ -4,11 +4,14 @@ method's figures mean something only beside these."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tempfile
+import warnings
 
 import torch
 from torch import Generator, nn
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM
 
 from modmask_lens.core.booting import boot_transformers
@@ -17,23 +20,37 @@ from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.core.random import seeded
 from modmask_lens.groundtruth.case import GroundTruthCase
 
+NATIVE_ARCHITECTURE = "TransformerLensNative"
+"""``cfg.architecture`` of a bridge booted by ``TransformerBridge.boot_native``."""
+
 CONTROLS = ("none", "random-init", "shuffled-answers")
 """``none``: the case itself; ``random-init``: a fresh model of the case's configuration; ``shuffled-answers``: the
 case's model, each subtask's answers permuted across its examples."""
 
 
 def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
-    """A bridge of the same Hugging Face configuration and tokenizer with freshly initialised weights, drawn from
-    ``seed`` (torch's global generator is left as it was).
+    """A bridge of the same configuration and tokenizer with freshly initialised weights, drawn from ``seed``
+    (torch's global generator is left as it was).
+
+    A bridge around a Hugging Face model is rebuilt from its config with the model class's own initialisation; a
+    TransformerLens-native bridge (``TransformerBridge.boot_native``, e.g. the compiled tracr programs) is booted
+    again from its config with ``seed`` and TransformerLens's initialisation (``cfg.init_mode``).
 
     Raises:
-        ValueError: when the bridge does not wrap a Hugging Face model (no ``original_model.config``).
+        ValueError: when the bridge wraps neither a Hugging Face model (``original_model.config`` and a tokenizer)
+            nor a native one.
     """
     config = getattr(getattr(bridge, "original_model", None), "config", None)
+    bridge_config = getattr(bridge, "cfg", None)
+    if config is None and getattr(bridge_config, "architecture", None) == NATIVE_ARCHITECTURE:
+        fresh_config = copy.deepcopy(bridge_config)
+        fresh_config.seed, fresh_config.init_weights = seed, True
+        with seeded(seed):  # boot_native seeds its own generator; this also fixes anything drawn beside it
+            return TransformerBridge.boot_native(fresh_config, tokenizer=getattr(bridge, "tokenizer", None)).eval()
     if config is None or getattr(bridge, "tokenizer", None) is None:
         raise ValueError(
-            "the random-init control rebuilds the bridge's Hugging Face model from its config; this "
-            "bridge wraps no Hugging Face model or has no tokenizer: skip the control for it"
+            "the random-init control rebuilds the bridge's model from its config; this bridge wraps no Hugging "
+            "Face model with a tokenizer and is not TransformerLens-native: skip the control for it"
         )
     with seeded(seed):  # the caller's global generator is left as it was
         fresh = AutoModelForCausalLM.from_config(config)
@@ -44,21 +61,44 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
-    """``data`` with every example's answer tokens taken from another example (a seeded permutation).
+    """``data`` with every example's answer tokens taken from another example that scores the same positions (a
+    seeded permutation within each such group, e.g. the inputs of one length of a tracr program; the plants'
+    examples all form one group).
 
-    Needs the examples to share their answer positions (the plants' and tracr's fixed layouts do); the answer
-    tokens move in ``input_ids`` too, so teacher forcing stays consistent, and foils move with their answers. The
+    Where the inputs hold the answers (teacher forcing: every scored position's input token is its label, as in
+    the plants), the answer tokens move in ``input_ids`` too, so that the inputs stay consistent with the answers;
+    otherwise (tracr's programs, whose inputs are the program's and whose labels its outputs one position on, or
+    a masked language model's ``[MASK]`` tokens) the inputs stay as they are. Foils move with their answers. The
     attention mask, classes and label shift stay.
+
+    Warns where some example shares its answer positions with no other (its answers stay).
+
+    Raises:
+        ValueError: when no two examples score the same positions, so that no answer can move.
     """
     scored = data.labels != IGNORE_INDEX
-    if not bool((scored == scored[0]).all()):
+    layouts, group = torch.unique(scored, dim=0, return_inverse=True)
+    if len(layouts) == len(data):
         raise ValueError(
-            f"subtask {data.name!r}: examples score different positions, so answers cannot be "
-            "permuted across them; give all examples one layout"
+            f"subtask {data.name!r}: no two examples score the same positions, so no answer can be permuted "
+            "across examples; give examples a shared layout (the same answer positions)"
         )
-    order = torch.randperm(len(data), generator=Generator().manual_seed(seed))
+    group_sizes = torch.bincount(group)
+    alone = int((group_sizes[group] == 1).sum())
+    if alone:
+        warnings.warn(
+            f"subtask {data.name!r}: {alone} of {len(data)} examples share their answer positions with no other "
+            "example and keep their own answers under shuffled-answers; the control is that much weaker",
+            stacklevel=2,
+        )
+    generator = Generator().manual_seed(seed)
+    order = torch.arange(len(data))
+    for layout in range(len(layouts)):
+        members = torch.nonzero(group == layout).flatten()
+        order[members] = members[torch.randperm(len(members), generator=generator)]
     labels = torch.where(scored, data.labels[order], data.labels)
-    input_ids = torch.where(scored, data.input_ids[order], data.input_ids)
+    teacher_forced = bool((data.input_ids[scored] == data.labels[scored]).all())
+    input_ids = torch.where(scored, data.input_ids[order], data.input_ids) if teacher_forced else data.input_ids
     foils = None if data.foils is None else torch.where(scored, data.foils[order], data.foils)  # paired with answers
     return dataclasses.replace(data, input_ids=input_ids, labels=labels, foils=foils)
 

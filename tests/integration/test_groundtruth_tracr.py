@@ -14,6 +14,7 @@ from modmask_lens.analysis.accuracy import exact_match
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.controls import random_init_bridge, shuffled_answers
 from modmask_lens.groundtruth.tracr_cases import (
     TRACR_DIR,
     TRUTH_GRANULARITIES,
@@ -210,3 +211,46 @@ def test_a_program_whose_used_head_no_answer_needs_loads_with_a_warning(tmp_path
     card_path.write_text(json.dumps(card))
     with pytest.warns(UserWarning, match="'ignored': some used head units are not necessary"):
         load_tracr_case("ignored", tmp_path)
+
+
+def test_shuffled_answers_move_only_between_inputs_of_one_length():
+    data = load_tracr_case("sort_unique").train["sort_unique"]
+    shuffled = shuffled_answers(data, seed=0)
+    scored = data.labels != IGNORE_INDEX
+    assert torch.equal(shuffled.labels != IGNORE_INDEX, scored)  # every example keeps its answer positions
+    assert torch.equal(shuffled.input_ids, data.input_ids)  # the program's inputs are not its answers: they stay
+    for length in scored.sum(dim=1).unique():
+        group = scored.sum(dim=1) == length
+        before = sorted(map(tuple, data.labels[group].tolist()))
+        assert sorted(map(tuple, shuffled.labels[group].tolist())) == before  # the group's answers, permuted
+    assert (shuffled.labels != data.labels).any(dim=1).float().mean() > 0.3
+
+
+def test_shuffled_answers_refuse_data_where_no_two_examples_share_answer_positions():
+    data = load_tracr_case("sort_unique").train["sort_unique"]
+    lengths = (data.labels != IGNORE_INDEX).sum(dim=1)
+    one_per_length = torch.stack([torch.nonzero(lengths == length)[0, 0] for length in lengths.unique()])
+    single = SubtaskData(data.name, data.input_ids[one_per_length], data.labels[one_per_length])
+    with pytest.raises(ValueError, match="no two examples score the same positions"):
+        shuffled_answers(single)
+    odd_one = data.labels[-1:].clone()
+    odd_one[0, int(torch.nonzero(odd_one[0] != IGNORE_INDEX)[0, 0])] = IGNORE_INDEX  # a layout no other has
+    extended = SubtaskData(data.name, data.input_ids[[*range(len(data)), -1]], torch.cat([data.labels, odd_one]))
+    with pytest.warns(UserWarning, match="1 of 326 examples share their answer positions with no other"):
+        shuffled = shuffled_answers(extended)
+    assert torch.equal(shuffled.labels[-1], odd_one[0])
+
+
+def test_random_init_control_reboots_a_native_bridge_from_its_config_and_seed():
+    case = load_tracr_case("reverse")
+    with torch.random.fork_rng(devices=[]):
+        state = torch.get_rng_state()
+        fresh = random_init_bridge(case.bridge, seed=3).state_dict()
+        assert torch.equal(torch.get_rng_state(), state), "building the control moved torch's global generator"
+        again = random_init_bridge(case.bridge, seed=3).state_dict()
+        other = random_init_bridge(case.bridge, seed=4).state_dict()
+    compiled = case.bridge.state_dict()
+    assert {key: value.shape for key, value in fresh.items()} == {key: value.shape for key, value in compiled.items()}
+    weight = "blocks.0.attn.q.weight"
+    assert not torch.equal(fresh[weight], compiled[weight]) and not torch.equal(fresh[weight], other[weight])
+    assert all(torch.equal(fresh[key], again[key]) for key in fresh)
