@@ -29,6 +29,7 @@ SHOWN = {
         "precision",
         "recall",
         "auroc",
+        "auroc_gain",
         "kept_fraction",
         "true_fraction",
         "inside_others",

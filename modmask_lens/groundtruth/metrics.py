@@ -69,8 +69,20 @@ def readout_scores(mask: MaskSet) -> dict[str, Tensor]:
     return {name: logit.detach() - mask.threshold for name, logit in mask.logits.items()}
 
 
+def gain_ranked_scores(mask: MaskSet, gains: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Unit name -> scores that rank the units the mask keeps first, by logit (as :func:`readout_scores`: logit
+    minus threshold, > 0), then the units its readout leaves out by their marginal gain
+    (:func:`~modmask_lens.masks.readout.marginal_gains`: gain minus the largest gain minus 1, < 0)."""
+    largest = max(float(torch.nan_to_num(gain, nan=-math.inf).max()) for gain in gains.values())
+    scores = readout_scores(mask)
+    return {name: torch.where(score > 0, score, gains[name] - largest - 1.0) for name, score in scores.items()}
+
+
 def unit_scores(
-    case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
+    case: GroundTruthCase,
+    mask_logits: Mapping[str, Mapping[str, Tensor]],
+    granularity: str,
+    gain_ranked: Mapping[str, Mapping[str, Tensor] | None] | None = None,
 ) -> pd.DataFrame:
     """Precision, recall (binary readout: score > 0) and AUROC (scores) of each subtask's mask against the truth,
     and where the kept units lie.
@@ -80,9 +92,11 @@ def unit_scores(
         mask_logits: subtask -> unit name -> scores, kept where > 0 (:func:`readout_scores` of a mask; any
             method's unit scores will do).
         granularity: which of the truth's answer keys to score against.
+        gain_ranked: subtask -> :func:`gain_ranked_scores` of its mask, or None where they were not measured.
 
     Returns:
-        Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``kept_fraction``
+        Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``auroc_gain`` (AUROC
+        of ``gain_ranked``; NaN where not given), ``kept_fraction``
         (kept share of the scored units), ``true_fraction``, ``scored_units``, and ``inside_others`` (share of the
         kept units that only the case's other subtasks use: where a mask of a plant with many sufficient answers
         lands in another subtask's set, this says so).
@@ -106,6 +120,9 @@ def unit_scores(
                 "precision": true_positives / kept.sum() if kept.any() else math.nan,
                 "recall": true_positives / labels.sum() if labels.any() else math.nan,
                 "auroc": auroc(scores, labels),
+                "auroc_gain": auroc(flat_scores(ranked, case.truth[subtask][granularity])[0], labels)
+                if (ranked := (gain_ranked or {}).get(subtask)) is not None
+                else math.nan,
                 "kept_fraction": float(kept.mean()),
                 "true_fraction": float(labels.mean()),
                 "scored_units": len(labels),

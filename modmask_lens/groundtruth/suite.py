@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase, check_truth
 from modmask_lens.groundtruth.controls import CONTROLS, control_case
 from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
@@ -19,6 +20,7 @@ from modmask_lens.groundtruth.metrics import (
     curve_areas,
     density_curves,
     full_logits,
+    gain_ranked_scores,
     mask_faithfulness,
     measured_sharing,
     readout_scores,
@@ -28,6 +30,7 @@ from modmask_lens.groundtruth.metrics import (
 )
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
+from modmask_lens.masks.readout import SCANNED_COUNTS, marginal_gains
 
 SUITE_GRANULARITIES = ("weight", "neuron", "head")
 """The granularities a case can answer (masks at ``matrix`` granularity are not scored)."""
@@ -243,8 +246,9 @@ def _score_run(
     }
     train_s = time.perf_counter() - started
     scores = {name: readout_scores(mask) for name, mask in masks.items()}
+    gain_ranked = {name: _gain_ranked(variant.bridge, mask, variant.train[name]) for name, mask in masks.items()}
     tables = {
-        "scores": unit_scores(variant, scores, granularity),
+        "scores": unit_scores(variant, scores, granularity, gain_ranked),
         "faithfulness": mask_faithfulness(case_name, variant.bridge, masks, variant.test, full),
         "curves": density_curves(case_name, variant.bridge, masks, variant.test, full),
         "sharing": measured_sharing(variant, scores, granularity),
@@ -266,6 +270,16 @@ def _score_run(
     return masks
 
 
+def _gain_ranked(bridge: torch.nn.Module, mask: MaskSet, train: SubtaskData) -> dict[str, torch.Tensor] | None:
+    """:func:`~modmask_lens.groundtruth.metrics.gain_ranked_scores` of ``mask`` on its training data, or None where
+    its readout leaves out more than :data:`~modmask_lens.masks.readout.SCANNED_COUNTS` units (weight masks: one
+    pass over the data per unit)."""
+    left_out = sum(int((~kept).sum()) for kept in mask.kept_above(mask.threshold).values())
+    if left_out > SCANNED_COUNTS:
+        return None
+    return gain_ranked_scores(mask, marginal_gains(bridge, mask, train))
+
+
 def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per (case, subtask, granularity, method, control): precision, recall, AUROC, the mask's faithfulness
     and KL, the faithfulness of its inverse beyond the other subtask's mask (on itself, and on the other subtasks),
@@ -283,7 +297,7 @@ def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     areas = tables["areas"]
     keep = areas[areas["curve"] == "keep"].set_index(keys)[["cpr", "cmd"]]
     scores = tables["scores"].set_index(keys)[
-        ["precision", "recall", "auroc", "kept_fraction", "true_fraction", "inside_others"]
+        ["precision", "recall", "auroc", "auroc_gain", "kept_fraction", "true_fraction", "inside_others"]
     ]
     summary = scores.join(mask).join(inverse_own).join(inverse_others).join(keep).reset_index()
     stability = tables["stability"][[*keys[:-1], "seed_iou"]]

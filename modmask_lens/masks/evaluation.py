@@ -68,8 +68,35 @@ def objective_metric(
     """
     if _is_exact_match(objective, data):
         return exact_match(bridge, data, mask, batch_size)
+    return _objective_sums(bridge, data, objective, mask, batch_size)[2] / len(data)
+
+
+def objective_loss(
+    bridge: Bridge,
+    data: SubtaskData,
+    objective: Objective,
+    mask: BinaryMask | None = None,
+    batch_size: int = 256,
+) -> float:
+    """``objective``'s loss over all of ``data`` with ``mask`` applied (or the full model), normalised as training
+    normalises it (:meth:`~modmask_lens.masks.objectives.Objective.normaliser`): for :class:`AnswerCrossEntropy`,
+    nats per answer token.
+
+    Example:
+        >>> objective_loss(bridge, sports, AnswerCrossEntropy(), heads)                 # doctest: +SKIP
+        0.04
+    """
+    loss_sum, normaliser, _ = _objective_sums(bridge, data, objective, mask, batch_size)
+    return loss_sum / normaliser
+
+
+def _objective_sums(
+    bridge: Bridge, data: SubtaskData, objective: Objective, mask: BinaryMask | None, batch_size: int
+) -> tuple[float, int, float]:
+    """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
+    applied or without one."""
     objective.check(data)
-    metric_sum = 0.0
+    loss_sum, normaliser, metric_sum = 0.0, 0, 0.0
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = data.examples(torch.arange(start, min(start + batch_size, len(data))))
@@ -80,8 +107,11 @@ def objective_metric(
                 if mask is None
                 else masked_call(bridge, mask.weight_masks(), model_outputs, bridge, batch, objective.hook_names)
             )
-            metric_sum += objective.score(outputs, reference, batch).metric_sum
-    return metric_sum / len(data)
+            score = objective.score(outputs, reference, batch)
+            loss_sum += float(score.loss_sum)
+            normaliser += objective.normaliser(batch)
+            metric_sum += score.metric_sum
+    return loss_sum, normaliser, metric_sum
 
 
 def reaches_metric(

@@ -11,12 +11,14 @@ faithfulness instead of fixed.
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.evaluation import objective_metric, reaches_metric
+from modmask_lens.masks.evaluation import objective_loss, objective_metric, reaches_metric
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
@@ -128,3 +130,58 @@ def faithful_binary(
         >>> kept.kept_fraction(by="all")                                            # doctest: +SKIP
     """
     return masks.binary_from(masks.kept_above(faithful_threshold(bridge, masks, data, tolerance, objective)))
+
+
+def marginal_gains(
+    bridge: nn.Module,
+    masks: MaskSet,
+    data: SubtaskData,
+    objective: Objective = AnswerCrossEntropy(),
+    max_units: int = SCANNED_COUNTS,
+) -> dict[str, Tensor]:
+    """For each unit the mask's readout leaves out, how much adding it back alone lowers ``objective``'s loss on
+    ``data``: the loss with the units above :attr:`MaskSet.threshold` minus the loss with those and this unit, in
+    the objective's unit (nats per answer token for answer cross-entropy; > 0: the unit helps the circuit).
+
+    This orders the units below the readout, where the trained logits say little: training pushed them all down,
+    in an order set by the path it took. Measured on entangled-head plants the suite does not ship
+    (docs/finder-study.md, "Ordering the units a mask leaves out"), a subtask's heads that its circuit does not need
+    lower the loss when added back, while another subtask's heads interfere; single neurons of the neuron plants do
+    not separate this way.
+
+    Args:
+        bridge: the model the mask is for.
+        masks: trained logits and their readout threshold.
+        data: the subtask's examples.
+        objective: whose loss is measured (default: the answers' cross-entropy).
+        max_units: refuse a mask that leaves out more units than this (one pass over ``data`` each).
+
+    Returns:
+        Unit name -> float32 gains of the unit's logit shape, NaN where the readout keeps the unit.
+
+    Raises:
+        ValueError: when the readout leaves out more than ``max_units`` units.
+
+    Example:
+        >>> gains = marginal_gains(bridge, masks["add"], add_train)                      # doctest: +SKIP
+        >>> gains["blocks.1.attn"]                                                        # doctest: +SKIP
+        tensor([   nan, 0.0411,    nan, -0.0071, ...])
+    """
+    masks.check_model(bridge, check_weights=False)
+    kept = masks.kept_above(masks.threshold)
+    left_out = sum(int((~flags).sum()) for flags in kept.values())
+    if left_out > max_units:
+        raise ValueError(
+            f"the readout leaves out {left_out:,} units, more than max_units={max_units} (one pass over the data "
+            "each): pass a larger max_units, or rank a coarser granularity (heads, neurons)"
+        )
+    base_loss = objective_loss(bridge, data, objective, masks.binary_from(kept))
+    gains = {name: torch.full(flags.shape, math.nan) for name, flags in kept.items()}
+    for name, flags in kept.items():
+        for index in torch.nonzero(~flags.flatten()).flatten().tolist():
+            with_unit = {other: other_flags.clone() for other, other_flags in kept.items()}
+            with_unit[name].view(-1)[index] = True
+            gains[name].view(-1)[index] = base_loss - objective_loss(
+                bridge, data, objective, masks.binary_from(with_unit)
+            )
+    return gains
