@@ -19,7 +19,7 @@ def demo(
     Example: modmask-lens demo --out demo-output
     """
     from experiments.demo import DEMO_TRAINING, run_demo
-    from modmask_lens.cli import check_writable
+    from modmask_lens.cli_common import check_writable
 
     _check_positive(mask_steps=mask_steps)
     check_writable(out, "--out")
@@ -54,7 +54,7 @@ def reproduce(
     Example: modmask-lens reproduce scan addmul --steps 800 --eval-limit 2000 --out results.md
     """
     from experiments import bimt, csordas
-    from modmask_lens.cli import check_writable
+    from modmask_lens.cli_common import check_writable
 
     _check_positive(steps=steps, eval_limit=eval_limit, jobs=jobs)
     names = names or list(csordas.EXPERIMENTS)
@@ -101,7 +101,7 @@ def zoo_train(
     """
     from experiments.zoo.recipes import recipe
     from experiments.zoo.train import train_named
-    from modmask_lens.cli import check_writable
+    from modmask_lens.cli_common import check_writable
 
     recipe(name)  # an unknown name is refused before any folder is made
     folder = zoo_output_folder(name, out, in_place)

@@ -1,5 +1,4 @@
-"""``python -m modmask_lens``: the ``modmask-lens`` command (``python -m modmask_lens.cli`` cannot run it: the
-command's modules import ``modmask_lens.cli`` by name)."""
+"""``python -m modmask_lens``: the ``modmask-lens`` command (as ``python -m modmask_lens.cli``)."""
 
 from modmask_lens.cli import main
 

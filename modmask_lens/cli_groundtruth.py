@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modmask_lens.cli import _Typer, check_writable
+from modmask_lens.cli_common import _Typer, check_writable
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -121,7 +121,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
         except ValueError as error:  # a key given twice: plain JSON would keep the last value silently
             raise ValueError(f"{path}, line {number}: {error}") from error
         if not isinstance(row, dict):
-            raise ValueError(  # noqa: TRY004 (bad input is a ValueError everywhere, see cli.KNOWN_ERRORS)
+            raise ValueError(  # noqa: TRY004 (bad input is a ValueError everywhere, see cli_common.KNOWN_ERRORS)
                 f"{path}, line {number}: expected an object with 'prompt' and 'completion'"
             )
         yield number, row

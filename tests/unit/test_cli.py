@@ -66,14 +66,15 @@ def test_every_command_has_help_with_an_example():
         assert result.exit_code == 0 and "Example: modmask-lens" in result.output, command
 
 
-def test_python_dash_m_runs_the_command():
+@pytest.mark.parametrize("module", ["modmask_lens", "modmask_lens.cli"])
+def test_python_dash_m_runs_the_command(module):
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "modmask_lens", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", module, "groundtruth", "--help"], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0 and "groundtruth" in result.stdout, result.stderr
+    assert result.returncode == 0 and "Score mask methods" in result.stdout, result.stderr
 
 
 def _tiny_model_and_tasks(tmp_path):
