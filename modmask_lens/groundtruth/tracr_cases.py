@@ -82,10 +82,14 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
             "`python -m experiments.groundtruth.tracr_build --out DIR` in the tracr venv (docs/tracr.md)"
         )
     card = json.loads((folder / "card.json").read_text())
-    unneeded = [kind for kind in ("head", "mlp_layer") if not card["each_used_unit_necessary"][kind]]
+    unneeded = [
+        label
+        for kind, label in (("head", "heads"), ("mlp_layer", "MLP layers"))
+        if not card["each_used_unit_necessary"][kind]
+    ]
     if unneeded:
         warnings.warn(
-            f"tracr program {name!r}: some used {' and '.join(unneeded)} units are not necessary (removing one alone "
+            f"tracr program {name!r}: some used {' and '.join(unneeded)} are not necessary (removing one alone "
             "keeps exact match 1; card['ablations']), so the truth there is what the weights compute, not what the "
             "answers need: a faithful mask that drops them scores lower recall and AUROC (docs/tracr.md)",
             stacklevel=2,

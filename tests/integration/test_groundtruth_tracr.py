@@ -209,7 +209,7 @@ def test_a_program_whose_used_head_no_answer_needs_loads_with_a_warning(tmp_path
     card = json.loads(card_path.read_text())
     card["each_used_unit_necessary"]["head"] = False  # as the build records for an output that ignores a head
     card_path.write_text(json.dumps(card))
-    with pytest.warns(UserWarning, match="'ignored': some used head units are not necessary"):
+    with pytest.warns(UserWarning, match="'ignored': some used heads are not necessary"):
         load_tracr_case("ignored", tmp_path)
 
 
