@@ -72,10 +72,21 @@ def readout_scores(mask: MaskSet) -> dict[str, Tensor]:
 def gain_ranked_scores(mask: MaskSet, gains: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Unit name -> scores that rank the units the mask keeps first, by logit (as :func:`readout_scores`: logit
     minus threshold, > 0), then the units its readout leaves out by their marginal gain
-    (:func:`~modmask_lens.masks.readout.marginal_gains`: gain minus the largest gain minus 1, < 0)."""
-    largest = max(float(torch.nan_to_num(gain, nan=-math.inf).max()) for gain in gains.values())
+    (:func:`~modmask_lens.masks.readout.marginal_gains`): ``-1`` for the largest gain, ``-2`` for the next distinct
+    one, and so on (equal gains tie; a NaN gain ranks last). Ranks, not shifted gains, so that no float rounding
+    merges two gains and an infinite gain stays below the kept units."""
     scores = readout_scores(mask)
-    return {name: torch.where(score > 0, score, gains[name] - largest - 1.0) for name, score in scores.items()}
+    left_out = torch.cat([gains[name].flatten().to(score.device) for name, score in scores.items()])
+    finite_order = left_out.nan_to_num(nan=-math.inf)  # NaN below every other gain (-inf too: it ties with it)
+    distinct, dense_rank = torch.unique(finite_order, return_inverse=True)  # ascending: largest gain, largest rank
+    ranked = (dense_rank - len(distinct)).to(torch.float32)  # largest gain -> -1
+    ranked[left_out.isnan()] = -(len(distinct) + 1.0)
+    result, start = {}, 0
+    for name, score in scores.items():
+        ranks = ranked[start : start + score.numel()].view(score.shape)
+        result[name] = torch.where(score > 0, score, ranks)
+        start += score.numel()
+    return result
 
 
 def unit_scores(

@@ -78,9 +78,9 @@ def objective_loss(
     mask: BinaryMask | None = None,
     batch_size: int = 256,
 ) -> float:
-    """``objective``'s loss over all of ``data`` with ``mask`` applied (or the full model), normalised as training
-    normalises it (:meth:`~modmask_lens.masks.objectives.Objective.normaliser`): for :class:`AnswerCrossEntropy`,
-    nats per answer token.
+    """``objective``'s loss over all of ``data`` with ``mask`` applied (or the full model), divided by the sum of
+    the objective's :meth:`~modmask_lens.masks.objectives.Objective.normaliser` over the batches: for
+    :class:`AnswerCrossEntropy`, nats per answer token.
 
     Example:
         >>> objective_loss(bridge, sports, AnswerCrossEntropy(), heads)                 # doctest: +SKIP

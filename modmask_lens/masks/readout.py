@@ -176,7 +176,7 @@ def marginal_gains(
             "each): pass a larger max_units, or rank a coarser granularity (heads, neurons)"
         )
     base_loss = objective_loss(bridge, data, objective, masks.binary_from(kept))
-    gains = {name: torch.full(flags.shape, math.nan) for name, flags in kept.items()}
+    gains = {name: torch.full(flags.shape, math.nan, device=flags.device) for name, flags in kept.items()}
     for name, flags in kept.items():
         for index in torch.nonzero(~flags.flatten()).flatten().tolist():
             with_unit = {other: other_flags.clone() for other, other_flags in kept.items()}

@@ -52,4 +52,5 @@ def test_the_default_head_finder_recovers_an_entangled_plants_heads():
     summary = tables["summary"].set_index("subtask")
     assert (summary["precision"] >= 0.95).all(), summary["precision"]
     assert (summary["auroc"] >= 0.98).all(), summary["auroc"]
+    assert (summary["auroc_gain"] >= 0.98).all(), summary["auroc_gain"]  # left-out heads by their marginal gain
     assert (summary["faithfulness"] >= 0.95).all(), summary["faithfulness"]

@@ -14,6 +14,7 @@ from modmask_lens.groundtruth.case import GroundTruthCase
 from modmask_lens.groundtruth.metrics import (
     auroc,
     curve_areas,
+    gain_ranked_scores,
     inverse_beyond,
     measured_sharing,
     top_fraction,
@@ -137,3 +138,22 @@ def test_measured_sharing_of_a_quarter_shared_plan():
         0.5,
         0.5,
     ]
+
+
+def test_gain_ranked_scores_keep_the_kept_units_first_and_order_the_rest_by_distinct_gain():
+    from modmask_lens import MaskConfig, MaskSet
+    from modmask_lens.testing.tiny_models import tiny_bridge
+
+    masks = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="head"), name="task")
+    first, second = (unit.name for unit in masks.units)
+    n_heads = masks.logits[first].numel()
+    masks.logits[first] = torch.tensor([1.0, 2.0] + [-1.0] * (n_heads - 2))
+    masks.logits[second] = torch.full((n_heads,), -1.0)
+    gains = {first: torch.full((n_heads,), 1e-8), second: torch.zeros(n_heads)}
+    gains[first][:2] = math.nan  # kept
+    gains[first][2], gains[second][:3] = math.inf, torch.tensor([3e-8, 1e-7, math.nan])
+    scores = gain_ranked_scores(masks, gains)
+    assert scores[first][:2].tolist() == [1.0, 2.0]  # logit minus threshold, above every left-out unit
+    # left out, by gain: inf, 1e-7, 3e-8, 1e-8 (the rest of `first`), 0 (the rest of `second`), NaN last
+    assert scores[first][2] == -1 and scores[second][1] == -2 and scores[second][0] == -3
+    assert (scores[first][3:] == -4).all() and (scores[second][3:] == -5).all() and scores[second][2] < -5
