@@ -82,11 +82,19 @@ def objective_loss(
     the objective's :meth:`~modmask_lens.masks.objectives.Objective.normaliser` over the batches: for
     :class:`AnswerCrossEntropy`, nats per answer token.
 
+    Raises:
+        ValueError: when no position of ``data`` counts for the objective.
+
     Example:
         >>> objective_loss(bridge, sports, AnswerCrossEntropy(), heads)                 # doctest: +SKIP
         0.04
     """
     loss_sum, normaliser, _ = _objective_sums(bridge, data, objective, mask, batch_size)
+    if normaliser == 0:
+        raise ValueError(
+            f"no position of {data.name!r} counts for the {objective.name} objective (its normaliser is 0 on every "
+            "example), so it has no loss: check the data's answers (and foils)"
+        )
     return loss_sum / normaliser
 
 

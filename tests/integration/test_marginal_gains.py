@@ -80,3 +80,15 @@ def test_a_mask_that_leaves_out_too_many_units_is_refused(program):
     bridge, masks, data = program
     with pytest.raises(ValueError, match="leaves out 6 units, more than max_units=5"):
         marginal_gains(bridge, masks, data, max_units=5)
+
+
+def test_an_objective_with_no_counted_position_has_no_loss_and_says_so(program):
+    import dataclasses
+
+    from modmask_lens.masks.evaluation import objective_loss
+    from modmask_lens.masks.objectives import LogitDifference
+
+    bridge, _, data = program
+    no_foils = dataclasses.replace(data, foils=torch.full_like(data.labels, IGNORE_INDEX))
+    with pytest.raises(ValueError, match="no position of 'reverse_hist' counts for the logit_difference objective"):
+        objective_loss(bridge, no_foils, LogitDifference())
