@@ -110,8 +110,9 @@ def run(
         Path | None, typer.Option(help="folder to write every table as CSV and the summary as Markdown")
     ] = None,
 ):
-    """Train masks with each method on each case, granularity and control; print precision, recall, AUROC,
-    faithfulness, curve areas and sharing as tidy tables.
+    """Train masks with each method on each case, granularity and control; print precision, recall, AUROC (of
+    the logits, and auroc_gain: the units left out ranked by marginal gain), faithfulness, curve areas and
+    sharing as tidy tables (docs/ground-truth.md, "The metrics").
 
     Example: modmask-lens groundtruth run --case disconnected/add-mul --granularity neuron --steps 300 --out gt
 

@@ -171,7 +171,8 @@ def run_suite(
         CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
         recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
         CMD of its keep curve), ``stability`` (mean pairwise IoU of the seeds' binary masks, ``seed_iou``), ``runs``
-        (wall time of each) and ``skipped`` (controls that could not be built for a case, with the reason). Every
+        (wall time of each) and ``skipped`` (controls that could not be built for a case, with the reason; each also
+        warned about when it is skipped). Every
         table but ``stability`` and ``skipped`` has a ``seed`` column.
 
     Example:
@@ -189,6 +190,7 @@ def run_suite(
                 variant = control_case(case, control, seed)
             except ValueError as reason:  # e.g. no Hugging Face model to re-initialise
                 frames["skipped"].append(pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}]))
+                warnings.warn(f"case {case.name!r}: the {control} control is skipped: {reason}", stacklevel=2)
                 continue
             full = full_logits(variant.bridge, variant.test)
             for granularity in wanted:

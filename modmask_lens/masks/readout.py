@@ -12,6 +12,7 @@ faithfulness instead of fixed.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +130,19 @@ def faithful_binary(
         >>> kept = faithful_binary(bridge, masks["jump"], jump_test)              # doctest: +SKIP
         >>> kept.kept_fraction(by="all")                                            # doctest: +SKIP
     """
+    masks.check_model(bridge)
+    _warn_if_not_trained_with(masks, objective)
     return masks.binary_from(masks.kept_above(faithful_threshold(bridge, masks, data, tolerance, objective)))
+
+
+def _warn_if_not_trained_with(masks: MaskSet, objective: Objective) -> None:
+    """Warn where ``objective`` is not the one ``masks`` was trained with (``MaskSet.objective``)."""
+    if objective.to_dict() != masks.objective:
+        warnings.warn(
+            f"mask {masks.name!r} was trained with the objective {masks.objective}, and is read here with "
+            f"{objective.to_dict()}; pass objective= the mask's own objective to measure what it was trained to keep",
+            stacklevel=3,
+        )
 
 
 def marginal_gains(
@@ -153,13 +166,16 @@ def marginal_gains(
         bridge: the model the mask is for.
         masks: trained logits and their readout threshold.
         data: the subtask's examples.
-        objective: whose loss is measured (default: the answers' cross-entropy).
-        max_units: refuse a mask that leaves out more units than this (one pass over ``data`` each).
+        objective: whose loss is measured (default: the answers' cross-entropy; warns where the mask was trained
+            with another, ``MaskSet.objective``).
+        max_units: a cost guard: refuse a mask that leaves out more units than this (one pass over ``data`` each).
 
     Returns:
         Unit name -> float32 gains of the unit's logit shape, NaN where the readout keeps the unit.
 
     Raises:
+        TypeError: when ``masks`` is not one :class:`MaskSet` (e.g. the dict :func:`train_masks` returns).
+        ModelMismatch: when the mask was not made for ``bridge`` (its weights included).
         ValueError: when the readout leaves out more than ``max_units`` units.
 
     Example:
@@ -167,7 +183,13 @@ def marginal_gains(
         >>> gains["blocks.1.attn"]                                                        # doctest: +SKIP
         tensor([   nan, 0.0411,    nan, -0.0071, ...])
     """
-    masks.check_model(bridge, check_weights=False)
+    if not isinstance(masks, MaskSet):
+        raise TypeError(
+            f"marginal_gains takes one subtask's MaskSet, not a {type(masks).__name__}: pass masks[name] of the "
+            "dict train_masks returns"
+        )
+    masks.check_model(bridge)
+    _warn_if_not_trained_with(masks, objective)
     kept = masks.kept_above(masks.threshold)
     left_out = sum(int((~flags).sum()) for flags in kept.values())
     if left_out > max_units:

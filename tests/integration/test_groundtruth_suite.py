@@ -125,7 +125,8 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
         raise ValueError("this bridge wraps no Hugging Face model")
 
     monkeypatch.setattr("modmask_lens.groundtruth.suite.control_case", no_random_init)
-    tables = run_suite({"tiny": TINY}, [case], granularities=["head"], controls=["random-init"])
+    with pytest.warns(UserWarning, match="the random-init control is skipped: this bridge wraps no Hugging Face"):
+        tables = run_suite({"tiny": TINY}, [case], granularities=["head"], controls=["random-init"])
     assert tables["summary"].empty
     assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]

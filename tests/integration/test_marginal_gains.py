@@ -4,6 +4,8 @@ whose used and unused heads are known)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -92,3 +94,22 @@ def test_an_objective_with_no_counted_position_has_no_loss_and_says_so(program):
     no_foils = dataclasses.replace(data, foils=torch.full_like(data.labels, IGNORE_INDEX))
     with pytest.raises(ValueError, match="no position of 'reverse_hist' counts for the logit_difference objective"):
         objective_loss(bridge, no_foils, LogitDifference())
+
+
+def test_gains_refuse_another_model_and_warn_about_another_objective(program):
+    from modmask_lens import ModelMismatch
+    from modmask_lens.masks.objectives import KLDivergence
+
+    bridge, masks, data = program
+    other = load_tracr_case("reverse").bridge  # another program: other shapes
+    with pytest.raises(ModelMismatch):
+        marginal_gains(other, masks, data)
+    same_shapes = copy.deepcopy(bridge)
+    with torch.no_grad():
+        same_shapes.blocks[0].attn.o.weight.add_(1.0)  # same architecture and shapes, other weights
+    with pytest.raises(ModelMismatch):
+        marginal_gains(same_shapes, masks, data)
+    with pytest.warns(UserWarning, match="was trained with the objective .* pass objective= the mask's own"):
+        marginal_gains(bridge, masks, data, objective=KLDivergence())
+    with pytest.raises(TypeError):
+        marginal_gains(bridge, {"reverse_hist": masks}, data)
