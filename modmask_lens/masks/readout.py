@@ -159,8 +159,9 @@ def marginal_gains(
     This orders the units below the readout, where the trained logits say little: training pushed them all down,
     in an order set by the path it took. Measured on entangled-head plants the suite does not ship
     (docs/finder-study.md, "Ordering the units a mask leaves out"), a subtask's heads that its circuit does not need
-    lower the loss when added back, while another subtask's heads interfere; single neurons of the neuron plants do
-    not separate this way.
+    lower the loss when added back, while another subtask's heads interfere. Where the other subtask's units
+    change nothing (a disconnected plant) and the subtask's own left-out units interfere, and for single neurons,
+    the logits rank better.
 
     Args:
         bridge: the model the mask is for.
