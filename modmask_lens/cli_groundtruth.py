@@ -189,6 +189,63 @@ def run(
         typer.echo(f"wrote {len(tables)} tables to {out}")
 
 
+@groundtruth_app.command("targets")
+def targets(
+    folder: Annotated[
+        list[Path],
+        typer.Argument(help="folders holding the tables of groundtruth run --out (searched recursively); repeat"),
+    ],
+    method: Annotated[str | None, typer.Option(help="check only this method's masks (default: every method's)")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the checks as Markdown to this file")] = None,
+):
+    """Check the mask finder's targets (issue #18: precision, AUROC, faithfulness, IoU, time, reported ambiguity,
+    null controls beside every result) against the tables of one or more groundtruth runs, and print each check
+    and a tally per target (docs/ground-truth.md, "Targets").
+
+    Example: modmask-lens groundtruth targets gt-tables --method faithful --out targets.md
+    """
+    from modmask_lens.groundtruth.targets import target_checks, target_tally
+
+    for path in folder:
+        if not path.is_dir():
+            raise typer.BadParameter(f"not a folder: {path}", param_hint="FOLDER")
+    if out is not None:
+        check_writable(out.parent, "--out")
+    tables = read_tables(folder)
+    if "summary" not in tables:
+        raise typer.BadParameter(
+            f"no summary.csv under {[str(path) for path in folder]}: pass the --out folder of groundtruth run",
+            param_hint="FOLDER",
+        )
+    checks = target_checks(tables, method)
+    if checks.empty:
+        raise typer.BadParameter(f"no uncontrolled rows of a known family{f' for method {method!r}' if method else ''}")
+    tally = target_tally(checks)
+    shown = checks.assign(
+        seed=checks["seed"].astype("string").fillna(""),
+        met=checks["met"].map({1.0: "yes", 0.0: "no"}).fillna("undefined"),
+    )
+    report = f"{markdown_table(tally)}\n{markdown_table(shown)}"
+    typer.echo(report)
+    if out is not None:
+        out.write_text(report)
+        typer.echo(f"wrote {out}")
+
+
+def read_tables(folders: list[Path]) -> dict[str, pd.DataFrame]:
+    """Table name -> every ``NAME.csv`` beside a ``summary.csv`` under ``folders``, concatenated."""
+    import pandas as pd
+
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for summary in sorted(summary for folder in folders for summary in folder.rglob("summary.csv")):
+        for table in sorted(summary.parent.glob("*.csv")):
+            try:
+                parts.setdefault(table.stem, []).append(pd.read_csv(table))
+            except pd.errors.EmptyDataError:  # a table with no rows (e.g. nothing skipped) is written empty
+                pass
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items() if frames}
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A Markdown table of ``frame``, floats to three decimals (pandas' own needs the optional tabulate)."""
 

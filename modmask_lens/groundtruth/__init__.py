@@ -21,11 +21,13 @@ from modmask_lens.groundtruth.plants import PLANTS, available_plants, load_plant
 from modmask_lens.groundtruth.probe_check import probe_check
 from modmask_lens.groundtruth.registry import all_cases
 from modmask_lens.groundtruth.suite import run_suite
+from modmask_lens.groundtruth.targets import TARGETS, target_checks, target_tally
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case, tracr_cases
 
 __all__ = [
     "CONTROLS",
     "PLANTS",
+    "TARGETS",
     "FinderMethod",
     "GroundTruthCase",
     "Method",
@@ -47,6 +49,8 @@ __all__ = [
     "random_init_bridge",
     "run_suite",
     "shuffled_answers",
+    "target_checks",
+    "target_tally",
     "tracr_cases",
     "unit_scores",
 ]

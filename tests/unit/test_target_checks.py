@@ -1,0 +1,129 @@
+"""Issue #18's targets read from the suite's tables: each check against a value worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from modmask_lens.cli import app
+from modmask_lens.groundtruth.targets import target_checks, target_tally
+
+LABELS = {"method": "faithful", "seed": 0}
+
+
+def _summary_row(case, subtask, granularity, control="none", **values):
+    row = {"case": case, "subtask": subtask, "granularity": granularity, "control": control, **LABELS}
+    defaults = {"precision": 1.0, "auroc": 1.0, "auroc_gain": 1.0, "faithfulness": 1.0}
+    return row | defaults | {"seed_iou": math.nan, "inside_others": 0.0} | values
+
+
+def _tables() -> dict[str, pd.DataFrame]:
+    """A disconnected pair that misses every bound but precision, an entangled-head pair, an entangled-neuron mask,
+    a tracr program whose heads are all used, and a per-weight pair without a second seed."""
+    disconnected = "disconnected/add-mul"
+    summary = pd.DataFrame(
+        [
+            _summary_row(disconnected, "add", "neuron"),
+            _summary_row(disconnected, "mul", "neuron", faithfulness=0.9),
+            _summary_row(disconnected, "add", "neuron", control="random-init", precision=0.5),
+            _summary_row("entangled-head/add-mul", "add", "head", auroc=0.5, auroc_gain=0.99),
+            _summary_row("entangled-head/add-mul", "mul", "head", precision=0.9, auroc_gain=0.97),
+            _summary_row("entangled-neuron/add-mul", "add", "neuron", auroc=0.97, auroc_gain=0.99),
+            _summary_row("entangled-neuron/add-mul", "add", "weight", precision=0.5),  # not its plant's granularity
+            _summary_row("tracr/hist", "hist", "head", auroc=math.nan, auroc_gain=math.nan),
+            _summary_row("per-weight/add-mul", "add", "weight", inside_others=0.5),
+        ]
+    )
+    keys = ["case", "subtask", "granularity", "control", "method", "seed"]
+    masks = [(disconnected, "add", "neuron", "none"), (disconnected, "mul", "neuron", "none")]
+    scores = pd.DataFrame([dict(zip(keys[:4], mask, strict=True)) | LABELS for mask in masks]).assign(
+        kept_fraction=[10 / 40, 8 / 40], scored_units=40
+    )
+    sharing = scores[keys].assign(measured_shared=[2 / 10, 2 / 8])  # 2 units kept by both
+    faithfulness = pd.DataFrame(
+        [
+            {"case": disconnected, "subtask": "add", "evaluated_on": "mul", "faithfulness": 0.85},
+            {"case": disconnected, "subtask": "mul", "evaluated_on": "add", "faithfulness": 0.95},
+            {"case": disconnected, "subtask": "mul", "evaluated_on": "mul", "faithfulness": 0.0},  # on itself
+        ]
+    ).assign(granularity="neuron", control="none", condition="inverse", **LABELS)
+    runs = pd.DataFrame([{"case": disconnected, "granularity": "neuron", "control": "none", "total_s": 200.0} | LABELS])
+    skipped = pd.DataFrame([{"case": disconnected, "control": "shuffled-answers", "reason": "no two examples share"}])
+    return {
+        "summary": summary,
+        "scores": scores,
+        "sharing": sharing,
+        "faithfulness": faithfulness,
+        "runs": runs,
+        "skipped": skipped,
+    }
+
+
+def _value(checks: pd.DataFrame, case: str, subtask: str, measure: str) -> tuple[float, float]:
+    row = checks[(checks["case"] == case) & (checks["subtask"] == subtask) & (checks["measure"] == measure)]
+    assert len(row) == 1, row
+    return float(row["value"].iloc[0]), float(row["met"].iloc[0])
+
+
+def test_disconnected_checks_read_iou_removal_and_time_from_the_tables():
+    checks = target_checks(_tables())
+    assert _value(checks, "disconnected/add-mul", "add", "iou_with_others") == pytest.approx((2 / 16, 0.0))
+    assert _value(checks, "disconnected/add-mul", "mul", "iou_with_others") == pytest.approx((2 / 16, 0.0))
+    assert _value(checks, "disconnected/add-mul", "add", "others_after_removal") == (0.85, 0.0)
+    assert _value(checks, "disconnected/add-mul", "mul", "others_after_removal") == (0.95, 1.0)
+    assert _value(checks, "disconnected/add-mul", "mul", "faithfulness") == (0.9, 0.0)
+    assert _value(checks, "disconnected/add-mul", "add", "seconds") == (200.0, 0.0)
+    assert _value(checks, "disconnected/add-mul", "add", "precision") == (1.0, 1.0)
+
+
+def test_head_masks_are_held_to_the_gain_ranking_and_neurons_to_the_logits():
+    checks = target_checks(_tables())
+    assert _value(checks, "entangled-head/add-mul", "add", "auroc_gain") == (0.99, 1.0)
+    assert _value(checks, "entangled-head/add-mul", "mul", "auroc_gain") == (0.97, 0.0)
+    assert _value(checks, "entangled-head/add-mul", "mul", "precision") == (0.9, 0.0)
+    assert _value(checks, "entangled-neuron/add-mul", "add", "auroc") == (0.97, 0.0)
+    entangled = checks[(checks["case"] == "entangled-neuron/add-mul") & (checks["target"] == "entangled")]
+    assert set(entangled["granularity"]) == {"neuron"}  # its weight row is not held to the target
+
+
+def test_undefined_values_and_reported_values():
+    checks = target_checks(_tables())
+    value, met = _value(checks, "tracr/hist", "hist", "auroc_gain")
+    assert math.isnan(value) and math.isnan(met)
+    assert _value(checks, "per-weight/add-mul", "add", "inside_others") == (0.5, 1.0)
+    value, met = _value(checks, "per-weight/add-mul", "add", "seed_iou")
+    assert math.isnan(value) and met == 0.0  # one seed: the ambiguity is not reported
+    tally = target_tally(checks).set_index("target")
+    assert tally.loc["tracr"].tolist() == [0, 0, 1]
+
+
+def test_controls_count_when_run_or_skipped_with_a_reason():
+    checks = target_checks(_tables())
+    controls = checks[checks["target"] == "controls"].set_index(["case", "measure"])["met"]
+    assert controls[("disconnected/add-mul", "random-init")] == 1.0
+    assert controls[("disconnected/add-mul", "shuffled-answers")] == 1.0  # skipped, with a reason
+    assert controls[("entangled-head/add-mul", "random-init")] == 0.0
+    assert controls[("entangled-neuron/add-mul", "random-init")].tolist() == [0.0, 0.0]  # neuron and weight
+    assert len(controls) == 2 * 6  # two controls for each uncontrolled case and granularity, held to a target or not
+
+
+def test_targets_command_reads_the_run_folders(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name, frame in _tables().items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    (folder / "stability.csv").write_text("\n")  # an empty table, as run --out writes one
+    result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path), "--out", str(tmp_path / "targets.md")])
+    assert result.exit_code == 0, result.output
+    assert "| disconnected | 10 | 4 | 0 |" in result.output  # 2 masks x 5 measures: precision twice, 1 each more
+    assert "| tracr/hist | hist | head | faithful | 0 | auroc_gain | nan | >= 0.99 | undefined |" in result.output
+    assert (tmp_path / "targets.md").read_text().startswith("| target | checked | met | undefined |")
+
+
+def test_targets_command_names_the_fix_for_a_folder_without_tables(tmp_path):
+    result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "groundtruth run" in result.output
