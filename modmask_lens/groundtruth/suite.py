@@ -242,10 +242,15 @@ def _score_run(
     """Train one method's masks on every subtask of ``variant`` with one seed, score them into ``frames`` (each row
     labelled with ``labels``) and return them by subtask."""
     started = time.perf_counter()
-    masks = {
-        name: finder(variant.bridge, data, MaskConfig(granularity=granularity), method_seed)
-        for name, data in variant.train.items()
-    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = {
+            name: finder(variant.bridge, data, MaskConfig(granularity=granularity), method_seed)
+            for name, data in variant.train.items()
+        }
+    context = f"{case_name} {granularity} {labels['method']} control={labels['control']} seed={method_seed}"
+    for warning in caught:  # e.g. PaddedReadout names only the subtask: say which run of the suite it came from
+        warnings.warn_explicit(f"{context}: {warning.message}", warning.category, warning.filename, warning.lineno)
     train_s = time.perf_counter() - started
     scores = {name: readout_scores(mask) for name, mask in masks.items()}
     gain_ranked = {name: _gain_ranked(variant.bridge, mask, variant.train[name]) for name, mask in masks.items()}

@@ -4,6 +4,7 @@ a model left bit-exact."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pandas as pd
 import pytest
@@ -23,6 +24,7 @@ from modmask_lens.groundtruth.methods import NECESSITY, study_methods
 from modmask_lens.groundtruth.metrics import readout_scores, seed_agreement, unit_scores
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
+from modmask_lens.masks.training import PaddedReadout
 
 TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
 
@@ -130,6 +132,20 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
     assert tables["summary"].empty
     assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
+
+
+def test_a_methods_warnings_name_the_run_they_came_from(case):
+    def warning_finder(bridge, data, mask_config, seed):
+        warnings.warn(f"subtask {data.name!r}: padded", PaddedReadout, stacklevel=2)
+        return TINY(bridge, data, mask_config, seed)
+
+    with pytest.warns(PaddedReadout) as caught:
+        run_suite({"warns": warning_finder}, [case], granularities=["head"], controls=["none"], method_seeds=(3,))
+    messages = sorted(str(warning.message) for warning in caught if str(warning.message).endswith(": padded"))
+    assert all(warning.category is PaddedReadout for warning in caught)  # TINY's own readouts pad too
+    assert messages == [
+        f"{case.name} head warns control=none seed=3: subtask '{name}': padded" for name in sorted(case.train)
+    ]
 
 
 def test_the_suite_scores_the_mask_the_method_reads_out():
