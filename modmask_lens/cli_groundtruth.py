@@ -210,16 +210,26 @@ def targets(
         if not path.is_dir():
             raise typer.BadParameter(f"not a folder: {path}", param_hint="FOLDER")
     if out is not None:
+        if out.is_dir():
+            raise typer.BadParameter(f"{out} is a folder; name the Markdown file to write", param_hint="--out")
         check_writable(out.parent, "--out")
     tables = read_tables(folder)
     if "summary" not in tables:
         raise typer.BadParameter(
-            f"no summary.csv under {[str(path) for path in folder]}: pass the --out folder of groundtruth run",
+            f"no summary.csv with rows under {[str(path) for path in folder]}: pass the --out folder of "
+            "groundtruth run",
             param_hint="FOLDER",
         )
-    checks = target_checks(tables, method)
+    try:
+        checks = target_checks(tables, method)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="FOLDER") from error
     if checks.empty:
-        raise typer.BadParameter(f"no uncontrolled rows of a known family{f' for method {method!r}' if method else ''}")
+        raise typer.BadParameter(
+            "no uncontrolled masks of a known family (disconnected, entangled-neuron, entangled-head, partly-shared, "
+            "per-weight, tracr) in the tables",
+            param_hint="FOLDER",
+        )
     tally = target_tally(checks)
     shown = checks.assign(
         seed=checks["seed"].astype("string").fillna(""),

@@ -36,14 +36,16 @@ from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_pla
 from modmask_lens.groundtruth.plan import PlantPlan
 from modmask_lens.groundtruth.plants import (
     CARD_FILE,
+    PLANT_ARCHITECTURE,
     PLANTS,
     PLANTS_DIR,
     PlantSpec,
     plant_plan,
+    plant_spec,
     plant_subtasks,
 )
 
-ARCHITECTURE = Architecture("llama", n_layers=2, d_model=32, n_heads=8, d_mlp=64, n_positions=8)
+ARCHITECTURE = Architecture(**PLANT_ARCHITECTURE)
 TORCH_THREADS = 1
 LEARNING_RATE = 5e-3
 MAX_STEPS = 8000
@@ -92,14 +94,14 @@ def _answer_logits(model: nn.Module, masks: dict[str, Tensor], input_ids: Tensor
     return torch.func.functional_call(model, parameters, (input_ids,)).logits[:, -2]
 
 
-def train_plant(spec: PlantSpec, out_dir: Path, log=print) -> dict:
-    """Train ``spec`` until every subtask is exact on the full model and on its own set and broken without it (or
-    :data:`MAX_STEPS`), save it to ``out_dir`` and write its card; returns the card."""
+def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Architecture = ARCHITECTURE) -> dict:
+    """Train ``spec`` on a model of ``architecture`` until every subtask is exact on the full model and on its own
+    set and broken without it (or :data:`MAX_STEPS`), save it to ``out_dir`` and write its card; returns the card."""
     torch.set_num_threads(TORCH_THREADS)
     started = time.perf_counter()
     tokenizer = digit_tokenizer()
     torch.manual_seed(spec.seed)
-    model = build_model(ARCHITECTURE, tokenizer)
+    model = build_model(architecture, tokenizer)
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
@@ -152,10 +154,16 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print) -> dict:
         "pair": spec.pair,
         "subtasks": list(spec.subtasks),
         "seed": spec.seed,
-        "architecture": {key: value for key, value in vars(ARCHITECTURE).items()},
+        "architecture": dict(vars(architecture)),
         "training": {
             "command": f"python -m experiments.groundtruth.plant_training {spec.name}"
-            + (f" --seed {spec.seed} --out DIR" if spec.seed else ""),
+            + (f" --seed {spec.seed}" if spec.seed else "")
+            + "".join(
+                f" --{key.replace('_', '-')} {value}"
+                for key, value in vars(architecture).items()
+                if value != PLANT_ARCHITECTURE[key]
+            )
+            + (" --out DIR" if spec.seed or architecture != ARCHITECTURE or spec.name not in PLANTS else ""),
             "steps": step,
             "learning_rate": LEARNING_RATE,
             "necessity_weight": NECESSITY_WEIGHT,
@@ -206,24 +214,43 @@ def _plan_summary(plan: PlantPlan) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: train the named plants (default: all)."""
+    """Command-line entry: train the named plants (default: the shipped ones)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"plants to train (default: all of {', '.join(PLANTS)})")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help=f"plants to train, FAMILY-PAIR of any family and two digit functions, e.g. entangled-head-add-sub "
+        f"(default: the shipped {', '.join(PLANTS)})",
+    )
     parser.add_argument("--out", type=Path, default=None, help="parent folder (default: the package's plants)")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the model, plan and training (not 0: written to NAME-seedN)"
     )
+    parser.add_argument("--d-model", type=int, default=ARCHITECTURE.d_model, help="residual width (folder: -dN)")
+    parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE.d_mlp, help="MLP neurons per layer (folder: -mlpN)")
     arguments = parser.parse_args(argv)
-    if arguments.seed and arguments.out is None:
-        raise SystemExit("plants of another seed than 0 are not shipped: give --out DIR")
+    architecture = dataclasses.replace(ARCHITECTURE, d_model=arguments.d_model, d_mlp=arguments.d_mlp)
+    specs = []
     for name in arguments.names or list(PLANTS):
-        if name not in PLANTS:
-            raise SystemExit(f"no plant {name!r}; known: {', '.join(PLANTS)}")
-        spec = dataclasses.replace(PLANTS[name], seed=arguments.seed)
+        try:
+            specs.append(plant_spec(name, arguments.seed))
+        except ValueError as error:
+            raise SystemExit(str(error)) from error
+    if arguments.out is None and (architecture != ARCHITECTURE or any(spec != PLANTS.get(spec.name) for spec in specs)):
+        raise SystemExit(
+            "only the shipped plants (seed 0, the shipped size) are written into the package: give --out DIR"
+        )
+    for spec in specs:
+        suffix = (
+            (f"-seed{spec.seed}" if spec.seed else "")
+            + (f"-d{architecture.d_model}" if architecture.d_model != ARCHITECTURE.d_model else "")
+            + (f"-mlp{architecture.d_mlp}" if architecture.d_mlp != ARCHITECTURE.d_mlp else "")
+        )
         train_plant(
             spec,
-            (arguments.out or PLANTS_DIR) / (name + (f"-seed{spec.seed}" if spec.seed else "")),
+            (arguments.out or PLANTS_DIR) / (spec.name + suffix),
             log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
+            architecture=architecture,
         )
 
 

@@ -40,7 +40,18 @@ FUNCTIONS = {
     "max": DigitFunction("max", max),
 }
 PAIRS = {"add-mul": ("add", "mul"), "sub-max": ("sub", "max")}
-"""Subtask pairs a plant learns together (Csordás's +/* split, and a pair whose second member is not arithmetic)."""
+"""The shipped plants' subtask pairs (Csordás's +/* split, and a pair whose second member is not arithmetic); any
+two functions make a pair (:func:`pair_subtasks`)."""
+
+
+def pair_subtasks(pair: str) -> tuple[str, str]:
+    """The two subtasks of a pair name: two different :data:`FUNCTIONS` joined by ``-``, e.g. ``"add-sub"``."""
+    names = tuple(pair.split("-"))
+    if len(names) != 2 or names[0] == names[1] or not set(names) <= set(FUNCTIONS):
+        raise ValueError(
+            f"pair {pair!r} is not two different functions of {sorted(FUNCTIONS)} joined by '-' (e.g. 'add-sub')"
+        )
+    return names
 
 
 def digit_tokenizer() -> PreTrainedTokenizerFast:

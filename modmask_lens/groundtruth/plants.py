@@ -22,7 +22,7 @@ from modmask_lens.adapters.base import model_shape
 from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase
-from modmask_lens.groundtruth.digits import PAIRS, digit_symbols, digit_tokenizer, subtask_data
+from modmask_lens.groundtruth.digits import PAIRS, digit_symbols, digit_tokenizer, pair_subtasks, subtask_data
 from modmask_lens.groundtruth.plan import (
     PlantPlan,
     disconnected_plan,
@@ -35,6 +35,16 @@ from modmask_lens.groundtruth.truth import plant_truth
 PLANTS_DIR = Path(__file__).parent / "plants"
 CARD_FILE = "card.json"
 PARTLY_SHARED_FRACTION = 0.25  # a quarter of every layer's neurons serve both subtasks
+PLANT_ARCHITECTURE = {
+    "family": "llama",
+    "n_layers": 2,
+    "d_model": 32,
+    "n_heads": 8,
+    "n_key_value_heads": None,
+    "d_mlp": 64,
+    "n_positions": 8,
+}
+"""The shipped plants' architecture, as their cards record it; a plant of another size is named by what differs."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class PlantSpec:
 
     @property
     def subtasks(self) -> tuple[str, str]:
-        return PAIRS[self.pair]
+        return pair_subtasks(self.pair)
 
     def primed(self, subtask: str) -> bool:
         """Whether ``subtask`` writes its digits primed: the second subtask of a disconnected plant."""
@@ -60,6 +70,21 @@ class PlantSpec:
 
 FAMILIES = ("disconnected", "entangled-neuron", "entangled-head", "partly-shared", "per-weight")
 PLANTS = {spec.name: spec for spec in (PlantSpec(family, pair) for family in FAMILIES for pair in PAIRS)}
+"""The shipped plants by name."""
+
+
+def plant_spec(name: str, seed: int = 0) -> PlantSpec:
+    """The plant ``FAMILY-PAIR`` of any family and any pair of digit functions, e.g. ``"entangled-head-add-sub"``.
+
+    Raises:
+        ValueError: when ``name`` starts with no family of :data:`FAMILIES` or its pair is not two functions.
+    """
+    family = next((family for family in FAMILIES if name.startswith(f"{family}-")), None)
+    if family is None:
+        raise ValueError(f"plant {name!r} names no family: FAMILY-PAIR with FAMILY one of {list(FAMILIES)}")
+    pair = name.removeprefix(f"{family}-")
+    pair_subtasks(pair)  # raises where the pair is not two different functions
+    return PlantSpec(family, pair, seed)
 
 
 def plant_subtasks(spec: PlantSpec, tokenizer: PreTrainedTokenizerBase) -> dict[str, SubtaskData]:
@@ -97,7 +122,8 @@ def available_plants() -> list[str]:
 def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
     """A shipped plant (or the plant folder ``directory``, trained elsewhere) as a ground-truth case, booted offline
     on CPU. The family, pair and seed, and so the plan the answer key is drawn from, are read from the plant's card;
-    a plant of another seed than 0 is named ``family/pair@seedN``.
+    a plant of another seed than 0, or of another architecture than the shipped ones' (:data:`PLANT_ARCHITECTURE`),
+    is named by what differs: ``family/pair@seedN``, ``family/pair@d_model=64,d_mlp=128``.
 
     Example:
         >>> case = load_plant("disconnected-add-mul")                                   # doctest: +SKIP
@@ -112,13 +138,16 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
             f"{folder} holds no trained plant; train it with python -m experiments.groundtruth.plant_training {name}"
         )
     card = json.loads((folder / CARD_FILE).read_text())
-    if card["family"] not in FAMILIES or card["pair"] not in PAIRS:
-        raise ValueError(f"{folder / CARD_FILE}: family {card['family']!r} / pair {card['pair']!r} is not one we build")
-    spec = PlantSpec(card["family"], card["pair"], int(card["seed"]))
+    try:
+        spec = plant_spec(f"{card['family']}-{card['pair']}", int(card["seed"]))
+    except ValueError as error:
+        raise ValueError(f"{folder / CARD_FILE}: {error}") from error
+    resized = [f"{key}={value}" for key, value in card["architecture"].items() if PLANT_ARCHITECTURE.get(key) != value]
+    tags = [f"seed{spec.seed}"] * bool(spec.seed) + resized
     bridge = boot_transformers(str(folder), device="cpu")
     data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))
     return GroundTruthCase(
-        name=f"{spec.family}/{spec.pair}" + (f"@seed{spec.seed}" if spec.seed else ""),
+        name=f"{spec.family}/{spec.pair}" + (f"@{','.join(tags)}" if tags else ""),
         family=spec.family,
         bridge=bridge,
         train=data,

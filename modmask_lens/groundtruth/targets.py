@@ -26,7 +26,15 @@ from dataclasses import dataclass
 import pandas as pd
 
 KEYS = ["case", "subtask", "granularity", "method", "seed"]
-COLUMNS = ["target", *KEYS, "measure", "value", "bound", "met"]
+COLUMNS = ["target", *KEYS, "measure", "value", "bound", "met", "note"]
+REQUIRED = {
+    "summary": [*KEYS, "control", "precision", "auroc", "auroc_gain", "faithfulness", "seed_iou", "inside_others"],
+    "scores": [*KEYS, "control", "kept_fraction", "scored_units"],
+    "sharing": [*KEYS, "control", "measured_shared"],
+    "faithfulness": [*KEYS, "control", "condition", "evaluated_on", "faithfulness"],
+    "runs": ["case", "granularity", "method", "seed", "control", "total_s", "torch_threads"],
+}
+"""The tables and columns the check reads (``groundtruth run --out`` writes them all since session 17)."""
 
 
 @dataclass(frozen=True)
@@ -96,35 +104,44 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
 
     Returns:
         Columns ``target``, ``case``, ``subtask``, ``granularity``, ``method``, ``seed``, ``measure``, ``value``,
-        ``bound`` (text) and ``met`` (1.0, 0.0, or NaN where the value is undefined). The ``controls`` rows have
+        ``bound`` (text), ``met`` (1.0, 0.0, or NaN where the value is undefined) and ``note`` (the torch
+        threads of a ``seconds`` row; whether a control ran or why it was skipped). The ``controls`` rows have
         ``measure`` ``random-init`` or ``shuffled-answers``, value 1.0 where that control was run (or skipped with a
         reason, in ``skipped``) for the case and granularity.
+
+    Raises:
+        ValueError: when a table or column is missing, the summary holds no masks, a mask or run appears twice, or
+            ``method`` names no method of the tables.
     """
+    _check_tables(tables)
     summary = tables["summary"]
     if method is not None:
+        if method not in set(summary["method"]):
+            raise ValueError(f"no masks of method {method!r} in the tables; they hold {sorted(set(summary['method']))}")
         summary = summary[summary["method"] == method]
     uncontrolled = summary[summary["control"] == "none"]
     iou = _iou_with_others(tables)
     after_removal = _others_after_removal(tables)
-    seconds = tables["runs"][tables["runs"]["control"] == "none"].set_index(["case", "granularity", "method", "seed"])[
-        "total_s"
-    ]
+    runs = tables["runs"][tables["runs"]["control"] == "none"].set_index(["case", "granularity", "method", "seed"])
     rows = []
     for row in uncontrolled.itertuples(index=False):
         target = FAMILY_TARGET.get(family(row.case))
         if target is None or PLANT_GRANULARITY.get(family(row.case), row.granularity) != row.granularity:
             continue
         key = (row.case, row.subtask, row.granularity, row.method, row.seed)
+        run_key = (row.case, row.granularity, row.method, row.seed)
+        run = runs.loc[run_key] if run_key in runs.index else None
         values = {
             "precision": row.precision,
             "auroc": row.auroc_gain if row.granularity == "head" else row.auroc,
             "faithfulness": row.faithfulness,
             "iou_with_others": iou.get(key, math.nan),
             "others_after_removal": after_removal.get(key, math.nan),
-            "seconds": float(seconds.get((row.case, row.granularity, row.method, row.seed), math.nan)),
+            "seconds": math.nan if run is None else run["total_s"],
             "seed_iou": row.seed_iou,
             "inside_others": row.inside_others,
         }
+        notes = {"seconds": "" if run is None else f"{int(run['torch_threads'])} torch thread(s)"}
         for measure, bound in TARGETS[target].items():
             value = float(values[measure])
             rows.append(
@@ -135,6 +152,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
                     "value": value,
                     "bound": str(bound),
                     "met": bound.met(value),
+                    "note": notes.get(measure, ""),
                 }
             )
     checks = pd.DataFrame(rows + _control_rows(tables, uncontrolled), columns=COLUMNS)
@@ -152,6 +170,31 @@ def target_tally(checks: pd.DataFrame) -> pd.DataFrame:
             "undefined": grouped.apply(lambda met: int(met.isna().sum())),
         }
     ).reset_index()
+
+
+def _check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
+    """Refuse tables the check cannot read right: a missing table or column (tables of an older version), no masks,
+    or a mask or run that appears twice (the same run's folder passed twice, or two runs of one case, whose rows
+    would be counted twice and whose IoU would pair the wrong masks)."""
+    for table, columns in REQUIRED.items():
+        if table not in tables:
+            raise ValueError(f"no {table} table: pass the --out folders of groundtruth run (they hold {table}.csv)")
+        missing = sorted(set(columns) - set(tables[table].columns))
+        if missing:
+            raise ValueError(
+                f"the {table} table has no columns {missing}: tables of an older version; rerun groundtruth run"
+            )
+    if tables["summary"].empty:
+        raise ValueError("the summary table holds no masks")
+    for table, columns in (("summary", [*KEYS, "control"]), ("runs", REQUIRED["runs"][:5])):
+        repeated = tables[table][tables[table].duplicated(columns, keep=False)]
+        if not repeated.empty:
+            first = repeated.iloc[0]
+            raise ValueError(
+                f"the {table} table holds {len(repeated)} rows more than once (e.g. case {first['case']!r}, "
+                f"granularity {first['granularity']!r}, method {first['method']!r}, control {first['control']!r}, "
+                f"seed {first['seed']}): pass each run's folder once, and keep two runs of one case apart"
+            )
 
 
 def _iou_with_others(tables: Mapping[str, pd.DataFrame]) -> dict[tuple, float]:
@@ -194,17 +237,18 @@ def _others_after_removal(tables: Mapping[str, pd.DataFrame]) -> dict[tuple, flo
 
 def _control_rows(tables: Mapping[str, pd.DataFrame], uncontrolled: pd.DataFrame) -> list[dict]:
     """One row per (case, granularity, method) of ``uncontrolled`` and null control: 1.0 where the summary has that
-    control's rows or ``skipped`` gives a reason it could not be built, 0.0 where neither."""
+    control's rows or ``skipped`` gives a reason it could not be built (the note says which), 0.0 where neither."""
     summary = tables["summary"]
-    skipped = tables.get("skipped", pd.DataFrame(columns=["case", "control"]))
+    skipped = tables.get("skipped", pd.DataFrame(columns=["case", "control", "reason"]))
     run = set(zip(summary["case"], summary["granularity"], summary["method"], summary["control"], strict=True))
-    reasoned = set(zip(skipped.get("case", []), skipped.get("control", []), strict=True))
+    reasons = {(row.case, row.control): row.reason for row in skipped.itertuples(index=False)}
     rows = []
-    for case, granularity, method in sorted(
-        set(zip(uncontrolled["case"], uncontrolled["granularity"], uncontrolled["method"], strict=True))
-    ):
+    masks = set(zip(uncontrolled["case"], uncontrolled["granularity"], uncontrolled["method"], strict=True))
+    for case, granularity, method in sorted(masks):
         for control in ("random-init", "shuffled-answers"):
-            present = (case, granularity, method, control) in run or (case, control) in reasoned
+            ran = (case, granularity, method, control) in run
+            reason = reasons.get((case, control))
+            note = "run" if ran else (f"skipped: {reason}" if reason is not None else "not run")
             rows.append(
                 {
                     "target": "controls",
@@ -214,9 +258,10 @@ def _control_rows(tables: Mapping[str, pd.DataFrame], uncontrolled: pd.DataFrame
                     "method": method,
                     "seed": None,
                     "measure": control,
-                    "value": float(present),
-                    "bound": "run",
-                    "met": float(present),
+                    "value": float(ran or reason is not None),
+                    "bound": "run or skipped with a reason",
+                    "met": float(ran or reason is not None),
+                    "note": note,
                 }
             )
     return rows

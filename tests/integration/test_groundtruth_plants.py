@@ -3,16 +3,22 @@ and a disconnected plant's cross weights are exactly zero."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
+from experiments.groundtruth import plant_training
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
+from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth import PLANTS, available_plants, load_plant
 from modmask_lens.groundtruth.ablations import keep_only, remove, remove_random_part
+from modmask_lens.groundtruth.digits import digit_tokenizer
 from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
 from modmask_lens.groundtruth.plan import element_use
-from modmask_lens.groundtruth.plants import PLANTS_DIR, plant_plan
+from modmask_lens.groundtruth.plants import PLANTS_DIR, PlantSpec, plant_plan, plant_spec
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 
@@ -72,3 +78,37 @@ def test_disconnected_cross_weights_are_exactly_zero_and_sets_are_disjoint(name)
         owned_first, owned_second = element_use(spec, first, dims), element_use(spec, second, dims)
         assert not (owned_first & owned_second).any()
         assert not weight[~(owned_first | owned_second)].any(), spec.key
+
+
+def test_a_plant_of_another_pair_and_seed_loads_under_its_own_name(tmp_path):
+    folder = tmp_path / "entangled-head-add-sub-seed2"
+    shutil.copytree(PLANTS_DIR / "entangled-head-add-mul", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card.update(pair="add-sub", subtasks=["add", "sub"], seed=2)
+    (folder / "card.json").write_text(json.dumps(card))
+    case = load_plant(folder.name, folder)
+    assert case.name == "entangled-head/add-sub@seed2"
+    assert sorted(case.train) == ["add", "sub"]
+    examples, tokenizer = case.train["sub"], digit_tokenizer()
+    task, left, right = tokenizer.convert_ids_to_tokens(examples.input_ids[37, :3].tolist())
+    answer = examples.labels[37][examples.labels[37] != IGNORE_INDEX].item()
+    assert task == "sub" and tokenizer.convert_ids_to_tokens(answer) == str((int(left) - int(right)) % 10)
+
+
+@pytest.mark.parametrize("pair", ["add-add", "add-div", "add"])
+def test_a_card_whose_pair_is_not_two_functions_is_refused_with_the_choices(tmp_path, pair):
+    folder = tmp_path / "plant"
+    shutil.copytree(PLANTS_DIR / "entangled-head-add-mul", folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps(card | {"pair": pair}))
+    with pytest.raises(ValueError, match=r"card.json: pair .* is not two different functions of \['add', 'max'"):
+        load_plant("plant", folder)
+
+
+def test_plant_names_parse_any_family_and_pair():
+    assert plant_spec("partly-shared-mul-max", seed=3) == PlantSpec("partly-shared", "mul-max", 3)
+    assert plant_spec("entangled-head-add-mul") == PLANTS["entangled-head-add-mul"]
+    with pytest.raises(ValueError, match="names no family"):
+        plant_spec("tangled-add-mul")
+    with pytest.raises(SystemExit, match="give --out DIR"):
+        plant_training.main(["entangled-head-add-sub"])  # refused before any training

@@ -50,7 +50,12 @@ def _tables() -> dict[str, pd.DataFrame]:
             {"case": disconnected, "subtask": "mul", "evaluated_on": "mul", "faithfulness": 0.0},  # on itself
         ]
     ).assign(granularity="neuron", control="none", condition="inverse", **LABELS)
-    runs = pd.DataFrame([{"case": disconnected, "granularity": "neuron", "control": "none", "total_s": 200.0} | LABELS])
+    runs = pd.DataFrame(
+        [
+            {"case": disconnected, "granularity": "neuron", "control": "none", "total_s": 200.0, "torch_threads": 1}
+            | LABELS
+        ]
+    )
     skipped = pd.DataFrame([{"case": disconnected, "control": "shuffled-answers", "reason": "no two examples share"}])
     return {
         "summary": summary,
@@ -105,6 +110,10 @@ def test_controls_count_when_run_or_skipped_with_a_reason():
     controls = checks[checks["target"] == "controls"].set_index(["case", "measure"])["met"]
     assert controls[("disconnected/add-mul", "random-init")] == 1.0
     assert controls[("disconnected/add-mul", "shuffled-answers")] == 1.0  # skipped, with a reason
+    notes = checks[checks["target"] == "controls"].set_index(["case", "measure"])["note"]
+    assert notes[("disconnected/add-mul", "random-init")] == "run"
+    assert notes[("disconnected/add-mul", "shuffled-answers")] == "skipped: no two examples share"
+    assert notes[("entangled-head/add-mul", "random-init")] == "not run"
     assert controls[("entangled-head/add-mul", "random-init")] == 0.0
     assert controls[("entangled-neuron/add-mul", "random-init")].tolist() == [0.0, 0.0]  # neuron and weight
     assert len(controls) == 2 * 6  # two controls for each uncontrolled case and granularity, held to a target or not
@@ -112,9 +121,7 @@ def test_controls_count_when_run_or_skipped_with_a_reason():
 
 def test_targets_command_reads_the_run_folders(tmp_path):
     folder = tmp_path / "run"
-    folder.mkdir()
-    for name, frame in _tables().items():
-        frame.to_csv(folder / f"{name}.csv", index=False)
+    _write_run(folder, _tables())
     (folder / "stability.csv").write_text("\n")  # an empty table, as run --out writes one
     result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path), "--out", str(tmp_path / "targets.md")])
     assert result.exit_code == 0, result.output
@@ -127,3 +134,47 @@ def test_targets_command_names_the_fix_for_a_folder_without_tables(tmp_path):
     result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path)])
     assert result.exit_code != 0
     assert "groundtruth run" in result.output
+
+
+def _write_run(folder, tables):
+    folder.mkdir(parents=True)
+    for name, frame in tables.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+
+
+def test_tables_read_twice_are_refused_before_they_are_counted_twice(tmp_path):
+    _write_run(tmp_path / "first", _tables())
+    _write_run(tmp_path / "rerun", _tables())  # e.g. a rerun of the same cases beside the first run
+    result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "more than once" in result.output and "disconnected/add-mul" in result.output
+    doubled = {name: pd.concat([frame, frame]) for name, frame in _tables().items()}
+    with pytest.raises(ValueError, match="pass each run's folder once"):
+        target_checks(doubled)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda tables: tables.pop("scores"), "no scores table"),
+        (lambda tables: tables.update(summary=tables["summary"].drop(columns="auroc_gain")), "older version"),
+        (lambda tables: tables.update(summary=tables["summary"].iloc[:0]), "holds no masks"),
+    ],
+)
+def test_tables_the_check_cannot_read_are_refused_with_the_fix(change, message):
+    tables = _tables()
+    change(tables)
+    with pytest.raises(ValueError, match=message):
+        target_checks(tables)
+
+
+def test_an_unknown_method_names_the_tables_methods():
+    with pytest.raises(ValueError, match=r"no masks of method 'Faithful'.*\['faithful'\]"):
+        target_checks(_tables(), method="Faithful")
+
+
+def test_out_naming_a_folder_is_refused_before_the_report(tmp_path):
+    _write_run(tmp_path / "run", _tables())
+    result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path / "run"), "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "is a folder" in result.output and "| target |" not in result.output
