@@ -204,7 +204,7 @@ def targets(
 
     Example: modmask-lens groundtruth targets gt-tables --method faithful --out targets.md
     """
-    from modmask_lens.groundtruth.targets import target_checks, target_tally
+    from modmask_lens.groundtruth.targets import TARGETS, target_checks, target_tally
 
     for path in folder:
         if not path.is_dir():
@@ -224,7 +224,7 @@ def targets(
         checks = target_checks(tables, method)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="FOLDER") from error
-    if checks.empty:
+    if not checks["target"].isin(list(TARGETS)).any():
         raise typer.BadParameter(
             "no uncontrolled masks of a known family (disconnected, entangled-neuron, entangled-head, partly-shared, "
             "per-weight, tracr) in the tables",

@@ -40,6 +40,7 @@ from modmask_lens.groundtruth.plants import (
     PLANTS,
     PLANTS_DIR,
     PlantSpec,
+    architecture_changes,
     plant_plan,
     plant_spec,
     plant_subtasks,
@@ -156,14 +157,7 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
         "seed": spec.seed,
         "architecture": dict(vars(architecture)),
         "training": {
-            "command": f"python -m experiments.groundtruth.plant_training {spec.name}"
-            + (f" --seed {spec.seed}" if spec.seed else "")
-            + "".join(
-                f" --{key.replace('_', '-')} {value}"
-                for key, value in vars(architecture).items()
-                if value != PLANT_ARCHITECTURE[key]
-            )
-            + (" --out DIR" if spec.seed or architecture != ARCHITECTURE or spec.name not in PLANTS else ""),
+            "command": _command(spec, architecture),
             "steps": step,
             "learning_rate": LEARNING_RATE,
             "necessity_weight": NECESSITY_WEIGHT,
@@ -178,6 +172,19 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     log(f"{spec.name}: {step} steps, {wall_time_s:.0f} s, unique={card['unique']}")
     return card
+
+
+def _command(spec: PlantSpec, architecture: Architecture) -> str:
+    """The command that trains ``spec`` on ``architecture`` again (fields the options do not reach: named)."""
+    changes = architecture_changes(vars(architecture))
+    shipped = spec == PLANTS.get(spec.name) and not changes
+    options = [f" --seed {spec.seed}"] * bool(spec.seed)
+    options += [f" --{key.replace('_', '-')} {changes.pop(key)}" for key in ("d_model", "d_mlp") if key in changes]
+    return (
+        f"python -m experiments.groundtruth.plant_training {spec.name}{''.join(options)}"
+        + ("" if shipped else " --out DIR")
+        + (f" (with the architecture's {sorted(changes)} set in code)" if changes else "")
+    )
 
 
 def _planted(model, data, answers, own, removed, log, step, loss) -> bool:
@@ -226,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the model, plan and training (not 0: written to NAME-seedN)"
     )
-    parser.add_argument("--d-model", type=int, default=ARCHITECTURE.d_model, help="residual width (folder: -dN)")
-    parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE.d_mlp, help="MLP neurons per layer (folder: -mlpN)")
+    parser.add_argument("--d-model", type=int, default=ARCHITECTURE.d_model, help="residual width (folder: -d_modelN)")
+    parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE.d_mlp, help="MLP neurons per layer (folder: -d_mlpN)")
     arguments = parser.parse_args(argv)
     architecture = dataclasses.replace(ARCHITECTURE, d_model=arguments.d_model, d_mlp=arguments.d_mlp)
     specs = []
@@ -241,10 +248,9 @@ def main(argv: list[str] | None = None) -> None:
             "only the shipped plants (seed 0, the shipped size) are written into the package: give --out DIR"
         )
     for spec in specs:
-        suffix = (
-            (f"-seed{spec.seed}" if spec.seed else "")
-            + (f"-d{architecture.d_model}" if architecture.d_model != ARCHITECTURE.d_model else "")
-            + (f"-mlp{architecture.d_mlp}" if architecture.d_mlp != ARCHITECTURE.d_mlp else "")
+        changes = architecture_changes(vars(architecture))
+        suffix = (f"-seed{spec.seed}" if spec.seed else "") + "".join(
+            f"-{key}{value}" for key, value in changes.items()
         )
         train_plant(
             spec,

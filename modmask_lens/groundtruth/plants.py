@@ -47,6 +47,23 @@ PLANT_ARCHITECTURE = {
 """The shipped plants' architecture, as their cards record it; a plant of another size is named by what differs."""
 
 
+def architecture_changes(architecture: dict) -> dict:
+    """The fields of a plant's architecture (as its card records it) that build another model than the shipped
+    plants' (:data:`PLANT_ARCHITECTURE`), with defaults spelled out first: ``n_key_value_heads`` None is
+    ``n_heads``, ``d_mlp`` None is ``4 * d_model`` (the builder's defaults), so equal models compare equal."""
+
+    def spelled(fields: dict) -> dict:
+        fields = dict(fields)
+        if fields.get("n_key_value_heads") is None:
+            fields["n_key_value_heads"] = fields["n_heads"]
+        if fields.get("d_mlp") is None:
+            fields["d_mlp"] = 4 * fields["d_model"]
+        return fields
+
+    shipped = spelled(PLANT_ARCHITECTURE)
+    return {key: value for key, value in spelled(architecture).items() if shipped.get(key) != value}
+
+
 @dataclass(frozen=True)
 class PlantSpec:
     """One planted model: its family, subtask pair and seed (which also draws the plan)."""
@@ -142,7 +159,7 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
         spec = plant_spec(f"{card['family']}-{card['pair']}", int(card["seed"]))
     except ValueError as error:
         raise ValueError(f"{folder / CARD_FILE}: {error}") from error
-    resized = [f"{key}={value}" for key, value in card["architecture"].items() if PLANT_ARCHITECTURE.get(key) != value]
+    resized = [f"{key}={value}" for key, value in architecture_changes(card["architecture"]).items()]
     tags = [f"seed{spec.seed}"] * bool(spec.seed) + resized
     bridge = boot_transformers(str(folder), device="cpu")
     data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))

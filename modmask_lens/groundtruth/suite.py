@@ -162,7 +162,9 @@ def run_suite(
         seed: seed of the controls (random weights, answer permutation).
         method_seeds: each method trains once per seed (data order, mask noise); with two or more, ``stability``
             says how much the seeds' masks agree.
-        log: called with a line after each run (e.g. ``print``).
+        log: called with a line before each run and one after it, with its time (e.g. ``print``): the warnings a
+            run raises (e.g. :class:`~modmask_lens.masks.training.PaddedReadout`, which names only the subtask)
+            come between its two lines.
 
     Returns:
         Table name -> DataFrame, each with columns ``method`` and ``control`` beside the metric's own:
@@ -198,14 +200,14 @@ def run_suite(
                     readouts: dict[str, dict[int, dict]] = {name: {} for name in variant.train}
                     for method_seed in method_seeds:
                         labels = {"method": method_name, "control": control, "seed": method_seed}
+                        run = f"{case.name} {granularity} {method_name} control={control} seed={method_seed}"
+                        if log is not None:  # first, so that the run's own warnings (e.g. PaddedReadout) follow it
+                            log(f"{run}: training")
                         masks = _score_run(frames, variant, case.name, granularity, finder, method_seed, full, labels)
                         for name, mask in masks.items():
                             readouts[name][method_seed] = readout_scores(mask)
                         if log is not None:
-                            log(
-                                f"{case.name} {granularity} {method_name} control={control} seed={method_seed}: "
-                                f"{frames['runs'][-1]['total_s'].iloc[0]} s"
-                            )
+                            log(f"{run}: {frames['runs'][-1]['total_s'].iloc[0]} s")
                     frames["stability"].append(
                         pd.DataFrame(
                             [
@@ -242,15 +244,10 @@ def _score_run(
     """Train one method's masks on every subtask of ``variant`` with one seed, score them into ``frames`` (each row
     labelled with ``labels``) and return them by subtask."""
     started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        masks = {
-            name: finder(variant.bridge, data, MaskConfig(granularity=granularity), method_seed)
-            for name, data in variant.train.items()
-        }
-    context = f"{case_name} {granularity} {labels['method']} control={labels['control']} seed={method_seed}"
-    for warning in caught:  # e.g. PaddedReadout names only the subtask: say which run of the suite it came from
-        warnings.warn_explicit(f"{context}: {warning.message}", warning.category, warning.filename, warning.lineno)
+    masks = {
+        name: finder(variant.bridge, data, MaskConfig(granularity=granularity), method_seed)
+        for name, data in variant.train.items()
+    }
     train_s = time.perf_counter() - started
     scores = {name: readout_scores(mask) for name, mask in masks.items()}
     gain_ranked = {name: _gain_ranked(variant.bridge, mask, variant.train[name]) for name, mask in masks.items()}

@@ -14,7 +14,8 @@ The rules, and why:
   the units a mask leaves out": higher than the logits' on 5 of 20 head masks, and never lower on an entangled
   plant), of every other granularity ``auroc`` (the gains rank neurons worse);
 - a value that is NaN where a bound applies (e.g. AUROC where every unit is used) is not met and not failed:
-  ``met`` is NaN, and :func:`target_tally` counts it apart.
+  ``met`` is NaN, and :func:`target_tally` counts it apart; but a mask that keeps no scored unit fails its
+  precision, and a disconnected plant not run at a granularity fails a ``granularity run`` row.
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ import pandas as pd
 KEYS = ["case", "subtask", "granularity", "method", "seed"]
 COLUMNS = ["target", *KEYS, "measure", "value", "bound", "met", "note"]
 REQUIRED = {
-    "summary": [*KEYS, "control", "precision", "auroc", "auroc_gain", "faithfulness", "seed_iou", "inside_others"],
+    "summary": [
+        *KEYS,
+        "control",
+        "precision",
+        "auroc",
+        "auroc_gain",
+        "kept_fraction",
+        "faithfulness",
+        "seed_iou",
+        "inside_others",
+    ],
     "scores": [*KEYS, "control", "kept_fraction", "scored_units"],
     "sharing": [*KEYS, "control", "measured_shared"],
     "faithfulness": [*KEYS, "control", "condition", "evaluated_on", "faithfulness"],
@@ -68,11 +79,18 @@ TARGETS: dict[str, dict[str, Bound]] = {
         "seconds": Bound(180.0, at_least=False),
     },
     "entangled": {"precision": Bound(0.95), "auroc": Bound(0.98), "faithfulness": Bound(0.95)},
-    "many-answers": {"seed_iou": Bound(), "inside_others": Bound()},
+    "many-answers": {"seed_iou": Bound(), "inside_own": Bound(), "inside_others": Bound()},
     "tracr": {"auroc": Bound(0.99)},
 }
 """Target -> measure -> bound, as issue #18 states them. ``seconds`` is the wall time of one granularity's run of
-every subtask of a case (issue: "within 3 minutes on one CPU thread")."""
+every subtask of a case (issue: "within 3 minutes on one CPU thread"; undefined for a run on more threads), one row
+per run; ``seed_iou`` one row per mask across its seeds; ``inside_own`` is precision (the share of the mask inside
+its own planted set) and ``inside_others`` the share inside the other subtask's, the "fraction of the mask inside
+either planted set" of the issue."""
+RUN_MEASURES = ("seconds",)
+SEEDS_MEASURES = ("seed_iou",)
+DISCONNECTED_GRANULARITIES = ("weight", "neuron", "head")
+"""A disconnected plant is held to its targets at each of these; one not run is a failed check."""
 
 FAMILY_TARGET = {
     "disconnected": "disconnected",
@@ -123,7 +141,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
     iou = _iou_with_others(tables)
     after_removal = _others_after_removal(tables)
     runs = tables["runs"][tables["runs"]["control"] == "none"].set_index(["case", "granularity", "method", "seed"])
-    rows = []
+    rows, emitted = [], set()
     for row in uncontrolled.itertuples(index=False):
         target = FAMILY_TARGET.get(family(row.case))
         if target is None or PLANT_GRANULARITY.get(family(row.case), row.granularity) != row.granularity:
@@ -131,45 +149,83 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
         key = (row.case, row.subtask, row.granularity, row.method, row.seed)
         run_key = (row.case, row.granularity, row.method, row.seed)
         run = runs.loc[run_key] if run_key in runs.index else None
+        threads = None if run is None else int(run["torch_threads"])
         values = {
             "precision": row.precision,
             "auroc": row.auroc_gain if row.granularity == "head" else row.auroc,
             "faithfulness": row.faithfulness,
             "iou_with_others": iou.get(key, math.nan),
             "others_after_removal": after_removal.get(key, math.nan),
-            "seconds": math.nan if run is None else run["total_s"],
+            "seconds": math.nan if run is None or threads != 1 else run["total_s"],
             "seed_iou": row.seed_iou,
+            "inside_own": row.precision,
             "inside_others": row.inside_others,
         }
-        notes = {"seconds": "" if run is None else f"{int(run['torch_threads'])} torch thread(s)"}
+        notes = {
+            "seconds": "" if run is None else f"{run['total_s']:g} s on {threads} torch thread(s)",
+            "precision": "keeps no scored unit" if row.kept_fraction == 0 else "",
+        }
         for measure, bound in TARGETS[target].items():
+            scope = key[:1] + ("",) + key[2:] if measure in RUN_MEASURES else key
+            scope = scope[:4] + (None,) if measure in SEEDS_MEASURES else scope
+            if (measure, scope) in emitted:
+                continue
+            emitted.add((measure, scope))
             value = float(values[measure])
+            met = 0.0 if notes.get(measure) == "keeps no scored unit" else bound.met(value)
             rows.append(
                 {
                     "target": target,
-                    **dict(zip(KEYS, key, strict=True)),
+                    **dict(zip(KEYS, scope, strict=True)),
                     "measure": "auroc_gain" if measure == "auroc" and row.granularity == "head" else measure,
                     "value": value,
                     "bound": str(bound),
-                    "met": bound.met(value),
+                    "met": met,
                     "note": notes.get(measure, ""),
                 }
             )
+    rows += _granularities_not_run(uncontrolled)
     checks = pd.DataFrame(rows + _control_rows(tables, uncontrolled), columns=COLUMNS)
     return checks.astype({"seed": "Int64"})
 
 
 def target_tally(checks: pd.DataFrame) -> pd.DataFrame:
-    """Per target: ``checked`` (rows with a defined value), ``met`` among them, and ``undefined`` (NaN values, e.g.
-    AUROC where every unit is used)."""
-    grouped = checks.groupby("target", sort=False)["met"]
+    """Per target of :data:`TARGETS` and ``controls``: ``checked`` (rows with a defined value), ``met`` among them,
+    and ``undefined`` (NaN values, e.g. AUROC where every unit is used); a target the tables have no rows for reads
+    0 / 0 / 0, so that a family left out of a run shows."""
+    met = checks["met"]
     return pd.DataFrame(
-        {
-            "checked": grouped.apply(lambda met: int(met.notna().sum())),
-            "met": grouped.apply(lambda met: int((met == 1).sum())),
-            "undefined": grouped.apply(lambda met: int(met.isna().sum())),
-        }
-    ).reset_index()
+        [
+            {
+                "target": target,
+                "checked": int(met[checks["target"] == target].notna().sum()),
+                "met": int((met[checks["target"] == target] == 1).sum()),
+                "undefined": int(met[checks["target"] == target].isna().sum()),
+            }
+            for target in [*TARGETS, "controls"]
+        ]
+    )
+
+
+def _granularities_not_run(uncontrolled: pd.DataFrame) -> list[dict]:
+    """A failed ``disconnected`` row for each of :data:`DISCONNECTED_GRANULARITIES` a disconnected case's method was
+    not run at (uncontrolled)."""
+    rows = []
+    disconnected = uncontrolled[uncontrolled["case"].map(family) == "disconnected"]
+    for (case, method), masks in disconnected.groupby(["case", "method"]):
+        for granularity in sorted(set(DISCONNECTED_GRANULARITIES) - set(masks["granularity"])):
+            rows.append(
+                {
+                    "target": "disconnected",
+                    **dict(zip(KEYS, (case, "", granularity, method, None), strict=True)),
+                    "measure": "granularity run",
+                    "value": 0.0,
+                    "bound": "run",
+                    "met": 0.0,
+                    "note": "not run",
+                }
+            )
+    return rows
 
 
 def _check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
@@ -200,8 +256,8 @@ def _check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
 def _iou_with_others(tables: Mapping[str, pd.DataFrame]) -> dict[tuple, float]:
     """(case, subtask, granularity, method, seed) -> IoU of the mask's kept scored units with the other subtask's
     mask, from ``scores`` (kept fraction of the scored units) and ``sharing`` (the share of the mask's kept units the
-    other keeps too): ``|A & B| / (|A| + |B| - |A & B|)``; NaN unless the case has exactly two subtasks, 0 where
-    neither keeps a unit in common."""
+    other keeps too): ``|A & B| / (|A| + |B| - |A & B|)``; NaN unless the case has exactly two subtasks, and where
+    neither mask keeps a unit."""
     scores = tables["scores"][tables["scores"]["control"] == "none"]
     sharing = tables["sharing"][tables["sharing"]["control"] == "none"].set_index(KEYS)["measured_shared"]
     kept = (scores["kept_fraction"] * scores["scored_units"]).round().to_numpy()
@@ -214,7 +270,7 @@ def _iou_with_others(tables: Mapping[str, pd.DataFrame]) -> dict[tuple, float]:
             continue
         both = float(sharing.get(key, math.nan)) * count if count else 0.0
         union = count + others[0] - both
-        result[key] = both / union if union else 0.0
+        result[key] = both / union if union else math.nan  # neither mask keeps a unit: no overlap to measure
     return result
 
 

@@ -3,6 +3,7 @@ and a disconnected plant's cross weights are exactly zero."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -18,7 +19,14 @@ from modmask_lens.groundtruth.ablations import keep_only, remove, remove_random_
 from modmask_lens.groundtruth.digits import digit_tokenizer
 from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
 from modmask_lens.groundtruth.plan import element_use
-from modmask_lens.groundtruth.plants import PLANTS_DIR, PlantSpec, plant_plan, plant_spec
+from modmask_lens.groundtruth.plants import (
+    PLANT_ARCHITECTURE,
+    PLANTS_DIR,
+    PlantSpec,
+    architecture_changes,
+    plant_plan,
+    plant_spec,
+)
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 
@@ -112,3 +120,21 @@ def test_plant_names_parse_any_family_and_pair():
         plant_spec("tangled-add-mul")
     with pytest.raises(SystemExit, match="give --out DIR"):
         plant_training.main(["entangled-head-add-sub"])  # refused before any training
+
+
+def test_a_plants_size_is_told_by_what_builds_another_model_and_its_card_command_retrains_it():
+    shipped = PLANT_ARCHITECTURE
+    assert architecture_changes(shipped | {"n_key_value_heads": 8}) == {}  # None means one per head: the same model
+    assert architecture_changes(shipped | {"d_model": 16, "d_mlp": None}) == {"d_model": 16}  # 4 x 16 = 64
+    assert architecture_changes(shipped | {"d_model": 64, "d_mlp": 128}) == {"d_model": 64, "d_mlp": 128}
+    base = plant_training.ARCHITECTURE
+    command = "python -m experiments.groundtruth.plant_training "
+    assert plant_training._command(PLANTS["entangled-head-add-mul"], base) == command + "entangled-head-add-mul"
+    resized = dataclasses.replace(base, d_model=48)
+    assert plant_training._command(plant_spec("disconnected-add-sub", 2), resized) == (
+        command + "disconnected-add-sub --seed 2 --d-model 48 --out DIR"
+    )
+    deeper = dataclasses.replace(base, n_layers=3)
+    assert plant_training._command(PLANTS["per-weight-sub-max"], deeper) == (
+        command + "per-weight-sub-max --out DIR (with the architecture's ['n_layers'] set in code)"
+    )

@@ -16,7 +16,7 @@ LABELS = {"method": "faithful", "seed": 0}
 
 def _summary_row(case, subtask, granularity, control="none", **values):
     row = {"case": case, "subtask": subtask, "granularity": granularity, "control": control, **LABELS}
-    defaults = {"precision": 1.0, "auroc": 1.0, "auroc_gain": 1.0, "faithfulness": 1.0}
+    defaults = {"precision": 1.0, "auroc": 1.0, "auroc_gain": 1.0, "faithfulness": 1.0, "kept_fraction": 0.5}
     return row | defaults | {"seed_iou": math.nan, "inside_others": 0.0} | values
 
 
@@ -80,7 +80,9 @@ def test_disconnected_checks_read_iou_removal_and_time_from_the_tables():
     assert _value(checks, "disconnected/add-mul", "add", "others_after_removal") == (0.85, 0.0)
     assert _value(checks, "disconnected/add-mul", "mul", "others_after_removal") == (0.95, 1.0)
     assert _value(checks, "disconnected/add-mul", "mul", "faithfulness") == (0.9, 0.0)
-    assert _value(checks, "disconnected/add-mul", "add", "seconds") == (200.0, 0.0)
+    assert _value(checks, "disconnected/add-mul", "", "seconds") == (200.0, 0.0)  # one row per run
+    not_run = checks[checks["measure"] == "granularity run"]
+    assert sorted(not_run["granularity"]) == ["head", "weight"] and (not_run["met"] == 0).all()
     assert _value(checks, "disconnected/add-mul", "add", "precision") == (1.0, 1.0)
 
 
@@ -99,6 +101,7 @@ def test_undefined_values_and_reported_values():
     value, met = _value(checks, "tracr/hist", "hist", "auroc_gain")
     assert math.isnan(value) and math.isnan(met)
     assert _value(checks, "per-weight/add-mul", "add", "inside_others") == (0.5, 1.0)
+    assert _value(checks, "per-weight/add-mul", "add", "inside_own") == (1.0, 1.0)
     value, met = _value(checks, "per-weight/add-mul", "add", "seed_iou")
     assert math.isnan(value) and met == 0.0  # one seed: the ambiguity is not reported
     tally = target_tally(checks).set_index("target")
@@ -125,7 +128,7 @@ def test_targets_command_reads_the_run_folders(tmp_path):
     (folder / "stability.csv").write_text("\n")  # an empty table, as run --out writes one
     result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path), "--out", str(tmp_path / "targets.md")])
     assert result.exit_code == 0, result.output
-    assert "| disconnected | 10 | 4 | 0 |" in result.output  # 2 masks x 5 measures: precision twice, 1 each more
+    assert "| disconnected | 11 | 4 | 0 |" in result.output  # 2 masks x 4 measures, 1 run, 2 granularities not run
     assert "| tracr/hist | hist | head | faithful | 0 | auroc_gain | nan | >= 0.99 | undefined |" in result.output
     assert (tmp_path / "targets.md").read_text().startswith("| target | checked | met | undefined |")
 
@@ -178,3 +181,27 @@ def test_out_naming_a_folder_is_refused_before_the_report(tmp_path):
     result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path / "run"), "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "is a folder" in result.output and "| target |" not in result.output
+
+
+def test_a_run_on_more_threads_leaves_the_time_undefined_and_an_empty_mask_fails_its_precision():
+    tables = _tables()
+    tables["runs"] = tables["runs"].assign(torch_threads=2)
+    summary = tables["summary"]
+    tables["summary"] = summary.assign(
+        precision=summary["precision"].mask(summary["subtask"] == "mul"),
+        kept_fraction=summary["kept_fraction"].mask(summary["subtask"] == "mul", 0.0),
+    )
+    checks = target_checks(tables)
+    value, met = _value(checks, "disconnected/add-mul", "", "seconds")
+    assert math.isnan(value) and math.isnan(met)
+    assert checks[checks["measure"] == "seconds"]["note"].tolist() == ["200 s on 2 torch thread(s)"]
+    value, met = _value(checks, "disconnected/add-mul", "mul", "precision")
+    assert math.isnan(value) and met == 0.0
+
+
+def test_the_tally_lists_a_target_the_tables_have_no_rows_for():
+    tables = _tables()
+    tables["summary"] = tables["summary"][~tables["summary"]["case"].str.startswith("per-weight")]
+    tally = target_tally(target_checks(tables)).set_index("target")
+    assert tally.loc["many-answers"].tolist() == [0, 0, 0]
+    assert list(tally.index) == ["disconnected", "entangled", "many-answers", "tracr", "controls"]
