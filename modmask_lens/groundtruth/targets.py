@@ -26,6 +26,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from modmask_lens.groundtruth.controls import CONTROLS
+
+NULL_CONTROLS = tuple(control for control in CONTROLS if control != "none")
 KEYS = ["case", "subtask", "granularity", "method", "seed"]
 COLUMNS = ["target", *KEYS, "measure", "value", "bound", "met", "note"]
 REQUIRED = {
@@ -161,18 +164,18 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
             "inside_own": row.precision,
             "inside_others": row.inside_others,
         }
+        empty = row.kept_fraction == 0
         notes = {
             "seconds": "" if run is None else f"{run['total_s']:g} s on {threads} torch thread(s)",
-            "precision": "keeps no scored unit" if row.kept_fraction == 0 else "",
+            "precision": "keeps no scored unit" if empty else "",
         }
         for measure, bound in TARGETS[target].items():
-            scope = key[:1] + ("",) + key[2:] if measure in RUN_MEASURES else key
-            scope = scope[:4] + (None,) if measure in SEEDS_MEASURES else scope
+            scope = _scope(measure, key)
             if (measure, scope) in emitted:
                 continue
             emitted.add((measure, scope))
             value = float(values[measure])
-            met = 0.0 if notes.get(measure) == "keeps no scored unit" else bound.met(value)
+            met = 0.0 if measure == "precision" and empty else bound.met(value)
             rows.append(
                 {
                     "target": target,
@@ -205,6 +208,17 @@ def target_tally(checks: pd.DataFrame) -> pd.DataFrame:
             for target in [*TARGETS, "controls"]
         ]
     )
+
+
+def _scope(measure: str, key: tuple) -> tuple:
+    """The (case, subtask, granularity, method, seed) a measure's row stands for: a run's measures leave the subtask
+    empty (one row for both subtasks), a measure across seeds leaves the seed empty (one row for every seed)."""
+    case, subtask, granularity, method, seed = key
+    if measure in RUN_MEASURES:
+        return (case, "", granularity, method, seed)
+    if measure in SEEDS_MEASURES:
+        return (case, subtask, granularity, method, None)
+    return key
 
 
 def _granularities_not_run(uncontrolled: pd.DataFrame) -> list[dict]:
@@ -301,7 +315,7 @@ def _control_rows(tables: Mapping[str, pd.DataFrame], uncontrolled: pd.DataFrame
     rows = []
     masks = set(zip(uncontrolled["case"], uncontrolled["granularity"], uncontrolled["method"], strict=True))
     for case, granularity, method in sorted(masks):
-        for control in ("random-init", "shuffled-answers"):
+        for control in NULL_CONTROLS:
             ran = (case, granularity, method, control) in run
             reason = reasons.get((case, control))
             note = "run" if ran else (f"skipped: {reason}" if reason is not None else "not run")
