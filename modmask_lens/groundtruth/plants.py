@@ -162,6 +162,7 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
     resized = [f"{key}={value}" for key, value in architecture_changes(card["architecture"]).items()]
     tags = [f"seed{spec.seed}"] * bool(spec.seed) + resized
     bridge = boot_transformers(str(folder), device="cpu")
+    _check_card_architecture(folder, card["architecture"], bridge)
     data = plant_subtasks(spec, AutoTokenizer.from_pretrained(str(folder)))
     return GroundTruthCase(
         name=f"{spec.family}/{spec.pair}" + (f"@{','.join(tags)}" if tags else ""),
@@ -173,6 +174,22 @@ def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:
         unique=card["unique"],
         card=card,
     )
+
+
+def _check_card_architecture(folder: Path, architecture: dict, bridge: nn.Module) -> None:
+    """Refuse a plant whose card records another size than its weights have: the case is named, and its answer key
+    drawn, from the card, so a card copied beside other weights would give a misleading name or a key of the wrong
+    shape."""
+    shape = model_shape(bridge)
+    booted = {"n_layers": shape.n_layers, "d_model": shape.d_model, "n_heads": shape.n_heads, "d_mlp": shape.d_mlp}
+    carded = {key: value for key, value in architecture.items() if key in booted}
+    carded["d_mlp"] = carded.get("d_mlp") or 4 * carded["d_model"]  # None: the builder's 4 x d_model
+    differ = {key: (carded[key], booted[key]) for key in carded if carded[key] != booted[key]}
+    if differ:
+        raise ValueError(
+            f"{folder / CARD_FILE} records another architecture than the weights beside it (card, weights): {differ}; "
+            "retrain the plant, or write the card that came with these weights"
+        )
 
 
 def plant_cases(names: list[str] | None = None) -> list[GroundTruthCase]:

@@ -138,3 +138,13 @@ def test_a_plants_size_is_told_by_what_builds_another_model_and_its_card_command
     assert plant_training._command(PLANTS["per-weight-sub-max"], deeper) == (
         command + "per-weight-sub-max --out DIR (with the architecture's ['n_layers'] set in code)"
     )
+
+
+def test_a_card_that_records_another_size_than_its_weights_is_refused(tmp_path):
+    folder = tmp_path / "plant"
+    shutil.copytree(PLANTS_DIR / "entangled-head-add-mul", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["architecture"]["d_model"] = 64  # the weights are d_model 32
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"another architecture than the weights beside it .*'d_model': \(64, 32\)"):
+        load_plant("plant", folder)
