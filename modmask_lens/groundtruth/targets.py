@@ -13,6 +13,9 @@ The rules, and why:
 - AUROC of head masks is ``auroc_gain`` (the left-out heads ranked by marginal gain; docs/finder-study.md, "Ordering
   the units a mask leaves out": higher than the logits' on 5 of 20 head masks, and never lower on an entangled
   plant), of every other granularity ``auroc`` (the gains rank neurons worse);
+- where every unit is in the answer key (a tracr program that uses every head: ``true_fraction`` 1) AUROC has no
+  unused units to rank and is undefined; the mask is then held to recall at the same bound (it "recovers the used
+  heads" when it keeps them all), a ``recall`` row in place of the AUROC one;
 - a value that is NaN where a bound applies (e.g. AUROC where every unit is used) is not met and not failed:
   ``met`` is NaN, and :func:`target_tally` counts it apart; but a mask that keeps no scored unit fails its
   precision, and a disconnected plant not run at a granularity fails a ``granularity run`` row.
@@ -36,9 +39,11 @@ REQUIRED = {
         *KEYS,
         "control",
         "precision",
+        "recall",
         "auroc",
         "auroc_gain",
         "kept_fraction",
+        "true_fraction",
         "faithfulness",
         "seed_iou",
         "inside_others",
@@ -155,6 +160,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
         threads = None if run is None else int(run["torch_threads"])
         values = {
             "precision": row.precision,
+            "recall": row.recall,
             "auroc": row.auroc_gain if row.granularity == "head" else row.auroc,
             "faithfulness": row.faithfulness,
             "iou_with_others": iou.get(key, math.nan),
@@ -168,8 +174,11 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
         notes = {
             "seconds": "" if run is None else f"{run['total_s']:g} s on {threads} torch thread(s)",
             "precision": "keeps no scored unit" if empty else "",
+            "recall": "every unit is in the answer key: AUROC undefined, recall held to its bound",
         }
         for measure, bound in TARGETS[target].items():
+            if measure == "auroc" and row.true_fraction == 1:
+                measure = "recall"
             scope = _scope(measure, key)
             if (measure, scope) in emitted:
                 continue

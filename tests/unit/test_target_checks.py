@@ -16,13 +16,15 @@ LABELS = {"method": "faithful", "seed": 0}
 
 def _summary_row(case, subtask, granularity, control="none", **values):
     row = {"case": case, "subtask": subtask, "granularity": granularity, "control": control, **LABELS}
-    defaults = {"precision": 1.0, "auroc": 1.0, "auroc_gain": 1.0, "faithfulness": 1.0, "kept_fraction": 0.5}
+    defaults = {"precision": 1.0, "recall": 1.0, "auroc": 1.0, "auroc_gain": 1.0, "faithfulness": 1.0}
+    defaults |= {"kept_fraction": 0.5, "true_fraction": 0.5}
     return row | defaults | {"seed_iou": math.nan, "inside_others": 0.0} | values
 
 
 def _tables() -> dict[str, pd.DataFrame]:
     """A disconnected pair that misses every bound but precision, an entangled-head pair, an entangled-neuron mask,
-    a tracr program whose heads are all used, and a per-weight pair without a second seed."""
+    a tracr program whose heads are all used and one whose AUROC is missing, and a per-weight pair without a second
+    seed."""
     disconnected = "disconnected/add-mul"
     summary = pd.DataFrame(
         [
@@ -33,7 +35,10 @@ def _tables() -> dict[str, pd.DataFrame]:
             _summary_row("entangled-head/add-mul", "mul", "head", precision=0.9, auroc_gain=0.97),
             _summary_row("entangled-neuron/add-mul", "add", "neuron", auroc=0.97, auroc_gain=0.99),
             _summary_row("entangled-neuron/add-mul", "add", "weight", precision=0.5),  # not its plant's granularity
-            _summary_row("tracr/hist", "hist", "head", auroc=math.nan, auroc_gain=math.nan),
+            _summary_row(
+                "tracr/hist", "hist", "head", auroc=math.nan, auroc_gain=math.nan, recall=0.98, true_fraction=1
+            ),
+            _summary_row("tracr/reverse", "reverse", "head", auroc=math.nan, auroc_gain=math.nan),
             _summary_row("per-weight/add-mul", "add", "weight", inside_others=0.5),
         ]
     )
@@ -98,14 +103,21 @@ def test_head_masks_are_held_to_the_gain_ranking_and_neurons_to_the_logits():
 
 def test_undefined_values_and_reported_values():
     checks = target_checks(_tables())
-    value, met = _value(checks, "tracr/hist", "hist", "auroc_gain")
+    value, met = _value(checks, "tracr/reverse", "reverse", "auroc_gain")
     assert math.isnan(value) and math.isnan(met)
     assert _value(checks, "per-weight/add-mul", "add", "inside_others") == (0.5, 1.0)
     assert _value(checks, "per-weight/add-mul", "add", "inside_own") == (1.0, 1.0)
     value, met = _value(checks, "per-weight/add-mul", "add", "seed_iou")
     assert math.isnan(value) and met == 0.0  # one seed: the ambiguity is not reported
     tally = target_tally(checks).set_index("target")
-    assert tally.loc["tracr"].tolist() == [0, 0, 1]
+    assert tally.loc["tracr"].tolist() == [1, 0, 1]
+
+
+def test_a_program_that_uses_every_head_is_held_to_recall_in_place_of_auroc():
+    checks = target_checks(_tables())
+    assert _value(checks, "tracr/hist", "hist", "recall") == (0.98, 0.0)  # one used head left out: not recovered
+    hist = checks[checks["case"] == "tracr/hist"]
+    assert "auroc_gain" not in set(hist["measure"]) and "AUROC undefined" in hist["note"].iloc[0]
 
 
 def test_controls_count_when_run_or_skipped_with_a_reason():
@@ -119,7 +131,7 @@ def test_controls_count_when_run_or_skipped_with_a_reason():
     assert notes[("entangled-head/add-mul", "random-init")] == "not run"
     assert controls[("entangled-head/add-mul", "random-init")] == 0.0
     assert controls[("entangled-neuron/add-mul", "random-init")].tolist() == [0.0, 0.0]  # neuron and weight
-    assert len(controls) == 2 * 6  # two controls for each uncontrolled case and granularity, held to a target or not
+    assert len(controls) == 2 * 7  # two controls for each uncontrolled case and granularity, held to a target or not
 
 
 def test_targets_command_reads_the_run_folders(tmp_path):
@@ -129,7 +141,7 @@ def test_targets_command_reads_the_run_folders(tmp_path):
     result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path), "--out", str(tmp_path / "targets.md")])
     assert result.exit_code == 0, result.output
     assert "| disconnected | 11 | 4 | 0 |" in result.output  # 2 masks x 4 measures, 1 run, 2 granularities not run
-    assert "| tracr/hist | hist | head | faithful | 0 | auroc_gain | nan | >= 0.99 | undefined |" in result.output
+    assert "| tracr/reverse | reverse | head | faithful | 0 | auroc_gain | nan | >= 0.99 | undefined |" in result.output
     assert (tmp_path / "targets.md").read_text().startswith("| target | checked | met | undefined |")
 
 
