@@ -19,17 +19,17 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors, require_fields
 from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.functional import call_with_parameters, frozen_call
@@ -118,18 +118,6 @@ class _TaskRun:
             self.shards.clip_grad_norm_(max_norm)
         else:
             torch.nn.utils.clip_grad_norm_(self.masks.parameters(), max_norm)
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode (no dropout) and restore each one's own flag afterwards."""
-    flags = {submodule: submodule.training for submodule in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for submodule, flag in flags.items():
-            submodule.training = flag
 
 
 class MaskTrainer:

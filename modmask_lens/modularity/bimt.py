@@ -47,6 +47,15 @@ class BimtConfig:
     cost: ConnectionCostConfig = field(default_factory=ConnectionCostConfig)
     log_every: int = 100
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "swap_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
     def lambda_at(self, step: int) -> float:
         """Lambda at ``step`` under the piecewise-constant schedule."""
         strength = self.lambda_initial

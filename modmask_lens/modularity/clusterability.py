@@ -16,9 +16,10 @@ and each MLP neuron (and, optionally, each head group) belongs to one cluster. T
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import pandas as pd
 import torch
@@ -69,7 +70,8 @@ def matrix_clusterability(
     n_clusters: int,
 ) -> Float[Tensor, ""]:
     """``sum_c sum_{u in U_c, v in V_c} W_vu^2 / sum W^2`` as ``trace(P_V^T (W*W) P_U) / ||W||^2`` with one-hot
-    cluster indicators P (units labelled -1 count in no cluster). Golechha, Cope & Schoots 2025, eq. for C(W).
+    cluster indicators P (units labelled -1 count in no cluster). Golechha, Cope & Schoots 2025, eq. for C(W). NaN
+    for an all-zero matrix, which has no weight to place inside or outside a cluster.
 
     Example:
         >>> matrix_clusterability(torch.eye(4), torch.arange(4) // 2, torch.arange(4) // 2, 2)
@@ -249,7 +251,7 @@ def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
 
 def clusterability(
     model: nn.Module | UnitGraph,
-    k: int | Iterable[int] = range(2, 21),
+    k: numbers.Integral | Iterable[int] = range(2, 21),
     methods: Iterable[ClusterMethod] = ("blocks", "spectral"),
     heads: bool = False,
     baseline: bool = True,
@@ -260,7 +262,7 @@ def clusterability(
     Args:
         model: a TransformerBridge (any family with an adapter), a :class:`~modmask_lens.modularity.BimtMLP`, or a
             unit graph.
-        k: the number of clusters, or several (the paper measures 2 to 20).
+        k: the number of clusters (an int, numpy integers too), or several (the paper measures 2 to 20).
         methods: ``blocks`` and/or ``spectral`` (see the module docstring).
         heads: also assign whole head groups to clusters and measure ``W_Q``, ``W_K``, ``W_V``, ``W_O``.
         baseline: add ``random``: the same measurement (clusters recomputed the same way) on i.i.d. normal weights of
@@ -269,16 +271,22 @@ def clusterability(
 
     Returns:
         Tidy frame, one row per (method, k, matrix): ``method``, ``k``, ``layer``, ``role``, ``key``,
-        ``clusterability``, ``chance`` (expected for i.i.d. weights under the same clusters), and ``random`` if
-        ``baseline``.
+        ``clusterability`` (NaN for an all-zero matrix), ``chance`` (expected for i.i.d. weights under the same
+        clusters), and ``random`` if ``baseline``.
 
     Example:
         >>> frame = clusterability(bridge, k=4, methods=["spectral"])                      # doctest: +SKIP
         >>> frame.groupby("role")["clusterability"].mean()                                # doctest: +SKIP
     """
     graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
-    n_clusters = [k] if isinstance(k, int) else list(k)
+    if isinstance(k, numbers.Integral):
+        n_clusters = [k if isinstance(k, bool) else int(k)]  # numpy integers as ints; a bool is refused below
+    else:
+        n_clusters = list(k)
     methods = tuple(methods)
+    unknown = sorted(set(methods) - set(get_args(ClusterMethod)))
+    if not methods or unknown:
+        raise ValueError(f"methods={methods!r}: choose one or more of {get_args(ClusterMethod)}")
     measured_edges(graph, heads)
     if not n_clusters:
         raise ValueError(f"k={k!r}: give a number of clusters, or several")

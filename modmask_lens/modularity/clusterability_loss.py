@@ -57,8 +57,17 @@ class ClusterabilityLoss:
         self.clusters = cluster_units(self.graph, config.n_clusters, config.method, config.heads, config.seed)
 
     def mean_clusterability(self) -> Float[Tensor, ""]:
-        """Mean over the clustered matrices of their clusterability (differentiable)."""
-        return torch.stack([edge_clusterability(edge, self.clusters) for edge in self.edges]).mean()
+        """Mean over the clustered matrices of their clusterability (differentiable). A matrix whose weights are
+        all zero has none (0 / 0) and is left out of the mean.
+
+        Raises:
+            ValueError: every clustered matrix is all zero.
+        """
+        values = [edge_clusterability(edge, self.clusters) for edge in self.edges]
+        defined = [value for value in values if not bool(torch.isnan(value))]
+        if not defined:
+            raise ValueError("every clustered matrix of the model is all zero: there is no weight to cluster")
+        return torch.stack(defined).mean()
 
     def penalty(self) -> Float[Tensor, ""]:
         """``-lambda * mean clusterability``: add it to the task loss."""

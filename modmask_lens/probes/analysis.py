@@ -55,7 +55,8 @@ def evaluate_probe(
     removed_experts: tuple[int, ...] = (),
     batch_size: int = 256,
 ) -> ProbeEvaluation:
-    """Run the probe on every example (activations streamed in batches)."""
+    """Run the probe on every example (activations streamed in batches) at its gate temperature
+    (:attr:`GatedProbe.temperature`: that of its last training step); the results are on the CPU."""
     gates, expert_correct, correct = [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
@@ -64,11 +65,12 @@ def evaluate_probe(
                 read_activations(bridge, hook_names, batch.input_ids, batch.positions, batch.attention_mask),
                 removed_experts=removed_experts,
             )
-            gates.append(output.gate)
-            expert_correct.append(output.expert_logits.argmax(dim=-1) == batch.targets[:, None])
-            correct.append(output.log_probs.argmax(dim=-1) == batch.targets)
+            targets = batch.targets.to(output.gate.device)
+            gates.append(output.gate.cpu())
+            expert_correct.append((output.expert_logits.argmax(dim=-1) == targets[:, None]).cpu())
+            correct.append((output.log_probs.argmax(dim=-1) == targets).cpu())
     return ProbeEvaluation(
-        torch.cat(gates), torch.cat(expert_correct), torch.cat(correct), data.subtasks, data.subtask_names
+        torch.cat(gates), torch.cat(expert_correct), torch.cat(correct), data.subtasks.cpu(), data.subtask_names
     )
 
 

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.core.functional import frozen_call
@@ -39,6 +39,16 @@ class ComponentGateConfig:
     steps: int = 300
     batch_size: int = 32
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.sparsity < 0:
+            raise ValueError(f"sparsity must be >= 0, got {self.sparsity}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 class ComponentGate(nn.Module):
@@ -65,27 +75,29 @@ def gated_logits(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos vocab"]:
     """The frozen model's logits with each head's ``hook_z`` and each MLP's output scaled by its gate (layers
-    without an MLP have no MLP gate to apply). ``attention_mask`` is passed to the model where given.
+    without an MLP have no MLP gate to apply; the gates are cast to the activations' dtype). ``attention_mask`` is
+    passed to the model where given. The model runs in eval mode (no dropout).
 
     The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
     """
 
     def scale_heads(layer: int):
         def hook(z, hook):
-            return z * gates[:, layer, :-1, None][:, None]  # z: [batch, pos, head, d_head]
+            return z * gates[:, layer, :-1, None][:, None].to(z.dtype)  # z: [batch, pos, head, d_head]
 
         return hook
 
     def scale_mlp(layer: int):
         def hook(mlp_out, hook):
-            return mlp_out * gates[:, layer, -1][:, None, None]  # mlp_out: [batch, pos, d_model]
+            return mlp_out * gates[:, layer, -1][:, None, None].to(mlp_out.dtype)  # mlp_out: [batch, pos, d_model]
 
         return hook
 
     hooks = [(f"blocks.{layer}.attn.hook_z", scale_heads(layer)) for layer in range(gates.shape[1])]
     hooks += [(f"blocks.{layer}.hook_mlp_out", scale_mlp(layer)) for layer in mlp_layers(bridge)]
     padding = {} if attention_mask is None else {"attention_mask": attention_mask}
-    return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks, **padding)
+    with eval_mode(bridge):
+        return frozen_call(bridge, bridge.run_with_hooks, input_ids, fwd_hooks=hooks, **padding)
 
 
 def train_component_gate(
@@ -97,8 +109,11 @@ def train_component_gate(
     """Train a :class:`ComponentGate` on the answers of ``subtasks`` (all mixed) with a sparsity penalty.
 
     Raises:
-        ValueError: a subtask has examples without answers (:meth:`SubtaskData.from_texts`): nothing to train on.
+        ValueError: no subtasks, or a subtask has examples without answers (:meth:`SubtaskData.from_texts`): nothing
+            to train on.
     """
+    if not subtasks:
+        raise ValueError("no subtasks given: the component gate trains on the answers of at least one subtask")
     unanswered = [part.name for part in subtasks if bool((part.labels == IGNORE_INDEX).all())]
     if unanswered:
         raise ValueError(
@@ -107,12 +122,13 @@ def train_component_gate(
         )
     merged = SubtaskData.concatenate("all", list(subtasks))
     positions = ProbeData.from_subtasks(subtasks, target="subtask").positions
-    with seeded(config.seed):
-        gate = ComponentGate(bridge.cfg.d_model, bridge.cfg.n_layers, bridge.cfg.n_heads, config.hidden)
+    device = merged.input_ids.device
+    with seeded(config.seed):  # initialised on the CPU, so that a seed gives one gate on every device
+        gate = ComponentGate(bridge.cfg.d_model, bridge.cfg.n_layers, bridge.cfg.n_heads, config.hidden).to(device)
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
     for step in tqdm(range(config.steps), disable=not progress, desc="component gate", unit="step"):
         indices = torch.randint(len(merged), (config.batch_size,), generator=step_generator(config.seed, step))
-        batch = merged.examples(indices)
+        batch = merged.examples(indices.to(device))
         gates = gate(read_activations(bridge, [INPUT_HOOK], batch.input_ids, positions[indices], batch.attention_mask))
         logits = gated_logits(bridge, gates, batch.input_ids, batch.attention_mask)
         score = score_answers(logits, batch.labels, batch.label_shift)
@@ -168,7 +184,16 @@ def compare_with_masks(usage: pd.DataFrame, head_importance: pd.DataFrame) -> pd
         usage: :func:`component_usage`.
         head_importance: :func:`modmask_lens.analysis.unit_importance` of each subtask's mask, concatenated
             (a subtask's mask carries the subtask's name in its ``mask`` column).
+
+    Raises:
+        ValueError: a subtask of ``usage`` has no mask of its name in ``head_importance``.
     """
+    unmatched = sorted(set(usage["subtask"]) - set(head_importance["mask"]))
+    if unmatched:
+        raise ValueError(
+            f"no mask named {unmatched} in head_importance (its masks: {sorted(set(head_importance['mask']))}); "
+            "name each subtask's mask as the subtask (train_masks does)"
+        )
     heads = usage[usage.component == "head"][["subtask", "layer", "head", "mean_gate"]]
     masks = head_importance[["mask", "layer", "head", "kept_fraction"]].astype({"layer": int, "head": int})
     table = heads.merge(

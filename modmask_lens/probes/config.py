@@ -49,6 +49,10 @@ class ProbeConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
+        for name in ("n_experts", "expert_hidden", "gate_hidden", "steps", "batch_size", "seed", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if self.n_experts < 1:
             raise ValueError("n_experts must be at least 1")
         if self.gate not in ("expectation", "pre_softmax", "top1", "stochastic"):

@@ -14,11 +14,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.data import SubtaskData, check_context, check_device, tensor_bytes
 from modmask_lens.core.encoding import IGNORE_INDEX
 
 TARGETS = ("answer", "subtask")
+QUERY_AXIS_HOOKS = ("hook_pattern", "hook_attn_scores")
+"""Hook points laid out ``[batch, head, query_pos, key_pos]``: a probe reads them at the query position (every
+head's row of attention from it); every other hook has positions on axis 1."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class ProbeData:
             raise ValueError(f"target {target!r}: choose one of {TARGETS}")
         if target == "answer" and vocab_size is None:
             raise ValueError("answer targets need vocab_size (bridge.cfg.d_vocab)")
+        if not subtasks:
+            raise ValueError("no subtasks given: a probe needs the examples of at least one subtask")
         names = [part.name for part in subtasks]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -128,12 +133,15 @@ def read_activations(
     positions: Int[Tensor, " batch"],
     attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch d_in"]:
-    """The activations of ``hook_names`` at each example's position, concatenated (no gradient, nothing else kept).
+    """The activations of ``hook_names`` at each example's position, concatenated, in float32 on the model's device
+    (no gradient, nothing else kept; the model runs in eval mode, without dropout). Attention patterns and scores
+    (:data:`QUERY_AXIS_HOOKS`) are read at the example's query position: every head's attention from it.
     ``attention_mask`` (:attr:`ProbeData.attention_mask`) is passed to the model where given.
 
     Raises:
         KeyError: naming the hook points that do not exist, and some that do.
-        ValueError: ``input_ids`` are not on the model's device, or longer than its context.
+        ValueError: ``input_ids`` are not on the model's device, or longer than its context; a hook's activations
+            have no position axis where the probe reads one.
     """
     available = set(bridge.hook_dict)
     missing = [name for name in hook_names if name not in available]
@@ -142,8 +150,21 @@ def read_activations(
         raise KeyError(f"no hook point {missing}; use names such as {examples}")
     check_device(bridge, input_ids, "the probe data")
     check_context(bridge, input_ids.shape[1], "the probe data")
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(bridge):
         padding = {} if attention_mask is None else {"attention_mask": attention_mask}
         _, cache = bridge.run_with_cache(input_ids, names_filter=list(hook_names), **padding)
-    rows = torch.arange(input_ids.shape[0])
-    return torch.cat([cache[name][rows, positions].reshape(len(rows), -1) for name in hook_names], dim=-1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    positions = positions.to(input_ids.device)
+    read = []
+    for name in hook_names:
+        activations = cache[name]
+        position_axis = 2 if name.endswith(QUERY_AXIS_HOOKS) else 1
+        if activations.dim() <= position_axis or activations.shape[position_axis] != input_ids.shape[1]:
+            raise ValueError(
+                f"{name} has shape {tuple(activations.shape)}, with no axis of the {input_ids.shape[1]} positions "
+                f"at {position_axis}, where the probe reads each example's position; probe a hook laid out "
+                "[batch, pos, ...] (or an attention pattern, [batch, head, query_pos, key_pos])"
+            )
+        at_position = activations[rows, :, positions] if position_axis == 2 else activations[rows, positions]
+        read.append(at_position.reshape(len(rows), -1).float())
+    return torch.cat(read, dim=-1)

@@ -49,6 +49,11 @@ class ProbeOutput:
 class GatedProbe(nn.Module):
     """``n_experts`` readouts of an activation vector and a gate that mixes or selects them.
 
+    Attributes:
+        temperature: the gate's softmax temperature where a call names none: ``config.temperature`` until a
+            :class:`~modmask_lens.probes.ProbeTrainer` sets it to the temperature of its last step (the end of
+            ``config.temperature_decay``'s schedule), so the probe is evaluated as it was trained.
+
     Example:
         >>> probe = GatedProbe(d_in=128, n_classes=10, config=ProbeConfig(n_experts=4))
         >>> probe(torch.randn(2, 128)).log_probs.shape
@@ -60,6 +65,7 @@ class GatedProbe(nn.Module):
         self.config = config
         self.experts = nn.ModuleList(_readout(d_in, n_classes, config.expert_hidden) for _ in range(config.n_experts))
         self.gate = _readout(d_in, config.n_experts, config.gate_hidden)
+        self.temperature = config.temperature
 
     def forward(
         self,
@@ -67,11 +73,12 @@ class GatedProbe(nn.Module):
         temperature: float | None = None,
         removed_experts: tuple[int, ...] = (),
     ) -> ProbeOutput:
-        """Gate and expert outputs; ``removed_experts`` get zero gate (the others renormalised), for ablations.
+        """Gate and expert outputs at the gate ``temperature`` (default :attr:`temperature`); ``removed_experts`` get
+        zero gate (the others renormalised), for ablations.
 
         Raises:
             ValueError: ``removed_experts`` names an expert the probe does not have, or every expert (no gate is
-                left to renormalise).
+                left to renormalise); ``temperature`` is not positive.
         """
         n_experts = self.config.n_experts
         unknown = sorted({index for index in removed_experts if not 0 <= index < n_experts})
@@ -79,10 +86,14 @@ class GatedProbe(nn.Module):
             raise ValueError(f"removed_experts {unknown}: the probe's experts are 0..{n_experts - 1}")
         if len(set(removed_experts)) == n_experts:
             raise ValueError(f"removed_experts removes all {n_experts} experts; keep at least one")
+        temperature = self.temperature if temperature is None else temperature
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         gate_logits = self.gate(activations)
         if removed_experts:
-            gate_logits = gate_logits.index_fill(1, torch.tensor(removed_experts), float("-inf"))
-        gate = (gate_logits / (temperature or self.config.temperature)).softmax(dim=-1)
+            removed = torch.tensor(removed_experts, device=gate_logits.device)
+            gate_logits = gate_logits.index_fill(1, removed, float("-inf"))
+        gate = (gate_logits / temperature).softmax(dim=-1)
         expert_logits = torch.stack([expert(activations) for expert in self.experts], dim=1)
         return ProbeOutput(gate_logits, gate, expert_logits, self._combine(gate, expert_logits))
 

@@ -63,9 +63,9 @@ class ProbeTrainer:
             else None
         )
         self.progress = progress
-        d_in = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1]).shape[1]
-        with seeded(config.seed):
-            self.probe = GatedProbe(d_in, data.n_classes, config)
+        first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
+        with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
+            self.probe = GatedProbe(first.shape[1], data.n_classes, config).to(first.device)
         if frozen_gate is not None:
             self.probe.gate.load_state_dict(frozen_gate.gate.state_dict())
             self.probe.gate.requires_grad_(False)
@@ -76,7 +76,8 @@ class ProbeTrainer:
             self._resume()
 
     def train(self) -> GatedProbe:
-        """Train to ``config.steps`` and return the probe (in eval mode)."""
+        """Train to ``config.steps`` and return the probe (in eval mode, its :attr:`~GatedProbe.temperature` the
+        gate temperature of the last step)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="probe", unit="step")
         self.probe.train()
@@ -90,6 +91,7 @@ class ProbeTrainer:
             ):
                 self.save_checkpoint()
         bar.close()
+        self.probe.temperature = gate_temperature(config, max(self.step - 1, 0), len(self.data))
         return self.probe.eval()
 
     def _train_step(self) -> tuple[float, float]:

@@ -194,3 +194,9 @@ def test_train_bimt_on_a_bridge_swaps_heads_neurons_and_the_residual(gpt2_bridge
     )
     assert history["swaps"].sum() > 0
     assert next_token_loss().item() < before
+
+
+@pytest.mark.parametrize("bad", [{"swap_every": 0}, {"log_every": 0}, {"steps": 0}, {"top_k": -1}, {"lr": 0.0}])
+def test_bimt_settings_that_would_fail_mid_training_are_refused_up_front(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        BimtConfig(**bad)

@@ -10,6 +10,7 @@ from modmask_lens.modularity.clusterability import (
     block_labels,
     cluster_units,
     clusterability,
+    edge_clusterability,
     matrix_clusterability,
 )
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
@@ -136,3 +137,29 @@ def test_clusterability_loss_rewards_weight_inside_the_fixed_clusters():
         optimizer.step()
     assert regulariser.mean_clusterability().item() > before + 0.3
     assert regulariser.penalty().item() == pytest.approx(-20 * regulariser.mean_clusterability().item())
+
+
+def test_numpy_cluster_counts_count_and_unknown_methods_are_refused_before_measuring():
+    import numpy as np
+
+    mlp = BimtMLP((4, 6, 6, 2), seed=0)
+    by_numpy = clusterability(mlp, k=np.int64(3), methods=["blocks"], baseline=False)
+    assert by_numpy.equals(clusterability(mlp, k=3, methods=["blocks"], baseline=False))
+    for methods in ((), ("blocks", "spectal")):
+        with pytest.raises(ValueError, match="choose one or more of"):
+            clusterability(mlp, k=3, methods=methods)
+
+
+def test_an_all_zero_matrix_has_no_clusterability_and_the_loss_leaves_it_out():
+    assert torch.isnan(matrix_clusterability(torch.zeros(4, 4), block_labels(4, 2), block_labels(4, 2), 2))
+    mlp = BimtMLP((8, 8, 8), seed=0)
+    regulariser = ClusterabilityLoss(mlp, ClusterabilityConfig(n_clusters=2))
+    second = regulariser.edges[1]
+    expected = float(edge_clusterability(second, regulariser.clusters))  # the other matrix's value alone
+    with torch.no_grad():
+        mlp.linears[0].weight.zero_()
+    assert regulariser.mean_clusterability().item() == pytest.approx(expected)
+    with torch.no_grad():
+        mlp.linears[1].weight.zero_()
+    with pytest.raises(ValueError, match="all zero"):
+        regulariser.penalty()

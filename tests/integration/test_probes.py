@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
@@ -237,3 +238,77 @@ def test_routing_heatmap_shows_each_subtasks_share_per_expert():
     assert view.values.loc["a"].tolist() == [1.0, 0.0] and view.values.loc["b"].tolist() == [0.5, 0.5]
     html = view._repr_html_()
     assert "<svg" in html and "expert 1" in html and "http" not in html.split("xmlns")[0]
+
+
+def test_attention_patterns_are_read_at_the_query_position(copy_model_and_data):
+    """``hook_pattern`` is [batch, head, query, key]: the probe reads every head's attention from the example's
+    position, not the head numbered like it (a reviewer found the head read, or an IndexError past the heads)."""
+    bridge, subtasks = copy_model_and_data
+    input_ids = subtasks[0].input_ids[:3]
+    positions = torch.tensor([0, 1, input_ids.shape[1] - 1])
+    name = "blocks.0.attn.hook_pattern"
+    _, cache = bridge.run_with_cache(input_ids, names_filter=[name])
+    expected = torch.stack([cache[name][row, :, position] for row, position in enumerate(positions.tolist())])
+    read = read_activations(bridge, [name, "blocks.0.hook_resid_post"], input_ids, positions)
+    torch.testing.assert_close(read[:, : expected[0].numel()], expected.flatten(1).float())
+    assert read.shape[1] == expected[0].numel() + bridge.cfg.d_model
+
+
+def test_probes_read_the_model_in_eval_mode_and_leave_its_mode(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    dropout = [module for module in bridge.modules() if isinstance(module, torch.nn.Dropout)]
+    input_ids, positions = subtasks[0].input_ids[:4], torch.full((4,), 2)
+    expected = read_activations(bridge, HOOKS, input_ids, positions)
+    bridge.train()
+    try:
+        for module in dropout:  # dropout that would change every read in training mode
+            module.p = 0.5
+        assert torch.equal(read_activations(bridge, HOOKS, input_ids, positions), expected)
+        gates = torch.ones(4, bridge.cfg.n_layers, bridge.cfg.n_heads + 1)
+        assert torch.equal(gated_logits(bridge, gates, input_ids), gated_logits(bridge, gates, input_ids))
+        assert bridge.training and all(module.training for module in bridge.modules())
+    finally:
+        for module in dropout:
+            module.p = 0.0
+        bridge.eval()
+    assert dropout, "the copy-task model has no dropout module to test with"
+
+
+def test_a_probe_is_evaluated_at_the_gate_temperature_it_ended_training_at(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=3, steps=30, batch_size=16, lr=1e-2, temperature=5.0, temperature_decay=0.5)
+    probe = ProbeTrainer(bridge, HOOKS, data, config, progress=False).train()
+    last = 5.0 / (1 + 0.5 * 29 * 16 / len(data))  # T / (1 + decay * epochs) at the last step, 29
+    assert probe.temperature == pytest.approx(last)
+    evaluation = evaluate_probe(probe, bridge, HOOKS, data)
+    activations = read_activations(bridge, HOOKS, data.input_ids, data.positions)
+    with torch.no_grad():
+        expected = torch.softmax(probe.gate(activations) / last, dim=-1)
+    torch.testing.assert_close(evaluation.gate, expected)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        probe(activations, temperature=0.0)
+
+
+def test_probes_and_component_gates_run_on_a_bf16_model_and_leave_it_unchanged(copy_model_and_data):
+    bridge, subtasks = copy_model_and_data
+    half = copy.deepcopy(bridge).to(torch.bfloat16)
+    before = {name: value.clone() for name, value in half.state_dict().items()}
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    probe = ProbeTrainer(half, HOOKS, data, ProbeConfig(n_experts=2, steps=3, batch_size=8), progress=False).train()
+    assert evaluate_probe(probe, half, HOOKS, data).gate.dtype == torch.float32
+    gate = train_component_gate(half, subtasks, ComponentGateConfig(steps=2, batch_size=4), progress=False)
+    assert len(component_usage(gate, half, subtasks)) == 2 * bridge.cfg.n_layers * (bridge.cfg.n_heads + 1)
+    assert all(torch.equal(before[name], value) for name, value in half.state_dict().items())
+
+
+def test_component_gate_settings_and_mask_names_are_checked(copy_model_and_data):
+    for bad in ({"steps": 0}, {"batch_size": 0}, {"hidden": 0}, {"lr": 0.0}, {"sparsity": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ComponentGateConfig(**bad)
+    with pytest.raises(ValueError, match="no subtasks"):
+        train_component_gate(copy_model_and_data[0], [], progress=False)
+    usage = pd.DataFrame([{"subtask": "copy_first", "layer": 0, "component": "head", "head": 0, "mean_gate": 0.5}])
+    importance = pd.DataFrame([{"mask": "first", "layer": 0, "head": 0, "kept_fraction": 0.5}])
+    with pytest.raises(ValueError, match=r"no mask named \['copy_first'\]"):
+        compare_with_masks(usage, importance)
