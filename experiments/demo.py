@@ -72,9 +72,9 @@ def run_demo(output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: 
         "subtasks": [data.name for data in training],
         "train_config": train_config.to_dict(),
         "kept_fraction": {name: binary.count / binary.total for name, binary in binaries.items()},
-        "accuracy": accuracy.to_dict(orient="records"),
+        "accuracy": accuracy.astype(object).where(accuracy.notna(), None).to_dict(orient="records"),  # NaN: null
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     path = output / "summary.md"
     path.write_text(
         "# modmask-lens demo\n\n"

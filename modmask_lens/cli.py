@@ -45,11 +45,19 @@ def report(
     out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
     title: str = typer.Option("modmask-lens report", help="page title"),
     label: list[str] | None = typer.Option(None, "--label", help=LABEL_HELP),
+    task: list[str] | None = typer.Option(
+        None,
+        "--task",
+        help="score the masks on this subtask (as masks train takes it; FILE.jsonl:test for held-out rows): adds the "
+        "accuracy table of the full model, each mask and its inverse; repeat for several",
+    ),
+    eval_limit: int = typer.Option(500, help="with --task: score on each subtask's first N examples"),
 ):
     """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
 
     Example: modmask-lens report --model scan --masks demo-output/masks-scan-jump.safetensors
-    --masks demo-output/masks-scan-walk.safetensors --prompt "jump twice and walk" --out report.html
+    --masks demo-output/masks-scan-walk.safetensors --prompt "jump twice and walk" --task scan/jump --task scan/walk
+    --out report.html
     """
     from modmask_lens.loading import check_model_name
 
@@ -60,7 +68,9 @@ def report(
     check_writable(out.parent, "--out")
     from modmask_lens.viz import report_from_files
 
-    path = report_from_files(out, model, masks, prompt, title=title, labels=label or None)
+    path = report_from_files(
+        out, model, masks, prompt, title=title, labels=label or None, tasks=task or (), eval_limit=eval_limit
+    )
     typer.echo(f"Report written to {path}")
 
 
@@ -248,7 +258,13 @@ def masks_train(
         for name, mask in masks.items():
             binary = mask.binary()
             path = save_masks(mask, out / f"masks-{name}.safetensors")
-            typer.echo(f"{name}: keeps {binary.count:,} of {binary.total:,} weights -> {path}")
+            kept = f"{binary.count:,} of {binary.total:,} weights"
+            granularity = mask.config.granularity
+            if granularity != "weight":  # the units the mask chose first, then the weights they hold
+                units = mask.kept_above(mask.threshold).values()
+                chosen, total = sum(int(unit.sum()) for unit in units), sum(unit.numel() for unit in units)
+                kept = f"{chosen:,} of {total:,} {granularity} units ({kept})"
+            typer.echo(f"{name}: keeps {kept} -> {path}")
     if distributed:
         torch.distributed.barrier()  # let rank 0 finish writing before any process tears the group down
         torch.distributed.destroy_process_group()

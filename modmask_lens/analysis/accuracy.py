@@ -63,6 +63,8 @@ def mask_accuracy(
     masks = binaries(masks)
     for mask in masks.values():
         mask.check_model(bridge)
+    for examples in data.values():  # every subtask before the first is evaluated
+        examples.check_fits(bridge)
     rows = []
     for subtask, examples in data.items():
         rows.append(

@@ -43,6 +43,10 @@ def load_pairs(
     """
     if isinstance(source, (str, Path)):
         numbered = _rows_of_part(Path(source), list(_jsonl_rows(Path(source))), part)
+        for line, row in numbered:
+            absent = [field for field in fields if field not in row]
+            if absent:
+                raise ValueError(f"{source}, line {line}: no {absent[0]!r} key (the row has {sorted(row)})")
         rows = ({"prompt": row.get(fields[0]), "completion": row.get(fields[1])} for _, row in numbered)
         numbers = [line for line, _ in numbered]
         where = f"{source}, line"

@@ -38,7 +38,9 @@ def reaches_exact_match(
 
 
 def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, batch_size: int) -> Iterator[int]:
-    """The count of exactly right examples in each batch of ``data``, in order."""
+    """The count of exactly right examples in each batch of ``data``, in order (``data`` checked to fit the model
+    first: :meth:`SubtaskData.check_fits`)."""
+    data.check_fits(bridge)
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             indices = torch.arange(start, min(start + batch_size, len(data)))
@@ -103,6 +105,7 @@ def _objective_sums(
 ) -> tuple[float, int, float]:
     """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
     applied or without one."""
+    data.check_fits(bridge)
     objective.check(data)
     loss_sum, normaliser, metric_sum = 0.0, 0, 0.0
     with torch.no_grad():

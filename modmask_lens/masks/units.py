@@ -119,7 +119,12 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
             for layer, members in sorted(by_layer.items())
         ]
     if not units:
-        raise ValueError(f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers")
+        layers = sorted({spec.layer for spec in specs if spec.layer is not None})
+        has = f"layers {layers[0]}..{layers[-1]} and " if layers else ""
+        raise ValueError(
+            f"the mask configuration selects no tensor of this model ({config}); widen kinds/roles/layers: the model "
+            f"has {has}roles {sorted({spec.role for spec in specs})}"
+        )
     return units
 
 

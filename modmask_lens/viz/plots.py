@@ -4,6 +4,7 @@ accuracy tables. Each takes the tidy DataFrame an analysis returns (or mask logi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import pandas as pd
@@ -130,11 +131,12 @@ class Heatmap(SvgView):
 
 
 class Histogram(SvgView):
-    """Overlaid step histograms, one colour per series, with a marked threshold.
+    """Overlaid step histograms, one colour per series, each with its marked threshold.
 
     Args:
         samples: series name -> 1-d tensor of values.
-        threshold: x value drawn as a vertical line (the mask readout: kept where logit > 0).
+        thresholds: series name -> x value drawn as a dashed vertical line in the series' colour (a mask's readout
+            threshold: it keeps the logits above it); series without one get no line.
         value_label: x-axis label.
         bins: number of equal-width bins over the pooled range of all series.
     """
@@ -144,17 +146,17 @@ class Histogram(SvgView):
         samples: Mapping[str, Tensor],
         title: str,
         value_label: str,
-        threshold: float = 0.0,
+        thresholds: Mapping[str, float] | None = None,
         bins: int = 40,
         caption: str = "",
     ):
         self.samples, self.title, self.value_label = dict(samples), title, value_label
-        self.threshold, self.bins, self.caption = threshold, bins, caption
+        self.thresholds, self.bins, self.caption = dict(thresholds or {}), bins, caption
 
     def svg(self) -> str:
         pooled = torch.cat([values.flatten().float() for values in self.samples.values()])
-        low, high = float(pooled.min()), float(pooled.max())
-        low, high = min(low, self.threshold) - 1e-6, max(high, self.threshold) + 1e-6
+        marks = [float(value) for value in self.thresholds.values() if math.isfinite(value)]
+        low, high = min([float(pooled.min()), *marks]) - 1e-6, max([float(pooled.max()), *marks]) + 1e-6
         plot_width, plot_height = 420, 180
         counts = {
             name: torch.histc(values.flatten().float(), bins=self.bins, min=low, max=high)
@@ -188,12 +190,17 @@ class Histogram(SvgView):
                 f'stroke="{subtask_color(index)}" stroke-width="1.5">'
                 f"{tooltip(f'{name}: {int(counts[name].sum())} logits')}</polyline>"
             )
-        x = x_of(self.threshold)
-        parts.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" y2="{_MARGIN_TOP + plot_height}" '
-            'stroke="#d1495b" stroke-dasharray="4 3"/>'
-        )
-        parts.append(text(x + 4, _MARGIN_TOP - 12, "kept →", anchor="start", css_class="mm-label-small"))
+        for index, name in enumerate(fractions):
+            threshold = self.thresholds.get(name, math.nan)
+            if not math.isfinite(threshold):
+                continue
+            x = x_of(threshold)
+            parts.append(
+                f'<line class="mm-threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" '
+                f'y2="{_MARGIN_TOP + plot_height}" stroke="{subtask_color(index)}" stroke-dasharray="4 3">'
+                f"{tooltip(f'{name} keeps {self.value_label} > {threshold:.3g}')}</line>"
+            )
+            parts.append(text(x + 4, _MARGIN_TOP - 12, "kept →", anchor="start", css_class="mm-label-small"))
         parts.append(_legend(list(fractions), _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
         width = _MARGIN_LEFT + plot_width + 36 + 7 * max(len(name) for name in fractions)
         return svg_document(width, _MARGIN_TOP + plot_height + 44, "".join(parts))
@@ -211,7 +218,7 @@ def kept_fraction_plot(kept: pd.DataFrame) -> BarChart:
         values,
         "Kept fraction per layer and role",
         "kept fraction",
-        "Fraction of each tensor's weights that the mask keeps (logit > 0).",
+        "Fraction of each tensor's weights that the mask keeps (logit above the mask's readout threshold).",
     )
 
 
@@ -252,7 +259,8 @@ def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
 
 
 def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
-    """Distribution of the mask logits of each mask set; weights right of 0 are kept by the binary readout."""
+    """Distribution of the mask logits of each mask set, each with its readout threshold
+    (:attr:`MaskSet.threshold`): the binary mask keeps the units right of it."""
     samples = {
         name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
         for name, mask_set in mask_sets.items()
@@ -261,8 +269,9 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
         samples,
         "Mask logits",
         "logit",
-        threshold=0.0,
-        caption="Learned logits of every masked weight; the binary mask keeps logit > 0.",
+        thresholds={name: mask_set.threshold for name, mask_set in mask_sets.items()},
+        caption="Learned logits of every masked unit; the dashed line of each mask is its readout threshold "
+        "(masks.threshold): its binary mask keeps the logits above it.",
     )
 
 

@@ -171,7 +171,7 @@ def write_report(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f'<header class="mm-view"><h1>{escape(title)}</h1><p class="mm-caption">{escape(mask_kind(masks))} '
-        f"(Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
+        f"(the differentiable masks of Csordás et al. 2021) of {escape(', '.join(masks))}. Generated {generated} with "
         + ", ".join(f"{escape(name)} {escape(number)}" for name, number in versions().items())
         + ". This file is self-contained and works offline.</p></header>"
     )
@@ -249,6 +249,8 @@ def report_from_files(
     prompt: str,
     title: str = "modmask-lens report",
     labels: Sequence[str] | None = None,
+    tasks: Sequence[str] = (),
+    eval_limit: int = 500,
 ) -> Path:
     """:func:`write_report` for a model and saved mask files (what ``modmask-lens report`` runs).
 
@@ -259,13 +261,29 @@ def report_from_files(
         prompt: space-separated token ids, or text for the model's tokenizer.
         labels: one label per mask file (default: the subtask names, with the file's name where two masks share
             one; :func:`~modmask_lens.masks.io.mask_labels`).
+        tasks: subtasks to score the masks on, as ``masks train --task`` takes them (``scan/jump``,
+            ``file.jsonl:test``): the report then holds the accuracy table of the full model, each mask and its
+            inverse on the first ``eval_limit`` examples of each (a mask meets its own subtask by name).
     """
-    from modmask_lens.loading import load_bridge
+    from modmask_lens.loading import load_bridge, load_subtask
 
-    bridge, _ = load_bridge(str(model))
+    if eval_limit < 1:
+        raise ValueError(f"eval_limit must be at least 1, got {eval_limit}")
+    bridge, tokenizer = load_bridge(str(model))
     mask_sets = load_labelled_masks(mask_files, bridge, labels)
+    subtasks = [load_subtask(task, tokenizer).head(eval_limit) for task in tasks]
     settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
-    return write_report(path, bridge, mask_sets, parse_prompt(bridge, prompt), title=title, settings=settings)
+    if tasks:
+        settings["scored on"] = ", ".join(f"{data.name} ({len(data)} examples)" for data in subtasks)
+    return write_report(
+        path,
+        bridge,
+        mask_sets,
+        parse_prompt(bridge, prompt),
+        data={data.name: data for data in subtasks} or None,
+        title=title,
+        settings=settings,
+    )
 
 
 def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) -> pd.DataFrame:

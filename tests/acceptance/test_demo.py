@@ -12,7 +12,11 @@ from modmask_lens.masks.config import TrainConfig
 def test_demo_writes_masks_that_load_onto_the_zoo_model_a_summary_and_a_report(tmp_path):
     summary = run_demo(tmp_path, TrainConfig(steps=3, batch_size=8), progress=False)
     assert summary.read_text().startswith("# modmask-lens demo")
-    numbers = json.loads((tmp_path / "summary.json").read_text())
+
+    def refuse(constant: str):
+        raise ValueError(f"summary.json holds {constant}, which is not JSON")
+
+    numbers = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)  # strict: no NaN
     full = [row for row in numbers["accuracy"] if row["condition"] == "full"]
     assert {row["subtask"] for row in full} == {"scan-jump", "scan-walk"}
     assert all(row["accuracy"] > 0.95 for row in full)

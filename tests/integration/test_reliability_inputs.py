@@ -15,9 +15,12 @@ import modmask_lens.masks.objectives
 import modmask_lens.masks.training
 from modmask_lens import MaskConfig, MaskSet, MaskTrainer, NonFiniteLoss, SubtaskData, TrainConfig, masked
 from modmask_lens.adapters import UnsupportedArchitecture
+from modmask_lens.analysis import mask_accuracy
 from modmask_lens.cli import app
 from modmask_lens.core.pairs import load_pairs
 from modmask_lens.loading import load_bridge, load_subtask
+from modmask_lens.masks.evaluation import objective_metric
+from modmask_lens.masks.objectives import AnswerCrossEntropy
 from modmask_lens.masks.training import CHECKPOINT_FILE
 from modmask_lens.probes import ProbeConfig, ProbeData, ProbeTrainer, read_activations
 from modmask_lens.tasks.arithmetic import add_mul_task, modular_addition_task
@@ -127,10 +130,20 @@ CASES = {
         f"outside the model's vocabulary \\[0, {VOCAB}\\)",
     ),
     "negative_token": (lambda b, t: MaskTrainer(b, [subtask(token=-1)]), ValueError, "outside the model's vocabulary"),
+    "token_above_vocabulary_in_an_analysis": (
+        lambda b, t: mask_accuracy(b, {"m": MaskSet.for_bridge(b).binary()}, {"s": subtask(token=VOCAB)}),
+        ValueError,
+        f"outside the model's vocabulary \\[0, {VOCAB}\\)",
+    ),
+    "token_above_vocabulary_in_an_evaluation": (
+        lambda b, t: objective_metric(b, subtask(token=VOCAB), AnswerCrossEntropy()),
+        ValueError,
+        "outside the model's vocabulary",
+    ),
     "jsonl_missing_completion": (
         lambda b, t: load_pairs(jsonl(t, b'{"prompt": "w5"}\n' + GOOD_PAIRS)),
         ValueError,
-        "line 1: 'completion' must be a non-empty string, got None",
+        "line 1: no 'completion' key \\(the row has \\['prompt'\\]\\)",
     ),
     "jsonl_empty_completion": (
         lambda b, t: load_pairs(jsonl(t, GOOD_PAIRS + b'{"prompt": "w5", "completion": ""}')),
@@ -161,6 +174,11 @@ CASES = {
         ),
         ValueError,
         "cannot combine masks.*cover different tensors",
+    ),
+    "head_mask_on_a_layer_the_model_lacks": (
+        lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head", layers=(7,))),
+        ValueError,
+        r"selects no tensor of this model .*the model has layers 0\.\.\d+ and roles \[.*'W_Q'",
     ),
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
@@ -358,7 +376,7 @@ def cli_cases(folders, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "no_tokenizer": (train + ["--model", str(without_tokenizer), "--task", str(good)], "has no tokenizer"),
         "jsonl_missing_field": (
             train + ["--model", str(with_tokenizer), "--task", str(bad)],
-            "line 3: 'completion' must be a non-empty string",
+            "line 3: no 'completion' key (the row has ['prompt'])",
         ),
         "lr_out_of_range": (
             train + ["--model", str(with_tokenizer), "--task", str(good), "--lr", "5"],

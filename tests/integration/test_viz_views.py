@@ -140,6 +140,19 @@ def test_logit_histogram_has_one_curve_per_mask_counting_every_logit(two_masks):
     assert f"first: {total} logits" in svg
 
 
+def test_logit_histogram_marks_each_masks_own_readout_threshold(two_masks):
+    """The faithful readout keeps logits above a threshold of its own, not 0 (a walk-through found the line at 0)."""
+    first, second = two_masks["first"], two_masks["second"]
+    thresholds = {"first": first.threshold, "second": second.threshold}
+    try:
+        first.threshold, second.threshold = 1.25, -0.5
+        svg = logit_histogram(two_masks).svg()
+    finally:
+        first.threshold, second.threshold = thresholds["first"], thresholds["second"]
+    assert svg.count('class="mm-threshold"') == 2
+    assert "first keeps logit &gt; 1.25" in svg and "second keeps logit &gt; -0.5" in svg
+
+
 def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
     accuracy = pd.DataFrame(
         [

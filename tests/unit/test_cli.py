@@ -187,6 +187,10 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
     assert result.exit_code == 0, result.output
     mask = load_masks(out / "masks-evens.safetensors", load_bridge(str(folder))[0])
     assert (mask.config.sampler, mask.config.init_logit) == ("bernoulli", recorded)
+    heads = sum(logit.numel() for logit in mask.logits.values())
+    kept = int(sum((logit > mask.threshold).sum() for logit in mask.logits.values()))
+    binary = mask.binary()
+    assert f"keeps {kept} of {heads} head units ({binary.count:,} of {binary.total:,} weights)" in result.output
 
 
 @pytest.mark.parametrize(
