@@ -331,12 +331,15 @@ class MaskTrainer:
         return run.shards.full() if run.shards is not None else run.masks
 
     def _postfix(self) -> dict[str, str]:
+        """The progress bar's figures; the kept fraction appears from the first logged step on."""
         if len(self.runs) == 1:
             metrics = self.runs[0].metrics
-            return {key: f"{value:.3g}" for key, value in metrics.items()}
+            return {key: f"{value:.3g}" for key, value in metrics.items() if not math.isnan(value)}
         metric = self.objective.metric
         return {
-            run.masks.name: f"{metric} {run.metrics[metric]:.2f} kept {run.metrics['kept']:.2f}" for run in self.runs
+            run.masks.name: f"{metric} {run.metrics[metric]:.2f}"
+            + ("" if math.isnan(run.metrics["kept"]) else f" kept {run.metrics['kept']:.2f}")
+            for run in self.runs
         }
 
     def _train_step(self, run: _TaskRun) -> None:

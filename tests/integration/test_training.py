@@ -121,6 +121,21 @@ def test_several_tasks_in_one_run_equal_separate_runs(one_head_model):
     )
 
 
+def test_the_progress_bar_shows_the_kept_fraction_once_it_is_measured(one_head_model):
+    """Before the first logged step (every 10) no kept fraction is known: the bar leaves it out, not 'nan'."""
+    bridge, data = one_head_model
+    other = SubtaskData("copy_low", data.input_ids[:50], data.labels[:50])
+    for subtasks in ([data], [data, other]):
+        trainer = MaskTrainer(bridge, subtasks, train_config=TrainConfig(steps=1, batch_size=8), progress=False)
+        trainer.train()
+        for run in trainer.runs:
+            run.metrics["kept"] = float("nan")
+        assert "nan" not in str(trainer._postfix()) and "kept" not in str(trainer._postfix())
+        for run in trainer.runs:
+            run.metrics["kept"] = 0.25
+        assert "0.25" in str(trainer._postfix())
+
+
 def test_interrupted_training_resumes_to_the_uninterrupted_result(one_head_model, tmp_path, monkeypatch):
     bridge, data = one_head_model
     config = TrainConfig(steps=6, batch_size=16, checkpoint_every=2)
