@@ -41,7 +41,7 @@ def mask_accuracy(
     bridge: Bridge,
     masks: Mapping[str, BinaryMask | MaskSet],
     data: Mapping[str, SubtaskData],
-    control: BinaryMask | None = None,
+    control: BinaryMask | MaskSet | None = None,
     batch_size: int = 256,
     objective: Objective = AnswerCrossEntropy(),
 ) -> pd.DataFrame:
@@ -51,8 +51,8 @@ def mask_accuracy(
         bridge: the model.
         masks: mask name -> binary mask (a :class:`MaskSet` counts as its readout, :meth:`MaskSet.binary`).
         data: subtask name -> its evaluation data.
-        control: if given, inverse masks keep the control mask on the input/output layers (the paper's
-            ``fullmask`` variant).
+        control: if given (a binary mask, or a :class:`MaskSet` read out as one), inverse masks keep the control
+            mask on the input/output layers (the paper's ``fullmask`` variant).
         objective: whose metric ``accuracy`` holds (default: exact match of the answers).
 
     Returns:
@@ -61,7 +61,9 @@ def mask_accuracy(
         table (Full | task | not-task per task) is ``paper_table(frame)``.
     """
     masks = binaries(masks)
-    for mask in masks.values():
+    if control is not None:
+        control = binaries({"control": control})["control"]
+    for mask in [*masks.values(), *([control] if control is not None else [])]:
         mask.check_model(bridge)
     for examples in data.values():  # every subtask before the first is evaluated
         examples.check_fits(bridge)

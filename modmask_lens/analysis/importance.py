@@ -11,9 +11,10 @@ _HEAD_ROLES = ("W_Q", "b_Q", "W_O")
 
 
 def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
-    """Kept fraction of every head (pooled over its masked ``W_Q`` and ``W_O`` slices) or neuron (its masked slices:
-    ``W_out``, and ``W_in``/``W_gate`` too under ``neuron_mask="in-out"``; in a mixture-of-experts layer its slices of
-    the expert stacks, numbered as
+    """Kept fraction of every head (pooled over its masked ``W_Q`` and ``W_O`` slices, and ``b_Q`` where biases are
+    masked; ``W_K``/``W_V`` belong to key/value groups several heads share under GQA and are left out) or neuron (its
+    masked slices: ``W_out``, and ``W_in``/``W_gate`` (and ``b_in``) too under ``neuron_mask="in-out"``; in a
+    mixture-of-experts layer its slices of the expert stacks, numbered as
     :meth:`~modmask_lens.masks.binary.BinaryMask.kept_fraction` numbers them), ranked, most kept first.
 
     Returns:
@@ -27,6 +28,11 @@ def unit_importance(mask: BinaryMask, unit: str = "head") -> pd.DataFrame:
         raise ValueError(f"the mask covers no tensor with {unit}s; train it with kinds that include them")
     if unit == "head":
         frame = frame[frame["role"].isin(_HEAD_ROLES)]
+        if frame.empty:
+            raise ValueError(
+                "the mask covers no W_Q, b_Q or W_O slice, which are indexed by query head: rank key/value groups "
+                "with mask.kept_fraction(by='head') instead"
+            )
     pooled = frame.groupby(["mask", "layer", unit], sort=False)[["kept", "total"]].sum().reset_index()
     pooled["kept_fraction"] = pooled["kept"] / pooled["total"]
     pooled = pooled.sort_values(["kept_fraction", "layer", unit], ascending=[False, True, True], kind="stable")

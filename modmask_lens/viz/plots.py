@@ -275,19 +275,20 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
     )
 
 
-def accuracy_table(accuracy: pd.DataFrame) -> TableView:
+def accuracy_table(accuracy: pd.DataFrame, metric: str = "exact-match accuracy") -> TableView:
     """Full model, mask-only and inverse-mask accuracy per subtask.
 
     Args:
         accuracy: ``analysis.mask_accuracy(bridge, masks, data)``.
+        metric: what its ``accuracy`` column holds (the objective's metric: exact match by default).
     """
     table = paper_table(accuracy).reset_index()
     table.columns.name = None
     return TableView(
         table,
         "Accuracy: full model, mask, inverse mask",
-        "Exact-match accuracy on each subtask of the full model, of the subtask's own mask, and of its "
-        "inverse (every other weight). A modular subtask keeps accuracy under its mask and loses it "
-        "under the inverse.",
+        f"{metric[0].upper()}{metric[1:]} on each subtask of the full model, of the subtask's own mask, and of its "
+        "inverse (the mask's linear weights removed; norm gains and embeddings kept). A modular subtask keeps "
+        "accuracy under its mask and loses it under the inverse.",
         shade=["full", "mask", "inverse"],
     )

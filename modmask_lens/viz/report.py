@@ -3,6 +3,7 @@ attention through masks, plots, tables, the configuration and the library versio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -67,7 +68,11 @@ def report_views(
     if not masks:
         raise ValueError("a report needs at least one mask; pass {name: mask_set}")
     check_prompt(bridge, prompt)
-    binaries = {name: mask.binary() if isinstance(mask, MaskSet) else mask for name, mask in masks.items()}
+    # Each mask under its label, also in the views that read a mask's own name (two seeds of one subtask stay apart).
+    binaries = {
+        name: dataclasses.replace(mask.binary() if isinstance(mask, MaskSet) else mask, name=name)
+        for name, mask in masks.items()
+    }
     mask_sets = {name: mask for name, mask in masks.items() if isinstance(mask, MaskSet)}
     patterns = attention_patterns(bridge, prompt, binaries, token_labels)
     undrawable = undrawable_reason(next(iter(binaries.values())))  # one model, so one answer for every mask
@@ -111,7 +116,10 @@ def report_views(
     if mask_sets:
         views.append(logit_histogram(mask_sets))
     if accuracy is not None:
-        views.append(accuracy_table(accuracy))
+        exact = type(objective) is AnswerCrossEntropy
+        views.append(
+            accuracy_table(accuracy, "exact-match accuracy" if exact else f"{objective.metric} ({objective.name})")
+        )
     if probe is not None:
         views += [
             Section(

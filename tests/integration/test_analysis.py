@@ -164,6 +164,9 @@ def test_unit_importance_ranks_a_half_removed_head_below_full_ones(native_bridge
     assert heads.iloc[-1]["rank"] == len(heads) == native_bridge.cfg.n_layers * native_bridge.cfg.n_heads
     neurons = unit_importance(mask, "neuron")
     assert len(neurons) == native_bridge.cfg.n_layers * native_bridge.cfg.d_mlp and (neurons.kept_fraction == 1).all()
+    key_value_only = random_masks(native_bridge, ["kv"], config=MaskConfig(roles=("W_K", "W_V")))["kv"]
+    with pytest.raises(ValueError, match="no W_Q, b_Q or W_O slice"):  # not an empty frame
+        unit_importance(key_value_only, "head")
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +207,11 @@ def test_mask_accuracy_table_with_full_and_empty_masks(copy_model):
     summary = paper_table(table)
     assert summary.loc["copy_first"].tolist() == [1.0, 1.0, 0.0]
     assert table.set_index(["subtask", "condition"]).loc[("copy_second", "full"), "accuracy"] == 1.0
+    # A control given as a mask set counts as its readout, as the masks do (a reviewer found an AttributeError).
+    control = MaskSet.for_bridge(copy_model, name="control")
+    as_set = mask_accuracy(copy_model, {"copy_first": everything}, data, control=control)
+    as_binary = mask_accuracy(copy_model, {"copy_first": everything}, data, control=control.binary())
+    pd.testing.assert_frame_equal(as_set, as_binary)
 
 
 def test_seed_stability_and_beta_sweep(copy_model):

@@ -142,3 +142,18 @@ def test_report_command_scores_the_masks_on_named_subtasks(tmp_path):
     assert "scan-jump (40 examples)" in html
     absent = runner.invoke(app, arguments + ["--task", str(tmp_path / "absent.jsonl")])
     assert absent.exit_code != 0 and "absent.jsonl" in absent.output
+
+
+def test_two_masks_of_one_subtask_stay_apart_under_their_labels(gpt2_bridge):
+    """Masks keep their subtask's name; the report's label must name them in every view (a reviewer found the kept
+    fraction plot averaging two seeds into one series and both circuits titled alike)."""
+    from modmask_lens.viz.report import report_views
+
+    seeds = {"seed0": random_mask_set(gpt2_bridge, "copy", 0), "seed1": random_mask_set(gpt2_bridge, "copy", 1)}
+    views = report_views(gpt2_bridge, seeds, torch.tensor([3, 7, 10]))
+    html = "".join(view.body() for view in views)
+    assert "Circuit of seed0" in html and "Circuit of seed1" in html and "Circuit of copy" not in html
+    kept = next(view for view in views if getattr(view, "title", "") == "Kept fraction per layer and role")
+    assert list(kept.values.columns) == ["seed0", "seed1"]
+    expected = seeds["seed1"].binary().kept_fraction(by="layer_role").set_index(["layer", "role"])["kept_fraction"]
+    assert kept.values["seed1"].tolist() == pytest.approx(expected.tolist())
