@@ -41,15 +41,17 @@ UnitSelection = dict[str, Tensor]
 
 
 def flat_scores(logits: Mapping[str, Tensor], truth: UnitTruth) -> tuple[np.ndarray, np.ndarray]:
-    """The scored units' logits and truth, flattened in the truth's unit order."""
+    """The scored units' logits and truth, flattened in the mask's unit order (the order of ``logits``), so that
+    two subtasks' arrays over the same units line up whatever order their keys list the units in."""
     missing = sorted(set(truth) - set(logits))
     if missing:
         raise ValueError(
             f"the mask has no logits for scored units {missing[:3]}...; train it at the granularity "
             "and with the MaskConfig kinds the truth was built for"
         )
-    scores = torch.cat([logits[name].detach().flatten().float() for name in truth]).numpy()
-    labels = torch.cat([truth[name].flatten() for name in truth]).numpy()
+    names = [name for name in logits if name in truth]
+    scores = torch.cat([logits[name].detach().flatten().float() for name in names]).numpy()
+    labels = torch.cat([truth[name].flatten() for name in names]).numpy()
     return scores, labels
 
 
@@ -119,7 +121,7 @@ def unit_scores(
         others = [
             flat_scores(logits, case.truth[other][granularity])[1].astype(bool)
             for other in case.truth
-            if other != subtask and case.truth[other][granularity].keys() == case.truth[subtask][granularity].keys()
+            if other != subtask and set(case.truth[other][granularity]) == set(case.truth[subtask][granularity])
         ]
         others_only = np.any(others, axis=0) & ~labels if others else np.zeros_like(labels)
         true_positives = int((kept & labels).sum())
@@ -161,8 +163,9 @@ def seed_agreement(readouts: Mapping[int, Mapping[str, Tensor]]) -> float:
 def measured_sharing(
     case: GroundTruthCase, mask_logits: Mapping[str, Mapping[str, Tensor]], granularity: str
 ) -> pd.DataFrame:
-    """Shared fraction |m_s & m_others| / |m_s| over the scored units, measured (binary readouts) and known (truth);
-    NaN for a case of one subtask or a mask that keeps nothing.
+    """Shared fraction |m_s & m_others| / |m_s| over the scored units, measured (binary readouts) and known (truth),
+    against the other subtasks whose keys score the same units; NaN for a subtask without such another (a case of
+    one subtask, or keys of other units) or a mask that keeps nothing.
 
     Returns:
         Columns ``case``, ``subtask``, ``granularity``, ``known_shared``, ``measured_shared``.
@@ -172,11 +175,14 @@ def measured_sharing(
         scores, labels = flat_scores(logits, case.truth[subtask][granularity])
         kept[subtask], known[subtask] = scores > 0, labels.astype(bool)
 
+    def units(subtask: str) -> set[str]:
+        return set(case.truth[subtask][granularity])
+
     def shared(sets: dict[str, np.ndarray], subtask: str) -> float:
-        if len(sets) == 1 or not sets[subtask].any():
-            return math.nan  # no other subtask to share with, or nothing kept
-        others = np.any([sets[other] for other in sets if other != subtask], axis=0)
-        return float((sets[subtask] & others).sum() / sets[subtask].sum())
+        comparable = [sets[other] for other in sets if other != subtask and units(other) == units(subtask)]
+        if not comparable or not sets[subtask].any():
+            return math.nan  # no other subtask scored on the same units to share with, or nothing kept
+        return float((sets[subtask] & np.any(comparable, axis=0)).sum() / sets[subtask].sum())
 
     return pd.DataFrame(
         [

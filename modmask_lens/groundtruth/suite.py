@@ -172,9 +172,9 @@ def run_suite(
         (:func:`~modmask_lens.groundtruth.metrics.mask_faithfulness`), ``curves`` and ``areas`` (density curves and
         CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
         recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
-        CMD of its keep curve), ``stability`` (mean pairwise IoU of the seeds' binary masks, ``seed_iou``), ``runs``
-        (wall time of each) and ``skipped`` (controls that could not be built for a case, with the reason; each also
-        warned about when it is skipped). Every
+        CMD of its keep curve), ``stability`` (mean pairwise IoU of the seeds' binary masks over the scored units,
+        ``seed_iou``), ``runs`` (wall time of each) and ``skipped`` (controls that could not be built for a case, with
+        the reason; each also warned about when it is skipped). Every
         table but ``stability`` and ``skipped`` has a ``seed`` column.
 
     Example:
@@ -204,8 +204,11 @@ def run_suite(
                         if log is not None:  # first, so that the run's own warnings (e.g. PaddedReadout) follow it
                             log(f"{run}: training")
                         masks = _score_run(frames, variant, case.name, granularity, finder, method_seed, full, labels)
-                        for name, mask in masks.items():
-                            readouts[name][method_seed] = readout_scores(mask)
+                        for name, mask in masks.items():  # the scored units only, as every other measure
+                            scored = variant.truth[name][granularity]
+                            readouts[name][method_seed] = {
+                                unit: score for unit, score in readout_scores(mask).items() if unit in scored
+                            }
                         if log is not None:
                             log(f"{run}: {frames['runs'][-1]['total_s'].iloc[0]} s")
                     frames["stability"].append(

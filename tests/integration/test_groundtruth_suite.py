@@ -21,7 +21,7 @@ from modmask_lens.groundtruth import (
     shuffled_answers,
 )
 from modmask_lens.groundtruth.methods import NECESSITY, study_methods
-from modmask_lens.groundtruth.metrics import readout_scores, seed_agreement, unit_scores
+from modmask_lens.groundtruth.metrics import measured_sharing, readout_scores, seed_agreement, unit_scores
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
 from modmask_lens.masks.training import PaddedReadout
@@ -173,7 +173,11 @@ def test_seed_agreement_is_the_mean_pairwise_iou_of_the_seeds_masks(tables, case
     stability = tables["stability"]
     assert set(stability["seeds"]) == {2} and stability["seed_iou"].between(0, 1).all()
     retrained = {seed: TINY(case.bridge, case.train["add"], MaskConfig(granularity="neuron"), seed) for seed in (0, 1)}
-    kept = [torch.cat([k.flatten() for k in mask.kept_above(mask.threshold).values()]) for mask in retrained.values()]
+    scored = case.truth["add"]["neuron"]  # over the scored units, as every other measure
+    kept = [
+        torch.cat([k.flatten() for name, k in mask.kept_above(mask.threshold).items() if name in scored])
+        for mask in retrained.values()
+    ]
     expected = float((kept[0] & kept[1]).sum() / (kept[0] | kept[1]).sum())
     real = stability[(stability["control"] == "none") & (stability["subtask"] == "add")]
     assert real["seed_iou"].iloc[0] == pytest.approx(expected)
@@ -263,3 +267,23 @@ def test_command_scores_programs_and_plants_built_elsewhere(tmp_path):
 def test_command_rejects_an_unknown_case():
     result = CliRunner().invoke(app, ["groundtruth", "run", "--case", "no-such-case", "--fast"])
     assert result.exit_code == 1 and "no case matches" in result.output
+
+
+def test_sharing_lines_up_units_whatever_order_each_key_lists_them_in(case):
+    """Masks that keep exactly their own planted heads share nothing on the disconnected plant, also when one
+    subtask's key lists its units in another order (a reviewer found 0.5 shared), and a subtask keyed on other
+    units has no sharing to measure (NaN) instead of a crash after training."""
+    truth = case.truth
+    logits = {
+        subtask: {unit: torch.where(truth[subtask]["head"][unit], 1.0, -1.0) for unit in truth[subtask]["head"]}
+        for subtask in truth
+    }
+    reordered = dict(reversed(list(truth["mul"]["head"].items())))
+    shuffled = dataclasses.replace(case, truth={**truth, "mul": {**truth["mul"], "head": reordered}})
+    for variant in (case, shuffled):
+        sharing = measured_sharing(variant, logits, "head").set_index("subtask")
+        assert sharing["measured_shared"].tolist() == [0.0, 0.0] and sharing["known_shared"].tolist() == [0.0, 0.0]
+        assert unit_scores(variant, logits, "head")["inside_others"].tolist() == [0.0, 0.0]
+    first = next(iter(truth["mul"]["head"]))
+    narrower = dataclasses.replace(case, truth={**truth, "mul": {**truth["mul"], "head": {first: reordered[first]}}})
+    assert measured_sharing(narrower, logits, "head")["measured_shared"].isna().all()
