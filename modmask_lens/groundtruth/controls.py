@@ -60,6 +60,11 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
         return boot_transformers(folder, device="cpu")
 
 
+UNCHANGED_SHARE = 0.25
+"""Above this share of examples left with their own answer, shuffled answers warn that the control is weak (the
+plants, whose answers are one of 10 digits, leave about a tenth by chance)."""
+
+
 def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
     """``data`` with every example's answer tokens taken from another example that scores the same positions (a
     seeded permutation within each such group, e.g. the inputs of one length of a tracr program; the plants'
@@ -71,7 +76,9 @@ def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
     a masked language model's ``[MASK]`` tokens) the inputs stay as they are. Foils move with their answers. The
     attention mask, classes and label shift stay.
 
-    Warns where some example shares its answer positions with no other (its answers stay).
+    Warns where some example shares its answer positions with no other (its answers stay), and where more than
+    :data:`UNCHANGED_SHARE` of the examples end up with their own answer (examples that share an answer, as many
+    inputs of a sorting program do).
 
     Raises:
         ValueError: when no two examples score the same positions, so that no answer can move.
@@ -97,6 +104,14 @@ def shuffled_answers(data: SubtaskData, seed: int = 0) -> SubtaskData:
         members = torch.nonzero(group == layout).flatten()
         order[members] = members[torch.randperm(len(members), generator=generator)]
     labels = torch.where(scored, data.labels[order], data.labels)
+    unchanged = int((labels == data.labels).all(dim=1).sum())
+    if unchanged > UNCHANGED_SHARE * len(data):
+        warnings.warn(
+            f"subtask {data.name!r}: {unchanged} of {len(data)} examples ({unchanged / len(data):.0%}) still have "
+            "their own answer under shuffled-answers (many examples share an answer, or keep their own); the control "
+            "is that much weaker and can look like the real result",
+            stacklevel=2,
+        )
     teacher_forced = bool((data.input_ids[scored] == data.labels[scored]).all())
     input_ids = torch.where(scored, data.input_ids[order], data.input_ids) if teacher_forced else data.input_ids
     foils = None if data.foils is None else torch.where(scored, data.foils[order], data.foils)  # paired with answers

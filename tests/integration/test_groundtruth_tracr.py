@@ -241,6 +241,15 @@ def test_shuffled_answers_refuse_data_where_no_two_examples_share_answer_positio
     assert torch.equal(shuffled.labels[-1], odd_one[0])
 
 
+def test_shuffled_answers_warn_where_many_examples_keep_their_own_answer():
+    """Many inputs of sort_unique sort to the same output, so a permutation leaves their answers as they were."""
+    data = load_tracr_case("sort_unique").train["sort_unique"]
+    with pytest.warns(UserWarning, match=r"examples \(\d+%\) still have their own answer") as caught:
+        shuffled = shuffled_answers(data)
+    share = int((shuffled.labels == data.labels).all(dim=1).sum()) / len(data)
+    assert share > 0.25 and f"({share:.0%})" in str(caught[0].message)
+
+
 def test_random_init_control_reboots_a_native_bridge_from_its_config_and_seed():
     case = load_tracr_case("reverse")
     with torch.random.fork_rng(devices=[]):
