@@ -4,6 +4,7 @@ the cheap checks of output folders and input files. A module of its own so that 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import tempfile
@@ -84,13 +85,27 @@ def _prepare_run() -> None:
 
 
 def check_writable(folder: Path, option: str) -> None:
-    """Raise ``OSError`` naming ``option`` unless ``folder`` exists or can be made, and takes a new file."""
+    """Raise ``OSError`` naming ``option`` unless ``folder`` exists or can be made, and takes a new file. Folders it
+    makes are removed when the process ends if nothing was written into them (a command that fails after this
+    check, on a bad task name say, leaves no empty folders behind)."""
+    made = [parent for parent in [folder, *folder.parents] if not parent.exists()]
+    if made:
+        atexit.register(_remove_if_empty, made)  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as error:
         raise OSError(f"cannot write to {folder} ({error.strerror or error}); choose another {option}") from error
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the command wrote there), or already gone
+            return
 
 
 def check_files(paths: list[Path], option: str) -> None:

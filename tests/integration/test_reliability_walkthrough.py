@@ -561,3 +561,21 @@ def test_zoo_train_writes_into_the_package_only_when_asked():
     assert zoo_output_folder("scan", None, in_place=True) is None  # train_named's default: the package's zoo
     with pytest.raises(Exception, match="give --out or --in-place, not both"):
         zoo_output_folder("scan", Path("mine"), in_place=True)
+
+
+def test_a_command_that_fails_after_checking_its_out_folder_leaves_no_empty_folder(tmp_path):
+    """A walk-through found `masks train --task scan/jumpp` leaving OUT/checkpoints/ behind; a run that wrote
+    something keeps its folder."""
+    out, kept = tmp_path / "new" / "out", tmp_path / "kept"
+    process = run_fresh(
+        "from typer.testing import CliRunner; from modmask_lens.cli import app\n"
+        f"result = CliRunner().invoke(app, ['masks', 'train', '--model', 'scan', '--task', 'scan/jumpp', '--out', "
+        f"{str(out)!r}])\n"
+        "assert result.exit_code != 0 and 'jumpp' in result.output, result.output\n"
+        "from modmask_lens.cli_common import check_writable\n"
+        "from pathlib import Path\n"
+        f"check_writable(Path({str(kept)!r}), '--out'); (Path({str(kept)!r}) / 'x.csv').write_text('x')\n"
+    )
+    assert process.returncode == 0, process.stderr
+    assert not (tmp_path / "new").exists()
+    assert (kept / "x.csv").exists()
