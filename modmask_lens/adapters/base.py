@@ -593,9 +593,26 @@ class Adapter:
             if resolved is None or key in self.unread_keys:
                 continue
             path, module, parameter = resolved
-            role, layer = (self.family_roles[key], None) if key in self.family_roles else role_of(key)
+            role, layer = self._family_role(key) if key in self.family_roles else role_of(key)
             located.append(LocatedParameter(key, role, layer, path, module, parameter))
         return located
+
+    def _family_role(self, key: str) -> tuple[str, int | None]:
+        """The role :attr:`family_roles` gives ``key``, with the layer of its ``blocks.{i}.`` prefix (None outside
+        the blocks), so that ``MaskConfig(layers=...)`` and the conformance kit's per-layer checks see it.
+
+        Raises:
+            ValueError: the role is in no parameter kind of :data:`ROLE_KINDS`, so no mask would ever select it.
+        """
+        role = self.family_roles[key]
+        if not any(role in roles for roles in ROLE_KINDS.values()):
+            raise ValueError(
+                f"adapter {self.name!r}: family_roles gives {key} the role {role!r}, which no parameter kind holds, "
+                "so no mask would select it; use a role of modmask_lens.adapters.base.ROLE_KINDS (e.g. 'ln1.w' for "
+                "a norm gain, 'W_in' for an MLP input matrix), or add the role there"
+            )
+        block = re.match(r"^blocks\.(\d+)\.", key)
+        return role, int(block.group(1)) if block else None
 
     def _layout(self, key: str, module: nn.Module, parameter: torch.Tensor) -> TensorLayout:
         if parameter.dim() == 1:

@@ -5,8 +5,11 @@ following the original modules' definitions: the same question templates, number
 digits of randomness, split between the operands of a pair), difficulty levels ``train_easy`` / ``train_medium`` /
 ``train_hard`` as the lower / middle / upper third of the train entropy range, an ``interpolate`` test at a fixed
 entropy inside that range and an ``extrapolate`` test beyond it (bigger numbers; more items for sorting). Test
-questions never occur in any train split. Differences from the original, kept small on purpose: no composed
-"context" sub-problems, and ``comparison__sort`` sorts integers only.
+questions never occur in any train split as text (the same operands under another template can: with small numbers
+many interpolate questions restate a training one). Differences from the original, kept small on purpose: no
+composed "context" sub-problems; ``comparison__sort`` sorts integers only, 3-5 of them in training and 6-7 to
+extrapolate (the original: 3-8 and 9-10); rounding draws its power of ten from a narrower range; and one entropy
+range serves every module (the original's ``numbers`` and ``comparison`` modules extrapolate at 12, not 10-12).
 """
 
 from __future__ import annotations
@@ -219,9 +222,9 @@ DIFFICULTIES = ("train_easy", "train_medium", "train_hard")
 
 @dataclass(frozen=True)
 class MathConfig:
-    """Which modules, how hard, and how many examples. Entropy defaults are the original's
-    (``mathematics_dataset/modules/*.py``: train (3, 10), interpolate 8, extrapolate (10, 12)); sizes are ours (the
-    original ships 2M per module and difficulty, 10k per test)."""
+    """Which modules, how hard, and how many examples. Entropy defaults are the original's arithmetic modules'
+    (``mathematics_dataset/modules/arithmetic.py``: train (3, 10), interpolate 8, extrapolate (10, 12)), used for
+    every module here; sizes are ours (the original ships 2M per module and difficulty, 10k per test)."""
 
     modules: tuple[str, ...] = tuple(MODULES)
     train_entropy: tuple[float, float] = (3.0, 10.0)

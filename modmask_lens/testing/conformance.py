@@ -304,6 +304,12 @@ def _unpicked_experts(bridge: Bridge, tokens: Tensor, specs: list[TensorSpec]) -
     return unpicked
 
 
+WRITER_ROLES = {"head": ("W_O",), "neuron": ("W_out", "W_experts_out")}
+"""The roles whose tensor writes a head's or a neuron's output into the residual stream."""
+UNIT_HOOKS = {"head": "attn.hook_z", "neuron": "mlp.hook_post"}
+"""A block's TransformerLens hook of each unit: where a layer has one, it has units of that kind."""
+
+
 def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
     """Turning one head or neuron off (mask logit -1, every other +1) in the first and last masked layers equals an
     independent computation of the same ablation: zeroing its ``hook_z`` / ``hook_post`` slice, or for a
@@ -323,7 +329,17 @@ def _unit_off(bridge: Bridge, tokens: Tensor, unit: str) -> str | None:
 
 
 def _unit_off_under(bridge: Bridge, tokens: Tensor, unit: str, mask: MaskSet) -> str | None:
-    """:func:`_unit_off` for one mask of ``unit`` granularity."""
+    """:func:`_unit_off` for one mask of ``unit`` granularity, after checking that every layer with a
+    TransformerLens hook of that unit (``hook_z``, ``hook_post``) has a unit of the mask: an adapter that leaves a
+    layer's writer out of the mask targets would otherwise pass on the first and last layers alone."""
+    hook = UNIT_HOOKS[unit]
+    hooked = {layer for layer in range(bridge.cfg.n_layers) if f"blocks.{layer}.{hook}" in bridge.hook_dict}
+    covered = {int(mask_unit.name.split(".")[1]) for mask_unit in mask.units if mask_unit.name.startswith("blocks.")}
+    if hooked - covered:
+        return (
+            f"layers {sorted(hooked - covered)} have {unit}s (blocks.L.{hook}) but the mask has no {unit} unit there: "
+            f"the adapter leaves the tensors that hold them out of the mask targets (unread_keys, tensor_specs)"
+        )
     for mask_unit in dict.fromkeys((mask.units[0], mask.units[-1])):
         layer = int(mask_unit.name.split(".")[1])
         if any(member.expert_axis is not None and member.expert_width == 1 for member in mask_unit.members):
@@ -356,6 +372,11 @@ def _hooked_ablations(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: Mask
     Returns:
         unit index -> expected logits, or what went wrong.
     """
+    if not any(member.role in WRITER_ROLES[unit] for member in mask_unit.members):
+        return (
+            f"{mask_unit.name}: no {'/'.join(WRITER_ROLES[unit])} member writes its {unit}s out, so they cannot be "
+            "turned off: the adapter leaves that tensor out of the mask targets (unread_keys, tensor_specs)"
+        )
     experts = [member for member in mask_unit.members if member.role == "W_experts_out"]
     if not experts:
         indices = {0, mask_unit.numel - 1}
@@ -392,11 +413,10 @@ def _hooked_ablation(bridge: Bridge, tokens: Tensor, unit: str, mask_unit: MaskU
     member that writes the unit out (``W_O`` / ``W_out``, or an expert module's ``W_experts_out``), whose
     ``unit_offset`` says where its units start in the layer: a decoder block's cross-attention heads follow its
     self-attention heads, expert e's neurons follow expert e - 1's."""
-    writer_roles = ("W_O",) if unit == "head" else ("W_out", "W_experts_out")
     writer = next(
         member
         for member in mask_unit.members
-        if member.role in writer_roles and member.unit_offset <= index < member.unit_offset + member.unit_count
+        if member.role in WRITER_ROLES[unit] and member.unit_offset <= index < member.unit_offset + member.unit_count
     )
     component, local = writer.key.rsplit(".", 2)[0], index - writer.unit_offset
     hook_name = f"{component}.{'hook_z' if unit == 'head' else 'hook_post'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
@@ -170,6 +171,48 @@ def test_kit_reports_an_adapter_that_places_heads_wrongly(tmp_path, monkeypatch)
     expected = "FAIL LlamaForCausalLM unit_slices_equal_tl_views: blocks.0.attn.o.weight (32, 32) head 0"
     assert failure.startswith(expected) and "\n" not in failure
     assert results["all_ones_bit_identical"].passed
+
+
+class LayerOneWritersUnread(DerivedAdapter):
+    """An adapter that leaves layer 1's attention and MLP writers out of the mask targets (a walk-through found the
+    kit passing it: it turned off units in the first and last layers only)."""
+
+    architectures = ("LlamaForCausalLM",)
+    unread_keys = ("blocks.1.attn.o.weight", "blocks.1.mlp.out.weight")
+
+
+def test_kit_reports_an_adapter_that_leaves_a_middle_layer_unmasked(tmp_path, monkeypatch):
+    bridge = boot_tiny(
+        LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **TINY_HF_SIZES | {"num_hidden_layers": 3})), tmp_path
+    )
+    monkeypatch.setattr(registry, "_BUILT_IN", (LayerOneWritersUnread,))
+    checks = ["head_off_equals_zeroed_hook_z", "neuron_off_equals_zeroed_hook_post"]
+    heads, neurons = run_conformance(bridge, checks=checks)
+    assert str(heads).startswith(
+        "FAIL LlamaForCausalLM head_off_equals_zeroed_hook_z: layers [1] have heads (blocks.L.attn.hook_z) but the "
+        "mask has no head unit there"
+    )
+    assert "layers [1] have neurons (blocks.L.mlp.hook_post)" in str(neurons) and "StopIteration" not in str(neurons)
+
+
+class UnknownFamilyRole(DerivedAdapter):
+    architectures = ("LlamaForCausalLM",)
+    family_roles: ClassVar[dict[str, str]] = {"blocks.1.attn.o.weight": "W_O_mine"}
+
+
+class LayerKeyedFamilyRole(DerivedAdapter):
+    architectures = ("LlamaForCausalLM",)
+    family_roles: ClassVar[dict[str, str]] = {"blocks.1.ln1.weight": "attn_in_norm.w"}
+
+
+def test_family_roles_must_be_maskable_and_take_their_block_s_layer(tmp_path, monkeypatch):
+    bridge = boot_tiny(FAMILIES["llama"](), tmp_path)
+    monkeypatch.setattr(registry, "_BUILT_IN", (UnknownFamilyRole,))
+    with pytest.raises(ValueError, match="role 'W_O_mine', which no parameter kind holds"):
+        adapter_for(bridge).tensor_specs(bridge)
+    monkeypatch.setattr(registry, "_BUILT_IN", (LayerKeyedFamilyRole,))
+    [spec] = [spec for spec in adapter_for(bridge).tensor_specs(bridge) if spec.role == "attn_in_norm.w"]
+    assert (spec.key, spec.layer, spec.kind) == ("blocks.1.ln1.weight", 1, "norm")
 
 
 class MatricesOfUnknownLayout(DerivedAdapter):

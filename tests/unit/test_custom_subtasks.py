@@ -59,7 +59,7 @@ def test_the_analyses_run_on_custom_subtasks(bridge):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"prompt": "w5"}\n{"prompt": "w6", "completion": "w7"}\n', "line 1: 'completion'"),
+        ('{"prompt": "w5"}\n{"prompt": "w6", "completion": "w7"}\n', "line 1: no 'completion' key"),
         ('{"prompt": "w5", "completion": "w7"}\nnot json\n', "line 2: not valid JSON"),
         ('{"prompt": "w5", "completion": 7}\n{"prompt": "w6", "completion": "w7"}\n', "non-empty string"),
         ('{"prompt": "w5", "completion": "w7"}\n', "at least 2 examples"),
