@@ -252,7 +252,7 @@ def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
 def clusterability(
     model: nn.Module | UnitGraph,
     k: numbers.Integral | Iterable[int] = range(2, 21),
-    methods: Iterable[ClusterMethod] = ("blocks", "spectral"),
+    methods: Iterable[str] = ("blocks", "spectral"),
     heads: bool = False,
     baseline: bool = True,
     seed: int = 0,
