@@ -112,9 +112,9 @@ class MaskConfig:
     """
 
     granularity: Granularity = "weight"
-    kinds: tuple[str, ...] = ("linear", "norm")
-    roles: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
+    kinds: tuple[str, ...] | list[str] = ("linear", "norm")
+    roles: tuple[str, ...] | list[str] | None = None
+    layers: tuple[numbers.Integral, ...] | list[numbers.Integral] | None = None
     init_logit: float | None = None  # measured: docs/concepts.md#head-masks
     sampler: Sampler | Literal["auto"] = AUTO_SAMPLER  # measured: docs/concepts.md#head-masks
     head_mask: HeadMask = "output"  # measured: docs/concepts.md#head-masks
@@ -143,6 +143,10 @@ class MaskConfig:
                 object.__setattr__(self, name, tuple(value))
             elif value is not None and not isinstance(value, tuple):
                 raise TypeError(f"MaskConfig {name} takes a tuple, e.g. {name}=({example},), not {value!r}")
+        if self.layers is not None:
+            if any(isinstance(layer, bool) or not isinstance(layer, numbers.Integral) for layer in self.layers):
+                raise TypeError(f"MaskConfig layers takes whole numbers, e.g. layers=(0, 1), not {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))  # numpy ints as ints (JSON)
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")

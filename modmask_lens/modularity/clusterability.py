@@ -118,7 +118,7 @@ def measured_edges(graph: UnitGraph, heads: bool = False) -> list[WeightEdge]:
     return edges
 
 
-def check_cluster_count(graph: UnitGraph, n_clusters: int, heads: bool = False, blocks: bool = True) -> None:
+def check_cluster_count(graph: UnitGraph, n_clusters: object, heads: bool = False, blocks: bool = True) -> None:
     """Refuse a number of clusters that is not a positive integer, or, for ``blocks``, that exceeds the units of
     every clustered axis (then no unit is clustered and every value would read 0; an axis with fewer units than
     clusters is left unclustered, :func:`block_labels`, while a larger one is clustered). Spectral co-clustering
@@ -251,7 +251,7 @@ def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
 
 def clusterability(
     model: nn.Module | UnitGraph,
-    k: numbers.Integral | Iterable[int] = range(2, 21),
+    k: numbers.Integral | Iterable[numbers.Integral] = range(2, 21),
     methods: Iterable[str] = ("blocks", "spectral"),
     heads: bool = False,
     baseline: bool = True,
@@ -279,10 +279,10 @@ def clusterability(
         >>> frame.groupby("role")["clusterability"].mean()                                # doctest: +SKIP
     """
     graph = model if isinstance(model, UnitGraph) else unit_graph_of(model)
-    if isinstance(k, numbers.Integral):
-        n_clusters = [k if isinstance(k, bool) else int(k)]  # numpy integers as ints; a bool is refused below
-    else:
-        n_clusters = list(k)
+    n_clusters = [  # numpy integers as ints; a bool or a float is refused below
+        int(count) if isinstance(count, numbers.Integral) and not isinstance(count, bool) else count
+        for count in ([k] if isinstance(k, numbers.Integral) else k)
+    ]
     methods = tuple(methods)
     unknown = sorted(set(methods) - set(get_args(ClusterMethod)))
     if not methods or unknown:

@@ -145,6 +145,8 @@ def test_numpy_cluster_counts_count_and_unknown_methods_are_refused_before_measu
     mlp = BimtMLP((4, 6, 6, 2), seed=0)
     by_numpy = clusterability(mlp, k=np.int64(3), methods=["blocks"], baseline=False)
     assert by_numpy.equals(clusterability(mlp, k=3, methods=["blocks"], baseline=False))
+    several = clusterability(mlp, k=np.arange(2, 4), methods=["blocks"], baseline=False)
+    assert several.equals(clusterability(mlp, k=[2, 3], methods=["blocks"], baseline=False))
     for methods in ((), ("blocks", "spectal")):
         with pytest.raises(ValueError, match="choose one or more of"):
             clusterability(mlp, k=3, methods=methods)

@@ -109,6 +109,11 @@ CASES = {
     "empty_subtask": (lambda b, t: subtask(examples=0), ValueError, "is empty; give it at least one example"),
     "one_example_subtask": (lambda b, t: MaskTrainer(b, [subtask(examples=1)]), ValueError, "one example.*at least 2"),
     "one_example_pairs": (lambda b, t: load_pairs([("w5", "w6")]), ValueError, "at least 2 examples, got 1"),
+    "pair_of_three": (
+        lambda b, t: load_pairs([("w5", "w6"), ("w7", "w8", "w9")]),
+        ValueError,
+        r"pair 2: give a \(prompt, completion\) pair of two strings, got \('w7', 'w8', 'w9'\)",
+    ),
     "prompt_longer_than_context": (
         lambda b, t: MaskTrainer(b, [subtask(positions=N_CTX + 4)]),
         ValueError,
@@ -291,6 +296,11 @@ CASES = {
         lambda b, t: MaskConfig(layers=1),
         TypeError,
         r"(layers takes a tuple, e.g. layers=\(0, 1,\)|parameter 'layers')",
+    ),
+    "fractional_layers": (
+        lambda b, t: MaskConfig(layers=(0, 1.5)),
+        TypeError,
+        r"(layers takes whole numbers, e.g. layers=\(0, 1\)|parameter 'layers')",
     ),
     "roles_a_string": (lambda b, t: MaskConfig(roles="W_Q"), TypeError, "(roles takes a tuple|parameter 'roles')"),
     "fractional_steps": (

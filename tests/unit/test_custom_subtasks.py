@@ -32,7 +32,8 @@ def test_pairs_jsonl_and_dataset_give_the_same_subtask(bridge, tmp_path):
         Dataset.from_dict({"prompt": [p for p, _ in PAIRS], "completion": [c for _, c in PAIRS]}),
         bridge.tokenizer,
     )
-    for other in (from_jsonl, from_dataset):
+    from_lists = SubtaskData.from_pairs("sums", [list(pair) for pair in PAIRS], bridge.tokenizer)  # as JSON gives
+    for other in (from_jsonl, from_dataset, from_lists):
         assert torch.equal(other.input_ids, from_pairs.input_ids) and torch.equal(other.labels, from_pairs.labels)
     first = bridge.tokenizer.convert_ids_to_tokens(from_pairs.input_ids[0].tolist())
     assert first == ["w5", "w5", "<eos>", "w15", "<eos>"]  # this tokenizer's SEP token is <eos>

@@ -143,3 +143,13 @@ def test_another_objective_is_named_as_the_objective():
     expected = r"trained with objective name='answer_cross_entropy', this run has name='kl'"
     with pytest.raises(RunMismatch, match=expected):
         check_same_run(saved, {"objective": {"name": "kl"}}, "ckpt", "copy")
+
+
+def test_lists_and_numpy_layers_read_as_the_tuple_of_ints_they_hold():
+    import json
+
+    import numpy as np
+
+    given = MaskConfig(kinds=["linear"], roles=["W_Q", "W_O"], layers=list(np.arange(2)))
+    assert given == MaskConfig(kinds=("linear",), roles=("W_Q", "W_O"), layers=(0, 1))
+    assert type(given.layers[0]) is int and json.loads(json.dumps(given.to_dict()))["layers"] == [0, 1]
