@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from modmask_lens.core.bridge import eval_mode
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.core.scoring import aligned, score_answers
@@ -18,9 +19,9 @@ def masked_logits(
     bridge: nn.Module, data: SubtaskData, weight_masks: Mapping[str, Tensor] | None = None
 ) -> Float[Tensor, "example pos vocab"]:
     """The bridge's logits on all of ``data`` (with its attention mask, where it has one) with ``weight_masks``
-    (bridge path -> mask) applied; the model itself is never modified."""
+    (bridge path -> mask) applied, in eval mode; the model itself is never modified."""
     padding = {} if data.attention_mask is None else {"attention_mask": data.attention_mask}
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(bridge):
         forward = type(bridge).forward.__get__(bridge)
         return masked_call(bridge, dict(weight_masks or {}), forward, data.input_ids, **padding)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.scoring import score_answers
 from modmask_lens.masks.apply import masked, masked_call
@@ -20,8 +20,10 @@ from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, model_o
 
 
 def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
-    """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model)."""
-    return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
+    """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model), in
+    eval mode whatever mode the caller left the model in."""
+    with eval_mode(bridge):
+        return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
 
 
 def reaches_exact_match(
@@ -29,11 +31,13 @@ def reaches_exact_match(
 ) -> bool:
     """Whether :func:`exact_match` is at least ``target``; stops at the first batch after which it cannot be."""
     correct = 0
-    for start, batch_correct in zip(range(0, len(data), batch_size), _correct_by_batch(bridge, data, mask, batch_size)):
-        correct += batch_correct
-        unseen = len(data) - min(start + batch_size, len(data))
-        if (correct + unseen) / len(data) < target:  # even if every unseen example were right
-            return False
+    with eval_mode(bridge):
+        batches = zip(range(0, len(data), batch_size), _correct_by_batch(bridge, data, mask, batch_size))
+        for start, batch_correct in batches:
+            correct += batch_correct
+            unseen = len(data) - min(start + batch_size, len(data))
+            if (correct + unseen) / len(data) < target:  # even if every unseen example were right
+                return False
     return correct / len(data) >= target
 
 
@@ -108,7 +112,7 @@ def _objective_sums(
     data.check_fits(bridge)
     objective.check(data)
     loss_sum, normaliser, metric_sum = 0.0, 0, 0.0
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(bridge):
         for start in range(0, len(data), batch_size):
             batch = data.examples(torch.arange(start, min(start + batch_size, len(data))))
             full = model_outputs(bridge, batch, objective.hook_names) if objective.compares or mask is None else None

@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.binary import BinaryMask
 
@@ -152,7 +152,7 @@ def _patterns(
         _, cache = bridge.run_with_cache(input_ids[None], names_filter=lambda name: bool(_PATTERN_HOOK.match(name)))
         return {int(_PATTERN_HOOK.match(name)["layer"]): pattern[0] for name, pattern in cache.items()}
 
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(bridge):
         if mask is None:
             return run()
         with masked(bridge, mask, check_weights=False):
