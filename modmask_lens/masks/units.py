@@ -10,6 +10,7 @@ weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -61,14 +62,23 @@ class MaskUnit:
         tensor([[0., 1., 2., 0., 1., 2.],
                 [3., 4., 5., 3., 4., 5.]])
         """
+        return self._expand(unit_mask, member, lambda group: group.amax(dim=-1))
+
+    def _expand(
+        self,
+        unit_values: Shaped[Tensor, "*unit_shape"],
+        member: TensorSpec,
+        any_head_of: Callable[[Float[Tensor, "kv_head group"]], Float[Tensor, " kv_head"]],
+    ) -> Tensor:
+        """:meth:`expand`, where ``any_head_of`` turns the values of a key/value group's query heads into the group's
+        value: a key/value group is kept while any query head reading it is kept."""
         if self.shape == member.shape or self.shape == ():
-            return unit_mask
+            return unit_values
         # A layer's units may span several tensors: routed and shared experts' neurons, a decoder block's
         # self-attention and cross-attention heads.
-        unit_mask = unit_mask.narrow(-1, member.unit_offset, _query_units(member, self.heads_per_kv_head))
+        unit_mask = unit_values.narrow(-1, member.unit_offset, _query_units(member, self.heads_per_kv_head))
         if member.unit == "kv_head" and self.heads_per_kv_head > 1:
-            # A key/value group is kept while any query head reading it is kept.
-            unit_mask = unit_mask.view(-1, self.heads_per_kv_head).amax(dim=-1)
+            unit_mask = any_head_of(unit_mask.view(-1, self.heads_per_kv_head))
         broadcast_shape = [1] * len(member.shape)
         if member.expert_axis is not None:
             broadcast_shape[member.expert_axis] = member.shape[member.expert_axis]
@@ -84,10 +94,12 @@ class MaskUnit:
         return per_element.reshape(broadcast_shape)
 
     def expected_kept(self, kept_probability: Float[Tensor, "*unit_shape"]) -> Tensor:
-        """Expected number of kept weights over all members, given each logit's keep probability (a scalar)."""
+        """Expected number of kept weights over all members, given each logit's keep probability (a scalar). The
+        logits are sampled independently, so a key/value group is kept with probability ``1 - prod(1 - p)`` over
+        its query heads."""
         total = kept_probability.new_zeros(())
         for member in self.members:
-            expanded = self.expand(kept_probability, member)
+            expanded = self._expand(kept_probability, member, lambda group: 1 - (1 - group).prod(dim=-1))
             total = total + expanded.sum() * (member.numel // max(expanded.numel(), 1))
         return total
 
