@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from modmask_lens.adapters.base import ModelShape, TensorSpec
+from modmask_lens.adapters.base import ROLE_KINDS, ModelShape, TensorSpec
 from modmask_lens.masks.config import NEURON_WRITERS, MaskConfig
 
 
@@ -108,8 +108,10 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
     """Group the selected tensors into mask units for ``config.granularity``.
 
     Raises:
-        ValueError: when the configuration selects no tensor at all.
+        ValueError: when the configuration selects no tensor at all, names a layer the model lacks, or names a role
+            that no selected kind holds (which would never be masked).
     """
+    _check_selection(specs, config)
     selected = [spec for spec in specs if _is_selected(spec, config)]
     if config.granularity in ("weight", "matrix"):
         units = [MaskUnit(spec.key, spec.shape if config.granularity == "weight" else (), (spec,)) for spec in selected]
@@ -170,6 +172,30 @@ def _unit_count(members: list[TensorSpec], unit_kind: str, dims: ModelShape) -> 
 def _query_units(member: TensorSpec, heads_per_kv_head: int) -> int:
     """The units of a layer that ``member`` covers: its own, or for a key/value tensor the query heads reading it."""
     return member.unit_count * (heads_per_kv_head if member.unit == "kv_head" else 1)
+
+
+def _check_selection(specs: list[TensorSpec], config: MaskConfig) -> None:
+    """Refuse ``config.layers`` that the model lacks and ``config.roles`` outside ``config.kinds``' roles: either
+    would silently mask less than asked. A role of a selected kind that this model lacks is allowed (families
+    differ: a role list names what to mask where it exists)."""
+    layers = sorted({spec.layer for spec in specs if spec.layer is not None})
+    absent_layers = sorted(set(config.layers or ()) - set(layers))
+    if absent_layers:
+        has = f"layers {layers[0]}..{layers[-1]}" if layers else "no layers"
+        raise ValueError(f"MaskConfig layers {absent_layers} are not in this model: it has {has}")
+    if config.roles is None:
+        return
+    selectable = {role for kind in config.kinds for role in ROLE_KINDS[kind]}
+    unselectable = [role for role in config.roles if role not in selectable]
+    if unselectable:
+        owners = {role: kind for kind, roles in ROLE_KINDS.items() for role in roles}
+        reasons = [
+            f"{role!r} is a {owners[role]!r} role: add {owners[role]!r} to kinds"
+            if role in owners
+            else f"{role!r} is no role (modmask_lens.adapters.base.ROLE_KINDS lists them)"
+            for role in unselectable
+        ]
+        raise ValueError(f"MaskConfig roles would never be masked with kinds={config.kinds}: {'; '.join(reasons)}")
 
 
 def _is_selected(spec: TensorSpec, config: MaskConfig) -> bool:

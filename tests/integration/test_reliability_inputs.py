@@ -183,7 +183,7 @@ CASES = {
     "head_mask_on_a_layer_the_model_lacks": (
         lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head", layers=(7,))),
         ValueError,
-        r"selects no tensor of this model .*the model has layers 0\.\.\d+ and roles \[.*'W_Q'",
+        r"MaskConfig layers \[7\] are not in this model: it has layers 0\.\.\d+",
     ),
     "unknown_parameter_kind": (lambda b, t: MaskConfig(kinds=("attention",)), ValueError, "unknown parameter kinds"),
     "lr_zero": (lambda b, t: TrainConfig(lr=0.0), ValueError, r"lr 0.0 is out of range \(0, 1\]"),
@@ -296,6 +296,16 @@ CASES = {
         lambda b, t: MaskConfig(layers=1),
         TypeError,
         r"(layers takes a tuple, e.g. layers=\(0, 1,\)|parameter 'layers')",
+    ),
+    "head_mask_on_mlp_roles": (
+        lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head", roles=("W_in",))),
+        ValueError,
+        r"selects no tensor of this model .*the model has layers 0\.\.\d+ and roles \[.*'W_Q'",
+    ),
+    "roles_of_a_kind_left_out": (
+        lambda b, t: MaskSet.for_bridge(b, MaskConfig(roles=("W_Q", "b_Q", "W_X"))),
+        ValueError,
+        r"never be masked with kinds=\('linear', 'norm'\): 'b_Q' is a 'bias' role: add 'bias' to kinds; 'W_X' is",
     ),
     "fractional_layers": (
         lambda b, t: MaskConfig(layers=(0, 1.5)),
