@@ -70,6 +70,11 @@ class BinaryMask:
         by nearly every mask (every subtask needs them), so inverting them removes all of them and breaks every
         subtask alike, whatever the masks found. ``kinds=PARAMETER_KINDS`` gives the plain complement.
 
+        The inverse is taken element by element. A head mask with ``head_mask="qkvo"`` on grouped-query attention
+        keeps a key/value group's ``W_K``/``W_V`` rows while any of its query heads is kept, so its inverse removes
+        that group for every head reading it, kept or not. For "the model without these heads" there, use the
+        default ``head_mask="output"``, whose inverse removes exactly the kept heads' ``W_O`` slices.
+
         Args:
             kinds: parameter kinds (``linear``, ``norm``, ``embedding``, ``bias``) whose kept elements are removed.
             beyond: a control mask (e.g. another subtask's mask, or what every mask keeps); only what this mask
