@@ -38,7 +38,7 @@ def masked_parameters(bridge: Bridge, masks: Mapping[str, Tensor]) -> dict[str, 
     return _parameters_with(
         bridge,
         list(masks),
-        lambda weights: {path: weights[path] * _in_dtype(mask, weights[path]) for path, mask in masks.items()},
+        lambda weights: {path: weights[path] * _like_weight(mask, weights[path]) for path, mask in masks.items()},
     )
 
 
@@ -87,10 +87,10 @@ def _parameter_slot(bridge: Bridge, path: str, slots: Mapping[TensorKey, tuple[s
     return key
 
 
-def _in_dtype(mask: Tensor, weight: Tensor) -> Tensor:
-    """A float mask in the weight's dtype (products in the model's dtype; the mask's gradient still reaches float32
-    logits through the cast); boolean masks as they are."""
-    return mask.to(weight.dtype) if mask.is_floating_point() else mask
+def _like_weight(mask: Tensor, weight: Tensor) -> Tensor:
+    """A mask on the weight's device (a mask loaded from a file sits on the CPU), a float mask in the weight's dtype
+    (products in the model's dtype; the mask's gradient still reaches float32 logits through the cast)."""
+    return mask.to(weight.device, weight.dtype) if mask.is_floating_point() else mask.to(weight.device)
 
 
 def masked_call(bridge: Bridge, masks: Mapping[str, Tensor], method: Callable[..., Any], *args, **kwargs) -> Any:
