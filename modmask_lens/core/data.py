@@ -102,6 +102,13 @@ class SubtaskData:
     label_shift: int = 1
 
     def __post_init__(self) -> None:
+        for field_name in ("input_ids", "labels", *OPTIONAL_FIELDS):
+            value = getattr(self, field_name)
+            if value is not None and field_name != "attention_mask" and value.dtype != torch.long:
+                raise ValueError(
+                    f"subtask {self.name!r}: {field_name} has dtype {value.dtype}; token ids, labels, foils and "
+                    "classes must be torch.long (int64): convert with .long()"
+                )
         for field_name in ("labels", "attention_mask", "foils"):
             value = getattr(self, field_name)
             if value is not None and value.shape != self.input_ids.shape:
@@ -135,6 +142,14 @@ class SubtaskData:
             raise ValueError(
                 f"subtask {self.name!r}: example {empty} attends to no position (its attention_mask row is all 0); "
                 "drop empty examples or encode them with the tokenizer, which marks every real token with 1"
+            )
+        if self.attention_mask is not None and bool((self.labels != IGNORE_INDEX)[~self.attention_mask.bool()].any()):
+            example = int(((self.labels != IGNORE_INDEX) & ~self.attention_mask.bool()).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"subtask {self.name!r}: example {example} has a scored label where its attention_mask is 0 (padding); "
+                "batches are cut after the last attended position, so that label would never be scored: mark every "
+                "token of the prompt and the answer with 1 (the tokenizer does), or set the label to "
+                f"{IGNORE_INDEX}"
             )
 
     def __len__(self) -> int:

@@ -109,8 +109,9 @@ def heads_to_estimate(
     from ``generator`` and dealt to the chunks in a random order of the chunks, so each chunk estimates about
     ``drawn / n_chunks`` heads on its own examples and sample, and no chunk is favoured when ``drawn`` is not a
     multiple of the chunks. A head is then estimated in chunk k with probability ``drawn / (n_heads * n_chunks)``,
-    and chunk k's examples are ``chunk_sizes[k] / batch`` of the batch's (random examples); chunk k's factor is the
-    inverse of both: ``n_chunks * n_heads / drawn * batch / (n_chunks * chunk_sizes[k])``. A step of a Bernoulli
+    and chunk k's estimate is the gradient of chunk k's own loss sum; every chunk's factor is the inverse of that
+    probability, ``n_chunks * n_heads / drawn``, so the sum over chunks is unbiased for the whole batch's gradient
+    whatever the chunks' sizes. A step of a Bernoulli
     head mask costs about ``1 + drawn / n_chunks`` forwards of its batch (no backward), so bounding ``per_step``
     bounds the cost whatever the number of heads.
 
@@ -118,14 +119,18 @@ def heads_to_estimate(
     >>> sorted(torch.cat(chunks).tolist()) == sorted(set(torch.cat(chunks).tolist())), len(torch.cat(chunks)), scales
     (True, 4, [3.0, 3.0])
     """
-    n_chunks, batch = len(chunk_sizes), sum(chunk_sizes)
+    n_chunks = len(chunk_sizes)
     drawn = n_heads if per_step is None else min(per_step, n_heads)
     order = torch.randperm(n_heads, generator=generator)[:drawn]
     chunk_order = torch.randperm(n_chunks, generator=generator)
     dealt = [order[position::n_chunks] for position in range(n_chunks)]  # the k-th chunk in chunk_order gets dealt[k]
     chunks = [dealt[int(position)] for position in torch.argsort(chunk_order)]
     share = n_heads / max(drawn, 1)
-    return chunks, [share * batch / size for size in chunk_sizes]
+    # Chunk k's estimate of a head is the gradient of chunk k's own loss sum; the head lands in chunk k with
+    # probability drawn / (n_heads * n_chunks), so the factor n_chunks * n_heads / drawn makes the sum over chunks an
+    # unbiased estimate of the whole batch's gradient, whatever the chunks' sizes (a factor batch / size would weight
+    # each chunk's examples by the inverse of its size: unbiased over random batches only, not for this batch).
+    return chunks, [share * n_chunks for _ in chunk_sizes]
 
 
 def _variant_losses(

@@ -114,10 +114,11 @@ def _difference(field: str, before: object, now: object) -> str:
         if field == "model":
             return f"was trained on another model ({', '.join(keys)} differ)"
         setting = {"train_config": "", "mask_config": "mask config "}.get(field, f"{field} ")
-        key = keys[0]
+        key, others = keys[0], keys[1:]
+        also = f"; also differ: {', '.join(others)}" if others else ""
         return (
             f"was trained with {setting}{key}={before.get(key, '(not set)')!r}, this run has "
-            f"{key}={now.get(key, '(not set)')!r} ({field})"
+            f"{key}={now.get(key, '(not set)')!r} ({field}{also})"
         )
     return f"was trained with another {field} ({before!r}, this run has {now!r})"
 

@@ -283,7 +283,10 @@ class MaskTrainer:
                     raise TrainingInterrupted(self._interrupted_message())
             bar.close()
             masks = {run.masks.name: self._full_masks(run) for run in self.runs}
-            if config.readout == "faithful":
+        # The readout runs after Ctrl-C is no longer deferred (the last step is saved): a Ctrl-C during it stops it at
+        # once, where a deferred one would be read by no step and lost.
+        if config.readout == "faithful":
+            with eval_mode(self.bridge):
                 for run in self.runs:
                     self._faithful_readout(run)
         return masks
@@ -625,6 +628,8 @@ class MaskTrainer:
             run.masks.train_config = self.train_config.to_dict()
             run.masks.fingerprint = fingerprint
             run.masks.objective = self.objective.to_dict()
+            run.masks.history = [_as_logged(row, self.train_config.steps) for row in run.masks.history]
+            run.masks.history = [row for row in run.masks.history if row is not None]
             run.optimizer = torch.optim.Adam(run.masks.parameters(), lr=self.train_config.lr)
             load_optimizer(run.optimizer, own, "adam")
             if self.sharded_bridge is not None:
@@ -662,6 +667,20 @@ class MaskTrainer:
                 f"{path} is at step {metadata['step']}, past this run's steps="
                 f"{self.train_config.steps}; raise steps to at least {metadata['step']}, or {RESTART_HINT}"
             )
+
+
+def _as_logged(row: dict, steps: int) -> dict | None:
+    """A history row of a resumed run as a run of ``steps`` steps logs it: a row that only the last step of a shorter
+    run logged (a step off the :data:`HISTORY_EVERY` grid, or faithfulness off its grid) is dropped or loses it, so
+    that a run extended to more steps has the history of an uninterrupted run of that length."""
+    step = row.get("step")
+    if not isinstance(step, int) or step == steps:
+        return row
+    if step % HISTORY_EVERY:
+        return None
+    if "faithfulness" in row and step % FAITHFULNESS_EVERY:
+        return {key: value for key, value in row.items() if key != "faithfulness"}
+    return row
 
 
 def _all_reduce_gradients(parameters: list[Tensor]) -> None:

@@ -290,6 +290,18 @@ CASES = {
         ValueError,
         "example 1 attends to no position",
     ),
+    "answer_under_padding": (  # the last two positions are scored; example 2 marks its last one as padding
+        lambda b, t: SubtaskData(
+            "bad", *subtask().batch(torch.arange(4)), torch.tensor([[1] * 6, [1] * 6, [1] * 5 + [0], [1] * 6])
+        ),
+        ValueError,
+        "example 2 has a scored label where its attention_mask is 0",
+    ),
+    "int32_token_ids": (
+        lambda b, t: SubtaskData("bad", subtask().input_ids.int(), subtask().labels),
+        ValueError,
+        r"input_ids has dtype torch.int32; .*must be torch.long \(int64\): convert with .long\(\)",
+    ),
     # The test suite checks annotations at run time (beartype), which refuses these first, with its own message;
     # without it, MaskConfig and TrainConfig refuse them with theirs.
     "layers_not_a_tuple": (

@@ -302,6 +302,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     assert trainer.step == 1 and Checkpointer(tmp_path / CHECKPOINT_FILE, CHECKPOINT_FORMAT).load({})[1]["step"] == 1
 
 
+def test_a_ctrl_c_during_the_readout_stops_it_after_the_last_step_is_saved(tmp_path, monkeypatch):
+    original_readout = MaskTrainer._faithful_readout
+
+    def ctrl_c_in_readout(self, run):
+        os.kill(os.getpid(), signal.SIGINT)
+        original_readout(self, run)
+
+    monkeypatch.setattr(MaskTrainer, "_faithful_readout", ctrl_c_in_readout)
+    trainer = MaskTrainer(boot_native(), [copy_task()], train_config=TRAIN, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert Checkpointer(tmp_path / CHECKPOINT_FILE, CHECKPOINT_FORMAT).load({})[1]["step"] == TRAIN.steps
+
+
 def test_mask_files_and_checkpoints_carry_the_run_fingerprint(tmp_path):
     bridge, data = boot_native(), copy_task()
     trainer = MaskTrainer(bridge, [data], train_config=TRAIN, checkpoint_dir=tmp_path, progress=False)

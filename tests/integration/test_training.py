@@ -185,6 +185,7 @@ def test_a_finished_run_extends_to_more_steps_as_if_it_had_run_them_at_once(one_
     for name, logit in at_once.logits.items():
         assert torch.equal(logit, extended.logits[name]), name
     assert extended.train_config["steps"] == 4
+    assert extended.history == at_once.history  # no row left by the shorter run's last step (step 2)
 
 
 def test_resume_refuses_another_granularity_other_data_and_fewer_steps(one_head_model, tmp_path):

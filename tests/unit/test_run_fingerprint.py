@@ -153,3 +153,12 @@ def test_lists_and_numpy_layers_read_as_the_tuple_of_ints_they_hold():
     given = MaskConfig(kinds=["linear"], roles=["W_Q", "W_O"], layers=list(np.arange(2)))
     assert given == MaskConfig(kinds=("linear",), roles=("W_Q", "W_O"), layers=(0, 1))
     assert type(given.layers[0]) is int and json.loads(json.dumps(given.to_dict()))["layers"] == [0, 1]
+
+
+def test_a_refusal_names_every_setting_that_differs():
+    written = {"data": "abc", "mask_config": MaskConfig(init_logit=0.01, sampler="gumbel-sigmoid").deciding_fields()}
+    now = {"data": "abc", "mask_config": MaskConfig(init_logit=3.0, sampler="hard-concrete").deciding_fields()}
+    with pytest.raises(
+        RunMismatch, match=r"init_logit=0.01, this run has init_logit=3.0 \(mask_config; also differ: sampler\)"
+    ):
+        check_same_run(written, now, "ckpt", "copy")
