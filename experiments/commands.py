@@ -13,6 +13,7 @@ import typer
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="folder for the masks, tables, summary and report"),
     mask_steps: int = typer.Option(200, help="mask training steps per subtask"),
+    restart: bool = typer.Option(False, "--restart", help="ignore a checkpoint in OUT/checkpoints and start over"),
 ):
     """Find the jump and walk subnetworks of the zoo's SCAN model; write masks, tables and an offline HTML report.
 
@@ -23,7 +24,7 @@ def demo(
 
     _check_positive(mask_steps=mask_steps)
     check_writable(out, "--out")
-    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps))
+    summary = run_demo(out, dataclasses.replace(DEMO_TRAINING, steps=mask_steps), restart=restart)
     typer.echo(summary.read_text())
     typer.echo(f"Summary written to {summary}; report written to {summary.parent / 'report.html'}")
 
@@ -37,7 +38,7 @@ def reproduce(
     ),
     out: Path | None = typer.Option(
         None,
-        help="Csordás experiments: the markdown file (default docs/results.md); "
+        help="Csordás experiments: the markdown file (default results.md; docs/results.md is curated, not written); "
         "a BIMT task: the folder for result.json, history.csv and connectome.svg",
     ),
     steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
@@ -70,7 +71,7 @@ def reproduce(
             json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
         )
         return
-    out = out or Path("docs/results.md")
+    out = out or Path("results.md")
     if method not in csordas.METHODS:
         raise typer.BadParameter(
             f"unknown method {method!r}; choose from {list(csordas.METHODS)}", param_hint="--method"
@@ -78,6 +79,11 @@ def reproduce(
     check_writable(out.parent, "--out")
     if out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give the markdown file to write, e.g. {out / 'results.md'}")
+    if out.is_file() and not out.read_text().startswith(csordas.RESULTS_TITLE):
+        raise typer.BadParameter(
+            f"{out} exists and was not written by reproduce (a curated document); give another --out",
+            param_hint="--out",
+        )
     steps = csordas.DEFAULT_METHOD.train_config.steps if steps is None else steps
     csordas.run_and_write(names, out, steps, eval_limit, jobs, method)
     typer.echo(f"wrote {out}")
@@ -107,6 +113,8 @@ def zoo_train(
     folder = zoo_output_folder(name, out, in_place)
     if folder is not None:
         check_writable(folder, "--out")
+    if checkpoint_dir is not None:
+        check_writable(checkpoint_dir, "--checkpoint-dir")
     train_named(name, folder, checkpoint_dir)
 
 

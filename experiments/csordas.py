@@ -456,12 +456,15 @@ def run(
         return list(pool.map(_timed, names, repeat(method), repeat(eval_limit)))
 
 
+RESULTS_TITLE = "# Reproduction of Csordás et al. (2021) on the zoo"
+
+
 def write_results(
     results: list[ExperimentResult], path: Path, command: str, total_seconds: float | None = None
 ) -> None:
     """Render experiments as markdown tables with their settings, timing and the command that regenerates them."""
     lines = [
-        "# Reproduction of Csordás et al. (2021) on the zoo",
+        RESULTS_TITLE,
         "",
         f"Regenerate with `{command}` (1 torch thread per process).",
         "",

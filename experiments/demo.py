@@ -30,7 +30,9 @@ DEMO_TRAINING = TrainConfig(steps=200, batch_size=32)
 """Sized for about 2 minutes on 2 CPU cores; docs/results.md has longer runs."""
 
 
-def run_demo(output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: bool = True) -> Path:
+def run_demo(
+    output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: bool = True, restart: bool = False
+) -> Path:
     """Run the whole demo and return the path of its summary (``summary.md`` in ``output``)."""
     output.mkdir(parents=True, exist_ok=True)
     bridge, tokenizer, _, card = zoo.load("scan")
@@ -42,7 +44,12 @@ def run_demo(output: Path, train_config: TrainConfig = DEMO_TRAINING, progress: 
             test.name, test.input_ids[:EVALUATION_EXAMPLES], test.labels[:EVALUATION_EXAMPLES]
         )
     trainer = MaskTrainer(
-        bridge, training, train_config=train_config, checkpoint_dir=output / "checkpoints", progress=progress
+        bridge,
+        training,
+        train_config=train_config,
+        checkpoint_dir=output / "checkpoints",
+        progress=progress,
+        restart=restart,
     )
     mask_sets = trainer.train()
     binaries = {name: mask_set.binary() for name, mask_set in mask_sets.items()}

@@ -63,8 +63,17 @@ def report(
 
     if not prompt.split():
         raise ValueError("--prompt is empty; give text for the model's tokenizer or token ids, e.g. --prompt '3 7 10'")
+    from modmask_lens.loading import check_distinct_names, check_subtask_spec
+
+    if eval_limit < 1:
+        raise ValueError(f"--eval-limit must be at least 1, got {eval_limit}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the HTML file to write, e.g. {out / 'report.html'}")
     check_model_name(model)
     check_files(masks, "--masks")
+    for spec in task or ():
+        check_subtask_spec(spec)
+    check_distinct_names(task or [])
     check_writable(out.parent, "--out")
     from modmask_lens.viz import report_from_files
 

@@ -136,7 +136,7 @@ def run(
         if not folder.is_dir():
             raise typer.BadParameter(f"not a folder: {folder}", param_hint=option)
     if fast:
-        steps, method, control = steps or 50, method or ["faithful"], control or ["none"]
+        steps, method, control = 50 if steps is None else steps, method or ["faithful"], control or ["none"]
     methods = baseline_methods(steps) | study_methods(steps)
     unknown = sorted(set(method or []) - set(methods))
     if unknown:

@@ -8,6 +8,7 @@ continues where it stopped and ends with the same weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -84,6 +85,13 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
         tensors, state = checkpointer.load(
             {"step": int, "elapsed_s": float, "optimizer_groups": list, "scheduler": dict}
         )
+        wanted = json.loads(json.dumps(dataclasses.asdict(recipe_)))
+        if state.get("recipe", wanted) != wanted or state["step"] > recipe_.steps:
+            held = state.get("recipe", {}).get("name", "an older recipe")
+            raise ValueError(
+                f"{checkpointer.path} holds a run of {held!r} at step {state['step']}, not of this recipe "
+                f"({recipe_.name!r}, {recipe_.steps} steps); delete it or give another --checkpoint-dir"
+            )
         model.load_state_dict(
             {name[len("model/") :]: value for name, value in tensors.items() if name.startswith("model/")}
         )
@@ -128,6 +136,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
                     "optimizer_groups": optimizer_groups(optimizer),
                     "scheduler": scheduler.state_dict(),
+                    "recipe": dataclasses.asdict(recipe_),
                 },
             )
     wall_time_s = elapsed_before + time.perf_counter() - started

@@ -211,7 +211,10 @@ CASES = {
     "resume_with_another_granularity": (
         lambda b, t, p: resume_after("granularity")(boot_native(), p),
         RunMismatch,
-        "trained with mask config granularity='weight', this run has granularity='head' \\(mask_config\\); .*--restart",
+        (
+            "trained with mask config granularity='weight', this run has granularity='head' "
+            "\\(mask_config; also differ: init_logit, sampler\\); .*--restart"
+        ),
     ),
     "resume_on_other_data_under_the_same_name": (
         lambda b, t, p: resume_after("data")(boot_native(), p),
@@ -441,6 +444,16 @@ def early_cli_cases(folder: Path, tmp_path: Path) -> dict[str, tuple[list[str], 
             ["report", "--model", "scan", "--masks", str(good), "--prompt", "jump", "--out", str(a_file / "r.html")],
             1,
             "cannot write to",
+        ),
+        "report_out_a_folder": (
+            ["report", "--model", "scan", "--masks", str(good), "--prompt", "jump", "--out", str(mask_folder)],
+            1,
+            "is a folder; name the HTML file to write",
+        ),
+        "report_task_file_absent": (
+            ["report", "--model", "scan", "--masks", str(good), "--prompt", "jump", "--task", "absent.jsonl"],
+            1,
+            "absent.jsonl",
         ),
     }
 

@@ -60,6 +60,9 @@ def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
     assert bridge.cfg.n_layers == 1
     resumed = train(tiny, tmp_path / "again", tmp_path / "checkpoints", "test run")  # finished checkpoint: no steps
     assert resumed.accuracies == card.accuracies
+    for other in (dataclasses.replace(tiny, warmup_steps=3), dataclasses.replace(tiny, steps=6)):
+        with pytest.raises(ValueError, match="holds a run of 'modadd' at step 12, not of this recipe"):
+            train(other, tmp_path / "other", tmp_path / "checkpoints", "test run")
 
 
 class _Killed(Exception):

@@ -237,6 +237,8 @@ def test_a_bad_training_option_is_refused_before_training(tmp_path, options, mes
         (["reproduce", "scan", "--out", "{file}/results.md"], "choose another --out"),
         (["reproduce", "independence", "--out", "{file}"], "choose another --out"),
         (["zoo", "train", "scan", "--out", "{file}"], "choose another --out"),
+        (["zoo", "train", "scan", "--checkpoint-dir", "{file}/checkpoints"], "choose another --checkpoint-dir"),
+        (["reproduce", "scan", "--out", "{file}"], "exists and was not written by reproduce"),
         (["demo", "--out", "{file}"], "choose another --out"),
         (["demo", "--mask-steps", "0"], "Invalid value for --mask-steps: must be at least 1, got 0"),
     ],
