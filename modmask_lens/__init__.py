@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
         Objective,
         Outputs,
     )
-    from modmask_lens.masks.readout import faithful_binary, faithful_threshold, marginal_gains
+    from modmask_lens.masks.readout import faithful_binary, faithful_threshold, faithful_units, marginal_gains
     from modmask_lens.masks.training import MaskTrainer, NonFiniteLoss, train_masks
     from modmask_lens.modularity import BimtMLP, ClusterabilityLoss, clusterability, train_bimt
     from modmask_lens.viz import AttentionView, CircuitView, OverlapView, attention_patterns, write_report
@@ -88,6 +88,7 @@ EXPORTS = {
     "Outputs": "modmask_lens.masks.objectives",
     "faithful_binary": "modmask_lens.masks.readout",
     "faithful_threshold": "modmask_lens.masks.readout",
+    "faithful_units": "modmask_lens.masks.readout",
     "marginal_gains": "modmask_lens.masks.readout",
     "MaskTrainer": "modmask_lens.masks.training",
     "NonFiniteLoss": "modmask_lens.masks.training",
@@ -142,6 +143,7 @@ __all__ = [
     "export_masked_model",
     "faithful_binary",
     "faithful_threshold",
+    "faithful_units",
     "load_masks",
     "marginal_gains",
     "masked",

@@ -218,8 +218,9 @@ class TrainConfig:
             the loss constraint's lambda (projected gradient ascent); default 0.05.
         readout: how the trained logits become a binary mask (:attr:`MaskSet.threshold`): ``faithful`` (default)
             keeps the fewest highest-logit units whose exact match on the subtask's training examples is at least
-            ``1 - readout_tolerance`` of the full model's (:func:`~modmask_lens.faithful_threshold`); ``zero``
-            keeps ``logit > 0`` (Csordás).
+            ``1 - readout_tolerance`` of the full model's (:func:`~modmask_lens.faithful_threshold`), then removes
+            units several at a time while it stays so (:func:`~modmask_lens.faithful_units`); ``zero`` keeps
+            ``logit > 0`` (Csordás).
         readout_tolerance: fraction of the full model's exact match the faithful readout may lose (0.01).
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
             task's result does not depend on which other tasks share the run.

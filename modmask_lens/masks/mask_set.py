@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,8 +44,8 @@ class MaskSet:
             tabulates it.
         objective: what the mask was trained to keep (:meth:`Objective.to_dict`; saved with the mask).
         threshold: the readout: a unit is kept when its logit is above it (saved with the mask). 0 is Csordás's
-            readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it to
-            :func:`~modmask_lens.faithful_threshold` on the subtask's training examples.
+            readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it with :meth:`read_out` to
+            keep :func:`~modmask_lens.faithful_units` on the subtask's training examples.
         fingerprint: what the run that trained it was (model, data, mask and train settings; see
             :func:`~modmask_lens.masks.run_fingerprint.run_fingerprint`), saved with the mask; empty if untrained.
 
@@ -154,6 +155,39 @@ class MaskSet:
         """The deterministic readout, mask = logit > :attr:`threshold`, expanded to every masked tensor's full
         shape."""
         return self.binary_from(self.kept_above(self.threshold))
+
+    def read_out(self, kept: Mapping[str, Tensor]) -> None:
+        """Make :meth:`binary` keep exactly ``kept`` (unit name -> bool of the unit's logit shape): set
+        :attr:`threshold` between the ``n``-th and ``n+1``-th highest logit, ``n`` the kept count, and, where ``kept``
+        is not the ``n`` highest logits (the faithful readout's removal search), move the logits that disagree to
+        just across it: a kept unit's to midway between the threshold and the lowest kept logit above it, a removed
+        unit's to midway between the threshold and the highest removed logit below it. Every other logit, and so
+        their order, stays as trained.
+        """
+        flat_kept = torch.cat([kept[unit.name].flatten().to(torch.bool) for unit in self.units])
+        flat_logits = torch.cat([self.logits[unit.name].detach().flatten() for unit in self.units])
+        descending = flat_logits.sort(descending=True).values
+        count = int(flat_kept.sum())
+        if count == 0:
+            self.threshold = float(descending[0]) + 1.0
+        elif count == descending.numel():
+            self.threshold = float(descending[-1]) - 1.0
+        else:
+            self.threshold = float(descending[count - 1] + descending[count]) / 2
+        raised = flat_kept & (flat_logits <= self.threshold)
+        lowered = ~flat_kept & (flat_logits > self.threshold)
+        if not raised.any() and not lowered.any():
+            return
+        above = flat_logits[flat_kept & ~raised]
+        below = flat_logits[~flat_kept & ~lowered]
+        raised_to = (self.threshold + float(above.min())) / 2 if above.numel() else self.threshold + 1.0
+        raised_to = max(raised_to, math.nextafter(self.threshold, math.inf))  # strictly above, whatever the rounding
+        lowered_to = (self.threshold + float(below.max())) / 2 if below.numel() else self.threshold - 1.0
+        moved = torch.where(raised, raised_to, torch.where(lowered, lowered_to, flat_logits))
+        sizes = [self.logits[unit.name].numel() for unit in self.units]
+        with torch.no_grad():
+            for unit, part in zip(self.units, moved.split(sizes)):
+                self.logits[unit.name].copy_(part.view_as(self.logits[unit.name]))
 
     def kept_above(self, threshold: float) -> dict[str, Tensor]:
         """Unit name -> kept flags (bool, the unit's logit shape) of the logits above ``threshold``."""

@@ -61,7 +61,7 @@ from modmask_lens.masks.objectives import (
     reference_loss_sum,
 )
 from modmask_lens.masks.output_gates import OutputGate, chunk_samples, gated, output_gates
-from modmask_lens.masks.readout import faithful_threshold
+from modmask_lens.masks.readout import faithful_units
 from modmask_lens.masks.reference_cache import ReferenceCache
 from modmask_lens.masks.run_fingerprint import RESTART_HINT, check_same_run, run_fingerprint
 from modmask_lens.masks.sampling import UniformNoise, keep_probability
@@ -292,9 +292,9 @@ class MaskTrainer:
         return masks
 
     def _faithful_readout(self, run: _TaskRun) -> None:
-        """Set the run's threshold to the fewest highest-logit units that keep ``1 - readout_tolerance`` of the
-        full model's metric (the objective's: exact match by default) on the subtask's first
-        :data:`READOUT_EXAMPLES` examples."""
+        """Read the run's mask out as the fewest units found that keep ``1 - readout_tolerance`` of the full model's
+        metric (the objective's: exact match by default) on the subtask's first :data:`READOUT_EXAMPLES` examples
+        (:func:`~modmask_lens.faithful_units`; :meth:`MaskSet.read_out`)."""
         first = run.data.head(READOUT_EXAMPLES)
         full = objective_metric(self.bridge, first, self.objective)
         if full <= 0:
@@ -306,12 +306,12 @@ class MaskTrainer:
                 stacklevel=3,
             )
             return
-        run.masks.threshold = faithful_threshold(
-            self.bridge, run.masks, first, self.train_config.readout_tolerance, self.objective
-        )
+        kept = faithful_units(self.bridge, run.masks, first, self.train_config.readout_tolerance, self.objective)
         trained = sum(int((logit > 0).sum()) for logit in run.masks.logits.values())
-        padded = sum(int((logit > run.masks.threshold).sum()) for logit in run.masks.logits.values())
-        if padded > trained:
+        added = sum(int((kept[name] & (logit <= 0)).sum()) for name, logit in run.masks.logits.items())
+        kept_count = sum(int(flags.sum()) for flags in kept.values())
+        run.masks.read_out(kept)
+        if added > 0:
             remedy = (
                 "bound each example's whole loss with loss_increase_per='example' (masks faithful as trained, denser; "
                 "docs/finder-study.md)"
@@ -321,8 +321,9 @@ class MaskTrainer:
             warnings.warn(
                 f"subtask {run.data.name!r}: the mask as trained (logit > 0) keeps {trained:,} units and falls short "
                 f"of {1 - self.train_config.readout_tolerance:.0%} of the full model's {self.objective.metric}; the "
-                f"faithful readout keeps {padded:,}, adding back units that training removed, in the order of "
-                "logits that training pushed down together. Those units pad the mask more than they are chosen: "
+                f"faithful readout keeps {kept_count:,}, adding back {added:,} units that training removed, in the "
+                "order of logits that training pushed down together. Those units pad the mask more than they are "
+                "chosen: "
                 f"train longer, or {remedy}",
                 PaddedReadout,
                 stacklevel=3,

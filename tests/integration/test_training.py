@@ -285,11 +285,20 @@ def test_a_resumed_run_continues_the_history_of_an_uninterrupted_one(one_head_mo
     assert without_faithfulness(resumed["copy"].history) == without_faithfulness(at_once["copy"].history)
 
 
-def test_the_default_readout_is_the_faithful_threshold_on_the_training_examples(one_head_model, tmp_path):
+def test_the_default_readout_keeps_the_faithful_units_of_the_training_examples(one_head_model, tmp_path, monkeypatch):
     bridge, data = one_head_model
+    chosen = {}
+
+    def recorded(*arguments):
+        chosen.update(readout.faithful_units(*arguments))
+        return dict(chosen)
+
+    monkeypatch.setattr(training, "faithful_units", recorded)
     masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=100, batch_size=64), progress=False).train()
     trained = masks["copy"]
-    assert trained.threshold == readout.faithful_threshold(bridge, trained, data)
+    assert chosen and all(
+        torch.equal(kept, chosen[name]) for name, kept in trained.kept_above(trained.threshold).items()
+    )
     assert exact_match(bridge, data, trained.binary()) >= 0.99 * exact_match(bridge, data)
     assert load_masks(save_masks(trained, tmp_path / "copy.safetensors"), bridge).threshold == trained.threshold
 
@@ -312,9 +321,9 @@ def test_a_readout_that_keeps_units_training_removed_says_so(one_head_model, mon
 
     def trained(_bridge, masks, *_):
         masks.logits["blocks.0.attn"] = head_logits.clone().requires_grad_()
-        return chosen
+        return masks.kept_above(chosen)
 
-    monkeypatch.setattr(training, "faithful_threshold", trained)
+    monkeypatch.setattr(training, "faithful_units", trained)
     trainer = MaskTrainer(
         bridge, [data], MaskConfig(granularity="head"), TrainConfig(steps=1, batch_size=8), progress=False
     )
@@ -323,7 +332,7 @@ def test_a_readout_that_keeps_units_training_removed_says_so(one_head_model, mon
         trainer.train()
     messages = [str(warning.message) for warning in caught if warning.category is PaddedReadout]
     if padded:
-        assert len(messages) == 1 and "keeps 1 units" in messages[0] and "readout keeps 3" in messages[0]
+        assert len(messages) == 1 and "keeps 1 units" in messages[0] and "readout keeps 3, adding back 2" in messages[0]
     else:
         assert not messages
 
@@ -408,7 +417,7 @@ def test_an_unknown_sampler_is_refused():
         MaskConfig(sampler="bernoulli")
 
 
-def test_the_faithful_readout_keeps_the_fewest_top_units_that_keep_accuracy(one_head_model):
+def test_the_faithful_readout_keeps_the_fewest_units_that_keep_accuracy(one_head_model):
     bridge, data = one_head_model
     masks = MaskSet.for_bridge(bridge, MaskConfig(granularity="head"), name="copy")
     masks.logits["blocks.0.attn"] = torch.tensor([-1.0, 3.0, 2.0, 1.0])  # the needed head 0 ranks last, below zero
@@ -420,11 +429,12 @@ def test_the_faithful_readout_keeps_the_fewest_top_units_that_keep_accuracy(one_
 
     by_count = [exact_match(bridge, data, top(count)) for count in range(5)]
     expected_count = next(count for count, accuracy in enumerate(by_count) if accuracy >= 0.99 * full)
+    assert expected_count == 4 and readout.faithful_threshold(bridge, masks, data) == pytest.approx(-2.0)
+    head_zero_only = masks.binary_from({"blocks.0.attn": torch.tensor([True, False, False, False])})
+    assert exact_match(bridge, data, head_zero_only) >= 0.99 * full  # fewer than the top 4: the removal search's
     kept = readout.faithful_binary(bridge, masks, data)
-    assert expected_count == 4 and kept.count == top(4).count
-    assert readout.faithful_threshold(bridge, masks, data) == pytest.approx(-2.0)
+    assert all(torch.equal(kept.kept[key], flags) for key, flags in head_zero_only.kept.items())
     assert exact_match(bridge, data, masks.binary()) < 0.5 <= exact_match(bridge, data, kept)
     masks.logits["blocks.0.attn"] = torch.tensor([3.0, -1.0, -2.0, -3.0])
-    head_zero_only = masks.binary_from({"blocks.0.attn": torch.tensor([True, False, False, False])})
     chosen = readout.faithful_binary(bridge, masks, data)
     assert all(torch.equal(chosen.kept[key], kept) for key, kept in head_zero_only.kept.items())

@@ -87,3 +87,82 @@ def test_where_no_count_passes_every_unit_is_kept(monkeypatch, neurons):
     # e.g. tolerance 0 with the full mask one example short of the full model (non-deterministic kernels)
     with_metric(monkeypatch, lambda count: 0.99)
     assert kept_count(masks, readout.faithful_threshold(bridge, masks, data, tolerance=0.0)) == N_UNITS
+
+
+def with_set_metric(monkeypatch, passes_set, loss_of_set=lambda units: float(len(units))):
+    """Make the readout see a metric of the set of kept neurons (flat indices in model order): 1.0 where
+    ``passes_set(units)``, else 0; and ``loss_of_set(units)`` as its loss. Returns the sets judged."""
+    judged = []
+
+    def units_of(kept) -> frozenset[int]:
+        by_neuron = kept.kept_fraction(by="neuron").sort_values(["layer", "neuron"])  # the logits' order
+        return frozenset(int(index) for index in by_neuron.kept.to_numpy().nonzero()[0])
+
+    def reaches(bridge, data, objective, kept, target):
+        judged.append(units_of(kept))
+        return (1.0 if passes_set(judged[-1]) else 0.0) >= target
+
+    monkeypatch.setattr(readout, "objective_metric", lambda *arguments: 1.0)
+    monkeypatch.setattr(readout, "reaches_metric", reaches)
+    monkeypatch.setattr(readout, "objective_loss", lambda bridge, data, objective, kept: loss_of_set(units_of(kept)))
+    return judged
+
+
+def kept_units(flags: dict[str, torch.Tensor]) -> frozenset[int]:
+    return frozenset(torch.cat([kept.flatten() for kept in flags.values()]).nonzero().flatten().tolist())
+
+
+def test_removing_units_together_leaves_a_local_optimum_of_single_removals(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    trained = kept_units(masks.kept_above(0.0))  # the 10 units above logit 0
+    planted = frozenset(sorted(trained)[:7])  # the other 3 are borrowed
+    # The entangled-head plant's shape (docs/finder-study.md): the trained set passes, removing any one of its units
+    # fails, removing the 3 borrowed ones together passes; nothing without every planted unit passes.
+    judged = with_set_metric(monkeypatch, lambda units: units in (trained, planted) or len(units) == N_UNITS)
+    assert readout.faithful_threshold(bridge, masks, data) == 0.0  # the count readout keeps all 10
+    assert kept_units(readout.faithful_units(bridge, masks, data)) == planted
+    assert len(judged) <= readout.REMOVAL_EVALUATIONS + 40  # the search's budget, and the threshold's bisection
+
+
+def test_a_failing_trained_set_is_searched_too_and_the_budget_bounds_the_search(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    trained = kept_units(masks.kept_above(0.0))
+    smaller = frozenset(sorted(trained)[2:])
+    # The trained set fails (the threshold readout pads it to every unit); two of its units removed together pass.
+    with_set_metric(monkeypatch, lambda units: units == smaller or len(units) == N_UNITS)
+    assert kept_units(readout.faithful_units(bridge, masks, data)) == smaller
+    assert len(kept_units(readout.faithful_units(bridge, masks, data, evaluations=10))) == N_UNITS
+    assert len(kept_units(readout.faithful_units(bridge, masks, data, evaluations=0))) == N_UNITS
+
+
+def test_among_passing_removals_the_lowest_loss_is_taken(monkeypatch, neurons):
+    bridge, masks, data = neurons
+    trained = sorted(kept_units(masks.kept_above(0.0)))
+    # Any 9 of the 10 pass, no 8 do: the search removes the one unit whose removal leaves the lowest loss.
+    with_set_metric(
+        monkeypatch,
+        lambda units: len(units) >= 9 and units <= frozenset(trained),
+        loss_of_set=lambda units: 0.0 if trained[3] not in units else 1.0,
+    )
+    assert kept_units(readout.faithful_units(bridge, masks, data)) == frozenset(trained) - {trained[3]}
+
+
+def test_read_out_keeps_exactly_the_given_units_and_moves_only_the_logits_that_disagree(neurons):
+    _, masks, _ = neurons
+    before = {name: logit.detach().clone() for name, logit in masks.logits.items()}
+    flat = torch.cat([logit.flatten() for logit in before.values()])
+    order = flat.argsort(descending=True).tolist()
+    kept_flat = torch.zeros(N_UNITS, dtype=torch.bool)
+    kept_flat[order[:5] + [order[20]]] = True  # the 5 highest, and one far below them
+    kept_flat[order[2]] = False  # without the third highest
+    sizes = [logit.numel() for logit in before.values()]
+    kept = {name: part.view(before[name].shape) for name, part in zip(before, kept_flat.split(sizes))}
+    masks.read_out(kept)
+    assert kept_units(masks.kept_above(masks.threshold)) == kept_units(kept)
+    after = torch.cat([logit.detach().flatten() for logit in masks.logits.values()])
+    moved = (after != flat).nonzero().flatten().tolist()
+    assert sorted(moved) == sorted([order[2], order[20]])
+    assert flat[order[5]] < after[order[20]] < flat[order[4]]  # just above the threshold, below every kept logit
+    assert flat[order[6]] < after[order[2]] <= masks.threshold  # just below it, above every other removed logit
+    masks.read_out(masks.kept_above(0.5))  # a top-count set: no logit moves
+    assert torch.equal(torch.cat([logit.detach().flatten() for logit in masks.logits.values()]), after)
