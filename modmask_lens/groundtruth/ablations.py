@@ -39,7 +39,8 @@ def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
 
 def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int) -> WeightMasks:
     """Zero a random ``fraction`` of the subtask's planted units (``plan.ablation_unit``: neurons, heads, or single
-    weights), drawn with ``seed``; keep all else."""
+    weights), drawn with ``seed``; keep all else. Under grouped-query attention a key/value group is zeroed only
+    when every query head reading it is removed, as a head mask does (a group serves any head reading it)."""
     generator = Generator().manual_seed(seed)
     specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
     unit_kinds = {"neuron": ("neuron",), "head": ("head", "kv_head")}.get(plan.ablation_unit)
@@ -54,7 +55,7 @@ def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fractio
         elif spec.unit in unit_kinds and spec.layer is not None:
             units = removed_units[spec.layer]
             if spec.unit == "kv_head" and model_shape(bridge).heads_per_kv_head > 1:
-                units = units.view(-1, model_shape(bridge).heads_per_kv_head).any(dim=-1)
+                units = units.view(-1, model_shape(bridge).heads_per_kv_head).all(dim=-1)  # no kept head reads it
             view = [1] * len(spec.shape)
             view[spec.unit_axis] = spec.shape[spec.unit_axis]
             removed = elements & units.repeat_interleave(spec.unit_width).view(view)

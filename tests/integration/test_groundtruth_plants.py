@@ -148,3 +148,33 @@ def test_a_card_that_records_another_size_than_its_weights_is_refused(tmp_path):
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"another architecture than the weights beside it .*'d_model': \(64, 32\)"):
         load_plant("plant", folder)
+
+
+def test_a_random_half_of_gqa_heads_keeps_the_key_value_groups_its_kept_heads_read(tmp_path):
+    """With 8 query heads over 4 key/value groups (2 heads each), a group is zeroed exactly when both its heads are
+    among the removed ones: a kept head keeps its keys and values, as the library's head mask keeps them."""
+    tokenizer = digit_tokenizer()
+    torch.manual_seed(0)
+    model = plant_training.build_model(dataclasses.replace(plant_training.ARCHITECTURE, n_key_value_heads=4), tokenizer)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    bridge = plant_training.TransformerBridge.boot_transformers(str(tmp_path), device="cpu")
+    plan = plant_plan(PlantSpec("entangled-head", "add-mul"), bridge)
+    paths = {(spec.layer, spec.role): spec.path for spec in adapter_for(bridge).tensor_specs(bridge)}
+    whole_groups_removed = shared_groups_kept = 0
+    for draw in range(8):
+        ablation = remove_random_part(bridge, plan, "add", 0.5, draw)
+        removed_heads = torch.stack(
+            [(ablation[paths[layer, "W_Q"]].view(8, 4, 32) == 0).all(dim=-1).all(dim=-1) for layer in (0, 1)]
+        )
+        assert int(removed_heads.sum()) == 4 and not (removed_heads & ~plan.uses["add"].heads).any()  # 4 of its 8
+        for layer in (0, 1):
+            pairs = removed_heads[layer].view(4, 2)
+            expected = pairs.all(dim=-1)  # both heads of the group removed
+            for role in ("W_K", "W_V"):
+                mask = ablation[paths[layer, role]].view(4, 4, 32)  # [group, d_head, d_model]
+                assert (mask == 0).all(dim=-1).all(dim=-1).tolist() == expected.tolist(), (draw, layer, role)
+                assert (mask[~expected] == 1).all()
+            whole_groups_removed += int(expected.sum())
+            shared_groups_kept += int((pairs.any(dim=-1) & ~expected).sum())
+    assert whole_groups_removed > 0 and shared_groups_kept > 0  # both cases are exercised
