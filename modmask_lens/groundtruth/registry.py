@@ -19,6 +19,9 @@ def all_cases(selectors: Sequence[str] | None = None, include_tracr: bool = True
     """The cases whose name (``disconnected/add-mul`` or ``disconnected-add-mul``), family or pair matches one of
     ``selectors`` (default: all).
 
+    Raises:
+        ValueError: when a selector matches no case (naming it and the plants).
+
     Example:
         >>> cases = all_cases(["entangled-neuron"])                                   # doctest: +SKIP
         >>> [case.name for case in cases]                                               # doctest: +SKIP
@@ -36,8 +39,9 @@ def all_cases(selectors: Sequence[str] | None = None, include_tracr: bool = True
             for case in tracr_cases()
             if selectors is None or any(_matches(s, case.name, case.family) for s in selectors)
         ]
-    if selectors and not cases:
+    unmatched = [s for s in selectors or () if not any(_matches(s, case.name, case.family) for case in cases)]
+    if unmatched:  # one misspelt selector beside others would otherwise drop its cases from the run unsaid
         raise ValueError(
-            f"no case matches {list(selectors)}; plants: {', '.join(available_plants())} (or their families), or tracr"
+            f"no case matches {unmatched}; plants: {', '.join(available_plants())} (or their families), or tracr"
         )
     return cases

@@ -15,6 +15,7 @@ from modmask_lens import AnswerCrossEntropy, KLDivergence, MaskConfig, faithful_
 from modmask_lens.cli import app
 from modmask_lens.groundtruth import (
     FinderMethod,
+    all_cases,
     load_plant,
     random_init_bridge,
     run_suite,
@@ -266,6 +267,18 @@ def test_command_scores_programs_and_plants_built_elsewhere(tmp_path):
 def test_command_rejects_an_unknown_case():
     result = CliRunner().invoke(app, ["groundtruth", "run", "--case", "no-such-case", "--fast"])
     assert result.exit_code == 1 and "no case matches" in result.output
+
+
+@pytest.mark.parametrize("typo", ["entangeld-head", "tracr/revers"])
+def test_command_rejects_a_misspelt_case_beside_a_known_one(typo, monkeypatch):
+    """A selector that matches nothing is refused, not dropped: the run would score only the other cases."""
+    monkeypatch.setattr("modmask_lens.groundtruth.suite.run_suite", lambda *arguments, **options: pytest.fail("ran"))
+    result = CliRunner().invoke(app, ["groundtruth", "run", "--case", "disconnected/add-mul", "--case", typo, "--fast"])
+    assert result.exit_code == 1 and f"no case matches ['{typo}']" in result.output
+    assert [case.name for case in all_cases(["disconnected/add-mul", "tracr/reverse"])] == [
+        "disconnected/add-mul",
+        "tracr/reverse",
+    ]
 
 
 def test_sharing_lines_up_units_whatever_order_each_key_lists_them_in(case):
