@@ -42,7 +42,8 @@ class AttentionPatterns:
         tokens: the prompt's tokens as display strings, one per position.
         patterns: condition (``full model``, a mask name, ``~`` + a mask name) -> probabilities
             ``[pattern_layer, head, query_pos, key_pos]`` of the blocks in :attr:`layers`, in that order (each query
-            row sums to 1 over key positions <= query).
+            row sums to 1 over key positions <= query in a causal model, over every key position in a bidirectional
+            one: :attr:`causal`).
         layers: the blocks with a pattern (a ``blocks.{layer}.attn.hook_pattern``), ascending.
         without_pattern: every other block -> why it has none (:data:`NO_ATTENTION` or :data:`NO_PATTERN_HOOK`).
     """
@@ -63,6 +64,13 @@ class AttentionPatterns:
                 f"layer {layer} has no attention pattern: {self.without_pattern.get(layer, 'no such layer')}"
             )
         return self.patterns[condition][self.layers.index(layer), head]
+
+    @property
+    def causal(self) -> bool:
+        """Whether no query attends to a later key under any condition (a decoder's patterns), so that a view may
+        blank the upper triangle; False for a bidirectional model (BERT, RoBERTa, the tracr programs), whose queries
+        attend to later keys too."""
+        return not any(bool(pattern.triu(diagonal=1).any()) for pattern in self.patterns.values())
 
     def missing_note(self) -> str:
         """One line naming the blocks without a pattern and why (``""`` when every block has one), e.g.

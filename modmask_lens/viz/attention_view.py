@@ -63,7 +63,7 @@ class AttentionView(View):
                 "attentionHeadNames": [f"L{layer}H{head}" for layer in layers for head in range(pattern.shape[1])],
                 "maxValue": 1.0,
                 "minValue": 0.0,
-                "maskUpperTri": True,
+                "maskUpperTri": self.patterns.causal,  # a bidirectional model attends ahead too
             }
             panels.append(
                 f'<div class="mm-attention-panel" data-condition="{escape(condition)}" '

@@ -63,8 +63,10 @@ _GRAPH_SCRIPT = """
     matrix.forEach(function (row, q) {
       svg += '<text font-size="10" text-anchor="end" x="' + (left - 4) + '" y="' + (top + q * cell + 15) + '"></text>';
       row.forEach(function (value, k) {
+        // Grey above the diagonal only where no query can attend there (a causal model; BERT's queries can).
+        const blank = patterns.causal && k > q;
         svg += '<rect class="mm-pattern-cell" x="' + (left + k * cell) + '" y="' + (top + q * cell) + '" width="' +
-          (cell - 1) + '" height="' + (cell - 1) + '" fill="' + (k > q ? '#f4f5f7' : shade(value)) + '"><title>' +
+          (cell - 1) + '" height="' + (cell - 1) + '" fill="' + (blank ? '#f4f5f7' : shade(value)) + '"><title>' +
           'query ' + q + ' -> key ' + k + ': ' + value.toFixed(3) + '</title></rect>';
       });
     });
@@ -301,6 +303,7 @@ class CircuitView(SvgView):
                 "tokens": self.patterns.tokens,
                 "layers": list(self.patterns.layers),
                 "without_pattern": self.patterns.without_pattern,
+                "causal": self.patterns.causal,
                 "conditions": [
                     {"label": condition, "pattern": self.patterns.patterns[condition].round(decimals=3).tolist()}
                     for condition in wanted

@@ -141,3 +141,38 @@ def test_clicking_a_head_of_a_layer_without_attention_says_why(tmp_path):
             return [panel.querySelector('p').textContent, panel.querySelectorAll('.mm-pattern-cell').length];
         })()""")
         assert shown == ["No attention pattern in layer 1: no attention there.", 0]
+
+
+def test_a_bidirectional_heads_pattern_shows_its_attention_to_later_keys(tmp_path):
+    """Clicking a head of a tiny BERT draws every cell of its pattern in the ramp's colour of the value the model
+    computes (Hugging Face's own attention, not the bridge's); the cells above the diagonal were drawn blank grey
+    as if masked, though query 0 puts most of its attention there."""
+    from test_viz_views import boot_bert, hf_attentions
+
+    from modmask_lens.viz import attention_patterns
+    from modmask_lens.viz.colors import RAMP_HIGH, RAMP_LOW
+
+    bridge = boot_bert(tmp_path / "bert")
+    prompt = torch.tensor([2, 5, 6, 7, 3])
+    mask = random_mask_set(bridge, "m", 0).binary()
+    page = CircuitView(circuit_graph(mask), attention_patterns(bridge, prompt, {"m": mask})).save_html(
+        tmp_path / "c.html"
+    )
+    expected = hf_attentions(tmp_path / "bert", prompt)[1, 2]  # L1H2 under the full model: [query, key]
+    with HeadlessChromium() as browser:
+        record = browser.open(page)
+        assert record.network_requests == [] and record.console_errors == []
+        fills = browser.evaluate("""(() => {
+            const view = document.querySelector('.mm-graph-view');
+            view.querySelector('.mm-node[data-node="L1H2"]').dispatchEvent(new MouseEvent('click'));
+            const full = view.querySelector('.mm-pattern-block svg');
+            return [...full.querySelectorAll('.mm-pattern-cell')].map(cell => cell.getAttribute('fill'));
+        })()""")
+    n = len(prompt)
+    assert len(fills) == n * n
+    for query in range(n):
+        for key in range(n):
+            value = float(expected[query, key])
+            rgb = [low + (high - low) * value for low, high in zip(RAMP_LOW, RAMP_HIGH)]
+            shown = [int(part) for part in re.findall(r"\d+", fills[query * n + key])]
+            assert shown == pytest.approx(rgb, abs=1), (query, key, fills[query * n + key])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from xml.etree import ElementTree
 
@@ -202,3 +203,42 @@ def test_prompts_are_token_ids_or_text_for_the_tokenizer(gpt2_bridge):
     assert parse_prompt(gpt2_bridge, "3 7 10").tolist() == [3, 7, 10]
     with pytest.raises(ValueError, match="space-separated token ids"):
         parse_prompt(gpt2_bridge, "hello world")
+
+
+def boot_bert(directory):
+    """A tiny BERT (bidirectional attention: every query attends to later keys too)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    torch.manual_seed(0)
+    return boot_tiny(BertForMaskedLM(BertConfig(**TINY_HF_SIZES)), directory)
+
+
+def hf_attentions(directory, prompt: torch.Tensor) -> torch.Tensor:
+    """[layer, head, query, key] attention of the saved Hugging Face model itself (eager), not the bridge's."""
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(directory, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = model(prompt[None], output_attentions=True).attentions
+    return torch.stack([attention[0] for attention in attentions])
+
+
+def test_bidirectional_attention_is_shown_above_the_diagonal(gpt2_bridge, tmp_path):
+    """A BERT query attends to later keys; the attention view must not blank them (circuitsvis ``maskUpperTri``
+    hid 79% of query 0's attention in layer 0 of this tiny BERT). A causal model's upper triangle stays blanked."""
+    bridge = boot_bert(tmp_path / "bert")
+    prompt = torch.tensor([2, 5, 6, 7, 3])
+    patterns = attention_patterns(bridge, prompt, {"m": MaskSet.for_bridge(bridge, name="m").binary()})
+    expected = hf_attentions(tmp_path / "bert", prompt)
+    assert float(expected.triu(diagonal=1).sum(-1)[0, 0, 0]) > 0.5  # a real share of the attention is ahead
+    assert patterns.patterns[FULL] == pytest.approx(expected, abs=1e-5)
+    props = re.search(r"AttentionHeads, (\{.*?\})\);", AttentionView(patterns, [FULL]).body())[1]
+    shown = json.loads(props)
+    assert shown["maskUpperTri"] is False
+    assert torch.tensor(shown["attention"]) == pytest.approx(expected.flatten(0, 1), abs=1e-4)
+    assert not patterns.causal
+    causal = attention_patterns(gpt2_bridge, prompt, {})
+    assert causal.causal
+    assert json.loads(re.search(r"AttentionHeads, (\{.*?\})\);", AttentionView(causal).body())[1])["maskUpperTri"]
