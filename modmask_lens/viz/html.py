@@ -41,8 +41,10 @@ def escape(text: object) -> str:
 
 
 def script_json(value: object) -> str:
-    """JSON for embedding inside a ``<script>`` element (``</`` cannot close the element early)."""
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    """JSON for embedding inside a ``<script>`` element: every ``<`` is written ``\\u003c`` (the same string to
+    JavaScript), so that neither ``</script>`` nor ``<!--`` followed by ``<script>`` in a name or token changes
+    where the element ends."""
+    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def new_view_id(prefix: str) -> str:

@@ -176,3 +176,33 @@ def test_a_bidirectional_heads_pattern_shows_its_attention_to_later_keys(tmp_pat
             rgb = [low + (high - low) * value for low, high in zip(RAMP_LOW, RAMP_HIGH)]
             shown = [int(part) for part in re.findall(r"\d+", fills[query * n + key])]
             assert shown == pytest.approx(rgb, abs=1), (query, key, fills[query * n + key])
+
+
+def test_a_mask_named_like_markup_leaves_every_view_of_the_page_in_place(gpt2_bridge, tmp_path):
+    """A subtask name is embedded in the views' scripts (condition labels). ``<!--<script>`` in it put the HTML
+    parser in a script state where the element's own ``</script>`` did not end it: the page stopped after the first
+    circuit (headings Masks and Circuit of <!--<script> only, of 10)."""
+    name = "<!--<script>"
+    masks = {name: random_mask_set(gpt2_bridge, name, 0), "b": random_mask_set(gpt2_bridge, "b", 1)}
+    report = write_report(tmp_path / "report.html", gpt2_bridge, masks, torch.tensor([3, 7, 10, 3]))
+    with HeadlessChromium() as browser:
+        record = browser.open(report)
+        assert record.network_requests == [] and record.console_errors == []
+        shown = browser.evaluate("""({
+            headings: [...document.querySelectorAll('body > .mm-view > h3')].map(e => e.textContent),
+            labels: [...document.querySelectorAll('.mm-graph-view')[0].querySelectorAll('.mm-pattern-block > div')]
+                .map(e => e.textContent),
+        })""")
+    assert shown["headings"] == [
+        "Masks",
+        f"Circuit of {name}",
+        "Circuit of b",
+        f"Overlap of {name}, b",
+        f"Attention through {name}",
+        "Attention through b",
+        "Kept fraction per layer and role",
+        "IoU of masks per layer and role",
+        "Mask logits",
+        "Model, masks and settings",
+    ]
+    assert shown["labels"] == ["full model", name, f"~{name}"]
