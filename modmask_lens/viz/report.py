@@ -272,11 +272,20 @@ def report_from_files(
         tasks: subtasks to score the masks on, as ``masks train --task`` takes them (``scan/jump``,
             ``file.jsonl:test``): the report then holds the accuracy table of the full model, each mask and its
             inverse on the first ``eval_limit`` examples of each (a mask meets its own subtask by name).
+
+    Raises:
+        ValueError: ``eval_limit`` is below 1, or ``path`` is one of ``mask_files`` (checked before the model loads).
     """
     from modmask_lens.loading import load_bridge, load_subtask
 
     if eval_limit < 1:
         raise ValueError(f"eval_limit must be at least 1, got {eval_limit}")
+    for file in mask_files:  # before the model loads, and never replace the masks the report reads
+        if Path(path).exists() and Path(file).exists() and Path(path).samefile(file):
+            raise ValueError(
+                f"the report's file {path} is the mask file {file}: writing it would replace the masks; name "
+                "another HTML file, e.g. --out report.html"
+            )
     bridge, tokenizer = load_bridge(str(model))
     mask_sets = load_labelled_masks(mask_files, bridge, labels)
     subtasks = [load_subtask(task, tokenizer).head(eval_limit) for task in tasks]

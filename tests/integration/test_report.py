@@ -157,3 +157,22 @@ def test_two_masks_of_one_subtask_stay_apart_under_their_labels(gpt2_bridge):
     assert list(kept.values.columns) == ["seed0", "seed1"]
     expected = seeds["seed1"].binary().kept_fraction(by="layer_role").set_index(["layer", "role"])["kept_fraction"]
     assert kept.values["seed1"].tolist() == pytest.approx(expected.tolist())
+
+
+def test_report_refuses_to_write_over_a_mask_file_it_reads(tmp_path):
+    """``--out`` naming one of the ``--masks`` files replaced the trained masks with the HTML page, exit 0."""
+    from typer.testing import CliRunner
+
+    from modmask_lens.cli import app
+    from modmask_lens.masks.io import load_masks
+
+    bridge = boot_gpt2(tmp_path / "model")
+    mask_set = random_mask_set(bridge, "a", 0)
+    file = save_masks(mask_set, tmp_path / "masks-a.safetensors")
+    saved = file.read_bytes()
+    arguments = ["report", "--model", str(tmp_path / "model"), "--masks", str(file), "--prompt", "3 7 10"]
+    for out in (file, tmp_path / "." / "masks-a.safetensors"):
+        result = CliRunner().invoke(app, [*arguments, "--out", str(out)])
+        assert result.exit_code != 0 and "would replace the masks" in result.output, result.output
+    assert file.read_bytes() == saved
+    assert load_masks(file, bridge).binary().count == mask_set.binary().count
