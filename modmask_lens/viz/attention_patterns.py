@@ -115,6 +115,10 @@ def attention_patterns(
         inverse: also run every mask's inverse ``~mask`` (its linear weights removed, norm gains kept: Csordás's
             test of what the rest of the model does).
 
+    Raises:
+        ValueError: a mask is named :data:`FULL`, or (with ``inverse``) like another mask's inverse (``~a`` beside
+            ``a``), so that its condition would replace another's; or ``token_labels`` are not one per token.
+
     Example:
         >>> patterns = attention_patterns(bridge, torch.tensor([3, 7, 10]), {"copy_first": mask})  # doctest: +SKIP
         >>> patterns.head("copy_first", layer=1, head=0)                                           # doctest: +SKIP
@@ -122,6 +126,14 @@ def attention_patterns(
     labels = token_labels if token_labels is not None else token_strings(bridge, input_ids)
     if len(labels) != input_ids.shape[0]:
         raise ValueError(f"{len(labels)} token labels for a prompt of {input_ids.shape[0]} tokens; give one per token")
+    # Conditions are keyed by label: a mask named "full model" or "~a" beside a mask "a" would take another's place.
+    taken = {FULL} | ({inverse_label(name) for name in masks} if inverse else set())
+    clashing = [name for name in masks if name in taken]
+    if clashing:
+        raise ValueError(
+            f"the mask names {clashing} are condition labels of the views ({FULL!r}, and '~' + a mask's name for its "
+            "inverse); rename them"
+        )
     conditions: dict[str, BinaryMask | None] = {FULL: None}
     for name, mask in masks.items():
         mask.check_model(bridge)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from modmask_lens import MaskSet
+from modmask_lens import MaskSet, masked
 from modmask_lens.analysis import circuit_graph, pairwise_overlap
 from modmask_lens.viz import (
     AttentionView,
@@ -242,3 +242,17 @@ def test_bidirectional_attention_is_shown_above_the_diagonal(gpt2_bridge, tmp_pa
     causal = attention_patterns(gpt2_bridge, prompt, {})
     assert causal.causal
     assert json.loads(re.search(r"AttentionHeads, (\{.*?\})\);", AttentionView(causal).body())[1])["maskUpperTri"]
+
+
+def test_mask_names_that_are_condition_labels_are_refused(gpt2_bridge, tmp_path):
+    """Conditions are keyed by label: a mask named ``~a`` beside ``a`` replaced a's inverse (the report's "Attention
+    through a" showed the other mask's pattern as ``~a``), and one named ``full model`` replaced the full model."""
+    first, second = (random_mask_set(gpt2_bridge, name, seed).binary() for seed, name in enumerate("ab"))
+    prompt = torch.tensor([3, 7, 10, 3])
+    for masks in ({"a": first, "~a": second}, {"full model": first}):
+        with pytest.raises(ValueError, match="condition labels"):
+            attention_patterns(gpt2_bridge, prompt, masks)
+    patterns = attention_patterns(gpt2_bridge, prompt, {"~a": second}, inverse=False)  # no inverse: no clash
+    with torch.no_grad(), masked(gpt2_bridge, second):
+        _, cache = gpt2_bridge.run_with_cache(prompt[None])
+    assert patterns.head("~a", 1, 2) == pytest.approx(cache["blocks.1.attn.hook_pattern"][0, 2], abs=1e-6)
