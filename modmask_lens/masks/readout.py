@@ -32,7 +32,7 @@ pass over the data per count; head masks and sparse neuron masks settle under it
 
 REMOVAL_EVALUATIONS = 2048
 """The removal search's budget (:func:`faithful_units`): at most this many candidate sets judged, one pass over the
-data each (most stop early, at the first batch that shows the set cannot pass), plus one loss pass per passing
+data each (a pass stops at the first batch that shows the set cannot pass), plus one loss pass per passing
 candidate."""
 
 ROUND_EVALUATIONS = 1024
