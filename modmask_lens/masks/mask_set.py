@@ -181,8 +181,12 @@ class MaskSet:
         above = flat_logits[flat_kept & ~raised]
         below = flat_logits[~flat_kept & ~lowered]
         raised_to = (self.threshold + float(above.min())) / 2 if above.numel() else self.threshold + 1.0
-        raised_to = max(raised_to, math.nextafter(self.threshold, math.inf))  # strictly above, whatever the rounding
         lowered_to = (self.threshold + float(below.max())) / 2 if below.numel() else self.threshold - 1.0
+        # ``logit > threshold`` compares in the logits' dtype (the threshold rounded to it), and the moved logits are
+        # stored in it: a raised logit is strictly above the rounded threshold, a lowered one at most it.
+        rounded = torch.tensor(self.threshold, dtype=flat_logits.dtype, device=flat_logits.device)
+        raised_to = torch.maximum(rounded.new_tensor(raised_to), torch.nextafter(rounded, rounded.new_tensor(math.inf)))
+        lowered_to = torch.minimum(rounded.new_tensor(lowered_to), rounded)
         moved = torch.where(raised, raised_to, torch.where(lowered, lowered_to, flat_logits))
         sizes = [self.logits[unit.name].numel() for unit in self.units]
         with torch.no_grad():

@@ -166,3 +166,27 @@ def test_read_out_keeps_exactly_the_given_units_and_moves_only_the_logits_that_d
     assert flat[order[6]] < after[order[2]] <= masks.threshold  # just below it, above every other removed logit
     masks.read_out(masks.kept_above(0.5))  # a top-count set: no logit moves
     assert torch.equal(torch.cat([logit.detach().flatten() for logit in masks.logits.values()]), after)
+
+
+@pytest.mark.parametrize(
+    ("logits", "kept_indices"),
+    [
+        # the lowest kept logit above the threshold is the float32 right after it: their midpoint rounds onto it
+        ([1.0 + 2**-23, 1.0, 1.0, 0.0], [0, 3]),
+        # logits past 2**24, where threshold + 1.0 rounds back onto the threshold in float32
+        ([3e7, 2e7, 1e7, 0.0], [3]),
+        ([], list(range(N_UNITS))),  # every unit, all tied at -1e8: the threshold 1.0 below them rounds onto them
+    ],
+)
+def test_read_out_keeps_the_given_units_where_float32_rounds_the_moved_logits(neurons, logits, kept_indices):
+    _, masks, _ = neurons
+    flat = torch.full((N_UNITS,), -1e8)
+    flat[: len(logits)] = torch.tensor(logits)
+    kept_flat = torch.zeros(N_UNITS, dtype=torch.bool)
+    kept_flat[kept_indices] = True
+    sizes = [logit.numel() for logit in masks.logits.values()]
+    for (name, logit), part in zip(list(masks.logits.items()), flat.split(sizes)):
+        masks.logits[name] = part.view(logit.shape).clone().requires_grad_(True)
+    kept = {name: part.view(logit.shape) for (name, logit), part in zip(masks.logits.items(), kept_flat.split(sizes))}
+    masks.read_out(kept)
+    assert kept_units(masks.kept_above(masks.threshold)) == frozenset(kept_indices)
