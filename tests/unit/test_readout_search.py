@@ -190,3 +190,9 @@ def test_read_out_keeps_the_given_units_where_float32_rounds_the_moved_logits(ne
     kept = {name: part.view(logit.shape) for (name, logit), part in zip(masks.logits.items(), kept_flat.split(sizes))}
     masks.read_out(kept)
     assert kept_units(masks.kept_above(masks.threshold)) == frozenset(kept_indices)
+
+
+def test_the_search_runs_on_at_most_44_units_as_the_docs_say():
+    # README and docs/concepts.md state the size up to which the removal search runs: a round removes pairs
+    searched = [n for n in range(2, 1025) if readout._removals_per_round(n, readout.ROUND_EVALUATIONS) >= 2]
+    assert searched == list(range(2, 45))
