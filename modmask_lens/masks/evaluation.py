@@ -21,7 +21,8 @@ from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, model_o
 
 def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = None, batch_size: int = 256) -> float:
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model), in
-    eval mode whatever mode the caller left the model in."""
+    eval mode whatever mode the caller left the model in. Encoder data is run with its attention mask and scored
+    with its label shift (masked-LM answers at their own positions)."""
     with eval_mode(bridge):
         return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
 
@@ -48,13 +49,13 @@ def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             indices = torch.arange(start, min(start + batch_size, len(data)))
-            input_ids, labels = data.batch(indices)
+            batch = data.examples(indices)
             if mask is None:
-                logits = bridge(input_ids)
+                logits = bridge(batch.input_ids, **batch.forward_kwargs())
             else:
                 with masked(bridge, mask, check_weights=False):
-                    logits = bridge(input_ids)
-            yield score_answers(logits, labels).n_correct
+                    logits = bridge(batch.input_ids, **batch.forward_kwargs())
+            yield score_answers(logits, batch.labels, batch.label_shift).n_correct
 
 
 def objective_metric(

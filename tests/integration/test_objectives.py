@@ -8,6 +8,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 import modmask_lens as mm
+from modmask_lens import analysis
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.masks.objectives import model_outputs
 from modmask_lens.testing.tiny_models import (
@@ -141,6 +142,22 @@ def test_masked_lm_labels_sit_at_the_mask_positions(bert):
     assert float(score.loss_sum) == pytest.approx(float(expected), rel=1e-6)
     with pytest.raises(ValueError, match=r"1 \[MASK\] token\(s\) but its answer 'w6 w7' has 2"):
         mm.SubtaskData.from_masked_sentences("bad", [("w5 [MASK]", "w6 w7"), ("w8 [MASK]", "w9")], bert.tokenizer)
+
+
+def test_exact_match_scores_masked_lm_answers_at_their_positions_with_the_attention_mask(bert):
+    """exact_match runs encoder data with its attention mask and scores masked-LM answers at their own positions, as
+    objective_metric does (it gave 0.0 here, where the model gets every answer, before it did)."""
+    sentences = ["w5 [MASK] w7", "w8 w9 [MASK] w11 w12 w13 w14", "[MASK] w20", "w30 w31 w32 [MASK] w33"]
+    answers = []
+    for sentence in sentences:  # each sentence alone, unpadded: the model's own prediction at its [MASK]
+        tokens = bert.tokenizer(sentence, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            predicted = bert(tokens)[0, tokens[0] == bert.tokenizer.mask_token_id].argmax(-1)
+        answers.append(bert.tokenizer.convert_ids_to_tokens(predicted.tolist())[0])
+    data = mm.SubtaskData.from_masked_sentences("mlm", list(zip(sentences, answers)), bert.tokenizer)
+    assert analysis.exact_match(bert, data) == 1.0
+    mask = random_mask(bert)
+    assert analysis.exact_match(bert, data, mask) == mm.objective_metric(bert, data, mm.AnswerCrossEntropy(), mask)
 
 
 def test_pairs_follow_the_bert_template(bert):
