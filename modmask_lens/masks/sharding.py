@@ -79,13 +79,15 @@ class _DifferentiableGather(torch.autograd.Function):
 
 @dataclass
 class _Block:
-    """One top-level piece of the model that runs as a whole: its parameters' shards, concatenated flat."""
+    """One top-level piece of the model that runs as a whole: its parameters' shards, one flat tensor per dtype (a
+    block may mix dtypes, e.g. float32 norms in a bfloat16 model; one flat tensor would hold some processes' slices
+    in one dtype and others' in another, which no gather can join)."""
 
     path: str
     module: nn.Module
     entries: list[tuple[TensorKey, str, torch.Size, torch.dtype]]  # slot, path in the block, shape, dtype; flat order
-    weight_shard: Tensor
-    numel: int
+    weight_shards: dict[torch.dtype, Tensor]  # this process's slice of the block's parameters of each dtype
+    numels: dict[torch.dtype, int]  # elements of each dtype in the block
 
 
 class ShardedLogits:
@@ -213,19 +215,21 @@ class ShardedBridge:
 
     def _shard(self, path: str, module: nn.Module) -> _Block:
         slots = tensor_slots(module)
-        parameters = [parameter for _, parameter in slots.values()]
-        numel = sum(parameter.numel() for parameter in parameters)
-        start, end = shard_bounds(numel, self.rank, self.world_size)
-        # Slice parameter by parameter, so no flat copy of the whole block is ever made.
-        pieces, offset = [], 0
-        for parameter in parameters:
-            low, high = max(start - offset, 0), min(end - offset, parameter.numel())
-            if low < high:
-                pieces.append(parameter.detach().reshape(-1)[low:high].to(self.device, copy=True))
-            offset += parameter.numel()
-        shard = torch.cat(pieces) if pieces else torch.empty(0, dtype=parameters[0].dtype, device=self.device)
+        shards, numels = {}, {}
+        for dtype in dict.fromkeys(parameter.dtype for _, parameter in slots.values()):
+            parameters = [parameter for _, parameter in slots.values() if parameter.dtype == dtype]
+            numels[dtype] = sum(parameter.numel() for parameter in parameters)
+            start, end = shard_bounds(numels[dtype], self.rank, self.world_size)
+            # Slice parameter by parameter, so no flat copy of the whole block is ever made.
+            pieces, offset = [], 0
+            for parameter in parameters:
+                low, high = max(start - offset, 0), min(end - offset, parameter.numel())
+                if low < high:
+                    pieces.append(parameter.detach().reshape(-1)[low:high].to(self.device, copy=True))
+                offset += parameter.numel()
+            shards[dtype] = torch.cat(pieces) if pieces else torch.empty(0, dtype=dtype, device=self.device)
         entries = [(key, name, parameter.shape, parameter.dtype) for key, (name, parameter) in slots.items()]
-        return _Block(path, module, entries, shard, numel)
+        return _Block(path, module, entries, shards, numels)
 
     def __call__(
         self,
@@ -305,11 +309,11 @@ class ShardedBridge:
 
     def _run_block(self, block: _Block, sampler: _BlockSampler, n_shards: int, *args, **kwargs) -> object:
         logit_shards, args = args[:n_shards], args[n_shards:]
-        flat = _gather(block.weight_shard, block.numel)
-        values, offset = {}, 0
+        flats = {dtype: _gather(shard, block.numels[dtype]) for dtype, shard in block.weight_shards.items()}
+        values, offsets = {}, dict.fromkeys(flats, 0)
         for key, _, shape, dtype in block.entries:
-            values[key] = flat[offset : offset + shape.numel()].view(shape).to(dtype)  # a block may mix dtypes
-            offset += shape.numel()
+            values[key] = flats[dtype][offsets[dtype] : offsets[dtype] + shape.numel()].view(shape)
+            offsets[dtype] += shape.numel()
         for (index, unit), shard in zip(sampler.units, logit_shards):
             unit_logits = _DifferentiableGather.apply(shard, unit.numel).view(unit.shape)
             keys = dict(zip((member.path for member in unit.members), self._unit_plan(unit)[1]))

@@ -146,6 +146,40 @@ def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridg
     assert_unchanged(gpt2_bridge, snapshot)
 
 
+def test_a_block_that_mixes_dtypes_is_sharded_alike_on_every_process(monkeypatch):
+    """float32 norms in a bfloat16 model: each of 3 processes once cut its slice of a block as one flat tensor,
+    float32 where the slice held a norm and bfloat16 where it did not, and the gather aborted (gloo: 'Received data
+    size doesn't match expected size'). Each process now holds every dtype's slice in that dtype; the slices join
+    into the parameters bit for bit."""
+    bridge = boot_native().to(torch.bfloat16)
+    for name, parameter in bridge.named_parameters():
+        if ".ln" in name:
+            parameter.data = parameter.data.float()
+    snapshot = state_snapshot(bridge)
+    world_size = 3
+    ranks = []
+    for rank in range(world_size):
+        monkeypatch.setattr("modmask_lens.masks.sharding.world", lambda rank=rank: (rank, world_size))
+        ranks.append(ShardedBridge(bridge).blocks)
+    assert {tuple(block.numels) for block in ranks[0] if block.path.startswith("blocks.")} == {
+        (torch.float32, torch.bfloat16)
+    }
+    for per_rank in zip(*ranks):
+        first = per_rank[0]
+        for dtype, numel in first.numels.items():
+            slices = [block.weight_shards[dtype] for block in per_rank]
+            assert all(piece.dtype == dtype for piece in slices), (first.path, dtype, [p.dtype for p in slices])
+            joined = torch.cat(slices)
+            parameters = [
+                bridge.get_parameter(f"{first.path}.{name}").reshape(-1)
+                for _, name, _, entry_dtype in first.entries
+                if entry_dtype == dtype
+            ]
+            assert joined.numel() == numel
+            assert torch.equal(joined, torch.cat(parameters))
+    assert_unchanged(bridge, snapshot)
+
+
 def _report_state_sizes(rank: int, store: str, out: str) -> None:
     """One of two gloo processes: train sharded for 2 steps, write how many elements this process holds."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -162,7 +196,11 @@ def _report_state_sizes(rank: int, store: str, out: str) -> None:
     trainer.train()
     run = trainer.runs[0]
     held = {
-        "weights": [(block.numel, block.weight_shard.numel()) for block in trainer.sharded_bridge.blocks],
+        "weights": [
+            (numel, block.weight_shards[dtype].numel())
+            for block in trainer.sharded_bridge.blocks
+            for dtype, numel in block.numels.items()
+        ],
         "logits": [(unit.numel, run.shards.shards[unit.name].numel()) for unit in run.masks.units],
         "adam": [
             (unit.numel, sum(run.optimizer.state[shard][moment].numel() for moment in ("exp_avg", "exp_avg_sq")))
