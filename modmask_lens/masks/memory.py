@@ -24,11 +24,13 @@ import torch
 
 from modmask_lens.adapters import model_shape
 from modmask_lens.core.bridge import Bridge
+from modmask_lens.core.functional import tensor_slots
 from modmask_lens.masks.config import MaskConfig, TrainConfig
 from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.local_expectation import VARIANT_EXAMPLES
 from modmask_lens.masks.mask_set import units_for
 from modmask_lens.masks.output_gates import output_gates
+from modmask_lens.masks.sharding import top_level_blocks
 
 LOGIT_BYTES = 4  # logits, their gradient and Adam's moments are float32
 ADAM_MOMENTS = 2
@@ -112,16 +114,13 @@ def estimate_memory(
     n_logits = sum(unit.numel for unit in units)
 
     # One sample's products (every masked element, model dtype) and weighted derivatives (per-element units,
-    # float32), by block (layer; None: embeddings, final norm, unembedding).
-    sample_bytes: dict[int | None, int] = {}
+    # float32), by unit.
+    bernoulli = resolved.sampler == "bernoulli"
+    sample_bytes: dict[str, int] = {}
     for unit in units:
         per_element = unit.numel > 1 and unit.shape == unit.members[0].shape
         unit_bytes = sum(member.numel for member in unit.members) * dtype_bytes + per_element * unit.numel * LOGIT_BYTES
-        layer = unit.members[0].layer
-        sample_bytes[layer] = sample_bytes.get(layer, 0) + unit_bytes
-    bernoulli = resolved.sampler == "bernoulli"
-    if gated_in_one_pass or bernoulli:
-        sample_bytes = {layer: 0 for layer in sample_bytes}
+        sample_bytes[unit.name] = 0 if gated_in_one_pass or bernoulli else unit_bytes
     dims = model_shape(bridge)
     chunk = -(-train_config.batch_size // train_config.n_samples)
     # A gated pass runs every sample this process owns at once, and keeps each gated activation once more.
@@ -140,14 +139,23 @@ def estimate_memory(
         activations = (per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
 
     if shards > 1:
-        # One gathered block at a time: its weights, products and weighted derivatives.
-        largest_block = max(sample_bytes.values())
+        # Each block is cut into slices on its own, one flat slice per dtype (a tensor tied across blocks is held by
+        # each); while a block runs, all of its weights are gathered (masked or not) and its units' products made.
+        held, gathered, block_samples = 0, 0, 0
+        for path, module in top_level_blocks(bridge):
+            tensors = [tensor for _, tensor in tensor_slots(module).values()]
+            for dtype in {tensor.dtype for tensor in tensors}:
+                numel = sum(tensor.numel() for tensor in tensors if tensor.dtype == dtype)
+                held += -(-numel // shards) * tensors[0].new_empty((), dtype=dtype).element_size()
+            gathered = max(gathered, sum(tensor.numel() * tensor.element_size() for tensor in tensors))
+            inside = [unit for unit in units if unit.members[0].path.startswith(f"{path}.")]
+            block_samples = max(block_samples, sum(sample_bytes[unit.name] for unit in inside))
         return MemoryEstimate(
-            weights=weight_bytes // shards + largest_block,
+            weights=held + gathered,
             logits=n_tasks * n_logits * LOGIT_BYTES // shards,
             gradients=n_tasks * n_logits * LOGIT_BYTES // shards,
             optimiser=n_tasks * ADAM_MOMENTS * n_logits * LOGIT_BYTES // shards,
-            samples=largest_block,
+            samples=block_samples,
             activations=activations,
             devices=shards,
         )

@@ -192,7 +192,7 @@ class ShardedBridge:
         self.bridge = bridge
         self.device = torch.device(device) if device is not None else next(bridge.parameters()).device
         self.rank, self.world_size = world()
-        self.blocks = [self._shard(path, module) for path, module in _top_level_blocks(bridge)]
+        self.blocks = [self._shard(path, module) for path, module in top_level_blocks(bridge)]
         self._block_of_slot = {entry[0]: block for block in self.blocks for entry in block.entries}
         self._unit_plans: dict[str, tuple[_Block, list[TensorKey]]] = {}  # unit name -> its block, its members' slots
         slots = tensor_slots(bridge)
@@ -340,7 +340,7 @@ class _BlockSampler:
     noise: UniformNoise
 
 
-def _top_level_blocks(bridge: Bridge) -> list[tuple[str, nn.Module]]:
+def top_level_blocks(bridge: Bridge) -> list[tuple[str, nn.Module]]:
     """The children of the bridge that hold parameters, with module lists (``blocks``) split into their items."""
     blocks = []
     for name, child in bridge.named_children():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from modmask_lens import MaskConfig, SubtaskData, TrainConfig, train_masks
 from modmask_lens.masks.head_outputs import resolved_config
 from modmask_lens.masks.mask_set import units_for
 from modmask_lens.masks.memory import estimate_memory
+from modmask_lens.masks.sharding import ShardedBridge
 from modmask_lens.testing.tiny_models import tiny_bridge
 
 
@@ -59,6 +61,23 @@ def test_fully_sharded_divides_the_state():
     sharded = estimate_memory(bridge, MaskConfig(), TrainConfig(batch_size=8), positions=6, shards=4)
     assert sharded.logits == whole.logits // 4 and sharded.optimiser == whole.optimiser // 4
     assert sharded.samples < whole.samples and sharded.devices == 4
+
+
+@pytest.mark.parametrize("roles", [None, ("W_Q",)], ids=["every-role", "W_Q-only"])
+def test_fully_sharded_weights_are_one_process_slices_plus_the_largest_block_gathered(monkeypatch, roles):
+    """Counted from the shards ShardedBridge cuts for process 0 of 4. The estimate once took the largest layer's
+    products (masked elements only, plus float32 derivatives) as the gathered block: 86,272 bytes against the 54,400
+    held with every role masked, 28,416 with W_Q alone (a block's unmasked weights are gathered too)."""
+    bridge = tiny_bridge()
+    config = MaskConfig(roles=roles)
+    monkeypatch.setattr("modmask_lens.masks.sharding.world", lambda: (0, 4))
+    blocks = ShardedBridge(bridge).blocks
+    held = sum(shard.numel() * shard.element_size() for block in blocks for shard in block.weight_shards.values())
+    gathered = max(4 * sum(block.numels.values()) for block in blocks)  # float32
+    estimate = estimate_memory(bridge, config, TrainConfig(batch_size=8), positions=6, shards=4)
+    assert estimate.weights == held + gathered
+    layer_zero = [unit for unit in units_for(bridge, config) if unit.members[0].layer == 0]
+    assert estimate.samples == sum(4 * unit.numel + 4 * unit.numel for unit in layer_zero)  # product + derivative
 
 
 def test_train_masks_prints_the_estimate_first(capsys):
