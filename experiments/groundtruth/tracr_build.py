@@ -3,6 +3,8 @@
 Run it in a venv that has tracr (``pip install -e ".[tracr]"``); the package never imports this module::
 
     .venv-tracr/bin/python -m experiments.groundtruth.tracr_build [--out DIR] [--programs reverse hist]
+    .venv-tracr/bin/python -m experiments.groundtruth.tracr_build --out DIR --program NAME=MODULE:FUNCTION \
+        --vocab a b c --max-seq-len 5 [--distinct-tokens]
 
 For each program it compiles the RASP program (Weiss et al. 2021) with tracr (Lindner et al. 2023), copies the
 weights into a ``TransformerBridge.boot_native`` config, checks that the bridge reproduces tracr's outputs on every
@@ -28,6 +30,7 @@ The conversion is exact, with one addition:
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import math
@@ -460,16 +463,55 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
     return card
 
 
+def program_from_arguments(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> TracrProgram:
+    """The ``--program NAME=MODULE:FUNCTION`` program, its inputs from ``--vocab``, ``--max-seq-len`` and
+    ``--distinct-tokens``; a usage error (exit 2) names what is missing before anything compiles."""
+    name, _, target = arguments.program.partition("=")
+    module_name, _, function_name = target.partition(":")
+    if not (name and module_name and function_name):
+        parser.error(
+            f"--program {arguments.program!r}: write NAME=MODULE:FUNCTION, e.g. length=my_programs:make_length"
+        )
+    if not arguments.vocab or arguments.max_seq_len is None or arguments.max_seq_len < 1:
+        parser.error("--program needs --vocab TOKEN ... and --max-seq-len N (N >= 1): the inputs it is compiled for")
+    try:
+        make = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        parser.error(f"--program {arguments.program!r}: {error} (is MODULE importable from the current folder?)")
+    vocab = tuple(arguments.vocab)
+    if all(token.lstrip("-").isdigit() for token in vocab):
+        vocab = tuple(int(token) for token in vocab)
+    if len(set(vocab)) != len(vocab) or {PAD, BOS} & set(vocab):
+        parser.error(f"--vocab {list(vocab)}: tokens must be distinct and not {PAD} or {BOS}")
+    description = arguments.description or f"{module_name}.{function_name}()"
+    return TracrProgram(
+        name, description, lambda: make().named(name), vocab, arguments.max_seq_len, arguments.distinct_tokens
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=TRACR_DIR, help="folder to write one subfolder per program to")
-    parser.add_argument("--programs", nargs="*", default=list(PROGRAMS), choices=list(PROGRAMS))
+    parser.add_argument("--programs", nargs="*", default=None, choices=list(PROGRAMS), help="shipped programs")
+    parser.add_argument(
+        "--program",
+        metavar="NAME=MODULE:FUNCTION",
+        help="a program of your own instead: FUNCTION() in MODULE returns its output SOp (built after tracr is "
+        "imported); needs --vocab and --max-seq-len",
+    )
+    parser.add_argument("--vocab", nargs="+", help="the program's input tokens (integers where every one parses)")
+    parser.add_argument("--max-seq-len", type=int, help="the longest input, without BOS")
+    parser.add_argument("--distinct-tokens", action="store_true", help="only inputs without repeated tokens")
+    parser.add_argument("--description", default="", help="what the program computes, for its card")
     arguments = parser.parse_args()
+    programs = [PROGRAMS[name] for name in arguments.programs or ([] if arguments.program else PROGRAMS)]
+    if arguments.program:
+        programs.append(program_from_arguments(parser, arguments))
     torch.set_num_threads(1)
-    for name in arguments.programs:
-        card = build(PROGRAMS[name], arguments.out)
+    for program in programs:
+        card = build(program, arguments.out)
         print(
-            f"{name}: heads {card['truth']['heads']}, MLP layers {card['truth']['mlp_layers']}, "
+            f"{program.name}: heads {card['truth']['heads']}, MLP layers {card['truth']['mlp_layers']}, "
             f"neurons {sum(len(n) for n in card['truth']['neurons'].values())}, unique {card['unique']}, "
             f"{card['verification']}"
         )
