@@ -332,6 +332,16 @@ def compare_with_tracr(bridge: nn.Module, reference: TracrReference) -> dict:
         "max_abs_residual": float(reference.residual.abs().max()),
         "outputs_equal": bool(torch.equal(logits.argmax(-1)[scored], reference.output_ids[scored])),
     }
+    differing = scored & (logits.argmax(-1) != reference.output_ids)
+    top_two = reference.output_logits[differing].topk(min(2, reference.output_logits.shape[-1]), dim=-1).values
+    if differing.any() and bool((top_two[:, 0] - top_two[:, -1] <= RESIDUAL_TOLERANCE).all()):
+        example, position = differing.nonzero()[0].tolist()
+        raise NotImplementedError(
+            f"tracr's output ties at {int(differing.sum())} scored position(s) (its output values there differ by "
+            f"at most {RESIDUAL_TOLERANCE}), so no answer is defined, e.g. input ids "
+            f"{reference.input_ids[example].tolist()} at position {position}: change the program or its inputs so "
+            "that every position has one output"
+        )
     if not record["outputs_equal"] or record["max_abs_residual_difference"] > RESIDUAL_TOLERANCE:
         raise AssertionError(f"the converted bridge does not reproduce tracr: {record}")
     return record
