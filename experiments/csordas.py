@@ -143,7 +143,8 @@ def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, 
     """The null control beside a mask: the same method trained on the same data on a randomly initialised model of
     the same configuration (a mask can create behaviour out of random weights). Returns one row per model
     (``trained``, ``random-init``): full and mask accuracy on ``evaluation`` and the mask's kept fraction, as read
-    out and as trained (``logit > 0``; the two differ where the readout padded the mask)."""
+    out and as trained (``logit > 0``; the two differ where the readout padded the mask or its removal search
+    shrank it)."""
     rows = []
     for model_name, model_bridge in (("trained", bridge), ("random-init", random_init_bridge(bridge, seed=0))):
         with warnings.catch_warnings():
@@ -217,16 +218,16 @@ def double_add_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int |
     the two pairs use separate weights (low IoU in the blocks) and does removing one pair's mask spare the other?"""
     from modmask_lens import zoo
     from modmask_lens.core.encoding import encode_pairs, restrict_labels
+    from modmask_lens.tasks.arithmetic import DOUBLE_ADD_PAIR_OFFSETS
 
     model = zoo.load("double-add")
     data = model.task.build(model.card.seed)
-    slots = {"pair1": (0, 1), "pair2": (3, 4)}  # completion "ss,tt": characters 0-1 and 3-4
 
     def pair_subtasks(split, limit: int | None) -> dict[str, SubtaskData]:
         rows = split if limit is None or len(split) <= limit else split.shuffle(seed=0).select(range(limit))
         examples = encode_pairs(model.tokenizer, rows["question"], rows["answer"])
         subtasks = {}
-        for name, offsets in slots.items():
+        for name, offsets in DOUBLE_ADD_PAIR_OFFSETS.items():
             scored = restrict_labels(examples, offsets)
             subtasks[name] = SubtaskData(name, scored.input_ids, scored.labels)
         return subtasks
@@ -501,6 +502,6 @@ def run_and_write(
     results = run(names, METHODS[method].with_steps(steps), eval_limit, jobs)
     command = (
         f"modmask-lens reproduce {' '.join(names)} --method {method} --steps {steps} --eval-limit {eval_limit} "
-        f"--jobs {jobs}"
+        f"--jobs {jobs} --out {out}"
     )
     write_results(results, out, command, time.perf_counter() - start)

@@ -118,6 +118,8 @@ def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tm
     text = (tmp_path / "r.md").read_text()
     assert text.index("## addmul") < text.index("## double addition")
     assert (
-        "modmask-lens reproduce addmul double_add --method faithful --steps 2 --eval-limit 16 --jobs 2" in text
+        f"modmask-lens reproduce addmul double_add --method faithful --steps 2 --eval-limit 16 --jobs 2 "
+        f"--out {tmp_path / 'r.md'}"
+        in text
         and "Total wall time:" in text
     )
