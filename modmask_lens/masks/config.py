@@ -163,7 +163,12 @@ class MaskConfig:
         return {key: value for key, value in self.to_dict().items() if key not in RESUMABLE_FIELDS}
 
 
-RESUMABLE_FIELDS = ("steps", "checkpoint_every", "readout", "readout_tolerance")
+REMOVAL_EVALUATIONS = 2048
+"""The faithful readout's removal search budget by default (:attr:`TrainConfig.readout_evaluations`,
+:func:`~modmask_lens.faithful_units`): at most this many candidate sets judged, one pass over the data each (a pass
+stops at the first batch that shows the set cannot pass), plus one loss pass per passing candidate."""
+
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "readout", "readout_tolerance", "readout_evaluations")
 """:class:`TrainConfig` fields a checkpoint may be resumed under with other values: the logits after step n do
 not depend on them (the readout is chosen after the last step)."""
 
@@ -222,6 +227,11 @@ class TrainConfig:
             units several at a time while it stays so (:func:`~modmask_lens.faithful_units`); ``zero`` keeps
             ``logit > 0`` (Csordás).
         readout_tolerance: fraction of the full model's exact match the faithful readout may lose (0.01).
+        readout_evaluations: the faithful readout's removal search budget, in candidate sets judged (one pass over
+            up to 256 of the subtask's examples each; :func:`~modmask_lens.faithful_units`); 0 keeps the top-logit
+            count alone. The default (:data:`REMOVAL_EVALUATIONS`) is what the ground-truth suite was measured
+            with; on a large model each judgement is a forward pass of it, so lower it where the search would
+            outlast training (it shows a progress bar).
         seed: seeds data order and mask noise; each task draws from a stream keyed by (seed, task name, step), so a
             task's result does not depend on which other tasks share the run.
         checkpoint_every: steps between checkpoints when a checkpoint directory is given.
@@ -252,12 +262,21 @@ class TrainConfig:
     complement_loss_fraction: float | None = None
     readout: Readout = "faithful"
     readout_tolerance: float = 0.01
+    readout_evaluations: int = REMOVAL_EVALUATIONS
     seed: int = 0
     checkpoint_every: int = 200
     heads_estimated_per_step: int | None = 8
 
     def __post_init__(self) -> None:
-        counts = ("steps", "batch_size", "n_samples", "density_warmup_steps", "seed", "checkpoint_every")
+        counts = (
+            "steps",
+            "batch_size",
+            "n_samples",
+            "density_warmup_steps",
+            "seed",
+            "checkpoint_every",
+            "readout_evaluations",
+        )
         for name in (*counts, *(("heads_estimated_per_step",) if self.heads_estimated_per_step is not None else ())):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -307,6 +326,10 @@ class TrainConfig:
             raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}")
         if not 0 <= self.readout_tolerance < 1:
             raise ValueError(f"readout_tolerance {self.readout_tolerance} must lie in [0, 1) (default 0.01)")
+        if self.readout_evaluations < 0:
+            raise ValueError(
+                f"readout_evaluations {self.readout_evaluations} must be >= 0 (default 2048; 0: no removal search)"
+            )
         self._check_sparsity_term()
 
     def _check_sparsity_term(self) -> None:

@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.binary import BinaryMask
+from modmask_lens.masks.config import REMOVAL_EVALUATIONS
 from modmask_lens.masks.evaluation import objective_loss, objective_metric, reaches_metric
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
@@ -29,11 +31,6 @@ from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 SCANNED_COUNTS = 256
 """The faithful readout tries every smaller count when its search settles on at most this many units (up to one
 pass over the data per count; head masks and sparse neuron masks settle under it, most weight masks above)."""
-
-REMOVAL_EVALUATIONS = 2048
-"""The removal search's budget (:func:`faithful_units`): at most this many candidate sets judged, one pass over the
-data each (a pass stops at the first batch that shows the set cannot pass), plus one loss pass per passing
-candidate."""
 
 ROUND_EVALUATIONS = 1024
 """One round of the removal search tries every removal of up to ``r`` units together, ``r`` the largest whose
@@ -146,6 +143,7 @@ def faithful_units(
     tolerance: float = 0.01,
     objective: Objective = AnswerCrossEntropy(),
     evaluations: int = REMOVAL_EVALUATIONS,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Unit name -> kept flags (bool, the unit's logit shape) of the fewest units found that keep at least
     ``(1 - tolerance)`` of the full model's metric on ``data``: :func:`faithful_threshold`'s units, then a search
@@ -173,6 +171,7 @@ def faithful_units(
         objective: whose metric is kept and whose loss breaks ties (default: exact match, answer cross-entropy).
         evaluations: the search's budget, candidate sets judged (one pass over ``data`` each, plus a loss pass
             per passing candidate); below 3 the threshold's units are kept.
+        progress: show a progress bar of the judgements while the search runs.
     """
     if evaluations < 0:
         raise ValueError(f"evaluations {evaluations} must be >= 0 (0: no removal search)")
@@ -192,13 +191,20 @@ def faithful_units(
     searched = [
         kept for kept in starts if _removals_per_round(int(kept.sum()), min(evaluations, ROUND_EVALUATIONS)) >= 2
     ]
+    bar = tqdm(total=evaluations, desc=f"readout search, {data.name}", unit="set", disable=not (progress and searched))
+
+    def passes(units: frozenset[int]) -> bool:
+        bar.update()
+        return reaches_metric(bridge, data, objective, masks.binary_from(flags_of(units)), required)
+
     search = _RemovalSearch(
-        passes=lambda units: reaches_metric(bridge, data, objective, masks.binary_from(flags_of(units)), required),
+        passes=passes,
         loss=lambda units: objective_loss(bridge, data, objective, masks.binary_from(flags_of(units))),
         budget=evaluations,
     )
-    shrunk = [search.shrunk(frozenset(kept.nonzero().flatten().tolist())) for kept in searched]
-    passing = [units for units in shrunk if search.passes(units)]
+    with bar:
+        shrunk = [search.shrunk(frozenset(kept.nonzero().flatten().tolist())) for kept in searched]
+        passing = [units for units in shrunk if search.passes(units)]
     smallest = min(passing, key=lambda units: (len(units), search.loss(units)), default=None)
     if smallest is None or len(smallest) > int(threshold_kept.sum()):
         return {

@@ -306,7 +306,15 @@ class MaskTrainer:
                 stacklevel=3,
             )
             return
-        kept = faithful_units(self.bridge, run.masks, first, self.train_config.readout_tolerance, self.objective)
+        kept = faithful_units(
+            self.bridge,
+            run.masks,
+            first,
+            self.train_config.readout_tolerance,
+            self.objective,
+            self.train_config.readout_evaluations,
+            progress=self.progress and self.rank == 0,
+        )
         trained = sum(int((logit > 0).sum()) for logit in run.masks.logits.values())
         added = sum(int((kept[name] & (logit <= 0)).sum()) for name, logit in run.masks.logits.items())
         kept_count = sum(int(flags.sum()) for flags in kept.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 
 import pandas as pd
@@ -289,8 +290,8 @@ def test_the_default_readout_keeps_the_faithful_units_of_the_training_examples(o
     bridge, data = one_head_model
     chosen = {}
 
-    def recorded(*arguments):
-        chosen.update(readout.faithful_units(*arguments))
+    def recorded(*arguments, **options):
+        chosen.update(readout.faithful_units(*arguments, **options))
         return dict(chosen)
 
     monkeypatch.setattr(training, "faithful_units", recorded)
@@ -301,6 +302,22 @@ def test_the_default_readout_keeps_the_faithful_units_of_the_training_examples(o
     )
     assert exact_match(bridge, data, trained.binary()) >= 0.99 * exact_match(bridge, data)
     assert load_masks(save_masks(trained, tmp_path / "copy.safetensors"), bridge).threshold == trained.threshold
+
+
+def test_the_readout_search_budget_is_a_setting_that_a_checkpoint_resumes_under(one_head_model, tmp_path, monkeypatch):
+    bridge, data = one_head_model
+    budgets = []
+
+    def recorded(*arguments, **options):
+        budgets.append(inspect.signature(readout.faithful_units).bind(*arguments, **options).arguments["evaluations"])
+        return readout.faithful_units(*arguments, **options)
+
+    monkeypatch.setattr(training, "faithful_units", recorded)
+    searched = TrainConfig(steps=20, batch_size=8)
+    MaskTrainer(bridge, [data], train_config=searched, checkpoint_dir=tmp_path, progress=False).train()
+    unsearched = dataclasses.replace(searched, readout_evaluations=0)
+    MaskTrainer(bridge, [data], train_config=unsearched, checkpoint_dir=tmp_path, progress=False).train()
+    assert budgets == [2048, 0]
 
 
 def test_a_model_that_solves_no_example_is_read_out_at_zero_with_a_warning():
@@ -319,7 +336,7 @@ def test_a_readout_that_keeps_units_training_removed_says_so(one_head_model, mon
     head_logits = torch.tensor([2.0, -1.0, -3.0, -5.0])  # head 0 kept by training, the others removed
     chosen = -4.0 if padded else 0.5  # the readout keeps heads 0-2, or head 0 alone
 
-    def trained(_bridge, masks, *_):
+    def trained(_bridge, masks, *_, **__):
         masks.logits["blocks.0.attn"] = head_logits.clone().requires_grad_()
         return masks.kept_above(chosen)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modmask_lens import MaskConfig, MaskSet
+from modmask_lens import MaskConfig, MaskSet, TrainConfig
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks import readout
 from modmask_lens.testing.tiny_models import tiny_bridge
@@ -133,6 +133,26 @@ def test_a_failing_trained_set_is_searched_too_and_the_budget_bounds_the_search(
     assert kept_units(readout.faithful_units(bridge, masks, data)) == smaller
     assert len(kept_units(readout.faithful_units(bridge, masks, data, evaluations=10))) == N_UNITS
     assert len(kept_units(readout.faithful_units(bridge, masks, data, evaluations=0))) == N_UNITS
+
+
+def test_the_search_shows_its_judgements_in_a_progress_bar_only_when_asked(monkeypatch, neurons, capsys):
+    bridge, masks, data = neurons
+    trained = kept_units(masks.kept_above(0.0))
+    judged = with_set_metric(monkeypatch, lambda units: units == trained or len(units) == N_UNITS)
+    readout.faithful_units(bridge, masks, data, evaluations=0)  # the threshold's bisection alone
+    bisection = len(judged)
+    readout.faithful_units(bridge, masks, data)
+    searched = len(judged) - 2 * bisection
+    assert searched > 0 and "readout search" not in capsys.readouterr().err
+    readout.faithful_units(bridge, masks, data, progress=True)
+    last_line = capsys.readouterr().err.split("\r")[-1]  # the bar as it closed
+    assert f"readout search, {data.name}" in last_line and f"{searched}/{readout.REMOVAL_EVALUATIONS}" in last_line
+
+
+@pytest.mark.parametrize(("budget", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_search_budget_that_is_not_a_count_is_refused(budget, error):
+    with pytest.raises(error, match="readout_evaluations"):
+        TrainConfig(readout_evaluations=budget)
 
 
 def test_among_passing_removals_the_lowest_loss_is_taken(monkeypatch, neurons):
