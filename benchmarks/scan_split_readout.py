@@ -1,5 +1,6 @@
 """How the faithful readout sizes a SCAN split mask: the mask as trained (logit > 0) against the top-logit masks the
-readout searches, on the split's first 256 training commands and on its held-out test commands.
+readout searches, on the 256 training commands the readout judges (spread through the split's) and on its held-out
+test commands.
 
 Trains the addprim_jump mask of ``modmask-lens reproduce scan`` (the default finder, 800 steps, batch 64) on the zoo
 ``scan`` model, one torch thread, and prints exact match per kept fraction (docs/results.md, SCAN section).
@@ -18,10 +19,10 @@ import modmask_lens as mm
 from experiments.csordas import METHODS, limited_subtask
 from modmask_lens import zoo
 from modmask_lens.masks.config import LOSS_UNITS
+from modmask_lens.masks.training import READOUT_EXAMPLES
 from modmask_lens.tasks import scan
 
 KEPT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-READOUT_EXAMPLES = 256
 MASK_NAMES = {"simple": "simple", "addprim_jump": "jump", "length": "length", "addprim_turn_left": "turn_left"}
 """The reproduction's name for each split's mask: mask noise is drawn from a stream seeded by the mask's name, so
 the same name gives the same mask as ``modmask-lens reproduce scan`` (another name, another draw: the readout of
@@ -45,10 +46,10 @@ def main() -> None:
     train = limited_subtask(MASK_NAMES[arguments.split], data["train"], model.tokenizer)
     test = limited_subtask(f"{arguments.split}-test", data["test"], model.tokenizer, arguments.test_limit)
     masks = mm.train_masks(model.bridge, train, method.mask_config, method.train_config, progress=False)[train.name]
-    first = train.head(READOUT_EXAMPLES)
+    judged = train.evenly_spaced(READOUT_EXAMPLES)  # the examples the readout chose the mask's size on
 
     def accuracies(mask: mm.BinaryMask | None) -> str:
-        return f"train {mm.objective_metric(model.bridge, first, mm.AnswerCrossEntropy(), mask):.3f} " + (
+        return f"train {mm.objective_metric(model.bridge, judged, mm.AnswerCrossEntropy(), mask):.3f} " + (
             f"test {mm.objective_metric(model.bridge, test, mm.AnswerCrossEntropy(), mask):.3f}"
         )
 

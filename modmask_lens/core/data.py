@@ -277,8 +277,27 @@ class SubtaskData:
 
     def head(self, count: int) -> SubtaskData:
         """The first ``count`` examples, with everything they carry."""
+        return self._rows(slice(count))
+
+    def evenly_spaced(self, count: int) -> SubtaskData:
+        """``count`` examples evenly spaced through the data, in order (all of it where it holds no more), with
+        everything they carry: a sample across the data's order, so that data ordered by length or difficulty (a
+        tracr program's inputs, shortest first) is not judged by its first examples alone.
+
+        Example:
+            >>> import torch
+            >>> rows = torch.arange(10).view(10, 1).repeat(1, 2)  # example i holds the tokens i, i
+            >>> SubtaskData("counting", rows, rows).evenly_spaced(4).input_ids[:, 0].tolist()
+            [0, 2, 5, 7]
+        """
+        if count >= len(self):
+            return self
+        return self._rows(torch.arange(count) * len(self) // count)
+
+    def _rows(self, rows: slice | Int[Tensor, " row"]) -> SubtaskData:
+        """The examples at ``rows``, with everything they carry."""
         return dataclasses.replace(
-            self, **{name: value[:count] for name, value in vars(self).items() if isinstance(value, Tensor)}
+            self, **{name: value[rows] for name, value in vars(self).items() if isinstance(value, Tensor)}
         )
 
     def fingerprint(self) -> str:

@@ -40,8 +40,8 @@ class MaskSet:
             metric on the step's batch under its own name (``accuracy``: exact match by default; ``cosine``,
             ``agreement``, ``probe_accuracy``), ``kept`` (fraction kept by the binary readout, logit > 0),
             ``expected_density`` (mean keep probability), and every 100 steps ``faithfulness`` (the binary mask's
-            metric over the full model's, on the subtask's first examples). ``pandas.DataFrame(masks.history)``
-            tabulates it.
+            metric over the full model's, on 256 examples spread through the subtask's).
+            ``pandas.DataFrame(masks.history)`` tabulates it.
         objective: what the mask was trained to keep (:meth:`Objective.to_dict`; saved with the mask).
         threshold: the readout: a unit is kept when its logit is above it (saved with the mask). 0 is Csordás's
             readout; training with ``TrainConfig(readout="faithful")`` (the default) sets it with :meth:`read_out` to

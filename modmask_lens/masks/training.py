@@ -69,8 +69,9 @@ from modmask_lens.masks.sharding import ShardedBridge, ShardedLogits
 
 HISTORY_EVERY = 10  # steps between rows of MaskSet.history (and refreshes of the progress bar's kept fraction)
 FAITHFULNESS_EVERY = 100  # steps between faithfulness measurements (one forward over FAITHFULNESS_EXAMPLES)
-FAITHFULNESS_EXAMPLES = 256  # the subtask's first examples, on which faithfulness is measured
-READOUT_EXAMPLES = 256  # the subtask's first examples, on which the faithful readout chooses the mask's size
+FAITHFULNESS_EXAMPLES = 256  # examples evenly spaced through the subtask's, on which faithfulness is measured
+READOUT_EXAMPLES = 256  # examples evenly spaced through the subtask's, on which the faithful readout chooses
+# the mask's size (SubtaskData.evenly_spaced: the first ones of data ordered by length would judge short inputs only)
 CHECKPOINT_FORMAT = "modmask-lens/mask-training-checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -293,13 +294,13 @@ class MaskTrainer:
 
     def _faithful_readout(self, run: _TaskRun) -> None:
         """Read the run's mask out as the fewest units found that keep ``1 - readout_tolerance`` of the full model's
-        metric (the objective's: exact match by default) on the subtask's first :data:`READOUT_EXAMPLES` examples
+        metric (the objective's: exact match by default) on :data:`READOUT_EXAMPLES` of the subtask's examples
         (:func:`~modmask_lens.faithful_units`; :meth:`MaskSet.read_out`)."""
-        first = run.data.head(READOUT_EXAMPLES)
-        full = objective_metric(self.bridge, first, self.objective)
+        examples = run.data.evenly_spaced(READOUT_EXAMPLES)
+        full = objective_metric(self.bridge, examples, self.objective)
         if full <= 0:
             warnings.warn(
-                f"subtask {run.data.name!r}: the full model's {self.objective.metric} on its first {len(first)} "
+                f"subtask {run.data.name!r}: the full model's {self.objective.metric} on {len(examples)} of its "
                 f"examples is {full}, so the faithful readout cannot choose the mask's size; it is read out at "
                 "logit > 0",
                 UnfaithfulReadout,
@@ -309,7 +310,7 @@ class MaskTrainer:
         kept = faithful_units(
             self.bridge,
             run.masks,
-            first,
+            examples,
             self.train_config.readout_tolerance,
             self.objective,
             self.train_config.readout_evaluations,
@@ -533,11 +534,12 @@ class MaskTrainer:
 
     def _faithfulness(self, run: _TaskRun) -> float | None:
         """The objective's metric (exact match by default) of the binary mask (logit > 0: the readout is chosen after
-        training) over the full model's, on the subtask's first examples (``None`` if the full model's metric is 0)."""
-        first = run.data.head(FAITHFULNESS_EXAMPLES)
+        training) over the full model's, on :data:`FAITHFULNESS_EXAMPLES` of the subtask's examples (``None`` if
+        the full model's metric is 0)."""
+        examples = run.data.evenly_spaced(FAITHFULNESS_EXAMPLES)
         if run.full_accuracy is None:
-            run.full_accuracy = objective_metric(self.bridge, first, self.objective)
-        mask_accuracy = objective_metric(self.bridge, first, self.objective, run.masks.binary())
+            run.full_accuracy = objective_metric(self.bridge, examples, self.objective)
+        mask_accuracy = objective_metric(self.bridge, examples, self.objective, run.masks.binary())
         return mask_accuracy / run.full_accuracy if run.full_accuracy > 0 else None
 
     def _regularise(self, run: _TaskRun) -> None:

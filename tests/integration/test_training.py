@@ -320,12 +320,30 @@ def test_the_readout_search_budget_is_a_setting_that_a_checkpoint_resumes_under(
     assert budgets == [2048, 0]
 
 
+def test_the_readout_judges_examples_spread_through_the_data_not_its_first_ones(one_head_model, monkeypatch):
+    bridge, data = one_head_model
+    # Data ordered by some property (a tracr program's inputs come shortest first): 512 rows, the first 256 of
+    # which are not a sample of the whole.
+    rows = torch.arange(512) % len(data)
+    ordered = SubtaskData("copy", data.input_ids[rows], data.labels[rows])
+    judged = []
+
+    def recorded(bridge, masks, examples, *arguments, **options):
+        judged.append(examples)
+        return readout.faithful_units(bridge, masks, examples, *arguments, **options)
+
+    monkeypatch.setattr(training, "faithful_units", recorded)
+    MaskTrainer(bridge, [ordered], train_config=TrainConfig(steps=1, batch_size=8), progress=False).train()
+    assert torch.equal(judged[0].input_ids, ordered.input_ids[::2])  # every second of 512: 256 spread examples
+    assert torch.equal(judged[0].labels, ordered.labels[::2])
+
+
 def test_a_model_that_solves_no_example_is_read_out_at_zero_with_a_warning():
     bridge = boot_native()
     generator = torch.Generator().manual_seed(0)
     data = SubtaskData("noise", *torch.randint(0, 40, (2, 8, 6), generator=generator))
     assert exact_match(bridge, data) == 0  # random answers to a random model (seeded)
-    with pytest.warns(UnfaithfulReadout, match="accuracy on its first 8 examples is 0.0"):
+    with pytest.warns(UnfaithfulReadout, match="accuracy on 8 of its examples is 0.0"):
         masks = MaskTrainer(bridge, [data], train_config=TrainConfig(steps=2, batch_size=4), progress=False).train()
     assert masks["noise"].threshold == 0.0
 
