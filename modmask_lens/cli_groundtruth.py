@@ -166,6 +166,13 @@ def run(
         log=lambda line: typer.echo(line, err=True),
     )
     wall_s = time.perf_counter() - started
+    for row in tables["skipped"].itertuples():
+        typer.echo(f"skipped {row.case} control={row.control}: {row.reason}")
+    if tables["summary"].empty:
+        raise ValueError(
+            "no mask was trained: every control of every case was skipped (reasons above); choose a --control that "
+            "applies to these cases, e.g. --control none"
+        )
     with pd.option_context(
         "display.width",
         250,
@@ -178,8 +185,6 @@ def run(
     ):
         for table, columns in SHOWN.items():
             typer.echo(f"\n{table}:\n{tables[table][columns].to_string(index=False)}")
-    for row in tables["skipped"].itertuples():
-        typer.echo(f"skipped {row.case} control={row.control}: {row.reason}")
     typer.echo(f"\nwall time {wall_s:.0f} s")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

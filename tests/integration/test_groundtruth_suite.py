@@ -135,6 +135,23 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
 
 
+def test_command_where_every_control_is_skipped_names_the_reasons_and_fails_cleanly(monkeypatch):
+    """Every control skipped left a summary without its metric columns: the command died on a KeyError listing
+    them; it now prints each skip's reason and one error line."""
+
+    def no_control(case, control, seed):
+        raise ValueError("this bridge wraps no Hugging Face model")
+
+    monkeypatch.setattr("modmask_lens.groundtruth.suite.control_case", no_control)
+    arguments = ["groundtruth", "run", "--case", "disconnected/add-mul", "--granularity", "head", "--fast"]
+    with pytest.warns(UserWarning, match="the random-init control is skipped"):
+        result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--control", "random-init"])
+    assert result.exit_code == 1, result.output
+    assert "skipped disconnected/add-mul control=random-init: this bridge wraps no Hugging Face model" in result.output
+    assert "error: no mask was trained: every control of every case was skipped" in result.output
+    assert "not in index" not in result.output
+
+
 def test_a_runs_warnings_come_between_its_log_lines_and_keep_their_message(case):
     events = []
 
