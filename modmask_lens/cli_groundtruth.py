@@ -167,7 +167,7 @@ def run(
     )
     wall_s = time.perf_counter() - started
     for row in tables["skipped"].itertuples():
-        typer.echo(f"skipped {row.case} control={row.control}: {row.reason}")
+        typer.echo(f"skipped {row.case} {row.granularity} control={row.control}: {row.reason}")
     if tables["summary"].empty:
         raise ValueError(
             "no mask was trained: every control of every case was skipped (reasons above); choose a --control that "

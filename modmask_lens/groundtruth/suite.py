@@ -173,8 +173,9 @@ def run_suite(
         CPR / CMD), ``sharing`` (measured against known shared fractions), ``summary`` (one row per mask: precision,
         recall, AUROC, faithfulness of the mask and of its inverse beyond the other subtask's mask on itself, CPR,
         CMD of its keep curve), ``stability`` (mean pairwise IoU of the seeds' binary masks over the scored units,
-        ``seed_iou``), ``runs`` (wall time of each) and ``skipped`` (controls that could not be built for a case, with
-        the reason; each also warned about when it is skipped). Every
+        ``seed_iou``), ``runs`` (wall time of each) and ``skipped`` (one row per case, granularity and control not
+        run, with the reason: a control that could not be built for the case, or a requested granularity the case
+        has no answer key at; each also warned about when it is skipped). Every
         table but ``stability`` and ``skipped`` has a ``seed`` column.
 
     Example:
@@ -186,12 +187,20 @@ def run_suite(
     _check_plan(methods, cases, granularities, controls, method_seeds)
     frames: dict[str, list[pd.DataFrame]] = {table: [] for table in TABLES if table != "summary"}
     for case in cases:
-        wanted = [g for g in case_granularities(case) if granularities is None or g in granularities]
+        answered = case_granularities(case)
+        wanted = [g for g in answered if granularities is None or g in granularities]
+        unanswered = [g for g in granularities or () if g not in answered]
+        if unanswered:
+            reason = f"no answer key at this granularity (the case answers {', '.join(answered)})"
+            frames["skipped"].append(_skipped_rows(case.name, unanswered, controls, reason))
+            warnings.warn(f"case {case.name!r}: {', '.join(unanswered)} skipped: {reason}", stacklevel=2)
+        if not wanted:
+            continue
         for control in controls:
             try:
                 variant = control_case(case, control, seed)
             except ValueError as reason:  # e.g. no Hugging Face model to re-initialise
-                frames["skipped"].append(pd.DataFrame([{"case": case.name, "control": control, "reason": str(reason)}]))
+                frames["skipped"].append(_skipped_rows(case.name, wanted, [control], str(reason)))
                 warnings.warn(f"case {case.name!r}: the {control} control is skipped: {reason}", stacklevel=2)
                 continue
             full = full_logits(variant.bridge, variant.test)
@@ -232,6 +241,17 @@ def run_suite(
     }
     result["summary"] = summary_table(result)
     return result
+
+
+def _skipped_rows(case_name: str, granularities: Sequence[str], controls: Sequence[str], reason: str) -> pd.DataFrame:
+    """Rows of the ``skipped`` table: one per granularity and control of ``case_name`` that was not run."""
+    return pd.DataFrame(
+        [
+            {"case": case_name, "granularity": granularity, "control": control, "reason": reason}
+            for granularity in granularities
+            for control in controls
+        ]
+    )
 
 
 def _score_run(

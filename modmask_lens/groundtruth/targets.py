@@ -318,15 +318,17 @@ def _control_rows(tables: Mapping[str, pd.DataFrame], uncontrolled: pd.DataFrame
     """One row per (case, granularity, method) of ``uncontrolled`` and null control: 1.0 where the summary has that
     control's rows or ``skipped`` gives a reason it could not be built (the note says which), 0.0 where neither."""
     summary = tables["summary"]
-    skipped = tables.get("skipped", pd.DataFrame(columns=["case", "control", "reason"]))
+    skipped = tables.get("skipped", pd.DataFrame(columns=["case", "granularity", "control", "reason"]))
+    if not skipped.empty and "granularity" not in skipped.columns:  # older tables: skipped at every granularity
+        skipped = skipped.merge(uncontrolled[["case", "granularity"]].drop_duplicates(), on="case")
     run = set(zip(summary["case"], summary["granularity"], summary["method"], summary["control"], strict=True))
-    reasons = {(row.case, row.control): row.reason for row in skipped.itertuples(index=False)}
+    reasons = {(row.case, row.granularity, row.control): row.reason for row in skipped.itertuples(index=False)}
     rows = []
     masks = set(zip(uncontrolled["case"], uncontrolled["granularity"], uncontrolled["method"], strict=True))
     for case, granularity, method in sorted(masks):
         for control in NULL_CONTROLS:
             ran = (case, granularity, method, control) in run
-            reason = reasons.get((case, control))
+            reason = reasons.get((case, granularity, control))
             note = "run" if ran else (f"skipped: {reason}" if reason is not None else "not run")
             rows.append(
                 {

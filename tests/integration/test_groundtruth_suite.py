@@ -131,7 +131,7 @@ def test_a_control_that_cannot_be_built_is_skipped_with_its_reason(case, monkeyp
     with pytest.warns(UserWarning, match="the random-init control is skipped: this bridge wraps no Hugging Face"):
         tables = run_suite({"tiny": TINY}, [case], granularities=["head"], controls=["random-init"])
     assert tables["summary"].empty
-    assert tables["skipped"][["case", "control"]].values.tolist() == [[case.name, "random-init"]]
+    assert tables["skipped"][["case", "granularity", "control"]].values.tolist() == [[case.name, "head", "random-init"]]
     assert "Hugging Face" in tables["skipped"]["reason"].iloc[0]
 
 
@@ -147,9 +147,25 @@ def test_command_where_every_control_is_skipped_names_the_reasons_and_fails_clea
     with pytest.warns(UserWarning, match="the random-init control is skipped"):
         result = CliRunner().invoke(app, [*arguments, "--steps", "2", "--control", "random-init"])
     assert result.exit_code == 1, result.output
-    assert "skipped disconnected/add-mul control=random-init: this bridge wraps no Hugging Face model" in result.output
+    assert (
+        "skipped disconnected/add-mul head control=random-init: this bridge wraps no Hugging Face model"
+        in result.output
+    )
     assert "error: no mask was trained: every control of every case was skipped" in result.output
     assert "not in index" not in result.output
+
+
+def test_a_case_without_a_requested_granularity_gets_a_skipped_row_with_its_reason(case):
+    """A case with no answer key at a requested granularity was dropped with no row anywhere."""
+    neuron_only = dataclasses.replace(
+        case, name="neuron-only", truth={subtask: {"neuron": keys["neuron"]} for subtask, keys in case.truth.items()}
+    )
+    with pytest.warns(UserWarning, match="'neuron-only': head skipped: no answer key at this granularity"):
+        tables = run_suite({"tiny": TINY}, [case, neuron_only], granularities=["head"], controls=["none"])
+    assert set(tables["summary"]["case"]) == {case.name}
+    skipped = tables["skipped"]
+    assert skipped[["case", "granularity", "control"]].values.tolist() == [["neuron-only", "head", "none"]]
+    assert skipped["reason"].iloc[0] == "no answer key at this granularity (the case answers neuron)"
 
 
 def test_a_runs_warnings_come_between_its_log_lines_and_keep_their_message(case):
