@@ -18,7 +18,10 @@ The rules, and why:
   heads" when it keeps them all), a ``recall`` row in place of the AUROC one;
 - a value that is NaN where a bound applies (e.g. AUROC where every unit is used) is not met and not failed:
   ``met`` is NaN, and :func:`target_tally` counts it apart; but a mask that keeps no scored unit fails its
-  precision, and a disconnected plant not run at a granularity fails a ``granularity run`` row.
+  precision, and a disconnected plant not run at a granularity fails a ``granularity run`` row;
+- a measurement the tables lack is failed, never undefined: a mask whose run has no ``runs`` row fails
+  ``seconds``, one with other subtasks but no ``inverse`` row evaluated on them fails ``others_after_removal``, one
+  with no ``scores`` or ``sharing`` row fails ``iou_with_others``; the note says ``not measured: ...``.
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
     iou = _iou_with_others(tables)
     after_removal = _others_after_removal(tables)
     runs = tables["runs"][tables["runs"]["control"] == "none"].set_index(["case", "granularity", "method", "seed"])
+    subtask_counts = uncontrolled.groupby(["case", "granularity", "method", "seed"])["subtask"].nunique()
     rows, emitted = [], set()
     for row in uncontrolled.itertuples(index=False):
         target = FAMILY_TARGET.get(family(row.case))
@@ -176,6 +180,14 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
             "precision": "keeps no scored unit" if empty else "",
             "recall": "every unit is in the answer key: AUROC undefined, recall held to its bound",
         }
+        has_others = subtask_counts.get(run_key, 1) > 1
+        absent = {  # a measurement the tables should hold but do not: failed, never undefined
+            "seconds": "not measured: no runs row for this run" if run is None else "",
+            "iou_with_others": "not measured: no scores or sharing row for this mask" if key not in iou else "",
+            "others_after_removal": "not measured: no inverse rows on the other subtasks"
+            if has_others and key not in after_removal
+            else "",
+        }
         for measure, bound in TARGETS[target].items():
             if measure == "auroc" and row.true_fraction == 1:
                 measure = "recall"
@@ -184,7 +196,8 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
                 continue
             emitted.add((measure, scope))
             value = float(values[measure])
-            met = 0.0 if measure == "precision" and empty else bound.met(value)
+            failed = (measure == "precision" and empty) or bool(absent.get(measure))
+            met = 0.0 if failed else bound.met(value)
             rows.append(
                 {
                     "target": target,
@@ -193,7 +206,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
                     "value": value,
                     "bound": str(bound),
                     "met": met,
-                    "note": notes.get(measure, ""),
+                    "note": absent.get(measure) or notes.get(measure, ""),
                 }
             )
     rows += _granularities_not_run(uncontrolled)
@@ -291,7 +304,9 @@ def _iou_with_others(tables: Mapping[str, pd.DataFrame]) -> dict[tuple, float]:
         if len(others) != 1:
             result[key] = math.nan
             continue
-        both = float(sharing.get(key, math.nan)) * count if count else 0.0
+        if count and key not in sharing.index:
+            continue  # not measured: target_checks fails it
+        both = float(sharing[key]) * count if count else 0.0
         union = count + others[0] - both
         result[key] = both / union if union else math.nan  # neither mask keeps a unit: no overlap to measure
     return result

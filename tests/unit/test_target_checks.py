@@ -113,6 +113,35 @@ def test_undefined_values_and_reported_values():
     assert tally.loc["tracr"].tolist() == [1, 0, 1]
 
 
+def test_a_missing_measurement_fails_its_target_with_a_note_instead_of_reading_undefined():
+    """A disconnected pair whose run has no ``runs`` row, whose ``add`` mask has no inverse row on ``mul`` and no
+    ``sharing`` row: those measurements were absent and read as undefined (NaN, neither met nor failed)."""
+    tables = _tables()
+    tables["runs"] = tables["runs"].iloc[0:0]
+    faithfulness = tables["faithfulness"]
+    tables["faithfulness"] = faithfulness[(faithfulness["subtask"] != "add") | (faithfulness["evaluated_on"] != "mul")]
+    tables["sharing"] = tables["sharing"][tables["sharing"]["subtask"] != "add"]
+    checks = target_checks(tables).set_index(["subtask", "measure"])
+    disconnected = checks[checks["case"] == "disconnected/add-mul"]
+    for subtask, measure, note in [
+        ("", "seconds", "not measured: no runs row for this run"),
+        ("add", "others_after_removal", "not measured: no inverse rows on the other subtasks"),
+        ("add", "iou_with_others", "not measured: no scores or sharing row for this mask"),
+    ]:
+        assert disconnected.loc[(subtask, measure), ["met", "note"]].tolist() == [0.0, note]
+    assert disconnected.loc[("mul", "others_after_removal"), "met"] == 1.0  # its inverse row is there: 0.95
+    assert target_tally(target_checks(tables)).set_index("target").loc["disconnected", "undefined"] == 0
+
+
+def test_a_case_of_one_subtask_leaves_the_measures_against_others_undefined():
+    tables = _tables()
+    tables["summary"] = tables["summary"][tables["summary"]["subtask"] != "mul"]
+    tables["faithfulness"] = tables["faithfulness"][tables["faithfulness"]["evaluated_on"] != "mul"]
+    checks = target_checks(tables).set_index(["case", "subtask", "measure"])
+    row = checks.loc[("disconnected/add-mul", "add", "others_after_removal")]
+    assert math.isnan(row["met"]) and row["note"] == ""
+
+
 def test_a_program_that_uses_every_head_is_held_to_recall_in_place_of_auroc():
     checks = target_checks(_tables())
     assert _value(checks, "tracr/hist", "hist", "recall") == (0.98, 0.0)  # one used head left out: not recovered
