@@ -47,21 +47,22 @@ PLANT_ARCHITECTURE = {
 """The shipped plants' architecture, as their cards record it; a plant of another size is named by what differs."""
 
 
+def spelled_architecture(architecture: dict) -> dict:
+    """A plant's architecture (as its card records it) with the builder's defaults spelled out: ``n_key_value_heads``
+    None is ``n_heads``, ``d_mlp`` None is ``4 * d_model``, so equal models compare equal."""
+    fields = dict(architecture)
+    if fields.get("n_key_value_heads") is None:
+        fields["n_key_value_heads"] = fields["n_heads"]
+    if fields.get("d_mlp") is None:
+        fields["d_mlp"] = 4 * fields["d_model"]
+    return fields
+
+
 def architecture_changes(architecture: dict) -> dict:
     """The fields of a plant's architecture (as its card records it) that build another model than the shipped
-    plants' (:data:`PLANT_ARCHITECTURE`), with defaults spelled out first: ``n_key_value_heads`` None is
-    ``n_heads``, ``d_mlp`` None is ``4 * d_model`` (the builder's defaults), so equal models compare equal."""
-
-    def spelled(fields: dict) -> dict:
-        fields = dict(fields)
-        if fields.get("n_key_value_heads") is None:
-            fields["n_key_value_heads"] = fields["n_heads"]
-        if fields.get("d_mlp") is None:
-            fields["d_mlp"] = 4 * fields["d_model"]
-        return fields
-
-    shipped = spelled(PLANT_ARCHITECTURE)
-    return {key: value for key, value in spelled(architecture).items() if shipped.get(key) != value}
+    plants' (:data:`PLANT_ARCHITECTURE`), defaults spelled out (:func:`spelled_architecture`)."""
+    shipped = spelled_architecture(PLANT_ARCHITECTURE)
+    return {key: value for key, value in spelled_architecture(architecture).items() if shipped.get(key) != value}
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,14 @@ def _check_card_architecture(folder: Path, architecture: dict, bridge: nn.Module
     drawn, from the card, so a card copied beside other weights would give a misleading name or a key of the wrong
     shape."""
     shape = model_shape(bridge)
-    booted = {"n_layers": shape.n_layers, "d_model": shape.d_model, "n_heads": shape.n_heads, "d_mlp": shape.d_mlp}
-    carded = {key: value for key, value in architecture.items() if key in booted}
-    carded["d_mlp"] = carded.get("d_mlp") or 4 * carded["d_model"]  # None: the builder's 4 x d_model
+    booted = {
+        "n_layers": shape.n_layers,
+        "d_model": shape.d_model,
+        "n_heads": shape.n_heads,
+        "n_key_value_heads": shape.n_kv_heads,
+        "d_mlp": shape.d_mlp,
+    }
+    carded = {key: value for key, value in spelled_architecture(architecture).items() if key in booted}
     differ = {key: (carded[key], booted[key]) for key in carded if carded[key] != booted[key]}
     if differ:
         raise ValueError(

@@ -150,6 +150,22 @@ def test_a_card_that_records_another_size_than_its_weights_is_refused(tmp_path):
         load_plant("plant", folder)
 
 
+def test_a_card_that_records_other_key_value_heads_than_its_weights_is_refused(tmp_path):
+    """The check compared layers, widths and heads but not key/value heads: a card of 2 key/value heads beside
+    weights of 8 loaded as ``entangled-head/add-mul@n_key_value_heads=2``."""
+    folder = tmp_path / "plant"
+    shutil.copytree(PLANTS_DIR / "entangled-head-add-mul", folder)
+    weights_kv_heads = json.loads((folder / "config.json").read_text())["num_key_value_heads"]
+    card = json.loads((folder / "card.json").read_text())
+    card["architecture"]["n_key_value_heads"] = 2
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=rf"'n_key_value_heads': \(2, {weights_kv_heads}\)"):
+        load_plant("plant", folder)
+    card["architecture"]["n_key_value_heads"] = None  # the builder's default: as many as the query heads
+    (folder / "card.json").write_text(json.dumps(card))
+    assert load_plant("plant", folder).name == "entangled-head/add-mul"
+
+
 def test_a_random_half_of_gqa_heads_keeps_the_key_value_groups_its_kept_heads_read(tmp_path):
     """With 8 query heads over 4 key/value groups (2 heads each), a group is zeroed exactly when both its heads are
     among the removed ones: a kept head keeps its keys and values, as the library's head mask keeps them."""
