@@ -139,6 +139,7 @@ class Histogram(SvgView):
             threshold: it keeps the logits above it); series without one get no line.
         value_label: x-axis label.
         bins: number of equal-width bins over the pooled range of all series.
+        counted: what each value is, plural, for the y-axis ("fraction of ..."), e.g. ``heads``.
     """
 
     def __init__(
@@ -149,9 +150,10 @@ class Histogram(SvgView):
         thresholds: Mapping[str, float] | None = None,
         bins: int = 40,
         caption: str = "",
+        counted: str = "values",
     ):
         self.samples, self.title, self.value_label = dict(samples), title, value_label
-        self.thresholds, self.bins, self.caption = dict(thresholds or {}), bins, caption
+        self.thresholds, self.bins, self.caption, self.counted = dict(thresholds or {}), bins, caption, counted
 
     def svg(self) -> str:
         pooled = torch.cat([values.flatten().float() for values in self.samples.values()])
@@ -176,7 +178,7 @@ class Histogram(SvgView):
             f'y1="{_MARGIN_TOP + plot_height}" y2="{_MARGIN_TOP + plot_height}"/>'
         )
         parts.append(text(_MARGIN_LEFT + plot_width / 2, _MARGIN_TOP + plot_height + 32, self.value_label))
-        parts.append(text(12, _MARGIN_TOP + plot_height / 2, "fraction of weights", rotate=-90))
+        parts.append(text(12, _MARGIN_TOP + plot_height / 2, f"fraction of {self.counted}", rotate=-90))
         step = (high - low) / self.bins
         for index, (name, fraction) in enumerate(fractions.items()):
             points = [(x_of(low), _MARGIN_TOP + plot_height)]
@@ -258,9 +260,15 @@ def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
     )
 
 
+UNITS_COUNTED = {"weight": "weights", "neuron": "neurons", "head": "heads", "matrix": "matrices"}
+"""What one logit of a mask stands for, by granularity: the histogram's y-axis counts these."""
+
+
 def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
     """Distribution of the mask logits of each mask set, each with its readout threshold
-    (:attr:`MaskSet.threshold`): the binary mask keeps the units right of it."""
+    (:attr:`MaskSet.threshold`): the binary mask keeps the units right of it. The y-axis counts what the logits
+    stand for (``fraction of heads`` for head masks; ``fraction of units`` where the granularities differ)."""
+    counted = {UNITS_COUNTED[mask_set.config.granularity] for mask_set in mask_sets.values()}
     samples = {
         name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
         for name, mask_set in mask_sets.items()
@@ -270,6 +278,7 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
         "Mask logits",
         "logit",
         thresholds={name: mask_set.threshold for name, mask_set in mask_sets.items()},
+        counted=counted.pop() if len(counted) == 1 else "units",
         caption="Learned logits of every masked unit; the dashed line of each mask is its readout threshold "
         "(masks.threshold): its binary mask keeps the logits above it.",
     )

@@ -154,6 +154,19 @@ def test_logit_histogram_marks_each_masks_own_readout_threshold(two_masks):
     assert "first keeps logit &gt; 1.25" in svg and "second keeps logit &gt; -0.5" in svg
 
 
+def test_logit_histogram_counts_what_the_logits_stand_for(gpt2_bridge, two_masks):
+    """The y-axis read "fraction of weights" for head and neuron masks too, whose logits are heads and neurons."""
+    from modmask_lens import MaskConfig
+
+    heads = MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="head"), name="heads")
+    neurons = MaskSet.for_bridge(gpt2_bridge, MaskConfig(granularity="neuron"), name="neurons")
+    assert ">fraction of heads<" in logit_histogram({"heads": heads}).svg()
+    assert ">fraction of neurons<" in logit_histogram({"neurons": neurons}).svg()
+    assert ">fraction of weights<" in logit_histogram(two_masks).svg()
+    mixed = logit_histogram({"heads": heads, "first": two_masks["first"]}).svg()
+    assert ">fraction of units<" in mixed and "fraction of weights" not in mixed
+
+
 def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
     accuracy = pd.DataFrame(
         [
