@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SUBTASK_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 """Okabe-Ito colours (distinguishable with colour-vision deficiency), assigned to subtasks in order."""
 SHARED_COLOR = "#1d232a"
@@ -13,6 +15,12 @@ RAMP_LOW, RAMP_HIGH = (255, 255, 255), (8, 69, 148)
 def subtask_color(index: int) -> str:
     """The colour of the ``index``-th subtask (cycles after eight)."""
     return SUBTASK_COLORS[index % len(SUBTASK_COLORS)]
+
+
+def series_colors(names: Iterable[str]) -> dict[str, str]:
+    """Each name's colour by its position (:func:`subtask_color`): a report passes every mask's name to each view, so
+    a mask has one colour in every view, also in those that draw only some of the masks."""
+    return {name: subtask_color(index) for index, name in enumerate(names)}
 
 
 def sequential(fraction: float) -> str:

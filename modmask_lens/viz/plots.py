@@ -13,7 +13,7 @@ from torch import Tensor
 
 from modmask_lens.analysis import paper_table
 from modmask_lens.masks.mask_set import MaskSet
-from modmask_lens.viz.colors import sequential, subtask_color, text_on
+from modmask_lens.viz.colors import sequential, series_colors, text_on
 from modmask_lens.viz.html import TableView
 from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
 
@@ -25,12 +25,12 @@ def component_label(layer: object, role: str) -> str:
     return role if pd.isna(layer) else f"L{int(layer)} {role}"
 
 
-def _legend(names: list[str], x: Pixels, y: Pixels) -> str:
+def _legend(colors: Mapping[str, str], x: Pixels, y: Pixels) -> str:
     items = []
-    for index, name in enumerate(names):
+    for index, (name, color) in enumerate(colors.items()):
         items.append(
             f'<rect x="{x:.1f}" y="{y + 16 * index - 9:.1f}" width="10" height="10" '
-            f'fill="{subtask_color(index)}"/>' + text(x + 15, y + 16 * index, name, anchor="start")
+            f'fill="{color}"/>' + text(x + 15, y + 16 * index, name, anchor="start")
         )
     return "".join(items)
 
@@ -61,6 +61,7 @@ class BarChart(SvgView):
 
     def svg(self) -> str:
         series = list(self.values.columns)
+        colors = series_colors(series)
         bar, gap, plot_height = 12, 12, 180
         group_width = bar * len(series) + gap
         plot_width = group_width * len(self.values)
@@ -75,7 +76,7 @@ class BarChart(SvgView):
                 height = plot_height * float(value)
                 parts.append(
                     f'<rect class="mm-bar" x="{x0 + index * bar:.1f}" y="{_MARGIN_TOP + plot_height - height:.1f}" '
-                    f'width="{bar - 1}" height="{height:.1f}" fill="{subtask_color(index)}">'
+                    f'width="{bar - 1}" height="{height:.1f}" fill="{colors[name]}">'
                     f"{tooltip(f'{name} · {category}: {float(value):.3f}')}</rect>"
                 )
             label_x = x0 + bar * len(series) / 2
@@ -89,7 +90,7 @@ class BarChart(SvgView):
                     css_class="mm-label-small",
                 )
             )
-        parts.append(_legend(series, _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
+        parts.append(_legend(colors, _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
         width = _MARGIN_LEFT + plot_width + 16 + legend_width
         return svg_document(width, _MARGIN_TOP + plot_height + 80, "".join(parts))
 
@@ -140,6 +141,8 @@ class Histogram(SvgView):
         value_label: x-axis label.
         bins: number of equal-width bins over the pooled range of all series.
         counted: what each value is, plural, for the y-axis ("fraction of ..."), e.g. ``heads``.
+        colors: series name -> colour (default: by position, :func:`~modmask_lens.viz.colors.series_colors`); a
+            report passes every mask's colour, so that a series keeps the colour the other views give it.
     """
 
     def __init__(
@@ -151,9 +154,11 @@ class Histogram(SvgView):
         bins: int = 40,
         caption: str = "",
         counted: str = "values",
+        colors: Mapping[str, str] | None = None,
     ):
         self.samples, self.title, self.value_label = dict(samples), title, value_label
         self.thresholds, self.bins, self.caption, self.counted = dict(thresholds or {}), bins, caption, counted
+        self.colors = {name: (colors or series_colors(self.samples))[name] for name in self.samples}
 
     def svg(self) -> str:
         pooled = torch.cat([values.flatten().float() for values in self.samples.values()])
@@ -180,7 +185,7 @@ class Histogram(SvgView):
         parts.append(text(_MARGIN_LEFT + plot_width / 2, _MARGIN_TOP + plot_height + 32, self.value_label))
         parts.append(text(12, _MARGIN_TOP + plot_height / 2, f"fraction of {self.counted}", rotate=-90))
         step = (high - low) / self.bins
-        for index, (name, fraction) in enumerate(fractions.items()):
+        for name, fraction in fractions.items():
             points = [(x_of(low), _MARGIN_TOP + plot_height)]
             for bin_index, value in enumerate(fraction.tolist()):
                 y = _MARGIN_TOP + plot_height * (1 - value / top_value)
@@ -189,21 +194,21 @@ class Histogram(SvgView):
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
             parts.append(
                 f'<polyline class="mm-histogram" points="{path}" fill="none" '
-                f'stroke="{subtask_color(index)}" stroke-width="1.5">'
+                f'stroke="{self.colors[name]}" stroke-width="1.5">'
                 f"{tooltip(f'{name}: {int(counts[name].sum())} logits')}</polyline>"
             )
-        for index, name in enumerate(fractions):
+        for name in fractions:
             threshold = self.thresholds.get(name, math.nan)
             if not math.isfinite(threshold):
                 continue
             x = x_of(threshold)
             parts.append(
                 f'<line class="mm-threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{_MARGIN_TOP - 8}" '
-                f'y2="{_MARGIN_TOP + plot_height}" stroke="{subtask_color(index)}" stroke-dasharray="4 3">'
+                f'y2="{_MARGIN_TOP + plot_height}" stroke="{self.colors[name]}" stroke-dasharray="4 3">'
                 f"{tooltip(f'{name} keeps {self.value_label} > {threshold:.3g}')}</line>"
             )
             parts.append(text(x + 4, _MARGIN_TOP - 12, "kept →", anchor="start", css_class="mm-label-small"))
-        parts.append(_legend(list(fractions), _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
+        parts.append(_legend(self.colors, _MARGIN_LEFT + plot_width + 16, _MARGIN_TOP + 10))
         width = _MARGIN_LEFT + plot_width + 36 + 7 * max(len(name) for name in fractions)
         return svg_document(width, _MARGIN_TOP + plot_height + 44, "".join(parts))
 
@@ -264,10 +269,11 @@ UNITS_COUNTED = {"weight": "weights", "neuron": "neurons", "head": "heads", "mat
 """What one logit of a mask stands for, by granularity: the histogram's y-axis counts these."""
 
 
-def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
+def logit_histogram(mask_sets: Mapping[str, MaskSet], colors: Mapping[str, str] | None = None) -> Histogram:
     """Distribution of the mask logits of each mask set, each with its readout threshold
     (:attr:`MaskSet.threshold`): the binary mask keeps the units right of it. The y-axis counts what the logits
-    stand for (``fraction of heads`` for head masks; ``fraction of units`` where the granularities differ)."""
+    stand for (``fraction of heads`` for head masks; ``fraction of units`` where the granularities differ).
+    ``colors``: mask name -> colour, where the mask sets are some of a report's masks (default: by position)."""
     counted = {UNITS_COUNTED[mask_set.config.granularity] for mask_set in mask_sets.values()}
     samples = {
         name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])
@@ -279,6 +285,7 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet]) -> Histogram:
         "logit",
         thresholds={name: mask_set.threshold for name, mask_set in mask_sets.items()},
         counted=counted.pop() if len(counted) == 1 else "units",
+        colors=colors,
         caption="Learned logits of every masked unit; the dashed line of each mask is its readout threshold "
         "(masks.threshold): its binary mask keeps the logits above it.",
     )

@@ -32,6 +32,7 @@ from modmask_lens.probes.analysis import (
 )
 from modmask_lens.viz.attention_patterns import FULL, attention_patterns, inverse_label
 from modmask_lens.viz.attention_view import AttentionView
+from modmask_lens.viz.colors import series_colors
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import Section, TableView, View, escape, write_page
 from modmask_lens.viz.plots import (
@@ -114,7 +115,7 @@ def report_views(
     if len(binaries) > 1:
         views.append(iou_heatmap(overlap))
     if mask_sets:
-        views.append(logit_histogram(mask_sets))
+        views.append(logit_histogram(mask_sets, series_colors(binaries)))  # the colours of the views of every mask
     if accuracy is not None:
         exact = type(objective) is AnswerCrossEntropy
         views.append(

@@ -167,6 +167,25 @@ def test_logit_histogram_counts_what_the_logits_stand_for(gpt2_bridge, two_masks
     assert ">fraction of units<" in mixed and "fraction of weights" not in mixed
 
 
+def test_a_mask_has_one_colour_in_every_view_of_a_report_mixing_mask_sets_and_binary_masks(gpt2_bridge, two_masks):
+    """The histogram draws only the mask sets and coloured them by their own order: ``second``, the one mask set
+    after a binary mask, was blue there and orange in the bar chart and overlap."""
+    from modmask_lens.viz.colors import subtask_color
+    from modmask_lens.viz.report import report_views
+
+    masks = {"first": two_masks["first"].binary(), "second": two_masks["second"]}
+    views = {
+        view.title: view.svg()
+        for view in report_views(gpt2_bridge, masks, torch.tensor([3, 7]))
+        if hasattr(view, "svg")
+    }
+    orange = subtask_color(1)  # second's place among the report's masks
+    assert re.findall(r'class="mm-histogram"[^>]*stroke="(#\w+)"', views["Mask logits"]) == [orange]
+    assert set(re.findall(r'class="mm-threshold"[^>]*stroke="(#\w+)"', views["Mask logits"])) == {orange}
+    bars = re.findall(r'class="mm-bar"[^>]*fill="(#\w+)">.*?<title>(\w+) ', views["Kept fraction per layer and role"])
+    assert {name: color for color, name in bars} == {"first": subtask_color(0), "second": orange}
+
+
 def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
     accuracy = pd.DataFrame(
         [
