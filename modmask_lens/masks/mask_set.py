@@ -163,7 +163,21 @@ class MaskSet:
         just across it: a kept unit's to midway between the threshold and the lowest kept logit above it, a removed
         unit's to midway between the threshold and the highest removed logit below it. Every other logit, and so
         their order, stays as trained.
+
+        Raises:
+            ValueError: where ``kept`` does not name exactly the units, or a unit's flags do not have its logit shape
+                (flags of the right total size split another way would be assigned to the wrong units).
         """
+        expected = {unit.name: tuple(self.logits[unit.name].shape) for unit in self.units}
+        given = {name: tuple(flags.shape) for name, flags in kept.items()}
+        if given != expected:
+            wrong = {name: (given.get(name), shape) for name, shape in expected.items() if given.get(name) != shape}
+            wrong |= {name: (shape, None) for name, shape in given.items() if name not in expected}
+            raise ValueError(
+                f"read_out: kept flags of the wrong units or shapes, as (given, expected) with None for a unit missing "
+                f"or unknown: {wrong}; give unit name -> bool tensor shaped like masks.logits[name] for every unit "
+                "(e.g. from masks.kept_above)"
+            )
         flat_kept = torch.cat([kept[unit.name].flatten().to(torch.bool) for unit in self.units])
         flat_logits = torch.cat([self.logits[unit.name].detach().flatten() for unit in self.units])
         descending = flat_logits.sort(descending=True).values

@@ -212,6 +212,29 @@ def test_read_out_keeps_the_given_units_where_float32_rounds_the_moved_logits(ne
     assert kept_units(masks.kept_above(masks.threshold)) == frozenset(kept_indices)
 
 
+@pytest.mark.parametrize(
+    "split",
+    [
+        lambda flat, names: dict(zip(names, flat.split([63, 65]))),  # the right total, split another way
+        lambda flat, names: dict(zip(names, flat.view(2, 8, 8))),  # each unit's 64 flags as 8 x 8
+        lambda flat, names: {names[0]: flat[:64]},  # a unit missing
+        lambda flat, names: dict(zip(names, flat.split(64))) | {"blocks.9.mlp": flat[:64]},  # a unit unknown
+    ],
+)
+def test_read_out_refuses_flags_that_do_not_have_each_units_logit_shape(neurons, split):
+    """Flags of the right total size but the wrong shape per unit were flattened, concatenated and assigned across
+    the unit boundaries without a word."""
+    _, masks, _ = neurons
+    before = {name: logit.detach().clone() for name, logit in masks.logits.items()}
+    kept_flat = torch.zeros(N_UNITS, dtype=torch.bool)
+    kept_flat[:3] = True
+    with pytest.raises(
+        ValueError, match=r"read_out: kept flags of the wrong units or shapes.*shaped like masks.logits"
+    ):
+        masks.read_out(split(kept_flat, list(before)))
+    assert all(torch.equal(masks.logits[name].detach(), logit) for name, logit in before.items())
+
+
 def test_the_search_runs_on_at_most_44_units_as_the_docs_say():
     # README and docs/concepts.md state the size up to which the removal search runs: a round removes pairs
     searched = [n for n in range(2, 1025) if readout._removals_per_round(n, readout.ROUND_EVALUATIONS) >= 2]
