@@ -8,6 +8,7 @@ forcing, which equals greedy decoding reproducing the answer exactly. Masks trai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import pandas as pd
@@ -96,3 +97,23 @@ def paper_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     own = accuracy[accuracy["mask"].eq(accuracy["subtask"]) | (accuracy["condition"] == "full")]
     table = own.pivot(index="subtask", columns="condition", values="accuracy")
     return table.reindex(columns=pd.Index(["full", "mask", "inverse"], name=table.columns.name))
+
+
+def own_accuracy(accuracy: pd.DataFrame, subtask_of: Mapping[str, str]) -> pd.DataFrame:
+    """One row per mask of ``subtask_of`` (mask name, e.g. a report's label -> the subtask it was trained for),
+    indexed by mask name: its ``subtask``, and the ``full``, ``mask`` and ``inverse`` accuracy on that subtask's data;
+    NaN where ``accuracy`` holds none. Unlike :func:`paper_table` (one row per subtask, its mask found by the
+    subtask's name), a mask under another name, and two masks of one subtask, each keep their row.
+
+    Example:
+        >>> own_accuracy(mask_accuracy(bridge, {"seed 1": jump}, data), {"seed 1": "jump"})  # doctest: +SKIP
+    """
+    full = accuracy[accuracy["condition"] == "full"].set_index("subtask")["accuracy"]
+    rows = {}
+    for name, subtask in subtask_of.items():
+        own = accuracy[(accuracy["mask"] == name) & (accuracy["subtask"] == subtask)].set_index("condition")
+        rows[name] = {"subtask": subtask, "full": full.get(subtask, math.nan)}
+        rows[name] |= {condition: own["accuracy"].get(condition, math.nan) for condition in ("mask", "inverse")}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["subtask", "full", "mask", "inverse"]).rename_axis(
+        "mask"
+    )

@@ -15,13 +15,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
+from modmask_lens.analysis import mask_accuracy, pairwise_overlap
+from modmask_lens.analysis.accuracy import own_accuracy
 from modmask_lens.analysis.circuit_graph import circuit_graph, norm_reading, undrawable_reason
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData, check_context
 from modmask_lens.core.encoding import check_known_words
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.io import library_version, load_labelled_masks
+from modmask_lens.masks.io import library_version, load_masks, mask_labels
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, describe_objective
 from modmask_lens.probes.analysis import (
@@ -69,6 +70,7 @@ def report_views(
     if not masks:
         raise ValueError("a report needs at least one mask; pass {name: mask_set}")
     check_prompt(bridge, prompt)
+    subtask_of = {label: mask.name for label, mask in masks.items()}  # its accuracy is read on its own subtask
     # Each mask under its label, also in the views that read a mask's own name (two seeds of one subtask stay apart).
     binaries = {
         name: dataclasses.replace(mask.binary() if isinstance(mask, MaskSet) else mask, name=name)
@@ -83,7 +85,7 @@ def report_views(
     views: list[View] = [
         Section("Summary"),
         TableView(
-            _summary(binaries, accuracy),
+            _summary(binaries, accuracy, subtask_of),
             "Masks",
             shade=["kept_fraction", "accuracy full", "accuracy mask", "accuracy inverse"],
         ),
@@ -119,7 +121,9 @@ def report_views(
     if accuracy is not None:
         exact = type(objective) is AnswerCrossEntropy
         views.append(
-            accuracy_table(accuracy, "exact-match accuracy" if exact else f"{objective.metric} ({objective.name})")
+            accuracy_table(
+                accuracy, "exact-match accuracy" if exact else f"{objective.metric} ({objective.name})", subtask_of
+            )
         )
     if probe is not None:
         views += [
@@ -158,7 +162,8 @@ def write_report(
     Args:
         path: the HTML file to write.
         bridge: the model the masks were trained on.
-        masks: subtask name -> mask set (adds the logit histogram and training settings) or binary mask.
+        masks: label (the subtask's name, or any other) -> mask set (adds the logit histogram and training
+            settings) or binary mask; each mask's own ``name`` is its subtask, whose data it is scored on.
         prompt: token ids of the prompt whose attention the report shows (no batch axis).
         data: subtask name -> evaluation data, for accuracy of the full model, each mask and its inverse.
         token_labels: display strings of the prompt's tokens (default: the tokenizer's tokens, else the ids).
@@ -288,7 +293,9 @@ def report_from_files(
                 "another HTML file, e.g. --out report.html"
             )
     bridge, tokenizer = load_bridge(str(model))
-    mask_sets = load_labelled_masks(mask_files, bridge, labels)
+    # keyed by label, each keeping its subtask's name: the accuracy of a mask is read on its own subtask
+    loaded = [load_masks(file, bridge) for file in mask_files]
+    mask_sets = dict(zip(mask_labels([mask_set.name for mask_set in loaded], mask_files, labels), loaded))
     subtasks = [load_subtask(task, tokenizer).head(eval_limit) for task in tasks]
     settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
     if tasks:
@@ -304,7 +311,9 @@ def report_from_files(
     )
 
 
-def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) -> pd.DataFrame:
+def _summary(
+    binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None, subtask_of: Mapping[str, str]
+) -> pd.DataFrame:
     rows = [
         {"mask": name, "kept": binary.count, "total": binary.total, "kept_fraction": binary.count / binary.total}
         for name, binary in binaries.items()
@@ -312,7 +321,8 @@ def _summary(binaries: Mapping[str, BinaryMask], accuracy: pd.DataFrame | None) 
     summary = pd.DataFrame(rows)
     if accuracy is None:
         return summary
-    own = paper_table(accuracy).rename(columns=lambda condition: f"accuracy {condition}")
+    own = own_accuracy(accuracy, subtask_of).drop(columns="subtask")
+    own = own.rename(columns=lambda condition: f"accuracy {condition}")
     return summary.merge(own, left_on="mask", right_index=True, how="left")
 
 

@@ -90,7 +90,41 @@ def test_report_data_named_after_no_mask_leaves_the_mask_columns_empty(gpt2_brid
     views = report_views(gpt2_bridge, {"only": mask}, torch.tensor([1, 2, 3]), data={"other": other})
     summary = views[1].frame.set_index("mask")
     assert summary.loc["only", ["accuracy full", "accuracy mask", "accuracy inverse"]].isna().all()
-    assert _summary({"only": mask}, None).columns.tolist() == ["mask", "kept", "total", "kept_fraction"]
+    assert _summary({"only": mask}, None, {"only": "only"}).columns.tolist() == [
+        "mask",
+        "kept",
+        "total",
+        "kept_fraction",
+    ]
+
+
+def test_a_mask_under_a_label_is_scored_on_its_own_subtask_in_the_summary_and_the_accuracy_table(gpt2_bridge):
+    """Masks keyed by labels other than their subtask (``--label``, or two seeds of one subtask) had their accuracy
+    cells empty: the report matched masks to data by the label. Expected values from forwards written here: data
+    labelled with the full model's own greedy answers (full accuracy 1), a mask that keeps every weight (1), and its
+    inverse."""
+    from modmask_lens import MaskSet, masked
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.viz.report import report_views
+
+    gpt2_bridge.eval()  # no dropout: the report evaluates in eval mode
+    answers = torch.randint(1, gpt2_bridge.cfg.d_vocab, (6, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for position in (4, 5):  # greedy decoding: positions 4 and 5 are what the model predicts
+            answers[:, position] = gpt2_bridge(answers[:, :position]).argmax(dim=-1)[:, -1]
+    data = SubtaskData("copy", answers, torch.where(torch.arange(6) >= 4, answers, -100))
+    kept_all = MaskSet.for_bridge(gpt2_bridge, name="copy")  # initial logits above the threshold: all kept
+    with masked(gpt2_bridge, ~kept_all.binary()), torch.no_grad():
+        predicted = gpt2_bridge(answers).argmax(dim=-1)[:, 3:5]
+    inverse = (predicted == answers[:, 4:]).all(dim=1).float().mean().item()
+    views = report_views(
+        gpt2_bridge, {"seed 0": kept_all, "seed 1": kept_all.binary()}, torch.tensor([1, 2]), data={"copy": data}
+    )
+    summary = views[1].frame.set_index("mask")[["accuracy full", "accuracy mask", "accuracy inverse"]]
+    assert summary.values.flatten().tolist() == pytest.approx([1.0, 1.0, inverse] * 2)
+    table = next(view for view in views if getattr(view, "title", "").startswith("Accuracy")).frame
+    assert table[["mask", "subtask"]].values.tolist() == [["seed 0", "copy"], ["seed 1", "copy"]]
+    assert table[["full", "mask only", "inverse"]].values.flatten().tolist() == pytest.approx([1.0, 1.0, inverse] * 2)
 
 
 def test_report_refuses_a_bad_prompt_before_any_work(gpt2_bridge, tmp_path, monkeypatch):
@@ -138,8 +172,20 @@ def test_report_command_scores_the_masks_on_named_subtasks(tmp_path):
     right = ((predicted == jump.labels[:, 1:]) | ~scored).all(dim=1).float().mean().item()
     assert right > 0.5  # a mask that keeps the subtask: the check below compares a number, not two zeros
     row = re.search(r"<tr><td class=mm-text>scan-jump</td>(.*?)</tr>", accuracy).group(1)
-    assert row.split("</td>")[1].endswith(f">{right:.3f}"), row  # the columns: full, mask, inverse
+    assert row.split("</td>")[2].endswith(f">{right:.3f}"), row  # the columns: subtask, full, mask only, inverse
     assert "scan-jump (40 examples)" in html
+    # under labels of its own, a mask is still scored on its subtask (its accuracy cells were empty)
+    labels = ["--label", "mine", "--label", "theirs"]
+    labelled = runner.invoke(
+        app, arguments + ["--task", "scan/jump", "--task", "scan/walk", "--eval-limit", "40"] + labels
+    )
+    assert labelled.exit_code == 0, labelled.output
+    html = (tmp_path / "r.html").read_text()
+    summary = html[html.index("<h3>Masks</h3>") : html.index("Accuracy: full model, mask, inverse mask")]
+    accuracy = html[html.index("Accuracy: full model, mask, inverse mask") :]
+    for table, cell in ((summary, 4), (accuracy, 2)):  # summary: kept, total, kept_fraction, full, mask, inverse
+        row = re.search(r"<tr><td class=mm-text>mine</td>(.*?)</tr>", table).group(1)
+        assert row.split("</td>")[cell].endswith(f">{right:.3f}"), row
     absent = runner.invoke(app, arguments + ["--task", str(tmp_path / "absent.jsonl")])
     assert absent.exit_code != 0 and "absent.jsonl" in absent.output
 

@@ -186,7 +186,7 @@ def test_a_mask_has_one_colour_in_every_view_of_a_report_mixing_mask_sets_and_bi
     assert {name: color for color, name in bars} == {"first": subtask_color(0), "second": orange}
 
 
-def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
+def test_accuracy_table_shows_full_mask_and_inverse_per_mask():
     accuracy = pd.DataFrame(
         [
             {"subtask": "a", "mask": pd.NA, "condition": "full", "accuracy": 1.0},
@@ -195,7 +195,9 @@ def test_accuracy_table_shows_full_mask_and_inverse_per_subtask():
         ]
     )
     table = accuracy_table(accuracy)
-    assert table.frame.to_dict("records") == [{"subtask": "a", "full": 1.0, "mask": 0.75, "inverse": 0.125}]
+    assert table.frame.to_dict("records") == [
+        {"mask": "a", "subtask": "a", "full": 1.0, "mask only": 0.75, "inverse": 0.125}
+    ]
     assert "<td" in table.body() and "0.125" in table.body()
 
 
