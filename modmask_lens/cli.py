@@ -41,7 +41,17 @@ LABEL_HELP = (
 def report(
     model: str = typer.Option(..., help="the model the masks were trained on: zoo name, local folder or hub id"),
     masks: list[Path] = typer.Option(..., "--masks", help="mask file (.safetensors); repeat for several subtasks"),
-    prompt: str = typer.Option(..., help="space-separated token ids, or text for the model's tokenizer"),
+    prompt: str = typer.Option(
+        ...,
+        help="text for the model's tokenizer, digits included (as TransformerLens's to_tokens reads a string); with "
+        "--prompt-ids, space-separated token ids",
+    ),
+    prompt_ids: bool = typer.Option(
+        False,
+        "--prompt-ids",
+        help="read --prompt as space-separated token ids ('3 7 10'), never as text; needed for a model without a "
+        "tokenizer",
+    ),
     out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
     title: str = typer.Option("modmask-lens report", help="page title"),
     label: list[str] | None = typer.Option(None, "--label", help=LABEL_HELP),
@@ -62,7 +72,10 @@ def report(
     from modmask_lens.loading import check_model_name
 
     if not prompt.split():
-        raise ValueError("--prompt is empty; give text for the model's tokenizer or token ids, e.g. --prompt '3 7 10'")
+        raise ValueError(
+            "--prompt is empty; give text for the model's tokenizer, or token ids with --prompt-ids, e.g. --prompt "
+            "'3 7 10' --prompt-ids"
+        )
     from modmask_lens.loading import check_distinct_names, check_subtask_spec
 
     if eval_limit < 1:
@@ -78,7 +91,15 @@ def report(
     from modmask_lens.viz import report_from_files
 
     path = report_from_files(
-        out, model, masks, prompt, title=title, labels=label or None, tasks=task or (), eval_limit=eval_limit
+        out,
+        model,
+        masks,
+        prompt,
+        title=title,
+        labels=label or None,
+        tasks=task or (),
+        eval_limit=eval_limit,
+        prompt_ids=prompt_ids,
     )
     typer.echo(f"Report written to {path}")
 

@@ -209,32 +209,43 @@ def mask_kind(masks: Mapping[str, MaskSet | BinaryMask]) -> str:
     return kind
 
 
-def parse_prompt(bridge: Bridge, prompt: str) -> Int[Tensor, " pos"]:
-    """Token ids of a prompt given as space-separated integer ids (``"3 7 10"``) or as text for the tokenizer.
+def parse_prompt(bridge: Bridge, prompt: str, token_ids: bool = False) -> Int[Tensor, " pos"]:
+    """Token ids of a prompt: text for the model's tokenizer, digits included (as TransformerLens's ``to_tokens``
+    reads a string), or, with ``token_ids``, space-separated integer token ids (``"3 7 10"``). Which one is never
+    guessed from the prompt: ``"3 7"`` is the tokens of the text "3 7" unless ``token_ids`` says otherwise.
 
     Raises:
         ValueError: the prompt is empty, holds ids outside the model's vocabulary or words its tokenizer does not
-            know, or is longer than the model's context.
+            know, is longer than the model's context, is text for a model without a usable tokenizer, or, with
+            ``token_ids``, holds a word that is not an integer.
     """
     words = prompt.split()
     if not words:
         raise ValueError(
-            "the prompt is empty; give text for the model's tokenizer or token ids, e.g. --prompt '3 7 10'"
+            "the prompt is empty; give text for the model's tokenizer, or token ids with --prompt-ids, e.g. "
+            "--prompt '3 7 10' --prompt-ids"
         )
-    if all(word.lstrip("-").isdigit() for word in words):
+    if token_ids:
+        not_ids = [word for word in words if not word.lstrip("-").isdigit()]
+        if not_ids:
+            raise ValueError(
+                f"--prompt-ids reads the prompt as space-separated token ids, but {not_ids} are not integers; give "
+                "ids, e.g. --prompt '3 7 10' --prompt-ids, or leave out --prompt-ids to tokenize the text"
+            )
         ids = [int(word) for word in words]
     else:
         tokenizer = getattr(bridge, "tokenizer", None)
         if tokenizer is None or len(tokenizer) < 2:
             raise ValueError(
                 f"the model has no usable tokenizer to encode {prompt!r}; give the prompt as space-separated "
-                "token ids, e.g. --prompt '3 7 10 3 12'"
+                "token ids with --prompt-ids, e.g. --prompt '3 7 10 3 12' --prompt-ids "
+                "(report_from_files(..., prompt_ids=True))"
             )
         ids = tokenizer(prompt)["input_ids"]
         check_known_words(tokenizer, [prompt], [ids])
-    token_ids = torch.tensor(ids)
-    check_prompt(bridge, token_ids)
-    return token_ids
+    prompt_ids = torch.tensor(ids)
+    check_prompt(bridge, prompt_ids)
+    return prompt_ids
 
 
 def check_prompt(bridge: Bridge, prompt: Int[Tensor, " pos"]) -> None:
@@ -265,6 +276,7 @@ def report_from_files(
     labels: Sequence[str] | None = None,
     tasks: Sequence[str] = (),
     eval_limit: int = 500,
+    prompt_ids: bool = False,
 ) -> Path:
     """:func:`write_report` for a model and saved mask files (what ``modmask-lens report`` runs).
 
@@ -272,7 +284,8 @@ def report_from_files(
         path: the HTML file to write.
         model: a zoo model name, a local Hugging Face model folder, or (online) a hub id, as every command takes.
         mask_files: ``.safetensors`` files written by :func:`~modmask_lens.save_masks` for this model.
-        prompt: space-separated token ids, or text for the model's tokenizer.
+        prompt: text for the model's tokenizer, digits included; with ``prompt_ids``, space-separated token ids
+            (:func:`parse_prompt`).
         labels: one label per mask file (default: the subtask names, with the file's name where two masks share
             one; :func:`~modmask_lens.masks.io.mask_labels`).
         tasks: subtasks to score the masks on, as ``masks train --task`` takes them (``scan/jump``,
@@ -304,7 +317,7 @@ def report_from_files(
         path,
         bridge,
         mask_sets,
-        parse_prompt(bridge, prompt),
+        parse_prompt(bridge, prompt, prompt_ids),
         data={data.name: data for data in subtasks} or None,
         title=title,
         settings=settings,

@@ -142,17 +142,17 @@ CASES = {
     ),
     "report_prompt_empty": (lambda b, t, p: parse_prompt(b, "  "), ValueError, "the prompt is empty"),
     "report_prompt_negative_id": (
-        lambda b, t, p: parse_prompt(b, "-1 5"),
+        lambda b, t, p: parse_prompt(b, "-1 5", token_ids=True),
         ValueError,
         rf"token ids \[-1\] are outside the model's vocabulary \[0, {VOCAB}\)",
     ),
     "report_prompt_id_past_the_vocabulary": (
-        lambda b, t, p: parse_prompt(b, f"5 {VOCAB}"),
+        lambda b, t, p: parse_prompt(b, f"5 {VOCAB}", token_ids=True),
         ValueError,
         rf"token ids \[{VOCAB}\] are outside",
     ),
     "report_prompt_longer_than_the_context": (
-        lambda b, t, p: parse_prompt(b, " ".join(["5"] * (N_CTX + 1))),
+        lambda b, t, p: parse_prompt(b, " ".join(["5"] * (N_CTX + 1)), token_ids=True),
         ValueError,
         f"the prompt has examples of 17 positions; the model's context is n_ctx={N_CTX}",
     ),

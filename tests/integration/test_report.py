@@ -22,7 +22,7 @@ def test_report_from_files_reads_a_model_folder_and_mask_files(tmp_path):
         save_masks(random_mask_set(bridge, name, seed), tmp_path / f"masks-{name}.safetensors")
         for seed, name in enumerate(["first", "second"])
     ]
-    path = report_from_files(tmp_path / "out" / "report.html", tmp_path / "model", files, "3 7 10 3")
+    path = report_from_files(tmp_path / "out" / "report.html", tmp_path / "model", files, "3 7 10 3", prompt_ids=True)
     html = path.read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("var CircuitsVis=") == 1
@@ -216,7 +216,16 @@ def test_report_refuses_to_write_over_a_mask_file_it_reads(tmp_path):
     mask_set = random_mask_set(bridge, "a", 0)
     file = save_masks(mask_set, tmp_path / "masks-a.safetensors")
     saved = file.read_bytes()
-    arguments = ["report", "--model", str(tmp_path / "model"), "--masks", str(file), "--prompt", "3 7 10"]
+    arguments = [
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--masks",
+        str(file),
+        "--prompt",
+        "3 7 10",
+        "--prompt-ids",
+    ]
     for out in (file, tmp_path / "." / "masks-a.safetensors"):
         result = CliRunner().invoke(app, [*arguments, "--out", str(out)])
         assert result.exit_code != 0 and "would replace the masks" in result.output, result.output

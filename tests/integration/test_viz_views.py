@@ -234,9 +234,26 @@ def test_every_view_renders_in_a_notebook_and_as_a_page(two_masks, tmp_path):
 
 
 def test_prompts_are_token_ids_or_text_for_the_tokenizer(gpt2_bridge):
-    assert parse_prompt(gpt2_bridge, "3 7 10").tolist() == [3, 7, 10]
-    with pytest.raises(ValueError, match="space-separated token ids"):
+    assert parse_prompt(gpt2_bridge, "3 7 10", token_ids=True).tolist() == [3, 7, 10]
+    with pytest.raises(ValueError, match="space-separated token ids with --prompt-ids"):
         parse_prompt(gpt2_bridge, "hello world")
+    with pytest.raises(ValueError, match="no usable tokenizer to encode '3 7 10'.*--prompt-ids"):
+        parse_prompt(gpt2_bridge, "3 7 10")  # digits alone are text too: a model without a tokenizer says so
+    with pytest.raises(ValueError, match=r"\['seven'\] are not integers"):
+        parse_prompt(gpt2_bridge, "3 seven", token_ids=True)
+
+
+def test_a_prompt_of_digits_is_text_for_the_tokenizer_unless_token_ids_are_asked_for():
+    """A digit-only prompt was read as token ids even where the model has a tokenizer: on a plant, whose tokenizer
+    has the digits, "3 7" became ids 3 and 7 ('<unk>', 'max') instead of the tokens of "3" and "7"."""
+    from modmask_lens.core.booting import boot_transformers
+    from modmask_lens.groundtruth.plants import PLANTS_DIR
+
+    bridge = boot_transformers(str(PLANTS_DIR / "disconnected-add-mul"), device="cpu")
+    as_text = parse_prompt(bridge, "3 7").tolist()
+    assert as_text == bridge.tokenizer("3 7")["input_ids"]
+    assert bridge.tokenizer.convert_ids_to_tokens(as_text) == ["3", "7"]
+    assert parse_prompt(bridge, "3 7", token_ids=True).tolist() == [3, 7]
 
 
 def boot_bert(directory):
