@@ -70,7 +70,8 @@ def report_views(
     if not masks:
         raise ValueError("a report needs at least one mask; pass {name: mask_set}")
     check_prompt(bridge, prompt)
-    subtask_of = {label: mask.name for label, mask in masks.items()}  # its accuracy is read on its own subtask
+    # a mask is scored on the subtask it was trained for (its name), else on the data its label names
+    subtask_of = {label: mask.name if mask.name in (data or {}) else label for label, mask in masks.items()}
     # Each mask under its label, also in the views that read a mask's own name (two seeds of one subtask stay apart).
     binaries = {
         name: dataclasses.replace(mask.binary() if isinstance(mask, MaskSet) else mask, name=name)
@@ -163,7 +164,8 @@ def write_report(
         path: the HTML file to write.
         bridge: the model the masks were trained on.
         masks: label (the subtask's name, or any other) -> mask set (adds the logit histogram and training
-            settings) or binary mask; each mask's own ``name`` is its subtask, whose data it is scored on.
+            settings) or binary mask; a mask is scored on the data of its own ``name`` (the subtask it was trained
+            for), or, where ``data`` has none of that name, on the data its label names.
         prompt: token ids of the prompt whose attention the report shows (no batch axis).
         data: subtask name -> evaluation data, for accuracy of the full model, each mask and its inverse.
         token_labels: display strings of the prompt's tokens (default: the tokenizer's tokens, else the ids).

@@ -125,6 +125,9 @@ def test_a_mask_under_a_label_is_scored_on_its_own_subtask_in_the_summary_and_th
     table = next(view for view in views if getattr(view, "title", "").startswith("Accuracy")).frame
     assert table[["mask", "subtask"]].values.tolist() == [["seed 0", "copy"], ["seed 1", "copy"]]
     assert table[["full", "mask only", "inverse"]].values.flatten().tolist() == pytest.approx([1.0, 1.0, inverse] * 2)
+    unnamed = MaskSet.for_bridge(gpt2_bridge)  # named "mask": scored on the data its label names, as before
+    views = report_views(gpt2_bridge, {"copy": unnamed}, torch.tensor([1, 2]), data={"copy": data})
+    assert views[1].frame.loc[0, ["accuracy full", "accuracy mask"]].tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_report_refuses_a_bad_prompt_before_any_work(gpt2_bridge, tmp_path, monkeypatch):
