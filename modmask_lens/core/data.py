@@ -338,8 +338,9 @@ class SubtaskData:
 
     def check_fits(self, bridge: Bridge) -> None:
         """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, scored
-        labels in its output vocabulary (``cfg.d_vocab_out``), and every scored example within its context length
-        ``cfg.n_ctx``.
+        labels in its output vocabulary (``cfg.d_vocab_out``), every scored example within its context length
+        ``cfg.n_ctx``, and no next-token answers that a bidirectional model (``cfg.attention_dir``) reads in its
+        input.
 
         Example:
             >>> import torch
@@ -369,6 +370,19 @@ class SubtaskData:
                 f"than {IGNORE_INDEX} (not scored); encode the answers with the model's own tokenizer"
             )
         check_context(bridge, self._width(), f"subtask {self.name!r}")
+        scored = self.labels != IGNORE_INDEX
+        if (
+            getattr(bridge.cfg, "attention_dir", "causal") == "bidirectional"
+            and self.label_shift > 0
+            and bool(scored.any())  # texts without answers (from_texts) score nothing
+            and torch.equal(self.labels[scored], self.input_ids[scored])
+        ):
+            raise ValueError(
+                f"subtask {self.name!r} scores each answer token from the position before it, but the model attends "
+                "in both directions and so sees the answer in its input (every scored label is the input token at "
+                "its own position): for a masked-LM model build the subtask with SubtaskData.from_masked_sentences "
+                "(answers at [MASK] positions), or train on hidden states (HiddenState) of SubtaskData.from_texts"
+            )
 
 
 def _scored_length(labels: Int[Tensor, "example pos"]) -> int:

@@ -679,9 +679,12 @@ def check_gradients(bridge: Bridge, tokens: ModelInput, granularity: Granularity
     else:
         labels = tokens.clone()
         labels[:, : tokens.shape[1] // 2] = -100
+        # A bidirectional model sees the next token, so it is asked for each token at its own position (as a
+        # masked-LM head is) rather than the next one (SubtaskData.check_fits refuses the latter).
+        own_position = getattr(bridge.cfg, "attention_dir", "causal") == "bidirectional"
         trainer = MaskTrainer(
             bridge,
-            [SubtaskData("conformance", tokens, labels)],
+            [SubtaskData("conformance", tokens, labels, label_shift=0 if own_position else 1)],
             mask_config=MaskConfig(granularity=granularity),
             train_config=TrainConfig(steps=2, batch_size=2, n_samples=2),
             progress=False,

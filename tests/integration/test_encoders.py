@@ -76,7 +76,7 @@ def test_a_mask_on_a_headless_encoder_loads_and_reports_in_a_new_process(headles
         "from transformer_lens.model_bridge import TransformerBridge\n"
         "bridge = TransformerBridge.boot_transformers(sys.argv[1], device='cpu')\n"
         "print(mm.load_masks(sys.argv[2], bridge).objective['name'])\n"
-        "report_from_files(sys.argv[3], sys.argv[1], [sys.argv[2]], '2 3 4')\n"
+        "report_from_files(sys.argv[3], sys.argv[1], [sys.argv[2]], '2 3 4', prompt_ids=True)\n"
     )
     report = tmp_path / "report.html"
     result = subprocess.run(

@@ -167,6 +167,18 @@ def test_pairs_follow_the_bert_template(bert):
     assert data.attention_mask.tolist() == [[1] * 6, [1] * 6]
 
 
+def test_answers_a_bidirectional_model_sees_in_its_input_are_refused_before_any_forward(bert, causal):
+    pairs = mm.SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8", "w9 w10")], bert.tokenizer)
+    # The logits at position t score the token at t + 1, which BERT attends to from t.
+    with pytest.raises(ValueError, match="sees the answer in its input.*from_masked_sentences"):
+        analysis.exact_match(bert, pairs)
+    with pytest.raises(ValueError, match="sees the answer in its input"):
+        mm.train_masks(bert, pairs, train_config=mm.TrainConfig(steps=1, batch_size=2, n_samples=1), progress=False)
+    causal_bridge, causal_data = causal  # the same scoring on a causal model reads no answer ahead
+    assert causal_data.labels[causal_data.labels != -100].equal(causal_data.input_ids[causal_data.labels != -100])
+    causal_data.check_fits(causal_bridge)
+
+
 class CountingCrossEntropy(mm.AnswerCrossEntropy):
     """Answer cross-entropy that records how many examples each reference computation covered."""
 
