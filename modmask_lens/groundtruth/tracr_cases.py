@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
@@ -41,6 +41,11 @@ TRACR_DIR = Path(__file__).parent / "tracr"
 """Folder of the shipped programs, one subfolder per program."""
 
 TRUTH_GRANULARITIES = ("head", "neuron", "weight")
+
+OUTPUT_TIE = 1e-3
+"""tracr's two largest output values at a position within this of each other tie: tracr defines no answer there (a
+position where the program's value is undefined, such as ``detect_pattern``'s first positions, decodes to all-zero
+outputs, whose argmax is float rounding)."""
 
 
 def tracr_program_names(directory: Path = TRACR_DIR) -> list[str]:
@@ -73,7 +78,8 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
             ``python -m experiments.groundtruth.tracr_build`` for programs built elsewhere.
 
     Raises:
-        ValueError: when ``directory`` holds no program of that name.
+        ValueError: when ``directory`` holds no program of that name, or its outputs tie at a scored position
+            (:func:`check_defined_outputs`; a folder built before the build refused such programs).
     """
     folder = Path(directory) / name
     if not (folder / "card.json").is_file():
@@ -96,6 +102,7 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
         )
     bridge = boot_tracr_bridge(card["tl_config"], load_file(folder / "weights.safetensors"))
     reference = load_file(folder / "reference.safetensors")
+    check_defined_outputs(name, reference["input_ids"], reference["output_ids"], reference["output_logits"])
     data = subtask_data(name, reference["input_ids"], reference["output_ids"])
     truth = {granularity: truth_units(bridge, card["truth"], granularity) for granularity in TRUTH_GRANULARITIES}
     return GroundTruthCase(
@@ -108,6 +115,30 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
         unique=card["unique"],
         card=card,
     )
+
+
+def check_defined_outputs(
+    name: str,
+    input_ids: Int[Tensor, "example pos"],
+    output_ids: Int[Tensor, "example pos"],
+    output_logits: Float[Tensor, "example pos output"],
+) -> None:
+    """Raise ``ValueError`` naming an input and position where tracr's output values tie (:data:`OUTPUT_TIE`) at a
+    scored position (``output_ids`` not :data:`IGNORE_INDEX`): no answer is defined there, so exact match would judge
+    float rounding. The build refuses such a program, and loading refuses its folder."""
+    if output_logits.shape[-1] < 2:
+        return
+    top_two = output_logits.topk(2, dim=-1).values
+    scored = output_ids != IGNORE_INDEX
+    tied = scored & (top_two[..., 0] - top_two[..., 1] <= OUTPUT_TIE)
+    if bool(tied.any()):
+        example, position = tied.nonzero()[0].tolist()
+        raise ValueError(
+            f"tracr program {name!r}: its output ties at {int(tied.sum())} of {int(scored.sum())} "
+            f"scored positions (its two largest output values differ by at most {OUTPUT_TIE}), where tracr defines no "
+            f"answer, e.g. input ids {input_ids[example].tolist()} at position {position}: change the program or its "
+            "inputs so that every scored position has one output"
+        )
 
 
 def boot_tracr_bridge(tl_config: dict, weights: dict[str, Tensor]) -> nn.Module:

@@ -213,6 +213,28 @@ def test_a_program_whose_used_head_no_answer_needs_loads_with_a_warning(tmp_path
         load_tracr_case("ignored", tmp_path)
 
 
+def test_a_program_whose_output_ties_where_the_argmax_agrees_is_refused(tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from modmask_lens.groundtruth.tracr_cases import TRACR_DIR
+
+    # As lib.detect_pattern(tokens, "ab") is at position 1 of every input: all output values ~0, so tracr's answer
+    # there (and the bridge's, which matches it) is the argmax of rounding. One such position here.
+    shutil.copytree(TRACR_DIR / "hist", tmp_path / "tied")
+    path = tmp_path / "tied" / "reference.safetensors"
+    reference = load_file(path)
+    example, position = (reference["output_ids"] != IGNORE_INDEX).nonzero()[0].tolist()
+    answer = int(reference["output_ids"][example, position])
+    reference["output_logits"][example, position] = 0.0
+    reference["output_logits"][example, position, answer] = 6e-9  # the recorded answer stays the argmax
+    assert int(reference["output_logits"][example, position].argmax()) == answer
+    save_file(reference, path)
+    with pytest.raises(ValueError, match=f"'tied': its output ties at 1 of .* at position {position}"):
+        load_tracr_case("tied", tmp_path)
+
+
 def test_shuffled_answers_move_only_between_inputs_of_one_length():
     data = load_tracr_case("sort_unique").train["sort_unique"]
     shuffled = shuffled_answers(data, seed=0)
