@@ -472,6 +472,8 @@ def program_from_arguments(parser: argparse.ArgumentParser, arguments: argparse.
     ``--distinct-tokens``; a usage error (exit 2) names what is missing before anything compiles."""
     name, _, target = arguments.program.partition("=")
     module_name, _, function_name = target.partition(":")
+    if arguments.out.resolve() == TRACR_DIR.resolve():
+        parser.error("--program needs --out DIR, a folder of your own: the default holds the shipped programs")
     if not (name and module_name and function_name):
         parser.error(
             f"--program {arguments.program!r}: write NAME=MODULE:FUNCTION, e.g. length=my_programs:make_length"
@@ -508,6 +510,8 @@ def main() -> None:
     parser.add_argument("--distinct-tokens", action="store_true", help="only inputs without repeated tokens")
     parser.add_argument("--description", default="", help="what the program computes, for its card")
     arguments = parser.parse_args()
+    if arguments.programs is not None and not arguments.programs:
+        parser.error("--programs needs at least one name; leave it out to build every shipped program")
     programs = [PROGRAMS[name] for name in arguments.programs or ([] if arguments.program else PROGRAMS)]
     if arguments.program:
         programs.append(program_from_arguments(parser, arguments))
