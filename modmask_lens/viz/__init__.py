@@ -13,7 +13,14 @@ from modmask_lens.viz.browser import BrowserUnavailable
 from modmask_lens.viz.connectome import ConnectomeFrames, connectome_svg
 from modmask_lens.viz.graph_view import CircuitView, OverlapView
 from modmask_lens.viz.html import TableView, View
-from modmask_lens.viz.plots import accuracy_table, iou_heatmap, kept_fraction_plot, logit_histogram, routing_heatmap
+from modmask_lens.viz.plots import (
+    accuracy_table,
+    iou_heatmap,
+    kept_fraction_plot,
+    logit_histogram,
+    removal_table,
+    routing_heatmap,
+)
 from modmask_lens.viz.report import report_from_files, write_report
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "iou_heatmap",
     "kept_fraction_plot",
     "logit_histogram",
+    "removal_table",
     "report_from_files",
     "routing_heatmap",
     "write_report",

@@ -291,6 +291,35 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet], colors: Mapping[str, str] 
     )
 
 
+def removal_table(accuracy: pd.DataFrame, metric: str = "exact-match accuracy") -> TableView:
+    """Every subtask's accuracy (columns) under the full model, then under each mask alone and each mask removed
+    (rows): what a subtask's mask keeps of the others, and what removing it breaks or spares, the question of
+    Csordás et al. 2021 (do subtasks reuse each other's weights?).
+
+    Args:
+        accuracy: ``analysis.mask_accuracy(bridge, masks, data)``.
+        metric: what its ``accuracy`` column holds (the objective's metric: exact match by default).
+    """
+    conditions = {"mask": "mask only", "inverse": "mask removed"}
+    full = accuracy[accuracy["condition"] == "full"].assign(mask="full model", condition="")
+    masked = accuracy[accuracy["condition"] != "full"].assign(
+        condition=lambda frame: frame["condition"].map(conditions)
+    )
+    rows = pd.concat([full, masked])
+    table = rows.pivot_table(index=["mask", "condition"], columns="subtask", values="accuracy", sort=False)
+    subtasks = list(dict.fromkeys(accuracy["subtask"]))
+    table = table.reindex(columns=subtasks).reset_index()
+    table.columns.name = None
+    return TableView(
+        table,
+        "Accuracy on every subtask: each mask alone and removed",
+        f"{metric[0].upper()}{metric[1:]} of each subtask (columns) under the full model, under each mask alone, and "
+        "with each mask removed (its linear weights; norm gains and embeddings kept). A mask that keeps only its "
+        "own subtask, and whose removal breaks only its own, marks weights that the other subtasks do not use.",
+        shade=subtasks,
+    )
+
+
 def accuracy_table(
     accuracy: pd.DataFrame, metric: str = "exact-match accuracy", subtask_of: Mapping[str, str] | None = None
 ) -> TableView:

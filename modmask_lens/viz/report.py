@@ -41,6 +41,7 @@ from modmask_lens.viz.plots import (
     iou_heatmap,
     kept_fraction_plot,
     logit_histogram,
+    removal_table,
     routing_heatmap,
 )
 
@@ -121,11 +122,10 @@ def report_views(
         views.append(logit_histogram(mask_sets, series_colors(binaries)))  # the colours of the views of every mask
     if accuracy is not None:
         exact = type(objective) is AnswerCrossEntropy
-        views.append(
-            accuracy_table(
-                accuracy, "exact-match accuracy" if exact else f"{objective.metric} ({objective.name})", subtask_of
-            )
-        )
+        metric = "exact-match accuracy" if exact else f"{objective.metric} ({objective.name})"
+        views.append(accuracy_table(accuracy, metric, subtask_of))
+        if accuracy["subtask"].nunique() > 1:
+            views.append(removal_table(accuracy, metric))
     if probe is not None:
         views += [
             Section(

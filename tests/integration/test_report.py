@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 
@@ -117,14 +118,26 @@ def test_a_mask_under_a_label_is_scored_on_its_own_subtask_in_the_summary_and_th
     with masked(gpt2_bridge, ~kept_all.binary()), torch.no_grad():
         predicted = gpt2_bridge(answers).argmax(dim=-1)[:, 3:5]
     inverse = (predicted == answers[:, 4:]).all(dim=1).float().mean().item()
+    other = dataclasses.replace(data, name="other")  # a second subtask (the same questions) that no mask is for
     views = report_views(
-        gpt2_bridge, {"seed 0": kept_all, "seed 1": kept_all.binary()}, torch.tensor([1, 2]), data={"copy": data}
+        gpt2_bridge,
+        {"seed 0": kept_all, "seed 1": kept_all.binary()},
+        torch.tensor([1, 2]),
+        data={"copy": data, "other": other},
     )
     summary = views[1].frame.set_index("mask")[["accuracy full", "accuracy mask", "accuracy inverse"]]
     assert summary.values.flatten().tolist() == pytest.approx([1.0, 1.0, inverse] * 2)
-    table = next(view for view in views if getattr(view, "title", "").startswith("Accuracy")).frame
+    titles = [getattr(view, "title", "") for view in views]
+    table = views[titles.index("Accuracy: full model, mask, inverse mask")].frame
     assert table[["mask", "subtask"]].values.tolist() == [["seed 0", "copy"], ["seed 1", "copy"]]
     assert table[["full", "mask only", "inverse"]].values.flatten().tolist() == pytest.approx([1.0, 1.0, inverse] * 2)
+    removal = views[titles.index("Accuracy on every subtask: each mask alone and removed")].frame
+    assert removal[["mask", "condition"]].values.tolist() == [
+        ["full model", ""],
+        *([name, condition] for name in ("seed 0", "seed 1") for condition in ("mask only", "mask removed")),
+    ]
+    expected = [1.0, 1.0] + [1.0, 1.0, inverse, inverse] * 2  # each row: copy, other
+    assert removal[["copy", "other"]].values.flatten().tolist() == pytest.approx(expected)
     unnamed = MaskSet.for_bridge(gpt2_bridge)  # named "mask": scored on the data its label names, as before
     views = report_views(gpt2_bridge, {"copy": unnamed}, torch.tensor([1, 2]), data={"copy": data})
     assert views[1].frame.loc[0, ["accuracy full", "accuracy mask"]].tolist() == pytest.approx([1.0, 1.0])

@@ -22,6 +22,7 @@ from modmask_lens.viz import (
     iou_heatmap,
     kept_fraction_plot,
     logit_histogram,
+    removal_table,
 )
 from modmask_lens.viz.attention_patterns import FULL
 from modmask_lens.viz.html import page_html
@@ -199,6 +200,24 @@ def test_accuracy_table_shows_full_mask_and_inverse_per_mask():
         {"mask": "a", "subtask": "a", "full": 1.0, "mask only": 0.75, "inverse": 0.125}
     ]
     assert "<td" in table.body() and "0.125" in table.body()
+
+
+def test_removal_table_shows_every_subtask_under_each_mask_alone_and_removed():
+    rows = [("a", pd.NA, "full", 1.0), ("b", pd.NA, "full", 0.5)]
+    rows += [
+        ("a", "a", "mask", 0.75),
+        ("a", "a", "inverse", 0.125),
+        ("b", "a", "mask", 0.25),
+        ("b", "a", "inverse", 0.5),
+    ]
+    accuracy = pd.DataFrame(rows, columns=["subtask", "mask", "condition", "accuracy"])
+    table = removal_table(accuracy)
+    assert table.frame.to_dict("records") == [
+        {"mask": "full model", "condition": "", "a": 1.0, "b": 0.5},
+        {"mask": "a", "condition": "mask only", "a": 0.75, "b": 0.25},
+        {"mask": "a", "condition": "mask removed", "a": 0.125, "b": 0.5},
+    ]
+    assert table.shade == ["a", "b"] and "0.125" in table.body()
 
 
 def test_pages_inline_circuitsvis_once_and_reference_nothing_online(gpt2_bridge, two_masks, tokens, tmp_path):
