@@ -59,16 +59,18 @@ def run(
         list[Path] | None,
         typer.Option(
             "--tracr-dir",
-            help="also score every compiled program in this folder (the --out of python -m "
-            "experiments.groundtruth.tracr_build); repeat; without --case, only these are scored",
+            help="score the compiled programs in this folder (the --out of python -m "
+            "experiments.groundtruth.tracr_build); repeat; without --case, all of them and no shipped case; "
+            "--case chooses among shipped and folder cases (e.g. tracr/NAME)",
         ),
     ] = None,
     plant_dir: Annotated[
         list[Path] | None,
         typer.Option(
             "--plant-dir",
-            help="also score the plant in this folder (the --out of python -m "
-            "experiments.groundtruth.plant_training); repeat; without --case, only these are scored",
+            help="score the plant in this folder (the --out of python -m "
+            "experiments.groundtruth.plant_training); repeat; without --case, these and no shipped case; "
+            "--case chooses among shipped and folder cases",
         ),
     ] = None,
     granularity: Annotated[
@@ -152,11 +154,11 @@ def run(
             for name, finder in chosen.items()
         }
     started = time.perf_counter()
-    cases = [
-        *(all_cases(case or None) if case or not (tracr_dir or plant_dir) else []),
+    loaded = [
         *(program for folder in tracr_dir or [] for program in tracr_cases(folder)),
         *(load_plant(folder.name, folder) for folder in plant_dir or []),
     ]
+    cases = all_cases(case or None, loaded)
     tables = run_suite(
         chosen,
         cases,

@@ -15,33 +15,51 @@ def _matches(selector: str, name: str, family: str) -> bool:
     return selector in (name, family, name.replace("/", "-"), name.rpartition("/")[2])
 
 
-def all_cases(selectors: Sequence[str] | None = None, include_tracr: bool = True) -> list[GroundTruthCase]:
-    """The cases whose name (``disconnected/add-mul`` or ``disconnected-add-mul``), family or pair matches one of
-    ``selectors`` (default: all).
+def all_cases(selectors: Sequence[str] | None = None, loaded: Sequence[GroundTruthCase] = ()) -> list[GroundTruthCase]:
+    """The cases, shipped or ``loaded`` (from folders: ``load_plant(name, DIR)``, ``tracr_cases(DIR)``), whose name
+    (``disconnected/add-mul`` or ``disconnected-add-mul``), family or pair matches one of ``selectors``; without
+    selectors, the loaded cases, or every shipped case where none is loaded.
 
     Raises:
-        ValueError: when a selector matches no case (naming it and the plants).
+        ValueError: when a selector matches no case (naming it and the plants), or two chosen cases share a name
+            (the tables could not tell them apart).
 
     Example:
         >>> cases = all_cases(["entangled-neuron"])                                   # doctest: +SKIP
         >>> [case.name for case in cases]                                               # doctest: +SKIP
         ['entangled-neuron/add-mul', 'entangled-neuron/sub-max']
     """
+    if selectors is None:
+        return _distinctly_named(list(loaded) or [*(load_plant(name) for name in available_plants()), *tracr_cases()])
+
+    def chosen(name: str, family: str) -> bool:
+        return any(_matches(selector, name, family) for selector in selectors)
+
     cases = [
         load_plant(name)
         for name in available_plants()
-        if selectors is None
-        or any(_matches(s, f"{PLANTS[name].family}/{PLANTS[name].pair}", PLANTS[name].family) for s in selectors)
+        if chosen(f"{PLANTS[name].family}/{PLANTS[name].pair}", PLANTS[name].family)
     ]
-    if include_tracr and (selectors is None or any(s == "tracr" or s.startswith("tracr/") for s in selectors)):
-        cases += [
-            case
-            for case in tracr_cases()
-            if selectors is None or any(_matches(s, case.name, case.family) for s in selectors)
-        ]
-    unmatched = [s for s in selectors or () if not any(_matches(s, case.name, case.family) for case in cases)]
+    if any(s == "tracr" or s.startswith("tracr/") for s in selectors):
+        cases += [case for case in tracr_cases() if chosen(case.name, case.family)]
+    cases += [case for case in loaded if chosen(case.name, case.family)]
+    unmatched = [s for s in selectors if not any(_matches(s, case.name, case.family) for case in cases)]
     if unmatched:  # one misspelt selector beside others would otherwise drop its cases from the run unsaid
+        loaded_names = f"; loaded: {', '.join(case.name for case in loaded)}" if loaded else ""
         raise ValueError(
             f"no case matches {unmatched}; plants: {', '.join(available_plants())} (or their families), or tracr"
+            + loaded_names
+        )
+    return _distinctly_named(cases)
+
+
+def _distinctly_named(cases: list[GroundTruthCase]) -> list[GroundTruthCase]:
+    """``cases``, checked to have one name each: the tables could not tell two of a name apart."""
+    names = [case.name for case in cases]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"two cases are named {repeated}, so the tables could not tell them apart (a shipped case and a folder's "
+            "copy of it, or two folders' programs of one name): narrow --case, or leave one folder out"
         )
     return cases

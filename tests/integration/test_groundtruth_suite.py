@@ -293,6 +293,12 @@ def test_command_scores_programs_and_plants_built_elsewhere(tmp_path):
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(tmp_path / "t" / "summary.csv")
     assert sorted(set(summary["case"])) == ["disconnected/sub-max", "tracr/mine"]  # only the folders' cases
+    chosen = CliRunner().invoke(app, [*arguments, *folders, "--case", "tracr/mine", "--case", "disconnected/add-mul"])
+    assert chosen.exit_code == 0, chosen.output
+    summary = pd.read_csv(tmp_path / "t" / "summary.csv")
+    assert sorted(set(summary["case"])) == ["disconnected/add-mul", "tracr/mine"]  # --case chooses among both
+    twice = CliRunner().invoke(app, [*arguments, *folders, "--case", "disconnected/sub-max"])
+    assert twice.exit_code == 1 and "two cases are named ['disconnected/sub-max']" in twice.output
     missing = CliRunner().invoke(app, ["groundtruth", "run", "--fast", "--tracr-dir", str(tmp_path / "absent")])
     assert missing.exit_code != 0 and "not a folder" in missing.output
 
