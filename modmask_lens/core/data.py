@@ -336,11 +336,12 @@ class SubtaskData:
             return int(self.attention_mask[indices].any(dim=0).nonzero().max()) + 1
         return _scored_length(self.labels[indices])
 
-    def check_fits(self, bridge: Bridge) -> None:
+    def check_fits(self, bridge: Bridge, answers_scored: bool = True) -> None:
         """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, scored
         labels in its output vocabulary (``cfg.d_vocab_out``), every scored example within its context length
-        ``cfg.n_ctx``, and no next-token answers that a bidirectional model (``cfg.attention_dir``) reads in its
-        input.
+        ``cfg.n_ctx``, and, where the labels are scored as answers the model predicts (``answers_scored``; not so
+        for objectives that match the full model's activations or outputs), no next-token answers that a
+        bidirectional model (``cfg.attention_dir``) reads in its input.
 
         Example:
             >>> import torch
@@ -372,7 +373,8 @@ class SubtaskData:
         check_context(bridge, self._width(), f"subtask {self.name!r}")
         scored = self.labels != IGNORE_INDEX
         if (
-            getattr(bridge.cfg, "attention_dir", "causal") == "bidirectional"
+            answers_scored
+            and getattr(bridge.cfg, "attention_dir", "causal") == "bidirectional"
             and self.label_shift > 0
             and bool(scored.any())  # texts without answers (from_texts) score nothing
             and torch.equal(self.labels[scored], self.input_ids[scored])

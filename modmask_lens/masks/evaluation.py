@@ -110,7 +110,7 @@ def _objective_sums(
 ) -> tuple[float, int, float]:
     """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
     applied or without one."""
-    data.check_fits(bridge)
+    data.check_fits(bridge, answers_scored=objective.scores_answers)
     objective.check(data)
     loss_sum, normaliser, metric_sum = 0.0, 0, 0.0
     with torch.no_grad(), eval_mode(bridge):

@@ -74,6 +74,9 @@ class Objective:
             for the loss constraint, ``TrainConfig(max_loss_increase=...)``).
         cacheable: whether the reference's per-example rows do not depend on the batch they were computed in, so a
             trainer may compute each example's reference once and reuse it (the model is frozen).
+        scores_answers: whether :meth:`score` rates the model's predictions of the data's labels (which a
+            bidirectional model must not see in its input: :meth:`SubtaskData.check_fits`), rather than the full
+            model's activations or outputs.
     """
 
     name: ClassVar[str]
@@ -81,6 +84,7 @@ class Objective:
     hook_names: tuple[str, ...] = ()
     compares: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
+    scores_answers: ClassVar[bool] = False
 
     def check(self, data: SubtaskData) -> None:
         """Raise ``ValueError`` naming the fix unless ``data`` carries what this objective needs."""
@@ -124,6 +128,7 @@ class AnswerCrossEntropy(Objective):
 
     name: ClassVar[str] = "answer_cross_entropy"
     metric: ClassVar[str] = "accuracy"
+    scores_answers: ClassVar[bool] = True
 
     def check(self, data: SubtaskData) -> None:
         _require_answers(data, self.name)
@@ -198,6 +203,7 @@ class LogitDifference(Objective):
 
     name: ClassVar[str] = "logit_difference"
     metric: ClassVar[str] = "accuracy"
+    scores_answers: ClassVar[bool] = True
 
     def check(self, data: SubtaskData) -> None:
         if data.foils is None:

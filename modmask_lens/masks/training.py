@@ -231,7 +231,7 @@ class MaskTrainer:
                     "over processes); train it in one process"
                 )
         for subtask in subtasks:
-            subtask.check_fits(bridge)
+            subtask.check_fits(bridge, answers_scored=objective.scores_answers)
             objective.check(subtask)
         origin = MaskOrigin.of(bridge)
         self.runs = [self._new_run(subtask, mask_config, origin) for subtask in subtasks]

@@ -174,6 +174,11 @@ def test_answers_a_bidirectional_model_sees_in_its_input_are_refused_before_any_
         analysis.exact_match(bert, pairs)
     with pytest.raises(ValueError, match="sees the answer in its input"):
         mm.train_masks(bert, pairs, train_config=mm.TrainConfig(steps=1, batch_size=2, n_samples=1), progress=False)
+    # Objectives that match the full model's own activations or outputs predict no label: the same data trains.
+    for objective in [mm.HiddenState("blocks.1.hook_resid_post"), mm.KLDivergence()]:
+        config = mm.TrainConfig(steps=1, batch_size=2, n_samples=1)
+        mm.train_masks(bert, pairs, train_config=config, progress=False, objective=objective)
+        assert 0 < mm.objective_metric(bert, pairs, objective) <= 1.0 + 1e-6
     causal_bridge, causal_data = causal  # the same scoring on a causal model reads no answer ahead
     assert causal_data.labels[causal_data.labels != -100].equal(causal_data.input_ids[causal_data.labels != -100])
     causal_data.check_fits(causal_bridge)
