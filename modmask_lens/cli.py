@@ -280,7 +280,7 @@ def masks_train(
         out / "checkpoints",
         progress=world()[0] == 0,
         fully_shard=fully_shard,
-        device=device,
+        device=device if fully_shard else None,
         restart=restart,
         objective=trained_objective,
     )

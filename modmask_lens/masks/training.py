@@ -197,6 +197,11 @@ class MaskTrainer:
         # gradients are summed across processes: the result equals one process up to float summation order.
         self.rank, self.world_size = world()
         adapter_for(bridge)  # an unsupported model fails here, before any other check reads bridge.cfg
+        if device is not None and not fully_shard:
+            raise ValueError(
+                f"device={device!r} places the shards of fully sharded training only; pass fully_shard=True, or move "
+                "the model itself (bridge.to(device)) and its data (data.to(device)) and leave device out"
+            )
         if fully_shard:
             if train_config.n_samples % self.world_size:
                 raise ValueError(

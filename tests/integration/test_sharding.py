@@ -136,6 +136,12 @@ def test_sharded_training_runs_csordas_method_only(gpt2_bridge, masks, training)
         MaskTrainer(gpt2_bridge, [subtask()], masks, config, fully_shard=True)
 
 
+def test_a_device_without_fully_sharded_training_is_refused(gpt2_bridge):
+    """``device`` places the shards only; without ``fully_shard`` it was ignored and the run stayed where it was."""
+    with pytest.raises(ValueError, match="places the shards of fully sharded training only.*bridge.to"):
+        MaskTrainer(gpt2_bridge, [subtask()], CSORDAS_MASKS, CSORDAS_TRAINING, device="cpu")
+
+
 def test_an_error_inside_a_sharded_forward_leaves_the_model_as_it_was(gpt2_bridge, tokens):
     snapshot = state_snapshot(gpt2_bridge)
     sharded = ShardedBridge(gpt2_bridge)
