@@ -98,6 +98,9 @@ def zoo_train(
     checkpoint_dir: Path | None = typer.Option(
         None, help="where to keep the resumable checkpoint (default ~/.cache/modmask-lens/zoo-checkpoints/NAME)"
     ),
+    restart: bool = typer.Option(
+        False, "--restart", help="ignore the checkpoint (also a finished run's) and train from step 0"
+    ),
 ):
     """Reproduce a zoo model from scratch (minutes to tens of minutes on one CPU core; resumable).
 
@@ -115,7 +118,7 @@ def zoo_train(
         check_writable(folder, "--out")
     if checkpoint_dir is not None:
         check_writable(checkpoint_dir, "--checkpoint-dir")
-    train_named(name, folder, checkpoint_dir)
+    train_named(name, folder, checkpoint_dir, restart)
 
 
 def zoo_output_folder(name: str, out: Path | None, in_place: bool) -> Path | None:

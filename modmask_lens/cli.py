@@ -217,6 +217,10 @@ def masks_train(
         raise typer.BadParameter(f"choose one of {list(LOSS_UNITS)}", param_hint="--loss-increase-per")
     if sampler not in (None, AUTO_SAMPLER, *SAMPLERS):
         raise typer.BadParameter(f"choose one of {[AUTO_SAMPLER, *SAMPLERS]}", param_hint="--sampler")
+    if neuron_mask is not None and granularity != "neuron":
+        raise typer.BadParameter(
+            f"--neuron-mask applies to --granularity neuron, not {granularity}", param_hint="--neuron-mask"
+        )
     base_masks, base_training = methods[method]
     try:
         named = {"sampler": sampler, "init_logit": init_logit, "neuron_mask": neuron_mask}
@@ -396,7 +400,7 @@ def data(
     export: Path | None = typer.Option(
         None,
         help="write each part as JSONL (prompt, completion, part) to its own file: --export DIR/scan.jsonl writes "
-        "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...",
+        "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...; an existing folder DIR writes DIR/NAME.train.jsonl, ...",
     ),
     seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),
 ):
@@ -412,6 +416,8 @@ def data(
     spec = task_spec(name)
     if split is not None and spec.name != "scan":
         raise typer.BadParameter("--split only applies to scan")
+    if export is not None and export.is_dir():  # the files go inside it, named after the task (and split)
+        export = export / f"{spec.name}{f'-{split}' if split else ''}.jsonl"
     if export is not None:
         check_writable(export.parent, "--export")
     dataset = scan.scan_task(split or "simple", seed) if spec.name == "scan" else spec.build(seed)

@@ -57,8 +57,9 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) -> ModelCard:
-    """Train ``recipe_`` (resuming from ``checkpoint_dir``), save the model to ``out_dir`` and write its card."""
+def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str, restart: bool = False) -> ModelCard:
+    """Train ``recipe_`` (resuming from ``checkpoint_dir`` unless ``restart``, which starts from step 0 and
+    overwrites the checkpoint), save the model to ``out_dir`` and write its card."""
     torch.set_num_threads(TORCH_THREADS)
     task: TaskSpec = task_spec(recipe_.task)
     data = task.build(recipe_.seed)
@@ -81,7 +82,7 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     loaded_epoch, epoch_batches = -1, []
     checkpointer = Checkpointer(checkpoint_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
     step, elapsed_before = 0, 0.0
-    if checkpointer.exists():
+    if checkpointer.exists() and not restart:
         tensors, state = checkpointer.load(
             {"step": int, "elapsed_s": float, "optimizer_groups": list, "scheduler": dict}
         )
@@ -168,12 +169,14 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str) ->
     return card
 
 
-def train_named(name: str, out_dir: Path | None = None, checkpoint_dir: Path | None = None) -> tuple[Path, ModelCard]:
+def train_named(
+    name: str, out_dir: Path | None = None, checkpoint_dir: Path | None = None, restart: bool = False
+) -> tuple[Path, ModelCard]:
     """Train the zoo model ``name`` into ``out_dir`` (default: the package's zoo), resuming from ``checkpoint_dir``
-    (default ``~/.cache/modmask-lens/zoo-checkpoints/NAME``)."""
+    (default ``~/.cache/modmask-lens/zoo-checkpoints/NAME``) unless ``restart``."""
     recipe_ = recipe(name)
     out_dir = out_dir or zoo.MODELS_DIR / recipe_.name
     checkpoint_dir = checkpoint_dir or Path.home() / ".cache" / "modmask-lens" / "zoo-checkpoints" / recipe_.name
-    card = train(recipe_, out_dir, checkpoint_dir, f"modmask-lens zoo train {recipe_.name}")
+    card = train(recipe_, out_dir, checkpoint_dir, f"modmask-lens zoo train {recipe_.name}", restart)
     _log(f"wrote {out_dir} ({card.parameter_count:,} parameters, {card.wall_time_s:.0f} s)")
     return out_dir, card

@@ -63,6 +63,10 @@ def test_tiny_training_run_writes_a_bootable_model_with_its_card(tmp_path):
     for other in (dataclasses.replace(tiny, warmup_steps=3), dataclasses.replace(tiny, steps=6)):
         with pytest.raises(ValueError, match="holds a run of 'modadd' at step 12, not of this recipe"):
             train(other, tmp_path / "other", tmp_path / "checkpoints", "test run")
+    shorter = train(dataclasses.replace(tiny, steps=6), tmp_path / "short", tmp_path / "checkpoints", "", restart=True)
+    assert shorter.recipe["steps"] == 6  # started over; the checkpoint is now the shorter run's
+    with pytest.raises(ValueError, match="holds a run of 'modadd' at step 6"):
+        train(tiny, tmp_path / "other", tmp_path / "checkpoints", "test run", restart=False)
 
 
 class _Killed(Exception):

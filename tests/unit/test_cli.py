@@ -34,6 +34,9 @@ def test_data_export_keeps_train_and_test_apart_and_loads_as_a_custom_subtask(tm
     prompts = {part: load_pairs(tmp_path / f"modadd.{part}.jsonl")[0] for part in parts}
     assert prompts["train"] == [record["prompt"] for record in parts["train"]]
     assert not set(prompts["train"]) & set(prompts["test"])  # modadd's prompts are all distinct
+    inside = runner.invoke(app, ["data", "scan", "--split", "length", "--export", str(tmp_path)])
+    assert inside.exit_code == 0, inside.output  # a folder gets the files inside it, named after task and split
+    assert (tmp_path / "scan-length.train.jsonl").exists() and (tmp_path / "scan-length.test.jsonl").exists()
 
 
 def test_a_jsonl_of_several_parts_trains_on_its_train_rows_unless_a_part_is_named(tmp_path):
@@ -212,6 +215,7 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
         (["--sampler", "bogus"], "choose one of ['auto', 'gumbel-sigmoid', 'hard-concrete', 'bernoulli']"),
         (["--sampler", "bernoulli", "--granularity", "neuron"], "trains head masks on W_O"),
         (["--init-logit", "nan"], "init_logit nan must be a finite number"),
+        (["--granularity", "head", "--neuron-mask", "in-out"], "--neuron-mask applies to --granularity neuron"),
         (["--task", "{evens}:test"], "all name their subtask 'evens'"),
     ],
 )
