@@ -282,8 +282,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"TrainConfig {name} must be a whole number, not {value!r}")
             object.__setattr__(self, name, int(value))  # a numpy integer is stored as the int it holds (JSON)
-        if self.steps < 1 or self.batch_size < 1 or self.n_samples < 1:
-            raise ValueError("steps, batch_size and n_samples must be positive")
+        for name in ("steps", "batch_size", "n_samples", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be >= 1")
         if self.batch_size < self.n_samples:
             raise ValueError(
                 f"batch_size {self.batch_size} is smaller than n_samples {self.n_samples}: every mask sample needs "
@@ -294,8 +295,8 @@ class TrainConfig:
                 f"heads_estimated_per_step {self.heads_estimated_per_step} must be >= 1, or None (--heads-per-step 0) "
                 "to estimate every head every step"
             )
-        if self.checkpoint_every < 1 or self.density_warmup_steps < 0:
-            raise ValueError("checkpoint_every must be >= 1 and density_warmup_steps >= 0")
+        if self.density_warmup_steps < 0:
+            raise ValueError(f"density_warmup_steps {self.density_warmup_steps} must be >= 0")
         if not 0 < self.lr <= 1:
             raise ValueError(f"lr {self.lr} is out of range (0, 1]; the default is 0.05, Csordás use 1e-2")
         if not 0 < self.lagrangian_lr <= 1:

@@ -222,7 +222,7 @@ CASES = {
     "checkpoint_every_zero": (
         lambda b, t: TrainConfig(checkpoint_every=0),
         ValueError,
-        "checkpoint_every must be >= 1",
+        "checkpoint_every 0 must be >= 1",
     ),
     "lagrangian_lr_nan": (
         lambda b, t: TrainConfig(lagrangian_lr=float("nan")),

@@ -229,7 +229,7 @@ CASES = {
     "steps_zero": (
         lambda b, t, p: TrainConfig(steps=0),
         ValueError,
-        "steps, batch_size and n_samples must be positive",
+        "steps 0 must be >= 1",
     ),
     "resume_with_another_setting": (
         lambda b, t, p: resume_after("settings")(boot_native(), p),
@@ -399,7 +399,7 @@ def early_cli_cases(folder: Path, tmp_path: Path) -> dict[str, tuple[list[str], 
             2,
             "Invalid value for '--threads': Input should be greater than or equal to 1",
         ),
-        "checkpoint_every_zero": (train + ["--checkpoint-every", "0"], 1, "error: checkpoint_every must be >= 1"),
+        "checkpoint_every_zero": (train + ["--checkpoint-every", "0"], 1, "error: checkpoint_every 0 must be >= 1"),
         "beta_nan": (
             train + ["--method", "csordas", "--beta", "nan"],
             1,
