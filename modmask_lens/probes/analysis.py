@@ -56,7 +56,16 @@ def evaluate_probe(
     batch_size: int = 256,
 ) -> ProbeEvaluation:
     """Run the probe on every example (activations streamed in batches) at its gate temperature
-    (:attr:`GatedProbe.temperature`: that of its last training step); the results are on the CPU."""
+    (:attr:`GatedProbe.temperature`: that of its last training step); the results are on the CPU.
+
+    Raises:
+        ValueError: ``data`` has other classes than the probe predicts (data built with another ``target``).
+    """
+    if data.n_classes != probe.n_classes:
+        raise ValueError(
+            f"the probe predicts {probe.n_classes} classes, the data has {data.n_classes}: evaluate it on data built "
+            "with the target it was trained on (ProbeData.from_subtasks(..., target=...))"
+        )
     gates, expert_correct, correct = [], [], []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):

@@ -50,6 +50,7 @@ class GatedProbe(nn.Module):
     """``n_experts`` readouts of an activation vector and a gate that mixes or selects them.
 
     Attributes:
+        n_classes: the classes each expert predicts (:attr:`ProbeData.n_classes` of the data it was built for).
         temperature: the gate's softmax temperature where a call names none: ``config.temperature`` until a
             :class:`~modmask_lens.probes.ProbeTrainer` sets it to the temperature of its last step (the end of
             ``config.temperature_decay``'s schedule), so the probe is evaluated as it was trained.
@@ -62,7 +63,7 @@ class GatedProbe(nn.Module):
 
     def __init__(self, d_in: int, n_classes: int, config: ProbeConfig = ProbeConfig()):
         super().__init__()
-        self.config = config
+        self.config, self.n_classes = config, n_classes
         self.experts = nn.ModuleList(_readout(d_in, n_classes, config.expert_hidden) for _ in range(config.n_experts))
         self.gate = _readout(d_in, config.n_experts, config.gate_hidden)
         self.temperature = config.temperature

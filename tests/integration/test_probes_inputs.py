@@ -9,7 +9,15 @@ from transformers import BertConfig, BertForMaskedLM
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.random import seeded
-from modmask_lens.probes import GatedProbe, ProbeConfig, ProbeData, ProbeTrainer, expert_ablation, read_activations
+from modmask_lens.probes import (
+    GatedProbe,
+    ProbeConfig,
+    ProbeData,
+    ProbeTrainer,
+    evaluate_probe,
+    expert_ablation,
+    read_activations,
+)
 from modmask_lens.probes.component_gate import (
     ComponentGateConfig,
     component_usage,
@@ -172,3 +180,16 @@ def test_a_finished_probe_run_extends_with_more_steps(bert, tmp_path):
         ProbeTrainer(
             bridge, [HOOK], other, ProbeConfig(n_experts=2, steps=4, batch_size=4, checkpoint_every=2), tmp_path
         )
+
+
+def test_a_probe_refuses_data_of_another_target(bert):
+    """A probe of subtask targets read on answer targets scored ~0.1 and called every miss an expert error, silently:
+    its classes are not the data's."""
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    answers = ProbeData.from_subtasks(subtasks, target="answer", vocab_size=bridge.cfg.d_vocab)
+    activations = read_activations(bridge, [HOOK], data.input_ids, data.positions, data.attention_mask)
+    probe = GatedProbe(activations.shape[1], data.n_classes, ProbeConfig(n_experts=2))
+    assert len(evaluate_probe(probe, bridge, [HOOK], data).correct) == len(data)
+    with pytest.raises(ValueError, match=f"predicts 2 classes, the data has {bridge.cfg.d_vocab}"):
+        evaluate_probe(probe, bridge, [HOOK], answers)
