@@ -4,7 +4,8 @@ Every function returns a tidy DataFrame. Entropies and mutual information are in
 
 Error attribution, for each wrong prediction: **mixing** error when the argmax-gate expert alone is right (only
 mixtures can make it), **gate** error when another expert is right, **expert** error when no expert is right. The
-ideal-gate accuracy is the share of examples that some expert gets right.
+ideal-gate accuracy is the share of examples that some expert gets right. Experts removed for an ablation
+(:attr:`ProbeEvaluation.removed_experts`) are out of the gate's choice, so they count for neither.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ProbeEvaluation:
         expert_correct: ``[example, expert]`` whether each expert's argmax is the target.
         correct: ``[example]`` whether the probe's prediction is the target.
         subtasks: ``[example]`` subtask index; subtask_names: their names.
+        removed_experts: the experts the evaluation removed (their gate zero), as ``evaluate_probe`` was given them.
     """
 
     gate: Float[Tensor, "example expert"]
@@ -41,6 +43,7 @@ class ProbeEvaluation:
     correct: Bool[Tensor, " example"]
     subtasks: Int[Tensor, " example"]
     subtask_names: tuple[str, ...]
+    removed_experts: tuple[int, ...] = ()
 
     @property
     def chosen_expert(self) -> Int[Tensor, " example"]:
@@ -79,7 +82,12 @@ def evaluate_probe(
             expert_correct.append((output.expert_logits.argmax(dim=-1) == targets[:, None]).cpu())
             correct.append((output.log_probs.argmax(dim=-1) == targets).cpu())
     return ProbeEvaluation(
-        torch.cat(gates), torch.cat(expert_correct), torch.cat(correct), data.subtasks.cpu(), data.subtask_names
+        torch.cat(gates),
+        torch.cat(expert_correct),
+        torch.cat(correct),
+        data.subtasks.cpu(),
+        data.subtask_names,
+        tuple(removed_experts),
     )
 
 
@@ -157,7 +165,9 @@ def error_attribution(evaluation: ProbeEvaluation) -> pd.DataFrame:
     """One row: accuracy, ideal-gate accuracy and their gap; counts of gate, expert and mixing errors."""
     wrong = ~evaluation.correct
     chosen_right = evaluation.expert_correct.gather(1, evaluation.chosen_expert[:, None]).squeeze(1)
-    any_right = evaluation.expert_correct.any(dim=1)
+    choosable = torch.ones(evaluation.gate.shape[1], dtype=torch.bool)
+    choosable[list(evaluation.removed_experts)] = False
+    any_right = evaluation.expert_correct[:, choosable].any(dim=1)
     mixing = wrong & chosen_right
     gate = wrong & ~chosen_right & any_right
     expert = wrong & ~any_right

@@ -14,6 +14,7 @@ from modmask_lens.probes import (
     ProbeConfig,
     ProbeData,
     ProbeTrainer,
+    error_attribution,
     evaluate_probe,
     expert_ablation,
     read_activations,
@@ -193,3 +194,27 @@ def test_a_probe_refuses_data_of_another_target(bert):
     assert len(evaluate_probe(probe, bridge, [HOOK], data).correct) == len(data)
     with pytest.raises(ValueError, match=f"predicts 2 classes, the data has {bridge.cfg.d_vocab}"):
         evaluate_probe(probe, bridge, [HOOK], answers)
+
+
+def test_error_attribution_after_removing_an_expert_counts_only_the_experts_left(bert):
+    """Expert 0 always answers 0 (the ``long`` subtask), expert 1 always 1 (``short``), and the gate picks expert 0.
+    With expert 0 removed only expert 1 is left: the ideal gate is expert 1 (accuracy 1/2) and each miss is that
+    expert's, not the gate's (it was: ideal-gate accuracy 1, both misses gate errors)."""
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    probe = GatedProbe(bridge.cfg.d_model, 2, ProbeConfig(n_experts=2))
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            parameter.zero_()
+        probe.experts[0].bias.copy_(torch.tensor([1.0, 0.0]))
+        probe.experts[1].bias.copy_(torch.tensor([0.0, 1.0]))
+        probe.gate.bias.copy_(torch.tensor([5.0, 0.0]))
+    intact = error_attribution(evaluate_probe(probe, bridge, [HOOK], data)).iloc[0]
+    assert (intact.accuracy, intact.ideal_gate_accuracy, intact.gate_errors, intact.expert_errors) == (0.5, 1.0, 2, 0)
+    removed = error_attribution(evaluate_probe(probe, bridge, [HOOK], data, removed_experts=(0,))).iloc[0]
+    assert (removed.accuracy, removed.ideal_gate_accuracy, removed.gate_errors, removed.expert_errors) == (
+        0.5,
+        0.5,
+        0,
+        2,
+    )
