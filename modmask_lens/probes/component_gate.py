@@ -68,6 +68,16 @@ def mlp_layers(bridge: Bridge) -> list[int]:
     return [layer for layer in range(bridge.cfg.n_layers) if f"blocks.{layer}.hook_mlp_out" in bridge.hook_dict]
 
 
+def check_gates(bridge: Bridge, gates: Float[Tensor, "batch n_layers n_gates"]) -> None:
+    """Raise ``ValueError`` unless ``gates`` hold one gate per head and one per MLP of every layer of ``bridge``."""
+    expected = (bridge.cfg.n_layers, bridge.cfg.n_heads + 1)
+    if gates.dim() != 3 or tuple(gates.shape[1:]) != expected:
+        raise ValueError(
+            f"gates have shape {tuple(gates.shape)}; this model needs [batch, {expected[0]}, {expected[1]}] (per "
+            "layer, each head's gate, then the MLP's): use a ComponentGate built for this model"
+        )
+
+
 def gated_logits(
     bridge: Bridge,
     gates: Float[Tensor, "batch n_layers n_gates"],
@@ -79,7 +89,11 @@ def gated_logits(
     passed to the model where given. The model runs in eval mode (no dropout).
 
     The model's parameters are passed detached (:func:`masked_call` with no mask), so gradients reach the gates only.
+
+    Raises:
+        ValueError: ``gates`` are not shaped for this model (:func:`check_gates`).
     """
+    check_gates(bridge, gates)
 
     def scale_heads(layer: int):
         def hook(z, hook):
@@ -144,10 +158,14 @@ def component_usage(gate: ComponentGate, bridge: Bridge, subtasks: Sequence[Subt
 
     Returns:
         Columns ``subtask``, ``layer``, ``component`` (``head`` or ``mlp``), ``head`` (-1 for the MLP), ``mean_gate``.
+
+    Raises:
+        ValueError: ``gate`` was built for other layers or heads than ``bridge`` has (:func:`check_gates`).
     """
     data = ProbeData.from_subtasks(subtasks, target="subtask")
     with torch.no_grad():
         gates = gate(read_activations(bridge, [INPUT_HOOK], data.input_ids, data.positions, data.attention_mask))
+    check_gates(bridge, gates)
     with_mlp = set(mlp_layers(bridge))
     rows = []
     for index, name in enumerate(data.subtask_names):

@@ -20,6 +20,7 @@ from modmask_lens.probes import (
     read_activations,
 )
 from modmask_lens.probes.component_gate import (
+    ComponentGate,
     ComponentGateConfig,
     component_usage,
     gated_logits,
@@ -218,3 +219,15 @@ def test_error_attribution_after_removing_an_expert_counts_only_the_experts_left
         0,
         2,
     )
+
+
+def test_gates_of_another_model_shape_are_refused(bert):
+    """Gates ``[batch, n_layers, 2]`` broadcast each layer's one head gate over all its heads, silently; a component
+    gate built for other heads reported rows for heads the model does not have."""
+    bridge, _, subtasks = bert
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    input_ids = subtasks[0].input_ids
+    with pytest.raises(ValueError, match=rf"\[batch, {n_layers}, {n_heads + 1}\]"):
+        gated_logits(bridge, torch.ones(len(input_ids), n_layers, 2), input_ids, subtasks[0].attention_mask)
+    with pytest.raises(ValueError, match=rf"\[batch, {n_layers}, {n_heads + 1}\]"):
+        component_usage(ComponentGate(bridge.cfg.d_model, n_layers + 1, n_heads), bridge, subtasks)
