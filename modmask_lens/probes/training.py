@@ -62,7 +62,7 @@ class ProbeTrainer:
             if (checkpoint_dir is not None)
             else None
         )
-        self.progress = progress
+        self.progress, self.frozen_gate = progress, frozen_gate is not None
         first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
         with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
             self.probe = GatedProbe(first.shape[1], data.n_classes, config).to(first.device)
@@ -127,12 +127,14 @@ class ProbeTrainer:
             "config": self.config.to_dict(),
             "hook_names": self.hook_names,
             "data": self.data.fingerprint(),
+            "frozen_gate": self.frozen_gate,
         }
         return self.checkpointer.save(tensors, metadata)
 
     def _resume(self) -> None:
-        """Continue a checkpointed run: the same settings and hooks, except that ``steps`` and ``checkpoint_every``
-        may differ (no other setting depends on them), so a finished run can be extended."""
+        """Continue a checkpointed run: the same settings, hooks, data and frozen gate (or none), except that
+        ``steps`` and ``checkpoint_every`` may differ (no other setting depends on them), so a finished run can be
+        extended."""
         tensors, metadata = self.checkpointer.load({"step": int, "config": dict, "hook_names": list})
 
         def fixed(config: dict) -> dict:
@@ -147,6 +149,19 @@ class ProbeTrainer:
                 f"{self.checkpointer.path} was written for other probe data (examples, read positions or targets"
                 + (", or before checkpoints recorded them" if "data" not in metadata else "")
                 + "); use a fresh checkpoint directory"
+            )
+        written_frozen = bool(metadata.get("frozen_gate", False))
+        if written_frozen != self.frozen_gate:
+            raise ValueError(
+                f"{self.checkpointer.path} was written {'with' if written_frozen else 'without'} a frozen gate; "
+                "use a fresh checkpoint directory"
+            )
+        if self.frozen_gate and any(
+            not torch.equal(tensors[f"probe/gate.{name}"], value.cpu())
+            for name, value in self.probe.gate.state_dict().items()
+        ):
+            raise ValueError(
+                f"{self.checkpointer.path} was written with another frozen gate; use a fresh checkpoint directory"
             )
         if int(metadata["step"]) > self.config.steps:
             raise ValueError(

@@ -3,6 +3,8 @@ refuse: positions, attention masks and label shifts checked against the model ru
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
@@ -231,3 +233,27 @@ def test_gates_of_another_model_shape_are_refused(bert):
         gated_logits(bridge, torch.ones(len(input_ids), n_layers, 2), input_ids, subtasks[0].attention_mask)
     with pytest.raises(ValueError, match=rf"\[batch, {n_layers}, {n_heads + 1}\]"):
         component_usage(ComponentGate(bridge.cfg.d_model, n_layers + 1, n_heads), bridge, subtasks)
+
+
+def test_a_checkpoint_resumes_only_with_the_frozen_gate_it_was_written_with(bert, tmp_path):
+    """A frozen-gate run pointed at another run's checkpoint took that run's trained gate, silently, in place of the
+    frozen one (the transfer test's variant then is the other probe)."""
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=2, batch_size=4, checkpoint_every=1)
+
+    def trainer(directory, frozen_gate=None, seed=0) -> ProbeTrainer:
+        return ProbeTrainer(
+            bridge, [HOOK], data, replace(config, seed=seed), directory, progress=False, frozen_gate=frozen_gate
+        )
+
+    gate_a, gate_b = trainer(None, seed=1).train(), trainer(None, seed=2).train()
+    trainer(tmp_path / "plain").train()
+    with pytest.raises(ValueError, match="without a frozen gate"):
+        trainer(tmp_path / "plain", frozen_gate=gate_a)
+    trainer(tmp_path / "frozen", frozen_gate=gate_a).train()
+    assert trainer(tmp_path / "frozen", frozen_gate=gate_a).step == 2
+    with pytest.raises(ValueError, match="with a frozen gate"):
+        trainer(tmp_path / "frozen")
+    with pytest.raises(ValueError, match="with another frozen gate"):
+        trainer(tmp_path / "frozen", frozen_gate=gate_b)
