@@ -9,6 +9,7 @@ the weight masks of the same subtasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,10 +46,10 @@ class ComponentGateConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if self.sparsity < 0:
-            raise ValueError(f"sparsity must be >= 0, got {self.sparsity}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.sparsity) and self.sparsity >= 0):
+            raise ValueError(f"sparsity must be >= 0 and finite, got {self.sparsity}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
 
 
 class ComponentGate(nn.Module):

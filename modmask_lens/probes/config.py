@@ -3,6 +3,7 @@ yamsgithub/modular_deep_learning, branch ``xai_neurips_2021``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -59,16 +60,16 @@ class ProbeConfig:
             raise ValueError(f"gate {self.gate!r}: choose expectation, pre_softmax, top1 or stochastic")
         if self.regulariser not in ("importance", "ideal_gate", "none"):
             raise ValueError(f"regulariser {self.regulariser!r}: choose importance, ideal_gate or none")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0 and finite, got {self.temperature}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("expert_hidden", "gate_hidden", "temperature_decay", "regulariser_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)

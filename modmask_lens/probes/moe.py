@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,7 @@ class GatedProbe(nn.Module):
 
         Raises:
             ValueError: ``removed_experts`` names an expert the probe does not have, or every expert (no gate is
-                left to renormalise); ``temperature`` is not positive.
+                left to renormalise); ``temperature`` is not a positive finite number.
         """
         n_experts = self.config.n_experts
         unknown = sorted({index for index in removed_experts if not 0 <= index < n_experts})
@@ -88,8 +89,8 @@ class GatedProbe(nn.Module):
         if len(set(removed_experts)) == n_experts:
             raise ValueError(f"removed_experts removes all {n_experts} experts; keep at least one")
         temperature = self.temperature if temperature is None else temperature
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
         gate_logits = self.gate(activations)
         if removed_experts:
             removed = torch.tensor(removed_experts, device=gate_logits.device)

@@ -3,6 +3,7 @@ refuse: positions, attention masks and label shifts checked against the model ru
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -257,3 +258,23 @@ def test_a_checkpoint_resumes_only_with_the_frozen_gate_it_was_written_with(bert
         trainer(tmp_path / "frozen")
     with pytest.raises(ValueError, match="with another frozen gate"):
         trainer(tmp_path / "frozen", frozen_gate=gate_b)
+
+
+def test_settings_that_are_not_finite_numbers_are_refused(bert):
+    """A NaN temperature made every gate NaN and every prediction class 0, silently (right wherever the target is 0);
+    a NaN learning rate or weight trained NaN probes and component gates."""
+    nan = float("nan")
+    for settings, message in (
+        ({"temperature": nan}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"temperature_decay": math.inf}, "temperature_decay"),
+        ({"regulariser_weight": nan}, "regulariser_weight"),
+        ({"lr": nan}, "lr"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ProbeConfig(**settings)
+    for settings, message in (({"lr": nan}, "lr"), ({"sparsity": nan}, "sparsity")):
+        with pytest.raises(ValueError, match=message):
+            ComponentGateConfig(**settings)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        GatedProbe(3, 2, ProbeConfig(n_experts=2))(torch.zeros(1, 3), temperature=nan)
