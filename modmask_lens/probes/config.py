@@ -25,7 +25,8 @@ class ProbeConfig:
             argmax-gate expert so that results are deterministic).
         temperature: gate softmax temperature T.
         temperature_decay: T_step = T / (1 + decay * epoch), the paper's schedule (0 keeps T).
-        two_temperatures: experts learn against the gate at temperature T while the gate learns at T = 1.
+        two_temperatures: experts learn against the gate at temperature T while the gate learns (and the probe is
+            evaluated) at T = 1, as in the reference code.
         regulariser: ``importance`` (CV^2 of the batch's summed gate, Shazeer et al.), ``ideal_gate`` (MSE of the gate
             to the one-hot of each sample's lowest-loss expert) or ``none``.
         regulariser_weight: weight of the regulariser (the paper uses 1.0 for importance).

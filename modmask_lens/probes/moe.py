@@ -54,7 +54,8 @@ class GatedProbe(nn.Module):
         n_classes: the classes each expert predicts (:attr:`ProbeData.n_classes` of the data it was built for).
         temperature: the gate's softmax temperature where a call names none: ``config.temperature`` until a
             :class:`~modmask_lens.probes.ProbeTrainer` sets it to the temperature of its last step (the end of
-            ``config.temperature_decay``'s schedule), so the probe is evaluated as it was trained.
+            ``config.temperature_decay``'s schedule; 1 with ``config.two_temperatures``, where the gate learns at 1),
+            so the probe is evaluated as it was trained.
 
     Example:
         >>> probe = GatedProbe(d_in=128, n_classes=10, config=ProbeConfig(n_experts=4))

@@ -77,7 +77,7 @@ class ProbeTrainer:
 
     def train(self) -> GatedProbe:
         """Train to ``config.steps`` and return the probe (in eval mode, its :attr:`~GatedProbe.temperature` the
-        gate temperature of the last step)."""
+        gate temperature of the last step; 1 with ``config.two_temperatures``, where the gate learns at 1)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, desc="probe", unit="step")
         self.probe.train()
@@ -91,7 +91,9 @@ class ProbeTrainer:
             ):
                 self.save_checkpoint()
         bar.close()
-        self.probe.temperature = gate_temperature(config, max(self.step - 1, 0), len(self.data))
+        self.probe.temperature = (
+            1.0 if config.two_temperatures else gate_temperature(config, max(self.step - 1, 0), len(self.data))
+        )
         return self.probe.eval()
 
     def _train_step(self) -> tuple[float, float]:

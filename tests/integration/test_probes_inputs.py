@@ -278,3 +278,17 @@ def test_settings_that_are_not_finite_numbers_are_refused(bert):
             ComponentGateConfig(**settings)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         GatedProbe(3, 2, ProbeConfig(n_experts=2))(torch.zeros(1, 3), temperature=nan)
+
+
+def test_a_two_temperature_probe_is_evaluated_at_the_gate_temperature_the_gate_learned_at(bert):
+    """With ``two_temperatures`` the gate learns, and training scores the probe, at T = 1 (the experts learn against
+    the gate at T); evaluating at T showed a softer gate than the one trained (the reference code evaluates at 1)."""
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=3, batch_size=4, temperature=5.0, two_temperatures=True)
+    probe = ProbeTrainer(bridge, [HOOK], data, config, progress=False).train()
+    assert probe.temperature == 1.0
+    activations = read_activations(bridge, [HOOK], data.input_ids, data.positions, data.attention_mask)
+    with torch.no_grad():
+        expected = torch.softmax(probe.gate(activations), dim=-1)
+    torch.testing.assert_close(evaluate_probe(probe, bridge, [HOOK], data).gate, expected)
