@@ -85,8 +85,8 @@ def matrix_clusterability(
 
 
 def _indicator(labels: Int[Tensor, " n"], n_clusters: int, like: Tensor) -> Float[Tensor, "n k"]:
-    """One-hot rows, all-zero for label -1."""
-    return (labels[:, None] == torch.arange(n_clusters)[None, :]).to(like)
+    """One-hot rows, all-zero for label -1 (on the labels' device)."""
+    return (labels[:, None] == torch.arange(n_clusters, device=labels.device)[None, :]).to(like)
 
 
 def clustered_axis_names(graph: UnitGraph, heads: bool = False) -> list[str]:

@@ -165,3 +165,11 @@ def test_an_all_zero_matrix_has_no_clusterability_and_the_loss_leaves_it_out():
         mlp.linears[1].weight.zero_()
     with pytest.raises(ValueError, match="all zero"):
         regulariser.penalty()
+
+
+def test_clusterability_is_computed_on_the_device_of_the_weights():
+    # meta checks devices as CUDA does (only 0-dim CPU tensors mix with it), so it stands in for a GPU here
+    mlp = BimtMLP((8, 8, 8), seed=0).to("meta")
+    regulariser = ClusterabilityLoss(mlp, ClusterabilityConfig(n_clusters=2))
+    values = [edge_clusterability(edge, regulariser.clusters) for edge in regulariser.edges]
+    assert [(value.device.type, value.shape) for value in values] == [("meta", torch.Size([]))] * 2
