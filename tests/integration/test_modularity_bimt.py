@@ -200,3 +200,10 @@ def test_train_bimt_on_a_bridge_swaps_heads_neurons_and_the_residual(gpt2_bridge
 def test_bimt_settings_that_would_fail_mid_training_are_refused_up_front(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         BimtConfig(**bad)
+
+
+def test_mlp_refuses_inputs_with_more_or_fewer_features_than_its_input_layer():
+    mlp = BimtMLP((4, 6, 3), seed=0)
+    for n_features in (3, 6):  # 6 columns were read as the first 4, silently dropping two features
+        with pytest.raises(ValueError, match=f"{n_features} features.*4"):
+            mlp(torch.zeros(2, n_features))
