@@ -71,13 +71,14 @@ def matrix_clusterability(
 ) -> Float[Tensor, ""]:
     """``sum_c sum_{u in U_c, v in V_c} W_vu^2 / sum W^2`` as ``trace(P_V^T (W*W) P_U) / ||W||^2`` with one-hot
     cluster indicators P (units labelled -1 count in no cluster). Golechha, Cope & Schoots 2025, eq. for C(W). NaN
-    for an all-zero matrix, which has no weight to place inside or outside a cluster.
+    for an all-zero matrix, which has no weight to place inside or outside a cluster. Half-precision weights are
+    summed in float32 (in bfloat16 the share itself would round to steps of about 0.002 near 0.5).
 
     Example:
         >>> matrix_clusterability(torch.eye(4), torch.arange(4) // 2, torch.arange(4) // 2, 2)
         tensor(1.)
     """
-    squared = matrix**2
+    squared = matrix.to(torch.promote_types(matrix.dtype, torch.float32)) ** 2
     inside = (
         _indicator(out_labels, n_clusters, squared) * (squared @ _indicator(in_labels, n_clusters, squared))
     ).sum()

@@ -173,3 +173,16 @@ def test_clusterability_is_computed_on_the_device_of_the_weights():
     regulariser = ClusterabilityLoss(mlp, ClusterabilityConfig(n_clusters=2))
     values = [edge_clusterability(edge, regulariser.clusters) for edge in regulariser.edges]
     assert [(value.device.type, value.shape) for value in values] == [("meta", torch.Size([]))] * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_measured_in_float32(dtype):
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(512, 128, generator=generator) * 0.02
+    matrix[:128, :32] *= 3  # cluster 0 holds more weight: about 0.5 for k = 4
+    matrix = matrix.to(dtype)
+    labels = block_labels(512, 4), block_labels(128, 4)
+    exact = matrix_clusterability(matrix.double(), *labels, 4).item()  # the same weights, summed in float64
+    value = matrix_clusterability(matrix, *labels, 4)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(exact, abs=1e-6)
