@@ -56,10 +56,9 @@ class BimtMLP(nn.Module):
             # [batch, token, dim] -> [batch, dim, token] -> flat: the n_tokens entries of dimension j are adjacent
             hidden = self.embedding(inputs).transpose(1, 2).reshape(inputs.shape[0], -1)
         else:
-            if inputs.shape[-1] != self.widths[0]:  # indexing by input_order would drop extra columns silently
+            if inputs.ndim != 2 or inputs.shape[1] != self.widths[0]:  # indexing would drop entries silently
                 raise ValueError(
-                    f"inputs have {inputs.shape[-1]} features, the input layer {self.widths[0]}: pass "
-                    f"[batch, {self.widths[0]}]"
+                    f"inputs of shape {tuple(inputs.shape)}: the input layer takes [batch, {self.widths[0]}]"
                 )
             hidden = inputs[:, self.input_order]
         for index, linear in enumerate(self.linears):
