@@ -74,14 +74,26 @@ class BipartiteSpectralEmbedding:
     def of(cls, affinity: Float[Tensor, "n_rows n_columns"], max_k: int) -> BipartiteSpectralEmbedding:
         """Embed the rows and columns of a non-negative ``affinity`` with enough vectors for up to ``max_k`` clusters.
 
-        Rows or columns with no weight at all get a tiny degree instead of a division by zero.
+        Rows or columns with no weight at all get a tiny degree instead of a division by zero. A matrix of m
+        disconnected parts has its top singular value m times, and LAPACK returns a basis of that subspace aligned
+        with the parts, so dropping the first vector puts several parts at one point; a seeded rotation of the
+        subspace (the same for rows and columns, so the product is unchanged) makes every part a point of its own,
+        as scikit-learn's randomized SVD does.
         """
         if (affinity < 0).any():
             raise ValueError("affinity must be non-negative; pass |W| (or a root of summed squares), not W")
         affinity = affinity.double()
         row_scale = affinity.sum(1).clamp_min(1e-12).rsqrt()
         column_scale = affinity.sum(0).clamp_min(1e-12).rsqrt()
-        left, _, right_t = torch.linalg.svd(row_scale[:, None] * affinity * column_scale[None, :], full_matrices=False)
+        left, singular_values, right_t = torch.linalg.svd(
+            row_scale[:, None] * affinity * column_scale[None, :], full_matrices=False
+        )
+        n_repeated = int(torch.isclose(singular_values, singular_values[0], rtol=1e-9, atol=0.0).sum())
+        if n_repeated > 1:
+            generator = torch.Generator().manual_seed(0)
+            rotation, _ = torch.linalg.qr(torch.randn(n_repeated, n_repeated, generator=generator, dtype=torch.float64))
+            left = torch.cat([left[:, :n_repeated] @ rotation, left[:, n_repeated:]], dim=1)
+            right_t = torch.cat([rotation.T @ right_t[:n_repeated], right_t[n_repeated:]])
         n_vectors = min(1 + _n_vectors(max_k), left.shape[1])
         return cls(
             rows=row_scale[:, None] * left[:, 1:n_vectors], columns=column_scale[:, None] * right_t[1:n_vectors].T

@@ -186,3 +186,13 @@ def test_half_precision_weights_are_measured_in_float32(dtype):
     value = matrix_clusterability(matrix, *labels, 4)
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(exact, abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [4, 5, 8])
+def test_spectral_cocluster_separates_the_parts_of_an_exactly_disconnected_matrix(k):
+    # k parts give singular value 1 k times; a basis of it aligned with the parts put several parts at one point
+    matrix = _block_diagonal(k, 3, noise=0.0)
+    rows, columns = spectral_cocluster(matrix, k)
+    true_labels = torch.arange(k).repeat_interleave(3)
+    assert matrix_clusterability(matrix, rows, columns, k).item() == pytest.approx(1.0)
+    assert len(set(zip(rows.tolist(), true_labels.tolist()))) == k  # one cluster per part
