@@ -74,10 +74,29 @@ def matrix_clusterability(
     for an all-zero matrix, which has no weight to place inside or outside a cluster. Half-precision weights are
     summed in float32 (in bfloat16 the share itself would round to steps of about 0.002 near 0.5).
 
+    Raises:
+        ValueError: a label outside ``-1 .. n_clusters - 1`` (it would count in no cluster).
+
     Example:
         >>> matrix_clusterability(torch.eye(4), torch.arange(4) // 2, torch.arange(4) // 2, 2)
         tensor(1.)
     """
+    labels = torch.cat([out_labels, in_labels])
+    if bool(((labels < NO_CLUSTER) | (labels >= n_clusters)).any()):
+        raise ValueError(
+            f"labels must lie in -1 .. {n_clusters - 1} for {n_clusters} clusters, got {labels.unique().tolist()}: "
+            "pass the k the labels were made for"
+        )
+    return _share_inside(matrix, out_labels, in_labels, n_clusters)
+
+
+def _share_inside(
+    matrix: Float[Tensor, "n_out n_in"],
+    out_labels: Int[Tensor, " n_out"],
+    in_labels: Int[Tensor, " n_in"],
+    n_clusters: int,
+) -> Float[Tensor, ""]:
+    """:func:`matrix_clusterability` of labels known to be in range (no check, so no device synchronisation)."""
     squared = matrix.to(torch.promote_types(matrix.dtype, torch.float32)) ** 2
     inside = (
         _indicator(out_labels, n_clusters, squared) * (squared @ _indicator(in_labels, n_clusters, squared))
@@ -228,7 +247,7 @@ def _two_sides(graph: UnitGraph, axis_names: list[str]) -> tuple[list[str], list
 def edge_clusterability(edge: WeightEdge, clusters: UnitClusters) -> Float[Tensor, ""]:
     """Clusterability of one matrix under the network's clusters (differentiable in the weight)."""
     matrix = edge.matrix()
-    return matrix_clusterability(
+    return _share_inside(
         matrix,
         clusters.entry_labels(edge.out_axis, matrix.shape[0]).to(matrix.device),
         clusters.entry_labels(edge.in_axis, matrix.shape[1]).to(matrix.device),
@@ -241,7 +260,7 @@ def chance_clusterability(edge: WeightEdge, clusters: UnitClusters) -> float:
     (1/k for equal blocks that cover the matrix)."""
     matrix = edge.matrix()
     return float(
-        matrix_clusterability(
+        _share_inside(
             torch.ones(matrix.shape),
             clusters.entry_labels(edge.out_axis, matrix.shape[0]),
             clusters.entry_labels(edge.in_axis, matrix.shape[1]),

@@ -196,3 +196,12 @@ def test_spectral_cocluster_separates_the_parts_of_an_exactly_disconnected_matri
     true_labels = torch.arange(k).repeat_interleave(3)
     assert matrix_clusterability(matrix, rows, columns, k).item() == pytest.approx(1.0)
     assert len(set(zip(rows.tolist(), true_labels.tolist()))) == k  # one cluster per part
+
+
+def test_labels_outside_the_clusters_are_refused():
+    matrix = torch.block_diag(*[torch.ones(3, 3)] * 4)
+    labels = torch.arange(4).repeat_interleave(3)
+    assert matrix_clusterability(matrix, labels, labels, 4).item() == 1.0
+    for bad_rows, n_clusters in ((labels, 2), (labels - 2, 4)):  # read 0.5 and 0.0: counted in no cluster
+        with pytest.raises(ValueError, match=f"labels must lie in -1 .. {n_clusters - 1}"):
+            matrix_clusterability(matrix, bad_rows, labels, n_clusters)
