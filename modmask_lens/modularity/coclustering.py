@@ -65,10 +65,12 @@ class BipartiteSpectralEmbedding:
     Attributes:
         rows: ``D_r^{-1/2} U[:, 1:]``, one point per row.
         columns: ``D_c^{-1/2} V[:, 1:]``, one point per column.
+        max_k: the most clusters it has vectors for.
     """
 
     rows: Float[Tensor, "n_rows vector"]
     columns: Float[Tensor, "n_columns vector"]
+    max_k: int
 
     @classmethod
     def of(cls, affinity: Float[Tensor, "n_rows n_columns"], max_k: int) -> BipartiteSpectralEmbedding:
@@ -96,11 +98,21 @@ class BipartiteSpectralEmbedding:
             right_t = torch.cat([rotation.T @ right_t[:n_repeated], right_t[n_repeated:]])
         n_vectors = min(1 + _n_vectors(max_k), left.shape[1])
         return cls(
-            rows=row_scale[:, None] * left[:, 1:n_vectors], columns=column_scale[:, None] * right_t[1:n_vectors].T
+            rows=row_scale[:, None] * left[:, 1:n_vectors],
+            columns=column_scale[:, None] * right_t[1:n_vectors].T,
+            max_k=max_k,
         )
 
     def cocluster(self, k: int, seed: int = 0) -> tuple[Int[Tensor, " n_rows"], Int[Tensor, " n_columns"]]:
-        """Cluster labels in ``0 .. k-1`` of every row and column: one k-means on the stacked points."""
+        """Cluster labels in ``0 .. k-1`` of every row and column: one k-means on the stacked points.
+
+        Raises:
+            ValueError: ``k`` above :attr:`max_k` (the embedding lacks the vectors that k needs).
+        """
+        if k > self.max_k:
+            raise ValueError(
+                f"k={k}: this embedding has vectors for up to {self.max_k} clusters; compute it again for {k} or more"
+            )
         points = torch.cat([self.rows, self.columns])[:, : _n_vectors(k)]
         labels = kmeans(points, k, seed=seed)
         return labels[: self.rows.shape[0]], labels[self.rows.shape[0] :]

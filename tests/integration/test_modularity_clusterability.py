@@ -12,6 +12,7 @@ from modmask_lens.modularity.clusterability import (
     clusterability,
     edge_clusterability,
     matrix_clusterability,
+    unit_spectral_embedding,
 )
 from modmask_lens.modularity.clusterability_loss import ClusterabilityConfig, ClusterabilityLoss
 from modmask_lens.modularity.coclustering import kmeans, spectral_cocluster
@@ -205,3 +206,11 @@ def test_labels_outside_the_clusters_are_refused():
     for bad_rows, n_clusters in ((labels, 2), (labels - 2, 4)):  # read 0.5 and 0.0: counted in no cluster
         with pytest.raises(ValueError, match=f"labels must lie in -1 .. {n_clusters - 1}"):
             matrix_clusterability(matrix, bad_rows, labels, n_clusters)
+
+
+def test_an_embedding_made_for_fewer_clusters_is_refused():
+    graph = BimtMLP((16, 16, 16), seed=0).unit_graph()
+    embedding = unit_spectral_embedding(graph, 2)  # one singular vector; k = 4 needs two
+    with pytest.raises(ValueError, match="up to 2 clusters"):
+        cluster_units(graph, 4, "spectral", embedding=embedding)
+    assert cluster_units(graph, 2, "spectral", embedding=embedding).n_clusters == 2
