@@ -173,7 +173,11 @@ def cluster_units(
         method: ``blocks`` or ``spectral``.
         heads: also cluster whole head groups (attention matrices then count as clustered matrices).
         seed: k-means seed for ``spectral``.
-        embedding: a precomputed :func:`unit_spectral_embedding` of the same graph (to reuse it across k).
+        embedding: a precomputed :func:`unit_spectral_embedding` of the same graph and ``heads`` (to reuse it
+            across k).
+
+    Raises:
+        ValueError: ``embedding`` has another number of rows or columns than the clustered units.
     """
     check_cluster_count(graph, n_clusters, heads, blocks=method == "blocks")
     axis_names = clustered_axis_names(graph, heads)
@@ -185,6 +189,13 @@ def cluster_units(
         raise ValueError(f"method={method!r}: choose 'blocks' or 'spectral'")
     sides = _two_sides(graph, axis_names)
     embedding = embedding if embedding is not None else unit_spectral_embedding(graph, n_clusters, heads)
+    side_units = tuple(sum(graph.axis(name).n_units for name in side_names) for side_names in sides)
+    if (embedding.rows.shape[0], embedding.columns.shape[0]) != side_units:
+        raise ValueError(
+            f"the embedding has {embedding.rows.shape[0]} rows and {embedding.columns.shape[0]} columns, the clustered "
+            f"units {side_units[0]} and {side_units[1]}: compute it with unit_spectral_embedding of this graph and "
+            f"heads={heads}"
+        )
     row_labels, column_labels = embedding.cocluster(n_clusters, seed)
     labels = {}
     for side_names, side_labels in zip(sides, (row_labels, column_labels)):

@@ -214,3 +214,10 @@ def test_an_embedding_made_for_fewer_clusters_is_refused():
     with pytest.raises(ValueError, match="up to 2 clusters"):
         cluster_units(graph, 4, "spectral", embedding=embedding)
     assert cluster_units(graph, 2, "spectral", embedding=embedding).n_clusters == 2
+
+
+def test_an_embedding_of_other_units_is_refused(any_bridge):
+    graph = unit_graph_of(any_bridge)
+    with_heads = unit_spectral_embedding(graph, 4, heads=True)  # its columns hold the head groups too
+    with pytest.raises(ValueError, match="heads"):
+        cluster_units(graph, 4, "spectral", heads=False, embedding=with_heads)
