@@ -23,7 +23,8 @@ def kmeans(
 ) -> Int[Tensor, " n"]:
     """Lloyd's k-means with k-means++ seeding; the labelling with the lowest inertia over ``n_init`` restarts.
 
-    Deterministic for a given ``seed``. Defaults as scikit-learn's ``KMeans`` (``n_init=10``, ``max_iter=300``).
+    Deterministic for a given ``seed``. Defaults as scikit-learn's ``SpectralCoclustering`` (``n_init=10``; its
+    ``KMeans`` ``max_iter=300``; ``KMeans`` alone now defaults to one k-means++ start).
     """
     if not 1 <= k <= points.shape[0]:
         raise ValueError(f"k={k}: choose between 1 and the number of points ({points.shape[0]})")
