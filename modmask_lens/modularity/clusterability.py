@@ -314,7 +314,7 @@ def clusterability(
         int(count) if isinstance(count, numbers.Integral) and not isinstance(count, bool) else count
         for count in ([k] if isinstance(k, numbers.Integral) else k)
     ]
-    methods = tuple(methods)
+    methods = (methods,) if isinstance(methods, str) else tuple(methods)  # one name, not its letters
     unknown = sorted(set(methods) - set(get_args(ClusterMethod)))
     if not methods or unknown:
         raise ValueError(f"methods={methods!r}: choose one or more of {get_args(ClusterMethod)}")

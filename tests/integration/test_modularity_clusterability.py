@@ -148,6 +148,7 @@ def test_numpy_cluster_counts_count_and_unknown_methods_are_refused_before_measu
     assert by_numpy.equals(clusterability(mlp, k=3, methods=["blocks"], baseline=False))
     several = clusterability(mlp, k=np.arange(2, 4), methods=["blocks"], baseline=False)
     assert several.equals(clusterability(mlp, k=[2, 3], methods=["blocks"], baseline=False))
+    assert clusterability(mlp, k=3, methods="blocks", baseline=False).equals(by_numpy)  # one name, not its letters
     for methods in ((), ("blocks", "spectal")):
         with pytest.raises(ValueError, match="choose one or more of"):
             clusterability(mlp, k=3, methods=methods)
