@@ -54,6 +54,23 @@ class BinaryMask:
     origin: MaskOrigin
     name: str = "mask"
 
+    def __post_init__(self) -> None:
+        # Flags of another shape broadcast when applied but are counted as they are: the counts would disagree with
+        # what the masked model runs, without a word.
+        expected = {spec.key: spec.shape for spec in self.specs}
+        given = {key: (tuple(kept.shape), kept.dtype) for key, kept in self.kept.items()}
+        wrong = {
+            key: (given.get(key), expected.get(key))
+            for key in sorted(expected.keys() | given.keys())
+            if given.get(key) != (expected.get(key), torch.bool)
+        }
+        if wrong:
+            raise ValueError(
+                f"BinaryMask {self.name!r}: kept needs one bool tensor of each spec's shape, under the spec's key; "
+                f"got ((shape, dtype), expected shape), None where a key is missing or unknown: {wrong}; shape each "
+                "from the mask's own flags (e.g. torch.rand(mask.kept[key].shape) < 0.5)"
+            )
+
     def __and__(self, other: BinaryMask) -> BinaryMask:
         return self._combine(other, torch.logical_and, "&")
 

@@ -142,6 +142,22 @@ def test_the_inverse_names_unknown_kinds(native_bridge):
         mask.inverse(kinds=("weights",))
 
 
+def test_a_binary_mask_refuses_flags_not_shaped_like_its_tensors(native_bridge):
+    """Flags of another shape broadcast when applied but are counted as they are: a [d_model] row of ones for a
+    [d_mlp, d_model] W_in read 32 of 2048 weights kept, where the masked model keeps all 2048."""
+    template = MaskSet.for_bridge(native_bridge).binary()
+    key = next(spec.key for spec in template.specs if spec.role == "W_in")
+    row = torch.ones(template.kept[key].shape[-1], dtype=torch.bool)
+    for kept in (
+        template.kept | {key: row},
+        template.kept | {key: template.kept[key].float()},
+        {name: flags for name, flags in template.kept.items() if name != key},
+        template.kept | {"blocks.0.mlp.extra.weight": row},
+    ):
+        with pytest.raises(ValueError, match="kept needs one bool tensor of each spec's shape"):
+            BinaryMask(template.specs, kept, template.origin)
+
+
 def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):
     masks = random_masks(native_bridge, ["task", "control"], keep=1.1)  # all kept
     key = next(spec.key for spec in masks["task"].specs if spec.role == "W_U")
