@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 
 import pandas as pd
+import torch
 
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData
@@ -28,14 +29,24 @@ def inverse_mask(
     mask: BinaryMask, control: BinaryMask | None = None, io_roles: tuple[str, ...] = IO_ROLES
 ) -> BinaryMask:
     """``~mask`` (the mask's linear weights removed, norm gains kept: :meth:`BinaryMask.inverse`); with
-    ``control``, the control mask on ``io_roles`` instead (the paper's ``fullmask``)."""
+    ``control`` (a mask of the same model), the control mask on ``io_roles`` instead (the paper's ``fullmask``): a
+    tensor of those roles that the control does not mask is kept whole, as unmasked tensors are.
+
+    Raises:
+        ValueError: ``control`` was made for another model.
+    """
     inverted = ~mask
     if control is None:
         return inverted
-    kept = {
-        spec.key: control.kept[spec.key] if spec.role in io_roles else inverted.kept[spec.key] for spec in mask.specs
+    mask.check_same_model(control)
+    io_kept = {
+        spec.key: control.kept.get(spec.key, torch.ones_like(mask.kept[spec.key]))
+        for spec in mask.specs
+        if spec.role in io_roles
     }
-    return BinaryMask(mask.specs, kept, mask.origin, f"~{mask.name} (control on {'/'.join(io_roles)})")
+    return BinaryMask(
+        mask.specs, inverted.kept | io_kept, mask.origin, f"~{mask.name} (control on {'/'.join(io_roles)})"
+    )
 
 
 def mask_accuracy(

@@ -113,13 +113,33 @@ class BinaryMask:
         return BinaryMask(self.specs, kept, self.origin, name)
 
     def _combine(self, other: BinaryMask, operation, symbol: str) -> BinaryMask:
-        if [spec.key for spec in self.specs] != [spec.key for spec in other.specs] or self.origin != other.origin:
+        if [spec.key for spec in self.specs] != [spec.key for spec in other.specs]:
             raise ValueError(
-                f"cannot combine masks {self.name!r} and {other.name!r}: they cover different tensors or models; "
+                f"cannot combine masks {self.name!r} and {other.name!r}: they cover different tensors; "
                 "train both with the same MaskConfig on the same model"
             )
+        self.check_same_model(other)
         kept = {key: operation(self.kept[key], other.kept[key]) for key in self.kept}
         return BinaryMask(self.specs, kept, self.origin, f"({self.name} {symbol} {other.name})")
+
+    def check_same_model(self, other: BinaryMask) -> None:
+        """Raise ``ValueError`` unless ``other`` was made for the same model as this mask (the same :attr:`origin`):
+        the flags of two models' tensors of one shape would otherwise be read together without a word."""
+        if self.origin == other.origin:
+            return
+        differing = [
+            field for field in ("adapter", "mode") if getattr(self.origin, field) != getattr(other.origin, field)
+        ]
+        differing += sorted(
+            key
+            for key in self.origin.model.keys() | other.origin.model.keys()
+            if self.origin.model.get(key) != other.origin.model.get(key)
+        )
+        raise ValueError(
+            f"masks {self.name!r} and {other.name!r} were made for different models "
+            f"({', '.join(differing) or 'norm layout or block components'} differ); use masks trained on one model "
+            "(load_masks(path, bridge) refuses a file of another)"
+        )
 
     def check_model(self, bridge, check_weights: bool = True) -> None:
         """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""

@@ -109,6 +109,21 @@ def test_inverse_mask_with_control_keeps_the_control_on_io_layers(native_bridge)
         assert torch.equal(inverted.kept[spec.key], expected), spec.key
 
 
+def test_inverse_mask_refuses_a_control_of_another_model_and_keeps_what_the_control_leaves_unmasked(native_bridge):
+    """A control of another model with the same shapes was read without a word; a control that leaves W_U unmasked
+    raised a bare KeyError('unembed.weight') (mask_accuracy: after the full model's evaluation)."""
+    task = random_masks(native_bridge, ["task"])["task"]
+    other_model = random_masks(boot_native(seed=1), ["control"])["control"]
+    with pytest.raises(ValueError, match=r"made for different models \(weights_sha256 differ\)"):
+        inverse_mask(task, other_model)
+    queries_only = MaskSet.for_bridge(native_bridge, MaskConfig(roles=("W_Q",))).binary()
+    inverted = inverse_mask(task, queries_only)
+    for spec in task.specs:
+        kept = task.kept[spec.key]
+        expected = ~kept if spec.kind == "linear" and spec.role != "W_U" else torch.ones_like(kept)
+        assert torch.equal(inverted.kept[spec.key], expected), spec.key
+
+
 def test_the_inverse_removes_linear_weights_and_keeps_norm_gains_by_default(native_bridge):
     mask = random_masks(native_bridge, ["task"])["task"]
     kinds = {spec.kind for spec in mask.specs}
