@@ -23,7 +23,11 @@ def output_row_removal(task: BinaryMask, control: BinaryMask, tokenizer=None) ->
     Returns:
         Columns ``token_id`` (and ``token``), ``kept_by_control``, ``removed_by_task``, ``removed_fraction``, sorted
         by ``removed_fraction``, largest first.
+
+    Raises:
+        ValueError: the masks were made for different models, or one of them does not cover ``W_U``.
     """
+    task.check_same_model(control)
     spec = next((spec for spec in task.specs if spec.role == "W_U"), None)
     if spec is None or spec.key not in control.kept:
         raise ValueError("both masks must cover W_U (the default MaskConfig does; embeddings-only configs do not)")

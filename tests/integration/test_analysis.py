@@ -186,6 +186,16 @@ def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):
     assert (table.set_index("token_id").drop([3, 5, 7]).removed_fraction == 0).all()
 
 
+def test_output_row_removal_refuses_a_control_of_another_model(native_bridge):
+    """Another model's control of the same shapes was read without a word: token 3's row, dropped by the task,
+    read removed_fraction 1.0 against flags of another model's W_U."""
+    task = random_masks(native_bridge, ["task"], keep=1.1)["task"]
+    task.kept[next(spec.key for spec in task.specs if spec.role == "W_U")][3] = False
+    other_model = random_masks(boot_native(seed=1), ["control"], keep=1.1)["control"]
+    with pytest.raises(ValueError, match=r"made for different models \(weights_sha256 differ\)"):
+        output_row_removal(task, other_model)
+
+
 def test_unit_importance_ranks_a_half_removed_head_below_full_ones(native_bridge):
     mask = random_masks(native_bridge, ["t"], keep=1.1)["t"]
     d_head = native_bridge.cfg.d_head
