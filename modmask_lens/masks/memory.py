@@ -118,7 +118,7 @@ def estimate_memory(
     bernoulli = resolved.sampler == "bernoulli"
     sample_bytes: dict[str, int] = {}
     for unit in units:
-        per_element = unit.numel > 1 and unit.shape == unit.members[0].shape
+        per_element = unit.numel > 1 and unit.per_element
         unit_bytes = sum(member.numel for member in unit.members) * dtype_bytes + per_element * unit.numel * LOGIT_BYTES
         sample_bytes[unit.name] = 0 if gated_in_one_pass or bernoulli else unit_bytes
     dims = model_shape(bridge)

@@ -208,9 +208,9 @@ def unit_products(
     Args:
         weights: bridge parameter path -> the frozen weight, for every member of ``unit``.
     """
-    first, *others = unit.members
-    if not others and unit.shape == first.shape:
-        return {first.path: sample_product(logits, weights[first.path], sampler, temperature, noise)}
+    if unit.per_element:
+        path = unit.members[0].path
+        return {path: sample_product(logits, weights[path], sampler, temperature, noise)}
     unit_sample = sample_mask(logits, sampler, temperature, noise)
     return {
         member.path: weights[member.path] * unit.expand(unit_sample, member).to(weights[member.path].dtype)

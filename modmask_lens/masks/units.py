@@ -43,6 +43,13 @@ class MaskUnit:
     def numel(self) -> int:
         return int(torch.Size(self.shape).numel())
 
+    @property
+    def per_element(self) -> bool:
+        """One logit per element of its one member (weight granularity: the unit is named after its tensor). A head
+        or neuron unit whose logit count happens to equal a member's size is not: a key/value bias of
+        ``n_kv_heads * d_head == n_heads`` entries still takes its group's value."""
+        return len(self.members) == 1 and self.name == self.members[0].key and self.shape == self.members[0].shape
+
     def expand(self, unit_mask: Shaped[Tensor, "*unit_shape"], member: TensorSpec) -> Tensor:
         """The mask of ``member`` as a tensor that broadcasts against the member's weight.
 
@@ -72,7 +79,7 @@ class MaskUnit:
     ) -> Tensor:
         """:meth:`expand`, where ``any_head_of`` turns the values of a key/value group's query heads into the group's
         value: a key/value group is kept while any query head reading it is kept."""
-        if self.shape == member.shape or self.shape == ():
+        if self.per_element or self.shape == ():
             return unit_values
         # A layer's units may span several tensors: routed and shared experts' neurons, a decoder block's
         # self-attention and cross-attention heads.

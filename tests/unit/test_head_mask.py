@@ -8,9 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformer_lens.model_bridge import TransformerBridge
 
 from modmask_lens import MaskConfig, MaskSet, load_masks, masked, save_masks
 from modmask_lens.core.checkpoint import CHECKSUM_FIELD, METADATA_KEY, content_sha256
+from modmask_lens.masks.sampling import UniformNoise
+from modmask_lens.testing.tiny_models import TINY_NATIVE_CONFIG
 
 
 def test_an_output_head_mask_masks_only_w_o_and_equals_gating_hook_z(any_bridge, tokens):
@@ -62,3 +65,29 @@ def test_head_masks_of_key_or_value_slices_alone_have_one_logit_per_query_head(a
     mask = MaskSet.for_bridge(any_bridge, MaskConfig(granularity="head", roles=(role,)))
     assert {member.role for member in mask.members} == {role}
     assert all(logits.shape == (any_bridge.cfg.n_heads,) for logits in mask.logits.values())
+
+
+@pytest.mark.parametrize("roles", [None, ("b_K",)])
+def test_a_key_value_bias_with_as_many_entries_as_heads_takes_its_groups_value(roles):
+    """Four heads in two key/value groups of d_head 2: b_K holds 4 entries, as many as the layer's head logits, and
+    was read as one entry per head: with head 0 alone kept, b_K kept [1, 0, 0, 0] where W_K keeps group 0's rows
+    [1, 1, 0, 0] (and training's fused product, with roles=('b_K',), drew one sample per entry)."""
+    config = TINY_NATIVE_CONFIG | {"n_key_value_heads": 2, "d_head": 2, "normalization_type": "RMS", "seed": 0}
+    bridge = TransformerBridge.boot_native(config | {"positional_embedding_type": "rotary", "gated_mlp": True})
+    mask = MaskSet.for_bridge(
+        bridge, MaskConfig(granularity="head", head_mask="qkvo", kinds=("linear", "bias"), roles=roles)
+    )
+    with torch.no_grad():
+        for logits in mask.logits.values():
+            logits.copy_(torch.tensor([20.0, -20.0, -20.0, -20.0]))
+    kept = mask.binary().kept
+    for key in ("blocks.0.attn.k.bias", "blocks.0.attn.v.bias")[: 1 if roles else 2]:
+        assert kept[key].tolist() == [True, True, False, False], key
+    generator = torch.Generator().manual_seed(0)  # random weights: the tiny model's biases are all 0
+    weights = {member.path: torch.randn(member.shape, generator=generator) for member in mask.members}
+    products = mask.sample_products(weights, noise=UniformNoise(0))
+    samples = mask.sample(noise=UniformNoise(0))
+    assert all(torch.equal(products[path], weights[path] * samples[path]) for path in weights)
+    assert all(
+        torch.equal((samples[member.path] != 0).expand(member.shape), kept[member.key]) for member in mask.members
+    )
