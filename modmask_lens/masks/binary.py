@@ -80,7 +80,7 @@ class BinaryMask:
     def __invert__(self) -> BinaryMask:
         return self.inverse()
 
-    def inverse(self, kinds: tuple[str, ...] = INVERTED_KINDS, beyond: BinaryMask | None = None) -> BinaryMask:
+    def inverse(self, kinds: tuple[str, ...] | str = INVERTED_KINDS, beyond: BinaryMask | None = None) -> BinaryMask:
         """The model without what this mask keeps: removes this mask's kept elements of tensors of ``kinds``.
 
         Tensors of other kinds are kept whole. By default only ``linear`` weights are inverted: norm gains are kept
@@ -93,7 +93,8 @@ class BinaryMask:
         default ``head_mask="output"``, whose inverse removes exactly the kept heads' ``W_O`` slices.
 
         Args:
-            kinds: parameter kinds (``linear``, ``norm``, ``embedding``, ``bias``) whose kept elements are removed.
+            kinds: parameter kinds (``linear``, ``norm``, ``embedding``, ``bias``) whose kept elements are removed; a
+                string names one kind.
             beyond: a control mask (e.g. another subtask's mask, or what every mask keeps); only what this mask
                 keeps and ``beyond`` does not is removed, so elements every mask needs do not decide the result.
 
@@ -101,6 +102,7 @@ class BinaryMask:
             >>> with masked(bridge, jump.inverse(beyond=walk)):                  # doctest: +SKIP
             ...     logits = bridge(walk_ids)   # walk without what only jump uses
         """
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)  # one kind, not its letters
         unknown = set(kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")

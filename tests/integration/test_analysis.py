@@ -173,6 +173,14 @@ def test_a_binary_mask_refuses_flags_not_shaped_like_its_tensors(native_bridge):
             BinaryMask(template.specs, kept, template.origin)
 
 
+def test_the_inverse_reads_one_kind_named_as_a_string(native_bridge):
+    """kinds="norm" (or ("norm") without its comma) was read as its letters: "unknown kinds ['m', 'n', 'o', 'r']"."""
+    mask = random_masks(native_bridge, ["task"])["task"]
+    by_name, as_tuple = mask.inverse(kinds="norm"), mask.inverse(kinds=("norm",))
+    assert all(torch.equal(by_name.kept[key], as_tuple.kept[key]) for key in mask.kept)
+    assert any(spec.kind == "norm" and not by_name.kept[spec.key].all() for spec in mask.specs)
+
+
 def test_output_row_removal_on_a_hand_built_unembedding_mask(native_bridge):
     masks = random_masks(native_bridge, ["task", "control"], keep=1.1)  # all kept
     key = next(spec.key for spec in masks["task"].specs if spec.role == "W_U")
