@@ -68,7 +68,8 @@ def encode_pairs(
     """Tokenize pairs as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one).
 
     ``max_len`` pads every row to that many tokens (and raises if a pair is longer); by default rows are padded to
-    the longest pair. Works with the task tokenizers and with any Hugging Face tokenizer that has an EOS token.
+    the longest pair. Works with the task tokenizers and with any Hugging Face tokenizer that has an EOS token. An
+    empty prompt needs a SEP token before its completion (a causal model predicts no token at position 0).
 
     >>> from modmask_lens.tasks.vocabulary import character_level_tokenizer
     >>> encode_pairs(character_level_tokenizer("0123456789+"), ["1+2"], ["3"]).input_ids.tolist()
@@ -85,6 +86,13 @@ def encode_pairs(
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     check_known_words(tokenizer, [*prompts, *completions], [*prompt_ids, *completion_ids])
+    empty_prompts = [number for number, ids in enumerate(prompt_ids, start=1) if not ids]
+    if empty_prompts and not separator:
+        raise ValueError(
+            f"pair {empty_prompts[0]} (and {len(empty_prompts) - 1} more) has a prompt of no tokens and the tokenizer "
+            "has no SEP token, so its first answer token would sit at position 0, which no position predicts and "
+            "nothing scores: give every pair a prompt"
+        )
     sequences = [
         prompt + separator + completion + [tokenizer.eos_token_id]
         for prompt, completion in zip(prompt_ids, completion_ids)

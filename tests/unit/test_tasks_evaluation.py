@@ -58,6 +58,20 @@ def test_max_len_pads_to_width_and_rejects_longer_pairs():
         encode_pairs(DIGITS, ["11+22"], ["33"], max_len=5)
 
 
+def test_an_empty_prompt_without_a_separator_is_refused_not_left_unscored():
+    tokenizer = character_level_tokenizer("0123456789+")
+    tokenizer.sep_token = None  # as GPT-2's: the completion would start at position 0, which nothing predicts
+    with pytest.raises(ValueError, match="pair 2 .*give every pair a prompt"):
+        encode_pairs(tokenizer, ["1+2", "", ""], ["3", "45", "6"])
+
+
+def test_an_empty_prompt_after_which_a_separator_comes_scores_every_answer_token():
+    examples = encode_pairs(DIGITS, ["", "1+2"], ["45", "3"])
+    four, five, eos = (DIGITS.convert_tokens_to_ids(c) for c in ("4", "5", DIGITS.eos_token))
+    assert examples.input_ids[0, :4].tolist() == [DIGITS.sep_token_id, four, five, eos]
+    assert examples.labels[0, 1:4].tolist() == [four, five, eos]
+
+
 def test_word_level_tokenizer_maps_each_word_to_one_id():
     tokenizer = word_level_tokenizer(["jump", "twice", "I_JUMP"])
     examples = encode_pairs(tokenizer, ["jump twice"], ["I_JUMP I_JUMP"])
