@@ -230,7 +230,8 @@ class SubtaskData:
 
     def with_foils(self, foils: Sequence[str], tokenizer) -> SubtaskData:
         """The same subtask with one foil per example for a logit difference: the foil's first token is compared
-        with the answer's first token (e.g. answer ``" Mary"``, foil ``" John"`` in IOI)."""
+        with the answer's first token (e.g. answer ``" Mary"``, foil ``" John"`` in IOI), so the two must differ
+        (answer ``"12"`` and foil ``"13"`` in a character-level vocabulary are refused: both start with ``1``)."""
         if len(foils) != len(self):
             raise ValueError(f"got {len(foils)} foils for {len(self)} examples; give one per example")
         foil_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in foils]
@@ -240,8 +241,17 @@ class SubtaskData:
         scored = self.labels != IGNORE_INDEX
         scored[:, : self.label_shift] = False
         first = scored.int().argmax(dim=1)
+        foil_firsts = torch.tensor([ids[0] for ids in foil_ids], dtype=torch.long, device=self.labels.device)
+        answer_firsts = self.labels[torch.arange(len(self)), first]
+        same = (foil_firsts == answer_firsts).nonzero().flatten().tolist()
+        if same:
+            raise ValueError(
+                f"the foils of examples {same[:10]} ({len(same)} in all) start with their answer's first token "
+                f"(example {same[0]}: foil {foils[same[0]]!r}), and a logit difference compares first tokens only, "
+                "so theirs would be 0 whatever the model does: give foils whose first token differs from the answer's"
+            )
         grid = torch.full_like(self.labels, IGNORE_INDEX)
-        grid[torch.arange(len(self)), first] = torch.tensor([ids[0] for ids in foil_ids])
+        grid[torch.arange(len(self)), first] = foil_firsts
         return dataclasses.replace(self, foils=grid)
 
     @classmethod

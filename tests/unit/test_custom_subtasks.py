@@ -11,6 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from modmask_lens import SubtaskData, TrainConfig, train_masks
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap
+from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.tasks.vocabulary import character_level_tokenizer
 from modmask_lens.testing.tiny_models import boot_tiny
 
 PAIRS = [(f"w{a} w{b}", f"w{(a + b) % 20 + 5}") for a in range(5, 15) for b in range(5, 9)]
@@ -86,3 +88,12 @@ def test_a_model_without_tokenizer_and_a_dataset_without_columns_are_refused(bri
         SubtaskData.from_pairs("x", PAIRS, None)
     with pytest.raises(ValueError, match="'completion'"):
         SubtaskData.from_pairs("x", Dataset.from_dict({"prompt": ["a", "b"]}), bridge.tokenizer)
+
+
+def test_a_foil_that_starts_with_its_answers_first_token_is_refused():
+    digits = character_level_tokenizer("0123456789+")
+    data = SubtaskData.from_pairs("sums", [("1+11", "12"), ("2+2", "4")], digits)
+    with pytest.raises(ValueError, match=r"examples \[0\] .*foil '13'.*compares first tokens only"):
+        data.with_foils(["13", "5"], digits)  # "12" against "13" compares "1" with "1": a difference of 0 always
+    with_foils = data.with_foils(["22", "5"], digits)
+    assert with_foils.foils[with_foils.foils != IGNORE_INDEX].tolist() == digits.convert_tokens_to_ids(["2", "5"])
