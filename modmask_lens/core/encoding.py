@@ -77,15 +77,15 @@ def encode_pairs(
     """
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    check_known_words(tokenizer, [*prompts, *completions], [*prompt_ids, *completion_ids])
     if uses_cls_template(tokenizer):
         return _encode_cls_pairs(tokenizer, prompts, completions, max_len)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (it ends every completion)")
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     separator = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-    check_known_words(tokenizer, [*prompts, *completions], [*prompt_ids, *completion_ids])
     empty_prompts = [number for number, ids in enumerate(prompt_ids, start=1) if not ids]
     if empty_prompts and not separator:
         raise ValueError(
@@ -203,12 +203,14 @@ def encode_masked_sentences(
     ``labels`` holding the answer's tokens at the sentence's mask-token positions (in order), IGNORE elsewhere.
 
     Raises:
-        ValueError: naming the sentence whose mask-token count differs from its answer's token count.
+        ValueError: naming the sentence whose mask-token count differs from its answer's token count, or the words
+            the tokenizer does not know (:func:`check_known_words`).
     """
     if tokenizer.mask_token_id is None:
         raise ValueError("the tokenizer has no mask token; masked-LM subtasks need a BERT-family tokenizer")
     sequences = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    check_known_words(tokenizer, [*sentences, *answers], [*sequences, *answer_ids])
     input_ids, attention_mask = _pad_rows(sequences, _pad_id(tokenizer), max(len(sequence) for sequence in sequences))
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, answer in enumerate(answer_ids):

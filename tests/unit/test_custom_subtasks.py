@@ -13,7 +13,7 @@ from modmask_lens import SubtaskData, TrainConfig, train_masks
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
-from modmask_lens.testing.tiny_models import boot_tiny
+from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer
 
 PAIRS = [(f"w{a} w{b}", f"w{(a + b) % 20 + 5}") for a in range(5, 15) for b in range(5, 9)]
 
@@ -97,3 +97,13 @@ def test_a_foil_that_starts_with_its_answers_first_token_is_refused():
         data.with_foils(["13", "5"], digits)  # "12" against "13" compares "1" with "1": a difference of 0 always
     with_foils = data.with_foils(["22", "5"], digits)
     assert with_foils.foils[with_foils.foils != IGNORE_INDEX].tolist() == digits.convert_tokens_to_ids(["2", "5"])
+
+
+def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
+    bert_tokenizer = placeholder_bert_tokenizer(40)
+    with pytest.raises(ValueError, match=r"does not know: \['zebra', 'w99'\]"):
+        SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8 zebra", "w99")], bert_tokenizer)
+    with pytest.raises(ValueError, match=r"does not know: \['zebra'\]"):
+        SubtaskData.from_masked_sentences("masked", [("w5 [MASK]", "zebra"), ("w8 [MASK]", "w9")], bert_tokenizer)
+    known = SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8 w9", "w10")], bert_tokenizer)
+    assert known.labels[known.labels != IGNORE_INDEX].tolist() == [7, 3, 10, 3]  # each answer, then [SEP]
