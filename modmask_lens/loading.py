@@ -160,7 +160,8 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
             ``TASK/SUBTASK`` (one subtask view of it, e.g. ``scan/jump`` or ``addmul/add``). Task names take ``-``
             or ``_`` alike.
         tokenizer: the model's tokenizer.
-        split: which split of a built-in task (default: the task's training split).
+        split: which split of a built-in task (default: the task's training split; ``math`` has no ``test``, its
+            test splits are ``interpolate`` and ``extrapolate``).
         seed: seed of the task's random parts.
     """
     from modmask_lens.core.pairs import load_foils
@@ -175,7 +176,10 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
         return data if foils is None else data.with_foils(foils, tokenizer)
     task_name, _, subtask = spec.partition("/")
     task = task_spec(task_name)
-    rows = task.build(seed)[split or task.train_split]
+    splits = task.build(seed)
+    if (split or task.train_split) not in splits:
+        raise ValueError(f"task {task_name!r} has no split {split!r}; its splits: {', '.join(splits)}")
+    rows = splits[split or task.train_split]
     if subtask:
         if task.subtask_column is None:
             raise ValueError(f"task {task_name!r} has no subtasks; use --task {task_name}")

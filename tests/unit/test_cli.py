@@ -54,6 +54,15 @@ def test_split_is_refused_for_tasks_other_than_scan():
     assert result.exit_code != 0 and "only applies to scan" in result.output
 
 
+def test_load_subtask_names_the_splits_of_a_task_that_lacks_the_one_asked_for():
+    from modmask_lens.loading import load_subtask
+    from modmask_lens.tasks.catalog import task_spec
+
+    tokenizer = task_spec("modadd").make_tokenizer()
+    with pytest.raises(ValueError, match="task 'modadd' has no split 'interpolate'; its splits: train, test"):
+        load_subtask("modadd", tokenizer, split="interpolate")
+
+
 def test_every_command_has_help_with_an_example():
     for command in (
         ["demo"],
