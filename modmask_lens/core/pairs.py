@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from modmask_lens.core.checkpoint import refuse_duplicate_keys
 
-PairSource = Sequence[Sequence[str]] | str | Path | Dataset
+PairSource = Iterable[Sequence[str]] | str | Path | Dataset
 FIELDS = ("prompt", "completion")
 PART_FIELD = "part"  # which part (train, test, ...) a row of an exported task belongs to
 DEFAULT_PART = "train"
@@ -28,7 +28,8 @@ def load_pairs(
     """Prompts and completions of ``source``.
 
     Args:
-        source: a list of ``(prompt, completion)`` pairs (tuples or lists); a path to a JSONL file with one object
+        source: a list (or iterable, e.g. ``zip(prompts, completions)``) of ``(prompt, completion)`` pairs (tuples or
+            lists); a path to a JSONL file with one object
             per line holding ``prompt`` and ``completion`` strings (UTF-8); or a ``datasets.Dataset`` with those two
             columns.
         fields: the names of the prompt and completion fields in JSONL and Dataset sources (the built-in tasks'
@@ -58,6 +59,7 @@ def load_pairs(
         rows = ({"prompt": row[fields[0]], "completion": row[fields[1]]} for row in source.select_columns(list(fields)))
         numbers, where = None, "dataset row"
     else:
+        source = list(source)  # an iterator such as zip(prompts, completions) is read once: checked and kept here
         for number, pair in enumerate(source, start=1):
             if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise ValueError(f"pair {number}: give a (prompt, completion) pair of two strings, got {pair!r}")

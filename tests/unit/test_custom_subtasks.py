@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from modmask_lens import SubtaskData, TrainConfig, train_masks
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.pairs import load_pairs
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
 from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer
 
@@ -107,3 +108,8 @@ def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
         SubtaskData.from_masked_sentences("masked", [("w5 [MASK]", "zebra"), ("w8 [MASK]", "w9")], bert_tokenizer)
     known = SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8 w9", "w10")], bert_tokenizer)
     assert known.labels[known.labels != IGNORE_INDEX].tolist() == [7, 3, 10, 3]  # each answer, then [SEP]
+
+
+def test_pairs_given_as_an_iterator_are_all_kept():
+    prompts, completions = ["1+1", "2+2", "3+3"], ["2", "4", "6"]
+    assert load_pairs(zip(prompts, completions)) == (prompts, completions)
