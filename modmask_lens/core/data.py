@@ -286,7 +286,8 @@ class SubtaskData:
         )
 
     def head(self, count: int) -> SubtaskData:
-        """The first ``count`` examples, with everything they carry."""
+        """The first ``count`` examples (all of them where the data holds no more), with everything they carry."""
+        self._check_count(count)
         return self._rows(slice(count))
 
     def evenly_spaced(self, count: int) -> SubtaskData:
@@ -300,9 +301,16 @@ class SubtaskData:
             >>> SubtaskData("counting", rows, rows).evenly_spaced(4).input_ids[:, 0].tolist()
             [0, 2, 5, 7]
         """
+        self._check_count(count)
         if count >= len(self):
             return self
         return self._rows(torch.arange(count) * len(self) // count)
+
+    def _check_count(self, count: int) -> None:
+        """Raise ``ValueError`` unless ``count`` (examples to keep) is at least 1: Python reads ``head(-3)`` as "all
+        but the last 3"."""
+        if count < 1:
+            raise ValueError(f"subtask {self.name!r}: keep at least 1 example, got a count of {count}")
 
     def _rows(self, rows: slice | Int[Tensor, " row"]) -> SubtaskData:
         """The examples at ``rows``, with everything they carry."""

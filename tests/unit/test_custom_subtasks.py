@@ -113,3 +113,13 @@ def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
 def test_pairs_given_as_an_iterator_are_all_kept():
     prompts, completions = ["1+1", "2+2", "3+3"], ["2", "4", "6"]
     assert load_pairs(zip(prompts, completions)) == (prompts, completions)
+
+
+@pytest.mark.parametrize("count", [0, -3])
+def test_a_count_below_one_is_refused_not_read_as_all_but_the_last(count):
+    rows = torch.arange(10).view(10, 1).repeat(1, 2)
+    data = SubtaskData("counting", rows, rows)
+    for keep in (data.head, data.evenly_spaced):
+        with pytest.raises(ValueError, match=f"keep at least 1 example, got a count of {count}"):
+            keep(count)
+    assert data.head(3).input_ids[:, 0].tolist() == [0, 1, 2] and len(data.head(20)) == 10
