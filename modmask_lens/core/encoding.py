@@ -163,15 +163,25 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def _second_segment_start(special_tokens_mask: Sequence[int]) -> int:
+    """Position of the first token of a pair encoding's second segment: the start of its last run of non-special
+    tokens (after however many template tokens separate the segments: BERT's one ``[SEP]``, RoBERTa's two)."""
+    start = max(position for position, special in enumerate(special_tokens_mask) if not special)
+    while start > 0 and not special_tokens_mask[start - 1]:
+        start -= 1
+    return start
+
+
 def _encode_cls_pairs(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str], max_len: int | None
 ) -> TokenizedExamples:
-    """Pairs in the tokenizer's own pair template (``[CLS] prompt [SEP] completion [SEP]``); the completion and the
-    template's closing tokens are scored, as the completion and EOS are for causal tokenizers."""
-    sequences = tokenizer(list(prompts), list(completions), add_special_tokens=True)["input_ids"]
-    # Where the completion starts: after the template's tokens around the prompt alone ([CLS] prompt [SEP]).
+    """Pairs in the tokenizer's own pair template (``[CLS] prompt [SEP] completion [SEP]``, RoBERTa's
+    ``<s> prompt </s> </s> completion </s>``); the completion and the template's closing tokens are scored, as the
+    completion and EOS are for causal tokenizers."""
+    encoded = tokenizer(list(prompts), list(completions), add_special_tokens=True, return_special_tokens_mask=True)
+    sequences = encoded["input_ids"]
     prompt_lengths = torch.tensor(
-        [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]], dtype=torch.long
+        [_second_segment_start(special) for special in encoded["special_tokens_mask"]], dtype=torch.long
     )
     longest = max((len(sequence) for sequence in sequences), default=0)
     if max_len is not None and longest > max_len:

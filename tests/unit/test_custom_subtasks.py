@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from modmask_lens import SubtaskData, TrainConfig, train_masks
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap
-from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.core.pairs import load_pairs
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
 from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer
@@ -123,3 +124,24 @@ def test_a_count_below_one_is_refused_not_read_as_all_but_the_last(count):
         with pytest.raises(ValueError, match=f"keep at least 1 example, got a count of {count}"):
             keep(count)
     assert data.head(3).input_ids[:, 0].tolist() == [0, 1, 2] and len(data.head(20)) == 10
+
+
+def roberta_like_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace words ``w5 .. w19`` in RoBERTa's template: ``<s> a </s>``, pairs ``<s> a </s> </s> b </s>``."""
+    words = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + [f"w{index}" for index in range(5, 20)]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    special = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "pad_token": "<pad>"}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", mask_token="<mask>", **special)
+
+
+@pytest.mark.parametrize("make_tokenizer", [lambda: placeholder_bert_tokenizer(40), roberta_like_tokenizer])
+def test_pair_templates_score_the_completion_and_closing_token_only(make_tokenizer):
+    tokenizer = make_tokenizer()
+    examples = encode_pairs(tokenizer, ["w5 w6", "w7"], ["w8", "w9 w10"])
+    closing = tokenizer.sep_token_id
+    scored = [row[row != IGNORE_INDEX].tolist() for row in examples.labels]
+    assert scored == [[8, closing], [9, 10, closing]]
+    starts = [row.tolist().index(first) for row, first in zip(examples.input_ids, (8, 9))]
+    assert examples.prompt_lengths.tolist() == starts
