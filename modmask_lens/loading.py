@@ -161,7 +161,7 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
             or ``_`` alike.
         tokenizer: the model's tokenizer.
         split: which split of a built-in task (default: the task's training split; ``math`` has no ``test``, its
-            test splits are ``interpolate`` and ``extrapolate``).
+            test splits are ``interpolate`` and ``extrapolate``), or which part of a JSONL file (as ``FILE:PART``).
         seed: seed of the task's random parts.
     """
     from modmask_lens.core.pairs import load_foils
@@ -171,6 +171,9 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
     check_subtask_spec(spec)
     file, part = _file_and_part(spec)
     if file is not None:
+        if split is not None and part not in (None, split):
+            raise ValueError(f"{spec!r} names the part {part!r} but split is {split!r}; give one of them")
+        part = part or split
         data = SubtaskData.from_pairs(subtask_name(spec), file, tokenizer, part=part)
         foils = load_foils(file, part)
         return data if foils is None else data.with_foils(foils, tokenizer)

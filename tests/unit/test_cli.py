@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from modmask_lens.cli import app
@@ -61,6 +62,21 @@ def test_load_subtask_names_the_splits_of_a_task_that_lacks_the_one_asked_for():
     tokenizer = task_spec("modadd").make_tokenizer()
     with pytest.raises(ValueError, match="task 'modadd' has no split 'interpolate'; its splits: train, test"):
         load_subtask("modadd", tokenizer, split="interpolate")
+
+
+def test_load_subtask_reads_the_part_of_a_jsonl_file_that_split_names(tmp_path):
+    from modmask_lens.loading import load_subtask
+    from modmask_lens.tasks.catalog import task_spec
+
+    tokenizer = task_spec("modadd").make_tokenizer()
+    rows = [("1+1", "2", "train"), ("2+2", "4", "test"), ("3+3", "6", "train"), ("4+4", "8", "test")]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c, "part": part}) + "\n" for p, c, part in rows))
+    test_rows = load_subtask(str(path), tokenizer, split="test")
+    assert torch.equal(test_rows.input_ids, load_subtask(f"{path}:test", tokenizer).input_ids)
+    assert not torch.equal(test_rows.input_ids, load_subtask(str(path), tokenizer).input_ids)  # the train rows
+    with pytest.raises(ValueError, match="names the part 'train' but split is 'test'"):
+        load_subtask(f"{path}:train", tokenizer, split="test")
 
 
 def test_every_command_has_help_with_an_example():
