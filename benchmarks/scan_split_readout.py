@@ -1,6 +1,6 @@
 """How the faithful readout sizes a SCAN split mask: the mask as trained (logit > 0) against the top-logit masks the
 readout searches, on the 256 training commands the readout judges (spread through the split's) and on its held-out
-test commands.
+test commands; the readout and the mask as trained also on every training command.
 
 Trains the addprim_jump mask of ``modmask-lens reproduce scan`` (the default finder, 800 steps, batch 64) on the zoo
 ``scan`` model, one torch thread, and prints exact match per kept fraction (docs/results.md, SCAN section).
@@ -55,9 +55,10 @@ def main() -> None:
 
     print(f"threads: 1; {method.train_config}; full model: {accuracies(None)}")
     readout = masks.binary()
-    print(f"readout (threshold {masks.threshold:.2f}): kept {readout.count / readout.total:.3f}, {accuracies(readout)}")
     trained = masks.binary_from(masks.kept_above(0.0))
-    print(f"as trained (logit > 0): kept {trained.count / trained.total:.3f}, {accuracies(trained)}")
+    for label, mask in ((f"readout (threshold {masks.threshold:.2f})", readout), ("as trained (logit > 0)", trained)):
+        every = mm.objective_metric(model.bridge, train, mm.AnswerCrossEntropy(), mask)
+        print(f"{label}: kept {mask.count / mask.total:.3f}, {accuracies(mask)}, all {len(train)} train {every:.3f}")
     descending = torch.cat([logit.detach().flatten() for logit in masks.logits.values()]).sort(descending=True).values
     for fraction in KEPT_FRACTIONS:
         count = int(fraction * descending.numel())
