@@ -158,7 +158,7 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
             ``path/to/file.jsonl:PART``; rows with a ``foil`` field give the logit-difference objective its
             foils), ``TASK`` (a built-in task's training split, e.g. ``scan``) or
             ``TASK/SUBTASK`` (one subtask view of it, e.g. ``scan/jump`` or ``addmul/add``). Task names take ``-``
-            or ``_`` alike.
+            or ``_`` alike, and subtask names either for a space (``scan/turn_left``).
         tokenizer: the model's tokenizer.
         split: which split of a built-in task (default: the task's training split; ``math`` has no ``test``, its
             test splits are ``interpolate`` and ``extrapolate``), or which part of a JSONL file (as ``FILE:PART``).
@@ -187,10 +187,12 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
         if task.subtask_column is None:
             raise ValueError(f"task {task_name!r} has no subtasks; use --task {task_name}")
         names = subtask_names(rows, task.subtask_column)
+        spelled = {name.replace(" ", "_"): name for name in names} | {name.replace(" ", "-"): name for name in names}
+        subtask = spelled.get(subtask, subtask)  # scan/turn_left for the subtask "turn left", without shell quotes
         if subtask not in names:
             raise ValueError(
                 f"task {task_name!r} has no subtask {subtask!r}; its subtasks: {', '.join(names)} "
-                f"(e.g. {task_name}/{names[0]})"
+                f"(e.g. {task_name}/{names[0]}; a space may be written _ or -)"
             )
         rows = subtask_view(rows, task.subtask_column, subtask)
     return SubtaskData.from_pairs(subtask_name(spec), rows, tokenizer, fields=("question", "answer"))

@@ -336,7 +336,7 @@ CASES = {
     "unknown_subtask": (
         lambda b, t: load_subtask("addmul/pow", None),
         ValueError,
-        "no subtask 'pow'; its subtasks: add, mul \\(e.g. addmul/add\\)",
+        "no subtask 'pow'; its subtasks: add, mul \\(e.g. addmul/add; a space may be written _ or -\\)",
     ),
     "test_fraction_above_one": (lambda b, t: add_mul_task(test_fraction=1.5), ValueError, "test_fraction must be in"),
     "negative_test_fraction": (lambda b, t: add_mul_task(test_fraction=-0.1), ValueError, "test_fraction must be in"),

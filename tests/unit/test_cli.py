@@ -55,6 +55,19 @@ def test_split_is_refused_for_tasks_other_than_scan():
     assert result.exit_code != 0 and "only applies to scan" in result.output
 
 
+def test_a_subtask_name_with_a_space_may_be_written_with_an_underscore_or_a_hyphen():
+    from modmask_lens.loading import load_subtask
+    from modmask_lens.tasks.catalog import task_spec
+
+    tokenizer = task_spec("scan").make_tokenizer()
+    quoted = load_subtask("scan/turn left", tokenizer)
+    for spelling in ("scan/turn_left", "scan/turn-left"):
+        data = load_subtask(spelling, tokenizer)
+        assert data.name == spelling.replace("/", "-") and data.input_ids.equal(quoted.input_ids)
+    with pytest.raises(ValueError, match="no subtask 'turnleft'.*a space may be written _ or -"):
+        load_subtask("scan/turnleft", tokenizer)
+
+
 def test_load_subtask_names_the_splits_of_a_task_that_lacks_the_one_asked_for():
     from modmask_lens.loading import load_subtask
     from modmask_lens.tasks.catalog import task_spec
