@@ -46,7 +46,7 @@ the forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 M
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from itertools import combinations
 
@@ -129,6 +129,8 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
         >>> list(graph.nodes.node[:3]), float(graph.edges.weight.min())
         (['embed', 'L0H0', 'L0H1'], 1.0)
     """
+    # The graph is built on the CPU, from the flags of a mask trained anywhere (a GPU's flags are copied once).
+    mask = replace(mask, kept={key: flags.cpu() for key, flags in mask.kept.items()})
     dims = mask.origin.model
     n_layers, n_heads, d_model = int(dims["n_layers"]), int(dims["n_heads"]), int(dims["d_model"])
     names = node_names(n_layers, n_heads, mask.origin.components)

@@ -274,7 +274,8 @@ def kept_per_unit(
         unit_of = unit_of + n_units * half_of.view(along_unit_axis)
     # Sum over the axes the unit numbers broadcast along, then add each position's count to its unit.
     pooled_axes = [axis for axis, size in enumerate(unit_of.shape) if size == 1 and spec.shape[axis] > 1]
-    kept_here = kept.sum(dim=pooled_axes, keepdim=True) if pooled_axes else kept.long()
+    # Counted on the CPU, where the unit numbers are: flags of a mask trained on a GPU live there.
+    kept_here = (kept.sum(dim=pooled_axes, keepdim=True) if pooled_axes else kept.long()).cpu()
     unit_of = unit_of.expand(kept_here.shape).reshape(-1)
     kept_counts = torch.zeros(halves * n_units, dtype=torch.long).index_add_(0, unit_of, kept_here.reshape(-1))
     total = torch.bincount(unit_of, minlength=halves * n_units) * (spec.numel // kept_here.numel())
