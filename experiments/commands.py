@@ -42,12 +42,15 @@ def reproduce(
         "a BIMT task: the folder for result.json, history.csv and connectome.svg",
     ),
     steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
-    method: str = typer.Option(
-        "faithful", help="Csordás experiments: faithful (the library's default finder) or csordas (the paper's)"
+    method: str | None = typer.Option(
+        None,
+        help="Csordás experiments: faithful (the library's default finder, the default) or csordas (the paper's)",
     ),
-    eval_limit: int = typer.Option(2000, help="Csordás experiments: evaluation examples per set"),
-    jobs: int = typer.Option(1, help="Csordás experiments run in parallel, one process (one thread) each"),
-    seed: int = typer.Option(0, help="BIMT tasks: initialisation and data seed"),
+    eval_limit: int | None = typer.Option(None, help="Csordás experiments: evaluation examples per set (2000)"),
+    jobs: int | None = typer.Option(
+        None, help="Csordás experiments run in parallel, one process (one thread) each (default 1)"
+    ),
+    seed: int | None = typer.Option(None, help="BIMT tasks: initialisation and data seed (default 0)"),
     frames: bool = typer.Option(False, "--frames", help="BIMT tasks: also write a connectome per logged step"),
 ):
     """Reproduce the papers' experiments: Csordás et al. (2021) on the zoo, or BIMT's MLP tasks.
@@ -65,13 +68,16 @@ def reproduce(
     if any(name in bimt.TASKS for name in names):
         if len(names) != 1 or out is None:
             raise typer.BadParameter("a BIMT task runs alone and needs --out DIR")
+        _refuse_given("a BIMT task", method=method, eval_limit=eval_limit, jobs=jobs)
         check_writable(out, "--out")
-        result = bimt.run_task(names[0], out, 20_000 if steps is None else steps, seed, frames)
+        result = bimt.run_task(names[0], out, 20_000 if steps is None else steps, seed or 0, frames)
         typer.echo(
             json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
         )
         return
+    _refuse_given("the Csordás experiments", seed=seed, frames=frames or None)
     out = out or Path("results.md")
+    method = method or "faithful"
     if method not in csordas.METHODS:
         raise typer.BadParameter(
             f"unknown method {method!r}; choose from {list(csordas.METHODS)}", param_hint="--method"
@@ -85,7 +91,7 @@ def reproduce(
             param_hint="--out",
         )
     steps = csordas.DEFAULT_METHOD.train_config.steps if steps is None else steps
-    csordas.run_and_write(names, out, steps, eval_limit, jobs, method)
+    csordas.run_and_write(names, out, steps, 2000 if eval_limit is None else eval_limit, jobs or 1, method)
     typer.echo(f"wrote {out}")
 
 
@@ -136,3 +142,12 @@ def _check_positive(**options: int | None) -> None:
     for name, value in options.items():
         if value is not None and value < 1:
             raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=f"--{name.replace('_', '-')}")
+
+
+def _refuse_given(runs: str, **options: object) -> None:
+    """Refuse an option that ``runs`` would ignore (``None``: not given): a result made without it would be
+    recorded as if it had been used."""
+    for name, value in options.items():
+        if value is not None:
+            option = f"--{name.replace('_', '-')}"
+            raise typer.BadParameter(f"{option} does not apply to {runs}", param_hint=option)

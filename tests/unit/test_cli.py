@@ -281,6 +281,13 @@ def test_a_bad_training_option_is_refused_before_training(tmp_path, options, mes
         (["zoo", "train", "scan", "--out", "{file}"], "choose another --out"),
         (["zoo", "train", "scan", "--checkpoint-dir", "{file}/checkpoints"], "choose another --checkpoint-dir"),
         (["reproduce", "scan", "--out", "{file}"], "exists and was not written by reproduce"),
+        (["reproduce", "scan", "--seed", "3"], "--seed does not apply to the Csordás experiments"),
+        (["reproduce", "scan", "--frames"], "--frames does not apply to the Csordás experiments"),
+        (["reproduce", "independence", "--out", "{file}-runs", "--jobs", "2"], "--jobs does not apply to a BIMT task"),
+        (
+            ["reproduce", "modular_addition", "--out", "{file}-runs", "--method", "csordas"],
+            "--method does not apply to a BIMT task",
+        ),
         (["demo", "--out", "{file}"], "choose another --out"),
         (["demo", "--mask-steps", "0"], "Invalid value for --mask-steps: must be at least 1, got 0"),
     ],
