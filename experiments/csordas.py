@@ -312,7 +312,8 @@ def _probe_experiment(
 
 
 def _scan_primitive_subtasks(model, split: str, limit: int | None) -> list[SubtaskData]:
-    """Commands of the SCAN simple split with exactly one of jump / walk / run / look, one subtask per primitive."""
+    """Commands of the SCAN simple split whose one primitive is jump, walk, run or look, one subtask per primitive:
+    commands that also turn (``jump and turn left``, primitives ``["jump", "turn left"]``) are left out."""
     data = scan.scan_task("simple")[split]
 
     def single_primitive(primitive: str) -> SubtaskData:
@@ -335,7 +336,8 @@ def _math_module_subtasks(model, split: str, limit: int | None) -> list[SubtaskD
 def scan_probe_experiment(
     method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None = 2000, probe_steps: int = 1500
 ) -> ExperimentResult:
-    """Gated-module probe on the zoo ``scan`` model. Subtasks: commands with exactly one of jump / walk / run / look.
+    """Gated-module probe on the zoo ``scan`` model. Subtasks: commands whose one primitive is jump, walk, run or
+    look (none that also turns left or right).
     ``method`` is unused (probes have their own)."""
     from modmask_lens import zoo
 
