@@ -109,7 +109,7 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
 
     model = zoo.load("scan")
     splits = {"simple": "simple", "jump": "addprim_jump", "length": "length", "turn_left": "addprim_turn_left"}
-    data = {name: scan.scan_task(split) for name, split in splits.items()}
+    data = {name: scan.scan_task(split, model.card.seed) for name, split in splits.items()}
     training = [limited_subtask(name, data[name]["train"], model.tokenizer) for name in splits]
     masks = train_masks(model.bridge, training, method.mask_config, method.train_config, progress=False)
     binary_masks = binaries(masks)
@@ -314,7 +314,7 @@ def _probe_experiment(
 def _scan_primitive_subtasks(model, split: str, limit: int | None) -> list[SubtaskData]:
     """Commands of the SCAN simple split whose one primitive is jump, walk, run or look, one subtask per primitive:
     commands that also turn (``jump and turn left``, primitives ``["jump", "turn left"]``) are left out."""
-    data = scan.scan_task("simple")[split]
+    data = model.task.build(model.card.seed)[split]  # the simple split of the model's seed, as it was trained
 
     def single_primitive(primitive: str) -> SubtaskData:
         rows = data.filter(lambda names: list(names) == [primitive], input_columns="primitives")

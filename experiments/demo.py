@@ -36,10 +36,10 @@ def run_demo(
     """Run the whole demo and return the path of its summary (``summary.md`` in ``output``)."""
     output.mkdir(parents=True, exist_ok=True)
     bridge, tokenizer, _, card = zoo.load("scan")
-    training = [load_subtask(f"scan/{name}", tokenizer) for name in SUBTASKS]
+    training = [load_subtask(f"scan/{name}", tokenizer, seed=card.seed) for name in SUBTASKS]
     evaluation = {}
     for name in SUBTASKS:
-        test = load_subtask(f"scan/{name}", tokenizer, split="test")
+        test = load_subtask(f"scan/{name}", tokenizer, split="test", seed=card.seed)
         evaluation[test.name] = SubtaskData(
             test.name, test.input_ids[:EVALUATION_EXAMPLES], test.labels[:EVALUATION_EXAMPLES]
         )

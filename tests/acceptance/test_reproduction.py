@@ -3,6 +3,7 @@ docs/results.md)."""
 
 from __future__ import annotations
 
+import torch
 from typer.testing import CliRunner
 
 from experiments.csordas import (
@@ -123,3 +124,21 @@ def test_command_runs_experiments_in_two_processes_and_records_the_total_time(tm
         in text
         and "Total wall time:" in text
     )
+
+
+def test_scan_primitive_subtasks_come_from_the_split_the_model_was_trained_with():
+    from types import SimpleNamespace
+
+    from experiments.csordas import _scan_primitive_subtasks
+    from modmask_lens.core.data import SubtaskData
+    from modmask_lens.tasks import scan
+    from modmask_lens.tasks.catalog import task_spec
+
+    task = task_spec("scan")
+    model = SimpleNamespace(task=task, card=SimpleNamespace(seed=1), tokenizer=task.make_tokenizer())
+    jump = _scan_primitive_subtasks(model, "test", None)[0]
+    rows = scan.scan_task("simple", seed=1)["test"].filter(
+        lambda names: list(names) == ["jump"], input_columns="primitives"
+    )
+    expected = SubtaskData.from_pairs("jump", rows, model.tokenizer, fields=("question", "answer"))
+    assert jump.name == "jump" and torch.equal(jump.input_ids, expected.input_ids)
