@@ -134,9 +134,15 @@ def scan_experiment(method: MaskMethod = DEFAULT_METHOD, eval_limit: int | None 
 
 def _settings(method: MaskMethod, masks: dict[str, MaskSet], **extra) -> dict:
     """The settings an experiment ran under: the masks' as training resolved them (sampler and initial logit,
-    which ``MaskConfig()`` leaves to the model), the training's, and ``extra``."""
+    which ``MaskConfig()`` leaves to the model), the training's with the loss constraint's unit in effect (``auto``
+    resolved by the masks' granularity), and ``extra``."""
     resolved = next(iter(masks.values())).config
-    return {"masks": resolved.to_dict(), "train": method.train_config.to_dict(), **extra}
+    train = method.train_config
+    return {
+        "masks": resolved.to_dict(),
+        "train": train.to_dict() | {"loss_increase_per": train.loss_unit(resolved.granularity)},
+        **extra,
+    }
 
 
 def random_init_control(bridge, training: SubtaskData, evaluation: SubtaskData, method: MaskMethod) -> pd.DataFrame:

@@ -142,3 +142,17 @@ def test_scan_primitive_subtasks_come_from_the_split_the_model_was_trained_with(
     )
     expected = SubtaskData.from_pairs("jump", rows, model.tokenizer, fields=("question", "answer"))
     assert jump.name == "jump" and torch.equal(jump.input_ids, expected.input_ids)
+
+
+def test_settings_name_the_loss_unit_the_masks_were_trained_under():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from experiments.csordas import DEFAULT_METHOD, _settings
+
+    assert DEFAULT_METHOD.train_config.loss_increase_per == "auto"
+    weight, head = MaskConfig(granularity="weight"), MaskConfig(granularity="head")
+    assert _settings(DEFAULT_METHOD, {"jump": SimpleNamespace(config=weight)})["train"]["loss_increase_per"] == "token"
+    assert _settings(DEFAULT_METHOD, {"jump": SimpleNamespace(config=head)})["train"]["loss_increase_per"] == "example"
+    per_example = MaskMethod(weight, replace(DEFAULT_METHOD.train_config, loss_increase_per="example"))
+    assert _settings(per_example, {"jump": SimpleNamespace(config=weight)})["train"]["loss_increase_per"] == "example"
