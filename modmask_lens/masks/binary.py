@@ -71,10 +71,10 @@ class BinaryMask:
                 "from the mask's own flags (e.g. torch.rand(mask.kept[key].shape) < 0.5)"
             )
 
-    def __and__(self, other: BinaryMask) -> BinaryMask:
+    def __and__(self, other: object) -> BinaryMask:
         return self._combine(other, torch.logical_and, "&")
 
-    def __or__(self, other: BinaryMask) -> BinaryMask:
+    def __or__(self, other: object) -> BinaryMask:
         return self._combine(other, torch.logical_or, "|")
 
     def __invert__(self) -> BinaryMask:
@@ -114,7 +114,13 @@ class BinaryMask:
         name = f"~{self.name}" if beyond is None else f"~({self.name} - {beyond.name})"
         return BinaryMask(self.specs, kept, self.origin, name)
 
-    def _combine(self, other: BinaryMask, operation, symbol: str) -> BinaryMask:
+    def _combine(self, other: object, operation, symbol: str) -> BinaryMask:
+        if not isinstance(other, BinaryMask):
+            # A trained MaskSet holds logits, not kept flags: reading its attributes as flags failed deep inside.
+            raise TypeError(
+                f"cannot combine mask {self.name!r} with a {type(other).__name__}: combine binary masks; read a "
+                "trained MaskSet out first with mask_set.binary()"
+            )
         if [spec.key for spec in self.specs] != [spec.key for spec in other.specs]:
             raise ValueError(
                 f"cannot combine masks {self.name!r} and {other.name!r}: they cover different tensors; "

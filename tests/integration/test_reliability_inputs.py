@@ -180,6 +180,11 @@ CASES = {
         ValueError,
         "cannot combine masks.*cover different tensors",
     ),
+    "combine_a_binary_mask_with_a_mask_set": (
+        lambda b, t: MaskSet.for_bridge(b, MaskConfig()).binary() & MaskSet.for_bridge(b, MaskConfig()),
+        TypeError,
+        r"cannot combine mask .* with a MaskSet.*mask_set\.binary\(\)",
+    ),
     "head_mask_on_a_layer_the_model_lacks": (
         lambda b, t: MaskSet.for_bridge(b, MaskConfig(granularity="head", layers=(7,))),
         ValueError,
