@@ -62,12 +62,25 @@ def evaluate_probe(
     (:attr:`GatedProbe.temperature`: that of its last training step); the results are on the CPU.
 
     Raises:
-        ValueError: ``data`` has other classes than the probe predicts (data built with another ``target``).
+        ValueError: ``data`` has other classes than the probe predicts (data built with another ``target``);
+            ``hook_names`` are not the hooks the probe was trained on, or give activations of another width.
     """
     if data.n_classes != probe.n_classes:
         raise ValueError(
             f"the probe predicts {probe.n_classes} classes, the data has {data.n_classes}: evaluate it on data built "
             "with the target it was trained on (ProbeData.from_subtasks(..., target=...))"
+        )
+    if probe.hook_names and tuple(hook_names) != probe.hook_names:
+        # Hooks of the same width in another order or place would be read without a word.
+        raise ValueError(
+            f"the probe reads {list(probe.hook_names)}, not {list(hook_names)}: pass the hooks it was trained on, "
+            "in that order (probe.hook_names)"
+        )
+    width = read_activations(bridge, hook_names, data.input_ids[:1], data.positions[:1]).shape[1]
+    if width != probe.d_in:
+        raise ValueError(
+            f"the hooks {list(hook_names)} give {width} activations per example, the probe reads {probe.d_in}: "
+            "pass the hooks it was trained on"
         )
     gates, expert_correct, correct = [], [], []
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,10 +53,14 @@ class GatedProbe(nn.Module):
 
     Attributes:
         n_classes: the classes each expert predicts (:attr:`ProbeData.n_classes` of the data it was built for).
+        d_in: the width of the activation vector it reads.
+        hook_names: the hook points whose activations it reads, concatenated in this order (``()`` where the
+            caller did not say); :func:`~modmask_lens.probes.evaluate_probe` refuses other hooks.
         temperature: the gate's softmax temperature where a call names none: ``config.temperature`` until a
             :class:`~modmask_lens.probes.ProbeTrainer` sets it to the temperature of its last step (the end of
             ``config.temperature_decay``'s schedule; 1 with ``config.two_temperatures``, where the gate learns at 1),
-            so the probe is evaluated as it was trained.
+            so the probe is evaluated as it was trained. It is a buffer of the state dict, so a probe saved and
+            loaded with ``state_dict`` is evaluated at the temperature it was trained to.
 
     Example:
         >>> probe = GatedProbe(d_in=128, n_classes=10, config=ProbeConfig(n_experts=4))
@@ -63,12 +68,20 @@ class GatedProbe(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, d_in: int, n_classes: int, config: ProbeConfig = ProbeConfig()):
+    def __init__(self, d_in: int, n_classes: int, config: ProbeConfig = ProbeConfig(), hook_names: Sequence[str] = ()):
         super().__init__()
-        self.config, self.n_classes = config, n_classes
+        self.config, self.n_classes, self.d_in, self.hook_names = config, n_classes, d_in, tuple(hook_names)
         self.experts = nn.ModuleList(_readout(d_in, n_classes, config.expert_hidden) for _ in range(config.n_experts))
         self.gate = _readout(d_in, config.n_experts, config.gate_hidden)
-        self.temperature = config.temperature
+        self.register_buffer("evaluation_temperature", torch.tensor(float(config.temperature)))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.evaluation_temperature)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.evaluation_temperature.fill_(value)
 
     def forward(
         self,

@@ -65,7 +65,7 @@ class ProbeTrainer:
         self.progress, self.frozen_gate = progress, frozen_gate is not None
         first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
         with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
-            self.probe = GatedProbe(first.shape[1], data.n_classes, config).to(first.device)
+            self.probe = GatedProbe(first.shape[1], data.n_classes, config, self.hook_names).to(first.device)
         if frozen_gate is not None:
             self.probe.gate.load_state_dict(frozen_gate.gate.state_dict())
             self.probe.gate.requires_grad_(False)
@@ -170,6 +170,8 @@ class ProbeTrainer:
                 f"{self.checkpointer.path} has trained {metadata['step']} steps, more than steps={self.config.steps}; "
                 "ask for at least as many steps, or use a fresh checkpoint directory"
             )
+        # Checkpoints written before the temperature was a buffer lack it; train() sets it at the end either way.
+        tensors.setdefault("probe/evaluation_temperature", self.probe.evaluation_temperature.cpu())
         self.probe.load_state_dict(
             {name[len("probe/") :]: value for name, value in tensors.items() if name.startswith("probe/")}
         )

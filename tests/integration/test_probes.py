@@ -288,6 +288,26 @@ def test_a_probe_is_evaluated_at_the_gate_temperature_it_ended_training_at(copy_
     torch.testing.assert_close(evaluation.gate, expected)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         probe(activations, temperature=0.0)
+    # Saved and loaded the torch way, the probe keeps the temperature it was trained to (it read config's 5.0).
+    reloaded = GatedProbe(probe.d_in, probe.n_classes, config, HOOKS)
+    reloaded.load_state_dict(probe.state_dict())
+    assert reloaded.temperature == pytest.approx(last)
+    torch.testing.assert_close(evaluate_probe(reloaded, bridge, HOOKS, data).gate, expected)
+
+
+def test_evaluate_probe_refuses_hooks_the_probe_was_not_trained_on(copy_model_and_data):
+    """Hooks of the probe's width in another order were read without a word; another width died in a matmul."""
+    bridge, subtasks = copy_model_and_data
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=2, batch_size=8)
+    both = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    probe = ProbeTrainer(bridge, both, data, config, progress=False).train()
+    assert probe.hook_names == tuple(both)
+    with pytest.raises(ValueError, match="the probe reads .*pass the hooks it was trained on, in that order"):
+        evaluate_probe(probe, bridge, both[::-1], data)
+    unnamed = GatedProbe(probe.d_in, probe.n_classes, config)
+    with pytest.raises(ValueError, match=f"give {bridge.cfg.d_model} activations per example, the probe reads"):
+        evaluate_probe(unnamed, bridge, both[:1], data)
 
 
 def test_probes_and_component_gates_run_on_a_bf16_model_and_leave_it_unchanged(copy_model_and_data):
