@@ -166,7 +166,13 @@ class SubtaskData:
 
     @classmethod
     def from_pairs(
-        cls, name: str, source: PairSource, tokenizer, fields: tuple[str, str] = FIELDS, part: str | None = None
+        cls,
+        name: str,
+        source: PairSource,
+        tokenizer,
+        fields: tuple[str, str] = FIELDS,
+        part: str | None = None,
+        prepend_bos: bool = False,
     ) -> SubtaskData:
         """A subtask from (prompt, completion) pairs, a JSONL file or a ``datasets.Dataset``, for any tokenizer.
 
@@ -175,12 +181,14 @@ class SubtaskData:
         ``fields`` names the prompt and completion fields of JSONL and Dataset sources (the built-in tasks use
         ``("question", "answer")``). ``part`` picks the rows of one part of an exported JSONL file
         (:func:`~modmask_lens.core.pairs.load_pairs`). Words the tokenizer does not know are refused, not read as
-        ``<unk>``.
+        ``<unk>``. ``prepend_bos=True`` starts every pair with the tokenizer's BOS token, as TransformerLens's
+        ``to_tokens`` does: pass it for models pretrained with one (GPT-2, Pythia, Llama), whose first position
+        otherwise reads a prompt token where it learned a BOS; the built-in tasks and the zoo models use none.
 
         Example:
             >>> capitals = SubtaskData.from_pairs("capitals", [("The capital of France is", " Paris"),
             ...                                                 ("The capital of Italy is", " Rome")],
-            ...                                   bridge.tokenizer)                                # doctest: +SKIP
+            ...                                   bridge.tokenizer, prepend_bos=True)              # doctest: +SKIP
         """
         if tokenizer is None:
             raise ValueError(
@@ -188,7 +196,7 @@ class SubtaskData:
                 "(for a model folder: save it there with tokenizer.save_pretrained(folder))"
             )
         prompts, completions = load_pairs(source, fields, part)
-        examples = encode_pairs(tokenizer, prompts, completions)
+        examples = encode_pairs(tokenizer, prompts, completions, prepend_bos=prepend_bos)
         return cls(name, examples.input_ids, examples.labels, examples.attention_mask)
 
     @classmethod

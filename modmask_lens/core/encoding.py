@@ -1,9 +1,9 @@
 """Prompt/completion pairs as the tensors mask training and evaluation consume.
 
-Text format for decoder-only models: ``prompt SEP completion EOS``, right-padded with the pad id. ``labels`` follow
-the Hugging Face convention (aligned with ``input_ids``; the model shifts internally, so ``logits[:, t]`` predicts
-``labels[:, t + 1]``) and are ``IGNORE_INDEX`` everywhere except the completion tokens and the EOS. Padding sits on the
-right of a causal model, so no attention mask is needed.
+Text format for decoder-only models: ``[BOS] prompt SEP completion EOS`` (BOS where asked for), right-padded with the
+pad id. ``labels`` follow the Hugging Face convention (aligned with ``input_ids``; the model shifts internally, so
+``logits[:, t]`` predicts ``labels[:, t + 1]``) and are ``IGNORE_INDEX`` everywhere except the completion tokens and
+the EOS. Padding sits on the right of a causal model, so no attention mask is needed.
 
 Tokenizers with a ``[CLS]`` token (the BERT family) wrap text in their own special-token template instead
 (``[CLS] prompt [SEP] completion [SEP]``, the final ``[SEP]`` ending the completion), and every encoding for them
@@ -64,12 +64,15 @@ def encode_pairs(
     prompts: Sequence[str],
     completions: Sequence[str],
     max_len: int | None = None,
+    prepend_bos: bool = False,
 ) -> TokenizedExamples:
     """Tokenize pairs as ``prompt [SEP] completion EOS`` (SEP only if the tokenizer has one).
 
     ``max_len`` pads every row to that many tokens (and raises if a pair is longer); by default rows are padded to
     the longest pair. Works with the task tokenizers and with any Hugging Face tokenizer that has an EOS token. An
-    empty prompt needs a SEP token before its completion (a causal model predicts no token at position 0).
+    empty prompt needs a SEP token (or a BOS) before its completion (a causal model predicts no token at position 0).
+    ``prepend_bos`` starts every pair with the tokenizer's BOS token, as TransformerLens's ``to_tokens`` does for
+    models pretrained with one (GPT-2, Pythia, Llama); the task tokenizers and the zoo models train without it.
 
     >>> from modmask_lens.tasks.vocabulary import character_level_tokenizer
     >>> encode_pairs(character_level_tokenizer("0123456789+"), ["1+2"], ["3"]).input_ids.tolist()
@@ -81,20 +84,28 @@ def encode_pairs(
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     check_known_words(tokenizer, [*prompts, *completions], [*prompt_ids, *completion_ids])
     if uses_cls_template(tokenizer):
+        if prepend_bos:
+            raise ValueError(
+                "prepend_bos is for decoder tokenizers: this one wraps every pair in its own [CLS] ... [SEP] "
+                "template; leave prepend_bos off"
+            )
         return _encode_cls_pairs(tokenizer, prompts, completions, max_len)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (it ends every completion)")
+    if prepend_bos and tokenizer.bos_token_id is None:
+        raise ValueError("prepend_bos: the tokenizer has no BOS token; set tokenizer.bos_token or leave it off")
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start = [tokenizer.bos_token_id] if prepend_bos else []
     separator = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
     empty_prompts = [number for number, ids in enumerate(prompt_ids, start=1) if not ids]
-    if empty_prompts and not separator:
+    if empty_prompts and not (start or separator):
         raise ValueError(
             f"pair {empty_prompts[0]} (and {len(empty_prompts) - 1} more) has a prompt of no tokens and the tokenizer "
             "has no SEP token, so its first answer token would sit at position 0, which no position predicts and "
-            "nothing scores: give every pair a prompt"
+            "nothing scores: give every pair a prompt, or prepend_bos=True"
         )
     sequences = [
-        prompt + separator + completion + [tokenizer.eos_token_id]
+        start + prompt + separator + completion + [tokenizer.eos_token_id]
         for prompt, completion in zip(prompt_ids, completion_ids)
     ]
     longest = max((len(sequence) for sequence in sequences), default=0)
@@ -103,7 +114,7 @@ def encode_pairs(
     width = longest if max_len is None else max_len
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    prompt_lengths = torch.tensor([len(prompt) + len(separator) for prompt in prompt_ids], dtype=torch.long)
+    prompt_lengths = torch.tensor([len(start + prompt + separator) for prompt in prompt_ids], dtype=torch.long)
     for row, (sequence, start) in enumerate(zip(sequences, prompt_lengths.tolist())):
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         labels[row, start : len(sequence)] = input_ids[row, start : len(sequence)]

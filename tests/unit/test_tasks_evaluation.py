@@ -72,6 +72,25 @@ def test_an_empty_prompt_after_which_a_separator_comes_scores_every_answer_token
     assert examples.labels[0, 1:4].tolist() == [four, five, eos]
 
 
+def test_prepend_bos_starts_every_pair_with_bos_as_to_tokens_does():
+    """Models pretrained with a BOS read one at position 0 (TransformerLens's to_tokens prepends it)."""
+    tokenizer = character_level_tokenizer("0123456789+")
+    tokenizer.sep_token = None  # as GPT-2's
+    with pytest.raises(ValueError, match="prepend_bos: the tokenizer has no BOS token"):
+        encode_pairs(tokenizer, ["1+2"], ["3"], prepend_bos=True)
+    tokenizer.bos_token = tokenizer.eos_token  # GPT-2's BOS is its EOS token
+    examples = encode_pairs(tokenizer, ["1+2", ""], ["3", "45"], prepend_bos=True)
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    whole = [
+        tokenizer("1+23", add_special_tokens=False)["input_ids"],
+        tokenizer("45", add_special_tokens=False)["input_ids"],
+    ]
+    assert examples.input_ids.tolist() == [[bos, *whole[0], eos], [bos, *whole[1], eos, pad, pad]]
+    assert examples.prompt_lengths.tolist() == [4, 1]  # BOS and prompt: greedy decoding starts after them
+    ignore = IGNORE_INDEX
+    assert examples.labels.tolist() == [[ignore] * 4 + whole[0][3:] + [eos], [ignore, *whole[1], eos, ignore, ignore]]
+
+
 def test_word_level_tokenizer_maps_each_word_to_one_id():
     tokenizer = word_level_tokenizer(["jump", "twice", "I_JUMP"])
     examples = encode_pairs(tokenizer, ["jump twice"], ["I_JUMP I_JUMP"])
