@@ -35,6 +35,10 @@ def main_options(
 LABEL_HELP = (
     "label of the mask file at the same position (default: its subtask, plus the file name where two share one)"
 )
+PREPEND_BOS_HELP = (
+    "start every --task pair with the tokenizer's BOS token, as TransformerLens's to_tokens does, for models "
+    "pretrained with one (gpt2, pythia); the zoo models were trained without"
+)
 
 
 @app.command()
@@ -62,6 +66,7 @@ def report(
         "accuracy table of the full model, each mask and its inverse; repeat for several",
     ),
     eval_limit: int = typer.Option(500, help="with --task: score on each subtask's first N examples"),
+    prepend_bos: bool = typer.Option(False, "--prepend-bos", help=PREPEND_BOS_HELP),
 ):
     """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
 
@@ -100,6 +105,7 @@ def report(
         tasks=task or (),
         eval_limit=eval_limit,
         prompt_ids=prompt_ids,
+        prepend_bos=prepend_bos,
     )
     typer.echo(f"Report written to {path}")
 
@@ -163,6 +169,7 @@ def masks_train(
         help="bernoulli head masks: heads given a local-expectation gradient per step, at random, unbiased "
         "(default 8; 0: every head every step, at 1 + heads / n-samples forwards per step)",
     ),
+    prepend_bos: bool = typer.Option(False, "--prepend-bos", help=PREPEND_BOS_HELP),
     checkpoint_every: int = typer.Option(200, help="steps between checkpoints in OUT/checkpoints"),
     restart: bool = typer.Option(
         False, "--restart", help="ignore a checkpoint in OUT/checkpoints and start from step 0"
@@ -272,7 +279,7 @@ def masks_train(
     # Each process of a GPU run works on its own GPU; a fully sharded one keeps the model itself in host memory.
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     bridge, tokenizer = load_bridge(model, device="cpu" if fully_shard else device)
-    subtasks = [load_subtask(spec, tokenizer) for spec in task]
+    subtasks = [load_subtask(spec, tokenizer, prepend_bos=prepend_bos) for spec in task]
     check_batch_memory(train_config, bridge.cfg.d_vocab, max(subtask.input_ids.shape[1] for subtask in subtasks))
     if not fully_shard:  # the data go where the model runs
         subtasks = [subtask.to(device) for subtask in subtasks]

@@ -149,7 +149,9 @@ def _file_and_part(spec: str) -> tuple[Path | None, str | None]:
     return None, None
 
 
-def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) -> SubtaskData:
+def load_subtask(
+    spec: str, tokenizer, split: str | None = None, seed: int = 0, prepend_bos: bool = False
+) -> SubtaskData:
     """The subtask named by ``spec``.
 
     Args:
@@ -163,6 +165,8 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
         split: which split of a built-in task (default: the task's training split; ``math`` has no ``test``, its
             test splits are ``interpolate`` and ``extrapolate``), or which part of a JSONL file (as ``FILE:PART``).
         seed: seed of the task's random parts.
+        prepend_bos: start every pair with the tokenizer's BOS token (:meth:`SubtaskData.from_pairs`), for models
+            pretrained with one; the built-in tasks' zoo models were trained without.
     """
     from modmask_lens.core.pairs import load_foils
     from modmask_lens.tasks.catalog import task_spec
@@ -174,7 +178,7 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
         if split is not None and part not in (None, split):
             raise ValueError(f"{spec!r} names the part {part!r} but split is {split!r}; give one of them")
         part = part or split
-        data = SubtaskData.from_pairs(subtask_name(spec), file, tokenizer, part=part)
+        data = SubtaskData.from_pairs(subtask_name(spec), file, tokenizer, part=part, prepend_bos=prepend_bos)
         foils = load_foils(file, part)
         return data if foils is None else data.with_foils(foils, tokenizer)
     task_name, _, subtask = spec.partition("/")
@@ -195,4 +199,6 @@ def load_subtask(spec: str, tokenizer, split: str | None = None, seed: int = 0) 
                 f"(e.g. {task_name}/{names[0]}; a space may be written _ or -)"
             )
         rows = subtask_view(rows, task.subtask_column, subtask)
-    return SubtaskData.from_pairs(subtask_name(spec), rows, tokenizer, fields=("question", "answer"))
+    return SubtaskData.from_pairs(
+        subtask_name(spec), rows, tokenizer, fields=("question", "answer"), prepend_bos=prepend_bos
+    )

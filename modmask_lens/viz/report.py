@@ -279,6 +279,7 @@ def report_from_files(
     tasks: Sequence[str] = (),
     eval_limit: int = 500,
     prompt_ids: bool = False,
+    prepend_bos: bool = False,
 ) -> Path:
     """:func:`write_report` for a model and saved mask files (what ``modmask-lens report`` runs).
 
@@ -293,6 +294,7 @@ def report_from_files(
         tasks: subtasks to score the masks on, as ``masks train --task`` takes them (``scan/jump``,
             ``file.jsonl:test``): the report then holds the accuracy table of the full model, each mask and its
             inverse on the first ``eval_limit`` examples of each (a mask meets its own subtask by name).
+        prepend_bos: start each of ``tasks``' pairs with the tokenizer's BOS token, as the masks were trained.
 
     Raises:
         ValueError: ``eval_limit`` is below 1, or ``path`` is one of ``mask_files`` (checked before the model loads).
@@ -311,7 +313,7 @@ def report_from_files(
     # keyed by label, each keeping its subtask's name: the accuracy of a mask is read on its own subtask
     loaded = [load_masks(file, bridge) for file in mask_files]
     mask_sets = dict(zip(mask_labels([mask_set.name for mask_set in loaded], mask_files, labels), loaded))
-    subtasks = [load_subtask(task, tokenizer).head(eval_limit) for task in tasks]
+    subtasks = [load_subtask(task, tokenizer, prepend_bos=prepend_bos).head(eval_limit) for task in tasks]
     settings = {"model": str(model), "mask files": ", ".join(str(file) for file in mask_files)}
     if tasks:
         settings["scored on"] = ", ".join(f"{data.name} ({len(data)} examples)" for data in subtasks)

@@ -211,6 +211,26 @@ def test_masks_train_takes_an_objective_and_records_it_in_the_mask_file(tmp_path
         assert recorded.items() <= mask.objective.items()
 
 
+def test_masks_train_with_prepend_bos_trains_on_pairs_that_start_with_bos(tmp_path):
+    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.masks.io import load_masks
+
+    folder = _tiny_model_and_tasks(tmp_path)
+    bridge, tokenizer = load_bridge(str(folder))
+    plain = load_subtask(str(tmp_path / "evens.jsonl"), tokenizer)
+    with_bos = load_subtask(str(tmp_path / "evens.jsonl"), tokenizer, prepend_bos=True)
+    assert (with_bos.input_ids[:, 0] == tokenizer.bos_token_id).all()
+    assert with_bos.input_ids[:, 1:].equal(plain.input_ids) and with_bos.labels[:, 1:].equal(plain.labels)
+    result = runner.invoke(
+        app,
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--steps", "1"]
+        + ["--batch-size", "8", "--prepend-bos", "--out", str(tmp_path / "m")],
+    )
+    assert result.exit_code == 0, result.output
+    recorded = load_masks(tmp_path / "m" / "masks-evens.safetensors", bridge).fingerprint["data"]
+    assert recorded == with_bos.fingerprint() != plain.fingerprint()
+
+
 @pytest.mark.parametrize(("options", "recorded"), [([], 0.01), (["--init-logit", "3.0"], 3.0)])
 def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logit(tmp_path, options, recorded):
     """The default head mask starts at 0.01; --init-logit 3.0 starts it where head runs started before session 11,
