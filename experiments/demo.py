@@ -37,12 +37,13 @@ def run_demo(
     output.mkdir(parents=True, exist_ok=True)
     bridge, tokenizer, _, card = zoo.load("scan")
     training = [load_subtask(f"scan/{name}", tokenizer, seed=card.seed) for name in SUBTASKS]
-    evaluation = {}
+    evaluation, test_sizes = {}, {}
     for name in SUBTASKS:
         test = load_subtask(f"scan/{name}", tokenizer, split="test", seed=card.seed)
         evaluation[test.name] = SubtaskData(
             test.name, test.input_ids[:EVALUATION_EXAMPLES], test.labels[:EVALUATION_EXAMPLES]
         )
+        test_sizes[test.name] = len(test)
     trainer = MaskTrainer(
         bridge,
         training,
@@ -77,6 +78,7 @@ def run_demo(
         "model": "zoo/scan",
         "model_test_exact_match": card.accuracies.get("test/all"),
         "subtasks": [data.name for data in training],
+        "test_commands_scored": {name: [len(data), test_sizes[name]] for name, data in evaluation.items()},
         "train_config": train_config.to_dict(),
         "kept_fraction": {name: binary.count / binary.total for name, binary in binaries.items()},
         "accuracy": accuracy.astype(object).where(accuracy.notna(), None).to_dict(orient="records"),  # NaN: null
@@ -88,7 +90,10 @@ def run_demo(
         f"Per-weight masks of the zoo's SCAN model for the commands with {' and '.join(SUBTASKS)}, found by the "
         f"library's default finder (the fewest weights that keep each subtask); {train_config.steps} steps. "
         "Report: report.html.\n\n"
-        f"## Exact-match accuracy on test commands: full model, mask, inverse mask\n\n```\n{table.to_string()}\n```\n\n"
+        "## Exact-match accuracy on test commands: full model, mask, inverse mask\n\n"
+        f"On the first {EVALUATION_EXAMPLES} test commands of each subtask ("
+        + ", ".join(f"{name}: {len(data)} of {test_sizes[name]}" for name, data in evaluation.items())
+        + f").\n\n```\n{table.to_string()}\n```\n\n"
         f"## Kept fraction per layer and role\n\n```\n{kept.to_string(index=False)}\n```\n\n"
         f"## Overlap of the two masks\n\n```\n{overlap.to_string(index=False)}\n```\n"
     )

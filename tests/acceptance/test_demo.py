@@ -20,6 +20,8 @@ def test_demo_writes_masks_that_load_onto_the_zoo_model_a_summary_and_a_report(t
     full = [row for row in numbers["accuracy"] if row["condition"] == "full"]
     assert {row["subtask"] for row in full} == {"scan-jump", "scan-walk"}
     assert all(row["accuracy"] > 0.95 for row in full)
+    for name, (scored, total) in numbers["test_commands_scored"].items():  # the summary says what was scored
+        assert scored == min(300, total) and f"{name}: {scored} of {total}" in summary.read_text()
     masks = load_masks(tmp_path / "masks-scan-jump.safetensors", zoo.load("scan").bridge)
     assert masks.train_config["steps"] == 3
     report = (tmp_path / "report.html").read_text()
