@@ -40,9 +40,15 @@ def load_pairs(
 
     Raises:
         ValueError: naming the line or row with a missing field, a non-string value, a key given twice, bad JSON or
-            bad encoding, a part the file lacks, or when there are fewer than two examples (a mask needs a subtask,
-            not an example).
+            bad encoding, a part the file lacks, a ``part`` for a source that is no JSONL file, or when there are
+            fewer than two examples (a mask needs a subtask, not an example).
     """
+    if part is not None and not isinstance(source, (str, Path)):
+        raise ValueError(
+            f"part={part!r} picks rows of a JSONL file by its {PART_FIELD!r} field; this source is a "
+            f"{type(source).__name__}, whose rows would all be used: select the rows yourself "
+            f"(dataset.filter(lambda row: row[{PART_FIELD!r}] == {part!r})) and leave part out"
+        )
     if isinstance(source, (str, Path)):
         numbered = _rows_of_part(Path(source), list(_jsonl_rows(Path(source))), part)
         for line, row in numbered:

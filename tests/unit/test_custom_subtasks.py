@@ -111,6 +111,15 @@ def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
     assert known.labels[known.labels != IGNORE_INDEX].tolist() == [7, 3, 10, 3]  # each answer, then [SEP]
 
 
+@pytest.mark.parametrize("as_dataset", [True, False])
+def test_a_part_is_refused_for_a_source_without_parts_not_ignored(as_dataset):
+    rows = {"prompt": ["1+1", "2+2", "3+3"], "completion": ["2", "4", "6"], "part": ["train", "train", "test"]}
+    source = Dataset.from_dict(rows) if as_dataset else list(zip(rows["prompt"], rows["completion"]))
+    with pytest.raises(ValueError, match=r"part='train' picks rows of a JSONL file .* select the rows yourself"):
+        load_pairs(source, part="train")  # would give all 3 rows, the test row among them
+    assert load_pairs(source) == (rows["prompt"], rows["completion"])
+
+
 def test_pairs_given_as_an_iterator_are_all_kept():
     prompts, completions = ["1+1", "2+2", "3+3"], ["2", "4", "6"]
     assert load_pairs(zip(prompts, completions)) == (prompts, completions)
