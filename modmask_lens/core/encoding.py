@@ -89,6 +89,13 @@ def encode_pairs(
                 "prepend_bos is for decoder tokenizers: this one wraps every pair in its own [CLS] ... [SEP] "
                 "template; leave prepend_bos off"
             )
+        empty_completions = [number for number, ids in enumerate(completion_ids, start=1) if not ids]
+        if empty_completions:
+            raise ValueError(
+                f"pair {empty_completions[0]} (and {len(empty_completions) - 1} more) has a completion of no tokens; "
+                "the tokenizer's pair template ([CLS] prompt [SEP] completion [SEP]) then holds no completion to "
+                "find, and the prompt would be scored in its place: give every pair a completion"
+            )
         return _encode_cls_pairs(tokenizer, prompts, completions, max_len)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (it ends every completion)")

@@ -154,3 +154,10 @@ def test_pair_templates_score_the_completion_and_closing_token_only(make_tokeniz
     assert scored == [[8, closing], [9, 10, closing]]
     starts = [row.tolist().index(first) for row, first in zip(examples.input_ids, (8, 9))]
     assert examples.prompt_lengths.tolist() == starts
+
+
+@pytest.mark.parametrize("make_tokenizer", [lambda: placeholder_bert_tokenizer(40), roberta_like_tokenizer])
+def test_a_completion_of_no_tokens_is_refused_in_a_pair_template_not_read_from_the_prompt(make_tokenizer):
+    # [CLS] w7 [SEP] [SEP]: no completion to find, so the last run of words (the prompt w7) was scored as one
+    with pytest.raises(ValueError, match="pair 2 .* has a completion of no tokens"):
+        encode_pairs(make_tokenizer(), ["w5 w6", "w7"], ["w8", " "])
