@@ -364,8 +364,8 @@ class SubtaskData:
 
     def check_fits(self, bridge: Bridge, answers_scored: bool = True) -> None:
         """Raise ``ValueError`` unless the model can run this subtask: same device, ids in its vocabulary, scored
-        labels in its output vocabulary (``cfg.d_vocab_out``), every scored example within its context length
-        ``cfg.n_ctx``, and, where the labels are scored as answers the model predicts (``answers_scored``; not so
+        labels and foils in its output vocabulary (``cfg.d_vocab_out``), every scored example within its context
+        length ``cfg.n_ctx``, and, where the labels are scored as answers the model predicts (``answers_scored``; not so
         for objectives that match the full model's activations or outputs), no next-token answers that a
         bidirectional model (``cfg.attention_dir``) reads in its input.
 
@@ -390,12 +390,19 @@ class SubtaskData:
         # Labels index the logits, whose width is the output vocabulary (tracr's differs from its input's).
         outputs = int(getattr(bridge.cfg, "d_vocab_out", 0) or 0)
         outputs = outputs if outputs > 0 else vocab
-        answers = self.labels[self.labels != IGNORE_INDEX]
-        if answers.numel() and (int(answers.max()) >= outputs or int(answers.min()) < 0):
-            raise ValueError(
-                f"subtask {self.name!r} has labels outside the model's output vocabulary [0, {outputs}) other "
-                f"than {IGNORE_INDEX} (not scored); encode the answers with the model's own tokenizer"
-            )
+        # A foil is read from the logits as its answer is: one outside them would index past them, or (a negative
+        # id) be clamped to token 0 and compared with it.
+        for field_name in ("labels", "foils"):
+            ids = getattr(self, field_name)
+            if ids is None:
+                continue
+            read = ids[ids != IGNORE_INDEX]
+            if read.numel() and (int(read.min()) < 0 or int(read.max()) >= outputs):
+                raise ValueError(
+                    f"subtask {self.name!r} has {field_name} outside the model's output vocabulary [0, {outputs}) "
+                    f"other than {IGNORE_INDEX} (not scored); encode the answers and foils with the model's own "
+                    "tokenizer"
+                )
         check_context(bridge, self._width(), f"subtask {self.name!r}")
         scored = self.labels != IGNORE_INDEX
         if (

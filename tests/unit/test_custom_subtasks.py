@@ -14,8 +14,10 @@ from modmask_lens import SubtaskData, TrainConfig, train_masks
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap
 from modmask_lens.core.encoding import IGNORE_INDEX, encode_pairs
 from modmask_lens.core.pairs import load_pairs
+from modmask_lens.masks.objectives import LogitDifference
+from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
-from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer
+from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer, tiny_bridge
 
 PAIRS = [(f"w{a} w{b}", f"w{(a + b) % 20 + 5}") for a in range(5, 15) for b in range(5, 9)]
 
@@ -99,6 +101,17 @@ def test_a_foil_that_starts_with_its_answers_first_token_is_refused():
         data.with_foils(["13", "5"], digits)  # "12" against "13" compares "1" with "1": a difference of 0 always
     with_foils = data.with_foils(["22", "5"], digits)
     assert with_foils.foils[with_foils.foils != IGNORE_INDEX].tolist() == digits.convert_tokens_to_ids(["2", "5"])
+
+
+@pytest.mark.parametrize("foil", [99, -1])
+def test_foils_outside_the_output_vocabulary_are_refused_before_training(foil):
+    # 99 indexed past the 40 logits at the first step; -1 was clamped to token 0 and compared with it silently
+    bridge = tiny_bridge()
+    ids, labels = torch.tensor([[1, 2, 3], [5, 6, 7]]), torch.tensor([[-100, -100, 3], [-100, -100, 7]])
+    SubtaskData("ok", ids, labels, foils=torch.tensor([[-100, -100, 39], [-100, -100, 0]])).check_fits(bridge)
+    data = SubtaskData("bad", ids, labels, foils=torch.tensor([[-100, -100, foil], [-100, -100, 9]]))
+    with pytest.raises(ValueError, match=r"'bad' has foils outside the model's output vocabulary \[0, 40\)"):
+        MaskTrainer(bridge, [data], objective=LogitDifference())
 
 
 def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
