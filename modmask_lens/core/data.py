@@ -151,6 +151,13 @@ class SubtaskData:
                 "token of the prompt and the answer with 1 (the tokenizer does), or set the label to "
                 f"{IGNORE_INDEX}"
             )
+        if self.foils is not None and bool(((self.foils != IGNORE_INDEX) & (self.labels == IGNORE_INDEX)).any()):
+            example, position = ((self.foils != IGNORE_INDEX) & (self.labels == IGNORE_INDEX)).nonzero()[0].tolist()
+            raise ValueError(
+                f"subtask {self.name!r}: example {example} has a foil at position {position}, where its label is "
+                f"{IGNORE_INDEX} (not scored); a logit difference compares a foil with the answer token at its "
+                "position: put each foil where its answer's label is, as SubtaskData.with_foils does"
+            )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

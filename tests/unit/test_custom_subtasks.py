@@ -114,6 +114,20 @@ def test_foils_outside_the_output_vocabulary_are_refused_before_training(foil):
         MaskTrainer(bridge, [data], objective=LogitDifference())
 
 
+def test_a_foil_away_from_its_answer_is_refused_not_compared_with_token_0():
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    labels = torch.tensor([[-100, -100, 3, -100], [-100, -100, 7, -100]])
+    at_answers = torch.tensor([[-100, -100, 9, -100], [-100, -100, 11, -100]])
+    assert SubtaskData("ok", ids, labels, foils=at_answers).foils.equal(at_answers)
+    # one position late: batches end at the last answer, so example 0's foil was cut off and the example counted as a
+    # win; one position early, the answer read there (-100, clamped) was token 0
+    for late_or_early in (3, 1):
+        foils = at_answers.clone()
+        foils[0, 2], foils[0, late_or_early] = IGNORE_INDEX, 9
+        with pytest.raises(ValueError, match=f"example 0 has a foil at position {late_or_early}, where its label"):
+            SubtaskData("bad", ids, labels, foils=foils)
+
+
 def test_words_a_bert_tokenizer_does_not_know_are_refused_not_read_as_unk():
     bert_tokenizer = placeholder_bert_tokenizer(40)
     with pytest.raises(ValueError, match=r"does not know: \['zebra', 'w99'\]"):
