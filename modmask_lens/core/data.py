@@ -13,7 +13,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from modmask_lens.core.bridge import Bridge
-from modmask_lens.core.encoding import IGNORE_INDEX, encode_masked_sentences, encode_pairs, encode_texts
+from modmask_lens.core.encoding import (
+    IGNORE_INDEX,
+    check_known_words,
+    encode_masked_sentences,
+    encode_pairs,
+    encode_texts,
+)
 from modmask_lens.core.pairs import FIELDS, PairSource, load_pairs
 
 OPTIONAL_FIELDS = ("attention_mask", "foils", "classes")
@@ -246,10 +252,12 @@ class SubtaskData:
     def with_foils(self, foils: Sequence[str], tokenizer) -> SubtaskData:
         """The same subtask with one foil per example for a logit difference: the foil's first token is compared
         with the answer's first token (e.g. answer ``" Mary"``, foil ``" John"`` in IOI), so the two must differ
-        (answer ``"12"`` and foil ``"13"`` in a character-level vocabulary are refused: both start with ``1``)."""
+        (answer ``"12"`` and foil ``"13"`` in a character-level vocabulary are refused: both start with ``1``). Words
+        the tokenizer does not know are refused, not read as ``<unk>``."""
         if len(foils) != len(self):
             raise ValueError(f"got {len(foils)} foils for {len(self)} examples; give one per example")
         foil_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in foils]
+        check_known_words(tokenizer, foils, foil_ids)
         empty = [index for index, ids in enumerate(foil_ids) if not ids]
         if empty:
             raise ValueError(f"foils {empty} encode to no token; give non-empty foils")

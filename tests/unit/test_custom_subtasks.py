@@ -17,7 +17,12 @@ from modmask_lens.core.pairs import load_pairs
 from modmask_lens.masks.objectives import LogitDifference
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.tasks.vocabulary import character_level_tokenizer
-from modmask_lens.testing.tiny_models import boot_tiny, placeholder_bert_tokenizer, tiny_bridge
+from modmask_lens.testing.tiny_models import (
+    boot_tiny,
+    placeholder_bert_tokenizer,
+    placeholder_word_tokenizer,
+    tiny_bridge,
+)
 
 PAIRS = [(f"w{a} w{b}", f"w{(a + b) % 20 + 5}") for a in range(5, 15) for b in range(5, 9)]
 
@@ -145,6 +150,18 @@ def test_a_part_is_refused_for_a_source_without_parts_not_ignored(as_dataset):
     with pytest.raises(ValueError, match=r"part='train' picks rows of a JSONL file .* select the rows yourself"):
         load_pairs(source, part="train")  # would give all 3 rows, the test row among them
     assert load_pairs(source) == (rows["prompt"], rows["completion"])
+
+
+@pytest.mark.parametrize(
+    "make_tokenizer", [lambda: placeholder_bert_tokenizer(40), lambda: placeholder_word_tokenizer(40)]
+)
+def test_foils_the_tokenizer_does_not_know_are_refused_not_read_as_unk(make_tokenizer):
+    tokenizer = make_tokenizer()
+    data = SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8 w9", "w10")], tokenizer)
+    with pytest.raises(ValueError, match=r"does not know: \['zebra'\]"):
+        data.with_foils(["zebra", "w11"], tokenizer)  # was compared with the unknown token's logit
+    known = data.with_foils(["w12", "w11"], tokenizer)
+    assert known.foils[known.foils != IGNORE_INDEX].tolist() == [12, 11]
 
 
 def test_pairs_given_as_an_iterator_are_all_kept():
