@@ -219,8 +219,9 @@ def encode_texts(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
 ) -> tuple[Int[Tensor, "example pos"], Int[Tensor, "example pos"]]:
     """Texts in the tokenizer's own template (``[CLS] text [SEP]`` for BERT; as they are for GPT-2), right-padded,
-    with their attention mask."""
+    with their attention mask. Words the tokenizer does not know are refused (:func:`check_known_words`)."""
     sequences = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    check_known_words(tokenizer, texts, sequences)
     return _pad_rows(sequences, _pad_id(tokenizer), max(len(sequence) for sequence in sequences))
 
 

@@ -164,6 +164,18 @@ def test_foils_the_tokenizer_does_not_know_are_refused_not_read_as_unk(make_toke
     assert known.foils[known.foils != IGNORE_INDEX].tolist() == [12, 11]
 
 
+@pytest.mark.parametrize(
+    "make_tokenizer", [lambda: placeholder_bert_tokenizer(40), lambda: placeholder_word_tokenizer(40)]
+)
+def test_texts_with_words_the_tokenizer_does_not_know_are_refused_not_read_as_unk(make_tokenizer):
+    tokenizer = make_tokenizer()
+    with pytest.raises(ValueError, match=r"does not know: \['zebra'\]"):
+        SubtaskData.from_texts("texts", ["w5 zebra", "w6 w7"], tokenizer)  # zebra was read as the unknown token
+    known = SubtaskData.from_texts("texts", ["w5 w8", "w6 w7"], tokenizer)
+    real = known.input_ids[known.attention_mask.bool()].tolist()
+    assert [token for token in real if token not in tokenizer.all_special_ids] == [5, 8, 6, 7]
+
+
 def test_pairs_given_as_an_iterator_are_all_kept():
     prompts, completions = ["1+1", "2+2", "3+3"], ["2", "4", "6"]
     assert load_pairs(zip(prompts, completions)) == (prompts, completions)
