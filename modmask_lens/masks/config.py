@@ -51,6 +51,15 @@ NEURON_WRITERS: tuple[str, ...] = ("W_out", "W_experts_out")
 PARAMETER_KINDS: tuple[str, ...] = ("linear", "norm", "embedding", "bias")
 
 
+def store_as_floats(config: object, names: tuple[str, ...]) -> None:
+    """Store each real-valued setting ``names`` of a frozen ``config`` as the Python float it holds (``None`` stays):
+    ``lr=1`` and ``lr=1.0`` are then one run to a resuming checkpoint, and a numpy float is written as JSON."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None:
+            object.__setattr__(config, name, float(value))
+
+
 @dataclass(frozen=True)
 class MaskConfig:
     """Which tensors are masked, and how many elements share one logit.
@@ -150,6 +159,7 @@ class MaskConfig:
         unknown = set(self.kinds) - set(PARAMETER_KINDS)
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}; choose from {PARAMETER_KINDS}")
+        store_as_floats(self, ("init_logit",))
         if self.init_logit is not None and not math.isfinite(self.init_logit):
             raise ValueError(
                 f"init_logit {self.init_logit} must be a finite number or None (the sampler's default; Csordás use 2.0)"
@@ -282,6 +292,20 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"TrainConfig {name} must be a whole number, not {value!r}")
             object.__setattr__(self, name, int(value))  # a numpy integer is stored as the int it holds (JSON)
+        store_as_floats(
+            self,
+            (
+                "temperature",
+                "beta",
+                "lr",
+                "grad_clip",
+                "target_density",
+                "lagrangian_lr",
+                "max_loss_increase",
+                "complement_loss_fraction",
+                "readout_tolerance",
+            ),
+        )
         for name in ("steps", "batch_size", "n_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be >= 1")

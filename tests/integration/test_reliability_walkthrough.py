@@ -553,6 +553,22 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_settings_given_as_whole_numbers_or_numpy_floats_are_stored_as_floats():
+    """Outside the tests' run-time type checks (which refuse them first), ``lr=1`` was stored as 1, so a checkpoint
+    written with it refused a resume with ``lr=1.0`` ("trained with lr=1, this run has lr=1.0"), and a numpy float32
+    setting failed at the first checkpoint's JSON."""
+    process = run_fresh(
+        "import json, numpy as np\n"
+        "from modmask_lens import MaskConfig, TrainConfig\n"
+        "from modmask_lens.masks.run_fingerprint import check_same_run\n"
+        "loose, exact = TrainConfig(lr=1, temperature=np.float32(0.5)), TrainConfig(lr=1.0, temperature=0.5)\n"
+        "json.dumps(loose.to_dict())\n"
+        "check_same_run({'train_config': loose.to_dict()}, {'train_config': exact.to_dict()}, 'ckpt', 'copy')\n"
+        "assert type(loose.lr) is float and type(MaskConfig(init_logit=np.float32(2.0)).init_logit) is float\n"
+    )
+    assert process.returncode == 0, process.stderr
+
+
 def test_help_imports_neither_torch_nor_transformers():
     process = run_fresh(
         "import sys; from typer.testing import CliRunner; from modmask_lens.cli import app\n"
