@@ -109,11 +109,15 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 def check_files(paths: list[Path], option: str) -> None:
-    """Raise ``OSError`` / ``ValueError`` unless every path is an existing file (not a folder)."""
-    for path in paths:
+    """Raise ``OSError`` / ``ValueError`` unless every path is an existing file (not a folder), each given once (a
+    file named twice, by any two spellings of its path, would be read as two masks that agree on every weight)."""
+    for index, path in enumerate(paths):
         if path.is_dir():
             raise ValueError(
                 f"{option} {path} is a folder; pass the files in it, e.g. {option} {path}/NAME.safetensors"
             )
         if not path.is_file():
             raise FileNotFoundError(f"{option} {path}: no such file")
+        earlier = next((other for other in paths[:index] if path.samefile(other)), None)
+        if earlier is not None:
+            raise ValueError(f"{option} {path} is the file {earlier} given again; pass each file once")

@@ -345,3 +345,27 @@ def test_foils_must_be_in_every_row_once_one_row_has_one(tmp_path):
         load_foils(path)
     path.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "foil"}) + "\n" for row in rows))
     assert load_foils(path) is None
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_a_mask_file_given_twice_is_refused_before_the_model_loads(tmp_path, monkeypatch, command):
+    """The same file under two labels (or two spellings of its path) was read as two masks: analyze wrote an overlap
+    table of IoU 1.0 in every row, a mask against itself."""
+    import modmask_lens.loading
+
+    def never(*arguments, **options):
+        pytest.fail("the command loaded the model before refusing the repeated mask file")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "masks-evens.safetensors").write_text("")
+    for spellings, labels in (
+        (["masks-evens.safetensors", "masks-evens.safetensors"], ["--label", "x", "--label", "y"]),
+        (["masks-evens.safetensors", str(tmp_path / "masks-evens.safetensors")], []),
+    ):
+        masks = [part for spelling in spellings for part in ("--masks", spelling)]
+        prompt = ["--prompt", "w1 w2"] if command == "report" else []
+        result = runner.invoke(app, [command, "--model", "scan", *masks, *labels, *prompt])
+        assert result.exit_code == 1, result.output
+        said = " ".join(result.output.split())
+        assert f"--masks {spellings[1]} is the file masks-evens.safetensors given again; pass each file once" in said
