@@ -347,11 +347,13 @@ def analyze(
     """
     from modmask_lens.loading import check_model_name
     from modmask_lens.masks.binary import GROUPINGS
+    from modmask_lens.masks.io import check_labels
 
     if by not in GROUPINGS:
         raise typer.BadParameter(f"choose one of {list(GROUPINGS)}", param_hint="--by")
     check_model_name(model)
     check_files(masks, "--masks")
+    check_labels(label, masks)
     check_writable(out, "--out")
 
     import pandas as pd

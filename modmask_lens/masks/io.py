@@ -218,8 +218,7 @@ def mask_labels(names: Sequence[str], paths: Sequence[str | Path], labels: Seque
         ['jump (seed0/jump.safetensors)', 'jump (seed1/jump.safetensors)']
     """
     if labels:
-        if len(labels) != len(paths) or len(set(labels)) != len(labels):
-            raise ValueError(f"give one distinct --label per mask file: {len(paths)} files, labels {list(labels)}")
+        check_labels(labels, paths)
         return list(labels)
     result = list(names)
     for refine in (lambda path: Path(path).stem, str):
@@ -232,6 +231,13 @@ def mask_labels(names: Sequence[str], paths: Sequence[str | Path], labels: Seque
     if repeated:
         raise ValueError(f"the mask files {repeated} are given twice; pass each file once")
     return result
+
+
+def check_labels(labels: Sequence[str] | None, paths: Sequence[str | Path]) -> None:
+    """Raise ``ValueError`` unless ``labels``, where given, are one distinct label per mask file of ``paths`` (the
+    commands check it before the model loads)."""
+    if labels and (len(labels) != len(paths) or len(set(labels)) != len(labels)):
+        raise ValueError(f"give one distinct --label per mask file: {len(paths)} files, labels {list(labels)}")
 
 
 def load_labelled_masks(

@@ -22,7 +22,7 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import SubtaskData, check_context
 from modmask_lens.core.encoding import check_known_words
 from modmask_lens.masks.binary import BinaryMask
-from modmask_lens.masks.io import library_version, load_masks, mask_labels
+from modmask_lens.masks.io import check_labels, library_version, load_masks, mask_labels
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, describe_objective
 from modmask_lens.probes.analysis import (
@@ -297,12 +297,14 @@ def report_from_files(
         prepend_bos: start each of ``tasks``' pairs with the tokenizer's BOS token, as the masks were trained.
 
     Raises:
-        ValueError: ``eval_limit`` is below 1, or ``path`` is one of ``mask_files`` (checked before the model loads).
+        ValueError: ``eval_limit`` is below 1, ``labels`` are not one distinct label per file, or ``path`` is one of
+            ``mask_files`` (checked before the model loads).
     """
     from modmask_lens.loading import load_bridge, load_subtask
 
     if eval_limit < 1:
         raise ValueError(f"eval_limit must be at least 1, got {eval_limit}")
+    check_labels(labels, mask_files)
     for file in mask_files:  # before the model loads, and never replace the masks the report reads
         if Path(path).exists() and Path(file).exists() and Path(path).samefile(file):
             raise ValueError(

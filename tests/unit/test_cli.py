@@ -369,3 +369,26 @@ def test_a_mask_file_given_twice_is_refused_before_the_model_loads(tmp_path, mon
         assert result.exit_code == 1, result.output
         said = " ".join(result.output.split())
         assert f"--masks {spellings[1]} is the file masks-evens.safetensors given again; pass each file once" in said
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+@pytest.mark.parametrize("labels", [["x"], ["x", "x"], ["x", "y", "z"]], ids=["too-few", "repeated", "too-many"])
+def test_labels_that_are_not_one_distinct_label_per_mask_file_are_refused_before_the_model_loads(
+    tmp_path, monkeypatch, command, labels
+):
+    import modmask_lens.loading
+
+    def never(*arguments, **options):
+        pytest.fail("the command loaded the model before refusing the labels")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+    masks = []
+    for name in ("evens", "odds"):
+        (tmp_path / f"masks-{name}.safetensors").write_text("")
+        masks += ["--masks", str(tmp_path / f"masks-{name}.safetensors")]
+    prompt = ["--prompt", "w1 w2", "--out", str(tmp_path / "report.html")] if command == "report" else []
+    out = ["--out", str(tmp_path / "analysis")] if command == "analyze" else []
+    options = [part for label in labels for part in ("--label", label)]
+    result = runner.invoke(app, [command, "--model", "scan", *masks, *options, *prompt, *out])
+    assert result.exit_code == 1, result.output
+    assert f"give one distinct --label per mask file: 2 files, labels {labels}" in result.output, result.output
