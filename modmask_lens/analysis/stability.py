@@ -28,7 +28,13 @@ def seed_stability(
     objective: Objective = AnswerCrossEntropy(),
 ) -> pd.DataFrame:
     """Train one mask per seed on the same data (and ``objective``) and return their pairwise IoU / IoMin (grouped
-    ``by``)."""
+    ``by``).
+
+    Raises:
+        ValueError: fewer than two seeds (nothing to compare), before any training.
+    """
+    if len(seeds) < 2:
+        raise ValueError(f"seed_stability compares masks of two or more seeds; got seeds={tuple(seeds)}")
     masks = {
         f"run {run} (seed {seed})": train_masks(
             bridge,
