@@ -228,6 +228,14 @@ def masks_train(
         raise typer.BadParameter(
             f"--neuron-mask applies to --granularity neuron, not {granularity}", param_hint="--neuron-mask"
         )
+    if heads_per_step is not None and (
+        method != "faithful" or granularity != "head" or sampler not in (None, AUTO_SAMPLER, "bernoulli")
+    ):
+        raise typer.BadParameter(
+            "--heads-per-step applies to bernoulli head masks (--granularity head, --method faithful, --sampler auto "
+            f"or bernoulli), not --granularity {granularity} --method {method} --sampler {sampler or AUTO_SAMPLER}",
+            param_hint="--heads-per-step",
+        )
     base_masks, base_training = methods[method]
     try:
         named = {"sampler": sampler, "init_logit": init_logit, "neuron_mask": neuron_mask}

@@ -275,6 +275,21 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
         (["--init-logit", "nan"], "init_logit nan must be a finite number"),
         (["--granularity", "head", "--neuron-mask", "in-out"], "--neuron-mask applies to --granularity neuron"),
         (["--task", "{evens}:test"], "all name their subtask 'evens'"),
+        (
+            ["--heads-per-step", "4", "--steps", "1"],
+            (
+                "--heads-per-step applies to bernoulli head masks (--granularity head, --method faithful, --sampler "
+                "auto or bernoulli), not --granularity weight --method faithful --sampler auto"
+            ),
+        ),
+        (
+            ["--heads-per-step", "0", "--granularity", "head", "--sampler", "hard-concrete", "--steps", "1"],
+            "not --granularity head --method faithful --sampler hard-concrete",
+        ),
+        (
+            ["--heads-per-step", "4", "--granularity", "head", "--method", "csordas", "--steps", "1"],
+            "not --granularity head --method csordas --sampler auto",
+        ),
     ],
 )
 def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):
