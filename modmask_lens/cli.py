@@ -204,7 +204,7 @@ def masks_train(
         MaskConfig,
         TrainConfig,
     )
-    from modmask_lens.masks.objectives import objective_from_spec
+    from modmask_lens.masks.objectives import AnswerCrossEntropy, objective_from_spec
 
     methods = {"faithful": (MaskConfig(), TrainConfig()), "csordas": (CSORDAS_MASKS, CSORDAS_TRAINING)}
     if method not in methods:
@@ -268,6 +268,12 @@ def masks_train(
         trained_objective = objective_from_spec(objective)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--objective") from error
+    if fully_shard and (method != "csordas" or not isinstance(trained_objective, AnswerCrossEntropy)):
+        raise typer.BadParameter(
+            "fully sharded training runs Csordás's method on the answer-ce objective only; add --method csordas and "
+            f"--objective answer-ce (got --method {method} --objective {objective}), or train without --fully-shard",
+            param_hint="--fully-shard",
+        )
     check_model_name(model)
     for spec in task:
         check_subtask_spec(spec)

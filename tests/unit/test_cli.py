@@ -290,6 +290,17 @@ def test_masks_train_starts_head_masks_at_the_named_or_the_samplers_initial_logi
             ["--heads-per-step", "4", "--granularity", "head", "--method", "csordas", "--steps", "1"],
             "not --granularity head --method csordas --sampler auto",
         ),
+        (
+            ["--fully-shard", "--steps", "1"],
+            (
+                "fully sharded training runs Csordás's method on the answer-ce objective only; add --method csordas "
+                "and --objective answer-ce (got --method faithful --objective answer-ce)"
+            ),
+        ),
+        (
+            ["--fully-shard", "--method", "csordas", "--objective", "kl", "--steps", "1"],
+            "(got --method csordas --objective kl), or train without --fully-shard",
+        ),
     ],
 )
 def test_a_bad_training_option_is_refused_before_training(tmp_path, options, message):
