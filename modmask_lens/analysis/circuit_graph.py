@@ -184,10 +184,12 @@ def norm_reading(mask: BinaryMask) -> str:
 
 
 def undrawable_reason(mask: BinaryMask) -> str | None:
-    """Why ``mask`` cannot be drawn as the graph draws nodes, or ``None`` when it can: a head or MLP matrix that does
-    not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank ``q_b_proj`` and grouped ``o_a_proj``;
-    a shared block that reads the residual stream concatenated with the embeddings), or heads that are not the
-    model's ``n_heads`` query heads of one attention (JetMoE's heads of attention experts).
+    """Why ``mask`` cannot be drawn as the graph draws nodes, or ``None`` when it can: a node's matrix whose adapter
+    cannot tell its layout (``unknown``: a router or expert stack whose storage neither its module nor its flags
+    say), a head or MLP matrix that does not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank
+    ``q_b_proj`` and grouped ``o_a_proj``; a shared block that reads the residual stream concatenated with the
+    embeddings), or heads that are not the model's ``n_heads`` query heads of one attention (JetMoE's heads of
+    attention experts).
 
     Example:
         >>> from modmask_lens import MaskSet
@@ -197,13 +199,13 @@ def undrawable_reason(mask: BinaryMask) -> str | None:
     """
     n_heads, d_model = int(mask.origin.model["n_heads"]), int(mask.origin.model["d_model"])
     for spec in mask.specs:
-        if (
-            spec.layer is None
-            or spec.input_axis is None
-            or not any(spec.role in NODE_ROLES[k] for k in ("head", "mlp"))
-        ):
+        if not any(spec.role in roles for roles in NODE_ROLES.values()):
             continue
-        if spec.shape[spec.residual_axis] != d_model:
+        if spec.input_axis is None:
+            reason = f"its adapter cannot tell which of its axes is the residual stream (layout {spec.layout!r})"
+        elif spec.layer is None or not any(spec.role in NODE_ROLES[k] for k in ("head", "mlp")):
+            continue
+        elif spec.shape[spec.residual_axis] != d_model:
             reason = f"its residual axis has {spec.shape[spec.residual_axis]} entries, not d_model={d_model}"
         elif spec.unit in ("head", "kv_head") and (spec.expert_axis is not None or n_heads % spec.unit_count):
             reason = f"its {spec.unit_count} heads are not the model's {n_heads} query heads of one attention"

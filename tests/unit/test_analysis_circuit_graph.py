@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.adapters.components import BlockComponents
 from modmask_lens.analysis import circuit_graph, shared_mask
+from modmask_lens.analysis.circuit_graph import undrawable_reason
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import MaskOrigin
 
@@ -287,3 +289,20 @@ def test_shared_mask_keeps_weights_kept_by_at_least_two():
         assert torch.equal(shared.kept[key], votes >= 2)
     with pytest.raises(ValueError, match="at least two"):
         shared_mask({"one": masks["0"]})
+
+
+def test_a_node_matrix_of_unknown_layout_makes_the_mask_undrawable_with_the_reason():
+    """A masked router whose layout its adapter cannot tell (a square bare parameter, ``routing_spec``) has no
+    residual axis: undrawable_reason said None, so the report drew the circuit and circuit_graph failed with
+    'a unknown tensor has no residual axis'. It now names the matrix, and the report shows the plots instead."""
+    mask = hand_built_mask()
+    router = TensorSpec("blocks.0.mlp.router.weight", "W_router", 0, "", (D_MODEL, D_MODEL), layout="unknown")
+    with_router = BinaryMask(
+        [*mask.specs, router], mask.kept | {router.key: torch.ones(router.shape, dtype=torch.bool)}, mask.origin
+    )
+    reason = "cannot draw blocks.0.mlp.router.weight (W_router (4, 4)) as a node of the residual stream: its adapter "
+    reason += "cannot tell which of its axes is the residual stream (layout 'unknown')"
+    assert undrawable_reason(with_router) == reason
+    with pytest.raises(ValueError, match=re.escape(f"circuit_graph: {reason}; read this model's masks with")):
+        circuit_graph(with_router)
+    assert undrawable_reason(mask) is None
