@@ -228,13 +228,7 @@ def parse_prompt(bridge: Bridge, prompt: str, token_ids: bool = False) -> Int[Te
             "--prompt '3 7 10' --prompt-ids"
         )
     if token_ids:
-        not_ids = [word for word in words if not word.lstrip("-").isdigit()]
-        if not_ids:
-            raise ValueError(
-                f"--prompt-ids reads the prompt as space-separated token ids, but {not_ids} are not integers; give "
-                "ids, e.g. --prompt '3 7 10' --prompt-ids, or leave out --prompt-ids to tokenize the text"
-            )
-        ids = [int(word) for word in words]
+        ids = read_token_ids(prompt)
     else:
         tokenizer = getattr(bridge, "tokenizer", None)
         if tokenizer is None or len(tokenizer) < 2:
@@ -248,6 +242,26 @@ def parse_prompt(bridge: Bridge, prompt: str, token_ids: bool = False) -> Int[Te
     prompt_ids = torch.tensor(ids)
     check_prompt(bridge, prompt_ids)
     return prompt_ids
+
+
+def read_token_ids(prompt: str) -> list[int]:
+    """The integers of a prompt of space-separated token ids (``--prompt-ids``), read without the model.
+
+    Raises:
+        ValueError: a word of the prompt is not an integer.
+
+    Example:
+        >>> read_token_ids("3 7 10")
+        [3, 7, 10]
+    """
+    words = prompt.split()
+    not_ids = [word for word in words if not word.lstrip("-").isdigit()]
+    if not_ids:
+        raise ValueError(
+            f"--prompt-ids reads the prompt as space-separated token ids, but {not_ids} are not integers; give "
+            "ids, e.g. --prompt '3 7 10' --prompt-ids, or leave out --prompt-ids to tokenize the text"
+        )
+    return [int(word) for word in words]
 
 
 def check_prompt(bridge: Bridge, prompt: Int[Tensor, " pos"]) -> None:
@@ -297,14 +311,17 @@ def report_from_files(
         prepend_bos: start each of ``tasks``' pairs with the tokenizer's BOS token, as the masks were trained.
 
     Raises:
-        ValueError: ``eval_limit`` is below 1, ``labels`` are not one distinct label per file, or ``path`` is one of
-            ``mask_files`` (checked before the model loads).
+        ValueError: ``eval_limit`` is below 1, ``labels`` are not one distinct label per file, ``prompt_ids`` and
+            a word of ``prompt`` is not an integer, or ``path`` is one of ``mask_files`` (checked before the model
+            loads).
     """
     from modmask_lens.loading import load_bridge, load_subtask
 
     if eval_limit < 1:
         raise ValueError(f"eval_limit must be at least 1, got {eval_limit}")
     check_labels(labels, mask_files)
+    if prompt_ids:
+        read_token_ids(prompt)
     for file in mask_files:  # before the model loads, and never replace the masks the report reads
         if Path(path).exists() and Path(file).exists() and Path(path).samefile(file):
             raise ValueError(

@@ -418,3 +418,22 @@ def test_labels_that_are_not_one_distinct_label_per_mask_file_are_refused_before
     result = runner.invoke(app, [command, "--model", "scan", *masks, *options, *prompt, *out])
     assert result.exit_code == 1, result.output
     assert f"give one distinct --label per mask file: 2 files, labels {labels}" in result.output, result.output
+
+
+def test_report_refuses_prompt_ids_that_are_not_integers_before_the_model_loads(tmp_path, monkeypatch):
+    import modmask_lens.loading
+
+    def never(*arguments, **options):
+        pytest.fail("the command loaded the model before refusing the prompt")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+    (tmp_path / "masks-evens.safetensors").write_text("")
+    result = runner.invoke(
+        app,
+        ["report", "--model", "scan", "--masks", str(tmp_path / "masks-evens.safetensors"), "--prompt", "3 jump 7"]
+        + ["--prompt-ids", "--out", str(tmp_path / "report.html")],
+    )
+    assert result.exit_code == 1, result.output
+    assert "error: --prompt-ids reads the prompt as space-separated token ids, but ['jump'] are not integers" in (
+        " ".join(result.output.split())
+    )
