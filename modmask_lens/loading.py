@@ -138,6 +138,12 @@ def check_distinct_names(specs: list[str]) -> None:
         )
 
 
+def task_file(spec: str) -> Path | None:
+    """The JSONL file a subtask ``spec`` reads (``add.jsonl:test`` -> ``add.jsonl``), or ``None`` for a task of the
+    catalogue (``scan/jump``)."""
+    return _file_and_part(spec)[0]
+
+
 def _file_and_part(spec: str) -> tuple[Path | None, str | None]:
     """(JSONL file, part or None) if ``spec`` names a JSONL file (``pairs.jsonl`` or ``pairs.jsonl:test``), else
     (None, None)."""

@@ -312,22 +312,25 @@ def report_from_files(
 
     Raises:
         ValueError: ``eval_limit`` is below 1, ``labels`` are not one distinct label per file, ``prompt_ids`` and
-            a word of ``prompt`` is not an integer, or ``path`` is one of ``mask_files`` (checked before the model
-            loads).
+            a word of ``prompt`` is not an integer, or ``path`` is one of ``mask_files`` or of the task files
+            (checked before the model loads).
     """
-    from modmask_lens.loading import load_bridge, load_subtask
+    from modmask_lens.loading import load_bridge, load_subtask, task_file
 
     if eval_limit < 1:
         raise ValueError(f"eval_limit must be at least 1, got {eval_limit}")
     check_labels(labels, mask_files)
     if prompt_ids:
         read_token_ids(prompt)
-    for file in mask_files:  # before the model loads, and never replace the masks the report reads
-        if Path(path).exists() and Path(file).exists() and Path(path).samefile(file):
-            raise ValueError(
-                f"the report's file {path} is the mask file {file}: writing it would replace the masks; name "
-                "another HTML file, e.g. --out report.html"
-            )
+    # Before the model loads, and never replace the masks or the task data the report reads.
+    inputs = {"mask file": mask_files, "task file": [task_file(task) for task in tasks]}
+    for kind, files in inputs.items():
+        for file in files:
+            if file is not None and Path(path).exists() and Path(file).exists() and Path(path).samefile(file):
+                raise ValueError(
+                    f"the report's file {path} is the {kind} {file}: writing it would replace the {kind}; name "
+                    "another HTML file, e.g. --out report.html"
+                )
     bridge, tokenizer = load_bridge(str(model))
     # keyed by label, each keeping its subtask's name: the accuracy of a mask is read on its own subtask
     loaded = [load_masks(file, bridge) for file in mask_files]

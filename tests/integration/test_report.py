@@ -244,6 +244,6 @@ def test_report_refuses_to_write_over_a_mask_file_it_reads(tmp_path):
     ]
     for out in (file, tmp_path / "." / "masks-a.safetensors"):
         result = CliRunner().invoke(app, [*arguments, "--out", str(out)])
-        assert result.exit_code != 0 and "would replace the masks" in result.output, result.output
+        assert result.exit_code != 0 and "would replace the mask file" in result.output, result.output
     assert file.read_bytes() == saved
     assert load_masks(file, bridge).binary().count == mask_set.binary().count

@@ -437,3 +437,25 @@ def test_report_refuses_prompt_ids_that_are_not_integers_before_the_model_loads(
     assert "error: --prompt-ids reads the prompt as space-separated token ids, but ['jump'] are not integers" in (
         " ".join(result.output.split())
     )
+
+
+def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, monkeypatch):
+    """``--task evens.jsonl --out evens.jsonl`` loaded the model, read the task and wrote the HTML report over it."""
+    import modmask_lens.loading
+
+    def never(*arguments, **options):
+        pytest.fail("the command loaded the model before refusing the --out")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+    (tmp_path / "masks-evens.safetensors").write_text("")
+    task = tmp_path / "evens.jsonl"
+    task.write_text(json.dumps({"prompt": "w5 w6", "completion": "w11"}) + "\n")
+    for spec in (str(task), f"{task}:test"):
+        result = runner.invoke(
+            app,
+            ["report", "--model", "scan", "--masks", str(tmp_path / "masks-evens.safetensors"), "--prompt", "w5"]
+            + ["--task", spec, "--out", str(task)],
+        )
+        assert result.exit_code == 1, result.output
+        said = " ".join(result.output.split())
+        assert f"the report's file {task} is the task file {task}: writing it would replace the task file" in said
