@@ -65,7 +65,9 @@ def report(
         help="score the masks on this subtask (as masks train takes it; FILE.jsonl:test for held-out rows): adds the "
         "accuracy table of the full model, each mask and its inverse; repeat for several",
     ),
-    eval_limit: int = typer.Option(500, help="with --task: score on each subtask's first N examples"),
+    eval_limit: int | None = typer.Option(
+        None, help="with --task: score on each subtask's first N examples (default 500)"
+    ),
     prepend_bos: bool = typer.Option(False, "--prepend-bos", help=PREPEND_BOS_HELP),
 ):
     """Write one self-contained offline HTML report (circuits, overlap, attention, plots) for saved masks.
@@ -83,8 +85,11 @@ def report(
         )
     from modmask_lens.loading import check_distinct_names, check_subtask_spec
 
-    if eval_limit < 1:
+    if eval_limit is not None and eval_limit < 1:
         raise ValueError(f"--eval-limit must be at least 1, got {eval_limit}")
+    for option, given in (("--eval-limit", eval_limit is not None), ("--prepend-bos", prepend_bos)):
+        if given and not task:
+            raise typer.BadParameter("applies to --task only: name the subtasks to score on", param_hint=option)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; name the HTML file to write, e.g. {out / 'report.html'}")
     check_model_name(model)
@@ -103,7 +108,7 @@ def report(
         title=title,
         labels=label or None,
         tasks=task or (),
-        eval_limit=eval_limit,
+        **({} if eval_limit is None else {"eval_limit": eval_limit}),
         prompt_ids=prompt_ids,
         prepend_bos=prepend_bos,
     )

@@ -459,3 +459,24 @@ def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, monkeypatch
         assert result.exit_code == 1, result.output
         said = " ".join(result.output.split())
         assert f"the report's file {task} is the task file {task}: writing it would replace the task file" in said
+
+
+@pytest.mark.parametrize("option", [["--eval-limit", "40"], ["--prepend-bos"]])
+def test_report_refuses_task_options_without_a_task(tmp_path, monkeypatch, option):
+    """--eval-limit and --prepend-bos only shape the --task scoring: without a task the report ran and the option
+    did nothing."""
+    import modmask_lens.loading
+
+    def never(*arguments, **options):
+        pytest.fail("the command loaded the model before refusing --eval-limit")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+    (tmp_path / "masks-evens.safetensors").write_text("")
+    result = runner.invoke(
+        app,
+        ["report", "--model", "scan", "--masks", str(tmp_path / "masks-evens.safetensors"), "--prompt", "jump"]
+        + [*option, "--out", str(tmp_path / "report.html")],
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert f"Invalid value for {option[0]}: applies to --task only: name the subtasks to score on" in said, said
