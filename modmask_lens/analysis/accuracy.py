@@ -78,7 +78,8 @@ def mask_accuracy(
     for mask in [*masks.values(), *([control] if control is not None else [])]:
         mask.check_model(bridge)
     for examples in data.values():  # every subtask before the first is evaluated
-        examples.check_fits(bridge)
+        examples.check_fits(bridge, answers_scored=objective.scores_answers)
+        objective.check(examples)
     rows = []
     for subtask, examples in data.items():
         rows.append(

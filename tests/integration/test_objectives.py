@@ -184,6 +184,42 @@ def test_answers_a_bidirectional_model_sees_in_its_input_are_refused_before_any_
     causal_data.check_fits(causal_bridge)
 
 
+def test_mask_accuracy_takes_the_data_its_objective_takes(bert):
+    """mask_accuracy checks the data as the objective reads it: answers a bidirectional model sees in its input are
+    fine for an objective that predicts no label (it refused them, which objective_metric accepts), and data an
+    objective cannot read is refused before any subtask is evaluated."""
+    pairs = mm.SubtaskData.from_pairs("pairs", [("w5 w6", "w7"), ("w8", "w9 w10")], bert.tokenizer)
+    mask = random_mask(bert)
+    table = analysis.mask_accuracy(bert, {"pairs": mask}, {"pairs": pairs}, objective=mm.KLDivergence())
+    answer_positions = [[3, 4], [2, 3, 4]]  # the logits that score each example's answer tokens (and [SEP])
+    with torch.no_grad():
+        full_predictions = bert(pairs.input_ids, attention_mask=pairs.attention_mask).argmax(-1)
+
+    def agreement(binary):
+        with torch.no_grad(), mm.masked(bert, binary):
+            predictions = bert(pairs.input_ids, attention_mask=pairs.attention_mask).argmax(-1)
+        return sum(
+            float((predictions[row, positions] == full_predictions[row, positions]).float().mean())
+            for row, positions in enumerate(answer_positions)
+        ) / len(pairs)
+
+    assert table["condition"].tolist() == ["full", "mask", "inverse"]
+    assert table["accuracy"].tolist() == pytest.approx([1.0, agreement(mask), agreement(~mask)])
+    with pytest.raises(ValueError, match="sees the answer in its input"):
+        analysis.mask_accuracy(bert, {"pairs": mask}, {"pairs": pairs})
+
+    texts = mm.SubtaskData.from_texts("texts", ["w5 w6", "w7"], bert.tokenizer, classes=[0, 1])
+    probe = mm.LinearProbe(HOOK, torch.ones(2, 32), torch.zeros(2))
+    forwards = []
+    counting = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match="no classes for the probe"):
+            analysis.mask_accuracy(bert, {"m": mask}, {"texts": texts, "pairs": pairs}, objective=probe)
+    finally:
+        counting.remove()
+    assert not forwards
+
+
 class CountingCrossEntropy(mm.AnswerCrossEntropy):
     """Answer cross-entropy that records how many examples each reference computation covered."""
 
