@@ -110,6 +110,8 @@ def _objective_sums(
 ) -> tuple[float, int, float]:
     """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
     applied or without one."""
+    if mask is not None:
+        mask.check_model(bridge, check_weights=False)  # as masked() checks it on the exact-match path
     data.check_fits(bridge, answers_scored=objective.scores_answers)
     objective.check(data)
     loss_sum, normaliser, metric_sum = 0.0, 0, 0.0
