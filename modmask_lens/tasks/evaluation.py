@@ -188,8 +188,12 @@ def accuracy_by_subtask(
 ) -> pd.DataFrame:
     """Exact-match accuracy overall (``subtask == "all"``) and per subtask label.
 
-    ``subtasks`` gives each example one label or a list of labels (an example counts in every subtask it lists,
+    ``subtasks`` gives each example one label or a list of labels (an example counts once in every subtask it lists,
     e.g. SCAN's ``primitives`` column). Columns: ``subtask``, ``examples``, ``correct``, ``accuracy`` (0..1).
+
+    Example:
+        >>> accuracy_by_subtask(torch.tensor([True, False]), [["add", "add", "mul"], ["add"]]).to_dict("records")[1]
+        {'subtask': 'add', 'examples': 2, 'correct': 1, 'accuracy': 0.5}
     """
     frame = pd.DataFrame({"correct": correct.numpy()})
     groups = [("all", frame["correct"])]
@@ -198,6 +202,7 @@ def accuracy_by_subtask(
             raise ValueError(f"got {len(subtasks)} subtask labels for {len(frame)} examples; pass one per example")
         frame["subtask"] = list(subtasks)
         exploded = frame.explode("subtask").dropna(subset=["subtask"])
+        exploded = exploded[~exploded.reset_index().duplicated(["index", "subtask"]).to_numpy()]  # a label listed twice
         groups += [(str(name), group["correct"]) for name, group in exploded.groupby("subtask", sort=True)]
     return pd.DataFrame(
         [

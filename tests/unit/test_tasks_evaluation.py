@@ -144,6 +144,15 @@ def test_accuracy_by_subtask_counts_an_example_in_each_of_its_labels():
     assert rows.loc["walk", "accuracy"] == 1.0
 
 
+def test_accuracy_by_subtask_counts_an_example_once_in_a_label_it_lists_twice():
+    """An expression's operations, say, list a label once per use; it counted the example once per listing (add: 3
+    examples, 2 correct)."""
+    frame = accuracy_by_subtask(torch.tensor([True, False, False]), [["add", "add", "mul"], ["add"], ["mul"]])
+    rows = frame.set_index("subtask")
+    assert rows.loc["add", ["examples", "correct"]].tolist() == [2, 1]
+    assert rows.loc["mul", ["examples", "correct"]].tolist() == [2, 1]
+
+
 def _tiny_gpt2(seed: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(DIGITS), n_positions=32, n_embd=32, n_layer=1, n_head=2)
