@@ -23,6 +23,7 @@ def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = Non
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model), in
     eval mode whatever mode the caller left the model in. Encoder data is run with its attention mask and scored
     with its label shift (masked-LM answers at their own positions)."""
+    _check_batch_size(batch_size)
     with eval_mode(bridge):
         return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
 
@@ -31,6 +32,7 @@ def reaches_exact_match(
     bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, target: float, batch_size: int = 256
 ) -> bool:
     """Whether :func:`exact_match` is at least ``target``; stops at the first batch after which it cannot be."""
+    _check_batch_size(batch_size)
     correct = 0
     with eval_mode(bridge):
         batches = zip(range(0, len(data), batch_size), _correct_by_batch(bridge, data, mask, batch_size))
@@ -40,6 +42,13 @@ def reaches_exact_match(
             if (correct + unseen) / len(data) < target:  # even if every unseen example were right
                 return False
     return correct / len(data) >= target
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` (examples per forward pass) is at least 1: below 1 no batch ran and
+    the data scored 0."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1 (examples per forward pass; the default is 256)")
 
 
 def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, batch_size: int) -> Iterator[int]:
@@ -110,6 +119,7 @@ def _objective_sums(
 ) -> tuple[float, int, float]:
     """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
     applied or without one."""
+    _check_batch_size(batch_size)
     if mask is not None:
         mask.check_model(bridge, check_weights=False)  # as masked() checks it on the exact-match path
     data.check_fits(bridge, answers_scored=objective.scores_answers)
