@@ -295,7 +295,7 @@ class HiddenState(Objective):
 
     def features(self, outputs: Outputs, batch: Batch) -> Tensor:
         """``[batch, d]`` pooled or ``[batch, pos, d]`` activations (float32)."""
-        activation = outputs.activations[self.hook_name].float()
+        activation = position_features(outputs, self.hook_name)
         return mean_pool(activation, real_tokens(batch)) if self.pool == "mean" else activation
 
     def reference(self, full: Outputs, batch: Batch) -> Reference:
@@ -362,7 +362,7 @@ class LinearProbe(Objective):
             raise ValueError(f"subtask {data.name!r} has classes outside the probe's [0, {self.weight.shape[0]})")
 
     def probe_logits(self, outputs: Outputs, batch: Batch) -> Float[Tensor, "batch classes"]:
-        activation = outputs.activations[self.hook_name].float()
+        activation = position_features(outputs, self.hook_name)
         real = real_tokens(batch).to(activation.device)
         if self.pool == "mean":
             features = mean_pool(activation, real)
@@ -512,6 +512,12 @@ def chosen_positions(batch: Batch, positions: str) -> Tensor:
     labels = aligned_labels(batch) != IGNORE_INDEX
     scored[:, : labels.shape[1]] = labels
     return scored
+
+
+def position_features(outputs: Outputs, hook_name: str) -> Float[Tensor, "batch pos features"]:
+    """The activation at ``hook_name`` as one float32 vector per position: a per-head activation such as
+    ``hook_z`` (``[batch, pos, head, d_head]``) with its heads concatenated, as ``W_O`` reads them."""
+    return outputs.activations[hook_name].float().flatten(2)
 
 
 def mean_pool(activation: Float[Tensor, "batch pos d"], real: Tensor) -> Float[Tensor, "batch d"]:
