@@ -79,3 +79,10 @@ def answer_losses(
         predicted_logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
     return token_losses.sum(dim=1)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` (examples per forward pass of an evaluation) is at least 1: below 1
+    ``range(0, examples, batch_size)`` runs no batch, and the data would score as if it held no example."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1 (examples per forward pass)")

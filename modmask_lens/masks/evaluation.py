@@ -13,7 +13,7 @@ import torch
 
 from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.data import SubtaskData
-from modmask_lens.core.scoring import score_answers
+from modmask_lens.core.scoring import check_batch_size, score_answers
 from modmask_lens.masks.apply import masked, masked_call
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective, model_outputs
@@ -23,7 +23,7 @@ def exact_match(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None = Non
     """Fraction of ``data``'s examples whose whole answer is right, with ``mask`` applied (or the full model), in
     eval mode whatever mode the caller left the model in. Encoder data is run with its attention mask and scored
     with its label shift (masked-LM answers at their own positions)."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     with eval_mode(bridge):
         return sum(_correct_by_batch(bridge, data, mask, batch_size)) / len(data)
 
@@ -32,7 +32,7 @@ def reaches_exact_match(
     bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, target: float, batch_size: int = 256
 ) -> bool:
     """Whether :func:`exact_match` is at least ``target``; stops at the first batch after which it cannot be."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     correct = 0
     with eval_mode(bridge):
         batches = zip(range(0, len(data), batch_size), _correct_by_batch(bridge, data, mask, batch_size))
@@ -42,13 +42,6 @@ def reaches_exact_match(
             if (correct + unseen) / len(data) < target:  # even if every unseen example were right
                 return False
     return correct / len(data) >= target
-
-
-def _check_batch_size(batch_size: int) -> None:
-    """Raise ``ValueError`` unless ``batch_size`` (examples per forward pass) is at least 1: below 1 no batch ran and
-    the data scored 0."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size} must be >= 1 (examples per forward pass; the default is 256)")
 
 
 def _correct_by_batch(bridge: Bridge, data: SubtaskData, mask: BinaryMask | None, batch_size: int) -> Iterator[int]:
@@ -119,7 +112,7 @@ def _objective_sums(
 ) -> tuple[float, int, float]:
     """``objective``'s loss, its normaliser and its metric, each summed over ``data``'s batches, with ``mask``
     applied or without one."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if mask is not None:
         mask.check_model(bridge, check_weights=False)  # as masked() checks it on the exact-match path
     data.check_fits(bridge, answers_scored=objective.scores_answers)

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from modmask_lens.core.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
-from modmask_lens.core.scoring import answer_correct
+from modmask_lens.core.scoring import answer_correct, check_batch_size
 from modmask_lens.versions import describe_installed
 
 DEFAULT_BATCH_SIZE = 512  # examples per forward pass; the zoo models fit this easily in CPU memory
@@ -42,6 +42,7 @@ def teacher_forced_correct(
 
     This equals greedy exact match: greedy decoding is exact iff every gold-prefix argmax is gold.
     """
+    check_batch_size(batch_size)
     correct = []
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):
@@ -157,6 +158,7 @@ def greedy_correct(
     model: torch.nn.Module, examples: TokenizedExamples, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Bool[Tensor, " example"]:
     """Per example: does greedy decoding from the prompt reproduce the completion and then EOS exactly?"""
+    check_batch_size(batch_size)
     correct = []
     for start in range(0, len(examples), batch_size):
         batch = examples.select(slice(start, start + batch_size))

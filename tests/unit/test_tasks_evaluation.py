@@ -153,6 +153,17 @@ def test_accuracy_by_subtask_counts_an_example_once_in_a_label_it_lists_twice():
     assert rows.loc["mul", ["examples", "correct"]].tolist() == [2, 1]
 
 
+@pytest.mark.parametrize("method", ["greedy", "teacher_forcing"])
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_1_is_refused_not_read_as_no_example(method, batch_size):
+    """At -1 no batch ran: both methods returned no verdict for the 2 examples (accuracy 'all': 0 examples, NaN);
+    at 0 range() raised 'arg 3 must not be zero'."""
+    examples = encode_pairs(DIGITS, ["1+2", "3+4"], ["3", "7"])
+    assert len(exact_match_correct(_tiny_gpt2(0), examples, method, batch_size=1)) == 2
+    with pytest.raises(ValueError, match=f"batch_size {batch_size} must be >= 1"):
+        exact_match_correct(_tiny_gpt2(0), examples, method, batch_size=batch_size)
+
+
 def _tiny_gpt2(seed: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(DIGITS), n_positions=32, n_embd=32, n_layer=1, n_head=2)
