@@ -2,7 +2,8 @@
 
 An example counts as correct only if every completion token and the EOS are right
 (:mod:`modmask_lens.core.scoring`). Works on a TransformerLens ``TransformerBridge`` (whose call
-returns logits) and on a plain Hugging Face causal LM (whose call returns an output with ``.logits``).
+returns logits) and on a plain Hugging Face causal LM (whose call returns an output with ``.logits``), run in eval
+mode (no dropout) whatever mode the caller left it in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from modmask_lens.core.bridge import eval_mode
 from modmask_lens.core.encoding import IGNORE_INDEX, TokenizedExamples, encode_pairs
 from modmask_lens.core.scoring import answer_correct, check_batch_size
 from modmask_lens.versions import describe_installed
@@ -44,7 +46,7 @@ def teacher_forced_correct(
     """
     check_batch_size(batch_size)
     correct = []
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_mode(model):
         for start in range(0, len(examples), batch_size):
             batch = examples.select(slice(start, start + batch_size))
             correct.append(answer_correct(next_token_logits(model, batch.input_ids), batch.labels))
@@ -141,17 +143,18 @@ def greedy_complete(
     a :class:`KvCacheMismatch` warning names the installed versions and the batch decodes again without the cache
     (about 10x slower on the zoo's SCAN model), so the result is right under every version.
     """
-    tokens = _decode(model, examples, max_new_tokens, use_cache=True)
-    if is_greedy_continuation(model, examples, tokens):
-        return tokens
-    warnings.warn(
-        f"cached greedy decoding of {type(model).__name__} disagrees with an uncached forward under "
-        f"{describe_installed()}; decoding without the KV cache instead (slower, same answers). "
-        'Fix: pip install "transformers<5.24", or `make install`, which installs requirements.lock',
-        KvCacheMismatch,
-        stacklevel=2,
-    )
-    return _decode(model, examples, max_new_tokens, use_cache=False)
+    with eval_mode(model):
+        tokens = _decode(model, examples, max_new_tokens, use_cache=True)
+        if is_greedy_continuation(model, examples, tokens):
+            return tokens
+        warnings.warn(
+            f"cached greedy decoding of {type(model).__name__} disagrees with an uncached forward under "
+            f"{describe_installed()}; decoding without the KV cache instead (slower, same answers). "
+            'Fix: pip install "transformers<5.24", or `make install`, which installs requirements.lock',
+            KvCacheMismatch,
+            stacklevel=2,
+        )
+        return _decode(model, examples, max_new_tokens, use_cache=False)
 
 
 def greedy_correct(
