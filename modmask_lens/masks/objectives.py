@@ -211,22 +211,13 @@ class LogitDifference(Objective):
                 f"subtask {data.name!r} has no foils; the logit difference compares each answer with one: "
                 "use data.with_foils(foils, tokenizer), or give every row of the JSONL file a 'foil' field"
             )
-        placed = data.foils != IGNORE_INDEX
-        answered = data.labels != IGNORE_INDEX
-        answered[:, : data.label_shift] = False  # labels no logit scores
-        # A foil without an answer would be compared with the logit of token 0; an example without a foil would
-        # count as won.
-        misplaced = (placed & ~answered).any(dim=1).nonzero().flatten().tolist()
-        unfoiled = (~placed.any(dim=1)).nonzero().flatten().tolist()
-        if misplaced or unfoiled:
-            problem = (
-                f"examples {misplaced[:10]} ({len(misplaced)} in all) have foils where no answer token is scored"
-                if misplaced
-                else f"examples {unfoiled[:10]} ({len(unfoiled)} in all) have no foil"
-            )
+        # An example without a foil would count as won. (A foil where no answer is scored, which would be compared
+        # with the logit of token 0, SubtaskData refuses when it is built.)
+        unfoiled = (~(data.foils != IGNORE_INDEX).any(dim=1)).nonzero().flatten().tolist()
+        if unfoiled:
             raise ValueError(
-                f"subtask {data.name!r}: {problem}; each example needs a foil at the position of the answer token it "
-                "is compared with (the answer's position in labels, not the position before it): use "
+                f"subtask {data.name!r}: examples {unfoiled[:10]} ({len(unfoiled)} in all) have no foil; each example "
+                "needs a foil at the position of the answer token it is compared with: use "
                 "data.with_foils(foils, tokenizer)"
             )
 
