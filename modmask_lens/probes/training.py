@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors
 from modmask_lens.core.random import seeded, step_generator
+from modmask_lens.masks.identity import MaskOrigin
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss
@@ -63,6 +64,7 @@ class ProbeTrainer:
             else None
         )
         self.progress, self.frozen_gate = progress, frozen_gate is not None
+        self.model_fingerprint = MaskOrigin.of(bridge).model  # dimensions and weights' hash: what a resume checks
         first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
         with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
             self.probe = GatedProbe(first.shape[1], data.n_classes, config, self.hook_names).to(first.device)
@@ -129,12 +131,13 @@ class ProbeTrainer:
             "config": self.config.to_dict(),
             "hook_names": self.hook_names,
             "data": self.data.fingerprint(),
+            "model": self.model_fingerprint,
             "frozen_gate": self.frozen_gate,
         }
         return self.checkpointer.save(tensors, metadata)
 
     def _resume(self) -> None:
-        """Continue a checkpointed run: the same settings, hooks, data and frozen gate (or none), except that
+        """Continue a checkpointed run: the same model, settings, hooks, data and frozen gate (or none), except that
         ``steps`` and ``checkpoint_every`` may differ (no other setting depends on them), so a finished run can be
         extended."""
         tensors, metadata = self.checkpointer.load({"step": int, "config": dict, "hook_names": list})
@@ -150,6 +153,12 @@ class ProbeTrainer:
             raise ValueError(
                 f"{self.checkpointer.path} was written for other probe data (examples, read positions or targets"
                 + (", or before checkpoints recorded them" if "data" not in metadata else "")
+                + "); use a fresh checkpoint directory"
+            )
+        if metadata.get("model") != self.model_fingerprint:
+            raise ValueError(
+                f"{self.checkpointer.path} was written for another model (its weights or dimensions"
+                + (", or before checkpoints recorded them" if "model" not in metadata else "")
                 + "); use a fresh checkpoint directory"
             )
         written_frozen = bool(metadata.get("frozen_gate", False))

@@ -236,6 +236,19 @@ def test_gates_of_another_model_shape_are_refused(bert):
         component_usage(ComponentGate(bridge.cfg.d_model, n_layers + 1, n_heads), bridge, subtasks)
 
 
+def test_a_checkpoint_resumes_only_on_the_model_it_was_written_for(bert, tmp_path):
+    """A probe checkpoint of one model resumed silently on another of the same shape (seed 1's weights), the
+    probe then trained further on activations it was not fitted to."""
+    bridge, tokenizer, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=2, batch_size=4)
+    ProbeTrainer(bridge, [HOOK], data, config, tmp_path / "run", progress=False).train()
+    assert ProbeTrainer(bridge, [HOOK], data, replace(config, steps=3), tmp_path / "run", progress=False).step == 2
+    other = boot_tiny(BertForMaskedLM(BertConfig(**TINY_HF_SIZES)), tmp_path / "other", seed=1, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="was written for another model"):
+        ProbeTrainer(other, [HOOK], data, config, tmp_path / "run", progress=False)
+
+
 def test_a_checkpoint_resumes_only_with_the_frozen_gate_it_was_written_with(bert, tmp_path):
     """A frozen-gate run pointed at another run's checkpoint took that run's trained gate, silently, in place of the
     frozen one (the transfer test's variant then is the other probe)."""
