@@ -141,12 +141,12 @@ def mask_set_from(bridge: Bridge, tensors: dict[str, Tensor], metadata: dict, so
             "saved by an earlier modmask-lens whose adapter masked other tensors of it (such as "
             "mixture-of-experts routers and shared experts, masked since); retrain the mask with this version"
         )
-    logits = {}
+    logits, device = {}, next(bridge.parameters()).device  # where MaskSet.for_bridge puts fresh logits
     for unit in units:
         logit = tensors.get(f"logits/{unit.name}")
         if logit is None or tuple(logit.shape) != unit.shape or not torch.isfinite(logit).all():
             raise MaskFileError(f"{source}: logits of {unit.name} are missing, misshapen or not finite")
-        logits[unit.name] = logit.to(torch.float32).requires_grad_(True)
+        logits[unit.name] = logit.to(device, torch.float32).requires_grad_(True)
     history = metadata.get("history", [])
     if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
         raise MaskFileError(f"{source}: its training history is not a list of rows; re-export the file")

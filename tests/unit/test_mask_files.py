@@ -108,3 +108,18 @@ def test_a_model_without_a_checkpoint_folder_hashes_its_weights_whatever_the_wor
     assert "fresh_tensors" not in load_masks(path, tiny_bridge(seed=0)).origin.model
     with pytest.raises(ModelMismatch, match="weights_sha256"):
         load_masks(path, tiny_bridge(seed=1))
+
+
+def test_loaded_logits_sit_on_the_device_of_the_model_they_are_loaded_onto(tmp_path, monkeypatch):
+    """Files are read on the CPU; the logits stayed there for a model on another device, so a resumed GPU run drew
+    its mask noise on the CPU, unlike the uninterrupted run whose fresh logits sit on the model's device. The meta
+    device stands in for a GPU; its weights cannot be hashed, so the model check is skipped."""
+    from modmask_lens.masks.identity import MaskOrigin
+
+    bridge = tiny_bridge()
+    save_masks(MaskSet.for_bridge(bridge, MaskConfig(granularity="head")), tmp_path / "m.safetensors")
+    bridge.to("meta")
+    monkeypatch.setattr(MaskOrigin, "check", lambda *arguments, **options: None)
+    monkeypatch.setattr("modmask_lens.masks.io.verify_checksum", lambda *arguments: None)
+    loaded = load_masks(tmp_path / "m.safetensors", bridge)
+    assert {logit.device.type for logit in loaded.logits.values()} == {"meta"}
