@@ -373,16 +373,21 @@ def test_foils_must_be_in_every_row_once_one_row_has_one(tmp_path):
     assert load_foils(path) is None
 
 
-@pytest.mark.parametrize("command", ["analyze", "report"])
-def test_a_mask_file_given_twice_is_refused_before_the_model_loads(tmp_path, monkeypatch, command):
-    """The same file under two labels (or two spellings of its path) was read as two masks: analyze wrote an overlap
-    table of IoU 1.0 in every row, a mask against itself."""
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the command loads a model: what it refuses, it refuses before that slow step."""
     import modmask_lens.loading
 
     def never(*arguments, **options):
-        pytest.fail("the command loaded the model before refusing the repeated mask file")
+        pytest.fail("the command loaded the model before refusing its input")
 
     monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_a_mask_file_given_twice_is_refused_before_the_model_loads(tmp_path, monkeypatch, no_model_load, command):
+    """The same file under two labels (or two spellings of its path) was read as two masks: analyze wrote an overlap
+    table of IoU 1.0 in every row, a mask against itself."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "masks-evens.safetensors").write_text("")
     for spellings, labels in (
@@ -400,14 +405,8 @@ def test_a_mask_file_given_twice_is_refused_before_the_model_loads(tmp_path, mon
 @pytest.mark.parametrize("command", ["analyze", "report"])
 @pytest.mark.parametrize("labels", [["x"], ["x", "x"], ["x", "y", "z"]], ids=["too-few", "repeated", "too-many"])
 def test_labels_that_are_not_one_distinct_label_per_mask_file_are_refused_before_the_model_loads(
-    tmp_path, monkeypatch, command, labels
+    tmp_path, no_model_load, command, labels
 ):
-    import modmask_lens.loading
-
-    def never(*arguments, **options):
-        pytest.fail("the command loaded the model before refusing the labels")
-
-    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
     masks = []
     for name in ("evens", "odds"):
         (tmp_path / f"masks-{name}.safetensors").write_text("")
@@ -420,13 +419,7 @@ def test_labels_that_are_not_one_distinct_label_per_mask_file_are_refused_before
     assert f"give one distinct --label per mask file: 2 files, labels {labels}" in result.output, result.output
 
 
-def test_report_refuses_prompt_ids_that_are_not_integers_before_the_model_loads(tmp_path, monkeypatch):
-    import modmask_lens.loading
-
-    def never(*arguments, **options):
-        pytest.fail("the command loaded the model before refusing the prompt")
-
-    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
+def test_report_refuses_prompt_ids_that_are_not_integers_before_the_model_loads(tmp_path, no_model_load):
     (tmp_path / "masks-evens.safetensors").write_text("")
     result = runner.invoke(
         app,
@@ -439,14 +432,8 @@ def test_report_refuses_prompt_ids_that_are_not_integers_before_the_model_loads(
     )
 
 
-def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, monkeypatch):
+def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, no_model_load):
     """``--task evens.jsonl --out evens.jsonl`` loaded the model, read the task and wrote the HTML report over it."""
-    import modmask_lens.loading
-
-    def never(*arguments, **options):
-        pytest.fail("the command loaded the model before refusing the --out")
-
-    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
     (tmp_path / "masks-evens.safetensors").write_text("")
     task = tmp_path / "evens.jsonl"
     task.write_text(json.dumps({"prompt": "w5 w6", "completion": "w11"}) + "\n")
@@ -462,15 +449,9 @@ def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("option", [["--eval-limit", "40"], ["--prepend-bos"]])
-def test_report_refuses_task_options_without_a_task(tmp_path, monkeypatch, option):
+def test_report_refuses_task_options_without_a_task(tmp_path, no_model_load, option):
     """--eval-limit and --prepend-bos only shape the --task scoring: without a task the report ran and the option
     did nothing."""
-    import modmask_lens.loading
-
-    def never(*arguments, **options):
-        pytest.fail("the command loaded the model before refusing --eval-limit")
-
-    monkeypatch.setattr(modmask_lens.loading, "load_bridge", never)
     (tmp_path / "masks-evens.safetensors").write_text("")
     result = runner.invoke(
         app,
