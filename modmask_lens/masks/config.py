@@ -96,8 +96,8 @@ class MaskConfig:
             examples per head and mask sample, so only at ``head`` granularity (a head is removed by zeroing its
             ``hook_z``). Its gradient at logit 3.0 ranks heads by what removing them costs (Spearman 0.97 on
             all-MiniLM-L6-v2, 0.91 on the zoo scan model, against 0.61 and 0.43 for hard concrete; 0.74 and 0.73
-            from its default start at 0.01), and on the ground-truth head plants it matched or beat hard concrete
-            (docs/concepts.md#head-masks), which made it the head default.
+            from logit 0.0, beside its default start at 0.01), and on the ground-truth head plants it matched or
+            beat hard concrete (docs/concepts.md#head-masks), which made it the head default.
         head_mask: at head granularity without ``roles``, which of a head's slices its logit masks: ``qkvo``
             (its ``W_Q``, ``W_K``, ``W_V`` and ``W_O`` slices share it) or ``output`` (its ``W_O`` slice only: a gate
             on the head's output, identical to scaling its ``hook_z``; the default). ``roles``, when given, decides
