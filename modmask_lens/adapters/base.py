@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -321,11 +321,34 @@ class ModelShape:
     d_head: int
     d_mlp: int | None
     d_vocab: int
+    layer_n_kv_heads: tuple[int | None, ...] = ()
+    """Each block's own key/value heads where blocks differ (TransformerLens's ``cfg.per_layer_num_key_value_heads``:
+    Gemma 4's full-attention layers have fewer than its sliding ones, whose count :attr:`n_kv_heads` holds); empty
+    where every block has :attr:`n_kv_heads`, and ``None`` for a block that takes it."""
+    layer_d_head: tuple[int | None, ...] = ()
+    """Each block's own ``d_head`` where blocks differ (``cfg.per_layer_head_dim``), as :attr:`layer_n_kv_heads`."""
 
     @property
     def heads_per_kv_head(self) -> int:
         """Query heads that read one key/value group: query head h reads group ``h // heads_per_kv_head``."""
         return self.n_heads // self.n_kv_heads
+
+    def at_layer(self, layer: int | None) -> ModelShape:
+        """These dimensions with block ``layer``'s own key/value heads and ``d_head`` (:attr:`layer_n_kv_heads`,
+        :attr:`layer_d_head`); unchanged for a block without its own, or ``layer=None``.
+
+        >>> shape = ModelShape(2, 32, 4, 2, 8, 64, 40, layer_n_kv_heads=(2, 1), layer_d_head=(8, 16))
+        >>> [(shape.at_layer(layer).n_kv_heads, shape.at_layer(layer).d_head) for layer in (0, 1, None)]
+        [(2, 8), (1, 16), (2, 8)]
+        """
+
+        def own(per_layer: tuple[int | None, ...], default: int) -> int:
+            value = per_layer[layer] if layer is not None and layer < len(per_layer) else None
+            return default if value is None else int(value)
+
+        return replace(
+            self, n_kv_heads=own(self.layer_n_kv_heads, self.n_kv_heads), d_head=own(self.layer_d_head, self.d_head)
+        )
 
 
 STACK_SUFFIX = "blocks"
@@ -378,7 +401,16 @@ def model_shape(bridge: Bridge) -> ModelShape:
         d_head=int(cfg.d_head),
         d_mlp=int(cfg.d_mlp) if cfg.d_mlp else None,
         d_vocab=int(cfg.d_vocab),
+        layer_n_kv_heads=_per_block(cfg, "per_layer_num_key_value_heads", n_layers),
+        layer_d_head=_per_block(cfg, "per_layer_head_dim", n_layers),
     )
+
+
+def _per_block(cfg: object, field: str, n_layers: int) -> tuple[int | None, ...]:
+    """TransformerLens's per-layer list ``cfg.<field>`` as a tuple, where it has one entry per block of the model
+    (it counts the blocks of one stack, so an encoder-decoder's is not used); else empty."""
+    values = getattr(cfg, field, None) or ()
+    return tuple(values) if len(values) == n_layers else ()
 
 
 def role_of(key: str) -> tuple[str, int | None]:
@@ -561,7 +593,9 @@ class Adapter:
             if id(located.parameter) in unstored:
                 continue
             layout = self._layout(located.key, located.module, located.parameter)
-            unit, unit_axis, unit_width = self._unit_layout(located.role, layout, dims, located.parameter.shape)
+            unit, unit_axis, unit_width = self._unit_layout(
+                located.role, layout, dims.at_layer(located.layer), located.parameter.shape
+            )
             tied_to = first_key_of.setdefault(id(located.parameter), located.key)
             specs.append(
                 TensorSpec(

@@ -133,9 +133,9 @@ def build_units(specs: list[TensorSpec], config: MaskConfig, dims: ModelShape) -
         units = [
             MaskUnit(
                 f"blocks.{layer}.{component}",
-                (_unit_count(members, unit_kind, dims),),
+                (_unit_count(members, unit_kind, dims.at_layer(layer)),),
                 tuple(members),
-                dims.heads_per_kv_head,
+                dims.at_layer(layer).heads_per_kv_head,
             )
             for layer, members in sorted(by_layer.items())
         ]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import boot_native
 
-from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for
+from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for, masked
 from modmask_lens.adapters import DerivedAdapter
 
 
@@ -102,3 +102,49 @@ def test_the_norm_in_front_of_a_reader_follows_the_blocks_norm_placement():
         ("ln_final.w", None),
     ]
     assert post.reader_norm("head", 0) == ("ln_embed.w", None)
+
+
+def _tiny_gemma4_with_fewer_global_key_value_heads(folder):
+    """A tiny Gemma 4 whose full-attention layer (block 1) has one key/value head of 16 dims while its sliding layer
+    (block 0) has two of 8, as the released 31B has 4 against 16: TransformerLens keeps the majority in
+    ``cfg.n_key_value_heads`` and the per-block truth in ``cfg.per_layer_num_key_value_heads``."""
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = Gemma4TextConfig(
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        vocab_size_per_layer_input=64,
+        hidden_size_per_layer_input=8,
+        layer_types=["sliding_attention", "full_attention"],
+        **TINY_HF_SIZES,
+    )
+    return boot_tiny(Gemma4ForCausalLM(config), folder)
+
+
+def test_key_value_heads_follow_each_blocks_own_count_where_blocks_differ(tmp_path):
+    """Block 1's one key head of 16 rows was read as two heads of 8 (the config's majority count), so a qkvo head
+    mask that turned off query heads 2 and 3 cut half of the key head that heads 0 and 1 read (their hook_z moved by
+    2.4)."""
+    bridge = _tiny_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    for spec in adapter_for(bridge).tensor_specs(bridge):
+        if spec.unit == "kv_head":
+            attention = bridge.get_submodule(f"blocks.{spec.layer}.attn._original_component")
+            heads = attention.config.num_attention_heads // attention.num_key_value_groups
+            assert (spec.unit_count, spec.unit_width) == (heads, attention.head_dim), spec.key
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", head_mask="qkvo"))
+    gates = {name: torch.ones(logits.shape) for name, logits in mask.logits.items()}
+    gates["blocks.1.attn"] = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    samples = {member.path: unit.expand(gates[unit.name], member) for unit in mask.units for member in unit.members}
+    tokens = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    _, reference = bridge.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    with masked(bridge, lambda: samples):
+        _, cut = bridge.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    kept_heads = slice(0, 2)
+    assert torch.equal(
+        cut["blocks.1.attn.hook_z"][:, :, kept_heads], reference["blocks.1.attn.hook_z"][:, :, kept_heads]
+    )
