@@ -44,10 +44,10 @@ def check_model_name(name_or_path: str) -> None:
             )
         return
     path_like = folder.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = _offline_variable()
     if path_like or (offline and not _in_hub_cache(name_or_path)):
         reason = (
-            "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+            f"not in the local Hugging Face cache, and {offline} is set"
             if offline and not path_like
             else "no such folder"
         )
@@ -55,6 +55,16 @@ def check_model_name(name_or_path: str) -> None:
             f"{name_or_path!r} is neither a zoo model nor a model folder ({reason}); {known}; or pass a folder "
             "written by save_pretrained"
         )
+
+
+def _offline_variable() -> str | None:
+    """The environment variable that keeps the Hugging Face hub offline, read as ``huggingface_hub`` reads it
+    (``HF_HUB_OFFLINE``, or ``TRANSFORMERS_OFFLINE`` where that is unset or empty; on for 1, ON, YES or TRUE in any
+    case), or ``None`` while the hub is online."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    name = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    return name if os.environ.get(name, "").upper() in ENV_VARS_TRUE_VALUES else None
 
 
 def _in_hub_cache(repo_id: str) -> bool:
