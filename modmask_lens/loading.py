@@ -96,10 +96,12 @@ def load_bridge(name_or_path: str, device: str = "cpu"):
     if shipped is not None:
         model = zoo.load(shipped, device=device)
         return model.bridge, model.tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    folder = Path(name_or_path).expanduser()
+    location = str(folder) if folder.exists() else name_or_path  # transformers reads "~/model" as a hub id
+    tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.vocab_size == 0:  # transformers falls back to an empty tokenizer when the folder has none
         tokenizer = None
-    return boot_transformers(name_or_path, device=device, tokenizer=tokenizer), tokenizer
+    return boot_transformers(location, device=device, tokenizer=tokenizer), tokenizer
 
 
 def check_subtask_spec(spec: str) -> None:
