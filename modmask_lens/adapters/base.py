@@ -71,8 +71,12 @@ _LATENT_ATTENTION_NORMS = {
     "kv_a_layernorm": "kv_norm",
     "kv_norm": "kv_norm",
 }
+# Query/key norms inside attention (Qwen3, Gemma 3, OLMo 2: TransformerLens's attn.q_norm / attn.k_norm) and the norms
+# of a sub-layer's output before it is added to the residual stream (Gemma 2 and 3, OLMo 2: ln1_post / ln2_post).
+_QUERY_KEY_NORMS = ("q_norm", "k_norm")
+_POST_NORMS = ("ln1_post", "ln2_post")
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln|conv)\."
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln|conv)\."
     r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
@@ -117,6 +121,7 @@ ROLE_KINDS = {
         "ln1.w",
         "ln2.w",
         "ln3.w",
+        *("ln1_post.w", "ln2_post.w", "ln3_post.w", "q_norm.w", "k_norm.w"),
         "ln_final.w",
         "ln_embed.w",
         "ssm_norm.w",
@@ -156,6 +161,7 @@ ROLE_KINDS = {
         "ln1.b",
         "ln2.b",
         "ln3.b",
+        *("ln1_post.b", "ln2_post.b", "ln3_post.b", "q_norm.b", "k_norm.b"),
         "ln_final.b",
         "ln_embed.b",
     ),
@@ -441,7 +447,7 @@ def role_of(key: str) -> tuple[str, int | None]:
         return prefix + _CHANNEL_MIX_ROLES[sub], layer
     if component == "conv" and sub in _SHORT_CONV_ROLES:
         return prefix + _SHORT_CONV_ROLES[sub], layer
-    if component in ("ln1", "ln2") and sub is None:
+    if component in ("ln1", "ln2", *_POST_NORMS) and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer
         return f"ln1.{'w' if attr == 'weight' else 'b'}", layer
@@ -455,6 +461,8 @@ def role_of(key: str) -> tuple[str, int | None]:
         return prefix + _LATENT_ATTENTION_ROLES[sub], layer
     if component == "attn" and sub in _LATENT_ATTENTION_NORMS:
         return f"{_LATENT_ATTENTION_NORMS[sub]}.{'w' if attr == 'weight' else 'b'}", layer
+    if component == "attn" and sub in _QUERY_KEY_NORMS:
+        return f"{sub}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "mlp" and sub in _MLP_ROLES:
         return prefix + _MLP_ROLES[sub], layer
     return "other", layer

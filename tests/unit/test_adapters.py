@@ -148,3 +148,28 @@ def test_key_value_heads_follow_each_blocks_own_count_where_blocks_differ(tmp_pa
     assert torch.equal(
         cut["blocks.1.attn.hook_z"][:, :, kept_heads], reference["blocks.1.attn.hook_z"][:, :, kept_heads]
     )
+
+
+@pytest.mark.parametrize("family", ["Gemma2", "Qwen3"])
+def test_every_norm_gain_the_model_holds_is_in_a_default_weight_mask(family, tmp_path):
+    """Gemma 2's post-attention and post-MLP norms (TransformerLens's ln1_post / ln2_post) and Qwen3's query/key norms
+    (attn.q_norm / attn.k_norm) had the role ``other``, which no MaskConfig.kinds selects: the default weight mask
+    (kinds linear and norm) left them whole (128 and 32 of the tiny models' parameters)."""
+    import transformers
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config_class = getattr(transformers, f"{family}Config")
+    model = getattr(transformers, f"{family}ForCausalLM")(
+        config_class(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
+    )
+    bridge = boot_tiny(model, tmp_path)
+    gains = {
+        id(module.weight)
+        for module in bridge.original_model.modules()
+        if type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+    }
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="weight"))
+    masked_parameters = {id(bridge.get_parameter(member.path)) for member in mask.members}
+    assert len(gains) > 2 * bridge.cfg.n_layers + 1  # more than each block's ln1/ln2 and the final norm
+    assert gains <= masked_parameters
