@@ -419,18 +419,28 @@ def _per_block(cfg: object, field: str, n_layers: int) -> tuple[int | None, ...]
     return tuple(values) if len(values) == n_layers else ()
 
 
+TOP_LEVEL_ROLES = {
+    "embed.weight": "W_E",
+    "pos_embed.weight": "W_pos",
+    "token_type_embed.weight": "W_token_type",
+    "embed_ln.weight": "ln_embed.w",
+    "embed_ln.bias": "ln_embed.b",
+    "mlm_head.weight": "W_mlm_head",
+    "mlm_head.bias": "b_mlm_head",
+    "ln_final.weight": "ln_final.w",
+    "ln_final.bias": "ln_final.b",
+    "unembed.weight": "W_U",
+    "unembed.bias": "b_U",
+}
+"""Roles of the tensors outside the blocks, by TransformerLens's key: the embeddings (token-type ones in BERT and
+RoBERTa), the norm of the embeddings (``embed_ln``: BERT, RoBERTa, BLOOM, ModernBERT-decoder), a masked-LM head's
+transform in front of the unembedding (``mlm_head``), the final norm and the unembedding."""
+
+
 def role_of(key: str) -> tuple[str, int | None]:
     """The HookedTransformer role and layer of a TransformerLens 4.x state_dict key (``other`` if unknown)."""
-    top_level = {
-        "embed.weight": "W_E",
-        "pos_embed.weight": "W_pos",
-        "unembed.weight": "W_U",
-        "unembed.bias": "b_U",
-        "ln_final.weight": "ln_final.w",
-        "ln_final.bias": "ln_final.b",
-    }
-    if key in top_level:
-        return top_level[key], None
+    if key in TOP_LEVEL_ROLES:
+        return TOP_LEVEL_ROLES[key], None
     match = _KEY_PATTERN.match(key)
     if match is None:
         return "other", None

@@ -7,8 +7,9 @@ not a separate target. ``ln1``/``ln2`` are the post-attention and post-MLP Layer
 
 Why hand-written (TransformerLens's map is not enough): it puts BERT's post-norms in the ``ln1``/``ln2`` slots its
 own guide reserves for the norms in front of attention and MLP, with nothing in the map saying so, so a derived
-adapter would place the norm in front of each reader wrongly; and the token-type embedding, the embedding LayerNorm,
-the MLM transform and the decoder-bias alias have no HookedTransformer role in the map.
+adapter would place the norm in front of each reader wrongly; and the decoder-bias alias must not be read as a
+tensor of its own. The token-type embedding, the embedding LayerNorm and the MLM transform take their roles from
+:data:`~modmask_lens.adapters.base.TOP_LEVEL_ROLES`, as in RoBERTa.
 """
 
 from __future__ import annotations
@@ -25,11 +26,4 @@ class BertAdapter(Adapter):
     name: ClassVar[str] = "bert"
     architectures: ClassVar[tuple[str, ...]] = ("BertForMaskedLM", "BertLMHeadModel")
     norm_placement: ClassVar[NormPlacement] = "post"
-    family_roles: ClassVar[dict[str, str]] = {
-        "token_type_embed.weight": "W_token_type",
-        "embed_ln.weight": "ln_embed.w",
-        "embed_ln.bias": "ln_embed.b",
-        "mlm_head.weight": "W_mlm_head",
-        "mlm_head.bias": "b_mlm_head",
-    }
     unread_keys: ClassVar[tuple[str, ...]] = ("cls.predictions.bias",)

@@ -26,19 +26,9 @@ import torch
 from torch import nn
 from transformer_lens.model_bridge.generalized_components import moe
 
-from modmask_lens.adapters.base import LocatedParameter, model_shape
+from modmask_lens.adapters.base import TOP_LEVEL_ROLES, LocatedParameter, model_shape
 from modmask_lens.core.bridge import Bridge
 
-_TOP_LEVEL_ROLES = {
-    "embed.weight": "W_E",
-    "pos_embed.weight": "W_pos",
-    "embed_ln.weight": "ln_embed.w",
-    "embed_ln.bias": "ln_embed.b",
-    "ln_final.weight": "ln_final.w",
-    "ln_final.bias": "ln_final.b",
-    "unembed.weight": "W_U",
-    "unembed.bias": "b_U",
-}
 _SIDE_PREFIXES = ("encoder_", "decoder_")
 _WRAPPER = "._original_component"
 _ATTENTION_PARTS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
@@ -180,7 +170,7 @@ def _read_where_called(bridge: Bridge, located: list[LocatedParameter]) -> list[
 
 def _top_level_role(key: str) -> str:
     side_free = next((key.removeprefix(prefix) for prefix in _SIDE_PREFIXES if key.startswith(prefix)), key)
-    return _TOP_LEVEL_ROLES.get(side_free, "other")
+    return TOP_LEVEL_ROLES.get(side_free, "other")
 
 
 def _prefixed(suffix: str) -> Callable[[str], str]:

@@ -173,3 +173,32 @@ def test_every_norm_gain_the_model_holds_is_in_a_default_weight_mask(family, tmp
     masked_parameters = {id(bridge.get_parameter(member.path)) for member in mask.members}
     assert len(gains) > 2 * bridge.cfg.n_layers + 1  # more than each block's ln1/ln2 and the final norm
     assert gains <= masked_parameters
+
+
+def _masked_parameter_ids(bridge, config: MaskConfig) -> set[int]:
+    return {id(bridge.get_parameter(member.path)) for member in MaskSet.for_bridge(bridge, config).members}
+
+
+def test_the_embedding_norm_token_types_and_mlm_transform_are_targets_in_every_family(tmp_path):
+    """TransformerLens's embed_ln, token_type_embed and mlm_head had roles only in the BERT adapter; BLOOM's and
+    RoBERTa's (derived adapter) had the role ``other``, which no mask selects: the default weight mask left BLOOM's
+    word-embedding LayerNorm and RoBERTa's embedding LayerNorm, token-type embedding and MLM dense whole."""
+    from transformers import BloomConfig, BloomForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    bloom = boot_tiny(BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=40)), tmp_path / "b")
+    embedding_norm = bloom.original_model.transformer.word_embeddings_layernorm
+    expected = {id(embedding_norm.weight), id(embedding_norm.bias)}
+    assert expected <= _masked_parameter_ids(bloom, MaskConfig(granularity="weight", kinds=("norm", "bias")))
+
+    roberta = boot_tiny(RobertaForMaskedLM(RobertaConfig(**TINY_HF_SIZES)), tmp_path / "r")
+    model = roberta.original_model
+    expected = {
+        id(parameter)
+        for module in (model.roberta.embeddings.LayerNorm, model.roberta.embeddings.token_type_embeddings)
+        for parameter in module.parameters()
+    } | {id(model.lm_head.dense.weight)}
+    assert expected <= _masked_parameter_ids(
+        roberta, MaskConfig(granularity="weight", kinds=("linear", "norm", "embedding", "bias"))
+    )
