@@ -467,6 +467,8 @@ def role_of(key: str) -> tuple[str, int | None]:
         return f"ssm_norm.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:
         return prefix + _ATTENTION_ROLES[sub], layer
+    if component == "attn" and sub == "gate":  # an output gate: sigmoid(gate(x)) scales the heads' outputs
+        return prefix + "attn_gate", layer
     if component == "attn" and sub in _LATENT_ATTENTION_ROLES:
         return prefix + _LATENT_ATTENTION_ROLES[sub], layer
     if component == "attn" and sub in _LATENT_ATTENTION_NORMS:

@@ -202,3 +202,26 @@ def test_the_embedding_norm_token_types_and_mlm_transform_are_targets_in_every_f
     assert expected <= _masked_parameter_ids(
         roberta, MaskConfig(granularity="weight", kinds=("linear", "norm", "embedding", "bias"))
     )
+
+
+def test_an_attention_output_gate_is_a_linear_target(tmp_path):
+    """AFMoE's attention scales its heads' outputs by sigmoid(gate_proj(x)), which TransformerLens maps as attn.gate;
+    role_of gave it the role ``other`` (the stacked adapter's W_attn_gate was never reached), so the default weight
+    mask left both layers' gates whole (2,048 of the tiny model's 26,560 parameters)."""
+    from transformers import AfmoeConfig, AfmoeForCausalLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = AfmoeConfig(
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        num_dense_layers=1,
+        **TINY_HF_SIZES,
+    )
+    bridge = boot_tiny(AfmoeForCausalLM(config), tmp_path)
+    gates = {id(layer.self_attn.gate_proj.weight) for layer in bridge.original_model.model.layers}
+    assert len(gates) == 2
+    assert gates <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight", kinds=("linear",)))
