@@ -56,7 +56,7 @@ class DerivedAdapter(Adapter):
     Attributes:
         head_axes: canonical key pattern (``blocks.{i}.attn.q.weight``) -> the stored axis that holds heads, as
             TransformerLens's rearrange pattern for that key declares it.
-        parallel_blocks: attention and MLP read the same norm (no ``ln2`` in the block mapping).
+        parallel_blocks: attention and MLP read the same norm (an ``ln1`` and no ``ln2`` in the block mapping).
         stacks: the stacks of blocks in the mapping: ``("blocks",)``, or an encoder-decoder's
             ``("encoder_blocks", "decoder_blocks")``.
         norm_placement: ``post`` when each block's attention runs before its ``ln1`` (BERT, RoBERTa, GPT-1, OPT with
@@ -95,7 +95,7 @@ class DerivedAdapter(Adapter):
                 head_axes[key] = axis
         blocks = mapping.get("blocks") if hasattr(mapping, "get") else None
         block_parts = set(getattr(blocks, "submodules", None) or {})
-        parallel = bool(block_parts) and "ln2" not in block_parts
+        parallel = "ln1" in block_parts and "ln2" not in block_parts
         stacks = stack_names(mapping) or ("blocks",)
         adapter = cls(head_axes, parallel_blocks=parallel, norm_placement=_norm_placement(bridge), stacks=stacks)
         adapter.block_parts = tuple(

@@ -225,3 +225,19 @@ def test_an_attention_output_gate_is_a_linear_target(tmp_path):
     gates = {id(layer.self_attn.gate_proj.weight) for layer in bridge.original_model.model.layers}
     assert len(gates) == 2
     assert gates <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight", kinds=("linear",)))
+
+
+def test_blocks_without_pre_norms_are_not_read_as_parallel(tmp_path):
+    """OLMo 2 normalises each sub-layer's output (ln1_post, ln2_post) and has no ln1 or ln2; 'no ln2 in the block
+    mapping' read it as parallel, so its masks' norm reading said "pre-norm parallel blocks" for sequential blocks.
+    Phi, whose attention and MLP both read ln1, stays parallel."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM, PhiConfig, PhiForCausalLM
+
+    from modmask_lens.analysis.circuit_graph import norm_reading
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    olmo2 = boot_tiny(Olmo2ForCausalLM(Olmo2Config(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path / "olmo2")
+    assert not adapter_for(olmo2).parallel_blocks
+    assert norm_reading(MaskSet.for_bridge(olmo2).binary()).startswith("pre-norm blocks;")
+    phi = boot_tiny(PhiForCausalLM(PhiConfig(**TINY_HF_SIZES)), tmp_path / "phi")
+    assert adapter_for(phi).parallel_blocks
