@@ -124,6 +124,7 @@ ROLE_KINDS = {
         *("ln1_post.w", "ln2_post.w", "ln3_post.w", "q_norm.w", "k_norm.w"),
         "ln_final.w",
         "ln_embed.w",
+        "ln_mlm_head.w",
         "ssm_norm.w",
         "attn_sub_norm.w",
         "mlp_sub_norm.w",
@@ -164,6 +165,7 @@ ROLE_KINDS = {
         *("ln1_post.b", "ln2_post.b", "ln3_post.b", "q_norm.b", "k_norm.b"),
         "ln_final.b",
         "ln_embed.b",
+        "ln_mlm_head.b",
     ),
 }
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
@@ -427,6 +429,10 @@ TOP_LEVEL_ROLES = {
     "embed_ln.bias": "ln_embed.b",
     "mlm_head.weight": "W_mlm_head",
     "mlm_head.bias": "b_mlm_head",
+    "prediction_head.dense.weight": "W_mlm_head",
+    "prediction_head.dense.bias": "b_mlm_head",
+    "prediction_head.norm.weight": "ln_mlm_head.w",
+    "prediction_head.norm.bias": "ln_mlm_head.b",
     "ln_final.weight": "ln_final.w",
     "ln_final.bias": "ln_final.b",
     "unembed.weight": "W_U",
@@ -434,7 +440,8 @@ TOP_LEVEL_ROLES = {
 }
 """Roles of the tensors outside the blocks, by TransformerLens's key: the embeddings (token-type ones in BERT and
 RoBERTa), the norm of the embeddings (``embed_ln``: BERT, RoBERTa, BLOOM, ModernBERT-decoder), a masked-LM head's
-transform in front of the unembedding (``mlm_head``), the final norm and the unembedding."""
+transform in front of the unembedding (``mlm_head``; ModernBERT-decoder's ``prediction_head``, a dense layer and its
+own norm after the final norm), the final norm and the unembedding."""
 
 
 def role_of(key: str) -> tuple[str, int | None]:

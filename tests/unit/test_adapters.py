@@ -241,3 +241,21 @@ def test_blocks_without_pre_norms_are_not_read_as_parallel(tmp_path):
     assert norm_reading(MaskSet.for_bridge(olmo2).binary()).startswith("pre-norm blocks;")
     phi = boot_tiny(PhiForCausalLM(PhiConfig(**TINY_HF_SIZES)), tmp_path / "phi")
     assert adapter_for(phi).parallel_blocks
+
+
+def test_modernbert_decoders_prediction_head_is_a_target(tmp_path):
+    """ModernBERT-decoder's logits read its lm_head (TransformerLens's prediction_head: a dense layer and a norm after
+    the final norm); both had the role ``other``, so the default weight mask left them whole (1,056 of the tiny
+    model's 25,856 parameters)."""
+    from transformers import ModernBertDecoderConfig, ModernBertDecoderForCausalLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = ModernBertDecoderConfig(
+        pad_token_id=1, bos_token_id=3, eos_token_id=2, cls_token_id=3, sep_token_id=2, **TINY_HF_SIZES
+    )
+    bridge = boot_tiny(ModernBertDecoderForCausalLM(config), tmp_path)
+    head = bridge.original_model.lm_head
+    expected = {id(parameter) for parameter in head.parameters()}
+    assert len(expected) == 2  # dense.weight, norm.weight (no biases in this config)
+    assert expected <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight"))
