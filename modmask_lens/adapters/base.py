@@ -43,6 +43,14 @@ _MIXER_ROLES = {
     "dt_proj": "ssm_dt",
     "out_proj": "ssm_out",
 }
+# The norms inside a state-space mixer: Mamba-2's gated norm of its output (TransformerLens's inner_norm), and Jamba's
+# norms of the time step, B and C (dt_layernorm, b_layernorm, c_layernorm) -> role prefixes.
+_MIXER_NORMS = {
+    "inner_norm": "ssm_norm",
+    "dt_layernorm": "ssm_dt_norm",
+    "b_layernorm": "ssm_B_norm",
+    "c_layernorm": "ssm_C_norm",
+}
 # RWKV's blocks as TransformerLens maps them: a time mix (per-channel linear recurrence, no heads) with key, value,
 # receptance and output projections, and a channel mix (an MLP: squared-ReLU hidden units between ``in`` and ``out``,
 # gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
@@ -126,6 +134,7 @@ ROLE_KINDS = {
         "ln_embed.w",
         "ln_mlm_head.w",
         "ssm_norm.w",
+        *("ssm_dt_norm.w", "ssm_B_norm.w", "ssm_C_norm.w"),
         "attn_sub_norm.w",
         "mlp_sub_norm.w",
         "time_mix_K",
@@ -470,8 +479,8 @@ def role_of(key: str) -> tuple[str, int | None]:
         return f"ln1.{'w' if attr == 'weight' else 'b'}", layer
     if component == "mixer" and sub in _MIXER_ROLES:
         return prefix + _MIXER_ROLES[sub], layer
-    if component == "mixer" and sub == "inner_norm":
-        return f"ssm_norm.{'w' if attr == 'weight' else 'b'}", layer
+    if component == "mixer" and sub in _MIXER_NORMS:
+        return f"{_MIXER_NORMS[sub]}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:
         return prefix + _ATTENTION_ROLES[sub], layer
     if component == "attn" and sub == "gate":  # an output gate: sigmoid(gate(x)) scales the heads' outputs

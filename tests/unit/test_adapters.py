@@ -259,3 +259,25 @@ def test_modernbert_decoders_prediction_head_is_a_target(tmp_path):
     expected = {id(parameter) for parameter in head.parameters()}
     assert len(expected) == 2  # dense.weight, norm.weight (no biases in this config)
     assert expected <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight"))
+
+
+def test_jambas_mixer_norms_are_norm_targets(tmp_path):
+    """Jamba's Mamba mixer normalises its time step, B and C (dt_layernorm, b_layernorm, c_layernorm); they had the
+    role ``other``, so the default weight mask left them whole (34 of the tiny model's 48,130 parameters)."""
+    from transformers import JambaConfig, JambaForCausalLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = JambaConfig(
+        **TINY_HF_SIZES,
+        num_key_value_heads=2,
+        attn_layer_period=2,
+        attn_layer_offset=0,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=4,
+    )
+    bridge = boot_tiny(JambaForCausalLM(config), tmp_path)
+    mixer = bridge.original_model.model.layers[1].mamba
+    expected = {id(getattr(mixer, f"{name}_layernorm").weight) for name in ("dt", "b", "c")}
+    assert expected <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight", kinds=("norm",)))
