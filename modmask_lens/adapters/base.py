@@ -43,6 +43,9 @@ _MIXER_ROLES = {
     "dt_proj": "ssm_dt",
     "out_proj": "ssm_out",
 }
+# Where a block keeps its state-space mixer: Mamba's and Jamba's ``mixer``; Falcon-H1 runs its Mamba-2 mixer as
+# ``mamba``, beside attention.
+_MIXER_COMPONENTS = ("mixer", "mamba")
 # The norms inside a state-space mixer: Mamba-2's gated norm of its output (TransformerLens's inner_norm), and Jamba's
 # norms of the time step, B and C (dt_layernorm, b_layernorm, c_layernorm) -> role prefixes.
 _MIXER_NORMS = {
@@ -84,7 +87,7 @@ _LATENT_ATTENTION_NORMS = {
 _QUERY_KEY_NORMS = ("q_norm", "k_norm")
 _POST_NORMS = ("ln1_post", "ln2_post")
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|time_mix|channel_mix|pre_ln|conv)\."
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|mamba|time_mix|channel_mix|pre_ln|conv)\."
     r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
@@ -477,9 +480,9 @@ def role_of(key: str) -> tuple[str, int | None]:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer
         return f"ln1.{'w' if attr == 'weight' else 'b'}", layer
-    if component == "mixer" and sub in _MIXER_ROLES:
+    if component in _MIXER_COMPONENTS and sub in _MIXER_ROLES:
         return prefix + _MIXER_ROLES[sub], layer
-    if component == "mixer" and sub in _MIXER_NORMS:
+    if component in _MIXER_COMPONENTS and sub in _MIXER_NORMS:
         return f"{_MIXER_NORMS[sub]}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:
         return prefix + _ATTENTION_ROLES[sub], layer

@@ -259,8 +259,10 @@ def _fused_input_halves(specs: list[TensorSpec]) -> list[TensorSpec]:
     return fused
 
 
+_STATE_SPACE_OWN_ROLES = {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"}
 _MIXER_OWN_ROLES = {
-    "mixer": {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_dt"},
+    "mixer": _STATE_SPACE_OWN_ROLES,
+    "mamba": _STATE_SPACE_OWN_ROLES,
     "time_mix": {
         "time_decay": "time_decay",
         "time_first": "time_first",
@@ -270,11 +272,11 @@ _MIXER_OWN_ROLES = {
     },
     "channel_mix": {"time_mix_key": "channel_mix_K", "time_mix_receptance": "channel_mix_R"},
 }
-"""The parameters a recurrent mixer holds itself rather than in a submodule, by block component, which
-TransformerLens wraps only for their projections (so ``bridge.state_dict()`` lacks them). A state-space ``mixer``
-(transformers' Mamba and Mamba-2): the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per head in
-Mamba-2), the skip gain D and Mamba-2's time-step bias. RWKV's ``time_mix``: the per-channel decay ``w`` and bonus
-``u`` of its WKV recurrence, and the token-shift interpolation gains (``[1, 1, d_model]``) in front of its key,
+"""The parameters a recurrent mixer holds itself rather than in a submodule, by block component, which TransformerLens
+wraps only for their projections (so ``bridge.state_dict()`` lacks them). A state-space ``mixer`` (transformers'
+Mamba and Mamba-2; Falcon-H1's ``mamba``): the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per
+head in Mamba-2), the skip gain D and Mamba-2's time-step bias. RWKV's ``time_mix``: the per-channel decay ``w`` and
+bonus ``u`` of its WKV recurrence, and the token-shift interpolation gains (``[1, 1, d_model]``) in front of its key,
 value and receptance; its ``channel_mix``: the token-shift gains in front of its key (``in``) and receptance."""
 
 

@@ -281,3 +281,28 @@ def test_jambas_mixer_norms_are_norm_targets(tmp_path):
     mixer = bridge.original_model.model.layers[1].mamba
     expected = {id(getattr(mixer, f"{name}_layernorm").weight) for name in ("dt", "b", "c")}
     assert expected <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight", kinds=("norm",)))
+
+
+def test_falcon_h1s_mamba_mixer_is_masked_like_mambas(tmp_path):
+    """Falcon-H1 runs a Mamba-2 mixer beside attention, which TransformerLens maps as ``mamba`` (not ``mixer``): its
+    projections had the role ``other`` and its A_log, D and dt_bias were no target at all, so every mask left the
+    mixer whole (9,088 of the tiny model's 31,776 parameters, besides those three)."""
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = FalconH1Config(
+        num_key_value_heads=2,
+        head_dim=8,
+        mamba_n_heads=4,
+        mamba_d_head=8,
+        mamba_d_ssm=32,
+        mamba_d_state=16,
+        mamba_chunk_size=16,
+        **TINY_HF_SIZES,
+    )
+    bridge = boot_tiny(FalconH1ForCausalLM(config), tmp_path)
+    mixers = [layer.mamba for layer in bridge.original_model.model.layers]
+    expected = {id(parameter) for mixer in mixers for parameter in mixer.parameters()}
+    everything = MaskConfig(granularity="weight", kinds=("linear", "norm", "bias"))
+    assert expected <= _masked_parameter_ids(bridge, everything)
