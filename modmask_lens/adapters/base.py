@@ -54,6 +54,18 @@ _MIXER_NORMS = {
     "b_layernorm": "ssm_B_norm",
     "c_layernorm": "ssm_C_norm",
 }
+# A gated delta-rule linear attention (TransformerLens's ``linear_attn``: its input projections, fused or not by
+# family; a short convolution over q, k and v; a gated norm per head; an output projection), a recurrent mixer of the
+# state-space kind (TransformerLens's SSM protocol) -> role suffixes; its norm is ssm_norm.
+_LINEAR_ATTENTION_ROLES = {
+    **dict.fromkeys(("in_proj_qkvz", "in_proj_ba"), "ssm_in"),  # Qwen3-Next
+    **dict.fromkeys(("in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b"), "ssm_in"),  # Qwen3.5
+    **dict.fromkeys(("q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj"), "ssm_in"),  # OLMo-Hybrid
+    "conv1d": "ssm_conv",
+    "out_proj": "ssm_out",
+    "o_proj": "ssm_out",
+}
+_LINEAR_ATTENTION_NORMS = ("norm", "o_norm")
 # RWKV's blocks as TransformerLens maps them: a time mix (per-channel linear recurrence, no heads) with key, value,
 # receptance and output projections, and a channel mix (an MLP: squared-ReLU hidden units between ``in`` and ``out``,
 # gated per residual channel by ``sigmoid(receptance)``) -> role suffixes.
@@ -87,7 +99,7 @@ _LATENT_ATTENTION_NORMS = {
 _QUERY_KEY_NORMS = ("q_norm", "k_norm")
 _POST_NORMS = ("ln1_post", "ln2_post")
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|mamba|time_mix|channel_mix|pre_ln|conv)\."
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|mamba|linear_attn|time_mix|channel_mix|pre_ln|conv)\."
     r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
@@ -482,6 +494,10 @@ def role_of(key: str) -> tuple[str, int | None]:
         return f"ln1.{'w' if attr == 'weight' else 'b'}", layer
     if component in _MIXER_COMPONENTS and sub in _MIXER_ROLES:
         return prefix + _MIXER_ROLES[sub], layer
+    if component == "linear_attn" and sub in _LINEAR_ATTENTION_ROLES:
+        return prefix + _LINEAR_ATTENTION_ROLES[sub], layer
+    if component == "linear_attn" and sub in _LINEAR_ATTENTION_NORMS:
+        return f"ssm_norm.{'w' if attr == 'weight' else 'b'}", layer
     if component in _MIXER_COMPONENTS and sub in _MIXER_NORMS:
         return f"{_MIXER_NORMS[sub]}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "attn" and sub in _ATTENTION_ROLES:

@@ -263,6 +263,7 @@ _STATE_SPACE_OWN_ROLES = {"A_log": "ssm_A_log", "D": "ssm_D", "dt_bias": "b_ssm_
 _MIXER_OWN_ROLES = {
     "mixer": _STATE_SPACE_OWN_ROLES,
     "mamba": _STATE_SPACE_OWN_ROLES,
+    "linear_attn": _STATE_SPACE_OWN_ROLES,
     "time_mix": {
         "time_decay": "time_decay",
         "time_first": "time_first",
@@ -274,10 +275,11 @@ _MIXER_OWN_ROLES = {
 }
 """The parameters a recurrent mixer holds itself rather than in a submodule, by block component, which TransformerLens
 wraps only for their projections (so ``bridge.state_dict()`` lacks them). A state-space ``mixer`` (transformers'
-Mamba and Mamba-2; Falcon-H1's ``mamba``): the log of the state matrix A (``[d_inner, d_state]`` in Mamba, one per
-head in Mamba-2), the skip gain D and Mamba-2's time-step bias. RWKV's ``time_mix``: the per-channel decay ``w`` and
-bonus ``u`` of its WKV recurrence, and the token-shift interpolation gains (``[1, 1, d_model]``) in front of its key,
-value and receptance; its ``channel_mix``: the token-shift gains in front of its key (``in``) and receptance."""
+Mamba and Mamba-2; Falcon-H1's ``mamba``; a gated delta-rule ``linear_attn``): the log of the state matrix A
+(``[d_inner, d_state]`` in Mamba, one per head in Mamba-2), the skip gain D and Mamba-2's time-step bias. RWKV's
+``time_mix``: the per-channel decay ``w`` and bonus ``u`` of its WKV recurrence, and the token-shift interpolation
+gains (``[1, 1, d_model]``) in front of its key, value and receptance; its ``channel_mix``: the token-shift gains in
+front of its key (``in``) and receptance."""
 
 
 def _mixer_specs(bridge: Bridge, layer: int, known: set[int]) -> list[TensorSpec]:

@@ -306,3 +306,36 @@ def test_falcon_h1s_mamba_mixer_is_masked_like_mambas(tmp_path):
     expected = {id(parameter) for mixer in mixers for parameter in mixer.parameters()}
     everything = MaskConfig(granularity="weight", kinds=("linear", "norm", "bias"))
     assert expected <= _masked_parameter_ids(bridge, everything)
+
+
+@pytest.mark.parametrize(
+    ("family", "config_class"), [("Qwen3Next", "Qwen3NextConfig"), ("Qwen3_5", "Qwen3_5TextConfig")]
+)
+def test_a_linear_attention_layer_is_masked_like_a_state_space_mixer(family, config_class, tmp_path):
+    """Qwen3-Next's and Qwen3.5's gated delta-rule layers (TransformerLens's linear_attn) had every projection,
+    convolution and norm as role ``other`` and their A_log and dt_bias as no target at all, so every mask left the
+    linear-attention layer whole (4,616 of the tiny Qwen3-Next's 28,664 parameters, besides those two; 3 of 4 layers
+    in the released models)."""
+    import transformers
+
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    config = getattr(transformers, config_class)(
+        **TINY_HF_SIZES,
+        num_key_value_heads=2,
+        head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+    )
+    bridge = boot_tiny(getattr(transformers, f"{family}ForCausalLM")(config), tmp_path)
+    linear_attention = bridge.original_model.model.layers[0].linear_attn
+    expected = {id(parameter) for parameter in linear_attention.parameters()}
+    everything = MaskConfig(granularity="weight", kinds=("linear", "norm", "bias"))
+    assert expected <= _masked_parameter_ids(bridge, everything)
