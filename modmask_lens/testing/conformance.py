@@ -22,6 +22,7 @@ from modmask_lens.adapters import (
     TensorSpec,
     adapter_for,
     feature_shape,
+    model_shape,
     query_rows_per_head,
 )
 from modmask_lens.adapters.export import native_config, native_state_dict
@@ -616,6 +617,11 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     the view TransformerLens's conventions give the map the wrapped module computes (:func:`_probed_view`)."""
     name, component = _TL_VIEWS[spec.role], spec.key.rsplit(".", 2)[0]
     block_part = component.split(".")[2]
+    dims = model_shape(bridge)
+    if spec.role in ("W_K", "W_V") and dims.at_layer(spec.layer).n_kv_heads != dims.n_kv_heads:
+        # TransformerLens splits every layer's keys and values by the config's count; where this layer has its own
+        # (Gemma 4's full-attention layers) and the widths happen to divide, its view is that count's, not the layer's.
+        return None
     if component != f"blocks.{spec.layer}.{block_part}" or block_part not in ("attn", "mlp"):
         try:
             return getattr(bridge.get_submodule(component), name, None)

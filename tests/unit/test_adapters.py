@@ -339,3 +339,16 @@ def test_a_linear_attention_layer_is_masked_like_a_state_space_mixer(family, con
     expected = {id(parameter) for parameter in linear_attention.parameters()}
     everything = MaskConfig(granularity="weight", kinds=("linear", "norm", "bias"))
     assert expected <= _masked_parameter_ids(bridge, everything)
+
+
+def test_the_kit_passes_where_a_layer_has_its_own_key_value_heads(tmp_path):
+    """TransformerLens's W_K / W_V views split every layer by the config's key/value head count: block 1's one key head
+    of 16 rows reads as bridge.W_K[1] of 2 heads by 8 (its per-layer guard passes, 16 / 2 being d_head), so
+    the kit's unit_slices_equal_tl_views failed for the adapter's single head; that layer has no view to check."""
+    from modmask_lens.testing import run_conformance
+
+    bridge = _tiny_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    checks = ["unit_slices_equal_tl_views", "head_off_equals_zeroed_hook_z"]
+    assert [(result.name, result.passed) for result in run_conformance(bridge, checks=checks)] == [
+        (name, True) for name in checks
+    ]
