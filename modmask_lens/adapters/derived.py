@@ -201,12 +201,13 @@ def _norm_placement(bridge: Bridge) -> NormPlacement:
     """``post`` when the bridge's forward pass enters block 0's ``attn`` before its ``ln1``, else ``pre`` (probed once
     per bridge, then remembered while it lives).
 
-    A two-token forward pass is stopped by a pre-hook at whichever of the two is entered first, before that module
-    computes anything; the hooks are removed afterwards. Pre-norm blocks (GPT-2, Llama) and parallel blocks (GPT-J)
-    enter ``ln1`` first. Post-norm blocks enter ``attn`` first: ``ln1`` normalises the residual stream after the
-    attention output is added (BERT and RoBERTa, where it even sits inside the attention module; GPT-1). A bridge
-    without both components in block 0, or whose forward pass fails before reaching them, reads as ``pre``, what
-    adapters assumed before. Hooks a user has added to the embedding see this one probe.
+    A two-token forward pass (for an audio or vision encoder, the waveform, spectrogram or image it reads:
+    :func:`~modmask_lens.adapters.inputs.feature_shape`) is stopped by a pre-hook at whichever of the two is entered
+    first, before that module computes anything; the hooks are removed afterwards. Pre-norm blocks (GPT-2, Llama)
+    and parallel blocks (GPT-J) enter ``ln1`` first. Post-norm blocks enter ``attn`` first: ``ln1`` normalises the
+    residual stream after the attention output is added (BERT and RoBERTa, where it even sits inside the attention
+    module; GPT-1). A bridge without both components in block 0, or whose forward pass fails before reaching them,
+    reads as ``pre``, what adapters assumed before. Hooks a user has added to the embedding see this one probe.
     """
     if bridge in _NORM_PLACEMENTS:
         return _NORM_PLACEMENTS[bridge]
@@ -227,10 +228,18 @@ def _probe_norm_placement(bridge: Bridge) -> NormPlacement:
 
         return hook
 
+    from modmask_lens.adapters.inputs import feature_shape  # inputs imports the registry, which imports this module
+
+    features = feature_shape(bridge, 2)
+    probe = (
+        torch.zeros((1, 2), dtype=torch.long)
+        if features is None
+        else torch.zeros((1, *features), dtype=next(bridge.parameters()).dtype)
+    )
     handles = [module.register_forward_pre_hook(stop(name)) for name, module in watched.items()]
     try:
         with torch.no_grad():
-            bridge(torch.zeros((1, 2), dtype=torch.long, device=bridge.cfg.device))
+            bridge(probe.to(bridge.cfg.device))
     except _Entered as entered:
         return "post" if str(entered) == "attn" else "pre"
     except Exception:  # noqa: BLE001 (a model that fails unmasked is reported by the kit, not here)

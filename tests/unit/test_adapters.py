@@ -352,3 +352,29 @@ def test_the_kit_passes_where_a_layer_has_its_own_key_value_heads(tmp_path):
     assert [(result.name, result.passed) for result in run_conformance(bridge, checks=checks)] == [
         (name, True) for name in checks
     ]
+
+
+@pytest.mark.parametrize("architecture", ["HubertModel", "Wav2Vec2Model"])
+def test_an_audio_encoders_norm_placement_is_probed_on_a_waveform(architecture, tmp_path):
+    """HuBERT and Wav2Vec2 base (do_stable_layer_norm=False) normalise after each sub-layer, but the norm placement
+    was probed with token ids, which an audio encoder cannot read; the failed probe read as pre-norm, so their masks'
+    norm layout (and the circuit graph's edge measure) took the wrong norm in front of each reader."""
+    import transformers
+
+    from modmask_lens.adapters import feature_shape
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    family = architecture.removesuffix("Model")
+    config = getattr(transformers, f"{family}Config")(**TINY_HF_SIZES, conv_dim=(8,) * 7, num_conv_pos_embeddings=16)
+    bridge = boot_tiny(getattr(transformers, architecture)(config), tmp_path)
+    entered = []
+    handles = [
+        getattr(bridge.blocks[0], name).register_forward_pre_hook(lambda module, args, name=name: entered.append(name))
+        for name in ("ln1", "attn")
+    ]
+    with torch.no_grad():
+        bridge(torch.randn((1, *feature_shape(bridge, 4))))
+    for handle in handles:
+        handle.remove()
+    assert entered[0] == "attn"  # the independent reading: block 0 runs attention before ln1
+    assert adapter_for(bridge).norm_placement == "post"
