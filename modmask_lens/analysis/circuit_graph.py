@@ -202,7 +202,7 @@ def undrawable_reason(mask: BinaryMask) -> str | None:
         if not any(spec.role in roles for roles in NODE_ROLES.values()):
             continue
         if spec.input_axis is None:
-            reason = f"its adapter cannot tell which of its axes is the residual stream (layout {spec.layout!r})"
+            reason = "its adapter cannot tell which of its axes is the residual stream (its layout is unknown)"
         elif spec.layer is None or not any(spec.role in NODE_ROLES[k] for k in ("head", "mlp")):
             continue
         elif spec.shape[spec.residual_axis] != d_model:

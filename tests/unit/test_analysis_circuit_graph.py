@@ -301,7 +301,7 @@ def test_a_node_matrix_of_unknown_layout_makes_the_mask_undrawable_with_the_reas
         [*mask.specs, router], mask.kept | {router.key: torch.ones(router.shape, dtype=torch.bool)}, mask.origin
     )
     reason = "cannot draw blocks.0.mlp.router.weight (W_router (4, 4)) as a node of the residual stream: its adapter "
-    reason += "cannot tell which of its axes is the residual stream (layout 'unknown')"
+    reason += "cannot tell which of its axes is the residual stream (its layout is unknown)"
     assert undrawable_reason(with_router) == reason
     with pytest.raises(ValueError, match=re.escape(f"circuit_graph: {reason}; read this model's masks with")):
         circuit_graph(with_router)
