@@ -14,6 +14,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from modmask_lens.masks.sampling import check_temperature
+
 Granularity = Literal["weight", "neuron", "head", "matrix"]
 Sampler = Literal["gumbel-sigmoid", "hard-concrete", "bernoulli"]
 SAMPLERS: tuple[str, ...] = ("gumbel-sigmoid", "hard-concrete", "bernoulli")
@@ -325,8 +327,7 @@ class TrainConfig:
             raise ValueError(f"lr {self.lr} is out of range (0, 1]; the default is 0.05, Csordás use 1e-2")
         if not 0 < self.lagrangian_lr <= 1:
             raise ValueError(f"lagrangian_lr {self.lagrangian_lr} is out of range (0, 1]; the default is 0.05")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature {self.temperature} must be a finite number > 0 (Csordás use 1)")
+        check_temperature(self.temperature)
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip {self.grad_clip} must be a finite number > 0 (Csordás clip at 1.0)")
         if self.loss_increase_per not in LOSS_UNITS:

@@ -38,6 +38,7 @@ from modmask_lens.masks.sampling import (
     HARD_CONCRETE_STRETCH,
     HARD_CONCRETE_TEMPERATURE,
     UniformNoise,
+    check_temperature,
     sample_mask,
     uniform_from_bits,
 )
@@ -185,11 +186,17 @@ def sample_product(
         temperature: the Gumbel-sigmoid's tau.
         noise: this sample's uniform noise, drawn as :func:`~modmask_lens.masks.sampling.sample_hard_mask` does.
 
+    Raises:
+        ValueError: a Gumbel-sigmoid ``temperature`` that is not a finite number > 0
+            (:func:`~modmask_lens.masks.sampling.check_temperature`).
+
     Example:
         >>> logits = torch.full((2, 3), 2.0, requires_grad=True)
         >>> sample_product(logits, torch.ones(2, 3), "gumbel-sigmoid", 1.0, UniformNoise(0)).shape
         torch.Size([2, 3])
     """
+    if sampler == "gumbel-sigmoid":
+        check_temperature(temperature)
     return _SampledProduct.apply(logits, weight, noise, sampler, temperature)
 
 

@@ -109,13 +109,31 @@ def sample_hard_mask(
     Returns:
         A tensor of ``logits``'s shape and dtype: 1.0 where ``(logits + logistic noise) / tau > 0``.
 
+    Raises:
+        ValueError: ``temperature`` is not a finite number > 0 (:func:`check_temperature`).
+
     Example:
         >>> logits = torch.full((3,), 2.0, requires_grad=True)
         >>> sample_hard_mask(logits, noise=UniformNoise(0)).shape
         torch.Size([3])
     """
+    check_temperature(temperature)
     uniform = (noise or UniformNoise.fresh()).like(logits)
     return _StraightThroughGumbelSigmoid.apply(logits, uniform, temperature)
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a Gumbel-sigmoid tau that is not a finite number > 0: at tau < 0 a sample keeps each element with
+    probability ``1 - sigmoid(l)`` instead of ``sigmoid(l)`` (the sign of ``(l + noise) / tau`` flips), and at 0 the
+    straight-through gradient ``s (1 - s) / tau`` is NaN.
+
+    Raises:
+        ValueError: naming the temperature and the usual value.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature {temperature} must be a finite number > 0 (the Gumbel-sigmoid's tau; Csordás use 1)"
+        )
 
 
 HARD_CONCRETE_STRETCH = (-0.1, 1.1)

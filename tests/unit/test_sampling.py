@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modmask_lens import MaskConfig, MaskSet
+from modmask_lens.masks.products import sample_product
 from modmask_lens.masks.sampling import (
     UniformNoise,
     _StraightThroughGumbelSigmoid,
@@ -12,6 +14,7 @@ from modmask_lens.masks.sampling import (
     sample_hard_concrete,
     sample_hard_mask,
 )
+from modmask_lens.testing.tiny_models import tiny_bridge
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
@@ -68,3 +71,19 @@ def test_hard_concrete_passes_gradient_where_the_sample_lies_inside_zero_one():
     inside = (samples > 0) & (samples < 1)
     assert bool((logits.grad[inside] > 0).all()) and bool((logits.grad[~inside] == 0).all())
     assert inside.float().mean() > 0.5
+
+
+@pytest.mark.parametrize("temperature", [-1.0, 0.0, float("inf"), float("nan")])
+def test_a_temperature_not_finite_and_positive_is_refused_by_every_gumbel_sigmoid_sample(temperature):
+    """Such a tau used to be taken silently: at -1 the samples of logit 2 kept 0.12 of the elements (1 - sigmoid(2))
+    instead of 0.88, the sign of ``(l + noise) / tau`` flipped; at 0 the straight-through gradient was NaN; at inf
+    nothing was kept."""
+    logits = torch.full((1000,), 2.0, requires_grad=True)
+    refused = f"temperature {temperature} must be a finite number > 0"
+    with pytest.raises(ValueError, match=refused):
+        sample_hard_mask(logits, temperature, UniformNoise(0))
+    with pytest.raises(ValueError, match=refused):
+        sample_product(logits, torch.ones(1000), "gumbel-sigmoid", temperature, UniformNoise(0))
+    mask = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="neuron", sampler="gumbel-sigmoid"))
+    with pytest.raises(ValueError, match=refused):
+        mask.sample(temperature, UniformNoise(0))
