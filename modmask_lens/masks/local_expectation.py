@@ -143,8 +143,13 @@ def _variant_losses(
 ) -> tuple[Score, Float[Tensor, " variant"]]:
     """The objective's score of the first variant and the loss sum of every variant: ``batch`` run once per variant
     with each head's ``hook_z`` slice times its gate (heads in model order: the mask units' logits, concatenated;
-    located by :func:`~modmask_lens.masks.head_outputs.head_outputs`)."""
+    located by :func:`~modmask_lens.masks.head_outputs.head_outputs`).
+
+    Raises:
+        ValueError: (before any forward) the objective reads a ``hook_z`` that the gates scale
+            (:func:`_check_objective_reads_no_gated_hook`)."""
     heads = head_outputs(bridge, mask_set.units)
+    _check_objective_reads_no_gated_hook(bridge, heads, objective)
     per_forward = max(1, VARIANT_EXAMPLES // len(batch))
     losses, first = [], None
     with torch.no_grad():
@@ -165,6 +170,23 @@ def _variant_losses(
                 first = score if first is None else first
                 losses.append(score.loss_sum)
     return first, torch.stack(losses)
+
+
+def _check_objective_reads_no_gated_hook(bridge: Bridge, heads: list[HeadOutput], objective: Objective) -> None:
+    """Refuse an objective that reads a ``hook_z`` the gates scale (under any of its names): the gates remove a head
+    by zeroing its slice of that hook, where the mask as evaluated, on the weights, does not (on ``W_O`` alone it
+    leaves ``hook_z`` unchanged; on ``W_Q``/``W_K``/``W_V`` too a value bias or a key/value group kept for another
+    head still writes there), so the gradient would not be the evaluated mask's."""
+    gated = {id(bridge.hook_dict[head.hook]): head.hook for head in heads}
+    for name in objective.hook_names:
+        hook = bridge.hook_dict.get(name)
+        if hook is not None and id(hook) in gated:
+            raise ValueError(
+                f"the objective reads {name}, where sampler 'bernoulli' removes heads by zeroing their slices of "
+                f"{gated[id(hook)]}, which the trained mask, applied to the weights, does not do: read a hook after "
+                "the attention output (e.g. the block's hook_resid_post), or train this mask with "
+                "sampler='hard-concrete'"
+            )
 
 
 def _gate_hook(gate: Float[Tensor, "example head"], head: HeadOutput):

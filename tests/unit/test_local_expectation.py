@@ -9,7 +9,7 @@ from conftest import state_snapshot
 
 from modmask_lens import MaskConfig, MaskSet, SubtaskData, TrainConfig, train_masks
 from modmask_lens.masks.local_expectation import heads_to_estimate, local_expectation_step
-from modmask_lens.masks.objectives import AnswerCrossEntropy
+from modmask_lens.masks.objectives import AnswerCrossEntropy, HiddenState, model_outputs
 from modmask_lens.masks.sampling import UniformNoise, sample_mask
 from modmask_lens.testing.tiny_models import tiny_bridge
 
@@ -173,3 +173,25 @@ def test_a_chunk_beyond_the_last_head_estimates_none_and_scores_its_sample():
          for index, unit in enumerate(mask.units)]
     )  # fmt: skip
     assert score.loss_sum.item() == pytest.approx(answer_loss_sum(bridge, answer_data(bridge), drawn), rel=1e-5)
+
+
+def test_an_objective_reading_a_gated_hook_z_is_refused():
+    """The gates remove a head at its hook_z, where the mask as evaluated (on W_O) leaves hook_z unchanged: with
+    HiddenState("blocks.0.attn.hook_z", distance="mse") the logits of layer 0's heads got -0.078, -0.045, -0.035,
+    -0.027 (init logit 0.5, noise 5, 4 examples), where removing a head by its W_O changes nothing the objective
+    reads (gradient 0). A hook after the attention output stays allowed."""
+    bridge = tiny_bridge()
+    batch = answer_data(bridge).examples(torch.arange(4))
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli"))
+    for hook_name in ("blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.0.attn.o.hook_in"):  # an alias too
+        objective = HiddenState(hook_name, distance="mse")
+        with torch.no_grad():
+            reference = objective.reference(model_outputs(bridge, batch, objective.hook_names), batch)
+        with pytest.raises(ValueError, match=f"reads {hook_name}, where sampler 'bernoulli' removes heads by zeroing"):
+            local_expectation_step(bridge, mask, objective, batch, reference, UniformNoise(5), 1.0)
+        assert all(logit.grad is None for logit in mask.logits.values())
+    allowed = HiddenState("blocks.1.hook_resid_post", distance="mse")
+    with torch.no_grad():
+        reference = allowed.reference(model_outputs(bridge, batch, allowed.hook_names), batch)
+    local_expectation_step(bridge, mask, allowed, batch, reference, UniformNoise(5), 1.0)
+    assert any(logit.grad.abs().sum() > 0 for logit in mask.logits.values())
