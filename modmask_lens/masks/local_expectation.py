@@ -201,7 +201,9 @@ def _gate_hook(gate: Float[Tensor, "example head"], head: HeadOutput):
                 f"{head.width}: this family's heads are not laid out as its adapter says; train its head masks with "
                 "sampler='hard-concrete'"
             )
-        per_feature = gate.repeat_interleave(head.width, dim=1)  # [example, heads * width]
+        # 0/1 gates in the model's dtype: a float32 gate would turn a half-precision z into float32, which W_O's
+        # half-precision matmul then refuses
+        per_feature = gate.to(z.dtype).repeat_interleave(head.width, dim=1)  # [example, heads * width]
         return (z.reshape(*z.shape[:2], -1) * per_feature[:, None, :]).reshape(z.shape)
 
     return hook

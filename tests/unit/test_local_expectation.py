@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import state_snapshot
+from conftest import boot_native, state_snapshot
 
 from modmask_lens import MaskConfig, MaskSet, SubtaskData, TrainConfig, train_masks
 from modmask_lens.masks.local_expectation import heads_to_estimate, local_expectation_step
@@ -195,3 +195,20 @@ def test_an_objective_reading_a_gated_hook_z_is_refused():
         reference = allowed.reference(model_outputs(bridge, batch, allowed.hook_names), batch)
     local_expectation_step(bridge, mask, allowed, batch, reference, UniformNoise(5), 1.0)
     assert any(logit.grad.abs().sum() > 0 for logit in mask.logits.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bernoulli_head_masks_train_on_a_half_precision_bridge(dtype):
+    """The gates were float32 and turned the half-precision hook_z into float32, which W_O's matmul refused
+    ('mat1 and mat2 must have the same dtype, but got Float and BFloat16'): the default head mask could not train
+    on an fp16 or bf16 model at all."""
+    bridge = boot_native().to(dtype)
+    snapshot = state_snapshot(bridge)
+    data = answer_data(bridge)
+    config = TrainConfig(steps=2, batch_size=6, n_samples=2, readout="zero")
+    masks = train_masks(bridge, data, MaskConfig(granularity="head"), config, progress=False)["answers"]
+    assert masks.config.sampler == "bernoulli"
+    assert all(logit.dtype == torch.float32 and bool(logit.isfinite().all()) for logit in masks.logits.values())
+    assert any(not torch.equal(logit, torch.full_like(logit, 0.01)) for logit in masks.logits.values())
+    for name, tensor in state_snapshot(bridge).items():
+        assert torch.equal(tensor, snapshot[name]), name
