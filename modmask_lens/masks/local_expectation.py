@@ -165,7 +165,10 @@ def _variant_losses(
                 outputs = model_outputs(bridge, repeated, objective.hook_names)
             for copy in range(copies):
                 rows = slice(copy * len(batch), (copy + 1) * len(batch))
-                part = Outputs(outputs.logits[rows], {name: value[rows] for name, value in outputs.activations.items()})
+                # Scored in float32: a removal cost is the difference of two loss sums, which a half-precision sum
+                # (a bf16 sum of 246 is a multiple of 1) would round away
+                logits = outputs.logits[rows].float()
+                part = Outputs(logits, {name: value[rows] for name, value in outputs.activations.items()})
                 score = objective.score(part, reference, batch)
                 first = score if first is None else first
                 losses.append(score.loss_sum)

@@ -25,13 +25,14 @@ def answer_data(bridge, examples: int = 6) -> SubtaskData:
 
 def answer_loss_sum(bridge, data: SubtaskData, head_gates: torch.Tensor) -> float:
     """Answer-token cross-entropy summed over answer tokens, with ``hook_z`` of head [layer, head] times its gate:
-    written out with hooks and ``F.cross_entropy``, not the library's masks or scoring."""
+    written out with hooks and ``F.cross_entropy``, not the library's masks or scoring (in float32, also on a
+    half-precision bridge)."""
     hooks = [
-        (f"blocks.{layer}.attn.hook_z", lambda z, hook, gate=gate: z * gate[None, None, :, None])
+        (f"blocks.{layer}.attn.hook_z", lambda z, hook, gate=gate: z * gate.to(z.dtype)[None, None, :, None])
         for layer, gate in enumerate(head_gates)
     ]
     with torch.no_grad():
-        logits = bridge.run_with_hooks(data.input_ids, fwd_hooks=hooks)
+        logits = bridge.run_with_hooks(data.input_ids, fwd_hooks=hooks).float()
     return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), data.labels[:, 1:].flatten(), reduction="sum"))
 
 
@@ -212,3 +213,29 @@ def test_bernoulli_head_masks_train_on_a_half_precision_bridge(dtype):
     assert any(not torch.equal(logit, torch.full_like(logit, 0.01)) for logit in masks.logits.values())
     for name, tensor in state_snapshot(bridge).items():
         assert torch.equal(tensor, snapshot[name]), name
+
+
+def test_on_a_bfloat16_bridge_the_removal_costs_are_not_rounded_to_the_loss_sums_precision():
+    """Each removal cost is the difference of two loss sums; scored in the model's bf16, a sum of 384 (32 examples, 3
+    answer tokens) is a multiple of 2, so every gradient was p (1 - p) times an even number: -0.47, 0.47, 0.94,
+    -0.47, -0.47, 2.82, 0, 0.47, where the float32 removal costs give 0.424, -0.485, 1.011, -0.102, -0.335, 1.768,
+    0.368, -0.196 (signs flipped, off by up to 1.05)."""
+    bridge = tiny_bridge().to(torch.bfloat16)
+    data = answer_data(bridge, examples=32)
+    mask = MaskSet.for_bridge(bridge, MaskConfig(granularity="head", sampler="bernoulli", init_logit=0.5))
+    noise = UniformNoise(5)
+    drawn = torch.stack(
+        [sample_mask(mask.logits[unit.name].detach(), "gumbel-sigmoid", 1.0, noise.substream(index))
+         for index, unit in enumerate(mask.units)]
+    )  # fmt: skip
+    batch = data.examples(torch.arange(32))
+    local_expectation_step(bridge, mask, AnswerCrossEntropy(), batch, None, noise, 1.0)
+    keep = torch.sigmoid(torch.tensor(0.5))
+    expected = torch.zeros_like(drawn)
+    for layer, head in torch.cartesian_prod(torch.arange(drawn.shape[0]), torch.arange(drawn.shape[1])).tolist():
+        on, off = drawn.clone(), drawn.clone()
+        on[layer, head], off[layer, head] = 1.0, 0.0
+        removal_cost = answer_loss_sum(bridge, data, off) - answer_loss_sum(bridge, data, on)
+        expected[layer, head] = -keep * (1 - keep) * removal_cost
+    gradients = torch.stack([mask.logits[unit.name].grad for unit in mask.units])
+    torch.testing.assert_close(gradients, expected, rtol=1e-4, atol=1e-5)
