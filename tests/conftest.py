@@ -19,6 +19,8 @@ from transformers import (
     GPT2LMHeadModel,
     GptOssConfig,
     GptOssForCausalLM,
+    JambaConfig,
+    JambaForCausalLM,
     Llama4ForCausalLM,
     Llama4TextConfig,
     MixtralConfig,
@@ -86,6 +88,38 @@ def boot_native(gqa: bool = False, seed: int = 0) -> TransformerBridge:
         for parameter in bridge.original_model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
     return bridge
+
+
+def boot_jamba(directory) -> TransformerBridge:
+    """Layer 0: attention (4 heads) and a dense MLP; layer 1: a Mamba mixer and experts (as the released Jamba)."""
+    torch.manual_seed(0)
+    config = JambaConfig(
+        **TINY_HF_SIZES,
+        num_key_value_heads=2,
+        attn_layer_period=2,
+        attn_layer_offset=0,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=4,
+    )
+    return boot_tiny(JambaForCausalLM(config), directory)
+
+
+LINEAR_ATTENTION_SIZES = dict(
+    **TINY_HF_SIZES,
+    num_key_value_heads=2,
+    head_dim=8,
+    layer_types=["linear_attention", "full_attention"],
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+)
+"""A tiny Qwen3-Next / Qwen3.5: a gated delta-rule linear-attention layer, then full attention; experts in both."""
 
 
 N_EXPERTS, D_EXPERT, D_SHARED = 4, 64, 48

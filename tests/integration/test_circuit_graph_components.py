@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
-from conftest import boot_gpt2, tiny_nemotron_h, tiny_zamba2
-from test_report_without_attention import PROMPT, boot_jamba, boot_mamba
+from conftest import boot_gpt2, boot_jamba, tiny_nemotron_h, tiny_zamba2
+from test_report_without_attention import PROMPT, boot_mamba
 from test_viz_views import random_mask_set
 
 from modmask_lens import load_masks, save_masks

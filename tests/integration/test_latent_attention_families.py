@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_local_expectation_is_removal_cost
+from conftest import LINEAR_ATTENTION_SIZES, assert_local_expectation_is_removal_cost
 from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, Qwen3NextConfig, Qwen3NextForCausalLM
 
 from modmask_lens import MaskConfig, MaskSet, adapter_for
@@ -31,20 +31,7 @@ LATENT = DeepseekV2Config(
     moe_intermediate_size=16,
     first_k_dense_replace=1,
 )
-GATED = Qwen3NextConfig(
-    **TINY_HF_SIZES,
-    num_key_value_heads=2,
-    head_dim=8,
-    layer_types=["linear_attention", "full_attention"],
-    linear_key_head_dim=8,
-    linear_value_head_dim=8,
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    num_experts=4,
-    num_experts_per_tok=2,
-    moe_intermediate_size=16,
-    shared_expert_intermediate_size=16,
-)
+GATED = Qwen3NextConfig(**LINEAR_ATTENTION_SIZES)
 HEAD_CHECKS = ["head_off_equals_zeroed_hook_z", "unit_slices_equal_tl_views", "neuron_off_equals_zeroed_hook_post"]
 
 

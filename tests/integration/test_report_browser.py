@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 import torch
-from test_report_without_attention import PROMPT, boot_jamba
+from conftest import boot_jamba
+from test_report_without_attention import PROMPT
 from test_viz_views import random_mask_set
 
 from modmask_lens.analysis import circuit_graph

@@ -8,17 +8,15 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_zamba2
+from conftest import boot_jamba, tiny_zamba2
 from test_viz_views import random_mask_set
 from transformers import (
-    JambaConfig,
-    JambaForCausalLM,
     MambaConfig,
     MambaForCausalLM,
 )
 
 from modmask_lens import adapter_for
-from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+from modmask_lens.testing.tiny_models import boot_tiny
 from modmask_lens.viz import attention_patterns, write_report
 from modmask_lens.viz.attention_patterns import FULL
 
@@ -30,21 +28,6 @@ PROMPT = torch.tensor([5, 6, 7, 8])
 def boot_mamba(directory):
     config = MambaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=40, state_size=16)
     return boot_tiny(MambaForCausalLM(config), directory)
-
-
-def boot_jamba(directory):
-    """Layer 0: attention (4 heads) and a dense MLP; layer 1: a Mamba mixer and experts (as the released Jamba)."""
-    torch.manual_seed(0)
-    config = JambaConfig(
-        **TINY_HF_SIZES,
-        num_key_value_heads=2,
-        attn_layer_period=2,
-        attn_layer_offset=0,
-        expert_layer_period=2,
-        expert_layer_offset=1,
-        num_experts=4,
-    )
-    return boot_tiny(JambaForCausalLM(config), directory)
 
 
 def headings(html: str, level: int) -> list[str]:

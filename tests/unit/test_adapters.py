@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import boot_native
+from conftest import LINEAR_ATTENTION_SIZES, boot_jamba, boot_native
 
 from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for, masked
 from modmask_lens.adapters import DerivedAdapter
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 
 def test_a_family_without_hand_written_adapter_gets_the_one_derived_from_transformer_lens(gpt2_bridge):
@@ -110,8 +111,6 @@ def _tiny_gemma4_with_fewer_global_key_value_heads(folder):
     ``cfg.n_key_value_heads`` and the per-block truth in ``cfg.per_layer_num_key_value_heads``."""
     from transformers import Gemma4ForCausalLM, Gemma4TextConfig
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
     config = Gemma4TextConfig(
         num_key_value_heads=2,
         head_dim=8,
@@ -157,8 +156,6 @@ def test_every_norm_gain_the_model_holds_is_in_a_default_weight_mask(family, tmp
     (kinds linear and norm) left them whole (128 and 32 of the tiny models' parameters)."""
     import transformers
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
     config_class = getattr(transformers, f"{family}Config")
     model = getattr(transformers, f"{family}ForCausalLM")(
         config_class(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
@@ -185,8 +182,6 @@ def test_the_embedding_norm_token_types_and_mlm_transform_are_targets_in_every_f
     word-embedding LayerNorm and RoBERTa's embedding LayerNorm, token-type embedding and MLM dense whole."""
     from transformers import BloomConfig, BloomForCausalLM, RobertaConfig, RobertaForMaskedLM
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
     bloom = boot_tiny(BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=40)), tmp_path / "b")
     embedding_norm = bloom.original_model.transformer.word_embeddings_layernorm
     expected = {id(embedding_norm.weight), id(embedding_norm.bias)}
@@ -210,8 +205,6 @@ def test_an_attention_output_gate_is_a_linear_target(tmp_path):
     mask left both layers' gates whole (2,048 of the tiny model's 26,560 parameters)."""
     from transformers import AfmoeConfig, AfmoeForCausalLM
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
     config = AfmoeConfig(
         num_key_value_heads=2,
         head_dim=8,
@@ -234,7 +227,6 @@ def test_blocks_without_pre_norms_are_not_read_as_parallel(tmp_path):
     from transformers import Olmo2Config, Olmo2ForCausalLM, PhiConfig, PhiForCausalLM
 
     from modmask_lens.analysis.circuit_graph import norm_reading
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
     olmo2 = boot_tiny(Olmo2ForCausalLM(Olmo2Config(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path / "olmo2")
     assert not adapter_for(olmo2).parallel_blocks
@@ -249,8 +241,6 @@ def test_modernbert_decoders_prediction_head_is_a_target(tmp_path):
     model's 25,856 parameters)."""
     from transformers import ModernBertDecoderConfig, ModernBertDecoderForCausalLM
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
     config = ModernBertDecoderConfig(
         pad_token_id=1, bos_token_id=3, eos_token_id=2, cls_token_id=3, sep_token_id=2, **TINY_HF_SIZES
     )
@@ -264,20 +254,7 @@ def test_modernbert_decoders_prediction_head_is_a_target(tmp_path):
 def test_jambas_mixer_norms_are_norm_targets(tmp_path):
     """Jamba's Mamba mixer normalises its time step, B and C (dt_layernorm, b_layernorm, c_layernorm); they had the
     role ``other``, so the default weight mask left them whole (34 of the tiny model's 48,130 parameters)."""
-    from transformers import JambaConfig, JambaForCausalLM
-
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
-    config = JambaConfig(
-        **TINY_HF_SIZES,
-        num_key_value_heads=2,
-        attn_layer_period=2,
-        attn_layer_offset=0,
-        expert_layer_period=2,
-        expert_layer_offset=1,
-        num_experts=4,
-    )
-    bridge = boot_tiny(JambaForCausalLM(config), tmp_path)
+    bridge = boot_jamba(tmp_path)
     mixer = bridge.original_model.model.layers[1].mamba
     expected = {id(getattr(mixer, f"{name}_layernorm").weight) for name in ("dt", "b", "c")}
     assert expected <= _masked_parameter_ids(bridge, MaskConfig(granularity="weight", kinds=("norm",)))
@@ -288,8 +265,6 @@ def test_falcon_h1s_mamba_mixer_is_masked_like_mambas(tmp_path):
     projections had the role ``other`` and its A_log, D and dt_bias were no target at all, so every mask left the
     mixer whole (9,088 of the tiny model's 31,776 parameters, besides those three)."""
     from transformers import FalconH1Config, FalconH1ForCausalLM
-
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
     config = FalconH1Config(
         num_key_value_heads=2,
@@ -318,22 +293,7 @@ def test_a_linear_attention_layer_is_masked_like_a_state_space_mixer(family, con
     in the released models)."""
     import transformers
 
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
-
-    config = getattr(transformers, config_class)(
-        **TINY_HF_SIZES,
-        num_key_value_heads=2,
-        head_dim=8,
-        layer_types=["linear_attention", "full_attention"],
-        linear_key_head_dim=8,
-        linear_value_head_dim=8,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=16,
-        shared_expert_intermediate_size=16,
-    )
+    config = getattr(transformers, config_class)(**LINEAR_ATTENTION_SIZES)
     bridge = boot_tiny(getattr(transformers, f"{family}ForCausalLM")(config), tmp_path)
     linear_attention = bridge.original_model.model.layers[0].linear_attn
     expected = {id(parameter) for parameter in linear_attention.parameters()}
@@ -362,7 +322,6 @@ def test_an_audio_encoders_norm_placement_is_probed_on_a_waveform(architecture, 
     import transformers
 
     from modmask_lens.adapters import feature_shape
-    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
     family = architecture.removesuffix("Model")
     config = getattr(transformers, f"{family}Config")(**TINY_HF_SIZES, conv_dim=(8,) * 7, num_conv_pos_embeddings=16)
