@@ -111,8 +111,9 @@ def unit_scores(
         Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``auroc_gain`` (AUROC
         of ``gain_ranked``; NaN where not given), ``kept_fraction``
         (kept share of the scored units), ``true_fraction``, ``scored_units``, and ``inside_others`` (share of the
-        kept units that only the case's other subtasks use: where a mask of a plant with many sufficient answers
-        lands in another subtask's set, this says so).
+        kept units that only the case's other subtasks keyed on the same units use: where a mask of a plant with
+        many sufficient answers lands in another subtask's set, this says so; 0 in a case of one subtask, NaN where
+        every other subtask is keyed on other units, as in :func:`measured_sharing`).
     """
     rows = []
     for subtask, logits in mask_logits.items():
@@ -124,6 +125,8 @@ def unit_scores(
             if other != subtask and set(case.truth[other][granularity]) == set(case.truth[subtask][granularity])
         ]
         others_only = np.any(others, axis=0) & ~labels if others else np.zeros_like(labels)
+        # other subtasks keyed only on other units: which of the kept units they use is unknown (as in sharing)
+        unknown_others = len(case.truth) > 1 and not others
         true_positives = int((kept & labels).sum())
         rows.append(
             {
@@ -139,7 +142,9 @@ def unit_scores(
                 "kept_fraction": float(kept.mean()),
                 "true_fraction": float(labels.mean()),
                 "scored_units": len(labels),
-                "inside_others": float((kept & others_only).sum() / kept.sum()) if kept.any() else math.nan,
+                "inside_others": float((kept & others_only).sum() / kept.sum())
+                if kept.any() and not unknown_others
+                else math.nan,
             }
         )
     return pd.DataFrame(rows)

@@ -157,3 +157,28 @@ def test_gain_ranked_scores_keep_the_kept_units_first_and_order_the_rest_by_dist
     # left out, by gain: inf, 1e-7, 3e-8, 1e-8 (the rest of `first`), 0 (the rest of `second`), NaN last
     assert scores[first][2] == -1 and scores[second][1] == -2 and scores[second][0] == -3
     assert (scores[first][3:] == -4).all() and (scores[second][3:] == -5).all() and scores[second][2] < -5
+
+
+def test_inside_others_is_nan_where_the_other_subtask_is_keyed_on_other_units():
+    # "mul" uses units 2 and 3 of "u" (which "add" keeps) and is keyed on "u" only: which of the "v" units it uses
+    # is unknown, so the share of add's kept units that only mul uses is unknown too (sharing says NaN as well).
+    truth = {
+        "add": {"neuron": {"u": torch.tensor([1, 1, 0, 0]).bool(), "v": torch.tensor([0, 0, 1, 1]).bool()}},
+        "mul": {"neuron": {"u": torch.tensor([0, 0, 1, 1]).bool()}},
+    }
+    keep_all = {"u": torch.ones(4), "v": torch.ones(4)}
+    scores = unit_scores(_case(truth), {"add": keep_all, "mul": keep_all}, "neuron").set_index("subtask")
+    assert math.isnan(scores.loc["add", "inside_others"]) and math.isnan(scores.loc["mul", "inside_others"])
+    assert measured_sharing(_case(truth), {"add": keep_all, "mul": keep_all}, "neuron")["measured_shared"].isna().all()
+
+
+def test_inside_others_of_one_subtask_is_zero_and_of_same_keys_counts_by_hand():
+    alone = {"add": {"neuron": {"u": torch.tensor([1, 1, 0, 0]).bool()}}}
+    assert unit_scores(_case(alone), {"add": {"u": torch.ones(4)}}, "neuron").iloc[0].inside_others == 0.0
+    truth = {
+        "add": {"neuron": {"u": torch.tensor([1, 1, 0, 0, 0]).bool()}},
+        "mul": {"neuron": {"u": torch.tensor([0, 1, 1, 1, 0]).bool()}},
+    }
+    kept = {"u": torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])}  # keeps 0 (own), 2 and 3 (mul's only), 4 (nobody's)
+    row = unit_scores(_case(truth), {"add": kept, "mul": kept}, "neuron").set_index("subtask").loc["add"]
+    assert row.inside_others == pytest.approx(2 / 4) and row.precision == pytest.approx(1 / 4)
