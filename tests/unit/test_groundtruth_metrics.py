@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase
+from modmask_lens.groundtruth.evaluation import exact_match
 from modmask_lens.groundtruth.metrics import (
     auroc,
     curve_areas,
@@ -182,3 +184,38 @@ def test_inside_others_of_one_subtask_is_zero_and_of_same_keys_counts_by_hand():
     kept = {"u": torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])}  # keeps 0 (own), 2 and 3 (mul's only), 4 (nobody's)
     row = unit_scores(_case(truth), {"add": kept, "mul": kept}, "neuron").set_index("subtask").loc["add"]
     assert row.inside_others == pytest.approx(2 / 4) and row.precision == pytest.approx(1 / 4)
+
+
+def _answers(labels: list[list[int]], label_shift: int = 1) -> SubtaskData:
+    labels_tensor = torch.tensor(labels)
+    return SubtaskData("task", labels_tensor.clamp(min=0), labels_tensor, label_shift=label_shift)
+
+
+def test_exact_match_counts_a_tie_for_the_largest_logit_wrong():
+    # Equal logits everywhere (a mask that removes the output): argmax picks id 0, which is example 0's answer.
+    data = _answers([[-100, 0, 0], [-100, 2, 1]])
+    assert exact_match(torch.zeros(2, 3, 4), data) == 0.0
+    logits = torch.zeros(2, 3, 4)
+    logits[0, 0, 0] = logits[0, 1, 0] = 1.0  # example 0: id 0 strictly largest at both answer positions
+    logits[1, 0, 2] = logits[1, 1, 1] = logits[1, 1, 3] = 1.0  # example 1: its second answer ties with id 3
+    assert exact_match(logits, data) == 0.5
+
+
+@pytest.mark.parametrize("label_shift", [0, 1])
+def test_exact_match_without_ties_is_the_argmax_count(label_shift):
+    generator = torch.Generator().manual_seed(label_shift)
+    labels = torch.randint(0, 5, (40, 4), generator=generator)
+    labels[:, :2] = -100
+    logits = torch.randn(40, 4, 5, generator=generator)
+    data = _answers(labels.tolist(), label_shift)
+    predicted = logits[:, :-1] if label_shift else logits
+    targets = labels[:, 1:] if label_shift else labels
+    by_hand = sum(
+        all(
+            int(predicted[row, pos].argmax()) == int(targets[row, pos])
+            for pos in range(targets.shape[1])
+            if targets[row, pos] >= 0
+        )
+        for row in range(40)
+    )
+    assert exact_match(logits, data) == by_hand / 40
