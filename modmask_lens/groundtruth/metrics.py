@@ -50,7 +50,7 @@ def flat_scores(logits: Mapping[str, Tensor], truth: UnitTruth) -> tuple[np.ndar
             "and with the MaskConfig kinds the truth was built for"
         )
     names = [name for name in logits if name in truth]
-    scores = torch.cat([logits[name].detach().flatten().float() for name in names]).numpy()
+    scores = torch.cat([logits[name].detach().flatten().double() for name in names]).numpy()
     labels = torch.cat([truth[name].flatten() for name in names]).numpy()
     return scores, labels
 
@@ -67,8 +67,13 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def readout_scores(mask: MaskSet) -> dict[str, Tensor]:
     """Unit name -> the mask's logits minus its readout threshold: > 0 exactly where the binary mask keeps the unit,
-    in the logits' order (the scores :func:`unit_scores` and :func:`measured_sharing` read)."""
-    return {name: logit.detach() - mask.threshold for name, logit in mask.logits.items()}
+    in the logits' order (the scores :func:`unit_scores` and :func:`measured_sharing` read). In float64, less the
+    threshold rounded to the logits' dtype (as ``logit > threshold`` compares), so that the difference is exact and
+    two distinct logits never round to one score: AUROC is the logits', whatever the threshold."""
+    return {
+        name: logit.detach().double() - torch.tensor(mask.threshold, dtype=logit.dtype).item()
+        for name, logit in mask.logits.items()
+    }
 
 
 def gain_ranked_scores(mask: MaskSet, gains: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -19,6 +19,7 @@ from modmask_lens.groundtruth.metrics import (
     gain_ranked_scores,
     inverse_beyond,
     measured_sharing,
+    readout_scores,
     top_fraction,
     unit_scores,
 )
@@ -219,3 +220,25 @@ def test_exact_match_without_ties_is_the_argmax_count(label_shift):
         for row in range(40)
     )
     assert exact_match(logits, data) == by_hand / 40
+
+
+def test_readout_scores_keep_the_order_of_the_logits_and_the_readout_of_kept_above():
+    from modmask_lens import MaskConfig, MaskSet
+    from modmask_lens.testing.tiny_models import tiny_bridge
+
+    masks = MaskSet.for_bridge(tiny_bridge(), MaskConfig(granularity="head"), name="task")
+    first, second = (unit.name for unit in masks.units)
+    n_heads = masks.logits[first].numel()
+    # Two logits one float32 step apart, 1.5 above a threshold of -1.5: in float32 both differences round to 2.5.
+    masks.logits[first] = torch.tensor([1.0, 1.0 + 2**-23] + [-3.0] * (n_heads - 2))
+    masks.logits[second] = torch.full((n_heads,), -3.0)
+    masks.threshold = -1.5
+    truth = {first: torch.tensor([False, True] + [False] * (n_heads - 2)), second: torch.zeros(n_heads).bool()}
+    scores = unit_scores(_case({"task": {"head": truth}}), {"task": readout_scores(masks)}, "head").iloc[0]
+    assert scores.auroc == 1.0  # the logits' AUROC: the used head has the larger logit
+    # A logit equal to the threshold as float32 rounds it (0.1 -> 0.10000000149) is not kept, by either readout.
+    masks.logits[second] = torch.full((n_heads,), 0.1)
+    masks.threshold = 0.1
+    kept = masks.kept_above(masks.threshold)
+    assert all(torch.equal(kept[name], score > 0) for name, score in readout_scores(masks).items())
+    assert not kept[second].any()
