@@ -1,8 +1,11 @@
 """Scoring answers: the answer-token cross-entropy and exact match, the one implementation every method uses.
 
-An example counts as correct only if every answer token and the EOS are the argmax at their gold prefix
+An example counts as correct only if every answer token and the EOS have the largest logit at their gold prefix
 (Csordás et al. 2021: "an item counts as correct only if every digit/token is right"). Teacher-forced exact match
 equals greedy exact match: greedy decoding reproduces the answer exactly iff the argmax at every gold prefix is gold.
+The one exception is a tie for the largest logit, which counts wrong: greedy decoding would emit the lowest tied id,
+and a masked model that writes equal logits (a compiled tracr program whose output path a mask removed) would score
+wherever that id happens to be the answer (a third of one program's examples).
 """
 
 from __future__ import annotations
@@ -29,13 +32,20 @@ def aligned(
 def answer_correct(
     logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"], label_shift: int = 1
 ) -> Bool[Tensor, " batch"]:
-    """Per example: is the argmax right at every scored position (``labels`` not :data:`IGNORE_INDEX`)?
+    """Per example: does the answer token have the largest logit, above every other token's, at every scored
+    position (``labels`` not :data:`IGNORE_INDEX`)? A tie for the largest counts wrong (module docstring).
 
     ``labels`` are aligned with the inputs (Hugging Face convention): ``logits[:, t]`` is scored against
     ``labels[:, t + 1]`` (``labels[:, t]`` with ``label_shift=0``, for masked-LM subtasks).
+
+    >>> import torch
+    >>> answer_correct(torch.tensor([[[0.0, 1.0, 1.0], [2.0, 0.0, 0.0]]]), torch.tensor([[-100, 1]])).tolist()
+    [False]
     """
     predicted_logits, targets = aligned(logits, labels, label_shift)
-    return ((predicted_logits.argmax(dim=-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
+    top = predicted_logits.topk(2, dim=-1)  # the largest and the runner-up: no copy of the logits
+    alone_on_top = (top.indices[..., 0] == targets) & (top.values[..., 0] > top.values[..., 1])
+    return (alone_on_top | (targets == IGNORE_INDEX)).all(dim=1)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor, nn
 from modmask_lens.core.bridge import eval_mode
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
-from modmask_lens.core.scoring import aligned
+from modmask_lens.core.scoring import aligned, score_answers
 from modmask_lens.masks.apply import masked_call
 
 
@@ -29,15 +28,8 @@ def masked_logits(
 
 def exact_match(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> float:
     """Fraction of examples whose every answer token has the largest logit, above every other token's (scored with
-    the data's label shift). A tie for the largest is no answer and counts wrong: a mask that removes a program's
-    output writes equal logits (tracr's all-zero outputs), whose ``argmax`` is the lowest token id, right by chance
-    wherever that is the answer."""
-    predicted, targets = aligned(logits, data.labels, data.label_shift)
-    scored = targets != IGNORE_INDEX
-    answer_ids = targets.clamp(min=0).unsqueeze(-1)  # any id at unscored positions; they count as right
-    answer_logits = predicted.gather(-1, answer_ids).squeeze(-1)
-    best_other = predicted.scatter(-1, answer_ids, -math.inf).amax(dim=-1)
-    return float(((answer_logits > best_other) | ~scored).all(dim=1).sum()) / len(data)
+    the data's label shift; :func:`~modmask_lens.core.scoring.answer_correct`: a tie is no answer)."""
+    return score_answers(logits, data.labels, data.label_shift).n_correct / len(data)
 
 
 def answer_log_probs(logits: Float[Tensor, "example pos vocab"], data: SubtaskData) -> Float[Tensor, "answer vocab"]:
