@@ -13,6 +13,8 @@ import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import (
+    Gemma4ForCausalLM,
+    Gemma4TextConfig,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
     GPT2Config,
@@ -103,6 +105,25 @@ def boot_jamba(directory) -> TransformerBridge:
         num_experts=4,
     )
     return boot_tiny(JambaForCausalLM(config), directory)
+
+
+def boot_gemma4_with_fewer_global_key_value_heads(directory, per_layer_inputs: bool = True) -> TransformerBridge:
+    """A tiny Gemma 4 whose full-attention layer (block 1) has one key/value head of 16 dims while its sliding layer
+    (block 0) has two of 8, as the released 31B has 4 against 16: TransformerLens keeps the majority in
+    ``cfg.n_key_value_heads`` and the per-block truth in ``cfg.per_layer_num_key_value_heads``. Without
+    ``per_layer_inputs`` it lacks Gemma 4's per-layer token embeddings (``hidden_size_per_layer_input=0``)."""
+    config = Gemma4TextConfig(
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        vocab_size_per_layer_input=64,
+        hidden_size_per_layer_input=8 if per_layer_inputs else 0,
+        layer_types=["sliding_attention", "full_attention"],
+        **TINY_HF_SIZES,
+    )
+    return boot_tiny(Gemma4ForCausalLM(config), directory)
 
 
 LINEAR_ATTENTION_SIZES = dict(

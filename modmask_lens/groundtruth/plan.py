@@ -72,9 +72,7 @@ def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Ten
     """The elements of ``spec``'s tensor that ``use`` spans, ``bool`` of ``spec.shape``."""
     kept = torch.ones(spec.shape, dtype=torch.bool)
     if spec.unit is not None and spec.layer is not None:
-        per_unit = use.neurons[spec.layer] if spec.unit == "neuron" else use.heads[spec.layer]
-        if spec.unit == "kv_head" and dims.heads_per_kv_head > 1:
-            per_unit = per_unit.view(-1, dims.heads_per_kv_head).any(dim=-1)  # a group serves any head reading it
+        per_unit = units_read(spec, use.neurons[spec.layer] if spec.unit == "neuron" else use.heads[spec.layer], dims)
         kept &= _along(per_unit.repeat_interleave(spec.unit_width), spec.unit_axis, spec.shape)
     residual_axis = _axis_of_size(spec, dims.d_model, exclude=spec.unit_axis)
     if residual_axis is not None:
@@ -84,6 +82,16 @@ def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Ten
     if spec.key in use.elements:
         kept &= use.elements[spec.key]
     return kept
+
+
+def units_read(spec: TensorSpec, flags: Bool[Tensor, " unit"], dims: ModelShape) -> Bool[Tensor, " spec_unit"]:
+    """One flag per unit of ``spec`` from ``flags``, one per neuron or query head of its block: under grouped-query
+    attention a key/value head is flagged where any query head reading it is (a group serves any head reading it),
+    its block's own heads per group counted (Gemma 4's full-attention blocks have fewer key/value heads)."""
+    heads_per_kv_head = dims.at_layer(spec.layer).heads_per_kv_head
+    if spec.unit == "kv_head" and heads_per_kv_head > 1:
+        return flags.view(-1, heads_per_kv_head).any(dim=-1)
+    return flags
 
 
 def _axis_of_size(spec: TensorSpec, size: int, exclude: int | None) -> int | None:

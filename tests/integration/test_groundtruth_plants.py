@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import boot_gemma4_with_fewer_global_key_value_heads
 
 from experiments.groundtruth import plant_training
 from modmask_lens.adapters import adapter_for
@@ -194,3 +195,25 @@ def test_a_random_half_of_gqa_heads_keeps_the_key_value_groups_its_kept_heads_re
             whole_groups_removed += int(expected.sum())
             shared_groups_kept += int((pairs.any(dim=-1) & ~expected).sum())
     assert whole_groups_removed > 0 and shared_groups_kept > 0  # both cases are exercised
+
+
+def _heads_per_key_value_head(bridge, layer: int) -> int:
+    """Query heads that read one key/value head of block ``layer``, as the Hugging Face attention module groups them."""
+    return bridge.get_submodule(f"blocks.{layer}.attn._original_component").num_key_value_groups
+
+
+def test_a_layer_with_its_own_key_value_heads_groups_its_query_heads_by_its_own_count(tmp_path):
+    """Gemma 4's full-attention block 1 has one key head of 16 rows that all 4 query heads read; its sliding block 0
+    has two of 8 rows, read by 2 heads each. The plan grouped every block's query heads by the model-wide 2, so
+    element_use found two groups for block 1's single key head and failed."""
+    bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    plan = plant_plan(PlantSpec("entangled-head", "add-mul"), bridge)
+    dims = model_shape(bridge)
+    key_value_specs = [spec for spec in adapter_for(bridge).tensor_specs(bridge) if spec.unit == "kv_head"]
+    assert {spec.layer for spec in key_value_specs} == {0, 1}
+    for spec in key_value_specs:
+        for subtask, use in plan.uses.items():
+            read = use.heads[spec.layer].view(-1, _heads_per_key_value_head(bridge, spec.layer)).any(dim=-1)
+            rows = read.repeat_interleave(spec.shape[spec.unit_axis] // len(read))
+            expected = rows.view(-1, 1).expand(spec.shape)  # W_K / W_V: [rows, d_model]
+            assert torch.equal(element_use(spec, use, dims), expected), (spec.key, subtask)

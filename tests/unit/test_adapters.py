@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LINEAR_ATTENTION_SIZES, boot_jamba, boot_native
+from conftest import LINEAR_ATTENTION_SIZES, boot_gemma4_with_fewer_global_key_value_heads, boot_jamba, boot_native
 
 from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for, masked
 from modmask_lens.adapters import DerivedAdapter
@@ -105,31 +105,11 @@ def test_the_norm_in_front_of_a_reader_follows_the_blocks_norm_placement():
     assert post.reader_norm("head", 0) == ("ln_embed.w", None)
 
 
-def _tiny_gemma4_with_fewer_global_key_value_heads(folder):
-    """A tiny Gemma 4 whose full-attention layer (block 1) has one key/value head of 16 dims while its sliding layer
-    (block 0) has two of 8, as the released 31B has 4 against 16: TransformerLens keeps the majority in
-    ``cfg.n_key_value_heads`` and the per-block truth in ``cfg.per_layer_num_key_value_heads``."""
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
-
-    config = Gemma4TextConfig(
-        num_key_value_heads=2,
-        head_dim=8,
-        global_head_dim=16,
-        num_global_key_value_heads=1,
-        attention_k_eq_v=True,
-        vocab_size_per_layer_input=64,
-        hidden_size_per_layer_input=8,
-        layer_types=["sliding_attention", "full_attention"],
-        **TINY_HF_SIZES,
-    )
-    return boot_tiny(Gemma4ForCausalLM(config), folder)
-
-
 def test_key_value_heads_follow_each_blocks_own_count_where_blocks_differ(tmp_path):
     """Block 1's one key head of 16 rows was read as two heads of 8 (the config's majority count), so a qkvo head
     mask that turned off query heads 2 and 3 cut half of the key head that heads 0 and 1 read (their hook_z moved by
     2.4)."""
-    bridge = _tiny_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
     for spec in adapter_for(bridge).tensor_specs(bridge):
         if spec.unit == "kv_head":
             attention = bridge.get_submodule(f"blocks.{spec.layer}.attn._original_component")
@@ -307,7 +287,7 @@ def test_the_kit_passes_where_a_layer_has_its_own_key_value_heads(tmp_path):
     the kit's unit_slices_equal_tl_views failed for the adapter's single head; that layer has no view to check."""
     from modmask_lens.testing import run_conformance
 
-    bridge = _tiny_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
     checks = ["unit_slices_equal_tl_views", "head_off_equals_zeroed_hook_z"]
     assert [(result.name, result.passed) for result in run_conformance(bridge, checks=checks)] == [
         (name, True) for name in checks
