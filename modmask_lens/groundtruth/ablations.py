@@ -11,7 +11,7 @@ from torch import Generator, Tensor, nn
 
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
-from modmask_lens.groundtruth.plan import PlantPlan, element_use
+from modmask_lens.groundtruth.plan import PlantPlan, element_use, units_read
 
 WeightMasks = dict[str, Tensor]
 
@@ -40,8 +40,10 @@ def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
 def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int) -> WeightMasks:
     """Zero a random ``fraction`` of the subtask's planted units (``plan.ablation_unit``: neurons, heads, or single
     weights), drawn with ``seed``; keep all else. Under grouped-query attention a key/value group is zeroed only
-    when every query head reading it is removed, as a head mask does (a group serves any head reading it)."""
+    when every query head reading it is removed, as a head mask does (a group serves any head reading it), the
+    heads counted in the group's own block (:func:`~modmask_lens.groundtruth.plan.units_read`)."""
     generator = Generator().manual_seed(seed)
+    dims = model_shape(bridge)
     specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
     unit_kinds = {"neuron": ("neuron",), "head": ("head", "kv_head")}.get(plan.ablation_unit)
     use = plan.uses[subtask]
@@ -53,9 +55,7 @@ def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fractio
         if unit_kinds is None:
             removed = _random_subset(elements, fraction, generator)
         elif spec.unit in unit_kinds and spec.layer is not None:
-            units = removed_units[spec.layer]
-            if spec.unit == "kv_head" and model_shape(bridge).heads_per_kv_head > 1:
-                units = units.view(-1, model_shape(bridge).heads_per_kv_head).all(dim=-1)  # no kept head reads it
+            units = ~units_read(spec, ~removed_units[spec.layer], dims)  # a group goes when no kept head reads it
             view = [1] * len(spec.shape)
             view[spec.unit_axis] = spec.shape[spec.unit_axis]
             removed = elements & units.repeat_interleave(spec.unit_width).view(view)

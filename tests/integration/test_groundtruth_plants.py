@@ -217,3 +217,28 @@ def test_a_layer_with_its_own_key_value_heads_groups_its_query_heads_by_its_own_
             rows = read.repeat_interleave(spec.shape[spec.unit_axis] // len(read))
             expected = rows.view(-1, 1).expand(spec.shape)  # W_K / W_V: [rows, d_model]
             assert torch.equal(element_use(spec, use, dims), expected), (spec.key, subtask)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_a_random_part_of_heads_removes_a_key_value_head_only_with_every_head_of_its_own_layer_reading_it(
+    tmp_path, fraction
+):
+    """A key/value head is zeroed when every query head that reads it is removed, counted in its own block: Gemma 4's
+    block 1 shares its one key head among all 4 query heads, so removing one subtask's heads never zeroes it (the
+    other subtask's heads read it). The ablation grouped block 1's heads by the model-wide 2 and failed."""
+    bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    plan = plant_plan(PlantSpec("entangled-head", "add-mul"), bridge)
+    specs = adapter_for(bridge).tensor_specs(bridge)
+    query_paths = {spec.layer: spec.path for spec in specs if spec.role == "W_Q"}
+    for draw in range(4):
+        ablation = remove_random_part(bridge, plan, "add", fraction, draw)
+        for spec in specs:
+            if spec.unit != "kv_head":
+                continue
+            removed_heads = (ablation[query_paths[spec.layer]].view(bridge.cfg.n_heads, -1) == 0).all(dim=-1)
+            expected = removed_heads.view(-1, _heads_per_key_value_head(bridge, spec.layer)).all(dim=-1)
+            groups = ablation[spec.path].view(len(expected), -1)
+            assert (groups == 0).all(dim=-1).tolist() == expected.tolist(), (draw, spec.key)
+            assert (groups[~expected] == 1).all(), (draw, spec.key)
+            if spec.layer == 1:
+                assert not expected.any()
