@@ -1,8 +1,9 @@
 """The unit graph of a TransformerBridge, read off its adapter's tensor specs (no family's parameter names here).
 
 Axes: one residual stream shared by every block (its dimensions move together in the embeddings, every reader and
-writer, the norm gains and biases, and the output biases of attention and MLP), then per block the head groups (whole
-key/value heads with the query heads that read them) and the MLP neurons. Attention patterns, norm statistics, rotary
+writer, the norm gains and biases, the post-sub-layer norms, and the output biases of attention and MLP), then per
+block the head groups (whole key/value heads with the query heads that read them, and the query/key norms that have
+an entry per head) and the MLP neurons. Attention patterns, norm statistics, rotary
 embeddings and the activation function do not depend on the order of these units, so permuting any axis leaves the
 model's logits unchanged.
 """
@@ -30,10 +31,14 @@ _RESIDUAL_VECTORS = (
     "ln_final.b",
     "ln_embed.w",
     "ln_embed.b",
+    *("ln1_post.w", "ln1_post.b", "ln2_post.w", "ln2_post.b"),  # a sub-layer's output, normalised before it is added
     "b_O",
     "b_out",
 )
 _UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate")
+_QUERY_KEY_NORMS = ("q_norm.w", "q_norm.b", "k_norm.w", "k_norm.b")
+"""Gains of the queries and keys: one ``d_head`` vector every head shares (it stays), or one entry per row of the
+query or key projection (it moves with the head groups)."""
 _UNMOVED_VECTORS = ("b_U",)  # indexed by the vocabulary, which never moves
 
 
@@ -77,6 +82,9 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
             members[RESIDUAL].append(AxisMember(tensor, 0))
         elif spec.role in _UNIT_VECTORS:
             members[_unit_axis_name(spec)].append(AxisMember(tensor, spec.unit_axis))
+        elif spec.role in _QUERY_KEY_NORMS:
+            if spec.shape[0] != shape.at_layer(spec.layer).d_head:
+                members[f"blocks.{spec.layer}.attn"].append(AxisMember(tensor, 0))
         elif spec.role in _READERS + _WRITERS + _EMBEDDINGS:
             edge = _edge(spec, tensor)
             edges.append(edge)

@@ -15,6 +15,7 @@ from modmask_lens.modularity.connection_cost import ConnectionCost, ConnectionCo
 from modmask_lens.modularity.mlp import BimtMLP
 from modmask_lens.modularity.swaps import relocate_units, swap_cost_changes
 from modmask_lens.modularity.unit_graph import UnitGraph, permute_units
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 
 def _swap(graph: UnitGraph, axis_name: str, first: int, second: int, optimizer=None) -> None:
@@ -46,18 +47,41 @@ def test_every_swap_of_every_mlp_axis_keeps_the_function(mlp):
             torch.testing.assert_close(mlp(inputs), expected, rtol=0, atol=1e-5)
 
 
-def test_every_axis_permutation_of_a_bridge_keeps_the_logits(any_bridge, tokens):
-    any_bridge.eval()
+def _permute_every_axis_keeping_the_logits(bridge, tokens) -> UnitGraph:
+    """Permute each axis of the bridge's unit graph in turn, moving every unit (a random draw of two units is the
+    identity half the time); the logits stay as they were."""
+    bridge.eval()
     with torch.no_grad():
-        expected = any_bridge(tokens)
-    graph = unit_graph_of(any_bridge)
-    generator = torch.Generator().manual_seed(0)
+        expected = bridge(tokens)
+    graph = unit_graph_of(bridge)
     for axis in graph.axes:
-        permute_units(axis, torch.randperm(axis.n_units, generator=generator))
+        permute_units(axis, torch.arange(axis.n_units).roll(1))
         with torch.no_grad():
-            torch.testing.assert_close(any_bridge(tokens), expected, rtol=0, atol=1e-4)
+            torch.testing.assert_close(bridge(tokens), expected, rtol=0, atol=1e-4, msg=axis.name)
+    return graph
+
+
+def test_every_axis_permutation_of_a_bridge_keeps_the_logits(any_bridge, tokens):
+    graph = _permute_every_axis_keeping_the_logits(any_bridge, tokens)
     assert [axis.kind for axis in graph.axes[:3]] == ["resid", "head_group", "neuron"]
     assert graph.axis("blocks.0.attn").n_units == model_shape(any_bridge).n_kv_heads
+
+
+@pytest.mark.parametrize("family", ["Gemma2", "Qwen3", "Olmo2"])
+def test_post_sub_layer_norms_and_query_key_norms_move_with_their_units(family, tmp_path, tokens):
+    """Gemma 2's and OLMo 2's post-sub-layer norms (ln1_post / ln2_post, over the residual stream) and the query/key
+    norms (Qwen3's one d_head gain every head shares, OLMo 2's one entry per query or key row) are mask targets since
+    683039b; the unit graph refused every such model: UnsupportedForModularity 'not a known reader or writer of the
+    residual stream'. The weights get noise so that a norm left in place would change the logits."""
+    import transformers
+
+    config = getattr(transformers, f"{family}Config")(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
+    bridge = boot_tiny(getattr(transformers, f"{family}ForCausalLM")(config), tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in bridge.original_model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    _permute_every_axis_keeping_the_logits(bridge, tokens)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
