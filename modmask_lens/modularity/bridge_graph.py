@@ -101,7 +101,7 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
         for name, kind in ((f"blocks.{layer}.attn", "head_group"), (f"blocks.{layer}.mlp", "neuron")):
             if members.get(name):
                 first = members[name][0]  # neuron counts are read off the tensors (some configs misreport d_mlp)
-                n_units = shape.n_kv_heads if kind == "head_group" else first.tensor.shape[first.dim]
+                n_units = shape.at_layer(layer).n_kv_heads if kind == "head_group" else first.tensor.shape[first.dim]
                 axes.append(UnitAxis(name, kind, layer, n_units, tuple(members[name])))
     return UnitGraph(tuple(axes), tuple(edges), tuple(biases))
 

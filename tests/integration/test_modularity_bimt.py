@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import boot_gemma4_with_fewer_global_key_value_heads
 
 from modmask_lens.adapters import model_shape
 from modmask_lens.modularity import bridge_graph
@@ -61,6 +62,15 @@ def _permute_every_axis_keeping_the_logits(bridge, tokens) -> UnitGraph:
     return graph
 
 
+def _with_noise(bridge):
+    """``bridge`` with seeded noise on every weight (a norm gain initialised to ones or zeros moves unseen)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in bridge.original_model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return bridge
+
+
 def test_every_axis_permutation_of_a_bridge_keeps_the_logits(any_bridge, tokens):
     graph = _permute_every_axis_keeping_the_logits(any_bridge, tokens)
     assert [axis.kind for axis in graph.axes[:3]] == ["resid", "head_group", "neuron"]
@@ -72,16 +82,24 @@ def test_post_sub_layer_norms_and_query_key_norms_move_with_their_units(family, 
     """Gemma 2's and OLMo 2's post-sub-layer norms (ln1_post / ln2_post, over the residual stream) and the query/key
     norms (Qwen3's one d_head gain every head shares, OLMo 2's one entry per query or key row) are mask targets since
     683039b; the unit graph refused every such model: UnsupportedForModularity 'not a known reader or writer of the
-    residual stream'. The weights get noise so that a norm left in place would change the logits."""
+    residual stream'."""
     import transformers
 
     config = getattr(transformers, f"{family}Config")(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
-    bridge = boot_tiny(getattr(transformers, f"{family}ForCausalLM")(config), tmp_path)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in bridge.original_model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    bridge = _with_noise(boot_tiny(getattr(transformers, f"{family}ForCausalLM")(config), tmp_path))
     _permute_every_axis_keeping_the_logits(bridge, tokens)
+
+
+def test_a_blocks_head_groups_are_its_own_key_value_heads(tmp_path, tokens):
+    """Gemma 4's full-attention block 1 has one key head of 16 rows that all 4 query heads read (its sliding block 0
+    two of 8); the unit graph gave every block the model-wide 2 head groups, so permuting block 1's 'two groups'
+    swapped the halves of its key head and of each query head pair, and the logits moved."""
+    bridge = _with_noise(boot_gemma4_with_fewer_global_key_value_heads(tmp_path, per_layer_inputs=False))
+    graph = _permute_every_axis_keeping_the_logits(bridge, tokens)
+    attention = [bridge.get_submodule(f"blocks.{layer}.attn._original_component") for layer in (0, 1)]
+    assert [graph.axis(f"blocks.{layer}.attn").n_units for layer in (0, 1)] == [
+        module.config.num_attention_heads // module.num_key_value_groups for module in attention
+    ]
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
