@@ -19,6 +19,7 @@ from torch import nn
 
 NormPlacement = Literal["pre", "post"]
 ReaderKind = Literal["head", "mlp", "unembed"]
+WriterKind = Literal["embed", "head", "mlp"]
 
 _WRAPPED = re.compile(r"(\._original_component)+$")
 _OFFSET_GAINS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
@@ -59,6 +60,19 @@ class NormLayout:
         if reader == "mlp":
             return "ln1.w", layer
         return ("ln2.w", layer - 1) if layer else ("ln_embed.w", None)
+
+    @staticmethod
+    def writer_norm(writer: WriterKind, layer: int | None) -> tuple[str, int | None] | None:
+        """(role, layer) of the norm gain on a writer's output before it is added to the residual stream, in any
+        placement: TransformerLens's post-sub-layer norms, ``ln1_post`` after the heads and ``ln2_post`` after the
+        MLP (Gemma 2 to 4, OLMo 2, GLM-4); ``None`` for the embeddings, whose output no such norm scales.
+
+        >>> NormLayout.writer_norm("head", 1), NormLayout.writer_norm("embed", None)
+        (('ln1_post.w', 1), None)
+        """
+        if writer == "embed":
+            return None
+        return ("ln1_post.w" if writer == "head" else "ln2_post.w"), layer
 
 
 def gain_is_offset(bridge: nn.Module, path: str) -> bool:

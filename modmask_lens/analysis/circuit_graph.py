@@ -27,20 +27,21 @@ averaged over the node's (writer matrix, reader matrix) pairs::
                  = (1 / d_model) * sum_d write(d) * gain(d) * read(d)
 
 where ``kept_w(d)`` counts the kept weights of the writer's slice of ``M_w`` into ``d`` (``n_w`` of them in all),
-``write(d)`` is the kept fraction ``kept_w(d) / n_w`` averaged over the writer's matrices, ``read(d)`` the same for
-the reader, and ``gain(d)`` is 1 if the norm gain of ``d`` is kept, else 0. It is 1 when every path is kept and 0
-when no residual dimension has a kept weight on both sides. Only masked tensors count: a node whose writing
-matrices are all unmasked has ``write`` 1, and an unmasked norm has gain 1. A node whose reading matrices are all
-unmasked reads through the units that still write: ``read`` is the fraction of its writing rows (a head's features,
-an MLP's neurons) with a kept weight, the same for every ``d`` (1 when its writing side is unmasked too). So a head
-or an MLP that a head or neuron mask removes (``head_mask="output"``, ``neuron_mask="output"``: only ``W_O`` and
-``W_out`` masked) has no edge in, as it has none out, and an MLP that keeps a quarter of its neurons reads with
-weight 1/4. So has a gain the model
-reads as ``1 + w`` (Gemma's RMSNorm; :attr:`~modmask_lens.adapters.TensorSpec.gain_offset`): the mask multiplies the
-stored ``w``, so a dropped entry leaves its dimension at scale 1, which cuts nothing. A mask origin without a recorded
-layout (built by hand) reads as its adapter class's default
-(:meth:`~modmask_lens.masks.identity.MaskOrigin.norm_layout`). Edges run from every writer to every reader later in
-the forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 MLP -> L1 heads -> ... -> unembed.
+``write(d)`` is the kept fraction ``kept_w(d) / n_w`` averaged over the writer's matrices, ``read(d)`` the same for the
+reader, and ``gain(d)`` is 1 if the norm gain of ``d`` is kept, else 0. It is 1 when every path is kept and 0 when no
+residual dimension has a kept weight on both sides. A writer whose output passes a norm of its own before the residual
+stream (a post-sub-layer norm: ``ln1_post.w`` after heads, ``ln2_post.w`` after an MLP; Gemma 2 to 4, OLMo 2) writes
+``d`` only where that gain is kept too: ``write(d)`` is 0 where it is dropped. Only masked tensors count: a node whose
+writing matrices are all unmasked has ``write`` 1, and an unmasked norm has gain 1. A node whose reading matrices are
+all unmasked reads through the units that still write: ``read`` is the fraction of its writing rows (a head's features,
+an MLP's neurons) with a kept weight, the same for every ``d`` (1 when its writing side is unmasked too). So a head or
+an MLP that a head or neuron mask removes (``head_mask="output"``, ``neuron_mask="output"``: only ``W_O`` and ``W_out``
+masked) has no edge in, as it has none out, and an MLP that keeps a quarter of its neurons reads with weight 1/4. So has
+a gain the model reads as ``1 + w`` (Gemma's RMSNorm; :attr:`~modmask_lens.adapters.TensorSpec.gain_offset`): the mask
+multiplies the stored ``w``, so a dropped entry leaves its dimension at scale 1, which cuts nothing. A mask origin
+without a recorded layout (built by hand) reads as its adapter class's default
+(:meth:`~modmask_lens.masks.identity.MaskOrigin.norm_layout`). Edges run from every writer to every reader later in the
+forward pass of a sequential (non-parallel) block: embed -> L0 heads -> L0 MLP -> L1 heads -> ... -> unembed.
 """
 
 from __future__ import annotations
@@ -301,8 +302,14 @@ def _edges(mask: BinaryMask, names, slices: list[_NodeSlice], d_model: int) -> p
 
     writers = [(name, stage) for name, kind, _, _, stage in names if kind != "unembed"]
     readers = [(name, kind, layer, stage) for name, kind, layer, _, stage in names if kind != "embed"]
+    # A gain on the writer's own output (a post-sub-layer norm) cuts the dimensions it drops from all it writes.
     write = torch.stack(
-        [_profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model) for name, _ in writers]
+        [
+            _profile([p for p in slices if p.node == name and p.spec.writes_residual], d_model)
+            * gains.get(norms.writer_norm(kind, layer), torch.ones(d_model))
+            for name, kind, layer, _, _ in names
+            if kind != "unembed"
+        ]
     )
     read = torch.stack(
         [

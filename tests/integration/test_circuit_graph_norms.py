@@ -15,6 +15,8 @@ from transformers import (
     GPTJForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     OpenAIGPTConfig,
     OpenAIGPTLMHeadModel,
     RobertaConfig,
@@ -205,3 +207,45 @@ def test_a_users_hook_on_a_norm_neither_fires_nor_sways_the_gain_reading(family,
         assert sorted(fired) == sorted(
             f"blocks.{layer}.{norm}.hook_out" for layer in range(N_LAYERS) for norm in ("ln1", "ln2")
         )
+
+
+def cutting_residual_rows(mask: BinaryMask, cuts: dict[str, list[int]]) -> BinaryMask:
+    """``mask`` without the weights of the given matrices that write or read the given residual dimensions."""
+    kept = {key: value.clone() for key, value in mask.kept.items()}
+    for spec in mask.specs:
+        if spec.key in cuts:
+            kept[spec.key].index_fill_(spec.residual_axis, torch.tensor(cuts[spec.key]), False)
+    return BinaryMask(mask.specs, kept, mask.origin, "cut matrices")
+
+
+@pytest.fixture(scope="module")
+def olmo2(tmp_path_factory):
+    """A tiny OLMo 2: no norm in front of attention or the MLP, RMSNorm gains read as ``w`` on each sub-layer's
+    output (ln1_post, ln2_post) and on the queries and keys, one entry per query or key row (q_norm, k_norm)."""
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(Olmo2Config(num_key_value_heads=2, **TINY_HF_SIZES))
+    return boot_tiny(model, tmp_path_factory.mktemp("olmo2"))
+
+
+def test_a_dropped_post_sub_layer_gain_cuts_what_its_sub_layer_writes(olmo2):
+    """OLMo 2 adds ``ln1_post(attention output)`` and ``ln2_post(MLP output)`` to the residual stream: a dropped entry
+    of such a gain cuts that dimension of everything the sub-layer writes, as dropping the dimension's weights of its
+    W_O or W_out does. The edges ignored these gains (masked since 683039b): every edge out of L0's heads read 1.0
+    with two of block 0's ln1_post entries dropped."""
+    mask = MaskSet.for_bridge(olmo2).binary()
+    through_gains = dropping(mask, {"blocks.0.ln1_post.weight": [3, 5], "blocks.1.ln2_post.weight": [7]})
+    through_matrices = cutting_residual_rows(mask, {"blocks.0.attn.o.weight": [3, 5], "blocks.1.mlp.out.weight": [7]})
+    assert edges(through_gains) == edges(through_matrices)
+    assert edges(through_gains)[("L0H0", "L1H0")] == (D_MODEL - 2) / D_MODEL
+    assert edges(through_gains)[("L1MLP", "unembed")] == (D_MODEL - 1) / D_MODEL
+    # The forward pass: with every entry of block 0's ln1_post dropped its attention adds nothing, as without W_O.
+    tokens = torch.randint(5, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    everything = {"blocks.0.ln1_post.weight": list(range(D_MODEL))}
+    with torch.no_grad(), masked(olmo2, dropping(mask, everything)):
+        without_gain = olmo2(tokens)
+    with torch.no_grad(), masked(olmo2, cutting_residual_rows(mask, {"blocks.0.attn.o.weight": list(range(D_MODEL))})):
+        without_output = olmo2(tokens)
+    torch.testing.assert_close(without_gain, without_output)
+    without_gain_edges = edges(dropping(mask, everything))
+    out_of_layer0_heads = [weight for (source, _), weight in without_gain_edges.items() if "L0H" in source]
+    assert out_of_layer0_heads and not any(out_of_layer0_heads)
