@@ -9,7 +9,8 @@ record (built by hand) draws heads and an MLP in every layer.
 
 * ``embed`` writes with ``W_E`` and ``W_pos``;
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
-  key/value group) and writes with its ``W_O`` slice;
+  key/value group; a row of ``W_Q`` or ``W_K`` whose query/key norm gain the mask drops counts as dropped, as the
+  feature it computes is zeroed) and writes with its ``W_O`` slice;
 * ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out``; a mixture-of-experts MLP reads with its
   expert stacks ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
   ``W_experts_out`` and the shared expert's ``W_out``;
@@ -67,6 +68,9 @@ NODE_ROLES = {
     "unembed": ("W_U",),
 }
 """The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
+
+QUERY_KEY_NORMS = {"W_Q": "q_norm.w", "W_K": "k_norm.w"}
+"""The norm gain on the queries (keys) that each query (key) projection's rows compute."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,16 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     undrawable = undrawable_reason(mask)
     if undrawable is not None:
         raise ValueError(f"circuit_graph: {undrawable}; read this model's masks with BinaryMask.kept_fraction instead")
-    slices = [
-        _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, mask.kept[spec.key], head, n_heads))
-        for name, kind, layer, head, _ in names
-        for spec in mask.specs
-        if spec.role in NODE_ROLES[kind] and spec.layer == layer
-    ]
+
+    def slices_of(kept: Mapping[str, Tensor]) -> list[_NodeSlice]:
+        return [
+            _NodeSlice(name, kind, layer, head, spec, _node_slice(spec, kept[spec.key], head, n_heads))
+            for name, kind, layer, head, _ in names
+            for spec in mask.specs
+            if spec.role in NODE_ROLES[kind] and spec.layer == layer
+        ]
+
+    slices = slices_of(mask.kept)
     node_roles = pd.DataFrame(
         [
             {"node": part.node, "role": part.spec.role, "kept": int(part.kept.sum()), "total": part.kept.numel()}
@@ -161,7 +169,8 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     nodes = nodes.merge(_neuron_counts(mask, slices), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
-    return CircuitGraph(mask.name, nodes, node_roles, _edges(mask, names, slices, d_model))
+    edges = _edges(mask, names, slices_of(_kept_through_query_key_norms(mask)), d_model)
+    return CircuitGraph(mask.name, nodes, node_roles, edges)
 
 
 def norm_reading(mask: BinaryMask) -> str:
@@ -246,6 +255,37 @@ def _node_slice(
         return oriented.reshape(-1, oriented.shape[-1])
     unit = spec.unit_read_by(head, n_heads)
     return oriented[unit * spec.unit_width : (unit + 1) * spec.unit_width]
+
+
+def _kept_through_query_key_norms(mask: BinaryMask) -> dict[str, Tensor]:
+    """``mask.kept`` less the rows of ``W_Q`` / ``W_K`` whose query/key norm gain (:data:`QUERY_KEY_NORMS`) the mask
+    drops: such an entry zeroes that feature of the queries (keys), as dropping the rows that compute it does. A gain
+    read as ``1 + w`` cuts nothing."""
+    norm_gains = {
+        (spec.role, spec.layer): mask.kept[spec.key]
+        for spec in mask.specs
+        if spec.role in QUERY_KEY_NORMS.values() and not spec.gain_offset
+    }
+    kept = dict(mask.kept)
+    for spec in mask.specs:
+        gain = norm_gains.get((QUERY_KEY_NORMS.get(spec.role), spec.layer))
+        if gain is not None and spec.unit_axis is not None:
+            along_rows = [1] * len(spec.shape)
+            along_rows[spec.unit_axis] = -1
+            kept[spec.key] = kept[spec.key] & _row_gains(spec, gain).view(along_rows)
+    return kept
+
+
+def _row_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[Tensor, " rows"]:
+    """A query/key norm's kept entries over the rows of ``spec`` (its unit axis): one entry per row (OLMo 2), or one
+    ``d_head`` gain that every head shares (Qwen3, Gemma 3 and 4), on each head's first rows (a gated query
+    projection's gate rows follow its query rows, and no norm scales them)."""
+    rows = spec.shape[spec.unit_axis]
+    if gain.numel() == rows:
+        return gain
+    per_head = torch.ones(spec.unit_width, dtype=torch.bool)
+    per_head[: gain.numel()] = gain
+    return per_head.repeat(rows // spec.unit_width)
 
 
 def _neuron_counts(mask: BinaryMask, slices: list[_NodeSlice]) -> pd.DataFrame:

@@ -19,6 +19,8 @@ from transformers import (
     Olmo2ForCausalLM,
     OpenAIGPTConfig,
     OpenAIGPTLMHeadModel,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     RobertaConfig,
     RobertaForMaskedLM,
 )
@@ -249,3 +251,50 @@ def test_a_dropped_post_sub_layer_gain_cuts_what_its_sub_layer_writes(olmo2):
     without_gain_edges = edges(dropping(mask, everything))
     out_of_layer0_heads = [weight for (source, _), weight in without_gain_edges.items() if "L0H" in source]
     assert out_of_layer0_heads and not any(out_of_layer0_heads)
+
+
+QUERY_KEY_NORM_FAMILIES = {
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)),
+    "olmo2": lambda: Olmo2ForCausalLM(Olmo2Config(num_key_value_heads=2, **TINY_HF_SIZES)),
+}
+"""Query/key norms read as ``w``: Qwen3's one ``d_head`` gain every head shares, OLMo 2's one entry per row of the
+query and key projections."""
+
+
+def without_rows(mask: BinaryMask, rows: dict[str, list[int]]) -> BinaryMask:
+    """``mask`` without the given output rows of [out, in] matrices."""
+    kept = {key: value.clone() for key, value in mask.kept.items()}
+    for key, indices in rows.items():
+        kept[key][indices] = False
+    return BinaryMask(mask.specs, kept, mask.origin, "cut rows")
+
+
+@pytest.mark.parametrize("family", sorted(QUERY_KEY_NORM_FAMILIES))
+def test_a_dropped_query_or_key_norm_gain_cuts_the_rows_it_scales(family, tmp_path):
+    """A query/key norm scales the queries (keys) after W_Q (W_K): a dropped entry zeroes that query (key) feature of
+    every head it scales, as dropping those rows of W_Q (W_K) does. The edges ignored these gains (masked since
+    683039b): with q_norm and k_norm entries dropped every edge into a head read 1.0."""
+    torch.manual_seed(0)
+    bridge = boot_tiny(QUERY_KEY_NORM_FAMILIES[family](), tmp_path)
+    mask = MaskSet.for_bridge(bridge).binary()
+    d_head, n_kv_heads = 8, 2
+    shared = mask.kept["blocks.0.attn.q_norm.weight"].numel() == d_head  # else one entry per row
+    dropped_queries, dropped_keys = [1, 6], [2]
+    gains = dropping(
+        mask, {"blocks.0.attn.q_norm.weight": dropped_queries, "blocks.1.attn.k_norm.weight": dropped_keys}
+    )
+    query_rows = (
+        [head * d_head + row for head in range(N_HEADS) for row in dropped_queries] if shared else dropped_queries
+    )
+    key_rows = [head * d_head + row for head in range(n_kv_heads) for row in dropped_keys] if shared else dropped_keys
+    rows = without_rows(mask, {"blocks.0.attn.q.weight": query_rows, "blocks.1.attn.k.weight": key_rows})
+    assert edges(gains) == edges(rows)
+    assert edges(gains)[("embed", "L0H0")] < 1.0 and edges(gains)[("embed", "L1H0")] < 1.0
+    # The forward pass: with every entry of block 0's q_norm dropped its queries are zero, as without W_Q.
+    tokens = torch.randint(5, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    everything = {"blocks.0.attn.q_norm.weight": list(range(mask.kept["blocks.0.attn.q_norm.weight"].numel()))}
+    with torch.no_grad(), masked(bridge, dropping(mask, everything)):
+        without_gain = bridge(tokens)
+    with torch.no_grad(), masked(bridge, without_rows(mask, {"blocks.0.attn.q.weight": list(range(N_HEADS * d_head))})):
+        without_queries = bridge(tokens)
+    torch.testing.assert_close(without_gain, without_queries)
