@@ -1,11 +1,10 @@
 """The unit graph of a TransformerBridge, read off its adapter's tensor specs (no family's parameter names here).
 
 Axes: one residual stream shared by every block (its dimensions move together in the embeddings, every reader and
-writer, the norm gains and biases, the post-sub-layer norms, and the output biases of attention and MLP), then per
-block the head groups (whole key/value heads with the query heads that read them, and the query/key norms that have
-an entry per head) and the MLP neurons. Attention patterns, norm statistics, rotary
-embeddings and the activation function do not depend on the order of these units, so permuting any axis leaves the
-model's logits unchanged.
+writer, the norm gains and biases, the post-sub-layer norms, and the output biases of attention and MLP), then per block
+the head groups (whole key/value heads with the query heads that read them, and the query/key norms with one entry per
+query or key row) and the MLP neurons. Attention patterns, norm statistics, rotary embeddings and the activation
+function do not depend on the order of these units, so permuting any axis leaves the model's logits unchanged.
 """
 
 from __future__ import annotations
