@@ -172,7 +172,8 @@ def masks_train(
     heads_per_step: int | None = typer.Option(
         None,
         help="bernoulli head masks: heads given a local-expectation gradient per step, at random, unbiased "
-        "(default 8; 0: every head every step, at 1 + heads / n-samples forwards per step)",
+        "(default 8; 0: every head every step, at 1 + heads / n-samples forwards per step); refused where "
+        "--sampler auto picks hard-concrete (heads without a hook_z)",
     ),
     prepend_bos: bool = typer.Option(False, "--prepend-bos", help=PREPEND_BOS_HELP),
     checkpoint_every: int = typer.Option(200, help="steps between checkpoints in OUT/checkpoints"),
@@ -298,6 +299,8 @@ def masks_train(
     # Each process of a GPU run works on its own GPU; a fully sharded one keeps the model itself in host memory.
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     bridge, tokenizer = load_bridge(model, device="cpu" if fully_shard else device)
+    if heads_per_step is not None:
+        check_heads_per_step_applies(bridge, mask_config)
     subtasks = [load_subtask(spec, tokenizer, prepend_bos=prepend_bos) for spec in task]
     check_batch_memory(train_config, bridge.cfg.d_vocab, max(subtask.input_ids.shape[1] for subtask in subtasks))
     if not fully_shard:  # the data go where the model runs
@@ -328,6 +331,23 @@ def masks_train(
     if distributed:
         torch.distributed.barrier()  # let rank 0 finish writing before any process tears the group down
         torch.distributed.destroy_process_group()
+
+
+def check_heads_per_step_applies(bridge, mask_config) -> None:
+    """Raise ``typer.BadParameter`` if ``mask_config`` (head masks, the sampler ``auto`` or ``bernoulli``) does not
+    train Bernoulli head masks on ``bridge``, the only masks that read --heads-per-step. Whether ``auto`` picks
+    ``bernoulli`` depends on whether every head has a ``hook_z``, which only the loaded model tells."""
+    from modmask_lens.masks.head_outputs import resolved_config
+    from modmask_lens.masks.mask_set import units_for
+
+    # an explicit bernoulli on heads without a hook_z raises here, with the library's own message
+    resolved = resolved_config(bridge, mask_config, units_for(bridge, mask_config))
+    if resolved.sampler != "bernoulli":
+        raise typer.BadParameter(
+            f"--sampler auto trains this model's head masks with {resolved.sampler} (its heads have no hook_z; "
+            "docs/concepts.md#head-masks), which does not read --heads-per-step; drop --heads-per-step",
+            param_hint="--heads-per-step",
+        )
 
 
 LOGIT_COPIES = 3  # float32 copies of a chunk's logits alive at once: the logits, the log-softmax and its gradient

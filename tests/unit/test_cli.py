@@ -316,6 +316,42 @@ def test_a_bad_training_option_is_refused_before_training(tmp_path, options, mes
     assert not list((tmp_path / "m").glob("**/*.safetensors"))
 
 
+@pytest.mark.parametrize("sampler", [[], ["--sampler", "auto"]])
+def test_heads_per_step_is_refused_where_auto_trains_the_heads_with_hard_concrete(tmp_path, monkeypatch, sampler):
+    """On heads without a hook_z --sampler auto picks hard-concrete, which never reads --heads-per-step: the run
+    trained without it and said nothing. The refusal comes once the model is loaded, before any data or training."""
+    import modmask_lens.loading
+    import modmask_lens.masks.training
+
+    folder = _tiny_model_and_tasks(tmp_path)
+    load_bridge = modmask_lens.loading.load_bridge
+
+    def without_hook_z(*arguments, **options):
+        bridge, tokenizer = load_bridge(*arguments, **options)
+        hooks = {name: hook for name, hook in bridge.hook_dict.items() if not name.endswith("hook_z")}
+        monkeypatch.setattr(type(bridge), "hook_dict", property(lambda self: hooks))  # a family without hook_z
+        return bridge, tokenizer
+
+    def never(*arguments, **options):
+        pytest.fail("the command went on to the data or training before refusing --heads-per-step")
+
+    monkeypatch.setattr(modmask_lens.loading, "load_bridge", without_hook_z)
+    monkeypatch.setattr(modmask_lens.loading, "load_subtask", never)
+    monkeypatch.setattr(modmask_lens.masks.training, "train_masks", never)
+    result = runner.invoke(
+        app,
+        ["masks", "train", "--model", str(folder), "--task", str(tmp_path / "evens.jsonl"), "--granularity", "head"]
+        + ["--heads-per-step", "4", *sampler, "--out", str(tmp_path / "m")],
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert (
+        "Invalid value for --heads-per-step: --sampler auto trains this model's head masks with hard-concrete (its "
+        "heads have no hook_z; docs/concepts.md#head-masks), which does not read --heads-per-step; drop "
+        "--heads-per-step"
+    ) in said, said
+
+
 @pytest.mark.parametrize(
     ("command", "message"),
     [
