@@ -36,7 +36,7 @@ def reproduce(
         "addmul, double_add, math, scan_probe, math_probe, scan_variants, math_variants; "
         "or one BIMT task: independence, modular_addition",
     ),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None,
         help="Csordás experiments: the markdown file (default results.md; docs/results.md is curated, not written); "
         "a BIMT task: the folder for result.json, history.csv and connectome.svg",
@@ -58,7 +58,7 @@ def reproduce(
     Example: modmask-lens reproduce scan addmul --steps 800 --eval-limit 2000 --out results.md
     """
     from experiments import bimt, csordas
-    from modmask_lens.cli_common import check_writable
+    from modmask_lens.cli_common import check_writable, file_to_write
 
     _check_positive(steps=steps, eval_limit=eval_limit, jobs=jobs)
     names = names or list(csordas.EXPERIMENTS)
@@ -69,30 +69,28 @@ def reproduce(
         if len(names) != 1 or out is None:
             raise typer.BadParameter("a BIMT task runs alone and needs --out DIR")
         _refuse_given("a BIMT task", method=method, eval_limit=eval_limit, jobs=jobs)
-        check_writable(out, "--out")
-        result = bimt.run_task(names[0], out, 20_000 if steps is None else steps, seed or 0, frames)
+        check_writable(Path(out), "--out")
+        result = bimt.run_task(names[0], Path(out), 20_000 if steps is None else steps, seed or 0, frames)
         typer.echo(
             json.dumps({key: value for key, value in result.items() if key != "embedding_column_norms"}, indent=2)
         )
         return
     _refuse_given("the Csordás experiments", seed=seed, frames=frames or None)
-    out = out or Path("results.md")
+    out_file = file_to_write(out or "results.md", "--out", "Markdown", "results.md")
     method = method or "faithful"
     if method not in csordas.METHODS:
         raise typer.BadParameter(
             f"unknown method {method!r}; choose from {list(csordas.METHODS)}", param_hint="--method"
         )
-    check_writable(out.parent, "--out")
-    if out.is_dir():
-        raise typer.BadParameter(f"{out} is a folder; give the markdown file to write, e.g. {out / 'results.md'}")
-    if out.is_file() and not out.read_text().startswith(csordas.RESULTS_TITLE):
+    check_writable(out_file.parent, "--out")
+    if out_file.is_file() and not out_file.read_text().startswith(csordas.RESULTS_TITLE):
         raise typer.BadParameter(
-            f"{out} exists and was not written by reproduce (a curated document); give another --out",
+            f"{out_file} exists and was not written by reproduce (a curated document); give another --out",
             param_hint="--out",
         )
     steps = csordas.DEFAULT_METHOD.train_config.steps if steps is None else steps
-    csordas.run_and_write(names, out, steps, 2000 if eval_limit is None else eval_limit, jobs or 1, method)
-    typer.echo(f"wrote {out}")
+    csordas.run_and_write(names, out_file, steps, 2000 if eval_limit is None else eval_limit, jobs or 1, method)
+    typer.echo(f"wrote {out_file}")
 
 
 def zoo_train(

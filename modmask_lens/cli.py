@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from modmask_lens.cli_common import _options, _Typer, check_files, check_writable
+from modmask_lens.cli_common import _options, _Typer, check_files, check_writable, file_to_write, names_folder
 
 app = _Typer(
     help="Which weights of a transformer does a subtask use? Differentiable weight masks on "
@@ -56,7 +56,7 @@ def report(
         help="read --prompt as space-separated token ids ('3 7 10'), never as text; needed for a model without a "
         "tokenizer",
     ),
-    out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
+    out: str = typer.Option("report.html", help="the HTML file to write"),
     title: str = typer.Option("modmask-lens report", help="page title"),
     label: list[str] | None = typer.Option(None, "--label", help=LABEL_HELP),
     task: list[str] | None = typer.Option(
@@ -90,18 +90,17 @@ def report(
     for option, given in (("--eval-limit", eval_limit is not None), ("--prepend-bos", prepend_bos)):
         if given and not task:
             raise typer.BadParameter("applies to --task only: name the subtasks to score on", param_hint=option)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; name the HTML file to write, e.g. {out / 'report.html'}")
+    out_file = file_to_write(out, "--out", "HTML", "report.html")
     check_model_name(model)
     check_files(masks, "--masks")
     for spec in task or ():
         check_subtask_spec(spec)
     check_distinct_names(task or [])
-    check_writable(out.parent, "--out")
+    check_writable(out_file.parent, "--out")
     from modmask_lens.viz import report_from_files
 
     path = report_from_files(
-        out,
+        out_file,
         model,
         masks,
         prompt,
@@ -445,10 +444,11 @@ def data(
         None, help="SCAN split (simple, addprim_jump, length, template_around_right, ...)"
     ),
     stats: bool = typer.Option(False, "--stats", help="print the number of examples of each part"),
-    export: Path | None = typer.Option(
+    export: str | None = typer.Option(
         None,
         help="write each part as JSONL (prompt, completion, part) to its own file: --export DIR/scan.jsonl writes "
-        "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...; an existing folder DIR writes DIR/NAME.train.jsonl, ...",
+        "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...; a folder DIR (existing, or written DIR/) writes "
+        "DIR/NAME.train.jsonl, ...",
     ),
     seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),
 ):
@@ -464,17 +464,18 @@ def data(
     spec = task_spec(name)
     if split is not None and spec.name != "scan":
         raise typer.BadParameter("--split only applies to scan")
-    if export is not None and export.is_dir():  # the files go inside it, named after the task (and split)
-        export = export / f"{spec.name}{f'-{split}' if split else ''}.jsonl"
-    if export is not None:
-        check_writable(export.parent, "--export")
+    export_file = None
+    if export is not None:  # a folder gets the files inside it, named after the task (and split)
+        named = f"{spec.name}{f'-{split}' if split else ''}.jsonl"
+        export_file = Path(export) / named if names_folder(export) else Path(export)
+        check_writable(export_file.parent, "--export")
     dataset = scan.scan_task(split or "simple", seed) if spec.name == "scan" else spec.build(seed)
-    if stats or export is None:
+    if stats or export_file is None:
         for part, rows in dataset.items():
             typer.echo(f"{part}: {rows.num_rows}")
-    if export is not None:
+    if export_file is not None:
         for part, rows in dataset.items():
-            path = export.with_name(f"{export.stem}.{part}{export.suffix or '.jsonl'}")
+            path = export_file.with_name(f"{export_file.stem}.{part}{export_file.suffix or '.jsonl'}")
             with path.open("w", encoding="utf-8") as handle:
                 for row in rows:
                     record = {"prompt": row["question"], "completion": row["answer"], "part": part}

@@ -108,6 +108,20 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
+def names_folder(name: str) -> bool:
+    """Does ``name``, a path as the user typed it, name a folder: an existing one, or any ending with a path
+    separator (``out/``)? :class:`~pathlib.Path` drops the separator, which turns ``out/`` into the file ``out``."""
+    return name.endswith(("/", os.sep)) or Path(name).is_dir()
+
+
+def file_to_write(name: str, option: str, kind: str, example: str) -> Path:
+    """``name`` (the value of ``option``) as the path of the ``kind`` file (HTML, Markdown) a command writes; raises
+    ``ValueError`` if it :func:`names_folder`, suggesting the file ``example`` inside it."""
+    if names_folder(name):
+        raise ValueError(f"{option} {name} is a folder; name the {kind} file to write, e.g. {Path(name) / example}")
+    return Path(name)
+
+
 def check_files(paths: list[Path], option: str) -> None:
     """Raise ``OSError`` / ``ValueError`` unless every path is an existing file (not a folder), each given once (a
     file named twice, by any two spellings of its path, would be read as two masks that agree on every weight)."""

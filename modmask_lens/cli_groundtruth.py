@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modmask_lens.cli_common import _Typer, check_writable
+from modmask_lens.cli_common import _Typer, check_writable, file_to_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,7 +203,7 @@ def targets(
         typer.Argument(help="folders holding the tables of groundtruth run --out (searched recursively); repeat"),
     ],
     method: Annotated[str | None, typer.Option(help="check only this method's masks (default: every method's)")] = None,
-    out: Annotated[Path | None, typer.Option(help="also write the checks as Markdown to this file")] = None,
+    out: Annotated[str | None, typer.Option(help="also write the checks as Markdown to this file")] = None,
 ):
     """Check the mask finder's targets (issue #18: precision, AUROC, faithfulness, IoU, time, reported ambiguity,
     null controls beside every result) against the tables of one or more groundtruth runs, and print each check
@@ -216,10 +216,10 @@ def targets(
     for path in folder:
         if not path.is_dir():
             raise typer.BadParameter(f"not a folder: {path}", param_hint="FOLDER")
+    out_file = None
     if out is not None:
-        if out.is_dir():
-            raise typer.BadParameter(f"{out} is a folder; name the Markdown file to write", param_hint="--out")
-        check_writable(out.parent, "--out")
+        out_file = file_to_write(out, "--out", "Markdown", "targets.md")
+        check_writable(out_file.parent, "--out")
     tables = read_tables(folder)
     if "summary" not in tables:
         raise typer.BadParameter(
@@ -244,9 +244,9 @@ def targets(
     )
     report = f"{markdown_table(tally)}\n{markdown_table(shown)}"
     typer.echo(report)
-    if out is not None:
-        out.write_text(report)
-        typer.echo(f"wrote {out}")
+    if out_file is not None:
+        out_file.write_text(report)
+        typer.echo(f"wrote {out_file}")
 
 
 def read_tables(folders: list[Path]) -> dict[str, pd.DataFrame]:

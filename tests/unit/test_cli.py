@@ -40,6 +40,18 @@ def test_data_export_keeps_train_and_test_apart_and_loads_as_a_custom_subtask(tm
     assert (tmp_path / "scan-length.train.jsonl").exists() and (tmp_path / "scan-length.test.jsonl").exists()
 
 
+def test_data_export_to_a_path_ending_in_a_slash_writes_inside_that_new_folder(tmp_path):
+    """``--export newdir/`` wrote newdir.train.jsonl beside the folder it named (pathlib drops the trailing slash);
+    a trailing slash names a folder, as an existing folder does."""
+    result = runner.invoke(app, ["data", "modadd", "--export", f"{tmp_path / 'newdir'}/"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == [
+        "newdir",
+        "newdir/modadd.test.jsonl",
+        "newdir/modadd.train.jsonl",
+    ]
+
+
 def test_a_jsonl_of_several_parts_trains_on_its_train_rows_unless_a_part_is_named(tmp_path):
     rows = [("1+1", "2", "train"), ("2+2", "4", "test"), ("3+3", "6", "train"), ("4+4", "8", "test")]
     path = tmp_path / "mixed.jsonl"
@@ -482,6 +494,33 @@ def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, no_model_lo
         assert result.exit_code == 1, result.output
         said = " ".join(result.output.split())
         assert f"the report's file {task} is the task file {task}: writing it would replace the task file" in said
+
+
+@pytest.mark.parametrize(
+    ("command", "kind", "example"),
+    [
+        (["report", "--model", "scan", "--masks", "{masks}", "--prompt", "jump"], "HTML", "report.html"),
+        (["groundtruth", "targets", "{tmp}"], "Markdown", "targets.md"),
+        (["reproduce", "scan"], "Markdown", "results.md"),
+    ],
+)
+def test_an_out_file_written_as_a_folder_is_refused_before_any_work(
+    tmp_path, monkeypatch, no_model_load, command, kind, example
+):
+    """``--out newdir/`` (a folder not made yet) wrote the file ``newdir``: pathlib drops the trailing slash. A
+    trailing slash names a folder, refused as an existing folder is, with a file in it to name instead."""
+    import experiments.csordas
+
+    monkeypatch.setattr(experiments.csordas, "run_and_write", lambda *arguments: pytest.fail("reproduce ran"))
+    (tmp_path / "masks-evens.safetensors").write_text("")
+    masks, folder = tmp_path / "masks-evens.safetensors", tmp_path / "newdir"
+    for out in (f"{folder}/", str(tmp_path)):
+        result = runner.invoke(app, [*(part.format(masks=masks, tmp=tmp_path) for part in command), "--out", out])
+        assert result.exit_code == 1, result.output
+        said = " ".join(result.output.split())
+        expected = f"error: --out {out} is a folder; name the {kind} file to write, e.g. {out.rstrip('/')}/{example}"
+        assert expected in said, said
+    assert not folder.exists()
 
 
 @pytest.mark.parametrize("option", [["--eval-limit", "40"], ["--prepend-bos"]])
