@@ -38,7 +38,11 @@ def connectome_svg(
         row_height: pixels between rows.
         max_line_width: stroke width (pixels) of each matrix's largest weight.
         min_relative: weights below this fraction of their matrix's largest magnitude are not drawn.
+
+    Raises:
+        ValueError: ``drawn`` is empty (nothing decides the plot's rows).
     """
+    _check_something_to_draw(drawn)
     margin = 20
     n_rows = 1 + max(max(item.in_row, item.out_row) for item in drawn)
     height = 2 * margin + 20 + (n_rows - 1) * row_height
@@ -78,6 +82,14 @@ def connectome_svg(
     )
 
 
+def _check_something_to_draw(drawn: Sequence[DrawnMatrix]) -> None:
+    if not drawn:
+        raise ValueError(
+            "no matrices to draw; pass mlp_connectome(graph) or transformer_block_connectome(graph, layer) of a "
+            "graph with weights"
+        )
+
+
 class ConnectomeFrames:
     """A :func:`~modmask_lens.modularity.train_bimt` callback that writes a connectome frame
     ``{directory}/frame_{step:06d}.svg`` at every logged step (frames of BIMT's training videos).
@@ -88,6 +100,7 @@ class ConnectomeFrames:
 
     def __init__(self, graph: UnitGraph, directory: str | Path, drawn: Sequence[DrawnMatrix] | None = None):
         self.drawn = list(drawn) if drawn is not None else mlp_connectome(graph)
+        _check_something_to_draw(self.drawn)  # before training, not at its first logged step
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 

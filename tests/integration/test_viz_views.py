@@ -326,3 +326,17 @@ def test_mask_names_that_are_condition_labels_are_refused(gpt2_bridge, tmp_path)
     with torch.no_grad(), masked(gpt2_bridge, second):
         _, cache = gpt2_bridge.run_with_cache(prompt[None])
     assert patterns.head("~a", 1, 2) == pytest.approx(cache["blocks.1.attn.hook_pattern"][0, 2], abs=1e-6)
+
+
+def test_a_connectome_of_no_matrices_is_refused_naming_what_to_draw(tmp_path):
+    """``connectome_svg([])`` failed on Python's own ``max() arg is an empty sequence``; it now says what to pass, as
+    ``transformer_block_connectome`` does for a block without matrices. ``ConnectomeFrames`` refuses before training
+    (its first frame is drawn at the first logged step)."""
+    from modmask_lens.modularity import BimtMLP
+    from modmask_lens.viz import ConnectomeFrames, connectome_svg
+
+    with pytest.raises(ValueError, match=r"no matrices to draw; pass mlp_connectome\(graph\) or "):
+        connectome_svg([])
+    with pytest.raises(ValueError, match="no matrices to draw"):
+        ConnectomeFrames(BimtMLP((3, 4, 2), seed=0).unit_graph(), tmp_path / "frames", drawn=[])
+    assert not (tmp_path / "frames").exists()
