@@ -450,7 +450,11 @@ def data(
         "DIR/scan.train.jsonl, DIR/scan.test.jsonl, ...; a folder DIR (existing, or written DIR/) writes "
         "DIR/NAME.train.jsonl, ...",
     ),
-    seed: int = typer.Option(0, help="seed of the random parts (SCAN simple, arithmetic splits, math samples)"),
+    seed: int | None = typer.Option(
+        None,
+        help="seed of the random parts (default 0): SCAN's simple split, the arithmetic splits, the math samples; "
+        "refused for SCAN's fixed splits (addprim_jump, length, template_*)",
+    ),
 ):
     """Generate a task offline; print its sizes or export it as JSONL, one file per part (train and test apart).
 
@@ -464,11 +468,18 @@ def data(
     spec = task_spec(name)
     if split is not None and spec.name != "scan":
         raise typer.BadParameter("--split only applies to scan")
+    if seed is not None and split in scan.SPLITS and split not in scan.SEEDED_SPLITS:
+        raise typer.BadParameter(
+            f"SCAN's {split} split is a fixed rule (the published split), the same under every seed; only "
+            f"{', '.join(scan.SEEDED_SPLITS)} is drawn at random: drop --seed",
+            param_hint="--seed",
+        )
     export_file = None
     if export is not None:  # a folder gets the files inside it, named after the task (and split)
         named = f"{spec.name}{f'-{split}' if split else ''}.jsonl"
         export_file = Path(export) / named if names_folder(export) else Path(export)
         check_writable(export_file.parent, "--export")
+    seed = seed or 0
     dataset = scan.scan_task(split or "simple", seed) if spec.name == "scan" else spec.build(seed)
     if stats or export_file is None:
         for part, rows in dataset.items():

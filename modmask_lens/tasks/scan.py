@@ -123,6 +123,8 @@ SPLIT_RULES: dict[str, SplitRule] = {
     "template_right": lambda examples, seed: _template_split(examples, "right", PRIMITIVE_VERBS),
 }
 SPLITS = tuple(SPLIT_RULES)
+SEEDED_SPLITS = ("simple",)
+"""The splits a seed draws; every other split is a fixed rule, the same under every seed."""
 
 
 def split_examples(split: str, seed: int = 0) -> tuple[list[ScanExample], list[ScanExample]]:

@@ -52,6 +52,24 @@ def test_data_export_to_a_path_ending_in_a_slash_writes_inside_that_new_folder(t
     ]
 
 
+def test_data_refuses_a_seed_that_a_fixed_scan_split_ignores(tmp_path):
+    """SCAN's splits other than simple are fixed rules (the published files): --seed was accepted and every seed
+    wrote the same rows. Only simple, a random 80/20, takes it."""
+    refused = runner.invoke(app, ["data", "scan", "--split", "length", "--seed", "3", "--stats"])
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", refused.output).split())
+    assert (
+        "Invalid value for --seed: SCAN's length split is a fixed rule (the published split), the same under every "
+        "seed; only simple is drawn at random: drop --seed"
+    ) in said, said
+    exports = {}
+    for seed in ("0", "3"):
+        result = runner.invoke(app, ["data", "scan", "--seed", seed, "--export", str(tmp_path / f"seed{seed}.jsonl")])
+        assert result.exit_code == 0, result.output
+        exports[seed] = (tmp_path / f"seed{seed}.test.jsonl").read_text()
+    assert exports["0"] != exports["3"]  # the simple split, which the seed draws
+
+
 def test_a_jsonl_of_several_parts_trains_on_its_train_rows_unless_a_part_is_named(tmp_path):
     rows = [("1+1", "2", "train"), ("2+2", "4", "test"), ("3+3", "6", "train"), ("4+4", "8", "test")]
     path = tmp_path / "mixed.jsonl"
