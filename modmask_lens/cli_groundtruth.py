@@ -102,7 +102,8 @@ def run(
         str | None,
         typer.Option(
             help="neuron masks of every method: output (the default) or in-out (each neuron's W_in/W_gate column "
-            "too; docs/finder-study.md compares them); the tables name the method METHOD+neuron-NEURON_MASK"
+            "too; docs/finder-study.md compares them); the tables name the method METHOD+neuron-NEURON_MASK; "
+            "refused with a --granularity that leaves neuron out"
         ),
     ] = None,
     fast: Annotated[
@@ -147,6 +148,12 @@ def run(
     if neuron_mask is not None:
         if neuron_mask not in NEURON_MASKS:
             raise typer.BadParameter(f"choose one of {list(NEURON_MASKS)}", param_hint="--neuron-mask")
+        if granularity and "neuron" not in granularity:  # the tables would name a neuron mask no run trained
+            raise typer.BadParameter(
+                f"shapes neuron masks only, and --granularity asks for {', '.join(granularity)}: add --granularity "
+                "neuron or drop --neuron-mask",
+                param_hint="--neuron-mask",
+            )
         chosen = {  # named apart, so that the tables of both kinds of neuron mask can sit in one folder
             f"{name}+neuron-{neuron_mask}": dataclasses.replace(
                 finder, mask_settings=finder.mask_settings | {"neuron_mask": neuron_mask}

@@ -514,6 +514,30 @@ def test_report_refuses_to_write_over_a_task_file_it_reads(tmp_path, no_model_lo
         assert f"the report's file {task} is the task file {task}: writing it would replace the task file" in said
 
 
+def test_groundtruth_run_refuses_a_neuron_mask_without_neuron_masks(monkeypatch):
+    """``--neuron-mask in-out --granularity head`` trained the same head masks as without it, under the method name
+    ``faithful+neuron-in-out``: tables that read as an in-out neuron run which trained no neuron mask."""
+    import modmask_lens.groundtruth.registry
+    import modmask_lens.groundtruth.suite
+
+    def never(*arguments, **options):
+        pytest.fail("the suite loaded its cases or trained before refusing --neuron-mask")
+
+    monkeypatch.setattr(modmask_lens.groundtruth.registry, "all_cases", never)
+    monkeypatch.setattr(modmask_lens.groundtruth.suite, "run_suite", never)
+    result = runner.invoke(
+        app,
+        ["groundtruth", "run", "--case", "disconnected/add-mul", "--granularity", "head", "--granularity", "weight"]
+        + ["--neuron-mask", "in-out", "--fast"],
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert (
+        "Invalid value for --neuron-mask: shapes neuron masks only, and --granularity asks for head, weight: add "
+        "--granularity neuron or drop --neuron-mask"
+    ) in said, said
+
+
 @pytest.mark.parametrize(
     ("command", "kind", "example"),
     [
