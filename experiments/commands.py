@@ -41,7 +41,10 @@ def reproduce(
         help="Csordás experiments: the markdown file (default results.md; docs/results.md is curated, not written); "
         "a BIMT task: the folder for result.json, history.csv and connectome.svg",
     ),
-    steps: int | None = typer.Option(None, help="mask training steps (default 800); BIMT optimiser steps (20000)"),
+    steps: int | None = typer.Option(
+        None,
+        help="mask training steps (default 800; the probe experiments train no mask); BIMT optimiser steps (20000)",
+    ),
     method: str | None = typer.Option(
         None,
         help="Csordás experiments: faithful (the library's default finder, the default) or csordas (the paper's)",
@@ -76,6 +79,8 @@ def reproduce(
         )
         return
     _refuse_given("the Csordás experiments", seed=seed, frames=frames or None)
+    if set(names) <= set(csordas.PROBE_EXPERIMENTS):  # their probes train 1500 steps of their own
+        _refuse_given("the probe experiments, which train no mask", steps=steps, method=method)
     out_file = file_to_write(out or "results.md", "--out", "Markdown", "results.md")
     method = method or "faithful"
     if method not in csordas.METHODS:

@@ -446,6 +446,10 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
 }
 
 
+PROBE_EXPERIMENTS = ("scan_probe", "math_probe")
+"""The experiments that train gated-module probes of their own settings: a mask method and its steps go unused."""
+
+
 def _timed(name: str, method: MaskMethod, eval_limit: int | None) -> ExperimentResult:
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -395,6 +395,8 @@ def test_heads_per_step_is_refused_where_auto_trains_the_heads_with_hard_concret
         (["reproduce", "scan", "--out", "{file}"], "exists and was not written by reproduce"),
         (["reproduce", "scan", "--seed", "3"], "--seed does not apply to the Csordás experiments"),
         (["reproduce", "scan", "--frames"], "--frames does not apply to the Csordás experiments"),
+        (["reproduce", "scan_probe", "--steps", "5"], "--steps does not apply to the probe experiments"),
+        (["reproduce", "scan_probe", "math_probe", "--method", "csordas"], "--method does not apply to the probe"),
         (["reproduce", "independence", "--out", "{file}-runs", "--jobs", "2"], "--jobs does not apply to a BIMT task"),
         (
             ["reproduce", "modular_addition", "--out", "{file}-runs", "--method", "csordas"],
