@@ -127,7 +127,7 @@ def run(
     from modmask_lens.groundtruth.methods import baseline_methods, study_methods
     from modmask_lens.groundtruth.plants import load_plant
     from modmask_lens.groundtruth.registry import all_cases
-    from modmask_lens.groundtruth.suite import run_suite
+    from modmask_lens.groundtruth.suite import case_granularities, run_suite
     from modmask_lens.groundtruth.tracr_cases import tracr_cases
     from modmask_lens.masks.config import NEURON_MASKS
 
@@ -166,6 +166,15 @@ def run(
         *(load_plant(folder.name, folder) for folder in plant_dir or []),
     ]
     cases = all_cases(case or None, loaded)
+    if neuron_mask is not None:  # as above: the tables would name a neuron mask no run trained
+        answered = {found.name: case_granularities(found) for found in cases}
+        if not any("neuron" in granularities for granularities in answered.values()):
+            raise typer.BadParameter(
+                "shapes neuron masks only, and no case here has a neuron answer key ("
+                + "; ".join(f"{name}: {', '.join(granularities)}" for name, granularities in answered.items())
+                + "): choose a case with one or drop --neuron-mask",
+                param_hint="--neuron-mask",
+            )
     tables = run_suite(
         chosen,
         cases,

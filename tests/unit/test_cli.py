@@ -538,6 +538,16 @@ def test_groundtruth_run_refuses_a_neuron_mask_without_neuron_masks(monkeypatch)
         "Invalid value for --neuron-mask: shapes neuron masks only, and --granularity asks for head, weight: add "
         "--granularity neuron or drop --neuron-mask"
     ) in said, said
+    monkeypatch.undo()
+    monkeypatch.setattr(modmask_lens.groundtruth.suite, "run_suite", never)
+    result = runner.invoke(app, ["groundtruth", "run", "--case", "entangled-head", "--neuron-mask", "in-out", "--fast"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert (
+        "Invalid value for --neuron-mask: shapes neuron masks only, and no case here has a neuron answer key "
+        "(entangled-head/add-mul: weight, head; entangled-head/sub-max: weight, head): choose a case with one or "
+        "drop --neuron-mask"
+    ) in said, said
 
 
 @pytest.mark.parametrize(
