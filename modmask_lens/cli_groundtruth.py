@@ -103,7 +103,8 @@ def run(
         typer.Option(
             help="neuron masks of every method: output (the default) or in-out (each neuron's W_in/W_gate column "
             "too; docs/finder-study.md compares them); the tables name the method METHOD+neuron-NEURON_MASK; "
-            "refused with a --granularity that leaves neuron out"
+            "refused where no run would train a neuron mask (a --granularity without neuron, or cases without a "
+            "neuron answer key)"
         ),
     ] = None,
     fast: Annotated[
