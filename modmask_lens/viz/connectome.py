@@ -16,9 +16,11 @@ import torch
 from modmask_lens.modularity.connectome import DrawnMatrix, mlp_connectome
 from modmask_lens.modularity.unit_graph import UnitGraph
 from modmask_lens.viz.html import escape
+from modmask_lens.viz.svg import check_something_to_plot
 
 POSITIVE_COLOUR = "#1f4e9c"  # BIMT: blue for w > 0
 NEGATIVE_COLOUR = "#c0392b"  # BIMT: red for w < 0
+DRAWN_MATRICES = "the matrices of mlp_connectome(graph) or transformer_block_connectome(graph, layer)"
 
 
 def connectome_svg(
@@ -42,7 +44,7 @@ def connectome_svg(
     Raises:
         ValueError: ``drawn`` is empty (nothing decides the plot's rows).
     """
-    _check_something_to_draw(drawn)
+    check_something_to_plot(drawn, DRAWN_MATRICES)
     margin = 20
     n_rows = 1 + max(max(item.in_row, item.out_row) for item in drawn)
     height = 2 * margin + 20 + (n_rows - 1) * row_height
@@ -82,14 +84,6 @@ def connectome_svg(
     )
 
 
-def _check_something_to_draw(drawn: Sequence[DrawnMatrix]) -> None:
-    if not drawn:
-        raise ValueError(
-            "no matrices to draw; pass mlp_connectome(graph) or transformer_block_connectome(graph, layer) of a "
-            "graph with weights"
-        )
-
-
 class ConnectomeFrames:
     """A :func:`~modmask_lens.modularity.train_bimt` callback that writes a connectome frame
     ``{directory}/frame_{step:06d}.svg`` at every logged step (frames of BIMT's training videos).
@@ -100,7 +94,7 @@ class ConnectomeFrames:
 
     def __init__(self, graph: UnitGraph, directory: str | Path, drawn: Sequence[DrawnMatrix] | None = None):
         self.drawn = list(drawn) if drawn is not None else mlp_connectome(graph)
-        _check_something_to_draw(self.drawn)  # before training, not at its first logged step
+        check_something_to_plot(self.drawn, DRAWN_MATRICES)  # before training, not at its first logged step
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 

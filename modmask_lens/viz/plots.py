@@ -15,7 +15,7 @@ from modmask_lens.analysis.accuracy import own_accuracy
 from modmask_lens.masks.mask_set import MaskSet
 from modmask_lens.viz.colors import sequential, series_colors, text_on
 from modmask_lens.viz.html import TableView
-from modmask_lens.viz.svg import Pixels, SvgView, svg_document, text, tooltip
+from modmask_lens.viz.svg import Pixels, SvgView, check_something_to_plot, svg_document, text, tooltip
 
 _MARGIN_LEFT, _MARGIN_TOP = 48, 30
 
@@ -219,6 +219,7 @@ def kept_fraction_plot(kept: pd.DataFrame) -> BarChart:
     Args:
         kept: ``BinaryMask.kept_fraction(by="layer_role")`` of one or more masks, concatenated.
     """
+    check_something_to_plot(kept, "BinaryMask.kept_fraction(by='layer_role') of one mask or more")
     kept = kept.assign(component=[component_label(layer, role) for layer, role in zip(kept["layer"], kept["role"])])
     values = kept.pivot_table(index="component", columns="mask", values="kept_fraction", sort=False)
     return BarChart(
@@ -235,6 +236,7 @@ def iou_heatmap(overlap: pd.DataFrame) -> Heatmap:
     Args:
         overlap: ``analysis.pairwise_overlap(masks, by="layer_role")``.
     """
+    check_something_to_plot(overlap, "analysis.pairwise_overlap(masks, by='layer_role') of two masks or more")
     overlap = overlap.assign(
         pair=overlap["mask_a"] + " ∩ " + overlap["mask_b"],
         component=[component_label(layer, role) for layer, role in zip(overlap["layer"], overlap["role"])],
@@ -254,6 +256,7 @@ def routing_heatmap(routing: pd.DataFrame) -> Heatmap:
     Args:
         routing: ``probes.routing_table(evaluation)`` (columns ``subtask``, ``expert``, ``count``).
     """
+    check_something_to_plot(routing, "probes.routing_table(evaluation) of a probe evaluated on examples")
     counts = routing.pivot_table(index="subtask", columns="expert", values="count", sort=False)
     shares = counts.div(counts.sum(axis=1).where(counts.sum(axis=1) > 0), axis=0)
     shares.columns = [f"expert {expert}" for expert in shares.columns]
@@ -274,6 +277,7 @@ def logit_histogram(mask_sets: Mapping[str, MaskSet], colors: Mapping[str, str] 
     (:attr:`MaskSet.threshold`): the binary mask keeps the units right of it. The y-axis counts what the logits
     stand for (``fraction of heads`` for head masks; ``fraction of units`` where the granularities differ).
     ``colors``: mask name -> colour, where the mask sets are some of a report's masks (default: by position)."""
+    check_something_to_plot(mask_sets, "{name: mask_set}, one mask set or more")
     counted = {UNITS_COUNTED[mask_set.config.granularity] for mask_set in mask_sets.values()}
     samples = {
         name: torch.cat([logit.detach().flatten() for logit in mask_set.logits.values()])

@@ -7,6 +7,7 @@ the interactive parts (tooltips that follow the mouse, click-to-show panels) liv
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sized
 from pathlib import Path
 
 from modmask_lens.viz.html import View, escape, write_page
@@ -21,6 +22,13 @@ text { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 .mm-grid { stroke: #e3e7eb; }
 .mm-label-small { font-size: 10px; fill: #55606b; }
 """
+
+
+def check_something_to_plot(items: Sized, to_pass: str) -> None:
+    """Raise ``ValueError`` naming ``to_pass`` (what the caller should have given) if ``items`` (a plot's rows,
+    matrices or masks) is empty: a plot of nothing has no axes to scale, so it is refused when asked for."""
+    if len(items) == 0:
+        raise ValueError(f"nothing to plot; pass {to_pass}")
 
 
 def svg_document(width: Pixels, height: Pixels, content: str, css: str = "") -> str:

@@ -23,6 +23,7 @@ from modmask_lens.viz import (
     kept_fraction_plot,
     logit_histogram,
     removal_table,
+    routing_heatmap,
 )
 from modmask_lens.viz.attention_patterns import FULL
 from modmask_lens.viz.html import page_html
@@ -335,8 +336,25 @@ def test_a_connectome_of_no_matrices_is_refused_naming_what_to_draw(tmp_path):
     from modmask_lens.modularity import BimtMLP
     from modmask_lens.viz import ConnectomeFrames, connectome_svg
 
-    with pytest.raises(ValueError, match=r"no matrices to draw; pass mlp_connectome\(graph\) or "):
+    with pytest.raises(ValueError, match=r"nothing to plot; pass the matrices of mlp_connectome\(graph\) or "):
         connectome_svg([])
-    with pytest.raises(ValueError, match="no matrices to draw"):
+    with pytest.raises(ValueError, match="nothing to plot"):
         ConnectomeFrames(BimtMLP((3, 4, 2), seed=0).unit_graph(), tmp_path / "frames", drawn=[])
     assert not (tmp_path / "frames").exists()
+
+
+@pytest.mark.parametrize(
+    ("plot", "empty", "to_pass"),
+    [
+        (kept_fraction_plot, pd.DataFrame(columns=["mask", "layer", "role", "kept_fraction"]), "kept_fraction"),
+        (iou_heatmap, pd.DataFrame(columns=["mask_a", "mask_b", "layer", "role", "iou"]), "pairwise_overlap"),
+        (routing_heatmap, pd.DataFrame(columns=["subtask", "expert", "count"]), "routing_table"),
+        (logit_histogram, {}, "{name: mask_set}"),
+    ],
+    ids=["kept_fraction_plot", "iou_heatmap", "routing_heatmap", "logit_histogram"],
+)
+def test_a_plot_of_nothing_is_refused_naming_what_to_pass(plot, empty, to_pass):
+    """Each failed on Python's own error (``max() arg is an empty sequence``, ``torch.cat(): expected a non-empty
+    list``), when drawn or at once; now each says what to pass, as connectome_svg does."""
+    with pytest.raises(ValueError, match=rf"nothing to plot; pass .*{re.escape(to_pass)}"):
+        plot(empty)
