@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.config import PARAMETER_KINDS
-from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
 from modmask_lens.masks.units import MaskUnit
 
 INVERTED_KINDS = ("linear",)
@@ -135,19 +135,22 @@ class BinaryMask:
         the flags of two models' tensors of one shape would otherwise be read together without a word."""
         if self.origin == other.origin:
             return
+        # a mask loaded from a file written before model records held the config is compared without it (warned)
+        models = comparable_models(self.origin.model, other.origin.model, f"mask {self.name!r} or {other.name!r}")
         differing = [
-            field for field in ("adapter", "mode") if getattr(self.origin, field) != getattr(other.origin, field)
+            *(field for field in ("adapter", "mode") if getattr(self.origin, field) != getattr(other.origin, field)),
+            *model_differences(*models, (f"in {self.name!r}", f"in {other.name!r}")),
+            *(
+                field
+                for field in ("norms", "components")
+                if getattr(self.origin, field) != getattr(other.origin, field)
+            ),
         ]
-        differing += sorted(
-            key
-            for key in self.origin.model.keys() | other.origin.model.keys()
-            if self.origin.model.get(key) != other.origin.model.get(key)
-        )
-        raise ValueError(
-            f"masks {self.name!r} and {other.name!r} were made for different models "
-            f"({', '.join(differing) or 'norm layout or block components'} differ); use masks trained on one model "
-            "(load_masks(path, bridge) refuses a file of another)"
-        )
+        if differing:
+            raise ValueError(
+                f"masks {self.name!r} and {other.name!r} were made for different models ({', '.join(differing)} "
+                "differ); use masks trained on one model (load_masks(path, bridge) refuses a file of another)"
+            )
 
     def check_model(self, bridge, check_weights: bool = True) -> None:
         """Raise :class:`~modmask_lens.masks.identity.ModelMismatch` unless this mask was made for ``bridge``."""

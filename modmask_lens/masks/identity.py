@@ -1,4 +1,6 @@
-"""A model's identity as masks record it: architecture, shapes, a hash of the weights, and the processing mode.
+"""A model's identity as masks record it: architecture, shapes, a hash of the weights, the settings beyond the weights
+that decide what it computes (``config``: activation, norm, its eps, positions; :func:`model_config`), and the
+processing mode.
 
 Tensors of a part the model's checkpoint lacks entirely (a head, such as all-MiniLM-L6-v2's masked-LM head) are
 initialised afresh, from a new random draw, at every load: the hash leaves them out and the fingerprint lists them
@@ -8,6 +10,7 @@ under ``fresh_tensors``, so that a mask made in one process still loads in the n
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +104,131 @@ def model_dimensions(bridge: Bridge) -> dict:
     }
 
 
+MODEL_CONFIG_FIELDS = (
+    "act_fn",
+    "normalization_type",
+    "eps",
+    "positional_embedding_type",
+    "rope_theta",
+    "attn_scores_soft_cap",
+    "output_logits_soft_cap",
+)
+"""The settings :func:`model_config` records: those that change what the same weights compute, in TransformerLens's
+names (``rope_theta`` only for rotary positions). Others that do (rope scaling, an attention scale set in the config,
+a sliding window) are not recorded yet."""
+
+
+def model_config(bridge: Bridge) -> dict:
+    """The settings beyond the weights that decide what ``bridge`` computes (:data:`MODEL_CONFIG_FIELDS`), normalised
+    so that two releases of transformers that write one config differently record the same values: names lower-case,
+    numbers as floats (``10000`` and ``1e4`` are one value), read from TransformerLens's config of the bridge (one
+    vocabulary for every family) except the rotary base, which TransformerLens's config of a Hugging Face model does
+    not follow: it is read from the model's own config, ``rope_theta`` at its top level (transformers 4) or in
+    ``rope_parameters`` (transformers 5; per layer type where the model has several).
+
+    Example:
+        >>> from modmask_lens.testing.tiny_models import tiny_bridge
+        >>> model_config(tiny_bridge())["act_fn"], model_config(tiny_bridge())["eps"]
+        ('gelu', 1e-05)
+    """
+    cfg = bridge.cfg
+    config = {name: _normalised(getattr(cfg, name, None)) for name in MODEL_CONFIG_FIELDS if name != "rope_theta"}
+    if config["positional_embedding_type"] == "rotary":
+        config["rope_theta"] = _normalised(_rope_theta(bridge))
+    return config
+
+
+def _rope_theta(bridge: Bridge) -> object:
+    """The rotary base the model computes with: a Hugging Face model's from its config (a dict by layer type where
+    its ``rope_parameters`` hold one per type), a TransformerLens-native model's from TransformerLens's config."""
+    hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
+    if hf_config is None or not hasattr(hf_config, "get_text_config"):
+        return bridge.cfg.rotary_base
+    text_config = hf_config.get_text_config()
+    parameters = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    if parameters and all(isinstance(value, dict) for value in parameters.values()):
+        return {layer_type: value.get("rope_theta") for layer_type, value in parameters.items()}
+    return parameters.get("rope_theta", getattr(text_config, "rope_theta", None))
+
+
+def _normalised(value: object) -> object:
+    """``value`` as :func:`model_config` records it: strings lower-case, numbers float, dicts by sorted key."""
+    if isinstance(value, str):
+        return value.strip().lower()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(key): _normalised(value[key]) for key in sorted(value)}
+    return str(value)
+
+
 def fingerprint(bridge: Bridge, specs: list[TensorSpec]) -> dict:
-    """Everything a mask file checks before it is applied to a model: dimensions and a hash of all read weights but
-    those the checkpoint did not contain (listed under ``fresh_tensors`` when there are any)."""
+    """Everything a mask file checks before it is applied to a model: dimensions, the settings that decide what the
+    weights compute (``config``, :func:`model_config`) and a hash of all read weights but those the checkpoint did not
+    contain (listed under ``fresh_tensors`` when there are any)."""
     fresh = fresh_tensors(bridge, specs)
     hashed = {"weights_sha256": weights_sha256(bridge, specs, frozenset(fresh))}
-    return model_dimensions(bridge) | hashed | ({"fresh_tensors": fresh} if fresh else {})
+    return (
+        model_dimensions(bridge)
+        | {"config": model_config(bridge)}
+        | hashed
+        | ({"fresh_tensors": fresh} if fresh else {})
+    )
+
+
+class ModelConfigUnchecked(UserWarning):
+    """A mask or checkpoint written before model records held the model's ``config`` (:func:`model_config`): it
+    loads, its weights and dimensions compared, but the activation, norm eps and positions could not be."""
+
+
+def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dict]:
+    """Two model records (:func:`fingerprint`) as they can be compared: both without ``config`` where one predates it
+    (with a :class:`ModelConfigUnchecked` warning that names ``source`` and the fields left unchecked), else as they
+    are (every config field compared, also one that only one side holds).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     comparable_models({"n_layers": 2}, {"n_layers": 2, "config": {"act_fn": "relu"}}, "mask.safetensors")
+        ({'n_layers': 2}, {'n_layers': 2})
+    """
+    if ("config" in first) == ("config" in second):
+        return first, second
+    warnings.warn(
+        f"{source} records no model config (the model's 'config' entry: it was written before modmask-lens recorded "
+        f"one), so {', '.join(MODEL_CONFIG_FIELDS)} were not compared with the model it was made for, only the "
+        "weights and dimensions; if this model may run with other settings, retrain the mask on it",
+        ModelConfigUnchecked,
+        stacklevel=3,
+    )
+    return (
+        {key: value for key, value in first.items() if key != "config"},
+        {key: value for key, value in second.items() if key != "config"},
+    )
+
+
+def model_differences(first: dict, second: dict, sides: tuple[str, str] = ("in the mask", "here")) -> list[str]:
+    """The model record entries in which ``first`` and ``second`` differ (keys on either side: a record with an entry
+    removed must not skip that comparison), sorted; ``config`` with the settings that differ and their values, each
+    followed by the words in ``sides`` that say where it was found."""
+    differing = []
+    for key in sorted(first.keys() | second.keys()):
+        if first.get(key) == second.get(key):
+            continue
+        if key == "config" and isinstance(first.get(key), dict) and isinstance(second.get(key), dict):
+            settings = [
+                f"{name}: {first[key].get(name, '(not set)')} {sides[0]}, {second[key].get(name, '(not set)')} "
+                f"{sides[1]}"
+                for name in sorted(first[key].keys() | second[key].keys())
+                if first[key].get(name) != second[key].get(name)
+            ]
+            differing.append(f"config ({'; '.join(settings)})")
+        else:
+            differing.append(key)
+    return differing
 
 
 class ModelMismatch(ValueError):
@@ -185,20 +307,25 @@ class MaskOrigin:
                     f"the mask is for another model ({made_for}): {spec.key} is {spec.shape} in the mask but "
                     f"{shapes.get(spec.key)} here; load it onto the model it was trained on"
                 )
-        current = fingerprint(bridge, specs) if check_weights else self.model | model_dimensions(bridge)
+        current = (
+            fingerprint(bridge, specs)
+            if check_weights
+            else self.model | model_dimensions(bridge) | {"config": model_config(bridge)}
+        )
         if self.model.get("dtype", current["dtype"]) != current["dtype"]:
             raise ModelMismatch(
                 f"the mask was trained on the {self.model['dtype']} model ({made_for}) but this bridge holds "
                 f"{current['dtype']} weights; rounding to another dtype changes every weight, so apply it to the "
                 f"{self.model['dtype']} model (e.g. bridge.to(torch.{self.model['dtype']})) or retrain it on this one"
             )
-        # Keys on either side: a record with a fingerprint entry removed must not skip that comparison. The dtype
-        # is the one exception: files written before it was recorded lack it (the weights hash still covers it).
-        differing = sorted(
-            key
-            for key in self.model.keys() | current.keys()
-            if self.model.get(key) != current.get(key) and (key != "dtype" or key in self.model)
-        )
+        # Files written before the dtype was recorded lack it (the weights hash still covers it); files written
+        # before the config was recorded lack that (comparable_models warns that it went unchecked).
+        recorded, current = comparable_models(self.model, current, "the mask")
+        differing = [
+            difference
+            for difference in model_differences(recorded, current)
+            if difference != "dtype" or "dtype" in recorded
+        ]
         if differing:
             raise ModelMismatch(
                 f"the mask is for another model ({made_for}): {', '.join(differing)} differ; load it onto the model "

@@ -13,7 +13,7 @@ import json
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import NEURON_MASK_OF_OLD_FILES, MaskConfig, TrainConfig
-from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"
@@ -99,6 +99,12 @@ def check_same_run(saved: object, current: dict[str, object], source: str, subta
         if isinstance(saved.get(field), dict) and isinstance(current.get(field), dict):
             old_defaults = {key: value for key, value in old_settings.items() if key in current[field]}
             saved = saved | {field: old_defaults | saved[field]}
+    if isinstance(saved.get("model"), dict) and isinstance(current.get("model"), dict):
+        # a checkpoint written before model records held the config resumes, its weights compared (with a warning)
+        saved_model, current_model = comparable_models(
+            saved["model"], current["model"], f"{source} (subtask {subtask!r})"
+        )
+        saved, current = saved | {"model": saved_model}, current | {"model": current_model}
     for field in [*current, *sorted(saved.keys() - current.keys())]:
         before, now = saved.get(field), current.get(field)
         if _as_json(before) != _as_json(now):
@@ -110,9 +116,10 @@ def _difference(field: str, before: object, now: object) -> str:
     if field == "data":
         return "was trained on other data (token ids or labels differ)"
     if isinstance(before, dict) and isinstance(now, dict):
-        keys = [key for key in [*now, *sorted(before.keys() - now.keys())] if _entry(before, key) != _entry(now, key)]
         if field == "model":
-            return f"was trained on another model ({', '.join(keys)} differ)"
+            differing = model_differences(before, now, ("in the checkpoint", "in this run"))
+            return f"was trained on another model ({', '.join(differing)} differ)"
+        keys = [key for key in [*now, *sorted(before.keys() - now.keys())] if _entry(before, key) != _entry(now, key)]
         setting = {"train_config": "", "mask_config": "mask config "}.get(field, f"{field} ")
         key, others = keys[0], keys[1:]
         also = f"; also differ: {', '.join(others)}" if others else ""

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors
 from modmask_lens.core.random import seeded, step_generator
-from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss
@@ -64,7 +64,7 @@ class ProbeTrainer:
             else None
         )
         self.progress, self.frozen_gate = progress, frozen_gate is not None
-        self.model_fingerprint = MaskOrigin.of(bridge).model  # dimensions and weights' hash: what a resume checks
+        self.model_fingerprint = MaskOrigin.of(bridge).model  # dimensions, config, weights' hash: what a resume checks
         first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
         with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
             self.probe = GatedProbe(first.shape[1], data.n_classes, config, self.hook_names).to(first.device)
@@ -155,11 +155,21 @@ class ProbeTrainer:
                 + (", or before checkpoints recorded them" if "data" not in metadata else "")
                 + "); use a fresh checkpoint directory"
             )
-        if metadata.get("model") != self.model_fingerprint:
+        # a checkpoint written before model records held the config resumes, its weights compared (with a warning)
+        written_model, current_model = (
+            comparable_models(metadata["model"], self.model_fingerprint, str(self.checkpointer.path))
+            if isinstance(metadata.get("model"), dict)
+            else (metadata.get("model"), self.model_fingerprint)
+        )
+        if written_model != current_model:
+            differing = (
+                ", ".join(model_differences(written_model, current_model, ("in the checkpoint", "here"))) + " differ"
+                if isinstance(written_model, dict)
+                else "its weights or dimensions, or before checkpoints recorded them"
+            )
             raise ValueError(
-                f"{self.checkpointer.path} was written for another model (its weights or dimensions"
-                + (", or before checkpoints recorded them" if "model" not in metadata else "")
-                + "); use a fresh checkpoint directory"
+                f"{self.checkpointer.path} was written for another model ({differing}); use a fresh checkpoint "
+                "directory"
             )
         written_frozen = bool(metadata.get("frozen_gate", False))
         if written_frozen != self.frozen_gate:

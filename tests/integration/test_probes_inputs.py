@@ -3,15 +3,20 @@ refuse: positions, attention masks and label shifts checked against the model ru
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM
 
+from modmask_lens.core.checkpoint import CHECKSUM_FIELD, METADATA_KEY, content_sha256
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.random import seeded
+from modmask_lens.masks.identity import ModelConfigUnchecked
 from modmask_lens.probes import (
     GatedProbe,
     ProbeConfig,
@@ -29,6 +34,7 @@ from modmask_lens.probes.component_gate import (
     gated_logits,
     train_component_gate,
 )
+from modmask_lens.probes.training import CHECKPOINT_FILE
 from modmask_lens.testing.tiny_models import (
     TINY_HF_SIZES,
     TINY_NATIVE_CONFIG,
@@ -247,6 +253,31 @@ def test_a_checkpoint_resumes_only_on_the_model_it_was_written_for(bert, tmp_pat
     other = boot_tiny(BertForMaskedLM(BertConfig(**TINY_HF_SIZES)), tmp_path / "other", seed=1, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="was written for another model"):
         ProbeTrainer(other, [HOOK], data, config, tmp_path / "run", progress=False)
+
+
+def test_a_checkpoint_written_before_model_configs_resumes_with_a_warning_and_another_config_is_named(bert, tmp_path):
+    """A probe checkpoint's model record gained the config (activation, norm eps, positions); one written before
+    resumes with a warning that the config went unchecked, and a config that differs is named."""
+    bridge, _, subtasks = bert
+    data = ProbeData.from_subtasks(subtasks, target="subtask")
+    config = ProbeConfig(n_experts=2, steps=2, batch_size=4)
+    ProbeTrainer(bridge, [HOOK], data, config, tmp_path, progress=False).train()
+    path = tmp_path / CHECKPOINT_FILE
+
+    def rewritten(change) -> None:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not iterable)
+            metadata = json.loads(handle.metadata()[METADATA_KEY])
+        change(metadata["model"])
+        metadata[CHECKSUM_FIELD] = content_sha256(tensors, metadata)
+        save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+
+    rewritten(lambda model: model["config"].update(act_fn="relu"))
+    with pytest.raises(ValueError, match=r"another model \(config \(act_fn: relu in the checkpoint, gelu here\)"):
+        ProbeTrainer(bridge, [HOOK], data, replace(config, steps=3), tmp_path, progress=False)
+    rewritten(lambda model: model.pop("config"))
+    with pytest.warns(ModelConfigUnchecked, match="records no model config"):
+        assert ProbeTrainer(bridge, [HOOK], data, replace(config, steps=3), tmp_path, progress=False).step == 2
 
 
 def test_a_checkpoint_resumes_only_with_the_frozen_gate_it_was_written_with(bert, tmp_path):

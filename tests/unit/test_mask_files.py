@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import boot_gpt2, boot_native
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
-from modmask_lens.core.checkpoint import METADATA_KEY
-from modmask_lens.testing.tiny_models import tiny_bridge
+from modmask_lens.core.checkpoint import CHECKSUM_FIELD, METADATA_KEY, content_sha256
+from modmask_lens.masks.identity import ModelConfigUnchecked, model_config
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
 
 
 @pytest.fixture
@@ -123,3 +127,92 @@ def test_loaded_logits_sit_on_the_device_of_the_model_they_are_loaded_onto(tmp_p
     monkeypatch.setattr("modmask_lens.masks.io.verify_checksum", lambda *arguments: None)
     loaded = load_masks(tmp_path / "m.safetensors", bridge)
     assert {logit.device.type for logit in loaded.logits.values()} == {"meta"}
+
+
+def _same_weights_other_config(source, target, **changes) -> TransformerBridge:
+    """The model saved in ``source``, copied to ``target`` with its config.json's ``changes``, booted again: the same
+    weights, another computation."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps(config | changes))
+    return TransformerBridge.boot_transformers(str(target), device="cpu")
+
+
+def test_a_mask_is_refused_on_the_same_weights_under_another_activation_and_norm_eps(tmp_path, tokens):
+    """The weights hash alone let a mask trained on a gelu_new GPT-2 load onto the same weights run with relu and
+    layer-norm eps 0.1, a model whose logits differ."""
+    trained_on = boot_gpt2(tmp_path / "gelu")
+    other = _same_weights_other_config(tmp_path / "gelu", tmp_path / "relu", activation_function="relu")
+    assert not torch.allclose(trained_on(tokens), other(tokens))
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
+    with pytest.raises(ModelMismatch, match=r"config \(act_fn: gelu_new in the mask, relu here\) differ"):
+        load_masks(path, other)
+    eps = _same_weights_other_config(tmp_path / "gelu", tmp_path / "eps", layer_norm_epsilon=0.1)
+    with pytest.raises(ModelMismatch, match=r"config \(eps: 1e-05 in the mask, 0.1 here\) differ"):
+        load_masks(path, eps)
+    assert load_masks(path, trained_on).origin.model["config"]["act_fn"] == "gelu_new"
+
+
+def _written_before_model_configs(path) -> None:
+    """Rewrite the mask file at ``path`` as modmask-lens wrote it before model records held the config: no
+    ``config`` in its ``model`` entry (the checksum recomputed, as that version wrote it over its own header)."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        metadata = json.loads(handle.metadata()[METADATA_KEY])
+    del metadata["model"]["config"], metadata[CHECKSUM_FIELD]
+    metadata[CHECKSUM_FIELD] = content_sha256(tensors, metadata)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+def test_a_mask_file_written_before_model_configs_loads_warning_that_the_config_went_unchecked(tmp_path):
+    """Files written before the config was recorded still load (their weights and dimensions compared), with a
+    warning that names the missing entry and the settings left unchecked; other weights are still refused."""
+    bridge = boot_gpt2(tmp_path / "gelu")
+    path = save_masks(MaskSet.for_bridge(bridge, name="jump"), tmp_path / "jump.safetensors")
+    _written_before_model_configs(path)
+    with pytest.warns(ModelConfigUnchecked, match=r"records no model config \(the model's 'config' entry.*act_fn, "):
+        loaded = load_masks(path, bridge)
+    assert "config" not in loaded.origin.model
+    with pytest.warns(ModelConfigUnchecked), pytest.raises(ModelMismatch, match="weights_sha256 differ"):
+        load_masks(path, boot_gpt2(tmp_path / "seed1", seed=1))
+
+
+def test_masks_of_one_model_combine_when_one_file_predates_model_configs(tmp_path):
+    bridge = boot_gpt2(tmp_path / "gelu")
+    old = save_masks(MaskSet.for_bridge(bridge, name="old"), tmp_path / "old.safetensors")
+    _written_before_model_configs(old)
+    with pytest.warns(ModelConfigUnchecked):
+        combined = load_masks(old, bridge).binary() & MaskSet.for_bridge(bridge, name="new").binary()
+    assert combined.count == MaskSet.for_bridge(bridge).binary().count
+    relu = _same_weights_other_config(tmp_path / "gelu", tmp_path / "relu", activation_function="relu")
+    with pytest.raises(ValueError, match=r"config \(act_fn: gelu_new in 'new', relu in 'relu'\) differ"):
+        _ = MaskSet.for_bridge(bridge, name="new").binary() & MaskSet.for_bridge(relu, name="relu").binary()
+
+
+def test_the_recorded_config_is_the_same_from_either_transformers_layout_of_the_rotary_base(tmp_path):
+    """transformers 5 keeps ``rope_theta`` inside ``rope_parameters``, 4 at the config's top level (``rope_scaling``
+    None); the record is one, its numbers floats."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        **TINY_HF_SIZES, num_key_value_heads=2, rope_parameters={"rope_theta": 500000, "rope_type": "default"}
+    )
+    bridge = boot_tiny(LlamaForCausalLM(config), tmp_path / "llama")
+    written_by_5 = model_config(bridge)
+    hf_config = bridge.original_model.config
+    hf_config.rope_parameters, hf_config.rope_theta = None, 500000
+    assert model_config(bridge) == written_by_5
+    assert written_by_5["rope_theta"] == 500000.0 and written_by_5["act_fn"] == "silu"
+
+
+def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path):
+    """TransformerLens's config of a Hugging Face Llama keeps rotary_base 10000 whatever the model's rope_theta: the
+    base is read from the model's own config."""
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY_HF_SIZES, num_key_value_heads=2)
+    trained_on = boot_tiny(LlamaForCausalLM(config), tmp_path / "base")
+    other = _same_weights_other_config(
+        tmp_path / "base", tmp_path / "other", rope_parameters={"rope_theta": 5000.0, "rope_type": "default"}
+    )
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
+    with pytest.raises(ModelMismatch, match=r"rope_theta: 10000.0 in the mask, 5000.0 here"):
+        load_masks(path, other)

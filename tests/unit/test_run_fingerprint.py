@@ -10,7 +10,7 @@ import torch
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.identity import MaskOrigin, ModelConfigUnchecked
 from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run, run_fingerprint
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.testing.tiny_models import tiny_bridge
@@ -162,3 +162,20 @@ def test_a_refusal_names_every_setting_that_differs():
         RunMismatch, match=r"init_logit=0.01, this run has init_logit=3.0 \(mask_config; also differ: sampler\)"
     ):
         check_same_run(written, now, "ckpt", "copy")
+
+
+def test_a_checkpoint_written_before_model_configs_resumes_with_a_warning_and_another_config_is_named():
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2]]), torch.tensor([[-100, -100, 2]]))
+    current = run_fingerprint(MaskOrigin.of(tiny_bridge()), data, MaskConfig(), TrainConfig())
+    old = copy.deepcopy(current)
+    del old["model"]["config"]
+    with pytest.warns(ModelConfigUnchecked, match="ckpt \\(subtask 'copy'\\) records no model config"):
+        check_same_run(old, current, "ckpt", "copy")
+    relu = copy.deepcopy(current)
+    relu["model"]["config"]["act_fn"] = "relu"
+    expected = r"another model \(config \(act_fn: relu in the checkpoint, gelu in this run\) differ\)"
+    with pytest.raises(RunMismatch, match=expected):
+        check_same_run(relu, current, "ckpt", "copy")
+    del old["model"]["weights_sha256"]
+    with pytest.warns(ModelConfigUnchecked), pytest.raises(RunMismatch, match=r"\(weights_sha256 differ\)"):
+        check_same_run(old, current, "ckpt", "copy")
