@@ -393,7 +393,11 @@ class CustomObjective(Objective):
     Args:
         function: ``function(masked, full, batch) -> (losses, metrics)``.
         hook_names: the activations it reads (``masked.activations[name]``).
-        label: names it in files and checkpoints (default: the function's qualified name).
+        label: names it in files and checkpoints, where a run resumes only under the same label (default: the
+            function's qualified name). A function without a name of its own needs one: a lambda (every lambda is
+            ``<lambda>``), a closure (a factory's functions share one name whatever they captured), a
+            ``functools.partial`` or a callable object. A named function's label does not change when its body does:
+            give an edited function another label before resuming.
         metric_name: what its metric is called in the history and the report.
 
     Example (keep the full model's prediction at the last position):
@@ -412,6 +416,19 @@ class CustomObjective(Objective):
     name: ClassVar[str] = "custom"
     compares: ClassVar[bool] = True
     cacheable: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.label is not None:
+            return
+        qualname = getattr(self.function, "__qualname__", None)
+        if not isinstance(qualname, str) or "<lambda>" in qualname or getattr(self.function, "__closure__", None):
+            described = qualname or type(self.function).__name__
+            raise ValueError(
+                f"CustomObjective({described}) needs a label: the label names the objective in checkpoints and mask "
+                "files, where a run resumes only under the same one, and a lambda, a closure, a functools.partial or "
+                "a callable object has no name that tells it apart from another function of its kind; pass "
+                "label='...' naming what it computes, e.g. CustomObjective(function, label='last_token_agreement')"
+            )
 
     @property
     def metric(self) -> str:  # type: ignore[override]
@@ -443,7 +460,7 @@ class CustomObjective(Objective):
         return losses, metrics
 
     def to_dict(self) -> dict:
-        label = self.label or getattr(self.function, "__qualname__", repr(self.function))
+        label = self.label or self.function.__qualname__
         return {"name": self.name, "label": label, "hook_names": list(self.hook_names), "metric": self.metric_name}
 
 

@@ -296,7 +296,9 @@ def test_custom_objective_trains_and_names_a_wrong_shape(causal):
             data,
             train_config=QUICK,
             progress=False,
-            objective=mm.CustomObjective(lambda masked, full, batch: (masked.logits.sum(), masked.logits.sum())),
+            objective=mm.CustomObjective(
+                lambda masked, full, batch: (masked.logits.sum(), masked.logits.sum()), label="whole_sum"
+            ),
         )
 
 
