@@ -1,4 +1,6 @@
-"""Scoring answers: the answer-token cross-entropy and exact match, the one implementation every method uses.
+"""Scoring answers: the answer-token cross-entropy and exact match, the one implementation every method uses; and
+KL(full || masked) of two output distributions (:func:`kl_divergences`), which the KL objective and the ground-truth
+suite both read.
 
 An example counts as correct only if every answer token and the EOS have the largest logit at their gold prefix
 (Csordás et al. 2021: "an item counts as correct only if every digit/token is right"). Teacher-forced exact match
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -89,6 +92,25 @@ def answer_losses(
         predicted_logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
     return token_losses.sum(dim=1)
+
+
+def kl_divergences(
+    full_log_probs: Float[Tensor, "*position vocab"], masked_log_probs: Float[Tensor, "*position vocab"]
+) -> Float[Tensor, "*position"]:
+    """KL(full || masked) in nats at each position: the sum over the vocabulary of p (log p - log q), p the full
+    model's probabilities and q the masked model's. A token the full model gives probability 0 (a logit of -inf, as
+    a model that masks tokens writes; or one that underflows) contributes 0, as p log p -> 0: written out, it is
+    0 * -inf (and -inf - -inf where the masked model masks it too), which is NaN. A token only the masked model
+    gives probability 0 makes the divergence +inf, as it is.
+
+    Example:
+        >>> full = torch.tensor([[0.0, 0.0, float("-inf")]]).log_softmax(-1)
+        >>> kl_divergences(full, torch.tensor([[0.0, 0.0, 0.0]]).log_softmax(-1))
+        tensor([0.4055])
+    """
+    full_probs = full_log_probs.exp()
+    log_ratios = torch.where(full_probs > 0, full_log_probs - masked_log_probs, 0.0)
+    return (full_probs * log_ratios).sum(dim=-1)
 
 
 def check_batch_size(batch_size: int) -> None:

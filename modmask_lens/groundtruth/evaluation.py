@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from modmask_lens.core.bridge import eval_mode
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
-from modmask_lens.core.scoring import aligned, score_answers
+from modmask_lens.core.scoring import aligned, kl_divergences, score_answers
 from modmask_lens.masks.apply import masked_call
 
 
@@ -42,6 +42,6 @@ def answer_log_probs(logits: Float[Tensor, "example pos vocab"], data: SubtaskDa
 def kl_divergence(
     full: Float[Tensor, "example pos vocab"], masked: Float[Tensor, "example pos vocab"], data: SubtaskData
 ) -> float:
-    """KL(full || masked) in nats, averaged over answer tokens."""
+    """KL(full || masked) in nats, averaged over answer tokens (:func:`~modmask_lens.core.scoring.kl_divergences`)."""
     full_log_probs, masked_log_probs = answer_log_probs(full, data), answer_log_probs(masked, data)
-    return float((full_log_probs.exp() * (full_log_probs - masked_log_probs)).sum(dim=-1).mean())
+    return float(kl_divergences(full_log_probs, masked_log_probs).mean())

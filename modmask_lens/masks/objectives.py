@@ -35,7 +35,7 @@ from torch import Tensor
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
-from modmask_lens.core.scoring import aligned, answer_losses, score_answers
+from modmask_lens.core.scoring import aligned, answer_losses, kl_divergences, score_answers
 
 Reference = dict[str, Tensor]
 """Per-example tensors (first axis: the batch) an objective reads of the full model; key ``loss`` always holds the
@@ -184,7 +184,7 @@ class KLDivergence(Objective):
         chosen = self.chosen(batch).to(masked.logits.device)
         full_log_probs = reference["log_probs"]
         masked_log_probs = masked.logits.float().log_softmax(dim=-1)
-        kl = (full_log_probs.exp() * (full_log_probs - masked_log_probs)).sum(dim=-1)
+        kl = kl_divergences(full_log_probs, masked_log_probs)
         agree = (full_log_probs.argmax(dim=-1) == masked_log_probs.argmax(dim=-1)) & chosen
         per_example = agree.sum(dim=1) / chosen.sum(dim=1).clamp(min=1)
         return Score((kl * chosen).sum(), float(per_example.sum()))
