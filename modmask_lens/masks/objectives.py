@@ -360,6 +360,15 @@ class LinearProbe(Objective):
         else:
             position = torch.zeros_like(real[:, 0], dtype=torch.long) if self.pool == "first" else real.sum(dim=1) - 1
             features = activation[torch.arange(len(batch), device=activation.device), position]
+        classes, width = self.weight.shape
+        if features.shape[-1] != width:
+            per_head = " (its heads concatenated)" if outputs.activations[self.hook_name].dim() > 3 else ""
+            raise ValueError(
+                f"the probe's weight [{classes}, {width}] reads {width} features, but {self.hook_name} gives "
+                f"{features.shape[-1]} per example{per_head}: "
+                f"give it a weight of [classes, {features.shape[-1]}] trained on {self.hook_name} of this model, or "
+                "pass the hook point it was trained on"
+            )
         weight, bias = self.weight.to(features.device), self.bias.to(features.device)
         return features @ weight.T + bias
 

@@ -4,6 +4,7 @@ token no probability, and name a probe of the wrong width."""
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from modmask_lens.core.data import Batch
 from modmask_lens.groundtruth.evaluation import kl_divergence
 from modmask_lens.masks.objectives import Outputs
 from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run
+from modmask_lens.testing.tiny_models import tiny_bridge
 
 
 def _agreement(masked, full, batch):
@@ -96,3 +98,20 @@ def test_kl_divergence_counts_nothing_for_tokens_the_full_model_gives_no_probabi
     assert bool(masked_logits.grad.isfinite().all())
     data = mm.SubtaskData("masked_tokens", batch.input_ids, batch.labels)  # the ground-truth suite's mean per answer
     assert kl_divergence(full_logits, masked_logits.detach(), data) == pytest.approx(expected / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("hook_name, width", [("blocks.1.hook_resid_post", 32), ("blocks.1.attn.hook_z", 32)])
+def test_a_linear_probe_of_another_width_names_both_widths_and_the_fix(hook_name, width):
+    """A probe of 64 features on a 32-wide activation failed inside the matrix product: `mat1 and mat2 shapes cannot
+    be multiplied (4x32 and 64x2)`."""
+    bridge = tiny_bridge()
+    input_ids = torch.randint(5, 40, (4, 5), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.arange(5) >= 3, input_ids, -100)
+    data = mm.SubtaskData("copy", input_ids, labels, classes=torch.tensor([0, 1, 0, 1]))
+    probe = mm.LinearProbe(hook_name, torch.ones(2, 64), torch.zeros(2))
+    expected = (
+        rf"the probe's weight \[2, 64\] reads 64 features, but {re.escape(hook_name)} gives {width} per example.*"
+        rf"give it a weight of \[classes, {width}\]"
+    )
+    with pytest.raises(ValueError, match=expected):
+        mm.objective_metric(bridge, data, probe)
