@@ -204,7 +204,7 @@ def test_the_recorded_config_is_the_same_from_either_transformers_layout_of_the_
     assert written_by_5["rope_theta"] == 500000.0 and written_by_5["act_fn"] == "silu"
 
 
-def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path):
+def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path, tokens):
     """TransformerLens's config of a Hugging Face Llama keeps rotary_base 10000 whatever the model's rope_theta: the
     base is read from the model's own config."""
     torch.manual_seed(0)
@@ -213,6 +213,8 @@ def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_pat
     other = _same_weights_other_config(
         tmp_path / "base", tmp_path / "other", rope_parameters={"rope_theta": 5000.0, "rope_type": "default"}
     )
+    assert other.cfg.rotary_base == trained_on.cfg.rotary_base
+    assert not torch.allclose(trained_on(tokens), other(tokens))
     path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
     with pytest.raises(ModelMismatch, match=r"rope_theta: 10000.0 in the mask, 5000.0 here"):
         load_masks(path, other)
