@@ -35,6 +35,7 @@ from torch import Tensor
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.data import Batch, SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.hook_layout import position_major
 from modmask_lens.core.scoring import aligned, answer_losses, kl_divergences, score_answers
 
 Reference = dict[str, Tensor]
@@ -48,7 +49,9 @@ class Outputs:
 
     Attributes:
         logits: ``[batch, pos, vocab]``.
-        activations: hook name -> ``[batch, pos, ...]`` activation (with gradient for the masked model).
+        activations: hook name -> activation (with gradient for the masked model), its position axis moved to 1
+            (:func:`~modmask_lens.core.hook_layout.position_major`): ``[batch, pos, ...]``, an attention pattern
+            ``[batch, query_pos, head, key_pos]``.
     """
 
     logits: Float[Tensor, "batch pos vocab"]
@@ -401,7 +404,8 @@ class CustomObjective(Objective):
 
     Args:
         function: ``function(masked, full, batch) -> (losses, metrics)``.
-        hook_names: the activations it reads (``masked.activations[name]``).
+        hook_names: the activations it reads (``masked.activations[name]``, position-major:
+            :attr:`Outputs.activations`).
         label: names it in files and checkpoints, where a run resumes only under the same label (default: the
             function's qualified name). A function without a name of its own needs one: a lambda (every lambda is
             ``<lambda>``), a closure (a factory's functions share one name whatever they captured), a
@@ -475,7 +479,13 @@ class CustomObjective(Objective):
 
 def model_outputs(bridge: Bridge, batch: Batch, hook_names: Sequence[str] = ()) -> Outputs:
     """Run the bridge's class forward on ``batch`` (with its attention mask) and keep the activations at
-    ``hook_names`` (with their gradient); through :func:`~modmask_lens.masked_call` it runs masked."""
+    ``hook_names`` (with their gradient), position-major (:attr:`Outputs.activations`); through
+    :func:`~modmask_lens.masked_call` it runs masked.
+
+    Raises:
+        ValueError: a hook point did not run, or its activation is not laid out per example and position (a
+            router's ``[batch * pos, experts]``), naming the hooks that can be read.
+    """
     forward = type(bridge).forward.__get__(bridge)
     if not hook_names:
         return Outputs(forward(batch.input_ids, **batch.forward_kwargs()))
@@ -492,7 +502,8 @@ def model_outputs(bridge: Bridge, batch: Batch, hook_names: Sequence[str] = ()) 
     missing = [name for name in hook_names if name not in captured]
     if missing:
         raise ValueError(f"hook point(s) {missing} did not run; list valid names with bridge.hook_dict.keys()")
-    return Outputs(logits, captured)
+    shape = batch.input_ids.shape
+    return Outputs(logits, {name: position_major(bridge, name, value, *shape) for name, value in captured.items()})
 
 
 def reference_loss_sum(reference: Reference) -> Tensor:
@@ -533,7 +544,8 @@ def chosen_positions(batch: Batch, positions: str) -> Tensor:
 
 def position_features(outputs: Outputs, hook_name: str) -> Float[Tensor, "batch pos features"]:
     """The activation at ``hook_name`` as one float32 vector per position: a per-head activation such as
-    ``hook_z`` (``[batch, pos, head, d_head]``) with its heads concatenated, as ``W_O`` reads them."""
+    ``hook_z`` (``[batch, pos, head, d_head]``) with its heads concatenated, as ``W_O`` reads them; an attention
+    pattern every head's row of attention from the (query) position."""
     return outputs.activations[hook_name].float().flatten(2)
 
 

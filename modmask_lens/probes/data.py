@@ -17,11 +17,9 @@ from torch import Tensor
 from modmask_lens.core.bridge import Bridge, eval_mode
 from modmask_lens.core.data import SubtaskData, check_context, check_device, tensor_bytes
 from modmask_lens.core.encoding import IGNORE_INDEX
+from modmask_lens.core.hook_layout import position_major
 
 TARGETS = ("answer", "subtask")
-QUERY_AXIS_HOOKS = ("hook_pattern", "hook_attn_scores")
-"""Hook points laid out ``[batch, head, query_pos, key_pos]``: a probe reads them at the query position (every
-head's row of attention from it); every other hook has positions on axis 1."""
 
 
 @dataclass(frozen=True)
@@ -135,13 +133,15 @@ def read_activations(
 ) -> Float[Tensor, "batch d_in"]:
     """The activations of ``hook_names`` at each example's position, concatenated, in float32 on the model's device
     (no gradient, nothing else kept; the model runs in eval mode, without dropout). Attention patterns and scores
-    (:data:`QUERY_AXIS_HOOKS`) are read at the example's query position: every head's attention from it.
+    are read at the example's query position: every head's attention from it; a hook that declares its position
+    axis (``HookPoint.pos_dim``) at that axis (:func:`~modmask_lens.core.hook_layout.position_major`).
     ``attention_mask`` (:attr:`ProbeData.attention_mask`) is passed to the model where given.
 
     Raises:
         KeyError: naming the hook points that do not exist, and some that do.
-        ValueError: ``input_ids`` are not on the model's device, or longer than its context; a hook's activations
-            have no position axis where the probe reads one.
+        ValueError: ``input_ids`` are not on the model's device, or longer than its context; a hook's activation is
+            not laid out per example and position (a router's ``[batch * pos, experts]``, a rotary table's ``[1,
+            pos, d]``), naming the hooks that can be read.
     """
     available = set(bridge.hook_dict)
     missing = [name for name in hook_names if name not in available]
@@ -157,14 +157,6 @@ def read_activations(
     positions = positions.to(input_ids.device)
     read = []
     for name in hook_names:
-        activations = cache[name]
-        position_axis = 2 if name.endswith(QUERY_AXIS_HOOKS) else 1
-        if activations.dim() <= position_axis or activations.shape[position_axis] != input_ids.shape[1]:
-            raise ValueError(
-                f"{name} has shape {tuple(activations.shape)}, with no axis of the {input_ids.shape[1]} positions "
-                f"at {position_axis}, where the probe reads each example's position; probe a hook laid out "
-                "[batch, pos, ...] (or an attention pattern, [batch, head, query_pos, key_pos])"
-            )
-        at_position = activations[rows, :, positions] if position_axis == 2 else activations[rows, positions]
-        read.append(at_position.reshape(len(rows), -1).float())
+        activations = position_major(bridge, name, cache[name], *input_ids.shape)
+        read.append(activations[rows, positions].reshape(len(rows), -1).float())
     return torch.cat(read, dim=-1)

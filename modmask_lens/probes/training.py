@@ -65,7 +65,8 @@ class ProbeTrainer:
         )
         self.progress, self.frozen_gate = progress, frozen_gate is not None
         self.model_fingerprint = MaskOrigin.of(bridge).model  # dimensions, config, weights' hash: what a resume checks
-        first = read_activations(bridge, self.hook_names, data.input_ids[:1], data.positions[:1])
+        # Two examples, so that a hook with one row for the whole batch (a rotary table's [1, pos, d]) is refused now
+        first = read_activations(bridge, self.hook_names, data.input_ids[:2], data.positions[:2])
         with seeded(config.seed):  # initialised on the CPU, so that a seed gives one probe on every device
             self.probe = GatedProbe(first.shape[1], data.n_classes, config, self.hook_names).to(first.device)
         if frozen_gate is not None:

@@ -129,6 +129,23 @@ def test_hidden_state_pools_over_the_attention_mask(bert):
     assert mm.objective_metric(bert, data, objective) == pytest.approx(1.0, rel=1e-6)
 
 
+def test_hook_reading_objectives_read_an_attention_pattern_at_each_query_position(causal):
+    """``hook_pattern`` is [batch, head, query, key]: pooled or indexed as if axis 1 held the positions, a model with
+    as many heads as positions was read per head without a word."""
+    bridge, data = causal
+    name, positions = "blocks.0.attn.hook_pattern", bridge.cfg.n_heads
+    input_ids = data.input_ids[:3, :positions]
+    batch = mm.Batch(input_ids, data.labels[:3, :positions], attention_mask=torch.ones_like(input_ids))
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(input_ids, names_filter=[name])
+        outputs = model_outputs(bridge, batch, [name])
+    rows = cache[name].transpose(1, 2).flatten(2)  # [batch, query, head * key]: every head's attention from a query
+    torch.testing.assert_close(mm.HiddenState(name).features(outputs, batch), rows.mean(1))
+    torch.testing.assert_close(mm.HiddenState(name, pool="none").features(outputs, batch), rows)
+    probe = mm.LinearProbe(name, torch.eye(rows.shape[-1]), torch.zeros(rows.shape[-1]), pool="first")
+    torch.testing.assert_close(probe.probe_logits(outputs, batch), rows[:, 0])
+
+
 def test_masked_lm_labels_sit_at_the_mask_positions(bert):
     data = mm.SubtaskData.from_masked_sentences(
         "mlm", [("w5 [MASK] w7", "w6"), ("w8 w9 [MASK]", "w10")], bert.tokenizer

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import MOE, N_EXPERTS
 
 from modmask_lens import TrainConfig, train_masks
 from modmask_lens.analysis import unit_importance
@@ -36,6 +37,7 @@ from modmask_lens.probes.component_gate import (
 from modmask_lens.probes.moe import importance_cv2, probe_loss
 from modmask_lens.probes.training import CHECKPOINT_FILE
 from modmask_lens.testing.copy_task import FIRST, SECOND, build_model, copy_subtask
+from modmask_lens.testing.tiny_models import boot_tiny
 
 HOOKS = ["blocks.1.hook_resid_post"]
 
@@ -252,6 +254,20 @@ def test_attention_patterns_are_read_at_the_query_position(copy_model_and_data):
     read = read_activations(bridge, [name, "blocks.0.hook_resid_post"], input_ids, positions)
     torch.testing.assert_close(read[:, : expected[0].numel()], expected.flatten(1).float())
     assert read.shape[1] == expected[0].numel() + bridge.cfg.d_model
+
+
+def test_hooks_without_a_row_per_example_and_position_are_refused_naming_the_readable_ones(tmp_path):
+    """A router's ``[batch * pos, experts]`` weights with as many positions as experts were read at [example,
+    position] of the flattened tokens (one number per example, without a word); a rotary table's ``[1, pos, d]``
+    passed the one-example read of the trainer and failed with an IndexError at the first step."""
+    bridge = boot_tiny(MOE["mixtral"](), tmp_path)
+    input_ids = torch.randint(5, 40, (2, N_EXPERTS), generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([1, N_EXPERTS - 1])
+    with pytest.raises(ValueError, match=r"hook_expert_weights has shape \(8, 4\).*blocks.\{l\}.hook_resid_post"):
+        read_activations(bridge, ["blocks.0.mlp.hook_expert_weights"], input_ids, positions)
+    data = ProbeData(input_ids, positions, torch.tensor([0, 1]), torch.tensor([0, 1]), ("a", "b"), 2)
+    with pytest.raises(ValueError, match=r"hook_cos has shape \(1, 4, 8\).*hook_pattern"):
+        ProbeTrainer(bridge, ["blocks.0.attn.hook_cos"], data, ProbeConfig(steps=1), progress=False)
 
 
 def test_probes_read_the_model_in_eval_mode_and_leave_its_mode(copy_model_and_data):
