@@ -2,12 +2,14 @@
 
 Every trainer (masks, probes, the zoo) checkpoints through :class:`Checkpointer`; mask files
 (:mod:`modmask_lens.masks.io`) use the same writer and reader. Writes are atomic (a temporary file of the writing
-process, then a rename) and carry a SHA-256 of their tensors and their header, checked on reading: an edited header
-field is refused like a flipped tensor byte. A :class:`Checkpointer` locks its folder while a run writes to it.
+process, synced to the disk, then a rename) and carry a SHA-256 of their tensors and their header, checked on
+reading: an edited header field is refused like a flipped tensor byte. A :class:`Checkpointer` locks its folder while
+a run writes to it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -60,6 +62,10 @@ def write_safetensors_atomically(path: Path, tensors: dict[str, Tensor], metadat
     A process killed during the write leaves ``path`` as it was (plus a stray ``.PID.tmp`` that readers ignore). The
     temporary file is named after the writing process, so two writers never share one. The file gets the permissions
     of any file the process creates (``0o666`` less the umask).
+
+    A machine that crashes leaves the old file or the whole new one too: the temporary file is fsynced before the
+    rename (a filesystem may otherwise commit the rename before the data, leaving an empty file under ``path``), and
+    the folder after it (so that the rename itself is on disk), where the filesystem syncs folders.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +74,23 @@ def write_safetensors_atomically(path: Path, tensors: dict[str, Tensor], metadat
     header = json.dumps(metadata | {CHECKSUM_FIELD: content_sha256(contiguous, metadata)})
     save_file(contiguous, str(temporary), metadata={METADATA_KEY: header})
     os.chmod(temporary, 0o666 & ~_umask())
+    _fsync(temporary)
     os.replace(temporary, path)
+    try:
+        _fsync(path.parent, os.O_DIRECTORY)
+    except OSError as error:
+        # EINVAL: a filesystem that cannot sync a folder (fsync(2)); the file's data is on the disk all the same
+        if error.errno != errno.EINVAL:
+            raise
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    """Flush ``path`` (a file, or a folder with ``os.O_DIRECTORY``) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _umask() -> int:
