@@ -130,7 +130,9 @@ def encode_pairs(
 
 def check_known_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], ids: Sequence[list[int]]) -> None:
     """Raise ``ValueError`` naming the words of ``texts`` that the tokenizer maps to its unknown token (a word-level
-    or character-level vocabulary would read them all as the same ``<unk>``). ``ids``: each text's token ids.
+    or character-level vocabulary would read them all as the same ``<unk>``). ``ids``: each text's token ids. The
+    unknown token written out in a text (``[UNK]``, ``<unk>``) is meant, and the words beside it are checked all the
+    same.
 
     >>> from modmask_lens.tasks.vocabulary import character_level_tokenizer
     >>> tokenizer = character_level_tokenizer("0123456789+")
@@ -142,13 +144,15 @@ def check_known_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], 
     unknown_id = tokenizer.unk_token_id
     if unknown_id is None:
         return
-    unknown_texts = [text for text, text_ids in zip(texts, ids) if unknown_id in text_ids]
-    unknown_texts = [text for text in unknown_texts if tokenizer.unk_token not in text]  # a literal <unk> is meant
+    # Each unknown token written out reads as one unknown id; any more are words the tokenizer does not know
+    unknown_texts = [
+        text for text, text_ids in zip(texts, ids) if list(text_ids).count(unknown_id) > text.count(tokenizer.unk_token)
+    ]
     if not unknown_texts:
         return
     words: dict[str, None] = {}
     for text in unknown_texts:
-        for word in text.split():
+        for word in " ".join(text.split(tokenizer.unk_token)).split():
             if unknown_id in tokenizer(word, add_special_tokens=False)["input_ids"]:
                 words[word] = None
     raise ValueError(

@@ -217,3 +217,19 @@ def test_a_completion_of_no_tokens_is_refused_in_a_pair_template_not_read_from_t
     # [CLS] w7 [SEP] [SEP]: no completion to find, so the last run of words (the prompt w7) was scored as one
     with pytest.raises(ValueError, match="pair 2 .* has a completion of no tokens"):
         encode_pairs(make_tokenizer(), ["w5 w6", "w7"], ["w8", " "])
+
+
+@pytest.mark.parametrize(
+    "make_tokenizer", [lambda: placeholder_bert_tokenizer(40), lambda: placeholder_word_tokenizer(40)]
+)
+def test_a_text_that_writes_the_unknown_token_still_has_its_unknown_words_refused(make_tokenizer):
+    """A text holding the literal unknown token (``[UNK]``, ``<unk>``) was passed over whole, so a word the tokenizer
+    does not know beside it was read as the unknown token without a word; the literal itself is meant."""
+    tokenizer = make_tokenizer()
+    literal = tokenizer.unk_token
+    with pytest.raises(ValueError, match=r"1 text\(s\) hold words the tokenizer does not know: \['zebra'\]"):
+        SubtaskData.from_texts("texts", [f"w5 {literal} zebra", "w6 w7"], tokenizer)
+    with pytest.raises(ValueError, match=r"does not know: \['zebra'\]"):
+        SubtaskData.from_pairs("pairs", [(f"w5 {literal}", "zebra"), ("w8 w9", "w10")], tokenizer)
+    known = SubtaskData.from_texts("texts", [f"w5 {literal} w8", "w6 w7"], tokenizer)
+    assert known.input_ids[0, known.attention_mask[0].bool()].tolist().count(tokenizer.unk_token_id) == 1
