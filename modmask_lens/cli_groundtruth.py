@@ -203,13 +203,14 @@ def run(
         "{:.3f}".format,
     ):
         for table, columns in SHOWN.items():
-            typer.echo(f"\n{table}:\n{tables[table][columns].to_string(index=False)}")
+            shown = shown_summary(tables["summary"]) if table == "summary" else tables[table][columns]
+            typer.echo(f"\n{table}:\n{shown.to_string(index=False)}")
     typer.echo(f"\nwall time {wall_s:.0f} s")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for table, frame in tables.items():
             frame.to_csv(out / f"{table}.csv", index=False)
-        (out / "summary.md").write_text(markdown_table(tables["summary"][SHOWN["summary"]]))
+        (out / "summary.md").write_text(markdown_table(shown_summary(tables["summary"])))
         typer.echo(f"wrote {len(tables)} tables to {out}")
 
 
@@ -264,6 +265,17 @@ def targets(
     if out_file is not None:
         out_file.write_text(report)
         typer.echo(f"wrote {out_file}")
+
+
+def shown_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary's shown columns as printed and written to ``summary.md``: ``auroc_gain`` reads ``not measured``
+    where the gains were not measured (:func:`~modmask_lens.groundtruth.targets.gain_not_measured`), NaN only where
+    it is undefined."""
+    from modmask_lens.groundtruth.targets import gain_not_measured
+
+    shown = summary[SHOWN["summary"]]
+    gain = shown["auroc_gain"].map("{:.3f}".format).where(~gain_not_measured(summary), "not measured")
+    return shown.assign(auroc_gain=gain)
 
 
 def read_tables(folders: list[Path]) -> dict[str, pd.DataFrame]:

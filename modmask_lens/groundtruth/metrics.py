@@ -114,7 +114,8 @@ def unit_scores(
 
     Returns:
         Columns ``case``, ``subtask``, ``granularity``, ``precision``, ``recall``, ``auroc``, ``auroc_gain`` (AUROC
-        of ``gain_ranked``; NaN where not given), ``kept_fraction``
+        of ``gain_ranked``; NaN where not given, i.e. not measured, beside a defined ``auroc``:
+        :func:`~modmask_lens.groundtruth.targets.gain_not_measured`), ``kept_fraction``
         (kept share of the scored units), ``true_fraction``, ``scored_units``, and ``inside_others`` (share of the
         kept units that only the case's other subtasks keyed on the same units use: where a mask of a plant with
         many sufficient answers lands in another subtask's set, this says so; 0 in a case of one subtask, NaN where

@@ -21,7 +21,8 @@ The rules, and why:
   precision, and a disconnected plant not run at a granularity fails a ``granularity run`` row;
 - a measurement the tables lack is failed, never undefined: a mask whose run has no ``runs`` row fails
   ``seconds``, one with other subtasks but no ``inverse`` row evaluated on them fails ``others_after_removal``, one
-  with no ``scores`` or ``sharing`` row fails ``iou_with_others``; the note says ``not measured: ...``.
+  with no ``scores`` or ``sharing`` row fails ``iou_with_others``, a head mask whose gains were not measured
+  (:func:`gain_not_measured`) fails ``auroc_gain``; the note says ``not measured: ...``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from modmask_lens.groundtruth.controls import CONTROLS
+from modmask_lens.masks.readout import SCANNED_COUNTS
 
 NULL_CONTROLS = tuple(control for control in CONTROLS if control != "none")
 KEYS = ["case", "subtask", "granularity", "method", "seed"]
@@ -118,6 +120,13 @@ PLANT_GRANULARITY = {"entangled-neuron": "neuron", "entangled-head": "head", "pa
 layers are checked by ``benchmarks/tracr_mask_auroc.py``, docs/tracr.md)."""
 
 
+def gain_not_measured(summary: pd.DataFrame) -> pd.Series:
+    """Rows of ``summary`` whose ``auroc_gain`` was not measured (the readout left out more than
+    :data:`~modmask_lens.masks.readout.SCANNED_COUNTS` units to rank by marginal gain), as against undefined (one
+    class of the answer key empty): NaN where ``auroc``, on the same answer key, is defined."""
+    return summary["auroc_gain"].isna() & summary["auroc"].notna()
+
+
 def family(case: str) -> str:
     """The family of a case name: ``"entangled-head/add-mul@seed1"`` -> ``"entangled-head"``."""
     return case.split("/", 1)[0]
@@ -153,6 +162,7 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
     after_removal = _others_after_removal(tables)
     runs = tables["runs"][tables["runs"]["control"] == "none"].set_index(["case", "granularity", "method", "seed"])
     subtask_counts = uncontrolled.groupby(["case", "granularity", "method", "seed"])["subtask"].nunique()
+    uncontrolled = uncontrolled.assign(gain_not_measured=gain_not_measured(uncontrolled))
     rows, emitted = [], set()
     for row in uncontrolled.itertuples(index=False):
         target = FAMILY_TARGET.get(family(row.case))
@@ -186,6 +196,9 @@ def target_checks(tables: Mapping[str, pd.DataFrame], method: str | None = None)
             "iou_with_others": "not measured: no scores or sharing row for this mask" if key not in iou else "",
             "others_after_removal": "not measured: no inverse rows on the other subtasks"
             if has_others and key not in after_removal
+            else "",
+            "auroc": f"not measured: the readout leaves out more than {SCANNED_COUNTS} units to rank by marginal gain"
+            if row.granularity == "head" and row.gain_not_measured
             else "",
         }
         for measure, bound in TARGETS[target].items():

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modmask_lens.cli import app
+from modmask_lens.cli_groundtruth import SHOWN, shown_summary
 from modmask_lens.groundtruth.targets import target_checks, target_tally
 
 LABELS = {"method": "faithful", "seed": 0}
@@ -131,6 +132,35 @@ def test_a_missing_measurement_fails_its_target_with_a_note_instead_of_reading_u
         assert disconnected.loc[(subtask, measure), ["met", "note"]].tolist() == [0.0, note]
     assert disconnected.loc[("mul", "others_after_removal"), "met"] == 1.0  # its inverse row is there: 0.95
     assert target_tally(target_checks(tables)).set_index("target").loc["disconnected", "undefined"] == 0
+
+
+def test_a_head_mask_whose_gains_were_not_measured_fails_its_auroc_instead_of_reading_undefined():
+    """``auroc_gain`` is NaN where the readout left out more units than the gains are measured for: with the logits'
+    AUROC defined (the same answer key, both classes present) the gains were not measured, and that read as
+    undefined; where the logits' AUROC is NaN too, it is undefined."""
+    tables = _tables()
+    summary = tables["summary"]
+    unmeasured = (summary["case"] == "entangled-head/add-mul") & (summary["subtask"] == "mul")
+    tables["summary"] = summary.assign(auroc_gain=summary["auroc_gain"].mask(unmeasured))
+    checks = target_checks(tables).set_index(["case", "subtask", "measure"])
+    row = checks.loc[("entangled-head/add-mul", "mul", "auroc_gain")]
+    assert math.isnan(row["value"])
+    assert row[["met", "note"]].tolist() == [
+        0.0,
+        "not measured: the readout leaves out more than 256 units to rank by marginal gain",
+    ]
+    assert math.isnan(checks.loc[("tracr/reverse", "reverse", "auroc_gain"), "met"])  # auroc NaN too: undefined
+    assert target_tally(target_checks(tables)).set_index("target").loc["entangled", "undefined"] == 0
+
+
+def test_the_printed_summary_says_which_gains_were_not_measured_and_which_are_undefined():
+    summary = _tables()["summary"]
+    summary = summary.assign(auroc_gain=summary["auroc_gain"].mask(summary["subtask"] == "mul"))
+    shown = shown_summary(summary.assign(**{column: 0.0 for column in SHOWN["summary"] if column not in summary}))
+    gains = dict(zip(shown["case"] + ":" + shown["subtask"], shown["auroc_gain"], strict=True))
+    assert gains["entangled-head/add-mul:mul"] == "not measured"  # auroc 1.0: the gains were not measured
+    assert gains["tracr/reverse:reverse"] == "nan"  # auroc NaN too: undefined
+    assert gains["entangled-head/add-mul:add"] == "0.990"
 
 
 def test_a_case_of_one_subtask_leaves_the_measures_against_others_undefined():
