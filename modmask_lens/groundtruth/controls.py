@@ -12,7 +12,6 @@ import warnings
 import torch
 from torch import Generator, nn
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoModelForCausalLM
 
 from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
@@ -32,15 +31,17 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
     """A bridge of the same configuration and tokenizer with freshly initialised weights, drawn from ``seed``
     (torch's global generator is left as it was).
 
-    A bridge around a Hugging Face model is rebuilt from its config with the model class's own initialisation; a
-    TransformerLens-native bridge (``TransformerBridge.boot_native``, e.g. the compiled tracr programs) is booted
-    again from its config with ``seed`` and TransformerLens's initialisation (``cfg.init_mode``).
+    A bridge around a Hugging Face model is rebuilt as the same class (a masked LM as its masked LM, not the causal
+    LM the config would map to: RoBERTa's, which TransformerLens does not boot) from its config, with the class's own
+    initialisation; a TransformerLens-native bridge (``TransformerBridge.boot_native``, e.g. the compiled tracr
+    programs) is booted again from its config with ``seed`` and TransformerLens's initialisation (``cfg.init_mode``).
 
     Raises:
         ValueError: when the bridge wraps neither a Hugging Face model (``original_model.config`` and a tokenizer)
             nor a native one.
     """
-    config = getattr(getattr(bridge, "original_model", None), "config", None)
+    original_model = getattr(bridge, "original_model", None)
+    config = getattr(original_model, "config", None)
     bridge_config = getattr(bridge, "cfg", None)
     if config is None and getattr(bridge_config, "architecture", None) == NATIVE_ARCHITECTURE:
         fresh_config = copy.deepcopy(bridge_config)
@@ -53,7 +54,7 @@ def random_init_bridge(bridge: nn.Module, seed: int = 0) -> nn.Module:
             "Face model with a tokenizer and is not TransformerLens-native: skip the control for it"
         )
     with seeded(seed):  # the caller's global generator is left as it was
-        fresh = AutoModelForCausalLM.from_config(config)
+        fresh = type(original_model)._from_config(config)  # what AutoModel*.from_config calls on its class
     with tempfile.TemporaryDirectory() as folder:
         fresh.save_pretrained(folder)
         bridge.tokenizer.save_pretrained(folder)

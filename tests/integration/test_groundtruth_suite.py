@@ -9,6 +9,7 @@ import warnings
 import pandas as pd
 import pytest
 import torch
+from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 from typer.testing import CliRunner
 
 from modmask_lens import AnswerCrossEntropy, KLDivergence, MaskConfig, faithful_binary
@@ -26,6 +27,7 @@ from modmask_lens.groundtruth.metrics import measured_sharing, readout_scores, s
 from modmask_lens.groundtruth.tracr_cases import load_tracr_case
 from modmask_lens.masks.config import TrainConfig
 from modmask_lens.masks.training import PaddedReadout
+from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
 
@@ -108,6 +110,25 @@ def test_shuffled_answers_permute_answers_within_a_subtask(case):
 def test_random_init_control_has_the_shapes_but_not_the_weights(case):
     fresh = random_init_bridge(case.bridge, seed=0)
     trained, random = case.bridge.state_dict(), fresh.state_dict()
+    assert {key: value.shape for key, value in trained.items()} == {key: value.shape for key, value in random.items()}
+    assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: BertForMaskedLM(BertConfig(**TINY_HF_SIZES)),
+        lambda: RobertaForMaskedLM(RobertaConfig(**TINY_HF_SIZES)),
+    ],
+    ids=["bert", "roberta"],
+)
+def test_the_random_init_control_of_a_masked_lm_rebuilds_the_model_s_own_class(make_model, tmp_path):
+    """The control built AutoModelForCausalLM's class: BertLMHeadModel for BERT (the same modules as
+    BertForMaskedLM), and RobertaForCausalLM for RoBERTa, which TransformerLens cannot boot, so the control failed."""
+    bridge = boot_tiny(make_model(), tmp_path)
+    fresh = random_init_bridge(bridge, seed=0)
+    assert type(fresh.original_model) is type(bridge.original_model)
+    trained, random = bridge.state_dict(), fresh.state_dict()
     assert {key: value.shape for key, value in trained.items()} == {key: value.shape for key, value in random.items()}
     assert not torch.equal(trained["blocks.0.mlp.in.weight"], random["blocks.0.mlp.in.weight"])
 
