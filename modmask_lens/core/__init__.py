@@ -8,6 +8,8 @@
 - ``random``: local random streams (:func:`stream_seed`); ``world``: the distributed rank and world size.
 - ``bridge``: :class:`Bridge`, the model type every method accepts; ``booting``: :func:`boot_transformers`, booting
   a model folder without TransformerLens installing packages.
+- ``hook_layout``: where a hook point's activation keeps its positions, and the activation read position-major
+  (what probes and hook-reading objectives read).
 """
 
 from modmask_lens.core.bridge import Bridge
