@@ -42,11 +42,17 @@ chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq $(CHROMIUM_PACKAGES)) \
 		|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq $(CHROMIUM_PACKAGES))
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each on one torch thread (tests/conftest.py pins it), so
+# that a 2-core CI machine runs two tests at once without oversubscribing a core. `--dist loadscope` keeps a module's
+# tests in one process, so that a module's expensive fixture (the ground-truth runs) is built once.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
+
 test: install-dev chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # Not part of CI: builds $(LATEST_VENV) afresh from the newest allowed releases (torch stays at TORCH_PIN, the
 # local CPU build) and runs the suite, to learn that a release broke us before users do.
@@ -57,7 +63,7 @@ test-latest: chromium
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH_PIN)" -e ".[dev]" \
 		$(addprefix -e ,$(PLUGINS))
 	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(torch|transformers|transformer-lens|datasets)=='
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -p no:cacheprovider
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_PARALLEL)
 
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet "$(UV_PIN)"
