@@ -16,6 +16,11 @@ from modmask_lens.core.pairs import load_pairs
 runner = CliRunner()
 
 
+def _unboxed(output: str) -> str:
+    """A command's output without rich's error-panel borders and line wrapping, so that a message reads whole."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
+
+
 def test_data_stats_print_the_published_split_sizes():
     result = runner.invoke(app, ["data", "scan", "--split", "addprim_jump", "--stats"])
     assert result.exit_code == 0, result.output
@@ -57,7 +62,7 @@ def test_data_refuses_a_seed_that_a_fixed_scan_split_ignores(tmp_path):
     wrote the same rows. Only simple, a random 80/20, takes it."""
     refused = runner.invoke(app, ["data", "scan", "--split", "length", "--seed", "3", "--stats"])
     assert refused.exit_code == 2, refused.output
-    said = " ".join(re.sub("[│╭╮╰╯─]", " ", refused.output).split())
+    said = _unboxed(refused.output)
     assert (
         "Invalid value for --seed: SCAN's length split is a fixed rule (the published split), the same under every "
         "seed; only simple is drawn at random: drop --seed"
@@ -342,7 +347,7 @@ def test_a_bad_training_option_is_refused_before_training(tmp_path, options, mes
         + ["--out", str(tmp_path / "m")],
     )
     assert result.exit_code != 0
-    assert message in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+    assert message in _unboxed(result.output), result.output
     assert not list((tmp_path / "m").glob("**/*.safetensors"))
 
 
@@ -374,7 +379,7 @@ def test_heads_per_step_is_refused_where_auto_trains_the_heads_with_hard_concret
         + ["--heads-per-step", "4", *sampler, "--out", str(tmp_path / "m")],
     )
     assert result.exit_code == 2, result.output
-    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    said = _unboxed(result.output)
     assert (
         "Invalid value for --heads-per-step: --sampler auto trains this model's head masks with hard-concrete (its "
         "heads have no hook_z; docs/concepts.md#head-masks), which does not read --heads-per-step; drop "
@@ -426,7 +431,7 @@ def test_experiment_commands_refuse_bad_options_before_any_work(tmp_path, monkey
     occupied.write_text("")
     result = runner.invoke(app, [part.format(file=occupied) for part in command])
     assert result.exit_code != 0
-    assert message in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+    assert message in _unboxed(result.output), result.output
 
 
 def test_foils_must_be_in_every_row_once_one_row_has_one(tmp_path):
@@ -533,7 +538,7 @@ def test_groundtruth_run_refuses_a_neuron_mask_without_neuron_masks(monkeypatch)
         + ["--neuron-mask", "in-out", "--fast"],
     )
     assert result.exit_code == 2, result.output
-    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    said = _unboxed(result.output)
     assert (
         "Invalid value for --neuron-mask: shapes neuron masks only, and --granularity asks for head, weight: add "
         "--granularity neuron or drop --neuron-mask"
@@ -542,7 +547,7 @@ def test_groundtruth_run_refuses_a_neuron_mask_without_neuron_masks(monkeypatch)
     monkeypatch.setattr(modmask_lens.groundtruth.suite, "run_suite", never)
     result = runner.invoke(app, ["groundtruth", "run", "--case", "entangled-head", "--neuron-mask", "in-out", "--fast"])
     assert result.exit_code == 2, result.output
-    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    said = _unboxed(result.output)
     assert (
         "Invalid value for --neuron-mask: shapes neuron masks only, and no case here has a neuron answer key "
         "(entangled-head/add-mul: weight, head; entangled-head/sub-max: weight, head): choose a case with one or "
@@ -588,5 +593,5 @@ def test_report_refuses_task_options_without_a_task(tmp_path, no_model_load, opt
         + [*option, "--out", str(tmp_path / "report.html")],
     )
     assert result.exit_code == 2, result.output
-    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    said = _unboxed(result.output)
     assert f"Invalid value for {option[0]}: applies to --task only: name the subtasks to score on" in said, said
