@@ -639,8 +639,12 @@ class MaskTrainer:
         for run, task in zip(self.runs, metadata["tasks"]):
             prefix = task["prefix"]
             own = {name[len(prefix) + 1 :]: tensor for name, tensor in tensors.items() if name.startswith(prefix + "/")}
-            fingerprint = run.masks.fingerprint
+            origin, fingerprint = run.masks.origin, run.masks.fingerprint
             run.masks = mask_set_from(self.bridge, own, task["mask"], str(path))
+            # mask_set_from proved this is the checkpoint's model (weights, dimensions, and its config where the
+            # checkpoint records one): the finished mask records the model it was finished on, as a fresh run's
+            # does, also where the checkpoint predates a field of that record
+            run.masks.origin = origin
             run.masks.train_config = self.train_config.to_dict()
             run.masks.fingerprint = fingerprint
             run.masks.objective = self.objective.to_dict()

@@ -179,3 +179,36 @@ def test_a_checkpoint_written_before_model_configs_resumes_with_a_warning_and_an
     del old["model"]["weights_sha256"]
     with pytest.warns(ModelConfigUnchecked), pytest.raises(RunMismatch, match=r"\(weights_sha256 differ\)"):
         check_same_run(old, current, "ckpt", "copy")
+
+
+def test_a_run_resumed_from_a_checkpoint_without_model_config_finishes_a_mask_that_records_it(tmp_path):
+    """The resume compares the checkpoint's weights and dimensions with the model it runs on (warning once that the
+    config went unchecked); the finished mask took the checkpoint's model record, without a config, and warned at
+    every load after. It records the config of the model it was finished on, as a fresh run's does."""
+    import warnings
+
+    from modmask_lens.core.checkpoint import CHECKSUM_FIELD, read_safetensors, write_safetensors_atomically
+    from modmask_lens.masks.io import load_masks, save_masks
+    from modmask_lens.masks.training import CHECKPOINT_FILE, CHECKPOINT_FORMAT
+
+    bridge = tiny_bridge()
+    data = SubtaskData("copy", torch.tensor([[1, 2, 2], [3, 4, 4]]), torch.tensor([[-100, -100, 2], [-100, -100, 4]]))
+    config = TrainConfig(steps=1, batch_size=2, n_samples=1, checkpoint_every=1)
+    MaskTrainer(bridge, [data], train_config=config, checkpoint_dir=tmp_path, progress=False).train()
+    path = tmp_path / CHECKPOINT_FILE
+    tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+    for task in metadata["tasks"]:  # as written before model records held the config
+        del task["mask"]["model"]["config"], task["fingerprint"]["model"]["config"]
+    del metadata[CHECKSUM_FIELD]
+    write_safetensors_atomically(path, tensors, metadata)
+
+    longer = dataclasses.replace(config, steps=2)
+    with pytest.warns(ModelConfigUnchecked, match="records no model config"):
+        trainer = MaskTrainer(bridge, [data], train_config=longer, checkpoint_dir=tmp_path, progress=False)
+    finished = trainer.train()["copy"]
+    assert finished.origin == MaskOrigin.of(bridge)
+    saved = save_masks(finished, tmp_path / "copy.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelConfigUnchecked)
+        assert load_masks(saved, bridge).origin.model["config"] == MaskOrigin.of(bridge).model["config"]
+        MaskTrainer(bridge, [data], train_config=longer, checkpoint_dir=tmp_path, progress=False)
