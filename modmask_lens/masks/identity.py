@@ -123,8 +123,9 @@ def model_config(bridge: Bridge) -> dict:
     so that two releases of transformers that write one config differently record the same values: names lower-case,
     numbers as floats (``10000`` and ``1e4`` are one value), read from TransformerLens's config of the bridge (one
     vocabulary for every family) except the rotary base, which TransformerLens's config of a Hugging Face model does
-    not follow: it is read from the model's own config, ``rope_theta`` at its top level (transformers 4) or in
-    ``rope_parameters`` (transformers 5; per layer type where the model has several).
+    not follow: it is read from the model's own config in transformers 4's or 5's layout (:func:`_rope_parameters`),
+    one number where every layer uses it, else a dict by layer type (Gemma 3's ``full_attention`` and
+    ``sliding_attention``) whichever layout lists it.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -134,21 +135,59 @@ def model_config(bridge: Bridge) -> dict:
     cfg = bridge.cfg
     config = {name: _normalised(getattr(cfg, name, None)) for name in MODEL_CONFIG_FIELDS if name != "rope_theta"}
     if config["positional_embedding_type"] == "rotary":
-        config["rope_theta"] = _normalised(_rope_theta(bridge))
+        rope = _rope_parameters(bridge)
+        config["rope_theta"] = _by_layer_type(
+            {layer_type: settings.get("rope_theta") for layer_type, settings in rope.items()}
+        )
     return config
 
 
-def _rope_theta(bridge: Bridge) -> object:
-    """The rotary base the model computes with: a Hugging Face model's from its config (a dict by layer type where
-    its ``rope_parameters`` hold one per type), a TransformerLens-native model's from TransformerLens's config."""
+def _hf_text_config(bridge: Bridge) -> object | None:
+    """The Hugging Face config of the bridge's text model, ``None`` for a TransformerLens-native bridge."""
     hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
-    if hf_config is None or not hasattr(hf_config, "get_text_config"):
-        return bridge.cfg.rotary_base
-    text_config = hf_config.get_text_config()
-    parameters = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else None
+
+
+def _rope_parameters(bridge: Bridge) -> dict[str, dict]:
+    """The rotary settings the model computes with, by layer type (``{"": settings}`` where one set serves every
+    layer), each as transformers 5 lays it out (``rope_theta``, ``rope_type`` and the scaling's factors).
+
+    A Hugging Face model's come from its config: ``rope_parameters`` (transformers 5: flat, or nested by layer type
+    where types differ), else transformers 4's layout, converted as transformers 5 converts it (its
+    ``convert_rope_params_to_dict``): ``rope_theta`` at the top level with ``rope_scaling`` beside it; a second base
+    for sliding-window layers, Gemma 3's ``rope_local_base_freq`` (the scaling then serves full attention only) or
+    ModernBERT's ``global_rope_theta``/``local_rope_theta`` (the scaling serves both). A TransformerLens-native
+    model's come from TransformerLens's config.
+    """
+    text_config = _hf_text_config(bridge)
+    if text_config is None:
+        return {"": {"rope_theta": bridge.cfg.rotary_base, **(getattr(bridge.cfg, "rope_scaling", None) or {})}}
+    parameters = getattr(text_config, "rope_parameters", None)
     if parameters and all(isinstance(value, dict) for value in parameters.values()):
-        return {layer_type: value.get("rope_theta") for layer_type, value in parameters.items()}
-    return parameters.get("rope_theta", getattr(text_config, "rope_theta", None))
+        return dict(parameters)
+    if parameters:
+        return {"": parameters}
+    scaling = getattr(text_config, "rope_scaling", None) or {}
+    if hasattr(text_config, "rope_local_base_freq"):
+        return {
+            "full_attention": {"rope_theta": text_config.rope_theta, **scaling},
+            "sliding_attention": {"rope_theta": text_config.rope_local_base_freq},
+        }
+    if hasattr(text_config, "local_rope_theta"):
+        return {
+            "full_attention": {"rope_theta": text_config.global_rope_theta, **scaling},
+            "sliding_attention": {"rope_theta": text_config.local_rope_theta, **scaling},
+        }
+    return {"": {"rope_theta": getattr(text_config, "rope_theta", None), **scaling}}
+
+
+def _by_layer_type(values: dict[str, object]) -> object:
+    """One setting of each layer type (normalised) as a record holds it: the one value where all types share it (or
+    the model has one type), else the dict by layer type, so that a model whose config lists a setting per type
+    records what one whose config lists it once records."""
+    normalised = {layer_type: _normalised(value) for layer_type, value in values.items()}
+    distinct = list(normalised.values())
+    return distinct[0] if all(value == distinct[0] for value in distinct) else _normalised(normalised)
 
 
 def _normalised(value: object) -> object:
@@ -185,8 +224,9 @@ class ModelConfigUnchecked(UserWarning):
 
 def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dict]:
     """Two model records (:func:`fingerprint`) as they can be compared: both without ``config`` where one predates it
-    (with a :class:`ModelConfigUnchecked` warning that names ``source`` and the fields left unchecked), else as they
-    are (every config field compared, also one that only one side holds).
+    (with a :class:`ModelConfigUnchecked` warning that names ``source`` and the fields left unchecked), else with
+    their configs as :func:`model_config` writes them now (every config field compared, also one that only one side
+    holds).
 
     Example:
         >>> import warnings
@@ -196,7 +236,7 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
         ({'n_layers': 2}, {'n_layers': 2})
     """
     if ("config" in first) == ("config" in second):
-        return first, second
+        return _with_comparable_config(first), _with_comparable_config(second)
     warnings.warn(
         f"{source} records no model config (the model's 'config' entry: it was written before modmask-lens recorded "
         f"one), so {', '.join(MODEL_CONFIG_FIELDS)} were not compared with the model it was made for, only the "
@@ -208,6 +248,15 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
         {key: value for key, value in first.items() if key != "config"},
         {key: value for key, value in second.items() if key != "config"},
     )
+
+
+def _with_comparable_config(record: dict) -> dict:
+    """``record`` with its ``config`` as :func:`model_config` writes it now, where an earlier version wrote the same
+    settings otherwise: a rotary base listed per layer type though all types share it is one number."""
+    config = record.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("rope_theta"), dict):
+        return record
+    return record | {"config": config | {"rope_theta": _by_layer_type(config["rope_theta"])}}
 
 
 def model_differences(first: dict, second: dict, sides: tuple[str, str] = ("in the mask", "here")) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from conftest import boot_gpt2, boot_native
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
 from modmask_lens.core.checkpoint import (
@@ -23,7 +24,7 @@ from modmask_lens.core.checkpoint import (
     read_safetensors,
     write_safetensors_atomically,
 )
-from modmask_lens.masks.identity import ModelConfigUnchecked, model_config
+from modmask_lens.masks.identity import ModelConfigUnchecked, comparable_models, model_config
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
 
 
@@ -210,6 +211,79 @@ def test_the_recorded_config_is_the_same_from_either_transformers_layout_of_the_
     hf_config.rope_parameters, hf_config.rope_theta = None, 500000
     assert model_config(bridge) == written_by_5
     assert written_by_5["rope_theta"] == 500000.0 and written_by_5["act_fn"] == "silu"
+
+
+class _Transformers4Config(SimpleNamespace):
+    """A Hugging Face config as transformers 4 lays one out (settings as attributes, no ``rope_parameters``)."""
+
+    def get_text_config(self):
+        return self
+
+
+GEMMA3_SLIDING_LAYERS = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "vocab_size": 40,
+    "max_position_embeddings": 32,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "sliding_window": 16,
+    "query_pre_attn_scalar": 64,
+}
+"""A Gemma 3 text config whose layers take turns at sliding-window and full attention, each with its own rotary base
+(the full-attention one scaled linearly by 8)."""
+
+
+def _gemma3_written_by(transformers_major: int):
+    """:data:`GEMMA3_SLIDING_LAYERS` as transformers 5 holds it (the rotary settings nested in ``rope_parameters`` by
+    layer type) or as transformers 4 did (a global ``rope_theta``, ``rope_local_base_freq`` for the sliding layers,
+    ``rope_scaling`` for the full-attention ones)."""
+    legacy = {"rope_theta": 1000000, "rope_local_base_freq": 10000, "rope_scaling": {"type": "linear", "factor": 8}}
+    if transformers_major == 5:
+        return Gemma3TextConfig(**GEMMA3_SLIDING_LAYERS, **legacy)  # converted as transformers 5 converts old files
+    return _Transformers4Config(**GEMMA3_SLIDING_LAYERS, **legacy)
+
+
+@pytest.fixture(scope="module")
+def rotary_bridge(tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY_HF_SIZES, num_key_value_heads=2)
+    return boot_tiny(LlamaForCausalLM(config), tmp_path_factory.mktemp("llama"))
+
+
+def test_a_model_with_a_rotary_base_per_layer_type_records_the_same_bases_under_either_transformers(
+    rotary_bridge, monkeypatch
+):
+    """transformers 5 nests Gemma 3's rotary bases in ``rope_parameters`` by layer type; transformers 4 kept the
+    full-attention one in ``rope_theta`` and the sliding one in ``rope_local_base_freq``. A file written under 4
+    recorded the first alone and was refused under 5."""
+    records = []
+    for major in (4, 5):
+        monkeypatch.setattr(rotary_bridge.original_model, "config", _gemma3_written_by(major))
+        records.append(model_config(rotary_bridge))
+    assert records[0]["rope_theta"] == records[1]["rope_theta"]
+    assert records[1]["rope_theta"] == {"full_attention": 1000000.0, "sliding_attention": 10000.0}
+
+
+def test_one_rotary_base_for_every_layer_type_records_as_one_number_also_in_files_that_listed_it_per_type(
+    rotary_bridge, monkeypatch
+):
+    """Olmo 3's transformers 5 config lists one base per layer type where transformers 4 held one ``rope_theta``;
+    files written under 5 before records collapsed equal bases list them per type, and still load."""
+    monkeypatch.setattr(
+        rotary_bridge.original_model,
+        "config",
+        Gemma3TextConfig(**GEMMA3_SLIDING_LAYERS, rope_theta=500000, rope_local_base_freq=500000),
+    )
+    written_by_5 = model_config(rotary_bridge)
+    monkeypatch.setattr(rotary_bridge.original_model, "config", _Transformers4Config(rope_theta=500000))
+    assert model_config(rotary_bridge)["rope_theta"] == written_by_5["rope_theta"] == 500000.0
+    listed_per_type = {"config": written_by_5 | {"rope_theta": {"full_attention": 5e5, "sliding_attention": 5e5}}}
+    first, second = comparable_models(listed_per_type, {"config": written_by_5}, "mask.safetensors")
+    assert first == second
 
 
 def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path, tokens):
