@@ -1,6 +1,6 @@
 """A model's identity as masks record it: architecture, shapes, a hash of the weights, the settings beyond the weights
-that decide what it computes (``config``: activation, norm, its eps, positions; :func:`model_config`), and the
-processing mode.
+that decide what it computes (``config``: activation, norm, its eps, positions, attention scale and windows;
+:func:`model_config`), and the processing mode.
 
 Tensors of a part the model's checkpoint lacks entirely (a head, such as all-MiniLM-L6-v2's masked-LM head) are
 initialised afresh, from a new random draw, at every load: the hash leaves them out and the fingerprint lists them
@@ -10,6 +10,7 @@ under ``fresh_tensors``, so that a mask made in one process still loads in the n
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,28 +105,37 @@ def model_dimensions(bridge: Bridge) -> dict:
     }
 
 
-MODEL_CONFIG_FIELDS = (
+TRANSFORMER_LENS_FIELDS = (
     "act_fn",
     "normalization_type",
     "eps",
     "positional_embedding_type",
-    "rope_theta",
     "attn_scores_soft_cap",
     "output_logits_soft_cap",
 )
+"""The settings :func:`model_config` reads from TransformerLens's config of the bridge, under its names."""
+FIELDS_ADDED_LATER = ("rope_scaling", "attn_scale", "sliding_window")
+"""The settings of :data:`MODEL_CONFIG_FIELDS` that the first records did not hold: a record without any of them
+was written before, and :func:`comparable_models` leaves them unchecked against it, with a warning."""
+MODEL_CONFIG_FIELDS = (*TRANSFORMER_LENS_FIELDS[:4], "rope_theta", *TRANSFORMER_LENS_FIELDS[4:], *FIELDS_ADDED_LATER)
 """The settings :func:`model_config` records: those that change what the same weights compute, in TransformerLens's
-names (``rope_theta`` only for rotary positions). Others that do (rope scaling, an attention scale set in the config,
-a sliding window) are not recorded yet."""
+names (``rope_theta`` and ``rope_scaling`` only for rotary positions; ``attn_scale`` the number attention scores are
+divided by, as TransformerLens's ``attn_scale``)."""
 
 
 def model_config(bridge: Bridge) -> dict:
     """The settings beyond the weights that decide what ``bridge`` computes (:data:`MODEL_CONFIG_FIELDS`), normalised
     so that two releases of transformers that write one config differently record the same values: names lower-case,
     numbers as floats (``10000`` and ``1e4`` are one value), read from TransformerLens's config of the bridge (one
-    vocabulary for every family) except the rotary base, which TransformerLens's config of a Hugging Face model does
-    not follow: it is read from the model's own config in transformers 4's or 5's layout (:func:`_rope_parameters`),
-    one number where every layer uses it, else a dict by layer type (Gemma 3's ``full_attention`` and
-    ``sliding_attention``) whichever layout lists it.
+    vocabulary for every family) except those TransformerLens's config of a Hugging Face model does not follow, which
+    are read from the model's own config, in transformers 4's or 5's layout:
+
+    - ``rope_theta``, the rotary base, and ``rope_scaling``, its scaling (``rope_type`` and the factors the config
+      gives; ``None`` for none) (:func:`_rope_parameters`): one value where every layer uses it, else a dict by layer
+      type (Gemma 3's ``full_attention`` and ``sliding_attention``) whichever layout lists it;
+    - ``attn_scale`` (:func:`_attn_scale`): what attention scores are divided by where the config sets it, ``None``
+      where it is the square root of the head dimension;
+    - ``sliding_window`` (:func:`_sliding_windows`): the window of every layer, one value where all layers share it.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -133,12 +143,18 @@ def model_config(bridge: Bridge) -> dict:
         ('gelu', 1e-05)
     """
     cfg = bridge.cfg
-    config = {name: _normalised(getattr(cfg, name, None)) for name in MODEL_CONFIG_FIELDS if name != "rope_theta"}
+    config = {name: _normalised(getattr(cfg, name, None)) for name in TRANSFORMER_LENS_FIELDS}
+    text_config = _hf_text_config(bridge)
     if config["positional_embedding_type"] == "rotary":
         rope = _rope_parameters(bridge)
         config["rope_theta"] = _by_layer_type(
             {layer_type: settings.get("rope_theta") for layer_type, settings in rope.items()}
         )
+        config["rope_scaling"] = _by_layer_type(
+            {layer_type: _rope_scaling(settings, text_config) for layer_type, settings in rope.items()}
+        )
+    config["attn_scale"] = _normalised(_attn_scale(cfg, text_config))
+    config["sliding_window"] = _sliding_windows(text_config, cfg.n_layers)
     return config
 
 
@@ -181,17 +197,78 @@ def _rope_parameters(bridge: Bridge) -> dict[str, dict]:
     return {"": {"rope_theta": getattr(text_config, "rope_theta", None), **scaling}}
 
 
-def _by_layer_type(values: dict[str, object]) -> object:
+def _rope_scaling(settings: dict, text_config: object | None) -> dict | None:
+    """The scaling in one layer type's rotary ``settings`` (:func:`_rope_parameters`): ``rope_type`` (transformers
+    4's ``type``) and the factors beside it, ``None`` for the default (unscaled) rotation. A llama3, yarn or longrope
+    scaling without its original context length gets the one transformers 5 fills in (its
+    ``standardize_rope_params``: the config's ``original_max_position_embeddings``, else ``max_position_embeddings``),
+    so that a config written for transformers 4 records what 5 reads from it."""
+    rope_type = settings.get("rope_type", settings.get("type", "default"))
+    if rope_type == "default":
+        return None
+    # the base is recorded apart; transformers 5 moves partial_rotary_factor (a share of d_head) in, 4 kept it beside
+    factors = {
+        key: value for key, value in settings.items() if key not in ("type", "rope_theta", "partial_rotary_factor")
+    }
+    if rope_type in ("llama3", "yarn", "longrope") and text_config is not None:
+        original = getattr(text_config, "original_max_position_embeddings", None)
+        if original is not None:
+            factors["original_max_position_embeddings"] = original
+        factors.setdefault("original_max_position_embeddings", getattr(text_config, "max_position_embeddings", None))
+    return factors | {"rope_type": rope_type}
+
+
+def _attn_scale(cfg: object, text_config: object | None) -> float | None:
+    """What the model divides attention scores by where its config sets that, ``None`` where it is the square root of
+    the head dimension: from a Hugging Face config, Gemma's ``query_pre_attn_scalar`` (scores divided by its square
+    root) or Granite's ``attention_multiplier`` (scores multiplied by it); from a TransformerLens-native model's
+    config ``cfg``, ``attn_scale`` where ``use_attn_scale`` and it is positive (as its attention reads them)."""
+    if text_config is None:
+        scale = getattr(cfg, "attn_scale", -1.0)
+        return scale if getattr(cfg, "use_attn_scale", True) and scale > 0 else None
+    if getattr(text_config, "query_pre_attn_scalar", None) is not None:
+        return math.sqrt(text_config.query_pre_attn_scalar)
+    if getattr(text_config, "attention_multiplier", None) is not None:
+        return 1.0 / text_config.attention_multiplier
+    return None
+
+
+def _sliding_windows(text_config: object | None, n_layers: int) -> object:
+    """The attention window of each layer (``None``: full attention) as a record holds it: one value where every
+    layer has the same, else the list by layer. A Hugging Face config's ``sliding_window`` serves the layers its
+    ``layer_types`` call ``sliding_attention`` (or, in transformers 4's Gemma 3 config without them, those its
+    ``sliding_window_pattern`` picks, as transformers 5 converts it), every layer where it names no types, none where
+    ``use_sliding_window`` is off (Qwen 2). TransformerLens-native models attend in full."""
+    window = getattr(text_config, "sliding_window", None)
+    if window is None or getattr(text_config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(text_config, "layer_types", None)
+    pattern = getattr(text_config, "sliding_window_pattern", None)
+    if layer_types is None and pattern:
+        layer_types = ["sliding_attention" if (layer + 1) % pattern else "full_attention" for layer in range(n_layers)]
+    if not layer_types:
+        return _normalised(window)
+    return _by_layer_type(
+        {str(layer): window if kind == "sliding_attention" else None for layer, kind in enumerate(layer_types)},
+        as_list=True,
+    )
+
+
+def _by_layer_type(values: dict[str, object], as_list: bool = False) -> object:
     """One setting of each layer type (normalised) as a record holds it: the one value where all types share it (or
-    the model has one type), else the dict by layer type, so that a model whose config lists a setting per type
-    records what one whose config lists it once records."""
+    the model has one type), else the dict by layer type (the list, ``as_list``, where the keys are layer indices in
+    order), so that a model whose config lists a setting per type records what one whose config lists it once
+    records."""
     normalised = {layer_type: _normalised(value) for layer_type, value in values.items()}
     distinct = list(normalised.values())
-    return distinct[0] if all(value == distinct[0] for value in distinct) else _normalised(normalised)
+    if all(value == distinct[0] for value in distinct):
+        return distinct[0]
+    return distinct if as_list else _normalised(normalised)
 
 
 def _normalised(value: object) -> object:
-    """``value`` as :func:`model_config` records it: strings lower-case, numbers float, dicts by sorted key."""
+    """``value`` as :func:`model_config` records it: strings lower-case, numbers float, dicts by sorted key, tuples
+    as lists."""
     if isinstance(value, str):
         return value.strip().lower()
     if isinstance(value, bool) or value is None:
@@ -200,6 +277,8 @@ def _normalised(value: object) -> object:
         return float(value)
     if isinstance(value, dict):
         return {str(key): _normalised(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_normalised(item) for item in value]
     return str(value)
 
 
@@ -218,15 +297,17 @@ def fingerprint(bridge: Bridge, specs: list[TensorSpec]) -> dict:
 
 
 class ModelConfigUnchecked(UserWarning):
-    """A mask or checkpoint written before model records held the model's ``config`` (:func:`model_config`): it
-    loads, its weights and dimensions compared, but the activation, norm eps and positions could not be."""
+    """A mask or checkpoint written before model records held the model's ``config`` (:func:`model_config`), or some
+    of its fields (:data:`FIELDS_ADDED_LATER`): it loads, its weights, dimensions and the settings it records
+    compared, but the others could not be."""
 
 
 def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dict]:
     """Two model records (:func:`fingerprint`) as they can be compared: both without ``config`` where one predates it
     (with a :class:`ModelConfigUnchecked` warning that names ``source`` and the fields left unchecked), else with
-    their configs as :func:`model_config` writes them now (every config field compared, also one that only one side
-    holds).
+    their configs as :func:`model_config` writes them now: without the :data:`FIELDS_ADDED_LATER` the other holds
+    where one predates them (holds none; with the same warning, naming them), every other config field compared,
+    also one that only one side holds.
 
     Example:
         >>> import warnings
@@ -235,8 +316,10 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
         ...     comparable_models({"n_layers": 2}, {"n_layers": 2, "config": {"act_fn": "relu"}}, "mask.safetensors")
         ({'n_layers': 2}, {'n_layers': 2})
     """
-    if ("config" in first) == ("config" in second):
-        return _with_comparable_config(first), _with_comparable_config(second)
+    if "config" in first and "config" in second:
+        return _without_unrecorded_fields(_with_comparable_config(first), _with_comparable_config(second), source)
+    if "config" not in first and "config" not in second:
+        return first, second
     warnings.warn(
         f"{source} records no model config (the model's 'config' entry: it was written before modmask-lens recorded "
         f"one), so {', '.join(MODEL_CONFIG_FIELDS)} were not compared with the model it was made for, only the "
@@ -247,6 +330,29 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
     return (
         {key: value for key, value in first.items() if key != "config"},
         {key: value for key, value in second.items() if key != "config"},
+    )
+
+
+def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[dict, dict]:
+    """``first`` and ``second`` (records with a ``config``) without the :data:`FIELDS_ADDED_LATER` that one holds and
+    the other, written before them, could not, with a :class:`ModelConfigUnchecked` warning naming them."""
+    configs = [first["config"], second["config"]]
+    if not all(isinstance(config, dict) for config in configs):
+        return first, second
+    held = [[field for field in FIELDS_ADDED_LATER if field in config] for config in configs]
+    if bool(held[0]) == bool(held[1]):
+        return first, second
+    unrecorded = held[0] or held[1]
+    warnings.warn(
+        f"{source} records the model config without {', '.join(unrecorded)} (written before modmask-lens recorded "
+        "them), so those were not compared with the model it was made for, only the other settings, the weights and "
+        "dimensions; if this model may run with other settings, retrain the mask on it",
+        ModelConfigUnchecked,
+        stacklevel=4,
+    )
+    return tuple(
+        record | {"config": {key: value for key, value in config.items() if key not in unrecorded}}
+        for record, config in zip((first, second), configs)
     )
 
 

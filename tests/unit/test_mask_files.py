@@ -162,13 +162,17 @@ def test_a_mask_is_refused_on_the_same_weights_under_another_activation_and_norm
     assert load_masks(path, trained_on).origin.model["config"]["act_fn"] == "gelu_new"
 
 
-def _written_before_model_configs(path) -> None:
-    """Rewrite the mask file at ``path`` as modmask-lens wrote it before model records held the config: no
-    ``config`` in its ``model`` entry (the checksum recomputed, as that version wrote it over its own header)."""
+def _written_before(path, *fields: str) -> None:
+    """Rewrite the mask file at ``path`` as modmask-lens wrote it before model records held ``config`` (no
+    ``fields``) or the config's ``fields`` (the checksum recomputed, as that version wrote it over its own header)."""
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
         metadata = json.loads(handle.metadata()[METADATA_KEY])
-    del metadata["model"]["config"], metadata[CHECKSUM_FIELD]
+    for field in fields:
+        del metadata["model"]["config"][field]
+    if not fields:
+        del metadata["model"]["config"]
+    del metadata[CHECKSUM_FIELD]
     metadata[CHECKSUM_FIELD] = content_sha256(tensors, metadata)
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
 
@@ -178,7 +182,7 @@ def test_a_mask_file_written_before_model_configs_loads_warning_that_the_config_
     warning that names the missing entry and the settings left unchecked; other weights are still refused."""
     bridge = boot_gpt2(tmp_path / "gelu")
     path = save_masks(MaskSet.for_bridge(bridge, name="jump"), tmp_path / "jump.safetensors")
-    _written_before_model_configs(path)
+    _written_before(path)
     with pytest.warns(ModelConfigUnchecked, match=r"records no model config \(the model's 'config' entry.*act_fn, "):
         loaded = load_masks(path, bridge)
     assert "config" not in loaded.origin.model
@@ -189,7 +193,7 @@ def test_a_mask_file_written_before_model_configs_loads_warning_that_the_config_
 def test_masks_of_one_model_combine_when_one_file_predates_model_configs(tmp_path):
     bridge = boot_gpt2(tmp_path / "gelu")
     old = save_masks(MaskSet.for_bridge(bridge, name="old"), tmp_path / "old.safetensors")
-    _written_before_model_configs(old)
+    _written_before(old)
     with pytest.warns(ModelConfigUnchecked):
         combined = load_masks(old, bridge).binary() & MaskSet.for_bridge(bridge, name="new").binary()
     assert combined.count == MaskSet.for_bridge(bridge).binary().count
@@ -241,7 +245,11 @@ def _gemma3_written_by(transformers_major: int):
     """:data:`GEMMA3_SLIDING_LAYERS` as transformers 5 holds it (the rotary settings nested in ``rope_parameters`` by
     layer type) or as transformers 4 did (a global ``rope_theta``, ``rope_local_base_freq`` for the sliding layers,
     ``rope_scaling`` for the full-attention ones)."""
-    legacy = {"rope_theta": 1000000, "rope_local_base_freq": 10000, "rope_scaling": {"type": "linear", "factor": 8}}
+    legacy = {
+        "rope_theta": 1000000,
+        "rope_local_base_freq": 10000,
+        "rope_scaling": {"rope_type": "linear", "factor": 8},
+    }
     if transformers_major == 5:
         return Gemma3TextConfig(**GEMMA3_SLIDING_LAYERS, **legacy)  # converted as transformers 5 converts old files
     return _Transformers4Config(**GEMMA3_SLIDING_LAYERS, **legacy)
@@ -284,6 +292,82 @@ def test_one_rotary_base_for_every_layer_type_records_as_one_number_also_in_file
     listed_per_type = {"config": written_by_5 | {"rope_theta": {"full_attention": 5e5, "sliding_attention": 5e5}}}
     first, second = comparable_models(listed_per_type, {"config": written_by_5}, "mask.safetensors")
     assert first == second
+
+
+def test_rope_scaling_attention_scale_and_sliding_windows_are_recorded_alike_under_either_transformers(
+    rotary_bridge, monkeypatch
+):
+    """Settings that change what the same weights compute beyond the first seven: the rotary scaling (transformers
+    4's ``rope_scaling`` with the old key ``type``, 5's ``rope_parameters``; 5 fills a yarn scaling's original
+    length in from ``max_position_embeddings``), an attention scale the config sets (Gemma's
+    ``query_pre_attn_scalar``: scores divided by its square root) and sliding windows by layer."""
+    records = []
+    for major in (4, 5):
+        monkeypatch.setattr(rotary_bridge.original_model, "config", _gemma3_written_by(major))
+        records.append(model_config(rotary_bridge))
+    assert records[0] == records[1]
+    assert records[1]["rope_scaling"] == {
+        "full_attention": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_attention": None,
+    }
+    assert records[1]["attn_scale"] == 8.0 and records[1]["sliding_window"] == [16.0, None]
+    yarn = {"rope_theta": 500000, "rope_scaling": {"type": "yarn", "factor": 4}}
+    monkeypatch.setattr(
+        rotary_bridge.original_model,
+        "config",
+        _Transformers4Config(**yarn, max_position_embeddings=TINY_HF_SIZES["max_position_embeddings"]),
+    )
+    written_by_4 = model_config(rotary_bridge)
+    monkeypatch.setattr(
+        rotary_bridge.original_model, "config", LlamaConfig(**TINY_HF_SIZES, num_key_value_heads=2, **yarn)
+    )
+    assert model_config(rotary_bridge) == written_by_4
+    assert written_by_4["rope_scaling"] == {
+        "factor": 4.0,
+        "original_max_position_embeddings": 32.0,
+        "rope_type": "yarn",
+    }
+    assert written_by_4["attn_scale"] is None and written_by_4["sliding_window"] is None
+
+
+def test_a_mask_is_refused_on_the_same_weights_under_another_rope_scaling_attention_scale_or_window(
+    tmp_path, tokens, monkeypatch
+):
+    """The weights hash and the first seven settings let a mask load onto the same weights run with a rotary scaling
+    (logits differ), another attention scale or other sliding windows."""
+    torch.manual_seed(0)
+    trained_on = boot_tiny(LlamaForCausalLM(LlamaConfig(**TINY_HF_SIZES, num_key_value_heads=2)), tmp_path / "base")
+    scaled = _same_weights_other_config(
+        tmp_path / "base",
+        tmp_path / "scaled",
+        rope_parameters={"rope_theta": 10000.0, "rope_type": "linear", "factor": 4.0},
+    )
+    assert not torch.allclose(trained_on(tokens), scaled(tokens))
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
+    with pytest.raises(
+        ModelMismatch, match=r"rope_scaling: None in the mask, \{'factor': 4.0, 'rope_type': 'linear'\} here"
+    ):
+        load_masks(path, scaled)
+    gemma = _gemma3_written_by(5)
+    monkeypatch.setattr(trained_on.original_model, "config", gemma)
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "gemma.safetensors")
+    monkeypatch.setattr(gemma, "query_pre_attn_scalar", 256)
+    with pytest.raises(ModelMismatch, match=r"attn_scale: 8.0 in the mask, 16.0 here"):
+        load_masks(path, trained_on)
+    monkeypatch.setattr(gemma, "query_pre_attn_scalar", 64)
+    monkeypatch.setattr(gemma, "layer_types", ["full_attention", "sliding_attention"])
+    with pytest.raises(ModelMismatch, match=r"sliding_window: \[16.0, None\] in the mask, \[None, 16.0\] here"):
+        load_masks(path, trained_on)
+
+
+def test_a_mask_file_written_before_rope_scaling_attention_scales_and_windows_were_recorded_loads_naming_them(
+    tmp_path, rotary_bridge
+):
+    path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
+    _written_before(path, "rope_scaling", "attn_scale", "sliding_window")
+    with pytest.warns(ModelConfigUnchecked, match=r"without rope_scaling, attn_scale, sliding_window \(written before"):
+        loaded = load_masks(path, rotary_bridge)
+    assert "attn_scale" not in loaded.origin.model["config"]
 
 
 def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path, tokens):
