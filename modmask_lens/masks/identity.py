@@ -335,16 +335,26 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
 
 def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[dict, dict]:
     """``first`` and ``second`` (records with a ``config``) without the :data:`FIELDS_ADDED_LATER` that one holds and
-    the other, written before them, could not, with a :class:`ModelConfigUnchecked` warning naming them."""
+    the other, written before them, could not, with a :class:`ModelConfigUnchecked` warning naming them; without
+    ``rope_theta`` too where the older one read a model with a base per layer type under transformers 4 (one number,
+    the full-attention base) and it equals that base."""
     configs = [first["config"], second["config"]]
     if not all(isinstance(config, dict) for config in configs):
         return first, second
     held = [[field for field in FIELDS_ADDED_LATER if field in config] for config in configs]
     if bool(held[0]) == bool(held[1]):
         return first, second
-    unrecorded = held[0] or held[1]
+    unrecorded, named = held[0] or held[1], held[0] or held[1]
+    older, newer = configs if not held[0] else configs[::-1]
+    base, bases = older.get("rope_theta"), newer.get("rope_theta")
+    # Those records read transformers 4's top-level rope_theta alone, where a model has a base per layer type: Gemma
+    # 3's full-attention base, none of ModernBERT's (global_rope_theta). Compared on it, the rest named unchecked.
+    if isinstance(bases, dict) and (base is None or base == bases.get("full_attention")):
+        unchecked_types = [layer_type for layer_type in bases if base is None or layer_type != "full_attention"]
+        unrecorded = ["rope_theta", *unrecorded]
+        named = [f"rope_theta of {', '.join(unchecked_types)} layers", *named]
     warnings.warn(
-        f"{source} records the model config without {', '.join(unrecorded)} (written before modmask-lens recorded "
+        f"{source} records the model config without {', '.join(named)} (written before modmask-lens recorded "
         "them), so those were not compared with the model it was made for, only the other settings, the weights and "
         "dimensions; if this model may run with other settings, retrain the mask on it",
         ModelConfigUnchecked,

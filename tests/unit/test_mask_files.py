@@ -24,7 +24,13 @@ from modmask_lens.core.checkpoint import (
     read_safetensors,
     write_safetensors_atomically,
 )
-from modmask_lens.masks.identity import ModelConfigUnchecked, comparable_models, model_config
+from modmask_lens.masks.identity import (
+    FIELDS_ADDED_LATER,
+    ModelConfigUnchecked,
+    comparable_models,
+    model_config,
+    model_differences,
+)
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
 
 
@@ -368,6 +374,31 @@ def test_a_mask_file_written_before_rope_scaling_attention_scales_and_windows_we
     with pytest.warns(ModelConfigUnchecked, match=r"without rope_scaling, attn_scale, sliding_window \(written before"):
         loaded = load_masks(path, rotary_bridge)
     assert "attn_scale" not in loaded.origin.model["config"]
+
+
+def test_a_file_written_under_transformers_4_before_bases_per_layer_type_loads_its_base_compared(
+    rotary_bridge, monkeypatch
+):
+    """The first records read transformers 4's top-level rope_theta alone: Gemma 3's full-attention base (the
+    sliding one unrecorded), none of ModernBERT's. Such a record is compared on that base, the others named as
+    unchecked; another base is still refused."""
+    monkeypatch.setattr(rotary_bridge.original_model, "config", _gemma3_written_by(4))
+    current = {"config": model_config(rotary_bridge)}
+    first_record = {key: value for key, value in current["config"].items() if key not in FIELDS_ADDED_LATER}
+    written_by_4 = {"config": first_record | {"rope_theta": 1000000.0}}
+    with pytest.warns(ModelConfigUnchecked, match=r"without rope_theta of sliding_attention layers, rope_scaling, "):
+        recorded, now = comparable_models(written_by_4, current, "mask.safetensors")
+    assert recorded == now
+    modernbert_by_4 = {"config": first_record | {"rope_theta": None}}  # transformers 4's ModernBERT: no rope_theta
+    with pytest.warns(ModelConfigUnchecked, match=r"without rope_theta of full_attention, sliding_attention layers"):
+        recorded, now = comparable_models(modernbert_by_4, current, "mask.safetensors")
+    assert recorded == now
+    other_base = {"config": first_record | {"rope_theta": 500000.0}}
+    with pytest.warns(ModelConfigUnchecked):
+        recorded, now = comparable_models(other_base, current, "mask.safetensors")
+    assert model_differences(recorded, now) == [
+        "config (rope_theta: 500000.0 in the mask, {'full_attention': 1000000.0, 'sliding_attention': 10000.0} here)"
+    ]
 
 
 def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_path, tokens):
