@@ -230,15 +230,9 @@ class _Transformers4Config(SimpleNamespace):
         return self
 
 
-GEMMA3_SLIDING_LAYERS = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
+GEMMA3_SLIDING_LAYERS = TINY_HF_SIZES | {
     "num_key_value_heads": 2,
     "head_dim": 8,
-    "vocab_size": 40,
-    "max_position_embeddings": 32,
     "layer_types": ["sliding_attention", "full_attention"],
     "sliding_window": 16,
     "query_pre_attn_scalar": 64,
