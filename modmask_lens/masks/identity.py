@@ -146,7 +146,7 @@ def model_config(bridge: Bridge) -> dict:
     config = {name: _normalised(getattr(cfg, name, None)) for name in TRANSFORMER_LENS_FIELDS}
     text_config = _hf_text_config(bridge)
     if config["positional_embedding_type"] == "rotary":
-        rope = _rope_parameters(bridge)
+        rope = _rope_parameters(cfg, text_config)
         config["rope_theta"] = _by_layer_type(
             {layer_type: settings.get("rope_theta") for layer_type, settings in rope.items()}
         )
@@ -164,7 +164,7 @@ def _hf_text_config(bridge: Bridge) -> object | None:
     return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else None
 
 
-def _rope_parameters(bridge: Bridge) -> dict[str, dict]:
+def _rope_parameters(cfg: object, text_config: object | None) -> dict[str, dict]:
     """The rotary settings the model computes with, by layer type (``{"": settings}`` where one set serves every
     layer), each as transformers 5 lays it out (``rope_theta``, ``rope_type`` and the scaling's factors).
 
@@ -173,11 +173,10 @@ def _rope_parameters(bridge: Bridge) -> dict[str, dict]:
     ``convert_rope_params_to_dict``): ``rope_theta`` at the top level with ``rope_scaling`` beside it; a second base
     for sliding-window layers, Gemma 3's ``rope_local_base_freq`` (the scaling then serves full attention only) or
     ModernBERT's ``global_rope_theta``/``local_rope_theta`` (the scaling serves both). A TransformerLens-native
-    model's come from TransformerLens's config.
+    model's (``text_config`` ``None``) from TransformerLens's config ``cfg``.
     """
-    text_config = _hf_text_config(bridge)
     if text_config is None:
-        return {"": {"rope_theta": bridge.cfg.rotary_base, **(getattr(bridge.cfg, "rope_scaling", None) or {})}}
+        return {"": {"rope_theta": cfg.rotary_base, **(getattr(cfg, "rope_scaling", None) or {})}}
     parameters = getattr(text_config, "rope_parameters", None)
     if parameters and all(isinstance(value, dict) for value in parameters.values()):
         return dict(parameters)
