@@ -5,6 +5,7 @@
 - ``data``: :class:`SubtaskData`, a subtask as token ids, and the checks that a model can run it.
 - ``scoring``: answer-token cross-entropy and exact match (:func:`score_answers`, :func:`answer_correct`).
 - ``checkpoint``: atomic safetensors files with a JSON header and a checksum; :class:`Checkpointer` for trainers.
+- ``atomic_files``: writing any file atomically (a synced temporary file, then a rename), which every writer uses.
 - ``random``: local random streams (:func:`stream_seed`); ``world``: the distributed rank and world size.
 - ``bridge``: :class:`Bridge`, the model type every method accepts; ``booting``: :func:`boot_transformers`, booting
   a model folder without TransformerLens installing packages.

@@ -9,7 +9,6 @@ a run writes to it.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -22,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from modmask_lens.core.atomic_files import replace_atomically
 
 METADATA_KEY = "modmask_lens"
 CHECKSUM_FIELD = "content_sha256"
@@ -57,47 +58,14 @@ def content_sha256(tensors: dict[str, Tensor], metadata: dict) -> str:
 
 
 def write_safetensors_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
-    """Write tensors plus a JSON header to ``path`` via a temporary file and a rename (readers never see half).
-
-    A process killed during the write leaves ``path`` as it was (plus a stray ``.PID.tmp`` that readers ignore). The
-    temporary file is named after the writing process, so two writers never share one. The file gets the permissions
-    of any file the process creates (``0o666`` less the umask).
-
-    A machine that crashes leaves the old file or the whole new one too: the temporary file is fsynced before the
-    rename (a filesystem may otherwise commit the rename before the data, leaving an empty file under ``path``), and
-    the folder after it (so that the rename itself is on disk), where the filesystem syncs folders.
-    """
+    """Write tensors plus a JSON header (with its checksum) to ``path``, creating its folder, through
+    :func:`~modmask_lens.core.atomic_files.replace_atomically`: readers never see half a file, and a killed process or
+    a crashed machine leaves the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     contiguous = _unshared({name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()})
     header = json.dumps(metadata | {CHECKSUM_FIELD: content_sha256(contiguous, metadata)})
-    save_file(contiguous, str(temporary), metadata={METADATA_KEY: header})
-    os.chmod(temporary, 0o666 & ~_umask())
-    _fsync(temporary)
-    os.replace(temporary, path)
-    try:
-        _fsync(path.parent, os.O_DIRECTORY)
-    except OSError as error:
-        # EINVAL: a filesystem that cannot sync a folder (fsync(2)); the file's data is on the disk all the same
-        if error.errno != errno.EINVAL:
-            raise
-
-
-def _fsync(path: Path, flags: int = 0) -> None:
-    """Flush ``path`` (a file, or a folder with ``os.O_DIRECTORY``) to the disk."""
-    descriptor = os.open(path, os.O_RDONLY | flags)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it, then setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    replace_atomically(path, lambda temporary: save_file(contiguous, str(temporary), metadata={METADATA_KEY: header}))
 
 
 def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
