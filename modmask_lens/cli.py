@@ -397,6 +397,7 @@ def analyze(
     import pandas as pd
 
     from modmask_lens.analysis import pairwise_overlap, shared_fraction, unit_importance
+    from modmask_lens.core.atomic_files import write_text_atomically
     from modmask_lens.loading import load_bridge
     from modmask_lens.masks.io import load_labelled_masks
 
@@ -413,7 +414,7 @@ def analyze(
     if bridge.cfg.n_heads and any(spec.unit == "head" for binary in binaries.values() for spec in binary.specs):
         tables["head_importance"] = pd.concat([unit_importance(binary, "head") for binary in binaries.values()])
     for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
+        write_text_atomically(out / f"{name}.csv", table.to_csv(index=False))
         typer.echo(f"wrote {out / f'{name}.csv'} ({len(table)} rows)")
 
 
@@ -462,6 +463,7 @@ def data(
     """
     import json
 
+    from modmask_lens.core.atomic_files import write_text_atomically
     from modmask_lens.tasks import scan
     from modmask_lens.tasks.catalog import task_spec
 
@@ -487,10 +489,8 @@ def data(
     if export_file is not None:
         for part, rows in dataset.items():
             path = export_file.with_name(f"{export_file.stem}.{part}{export_file.suffix or '.jsonl'}")
-            with path.open("w", encoding="utf-8") as handle:
-                for row in rows:
-                    record = {"prompt": row["question"], "completion": row["answer"], "part": part}
-                    handle.write(json.dumps(record) + "\n")
+            records = ({"prompt": row["question"], "completion": row["answer"], "part": part} for row in rows)
+            write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
             typer.echo(f"wrote {path} ({rows.num_rows} rows)")
 
 

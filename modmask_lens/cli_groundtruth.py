@@ -124,6 +124,7 @@ def run(
     """
     import pandas as pd
 
+    from modmask_lens.core.atomic_files import write_text_atomically
     from modmask_lens.groundtruth.controls import CONTROLS
     from modmask_lens.groundtruth.methods import baseline_methods, study_methods
     from modmask_lens.groundtruth.plants import load_plant
@@ -209,8 +210,8 @@ def run(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for table, frame in tables.items():
-            frame.to_csv(out / f"{table}.csv", index=False)
-        (out / "summary.md").write_text(markdown_table(shown_summary(tables["summary"])))
+            write_text_atomically(out / f"{table}.csv", frame.to_csv(index=False))
+        write_text_atomically(out / "summary.md", markdown_table(shown_summary(tables["summary"])))
         typer.echo(f"wrote {len(tables)} tables to {out}")
 
 
@@ -229,6 +230,7 @@ def targets(
 
     Example: modmask-lens groundtruth targets gt-tables --method faithful --out targets.md
     """
+    from modmask_lens.core.atomic_files import write_text_atomically
     from modmask_lens.groundtruth.targets import TARGETS, target_checks, target_tally
 
     for path in folder:
@@ -263,7 +265,7 @@ def targets(
     report = f"{markdown_table(tally)}\n{markdown_table(shown)}"
     typer.echo(report)
     if out_file is not None:
-        out_file.write_text(report)
+        write_text_atomically(out_file, report)
         typer.echo(f"wrote {out_file}")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.modularity.connectome import DrawnMatrix, mlp_connectome
 from modmask_lens.modularity.unit_graph import UnitGraph
 from modmask_lens.viz.html import escape
@@ -99,5 +100,6 @@ class ConnectomeFrames:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, step: int) -> None:
-        path = self.directory / f"frame_{step:06d}.svg"
-        path.write_text(connectome_svg(self.drawn, title=f"step {step}"))
+        write_text_atomically(
+            self.directory / f"frame_{step:06d}.svg", connectome_svg(self.drawn, title=f"step {step}")
+        )

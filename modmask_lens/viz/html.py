@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.viz.colors import sequential
 
 _view_ids = itertools.count()
@@ -100,8 +101,7 @@ def write_page(path: str | Path, title: str, views: list[View], header: str = ""
     """Write :func:`page_html` to ``path`` (UTF-8); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page_html(title, views, header), encoding="utf-8")
-    return path
+    return write_text_atomically(path, page_html(title, views, header))
 
 
 class TableView(View):

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sized
 from pathlib import Path
 
+from modmask_lens.core.atomic_files import write_bytes_atomically, write_text_atomically
 from modmask_lens.viz.html import View, escape, write_page
 
 Pixels = float | int
@@ -70,9 +71,7 @@ class SvgView(View):
 
     def save_svg(self, path: str | Path) -> Path:
         """Write :meth:`svg` to ``path``; returns the path."""
-        path = Path(path)
-        path.write_text(self.svg(), encoding="utf-8")
-        return path
+        return write_text_atomically(path, self.svg())
 
     def save_png(self, path: str | Path, scale: float = 2.0) -> Path:
         """Render :meth:`svg` in headless Chromium and write a PNG (``scale`` device pixels per SVG pixel).
@@ -87,9 +86,7 @@ class SvgView(View):
             with HeadlessChromium() as browser:
                 browser.open(page, settle_ms=0)
                 png = browser.screenshot("svg", scale=scale)
-        path = Path(path)
-        path.write_bytes(png)
-        return path
+        return write_bytes_atomically(path, png)
 
 
 class _Picture(View):

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from modmask_lens.core.atomic_files import write_text_atomically
+
 CARD_JSON, CARD_MARKDOWN = "card.json", "card.md"
 
 
@@ -59,8 +61,8 @@ class ModelCard:
 
 def write_card(card: ModelCard, folder: Path) -> None:
     """Write ``card.json`` and ``card.md`` into ``folder``."""
-    (folder / CARD_JSON).write_text(json.dumps(asdict(card), indent=2) + "\n")
-    (folder / CARD_MARKDOWN).write_text(card.to_markdown())
+    write_text_atomically(folder / CARD_JSON, json.dumps(asdict(card), indent=2) + "\n")
+    write_text_atomically(folder / CARD_MARKDOWN, card.to_markdown())
 
 
 def read_card(folder: Path) -> ModelCard:

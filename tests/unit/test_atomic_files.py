@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from modmask_lens.cli import app
 from modmask_lens.core.atomic_files import replace_atomically, write_bytes_atomically, write_text_atomically
+from modmask_lens.modularity.mlp import BimtMLP
+from modmask_lens.viz.connectome import ConnectomeFrames
+from modmask_lens.viz.html import write_page
+from modmask_lens.viz.svg import SvgView, svg_document
+from modmask_lens.zoo.cards import CARD_JSON, ModelCard, write_card
 
 
 def test_a_text_write_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
@@ -92,3 +101,85 @@ def test_a_folder_that_cannot_be_synced_is_written_all_the_same(tmp_path, monkey
     folder_error = errno.EIO
     with pytest.raises(OSError, match=os.strerror(errno.EIO)):
         write_text_atomically(tmp_path / "b.md", "b")
+
+
+class _Square(SvgView):
+    def svg(self) -> str:
+        return svg_document(10, 10, "")
+
+
+def _invoke(arguments: list[str]) -> None:
+    """Run a command of the command line; ``OSError`` with its output if it failed (it prints the error it caught)."""
+    result = CliRunner().invoke(app, arguments)
+    if result.exit_code != 0:
+        raise OSError(result.output)
+
+
+def _write_card(folder):
+    card = ModelCard("tiny", "modadd", "a + b mod 59", {"n_layers": 1}, 9, "train", {}, 0, 1, 1.0, {"test/all": 1.0})
+    write_card(card, folder)
+
+
+WRITERS = {  # what writes a file into a folder, and the name of its (first) file
+    "zoo card": (_write_card, CARD_JSON),
+    "html page": (lambda folder: write_page(folder / "report.html", "report", []), "report.html"),
+    "svg": (lambda folder: _Square().save_svg(folder / "square.svg"), "square.svg"),
+    "connectome frame": (
+        lambda folder: ConnectomeFrames(BimtMLP((2, 3, 2)).unit_graph(), folder)(7),
+        "frame_000007.svg",
+    ),
+    "data export": (lambda folder: _invoke(["data", "modadd", "--export", str(folder / "m.jsonl")]), "m.train.jsonl"),
+}
+
+
+@pytest.mark.parametrize("write, name", WRITERS.values(), ids=WRITERS)
+def test_a_package_writer_whose_rename_fails_leaves_the_old_file_whole(write, name, tmp_path, monkeypatch):
+    """They wrote in place (``Path.write_text``, ``open("w")``): a process that died mid-write left half a file that
+    looked whole. ``groundtruth targets --out`` is tested in test_target_checks.py."""
+    old = tmp_path / name
+    old.write_text("old")
+    _fail_the_rename(monkeypatch)
+    with pytest.raises(OSError, match="input/output error"):
+        write(tmp_path)
+    assert old.read_text() == "old"
+    assert sorted(tmp_path.iterdir()) == [old]
+
+
+WRITES = {"write_text", "write_bytes", "to_csv", "save_file", "open"}
+"""Calls that write a file (``to_csv`` given a path, ``open`` given a mode that writes)."""
+WRITTEN_IN_PLACE = {"modmask_lens/core/checkpoint.py:open"}  # the lock file, holding the holder's process id
+REPOSITORY = Path(__file__).parents[2]
+
+
+def _writes_in_place(source: Path) -> list[str]:
+    """``path:line call`` for each call in ``source`` that writes a file other than inside a
+    :func:`replace_atomically` call (where it writes the temporary file)."""
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    temporary_writes = {
+        id(inner) for call in calls if _called(call) == "replace_atomically" for inner in ast.walk(call)
+    }
+    found = []
+    for call in calls:
+        name = _called(call)
+        arguments = [*call.args, *(keyword.value for keyword in call.keywords)]
+        if name == "open":
+            modes = [argument.value for argument in arguments if isinstance(argument, ast.Constant)]
+            writes = any(isinstance(mode, str) and set(mode) & set("wax+") for mode in modes)
+        else:
+            to_a_string = name == "to_csv" and not call.args and "path_or_buf" not in {k.arg for k in call.keywords}
+            writes = name in WRITES and not to_a_string
+        relative = source.relative_to(REPOSITORY).as_posix()
+        if writes and id(call) not in temporary_writes and f"{relative}:{name}" not in WRITTEN_IN_PLACE:
+            found.append(f"{relative}:{call.lineno} {name}")
+    return found
+
+
+def _called(call: ast.Call) -> str:
+    """The name of the function or method a call calls (``write_text`` of ``path.write_text(...)``)."""
+    return getattr(call.func, "attr", getattr(call.func, "id", ""))
+
+
+def test_the_package_writes_every_file_through_replace_atomically():
+    sources = sorted((REPOSITORY / "modmask_lens").rglob("*.py"))
+    assert [found for source in sources for found in _writes_in_place(source)] == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -202,6 +204,21 @@ def test_targets_command_reads_the_run_folders(tmp_path):
     assert "| disconnected | 11 | 4 | 0 |" in result.output  # 2 masks x 4 measures, 1 run, 2 granularities not run
     assert "| tracr/reverse | reverse | head | faithful | 0 | auroc_gain | nan | >= 0.99 | undefined |" in result.output
     assert (tmp_path / "targets.md").read_text().startswith("| target | checked | met | undefined |")
+
+
+def test_targets_out_whose_rename_fails_leaves_the_old_report_whole(tmp_path, monkeypatch):
+    """``--out`` wrote the report in place: a process that died mid-write left half a report that looked whole."""
+    _write_run(tmp_path / "run", _tables())
+    report = tmp_path / "targets.md"
+    report.write_text("old")
+
+    def replace(source, target):
+        raise OSError(errno.EIO, "input/output error", str(target))
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = CliRunner().invoke(app, ["groundtruth", "targets", str(tmp_path / "run"), "--out", str(report)])
+    assert result.exit_code != 0 and "input/output error" in result.output
+    assert report.read_text() == "old" and sorted(path.name for path in tmp_path.iterdir()) == ["run", "targets.md"]
 
 
 def test_targets_command_names_the_fix_for_a_folder_without_tables(tmp_path):
