@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.modularity.bimt import MODULAR_ADDITION, SYMBOLIC, BimtConfig, train_bimt
 from modmask_lens.modularity.connectome import mlp_connectome
 from modmask_lens.modularity.mlp import BimtMLP
@@ -158,7 +159,7 @@ def run_task(task: str, out: Path, steps: int = 20_000, seed: int = 0, frames: b
     out.mkdir(parents=True, exist_ok=True)
     run, base = TASKS[task]
     mlp, result, history = run(replace(base, steps=steps), seed=seed, frames=out / "frames" if frames else None)
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    history.to_csv(out / "history.csv", index=False)
-    (out / "connectome.svg").write_text(connectome_svg(mlp_connectome(mlp.unit_graph()), title=task))
+    write_text_atomically(out / "result.json", json.dumps(result, indent=2))
+    write_text_atomically(out / "history.csv", history.to_csv(index=False))
+    write_text_atomically(out / "connectome.svg", connectome_svg(mlp_connectome(mlp.unit_graph()), title=task))
     return result

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from modmask_lens.analysis import mask_accuracy, output_row_removal, pairwise_overlap
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.controls import random_init_bridge
 from modmask_lens.masks.binary import BinaryMask
@@ -497,7 +498,7 @@ def write_results(
                 "",
             ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    write_text_atomically(path, "\n".join(lines))
 
 
 def run_and_write(

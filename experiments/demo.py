@@ -16,6 +16,7 @@ import pandas as pd
 
 from modmask_lens import zoo
 from modmask_lens.analysis import mask_accuracy, pairwise_overlap, paper_table
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.loading import load_subtask
 from modmask_lens.masks.config import TrainConfig
@@ -73,7 +74,7 @@ def run_demo(
         settings=train_config.to_dict(),
     )
     for name, frame in (("kept_fraction", kept), ("overlap", overlap), ("accuracy", accuracy)):
-        frame.to_csv(output / f"{name}.csv", index=False)
+        write_text_atomically(output / f"{name}.csv", frame.to_csv(index=False))
     summary = {
         "model": "zoo/scan",
         "model_test_exact_match": card.accuracies.get("test/all"),
@@ -83,9 +84,9 @@ def run_demo(
         "kept_fraction": {name: binary.count / binary.total for name, binary in binaries.items()},
         "accuracy": accuracy.astype(object).where(accuracy.notna(), None).to_dict(orient="records"),  # NaN: null
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    path = output / "summary.md"
-    path.write_text(
+    write_text_atomically(output / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    return write_text_atomically(
+        output / "summary.md",
         "# modmask-lens demo\n\n"
         f"Per-weight masks of the zoo's SCAN model for the commands with {' and '.join(SUBTASKS)}, found by the "
         f"library's default finder (the fewest weights that keep each subtask); {train_config.steps} steps. "
@@ -95,6 +96,5 @@ def run_demo(
         + ", ".join(f"{name}: {len(data)} of {test_sizes[name]}" for name, data in evaluation.items())
         + f").\n\n```\n{table.to_string()}\n```\n\n"
         f"## Kept fraction per layer and role\n\n```\n{kept.to_string(index=False)}\n```\n\n"
-        f"## Overlap of the two masks\n\n```\n{overlap.to_string(index=False)}\n```\n"
+        f"## Overlap of the two masks\n\n```\n{overlap.to_string(index=False)}\n```\n",
     )
-    return path

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM
 from experiments.zoo.architectures import build_model
 from experiments.zoo.recipes import Architecture
 from modmask_lens.adapters import adapter_for
+from modmask_lens.core.atomic_files import write_text_atomically
 from modmask_lens.groundtruth.ablations import planted_elements
 from modmask_lens.groundtruth.digits import answer_token_ids, digit_tokenizer
 from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_plant
@@ -169,7 +170,7 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
         "unique": is_unique(measurements),
         "unique_rule": UNIQUE_RULE,
     }
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_text_atomically(out_dir / CARD_FILE, json.dumps(card, indent=1) + "\n")
     log(f"{spec.name}: {step} steps, {wall_time_s:.0f} s, unique={card['unique']}")
     return card
 

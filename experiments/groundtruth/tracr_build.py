@@ -48,6 +48,7 @@ from tracr.compiler import compiling, lib
 from tracr.craft import bases
 from tracr.rasp import rasp
 
+from modmask_lens.core.atomic_files import replace_atomically, write_text_atomically
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.tracr_cases import (
@@ -454,16 +455,14 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
     }
     folder = out_dir / program.name
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(conversion.weights, folder / "weights.safetensors")
-    save_file(
-        {
-            "input_ids": reference.input_ids,
-            "output_ids": reference.output_ids,
-            "output_logits": reference.output_logits,
-        },
-        folder / "reference.safetensors",
-    )
-    (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    replace_atomically(folder / "weights.safetensors", lambda temporary: save_file(conversion.weights, temporary))
+    reference_tensors = {
+        "input_ids": reference.input_ids,
+        "output_ids": reference.output_ids,
+        "output_logits": reference.output_logits,
+    }
+    replace_atomically(folder / "reference.safetensors", lambda temporary: save_file(reference_tensors, temporary))
+    write_text_atomically(folder / "card.json", json.dumps(card, indent=1) + "\n")
     return card
 
 

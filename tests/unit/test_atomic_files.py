@@ -180,6 +180,7 @@ def _called(call: ast.Call) -> str:
     return getattr(call.func, "attr", getattr(call.func, "id", ""))
 
 
-def test_the_package_writes_every_file_through_replace_atomically():
-    sources = sorted((REPOSITORY / "modmask_lens").rglob("*.py"))
+def test_the_package_and_its_experiments_write_every_file_through_replace_atomically():
+    """The experiments write the zoo's and the ground truth's shipped cards, the demo's and reproductions' results."""
+    sources = sorted([*(REPOSITORY / "modmask_lens").rglob("*.py"), *(REPOSITORY / "experiments").rglob("*.py")])
     assert [found for source in sources for found in _writes_in_place(source)] == []
