@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 from types import SimpleNamespace
 
 import pytest
@@ -21,8 +19,6 @@ from modmask_lens.core.checkpoint import (
     CHECKSUM_FIELD,
     METADATA_KEY,
     content_sha256,
-    read_safetensors,
-    write_safetensors_atomically,
 )
 from modmask_lens.masks.identity import (
     FIELDS_ADDED_LATER,
@@ -409,28 +405,3 @@ def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_base(tmp_pat
     path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
     with pytest.raises(ModelMismatch, match=r"rope_theta: 10000.0 in the mask, 5000.0 here"):
         load_masks(path, other)
-
-
-def test_a_write_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
-    """Without an fsync of the temporary file before the rename, a crash just after it can leave an empty file under
-    the final name on filesystems that reorder metadata before data (ext4 with delalloc, XFS); without one of the
-    folder after it, the rename itself can be lost."""
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(descriptor):
-        kind = "folder" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "file"
-        events.append((f"fsync {kind}", os.fstat(descriptor).st_ino))
-        real_fsync(descriptor)
-
-    def replace(source, target):
-        events.append(("replace", os.stat(source).st_ino))
-        real_replace(source, target)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    path = tmp_path / "out" / "file.safetensors"
-    write_safetensors_atomically(path, {"x": torch.arange(3.0)}, {"format": "test"})
-    written, folder = os.stat(path).st_ino, os.stat(path.parent).st_ino
-    assert events == [("fsync file", written), ("replace", written), ("fsync folder", folder)]
-    assert read_safetensors(path, "test")[0]["x"].tolist() == [0.0, 1.0, 2.0]
