@@ -98,8 +98,29 @@ _LATENT_ATTENTION_NORMS = {
 # of a sub-layer's output before it is added to the residual stream (Gemma 2 and 3, OLMo 2: ln1_post / ln2_post).
 _QUERY_KEY_NORMS = ("q_norm", "k_norm")
 _POST_NORMS = ("ln1_post", "ln2_post")
+# Per-layer inputs (Gemma 4's E2B/E4B, TransformerLens's names in each block): after attention and the MLP, a third
+# sub-layer reads the residual stream through ``per_layer_input_gate`` ([d_per_layer, d_model]), multiplies the
+# activated gate by the block's own slice of the per-layer inputs, and writes back through ``per_layer_projection``
+# ([d_model, d_per_layer]) and the norm ``post_per_layer_input_norm`` (over d_model) -> roles.
+_PER_LAYER_INPUT_ROLES = {
+    "per_layer_input_gate": "W_per_layer_gate",
+    "per_layer_projection": "W_per_layer_out",
+    "post_per_layer_input_norm": "per_layer_post_norm.w",
+}
+# Where those per-layer inputs come from, outside the blocks (transformers' names, which TransformerLens leaves
+# unmapped): a token embedding ``embed_tokens_per_layer`` ([vocab_per_layer, n_layers * d_per_layer]) and a
+# projection of the scaled token embeddings ``per_layer_model_projection`` ([n_layers * d_per_layer, d_model]), whose
+# d_per_layer slices are normalised by ``per_layer_projection_norm`` (one [d_per_layer] gain every block shares) ->
+# roles.
+_PER_LAYER_SOURCE_ROLES = {
+    "embed_tokens_per_layer": "W_E_per_layer",
+    "per_layer_model_projection": "W_per_layer_in",
+    "per_layer_projection_norm": "per_layer_in_norm.w",
+}
+_PER_LAYER_SOURCE = re.compile(rf"^(?:\w+\.)*(?P<module>{'|'.join(_PER_LAYER_SOURCE_ROLES)})\.weight$")
 _KEY_PATTERN = re.compile(
-    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|mamba|linear_attn|time_mix|channel_mix|pre_ln|conv)\."
+    r"^blocks\.(?P<layer>\d+)\.(?P<component>attn|mlp|ln1_post|ln2_post|ln1|ln2|norm|mixer|mamba|linear_attn|time_mix|channel_mix|pre_ln|conv"
+    rf"|{'|'.join(_PER_LAYER_INPUT_ROLES)})\."
     r"(?:(?P<shared>shared_experts?)\.)?"
     r"(?:(?P<sub>\w+)\.)?(?P<attr>weight|bias)$"
 )
@@ -139,6 +160,7 @@ ROLE_KINDS = {
         *("W_Q_a", "W_Q_b", "W_KV_a", "W_KV_b", "W_O_b"),
         *("W_Q_lora_A", "W_Q_lora_B", "W_K_lora_A", "W_K_lora_B", "W_V_lora_A", "W_V_lora_B"),
         *("W_in_lora_A", "W_in_lora_B", "W_hybrid"),
+        *("W_per_layer_gate", "W_per_layer_out", "W_per_layer_in"),
     ),
     "norm": (
         "ln1.w",
@@ -161,8 +183,9 @@ ROLE_KINDS = {
         "kv_norm.w",
         "attn_in_norm.w",
         "mlp_in_norm.w",
+        *("per_layer_post_norm.w", "per_layer_in_norm.w"),
     ),
-    "embedding": ("W_E", "W_pos", "W_token_type"),
+    "embedding": ("W_E", "W_pos", "W_token_type", "W_E_per_layer"),
     "bias": (
         "b_Q",
         "b_K",
@@ -195,8 +218,18 @@ ROLE_KINDS = {
 """Roles grouped by parameter kind; :class:`~modmask_lens.masks.config.MaskConfig` selects kinds by these names."""
 
 
-RESIDUAL_WRITERS = ("W_E", "W_pos", "W_token_type", "W_O", "W_out", "W_experts_out", "W_time_O", "W_O_b")
-"""Matrices that write the residual stream; every other matrix reads it."""
+RESIDUAL_WRITERS = (
+    "W_E",
+    "W_pos",
+    "W_token_type",
+    "W_O",
+    "W_out",
+    "W_experts_out",
+    "W_time_O",
+    "W_O_b",
+    "W_per_layer_out",
+)
+"""Matrices that write the residual stream; every other matrix reads it (or, as ``W_E_per_layer``, neither)."""
 _INPUT_AXIS = {"linear": 1, "conv1d": 0, "embedding": 0}
 
 
@@ -472,6 +505,9 @@ def role_of(key: str) -> tuple[str, int | None]:
     """The HookedTransformer role and layer of a TransformerLens 4.x state_dict key (``other`` if unknown)."""
     if key in TOP_LEVEL_ROLES:
         return TOP_LEVEL_ROLES[key], None
+    source = _PER_LAYER_SOURCE.match(key)
+    if source is not None:
+        return _PER_LAYER_SOURCE_ROLES[source["module"]], None
     match = _KEY_PATTERN.match(key)
     if match is None:
         return "other", None
@@ -488,6 +524,8 @@ def role_of(key: str) -> tuple[str, int | None]:
         return prefix + _CHANNEL_MIX_ROLES[sub], layer
     if component == "conv" and sub in _SHORT_CONV_ROLES:
         return prefix + _SHORT_CONV_ROLES[sub], layer
+    if component in _PER_LAYER_INPUT_ROLES and sub is None and attr == "weight":
+        return _PER_LAYER_INPUT_ROLES[component], layer
     if component in ("ln1", "ln2", *_POST_NORMS) and sub is None:
         return f"{component}.{'w' if attr == 'weight' else 'b'}", layer
     if component == "norm" and sub is None:  # a state-space block's one norm, in front of its mixer

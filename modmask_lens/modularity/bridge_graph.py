@@ -18,9 +18,14 @@ from modmask_lens.core.bridge import Bridge
 from modmask_lens.modularity.unit_graph import AxisMember, UnitAxis, UnitGraph, WeightEdge, evenly_placed
 
 RESIDUAL = "resid"
-_READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate", "W_U")  # read the residual stream on their input side
-_WRITERS = ("W_O", "W_out")  # write it on their output side
+_READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate")  # read the residual stream into a block's heads or neurons
+_WRITERS = ("W_O", "W_out")  # write it from a block's heads or neurons
 _EMBEDDINGS = ("W_E", "W_pos", "W_token_type")  # [index, d_model]: write it, and their indices have no place
+_FIXED_READERS = ("W_U", "W_per_layer_gate", "W_per_layer_in")
+"""Read the residual stream into units that never move: the vocabulary, and Gemma 4's per-layer inputs (each block's
+d_per_layer channels are one slice of the per-layer embedding's columns and of the projection's rows, all normalised
+by one d_per_layer gain that every block shares, so no block's channels can move alone)."""
+_FIXED_WRITERS = ("W_per_layer_out",)  # write it from those per-layer input channels
 _RESIDUAL_VECTORS = (
     "ln1.w",
     "ln1.b",
@@ -33,12 +38,13 @@ _RESIDUAL_VECTORS = (
     *("ln1_post.w", "ln1_post.b", "ln2_post.w", "ln2_post.b"),  # a sub-layer's output, normalised before it is added
     "b_O",
     "b_out",
+    "per_layer_post_norm.w",  # normalises a block's per-layer input sub-layer's output before it is added
 )
 _UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate")
 _QUERY_KEY_NORMS = ("q_norm.w", "q_norm.b", "k_norm.w", "k_norm.b")
 """Gains of the queries and keys: one ``d_head`` vector every head shares (it stays), or one entry per row of the
 query or key projection (it moves with the head groups)."""
-_UNMOVED_VECTORS = ("b_U",)  # indexed by the vocabulary, which never moves
+_UNMOVED = ("b_U", "W_E_per_layer", "per_layer_in_norm.w")  # indexed by the vocabulary or per-layer input channels
 
 
 class UnsupportedForModularity(ValueError):
@@ -84,13 +90,13 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
         elif spec.role in _QUERY_KEY_NORMS:
             if spec.shape[0] != shape.at_layer(spec.layer).d_head:
                 members[f"blocks.{spec.layer}.attn"].append(AxisMember(tensor, 0))
-        elif spec.role in _READERS + _WRITERS + _EMBEDDINGS:
+        elif spec.role in _READERS + _WRITERS + _EMBEDDINGS + _FIXED_READERS + _FIXED_WRITERS:
             edge = _edge(spec, tensor)
             edges.append(edge)
             for side_axis, dim in ((edge.in_axis, spec.input_axis), (edge.out_axis, spec.output_axis)):
                 if side_axis is not None:
                     members[side_axis].append(AxisMember(tensor, dim))
-        elif spec.role not in _UNMOVED_VECTORS:
+        elif spec.role not in _UNMOVED:
             raise UnsupportedForModularity(
                 f"{spec.key} (role {spec.role}): not a known reader or writer of the residual stream, so permuting "
                 f"the residual stream would break the model; teach modmask_lens/modularity/bridge_graph.py its role"
@@ -114,8 +120,10 @@ def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:
     n_in, n_out = spec.shape[in_dim], spec.shape[spec.output_axis]
     if spec.role in _EMBEDDINGS:
         in_axis, out_axis = None, RESIDUAL
-    elif spec.role == "W_U":
+    elif spec.role in _FIXED_READERS:
         in_axis, out_axis = RESIDUAL, None
+    elif spec.role in _FIXED_WRITERS:
+        in_axis, out_axis = None, RESIDUAL
     elif spec.role in _READERS:
         in_axis, out_axis = RESIDUAL, _unit_axis_name(spec)
     else:

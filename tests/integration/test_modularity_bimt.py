@@ -102,6 +102,21 @@ def test_a_blocks_head_groups_are_its_own_key_value_heads(tmp_path, tokens):
     ]
 
 
+def test_gemma4_per_layer_inputs_move_with_the_residual_stream(tmp_path, tokens):
+    """Gemma 4's per-layer inputs read the residual stream (each block's per_layer_input_gate, and the
+    per_layer_model_projection of the embeddings) and write it (per_layer_projection, normalised by
+    post_per_layer_input_norm); the unit graph refused such a Gemma 4 with UnsupportedForModularity 'role other:
+    not a known reader or writer of the residual stream'."""
+    bridge = _with_noise(boot_gemma4_with_fewer_global_key_value_heads(tmp_path))
+    graph = _permute_every_axis_keeping_the_logits(bridge, tokens)
+    per_layer_edges = {edge.key: (edge.in_axis, edge.out_axis) for edge in graph.edges if "per_layer" in edge.key}
+    assert per_layer_edges == {
+        **{f"blocks.{layer}.per_layer_input_gate.weight": ("resid", None) for layer in (0, 1)},
+        **{f"blocks.{layer}.per_layer_projection.weight": (None, "resid") for layer in (0, 1)},
+        "model.per_layer_model_projection.weight": ("resid", None),
+    }
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_vectorised_swap_cost_equals_brute_force_recomputation(any_bridge, reduction):
     graph = unit_graph_of(any_bridge.to(torch.float64))  # so the brute-force difference of totals is exact enough

@@ -179,6 +179,25 @@ def test_the_embedding_norm_token_types_and_mlm_transform_are_targets_in_every_f
     )
 
 
+def test_gemma4_per_layer_inputs_are_targets_of_their_own_blocks(tmp_path):
+    """Gemma 4's per-layer inputs (each block's per_layer_input_gate, per_layer_projection and
+    post_per_layer_input_norm; the model's embed_tokens_per_layer, per_layer_model_projection and
+    per_layer_projection_norm) had the role ``other`` and no layer: no mask selected them (2,632 of the tiny model's
+    24,216 parameters), and MaskConfig(layers=...) could not reach a block's."""
+    bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
+    specs = adapter_for(bridge).tensor_specs(bridge)
+    assert [spec.key for spec in specs if spec.kind == "other"] == []
+    for spec in specs:
+        if ".per_layer_" in spec.key or ".post_per_layer_" in spec.key:
+            block = spec.key.split(".")[1] if spec.key.startswith("blocks.") else None
+            assert spec.layer == (None if block is None else int(block)), spec.key
+    language_model = bridge.original_model.model
+    expected = {id(parameter) for name, parameter in language_model.named_parameters() if "per_layer" in name}
+    assert len(expected) == 3 + 3 * bridge.cfg.n_layers
+    everything = MaskConfig(granularity="weight", kinds=("linear", "norm", "embedding", "bias"))
+    assert expected <= _masked_parameter_ids(bridge, everything)
+
+
 def test_an_attention_output_gate_is_a_linear_target(tmp_path):
     """AFMoE's attention scales its heads' outputs by sigmoid(gate_proj(x)), which TransformerLens maps as attn.gate;
     role_of gave it the role ``other`` (the stacked adapter's W_attn_gate was never reached), so the default weight
