@@ -126,6 +126,23 @@ def boot_gemma4_with_fewer_global_key_value_heads(directory, per_layer_inputs: b
     return boot_tiny(Gemma4ForCausalLM(config), directory)
 
 
+def boot_gemma4_with_double_wide_mlp(directory) -> TransformerBridge:
+    """A tiny Gemma 4 whose last block reuses an earlier block's keys and values (``num_kv_shared_layers=1``) and so,
+    with ``use_double_wide_mlp`` as in the released E2B, runs an MLP of 128 neurons where blocks 0 and 1 run 64:
+    TransformerLens's ``cfg.d_mlp`` says 64 for all three."""
+    config = Gemma4TextConfig(
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        hidden_size_per_layer_input=0,
+        num_kv_shared_layers=1,
+        use_double_wide_mlp=True,
+        layer_types=["sliding_attention", "full_attention", "full_attention"],
+        **(TINY_HF_SIZES | {"num_hidden_layers": 3}),
+    )
+    return boot_tiny(Gemma4ForCausalLM(config), directory)
+
+
 LINEAR_ATTENTION_SIZES = dict(
     **TINY_HF_SIZES,
     num_key_value_heads=2,

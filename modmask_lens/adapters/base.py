@@ -392,6 +392,10 @@ class ModelShape:
     where every block has :attr:`n_kv_heads`, and ``None`` for a block that takes it."""
     layer_d_head: tuple[int | None, ...] = ()
     """Each block's own ``d_head`` where blocks differ (``cfg.per_layer_head_dim``), as :attr:`layer_n_kv_heads`."""
+    layer_d_mlp: tuple[int | None, ...] = ()
+    """Each block's own MLP width where blocks differ from :attr:`d_mlp` (Gemma 4's key/value-sharing blocks run MLPs
+    twice as wide, ``use_double_wide_mlp``, which TransformerLens's config does not say), as
+    :attr:`layer_n_kv_heads`."""
 
     @property
     def heads_per_kv_head(self) -> int:
@@ -399,20 +403,24 @@ class ModelShape:
         return self.n_heads // self.n_kv_heads
 
     def at_layer(self, layer: int | None) -> ModelShape:
-        """These dimensions with block ``layer``'s own key/value heads and ``d_head`` (:attr:`layer_n_kv_heads`,
-        :attr:`layer_d_head`); unchanged for a block without its own, or ``layer=None``.
+        """These dimensions with block ``layer``'s own key/value heads, ``d_head`` and MLP width
+        (:attr:`layer_n_kv_heads`, :attr:`layer_d_head`, :attr:`layer_d_mlp`); unchanged for a block without its
+        own, or ``layer=None``.
 
-        >>> shape = ModelShape(2, 32, 4, 2, 8, 64, 40, layer_n_kv_heads=(2, 1), layer_d_head=(8, 16))
-        >>> [(shape.at_layer(layer).n_kv_heads, shape.at_layer(layer).d_head) for layer in (0, 1, None)]
-        [(2, 8), (1, 16), (2, 8)]
+        >>> shape = ModelShape(2, 32, 4, 2, 8, 64, 40, (2, 1), layer_d_head=(8, 16), layer_d_mlp=(None, 128))
+        >>> [(block.n_kv_heads, block.d_head, block.d_mlp) for block in map(shape.at_layer, (0, 1, None))]
+        [(2, 8, 64), (1, 16, 128), (2, 8, 64)]
         """
 
-        def own(per_layer: tuple[int | None, ...], default: int) -> int:
+        def own(per_layer: tuple[int | None, ...], default: int | None) -> int | None:
             value = per_layer[layer] if layer is not None and layer < len(per_layer) else None
             return default if value is None else int(value)
 
         return replace(
-            self, n_kv_heads=own(self.layer_n_kv_heads, self.n_kv_heads), d_head=own(self.layer_d_head, self.d_head)
+            self,
+            n_kv_heads=own(self.layer_n_kv_heads, self.n_kv_heads),
+            d_head=own(self.layer_d_head, self.d_head),
+            d_mlp=own(self.layer_d_mlp, self.d_mlp),
         )
 
 
@@ -458,17 +466,32 @@ def model_shape(bridge: Bridge) -> ModelShape:
     n_layers = int(cfg.n_layers)
     if stacks and stacks != (STACK_SUFFIX,):
         n_layers = sum(len(bridge.get_submodule(stack)) for stack in stacks)
+    d_mlp = int(cfg.d_mlp) if cfg.d_mlp else None
     return ModelShape(
         n_layers=n_layers,
         d_model=int(cfg.d_model),
         n_heads=int(cfg.n_heads),
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
         d_head=int(cfg.d_head),
-        d_mlp=int(cfg.d_mlp) if cfg.d_mlp else None,
+        d_mlp=d_mlp,
         d_vocab=int(cfg.d_vocab),
         layer_n_kv_heads=_per_block(cfg, "per_layer_num_key_value_heads", n_layers),
         layer_d_head=_per_block(cfg, "per_layer_head_dim", n_layers),
+        layer_d_mlp=_block_mlp_widths(bridge, stacks or (STACK_SUFFIX,), d_mlp),
     )
+
+
+def _block_mlp_widths(bridge: Bridge, stacks: tuple[str, ...], d_mlp: int | None) -> tuple[int | None, ...]:
+    """Each block's MLP width where some block's differs from ``d_mlp``, read off the input side of its MLP's output
+    matrix (TransformerLens's ``mlp.out``, an ``nn.Linear``); empty where every block has ``d_mlp``, and ``None`` for
+    a block that has it or has no such matrix (a mixture of experts, a state-space block)."""
+    widths = []
+    for stack in stacks:
+        for block in bridge.get_submodule(stack):
+            output = _resolve_parameter(block, "mlp.out.weight")
+            width = output[2].shape[1] if output is not None and isinstance(output[1], nn.Linear) else None
+            widths.append(None if width == d_mlp else width)
+    return tuple(widths) if any(width is not None for width in widths) else ()
 
 
 def _per_block(cfg: object, field: str, n_layers: int) -> tuple[int | None, ...]:

@@ -11,7 +11,7 @@ from torch import Generator, Tensor, nn
 
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
-from modmask_lens.groundtruth.plan import PlantPlan, element_use, units_read
+from modmask_lens.groundtruth.plan import PlantPlan, block_units, element_use, units_read
 
 WeightMasks = dict[str, Tensor]
 
@@ -55,7 +55,8 @@ def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fractio
         if unit_kinds is None:
             removed = _random_subset(elements, fraction, generator)
         elif spec.unit in unit_kinds and spec.layer is not None:
-            units = ~units_read(spec, ~removed_units[spec.layer], dims)  # a group goes when no kept head reads it
+            kept_units = ~block_units(removed_units, spec.layer, spec.unit, dims)
+            units = ~units_read(spec, kept_units, dims)  # a group goes when no kept head reads it
             view = [1] * len(spec.shape)
             view[spec.unit_axis] = spec.shape[spec.unit_axis]
             removed = elements & units.repeat_interleave(spec.unit_width).view(view)

@@ -11,6 +11,7 @@ train the plant (:mod:`~experiments.groundtruth.plant_training`), its measuremen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,8 @@ class SubtaskUse:
         residual: ``[d_model]`` residual dimensions the subtask reads and writes.
         tokens: ``[d_vocab]`` tokens whose embedding and unembedding rows it uses.
         heads: ``[layer, head]`` its attention heads.
-        neurons: ``[layer, neuron]`` its MLP neurons.
+        neurons: ``[layer, neuron]`` its MLP neurons, each row as wide as the widest block's MLP (a narrower block's
+            row is False past its own width; :func:`block_units` reads one block's).
         elements: state_dict key -> ``bool`` of the tensor's shape, for plans that split single weights.
     """
 
@@ -72,7 +74,8 @@ def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Ten
     """The elements of ``spec``'s tensor that ``use`` spans, ``bool`` of ``spec.shape``."""
     kept = torch.ones(spec.shape, dtype=torch.bool)
     if spec.unit is not None and spec.layer is not None:
-        per_unit = units_read(spec, use.neurons[spec.layer] if spec.unit == "neuron" else use.heads[spec.layer], dims)
+        flags = block_units(use.neurons if spec.unit == "neuron" else use.heads, spec.layer, spec.unit, dims)
+        per_unit = units_read(spec, flags, dims)
         kept &= _along(per_unit.repeat_interleave(spec.unit_width), spec.unit_axis, spec.shape)
     residual_axis = _axis_of_size(spec, dims.d_model, exclude=spec.unit_axis)
     if residual_axis is not None:
@@ -82,6 +85,14 @@ def element_use(spec: TensorSpec, use: SubtaskUse, dims: ModelShape) -> Bool[Ten
     if spec.key in use.elements:
         kept &= use.elements[spec.key]
     return kept
+
+
+def block_units(
+    flags: Bool[Tensor, "layer unit"], layer: int, unit: str, dims: ModelShape
+) -> Bool[Tensor, " block_unit"]:
+    """Block ``layer``'s row of a plan's per-layer ``flags``: its query heads, or its own neurons (the first
+    ``dims.at_layer(layer).d_mlp`` entries: Gemma 4's key/value-sharing blocks run MLPs twice as wide as the rest)."""
+    return flags[layer, : dims.at_layer(layer).d_mlp] if unit == "neuron" else flags[layer]
 
 
 def units_read(spec: TensorSpec, flags: Bool[Tensor, " unit"], dims: ModelShape) -> Bool[Tensor, " spec_unit"]:
@@ -122,10 +133,32 @@ def _random_split(count: int, sizes: tuple[int, ...], generator: Generator) -> l
     return masks
 
 
-def _per_layer(dims: ModelShape, count: int, sizes: tuple[int, ...], generator: Generator) -> list[Tensor]:
-    """For each of ``sizes``: a ``[layer, count]`` mask, the layers split independently."""
-    layers = [_random_split(count, sizes, generator) for _ in range(dims.n_layers)]
-    return [torch.stack([layer[part] for layer in layers]) for part in range(len(sizes))]
+def _per_layer(
+    widths: list[int], sizes: Callable[[int], tuple[int, ...]], generator: Generator
+) -> list[Bool[Tensor, "layer unit"]]:
+    """For each part of ``sizes(width)``: a ``[layer, max(widths)]`` mask, each layer's ``widths[layer]`` units split
+    independently (a narrower layer's row stays False past its width)."""
+    layers = [_random_split(width, sizes(width), generator) for width in widths]
+    parts = []
+    for part in range(len(layers[0])):
+        flags = torch.zeros(len(widths), max(widths), dtype=torch.bool)
+        for layer, (width, split) in enumerate(zip(widths, layers, strict=True)):
+            flags[layer, :width] = split[part]
+        parts.append(flags)
+    return parts
+
+
+def _head_counts(dims: ModelShape) -> list[int]:
+    return [dims.n_heads] * dims.n_layers
+
+
+def _neuron_counts(dims: ModelShape) -> list[int]:
+    """Each block's MLP width (:meth:`ModelShape.at_layer`)."""
+    return [dims.at_layer(layer).d_mlp for layer in range(dims.n_layers)]
+
+
+def _halves(width: int) -> tuple[int, int]:
+    return (width // 2,) * 2
 
 
 def disconnected_plan(dims: ModelShape, tokens: dict[str, Bool[Tensor, " d_vocab"]], seed: int) -> PlantPlan:
@@ -133,8 +166,8 @@ def disconnected_plan(dims: ModelShape, tokens: dict[str, Bool[Tensor, " d_vocab
     generator = Generator().manual_seed(seed)
     names = list(tokens)
     halves = _random_split(dims.d_model, (dims.d_model // 2,) * 2, generator)
-    heads = _per_layer(dims, dims.n_heads, (dims.n_heads // 2,) * 2, generator)
-    neurons = _per_layer(dims, dims.d_mlp, (dims.d_mlp // 2,) * 2, generator)
+    heads = _per_layer(_head_counts(dims), _halves, generator)
+    neurons = _per_layer(_neuron_counts(dims), _halves, generator)
     uses = {
         name: SubtaskUse(halves[index], tokens[name], heads[index], neurons[index]) for index, name in enumerate(names)
     }
@@ -142,11 +175,12 @@ def disconnected_plan(dims: ModelShape, tokens: dict[str, Bool[Tensor, " d_vocab
 
 
 def _everything(dims: ModelShape) -> SubtaskUse:
+    neurons = torch.tensor(_neuron_counts(dims))
     return SubtaskUse(
         torch.ones(dims.d_model, dtype=torch.bool),
         torch.ones(dims.d_vocab, dtype=torch.bool),
         torch.ones(dims.n_layers, dims.n_heads, dtype=torch.bool),
-        torch.ones(dims.n_layers, dims.d_mlp, dtype=torch.bool),
+        torch.arange(int(neurons.max()))[None] < neurons[:, None],
     )
 
 
@@ -157,22 +191,26 @@ def neuron_split_plan(dims: ModelShape, names: tuple[str, str], seed: int, share
     and the rest is split evenly.
     """
     generator = Generator().manual_seed(seed)
-    shared_count = round(dims.d_mlp * shared_fraction)
-    own_count = (dims.d_mlp - shared_count) // 2
-    shared, first, second = _per_layer(dims, dims.d_mlp, (shared_count, own_count, own_count), generator)
+
+    def shared_then_own(width: int) -> tuple[int, int, int]:
+        shared_count = round(width * shared_fraction)
+        own_count = (width - shared_count) // 2
+        return shared_count, own_count, own_count
+
+    shared, first, second = _per_layer(_neuron_counts(dims), shared_then_own, generator)
     everything = _everything(dims)
     uses = {
         name: SubtaskUse(everything.residual, everything.tokens, everything.heads, own | shared)
         for name, own in zip(names, (first, second))
     }
-    family = "partly-shared" if shared_count else "entangled-neuron"
+    family = "partly-shared" if shared.any() else "entangled-neuron"
     return PlantPlan(family, uses, MLP_ROLES, ("weight", "neuron"), "neuron")
 
 
 def head_split_plan(dims: ModelShape, names: tuple[str, str], seed: int) -> PlantPlan:
     """Shared residual stream, tokens and MLPs; every layer's heads split between the subtasks."""
     generator = Generator().manual_seed(seed)
-    heads = _per_layer(dims, dims.n_heads, (dims.n_heads // 2,) * 2, generator)
+    heads = _per_layer(_head_counts(dims), _halves, generator)
     everything = _everything(dims)
     uses = {
         name: SubtaskUse(everything.residual, everything.tokens, own, everything.neurons)

@@ -6,7 +6,7 @@ from torch import nn
 
 from modmask_lens.adapters.base import model_shape
 from modmask_lens.groundtruth.case import UnitTruth
-from modmask_lens.groundtruth.plan import PlantPlan, element_use
+from modmask_lens.groundtruth.plan import PlantPlan, block_units, element_use
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import units_for
 
@@ -31,5 +31,8 @@ def plant_truth(bridge: nn.Module, plan: PlantPlan) -> dict[str, dict[str, UnitT
                 }
             else:
                 per_layer = use.neurons if granularity == "neuron" else use.heads
-                truth[name][granularity] = {unit.name: per_layer[unit.members[0].layer].clone() for unit in units}
+                truth[name][granularity] = {
+                    unit.name: block_units(per_layer, unit.members[0].layer, granularity, dims).clone()
+                    for unit in units
+                }
     return truth

@@ -636,6 +636,10 @@ def _tl_view(bridge: Bridge, spec: TensorSpec) -> Tensor | None:
     ]
     if spec.layer not in having:
         return None
+    if block_part == "mlp" and dims.layer_d_mlp:
+        # TransformerLens stacks every layer's W_in / W_out, which fails where blocks' MLP widths differ (Gemma 4's
+        # double-wide MLPs, ModelShape.layer_d_mlp): the layer's own component has its view.
+        return getattr(bridge.blocks[spec.layer].mlp, name)
     try:
         return getattr(bridge, name)[having.index(spec.layer)]
     except PerLayerGeometryError:  # one layer's heads differ from the config's (Gemma 4): read layer by layer

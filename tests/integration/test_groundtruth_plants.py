@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import boot_gemma4_with_fewer_global_key_value_heads
+from conftest import boot_gemma4_with_double_wide_mlp, boot_gemma4_with_fewer_global_key_value_heads
 
 from experiments.groundtruth import plant_training
 from modmask_lens.adapters import adapter_for
@@ -28,6 +28,7 @@ from modmask_lens.groundtruth.plants import (
     plant_plan,
     plant_spec,
 )
+from modmask_lens.groundtruth.truth import plant_truth
 from modmask_lens.masks.config import MaskConfig
 from modmask_lens.masks.mask_set import MaskSet
 
@@ -242,3 +243,24 @@ def test_a_random_part_of_heads_removes_a_key_value_head_only_with_every_head_of
             assert (groups[~expected] == 1).all(), (draw, spec.key)
             if spec.layer == 1:
                 assert not expected.any()
+
+
+@pytest.mark.parametrize("family", ["entangled-neuron", "disconnected"])
+def test_a_block_with_a_wider_mlp_splits_its_own_neurons(tmp_path, family):
+    """Gemma 4's key/value-sharing block 2 runs 128 neurons (use_double_wide_mlp) where cfg.d_mlp says 64. Plans drew
+    64 neuron flags per block, so the answer key failed on block 2's W_out ("shape '[128, 1]' is invalid for input of
+    size 64"), as did every ablation: half of each block's own neurons are each subtask's, and removing all of a
+    subtask's neurons zeroes exactly those columns of W_out."""
+    bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
+    widths = [layer.mlp.intermediate_size for layer in bridge.original_model.model.layers]
+    assert widths == [64, 64, 128]
+    plan = plant_plan(PlantSpec(family, "add-mul"), bridge)
+    truth = plant_truth(bridge, plan)
+    out_paths = {spec.layer: spec.path for spec in adapter_for(bridge).tensor_specs(bridge) if spec.role == "W_out"}
+    ablation = remove_random_part(bridge, plan, "add", 1.0, 0)
+    for layer, width in enumerate(widths):
+        neurons = {name: truth[name]["neuron"][f"blocks.{layer}.mlp"] for name in plan.uses}
+        assert [len(flags) for flags in neurons.values()] == [width, width]
+        assert [int(flags.sum()) for flags in neurons.values()] == [width // 2, width // 2]
+        assert not (neurons["add"] & neurons["mul"]).any()
+        assert torch.equal((ablation[out_paths[layer]] == 0).any(dim=0), neurons["add"])

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LINEAR_ATTENTION_SIZES, boot_gemma4_with_fewer_global_key_value_heads, boot_jamba, boot_native
+from conftest import (
+    LINEAR_ATTENTION_SIZES,
+    boot_gemma4_with_double_wide_mlp,
+    boot_gemma4_with_fewer_global_key_value_heads,
+    boot_jamba,
+    boot_native,
+)
 
 from modmask_lens import MaskConfig, MaskSet, UnsupportedArchitecture, adapter_for, masked
-from modmask_lens.adapters import DerivedAdapter
+from modmask_lens.adapters import DerivedAdapter, model_shape
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
 
@@ -127,6 +133,19 @@ def test_key_value_heads_follow_each_blocks_own_count_where_blocks_differ(tmp_pa
     assert torch.equal(
         cut["blocks.1.attn.hook_z"][:, :, kept_heads], reference["blocks.1.attn.hook_z"][:, :, kept_heads]
     )
+
+
+def test_a_blocks_mlp_width_is_its_own_where_blocks_differ(tmp_path):
+    """Gemma 4's key/value-sharing block 2 runs an MLP of 128 neurons (use_double_wide_mlp) where cfg.d_mlp says
+    64; ModelShape.at_layer(2).d_mlp said 64, so plans sized by it gave that block half its neurons."""
+    bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
+    dims = model_shape(bridge)
+    widths = [layer.mlp.intermediate_size for layer in bridge.original_model.model.layers]
+    assert widths == [64, 64, 128]
+    assert [dims.at_layer(layer).d_mlp for layer in range(dims.n_layers)] == widths
+    neurons = {spec.layer: spec.unit_count for spec in adapter_for(bridge).tensor_specs(bridge) if spec.role == "W_out"}
+    assert [neurons[layer] for layer in range(dims.n_layers)] == widths
+    assert dims.d_mlp == 64 and dims.at_layer(None).d_mlp == 64
 
 
 @pytest.mark.parametrize("family", ["Gemma2", "Qwen3"])
@@ -308,6 +327,19 @@ def test_the_kit_passes_where_a_layer_has_its_own_key_value_heads(tmp_path):
 
     bridge = boot_gemma4_with_fewer_global_key_value_heads(tmp_path)
     checks = ["unit_slices_equal_tl_views", "head_off_equals_zeroed_hook_z"]
+    assert [(result.name, result.passed) for result in run_conformance(bridge, checks=checks)] == [
+        (name, True) for name in checks
+    ]
+
+
+def test_the_kit_passes_where_a_block_has_its_own_mlp_width(tmp_path):
+    """TransformerLens's bridge.W_in stacks every block's W_in, which fails where Gemma 4's block 2 runs 128 neurons
+    and the others 64 ("stack expects each tensor to be equal size"), so the kit's unit_slices_equal_tl_views failed
+    on a model whose neuron slices are right; a block of its own width is compared with its own component's view."""
+    from modmask_lens.testing import run_conformance
+
+    bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
+    checks = ["unit_slices_equal_tl_views", "neuron_off_equals_zeroed_hook_post"]
     assert [(result.name, result.passed) for result in run_conformance(bridge, checks=checks)] == [
         (name, True) for name in checks
     ]
