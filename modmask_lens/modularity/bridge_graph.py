@@ -35,7 +35,10 @@ _RESIDUAL_VECTORS = (
     "ln_final.b",
     "ln_embed.w",
     "ln_embed.b",
-    *("ln1_post.w", "ln1_post.b", "ln2_post.w", "ln2_post.b"),  # a sub-layer's output, normalised before it is added
+    # a decoder block's norm in front of its MLP, after self- and cross-attention (ln1 and ln2 precede those)
+    *("ln3.w", "ln3.b"),
+    # a sub-layer's output, normalised before it is added (ln3_post: a decoder block's MLP's)
+    *("ln1_post.w", "ln1_post.b", "ln2_post.w", "ln2_post.b", "ln3_post.w", "ln3_post.b"),
     "b_O",
     "b_out",
     "per_layer_post_norm.w",  # normalises a block's per-layer input sub-layer's output before it is added

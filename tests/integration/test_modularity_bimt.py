@@ -90,6 +90,18 @@ def test_post_sub_layer_norms_and_query_key_norms_move_with_their_units(family, 
     _permute_every_axis_keeping_the_logits(bridge, tokens)
 
 
+def test_a_decoder_blocks_mlp_norms_move_with_the_residual_stream(tmp_path, tokens):
+    """T5Gemma's decoder blocks normalise in front of their MLP (ln3, after self- and cross-attention) and its output
+    before it is added (ln3_post); the unit graph refused the model with UnsupportedForModularity (role ln3.w: 'not
+    a known reader or writer of the residual stream'), as it would have refused ln3_post.w next."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration, T5GemmaModuleConfig
+
+    stack = T5GemmaModuleConfig(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
+    config = T5GemmaConfig(encoder=stack, decoder=stack, vocab_size=TINY_HF_SIZES["vocab_size"])
+    bridge = _with_noise(boot_tiny(T5GemmaForConditionalGeneration(config), tmp_path))
+    _permute_every_axis_keeping_the_logits(bridge, tokens)
+
+
 def test_a_blocks_head_groups_are_its_own_key_value_heads(tmp_path, tokens):
     """Gemma 4's full-attention block 1 has one key head of 16 rows that all 4 query heads read (its sliding block 0
     two of 8); the unit graph gave every block the model-wide 2 head groups, so permuting block 1's 'two groups'
