@@ -10,9 +10,11 @@ record (built by hand) draws heads and an MLP in every layer.
 * ``embed`` writes with ``W_E`` and ``W_pos``;
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
   key/value group; a row of ``W_Q`` or ``W_K`` whose query/key norm gain the mask drops counts as dropped, as the
-  feature it computes is zeroed) and writes with its ``W_O`` slice;
-* ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out``; a mixture-of-experts MLP reads with its
-  expert stacks ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
+  feature it computes is zeroed) and writes with its ``W_O`` slice (a column whose sub-layer norm gain the mask drops,
+  BitNet's ``attn_sub_norm``, counts as dropped: the head output it reads is zeroed);
+* ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out`` (a column whose ``mlp_sub_norm`` gain
+  the mask drops counts as dropped, as for ``W_O``); a mixture-of-experts MLP reads with its expert stacks
+  ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
   ``W_experts_out`` and the shared expert's ``W_out``;
 * ``unembed`` reads with ``W_U``.
 
@@ -69,8 +71,9 @@ NODE_ROLES = {
 }
 """The weight matrices of each node kind; the node's kept counts pool the node's slices of them."""
 
-QUERY_KEY_NORMS = {"W_Q": "q_norm.w", "W_K": "k_norm.w"}
-"""The norm gain on the queries (keys) that each query (key) projection's rows compute."""
+FEATURE_NORMS = {"W_Q": "q_norm.w", "W_K": "k_norm.w", "W_O": "attn_sub_norm.w", "W_out": "mlp_sub_norm.w"}
+"""The norm gain on the features along each matrix's unit axis: the queries (keys) that a query (key) projection's
+rows compute, and the head outputs (neurons) that ``W_O`` (``W_out``) reads after a sub-layer norm (BitNet)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     nodes = nodes.merge(_neuron_counts(mask, slices), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
-    edges = _edges(mask, names, slices_of(_kept_through_query_key_norms(mask)), d_model)
+    edges = _edges(mask, names, slices_of(_kept_through_feature_norms(mask)), d_model)
     return CircuitGraph(mask.name, nodes, node_roles, edges)
 
 
@@ -257,29 +260,30 @@ def _node_slice(
     return oriented[unit * spec.unit_width : (unit + 1) * spec.unit_width]
 
 
-def _kept_through_query_key_norms(mask: BinaryMask) -> dict[str, Tensor]:
-    """``mask.kept`` less the rows of ``W_Q`` / ``W_K`` whose query/key norm gain (:data:`QUERY_KEY_NORMS`) the mask
-    drops: such an entry zeroes that feature of the queries (keys), as dropping the rows that compute it does. A gain
-    read as ``1 + w`` cuts nothing."""
+def _kept_through_feature_norms(mask: BinaryMask) -> dict[str, Tensor]:
+    """``mask.kept`` less the rows of ``W_Q`` / ``W_K`` and the columns of ``W_O`` / ``W_out`` whose feature norm gain
+    (:data:`FEATURE_NORMS`) the mask drops: such an entry zeroes that query (key) feature, or the head output (neuron)
+    that the output projection reads, as dropping the weights that compute or read it does. A gain read as ``1 + w``
+    cuts nothing."""
     norm_gains = {
         (spec.role, spec.layer): mask.kept[spec.key]
         for spec in mask.specs
-        if spec.role in QUERY_KEY_NORMS.values() and not spec.gain_offset
+        if spec.role in FEATURE_NORMS.values() and not spec.gain_offset
     }
     kept = dict(mask.kept)
     for spec in mask.specs:
-        gain = norm_gains.get((QUERY_KEY_NORMS.get(spec.role), spec.layer))
+        gain = norm_gains.get((FEATURE_NORMS.get(spec.role), spec.layer))
         if gain is not None and spec.unit_axis is not None:
-            along_rows = [1] * len(spec.shape)
-            along_rows[spec.unit_axis] = -1
-            kept[spec.key] = kept[spec.key] & _row_gains(spec, gain).view(along_rows)
+            along_units = [1] * len(spec.shape)
+            along_units[spec.unit_axis] = -1
+            kept[spec.key] = kept[spec.key] & _unit_axis_gains(spec, gain).view(along_units)
     return kept
 
 
-def _row_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[Tensor, " rows"]:
-    """A query/key norm's kept entries over the rows of ``spec`` (its unit axis): one entry per row (OLMo 2), or one
-    ``d_head`` gain that every head shares (Qwen3, Gemma 3 and 4), on each head's first rows (a gated query
-    projection's gate rows follow its query rows, and no norm scales them)."""
+def _unit_axis_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[Tensor, " rows"]:
+    """A feature norm's kept entries along the unit axis of ``spec``: one entry per row or column (OLMo 2's query/key
+    norms, BitNet's sub-layer norms), or one ``d_head`` gain that every head shares (Qwen3, Gemma 3 and 4), on each
+    head's first rows (a gated query projection's gate rows follow its query rows, and no norm scales them)."""
     rows = spec.shape[spec.unit_axis]
     if gain.numel() == rows:
         return gain

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
+    BitNetConfig,
+    BitNetForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
     GPTJConfig,
@@ -298,3 +300,36 @@ def test_a_dropped_query_or_key_norm_gain_cuts_the_rows_it_scales(family, tmp_pa
     with torch.no_grad(), masked(bridge, without_rows(mask, {"blocks.0.attn.q.weight": list(range(N_HEADS * d_head))})):
         without_queries = bridge(tokens)
     torch.testing.assert_close(without_gain, without_queries)
+
+
+def without_columns(mask: BinaryMask, columns: dict[str, list[int]]) -> BinaryMask:
+    """``mask`` without the given input columns of [out, in] matrices."""
+    kept = {key: value.clone() for key, value in mask.kept.items()}
+    for key, indices in columns.items():
+        kept[key][:, indices] = False
+    return BinaryMask(mask.specs, kept, mask.origin, "cut columns")
+
+
+def test_a_dropped_sub_layer_norm_gain_cuts_the_features_its_output_projection_reads(tmp_path):
+    """BitNet normalises inside each sub-layer, in front of its output projection: attn_sub_norm over the heads'
+    concatenated outputs before W_O, ffn_sub_norm over the MLP's hidden units before W_out. A dropped entry zeroes
+    that head feature (neuron) wherever W_O (W_out) reads it, as dropping that column of W_O (W_out) does. The edges
+    ignored these gains (masked since the BitNet adapter): with entries of both dropped every edge read 1.0."""
+    torch.manual_seed(0)
+    bridge = boot_tiny(BitNetForCausalLM(BitNetConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path)
+    mask = MaskSet.for_bridge(bridge).binary()
+    features, neurons = [1, 9], [3, 4, 60]  # head 0's feature 1 and head 1's feature 1; three of block 1's neurons
+    gains = dropping(
+        mask, {"blocks.0.attn.attn_sub_norm.weight": features, "blocks.1.mlp.ffn_sub_norm.weight": neurons}
+    )
+    columns = without_columns(mask, {"blocks.0.attn.o.weight": features, "blocks.1.mlp.out.weight": neurons})
+    assert edges(gains) == edges(columns)
+    assert edges(gains)[("L0H0", "L1H0")] < 1.0 and edges(gains)[("L1MLP", "unembed")] < 1.0
+    assert edges(gains)[("L0H2", "L1H0")] == 1.0
+    # The forward pass: with every entry of block 1's ffn_sub_norm dropped its MLP adds nothing, as without W_out.
+    tokens = torch.randint(5, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), masked(bridge, dropping(mask, {"blocks.1.mlp.ffn_sub_norm.weight": list(range(64))})):
+        without_gain = bridge(tokens)
+    with torch.no_grad(), masked(bridge, without_columns(mask, {"blocks.1.mlp.out.weight": list(range(64))})):
+        without_output = bridge(tokens)
+    torch.testing.assert_close(without_gain, without_output)
