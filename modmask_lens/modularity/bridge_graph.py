@@ -43,7 +43,10 @@ _RESIDUAL_VECTORS = (
     "b_out",
     "per_layer_post_norm.w",  # normalises a block's per-layer input sub-layer's output before it is added
 )
-_UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate")
+_UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate", "attn_sub_norm.w", "mlp_sub_norm.w")
+"""Vectors over a block's heads or neurons: the biases of what reads the residual stream, and the gains of a norm over
+the heads' outputs in front of ``W_O`` or over the neurons in front of ``W_out`` (BitNet's sub-layer norms)."""
+_MLP_ROLES = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "mlp_sub_norm.w")
 _QUERY_KEY_NORMS = ("q_norm.w", "q_norm.b", "k_norm.w", "k_norm.b")
 """Gains of the queries and keys: one ``d_head`` vector every head shares (it stays), or one entry per row of the
 query or key projection (it moves with the head groups)."""
@@ -89,7 +92,7 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
         if spec.role in _RESIDUAL_VECTORS:
             members[RESIDUAL].append(AxisMember(tensor, 0))
         elif spec.role in _UNIT_VECTORS:
-            members[_unit_axis_name(spec)].append(AxisMember(tensor, spec.unit_axis))
+            members[_unit_axis_name(spec)].append(AxisMember(tensor, 0))
         elif spec.role in _QUERY_KEY_NORMS:
             if spec.shape[0] != shape.at_layer(spec.layer).d_head:
                 members[f"blocks.{spec.layer}.attn"].append(AxisMember(tensor, 0))
@@ -115,7 +118,9 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
 
 
 def _unit_axis_name(spec: TensorSpec) -> str:
-    return f"blocks.{spec.layer}.{'mlp' if spec.unit == 'neuron' else 'attn'}"
+    """The block axis a tensor's heads or neurons lie on, by its role: BitNet's ``W_in`` and ``W_gate`` hold no neuron
+    layout for masks (their rows feed the norm every neuron shares), yet their rows move with the neurons."""
+    return f"blocks.{spec.layer}.{'mlp' if spec.role in _MLP_ROLES else 'attn'}"
 
 
 def _edge(spec: TensorSpec, tensor: Tensor) -> WeightEdge:

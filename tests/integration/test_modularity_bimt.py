@@ -102,6 +102,17 @@ def test_a_decoder_blocks_mlp_norms_move_with_the_residual_stream(tmp_path, toke
     _permute_every_axis_keeping_the_logits(bridge, tokens)
 
 
+def test_sub_layer_norm_gains_move_with_the_heads_and_neurons_they_scale(tmp_path, tokens):
+    """BitNet normalises the heads' outputs before W_O (attn_sub_norm) and the neurons before W_out (ffn_sub_norm);
+    the unit graph refused the model (UnsupportedForModularity on role attn_sub_norm.w), and its W_in / W_gate, which
+    hold no neuron layout for masks, would have joined the head groups' axis."""
+    from transformers import BitNetConfig, BitNetForCausalLM
+
+    bridge = _with_noise(boot_tiny(BitNetForCausalLM(BitNetConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path))
+    graph = _permute_every_axis_keeping_the_logits(bridge, tokens)
+    assert graph.axis("blocks.0.mlp").n_units == TINY_HF_SIZES["intermediate_size"]
+
+
 def test_a_blocks_head_groups_are_its_own_key_value_heads(tmp_path, tokens):
     """Gemma 4's full-attention block 1 has one key head of 16 rows that all 4 query heads read (its sliding block 0
     two of 8); the unit graph gave every block the model-wide 2 head groups, so permuting block 1's 'two groups'
