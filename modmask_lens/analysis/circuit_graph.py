@@ -201,8 +201,8 @@ def undrawable_reason(mask: BinaryMask) -> str | None:
     cannot tell its layout (``unknown``: a router or expert stack whose storage neither its module nor its flags
     say), a head or MLP matrix that does not read or write the ``d_model`` residual stream (DeepSeek V4's low-rank
     ``q_b_proj`` and grouped ``o_a_proj``; a shared block that reads the residual stream concatenated with the
-    embeddings), or heads that are not the model's ``n_heads`` query heads of one attention (JetMoE's heads of
-    attention experts).
+    embeddings), heads that are not the model's ``n_heads`` query heads of one attention (JetMoE's heads of
+    attention experts), or a decoder block's cross-attention heads (an encoder-decoder's two residual streams).
 
     Example:
         >>> from modmask_lens import MaskSet
@@ -222,6 +222,12 @@ def undrawable_reason(mask: BinaryMask) -> str | None:
             reason = f"its residual axis has {spec.shape[spec.residual_axis]} entries, not d_model={d_model}"
         elif spec.unit in ("head", "kv_head") and (spec.expert_axis is not None or n_heads % spec.unit_count):
             reason = f"its {spec.unit_count} heads are not the model's {n_heads} query heads of one attention"
+        elif spec.unit in ("head", "kv_head") and spec.unit_offset:
+            reason = (
+                "its heads follow another attention's in the same block (a decoder block's cross-attention): an "
+                "encoder-decoder has two residual streams, and the decoder reads the encoder's only through "
+                "cross-attention, which one stage order of one stream cannot draw"
+            )
         else:
             continue
         return f"cannot draw {spec.key} ({spec.role} {spec.shape}) as a node of the residual stream: {reason}"

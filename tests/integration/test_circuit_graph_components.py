@@ -110,3 +110,23 @@ def test_a_shared_block_counts_at_every_depth_it_runs(tmp_path):
     bridge = tiny_zamba2(tmp_path / "zamba2")
     mask = random_mask_set(bridge, "m", 5).binary()
     assert mask.origin.components == BlockComponents(frozenset({1, 2}), frozenset({1, 2}))
+
+
+def test_an_encoder_decoder_is_undrawable_with_the_reason(tmp_path):
+    """The graph draws one residual stream in one stage order; an encoder-decoder (T5Gemma) has two, and its decoder
+    reads the encoder's only through cross-attention. It was drawn anyway: each decoder head node pooled a
+    self-attention head with the cross-attention head of the same number, the cross-attention's keys and values read
+    edges from the decoder's writers, and the decoder MLP read through ln2 (the cross-attention's norm, not ln3)."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration, T5GemmaModuleConfig
+
+    from modmask_lens import MaskSet
+    from modmask_lens.analysis.circuit_graph import undrawable_reason
+    from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
+
+    stack = T5GemmaModuleConfig(num_key_value_heads=2, head_dim=8, **TINY_HF_SIZES)
+    config = T5GemmaConfig(encoder=stack, decoder=stack, vocab_size=TINY_HF_SIZES["vocab_size"])
+    mask = MaskSet.for_bridge(boot_tiny(T5GemmaForConditionalGeneration(config), tmp_path)).binary()
+    reason = undrawable_reason(mask)
+    assert reason is not None and "cross-attention" in reason and "decoder_blocks.0.cross_attn" in reason
+    with pytest.raises(ValueError, match="cross-attention"):
+        circuit_graph(mask)
