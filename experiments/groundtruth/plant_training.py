@@ -148,8 +148,6 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     wall_time_s = time.perf_counter() - started
-    bridge = TransformerBridge.boot_transformers(str(out_dir), device="cpu")
-    measurements = measure_plant(bridge, plant_plan(spec, bridge), data)
     card = {
         "name": spec.name,
         "family": spec.family,
@@ -166,13 +164,27 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
             "wall_time_s": round(wall_time_s, 1),
         },
         "plan": _plan_summary(plan),
-        "measurements": measurements,
-        "unique": is_unique(measurements),
-        "unique_rule": UNIQUE_RULE,
-    }
+    } | _measured(spec, out_dir)
     write_text_atomically(out_dir / CARD_FILE, json.dumps(card, indent=1) + "\n")
     log(f"{spec.name}: {step} steps, {wall_time_s:.0f} s, unique={card['unique']}")
     return card
+
+
+def measure_again(spec: PlantSpec, folder: Path, log=print) -> dict:
+    """Measure the plant saved in ``folder`` again by the current rule (:func:`~modmask_lens.groundtruth.measure.
+    measure_plant`) and rewrite its card's ``measurements``, ``unique`` and ``unique_rule``; the weights and the rest
+    of the card stay as they are. Returns the card."""
+    card = json.loads((folder / CARD_FILE).read_text()) | _measured(spec, folder)
+    write_text_atomically(folder / CARD_FILE, json.dumps(card, indent=1) + "\n")
+    log(f"{spec.name}: measured again, unique={card['unique']}")
+    return card
+
+
+def _measured(spec: PlantSpec, folder: Path) -> dict:
+    """The card's ``measurements``, ``unique`` and ``unique_rule`` of the plant saved in ``folder``."""
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")
+    measurements = measure_plant(bridge, plant_plan(spec, bridge), plant_subtasks(spec, digit_tokenizer()))
+    return {"measurements": measurements, "unique": is_unique(measurements), "unique_rule": UNIQUE_RULE}
 
 
 def _command(spec: PlantSpec, architecture: Architecture) -> str:
@@ -236,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--d-model", type=int, default=ARCHITECTURE.d_model, help="residual width (folder: -d_modelN)")
     parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE.d_mlp, help="MLP neurons per layer (folder: -d_mlpN)")
+    parser.add_argument(
+        "--measure-again",
+        action="store_true",
+        help="do not train: measure the saved plants again by the current rule and rewrite their cards' measurements",
+    )
     arguments = parser.parse_args(argv)
     architecture = dataclasses.replace(ARCHITECTURE, d_model=arguments.d_model, d_mlp=arguments.d_mlp)
     specs = []
@@ -253,12 +270,16 @@ def main(argv: list[str] | None = None) -> None:
         suffix = (f"-seed{spec.seed}" if spec.seed else "") + "".join(
             f"-{key}{value}" for key, value in changes.items()
         )
-        train_plant(
-            spec,
-            (arguments.out or PLANTS_DIR) / (spec.name + suffix),
-            log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
-            architecture=architecture,
-        )
+        folder = (arguments.out or PLANTS_DIR) / (spec.name + suffix)
+        if arguments.measure_again:
+            measure_again(spec, folder, log=_log)
+        else:
+            train_plant(spec, folder, log=_log, architecture=architecture)
+
+
+def _log(message: str) -> None:
+    """Print ``message`` after the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ them; they cover every tensor the bridge reads (embeddings included), since a pl
 from __future__ import annotations
 
 import torch
+from jaxtyping import Bool
 from torch import Generator, Tensor, nn
 
 from modmask_lens.adapters import adapter_for
@@ -39,31 +40,55 @@ def remove(bridge: nn.Module, plan: PlantPlan, subtask: str) -> WeightMasks:
 
 def remove_random_part(bridge: nn.Module, plan: PlantPlan, subtask: str, fraction: float, seed: int) -> WeightMasks:
     """Zero a random ``fraction`` of the subtask's planted units (``plan.ablation_unit``: neurons, heads, or single
-    weights), drawn with ``seed``; keep all else. Under grouped-query attention a key/value group is zeroed only
-    when every query head reading it is removed, as a head mask does (a group serves any head reading it), the
-    heads counted in the group's own block (:func:`~modmask_lens.groundtruth.plan.units_read`)."""
+    weights), drawn with ``seed``; keep all else (:func:`remove_units`)."""
     generator = Generator().manual_seed(seed)
+    if plan.ablation_unit == "weight":
+        return {
+            path: (~_random_subset(elements, fraction, generator)).float()
+            for path, elements in planted_elements(bridge, plan, subtask).values()
+        }
+    return remove_units(bridge, plan, subtask, _random_subset(planted_units(plan, subtask), fraction, generator))
+
+
+def planted_units(plan: PlantPlan, subtask: str) -> Bool[Tensor, "layer unit"]:
+    """The subtask's planted units of ``plan.ablation_unit`` (neurons or heads)."""
+    use = plan.uses[subtask]
+    return use.neurons if plan.ablation_unit == "neuron" else use.heads
+
+
+def remove_units(
+    bridge: nn.Module, plan: PlantPlan, subtask: str, removed_units: Bool[Tensor, "layer unit"]
+) -> WeightMasks:
+    """Zero the subtask's planted elements of the ``removed_units`` (``plan.ablation_unit``: neurons or heads);
+    keep all else. Under grouped-query attention a key/value group is zeroed only when every query head reading it
+    is removed, as a head mask does (a group serves any head reading it), the heads counted in the group's own
+    block (:func:`~modmask_lens.groundtruth.plan.units_read`)."""
     dims = model_shape(bridge)
     specs = {spec.key: spec for spec in adapter_for(bridge).tensor_specs(bridge)}
-    unit_kinds = {"neuron": ("neuron",), "head": ("head", "kv_head")}.get(plan.ablation_unit)
-    use = plan.uses[subtask]
-    owned = use.neurons if plan.ablation_unit == "neuron" else use.heads
-    removed_units = _random_subset(owned, fraction, generator) if unit_kinds else None
+    unit_kinds = {"neuron": ("neuron",), "head": ("head", "kv_head")}[plan.ablation_unit]
     masks = {}
     for key, (path, elements) in planted_elements(bridge, plan, subtask).items():
         spec = specs[key]
-        if unit_kinds is None:
-            removed = _random_subset(elements, fraction, generator)
-        elif spec.unit in unit_kinds and spec.layer is not None:
-            kept_units = ~block_units(removed_units, spec.layer, spec.unit, dims)
-            units = ~units_read(spec, kept_units, dims)  # a group goes when no kept head reads it
-            view = [1] * len(spec.shape)
-            view[spec.unit_axis] = spec.shape[spec.unit_axis]
-            removed = elements & units.repeat_interleave(spec.unit_width).view(view)
-        else:
+        if spec.unit not in unit_kinds or spec.layer is None:
             continue
-        masks[path] = (~removed).float()
+        kept_units = ~block_units(removed_units, spec.layer, spec.unit, dims)
+        units = ~units_read(spec, kept_units, dims)  # a group goes when no kept head reads it
+        view = [1] * len(spec.shape)
+        view[spec.unit_axis] = spec.shape[spec.unit_axis]
+        masks[path] = (~(elements & units.repeat_interleave(spec.unit_width).view(view))).float()
     return masks
+
+
+def unit_removals(bridge: nn.Module, plan: PlantPlan, subtask: str) -> list[WeightMasks]:
+    """One :func:`remove_units` mask per planted unit of the subtask, in ``[layer, unit]`` order, removing that unit
+    alone."""
+    units = planted_units(plan, subtask)
+    removals = []
+    for layer, unit in units.nonzero().tolist():
+        alone = torch.zeros_like(units)
+        alone[layer, unit] = True
+        removals.append(remove_units(bridge, plan, subtask, alone))
+    return removals
 
 
 def _random_subset(members: Tensor, fraction: float, generator: Generator) -> Tensor:

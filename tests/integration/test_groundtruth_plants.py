@@ -16,9 +16,10 @@ from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth import PLANTS, available_plants, load_plant
-from modmask_lens.groundtruth.ablations import keep_only, remove, remove_random_part
+from modmask_lens.groundtruth.ablations import keep_only, remove, remove_random_part, unit_removals
 from modmask_lens.groundtruth.digits import digit_tokenizer
 from modmask_lens.groundtruth.evaluation import exact_match, masked_logits
+from modmask_lens.groundtruth.measure import is_unique
 from modmask_lens.groundtruth.plan import element_use
 from modmask_lens.groundtruth.plants import (
     PLANT_ARCHITECTURE,
@@ -74,6 +75,46 @@ def test_card_measurements_hold_when_measured_again(plant):
             card["half_removed_accuracy"][0],
         )
         assert kept_only == 1.0 and removed <= 0.2
+        if plan.ablation_unit != "weight":  # the first and the last unit removed alone
+            removals = unit_removals(plant.bridge, plan, subtask)
+            assert len(removals) == len(card["unit_removed_accuracy"])
+            for index in (0, -1):
+                alone = exact_match(masked_logits(plant.bridge, data, removals[index]), data)
+                assert alone == card["unit_removed_accuracy"][index]
+
+
+def test_each_unit_removal_zeroes_exactly_one_planted_neurons_column_and_row():
+    """On a neuron plant, removal ``k`` zeroes the ``k``-th planted neuron (``[layer, neuron]`` order): its W_in and
+    W_gate columns and its W_out row, and nothing else."""
+    plant = load_plant("entangled-neuron-add-mul")
+    plan = plant_plan(PLANTS["entangled-neuron-add-mul"], plant.bridge)
+    planted = plan.uses["mul"].neurons.nonzero().tolist()
+    removals = unit_removals(plant.bridge, plan, "mul")
+    assert len(removals) == len(planted) == 64
+    d_model = plant.bridge.cfg.d_model
+    specs = {spec.path: spec for spec in adapter_for(plant.bridge).tensor_specs(plant.bridge)}
+    for (layer, neuron), removal in zip(planted[::7], removals[::7], strict=True):
+        zeroed = {path: (mask == 0).nonzero().tolist() for path, mask in removal.items() if (mask == 0).any()}
+        assert sorted(specs[path].role for path in zeroed) == ["W_gate", "W_in", "W_out"]
+        for path, elements in zeroed.items():
+            spec = specs[path]
+            assert spec.layer == layer and len(elements) == d_model
+            assert {element[spec.unit_axis] for element in elements} == {neuron}
+
+
+def test_a_plant_with_a_unit_it_can_lose_is_not_unique():
+    """Every other rule met, one unit whose removal leaves 99% right makes a smaller faithful answer possible; a plan
+    whose units were not removed one by one (single weights) is not shown unique."""
+    subtask = {
+        "kept_only_accuracy": 1.0,
+        "removed_accuracy": 0.05,
+        "half_removed_accuracy": [0.3, 0.5],
+        "unit_removed_accuracy": [0.9, 0.8],
+    }
+    assert is_unique({"add": subtask})
+    assert not is_unique({"add": subtask | {"unit_removed_accuracy": [0.9, 0.99]}})
+    not_removed_one_by_one = {key: value for key, value in subtask.items() if key != "unit_removed_accuracy"}
+    assert not is_unique({"add": not_removed_one_by_one})  # a per-weight plan: not shown unique
 
 
 @pytest.mark.parametrize("name", [name for name in SHIPPED if PLANTS[name].family == "disconnected"])
