@@ -5,14 +5,19 @@ For each subtask of a plant, on its training questions, one torch thread:
 
 - exact match with a random 75% / 50% of its planted neurons kept and every other neuron removed (4 draws each);
 - AUROC against the planted neurons of (a) the loss increase when one neuron alone is zeroed in the full model and
-  (b) minus the gradient of the loss with respect to that neuron's mask at the full model (attribution patching).
+  (b) minus the gradient of the loss with respect to that neuron's mask at the full model (attribution patching);
+- the smallest subset of its planted neurons that greedy pruning finds sufficient alone: from the planted set (every
+  other neuron removed), repeatedly remove the neuron whose removal leaves the highest exact match (then the lowest
+  loss), while exact match stays >= 0.99 (the readout's bar).
 
-Run: ``python benchmarks/neuron_plant_diagnostics.py entangled-neuron-add-mul partly-shared-add-mul``
+Run: ``python benchmarks/neuron_plant_diagnostics.py entangled-neuron-add-mul partly-shared-add-mul`` (a plant's
+folder, the ``--out`` of ``python -m experiments.groundtruth.plant_training``, also works)
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,6 +28,7 @@ from modmask_lens.groundtruth import load_plant, unit_scores
 
 SUBSET_FRACTIONS = (0.75, 0.5)
 DRAWS = 4
+SUFFICIENT = 0.99  # exact match a pruned subset must keep (the faithful readout's bar)
 
 
 def neuron_score(case, masks: mm.MaskSet, kept: dict[str, Tensor], data: mm.SubtaskData) -> AnswerScore:
@@ -45,6 +51,27 @@ def subset_accuracies(case, masks, subtask: str, fraction: float, generator) -> 
             score = neuron_score(case, masks, kept, case.train[subtask])
         accuracies.append(score.n_correct / score.n_examples)
     return accuracies
+
+
+def greedy_sufficient_subset(case, masks, subtask: str) -> tuple[int, int]:
+    """(neurons left, planted neurons) after greedy pruning of the subtask's planted set, everything else removed."""
+    kept = {name: t.float().clone() for name, t in case.truth[subtask]["neuron"].items()}
+    planted = sum(int(t.sum()) for t in kept.values())
+    data = case.train[subtask]
+    while True:
+        best = None  # ((exact match, -loss), unit name, index)
+        for name, values in kept.items():
+            for index in values.nonzero().flatten().tolist():
+                values[index] = 0
+                with torch.no_grad():
+                    score = neuron_score(case, masks, kept, data)
+                values[index] = 1
+                rank = (score.n_correct / score.n_examples, -float(score.loss_sum) / score.n_tokens)
+                if best is None or rank > best[0]:
+                    best = (rank, name, index)
+        if best is None or best[0][0] < SUFFICIENT:
+            return sum(int(values.sum()) for values in kept.values()), planted
+        kept[best[1]][best[2]] = 0
 
 
 def necessity_scores(case, masks, subtask: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -72,7 +99,7 @@ def main(plants: list[str]) -> None:
     torch.set_num_threads(1)
     print("threads: 1")
     for plant in plants:
-        case = load_plant(plant)
+        case = load_plant(Path(plant).name, Path(plant)) if Path(plant).is_dir() else load_plant(plant)
         masks = mm.MaskSet.for_bridge(case.bridge, mm.MaskConfig(granularity="neuron"))
         generator = torch.Generator().manual_seed(0)
         scores = {subtask: necessity_scores(case, masks, subtask) for subtask in case.truth}
@@ -80,6 +107,8 @@ def main(plants: list[str]) -> None:
             for fraction in SUBSET_FRACTIONS:
                 accuracies = subset_accuracies(case, masks, subtask, fraction, generator)
                 print(f"{plant} {subtask}: {fraction:.0%} of its planted neurons alone: {accuracies}")
+            left, planted = greedy_sufficient_subset(case, masks, subtask)
+            print(f"{plant} {subtask}: greedy pruning leaves {left} of its {planted} planted neurons sufficient")
         for kind, index in (("single-neuron ablation", 0), ("attribution gradient", 1)):
             # unit_scores keeps a unit where its score > 0; only the AUROC (a ranking) is read here.
             table = unit_scores(case, {subtask: pair[index] for subtask, pair in scores.items()}, "neuron")
