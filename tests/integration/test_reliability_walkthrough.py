@@ -56,6 +56,16 @@ def model(folder):
     return load_bridge(str(folder))
 
 
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """Ctrl-C as in an interactive session: Python's default SIGINT handler for the test, whatever the test process
+    inherited (a test run started in the background of a non-interactive shell inherits SIGINT ignored, and Python
+    then leaves it ignored); the inherited handler is put back after."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def pairs_file(folder: Path, lines: list[str], name: str = "pairs.jsonl") -> Path:
     path = folder / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -262,7 +272,9 @@ def test_restart_starts_over_and_a_resume_says_its_step(tmp_path, capsys):
     assert f"resumed from step 2 of 3 ({tmp_path / CHECKPOINT_FILE})" in capsys.readouterr().err
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_ctrl_c_finishes_the_step_saves_and_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch, ctrl_c_reaches_python
+):
     bridge, config = boot_native(), TrainConfig(steps=5, batch_size=4, n_samples=2, checkpoint_every=10)
     uninterrupted = MaskTrainer(bridge, [copy_task()], train_config=config, progress=False).train()["copy"]
     original_step = MaskTrainer._train_step
@@ -288,7 +300,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_to_the_uninterrupted_result(
     assert all(torch.equal(result.logits[name], logit) for name, logit in uninterrupted.logits.items())
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, ctrl_c_reaches_python):
     original_step = MaskTrainer._train_step
 
     def two_ctrl_c(self, run):
@@ -305,7 +317,9 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     assert trainer.step == 1 and Checkpointer(tmp_path / CHECKPOINT_FILE, CHECKPOINT_FORMAT).load({})[1]["step"] == 1
 
 
-def test_a_ctrl_c_during_the_readout_stops_it_after_the_last_step_is_saved(tmp_path, monkeypatch):
+def test_a_ctrl_c_during_the_readout_stops_it_after_the_last_step_is_saved(
+    tmp_path, monkeypatch, ctrl_c_reaches_python
+):
     original_readout = MaskTrainer._faithful_readout
 
     def ctrl_c_in_readout(self, run):
@@ -472,7 +486,7 @@ def test_the_cli_refuses_bad_input_before_any_model_loads(folder, tmp_path, monk
         assert "Traceback" not in result.output and "a model was loaded" not in result.output, case
 
 
-def test_the_cli_trains_resumes_restarts_and_stops_on_ctrl_c(folder, tmp_path, monkeypatch):
+def test_the_cli_trains_resumes_restarts_and_stops_on_ctrl_c(folder, tmp_path, monkeypatch, ctrl_c_reaches_python):
     good = pairs_file(tmp_path, [*GOOD_LINES, '{"prompt": "w11", "completion": "w12"}'])
     train = ["masks", "train", "--model", str(folder), "--task", str(good), "--out", str(tmp_path / "out")]
     small = ["--batch-size", "4", "--n-samples", "2", "--checkpoint-every", "1"]
