@@ -34,8 +34,13 @@ pass over the data per count; head masks and sparse neuron masks settle under it
 
 ROUND_EVALUATIONS = 1024
 """One round of the removal search tries every removal of up to ``r`` units together, ``r`` the largest whose
-candidates fit in this many judgements: 3 at a time from 16 units, 2 from 44; the search runs only where a round
-can remove pairs (at most 44 units), since single removals cannot leave a local optimum of single removals."""
+candidates fit in this many judgements: 3 at a time from 16 units, 2 from 44, 1 from 45 to 1,024."""
+
+SEARCHED_UNITS = SCANNED_COUNTS
+"""The removal search runs from a start of at most this many units: above 44 its rounds remove one unit at a time
+until the set is small enough for pairs. A threshold readout tries only the lowest-logit unit's removal, so a
+trained set can hold units whose removal alone keeps the subtask: measured on the entangled-neuron sub-max plant
+(docs/finder-study.md), single removals took ``max``'s 47-neuron mask to 16."""
 
 
 def faithful_threshold(
@@ -156,12 +161,13 @@ def faithful_units(
     exact match), the 3 together not (1.00); the threshold readout then padded it to all 16 heads.
 
     The search starts from the threshold's units and, where they differ, from the units training kept
-    (logit > 0). Each round tries every removal of ``r`` units together from the current set, for ``r`` from the
-    largest whose candidates fit in :data:`ROUND_EVALUATIONS` judgements down to 1, and moves to the passing
-    candidate of the largest ``r`` with the lowest loss; it stops when no removal passes or the budget is spent.
-    A start from which no round could remove two units together (more than 44 units: most weight masks, many neuron
-    masks; or ``evaluations`` below 3) is not searched; where neither is, the threshold's units are kept. The result
-    is the smallest passing set the search reached (ties: the lower loss), so it is faithful on ``data``.
+    (logit > 0). Each round tries every removal of ``r`` units together from the current set, for ``r`` from 1 up
+    to the largest whose candidates fit in :data:`ROUND_EVALUATIONS` judgements, and moves to the passing
+    candidate of the smallest ``r`` with the lowest loss: removals of several units are tried only where no single
+    one passes. It stops when no removal passes or the budget is spent.
+    A start of more than :data:`SEARCHED_UNITS` units (most weight masks) is not searched; where neither start is,
+    the threshold's units are kept. The result is the smallest passing set the search reached (ties: the lower
+    loss), so it is faithful on ``data``.
 
     Args:
         bridge: the model the mask is for.
@@ -170,7 +176,7 @@ def faithful_units(
         tolerance: accuracy that may be lost, as a fraction of the full model's (0.01: keep 99% of it).
         objective: whose metric is kept and whose loss breaks ties (default: exact match, answer cross-entropy).
         evaluations: the search's budget, candidate sets judged (one pass over ``data`` each, plus a loss pass
-            per passing candidate); below 3 the threshold's units are kept.
+            per passing candidate); at 0 the threshold's units are kept.
         progress: show a progress bar of the judgements while the search runs.
     """
     if evaluations < 0:
@@ -188,9 +194,7 @@ def faithful_units(
     threshold_kept = logits > _threshold_reaching(bridge, masks, data, required, objective)
     trained = logits > 0
     starts = [threshold_kept] + ([trained] if not torch.equal(trained, threshold_kept) else [])
-    searched = [
-        kept for kept in starts if _removals_per_round(int(kept.sum()), min(evaluations, ROUND_EVALUATIONS)) >= 2
-    ]
+    searched = [kept for kept in starts if 0 < int(kept.sum()) <= SEARCHED_UNITS]
     bar = tqdm(total=evaluations, desc=f"readout search, {data.name}", unit="set", disable=not (progress and searched))
 
     def passes(units: frozenset[int]) -> bool:
@@ -248,7 +252,7 @@ class _RemovalSearch:
         while True:
             largest = self._largest_removal(len(units))
             passing: list[frozenset[int]] = []
-            for size in range(largest, 0, -1):
+            for size in range(1, largest + 1):
                 candidates = (units.difference(removed) for removed in itertools.combinations(sorted(units), size))
                 passing = [candidate for candidate in candidates if self.passes(candidate)]
                 if passing:

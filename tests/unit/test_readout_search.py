@@ -235,7 +235,27 @@ def test_read_out_refuses_flags_that_do_not_have_each_units_logit_shape(neurons,
     assert all(torch.equal(masks.logits[name].detach(), logit) for name, logit in before.items())
 
 
-def test_the_search_runs_on_at_most_44_units_as_the_docs_say():
-    # README and docs/concepts.md state the size up to which the removal search runs: a round removes pairs
-    searched = [n for n in range(2, 1025) if readout._removals_per_round(n, readout.ROUND_EVALUATIONS) >= 2]
-    assert searched == list(range(2, 45))
+def test_rounds_remove_pairs_up_to_44_units_as_the_docs_say():
+    # README and docs/concepts.md state the size up to which a round removes pairs
+    pairs = [n for n in range(2, 1025) if readout._removals_per_round(n, readout.ROUND_EVALUATIONS) >= 2]
+    assert pairs == list(range(2, 45))
+
+
+def test_a_start_of_more_than_44_units_is_shrunk_by_single_removals(neurons, monkeypatch):
+    """The entangled-neuron sub-max plant's shape (docs/finder-study.md): training keeps 47 neurons, of which 16
+    suffice, scattered among the kept logits, so the threshold readout keeps all 47. The search ran only on starts
+    of at most 44 units, and kept them."""
+    bridge, masks, data = neurons
+    ranked = torch.randperm(N_UNITS, generator=torch.Generator().manual_seed(1))  # unit index by rank, highest first
+    flat = torch.empty(N_UNITS)
+    flat[ranked] = 46.5 - torch.arange(N_UNITS).float()  # 47 units above logit 0
+    for unit, values in zip(masks.units, flat.split(N_UNITS // 2)):
+        masks.logits[unit.name] = values
+    needed = frozenset(ranked[0:45:3].tolist() + [int(ranked[46])])  # 16 of the 47, the lowest-logit one among them
+    judged = with_set_metric(monkeypatch, lambda units: needed <= units)
+    assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 47
+    judged.clear()
+    assert kept_units(readout.faithful_units(bridge, masks, data)) == needed
+    assert len(judged) <= readout.REMOVAL_EVALUATIONS + 40  # the search's budget, and the threshold's bisection
+    monkeypatch.setattr(readout, "SEARCHED_UNITS", 46)
+    assert len(kept_units(readout.faithful_units(bridge, masks, data))) == 47
