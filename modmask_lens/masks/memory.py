@@ -126,17 +126,19 @@ def estimate_memory(
     # A gated pass runs every sample this process owns at once, and keeps each gated activation once more.
     owned_samples = -(-train_config.n_samples // processes)
     tokens = (chunk * owned_samples if gated_in_one_pass else chunk) * positions
-    gated_features = 0 if gates is None else sum(gate.features for gate in gates) // dims.n_layers  # per layer
-    d_mlp = dims.d_mlp or 4 * dims.d_model
-    per_layer = tokens * (16 * dims.d_model + 2 * d_mlp + gated_features + 3 * dims.n_heads * positions)
-    activations = (dims.n_layers * per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
+    gated_features = 0 if gates is None else sum(gate.features for gate in gates)  # every layer's
+    # Each block's own MLP width (Gemma 4's key/value-sharing blocks run double-wide MLPs, ModelShape.layer_d_mlp).
+    block_features = [
+        16 * dims.d_model + 2 * (dims.at_layer(layer).d_mlp or 4 * dims.d_model) + 3 * dims.n_heads * positions
+        for layer in range(dims.n_layers)
+    ]
+    activations = tokens * (sum(block_features) + gated_features + 3 * dims.d_vocab) * dtype_bytes
     if bernoulli:  # forwards without a backward: one block's tensors alive at a time, for every copy of the chunk
         per_step = train_config.heads_estimated_per_step
         estimated = n_logits if per_step is None else min(per_step, n_logits)  # a head mask's logits are its heads
         copies = min(1 + -(-estimated // train_config.n_samples), max(1, VARIANT_EXAMPLES // chunk))
         tokens = copies * chunk * positions
-        per_layer = tokens * (16 * dims.d_model + 2 * d_mlp + 3 * dims.n_heads * positions)
-        activations = (per_layer + 3 * tokens * dims.d_vocab) * dtype_bytes
+        activations = tokens * (max(block_features) + 3 * dims.d_vocab) * dtype_bytes
 
     if shards > 1:
         # Each block is cut into slices on its own, one flat slice per dtype (a tensor tied across blocks is held by

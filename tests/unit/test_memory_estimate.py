@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import boot_gemma4_with_double_wide_mlp
 
 from modmask_lens import MaskConfig, SubtaskData, TrainConfig, train_masks
 from modmask_lens.masks.head_outputs import resolved_config
@@ -100,3 +101,28 @@ def test_bernoulli_heads_keep_no_products_and_one_blocks_activations_for_the_chu
         assert estimate.activations == 4 * copies * 2 * 6 * per_token  # float32, copies of a chunk of 2 examples
     pathwise = estimate_memory(bridge, MaskConfig(granularity="head", sampler="hard-concrete"), train_config, 6)
     assert pathwise.activations > estimate.activations  # a backward keeps every block's activations
+
+
+def test_each_block_is_sized_by_its_own_mlp_width(tmp_path):
+    """A tiny Gemma 4 whose last block runs a double-wide MLP (128 neurons, blocks 0 and 1 run 64; cfg.d_mlp says 64),
+    against counts read off the Hugging Face model's own tensors. The activations once sized every block by cfg.d_mlp
+    (and each gated block by the mean gated width): 108,288 bytes for the in-out mask where its blocks hold 114,432."""
+    bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
+    hf_parameters = dict(bridge.original_model.named_parameters())
+    widths = [parameter.shape[1] for name, parameter in hf_parameters.items() if ".down_proj." in name]
+    assert widths == [64, 64, 128]
+    train_config = TrainConfig(batch_size=8, n_samples=4)
+    every_weight = estimate_memory(bridge, MaskConfig(), train_config, positions=6)
+    assert every_weight.weights == 4 * sum(parameter.numel() for parameter in hf_parameters.values())
+    assert every_weight.logits == 4 * sum(parameter.numel() for parameter in hf_parameters.values())
+
+    block_features = [16 * 32 + 2 * width + 3 * 4 * 6 for width in widths]  # d_model 32, 4 heads, 6 positions
+    unembed = 3 * 40  # d_vocab 40
+    in_out = estimate_memory(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"), train_config, 6)
+    assert in_out.logits == 4 * sum(widths)  # one float32 logit per neuron
+    assert in_out.activations == 4 * 2 * 6 * (sum(block_features) + unembed) == 114_432  # 2 examples per sample
+    gated = estimate_memory(bridge, MaskConfig(granularity="neuron"), train_config, 6)
+    assert gated.activations == 4 * 8 * 6 * (sum(block_features) + sum(widths) + unembed)  # each neuron once more
+    bernoulli_heads = estimate_memory(bridge, MaskConfig(granularity="head"), train_config, 6)
+    copies = 1 + 8 // 4  # the sample, then 8 of its heads flipped (the default), 4 samples a step
+    assert bernoulli_heads.activations == 4 * copies * 2 * 6 * (max(block_features) + unembed)  # the widest block
