@@ -89,7 +89,8 @@ class CircuitGraph:
             weights of the node's slices), ``kept_fraction`` (NaN when none of its weights is masked), ``neurons`` and
             ``kept_neurons`` (MLP nodes: the neurons its masked matrices hold, a mixture-of-experts layer's
             ``n_experts * d_expert`` routed ones and its shared expert's, and those with a kept weight in every
-            masked matrix that holds them).
+            masked matrix that holds them and a kept entry in a masked sub-layer norm gain in front of ``W_out``,
+            BitNet's ``ffn_sub_norm``).
         node_roles: one row per (node, masked matrix): ``node``, ``role``, ``kept``, ``total``, ``kept_fraction``.
         edges: one row per (writer, later reader): ``source``, ``target``, ``weight`` in [0, 1] (module docstring).
     """
@@ -169,7 +170,7 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     )
     nodes[["kept", "total"]] = nodes[["kept", "total"]].fillna(0).astype(int)
     nodes["kept_fraction"] = nodes["kept"] / nodes["total"].where(nodes["total"] > 0)
-    nodes = nodes.merge(_neuron_counts(mask, slices), on="node", how="left")
+    nodes = nodes.merge(_neuron_counts(mask, slices, names), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
     edges = _edges(mask, names, slices_of(_kept_through_feature_norms(mask)), d_model)
@@ -298,19 +299,27 @@ def _unit_axis_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[T
     return per_head.repeat(rows // spec.unit_width)
 
 
-def _neuron_counts(mask: BinaryMask, slices: list[_NodeSlice]) -> pd.DataFrame:
-    """MLP nodes: the neurons their masked matrices hold, and those with a kept weight in every masked matrix that
-    holds them, counting a fused gate/up matrix's halves as two matrices, as a dense MLP's gate and up are
-    (:func:`~modmask_lens.masks.binary.kept_per_unit` says which weights are a neuron's)."""
+def _neuron_counts(
+    mask: BinaryMask, slices: list[_NodeSlice], names: list[tuple[str, str, int | None, int | None, int]]
+) -> pd.DataFrame:
+    """MLP nodes: the neurons their masked tensors hold, and those with a kept entry in every masked tensor that holds
+    them, counting a fused gate/up matrix's halves as two matrices, as a dense MLP's gate and up are
+    (:func:`~modmask_lens.masks.binary.kept_per_unit` says which entries are a neuron's). The tensors are the node's
+    matrices and the gain of a sub-layer norm in front of ``W_out`` that its adapter splits by neuron
+    (:data:`FEATURE_NORMS`; BitNet's ``ffn_sub_norm``): a dropped entry zeroes the neuron that ``W_out`` reads, as a
+    dropped ``W_out`` column does. A gain read as ``1 + w`` removes nothing."""
+    mlp_nodes = {layer: node for node, kind, layer, _, _ in names if kind == "mlp"}
+    holders: dict[str, list[TensorSpec]] = {}
+    for part in slices:
+        if part.kind == "mlp" and part.spec.unit == "neuron":
+            holders.setdefault(part.node, []).append(part.spec)
+    for spec in mask.specs:
+        writer_gain = spec.role == FEATURE_NORMS["W_out"] and spec.unit == "neuron" and not spec.gain_offset
+        if writer_gain and spec.layer in mlp_nodes:
+            holders.setdefault(mlp_nodes[spec.layer], []).append(spec)
     rows = []
-    for node in dict.fromkeys(part.node for part in slices if part.kind == "mlp"):
-        counts = [
-            kept_per_unit(part.spec, mask.kept[part.spec.key], halves_apart=True)
-            for part in slices
-            if part.node == node and part.spec.unit == "neuron"
-        ]
-        if not counts:
-            continue
+    for node, specs in holders.items():
+        counts = [kept_per_unit(spec, mask.kept[spec.key], halves_apart=True) for spec in specs]
         n_neurons = max(total.shape[-1] for _, total in counts)
         held, lost = torch.zeros(n_neurons, dtype=torch.bool), torch.zeros(n_neurons, dtype=torch.bool)
         for kept, total in counts:

@@ -333,3 +333,32 @@ def test_a_dropped_sub_layer_norm_gain_cuts_the_features_its_output_projection_r
     with torch.no_grad(), masked(bridge, without_columns(mask, {"blocks.1.mlp.out.weight": list(range(64))})):
         without_output = bridge(tokens)
     torch.testing.assert_close(without_gain, without_output)
+
+
+@pytest.mark.parametrize("roles", [None, ("mlp_sub_norm.w",)], ids=["every-role", "sub-norm-gains-only"])
+def test_a_dropped_sub_layer_norm_gain_removes_the_neuron_it_scales(roles, tmp_path):
+    """A dropped ffn_sub_norm entry zeroes that normalised hidden unit, the neuron BitNet's W_out reads: kept_neurons
+    counts it as removed, as it does a neuron whose W_out column the mask drops, and the forward pass is that of the
+    mask without those columns (not of one without their W_in rows: those feed the norm's statistic, which every
+    neuron shares). kept_neurons counted 64 of 64 with every role masked, and nothing with the gains masked alone."""
+    torch.manual_seed(0)
+    bridge = boot_tiny(BitNetForCausalLM(BitNetConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path)
+    every_role = MaskSet.for_bridge(bridge).binary()
+    neurons = [3, 4, 60]  # three of block 1's 64
+    gains = dropping(
+        MaskSet.for_bridge(bridge, MaskConfig(roles=roles)).binary(), {"blocks.1.mlp.ffn_sub_norm.weight": neurons}
+    )
+    nodes = circuit_graph(gains).nodes.set_index("node")
+    assert (nodes.loc["L1MLP", "neurons"], nodes.loc["L1MLP", "kept_neurons"]) == (64, 64 - len(neurons))
+    assert (nodes.loc["L0MLP", "neurons"], nodes.loc["L0MLP", "kept_neurons"]) == (64, 64)
+    columns = without_columns(every_role, {"blocks.1.mlp.out.weight": neurons})
+    assert circuit_graph(columns).nodes.set_index("node").loc["L1MLP", "kept_neurons"] == 64 - len(neurons)
+    tokens = torch.randint(5, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), masked(bridge, gains):
+        without_gains = bridge(tokens)
+    with torch.no_grad(), masked(bridge, columns):
+        without_columns_logits = bridge(tokens)
+    with torch.no_grad():
+        whole = bridge(tokens)
+    torch.testing.assert_close(without_gains, without_columns_logits)
+    assert (without_gains - whole).abs().amax() > 1e-4  # the three neurons mattered
