@@ -1,14 +1,17 @@
-"""Writing a file atomically: a temporary file of the writing process beside it, synced to the disk, then a rename.
+"""Writing a file or a folder atomically: a temporary one of the writing process beside it, synced to the disk,
+then a rename.
 
 Every file modmask-lens writes (mask files and checkpoints, zoo cards, tables, reports, pictures) goes through
-:func:`replace_atomically`, so that a reader, a killed process or a crashed machine finds the old file or the whole
-new one under its name, never a half-written file that looks complete.
+:func:`replace_atomically`, and every model folder (``save_pretrained``: exported masked models, the zoo's and the
+plants' models) through :func:`replace_folder_atomically`, so that a reader, a killed process or a crashed machine
+finds the old file or folder or the whole new one under its name, never a half-written one that looks complete.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,12 +46,73 @@ def replace_atomically(path: str | Path, write_temporary: Callable[[Path], objec
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def replace_folder_atomically(
+    path: str | Path, write_temporary: Callable[[Path], object], marker: str = "config.json"
+) -> Path:
+    """Call ``write_temporary`` on an empty temporary folder beside ``path``, then put that folder in its place;
+    returns the path.
+
+    For what writes a whole folder at once (``save_pretrained``): a process killed halfway through would otherwise
+    leave a folder that looks like a model (``config.json`` there) with its weights truncated or missing. The
+    temporary folder (``NAME.PID.tmp``) is named after the writing process and sits in ``path``'s folder (created if
+    missing). An exception (in the write too) removes it and leaves ``path`` as it was; a killed process leaves
+    ``path`` as it was plus the stray temporary folder, which a later write of the same process id replaces.
+
+    An existing folder at ``path`` is replaced whole (files the new one lacks go), and only if it is empty or holds
+    ``marker`` (a model folder), so that a mistaken path never deletes a folder of other files. It is renamed to
+    ``NAME.PID.old``, the new folder renamed to ``path``, and the old one deleted; if the second rename fails, the
+    old folder is renamed back. A process killed between the two renames (a moment) leaves no folder under
+    ``path`` and the old one as ``NAME.PID.old``: never a half-written one. Every file and folder written is fsynced
+    before the renames, and ``path``'s folder after them, as :func:`replace_atomically` does for one file.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or a folder that is not empty and lacks ``marker``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "model"
+        >>> _ = replace_folder_atomically(folder, lambda temporary: (temporary / "config.json").write_text("{}"))
+        >>> sorted(file.name for file in folder.iterdir())
+        ['config.json']
+    """
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / marker).exists()):
+        raise FileExistsError(
+            f"{path} exists and is not a folder this writes (no {marker} there), so it is not replaced; "
+            "give a new or empty folder, or delete it first"
+        )
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    old = path.with_name(f"{path.name}.{os.getpid()}.old")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed process that had this id
+    temporary.mkdir()
     try:
-        _fsync(path.parent, os.O_DIRECTORY)
-    except OSError as error:
-        # EINVAL: a filesystem that cannot sync a folder (fsync(2)); the file's data is on the disk all the same
-        if error.errno != errno.EINVAL:
-            raise
+        write_temporary(temporary)
+        for written in sorted(temporary.rglob("*"), reverse=True):  # files before the folders that hold them
+            if written.is_dir():
+                _fsync_folder(written)
+            else:
+                _fsync(written)
+        _fsync_folder(temporary)
+        if os.path.lexists(path):
+            shutil.rmtree(old, ignore_errors=True)  # left by a killed process that had this id
+            os.replace(path, old)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(path.parent)
     return path
 
 
@@ -83,6 +147,16 @@ def _fsync(path: Path, flags: int = 0) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to the disk, where the filesystem syncs folders."""
+    try:
+        _fsync(folder, os.O_DIRECTORY)
+    except OSError as error:
+        # EINVAL: a filesystem that cannot sync a folder (fsync(2)); the files' data is on the disk all the same
+        if error.errno != errno.EINVAL:
+            raise
 
 
 def _umask() -> int:

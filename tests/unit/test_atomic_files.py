@@ -1,4 +1,5 @@
-"""Atomic writes: a file is replaced whole or not at all, its data on the disk before the rename, the rename after."""
+"""Atomic writes: a file or a model folder is replaced whole or not at all, its data on the disk before the rename,
+the rename after."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from modmask_lens.cli import app
-from modmask_lens.core.atomic_files import replace_atomically, write_bytes_atomically, write_text_atomically
+from modmask_lens.core.atomic_files import (
+    replace_atomically,
+    replace_folder_atomically,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 from modmask_lens.core.checkpoint import read_safetensors, write_safetensors_atomically
 from modmask_lens.modularity.mlp import BimtMLP
 from modmask_lens.viz.connectome import ConnectomeFrames
@@ -121,6 +127,106 @@ def test_a_folder_that_cannot_be_synced_is_written_all_the_same(tmp_path, monkey
     folder_error = errno.EIO
     with pytest.raises(OSError, match=os.strerror(errno.EIO)):
         write_text_atomically(tmp_path / "b.md", "b")
+
+
+def _old_model_folder(parent: Path) -> Path:
+    """A model folder as ``save_pretrained`` leaves it, with a file the new folder will not have."""
+    folder = parent / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("old config")
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    (folder / "tokenizer.json").write_text("old tokenizer")
+    return folder
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {file.name: file.read_bytes() for file in folder.iterdir()}
+
+
+def _save_config_then_fail(folder: Path) -> None:
+    """What a save_pretrained killed after the config and part of the weights leaves."""
+    (folder / "config.json").write_text("new config")
+    (folder / "model.safetensors").write_bytes(b"ne")
+    raise KeyboardInterrupt
+
+
+def test_a_folder_write_that_fails_midway_leaves_the_old_folder_whole_and_no_half_folder(tmp_path):
+    folder = _old_model_folder(tmp_path)
+    before = _contents(folder)
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder_atomically(folder, _save_config_then_fail)
+    assert _contents(folder) == before
+    assert sorted(tmp_path.iterdir()) == [folder]
+
+
+def test_a_folder_write_that_fails_midway_leaves_no_folder_where_there_was_none(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder_atomically(tmp_path / "exports" / "model", _save_config_then_fail)
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+def test_a_folder_whose_swap_fails_puts_the_old_folder_back(tmp_path, monkeypatch):
+    folder = _old_model_folder(tmp_path)
+    before = _contents(folder)
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(source).name.endswith(".tmp"):
+            raise OSError(errno.EIO, "input/output error", str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="input/output error"):
+        replace_folder_atomically(folder, lambda temporary: (temporary / "config.json").write_text("new config"))
+    assert _contents(folder) == before
+    assert sorted(tmp_path.iterdir()) == [folder]
+
+
+def test_a_folder_write_replaces_the_old_folder_whole_its_files_on_the_disk_before_the_swap(tmp_path, monkeypatch):
+    folder = _old_model_folder(tmp_path)
+    synced, swapped = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        synced.append(os.fstat(descriptor).st_ino)
+        real_fsync(descriptor)
+
+    def replace(source, target):
+        swapped.append(len(synced))
+        real_replace(source, target)
+
+    def save(temporary):
+        (temporary / "config.json").write_text("new config")
+        (temporary / "shards").mkdir()
+        (temporary / "shards" / "model-1.safetensors").write_bytes(b"new weights")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    replace_folder_atomically(folder, save)
+    written = [folder / "config.json", folder / "shards" / "model-1.safetensors", folder / "shards", folder]
+    assert set(synced[: swapped[0]]) == {path.stat().st_ino for path in written}
+    assert synced[-1] == tmp_path.stat().st_ino  # the swap itself, after it
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")) == [
+        "config.json",
+        "shards",
+        "shards/model-1.safetensors",
+    ]
+    assert (folder / "config.json").read_text() == "new config"
+    assert sorted(tmp_path.iterdir()) == [folder]
+
+
+@pytest.mark.parametrize("occupied", ["a folder of other files", "a file"])
+def test_a_folder_write_never_replaces_what_is_not_a_model_folder(occupied, tmp_path):
+    path = tmp_path / "results"
+    if occupied == "a file":
+        path.write_text("notes")
+    else:
+        path.mkdir()
+        (path / "notes.txt").write_text("notes")
+    with pytest.raises(FileExistsError, match="not a folder this writes \\(no config.json there\\).*new or empty"):
+        replace_folder_atomically(path, lambda temporary: (temporary / "config.json").write_text("{}"))
+    assert (path.read_text() if path.is_file() else (path / "notes.txt").read_text()) == "notes"
+    assert sorted(tmp_path.iterdir()) == [path]
 
 
 class _Square(SvgView):
