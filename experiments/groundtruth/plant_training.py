@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM
 from experiments.zoo.architectures import build_model
 from experiments.zoo.recipes import Architecture
 from modmask_lens.adapters import adapter_for
-from modmask_lens.core.atomic_files import write_text_atomically
+from modmask_lens.core.atomic_files import replace_folder_atomically, write_text_atomically
 from modmask_lens.groundtruth.ablations import planted_elements
 from modmask_lens.groundtruth.digits import answer_token_ids, digit_tokenizer
 from modmask_lens.groundtruth.measure import UNIQUE_RULE, is_unique, measure_plant
@@ -98,7 +98,8 @@ def _answer_logits(model: nn.Module, masks: dict[str, Tensor], input_ids: Tensor
 
 def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Architecture = ARCHITECTURE) -> dict:
     """Train ``spec`` on a model of ``architecture`` until every subtask is exact on the full model and on its own
-    set and broken without it (or :data:`MAX_STEPS`), save it to ``out_dir`` and write its card; returns the card."""
+    set and broken without it (or :data:`MAX_STEPS`), then write it, its tokenizer and its card to ``out_dir``
+    whole (replacing the plant there); returns the card."""
     torch.set_num_threads(TORCH_THREADS)
     started = time.perf_counter()
     tokenizer = digit_tokenizer()
@@ -144,9 +145,6 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
     for name, mask in structure.items():
         if bool((parameters[name].detach() * (1 - mask)).any()):
             raise AssertionError(f"{name}: a weight outside every planted set is not exactly 0")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     wall_time_s = time.perf_counter() - started
     card = {
         "name": spec.name,
@@ -164,8 +162,15 @@ def train_plant(spec: PlantSpec, out_dir: Path, log=print, architecture: Archite
             "wall_time_s": round(wall_time_s, 1),
         },
         "plan": _plan_summary(plan),
-    } | _measured(spec, out_dir)
-    write_text_atomically(out_dir / CARD_FILE, json.dumps(card, indent=1) + "\n")
+    }
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        card.update(_measured(spec, folder))  # on the saved model, as a later load sees it
+        write_text_atomically(folder / CARD_FILE, json.dumps(card, indent=1) + "\n")
+
+    replace_folder_atomically(out_dir, save)  # a killed run leaves the old plant, never half a new one
     log(f"{spec.name}: {step} steps, {wall_time_s:.0f} s, unique={card['unique']}")
     return card
 

@@ -19,6 +19,7 @@ from experiments.zoo.architectures import build_model
 from experiments.zoo.modular_training import regulariser_for, unwrapped_model
 from experiments.zoo.recipes import Recipe, recipe
 from modmask_lens import zoo
+from modmask_lens.core.atomic_files import replace_folder_atomically
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_groups, optimizer_tensors
 from modmask_lens.core.encoding import TokenizedExamples, encode_pairs
 from modmask_lens.core.random import step_generator
@@ -59,7 +60,8 @@ def _log(message: str) -> None:
 
 def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str, restart: bool = False) -> ModelCard:
     """Train ``recipe_`` (resuming from ``checkpoint_dir`` unless ``restart``, which starts from step 0 and
-    overwrites the checkpoint), save the model to ``out_dir`` and write its card."""
+    overwrites the checkpoint), then write the model, its tokenizer and its card to ``out_dir`` whole (replacing the
+    model there)."""
     torch.set_num_threads(TORCH_THREADS)
     task: TaskSpec = task_spec(recipe_.task)
     data = task.build(recipe_.seed)
@@ -144,9 +146,6 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str, re
     if regulariser is not None:
         model = unwrapped_model(model, recipe_, tokenizer)
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     accuracies = {}
     for split in task.evaluation_splits:
         frame = evaluate_exact_match(model, tokenizer, data[split], "greedy", task.subtask_column)
@@ -165,7 +164,13 @@ def train(recipe_: Recipe, out_dir: Path, checkpoint_dir: Path, command: str, re
         wall_time_s=round(wall_time_s, 1),
         accuracies=accuracies,
     )
-    write_card(card, out_dir)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_card(card, folder)
+
+    replace_folder_atomically(out_dir, save)  # a killed run leaves the old model, never half a new one
     return card
 
 

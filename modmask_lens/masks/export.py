@@ -13,6 +13,7 @@ from modmask_lens.adapters.export import (
     untie_word_embeddings,
     write_masked_tensors,
 )
+from modmask_lens.core.atomic_files import replace_folder_atomically
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.masks.binary import BinaryMask
 from modmask_lens.masks.identity import processing_mode
@@ -68,8 +69,10 @@ def export_masked_model(bridge: Bridge, mask: BinaryMask | MaskSet, directory: s
             "different weights in them, so no checkpoint of this family can hold the masked model; mask them alike "
             "or leave them out of the mask (MaskConfig(roles=...))"
         )
-    directory = Path(directory)
-    exported.save_pretrained(directory)
-    if getattr(bridge, "tokenizer", None) is not None:
-        bridge.tokenizer.save_pretrained(directory)
-    return directory
+
+    def save(folder: Path) -> None:
+        exported.save_pretrained(folder)
+        if getattr(bridge, "tokenizer", None) is not None:
+            bridge.tokenizer.save_pretrained(folder)
+
+    return replace_folder_atomically(directory, save)
