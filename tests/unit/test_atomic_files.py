@@ -271,20 +271,29 @@ def test_a_package_writer_whose_rename_fails_leaves_the_old_file_whole(write, na
     assert sorted(tmp_path.iterdir()) == [old]
 
 
-WRITES = {"write_text", "write_bytes", "to_csv", "save_file", "open"}
-"""Calls that write a file (``to_csv`` given a path, ``open`` given a mode that writes)."""
-WRITTEN_IN_PLACE = {"modmask_lens/core/checkpoint.py:open"}  # the lock file, holding the holder's process id
+WRITES = {"write_text", "write_bytes", "to_csv", "save_file", "open", "save_pretrained"}
+"""Calls that write a file or a folder (``to_csv`` given a path, ``open`` given a mode that writes)."""
+WRITTEN_IN_PLACE = {
+    "modmask_lens/core/checkpoint.py:open",  # the lock file, holding the holder's process id
+    "modmask_lens/testing/tiny_models.py:save_pretrained",  # tiny test models, into the test's own folder
+    "modmask_lens/testing/copy_task.py:save_pretrained",
+}
+REPLACERS = {"replace_atomically", "replace_folder_atomically"}
 REPOSITORY = Path(__file__).parents[2]
 
 
 def _writes_in_place(source: Path) -> list[str]:
-    """``path:line call`` for each call in ``source`` that writes a file other than inside a
-    :func:`replace_atomically` call (where it writes the temporary file)."""
+    """``path:line call`` for each call in ``source`` that writes a file or folder other than into the temporary
+    one of a :data:`REPLACERS` call (inside the call, or in a function of the module that it is passed by name), or
+    into a scratch folder (``save_pretrained(folder)`` inside ``with tempfile.TemporaryDirectory() as folder``,
+    deleted on leaving it)."""
     tree = ast.parse(source.read_text(encoding="utf-8"))
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    temporary_writes = {
-        id(inner) for call in calls if _called(call) == "replace_atomically" for inner in ast.walk(call)
-    }
+    replacing = [call for call in calls if _called(call) in REPLACERS]
+    passed = {argument.id for call in replacing for argument in call.args if isinstance(argument, ast.Name)}
+    writers = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name in passed]
+    temporary_writes = {id(inner) for outer in [*replacing, *writers] for inner in ast.walk(outer)}
+    temporary_writes |= _scratch_folder_writes(tree)
     found = []
     for call in calls:
         name = _called(call)
@@ -301,12 +310,39 @@ def _writes_in_place(source: Path) -> list[str]:
     return found
 
 
+def _scratch_folder_writes(tree: ast.Module) -> set[int]:
+    """Ids of the ``save_pretrained(NAME)`` calls inside a ``with tempfile.TemporaryDirectory() as NAME``."""
+    found = set()
+    for statement in ast.walk(tree):
+        if not isinstance(statement, ast.With):
+            continue
+        scratch = {
+            item.optional_vars.id
+            for item in statement.items
+            if isinstance(item.context_expr, ast.Call)
+            and _called(item.context_expr) == "TemporaryDirectory"
+            and isinstance(item.optional_vars, ast.Name)
+        }
+        found |= {
+            id(call)
+            for inner in statement.body
+            for call in ast.walk(inner)
+            if isinstance(call, ast.Call)
+            and _called(call) == "save_pretrained"
+            and call.args
+            and isinstance(call.args[0], ast.Name)
+            and call.args[0].id in scratch
+        }
+    return found
+
+
 def _called(call: ast.Call) -> str:
     """The name of the function or method a call calls (``write_text`` of ``path.write_text(...)``)."""
     return getattr(call.func, "attr", getattr(call.func, "id", ""))
 
 
 def test_the_package_and_its_experiments_write_every_file_through_replace_atomically():
-    """The experiments write the zoo's and the ground truth's shipped cards, the demo's and reproductions' results."""
+    """The experiments write the zoo's and the ground truth's shipped cards and models, the demo's and
+    reproductions' results. A model folder (``save_pretrained``) goes through :func:`replace_folder_atomically`."""
     sources = sorted([*(REPOSITORY / "modmask_lens").rglob("*.py"), *(REPOSITORY / "experiments").rglob("*.py")])
     assert [found for source in sources for found in _writes_in_place(source)] == []
