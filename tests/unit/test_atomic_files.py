@@ -6,7 +6,10 @@ from __future__ import annotations
 import ast
 import errno
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,6 +160,33 @@ def test_a_folder_write_that_fails_midway_leaves_the_old_folder_whole_and_no_hal
         replace_folder_atomically(folder, _save_config_then_fail)
     assert _contents(folder) == before
     assert sorted(tmp_path.iterdir()) == [folder]
+
+
+KILLED_MIDWAY = """
+import os, signal, sys
+from pathlib import Path
+from modmask_lens.core.atomic_files import replace_folder_atomically
+
+def save_config_then_die(folder):
+    (folder / "config.json").write_text("new config")
+    (folder / "model.safetensors").write_bytes(b"ne")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+replace_folder_atomically(Path(sys.argv[1]), save_config_then_die)
+"""
+"""A process that writes a model folder and is killed (SIGKILL: no handler runs) after the config and half the
+weights."""
+
+
+def test_a_process_killed_midway_through_a_folder_write_leaves_the_old_folder_whole(tmp_path):
+    folder = _old_model_folder(tmp_path)
+    before = _contents(folder)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MIDWAY, str(folder)], env=os.environ | {"PYTHONPATH": str(REPOSITORY)}
+    )
+    assert killed.wait() == -signal.SIGKILL
+    assert _contents(folder) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model", f"model.{killed.pid}.tmp"]  # the stray
 
 
 def test_a_folder_write_that_fails_midway_leaves_no_folder_where_there_was_none(tmp_path):
