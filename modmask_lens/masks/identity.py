@@ -114,13 +114,34 @@ TRANSFORMER_LENS_FIELDS = (
     "output_logits_soft_cap",
 )
 """The settings :func:`model_config` reads from TransformerLens's config of the bridge, under its names."""
-FIELDS_ADDED_LATER = ("rope_scaling", "attn_scale", "sliding_window")
-"""The settings of :data:`MODEL_CONFIG_FIELDS` that the first records did not hold: a record without any of them
-was written before, and :func:`comparable_models` leaves them unchecked against it, with a warning."""
-MODEL_CONFIG_FIELDS = (*TRANSFORMER_LENS_FIELDS[:4], "rope_theta", *TRANSFORMER_LENS_FIELDS[4:], *FIELDS_ADDED_LATER)
+FIELDS_ADDED_LATER = (
+    ("rope_scaling", "attn_scale", "sliding_window"),
+    (
+        "partial_rotary_factor",
+        "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx",
+        "embedding_multiplier",
+        "residual_multiplier",
+        "logits_scaling",
+        "use_bidirectional_attention",
+    ),
+)
+"""The settings of :data:`MODEL_CONFIG_FIELDS` that the first records did not hold, in the groups that releases of
+modmask-lens added together: a record without any of a group's was written before that group, and
+:func:`comparable_models` leaves them unchecked against it, with a warning."""
+MODEL_CONFIG_FIELDS = (
+    *TRANSFORMER_LENS_FIELDS[:4],
+    "rope_theta",
+    *TRANSFORMER_LENS_FIELDS[4:],
+    *(field for group in FIELDS_ADDED_LATER for field in group),
+)
 """The settings :func:`model_config` records: those that change what the same weights compute, in TransformerLens's
-names (``rope_theta`` and ``rope_scaling`` only for rotary positions; ``attn_scale`` the number attention scores are
-divided by, as TransformerLens's ``attn_scale``)."""
+names (``rope_theta``, ``rope_scaling`` and ``partial_rotary_factor`` only for rotary positions; ``attn_scale`` the
+number attention scores are divided by, as TransformerLens's ``attn_scale``) or, where it has none, Hugging Face's.
+
+GPT-2's ``reorder_and_upcast_attn`` is not among them: it computes attention scores in float32 whatever the weights'
+dtype, which changes only their rounding (on a tiny GPT-2: logits equal in float32, 0.002 apart in bfloat16), as the
+attention implementation (eager, sdpa), which no record holds either, does."""
 
 
 def model_config(bridge: Bridge) -> dict:
@@ -133,9 +154,21 @@ def model_config(bridge: Bridge) -> dict:
     - ``rope_theta``, the rotary base, and ``rope_scaling``, its scaling (``rope_type`` and the factors the config
       gives; ``None`` for none) (:func:`_rope_parameters`): one value where every layer uses it, else a dict by layer
       type (Gemma 3's ``full_attention`` and ``sliding_attention``) whichever layout lists it;
+    - ``partial_rotary_factor``: the share of each head's dimensions that the rotation turns (1.0: all of them), by
+      layer type as ``rope_theta``: transformers 5's ``partial_rotary_factor`` among the rotary settings, 4's beside
+      them (GPT-NeoX's ``rotary_pct``), GPT-J's and CodeGen's ``rotary_dim`` (a number of dimensions) over the head
+      dimension;
     - ``attn_scale`` (:func:`_attn_scale`): what attention scores are divided by where the config sets it, ``None``
-      where it is the square root of the head dimension;
-    - ``sliding_window`` (:func:`_sliding_windows`): the window of every layer, one value where all layers share it.
+      where it is the square root of the head dimension; GPT-2's switches ``scale_attn_weights`` (off: scores not
+      divided at all) and ``scale_attn_by_inverse_layer_idx`` (scores of layer ``l`` divided by ``l + 1`` as well),
+      on and off where the config has no such switch;
+    - Granite's ``embedding_multiplier`` (what token embeddings are multiplied by), ``residual_multiplier`` (what
+      each attention and MLP output is multiplied by before it joins the residual stream) and ``logits_scaling``
+      (what the logits are divided by; Cohere's ``logit_scale`` multiplies them, so it records as ``1 /
+      logit_scale``), ``None`` where the config has none;
+    - ``sliding_window`` (:func:`_sliding_windows`): the window of every layer, one value where all layers share it;
+    - ``use_bidirectional_attention``: whether every position attends to every other (Gemma 3's, for its embedding
+      models), ``False`` where the config has no such switch.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -153,8 +186,17 @@ def model_config(bridge: Bridge) -> dict:
         config["rope_scaling"] = _by_layer_type(
             {layer_type: _rope_scaling(settings, text_config) for layer_type, settings in rope.items()}
         )
+        config["partial_rotary_factor"] = _by_layer_type(
+            {layer_type: settings.get("partial_rotary_factor", 1.0) for layer_type, settings in rope.items()}
+        )
     config["attn_scale"] = _normalised(_attn_scale(cfg, text_config))
+    config["scale_attn_weights"] = bool(getattr(text_config, "scale_attn_weights", True))
+    config["scale_attn_by_inverse_layer_idx"] = bool(getattr(text_config, "scale_attn_by_inverse_layer_idx", False))
+    config["embedding_multiplier"] = _normalised(getattr(text_config, "embedding_multiplier", None))
+    config["residual_multiplier"] = _normalised(getattr(text_config, "residual_multiplier", None))
+    config["logits_scaling"] = _normalised(_logits_scaling(text_config))
     config["sliding_window"] = _sliding_windows(text_config, cfg.n_layers)
+    config["use_bidirectional_attention"] = bool(getattr(text_config, "use_bidirectional_attention", False))
     return config
 
 
@@ -172,17 +214,23 @@ def _rope_parameters(cfg: object, text_config: object | None) -> dict[str, dict]
     where types differ), else transformers 4's layout, converted as transformers 5 converts it (its
     ``convert_rope_params_to_dict``): ``rope_theta`` at the top level with ``rope_scaling`` beside it; a second base
     for sliding-window layers, Gemma 3's ``rope_local_base_freq`` (the scaling then serves full attention only) or
-    ModernBERT's ``global_rope_theta``/``local_rope_theta`` (the scaling serves both). A TransformerLens-native
-    model's (``text_config`` ``None``) from TransformerLens's config ``cfg``.
+    ModernBERT's ``global_rope_theta``/``local_rope_theta`` (the scaling serves both); the share of each head's
+    dimensions rotated, ``partial_rotary_factor`` (:func:`_legacy_partial_rotary_factor`), in each. A
+    TransformerLens-native model's (``text_config`` ``None``) from TransformerLens's config ``cfg``, its
+    ``rotary_dim`` (``None``: the whole head) as that share.
     """
     if text_config is None:
-        return {"": {"rope_theta": cfg.rotary_base, **(getattr(cfg, "rope_scaling", None) or {})}}
+        share = 1.0 if cfg.rotary_dim is None else cfg.rotary_dim / cfg.d_head
+        scaling = getattr(cfg, "rope_scaling", None) or {}
+        return {"": {"rope_theta": cfg.rotary_base, "partial_rotary_factor": share, **scaling}}
     parameters = getattr(text_config, "rope_parameters", None)
     if parameters and all(isinstance(value, dict) for value in parameters.values()):
         return dict(parameters)
     if parameters:
         return {"": parameters}
     scaling = getattr(text_config, "rope_scaling", None) or {}
+    share = _legacy_partial_rotary_factor(cfg, text_config)
+    scaling = scaling | ({"partial_rotary_factor": share} if share is not None else {})
     if hasattr(text_config, "rope_local_base_freq"):
         return {
             "full_attention": {"rope_theta": text_config.rope_theta, **scaling},
@@ -194,6 +242,20 @@ def _rope_parameters(cfg: object, text_config: object | None) -> dict[str, dict]
             "sliding_attention": {"rope_theta": text_config.local_rope_theta, **scaling},
         }
     return {"": {"rope_theta": getattr(text_config, "rope_theta", None), **scaling}}
+
+
+def _legacy_partial_rotary_factor(cfg: object, text_config: object) -> float | None:
+    """The share of each head's dimensions rotated, from a config in transformers 4's layout (or one that transformers
+    5 still keeps beside the rotary settings): ``partial_rotary_factor`` (Phi, StableLM), GPT-NeoX's ``rotary_pct``,
+    or GPT-J's and CodeGen's ``rotary_dim`` over the head dimension (``cfg.d_head``), as transformers 5 converts them;
+    ``None`` where the config says nothing (the whole head)."""
+    share = getattr(text_config, "partial_rotary_factor", None)
+    if share is None:
+        share = getattr(text_config, "rotary_pct", None)
+    rotary_dim = getattr(text_config, "rotary_dim", None)
+    if share is None and rotary_dim is not None:
+        share = rotary_dim / cfg.d_head
+    return share
 
 
 def _rope_scaling(settings: dict, text_config: object | None) -> dict | None:
@@ -229,6 +291,16 @@ def _attn_scale(cfg: object, text_config: object | None) -> float | None:
         return math.sqrt(text_config.query_pre_attn_scalar)
     if getattr(text_config, "attention_multiplier", None) is not None:
         return 1.0 / text_config.attention_multiplier
+    return None
+
+
+def _logits_scaling(text_config: object | None) -> float | None:
+    """What the model divides its logits by where its config sets that: Granite's ``logits_scaling``, or one over
+    Cohere's ``logit_scale`` (which multiplies them); ``None`` elsewhere."""
+    if getattr(text_config, "logits_scaling", None) is not None:
+        return text_config.logits_scaling
+    if getattr(text_config, "logit_scale", None) is not None:
+        return 1.0 / text_config.logit_scale
     return None
 
 
@@ -304,9 +376,9 @@ class ModelConfigUnchecked(UserWarning):
 def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dict]:
     """Two model records (:func:`fingerprint`) as they can be compared: both without ``config`` where one predates it
     (with a :class:`ModelConfigUnchecked` warning that names ``source`` and the fields left unchecked), else with
-    their configs as :func:`model_config` writes them now: without the :data:`FIELDS_ADDED_LATER` the other holds
-    where one predates them (holds none; with the same warning, naming them), every other config field compared,
-    also one that only one side holds.
+    their configs as :func:`model_config` writes them now: without a group of :data:`FIELDS_ADDED_LATER` the other
+    holds where one predates it (holds none of the group; with the same warning, naming them), every other config
+    field compared, also one that only one side holds.
 
     Example:
         >>> import warnings
@@ -333,25 +405,32 @@ def comparable_models(first: dict, second: dict, source: str) -> tuple[dict, dic
 
 
 def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[dict, dict]:
-    """``first`` and ``second`` (records with a ``config``) without the :data:`FIELDS_ADDED_LATER` that one holds and
-    the other, written before them, could not, with a :class:`ModelConfigUnchecked` warning naming them; without
-    ``rope_theta`` too where the older one read a model with a base per layer type under transformers 4 (one number,
-    the full-attention base) and it equals that base."""
+    """``first`` and ``second`` (records with a ``config``) without the fields of each group of
+    :data:`FIELDS_ADDED_LATER` that one holds and the other, written before that group, could not, with a
+    :class:`ModelConfigUnchecked` warning naming them; without ``rope_theta`` too where the older one, written before
+    the first group, read a model with a base per layer type under transformers 4 (one number, the full-attention
+    base) and it equals that base."""
     configs = [first["config"], second["config"]]
     if not all(isinstance(config, dict) for config in configs):
         return first, second
-    held = [[field for field in FIELDS_ADDED_LATER if field in config] for config in configs]
-    if bool(held[0]) == bool(held[1]):
+    unrecorded, named = [], []
+    for position, group in enumerate(FIELDS_ADDED_LATER):
+        held = [[field for field in group if field in config] for config in configs]
+        if bool(held[0]) == bool(held[1]):
+            continue
+        unrecorded += held[0] or held[1]
+        named += held[0] or held[1]
+        older, newer = configs if not held[0] else configs[::-1]
+        base, bases = older.get("rope_theta"), newer.get("rope_theta")
+        # Those records read transformers 4's top-level rope_theta alone, where a model has a base per layer type:
+        # Gemma 3's full-attention base, none of ModernBERT's (global_rope_theta). Compared on it, the rest named
+        # unchecked.
+        if position == 0 and isinstance(bases, dict) and (base is None or base == bases.get("full_attention")):
+            unchecked_types = [layer_type for layer_type in bases if base is None or layer_type != "full_attention"]
+            unrecorded = ["rope_theta", *unrecorded]
+            named = [f"rope_theta of {', '.join(unchecked_types)} layers", *named]
+    if not unrecorded:
         return first, second
-    unrecorded, named = held[0] or held[1], held[0] or held[1]
-    older, newer = configs if not held[0] else configs[::-1]
-    base, bases = older.get("rope_theta"), newer.get("rope_theta")
-    # Those records read transformers 4's top-level rope_theta alone, where a model has a base per layer type: Gemma
-    # 3's full-attention base, none of ModernBERT's (global_rope_theta). Compared on it, the rest named unchecked.
-    if isinstance(bases, dict) and (base is None or base == bases.get("full_attention")):
-        unchecked_types = [layer_type for layer_type in bases if base is None or layer_type != "full_attention"]
-        unrecorded = ["rope_theta", *unrecorded]
-        named = [f"rope_theta of {', '.join(unchecked_types)} layers", *named]
     warnings.warn(
         f"{source} records the model config without {', '.join(named)} (written before modmask-lens recorded "
         "them), so those were not compared with the model it was made for, only the other settings, the weights and "

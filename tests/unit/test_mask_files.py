@@ -12,7 +12,19 @@ from conftest import boot_gpt2, boot_native
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPTNeoXConfig,
+    GraniteConfig,
+    GraniteForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
+)
 
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
 from modmask_lens.core.checkpoint import (
@@ -356,14 +368,129 @@ def test_a_mask_is_refused_on_the_same_weights_under_another_rope_scaling_attent
         load_masks(path, trained_on)
 
 
+def test_the_share_of_rotated_dimensions_is_recorded_alike_under_either_transformers(rotary_bridge, monkeypatch):
+    """transformers 5 keeps ``partial_rotary_factor`` among the rotary settings, 4 beside them (Phi's
+    ``partial_rotary_factor``, GPT-NeoX's ``rotary_pct``); GPT-J's ``rotary_dim`` counts dimensions (4 of the tiny
+    Llama's 8 per head)."""
+    layouts = {
+        0.5: [PhiConfig(**TINY_HF_SIZES, partial_rotary_factor=0.5), _Transformers4Config(partial_rotary_factor=0.5)],
+        0.25: [GPTNeoXConfig(**TINY_HF_SIZES, rotary_pct=0.25), _Transformers4Config(rotary_pct=0.25)],
+    }
+    for share, configs in layouts.items():
+        records = []
+        for config in configs:
+            monkeypatch.setattr(rotary_bridge.original_model, "config", config)
+            records.append(model_config(rotary_bridge))
+        assert records[0]["partial_rotary_factor"] == records[1]["partial_rotary_factor"] == share
+    monkeypatch.setattr(rotary_bridge.original_model, "config", _Transformers4Config(rotary_dim=4))
+    assert model_config(rotary_bridge)["partial_rotary_factor"] == 0.5
+    monkeypatch.setattr(rotary_bridge.original_model, "config", _Transformers4Config(rope_theta=10000))
+    assert model_config(rotary_bridge)["partial_rotary_factor"] == 1.0
+
+
+def _tiny_phi(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    return boot_tiny(PhiForCausalLM(PhiConfig(**TINY_HF_SIZES, partial_rotary_factor=0.5)), directory)
+
+
+def _tiny_granite(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    return boot_tiny(GraniteForCausalLM(GraniteConfig(**TINY_HF_SIZES, num_key_value_heads=2)), directory)
+
+
+def _tiny_cohere(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    return boot_tiny(CohereForCausalLM(CohereConfig(**TINY_HF_SIZES, num_key_value_heads=2)), directory)
+
+
+def _tiny_gemma3_attending_in_full(directory) -> TransformerBridge:
+    """A tiny Gemma 3 without sliding-window layers: under ``use_bidirectional_attention`` transformers halves the
+    window of those, which the record of one with them already tells apart."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(**GEMMA3_SLIDING_LAYERS | {"layer_types": ["full_attention", "full_attention"]})
+    return boot_tiny(Gemma3ForCausalLM(config), directory)
+
+
+@pytest.mark.parametrize(
+    ("boot", "changes", "refusal"),
+    [
+        (
+            _tiny_phi,
+            {"rope_parameters": {"rope_theta": 10000.0, "rope_type": "default", "partial_rotary_factor": 1.0}},
+            r"partial_rotary_factor: 0.5 in the mask, 1.0 here",
+        ),
+        (boot_gpt2, {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx: False in the mask"),
+        (boot_gpt2, {"scale_attn_weights": False}, r"scale_attn_weights: True in the mask, False here"),
+        (_tiny_granite, {"embedding_multiplier": 12.0}, r"embedding_multiplier: 1.0 in the mask, 12.0 here"),
+        (_tiny_granite, {"residual_multiplier": 0.22}, r"residual_multiplier: 1.0 in the mask, 0.22 here"),
+        (_tiny_granite, {"logits_scaling": 8.0}, r"logits_scaling: 1.0 in the mask, 8.0 here"),
+        (_tiny_cohere, {"logit_scale": 0.5}, r"logits_scaling: 16.0 in the mask, 2.0 here"),
+        (
+            _tiny_gemma3_attending_in_full,
+            {"use_bidirectional_attention": True},
+            "use_bidirectional_attention: False in the mask",
+        ),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
+)
+def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_share_attention_scaling_multiplier_or_mask(
+    tmp_path, tokens, boot, changes, refusal
+):
+    """The settings before let a mask load onto the same weights that rotate another share of each head (Phi's
+    ``partial_rotary_factor``), scale attention scores otherwise (GPT-2's switches), scale embeddings, sub-layer
+    outputs or logits otherwise (Granite's multipliers, Cohere's ``logit_scale``) or attend both ways (Gemma 3's
+    ``use_bidirectional_attention``). Each changes the logits but GPT-2's ``scale_attn_weights``, which
+    TransformerLens 4.3's bridge does not read (its attention always divides by the square root of the head
+    dimension; Hugging Face's own forward divides by nothing): the record follows the model's definition."""
+    trained_on = boot(tmp_path / "base")
+    other = _same_weights_other_config(tmp_path / "base", tmp_path / "other", **changes)
+    read_by_the_bridge = "scale_attn_weights" not in changes
+    assert torch.allclose(trained_on(tokens), other(tokens)) != read_by_the_bridge
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
+    with pytest.raises(ModelMismatch, match=refusal):
+        load_masks(path, other)
+    load_masks(path, trained_on)
+
+
+ADDED_LATER = [field for group in FIELDS_ADDED_LATER for field in group]
+"""Every field of the model config that the first records did not hold."""
+
+
 def test_a_mask_file_written_before_rope_scaling_attention_scales_and_windows_were_recorded_loads_naming_them(
     tmp_path, rotary_bridge
 ):
     path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
-    _written_before(path, "rope_scaling", "attn_scale", "sliding_window")
-    with pytest.warns(ModelConfigUnchecked, match=r"without rope_scaling, attn_scale, sliding_window \(written before"):
+    _written_before(path, *ADDED_LATER)
+    with pytest.warns(
+        ModelConfigUnchecked,
+        match=r"without rope_scaling, attn_scale, sliding_window, partial_rotary_factor, scale_attn_weights, .*"
+        r"use_bidirectional_attention \(written before",
+    ):
         loaded = load_masks(path, rotary_bridge)
-    assert "attn_scale" not in loaded.origin.model["config"]
+    assert not set(ADDED_LATER) & loaded.origin.model["config"].keys()
+
+
+def test_a_mask_file_written_before_rotary_shares_attention_switches_and_multipliers_loads_naming_them(
+    tmp_path, rotary_bridge
+):
+    """A record holding the first group of later fields but not the second is compared on the first (another
+    rotary scaling is still refused) and warns naming the second."""
+    path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
+    _written_before(path, *FIELDS_ADDED_LATER[1])
+    with pytest.warns(
+        ModelConfigUnchecked,
+        match=r"without partial_rotary_factor, scale_attn_weights, scale_attn_by_inverse_layer_idx, "
+        r"embedding_multiplier, residual_multiplier, logits_scaling, use_bidirectional_attention \(written before",
+    ):
+        loaded = load_masks(path, rotary_bridge)
+    assert loaded.origin.model["config"]["attn_scale"] is None
+    assert "partial_rotary_factor" not in loaded.origin.model["config"]
+    scaled = {"config": model_config(rotary_bridge) | {"rope_scaling": {"factor": 4.0, "rope_type": "linear"}}}
+    with pytest.warns(ModelConfigUnchecked, match="without partial_rotary_factor"):
+        recorded, now = comparable_models({"config": loaded.origin.model["config"]}, scaled, "mask.safetensors")
+    assert model_differences(recorded, now) == [
+        "config (rope_scaling: None in the mask, {'factor': 4.0, 'rope_type': 'linear'} here)"
+    ]
 
 
 def test_a_file_written_under_transformers_4_before_bases_per_layer_type_loads_its_base_compared(
@@ -374,7 +501,7 @@ def test_a_file_written_under_transformers_4_before_bases_per_layer_type_loads_i
     unchecked; another base is still refused."""
     monkeypatch.setattr(rotary_bridge.original_model, "config", _gemma3_written_by(4))
     current = {"config": model_config(rotary_bridge)}
-    first_record = {key: value for key, value in current["config"].items() if key not in FIELDS_ADDED_LATER}
+    first_record = {key: value for key, value in current["config"].items() if key not in ADDED_LATER}
     written_by_4 = {"config": first_record | {"rope_theta": 1000000.0}}
     with pytest.warns(ModelConfigUnchecked, match=r"without rope_theta of sliding_attention layers, rope_scaling, "):
         recorded, now = comparable_models(written_by_4, current, "mask.safetensors")
