@@ -11,7 +11,8 @@ from torch import Tensor
 
 from modmask_lens.adapters import TensorSpec
 from modmask_lens.masks.config import PARAMETER_KINDS
-from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
+from modmask_lens.masks.identity import MaskOrigin, model_differences
+from modmask_lens.masks.model_config import comparable_models
 from modmask_lens.masks.units import MaskUnit
 
 INVERTED_KINDS = ("linear",)

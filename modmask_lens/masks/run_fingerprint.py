@@ -13,7 +13,8 @@ import json
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import NEURON_MASK_OF_OLD_FILES, MaskConfig, TrainConfig
-from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
+from modmask_lens.masks.identity import MaskOrigin, model_differences
+from modmask_lens.masks.model_config import comparable_models
 from modmask_lens.masks.objectives import AnswerCrossEntropy, Objective
 
 RESTART_HINT = "set it back to resume, or start over with --restart (restart=True in Python)"

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.checkpoint import Checkpointer, load_optimizer, optimizer_tensors
 from modmask_lens.core.random import seeded, step_generator
-from modmask_lens.masks.identity import MaskOrigin, comparable_models, model_differences
+from modmask_lens.masks.identity import MaskOrigin, model_differences
+from modmask_lens.masks.model_config import comparable_models
 from modmask_lens.probes.config import ProbeConfig
 from modmask_lens.probes.data import ProbeData, read_activations
 from modmask_lens.probes.moe import GatedProbe, ideal_gate_loss, importance_cv2, probe_loss

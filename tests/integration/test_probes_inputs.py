@@ -16,7 +16,7 @@ from transformers import BertConfig, BertForMaskedLM
 from modmask_lens.core.checkpoint import CHECKSUM_FIELD, METADATA_KEY, content_sha256
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.random import seeded
-from modmask_lens.masks.identity import ModelConfigUnchecked
+from modmask_lens.masks.model_config import ModelConfigUnchecked
 from modmask_lens.probes import (
     GatedProbe,
     ProbeConfig,

@@ -32,13 +32,8 @@ from modmask_lens.core.checkpoint import (
     METADATA_KEY,
     content_sha256,
 )
-from modmask_lens.masks.identity import (
-    FIELDS_ADDED_LATER,
-    ModelConfigUnchecked,
-    comparable_models,
-    model_config,
-    model_differences,
-)
+from modmask_lens.masks.identity import model_differences
+from modmask_lens.masks.model_config import FIELDS_ADDED_LATER, ModelConfigUnchecked, comparable_models, model_config
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny, tiny_bridge
 
 

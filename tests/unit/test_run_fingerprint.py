@@ -10,7 +10,8 @@ import torch
 
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.masks.config import MaskConfig, TrainConfig
-from modmask_lens.masks.identity import MaskOrigin, ModelConfigUnchecked
+from modmask_lens.masks.identity import MaskOrigin
+from modmask_lens.masks.model_config import ModelConfigUnchecked
 from modmask_lens.masks.run_fingerprint import RunMismatch, check_same_run, run_fingerprint
 from modmask_lens.masks.training import MaskTrainer
 from modmask_lens.testing.tiny_models import tiny_bridge
