@@ -200,14 +200,16 @@ def _attn_scale(cfg: object, text_config: object | None) -> float | None:
     return None
 
 
-def _logits_scaling(text_config: object | None) -> float | None:
+def _logits_scaling(text_config: object | None) -> float | str | None:
     """What the model divides its logits by where its config sets that: Granite's ``logits_scaling``, or one over
-    Cohere's ``logit_scale`` (which multiplies them); ``None`` elsewhere."""
+    Cohere's ``logit_scale`` (which multiplies them); ``None`` elsewhere. MPT's configs may spell ``logit_scale`` as
+    a word (``inv_sqrt_d_model``, for its remote code), recorded as written."""
     if getattr(text_config, "logits_scaling", None) is not None:
         return text_config.logits_scaling
-    if getattr(text_config, "logit_scale", None) is not None:
-        return 1.0 / text_config.logit_scale
-    return None
+    logit_scale = getattr(text_config, "logit_scale", None)
+    if isinstance(logit_scale, int | float) and not isinstance(logit_scale, bool):
+        return 1.0 / logit_scale
+    return logit_scale
 
 
 def _sliding_windows(text_config: object | None, n_layers: int) -> object:

@@ -383,6 +383,17 @@ def test_the_share_of_rotated_dimensions_is_recorded_alike_under_either_transfor
     assert model_config(rotary_bridge)["partial_rotary_factor"] == 1.0
 
 
+def test_a_logit_scale_written_as_a_word_is_recorded_as_written(rotary_bridge, monkeypatch):
+    """MPT's configs may hold ``logit_scale: "inv_sqrt_d_model"`` (for its remote code), where Cohere's is the number
+    the logits are multiplied by: a word is recorded as written, not divided by."""
+    monkeypatch.setattr(
+        rotary_bridge.original_model, "config", _Transformers4Config(rope_theta=10000, logit_scale="inv_sqrt_d_model")
+    )
+    assert model_config(rotary_bridge)["logits_scaling"] == "inv_sqrt_d_model"
+    monkeypatch.setattr(rotary_bridge.original_model, "config", _Transformers4Config(rope_theta=10000, logit_scale=4))
+    assert model_config(rotary_bridge)["logits_scaling"] == 0.25
+
+
 def _tiny_phi(directory) -> TransformerBridge:
     torch.manual_seed(0)
     return boot_tiny(PhiForCausalLM(PhiConfig(**TINY_HF_SIZES, partial_rotary_factor=0.5)), directory)
