@@ -5,15 +5,35 @@ Every file modmask-lens writes (mask files and checkpoints, zoo cards, tables, r
 :func:`replace_atomically`, and every model folder (``save_pretrained``: exported masked models, the zoo's and the
 plants' models) through :func:`replace_folder_atomically`, so that a reader, a killed process or a crashed machine
 finds the old file or folder or the whole new one under its name, never a half-written one that looks complete.
+What a killed write leaves beside it (``NAME.PID.tmp``, ``NAME.PID.old``) is named so that
+:func:`is_write_leftover` tells it apart, and every listing of model folders skips it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+_LEFTOVER_NAME = re.compile(r".+\.[0-9]+\.(tmp|old)")
+"""``NAME.PID.tmp`` (a write killed before its rename) or ``NAME.PID.old`` (a folder write killed between its two)."""
+
+
+def is_write_leftover(path: str | Path) -> bool:
+    """Whether ``path`` is named as what a killed write leaves beside its destination: the temporary file or folder
+    ``NAME.PID.tmp`` of :func:`replace_atomically` and :func:`replace_folder_atomically`, or the old folder
+    ``NAME.PID.old`` that the latter had renamed away when it was killed. Such a folder may hold a whole
+    ``card.json`` (a write killed after it, or the old model itself), so listings of model folders (the zoo's, the
+    plants', the tracr programs') skip every path this names; a model is never given such a name.
+
+    Example:
+        >>> [is_write_leftover(name) for name in ("scan", "scan.4242.tmp", "scan.4242.old", "scan.v2.old")]
+        [False, True, True, False]
+    """
+    return _LEFTOVER_NAME.fullmatch(Path(path).name) is not None
 
 
 def replace_atomically(path: str | Path, write_temporary: Callable[[Path], object]) -> Path:
@@ -62,6 +82,10 @@ def replace_folder_atomically(
     missing). An exception (in the write too) removes it and leaves ``path`` as it was; a killed process leaves
     ``path`` as it was plus the stray temporary folder, which a later write of the same process id replaces.
 
+    A ``path`` that is a symbolic link (to a model folder elsewhere) is written where it points: the folder it
+    resolves to is the one replaced, its temporary and old folders beside it, and the link stays as it was, as
+    ``save_pretrained`` into the link wrote through it.
+
     An existing folder at ``path`` is replaced whole (files the new one lacks go), and only if it is empty or holds
     ``marker`` (a model folder), so that a mistaken path never deletes a folder of other files. It is renamed to
     ``NAME.PID.old``, the new folder renamed to ``path``, and the old one deleted; if the second rename fails, the
@@ -79,7 +103,7 @@ def replace_folder_atomically(
         >>> sorted(file.name for file in folder.iterdir())
         ['config.json']
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / marker).exists()):
         raise FileExistsError(
             f"{path} exists and is not a folder this writes (no {marker} there), so it is not replaced; "

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from modmask_lens.adapters import adapter_for
 from modmask_lens.adapters.base import model_shape
+from modmask_lens.core.atomic_files import is_write_leftover
 from modmask_lens.core.booting import boot_transformers
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.groundtruth.case import GroundTruthCase
@@ -133,8 +134,8 @@ def plant_plan(spec: PlantSpec, bridge: nn.Module) -> PlantPlan:
 
 
 def available_plants() -> list[str]:
-    """Names of the shipped plants (folders with a card), sorted."""
-    return sorted(path.parent.name for path in PLANTS_DIR.glob(f"*/{CARD_FILE}"))
+    """Names of the shipped plants (folders with a card, less what a killed write left), sorted."""
+    return sorted(path.parent.name for path in PLANTS_DIR.glob(f"*/{CARD_FILE}") if not is_write_leftover(path.parent))
 
 
 def load_plant(name: str, directory: Path | None = None) -> GroundTruthCase:

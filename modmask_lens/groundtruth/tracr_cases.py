@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
 from modmask_lens.adapters import adapter_for
+from modmask_lens.core.atomic_files import is_write_leftover
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
@@ -49,14 +50,19 @@ outputs, whose argmax is float rounding)."""
 
 
 def tracr_program_names(directory: Path = TRACR_DIR) -> list[str]:
-    """Names of the programs in ``directory`` (default: the shipped ones, :data:`TRACR_DIR`), sorted.
+    """Names of the programs in ``directory`` (default: the shipped ones, :data:`TRACR_DIR`): its folders with a
+    card, less what a killed write left, sorted.
 
     Raises:
         ValueError: ``directory`` is not a folder.
     """
     if not Path(directory).is_dir():
         raise ValueError(f"{directory} is not a folder of tracr programs (the --out of the tracr build)")
-    return sorted(path.name for path in Path(directory).iterdir() if (path / "card.json").is_file())
+    return sorted(
+        path.name
+        for path in Path(directory).iterdir()
+        if (path / "card.json").is_file() and not is_write_leftover(path)
+    )
 
 
 def tracr_cases(directory: Path = TRACR_DIR) -> list[GroundTruthCase]:

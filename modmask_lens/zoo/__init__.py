@@ -13,6 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from modmask_lens.core.atomic_files import is_write_leftover
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.tasks.catalog import TaskSpec, task_spec
 from modmask_lens.zoo.cards import CARD_JSON, ModelCard, read_card
@@ -30,8 +31,8 @@ class ZooModel(NamedTuple):
 
 
 def available_models() -> list[str]:
-    """Names of the shipped zoo models (folders with a card), sorted."""
-    return sorted(path.parent.name for path in MODELS_DIR.glob(f"*/{CARD_JSON}"))
+    """Names of the shipped zoo models (folders with a card, less what a killed write left), sorted."""
+    return sorted(path.parent.name for path in MODELS_DIR.glob(f"*/{CARD_JSON}") if not is_write_leftover(path.parent))
 
 
 def model_dir(name: str) -> Path:

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from modmask_lens.cli import app
 from modmask_lens.core.atomic_files import (
+    is_write_leftover,
     replace_atomically,
     replace_folder_atomically,
     write_bytes_atomically,
@@ -187,6 +188,86 @@ def test_a_process_killed_midway_through_a_folder_write_leaves_the_old_folder_wh
     assert killed.wait() == -signal.SIGKILL
     assert _contents(folder) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model", f"model.{killed.pid}.tmp"]  # the stray
+
+
+KILLED_WITH_A_CARD = """
+import os, signal, sys
+from pathlib import Path
+from modmask_lens.core.atomic_files import replace_folder_atomically
+
+folder, moment = Path(sys.argv[1]), sys.argv[2]
+real_replace = os.replace
+
+def replace_then_die(source, target):
+    real_replace(source, target)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def save_card(temporary):
+    (temporary / "config.json").write_text("new config")
+    (temporary / "card.json").write_text("{}")
+    if moment == "in the write":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_die
+
+replace_folder_atomically(folder, save_card)
+"""
+"""A process that writes a model folder with its card and is killed in the write (leaving ``NAME.PID.tmp``) or
+between the swap's two renames (leaving the old folder as ``NAME.PID.old``)."""
+
+
+def _list_zoo(folder: Path, monkeypatch) -> list[str]:
+    import modmask_lens.zoo
+
+    monkeypatch.setattr(modmask_lens.zoo, "MODELS_DIR", folder)
+    return modmask_lens.zoo.available_models()
+
+
+def _list_plants(folder: Path, monkeypatch) -> list[str]:
+    import modmask_lens.groundtruth.plants
+
+    monkeypatch.setattr(modmask_lens.groundtruth.plants, "PLANTS_DIR", folder)
+    return modmask_lens.groundtruth.plants.available_plants()
+
+
+def _list_tracr_programs(folder: Path, monkeypatch) -> list[str]:
+    from modmask_lens.groundtruth.tracr_cases import tracr_program_names
+
+    return tracr_program_names(folder)
+
+
+MODEL_LISTINGS = {"zoo": _list_zoo, "plants": _list_plants, "tracr": _list_tracr_programs}
+
+
+@pytest.mark.parametrize("moment, leftover", [("in the write", "tmp"), ("between the renames", "old")])
+@pytest.mark.parametrize("listing", MODEL_LISTINGS.values(), ids=MODEL_LISTINGS)
+def test_a_folder_left_by_a_killed_write_is_never_listed_as_a_model(listing, moment, leftover, tmp_path, monkeypatch):
+    for name in ("kept", "model"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("old config")
+        (tmp_path / name / "card.json").write_text("{}")
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WITH_A_CARD, str(tmp_path / "model"), moment],
+        env=os.environ | {"PYTHONPATH": str(REPOSITORY)},
+    )
+    assert killed.wait() == -signal.SIGKILL
+    stray = tmp_path / f"model.{killed.pid}.{leftover}"
+    if leftover == "old":  # the killed swap took the old model from its name: another write puts one back
+        replace_folder_atomically(tmp_path / "model", lambda temporary: (temporary / "card.json").write_text("{}"))
+    assert (stray / "card.json").is_file()  # what the listing sees and would list
+    assert is_write_leftover(stray)
+    assert listing(tmp_path, monkeypatch) == ["kept", "model"]
+
+
+def test_a_folder_write_through_a_symbolic_link_replaces_the_folder_it_points_to_and_keeps_the_link(tmp_path):
+    target = _old_model_folder(tmp_path)
+    link = tmp_path / "exports" / "linked"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    replace_folder_atomically(link, lambda temporary: (temporary / "config.json").write_text("new config"))
+    assert link.is_symlink() and link.resolve() == target
+    assert _contents(target) == {"config.json": b"new config"}
+    assert sorted(link.parent.iterdir()) == [link]
+    assert sorted(tmp_path.iterdir()) == [link.parent, target]
 
 
 def test_a_folder_write_that_fails_midway_leaves_no_folder_where_there_was_none(tmp_path):
