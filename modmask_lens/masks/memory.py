@@ -12,8 +12,9 @@ and each head it estimates flipped). Fully sharded training divides weights, log
 state by the number of processes and holds one gathered block (its weights, products and weighted derivatives)
 at a time.
 
-The activation term is a rough count (the tensors a GPT-style block keeps for its backward); the rest is exact up to
-allocator overhead. ``benchmarks/bench_scaling.py`` measures the real peak.
+The activation term is a rough count (the tensors a GPT-style block keeps for its backward, each block sized by its
+own head geometry and MLP width); the rest is exact up to allocator overhead. ``benchmarks/bench_scaling.py``
+measures the real peak.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modmask_lens.adapters import model_shape
+from modmask_lens.adapters import ModelShape, model_shape
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import tensor_slots
 from modmask_lens.masks.config import MaskConfig, TrainConfig
@@ -68,6 +69,19 @@ class MemoryEstimate:
         terms = " + ".join(f"{part} {_gib(getattr(self, part))}" for part in parts)
         where = f"each of {self.devices} devices" if self.devices > 1 else "the device"
         return f"mask training needs about {_gib(self.total)} on {where}: {terms}"
+
+
+def _block_features(block: ModelShape, positions: int) -> int:
+    """Activations one token keeps in a block for its backward (rough): twelve of residual width (norms' inputs and
+    outputs, the attention's and MLP's outputs, the sums), the block's queries and head outputs (``n_heads * d_head``
+    each) and the keys and values its attention reads (``n_kv_heads * d_head`` each), the MLP's pre- and
+    post-activations (``d_mlp`` each) and three rows of the attention pattern (``n_heads * positions``: scores,
+    pattern, its dropout). ``block`` is the block's own shape (:meth:`ModelShape.at_layer`): Gemma 4's blocks differ
+    in key/value heads, ``d_head`` and MLP width. A block that reads an earlier block's keys and values (Gemma 4's
+    key/value-sharing blocks) counts them as well, on the high side."""
+    attention = 2 * block.n_heads * block.d_head + 2 * block.n_kv_heads * block.d_head
+    mlp = 2 * (block.d_mlp or 4 * block.d_model)
+    return 12 * block.d_model + attention + mlp + 3 * block.n_heads * positions
 
 
 def _gib(n_bytes: int) -> str:
@@ -127,11 +141,7 @@ def estimate_memory(
     owned_samples = -(-train_config.n_samples // processes)
     tokens = (chunk * owned_samples if gated_in_one_pass else chunk) * positions
     gated_features = 0 if gates is None else sum(gate.features for gate in gates)  # every layer's
-    # Each block's own MLP width (Gemma 4's key/value-sharing blocks run double-wide MLPs, ModelShape.layer_d_mlp).
-    block_features = [
-        16 * dims.d_model + 2 * (dims.at_layer(layer).d_mlp or 4 * dims.d_model) + 3 * dims.n_heads * positions
-        for layer in range(dims.n_layers)
-    ]
+    block_features = [_block_features(dims.at_layer(layer), positions) for layer in range(dims.n_layers)]
     activations = tokens * (sum(block_features) + gated_features + 3 * dims.d_vocab) * dtype_bytes
     if bernoulli:  # forwards without a backward: one block's tensors alive at a time, for every copy of the chunk
         per_step = train_config.heads_estimated_per_step

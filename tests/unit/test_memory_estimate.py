@@ -103,10 +103,57 @@ def test_bernoulli_heads_keep_no_products_and_one_blocks_activations_for_the_chu
     assert pathwise.activations > estimate.activations  # a backward keeps every block's activations
 
 
+def projection_width(hf_parameters: dict[str, torch.Tensor], layer: int, projection: str, axis: int) -> int | None:
+    """``axis`` of block ``layer``'s ``projection`` weight (``q_proj``, ...); None where the block has none."""
+    found = [
+        parameter.shape[axis]
+        for name, parameter in hf_parameters.items()
+        if f"layers.{layer}." in name and f".{projection}." in name
+    ]
+    return found[0] if found else None
+
+
+def gemma4_block_features(hf_parameters: dict[str, torch.Tensor], positions: int) -> list[int]:
+    """Per token and block of the tiny Gemma 4 (d_model 32, 4 heads), read off the Hugging Face model's projections:
+    12 residual-wide tensors, queries and head outputs (q_proj's rows, o_proj's columns), keys and values (k_proj's
+    and v_proj's rows; the key/value-sharing last block has none and reads block 1's), the MLP's two (down_proj's
+    columns) and three pattern rows."""
+    features = []
+    for layer in range(3):
+        keys_from = layer if projection_width(hf_parameters, layer, "k_proj", 0) is not None else 1
+        attention = projection_width(hf_parameters, layer, "q_proj", 0) + projection_width(
+            hf_parameters, layer, "o_proj", 1
+        )
+        attention += projection_width(hf_parameters, keys_from, "k_proj", 0)
+        attention += projection_width(hf_parameters, keys_from, "v_proj", 0)
+        mlp = 2 * projection_width(hf_parameters, layer, "down_proj", 1)
+        features.append(12 * 32 + attention + mlp + 3 * 4 * positions)
+    return features
+
+
+def test_each_block_is_sized_by_its_own_head_geometry(tmp_path):
+    """The same tiny Gemma 4: block 0 attends with 2 key/value heads of d_head 8 (queries 32 wide), blocks 1 and 2 with
+    2 of d_head 16 (queries 64 wide). The activations once sized every block's attention as 4 residual-wide tensors
+    (16 * d_model in all, with one n_heads): 114,432 bytes for the in-out neuron mask where its blocks hold 119,040."""
+    bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
+    hf_parameters = dict(bridge.original_model.named_parameters())
+    rows = {
+        projection: [projection_width(hf_parameters, layer, projection, 0) for layer in range(3)]
+        for projection in ("q_proj", "k_proj", "v_proj")
+    }
+    assert rows == {"q_proj": [32, 64, 64], "k_proj": [16, 32, None], "v_proj": [16, 32, None]}
+    block_features = gemma4_block_features(hf_parameters, positions=6)
+    assert block_features == [680, 776, 904]  # d_head 8, then 16 (block 2 also twice the neurons)
+    train_config = TrainConfig(batch_size=8, n_samples=4)
+    in_out = estimate_memory(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"), train_config, 6)
+    assert in_out.activations == 4 * 2 * 6 * (sum(block_features) + 3 * 40) == 119_040  # 2 examples per sample
+
+
 def test_each_block_is_sized_by_its_own_mlp_width(tmp_path):
     """A tiny Gemma 4 whose last block runs a double-wide MLP (128 neurons, blocks 0 and 1 run 64; cfg.d_mlp says 64),
     against counts read off the Hugging Face model's own tensors. The activations once sized every block by cfg.d_mlp
-    (and each gated block by the mean gated width): 108,288 bytes for the in-out mask where its blocks hold 114,432."""
+    (and each gated block by the mean gated width): for the in-out mask, 6,144 bytes short of what its blocks hold (the
+    two activations of block 2's 64 more neurons, 12 tokens, float32)."""
     bridge = boot_gemma4_with_double_wide_mlp(tmp_path)
     hf_parameters = dict(bridge.original_model.named_parameters())
     widths = [parameter.shape[1] for name, parameter in hf_parameters.items() if ".down_proj." in name]
@@ -116,11 +163,11 @@ def test_each_block_is_sized_by_its_own_mlp_width(tmp_path):
     assert every_weight.weights == 4 * sum(parameter.numel() for parameter in hf_parameters.values())
     assert every_weight.logits == 4 * sum(parameter.numel() for parameter in hf_parameters.values())
 
-    block_features = [16 * 32 + 2 * width + 3 * 4 * 6 for width in widths]  # d_model 32, 4 heads, 6 positions
+    block_features = gemma4_block_features(hf_parameters, positions=6)
     unembed = 3 * 40  # d_vocab 40
     in_out = estimate_memory(bridge, MaskConfig(granularity="neuron", neuron_mask="in-out"), train_config, 6)
     assert in_out.logits == 4 * sum(widths)  # one float32 logit per neuron
-    assert in_out.activations == 4 * 2 * 6 * (sum(block_features) + unembed) == 114_432  # 2 examples per sample
+    assert in_out.activations == 4 * 2 * 6 * (sum(block_features) + unembed) == 119_040  # 2 examples per sample
     gated = estimate_memory(bridge, MaskConfig(granularity="neuron"), train_config, 6)
     assert gated.activations == 4 * 8 * 6 * (sum(block_features) + sum(widths) + unembed)  # each neuron once more
     bernoulli_heads = estimate_memory(bridge, MaskConfig(granularity="head"), train_config, 6)
