@@ -11,7 +11,8 @@ record (built by hand) draws heads and an MLP in every layer.
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
   key/value group; a row of ``W_Q`` or ``W_K`` whose query/key norm gain the mask drops counts as dropped, as the
   feature it computes is zeroed) and writes with its ``W_O`` slice (a column whose sub-layer norm gain the mask drops,
-  BitNet's ``attn_sub_norm``, counts as dropped: the head output it reads is zeroed);
+  BitNet's ``attn_sub_norm``, counts as dropped: the head output it reads is zeroed; where the mask masks the gain
+  but not ``W_O``, ``W_O`` counts as masked with every other column kept);
 * ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out`` (a column whose ``mlp_sub_norm`` gain
   the mask drops counts as dropped, as for ``W_O``); a mixture-of-experts MLP reads with its expert stacks
   ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
@@ -173,7 +174,8 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     nodes = nodes.merge(_neuron_counts(mask, slices, names), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
-    edges = _edges(mask, names, slices_of(_kept_through_feature_norms(mask)), d_model)
+    edge_slices = slices_of(_kept_through_feature_norms(mask)) + _unmasked_writers_through_gains(mask, names, d_model)
+    edges = _edges(mask, names, edge_slices, d_model)
     return CircuitGraph(mask.name, nodes, node_roles, edges)
 
 
@@ -285,6 +287,35 @@ def _kept_through_feature_norms(mask: BinaryMask) -> dict[str, Tensor]:
             along_units[spec.unit_axis] = -1
             kept[spec.key] = kept[spec.key] & _unit_axis_gains(spec, gain).view(along_units)
     return kept
+
+
+def _unmasked_writers_through_gains(
+    mask: BinaryMask, names: list[tuple[str, str, int | None, int | None, int]], d_model: int
+) -> list[_NodeSlice]:
+    """Node slices of the output projections the mask leaves unmasked (``W_O``, ``W_out``) whose sub-layer norm gain
+    it masks (:data:`FEATURE_NORMS`; BitNet's ``attn_sub_norm``, ``ffn_sub_norm``, which its adapter splits by head
+    and by neuron): every weight kept but those that read a feature whose gain entry the mask drops, as a dropped
+    entry zeroes that feature wherever the projection reads it. So a mask of the gains alone cuts what the same mask
+    of the projection's columns would. A gain read as ``1 + w`` cuts nothing."""
+    n_heads = int(mask.origin.model["n_heads"])
+    masked_matrices = {(spec.role, spec.layer) for spec in mask.specs}
+    slices = []
+    for gain_spec in mask.specs:
+        writer_role = next((role for role in ("W_O", "W_out") if FEATURE_NORMS[role] == gain_spec.role), None)
+        if writer_role is None or gain_spec.gain_offset or gain_spec.unit_axis is None:
+            continue
+        if (writer_role, gain_spec.layer) in masked_matrices:
+            continue  # cut through the gain in _kept_through_feature_norms
+        # The projection as an [in, out] matrix of the features the gain scales: each feature's row kept as its entry.
+        gain = mask.kept[gain_spec.key]
+        projection = replace(gain_spec, role=writer_role, shape=(gain.numel(), d_model), layout="conv1d")
+        kept = gain[:, None].expand(-1, d_model)
+        slices += [
+            _NodeSlice(name, kind, layer, head, projection, _node_slice(projection, kept, head, n_heads))
+            for name, kind, layer, head, _ in names
+            if writer_role in NODE_ROLES[kind] and layer == gain_spec.layer
+        ]
+    return slices
 
 
 def _unit_axis_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[Tensor, " rows"]:

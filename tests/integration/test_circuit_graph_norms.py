@@ -335,6 +335,43 @@ def test_a_dropped_sub_layer_norm_gain_cuts_the_features_its_output_projection_r
     torch.testing.assert_close(without_gain, without_output)
 
 
+SUB_NORM_WITHOUT_OUTPUT_PROJECTIONS = {
+    "mlp-sub-norm-only": (("mlp_sub_norm.w",), ("W_out",)),
+    "both-sub-norms-only": (("attn_sub_norm.w", "mlp_sub_norm.w"), ("W_O", "W_out")),
+    "mlp-sub-norm-and-w-in": (("mlp_sub_norm.w", "W_in"), ("W_out", "W_in")),
+}
+"""Masked roles with BitNet's sub-layer norm gains but not the output projections they scale, and the roles of the
+mask that drops those projections' columns instead."""
+
+
+@pytest.mark.parametrize(
+    "gain_roles, column_roles", SUB_NORM_WITHOUT_OUTPUT_PROJECTIONS.values(), ids=SUB_NORM_WITHOUT_OUTPUT_PROJECTIONS
+)
+def test_a_dropped_sub_layer_norm_gain_cuts_edges_with_its_output_projection_unmasked(
+    gain_roles, column_roles, tmp_path
+):
+    """A dropped attn_sub_norm (ffn_sub_norm) entry zeroes the head feature (neuron) W_O (W_out) reads whether or not
+    the mask masks W_O (W_out): the edges equal those of a mask that drops the same columns of W_O (W_out) instead.
+    The edges applied these gains only to a masked W_O / W_out: with the gains masked alone every edge read 1.0
+    (against 0.875 from L0H0 and 0.953 from L1MLP with the columns dropped)."""
+    torch.manual_seed(0)
+    bridge = boot_tiny(BitNetForCausalLM(BitNetConfig(num_key_value_heads=2, **TINY_HF_SIZES)), tmp_path)
+    features, neurons = [1, 9], [3, 4, 60]  # head 0's feature 1 and head 1's feature 1; three of block 1's neurons
+    dropped_gains = {"blocks.0.attn.attn_sub_norm.weight": features, "blocks.1.mlp.ffn_sub_norm.weight": neurons}
+    gain_mask = MaskSet.for_bridge(bridge, MaskConfig(roles=gain_roles)).binary()
+    gains = dropping(gain_mask, {key: entries for key, entries in dropped_gains.items() if key in gain_mask.kept})
+    dropped_columns = {"blocks.0.attn.o.weight": features, "blocks.1.mlp.out.weight": neurons}
+    column_mask = MaskSet.for_bridge(bridge, MaskConfig(roles=column_roles)).binary()
+    columns = without_columns(
+        column_mask, {key: entries for key, entries in dropped_columns.items() if key in column_mask.kept}
+    )
+    assert edges(gains) == edges(columns)
+    assert edges(gains)[("L1MLP", "unembed")] == pytest.approx(61 / 64)
+    assert edges(gains)[("L0H2", "L1H0")] == 1.0
+    if "attn_sub_norm.w" in gain_roles:
+        assert edges(gains)[("L0H0", "L1H0")] == pytest.approx(7 / 8)
+
+
 @pytest.mark.parametrize("roles", [None, ("mlp_sub_norm.w",)], ids=["every-role", "sub-norm-gains-only"])
 def test_a_dropped_sub_layer_norm_gain_removes_the_neuron_it_scales(roles, tmp_path):
     """A dropped ffn_sub_norm entry zeroes that normalised hidden unit, the neuron BitNet's W_out reads: kept_neurons
