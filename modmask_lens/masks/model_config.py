@@ -20,6 +20,19 @@ TRANSFORMER_LENS_FIELDS = (
     "output_logits_soft_cap",
 )
 """The settings :func:`model_config` reads from TransformerLens's config of the bridge, under its names."""
+FALCON_H1_MULTIPLIERS = (
+    "lm_head_multiplier",
+    "key_multiplier",
+    "attention_in_multiplier",
+    "attention_out_multiplier",
+    "mlp_multipliers",
+    "ssm_multipliers",
+    "ssm_in_multiplier",
+    "ssm_out_multiplier",
+)
+"""Falcon H1's multipliers beside the embedding one (muP's, each in its own place of every layer: the logits, the
+keys, the attention block's input and output, the MLP's gate and down projections, the SSM's input projection by
+section, its input and output), recorded as its config names them, ``None`` where a config has none."""
 FIELDS_ADDED_LATER = (
     ("rope_scaling", "attn_scale", "sliding_window"),
     (
@@ -31,6 +44,7 @@ FIELDS_ADDED_LATER = (
         "logits_scaling",
         "use_bidirectional_attention",
     ),
+    (*FALCON_H1_MULTIPLIERS, "clip_qkv", "is_causal"),
 )
 """The settings of :data:`MODEL_CONFIG_FIELDS` that the first records did not hold, in the groups that releases of
 modmask-lens added together: a record without any of a group's was written before that group, and
@@ -47,7 +61,8 @@ number attention scores are divided by, as TransformerLens's ``attn_scale``) or,
 
 GPT-2's ``reorder_and_upcast_attn`` is not among them: it computes attention scores in float32 whatever the weights'
 dtype, which changes only their rounding (on a tiny GPT-2: logits equal in float32, 0.002 apart in bfloat16), as the
-attention implementation (eager, sdpa), which no record holds either, does."""
+attention implementation (eager, sdpa), which no record holds either, does. Nor is MPT's ``alibi_bias_max``: neither
+transformers (5.23) nor TransformerLens's bridge (4.3) reads it, both build MPT's ALiBi slopes with the default 8."""
 
 
 def model_config(bridge: Bridge) -> dict:
@@ -74,7 +89,12 @@ def model_config(bridge: Bridge) -> dict:
       logit_scale``), ``None`` where the config has none;
     - ``sliding_window`` (:func:`_sliding_windows`): the window of every layer, one value where all layers share it;
     - ``use_bidirectional_attention``: whether every position attends to every other (Gemma 3's, for its embedding
-      models), ``False`` where the config has no such switch.
+      models), ``False`` where the config has no such switch;
+    - Falcon H1's multipliers (:data:`FALCON_H1_MULTIPLIERS`; its ``embedding_multiplier`` is Granite's), ``None``
+      where the config has none;
+    - ``clip_qkv``: the bound MPT clamps queries, keys and values to (``None``: unclamped; MPT's own 0 too);
+    - ``is_causal``: ``False`` where the config turns causal masking off (transformers' masks then let every
+      position attend to every other), ``True`` where it has no such switch.
 
     Example:
         >>> from modmask_lens.testing.tiny_models import tiny_bridge
@@ -103,6 +123,10 @@ def model_config(bridge: Bridge) -> dict:
     config["logits_scaling"] = _normalised(_logits_scaling(text_config))
     config["sliding_window"] = _sliding_windows(text_config, cfg.n_layers)
     config["use_bidirectional_attention"] = bool(getattr(text_config, "use_bidirectional_attention", False))
+    for name in FALCON_H1_MULTIPLIERS:
+        config[name] = _normalised(getattr(text_config, name, None))
+    config["clip_qkv"] = _normalised(_mpt_attention_setting(text_config, "clip_qkv") or None)
+    config["is_causal"] = bool(getattr(text_config, "is_causal", True))
     return config
 
 
@@ -188,8 +212,9 @@ def _rope_scaling(settings: dict, text_config: object | None) -> dict | None:
 def _attn_scale(cfg: object, text_config: object | None) -> float | None:
     """What the model divides attention scores by where its config sets that, ``None`` where it is the square root of
     the head dimension: from a Hugging Face config, Gemma's ``query_pre_attn_scalar`` (scores divided by its square
-    root) or Granite's ``attention_multiplier`` (scores multiplied by it); from a TransformerLens-native model's
-    config ``cfg``, ``attn_scale`` where ``use_attn_scale`` and it is positive (as its attention reads them)."""
+    root), Granite's ``attention_multiplier`` or MPT's ``softmax_scale`` (scores multiplied by either); from a
+    TransformerLens-native model's config ``cfg``, ``attn_scale`` where ``use_attn_scale`` and it is positive (as its
+    attention reads them)."""
     if text_config is None:
         scale = getattr(cfg, "attn_scale", -1.0)
         return scale if getattr(cfg, "use_attn_scale", True) and scale > 0 else None
@@ -197,7 +222,15 @@ def _attn_scale(cfg: object, text_config: object | None) -> float | None:
         return math.sqrt(text_config.query_pre_attn_scalar)
     if getattr(text_config, "attention_multiplier", None) is not None:
         return 1.0 / text_config.attention_multiplier
-    return None
+    softmax_scale = _mpt_attention_setting(text_config, "softmax_scale")
+    return None if softmax_scale is None else 1.0 / softmax_scale
+
+
+def _mpt_attention_setting(text_config: object | None, name: str) -> object:
+    """The setting ``name`` of MPT's ``attn_config`` (a config of its own, or a dict as written in config.json),
+    ``None`` where the config has no such setting."""
+    attention = getattr(text_config, "attn_config", None)
+    return attention.get(name) if isinstance(attention, dict) else getattr(attention, name, None)
 
 
 def _logits_scaling(text_config: object | None) -> float | str | None:

@@ -15,6 +15,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import (
     CohereConfig,
     CohereForCausalLM,
+    FalconH1Config,
+    FalconH1ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPTNeoXConfig,
@@ -22,6 +24,8 @@ from transformers import (
     GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MptConfig,
+    MptForCausalLM,
     PhiConfig,
     PhiForCausalLM,
 )
@@ -458,6 +462,70 @@ def test_a_mask_is_refused_on_the_same_weights_under_another_rotary_share_attent
     load_masks(path, trained_on)
 
 
+TINY_MPT = MptConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=40, max_seq_len=32, expansion_ratio=2)
+"""A tiny MPT (ALiBi positions), whose ``attn_config`` a change must give whole: config.json holds it as one dict."""
+
+
+def _tiny_falcon_h1(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    config = FalconH1Config(
+        **TINY_HF_SIZES, num_key_value_heads=2, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_state=8, mamba_d_conv=2
+    )
+    return boot_tiny(FalconH1ForCausalLM(config), directory)
+
+
+def _tiny_mpt(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    return boot_tiny(MptForCausalLM(TINY_MPT), directory)
+
+
+def _tiny_llama(directory) -> TransformerBridge:
+    torch.manual_seed(0)
+    return boot_tiny(LlamaForCausalLM(LlamaConfig(**TINY_HF_SIZES, num_key_value_heads=2)), directory)
+
+
+@pytest.mark.parametrize(
+    ("boot", "changes", "refusal"),
+    [
+        (_tiny_falcon_h1, {"lm_head_multiplier": 0.5}, r"lm_head_multiplier: 1.0 in the mask, 0.5 here"),
+        (_tiny_falcon_h1, {"key_multiplier": 3.0}, r"key_multiplier: 1.0 in the mask, 3.0 here"),
+        (_tiny_falcon_h1, {"attention_in_multiplier": 2.0}, r"attention_in_multiplier: 1.0 in the mask, 2.0 here"),
+        (_tiny_falcon_h1, {"attention_out_multiplier": 3.0}, r"attention_out_multiplier: 1.0 in the mask, 3.0"),
+        (_tiny_falcon_h1, {"mlp_multipliers": [2.0, 0.5]}, r"mlp_multipliers: \[1.0, 1.0\] in the mask, \[2.0, 0.5\]"),
+        (_tiny_falcon_h1, {"ssm_multipliers": [2.0, 1, 1, 1, 1]}, r"ssm_multipliers: \[1.0, 1.0, 1.0, 1.0, 1.0\] in"),
+        (_tiny_falcon_h1, {"ssm_in_multiplier": 2.0}, r"ssm_in_multiplier: 1.0 in the mask, 2.0 here"),
+        (_tiny_falcon_h1, {"ssm_out_multiplier": 3.0}, r"ssm_out_multiplier: 1.0 in the mask, 3.0 here"),
+        (
+            _tiny_mpt,
+            {"attn_config": TINY_MPT.attn_config.to_dict() | {"softmax_scale": 0.1}},
+            r"attn_scale: None in the mask, 10.0 here",
+        ),
+        (
+            _tiny_mpt,
+            {"attn_config": TINY_MPT.attn_config.to_dict() | {"clip_qkv": 0.05}},
+            r"clip_qkv: None in the mask, 0.05 here",
+        ),
+        (_tiny_llama, {"is_causal": False}, r"is_causal: True in the mask, False here"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
+)
+def test_a_mask_is_refused_on_the_same_weights_under_other_falcon_h1_multipliers_mpt_attention_or_causality(
+    tmp_path, tokens, boot, changes, refusal
+):
+    """The settings before let a mask load onto the same weights under other Falcon H1 multipliers, MPT's
+    ``softmax_scale`` or ``clip_qkv``, or ``is_causal`` off. Each changes the logits but ``is_causal``, which
+    TransformerLens 4.3's bridge does not read (its attention masks the future whatever the config; Hugging Face's
+    own forward lets every position attend to every other): the record follows the model's definition."""
+    trained_on = boot(tmp_path / "base")
+    other = _same_weights_other_config(tmp_path / "base", tmp_path / "other", **changes)
+    read_by_the_bridge = "is_causal" not in changes
+    assert torch.allclose(trained_on(tokens), other(tokens)) != read_by_the_bridge
+    path = save_masks(MaskSet.for_bridge(trained_on, name="jump"), tmp_path / "jump.safetensors")
+    with pytest.raises(ModelMismatch, match=refusal):
+        load_masks(path, other)
+    load_masks(path, trained_on)
+
+
 ADDED_LATER = [field for group in FIELDS_ADDED_LATER for field in group]
 """Every field of the model config that the first records did not hold."""
 
@@ -470,7 +538,7 @@ def test_a_mask_file_written_before_rope_scaling_attention_scales_and_windows_we
     with pytest.warns(
         ModelConfigUnchecked,
         match=r"without rope_scaling, attn_scale, sliding_window, partial_rotary_factor, scale_attn_weights, .*"
-        r"use_bidirectional_attention \(written before",
+        r"use_bidirectional_attention, lm_head_multiplier, .*, is_causal \(written before",
     ):
         loaded = load_masks(path, rotary_bridge)
     assert not set(ADDED_LATER) & loaded.origin.model["config"].keys()
@@ -497,6 +565,26 @@ def test_a_mask_file_written_before_rotary_shares_attention_switches_and_multipl
     assert model_differences(recorded, now) == [
         "config (rope_scaling: None in the mask, {'factor': 4.0, 'rope_type': 'linear'} here)"
     ]
+
+
+def test_a_mask_file_written_before_falcon_h1_multipliers_mpt_clipping_and_causality_loads_naming_them(
+    tmp_path, rotary_bridge
+):
+    """A record holding the first two groups of later fields but not the third is compared on those (another
+    rotary share is still refused) and warns naming the third."""
+    path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
+    _written_before(path, *FIELDS_ADDED_LATER[2])
+    with pytest.warns(
+        ModelConfigUnchecked,
+        match=r"without lm_head_multiplier, key_multiplier, attention_in_multiplier, attention_out_multiplier, "
+        r"mlp_multipliers, ssm_multipliers, ssm_in_multiplier, ssm_out_multiplier, clip_qkv, is_causal \(written",
+    ):
+        loaded = load_masks(path, rotary_bridge)
+    assert not set(FIELDS_ADDED_LATER[2]) & loaded.origin.model["config"].keys()
+    halved = {"config": model_config(rotary_bridge) | {"partial_rotary_factor": 0.5}}
+    with pytest.warns(ModelConfigUnchecked, match="without lm_head_multiplier"):
+        recorded, now = comparable_models({"config": loaded.origin.model["config"]}, halved, "mask.safetensors")
+    assert model_differences(recorded, now) == ["config (partial_rotary_factor: 1.0 in the mask, 0.5 here)"]
 
 
 def test_a_file_written_under_transformers_4_before_bases_per_layer_type_loads_its_base_compared(
