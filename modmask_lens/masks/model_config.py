@@ -248,14 +248,17 @@ def _logits_scaling(text_config: object | None) -> float | str | None:
 def _sliding_windows(text_config: object | None, n_layers: int) -> object:
     """The attention window of each layer (``None``: full attention) as a record holds it: one value where every
     layer has the same, else the list by layer. A Hugging Face config's ``sliding_window`` serves the layers its
-    ``layer_types`` call ``sliding_attention`` (or, in transformers 4's Gemma 3 config without them, those its
-    ``sliding_window_pattern`` picks, as transformers 5 converts it), every layer where it names no types, none where
+    ``layer_types`` call ``sliding_attention`` (or, in a transformers 4 config without them, those its
+    ``sliding_window_pattern`` picks, Gemma 3's and Cohere 2's, or every other layer from the first, Gemma 2's, whose
+    config said nothing, as transformers 5 converts them), every layer where it names no types, none where
     ``use_sliding_window`` is off (Qwen 2). TransformerLens-native models attend in full."""
     window = getattr(text_config, "sliding_window", None)
     if window is None or getattr(text_config, "use_sliding_window", True) is False:
         return None
     layer_types = getattr(text_config, "layer_types", None)
     pattern = getattr(text_config, "sliding_window_pattern", None)
+    if pattern is None and getattr(text_config, "model_type", None) == "gemma2":
+        pattern = 2
     if layer_types is None and pattern:
         layer_types = ["sliding_attention" if (layer + 1) % pattern else "full_attention" for layer in range(n_layers)]
     if not layer_types:
@@ -336,7 +339,9 @@ def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[
     :data:`FIELDS_ADDED_LATER` that one holds and the other, written before that group, could not, with a
     :class:`ModelConfigUnchecked` warning naming them; without ``rope_theta`` too where the older one, written before
     the first group, read a model with a base per layer type under transformers 4 (one number, the full-attention
-    base) and it equals that base."""
+    base) and it equals that base; without ``sliding_window`` where the older one, written before the third, read
+    Gemma 2's under transformers 4 before layer types (one number for every layer) and it is the window of every
+    sliding layer."""
     configs = [first["config"], second["config"]]
     if not all(isinstance(config, dict) for config in configs):
         return first, second
@@ -356,6 +361,11 @@ def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[
             unchecked_types = [layer_type for layer_type in bases if base is None or layer_type != "full_attention"]
             unrecorded = ["rope_theta", *unrecorded]
             named = [f"rope_theta of {', '.join(unchecked_types)} layers", *named]
+        if position == 2 and _one_window_for_every_sliding_layer(
+            older.get("sliding_window"), newer.get("sliding_window")
+        ):
+            unrecorded = ["sliding_window", *unrecorded]
+            named = ["sliding_window of full-attention layers", *named]
     if not unrecorded:
         return first, second
     warnings.warn(
@@ -368,6 +378,18 @@ def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[
     return tuple(
         record | {"config": {key: value for key, value in config.items() if key not in unrecorded}}
         for record, config in zip((first, second), configs)
+    )
+
+
+def _one_window_for_every_sliding_layer(window: object, windows: object) -> bool:
+    """Whether ``window``, one number in a record written before the third group of :data:`FIELDS_ADDED_LATER`, is
+    what those records read from a transformers 4 Gemma 2 config (no layer types: its window served every layer) of
+    the model whose windows by layer are ``windows`` now: that window on some layers, full attention on the others."""
+    return (
+        isinstance(windows, list)
+        and window is not None
+        and None in windows
+        and all(layer_window in (window, None) for layer_window in windows)
     )
 
 

@@ -17,6 +17,7 @@ from transformers import (
     CohereForCausalLM,
     FalconH1Config,
     FalconH1ForCausalLM,
+    Gemma2Config,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPTNeoXConfig,
@@ -335,6 +336,44 @@ def test_rope_scaling_attention_scale_and_sliding_windows_are_recorded_alike_und
         "rope_type": "yarn",
     }
     assert written_by_4["attn_scale"] is None and written_by_4["sliding_window"] is None
+
+
+GEMMA2_WINDOWS = TINY_HF_SIZES | {"num_key_value_heads": 2, "head_dim": 8, "sliding_window": 16}
+"""A tiny Gemma 2 config: its layers take turns at sliding-window and full attention, the first sliding."""
+
+
+def test_a_gemma_2_records_its_alternating_windows_alike_under_transformers_4_before_layer_types_and_5(
+    rotary_bridge, monkeypatch
+):
+    """transformers 5 lists Gemma 2's layer types (filled in where config.json has none); transformers 4's releases
+    before ``layer_types`` slid the even layers' windows and said so nowhere in the config. A mask written under
+    one was refused under the other (``sliding_window``: 16.0 against [16.0, None])."""
+    records = []
+    for config in (Gemma2Config(**GEMMA2_WINDOWS), _Transformers4Config(model_type="gemma2", **GEMMA2_WINDOWS)):
+        monkeypatch.setattr(rotary_bridge.original_model, "config", config)
+        records.append(model_config(rotary_bridge))
+    assert records[0]["sliding_window"] == records[1]["sliding_window"] == [16.0, None]
+
+
+def test_a_gemma_2_file_written_under_transformers_4_before_layer_types_loads_its_window_compared(
+    rotary_bridge, monkeypatch
+):
+    """Records before the third group of later fields read a transformers 4 Gemma 2 config without layer types as one
+    window for every layer: such a file loads on the same model, its window compared with the sliding layers' and
+    the full-attention layers named unchecked; another window is still refused."""
+    monkeypatch.setattr(rotary_bridge.original_model, "config", Gemma2Config(**GEMMA2_WINDOWS))
+    current = {"config": model_config(rotary_bridge)}
+    before_the_third_group = {
+        key: value for key, value in current["config"].items() if key not in FIELDS_ADDED_LATER[2]
+    }
+    written_by_4 = {"config": before_the_third_group | {"sliding_window": 16.0}}
+    with pytest.warns(ModelConfigUnchecked, match=r"without sliding_window of full-attention layers, lm_head_"):
+        recorded, now = comparable_models(written_by_4, current, "mask.safetensors")
+    assert model_differences(recorded, now) == []
+    other_window = {"config": before_the_third_group | {"sliding_window": 8.0}}
+    with pytest.warns(ModelConfigUnchecked, match="without lm_head_multiplier"):
+        recorded, now = comparable_models(other_window, current, "mask.safetensors")
+    assert model_differences(recorded, now) == ["config (sliding_window: 8.0 in the mask, [16.0, None] here)"]
 
 
 def test_a_mask_is_refused_on_the_same_weights_under_another_rope_scaling_attention_scale_or_window(
