@@ -249,9 +249,10 @@ def _sliding_windows(text_config: object | None, n_layers: int) -> object:
     """The attention window of each layer (``None``: full attention) as a record holds it: one value where every
     layer has the same, else the list by layer. A Hugging Face config's ``sliding_window`` serves the layers its
     ``layer_types`` call ``sliding_attention`` (or, in a transformers 4 config without them, those its
-    ``sliding_window_pattern`` picks, Gemma 3's and Cohere 2's, or every other layer from the first, Gemma 2's, whose
-    config said nothing, as transformers 5 converts them), every layer where it names no types, none where
-    ``use_sliding_window`` is off (Qwen 2). TransformerLens-native models attend in full."""
+    ``sliding_window_pattern`` picks, Gemma 3's and Cohere 2's, every other layer from the first, Gemma 2's, whose
+    config said nothing, or those from ``max_window_layers`` on, Qwen 2's, Qwen 3's and dots1's, as transformers 5
+    converts them), every layer where it names no types, none where ``use_sliding_window`` is off (Qwen 2).
+    TransformerLens-native models attend in full."""
     window = getattr(text_config, "sliding_window", None)
     if window is None or getattr(text_config, "use_sliding_window", True) is False:
         return None
@@ -261,6 +262,12 @@ def _sliding_windows(text_config: object | None, n_layers: int) -> object:
         pattern = 2
     if layer_types is None and pattern:
         layer_types = ["sliding_attention" if (layer + 1) % pattern else "full_attention" for layer in range(n_layers)]
+    # transformers 5 converts Qwen 2 MoE's max_window_layers otherwise (every other layer below it), not followed here
+    if layer_types is None and getattr(text_config, "model_type", None) in ("qwen2", "qwen3", "dots1"):
+        first_windowed = text_config.max_window_layers
+        layer_types = [
+            "sliding_attention" if layer >= first_windowed else "full_attention" for layer in range(n_layers)
+        ]
     if not layer_types:
         return _normalised(window)
     return _by_layer_type(
@@ -340,8 +347,8 @@ def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[
     :class:`ModelConfigUnchecked` warning naming them; without ``rope_theta`` too where the older one, written before
     the first group, read a model with a base per layer type under transformers 4 (one number, the full-attention
     base) and it equals that base; without ``sliding_window`` where the older one, written before the third, read
-    Gemma 2's under transformers 4 before layer types (one number for every layer) and it is the window of every
-    sliding layer."""
+    Gemma 2's or Qwen 2's under transformers 4 before layer types (one number for every layer) and it is the window
+    of every sliding layer."""
     configs = [first["config"], second["config"]]
     if not all(isinstance(config, dict) for config in configs):
         return first, second
@@ -383,8 +390,9 @@ def _without_unrecorded_fields(first: dict, second: dict, source: str) -> tuple[
 
 def _one_window_for_every_sliding_layer(window: object, windows: object) -> bool:
     """Whether ``window``, one number in a record written before the third group of :data:`FIELDS_ADDED_LATER`, is
-    what those records read from a transformers 4 Gemma 2 config (no layer types: its window served every layer) of
-    the model whose windows by layer are ``windows`` now: that window on some layers, full attention on the others."""
+    what those records read from a transformers 4 Gemma 2 or Qwen 2 config (no layer types: its window served every
+    layer) of the model whose windows by layer are ``windows`` now: that window on some layers, full attention on the
+    others."""
     return (
         isinstance(windows, list)
         and window is not None

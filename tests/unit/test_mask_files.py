@@ -29,6 +29,7 @@ from transformers import (
     MptForCausalLM,
     PhiConfig,
     PhiForCausalLM,
+    Qwen2Config,
 )
 
 from modmask_lens import MaskConfig, MaskFileError, MaskSet, ModelMismatch, load_masks, masked, save_masks
@@ -353,6 +354,23 @@ def test_a_gemma_2_records_its_alternating_windows_alike_under_transformers_4_be
         monkeypatch.setattr(rotary_bridge.original_model, "config", config)
         records.append(model_config(rotary_bridge))
     assert records[0]["sliding_window"] == records[1]["sliding_window"] == [16.0, None]
+
+
+def test_a_qwen_2_records_its_windowed_layers_alike_under_transformers_4_before_layer_types_and_5(
+    rotary_bridge, monkeypatch
+):
+    """Qwen 2's window serves the layers from ``max_window_layers`` on: transformers 5 lists them in its layer types,
+    4's releases before them read ``max_window_layers`` in the attention. A mask written under one was refused under
+    the other (``sliding_window``: 16.0 against [None, 16.0])."""
+    windows = TINY_HF_SIZES | {"num_key_value_heads": 2, "use_sliding_window": True, "sliding_window": 16}
+    records = []
+    for config in (
+        Qwen2Config(**windows, max_window_layers=1),
+        _Transformers4Config(model_type="qwen2", **windows, max_window_layers=1),
+    ):
+        monkeypatch.setattr(rotary_bridge.original_model, "config", config)
+        records.append(model_config(rotary_bridge))
+    assert records[0]["sliding_window"] == records[1]["sliding_window"] == [None, 16.0]
 
 
 def test_a_gemma_2_file_written_under_transformers_4_before_layer_types_loads_its_window_compared(
