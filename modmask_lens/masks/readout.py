@@ -37,10 +37,10 @@ ROUND_EVALUATIONS = 1024
 candidates fit in this many judgements: 3 at a time from 16 units, 2 from 44, 1 from 45 to 1,024."""
 
 SEARCHED_UNITS = SCANNED_COUNTS
-"""The removal search runs from a start of at most this many units: above 44 its rounds remove one unit at a time
-until the set is small enough for pairs. A threshold readout tries only the lowest-logit unit's removal, so a
-trained set can hold units whose removal alone keeps the subtask: measured on the entangled-neuron sub-max plant
-(docs/finder-study.md), single removals took ``max``'s 47-neuron mask to 16."""
+"""The removal search runs from a start of at most this many units; from more than 44 it first removes one unit at a
+time. A threshold readout tries only the lowest-logit unit's removal, so a trained set can hold units whose removal
+alone keeps the subtask: measured on the entangled-neuron sub-max plant (docs/finder-study.md), single removals took
+``max``'s 47-neuron mask to 16."""
 
 
 def faithful_threshold(
@@ -161,10 +161,11 @@ def faithful_units(
     exact match), the 3 together not (1.00); the threshold readout then padded it to all 16 heads.
 
     The search starts from the threshold's units and, where they differ, from the units training kept
-    (logit > 0). Each round tries every removal of ``r`` units together from the current set, for ``r`` from 1 up
-    to the largest whose candidates fit in :data:`ROUND_EVALUATIONS` judgements, and moves to the passing
-    candidate of the smallest ``r`` with the lowest loss: removals of several units are tried only where no single
-    one passes. It stops when no removal passes or the budget is spent.
+    (logit > 0). Each round tries every removal of ``r`` units together from the current set, for ``r`` from the
+    largest whose candidates fit in :data:`ROUND_EVALUATIONS` judgements down to 1, and moves to the passing
+    candidate of the largest ``r`` with the lowest loss; it stops when no removal passes or the budget is spent.
+    A start of more than 44 units, too many for a round of pairs, first loses one unit per round (the lowest-loss
+    passing removal) until no single removal passes: a round of pairs at 44 units would spend 990 judgements.
     A start of more than :data:`SEARCHED_UNITS` units (most weight masks) is not searched; where neither start is,
     the threshold's units are kept. The result is the smallest passing set the search reached (ties: the lower
     loss), so it is faithful on ``data``.
@@ -248,18 +249,24 @@ class _RemovalSearch:
         return self._losses[units]
 
     def shrunk(self, units: frozenset[int]) -> frozenset[int]:
-        """The set a run of removal rounds from ``units`` ends on (``units`` itself where no removal passes)."""
+        """The set a run of removal rounds from ``units`` ends on (``units`` itself where no removal passes).
+
+        A start too large for a round of pairs first loses one unit per round until no single removal passes."""
+        single_removals_first = self._largest_removal(len(units)) == 1
         while True:
-            largest = self._largest_removal(len(units))
+            largest = 1 if single_removals_first else self._largest_removal(len(units))
             passing: list[frozenset[int]] = []
-            for size in range(1, largest + 1):
+            for size in range(largest, 0, -1):
                 candidates = (units.difference(removed) for removed in itertools.combinations(sorted(units), size))
                 passing = [candidate for candidate in candidates if self.passes(candidate)]
                 if passing:
                     break
-            if not passing:
+            if passing:
+                units = min(passing, key=self.loss)
+            elif single_removals_first:
+                single_removals_first = False
+            else:
                 return units
-            units = min(passing, key=self.loss)
 
     def _largest_removal(self, n_units: int) -> int:
         """The most units one round removes together (:func:`_removals_per_round` within the budget left)."""
