@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modmask_lens.adapters.components import BlockComponents
-from modmask_lens.adapters.norms import NormLayout, NormPlacement, ReaderKind, gain_is_offset
+from modmask_lens.adapters.norms import NormLayout, NormPlacement, QueryKeyGain, ReaderKind, gain_is_offset
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import depth_twins, slot_of, tensor_slots
 
@@ -267,6 +267,9 @@ class TensorSpec:
         gain_offset: a norm gain ``w`` that the forward pass reads as ``1 + w`` (Gemma's RMSNorm;
             :func:`~modmask_lens.adapters.norms.gain_is_offset`): a mask that drops an entry leaves that dimension at
             scale 1, so it cuts nothing. ``False`` for every other tensor.
+        query_key_gain: for a query (key) norm gain, how its entries map onto the rows of the block's ``W_Q``
+            (``W_K``): one ``d_head`` gain shared by every head, or one entry per row
+            (:class:`~modmask_lens.adapters.norms.QueryKeyGain`). ``None`` for every other tensor.
     """
 
     key: str
@@ -284,6 +287,7 @@ class TensorSpec:
     unit_offset: int = 0
     expert_width: int = 1
     gain_offset: bool = False
+    query_key_gain: QueryKeyGain | None = None
 
     @property
     def input_axis(self) -> int | None:
@@ -426,6 +430,28 @@ class ModelShape:
 
 STACK_SUFFIX = "blocks"
 """TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks`` (``encoder_blocks``)."""
+
+
+_QUERY_KEY_PROJECTIONS = {"q_norm.w": "W_Q", "k_norm.w": "W_K"}
+"""The projection whose features each query/key norm gain scales."""
+
+
+def _with_query_key_gains(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """``specs`` with each query (key) norm gain's :class:`~modmask_lens.adapters.norms.QueryKeyGain`, read from its
+    length against the ``W_Q`` (``W_K``) of its block: at most a head's rows, one ``d_head`` gain that every head
+    shares (Qwen3, Gemma 3 and 4, Gemma 4 with each block's own ``d_head``); as many entries as the projection has
+    rows, one per row (OLMo 2). In front of a projection of one head (key/value group) the two map alike, read as
+    shared. A gain without such a projection in its block, or of another length, states nothing."""
+    projections = {(spec.role, spec.layer): spec for spec in specs if spec.unit in ("head", "kv_head")}
+    stated = []
+    for spec in specs:
+        projection = projections.get((_QUERY_KEY_PROJECTIONS.get(spec.role), spec.layer))
+        if projection is not None and projection.expert_axis is None:
+            shared = spec.numel <= projection.unit_width
+            if shared or spec.numel == projection.shape[projection.unit_axis]:
+                spec = replace(spec, query_key_gain=QueryKeyGain(shared, projection.unit_width))
+        stated.append(spec)
+    return stated
 
 
 def head_width(length: int, n_units: int, d_head: int) -> int:
@@ -729,7 +755,7 @@ class Adapter:
                     gain_offset=located.role.endswith(".w") and gain_is_offset(bridge, located.path),
                 )
             )
-        return specs
+        return _with_query_key_gains(specs)
 
     def located_parameters(self, bridge: Bridge) -> list[LocatedParameter]:
         """The parameters the forward pass reads, in ``bridge.state_dict()`` order, with their roles.

@@ -3,7 +3,9 @@ as ``w`` or as ``1 + w``.
 
 Both are facts about the model that a mask's analyses need without the model at hand (the circuit graph's edge
 measure, docs/viz.md#edge-measure): adapters supply them (:meth:`~modmask_lens.adapters.Adapter.norm_layout`, and
-:attr:`~modmask_lens.adapters.TensorSpec.gain_offset` per norm gain) and masks record them when they are made.
+:attr:`~modmask_lens.adapters.TensorSpec.gain_offset` per norm gain) and masks record them when they are made. So is
+how a query/key norm gain maps onto the heads whose features it scales (:class:`QueryKeyGain`, per gain:
+:attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
+from jaxtyping import Bool
+from torch import Tensor, nn
 
 NormPlacement = Literal["pre", "post"]
 ReaderKind = Literal["head", "mlp", "unembed"]
@@ -73,6 +76,39 @@ class NormLayout:
         if writer == "embed":
             return None
         return ("ln1_post.w" if writer == "head" else "ln2_post.w"), layer
+
+
+@dataclass(frozen=True)
+class QueryKeyGain:
+    """How a query (key) norm gain of one block maps onto the rows of the ``W_Q`` (``W_K``) whose features it scales.
+
+    Attributes:
+        shared_by_heads: one gain of ``d_head`` entries that every head (key/value group) applies to its own features
+            (Qwen3, Gemma 3 and 4 normalise each head's query on its own); ``False`` for one entry per row of the
+            projection (OLMo 2 normalises all heads' queries at once).
+        head_rows: the projection's rows per head (key/value group) in this block: its ``d_head``, which Gemma 4
+            changes from block to block, or twice that for a gated query projection, whose gate rows follow each
+            head's query rows and which no norm scales.
+
+    Example (a shared 8-entry gain in front of two heads of 8 rows, entry 1 dropped):
+        >>> gain = torch.ones(8, dtype=torch.bool)
+        >>> gain[1] = False
+        >>> QueryKeyGain(shared_by_heads=True, head_rows=8).kept_rows(gain, 2).nonzero().flatten().tolist()
+        [0, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15]
+    """
+
+    shared_by_heads: bool
+    head_rows: int
+
+    def kept_rows(self, gain: Bool[Tensor, " entries"], n_units: int) -> Bool[Tensor, " rows"]:
+        """The rows of a projection of ``n_units`` heads (key/value groups) whose feature ``gain`` keeps: a per-row
+        gain's own entries (its length already says how many units), or the shared gain on each unit's first rows
+        and every gate row kept."""
+        if not self.shared_by_heads:
+            return gain
+        per_head = torch.ones(self.head_rows, dtype=torch.bool)
+        per_head[: gain.numel()] = gain
+        return per_head.repeat(n_units)
 
 
 def gain_is_offset(bridge: nn.Module, path: str) -> bool:

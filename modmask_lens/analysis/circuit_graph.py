@@ -10,9 +10,11 @@ record (built by hand) draws heads and an MLP in every layer.
 * ``embed`` writes with ``W_E`` and ``W_pos``;
 * head ``L{l}H{h}`` reads with its ``W_Q``, ``W_K``, ``W_V`` slices (with grouped-query attention, the slices of its
   key/value group; a row of ``W_Q`` or ``W_K`` whose query/key norm gain the mask drops counts as dropped, as the
-  feature it computes is zeroed) and writes with its ``W_O`` slice (a column whose sub-layer norm gain the mask drops,
-  BitNet's ``attn_sub_norm``, counts as dropped: the head output it reads is zeroed; where the mask masks the gain
-  but not ``W_O``, ``W_O`` counts as masked with every other column kept);
+  feature it computes is zeroed: in every head for a ``d_head`` gain all heads share, that row alone for one entry per
+  row, as the adapter states; where the mask masks the gain but not ``W_Q`` / ``W_K``, that projection counts as
+  masked with every other row kept) and writes with its ``W_O`` slice (a column whose sub-layer norm gain the mask
+  drops, BitNet's ``attn_sub_norm``, counts as dropped: the head output it reads is zeroed; where the mask masks the
+  gain but not ``W_O``, ``W_O`` counts as masked with every other column kept);
 * ``L{l}MLP`` reads with ``W_in`` (and ``W_gate``) and writes with ``W_out`` (a column whose ``mlp_sub_norm`` gain
   the mask drops counts as dropped, as for ``W_O``); a mixture-of-experts MLP reads with its expert stacks
   ``W_experts_in``, its router ``W_router`` and its shared expert's ``W_in``/``W_gate``, and writes with
@@ -174,7 +176,9 @@ def circuit_graph(mask: BinaryMask) -> CircuitGraph:
     nodes = nodes.merge(_neuron_counts(mask, slices, names), on="node", how="left")
     for column in ("layer", "head", "neurons", "kept_neurons"):
         nodes[column] = nodes[column].astype("Int64")
-    edge_slices = slices_of(_kept_through_feature_norms(mask)) + _unmasked_writers_through_gains(mask, names, d_model)
+    edge_slices = slices_of(_kept_through_feature_norms(mask)) + _unmasked_projections_through_gains(
+        mask, names, d_model
+    )
     edges = _edges(mask, names, edge_slices, d_model)
     return CircuitGraph(mask.name, nodes, node_roles, edges)
 
@@ -274,60 +278,84 @@ def _kept_through_feature_norms(mask: BinaryMask) -> dict[str, Tensor]:
     (:data:`FEATURE_NORMS`) the mask drops: such an entry zeroes that query (key) feature, or the head output (neuron)
     that the output projection reads, as dropping the weights that compute or read it does. A gain read as ``1 + w``
     cuts nothing."""
-    norm_gains = {
-        (spec.role, spec.layer): mask.kept[spec.key]
+    gain_specs = {
+        (spec.role, spec.layer): spec
         for spec in mask.specs
-        if spec.role in FEATURE_NORMS.values() and not spec.gain_offset
+        if spec.role in FEATURE_NORMS.values() and not spec.gain_offset and _scaled_features_known(spec)
     }
     kept = dict(mask.kept)
     for spec in mask.specs:
-        gain = norm_gains.get((FEATURE_NORMS.get(spec.role), spec.layer))
-        if gain is not None and spec.unit_axis is not None:
+        gain_spec = gain_specs.get((FEATURE_NORMS.get(spec.role), spec.layer))
+        if gain_spec is not None and spec.unit_axis is not None:
+            n_units = spec.shape[spec.unit_axis] // spec.unit_width
             along_units = [1] * len(spec.shape)
             along_units[spec.unit_axis] = -1
-            kept[spec.key] = kept[spec.key] & _unit_axis_gains(spec, gain).view(along_units)
+            kept[spec.key] = kept[spec.key] & _features_kept(gain_spec, mask.kept[gain_spec.key], n_units).view(
+                along_units
+            )
     return kept
 
 
-def _unmasked_writers_through_gains(
+def _unmasked_projections_through_gains(
     mask: BinaryMask, names: list[tuple[str, str, int | None, int | None, int]], d_model: int
 ) -> list[_NodeSlice]:
-    """Node slices of the output projections the mask leaves unmasked (``W_O``, ``W_out``) whose sub-layer norm gain
-    it masks (:data:`FEATURE_NORMS`; BitNet's ``attn_sub_norm``, ``ffn_sub_norm``, which its adapter splits by head
-    and by neuron): every weight kept but those that read a feature whose gain entry the mask drops, as a dropped
-    entry zeroes that feature wherever the projection reads it. So a mask of the gains alone cuts what the same mask
-    of the projection's columns would. A gain read as ``1 + w`` cuts nothing."""
+    """Node slices of the projections the mask leaves unmasked (``W_Q``, ``W_K``, ``W_O``, ``W_out``) whose feature
+    norm gain it masks (:data:`FEATURE_NORMS`): every weight kept but those that compute or read a feature whose gain
+    entry the mask drops, as a dropped entry zeroes that feature wherever the projection computes or reads it. So a
+    mask of the gains alone cuts what the same mask of the projection's rows (columns) would. Which features a gain
+    scales its adapter says: a query/key norm's :attr:`~modmask_lens.adapters.TensorSpec.query_key_gain` (one
+    ``d_head`` gain shared by every head, or one entry per row), BitNet's sub-layer norms split by head and by neuron
+    as ``W_O`` and ``W_out`` read them. A gain read as ``1 + w`` cuts nothing."""
     n_heads = int(mask.origin.model["n_heads"])
     masked_matrices = {(spec.role, spec.layer) for spec in mask.specs}
     slices = []
     for gain_spec in mask.specs:
-        writer_role = next((role for role in ("W_O", "W_out") if FEATURE_NORMS[role] == gain_spec.role), None)
-        if writer_role is None or gain_spec.gain_offset or gain_spec.unit_axis is None:
+        projection_role = next((role for role, gain_role in FEATURE_NORMS.items() if gain_role == gain_spec.role), None)
+        if projection_role is None or gain_spec.gain_offset or (projection_role, gain_spec.layer) in masked_matrices:
+            continue  # a masked projection is cut through its gain in _kept_through_feature_norms
+        if not _scaled_features_known(gain_spec):
             continue
-        if (writer_role, gain_spec.layer) in masked_matrices:
-            continue  # cut through the gain in _kept_through_feature_norms
-        # The projection as an [in, out] matrix of the features the gain scales: each feature's row kept as its entry.
-        gain = mask.kept[gain_spec.key]
-        projection = replace(gain_spec, role=writer_role, shape=(gain.numel(), d_model), layout="conv1d")
-        kept = gain[:, None].expand(-1, d_model)
+        unit, unit_width = gain_spec.unit, gain_spec.unit_width
+        if gain_spec.query_key_gain is not None:
+            unit = "head" if projection_role == "W_Q" else "kv_head"
+            unit_width = gain_spec.query_key_gain.head_rows
+        # A shared gain scales every head alike: its projection is drawn with one unit per query head.
+        features = _features_kept(gain_spec, mask.kept[gain_spec.key], n_heads)
+        # The projection as a matrix of the features the gain scales by the residual stream, [in, out] for a writer
+        # and [out, in] for a reader: each feature's weights kept as its entry.
+        projection = replace(
+            gain_spec,
+            role=projection_role,
+            shape=(features.numel(), d_model),
+            unit=unit,
+            unit_axis=0,
+            unit_width=unit_width,
+            layout="conv1d" if projection_role in ("W_O", "W_out") else "linear",
+            query_key_gain=None,
+        )
+        kept = features[:, None].expand(-1, d_model)
         slices += [
             _NodeSlice(name, kind, layer, head, projection, _node_slice(projection, kept, head, n_heads))
             for name, kind, layer, head, _ in names
-            if writer_role in NODE_ROLES[kind] and layer == gain_spec.layer
+            if projection_role in NODE_ROLES[kind] and layer == gain_spec.layer
         ]
     return slices
 
 
-def _unit_axis_gains(spec: TensorSpec, gain: Bool[Tensor, " entries"]) -> Bool[Tensor, " rows"]:
-    """A feature norm's kept entries along the unit axis of ``spec``: one entry per row or column (OLMo 2's query/key
-    norms, BitNet's sub-layer norms), or one ``d_head`` gain that every head shares (Qwen3, Gemma 3 and 4), on each
-    head's first rows (a gated query projection's gate rows follow its query rows, and no norm scales them)."""
-    rows = spec.shape[spec.unit_axis]
-    if gain.numel() == rows:
+def _scaled_features_known(gain_spec: TensorSpec) -> bool:
+    """Does the adapter say which features of its projection a feature norm gain scales: a query/key norm's
+    :attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`, or a gain split by head or neuron (BitNet's)?"""
+    return gain_spec.query_key_gain is not None or gain_spec.unit_axis is not None
+
+
+def _features_kept(gain_spec: TensorSpec, gain: Bool[Tensor, " entries"], n_units: int) -> Bool[Tensor, " rows"]:
+    """The features along the unit axis of the projection a feature norm gain scales, of ``n_units`` heads (key/value
+    groups) where the gain is a query/key norm's, kept where the gain keeps them: as its adapter states
+    (:attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`) for a query/key norm, one entry per column for
+    BitNet's sub-layer norms."""
+    if gain_spec.query_key_gain is None:
         return gain
-    per_head = torch.ones(spec.unit_width, dtype=torch.bool)
-    per_head[: gain.numel()] = gain
-    return per_head.repeat(rows // spec.unit_width)
+    return gain_spec.query_key_gain.kept_rows(gain, n_units)
 
 
 def _neuron_counts(

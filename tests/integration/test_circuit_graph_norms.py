@@ -302,6 +302,58 @@ def test_a_dropped_query_or_key_norm_gain_cuts_the_rows_it_scales(family, tmp_pa
     torch.testing.assert_close(without_gain, without_queries)
 
 
+QUERY_KEY_ROWS = {
+    "qwen3": {
+        "blocks.0.attn.q.weight": [head * 8 + row for head in range(N_HEADS) for row in (1, 6)],
+        "blocks.1.attn.k.weight": [group * 8 + 2 for group in range(2)],
+    },
+    "olmo2": {"blocks.0.attn.q.weight": [1, 6], "blocks.1.attn.k.weight": [2]},
+}
+"""The rows of W_Q (W_K) whose features q_norm entries 1 and 6 of block 0 (k_norm entry 2 of block 1) scale: in
+every head (key/value group) of the block where one d_head gain is shared by all (Qwen3, d_head 8), that row alone
+where the gain has one entry per row (OLMo 2)."""
+
+QUERY_KEY_GAINS_WITHOUT_PROJECTIONS = {
+    "q-norm-only": (("q_norm.w",), ("W_Q",)),
+    "q-and-k-norms-only": (("q_norm.w", "k_norm.w"), ("W_Q", "W_K")),
+}
+"""Masked roles with query/key norm gains but not the projections whose features they scale, and the roles of the
+mask that drops those projections' rows instead."""
+
+
+@pytest.mark.parametrize(
+    "gain_roles, row_roles", QUERY_KEY_GAINS_WITHOUT_PROJECTIONS.values(), ids=QUERY_KEY_GAINS_WITHOUT_PROJECTIONS
+)
+@pytest.mark.parametrize("family", sorted(QUERY_KEY_NORM_FAMILIES))
+def test_a_dropped_query_or_key_norm_gain_cuts_edges_with_its_projection_unmasked(
+    family, gain_roles, row_roles, tmp_path
+):
+    """A dropped q_norm (k_norm) entry zeroes the query (key) features it scales whether or not the mask masks W_Q
+    (W_K): the edges equal those of a mask that drops the same rows of W_Q (W_K) instead, in every head for Qwen3's
+    shared d_head gain, in one head for OLMo 2's per-row gain. The edges applied these gains only to a masked W_Q /
+    W_K: with the gains masked alone every edge read 1.0 (against embed -> L0H0 0.75 with the W_Q rows dropped
+    instead of the q_norm entries alone). The expected rows are written out by hand per family (QUERY_KEY_ROWS)."""
+    torch.manual_seed(0)
+    bridge = boot_tiny(QUERY_KEY_NORM_FAMILIES[family](), tmp_path)
+    dropped_gains = {"blocks.0.attn.q_norm.weight": [1, 6], "blocks.1.attn.k_norm.weight": [2]}
+    gain_mask = MaskSet.for_bridge(bridge, MaskConfig(roles=gain_roles)).binary()
+    gains = dropping(gain_mask, {key: entries for key, entries in dropped_gains.items() if key in gain_mask.kept})
+    row_mask = MaskSet.for_bridge(bridge, MaskConfig(roles=row_roles)).binary()
+    rows = without_rows(row_mask, {key: rows for key, rows in QUERY_KEY_ROWS[family].items() if key in row_mask.kept})
+    assert edges(gains) == edges(rows)
+
+    def read(query: float, key: float) -> float:
+        """A head's read profile: the kept fraction of its W_Q and W_K rows, averaged over the masked ones."""
+        return (query + key) / 2 if "k_norm.w" in gain_roles else query
+
+    # Every head's W_Q keeps 6 of its 8 rows where the gain is shared; only head 0's where it is split by row.
+    assert edges(gains)[("embed", "L0H0")] == pytest.approx(read(6 / 8, 1.0))
+    assert edges(gains)[("embed", "L0H3")] == pytest.approx(read(6 / 8 if family == "qwen3" else 1.0, 1.0))
+    # Heads 2 and 3 read key/value group 1, whose row 2 only the shared gain scales.
+    assert edges(gains)[("L0MLP", "L1H0")] == pytest.approx(read(1.0, 7 / 8))
+    assert edges(gains)[("L0MLP", "L1H3")] == pytest.approx(read(1.0, 7 / 8 if family == "qwen3" else 1.0))
+
+
 def without_columns(mask: BinaryMask, columns: dict[str, list[int]]) -> BinaryMask:
     """``mask`` without the given input columns of [out, in] matrices."""
     kept = {key: value.clone() for key, value in mask.kept.items()}
