@@ -85,7 +85,8 @@ class QueryKeyGain:
     Attributes:
         shared_by_heads: one gain of ``d_head`` entries that every head (key/value group) applies to its own features
             (Qwen3, Gemma 3 and 4 normalise each head's query on its own); ``False`` for one entry per row of the
-            projection (OLMo 2 normalises all heads' queries at once).
+            projection (OLMo 2 normalises all heads' queries at once; Cohere each head's on its own with a gain of
+            its own, stored ``[n_heads, d_head]``, which maps onto the rows alike).
         head_rows: the projection's rows per head (key/value group) in this block: its ``d_head``, which Gemma 4
             changes from block to block, or twice that for a gated query projection, whose gate rows follow each
             head's query rows and which no norm scales.
@@ -100,12 +101,12 @@ class QueryKeyGain:
     shared_by_heads: bool
     head_rows: int
 
-    def kept_rows(self, gain: Bool[Tensor, " entries"], n_units: int) -> Bool[Tensor, " rows"]:
+    def kept_rows(self, gain: Bool[Tensor, "*entries"], n_units: int) -> Bool[Tensor, " rows"]:
         """The rows of a projection of ``n_units`` heads (key/value groups) whose feature ``gain`` keeps: a per-row
-        gain's own entries (its length already says how many units), or the shared gain on each unit's first rows
-        and every gate row kept."""
+        gain's own entries in row order (its size already says how many units), or the shared gain on each unit's
+        first rows and every gate row kept."""
         if not self.shared_by_heads:
-            return gain
+            return gain.flatten()
         per_head = torch.ones(self.head_rows, dtype=torch.bool)
         per_head[: gain.numel()] = gain
         return per_head.repeat(n_units)

@@ -348,7 +348,7 @@ def _scaled_features_known(gain_spec: TensorSpec) -> bool:
     return gain_spec.query_key_gain is not None or gain_spec.unit_axis is not None
 
 
-def _features_kept(gain_spec: TensorSpec, gain: Bool[Tensor, " entries"], n_units: int) -> Bool[Tensor, " rows"]:
+def _features_kept(gain_spec: TensorSpec, gain: Bool[Tensor, "*entries"], n_units: int) -> Bool[Tensor, " rows"]:
     """The features along the unit axis of the projection a feature norm gain scales, of ``n_units`` heads (key/value
     groups) where the gain is a query/key norm's, kept where the gain keeps them: as its adapter states
     (:attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`) for a query/key norm, one entry per column for

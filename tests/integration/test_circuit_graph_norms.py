@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import boot_gemma4_with_fewer_global_key_value_heads
 from transformers import (
     BitNetConfig,
     BitNetForCausalLM,
+    CohereConfig,
+    CohereForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
     GPTJConfig,
@@ -63,10 +66,11 @@ kept)."""
 
 
 def dropping(mask: BinaryMask, dropped: dict[str, list[int]]) -> BinaryMask:
-    """``mask`` with the given gain entries removed."""
+    """``mask`` with the given gain entries removed, counted in storage order (Cohere's query/key norm gains are
+    ``[n_heads, d_head]``)."""
     kept = {key: value.clone() for key, value in mask.kept.items()}
     for key, dimensions in dropped.items():
-        kept[key][dimensions] = False
+        kept[key].view(-1)[dimensions] = False
     return BinaryMask(mask.specs, kept, mask.origin, "dropped gains")
 
 
@@ -352,6 +356,43 @@ def test_a_dropped_query_or_key_norm_gain_cuts_edges_with_its_projection_unmaske
     # Heads 2 and 3 read key/value group 1, whose row 2 only the shared gain scales.
     assert edges(gains)[("L0MLP", "L1H0")] == pytest.approx(read(1.0, 7 / 8))
     assert edges(gains)[("L0MLP", "L1H3")] == pytest.approx(read(1.0, 7 / 8 if family == "qwen3" else 1.0))
+
+
+QUERY_KEY_GAIN_LAYOUTS = {
+    "gemma4": (
+        lambda directory: boot_gemma4_with_fewer_global_key_value_heads(directory, per_layer_inputs=False),
+        {"blocks.1.attn.q_norm.weight": [1, 6], "blocks.1.attn.k_norm.weight": [3]},
+        {"blocks.1.attn.q.weight": [head * 16 + row for head in range(N_HEADS) for row in (1, 6)]}
+        | {"blocks.1.attn.k.weight": [3]},
+        ("embed", "L1H3", (14 / 16 + 15 / 16) / 2),
+    ),
+    "cohere": (
+        lambda directory: boot_tiny(
+            CohereForCausalLM(CohereConfig(num_key_value_heads=2, use_qk_norm=True, **TINY_HF_SIZES)), directory
+        ),
+        {"blocks.0.attn.q_norm.weight": [1, 6], "blocks.0.attn.k_norm.weight": [10]},
+        {"blocks.0.attn.q.weight": [1, 6], "blocks.0.attn.k.weight": [10]},
+        ("embed", "L0H2", (1 + 7 / 8) / 2),
+    ),
+}
+"""Query/key norm gains laid out otherwise: Gemma 4's shared gain with each block's own d_head (16 in block 1, whose
+one key/value head all four query heads read; 8 in block 0), Cohere's one gain per head stored [n_heads, d_head]
+(entries in storage order, one per row of W_Q / W_K). Then the gain entries dropped, the W_Q / W_K rows whose
+features they scale, and one edge's weight, all written out by hand."""
+
+
+@pytest.mark.parametrize("family", sorted(QUERY_KEY_GAIN_LAYOUTS))
+def test_query_key_gains_cut_the_rows_of_their_own_block_layout_with_the_projections_unmasked(family, tmp_path):
+    """A mask of the query/key norm gains alone cuts the edges that dropping the W_Q / W_K rows they scale does, with
+    the rows per head of the gain's own block (Gemma 4) and a gain stored per head (Cohere). Before, such a mask read
+    1.0 on every edge, and the first fix (6e4558c) raised on Cohere's [n_heads, d_head] gain, read as a vector."""
+    boot, dropped_gains, dropped_rows, (source, target, weight) = QUERY_KEY_GAIN_LAYOUTS[family]
+    torch.manual_seed(0)
+    bridge = boot(tmp_path)
+    gains = dropping(MaskSet.for_bridge(bridge, MaskConfig(roles=("q_norm.w", "k_norm.w"))).binary(), dropped_gains)
+    rows = without_rows(MaskSet.for_bridge(bridge, MaskConfig(roles=("W_Q", "W_K"))).binary(), dropped_rows)
+    assert edges(gains) == edges(rows)
+    assert edges(gains)[(source, target)] == pytest.approx(weight)
 
 
 def without_columns(mask: BinaryMask, columns: dict[str, list[int]]) -> BinaryMask:
