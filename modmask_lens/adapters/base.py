@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modmask_lens.adapters.components import BlockComponents
-from modmask_lens.adapters.norms import NormLayout, NormPlacement, QueryKeyGain, ReaderKind, gain_is_offset
+from modmask_lens.adapters.norms import NormLayout, NormPlacement, QueryKeyNorm, ReaderKind, gain_is_offset
 from modmask_lens.core.bridge import Bridge
 from modmask_lens.core.functional import depth_twins, slot_of, tensor_slots
 
@@ -267,9 +267,9 @@ class TensorSpec:
         gain_offset: a norm gain ``w`` that the forward pass reads as ``1 + w`` (Gemma's RMSNorm;
             :func:`~modmask_lens.adapters.norms.gain_is_offset`): a mask that drops an entry leaves that dimension at
             scale 1, so it cuts nothing. ``False`` for every other tensor.
-        query_key_gain: for a query (key) norm gain, how its entries map onto the rows of the block's ``W_Q``
-            (``W_K``): one ``d_head`` gain shared by every head, or one entry per row
-            (:class:`~modmask_lens.adapters.norms.QueryKeyGain`). ``None`` for every other tensor.
+        query_key_norm: for a query (key) norm's gain or bias, how its entries map onto the rows of the block's
+            ``W_Q`` (``W_K``): one ``d_head`` vector shared by every head, or one entry per row
+            (:class:`~modmask_lens.adapters.norms.QueryKeyNorm`). ``None`` for every other tensor.
     """
 
     key: str
@@ -287,7 +287,7 @@ class TensorSpec:
     unit_offset: int = 0
     expert_width: int = 1
     gain_offset: bool = False
-    query_key_gain: QueryKeyGain | None = None
+    query_key_norm: QueryKeyNorm | None = None
 
     @property
     def input_axis(self) -> int | None:
@@ -432,16 +432,17 @@ STACK_SUFFIX = "blocks"
 """TransformerLens names every stack of blocks ``blocks`` or ``<side>_blocks`` (``encoder_blocks``)."""
 
 
-_QUERY_KEY_PROJECTIONS = {"q_norm.w": "W_Q", "k_norm.w": "W_K"}
-"""The projection whose features each query/key norm gain scales."""
+_QUERY_KEY_PROJECTIONS = {"q_norm.w": "W_Q", "q_norm.b": "W_Q", "k_norm.w": "W_K", "k_norm.b": "W_K"}
+"""The projection whose features each query/key norm's gain (bias) scales (shifts)."""
 
 
-def _with_query_key_gains(specs: list[TensorSpec]) -> list[TensorSpec]:
-    """``specs`` with each query (key) norm gain's :class:`~modmask_lens.adapters.norms.QueryKeyGain`, read from its
-    length against the ``W_Q`` (``W_K``) of its block: at most a head's rows, one ``d_head`` gain that every head
-    shares (Qwen3, Gemma 3 and 4, Gemma 4 with each block's own ``d_head``); as many entries as the projection has
-    rows, one per row (OLMo 2). In front of a projection of one head (key/value group) the two map alike, read as
-    shared. A gain without such a projection in its block, or of another length, states nothing."""
+def _with_query_key_norms(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """``specs`` with each query (key) norm gain's and bias's :class:`~modmask_lens.adapters.norms.QueryKeyNorm`,
+    read from its size against the ``W_Q`` (``W_K``) of its block: at most a head's rows, one ``d_head`` vector that
+    every head shares (Qwen3, Gemma 3 and 4, Gemma 4 with each block's own ``d_head``); as many entries as the
+    projection has rows, one per row (OLMo 2; Cohere's ``[n_heads, d_head]``). In front of a projection of one head
+    (key/value group) the two map alike, read as shared. One without such a projection in its block, or of another
+    size, states nothing."""
     projections = {(spec.role, spec.layer): spec for spec in specs if spec.unit in ("head", "kv_head")}
     stated = []
     for spec in specs:
@@ -449,7 +450,7 @@ def _with_query_key_gains(specs: list[TensorSpec]) -> list[TensorSpec]:
         if projection is not None and projection.expert_axis is None:
             shared = spec.numel <= projection.unit_width
             if shared or spec.numel == projection.shape[projection.unit_axis]:
-                spec = replace(spec, query_key_gain=QueryKeyGain(shared, projection.unit_width))
+                spec = replace(spec, query_key_norm=QueryKeyNorm(shared, projection.unit_width))
         stated.append(spec)
     return stated
 
@@ -755,7 +756,7 @@ class Adapter:
                     gain_offset=located.role.endswith(".w") and gain_is_offset(bridge, located.path),
                 )
             )
-        return _with_query_key_gains(specs)
+        return _with_query_key_norms(specs)
 
     def located_parameters(self, bridge: Bridge) -> list[LocatedParameter]:
         """The parameters the forward pass reads, in ``bridge.state_dict()`` order, with their roles.

@@ -4,8 +4,8 @@ as ``w`` or as ``1 + w``.
 Both are facts about the model that a mask's analyses need without the model at hand (the circuit graph's edge
 measure, docs/viz.md#edge-measure): adapters supply them (:meth:`~modmask_lens.adapters.Adapter.norm_layout`, and
 :attr:`~modmask_lens.adapters.TensorSpec.gain_offset` per norm gain) and masks record them when they are made. So is
-how a query/key norm gain maps onto the heads whose features it scales (:class:`QueryKeyGain`, per gain:
-:attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`).
+how a query/key norm's gain (bias) maps onto the heads whose features it scales (:class:`QueryKeyNorm`, per tensor:
+:attr:`~modmask_lens.adapters.TensorSpec.query_key_norm`).
 """
 
 from __future__ import annotations
@@ -79,14 +79,15 @@ class NormLayout:
 
 
 @dataclass(frozen=True)
-class QueryKeyGain:
-    """How a query (key) norm gain of one block maps onto the rows of the ``W_Q`` (``W_K``) whose features it scales.
+class QueryKeyNorm:
+    """How a query (key) norm's gain or bias in one block maps onto the rows of the ``W_Q`` (``W_K``) whose features
+    it scales.
 
     Attributes:
-        shared_by_heads: one gain of ``d_head`` entries that every head (key/value group) applies to its own features
-            (Qwen3, Gemma 3 and 4 normalise each head's query on its own); ``False`` for one entry per row of the
-            projection (OLMo 2 normalises all heads' queries at once; Cohere each head's on its own with a gain of
-            its own, stored ``[n_heads, d_head]``, which maps onto the rows alike).
+        shared_by_heads: one vector of ``d_head`` entries that every head (key/value group) applies to its own
+            features (Qwen3, Gemma 3 and 4 normalise each head's query on its own); ``False`` for one entry per row
+            of the projection (OLMo 2 normalises all heads' queries at once; Cohere each head's on its own with a
+            gain of its own, stored ``[n_heads, d_head]``, which maps onto the rows alike).
         head_rows: the projection's rows per head (key/value group) in this block: its ``d_head``, which Gemma 4
             changes from block to block, or twice that for a gated query projection, whose gate rows follow each
             head's query rows and which no norm scales.
@@ -94,7 +95,7 @@ class QueryKeyGain:
     Example (a shared 8-entry gain in front of two heads of 8 rows, entry 1 dropped):
         >>> gain = torch.ones(8, dtype=torch.bool)
         >>> gain[1] = False
-        >>> QueryKeyGain(shared_by_heads=True, head_rows=8).kept_rows(gain, 2).nonzero().flatten().tolist()
+        >>> QueryKeyNorm(shared_by_heads=True, head_rows=8).kept_rows(gain, 2).nonzero().flatten().tolist()
         [0, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15]
     """
 

@@ -303,7 +303,7 @@ def _unmasked_projections_through_gains(
     norm gain it masks (:data:`FEATURE_NORMS`): every weight kept but those that compute or read a feature whose gain
     entry the mask drops, as a dropped entry zeroes that feature wherever the projection computes or reads it. So a
     mask of the gains alone cuts what the same mask of the projection's rows (columns) would. Which features a gain
-    scales its adapter says: a query/key norm's :attr:`~modmask_lens.adapters.TensorSpec.query_key_gain` (one
+    scales its adapter says: a query/key norm's :attr:`~modmask_lens.adapters.TensorSpec.query_key_norm` (one
     ``d_head`` gain shared by every head, or one entry per row), BitNet's sub-layer norms split by head and by neuron
     as ``W_O`` and ``W_out`` read them. A gain read as ``1 + w`` cuts nothing."""
     n_heads = int(mask.origin.model["n_heads"])
@@ -316,9 +316,9 @@ def _unmasked_projections_through_gains(
         if not _scaled_features_known(gain_spec):
             continue
         unit, unit_width = gain_spec.unit, gain_spec.unit_width
-        if gain_spec.query_key_gain is not None:
+        if gain_spec.query_key_norm is not None:
             unit = "head" if projection_role == "W_Q" else "kv_head"
-            unit_width = gain_spec.query_key_gain.head_rows
+            unit_width = gain_spec.query_key_norm.head_rows
         # A shared gain scales every head alike: its projection is drawn with one unit per query head.
         features = _features_kept(gain_spec, mask.kept[gain_spec.key], n_heads)
         # The projection as a matrix of the features the gain scales by the residual stream, [in, out] for a writer
@@ -331,7 +331,7 @@ def _unmasked_projections_through_gains(
             unit_axis=0,
             unit_width=unit_width,
             layout="conv1d" if projection_role in ("W_O", "W_out") else "linear",
-            query_key_gain=None,
+            query_key_norm=None,
         )
         kept = features[:, None].expand(-1, d_model)
         slices += [
@@ -344,18 +344,18 @@ def _unmasked_projections_through_gains(
 
 def _scaled_features_known(gain_spec: TensorSpec) -> bool:
     """Does the adapter say which features of its projection a feature norm gain scales: a query/key norm's
-    :attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`, or a gain split by head or neuron (BitNet's)?"""
-    return gain_spec.query_key_gain is not None or gain_spec.unit_axis is not None
+    :attr:`~modmask_lens.adapters.TensorSpec.query_key_norm`, or a gain split by head or neuron (BitNet's)?"""
+    return gain_spec.query_key_norm is not None or gain_spec.unit_axis is not None
 
 
 def _features_kept(gain_spec: TensorSpec, gain: Bool[Tensor, "*entries"], n_units: int) -> Bool[Tensor, " rows"]:
     """The features along the unit axis of the projection a feature norm gain scales, of ``n_units`` heads (key/value
     groups) where the gain is a query/key norm's, kept where the gain keeps them: as its adapter states
-    (:attr:`~modmask_lens.adapters.TensorSpec.query_key_gain`) for a query/key norm, one entry per column for
+    (:attr:`~modmask_lens.adapters.TensorSpec.query_key_norm`) for a query/key norm, one entry per column for
     BitNet's sub-layer norms."""
-    if gain_spec.query_key_gain is None:
+    if gain_spec.query_key_norm is None:
         return gain
-    return gain_spec.query_key_gain.kept_rows(gain, n_units)
+    return gain_spec.query_key_norm.kept_rows(gain, n_units)
 
 
 def _neuron_counts(

@@ -48,8 +48,9 @@ _UNIT_VECTORS = ("b_Q", "b_K", "b_V", "b_in", "b_gate", "attn_sub_norm.w", "mlp_
 the heads' outputs in front of ``W_O`` or over the neurons in front of ``W_out`` (BitNet's sub-layer norms)."""
 _MLP_ROLES = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "mlp_sub_norm.w")
 _QUERY_KEY_NORMS = ("q_norm.w", "q_norm.b", "k_norm.w", "k_norm.b")
-"""Gains of the queries and keys: one ``d_head`` vector every head shares (it stays), or one entry per row of the
-query or key projection (it moves with the head groups)."""
+"""Gains and biases of the queries and keys: one ``d_head`` vector every head shares (it stays), or one entry per row
+of the query or key projection (it moves with the head groups), as the adapter states
+(:attr:`~modmask_lens.adapters.TensorSpec.query_key_norm`)."""
 _UNMOVED = ("b_U", "W_E_per_layer", "per_layer_in_norm.w")  # indexed by the vocabulary or per-layer input channels
 
 
@@ -94,7 +95,12 @@ def _bridge_graph(bridge: Bridge) -> UnitGraph:
         elif spec.role in _UNIT_VECTORS:
             members[_unit_axis_name(spec)].append(AxisMember(tensor, 0))
         elif spec.role in _QUERY_KEY_NORMS:
-            if spec.shape[0] != shape.at_layer(spec.layer).d_head:
+            if spec.query_key_norm is None:
+                raise UnsupportedForModularity(
+                    f"{spec.key} (role {spec.role}, shape {spec.shape}): its adapter does not say how it maps onto "
+                    "the heads (TensorSpec.query_key_norm), so whether it moves with them is unknown"
+                )
+            if not spec.query_key_norm.shared_by_heads:
                 members[f"blocks.{spec.layer}.attn"].append(AxisMember(tensor, 0))
         elif spec.role in _READERS + _WRITERS + _EMBEDDINGS + _FIXED_READERS + _FIXED_WRITERS:
             edge = _edge(spec, tensor)
