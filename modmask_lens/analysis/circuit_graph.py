@@ -311,10 +311,10 @@ def _unmasked_projections_through_gains(
     slices = []
     for gain_spec in mask.specs:
         projection_role = next((role for role, gain_role in FEATURE_NORMS.items() if gain_role == gain_spec.role), None)
-        if projection_role is None or gain_spec.gain_offset or (projection_role, gain_spec.layer) in masked_matrices:
-            continue  # a masked projection is cut through its gain in _kept_through_feature_norms
-        if not _scaled_features_known(gain_spec):
+        if projection_role is None or gain_spec.gain_offset or not _scaled_features_known(gain_spec):
             continue
+        if (projection_role, gain_spec.layer) in masked_matrices:
+            continue  # a masked projection is cut through its gain in _kept_through_feature_norms
         unit, unit_width = gain_spec.unit, gain_spec.unit_width
         if gain_spec.query_key_norm is not None:
             unit = "head" if projection_role == "W_Q" else "kv_head"
