@@ -601,47 +601,48 @@ def test_a_mask_file_written_before_rope_scaling_attention_scales_and_windows_we
     assert not set(ADDED_LATER) & loaded.origin.model["config"].keys()
 
 
-def test_a_mask_file_written_before_rotary_shares_attention_switches_and_multipliers_loads_naming_them(
-    tmp_path, rotary_bridge
+@pytest.mark.parametrize(
+    ("group", "named", "changed"),
+    [
+        (
+            1,
+            (
+                "partial_rotary_factor, scale_attn_weights, scale_attn_by_inverse_layer_idx, embedding_multiplier, "
+                "residual_multiplier, logits_scaling, use_bidirectional_attention"
+            ),
+            (
+                "rope_scaling",
+                {"factor": 4.0, "rope_type": "linear"},
+                "None in the mask, {'factor': 4.0, 'rope_type': 'linear'} here",
+            ),
+        ),
+        (
+            2,
+            (
+                "lm_head_multiplier, key_multiplier, attention_in_multiplier, attention_out_multiplier, "
+                "mlp_multipliers, ssm_multipliers, ssm_in_multiplier, ssm_out_multiplier, clip_qkv, is_causal"
+            ),
+            ("partial_rotary_factor", 0.5, "1.0 in the mask, 0.5 here"),
+        ),
+    ],
+    ids=["rotary-shares-attention-switches-multipliers", "falcon-h1-multipliers-mpt-clipping-causality"],
+)
+def test_a_mask_file_written_before_a_later_group_of_fields_loads_naming_them(
+    tmp_path, rotary_bridge, group, named, changed
 ):
-    """A record holding the first group of later fields but not the second is compared on the first (another
-    rotary scaling is still refused) and warns naming the second."""
+    """A record holding the earlier groups of later fields but not this one is compared on those (a change in an
+    earlier group is still refused) and warns naming this group."""
     path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
-    _written_before(path, *FIELDS_ADDED_LATER[1])
-    with pytest.warns(
-        ModelConfigUnchecked,
-        match=r"without partial_rotary_factor, scale_attn_weights, scale_attn_by_inverse_layer_idx, "
-        r"embedding_multiplier, residual_multiplier, logits_scaling, use_bidirectional_attention \(written before",
-    ):
+    _written_before(path, *FIELDS_ADDED_LATER[group])
+    with pytest.warns(ModelConfigUnchecked, match=rf"without {named} \(written before"):
         loaded = load_masks(path, rotary_bridge)
-    assert loaded.origin.model["config"]["attn_scale"] is None
-    assert "partial_rotary_factor" not in loaded.origin.model["config"]
-    scaled = {"config": model_config(rotary_bridge) | {"rope_scaling": {"factor": 4.0, "rope_type": "linear"}}}
-    with pytest.warns(ModelConfigUnchecked, match="without partial_rotary_factor"):
-        recorded, now = comparable_models({"config": loaded.origin.model["config"]}, scaled, "mask.safetensors")
-    assert model_differences(recorded, now) == [
-        "config (rope_scaling: None in the mask, {'factor': 4.0, 'rope_type': 'linear'} here)"
-    ]
-
-
-def test_a_mask_file_written_before_falcon_h1_multipliers_mpt_clipping_and_causality_loads_naming_them(
-    tmp_path, rotary_bridge
-):
-    """A record holding the first two groups of later fields but not the third is compared on those (another
-    rotary share is still refused) and warns naming the third."""
-    path = save_masks(MaskSet.for_bridge(rotary_bridge, name="jump"), tmp_path / "jump.safetensors")
-    _written_before(path, *FIELDS_ADDED_LATER[2])
-    with pytest.warns(
-        ModelConfigUnchecked,
-        match=r"without lm_head_multiplier, key_multiplier, attention_in_multiplier, attention_out_multiplier, "
-        r"mlp_multipliers, ssm_multipliers, ssm_in_multiplier, ssm_out_multiplier, clip_qkv, is_causal \(written",
-    ):
-        loaded = load_masks(path, rotary_bridge)
-    assert not set(FIELDS_ADDED_LATER[2]) & loaded.origin.model["config"].keys()
-    halved = {"config": model_config(rotary_bridge) | {"partial_rotary_factor": 0.5}}
-    with pytest.warns(ModelConfigUnchecked, match="without lm_head_multiplier"):
-        recorded, now = comparable_models({"config": loaded.origin.model["config"]}, halved, "mask.safetensors")
-    assert model_differences(recorded, now) == ["config (partial_rotary_factor: 1.0 in the mask, 0.5 here)"]
+    assert not set(FIELDS_ADDED_LATER[group]) & loaded.origin.model["config"].keys()
+    assert set(FIELDS_ADDED_LATER[group - 1]) <= loaded.origin.model["config"].keys()
+    field, value, difference = changed
+    changed_model = {"config": model_config(rotary_bridge) | {field: value}}
+    with pytest.warns(ModelConfigUnchecked, match=f"without {FIELDS_ADDED_LATER[group][0]}"):
+        recorded, now = comparable_models({"config": loaded.origin.model["config"]}, changed_model, "mask.safetensors")
+    assert model_differences(recorded, now) == [f"config ({field}: {difference})"]
 
 
 def test_a_file_written_under_transformers_4_before_bases_per_layer_type_loads_its_base_compared(
