@@ -29,7 +29,8 @@ from modmask_lens.masks.config import TrainConfig
 from modmask_lens.masks.training import PaddedReadout
 from modmask_lens.testing.tiny_models import TINY_HF_SIZES, boot_tiny
 
-TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2))
+# A 4-step mask keeps about every unit: a small readout search budget keeps the suite quick
+TINY = FinderMethod(TrainConfig(steps=4, batch_size=8, n_samples=2, readout_evaluations=16))
 
 
 @pytest.fixture(scope="module")
