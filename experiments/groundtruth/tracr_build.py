@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,13 +41,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tracr.compiler import compiling, lib
 from tracr.craft import bases
 from tracr.rasp import rasp
 
-from modmask_lens.core.atomic_files import replace_atomically, write_text_atomically
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.tracr_cases import (
@@ -58,6 +55,7 @@ from modmask_lens.groundtruth.tracr_cases import (
     subtask_data,
     truth_mask,
     truth_units,
+    write_tracr_program,
 )
 from modmask_lens.masks.apply import masked
 from modmask_lens.masks.evaluation import exact_match
@@ -453,16 +451,14 @@ def build(program: TracrProgram, out_dir: Path) -> dict:
         "verification": verification,
         "ablations": measured,
     }
-    folder = out_dir / program.name
-    folder.mkdir(parents=True, exist_ok=True)
-    replace_atomically(folder / "weights.safetensors", lambda temporary: save_file(conversion.weights, temporary))
-    reference_tensors = {
-        "input_ids": reference.input_ids,
-        "output_ids": reference.output_ids,
-        "output_logits": reference.output_logits,
-    }
-    replace_atomically(folder / "reference.safetensors", lambda temporary: save_file(reference_tensors, temporary))
-    write_text_atomically(folder / "card.json", json.dumps(card, indent=1) + "\n")
+    write_tracr_program(
+        out_dir / program.name,
+        conversion.weights,
+        reference.input_ids,
+        reference.output_ids,
+        reference.output_logits,
+        card,
+    )
     return card
 
 

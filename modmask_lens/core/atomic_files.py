@@ -3,8 +3,9 @@ then a rename.
 
 Every file modmask-lens writes (mask files and checkpoints, zoo cards, tables, reports, pictures) goes through
 :func:`replace_atomically`, and every model folder (``save_pretrained``: exported masked models, the zoo's and the
-plants' models) through :func:`replace_folder_atomically`, so that a reader, a killed process or a crashed machine
-finds the old file or folder or the whole new one under its name, never a half-written one that looks complete.
+plants' models; the compiled tracr programs) through :func:`replace_folder_atomically`, so that a reader, a killed
+process or a crashed machine finds the old file or folder or the whole new one under its name, never a half-written
+one that looks complete.
 What a killed write leaves beside it (``NAME.PID.tmp``, ``NAME.PID.old``) is named so that
 :func:`is_write_leftover` tells it apart, and every listing of model folders skips it.
 """

@@ -1,10 +1,11 @@
 """Compiled tracr programs as ground-truth cases: shipped TransformerLens weights, their data and the used units.
 
 Each program under ``modmask_lens/groundtruth/tracr/<program>/`` was compiled with tracr and converted by
-:mod:`experiments.groundtruth.tracr_build` (run in a separate venv with jax; this module needs neither). A folder
-holds ``weights.safetensors`` (the bridge's parameters under their ``bridge.state_dict()`` keys),
-``reference.safetensors`` (every input and tracr's own outputs on it) and ``card.json`` (the TransformerLens config,
-token maps, the program's spaces, the used heads, MLPs and neurons, and the measurements behind them).
+:mod:`experiments.groundtruth.tracr_build` (run in a separate venv with jax; this module needs neither), which
+writes each folder whole through :func:`write_tracr_program`. A folder holds ``weights.safetensors`` (the bridge's
+parameters under their ``bridge.state_dict()`` keys), ``reference.safetensors`` (every input and tracr's own outputs
+on it) and ``card.json`` (the TransformerLens config, token maps, the program's spaces, the used heads, MLPs and
+neurons, and the measurements behind them).
 
 Sequence-to-sequence outputs are scored as next-token answers: the input is ``BOS x_1 .. x_n PAD``, and tracr's
 output at position ``t`` (for ``t = 1 .. n``) is the label at ``t + 1``, so that ``score_answers`` compares the
@@ -25,12 +26,12 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
 from modmask_lens.adapters import adapter_for
-from modmask_lens.core.atomic_files import is_write_leftover
+from modmask_lens.core.atomic_files import is_write_leftover, replace_folder_atomically
 from modmask_lens.core.data import SubtaskData
 from modmask_lens.core.encoding import IGNORE_INDEX
 from modmask_lens.groundtruth.case import GroundTruthCase, UnitTruth
@@ -121,6 +122,42 @@ def load_tracr_case(name: str, directory: Path = TRACR_DIR) -> GroundTruthCase:
         unique=card["unique"],
         card=card,
     )
+
+
+def write_tracr_program(
+    folder: Path,
+    weights: dict[str, Tensor],
+    input_ids: Int[Tensor, "example pos"],
+    output_ids: Int[Tensor, "example pos"],
+    output_logits: Float[Tensor, "example pos output"],
+    card: dict,
+) -> Path:
+    """Write one program's folder, as :func:`load_tracr_case` reads it, whole or not at all; returns the folder.
+
+    The folder goes through :func:`~modmask_lens.core.atomic_files.replace_folder_atomically` (its marker:
+    ``card.json``): a build that fails or is killed midway leaves the folder it would replace as it was, never new
+    weights beside an old card, nor a new folder that :func:`tracr_program_names` lists.
+
+    Args:
+        folder: the program's folder (``DIR/<program>``), replaced whole if it holds a program already.
+        weights: ``bridge.state_dict()`` key -> tensor, every tensor the bridge reads.
+        input_ids: ``BOS x_1 .. x_n PAD ..`` per input, input-vocabulary ids.
+        output_ids: tracr's output (output-vocabulary id) at positions ``1 .. n``, :data:`IGNORE_INDEX` elsewhere.
+        output_logits: tracr's output-space values (``output`` = ``d_vocab_out``), zero where no output.
+        card: the card (config, token maps, truth, measurements), written as ``card.json``.
+
+    Raises:
+        FileExistsError: ``folder`` is a file, or a folder that is not empty and has no ``card.json`` (such as what
+            a build killed midway left before builds wrote whole folders): delete it first.
+    """
+    reference = {"input_ids": input_ids, "output_ids": output_ids, "output_logits": output_logits}
+
+    def save(temporary: Path) -> None:
+        save_file(weights, temporary / "weights.safetensors")
+        save_file(reference, temporary / "reference.safetensors")
+        (temporary / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+
+    return replace_folder_atomically(folder, save, marker="card.json")
 
 
 def check_defined_outputs(
