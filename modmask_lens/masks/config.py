@@ -175,10 +175,13 @@ class MaskConfig:
         return {key: value for key, value in self.to_dict().items() if key not in RESUMABLE_FIELDS}
 
 
-REMOVAL_EVALUATIONS = 2048
+REMOVAL_EVALUATIONS = 4096
 """The faithful readout's removal search budget by default (:attr:`TrainConfig.readout_evaluations`,
 :func:`~modmask_lens.faithful_units`): at most this many candidate sets judged, one pass over the data each (a pass
-stops at the first batch that shows the set cannot pass), plus one loss pass per passing candidate."""
+stops at the first batch that shows the set cannot pass), plus one loss pass per passing candidate. Room for both of
+the search's removal orders from one start: measured on the partly shared sub-max plant (docs/finder-study.md,
+"Both removal orders"), single removals first spent about 950 judgements and the largest removals first about
+1,990, the latter reaching the smaller mask (2,048 until session 27, one order per start)."""
 
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "readout", "readout_tolerance", "readout_evaluations")
 """:class:`TrainConfig` fields a checkpoint may be resumed under with other values: the logits after step n do
@@ -354,7 +357,7 @@ class TrainConfig:
             raise ValueError(f"readout_tolerance {self.readout_tolerance} must lie in [0, 1) (default 0.01)")
         if self.readout_evaluations < 0:
             raise ValueError(
-                f"readout_evaluations {self.readout_evaluations} must be >= 0 (default 2048; 0: no removal search)"
+                f"readout_evaluations {self.readout_evaluations} must be >= 0 (default 4096; 0: no removal search)"
             )
         self._check_sparsity_term()
 

@@ -26,6 +26,7 @@ from modmask_lens import (
 )
 from modmask_lens.analysis import exact_match
 from modmask_lens.masks import readout, training
+from modmask_lens.masks.config import REMOVAL_EVALUATIONS
 from modmask_lens.masks.io import load_masks, save_masks
 from modmask_lens.masks.training import CHECKPOINT_FILE, PaddedReadout, UnfaithfulReadout
 
@@ -317,7 +318,7 @@ def test_the_readout_search_budget_is_a_setting_that_a_checkpoint_resumes_under(
     MaskTrainer(bridge, [data], train_config=searched, checkpoint_dir=tmp_path, progress=False).train()
     unsearched = dataclasses.replace(searched, readout_evaluations=0)
     MaskTrainer(bridge, [data], train_config=unsearched, checkpoint_dir=tmp_path, progress=False).train()
-    assert budgets == [2048, 0]
+    assert budgets == [REMOVAL_EVALUATIONS, 0]
 
 
 def test_the_readout_judges_examples_spread_through_the_data_not_its_first_ones(one_head_model, monkeypatch):

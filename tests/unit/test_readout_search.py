@@ -259,3 +259,25 @@ def test_a_start_of_more_than_44_units_is_shrunk_by_single_removals(neurons, mon
     assert len(judged) <= readout.REMOVAL_EVALUATIONS + 40  # the search's budget, and the threshold's bisection
     monkeypatch.setattr(readout, "SEARCHED_UNITS", 46)
     assert len(kept_units(readout.faithful_units(bridge, masks, data))) == 47
+
+
+def test_a_start_where_largest_removals_first_stops_early_also_takes_single_removals_first(neurons, monkeypatch):
+    """Measured on the entangled-neuron sub-max plant at 2,000 steps (docs/finder-study.md): from 30 kept neurons,
+    rounds of pairs settled at 30 where single removals first reach a smaller set. Here removing ``a`` and ``b``
+    together is the cheapest pair, and without them the set must keep 26 units; with both, core and ``a``, ``b``
+    suffice, and neither goes alone."""
+    bridge, masks, data = neurons
+    ranked = torch.randperm(N_UNITS, generator=torch.Generator().manual_seed(2))  # unit index by rank, highest first
+    flat = torch.empty(N_UNITS)
+    flat[ranked] = 29.5 - torch.arange(N_UNITS).float()  # 30 units above logit 0
+    for unit, values in zip(masks.units, flat.split(N_UNITS // 2)):
+        masks.logits[unit.name] = values
+    (a, b), core = ranked[:2].tolist(), frozenset(ranked[20:30].tolist())  # the core's logits lowest: top-k drops it
+
+    def passes(units):
+        with_both, without_either = a in units and b in units, a not in units and b not in units
+        return core <= units and (with_both or (without_either and len(units) >= 26))
+
+    with_set_metric(monkeypatch, passes, lambda units: len(units) - 3.0 * (a not in units and b not in units))
+    assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 30
+    assert kept_units(readout.faithful_units(bridge, masks, data)) == core | {a, b}
