@@ -241,16 +241,23 @@ def test_rounds_remove_pairs_up_to_44_units_as_the_docs_say():
     assert pairs == list(range(2, 45))
 
 
+def rank_logits(masks, above_zero: int, seed: int) -> torch.Tensor:
+    """Give the neurons distinct logits in a random order, ``above_zero`` of them above 0; returns the unit indices
+    by rank, highest logit first."""
+    ranked = torch.randperm(N_UNITS, generator=torch.Generator().manual_seed(seed))
+    flat = torch.empty(N_UNITS)
+    flat[ranked] = above_zero - 0.5 - torch.arange(N_UNITS).float()
+    for unit, values in zip(masks.units, flat.split(N_UNITS // 2)):
+        masks.logits[unit.name] = values
+    return ranked
+
+
 def test_a_start_of_more_than_44_units_is_shrunk_by_single_removals(neurons, monkeypatch):
     """The entangled-neuron sub-max plant's shape (docs/finder-study.md): training keeps 47 neurons, of which 16
     suffice, scattered among the kept logits, so the threshold readout keeps all 47. The search ran only on starts
     of at most 44 units, and kept them."""
     bridge, masks, data = neurons
-    ranked = torch.randperm(N_UNITS, generator=torch.Generator().manual_seed(1))  # unit index by rank, highest first
-    flat = torch.empty(N_UNITS)
-    flat[ranked] = 46.5 - torch.arange(N_UNITS).float()  # 47 units above logit 0
-    for unit, values in zip(masks.units, flat.split(N_UNITS // 2)):
-        masks.logits[unit.name] = values
+    ranked = rank_logits(masks, above_zero=47, seed=1)
     needed = frozenset(ranked[0:45:3].tolist() + [int(ranked[46])])  # 16 of the 47, the lowest-logit one among them
     judged = with_set_metric(monkeypatch, lambda units: needed <= units)
     assert kept_count(masks, readout.faithful_threshold(bridge, masks, data)) == 47
@@ -262,16 +269,12 @@ def test_a_start_of_more_than_44_units_is_shrunk_by_single_removals(neurons, mon
 
 
 def test_a_start_where_largest_removals_first_stops_early_also_takes_single_removals_first(neurons, monkeypatch):
-    """Measured on the entangled-neuron sub-max plant at 2,000 steps (docs/finder-study.md): from 30 kept neurons,
-    rounds of pairs settled at 30 where single removals first reach a smaller set. Here removing ``a`` and ``b``
+    """Measured on the entangled-neuron sub-max plant at 2,000 steps (docs/finder-study.md): from 43 kept neurons,
+    rounds of pairs stopped at 30 where single removals first reach 14. Here removing ``a`` and ``b``
     together is the cheapest pair, and without them the set must keep 26 units; with both, core and ``a``, ``b``
     suffice, and neither goes alone."""
     bridge, masks, data = neurons
-    ranked = torch.randperm(N_UNITS, generator=torch.Generator().manual_seed(2))  # unit index by rank, highest first
-    flat = torch.empty(N_UNITS)
-    flat[ranked] = 29.5 - torch.arange(N_UNITS).float()  # 30 units above logit 0
-    for unit, values in zip(masks.units, flat.split(N_UNITS // 2)):
-        masks.logits[unit.name] = values
+    ranked = rank_logits(masks, above_zero=30, seed=2)
     (a, b), core = ranked[:2].tolist(), frozenset(ranked[20:30].tolist())  # the core's logits lowest: top-k drops it
 
     def passes(units):
